@@ -1,0 +1,3 @@
+"""stackgen: pick the bottleneck, not the benchmark."""
+
+__version__ = "0.1.0"
