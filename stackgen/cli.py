@@ -1,0 +1,162 @@
+"""The command line. Thin: parse arguments, call the library, print. This is the one place that prints errors and
+picks exit codes (0 ok, 1 invalid input or failure, 2 drift for `render --check`); tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from stackgen import __version__
+from stackgen.errors import StackgenError
+
+app = typer.Typer(
+    name="stackgen",
+    help="Turn a declarative stack.yaml into a running, tuned local LLM inference service.\n\n"
+    "Pick the bottleneck, not the benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+FileArg = typer.Argument(..., help="Path to stack.yaml.", show_default=False)
+HostOpt = typer.Option(None, "--host-facts", help="Use a recorded host (JSON from `stackgen detect --json`) instead of probing.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stackgen {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+def run(fn: Callable[[], int | None]) -> None:
+    """Run a command body; map stackgen errors to messages and exit codes."""
+    try:
+        code = fn() or 0
+    except StackgenError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(_error_text(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _error_text(exc: StackgenError) -> str:
+    text = exc.render()
+    if "\n" in text or text.startswith(("/", ".")) or ":" in text.split(" ")[0]:
+        return text if text.startswith("error") else text
+    return f"error: {text}"
+
+
+def _host(host_facts: Optional[Path]):
+    from stackgen.hardware import HostFacts, detect
+
+    if host_facts is not None:
+        try:
+            return HostFacts.load(host_facts)
+        except (OSError, ValueError, KeyError) as exc:
+            from stackgen.errors import StackgenError as E
+
+            raise E(f"{host_facts}: not a recorded host: {exc}") from None
+    return detect()
+
+
+def load_and_plan(file: Path, host_facts: Optional[Path]):
+    from stackgen.resolve import resolve
+    from stackgen.spec import load_stack
+
+    stack = load_stack(file)
+    host = _host(host_facts) if stack.hardware is None else _recorded_or_none(host_facts)
+    return stack, resolve(stack, host)
+
+
+def _recorded_or_none(host_facts: Optional[Path]):
+    """A host is only needed for `hardware: detect`; skip probing otherwise."""
+    from stackgen.hardware import HostFacts
+
+    if host_facts is not None:
+        return _host(host_facts)
+    return HostFacts(hardware=None)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@app.command()
+def validate(file: Path = FileArg) -> None:
+    """Check a stack file; print FILE:LINE:COL: field: message for every problem."""
+
+    def body() -> int:
+        from stackgen.spec import load_stack
+
+        stack = load_stack(file)
+        typer.echo(f"{file}: ok ({len(stack.services)} service{'s' if len(stack.services) != 1 else ''})")
+        return 0
+
+    run(body)
+
+
+@app.command()
+def plan(
+    file: Path = FileArg,
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    host_facts: Optional[Path] = HostOpt,
+) -> None:
+    """Resolve each service to an engine with a memory plan, and say why."""
+
+    def body() -> int:
+        _, p = load_and_plan(file, host_facts)
+        if as_json:
+            typer.echo(json.dumps(p.to_json(), indent=2))
+        else:
+            from stackgen.report import plan_text
+
+            typer.echo(plan_text(p))
+        return 0
+
+    run(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of stack.yaml (for editors: `# yaml-language-server: $schema=...`)."""
+
+    def body() -> int:
+        from stackgen.spec import json_schema
+
+        typer.echo(json.dumps(json_schema(), indent=2))
+        return 0
+
+    run(body)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception:  # last resort: a bug in stackgen itself
+        if _state["debug"] or "--debug" in sys.argv:
+            raise
+        typer.echo("stackgen: internal error (run again with --debug for the traceback, and please report it)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""llama.cpp's llama-server: GGUF on any hardware, partial offload, parallel slots."""
+
+from __future__ import annotations
+
+from stackgen.engines._formats import gguf_for
+from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
+from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, Budget, MemoryPlan, plan_llamacpp
+from stackgen.models import ModelFacts
+from stackgen.spec import HardwareSpec, WorkloadSpec
+
+# Short and long spellings of the flags stackgen tunes, so an override of either replaces the tuned one.
+ALIASES = {"-m": "--model", "-c": "--ctx-size", "-np": "--parallel", "-ngl": "--n-gpu-layers", "-t": "--threads",
+           "-b": "--batch-size", "-ub": "--ubatch-size", "-fa": "--flash-attn", "-ctk": "--cache-type-k",
+           "-ctv": "--cache-type-v", "-sm": "--split-mode", "-ts": "--tensor-split", "-a": "--alias",
+           "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel"}
+
+
+class LlamaCpp:
+    name = "llama.cpp"
+    display = "llama.cpp (llama-server)"
+    default_port = 8080
+    binary = "llama-server"
+
+    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+        return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
+
+    def weights(self, model: ModelFacts) -> Weights:
+        if model.source == "ollama":
+            raise Unsupported("the model comes from Ollama's registry; llama.cpp needs the .gguf file itself")
+        if model.source == "hf":
+            raise Unsupported("loads GGUF files and this is an HF safetensors folder "
+                              "(convert it with llama.cpp's convert_hf_to_gguf.py)")
+        quant, note = gguf_for(model.quant)
+        size, source = model.gguf_bytes(quant)
+        return Weights(quant, size, source, note)
+
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source)
+
+    def argv(self, plan, ctx: LaunchContext) -> list[str]:
+        m = plan.memory
+        args = [ctx.binary]
+        args += _model_args(plan.model, m.weights_format, ctx.model_ref)
+        args += ["--alias", plan.name, "--host", ctx.host, "--port", str(ctx.port)]
+        # -c is the total over all slots; each of the -np slots gets c/np cells (non-unified KV cache).
+        args += ["-c", str(m.context_per_request * m.parallel), "-np", str(m.parallel)]
+        args += ["-ngl", "all" if m.gpu_layers >= m.total_layers else str(m.gpu_layers)]
+        # stackgen pinned the layer split from its memory plan: llama.cpp's --fit must not decide it again.
+        args += ["--fit", "off"]
+        args += ["-t", str(plan.threads), "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH)]
+        if m.kv_cache_type != "f16":
+            args += ["-fa", "on", "-ctk", m.kv_cache_type, "-ctv", m.kv_cache_type]
+        args += _split_args(plan)
+        args += ["--metrics"]
+        if ctx.api_key_file:
+            args += ["--api-key-file", ctx.api_key_file]
+        return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
+
+    def env(self, plan) -> dict[str, str]:
+        return {}
+
+
+def _model_args(model: ModelFacts, quant: str, model_ref: str) -> list[str]:
+    if model_ref.startswith("hf:"):
+        return ["-hf", f"{model_ref[3:]}:{quant}"]
+    return ["-m", model_ref]
+
+
+def _split_args(plan) -> list[str]:
+    gpus = [g for g in plan.gpus if not g.unified]
+    if sum(g.count for g in gpus) <= 1 or plan.memory.gpu_layers == 0:
+        return []
+    shares = []
+    for g in gpus:
+        shares += [g.memory_gib] * g.count
+    return ["-sm", "layer", "-ts", ",".join(f"{s:g}" for s in shares)]

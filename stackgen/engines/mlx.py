@@ -1,0 +1,45 @@
+"""mlx-lm's mlx_lm.server: Apple silicon unified memory, a dev loop rather than a serving stack."""
+
+from __future__ import annotations
+
+from stackgen.engines._formats import mlx_for
+from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
+from stackgen.memory import Budget, MemoryPlan, plan_mlx
+from stackgen.models import ModelFacts
+from stackgen.spec import HardwareSpec, WorkloadSpec
+
+
+class Mlx:
+    name = "mlx"
+    display = "MLX (mlx_lm.server)"
+    default_port = 8080
+    binary = "mlx_lm.server"
+
+    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+        if hw.is_apple:
+            return None
+        if explicit and not hw.gpus:
+            return None  # mlx's Linux CPU build: allowed when asked for by name (tests, development)
+        return f"needs Apple silicon (this machine has {hw.label()})"
+
+    def weights(self, model: ModelFacts) -> Weights:
+        if model.source == "gguf":
+            raise Unsupported("loads MLX or HF safetensors folders, not GGUF files")
+        if model.source == "ollama":
+            raise Unsupported("the model comes from Ollama's registry; MLX needs an MLX or HF folder")
+        fmt, note = mlx_for(model.quant, default="bf16" if model.source == "hf" else "4bit")
+        size, source = model.mlx_bytes(fmt)
+        return Weights(fmt, size, source, note)
+
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+        return plan_mlx(model, wl, hw, budget, w.bytes, w.format, w.source)
+
+    def argv(self, plan, ctx: LaunchContext) -> list[str]:
+        args = [ctx.binary, "--model", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),
+                "--max-tokens", str(plan.workload.output_tokens)]
+        if plan.memory.parallel > 1:
+            args += ["--decode-concurrency", str(plan.memory.parallel)]
+        return apply_overrides(args, dict(plan.spec.overrides))
+
+    def env(self, plan) -> dict[str, str]:
+        return {"HF_HUB_OFFLINE": "1"} if plan.model.path else {}

@@ -1,0 +1,82 @@
+"""Ollama: the daemon, its registry and Modelfiles. llama-server underneath, so memory follows llama.cpp's rules."""
+
+from __future__ import annotations
+
+from stackgen.engines._formats import gguf_for
+from stackgen.engines.base import LaunchContext, Unsupported, Weights
+from stackgen.memory import OLLAMA_MIN_MEMORY, Budget, MemoryPlan, plan_llamacpp
+from stackgen.models import ModelFacts
+from stackgen.spec import HardwareSpec, WorkloadSpec
+
+# Keys a Modelfile PARAMETER accepts (api/types.go Options + Runner).
+PARAMETERS = {
+    "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict", "num_keep", "seed",
+    "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "temperature", "repeat_penalty",
+    "presence_penalty", "frequency_penalty", "stop",
+}
+# Daemon environment variables stackgen may set (envconfig/config.go).
+ENV_VARS = {
+    "OLLAMA_HOST", "OLLAMA_ORIGINS", "OLLAMA_MODELS", "OLLAMA_KEEP_ALIVE", "OLLAMA_LOAD_TIMEOUT",
+    "OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_MAX_QUEUE", "OLLAMA_CONTEXT_LENGTH",
+    "OLLAMA_FLASH_ATTENTION", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD", "OLLAMA_DEBUG",
+    "OLLAMA_NOPRUNE", "OLLAMA_NO_CLOUD",
+}
+
+
+class Ollama:
+    name = "ollama"
+    display = "Ollama"
+    default_port = 11434
+    binary = "ollama"
+
+    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+        return None
+
+    def weights(self, model: ModelFacts) -> Weights:
+        if model.source == "hf":
+            raise Unsupported("Ollama imports safetensors only for a few architectures; this HF folder is better "
+                              "served by vLLM or converted to GGUF")
+        quant, note = gguf_for(model.quant)
+        if model.source == "catalog" and not model.ollama and not model.path:
+            note = (note + "; " if note else "") + "no Ollama registry tag is known for this model: FROM needs a .gguf path"
+        size, source = model.gguf_bytes(quant)
+        return Weights(quant, size, source, note)
+
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
+                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, engine="Ollama")
+
+    def argv(self, plan, ctx: LaunchContext) -> list[str]:
+        return [ctx.binary, "serve"]
+
+    def env(self, plan) -> dict[str, str]:
+        m = plan.memory
+        env = {
+            "OLLAMA_HOST": f"{plan.host}:{plan.port}",
+            "OLLAMA_NUM_PARALLEL": str(m.parallel),
+            "OLLAMA_MAX_LOADED_MODELS": "1",
+            "OLLAMA_CONTEXT_LENGTH": str(m.context_per_request),
+            "OLLAMA_KEEP_ALIVE": "-1",  # a served model stays loaded; unloading is what makes the first user wait
+            "OLLAMA_FLASH_ATTENTION": "1" if m.kv_cache_type != "f16" else "0",
+            "OLLAMA_KV_CACHE_TYPE": m.kv_cache_type,
+            "OLLAMA_NO_CLOUD": "1",
+        }
+        env.update({k: str(v) for k, v in plan.spec.overrides.items() if k in ENV_VARS})
+        return env
+
+    def modelfile_parameters(self, plan) -> list[tuple[str, str]]:
+        """PARAMETERs pinned from the plan: num_ctx and num_gpu above all (the daemon's guesses are the OOM trap)."""
+        m = plan.memory
+        params = {
+            "num_ctx": str(m.context_per_request),
+            "num_gpu": str(m.gpu_layers if m.gpu_layers < m.total_layers else m.total_layers + 1),
+            "num_thread": str(plan.threads),
+            "num_predict": str(plan.workload.output_tokens),
+        }
+        for k, v in plan.spec.overrides.items():
+            if k in PARAMETERS:
+                params[k] = str(v).lower() if isinstance(v, bool) else str(v)
+        return sorted(params.items())
+
+    def model_tag(self, plan) -> str:
+        return f"stackgen-{plan.name}"

@@ -1,0 +1,74 @@
+"""vLLM: continuous batching and PagedAttention for concurrent users on CUDA/ROCm GPUs."""
+
+from __future__ import annotations
+
+from stackgen.engines._formats import hf_for
+from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
+from stackgen.memory import Budget, MemoryPlan, plan_vllm, plan_vllm_cpu
+from stackgen.models import ModelFacts
+from stackgen.spec import HardwareSpec, WorkloadSpec
+
+ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
+           "-q": "--quantization"}
+
+
+class Vllm:
+    name = "vllm"
+    display = "vLLM"
+    default_port = 8000
+    binary = "vllm"
+
+    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+        if hw.is_apple:
+            return "has no Metal backend (CUDA/ROCm GPUs only; its CPU backend is for x86/ARM Linux servers)"
+        if not hw.gpus:
+            if explicit:
+                return None  # vLLM's CPU backend: allowed when asked for by name (tests, development)
+            return "needs a CUDA or ROCm GPU for PagedAttention and continuous batching; this machine has none"
+        vendors = {g.vendor for g in hw.gpus}
+        if vendors <= {"intel"}:
+            return "its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)"
+        if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
+            return "its ROCm builds target AMD Instinct datacenter GPUs; consumer Radeon cards are llama.cpp's (ROCm/Vulkan)"
+        if "nvidia" in vendors:
+            ccs = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability]
+            if ccs and min(float(c) for c in ccs) < 7.0:
+                return "needs NVIDIA compute capability 7.0 or newer"
+        return None
+
+    def weights(self, model: ModelFacts) -> Weights:
+        if model.source == "gguf":
+            raise Unsupported("serves HF safetensors checkpoints; its GGUF loader is experimental and slow")
+        if model.source == "ollama":
+            raise Unsupported("the model comes from Ollama's registry; vLLM needs an HF checkpoint")
+        fmt, note = hf_for(model.quant)
+        size, source = model.hf_bytes(fmt)
+        return Weights(fmt, size, source, note)
+
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+        if not hw.gpus:
+            return plan_vllm_cpu(model, wl, hw, budget, w.bytes, w.format, w.source)
+        return plan_vllm(model, wl, hw, budget, w.bytes, w.format, w.source)
+
+    def argv(self, plan, ctx: LaunchContext) -> list[str]:
+        m = plan.memory
+        args = [ctx.binary, "serve", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),
+                "--served-model-name", plan.name,
+                "--max-model-len", str(m.context_per_request), "--max-num-seqs", str(m.parallel)]
+        if m.gpu_memory_utilization is not None:
+            args += ["--gpu-memory-utilization", f"{m.gpu_memory_utilization:.2f}"]
+        if m.tensor_parallel > 1:
+            args += ["--tensor-parallel-size", str(m.tensor_parallel)]
+        if m.kv_cache_type != "auto":
+            args += ["--kv-cache-dtype", m.kv_cache_type]
+        if m.weights_format == "fp8" and plan.model.source != "hf":
+            args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
+        # Shared system prompts across users: prefix caching turns them into cache hits.
+        args += ["--enable-prefix-caching"]
+        return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
+
+    def env(self, plan) -> dict[str, str]:
+        env = {"HF_HUB_OFFLINE": "1"} if plan.model.path else {}
+        if plan.memory.gpu_memory_utilization is None:  # CPU backend: KV space in GiB of RAM
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, plan.memory.kv_cache_bytes // 1024**3))
+        return env

@@ -1,0 +1,417 @@
+"""The memory planner: weights, KV cache, compute buffers and runtime overhead per engine, and where each part lives.
+
+Rules follow each engine's own sizing code (see ../shared/reference/engines.md, section "Memory"):
+- llama.cpp (and Ollama, which runs llama-server): `-c` is the total over `-np` slots; without a unified cache
+  each slot gets pad256(c/np) cells; sliding-window layers keep pad256(min(cells, n_swa + n_ubatch)) cells per slot.
+- vLLM: weights + non-KV overhead + KV pages must fit `--gpu-memory-utilization` x GPU memory per rank; KV per
+  token is layers x kv_heads/TP x (head_k + head_v) x dtype bytes; sliding-window layers only hold the window.
+- MLX: weights + a KV cache grown in 256-token steps, inside the GPU wired limit of unified memory.
+When a plan does not fit, it pulls the levers a person would, in order, and records which it used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from stackgen.models import GIB, ModelFacts
+from stackgen.spec import HardwareSpec, WorkloadSpec
+
+MIB = 1024**2
+
+# llama.cpp ggml block sizes: bytes per element of a KV cache type (ggml-common.h, blocks of 32).
+KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                        "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
+VLLM_KV_BYTES = {"auto": 2.0, "bfloat16": 2.0, "float16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
+
+LLAMA_FIT_MARGIN = 1024 * MIB  # llama.cpp --fit-target default: free memory left on each device
+LLAMA_HOST_OVERHEAD = 80 * MIB  # binary, tokenizer, HTTP threads: measured RSS minus the memory breakdown (~67 MiB)
+OLLAMA_MIN_MEMORY = 457 * MIB  # ml/device.go MinimumMemory for CUDA/ROCm (512 MiB on Metal)
+HOST_RESERVE_FRACTION = 0.15  # RAM left to the OS and page cache on a machine the user also uses
+DEFAULT_UBATCH = 512
+DEFAULT_BATCH = 2048
+MLX_KV_STEP = 256
+
+
+def pad(n: int, to: int = 256) -> int:
+    return ((n + to - 1) // to) * to
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per part and where they live. `fits` is False when no lever makes the service fit."""
+
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    gpu_bytes: int
+    host_bytes: int
+    gpu_layers: int
+    total_layers: int
+    context_per_request: int
+    parallel: int
+    kv_cache_type: str
+    fits: bool
+    gpu_budget_bytes: int
+    host_budget_bytes: int
+    weights_format: str = ""
+    weights_source: str = ""
+    tensor_parallel: int = 1
+    gpu_memory_utilization: float | None = None
+    levers: tuple[str, ...] = field(default=())
+    shortfall: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
+
+    @property
+    def offload_fraction(self) -> float:
+        """Share of the layers that run from system RAM."""
+        if self.total_layers == 0:
+            return 0.0
+        return 1 - self.gpu_layers / self.total_layers
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Memory still free for this service after the services planned before it on the same machine."""
+
+    gpu_bytes: int
+    host_bytes: int
+    unified: bool = False
+
+
+def initial_budget(hw: HardwareSpec) -> Budget:
+    if hw.is_apple:
+        apple = next(g for g in hw.gpus if g.vendor == "apple")
+        wired = hw.wired_limit_fraction or (0.75 if apple.memory_gib > 36 else 2 / 3)
+        total = int(hw.memory_gib * GIB)
+        return Budget(int(total * wired), int(total * (1 - HOST_RESERVE_FRACTION)), unified=True)
+    gpu = int(sum(g.memory_gib * g.count for g in hw.gpus) * GIB)
+    return Budget(gpu, int(hw.memory_gib * GIB * (1 - HOST_RESERVE_FRACTION)))
+
+
+def consume(budget: Budget, plan: MemoryPlan) -> Budget:
+    if budget.unified:
+        return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes,
+                       host_bytes=budget.host_bytes - plan.gpu_bytes - plan.host_bytes)
+    return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes, host_bytes=budget.host_bytes - plan.host_bytes)
+
+
+def gb(n: float) -> str:
+    """Bytes as GB for people (decimal, like vendors and file listings)."""
+    return f"{n / 1e9:.1f} GB"
+
+
+# ---------------------------------------------------------------------------------------------- llama.cpp
+
+
+def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type: str = "f16",
+                      ubatch: int = DEFAULT_UBATCH) -> int:
+    """KV cache of llama-server with `-c ctx_per_slot*slots -np slots` (non-unified: one stream per slot)."""
+    cells = pad(ctx_per_slot)
+    bpe = KV_BYTES_PER_ELEMENT[kv_type]
+    per_cell_layer = model.kv_bytes_per_token_per_layer(bpe)
+    full = model.full_attention_layers * cells * per_cell_layer
+    swa = 0.0
+    if model.swa_layers and model.sliding_window:
+        swa_cells = pad(min(cells, model.sliding_window + ubatch))
+        swa = model.swa_layers * swa_cells * per_cell_layer
+    return int((full + swa) * slots)
+
+
+def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_UBATCH) -> int:
+    """Activations of one micro-batch plus the logits of one output row per slot.
+
+    Calibrated on the Gemma 3 270M breakdown printed by llama-server -lv 4 (compute 23 MiB at -ub 512, -np 8).
+    """
+    activations = ubatch * 4 * (4 * model.hidden + 2 * model.ffn)
+    logits = slots * model.vocab * 4
+    return int(activations + logits)
+
+
+def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
+                  weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
+                  gpu_overhead: int = LLAMA_FIT_MARGIN, engine: str = "llama.cpp") -> MemoryPlan:
+    """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left."""
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    levers: list[str] = []
+    if ctx < wl.context_tokens:
+        levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+    slots = wl.concurrent_users
+    has_gpu = bool(hw.gpus)
+    kv_types = ("f16", "q8_0") if allow_kv_quant else ("f16",)
+
+    def build(ngl: int, kv_type: str, ctx_slot: int) -> MemoryPlan:
+        kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type)
+        compute = llamacpp_compute_bytes(model, slots)
+        layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
+        on_gpu = ngl > 0 and has_gpu
+        w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)
+        kv_gpu = int(kv * ngl / model.layers) if on_gpu else 0
+        n_gpus = max(1, hw.gpu_count)
+        overhead_gpu = gpu_overhead * n_gpus if on_gpu else 0
+        gpu = w_gpu + kv_gpu + (compute if on_gpu else 0) + overhead_gpu
+        host = (weights - w_gpu) + (kv - kv_gpu) + (0 if on_gpu else compute) + LLAMA_HOST_OVERHEAD
+        if budget.unified:
+            fits = gpu <= budget.gpu_bytes and gpu + host <= budget.host_bytes
+        else:
+            fits = gpu <= budget.gpu_bytes and host <= budget.host_bytes
+        return MemoryPlan(
+            weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=compute,
+            overhead_bytes=overhead_gpu + LLAMA_HOST_OVERHEAD, gpu_bytes=gpu, host_bytes=host,
+            gpu_layers=ngl if on_gpu else 0, total_layers=model.layers, context_per_request=ctx_slot,
+            parallel=slots, kv_cache_type=kv_type, fits=fits, gpu_budget_bytes=budget.gpu_bytes,
+            host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
+            levers=tuple(levers),
+        )
+
+    full = model.layers if has_gpu else 0
+    for kv_type in kv_types:
+        plan = build(full, kv_type, ctx)
+        if plan.fits:
+            return _with_lever(plan, kv_type, levers)
+    if has_gpu:
+        best = _best_partial(build, model.layers, kv_types, ctx)
+        if best is not None:
+            kv_note = [] if best.kv_cache_type == "f16" else [f"KV cache quantized to {best.kv_cache_type}"]
+            lever = f"partial offload: {best.gpu_layers} of {model.layers} layers on GPU, the rest in system RAM"
+            return replace(best, levers=tuple(levers + [lever] + kv_note))
+    # Last lever: a smaller context per request (the workload will not get what it asked for).
+    for smaller in _smaller_contexts(ctx):
+        for kv_type in kv_types:
+            plan = build(full, kv_type, smaller) if not has_gpu else (_best_partial(build, model.layers, (kv_type,), smaller) or build(0, kv_type, smaller))
+            if plan.fits:
+                lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
+                extra = [] if kv_type == "f16" else [f"KV cache quantized to {kv_type}"]
+                if has_gpu and plan.gpu_layers < model.layers:
+                    extra.append(f"partial offload: {plan.gpu_layers} of {model.layers} layers on GPU")
+                return replace(plan, levers=tuple(levers + [lever] + extra))
+    worst = build(full, kv_types[-1], ctx)
+    return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, engine))
+
+
+def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str]) -> MemoryPlan:
+    if kv_type != "f16":
+        levers = levers + [f"KV cache quantized to {kv_type} (with flash attention) to keep every layer on the GPU"]
+    return replace(plan, levers=tuple(levers))
+
+
+def _best_partial(build, layers: int, kv_types: tuple[str, ...], ctx: int) -> MemoryPlan | None:
+    """Most GPU layers that fit, preferring an f16 cache unless quantizing it buys more layers."""
+    best = None
+    for kv_type in kv_types:
+        lo, hi, found = 0, layers - 1, None
+        while lo <= hi:  # gpu use grows with layers; binary search the largest that fits
+            mid = (lo + hi) // 2
+            p = build(mid, kv_type, ctx)
+            if p.gpu_bytes <= p.gpu_budget_bytes:
+                found, lo = p, mid + 1
+            else:
+                hi = mid - 1
+        if found is not None and found.fits and (best is None or found.gpu_layers > best.gpu_layers):
+            best = found
+    return best
+
+
+def _smaller_contexts(ctx: int) -> list[int]:
+    out, c = [], ctx
+    while c > 2048:
+        c = max(2048, pad(c // 2))
+        out.append(c)
+    return out
+
+
+def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, engine: str) -> str:
+    need = plan.gpu_bytes + plan.host_bytes if (not budget.unified) else plan.gpu_bytes + plan.host_bytes
+    have = budget.gpu_bytes + budget.host_bytes if not budget.unified else budget.host_bytes
+    return (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
+            f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")
+
+
+# ---------------------------------------------------------------------------------------------- vLLM
+
+
+def vllm_kv_bytes_per_request(model: ModelFacts, ctx: int, kv_dtype: str, tp: int = 1) -> int:
+    """KV bytes one request of `ctx` tokens needs on each rank (block size 16, SWA layers hold the window)."""
+    bpe = VLLM_KV_BYTES[kv_dtype]
+    kv_heads = max(1, model.kv_heads // tp)
+    per_token_layer = kv_heads * (model.head_dim_k + model.head_dim_v) * bpe
+    tokens_full = pad(ctx, 16)
+    full = model.full_attention_layers * tokens_full * per_token_layer
+    swa = 0
+    if model.swa_layers and model.sliding_window:
+        swa = model.swa_layers * pad(min(ctx, model.sliding_window + 16), 16) * per_token_layer
+    return int(full + swa)
+
+
+def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int) -> int:
+    """Non-KV memory per rank: CUDA context + NCCL (~0.7 GiB), activation peak at 2048-8192 batched tokens,
+    and the CUDA-graph estimate vLLM subtracts since v0.21 (~0.5 GiB). Sized from vLLM startup logs of 8B-70B."""
+    activations = 8192 * (model.hidden * 4 + model.ffn * 2) * 2
+    return int(1.2 * GIB + activations + 0.02 * weights_per_rank)
+
+
+def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
+              weights_format: str, weights_source: str) -> MemoryPlan:
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    users = wl.concurrent_users
+    n_gpus = hw.gpu_count
+    per_gpu = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
+    share = budget.gpu_bytes / (per_gpu * n_gpus) if n_gpus and per_gpu else 0.0
+    util = round(min(0.90, share - 0.02), 2) if share < 0.92 else 0.90
+    levers: list[str] = []
+    candidates = [tp for tp in (1, 2, 4, 8, 16, 32, 64) if tp <= max(1, n_gpus) and model.heads % tp == 0]
+    best = None
+    for tp in candidates:
+        for kv_dtype in ("auto", "fp8"):
+            p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget)
+            p = replace(p, weights_format=weights_format, weights_source=weights_source)
+            if best is None:
+                best = p
+            if p.fits and _vllm_all_users_fit(p, model, ctx, users, tp):
+                return _vllm_levers(p, tp, kv_dtype, levers, all_fit=True)
+            if p.fits and (not best.fits):
+                best = p
+    assert best is not None
+    if best.fits:  # weights and one full request fit, but not every user at full context at once
+        return _vllm_levers(best, best.tensor_parallel, best.kv_cache_type, levers, all_fit=False)
+    need = best.weights_bytes + best.kv_cache_bytes + best.overhead_bytes
+    return replace(best, shortfall=(
+        f"needs the {gb(best.weights_bytes)} of weights ({weights_format}) in GPU memory plus KV cache and "
+        f"{gb(best.overhead_bytes)} runtime overhead ({gb(need)} in all); {hw.label()} has "
+        f"{gb(max(0, budget.gpu_bytes))} of GPU memory"))
+
+
+def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget) -> MemoryPlan:
+    per_rank_weights = weights // tp
+    overhead = vllm_overhead_bytes(model, per_rank_weights)
+    kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp)
+    reserve = int(per_gpu * util)
+    kv_room = reserve - per_rank_weights - overhead
+    fits = kv_room >= kv_req and budget.gpu_bytes >= reserve * tp
+    kv_total_needed = kv_req * users * tp
+    return MemoryPlan(
+        weights_bytes=weights, kv_cache_bytes=kv_total_needed, compute_bytes=0, overhead_bytes=overhead * tp,
+        gpu_bytes=reserve * tp, host_bytes=int(2.5 * GIB), gpu_layers=model.layers, total_layers=model.layers,
+        context_per_request=ctx, parallel=users, kv_cache_type=kv_dtype, fits=fits,
+        gpu_budget_bytes=budget.gpu_bytes, host_budget_bytes=budget.host_bytes, tensor_parallel=tp,
+        gpu_memory_utilization=util,
+    )
+
+
+def _vllm_all_users_fit(p: MemoryPlan, model, ctx, users, tp) -> bool:
+    per_rank_room = p.gpu_bytes // p.tensor_parallel - p.weights_bytes // p.tensor_parallel - p.overhead_bytes // p.tensor_parallel
+    return per_rank_room >= vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, tp) * users
+
+
+def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_fit: bool) -> MemoryPlan:
+    out = list(levers)
+    if tp > 1:
+        out.append(f"tensor parallel over {tp} GPUs to hold the weights and KV cache")
+    if kv_dtype == "fp8":
+        out.append("KV cache in fp8 to hold every user's context")
+    if not all_fit:
+        out.append("not every user fits at full context at once: vLLM will queue or preempt the rest")
+    return replace(p, levers=tuple(out))
+
+
+def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
+                  weights_format: str, weights_source: str) -> MemoryPlan:
+    """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE GiB of RAM (a test and development path)."""
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    kv = vllm_kv_bytes_per_request(model, ctx, "auto") * wl.concurrent_users
+    kv_space = max(1, math.ceil(kv / GIB))
+    overhead = int(1.5 * GIB)
+    host = weights + kv_space * GIB + overhead
+    fits = host <= budget.host_bytes
+    plan = MemoryPlan(
+        weights_bytes=weights, kv_cache_bytes=kv_space * GIB, compute_bytes=0, overhead_bytes=overhead, gpu_bytes=0,
+        host_bytes=host, gpu_layers=0, total_layers=model.layers, context_per_request=ctx,
+        parallel=wl.concurrent_users, kv_cache_type="auto", fits=fits, gpu_budget_bytes=0,
+        host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
+    )
+    if not fits:
+        plan = replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- MLX
+
+
+def mlx_kv_bytes(model: ModelFacts, ctx: int, users: int) -> int:
+    """mlx_lm KVCache grows in 256-token steps (bf16); rotating caches hold only the window."""
+    per_token_layer = model.kv_bytes_per_token_per_layer(2.0)
+    full = model.full_attention_layers * pad(ctx, MLX_KV_STEP) * per_token_layer
+    swa = 0.0
+    if model.swa_layers and model.sliding_window:
+        swa = model.swa_layers * pad(min(ctx, model.sliding_window), MLX_KV_STEP) * per_token_layer
+    return int((full + swa) * users)
+
+
+def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
+             weights_format: str, weights_source: str) -> MemoryPlan:
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    kv = mlx_kv_bytes(model, ctx, wl.concurrent_users)
+    overhead = int(0.5 * GIB)
+    total = weights + kv + overhead
+    levers: list[str] = []
+    gpu_budget = budget.gpu_bytes
+    fits = total <= gpu_budget
+    if not fits and budget.unified and total <= budget.host_bytes:
+        # Raising iogpu.wired_limit_mb lets the GPU wire more of unified memory (mlx-lm README, "Large Models").
+        levers.append(f"raise the GPU wired-memory limit to {math.ceil(total / MIB)} MB (sudo sysctl iogpu.wired_limit_mb=...)")
+        fits = True
+    plan = MemoryPlan(
+        weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=0, overhead_bytes=overhead,
+        gpu_bytes=total if budget.unified else 0, host_bytes=0 if budget.unified else total,
+        gpu_layers=model.layers if budget.unified else 0, total_layers=model.layers, context_per_request=ctx,
+        parallel=wl.concurrent_users, kv_cache_type="bf16", fits=fits if budget.unified else total <= budget.host_bytes,
+        gpu_budget_bytes=gpu_budget, host_budget_bytes=budget.host_bytes, weights_format=weights_format,
+        weights_source=weights_source, levers=tuple(levers),
+    )
+    if not plan.fits:
+        plan = replace(plan, shortfall=f"needs {gb(total)} of unified memory; {hw.label()} can give the GPU "
+                                       f"at most {gb(max(0, budget.host_bytes))}")
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------- speed
+
+
+def predict_decode_tokens_per_s(model: ModelFacts, plan: MemoryPlan, hw: HardwareSpec, avg_context: int,
+                                efficiency: float = 0.7) -> tuple[float, str]:
+    """Single-stream decode speed from memory bandwidth: every token reads the active weights and the KV cache.
+
+    Returns (tokens/s, which bandwidth binds). `efficiency` is the share of peak bandwidth engines reach in decode
+    (typically 60-80%).
+    """
+    active = plan.weights_bytes * (model.active_params / model.params) if model.params else plan.weights_bytes
+    kv_per_token = _kv_bytes_read(model, plan, avg_context)
+    gpu_bw = (min(g.bandwidth_gbs for g in hw.gpus) * 1e9) if hw.gpus else 0.0
+    host_bw = hw.memory_bandwidth_gbs * 1e9
+    frac_gpu = (plan.gpu_layers / plan.total_layers) if plan.total_layers else 0.0
+    if hw.is_apple or not hw.gpus or frac_gpu == 0:
+        bw = gpu_bw if hw.is_apple else host_bw
+        where = "unified memory bandwidth" if hw.is_apple else "system RAM bandwidth"
+        seconds = (active + kv_per_token) / bw
+    else:
+        tp = max(1, plan.tensor_parallel)
+        gpu_part = (active + kv_per_token) * frac_gpu / (gpu_bw * tp)
+        host_part = (active + kv_per_token) * (1 - frac_gpu) / host_bw
+        seconds = gpu_part + host_part
+        if host_part > gpu_part:
+            where = f"system RAM bandwidth ({(1 - frac_gpu) * 100:.0f}% of layers run from RAM)"
+        else:
+            where = "GPU memory bandwidth"
+    return round(efficiency / seconds, 1) if seconds > 0 else 0.0, where
+
+
+def _kv_bytes_read(model: ModelFacts, plan: MemoryPlan, avg_context: int) -> float:
+    bpe = KV_BYTES_PER_ELEMENT.get(plan.kv_cache_type, VLLM_KV_BYTES.get(plan.kv_cache_type, 2.0))
+    per_layer = model.kv_bytes_per_token_per_layer(bpe)
+    full = model.full_attention_layers * avg_context * per_layer
+    swa = model.swa_layers * min(avg_context, model.sliding_window or avg_context) * per_layer
+    return full + swa

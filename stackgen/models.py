@@ -1,0 +1,307 @@
+"""Model facts: what the planner needs to know about a model, from the catalog, a GGUF header or an HF folder.
+
+A model reference in stack.yaml is one of: a catalog name, a path to a .gguf, a path to an HF folder,
+``hf:org/repo`` or ``ollama:name:tag``. Each becomes a frozen :class:`ModelFacts`. Weight sizes depend on the
+format an engine loads (GGUF quant, HF dtype, MLX bits), so they are looked up per format, from real file sizes
+where the catalog has them and from bits-per-weight otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+GIB = 1024**3
+GB = 1000**3
+
+# Effective bits per weight of llama.cpp quant types (llama.cpp tools/quantize: "size" column of the quant table
+# for Llama 3 8B, i.e. including the larger output/embedding tensors). Used only when no real file size is known.
+GGUF_BPW: dict[str, float] = {
+    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.50, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
+    "Q5_0": 5.54, "Q5_1": 6.0, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.55, "Q4_1": 5.0, "IQ4_XS": 4.46,
+    "IQ4_NL": 4.68, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.64, "IQ3_M": 3.76, "IQ3_XS": 3.5, "Q2_K": 3.35,
+    "IQ2_M": 2.93, "IQ2_XS": 2.59, "IQ1_M": 2.01, "MXFP4": 4.25, "TQ1_0": 1.69, "TQ2_0": 2.06,
+}
+# HF/vLLM formats: bytes per parameter (AWQ/GPTQ 4-bit with group-128 scales and zeros ~ 4.25 bits, plus
+# unquantized embeddings; measured on Llama-3.1-70B-Instruct-AWQ-INT4: 39.8 GB for 70.6 B params = 0.56 B/param).
+HF_BYTES_PER_PARAM: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "fp8": 1.03, "awq": 0.56, "gptq": 0.56}
+# MLX quantization: 4-bit with group size 64 stores a bf16 scale and bias per group -> 4.5 bits per weight.
+MLX_BYTES_PER_PARAM: dict[str, float] = {"4bit": 0.5625, "8bit": 1.0625, "bf16": 2.0, "fp16": 2.0, "3bit": 0.4375, "6bit": 0.8125}
+
+HF_FORMATS = tuple(HF_BYTES_PER_PARAM)
+MLX_FORMATS = tuple(MLX_BYTES_PER_PARAM)
+
+
+def normalize_quant(q: str | None) -> str | None:
+    """Canonical spelling: GGUF types upper case (Q4_K_M), HF/MLX formats lower case (bf16, awq, 4bit)."""
+    if q is None:
+        return None
+    low = q.strip().lower()
+    if low in HF_BYTES_PER_PARAM or low in MLX_BYTES_PER_PARAM:
+        return low
+    if low in {"int4", "w4a16"}:
+        return "awq"
+    up = q.strip().upper()
+    if up in GGUF_BPW:
+        return up
+    raise ValueError(f"unknown quant {q!r}")
+
+
+def known_quants() -> list[str]:
+    return sorted(GGUF_BPW) + list(HF_FORMATS) + [f for f in MLX_FORMATS if f not in HF_FORMATS]
+
+
+def is_gguf_quant(q: str | None) -> bool:
+    return q is not None and q in GGUF_BPW
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """Architecture facts and weight sizes of one model. Sizes are in bytes."""
+
+    name: str
+    source: str  # catalog | gguf | hf | ollama
+    architecture: str
+    params: int
+    active_params: int
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim_k: int
+    head_dim_v: int
+    vocab: int
+    context_length: int
+    sliding_window: int | None = None
+    swa_layers: int = 0
+    experts_total: int | None = None
+    experts_active: int | None = None
+    path: str | None = None  # local .gguf file or HF folder
+    quant: str | None = None  # the quant the stack asked for, or the file's own
+    hf_repo: str | None = None
+    gguf_repo: str | None = None
+    mlx_repo: str | None = None
+    ollama: str | None = None
+    gguf_sizes: Mapping[str, int] = field(default_factory=dict)
+    hf_sizes: Mapping[str, int] = field(default_factory=dict)
+    mlx_sizes: Mapping[str, int] = field(default_factory=dict)
+    description: str = ""
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_catalog(cls, name: str, entry: Mapping[str, Any]) -> "ModelFacts":
+        if not isinstance(entry, Mapping):
+            raise ValueError("a model entry is a mapping")
+        need = ("architecture", "params_b", "layers", "hidden_size", "heads", "kv_heads", "vocab_size", "context_length")
+        missing = [k for k in need if entry.get(k) is None]
+        if missing:
+            raise ValueError(f"missing keys: {', '.join(missing)}")
+        heads = int(entry["heads"])
+        hidden = int(entry["hidden_size"])
+        head_dim = int(entry.get("head_dim") or hidden // heads)
+        experts = entry.get("experts") or {}
+        params = int(float(entry["params_b"]) * 1e9)
+        return cls(
+            name=name,
+            source="catalog",
+            architecture=str(entry["architecture"]),
+            params=params,
+            active_params=int(float(entry.get("active_params_b") or entry["params_b"]) * 1e9),
+            layers=int(entry["layers"]),
+            hidden=hidden,
+            ffn=int(entry.get("intermediate_size") or 4 * hidden),
+            heads=heads,
+            kv_heads=int(entry["kv_heads"]),
+            head_dim_k=head_dim,
+            head_dim_v=int(entry.get("head_dim_v") or head_dim),
+            vocab=int(entry["vocab_size"]),
+            context_length=int(entry["context_length"]),
+            sliding_window=int(entry["sliding_window"]) if entry.get("sliding_window") else None,
+            swa_layers=int(entry.get("sliding_window_layers") or 0),
+            experts_total=int(experts["total"]) if experts else None,
+            experts_active=int(experts["active"]) if experts else None,
+            hf_repo=entry.get("hf_repo"),
+            gguf_repo=entry.get("gguf_repo"),
+            mlx_repo=entry.get("mlx_repo"),
+            ollama=entry.get("ollama"),
+            gguf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("gguf") or {}).items()},
+            hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
+            mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("mlx") or {}).items()},
+            description=str(entry.get("description") or ""),
+        )
+
+    @classmethod
+    def from_summary(cls, name: str, source: str, path: str, s: Mapping[str, Any]) -> "ModelFacts":
+        """From the dict that gguf.summarize() / HFModelInfo.summarize() give."""
+        arch = str(s.get("architecture") or "unknown")
+        layers = int(s["layers"])
+        heads = int(s.get("heads") or 1)
+        hidden = int(s.get("hidden") or 0)
+        head_k = int(s.get("head_dim_k") or (hidden // heads if heads else 0))
+        sw = s.get("sliding_window")
+        swa_layers = int(s.get("swa_layers") or 0)
+        if sw and not swa_layers:
+            swa_layers = _default_swa_layers(arch, layers, s.get("sliding_window_pattern"))
+        experts = s.get("experts") or {}
+        params = int(s.get("params") or 0)
+        active = params
+        total_e, used_e = experts.get("total") or experts.get("expert_count"), experts.get("active") or experts.get("expert_used_count")
+        if total_e and used_e and params:
+            active = int(params * (used_e / total_e) * 0.9 + params * 0.1)  # experts hold ~90% of MoE weights
+        return cls(
+            name=name, source=source, architecture=arch, params=params, active_params=active, layers=layers,
+            hidden=hidden, ffn=int(s.get("ffn") or 4 * hidden), heads=heads, kv_heads=int(s.get("kv_heads") or heads),
+            head_dim_k=head_k, head_dim_v=int(s.get("head_dim_v") or head_k), vocab=int(s.get("vocab_size") or 0),
+            context_length=int(s.get("context_length") or 0), sliding_window=int(sw) if sw else None,
+            swa_layers=swa_layers if sw else 0, experts_total=int(total_e) if total_e else None,
+            experts_active=int(used_e) if used_e else None, path=path, quant=s.get("quant") or s.get("dtype"),
+        )
+
+    # ------------------------------------------------------------------ derived facts
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.experts_total)
+
+    @property
+    def full_attention_layers(self) -> int:
+        return self.layers - self.swa_layers
+
+    def kv_bytes_per_token_per_layer(self, bytes_per_element: float) -> float:
+        return self.kv_heads * (self.head_dim_k + self.head_dim_v) * bytes_per_element
+
+    def gguf_bytes(self, quant: str) -> tuple[int, str]:
+        """Weights of the GGUF in `quant`, and where the figure came from."""
+        if self.source == "gguf" and self.path and quant == self.quant:
+            return self.gguf_sizes.get(quant, 0), "file"
+        if quant in self.gguf_sizes:
+            return self.gguf_sizes[quant], "catalog"
+        return int(self.params * GGUF_BPW[quant] / 8), "estimate"
+
+    def hf_bytes(self, fmt: str) -> tuple[int, str]:
+        if fmt in self.hf_sizes:
+            return self.hf_sizes[fmt], "catalog" if self.source != "hf" else "file"
+        return int(self.params * HF_BYTES_PER_PARAM[fmt]), "estimate"
+
+    def mlx_bytes(self, fmt: str) -> tuple[int, str]:
+        if fmt in self.mlx_sizes:
+            return self.mlx_sizes[fmt], "catalog"
+        if self.source == "hf" and fmt in self.hf_sizes:
+            return self.hf_sizes[fmt], "file"
+        return int(self.params * MLX_BYTES_PER_PARAM[fmt]), "estimate"
+
+    def with_quant(self, quant: str | None) -> "ModelFacts":
+        return replace(self, quant=quant) if quant else self
+
+
+def _default_swa_layers(arch: str, layers: int, pattern: Any) -> int:
+    """How many layers use the sliding window when the file does not list them.
+
+    llama.cpp hard-codes Gemma 3's pattern (5 local : 1 global, src/llama-model.cpp set_swa_pattern(6));
+    Gemma 2 alternates; Mistral v0.1 style models slide on every layer.
+    """
+    if isinstance(pattern, int) and pattern > 1:
+        return layers - layers // pattern
+    if isinstance(pattern, (list, tuple)) and pattern:
+        return sum(1 for p in pattern if p)
+    if arch in ("gemma3", "gemma3n", "gemma3_text"):
+        return layers - layers // 6
+    if arch == "gemma2":
+        return layers // 2
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------- references
+
+
+def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[str, ModelFacts]) -> ModelFacts:
+    """Turn a stack's model reference into facts; raise spec.ModelRefError with a hint on failure."""
+    from stackgen.spec import ModelRefError
+
+    try:
+        q = normalize_quant(quant)
+    except ValueError:
+        import difflib
+
+        close = difflib.get_close_matches(quant or "", known_quants(), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
+        raise ModelRefError(f"unknown quant {quant!r}", hint, field="quant") from None
+    if ref.startswith("hf:"):
+        return _from_registry(ref[3:], "hf_repo", catalog, q, "hf")
+    if ref.startswith("ollama:"):
+        return _from_registry(ref[7:], "ollama", catalog, q, "ollama")
+    if ref in catalog:
+        return catalog[ref].with_quant(q)
+    if ref.lower().endswith(".gguf") or "/" in ref or ref.startswith("."):
+        return _from_path(ref, q, base_dir)
+    import difflib
+
+    close = difflib.get_close_matches(ref, list(catalog), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}?" if close else "use a catalog name (stackgen models), a .gguf path, an HF folder, hf:org/repo or ollama:name:tag"
+    raise ModelRefError(f"unknown model {ref!r}", hint)
+
+
+def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None, source: str) -> ModelFacts:
+    from stackgen.spec import ModelRefError
+
+    if not re.fullmatch(r"[A-Za-z0-9._/:-]+", name) or not name:
+        raise ModelRefError(f"invalid {source} reference {name!r}", "letters, digits, '.', '_', '-', '/' and ':' only")
+    for facts in catalog.values():
+        if (getattr(facts, key) or "").lower() == name.lower():
+            out = facts.with_quant(q)
+            return replace(out, source=source, name=f"{source}:{name}") if source == "ollama" else out
+    raise ModelRefError(
+        f"{source}:{name} is not in the model catalog, so its architecture is unknown",
+        "download it and point `model:` at the local file or folder, or add it to profiles/models.yaml next to the stack",
+    )
+
+
+def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
+    from stackgen.spec import ModelRefError
+
+    path = (base_dir / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
+    if not path.exists():
+        raise ModelRefError(f"model file {ref!r} does not exist (looked at {path})",
+                            "fix the path (relative paths start at the stack file's folder)")
+    if path.is_file():
+        return _from_gguf(path, q)
+    return _from_hf(path, q)
+
+
+def _from_gguf(path: Path, q: str | None) -> ModelFacts:
+    from stackgen import gguf
+    from stackgen.spec import ModelRefError
+
+    try:
+        header = gguf.read_gguf_header(path)
+    except gguf.GGUFError as exc:
+        raise ModelRefError(f"{path.name}: not a readable GGUF file: {exc}", "point `model:` at a .gguf file") from None
+    s = gguf.summarize(header)
+    facts = ModelFacts.from_summary(path.stem, "gguf", str(path), s)
+    file_quant = s.get("quant")
+    if q and file_quant and q != file_quant:
+        raise ModelRefError(f"quant {q} does not match the file, which is {file_quant}",
+                            f"remove `quant:` or write `quant: {file_quant}`", field="quant")
+    size = int(s.get("tensor_data_bytes") or s.get("file_size") or 0)
+    return replace(facts, quant=file_quant, gguf_sizes={file_quant: size} if file_quant else {})
+
+
+def _from_hf(path: Path, q: str | None) -> ModelFacts:
+    from stackgen import hfmodel
+    from stackgen.spec import ModelRefError
+
+    try:
+        info = hfmodel.read_hf_folder(path)
+    except hfmodel.HFModelError as exc:
+        raise ModelRefError(f"{path.name}: not a readable HF model folder: {exc}",
+                            "point `model:` at a folder with config.json and *.safetensors") from None
+    s = info.summarize()
+    facts = ModelFacts.from_summary(path.name, "hf", str(path), s)
+    fmt = s.get("quantization") or s.get("dtype") or "bf16"
+    fmt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(str(fmt), str(fmt))
+    sizes = {fmt: int(s.get("weights_bytes") or 0)} if fmt in HF_BYTES_PER_PARAM else {}
+    return replace(facts, quant=q or (fmt if fmt in HF_BYTES_PER_PARAM else None), hf_sizes=sizes)

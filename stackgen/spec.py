@@ -1,0 +1,463 @@
+"""The stack.yaml contract (version 1) as pydantic models, and ``load_stack`` which turns a file into a bound Stack.
+
+The pydantic models describe the file exactly as written (they are also dumped as the JSON Schema editors use).
+``load_stack`` then binds names to things: profile names to hardware and workloads, model references to model
+facts. Every problem is reported with file:line:col, the dotted field path and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from stackgen import _yaml
+from stackgen.errors import Problem, SpecError
+
+NAME_RE = r"^[a-z0-9][a-z0-9-]*$"
+Name = Annotated[str, StringConstraints(pattern=NAME_RE, max_length=63)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
+TARGETS = ("script", "systemd", "compose", "kubernetes")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class _Model(BaseModel):
+    # extra="forbid" turns typos into errors with a did-you-mean; strict keeps "8" from silently becoming 8.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class GPUSpec(_Model):
+    vendor: Literal["nvidia", "amd", "intel", "apple"] = Field(description="GPU vendor.")
+    name: Text = Field(description="Marketing name, e.g. 'GeForce RTX 4090'.")
+    memory_gib: float = Field(gt=0, le=4096, description="Memory per GPU in GiB (Apple: the unified pool).")
+    bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
+    count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
+    tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")
+    compute_capability: str | None = Field(None, description="NVIDIA compute capability, e.g. '8.9'.")
+    arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")
+    interconnect_gbs: float | None = Field(None, gt=0, description="Host<->GPU link, GB/s per direction.")
+    unified: bool = Field(False, description="GPU shares system memory (Apple silicon).")
+
+
+class CPUSpec(_Model):
+    cores: int = Field(ge=1, le=1024, description="Physical cores.")
+    threads: int | None = Field(None, ge=1, le=4096, description="Hardware threads.")
+    arch: Literal["x86_64", "arm64", "aarch64"] = Field("x86_64", description="CPU architecture.")
+
+
+class HardwareSpec(_Model):
+    description: str | None = Field(None, max_length=200)
+    gpus: tuple[GPUSpec, ...] = Field((), strict=False, description="GPUs; empty for a CPU-only machine.")
+    memory_gib: float = Field(gt=0, le=65536, description="System RAM in GiB (Apple: the unified pool).")
+    memory_bandwidth_gbs: float = Field(gt=0, le=100000, description="System RAM bandwidth in GB/s.")
+    cpu: CPUSpec
+    os: Literal["linux", "macos", "windows"] = "linux"
+    wired_limit_fraction: float | None = Field(
+        None, gt=0, le=1, description="Apple: share of unified memory macOS lets the GPU wire by default."
+    )
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(g.count for g in self.gpus)
+
+    @property
+    def gpu_memory_gib(self) -> float:
+        return sum(g.memory_gib * g.count for g in self.gpus if not g.unified)
+
+    @property
+    def is_apple(self) -> bool:
+        return any(g.vendor == "apple" for g in self.gpus)
+
+    def label(self) -> str:
+        if not self.gpus:
+            return f"CPU-only ({self.cpu.cores} cores, {self.memory_gib:g} GiB RAM)"
+        parts = [f"{g.count}x {g.name}" if g.count > 1 else g.name for g in self.gpus]
+        return ", ".join(parts)
+
+
+class WorkloadSpec(_Model):
+    description: str | None = Field(None, max_length=200)
+    concurrent_users: int = Field(1, ge=1, le=4096, description="Requests in flight at once.")
+    context_tokens: int = Field(8192, ge=256, le=10_000_000, description="Context per request (prompt+output).")
+    prompt_tokens: int = Field(1024, ge=1, le=10_000_000, description="Typical prompt length.")
+    output_tokens: int = Field(256, ge=1, le=1_000_000, description="Typical output length.")
+    optimize: Literal["latency", "throughput", "setup"] = Field("latency", description="What matters most.")
+
+
+class WorkloadOverride(_Model):
+    """Per-service fields merged over the stack's workload."""
+
+    concurrent_users: int | None = Field(None, ge=1, le=4096)
+    context_tokens: int | None = Field(None, ge=256, le=10_000_000)
+    prompt_tokens: int | None = Field(None, ge=1, le=10_000_000)
+    output_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    optimize: Literal["latency", "throughput", "setup"] | None = None
+
+
+OverrideValue = Union[bool, int, float, str, None]
+
+
+class ServiceSpec(_Model):
+    model: Text = Field(
+        description="Catalog name | path to a .gguf | path to an HF folder | hf:org/repo | ollama:name:tag."
+    )
+    quant: str | None = Field(None, description="GGUF type (Q4_K_M, Q8_0, F16, ...) or bf16/fp16/fp8/awq/gptq/4bit/8bit.")
+    engine: Literal["auto", "llama.cpp", "ollama", "vllm", "mlx"] = "auto"
+    engine_version: str | None = Field(None, description="Engine version whose flag set the artifacts target.")
+    binary: str | None = Field(None, description="Path to the engine binary; default: found on PATH.")
+    image: str | None = Field(None, description="Container image for the compose/kubernetes targets.")
+    port: int | None = Field(None, ge=1, le=65535, description="Port; unique per stack.")
+    workload: WorkloadOverride | None = None
+    overrides: dict[str, Union[OverrideValue, list[OverrideValue]]] = Field(
+        default_factory=dict, description="Engine-native flags (or Modelfile PARAMETERs) that win over tuned ones."
+    )
+    system: str | None = Field(None, max_length=65536, description="Ollama: default system message (SYSTEM).")
+    chat_template: str | None = Field(None, description="Path to a chat template file (never inline).")
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, v: str) -> str:
+        if v.startswith("-"):
+            raise ValueError("a model reference cannot start with '-' (it would be read as a flag)")
+        if any(part == ".." for part in re.split(r"[\\/]", v)) and not v.startswith(("hf:", "ollama:")):
+            # Relative parents are allowed for local paths, but never inside registry references.
+            pass
+        if v.startswith(("hf:", "ollama:")) and ".." in v:
+            raise ValueError("a registry reference cannot contain '..'")
+        return v
+
+
+class ServeSpec(_Model):
+    host: str = Field("127.0.0.1", description="Bind address. Anything but loopback needs api_key_env.")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Name of the environment variable holding the API key (the value never lands in artifacts).",
+    )
+
+
+HardwareRef = Union[str, HardwareSpec]
+WorkloadRef = Union[str, WorkloadSpec]
+
+
+class StackSpec(_Model):
+    """stack.yaml, version 1."""
+
+    version: Literal[1] = Field(description="Format version; always 1.")
+    name: Name | None = Field(None, description="Stack name; default: the stack file's folder name.")
+    hardware: HardwareRef = Field(
+        description="A built-in profile, '<N>x <profile>', 'detect', or an inline description."
+    )
+    workload: WorkloadRef = Field("dev-loop", description="A built-in profile or an inline description.")
+    services: dict[Name, ServiceSpec] = Field(min_length=1, description="One or more services.")
+    targets: tuple[Literal["script", "systemd", "compose", "kubernetes"], ...] = Field(
+        ("script",), strict=False, description="What `stackgen render` writes."
+    )
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+
+
+# ---------------------------------------------------------------------------------------------- bound objects
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service with every reference resolved: the workload merged, the model's facts read."""
+
+    name: str
+    spec: ServiceSpec
+    workload: WorkloadSpec
+    model: Any  # stackgen.models.ModelFacts (Any here to keep spec free of an import cycle)
+
+
+@dataclass(frozen=True)
+class Stack:
+    path: Path
+    name: str
+    spec: StackSpec
+    hardware: HardwareSpec | None  # None: `hardware: detect`, filled from the host at plan time
+    hardware_label: str
+    services: tuple[Service, ...]
+    profiles_dirs: tuple[Path, ...] = field(default=())
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.spec.targets
+
+    @property
+    def serve(self) -> ServeSpec:
+        return self.spec.serve
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_stack(path: str | Path) -> Stack:
+    """Read, validate and bind a stack file; raise SpecError listing every problem with its position."""
+    from stackgen.profiles import load_profiles
+
+    path = Path(path)
+    display = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError([Problem(display, 1, 1, "", "file not found", "check the path")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}", "")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(display, 1, 1, "", f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")]) from None
+    doc = parse_document(text, display)
+    spec = validate_document(doc, display)
+    profiles = load_profiles(path.parent)
+    return bind(spec, doc, display, path, profiles)
+
+
+def parse_document(text: str, display: str) -> _yaml.Document:
+    try:
+        doc = _yaml.load_document(text)
+    except _yaml.YamlError as exc:
+        raise SpecError([Problem(display, exc.mark.line, exc.mark.col, _dotted(exc.path), exc.message)]) from None
+    if not isinstance(doc.data, dict):
+        hint = "start with `version: 1`"
+        raise SpecError([Problem(display, 1, 1, "", "a stack file is a YAML mapping", hint)])
+    problems = list(_control_chars(doc.data, (), doc, display))
+    if problems:
+        raise SpecError(problems)
+    return doc
+
+
+def _control_chars(value: Any, path: _yaml.Path, doc: _yaml.Document, display: str):
+    """NUL and newlines in values end up in unit files, argv and Modelfiles: refuse them at the door."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _control_chars(v, path + (k,), doc, display)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _control_chars(v, path + (i,), doc, display)
+    elif isinstance(value, str) and re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
+        if path and path[-1] == "system":  # a multi-line system prompt is legitimate (rendered as """...""")
+            if "\x00" not in value:
+                return
+        m = doc.mark_for(path)
+        yield Problem(display, m.line, m.col, _dotted(path), "control characters (newline, NUL, ...) are not allowed here", "write one line")
+
+
+def validate_document(doc: _yaml.Document, display: str) -> StackSpec:
+    try:
+        return StackSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        raise SpecError(_problems_from_validation(exc, doc, display)) from None
+
+
+def _problems_from_validation(exc: ValidationError, doc: _yaml.Document, display: str) -> list[Problem]:
+    problems: dict[tuple, Problem] = {}
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        problem = _problem_for(err, loc, doc, display)
+        # A union reports once per branch; keep the most specific (deepest) message per field.
+        key = loc[:2]
+        if key not in problems or len(loc) > len(_split(problems[key].path)):
+            problems[key] = problem
+    return list(problems.values())
+
+
+def _split(dotted: str) -> tuple:
+    return tuple(p for p in dotted.split(".") if p)
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic puts union branch names ("str", "HardwareSpec", "function-after[...]") into locations.
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part in {"str", "HardwareSpec", "WorkloadSpec", "bool", "int", "float", "list[...]"}
+                                      or part.startswith(("function-", "constrained-str", "list[", "union["))):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Problem:
+    kind = err["type"]
+    mark = doc.mark_for(loc)
+    path = _dotted(loc)
+    if kind == "extra_forbidden":
+        parent_model = _model_at(loc[:-1])
+        choices = list(parent_model.model_fields) if parent_model else []
+        return Problem(display, mark.line, mark.col, path, f"unknown key {loc[-1]!r}", _did_you_mean(str(loc[-1]), choices))
+    if kind == "missing":
+        parent = doc.mark_for(loc[:-1])
+        return Problem(display, parent.line, parent.col, path, "required field is missing", f"add `{loc[-1]}:`")
+    if kind in {"string_type", "str_type"}:
+        return Problem(display, mark.line, mark.col, path, "expected text", "quote the value, e.g. \"1.10\"")
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return Problem(display, mark.line, mark.col, path, f"invalid value {err.get('input')!r}", f"expected {expected}")
+    if kind == "string_pattern_mismatch" and loc and loc[-1] in ("name",) or (len(loc) == 2 and loc[0] == "services"):
+        return Problem(display, mark.line, mark.col, path, f"invalid name {err.get('input')!r}",
+                       "use lowercase letters, digits and '-', starting with a letter or digit")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return Problem(display, mark.line, mark.col, path, msg[:1].lower() + msg[1:], "")
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at `loc` (for did-you-mean on unknown keys)."""
+    model: Any = StackSpec
+    walk = {
+        ("hardware",): HardwareSpec, ("workload",): WorkloadSpec, ("serve",): ServeSpec,
+    }
+    if loc in walk:
+        return walk[loc]
+    if len(loc) == 2 and loc[0] == "services":
+        return ServiceSpec
+    if len(loc) == 3 and loc[0] == "services" and loc[2] == "workload":
+        return WorkloadOverride
+    if len(loc) == 3 and loc[0] == "hardware" and loc[1] == "gpus":
+        return GPUSpec
+    if loc == ("hardware", "cpu"):
+        return CPUSpec
+    return model if loc == () else None
+
+
+def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return "known: " + ", ".join(sorted(choices)) if choices and len(choices) <= 16 else ""
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+# ---------------------------------------------------------------------------------------------- binding
+
+_MULTI_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*([a-z0-9][a-z0-9.-]*)\s*$")
+
+
+def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profiles: Any) -> Stack:
+    """Resolve names to objects: hardware and workload profiles, model facts. Collects every problem first."""
+    from stackgen.models import resolve_model
+
+    problems: list[Problem] = []
+
+    def problem(loc: tuple, message: str, hint: str = "") -> None:
+        m = doc.mark_for(loc)
+        problems.append(Problem(display, m.line, m.col, _dotted(loc), message, hint))
+
+    hardware, label = _bind_hardware(spec.hardware, profiles, problem)
+    workload = _bind_workload(spec.workload, profiles, problem)
+    services = []
+    ports: dict[int, str] = {}
+    for name, svc in spec.services.items():
+        merged = _merge_workload(workload, svc.workload) if workload else None
+        if svc.port is not None:
+            if svc.port in ports:
+                problem(("services", name, "port"), f"port {svc.port} is already used by service {ports[svc.port]!r}",
+                        "give each service its own port")
+            ports[svc.port] = name
+        try:
+            facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models)
+        except _ModelRefError as exc:
+            problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
+                    exc.message, exc.hint)
+            continue
+        if merged is not None:
+            services.append(Service(name, svc, merged, facts))
+    _check_serve(spec, problem)
+    if problems:
+        raise SpecError(problems)
+    name = spec.name or _default_name(path)
+    return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
+                 services=tuple(services), profiles_dirs=tuple(profiles.dirs))
+
+
+class _ModelRefError(Exception):
+    def __init__(self, message: str, hint: str = "", field: str = "model"):
+        super().__init__(message)
+        self.message, self.hint, self.field = message, hint, field
+
+
+ModelRefError = _ModelRefError
+
+
+def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSpec | None, str]:
+    if isinstance(ref, HardwareSpec):
+        return ref, ref.description or ref.label()
+    text = ref.strip()
+    if text == "detect":
+        return None, "detected"
+    count = 1
+    m = _MULTI_RE.match(text)
+    if m:
+        count, text = int(m.group(1)), m.group(2)
+        if count < 1 or count > 64:
+            problem(("hardware",), f"GPU count {count} is out of range", "use 1 to 64")
+            return None, ref
+    hw = profiles.hardware.get(text)
+    if hw is None:
+        problem(("hardware",), f"unknown hardware profile {text!r}",
+                _did_you_mean(text, list(profiles.hardware)) or "run `stackgen detect` or describe it inline")
+        return None, ref
+    if count > 1:
+        if not hw.gpus:
+            problem(("hardware",), f"{text!r} has no GPUs to multiply", f"write `hardware: {text}`")
+            return None, ref
+        if hw.is_apple:
+            problem(("hardware",), "Apple machines cannot be multiplied", "describe the machines under `nodes` (multi-node)")
+            return None, ref
+        gpus = tuple(g.model_copy(update={"count": g.count * count}) for g in hw.gpus)
+        hw = hw.model_copy(update={"gpus": gpus, "description": f"{count}x {hw.description or text}"})
+    return hw, ref
+
+
+def _bind_workload(ref: WorkloadRef, profiles: Any, problem) -> WorkloadSpec | None:
+    if isinstance(ref, WorkloadSpec):
+        return ref
+    wl = profiles.workloads.get(ref)
+    if wl is None:
+        problem(("workload",), f"unknown workload profile {ref!r}",
+                _did_you_mean(ref, list(profiles.workloads)) or "known: " + ", ".join(sorted(profiles.workloads)))
+    return wl
+
+
+def _merge_workload(base: WorkloadSpec, over: WorkloadOverride | None) -> WorkloadSpec:
+    if over is None:
+        return base
+    updates = {k: v for k, v in over.model_dump().items() if v is not None}
+    return base.model_copy(update=updates)
+
+
+def _check_serve(spec: StackSpec, problem) -> None:
+    host = spec.serve.host
+    if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:
+        problem(("serve", "host"), f"binding {host} without an API key exposes the model to the network",
+                "set serve.api_key_env to the name of an environment variable holding a key, or bind 127.0.0.1")
+    if host not in LOOPBACK_HOSTS:
+        for name, svc in spec.services.items():
+            if svc.engine == "ollama":
+                problem(("services", name, "engine"), "Ollama has no API key: it must bind loopback",
+                        "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
+
+
+def _default_name(path: Path) -> str:
+    folder = path.resolve().parent.name.lower()
+    slug = re.sub(r"[^a-z0-9-]+", "-", folder).strip("-")
+    return slug or "stack"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of stack.yaml for editors (yaml-language-server)."""
+    schema = StackSpec.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://stackgen.dev/schema/stack-v1.json"
+    schema["title"] = "stackgen stack.yaml (version 1)"
+    return schema
