@@ -146,6 +146,20 @@ def schema() -> None:
     run(body)
 
 
+def _register_commands() -> None:
+    """Each module in stackgen.commands adds its commands to `app` (render, up/down/status/logs, detect, ...)."""
+    import importlib
+    import pkgutil
+
+    import stackgen.commands as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        importlib.import_module(f"stackgen.commands.{info.name}")
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()
