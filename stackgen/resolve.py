@@ -163,19 +163,26 @@ def _spills(c: Candidate) -> bool:
 
 
 def _ranked_below(name: str, chosen: str, row: Row, svc: Service) -> str:
-    users = svc.workload.concurrent_users
-    specific = {
-        "ollama": (f"{users} concurrent users: Ollama's daemon picks GPU layers and context itself and serves few "
-                   "parallel requests per model; a team API outgrows it") if users > 1 else
-                  "Ollama adds a daemon and picks GPU layers itself; this workload asked for control, not setup speed",
-        "llama.cpp": (f"{users} concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache "
-                      "and scheduler scale further") if users > 1 else
-                     "llama.cpp needs every flag set by hand; this workload asked for setup speed",
-        "vllm": "vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user "
-                "does not win back" if users == 1 else "ranked below for this hardware",
-        "mlx": "mlx_lm.server is a development server without slots, metrics or API keys",
-    }
-    return f"ranked below {engines.get(chosen).display} for this workload: {specific.get(name, row.reason)}"
+    users, optimize = svc.workload.concurrent_users, svc.workload.optimize
+    if name == "ollama":
+        why = (f"{users} concurrent users: Ollama's daemon picks GPU layers and context itself and serves few parallel "
+               "requests per model; a team API outgrows it") if users > 1 else (
+               f"Ollama adds a daemon that picks GPU layers and context itself; this workload optimizes {optimize}, "
+               "not setup time")
+    elif name == "llama.cpp":
+        if chosen == "vllm":
+            why = (f"{users} concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache and "
+                   "scheduler scale further")
+        elif chosen == "mlx":
+            why = "llama.cpp runs on Metal too, but MLX is the native path through unified memory for a dev loop"
+        else:
+            why = "llama.cpp needs every flag set by hand; this workload optimizes setup time"
+    elif name == "vllm":
+        why = ("vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user does "
+               "not win back") if users == 1 else row.reason
+    else:
+        why = "mlx_lm.server is a development server without slots, metrics or API keys"
+    return f"ranked below {engines.get(chosen).display} for this workload: {why}"
 
 
 def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict[str, Candidate]) -> str:
@@ -222,6 +229,9 @@ def default_model_ref(sp: ServicePlan) -> str:
     if sp.engine == "ollama":
         return m.ollama or f"models/{m.name}-{sp.memory.weights_format}.gguf"
     if sp.engine == "mlx":
+        fmt = sp.memory.weights_format
+        if m.mlx_repo and m.mlx_repo.endswith("-4bit") and fmt != "4bit":
+            return m.mlx_repo[: -len("4bit")] + fmt  # mlx-community names each quantization by suffix
         return m.mlx_repo or m.hf_repo or m.name
     return m.hf_repo or m.name
 
