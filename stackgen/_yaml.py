@@ -7,7 +7,7 @@ keys and explicit tags are errors, and every value keeps its position for error 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -47,14 +47,17 @@ class Document:
     """Plain python data plus the position of every key and value in it."""
 
     data: Any
-    marks: dict[Path, Mark]  # position of each value (the key's position for mapping entries)
+    marks: dict[Path, Mark]  # position of each value
+    key_marks: dict[Path, Mark] = field(default_factory=dict)  # position of the key of each mapping entry
 
-    def mark_for(self, path: Path) -> Mark:
-        """The position of `path` or of its nearest ancestor that exists."""
+    def mark_for(self, path: Path, key: bool = False) -> Mark:
+        """The position of the value at `path` (or of its key), else of its nearest ancestor that exists."""
         path = tuple(path)
-        while path not in self.marks and path:
+        table = self.key_marks if key else self.marks
+        while path not in table and path:
             path = path[:-1]
-        return self.marks.get(path, Mark(1, 1))
+            table = self.key_marks if key and path in self.key_marks else self.marks
+        return table.get(path, Mark(1, 1))
 
 
 def _mark(node: Node) -> Mark:
@@ -81,7 +84,12 @@ def load_document(text: str) -> Document:
     marks: dict[Path, Mark] = {}
     if not nodes:
         return Document(None, marks)
-    return Document(_convert(nodes[0], (), marks), marks)
+    data = _convert(nodes[0], (), marks)
+    key_marks = marks.pop(_KEYS)  # type: ignore[call-overload]
+    return Document(data, marks, key_marks)
+
+
+_KEYS: Path = ("\x00keys",)  # a path no YAML document can produce (NUL is refused above)
 
 
 def _convert(node: Node, path: Path, marks: dict[Path, Mark], seen: set[int] | None = None) -> Any:
@@ -90,7 +98,7 @@ def _convert(node: Node, path: Path, marks: dict[Path, Mark], seen: set[int] | N
         # Aliases let a few lines expand to gigabytes ("billion laughs"); stack files never need them.
         raise YamlError("YAML aliases (*name) are not allowed; write the value out", _mark(node), path)
     seen.add(id(node))
-    marks.setdefault(path, _mark(node))
+    marks[path] = _mark(node)
     if node.tag not in _CORE_TAGS:
         raise YamlError(f"YAML tag {node.tag!r} is not allowed; write a plain value", _mark(node), path)
     if isinstance(node, MappingNode):
@@ -109,14 +117,15 @@ def _convert_mapping(node: MappingNode, path: Path, marks: dict[Path, Mark], see
         if not isinstance(key_node, ScalarNode):
             raise YamlError("mapping keys must be plain text", _mark(key_node), path)
         key = key_node.value
+        key_marks = marks.setdefault(_KEYS, {})  # type: ignore[arg-type]
         if key in out:
-            first = marks[path + (key,)]
+            first = key_marks[path + (key,)]
             raise YamlError(
                 f"duplicate key {key!r} (first defined at line {first.line}); remove one of them",
                 _mark(key_node),
                 path + (key,),
             )
-        marks[path + (key,)] = _mark(key_node)
+        key_marks[path + (key,)] = _mark(key_node)
         out[key] = _convert(value_node, path + (key,), marks, seen)
     return out
 

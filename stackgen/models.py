@@ -227,8 +227,9 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
     except ValueError:
         import difflib
 
-        close = difflib.get_close_matches(quant or "", known_quants(), n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
+        close = difflib.get_close_matches((quant or "").upper(), [k.upper() for k in known_quants()], n=3, cutoff=0.5)
+        close = [normalize_quant(c) for c in close]
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
         raise ModelRefError(f"unknown quant {quant!r}", hint, field="quant") from None
     if ref.startswith("hf:"):
         return _from_registry(ref[3:], "hf_repo", catalog, q, "hf")

@@ -258,14 +258,32 @@ def validate_document(doc: _yaml.Document, display: str) -> StackSpec:
 
 def _problems_from_validation(exc: ValidationError, doc: _yaml.Document, display: str) -> list[Problem]:
     problems: dict[tuple, Problem] = {}
+    data = doc.data if isinstance(doc.data, dict) else {}
     for err in exc.errors():
+        if not _from_matching_union_branch(err["loc"], data):
+            continue
         loc = _clean_loc(err["loc"])
-        problem = _problem_for(err, loc, doc, display)
-        # A union reports once per branch; keep the most specific (deepest) message per field.
-        key = loc[:2]
-        if key not in problems or len(loc) > len(_split(problems[key].path)):
-            problems[key] = problem
-    return list(problems.values())
+        problems.setdefault(loc, _problem_for(err, loc, doc, display))
+    return _drop_missing_explained_by_typos(list(problems.values()))
+
+
+def _from_matching_union_branch(loc: tuple, data: dict) -> bool:
+    """`hardware` and `workload` are "profile name or inline mapping": report only the branch the user wrote."""
+    if len(loc) < 2 or loc[0] not in ("hardware", "workload"):
+        return True
+    wrote_mapping = isinstance(data.get(loc[0]), dict)
+    return (loc[1] != "str") if wrote_mapping else (loc[1] == "str")
+
+
+def _drop_missing_explained_by_typos(problems: list[Problem]) -> list[Problem]:
+    """`hardwre:` yields both "unknown key" and "hardware is missing"; the did-you-mean already says it all."""
+    suggested = set()
+    for p in problems:
+        m = re.match(r"did you mean '([^']+)'", p.hint)
+        if m:
+            parent = p.path.rsplit(".", 1)[0] if "." in p.path else ""
+            suggested.add(f"{parent}.{m.group(1)}" if parent else m.group(1))
+    return [p for p in problems if not (p.message == "required field is missing" and p.path in suggested)]
 
 
 def _split(dotted: str) -> tuple:
@@ -285,21 +303,26 @@ def _clean_loc(loc: tuple) -> tuple:
 
 def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Problem:
     kind = err["type"]
-    mark = doc.mark_for(loc)
+    if "[key]" in loc:  # a mapping key failed validation (service names)
+        loc = tuple(p for p in loc if p != "[key]")
+        m = doc.mark_for(loc, key=True)
+        return Problem(display, m.line, m.col, _dotted(loc), f"invalid name {loc[-1]!r}",
+                       "use lowercase letters, digits and '-', starting with a letter or digit")
+    mark = doc.mark_for(loc, key=kind == "extra_forbidden")
     path = _dotted(loc)
     if kind == "extra_forbidden":
         parent_model = _model_at(loc[:-1])
         choices = list(parent_model.model_fields) if parent_model else []
         return Problem(display, mark.line, mark.col, path, f"unknown key {loc[-1]!r}", _did_you_mean(str(loc[-1]), choices))
     if kind == "missing":
-        parent = doc.mark_for(loc[:-1])
+        parent = doc.mark_for(loc[:-1], key=True) if loc[:-1] else _yaml.Mark(1, 1)
         return Problem(display, parent.line, parent.col, path, "required field is missing", f"add `{loc[-1]}:`")
     if kind in {"string_type", "str_type"}:
         return Problem(display, mark.line, mark.col, path, "expected text", "quote the value, e.g. \"1.10\"")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return Problem(display, mark.line, mark.col, path, f"invalid value {err.get('input')!r}", f"expected {expected}")
-    if kind == "string_pattern_mismatch" and loc and loc[-1] in ("name",) or (len(loc) == 2 and loc[0] == "services"):
+    if kind == "string_pattern_mismatch" and loc == ("name",):
         return Problem(display, mark.line, mark.col, path, f"invalid name {err.get('input')!r}",
                        "use lowercase letters, digits and '-', starting with a letter or digit")
     msg = err["msg"]

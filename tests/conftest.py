@@ -1,0 +1,41 @@
+"""Shared fixtures: write a stack file, run the CLI in-process, a recorded CPU host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stackgen.hardware import HostFacts
+from stackgen.spec import CPUSpec, HardwareSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def write_stack(tmp_path):
+    def write(text: str, name: str = "stack.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli():
+    from stackgen.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def cpu_host() -> HostFacts:
+    hw = HardwareSpec(gpus=(), memory_gib=24, memory_bandwidth_gbs=40, cpu=CPUSpec(cores=2, threads=2), os="linux")
+    return HostFacts(hw, 20 * 2**30)
