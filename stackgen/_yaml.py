@@ -85,7 +85,7 @@ def load_document(text: str) -> Document:
     if not nodes:
         return Document(None, marks)
     data = _convert(nodes[0], (), marks)
-    key_marks = marks.pop(_KEYS)  # type: ignore[call-overload]
+    key_marks = marks.pop(_KEYS, {})  # type: ignore[call-overload]
     return Document(data, marks, key_marks)
 
 
