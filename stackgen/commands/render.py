@@ -1,0 +1,51 @@
+"""`stackgen render FILE [-o DIR] [--check]`: write (or compare) what the stack's targets call for."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+
+
+def default_out_dir(stack_file: Path) -> Path:
+    return stack_file.parent / "deploy"
+
+
+def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]):
+    """Everything `render` would write, without touching the disk (invalid input raises before any write)."""
+    from stackgen.render import RenderContext, render_plan
+
+    stack, plan = load_and_plan(stack_file, host_facts)
+    # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
+    display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
+    ctx = RenderContext(stack_display=display, out_dir=str(out_dir))
+    return render_plan(plan, ctx, stack.targets)
+
+
+@app.command()
+def render(
+    file: Path = FileArg,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: deploy/ next to the stack file)."),
+    check: bool = typer.Option(False, "--check", help="Compare instead of writing: exit 0 clean, 2 drifted, 1 invalid."),
+    host_facts: Optional[Path] = HostOpt,
+) -> None:
+    """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
+
+    def body() -> int:
+        from stackgen.render import check_tree, write_tree
+
+        out_dir = out if out is not None else default_out_dir(file)
+        artifacts = render_artifacts(file, out_dir, host_facts)
+        if check:
+            check_tree(out_dir, artifacts)
+            typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")
+            return 0
+        for path in write_tree(out_dir, artifacts):
+            typer.echo(f"wrote {out_dir / path}")
+        return 0
+
+    run(body)

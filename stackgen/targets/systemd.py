@@ -1,0 +1,220 @@
+"""The `systemd` target: one hardened system unit per service under systemd/.
+
+Each unit runs the engine as a DynamicUser with the file system read-only, no capabilities and a system-call
+allow-list; GPU units keep exactly their device classes. The command line comes from the engine module (Python)
+and is quoted by systemd's own rules (stackgen.systemd_quote); the unit file format lives in
+templates/systemd/service.j2. Checked in tests with `systemd-analyze verify` (empty stderr) and
+`systemd-analyze security --offline=yes` (exposure at most 2.0).
+
+Start timeout: TimeoutStartSec = 60 s + weights_bytes / 200 MB/s for local weights (a cold read from disk), and
+60 s + weights_bytes / 25 MB/s when the engine downloads them at start; rounded up to 10 s.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from dataclasses import dataclass
+
+from stackgen import engines
+from stackgen.engines.base import LaunchContext
+from stackgen.errors import RenderError
+from stackgen.plan import Plan, ServicePlan
+from stackgen.render import Artifact, RenderContext, render_template
+from stackgen.spec import LOOPBACK_HOSTS
+from stackgen.systemd_quote import Expand, escape_text, quote_value, systemd_quote
+from stackgen.targets import register
+
+CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
+MODELS_DIR = "/var/lib/stackgen/models"  # where a unit looks for weights the stack names by a relative path
+RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
+DISK_BYTES_PER_S, DOWNLOAD_BYTES_PER_S = 200_000_000, 25_000_000
+PYTHON_ENGINES = ("vllm", "mlx")  # they JIT (torch/triton, mlx kernels): W^X would kill them
+NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
+AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
+INTEL_DEVICES = ("char-drm rw",)
+
+
+@register("systemd")
+def systemd_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    return render_units(plan, ctx)
+
+
+def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> list[Artifact]:
+    """`binary` replaces every engine binary (tests point it at a stub so `systemd-analyze verify` finds it)."""
+    if plan.hardware.os != "linux":
+        raise RenderError(f"the systemd target needs a Linux machine; this stack's hardware runs {plan.hardware.os}")
+    out: list[Artifact] = []
+    for sp in plan.services:
+        out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
+        if sp.engine == "ollama":
+            out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
+    return out
+
+
+def unit_name(plan: Plan, sp: ServicePlan, suffix: str = "") -> str:
+    return f"stackgen-{plan.stack_name}-{sp.name}{suffix}.service"
+
+
+# ---------------------------------------------------------------------------------------------- the main unit
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Paths of one unit as the service sees them."""
+
+    name: str  # the unit name without .service: also its state/cache directory name
+    model_ref: str
+    local_model: str | None  # an absolute path to weights on this machine, or None when fetched
+
+    @property
+    def state(self) -> str:
+        return f"/var/lib/{self.name}"
+
+    @property
+    def cache(self) -> str:
+        return f"/var/cache/{self.name}"
+
+
+def _where(plan: Plan, sp: ServicePlan) -> _Where:
+    name = unit_name(plan, sp).removesuffix(".service")
+    ref = sp.model_ref
+    if sp.model.path:
+        return _Where(name, ref, sp.model.path)
+    if sp.engine in ("llama.cpp", "ollama") and ref.startswith("models/"):
+        # A catalog model without a file: the stack expects it under models/; a unit has no stack folder.
+        path = posixpath.join(MODELS_DIR, ref.removeprefix("models/"))
+        return _Where(name, path, path)
+    return _Where(name, ref, None)
+
+
+def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
+    engine = engines.get(sp.engine)
+    where = _where(plan, sp)
+    key = _key_mode(sp)
+    launch = LaunchContext(binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
+                           host=sp.host, port=sp.port, api_key_file=CREDENTIAL if key == "credential" else None)
+    argv = [CREDENTIAL if a == CREDENTIAL else a for a in engine.argv(sp, launch)]
+    values = _common(plan, sp, ctx, where)
+    values.update(
+        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engine.display} serving {sp.model.name}"),
+        exec_start=systemd_quote(argv),
+        environment=_environment(sp, where),
+        credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
+        env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
+        comments=values["comments"] + _key_comments(plan, sp, key),
+    )
+    return render_template("systemd/service.j2", **values)
+
+
+def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> dict:
+    """What every unit of a service shares: identity, timeouts, sandbox, devices and network."""
+    gpu = _gpu_devices(sp)
+    fetched = where.local_model is None
+    # ProtectHome=yes hides /home; weights kept there are bound in read-only on an otherwise empty tmpfs.
+    in_home = where.local_model is not None and where.local_model.startswith(("/home/", "/root/", "/run/user/"))
+    paths = [quote_value(where.local_model, "model path")] if where.local_model else []
+    mdwe_reason = ("the engine is Python and JIT-compiles kernels" if sp.engine in PYTHON_ENGINES
+                   else "GPU drivers map writable executable memory for their kernels")
+    return dict(
+        # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
+        # writes only when it downloads with -hf.
+        header=ctx.header(), comments=_weights_comments(where, fetched), after=[], requires=[],
+        type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
+        start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
+        timeout_start=f"{start_timeout_s(sp.memory.weights_bytes, fetched)}s",
+        state_dir=where.name if sp.engine != "llama.cpp" else None,
+        cache_dir=where.name if sp.engine != "llama.cpp" or fetched else None,
+        protect_home="tmpfs" if in_home else "yes",
+        read_only_paths=[] if in_home else paths, bind_read_only_paths=paths if in_home else [],
+        memory_deny_write_execute=not gpu and sp.engine not in PYTHON_ENGINES, mdwe_reason=mdwe_reason,
+        gpu_devices=gpu,
+        ip_localhost_only=sp.host in LOOPBACK_HOSTS and not fetched,
+        ip_reason=("the weights are downloaded at start; fetch them first and point `model:` at the local copy "
+                   "to allow localhost only") if fetched else f"the service binds {sp.host}",
+    )
+
+
+def start_timeout_s(weights_bytes: int, fetched: bool) -> int:
+    rate = DOWNLOAD_BYTES_PER_S if fetched else DISK_BYTES_PER_S
+    return int(math.ceil((60 + weights_bytes / rate) / 10) * 10)
+
+
+def _environment(sp: ServicePlan, where: _Where) -> list[str]:
+    env = dict(sp.env)
+    fetched = where.local_model is None
+    if sp.engine == "llama.cpp" and fetched:
+        env["LLAMA_CACHE"] = where.cache
+    if sp.engine == "vllm":
+        env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface", VLLM_CACHE_ROOT=f"{where.cache}/vllm")
+    if sp.engine == "mlx":
+        env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface")
+    if sp.engine == "ollama":
+        env.update(HOME=where.state, OLLAMA_MODELS=f"{where.state}/models")
+    return [quote_value(f"{k}={v}", "environment value") for k, v in sorted(env.items())]
+
+
+def _gpu_devices(sp: ServicePlan) -> tuple[str, ...]:
+    if sp.memory.gpu_bytes <= 0:
+        return ()
+    vendors = {g.vendor for g in sp.gpus if not g.unified}
+    devices: list[str] = []
+    for vendor, classes in (("nvidia", NVIDIA_DEVICES), ("amd", AMD_DEVICES), ("intel", INTEL_DEVICES)):
+        if vendor in vendors:
+            devices += [d for d in classes if d not in devices]
+    return tuple(devices)
+
+
+# ---------------------------------------------------------------------------------------------- API key
+
+
+def _key_mode(sp: ServicePlan) -> str:
+    """How the key reaches the engine: a credential file (llama.cpp), an env file (vLLM), or not at all."""
+    if not sp.api_key_env:
+        return "none"
+    return {"llama.cpp": "credential", "vllm": "env_file"}.get(sp.engine, "unsupported")
+
+
+def _key_comments(plan: Plan, sp: ServicePlan, mode: str) -> list[str]:
+    folder = f"/etc/stackgen/{plan.stack_name}"
+    if mode == "credential":
+        return [f"API key: put it in {folder}/api-key (mode 0600, root); systemd hands it to the service as a",
+                "credential, so the key never appears in the unit, the environment or the process list."]
+    if mode == "env_file":
+        return [f"API key: put `VLLM_API_KEY=<key>` in {folder}/{sp.name}.env (mode 0600, root). vLLM reads the",
+                "key only from its command line or VLLM_API_KEY; the unit fails to start without the file."]
+    if mode == "unsupported":
+        return [f"{engines.get(sp.engine).display} has no API key option: keep it on loopback behind a proxy."]
+    return []
+
+
+def _weights_comments(where: _Where, fetched: bool) -> list[str]:
+    if fetched:
+        return [f"Weights: {where.model_ref} is fetched at start into {where.cache}."]
+    if where.local_model and where.local_model.startswith(MODELS_DIR):
+        return [f"Weights: place the file at {where.local_model} (world-readable; the service runs as a dynamic user)."]
+    return [f"Weights: read-only from {where.local_model}."]
+
+
+# ---------------------------------------------------------------------------------------------- Ollama
+
+
+def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
+    """`ollama create` from the Modelfile once the daemon runs: it pins num_ctx/num_gpu the daemon would guess."""
+    engine = engines.get("ollama")
+    where = _where(plan, sp)
+    modelfile = f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
+    argv = [binary or sp.spec.binary or engine.binary, "create", engine.model_tag(sp), "-f", modelfile]
+    values = _common(plan, sp, ctx, where)
+    main = unit_name(plan, sp)
+    values.update(
+        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: create the Ollama model {engine.model_tag(sp)}"),
+        comments=[f"Install the Modelfile at {modelfile} (e.g. from the script target's {sp.name}/ folder).",
+                  "Retries until the daemon listens; the daemon itself fetches and stores the weights."],
+        after=[main], requires=[main], type="oneshot", remain_after_exit=True,
+        exec_start=systemd_quote(argv), state_dir=None, cache_dir=None, gpu_devices=(),
+        memory_deny_write_execute=True, environment=[quote_value(f"OLLAMA_HOST={sp.host}:{sp.port}"),
+                                                     quote_value("HOME=/tmp")],
+        env_file=None, credential=None, ip_localhost_only=True,
+    )
+    return render_template("systemd/service.j2", **values)
