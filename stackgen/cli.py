@@ -173,4 +173,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run through the imported module so commands registered on `stackgen.cli.app` are the ones dispatched.
+    from stackgen.cli import main as _main
+
+    _main()
