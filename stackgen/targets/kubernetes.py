@@ -1,0 +1,296 @@
+"""The `kubernetes` target: kubernetes/<service>.yaml per service (PersistentVolumeClaim, Service, Deployment).
+
+Design choices (docs/kubernetes.md has the full list and the mapping to vLLM production-stack's values.yaml):
+- Manifests are built as data and written with yaml.safe_dump_all: nothing from the stack can change the documents'
+  structure, and the output is deterministic.
+- One replica with strategy Recreate: the weights live on a ReadWriteOnce PVC and GPUs are scarce, so a rolling
+  update would leave the new pod Pending behind the old one.
+- Inside the pod the engine listens on its own default port (vLLM 8000 as in production-stack, llama.cpp 8080,
+  Ollama 11434) on 0.0.0.0; the ClusterIP Service publishes the stack's port.
+- startupProbe budget (failureThreshold x periodSeconds) = 60 s + weights / 100 MB/s (25 MB/s when the engine
+  downloads the weights at start), so a slow load is never killed by the liveness probe.
+- Pods run as uid/gid 1000 (runAsNonRoot) with no capabilities, no privilege escalation and RuntimeDefault seccomp.
+  The official images default to root, but the engines run as any user when HOME and caches are writable: HOME and
+  /tmp are emptyDirs, weights and download caches live on the PVC (fsGroup 1000 makes it writable).
+  llama.cpp and Ollama get a read-only root filesystem; vLLM keeps it writable (Triton/torch.compile/FlashInfer
+  write kernels outside HOME), like the compose target.
+- API keys come from a Secret (`<stack>-<service>-api-key`, key `api-key`) by reference; the value is never written.
+- enableServiceLinks is off: Kubernetes would otherwise inject `<SERVICE>_PORT=tcp://...` variables, and a Service
+  called `vllm` sets VLLM_PORT, which vLLM reads as its own setting.
+- MLX is refused: it needs Metal, and there is no Linux image.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from pathlib import PurePosixPath
+
+import yaml
+
+from stackgen import engines
+from stackgen.engines.base import LaunchContext
+from stackgen.errors import RenderError
+from stackgen.plan import Plan, ServicePlan
+from stackgen.render import Artifact, RenderContext
+from stackgen.targets import register
+from stackgen.targets.compose import accelerator, image_for
+
+K8S_DIR = "kubernetes"
+KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
+CONTAINER_PORTS = {"vllm": 8000, "llama.cpp": 8080, "ollama": 11434}
+KEY_ENV = {"llama.cpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}
+GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
+UID = 1000
+MODELS_MOUNT, HOME_MOUNT = "/models", "/home/stackgen"
+LOAD_BYTES_PER_S, DOWNLOAD_BYTES_PER_S, LOAD_SLACK_S = 100_000_000, 25_000_000, 60
+STARTUP_PERIOD_S = 10
+PVC_HEADROOM = 1.2
+MEMORY_LIMIT_FACTOR = 1.25
+GI, MI = 2**30, 2**20
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@register("kubernetes")
+def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    out = []
+    for sp in plan.services:
+        docs = manifests(plan, sp)
+        text = _header(plan, sp, ctx) + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False,
+                                                           width=120, explicit_start=True)
+        out.append(Artifact(f"{K8S_DIR}/{sp.name}.yaml", text))
+    return out
+
+
+def manifests(plan: Plan, sp: ServicePlan) -> list[dict]:
+    """The PersistentVolumeClaim, Service and Deployment of one service, in apply order."""
+    if sp.engine == "mlx":
+        raise RenderError(f"services.{sp.name}: the kubernetes target cannot run MLX: it needs Apple's Metal, and "
+                          "there is no Linux image (MLX serves on the Mac itself; use the script target)")
+    name = resource_name(plan, sp)
+    labels = _labels(plan, sp)
+    return [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
+
+
+def resource_name(plan: Plan, sp: ServicePlan) -> str:
+    name = f"{plan.stack_name}-{sp.name}"
+    if len(name) > 63 or not DNS1035.match(name):
+        raise RenderError(f"services.{sp.name}: the Kubernetes name {name!r} (stack name + service name) must be "
+                          "at most 63 characters, start with a letter and end with a letter or digit; shorten "
+                          "`name:` or the service name")
+    return name
+
+
+def secret_name(plan: Plan, sp: ServicePlan) -> str:
+    return f"{plan.stack_name}-{sp.name}-api-key"
+
+
+def _labels(plan: Plan, sp: ServicePlan) -> dict[str, str]:
+    return {"app.kubernetes.io/name": sp.name, "app.kubernetes.io/instance": f"{plan.stack_name}-{sp.name}",
+            "app.kubernetes.io/component": "inference-engine", "app.kubernetes.io/part-of": plan.stack_name,
+            "app.kubernetes.io/managed-by": "stackgen"}
+
+
+def _selector(labels: dict[str, str]) -> dict[str, str]:
+    return {k: labels[k] for k in ("app.kubernetes.io/name", "app.kubernetes.io/instance")}
+
+
+# ---------------------------------------------------------------------------------------------- sizes
+
+
+def pvc_gib(weights_bytes: int) -> int:
+    return max(1, math.ceil(weights_bytes * PVC_HEADROOM / GI))
+
+
+def fetched(sp: ServicePlan) -> bool:
+    """True when the engine downloads the weights at start (a registry reference), False for local files."""
+    return _local_name(sp) is None
+
+
+def startup_budget_s(weights_bytes: int, downloads: bool) -> int:
+    rate = DOWNLOAD_BYTES_PER_S if downloads else LOAD_BYTES_PER_S
+    return LOAD_SLACK_S + math.ceil(weights_bytes / rate)
+
+
+def startup_failure_threshold(sp: ServicePlan) -> int:
+    return math.ceil(startup_budget_s(sp.memory.weights_bytes, fetched(sp)) / STARTUP_PERIOD_S)
+
+
+def shm_mib(sp: ServicePlan) -> int:
+    return 16 * 1024 if sp.memory.tensor_parallel > 1 else 2 * 1024
+
+
+def memory_mib(sp: ServicePlan) -> tuple[int, int]:
+    """(request, limit) in MiB: request = host bytes, limit = request x 1.25 plus the memory-backed /dev/shm,
+    which Kubernetes charges to the container's memory."""
+    request = max(1, math.ceil(sp.memory.host_bytes / MI))
+    limit = math.ceil(request * MEMORY_LIMIT_FACTOR) + (shm_mib(sp) if sp.engine == "vllm" else 0)
+    return request, limit
+
+
+def gpu_request(sp: ServicePlan) -> tuple[str, int] | None:
+    """(resource name, count) for the device plugin, or None for a CPU-only service."""
+    accel = accelerator(sp)
+    if accel == "cpu":
+        return None
+    vendor = next(g.vendor for g in sp.gpus if not g.unified)
+    if sp.engine == "vllm":
+        count = sp.memory.tensor_parallel
+    else:
+        count = sum(g.count for g in sp.gpus if not g.unified)
+    return GPU_RESOURCE[vendor], count
+
+
+# ---------------------------------------------------------------------------------------------- documents
+
+
+def _pvc(sp: ServicePlan, name: str, labels: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": f"{name}-models", "labels": dict(labels)},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": f"{pvc_gib(sp.memory.weights_bytes)}Gi"}}}}
+
+
+def _service(sp: ServicePlan, name: str, labels: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)},
+            "spec": {"type": "ClusterIP", "selector": _selector(labels),
+                     "ports": [{"name": "http", "port": sp.port, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def _deployment(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:
+    pod = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                            "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "containers": [_container(plan, sp)],
+        "volumes": _volumes(sp, name),
+    }
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": dict(labels)},
+            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": _selector(labels)},
+                     "template": {"metadata": {"labels": dict(labels)}, "spec": pod}}}
+
+
+def _container(plan: Plan, sp: ServicePlan) -> dict:
+    port = CONTAINER_PORTS[sp.engine]
+    inside = replace(sp, host="0.0.0.0", port=port)
+    c: dict = {"name": "engine", "image": image_for(sp, accelerator(sp)), "imagePullPolicy": "IfNotPresent"}
+    c["args"] = _args(inside)
+    c["env"] = _env(plan, inside)
+    c["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    c.update(_probes(sp))
+    c["resources"] = _resources(sp)
+    c["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": sp.engine != "vllm", "runAsNonRoot": True}
+    c["volumeMounts"] = _mounts(sp)
+    return c
+
+
+def _local_name(sp: ServicePlan) -> str | None:
+    """The file or folder name of local weights (copied into the PVC), or None for a registry reference."""
+    if sp.model.path:
+        return PurePosixPath(sp.model.path.replace("\\", "/")).name
+    if sp.engine in ("llama.cpp", "vllm") and sp.model_ref.startswith("models/"):
+        return sp.model_ref.removeprefix("models/")
+    return None
+
+
+def _args(inside: ServicePlan) -> list[str]:
+    """The engine's argv without the image's entrypoint (llama.cpp: /app/llama-server, Ollama: /bin/ollama)."""
+    engine = engines.get(inside.engine)
+    local = _local_name(inside)
+    ref = f"{MODELS_MOUNT}/{local}" if local else inside.model_ref
+    argv = engine.argv(inside, LaunchContext(binary=engine.binary, model_ref=ref, host="0.0.0.0", port=inside.port))
+    if inside.engine == "vllm":
+        # The vllm-openai entrypoint is `vllm serve`: the args start with the model.
+        return argv[2:]
+    return argv[1:]
+
+
+def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
+    env = dict(engines.get(inside.engine).env(inside))
+    env["HOME"] = HOME_MOUNT
+    if inside.engine == "vllm":
+        env["HF_HOME"] = f"{MODELS_MOUNT}/huggingface"  # downloads survive restarts on the PVC
+        env["VLLM_CACHE_ROOT"] = f"{MODELS_MOUNT}/vllm-cache"  # torch.compile artifacts: a warm restart skips ~30 s
+    elif inside.engine == "llama.cpp":
+        env["LLAMA_CACHE"] = f"{MODELS_MOUNT}/llama-cache"
+    elif inside.engine == "ollama":
+        env["OLLAMA_MODELS"] = f"{MODELS_MOUNT}/ollama"
+    for key, value in env.items():
+        if any(ch in value for ch in "\r\n\x00"):
+            raise RenderError(f"services.{inside.name}: environment value of {key} contains a line break or NUL")
+    out = [{"name": k, "value": env[k]} for k in sorted(env)]
+    if inside.api_key_env and inside.engine in KEY_ENV:
+        out.append({"name": KEY_ENV[inside.engine], "valueFrom": {"secretKeyRef": {
+            "name": secret_name(plan, inside), "key": "api-key", "optional": False}}})
+    return out
+
+
+def _probes(sp: ServicePlan) -> dict:
+    path = "/api/version" if sp.engine == "ollama" else "/health"
+    get = {"path": path, "port": "http"}
+    return {
+        # failureThreshold x periodSeconds = 60 s + weights / rate: the load time, then liveness takes over.
+        "startupProbe": {"httpGet": dict(get), "periodSeconds": STARTUP_PERIOD_S, "timeoutSeconds": 5,
+                         "failureThreshold": startup_failure_threshold(sp)},
+        "readinessProbe": {"httpGet": dict(get), "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": dict(get), "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+    }
+
+
+def _resources(sp: ServicePlan) -> dict:
+    request, limit = memory_mib(sp)
+    res = {"requests": {"cpu": str(max(1, sp.threads)), "memory": f"{request}Mi"},
+           "limits": {"memory": f"{limit}Mi"}}
+    gpu = gpu_request(sp)
+    if gpu:
+        res["requests"][gpu[0]] = gpu[1]
+        res["limits"][gpu[0]] = gpu[1]
+    return res
+
+
+def _mounts(sp: ServicePlan) -> list[dict]:
+    mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "home", "mountPath": HOME_MOUNT},
+              {"name": "tmp", "mountPath": "/tmp"}]
+    if sp.engine == "vllm":
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return mounts
+
+
+def _volumes(sp: ServicePlan, name: str) -> list[dict]:
+    vols = [{"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models"}},
+            {"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    if sp.engine == "vllm":
+        # PyTorch needs shared memory (docs/deployment/k8s.md; production-stack `shmSize`).
+        vols.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib(sp)}Mi"}})
+    return vols
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
+    name = resource_name(plan, sp)
+    lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}, service {sp.name}: `kubectl apply -f "
+             f"{K8S_DIR}/{sp.name}.yaml`."]
+    local = _local_name(sp)
+    if local:
+        lines.append(f"# Copy the weights into the PVC {name}-models as {MODELS_MOUNT}/{local} before the pod "
+                     "can become ready.")
+    if sp.api_key_env and sp.engine in KEY_ENV:
+        lines.append(f"# API key: kubectl create secret generic {secret_name(plan, sp)} "
+                     f"--from-literal=api-key=\"${sp.api_key_env}\" (the value is never written here).")
+    elif sp.api_key_env:
+        lines.append(f"# {sp.name}: Ollama has no API key setting; keep the Service internal or put an "
+                     "authenticating proxy in front.")
+    if sp.engine == "ollama":
+        tag = engines.get("ollama").model_tag(sp)
+        lines.append(f"# After the pod is ready, pull/create the model once: kubectl exec deploy/{name} -- "
+                     f"ollama pull {tag} (or ollama create with the script target's Modelfile).")
+    if any(g.vendor == "apple" for g in sp.gpus):
+        lines.append("# Containers cannot use Metal: this service runs on the CPU in the cluster.")
+    return "\n".join(lines) + "\n"
