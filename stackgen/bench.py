@@ -1,0 +1,481 @@
+"""Drive a running service with the workload's shape and compare what it does with what the plan predicted.
+
+`concurrent_users` threads each keep one streaming request (`stream: true` on /v1/completions, SSE) in flight until a
+fixed number of requests (or a duration) is done. Per request we record the time to the first token (TTFT), the gaps
+between tokens (inter-token latency, ITL) and the tokens received; the engine's peak RSS is sampled in a thread when
+its pid is known. No printing here: progress goes to a callback, problems raise `LaunchError`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from stackgen.errors import LaunchError, StackgenError
+
+# The knob that sets how many requests an engine serves at once, per engine (for the queueing diagnosis).
+PARALLEL_KNOB = {
+    "llama.cpp": "-np (--parallel)",
+    "vllm": "--max-num-seqs",
+    "ollama": "OLLAMA_NUM_PARALLEL",
+    "mlx": "the number of concurrent requests mlx_lm.server batches",
+}
+
+_WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers mountains "
+          "and old cities under a pale morning sky").split()
+
+Progress = Callable[[int, int, int], None]  # (requests done, requests planned or -1, errors)
+
+
+class BenchError(LaunchError):
+    """The benchmark could not run (service unreachable, bad arguments)."""
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) like numpy's default; 0.0 for no values."""
+    xs = sorted(values)
+    if not xs:
+        return 0.0
+    if len(xs) == 1:
+        return float(xs[0])
+    k = (len(xs) - 1) * (q / 100.0)
+    lo, hi = math.floor(k), math.ceil(k)
+    return float(xs[lo] + (xs[hi] - xs[lo]) * (k - lo))
+
+
+def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (closed intervals; an end and a start at the same time overlap)."""
+    events: list[tuple[float, int]] = []
+    for a, b in intervals:
+        events.append((a, 0))  # starts sort before ends at equal times
+        events.append((b, 1))
+    best = cur = 0
+    for _, kind in sorted(events):
+        cur += 1 if kind == 0 else -1
+        best = max(best, cur)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- SSE
+
+
+def iter_sse_data(lines: Iterable[bytes]) -> Iterator[str]:
+    """The `data:` payloads of a server-sent-events stream (multi-line data joined by newlines), stops at [DONE]."""
+    buf: list[str] = []
+    for raw in lines:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if line == "":
+            if buf:
+                payload = "\n".join(buf)
+                buf = []
+                if payload.strip() == "[DONE]":
+                    return
+                yield payload
+            continue
+        if line.startswith(":"):
+            continue  # comment / keep-alive
+        if line.startswith("data:"):
+            value = line[5:]
+            buf.append(value[1:] if value.startswith(" ") else value)
+    if buf:
+        payload = "\n".join(buf)
+        if payload.strip() != "[DONE]":
+            yield payload
+
+
+def chunk_text(obj: dict[str, Any]) -> str:
+    """The text a /v1/completions (or chat) stream chunk carries."""
+    choices = obj.get("choices") or []
+    if not choices:
+        return ""
+    c = choices[0] or {}
+    if "text" in c and c["text"]:
+        return str(c["text"])
+    delta = c.get("delta") or {}
+    return str(delta.get("content") or "")
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    error: str = ""
+    start: float = 0.0
+    ttft_s: float | None = None
+    token_times: list[float] = field(default_factory=list)  # arrival time of each token chunk
+    tokens: int = 0  # output tokens: the server's usage count when given, else token chunks
+
+    @property
+    def end(self) -> float:
+        return self.token_times[-1] if self.token_times else self.start
+
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [b - a for a, b in zip(t, t[1:])]
+
+    def decode_tokens_per_s(self) -> float | None:
+        t = self.token_times
+        if len(t) < 2 or t[-1] <= t[0]:
+            return None
+        return (len(t) - 1) / (t[-1] - t[0])
+
+
+@dataclass
+class BenchResult:
+    """The fixed output shape of `stackgen bench` (JSON via `to_json`)."""
+
+    service: str
+    engine: str
+    url: str
+    model: str
+    concurrent_users: int
+    prompt_tokens: int
+    max_tokens: int
+    requests: int
+    errors: int
+    output_tokens: int
+    wall_s: float
+    output_tokens_per_s: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    ttft_max_s: float
+    itl_p50_s: float
+    itl_p95_s: float
+    per_stream_decode_tokens_per_s: float
+    max_concurrent_streams: int
+    peak_rss_bytes: int | None
+    predicted_decode_tokens_per_s: float | None
+    predicted_host_bytes: int | None
+    error_samples: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(results: list[RequestResult], *, wall_s: float, service: str = "", engine: str = "", url: str = "",
+              model: str = "", users: int = 1, prompt_tokens: int = 0, max_tokens: int = 0,
+              peak_rss: int | None = None, predicted_tps: float | None = None,
+              predicted_host_bytes: int | None = None) -> BenchResult:
+    ok = [r for r in results if r.ok]
+    errors = [r for r in results if not r.ok]
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    itls = [g for r in ok for g in r.itls()]
+    decode = [d for d in (r.decode_tokens_per_s() for r in ok) if d is not None]
+    tokens = sum(r.tokens for r in ok)
+    res = BenchResult(
+        service=service, engine=engine, url=url, model=model, concurrent_users=users, prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens, requests=len(results), errors=len(errors), output_tokens=tokens,
+        wall_s=round(wall_s, 3), output_tokens_per_s=round(tokens / wall_s, 2) if wall_s > 0 else 0.0,
+        ttft_p50_s=round(percentile(ttfts, 50), 4), ttft_p95_s=round(percentile(ttfts, 95), 4),
+        ttft_max_s=round(max(ttfts), 4) if ttfts else 0.0,
+        itl_p50_s=round(percentile(itls, 50), 4), itl_p95_s=round(percentile(itls, 95), 4),
+        per_stream_decode_tokens_per_s=round(percentile(decode, 50), 2),
+        max_concurrent_streams=max_overlap((r.ttft_s + r.start, r.end) for r in ok if r.ttft_s is not None),
+        peak_rss_bytes=peak_rss, predicted_decode_tokens_per_s=predicted_tps,
+        predicted_host_bytes=predicted_host_bytes,
+        error_samples=sorted({r.error for r in errors})[:5],
+    )
+    res.findings = diagnose(res)
+    return res
+
+
+def diagnose(r: BenchResult) -> list[str]:
+    """Where the measurement contradicts the plan, in words, with the knob to turn."""
+    out: list[str] = []
+    knob = PARALLEL_KNOB.get(r.engine, "the engine's parallel-request setting")
+    if r.errors:
+        first = r.error_samples[0] if r.error_samples else "unknown error"
+        out.append(f"{r.errors} of {r.requests} requests failed (first: {first}); check the engine log "
+                   f"(`stackgen logs`) and that the service is up and healthy")
+    ok_requests = r.requests - r.errors
+    queued = False
+    if r.ttft_p50_s > 0 and r.ttft_p95_s > 10 * r.ttft_p50_s:
+        queued = True
+        out.append(f"requests queue: TTFT p95 {r.ttft_p95_s:.3f} s is {r.ttft_p95_s / r.ttft_p50_s:.0f}x the p50 "
+                   f"{r.ttft_p50_s:.3f} s; raise {knob} to concurrent_users ({r.concurrent_users})")
+    if (not queued and r.concurrent_users > 1 and ok_requests >= 2 * r.concurrent_users
+            and 0 < r.max_concurrent_streams < r.concurrent_users):
+        out.append(f"requests queue: the service streamed at most {r.max_concurrent_streams} responses at once "
+                   f"while {r.concurrent_users} users were waiting; raise {knob} to concurrent_users "
+                   f"({r.concurrent_users})")
+    pred = r.predicted_decode_tokens_per_s
+    if pred and r.per_stream_decode_tokens_per_s and r.per_stream_decode_tokens_per_s < 0.5 * pred:
+        agg = f"; aggregate {r.output_tokens_per_s:.1f} tok/s over {r.concurrent_users} streams" \
+            if r.concurrent_users > 1 else ""
+        out.append(f"decode is slower than planned: {r.per_stream_decode_tokens_per_s:.1f} tok/s per stream vs "
+                   f"{pred:.1f} predicted (< 50%){agg}. The plan assumes memory-bandwidth-bound decode: the engine "
+                   f"is compute-bound (check CPU threads, -t, and other load on the machine) or "
+                   f"hardware.memory_bandwidth_gbs is higher than this machine reaches")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def make_prompt(tokens: int, index: int = 0) -> str:
+    """About `tokens` tokens of plain English (one common word is about one token); varied per request so no two
+    requests share a cached prefix beyond the first word."""
+    words = [f"Request {index}:"]
+    n = max(1, tokens - 3)
+    for i in range(n):
+        words.append(_WORDS[(i + index) % len(_WORDS)])
+    return " ".join(words)
+
+
+def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,
+                timeout: float = 120.0) -> RequestResult:
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                       "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}})
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    res = RequestResult(ok=False, start=time.perf_counter())
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/completions", body=body, headers=headers)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            text = resp.read(300).decode("utf-8", errors="replace").strip().replace("\n", " ")
+            res.error = f"HTTP {resp.status}: {text[:200]}"
+            return res
+        chunks = 0
+        usage_tokens = None
+        for payload in iter_sse_data(iter(resp.readline, b"")):
+            now = time.perf_counter()
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("error"):
+                res.error = f"stream error: {str(obj['error'])[:200]}"
+                return res
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                usage_tokens = int(usage["completion_tokens"])
+            if isinstance(obj, dict) and chunk_text(obj):
+                chunks += 1
+                if res.ttft_s is None:
+                    res.ttft_s = now - res.start
+                res.token_times.append(now)
+        res.tokens = usage_tokens if usage_tokens is not None else chunks
+        if res.ttft_s is None:
+            res.error = "no tokens in the response"
+            return res
+        res.ok = True
+        return res
+    except (OSError, http.client.HTTPException) as exc:
+        res.error = f"{type(exc).__name__}: {exc}"[:200]
+        return res
+    finally:
+        conn.close()
+
+
+class RssSampler:
+    """Peak RSS of a process and its children, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, pid: int | None, interval: float = 0.1):
+        self.pid = pid
+        self.interval = interval
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            p = psutil.Process(self.pid)
+            total = p.memory_info().rss
+            for c in p.children(recursive=True):
+                try:
+                    total += c.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            return
+        self.peak = max(self.peak or 0, total)
+
+    def __enter__(self) -> "RssSampler":
+        if self.pid:
+            self.sample()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+        if self.pid:
+            self.sample()
+
+
+def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"nothing answers at http://{host}:{port} ({exc.__class__.__name__}: {exc}); "
+                         f"start the service first (`stackgen up FILE`)") from None
+
+
+def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int, max_tokens: int,
+             requests: int | None = None, duration_s: float | None = None, api_key: str | None = None,
+             pid: int | None = None, timeout: float = 120.0, progress: Progress | None = None,
+             service: str = "", engine: str = "", predicted_tps: float | None = None,
+             predicted_host_bytes: int | None = None) -> BenchResult:
+    """`users` threads, each with one streaming request in flight, until `requests` are done (or `duration_s` has
+    passed: no new request starts after it). Returns the summary."""
+    if users < 1:
+        raise BenchError("users must be at least 1")
+    if requests is None and duration_s is None:
+        requests = users * 4
+    if requests is not None and requests < 1:
+        raise BenchError("--requests must be at least 1")
+    if duration_s is not None and duration_s <= 0:
+        raise BenchError("--duration must be positive")
+    check_reachable(host, port)
+    lock = threading.Lock()
+    results: list[RequestResult] = []
+    issued = [0]
+    planned = requests if requests is not None else -1
+    deadline = time.perf_counter() + duration_s if duration_s is not None else None
+    # Bound every loop: even in duration mode, at most this many requests.
+    cap = requests if requests is not None else max(users, 1) * 100_000
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if issued[0] >= cap or (deadline is not None and time.perf_counter() >= deadline):
+                    return
+                index = issued[0]
+                issued[0] += 1
+            r = one_request(host, port, model, make_prompt(prompt_tokens, index), max_tokens, api_key=api_key,
+                            timeout=timeout)
+            with lock:
+                results.append(r)
+                done, errs = len(results), sum(1 for x in results if not x.ok)
+            if progress:
+                progress(done, planned, errs)
+
+    with RssSampler(pid) as rss:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, daemon=True, name=f"bench-user-{i}") for i in range(users)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    return summarize(results, wall_s=wall, service=service, engine=engine, url=f"http://{host}:{port}/v1/completions",
+                     model=model, users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                     peak_rss=rss.peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes)
+
+
+# ---------------------------------------------------------------------------------------------- from a plan
+
+
+def service_state(stack_file: str | Path, service: str) -> dict[str, Any]:
+    """What `stackgen up` recorded for a service in `.stackgen/state.json` next to the stack ({} if nothing)."""
+    path = Path(stack_file).resolve().parent / ".stackgen" / "state.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    svc = (data.get("services") or {}).get(service)
+    return svc if isinstance(svc, dict) else {}
+
+
+def pick_service(plan, name: str | None):
+    if name is None:
+        if len(plan.services) != 1:
+            names = ", ".join(s.name for s in plan.services)
+            raise BenchError(f"the stack has {len(plan.services)} services ({names}): pick one with --service")
+        return plan.services[0]
+    try:
+        return plan.service(name)
+    except KeyError:
+        names = ", ".join(s.name for s in plan.services)
+        raise BenchError(f"no service {name!r} in the stack (services: {names})") from None
+
+
+def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, users: int | None = None,
+               requests: int | None = None, duration_s: float | None = None, progress: Progress | None = None,
+               timeout: float = 120.0) -> BenchResult:
+    """Bench one service of a resolved plan with its workload shape (users overridable for sweeps)."""
+    sp = pick_service(plan, service)
+    st = service_state(stack_file, sp.name)
+    host = st.get("host") or sp.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = int(st.get("port") or sp.port)
+    model = st.get("model_name") or sp.name
+    pid = st.get("pid") if isinstance(st.get("pid"), int) else None
+    if pid is not None and not _pid_alive(pid):
+        pid = None
+    api_key = os.environ.get(sp.api_key_env) if sp.api_key_env else None
+    wl = sp.workload
+    n_users = users or wl.concurrent_users
+    return run_load(host, port, model, users=n_users, prompt_tokens=wl.prompt_tokens, max_tokens=wl.output_tokens,
+                    requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
+                    progress=progress, service=sp.name, engine=sp.engine,
+                    predicted_tps=sp.predicted_decode_tokens_per_s, predicted_host_bytes=sp.memory.host_bytes)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        return False
+
+
+def plot(results: list[BenchResult], out: str | Path) -> Path:
+    """Throughput and TTFT against concurrent users (a sweep), or a single point."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise StackgenError("--plot needs matplotlib: pip install matplotlib") from None
+    users = [r.concurrent_users for r in results]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(users, [r.output_tokens_per_s for r in results], marker="o")
+    a.set_xlabel("concurrent users")
+    a.set_ylabel("output tokens/s (aggregate)")
+    b.plot(users, [r.ttft_p50_s for r in results], marker="o", label="TTFT p50")
+    b.plot(users, [r.ttft_p95_s for r in results], marker="o", label="TTFT p95")
+    b.set_xlabel("concurrent users")
+    b.set_ylabel("seconds")
+    b.legend()
+    if results:
+        fig.suptitle(f"{results[0].service} ({results[0].engine})")
+    fig.tight_layout()
+    out = Path(out)
+    try:
+        fig.savefig(out)
+    except OSError as exc:
+        raise StackgenError(f"{out}: cannot write the plot: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return out

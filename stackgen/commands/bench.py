@@ -1,0 +1,106 @@
+"""`stackgen bench FILE`: drive a running service with the workload's shape; compare with the plan."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+
+
+def _parse_sweep(text: str) -> list[int]:
+    from stackgen.bench import BenchError
+
+    try:
+        users = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BenchError(f"--sweep {text!r}: expected comma-separated user counts, e.g. 1,2,4,8") from None
+    if not users or any(u < 1 for u in users):
+        raise BenchError(f"--sweep {text!r}: user counts must be positive integers")
+    return users
+
+
+def _mib(n: int | None) -> str:
+    return "n/a (pid unknown)" if n is None else f"{n / 2**20:.0f} MiB"
+
+
+def result_text(r) -> str:
+    pred = f"{r.predicted_decode_tokens_per_s:.1f} tok/s per stream" if r.predicted_decode_tokens_per_s else "n/a"
+    lines = [
+        f"{r.service} ({r.engine}) at {r.url}, model {r.model!r}: {r.concurrent_users} users, "
+        f"~{r.prompt_tokens} prompt tokens, {r.max_tokens} output tokens",
+        f"  requests       {r.requests} ({r.errors} errors) in {r.wall_s:.1f} s",
+        f"  throughput     {r.output_tokens_per_s:.1f} output tok/s aggregate ({r.output_tokens} tokens)",
+        f"  per stream     {r.per_stream_decode_tokens_per_s:.1f} tok/s decode (plan: {pred})",
+        f"  TTFT           p50 {r.ttft_p50_s:.3f} s  p95 {r.ttft_p95_s:.3f} s  max {r.ttft_max_s:.3f} s",
+        f"  inter-token    p50 {r.itl_p50_s * 1000:.1f} ms  p95 {r.itl_p95_s * 1000:.1f} ms",
+        f"  streams        at most {r.max_concurrent_streams} at once",
+        f"  peak RSS       {_mib(r.peak_rss_bytes)}"
+        + (f" (plan: {_mib(r.predicted_host_bytes)} host)" if r.predicted_host_bytes else ""),
+    ]
+    if r.error_samples:
+        lines.append("  errors: " + "; ".join(r.error_samples))
+    if r.findings:
+        lines += [f"  ! {f}" for f in r.findings]
+    else:
+        lines.append("  measured agrees with the plan")
+    return "\n".join(lines)
+
+
+@app.command()
+def bench(
+    file: Path = FileArg,
+    service: Optional[str] = typer.Option(None, "--service", "-s", help="Service to drive (default: the only one)."),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Total requests (default: 4 per user)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds to keep starting requests instead of a count."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated user counts, e.g. 1,2,4,8."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of throughput and TTFT (needs matplotlib)."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds."),
+    host_facts: Optional[Path] = HostOpt,
+) -> None:
+    """Drive a running service with the workload's users and lengths; report throughput, TTFT, ITL, peak RSS
+    beside the plan's prediction, and say where they disagree."""
+
+    def body() -> int:
+        from stackgen.bench import BenchError, bench_plan, pick_service, plot
+
+        if requests is not None and duration is not None:
+            raise BenchError("give --requests or --duration, not both")
+        _, p = load_and_plan(file, host_facts)
+        sp = pick_service(p, service)
+        user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
+        tty = sys.stderr.isatty()
+
+        def progress(done: int, total: int, errors: int) -> None:
+            of = f"/{total}" if total > 0 else ""
+            line = f"bench {sp.name}: {done}{of} requests, {errors} errors"
+            if tty:
+                sys.stderr.write("\r" + line)
+            elif total > 0 and done == total:
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+        results = []
+        for u in user_counts:
+            n = requests if requests is not None else (None if duration is not None else u * 4)
+            results.append(bench_plan(p, file, sp.name, users=u, requests=n, duration_s=duration,
+                                      progress=progress, timeout=timeout))
+            if tty:
+                sys.stderr.write("\n")
+        if plot_out is not None:
+            plot(results, plot_out)
+        if as_json:
+            doc = [r.to_json() for r in results] if sweep else results[0].to_json()
+            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            typer.echo("\n\n".join(result_text(r) for r in results))
+            if plot_out is not None:
+                typer.echo(f"wrote {plot_out}")
+        return 1 if any(r.errors for r in results) else 0
+
+    run(body)

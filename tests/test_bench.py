@@ -1,0 +1,314 @@
+"""stackgen.bench against a tiny fake OpenAI server on 127.0.0.1 (no engine needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from stackgen import bench
+from stackgen.bench import BenchResult, RequestResult, iter_sse_data, max_overlap, percentile, summarize
+from stackgen.errors import LaunchError, StackgenError
+
+
+class FakeServer:
+    """Streams `tokens` completion chunks per request, `delay` seconds apart. serialize=True: one request at a time
+    (a server with one slot); fail_every=k: every k-th request answers HTTP 500."""
+
+    def __init__(self, tokens: int = 5, delay: float = 0.01, serialize: bool = False, fail_every: int = 0,
+                 usage: bool = True, api_key: str | None = None):
+        self.tokens, self.delay, self.serialize, self.fail_every = tokens, delay, serialize, fail_every
+        self.usage, self.api_key = usage, api_key
+        self.lock = threading.Lock()
+        self.count = 0
+        self.bodies: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.count += 1
+                    n = fake.count
+                    fake.bodies.append(body)
+                if fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+                    return self._plain(401, b'{"error":"bad key"}')
+                if fake.fail_every and n % fake.fail_every == 0:
+                    return self._plain(500, b'{"error":"boom"}')
+                if fake.serialize:
+                    with fake.serial:
+                        self._stream(body)
+                else:
+                    self._stream(body)
+
+            def _plain(self, code, data):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _chunk(self, data: bytes):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def _stream(self, body):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                n = min(fake.tokens, body["max_tokens"])
+                self._chunk(b": keep-alive\n\n")
+                for i in range(n):
+                    time.sleep(fake.delay)
+                    obj = {"choices": [{"text": f" t{i}", "index": 0, "finish_reason": None}]}
+                    self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+                last = {"choices": [{"text": "", "index": 0, "finish_reason": "length"}]}
+                if fake.usage:
+                    last["usage"] = {"completion_tokens": n, "prompt_tokens": 10}
+                self._chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
+                self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+
+        self.serial = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda *a: None  # clients closing early are not test failures
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def load(port, **kw):
+    args = dict(users=4, prompt_tokens=32, max_tokens=6, requests=12, timeout=10, engine="llama.cpp")
+    args.update(kw)
+    return bench.run_load("127.0.0.1", port, "svc", **args)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def test_percentile_matches_linear_interpolation():
+    xs = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert percentile(xs, 50) == pytest.approx(5.5)
+    assert percentile(xs, 95) == pytest.approx(9.55)
+    assert percentile(xs, 0) == 1 and percentile(xs, 100) == 10
+    assert percentile([], 50) == 0.0
+    assert percentile([3.0], 95) == 3.0
+    assert percentile(reversed(xs), 50) == pytest.approx(5.5)
+
+
+def test_max_overlap():
+    assert max_overlap([]) == 0
+    assert max_overlap([(0, 1), (1, 2), (2, 3)]) == 2  # touching ends count as overlapping
+    assert max_overlap([(0, 1), (1.5, 2)]) == 1
+    assert max_overlap([(0, 10), (1, 2), (3, 4), (1.5, 3.5)]) == 3
+
+
+def test_sse_parser():
+    lines = [b": comment\n", b"data: {\"a\": 1}\n", b"\n", b"data: x\r\n", b"data: y\r\n", b"\r\n",
+             b"event: foo\n", b"data:nospace\n", b"\n", b"data: [DONE]\n", b"\n", b"data: after\n", b"\n"]
+    assert list(iter_sse_data(lines)) == ['{"a": 1}', "x\ny", "nospace"]
+    assert list(iter_sse_data([b"data: tail"])) == ["tail"]  # no closing blank line
+
+
+def test_summarize_and_diagnosis_text():
+    def req(start, first, n, gap):
+        return RequestResult(ok=True, start=start, ttft_s=first, tokens=n,
+                             token_times=[start + first + i * gap for i in range(n)])
+
+    rs = [req(0, 0.1, 5, 0.1), req(0, 0.1, 5, 0.1), req(0, 3.0, 5, 0.1), RequestResult(ok=False, error="HTTP 500: x")]
+    r = summarize(rs, wall_s=2.0, engine="llama.cpp", users=2, predicted_tps=100.0)
+    assert (r.requests, r.errors, r.output_tokens) == (4, 1, 15)
+    assert r.output_tokens_per_s == 7.5
+    assert r.ttft_p50_s == pytest.approx(0.1) and r.ttft_max_s == pytest.approx(3.0)
+    assert r.itl_p50_s == pytest.approx(0.1)
+    assert r.per_stream_decode_tokens_per_s == pytest.approx(10.0)
+    text = " ".join(r.findings)
+    assert "1 of 4 requests failed (first: HTTP 500: x)" in text
+    assert "requests queue" in text and "-np" in text
+    assert "decode is slower than planned" in text
+    doc = json.loads(json.dumps(r.to_json()))
+    assert set(doc) == set(BenchResult.__dataclass_fields__)
+
+
+# ---------------------------------------------------------------------------------------------- fake server
+
+
+def test_counts_tokens_and_requests():
+    with FakeServer(tokens=5, delay=0.005) as srv:
+        progress = []
+        r = load(srv.port, progress=lambda d, t, e: progress.append((d, t, e)))
+    assert r.requests == 12 and r.errors == 0 and srv.count == 12
+    assert r.output_tokens == 12 * 5
+    assert progress[-1] == (12, 12, 0) and len(progress) == 12
+    assert 0 < r.ttft_p50_s <= r.ttft_p95_s <= r.ttft_max_s
+    assert r.itl_p50_s > 0
+    assert r.output_tokens_per_s > 0
+    # the request shape: streaming completions with the workload's lengths
+    b = srv.bodies[0]
+    assert b["stream"] is True and b["max_tokens"] == 6 and b["model"] == "svc"
+    assert 20 <= len(b["prompt"].split()) <= 40
+
+
+def test_counts_chunks_without_usage():
+    with FakeServer(tokens=3, delay=0.001, usage=False) as srv:
+        r = load(srv.port, users=2, requests=4)
+    assert r.output_tokens == 12 and r.errors == 0
+
+
+def test_parallel_server_has_no_queueing_finding():
+    with FakeServer(tokens=5, delay=0.02) as srv:
+        r = load(srv.port, users=4, requests=12)
+    assert r.max_concurrent_streams == 4
+    assert not any("queue" in f for f in r.findings)
+
+
+def test_serialized_server_is_diagnosed_as_queueing():
+    with FakeServer(tokens=5, delay=0.02, serialize=True) as srv:
+        r = load(srv.port, users=4, requests=12)
+    assert r.errors == 0 and r.requests == 12
+    assert r.max_concurrent_streams == 1
+    # waiting for other users' requests: the median TTFT is several whole responses long
+    assert r.ttft_p50_s > 5 * 0.02
+    assert r.ttft_max_s > r.ttft_p50_s
+    assert any("requests queue" in f and "-np" in f and "(4)" in f for f in r.findings)
+
+
+def test_errors_are_counted_and_reported():
+    with FakeServer(tokens=2, delay=0.001, fail_every=3) as srv:
+        r = load(srv.port, users=3, requests=9)
+    assert r.requests == 9 and r.errors == 3
+    assert r.error_samples and r.error_samples[0].startswith("HTTP 500")
+    assert any("3 of 9 requests failed" in f for f in r.findings)
+
+
+def test_bearer_key_is_sent():
+    with FakeServer(tokens=2, delay=0.001, api_key="s3cret") as srv:
+        ok = load(srv.port, users=1, requests=2, api_key="s3cret")
+        bad = load(srv.port, users=1, requests=2)
+    assert ok.errors == 0
+    assert bad.errors == 2 and "401" in bad.error_samples[0]
+
+
+def test_duration_mode_is_bounded():
+    with FakeServer(tokens=2, delay=0.01) as srv:
+        t0 = time.perf_counter()
+        r = load(srv.port, users=2, requests=None, duration_s=0.3)
+        assert time.perf_counter() - t0 < 5
+    assert r.requests >= 2 and r.errors == 0
+
+
+def test_unreachable_service_raises_launch_error():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(LaunchError, match="stackgen up"):
+        load(port)
+
+
+def test_rss_sampler_reads_own_process():
+    import os
+
+    with bench.RssSampler(os.getpid(), interval=0.01) as s:
+        time.sleep(0.05)
+    assert s.peak and s.peak > 1_000_000
+    with bench.RssSampler(None) as s:
+        pass
+    assert s.peak is None
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _stack(write_stack, port, users=2):
+    return write_stack(f"""version: 1
+name: t
+hardware:
+  memory_gib: 24
+  memory_bandwidth_gbs: 40
+  cpu: {{cores: 2, threads: 2}}
+workload:
+  concurrent_users: {users}
+  context_tokens: 2048
+  prompt_tokens: 16
+  output_tokens: 4
+services:
+  gemma:
+    model: gemma-3-270m
+    engine: llama.cpp
+    port: {port}
+""")
+
+
+def test_cli_bench_json(write_stack, cli):
+    with FakeServer(tokens=4, delay=0.002) as srv:
+        path = _stack(write_stack, srv.port)
+        res = cli("bench", path, "--requests", "4", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["requests"] == 4 and doc["errors"] == 0 and doc["output_tokens"] == 16
+    assert doc["model"] == "gemma" and doc["concurrent_users"] == 2
+    assert doc["predicted_decode_tokens_per_s"] > 0
+    assert srv.bodies[0]["model"] == "gemma"
+
+
+def test_cli_bench_sweep_text(write_stack, cli):
+    with FakeServer(tokens=2, delay=0.001) as srv:
+        path = _stack(write_stack, srv.port)
+        res = cli("bench", path, "--sweep", "1,2", "--requests", "2")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("requests       2 (0 errors)") == 2
+
+
+def test_cli_bench_unreachable_is_one_line(write_stack, cli):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = cli("bench", _stack(write_stack, port))
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output and "stackgen up" in res.output
+
+
+def test_plot_without_matplotlib_names_pip(monkeypatch, tmp_path):
+    import builtins
+
+    real = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError("no")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    r = summarize([], wall_s=1.0)
+    with pytest.raises(StackgenError, match="pip install matplotlib"):
+        bench.plot([r], tmp_path / "x.png")
