@@ -1,0 +1,295 @@
+"""The compose target: one compose/compose.yaml for the whole stack, plus compose/<service>.env files.
+
+Design choices (each one is a reliability property, see reference/reliability.md):
+- YAML is built as data and dumped with yaml.safe_dump, so "on"/"no"/"8080" stay strings and nothing a user wrote
+  can break the document's structure.
+- Ports are published on 127.0.0.1 unless serve.host says otherwise: Docker's iptables rules bypass host firewalls.
+- Secrets never land in the file: the API key is passed through from the user's environment by interpolation
+  (`LLAMA_API_KEY: ${MY_KEY:?...}`), so compose refuses to start when it is missing instead of serving unprotected.
+- Each container gets init, no-new-privileges and no capabilities; read-only root filesystems where the engine
+  writes only to its volumes.
+- MLX has no container image (it needs Metal, which containers on macOS cannot reach): MLX services are left out
+  with a comment; a stack with nothing but MLX services is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import yaml
+
+from stackgen import engines
+from stackgen.engine_files import render_modelfile
+from stackgen.engines.base import LaunchContext
+from stackgen.errors import RenderError
+from stackgen.plan import Plan, ServicePlan
+from stackgen.render import Artifact, RenderContext
+from stackgen.targets import register
+
+COMPOSE_DIR = "compose"
+LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
+LOAD_SLACK_S = 60
+DEFAULT_VERSIONS = {"vllm": "0.33.0"}  # engines.md pins; llama.cpp and Ollama float on their named tags
+# Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
+ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
+KEY_ENV = {"llama.cpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}  # what each server reads its key from
+
+
+@dataclass
+class ServiceParts:
+    """What one service contributes: its compose entry, env files and named volumes."""
+
+    entry: dict
+    files: list[Artifact] = field(default_factory=list)
+    volumes: set[str] = field(default_factory=set)
+
+
+@register("compose")
+def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    compose_dir = _compose_dir(plan, ctx)
+    services, notes, files, volumes = {}, [], [], set()
+    for sp in plan.services:
+        if sp.engine == "mlx":
+            notes.append(f"service {sp.name!r} (MLX) is not in this file: MLX needs Metal, which no container "
+                         "can reach; run it with the script target on the Mac itself")
+            continue
+        parts = service_parts(sp, plan, ctx, compose_dir)
+        services[sp.name] = parts.entry
+        files += parts.files
+        volumes |= parts.volumes
+    if not services:
+        raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: MLX services cannot run in "
+                          "containers (no Metal); remove `compose` from targets or use the script target")
+    doc = {"services": services}
+    if volumes:
+        doc["volumes"] = {name: {} for name in sorted(volumes)}
+    text = _header(plan, ctx, notes) + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
+    return [Artifact(f"{COMPOSE_DIR}/compose.yaml", text)] + files
+
+
+def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: Path | None) -> ServiceParts:
+    accel = accelerator(sp)
+    model = model_mount(sp, plan, compose_dir)
+    entry: dict = {"image": image_for(sp, accel), "init": True, "restart": "unless-stopped"}
+    entry["command"] = container_command(sp, model.container_ref)
+    env_files = env_file_artifacts(sp, ctx, model.env)
+    if env_files:
+        entry["env_file"] = [PurePosixPath(a.path).name for a in env_files]
+    if sp.api_key_env and sp.engine in KEY_ENV:
+        entry["environment"] = {KEY_ENV[sp.engine]: f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}"}
+    entry["ports"] = [publish(sp.host, sp.port)]
+    entry["volumes"] = model.volumes
+    entry.update(hardening(sp))
+    entry.update(devices(sp, accel))
+    entry["healthcheck"] = healthcheck(sp)
+    parts = ServiceParts(entry, env_files, set(model.named))
+    if sp.engine == "ollama":
+        _add_modelfile(parts, sp, plan, ctx, model.container_ref)
+    return parts
+
+
+def _add_modelfile(parts: ServiceParts, sp: ServicePlan, plan: Plan, ctx: RenderContext, model_ref: str) -> None:
+    """The container's own Modelfile: FROM names the weights where the container sees them."""
+    text = render_modelfile(sp, ctx, model_ref, Path(plan.stack_path).parent)
+    parts.files.append(Artifact(f"{COMPOSE_DIR}/{sp.name}/Modelfile", text))
+    parts.entry["volumes"].append(f"./{sp.name}:/stackgen:ro")
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def accelerator(sp: ServicePlan) -> str:
+    """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
+    gpus = [g for g in sp.gpus if not g.unified]
+    uses_gpu = sp.memory.gpu_memory_utilization is not None if sp.engine == "vllm" else sp.memory.gpu_layers > 0
+    if not gpus or not uses_gpu:
+        return "cpu"
+    g = gpus[0]
+    if g.vendor == "nvidia":
+        return "cuda"
+    if g.vendor == "amd":
+        return "rocm" if g.tier == "datacenter" or (g.arch or "") in ROCM_CONSUMER_ARCHS else "vulkan"
+    return "intel"
+
+
+def image_for(sp: ServicePlan, accel: str) -> str:
+    if sp.spec.image:
+        return sp.spec.image
+    version = sp.spec.engine_version or DEFAULT_VERSIONS.get(sp.engine)
+    if sp.engine == "llama.cpp":
+        tag = "server" if accel == "cpu" else f"server-{accel}"
+        build = version if version and version.startswith("b") and version[1:].isdigit() else None
+        return f"ghcr.io/ggml-org/llama.cpp:{tag}-{build}" if build else f"ghcr.io/ggml-org/llama.cpp:{tag}"
+    if sp.engine == "ollama":
+        suffix = "rocm" if accel == "rocm" else ""
+        tag = "-".join(p for p in (version, suffix) if p) or "latest"
+        return f"ollama/ollama:{tag}"
+    return _vllm_image(sp, accel, version)
+
+
+def _vllm_image(sp: ServicePlan, accel: str, version: str | None) -> str:
+    if accel == "cpu":
+        raise RenderError(f"services.{sp.name}: vLLM's CPU backend has no official image; set `image:` to a "
+                          "vLLM CPU build, or use the script target")
+    repo = "vllm/vllm-openai-rocm" if accel == "rocm" else "vllm/vllm-openai"
+    return f"{repo}:v{version}"
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
+    """The engine's argv inside the container, minus what the image's entrypoint already runs."""
+    engine = engines.get(sp.engine)
+    inside = replace(sp, host="0.0.0.0")
+    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
+    argv = engine.argv(inside, ctx)
+    # llama.cpp's entrypoint is /app/llama-server, Ollama's /bin/ollama, vLLM's `vllm serve`.
+    drop = 2 if sp.engine == "vllm" else 1
+    return argv[drop:]
+
+
+def publish(host: str, port: int) -> str:
+    bind = {"localhost": "127.0.0.1", "::1": "[::1]", "::": "[::]"}.get(host, host)
+    return f"{bind}:{port}:{port}"
+
+
+# ---------------------------------------------------------------------------------------------- model and volumes
+
+
+@dataclass
+class ModelMount:
+    container_ref: str
+    volumes: list[str]
+    named: list[str]
+    env: dict[str, str]
+
+
+CACHE_VOLUMES = {  # named volume, mount point, env that points the engine at it
+    "llama.cpp": ("llama-cache", "/cache", {"LLAMA_CACHE": "/cache"}),
+    "vllm": ("hf-cache", "/root/.cache/huggingface", {}),
+    "ollama": ("ollama", "/root/.ollama", {}),
+}
+
+
+def model_mount(sp: ServicePlan, plan: Plan, compose_dir: Path | None) -> ModelMount:
+    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume."""
+    volume, mount, env = CACHE_VOLUMES[sp.engine]
+    local = _local_model_path(sp, plan)
+    volumes, named = [], []
+    ref = sp.model_ref
+    if local is not None:
+        ref = f"/models/{local.name}"
+        volumes.append(f"{_host_path(local, compose_dir)}:{ref}:ro")
+    if local is None or sp.engine == "ollama":  # Ollama copies even local weights into its store
+        volumes.append(f"{volume}:{mount}")
+        named.append(volume)
+    else:
+        env = {}
+    if sp.engine == "vllm":
+        volumes.append("vllm-cache:/root/.cache/vllm")  # torch.compile artifacts: a warm restart skips ~30 s
+        named.append("vllm-cache")
+    return ModelMount(ref, volumes, named, dict(env))
+
+
+def _local_model_path(sp: ServicePlan, plan: Plan) -> Path | None:
+    if sp.model.path:
+        return Path(sp.model.path)
+    if sp.model_ref.startswith("models/"):  # no registry source: the plan expects the file next to the stack
+        return Path(plan.stack_path).parent / sp.model_ref
+    return None
+
+
+def _host_path(path: Path, compose_dir: Path | None) -> str:
+    """Relative to the compose file when the output folder is relative (portable trees), else absolute."""
+    if compose_dir is None:
+        return str(path.absolute())
+    rel = os.path.relpath(path.absolute(), compose_dir.absolute())
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def _compose_dir(plan: Plan, ctx: RenderContext) -> Path | None:
+    if Path(ctx.out_dir).is_absolute():
+        return None
+    return Path(plan.stack_path).parent / ctx.out_dir / COMPOSE_DIR
+
+
+# ---------------------------------------------------------------------------------------------- env files
+
+
+def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, extra: dict[str, str]) -> list[Artifact]:
+    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
+    env.update(extra)
+    if not env:
+        return []
+    lines = []
+    for key in sorted(env):
+        value = env[key]
+        if any(c in value for c in "\n\r\x00"):
+            raise RenderError(f"services.{sp.name}: environment value of {key} contains a line break or NUL")
+        lines.append(f"{key}={value}")
+    text = ctx.header() + "# Non-secret engine settings; secrets come from your shell (see compose.yaml).\n"
+    return [Artifact(f"{COMPOSE_DIR}/{sp.name}.env", text + "\n".join(lines) + "\n")]
+
+
+# ---------------------------------------------------------------------------------------------- hardening, GPUs
+
+
+def hardening(sp: ServicePlan) -> dict:
+    out: dict = {"security_opt": ["no-new-privileges:true"], "cap_drop": ["ALL"]}
+    if sp.engine == "vllm":
+        # PyTorch needs shared memory; shm_size keeps the host's IPC namespace out of reach (unlike ipc: host).
+        # The root filesystem stays writable: Triton and torch.compile write caches outside the volumes.
+        out["shm_size"] = "16gb" if sp.memory.tensor_parallel > 1 else "2gb"
+    else:
+        out["read_only"] = True
+        out["tmpfs"] = ["/tmp"]
+    return out
+
+
+def devices(sp: ServicePlan, accel: str) -> dict:
+    if accel == "cuda":
+        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
+        return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
+    if accel in ("rocm", "vulkan"):
+        return {"devices": ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"],
+                "group_add": ["video", "render"]}
+    if accel == "intel":
+        return {"devices": ["/dev/dri"], "group_add": ["video", "render"]}
+    return {}
+
+
+def healthcheck(sp: ServicePlan) -> dict:
+    url = f"http://localhost:{sp.port}/health"
+    if sp.engine == "llama.cpp":
+        test = ["CMD", "curl", "-f", url]  # the llama.cpp images ship curl and use it for their own HEALTHCHECK
+    elif sp.engine == "vllm":
+        test = ["CMD", "python3", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
+    else:
+        test = ["CMD", "ollama", "list"]  # the Ollama image has no curl; its client talks to the daemon
+    start = math.ceil(sp.memory.weights_bytes / LOAD_BYTES_PER_S) + LOAD_SLACK_S
+    return {"test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": f"{start}s"}
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
+    lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`."]
+    keyed = sorted({sp.api_key_env for sp in plan.services if sp.api_key_env and sp.engine in KEY_ENV})
+    for var in keyed:
+        lines.append(f"# {var}: the API key is read from your shell (or a .env file you keep next to this file) "
+                     "at `up` time; its value is never written here.")
+    for sp in plan.services:
+        if sp.engine == "ollama":
+            tag = engines.get("ollama").model_tag(sp)
+            lines.append(f"# {sp.name}: after `up`, create the tuned model once: docker compose -f compose/compose.yaml "
+                         f"exec {sp.name} ollama create {tag} -f /stackgen/Modelfile")
+        if any(g.vendor == "apple" for g in sp.gpus) and sp.engine != "mlx":
+            lines.append(f"# {sp.name}: containers on macOS cannot use Metal; this service runs on the CPU here.")
+    lines += [f"# {n}" for n in notes]
+    return "\n".join(lines) + "\n"
