@@ -80,7 +80,8 @@ def test_every_golden_stack_renders_strictly_valid_manifests(case):
     rendered = docs_of(plan_for(case))
     assert rendered, case
     for path, docs in rendered.items():
-        assert [d["kind"] for d in docs] == ["PersistentVolumeClaim", "Service", "Deployment"], path
+        assert [d["kind"] for d in docs][:3] == ["PersistentVolumeClaim", "Service", "Deployment"], path
+        assert [d["kind"] for d in docs][3:] in ([], ["NetworkPolicy"]), path
         for doc in docs:
             validate_strict(doc)
 
@@ -224,6 +225,16 @@ def test_llamacpp_gpu_count_and_probes():
     assert c["args"][0] != "/app/llama-server" and "--host" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["LLAMA_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "seed-70b-chat-api-key"
+
+
+def test_loopback_services_get_a_network_policy_lan_services_do_not():
+    local = kinds(docs_of(plan_for("ollama-dev-loop"))["kubernetes/coder.yaml"])
+    policy = local["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == local["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/part-of": "ollama-dev"}}}]}]
+    lan = kinds(docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"])
+    assert "NetworkPolicy" not in lan
 
 
 def test_cpu_service_requests_no_gpu():

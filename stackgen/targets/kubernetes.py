@@ -15,6 +15,8 @@ Design choices (docs/kubernetes.md has the full list and the mapping to vLLM pro
   llama.cpp and Ollama get a read-only root filesystem; vLLM keeps it writable (Triton/torch.compile/FlashInfer
   write kernels outside HOME), like the compose target.
 - API keys come from a Secret (`<stack>-<service>-api-key`, key `api-key`) by reference; the value is never written.
+- A service whose serve.host is loopback gets a NetworkPolicy: only pods labelled with the stack's
+  `app.kubernetes.io/part-of` may connect (a ClusterIP is otherwise open to every pod in the cluster).
 - enableServiceLinks is off: Kubernetes would otherwise inject `<SERVICE>_PORT=tcp://...` variables, and a Service
   called `vllm` sets VLLM_PORT, which vLLM reads as its own setting.
 - MLX is refused: it needs Metal, and there is no Linux image.
@@ -34,6 +36,7 @@ from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
+from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.targets import register
 from stackgen.targets.compose import accelerator, image_for
 
@@ -64,13 +67,16 @@ def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
 
 
 def manifests(plan: Plan, sp: ServicePlan) -> list[dict]:
-    """The PersistentVolumeClaim, Service and Deployment of one service, in apply order."""
+    """The PersistentVolumeClaim, Service, Deployment (and NetworkPolicy) of one service, in apply order."""
     if sp.engine == "mlx":
         raise RenderError(f"services.{sp.name}: the kubernetes target cannot run MLX: it needs Apple's Metal, and "
                           "there is no Linux image (MLX serves on the Mac itself; use the script target)")
     name = resource_name(plan, sp)
     labels = _labels(plan, sp)
-    return [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
+    docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
+    if sp.host in LOOPBACK_HOSTS:
+        docs.append(_network_policy(plan, name, labels))
+    return docs
 
 
 def resource_name(plan: Plan, sp: ServicePlan) -> str:
@@ -156,6 +162,15 @@ def _service(sp: ServicePlan, name: str, labels: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": dict(labels)},
             "spec": {"type": "ClusterIP", "selector": _selector(labels),
                      "ports": [{"name": "http", "port": sp.port, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def _network_policy(plan: Plan, name: str, labels: dict) -> dict:
+    """serve.host on loopback means "nobody else": in a cluster, only the stack's own pods may connect."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": dict(labels)},
+            "spec": {"podSelector": {"matchLabels": _selector(labels)}, "policyTypes": ["Ingress"],
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {
+                         "app.kubernetes.io/part-of": plan.stack_name}}}]}]}}
 
 
 def _deployment(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:
