@@ -449,8 +449,8 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def plot(results: list[BenchResult], out: str | Path) -> Path:
-    """Throughput and TTFT against concurrent users (a sweep), or a single point."""
+def require_matplotlib():
+    """matplotlib.pyplot on the Agg backend, or a one-line error naming the pip command."""
     try:
         import matplotlib
 
@@ -458,6 +458,12 @@ def plot(results: list[BenchResult], out: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise StackgenError("--plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot(results: list[BenchResult], out: str | Path) -> Path:
+    """Throughput and TTFT against concurrent users (a sweep), or a single point."""
+    plt = require_matplotlib()
     users = [r.concurrent_users for r in results]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(users, [r.output_tokens_per_s for r in results], marker="o")

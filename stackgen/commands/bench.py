@@ -67,10 +67,12 @@ def bench(
     beside the plan's prediction, and say where they disagree."""
 
     def body() -> int:
-        from stackgen.bench import BenchError, bench_plan, pick_service, plot
+        from stackgen.bench import BenchError, bench_plan, pick_service, plot, require_matplotlib
 
         if requests is not None and duration is not None:
             raise BenchError("give --requests or --duration, not both")
+        if plot_out is not None:
+            require_matplotlib()  # fail before the run, not after it
         _, p = load_and_plan(file, host_facts)
         sp = pick_service(p, service)
         user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
