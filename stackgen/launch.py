@@ -606,12 +606,13 @@ def _no_interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _runner_for(kind: str, stack_dir: Path, client_factory=None) -> Runner:
+def _runner_for(kind: str, stack_file: Path, stack_name: str = "") -> Runner:
+    stack_file = stack_file.resolve()
     if kind == "container":
         from stackgen.containers import ContainerRunner
 
-        return ContainerRunner(stack_dir)
-    return NativeRunner(stack_dir)
+        return ContainerRunner(stack_file.parent, stack_name, stack_file)
+    return NativeRunner(stack_file.parent)
 
 
 def up(plan: Plan, opts: UpOptions = UpOptions(), progress: ProgressFn | None = None) -> UpResult:
@@ -631,12 +632,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     state = sd.load(plan.stack_name)
     state.stack = plan.stack_name
     kind = "container" if opts.containers else "process"
-    runner = _runner_for(kind, stack_dir)
-    runners = {"process": NativeRunner(stack_dir) if kind != "process" else runner, kind: runner}
+    runner = _runner_for(kind, sd.stack_file, plan.stack_name)
+    runners = {kind: runner}
 
     def runner_of(st: ServiceState) -> Runner:
         if st.kind not in runners:
-            runners[st.kind] = _runner_for(st.kind, stack_dir)
+            runners[st.kind] = _runner_for(st.kind, sd.stack_file, plan.stack_name)
         return runners[st.kind]
 
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
@@ -663,12 +664,15 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     to_stop += [st for n, st in state.services.items() if n not in planned]
 
     # Preflight: everything that can be known before spawning.
-    exempt: set[int] = set()
+    exempt_pids: set[int] = set()
+    exempt_ports: set[int] = set()  # a container's published port may be held by the engine's proxy process
     freed = 0
     for st in to_stop:
-        exempt |= runner_of(st).owned_pids(st)
+        exempt_pids |= runner_of(st).owned_pids(st)
+        if st.kind == "container":
+            exempt_ports.add(st.port)
         freed += runner_of(st).rss(st) or 0
-    problems = check_models(start) + check_ports(start, exempt)
+    problems = check_models(start) + check_ports([sp for sp in start if sp.port not in exempt_ports], exempt_pids)
     if opts.memory_check:
         problems += check_memory(start, freed)
     if problems:
@@ -680,6 +684,10 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         state.services.pop(st.name, None)
         sd.save(state)
         stopped.append(st.name)
+    if to_stop:  # what the old services held must be free now
+        problems = check_ports(start, set())
+        if problems:
+            raise LaunchError("\n".join(problems))
 
     outcomes = [ServiceOutcome(sp.name, "unchanged", runner_of(state.services[sp.name]).where(state.services[sp.name]),
                                sp.port) for sp in keep]
@@ -899,11 +907,13 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
     sd.acquire("down")
     try:
         state = sd.load()
-        stack_dir = sd.stack_file.parent
+        had_containers = any(st.kind == "container" for st in state.services.values())
         runners: dict[str, Runner] = {}
         stopped, failures = [], []
         for name, st in sorted(state.services.items()):
-            runner = runners.setdefault(st.kind, _runner_for(st.kind, stack_dir))
+            if st.kind not in runners:
+                runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
+            runner = runners[st.kind]
             try:
                 runner.stop(st, grace_s)
             except LaunchError as exc:
@@ -912,7 +922,8 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
             state.services.pop(name, None)
             sd.save(state)
             stopped.append(f"{name} ({runner.where(st)})")
-        stopped += _down_stray_containers(sd, grace_s)
+        if had_containers:
+            stopped += _down_stray_containers(sd, grace_s)
         if failures:
             raise LaunchError("\n".join(failures))
         return stopped
@@ -922,8 +933,6 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
 
 def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
     """Containers labelled for this stack file but missing from the state (e.g. `up` was killed mid-create)."""
-    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
-        return []
     try:
         from stackgen.containers import remove_labelled
     except ImportError:
@@ -943,7 +952,9 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[Service
     out = []
     runners: dict[str, Runner] = {}
     for name, st in sorted(state.services.items()):
-        runner = runners.setdefault(st.kind, _runner_for(st.kind, sd.stack_file.parent))
+        if st.kind not in runners:
+            runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
+        runner = runners[st.kind]
         uptime = time.time() - st.started_at
         if not runner.is_alive(st):
             lines = runner.log_tail(st, 30)
@@ -980,7 +991,9 @@ def logs(stack_file: str | Path, service: str | None = None, follow: bool = Fals
     for n in names:
         st = state.services.get(n)
         if st is not None and st.kind == "container":
-            runner = runners.setdefault(st.kind, _runner_for(st.kind, sd.stack_file.parent))
+            if st.kind not in runners:
+                runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
+            runner = runners[st.kind]
             sources[n] = ("container", runner, st)
         else:
             sources[n] = ("file", str(st.log if st and st.log else sd.log_path(n)), st)

@@ -1,0 +1,58 @@
+"""`stackgen up --containers` through a real Docker Engine API: podman's, with the locally built llama-server image."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+from stackgen.health import Endpoint, complete
+from stackgen.state import StateDir
+
+
+
+def test_llama_server_container_up_answer_down(tmp_path, podman_socket, llama_image, gguf_path, free_port,
+                                               stack_cleanup, monkeypatch, run_stackgen):
+    stackgen = run_stackgen
+    import docker
+
+    monkeypatch.setenv("DOCKER_HOST", podman_socket)
+    port = free_port()
+    path = tmp_path / "stack.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: it-containers
+        hardware: detect
+        workload: {{concurrent_users: 2, context_tokens: 2048, prompt_tokens: 64, output_tokens: 32}}
+        services:
+          gemma:
+            model: {gguf_path}
+            engine: llama.cpp
+            image: {llama_image}
+            port: {port}
+        """), encoding="utf-8")
+    stack_cleanup.append(path)
+    env = {"DOCKER_HOST": podman_socket}
+    t0 = time.monotonic()
+    r = stackgen("up", path, "--containers", "--json", timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    print(f"\ncontainer up: {time.monotonic() - t0:.1f}s; {r.stdout}")
+    st = StateDir(path).load().services["gemma"]
+    assert st.kind == "container" and st.container_id
+    client = docker.DockerClient(base_url=podman_socket)
+    c = client.containers.get(st.container_id)
+    assert c.labels["dev.stackgen.config-hash"] == st.config_hash
+    comp = complete(Endpoint("127.0.0.1", port, "llama.cpp", "gemma"), "The capital of France is", max_tokens=8)
+    assert comp.completion_tokens == 8 and comp.text.strip()
+    print(f"completion: {comp.text!r}")
+    r = stackgen("status", path, "--json", env=env)
+    assert json.loads(r.stdout)[0]["state"] == "running", r.stdout
+    r = stackgen("logs", path, "gemma", env=env)
+    assert r.returncode == 0 and r.stdout.strip()
+    # unchanged: kept
+    r = stackgen("up", path, "--containers", env=env)
+    assert "gemma: unchanged" in r.stdout, r.stdout + r.stderr
+    r = stackgen("down", path, env=env, timeout=120)
+    assert r.returncode == 0 and "stopped gemma" in r.stdout, r.stdout + r.stderr
+    names = [x.name for x in client.containers.list(all=True)]
+    assert st.container_name not in names

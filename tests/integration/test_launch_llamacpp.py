@@ -1,0 +1,173 @@
+"""`stackgen up/status/logs/down` on a real llama-server with the real Gemma 3 270M GGUF (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stackgen.health import Endpoint, complete
+from stackgen.state import StateDir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_stack(tmp_path: Path, llama_server: Path, gguf: Path, port: int, extra: str = "", users: int = 2) -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: it-llama
+        hardware: detect
+        workload: {{concurrent_users: {users}, context_tokens: 2048, prompt_tokens: 64, output_tokens: 32}}
+        services:
+          gemma:
+            model: {gguf}
+            engine: llama.cpp
+            binary: {llama_server}
+            port: {port}
+        """) + extra, encoding="utf-8")
+    return path
+
+
+def group_pids(pgid: int) -> list[int]:
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def test_up_complete_status_logs_down(tmp_path, llama_server, gguf_path, free_port, stack_cleanup, wait_gone, run_stackgen):
+    stackgen = run_stackgen
+    port = free_port()
+    path = write_stack(tmp_path, llama_server, gguf_path, port)
+    stack_cleanup.append(path)
+    t0 = time.monotonic()
+    r = stackgen("up", path, "--verify", timeout=300)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gemma: started (llama.cpp" in r.stdout and "ready in" in r.stdout
+    assert "verify gemma: 2/2 streams ok" in r.stdout, r.stdout
+    print(f"\nup --verify took {took:.1f}s\n{r.stdout}")
+    st = StateDir(path).load().services["gemma"]
+    assert st.pid and psutil.pid_exists(st.pid)
+    assert (path.parent / ".stackgen" / ".gitignore").read_text() == "*\n"
+
+    # a real completion: greedy, token count as asked
+    c = complete(Endpoint("127.0.0.1", port, "llama.cpp", "gemma"), "The capital of France is", max_tokens=8)
+    assert c.completion_tokens == 8 and c.text.strip(), c
+    print(f"completion: {c.text!r} ({c.completion_tokens} tokens in {c.seconds:.2f}s)")
+
+    r = stackgen("status", path, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    row = json.loads(r.stdout)[0]
+    assert row["state"] == "running" and row["port"] == port and row["rss_bytes"] > 100 * 2**20
+    assert row["where"] == f"pid {st.pid}"
+
+    r = stackgen("logs", path, "gemma")
+    assert r.returncode == 0 and "llama" in r.stdout.lower()
+
+    # nothing changed: up keeps it
+    r = stackgen("up", path)
+    assert r.returncode == 0 and "gemma: unchanged" in r.stdout, r.stdout + r.stderr
+    assert StateDir(path).load().services["gemma"].pid == st.pid
+
+    members = group_pids(st.pgid)
+    assert st.pid in members
+    r = stackgen("down", path)
+    assert r.returncode == 0 and "stopped gemma" in r.stdout, r.stdout + r.stderr
+    for pid in members:
+        assert wait_gone(pid, 5), f"pid {pid} survived down"
+    assert group_pids(st.pgid) == []
+    r = stackgen("down", path)
+    assert r.returncode == 0 and "nothing running" in r.stdout
+
+
+def test_status_notices_a_killed_engine(tmp_path, llama_server, gguf_path, free_port, stack_cleanup, wait_gone, run_stackgen):
+    stackgen = run_stackgen
+    port = free_port()
+    path = write_stack(tmp_path, llama_server, gguf_path, port)
+    stack_cleanup.append(path)
+    r = stackgen("up", path)
+    assert r.returncode == 0, r.stderr
+    pid = StateDir(path).load().services["gemma"].pid
+    os.kill(pid, 9)
+    assert wait_gone(pid, 5)
+    r = stackgen("status", path)
+    assert r.returncode == 1 and "dead" in r.stdout, r.stdout
+
+
+def test_port_held_by_another_process(tmp_path, llama_server, gguf_path, free_port, stack_cleanup, pid_cleanup, run_stackgen):
+    stackgen = run_stackgen
+    port = free_port()
+    holder = subprocess.Popen([sys.executable, "-c", "import socket,time\ns=socket.socket()\n"
+                               f"s.bind(('127.0.0.1',{port}))\ns.listen()\ntime.sleep(120)"])
+    pid_cleanup.append(holder.pid)
+    for _ in range(50):
+        if psutil.Process(holder.pid).net_connections():
+            break
+        time.sleep(0.1)
+    path = write_stack(tmp_path, llama_server, gguf_path, port)
+    stack_cleanup.append(path)
+    r = stackgen("up", path, timeout=60)
+    assert r.returncode == 1
+    assert f"port {port} is already in use by pid {holder.pid}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    holder.kill()
+    holder.wait()
+
+
+@pytest.mark.parametrize("override, cause", [
+    ("{model: /nonexistent/model.gguf}", "missing file"),
+    ("{draft-max: 4}", "unknown argument"),
+])
+def test_engine_that_exits_at_once_names_the_cause(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                                   override, cause, run_stackgen):
+    stackgen = run_stackgen
+    path = write_stack(tmp_path, llama_server, gguf_path, free_port())
+    path.write_text(path.read_text() + f"    overrides: {override}\n")
+    stack_cleanup.append(path)
+    r = stackgen("up", path, "--timeout", "60", timeout=120)
+    assert r.returncode == 1, r.stdout
+    assert "exited during start-up" in r.stderr and f"likely cause: {cause}" in r.stderr, r.stderr
+    assert "last log lines" in r.stderr and "Traceback" not in r.stderr
+    assert StateDir(path).load().services == {}
+
+
+def test_sigint_while_loading_stops_the_engine(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                               pid_cleanup, wait_gone, run_stackgen):
+    stackgen = run_stackgen
+    import signal
+
+    path = write_stack(tmp_path, llama_server, gguf_path, free_port())
+    stack_cleanup.append(path)
+    proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], cwd=str(REPO),
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    pid_cleanup.append(proc.pid)
+    pid = None
+    for _ in range(200):
+        sd = StateDir(path)
+        if sd.state_file.exists():
+            st = sd.load().services.get("gemma")
+            if st and st.pid:
+                pid = st.pid
+                break
+        time.sleep(0.05)
+    assert pid, "up never recorded the engine"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "stopped gemma" in err, err
+    assert wait_gone(pid, 5)
+    assert StateDir(path).load().services == {}
