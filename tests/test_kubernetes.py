@@ -80,8 +80,11 @@ def test_every_golden_stack_renders_strictly_valid_manifests(case):
     rendered = docs_of(plan_for(case))
     assert rendered, case
     for path, docs in rendered.items():
-        assert [d["kind"] for d in docs][:3] == ["PersistentVolumeClaim", "Service", "Deployment"], path
-        assert [d["kind"] for d in docs][3:] in ([], ["NetworkPolicy"]), path
+        names = [d["kind"] for d in docs]
+        if names[0] == "ConfigMap":  # Ollama's Modelfile
+            names = names[1:]
+        assert names[:3] == ["PersistentVolumeClaim", "Service", "Deployment"], path
+        assert names[3:] in ([], ["NetworkPolicy"]), path
         for doc in docs:
             validate_strict(doc)
 
@@ -257,6 +260,10 @@ def test_ollama_probes_api_version():
     assert c["args"] == ["serve"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["OLLAMA_HOST"] == "0.0.0.0:11434"
+    docs = kinds(docs_of(plan_for("ollama-dev-loop"))["kubernetes/coder.yaml"])
+    modelfile = docs["ConfigMap"]["data"]["Modelfile"]
+    assert "FROM qwen2.5:7b" in modelfile and "num_ctx" in modelfile
+    assert {"name": "modelfile", "mountPath": "/stackgen", "readOnly": True} in c["volumeMounts"]
     assert env["OLLAMA_MODELS"].startswith("/models/")
 
 

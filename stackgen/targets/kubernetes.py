@@ -27,11 +27,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from stackgen import engines
+from stackgen.engine_files import render_modelfile
 from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
@@ -59,21 +60,23 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     out = []
     for sp in plan.services:
-        docs = manifests(plan, sp)
+        docs = manifests(plan, sp, ctx)
         text = _header(plan, sp, ctx) + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False,
                                                            width=120, explicit_start=True)
         out.append(Artifact(f"{K8S_DIR}/{sp.name}.yaml", text))
     return out
 
 
-def manifests(plan: Plan, sp: ServicePlan) -> list[dict]:
-    """The PersistentVolumeClaim, Service, Deployment (and NetworkPolicy) of one service, in apply order."""
+def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
+    """(Ollama's Modelfile ConfigMap,) PersistentVolumeClaim, Service, Deployment (and NetworkPolicy), in apply order."""
     if sp.engine == "mlx":
         raise RenderError(f"services.{sp.name}: the kubernetes target cannot run MLX: it needs Apple's Metal, and "
                           "there is no Linux image (MLX serves on the Mac itself; use the script target)")
     name = resource_name(plan, sp)
     labels = _labels(plan, sp)
     docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
+    if sp.engine == "ollama":
+        docs.insert(0, _modelfile_config_map(plan, sp, ctx, name, labels))
     if sp.host in LOOPBACK_HOSTS:
         docs.append(_network_policy(plan, name, labels))
     return docs
@@ -164,6 +167,15 @@ def _service(sp: ServicePlan, name: str, labels: dict) -> dict:
                      "ports": [{"name": "http", "port": sp.port, "targetPort": "http", "protocol": "TCP"}]}}
 
 
+def _modelfile_config_map(plan: Plan, sp: ServicePlan, ctx: RenderContext, name: str, labels: dict) -> dict:
+    """Ollama's tuned model (num_ctx, num_gpu, ...) comes from a Modelfile, mounted at /stackgen/Modelfile."""
+    local = _local_name(sp)
+    ref = f"{MODELS_MOUNT}/{local}" if local else sp.model_ref
+    text = render_modelfile(sp, ctx, ref, Path(plan.stack_path).parent)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-modelfile", "labels": dict(labels)},
+            "data": {"Modelfile": text}}
+
+
 def _network_policy(plan: Plan, name: str, labels: dict) -> dict:
     """serve.host on loopback means "nobody else": in a cluster, only the stack's own pods may connect."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -208,7 +220,7 @@ def _local_name(sp: ServicePlan) -> str | None:
     """The file or folder name of local weights (copied into the PVC), or None for a registry reference."""
     if sp.model.path:
         return PurePosixPath(sp.model.path.replace("\\", "/")).name
-    if sp.engine in ("llama.cpp", "vllm") and sp.model_ref.startswith("models/"):
+    if sp.model_ref.startswith("models/"):  # no registry source: the stack expects the file under models/
         return sp.model_ref.removeprefix("models/")
     return None
 
@@ -273,15 +285,19 @@ def _mounts(sp: ServicePlan) -> list[dict]:
               {"name": "tmp", "mountPath": "/tmp"}]
     if sp.engine == "vllm":
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if sp.engine == "ollama":
+        mounts.append({"name": "modelfile", "mountPath": "/stackgen", "readOnly": True})
     return mounts
 
 
 def _volumes(sp: ServicePlan, name: str) -> list[dict]:
-    vols = [{"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models"}},
+    vols: list[dict] = [{"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models"}},
             {"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
     if sp.engine == "vllm":
         # PyTorch needs shared memory (docs/deployment/k8s.md; production-stack `shmSize`).
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib(sp)}Mi"}})
+    if sp.engine == "ollama":
+        vols.append({"name": "modelfile", "configMap": {"name": f"{name}-modelfile"}})
     return vols
 
 
@@ -304,8 +320,8 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
                      "authenticating proxy in front.")
     if sp.engine == "ollama":
         tag = engines.get("ollama").model_tag(sp)
-        lines.append(f"# After the pod is ready, pull/create the model once: kubectl exec deploy/{name} -- "
-                     f"ollama pull {tag} (or ollama create with the script target's Modelfile).")
+        lines.append(f"# After the pod is ready, create the tuned model once: kubectl exec deploy/{name} -- "
+                     f"ollama create {tag} -f /stackgen/Modelfile")
     if any(g.vendor == "apple" for g in sp.gpus):
         lines.append("# Containers cannot use Metal: this service runs on the CPU in the cluster.")
     return "\n".join(lines) + "\n"
