@@ -19,6 +19,7 @@ from stackgen.errors import RenderError
 COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter",
             "message", "requires")
 ROLES = ("system", "user", "assistant")
+INVALID_COMMAND = "command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS)
 INT_PARAMS = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "num_keep", "seed",
               "num_predict", "top_k", "repeat_last_n"}
 FLOAT_PARAMS = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
@@ -82,7 +83,7 @@ class _Parser:
         if s == "nil":
             return "comment" if ch == "#" else "nil" if space or newline else "name"
         if s == "name":
-            return "name" if _alpha(ch) else "value" if space else self._fail("invalid command")
+            return "name" if _alpha(ch) else "value" if space else self._fail(INVALID_COMMAND)
         if s == "value":
             return "nil" if space or newline else "value"
         if s in ("parameter", "message"):
@@ -111,7 +112,7 @@ class _Parser:
     def _end_name(self, nxt: str) -> bool:
         word = self.buf.lower()
         if word not in COMMANDS:
-            self._fail("command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS))
+            self._fail(INVALID_COMMAND)
         self.name = "model" if word == "from" else word
         self.buf, self.state = "", {"parameter": "parameter", "message": "message"}.get(word, nxt)
         return True
@@ -190,9 +191,9 @@ def _is_go_float(value: str) -> bool:
 def quote(value: str, what: str) -> str:
     """The safest form Ollama reads back unchanged: bare when it can, else \"\"\"...\"\"\"."""
     if '"""' in value:
-        raise ModelfileError(f'{what} contains """, which would end the Modelfile value early')
+        raise ModelfileError(f'{what}: the text contains """, which would end the Modelfile value early')
     if any(not (c.isprintable() or c in "\t\n") for c in value):
         # Ollama's parser silently drops unprintable characters; refusing beats a silently different prompt.
-        raise ModelfileError(f"{what} contains control characters a Modelfile cannot hold")
+        raise ModelfileError(f"{what}: the text contains control characters a Modelfile cannot hold")
     plain = bool(value) and value.strip() == value and not value.startswith('"') and "\n" not in value
     return value if plain and "\t" not in value else f'"""{value}"""'
