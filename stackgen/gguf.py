@@ -551,6 +551,13 @@ def _sliding_layers(layers: int | None, window: int | None, pattern: object) -> 
     return layers - layers // period
 
 
+def _experts(total: int | None, active: int | None) -> dict[str, int | None] | None:
+    """MoE routing as one value, None for dense models (expert_count 0 or absent)."""
+    if not total:
+        return None
+    return {"total": total, "active": active}
+
+
 def summarize(header: GGUFHeader) -> dict[str, object]:
     """The facts a memory planner needs, under names shared with hfmodel."""
     arch = header.architecture
@@ -591,9 +598,8 @@ def summarize(header: GGUFHeader) -> dict[str, object]:
         "context_length": _as_int(av("context_length")),
         "sliding_window": window,
         "sliding_window_pattern": pattern,
-        "sliding_layers": _sliding_layers(layers, window, pattern),
-        "experts": _as_int(av("expert_count")),
-        "experts_used": _as_int(av("expert_used_count")),
+        "swa_layers": _sliding_layers(layers, window, pattern),
+        "experts": _experts(_as_int(av("expert_count")), _as_int(av("expert_used_count"))),
         "vocab_size": vocab,
         "params": header.n_elements,
         "quant": header.file_type_name,

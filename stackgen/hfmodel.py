@@ -159,9 +159,8 @@ class HFModelInfo:
             "sliding_window": window,
             "sliding_window_pattern": pattern,
             "layer_types": layer_types,
-            "sliding_layers": _sliding_layers(layers, window, pattern, layer_types),
-            "experts": _int(self.get("experts")),
-            "experts_used": _int(self.get("experts_used")),
+            "swa_layers": _sliding_layers(layers, window, pattern, layer_types),
+            "experts": _experts(_int(self.get("experts")), _int(self.get("experts_used"))),
             "vocab_size": _int(tc.get("vocab_size")),
             "params": self.params,
             "quant": quant,
@@ -179,6 +178,13 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+def _experts(total: int | None, active: int | None) -> dict[str, int | None] | None:
+    """Same shape as gguf.summarize: None for dense models."""
+    if not total:
+        return None
+    return {"total": total, "active": active}
 
 
 def _head_dims(tc: Mapping[str, Any], hidden: int | None, heads: int | None) -> tuple[int | None, int | None]:
