@@ -295,11 +295,17 @@ def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, bud
     kv_total_needed = kv_req * users * tp
     return MemoryPlan(
         weights_bytes=weights, kv_cache_bytes=kv_total_needed, compute_bytes=0, overhead_bytes=overhead * tp,
-        gpu_bytes=reserve * tp, host_bytes=int(2.5 * GIB), gpu_layers=model.layers, total_layers=model.layers,
+        gpu_bytes=reserve * tp, host_bytes=_vllm_host_bytes(tp), gpu_layers=model.layers, total_layers=model.layers,
         context_per_request=ctx, parallel=users, kv_cache_type=kv_dtype, fits=fits,
         gpu_budget_bytes=budget.gpu_bytes, host_budget_bytes=budget.host_bytes, tensor_parallel=tp,
         gpu_memory_utilization=util,
     )
+
+
+def _vllm_host_bytes(tp: int) -> int:
+    """System RAM of a vLLM server: the API server process (~2.5 GiB with torch and the tokenizer) plus one
+    worker process per tensor-parallel rank (~2 GiB each: CUDA context, pinned staging buffers)."""
+    return int((2.5 + 2.0 * tp) * GIB)
 
 
 def _vllm_all_users_fit(p: MemoryPlan, model, ctx, users, tp) -> bool:
