@@ -258,12 +258,7 @@ class ContainerRunner:
     def stop(self, st: ServiceState, grace_s: float) -> None:
         from docker.errors import DockerException, NotFound
 
-        try:
-            c = self._get(st)
-        except LaunchError:
-            c = None
-            if not (st.container_id or st.container_name):
-                return
+        c = self._get(st)  # an unreachable API raises: the state entry stays for a later `down`
         if c is None:
             return
         try:

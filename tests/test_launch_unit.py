@@ -367,3 +367,29 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_down_after_up_itself_was_killed(fake_stack):
+    """`up` records the engine before waiting: if `up` dies (SIGKILL), `down` still stops what it started."""
+    path, _, _ = fake_stack
+    env = {**os.environ, "FAKE_MODE": "hang", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path), "--timeout", "60"], env=env,
+                            cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = None
+        for _ in range(100):
+            st = StateDir(path).load().services.get("chat") if StateDir(path).state_file.exists() else None
+            if st and st.pid:
+                pid = st.pid
+                break
+            time.sleep(0.1)
+        assert pid
+        proc.kill()
+        proc.wait(timeout=10)
+        assert _alive(pid)  # the engine outlives its launcher (own session)
+        assert [r.state for r in status(path)] == ["loading"]
+        stopped = down(path, grace_s=2)
+        assert stopped and not _alive(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
