@@ -1,0 +1,207 @@
+"""Flag checking: every flag stackgen emits, and every override a stack names, must exist in the engine version the
+artifacts target.
+
+Engines rename and remove flags often (llama.cpp dropped --mlock for --load-mode; vLLM 0.33 dropped --swap-space),
+and a rejected flag only shows up when the service fails to start. The known flag sets per version live in
+profiles/engines/<engine>.yaml (each says where it was read from); `engine_version` in the stack picks one, the
+version engines.md documents is the default. `probe=True` also asks the installed binary's `--help`.
+Ollama has no flags: its daemon environment variables and Modelfile PARAMETERs are checked instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+
+from stackgen import _yaml
+from stackgen._resources import data_dir
+from stackgen.engines import get as get_engine
+from stackgen.engines.ollama import ENV_VARS as OLLAMA_ENV_VARS
+from stackgen.engines.ollama import PARAMETERS as OLLAMA_PARAMETERS
+from stackgen.errors import RenderError
+from stackgen.ollama_modelfile import check_parameter
+from stackgen.plan import Plan, ServicePlan
+
+PROFILE_FILES = {"llama.cpp": "llama.cpp.yaml", "vllm": "vllm.yaml", "mlx": "mlx.yaml"}
+# How many tokens after the binary are not flags: `vllm serve MODEL`.
+LEADING_POSITIONALS = {"llama.cpp": 0, "vllm": 2, "mlx": 0}
+HELP_ARGS = {"llama.cpp": ("--help",), "vllm": ("serve", "--help=all"), "mlx": ("--help",)}
+OLLAMA_REMOVED_ENV = {"OLLAMA_INTEL_GPU", "OLLAMA_MULTIUSER_CACHE", "OLLAMA_NEW_ENGINE", "OLLAMA_TMPDIR",
+                      "OLLAMA_RUNNERS_DIR"}  # engines.md 2.2: gone from envconfig; old configs still set them
+
+
+@dataclass(frozen=True)
+class FlagTable:
+    engine: str
+    version: str  # as the stack named it (an alias stays an alias in messages)
+    flags: dict  # flag -> number of values, or "?", "*", "+" (argparse nargs)
+    removed: dict  # flag -> "removed; use ..." for flags older builds had
+
+    def problem(self, flag: str) -> str | None:
+        """Why `flag` is not accepted, or None."""
+        if flag in self.flags:
+            return None
+        why = f" ({self.removed[flag]})" if flag in self.removed else ""
+        return f"{self.engine} {self.version} has no flag {flag}{why}"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+@lru_cache(maxsize=None)
+def _profile(engine: str) -> dict:
+    path = data_dir("profiles") / "engines" / PROFILE_FILES[engine]
+    try:
+        data = _yaml.load_document(path.read_text(encoding="utf-8")).data
+    except (OSError, _yaml.YamlError) as exc:
+        raise RenderError(f"{path}: cannot read the {engine} flag table: {exc}") from None
+    return data
+
+
+def known_versions(engine: str) -> list[str]:
+    prof = _profile(engine)
+    return sorted(set(prof["versions"]) | set(prof.get("aliases") or {}))
+
+
+def table(engine: str, version: str | None = None) -> FlagTable:
+    """The flag table for `engine` at `version` (default: the documented one); RenderError for unknown versions."""
+    prof = _profile(engine)
+    asked = version or str(prof["default"])
+    real = (prof.get("aliases") or {}).get(asked, asked)
+    if real not in prof["versions"]:
+        raise RenderError(f"stackgen has no {engine} flag table for version {asked!r}; known: "
+                          f"{', '.join(known_versions(engine))} (leave engine_version out for {prof['default']})")
+    entry = prof["versions"][real]
+    return FlagTable(engine, asked, dict(entry.get("flags") or {}), dict(entry.get("removed") or {}))
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def check_plan(plan: Plan, probe: bool = False) -> None:
+    """Raise RenderError naming the field whose flag the targeted engine version would reject."""
+    for sp in plan.services:
+        check_service(sp, probe)
+
+
+def check_service(sp: ServicePlan, probe: bool = False) -> None:
+    if sp.engine == "ollama":
+        _check_ollama(sp)
+        return
+    try:
+        flags = table(sp.engine, sp.spec.engine_version)
+    except RenderError as exc:
+        raise RenderError(f"services.{sp.name}.engine_version: {exc}") from None
+    _check_overrides(sp, flags)
+    for flag in argv_flags(sp.engine, list(sp.command), flags):
+        why = flags.problem(flag)
+        if why:
+            raise RenderError(f"services.{sp.name}: {why}; stackgen emits it for this plan "
+                              "(set engine_version to a build that has it, or override the flag)")
+    if probe:
+        _check_probe(sp)
+
+
+def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
+    where = f"services.{sp.name}.overrides"
+    for key, value in sorted(sp.spec.overrides.items()):
+        flag = key if key.startswith("-") else f"--{key}"
+        why = flags.problem(flag)
+        if why:
+            raise RenderError(f"{where}: {why}")
+        arity = flags.flags[flag]
+        if value is True and arity not in (0, "?", "*"):
+            raise RenderError(f"{where}: {flag} needs a value (write `{key}: VALUE`)")
+        if not isinstance(value, bool) and value is not None and arity == 0:  # 1 == True, so no `in (True, ...)`
+            raise RenderError(f"{where}: {flag} takes no value (write `{key}: true`)")
+
+
+def argv_flags(engine: str, argv: list[str], flags: FlagTable) -> list[str]:
+    """The flags in an argv, skipping each flag's values as the engine's parser would."""
+    out, i = [], 1 + LEADING_POSITIONALS[engine]
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, _ = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        out.append(name)
+        i += 1 + _values_after(argv, i + 1, flags.flags.get(name, 0), bool(eq))
+    return out
+
+
+def _values_after(argv: list[str], start: int, arity, inline: bool) -> int:
+    if isinstance(arity, int):
+        return max(0, arity - inline)
+    if inline:
+        return 0
+    n = 0
+    while start + n < len(argv) and not _is_flag(argv[start + n]) and (arity != "?" or n == 0):
+        n += 1
+    return n
+
+
+def _is_flag(tok: str) -> bool:
+    return tok.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", tok)
+
+
+def _check_ollama(sp: ServicePlan) -> None:
+    for key in sorted(sp.env):
+        if key in OLLAMA_REMOVED_ENV or key not in OLLAMA_ENV_VARS:
+            raise RenderError(f"services.{sp.name}: Ollama has no environment variable {key}")
+    for key, value in sorted(sp.spec.overrides.items()):
+        where = f"services.{sp.name}.overrides"
+        if key in OLLAMA_REMOVED_ENV:
+            raise RenderError(f"{where}: Ollama removed {key}; current releases ignore it")
+        if key not in OLLAMA_ENV_VARS and key not in OLLAMA_PARAMETERS:
+            raise RenderError(f"{where}: Ollama has no setting {key} (overrides take the daemon's OLLAMA_* "
+                              "variables stackgen passes or Modelfile PARAMETERs)")
+        if key in OLLAMA_PARAMETERS:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            try:
+                check_parameter(key, text)
+            except RenderError as exc:
+                raise RenderError(f"{where}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- probing
+
+
+def _check_probe(sp: ServicePlan) -> None:
+    binary = _find_binary(sp)
+    if binary is None:
+        return
+    listed = probe_help(binary, HELP_ARGS[sp.engine])
+    flags = table(sp.engine, sp.spec.engine_version)
+    for flag in argv_flags(sp.engine, list(sp.command), flags):
+        if flag not in listed:
+            raise RenderError(f"services.{sp.name}: the installed {binary} does not list {flag} in its --help "
+                              "(an older or forked build?); set `binary:` to another build or override the flag")
+
+
+def _find_binary(sp: ServicePlan) -> str | None:
+    name = sp.spec.binary or get_engine(sp.engine).binary
+    found = shutil.which(name)
+    return os.path.realpath(found) if found else None
+
+
+def probe_help(binary: str, help_args: tuple[str, ...] = ("--help",)) -> set[str]:
+    """Every flag-like word in `binary --help` (cached per binary path and mtime, so an upgrade is noticed)."""
+    st = os.stat(binary)
+    return set(_probe_cached(os.path.realpath(binary), st.st_mtime_ns, tuple(help_args)))
+
+
+@lru_cache(maxsize=32)
+def _probe_cached(binary: str, mtime_ns: int, help_args: tuple[str, ...]) -> frozenset[str]:
+    try:
+        proc = subprocess.run([binary, *help_args], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RenderError(f"cannot run {binary} {' '.join(help_args)}: {exc}") from None
+    return frozenset(parse_help(proc.stdout + proc.stderr))
+
+
+def parse_help(text: str) -> set[str]:
+    words = re.findall(r"(?<![\w-])(--?[A-Za-z][A-Za-z0-9_.-]*)", text)
+    return {w.rstrip(".") for w in words}
