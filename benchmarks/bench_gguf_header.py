@@ -101,7 +101,9 @@ def main() -> int:
     return 0
 
 
-def write_results(path: Path, size: int, data_offset: int, table: list[str], ours: list[float], ref: list[float], target: str) -> None:
+def write_results(
+    path: Path, size: int, data_offset: int, table: list[str], ours: list[float], ref: list[float], target: str
+) -> None:
     try:
         uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

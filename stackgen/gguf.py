@@ -19,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import BinaryIO, Mapping
+from typing import Any, BinaryIO, Mapping
 
 __all__ = [
     "GGUFError",
@@ -282,13 +282,13 @@ class _Cursor:
 
     def read_u32(self, what: str) -> int:
         self.need(4, what)
-        v = self.u32(self.buf, self.pos)[0]
+        v: int = self.u32(self.buf, self.pos)[0]
         self.pos += 4
         return v
 
     def read_u64(self, what: str) -> int:
         self.need(8, what)
-        v = self.u64(self.buf, self.pos)[0]
+        v: int = self.u64(self.buf, self.pos)[0]
         self.pos += 8
         return v
 
@@ -323,7 +323,8 @@ class _Cursor:
         while i < count:
             buf, pos = self.buf, self.pos
             try:
-                for i in range(i, count):
+                # i is read after struct.error: it names the element that did not fit.
+                for i in range(i, count):  # noqa: B020, B007
                     pos += 8 + unpack(buf, pos)[0]
                 i = count
             except struct.error:
@@ -558,7 +559,7 @@ def _experts(total: int | None, active: int | None) -> dict[str, int | None] | N
     return {"total": total, "active": active}
 
 
-def summarize(header: GGUFHeader) -> dict[str, object]:
+def summarize(header: GGUFHeader) -> dict[str, Any]:
     """The facts a memory planner needs, under names shared with hfmodel."""
     arch = header.architecture
     av = header.arch_value
@@ -579,6 +580,7 @@ def summarize(header: GGUFHeader) -> dict[str, object]:
     if pattern is None and window:
         pattern = _ARCH_SWA_PERIOD.get(arch)
     tokens = header.metadata.get("tokenizer.ggml.tokens")
+    vocab: int | None
     if isinstance(tokens, (ArrayInfo, tuple)):
         vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens)
     else:

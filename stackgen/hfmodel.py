@@ -128,7 +128,7 @@ class HFModelInfo:
                 return value
         return None
 
-    def summarize(self) -> dict[str, object]:
+    def summarize(self) -> dict[str, Any]:
         """Same keys as gguf.summarize where they apply, plus weights_bytes,
         dtype and quantization."""
         tc = self.text_config
@@ -142,7 +142,9 @@ class HFModelInfo:
         window = _sliding_window(tc)
         layer_types = tc.get("layer_types")
         layer_types = tuple(layer_types) if isinstance(layer_types, list) else None
-        pattern = _int(tc.get("sliding_window_pattern")) if layer_types is None else None
+        # transformers 5 keeps the legacy period as "_sliding_window_pattern" beside layer_types.
+        raw_pattern = tc.get("sliding_window_pattern", tc.get("_sliding_window_pattern"))
+        pattern = _int(raw_pattern) if layer_types is None else None
         quant = self.quantization or _DTYPE_SHORT.get(self.dtype or "")
         return {
             "architecture": self.architecture,
@@ -246,7 +248,7 @@ def _text_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, 
     defaults = _MODEL_DEFAULTS.get(str(model_type), {})
     used = []
     for key, value in defaults.items():
-        if key == "sliding_window_pattern" and "layer_types" in merged:
+        if key == "sliding_window_pattern" and ("layer_types" in merged or "_sliding_window_pattern" in merged):
             continue
         if merged.get(key) is None:
             merged[key] = value
@@ -291,7 +293,9 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsInfo:
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise HFModelError(f"{p}: truncated safetensors file: {len(prefix)} bytes, need 8 for the header length")
+                raise HFModelError(
+                    f"{p}: truncated safetensors file: {len(prefix)} bytes, need 8 for the header length"
+                )
             (n,) = struct.unpack("<Q", prefix)
             if n > MAX_HEADER_BYTES:
                 raise HFModelError(f"{p}: safetensors header too large: {n} bytes (limit {MAX_HEADER_BYTES})")
@@ -373,14 +377,14 @@ def _weight_files(folder: Path) -> list[Path]:
 def _params(infos: list[SafetensorsInfo], quantization: str | None, bits: int | None) -> int:
     """Element counts, except AWQ/GPTQ pack 32/bits weights into each int32
     of ``*.qweight`` and add zeros/scales that are not parameters."""
-    packed = quantization in ("awq", "gptq") and bits
+    per_int32 = 32 // bits if quantization in ("awq", "gptq") and bits else 0
     total = 0
     for info in infos:
         for name, n in info.tensor_elements.items():
-            if packed and name.endswith((".qzeros", ".scales", ".g_idx")):
+            if per_int32 and name.endswith((".qzeros", ".scales", ".g_idx")):
                 continue
-            if packed and name.endswith(".qweight"):
-                n *= 32 // bits
+            if per_int32 and name.endswith(".qweight"):
+                n *= per_int32
             total += n
     return total
 

