@@ -16,6 +16,8 @@ from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
 def _fmt_s(s: float | None) -> str:
     if s is None:
         return "-"
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
     if s < 120:
         return f"{s:.1f}s"
     if s < 7200:
