@@ -133,8 +133,8 @@ def main() -> int:
         "",
         "## Result",
         "",
-        f"- {'PASS' if ok else 'FAIL'}: worst over-prediction {worst_over * 100:+.1f}%, worst under-prediction "
-        f"{worst_under * 100:+.1f}%",
+        f"- {'PASS' if ok else 'FAIL'}: errors range from {worst_under * 100:+.1f}% to {worst_over * 100:+.1f}% "
+        f"({'never under-predicts' if worst_under >= 0 else f'under-predicts by up to {-worst_under * 100:.1f}%'})",
         "",
         "| ctx/slot | slots | predicted host MiB | RSS MiB | error | RSS after req MiB | engine self MiB | engine model | "
         "engine context | engine compute | plan weights | plan KV | plan compute | plan overhead |",
