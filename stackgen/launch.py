@@ -503,7 +503,8 @@ _CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"address already in use|couldn'?t bind|errno 98|failed to bind|bind\(\) failed", re.I)),
     ("unknown argument: the engine rejected a flag (check `overrides:` and the engine version)", re.compile(
         r"unknown argument|unrecognized argument|invalid argument|unrecognized option|invalid option|"
-        r"error: argument|no such option|invalid value for", re.I)),
+        r"error: argument|no such option|invalid value for|error while handling argument|argument has been removed",
+        re.I)),
     ("missing file: the model (or another file the engine needs) was not found", re.compile(
         r"no such file|failed to open|does not exist|not found|filenotfounderror|cannot open|unable to open|"
         r"failed to load model|repository not found|is not a valid|couldn't find|can't load", re.I)),

@@ -129,7 +129,8 @@ def test_port_held_by_another_process(tmp_path, llama_server, gguf_path, free_po
 
 @pytest.mark.parametrize("override, cause", [
     ("{model: /nonexistent/model.gguf}", "missing file"),
-    ("{draft-max: 4}", "unknown argument"),
+    ("{draft-max: 4}", "unknown argument"),  # removed from this llama-server: "the argument has been removed"
+    ("{bogus-flag: true}", "unknown argument"),
 ])
 def test_engine_that_exits_at_once_names_the_cause(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
                                                    override, cause, run_stackgen):
