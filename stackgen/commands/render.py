@@ -17,9 +17,12 @@ def default_out_dir(stack_file: Path) -> Path:
 
 def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]):
     """Everything `render` would write, without touching the disk (invalid input raises before any write)."""
+    from stackgen.flagcheck import check_plan
     from stackgen.render import RenderContext, render_plan
 
     stack, plan = load_and_plan(stack_file, host_facts)
+    # A renamed or removed flag must fail here, not as a service that will not start.
+    check_plan(plan, probe=True)
     # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
     display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
     ctx = RenderContext(stack_display=display, out_dir=str(out_dir))

@@ -1,0 +1,37 @@
+"""`render` refuses flags the targeted engine version does not have, before writing anything."""
+
+from __future__ import annotations
+
+STACK = """\
+version: 1
+hardware: cpu-server-64gb
+workload: dev-loop
+services:
+  chat:
+    model: llama-3.1-8b-instruct
+    engine: llama.cpp
+{extra}"""
+
+
+def test_removed_flag_in_overrides_is_an_error_and_nothing_is_written(write_stack, cli, tmp_path):
+    f = write_stack(STACK.format(extra="    overrides: {mlock: true}\n"))
+    out = tmp_path / "deploy"
+    res = cli("render", f, "-o", out)
+    assert res.exit_code == 1
+    assert "--mlock" in res.output and "load-mode" in res.output
+    assert not out.exists()
+
+
+def test_known_override_renders(write_stack, cli, tmp_path):
+    f = write_stack(STACK.format(extra="    overrides: {load-mode: mlock}\n"))
+    res = cli("render", f, "-o", tmp_path / "deploy")
+    assert res.exit_code == 0, res.output
+    run_sh = (tmp_path / "deploy" / "chat" / "run.sh").read_text()
+    assert "--load-mode" in run_sh and "mlock" in run_sh
+
+
+def test_unknown_engine_version_is_an_error(write_stack, cli, tmp_path):
+    f = write_stack(STACK.format(extra="    engine_version: b1\n"))
+    res = cli("render", f, "-o", tmp_path / "deploy")
+    assert res.exit_code == 1
+    assert "b1" in res.output
