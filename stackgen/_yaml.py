@@ -15,6 +15,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Path = tuple[str | int, ...]
 
+# libyaml's composer keeps the same node marks and is ~10x faster than the pure-Python one on the profiles.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_RESOLVER = yaml.resolver.Resolver()
+
 _CORE_TAGS = {
     "tag:yaml.org,2002:str",
     "tag:yaml.org,2002:int",
@@ -72,7 +77,7 @@ def load_document(text: str) -> Document:
         col = idx - (text.rfind("\n", 0, idx) + 1) + 1
         raise YamlError("NUL byte in file", Mark(line, col))
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = Mark(mark.line + 1, mark.column + 1) if mark else Mark(1, 1)
@@ -135,8 +140,8 @@ def _convert_scalar(node: ScalarNode) -> Any:
         return node.value
     if node.value in _YAML11_ONLY_BOOLS:
         return node.value
-    value = yaml.SafeLoader.construct_scalar(yaml.SafeLoader(""), node)
-    resolved = yaml.SafeLoader("").resolve(ScalarNode, node.value, (True, False))
+    value = node.value
+    resolved = _RESOLVER.resolve(ScalarNode, node.value, (True, False))
     constructor = {
         "tag:yaml.org,2002:int": _int_or_text,
         "tag:yaml.org,2002:float": _float_or_text,
