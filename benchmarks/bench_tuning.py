@@ -156,6 +156,16 @@ def flags(argv: list[str]) -> dict[str, str]:
     return out
 
 
+_C8 = str(CONTEXT * 8)
+GRID: dict[str, list[str]] = {
+    "np4": ["-c", str(CONTEXT * 4), "-np", "4"],
+    "np8": ["-c", _C8, "-np", "8"],
+    "np8-t1": ["-c", _C8, "-np", "8", "-t", "1"],
+    "np8-b512-ub128": ["-c", _C8, "-np", "8", "-b", "512", "-ub", "128"],
+    "np8-c8k": ["-c", "8192", "-np", "8"],
+    "np16": ["-c", str(CONTEXT * 16), "-np", "16"],
+}
+
 LLAMA_DEFAULTS = {"-c": "0 (from model: 32768)", "-np": "auto (4)", "-t": "auto", "-b": "2048", "-ub": "512"}
 
 
@@ -171,6 +181,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--configs", default="stackgen,defaults,np4,np8-t1,np16",
+                    help="comma-separated subset of: stackgen, defaults, " + ", ".join(GRID))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "tuning.md")
     args = ap.parse_args()
     env = engines_env()
@@ -186,18 +198,14 @@ def main() -> int:
     tuned = [binary] + sp["command"][1:]
     tuned = set_flag(set_flag(tuned, "--host", "127.0.0.1"), "--port", str(port))
     base = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port)]
-    c8 = str(CONTEXT * 8)
-    configs: dict[str, list[str]] = {
-        "stackgen": tuned,
-        "defaults": base,
-        "np4": base + ["-c", str(CONTEXT * 4), "-np", "4"],
-        "np8": base + ["-c", c8, "-np", "8"],
-        "np8-t1": base + ["-c", c8, "-np", "8", "-t", "1"],
-        "np8-b512-ub128": base + ["-c", c8, "-np", "8", "-b", "512", "-ub", "128"],
-        "np8-c8k": base + ["-c", "8192", "-np", "8"],
-        "np16": base + ["-c", str(CONTEXT * 16), "-np", "16"],
-    }
-    names = list(configs)
+    all_configs = {"stackgen": tuned, "defaults": base, **{k: base + v for k, v in GRID.items()}}
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in all_configs]
+    if unknown or "stackgen" not in names or "defaults" not in names or len(names) < 3:
+        print(f"bench_tuning: --configs needs stackgen, defaults and at least one of {', '.join(GRID)} "
+              f"(unknown: {', '.join(unknown) or '-'})", file=sys.stderr)
+        return 1
+    configs = {n: all_configs[n] for n in names}
     raw: dict[str, list[bench.BenchResult]] = {n: [] for n in names}
     t0 = time.monotonic()
     for rnd in range(args.rounds):
