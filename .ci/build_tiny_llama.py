@@ -170,6 +170,8 @@ def build(out: Path) -> None:
     if not list(tmp.glob("*.safetensors")):
         raise SystemExit("no safetensors written")
 
+    for p in tmp.iterdir():
+        p.chmod(0o644)  # save_pretrained writes the safetensors 0600; containers/other users read it
     digest = hashlib.sha256()
     files = {}
     for p in sorted(tmp.iterdir()):

