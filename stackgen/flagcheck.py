@@ -173,6 +173,8 @@ def _check_probe(sp: ServicePlan) -> None:
     if binary is None:
         return
     listed = probe_help(binary, HELP_ARGS[sp.engine])
+    if "--port" not in listed:
+        return  # not an engine's --help (a wrapper script or stub): nothing to compare against
     flags = table(sp.engine, sp.spec.engine_version)
     for flag in argv_flags(sp.engine, list(sp.command), flags):
         if flag not in listed:

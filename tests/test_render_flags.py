@@ -35,3 +35,15 @@ def test_unknown_engine_version_is_an_error(write_stack, cli, tmp_path):
     res = cli("render", f, "-o", tmp_path / "deploy")
     assert res.exit_code == 1
     assert "b1" in res.output
+
+
+def test_installed_binary_without_a_generated_flag_is_an_error(write_stack, cli, tmp_path):
+    """An older or forked llama-server whose --help lacks a flag stackgen generates fails at render time."""
+    fake = tmp_path / "old-llama-server"
+    fake.write_text("#!/bin/sh\necho 'usage: llama-server [options]'\necho '  --port N   port'\necho '  -m FNAME'\n")
+    fake.chmod(0o755)
+    f = write_stack(STACK.format(extra=f"    binary: {fake}\n"))
+    res = cli("render", f, "-o", tmp_path / "deploy")
+    assert res.exit_code == 1
+    assert str(fake) in res.output and "does not list" in res.output
+    assert not (tmp_path / "deploy").exists()
