@@ -1,7 +1,9 @@
-"""`stackgen plan` wall time on every example, in a cold process (what a user waits for), median of N runs.
+"""stackgen's own speed in cold processes (what a user waits for), median of N runs: `plan` and `render` on
+every example, and `--help` start-up.
 
-Goal (issue: spec/plan): under 0.5 s per example on the project's 2-core machine. Prints a table; --write records
-it in benchmarks/results/plan.md with the machine, date and versions.
+Goal (issue: spec/plan): `plan` under 0.5 s per example on the project's 2-core machine. Prints a table; --write
+records it in benchmarks/results/plan.md with the machine, date and versions. The GGUF header read time is
+measured by benchmarks/bench_gguf_header.py.
 """
 
 from __future__ import annotations
@@ -37,13 +39,20 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     baseline = statistics.median(time_cmd([sys.executable, "-c", "pass"], a.runs))
+    import tempfile
+
+    out = tempfile.mkdtemp(prefix="stackgen-bench-")
     for stack in sorted(REPO.glob("examples/*/stack.yaml")):
         if stack.parent.name == "quickstart" and not (stack.parent / "models").exists():
             continue  # needs the GGUF the quickstart assembles
-        t = time_cmd([sys.executable, "-m", "stackgen", "plan", str(stack.relative_to(REPO))], a.runs)
-        rows.append((stack.parent.name, statistics.median(t), max(t)))
-    lines = [f"| example | median s | max s | goal < {GOAL_S} s |", "|---|---|---|---|"]
-    lines += [f"| {n} | {m:.3f} | {x:.3f} | {'ok' if m < GOAL_S else 'MISSED'} |" for n, m, x in rows]
+        rel = str(stack.relative_to(REPO))
+        for verb, extra in (("plan", []), ("render", ["-o", f"{out}/{stack.parent.name}"])):
+            t = time_cmd([sys.executable, "-m", "stackgen", verb, rel, *extra], a.runs)
+            rows.append((f"{verb} {stack.parent.name}", statistics.median(t), max(t), verb == "plan"))
+    t = time_cmd([sys.executable, "-m", "stackgen", "--help"], a.runs)
+    rows.append(("--help", statistics.median(t), max(t), False))
+    lines = [f"| command | median s | max s | goal (plan) < {GOAL_S} s |", "|---|---|---|---|"]
+    lines += [f"| {n} | {m:.3f} | {x:.3f} | {('ok' if m < GOAL_S else 'MISSED') if g else ''} |" for n, m, x, g in rows]
     lines.append(f"| (python -c pass, same machine) | {baseline:.3f} | | |")
     table = "\n".join(lines)
     print(table)
