@@ -53,19 +53,6 @@ def parse_breakdown(text: str) -> dict[str, dict[str, int]]:
     return rows
 
 
-def rss_tree(pid: int) -> int:
-    import psutil
-
-    p = psutil.Process(pid)
-    total = p.memory_info().rss
-    for c in p.children(recursive=True):
-        try:
-            total += c.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory.md")
@@ -89,9 +76,9 @@ def main() -> int:
             log = work / f"llama-{ctx}-{slots}.log"
             with Server(argv, port, log) as srv:
                 time.sleep(1.0)
-                rss_ready = max(rss_tree(srv.pid) for _ in range(3) if time.sleep(0.2) is None)
+                rss_ready = max(bench.rss_tree(srv.pid) for _ in range(3) if time.sleep(0.2) is None)
                 bench.one_request("127.0.0.1", port, "gemma", bench.make_prompt(32), 16, timeout=60)
-                rss_after = rss_tree(srv.pid)
+                rss_after = bench.rss_tree(srv.pid)
             bd = parse_breakdown(log.read_text(errors="replace"))
             m = sp["memory"]
             row = {

@@ -297,13 +297,7 @@ class RssSampler:
         import psutil
 
         try:
-            p = psutil.Process(self.pid)
-            total = p.memory_info().rss
-            for c in p.children(recursive=True):
-                try:
-                    total += c.memory_info().rss
-                except psutil.Error:
-                    pass
+            total = rss_tree(self.pid)
         except psutil.Error:
             return
         self.peak = max(self.peak or 0, total)
@@ -485,3 +479,17 @@ def plot(results: list[BenchResult], out: str | Path) -> Path:
     finally:
         plt.close(fig)
     return out
+
+
+def rss_tree(pid: int) -> int:
+    """Resident memory of a process and all its children (an engine may fork workers); psutil.Error if gone."""
+    import psutil
+
+    p = psutil.Process(pid)
+    total = p.memory_info().rss
+    for c in p.children(recursive=True):
+        try:
+            total += c.memory_info().rss
+        except psutil.Error:
+            pass  # a child that exited between listing and reading
+    return total

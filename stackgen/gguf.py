@@ -552,8 +552,8 @@ def _sliding_layers(layers: int | None, window: int | None, pattern: object) -> 
     return layers - layers // period
 
 
-def _experts(total: int | None, active: int | None) -> dict[str, int | None] | None:
-    """MoE routing as one value, None for dense models (expert_count 0 or absent)."""
+def experts_summary(total: int | None, active: int | None) -> dict[str, int | None] | None:
+    """MoE routing as one value, None for dense models (expert_count 0 or absent); shared with hfmodel."""
     if not total:
         return None
     return {"total": total, "active": active}
@@ -601,7 +601,7 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "sliding_window": window,
         "sliding_window_pattern": pattern,
         "swa_layers": _sliding_layers(layers, window, pattern),
-        "experts": _experts(_as_int(av("expert_count")), _as_int(av("expert_used_count"))),
+        "experts": experts_summary(_as_int(av("expert_count")), _as_int(av("expert_used_count"))),
         "vocab_size": vocab,
         "params": header.n_elements,
         "quant": header.file_type_name,

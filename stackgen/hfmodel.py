@@ -22,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from stackgen.gguf import experts_summary as _experts
+
 __all__ = [
     "HFModelError",
     "SafetensorsInfo",
@@ -180,13 +182,6 @@ def _int(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
-
-
-def _experts(total: int | None, active: int | None) -> dict[str, int | None] | None:
-    """Same shape as gguf.summarize: None for dense models."""
-    if not total:
-        return None
-    return {"total": total, "active": active}
 
 
 def _head_dims(tc: Mapping[str, Any], hidden: int | None, heads: int | None) -> tuple[int | None, int | None]:

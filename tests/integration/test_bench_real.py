@@ -1,69 +1,26 @@
 """stackgen.bench against a real llama-server (-np 4) with the Gemma 3 270M GGUF on 127.0.0.1.
 
-Needs STACKGEN_LLAMA_SERVER and STACKGEN_GGUF (environment, or `${STACKGEN_CACHE:-~/.cache/stackgen-ci}/engines.env`
-from .ci/provision.sh). Skips with the reason when they are missing, FAILS when the `CI` variable is set.
-Self-contained (its own env reading and process cleanup) so it does not depend on other fixtures.
+Uses the shared engine fixtures of tests/integration/conftest.py (skip with the reason when an engine is missing,
+FAIL when the `CI` variable is set).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import shlex
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from stackgen import bench
 
-_EXPORT = re.compile(r"^\s*(?:export\s+)?([A-Z_][A-Z0-9_]*)=(.*)$")
-
-
-def _engines_env() -> dict[str, str]:
-    cache = Path(os.environ.get("STACKGEN_CACHE") or Path.home() / ".cache" / "stackgen-ci")
-    env: dict[str, str] = {}
-    try:
-        text = (cache / "engines.env").read_text(encoding="utf-8")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        m = _EXPORT.match(line)
-        if m:
-            try:
-                parts = shlex.split(m.group(2))
-            except ValueError:
-                continue
-            env[m.group(1)] = parts[0] if parts else ""
-    env.update({k: v for k, v in os.environ.items() if k.startswith("STACKGEN_") and v})
-    return env
-
-
-def _require(env: dict[str, str], key: str, what: str, exe: bool = False) -> str:
-    value = env.get(key, "")
-    ok = bool(value) and Path(value).is_file() and (not exe or os.access(value, os.X_OK))
-    if not ok:
-        msg = f"{what} is not available (${key}={value or 'unset'}; run `bash .ci/provision.sh`)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {msg}", pytrace=False)
-        pytest.skip(msg)
-    return value
-
-
 @pytest.fixture
-def llama_np4(tmp_path):
-    env = _engines_env()
-    binary = _require(env, "STACKGEN_LLAMA_SERVER", "llama-server", exe=True)
-    gguf = _require(env, "STACKGEN_GGUF", "the Gemma 3 270M GGUF")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def llama_np4(tmp_path, llama_server, gguf_path, free_port):
+    port = free_port()
     log = open(tmp_path / "llama.log", "wb")
-    argv = [binary, "-m", gguf, "--alias", "gemma", "--host", "127.0.0.1", "--port", str(port),
+    argv = [str(llama_server), "-m", str(gguf_path), "--alias", "gemma", "--host", "127.0.0.1", "--port", str(port),
             "-np", "4", "-c", "4096", "-t", "2"]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
