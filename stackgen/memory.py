@@ -61,6 +61,10 @@ class MemoryPlan:
     gpu_memory_utilization: float | None = None
     levers: tuple[str, ...] = field(default=())
     shortfall: str = ""
+    # Multi-node (docs/multinode.md): pipeline stages across nodes, and the layers each node holds (head first).
+    pipeline_parallel: int = 1
+    nodes: int = 1
+    node_layers: tuple[int, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -342,6 +346,125 @@ def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     if not fits:
         plan = replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable")
     return plan
+
+
+# ---------------------------------------------------------------------------------------------- multi-node
+
+
+def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec, n_nodes: int, weights: int,
+                        weights_format: str, weights_source: str) -> MemoryPlan:
+    """vLLM over identical nodes: tensor parallel over the GPUs of a node (NVLink), pipeline parallel across
+    nodes (TP = GPUs per node, PP = nodes; vLLM docs/serving/parallelism_scaling.md). PP is the smallest stage count
+    (2..n_nodes) whose per-rank share of weights, overhead and one full request's KV cache fits."""
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    users = wl.concurrent_users
+    tp = node.gpu_count
+    per_gpu = int(max(g.memory_gib for g in node.gpus) * GIB)
+    util = 0.90
+    budget = initial_budget(node)
+    best = None
+    for pp in range(2, n_nodes + 1):
+        for kv_dtype in ("auto", "fp8"):
+            per_rank_weights = weights // (tp * pp)
+            overhead = vllm_overhead_bytes(model, per_rank_weights)
+            kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # each stage holds its layers' KV
+            reserve = int(per_gpu * util)
+            kv_room = reserve - per_rank_weights - overhead
+            fits = kv_room >= kv_req and model.heads % tp == 0
+            ranks = tp * pp
+            p = MemoryPlan(
+                weights_bytes=weights, kv_cache_bytes=kv_req * users * ranks, compute_bytes=0,
+                overhead_bytes=overhead * ranks, gpu_bytes=reserve * ranks, host_bytes=_vllm_host_bytes(tp),
+                gpu_layers=model.layers, total_layers=model.layers, context_per_request=ctx, parallel=users,
+                kv_cache_type=kv_dtype, fits=fits, gpu_budget_bytes=budget.gpu_bytes * pp,
+                host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
+                tensor_parallel=tp, gpu_memory_utilization=util, pipeline_parallel=pp, nodes=pp,
+                node_layers=_even_layers(model.layers, pp),
+            )
+            if best is None or (p.fits and not best.fits):
+                best = p
+            if fits:
+                all_fit = kv_room >= kv_req * users
+                levers = [f"tensor parallel over the {tp} GPUs of each node and pipeline parallel over {pp} nodes "
+                          f"({' + '.join(str(n) for n in p.node_layers)} layers) to hold the weights"]
+                if kv_dtype == "fp8":
+                    levers.append("KV cache in fp8 to hold every user's context")
+                if not all_fit:
+                    levers.append("not every user fits at full context at once: vLLM will queue or preempt the rest")
+                if all_fit or kv_dtype == "fp8":
+                    return replace(p, levers=tuple(levers))
+    assert best is not None
+    return replace(best, fits=False, shortfall=(
+        f"needs {gb(weights)} of weights ({weights_format}) plus KV cache; {n_nodes} nodes of {node.label()} hold "
+        f"{gb(int(per_gpu * util) * tp * n_nodes)} at --gpu-memory-utilization {util}"))
+
+
+def _even_layers(layers: int, parts: int) -> tuple[int, ...]:
+    base, extra = divmod(layers, parts)
+    return tuple(base + (1 if i < extra else 0) for i in range(parts))
+
+
+def node_capacity(node: HardwareSpec) -> int:
+    """Bytes of model state (weights + KV + compute) a llama.cpp device set on one node can hold: GPU memory less
+    the --fit margin per GPU, or usable RAM on a CPU-only node (or an Apple machine's wired GPU share)."""
+    budget = initial_budget(node)
+    if node.is_apple or not node.gpus:
+        return max(0, (budget.gpu_bytes if node.is_apple else budget.host_bytes) - LLAMA_HOST_OVERHEAD)
+    return max(0, budget.gpu_bytes - LLAMA_FIT_MARGIN * node.gpu_count)
+
+
+def plan_llamacpp_rpc(model: ModelFacts, wl: WorkloadSpec, nodes: tuple[HardwareSpec, ...], weights: int,
+                      weights_format: str, weights_source: str) -> MemoryPlan:
+    """llama-server on the head plus one ggml-rpc-server per other node: every layer on some device, the layers
+    split over nodes in proportion to their memory (what llama.cpp does by free memory; reference 1.6)."""
+    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    slots = wl.concurrent_users
+    caps = [node_capacity(n) for n in nodes]
+    total_cap = sum(caps)
+    compute = llamacpp_compute_bytes(model, slots)
+    levers: list[str] = []
+    if ctx < wl.context_tokens:
+        levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+    tries = [(ctx, "f16"), (ctx, "q8_0")] + [(c, k) for c in _smaller_contexts(ctx) for k in ("f16", "q8_0")]
+    plan = None
+    for c, kv_type in tries:
+        kv = llamacpp_kv_bytes(model, c, slots, kv_type)
+        need = weights + kv + compute * len(nodes)
+        split = _proportional_layers(model.layers, caps)
+        gpu = sum(caps[i] for i, n in enumerate(nodes) if n.gpus and not n.is_apple)
+        plan = MemoryPlan(
+            weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=compute * len(nodes),
+            overhead_bytes=LLAMA_FIT_MARGIN * sum(n.gpu_count for n in nodes if not n.is_apple) + LLAMA_HOST_OVERHEAD,
+            gpu_bytes=min(need, gpu), host_bytes=LLAMA_HOST_OVERHEAD + max(0, need - gpu),
+            gpu_layers=model.layers, total_layers=model.layers, context_per_request=c, parallel=slots,
+            kv_cache_type=kv_type, fits=need <= total_cap, gpu_budget_bytes=gpu, host_budget_bytes=total_cap - gpu,
+            weights_format=weights_format, weights_source=weights_source, nodes=len(nodes), node_layers=split,
+        )
+        if plan.fits:
+            out = levers + [f"layers split over {len(nodes)} nodes in proportion to their memory "
+                            f"({' + '.join(str(n) for n in split)}): llama-server on the head, ggml-rpc-server "
+                            "on the others"]
+            if kv_type != "f16":
+                out.append(f"KV cache quantized to {kv_type}")
+            if c != ctx:
+                out.append(f"context reduced from {ctx} to {c} tokens per request to fit")
+            return replace(plan, levers=tuple(out))
+    assert plan is not None
+    need = weights + llamacpp_kv_bytes(model, ctx, slots, "q8_0")
+    return replace(plan, fits=False, shortfall=(
+        f"needs {gb(need)} (weights + KV cache) but the {len(nodes)} nodes hold {gb(total_cap)}: "
+        f"{gb(need - total_cap)} short"))
+
+
+def _proportional_layers(layers: int, caps: list[int]) -> tuple[int, ...]:
+    """Largest-remainder split of `layers` in proportion to `caps` (deterministic: ties go to the earlier node)."""
+    total = sum(caps) or 1
+    exact = [layers * c / total for c in caps]
+    out = [int(math.floor(e)) for e in exact]
+    order = sorted(range(len(caps)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[: layers - sum(out)]:
+        out[i] += 1
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------- MLX

@@ -10,6 +10,49 @@ from stackgen.models import ModelFacts
 from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, WorkloadSpec
 
 
+RAY_PORT = 6379  # ray start --head default GCS port
+RPC_PORT = 50052  # ggml-rpc-server default port
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """What one machine of a multi-node service runs."""
+
+    index: int
+    address: str
+    role: str  # "head" | "worker"
+    layers: int
+    label: str
+    gpus: int
+    vendors: tuple[str, ...] = ()  # GPU vendors of this machine (device access of its units)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How a service is split over several machines: `vllm-ray` (TP in a node, PP across nodes, Ray) or
+    `llama-rpc` (llama-server on the head, ggml-rpc-server on the others)."""
+
+    kind: str
+    nodes: tuple[NodeRole, ...]
+    network: tuple[str, ...]  # what the network between nodes carries, and what it must be
+
+    @property
+    def head(self) -> NodeRole:
+        return self.nodes[0]
+
+    @property
+    def workers(self) -> tuple[NodeRole, ...]:
+        return self.nodes[1:]
+
+    def rpc_endpoints(self) -> list[str]:
+        return [f"{w.address}:{RPC_PORT}" for w in self.workers]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "network": list(self.network),
+                "nodes": [{"index": n.index, "address": n.address, "role": n.role, "layers": n.layers,
+                           "hardware": n.label, "gpus": n.gpus} for n in self.nodes]}
+
+
 @dataclass(frozen=True)
 class ServicePlan:
     name: str
@@ -31,8 +74,16 @@ class ServicePlan:
     api_key_env: str | None = None
     gpus: tuple[GPUSpec, ...] = ()
     model_ref: str = ""
+    topology: Topology | None = None  # None: one machine
 
     def to_json(self) -> dict[str, Any]:
+        out = self._to_json()
+        if self.topology is not None:  # single-node JSON stays exactly as it was
+            out["pipeline_parallel"] = self.memory.pipeline_parallel
+            out["topology"] = self.topology.to_json()
+        return out
+
+    def _to_json(self) -> dict[str, Any]:
         m = self.memory
         return {
             "name": self.name,

@@ -14,9 +14,10 @@ from stackgen import engines
 from stackgen.engines.base import LaunchContext, Unsupported
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
-from stackgen.memory import Budget, MemoryPlan, consume, gb, initial_budget, predict_decode_tokens_per_s
-from stackgen.plan import Plan, ServicePlan
-from stackgen.spec import HardwareSpec, Service, Stack
+from stackgen.memory import (Budget, MemoryPlan, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
+                             predict_decode_tokens_per_s)
+from stackgen.plan import NodeRole, Plan, ServicePlan, Topology
+from stackgen.spec import HardwareSpec, Node, Service, Stack
 
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
 
@@ -103,7 +104,8 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     out = []
     for svc in stack.services:
         sp = _resolve_service(stack, svc, hw, budget, used_ports)
-        budget = consume(budget, sp.memory)
+        if sp.topology is None:
+            budget = consume(budget, sp.memory)
         used_ports.add(sp.port)
         out.append(sp)
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
@@ -114,6 +116,14 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
     explicit = svc.spec.engine != "auto"
     candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine) for name in engines.ENGINES}
     row = pick_row(hardware_class(hw), svc.workload.concurrent_users, svc.workload.optimize)
+    if len(stack.nodes) > 1:
+        if explicit:
+            one_node = not candidates[svc.spec.engine].block and not _spills(candidates[svc.spec.engine])
+        else:
+            order = list(row.engines) + [e for e in engines.ENGINES if e not in row.engines]
+            one_node = any(not candidates[e].block and not _spills(candidates[e]) for e in order)
+        if not one_node:
+            return _multinode(stack, svc, hw, candidates, used_ports)
     if explicit:
         chosen = candidates[svc.spec.engine]
         if chosen.block:
@@ -194,13 +204,16 @@ def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict
 
 
 def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidate, reasons: list[str],
-                  rejected: dict[str, str], used_ports: set[int]) -> ServicePlan:
+                  rejected: dict[str, str], used_ports: set[int], topology: Topology | None = None) -> ServicePlan:
     engine = engines.get(chosen.engine)
     mem = chosen.memory
     assert mem is not None
     port = svc.spec.port or _free_port(engine.default_port, used_ports)
     avg_ctx = min(mem.context_per_request, svc.workload.prompt_tokens + svc.workload.output_tokens // 2)
-    speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
+    if topology is not None:
+        speed, bottleneck = _multinode_speed(svc, mem, stack.nodes[: len(topology.nodes)], hw, avg_ctx)
+    else:
+        speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
     reasons = list(reasons) + [f"memory: {lever}" for lever in mem.levers]
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
@@ -211,12 +224,137 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
         host=stack.serve.host, port=port, threads=hw.cpu.cores, predicted_decode_tokens_per_s=speed,
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
-        api_key_env=stack.serve.api_key_env, gpus=hw.gpus,
+        api_key_env=stack.serve.api_key_env, gpus=hw.gpus, topology=topology,
     )
     model_ref = default_model_ref(sp)
     sp = replace(sp, model_ref=model_ref)
     ctx = LaunchContext(binary=svc.spec.binary or engine.binary, model_ref=model_ref, host=sp.host, port=port)
     return replace(sp, command=tuple(engine.argv(sp, ctx)), env=engine.env(sp))
+
+
+# ---------------------------------------------------------------------------------------------- multi-node
+
+
+def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str, Candidate],
+               used_ports: set[int]) -> ServicePlan:
+    """The model does not fit one node: vLLM TP-in-node x PP-across-nodes with Ray when every node has the same CUDA
+    GPUs, else llama.cpp with ggml-rpc-server workers (layers in proportion to memory). docs/multinode.md."""
+    nodes = stack.nodes
+    pinned = svc.spec.engine if svc.spec.engine != "auto" else None
+    one = f"one node ({head.label()})"
+    why_not_one = "; ".join(f"{engines.get(e).display}: {c.block or 'only by spilling layers to system RAM'}"
+                            for e, c in single.items() if e in ("vllm", "llama.cpp"))
+    tried: dict[str, str] = {}
+    for name in ("vllm", "llama.cpp"):
+        if pinned and name != pinned:
+            continue
+        block = _multinode_block(name, nodes)
+        engine = engines.get(name)
+        if not block:
+            try:
+                w = engine.weights(svc.model)
+            except Unsupported as exc:
+                block = str(exc)
+        if block:
+            tried[name] = block
+            continue
+        if name == "vllm":
+            mem = plan_vllm_multinode(svc.model, svc.workload, head, len(nodes), w.bytes, w.format, w.source)
+        else:
+            mem = plan_llamacpp_rpc(svc.model, svc.workload, tuple(n.hardware for n in nodes), w.bytes, w.format,
+                                    w.source)
+        if not mem.fits:
+            tried[name] = mem.shortfall
+            continue
+        used = nodes[: mem.nodes]
+        topo = _topology(name, svc, used, mem)
+        if name == "vllm":
+            why = (f"multi-node: {svc.model.name} does not fit {one} ({why_not_one}); vLLM splits it with tensor "
+                   f"parallel {mem.tensor_parallel} inside each node (GPUs on NVLink) and pipeline parallel "
+                   f"{mem.pipeline_parallel} across nodes, Ray as the distributed executor; every node has the "
+                   f"same {mem.tensor_parallel} CUDA GPUs")
+        else:
+            vllm_no = f" (vLLM across nodes: {tried['vllm']})" if "vllm" in tried else ""
+            why = (f"multi-node: {svc.model.name} does not fit {one} ({why_not_one}); llama.cpp RPC: llama-server on "
+                   f"the head uses its own devices plus a ggml-rpc-server on each of the {len(used) - 1} other "
+                   f"node(s), layers in proportion to memory{vllm_no}")
+        reasons = [why] + [f"network: {n}" for n in topo.network]
+        rejected = {n: tried.get(n) or _multinode_rejected(n, name, pinned) for n in engines.ENGINES if n != name}
+        cand = Candidate(name, mem, "", w.note)
+        sp = _service_plan(stack, svc, head, cand, reasons, rejected, used_ports, topo)
+        return sp
+    lines = [f"{stack.path}: services.{svc.name}: {svc.model.name} does not fit {one}, nor split over the "
+             f"{len(nodes)} nodes:"] + [f"  - {engines.get(n).display}: {b}" for n, b in tried.items()]
+    raise PlanError("\n".join(lines))
+
+
+def _multinode_rejected(name: str, chosen: str, pinned: str | None) -> str:
+    if pinned:
+        return "not chosen: the stack pins the engine"
+    if name == "llama.cpp":
+        return ("llama.cpp RPC could split it too, but vLLM batches concurrent users and keeps tensor parallel on "
+                "NVLink inside each node")
+    return "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+
+
+def _multinode_block(name: str, nodes: tuple[Node, ...]) -> str:
+    if name == "llama.cpp":
+        return ""
+    first = nodes[0].hardware
+    if hardware_class(first) != HW_CUDA or not first.gpus:
+        return "needs CUDA/ROCm datacenter GPUs on every node"
+    shape = lambda h: tuple((g.vendor, g.name, g.memory_gib, g.count) for g in h.gpus)  # noqa: E731
+    if any(shape(n.hardware) != shape(first) for n in nodes):
+        return "pipeline parallel with TP = GPUs per node needs identical GPUs on every node"
+    return engines.get("vllm").hardware_block(first, False) or ""
+
+
+def _topology(name: str, svc: Service, nodes: tuple[Node, ...], mem: MemoryPlan) -> Topology:
+    roles = tuple(NodeRole(n.index, n.address, "head" if i == 0 else "worker", mem.node_layers[i], n.label,
+                           n.hardware.gpu_count, tuple(sorted({g.vendor for g in n.hardware.gpus if not g.unified})))
+                  for i, n in enumerate(nodes))
+    h, users, prompt = svc.model.hidden, svc.workload.concurrent_users, svc.workload.prompt_tokens
+    hops = len(nodes) - 1
+    if name == "vllm":
+        step = h * 2 * users
+        net = (
+            f"pipeline parallel sends activations between {hops + 1} stages: hidden_size {h} x 2 bytes (bf16) = "
+            f"{h * 2 // 1024} KiB per sequence per decode step across each of {hops} node boundar"
+            f"{'y' if hops == 1 else 'ies'} ({step / 1024:.0f} KiB per step at {users} users); a {prompt}-token "
+            f"prompt sends {prompt * h * 2 / 1e6:.0f} MB per boundary during prefill",
+            "tensor parallel stays inside each node: its all-reduce after every layer needs NVLink-class bandwidth, "
+            "never run it across Ethernet",
+            "recommended between nodes: 25 GbE or faster, InfiniBand/RoCE for NCCL (NCCL_IB_HCA) when prefill "
+            f"traffic matters; nodes reach the Ray head at {nodes[0].address}:{6379}",
+        )
+    else:
+        shares = [int(mem.weights_bytes * l / max(1, mem.total_layers)) for l in mem.node_layers]
+        net = (
+            "at start the head sends each worker its share of the weights over the network ("
+            + ", ".join(f"{r.address}: {gb(s)}" for r, s in zip(roles[1:], shares[1:]))
+            + "); ggml-rpc-server -c caches them on the worker for the next start",
+            f"every token ships activations across each of {hops} node boundar{'y' if hops == 1 else 'ies'}: "
+            f"hidden_size {h} x 4 bytes (f32) = {h * 4 // 1024} KiB per sequence, one network round trip per boundary "
+            "per token, so latency costs more than bandwidth",
+            "recommended: 10 GbE at least, 25 GbE or RDMA (negotiated automatically) for prompt-heavy loads; RPC is "
+            "unauthenticated: keep ports 50052 on a private network",
+        )
+    return Topology("vllm-ray" if name == "vllm" else "llama-rpc", roles, net)
+
+
+def _multinode_speed(svc: Service, mem: MemoryPlan, nodes: tuple[Node, ...], head: HardwareSpec,
+                     avg_ctx: int) -> tuple[float, str]:
+    if mem.pipeline_parallel > 1:
+        speed, where = predict_decode_tokens_per_s(svc.model, mem, head, avg_ctx)
+        return speed, f"{where} of each pipeline stage in turn (plus a network hop per node boundary)"
+    one_node = replace(mem, gpu_layers=mem.total_layers)
+    seconds = 0.0
+    for n, layers in zip(nodes, mem.node_layers):
+        frac = layers / max(1, mem.total_layers)
+        s, _ = predict_decode_tokens_per_s(svc.model, one_node, n.hardware, avg_ctx, efficiency=1.0)
+        seconds += frac / s if s else 0.0
+    speed = round(0.7 / seconds, 1) if seconds else 0.0
+    return speed, "memory bandwidth of each node in turn (plus a network round trip per node boundary)"
 
 
 def default_model_ref(sp: ServicePlan) -> str:

@@ -142,7 +142,23 @@ class ServeSpec(_Model):
     )
 
 
-HardwareRef = Union[str, HardwareSpec]
+class NodeGroupSpec(_Model):
+    """One or more identical machines of a multi-node cluster."""
+
+    hardware: Union[str, HardwareSpec] = Field(description="A built-in profile, '<N>x <profile>', or an inline description.")
+    count: int = Field(1, ge=1, le=64, description="How many machines of this kind.")
+    addresses: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", max_length=253)], ...] = Field(
+        (), strict=False, description="Each machine's address on the cluster network (one per machine); rendered "
+                                      "into artifacts, never contacted. Default: node-<i>.")
+
+
+class ClusterSpec(_Model):
+    """Several machines serving one model: the first machine of the first group is the head (it serves the API)."""
+
+    nodes: tuple[NodeGroupSpec, ...] = Field(min_length=1, strict=False, description="Node groups, head first.")
+
+
+HardwareRef = Union[str, HardwareSpec, ClusterSpec]
 WorkloadRef = Union[str, WorkloadSpec]
 
 
@@ -152,7 +168,8 @@ class StackSpec(_Model):
     version: Literal[1] = Field(description="Format version; always 1.")
     name: Name | None = Field(None, description="Stack name; default: the stack file's folder name.")
     hardware: HardwareRef = Field(
-        description="A built-in profile, '<N>x <profile>', 'detect', or an inline description."
+        description="A built-in profile, '<N>x <profile>', 'detect', an inline description, or "
+                    "`{nodes: [{hardware, count, addresses}]}` for several machines (docs/multinode.md)."
     )
     workload: WorkloadRef = Field("dev-loop", description="A built-in profile or an inline description.")
     services: dict[Name, ServiceSpec] = Field(min_length=1, description="One or more services.")
@@ -176,6 +193,16 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Node:
+    """One machine of a multi-node stack; index 0 is the head."""
+
+    index: int
+    hardware: HardwareSpec
+    address: str
+    label: str
+
+
+@dataclass(frozen=True)
 class Stack:
     path: Path
     name: str
@@ -184,6 +211,7 @@ class Stack:
     hardware_label: str
     services: tuple[Service, ...]
     profiles_dirs: tuple[Path, ...] = field(default=())
+    nodes: tuple[Node, ...] = field(default=())  # empty: one machine (`hardware`); else the head is nodes[0]
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -259,10 +287,12 @@ def validate_document(doc: _yaml.Document, display: str) -> StackSpec:
 def _problems_from_validation(exc: ValidationError, doc: _yaml.Document, display: str) -> list[Problem]:
     problems: dict[tuple, Problem] = {}
     data = doc.data if isinstance(doc.data, dict) else {}
-    for err in exc.errors():
-        if not _from_matching_union_branch(err["loc"], data):
-            continue
+    errors = [e for e in exc.errors() if _from_matching_union_branch(e["loc"], data)]
+    locs = [_clean_loc(e["loc"]) for e in errors]
+    for err in errors:
         loc = _clean_loc(err["loc"])
+        if err["type"] == "too_short" and any(len(o) > len(loc) and o[: len(loc)] == loc for o in locs):
+            continue  # a list whose items failed is "too short after validation": the item's error says it all
         problems.setdefault(loc, _problem_for(err, loc, doc, display))
     return _drop_missing_explained_by_typos(list(problems.values()))
 
@@ -271,8 +301,13 @@ def _from_matching_union_branch(loc: tuple, data: dict) -> bool:
     """`hardware` and `workload` are "profile name or inline mapping": report only the branch the user wrote."""
     if len(loc) < 2 or loc[0] not in ("hardware", "workload"):
         return True
-    wrote_mapping = isinstance(data.get(loc[0]), dict)
-    return (loc[1] != "str") if wrote_mapping else (loc[1] == "str")
+    wrote = data.get(loc[0])
+    if isinstance(wrote, dict) and loc[0] == "hardware":
+        return loc[1] == ("ClusterSpec" if "nodes" in wrote else "HardwareSpec")
+    wrote_mapping = isinstance(wrote, dict)
+    if not wrote_mapping:
+        return loc[1] == "str"
+    return loc[1] != "str"
 
 
 def _drop_missing_explained_by_typos(problems: list[Problem]) -> list[Problem]:
@@ -294,7 +329,7 @@ def _clean_loc(loc: tuple) -> tuple:
     # pydantic puts union branch names ("str", "HardwareSpec", "function-after[...]") into locations.
     out = []
     for part in loc:
-        if isinstance(part, str) and (part in {"str", "HardwareSpec", "WorkloadSpec", "bool", "int", "float", "list[...]"}
+        if isinstance(part, str) and (part in {"str", "HardwareSpec", "ClusterSpec", "WorkloadSpec", "bool", "int", "float", "list[...]"}
                                       or part.startswith(("function-", "constrained-str", "list[", "union["))):
             continue
         out.append(part)
@@ -339,6 +374,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     }
     if loc in walk:
         return walk[loc]
+    if len(loc) == 3 and loc[:2] == ("hardware", "nodes"):
+        return NodeGroupSpec
+    if len(loc) == 4 and loc[:2] == ("hardware", "nodes") and loc[3] == "hardware":
+        return HardwareSpec
     if len(loc) == 2 and loc[0] == "services":
         return ServiceSpec
     if len(loc) == 3 and loc[0] == "services" and loc[2] == "workload":
@@ -376,7 +415,13 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
         m = doc.mark_for(loc)
         problems.append(Problem(display, m.line, m.col, _dotted(loc), message, hint))
 
-    hardware, label = _bind_hardware(spec.hardware, profiles, problem)
+    nodes: tuple[Node, ...] = ()
+    if isinstance(spec.hardware, ClusterSpec):
+        nodes = _bind_nodes(spec.hardware, profiles, problem)
+        hardware = nodes[0].hardware if nodes else None
+        label = _cluster_label(nodes)
+    else:
+        hardware, label = _bind_hardware(spec.hardware, profiles, problem)
     workload = _bind_workload(spec.workload, profiles, problem)
     services = []
     ports: dict[int, str] = {}
@@ -400,7 +445,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
         raise SpecError(problems)
     name = spec.name or _default_name(path)
     return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
-                 services=tuple(services), profiles_dirs=tuple(profiles.dirs))
+                 services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes)
 
 
 class _ModelRefError(Exception):
@@ -410,6 +455,61 @@ class _ModelRefError(Exception):
 
 
 ModelRefError = _ModelRefError
+
+
+def _bind_nodes(cluster: ClusterSpec, profiles: Any, problem) -> tuple[Node, ...]:
+    """Expand node groups into machines with addresses; every problem is reported at its own position."""
+    nodes: list[Node] = []
+    seen: dict[str, tuple] = {}
+    ok = True
+    for g, group in enumerate(cluster.nodes):
+        where = ("hardware", "nodes", g)
+
+        def at(loc_tail: tuple, message: str, hint: str = "", _where=where) -> None:
+            problem(_where + loc_tail, message, hint)
+
+        if isinstance(group.hardware, str) and group.hardware.strip() == "detect":
+            at(("hardware",), "a node of a cluster cannot be `detect`ed: stackgen only probes the machine it runs on",
+               "name a profile or describe the machine inline")
+            ok = False
+            continue
+        hw, label = _bind_hardware(group.hardware, profiles, lambda loc, m, h="": at(("hardware",), m, h))
+        if hw is None:
+            ok = False
+            continue
+        if group.addresses and len(group.addresses) != group.count:
+            at(("addresses",), f"{len(group.addresses)} addresses for count {group.count}",
+               "give one address per machine, or leave `addresses` out")
+            ok = False
+            continue
+        for i in range(group.count):
+            index = len(nodes)
+            address = group.addresses[i] if group.addresses else f"node-{index}"
+            if address in seen:
+                at(("addresses", i) if group.addresses else ("count",),
+                   f"address {address!r} is used twice", "give each machine its own address")
+                ok = False
+            seen[address] = where
+            nodes.append(Node(index, hw, address, hw.description or hw.label() if not isinstance(label, str) else label))
+    if ok and len(nodes) > 64:
+        problem(("hardware", "nodes"), f"{len(nodes)} machines is more than 64", "use at most 64 machines")
+        ok = False
+    if ok and any(n.hardware.os != nodes[0].hardware.os for n in nodes):
+        problem(("hardware", "nodes"), "the machines run different operating systems", "use one OS for all nodes")
+        ok = False
+    return tuple(nodes) if ok else ()
+
+
+def _cluster_label(nodes: tuple[Node, ...]) -> str:
+    if not nodes:
+        return "cluster"
+    groups: list[list] = []
+    for n in nodes:
+        if groups and groups[-1][1] == n.label:
+            groups[-1][0] += 1
+        else:
+            groups.append([1, n.label])
+    return " + ".join(f"{c} nodes of {lbl}" if c > 1 else f"1 node of {lbl}" for c, lbl in groups)
 
 
 def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSpec | None, str]:

@@ -50,7 +50,12 @@ class LlamaCpp:
         args += ["-t", str(plan.threads), "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH)]
         if m.kv_cache_type != "f16":
             args += ["-fa", "on", "-ctk", m.kv_cache_type, "-ctv", m.kv_cache_type]
-        args += _split_args(plan)
+        topology = getattr(plan, "topology", None)
+        if topology is not None and topology.workers:
+            # Multi-node: the other nodes' ggml-rpc-server devices; llama.cpp spreads layers by free memory.
+            args += ["--rpc", ",".join(topology.rpc_endpoints())]
+        else:
+            args += _split_args(plan)
         args += ["--metrics"]
         if ctx.api_key_file:
             args += ["--api-key-file", ctx.api_key_file]
@@ -74,3 +79,14 @@ def _split_args(plan) -> list[str]:
     for g in gpus:
         shares += [g.memory_gib] * g.count
     return ["-sm", "layer", "-ts", ",".join(f"{s:g}" for s in shares)]
+
+
+def rpc_server_argv(binary: str, host: str, port: int, threads: int | None = None, cache: bool = True) -> list[str]:
+    """A llama.cpp RPC worker (reference 1.6): `ggml-rpc-server -H host -p port [-t n] [-c]`; -c caches the
+    tensors the head sends in $LLAMA_CACHE so a restart does not ship the weights again."""
+    args = [binary, "-H", host, "-p", str(port)]
+    if threads:
+        args += ["-t", str(threads)]
+    if cache:
+        args += ["-c"]
+    return args

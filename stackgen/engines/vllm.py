@@ -59,6 +59,8 @@ class Vllm:
             args += ["--gpu-memory-utilization", f"{m.gpu_memory_utilization:.2f}"]
         if m.tensor_parallel > 1:
             args += ["--tensor-parallel-size", str(m.tensor_parallel)]
+        if m.pipeline_parallel > 1:  # multi-node: one pipeline stage per node, the nodes joined by Ray
+            args += ["--pipeline-parallel-size", str(m.pipeline_parallel), "--distributed-executor-backend", "ray"]
         if m.kv_cache_type != "auto":
             args += ["--kv-cache-dtype", m.kv_cache_type]
         if m.weights_format == "fp8" and plan.model.source != "hf":

@@ -74,6 +74,8 @@ def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
                           "there is no Linux image (MLX serves on the Mac itself; use the script target)")
     name = resource_name(plan, sp)
     labels = _labels(plan, sp)
+    if sp.topology is not None:
+        return _multinode_manifests(plan, sp, name, labels)
     docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
     if sp.engine == "ollama":
         docs.insert(0, _modelfile_config_map(plan, sp, ctx, name, labels))
@@ -301,6 +303,67 @@ def _volumes(sp: ServicePlan, name: str) -> list[dict]:
     return vols
 
 
+# ---------------------------------------------------------------------------------------------- multi-node
+
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+LEADER_SCRIPT = (
+    'ray start --head --port={port} --node-ip-address="$VLLM_HOST_IP"\n'
+    '# Wait until every pod of the group has joined the Ray cluster, then serve.\n'
+    'until [ "$(ray status 2>/dev/null | grep -c \' node_\')" -ge "$LWS_GROUP_SIZE" ]; do sleep 5; done\n'
+    'exec vllm serve "$@"\n')
+WORKER_SCRIPT = 'exec ray start --address="$LWS_LEADER_ADDRESS:{port}" --node-ip-address="$VLLM_HOST_IP" --block\n'
+
+
+def _multinode_manifests(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> list[dict]:
+    """vLLM over several nodes: one LeaderWorkerSet group of PP pods (leader = Ray head + `vllm serve`, workers =
+    Ray workers), each pod TP GPUs; a Service on the leader. The weights go to a per-pod emptyDir (a ReadWriteOnce
+    PVC cannot follow pods onto several nodes)."""
+    from stackgen.plan import RAY_PORT
+    if sp.topology.kind != "vllm-ray":
+        raise RenderError(f"services.{sp.name}: the kubernetes target renders multi-node vLLM (LeaderWorkerSet); "
+                          "llama.cpp RPC workers are rendered by the script and systemd targets")
+    leader_labels = dict(labels, role="leader")
+    leader = _lws_pod(plan, sp, name, "leader", LEADER_SCRIPT.format(port=RAY_PORT))
+    worker = _lws_pod(plan, sp, name, "worker", WORKER_SCRIPT.format(port=RAY_PORT))
+    lws = {"apiVersion": LWS_API, "kind": "LeaderWorkerSet", "metadata": {"name": name, "labels": dict(labels)},
+           "spec": {"replicas": 1, "startupPolicy": "LeaderCreated",
+                    "leaderWorkerTemplate": {
+                        "size": sp.memory.pipeline_parallel, "restartPolicy": "RecreateGroupOnPodRestart",
+                        "leaderTemplate": {"metadata": {"labels": leader_labels}, "spec": leader},
+                        "workerTemplate": {"metadata": {"labels": dict(labels)}, "spec": worker}}}}
+    svc = _service(sp, name, labels)
+    svc["spec"]["selector"] = dict(_selector(labels), role="leader")
+    docs = [svc, lws]
+    if sp.host in LOOPBACK_HOSTS:
+        docs.append(_network_policy(plan, name, labels))
+    return docs
+
+
+def _lws_pod(plan: Plan, sp: ServicePlan, name: str, role: str, script: str) -> dict:
+    c = _container(plan, sp)
+    c["command"] = ["/bin/sh", "-c", script] + (["vllm"] if role == "leader" else [])
+    if role == "worker":
+        del c["args"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            del c[probe]
+        del c["ports"]
+        c["env"] = [e for e in c["env"] if e["name"] != KEY_ENV["vllm"]]
+    c["env"] = c["env"] + [{"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    vols = [v for v in _volumes(sp, name) if v["name"] != "models"]
+    vols.insert(0, {"name": "models", "emptyDir": {"sizeLimit": f"{pvc_gib(sp.memory.weights_bytes)}Gi"}})
+    return {"automountServiceAccountToken": False, "enableServiceLinks": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
+            "terminationGracePeriodSeconds": 30, "containers": [c], "volumes": vols}
+
+
+def pod_templates(doc: dict) -> list[dict]:
+    """The pod templates of a LeaderWorkerSet as core v1 Pods (kubernetes-validate has no schema for the CRD)."""
+    t = doc["spec"]["leaderWorkerTemplate"]
+    return [{"apiVersion": "v1", "kind": "Pod", "metadata": dict(t[k]["metadata"], name=f"{doc['metadata']['name']}-{k}"),
+             "spec": t[k]["spec"]} for k in ("leaderTemplate", "workerTemplate")]
+
+
 # ---------------------------------------------------------------------------------------------- header
 
 
@@ -309,7 +372,13 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}, service {sp.name}: `kubectl apply -f "
              f"{K8S_DIR}/{sp.name}.yaml`."]
     local = _local_name(sp)
-    if local:
+    if sp.topology is not None:
+        lines.append(f"# Multi-node: needs the LeaderWorkerSet controller (sigs.k8s.io/lws). One group of "
+                     f"{sp.memory.pipeline_parallel} pods x {sp.memory.tensor_parallel} GPUs: tensor parallel inside a "
+                     "pod, pipeline parallel across pods over Ray.")
+        lines.append("# Each pod downloads the weights into its own emptyDir; the pods' network must carry the "
+                     "pipeline activations (25 GbE+ or InfiniBand).")
+    elif local:
         lines.append(f"# Copy the weights into the PVC {name}-models as {MODELS_MOUNT}/{local} before the pod "
                      "can become ready.")
     if sp.api_key_env and sp.engine in KEY_ENV:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stackgen import engines
 from stackgen.engines.base import LaunchContext
-from stackgen.plan import Plan, ServicePlan
+from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
 from stackgen.targets import register
@@ -29,7 +29,47 @@ def script_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         out.append(Artifact(f"{sp.name}/run.sh", launcher(plan, sp, ctx), mode=0o755))
         out.append(Artifact(f"{sp.name}/{sp.name}.env", env_file(sp, ctx)))
         out += _engine_files(plan, sp, ctx)
+        out += node_scripts(sp, ctx)
     return out
+
+
+def node_scripts(sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:
+    """Multi-node pieces (docs/multinode.md): a Ray head and one Ray worker per other node for vLLM, or one
+    ggml-rpc-server per worker node for llama.cpp. Each script runs on the machine whose address it names; run.sh
+    runs on the head once the others are up."""
+    topo = sp.topology
+    if topo is None:
+        return []
+    out = []
+    if topo.kind == "vllm-ray":
+        head = topo.head.address
+        ray_head = ["ray", "start", "--head", f"--port={RAY_PORT}", f"--node-ip-address={head}", "--block"]
+        out.append(Artifact(f"{sp.name}/ray-head.sh", _node_script(
+            ctx, f"Ray head for {sp.name} on {head}; start it first, then the workers, then run.sh on this machine.",
+            {"VLLM_HOST_IP": head}, ray_head), mode=0o755))
+        for w in topo.workers:
+            argv = ["ray", "start", f"--address={head}:{RAY_PORT}", f"--node-ip-address={w.address}", "--block"]
+            out.append(Artifact(f"{sp.name}/ray-worker-{w.index}.sh", _node_script(
+                ctx, f"Ray worker {w.index} for {sp.name}: run it on {w.address} ({w.label}, {w.gpus} GPUs, "
+                     f"pipeline stage {w.index}: {w.layers} layers).", {"VLLM_HOST_IP": w.address}, argv),
+                mode=0o755))
+    else:
+        from stackgen.engines.llamacpp import rpc_server_argv
+        for w in topo.workers:
+            argv = rpc_server_argv("ggml-rpc-server", w.address, RPC_PORT)
+            out.append(Artifact(f"{sp.name}/rpc-server-{w.index}.sh", _node_script(
+                ctx, f"llama.cpp RPC worker {w.index} for {sp.name}: run it on {w.address} ({w.label}, planned "
+                     f"{w.layers} layers); start every worker before run.sh on the head. It listens unauthenticated: "
+                     "keep the port on a private network.", {}, argv), mode=0o755))
+    return out
+
+
+def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[str]) -> str:
+    lines = ["#!/bin/sh\n", ctx.header(), f"# {what}\n", "set -eu\n"]
+    for k, v in sorted(env.items()):
+        lines.append(f"{k}={shlex.quote(_checked(v))}\nexport {k}\n")
+    lines.append("exec " + _command_lines([_checked(a) for a in argv]) + "\n")
+    return "".join(lines)
 
 
 def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from stackgen import engines
 from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
-from stackgen.plan import Plan, ServicePlan
+from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.systemd_quote import Expand, escape_text, quote_value, systemd_quote
@@ -49,6 +49,7 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
         out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
         if sp.engine == "ollama":
             out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
+        out += _node_units(plan, sp, ctx, binary)
     return out
 
 
@@ -161,6 +162,71 @@ def _gpu_devices(sp: ServicePlan) -> tuple[str, ...]:
     devices: list[str] = []
     for vendor, classes in (("nvidia", NVIDIA_DEVICES), ("amd", AMD_DEVICES), ("intel", INTEL_DEVICES)):
         if vendor in vendors:
+            devices += [d for d in classes if d not in devices]
+    return tuple(devices)
+
+
+# ---------------------------------------------------------------------------------------------- multi-node
+
+
+def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> list[Artifact]:
+    """Multi-node pieces: `-ray-head` (on the head, before the main unit) and `-ray-worker-<i>` units for vLLM, or
+    `-rpc-<i>` units running ggml-rpc-server for llama.cpp; each is installed on the machine it names."""
+    topo = sp.topology
+    if topo is None:
+        return []
+    out = []
+    main = unit_name(plan, sp)
+    if topo.kind == "vllm-ray":
+        head = topo.head.address
+        roles = [(topo.head, "-ray-head", ["ray", "start", "--head", f"--port={RAY_PORT}",
+                                           f"--node-ip-address={head}", "--block"])]
+        roles += [(w, f"-ray-worker-{w.index}", ["ray", "start", f"--address={head}:{RAY_PORT}",
+                                                 f"--node-ip-address={w.address}", "--block"]) for w in topo.workers]
+    else:
+        from stackgen.engines.llamacpp import rpc_server_argv
+        roles = [(w, f"-rpc-{w.index}", rpc_server_argv("ggml-rpc-server", w.address, RPC_PORT)) for w in topo.workers]
+    for node, suffix, argv in roles:
+        name = unit_name(plan, sp, suffix)
+        where = _Where(name.removesuffix(".service"), "", None)
+        values = _common(plan, sp, ctx, where)
+        if binary:
+            argv = [binary] + argv[1:]
+        if topo.kind == "vllm-ray":
+            what = "the Ray head" if node.role == "head" else f"Ray worker {node.index}"
+            env = {"HOME": where.state, "HF_HOME": f"{where.cache}/huggingface", "VLLM_HOST_IP": node.address,
+                   "VLLM_CACHE_ROOT": f"{where.cache}/vllm"}
+            comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, pipeline stage {node.index} "
+                        f"({node.layers} layers over {node.gpus} GPUs)."]
+            if node.role == "head":
+                comments.append(f"Start it before {main}; the workers join it at {head}:{RAY_PORT}.")
+            gpu = _node_gpu_devices(node)
+            mdwe = False
+        else:
+            what = f"llama.cpp RPC worker {node.index}"
+            env = {"LLAMA_CACHE": where.cache}
+            comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, planned {node.layers} layers.",
+                        f"Start every worker before {main} on the head; the head ships the weights at start and "
+                        "-c caches them here.",
+                        "ggml-rpc-server is unauthenticated: allow its port only from the head (firewall)."]
+            gpu = _node_gpu_devices(node)
+            mdwe = not gpu
+        values.update(
+            description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {what} on {node.address}"),
+            exec_start=systemd_quote(argv), comments=comments, gpu_devices=gpu, memory_deny_write_execute=mdwe,
+            environment=[quote_value(f"{k}={v}", "environment value") for k, v in sorted(env.items())],
+            state_dir=where.name, cache_dir=where.name, read_only_paths=[], bind_read_only_paths=[],
+            protect_home="yes", timeout_start="90s", env_file=None, credential=None, ip_localhost_only=False,
+            ip_reason=f"the node talks to the other nodes of {sp.name}",
+        )
+        out.append(Artifact(f"systemd/{name}", render_template("systemd/service.j2", **values)))
+    return out
+
+
+def _node_gpu_devices(node) -> tuple[str, ...]:
+    devices: list[str] = []
+    for vendor, classes in (("nvidia", NVIDIA_DEVICES), ("amd", AMD_DEVICES), ("intel", INTEL_DEVICES)):
+        if vendor in node.vendors:
             devices += [d for d in classes if d not in devices]
     return tuple(devices)
 
