@@ -72,6 +72,7 @@ class ServicePlan:
     env: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     api_key_env: str | None = None
+    cors_origins: tuple[str, ...] = ()
     gpus: tuple[GPUSpec, ...] = ()
     model_ref: str = ""
     topology: Topology | None = None  # None: one machine

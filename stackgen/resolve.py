@@ -224,7 +224,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
         host=stack.serve.host, port=port, threads=hw.cpu.cores, predicted_decode_tokens_per_s=speed,
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
-        api_key_env=stack.serve.api_key_env, gpus=hw.gpus, topology=topology,
+        api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
     )
     model_ref = default_model_ref(sp)
     sp = replace(sp, model_ref=model_ref)

@@ -140,6 +140,19 @@ class ServeSpec(_Model):
         pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="Name of the environment variable holding the API key (the value never lands in artifacts).",
     )
+    cors_origins: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")], ...] = Field(
+        (), strict=False,
+        description="Web origins allowed to call the API from a browser (e.g. https://chat.example.com). "
+                    "Default: none beyond localhost. '*' is refused.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _no_wildcard(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)) and "*" in v:
+            raise ValueError("'*' lets every web page a user visits call the model with their network access; "
+                             "list the origins instead, e.g. [https://chat.example.com]")
+        return v
 
 
 class NodeGroupSpec(_Model):

@@ -170,3 +170,15 @@ def test_speed_prediction_is_bandwidth_bound(write_stack):
     b = plan_for(write_stack, "rtx-3090", "dev-loop", extra="    engine: llama.cpp\n")
     # Same model fully on GPU: speed scales with GPU bandwidth (1008 vs 936 GB/s).
     assert a.predicted_decode_tokens_per_s / b.predicted_decode_tokens_per_s == pytest.approx(1008 / 936, rel=0.02)
+
+
+def test_cors_is_never_a_wildcard(write_stack):
+    local = plan_for(write_stack, "rtx-4090", "dev-loop", extra="    engine: llama.cpp\n")
+    cmd = list(local.command)
+    assert cmd[cmd.index("--cors-origins") + 1] == "localhost" and "--no-cors-credentials" in cmd
+    f = write_stack("version: 1\nhardware: a100-80gb\nworkload: team-api\nservices:\n  chat: {model: llama-3.1-8b-instruct}\n"
+                    "serve: {cors_origins: [https://chat.example.com]}\n", name="cors.yaml")
+    sp = resolve(load_stack(f), HOST).services[0]
+    assert sp.engine == "vllm"
+    cmd = list(sp.command)
+    assert json.loads(cmd[cmd.index("--allowed-origins") + 1]) == ["https://chat.example.com"]

@@ -45,6 +45,8 @@ BAD = [
     ("version: 1\nhardware: 99x rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware", "out of range"),
     ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    engine: vlm\n", 6, 13, "services.chat.engine", "expected"),
     ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: hf:../../etc\n", 5, 12, "services.chat.model", "'..'"),
+    ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\nserve: {cors_origins: ['*']}\n",
+     4, 23, "serve.cors_origins", "list the origins"),
 ]
 
 

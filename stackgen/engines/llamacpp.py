@@ -57,6 +57,9 @@ class LlamaCpp:
         else:
             args += _split_args(plan)
         args += ["--metrics"]
+        # llama-server's CORS default is '*' with credentials (the Origin is echoed back): any web page a user
+        # visits could call the model. 'localhost' reflects only local origins.
+        args += ["--cors-origins", ",".join(plan.cors_origins) or "localhost", "--no-cors-credentials"]
         if ctx.api_key_file:
             args += ["--api-key-file", ctx.api_key_file]
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)

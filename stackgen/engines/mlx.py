@@ -39,6 +39,8 @@ class Mlx:
                 "--max-tokens", str(plan.workload.output_tokens)]
         if plan.memory.parallel > 1:
             args += ["--decode-concurrency", str(plan.memory.parallel)]
+        # mlx_lm.server answers every origin ('*') unless given a list; it matches the Origin header exactly.
+        args += ["--allowed-origins", ",".join(plan.cors_origins) or "http://localhost,http://127.0.0.1"]
         return apply_overrides(args, dict(plan.spec.overrides))
 
     def env(self, plan) -> dict[str, str]:

@@ -60,6 +60,8 @@ class Ollama:
             "OLLAMA_FLASH_ATTENTION": "1" if m.kv_cache_type != "f16" else "0",
             "OLLAMA_KV_CACHE_TYPE": m.kv_cache_type,
             "OLLAMA_NO_CLOUD": "1",
+            # Ollama always allows localhost origins; anything else only when the stack lists it (never '*').
+            **({"OLLAMA_ORIGINS": ",".join(plan.cors_origins)} if plan.cors_origins else {}),
         }
         env.update({k: str(v) for k, v in plan.spec.overrides.items() if k in ENV_VARS})
         return env

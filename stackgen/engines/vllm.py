@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from stackgen.engines._formats import hf_for
 from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
 from stackgen.memory import Budget, MemoryPlan, plan_vllm, plan_vllm_cpu
@@ -67,6 +69,8 @@ class Vllm:
             args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
         # Shared system prompts across users: prefix caching turns them into cache hits.
         args += ["--enable-prefix-caching"]
+        if plan.cors_origins:  # vLLM allows no cross-origin calls unless told
+            args += ["--allowed-origins", json.dumps(list(plan.cors_origins))]
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def env(self, plan) -> dict[str, str]:

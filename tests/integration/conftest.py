@@ -126,6 +126,12 @@ def tiny_llama(engines_env) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma_hf(engines_env) -> Path:
+    """Gemma 3 270M converted from the GGUF to HF safetensors (.ci/provision.sh with STACKGEN_PROVISION_GEMMA_HF=1)."""
+    return _path_from(engines_env, "STACKGEN_GEMMA_HF", "the Gemma 270M HF folder", "dir")
+
+
+@pytest.fixture(scope="session")
 def hf_hub_cache(engines_env, tmp_path_factory) -> Path:
     """An existing HF_HUB_CACHE folder (mlx_lm.server's /v1/models needs one)."""
     value = engines_env.get("STACKGEN_HF_HUB_CACHE")

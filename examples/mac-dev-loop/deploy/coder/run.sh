@@ -14,4 +14,5 @@ exec mlx_lm.server \
     --model mlx-community/Qwen2.5-32B-Instruct-4bit \
     --host 127.0.0.1 \
     --port 8080 \
-    --max-tokens 500
+    --max-tokens 500 \
+    --allowed-origins http://localhost,http://127.0.0.1

@@ -25,4 +25,6 @@ exec llama-server \
     -fa on \
     -ctk q8_0 \
     -ctv q8_0 \
-    --metrics
+    --metrics \
+    --cors-origins localhost \
+    --no-cors-credentials

@@ -22,4 +22,6 @@ exec llama-server \
     -t 16 \
     -b 2048 \
     -ub 512 \
-    --metrics
+    --metrics \
+    --cors-origins localhost \
+    --no-cors-credentials

@@ -23,4 +23,6 @@ exec llama-server \
     -b 2048 \
     -ub 512 \
     --rpc 192.168.1.11:50052,192.168.1.12:50052,192.168.1.13:50052,192.168.1.20:50052 \
-    --metrics
+    --metrics \
+    --cors-origins localhost \
+    --no-cors-credentials

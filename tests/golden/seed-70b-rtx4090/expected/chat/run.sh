@@ -35,4 +35,6 @@ exec llama-server \
     -ctk q8_0 \
     -ctv q8_0 \
     --metrics \
+    --cors-origins localhost \
+    --no-cors-credentials \
     --api-key-file /dev/fd/3
