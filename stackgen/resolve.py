@@ -16,7 +16,7 @@ from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.memory import (Budget, MemoryPlan, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
                              predict_decode_tokens_per_s)
-from stackgen.plan import NodeRole, Plan, ServicePlan, Topology
+from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec import HardwareSpec, Node, Service, Stack
 
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
@@ -325,7 +325,7 @@ def _topology(name: str, svc: Service, nodes: tuple[Node, ...], mem: MemoryPlan)
             "tensor parallel stays inside each node: its all-reduce after every layer needs NVLink-class bandwidth, "
             "never run it across Ethernet",
             "recommended between nodes: 25 GbE or faster, InfiniBand/RoCE for NCCL (NCCL_IB_HCA) when prefill "
-            f"traffic matters; nodes reach the Ray head at {nodes[0].address}:{6379}",
+            f"traffic matters; nodes reach the Ray head at {nodes[0].address}:{RAY_PORT}",
         )
     else:
         shares = [int(mem.weights_bytes * l / max(1, mem.total_layers)) for l in mem.node_layers]

@@ -148,6 +148,9 @@ def _environment(sp: ServicePlan, where: _Where) -> list[str]:
         env["LLAMA_CACHE"] = where.cache
     if sp.engine == "vllm":
         env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface", VLLM_CACHE_ROOT=f"{where.cache}/vllm")
+        if sp.topology is not None and sp.topology.kind == "vllm-ray":
+            # Each unit has its own PrivateTmp, so vLLM cannot find the head's session in /tmp/ray: name the GCS.
+            env["RAY_ADDRESS"] = f"{sp.topology.head.address}:{RAY_PORT}"
     if sp.engine == "mlx":
         env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface")
     if sp.engine == "ollama":
