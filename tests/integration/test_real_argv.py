@@ -77,19 +77,58 @@ def services(plans, engine: str):
     return found
 
 
-def real_argv(sp, binary: str, model_ref: str, port: int, key_file: str | None = None) -> list[str]:
+def real_argv(sp, binary: str, model_ref: str, port: int, key_file: str | None = None,
+              rpc: str | None = None) -> list[str]:
+    """The argv as the real binary runs it here. llama-server connects to its --rpc workers while parsing, so the
+    planned worker addresses (other machines) are replaced by a live worker on loopback: a test never reaches
+    beyond 127.0.0.1."""
     ctx = LaunchContext(binary=binary, model_ref=model_ref, host="127.0.0.1", port=port, api_key_file=key_file)
-    return engines.get(sp.engine).argv(replace(sp, host="127.0.0.1"), ctx)
+    argv = engines.get(sp.engine).argv(replace(sp, host="127.0.0.1"), ctx)
+    if "--rpc" in argv:
+        assert rpc and rpc.startswith("127.0.0.1:"), "a real --rpc run needs a loopback worker"
+        argv[argv.index("--rpc") + 1] = rpc
+    return argv
+
+
+@pytest.fixture(scope="module")
+def loopback_rpc(rpc_server, tmp_path_factory):
+    """A real ggml-rpc-server on 127.0.0.1 for argvs that name RPC workers."""
+    import os
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("rpc") / "rpc.log", "wb")
+    proc = subprocess.Popen([str(rpc_server), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "ggml-rpc-server exited"
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        log.close()
 
 
 # ---------------------------------------------------------------------------------------------- llama.cpp
 
 
-def test_llama_server_parses_every_generated_argv(plans, llama_server, free_port, tmp_path):
+def test_llama_server_parses_every_generated_argv(plans, llama_server, free_port, tmp_path, loopback_rpc):
     key_file = tmp_path / "key"
     key_file.write_text("canary-key\n")
     for name, sp in services(plans, "llama.cpp"):
-        argv = real_argv(sp, str(llama_server), str(tmp_path / "missing.gguf"), free_port(), str(key_file))
+        argv = real_argv(sp, str(llama_server), str(tmp_path / "missing.gguf"), free_port(), str(key_file),
+                         rpc=loopback_rpc)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0, f"{name}: llama-server started without a model?"
@@ -97,10 +136,11 @@ def test_llama_server_parses_every_generated_argv(plans, llama_server, free_port
         assert "missing.gguf" in out, f"{name}: did not get as far as loading the model:\n{out[-2000:]}"
 
 
-def test_llama_server_accepts_every_argv_up_to_a_trailing_help(plans, llama_server, tmp_path):
+def test_llama_server_accepts_every_argv_up_to_a_trailing_help(plans, llama_server, tmp_path, loopback_rpc):
     (tmp_path / "key").write_text("canary-key\n")  # --api-key-file is read while parsing
     for name, sp in services(plans, "llama.cpp"):
-        argv = real_argv(sp, str(llama_server), str(tmp_path / "m.gguf"), 8080, str(tmp_path / "key"))
+        argv = real_argv(sp, str(llama_server), str(tmp_path / "m.gguf"), 8080, str(tmp_path / "key"),
+                         rpc=loopback_rpc)
         proc = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{name}: {argv}\n{(proc.stdout + proc.stderr)[-2000:]}"
 
