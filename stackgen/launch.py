@@ -17,13 +17,13 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from stackgen import engines
 from stackgen.errors import LaunchError
-from stackgen.health import DOWN, ERROR, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
+from stackgen.health import DOWN, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
 from stackgen.plan import Plan, ServicePlan
 from stackgen.state import ServiceState, StackState, StateDir, config_hash, rotate_log, tail
 

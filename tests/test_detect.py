@@ -19,7 +19,6 @@ import yaml
 from typer.testing import CliRunner
 
 from stackgen.detect import (
-    KNOWN_GPUS,
     NVIDIA_SMI_CMD,
     ROCM_SMI_CMD,
     SYSTEM_PROFILER_CMD,

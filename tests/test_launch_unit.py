@@ -3,7 +3,6 @@ tests/integration/test_launch_*.py; this file never replaces those, it covers fa
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket

@@ -146,8 +146,7 @@ def test_engine_that_exits_at_once_names_the_cause(tmp_path, llama_server, gguf_
 
 
 def test_sigint_while_loading_stops_the_engine(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
-                                               pid_cleanup, wait_gone, run_stackgen):
-    stackgen = run_stackgen
+                                               pid_cleanup, wait_gone):
     import signal
 
     path = write_stack(tmp_path, llama_server, gguf_path, free_port())
