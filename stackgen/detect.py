@@ -87,6 +87,8 @@ class ProbeEnv:
     machine: str = field(default_factory=platform.machine)
     timeout: float = DEFAULT_TIMEOUT_S
     measure: bool = False  # measure system RAM bandwidth (a few hundred ms)
+    # Where `detect --measure` keeps its figure so later `hardware: detect` plans use it (None: no cache).
+    bandwidth_cache: str | None = field(default_factory=lambda: default_bandwidth_cache())
 
     def output(self, cmd: Sequence[str]) -> str:
         """stdout of a command that must exist and succeed; raises ProbeFailed otherwise."""
@@ -641,6 +643,46 @@ def measure_memory_bandwidth(seconds_budget: float = 0.6, size_mib: int = 256, r
     return round(2 * src.nbytes / best / 1e9, 1)
 
 
+def default_bandwidth_cache() -> str:
+    """$STACKGEN_USER_CACHE, else $XDG_CACHE_HOME/stackgen, else ~/.cache/stackgen."""
+    base = os.environ.get("STACKGEN_USER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "stackgen")
+    return os.path.join(base, "memory-bandwidth.json")
+
+
+def _machine_key(env: ProbeEnv, facts: Facts) -> str:
+    """A measurement belongs to one machine shape: same CPU, core count and RAM size."""
+    gib = round((facts.memory_bytes or 0) / 2**30)
+    return f"{env.machine}|{facts.cpu_name or '?'}|{facts.cores}|{facts.threads}|{gib}GiB"
+
+
+def _cached_bandwidth(env: ProbeEnv, facts: Facts) -> float | None:
+    if not env.bandwidth_cache:
+        return None
+    try:
+        with open(env.bandwidth_cache, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if data.get("machine") == _machine_key(env, facts):
+            value = float(data["memory_bandwidth_gbs"])
+            return value if value > 0 else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no or unreadable cache: the table value applies
+    return None
+
+
+def _store_bandwidth(env: ProbeEnv, facts: Facts, gbs: float) -> None:
+    if not env.bandwidth_cache:
+        return
+    try:
+        os.makedirs(os.path.dirname(env.bandwidth_cache), exist_ok=True)
+        tmp = env.bandwidth_cache + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"machine": _machine_key(env, facts), "memory_bandwidth_gbs": gbs}, fh)
+        os.replace(tmp, env.bandwidth_cache)
+    except OSError as exc:
+        facts.note(f"memory bandwidth: could not cache the measurement ({exc.strerror or exc})")
+
+
 def _memory_bandwidth(env: ProbeEnv, facts: Facts) -> None:
     if facts.memory_bandwidth_gbs is not None:
         return
@@ -656,9 +698,16 @@ def _memory_bandwidth(env: ProbeEnv, facts: Facts) -> None:
             facts.memory_bandwidth_gbs = measure_memory_bandwidth()
             facts.note(f"memory bandwidth {facts.memory_bandwidth_gbs:g} GB/s: measured (numpy copy of 256 MiB, "
                        "best of 5, read+write bytes)")
+            _store_bandwidth(env, facts, facts.memory_bandwidth_gbs)
             return
         except Exception as exc:
             facts.note(f"memory bandwidth: measurement failed ({type(exc).__name__}: {exc}); using the table value")
+    cached = _cached_bandwidth(env, facts)
+    if cached is not None:
+        facts.memory_bandwidth_gbs = cached
+        facts.note(f"memory bandwidth {cached:g} GB/s: measured earlier on this machine by `stackgen detect "
+                   f"--measure` (cached in {env.bandwidth_cache})")
+        return
     facts.memory_bandwidth_gbs = DEFAULT_MEMORY_BANDWIDTH_GBS
     facts.note(f"memory bandwidth {DEFAULT_MEMORY_BANDWIDTH_GBS:g} GB/s: table value (conservative dual-channel "
                "DDR4 figure; the DDR generation is rarely knowable), not measured: run `stackgen detect --measure`")

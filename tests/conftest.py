@@ -13,6 +13,12 @@ from stackgen.spec import CPUSpec, HardwareSpec
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's ~/.cache/stackgen (e.g. a measured memory bandwidth)."""
+    monkeypatch.setenv("STACKGEN_USER_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+
+
 @pytest.fixture
 def write_stack(tmp_path):
     def write(text: str, name: str = "stack.yaml") -> Path:

@@ -415,3 +415,22 @@ def test_detect_cli_yaml_is_an_inline_profile_and_json_feeds_plan(tmp_path):
     res = runner.invoke(app, ["plan", str(stack), "--host-facts", str(host_file), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["hardware"]["memory_gib"] == hw.memory_gib
+
+
+def test_measured_bandwidth_is_cached_for_later_detect_stacks(tmp_path):
+    """`detect --measure` stores its figure; a later plain detect on the same machine uses it, another machine not."""
+    import dataclasses
+
+    cache = str(tmp_path / "bw.json")
+    env = dataclasses.replace(FakeHost().env(system=platform.system()), bandwidth_cache=cache)
+    measured = detect_host(env, (probe_cpu_ram,), measure=True)
+    bw = measured.hardware.memory_bandwidth_gbs
+    assert bw > 0.5 and (tmp_path / "bw.json").is_file()
+    later = detect_host(env, (probe_cpu_ram,))
+    assert later.hardware.memory_bandwidth_gbs == bw
+    assert any("measured earlier" in n for n in later.notes)
+    data = json.loads((tmp_path / "bw.json").read_text())
+    data["machine"] = "another|cpu|1|1|1GiB"
+    (tmp_path / "bw.json").write_text(json.dumps(data))
+    other = detect_host(env, (probe_cpu_ram,))
+    assert any("table value" in n for n in other.notes)
