@@ -327,7 +327,8 @@ class _Cursor:
                 for i in range(i, count):  # noqa: B020, B007
                     pos += 8 + unpack(buf, pos)[0]
                 i = count
-            except struct.error:
+            except (struct.error, OverflowError):
+                # OverflowError: a corrupt length pushed pos past what unpack_from can index; need() reports it.
                 pass
             self.pos = pos
             if i < count:

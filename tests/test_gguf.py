@@ -539,3 +539,13 @@ def test_property_corruption_is_header_or_gguferror(flips: list, cut: int | None
             assert isinstance(h, GGUFHeader)
             assert h.data_offset + h.tensor_data_bytes <= h.file_size + h.alignment
             summarize(h)  # must not raise on whatever the header holds
+
+
+def test_huge_string_length_in_an_array_is_a_gguferror(tmp_path: Path) -> None:
+    """Regression (found by the corruption property test): a string length near 2**63 inside a string array moved
+    the cursor past what struct.unpack_from can index and raised OverflowError instead of GGUFError."""
+    data = bytearray(make_gguf([("t", ARR, (STR, ["a", "b"]))])[0])
+    first_len = data.index(b"\x01\x00\x00\x00\x00\x00\x00\x00a")  # u64 length 1, then "a"
+    data[first_len:first_len + 8] = struct.pack("<Q", 2**63 - 5)
+    with pytest.raises(GGUFError, match="truncated"):
+        read_gguf_header(_write(tmp_path, bytes(data)))
