@@ -263,19 +263,23 @@ def test_lock_second_up_fails_fast(fake_stack):
         sd.release()
 
 
+def _recorded_pid(path, service: str = "chat", tries: int = 100) -> int | None:
+    """The pid `up` writes to the state file before it starts waiting (polled for up to tries x 0.1 s)."""
+    for _ in range(tries):
+        st = StateDir(path).load().services.get(service) if StateDir(path).state_file.exists() else None
+        if st and st.pid:
+            return st.pid
+        time.sleep(0.1)
+    return None
+
+
 def test_sigint_while_waiting_stops_everything(fake_stack):
     path, _, _ = fake_stack
     env = {**os.environ, "FAKE_MODE": "hang", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path), "--timeout", "60"], env=env,
                             cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pid = None
-        for _ in range(100):
-            st = StateDir(path).load().services.get("chat") if StateDir(path).state_file.exists() else None
-            if st and st.pid:
-                pid = st.pid
-                break
-            time.sleep(0.1)
+        pid = _recorded_pid(path)
         assert pid and _alive(pid)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -375,13 +379,7 @@ def test_down_after_up_itself_was_killed(fake_stack):
     proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path), "--timeout", "60"], env=env,
                             cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        pid = None
-        for _ in range(100):
-            st = StateDir(path).load().services.get("chat") if StateDir(path).state_file.exists() else None
-            if st and st.pid:
-                pid = st.pid
-                break
-            time.sleep(0.1)
+        pid = _recorded_pid(path)
         assert pid
         proc.kill()
         proc.wait(timeout=10)

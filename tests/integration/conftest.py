@@ -223,6 +223,50 @@ def pid_cleanup():
 
 
 @pytest.fixture
+def serve_process(tmp_path):
+    """Start an engine in its own process group and wait for `health_url` to answer 200; at the end of the test
+    every process started this way gets SIGTERM, a 15 s grace period, then SIGKILL."""
+    import urllib.request
+
+    started: list[subprocess.Popen] = []
+
+    def start(argv: list[str], health_url: str, log_name: str = "engine.log", env: dict | None = None,
+              timeout_s: float = 180) -> subprocess.Popen:
+        log_path = tmp_path / log_name
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(a) for a in argv], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+        started.append(proc)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, f"{argv[0]} exited: " + log_path.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, f"{argv[0]}: {health_url} not 200 within {timeout_s:g} s"
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as r:
+                    if r.status == 200:
+                        return proc
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    yield start
+    for proc in started:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM to the process group, then SIGKILL after `grace_s`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
 def stack_cleanup():
     """Register stack files; at the end `stackgen down` runs for each, then every pid in its state is killed."""
     stacks: list[Path] = []

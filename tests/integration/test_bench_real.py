@@ -6,46 +6,18 @@ FAIL when the `CI` variable is set).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-import urllib.request
 
 import pytest
 
 from stackgen import bench
 
 @pytest.fixture
-def llama_np4(tmp_path, llama_server, gguf_path, free_port):
+def llama_np4(llama_server, gguf_path, free_port, serve_process):
     port = free_port()
-    log = open(tmp_path / "llama.log", "wb")
-    argv = [str(llama_server), "-m", str(gguf_path), "--alias", "gemma", "--host", "127.0.0.1", "--port", str(port),
+    argv = [llama_server, "-m", gguf_path, "--alias", "gemma", "--host", "127.0.0.1", "--port", str(port),
             "-np", "4", "-c", "4096", "-t", "2"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "llama.log").read_text(errors="replace")[-2000:]
-            assert time.monotonic() < deadline, "llama-server not healthy in 180 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        yield port, proc.pid
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
+    proc = serve_process(argv, f"http://127.0.0.1:{port}/health", "llama.log")
+    return port, proc.pid
 
 
 def test_bench_real_llama_server(llama_np4):
