@@ -138,7 +138,7 @@ def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_
 
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
-                  gpu_overhead: int = LLAMA_FIT_MARGIN, engine: str = "llama.cpp") -> MemoryPlan:
+                  gpu_overhead: int = LLAMA_FIT_MARGIN) -> MemoryPlan:
     """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left."""
     ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
     levers: list[str] = []
@@ -194,7 +194,7 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
                     extra.append(f"partial offload: {plan.gpu_layers} of {model.layers} layers on GPU")
                 return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
-    return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, engine))
+    return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw))
 
 
 def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str]) -> MemoryPlan:
@@ -228,9 +228,10 @@ def _smaller_contexts(ctx: int) -> list[int]:
     return out
 
 
-def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, engine: str) -> str:
-    need = plan.gpu_bytes + plan.host_bytes if (not budget.unified) else plan.gpu_bytes + plan.host_bytes
-    have = budget.gpu_bytes + budget.host_bytes if not budget.unified else budget.host_bytes
+def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec) -> str:
+    need = plan.gpu_bytes + plan.host_bytes
+    # Unified memory: the GPU budget is a share of the same pool, so only the pool counts.
+    have = budget.host_bytes if budget.unified else budget.gpu_bytes + budget.host_bytes
     return (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
             f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")
 

@@ -125,9 +125,7 @@ class ServiceSpec(_Model):
     def _model_ref(cls, v: str) -> str:
         if v.startswith("-"):
             raise ValueError("a model reference cannot start with '-' (it would be read as a flag)")
-        if any(part == ".." for part in re.split(r"[\\/]", v)) and not v.startswith(("hf:", "ollama:")):
-            # Relative parents are allowed for local paths, but never inside registry references.
-            pass
+        # Relative parents are fine in local paths (relative to the stack), never inside registry references.
         if v.startswith(("hf:", "ollama:")) and ".." in v:
             raise ValueError("a registry reference cannot contain '..'")
         return v
@@ -381,7 +379,6 @@ def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Pr
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the mapping at `loc` (for did-you-mean on unknown keys)."""
-    model: Any = StackSpec
     walk = {
         ("hardware",): HardwareSpec, ("workload",): WorkloadSpec, ("serve",): ServeSpec,
     }
@@ -399,7 +396,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         return GPUSpec
     if loc == ("hardware", "cpu"):
         return CPUSpec
-    return model if loc == () else None
+    return StackSpec if loc == () else None
 
 
 def _did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:

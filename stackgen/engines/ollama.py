@@ -44,7 +44,7 @@ class Ollama:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
         return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
-                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, engine="Ollama")
+                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2)
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         return [ctx.binary, "serve"]
