@@ -15,6 +15,7 @@ from stackgen.errors import RenderError
 from stackgen.render import RenderContext, render_plan, write_tree
 from stackgen.targets.compose import container_command
 from tools.stacks import EXTRA_STACKS, plan_for
+from tools.which import tool
 
 CANARY = "canary-secret-5f1d"  # the API key value; it must never appear in any rendered file
 
@@ -30,7 +31,7 @@ def compose_doc(arts) -> dict:
 
 
 def need_tool(name: str) -> str:
-    path = shutil.which(name)
+    path = tool(name)
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is required in CI (see the apt/pip packages in the compose tests' docstring)")

@@ -5,7 +5,6 @@ and hardening the plan implies."""
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from stackgen.targets.kubernetes import (
     KUBERNETES_VERSION, LOAD_BYTES_PER_S, DOWNLOAD_BYTES_PER_S, memory_mib, pvc_gib, render_kubernetes,
     startup_budget_s,
 )
+from tools.which import tool
 
 kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]' installs kubernetes-validate")
 
@@ -114,7 +114,7 @@ def test_strict_mode_rejects_an_unknown_field():
 
 
 def test_the_cli_validates_the_rendered_files(tmp_path):
-    exe = shutil.which("kubernetes-validate")
+    exe = tool("kubernetes-validate")
     cmd = [exe] if exe else [sys.executable, "-m", "kubernetes_validate"]
     arts = render_plan(plan_for("k8s-vllm-team-api"), RenderContext("stack.yaml"), ["kubernetes"])
     files = []
