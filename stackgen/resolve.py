@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stackgen import engines
-from stackgen.engines.base import LaunchContext, Unsupported
+from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.memory import (Budget, MemoryPlan, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
                              predict_decode_tokens_per_s)
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
-from stackgen.spec import HardwareSpec, Node, Service, Stack
+from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
 
@@ -115,6 +115,8 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
 def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int]) -> ServicePlan:
     explicit = svc.spec.engine != "auto"
     candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine) for name in engines.ENGINES}
+    candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
+                  for name, c in candidates.items()}
     row = pick_row(hardware_class(hw), svc.workload.concurrent_users, svc.workload.optimize)
     if len(stack.nodes) > 1:
         if explicit:
@@ -141,6 +143,17 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
         reasons = [_why(row, chosen, order, candidates)]
         rejected = {n: c.block or _ranked_below(n, chosen.engine, row, svc) for n, c in candidates.items() if n != chosen.engine}
     return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports)
+
+
+def _serve_block(stack: Stack, name: str) -> str:
+    """Why the serve: block rules this engine out: no API key on a non-loopback bind, or no TLS when asked."""
+    engine = engines.get(name)
+    if stack.serve.host not in LOOPBACK_HOSTS and engine.api_key is None:
+        return (f"has no API key option, and serve.host {stack.serve.host} is not loopback "
+                "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
+    if stack.serve.tls is not None and engine.tls_flags is None:
+        return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
+    return ""
 
 
 def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool) -> Candidate:
@@ -218,6 +231,9 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
         warnings.append("the plan serves a shorter context than the workload asked for")
+    if stack.serve.api_key_env and engine.api_key is None:
+        warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
+                        "which is why it stays on loopback")
     if svc.spec.engine in ("vllm", "mlx") and not hw.gpus:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(
@@ -225,11 +241,13 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         host=stack.serve.host, port=port, threads=hw.cpu.cores, predicted_decode_tokens_per_s=speed,
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
+        tls=stack.serve.tls,
     )
     model_ref = default_model_ref(sp)
     sp = replace(sp, model_ref=model_ref)
-    ctx = LaunchContext(binary=svc.spec.binary or engine.binary, model_ref=model_ref, host=sp.host, port=port)
-    return replace(sp, command=tuple(engine.argv(sp, ctx)), env=engine.env(sp))
+    cmd = engines.command(engine, sp, binary=svc.spec.binary or engine.binary, model_ref=model_ref, host=sp.host,
+                          port=port)
+    return replace(sp, command=cmd.argv, env=cmd.env)
 
 
 # ---------------------------------------------------------------------------------------------- multi-node

@@ -25,6 +25,8 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
 TARGETS = ("script", "systemd", "compose", "kubernetes")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Engines with no API-key and no TLS option (engines/*.py `api_key = None`; tests/security checks the two agree).
+KEYLESS_ENGINES = {"ollama": "Ollama", "mlx": "mlx_lm.server"}
 
 
 class _Model(BaseModel):
@@ -120,6 +122,15 @@ class ServiceSpec(_Model):
     system: str | None = Field(None, max_length=65536, description="Ollama: default system message (SYSTEM).")
     chat_template: str | None = Field(None, description="Path to a chat template file (never inline).")
 
+    @field_validator("binary")
+    @classmethod
+    def _binary_path(cls, v: str | None) -> str | None:
+        # systemd reads a leading @ - : + ! in ExecStart= as execution flags (+ and ! run with full privileges).
+        if v is not None and v[:1] in ("@", "-", ":", "+", "!"):
+            raise ValueError(f"a binary cannot start with {v[0]!r} (systemd would read it as an ExecStart= flag; "
+                             f"write the plain path, e.g. {v.lstrip('@-:+!') or '/usr/local/bin/llama-server'!r})")
+        return v
+
     @field_validator("model")
     @classmethod
     def _model_ref(cls, v: str) -> str:
@@ -129,6 +140,15 @@ class ServiceSpec(_Model):
         if v.startswith(("hf:", "ollama:")) and ".." in v:
             raise ValueError("a registry reference cannot contain '..'")
         return v
+
+
+class TLSSpec(_Model):
+    """TLS served by the engine itself (llama-server built with OpenSSL, vLLM). Paths on the serving host."""
+
+    cert_file: Annotated[str, StringConstraints(pattern=r"^/[^\x00-\x1f]*$", max_length=4096)] = Field(
+        description="Absolute path of the PEM certificate (chain) on the serving host.")
+    key_file: Annotated[str, StringConstraints(pattern=r"^/[^\x00-\x1f]*$", max_length=4096)] = Field(
+        description="Absolute path of the PEM private key on the serving host (readable by the service only).")
 
 
 class ServeSpec(_Model):
@@ -143,6 +163,9 @@ class ServeSpec(_Model):
         description="Web origins allowed to call the API from a browser (e.g. https://chat.example.com). "
                     "Default: none beyond localhost. '*' is refused.",
     )
+
+    tls: TLSSpec | None = Field(None, description="Serve HTTPS from the engine (llama.cpp, vLLM): certificate and key "
+                                                   "paths. Default: plain HTTP (put a TLS proxy in front).")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -569,16 +592,59 @@ def _merge_workload(base: WorkloadSpec, over: WorkloadOverride | None) -> Worklo
     return base.model_copy(update=updates)
 
 
+# Flags and daemon variables that the `serve:` block (or a service's `port:`) owns, in every engine's spelling
+# (../shared/reference/engines.md): an override must not re-open what serve: closes. Value: the field to use.
+SERVE_OWNED: dict[str, str] = {
+    **dict.fromkeys(("host", "uds"), "serve.host"),
+    "port": "services.{name}.port",
+    "OLLAMA_HOST": "serve.host and services.{name}.port",
+    **dict.fromkeys(("api-key", "api-key-file", "LLAMA_API_KEY", "VLLM_API_KEY"),
+                    "serve.api_key_env (the name of an environment variable holding the key; its value is never written)"),
+    **dict.fromkeys(("cors-origins", "cors-credentials", "no-cors-credentials", "allowed-origins", "allowed-credentials",
+                     "allowed-methods", "allowed-headers", "OLLAMA_ORIGINS"), "serve.cors_origins"),
+    **dict.fromkeys(("ssl-key-file", "ssl-cert-file", "ssl-keyfile", "ssl-certfile", "ssl-ca-certs", "ssl-cert-reqs",
+                     "ssl-ciphers", "enable-ssl-refresh"), "serve.tls"),
+}
+
+
+def owned_override(key: str) -> str | None:
+    """The serve: field that owns an override key (`--host`, `host`, `--host=x`, `OLLAMA_HOST`), else None."""
+    name = key.split("=", 1)[0].lstrip("-")
+    return SERVE_OWNED.get(name) or SERVE_OWNED.get(name.lower())
+
+
+def _check_overrides(spec: StackSpec, problem) -> None:
+    for name, svc in spec.services.items():
+        for key, value in svc.overrides.items():
+            owner = owned_override(key)
+            if owner:
+                problem(("services", name, "overrides", key), f"{key} is set by the serve: block, not by overrides "
+                        "(an override here would bypass its checks: loopback, API key, CORS)",
+                        f"use {owner.format(name=name)}")
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str) and re.match(r"-[A-Za-z-]", v):
+                    problem(("services", name, "overrides", key), f"the value {v!r} starts with '-': the engine "
+                            "would read it as another flag", "give the flag itself its own key under overrides")
+                    break
+
+
 def _check_serve(spec: StackSpec, problem) -> None:
+    _check_overrides(spec, problem)
     host = spec.serve.host
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:
         problem(("serve", "host"), f"binding {host} without an API key exposes the model to the network",
                 "set serve.api_key_env to the name of an environment variable holding a key, or bind 127.0.0.1")
+    if spec.serve.tls is not None:
+        for name, svc in spec.services.items():
+            if svc.engine in KEYLESS_ENGINES:
+                problem(("services", name, "engine"), f"{KEYLESS_ENGINES[svc.engine]} cannot serve TLS itself",
+                        "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
     if host not in LOOPBACK_HOSTS:
         for name, svc in spec.services.items():
-            if svc.engine == "ollama":
-                problem(("services", name, "engine"), "Ollama has no API key: it must bind loopback",
-                        "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
+            if svc.engine in KEYLESS_ENGINES:
+                problem(("services", name, "engine"), f"{KEYLESS_ENGINES[svc.engine]} has no API key: it must bind "
+                        "loopback", "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
 
 
 def _default_name(path: Path) -> str:

@@ -57,6 +57,7 @@ class ServiceState:
     argv: list[str] = field(default_factory=list)
     budget_s: float = 60.0
     ready_at: float | None = None
+    tls: bool = False  # the engine serves HTTPS (serve.tls)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServiceState":

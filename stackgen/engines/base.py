@@ -38,10 +38,25 @@ class LaunchContext:
     api_key_file: str | None = None
 
 
+KEY_FD = "/dev/fd/3"  # where an engine that reads its key from a file finds it: a private file held open on fd 3
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """How an engine takes an API key. `env`: the engine's own variable (containers, pods, vLLM everywhere);
+    `file_flag`: a flag naming a file to read it from (llama-server --api-key-file), used where a file can be kept
+    private (run.sh, `up`, systemd credentials). The value itself never lands in an argv or a written file."""
+
+    env: str
+    file_flag: str | None = None
+
+
 class Engine(Protocol):
     name: str
     default_port: int
     display: str
+    api_key: ApiKey | None  # None: the engine has no API key (it must stay on loopback)
+    tls_flags: tuple[str, str] | None  # (certificate flag, key flag); None: the engine cannot serve TLS
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""
@@ -67,6 +82,39 @@ class ServicePlanLike(Protocol):  # what argv() reads of a ServicePlan (avoids a
     memory: MemoryPlan
     threads: int
     api_key_env: str | None
+
+
+@dataclass(frozen=True)
+class Command:
+    """What starts a service, built once for every way of starting it (run.sh, `up`, systemd): the argv, the
+    engine's environment (no secret), and how the key reaches it: `key_mode` "file" (the argv names `key_file`),
+    "env" (the engine reads `key_env`), or None (no key)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    key_var: str | None = None  # serve.api_key_env: where the key is read from at start time
+    key_mode: str | None = None
+    key_env: str | None = None
+
+
+def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str, host: str, port: int,
+            key_file: str | None = KEY_FD) -> Command:
+    """The one builder of a service's command. `key_file`: where a file-reading engine finds the key (None: give
+    it the key through its environment instead, as containers do)."""
+    key_var = getattr(plan, "api_key_env", None)
+    how = engine.api_key if key_var else None
+    mode = None if how is None else ("file" if how.file_flag and key_file else "env")
+    ctx = LaunchContext(binary=binary, model_ref=model_ref, host=host, port=port,
+                        api_key_file=key_file if mode == "file" else None)
+    return Command(tuple(engine.argv(plan, ctx)), engine.env(plan), key_var if mode else None, mode,
+                   how.env if how is not None else None)
+
+
+def tls_args(engine: Engine, plan: "ServicePlanLike") -> list[str]:
+    tls = getattr(plan, "tls", None)
+    if tls is None or engine.tls_flags is None:
+        return []
+    return [engine.tls_flags[0], tls.cert_file, engine.tls_flags[1], tls.key_file]
 
 
 def apply_overrides(argv: list[str], overrides: dict, aliases: dict[str, str] | None = None) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
+from stackgen.engines.base import ApiKey, LaunchContext, Unsupported, Weights, apply_overrides, tls_args
 from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, Budget, MemoryPlan, plan_llamacpp
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
@@ -20,6 +20,8 @@ class LlamaCpp:
     display = "llama.cpp (llama-server)"
     default_port = 8080
     binary = "llama-server"
+    api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file")
+    tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
@@ -61,7 +63,8 @@ class LlamaCpp:
         # visits could call the model. 'localhost' reflects only local origins.
         args += ["--cors-origins", ",".join(plan.cors_origins) or "localhost", "--no-cors-credentials"]
         if ctx.api_key_file:
-            args += ["--api-key-file", ctx.api_key_file]
+            args += [self.api_key.file_flag, ctx.api_key_file]
+        args += tls_args(self, plan)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def env(self, plan) -> dict[str, str]:

@@ -14,6 +14,8 @@ class Mlx:
     display = "MLX (mlx_lm.server)"
     default_port = 8080
     binary = "mlx_lm.server"
+    api_key = None  # mlx_lm.server has no API key option: loopback only
+    tls_flags = None
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:

@@ -28,6 +28,8 @@ class Ollama:
     display = "Ollama"
     default_port = 11434
     binary = "ollama"
+    api_key = None  # Ollama has no API key for its own HTTP API: loopback only
+    tls_flags = None
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None

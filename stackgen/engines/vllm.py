@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from stackgen.engines._formats import hf_for
-from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
+from stackgen.engines.base import ApiKey, LaunchContext, Unsupported, Weights, apply_overrides, tls_args
 from stackgen.memory import Budget, MemoryPlan, plan_vllm, plan_vllm_cpu
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
@@ -19,6 +19,8 @@ class Vllm:
     display = "vLLM"
     default_port = 8000
     binary = "vllm"
+    api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
+    tls_flags = ("--ssl-certfile", "--ssl-keyfile")
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -71,6 +73,7 @@ class Vllm:
         args += ["--enable-prefix-caching"]
         if plan.cors_origins:  # vLLM allows no cross-origin calls unless told
             args += ["--allowed-origins", json.dumps(list(plan.cors_origins))]
+        args += tls_args(self, plan)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def env(self, plan) -> dict[str, str]:

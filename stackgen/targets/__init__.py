@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from stackgen.errors import RenderError
 from stackgen.render import TargetFn
 
 TARGETS: dict[str, TargetFn] = {}
+
+
+def refuse_tls(plan, target: str, instead: str) -> None:
+    """serve.tls names certificate paths on one host; containers and pods would need them mounted (not generated)."""
+    if plan.services and plan.services[0].tls is not None:
+        raise RenderError(f"serve.tls: the {target} target does not serve TLS from the engine (the certificate is a "
+                          f"host path); drop {target} from targets for this stack, or drop serve.tls and use {instead}")
 
 
 def register(name: str):

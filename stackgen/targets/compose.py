@@ -27,7 +27,7 @@ from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
-from stackgen.targets import register
+from stackgen.targets import refuse_tls, register
 
 COMPOSE_DIR = "compose"
 LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
@@ -35,7 +35,7 @@ LOAD_SLACK_S = 60
 DEFAULT_VERSIONS = {"vllm": "0.33.0"}  # engines.md pins; llama.cpp and Ollama float on their named tags
 # Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
 ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
-KEY_ENV = {"llama.cpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}  # what each server reads its key from
+KEY_ENV = engines.KEY_ENV  # what each server reads its key from
 
 
 @dataclass
@@ -49,6 +49,7 @@ class ServiceParts:
 
 @register("compose")
 def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    refuse_tls(plan, "compose", "a TLS-terminating proxy service in front (Caddy, Traefik, nginx)")
     compose_dir = _compose_dir(plan, ctx)
     services, notes, files, volumes = {}, [], [], set()
     for sp in plan.services:

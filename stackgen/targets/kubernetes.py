@@ -38,13 +38,13 @@ from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.spec import LOOPBACK_HOSTS
-from stackgen.targets import register
+from stackgen.targets import refuse_tls, register
 from stackgen.targets.compose import accelerator, image_for
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
 CONTAINER_PORTS = {"vllm": 8000, "llama.cpp": 8080, "ollama": 11434}
-KEY_ENV = {"llama.cpp": "LLAMA_API_KEY", "vllm": "VLLM_API_KEY"}
+KEY_ENV = engines.KEY_ENV  # what each server reads its key from
 GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
 UID = 1000
 MODELS_MOUNT, HOME_MOUNT = "/models", "/home/stackgen"
@@ -58,6 +58,7 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 @register("kubernetes")
 def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    refuse_tls(plan, "kubernetes", "TLS at the Ingress or Gateway in front of the Service")
     out = []
     for sp in plan.services:
         docs = manifests(plan, sp, ctx)

@@ -13,13 +13,12 @@ import shlex
 from pathlib import Path
 
 from stackgen import engines
-from stackgen.engines.base import LaunchContext
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
 from stackgen.targets import register
 
-KEY_FD = "/dev/fd/3"  # llama-server reads the key from an unlinked private file held open on fd 3
+KEY_FD = engines.KEY_FD  # llama-server reads the key from an unlinked private file held open on fd 3
 
 
 @register("script")
@@ -74,14 +73,13 @@ def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[
 
 def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     engine = engines.get(sp.engine)
-    key_mode = {"llama.cpp": "file", "vllm": "env"}.get(sp.engine) if sp.api_key_env else None
-    launch = LaunchContext(binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
-                           port=sp.port, api_key_file=KEY_FD if key_mode == "file" else None)
-    argv = [_checked(a) for a in engine.argv(sp, launch)]
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref,
+                          host=sp.host, port=sp.port, key_file=KEY_FD)
+    argv = [_checked(a) for a in cmd.argv]
     return render_template(
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(f"{sp.name}.env"),
-        key_mode=key_mode, key_var=sp.api_key_env or "", command=_command_lines(argv),
+        key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", command=_command_lines(argv),
         ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",
     )
 

@@ -17,7 +17,6 @@ import posixpath
 from dataclasses import dataclass
 
 from stackgen import engines
-from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
@@ -92,10 +91,10 @@ def _where(plan: Plan, sp: ServicePlan) -> _Where:
 def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
     engine = engines.get(sp.engine)
     where = _where(plan, sp)
-    key = _key_mode(sp)
-    launch = LaunchContext(binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
-                           host=sp.host, port=sp.port, api_key_file=CREDENTIAL if key == "credential" else None)
-    argv = [CREDENTIAL if a == CREDENTIAL else a for a in engine.argv(sp, launch)]
+    cmd = engines.command(engine, sp, binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
+                          host=sp.host, port=sp.port, key_file=CREDENTIAL)
+    key = _key_mode(sp, cmd)
+    argv = [CREDENTIAL if a == CREDENTIAL else a for a in cmd.argv]
     values = _common(plan, sp, ctx, where)
     values.update(
         description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engine.display} serving {sp.model.name}"),
@@ -103,7 +102,7 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
         environment=_environment(sp, where),
         credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
-        comments=values["comments"] + _key_comments(plan, sp, key),
+        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env),
     )
     return render_template("systemd/service.j2", **values)
 
@@ -237,21 +236,23 @@ def _node_gpu_devices(node) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- API key
 
 
-def _key_mode(sp: ServicePlan) -> str:
-    """How the key reaches the engine: a credential file (llama.cpp), an env file (vLLM), or not at all."""
+def _key_mode(sp: ServicePlan, cmd: engines.Command) -> str:
+    """How the key reaches the engine: a credential file (the engine reads a file), an env file (the engine reads
+    its own variable), not at all, or unsupported (a key is set but the engine has no key option)."""
     if not sp.api_key_env:
         return "none"
-    return {"llama.cpp": "credential", "vllm": "env_file"}.get(sp.engine, "unsupported")
+    return {"file": "credential", "env": "env_file"}.get(cmd.key_mode or "", "unsupported")
 
 
-def _key_comments(plan: Plan, sp: ServicePlan, mode: str) -> list[str]:
+def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -> list[str]:
     folder = f"/etc/stackgen/{plan.stack_name}"
     if mode == "credential":
         return [f"API key: put it in {folder}/api-key (mode 0600, root); systemd hands it to the service as a",
                 "credential, so the key never appears in the unit, the environment or the process list."]
     if mode == "env_file":
-        return [f"API key: put `VLLM_API_KEY=<key>` in {folder}/{sp.name}.env (mode 0600, root). vLLM reads the",
-                "key only from its command line or VLLM_API_KEY; the unit fails to start without the file."]
+        return [f"API key: put `{key_env}=<key>` in {folder}/{sp.name}.env (mode 0600, root). "
+                f"{engines.get(sp.engine).display} reads the",
+                f"key only from its command line or {key_env}; the unit fails to start without the file."]
     if mode == "unsupported":
         return [f"{engines.get(sp.engine).display} has no API key option: keep it on loopback behind a proxy."]
     return []

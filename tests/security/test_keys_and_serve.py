@@ -1,0 +1,299 @@
+"""Issue 10, items 1 and 4 (+ the `binary:` prefix of item 5): `up` enforces the API key exactly as the rendered
+artifacts do, and nothing in `overrides:` or `binary:` can reopen what the `serve:` block closes.
+
+Each test reproduces an attack from the review; the real-engine tests run llama-server and vLLM on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stackgen import engines
+from stackgen.errors import SpecError
+from stackgen.health import Endpoint, request
+from stackgen.launch import NativeRunner, check_keys
+from stackgen.render import RenderContext, render_plan
+from stackgen.spec import KEYLESS_ENGINES, SERVE_OWNED, load_stack
+from stackgen.state import StateDir
+from tools.stacks import plan_for
+
+KEY = "sk-stackgen-test-7c1e"  # the API key value: it must never show in an argv, a state file or a log
+
+
+def stack(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "stack.yaml"
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as exc:
+        load_stack(path)
+    return [str(p) for p in exc.value.problems]
+
+
+# ---------------------------------------------------------------------------------------------- item 4: overrides
+
+
+def _owned_spellings():
+    for key, owner in sorted(SERVE_OWNED.items()):
+        if key.isupper():
+            yield key, owner
+        else:
+            yield key, owner
+            yield f"--{key}", owner
+    yield "--host=0.0.0.0", "serve.host"
+    yield "Host", "serve.host"
+
+
+@pytest.mark.parametrize("key,owner", list(_owned_spellings()))
+def test_an_override_of_a_serve_owned_flag_is_refused_with_the_field_to_use(tmp_path, key, owner):
+    path = stack(tmp_path, f"""\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat:
+            model: llama-3.1-8b-instruct
+            overrides: {{{json.dumps(key)}: "x"}}
+        """)
+    found = problems(path)
+    assert len(found) == 1, found
+    assert re.match(r".*stack\.yaml:6:\d+: services\.chat\.overrides\.", found[0]), found
+    assert "set by the serve: block" in found[0]
+    assert owner.format(name="chat").split(" ")[0] in found[0]
+
+
+def test_the_review_attacks_on_overrides_are_each_refused(tmp_path):
+    """overrides {host: 0.0.0.0}, credentialed CORS for '*', a literal API key, Ollama's host/origins."""
+    path = stack(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat:
+            model: llama-3.1-8b-instruct
+            overrides: {host: 0.0.0.0, cors-origins: '*', cors-credentials: true, api-key: sk-live-123}
+          ol:
+            model: llama-3.1-8b-instruct
+            engine: ollama
+            overrides: {OLLAMA_HOST: 0.0.0.0:11434, OLLAMA_ORIGINS: '*'}
+        """)
+    found = "\n".join(problems(path))
+    for key in ("host", "cors-origins", "cors-credentials", "api-key", "OLLAMA_HOST", "OLLAMA_ORIGINS"):
+        assert f"overrides.{key}: " in found, key
+    assert "sk-live-123" not in found  # the message never repeats a secret
+
+
+def test_an_override_value_that_looks_like_a_flag_is_refused(tmp_path):
+    path = stack(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat:
+            model: llama-3.1-8b-instruct
+            overrides: {temp: --host, samplers: [top_k, --api-key], n-predict: -1}
+        """)
+    found = problems(path)
+    assert len(found) == 2 and all("starts with '-'" in p for p in found), found  # -1 stays a number
+
+
+def test_ordinary_overrides_still_work(tmp_path):
+    path = stack(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat:
+            model: llama-3.1-8b-instruct
+            overrides: {temp: 0.2, -ngl: 40, n-predict: -1, mlock: true}
+        """)
+    assert load_stack(path).services[0].spec.overrides["temp"] == 0.2
+
+
+# ---------------------------------------------------------------------------------------------- item 5: binary
+
+
+@pytest.mark.parametrize("prefix", ["+", "-", "@", ":", "!", "!!"])
+def test_a_binary_with_a_systemd_exec_prefix_is_refused(tmp_path, prefix):
+    path = stack(tmp_path, f"""\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat:
+            model: llama-3.1-8b-instruct
+            binary: "{prefix}/usr/local/bin/llama-server"
+        """)
+    found = problems(path)
+    assert len(found) == 1 and "services.chat.binary" in found[0] and "'/usr/local/bin/llama-server'" in found[0]
+
+
+# ---------------------------------------------------------------------------------------------- keyless engines
+
+
+def test_keyless_engines_agree_with_the_engine_modules():
+    assert set(KEYLESS_ENGINES) == {n for n, e in engines.ENGINES.items() if e.api_key is None}
+    assert set(KEYLESS_ENGINES) == {n for n, e in engines.ENGINES.items() if e.tls_flags is None}
+
+
+@pytest.mark.parametrize("engine", sorted(KEYLESS_ENGINES))
+def test_a_keyless_engine_named_on_a_public_bind_is_refused(tmp_path, engine):
+    path = stack(tmp_path, f"""\
+        version: 1
+        hardware: m4-max-128gb
+        serve: {{host: 0.0.0.0, api_key_env: SG_KEY}}
+        services:
+          chat: {{model: llama-3.1-8b-instruct, engine: {engine}}}
+        """)
+    found = problems(path)
+    assert any("has no API key: it must bind loopback" in p for p in found), found
+
+
+@pytest.mark.parametrize("hardware,workload", [("m4-max-128gb", "dev-loop"), ("rtx-4090", "{concurrent_users: 1, optimize: setup}"),
+                                               ("m4-16gb", "{concurrent_users: 1, optimize: setup}")])
+def test_resolve_never_picks_a_keyless_engine_for_a_public_bind(tmp_path, hardware, workload):
+    """Left to choose, the table prefers Ollama (setup) or MLX (Mac dev loop); on 0.0.0.0 neither can hold a key."""
+    common = f"""\
+        version: 1
+        hardware: {hardware}
+        workload: {workload}
+        SERVE
+        services:
+          chat: {{model: llama-3.1-8b-instruct}}
+        """
+    loopback = plan_for(tmp_path / "a", textwrap.dedent(common.replace("SERVE", "")))
+    assert loopback.services[0].engine in KEYLESS_ENGINES  # the attack needs the keyless choice to exist
+    public = plan_for(tmp_path / "b", textwrap.dedent(common.replace("SERVE", "serve: {host: 0.0.0.0, api_key_env: SG_KEY}")))
+    sp = public.services[0]
+    assert sp.engine not in KEYLESS_ENGINES
+    assert "has no API key option" in sp.rejected[loopback.services[0].engine], sp.rejected
+
+
+# ---------------------------------------------------------------------------------------------- item 1: one command
+
+
+def test_up_runs_the_command_run_sh_runs(tmp_path, monkeypatch):
+    """The argv `up` spawns is the argv run.sh execs, key flag included (built once, engines.command)."""
+    monkeypatch.setenv("SG_KEY", KEY)
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: a100-80gb
+        serve: {api_key_env: SG_KEY}
+        workload: {concurrent_users: 1}
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp, binary: /bin/true}
+          api: {model: llama-3.1-8b-instruct, engine: vllm, binary: /bin/true}
+        """)
+    arts = {a.path: a.content for a in render_plan(plan, RenderContext(str(tmp_path / "deploy")), ["script"])}
+    runner = NativeRunner(tmp_path)
+    for sp in plan.services:
+        cmd = runner.command(sp)
+        run_sh = arts[f"{sp.name}/run.sh"]
+        for tok in cmd.argv[1:]:
+            assert tok in run_sh, (sp.name, tok)
+        if sp.engine == "llama.cpp":
+            assert cmd.key_mode == "file" and cmd.argv[cmd.argv.index("--api-key-file") + 1] == engines.KEY_FD
+            assert "exec 3<" in run_sh
+        else:
+            assert cmd.key_mode == "env" and cmd.key_env == "VLLM_API_KEY" and "export VLLM_API_KEY" in run_sh
+        assert KEY not in " ".join(cmd.argv) and KEY not in run_sh
+
+
+def test_up_refuses_a_keyed_service_whose_key_is_unset_or_empty(tmp_path, monkeypatch):
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        serve: {host: 0.0.0.0, api_key_env: SG_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp}
+        """)
+    monkeypatch.delenv("SG_KEY", raising=False)
+    assert "SG_KEY, which is not set" in check_keys(list(plan.services))[0]
+    monkeypatch.setenv("SG_KEY", "")
+    assert "SG_KEY, which is empty" in check_keys(list(plan.services))[0]
+    monkeypatch.setenv("SG_KEY", KEY)
+    assert check_keys(list(plan.services)) == []
+
+
+# ---------------------------------------------------------------------------------------------- item 1: real engines
+
+
+def _status(port: int, engine: str, path: str, key: str | None, model: str) -> int:
+    ep = Endpoint("127.0.0.1", port, engine, model, key)
+    body = {"model": model, "prompt": "Hello", "max_tokens": 1, "temperature": 0} if path.endswith("completions") else None
+    return request(ep, "POST" if body else "GET", path, body, timeout=60)[0]
+
+
+def _assert_key_never_written(path: Path, pid: int) -> None:
+    assert KEY not in " ".join(psutil.Process(pid).cmdline())
+    for f in (path.parent / ".stackgen").rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text(errors="replace"), f
+
+
+def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                                     run_stackgen, wait_gone):
+    port = free_port()
+    path = stack(tmp_path, f"""\
+        version: 1
+        name: sec-key
+        hardware: detect
+        workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 8}}
+        serve: {{api_key_env: SG_KEY}}
+        services:
+          gemma: {{model: {gguf_path}, engine: llama.cpp, binary: {llama_server}, port: {port}}}
+        """)
+    stack_cleanup.append(path)
+    env = {k: v for k, v in os.environ.items() if k != "SG_KEY"}
+    r = run_stackgen("up", path, env=env)
+    assert r.returncode == 1 and "SG_KEY, which is not set" in r.stderr, r.stdout + r.stderr
+    assert not StateDir(path).load().services  # nothing started
+
+    r = run_stackgen("up", path, env={**env, "SG_KEY": KEY}, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = StateDir(path).load().services["gemma"]
+    assert _status(port, "llama.cpp", "/v1/completions", None, "gemma") == 401
+    assert _status(port, "llama.cpp", "/v1/completions", "wrong-key", "gemma") == 401
+    assert _status(port, "llama.cpp", "/v1/models", None, "gemma") == 401
+    assert _status(port, "llama.cpp", "/v1/completions", KEY, "gemma") == 200
+    _assert_key_never_written(path, st.pid)
+    assert not any("/dev/fd/" in a and a != engines.KEY_FD for a in st.argv)  # state records run.sh's argv
+
+    r = run_stackgen("down", path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert wait_gone(st.pid, 10)
+
+
+def test_vllm_started_by_up_demands_the_key(tmp_path, vllm_bin, tiny_llama, free_port, stack_cleanup, run_stackgen,
+                                            wait_gone):
+    port = free_port()
+    path = stack(tmp_path, f"""\
+        version: 1
+        name: sec-key-vllm
+        hardware: detect
+        workload: {{concurrent_users: 1, context_tokens: 512, prompt_tokens: 16, output_tokens: 8}}
+        serve: {{api_key_env: SG_KEY}}
+        services:
+          tiny:
+            model: {tiny_llama}
+            engine: vllm
+            binary: {vllm_bin}
+            port: {port}
+            overrides: {{enforce-eager: true}}
+        """)
+    stack_cleanup.append(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("SG_KEY", "VLLM_API_KEY")}
+    r = run_stackgen("up", path, env={**env, "SG_KEY": KEY}, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    st = StateDir(path).load().services["tiny"]
+    assert _status(port, "vllm", "/v1/completions", None, "tiny") == 401
+    assert _status(port, "vllm", "/v1/models", "wrong-key", "tiny") == 401
+    assert _status(port, "vllm", "/v1/completions", KEY, "tiny") == 200
+    _assert_key_never_written(path, st.pid)
+    r = run_stackgen("down", path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert wait_gone(st.pid, 15)
