@@ -33,6 +33,49 @@ DEFAULT_BATCH = 2048
 MLX_KV_STEP = 256
 
 
+@dataclass(frozen=True)
+class Pins:
+    """Planned knobs a user pinned through `overrides`: the planner plans with these values instead of choosing.
+
+    Built by stackgen.engines.base.pins_from_overrides from each engine's knob table; `said` keeps the override as
+    written (for reasons and shortfalls). None: not pinned, the planner chooses."""
+
+    context_total: int | None = None  # llama.cpp -c: all slots together
+    context_per_request: int | None = None  # vLLM --max-model-len, Ollama num_ctx
+    parallel: int | None = None
+    gpu_layers: int | None = None
+    kv_cache_type: str | None = None  # K and V ("q8_0", or "q8_0/f16" when K and V differ)
+    flash_attn: str | None = None  # on | off | auto
+    batch: int | None = None
+    ubatch: int | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel: int | None = None
+    pipeline_parallel: int | None = None
+    data_parallel: int | None = None
+    threads: int | None = None
+    max_batched_tokens: int | None = None
+    said: tuple[tuple[str, str], ...] = ()  # (knob, "--flag value" as the override wrote it)
+
+    def __bool__(self) -> bool:
+        return bool(self.said)
+
+    def text(self, *knobs: str) -> str:
+        """The overrides that pinned `knobs` (all pinned knobs when none named), e.g. "-ngl 99, -c 8192"."""
+        return ", ".join(s for k, s in self.said if not knobs or k in knobs)
+
+
+NO_PINS = Pins()
+
+
+def kv_bytes_per_element(kv_type: str) -> float:
+    """Bytes per cached element for a llama.cpp or vLLM cache type; "k/v" when K and V differ (their mean: exact
+    for models whose K and V heads have the same width)."""
+    if "/" in kv_type:
+        k, v = kv_type.split("/", 1)
+        return (kv_bytes_per_element(k) + kv_bytes_per_element(v)) / 2
+    return KV_BYTES_PER_ELEMENT.get(kv_type, VLLM_KV_BYTES.get(kv_type, 2.0))
+
+
 def pad(n: int, to: int = 256) -> int:
     return ((n + to - 1) // to) * to
 
@@ -65,6 +108,7 @@ class MemoryPlan:
     pipeline_parallel: int = 1
     nodes: int = 1
     node_layers: tuple[int, ...] = ()
+    data_parallel: int = 1  # vLLM --data-parallel-size: engine instances in one server (pinned by overrides)
 
     @property
     def total_bytes(self) -> int:
@@ -116,7 +160,7 @@ def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type:
                       ubatch: int = DEFAULT_UBATCH) -> int:
     """KV cache of llama-server with `-c ctx_per_slot*slots -np slots` (non-unified: one stream per slot)."""
     cells = pad(ctx_per_slot)
-    bpe = KV_BYTES_PER_ELEMENT[kv_type]
+    bpe = kv_bytes_per_element(kv_type)
     per_cell_layer = model.kv_bytes_per_token_per_layer(bpe)
     full = model.full_attention_layers * cells * per_cell_layer
     swa = 0.0
@@ -138,23 +182,37 @@ def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_
 
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
-                  gpu_overhead: int = LLAMA_FIT_MARGIN) -> MemoryPlan:
-    """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+                  gpu_overhead: int = LLAMA_FIT_MARGIN, pins: Pins = NO_PINS) -> MemoryPlan:
+    """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left.
+    A knob in `pins` is planned with the user's value and never used as a lever."""
     levers: list[str] = []
-    if ctx < wl.context_tokens:
-        levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
-    slots = wl.concurrent_users
+    slots = pins.parallel or wl.concurrent_users
+    ctx_pinned = pins.context_total is not None or pins.context_per_request is not None
+    if pins.context_total is not None:
+        ctx = max(1, pins.context_total // slots)  # llama-server: each of the -np slots gets n_ctx / n_parallel
+    elif pins.context_per_request is not None:
+        ctx = pins.context_per_request
+    else:
+        ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+        if ctx < wl.context_tokens:
+            levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
     has_gpu = bool(hw.gpus)
-    kv_types = ("f16", "q8_0") if allow_kv_quant else ("f16",)
+    fa_off = pins.flash_attn == "off"
+    if pins.kv_cache_type:
+        kv_types: tuple[str, ...] = (pins.kv_cache_type,)
+    else:  # a quantized V cache needs flash attention (llama.cpp refuses it otherwise)
+        kv_types = ("f16", "q8_0") if allow_kv_quant and not fa_off else ("f16",)
+    ubatch = pins.ubatch or DEFAULT_UBATCH
 
     def build(ngl: int, kv_type: str, ctx_slot: int) -> MemoryPlan:
-        kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type)
-        compute = llamacpp_compute_bytes(model, slots)
+        kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
+        compute = llamacpp_compute_bytes(model, slots, ubatch)
+        if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
+            compute += pad(ctx_slot) * slots * ubatch * model.heads * 4
         layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
         on_gpu = ngl > 0 and has_gpu
         w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)
-        kv_gpu = int(kv * ngl / model.layers) if on_gpu else 0
+        kv_gpu = int(kv * min(ngl, model.layers) / model.layers) if on_gpu else 0
         n_gpus = max(1, hw.gpu_count)
         overhead_gpu = gpu_overhead * n_gpus if on_gpu else 0
         gpu = w_gpu + kv_gpu + (compute if on_gpu else 0) + overhead_gpu
@@ -166,12 +224,24 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         return MemoryPlan(
             weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=compute,
             overhead_bytes=overhead_gpu + LLAMA_HOST_OVERHEAD, gpu_bytes=gpu, host_bytes=host,
-            gpu_layers=ngl if on_gpu else 0, total_layers=model.layers, context_per_request=ctx_slot,
+            gpu_layers=min(ngl, model.layers) if on_gpu else 0, total_layers=model.layers, context_per_request=ctx_slot,
             parallel=slots, kv_cache_type=kv_type, fits=fits, gpu_budget_bytes=budget.gpu_bytes,
             host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
             levers=tuple(levers),
         )
 
+    if fa_off and pins.kv_cache_type and pins.kv_cache_type.split("/")[-1] != "f16":
+        plan = build(model.layers if has_gpu else 0, kv_types[0], ctx)
+        return replace(plan, fits=False, shortfall=f"llama.cpp needs flash attention for a quantized V cache "
+                                                   f"(pinned by overrides: {pins.text('flash_attn', 'kv_cache_type')})")
+    if pins.gpu_layers is not None:  # the split is the user's: no partial-offload search
+        ngl = pins.gpu_layers if has_gpu else 0
+        for kv_type in kv_types:
+            plan = build(ngl, kv_type, ctx)
+            if plan.fits:
+                return _with_lever(plan, kv_type, levers)
+        worst = build(ngl, kv_types[-1], ctx)
+        return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
     full = model.layers if has_gpu else 0
     for kv_type in kv_types:
         plan = build(full, kv_type, ctx)
@@ -180,21 +250,22 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     if has_gpu:
         best = _best_partial(build, model.layers, kv_types, ctx)
         if best is not None:
-            kv_note = [] if best.kv_cache_type == "f16" else [f"KV cache quantized to {best.kv_cache_type}"]
+            kv_note = [] if best.kv_cache_type == "f16" or pins.kv_cache_type else [
+                f"KV cache quantized to {best.kv_cache_type}"]
             lever = f"partial offload: {best.gpu_layers} of {model.layers} layers on GPU, the rest in system RAM"
             return replace(best, levers=tuple(levers + [lever] + kv_note))
     # Last lever: a smaller context per request (the workload will not get what it asked for).
-    for smaller in _smaller_contexts(ctx):
+    for smaller in ([] if ctx_pinned else _smaller_contexts(ctx)):
         for kv_type in kv_types:
             plan = build(full, kv_type, smaller) if not has_gpu else (_best_partial(build, model.layers, (kv_type,), smaller) or build(0, kv_type, smaller))
             if plan.fits:
                 lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
-                extra = [] if kv_type == "f16" else [f"KV cache quantized to {kv_type}"]
+                extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
                 if has_gpu and plan.gpu_layers < model.layers:
                     extra.append(f"partial offload: {plan.gpu_layers} of {model.layers} layers on GPU")
                 return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
-    return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw))
+    return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
 
 
 def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str]) -> MemoryPlan:
@@ -228,12 +299,17 @@ def _smaller_contexts(ctx: int) -> list[int]:
     return out
 
 
-def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec) -> str:
+def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, pins: Pins = NO_PINS) -> str:
     need = plan.gpu_bytes + plan.host_bytes
     # Unified memory: the GPU budget is a share of the same pool, so only the pool counts.
     have = budget.host_bytes if budget.unified else budget.gpu_bytes + budget.host_bytes
-    return (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
-            f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")
+    if pins and need <= have and plan.gpu_bytes > budget.gpu_bytes:  # the pool holds it, the pinned split does not
+        text = (f"needs {gb(plan.gpu_bytes)} of GPU memory for {plan.gpu_layers} layers but {hw.label()} has "
+                f"{gb(max(0, budget.gpu_bytes))}")
+    else:
+        text = (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
+                f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")
+    return text + (f" (pinned by overrides: {pins.text()})" if pins else "")
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
@@ -241,7 +317,7 @@ def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec) -> str:
 
 def vllm_kv_bytes_per_request(model: ModelFacts, ctx: int, kv_dtype: str, tp: int = 1) -> int:
     """KV bytes one request of `ctx` tokens needs on each rank (block size 16, SWA layers hold the window)."""
-    bpe = VLLM_KV_BYTES[kv_dtype]
+    bpe = kv_bytes_per_element(kv_dtype)
     kv_heads = max(1, model.kv_heads // tp)
     per_token_layer = kv_heads * (model.head_dim_k + model.head_dim_v) * bpe
     tokens_full = pad(ctx, 16)
@@ -252,58 +328,82 @@ def vllm_kv_bytes_per_request(model: ModelFacts, ctx: int, kv_dtype: str, tp: in
     return int(full + swa)
 
 
-def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int) -> int:
+def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens: int = 8192) -> int:
     """Non-KV memory per rank: CUDA context + NCCL (~0.7 GiB), activation peak at 2048-8192 batched tokens,
     and the CUDA-graph estimate vLLM subtracts since v0.21 (~0.5 GiB). Sized from vLLM startup logs of 8B-70B."""
-    activations = 8192 * (model.hidden * 4 + model.ffn * 2) * 2
+    activations = batched_tokens * (model.hidden * 4 + model.ffn * 2) * 2
     return int(1.2 * GIB + activations + 0.02 * weights_per_rank)
 
 
 def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
-              weights_format: str, weights_source: str) -> MemoryPlan:
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
-    users = wl.concurrent_users
+              weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
+    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
+                                       else wl.context_tokens)
+    users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
     per_gpu = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
     share = budget.gpu_bytes / (per_gpu * n_gpus) if n_gpus and per_gpu else 0.0
-    util = round(min(0.90, share - 0.02), 2) if share < 0.92 else 0.90
+    if pins.gpu_memory_utilization is not None:
+        util = pins.gpu_memory_utilization  # the user's: anything up to 1.0 (vLLM runs at 0.98)
+    else:
+        util = round(min(0.90, share - 0.02), 2) if share < 0.92 else 0.90
+    pp, dp = pins.pipeline_parallel or 1, pins.data_parallel or 1
+    batched = pins.max_batched_tokens or 8192
     levers: list[str] = []
-    candidates = [tp for tp in (1, 2, 4, 8, 16, 32, 64) if tp <= max(1, n_gpus) and model.heads % tp == 0]
+    if pins.tensor_parallel is not None:
+        candidates = [pins.tensor_parallel]
+    else:
+        candidates = [tp for tp in (1, 2, 4, 8, 16, 32, 64)
+                      if tp * pp * dp <= max(1, n_gpus) and model.heads % tp == 0] or [1]
+    kv_dtypes = (pins.kv_cache_type,) if pins.kv_cache_type else ("auto", "fp8")
     best = None
     for tp in candidates:
-        for kv_dtype in ("auto", "fp8"):
-            p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget)
+        for kv_dtype in kv_dtypes:
+            p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp, dp, batched)
             p = replace(p, weights_format=weights_format, weights_source=weights_source)
             if best is None:
                 best = p
             if p.fits and _vllm_all_users_fit(p, model, ctx, users, tp):
-                return _vllm_levers(p, tp, kv_dtype, levers, all_fit=True)
+                return _vllm_levers(p, tp, kv_dtype, levers, all_fit=True, pins=pins)
             if p.fits and (not best.fits):
                 best = p
     assert best is not None
     if best.fits:  # weights and one full request fit, but not every user at full context at once
-        return _vllm_levers(best, best.tensor_parallel, best.kv_cache_type, levers, all_fit=False)
-    need = best.weights_bytes + best.kv_cache_bytes + best.overhead_bytes
-    return replace(best, shortfall=(
-        f"needs the {gb(best.weights_bytes)} of weights ({weights_format}) in GPU memory plus KV cache and "
-        f"{gb(best.overhead_bytes)} runtime overhead ({gb(need)} in all); {hw.label()} has "
-        f"{gb(max(0, budget.gpu_bytes))} of GPU memory"))
+        return _vllm_levers(best, best.tensor_parallel, best.kv_cache_type, levers, all_fit=False, pins=pins)
+    ranks = best.tensor_parallel * pp * dp
+    if pins and ranks > max(1, n_gpus):
+        why = f"needs {ranks} GPUs (tensor x pipeline x data parallel) and {hw.label()} has {n_gpus}"
+    elif pins and model.heads % best.tensor_parallel:
+        why = f"{model.heads} attention heads do not divide over {best.tensor_parallel} tensor-parallel ranks"
+    elif pins.gpu_memory_utilization is not None and budget.gpu_bytes < best.gpu_bytes:
+        why = (f"--gpu-memory-utilization {util:g} reserves {gb(best.gpu_bytes)} but only "
+               f"{gb(max(0, budget.gpu_bytes))} of GPU memory is free for it")
+    else:
+        need = best.weights_bytes + best.kv_cache_bytes + best.overhead_bytes
+        why = (f"needs the {gb(best.weights_bytes)} of weights ({weights_format}) in GPU memory plus KV cache and "
+               f"{gb(best.overhead_bytes)} runtime overhead ({gb(need)} in all); {hw.label()} has "
+               f"{gb(max(0, budget.gpu_bytes))} of GPU memory")
+    return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
 
 
-def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget) -> MemoryPlan:
-    per_rank_weights = weights // tp
-    overhead = vllm_overhead_bytes(model, per_rank_weights)
-    kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp)
+def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp=1, dp=1,
+                    batched=8192) -> MemoryPlan:
+    ranks = tp * pp  # one engine instance; --data-parallel-size runs dp of them
+    per_rank_weights = weights // ranks
+    overhead = vllm_overhead_bytes(model, per_rank_weights, batched)
+    kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # pipeline stages split the layers
     reserve = int(per_gpu * util)
     kv_room = reserve - per_rank_weights - overhead
-    fits = kv_room >= kv_req and budget.gpu_bytes >= reserve * tp
-    kv_total_needed = kv_req * users * tp
+    heads_ok = model.heads % tp == 0
+    fits = heads_ok and kv_room >= kv_req and budget.gpu_bytes >= reserve * ranks * dp
+    kv_total_needed = kv_req * users * ranks * dp
     return MemoryPlan(
-        weights_bytes=weights, kv_cache_bytes=kv_total_needed, compute_bytes=0, overhead_bytes=overhead * tp,
-        gpu_bytes=reserve * tp, host_bytes=_vllm_host_bytes(tp), gpu_layers=model.layers, total_layers=model.layers,
+        weights_bytes=weights * dp, kv_cache_bytes=kv_total_needed, compute_bytes=0,
+        overhead_bytes=overhead * ranks * dp, gpu_bytes=reserve * ranks * dp,
+        host_bytes=_vllm_host_bytes(ranks * dp), gpu_layers=model.layers, total_layers=model.layers,
         context_per_request=ctx, parallel=users, kv_cache_type=kv_dtype, fits=fits,
         gpu_budget_bytes=budget.gpu_bytes, host_budget_bytes=budget.host_bytes, tensor_parallel=tp,
-        gpu_memory_utilization=util,
+        gpu_memory_utilization=util, pipeline_parallel=pp, data_parallel=dp,
     )
 
 
@@ -314,15 +414,17 @@ def _vllm_host_bytes(tp: int) -> int:
 
 
 def _vllm_all_users_fit(p: MemoryPlan, model, ctx, users, tp) -> bool:
-    per_rank_room = p.gpu_bytes // p.tensor_parallel - p.weights_bytes // p.tensor_parallel - p.overhead_bytes // p.tensor_parallel
-    return per_rank_room >= vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, tp) * users
+    ranks = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
+    per_rank_room = p.gpu_bytes // ranks - p.weights_bytes // ranks - p.overhead_bytes // ranks
+    return per_rank_room >= vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, tp) // p.pipeline_parallel * users
 
 
-def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_fit: bool) -> MemoryPlan:
+def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_fit: bool,
+                 pins: Pins = NO_PINS) -> MemoryPlan:
     out = list(levers)
-    if tp > 1:
+    if tp > 1 and pins.tensor_parallel is None:
         out.append(f"tensor parallel over {tp} GPUs to hold the weights and KV cache")
-    if kv_dtype == "fp8":
+    if kv_dtype == "fp8" and pins.kv_cache_type is None:
         out.append("KV cache in fp8 to hold every user's context")
     if not all_fit:
         out.append("not every user fits at full context at once: vLLM will queue or preempt the rest")
@@ -330,10 +432,13 @@ def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_f
 
 
 def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
-                  weights_format: str, weights_source: str) -> MemoryPlan:
+                  weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
     """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE GiB of RAM (a test and development path)."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
-    kv = vllm_kv_bytes_per_request(model, ctx, "auto") * wl.concurrent_users
+    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
+                                       else wl.context_tokens)
+    users = pins.parallel or wl.concurrent_users
+    kv_dtype = pins.kv_cache_type or "auto"
+    kv = vllm_kv_bytes_per_request(model, ctx, kv_dtype) * users
     kv_space = max(1, math.ceil(kv / GIB))
     overhead = int(1.5 * GIB)
     host = weights + kv_space * GIB + overhead
@@ -341,11 +446,12 @@ def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     plan = MemoryPlan(
         weights_bytes=weights, kv_cache_bytes=kv_space * GIB, compute_bytes=0, overhead_bytes=overhead, gpu_bytes=0,
         host_bytes=host, gpu_layers=0, total_layers=model.layers, context_per_request=ctx,
-        parallel=wl.concurrent_users, kv_cache_type="auto", fits=fits, gpu_budget_bytes=0,
+        parallel=users, kv_cache_type=kv_dtype, fits=fits, gpu_budget_bytes=0,
         host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
     )
     if not fits:
-        plan = replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable")
+        plan = replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable"
+                                       + (f" (pinned by overrides: {pins.text()})" if pins else ""))
     return plan
 
 
@@ -482,9 +588,10 @@ def mlx_kv_bytes(model: ModelFacts, ctx: int, users: int) -> int:
 
 
 def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
-             weights_format: str, weights_source: str) -> MemoryPlan:
+             weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
     ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
-    kv = mlx_kv_bytes(model, ctx, wl.concurrent_users)
+    users = pins.parallel or wl.concurrent_users
+    kv = mlx_kv_bytes(model, ctx, users)
     overhead = int(0.5 * GIB)
     total = weights + kv + overhead
     levers: list[str] = []
@@ -498,7 +605,7 @@ def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budg
         weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=0, overhead_bytes=overhead,
         gpu_bytes=total if budget.unified else 0, host_bytes=0 if budget.unified else total,
         gpu_layers=model.layers if budget.unified else 0, total_layers=model.layers, context_per_request=ctx,
-        parallel=wl.concurrent_users, kv_cache_type="bf16", fits=fits if budget.unified else total <= budget.host_bytes,
+        parallel=users, kv_cache_type="bf16", fits=fits if budget.unified else total <= budget.host_bytes,
         gpu_budget_bytes=gpu_budget, host_budget_bytes=budget.host_bytes, weights_format=weights_format,
         weights_source=weights_source, levers=tuple(levers),
     )
@@ -540,8 +647,7 @@ def predict_decode_tokens_per_s(model: ModelFacts, plan: MemoryPlan, hw: Hardwar
 
 
 def _kv_bytes_read(model: ModelFacts, plan: MemoryPlan, avg_context: int) -> float:
-    bpe = KV_BYTES_PER_ELEMENT.get(plan.kv_cache_type, VLLM_KV_BYTES.get(plan.kv_cache_type, 2.0))
-    per_layer = model.kv_bytes_per_token_per_layer(bpe)
+    per_layer = model.kv_bytes_per_token_per_layer(kv_bytes_per_element(plan.kv_cache_type))
     full = model.full_attention_layers * avg_context * per_layer
     swa = model.swa_layers * min(avg_context, model.sliding_window or avg_context) * per_layer
     return full + swa

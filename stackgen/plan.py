@@ -80,8 +80,11 @@ class ServicePlan:
 
     def to_json(self) -> dict[str, Any]:
         out = self._to_json()
-        if self.topology is not None:  # single-node JSON stays exactly as it was
+        if self.topology is not None or self.memory.pipeline_parallel > 1:
             out["pipeline_parallel"] = self.memory.pipeline_parallel
+        if self.memory.data_parallel > 1:
+            out["data_parallel"] = self.memory.data_parallel
+        if self.topology is not None:  # single-node JSON stays as it was unless a knob above is pinned
             out["topology"] = self.topology.to_json()
         return out
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stackgen import engines
-from stackgen.engines.base import Unsupported
+from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
-from stackgen.memory import (Budget, MemoryPlan, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
+from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
                              predict_decode_tokens_per_s)
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
@@ -94,6 +94,8 @@ class Candidate:
     memory: MemoryPlan | None
     block: str  # why it cannot serve ('' when it can)
     note: str = ""
+    pins: Pins = NO_PINS  # planned knobs the service's overrides pin for this engine
+    unpinned: MemoryPlan | None = None  # the plan stackgen would have made without them (for the reasons)
 
 
 def resolve(stack: Stack, host: HostFacts) -> Plan:
@@ -165,10 +167,40 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
         w = engine.weights(svc.model)
     except Unsupported as exc:
         return Candidate(name, None, str(exc))
-    mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w)
+    pins = pins_from_overrides(engine, dict(svc.spec.overrides), f"services.{svc.name}.overrides")
+    mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
+    unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
     if not mem.fits:
-        return Candidate(name, mem, mem.shortfall or f"does not fit in {hw.label()}", w.note)
-    return Candidate(name, mem, "", w.note)
+        return Candidate(name, mem, mem.shortfall or f"does not fit in {hw.label()}", w.note, pins, unpinned)
+    return Candidate(name, mem, "", w.note, pins, unpinned)
+
+
+def _pin_reasons(c: Candidate, threads: int, default_threads: int) -> list[str]:
+    """One reason per pinned knob: what the override set, and what stackgen would have chosen if that differs."""
+    out = []
+    for knob, said in c.pins.said:
+        mine = _knob_text(c.memory, knob, threads)
+        chose = _knob_text(c.unpinned, knob, default_threads) if c.unpinned is not None else None
+        tail = f" (stackgen would have chosen {chose})" if chose is not None and chose != mine else ""
+        out.append(f"pinned by overrides: {said}{tail}")
+    return out
+
+
+def _knob_text(m: MemoryPlan | None, knob: str, threads: int) -> str | None:
+    if m is None:
+        return None
+    return {
+        "context_total": f"{m.context_per_request * m.parallel} tokens of context ({m.parallel} x "
+                         f"{m.context_per_request})",
+        "context_per_request": f"{m.context_per_request} tokens per request",
+        "parallel": f"{m.parallel} parallel requests",
+        "gpu_layers": f"{m.gpu_layers} of {m.total_layers} layers on GPU",
+        "kv_cache_type": f"a {m.kv_cache_type} KV cache",
+        "gpu_memory_utilization": (f"--gpu-memory-utilization {m.gpu_memory_utilization:.2f}"
+                                   if m.gpu_memory_utilization is not None else None),
+        "tensor_parallel": f"tensor parallel {m.tensor_parallel}",
+        "threads": f"{threads} threads",
+    }.get(knob)
 
 
 def _why(row: Row, chosen: Candidate, order: list[str], candidates: dict[str, Candidate]) -> str:
@@ -227,7 +259,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         speed, bottleneck = _multinode_speed(svc, mem, stack.nodes[: len(topology.nodes)], hw, avg_ctx)
     else:
         speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
-    reasons = list(reasons) + [f"memory: {lever}" for lever in mem.levers]
+    threads = chosen.pins.threads or hw.cpu.cores
+    reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
         warnings.append("the plan serves a shorter context than the workload asked for")
@@ -238,7 +271,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(
         name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
-        host=stack.serve.host, port=port, threads=hw.cpu.cores, predicted_decode_tokens_per_s=speed,
+        host=stack.serve.host, port=port, threads=threads, predicted_decode_tokens_per_s=speed,
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
         tls=stack.serve.tls,

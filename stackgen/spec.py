@@ -629,8 +629,24 @@ def _check_overrides(spec: StackSpec, problem) -> None:
                     break
 
 
+def _check_override_knobs(spec: StackSpec, problem) -> None:
+    """A planned knob given twice (`-c` and `--ctx-size`) or with a value the planner cannot read, per engine the
+    service may run on (the named one, or every engine for `auto`)."""
+    from stackgen import engines
+    from stackgen.engines.base import override_problems
+
+    for name, svc in spec.services.items():
+        seen = set()
+        for engine_name in [svc.engine] if svc.engine != "auto" else list(engines.ENGINES):
+            for exc in override_problems(engines.get(engine_name), dict(svc.overrides), f"services.{name}.overrides"):
+                if (exc.key, exc.detail) not in seen:
+                    seen.add((exc.key, exc.detail))
+                    problem(("services", name, "overrides", exc.key), exc.detail, exc.hint)
+
+
 def _check_serve(spec: StackSpec, problem) -> None:
     _check_overrides(spec, problem)
+    _check_override_knobs(spec, problem)
     host = spec.serve.host
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:
         problem(("serve", "host"), f"binding {host} without an API key exposes the model to the network",

@@ -7,10 +7,11 @@ here in Python; templates are only for file formats (units, compose files, Model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Protocol
 
-from stackgen.memory import Budget, MemoryPlan
+from stackgen.errors import PlanError
+from stackgen.memory import KV_BYTES_PER_ELEMENT, NO_PINS, VLLM_KV_BYTES, Budget, MemoryPlan, Pins
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -51,12 +52,139 @@ class ApiKey:
     file_flag: str | None = None
 
 
+# ---------------------------------------------------------------------------------------------- planned knobs
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A flag (or Modelfile PARAMETER / daemon variable) that the planner sizes: an override of it is planned with
+    the user's value. `knob` names the Pins field (`kv_k`/`kv_v`: the K or V half of kv_cache_type)."""
+
+    knob: str
+    keys: tuple[str, ...]  # every spelling an override key may use
+    parse: Callable[[Any], Any]
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).lstrip("-").isdigit() or int(v) < 1:
+        raise ValueError("a positive whole number")
+    return int(v)
+
+
+def _fraction(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError("a number between 0 and 1")
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError("a number between 0 and 1") from None
+    if not 0 < f <= 1:
+        raise ValueError("a number between 0 and 1")
+    return f
+
+
+def _layers(v: Any) -> int:
+    if isinstance(v, str) and v.lower() in ("all", "max"):
+        return 10**6  # more than any model has: every layer
+    if isinstance(v, str) and v.lower() == "auto":
+        raise ValueError("a number of layers or 'all' (stackgen pins the split from its plan; 'auto' would let the "
+                         "engine decide again)")
+    if isinstance(v, int) and not isinstance(v, bool) and v == -1:
+        return 10**6
+    if isinstance(v, bool) or not str(v).isdigit():
+        raise ValueError("a number of layers or 'all'")
+    return int(v)
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        text = str(v).lower() if not isinstance(v, bool) else ("on" if v else "off")
+        if text not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return text
+    return parse
+
+
+def _flash(v: Any) -> str:
+    if isinstance(v, bool) or str(v).lower() in ("1", "0", "true", "false"):
+        return "on" if str(v).lower() in ("1", "true") else "off"
+    return _choice("on", "off", "auto")(v)
+
+
+LLAMA_KV = _choice(*KV_BYTES_PER_ELEMENT)
+VLLM_KV = _choice(*VLLM_KV_BYTES)
+
+
+class OverrideError(PlanError):
+    """An override the planner cannot read: a knob given twice (`-c` and `--ctx-size`), or an unreadable value."""
+
+    def __init__(self, where: str, key: str, detail: str, hint: str):
+        super().__init__(f"{where}.{key}: {detail} ({hint})")
+        self.key, self.detail, self.hint = key, detail, hint
+
+
+def pins_from_overrides(engine: "Engine", overrides: dict, where: str) -> Pins:
+    """The planned knobs `overrides` pins for `engine`; OverrideError for a knob given twice or a value the planner
+    cannot read. Overrides of other flags pass through unplanned."""
+    found, errors = _read_overrides(engine, overrides, where)
+    if errors:
+        raise errors[0]
+    if not found:
+        return NO_PINS
+    values = {knob: v for knob, (_, v) in found.items()}
+    k_type, v_type = values.pop("kv_k", None), values.pop("kv_v", None)
+    if k_type or v_type:
+        k_type, v_type = k_type or v_type, v_type or k_type
+        values["kv_cache_type"] = k_type if k_type == v_type else f"{k_type}/{v_type}"
+    said = []
+    for knob, (key, _) in found.items():
+        name = "kv_cache_type" if knob in ("kv_k", "kv_v") else knob
+        flag = key if key.startswith("-") or key.isupper() or "_" in key else f"--{key}"
+        said.append((name, f"{flag} {overrides[key]}" if overrides[key] is not True else flag))
+    return replace(Pins(**values), said=tuple(said))
+
+
+def override_problems(engine: "Engine", overrides: dict, where: str) -> list[OverrideError]:
+    """Every override of `engine` that conflicts with another or cannot be planned (for `validate`)."""
+    return _read_overrides(engine, overrides, where)[1]
+
+
+def _read_overrides(engine: "Engine", overrides: dict, where: str):
+    found: dict[str, tuple[str, Any]] = {}
+    errors: list[OverrideError] = []
+    aliases = getattr(engine, "aliases", {})
+    spelled: dict[str, str] = {}
+    for key, value in overrides.items():
+        flag = _flag(key)
+        canon = aliases.get(flag, flag)
+        if canon in spelled:  # two spellings of one flag, planned or not (`-a` and `--alias`)
+            errors.append(OverrideError(where, key, f"{spelled[canon]} and {key} are the same {engine.display} "
+                                        "flag", "keep one"))
+            continue
+        spelled[canon] = key
+        for k in getattr(engine, "knobs", ()):
+            if key not in k.keys and f"--{key}" not in k.keys:
+                continue
+            what = k.knob.replace("kv_k", "K cache type").replace("kv_v", "V cache type").replace("_", " ")
+            if k.knob in found:
+                errors.append(OverrideError(where, key, f"{found[k.knob][0]} and {key} both set the {what} of "
+                                            f"{engine.display}", "keep one of them"))
+                continue
+            try:
+                found[k.knob] = (key, k.parse(value))
+            except ValueError as exc:
+                errors.append(OverrideError(where, key, f"{value!r} is not a value stackgen can plan for the {what}",
+                                            f"write {exc}"))
+    return found, errors
+
+
 class Engine(Protocol):
     name: str
     default_port: int
     display: str
     api_key: ApiKey | None  # None: the engine has no API key (it must stay on loopback)
     tls_flags: tuple[str, str] | None  # (certificate flag, key flag); None: the engine cannot serve TLS
+    knobs: tuple[Knob, ...]  # the flags the planner sizes (overrides of them are planned with the user's value)
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""
@@ -64,7 +192,8 @@ class Engine(Protocol):
     def weights(self, model: ModelFacts) -> Weights:
         """The weights this engine would load for `model` (raises Unsupported)."""
 
-    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
+                    pins: Pins = NO_PINS) -> MemoryPlan:
         ...
 
     def argv(self, plan: "ServicePlanLike", ctx: LaunchContext) -> list[str]:

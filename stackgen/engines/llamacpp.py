@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import ApiKey, LaunchContext, Unsupported, Weights, apply_overrides, tls_args
-from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, Budget, MemoryPlan, plan_llamacpp
+from stackgen.engines.base import (LLAMA_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _flash, _int, _layers,
+                                   apply_overrides, tls_args)
+from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, NO_PINS, Budget, MemoryPlan, Pins, plan_llamacpp
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -15,6 +16,26 @@ ALIASES = {"-m": "--model", "-c": "--ctx-size", "-np": "--parallel", "-ngl": "--
            "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel"}
 
 
+def _spellings(*longs: str) -> dict[str, tuple[str, ...]]:
+    """Every spelling of each long flag: itself and its short aliases."""
+    return {lf: (lf, *sorted(s for s, t in ALIASES.items() if t == lf)) for lf in longs}
+
+
+_S = _spellings("--ctx-size", "--parallel", "--n-gpu-layers", "--cache-type-k", "--cache-type-v", "--flash-attn",
+                "--batch-size", "--ubatch-size", "--threads")
+KNOBS = (
+    Knob("context_total", _S["--ctx-size"], _int),
+    Knob("parallel", _S["--parallel"], _int),
+    Knob("gpu_layers", _S["--n-gpu-layers"], _layers),
+    Knob("kv_k", _S["--cache-type-k"], LLAMA_KV),
+    Knob("kv_v", _S["--cache-type-v"], LLAMA_KV),
+    Knob("flash_attn", _S["--flash-attn"], _flash),
+    Knob("batch", _S["--batch-size"], _int),
+    Knob("ubatch", _S["--ubatch-size"], _int),
+    Knob("threads", _S["--threads"], _int),
+)
+
+
 class LlamaCpp:
     name = "llama.cpp"
     display = "llama.cpp (llama-server)"
@@ -22,6 +43,8 @@ class LlamaCpp:
     binary = "llama-server"
     api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file")
     tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
+    knobs = KNOBS
+    aliases = ALIASES
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
@@ -36,8 +59,9 @@ class LlamaCpp:
         size, source = model.gguf_bytes(quant)
         return Weights(quant, size, source, note)
 
-    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
-        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source)
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
+                    pins: Pins = NO_PINS) -> MemoryPlan:
+        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source, pins=pins)
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         m = plan.memory

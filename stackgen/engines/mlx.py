@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import mlx_for
-from stackgen.engines.base import LaunchContext, Unsupported, Weights, apply_overrides
-from stackgen.memory import Budget, MemoryPlan, plan_mlx
+from stackgen.engines.base import Knob, LaunchContext, Unsupported, Weights, _int, apply_overrides
+from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -16,6 +16,7 @@ class Mlx:
     binary = "mlx_lm.server"
     api_key = None  # mlx_lm.server has no API key option: loopback only
     tls_flags = None
+    knobs = (Knob("parallel", ("--decode-concurrency",), _int),)
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -33,8 +34,9 @@ class Mlx:
         size, source = model.mlx_bytes(fmt)
         return Weights(fmt, size, source, note)
 
-    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
-        return plan_mlx(model, wl, hw, budget, w.bytes, w.format, w.source)
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
+                    pins: Pins = NO_PINS) -> MemoryPlan:
+        return plan_mlx(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         args = [ctx.binary, "--model", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import LaunchContext, Unsupported, Weights
-from stackgen.memory import OLLAMA_MIN_MEMORY, Budget, MemoryPlan, plan_llamacpp
+from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _flash, _int, _layers
+from stackgen.memory import NO_PINS, OLLAMA_MIN_MEMORY, Budget, MemoryPlan, Pins, plan_llamacpp
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -30,6 +30,16 @@ class Ollama:
     binary = "ollama"
     api_key = None  # Ollama has no API key for its own HTTP API: loopback only
     tls_flags = None
+    # Modelfile PARAMETERs and daemon variables the planner sizes (num_ctx and OLLAMA_CONTEXT_LENGTH are one knob).
+    knobs = (
+        Knob("context_per_request", ("num_ctx", "OLLAMA_CONTEXT_LENGTH"), _int),
+        Knob("parallel", ("OLLAMA_NUM_PARALLEL",), _int),
+        Knob("gpu_layers", ("num_gpu",), _layers),
+        Knob("threads", ("num_thread",), _int),
+        Knob("ubatch", ("num_batch",), _int),
+        Knob("kv_cache_type", ("OLLAMA_KV_CACHE_TYPE",), LLAMA_KV),
+        Knob("flash_attn", ("OLLAMA_FLASH_ATTENTION",), _flash),
+    )
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None
@@ -44,9 +54,10 @@ class Ollama:
         size, source = model.gguf_bytes(quant)
         return Weights(quant, size, source, note)
 
-    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
+                    pins: Pins = NO_PINS) -> MemoryPlan:
         return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
-                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2)
+                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins)
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         return [ctx.binary, "serve"]

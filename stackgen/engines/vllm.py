@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 
 from stackgen.engines._formats import hf_for
-from stackgen.engines.base import ApiKey, LaunchContext, Unsupported, Weights, apply_overrides, tls_args
-from stackgen.memory import Budget, MemoryPlan, plan_vllm, plan_vllm_cpu
+from stackgen.engines.base import (VLLM_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _fraction, _int,
+                                   apply_overrides, tls_args)
+from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
            "-q": "--quantization"}
+
+
+KNOBS = (
+    Knob("context_per_request", ("--max-model-len",), _int),
+    Knob("parallel", ("--max-num-seqs",), _int),
+    Knob("gpu_memory_utilization", ("--gpu-memory-utilization",), _fraction),
+    Knob("tensor_parallel", ("--tensor-parallel-size", "-tp"), _int),
+    Knob("pipeline_parallel", ("--pipeline-parallel-size", "-pp"), _int),
+    Knob("data_parallel", ("--data-parallel-size", "-dp"), _int),
+    Knob("kv_cache_type", ("--kv-cache-dtype",), VLLM_KV),
+    Knob("max_batched_tokens", ("--max-num-batched-tokens",), _int),
+)
 
 
 class Vllm:
@@ -21,6 +34,8 @@ class Vllm:
     binary = "vllm"
     api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")
+    knobs = KNOBS
+    aliases = ALIASES
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -49,10 +64,11 @@ class Vllm:
         size, source = model.hf_bytes(fmt)
         return Weights(fmt, size, source, note)
 
-    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights) -> MemoryPlan:
+    def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
+                    pins: Pins = NO_PINS) -> MemoryPlan:
         if not hw.gpus:
-            return plan_vllm_cpu(model, wl, hw, budget, w.bytes, w.format, w.source)
-        return plan_vllm(model, wl, hw, budget, w.bytes, w.format, w.source)
+            return plan_vllm_cpu(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
+        return plan_vllm(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         m = plan.memory
@@ -63,8 +79,12 @@ class Vllm:
             args += ["--gpu-memory-utilization", f"{m.gpu_memory_utilization:.2f}"]
         if m.tensor_parallel > 1:
             args += ["--tensor-parallel-size", str(m.tensor_parallel)]
-        if m.pipeline_parallel > 1:  # multi-node: one pipeline stage per node, the nodes joined by Ray
-            args += ["--pipeline-parallel-size", str(m.pipeline_parallel), "--distributed-executor-backend", "ray"]
+        if m.pipeline_parallel > 1:
+            args += ["--pipeline-parallel-size", str(m.pipeline_parallel)]
+            if getattr(plan, "topology", None) is not None:  # multi-node: one stage per node, joined by Ray
+                args += ["--distributed-executor-backend", "ray"]
+        if m.data_parallel > 1:
+            args += ["--data-parallel-size", str(m.data_parallel)]
         if m.kv_cache_type != "auto":
             args += ["--kv-cache-dtype", m.kv_cache_type]
         if m.weights_format == "fp8" and plan.model.source != "hf":

@@ -1,0 +1,227 @@
+"""Issue 21: an override of a planned knob is planned with the user's value (memory, speed, fits, a reason line),
+conflicting spellings are refused at validate, and the three measured regressions stay fixed."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from stackgen.errors import PlanError, SpecError
+from stackgen.memory import GIB, KV_BYTES_PER_ELEMENT, llamacpp_kv_bytes, vllm_kv_bytes_per_request
+from stackgen.spec import load_stack
+from tools.stacks import plan_for
+
+
+def plan1(tmp_path, hardware: str, engine: str, overrides: dict, model: str = "llama-3.1-8b-instruct",
+          workload: str = "{concurrent_users: 4, context_tokens: 8192}"):
+    text = textwrap.dedent(f"""\
+        version: 1
+        hardware: {hardware}
+        workload: {workload}
+        services:
+          chat: {{model: {model}, engine: {engine}, overrides: {json.dumps(overrides)}}}
+        """)
+    p = plan_for(tmp_path, text)
+    return p.services[0]
+
+
+def pinned_reason(sp, text: str) -> str:
+    lines = [r for r in sp.reasons if r.startswith("pinned by overrides: ") and text in r]
+    assert lines, sp.reasons
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- llama.cpp
+
+
+def test_llama_ctx_size_is_the_total_over_slots(tmp_path):
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"-c": 65536, "-np": 2})
+    m = sp.memory
+    assert (m.parallel, m.context_per_request) == (2, 32768)  # llama-server: n_ctx / n_parallel per slot
+    assert m.kv_cache_bytes == llamacpp_kv_bytes(sp.model, 32768, 2, m.kv_cache_type)
+    assert "stackgen would have chosen 32768 tokens of context (4 x 8192)" in pinned_reason(sp, "-c 65536")
+    assert "stackgen would have chosen 4 parallel requests" in pinned_reason(sp, "-np 2")
+    assert sp.command[sp.command.index("-c") + 1] == "65536" and sp.command[sp.command.index("-np") + 1] == "2"
+
+
+def test_llama_gpu_layers_pinned_is_not_searched(tmp_path):
+    free = plan1(tmp_path / "a", "rtx-4090", "llama.cpp", {}, model="llama-3.1-70b-instruct")
+    assert 0 < free.memory.gpu_layers < 80  # stackgen would offload part of the model
+    sp = plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {"-ngl": 10}, model="llama-3.1-70b-instruct")
+    assert sp.memory.gpu_layers == 10 and sp.memory.fits
+    per_layer = sp.memory.weights_bytes / 81
+    assert sp.memory.host_bytes > free.memory.host_bytes + (free.memory.gpu_layers - 10) * per_layer * 0.99
+    assert f"stackgen would have chosen {free.memory.gpu_layers} of 80 layers on GPU" in pinned_reason(sp, "-ngl 10")
+
+
+def test_llama_gpu_layers_pinned_above_what_fits_is_a_refusal_naming_the_override(tmp_path):
+    with pytest.raises(PlanError) as exc:
+        plan1(tmp_path, "rtx-4090", "llama.cpp", {"--n-gpu-layers": "all"}, model="llama-3.1-70b-instruct")
+    assert "pinned by overrides: --n-gpu-layers all" in str(exc.value)
+
+
+@pytest.mark.parametrize("ctk,ctv,expect", [("q8_0", "q8_0", "q8_0"), ("q4_0", None, "q4_0"), ("q8_0", "f16", "q8_0/f16")])
+def test_llama_cache_types_size_the_kv_cache(tmp_path, ctk, ctv, expect):
+    over = {"-ctk": ctk} | ({"-ctv": ctv} if ctv else {})
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", over)
+    m = sp.memory
+    assert m.kv_cache_type == expect
+    f16 = llamacpp_kv_bytes(sp.model, m.context_per_request, m.parallel, "f16")
+    k, v = (expect.split("/") + [expect])[:2]
+    ratio = (KV_BYTES_PER_ELEMENT[k] + KV_BYTES_PER_ELEMENT[v]) / 2 / 2.0
+    assert m.kv_cache_bytes == pytest.approx(f16 * ratio, rel=1e-6)
+
+
+def test_llama_flash_attention_off_adds_the_score_matrix_and_refuses_a_quantized_v(tmp_path):
+    on = plan1(tmp_path / "a", "rtx-4090", "llama.cpp", {"-fa": "on"})
+    off = plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {"-fa": "off"})
+    m = off.memory
+    # KQ scores of one micro-batch over every cell, f32, per head: n_kv x n_ubatch x n_head x 4 B (ggml mul_mat)
+    assert m.compute_bytes - on.memory.compute_bytes == m.context_per_request * m.parallel * 512 * off.model.heads * 4
+    assert m.kv_cache_type == "f16"  # without flash attention a quantized V cache is not a lever
+    with pytest.raises(PlanError, match="needs flash attention for a quantized V cache"):
+        plan1(tmp_path / "c", "rtx-4090", "llama.cpp", {"-fa": "off", "-ctv": "q8_0"})
+
+
+def test_llama_ubatch_and_threads(tmp_path):
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"-ub": 2048, "-t": 3})
+    base = plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {})
+    act = lambda ub: ub * 4 * (4 * sp.model.hidden + 2 * sp.model.ffn)  # noqa: E731
+    assert sp.memory.compute_bytes - base.memory.compute_bytes == act(2048) - act(512)
+    assert sp.threads == 3 and "stackgen would have chosen" in pinned_reason(sp, "-t 3")
+
+
+# ---------------------------------------------------------------------------------------------- vLLM
+
+
+def test_vllm_utilization_pinned_low_is_planned_and_can_refuse(tmp_path):
+    sp = plan1(tmp_path / "a", "a100-80gb", "vllm", {"gpu-memory-utilization": 0.5})
+    m = sp.memory
+    assert m.gpu_memory_utilization == 0.5 and m.gpu_bytes == int(80 * GIB * 0.5)
+    assert "(stackgen would have chosen --gpu-memory-utilization 0.90)" in pinned_reason(sp, "0.5")
+    with pytest.raises(PlanError, match="pinned by overrides: --gpu-memory-utilization 0.1"):
+        plan1(tmp_path / "b", "a100-80gb", "vllm", {"gpu-memory-utilization": 0.1})
+
+
+def test_vllm_utilization_above_090_can_be_planned(tmp_path):
+    sp = plan1(tmp_path, "a100-80gb", "vllm", {"--gpu-memory-utilization": 0.98})
+    assert sp.memory.gpu_memory_utilization == 0.98 and sp.memory.gpu_bytes == int(80 * GIB * 0.98)
+    assert sp.command[sp.command.index("--gpu-memory-utilization") + 1] == "0.98"
+
+
+def test_vllm_tensor_parallel_pinned_sizes_every_rank(tmp_path):
+    sp = plan1(tmp_path, "8x h100-80gb", "vllm", {"tensor-parallel-size": 8})
+    m = sp.memory
+    per_gpu = int(sp.gpus[0].memory_gib * GIB)  # the profile's memory (H100 80GB: as CUDA reports it)
+    assert m.tensor_parallel == 8 and m.gpu_bytes == int(per_gpu * 0.90) * 8
+    assert m.kv_cache_bytes == vllm_kv_bytes_per_request(sp.model, 8192, "auto", 8) * 4 * 8
+    assert sp.to_json()["tensor_parallel"] == 8
+    with pytest.raises(PlanError, match="needs 16 GPUs"):
+        plan1(tmp_path / "b", "8x h100-80gb", "vllm", {"-tp": 16})
+
+
+def test_vllm_context_seqs_kv_dtype_batched_tokens(tmp_path):
+    base = plan1(tmp_path / "a", "a100-80gb", "vllm", {})
+    sp = plan1(tmp_path / "b", "a100-80gb", "vllm", {"max-model-len": 4096, "max-num-seqs": 16,
+                                                      "kv-cache-dtype": "fp8", "max-num-batched-tokens": 2048})
+    m = sp.memory
+    assert (m.context_per_request, m.parallel, m.kv_cache_type) == (4096, 16, "fp8")
+    assert m.kv_cache_bytes == vllm_kv_bytes_per_request(sp.model, 4096, "fp8") * 16
+    act = lambda t: t * (sp.model.hidden * 4 + sp.model.ffn * 2) * 2  # noqa: E731
+    assert base.memory.overhead_bytes - m.overhead_bytes == act(8192) - act(2048)
+
+
+def test_vllm_data_and_pipeline_parallel_count_their_gpus(tmp_path):
+    sp = plan1(tmp_path, "8x h100-80gb", "vllm", {"data-parallel-size": 2, "pipeline-parallel-size": 2, "-tp": 2})
+    m = sp.memory
+    assert (m.tensor_parallel, m.pipeline_parallel, m.data_parallel) == (2, 2, 2)
+    assert m.gpu_bytes == int(int(sp.gpus[0].memory_gib * GIB) * 0.90) * 8
+    j = sp.to_json()
+    assert j["pipeline_parallel"] == 2 and j["data_parallel"] == 2
+    assert "--distributed-executor-backend" not in sp.command  # one node: no Ray
+
+
+def test_vllm_cpu_context_and_seqs(tmp_path):
+    sp = plan1(tmp_path, "cpu-server-64gb", "vllm", {"max-model-len": 2048, "max-num-seqs": 3})
+    assert (sp.memory.context_per_request, sp.memory.parallel) == (2048, 3)
+
+
+# ---------------------------------------------------------------------------------------------- MLX, Ollama
+
+
+def test_mlx_decode_concurrency(tmp_path):
+    sp = plan1(tmp_path, "m4-max-128gb", "mlx", {"decode-concurrency": 6})
+    base = plan1(tmp_path / "b", "m4-max-128gb", "mlx", {})
+    assert sp.memory.parallel == 6 and sp.memory.kv_cache_bytes == base.memory.kv_cache_bytes // 4 * 6
+
+
+@pytest.mark.parametrize("key,value,field,expect", [
+    ("num_ctx", 4096, "context_per_request", 4096), ("OLLAMA_CONTEXT_LENGTH", 2048, "context_per_request", 2048),
+    ("OLLAMA_NUM_PARALLEL", 2, "parallel", 2), ("num_gpu", 12, "gpu_layers", 12),
+    ("OLLAMA_KV_CACHE_TYPE", "q8_0", "kv_cache_type", "q8_0")])
+def test_ollama_knobs(tmp_path, key, value, field, expect):
+    sp = plan1(tmp_path, "rtx-4090", "ollama", {key: value})
+    assert getattr(sp.memory, field) == expect
+    assert pinned_reason(sp, key)
+
+
+def test_ollama_num_thread(tmp_path):
+    assert plan1(tmp_path, "rtx-4090", "ollama", {"num_thread": 5}).threads == 5
+
+
+# ---------------------------------------------------------------------------------------------- validate
+
+
+@pytest.mark.parametrize("overrides,problem", [
+    ({"-c": 8192, "--ctx-size": 4096}, "are the same"),
+    ({"-c": 8192, "ctx-size": 4096}, "are the same"),
+    ({"num_ctx": 4096, "OLLAMA_CONTEXT_LENGTH": 2048}, "both set the context per request"),
+    ({"-ngl": "auto"}, "'auto' would let the engine decide again"),
+    ({"gpu-memory-utilization": 1.5}, "a number between 0 and 1"),
+])
+def test_conflicting_or_unplannable_overrides_are_refused_at_validate(tmp_path, overrides, problem):
+    path = tmp_path / "stack.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat: {{model: llama-3.1-8b-instruct, overrides: {json.dumps(overrides)}}}
+        """), encoding="utf-8")
+    with pytest.raises(SpecError) as exc:
+        load_stack(path)
+    text = "\n".join(str(p) for p in exc.value.problems)
+    assert problem in text and "stack.yaml:4:" in text, text
+
+
+def test_overrides_that_are_not_knobs_pass_through_unplanned(tmp_path):
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"temp": 0.3, "mlock": True})
+    assert not any(r.startswith("pinned by overrides") for r in sp.reasons)
+    assert "--temp" in sp.command and "--mlock" in sp.command
+
+
+# ---------------------------------------------------------------------------------------------- the measured cases
+
+
+def test_regression_a100_utilization_half(tmp_path):
+    """`--gpu-memory-utilization 0.5` on an A100 80GB: the plan budgets 0.5 (40 GiB), not 0.90 (72 GiB)."""
+    sp = plan1(tmp_path, "a100-80gb", "vllm", {"--gpu-memory-utilization": 0.5})
+    assert sp.memory.gpu_bytes == 40 * GIB
+
+
+def test_regression_tp8_for_an_8b_model(tmp_path):
+    """`--tensor-parallel-size 8` on 8 GPUs: the plan JSON says 8 (it said 4)."""
+    j = plan1(tmp_path, "8x h100-80gb", "vllm", {"--tensor-parallel-size": 8},
+              workload="{concurrent_users: 64, context_tokens: 8192}").to_json()
+    assert j["tensor_parallel"] == 8
+
+
+def test_regression_f16_kv_for_a_million_tokens_on_128_gib(tmp_path):
+    """-ctk f16 -ctv f16 -fa off, 1M tokens, 128 GiB CPU: a q8_0 cache (68 GiB) was planned and said to fit; the
+    real run needed the f16 size and failed to allocate. Now the plan sizes f16 and refuses, naming the overrides."""
+    with pytest.raises(PlanError) as exc:
+        plan1(tmp_path, "{cpu: {cores: 16, threads: 32}, memory_gib: 128, memory_bandwidth_gbs: 100}", "llama.cpp",
+              {"-c": 1048576, "-ctk": "f16", "-ctv": "f16", "-fa": "off"},
+              workload="{concurrent_users: 1, context_tokens: 1048576}")
+    assert "pinned by overrides: -c 1048576, -ctk f16, -ctv f16, -fa off" in str(exc.value)
