@@ -8,6 +8,7 @@ facts. Every problem is reported with file:line:col, the dotted field path and w
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -448,6 +449,11 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
             problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
                     exc.message, exc.hint)
             continue
+        if svc.chat_template is not None and template_outside(svc.chat_template, path.parent):
+            problem(("services", name, "chat_template"),
+                    f"{svc.chat_template!r} is outside the stack's folder: its text would be copied into the "
+                    "committed artifacts", "copy the template next to stack.yaml and name it relatively, e.g. "
+                    "chat_template: templates/chat.tmpl")
         if merged is not None:
             services.append(Service(name, svc, merged, facts))
     _check_serve(spec, problem)
@@ -567,6 +573,13 @@ def _merge_workload(base: WorkloadSpec, over: WorkloadOverride | None) -> Worklo
         return base
     updates = {k: v for k, v in over.model_dump().items() if v is not None}
     return base.model_copy(update=updates)
+
+
+def template_outside(ref: str, stack_dir: Path) -> bool:
+    """True when a chat_template reference, links followed, names a file outside the stack's folder."""
+    base = Path(os.path.realpath(stack_dir))
+    target = Path(os.path.realpath(stack_dir / ref))
+    return target != base and base not in target.parents
 
 
 def _check_serve(spec: StackSpec, problem) -> None:

@@ -242,3 +242,174 @@ def test_unwritable_output_folder_is_a_message(cli, write_stack):
     stack = write_stack(STACK.format(name="chat", port=8080))
     r = cli("render", stack, "-o", "/proc/stackgen-cannot-be-here")
     assert r.exit_code == 1 and "output folder" in r.output and "-o" in r.output
+
+
+# ---------------------------------------------------------------------------------------------- item 5: files, `$`
+
+sys.path.insert(0, str(REPO / "tests"))
+from test_gguf import ARR, STR, U32, make_gguf  # noqa: E402
+from tools.which import tool  # noqa: E402
+
+
+def tiny_gguf(path: Path) -> Path:
+    """A small but plannable llama GGUF (2 layers, one Q8_0 tensor)."""
+    kvs = [("general.architecture", STR, "llama"), ("general.file_type", U32, 7), ("llama.block_count", U32, 2),
+           ("llama.embedding_length", U32, 64), ("llama.feed_forward_length", U32, 128),
+           ("llama.attention.head_count", U32, 4), ("llama.context_length", U32, 4096),
+           ("tokenizer.ggml.tokens", ARR, (STR, ["a", "b"]))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(make_gguf(kvs, [("blk.0.attn_q.weight", [64, 64], "Q8_0")])[0])
+    return path
+
+
+def need(name: str) -> str:
+    path = tool(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+OLLAMA_STACK = """version: 1
+hardware: rtx-4090
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: ollama, chat_template: '{template}'}}
+targets: [script]
+"""
+
+
+def test_chat_template_outside_the_stack_folder_is_refused(cli, tmp_path):
+    secret = tmp_path / "home" / ".ssh" / "id_ed25519"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    for ref in ("../home/.ssh/id_ed25519", str(secret)):
+        stack = project / "stack.yaml"
+        stack.write_text(OLLAMA_STACK.format(template=ref))
+        r = cli("render", stack)
+        assert r.exit_code == 1, r.output
+        assert "chat_template" in r.output and "outside the stack's folder" in r.output
+        assert "copy the template next to stack.yaml" in r.output
+        assert not (project / "deploy").exists()
+
+
+def test_chat_template_symlink_leading_outside_is_refused(cli, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    project = tmp_path / "project"
+    (project / "templates").mkdir(parents=True)
+    (project / "templates" / "chat.tmpl").symlink_to(secret)
+    stack = project / "stack.yaml"
+    stack.write_text(OLLAMA_STACK.format(template="templates/chat.tmpl"))
+    r = cli("render", stack)
+    assert r.exit_code == 1 and "outside the stack's folder" in r.output
+    assert not (project / "deploy").exists()
+
+
+def test_chat_template_inside_the_stack_folder_still_works(cli, tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "chat.tmpl").write_text("{{ .Prompt }} inside")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(OLLAMA_STACK.format(template="templates/chat.tmpl"))
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert "{{ .Prompt }} inside" in (tmp_path / "deploy" / "chat" / "Modelfile").read_text()
+
+
+DOLLAR_STACK = """version: 1
+hardware: cpu-server-64gb
+serve: {{host: 0.0.0.0, api_key_env: SG_KEY}}
+services:
+  chat: {{model: '{model}', engine: llama.cpp, overrides: {{alias: '{alias}'}}}}
+targets: [compose, kubernetes]
+"""
+EVIL_NAME = "${EVILVAR}$HOME.gguf"
+
+
+def _dollar_stack(tmp_path: Path, alias: str) -> Path:
+    tiny_gguf(tmp_path / "models" / EVIL_NAME)
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(DOLLAR_STACK.format(model=f"models/{EVIL_NAME}", alias=alias))
+    return stack
+
+
+def test_compose_does_not_substitute_dollars_from_user_values(cli, tmp_path):
+    """A model path `${EVILVAR}$HOME` and an alias `${SG_KEY}` were substituted by compose (the key in argv)."""
+    compose = need("docker-compose")
+    stack = _dollar_stack(tmp_path, "${SG_KEY}")
+    assert cli("render", stack).exit_code == 0
+    path = tmp_path / "deploy" / "compose" / "compose.yaml"
+    env = dict(os.environ, EVILVAR="pwned", HOME="/home/victim", SG_KEY="sk-canary-4d2f")
+    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "pwned" not in proc.stdout and "/home/victim" not in proc.stdout
+    assert proc.stdout.count("sk-canary-4d2f") == 1  # the environment entry stackgen interpolates on purpose
+    import yaml
+
+    service = yaml.safe_load(proc.stdout)["services"]["chat"]
+    assert service["environment"]["LLAMA_API_KEY"] == "sk-canary-4d2f"
+    assert "sk-canary-4d2f" not in service["command"]
+    assert service["command"][service["command"].index("--alias") + 1] in ("${SG_KEY}", "$${SG_KEY}")
+    schema = subprocess.run([need("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+                            capture_output=True, text=True)
+    assert schema.returncode == 0, schema.stdout + schema.stderr
+
+
+def kubelet_expand(value: str, env: dict[str, str]) -> str:
+    """kubernetes third_party/forked/golang/expansion.Expand: `$$` -> `$`, `$(VAR)` -> its value when defined."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "$" and i + 1 < len(value):
+            nxt = value[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(" and ")" in value[i + 2:]:
+                end = value.index(")", i + 2)
+                name = value[i + 2:end]
+                out.append(env.get(name, f"$({name})"))
+                i = end + 1
+                continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def test_kubernetes_does_not_expand_dollar_parens_from_user_values(cli, tmp_path):
+    """An alias `$(LLAMA_API_KEY)` was expanded by the kubelet from the pod's env: the key in argv."""
+    kv = pytest.importorskip("kubernetes_validate")
+    import yaml
+
+    stack = _dollar_stack(tmp_path, "$(LLAMA_API_KEY)")
+    assert cli("render", stack).exit_code == 0
+    docs = list(yaml.safe_load_all((tmp_path / "deploy" / "kubernetes" / "chat.yaml").read_text()))
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    pod_env = {"LLAMA_API_KEY": "sk-canary-4d2f", "HOME": "/home/stackgen"}
+    args = [kubelet_expand(a, pod_env) for a in container["args"]]
+    assert args[args.index("--alias") + 1] == "$(LLAMA_API_KEY)"
+    assert args[args.index("-m") + 1] == f"/models/{EVIL_NAME}"
+    for e in container["env"]:
+        if "value" in e:
+            assert "$(" not in kubelet_expand(e["value"], pod_env) or "$$(" in e["value"]
+    for doc in docs:
+        kv.validate(doc, "1.30.0", strict=True)
+
+
+def test_kubernetes_keeps_text_before_a_backslash(cli, tmp_path):
+    """`-m /models/a\\b.gguf` became `-m /models/b.gguf`: a backslash was read as a Windows separator."""
+    import yaml
+
+    tiny_gguf(tmp_path / "models" / "team\\chat.gguf")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(DOLLAR_STACK.format(model="models/team\\chat.gguf", alias="chat"))
+    assert cli("render", stack).exit_code == 0, cli("render", stack).output
+    docs = list(yaml.safe_load_all((tmp_path / "deploy" / "kubernetes" / "chat.yaml").read_text()))
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("-m") + 1] == "/models/team\\chat.gguf"
+    compose = yaml.safe_load((tmp_path / "deploy" / "compose" / "compose.yaml").read_text())["services"]["chat"]
+    assert compose["command"][compose["command"].index("-m") + 1] == "/models/team\\chat.gguf"
