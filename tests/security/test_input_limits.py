@@ -75,6 +75,41 @@ def test_negative_per_layer_heads_are_refused(cli, tmp_path):
     assert r.exit_code == 1 and "kv_heads_per_layer" in r.output
 
 
+# ---------------------------------------------------------------------------------------------- argument length
+
+
+def test_a_5_mb_argument_is_refused_at_validate(cli, tmp_path):
+    """Was: rendered into ExecStart, a unit line systemd refuses (LONG_LINE_MAX, 1 MiB)."""
+    gguf_file(tmp_path / "m.gguf")
+    stack = stack_on(tmp_path, overrides="{alias: " + "a" * (5 * 2**20) + "}")
+    r = cli("validate", stack)
+    assert r.exit_code == 1, r.output[:300]
+    assert "services.s0.overrides.alias" in r.output and "MAX_ARG_STRLEN" in r.output
+    assert cli("render", stack).exit_code == 1 and not (tmp_path / "deploy").exists()
+
+
+def test_many_long_arguments_that_overflow_a_unit_line_are_refused(cli, tmp_path):
+    gguf_file(tmp_path / "m.gguf")
+    value = "b" * 100_000
+    stack = stack_on(tmp_path, overrides="{alias: " + value + ", system-prompt-file: " + value + ", api-prefix: "
+                     + value + "}")
+    r = cli("validate", stack)
+    assert r.exit_code == 1 and "add up to" in r.output and "systemd unit line" in r.output
+
+
+def test_the_longest_accepted_argument_renders_a_unit_systemd_reads(cli, tmp_path):
+    """Just under the limits, the unit's longest line stays under systemd's LONG_LINE_MAX."""
+    from stackgen.spec import MAX_ARG_BYTES
+    from stackgen.targets.systemd import LONG_LINE_MAX
+
+    gguf_file(tmp_path / "m.gguf")
+    stack = stack_on(tmp_path, overrides="{alias: '" + "\u00e9" * (MAX_ARG_BYTES // 2) + "'}")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output[:300]
+    unit = next((tmp_path / "deploy" / "systemd").iterdir()).read_bytes()
+    assert max(len(line) for line in unit.split(b"\n")) < LONG_LINE_MAX
+
+
 # ---------------------------------------------------------------------------------------------- one read per file
 
 
