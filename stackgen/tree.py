@@ -181,14 +181,17 @@ def _stage_file(path: Path, text: str, mode: int) -> str:
 
 def _missing_folders(out_dir: Path, paths: Iterable[str]) -> list[str]:
     """Folders the swap creates, parents first (removed again on roll-back)."""
-    out: list[str] = []
+    out: dict[str, None] = {}  # ordered, with O(1) membership (10,000 services: 10,000 folders)
+    seen: set[str] = set()
     for path in paths:
         parts = PurePosixPath(path).parts[:-1]
         for i in range(1, len(parts) + 1):
             rel = "/".join(parts[:i])
-            if rel not in out and not _lexists(out_dir / rel):
-                out.append(rel)
-    return out
+            if rel not in seen:
+                seen.add(rel)
+                if not _lexists(out_dir / rel):
+                    out[rel] = None
+    return list(out)
 
 
 def _write_journal(stage: Path, moves: list[Move], created: list[str]) -> None:
