@@ -413,3 +413,20 @@ def test_kubernetes_keeps_text_before_a_backslash(cli, tmp_path):
     assert args[args.index("-m") + 1] == "/models/team\\chat.gguf"
     compose = yaml.safe_load((tmp_path / "deploy" / "compose" / "compose.yaml").read_text())["services"]["chat"]
     assert compose["command"][compose["command"].index("-m") + 1] == "/models/team\\chat.gguf"
+
+
+def test_compose_env_values_with_dollars_are_escaped_not_left_to_env_files(cli, tmp_path):
+    """compose v2 interpolates env_file values, v1 does not: a value with `$` goes to `environment:` as `$$`."""
+    compose = need("docker-compose")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nhardware: rtx-4090\nservices:\n  chat: {model: llama-3.1-8b-instruct, "
+                     "engine: ollama, overrides: {OLLAMA_MODELS: '/srv/${EVILVAR}/models'}}\ntargets: [compose]\n")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    env_file = (tmp_path / "deploy" / "compose" / "chat.env").read_text()
+    assert "$" not in env_file
+    path = tmp_path / "deploy" / "compose" / "compose.yaml"
+    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True,
+                          env=dict(os.environ, EVILVAR="pwned"))
+    assert proc.returncode == 0, proc.stderr
+    assert "pwned" not in proc.stdout and "OLLAMA_MODELS" in proc.stdout
