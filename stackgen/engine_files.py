@@ -66,7 +66,12 @@ def _from_ref(model_ref: str) -> str:
 def _template(sp: ServicePlan, stack_dir: Path) -> str | None:
     if not sp.spec.chat_template:
         return None
+    from stackgen.spec import template_outside
+
     path = stack_dir / sp.spec.chat_template
+    if template_outside(sp.spec.chat_template, stack_dir):  # load_stack refuses it too; a render never copies it
+        raise RenderError(f"services.{sp.name}.chat_template: {sp.spec.chat_template!r} is outside the stack's "
+                          "folder; copy the template next to stack.yaml and name it relatively")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

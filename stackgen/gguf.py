@@ -609,3 +609,26 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "tensor_data_bytes": header.tensor_data_bytes,
         "file_size": header.file_size,
     }
+
+
+# Hyperparameters a planner multiplies by: a forged or broken header must not turn into `-c -1` or a crash.
+_NON_NEGATIVE = ("hidden", "ffn", "heads", "kv_heads", "head_dim_k", "head_dim_v", "context_length", "sliding_window",
+                 "vocab_size")
+_PER_LAYER = ("ffn_per_layer", "heads_per_layer", "kv_heads_per_layer")
+
+
+def check_summary(header: GGUFHeader, s: Mapping[str, Any]) -> None:
+    """Raise GGUFError unless the summary can be planned with: block_count present and positive, and no negative
+    size, count or length (GGUF stores them as signed or unsigned integers; llama.cpp reads them unsigned)."""
+    arch = header.architecture or "?"
+    if not isinstance(s.get("layers"), int) or s["layers"] <= 0:
+        raise GGUFError(f"{header.path}: {arch}.block_count (the number of layers) is missing or not a positive "
+                        f"integer ({header.arch_value('block_count')!r}); re-convert the model with llama.cpp's "
+                        "convert_hf_to_gguf.py")
+    bad = [k for k in _NON_NEGATIVE if isinstance(s.get(k), int) and s[k] < 0]
+    bad += [k for k in _PER_LAYER if any(v < 0 for v in (s.get(k) or ()))]
+    experts = s.get("experts") or {}
+    bad += [f"experts.{k}" for k, v in experts.items() if isinstance(v, int) and v < 0]
+    if bad:
+        raise GGUFError(f"{header.path}: negative values in the header ({', '.join(bad)}); a real model has none: "
+                        "re-convert it with llama.cpp's convert_hf_to_gguf.py")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 GIB = 1024**3
@@ -278,10 +280,13 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     from stackgen.spec import ModelRefError
 
     try:
-        header = gguf.read_gguf_header(path)
+        st = path.stat()
+        s = _gguf_summary(str(path.resolve()), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except gguf.GGUFError as exc:
         raise ModelRefError(f"{path.name}: not a readable GGUF file: {exc}", "point `model:` at a .gguf file") from None
-    s = gguf.summarize(header)
+    except OSError as exc:
+        raise ModelRefError(f"{path.name}: cannot read the GGUF file: {exc.strerror or exc}",
+                            "check the file's permissions") from None
     facts = ModelFacts.from_summary(path.stem, "gguf", str(path), s)
     file_quant = s.get("quant")
     if q and file_quant and q != file_quant:
@@ -289,6 +294,19 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
                             f"remove `quant:` or write `quant: {file_quant}`", field="quant")
     size = int(s.get("tensor_data_bytes") or s.get("file_size") or 0)
     return replace(facts, quant=file_quant, gguf_sizes={file_quant: size} if file_quant else {})
+
+
+@lru_cache(maxsize=1024)
+def _gguf_summary(resolved: str, identity: tuple[int, ...]) -> Mapping[str, Any]:
+    """One header read per file: a stack with many services on one GGUF (10,000 in the security review) read the
+    same header once per service. `identity` (device, inode, size, mtime, ctime) makes a changed file a new key;
+    errors are not cached."""
+    from stackgen import gguf
+
+    header = gguf.read_gguf_header(resolved)
+    s = gguf.summarize(header)
+    gguf.check_summary(header, s)
+    return MappingProxyType(s)
 
 
 def _from_hf(path: Path, q: str | None) -> ModelFacts:

@@ -1,21 +1,16 @@
 """Plan -> artifacts -> files on disk.
 
 One sandboxed jinja environment with StrictUndefined renders file formats (units, compose files, Modelfiles);
-values from the stack are passed as data, never compiled as template code. Writing is all-or-nothing: the new tree
-is staged next to the output folder and swapped in file by file only after everything rendered; files stackgen did
-not write are never deleted. ``check`` compares without writing (exit 2 on drift).
+values from the stack are passed as data, never compiled as template code. Writing (all-or-nothing, with a journal
+that the next render rolls back after a crash) and ``check`` (exit 2 on drift) live in :mod:`stackgen.tree`.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Callable, Iterable
 
 from jinja2 import FileSystemLoader, StrictUndefined
@@ -23,11 +18,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from stackgen import __version__
 from stackgen._resources import data_dir
-from stackgen.errors import DriftError, RenderError
+from stackgen.errors import RenderError
 from stackgen.plan import Plan
-
-MANIFEST = ".stackgen-manifest.json"  # the files stackgen wrote last time, so stale ones can be removed safely
-
 
 @dataclass(frozen=True)
 class Artifact:
@@ -95,80 +87,9 @@ def render_plan(plan: Plan, ctx: RenderContext, only: Iterable[str]) -> list[Art
 
 
 # ---------------------------------------------------------------------------------------------- writing
+# Writing and checking the output folder live in stackgen.tree (ownership, path safety, the journal).
 
+from stackgen.tree import MANIFEST, check_tree, recover_tree, write_tree  # noqa: E402
 
-def write_tree(out_dir: Path, artifacts: list[Artifact]) -> list[str]:
-    """Stage every file, then replace them in one pass; remove only files our previous manifest lists."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    previous = _read_manifest(out_dir)
-    staging = Path(tempfile.mkdtemp(prefix=".stackgen-stage-", dir=out_dir))
-    try:
-        for art in artifacts:
-            target = staging / art.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(art.content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(target, art.mode)
-        manifest = {"generator": f"stackgen {__version__}", "files": {a.path: _digest(a.content) for a in artifacts}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for art in artifacts + [Artifact(MANIFEST, "")]:
-            dest = out_dir / art.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / art.path, dest)
-    except OSError as exc:
-        raise RenderError(f"cannot write {out_dir}: {exc}") from None
-    finally:
-        _rmtree(staging)
-    written = {a.path for a in artifacts}
-    for stale in sorted(set(previous) - written):
-        try:
-            (out_dir / stale).unlink()
-        except FileNotFoundError:
-            pass
-    return sorted(written)
-
-
-def check_tree(out_dir: Path, artifacts: list[Artifact]) -> None:
-    """Raise DriftError (exit 2) listing files that differ, are missing, or were rendered before but not now."""
-    problems: list[str] = []
-    expected = {a.path: a for a in artifacts}
-    for path, art in expected.items():
-        dest = out_dir / path
-        if not dest.is_file():
-            problems.append(f"missing: {path}")
-            continue
-        current = dest.read_text(encoding="utf-8", errors="replace")
-        if current != art.content:
-            diff = list(difflib.unified_diff(current.splitlines(), art.content.splitlines(), f"{path} (committed)",
-                                             f"{path} (rendered)", lineterm="", n=1))
-            shown = diff[:20] + (["  ..."] if len(diff) > 20 else [])
-            problems.append(f"changed: {path}\n" + "\n".join("    " + line for line in shown))
-        elif (dest.stat().st_mode & 0o777) != art.mode:
-            problems.append(f"mode: {path} is {oct(dest.stat().st_mode & 0o777)}, expected {oct(art.mode)}")
-    for stale in sorted(set(_read_manifest(out_dir)) - set(expected)):
-        if (out_dir / stale).exists():
-            problems.append(f"stale: {stale} (no longer rendered)")
-    if problems:
-        raise DriftError(f"{out_dir}: committed artifacts drifted from the stack ({len(problems)} file(s)); "
-                         "run `stackgen render` and commit the result:\n" + "\n".join(problems))
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _read_manifest(out_dir: Path) -> dict[str, str]:
-    try:
-        data = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-        files = data.get("files", {})
-        return {k: v for k, v in files.items() if isinstance(k, str) and ".." not in PurePosixPath(k).parts}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+__all__ = ["Artifact", "MANIFEST", "RenderContext", "check_tree", "environment", "recover_tree", "render_plan",
+           "render_template", "targets", "write_tree"]

@@ -8,6 +8,7 @@ facts. Every problem is reported with file:line:col, the dotted field path and w
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,6 +472,12 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
             problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
                     exc.message, exc.hint)
             continue
+        _check_lengths(name, svc, problem)
+        if svc.chat_template is not None and template_outside(svc.chat_template, path.parent):
+            problem(("services", name, "chat_template"),
+                    f"{svc.chat_template!r} is outside the stack's folder: its text would be copied into the "
+                    "committed artifacts", "copy the template next to stack.yaml and name it relatively, e.g. "
+                    "chat_template: templates/chat.tmpl")
         if merged is not None:
             services.append(Service(name, svc, merged, facts))
     _check_serve(spec, problem)
@@ -642,6 +649,44 @@ def _check_override_knobs(spec: StackSpec, problem) -> None:
                 if (exc.key, exc.detail) not in seen:
                     seen.add((exc.key, exc.detail))
                     problem(("services", name, "overrides", exc.key), exc.detail, exc.hint)
+
+
+# Linux refuses (E2BIG) to exec an argument longer than MAX_ARG_STRLEN = 32 pages = 131072 bytes including its NUL
+# (include/uapi/linux/binfmts.h). systemd reads a unit line, continuation lines joined, up to LONG_LINE_MAX = 1 MiB
+# (src/basic/fileio.h; systemd.syntax(7): "The limit on line length is very large (currently 1 MB)") and refuses
+# the unit beyond it. systemd's C-style quoting of ExecStart can write a byte as 4 (\xNN), so one service's argument
+# text is kept under 1 MiB / 4.
+MAX_ARG_BYTES = 131072 - 1
+MAX_SERVICE_ARG_BYTES = 256 * 1024
+ARG_FIELDS = ("model", "quant", "engine_version", "binary", "image", "chat_template")
+
+
+def _check_lengths(name: str, svc: ServiceSpec, problem) -> None:
+    """Every value that becomes an argument fits one exec() argument, and a service's together fit a unit line."""
+    values = [((f,), getattr(svc, f)) for f in ARG_FIELDS if getattr(svc, f) is not None]
+    for key, value in svc.overrides.items():
+        values.append((("overrides", key), key))
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                values.append((("overrides", key), str(item)))
+    total = 0
+    for loc, value in values:
+        size = len(value.encode("utf-8"))
+        total += size
+        if size > MAX_ARG_BYTES:
+            problem(("services", name) + loc, f"{size} bytes is longer than one command-line argument can be "
+                    f"({MAX_ARG_BYTES} bytes, Linux MAX_ARG_STRLEN)", "put long content in a file and pass its path")
+            return
+    if total > MAX_SERVICE_ARG_BYTES:
+        problem(("services", name), f"the service's arguments add up to {total} bytes, more than a systemd unit line "
+                f"holds once quoted ({MAX_SERVICE_ARG_BYTES} bytes)", "put long content in files and pass their paths")
+
+
+def template_outside(ref: str, stack_dir: Path) -> bool:
+    """True when a chat_template reference, links followed, names a file outside the stack's folder."""
+    base = Path(os.path.realpath(stack_dir))
+    target = Path(os.path.realpath(stack_dir / ref))
+    return target != base and base not in target.parents
 
 
 def _check_serve(spec: StackSpec, problem) -> None:

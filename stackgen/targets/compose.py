@@ -76,11 +76,16 @@ def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: 
     model = model_mount(sp, plan, compose_dir)
     entry: dict = {"image": image_for(sp, accel), "init": True, "restart": "unless-stopped"}
     entry["command"] = container_command(sp, model.container_ref)
-    env_files = env_file_artifacts(sp, ctx, model.env)
+    env = engine_env(sp, model.env)
+    env_files = env_file_artifacts(sp, ctx, {k: v for k, v in env.items() if "$" not in v})
     if env_files:
         entry["env_file"] = [PurePosixPath(a.path).name for a in env_files]
+    # A value with `$` goes here, escaped: env files are interpolated differently by compose v1 and v2.
+    environment = {k: v for k, v in sorted(env.items()) if "$" in v}
     if sp.api_key_env and sp.engine in KEY_ENV:
-        entry["environment"] = {KEY_ENV[sp.engine]: f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}"}
+        environment[KEY_ENV[sp.engine]] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
+    if environment:
+        entry["environment"] = environment
     entry["ports"] = [publish(sp.host, sp.port)]
     entry["volumes"] = model.volumes
     entry.update(hardening(sp))
@@ -89,7 +94,26 @@ def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: 
     parts = ServiceParts(entry, env_files, set(model.named))
     if sp.engine == "ollama":
         _add_modelfile(parts, sp, plan, ctx, model.container_ref)
+    parts.entry = escape_dollars(parts.entry)
     return parts
+
+
+class Interpolated(str):
+    """A value stackgen means compose to interpolate (the API key reference); every other `$` is escaped."""
+
+
+def escape_dollars(value):
+    """Compose interpolates `$VAR`/`${VAR}` in every value: a model path `${EVILVAR}` or `$HOME`, or an alias
+    `${MY_KEY}` (the key in argv), would be substituted. `$$` is compose's literal `$`."""
+    if isinstance(value, Interpolated):
+        return str(value)
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: escape_dollars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_dollars(v) for v in value]
+    return value
 
 
 def _add_modelfile(parts: ServiceParts, sp: ServicePlan, plan: Plan, ctx: RenderContext, model_ref: str) -> None:
@@ -221,9 +245,13 @@ def _compose_dir(plan: Plan, ctx: RenderContext) -> Path | None:
 # ---------------------------------------------------------------------------------------------- env files
 
 
-def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, extra: dict[str, str]) -> list[Artifact]:
+def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:
     env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
     env.update(extra)
+    return env
+
+
+def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str]) -> list[Artifact]:
     if not env:
         return []
     lines = []

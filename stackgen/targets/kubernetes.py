@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 
@@ -208,7 +208,7 @@ def _container(plan: Plan, sp: ServicePlan) -> dict:
     port = CONTAINER_PORTS[sp.engine]
     inside = replace(sp, host="0.0.0.0", port=port)
     c: dict = {"name": "engine", "image": image_for(sp, accelerator(sp)), "imagePullPolicy": "IfNotPresent"}
-    c["args"] = _args(inside)
+    c["args"] = [escape_k8s(a) for a in _args(inside)]
     c["env"] = _env(plan, inside)
     c["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     c.update(_probes(sp))
@@ -219,10 +219,17 @@ def _container(plan: Plan, sp: ServicePlan) -> dict:
     return c
 
 
+def escape_k8s(value: str) -> str:
+    """The kubelet expands `$(VAR)` in args, command and env values, and reduces `$$` to `$`
+    (kubernetes third_party/forked/golang/expansion): an alias `$(LLAMA_API_KEY)` would put the key in argv."""
+    return value.replace("$", "$$")
+
+
 def _local_name(sp: ServicePlan) -> str | None:
-    """The file or folder name of local weights (copied into the PVC), or None for a registry reference."""
+    """The file or folder name of local weights (copied into the PVC), or None for a registry reference. The path
+    is one of this machine's paths: on Linux or macOS a backslash is part of a file name, not a separator."""
     if sp.model.path:
-        return PurePosixPath(sp.model.path.replace("\\", "/")).name
+        return Path(sp.model.path).name
     if sp.model_ref.startswith("models/"):  # no registry source: the stack expects the file under models/
         return sp.model_ref.removeprefix("models/")
     return None
@@ -253,7 +260,7 @@ def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
     for key, value in env.items():
         if any(ch in value for ch in "\r\n\x00"):
             raise RenderError(f"services.{inside.name}: environment value of {key} contains a line break or NUL")
-    out = [{"name": k, "value": env[k]} for k in sorted(env)]
+    out = [{"name": k, "value": escape_k8s(env[k])} for k in sorted(env)]
     if inside.api_key_env and inside.engine in KEY_ENV:
         out.append({"name": KEY_ENV[inside.engine], "valueFrom": {"secretKeyRef": {
             "name": secret_name(plan, inside), "key": "api-key", "optional": False}}})

@@ -49,7 +49,20 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
         if sp.engine == "ollama":
             out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
         out += _node_units(plan, sp, ctx, binary)
+    for art in out:
+        _check_line_lengths(art)
     return out
+
+
+LONG_LINE_MAX = 1024 * 1024  # systemd src/basic/fileio.h: longer unit lines are refused ("Line too long")
+
+
+def _check_line_lengths(art: Artifact) -> None:
+    """load_stack limits argument lengths; this is the last guard before systemd would refuse the unit."""
+    for number, line in enumerate(art.content.split("\n"), 1):
+        if len(line.encode("utf-8")) >= LONG_LINE_MAX:
+            raise RenderError(f"{art.path}:{number}: a {len(line)}-character line is longer than systemd reads "
+                              f"({LONG_LINE_MAX} bytes); shorten the service's overrides or paths")
 
 
 def unit_name(plan: Plan, sp: ServicePlan, suffix: str = "") -> str:

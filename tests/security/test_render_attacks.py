@@ -1,0 +1,432 @@
+"""Attacks on the render side (issue 10): what a hostile committed tree or stack file, or a crash in mid-render,
+could do to files on disk, and the safe outcome each must have now.
+
+Each test reproduces one attack from the security review; before the fix it deleted, overwrote or misreported.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stackgen.render import MANIFEST, recover_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+STACK = """version: 1
+name: demo
+hardware: rtx-4090
+workload: team-api
+services:
+  {name}:
+    model: llama-3.1-8b-instruct
+    port: {port}
+targets: [script, systemd, compose]
+"""
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stages(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".stackgen-stage-")]
+
+
+@pytest.fixture
+def rendered(cli, write_stack):
+    """A stack rendered once into deploy/; returns (stack file, output folder)."""
+    stack = write_stack(STACK.format(name="chat", port=8080))
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    return stack, stack.parent / "deploy"
+
+
+def _add_to_manifest(out: Path, *paths: str) -> None:
+    data = json.loads((out / MANIFEST).read_text())
+    data["files"].update({p: "0" * 64 for p in paths})
+    (out / MANIFEST).write_text(json.dumps(data))
+
+
+# ---------------------------------------------------------------------------------------------- item 3: manifest
+
+
+def test_manifest_naming_an_absolute_or_parent_path_deletes_nothing(cli, rendered, tmp_path):
+    stack, out = rendered
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    _add_to_manifest(out, str(victim), "../outside/victim.txt", "chat/../../outside/victim.txt")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "precious"
+
+
+def test_manifest_through_a_symlinked_subfolder_deletes_nothing(cli, rendered, tmp_path):
+    stack, out = rendered
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "victim.txt").write_text("precious")
+    (out / "link").symlink_to(elsewhere)
+    _add_to_manifest(out, "link/victim.txt", "link")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert (elsewhere / "victim.txt").read_text() == "precious"
+    assert (out / "link").is_symlink()
+
+
+def test_a_symlinked_output_subfolder_is_refused_not_written_through(cli, rendered, tmp_path):
+    """A committed deploy/systemd -> /etc/systemd/system (here: a folder of ours) must not receive files."""
+    stack, out = rendered
+    target = tmp_path / "etc-systemd"
+    target.mkdir()
+    (target / "stackgen-demo-chat.service").write_text("someone else's unit")
+    for f in (out / "systemd").iterdir():
+        f.unlink()
+    (out / "systemd").rmdir()
+    (out / "systemd").symlink_to(target)
+    stack.write_text(STACK.format(name="chat", port=9090))
+    r = cli("render", stack)
+    assert r.exit_code == 1
+    assert "symlink" in r.output and "Traceback" not in r.output
+    assert (target / "stackgen-demo-chat.service").read_text() == "someone else's unit"
+    check = cli("render", "--check", stack)
+    assert check.exit_code == 2 and "unsafe: systemd/stackgen-demo-chat.service" in check.output
+
+
+def test_a_symlink_at_a_file_path_is_replaced_not_followed(cli, rendered, tmp_path):
+    stack, out = rendered
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "chat" / "run.sh").unlink()
+    (out / "chat" / "run.sh").symlink_to(victim)
+    assert cli("render", stack).exit_code == 0
+    assert victim.read_text() == "precious"
+    assert not (out / "chat" / "run.sh").is_symlink()
+
+
+# ---------------------------------------------------------------------------------------------- item 6: all-or-nothing
+
+
+def test_an_unwritable_subfolder_leaves_the_old_tree_whole(cli, rendered, monkeypatch):
+    """A read-only deploy/systemd (EACCES on rename there) used to leave compose and run.sh new, the unit old.
+    Tests run as root, where chmod does not stop a write, so the refusal is the kernel's answer, injected."""
+    stack, out = rendered
+    before = snapshot(out)
+    stack.write_text(STACK.format(name="chat", port=9090))
+    real = os.replace
+
+    def read_only_systemd(src, dst):
+        if "/systemd/" in str(dst) or "/systemd/" in str(src).split(".stackgen-stage-")[0]:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only_systemd)
+    r = cli("render", stack)
+    assert r.exit_code == 1 and "Permission denied" in r.output and "nothing was changed" in r.output
+    assert snapshot(out) == before
+    assert stages(out) == []
+
+
+KILLER = """
+import os, signal, sys
+n, stack = int(sys.argv[1]), sys.argv[2]
+real, calls = os.replace, [0]
+def replace(src, dst):
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls[0] += 1
+    real(src, dst)
+os.replace = replace
+sys.argv = ["stackgen", "render", stack]
+from stackgen.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("moves_done", [0, 1, 4, 7, 9])  # 10 renames in all; 9: the manifest
+def test_kill_9_in_mid_render_is_drift_and_is_rolled_back(cli, rendered, moves_done):
+    """kill -9 after `moves_done` of the swap's 10 renames: --check must not say "up to date", and the next render
+    first restores the previous tree (a renamed service: new files in new folders, old ones stale)."""
+    stack, out = rendered
+    before = snapshot(out)
+    stack.write_text(STACK.format(name="chat2", port=9090))
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(moves_done), str(stack)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert stages(out), "the stage with its journal stays behind"
+    check = cli("render", "--check", stack)
+    assert check.exit_code == 2 and "interrupted: .stackgen-stage-" in check.output
+    assert recover_tree(out) and stages(out) == []
+    assert snapshot(out) == before
+    assert not (out / "chat2").exists()
+    assert cli("render", stack).exit_code == 0
+    assert cli("render", "--check", stack).exit_code == 0
+    assert not (out / "chat").exists() or not any((out / "chat").iterdir())
+
+
+def test_next_render_rolls_back_by_itself(cli, rendered):
+    stack, out = rendered
+    stack.write_text(STACK.format(name="chat", port=9090))
+    proc = subprocess.run([sys.executable, "-c", KILLER, "3", str(stack)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert stages(out) == []
+    assert cli("render", "--check", stack).exit_code == 0
+
+
+def test_check_reports_a_leftover_stage_folder(cli, rendered):
+    stack, out = rendered
+    (out / ".stackgen-stage-abc123").mkdir()
+    r = cli("render", "--check", stack)
+    assert r.exit_code == 2 and "interrupted: .stackgen-stage-abc123" in r.output
+
+
+def test_check_reports_generated_files_the_manifest_does_not_list(cli, rendered):
+    """The old failure: the manifest was already replaced when kill -9 hit the stale-file removal, so 979 old files
+    were listed nowhere and --check said "up to date"."""
+    stack, out = rendered
+    (out / "old").mkdir()
+    (out / "old" / "run.sh").write_text("#!/bin/sh\n# Generated by stackgen 0.1.0 from stack.yaml. Do not edit\n")
+    r = cli("render", "--check", stack)
+    assert r.exit_code == 2 and "extra: old/run.sh" in r.output
+
+
+def test_check_reports_a_manifest_that_does_not_match(cli, rendered):
+    stack, out = rendered
+    _add_to_manifest(out, "chat/ghost.sh")
+    r = cli("render", "--check", stack)
+    assert r.exit_code == 2 and f"changed: {MANIFEST}" in r.output
+
+
+def test_user_files_beside_and_inside_are_kept_and_not_drift(cli, rendered):
+    """Files stackgen never wrote (no header, not in the manifest) are the user's: never touched, never drift."""
+    stack, out = rendered
+    mine = {"README.md": "how we deploy", ".gitignore": "*.local\n", "compose/.env": "SG_KEY=x\n",
+            "chat/NOTES.md": "tuning notes"}
+    for rel, text in mine.items():
+        (out / rel).write_text(text)
+    assert cli("render", "--check", stack).exit_code == 0
+    stack.write_text(STACK.format(name="chat", port=9090))
+    assert cli("render", stack).exit_code == 0
+    assert cli("render", "--check", stack).exit_code == 0
+    assert {rel: (out / rel).read_text() for rel in mine} == mine
+
+
+# ---------------------------------------------------------------------------------------------- item 7: -o
+
+
+def test_output_folder_that_is_a_file_is_a_message(cli, write_stack, tmp_path):
+    stack = write_stack(STACK.format(name="chat", port=8080))
+    afile = tmp_path / "deploy.txt"
+    afile.write_text("x")
+    for args in (["-o", afile], ["-o", afile / "sub"]):
+        r = cli("render", stack, *args)
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        assert "output folder" in r.output, r.output
+    assert afile.read_text() == "x"
+    r = cli("render", "--check", stack, "-o", afile)
+    assert r.exit_code == 1 and "output folder" in r.output
+
+
+def test_unwritable_output_folder_is_a_message(cli, write_stack):
+    stack = write_stack(STACK.format(name="chat", port=8080))
+    r = cli("render", stack, "-o", "/proc/stackgen-cannot-be-here")
+    assert r.exit_code == 1 and "output folder" in r.output and "-o" in r.output
+
+
+# ---------------------------------------------------------------------------------------------- item 5: files, `$`
+
+sys.path.insert(0, str(REPO / "tests"))
+from test_gguf import ARR, STR, U32, make_gguf  # noqa: E402
+from tools.which import tool  # noqa: E402
+
+
+def tiny_gguf(path: Path) -> Path:
+    """A small but plannable llama GGUF (2 layers, one Q8_0 tensor)."""
+    kvs = [("general.architecture", STR, "llama"), ("general.file_type", U32, 7), ("llama.block_count", U32, 2),
+           ("llama.embedding_length", U32, 64), ("llama.feed_forward_length", U32, 128),
+           ("llama.attention.head_count", U32, 4), ("llama.context_length", U32, 4096),
+           ("tokenizer.ggml.tokens", ARR, (STR, ["a", "b"]))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(make_gguf(kvs, [("blk.0.attn_q.weight", [64, 64], "Q8_0")])[0])
+    return path
+
+
+def need(name: str) -> str:
+    path = tool(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+OLLAMA_STACK = """version: 1
+hardware: rtx-4090
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: ollama, chat_template: '{template}'}}
+targets: [script]
+"""
+
+
+def test_chat_template_outside_the_stack_folder_is_refused(cli, tmp_path):
+    secret = tmp_path / "home" / ".ssh" / "id_ed25519"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    for ref in ("../home/.ssh/id_ed25519", str(secret)):
+        stack = project / "stack.yaml"
+        stack.write_text(OLLAMA_STACK.format(template=ref))
+        r = cli("render", stack)
+        assert r.exit_code == 1, r.output
+        assert "chat_template" in r.output and "outside the stack's folder" in r.output
+        assert "copy the template next to stack.yaml" in r.output
+        assert not (project / "deploy").exists()
+
+
+def test_chat_template_symlink_leading_outside_is_refused(cli, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    project = tmp_path / "project"
+    (project / "templates").mkdir(parents=True)
+    (project / "templates" / "chat.tmpl").symlink_to(secret)
+    stack = project / "stack.yaml"
+    stack.write_text(OLLAMA_STACK.format(template="templates/chat.tmpl"))
+    r = cli("render", stack)
+    assert r.exit_code == 1 and "outside the stack's folder" in r.output
+    assert not (project / "deploy").exists()
+
+
+def test_chat_template_inside_the_stack_folder_still_works(cli, tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "chat.tmpl").write_text("{{ .Prompt }} inside")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(OLLAMA_STACK.format(template="templates/chat.tmpl"))
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert "{{ .Prompt }} inside" in (tmp_path / "deploy" / "chat" / "Modelfile").read_text()
+
+
+DOLLAR_STACK = """version: 1
+hardware: cpu-server-64gb
+serve: {{host: 0.0.0.0, api_key_env: SG_KEY}}
+services:
+  chat: {{model: '{model}', engine: llama.cpp, overrides: {{alias: '{alias}'}}}}
+targets: [compose, kubernetes]
+"""
+EVIL_NAME = "${EVILVAR}$HOME.gguf"
+
+
+def _dollar_stack(tmp_path: Path, alias: str) -> Path:
+    tiny_gguf(tmp_path / "models" / EVIL_NAME)
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(DOLLAR_STACK.format(model=f"models/{EVIL_NAME}", alias=alias))
+    return stack
+
+
+def test_compose_does_not_substitute_dollars_from_user_values(cli, tmp_path):
+    """A model path `${EVILVAR}$HOME` and an alias `${SG_KEY}` were substituted by compose (the key in argv)."""
+    compose = need("docker-compose")
+    stack = _dollar_stack(tmp_path, "${SG_KEY}")
+    assert cli("render", stack).exit_code == 0
+    path = tmp_path / "deploy" / "compose" / "compose.yaml"
+    env = dict(os.environ, EVILVAR="pwned", HOME="/home/victim", SG_KEY="sk-canary-4d2f")
+    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "pwned" not in proc.stdout and "/home/victim" not in proc.stdout
+    assert proc.stdout.count("sk-canary-4d2f") == 1  # the environment entry stackgen interpolates on purpose
+    import yaml
+
+    service = yaml.safe_load(proc.stdout)["services"]["chat"]
+    assert service["environment"]["LLAMA_API_KEY"] == "sk-canary-4d2f"
+    assert "sk-canary-4d2f" not in service["command"]
+    assert service["command"][service["command"].index("--alias") + 1] in ("${SG_KEY}", "$${SG_KEY}")
+    schema = subprocess.run([need("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+                            capture_output=True, text=True)
+    assert schema.returncode == 0, schema.stdout + schema.stderr
+
+
+def kubelet_expand(value: str, env: dict[str, str]) -> str:
+    """kubernetes third_party/forked/golang/expansion.Expand: `$$` -> `$`, `$(VAR)` -> its value when defined."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "$" and i + 1 < len(value):
+            nxt = value[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(" and ")" in value[i + 2:]:
+                end = value.index(")", i + 2)
+                name = value[i + 2:end]
+                out.append(env.get(name, f"$({name})"))
+                i = end + 1
+                continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def test_kubernetes_does_not_expand_dollar_parens_from_user_values(cli, tmp_path):
+    """An alias `$(LLAMA_API_KEY)` was expanded by the kubelet from the pod's env: the key in argv."""
+    kv = pytest.importorskip("kubernetes_validate")
+    import yaml
+
+    stack = _dollar_stack(tmp_path, "$(LLAMA_API_KEY)")
+    assert cli("render", stack).exit_code == 0
+    docs = list(yaml.safe_load_all((tmp_path / "deploy" / "kubernetes" / "chat.yaml").read_text()))
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    pod_env = {"LLAMA_API_KEY": "sk-canary-4d2f", "HOME": "/home/stackgen"}
+    args = [kubelet_expand(a, pod_env) for a in container["args"]]
+    assert args[args.index("--alias") + 1] == "$(LLAMA_API_KEY)"
+    assert args[args.index("-m") + 1] == f"/models/{EVIL_NAME}"
+    for e in container["env"]:
+        if "value" in e:
+            assert "$(" not in kubelet_expand(e["value"], pod_env) or "$$(" in e["value"]
+    for doc in docs:
+        kv.validate(doc, "1.30.0", strict=True)
+
+
+def test_kubernetes_keeps_text_before_a_backslash(cli, tmp_path):
+    """`-m /models/a\\b.gguf` became `-m /models/b.gguf`: a backslash was read as a Windows separator."""
+    import yaml
+
+    tiny_gguf(tmp_path / "models" / "team\\chat.gguf")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(DOLLAR_STACK.format(model="models/team\\chat.gguf", alias="chat"))
+    assert cli("render", stack).exit_code == 0, cli("render", stack).output
+    docs = list(yaml.safe_load_all((tmp_path / "deploy" / "kubernetes" / "chat.yaml").read_text()))
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("-m") + 1] == "/models/team\\chat.gguf"
+    compose = yaml.safe_load((tmp_path / "deploy" / "compose" / "compose.yaml").read_text())["services"]["chat"]
+    assert compose["command"][compose["command"].index("-m") + 1] == "/models/team\\chat.gguf"
+
+
+def test_compose_env_values_with_dollars_are_escaped_not_left_to_env_files(cli, tmp_path):
+    """compose v2 interpolates env_file values, v1 does not: a value with `$` goes to `environment:` as `$$`."""
+    compose = need("docker-compose")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nhardware: rtx-4090\nservices:\n  chat: {model: llama-3.1-8b-instruct, "
+                     "engine: ollama, overrides: {OLLAMA_MODELS: '/srv/${EVILVAR}/models'}}\ntargets: [compose]\n")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    env_file = (tmp_path / "deploy" / "compose" / "chat.env").read_text()
+    assert "$" not in env_file
+    path = tmp_path / "deploy" / "compose" / "compose.yaml"
+    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True,
+                          env=dict(os.environ, EVILVAR="pwned"))
+    assert proc.returncode == 0, proc.stderr
+    assert "pwned" not in proc.stdout and "OLLAMA_MODELS" in proc.stdout
