@@ -1,5 +1,5 @@
 """The command line. Thin: parse arguments, call the library, print. This is the one place that prints errors and
-picks exit codes (0 ok, 1 invalid input or failure, 2 drift for `render --check`); tracebacks only with --debug."""
+picks exit codes (EXIT_CODES; README "Exit codes"); tracebacks only with --debug."""
 
 from __future__ import annotations
 
@@ -9,11 +9,45 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from stackgen import __version__
 from stackgen.errors import StackgenError
 
+EX_OK, EX_ERROR, EX_DRIFT, EX_USAGE, EX_INTERRUPTED = 0, 1, 2, 64, 130
+EXIT_CODES = {
+    EX_OK: "ok (`render --check`: the committed artifacts match)",
+    EX_ERROR: "invalid stack or input file, a plan that does not fit, a failed start or stop",
+    EX_DRIFT: "`render --check` only: the committed artifacts differ from what the stack renders to",
+    EX_USAGE: "wrong command line: unknown command or option, missing argument, bad option value (EX_USAGE)",
+    EX_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM during `up`)",
+}
+
+# The argument parser's usage errors (typer 0.12-0.2x: click.UsageError; typer >= 0.29: its vendored copy). Both
+# default to exit code 2, which is `render --check`'s drift code, so they are re-coded EX_USAGE here.
+_USAGE_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _Group(TyperGroup):
+    """The root command: usage errors from parsing (here or in a subcommand) exit EX_USAGE, not 2."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _USAGE_ERRORS as exc:
+            exc.exit_code = EX_USAGE
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERRORS as exc:
+            exc.exit_code = EX_USAGE
+            raise
+
+
 app = typer.Typer(
+    cls=_Group,
     name="stackgen",
     help="Turn a declarative stack.yaml into a running, tuned local LLM inference service.\n\n"
     "Pick the bottleneck, not the benchmark.",
@@ -53,7 +87,7 @@ def run(fn: Callable[[], int | None]) -> None:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EX_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -169,7 +203,7 @@ def main() -> None:
         if _state["debug"] or "--debug" in sys.argv:
             raise
         typer.echo("stackgen: internal error (run again with --debug for the traceback, and please report it)", err=True)
-        sys.exit(1)
+        sys.exit(EX_ERROR)
 
 
 if __name__ == "__main__":

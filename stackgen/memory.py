@@ -239,21 +239,20 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         for kv_type in kv_types:
             plan = build(ngl, kv_type, ctx)
             if plan.fits:
-                return _with_lever(plan, kv_type, levers)
+                return _with_lever(plan, "f16" if pins.kv_cache_type else kv_type, levers, has_gpu)
         worst = build(ngl, kv_types[-1], ctx)
         return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
     full = model.layers if has_gpu else 0
     for kv_type in kv_types:
         plan = build(full, kv_type, ctx)
         if plan.fits:
-            return _with_lever(plan, kv_type, levers)
+            return _with_lever(plan, "f16" if pins.kv_cache_type else kv_type, levers, has_gpu)
     if has_gpu:
         best = _best_partial(build, model.layers, kv_types, ctx)
         if best is not None:
             kv_note = [] if best.kv_cache_type == "f16" or pins.kv_cache_type else [
                 f"KV cache quantized to {best.kv_cache_type}"]
-            lever = f"partial offload: {best.gpu_layers} of {model.layers} layers on GPU, the rest in system RAM"
-            return replace(best, levers=tuple(levers + [lever] + kv_note))
+            return replace(best, levers=tuple(levers + [_offload_lever(best, budget)] + kv_note))
     # Last lever: a smaller context per request (the workload will not get what it asked for).
     for smaller in ([] if ctx_pinned else _smaller_contexts(ctx)):
         for kv_type in kv_types:
@@ -262,16 +261,27 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
                 lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
                 extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
                 if has_gpu and plan.gpu_layers < model.layers:
-                    extra.append(f"partial offload: {plan.gpu_layers} of {model.layers} layers on GPU")
+                    extra.append(_offload_lever(plan, budget))
                 return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
     return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
 
 
-def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str]) -> MemoryPlan:
+def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str], has_gpu: bool) -> MemoryPlan:
     if kv_type != "f16":
-        levers = levers + [f"KV cache quantized to {kv_type} (with flash attention) to keep every layer on the GPU"]
+        goal = "to keep every layer on the GPU" if has_gpu else "to fit the context in system RAM"
+        levers = levers + [f"KV cache quantized to {kv_type} (with flash attention) {goal}"]
     return replace(plan, levers=tuple(levers))
+
+
+def _offload_lever(plan: MemoryPlan, budget: Budget) -> str:
+    """What a partial plan does with the layers, from its numbers (0 layers is not 'partial offload')."""
+    if plan.gpu_layers == 0:
+        return (f"no layer fits in the {gb(max(0, budget.gpu_bytes))} of GPU memory available (one layer needs "
+                f"{gb(plan.weights_bytes / (plan.total_layers + 1))} plus the engine's GPU runtime margin): all "
+                f"{plan.total_layers} layers run on the CPU from system RAM")
+    return (f"partial offload: {plan.gpu_layers} of {plan.total_layers} layers on GPU, the rest in system RAM "
+            "(run on the CPU)")
 
 
 def _best_partial(build, layers: int, kv_types: tuple[str, ...], ctx: int) -> MemoryPlan | None:

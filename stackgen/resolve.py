@@ -29,39 +29,71 @@ class Row:
     users: str  # "single" | "multi" | "any"
     optimize: frozenset[str]  # latency | throughput | setup
     engines: tuple[str, ...]  # preference order
-    reason: str
+    reason: str  # a template: {gpu} {users} {backend} are filled from the facts (Row.text)
+
+    def text(self, hw: HardwareSpec, users: int) -> str:
+        """The reason for this machine and workload: every fact in it comes from the hardware and the workload."""
+        return self.reason.format(gpu=gpu_words(hw), users=users_words(users), backend=backend_words(hw))
 
 
 ALL_OPT = frozenset({"latency", "throughput", "setup"})
 ALL_HW = frozenset({HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU})
 
+# The seed article's matrix: Ollama solves setup friction (a single-user dev loop where setup time outweighs inference
+# time, on any machine, CPU-only included), vLLM solves KV-cache scheduling for concurrent users on CUDA GPUs (consumer
+# or datacenter), llama.cpp solves portability and deterministic single-stream control, MLX unified-memory bandwidth.
 DECISION_TABLE: tuple[Row, ...] = (
     Row("mac-setup", frozenset({HW_APPLE}), "single", frozenset({"setup"}), ("ollama", "mlx", "llama.cpp"),
-        "one user on a Mac who wants it running now: Ollama's daemon, registry and OpenAI API remove the setup work"),
+        "{users} on {gpu} who wants it running now: Ollama's daemon, registry and OpenAI API remove the setup work"),
     Row("mac-dev-loop", frozenset({HW_APPLE}), "single", frozenset({"latency", "throughput"}), ("mlx", "llama.cpp", "ollama"),
-        "Apple silicon dev loop: MLX reads weights straight from unified memory at full bandwidth and holds models "
-        "no discrete GPU can"),
+        "{users} iterating on {gpu}: MLX reads weights straight from unified memory at full bandwidth and holds "
+        "models no discrete GPU can"),
     Row("mac-multi-user", frozenset({HW_APPLE}), "multi", ALL_OPT, ("llama.cpp", "mlx", "ollama"),
-        "concurrent users on a Mac: llama-server's parallel slots batch decoding on Metal; mlx_lm.server is a dev "
+        "{users} on {gpu}: llama-server's parallel slots batch decoding on Metal; mlx_lm.server is a dev "
         "server its authors do not recommend for production"),
     Row("gpu-multi-user", frozenset({HW_CUDA}), "multi", ALL_OPT, ("vllm", "llama.cpp", "ollama"),
-        "concurrent users on a CUDA/ROCm datacenter-class GPU: vLLM's continuous batching and PagedAttention scale "
-        "throughput with concurrency"),
-    Row("gpu-setup", frozenset({HW_CUDA, HW_AMD_CONSUMER, HW_INTEL}), "single", frozenset({"setup"}),
+        "{users} on {gpu}: vLLM's continuous batching and PagedAttention scale throughput with concurrency"),
+    Row("setup", frozenset({HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU}), "single", frozenset({"setup"}),
         ("ollama", "llama.cpp", "vllm"),
-        "one user who wants it running now: Ollama's daemon and registry trade control for setup time"),
+        "{users} on {gpu} who wants it running now: Ollama's daemon and registry trade control for setup time"),
     Row("gpu-single-user", frozenset({HW_CUDA}), "single", frozenset({"latency", "throughput"}),
         ("llama.cpp", "ollama", "vllm"),
-        "one user on one workstation: llama.cpp gives the most predictable single-stream speed and full control "
-        "of every flag"),
+        "{users} on {gpu}: llama.cpp gives the most predictable single-stream speed and full control of every flag"),
     Row("portable", frozenset({HW_AMD_CONSUMER, HW_INTEL, HW_CPU}), "any", ALL_OPT, ("llama.cpp", "ollama", "vllm"),
-        "consumer AMD, Intel, CPU-only or odd hardware: llama.cpp's GGUF quantization and portable backends "
-        "(Vulkan, ROCm, SYCL, CPU) cover what Python engines ignore"),
+        "{users} on {gpu}: llama.cpp's GGUF quantization and its {backend} cover hardware Python engines ignore"),
     Row("fallback", ALL_HW, "any", ALL_OPT, ("llama.cpp", "ollama", "vllm", "mlx"),
-        "llama.cpp runs anywhere and can spill layers to system RAM"),
+        "{users} on {gpu}: llama.cpp runs on any hardware ({backend})"),
 )
 
-SPILL_REASON = "the model must spill to system RAM: llama.cpp offloads part of the layers and keeps the rest on the CPU"
+VENDOR = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
+
+
+def gpu_words(hw: HardwareSpec) -> str:
+    """The machine's accelerators in words, from the facts: tier, vendor, name and count of each GPU."""
+    if hw.is_apple:
+        apple = next(g for g in hw.gpus if g.vendor == "apple")
+        return f"{apple.name} (Apple silicon, unified memory)"
+    if not hw.gpus:
+        return f"a CPU-only machine ({hw.cpu.cores} cores)"
+    parts = []
+    for g in hw.gpus:
+        kind = f"{g.tier} {VENDOR.get(g.vendor, g.vendor)} GPU"
+        parts.append(f"{g.count} {kind}s ({g.name})" if g.count > 1 else f"a {kind} ({g.name})")
+    return " + ".join(parts)
+
+
+def users_words(users: int) -> str:
+    return "one user" if users == 1 else f"{users} concurrent users"
+
+
+def backend_words(hw: HardwareSpec) -> str:
+    if hw.is_apple:
+        return "Metal backend"
+    vendors = {g.vendor for g in hw.gpus}
+    if not vendors:
+        return "CPU backend"
+    names = {"nvidia": "CUDA", "amd": "ROCm/Vulkan", "intel": "SYCL/Vulkan"}
+    return "/".join(names.get(v, "Vulkan") for v in sorted(vendors)) + " backends"
 
 
 def hardware_class(hw: HardwareSpec) -> str:
@@ -103,20 +135,24 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     hw = stack.hardware or host.hardware
     budget = initial_budget(hw)
     used_ports: set[int] = {s.spec.port for s in stack.services if s.spec.port}
-    out = []
+    out: list[ServicePlan] = []
     for svc in stack.services:
-        sp = _resolve_service(stack, svc, hw, budget, used_ports)
+        before = [p for p in out if p.topology is None]
+        sp = _resolve_service(stack, svc, hw, budget, used_ports, before)
         if sp.topology is None:
             budget = consume(budget, sp.memory)
         used_ports.add(sp.port)
         out.append(sp)
+    out = _share_machine(out, hw)
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
 
 
-def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int]) -> ServicePlan:
+def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int],
+                     before: list[ServicePlan] = ()) -> ServicePlan:
     explicit = svc.spec.engine != "auto"
-    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine) for name in engines.ENGINES}
+    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before)
+                  for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
     row = pick_row(hardware_class(hw), svc.workload.concurrent_users, svc.workload.optimize)
@@ -131,8 +167,9 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
     if explicit:
         chosen = candidates[svc.spec.engine]
         if chosen.block:
+            hint = _try_hint(svc, hw, budget, {chosen.engine: chosen}) if chosen.memory is not None else ""
             raise PlanError(f"{stack.path}: services.{svc.name}: engine {svc.spec.engine} cannot serve "
-                            f"{svc.model.name}: {chosen.block}")
+                            f"{svc.model.name}: {chosen.block}" + (f"\n{hint}" if hint else ""))
         reasons = [f"engine: {svc.spec.engine} is set in the stack file"]
         rejected = {n: "not chosen: the stack pins the engine" + (f" (and: {c.block})" if c.block else "")
                     for n, c in candidates.items() if n != chosen.engine}
@@ -140,10 +177,11 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
         order = list(row.engines) + [e for e in engines.ENGINES if e not in row.engines]
         viable = [candidates[e] for e in order if not candidates[e].block]
         if not viable:
-            raise PlanError(_nothing_fits(stack, svc, hw, candidates))
+            raise PlanError(_nothing_fits(stack, svc, hw, candidates, budget))
         chosen = viable[0]
-        reasons = [_why(row, chosen, order, candidates)]
-        rejected = {n: c.block or _ranked_below(n, chosen.engine, row, svc) for n, c in candidates.items() if n != chosen.engine}
+        reasons = [_why(row, chosen, order, candidates, hw, svc)]
+        rejected = {n: c.block or _ranked_below(n, chosen.engine, row, svc, hw)
+                    for n, c in candidates.items() if n != chosen.engine}
     return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports)
 
 
@@ -158,7 +196,8 @@ def _serve_block(stack: Stack, name: str) -> str:
     return ""
 
 
-def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool) -> Candidate:
+def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool,
+               before: list[ServicePlan] = ()) -> Candidate:
     engine = engines.get(name)
     block = engine.hardware_block(hw, explicit)
     if block:
@@ -171,7 +210,8 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
     if not mem.fits:
-        return Candidate(name, mem, mem.shortfall or f"does not fit in {hw.label()}", w.note, pins, unpinned)
+        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw), w.note,
+                         pins, unpinned)
     return Candidate(name, mem, "", w.note, pins, unpinned)
 
 
@@ -203,13 +243,34 @@ def _knob_text(m: MemoryPlan | None, knob: str, threads: int) -> str | None:
     }.get(knob)
 
 
-def _why(row: Row, chosen: Candidate, order: list[str], candidates: dict[str, Candidate]) -> str:
+
+
+def _held_by(before: list[ServicePlan], hw: HardwareSpec) -> str:
+    """Why the memory left is less than the machine has: the services planned before this one hold it."""
+    if not before:
+        return ""
+    names = ", ".join(p.name for p in before)
+    gpu = sum(p.memory.gpu_bytes for p in before)
+    host = sum(p.memory.host_bytes for p in before)
+    held = (f"{gb(gpu)} of GPU memory and {gb(host)} of system RAM" if hw.gpus and not hw.is_apple
+            else f"{gb(gpu + host)} of {'unified memory' if hw.is_apple else 'system RAM'}")
+    return f" (the services planned before it on this machine, {names}, hold {held})"
+
+
+def _why(row: Row, chosen: Candidate, order: list[str], candidates: dict[str, Candidate], hw: HardwareSpec,
+         svc: Service) -> str:
     first = order[0]
+    text = row.text(hw, svc.workload.concurrent_users)
     if chosen.engine == first:
-        return f"{engines.get(chosen.engine).display}: {row.reason}"
+        return f"{engines.get(chosen.engine).display}: {text}"
     skipped = [e for e in order[: order.index(chosen.engine)]]
     why_not = "; ".join(f"{engines.get(e).display}: {candidates[e].block}" for e in skipped)
-    tail = SPILL_REASON if chosen.engine == "llama.cpp" and _spills(chosen) else f"next in line for this workload ({row.reason})"
+    if chosen.engine == "llama.cpp" and _spills(chosen):
+        m = chosen.memory
+        tail = (f"the model must spill to system RAM: llama.cpp keeps {m.gpu_layers} of {m.total_layers} layers on "
+                f"the GPU and runs the other {m.total_layers - m.gpu_layers} on the CPU")
+    else:
+        tail = f"next in line for this workload ({text})"
     return f"{engines.get(chosen.engine).display}: {tail}. Preferred engines could not serve it ({why_not})"
 
 
@@ -217,34 +278,135 @@ def _spills(c: Candidate) -> bool:
     return c.memory is not None and c.memory.gpu_layers < c.memory.total_layers and c.memory.gpu_budget_bytes > 0
 
 
-def _ranked_below(name: str, chosen: str, row: Row, svc: Service) -> str:
+def _ranked_below(name: str, chosen: str, row: Row, svc: Service, hw: HardwareSpec) -> str:
+    """Why an engine that could serve the model lost: built from the workload's users and optimize goal."""
     users, optimize = svc.workload.concurrent_users, svc.workload.optimize
+    setup = optimize == "setup"
+    picks = "GPU layers" if hw.gpus else "threads"
     if name == "ollama":
-        why = (f"{users} concurrent users: Ollama's daemon picks GPU layers and context itself and serves few parallel "
-               "requests per model; a team API outgrows it") if users > 1 else (
-               f"Ollama adds a daemon that picks GPU layers and context itself; this workload optimizes {optimize}, "
-               "not setup time")
+        if users > 1:
+            why = (f"{users} concurrent users: Ollama's daemon picks {picks} and context itself and serves few "
+                   "parallel requests per model; a team API outgrows it"
+                   + ("; its easier setup does not outweigh that" if setup else ""))
+        elif not setup:
+            why = (f"Ollama adds a daemon that picks {picks} and context itself; its strength is setup time, and "
+                   f"this workload optimizes {optimize}")
+        else:
+            why = row.text(hw, users)
     elif name == "llama.cpp":
         if chosen == "vllm":
             why = (f"{users} concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache and "
                    "scheduler scale further")
         elif chosen == "mlx":
             why = "llama.cpp runs on Metal too, but MLX is the native path through unified memory for a dev loop"
+        elif setup:
+            why = "llama.cpp needs every flag set by hand; this workload optimizes setup"
         else:
-            why = "llama.cpp needs every flag set by hand; this workload optimizes setup time"
+            why = row.text(hw, users)
     elif name == "vllm":
-        why = ("vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user does "
-               "not win back") if users == 1 else row.reason
+        if setup:
+            why = "vLLM is a large Python install with the slowest start-up; this workload optimizes setup"
+        elif users == 1:
+            why = ("vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user "
+                   "does not win back")
+        else:
+            why = row.text(hw, users)
     else:
         why = "mlx_lm.server is a development server without slots, metrics or API keys"
     return f"ranked below {engines.get(chosen).display} for this workload: {why}"
 
 
-def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict[str, Candidate]) -> str:
+# Quant ladders, largest first: a smaller quant is one further down the ladder of its own family.
+GGUF_LADDER = ("F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
+HF_LADDER = ("fp32", "bf16", "fp16", "fp8", "awq")
+MLX_LADDER = ("bf16", "fp16", "8bit", "6bit", "4bit", "3bit")
+
+
+def smaller_quants(fmt: str) -> list[str]:
+    """The quants below `fmt` on its ladder, largest first; [] at the bottom (or for an unknown format)."""
+    from stackgen.models import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
+
+    for ladder, bits in ((GGUF_LADDER, GGUF_BPW), (HF_LADDER, HF_BYTES_PER_PARAM), (MLX_LADDER, MLX_BYTES_PER_PARAM)):
+        if fmt in bits and (fmt in ladder or fmt in GGUF_BPW):
+            return [q for q in ladder if bits[q] < bits[fmt]]
+    return []
+
+
+def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate], *,
+                    model=None, workload=None, quant: str | None = None) -> tuple[str, int] | None:
+    """(engine, weights bytes) of the first engine the hardware allows that fits with the change, else None."""
+    for name, c in candidates.items():
+        if c.memory is None:
+            continue  # the hardware or the model's format rules the engine out, not its size
+        engine = engines.get(name)
+        m = model or svc.model
+        try:
+            w = engine.weights(m)
+        except Unsupported:
+            continue
+        if quant is not None and w.format != quant:
+            continue
+        if engine.plan_memory(m, workload or svc.workload, hw, budget, w).fits:
+            return name, w.bytes
+    return None
+
+
+def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate]) -> str:
+    """What to change, from the facts: each lever is planned, not guessed. The largest quant below the one planned
+    (on its own ladder), a shorter context, fewer users; only the levers that make it fit are offered."""
+    from stackgen.memory import gb as _gb
+
+    wl = svc.workload
+    offers: list[str] = []
+    tried: list[str] = []
+    quant_fits: list[tuple[int, str, str, int]] = []
+    for name, c in candidates.items():
+        if c.memory is None:
+            continue
+        for q in smaller_quants(c.memory.weights_format):
+            tried.append(q)
+            hit = _fitting_engine(svc, hw, budget, {name: c}, model=svc.model.with_quant(q), quant=q)
+            if hit:
+                quant_fits.append((hit[1], q, name, c.memory.weights_bytes))
+                break
+    if quant_fits:
+        size, q, name, now = max(quant_fits, key=lambda f: f[0])  # the largest that fits keeps the most quality
+        where = f"{engines.get(name).display} fits it: {_gb(size)} of weights instead of {_gb(now)}"
+        if svc.model.source in ("gguf", "hf") and svc.model.path:
+            offers.append(f"a {q} file of this model ({where}; `quant:` cannot change a file's own quant)")
+        else:
+            offers.append(f"`quant: {q}` ({where})")
+    ctx, ctx_tried = wl.context_tokens, 0
+    while ctx > 2048 and not any("context_tokens" in o for o in offers):
+        ctx = max(2048, ctx // 2)
+        if wl.prompt_tokens + wl.output_tokens > ctx:
+            break
+        ctx_tried = ctx
+        hit = _fitting_engine(svc, hw, budget, candidates, workload=wl.model_copy(update={"context_tokens": ctx}))
+        if hit:
+            offers.append(f"`context_tokens: {ctx}` ({engines.get(hit[0]).display} fits it)")
+    users = wl.concurrent_users
+    while users > 1 and not any("concurrent_users" in o for o in offers):
+        users //= 2
+        hit = _fitting_engine(svc, hw, budget, candidates, workload=wl.model_copy(update={"concurrent_users": users}))
+        if hit:
+            offers.append(f"`concurrent_users: {users}` ({engines.get(hit[0]).display} fits it)")
+    if offers:
+        return "Each of these fits: " + "; ".join(offers) + ". Or a smaller model, or more memory."
+    levers = ([f"a smaller quant (tried {', '.join(dict.fromkeys(tried))})"] if tried else []) + (
+        [f"a shorter context (tried down to {ctx_tried} tokens)"] if ctx_tried else []) + (
+        ["fewer concurrent users (tried down to 1)"] if wl.concurrent_users > 1 else [])
+    if not levers:
+        return "Pick a smaller model or a machine with more memory."
+    return f"None of these makes it fit: {'; '.join(levers)}. Pick a smaller model or a machine with more memory."
+
+
+def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict[str, Candidate],
+                  budget: Budget) -> str:
     lines = [f"{stack.path}: services.{svc.name}: no engine can serve {svc.model.name} on {hw.label()}:"]
     for name, c in candidates.items():
         lines.append(f"  - {engines.get(name).display}: {c.block}")
-    lines.append("Try a smaller quant (quant: Q4_K_M), a shorter context_tokens, fewer concurrent_users, or more memory.")
+    lines.append(_try_hint(svc, hw, budget, candidates))
     return "\n".join(lines)
 
 
@@ -276,11 +438,106 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
         tls=stack.serve.tls,
     )
-    model_ref = default_model_ref(sp)
-    sp = replace(sp, model_ref=model_ref)
-    cmd = engines.command(engine, sp, binary=svc.spec.binary or engine.binary, model_ref=model_ref, host=sp.host,
-                          port=port)
+    return _with_command(replace(sp, model_ref=default_model_ref(sp)))
+
+
+def _with_command(sp: ServicePlan) -> ServicePlan:
+    engine = engines.get(sp.engine)
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
+                          port=sp.port)
     return replace(sp, command=cmd.argv, env=cmd.env)
+
+
+# ---------------------------------------------------------------------------------------------- sharing one machine
+
+
+def _gpu_resident(sp: ServicePlan) -> bool:
+    m = sp.memory
+    return m.gpu_budget_bytes > 0 and m.gpu_layers >= m.total_layers
+
+
+def _layers_words(sp: ServicePlan) -> str:
+    m = sp.memory
+    if m.gpu_budget_bytes <= 0 and not sp.gpus:
+        return "on the CPU"
+    if m.gpu_layers >= m.total_layers:
+        return "every layer on the GPU"
+    if m.gpu_layers == 0:
+        return f"all {m.total_layers} layers on the CPU"
+    return f"{m.gpu_layers} of {m.total_layers} layers on the GPU, {m.total_layers - m.gpu_layers} on the CPU"
+
+
+def split_threads(plans: list[ServicePlan], cores: int) -> list[int]:
+    """CPU threads per service sharing one machine's cores: a service with every layer on the GPU needs one (sampling,
+    tokenizer, HTTP); the services that compute layers on the CPU split the rest evenly (earlier ones get the
+    remainder). When every service is on the GPU, they split the cores evenly."""
+    n = len(plans)
+    if n == 1:
+        return [max(1, cores)]
+    cpu = [i for i, sp in enumerate(plans) if not _gpu_resident(sp)]
+    out = [1] * n
+    if not cpu:
+        cpu = list(range(n))
+        left = cores
+    else:
+        left = cores - (n - len(cpu))
+    share, extra = divmod(max(left, len(cpu)), len(cpu))
+    for k, i in enumerate(cpu):
+        out[i] = max(1, share + (1 if k < extra else 0))
+    return out
+
+
+def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePlan]:
+    """Several services on one machine: say who got which memory (they are planned in file order, each getting what
+    the ones before it left), and divide the CPU cores among them instead of giving each all of them."""
+    if len(plans) < 2:
+        return plans
+    local = [sp for sp in plans if sp.topology is None]
+    budget = initial_budget(hw)
+    out = {sp.name: sp for sp in plans}
+    if len(local) > 1:
+        if hw.gpus:
+            pool = "unified memory the GPU may use" if hw.is_apple else "GPU memory"
+            shares = "; ".join(f"{sp.name} {gb(sp.memory.gpu_bytes)} ({_layers_words(sp)})" for sp in local)
+            line = (f"{len(local)} services share the {gb(budget.gpu_bytes)} of {pool}, filled in file order: "
+                    f"{shares}")
+        else:
+            shares = "; ".join(f"{sp.name} {gb(sp.memory.host_bytes)}" for sp in local)
+            line = (f"{len(local)} services share the {gb(budget.host_bytes)} of system RAM left to services, "
+                    f"in file order: {shares}")
+        used = 0
+        for sp in local:
+            first = sp is local[0]
+            mine = (f"{line}; {sp.name} came first" if first else
+                    f"{line}; {sp.name} got the {gb(max(0, budget.gpu_bytes - used) if hw.gpus else 0)} left"
+                    if hw.gpus else f"{line}")
+            warnings = list(sp.warnings)
+            m = sp.memory
+            if hw.gpus and not hw.is_apple and m.gpu_layers < m.total_layers and not first:
+                before = ", ".join(p.name for p in local[: local.index(sp)])
+                warnings.append(f"{sp.name} gets {_layers_words(sp)}: the services planned before it ({before}) hold "
+                                f"{gb(used)} of the {gb(budget.gpu_bytes)} GPU memory; list {sp.name} first under "
+                                "services: (or shrink the others) to give it the GPU")
+            out[sp.name] = replace(sp, reasons=sp.reasons + (f"memory: {mine}",), warnings=tuple(warnings))
+            used += sp.memory.gpu_bytes
+    sharing = [out[sp.name] for sp in plans]
+    threads = split_threads(sharing, hw.cpu.cores)
+    said = "; ".join(f"{sp.name} {t} thread{'s' if t != 1 else ''} ({_layers_words(sp)})"
+                     for sp, t in zip(sharing, threads))
+    oversubscribed = ("; more services than cores: each gets one thread and they contend"
+                      if len(sharing) > hw.cpu.cores else "")
+    rule = ("services with every layer on the GPU need one thread, the others split the rest"
+            if any(not _gpu_resident(sp) for sp in sharing) else "every layer of each is on the GPU: an even split")
+    line = f"CPU threads: {len(sharing)} services share {hw.cpu.cores} cores: {said}; {rule}{oversubscribed}"
+    result = []
+    for sp, t in zip(sharing, threads):
+        pinned = pins_from_overrides(engines.get(sp.engine), dict(sp.spec.overrides), sp.name).threads
+        if pinned:  # the user's -t / num_thread stands; the split is what stackgen would have given
+            mine = f"{line}; {sp.name} keeps its pinned {pinned} threads (overrides)"
+            result.append(_with_command(replace(sp, threads=pinned, reasons=sp.reasons + (mine,))))
+            continue
+        result.append(_with_command(replace(sp, threads=t, reasons=sp.reasons + (line,))))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- multi-node

@@ -388,17 +388,74 @@ def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Pr
         parent = doc.mark_for(loc[:-1], key=True) if loc[:-1] else _yaml.Mark(1, 1)
         return Problem(display, parent.line, parent.col, path, "required field is missing", f"add `{loc[-1]}:`")
     if kind in {"string_type", "str_type"}:
-        return Problem(display, mark.line, mark.col, path, "expected text", "quote the value, e.g. \"1.10\"")
+        value = err.get("input")
+        key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        if isinstance(value, float):  # the number lost its written form: 1.10 reads as 1.1
+            hint = f"quote it as written, e.g. `{key}: \"{value}\"`; unquoted, YAML reads it as a number (1.10 as 1.1)"
+        elif isinstance(value, (dict, list, tuple)):
+            hint = "write a single value, not a mapping or list"
+        else:
+            hint = f"quote it: `{key}: \"{_yaml_scalar(value)}\"`"
+        return Problem(display, mark.line, mark.col, path, "expected text", hint)
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return Problem(display, mark.line, mark.col, path, f"invalid value {err.get('input')!r}", f"expected {expected}")
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return Problem(display, mark.line, mark.col, path, f"invalid name {err.get('input')!r}",
                        "use lowercase letters, digits and '-', starting with a letter or digit")
+    typed = _type_problem(kind, loc, err.get("input"))
+    if typed is not None:
+        return Problem(display, mark.line, mark.col, path, *typed)
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return Problem(display, mark.line, mark.col, path, msg[:1].lower() + msg[1:], "")
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def _type_problem(kind: str, loc: tuple, value: Any) -> tuple[str, str] | None:
+    """(message, hint) for a value of the wrong type: say what was written, what is expected, and the fix."""
+    key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+    got = (f"text {value!r}" if isinstance(value, str) else "a list" if isinstance(value, (list, tuple))
+           else "a mapping" if isinstance(value, dict) else f"{_yaml_scalar(value)}")
+    if kind in {"int_type", "int_parsing", "int_from_float"}:
+        number = None
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+            number = int(value)
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if number is not None:
+            how = "without quotes" if isinstance(value, str) else "without a decimal point"
+            return f"expected a whole number, got {got}", f"write `{key}: {number}`, {how}"
+        example = round(value) if isinstance(value, float) and not isinstance(value, bool) else 8
+        return f"expected a whole number, got {got}", f"write a whole number such as `{key}: {example}`"
+    if kind in {"float_type", "float_parsing"}:
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*", value):
+            return f"expected a number, got {got}", f"write `{key}: {value.strip()}`, without quotes"
+        return f"expected a number, got {got}", f"write a number such as `{key}: 16`"
+    if kind in {"bool_type", "bool_parsing"}:
+        return f"expected true or false, got {got}", f"write `{key}: true` or `{key}: false`"
+    if kind in {"tuple_type", "list_type", "set_type", "frozen_set_type"}:
+        if key == "gpus":
+            return (f"expected a list, got {got}",
+                    "one `- vendor: nvidia` mapping (name, memory_gib, ...) per GPU under `gpus:`; `stackgen detect` "
+                    "prints this machine's")
+        if isinstance(value, str):
+            items = [i.strip() for i in value.split(",") if i.strip()] or [value]
+            return f"expected a list, got {got}", f"write `{key}: [{', '.join(items)}]`"
+        return f"expected a list, got {got}", f"write `{key}: [a, b]` or one `- item` per line under `{key}:`"
+    if kind in {"dict_type", "model_type", "model_attributes_type", "mapping_type"}:
+        if isinstance(value, list):
+            return (f"expected a mapping, got {got}",
+                    f"write `name: value` lines under `{key}:` instead of `- ` items"
+                    + (", e.g. `chat:` with `model:` indented under it" if key == "services" else ""))
+        return f"expected a mapping, got {got}", f"indent `name: value` lines under `{key}:`"
+    return None
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -560,7 +617,9 @@ def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSp
         return None, "detected"
     count = 1
     m = _MULTI_RE.match(text)
-    if m:
+    # `2x rtx-4090` multiplies a profile; `7900xtx` is a (misspelt) name, not 7900 of "tx": only a known profile
+    # after the multiplier makes it a count.
+    if m and text not in profiles.hardware and m.group(2) in profiles.hardware:
         count, text = int(m.group(1)), m.group(2)
         if count < 1 or count > 64:
             problem(("hardware",), f"GPU count {count} is out of range", "use 1 to 64")
@@ -568,7 +627,7 @@ def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSp
     hw = profiles.hardware.get(text)
     if hw is None:
         problem(("hardware",), f"unknown hardware profile {text!r}",
-                _did_you_mean(text, list(profiles.hardware)) or "run `stackgen detect` or describe it inline")
+                _did_you_mean_profile(text, list(profiles.hardware)) or "run `stackgen detect` or describe it inline")
         return None, ref
     if count > 1:
         if not hw.gpus:
@@ -580,6 +639,18 @@ def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSp
         gpus = tuple(g.model_copy(update={"count": g.count * count}) for g in hw.gpus)
         hw = hw.model_copy(update={"gpus": gpus, "description": f"{count}x {hw.description or text}"})
     return hw, ref
+
+
+def _did_you_mean_profile(text: str, names: list[str]) -> str:
+    """Also match spellings without separators: `7900xtx` -> rx-7900-xtx, `RTX4090` -> rtx-4090."""
+    close = _did_you_mean(text, names)
+    if close.startswith("did you mean"):
+        return close
+    squash = lambda n: re.sub(r"[^a-z0-9]", "", n.lower())  # noqa: E731
+    hits = [n for n in names if squash(text) and (squash(text) == squash(n) or squash(text) in squash(n))]
+    if len(hits) == 1:
+        return f"did you mean {hits[0]!r}?"
+    return _did_you_mean(squash(text), names) if not hits else "did you mean one of: " + ", ".join(sorted(hits)) + "?"
 
 
 def _bind_workload(ref: WorkloadRef, profiles: Any, problem) -> WorkloadSpec | None:

@@ -9,6 +9,7 @@ import pytest
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.resolve import DECISION_TABLE, resolve
+from stackgen.profiles import load_profiles
 from stackgen.spec import load_stack
 
 HOST = HostFacts(hardware=None)  # type: ignore[arg-type]  # profiles below never need the host
@@ -25,7 +26,8 @@ ROWS = [
     ("mac-dev-loop", "m3-max-64gb", "dev-loop", "mlx"),
     ("mac-multi-user", "m4-max-128gb", "team-api", "llama.cpp"),
     ("gpu-multi-user", "a100-80gb", "team-api", "vllm"),
-    ("gpu-setup", "rtx-4090", "{concurrent_users: 1, optimize: setup}", "ollama"),
+    ("setup", "rtx-4090", "{concurrent_users: 1, optimize: setup}", "ollama"),
+    ("setup", "cpu-laptop-16gb", "quickstart", "ollama"),  # setup friction is Ollama's bottleneck on a CPU too
     ("gpu-single-user", "rtx-4090", "dev-loop", "llama.cpp"),
     ("portable", "rx-7900-xtx", "team-api", "llama.cpp"),
     ("portable", "arc-a770", "team-api", "llama.cpp"),
@@ -38,7 +40,8 @@ def test_each_row_of_the_decision_table(write_stack, row_id, hardware, workload,
     sp = plan_for(write_stack, hardware, workload)
     assert sp.engine == engine
     row = next(r for r in DECISION_TABLE if r.id == row_id)
-    assert row.reason in sp.reasons[0]
+    hw = load_profiles().hardware[hardware]
+    assert row.text(hw, sp.workload.concurrent_users) in sp.reasons[0]
     assert set(sp.rejected) == {"llama.cpp", "ollama", "vllm", "mlx"} - {engine}
     assert all(sp.rejected.values()), "every rejected engine carries a reason"
 

@@ -133,8 +133,12 @@ def _choose_workload(workload: Optional[str], names: list[str]) -> tuple[str, st
     if not sys.stdin.isatty():
         return "dev-loop", "stdin is not a terminal: using workload dev-loop (pass --workload NAME to choose)"
     typer.echo("Workloads: " + ", ".join(names))
-    chosen = typer.prompt("Workload", default="dev-loop", type=typer.Choice(names, case_sensitive=True))
-    return chosen, None
+    # A plain text prompt checked here: typer's choice type moved between versions (typer.Choice is gone in 0.29).
+    while True:
+        chosen = typer.prompt("Workload", default="dev-loop").strip()
+        if chosen in names:
+            return chosen, None
+        typer.echo(f"unknown workload {chosen!r}; pick one of: {', '.join(names)}", err=True)
 
 
 @app.command()
