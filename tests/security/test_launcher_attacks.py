@@ -421,3 +421,51 @@ def test_logs_follow_reports_the_exit_status_it_can_see(tmp_path, fake):
     assert time.monotonic() - t0 < 10
     assert rest and rest[-1][1] == f"[stackgen] chat ended: pid {pid} was killed by signal SIGKILL " \
                                    "(out of memory, or killed by another process)", rest
+
+
+# ------------------------------------------------------------------ item 2: containers named in the state file
+
+
+class _FakeContainer:
+    def __init__(self, name: str, labels: dict):
+        self.name, self.labels, self.status, self.attrs, self.calls = name, labels, "running", {}, []
+
+    def stop(self, timeout=None):
+        self.calls.append("stop")
+
+    def remove(self, force=False):
+        self.calls.append("remove")
+
+
+def test_down_spares_a_container_that_is_not_the_services(tmp_path, monkeypatch):
+    """A hand-edited container_id naming someone else's container: `down` must neither stop nor remove it."""
+    from types import SimpleNamespace
+
+    from stackgen import launch
+
+    path = _fake_stack(tmp_path)
+    other = _FakeContainer("their-db", {"com.example": "theirs"})
+    ours = _FakeContainer("stackgen-x-chat", {"dev.stackgen.stack-file": str(path.resolve()),
+                                              "dev.stackgen.service": "chat"})
+    table = {"their-db-id": other, "ours-id": ours}
+    fake_client = SimpleNamespace(containers=SimpleNamespace(get=lambda ident: table[ident],
+                                                             list=lambda **kw: []))
+    entry = {"name": "chat", "engine": "llama.cpp", "kind": "container", "host": "127.0.0.1", "port": 18080,
+             "config_hash": "x", "started_at": time.time(), "container_id": "their-db-id"}
+    _write_state(path, {"chat": entry})
+    real = launch._runner_for
+
+    def runner_for(kind, stack_file, stack_name=""):
+        r = real(kind, stack_file, stack_name)
+        r._client = fake_client
+        return r
+
+    import stackgen.containers as containers
+
+    monkeypatch.setattr(launch, "_runner_for", runner_for)
+    monkeypatch.setattr(containers, "remove_labelled", lambda *a, **k: [])
+    notes: list[str] = []
+    assert down(path, grace_s=1, notes=notes) == []
+    assert other.calls == [] and "is not the one stackgen started" in notes[0], notes
+    _write_state(path, {"chat": {**entry, "container_id": "ours-id"}})
+    assert down(path, grace_s=1) and ours.calls == ["stop", "remove"]
