@@ -1,9 +1,11 @@
 """Running a plan: `up` (start, wait until each model really answers, optionally verify), `down`, `status`, `logs`.
 
 Native services run the same argv the `script` target execs, each in its own session/process group, with stdout and
-stderr in `.stackgen/logs/<service>.log`. Containers go through the Docker Engine API (stackgen.containers). What
-was started is recorded in `.stackgen/state.json` (stackgen.state) before waiting, so `down` can stop it even after
-`up` itself crashed. Library code: raises LaunchError, reports progress through a callback, never prints.
+stderr in `.stackgen/stacks/<stack file>/logs/<service>.log`. Containers go through the Docker Engine API
+(stackgen.containers). What was started is recorded in that folder's `state.json` (stackgen.state) before waiting,
+so `down` can stop it even after `up` itself crashed. A process is only ever signalled once it is identified as the
+service's (exact start time, executable, and the STACKGEN_SERVICE_ID marker in its environment: `_foreign`).
+Library code: raises LaunchError, reports progress through a callback, never prints.
 """
 
 from __future__ import annotations
