@@ -389,14 +389,17 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
 
 
 def service_state(stack_file: str | Path, service: str) -> dict[str, Any]:
-    """What `stackgen up` recorded for a service in `.stackgen/state.json` next to the stack ({} if nothing)."""
-    path = Path(stack_file).resolve().parent / ".stackgen" / "state.json"
+    """What `stackgen up` recorded for a service in the stack's state (stackgen.state; {} if nothing)."""
+    from dataclasses import asdict
+
+    from stackgen.errors import StackgenError
+    from stackgen.state import StateDir
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        st = StateDir(stack_file).load().services.get(service)
+    except StackgenError:
         return {}
-    svc = (data.get("services") or {}).get(service)
-    return svc if isinstance(svc, dict) else {}
+    return asdict(st) if st is not None else {}
 
 
 def pick_service(plan, name: str | None):

@@ -138,6 +138,7 @@ class ContainerRunner:
         self.stack_file = stack_file
         self._client = None
         self._specs: dict[str, ContainerSpec] = {}
+        self._foreign: dict[str, str] = {}  # service -> why the recorded container is not its own
 
     @property
     def client(self):
@@ -211,11 +212,20 @@ class ContainerRunner:
         from docker.errors import DockerException, NotFound
 
         try:
-            return self.client.containers.get(st.container_id or st.container_name)
+            c = self.client.containers.get(st.container_id or st.container_name)
         except NotFound:
             return None
         except DockerException as exc:
             raise LaunchError(f"service {st.name}: cannot inspect its container: {_short(exc)}") from None
+        labels = getattr(c, "labels", None) or {}
+        if self.stack_file is not None and (labels.get(f"{LABEL}.stack-file") != str(self.stack_file)
+                                            or labels.get(f"{LABEL}.service") != st.name):
+            # a container id from a hand-edited state file (or a reused name): never stop or remove it
+            self._foreign[st.name] = (f"container {getattr(c, 'name', st.container_id)} is not the one stackgen "
+                                      f"started for service {st.name} (its labels name another stack file or "
+                                      f"service)")
+            return None
+        return c
 
     def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
         c = self._get(st)
@@ -255,20 +265,21 @@ class ContainerRunner:
             return []
         return [ln.rstrip() for ln in text.split("\n") if ln.strip()]
 
-    def stop(self, st: ServiceState, grace_s: float) -> None:
+    def stop(self, st: ServiceState, grace_s: float) -> str:
         from docker.errors import DockerException, NotFound
 
         c = self._get(st)  # an unreachable API raises: the state entry stays for a later `down`
         if c is None:
-            return
+            return self._foreign.pop(st.name, "")
         try:
             if c.status == "running":
                 c.stop(timeout=max(1, int(grace_s)))
             c.remove(force=True)
         except NotFound:
-            return
+            return ""
         except DockerException as exc:
             raise LaunchError(f"service {st.name}: cannot stop container {c.name}: {_short(exc)}") from None
+        return ""
 
     def owned_pids(self, st: ServiceState) -> set[int]:
         try:

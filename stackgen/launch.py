@@ -1,9 +1,11 @@
 """Running a plan: `up` (start, wait until each model really answers, optionally verify), `down`, `status`, `logs`.
 
 Native services run the same argv the `script` target execs, each in its own session/process group, with stdout and
-stderr in `.stackgen/logs/<service>.log`. Containers go through the Docker Engine API (stackgen.containers). What
-was started is recorded in `.stackgen/state.json` (stackgen.state) before waiting, so `down` can stop it even after
-`up` itself crashed. Library code: raises LaunchError, reports progress through a callback, never prints.
+stderr in `.stackgen/stacks/<stack file>/logs/<service>.log`. Containers go through the Docker Engine API
+(stackgen.containers). What was started is recorded in that folder's `state.json` (stackgen.state) before waiting,
+so `down` can stop it even after `up` itself crashed. A process is only ever signalled once it is identified as the
+service's (exact start time, executable, and the STACKGEN_SERVICE_ID marker in its environment: `_foreign`).
+Library code: raises LaunchError, reports progress through a callback, never prints.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +29,7 @@ from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.health import DOWN, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
 from stackgen.plan import Plan, ServicePlan
-from stackgen.state import ServiceState, StackState, StateDir, config_hash, rotate_log, tail
+from stackgen.state import ServiceState, StackState, StateDir, config_hash, open_log, open_read, rotate_log, tail
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL
 KILL_WAIT_S = 5.0
@@ -83,6 +86,7 @@ class ServiceOutcome:
     where: str  # "pid 123" | "container abc"
     port: int
     ready_s: float | None = None
+    reason: str = ""  # why a service was restarted (changed, exited, stopped, not answering)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class UpResult:
     services: list[ServiceOutcome]
     stopped: list[str]
     verify: list[VerifyResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a recorded pid that now belongs to another process
 
 
 @dataclass
@@ -139,7 +144,8 @@ class Runner(Protocol):
 
     def log_tail(self, st: ServiceState, lines: int) -> list[str]: ...
 
-    def stop(self, st: ServiceState, grace_s: float) -> None: ...
+    def stop(self, st: ServiceState, grace_s: float) -> str | None:
+        """Stop the service; returns a note for the user (e.g. its pid is not the process `up` started)."""
 
     def owned_pids(self, st: ServiceState) -> set[int]: ...
 
@@ -291,7 +297,8 @@ class NativeRunner:
         argv = list(cmd.argv)
         log_path = sd.log_path(sp.name)
         rotate_log(log_path)
-        env = {**os.environ, **cmd.env}
+        service_id = secrets.token_hex(16)  # the marker `down` checks before signalling (children inherit it)
+        env = {**os.environ, **cmd.env, MARKER_ENV: service_id}
         pass_fds: tuple[int, ...] = ()
         if cmd.key_mode is not None:
             key = os.environ.get(cmd.key_var or "", "")
@@ -304,7 +311,7 @@ class NativeRunner:
                 pass_fds = (fd,)
                 argv = [f"/dev/fd/{fd}" if a == engines.KEY_FD else a for a in argv]
         try:
-            with open(log_path, "ab") as log:
+            with open_log(log_path) as log:
                 log.write(f"# stackgen up: {' '.join(cmd.argv)}\n".encode())
                 log.flush()
                 try:
@@ -321,11 +328,12 @@ class NativeRunner:
         finally:
             for fd in pass_fds:  # the child has its own copy; the key leaves this process's descriptors
                 os.close(fd)
-        create_time = _create_time(proc.pid)
+        create_time, start_ticks, exe = _identity_now(proc.pid)
         st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
                           config_hash=self.desired_hash(sp), started_at=time.time(),
                           model_name=request_model_name(sp), pid=proc.pid, pgid=proc.pid, create_time=create_time,
-                          log=str(log_path), argv=list(cmd.argv), budget_s=budget_s, tls=sp.tls is not None)
+                          log=str(log_path), argv=list(cmd.argv), budget_s=budget_s, service_id=service_id, exe=exe,
+                          start_ticks=start_ticks, tls=sp.tls is not None)
         return st, proc
 
     def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
@@ -336,11 +344,39 @@ class NativeRunner:
     def is_alive(self, st: ServiceState) -> bool:
         return _leader(st) is not None
 
-    def log_tail(self, st: ServiceState, lines: int) -> list[str]:
-        return tail(st.log, lines) if st.log else []
+    def trouble(self, st: ServiceState) -> str:
+        """Why a recorded service cannot be kept as it is ('' when its process runs and is not stopped)."""
+        import psutil
 
-    def stop(self, st: ServiceState, grace_s: float) -> None:
-        stop_process_group(st, grace_s)
+        leader, foreign = _identify(st)
+        if leader is None:
+            return foreign or "its process had exited"
+        try:
+            if leader.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+                return f"its process (pid {st.pid}) was stopped (SIGSTOP)"
+        except psutil.Error:
+            return "its process had exited"
+        return ""
+
+    def on_ready(self, st: ServiceState) -> None:
+        """The engine answers: record its executable now (a wrapper `binary:` may have exec'd the engine)."""
+        leader = _leader(st)
+        if leader is not None:
+            st.exe = _exe(leader) or st.exe
+
+    def log_file(self, st: ServiceState) -> Path | None:
+        root = self.stack_dir / ".stackgen"
+        if not st.log:
+            return None
+        real = Path(os.path.realpath(st.log))
+        return real if Path(os.path.realpath(root)) in real.parents else None
+
+    def log_tail(self, st: ServiceState, lines: int) -> list[str]:
+        path = self.log_file(st)
+        return tail(path, lines) if path else []
+
+    def stop(self, st: ServiceState, grace_s: float) -> str:
+        return stop_process_group(st, grace_s)
 
     def owned_pids(self, st: ServiceState) -> set[int]:
         return {p.pid for p in _members(st)}
@@ -358,13 +394,38 @@ class NativeRunner:
         return f"pid {st.pid}"
 
 
-def _create_time(pid: int) -> float | None:
+MARKER_ENV = "STACKGEN_SERVICE_ID"  # set in each native engine's environment; children inherit it
+_exit_status: dict[int, int] = {}  # wait statuses of engines this process started and reaped
+
+
+def _identity_now(pid: int) -> tuple[float | None, int | None, str | None]:
+    """(create_time, start_ticks, exe) of a running process, what `start` records."""
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        p = psutil.Process(pid)
+        return p.create_time(), _start_ticks(pid), _exe(p)
     except psutil.Error:
+        return None, None, None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Linux: the process's start time in clock ticks since boot (/proc/PID/stat field 22). Unlike psutil's
+    create_time it does not move when the system clock (and so the computed boot time) is adjusted."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
+
+
+def _exe(p) -> str | None:
+    try:
+        exe = p.exe()
+    except Exception:  # noqa: BLE001 - psutil.Error, and races
+        return None
+    return exe[: -len(" (deleted)")] if exe.endswith(" (deleted)") else exe or None
 
 
 def _gone(p) -> bool:
@@ -377,34 +438,84 @@ def _gone(p) -> bool:
 
 
 def _reap(pid: int) -> None:
+    """Collect a child of this process that has exited (keeping its wait status for `logs -f`)."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        got, status = os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
-        pass
+        return
+    if got == pid:
+        _exit_status[pid] = status
 
 
-def _leader(st: ServiceState):
-    """The service's main process if it still runs (and is the one we started: same create time)."""
+def _foreign(st: ServiceState, p) -> str:
+    """Why process `p` (alive at st.pid) is not the process `up` started for `st`; '' when it is.
+    Checked: the start time exactly as recorded, the executable, and the STACKGEN_SERVICE_ID marker in its
+    environment (state from before markers: the exact command line instead)."""
     import psutil
 
-    if not st.pid:
-        return None
+    try:
+        ticks = _start_ticks(p.pid) if st.start_ticks is not None else None
+        if ticks is not None:
+            if ticks != st.start_ticks:
+                return "it started at a different time than the recorded service (its pid was reused)"
+        elif st.create_time is None or abs(p.create_time() - st.create_time) > 0.01:
+            return "it started at a different time than the recorded service (its pid was reused)"
+        if st.exe is not None:
+            exe = _exe(p)
+            if exe != st.exe:
+                return f"it runs {exe or 'an executable this user cannot see'}, not {st.exe}"
+        if st.service_id is not None:
+            try:
+                marker = p.environ().get(MARKER_ENV)
+            except psutil.AccessDenied:
+                return "its environment is not readable (another user's process)"
+            if marker != st.service_id:
+                return f"it does not carry this service's {MARKER_ENV}"
+        else:  # recorded by a stackgen without markers: the command line must be exactly the recorded one
+            cmd = p.cmdline()
+            if not st.argv or len(cmd) < len(st.argv) or cmd[len(cmd) - len(st.argv) + 1:] != st.argv[1:] \
+                    or not any(os.path.basename(c) == os.path.basename(st.argv[0]) for c in cmd[:2]):
+                return "its command line is not the recorded one"
+    except psutil.AccessDenied:
+        return "it belongs to another user"
+    except psutil.Error:
+        return ""  # gone meanwhile
+    return ""
+
+
+def _identify(st: ServiceState):
+    """(the service's main process, '') while it runs; (None, '') when it is gone; (None, why) when its pid now
+    belongs to a process that is not the one `up` started."""
+    import psutil
+
+    if not st.pid or st.pid < 1:
+        return None, ""
     _reap(st.pid)
     try:
         p = psutil.Process(st.pid)
-        if st.create_time is not None and abs(p.create_time() - st.create_time) > 1.0:
-            return None
-        return None if _gone(p) else p
     except psutil.Error:
-        return None
+        return None, ""
+    if _gone(p):
+        return None, ""
+    why = _foreign(st, p)
+    if why:
+        return None, f"pid {st.pid} is not the process stackgen started for service {st.name}: {why}"
+    return p, ""
 
 
-def _members(st: ServiceState) -> list:
-    """Every live process of the service: its process group, plus descendants that left the group (setsid)."""
+def _leader(st: ServiceState):
+    """The service's main process if it still runs and is the one `up` started (see _foreign)."""
+    return _identify(st)[0]
+
+
+def _members(st: ServiceState, leader=None) -> list:
+    """Every live process of the service: the verified leader and its descendants, plus processes that carry the
+    service's marker (members of its process group, or strays that left it with setsid after the leader died).
+    Nothing is taken on the pid or the process group alone."""
     import psutil
 
     found: dict[int, object] = {}
-    leader = _leader(st)
+    leader = leader if leader is not None else _leader(st)
     if leader is not None:
         found[leader.pid] = leader
         try:
@@ -412,32 +523,44 @@ def _members(st: ServiceState) -> list:
                 found[c.pid] = c
         except psutil.Error:
             pass
-    if st.pgid:
-        since = (st.create_time or st.started_at) - 2.0
+    if st.service_id:
+        uid = os.getuid()
+        for p in psutil.process_iter():
+            if p.pid in found:
+                continue
+            try:
+                if p.uids().real != uid:
+                    continue
+                if p.environ().get(MARKER_ENV) == st.service_id:
+                    found[p.pid] = p
+            except (OSError, psutil.Error):
+                continue
+    elif leader is not None and st.pgid == st.pid:  # old state: the group of a verified leader is its session
         for p in psutil.process_iter():
             try:
-                if os.getpgid(p.pid) == st.pgid and p.create_time() >= since:
+                if p.pid not in found and os.getpgid(p.pid) == st.pgid:
                     found[p.pid] = p
             except (OSError, psutil.Error):
                 continue
     return [p for p in found.values() if not _gone(p)]
 
 
-def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> None:
-    """SIGTERM the group (and strays), wait up to `grace_s`, SIGKILL what is left, verify nothing survives."""
-    import psutil
-
-    procs = _members(st)
+def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> str:
+    """SIGTERM the group (and strays), wait up to `grace_s`, SIGKILL what is left, verify nothing survives.
+    Only processes identified as the service's are signalled; returns a note ('' if none) when the recorded pid
+    now belongs to another process, which is left alone."""
+    leader, foreign = _identify(st)
+    procs = _members(st, leader)
     if not procs:
         if st.pid:
             _reap(st.pid)
-        return
-    _signal_all(st, procs, signal.SIGTERM)
+        return foreign
+    _signal_all(st, leader, procs, signal.SIGTERM)
     remaining = _wait_gone(procs, grace_s)
     # Processes forked while we waited join the group: look again before the hard kill.
     remaining = list({p.pid: p for p in remaining + _members(st)}.values())
     if remaining:
-        _signal_all(st, remaining, signal.SIGKILL)
+        _signal_all(st, _leader(st), remaining, signal.SIGKILL)
         remaining = _wait_gone(remaining, KILL_WAIT_S)
     if remaining:
         pids = ", ".join(str(p.pid) for p in remaining)
@@ -445,20 +568,27 @@ def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> None:
                           f"check `ps -o pid,stat,cmd -p {pids}`")
     if st.pid:
         _reap(st.pid)
-    del psutil
+    return foreign
 
 
-def _signal_all(st: ServiceState, procs: list, sig: int) -> None:
-    if st.pgid:
+def _signal_all(st: ServiceState, leader, procs: list, sig: int) -> None:
+    """killpg only for the group of a verified leader that leads it (its own session: only its descendants can
+    be in it); every identified process individually (psutil refuses a pid reused since it was listed).
+    SIGTERM is followed by SIGCONT, so a stopped (SIGSTOP) engine handles it at once."""
+    if leader is not None and st.pgid and st.pgid == leader.pid:
         try:
-            os.killpg(st.pgid, sig)
+            if os.getpgid(leader.pid) == st.pgid:
+                os.killpg(st.pgid, sig)
+                if sig == signal.SIGTERM:
+                    os.killpg(st.pgid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             pass
     for p in procs:
-        try:
-            p.send_signal(sig)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        for s in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+            try:
+                p.send_signal(s)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
 
 
 def _wait_gone(procs: list, timeout_s: float) -> list:
@@ -706,14 +836,20 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         raise LaunchError("\n".join(problems))
 
     keep, start, to_stop = [], [], []
+    reasons: dict[str, str] = {}
     for sp in plan.services:
         cur = state.services.get(sp.name)
-        if cur is not None and cur.kind == kind and cur.config_hash == wanted[sp.name] and runner_of(cur).is_alive(cur):
-            keep.append(sp)
-        else:
-            start.append(sp)
-            if cur is not None:
-                to_stop.append(cur)
+        if cur is not None:
+            if cur.kind != kind or cur.config_hash != wanted[sp.name]:
+                reasons[sp.name] = "its configuration changed"
+            else:
+                reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
+                if not reasons[sp.name]:
+                    keep.append(sp)
+                    continue
+        start.append(sp)
+        if cur is not None:
+            to_stop.append(cur)
     planned = {sp.name for sp in plan.services}
     to_stop += [st for n, st in state.services.items() if n not in planned]
 
@@ -732,9 +868,11 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     if problems:
         raise LaunchError("\n".join(problems))
 
-    stopped = []
+    stopped, notes = [], []
     for st in to_stop:
-        runner_of(st).stop(st, opts.grace_s)
+        note = runner_of(st).stop(st, opts.grace_s)
+        if note:
+            notes.append(f"{note}; left it running and started a new one")
         state.services.pop(st.name, None)
         sd.save(state)
         stopped.append(st.name)
@@ -762,8 +900,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         for sp in start:
             st = state.services[sp.name]
             st.ready_at = time.time()
+            on_ready = getattr(runner, "on_ready", None)
+            if on_ready is not None:
+                on_ready(st)
             outcomes.append(ServiceOutcome(sp.name, "restarted" if sp.name in restarted else "started",
-                                           runner.where(st), sp.port, ready.get(sp.name)))
+                                           runner.where(st), sp.port, ready.get(sp.name),
+                                           reasons.get(sp.name, "") if sp.name in restarted else ""))
         sd.save(state)
         ok = True
     except KeyboardInterrupt as exc:
@@ -774,10 +916,25 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         if not ok:  # a failure (or an interrupt, already cleaned): stop what this run started
             _cleanup(started, runner, state, sd, opts.grace_s)
 
-    result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped)
+    result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped,
+                      notes=notes)
     if opts.verify:
         result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in plan.services]
     return result
+
+
+def _trouble(runner: Runner, st: ServiceState, sp: ServicePlan) -> str:
+    """Why a running, unchanged service must be restarted ('' to keep it): its process is gone, is not the one
+    `up` started, is stopped (SIGSTOP), or the model does not answer a health probe now."""
+    trouble = getattr(runner, "trouble", None)
+    why = trouble(st) if trouble is not None else ("" if runner.is_alive(st) else "it was not running")
+    if why:
+        return why
+    slow = st.engine in ("mlx", "ollama")  # their probe is a 1-token completion
+    res = probe(endpoint_for(sp), 30.0 if slow else 3.0)
+    if res.state != READY:
+        return f"it did not answer its health check ({res.detail or res.state})"
+    return ""
 
 
 def _cleanup(started: list[ServiceState], runner: Runner, state: StackState, sd: StateDir, grace_s: float) -> list[str]:
@@ -953,8 +1110,9 @@ def _median(xs: list[float]) -> float | None:
 # ---------------------------------------------------------------------------------------------- down / status / logs
 
 
-def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
-    """Stop every service `up` started for this stack (by the state file, plus labelled containers)."""
+def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | None = None) -> list[str]:
+    """Stop every service `up` started for this stack (by the state file, plus labelled containers). A recorded
+    pid that now belongs to another process is left alone: the entry is dropped and a note added to `notes`."""
     sd = StateDir(stack_file)
     if not sd.root.exists():
         return []
@@ -969,12 +1127,17 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S) -> list[str]:
                 runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
             runner = runners[st.kind]
             try:
-                runner.stop(st, grace_s)
+                note = runner.stop(st, grace_s)
             except LaunchError as exc:
                 failures.append(str(exc))
                 continue
             state.services.pop(name, None)
             sd.save(state)
+            if note:
+                if notes is not None:
+                    notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
+                                 f"it yourself: kill {st.pid})")
+                continue
             stopped.append(f"{name} ({runner.where(st)})")
         if had_containers:
             stopped += _down_stray_containers(sd, grace_s)
@@ -1000,7 +1163,7 @@ def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
 def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[ServiceStatus]:
     """Each recorded service: running / loading / dead / unhealthy, where, port, uptime, RSS (health is probed)."""
     sd = StateDir(stack_file)
-    if not sd.state_file.exists():
+    if not sd.has_state():
         return []
     state = sd.load()
     out = []
@@ -1012,9 +1175,18 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[Service
         uptime = time.time() - st.started_at
         if not runner.is_alive(st):
             lines = runner.log_tail(st, 30)
-            cause = likely_cause(lines, None)
+            trouble = getattr(runner, "trouble", None)
+            foreign = trouble(st) if trouble is not None else ""
+            foreign = foreign if foreign.startswith("pid ") else ""
+            cause = foreign or likely_cause(lines, None)
             out.append(ServiceStatus(name, st.engine, "dead", runner.where(st), st.host, st.port, None, None,
                                      cause or ((lines or [""])[-1][:160])))
+            continue
+        trouble = getattr(runner, "trouble", None)
+        stuck = trouble(st) if trouble is not None else ""
+        if stuck:  # e.g. stopped with SIGSTOP: a probe would only time out
+            out.append(ServiceStatus(name, st.engine, "unhealthy", runner.where(st), st.host, st.port, uptime,
+                                     runner.rss(st), stuck))
             continue
         slow = st.engine in ("mlx", "ollama")
         res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
@@ -1031,7 +1203,9 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[Service
 
 def logs(stack_file: str | Path, service: str | None = None, follow: bool = False, lines: int = 200,
          max_seconds: float = 86400.0) -> Iterator[tuple[str, str]]:
-    """(service, line) pairs: the last `lines` of each service's log, then new lines while `follow`."""
+    """(service, line) pairs: the last `lines` of each service's log, then new lines while `follow`. Following
+    ends for a service when its process (or container) is gone, with a last line saying how it ended; it ends
+    when no followed service is left. Only log files inside `.stackgen/` are read."""
     sd = StateDir(stack_file)
     state = sd.load()
     names = sorted(state.services) if service is None else [service]
@@ -1044,16 +1218,23 @@ def logs(stack_file: str | Path, service: str | None = None, follow: bool = Fals
     sources = {}
     for n in names:
         st = state.services.get(n)
-        if st is not None and st.kind == "container":
-            if st.kind not in runners:
-                runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
-            runner = runners[st.kind]
+        kind = st.kind if st is not None else "process"
+        if kind not in runners:
+            runners[kind] = _runner_for(kind, sd.stack_file, state.stack)
+        runner = runners[kind]
+        if kind == "container":
             sources[n] = ("container", runner, st)
         else:
-            sources[n] = ("file", str(st.log if st and st.log else sd.log_path(n)), st)
+            path = sd.contained_log(st.log if st else None, n)
+            if st is not None and st.log and path != Path(os.path.realpath(st.log)):
+                yield n, (f"[stackgen] the state file names the log {st.log}, which is not inside {sd.root}: "
+                          f"not read" + (f"; showing {path}" if path else ""))
+            sources[n] = ("file", path, st)
     offsets: dict[str, int] = {}
     for n, (kind, src, st) in sources.items():
         if kind == "file":
+            if src is None:
+                continue
             for ln in tail(src, lines, max_bytes=4 * 1024 * 1024):
                 yield n, ln
             try:
@@ -1067,31 +1248,87 @@ def logs(stack_file: str | Path, service: str | None = None, follow: bool = Fals
     deadline = time.monotonic() + max_seconds
     since = {n: time.time() for n in sources}
     buf: dict[str, bytes] = {n: b"" for n in sources}
-    for _ in range(int(max_seconds / 0.25) + 1):
-        if time.monotonic() > deadline:
-            return
-        for n, (kind, src, st) in sources.items():
+    following = dict(sources)
+    for n, (kind, src, st) in sources.items():  # nothing runs: nothing to follow
+        if st is None or src is None:
+            del following[n]
+            yield n, f"[stackgen] {n} is not running (start it with `stackgen up {sd.stack_file}`)"
+    last_check = 0.0
+    while following and time.monotonic() <= deadline:
+        check = time.monotonic() - last_check >= 1.0
+        if check:
+            last_check = time.monotonic()
+        for n, (kind, src, st) in list(following.items()):
+            runner = runners[st.kind]
+            ended = check and not runner.is_alive(st)  # looked at before the last read: no line is lost
             if kind == "file":
-                try:
-                    with open(src, "rb") as f:
-                        size = os.fstat(f.fileno()).st_size
-                        if size < offsets[n]:
-                            offsets[n] = 0  # rotated by a restart
-                        f.seek(offsets[n])
-                        data = f.read(1024 * 1024)
-                except OSError:
-                    continue
-                offsets[n] += len(data)
-                buf[n] += data
-                *complete, buf[n] = buf[n].split(b"\n")
-                for ln in complete:
-                    yield n, ln.decode("utf-8", "replace").rstrip("\r")
+                yield from ((n, ln) for ln in _read_new(src, offsets, buf, n, final=ended))
             else:
                 now = time.time()
                 for ln in src.logs_since(st, since[n]):
                     yield n, ln
                 since[n] = now
-        time.sleep(0.25)
+            if ended:
+                del following[n]
+                yield n, f"[stackgen] {n} ended: {how_it_ended(runner, st)}"
+        if following:
+            time.sleep(0.25)
+
+
+def _read_new(src: Path, offsets: dict[str, int], buf: dict[str, bytes], n: str, final: bool) -> list[str]:
+    try:
+        with open_read(src) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offsets[n]:
+                offsets[n] = 0  # rotated by a restart
+            f.seek(offsets[n])
+            data = f.read(1024 * 1024 if not final else -1)
+    except OSError:
+        data = b""
+    offsets[n] += len(data)
+    buf[n] += data
+    *complete, buf[n] = buf[n].split(b"\n")
+    if final and buf[n]:
+        complete.append(buf[n])
+        buf[n] = b""
+    return [ln.decode("utf-8", "replace").rstrip("\r") for ln in complete]
+
+
+def how_it_ended(runner: Runner, st: ServiceState) -> str:
+    """How a service's process ended: exit code or signal when this process can know it, else what the log says."""
+    if st.kind == "container":
+        code = runner.exited(st, None)
+        return f"the container exited (exit status {code})" if code is not None else "the container is gone"
+    status = _exit_status.get(st.pid or 0)
+    if status is None and st.pid:
+        status = _zombie_status(st.pid)
+    if status is not None:
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return f"pid {st.pid} was killed by signal {name}" + (
+                " (out of memory, or killed by another process)" if sig == signal.SIGKILL else "")
+        return f"pid {st.pid} exited with status {os.WEXITSTATUS(status)}"
+    trouble = getattr(runner, "trouble", None)
+    foreign = trouble(st) if trouble is not None else ""
+    if foreign.startswith("pid "):
+        return foreign
+    cause = likely_cause(runner.log_tail(st, 60), None)
+    return (f"pid {st.pid} is gone (its exit status went to its parent, not to stackgen)"
+            + (f"; likely cause: {cause}" if cause else ""))
+
+
+def _zombie_status(pid: int) -> int | None:
+    """Linux: the wait status of a zombie that its parent has not collected yet (/proc/PID/stat field 52)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
+        return int(fields[49]) if fields[0] == "Z" else None
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 __all__ = ["UpOptions", "UpResult", "up", "down", "status", "logs", "verify_service", "budget_for", "likely_cause",

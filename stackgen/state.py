@@ -1,15 +1,22 @@
 """The state folder `.stackgen/` next to a stack file: what `up` started, its logs, and the lock.
 
-Layout::
+Layout (one sub-folder per stack file, so two stack files in one folder never share state)::
 
     .stackgen/
-      .gitignore        "*": nothing in here belongs in git
-      lock              fcntl.flock'ed by `up`/`down` while they run (holds the holder's pid as text)
-      state.json        services started: pid/pgid or container id, port, start time, config hash
-      logs/<svc>.log    the engine's stdout+stderr (native); the previous run is kept as <svc>.log.1
+      .gitignore                  "*": nothing in here belongs in git
+      stacks/<stack file name>/   e.g. stacks/stack.yaml/ for ./stack.yaml
+        lock                      fcntl.flock'ed by `up`/`down` while they run (holds the holder's pid as text)
+        state.json                services started: pid/pgid + identity (start time, executable, marker) or
+                                  container id, port, start time, config hash
+        logs/<svc>.log            the engine's stdout+stderr (native); the previous run is kept as <svc>.log.1
+
+Older stackgen versions kept one `state.json`, `lock` and `logs/` directly in `.stackgen/`. Such a state file is
+still read, but only by the stack file it names (its "file" field); `up`/`down` move it into the stack's own
+folder under the lock. Its log paths (`.stackgen/logs/...`) stay valid.
 
 The state file is written atomically (temp file + rename) after every change, so a crash of `up` itself still
-leaves enough on disk for `down` to stop what was started.
+leaves enough on disk for `down` to stop what was started. It is checked field by field when read: a damaged or
+hand-edited file gives a message, and paths in it are only trusted inside `.stackgen/` (`contained_log`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +35,8 @@ from typing import Any
 from stackgen.errors import LaunchError
 
 STATE_DIR = ".stackgen"
-STATE_VERSION = 1
+STATE_VERSION = 2
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # spec.NAME_RE, max 63
 
 
 def config_hash(argv: list[str] | tuple[str, ...], env: dict[str, str], extra: dict[str, Any] | None = None) -> str:
@@ -58,11 +67,65 @@ class ServiceState:
     budget_s: float = 60.0
     ready_at: float | None = None
     tls: bool = False  # the engine serves HTTPS (serve.tls)
+    # Identity of a native leader beyond its pid (stackgen.launch checks all three before signalling anything):
+    service_id: str | None = None  # the random STACKGEN_SERVICE_ID put in the engine's environment at start
+    exe: str | None = None  # the leader's executable (/proc/PID/exe) once it is up
+    start_ticks: int | None = None  # Linux: start time in clock ticks since boot (/proc/PID/stat field 22)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServiceState":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+# What each field of a stored service may hold: (types, may be None). bool is refused where int is meant.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), False), "engine": ((str,), False), "kind": ((str,), False), "host": ((str,), False),
+    "port": ((int,), False), "config_hash": ((str,), False), "started_at": ((int, float), False),
+    "model_name": ((str,), False), "pid": ((int,), True), "pgid": ((int,), True),
+    "create_time": ((int, float), True), "container_id": ((str,), True), "container_name": ((str,), True),
+    "log": ((str,), True), "argv": ((list,), False), "budget_s": ((int, float), False),
+    "ready_at": ((int, float), True), "service_id": ((str,), True), "exe": ((str,), True),
+    "start_ticks": ((int,), True),
+}
+
+
+def _check_service(name: str, data: Any) -> str | None:
+    """Why a stored service entry cannot be trusted (None: it is well-formed)."""
+    if not SERVICE_NAME_RE.match(str(name)):
+        return f"services: {name!r} is not a service name"
+    if not isinstance(data, dict):
+        return f"services.{name}: a JSON {type(data).__name__}, not an object"
+    for key in ("name", "engine", "kind", "host", "port", "config_hash", "started_at"):
+        if key not in data:
+            return f"services.{name}: `{key}` is missing"
+    for key, (types, nullable) in _FIELD_TYPES.items():
+        if key not in data:
+            continue
+        v = data[key]
+        if v is None and nullable:
+            continue
+        if isinstance(v, bool) or not isinstance(v, types):
+            return f"services.{name}.{key}: {v!r} is not a valid value"
+    if data["name"] != name:
+        return f"services.{name}.name: {data['name']!r} differs from the entry's name"
+    if data["kind"] not in ("process", "container"):
+        return f"services.{name}.kind: {data['kind']!r} is neither \"process\" nor \"container\""
+    for key in ("pid", "pgid"):
+        v = data.get(key)
+        if v is not None and not 1 <= v <= 2**22:
+            return f"services.{name}.{key}: {v} is not a process id"
+    if data["kind"] == "process" and data.get("pid") is None:
+        return f"services.{name}.pid: missing for a native process"
+    if not 0 < data["port"] < 65536:
+        return f"services.{name}.port: {data['port']} is not a TCP port"
+    if not all(isinstance(a, str) for a in data.get("argv") or []):
+        return f"services.{name}.argv: not a list of strings"
+    for key in ("create_time", "started_at", "budget_s", "ready_at"):
+        v = data.get(key)
+        if v is not None and not (v == v and abs(v) < 1e12):  # NaN, inf
+            return f"services.{name}.{key}: {v!r} is not a time"
+    return None
 
 
 @dataclass
@@ -77,59 +140,111 @@ class StackState:
 
 
 class StateDir:
-    """The `.stackgen/` folder of one stack file."""
+    """The state of one stack file: `.stackgen/stacks/<file name>/` (see the module docstring)."""
 
     def __init__(self, stack_file: str | Path):
         self.stack_file = Path(stack_file).resolve()
-        self.root = self.stack_file.parent / STATE_DIR
+        self.root = self.stack_file.parent / STATE_DIR  # shared by the stack files of one folder
+        self.dir = self.root / "stacks" / self.stack_file.name
         self._lock_fd: int | None = None
 
     # -- paths
     @property
     def state_file(self) -> Path:
-        return self.root / "state.json"
+        return self.dir / "state.json"
 
     @property
     def lock_file(self) -> Path:
-        return self.root / "lock"
+        return self.dir / "lock"
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.dir / "logs"
+
+    @property
+    def legacy_state_file(self) -> Path:
+        """Where stackgen kept the state of every stack file of the folder before per-file state folders."""
+        return self.root / "state.json"
 
     def log_path(self, service: str) -> Path:
+        if not SERVICE_NAME_RE.match(service):
+            raise LaunchError(f"{service!r} is not a service name (lowercase letters, digits and '-')")
         return self.logs_dir / f"{service}.log"
+
+    def contained_log(self, recorded: str | None, service: str) -> Path | None:
+        """The log file to read for a service: the path the state file records if it lies inside `.stackgen/`
+        once symlinks are resolved, else the default place if that does; None if neither does. A hand-edited
+        `log:` (or a planted symlink) cannot make `logs`/`status` read files outside the state folder."""
+        root = Path(os.path.realpath(self.root))
+        for cand in ([Path(recorded)] if recorded else []) + [self.log_path(service)]:
+            real = Path(os.path.realpath(cand))
+            if root in real.parents:
+                return real
+        return None
+
+    def has_state(self) -> bool:
+        return self.state_file.exists() or self._legacy() is not None
 
     def ensure(self) -> None:
         try:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             gi = self.root / ".gitignore"
-            if not gi.exists():
-                gi.write_text("*\n", encoding="utf-8")
+            if not os.path.lexists(gi):
+                write_new(gi, "*\n")
         except OSError as exc:
-            raise LaunchError(f"cannot create the state folder {self.root}: {exc.strerror or exc}") from None
+            raise LaunchError(f"cannot create the state folder {self.dir}: {exc.strerror or exc}") from None
 
     # -- state
-    def load(self, stack_name: str = "") -> StackState:
+    def _read(self, path: Path) -> Any:
         try:
-            data = json.loads(self.state_file.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return StackState(stack_name, str(self.stack_file))
+            return None
         except (OSError, ValueError) as exc:
-            raise LaunchError(f"{self.state_file}: unreadable state file ({exc}); stop the services by hand "
-                              f"and delete it") from None
+            raise self._damaged(path, f"unreadable ({exc})") from None
+
+    def _damaged(self, path: Path, why: str) -> LaunchError:
+        return LaunchError(f"{path}: {why}. The state file is damaged or was edited by hand; stackgen will not "
+                           f"signal processes it cannot identify. Stop this stack's engines yourself (look for "
+                           f"them with `ps -ef`), then delete {path}")
+
+    def _legacy(self) -> Any:
+        """The pre-per-file state, if it belongs to this stack file."""
+        if self.legacy_state_file == self.state_file:
+            return None
+        data = self._read(self.legacy_state_file)
+        if isinstance(data, dict) and data.get("file") == str(self.stack_file):
+            return data
+        return None
+
+    def load(self, stack_name: str = "") -> StackState:
+        path = self.state_file
+        data = self._read(path)
+        if data is None:
+            data = self._legacy()
+            path = self.legacy_state_file
+        if data is None:
+            return StackState(stack_name, str(self.stack_file))
+        if not isinstance(data, dict):
+            raise self._damaged(path, f"it holds a JSON {type(data).__name__}, not the object stackgen writes")
+        raw = data.get("services")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise self._damaged(path, f"`services` is a JSON {type(raw).__name__}, not an object")
         services = {}
-        for name, s in (data.get("services") or {}).items():
-            try:
-                services[name] = ServiceState.from_json(s)
-            except TypeError:
-                continue
-        return StackState(data.get("stack") or stack_name, data.get("file") or str(self.stack_file), services)
+        for name, s in raw.items():
+            why = _check_service(name, s)
+            if why:
+                raise self._damaged(path, why)
+            services[name] = ServiceState.from_json(s)
+        stack = data.get("stack") if isinstance(data.get("stack"), str) else ""
+        return StackState(stack or stack_name, str(self.stack_file), services)
 
     def save(self, state: StackState) -> None:
         self.ensure()
         text = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.root)
+        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
@@ -143,11 +258,29 @@ class StateDir:
                 pass
             raise
 
+    def _migrate(self) -> None:
+        """Move a legacy `.stackgen/state.json` that names this stack file into its own folder (under the lock)."""
+        if self.state_file.exists() or self._legacy() is None:
+            return
+        self.save(self.load())
+        try:
+            os.unlink(self.legacy_state_file)
+        except OSError:
+            pass
+
     # -- lock
     def acquire(self, what: str = "up") -> None:
-        """Take the stack's lock or fail at once, naming the process that holds it."""
+        """Take the stack's lock or fail at once, naming the process that holds it. The lock file is never
+        followed if it is a symlink (O_NOFOLLOW): a planted link cannot make stackgen truncate another file."""
         self.ensure()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LaunchError(f"{self.lock_file} is a symbolic link; stackgen does not follow it (it would "
+                                  f"write to {os.readlink(self.lock_file)}). Delete the link and run `{what}` "
+                                  f"again") from None
+            raise LaunchError(f"cannot open {self.lock_file}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -162,9 +295,17 @@ class StateDir:
                 raise LaunchError(f"another stackgen command is working on {self.stack_file}{who}; wait for it "
                                   f"to finish or stop it (Ctrl-C) before running `{what}`") from None
             raise LaunchError(f"cannot lock {self.lock_file}: {exc.strerror or exc}") from None
+        if not _is_regular(fd):
+            os.close(fd)
+            raise LaunchError(f"{self.lock_file} is not a regular file; delete it and run `{what}` again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"`stackgen {what}`, pid {os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        try:
+            self._migrate()
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
@@ -182,9 +323,41 @@ class StateDir:
         self.release()
 
 
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def write_new(path: Path, text: str) -> None:
+    """Create `path` with `text`, replacing whatever is there without following a symlink (temp file + rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def open_log(path: Path):
+    """Open a service log for appending; a symlink planted in its place is not followed (OSError ELOOP)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "ab")
+
+
+def open_read(path: str | Path):
+    """Open a file for reading without following a symlink in its last component."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+
+
 def rotate_log(path: Path) -> None:
     """Keep the previous run's log as <name>.1; start the new one empty."""
-    if path.exists():
+    if os.path.lexists(path):
         try:
             os.replace(path, path.with_name(path.name + ".1"))
         except OSError:
@@ -194,7 +367,7 @@ def rotate_log(path: Path) -> None:
 def tail(path: str | Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
     """The last `lines` lines of a file (reads at most `max_bytes` from its end)."""
     try:
-        with open(path, "rb") as f:
+        with open_read(path) as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - max_bytes))

@@ -89,14 +89,17 @@ def up(
             from dataclasses import asdict
 
             typer.echo(json.dumps({"services": [asdict(o) for o in res.services], "stopped": res.stopped,
-                                   "verify": [asdict(v) for v in res.verify]}, indent=2))
+                                   "verify": [asdict(v) for v in res.verify], "notes": res.notes}, indent=2))
             return 0 if all(v.failed == 0 for v in res.verify) else 1
+        for note in res.notes:
+            typer.echo(f"warning: {note}", err=True)
         for name in res.stopped:
             typer.echo(f"{name}: stopped (removed or changed)")
         for o in res.services:
             sp = plan.service(o.name)
             ready = f", ready in {o.ready_s:.1f} s" if o.ready_s is not None else ""
-            typer.echo(f"{o.name}: {o.action} ({sp.engine}, {o.where}) on http://{sp.host}:{o.port}/v1{ready}")
+            why = f"; restarted because {o.reason}" if o.reason else ""
+            typer.echo(f"{o.name}: {o.action} ({sp.engine}, {o.where}) on http://{sp.host}:{o.port}/v1{ready}{why}")
         for v in res.verify:
             typer.echo(_verify_text(v))
         typer.echo(f"stop with: stackgen down {file}")
@@ -128,7 +131,10 @@ def down(
     def body() -> int:
         from stackgen.launch import down as do_down
 
-        stopped = do_down(file, grace)
+        notes: list[str] = []
+        stopped = do_down(file, grace, notes)
+        for note in notes:
+            typer.echo(f"warning: {note}", err=True)
         if not stopped:
             typer.echo(f"{file}: nothing running")
         for s in stopped:

@@ -1,0 +1,471 @@
+"""Attacks on the launcher side (`up`/`down`/`status`/`logs` and the `.stackgen/` state folder), issue 10 items 2,
+5 and 7. Each test plays the attack and asserts the safe outcome. Where the engine matters (a SIGSTOP'd server, a
+server killed under `logs -f`) it is the real llama-server (tests/integration fixtures); elsewhere a tiny fake
+engine keeps the test fast. Victims are real unrelated processes (`sleep`) that must survive."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stackgen.launch import UpOptions, down, logs, status, up
+from stackgen.resolve import resolve
+from stackgen.spec import load_stack
+from stackgen.state import StateDir
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The real-engine fixtures of tests/integration (llama_server, gguf_path, free_port, ...), loaded under a name of
+# their own so this folder needs no conftest.
+_spec = importlib.util.spec_from_file_location("_stackgen_integration_fixtures", REPO / "tests/integration/conftest.py")
+_fx = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_fx)
+engines_env, llama_server, gguf_path, free_port = _fx.engines_env, _fx.llama_server, _fx.gguf_path, _fx.free_port
+stack_cleanup, pid_cleanup, wait_gone, run_stackgen = _fx.stack_cleanup, _fx.pid_cleanup, _fx.wait_gone, _fx.run_stackgen
+
+FAKE_ENGINE = r'''
+import json, os, signal, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+print("fake engine listening on", port, flush=True)
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        sick = os.path.exists(os.environ.get("FAKE_SICK_FILE", "/nonexistent"))
+        body = json.dumps({"status": "error" if sick else "ok"}).encode()
+        self.send_response(500 if sick else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_stack(folder: Path, name: str = "stack.yaml", port: int | None = None) -> Path:
+    engine = folder / "fake-llama-server"
+    if not engine.exists():
+        engine.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
+        engine.chmod(0o755)
+    path = folder / name
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: {Path(name).stem}
+        hardware: cpu-laptop-16gb
+        workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 16}}
+        services:
+          chat:
+            model: gemma-3-270m
+            engine: llama.cpp
+            binary: {engine}
+            port: {port or _free_port()}
+        """), encoding="utf-8")
+    return path
+
+
+def _real_stack(folder: Path, llama_server: Path, gguf: Path, port: int) -> Path:
+    path = folder / "stack.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: sec-llama
+        hardware: detect
+        workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 16}}
+        services:
+          gemma:
+            model: {gguf}
+            engine: llama.cpp
+            binary: {llama_server}
+            port: {port}
+        """), encoding="utf-8")
+    return path
+
+
+def _plan(path: Path):
+    return resolve(load_stack(path), None)
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A fake-engine stack; everything it started is stopped at the end."""
+    made: list[Path] = []
+
+    def make(name: str = "stack.yaml") -> Path:
+        path = _fake_stack(tmp_path, name)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        try:
+            for st in StateDir(path).load().services.values():
+                if st.service_id:  # only what stackgen started (never a victim named by a test)
+                    down(path, grace_s=1)
+                    break
+        except Exception:  # noqa: BLE001 - cleanup
+            pass
+
+
+@pytest.fixture
+def victim():
+    """A real unrelated process (`sleep`, its own process group) that no stackgen command may touch."""
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        p = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _write_state(path: Path, services: dict) -> None:
+    sd = StateDir(path)
+    sd.ensure()
+    sd.state_file.write_text(json.dumps({"version": 2, "stack": "x", "file": str(sd.stack_file),
+                                         "services": services}), encoding="utf-8")
+
+
+def _entry(pid: int, **extra) -> dict:
+    p = psutil.Process(pid)
+    return {"name": "chat", "engine": "llama.cpp", "kind": "process", "host": "127.0.0.1", "port": 18080,
+            "config_hash": "x", "started_at": p.create_time(), "pid": pid, "pgid": os.getpgid(pid),
+            "create_time": p.create_time(), "argv": ["/usr/bin/llama-server", "--port", "18080"], **extra}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stackgen", *map(str, args)], cwd=str(REPO), capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+
+
+# ------------------------------------------------------------------------------------------ item 2: foreign pids
+
+
+@pytest.mark.parametrize("forge", ["pid-and-create-time", "with-exe-and-marker-field", "legacy-same-argv-name"])
+def test_down_spares_an_unrelated_process_named_in_the_state(tmp_path, victim, forge):
+    """state.json names a `sleep` by pid/pgid with its exact create time (PID reuse, or a hand-edited file)."""
+    v = victim()
+    path = _fake_stack(tmp_path)
+    extra = {}
+    if forge == "with-exe-and-marker-field":  # even its exe and start ticks copied: no marker in its environment
+        extra = {"exe": psutil.Process(v.pid).exe(), "service_id": "0" * 32}
+    if forge == "legacy-same-argv-name":  # an old-format entry whose argv names the same program
+        extra = {"argv": ["sleep", "600"]}
+    _write_state(path, {"chat": _entry(v.pid, **extra)})
+    r = _cli("down", path)
+    time.sleep(0.3)
+    assert _alive(v.pid), "down killed an unrelated process"
+    assert r.returncode == 0, r.stderr
+    assert f"pid {v.pid} is not the process stackgen started" in r.stderr and "left it running" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert StateDir(path).load().services == {}  # the stale entry is forgotten
+
+
+def test_up_spares_an_unrelated_process_named_in_the_state(tmp_path, victim, fake):
+    """`up` stops a recorded service whose config changed: with the entry naming a stranger, it must not."""
+    v = victim()
+    path = fake()
+    _write_state(path, {"chat": _entry(v.pid)})
+    res = up(_plan(path), UpOptions(timeout_s=20, grace_s=1))
+    assert _alive(v.pid)
+    assert res.services[0].action == "restarted"
+    assert any(f"pid {v.pid} is not the process stackgen started" in n for n in res.notes), res.notes
+    assert StateDir(path).load().services["chat"].pid != v.pid
+
+
+def test_down_never_signals_a_recorded_group_that_is_not_the_services(tmp_path, victim, fake):
+    """The real service's pid with a hand-edited pgid naming another process group: killpg must not reach it."""
+    v = victim()
+    path = fake()
+    up(_plan(path), UpOptions(timeout_s=20))
+    state = json.loads(StateDir(path).state_file.read_text())
+    pid = state["services"]["chat"]["pid"]
+    state["services"]["chat"]["pgid"] = v.pid
+    StateDir(path).state_file.write_text(json.dumps(state))
+    stopped = down(path, grace_s=2)
+    assert stopped and not _alive(pid)
+    assert _alive(v.pid), "down signalled the process group named in the state file"
+
+
+def test_status_says_the_pid_is_someone_elses(tmp_path, victim):
+    v = victim()
+    path = _fake_stack(tmp_path)
+    _write_state(path, {"chat": _entry(v.pid, create_time=psutil.Process(v.pid).create_time() - 3)})
+    rows = status(path)
+    assert rows[0].state == "dead" and f"pid {v.pid} is not the process stackgen started" in rows[0].detail
+    assert _alive(v.pid)
+
+
+# ------------------------------------------------------------------------------------- item 7: damaged state
+
+
+@pytest.mark.parametrize("content", [
+    "[]", "[1, 2]", '"abc"', '{"services": []}', '{"services": {"chat": 5}}',
+    "PID:-1", "PID:\"abc\"", "PID:0", "PID:true", "PGID:-1", "NAME:../../etc",
+])
+@pytest.mark.parametrize("command", ["down", "status", "logs", "up"])
+def test_damaged_state_file_gives_a_message(tmp_path, victim, content, command):
+    v = victim()
+    path = _fake_stack(tmp_path)
+    if content.startswith(("PID:", "PGID:", "NAME:")):
+        key, value = content.split(":", 1)
+        entry = _entry(v.pid)
+        name = "chat"
+        if key == "NAME":
+            name = value
+            entry["name"] = value
+        else:
+            entry[key.lower()] = json.loads(value)
+        content = json.dumps({"version": 2, "file": str(path.resolve()), "services": {name: entry}})
+    StateDir(path).ensure()
+    StateDir(path).state_file.write_text(content)
+    r = _cli(command, path, *(["--timeout", "5"] if command == "up" else []))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert "state file is damaged or was edited by hand" in r.stderr and "delete" in r.stderr, r.stderr
+    assert _alive(v.pid)
+
+
+# --------------------------------------------------------------------------------------- item 5: the lock
+
+
+@pytest.mark.parametrize("command", ["up", "down"])
+def test_lock_symlink_is_not_followed(tmp_path, command):
+    path = _fake_stack(tmp_path)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    sd = StateDir(path)
+    sd.ensure()
+    sd.lock_file.symlink_to(precious)
+    r = _cli(command, path, *(["--timeout", "5"] if command == "up" else []))
+    assert precious.read_text() == "keep me\n", "the lock symlink's target was truncated"
+    assert r.returncode == 1 and "is a symbolic link" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- item 5: one state per stack file
+
+
+def test_two_stack_files_in_one_folder_keep_separate_state(tmp_path, fake):
+    a, b = fake("a.yaml"), fake("b.yaml")
+    up(_plan(a), UpOptions(timeout_s=20))
+    pid_a = StateDir(a).load().services["chat"].pid
+    res = up(_plan(b), UpOptions(timeout_s=20))
+    assert res.stopped == [] and [o.action for o in res.services] == ["started"]
+    assert _alive(pid_a), "`up b.yaml` stopped a.yaml's service"
+    pid_b = StateDir(b).load().services["chat"].pid
+    assert down(b, grace_s=1) and not _alive(pid_b)
+    assert _alive(pid_a), "`down b.yaml` stopped a.yaml's service"
+    assert [r.state for r in status(a)] == ["running"] and status(b) == []
+    assert StateDir(a).state_file != StateDir(b).state_file
+
+
+def test_old_shared_state_file_is_read_by_its_own_stack_only(tmp_path, fake):
+    """A `.stackgen/state.json` from before per-file state: `down` of its stack stops it, another stack's not."""
+    a, b = fake("a.yaml"), fake("b.yaml")
+    up(_plan(a), UpOptions(timeout_s=20))
+    sd = StateDir(a)
+    pid = sd.load().services["chat"].pid
+    data = json.loads(sd.state_file.read_text())
+    data["version"] = 1
+    sd.legacy_state_file.write_text(json.dumps(data))
+    sd.state_file.unlink()
+    assert down(b, grace_s=1) == [] and _alive(pid)
+    assert [r.state for r in status(a)] == ["running"]
+    assert down(a, grace_s=1) and not _alive(pid)
+    assert not sd.legacy_state_file.exists()  # migrated into .stackgen/stacks/a.yaml/ and then emptied
+
+
+# ------------------------------------------------------------------------ item 7: logs/status read only .stackgen/
+
+
+def test_logs_and_status_do_not_read_a_log_path_outside_the_state_folder(tmp_path, victim):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY-SECRET-LINE\n")
+    v = victim()
+    path = _fake_stack(tmp_path)
+    _write_state(path, {"chat": _entry(v.pid, log=str(secret), create_time=0.5)})
+    out = [ln for _, ln in logs(path, "chat")]
+    assert not any("CANARY" in ln for ln in out), out
+    assert any("not inside" in ln for ln in out), out
+    rows = status(path)
+    assert "CANARY" not in rows[0].detail
+    r = _cli("logs", path)
+    assert "CANARY" not in r.stdout + r.stderr
+
+
+def test_logs_does_not_follow_a_planted_symlink_or_a_path_service_name(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY-SECRET-LINE\n")
+    path = _fake_stack(tmp_path)
+    sd = StateDir(path)
+    sd.ensure()
+    sd.log_path("chat").symlink_to(secret)
+    r = _cli("logs", path, "chat")
+    assert "CANARY" not in r.stdout + r.stderr
+    rel = os.path.relpath(secret, sd.logs_dir)[: -len(".txt")]
+    secret.with_suffix(".log").write_text("CANARY-SECRET-LINE\n")
+    r = _cli("logs", path, rel)
+    assert "CANARY" not in r.stdout + r.stderr
+    assert r.returncode == 1 and "not a service name" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ----------------------------------------------------------------------- item 7: `up` re-checks kept services
+
+
+def test_up_restarts_an_unchanged_service_that_stopped_answering(tmp_path, fake, monkeypatch):
+    sick = tmp_path / "sick"
+    monkeypatch.setenv("FAKE_SICK_FILE", str(sick))
+    path = fake()
+    up(_plan(path), UpOptions(timeout_s=20))
+    pid = StateDir(path).load().services["chat"].pid
+    sick.touch()  # the engine now answers /health with 500
+    time.sleep(0.2)
+    assert status(path)[0].state == "unhealthy"
+    monkeypatch.setenv("FAKE_SICK_FILE", str(tmp_path / "healthy-now"))  # the new process reads this one
+    res = up(_plan(path), UpOptions(timeout_s=20, grace_s=1))
+    o = res.services[0]
+    assert o.action == "restarted" and "health check" in o.reason, o
+    assert not _alive(pid) and StateDir(path).load().services["chat"].pid != pid
+
+
+def test_up_restarts_a_sigstopped_llama_server(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                               wait_gone, run_stackgen):
+    path = _real_stack(tmp_path, llama_server, gguf_path, free_port())
+    stack_cleanup.append(path)
+    r = run_stackgen("up", path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = StateDir(path).load().services["gemma"].pid
+    os.kill(pid, signal.SIGSTOP)
+    r = run_stackgen("status", path)
+    assert r.returncode == 1 and "unhealthy" in r.stdout and "SIGSTOP" in r.stdout, r.stdout
+    t0 = time.monotonic()
+    r = run_stackgen("up", path, "--grace", "5", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gemma: restarted" in r.stdout and "was stopped (SIGSTOP)" in r.stdout, r.stdout
+    assert "unchanged" not in r.stdout
+    assert wait_gone(pid, 5), "the stopped llama-server was left behind"
+    new = StateDir(path).load().services["gemma"].pid
+    assert new != pid and _alive(new)
+    assert time.monotonic() - t0 < 120  # SIGCONT after SIGTERM: no waiting out the grace period on a stopped one
+    r = run_stackgen("status", path)
+    assert r.returncode == 0 and "running" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------------ item 7: `logs -f` ends with the engine
+
+
+def test_logs_follow_ends_when_llama_server_is_killed(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                                     pid_cleanup, wait_gone, run_stackgen):
+    path = _real_stack(tmp_path, llama_server, gguf_path, free_port())
+    stack_cleanup.append(path)
+    r = run_stackgen("up", path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pid = StateDir(path).load().services["gemma"].pid
+    follower = subprocess.Popen([sys.executable, "-m", "stackgen", "logs", "-f", str(path), "gemma"], cwd=str(REPO),
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    pid_cleanup.append(follower.pid)
+    time.sleep(2)
+    assert follower.poll() is None, "logs -f ended while the service runs"
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 5)
+    try:
+        out, err = follower.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        follower.kill()
+        pytest.fail("`logs -f` kept following a dead llama-server")
+    assert follower.returncode == 0, err
+    assert "[stackgen] gemma ended: pid" in out, out[-2000:]
+    assert "Traceback" not in err
+
+
+def test_logs_follow_reports_the_exit_status_it_can_see(tmp_path, fake):
+    """In-process (the engine is this process's child): the exact signal is reported."""
+    path = fake()
+    up(_plan(path), UpOptions(timeout_s=20))
+    pid = StateDir(path).load().services["chat"].pid
+    it = logs(path, "chat", follow=True, lines=5, max_seconds=30)
+    next(it)
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    rest = list(it)
+    assert time.monotonic() - t0 < 10
+    assert rest and rest[-1][1] == f"[stackgen] chat ended: pid {pid} was killed by signal SIGKILL " \
+                                   "(out of memory, or killed by another process)", rest
+
+
+# ------------------------------------------------------------------ item 2: containers named in the state file
+
+
+class _FakeContainer:
+    def __init__(self, name: str, labels: dict):
+        self.name, self.labels, self.status, self.attrs, self.calls = name, labels, "running", {}, []
+
+    def stop(self, timeout=None):
+        self.calls.append("stop")
+
+    def remove(self, force=False):
+        self.calls.append("remove")
+
+
+def test_down_spares_a_container_that_is_not_the_services(tmp_path, monkeypatch):
+    """A hand-edited container_id naming someone else's container: `down` must neither stop nor remove it."""
+    from types import SimpleNamespace
+
+    from stackgen import launch
+
+    path = _fake_stack(tmp_path)
+    other = _FakeContainer("their-db", {"com.example": "theirs"})
+    ours = _FakeContainer("stackgen-x-chat", {"dev.stackgen.stack-file": str(path.resolve()),
+                                              "dev.stackgen.service": "chat"})
+    table = {"their-db-id": other, "ours-id": ours}
+    fake_client = SimpleNamespace(containers=SimpleNamespace(get=lambda ident: table[ident],
+                                                             list=lambda **kw: []))
+    entry = {"name": "chat", "engine": "llama.cpp", "kind": "container", "host": "127.0.0.1", "port": 18080,
+             "config_hash": "x", "started_at": time.time(), "container_id": "their-db-id"}
+    _write_state(path, {"chat": entry})
+    real = launch._runner_for
+
+    def runner_for(kind, stack_file, stack_name=""):
+        r = real(kind, stack_file, stack_name)
+        r._client = fake_client
+        return r
+
+    import stackgen.containers as containers
+
+    monkeypatch.setattr(launch, "_runner_for", runner_for)
+    monkeypatch.setattr(containers, "remove_labelled", lambda *a, **k: [])
+    notes: list[str] = []
+    assert down(path, grace_s=1, notes=notes) == []
+    assert other.calls == [] and "is not the one stackgen started" in notes[0], notes
+    _write_state(path, {"chat": {**entry, "container_id": "ours-id"}})
+    assert down(path, grace_s=1) and ours.calls == ["stop", "remove"]
