@@ -18,6 +18,7 @@ from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
 from stackgen.targets import register
+from stackgen.artifact_paths import local_weights, output_folder
 
 KEY_FD = "/dev/fd/3"  # llama-server reads the key from an unlinked private file held open on fd 3
 
@@ -75,7 +76,7 @@ def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[
 def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     engine = engines.get(sp.engine)
     key_mode = {"llama.cpp": "file", "vllm": "env"}.get(sp.engine) if sp.api_key_env else None
-    launch = LaunchContext(binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
+    launch = LaunchContext(binary=sp.spec.binary or engine.binary, model_ref=script_model_ref(sp), host=sp.host,
                            port=sp.port, api_key_file=KEY_FD if key_mode == "file" else None)
     argv = [_checked(a) for a in engine.argv(sp, launch)]
     return render_template(
@@ -84,6 +85,11 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
         key_mode=key_mode, key_var=sp.api_key_env or "", command=_command_lines(argv),
         ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",
     )
+
+
+def script_model_ref(sp: ServicePlan) -> str:
+    """run.sh runs in the stack's folder: local weights keep the path the stack gave (never this checkout's)."""
+    return local_weights(sp) or sp.model_ref
 
 
 def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
@@ -108,9 +114,8 @@ def _checked(value: str) -> str:
 
 def _stack_dir_from_service(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     """The stack's folder relative to deploy/<service>/, so the rendered tree can be committed and moved."""
-    stack_dir = Path(os.path.abspath(plan.stack_path)).parent
-    service_dir = Path(os.path.abspath(ctx.out_dir)) / sp.name
-    return Path(os.path.relpath(stack_dir, service_dir)).as_posix()
+    stack_dir = os.path.dirname(os.path.abspath(plan.stack_path))
+    return Path(os.path.relpath(stack_dir, output_folder(plan.stack_path, ctx.out_dir, sp.name))).as_posix()
 
 
 def _engine_files(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:
