@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 from stackgen import engines
+from stackgen.binaries import shell_lookup
 from stackgen.engines.base import LaunchContext
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
@@ -79,10 +80,13 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     launch = LaunchContext(binary=sp.spec.binary or engine.binary, model_ref=script_model_ref(sp), host=sp.host,
                            port=sp.port, api_key_file=KEY_FD if key_mode == "file" else None)
     argv = [_checked(a) for a in engine.argv(sp, launch)]
+    # Without `binary:`, run.sh looks for the engine where `up` does (stackgen.binaries), at run time.
+    lookup = None if sp.spec.binary else shell_lookup(sp.engine)
     return render_template(
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(f"{sp.name}.env"),
-        key_mode=key_mode, key_var=sp.api_key_env or "", command=_command_lines(argv),
+        key_mode=key_mode, key_var=sp.api_key_env or "", lookup=lookup,
+        command=_command_lines(argv, first='"$engine"' if lookup else None),
         ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",
     )
 
@@ -99,10 +103,11 @@ def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
     return "".join(lines)
 
 
-def _command_lines(argv: list[str]) -> str:
-    """One flag (with its value) per line, so a diff of run.sh shows which flag changed."""
+def _command_lines(argv: list[str], first: str | None = None) -> str:
+    """One flag (with its value) per line, so a diff of run.sh shows which flag changed. `first` replaces the
+    quoted binary (a shell expansion such as "$engine")."""
     words = [shlex.quote(a) for a in argv]
-    out = words[0]
+    out = first or words[0]
     for raw, word in zip(argv[1:], words[1:]):
         out += (" \\\n    " if raw.startswith("-") else " ") + word
     return out
