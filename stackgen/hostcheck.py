@@ -195,7 +195,7 @@ def _check_flags(sp: ServicePlan, binary: str, probes: Probes, subject: str) -> 
         flags = argv_flags(sp.engine, list(sp.command), table(sp.engine, sp.spec.engine_version))
     except StackgenError as exc:
         return Finding(subject, "flags", False, str(exc))
-    missing = [f for f in flags if f not in listed]
+    missing = [f for f in flags if f.startswith("-") and f not in listed]  # a removed flag's value is no flag
     if missing:
         return Finding(subject, "flags", False, f"{binary} --help does not list {', '.join(missing)} (the plan "
                        "passes them): an older or forked build? set `binary:` to another build or override them")
