@@ -13,6 +13,7 @@ import shlex
 from pathlib import Path
 
 from stackgen import engines
+from stackgen.artifact_paths import local_weights, output_folder, relative_to_folder
 from stackgen.errors import RenderError
 from stackgen.memory import MIB
 from stackgen.ollama_modelfile import check_parameter, quote, validate
@@ -36,7 +37,11 @@ def files_for(sp: ServicePlan, ctx: RenderContext, stack_dir: Path | None = None
 
 
 def ollama_files(sp: ServicePlan, ctx: RenderContext, stack_dir: Path) -> list[Artifact]:
-    modelfile = render_modelfile(sp, ctx, sp.model_ref, stack_dir)
+    # `ollama create -f Modelfile` reads a relative FROM path from the Modelfile's folder.
+    weights = local_weights(sp)
+    here = output_folder(stack_dir / "stack.yaml", ctx.out_dir, sp.name)
+    ref = relative_to_folder(stack_dir, weights, here) if weights else sp.model_ref
+    modelfile = render_modelfile(sp, ctx, ref, stack_dir)
     return [
         Artifact(f"{sp.name}/Modelfile", modelfile),
         Artifact(f"{sp.name}/ollama.env", env_file(sp, ctx)),

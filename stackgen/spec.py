@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
@@ -152,8 +152,16 @@ class TLSSpec(_Model):
         description="Absolute path of the PEM private key on the serving host (readable by the service only).")
 
 
+DEFAULT_MODEL_DIR = "/var/lib/stackgen/models"
+
+
 class ServeSpec(_Model):
     host: str = Field("127.0.0.1", description="Bind address. Anything but loopback needs api_key_env.")
+    model_dir: str = Field(
+        DEFAULT_MODEL_DIR, pattern=r"^/[A-Za-z0-9._/@+-]*$",
+        description="Where systemd units read local weights on the host they are installed on (an absolute path); "
+                    "weights the stack names relative to its folder are copied there by file name.",
+    )
     api_key_env: str | None = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]*$",
@@ -167,6 +175,13 @@ class ServeSpec(_Model):
 
     tls: TLSSpec | None = Field(None, description="Serve HTTPS from the engine (llama.cpp, vLLM): certificate and key "
                                                    "paths. Default: plain HTTP (put a TLS proxy in front).")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir(cls, v: str) -> str:
+        if ".." in PurePosixPath(v).parts:
+            raise ValueError("model_dir cannot contain '..'")
+        return v
 
     @field_validator("cors_origins", mode="before")
     @classmethod

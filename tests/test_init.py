@@ -1,5 +1,5 @@
 """`stackgen init`: a starter stack.yaml that validates and plans, never overwrites without --force, and suggests
-the largest catalog model that fits with headroom."""
+the largest catalog model that fits with headroom and plans at a usable speed for the workload."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ def test_unknown_workload_and_hardware_are_errors_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("profile,workload", [("rtx-4090", "dev-loop"), ("rtx-4060", "team-api"),
                                               ("cpu-laptop-16gb", "dev-loop"), ("m4-max-128gb", "long-context")])
-def test_suggestion_is_the_largest_model_with_headroom(tmp_path, profile, workload):
-    from stackgen.commands.detect import _plan_in_memory
+def test_suggestion_is_the_largest_model_with_headroom_at_a_usable_speed(tmp_path, profile, workload):
+    from stackgen.commands.detect import _plan_in_memory, usable_speed
     from stackgen.errors import PlanError
 
     res = init(str(tmp_path), "--workload", workload, "--hardware", profile)
@@ -96,15 +96,62 @@ def test_suggestion_is_the_largest_model_with_headroom(tmp_path, profile, worklo
     def ok(model: str) -> bool:
         text = stack_text(name="t", hardware=profile, workload=workload, model=model, schema="x")
         try:
-            return has_headroom(_plan_in_memory(text, path, profiles, host))
+            plan = _plan_in_memory(text, path, profiles, host)
         except PlanError:
             return False
+        return has_headroom(plan) and plan.services[0].predicted_decode_tokens_per_s >= usable_speed(plan)
 
     assert ok(chosen), chosen
     bigger = [n for n, m in profiles.models.items() if m.params > profiles.models[chosen].params]
-    assert not [n for n in bigger if ok(n)], "a larger model also fits with headroom"
+    assert not [n for n in bigger if ok(n)], "a larger model also fits with headroom at a usable speed"
 
 
 def test_committed_schema_is_current():
     committed = json.loads((ROOT / "schema" / "stack-v1.json").read_text())
     assert committed == json_schema(), "regenerate: python -m stackgen.cli schema > schema/stack-v1.json"
+
+
+# ---------------------------------------------------------------------------------------------- usable speed
+
+VM_2CORE = ROOT / "tests" / "fixtures" / "hosts" / "cpu-2core-vm.json"  # recorded: 2 cores, 31 GiB, no GPU
+
+
+def _suggested_plan(tmp_path: Path, workload: str, host: Path = VM_2CORE):
+    res = init(str(tmp_path / workload), "--workload", workload, "--host-facts", str(host))
+    assert res.exit_code == 0, res.output
+    plan = runner.invoke(app, ["plan", str(tmp_path / workload / "stack.yaml"), "--json"])
+    assert plan.exit_code == 0, plan.output
+    return res.output, json.loads(plan.stdout)["services"][0]
+
+
+def test_on_a_2_core_vm_init_suggests_the_largest_model_at_a_usable_speed(tmp_path):
+    """Issue 11.3: a 2-core CPU VM got gemma-3-27b-it (2.1 tokens/s, a 16.5 GB download) for dev-loop."""
+    from stackgen.commands.detect import USABLE_DECODE_TOKENS_PER_S
+
+    out, sp = _suggested_plan(tmp_path, "dev-loop")
+    need = USABLE_DECODE_TOKENS_PER_S["latency"]
+    assert need == 10.0 and sp["predicted_decode_tokens_per_s"] >= need
+    assert sp["model"]["name"] == "llama-3.2-3b-instruct", out
+    # every larger model that fits was passed over for its speed, and the output says so with the figure
+    for larger in ("gemma-3-27b-it", "llama-3.1-8b-instruct", "mistral-7b-instruct"):
+        assert f"skipped {larger}: planned " in out and "below the 10 a dev-loop workload needs" in out
+
+
+def test_throughput_workloads_accept_slower_streams(tmp_path):
+    from stackgen.commands.detect import USABLE_DECODE_TOKENS_PER_S
+
+    _, dev = _suggested_plan(tmp_path, "dev-loop")
+    out, team = _suggested_plan(tmp_path, "team-api")
+    assert team["predicted_decode_tokens_per_s"] >= USABLE_DECODE_TOKENS_PER_S["throughput"]
+    load = load_profiles().models
+    assert load[team["model"]["name"]].params > load[dev["model"]["name"]].params, out
+
+
+def test_when_no_model_is_fast_enough_the_fastest_is_picked_and_said(tmp_path):
+    data = json.loads(VM_2CORE.read_text())
+    data["hardware"]["memory_bandwidth_gbs"] = 1.0  # a starved VM: nothing reaches 10 tokens/s
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(data))
+    out, sp = _suggested_plan(tmp_path, "dev-loop", slow)
+    assert "no model reaches a usable speed here; picked the fastest" in out
+    assert sp["model"]["name"] in ("gemma-3-270m", "gemma-3-270m-it"), out

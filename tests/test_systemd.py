@@ -230,7 +230,8 @@ def _unit_text_with_model(tmp_path: Path, stub: Path, weights: Path, pretend: st
     _, plan = load_and_plan(stack, None)
     if pretend:
         sp = plan.services[0]
-        sp = dataclasses.replace(sp, model=dataclasses.replace(sp.model, path=pretend), model_ref=pretend)
+        sp = dataclasses.replace(sp, model=dataclasses.replace(sp.model, path=pretend), model_ref=pretend,
+                                 spec=sp.spec.model_copy(update={"model": pretend}))
         plan = dataclasses.replace(plan, services=(sp,))
     return render_units(plan, RenderContext("stack.yaml"))[0].content
 

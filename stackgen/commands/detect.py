@@ -15,6 +15,11 @@ from stackgen.errors import PlanError, StackgenError
 
 SCHEMA_ID = "https://stackgen.dev/schema/stack-v1.json"
 HEADROOM = 0.10  # the suggested model must leave >= 10 % of each memory pool free
+# The slowest planned decode speed per stream (tokens/s) a suggested model may have, by what the workload optimizes.
+# latency/setup: one person reads the answer as it streams; ~10 tokens/s is about reading speed (~7 words/s), and a
+# 500-token dev-loop answer then takes under a minute. throughput: many streams at once; each still gets >= 5
+# tokens/s so a 400-token team-api answer arrives within ~80 s.
+USABLE_DECODE_TOKENS_PER_S = {"latency": 10.0, "setup": 10.0, "throughput": 5.0}
 
 
 def hardware_yaml(host: Any) -> str:
@@ -104,12 +109,17 @@ def has_headroom(plan: Any, headroom: float = HEADROOM) -> bool:
     return m.host_bytes <= (1 - headroom) * m.host_budget_bytes
 
 
+def usable_speed(plan: Any) -> float:
+    return USABLE_DECODE_TOKENS_PER_S[plan.services[0].workload.optimize]
+
+
 def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: Path, profiles: Any,
                   schema: str = SCHEMA_ID) -> tuple[str, Any, list[str]]:
-    """Walk the catalog from the largest model to the smallest; the first that plans with headroom wins."""
+    """Walk the catalog from the largest model to the smallest; the first that plans with headroom and at a usable
+    speed for the workload wins. Without one: the fastest that has headroom, else the first that fits."""
     catalog = sorted(profiles.models.items(), key=lambda kv: (kv[1].params, kv[0]), reverse=True)
     tried: list[str] = []
-    fallback = None
+    roomy, fallback = [], None
     for model_name, _facts in catalog:
         text = stack_text(name=name, hardware=hardware, workload=workload, model=model_name, schema=schema)
         try:
@@ -117,10 +127,20 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
         except PlanError:
             tried.append(f"{model_name}: does not fit")
             continue
-        if has_headroom(plan):
-            return model_name, plan, tried
-        tried.append(f"{model_name}: fits with less than {HEADROOM:.0%} headroom")
         fallback = fallback or (model_name, plan)
+        if not has_headroom(plan):
+            tried.append(f"{model_name}: fits with less than {HEADROOM:.0%} headroom")
+            continue
+        speed, need = plan.services[0].predicted_decode_tokens_per_s, usable_speed(plan)
+        if speed >= need:
+            return model_name, plan, tried
+        tried.append(f"{model_name}: planned {speed:g} tokens/s per stream, below the {need:g} a {workload} "
+                     "workload needs")
+        roomy.append((speed, model_name, plan))
+    if roomy:
+        speed, model_name, plan = max(roomy, key=lambda r: r[0])
+        return model_name, plan, tried + [f"no model reaches a usable speed here; picked the fastest, {model_name} "
+                                          f"({speed:g} tokens/s)"]
     if fallback is not None:
         return fallback[0], fallback[1], tried + [f"no model leaves {HEADROOM:.0%} headroom; picked {fallback[0]}"]
     raise StackgenError("no model in the catalog fits this machine with the chosen workload; "

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+from stackgen.cli import FileArg, HostOpt, app, run
 
 
 def _fmt_s(s: float | None) -> str:
@@ -68,6 +68,8 @@ def up(
                                             "ready (default: 30 s + weights at 100 MB/s; vLLM +120 s)."),
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping."),
     no_memory_check: bool = typer.Option(False, "--no-memory-check", help="Start even if free RAM is below the plan."),
+    force: bool = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, "
+                               "the binary's flags, free memory; see `stackgen doctor`): mismatches become warnings."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
     host_facts: Optional[Path] = HostOpt,
 ) -> None:
@@ -77,10 +79,21 @@ def up(
         from stackgen.launch import UpOptions
         from stackgen.launch import up as do_up
 
-        _, plan = load_and_plan(file, host_facts)
+        from stackgen.commands.doctor import host_report
+        from stackgen.hostcheck import mismatch_error
+
+        from stackgen.state import StateDir
+
+        StateDir(file).load()  # a damaged state file is reported before anything else (it decides what up may stop)
+        # Ports and free memory are checked by `up` itself (it knows which services it will restart).
+        plan, report = host_report(file, host_facts, containers=containers, memory=False, ports=False)
+        if report.errors and not force:
+            raise mismatch_error(report)
+        for finding in report.errors:
+            typer.echo(f"warning (--force): {finding.line()}", err=True)
         line = _ProgressLine()
         opts = UpOptions(containers=containers, verify=verify, timeout_s=timeout, grace_s=grace,
-                         memory_check=not no_memory_check)
+                         memory_check=not (no_memory_check or force))
         try:
             res = do_up(plan, opts, progress=line)
         finally:

@@ -25,7 +25,9 @@ def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]
     check_plan(plan, probe=True)
     # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
     display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
-    ctx = RenderContext(stack_display=display, out_dir=str(out_dir))
+    # The output folder as seen from the stack's folder: targets place paths from it, whatever the cwd was.
+    out_rel = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(stack_file.parent))).as_posix()
+    ctx = RenderContext(stack_display=display, out_dir=out_rel, model_dir=stack.spec.serve.model_dir)
     return render_plan(plan, ctx, stack.targets)
 
 

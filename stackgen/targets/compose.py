@@ -15,13 +15,13 @@ Design choices (each one is a reliability property, see reference/reliability.md
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from stackgen import engines
+from stackgen.artifact_paths import local_weights, output_folder, relative_to_folder
 from stackgen.engine_files import render_modelfile
 from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
@@ -201,14 +201,15 @@ CACHE_VOLUMES = {  # named volume, mount point, env that points the engine at it
 
 
 def model_mount(sp: ServicePlan, plan: Plan, compose_dir: Path | None) -> ModelMount:
-    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume."""
+    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume.
+    `compose_dir` None (the Docker API of `up --containers`) names the host file absolutely."""
     volume, mount, env = CACHE_VOLUMES[sp.engine]
-    local = _local_model_path(sp, plan)
+    local = local_weights(sp)
     volumes, named = [], []
     ref = sp.model_ref
     if local is not None:
-        ref = f"/models/{local.name}"
-        volumes.append(f"{_host_path(local, compose_dir)}:{ref}:ro")
+        ref = f"/models/{PurePosixPath(local).name}"
+        volumes.append(f"{_host_path(sp, plan, local, compose_dir)}:{ref}:ro")
     if local is None or sp.engine == "ollama":  # Ollama copies even local weights into its store
         volumes.append(f"{volume}:{mount}")
         named.append(volume)
@@ -220,26 +221,16 @@ def model_mount(sp: ServicePlan, plan: Plan, compose_dir: Path | None) -> ModelM
     return ModelMount(ref, volumes, named, dict(env))
 
 
-def _local_model_path(sp: ServicePlan, plan: Plan) -> Path | None:
-    if sp.model.path:
-        return Path(sp.model.path)
-    if sp.model_ref.startswith("models/"):  # no registry source: the plan expects the file next to the stack
-        return Path(plan.stack_path).parent / sp.model_ref
-    return None
+def _host_path(sp: ServicePlan, plan: Plan, local: str, compose_dir: Path | None) -> str:
+    """Relative to the compose file's folder (the same bytes in every clone), or absolute for the Docker API."""
+    stack_folder = Path(plan.stack_path).parent
+    if compose_dir is not None:
+        return relative_to_folder(stack_folder, local, compose_dir)
+    return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
 
 
-def _host_path(path: Path, compose_dir: Path | None) -> str:
-    """Relative to the compose file when the output folder is relative (portable trees), else absolute."""
-    if compose_dir is None:
-        return str(path.absolute())
-    rel = os.path.relpath(path.absolute(), compose_dir.absolute())
-    return rel if rel.startswith("..") else f"./{rel}"
-
-
-def _compose_dir(plan: Plan, ctx: RenderContext) -> Path | None:
-    if Path(ctx.out_dir).is_absolute():
-        return None
-    return Path(plan.stack_path).parent / ctx.out_dir / COMPOSE_DIR
+def _compose_dir(plan: Plan, ctx: RenderContext) -> Path:
+    return Path(output_folder(plan.stack_path, ctx.out_dir, COMPOSE_DIR))
 
 
 # ---------------------------------------------------------------------------------------------- env files

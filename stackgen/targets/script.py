@@ -13,10 +13,12 @@ import shlex
 from pathlib import Path
 
 from stackgen import engines
+from stackgen.binaries import shell_lookup
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
 from stackgen.targets import register
+from stackgen.artifact_paths import local_weights, output_folder
 
 KEY_FD = engines.KEY_FD  # llama-server reads the key from an unlinked private file held open on fd 3
 
@@ -73,15 +75,23 @@ def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[
 
 def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     engine = engines.get(sp.engine)
-    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref,
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=script_model_ref(sp),
                           host=sp.host, port=sp.port, key_file=KEY_FD)
     argv = [_checked(a) for a in cmd.argv]
+    # Without `binary:`, run.sh looks for the engine where `up` does (stackgen.binaries), at run time.
+    lookup = None if sp.spec.binary else shell_lookup(sp.engine)
     return render_template(
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(f"{sp.name}.env"),
-        key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", command=_command_lines(argv),
+        key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", lookup=lookup,
+        command=_command_lines(argv, first='"$engine"' if lookup else None),
         ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",
     )
+
+
+def script_model_ref(sp: ServicePlan) -> str:
+    """run.sh runs in the stack's folder: local weights keep the path the stack gave (never this checkout's)."""
+    return local_weights(sp) or sp.model_ref
 
 
 def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
@@ -91,10 +101,11 @@ def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
     return "".join(lines)
 
 
-def _command_lines(argv: list[str]) -> str:
-    """One flag (with its value) per line, so a diff of run.sh shows which flag changed."""
+def _command_lines(argv: list[str], first: str | None = None) -> str:
+    """One flag (with its value) per line, so a diff of run.sh shows which flag changed. `first` replaces the
+    quoted binary (a shell expansion such as "$engine")."""
     words = [shlex.quote(a) for a in argv]
-    out = words[0]
+    out = first or words[0]
     for raw, word in zip(argv[1:], words[1:]):
         out += (" \\\n    " if raw.startswith("-") else " ") + word
     return out
@@ -106,9 +117,8 @@ def _checked(value: str) -> str:
 
 def _stack_dir_from_service(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     """The stack's folder relative to deploy/<service>/, so the rendered tree can be committed and moved."""
-    stack_dir = Path(os.path.abspath(plan.stack_path)).parent
-    service_dir = Path(os.path.abspath(ctx.out_dir)) / sp.name
-    return Path(os.path.relpath(stack_dir, service_dir)).as_posix()
+    stack_dir = os.path.dirname(os.path.abspath(plan.stack_path))
+    return Path(os.path.relpath(stack_dir, output_folder(plan.stack_path, ctx.out_dir, sp.name))).as_posix()
 
 
 def _engine_files(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 import posixpath
+import shlex
 from dataclasses import dataclass
 
 from stackgen import engines
+from stackgen.artifact_paths import installed_path, local_weights
 from stackgen.errors import RenderError
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
@@ -25,7 +27,6 @@ from stackgen.systemd_quote import Expand, escape_text, quote_value, systemd_quo
 from stackgen.targets import register
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
-MODELS_DIR = "/var/lib/stackgen/models"  # where a unit looks for weights the stack names by a relative path
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
 DISK_BYTES_PER_S, DOWNLOAD_BYTES_PER_S = 200_000_000, 25_000_000
 PYTHON_ENGINES = ("vllm", "mlx")  # they JIT (torch/triton, mlx kernels): W^X would kill them
@@ -78,7 +79,8 @@ class _Where:
 
     name: str  # the unit name without .service: also its state/cache directory name
     model_ref: str
-    local_model: str | None  # an absolute path to weights on this machine, or None when fetched
+    local_model: str | None  # an absolute path to weights on the target host, or None when fetched
+    copy_from: str | None = None  # the stack-relative weights to install at local_model
 
     @property
     def state(self) -> str:
@@ -89,21 +91,19 @@ class _Where:
         return f"/var/cache/{self.name}"
 
 
-def _where(plan: Plan, sp: ServicePlan) -> _Where:
+def _where(plan: Plan, sp: ServicePlan, model_dir: str) -> _Where:
+    """A unit has no checkout: weights the stack names relative to its folder are installed under model_dir."""
     name = unit_name(plan, sp).removesuffix(".service")
-    ref = sp.model_ref
-    if sp.model.path:
-        return _Where(name, ref, sp.model.path)
-    if sp.engine in ("llama.cpp", "ollama") and ref.startswith("models/"):
-        # A catalog model without a file: the stack expects it under models/; a unit has no stack folder.
-        path = posixpath.join(MODELS_DIR, ref.removeprefix("models/"))
-        return _Where(name, path, path)
-    return _Where(name, ref, None)
+    local = local_weights(sp)
+    if local is None:
+        return _Where(name, sp.model_ref, None)
+    path = installed_path(local, model_dir)
+    return _Where(name, path, path, None if path == local else local)
 
 
 def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
     engine = engines.get(sp.engine)
-    where = _where(plan, sp)
+    where = _where(plan, sp, ctx.model_dir)
     cmd = engines.command(engine, sp, binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
                           host=sp.host, port=sp.port, key_file=CREDENTIAL)
     key = _key_mode(sp, cmd)
@@ -132,7 +132,8 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     return dict(
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
         # writes only when it downloads with -hf.
-        header=ctx.header(), comments=_weights_comments(where, fetched), after=[], requires=[],
+        header=ctx.header(), comments=_weights_comments(where, fetched, folder=sp.model.source == "hf"), after=[],
+        requires=[],
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
         start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
         timeout_start=f"{start_timeout_s(sp.memory.weights_bytes, fetched)}s",
@@ -271,12 +272,18 @@ def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -
     return []
 
 
-def _weights_comments(where: _Where, fetched: bool) -> list[str]:
+def _weights_comments(where: _Where, fetched: bool, folder: bool) -> list[str]:
     if fetched:
         return [f"Weights: {where.model_ref} is fetched at start into {where.cache}."]
-    if where.local_model and where.local_model.startswith(MODELS_DIR):
-        return [f"Weights: place the file at {where.local_model} (world-readable; the service runs as a dynamic user)."]
-    return [f"Weights: read-only from {where.local_model}."]
+    if where.copy_from is None:
+        return [f"Weights: read-only from {where.local_model}."]
+    src, dest = shlex.quote(where.copy_from), shlex.quote(where.local_model or "")
+    lines = [f"Weights: install {where.copy_from} (relative to the stack file's folder) at {where.local_model}",
+             "(serve.model_dir; world-readable: the service runs as a dynamic user). From the stack's folder:"]
+    if folder:  # an HF model folder
+        parent = shlex.quote(posixpath.dirname(where.local_model or ""))
+        return lines + [f"  sudo mkdir -p {parent} && sudo cp -r {src} {dest} && sudo chmod -R a+rX {dest}"]
+    return lines + [f"  sudo install -D -m 0644 {src} {dest}"]
 
 
 # ---------------------------------------------------------------------------------------------- Ollama
@@ -285,7 +292,7 @@ def _weights_comments(where: _Where, fetched: bool) -> list[str]:
 def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
     """`ollama create` from the Modelfile once the daemon runs: it pins num_ctx/num_gpu the daemon would guess."""
     engine = engines.get("ollama")
-    where = _where(plan, sp)
+    where = _where(plan, sp, ctx.model_dir)
     modelfile = f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
     argv = [binary or sp.spec.binary or engine.binary, "create", engine.model_tag(sp), "-f", modelfile]
     values = _common(plan, sp, ctx, where)

@@ -248,7 +248,7 @@ def test_damaged_state_file_gives_a_message(tmp_path, victim, content, command):
         content = json.dumps({"version": 2, "file": str(path.resolve()), "services": {name: entry}})
     StateDir(path).ensure()
     StateDir(path).state_file.write_text(content)
-    r = _cli(command, path, *(["--timeout", "5"] if command == "up" else []))
+    r = _cli(command, path, *(["--timeout", "5", "--force"] if command == "up" else []))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
     assert "state file is damaged or was edited by hand" in r.stderr and "delete" in r.stderr, r.stderr
@@ -266,7 +266,7 @@ def test_lock_symlink_is_not_followed(tmp_path, command):
     sd = StateDir(path)
     sd.ensure()
     sd.lock_file.symlink_to(precious)
-    r = _cli(command, path, *(["--timeout", "5"] if command == "up" else []))
+    r = _cli(command, path, *(["--timeout", "5", "--force"] if command == "up" else []))
     assert precious.read_text() == "keep me\n", "the lock symlink's target was truncated"
     assert r.returncode == 1 and "is a symbolic link" in r.stderr and "Traceback" not in r.stderr, r.stderr
 

@@ -10,7 +10,28 @@ set -a
 set +a
 cd "$here"/../..
 
-exec mlx_lm.server \
+# The mlx_lm.server binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin
+# at or above the stack's folder.
+# `binary:` in the stack pins one instead.
+venv=; d=$(pwd)
+while :; do
+  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi
+  [ "$d" = / ] && break
+  d=$(dirname -- "$d")
+done
+engine=$(command -v mlx_lm.server 2>/dev/null) || engine=
+if [ -z "$engine" ] && [ -n "$venv" ] && [ -f "$venv/bin/mlx_lm.server" ] && [ -x "$venv/bin/mlx_lm.server" ]; then
+  engine=$venv/bin/mlx_lm.server
+fi
+if [ -z "$engine" ]; then
+  echo "run.sh: cannot find mlx_lm.server on PATH or in the nearest .venv/bin; to install it: pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm); or set binary: in the stack" >&2
+  exit 127
+fi
+
+# `run.sh --which` prints the binary it would run, and exits.
+if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
+
+exec "$engine" \
     --model mlx-community/Qwen2.5-32B-Instruct-4bit \
     --host 127.0.0.1 \
     --port 8080 \

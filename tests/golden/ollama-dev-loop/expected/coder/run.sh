@@ -10,6 +10,27 @@ set -a
 set +a
 cd "$here"/../..
 
+# The ollama binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin
+# at or above the stack's folder.
+# `binary:` in the stack pins one instead.
+venv=; d=$(pwd)
+while :; do
+  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi
+  [ "$d" = / ] && break
+  d=$(dirname -- "$d")
+done
+engine=$(command -v ollama 2>/dev/null) || engine=
+if [ -z "$engine" ] && [ -n "$venv" ] && [ -f "$venv/bin/ollama" ] && [ -x "$venv/bin/ollama" ]; then
+  engine=$venv/bin/ollama
+fi
+if [ -z "$engine" ]; then
+  echo "run.sh: cannot find ollama on PATH or in the nearest .venv/bin; to install it: install Ollama from https://ollama.com/download; or set binary: in the stack" >&2
+  exit 127
+fi
+
+# `run.sh --which` prints the binary it would run, and exits.
+if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
+
 # Then, in another shell: ollama create stackgen-coder -f Modelfile (pins num_ctx and num_gpu).
 
-exec ollama serve
+exec "$engine" serve

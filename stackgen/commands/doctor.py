@@ -1,0 +1,49 @@
+"""`stackgen doctor FILE`: does this host match the stack? The same host check `up` runs before starting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stackgen.cli import FileArg, HostOpt, _host, app, load_and_plan, run
+
+
+def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = False, memory: bool = True,
+                ports: bool = True):
+    """(plan, report) for the stack on this host (or a recorded one): binary, flags, GPUs, CPU, memory, ports."""
+    from stackgen.hostcheck import check_host
+
+    stack, plan = load_and_plan(file, host_facts)
+    stated = plan.hardware if stack.hardware is not None else None
+    host = _host(host_facts) if (stated is not None or memory) else None
+    if host is None:
+        from stackgen.hardware import HostFacts
+
+        host = HostFacts(plan.hardware)  # `hardware: detect` and nothing needing free memory: the plan's own host
+    report = check_host(plan, host, Path(file).resolve().parent, stated, containers=containers, memory=memory,
+                        ports=ports)
+    return plan, report
+
+
+@app.command()
+def doctor(
+    file: Path = FileArg,
+    containers: bool = typer.Option(False, "--containers", help="Check for `up --containers` (no native binary)."),
+    host_facts: Optional[Path] = HostOpt,
+) -> None:
+    """Check this host against the stack: engine binary and its flags, GPUs, CPU, free memory, free ports."""
+
+    def body() -> int:
+        from stackgen.hostcheck import HostMismatch
+
+        plan, report = host_report(file, host_facts, containers=containers)
+        typer.echo(f"stack {plan.stack_name} on {plan.hardware_label}:")
+        typer.echo(report.text())
+        if report.errors:
+            raise HostMismatch(f"{len(report.errors)} problem(s) (the ERROR lines above); `stackgen up` refuses to "
+                               "start until they are fixed, unless --force")
+        return 0
+
+    run(body)

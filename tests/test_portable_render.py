@@ -1,0 +1,116 @@
+"""Committed artifacts never depend on where the checkout lives or on the cwd `render` ran from (issue 11.2):
+the same stack rendered from three cwds and in two clones at different paths gives byte-identical trees, and
+`render --check` passes in each."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_gguf import BASIC_KVS, BASIC_TENSORS, make_gguf
+
+STACK = """\
+version: 1
+name: port
+hardware: cpu-server-64gb
+serve:
+  model_dir: /srv/llm/weights
+services:
+  chat:
+    model: models/tiny.gguf
+    engine: llama.cpp
+  local:
+    model: ./models/../models/tiny.gguf
+    engine: ollama
+targets: [script, systemd, compose, kubernetes]
+"""
+
+
+def make_project(root: Path) -> Path:
+    """A repo holding the stack in a sub-folder (a/qs/stack.yaml) and its model in a/qs/models/."""
+    stack_dir = root / "a" / "qs"
+    (stack_dir / "models").mkdir(parents=True)
+    dense = [kv for kv in BASIC_KVS if "expert" not in kv[0]]
+    (stack_dir / "models" / "tiny.gguf").write_bytes(make_gguf(dense, BASIC_TENSORS)[0])
+    (stack_dir / "stack.yaml").write_text(STACK, encoding="utf-8")
+    return stack_dir / "stack.yaml"
+
+
+def tree(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def render_from(cli, monkeypatch, cwd: Path, stack: Path, *extra: str):
+    monkeypatch.chdir(cwd)
+    return cli("render", os.path.relpath(stack, cwd), *extra)
+
+
+@pytest.fixture
+def clones(tmp_path) -> tuple[Path, Path]:
+    return make_project(tmp_path / "first"), make_project(tmp_path / "elsewhere" / "deeper" / "second")
+
+
+def test_same_bytes_from_three_cwds_and_two_clones(cli, monkeypatch, clones):
+    trees = []
+    for stack in clones:
+        stack_dir, root = stack.parent, stack.parents[2]
+        for cwd in (stack_dir, root, stack_dir / "models"):
+            shutil.rmtree(stack_dir / "deploy", ignore_errors=True)
+            res = render_from(cli, monkeypatch, cwd, stack)
+            assert res.exit_code == 0, res.output
+            trees.append(tree(stack_dir / "deploy"))
+            for check_cwd in (stack_dir, root, stack_dir / "models"):
+                res = render_from(cli, monkeypatch, check_cwd, stack, "--check")
+                assert res.exit_code == 0, f"--check from {check_cwd}: {res.output}"
+    assert len(trees) == 6 and all(t == trees[0] for t in trees[1:])
+    for stack in clones:  # no trace of either checkout's location in any file
+        for path, (data, _) in trees[0].items():
+            assert str(stack.parents[2]).encode() not in data, path
+            assert b"/tmp/" not in data, path
+
+
+def test_the_committed_tree_of_one_clone_checks_clean_in_the_other(cli, monkeypatch, clones):
+    first, second = clones
+    assert render_from(cli, monkeypatch, first.parent, first).exit_code == 0
+    shutil.copytree(first.parent / "deploy", second.parent / "deploy")
+    res = render_from(cli, monkeypatch, second.parents[2], second, "--check")
+    assert res.exit_code == 0, res.output
+
+
+def test_each_artifact_names_the_model_from_its_own_folder(cli, monkeypatch, clones):
+    stack = clones[0]
+    assert render_from(cli, monkeypatch, stack.parents[2], stack).exit_code == 0
+    deploy = stack.parent / "deploy"
+    run_sh = (deploy / "chat" / "run.sh").read_text()
+    assert 'cd "$here"/../..\n' in run_sh and "-m models/tiny.gguf" in run_sh
+    compose = (deploy / "compose" / "compose.yaml").read_text()
+    assert "- ../../models/tiny.gguf:/models/tiny.gguf:ro" in compose  # not ../../../../ (issue 11.2)
+    assert "FROM ../../models/tiny.gguf\n" in (deploy / "local" / "Modelfile").read_text()
+    unit = (deploy / "systemd" / "stackgen-port-chat.service").read_text()
+    assert '"-m" "/srv/llm/weights/tiny.gguf"' in unit
+    assert "sudo install -D -m 0644 models/tiny.gguf /srv/llm/weights/tiny.gguf" in unit
+    for rel in ("models/tiny.gguf", "../../models/tiny.gguf"):  # each relative path resolves from its folder
+        base = deploy / "compose" if rel.startswith("..") else stack.parent
+        assert (base / rel).is_file()
+
+
+def test_a_relative_output_folder_elsewhere_still_points_at_the_model(cli, monkeypatch, clones):
+    stack = clones[0]
+    root = stack.parents[2]
+    res = render_from(cli, monkeypatch, root, stack, "-o", "out/deploy")
+    assert res.exit_code == 0, res.output
+    compose = (root / "out" / "deploy" / "compose" / "compose.yaml").read_text()
+    assert "- ../../../a/qs/models/tiny.gguf:/models/tiny.gguf:ro" in compose
+    assert (root / "out/deploy/compose" / "../../../a/qs/models/tiny.gguf").is_file()
+    assert 'cd "$here"/../../../a/qs\n' in (root / "out" / "deploy" / "chat" / "run.sh").read_text()
+
+
+def test_model_dir_must_be_an_absolute_plain_path(cli, write_stack):
+    for bad in ("weights", "/srv/../etc", "'/srv/my models'"):
+        path = write_stack(STACK.replace("/srv/llm/weights", bad))
+        res = cli("validate", path)
+        assert res.exit_code == 1 and "serve.model_dir" in res.output, (bad, res.output)
