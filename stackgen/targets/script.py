@@ -18,6 +18,8 @@ from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
 from stackgen.targets import register
 
+RAY_UNAUTHENTICATED = ("Ray runs without authentication here: whoever reaches its ports can run code on this machine; "
+                       "allow them only between the nodes (firewall).")
 KEY_FD = engines.KEY_FD  # llama-server reads the key from an unlinked private file held open on fd 3
 
 
@@ -45,13 +47,15 @@ def node_scripts(sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:
         ray = ray_binary(sp)
         ray_head = [ray, "start", "--head", f"--port={RAY_PORT}", f"--node-ip-address={head}", "--block"]
         out.append(Artifact(f"{sp.name}/ray-head.sh", _node_script(
-            ctx, f"Ray head for {sp.name} on {head}; start it first, then the workers, then run.sh on this machine.",
+            ctx, f"Ray head for {sp.name} on {head}; start it first, then the workers, then run.sh on this machine. "
+                 + RAY_UNAUTHENTICATED,
             {"VLLM_HOST_IP": head}, ray_head), mode=0o755))
         for w in topo.workers:
             argv = [ray, "start", f"--address={head}:{RAY_PORT}", f"--node-ip-address={w.address}", "--block"]
             out.append(Artifact(f"{sp.name}/ray-worker-{w.index}.sh", _node_script(
                 ctx, f"Ray worker {w.index} for {sp.name}: run it on {w.address} ({w.label}, {w.gpus} GPUs, "
-                     f"pipeline stage {w.index}: {w.layers} layers).", {"VLLM_HOST_IP": w.address}, argv),
+                     f"pipeline stage {w.index}: {w.layers} layers). " + RAY_UNAUTHENTICATED,
+                {"VLLM_HOST_IP": w.address}, argv),
                 mode=0o755))
     else:
         from stackgen.engines.llamacpp import rpc_server_argv
