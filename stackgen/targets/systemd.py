@@ -110,6 +110,11 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
     return render_template("systemd/service.j2", **values)
 
 
+# `ray start --block` drains for up to 30 s after SIGTERM before it stops gcs_server, raylet and the workers (seen
+# with Ray 2.60): give it room before systemd's SIGKILL.
+RAY_STOP_S = "45"
+
+
 def _ray_head_sharing(plan: Plan, sp: ServicePlan) -> dict:
     """vLLM on the head attaches to the Ray head's node through the unix sockets in the head's session dir
     (/tmp/ray/session_*/sockets: raylet, plasma_store; their paths come from the GCS). Separate PrivateTmp= would
@@ -245,6 +250,7 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
             protect_home="yes", timeout_start="90s", env_file=None, credential=None, ip_localhost_only=False,
             ip_reason=f"the node talks to the other nodes of {sp.name}",
             user=_ray_user(plan, sp) if topo.kind == "vllm-ray" and node.role == "head" else None,
+            timeout_stop=RAY_STOP_S if topo.kind == "vllm-ray" else "30",
         )
         out.append(Artifact(f"systemd/{name}", render_template("systemd/service.j2", **values)))
     return out
