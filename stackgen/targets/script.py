@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from stackgen import engines
 from stackgen.binaries import shell_lookup
@@ -20,6 +20,8 @@ from stackgen.systemd_quote import check_value
 from stackgen.targets import register
 from stackgen.artifact_paths import local_weights, output_folder
 
+RAY_UNAUTHENTICATED = ("Ray runs without authentication here: whoever reaches its ports can run code on this machine; "
+                       "allow them only between the nodes (firewall).")
 KEY_FD = engines.KEY_FD  # llama-server reads the key from an unlinked private file held open on fd 3
 
 
@@ -44,15 +46,18 @@ def node_scripts(sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:
     out = []
     if topo.kind == "vllm-ray":
         head = topo.head.address
-        ray_head = ["ray", "start", "--head", f"--port={RAY_PORT}", f"--node-ip-address={head}", "--block"]
+        ray = ray_binary(sp)
+        ray_head = [ray, "start", "--head", f"--port={RAY_PORT}", f"--node-ip-address={head}", "--block"]
         out.append(Artifact(f"{sp.name}/ray-head.sh", _node_script(
-            ctx, f"Ray head for {sp.name} on {head}; start it first, then the workers, then run.sh on this machine.",
+            ctx, f"Ray head for {sp.name} on {head}; start it first, then the workers, then run.sh on this machine. "
+                 + RAY_UNAUTHENTICATED,
             {"VLLM_HOST_IP": head}, ray_head), mode=0o755))
         for w in topo.workers:
-            argv = ["ray", "start", f"--address={head}:{RAY_PORT}", f"--node-ip-address={w.address}", "--block"]
+            argv = [ray, "start", f"--address={head}:{RAY_PORT}", f"--node-ip-address={w.address}", "--block"]
             out.append(Artifact(f"{sp.name}/ray-worker-{w.index}.sh", _node_script(
                 ctx, f"Ray worker {w.index} for {sp.name}: run it on {w.address} ({w.label}, {w.gpus} GPUs, "
-                     f"pipeline stage {w.index}: {w.layers} layers).", {"VLLM_HOST_IP": w.address}, argv),
+                     f"pipeline stage {w.index}: {w.layers} layers). " + RAY_UNAUTHENTICATED,
+                {"VLLM_HOST_IP": w.address}, argv),
                 mode=0o755))
     else:
         from stackgen.engines.llamacpp import rpc_server_argv
@@ -63,6 +68,16 @@ def node_scripts(sp: ServicePlan, ctx: RenderContext) -> list[Artifact]:
                      f"{w.layers} layers); start every worker before run.sh on the head. It listens unauthenticated: "
                      "keep the port on a private network.", {}, argv), mode=0o755))
     return out
+
+
+def ray_binary(sp: ServicePlan) -> str:
+    """`ray` from vLLM's own environment: beside the stack's `binary:` when that is an absolute path (a venv's
+    bin/vllm), else from PATH. vLLM's Ray executor imports ray inside vLLM's interpreter, so the cluster must run
+    the same Ray version; a `ray` found first on PATH may belong to another environment (or be missing)."""
+    b = sp.spec.binary
+    if b and b.startswith("/"):
+        return str(PurePosixPath(b).parent / "ray")
+    return "ray"
 
 
 def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[str]) -> str:

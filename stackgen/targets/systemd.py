@@ -25,6 +25,7 @@ from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.systemd_quote import Expand, escape_text, quote_value, systemd_quote
 from stackgen.targets import register
+from stackgen.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
@@ -117,7 +118,30 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
         comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env),
     )
+    if sp.topology is not None and sp.topology.kind == "vllm-ray":
+        values.update(_ray_head_sharing(plan, sp))
     return render_template("systemd/service.j2", **values)
+
+
+# `ray start --block` drains for up to 30 s after SIGTERM before it stops gcs_server, raylet and the workers (seen
+# with Ray 2.60): give it room before systemd's SIGKILL.
+RAY_STOP_S = "45"
+
+
+def _ray_head_sharing(plan: Plan, sp: ServicePlan) -> dict:
+    """vLLM on the head attaches to the Ray head's node through the unix sockets in the head's session dir
+    (/tmp/ray/session_*/sockets: raylet, plasma_store; their paths come from the GCS). Separate PrivateTmp= would
+    hide them, and two DynamicUser= units get two UIDs while UMask=0077 keeps the session dir private. So the vLLM
+    unit joins the head unit's namespaces (one private /tmp for both) and both run as one dynamic user; it also
+    starts after the head and stops with it (its Ray cluster is gone then)."""
+    head = unit_name(plan, sp, "-ray-head")
+    return dict(after=[head], requires=[head], joins_namespace_of=head, user=_ray_user(plan, sp))
+
+
+def _ray_user(plan: Plan, sp: ServicePlan) -> str:
+    """The one dynamic user of the vLLM unit and the Ray head unit on the head machine (units naming the same
+    User= with DynamicUser=yes share its UID)."""
+    return unit_name(plan, sp).removesuffix(".service")
 
 
 def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> dict:
@@ -133,7 +157,7 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
         # writes only when it downloads with -hf.
         header=ctx.header(), comments=_weights_comments(where, fetched, folder=sp.model.source == "hf"), after=[],
-        requires=[],
+        requires=[], user=None, joins_namespace_of=None,
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
         start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
         timeout_start=f"{start_timeout_s(sp.memory.weights_bytes, fetched)}s",
@@ -195,9 +219,10 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
     main = unit_name(plan, sp)
     if topo.kind == "vllm-ray":
         head = topo.head.address
-        roles = [(topo.head, "-ray-head", ["ray", "start", "--head", f"--port={RAY_PORT}",
+        ray = ray_binary(sp)
+        roles = [(topo.head, "-ray-head", [ray, "start", "--head", f"--port={RAY_PORT}",
                                            f"--node-ip-address={head}", "--block"])]
-        roles += [(w, f"-ray-worker-{w.index}", ["ray", "start", f"--address={head}:{RAY_PORT}",
+        roles += [(w, f"-ray-worker-{w.index}", [ray, "start", f"--address={head}:{RAY_PORT}",
                                                  f"--node-ip-address={w.address}", "--block"]) for w in topo.workers]
     else:
         from stackgen.engines.llamacpp import rpc_server_argv
@@ -215,7 +240,10 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
             comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, pipeline stage {node.index} "
                         f"({node.layers} layers over {node.gpus} GPUs)."]
             if node.role == "head":
-                comments.append(f"Start it before {main}; the workers join it at {head}:{RAY_PORT}.")
+                comments.append(f"Start it before {main}; the workers join it at {head}:{RAY_PORT}. {main} joins this "
+                                "unit's /tmp and user: vLLM attaches to this node through the sockets in Ray's "
+                                "session dir there.")
+            comments.append(RAY_UNAUTHENTICATED)
             gpu = _node_gpu_devices(node)
             mdwe = False
         else:
@@ -234,6 +262,8 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
             state_dir=where.name, cache_dir=where.name, read_only_paths=[], bind_read_only_paths=[],
             protect_home="yes", timeout_start="90s", env_file=None, credential=None, ip_localhost_only=False,
             ip_reason=f"the node talks to the other nodes of {sp.name}",
+            user=_ray_user(plan, sp) if topo.kind == "vllm-ray" and node.role == "head" else None,
+            timeout_stop=RAY_STOP_S if topo.kind == "vllm-ray" else "30",
         )
         out.append(Artifact(f"systemd/{name}", render_template("systemd/service.j2", **values)))
     return out
