@@ -369,12 +369,12 @@ def vllm_default_batching(per_gpu_bytes: int, gpu_name: str = "") -> tuple[int, 
     return 2048, 256
 
 
-def vllm_activation_bytes(model: ModelFacts, batched_tokens: int, max_seqs: int = 256) -> int:
+def vllm_activation_bytes(model: ModelFacts, batched_tokens: int, max_seqs: int = 256, tp: int = 1) -> int:
     """Peak of vLLM's profiling run: a forward pass over `batched_tokens` tokens (bf16 activations, about
     6 x (hidden + ffn) bytes per token: gate/up output, the SiLU product, residual and norms) plus the sampler's float32
     logits for `max_seqs` rows (logits and a softmax copy). Fitted on vllm issue 10517 (RTX 3090, Llama 3.1 8B: torch
     peak - weights = 2.07 GiB at 20k tokens and 2.99 GiB at 29k, i.e. 110.8 KB per token = 6 x (4096 + 14336))."""
-    forward = batched_tokens * 6 * (model.hidden + model.ffn)
+    forward = batched_tokens * 6 * (model.hidden + model.ffn / max(1, tp))  # the FFN intermediate is split over TP
     sampler = max_seqs * model.vocab * 4 * 2
     return int(forward + sampler)
 
@@ -383,12 +383,11 @@ def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens
                         tier: str = "consumer", tp: int = 1, cudagraphs: bool = True) -> int:
     """Non-KV memory per rank that vLLM's profiler subtracts from utilization x total before sizing the KV cache:
     non-torch memory (CUDA context, cuBLAS; NCCL with TP), the activation peak of the profiling run (grows with
-    max_num_batched_tokens; without chunked prefill that is max_model_len), the CUDA-graph estimate, and 2% of the
-    weights for allocator rounding."""
+    max_num_batched_tokens; without chunked prefill that is max_model_len) and the CUDA-graph estimate. The weights
+    are counted apart (vLLM's "model weights take" is the loaded size, with nothing added)."""
     non_torch = VLLM_NON_TORCH_GIB.get(tier, 0.35) + (VLLM_NON_TORCH_TP_GIB if tp > 1 else 0.0)
     graphs = VLLM_CUDAGRAPH_GIB if cudagraphs else 0.0
-    return int((non_torch + graphs) * GIB + vllm_activation_bytes(model, batched_tokens, max_seqs)
-               + 0.02 * weights_per_rank)
+    return int((non_torch + graphs) * GIB + vllm_activation_bytes(model, batched_tokens, max_seqs, tp))
 
 
 def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
