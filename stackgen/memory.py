@@ -372,10 +372,14 @@ def vllm_default_batching(per_gpu_bytes: int, gpu_name: str = "") -> tuple[int, 
 def vllm_activation_bytes(model: ModelFacts, batched_tokens: int, max_seqs: int = 256, tp: int = 1) -> int:
     """Peak of vLLM's profiling run: a forward pass over `batched_tokens` tokens (bf16 activations, about
     6 x (hidden + ffn) bytes per token: gate/up output, the SiLU product, residual and norms) plus the sampler's float32
-    logits for `max_seqs` rows (logits and a softmax copy). Fitted on vllm issue 10517 (RTX 3090, Llama 3.1 8B: torch
+    logits for `max_seqs` rows and its scratch. Fitted on vllm issue 10517 (RTX 3090, Llama 3.1 8B: torch
     peak - weights = 2.07 GiB at 20k tokens and 2.99 GiB at 29k, i.e. 110.8 KB per token = 6 x (4096 + 14336))."""
-    forward = batched_tokens * 6 * (model.hidden + model.ffn / max(1, tp))  # the FFN intermediate is split over TP
-    sampler = max_seqs * model.vocab * 4 * 2
+    # Not divided by TP: vLLM PR 10511 logs the same "PyTorch activation peak memory 1.26GiB" at TP 1 and TP 2.
+    # 5.95 x (hidden + ffn) per token and 1.42 x the float32 logits of max_seqs rows: fitted on the three logs in
+    # tests/fixtures/public-logs/vllm_memory.yaml (issue 10517 at 20k/29k tokens, PR 10511); few points, so a fit,
+    # not a derivation.
+    forward = batched_tokens * 5.95 * (model.hidden + model.ffn)
+    sampler = max_seqs * model.vocab * 4 * 1.42
     return int(forward + sampler)
 
 
