@@ -155,7 +155,14 @@ def plan(
     """Resolve each service to an engine with a memory plan, and say why."""
 
     def body() -> int:
-        _, p = load_and_plan(file, host_facts)
+        from stackgen.errors import PlanError
+
+        try:
+            _, p = load_and_plan(file, host_facts)
+        except PlanError as exc:  # nothing fits: tools still get the numbers (with "fits": false); exit 1 stays
+            if as_json and exc.plan_json is not None:
+                typer.echo(json.dumps(exc.plan_json, indent=2))
+            raise
         if as_json:
             typer.echo(json.dumps(p.to_json(), indent=2))
         else:

@@ -53,7 +53,12 @@ class ModelError(StackgenError):
 
 
 class PlanError(StackgenError):
-    """No engine can serve a service on this hardware; the message says what is missing, in GB."""
+    """No engine can serve a service on this hardware; the message says what is missing, in GB.
+
+    `plan_json` (when set) is the plan as far as it got, with the service that does not fit as `"fits": false` and
+    each engine's numbers and shortfall, so `plan --json` can print it before exiting 1."""
+
+    plan_json: dict | None = None
 
 
 class RenderError(StackgenError):

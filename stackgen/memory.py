@@ -338,11 +338,60 @@ def vllm_kv_bytes_per_request(model: ModelFacts, ctx: int, kv_dtype: str, tp: in
     return int(full + swa)
 
 
-def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens: int = 8192) -> int:
-    """Non-KV memory per rank: CUDA context + NCCL (~0.7 GiB), activation peak at 2048-8192 batched tokens,
-    and the CUDA-graph estimate vLLM subtracts since v0.21 (~0.5 GiB). Sized from vLLM startup logs of 8B-70B."""
-    activations = batched_tokens * (model.hidden * 4 + model.ffn * 2) * 2
-    return int(1.2 * GIB + activations + 0.02 * weights_per_rank)
+# The device total CUDA reports sits ~0.43 GiB under nvidia-smi's figure (RTX 3090: 24.0 -> "total_gpu_memory=23.58GiB",
+# vllm issue 10517; H100 80GB: 79.65 -> "79.22GiB", vllm PR 10511). vLLM multiplies that total by the utilization.
+CUDA_RUNTIME_RESERVE_GIB = 0.43
+# Memory outside torch's allocator per rank (CUDA context, cuBLAS workspaces), as vLLM's profiler reports it:
+# "non_torch_memory=0.35GiB" on an RTX 3090 (vllm issue 10517), "non_torch_memory 1.79GiB" on an H100 at TP 1 and
+# 3.58 GiB at TP 2 (NCCL and custom all-reduce buffers; vllm PR 10511).
+VLLM_NON_TORCH_GIB = {"consumer": 0.35, "workstation": 0.35, "datacenter": 1.79}
+VLLM_NON_TORCH_TP_GIB = 1.79  # added per rank when tensor parallel > 1 (PR 10511: 3.58 - 1.79)
+VLLM_CUDAGRAPH_GIB = 0.5  # CUDA-graph pool vLLM subtracts before sizing KV (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS)
+
+
+def gpu_runtime_bytes(gpu) -> int:
+    """Bytes the CUDA runtime reports as the device total: the profile's runtime_memory_gib, else nominal - 0.43 GiB."""
+    if gpu.runtime_memory_gib:
+        return int(gpu.runtime_memory_gib * GIB)
+    if gpu.vendor in ("nvidia", "amd"):
+        return int((gpu.memory_gib - CUDA_RUNTIME_RESERVE_GIB) * GIB)
+    return int(gpu.memory_gib * GIB)
+
+
+def vllm_default_batching(per_gpu_bytes: int, gpu_name: str = "") -> tuple[int, int]:
+    """`vllm serve` defaults (max_num_batched_tokens, max_num_seqs) by device memory (vllm/engine/arg_utils.py,
+    v0.32.0 `_get_default_max_num_batched_tokens_and_seqs`): >= 160 GiB 16384/1024; >= 70 GiB except A100 8192/1024;
+    else 2048/256."""
+    if per_gpu_bytes >= 160 * GIB:
+        return 16384, 1024
+    if per_gpu_bytes >= 70 * GIB and "a100" not in gpu_name.lower():
+        return 8192, 1024
+    return 2048, 256
+
+
+def vllm_activation_bytes(model: ModelFacts, batched_tokens: int, max_seqs: int = 256, tp: int = 1) -> int:
+    """Peak of vLLM's profiling run: a forward pass over `batched_tokens` tokens (bf16 activations, about
+    6 x (hidden + ffn) bytes per token: gate/up output, the SiLU product, residual and norms) plus the sampler's float32
+    logits for `max_seqs` rows and its scratch. Fitted on vllm issue 10517 (RTX 3090, Llama 3.1 8B: torch
+    peak - weights = 2.07 GiB at 20k tokens and 2.99 GiB at 29k, i.e. 110.8 KB per token = 6 x (4096 + 14336))."""
+    # Not divided by TP: vLLM PR 10511 logs the same "PyTorch activation peak memory 1.26GiB" at TP 1 and TP 2.
+    # 5.95 x (hidden + ffn) per token and 1.42 x the float32 logits of max_seqs rows: fitted on the three logs in
+    # tests/fixtures/public-logs/vllm_memory.yaml (issue 10517 at 20k/29k tokens, PR 10511); few points, so a fit,
+    # not a derivation.
+    forward = batched_tokens * 5.95 * (model.hidden + model.ffn)
+    sampler = max_seqs * model.vocab * 4 * 1.42
+    return int(forward + sampler)
+
+
+def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens: int = 2048, *, max_seqs: int = 256,
+                        tier: str = "consumer", tp: int = 1, cudagraphs: bool = True) -> int:
+    """Non-KV memory per rank that vLLM's profiler subtracts from utilization x total before sizing the KV cache:
+    non-torch memory (CUDA context, cuBLAS; NCCL with TP), the activation peak of the profiling run (grows with
+    max_num_batched_tokens; without chunked prefill that is max_model_len) and the CUDA-graph estimate. The weights
+    are counted apart (vLLM's "model weights take" is the loaded size, with nothing added)."""
+    non_torch = VLLM_NON_TORCH_GIB.get(tier, 0.35) + (VLLM_NON_TORCH_TP_GIB if tp > 1 else 0.0)
+    graphs = VLLM_CUDAGRAPH_GIB if cudagraphs else 0.0
+    return int((non_torch + graphs) * GIB + vllm_activation_bytes(model, batched_tokens, max_seqs, tp))
 
 
 def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
@@ -351,14 +400,20 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
                                        else wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
-    per_gpu = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
-    share = budget.gpu_bytes / (per_gpu * n_gpus) if n_gpus and per_gpu else 0.0
+    nominal = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
+    share = budget.gpu_bytes / (nominal * n_gpus) if n_gpus and nominal else 0.0
+    gpu = max(hw.gpus, key=lambda g: g.memory_gib) if hw.gpus else None
+    per_gpu = gpu_runtime_bytes(gpu) if gpu else 0  # vLLM multiplies the total CUDA reports, not nvidia-smi's
     if pins.gpu_memory_utilization is not None:
         util = pins.gpu_memory_utilization  # the user's: anything up to 1.0 (vLLM runs at 0.98)
     else:
         util = round(min(0.90, share - 0.02), 2) if share < 0.92 else 0.90
     pp, dp = pins.pipeline_parallel or 1, pins.data_parallel or 1
-    batched = pins.max_batched_tokens or 8192
+    default_batched, _ = vllm_default_batching(per_gpu, gpu.name if gpu else "")
+    batched = pins.max_batched_tokens or default_batched
+    if ctx > batched and not _vllm_chunked_prefill(ctx):
+        batched = ctx
+    tier = gpu.tier if gpu else "consumer"
     levers: list[str] = []
     if pins.tensor_parallel is not None:
         candidates = [pins.tensor_parallel]
@@ -369,7 +424,8 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     best = None
     for tp in candidates:
         for kv_dtype in kv_dtypes:
-            p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp, dp, batched)
+            p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp, dp, batched,
+                                tier)
             p = replace(p, weights_format=weights_format, weights_source=weights_source)
             if best is None:
                 best = p
@@ -396,11 +452,18 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
 
 
+def _vllm_chunked_prefill(ctx: int) -> bool:
+    """vLLM V1 always chunks prefill, so the profiling run is max_num_batched_tokens long whatever max_model_len is.
+    (V0 without chunked prefill profiled a whole max_model_len prompt: vllm issue 10517, where activations grow from
+    2.07 to 2.99 GiB between 20k and 29k tokens. stackgen renders for V1.)"""
+    return True
+
+
 def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp=1, dp=1,
-                    batched=8192) -> MemoryPlan:
+                    batched=2048, tier="consumer") -> MemoryPlan:
     ranks = tp * pp  # one engine instance; --data-parallel-size runs dp of them
     per_rank_weights = weights // ranks
-    overhead = vllm_overhead_bytes(model, per_rank_weights, batched)
+    overhead = vllm_overhead_bytes(model, per_rank_weights, batched, max_seqs=users, tier=tier, tp=tp)
     kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # pipeline stages split the layers
     reserve = int(per_gpu * util)
     kv_room = reserve - per_rank_weights - overhead
@@ -476,14 +539,16 @@ def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec,
     ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
     users = wl.concurrent_users
     tp = node.gpu_count
-    per_gpu = int(max(g.memory_gib for g in node.gpus) * GIB)
+    gpu = max(node.gpus, key=lambda g: g.memory_gib)
+    per_gpu = gpu_runtime_bytes(gpu)
+    batched, _ = vllm_default_batching(per_gpu, gpu.name)
     util = 0.90
     budget = initial_budget(node)
     best = None
     for pp in range(2, n_nodes + 1):
         for kv_dtype in ("auto", "fp8"):
             per_rank_weights = weights // (tp * pp)
-            overhead = vllm_overhead_bytes(model, per_rank_weights)
+            overhead = vllm_overhead_bytes(model, per_rank_weights, batched, max_seqs=users, tier=gpu.tier, tp=tp)
             kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # each stage holds its layers' KV
             reserve = int(per_gpu * util)
             kv_room = reserve - per_rank_weights - overhead

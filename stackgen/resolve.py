@@ -138,7 +138,14 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     out: list[ServicePlan] = []
     for svc in stack.services:
         before = [p for p in out if p.topology is None]
-        sp = _resolve_service(stack, svc, hw, budget, used_ports, before)
+        try:
+            sp = _resolve_service(stack, svc, hw, budget, used_ports, before)
+        except PlanError as exc:
+            if exc.plan_json is None:
+                label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
+                exc.plan_json = Plan(stack.name, str(stack.path), hw, label, tuple(out)).to_json()
+                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget))
+            raise
         if sp.topology is None:
             budget = consume(budget, sp.memory)
         used_ports.add(sp.port)
@@ -146,6 +153,24 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     out = _share_machine(out, hw)
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
+
+
+def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget) -> dict:
+    """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
+    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, []) for name in engines.ENGINES}
+    out: dict = {}
+    for name, c in sorted(cands.items()):
+        entry: dict = {"fits": False, "block": c.block}
+        if c.memory is not None:
+            m = c.memory
+            entry.update(shortfall=m.shortfall, memory={
+                "weights_bytes": m.weights_bytes, "kv_cache_bytes": m.kv_cache_bytes,
+                "compute_bytes": m.compute_bytes, "overhead_bytes": m.overhead_bytes, "total_bytes": m.total_bytes,
+                "gpu_bytes": m.gpu_bytes, "host_bytes": m.host_bytes, "gpu_budget_bytes": m.gpu_budget_bytes,
+                "host_budget_bytes": m.host_budget_bytes, "kv_cache_type": m.kv_cache_type})
+        out[name] = entry
+    return {"name": svc.name, "engine": None if svc.spec.engine == "auto" else svc.spec.engine, "fits": False,
+            "model": {"name": svc.model.name, "source": svc.model.source}, "candidates": out}
 
 
 def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int],

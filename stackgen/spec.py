@@ -39,6 +39,9 @@ class GPUSpec(_Model):
     vendor: Literal["nvidia", "amd", "intel", "apple"] = Field(description="GPU vendor.")
     name: Text = Field(description="Marketing name, e.g. 'GeForce RTX 4090'.")
     memory_gib: float = Field(gt=0, le=4096, description="Memory per GPU in GiB (Apple: the unified pool).")
+    runtime_memory_gib: float | None = Field(
+        None, gt=0, le=4096, description="Memory the CUDA/ROCm runtime reports as the device total (torch "
+        "mem_get_info, what vLLM's --gpu-memory-utilization multiplies), when it is known; less than memory_gib.")
     bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
     count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
     tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")

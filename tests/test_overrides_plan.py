@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 from stackgen.errors import PlanError, SpecError
-from stackgen.memory import GIB, KV_BYTES_PER_ELEMENT, llamacpp_kv_bytes, vllm_kv_bytes_per_request
+from stackgen.memory import (GIB, KV_BYTES_PER_ELEMENT, gpu_runtime_bytes, llamacpp_kv_bytes, vllm_activation_bytes,
+                             vllm_kv_bytes_per_request)
 from stackgen.spec import load_stack
 from tools.stacks import plan_for
 
@@ -99,7 +100,8 @@ def test_llama_ubatch_and_threads(tmp_path):
 def test_vllm_utilization_pinned_low_is_planned_and_can_refuse(tmp_path):
     sp = plan1(tmp_path / "a", "a100-80gb", "vllm", {"gpu-memory-utilization": 0.5})
     m = sp.memory
-    assert m.gpu_memory_utilization == 0.5 and m.gpu_bytes == int(80 * GIB * 0.5)
+    # vLLM multiplies the total CUDA reports (nominal - 0.43 GiB without a profile figure), not nvidia-smi's
+    assert m.gpu_memory_utilization == 0.5 and m.gpu_bytes == int(gpu_runtime_bytes(sp.gpus[0]) * 0.5)
     assert "(stackgen would have chosen --gpu-memory-utilization 0.90)" in pinned_reason(sp, "0.5")
     with pytest.raises(PlanError, match="pinned by overrides: --gpu-memory-utilization 0.1"):
         plan1(tmp_path / "b", "a100-80gb", "vllm", {"gpu-memory-utilization": 0.1})
@@ -107,14 +109,16 @@ def test_vllm_utilization_pinned_low_is_planned_and_can_refuse(tmp_path):
 
 def test_vllm_utilization_above_090_can_be_planned(tmp_path):
     sp = plan1(tmp_path, "a100-80gb", "vllm", {"--gpu-memory-utilization": 0.98})
-    assert sp.memory.gpu_memory_utilization == 0.98 and sp.memory.gpu_bytes == int(80 * GIB * 0.98)
+    assert sp.memory.gpu_memory_utilization == 0.98
+    assert sp.memory.gpu_bytes == int(gpu_runtime_bytes(sp.gpus[0]) * 0.98)
     assert sp.command[sp.command.index("--gpu-memory-utilization") + 1] == "0.98"
 
 
 def test_vllm_tensor_parallel_pinned_sizes_every_rank(tmp_path):
     sp = plan1(tmp_path, "8x h100-80gb", "vllm", {"tensor-parallel-size": 8})
     m = sp.memory
-    per_gpu = int(sp.gpus[0].memory_gib * GIB)  # the profile's memory (H100 80GB: as CUDA reports it)
+    per_gpu = gpu_runtime_bytes(sp.gpus[0])  # H100 80GB: 79.22 GiB as CUDA reports it (vllm PR 10511)
+    assert per_gpu == int(79.22 * GIB)
     assert m.tensor_parallel == 8 and m.gpu_bytes == int(per_gpu * 0.90) * 8
     assert m.kv_cache_bytes == vllm_kv_bytes_per_request(sp.model, 8192, "auto", 8) * 4 * 8
     assert sp.to_json()["tensor_parallel"] == 8
@@ -129,15 +133,20 @@ def test_vllm_context_seqs_kv_dtype_batched_tokens(tmp_path):
     m = sp.memory
     assert (m.context_per_request, m.parallel, m.kv_cache_type) == (4096, 16, "fp8")
     assert m.kv_cache_bytes == vllm_kv_bytes_per_request(sp.model, 4096, "fp8") * 16
-    act = lambda t: t * (sp.model.hidden * 4 + sp.model.ffn * 2) * 2  # noqa: E731
-    assert base.memory.overhead_bytes - m.overhead_bytes == act(8192) - act(2048)
+    # a100: vLLM's default is 2048 batched tokens and 256 seqs (arg_utils.py excludes A100 from the 8192 tier); the
+    # plan's --max-num-seqs is the workload's users. The activation term follows the pinned values.
+    assert base.memory.overhead_bytes - m.overhead_bytes == (
+        vllm_activation_bytes(sp.model, 2048, base.memory.parallel) - vllm_activation_bytes(sp.model, 2048, 16))
+    big = plan1(tmp_path / "c", "a100-80gb", "vllm", {"max-num-batched-tokens": 16384})
+    assert big.memory.overhead_bytes - base.memory.overhead_bytes == (
+        vllm_activation_bytes(sp.model, 16384, 1) - vllm_activation_bytes(sp.model, 2048, 1))
 
 
 def test_vllm_data_and_pipeline_parallel_count_their_gpus(tmp_path):
     sp = plan1(tmp_path, "8x h100-80gb", "vllm", {"data-parallel-size": 2, "pipeline-parallel-size": 2, "-tp": 2})
     m = sp.memory
     assert (m.tensor_parallel, m.pipeline_parallel, m.data_parallel) == (2, 2, 2)
-    assert m.gpu_bytes == int(int(sp.gpus[0].memory_gib * GIB) * 0.90) * 8
+    assert m.gpu_bytes == int(gpu_runtime_bytes(sp.gpus[0]) * 0.90) * 8
     j = sp.to_json()
     assert j["pipeline_parallel"] == 2 and j["data_parallel"] == 2
     assert "--distributed-executor-backend" not in sp.command  # one node: no Ray
@@ -207,7 +216,7 @@ def test_overrides_that_are_not_knobs_pass_through_unplanned(tmp_path):
 def test_regression_a100_utilization_half(tmp_path):
     """`--gpu-memory-utilization 0.5` on an A100 80GB: the plan budgets 0.5 (40 GiB), not 0.90 (72 GiB)."""
     sp = plan1(tmp_path, "a100-80gb", "vllm", {"--gpu-memory-utilization": 0.5})
-    assert sp.memory.gpu_bytes == 40 * GIB
+    assert sp.memory.gpu_bytes == int(gpu_runtime_bytes(sp.gpus[0]) * 0.5)  # 0.5 of what CUDA reports
 
 
 def test_regression_tp8_for_an_8b_model(tmp_path):

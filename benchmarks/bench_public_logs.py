@@ -1,0 +1,69 @@
+"""The public-log corpus against the planner: vLLM memory profiles and decode speed per backend.
+
+Prints (and with --record writes benchmarks/results/public_logs.md) predicted, measured and their ratio for every
+case in tests/fixtures/public-logs/, and the per-backend least-squares fit of t = bytes/(e x BW) + t0."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from stackgen import speed  # noqa: E402
+from stackgen.memory import GIB  # noqa: E402
+from public_logs import predict_vllm_case  # noqa: E402
+
+FIX = ROOT / "tests" / "fixtures" / "public-logs"
+
+
+def memory_rows() -> list[str]:
+    cases = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
+    out = ["| case | term | predicted GiB | logged GiB | ratio |", "|---|---|---:|---:|---:|"]
+    for c in cases:
+        p = predict_vllm_case(c)
+        for term in ("non_torch", "activation", "kv"):
+            logged = c.get(f"{term}_gib")
+            if logged:
+                out.append(f"| {c['id']} | {term} | {p[term] / GIB:.2f} | {logged:.2f} | {p[term] / GIB / logged:.3f} |")
+        out.append(f"| {c['id']} | verdict | {p['verdict']} | {c['verdict']} | {'=' if p['verdict'] == c['verdict'] else 'DIFFERS'} |")
+    return out
+
+
+def speed_rows() -> list[str]:
+    pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
+    out = ["| point | backend | predicted tok/s | measured | ratio |", "|---|---|---:|---:|---:|"]
+    within = 0
+    for p in pts:
+        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
+        r = pred / p["tokens_per_s"]
+        within += abs(r - 1) <= 0.15
+        out.append(f"| {p['id']} | {p['backend']} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
+    out.append(f"\nwithin 15%: {within} of {len(pts)}")
+    out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0):")
+    for backend in sorted({p["backend"] for p in pts}):
+        sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in pts
+               if p["backend"] == backend and not p.get("outlier")]
+        e, t0 = speed.fit_backend(sel)
+        out.append(f"- {backend}: e = {e:.3f}, t0 = {t0:.2f} ms over {len(sel)} points")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    text = "\n".join(["# Public-log corpus vs the planner", "", "## vLLM memory profiles", *memory_rows(), "",
+                      "## Single-stream decode speed", *speed_rows(), ""])
+    print(text)
+    if args.record:
+        (ROOT / "benchmarks" / "results" / "public_logs.md").write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
