@@ -111,11 +111,16 @@ def _host(host_facts: Optional[Path]):
     return detect()
 
 
-def load_and_plan(file: Path, host_facts: Optional[Path]):
+def load_and_plan(file: Path, host_facts: Optional[Path], write_lock: bool = True):
+    """`write_lock`: a stack whose remote models were just resolved over the network (no lock file yet) gets its
+    stack.lock, so the next plan needs no network (`render --check` passes False: it writes nothing)."""
     from stackgen.resolve import resolve
     from stackgen.spec import load_stack
 
     stack = load_stack(file)
+    if write_lock and stack.remote is not None and stack.remote.should_write():
+        stack.remote.write()
+        typer.echo(f"wrote {stack.remote.lock_path} (the remote models, pinned)", err=True)
     host = _host(host_facts) if stack.hardware is None else _recorded_or_none(host_facts)
     return stack, resolve(stack, host)
 

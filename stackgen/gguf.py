@@ -29,6 +29,7 @@ __all__ = [
     "GGML_TYPES",
     "LLAMA_FTYPE_NAMES",
     "read_gguf_header",
+    "read_gguf_header_from",
     "summarize",
 ]
 
@@ -269,8 +270,11 @@ class _Cursor:
             )
         self.f.seek(start)
         data = self.f.read(max(n, _CHUNK))
-        if len(data) < n:  # file shrank under us
-            raise self.fail(f"truncated file: short read for {what}")
+        while len(data) < n:  # a reader may return less (stackgen.remote.RangeReader: what it already holds)
+            more = self.f.read(n - len(data))
+            if not more:  # file shrank under us
+                raise self.fail(f"truncated file: short read for {what}")
+            data += more
         self.buf, self.base, self.pos = data, start, 0
 
     def skip(self, n: int, what: str) -> None:
@@ -490,15 +494,20 @@ def read_gguf_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """
     spath = os.fspath(path)
     with open(spath, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        endian, version, tensor_count, kv_count = _read_preamble(f, spath, file_size)
-        cur = _Cursor(f, spath, file_size, endian)
-        cur.base = 24
-        metadata = _read_metadata(cur, kv_count)
-        alignment = _alignment(metadata, cur)
-        infos = _read_tensor_infos(cur, tensor_count)
-        data_offset = -(-cur.offset // alignment) * alignment
-        _check_tensor_layout(cur, infos, data_offset, alignment)
+        return read_gguf_header_from(f, spath, os.fstat(f.fileno()).st_size)
+
+
+def read_gguf_header_from(f: BinaryIO, spath: str, file_size: int) -> GGUFHeader:
+    """The same walk over any seekable reader of a file of `file_size` bytes: a local file, or
+    :class:`stackgen.remote.RangeReader`, which fetches only the byte ranges this walk asks for."""
+    endian, version, tensor_count, kv_count = _read_preamble(f, spath, file_size)
+    cur = _Cursor(f, spath, file_size, endian)
+    cur.base = 24
+    metadata = _read_metadata(cur, kv_count)
+    alignment = _alignment(metadata, cur)
+    infos = _read_tensor_infos(cur, tensor_count)
+    data_offset = -(-cur.offset // alignment) * alignment
+    _check_tensor_layout(cur, infos, data_offset, alignment)
     tensors = tuple(t for t, _ in infos)
     counts: dict[str, int] = {}
     for t in tensors:

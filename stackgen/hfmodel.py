@@ -32,6 +32,8 @@ __all__ = [
     "SAFETENSORS_DTYPE_BYTES",
     "read_safetensors_header",
     "read_hf_folder",
+    "read_safetensors_header_from",
+    "hf_info",
 ]
 
 MAX_HEADER_BYTES = 100_000_000
@@ -285,27 +287,45 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsInfo:
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise HFModelError(
-                    f"{p}: truncated safetensors file: {len(prefix)} bytes, need 8 for the header length"
-                )
-            (n,) = struct.unpack("<Q", prefix)
-            if n > MAX_HEADER_BYTES:
-                raise HFModelError(f"{p}: safetensors header too large: {n} bytes (limit {MAX_HEADER_BYTES})")
-            if 8 + n > size:
-                raise HFModelError(f"{p}: truncated safetensors file: header of {n} bytes but file has {size}")
-            raw = f.read(n)
+            return read_safetensors_header_from(f, str(p), os.fstat(f.fileno()).st_size)
     except OSError as exc:
         raise HFModelError(f"{p}: cannot read safetensors file: {exc}") from None
+
+
+def read_safetensors_header_from(f: Any, name: str, size: int) -> SafetensorsInfo:
+    """The same from any reader with read() positioned at 0 (a local file or stackgen.remote.RangeReader)."""
+    p = Path(name) if "://" not in name else _UrlName(name)
+    prefix = _read_exact(f, 8)
+    if len(prefix) < 8:
+        raise HFModelError(f"{name}: truncated safetensors file: {len(prefix)} bytes, need 8 for the header length")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER_BYTES:
+        raise HFModelError(f"{name}: safetensors header too large: {n} bytes (limit {MAX_HEADER_BYTES})")
+    if 8 + n > size:
+        raise HFModelError(f"{name}: truncated safetensors file: header of {n} bytes but file has {size}")
+    raw = _read_exact(f, n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HFModelError(f"{p}: safetensors header is not valid JSON: {exc}") from None
+        raise HFModelError(f"{name}: safetensors header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
-        raise HFModelError(f"{p}: safetensors header is not a JSON object")
+        raise HFModelError(f"{name}: safetensors header is not a JSON object")
     return _tally(p, header, size - 8 - n, 8 + n)
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    """A remote reader returns what its last block holds; read on until `n` bytes or the end."""
+    data = f.read(n)
+    while len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class _UrlName(str):
+    """A URL where messages want a Path: formats as itself."""
 
 
 def _tally(p: Path, header: Mapping[str, Any], data_size: int, header_bytes: int) -> SafetensorsInfo:
@@ -392,9 +412,13 @@ def read_hf_folder(path: str | os.PathLike[str]) -> HFModelInfo:
     config = _load_json(folder / "config.json", "config.json")
     if not isinstance(config, dict):
         raise HFModelError(f"{folder / 'config.json'}: config.json is not a JSON object")
-    tc, defaults_used = _text_config(config)
     files = _weight_files(folder)
-    infos = [read_safetensors_header(f) for f in files]
+    return hf_info(str(folder), config, [read_safetensors_header(f) for f in files])
+
+
+def hf_info(label: str, config: Mapping[str, Any], infos: list[SafetensorsInfo]) -> HFModelInfo:
+    """config.json plus the headers of the weight files, from a folder or from a remote repository."""
+    tc, defaults_used = _text_config(config)
     dtype_bytes: dict[str, int] = {}
     for info in infos:
         for dtype, b in info.dtype_bytes.items():
@@ -403,8 +427,8 @@ def read_hf_folder(path: str | os.PathLike[str]) -> HFModelInfo:
     architectures = config.get("architectures")
     arch = architectures[0] if isinstance(architectures, list) and architectures else None
     return HFModelInfo(
-        path=str(folder),
-        config=MappingProxyType(config),
+        path=label,
+        config=MappingProxyType(dict(config)),
         text_config=MappingProxyType(tc),
         architecture=arch if isinstance(arch, str) else None,
         model_type=tc.get("model_type") if isinstance(tc.get("model_type"), str) else None,
@@ -413,7 +437,7 @@ def read_hf_folder(path: str | os.PathLike[str]) -> HFModelInfo:
         quantization_bits=bits,
         weights_bytes=sum(dtype_bytes.values()),
         params=_params(infos, quantization, bits),
-        dtype_bytes=MappingProxyType(dtype_bytes),
-        safetensors_files=tuple(str(f) for f in files),
+        dtype_bytes=MappingProxyType(dict(sorted(dtype_bytes.items()))),
+        safetensors_files=tuple(i.path for i in infos),
         defaults_used=defaults_used,
     )

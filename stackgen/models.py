@@ -91,6 +91,9 @@ class ModelFacts:
     hf_sizes: Mapping[str, int] = field(default_factory=dict)
     mlx_sizes: Mapping[str, int] = field(default_factory=dict)
     description: str = ""
+    url: str | None = None  # a remote .gguf named by URL (llama-server -mu)
+    revision: str | None = None  # the commit sha or manifest digest stack.lock pins
+    sizes_from: str = "catalog"  # where gguf/hf sizes came from: catalog | header (a remote file's own header)
 
     # ------------------------------------------------------------------ construction
 
@@ -181,19 +184,19 @@ class ModelFacts:
         if self.source == "gguf" and self.path and quant == self.quant:
             return self.gguf_sizes.get(quant, 0), "file"
         if quant in self.gguf_sizes:
-            return self.gguf_sizes[quant], "catalog"
+            return self.gguf_sizes[quant], self.sizes_from
         return int(self.params * GGUF_BPW[quant] / 8), "estimate"
 
     def hf_bytes(self, fmt: str) -> tuple[int, str]:
         if fmt in self.hf_sizes:
-            return self.hf_sizes[fmt], "catalog" if self.source != "hf" else "file"
+            return self.hf_sizes[fmt], self.sizes_from if self.source != "hf" or not self.path else "file"
         return int(self.params * HF_BYTES_PER_PARAM[fmt]), "estimate"
 
     def mlx_bytes(self, fmt: str) -> tuple[int, str]:
         if fmt in self.mlx_sizes:
             return self.mlx_sizes[fmt], "catalog"
         if self.source == "hf" and fmt in self.hf_sizes:
-            return self.hf_sizes[fmt], "file"
+            return self.hf_sizes[fmt], "file" if self.path else self.sizes_from
         return int(self.params * MLX_BYTES_PER_PARAM[fmt]), "estimate"
 
     def with_quant(self, quant: str | None) -> "ModelFacts":
@@ -220,8 +223,12 @@ def _default_swa_layers(arch: str, layers: int, pattern: Any) -> int:
 # ---------------------------------------------------------------------------------------------- references
 
 
-def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[str, ModelFacts]) -> ModelFacts:
-    """Turn a stack's model reference into facts; raise spec.ModelRefError with a hint on failure."""
+def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[str, ModelFacts],
+                  remote: Any = None) -> ModelFacts:
+    """Turn a stack's model reference into facts; raise spec.ModelRefError with a hint on failure.
+
+    `remote` (a stackgen.lock.RemoteModels) answers references the catalog does not know (hf:, ollama:, https://)
+    from stack.lock, or over the network when there is no lock."""
     from stackgen.spec import ModelRefError
 
     try:
@@ -233,10 +240,12 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
         close = [normalize_quant(c) for c in close]
         hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
         raise ModelRefError(f"unknown quant {quant!r}", hint, field="quant") from None
-    if ref.startswith("hf:"):
-        return _from_registry(ref[3:], "hf_repo", catalog, q, "hf")
-    if ref.startswith("ollama:"):
-        return _from_registry(ref[7:], "ollama", catalog, q, "ollama")
+    if ref.startswith(("hf:", "ollama:")):
+        key, source, name = ("hf_repo", "hf", ref[3:]) if ref.startswith("hf:") else ("ollama", "ollama", ref[7:])
+        found = _from_registry(name, key, catalog, q, source)
+        return found if found is not None else _from_remote(ref, q, remote)
+    if ref.startswith(("https://", "http://")):
+        return _from_remote(ref, q, remote)
     if ref in catalog:
         return catalog[ref].with_quant(q)
     if ref.lower().endswith(".gguf") or "/" in ref or ref.startswith("."):
@@ -248,19 +257,32 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
     raise ModelRefError(f"unknown model {ref!r}", hint)
 
 
-def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None, source: str) -> ModelFacts:
+def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None,
+                   source: str) -> ModelFacts | None:
     from stackgen.spec import ModelRefError
 
-    if not re.fullmatch(r"[A-Za-z0-9._/:-]+", name) or not name:
-        raise ModelRefError(f"invalid {source} reference {name!r}", "letters, digits, '.', '_', '-', '/' and ':' only")
+    if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", name) or not name:
+        raise ModelRefError(f"invalid {source} reference {name!r}", "letters, digits, '.', '_', '-', '/', '@' and ':' "
+                            "only")
     for facts in catalog.values():
         if (getattr(facts, key) or "").lower() == name.lower():
             out = facts.with_quant(q)
             return replace(out, source=source, name=f"{source}:{name}") if source == "ollama" else out
-    raise ModelRefError(
-        f"{source}:{name} is not in the model catalog, so its architecture is unknown",
-        "download it and point `model:` at the local file or folder, or add it to profiles/models.yaml next to the stack",
-    )
+    return None
+
+
+def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
+    """A reference the catalog does not know: its real metadata, pinned in stack.lock (stackgen/lock.py)."""
+    from stackgen.errors import ModelError
+    from stackgen.spec import ModelRefError
+
+    if remote is None:
+        raise ModelRefError(f"{ref} is not in the model catalog and no lock file or network resolver was given",
+                            "run `stackgen lock` on the stack")
+    try:
+        return remote.facts(ref, q)
+    except ModelError as exc:
+        raise ModelRefError(str(exc), "") from None
 
 
 def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
@@ -318,6 +340,10 @@ def _from_hf(path: Path, q: str | None) -> ModelFacts:
     except hfmodel.HFModelError as exc:
         raise ModelRefError(f"{path.name}: not a readable HF model folder: {exc}",
                             "point `model:` at a folder with config.json and *.safetensors") from None
+    if not info.safetensors_files or not info.weights_bytes:
+        raise ModelRefError(f"{path.name}: no weights found (config.json but no *.safetensors): it would plan 0 bytes "
+                            "of weights", "download the *.safetensors files into the folder, or name the repository "
+                            "as hf:org/repo")
     s = info.summarize()
     facts = ModelFacts.from_summary(path.name, "hf", str(path), s)
     fmt = s.get("quantization") or s.get("dtype") or "bf16"

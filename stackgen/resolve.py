@@ -696,6 +696,8 @@ def default_model_ref(sp: ServicePlan) -> str:
     if m.path:
         return m.path
     if sp.engine in ("llama.cpp",):
+        if m.url:
+            return m.url  # a remote .gguf named by URL: llama-server -mu
         return f"hf:{m.gguf_repo}" if m.gguf_repo else f"models/{m.name}-{sp.memory.weights_format}.gguf"
     if sp.engine == "ollama":
         return m.ollama or f"models/{m.name}-{sp.memory.weights_format}.gguf"

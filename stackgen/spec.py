@@ -265,6 +265,7 @@ class Stack:
     services: tuple[Service, ...]
     profiles_dirs: tuple[Path, ...] = field(default=())
     nodes: tuple[Node, ...] = field(default=())  # empty: one machine (`hardware`); else the head is nodes[0]
+    remote: Any = field(default=None, compare=False, repr=False)  # stackgen.lock.RemoteModels: what stack.lock holds
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -278,8 +279,11 @@ class Stack:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_stack(path: str | Path) -> Stack:
-    """Read, validate and bind a stack file; raise SpecError listing every problem with its position."""
+def load_stack(path: str | Path, remote: Any = None) -> Stack:
+    """Read, validate and bind a stack file; raise SpecError listing every problem with its position.
+
+    `remote` (stackgen.lock.RemoteModels) resolves model references outside the catalog; by default from the
+    stack's lock file (stack.lock beside it), or over the network when there is none."""
     from stackgen.profiles import load_profiles
 
     path = Path(path)
@@ -297,7 +301,11 @@ def load_stack(path: str | Path) -> Stack:
     doc = parse_document(text, display)
     spec = validate_document(doc, display)
     profiles = load_profiles(path.parent)
-    return bind(spec, doc, display, path, profiles)
+    if remote is None:
+        from stackgen.lock import RemoteModels, lock_path_for
+
+        remote = RemoteModels(lock_path_for(path), stack_display=display)
+    return bind(spec, doc, display, path, profiles, remote)
 
 
 def parse_document(text: str, display: str) -> _yaml.Document:
@@ -514,7 +522,7 @@ def _dotted(loc: tuple) -> str:
 _MULTI_RE = re.compile(r"^\s*(\d+)\s*[xX×]\s*([a-z0-9][a-z0-9.-]*)\s*$")
 
 
-def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profiles: Any) -> Stack:
+def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profiles: Any, remote: Any = None) -> Stack:
     """Resolve names to objects: hardware and workload profiles, model facts. Collects every problem first."""
     from stackgen.models import resolve_model
 
@@ -542,7 +550,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
                         "give each service its own port")
             ports[svc.port] = name
         try:
-            facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models)
+            facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models, remote=remote)
         except _ModelRefError as exc:
             problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
                     exc.message, exc.hint)
@@ -560,7 +568,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
         raise SpecError(problems)
     name = spec.name or _default_name(path)
     return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
-                 services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes)
+                 services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes, remote=remote)
 
 
 class _ModelRefError(Exception):

@@ -15,12 +15,12 @@ def default_out_dir(stack_file: Path) -> Path:
     return stack_file.parent / "deploy"
 
 
-def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]):
+def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path], write_lock: bool = True):
     """Everything `render` would write, without touching the disk (invalid input raises before any write)."""
     from stackgen.flagcheck import check_plan
     from stackgen.render import RenderContext, render_plan
 
-    stack, plan = load_and_plan(stack_file, host_facts)
+    stack, plan = load_and_plan(stack_file, host_facts, write_lock=write_lock)
     # A renamed or removed flag must fail here, not as a service that will not start.
     check_plan(plan, probe=True)
     # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
@@ -44,7 +44,7 @@ def render(
         from stackgen.render import check_tree, write_tree
 
         out_dir = out if out is not None else default_out_dir(file)
-        artifacts = render_artifacts(file, out_dir, host_facts)
+        artifacts = render_artifacts(file, out_dir, host_facts, write_lock=not check)
         if check:
             check_tree(out_dir, artifacts)
             typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")

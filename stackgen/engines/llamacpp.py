@@ -98,6 +98,8 @@ class LlamaCpp:
 def _model_args(model: ModelFacts, quant: str, model_ref: str) -> list[str]:
     if model_ref.startswith("hf:"):
         return ["-hf", f"{model_ref[3:]}:{quant}"]
+    if model_ref.startswith(("https://", "http://")):
+        return ["-mu", model_ref]
     return ["-m", model_ref]
 
 

@@ -48,6 +48,8 @@ class Ollama:
         if model.source == "hf":
             raise Unsupported("Ollama imports safetensors only for a few architectures; this HF folder is better "
                               "served by vLLM or converted to GGUF")
+        if model.url and not model.ollama:
+            raise Unsupported("pulls from its registry or hf.co only; a .gguf URL must be downloaded and named by path")
         quant, note = gguf_for(model.quant)
         if model.source == "catalog" and not model.ollama and not model.path:
             note = (note + "; " if note else "") + "no Ollama registry tag is known for this model: FROM needs a .gguf path"
