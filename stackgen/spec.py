@@ -24,7 +24,7 @@ Name = Annotated[str, StringConstraints(pattern=NAME_RE, max_length=63)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
-TARGETS = ("script", "systemd", "compose", "kubernetes")
+TARGETS = ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama-swap")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Engines with no API-key and no TLS option (engines/*.py `api_key = None`; tests/security checks the two agree).
 KEYLESS_ENGINES = {"ollama": "Ollama", "mlx": "mlx_lm.server"}
@@ -226,7 +226,7 @@ class StackSpec(_Model):
     )
     workload: WorkloadRef = Field("dev-loop", description="A built-in profile or an inline description.")
     services: dict[Name, ServiceSpec] = Field(min_length=1, description="One or more services.")
-    targets: tuple[Literal["script", "systemd", "compose", "kubernetes"], ...] = Field(
+    targets: tuple[Literal["script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama-swap"], ...] = Field(
         ("script",), strict=False, description="What `stackgen render` writes."
     )
     serve: ServeSpec = Field(default_factory=ServeSpec)

@@ -27,7 +27,7 @@ def _load() -> None:
     # Explicit composition (no plugin discovery): each target module registers itself on import.
     import importlib
 
-    for mod in ("script", "systemd", "compose", "kubernetes"):
+    for mod in ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama_swap"):
         try:
             importlib.import_module(f"stackgen.targets.{mod}")
         except ModuleNotFoundError as exc:
