@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import ApiKey, LaunchContext, Unsupported, Weights, apply_overrides, tls_args
-from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, Budget, MemoryPlan, plan_llamacpp
+from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, MIB, Budget, MemoryPlan, PromptCache, plan_llamacpp
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -12,7 +12,8 @@ from stackgen.spec import HardwareSpec, WorkloadSpec
 ALIASES = {"-m": "--model", "-c": "--ctx-size", "-np": "--parallel", "-ngl": "--n-gpu-layers", "-t": "--threads",
            "-b": "--batch-size", "-ub": "--ubatch-size", "-fa": "--flash-attn", "-ctk": "--cache-type-k",
            "-ctv": "--cache-type-v", "-sm": "--split-mode", "-ts": "--tensor-split", "-a": "--alias",
-           "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel"}
+           "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel",
+           "-cram": "--cache-ram", "-ctxcp": "--ctx-checkpoints", "--swa-checkpoints": "--ctx-checkpoints"}
 
 
 class LlamaCpp:
@@ -52,6 +53,7 @@ class LlamaCpp:
         args += ["-t", str(plan.threads), "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH)]
         if m.kv_cache_type != "f16":
             args += ["-fa", "on", "-ctk", m.kv_cache_type, "-ctv", m.kv_cache_type]
+        args += cache_args(m.prompt_cache)
         topology = getattr(plan, "topology", None)
         if topology is not None and topology.workers:
             # Multi-node: the other nodes' ggml-rpc-server devices; llama.cpp spreads layers by free memory.
@@ -69,6 +71,16 @@ class LlamaCpp:
 
     def env(self, plan) -> dict[str, str]:
         return {}
+
+
+def cache_args(cache: PromptCache) -> list[str]:
+    """The prompt cache and context checkpoint bounds the memory plan counted (memory.bound_llamacpp_cache)."""
+    if not cache.note:
+        return []
+    args = ["--cache-ram", str(cache.limit_bytes // MIB)]
+    if cache.checkpoints is not None:
+        args += ["--ctx-checkpoints", str(cache.checkpoints)]
+    return args
 
 
 def _model_args(model: ModelFacts, quant: str, model_ref: str) -> list[str]:

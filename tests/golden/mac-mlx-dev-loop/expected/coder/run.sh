@@ -15,4 +15,6 @@ exec mlx_lm.server \
     --host 127.0.0.1 \
     --port 8080 \
     --max-tokens 500 \
+    --prompt-cache-size 2 \
+    --prompt-cache-bytes 8589934592 \
     --allowed-origins http://localhost,http://127.0.0.1

@@ -22,6 +22,7 @@ exec llama-server \
     -t 16 \
     -b 2048 \
     -ub 512 \
+    --cache-ram 550 \
     --rpc 192.168.1.11:50052,192.168.1.12:50052,192.168.1.13:50052,192.168.1.20:50052 \
     --metrics \
     --cors-origins localhost \
