@@ -155,7 +155,9 @@ def run_config(name: str, argv: list[str], env: dict[str, str], port: int, model
     startup = time.monotonic() - t
     try:
         for i in range(2):  # warm-up: the first requests load (MLX) or allocate
-            bench.one_request("127.0.0.1", port, model, "Warm up " + str(i), 4, timeout=300)
+            w = bench.one_request("127.0.0.1", port, model, "Warm up " + str(i), 4, timeout=300)
+            if not w.ok:
+                raise RuntimeError(f"{name}: the warm-up request failed: {w.error} (log: {log})")
         ready_rss = bench.rss_tree(srv.pid)
         sampler = Sampler(srv.pid)
         sampler.start()
@@ -185,7 +187,8 @@ def without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
     return out
 
 
-def soak_engine(engine: str, env_: dict[str, str], duration: float, work: Path) -> dict:
+def soak_engine(engine: str, env_: dict[str, str], duration: float, work: Path,
+                only: tuple[str, ...] = ("stackgen", "defaults")) -> dict:
     binary = {"llama.cpp": env_.get("STACKGEN_LLAMA_SERVER"), "vllm": env_.get("STACKGEN_VLLM"),
               "mlx": env_.get("STACKGEN_MLX_SERVER")}[engine]
     model = env_.get("STACKGEN_GGUF") if engine == "llama.cpp" else env_.get("STACKGEN_GEMMA_HF")
@@ -209,11 +212,11 @@ def soak_engine(engine: str, env_: dict[str, str], duration: float, work: Path) 
     else:
         if engine == "mlx":
             tuned_env["HF_HUB_CACHE"] = env_.get("STACKGEN_HF_HUB_CACHE") or str(work / "hf-hub-cache")
-            served = ""  # mlx_lm.server serves its --model when a request names none
+            served = "default_model"  # mlx_lm.server maps this name to its --model
         configs = [("stackgen", tuned, tuned_env, served),
                    ("defaults", without(tuned, CACHE_FLAGS[engine]), tuned_env, served)]
     runs = []
-    for name, argv, cenv, m in configs:
+    for name, argv, cenv, m in [c for c in configs if c[0] in only]:
         print(f"[{engine}] {name}: {duration:.0f} s of load ...", file=sys.stderr, flush=True)
         r = run_config(name, argv, cenv, port, m, duration, work / f"{engine}-{name}.log")
         print(f"[{engine}] {name}: ready {r['ready_rss'] / MIB:.0f} MiB, steady {r['steady_rss'] / MIB:.0f}, peak "
@@ -238,8 +241,9 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
         "(one run per engine, merged with --merge; durations below).",
         "",
         f"- machine: {platform.platform()}, {os.cpu_count()} logical CPUs, shared with other engineers' builds and "
-        f"tests; load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load0)} at start, "
-        f"{' '.join(f'{x:.2f}' for x in load1)} at end; total wall time {wall:.0f} s",
+        "tests (load average per engine below)"
+        + (f"; load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load0)} at start, "
+           f"{' '.join(f'{x:.2f}' for x in load1)} at end; total wall time {wall:.0f} s" if wall >= 1 else ""),
         f"- stackgen {__version__}, Python {platform.python_version()}; argv and env from `stackgen plan --json` "
         "(hardware: detect, CPU only) of a quickstart-shaped stack",
         f"- workload: {USERS} concurrent streaming users (= the stack's concurrent_users and the engine's slots), "
@@ -267,9 +271,12 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
         for r in res["runs"]:
             over = (r["peak_rss"] - plan) / plan
             ok = r["peak_rss"] <= plan * 1.05 and r["peak_rss"] <= res["plan"]["host_budget_bytes"]
-            lines.append(f"- {res['engine']} {r['config']}: peak {mib(r['peak_rss'])} MiB vs plan {mib(plan)} MiB "
+            verdict = "within the goal" if ok else "ABOVE the goal (plan + 5%)"
+            if r["requests"] == r["errors"]:
+                verdict += ", but NOT a soak: no request completed, so no cache was exercised"
+            lines.append(f"- {res['engine']} {r['config']} ({res.get('duration_s', 0):g} s): peak {mib(r['peak_rss'])} MiB vs plan {mib(plan)} MiB "
                          f"({over * 100:+.1f}%), steady {mib(r['steady_rss'])} MiB: "
-                         f"{'within the goal' if ok else 'ABOVE the goal (plan + 5%)'}")
+                         f"{verdict}")
     lines += ["", "| engine | config | plan host MiB | of which prompt cache | host budget MiB | ready RSS | steady RSS | "
               "peak RSS | peak vs plan | peak PSS | requests | errors | tok/s | start-up s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -278,7 +285,7 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
             continue
         p = res["plan"]
         for r in res["runs"]:
-            lines.append(f"| {res['engine']} | {r['config']} | {mib(p['host_bytes'])} | {mib(p['prompt_cache_bytes'])} | "
+            lines.append(f"| {res['engine']} | {r['config']} ({res.get('duration_s', 0):g} s) | {mib(p['host_bytes'])} | {mib(p['prompt_cache_bytes'])} | "
                          f"{mib(p['host_budget_bytes'])} | {mib(r['ready_rss'])} | {mib(r['steady_rss'])} | "
                          f"{mib(r['peak_rss'])} | {(r['peak_rss'] - p['host_bytes']) / p['host_bytes'] * 100:+.1f}% | "
                          f"{mib(r['peak_pss'])} | {r['requests']} | {r['errors']} | {r['output_tokens_per_s']} | "
@@ -292,7 +299,8 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
     lines += ["", "RSS over time (MiB, ~24 points per run):", ""]
     for res in results:
         for r in res.get("runs", []):
-            lines.append(f"- {res['engine']} {r['config']}: {' '.join(map(str, r['rss_curve_mib']))}")
+            lines.append(f"- {res['engine']} {r['config']} ({res.get('duration_s', 0):g} s): "
+                         f"{' '.join(map(str, r['rss_curve_mib']))}")
     lines += ["", "Raw (JSON):", "", "```json", json.dumps(results, indent=1, sort_keys=True), "```", ""]
     return "\n".join(lines)
 
@@ -302,6 +310,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=90.0, help="seconds of load per engine and config (default 90)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.md")
+    ap.add_argument("--configs", default="stackgen,defaults", help="which of stackgen,defaults to run")
     ap.add_argument("--json", type=Path, help="also write the raw results here (to merge runs)")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="raw results of earlier runs to report with")
     args = ap.parse_args()
@@ -316,7 +325,7 @@ def main() -> int:
     for f in args.merge:
         results += json.loads(f.read_text(encoding="utf-8"))
     for e in engines:
-        results.append(soak_engine(e, env_, args.duration, work))
+        results.append(soak_engine(e, env_, args.duration, work, tuple(args.configs.split(","))))
     results.sort(key=lambda r: ENGINES.index(r["engine"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, sort_keys=True), encoding="utf-8")
