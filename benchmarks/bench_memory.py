@@ -83,7 +83,9 @@ def main() -> int:
             m = sp["memory"]
             row = {
                 "ctx_per_slot": ctx, "slots": slots, "argv": shlex.join(argv[1:]),
-                "pred_host": m["host_bytes"], "pred_weights": m["weights_bytes"], "pred_kv": m["kv_cache_bytes"],
+                # At start-up the prompt cache is empty: its line is what it may grow to (bench_soak.py measures it).
+                "pred_host": m["host_bytes"] - m.get("prompt_cache_bytes", 0),
+                "pred_prompt_cache": m.get("prompt_cache_bytes", 0), "pred_weights": m["weights_bytes"], "pred_kv": m["kv_cache_bytes"],
                 "pred_compute": m["compute_bytes"], "pred_overhead": m["overhead_bytes"],
                 "rss_ready": rss_ready, "rss_after_request": rss_after, "breakdown": bd,
             }
@@ -116,6 +118,8 @@ def main() -> int:
         "- RSS: psutil RSS of the llama-server process tree 1 s after /health returned 200 (max of 3 samples); "
         "'after req' = after one 32-token-prompt, 16-token request",
         "- engine: the Host row of `*_memory_breakdown_print` (MiB, self = model + context + compute)",
+        "- predicted host = the plan's host_bytes less its prompt cache line (empty at start-up; what it may grow "
+        "to under load is measured by bench_soak.py, results/soak.md)",
         "- error = (predicted host - RSS) / RSS; goal within 10%, never under by more than 5%",
         "",
         "## Result",

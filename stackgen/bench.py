@@ -212,6 +212,7 @@ def diagnose(r: BenchResult) -> list[str]:
         out.append(f"requests queue: the service streamed at most {r.max_concurrent_streams} responses at once "
                    f"while {r.concurrent_users} users were waiting; raise {knob} to concurrent_users "
                    f"({r.concurrent_users})")
+    out += memory_findings(r)
     pred = r.predicted_decode_tokens_per_s
     if pred and r.per_stream_decode_tokens_per_s and r.per_stream_decode_tokens_per_s < 0.5 * pred:
         agg = f"; aggregate {r.output_tokens_per_s:.1f} tok/s over {r.concurrent_users} streams" \
@@ -221,6 +222,22 @@ def diagnose(r: BenchResult) -> list[str]:
                    f"is compute-bound (check CPU threads, -t, and other load on the machine) or "
                    f"hardware.memory_bandwidth_gbs is higher than this machine reaches")
     return out
+
+
+RSS_TOLERANCE = 0.05  # RSS a little above the plan is measurement noise (shared pages, allocator slack)
+
+
+def memory_findings(r: BenchResult) -> list[str]:
+    """A measured peak RSS above the plan's system-RAM figure: the plan did not hold under this load."""
+    plan, peak = r.predicted_host_bytes, r.peak_rss_bytes
+    if not plan or not peak or peak <= plan * (1 + RSS_TOLERANCE):
+        return []
+    mib = 1024 * 1024
+    return [f"peak RSS {peak / mib:.0f} MiB is {(peak - plan) / plan * 100:.0f}% above the plan's {plan / mib:.0f} MiB "
+            f"in system RAM: something the plan does not bound grows under load (an override that raises a cache "
+            f"bound, another model loaded, or allocator fragmentation); on a machine sized by the plan this ends in "
+            f"swapping or the OOM killer. Check `stackgen plan` against the running command and re-run with a "
+            f"longer --duration to see whether it keeps growing"]
 
 
 # ---------------------------------------------------------------------------------------------- driver

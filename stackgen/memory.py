@@ -7,6 +7,10 @@ Rules follow each engine's own sizing code (see ../shared/reference/engines.md, 
   token is layers x kv_heads/TP x (head_k + head_v) x dtype bytes; sliding-window layers only hold the window.
 - MLX: weights + a KV cache grown in 256-token steps, inside the GPU wired limit of unified memory.
 When a plan does not fit, it pulls the levers a person would, in order, and records which it used.
+
+Caches that grow with traffic (llama-server's prompt cache and context checkpoints, mlx_lm.server's prompt cache)
+are bounded from the host headroom the plan leaves and counted as their own line (`PromptCache`); vLLM's prefix
+cache lives inside its fixed KV pool and Ollama's runner is a llama-server that inherits the same bound.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ DEFAULT_UBATCH = 512
 DEFAULT_BATCH = 2048
 MLX_KV_STEP = 256
 
+LLAMA_CACHE_RAM_DEFAULT = 8192 * MIB  # llama-server --cache-ram default (common.h cache_ram_mib)
+LLAMA_CTX_CHECKPOINTS = 4  # per slot; llama-server's default is 32 (each a copy of the slot's sliding-window cache)
+MLX_PROMPT_CACHE_ENTRIES = 10  # mlx_lm.server --prompt-cache-size default
+CACHE_HEADROOM_SHARE = 0.5  # the growing caches may take at most this share of the RAM the plan leaves free
+CACHE_CONVERSATIONS_PER_SLOT = 2  # finished conversations per slot the prompt cache is sized to keep
+
 
 @dataclass(frozen=True)
 class Pins:
@@ -54,6 +64,8 @@ class Pins:
     data_parallel: int | None = None
     threads: int | None = None
     max_batched_tokens: int | None = None
+    cache_ram_mib: int | None = None  # llama-server --cache-ram (0: off)
+    ctx_checkpoints: int | None = None  # llama-server --ctx-checkpoints per slot
     said: tuple[tuple[str, str], ...] = ()  # (knob, "--flag value" as the override wrote it)
 
     def __bool__(self) -> bool:
@@ -78,6 +90,22 @@ def kv_bytes_per_element(kv_type: str) -> float:
 
 def pad(n: int, to: int = 256) -> int:
     return ((n + to - 1) // to) * to
+
+
+@dataclass(frozen=True)
+class PromptCache:
+    """The most memory an engine's caches that grow with traffic may hold, and the engine settings that bound it.
+
+    `bytes` is the plan line (counted in host_bytes; in gpu_bytes for MLX on unified memory). `limit_bytes` is the
+    engine's own cap (llama-server --cache-ram, mlx_lm.server --prompt-cache-bytes; 0 = off). `entries`: mlx_lm.server
+    --prompt-cache-size. `checkpoints`: llama-server --ctx-checkpoints per slot (None: the model makes none, the flag
+    is left out). `note`: what it buys and what it costs, for the reasons."""
+
+    bytes: int = 0
+    limit_bytes: int = 0
+    entries: int = 0
+    checkpoints: int | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,10 +137,16 @@ class MemoryPlan:
     nodes: int = 1
     node_layers: tuple[int, ...] = ()
     data_parallel: int = 1  # vLLM --data-parallel-size: engine instances in one server (pinned by overrides)
+    prompt_cache: PromptCache = field(default=PromptCache())
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        return self.prompt_cache.bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
+        return (self.weights_bytes + self.kv_cache_bytes + self.compute_bytes + self.overhead_bytes
+                + self.prompt_cache.bytes)
 
     @property
     def offload_fraction(self) -> float:
@@ -153,6 +187,97 @@ def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
+# ---------------------------------------------------------------------------------------------- growing caches
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """How a llama-server takes its cache bounds: flags (`--cache-ram 512`) or, under Ollama, the environment its
+    runner inherits (`LLAMA_ARG_CACHE_RAM=512`)."""
+
+    cache_ram: str = "--cache-ram"
+    checkpoints: str = "--ctx-checkpoints"
+    sep: str = " "
+
+    def show(self, name: str, value: int) -> str:
+        return f"{name}{self.sep}{value}"
+
+
+LLAMA_CACHE_FLAGS = CacheSettings()
+
+
+def host_headroom(plan: MemoryPlan, budget: Budget) -> int:
+    """RAM the plan leaves free in its budget (unified memory: the pool less what the GPU and host parts use)."""
+    used = plan.gpu_bytes + plan.host_bytes if budget.unified else plan.host_bytes
+    return max(0, budget.host_bytes - used)
+
+
+def llamacpp_checkpoint_bytes(model: ModelFacts, ctx_per_slot: int, kv_type: str = "f16",
+                              ubatch: int = DEFAULT_UBATCH) -> int:
+    """One context checkpoint of one slot: llama-server copies the sliding-window part of the slot's cache
+    (LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY), at most pad256(min(cells, n_swa + n_ubatch)) cells per SWA layer, because
+    those layers cannot be rolled back. Models without sliding-window layers make none."""
+    if not (model.swa_layers and model.sliding_window):
+        return 0
+    cells = pad(min(pad(ctx_per_slot), model.sliding_window + ubatch))
+    return int(model.swa_layers * cells * model.kv_bytes_per_token_per_layer(KV_BYTES_PER_ELEMENT[kv_type]))
+
+
+def bound_llamacpp_cache(plan: MemoryPlan, model: ModelFacts, budget: Budget,
+                         how: CacheSettings = LLAMA_CACHE_FLAGS, pins: Pins = NO_PINS) -> MemoryPlan:
+    """Bound llama-server's host-RAM prompt cache (--cache-ram, default 8 GiB: it grows with every distinct prompt)
+    and its per-slot context checkpoints (default 32 per slot) from the RAM the plan leaves free, and count both."""
+    if not plan.fits:
+        return plan
+    room = int(host_headroom(plan, budget) * CACHE_HEADROOM_SHARE)
+    ckpt = llamacpp_checkpoint_bytes(model, plan.context_per_request, plan.kv_cache_type)
+    checkpoints: int | None = None
+    ckpt_total = 0
+    if ckpt:  # the most of 4, 2, 1 per slot that takes at most half the room; 0 turns them off
+        fitting = [n for n in (LLAMA_CTX_CHECKPOINTS, 2, 1) if plan.parallel * n * ckpt <= room // 2]
+        checkpoints = fitting[0] if fitting else 0
+        if pins.ctx_checkpoints is not None:
+            checkpoints = pins.ctx_checkpoints
+        ckpt_total = plan.parallel * checkpoints * ckpt
+    want = min(LLAMA_CACHE_RAM_DEFAULT, CACHE_CONVERSATIONS_PER_SLOT * plan.kv_cache_bytes)
+    limit = max(0, min(want, room - ckpt_total)) // MIB * MIB
+    if pins.cache_ram_mib is not None:
+        limit = pins.cache_ram_mib * MIB
+    note = _llamacpp_cache_note(limit, room, how)
+    if checkpoints is not None:
+        note += _checkpoint_note(checkpoints, ckpt, plan.parallel, how)
+    cache = PromptCache(bytes=limit + ckpt_total, limit_bytes=limit, checkpoints=checkpoints, note=note)
+    out = replace(plan, host_bytes=plan.host_bytes + cache.bytes, prompt_cache=cache, levers=plan.levers + (note,))
+    pinned = pins.cache_ram_mib is not None or pins.ctx_checkpoints is not None
+    over = out.gpu_bytes + out.host_bytes > budget.host_bytes if budget.unified else out.host_bytes > budget.host_bytes
+    if pinned and over:
+        return replace(out, fits=False, shortfall=(
+            f"the prompt cache needs {gb(cache.bytes)} of RAM beside the rest of the plan, "
+            f"{gb(max(0, budget.host_bytes - plan.host_bytes))} is left (pinned by overrides: "
+            f"{pins.text('cache_ram_mib', 'ctx_checkpoints')})"))
+    return out
+
+
+def _llamacpp_cache_note(limit: int, room: int, how: CacheSettings) -> str:
+    if limit == 0:
+        return (f"prompt cache off ({how.show(how.cache_ram, 0)}): the plan leaves {gb(2 * room)} of RAM free, too "
+                "little to keep finished prompts; every request pays its full prefill")
+    return (f"prompt cache bounded to {limit // MIB} MiB of system RAM ({how.show(how.cache_ram, limit // MIB)}; "
+            f"llama-server's default is 8192 and grows with every distinct prompt): it buys prompt reuse, a returning "
+            f"conversation or a repeated prefix skips its prefill; it costs up to {limit // MIB} MiB, counted in the "
+            f"plan, sized for {CACHE_CONVERSATIONS_PER_SLOT} finished conversations per slot and at most half the RAM "
+            "the plan leaves free; older prompts are evicted and prefilled again")
+
+
+def _checkpoint_note(n: int, each: int, slots: int, how: CacheSettings) -> str:
+    if n == 0:
+        return (f"; context checkpoints off ({how.show(how.checkpoints, 0)}): no RAM left for copies of the "
+                "sliding-window cache, so a follow-up request re-processes its whole prompt")
+    return (f"; plus {n} context checkpoints per slot ({how.show(how.checkpoints, n)}; default 32), copies of the "
+            f"sliding-window cache of up to {each / MIB:.1f} MiB each ({n * each * slots / MIB:.0f} MiB for {slots} "
+            "slots): they let a conversation continue without re-processing its prompt")
+
+
 # ---------------------------------------------------------------------------------------------- llama.cpp
 
 
@@ -182,9 +307,19 @@ def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_
 
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
-                  gpu_overhead: int = LLAMA_FIT_MARGIN, pins: Pins = NO_PINS) -> MemoryPlan:
-    """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left.
+                  gpu_overhead: int = LLAMA_FIT_MARGIN, pins: Pins = NO_PINS,
+                  cache: CacheSettings = LLAMA_CACHE_FLAGS) -> MemoryPlan:
+    """Place layers and size the KV cache for llama-server, then bound its growing caches from what is left.
     A knob in `pins` is planned with the user's value and never used as a lever."""
+    plan = _fit_llamacpp(model, wl, hw, budget, weights, weights_format, weights_source,
+                         allow_kv_quant=allow_kv_quant, gpu_overhead=gpu_overhead, pins=pins)
+    return bound_llamacpp_cache(plan, model, budget, cache, pins)
+
+
+def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
+                  weights_format: str, weights_source: str, *, allow_kv_quant: bool,
+                  gpu_overhead: int, pins: Pins = NO_PINS) -> MemoryPlan:
+    """Place layers and size the KV cache for llama-server; pull levers until it fits or nothing is left."""
     levers: list[str] = []
     slots = pins.parallel or wl.concurrent_users
     ctx_pinned = pins.context_total is not None or pins.context_per_request is not None
@@ -313,7 +448,7 @@ def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, pins: Pins = 
     need = plan.gpu_bytes + plan.host_bytes
     # Unified memory: the GPU budget is a share of the same pool, so only the pool counts.
     have = budget.host_bytes if budget.unified else budget.gpu_bytes + budget.host_bytes
-    if pins and need <= have and plan.gpu_bytes > budget.gpu_bytes:  # the pool holds it, the pinned split does not
+    if need <= have and plan.gpu_bytes > budget.gpu_bytes:  # the pool holds it, the GPU's share of it does not
         text = (f"needs {gb(plan.gpu_bytes)} of GPU memory for {plan.gpu_layers} layers but {hw.label()} has "
                 f"{gb(max(0, budget.gpu_bytes))}")
     else:
@@ -501,7 +636,18 @@ def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_f
         out.append("KV cache in fp8 to hold every user's context")
     if not all_fit:
         out.append("not every user fits at full context at once: vLLM will queue or preempt the rest")
-    return replace(p, levers=tuple(out))
+    return with_vllm_prefix_note(replace(p, levers=tuple(out)), "--gpu-memory-utilization")
+
+
+def with_vllm_prefix_note(plan: MemoryPlan, pool: str) -> MemoryPlan:
+    """vLLM's prefix cache needs no bound of its own: cached blocks are the KV pool's free blocks, allocated once at
+    start and reused; host RAM grows only with KV offloading (--kv-offloading-size) or weight offloading
+    (--cpu-offload-gb), and stackgen sets neither (vLLM 0.33 removed --swap-space)."""
+    note = (f"prompt cache: vLLM's prefix caching reuses shared prefixes inside the KV pool it allocates once at "
+            f"start ({pool}), so it buys prompt reuse at no extra memory; KV offloading to RAM "
+            "(--kv-offloading-size) and weight offloading (--cpu-offload-gb) stay off, so RAM does not grow with "
+            "traffic")
+    return replace(plan, prompt_cache=PromptCache(note=note), levers=plan.levers + (note,))
 
 
 def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
@@ -523,9 +669,9 @@ def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         host_budget_bytes=budget.host_bytes, weights_format=weights_format, weights_source=weights_source,
     )
     if not fits:
-        plan = replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable"
+        return replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable"
                                        + (f" (pinned by overrides: {pins.text()})" if pins else ""))
-    return plan
+    return with_vllm_prefix_note(plan, f"VLLM_CPU_KVCACHE_SPACE={kv_space} GiB of RAM")
 
 
 # ---------------------------------------------------------------------------------------------- multi-node
@@ -574,7 +720,7 @@ def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec,
                 if not all_fit:
                     levers.append("not every user fits at full context at once: vLLM will queue or preempt the rest")
                 if all_fit or kv_dtype == "fp8":
-                    return replace(p, levers=tuple(levers))
+                    return with_vllm_prefix_note(replace(p, levers=tuple(levers)), "--gpu-memory-utilization")
     assert best is not None
     return replace(best, fits=False, shortfall=(
         f"needs {gb(weights)} of weights ({weights_format}) plus KV cache; {n_nodes} nodes of {node.label()} hold "
@@ -630,7 +776,8 @@ def plan_llamacpp_rpc(model: ModelFacts, wl: WorkloadSpec, nodes: tuple[Hardware
                 out.append(f"KV cache quantized to {kv_type}")
             if c != ctx:
                 out.append(f"context reduced from {ctx} to {c} tokens per request to fit")
-            return replace(plan, levers=tuple(out))
+            # The prompt cache and checkpoints live in the head's RAM, where llama-server runs.
+            return bound_llamacpp_cache(replace(plan, levers=tuple(out)), model, initial_budget(nodes[0]))
     assert plan is not None
     need = weights + llamacpp_kv_bytes(model, ctx, slots, "q8_0")
     return replace(plan, fits=False, shortfall=(
@@ -669,25 +816,52 @@ def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budg
     kv = mlx_kv_bytes(model, ctx, users)
     overhead = int(0.5 * GIB)
     total = weights + kv + overhead
-    levers: list[str] = []
     gpu_budget = budget.gpu_bytes
     fits = total <= gpu_budget
-    if not fits and budget.unified and total <= budget.host_bytes:
-        # Raising iogpu.wired_limit_mb lets the GPU wire more of unified memory (mlx-lm README, "Large Models").
-        levers.append(f"raise the GPU wired-memory limit to {math.ceil(total / MIB)} MB (sudo sysctl iogpu.wired_limit_mb=...)")
-        fits = True
+    # Raising iogpu.wired_limit_mb lets the GPU wire more of unified memory (mlx-lm README, "Large Models").
+    wired = not fits and budget.unified and total <= budget.host_bytes
+    fits = fits or wired
     plan = MemoryPlan(
         weights_bytes=weights, kv_cache_bytes=kv, compute_bytes=0, overhead_bytes=overhead,
         gpu_bytes=total if budget.unified else 0, host_bytes=0 if budget.unified else total,
         gpu_layers=model.layers if budget.unified else 0, total_layers=model.layers, context_per_request=ctx,
         parallel=users, kv_cache_type="bf16", fits=fits if budget.unified else total <= budget.host_bytes,
         gpu_budget_bytes=gpu_budget, host_budget_bytes=budget.host_bytes, weights_format=weights_format,
-        weights_source=weights_source, levers=tuple(levers),
+        weights_source=weights_source,
     )
     if not plan.fits:
-        plan = replace(plan, shortfall=f"needs {gb(total)} of unified memory; {hw.label()} can give the GPU "
+        return replace(plan, shortfall=f"needs {gb(total)} of unified memory; {hw.label()} can give the GPU "
                                        f"at most {gb(max(0, budget.host_bytes))}")
+    plan = bound_mlx_cache(plan, budget)
+    if wired:  # the limit covers the prompt cache too: its entries are Metal buffers like the rest
+        lever = (f"raise the GPU wired-memory limit to {math.ceil(plan.total_bytes / MIB)} MB "
+                 "(sudo sysctl iogpu.wired_limit_mb=...)")
+        plan = replace(plan, levers=(lever,) + plan.levers)
     return plan
+
+
+def bound_mlx_cache(plan: MemoryPlan, budget: Budget) -> MemoryPlan:
+    """Bound mlx_lm.server's prompt cache (an LRU of finished requests' KV caches: 10 entries, no byte cap by
+    default). --prompt-cache-bytes trims it only when a new request is inserted, so the entry count is the strict
+    bound: entries x one full request's KV cache, and the byte cap is set to the same figure."""
+    room = int(host_headroom(plan, budget) * CACHE_HEADROOM_SHARE)
+    per_request = plan.kv_cache_bytes // max(1, plan.parallel)
+    want = min(room, CACHE_CONVERSATIONS_PER_SLOT * plan.kv_cache_bytes)
+    entries = min(MLX_PROMPT_CACHE_ENTRIES, want // per_request) if per_request else 0
+    limit = entries * per_request
+    if entries == 0:
+        note = (f"prompt cache off (--prompt-cache-size 0): the plan leaves {gb(2 * room)} of memory free, too little "
+                "to keep one finished request's KV cache; every request pays its full prefill")
+    else:
+        note = (f"prompt cache bounded to {entries} finished requests of at most {per_request / MIB:.0f} MiB each "
+                f"(--prompt-cache-size {entries} --prompt-cache-bytes {limit}; mlx_lm.server keeps 10 with no byte "
+                f"cap by default): it buys prompt reuse, a returning conversation or a repeated prefix skips its "
+                f"prefill; it costs up to {limit / MIB:.0f} MiB, counted in the plan, at most half the memory the "
+                "plan leaves free; older entries are evicted and prefilled again")
+    cache = PromptCache(bytes=limit, limit_bytes=limit, entries=entries, note=note)
+    if budget.unified:  # MLX arrays live in unified memory, on the GPU's side of the plan
+        return replace(plan, gpu_bytes=plan.gpu_bytes + limit, prompt_cache=cache, levers=plan.levers + (note,))
+    return replace(plan, host_bytes=plan.host_bytes + limit, prompt_cache=cache, levers=plan.levers + (note,))
 
 
 # ---------------------------------------------------------------------------------------------- speed

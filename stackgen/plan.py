@@ -101,7 +101,7 @@ class ServicePlan:
                 "compute_bytes": m.compute_bytes, "overhead_bytes": m.overhead_bytes, "total_bytes": m.total_bytes,
                 "gpu_bytes": m.gpu_bytes, "host_bytes": m.host_bytes, "gpu_budget_bytes": m.gpu_budget_bytes,
                 "host_budget_bytes": m.host_budget_bytes, "kv_cache_type": m.kv_cache_type,
-                "weights_source": m.weights_source,
+                "weights_source": m.weights_source, "prompt_cache_bytes": m.prompt_cache_bytes,
             },
             "gpu_layers": m.gpu_layers,
             "total_layers": m.total_layers,

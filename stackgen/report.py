@@ -29,9 +29,11 @@ def service_text(sp: ServicePlan) -> list[str]:
     lines += [f"    - {name}: {why}" for name, why in sorted(sp.rejected.items())]
     lines.append("  memory:")
     rows = [("weights", m.weights_bytes, m.weights_source), (f"KV cache ({m.kv_cache_type})", m.kv_cache_bytes, ""),
-            ("compute buffers", m.compute_bytes, ""), ("runtime overhead", m.overhead_bytes, ""),
-            ("total", m.total_bytes, ""), ("on GPU", m.gpu_bytes, f"budget {m.gpu_budget_bytes / 1e9:.2f} GB"),
-            ("in system RAM", m.host_bytes, f"budget {m.host_budget_bytes / 1e9:.2f} GB")]
+            ("compute buffers", m.compute_bytes, ""), ("runtime overhead", m.overhead_bytes, "")]
+    if m.prompt_cache.note:
+        rows.append(("prompt cache", m.prompt_cache_bytes, _cache_note(m)))
+    rows += [("total", m.total_bytes, ""), ("on GPU", m.gpu_bytes, f"budget {m.gpu_budget_bytes / 1e9:.2f} GB"),
+             ("in system RAM", m.host_bytes, f"budget {m.host_budget_bytes / 1e9:.2f} GB")]
     if m.tensor_parallel > 1:
         rows.append(("tensor parallel", 0, f"{m.tensor_parallel} GPUs"))
     for label, value, note in rows:
@@ -41,6 +43,15 @@ def service_text(sp: ServicePlan) -> list[str]:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))
     return lines
+
+
+def _cache_note(m) -> str:
+    c = m.prompt_cache
+    if c.bytes:
+        return "bound on what grows with distinct prompts"
+    if c.note.startswith("prompt cache off"):
+        return "off: no memory to spare"
+    return "prefix cache inside the KV cache"
 
 
 def _q(arg: str) -> str:

@@ -265,6 +265,9 @@ def _knob_text(m: MemoryPlan | None, knob: str, threads: int) -> str | None:
                                    if m.gpu_memory_utilization is not None else None),
         "tensor_parallel": f"tensor parallel {m.tensor_parallel}",
         "threads": f"{threads} threads",
+        "cache_ram_mib": f"--cache-ram {m.prompt_cache.limit_bytes // 2**20}",
+        "ctx_checkpoints": (f"--ctx-checkpoints {m.prompt_cache.checkpoints}"
+                            if m.prompt_cache.checkpoints is not None else None),
     }.get(knob)
 
 

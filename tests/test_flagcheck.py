@@ -56,8 +56,9 @@ def test_unknown_and_misspelt_overrides_are_refused(tmp_path):
 
 
 def test_override_arity_is_checked(tmp_path):
-    with pytest.raises(RenderError, match="--cache-ram needs a value"):
-        flagcheck.check_plan(llama_plan(tmp_path / "a", overrides="{cache-ram: true}"))
+    # (--cache-ram, the flag this used, is now a planned knob: `true` is refused earlier, at validate)
+    with pytest.raises(RenderError, match="--temp needs a value"):
+        flagcheck.check_plan(llama_plan(tmp_path / "a", overrides="{temp: true}"))
     with pytest.raises(RenderError, match="--metrics takes no value"):
         flagcheck.check_plan(llama_plan(tmp_path / "b", overrides="{metrics: 1}"))
 

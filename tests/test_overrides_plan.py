@@ -94,6 +94,18 @@ def test_llama_ubatch_and_threads(tmp_path):
     assert sp.threads == 3 and "stackgen would have chosen" in pinned_reason(sp, "-t 3")
 
 
+def test_llama_prompt_cache_pinned_is_the_plan_line_and_can_refuse(tmp_path):
+    """Issue 18's cache line follows a pinned --cache-ram / --ctx-checkpoints (the command already did)."""
+    base = plan1(tmp_path / "a", "rtx-4090", "llama.cpp", {})
+    sp = plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {"-cram": 64})
+    assert sp.memory.prompt_cache.limit_bytes == 64 * 2**20
+    assert sp.memory.host_bytes - base.memory.host_bytes == (64 * 2**20 - base.memory.prompt_cache.limit_bytes)
+    assert "stackgen would have chosen --cache-ram" in pinned_reason(sp, "-cram 64")
+    assert sp.command[sp.command.index("-cram") + 1] == "64" and "--cache-ram" not in sp.command
+    with pytest.raises(PlanError, match="pinned by overrides: --cache-ram 10000000"):
+        plan1(tmp_path / "c", "rtx-4090", "llama.cpp", {"--cache-ram": 10_000_000})
+
+
 # ---------------------------------------------------------------------------------------------- vLLM
 
 

@@ -71,6 +71,12 @@ def _int(v: Any) -> int:
     return int(v)
 
 
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).isdigit():
+        raise ValueError("a whole number, 0 or more (0 turns it off)")
+    return int(v)
+
+
 def _fraction(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ValueError("a number between 0 and 1")

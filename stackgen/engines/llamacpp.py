@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import (LLAMA_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _flash, _int, _layers,
-                                   apply_overrides, tls_args)
-from stackgen.memory import DEFAULT_BATCH, DEFAULT_UBATCH, NO_PINS, Budget, MemoryPlan, Pins, plan_llamacpp
+from stackgen.engines.base import (LLAMA_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int,
+                                   _layers, apply_overrides, tls_args)
+from stackgen.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
+                             plan_llamacpp)
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -13,7 +14,8 @@ from stackgen.spec import HardwareSpec, WorkloadSpec
 ALIASES = {"-m": "--model", "-c": "--ctx-size", "-np": "--parallel", "-ngl": "--n-gpu-layers", "-t": "--threads",
            "-b": "--batch-size", "-ub": "--ubatch-size", "-fa": "--flash-attn", "-ctk": "--cache-type-k",
            "-ctv": "--cache-type-v", "-sm": "--split-mode", "-ts": "--tensor-split", "-a": "--alias",
-           "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel"}
+           "-hf": "--hf-repo", "-fit": "--fit", "--gpu-layers": "--n-gpu-layers", "--n-parallel": "--parallel",
+           "-cram": "--cache-ram", "-ctxcp": "--ctx-checkpoints", "--swa-checkpoints": "--ctx-checkpoints"}
 
 
 def _spellings(*longs: str) -> dict[str, tuple[str, ...]]:
@@ -33,6 +35,8 @@ KNOBS = (
     Knob("batch", _S["--batch-size"], _int),
     Knob("ubatch", _S["--ubatch-size"], _int),
     Knob("threads", _S["--threads"], _int),
+    Knob("cache_ram_mib", ("--cache-ram", "-cram"), _count),
+    Knob("ctx_checkpoints", ("--ctx-checkpoints", "-ctxcp", "--swa-checkpoints"), _count),
 )
 
 
@@ -76,6 +80,7 @@ class LlamaCpp:
         args += ["-t", str(plan.threads), "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH)]
         if m.kv_cache_type != "f16":
             args += ["-fa", "on", "-ctk", m.kv_cache_type, "-ctv", m.kv_cache_type]
+        args += cache_args(m.prompt_cache)
         topology = getattr(plan, "topology", None)
         if topology is not None and topology.workers:
             # Multi-node: the other nodes' ggml-rpc-server devices; llama.cpp spreads layers by free memory.
@@ -93,6 +98,16 @@ class LlamaCpp:
 
     def env(self, plan) -> dict[str, str]:
         return {}
+
+
+def cache_args(cache: PromptCache) -> list[str]:
+    """The prompt cache and context checkpoint bounds the memory plan counted (memory.bound_llamacpp_cache)."""
+    if not cache.note:
+        return []
+    args = ["--cache-ram", str(cache.limit_bytes // MIB)]
+    if cache.checkpoints is not None:
+        args += ["--ctx-checkpoints", str(cache.checkpoints)]
+    return args
 
 
 def _model_args(model: ModelFacts, quant: str, model_ref: str) -> list[str]:

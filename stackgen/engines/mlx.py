@@ -43,6 +43,9 @@ class Mlx:
                 "--max-tokens", str(plan.workload.output_tokens)]
         if plan.memory.parallel > 1:
             args += ["--decode-concurrency", str(plan.memory.parallel)]
+        cache = plan.memory.prompt_cache
+        if cache.note:  # the bound the memory plan counted (memory.bound_mlx_cache)
+            args += ["--prompt-cache-size", str(cache.entries), "--prompt-cache-bytes", str(cache.limit_bytes)]
         # mlx_lm.server answers every origin ('*') unless given a list; it matches the Origin header exactly.
         args += ["--allowed-origins", ",".join(plan.cors_origins) or "http://localhost,http://127.0.0.1"]
         return apply_overrides(args, dict(plan.spec.overrides))

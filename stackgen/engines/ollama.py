@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _flash, _int, _layers
-from stackgen.memory import NO_PINS, OLLAMA_MIN_MEMORY, Budget, MemoryPlan, Pins, plan_llamacpp
+from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int, _layers
+from stackgen.memory import MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp
 from stackgen.models import ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -20,7 +22,13 @@ ENV_VARS = {
     "OLLAMA_NUM_PARALLEL", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_MAX_QUEUE", "OLLAMA_CONTEXT_LENGTH",
     "OLLAMA_FLASH_ATTENTION", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD", "OLLAMA_DEBUG",
     "OLLAMA_NOPRUNE", "OLLAMA_NO_CLOUD",
+    # Read by the llama-server runner, which inherits the daemon's environment (llm/llama_server.go: cmd.Env =
+    # os.Environ()); Ollama passes no --cache-ram of its own, so without it the runner's 8 GiB default applies.
+    "LLAMA_ARG_CACHE_RAM", "LLAMA_ARG_CTX_CHECKPOINTS",
 }
+
+# The runner's cache bounds go through its environment, not flags.
+RUNNER_CACHE = CacheSettings(cache_ram="LLAMA_ARG_CACHE_RAM", checkpoints="LLAMA_ARG_CTX_CHECKPOINTS", sep="=")
 
 
 class Ollama:
@@ -39,6 +47,8 @@ class Ollama:
         Knob("ubatch", ("num_batch",), _int),
         Knob("kv_cache_type", ("OLLAMA_KV_CACHE_TYPE",), LLAMA_KV),
         Knob("flash_attn", ("OLLAMA_FLASH_ATTENTION",), _flash),
+        Knob("cache_ram_mib", ("LLAMA_ARG_CACHE_RAM",), _count),
+        Knob("ctx_checkpoints", ("LLAMA_ARG_CTX_CHECKPOINTS",), _count),
     )
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
@@ -58,8 +68,15 @@ class Ollama:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
-                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins)
+        plan = plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
+                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins, cache=RUNNER_CACHE)
+        if not plan.fits:
+            return plan
+        note = (f"loaded models: OLLAMA_MAX_LOADED_MODELS=1 and OLLAMA_KEEP_ALIVE=-1 keep exactly the planned model "
+                f"resident with OLLAMA_NUM_PARALLEL={plan.parallel} slots; the daemon's defaults (3 models per GPU, "
+                "unloaded after 5 minutes) would let a second model's weights and KV cache in beside it, which the "
+                "plan does not count, and make the first request after idle wait for a reload")
+        return replace(plan, levers=plan.levers + (note,))
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         return [ctx.binary, "serve"]
@@ -75,6 +92,7 @@ class Ollama:
             "OLLAMA_FLASH_ATTENTION": "1" if m.kv_cache_type != "f16" else "0",
             "OLLAMA_KV_CACHE_TYPE": m.kv_cache_type,
             "OLLAMA_NO_CLOUD": "1",
+            **runner_cache_env(m),
             # Ollama always allows localhost origins; anything else only when the stack lists it (never '*').
             **({"OLLAMA_ORIGINS": ",".join(plan.cors_origins)} if plan.cors_origins else {}),
         }
@@ -97,3 +115,14 @@ class Ollama:
 
     def model_tag(self, plan) -> str:
         return f"stackgen-{plan.name}"
+
+
+def runner_cache_env(m: MemoryPlan) -> dict[str, str]:
+    """The prompt cache and checkpoint bounds the plan counted, for the llama-server runner."""
+    cache = m.prompt_cache
+    if not cache.note:
+        return {}
+    env = {"LLAMA_ARG_CACHE_RAM": str(cache.limit_bytes // MIB)}
+    if cache.checkpoints is not None:
+        env["LLAMA_ARG_CTX_CHECKPOINTS"] = str(cache.checkpoints)
+    return env

@@ -65,6 +65,7 @@ exec "$engine" \
     -fa on \
     -ctk q8_0 \
     -ctv q8_0 \
+    --cache-ram 8160 \
     --metrics \
     --cors-origins localhost \
     --no-cors-credentials

@@ -62,6 +62,7 @@ exec "$engine" \
     -t 16 \
     -b 2048 \
     -ub 512 \
+    --cache-ram 8192 \
     --metrics \
     --cors-origins localhost \
     --no-cors-credentials

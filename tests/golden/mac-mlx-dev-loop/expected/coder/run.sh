@@ -36,4 +36,6 @@ exec "$engine" \
     --host 127.0.0.1 \
     --port 8080 \
     --max-tokens 500 \
+    --prompt-cache-size 2 \
+    --prompt-cache-bytes 8589934592 \
     --allowed-origins http://localhost,http://127.0.0.1
