@@ -279,6 +279,7 @@ class NativeRunner:
         finally:
             for fd in pass_fds:  # the child has its own copy; the key leaves this process's descriptors
                 os.close(fd)
+        _children[proc.pid] = proc
         create_time, start_ticks, exe = _identity_now(proc.pid)
         st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
                           config_hash=self.desired_hash(sp), started_at=time.time(),
@@ -347,6 +348,9 @@ class NativeRunner:
 
 MARKER_ENV = "STACKGEN_SERVICE_ID"  # set in each native engine's environment; children inherit it
 _exit_status: dict[int, int] = {}  # wait statuses of engines this process started and reaped
+# Engines this process started, by pid: holding the Popen keeps subprocess from reaping one behind our back (it reaps
+# collected-but-unfinished Popen objects on the next spawn), which would lose the exit status `logs -f` reports.
+_children: dict[int, subprocess.Popen] = {}
 
 
 def _identity_now(pid: int) -> tuple[float | None, int | None, str | None]:
@@ -390,6 +394,13 @@ def _gone(p) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect a child of this process that has exited (keeping its wait status for `logs -f`)."""
+    child = _children.get(pid)
+    if child is not None:  # our own Popen: poll() reaps it and keeps the code (subprocess never reaps it behind us)
+        rc = child.poll()
+        if rc is not None:
+            _exit_status[pid] = (-rc) & 0x7F if rc < 0 else (rc & 0xFF) << 8
+            del _children[pid]
+        return
     try:
         got, status = os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
@@ -449,6 +460,8 @@ def _identify(st: ServiceState):
     if _gone(p):
         return None, ""
     why = _foreign(st, p)
+    if why and _gone(p):  # it died while being checked: a zombie's exe and environment are unreadable
+        return None, ""
     if why:
         return None, f"pid {st.pid} is not the process stackgen started for service {st.name}: {why}"
     return p, ""
