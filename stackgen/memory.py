@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from stackgen.models import GIB, ModelFacts
+from stackgen.models import GIB, LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 MIB = 1024**2
@@ -109,6 +109,7 @@ class MemoryPlan:
     nodes: int = 1
     node_layers: tuple[int, ...] = ()
     data_parallel: int = 1  # vLLM --data-parallel-size: engine instances in one server (pinned by overrides)
+    rope_scaling: LongContext | None = None  # YaRN with the factor this context needs (past the trained context)
 
     @property
     def total_bytes(self) -> int:
@@ -146,6 +147,30 @@ def consume(budget: Budget, plan: MemoryPlan) -> Budget:
         return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes,
                        host_bytes=budget.host_bytes - plan.gpu_bytes - plan.host_bytes)
     return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes, host_bytes=budget.host_bytes - plan.host_bytes)
+
+
+def context_for(model: ModelFacts, asked: int) -> tuple[int, str | None]:
+    """The context per request a plan starts from, and the lever when it is capped: the workload's, up to the model's
+    trained context, or up to where its documented RoPE scaling reaches (then `with_rope` adds the scaling)."""
+    native = model.context_length
+    if not native or asked <= native:
+        return asked, None
+    lc = model.long_context
+    if lc is None:
+        return native, f"context capped at the model's trained {native} tokens (asked {asked})"
+    if asked <= lc.max_context:
+        return asked, None
+    return lc.max_context, (f"context capped at {lc.max_context} tokens, as far as the model's documented YaRN "
+                            f"reaches ({lc.original_context} x factor {lc.factor:g}; asked {asked})")
+
+
+def with_rope(plan: MemoryPlan, model: ModelFacts) -> MemoryPlan:
+    """The RoPE scaling a plan's context per request needs: none within the trained context, else the model's
+    documented YaRN with the smallest factor that reaches it."""
+    lc = model.long_context
+    if lc is None or not model.context_length or plan.context_per_request <= model.context_length:
+        return plan
+    return replace(plan, rope_scaling=lc.scaled_to(plan.context_per_request))
 
 
 def gb(n: float) -> str:
@@ -193,9 +218,8 @@ def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     elif pins.context_per_request is not None:
         ctx = pins.context_per_request
     else:
-        ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
-        if ctx < wl.context_tokens:
-            levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+        ctx, capped = context_for(model, wl.context_tokens)
+        levers += [capped] if capped else []
     has_gpu = bool(hw.gpus)
     fa_off = pins.flash_attn == "off"
     if pins.kv_cache_type:
@@ -347,8 +371,7 @@ def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens
 
 def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
               weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
-    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
-                                       else wl.context_tokens)
+    ctx, capped = (pins.context_per_request, None) if pins.context_per_request else context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
     per_gpu = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
@@ -359,7 +382,7 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
         util = round(min(0.90, share - 0.02), 2) if share < 0.92 else 0.90
     pp, dp = pins.pipeline_parallel or 1, pins.data_parallel or 1
     batched = pins.max_batched_tokens or 8192
-    levers: list[str] = []
+    levers: list[str] = [capped] if capped else []
     if pins.tensor_parallel is not None:
         candidates = [pins.tensor_parallel]
     else:
@@ -444,8 +467,7 @@ def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_f
 def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
     """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE GiB of RAM (a test and development path)."""
-    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
-                                       else wl.context_tokens)
+    ctx = pins.context_per_request or context_for(model, wl.context_tokens)[0]
     users = pins.parallel or wl.concurrent_users
     kv_dtype = pins.kv_cache_type or "auto"
     kv = vllm_kv_bytes_per_request(model, ctx, kv_dtype) * users
@@ -473,7 +495,7 @@ def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec,
     """vLLM over identical nodes: tensor parallel over the GPUs of a node (NVLink), pipeline parallel across
     nodes (TP = GPUs per node, PP = nodes; vLLM docs/serving/parallelism_scaling.md). PP is the smallest stage count
     (2..n_nodes) whose per-rank share of weights, overhead and one full request's KV cache fits."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx = context_for(model, wl.context_tokens)[0]
     users = wl.concurrent_users
     tp = node.gpu_count
     per_gpu = int(max(g.memory_gib for g in node.gpus) * GIB)
@@ -534,14 +556,12 @@ def plan_llamacpp_rpc(model: ModelFacts, wl: WorkloadSpec, nodes: tuple[Hardware
                       weights_format: str, weights_source: str) -> MemoryPlan:
     """llama-server on the head plus one ggml-rpc-server per other node: every layer on some device, the layers
     split over nodes in proportion to their memory (what llama.cpp does by free memory; reference 1.6)."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx, capped = context_for(model, wl.context_tokens)
     slots = wl.concurrent_users
     caps = [node_capacity(n) for n in nodes]
     total_cap = sum(caps)
     compute = llamacpp_compute_bytes(model, slots)
-    levers: list[str] = []
-    if ctx < wl.context_tokens:
-        levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+    levers: list[str] = [capped] if capped else []
     tries = [(ctx, "f16"), (ctx, "q8_0")] + [(c, k) for c in _smaller_contexts(ctx) for k in ("f16", "q8_0")]
     plan = None
     for c, kv_type in tries:
@@ -599,12 +619,12 @@ def mlx_kv_bytes(model: ModelFacts, ctx: int, users: int) -> int:
 
 def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
              weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx, capped = context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     kv = mlx_kv_bytes(model, ctx, users)
     overhead = int(0.5 * GIB)
     total = weights + kv + overhead
-    levers: list[str] = []
+    levers: list[str] = [capped] if capped else []
     gpu_budget = budget.gpu_bytes
     fits = total <= gpu_budget
     if not fits and budget.unified and total <= budget.host_bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _flash, _int, _layers
-from stackgen.memory import NO_PINS, OLLAMA_MIN_MEMORY, Budget, MemoryPlan, Pins, plan_llamacpp
-from stackgen.models import ModelFacts
+from stackgen.memory import NO_PINS, OLLAMA_MIN_MEMORY, Budget, MemoryPlan, Pins, plan_llamacpp, with_rope
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 # Keys a Modelfile PARAMETER accepts (api/types.go Options + Runner).
@@ -56,8 +56,23 @@ class Ollama:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
-                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins)
+        return with_rope(plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
+                                       gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins), model)
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        if rope.in_file:
+            return None  # its runners read the GGUF's rope.scaling.* keys
+        return ("Ollama has no RoPE-scaling PARAMETER (api/types.go Options): it applies YaRN only from a GGUF's "
+                f"rope.scaling keys, and this model has none; ask for at most {rope.original_context} tokens or use "
+                "llama.cpp")
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        if backend != "auto":
+            return (f"structured_output.backend {backend} is a vLLM setting; Ollama constrains output with "
+                    "llama.cpp's grammar sampler (leave backend: auto)"), ""
+        return None, ("Ollama constrains each request that carries `format` (\"json\" or a JSON schema) on /api/chat, "
+                      "or `response_format` on /v1/chat/completions: nothing to render; the schema becomes a grammar "
+                      "checked against each sampled token (measure it: stackgen bench --json-schema FILE)")
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         return [ctx.binary, "serve"]
