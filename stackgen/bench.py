@@ -117,6 +117,7 @@ class RequestResult:
     ttft_s: float | None = None
     token_times: list[float] = field(default_factory=list)  # arrival time of each token chunk
     tokens: int = 0  # output tokens: the server's usage count when given, else token chunks
+    json_ok: bool | None = None  # schema-constrained requests: whether the output parsed as JSON
 
     @property
     def end(self) -> float:
@@ -161,6 +162,8 @@ class BenchResult:
     predicted_host_bytes: int | None
     error_samples: list[str] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
+    json_schema: bool = False  # every request carried the --json-schema schema
+    invalid_json: int = 0  # constrained outputs that did not parse as JSON
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +172,7 @@ class BenchResult:
 def summarize(results: list[RequestResult], *, wall_s: float, service: str = "", engine: str = "", url: str = "",
               model: str = "", users: int = 1, prompt_tokens: int = 0, max_tokens: int = 0,
               peak_rss: int | None = None, predicted_tps: float | None = None,
-              predicted_host_bytes: int | None = None) -> BenchResult:
+              predicted_host_bytes: int | None = None, json_schema: bool = False) -> BenchResult:
     ok = [r for r in results if r.ok]
     errors = [r for r in results if not r.ok]
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
@@ -188,6 +191,7 @@ def summarize(results: list[RequestResult], *, wall_s: float, service: str = "",
         peak_rss_bytes=peak_rss, predicted_decode_tokens_per_s=predicted_tps,
         predicted_host_bytes=predicted_host_bytes,
         error_samples=sorted({r.error for r in errors})[:5],
+        json_schema=json_schema, invalid_json=sum(1 for r in ok if r.json_ok is False),
     )
     res.findings = diagnose(res)
     return res
@@ -213,6 +217,9 @@ def diagnose(r: BenchResult) -> list[str]:
                    f"while {r.concurrent_users} users were waiting; raise {knob} to concurrent_users "
                    f"({r.concurrent_users})")
     out += memory_findings(r)
+    if r.invalid_json:
+        out.append(f"{r.invalid_json} of {ok_requests} schema-constrained outputs are not valid JSON: cut off at "
+                   f"max_tokens ({r.max_tokens}) before the object closed, or the engine ignored the schema")
     pred = r.predicted_decode_tokens_per_s
     if pred and r.per_stream_decode_tokens_per_s and r.per_stream_decode_tokens_per_s < 0.5 * pred:
         agg = f"; aggregate {r.output_tokens_per_s:.1f} tok/s over {r.concurrent_users} streams" \
@@ -253,10 +260,25 @@ def make_prompt(tokens: int, index: int = 0) -> str:
     return " ".join(words)
 
 
+def schema_fields(engine: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """The /v1/completions fields that constrain a request to `schema`, per engine: vLLM takes OpenAI's
+    response_format (entrypoints/openai/completion/protocol.py), llama-server its own `json_schema` (converted to a
+    GBNF grammar). Ollama's and mlx_lm's /v1/completions take no schema."""
+    if engine == "vllm":
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}}
+    if engine == "llama.cpp":
+        return {"json_schema": schema}
+    raise BenchError(f"{engine}'s /v1/completions takes no JSON schema: --json-schema works with llama.cpp and vLLM")
+
+
 def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,
-                timeout: float = 120.0, tls: bool = False) -> RequestResult:
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
-                       "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}})
+                timeout: float = 120.0, tls: bool = False, constrain: dict[str, Any] | None = None) -> RequestResult:
+    fields: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+                              "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    if constrain:  # a grammar ends the output when the object closes: ignoring EOS would leave no legal token
+        fields.update(constrain)
+        fields.pop("ignore_eos")
+    body = json.dumps(fields)
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -271,6 +293,7 @@ def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, 
             return res
         chunks = 0
         usage_tokens = None
+        text: list[str] = []
         for payload in iter_sse_data(iter(resp.readline, b"")):
             now = time.perf_counter()
             try:
@@ -284,6 +307,7 @@ def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, 
             if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
                 usage_tokens = int(usage["completion_tokens"])
             if isinstance(obj, dict) and chunk_text(obj):
+                text.append(chunk_text(obj))
                 chunks += 1
                 if res.ttft_s is None:
                     res.ttft_s = now - res.start
@@ -293,12 +317,22 @@ def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, 
             res.error = "no tokens in the response"
             return res
         res.ok = True
+        if constrain:
+            res.json_ok = _parses("".join(text))
         return res
     except (OSError, http.client.HTTPException) as exc:
         res.error = f"{type(exc).__name__}: {exc}"[:200]
         return res
     finally:
         conn.close()
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 class RssSampler:
@@ -354,7 +388,8 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
              requests: int | None = None, duration_s: float | None = None, api_key: str | None = None,
              pid: int | None = None, timeout: float = 120.0, progress: Progress | None = None,
              service: str = "", engine: str = "", predicted_tps: float | None = None,
-             predicted_host_bytes: int | None = None, tls: bool = False) -> BenchResult:
+             predicted_host_bytes: int | None = None, tls: bool = False,
+             json_schema: dict[str, Any] | None = None) -> BenchResult:
     """`users` threads, each with one streaming request in flight, until `requests` are done (or `duration_s` has
     passed: no new request starts after it). Returns the summary."""
     if users < 1:
@@ -365,6 +400,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
         raise BenchError("--requests must be at least 1")
     if duration_s is not None and duration_s <= 0:
         raise BenchError("--duration must be positive")
+    constrain = schema_fields(engine, json_schema) if json_schema is not None else None
     check_reachable(host, port, tls=tls)
     lock = threading.Lock()
     results: list[RequestResult] = []
@@ -382,7 +418,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
                 index = issued[0]
                 issued[0] += 1
             r = one_request(host, port, model, make_prompt(prompt_tokens, index), max_tokens, api_key=api_key,
-                            timeout=timeout, tls=tls)
+                            timeout=timeout, tls=tls, constrain=constrain)
             with lock:
                 results.append(r)
                 done, errs = len(results), sum(1 for x in results if not x.ok)
@@ -399,7 +435,8 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
         wall = time.perf_counter() - t0
     return summarize(results, wall_s=wall, service=service, engine=engine, url=f"http://{host}:{port}/v1/completions",
                      model=model, users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                     peak_rss=rss.peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes)
+                     peak_rss=rss.peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes,
+                     json_schema=constrain is not None)
 
 
 # ---------------------------------------------------------------------------------------------- from a plan
@@ -434,7 +471,7 @@ def pick_service(plan, name: str | None):
 
 def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, users: int | None = None,
                requests: int | None = None, duration_s: float | None = None, progress: Progress | None = None,
-               timeout: float = 120.0) -> BenchResult:
+               timeout: float = 120.0, json_schema: dict[str, Any] | None = None) -> BenchResult:
     """Bench one service of a resolved plan with its workload shape (users overridable for sweeps)."""
     sp = pick_service(plan, service)
     st = service_state(stack_file, sp.name)
@@ -453,7 +490,20 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
                     requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
                     progress=progress, service=sp.name, engine=sp.engine,
                     predicted_tps=sp.predicted_decode_tokens_per_s, predicted_host_bytes=sp.memory.host_bytes,
-                    tls=sp.tls is not None)
+                    tls=sp.tls is not None, json_schema=json_schema)
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """A JSON schema file for --json-schema (a JSON object)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchError(f"--json-schema {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise BenchError(f"--json-schema {path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise BenchError(f"--json-schema {path}: a JSON schema is an object, e.g. {{\"type\": \"object\"}}")
+    return doc
 
 
 def _pid_alive(pid: int) -> bool:

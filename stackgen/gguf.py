@@ -617,7 +617,20 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "quant": header.file_type_name,
         "tensor_data_bytes": header.tensor_data_bytes,
         "file_size": header.file_size,
+        "rope_scaling": _rope_scaling(av),
     }
+
+
+def _rope_scaling(av) -> dict[str, Any] | None:
+    """The RoPE scaling llama.cpp applies from the file (src/llama-arch.cpp: %s.rope.scaling.type, .factor,
+    .original_context_length; %s.rope.freq_base), under the names hfmodel.summarize uses."""
+    kind = av("rope.scaling.type")
+    if not isinstance(kind, str) or kind == "none":
+        return None
+    factor = av("rope.scaling.factor")
+    return {"type": kind, "factor": float(factor) if isinstance(factor, (int, float)) else None,
+            "original_context": _as_int(av("rope.scaling.original_context_length")),
+            "rope_theta": av("rope.freq_base")}
 
 
 # Hyperparameters a planner multiplies by: a forged or broken header must not turn into `-c -1` or a crash.

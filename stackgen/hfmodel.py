@@ -173,7 +173,24 @@ class HFModelInfo:
             "weights_bytes": self.weights_bytes,
             "dtype": self.dtype,
             "quantization": self.quantization,
+            "rope_scaling": _rope_scaling(tc),
         }
+
+
+def _rope_scaling(tc: Mapping[str, Any]) -> dict[str, Any] | None:
+    """config.json's RoPE scaling (`rope_scaling`, or transformers 5's `rope_parameters`; a per-layer-type nested
+    dict is left out), under the names gguf.summarize uses."""
+    rope = tc.get("rope_scaling") or tc.get("rope_parameters")
+    if not isinstance(rope, Mapping):
+        return None
+    kind = rope.get("rope_type") or rope.get("type")
+    if not isinstance(kind, str) or kind == "default":
+        return None
+    factor = rope.get("factor")
+    theta = rope.get("rope_theta", tc.get("rope_theta"))
+    return {"type": kind, "factor": float(factor) if isinstance(factor, (int, float)) else None,
+            "original_context": _int(rope.get("original_max_position_embeddings")),
+            "rope_theta": theta if isinstance(theta, (int, float)) and not isinstance(theta, bool) else None}
 
 
 def _int(value: Any) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from stackgen.models import GIB, ModelFacts
+from stackgen.models import GIB, LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 MIB = 1024**2
@@ -142,6 +142,7 @@ class MemoryPlan:
     @property
     def prompt_cache_bytes(self) -> int:
         return self.prompt_cache.bytes
+    rope_scaling: LongContext | None = None  # YaRN with the factor this context needs (past the trained context)
 
     @property
     def total_bytes(self) -> int:
@@ -180,6 +181,30 @@ def consume(budget: Budget, plan: MemoryPlan) -> Budget:
         return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes,
                        host_bytes=budget.host_bytes - plan.gpu_bytes - plan.host_bytes)
     return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes, host_bytes=budget.host_bytes - plan.host_bytes)
+
+
+def context_for(model: ModelFacts, asked: int) -> tuple[int, str | None]:
+    """The context per request a plan starts from, and the lever when it is capped: the workload's, up to the model's
+    trained context, or up to where its documented RoPE scaling reaches (then `with_rope` adds the scaling)."""
+    native = model.context_length
+    if not native or asked <= native:
+        return asked, None
+    lc = model.long_context
+    if lc is None:
+        return native, f"context capped at the model's trained {native} tokens (asked {asked})"
+    if asked <= lc.max_context:
+        return asked, None
+    return lc.max_context, (f"context capped at {lc.max_context} tokens, as far as the model's documented YaRN "
+                            f"reaches ({lc.original_context} x factor {lc.factor:g}; asked {asked})")
+
+
+def with_rope(plan: MemoryPlan, model: ModelFacts) -> MemoryPlan:
+    """The RoPE scaling a plan's context per request needs: none within the trained context, else the model's
+    documented YaRN with the smallest factor that reaches it."""
+    lc = model.long_context
+    if lc is None or not model.context_length or plan.context_per_request <= model.context_length:
+        return plan
+    return replace(plan, rope_scaling=lc.scaled_to(plan.context_per_request))
 
 
 def gb(n: float) -> str:
@@ -328,9 +353,8 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     elif pins.context_per_request is not None:
         ctx = pins.context_per_request
     else:
-        ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
-        if ctx < wl.context_tokens:
-            levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+        ctx, capped = context_for(model, wl.context_tokens)
+        levers += [capped] if capped else []
     has_gpu = bool(hw.gpus)
     fa_off = pins.flash_attn == "off"
     if pins.kv_cache_type:
@@ -531,8 +555,7 @@ def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens
 
 def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
               weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
-    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
-                                       else wl.context_tokens)
+    ctx, capped = (pins.context_per_request, None) if pins.context_per_request else context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
     nominal = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
@@ -549,7 +572,7 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     if ctx > batched and not _vllm_chunked_prefill(ctx):
         batched = ctx
     tier = gpu.tier if gpu else "consumer"
-    levers: list[str] = []
+    levers: list[str] = [capped] if capped else []
     if pins.tensor_parallel is not None:
         candidates = [pins.tensor_parallel]
     else:
@@ -653,8 +676,7 @@ def with_vllm_prefix_note(plan: MemoryPlan, pool: str) -> MemoryPlan:
 def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
     """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE GiB of RAM (a test and development path)."""
-    ctx = pins.context_per_request or (min(wl.context_tokens, model.context_length) if model.context_length
-                                       else wl.context_tokens)
+    ctx = pins.context_per_request or context_for(model, wl.context_tokens)[0]
     users = pins.parallel or wl.concurrent_users
     kv_dtype = pins.kv_cache_type or "auto"
     kv = vllm_kv_bytes_per_request(model, ctx, kv_dtype) * users
@@ -682,7 +704,7 @@ def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec,
     """vLLM over identical nodes: tensor parallel over the GPUs of a node (NVLink), pipeline parallel across
     nodes (TP = GPUs per node, PP = nodes; vLLM docs/serving/parallelism_scaling.md). PP is the smallest stage count
     (2..n_nodes) whose per-rank share of weights, overhead and one full request's KV cache fits."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx = context_for(model, wl.context_tokens)[0]
     users = wl.concurrent_users
     tp = node.gpu_count
     gpu = max(node.gpus, key=lambda g: g.memory_gib)
@@ -745,14 +767,12 @@ def plan_llamacpp_rpc(model: ModelFacts, wl: WorkloadSpec, nodes: tuple[Hardware
                       weights_format: str, weights_source: str) -> MemoryPlan:
     """llama-server on the head plus one ggml-rpc-server per other node: every layer on some device, the layers
     split over nodes in proportion to their memory (what llama.cpp does by free memory; reference 1.6)."""
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx, capped = context_for(model, wl.context_tokens)
     slots = wl.concurrent_users
     caps = [node_capacity(n) for n in nodes]
     total_cap = sum(caps)
     compute = llamacpp_compute_bytes(model, slots)
-    levers: list[str] = []
-    if ctx < wl.context_tokens:
-        levers.append(f"context capped at the model's trained {ctx} tokens (asked {wl.context_tokens})")
+    levers: list[str] = [capped] if capped else []
     tries = [(ctx, "f16"), (ctx, "q8_0")] + [(c, k) for c in _smaller_contexts(ctx) for k in ("f16", "q8_0")]
     plan = None
     for c, kv_type in tries:
@@ -811,11 +831,12 @@ def mlx_kv_bytes(model: ModelFacts, ctx: int, users: int) -> int:
 
 def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
              weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
-    ctx = min(wl.context_tokens, model.context_length) if model.context_length else wl.context_tokens
+    ctx, capped = context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     kv = mlx_kv_bytes(model, ctx, users)
     overhead = int(0.5 * GIB)
     total = weights + kv + overhead
+    levers: list[str] = [capped] if capped else []
     gpu_budget = budget.gpu_bytes
     fits = total <= gpu_budget
     # Raising iogpu.wired_limit_mb lets the GPU wire more of unified memory (mlx-lm README, "Large Models").
@@ -827,7 +848,7 @@ def plan_mlx(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budg
         gpu_layers=model.layers if budget.unified else 0, total_layers=model.layers, context_per_request=ctx,
         parallel=users, kv_cache_type="bf16", fits=fits if budget.unified else total <= budget.host_bytes,
         gpu_budget_bytes=gpu_budget, host_budget_bytes=budget.host_bytes, weights_format=weights_format,
-        weights_source=weights_source,
+        weights_source=weights_source, levers=tuple(levers),
     )
     if not plan.fits:
         return replace(plan, shortfall=f"needs {gb(total)} of unified memory; {hw.label()} can give the GPU "

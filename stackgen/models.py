@@ -8,6 +8,7 @@ where the catalog has them and from bits-per-weight otherwise.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -60,6 +61,34 @@ def is_gguf_quant(q: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class LongContext:
+    """A model's documented way past its trained context: RoPE scaling (YaRN) over `original_context` positions, up
+    to `factor` times as many. `factor` is the documented maximum in model facts; a plan carries the factor it uses.
+
+    `in_file`: the model file itself carries it (config.json rope_scaling or GGUF rope.scaling keys), so an engine
+    that reads the file applies it without flags. `rope_theta`: the RoPE base (vLLM's override replaces the whole
+    rope dict, so it must be given again)."""
+
+    method: str  # yarn
+    factor: float
+    original_context: int
+    source: str  # where the figures come from: a model card URL, "config.json rope_scaling", "GGUF rope.scaling.*"
+    rope_theta: float | None = None
+    in_file: bool = False
+
+    @property
+    def max_context(self) -> int:
+        return int(self.original_context * self.factor)
+
+    def scaled_to(self, ctx: int) -> "LongContext":
+        """The smallest factor (in steps of 0.5, at most the documented one) that reaches `ctx`. Static YaRN can
+        lower quality on short texts; the Qwen3 model card advises a factor sized to the typical context ("if the
+        typical context length for your application is 65,536 tokens, it would be better to set factor as 2.0")."""
+        need = math.ceil(ctx / self.original_context * 2) / 2
+        return replace(self, factor=min(self.factor, max(1.0, need)))
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     """Architecture facts and weight sizes of one model. Sizes are in bytes."""
 
@@ -94,6 +123,7 @@ class ModelFacts:
     url: str | None = None  # a remote .gguf named by URL (llama-server -mu)
     revision: str | None = None  # the commit sha or manifest digest stack.lock pins
     sizes_from: str = "catalog"  # where gguf/hf sizes came from: catalog | header (a remote file's own header)
+    long_context: LongContext | None = None  # documented RoPE scaling past context_length (the trained context)
 
     # ------------------------------------------------------------------ construction
 
@@ -137,6 +167,7 @@ class ModelFacts:
             hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
             mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("mlx") or {}).items()},
             description=str(entry.get("description") or ""),
+            long_context=_catalog_long_context(entry.get("long_context")),
         )
 
     @classmethod
@@ -157,11 +188,13 @@ class ModelFacts:
         total_e, used_e = experts.get("total") or experts.get("expert_count"), experts.get("active") or experts.get("expert_used_count")
         if total_e and used_e and params:
             active = int(params * (used_e / total_e) * 0.9 + params * 0.1)  # experts hold ~90% of MoE weights
+        ctx = int(s.get("context_length") or 0)
         return cls(
+            long_context=_file_long_context(s.get("rope_scaling"), ctx, source),
             name=name, source=source, architecture=arch, params=params, active_params=active, layers=layers,
             hidden=hidden, ffn=int(s.get("ffn") or 4 * hidden), heads=heads, kv_heads=int(s.get("kv_heads") or heads),
             head_dim_k=head_k, head_dim_v=int(s.get("head_dim_v") or head_k), vocab=int(s.get("vocab_size") or 0),
-            context_length=int(s.get("context_length") or 0), sliding_window=int(sw) if sw else None,
+            context_length=ctx, sliding_window=int(sw) if sw else None,
             swa_layers=swa_layers if sw else 0, experts_total=int(total_e) if total_e else None,
             experts_active=int(used_e) if used_e else None, path=path, quant=s.get("quant") or s.get("dtype"),
         )
@@ -201,6 +234,33 @@ class ModelFacts:
 
     def with_quant(self, quant: str | None) -> "ModelFacts":
         return replace(self, quant=quant) if quant else self
+
+
+def _catalog_long_context(entry: Any) -> LongContext | None:
+    if not entry:
+        return None
+    if not isinstance(entry, Mapping) or str(entry.get("method")) != "yarn":
+        raise ValueError("long_context is a mapping with method: yarn, factor, original_context, source")
+    return LongContext("yarn", float(entry["factor"]), int(entry["original_context"]), str(entry["source"]),
+                       float(entry["rope_theta"]) if entry.get("rope_theta") else None)
+
+
+def _file_long_context(rope: Any, ctx: int, source: str) -> LongContext | None:
+    """YaRN that a config.json rope_scaling or the GGUF rope.scaling keys carry, when it reaches past the file's own
+    context length. Where the context length already covers original x factor (DeepSeek V3: 4096 x 40 = 163840;
+    Llama 3.1's llama3 type), the scaling is built in: nothing to add (vLLM's _get_and_verify_max_len reads YaRN the
+    same way)."""
+    if not isinstance(rope, Mapping) or rope.get("type") != "yarn":
+        return None
+    factor, orig = rope.get("factor"), rope.get("original_context")
+    if not isinstance(factor, (int, float)) or factor <= 1 or not isinstance(orig, int) or orig <= 0:
+        return None
+    if ctx and orig * factor <= ctx:
+        return None
+    where = "config.json rope_scaling" if source == "hf" else "GGUF rope.scaling keys"
+    theta = rope.get("rope_theta")
+    return LongContext("yarn", float(factor), orig, where, float(theta) if isinstance(theta, (int, float)) else None,
+                       in_file=True)
 
 
 def _default_swa_layers(arch: str, layers: int, pattern: Any) -> int:

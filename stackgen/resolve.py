@@ -14,7 +14,8 @@ from stackgen import engines
 from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
-from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
+from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc,
+                             plan_vllm_multinode, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
@@ -231,9 +232,17 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
         w = engine.weights(svc.model)
     except Unsupported as exc:
         return Candidate(name, None, str(exc))
+    so = svc.spec.structured_output
+    so_block = engine.structured_output(so.backend)[0] if so is not None else None
+    if so_block:
+        return Candidate(name, None, so_block)
     pins = pins_from_overrides(engine, dict(svc.spec.overrides), f"services.{svc.name}.overrides")
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
+    rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
+    if rope_block:
+        return Candidate(name, mem, f"{rope_block} ({mem.context_per_request} tokens per request are past "
+                         f"{svc.model.name}'s trained {svc.model.context_length})", w.note, pins, unpinned)
     if not mem.fits:
         return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw), w.note,
                          pins, unpinned)
@@ -451,6 +460,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
     threads = chosen.pins.threads or hw.cpu.cores
     reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
+    reasons += _knob_reasons(svc, engine, mem)
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
         warnings.append("the plan serves a shorter context than the workload asked for")
@@ -467,6 +477,22 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         tls=stack.serve.tls,
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
+
+
+def _knob_reasons(svc: Service, engine, mem: MemoryPlan) -> list[str]:
+    """What the seed's remaining knobs do for this service: RoPE scaling past the trained context, structured output."""
+    out = []
+    r = mem.rope_scaling
+    if r is not None:
+        how = ("applied by the engine from the model file" if r.in_file and engine.name in ("mlx", "ollama")
+               else "set on the command line")
+        out.append(f"context: {mem.context_per_request} tokens per request is past {svc.model.name}'s trained "
+                   f"{svc.model.context_length}: YaRN RoPE scaling, factor {r.factor:g} over {r.original_context} "
+                   f"original positions ({r.source}; {how}), KV cache planned at {mem.context_per_request}; static "
+                   "YaRN can lower quality on short texts, so it is on only because the workload asks for more")
+    if svc.spec.structured_output is not None:
+        out.append("structured output: " + engine.structured_output(svc.spec.structured_output.backend)[1])
+    return out
 
 
 def _with_command(sp: ServicePlan) -> ServicePlan:
@@ -599,8 +625,10 @@ def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str,
         else:
             mem = plan_llamacpp_rpc(svc.model, svc.workload, tuple(n.hardware for n in nodes), w.bytes, w.format,
                                     w.source)
-        if not mem.fits:
-            tried[name] = mem.shortfall
+        mem = with_rope(mem, svc.model)
+        rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
+        if rope_block or not mem.fits:
+            tried[name] = rope_block or mem.shortfall
             continue
         used = nodes[: mem.nodes]
         topo = _topology(name, svc, used, mem)

@@ -109,6 +109,14 @@ class WorkloadOverride(_Model):
 OverrideValue = Union[bool, int, float, str, None]
 
 
+class StructuredOutputSpec(_Model):
+    """Requests to the service carry a JSON schema or grammar that constrains the output."""
+
+    backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] = Field(
+        "auto", description="vLLM's structured-outputs backend (--structured-outputs-config); llama.cpp and Ollama "
+                            "use their own grammar sampler (auto only); MLX has none.")
+
+
 class ServiceSpec(_Model):
     model: Text = Field(
         description="Catalog name | path to a .gguf | path to an HF folder | hf:org/repo | ollama:name:tag."
@@ -125,6 +133,9 @@ class ServiceSpec(_Model):
     )
     system: str | None = Field(None, max_length=65536, description="Ollama: default system message (SYSTEM).")
     chat_template: str | None = Field(None, description="Path to a chat template file (never inline).")
+    structured_output: StructuredOutputSpec | None = Field(
+        None, description="Requests use JSON-schema or grammar-constrained output: picks an engine that supports it, "
+                          "renders vLLM's backend, and says what it costs.")
 
     @field_validator("binary")
     @classmethod

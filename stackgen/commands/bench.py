@@ -42,6 +42,8 @@ def result_text(r) -> str:
         f"  peak RSS       {_mib(r.peak_rss_bytes)}"
         + (f" (plan: {_mib(r.predicted_host_bytes)} host)" if r.predicted_host_bytes else ""),
     ]
+    if r.json_schema:
+        lines.append(f"  json schema    every request constrained; {r.invalid_json} outputs not valid JSON")
     if r.error_samples:
         lines.append("  errors: " + "; ".join(r.error_samples))
     if r.findings:
@@ -61,18 +63,21 @@ def bench(
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated user counts, e.g. 1,2,4,8."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of throughput and TTFT (needs matplotlib)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="Constrain every request to this JSON "
+                                               "schema (llama.cpp, vLLM) to measure what structured output costs."),
     host_facts: Optional[Path] = HostOpt,
 ) -> None:
     """Drive a running service with the workload's users and lengths; report throughput, TTFT, ITL, peak RSS
     beside the plan's prediction, and say where they disagree."""
 
     def body() -> int:
-        from stackgen.bench import BenchError, bench_plan, pick_service, plot, require_matplotlib
+        from stackgen.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
 
         if requests is not None and duration is not None:
             raise BenchError("give --requests or --duration, not both")
         if plot_out is not None:
             require_matplotlib()  # fail before the run, not after it
+        schema = load_schema(json_schema) if json_schema is not None else None
         _, p = load_and_plan(file, host_facts)
         sp = pick_service(p, service)
         user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
@@ -91,7 +96,7 @@ def bench(
         for u in user_counts:
             n = requests if requests is not None else (None if duration is not None else u * 4)
             results.append(bench_plan(p, file, sp.name, users=u, requests=n, duration_s=duration,
-                                      progress=progress, timeout=timeout))
+                                      progress=progress, timeout=timeout, json_schema=schema))
             if tty:
                 sys.stderr.write("\n")
         if plot_out is not None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 from stackgen.errors import PlanError
 from stackgen.memory import KV_BYTES_PER_ELEMENT, NO_PINS, VLLM_KV_BYTES, Budget, MemoryPlan, Pins
-from stackgen.models import ModelFacts
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 
@@ -200,7 +200,13 @@ class Engine(Protocol):
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        ...
+        """The memory plan; `with_rope` adds the YaRN scaling its context needs past the trained context."""
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        """Why this engine cannot apply `rope` (the YaRN scaling a plan needs), None when it can."""
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        """(why this engine cannot serve schema-constrained requests with `backend` or None, what it costs)."""
 
     def argv(self, plan: "ServicePlanLike", ctx: LaunchContext) -> list[str]:
         ...

@@ -6,8 +6,8 @@ from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int,
                                    _layers, apply_overrides, tls_args)
 from stackgen.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
-                             plan_llamacpp)
-from stackgen.models import ModelFacts
+                             plan_llamacpp, with_rope)
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 # Short and long spellings of the flags stackgen tunes, so an override of either replaces the tuned one.
@@ -40,6 +40,14 @@ KNOBS = (
 )
 
 
+# tools/server/README.md: /completion takes `grammar` (GBNF) or `json_schema`; /v1/chat/completions takes
+# `response_format` {"type": "json_schema", ...}; a schema is converted to a GBNF grammar per request.
+LLAMA_STRUCTURED = ("llama-server constrains each request that carries a grammar or JSON schema (`json_schema`/"
+                    "`grammar` on /completion, `response_format` on /v1/chat/completions): nothing to render; the "
+                    "schema is converted to a GBNF grammar per request and checked against each sampled token, "
+                    "which costs decode speed (measure it: stackgen bench --json-schema FILE)")
+
+
 class LlamaCpp:
     name = "llama.cpp"
     display = "llama.cpp (llama-server)"
@@ -65,7 +73,16 @@ class LlamaCpp:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        return plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source, pins=pins)
+        return with_rope(plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source, pins=pins), model)
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        return None  # --rope-scaling yarn --rope-scale F --yarn-orig-ctx N (tools/server/README.md)
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        if backend != "auto":
+            return (f"structured_output.backend {backend} is a vLLM setting; llama-server constrains output with its "
+                    "own grammar sampler (leave backend: auto)"), ""
+        return None, LLAMA_STRUCTURED
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         m = plan.memory
@@ -74,6 +91,9 @@ class LlamaCpp:
         args += ["--alias", plan.name, "--host", ctx.host, "--port", str(ctx.port)]
         # -c is the total over all slots; each of the -np slots gets c/np cells (non-unified KV cache).
         args += ["-c", str(m.context_per_request * m.parallel), "-np", str(m.parallel)]
+        if m.rope_scaling is not None:  # past the trained context: the model's documented YaRN, smallest factor
+            r = m.rope_scaling
+            args += ["--rope-scaling", "yarn", "--rope-scale", f"{r.factor:g}", "--yarn-orig-ctx", str(r.original_context)]
         args += ["-ngl", "all" if m.gpu_layers >= m.total_layers else str(m.gpu_layers)]
         # stackgen pinned the layer split from its memory plan: llama.cpp's --fit must not decide it again.
         args += ["--fit", "off"]

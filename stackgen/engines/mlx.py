@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from stackgen.engines._formats import mlx_for
 from stackgen.engines.base import Knob, LaunchContext, Unsupported, Weights, _int, apply_overrides
-from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx
-from stackgen.models import ModelFacts
+from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx, with_rope
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 
@@ -36,7 +36,20 @@ class Mlx:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        return plan_mlx(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
+        return with_rope(plan_mlx(model, wl, hw, budget, w.bytes, w.format, w.source, pins), model)
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        if rope.in_file:
+            return None  # mlx_lm builds YaRN from config.json rope_scaling (mlx_lm/models/rope_utils.py initialize_rope)
+        return ("mlx_lm.server has no RoPE-scaling option: it applies YaRN only from the model folder's config.json "
+                f"(add rope_scaling {{type: yarn, factor: {rope.factor:g}, original_max_position_embeddings: "
+                f"{rope.original_context}}} there, as the model card says, or ask for at most {rope.original_context} "
+                "tokens)")
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        # mlx_lm 0.32.2 server.py reads no response_format, grammar or schema field: requests are not constrained.
+        return ("mlx_lm.server has no JSON-schema or grammar constraint (it ignores response_format); use "
+                "llama.cpp or vLLM for structured output"), ""
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         args = [ctx.binary, "--model", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int, _layers
-from stackgen.memory import MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp
-from stackgen.models import ModelFacts
+from stackgen.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
+                             with_rope)
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 # Keys a Modelfile PARAMETER accepts (api/types.go Options + Runner).
@@ -68,8 +69,9 @@ class Ollama:
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        plan = plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
-                             gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins, cache=RUNNER_CACHE)
+        plan = with_rope(plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
+                                       gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2, pins=pins, cache=RUNNER_CACHE),
+                         model)
         if not plan.fits:
             return plan
         note = (f"loaded models: OLLAMA_MAX_LOADED_MODELS=1 and OLLAMA_KEEP_ALIVE=-1 keep exactly the planned model "
@@ -77,6 +79,21 @@ class Ollama:
                 "unloaded after 5 minutes) would let a second model's weights and KV cache in beside it, which the "
                 "plan does not count, and make the first request after idle wait for a reload")
         return replace(plan, levers=plan.levers + (note,))
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        if rope.in_file:
+            return None  # its runners read the GGUF's rope.scaling.* keys
+        return ("Ollama has no RoPE-scaling PARAMETER (api/types.go Options): it applies YaRN only from a GGUF's "
+                f"rope.scaling keys, and this model has none; ask for at most {rope.original_context} tokens or use "
+                "llama.cpp")
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        if backend != "auto":
+            return (f"structured_output.backend {backend} is a vLLM setting; Ollama constrains output with "
+                    "llama.cpp's grammar sampler (leave backend: auto)"), ""
+        return None, ("Ollama constrains each request that carries `format` (\"json\" or a JSON schema) on /api/chat, "
+                      "or `response_format` on /v1/chat/completions: nothing to render; the schema becomes a grammar "
+                      "checked against each sampled token (measure it: stackgen bench --json-schema FILE)")
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         return [ctx.binary, "serve"]

@@ -7,8 +7,8 @@ import json
 from stackgen.engines._formats import hf_for
 from stackgen.engines.base import (VLLM_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _fraction, _int,
                                    apply_overrides, tls_args)
-from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu
-from stackgen.models import ModelFacts
+from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, with_rope
+from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
@@ -25,6 +25,24 @@ KNOBS = (
     Knob("kv_cache_type", ("--kv-cache-dtype",), VLLM_KV),
     Knob("max_batched_tokens", ("--max-num-batched-tokens",), _int),
 )
+
+
+# vllm/config/structured_outputs.py (0.32): StructuredOutputsConfig.backend, "auto" by default; requests carry the
+# schema (`response_format` json_schema, or `structured_outputs` in the extra body). docs/features/structured_outputs.md
+VLLM_STRUCTURED = ("vLLM compiles each distinct schema or grammar into a token mask with the {backend} backend "
+                   "(compiled once and cached; the first request with a new schema waits for it) and applies the mask "
+                   "at every decode step of constrained requests; unconstrained requests do not pay (measure it: "
+                   "stackgen bench --json-schema FILE)")
+
+
+def rope_overrides(r: LongContext) -> dict:
+    """vLLM 0.32 (transformers 5) takes YaRN as `rope_parameters`; a dict override replaces the config's whole rope
+    dict (ModelConfig._apply_dict_overrides), so rope_theta is repeated. With YaRN, vLLM's _get_and_verify_max_len
+    no longer multiplies max_position_embeddings by the factor, so --max-model-len past it also needs
+    max_position_embeddings raised (checked against the real ModelConfig: tests/integration/test_rope_real.py)."""
+    return {"max_position_embeddings": r.max_context,
+            "rope_parameters": {"rope_type": "yarn", "factor": r.factor, "original_max_position_embeddings":
+                                r.original_context, "rope_theta": r.rope_theta}}
 
 
 class Vllm:
@@ -67,8 +85,18 @@ class Vllm:
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
         if not hw.gpus:
-            return plan_vllm_cpu(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
-        return plan_vllm(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
+            return with_rope(plan_vllm_cpu(model, wl, hw, budget, w.bytes, w.format, w.source, pins), model)
+        return with_rope(plan_vllm(model, wl, hw, budget, w.bytes, w.format, w.source, pins), model)
+
+    def rope_block(self, rope: LongContext) -> str | None:
+        if rope.rope_theta is None:
+            return ("its RoPE override (--hf-overrides rope_parameters) replaces the model's whole rope settings and "
+                    "the model's rope_theta is unknown")
+        return None
+
+    def structured_output(self, backend: str) -> tuple[str | None, str]:
+        return None, VLLM_STRUCTURED.format(backend=backend if backend != "auto" else "auto (xgrammar, falling back "
+                                            "to guidance for schema features xgrammar lacks)")
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         m = plan.memory
@@ -87,6 +115,11 @@ class Vllm:
             args += ["--data-parallel-size", str(m.data_parallel)]
         if m.kv_cache_type != "auto":
             args += ["--kv-cache-dtype", m.kv_cache_type]
+        if m.rope_scaling is not None:
+            args += ["--hf-overrides", json.dumps(rope_overrides(m.rope_scaling), sort_keys=True)]
+        so = getattr(plan.spec, "structured_output", None)
+        if so is not None and so.backend != "auto":
+            args += ["--structured-outputs-config", json.dumps({"backend": so.backend})]
         if m.weights_format == "fp8" and plan.model.source != "hf":
             args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
         # Shared system prompts across users: prefix caching turns them into cache hits.

@@ -80,6 +80,15 @@ services:
     system: "You are terse.\\nAnswer in one line."
     overrides: {temperature: 0.2, OLLAMA_MAX_QUEUE: 64, stop: "<|eot_id|>"}
 """,
+    # Past the trained context with YaRN (llama.cpp flags, vLLM --hf-overrides) and vLLM's structured-output backend.
+    "yarn-structured-output": """
+version: 1
+hardware: h100-80gb
+workload: {concurrent_users: 1, context_tokens: 65536}
+services:
+  chat: {model: qwen2.5-7b-instruct, engine: llama.cpp, structured_output: {}}
+  api: {model: qwen2.5-7b-instruct, engine: vllm, quant: awq, structured_output: {backend: guidance}}
+""",
 }
 
 
