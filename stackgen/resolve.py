@@ -16,6 +16,7 @@ from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc, plan_vllm_multinode,
                              predict_decode_tokens_per_s)
+from stackgen.capacity import fleet_memory, with_replicas
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -140,7 +141,8 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
         before = [p for p in out if p.topology is None]
         sp = _resolve_service(stack, svc, hw, budget, used_ports, before)
         if sp.topology is None:
-            budget = consume(budget, sp.memory)
+            sp = with_replicas(sp, hw, budget, used_ports)
+            budget = consume(budget, fleet_memory(sp))
         used_ports.add(sp.port)
         out.append(sp)
     out = _share_machine(out, hw)
