@@ -13,7 +13,7 @@ import pytest
 from stackgen.bench import one_request
 from tools.fleet import Fleet, plan_for
 
-from .conftest import missing
+from conftest import missing
 
 STACK = """version: 1
 name: scale-real
