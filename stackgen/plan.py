@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackgen.memory import MemoryPlan
 from stackgen.models import ModelFacts
 from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, TLSSpec, WorkloadSpec
+
+if TYPE_CHECKING:
+    from stackgen.capacity import Capacity
 
 
 RAY_PORT = 6379  # ray start --head default GCS port
@@ -77,6 +80,11 @@ class ServicePlan:
     model_ref: str = ""
     topology: Topology | None = None  # None: one machine
     tls: TLSSpec | None = None  # serve.tls: the engine serves HTTPS
+    capacity: Capacity | None = None  # replicas and predicted latency at the workload's concurrency (capacity.py)
+
+    @property
+    def replicas(self) -> int:
+        return self.capacity.replicas if self.capacity is not None else 1
 
     def to_json(self) -> dict[str, Any]:
         out = self._to_json()
@@ -86,6 +94,9 @@ class ServicePlan:
             out["data_parallel"] = self.memory.data_parallel
         if self.topology is not None:  # single-node JSON stays as it was unless a knob above is pinned
             out["topology"] = self.topology.to_json()
+        if self.capacity is not None:
+            out["replicas"] = self.capacity.replicas
+            out["capacity"] = self.capacity.to_json()
         return out
 
     def _to_json(self) -> dict[str, Any]:

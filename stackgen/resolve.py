@@ -17,6 +17,7 @@ from stackgen.hardware import HostFacts
 from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc,
                              plan_vllm_multinode, with_rope,
                              predict_decode_tokens_per_s)
+from stackgen.capacity import fleet_memory, with_replicas
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -148,7 +149,8 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
                 exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget))
             raise
         if sp.topology is None:
-            budget = consume(budget, sp.memory)
+            sp = with_replicas(sp, hw, budget, used_ports)
+            budget = consume(budget, fleet_memory(sp))
         used_ports.add(sp.port)
         out.append(sp)
     out = _share_machine(out, hw)

@@ -94,6 +94,12 @@ class WorkloadSpec(_Model):
     prompt_tokens: int = Field(1024, ge=1, le=10_000_000, description="Typical prompt length.")
     output_tokens: int = Field(256, ge=1, le=1_000_000, description="Typical output length.")
     optimize: Literal["latency", "throughput", "setup"] = Field("latency", description="What matters most.")
+    # Service-level targets the capacity plan sizes replicas for (stackgen/capacity.py). Defaults: an interactive chat
+    # (first token within 2 s for 95% of requests; 10 tokens/s is faster than people read).
+    ttft_p95_ms: int = Field(2000, ge=1, le=3_600_000, description="Target p95 time to first token, milliseconds.")
+    tokens_per_s_per_user: float = Field(10.0, gt=0, le=100_000, description="Target decode tokens/s each user sees.")
+    think_time_s: float = Field(0.0, ge=0, le=86_400, description=(
+        "Mean pause between a user's answer and their next request (0: every user always has one in flight)."))
 
 
 class WorkloadOverride(_Model):
@@ -104,6 +110,9 @@ class WorkloadOverride(_Model):
     prompt_tokens: int | None = Field(None, ge=1, le=10_000_000)
     output_tokens: int | None = Field(None, ge=1, le=1_000_000)
     optimize: Literal["latency", "throughput", "setup"] | None = None
+    ttft_p95_ms: int | None = Field(None, ge=1, le=3_600_000)
+    tokens_per_s_per_user: float | None = Field(None, gt=0, le=100_000)
+    think_time_s: float | None = Field(None, ge=0, le=86_400)
 
 
 OverrideValue = Union[bool, int, float, str, None]
@@ -128,6 +137,8 @@ class ServiceSpec(_Model):
     image: str | None = Field(None, description="Container image for the compose/kubernetes targets.")
     port: int | None = Field(None, ge=1, le=65535, description="Port; unique per stack.")
     workload: WorkloadOverride | None = None
+    replicas: int | None = Field(None, ge=1, le=256, description=(
+        "Engine instances behind one endpoint; default: the fewest that meet the workload's targets."))
     overrides: dict[str, Union[OverrideValue, list[OverrideValue]]] = Field(
         default_factory=dict, description="Engine-native flags (or Modelfile PARAMETERs) that win over tuned ones."
     )
