@@ -103,7 +103,8 @@ def test_small_team_keeps_one_instance(tmp_path):
 def test_stricter_target_needs_more_gpus(tmp_path):
     loose = plan_for(tmp_path / "a", TEAM_8X_H100.format(users=2000)).services[0]
     strict = plan_for(tmp_path / "b", TEAM_8X_H100.format(users=2000).replace(
-        "output_tokens: 300}", "output_tokens: 300, ttft_p95_ms: 900}")).services[0]
+        "output_tokens: 300}", "output_tokens: 300, ttft_p95_ms: 700}")).services[0]
+    assert strict.capacity.meets and loose.capacity.meets
     assert strict.capacity.layout.gpus > loose.capacity.layout.gpus
 
 
