@@ -244,19 +244,7 @@ class StateDir:
     def save(self, state: StackState) -> None:
         self.ensure()
         text = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_file)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_new(self.state_file, text, durable=True)
 
     def _migrate(self) -> None:
         """Move a legacy `.stackgen/state.json` that names this stack file into its own folder (under the lock)."""
@@ -329,12 +317,16 @@ def _is_regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def write_new(path: Path, text: str) -> None:
-    """Create `path` with `text`, replacing whatever is there without following a symlink (temp file + rename)."""
+def write_new(path: Path, text: str, durable: bool = False) -> None:
+    """Create `path` with `text`, replacing whatever is there without following a symlink (temp file + rename);
+    `durable`: fsync before the rename (the state file must survive a crash whole)."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
