@@ -20,6 +20,7 @@ from stackgen.launch import UpOptions, budget_for, down, likely_cause, logs, sta
 from stackgen.resolve import resolve
 from stackgen.spec import load_stack
 from stackgen.state import StateDir, config_hash
+from stackgen.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +59,9 @@ if mode in ("fork", "setsid"):
         os._exit(0)
 if mode == "ignore_term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
+    threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), lambda: (print("fatal: simulated crash", flush=True),
+                                                                        os._exit(3))).start()
 t0 = time.monotonic()
 
 class H(BaseHTTPRequestHandler):
@@ -311,20 +315,93 @@ def test_cli_up_status_down(fake_stack, cli):
     assert r.exit_code == 0 and "nothing running" in r.output
 
 
-def test_status_notices_dead_service(fake_stack):
+def test_status_notices_a_crashed_service(fake_stack):
+    """Without a restart policy a killed engine shows as crashed: the signal, when, the likely cause, its last
+    log lines; the next `up` says it crashed (not "stopped")."""
     path, _, _ = fake_stack
-    up(plan_of(path), UpOptions(timeout_s=20))
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
     pid = StateDir(path).load().services["chat"].pid
     os.killpg(pid, signal.SIGKILL)
     for _ in range(50):
         if not _alive(pid):
             break
         time.sleep(0.1)
-    rows = status(path)
-    assert rows[0].state == "dead"
-    # up again restarts the dead service
+    row = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)[0]
+    assert row.state == "crashed" and row.restart == "no"
+    assert "killed by signal SIGKILL at " in row.last_exit and "out of memory" in row.last_exit
+    assert any("listening on" in ln for ln in row.log_tail)
     res = up(plan_of(path), UpOptions(timeout_s=20))
-    assert res.services[0].action == "restarted"
+    assert res.services[0].action == "restarted" and res.stopped == []
+    assert res.services[0].reason.startswith("it had crashed: killed by signal SIGKILL at "), res.services[0].reason
+
+
+def _wait_for(fn, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def _supervisor_pid(path) -> int:
+    return StateDir(path).load().services["chat"].sup_pid
+
+
+def test_killed_engine_is_restarted_by_its_supervisor(fake_stack):
+    path, port, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.2)))
+    first = StateDir(path).load().services["chat"]
+    assert first.sup_pid and _alive(first.sup_pid) and first.restart == "on-failure"
+    os.kill(first.pid, signal.SIGKILL)
+    row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+    assert row, status(path)
+    second = StateDir(path).load().services["chat"]
+    assert second.pid != first.pid and second.sup_pid == first.sup_pid and second.service_id != first.service_id
+    assert row[0].restart == "on-failure 1/5" and "killed by signal SIGKILL" in row[0].last_exit
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert "chat (pid %d) killed by signal SIGKILL" % first.pid in text and "restarting in 0.2 s" in text
+    stopped = down(path, grace_s=2)
+    assert stopped and not _alive(second.pid) and not _alive(first.sup_pid)
+
+
+def test_crash_loop_stops_after_the_bounded_restarts(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "die_after")
+    monkeypatch.setenv("FAKE_DIE_S", "1.5")
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(max_restarts=2, backoff_s=0.1)))
+    sup = _supervisor_pid(path)
+    rows = _wait_for(lambda: [r for r in status(path) if "gave up" in r.last_exit], 40)
+    assert rows, status(path)
+    row = rows[0]
+    assert row.state == "crashed" and row.restarts == 2 and row.restart == "on-failure 2/2"
+    assert "exited with status 3" in row.last_exit and "gave up after 2 restarts" in row.last_exit
+    assert any("simulated crash" in ln for ln in row.log_tail)
+    assert _wait_for(lambda: not _alive(sup), 5)  # the supervisor has given up and exited
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert text.count("restarted chat: pid") == 2 and "gave up: 2 restarts within 300 s" in text
+
+
+def test_clean_exit_is_not_restarted(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.pid, signal.SIGTERM)  # the fake engine exits 0 on SIGTERM: clean, like systemd's on-failure
+    rows = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)
+    assert rows[0].state == "exited" and rows[0].restarts == 0 and "exited with status 0" in rows[0].last_exit
+    assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+
+
+def test_down_stops_the_supervisor_before_the_engine(fake_stack):
+    """down must not leave a supervisor that would restart the engine it is stopping."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.05)))
+    st = StateDir(path).load().services["chat"]
+    down(path, grace_s=2)
+    time.sleep(0.5)
+    assert not _alive(st.sup_pid) and not _alive(st.pid)
+    assert not any(p.info["environ"] and p.info["environ"].get("STACKGEN_SERVICE_ID") in (st.service_id, st.sup_id)
+                   for p in psutil.process_iter(["environ"]))
 
 
 def test_missing_binary_says_how_to_install(fake_stack):

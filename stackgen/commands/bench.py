@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
 
 
 def _parse_sweep(text: str) -> list[int]:
@@ -53,7 +53,8 @@ def result_text(r) -> str:
 
 @app.command()
 def bench(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     service: Optional[str] = typer.Option(None, "--service", "-s", help="Service to drive (default: the only one)."),
     requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Total requests (default: 4 per user)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds to keep starting requests instead of a count."),
@@ -73,7 +74,8 @@ def bench(
             raise BenchError("give --requests or --duration, not both")
         if plot_out is not None:
             require_matplotlib()  # fail before the run, not after it
-        _, p = load_and_plan(file, host_facts)
+        path = stack_path(file, file_opt)
+        _, p = load_and_plan(path, host_facts)
         sp = pick_service(p, service)
         user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
         tty = sys.stderr.isatty()
@@ -90,7 +92,7 @@ def bench(
         results = []
         for u in user_counts:
             n = requests if requests is not None else (None if duration is not None else u * 4)
-            results.append(bench_plan(p, file, sp.name, users=u, requests=n, duration_s=duration,
+            results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
                                       progress=progress, timeout=timeout))
             if tty:
                 sys.stderr.write("\n")
