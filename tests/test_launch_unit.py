@@ -3,6 +3,7 @@ tests/integration/test_launch_*.py; this file never replaces those, it covers fa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -470,3 +471,87 @@ def test_down_after_up_itself_was_killed(fake_stack):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _two_services(path: Path, tmp: Path) -> int:
+    port2 = free_port()
+    path.write_text(path.read_text() + f"  other:\n    model: gemma-3-270m\n    engine: llama.cpp\n"
+                    f"    binary: {tmp / 'fake-llama-server'}\n    port: {port2}\n")
+    return port2
+
+
+def test_cli_per_service_up_restart_logs_down_from_the_default_file(fake_stack, cli, monkeypatch):
+    """compose-style: ./stack.yaml by default, and `up/restart/logs/down SERVICE` touch that service only."""
+    path, port, tmp = fake_stack
+    _two_services(path, tmp)
+    monkeypatch.chdir(tmp)
+    r = cli("up", "chat", "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert "using ./stack.yaml" in r.output and "chat: started" in r.output and "other" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"]
+    r = cli("up", "--timeout", "20")
+    assert "chat: unchanged" in r.output and "other: started" in r.output, r.output
+    before = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    r = cli("restart", "other", "--timeout", "20")
+    assert r.exit_code == 0 and "other: restarted" in r.output and "a restart was asked for" in r.output, r.output
+    assert "chat" not in r.output.replace("stackgen down", "")
+    after = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    assert after["chat"] == before["chat"] and after["other"] != before["other"] and not _alive(before["other"])
+    r = cli("logs", "other")
+    assert "listening on" in r.output and "other |" not in r.output
+    r = cli("logs", "-f", "--file", str(path), "other", "--max-seconds", "1")
+    assert r.exit_code == 0 and "listening on" in r.output, r.output
+    r = cli("status", "chat")
+    assert r.exit_code == 0 and "chat" in r.output and "other" not in r.output.split("\n", 1)[1], r.output
+    r = cli("down", "other")
+    assert r.exit_code == 0 and "stopped other" in r.output and "chat" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"] and _alive(after["chat"])
+    r = cli("down", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output and "chat" in r.output
+    r = cli("up", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output
+
+
+def test_ps_lists_every_stack_of_this_user(fake_stack, cli, tmp_path_factory):
+    path, port, tmp = fake_stack
+    other_dir = tmp_path_factory.mktemp("second-stack")
+    second = other_dir / "team.yaml"
+    second.write_text(path.read_text().replace("name: fake", "name: team").replace(f"port: {port}",
+                                                                                    f"port: {free_port()}"))
+    up(plan_of(path), UpOptions(timeout_s=20))
+    up(plan_of(second), UpOptions(timeout_s=20))
+    try:
+        r = cli("ps", "--json")
+        rows = json.loads(r.output)
+        assert sorted(row["stack_file"] for row in rows) == sorted([str(path.resolve()), str(second.resolve())])
+        for row in rows:
+            assert row["name"] == "chat" and row["state"] == "running" and row["engine"] == "llama.cpp"
+            assert row["model"] == "gemma-3-270m" and row["context_tokens"] and row["slots"] == 2
+            assert row["rss_bytes"] > 0 and row["uptime_s"] >= 0
+        r = cli("ps")
+        assert r.exit_code == 0 and "CTX x SLOTS" in r.output and "team.yaml" in r.output, r.output
+        assert f"{rows[0]['context_tokens']}x2" in r.output
+    finally:
+        down(second, grace_s=1)
+    rows = json.loads(cli("ps", "--json").output)
+    assert [row["stack_file"] for row in rows] == [str(path.resolve())]  # a stopped stack leaves the registry
+    down(path, grace_s=1)
+    assert cli("ps").output.strip() == "no stackgen services are running"
+
+
+def test_cli_status_of_a_crashed_service_shows_how_it_ended(fake_stack, cli):
+    path, _, _ = fake_stack
+    r = cli("up", path, "--timeout", "20", "--restart", "no")
+    assert r.exit_code == 0 and "restart policy: no" in r.output, r.output
+    pid = StateDir(path).load().services["chat"].pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: status(path)[0].last_exit, 10)
+    r = cli("status", path)
+    assert r.exit_code == 1 and "crashed" in r.output, r.output
+    assert "chat: crashed: killed by signal SIGKILL at" in r.output and "likely cause" in r.output
+    assert "  | listening on" in r.output  # the last log lines
+    r = cli("up", path, "--timeout", "20")
+    assert "chat: restarted" in r.output and "restarted because it had crashed: killed by signal SIGKILL" in r.output
+    assert "stopped (" not in r.output, r.output
+    r = cli("up", path, "--restart", "sometimes")
+    assert r.exit_code == 64 and "--restart 'sometimes'" in r.output
