@@ -740,6 +740,14 @@ def check_ports(sps: list[ServicePlan], exempt_pids: set[int]) -> list[str]:
     return problems
 
 
+def _wait_ports_free(sps: list[ServicePlan], timeout_s: float) -> None:
+    """A multi-threaded engine whose main thread has exited looks like a zombie while its other threads still
+    close their sockets: give its ports a moment to be released before calling them taken."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(port_in_use(sp.host, sp.port) for sp in sps):
+        time.sleep(0.1)
+
+
 def check_models(sps: list[ServicePlan]) -> list[str]:
     problems = []
     for sp in sps:
@@ -978,6 +986,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         if st.name not in reasons:  # removed from the stack (a restarted one is reported with its reason)
             stopped.append(st.name)
     if to_stop:  # what the old services held must be free now
+        _wait_ports_free(start, KILL_WAIT_S)
         problems = check_ports(start, set())
         if problems:
             raise LaunchError("\n".join(problems))

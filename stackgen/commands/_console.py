@@ -29,3 +29,11 @@ def table(*columns: str) -> Table:
     for col in columns:
         t.add_column(col, no_wrap=True, overflow="ellipsis")
     return t
+
+
+def print_table(c: Console, t: Table) -> None:
+    """Print a table without the padding rich leaves at the end of each line."""
+    with c.capture() as cap:
+        c.print(t)
+    c.file.write("\n".join(line.rstrip() for line in cap.get().splitlines()) + "\n")
+    c.file.flush()

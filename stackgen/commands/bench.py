@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -78,28 +77,35 @@ def bench(
         _, p = load_and_plan(path, host_facts)
         sp = pick_service(p, service)
         user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
-        tty = sys.stderr.isatty()
+        from stackgen.commands._console import console, live_ok
+
+        err = console(stderr=True)
+        live = err.status("bench") if live_ok(err) else None
 
         def progress(done: int, total: int, errors: int) -> None:
             of = f"/{total}" if total > 0 else ""
             line = f"bench {sp.name}: {done}{of} requests, {errors} errors"
-            if tty:
-                sys.stderr.write("\r" + line)
+            if live is not None:
+                live.update(line)
             elif total > 0 and done == total:
-                sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+                typer.echo(line, err=True)
 
         results = []
-        for u in user_counts:
-            n = requests if requests is not None else (None if duration is not None else u * 4)
-            results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
-                                      progress=progress, timeout=timeout))
-            if tty:
-                sys.stderr.write("\n")
+        if live is not None:
+            live.start()
+        try:
+            for u in user_counts:
+                n = requests if requests is not None else (None if duration is not None else u * 4)
+                results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
+                                          progress=progress, timeout=timeout))
+        finally:
+            if live is not None:
+                live.stop()
         if plot_out is not None:
             plot(results, plot_out)
-        if as_json:
-            doc = [r.to_json() for r in results] if sweep else results[0].to_json()
+        if as_json:  # one shape with or without --sweep: a result per user count
+            doc = {"file": str(path), "service": sp.name, "engine": sp.engine,
+                   "results": [r.to_json() for r in results]}
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         else:
             typer.echo("\n\n".join(result_text(r) for r in results))

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from stackgen.cli import FileOpt, HostOpt, StackArgs, app, run, stack_and_services
-from stackgen.commands._console import console, live_ok, table
+from stackgen.commands._console import console, live_ok, print_table, table
 
 
 def _fmt_s(s: float | None) -> str:
@@ -233,6 +233,9 @@ def _state_cell(state: str) -> str:
 def _print_ended(out, rows) -> None:
     """Below the table: how each engine that is not running ended, and its last log lines."""
     for r in rows:
+        if r.state in _HEALTHY and r.restarts and r.last_exit:
+            out.print(f"\n{r.name}: restarted {r.restarts} time{'s' if r.restarts > 1 else ''} by its supervisor; "
+                      f"last end: {r.last_exit}", markup=False, highlight=False)
         if r.state in _HEALTHY or not (r.last_exit or r.log_tail):
             continue
         out.print(f"\n{r.name}: {r.state}" + (f": {r.last_exit}" if r.last_exit else ""), markup=False,
@@ -265,7 +268,7 @@ def status(
             for r in rows:
                 t.add_row(r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
                           _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
-            out.print(t)
+            print_table(out, t)
             _print_ended(out, rows)
         return 0 if all(r.state in _HEALTHY for r in rows) else 1
 
@@ -305,7 +308,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
         for f, r in rows:
             t.add_row(r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
                       _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-")
-        console().print(t)
+        print_table(console(), t)
         return 0
 
     run(body)
