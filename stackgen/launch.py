@@ -403,7 +403,8 @@ def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: boo
             argv = [f"/dev/fd/{fd}" if a == engines.KEY_FD else a for a in argv]
     try:
         with open_log(log_path) as log:
-            log.write(f"# stackgen up: {' '.join(spec.argv)}\n".encode())
+            what = "up" if rotate else "supervisor restart"
+            log.write(f"# stackgen {what}: {' '.join(spec.argv)}\n".encode())
             log.flush()
             try:
                 proc = subprocess.Popen(argv, env=env, cwd=spec.stack_dir, stdin=subprocess.DEVNULL,
