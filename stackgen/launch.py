@@ -339,8 +339,8 @@ class NativeRunner:
 
     def stop(self, st: ServiceState, grace_s: float) -> str:
         """The supervisor first (so it restarts nothing), then the engine's processes."""
-        note = stop_supervisor(st, grace_s)
-        return stop_process_group(st, grace_s) or note
+        notes = [stop_supervisor(st, grace_s), stop_process_group(st, grace_s)]
+        return "; ".join(n for n in notes if n)
 
     def owned_pids(self, st: ServiceState) -> set[int]:
         return {p.pid for p in _members(st)}

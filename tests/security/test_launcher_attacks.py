@@ -170,6 +170,26 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------------ item 2: foreign pids
 
 
+@pytest.mark.parametrize("forge", ["pid-and-times", "with-exe-and-marker-field"])
+def test_down_spares_an_unrelated_process_named_as_the_supervisor(tmp_path, victim, forge):
+    """state.json names a `sleep` as a service's supervisor (exact start time and ticks; even its exe): it has no
+    supervisor marker in its environment, so neither `down` nor `up` signals it."""
+    v, engine = victim(), victim()
+    path = _fake_stack(tmp_path)
+    p = psutil.Process(v.pid)
+    sup = {"sup_pid": v.pid, "sup_create_time": p.create_time(), "sup_id": "1" * 32,
+           "sup_start_ticks": int(open(f"/proc/{v.pid}/stat").read().rsplit(")", 1)[1].split()[19])}
+    if forge == "with-exe-and-marker-field":
+        sup["sup_exe"] = p.exe()
+    _write_state(path, {"chat": _entry(engine.pid, service_id="2" * 32, **sup)})
+    r = _cli("down", path)
+    assert r.returncode == 0, r.stderr
+    assert "is not the process stackgen started for the supervisor of service chat" in r.stderr, r.stderr
+    time.sleep(0.3)
+    assert _alive(v.pid) and _alive(engine.pid)
+    assert StateDir(path).load().services == {}
+
+
 @pytest.mark.parametrize("forge", ["pid-and-create-time", "with-exe-and-marker-field", "legacy-same-argv-name"])
 def test_down_spares_an_unrelated_process_named_in_the_state(tmp_path, victim, forge):
     """state.json names a `sleep` by pid/pgid with its exact create time (PID reuse, or a hand-edited file)."""
