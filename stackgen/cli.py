@@ -19,7 +19,8 @@ EXIT_CODES = {
     EX_OK: "ok (`render --check`: the committed artifacts match)",
     EX_ERROR: "invalid stack or input file, a plan that does not fit, a failed start or stop",
     EX_DRIFT: "`render --check` only: the committed artifacts differ from what the stack renders to",
-    EX_USAGE: "wrong command line: unknown command or option, missing argument, bad option value (EX_USAGE)",
+    EX_USAGE: "wrong command line: unknown command or option, missing argument, bad option value, no FILE given and "
+              "no ./stack.yaml (EX_USAGE)",
     EX_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM during `up`)",
 }
 

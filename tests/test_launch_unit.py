@@ -555,3 +555,21 @@ def test_cli_status_of_a_crashed_service_shows_how_it_ended(fake_stack, cli):
     assert "stopped (" not in r.output, r.output
     r = cli("up", path, "--restart", "sometimes")
     assert r.exit_code == 64 and "--restart 'sometimes'" in r.output
+
+
+def test_logs_follow_keeps_following_an_engine_its_supervisor_restarts(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    pid = StateDir(path).load().services["chat"].pid
+    it = logs(path, "chat", follow=True, lines=1, max_seconds=20)
+    next(it)
+    os.kill(pid, signal.SIGKILL)
+    seen: list[str] = []
+    for _, ln in it:
+        seen.append(ln)
+        if "listening on" in ln and any("restarted chat: pid" in s for s in seen):
+            break
+    text = "\n".join(seen)
+    assert f"chat (pid {pid}) killed by signal SIGKILL" in text and "restarted chat: pid" in text, text
+    assert not any(s.startswith("[stackgen] chat ended") for s in seen), text
+    it.close()

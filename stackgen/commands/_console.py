@@ -26,8 +26,9 @@ def live_ok(c: Console) -> bool:
 
 def table(*columns: str) -> Table:
     t = Table(box=None, show_edge=False, pad_edge=False, header_style="bold", padding=(0, 2, 0, 0))
-    for col in columns:
-        t.add_column(col, no_wrap=True, overflow="ellipsis")
+    for i, col in enumerate(columns):  # on a narrow terminal only the last column (free text) wraps
+        last = i == len(columns) - 1
+        t.add_column(col, no_wrap=not last, overflow="fold" if last else "ellipsis")
     return t
 
 
