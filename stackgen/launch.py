@@ -952,6 +952,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
                 reasons[sp.name] = "its configuration changed"
             else:
                 reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
+                if not reasons[sp.name] and kind == "process" and cur.sup_id and cur.restart != _policy_mode(opts):
+                    reasons[sp.name] = f"its restart policy changed ({cur.restart} -> {_policy_mode(opts)})"
                 if not reasons[sp.name]:
                     keep.append(sp)
                     continue
@@ -1032,6 +1034,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     if opts.verify:
         result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in services]
     return result
+
+
+def _policy_mode(opts: UpOptions) -> str:
+    from stackgen.supervise import RestartPolicy
+
+    return (opts.policy or RestartPolicy()).mode
 
 
 def _trouble(runner: Runner, st: ServiceState, sp: ServicePlan) -> str:

@@ -383,6 +383,16 @@ def test_crash_loop_stops_after_the_bounded_restarts(fake_stack, monkeypatch):
     assert text.count("restarted chat: pid") == 2 and "gave up: 2 restarts within 300 s" in text
 
 
+def test_a_changed_restart_policy_restarts_the_service(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    assert up(plan_of(path), UpOptions(timeout_s=20)).services[0].action == "unchanged"
+    res = up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
+    assert res.services[0].action == "restarted"
+    assert res.services[0].reason == "its restart policy changed (on-failure -> no)"
+    assert StateDir(path).load().services["chat"].restart == "no"
+
+
 def test_clean_exit_is_not_restarted(fake_stack):
     path, _, _ = fake_stack
     up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
