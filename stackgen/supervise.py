@@ -96,6 +96,9 @@ def spawn(spec, sd: StateDir, key: str | None, policy: RestartPolicy | None) -> 
     sup_id = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k != spec.key_var}  # the key travels on the pipe only
     env[MARKER_ENV] = sup_id
+    # the same stackgen as this process, installed or not (a checkout run with `python -m stackgen`)
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     # -P and a cwd inside .stackgen/: a `stackgen/` folder next to the stack cannot shadow the package.
     argv = [sys.executable] + (["-P"] if sys.version_info >= (3, 11) else []) + ["-m", "stackgen.supervise"]
     try:
@@ -105,7 +108,7 @@ def spawn(spec, sd: StateDir, key: str | None, policy: RestartPolicy | None) -> 
         raise LaunchError(f"service {spec.name}: cannot start its supervisor: {exc.strerror or exc}") from None
     create_time, start_ticks, exe = _identity_now(proc.pid)
     msg = {"spec": asdict(spec), "key": key, "policy": asdict(policy), "stack_file": str(sd.stack_file),
-           "sup_id": sup_id}
+           "sup_id": sup_id, "pythonpath": os.environ.get("PYTHONPATH")}
     try:
         proc.stdin.write((json.dumps(msg) + "\n").encode())
         proc.stdin.close()
@@ -115,7 +118,11 @@ def spawn(spec, sd: StateDir, key: str | None, policy: RestartPolicy | None) -> 
     if not reply:
         err = _stderr_tail(proc)
         raise LaunchError(f"service {spec.name}: its supervisor did not start the engine" + (f": {err}" if err else ""))
-    data = json.loads(reply)
+    try:
+        data = json.loads(reply)
+    except ValueError:
+        data = {"error": f"service {spec.name}: its supervisor answered {reply[:200]!r}, not the engine's state"}
+        proc.kill()
     if "error" in data:
         _stderr_tail(proc)
         raise LaunchError(data["error"])
@@ -360,6 +367,11 @@ def main() -> int:
     sys.stdin.close()
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     msg = json.loads(line)
+    # the engine gets the environment `up` had: the PYTHONPATH that found stackgen must not reach a Python engine
+    if msg.get("pythonpath") is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = msg["pythonpath"]
     spec = EngineLaunch(**msg["spec"])
     sup = Supervisor(spec, StateDir(msg["stack_file"]), msg.get("key"), RestartPolicy(**msg["policy"]), msg["sup_id"])
     return sup.run()

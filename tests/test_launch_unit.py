@@ -393,6 +393,19 @@ def test_a_changed_restart_policy_restarts_the_service(fake_stack):
     assert StateDir(path).load().services["chat"].restart == "no"
 
 
+def test_the_engine_gets_ups_environment_not_the_supervisors(fake_stack, monkeypatch):
+    """The supervisor finds stackgen through PYTHONPATH; a Python engine (vLLM, MLX) must not inherit that."""
+    path, _, _ = fake_stack
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("SG_PROBE", "from-up")
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    engine_env, sup_env = psutil.Process(st.pid).environ(), psutil.Process(st.sup_pid).environ()
+    assert "PYTHONPATH" in sup_env and "PYTHONPATH" not in engine_env
+    assert engine_env["SG_PROBE"] == "from-up" and engine_env["STACKGEN_SERVICE_ID"] == st.service_id
+    assert sup_env["STACKGEN_SERVICE_ID"] == st.sup_id != st.service_id
+
+
 def test_clean_exit_is_not_restarted(fake_stack):
     path, _, _ = fake_stack
     up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
