@@ -528,24 +528,50 @@ def require_matplotlib():
 
 
 def plot(results: list[BenchResult], out: str | Path) -> Path:
-    """Throughput and TTFT against concurrent users (a sweep), or a single point."""
+    """Three panels against concurrent users (whole numbers), every y axis from 0, units on the axes, and the
+    plan's prediction drawn beside each measurement it predicts: decode tokens/s (the plan's single-stream
+    bandwidth-bound speed) and memory (the plan's host bytes). TTFT has no prediction in the plan."""
     plt = require_matplotlib()
+    from matplotlib.ticker import FixedLocator
+
+    results = sorted(results, key=lambda r: r.concurrent_users)
     users = [r.concurrent_users for r in results]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(users, [r.output_tokens_per_s for r in results], marker="o")
-    a.set_xlabel("concurrent users")
-    a.set_ylabel("output tokens/s (aggregate)")
-    b.plot(users, [r.ttft_p50_s for r in results], marker="o", label="TTFT p50")
-    b.plot(users, [r.ttft_p95_s for r in results], marker="o", label="TTFT p95")
-    b.set_xlabel("concurrent users")
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 5.2))
+    a.plot(users, [r.output_tokens_per_s for r in results], marker="o", label="measured: all streams")
+    a.plot(users, [r.per_stream_decode_tokens_per_s for r in results], marker="s", label="measured: per stream (p50)")
+    pred = next((r.predicted_decode_tokens_per_s for r in results if r.predicted_decode_tokens_per_s), None)
+    if pred:
+        a.axhline(pred, color="tab:gray", linestyle="--", label=f"plan: {pred:g} tok/s per stream")
+    a.set_title("decode throughput")
+    a.set_ylabel("output tokens/s")
+    b.plot(users, [r.ttft_p50_s for r in results], marker="o", label="measured: p50")
+    b.plot(users, [r.ttft_p95_s for r in results], marker="o", label="measured: p95")
+    b.set_title("time to first token")
     b.set_ylabel("seconds")
-    b.legend()
+    mib = [(r.peak_rss_bytes or 0) / 2**20 for r in results]
+    c.bar(users, mib, width=0.5 if len(users) == 1 else 0.5 * min(y - x for x, y in zip(users, users[1:])),
+          color="tab:blue", label="measured: peak RSS")
+    host = next((r.predicted_host_bytes for r in results if r.predicted_host_bytes), None)
+    if host:
+        c.axhline(host / 2**20, color="tab:gray", linestyle="--", label=f"plan: {host / 2**20:.0f} MiB host")
+    c.set_title("memory (engine processes)")
+    c.set_ylabel("MiB")
+    for ax in (a, b, c):
+        ax.xaxis.set_major_locator(FixedLocator(users))  # user counts are whole numbers: no 1.5 users
+        ax.set_xlabel("concurrent users")
+        ax.set_xlim(min(users) - 0.6, max(users) + 0.6)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, axis="y", alpha=0.3)
+        # below the axes: a legend inside would hide points or bars
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize="small", frameon=False)
     if results:
-        fig.suptitle(f"{results[0].service} ({results[0].engine})")
+        r0 = results[0]
+        fig.suptitle(f"stackgen bench: {r0.service} ({r0.engine}), ~{r0.prompt_tokens} prompt + {r0.max_tokens} "
+                     f"output tokens per request")
     fig.tight_layout()
     out = Path(out)
     try:
-        fig.savefig(out)
+        fig.savefig(out, dpi=100)
     except OSError as exc:
         raise StackgenError(f"{out}: cannot write the plot: {exc.strerror or exc}") from None
     finally:

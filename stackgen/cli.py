@@ -19,7 +19,8 @@ EXIT_CODES = {
     EX_OK: "ok (`render --check`: the committed artifacts match)",
     EX_ERROR: "invalid stack or input file, a plan that does not fit, a failed start or stop",
     EX_DRIFT: "`render --check` only: the committed artifacts differ from what the stack renders to",
-    EX_USAGE: "wrong command line: unknown command or option, missing argument, bad option value (EX_USAGE)",
+    EX_USAGE: "wrong command line: unknown command or option, missing argument, bad option value, no FILE given and "
+              "no ./stack.yaml (EX_USAGE)",
     EX_INTERRUPTED: "interrupted (Ctrl-C, SIGTERM during `up`)",
 }
 
@@ -52,14 +53,54 @@ app = typer.Typer(
     help="Turn a declarative stack.yaml into a running, tuned local LLM inference service.\n\n"
     "Pick the bottleneck, not the benchmark.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell; typer + shellingham)
     pretty_exceptions_enable=False,
 )
 
 _state = {"debug": False}
 
-FileArg = typer.Argument(..., help="Path to stack.yaml.", show_default=False)
+DEFAULT_STACK = "stack.yaml"
+FileArg = typer.Argument(None, help="Path to stack.yaml (default: ./stack.yaml, like compose's compose.yaml).",
+                         show_default=False)
+FileOpt = typer.Option(None, "-f", "--file", help="The stack file (instead of the FILE argument).", show_default=False)
+# [FILE] [SERVICE]...: the first word is the stack file when it names one (ends in .yaml/.yml, has a '/', or is a
+# file here); else every word is a service of ./stack.yaml.
+StackArgs = typer.Argument(None, metavar="[FILE] [SERVICE]...", show_default=False,
+                           help="The stack file (default ./stack.yaml or -f FILE), then service names (default: all).")
 HostOpt = typer.Option(None, "--host-facts", help="Use a recorded host (JSON from `stackgen detect --json`) instead of probing.")
+
+
+class UsageError(StackgenError):
+    """A command line that names no usable stack file."""
+
+    exit_code = EX_USAGE
+
+
+def stack_path(file: Optional[Path], file_opt: Optional[Path] = None) -> Path:
+    """The stack file a command works on: FILE, -f FILE, or ./stack.yaml (said on stderr, so the user knows)."""
+    if file is not None and file_opt is not None and file != file_opt:
+        raise UsageError(f"give the stack file once: FILE ({file}) or -f ({file_opt}), not both")
+    chosen = file if file is not None else file_opt
+    if chosen is not None:
+        return chosen
+    default = Path(DEFAULT_STACK)
+    if not default.is_file():
+        raise UsageError(f"no {DEFAULT_STACK} in {Path.cwd()}: give the stack file (stackgen COMMAND FILE or -f FILE), "
+                         f"or write one with `stackgen init`")
+    typer.echo(f"using ./{DEFAULT_STACK}", err=True)
+    return default
+
+
+def looks_like_stack_file(word: str) -> bool:
+    return word.endswith((".yaml", ".yml")) or "/" in word or Path(word).is_file()
+
+
+def stack_and_services(words: Optional[list[str]], file_opt: Optional[Path]) -> tuple[Path, list[str]]:
+    """[FILE] [SERVICE]... -> (stack file, services); see StackArgs."""
+    words = list(words or [])
+    if file_opt is None and words and looks_like_stack_file(words[0]):
+        return Path(words[0]), words[1:]
+    return stack_path(None, file_opt), words
 
 
 def _version(value: bool) -> None:
@@ -71,7 +112,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_callback(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     _state["debug"] = debug
 
@@ -138,14 +179,15 @@ def _recorded_or_none(host_facts: Optional[Path]):
 
 
 @app.command()
-def validate(file: Path = FileArg) -> None:
+def validate(file: Optional[Path] = FileArg, file_opt: Optional[Path] = FileOpt) -> None:
     """Check a stack file; print FILE:LINE:COL: field: message for every problem."""
 
     def body() -> int:
         from stackgen.spec import load_stack
 
-        stack = load_stack(file)
-        typer.echo(f"{file}: ok ({len(stack.services)} service{'s' if len(stack.services) != 1 else ''})")
+        path = stack_path(file, file_opt)
+        stack = load_stack(path)
+        typer.echo(f"{path}: ok ({len(stack.services)} service{'s' if len(stack.services) != 1 else ''})")
         return 0
 
     run(body)
@@ -153,9 +195,10 @@ def validate(file: Path = FileArg) -> None:
 
 @app.command()
 def plan(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     host_facts: Optional[Path] = HostOpt,
+    file_opt: Optional[Path] = FileOpt,
 ) -> None:
     """Resolve each service to an engine with a memory plan, and say why."""
 
@@ -163,7 +206,7 @@ def plan(
         from stackgen.errors import PlanError
 
         try:
-            _, p = load_and_plan(file, host_facts)
+            _, p = load_and_plan(stack_path(file, file_opt), host_facts)
         except PlanError as exc:  # nothing fits: tools still get the numbers (with "fits": false); exit 1 stays
             if as_json and exc.plan_json is not None:
                 typer.echo(json.dumps(exc.plan_json, indent=2))

@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from stackgen import engines
 from stackgen.binaries import INSTALL_HINTS
@@ -30,6 +30,9 @@ from stackgen.errors import LaunchError
 from stackgen.health import DOWN, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
 from stackgen.plan import Plan, ServicePlan
 from stackgen.state import ServiceState, StackState, StateDir, config_hash, open_log, open_read, rotate_log, tail
+
+if TYPE_CHECKING:
+    from stackgen.supervise import RestartPolicy
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL
 KILL_WAIT_S = 5.0
@@ -57,6 +60,9 @@ class UpOptions:
     grace_s: float = GRACE_S
     memory_check: bool = True
     verify_max_tokens: int = 32
+    services: tuple[str, ...] = ()  # only these (default: all); others are neither started nor stopped
+    restart: tuple[str, ...] = ()  # restart these even when they run unchanged (`stackgen restart`)
+    policy: "RestartPolicy | None" = None  # native services' restart policy (default: on-failure, bounded)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,14 @@ class ServiceStatus:
     uptime_s: float | None
     rss_bytes: int | None
     detail: str = ""
+    # running | loading | unhealthy | restarting (the supervisor waits out its backoff) | crashed | exited
+    restart: str = ""  # the restart policy and how much of it is used: "on-failure 1/5", "no"
+    restarts: int = 0
+    last_exit: str = ""  # how the engine last ended: "killed by signal SIGKILL at 17:50:03; likely cause: ..."
+    log_tail: list[str] = field(default_factory=list)  # the log's last lines when it has ended
+    model: str = ""
+    context_tokens: int | None = None
+    slots: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -224,8 +238,10 @@ def _key_fd(key: str) -> int:
 class NativeRunner:
     kind = "process"
 
-    def __init__(self, stack_dir: Path):
+    def __init__(self, stack_dir: Path, stack_file: Path | None = None, policy: "RestartPolicy | None" = None):
         self.stack_dir = stack_dir
+        self.stack_file = stack_file
+        self.policy = policy
         self._cmd: dict[str, engines.Command] = {}
 
     def command(self, sp: ServicePlan) -> engines.Command:
@@ -243,55 +259,46 @@ class NativeRunner:
         key_id = hashlib.sha256(f"stackgen-key:{key}".encode()).hexdigest()[:16] if key else ""
         return config_hash(list(cmd.argv), dict(cmd.env), {"kind": self.kind, "key": key_id})
 
-    def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
+    def launch_spec(self, sp: ServicePlan, budget_s: float) -> "EngineLaunch":
+        """What the supervisor needs to start (and restart) the engine: the command of engines.command, no key."""
         cmd = self.command(sp)
-        argv = list(cmd.argv)
-        log_path = sd.log_path(sp.name)
-        rotate_log(log_path)
-        service_id = secrets.token_hex(16)  # the marker `down` checks before signalling (children inherit it)
-        env = {**os.environ, **cmd.env, MARKER_ENV: service_id}
-        pass_fds: tuple[int, ...] = ()
+        return EngineLaunch(
+            name=sp.name, engine=sp.engine, host=sp.host, port=sp.port, model_name=request_model_name(sp),
+            tls=sp.tls is not None, argv=list(cmd.argv), env=dict(cmd.env), key_mode=cmd.key_mode,
+            key_var=cmd.key_var, key_env=cmd.key_env, config_hash=self.desired_hash(sp), budget_s=budget_s,
+            stack_dir=str(self.stack_dir), model=sp.model.name, context_tokens=sp.memory.context_per_request,
+            slots=sp.memory.parallel)
+
+    def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
+        """Start the service's supervisor (stackgen.supervise), which starts the engine as its child: the
+        supervisor sees how it ends and applies the restart policy after `up` has returned."""
+        cmd = self.command(sp)
+        key = None
         if cmd.key_mode is not None:
             key = os.environ.get(cmd.key_var or "", "")
             if not key:  # up's preflight checked this; never start a keyed service without its key
                 raise LaunchError(check_keys([sp])[0])
-            if cmd.key_mode == "env":
-                env[cmd.key_env or ""] = key
-            else:
-                fd = _key_fd(key)
-                pass_fds = (fd,)
-                argv = [f"/dev/fd/{fd}" if a == engines.KEY_FD else a for a in argv]
-        try:
-            with open_log(log_path) as log:
-                log.write(f"# stackgen up: {' '.join(cmd.argv)}\n".encode())
-                log.flush()
-                try:
-                    proc = subprocess.Popen(argv, env=env, cwd=str(self.stack_dir), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                            close_fds=True, pass_fds=pass_fds)
-                except FileNotFoundError:
-                    raise LaunchError(f"service {sp.name}: {argv[0]} not found "
-                                      f"(to install it: {INSTALL_HINTS.get(sp.engine, '')})") from None
-                except PermissionError:
-                    raise LaunchError(f"service {sp.name}: {argv[0]} is not executable") from None
-                except OSError as exc:
-                    raise LaunchError(f"service {sp.name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
-        finally:
-            for fd in pass_fds:  # the child has its own copy; the key leaves this process's descriptors
-                os.close(fd)
-        _children[proc.pid] = proc
-        create_time, start_ticks, exe = _identity_now(proc.pid)
-        st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
-                          config_hash=self.desired_hash(sp), started_at=time.time(),
-                          model_name=request_model_name(sp), pid=proc.pid, pgid=proc.pid, create_time=create_time,
-                          log=str(log_path), argv=list(cmd.argv), budget_s=budget_s, service_id=service_id, exe=exe,
-                          start_ticks=start_ticks, tls=sp.tls is not None)
-        return st, proc
+        from stackgen.supervise import spawn
+
+        return spawn(self.launch_spec(sp, budget_s), sd, key, self.policy)
 
     def exited(self, st: ServiceState, handle: object | None) -> int | str | None:
+        """During `up`: the engine's exit status once its supervisor (the handle) reported it and exited."""
         if isinstance(handle, subprocess.Popen):
-            return handle.poll()
+            if handle.poll() is None:
+                return None
+            rec = self.record(st) or {}
+            from stackgen.supervise import exit_code_of
+
+            code = exit_code_of(rec)
+            return code if code is not None else f"its supervisor exited (status {handle.returncode})"
         return None if self.is_alive(st) else "exited"
+
+    def record(self, st: ServiceState) -> dict | None:
+        """The supervisor's record of the service (how the engine last ended, restarts), if it has one."""
+        if not st.sup_id or self.stack_file is None:
+            return None
+        return StateDir(self.stack_file).load_run(st.name)
 
     def is_alive(self, st: ServiceState) -> bool:
         return _leader(st) is not None
@@ -302,7 +309,10 @@ class NativeRunner:
 
         leader, foreign = _identify(st)
         if leader is None:
-            return foreign or "its process had exited"
+            if foreign:
+                return foreign
+            crash = crash_text(self.record(st))
+            return f"it had crashed: {crash}" if crash else "its process had exited"
         try:
             if leader.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
                 return f"its process (pid {st.pid}) was stopped (SIGSTOP)"
@@ -328,7 +338,9 @@ class NativeRunner:
         return tail(path, lines) if path else []
 
     def stop(self, st: ServiceState, grace_s: float) -> str:
-        return stop_process_group(st, grace_s)
+        """The supervisor first (so it restarts nothing), then the engine's processes."""
+        notes = [stop_supervisor(st, grace_s), stop_process_group(st, grace_s)]
+        return "; ".join(n for n in notes if n)
 
     def owned_pids(self, st: ServiceState) -> set[int]:
         return {p.pid for p in _members(st)}
@@ -346,11 +358,79 @@ class NativeRunner:
         return f"pid {st.pid}"
 
 
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How to start one native engine, as plain data (it crosses to the supervisor process as JSON)."""
+
+    name: str
+    engine: str
+    host: str
+    port: int
+    model_name: str
+    tls: bool
+    argv: list[str]
+    env: dict[str, str]
+    key_mode: str | None
+    key_var: str | None
+    key_env: str | None
+    config_hash: str
+    budget_s: float
+    stack_dir: str
+    model: str = ""
+    context_tokens: int | None = None
+    slots: int | None = None
+
+
+def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: bool = True
+                  ) -> tuple[ServiceState, subprocess.Popen]:
+    """Spawn the engine in its own session with the service marker; the API key goes to it alone (an unlinked
+    memfd for --api-key-file, or its environment variable), never to a file or its command line."""
+    argv = list(spec.argv)
+    log_path = sd.log_path(spec.name)
+    if rotate:
+        rotate_log(log_path)
+    service_id = secrets.token_hex(16)  # the marker `down` checks before signalling (children inherit it)
+    env = {**os.environ, **spec.env, MARKER_ENV: service_id}
+    pass_fds: tuple[int, ...] = ()
+    if spec.key_mode is not None:
+        if not key:
+            raise LaunchError(f"service {spec.name}: no API key to start it with ({spec.key_var} is empty)")
+        if spec.key_mode == "env":
+            env[spec.key_env or ""] = key
+        else:
+            fd = _key_fd(key)
+            pass_fds = (fd,)
+            argv = [f"/dev/fd/{fd}" if a == engines.KEY_FD else a for a in argv]
+    try:
+        with open_log(log_path) as log:
+            what = "up" if rotate else "supervisor restart"
+            log.write(f"# stackgen {what}: {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(argv, env=env, cwd=spec.stack_dir, stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        close_fds=True, pass_fds=pass_fds)
+            except FileNotFoundError:
+                raise LaunchError(f"service {spec.name}: {argv[0]} not found "
+                                  f"(to install it: {INSTALL_HINTS.get(spec.engine, '')})") from None
+            except PermissionError:
+                raise LaunchError(f"service {spec.name}: {argv[0]} is not executable") from None
+            except OSError as exc:
+                raise LaunchError(f"service {spec.name}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+    finally:
+        for fd in pass_fds:  # the child has its own copy; the key leaves this process's descriptors
+            os.close(fd)
+    create_time, start_ticks, exe = _identity_now(proc.pid)
+    st = ServiceState(name=spec.name, engine=spec.engine, kind="process", host=spec.host, port=spec.port,
+                      config_hash=spec.config_hash, started_at=time.time(), model_name=spec.model_name,
+                      pid=proc.pid, pgid=proc.pid, create_time=create_time, log=str(log_path), argv=list(spec.argv),
+                      budget_s=spec.budget_s, service_id=service_id, exe=exe, start_ticks=start_ticks, tls=spec.tls,
+                      model=spec.model, context_tokens=spec.context_tokens, slots=spec.slots)
+    return st, proc
+
+
 MARKER_ENV = "STACKGEN_SERVICE_ID"  # set in each native engine's environment; children inherit it
 _exit_status: dict[int, int] = {}  # wait statuses of engines this process started and reaped
-# Engines this process started, by pid: holding the Popen keeps subprocess from reaping one behind our back (it reaps
-# collected-but-unfinished Popen objects on the next spawn), which would lose the exit status `logs -f` reports.
-_children: dict[int, subprocess.Popen] = {}
 
 
 def _identity_now(pid: int) -> tuple[float | None, int | None, str | None]:
@@ -394,13 +474,6 @@ def _gone(p) -> bool:
 
 def _reap(pid: int) -> None:
     """Collect a child of this process that has exited (keeping its wait status for `logs -f`)."""
-    child = _children.get(pid)
-    if child is not None:  # our own Popen: poll() reaps it and keeps the code (subprocess never reaps it behind us)
-        rc = child.poll()
-        if rc is not None:
-            _exit_status[pid] = (-rc) & 0x7F if rc < 0 else (rc & 0xFF) << 8
-            del _children[pid]
-        return
     try:
         got, status = os.waitpid(pid, os.WNOHANG)
     except (ChildProcessError, OSError):
@@ -535,6 +608,58 @@ def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> str:
     return foreign
 
 
+def supervisor_state(st: ServiceState) -> ServiceState | None:
+    """The supervisor's identity as a ServiceState, checked by the same rules as an engine's (_foreign)."""
+    if not st.sup_pid:
+        return None
+    return ServiceState(name=st.name, engine="supervisor", kind="process", host=st.host, port=st.port,
+                        config_hash="", started_at=st.started_at, pid=st.sup_pid, pgid=st.sup_pid,
+                        create_time=st.sup_create_time, start_ticks=st.sup_start_ticks, exe=st.sup_exe,
+                        service_id=st.sup_id)
+
+
+def supervisor_alive(st: ServiceState) -> bool:
+    sst = supervisor_state(st)
+    return sst is not None and _leader(sst) is not None
+
+
+def stop_supervisor(st: ServiceState, grace_s: float = GRACE_S) -> str:
+    """SIGTERM the service's supervisor alone (once identified), wait for it to exit, SIGKILL it if it does not.
+    Its engine is left for stop_process_group. Returns a note when the recorded pid is another process."""
+    sst = supervisor_state(st)
+    if sst is None:
+        return ""
+    proc, foreign = _identify(sst)
+    if proc is None:
+        _reap(sst.pid or 0)
+        return foreign.replace(f"service {st.name}", f"the supervisor of service {st.name}") if foreign else ""
+    try:
+        proc.send_signal(signal.SIGTERM)  # psutil refuses if the pid was reused since it was identified
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return ""
+    if _wait_gone([proc], max(2.0, min(grace_s, 5.0))):
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except Exception:  # noqa: BLE001
+            pass
+        _wait_gone([proc], KILL_WAIT_S)
+    return ""
+
+
+def crash_text(rec: dict | None) -> str:
+    """'killed by signal SIGKILL at 17:50:03 (restarted 2 times; gave up); likely cause: ...' from a supervisor's
+    record, '' when it has no exit recorded."""
+    if not rec or not rec.get("exit_text"):
+        return ""
+    when = time.strftime("%H:%M:%S", time.localtime(rec["exited_at"])) if rec.get("exited_at") else "?"
+    text = f"{rec['exit_text']} at {when}"
+    if rec.get("state") == "gave-up":
+        text += f" (gave up after {rec.get('restarts', 0)} restarts)"
+    if rec.get("cause"):
+        text += f"; likely cause: {rec['cause']}"
+    return text
+
+
 def _signal_all(st: ServiceState, leader, procs: list, sig: int) -> None:
     """killpg only for the group of a verified leader that leads it (its own session: only its descendants can
     be in it); every identified process individually (psutil refuses a pid reused since it was listed).
@@ -616,6 +741,14 @@ def check_ports(sps: list[ServicePlan], exempt_pids: set[int]) -> list[str]:
         problems.append(f"service {sp.name}: port {sp.port} is already in use by {who}; stop it or set "
                         f"services.{sp.name}.port to a free port")
     return problems
+
+
+def _wait_ports_free(sps: list[ServicePlan], timeout_s: float) -> None:
+    """A multi-threaded engine whose main thread has exited looks like a zombie while its other threads still
+    close their sockets: give its ports a moment to be released before calling them taken."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(port_in_use(sp.host, sp.port) for sp in sps):
+        time.sleep(0.1)
 
 
 def check_models(sps: list[ServicePlan]) -> list[str]:
@@ -754,13 +887,22 @@ def _no_interrupts() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _runner_for(kind: str, stack_file: Path, stack_name: str = "") -> Runner:
+def _runner_for(kind: str, stack_file: Path, stack_name: str = "", policy: "RestartPolicy | None" = None) -> Runner:
     stack_file = stack_file.resolve()
     if kind == "container":
         from stackgen.containers import ContainerRunner
 
         return ContainerRunner(stack_file.parent, stack_name, stack_file)
-    return NativeRunner(stack_file.parent)
+    return NativeRunner(stack_file.parent, stack_file, policy)
+
+
+def select_services(names: list[str], wanted: tuple[str, ...] | list[str], where: str) -> list[str]:
+    """`wanted` checked against `names` (all of them when empty); an unknown name is an error naming the others."""
+    unknown = [w for w in wanted if w not in names]
+    if unknown:
+        raise LaunchError(f"no service {', '.join(repr(u) for u in unknown)} in {where} "
+                          f"(services: {', '.join(names) or 'none'})")
+    return [n for n in names if not wanted or n in wanted]
 
 
 def up(plan: Plan, opts: UpOptions = UpOptions(), progress: ProgressFn | None = None) -> UpResult:
@@ -780,7 +922,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     state = sd.load(plan.stack_name)
     state.stack = plan.stack_name
     kind = "container" if opts.containers else "process"
-    runner = _runner_for(kind, sd.stack_file, plan.stack_name)
+    runner = _runner_for(kind, sd.stack_file, plan.stack_name, opts.policy)
     runners = {kind: runner}
 
     def runner_of(st: ServiceState) -> Runner:
@@ -788,10 +930,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             runners[st.kind] = _runner_for(st.kind, sd.stack_file, plan.stack_name)
         return runners[st.kind]
 
+    chosen = select_services([sp.name for sp in plan.services], opts.services + opts.restart, str(sd.stack_file))
+    services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
-    problems: list[str] = check_keys(list(plan.services))
+    problems: list[str] = check_keys(services)
     wanted: dict[str, str] = {}
-    for sp in plan.services:
+    for sp in services:
         try:
             wanted[sp.name] = runner.desired_hash(sp)
         except LaunchError as exc:
@@ -801,13 +945,17 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
 
     keep, start, to_stop = [], [], []
     reasons: dict[str, str] = {}
-    for sp in plan.services:
+    for sp in services:
         cur = state.services.get(sp.name)
         if cur is not None:
-            if cur.kind != kind or cur.config_hash != wanted[sp.name]:
+            if sp.name in opts.restart:
+                reasons[sp.name] = "a restart was asked for"
+            elif cur.kind != kind or cur.config_hash != wanted[sp.name]:
                 reasons[sp.name] = "its configuration changed"
             else:
                 reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
+                if not reasons[sp.name] and kind == "process" and cur.sup_id and cur.restart != _policy_mode(opts):
+                    reasons[sp.name] = f"its restart policy changed ({cur.restart} -> {_policy_mode(opts)})"
                 if not reasons[sp.name]:
                     keep.append(sp)
                     continue
@@ -815,7 +963,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         if cur is not None:
             to_stop.append(cur)
     planned = {sp.name for sp in plan.services}
-    to_stop += [st for n, st in state.services.items() if n not in planned]
+    if not opts.services and not opts.restart:  # like compose, `up SERVICE` leaves the other services alone
+        to_stop += [st for n, st in state.services.items() if n not in planned]
 
     # Preflight: everything that can be known before spawning.
     exempt_pids: set[int] = set()
@@ -839,8 +988,10 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             notes.append(f"{note}; left it running and started a new one")
         state.services.pop(st.name, None)
         sd.save(state)
-        stopped.append(st.name)
+        if st.name not in reasons:  # removed from the stack (a restarted one is reported with its reason)
+            stopped.append(st.name)
     if to_stop:  # what the old services held must be free now
+        _wait_ports_free(start, KILL_WAIT_S)
         problems = check_ports(start, set())
         if problems:
             raise LaunchError("\n".join(problems))
@@ -883,8 +1034,14 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped,
                       notes=notes)
     if opts.verify:
-        result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in plan.services]
+        result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in services]
     return result
+
+
+def _policy_mode(opts: UpOptions) -> str:
+    from stackgen.supervise import RestartPolicy
+
+    return (opts.policy or RestartPolicy()).mode
 
 
 def _trouble(runner: Runner, st: ServiceState, sp: ServicePlan) -> str:
@@ -1074,19 +1231,24 @@ def _median(xs: list[float]) -> float | None:
 # ---------------------------------------------------------------------------------------------- down / status / logs
 
 
-def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | None = None) -> list[str]:
-    """Stop every service `up` started for this stack (by the state file, plus labelled containers). A recorded
-    pid that now belongs to another process is left alone: the entry is dropped and a note added to `notes`."""
+def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | None = None,
+         services: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Stop every service `up` started for this stack (by the state file, plus labelled containers), or only
+    `services`. A recorded pid that now belongs to another process is left alone: the entry is dropped and a note
+    added to `notes`."""
     sd = StateDir(stack_file)
     if not sd.root.exists():
         return []
     sd.acquire("down")
     try:
         state = sd.load()
-        had_containers = any(st.kind == "container" for st in state.services.values())
+        names = select_services(sorted(state.services), services, f"what runs for {sd.stack_file}") if services else None
+        had_containers = not services and any(st.kind == "container" for st in state.services.values())
         runners: dict[str, Runner] = {}
         stopped, failures = [], []
         for name, st in sorted(state.services.items()):
+            if names is not None and name not in names:
+                continue
             if st.kind not in runners:
                 runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
             runner = runners[st.kind]
@@ -1097,6 +1259,7 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
                 continue
             state.services.pop(name, None)
             sd.save(state)
+            sd.drop_run(name)
             if note:
                 if notes is not None:
                     notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
@@ -1124,58 +1287,106 @@ def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
         return []
 
 
-def status(stack_file: str | Path, probe_timeout_s: float = 3.0) -> list[ServiceStatus]:
-    """Each recorded service: running / loading / dead / unhealthy, where, port, uptime, RSS (health is probed)."""
+def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[str] | tuple[str, ...] = ()
+           ) -> list[ServiceStatus]:
+    """Each recorded service: running / loading / unhealthy / restarting / crashed / exited, where, port, uptime,
+    RSS (health is probed), its restart policy and how the engine last ended."""
     sd = StateDir(stack_file)
     if not sd.has_state():
         return []
     state = sd.load()
-    out = []
+    names = (select_services(sorted(state.services), services, f"what runs for {sd.stack_file}") if services
+             else sorted(state.services))
     runners: dict[str, Runner] = {}
-    for name, st in sorted(state.services.items()):
+    out = []
+    for name in names:
+        st = state.services[name]
         if st.kind not in runners:
             runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
-        runner = runners[st.kind]
-        uptime = time.time() - st.started_at
-        if not runner.is_alive(st):
-            lines = runner.log_tail(st, 30)
-            trouble = getattr(runner, "trouble", None)
-            foreign = trouble(st) if trouble is not None else ""
-            foreign = foreign if foreign.startswith("pid ") else ""
-            cause = foreign or likely_cause(lines, None)
-            out.append(ServiceStatus(name, st.engine, "dead", runner.where(st), st.host, st.port, None, None,
-                                     cause or ((lines or [""])[-1][:160])))
-            continue
-        trouble = getattr(runner, "trouble", None)
-        stuck = trouble(st) if trouble is not None else ""
-        if stuck:  # e.g. stopped with SIGSTOP: a probe would only time out
-            out.append(ServiceStatus(name, st.engine, "unhealthy", runner.where(st), st.host, st.port, uptime,
-                                     runner.rss(st), stuck))
-            continue
-        slow = st.engine in ("mlx", "ollama")
-        res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
-        if res.state == READY:
-            state_name = "running"
-        elif res.state in (LOADING, DOWN) and st.ready_at is None and uptime < st.budget_s:
-            state_name = "loading"
-        else:
-            state_name = "unhealthy"
-        out.append(ServiceStatus(name, st.engine, state_name, runner.where(st), st.host, st.port, uptime,
-                                 runner.rss(st), res.detail))
+        out.append(_status_of(runners[st.kind], st, probe_timeout_s))
     return out
 
 
-def logs(stack_file: str | Path, service: str | None = None, follow: bool = False, lines: int = 200,
+def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> ServiceStatus:
+    rec = runner.record(st) if isinstance(runner, NativeRunner) else None
+    row = ServiceStatus(st.name, st.engine, "", runner.where(st), st.host, st.port, None, None,
+                        model=st.model, context_tokens=st.context_tokens, slots=st.slots)
+    if rec is not None:
+        row.restarts = rec.get("restarts", 0)
+        row.restart = "no" if st.restart == "no" else f"{st.restart} {row.restarts}/{rec.get('max_restarts', '?')}"
+        row.last_exit = crash_text(rec)
+    if not runner.is_alive(st):
+        return _ended(runner, st, rec, row)
+    uptime = time.time() - st.started_at
+    row.uptime_s, row.rss_bytes = uptime, runner.rss(st)
+    trouble = getattr(runner, "trouble", None)
+    stuck = trouble(st) if trouble is not None else ""
+    if stuck:  # e.g. stopped with SIGSTOP: a probe would only time out
+        row.state, row.detail = "unhealthy", stuck
+        return row
+    slow = st.engine in ("mlx", "ollama")
+    res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
+    if res.state == READY:
+        row.state = "running"
+    elif res.state in (LOADING, DOWN) and st.ready_at is None and uptime < st.budget_s:
+        row.state = "loading"
+    else:
+        row.state = "unhealthy"
+    row.detail = res.detail
+    return row
+
+
+def _ended(runner: Runner, st: ServiceState, rec: dict | None, row: ServiceStatus) -> ServiceStatus:
+    """A service whose engine is not running: restarting (its supervisor waits out the backoff), crashed, exited."""
+    trouble = getattr(runner, "trouble", None)
+    foreign = trouble(st) if trouble is not None else ""
+    foreign = foreign if foreign.startswith("pid ") else ""
+    lines = (rec or {}).get("log_tail") or runner.log_tail(st, 30)
+    row.log_tail = lines[-10:]
+    if rec is not None and rec.get("state") in ("backoff", "starting") and supervisor_alive(st):
+        left = max(0.0, (rec.get("next_restart_at") or 0) - time.time())
+        row.state = "restarting"
+        row.detail = f"{row.last_exit}; restart {row.restarts + 1} in {left:.0f} s"
+        return row
+    row.state = "exited" if rec is not None and rec.get("exit_code") == 0 and not rec.get("exit_signal") else "crashed"
+    if row.last_exit:
+        row.detail = foreign or row.last_exit
+    else:  # no supervisor saw it end (an older stackgen, a container): what the log says
+        cause = foreign or likely_cause(lines, None)
+        row.detail = cause or (lines or [""])[-1][:160]
+    if rec is not None and not supervisor_alive(st) and rec.get("state") not in ("gave-up", "crashed", "exited"):
+        row.detail += " (its supervisor is gone: nothing will restart it)"
+    return row
+
+
+def ps(probe_timeout_s: float = 2.0) -> list[tuple[Path, ServiceStatus]]:
+    """Every service stackgen runs for this user, from every stack file in the registry (stackgen.state), as
+    (stack file, status). A stack whose state file cannot be read is listed with the reason."""
+    from stackgen.state import registered_stacks
+
+    rows: list[tuple[Path, ServiceStatus]] = []
+    for file in registered_stacks():
+        try:
+            rows += [(file, r) for r in status(file, probe_timeout_s)]
+        except LaunchError as exc:
+            rows.append((file, ServiceStatus("?", "?", "unknown", "-", "-", 0, None, None,
+                                             str(exc).splitlines()[0][:200])))
+    return rows
+
+
+def logs(stack_file: str | Path, service: str | list[str] | None = None, follow: bool = False, lines: int = 200,
          max_seconds: float = 86400.0) -> Iterator[tuple[str, str]]:
     """(service, line) pairs: the last `lines` of each service's log, then new lines while `follow`. Following
     ends for a service when its process (or container) is gone, with a last line saying how it ended; it ends
     when no followed service is left. Only log files inside `.stackgen/` are read."""
     sd = StateDir(stack_file)
     state = sd.load()
-    names = sorted(state.services) if service is None else [service]
-    if service is not None and service not in state.services and not sd.log_path(service).exists():
-        known = ", ".join(sorted(state.services)) or "none are running"
-        raise LaunchError(f"no service {service!r} in {sd.stack_file} ({known})")
+    wanted = [service] if isinstance(service, str) else list(service or [])
+    names = sorted(state.services) if not wanted else wanted
+    for w in wanted:
+        if w not in state.services and not sd.log_path(w).exists():
+            known = ", ".join(sorted(state.services)) or "none are running"
+            raise LaunchError(f"no service {w!r} in {sd.stack_file} ({known})")
     if not names:
         names = sorted(p.stem for p in sd.logs_dir.glob("*.log")) if sd.logs_dir.exists() else []
     runners: dict[str, Runner] = {}
@@ -1225,6 +1436,12 @@ def logs(stack_file: str | Path, service: str | None = None, follow: bool = Fals
         for n, (kind, src, st) in list(following.items()):
             runner = runners[st.kind]
             ended = check and not runner.is_alive(st)  # looked at before the last read: no line is lost
+            if ended and kind == "file" and supervisor_alive(st):
+                # its supervisor restarts it (the log is appended to): follow the new engine once recorded
+                newer = _reload(sd, n)
+                if newer is not None and newer.sup_id == st.sup_id:
+                    following[n] = (kind, src, newer)
+                ended = False
             if kind == "file":
                 yield from ((n, ln) for ln in _read_new(src, offsets, buf, n, final=ended))
             else:
@@ -1258,11 +1475,24 @@ def _read_new(src: Path, offsets: dict[str, int], buf: dict[str, bytes], n: str,
     return [ln.decode("utf-8", "replace").rstrip("\r") for ln in complete]
 
 
+def _reload(sd: StateDir, name: str) -> ServiceState | None:
+    try:
+        return sd.load().services.get(name)
+    except LaunchError:
+        return None
+
+
 def how_it_ended(runner: Runner, st: ServiceState) -> str:
     """How a service's process ended: exit code or signal when this process can know it, else what the log says."""
     if st.kind == "container":
         code = runner.exited(st, None)
         return f"the container exited (exit status {code})" if code is not None else "the container is gone"
+    if isinstance(runner, NativeRunner) and st.sup_id:
+        for _ in range(20):  # its supervisor writes how it ended a moment after reaping it
+            rec = runner.record(st) or {}
+            if rec.get("exited_at", 0) >= st.started_at and rec.get("engine_pid") == st.pid:
+                return f"pid {st.pid} {crash_text(rec)}"
+            time.sleep(0.1)
     status = _exit_status.get(st.pid or 0)
     if status is None and st.pid:
         status = _zombie_status(st.pid)

@@ -71,6 +71,18 @@ class ServiceState:
     service_id: str | None = None  # the random STACKGEN_SERVICE_ID put in the engine's environment at start
     exe: str | None = None  # the leader's executable (/proc/PID/exe) once it is up
     start_ticks: int | None = None  # Linux: start time in clock ticks since boot (/proc/PID/stat field 22)
+    # What `ps` shows beside the engine: the model's name, context per request and parallel slots.
+    model: str = ""
+    context_tokens: int | None = None
+    slots: int | None = None
+    # The native service's supervisor (stackgen.supervise): its identity, checked like the engine's before any
+    # signal, and the restart policy it applies ("on-failure" or "no").
+    sup_pid: int | None = None
+    sup_create_time: float | None = None
+    sup_start_ticks: int | None = None
+    sup_exe: str | None = None
+    sup_id: str | None = None
+    restart: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServiceState":
@@ -86,7 +98,10 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "create_time": ((int, float), True), "container_id": ((str,), True), "container_name": ((str,), True),
     "log": ((str,), True), "argv": ((list,), False), "budget_s": ((int, float), False),
     "ready_at": ((int, float), True), "service_id": ((str,), True), "exe": ((str,), True),
-    "start_ticks": ((int,), True),
+    "start_ticks": ((int,), True), "model": ((str,), False), "context_tokens": ((int,), True),
+    "slots": ((int,), True), "sup_pid": ((int,), True), "sup_create_time": ((int, float), True),
+    "sup_start_ticks": ((int,), True), "sup_exe": ((str,), True), "sup_id": ((str,), True),
+    "restart": ((str,), False),
 }
 
 
@@ -111,7 +126,7 @@ def _check_service(name: str, data: Any) -> str | None:
         return f"services.{name}.name: {data['name']!r} differs from the entry's name"
     if data["kind"] not in ("process", "container"):
         return f"services.{name}.kind: {data['kind']!r} is neither \"process\" nor \"container\""
-    for key in ("pid", "pgid"):
+    for key in ("pid", "pgid", "sup_pid"):
         v = data.get(key)
         if v is not None and not 1 <= v <= 2**22:
             return f"services.{name}.{key}: {v} is not a process id"
@@ -121,11 +136,20 @@ def _check_service(name: str, data: Any) -> str | None:
         return f"services.{name}.port: {data['port']} is not a TCP port"
     if not all(isinstance(a, str) for a in data.get("argv") or []):
         return f"services.{name}.argv: not a list of strings"
-    for key in ("create_time", "started_at", "budget_s", "ready_at"):
+    for key in ("create_time", "started_at", "budget_s", "ready_at", "sup_create_time"):
         v = data.get(key)
         if v is not None and not (v == v and abs(v) < 1e12):  # NaN, inf
             return f"services.{name}.{key}: {v!r} is not a time"
     return None
+
+
+# The supervisor's record (StateDir.save_run): field -> accepted types.
+_RUN_FIELDS: dict[str, Any] = {
+    "state": str,  # starting | running | backoff | crashed | gave-up | exited | stopped
+    "policy": str, "max_restarts": int, "window_s": (int, float), "restarts": int, "restart_times": list,
+    "engine_pid": int, "supervisor_pid": int, "exit_code": int, "exit_signal": str, "exited_at": (int, float),
+    "exit_text": str, "cause": str, "log_tail": list, "next_restart_at": (int, float), "updated_at": (int, float),
+}
 
 
 @dataclass
@@ -165,6 +189,42 @@ class StateDir:
     def legacy_state_file(self) -> Path:
         """Where stackgen kept the state of every stack file of the folder before per-file state folders."""
         return self.root / "state.json"
+
+    def run_path(self, service: str) -> Path:
+        """The supervisor's record of a native service: how the engine last ended, restarts, what it does now."""
+        if not SERVICE_NAME_RE.match(service):
+            raise LaunchError(f"{service!r} is not a service name (lowercase letters, digits and '-')")
+        return self.dir / "run" / f"{service}.json"
+
+    def save_run(self, service: str, record: dict[str, Any]) -> None:
+        path = self.run_path(service)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_new(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    def load_run(self, service: str) -> dict[str, Any] | None:
+        """The supervisor's record, or None when there is none or it is not what a supervisor writes (read
+        without following a symlink; only its known fields, type-checked, are returned)."""
+        try:
+            with open_read(self.run_path(service)) as f:
+                data = json.loads(f.read(256 * 1024).decode("utf-8"))
+        except (OSError, ValueError, LaunchError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            types = _RUN_FIELDS.get(k)
+            if types is not None and v is not None and isinstance(v, types) and not isinstance(v, bool):
+                out[k] = v
+        out["log_tail"] = [ln for ln in out.get("log_tail", []) if isinstance(ln, str)][-40:]
+        out["restart_times"] = [t for t in out.get("restart_times", []) if isinstance(t, (int, float))]
+        return out
+
+    def drop_run(self, service: str) -> None:
+        try:
+            os.unlink(self.run_path(service))
+        except (OSError, LaunchError):
+            pass
 
     def log_path(self, service: str) -> Path:
         if not SERVICE_NAME_RE.match(service):
@@ -242,6 +302,13 @@ class StateDir:
         return StackState(stack or stack_name, str(self.stack_file), services)
 
     def save(self, state: StackState) -> None:
+        self._save(state)
+        if state.services:
+            register(self.stack_file)
+        else:
+            unregister(self.stack_file)
+
+    def _save(self, state: StackState) -> None:
         self.ensure()
         text = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
         write_new(self.state_file, text, durable=True)
@@ -369,3 +436,72 @@ def tail(path: str | Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[
     text = data.decode("utf-8", "replace").replace("\r", "\n")
     out = [ln.rstrip() for ln in text.split("\n") if ln.strip()]
     return out[-lines:]
+
+
+# ---------------------------------------------------------------------------------------------- registry
+#
+# `stackgen ps` lists the services of every stack of this user. Each stack file with running services has one
+# entry, `<registry>/<sha256 of its path>.json` = {"file": "/abs/stack.yaml"}, written when its state is saved
+# with services and removed when it has none. The registry only says where to look: what runs is always read
+# from that stack's own state file (and every process is identified as before). Private to the user (0700).
+
+
+def registry_dir() -> Path:
+    """$STACKGEN_STATE_HOME, else $XDG_STATE_HOME/stackgen, else ~/.local/state/stackgen; then stacks/."""
+    base = os.environ.get("STACKGEN_STATE_HOME")
+    if not base:
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        base = os.path.join(xdg, "stackgen")
+    return Path(base) / "stacks"
+
+
+def _registry_entry(stack_file: Path) -> Path:
+    return registry_dir() / (hashlib.sha256(str(stack_file).encode()).hexdigest()[:24] + ".json")
+
+
+def register(stack_file: Path) -> None:
+    """Best effort: a registry that cannot be written never stops `up` (ps then misses the stack)."""
+    path = _registry_entry(stack_file)
+    try:
+        if path.exists():
+            return
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_new(path, json.dumps({"file": str(stack_file)}) + "\n")
+    except OSError:
+        pass
+
+
+def unregister(stack_file: Path) -> None:
+    try:
+        os.unlink(_registry_entry(stack_file))
+    except OSError:
+        pass
+
+
+def registered_stacks() -> list[Path]:
+    """The stack files with running services, by the registry; entries whose state has no services are dropped."""
+    d = registry_dir()
+    out = []
+    try:
+        entries = sorted(d.glob("*.json"))
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open_read(entry) as f:
+                data = json.loads(f.read(8192).decode("utf-8"))
+            file = Path(data["file"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not file.is_absolute() or entry != _registry_entry(file):
+            continue  # not an entry stackgen wrote
+        sd = StateDir(file)
+        try:
+            live = sd.has_state() and bool(sd.load().services)
+        except LaunchError:
+            live = True  # a damaged state: keep it listed so `ps` says so
+        if live:
+            out.append(file)
+        else:
+            unregister(file)
+    return out

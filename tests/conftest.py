@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _private_user_cache(tmp_path_factory, monkeypatch):
     """Tests never read or write the user's ~/.cache/stackgen (e.g. a measured memory bandwidth)."""
     monkeypatch.setenv("STACKGEN_USER_CACHE", str(tmp_path_factory.mktemp("user-cache")))
+    # nor the user's registry of running stacks (`stackgen ps`)
+    monkeypatch.setenv("STACKGEN_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
 
 
 @pytest.fixture

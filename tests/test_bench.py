@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -272,6 +273,8 @@ def test_cli_bench_json(write_stack, cli):
         res = cli("bench", path, "--requests", "4", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert doc["service"] == "gemma" and doc["engine"] == "llama.cpp" and len(doc["results"]) == 1
+    doc = doc["results"][0]
     assert doc["requests"] == 4 and doc["errors"] == 0 and doc["output_tokens"] == 16
     assert doc["model"] == "gemma" and doc["concurrent_users"] == 2
     assert doc["predicted_decode_tokens_per_s"] > 0
@@ -284,6 +287,50 @@ def test_cli_bench_sweep_text(write_stack, cli):
         res = cli("bench", path, "--sweep", "1,2", "--requests", "2")
     assert res.exit_code == 0, res.output
     assert res.stdout.count("requests       2 (0 errors)") == 2
+
+
+def test_cli_bench_json_has_one_shape_with_and_without_sweep(write_stack, cli):
+    with FakeServer(tokens=2, delay=0.001) as srv:
+        path = _stack(write_stack, srv.port)
+        one = json.loads(cli("bench", path, "--requests", "2", "--json").stdout)
+        many = json.loads(cli("bench", path, "--sweep", "1,3", "--requests", "3", "--json").stdout)
+    assert set(one) == set(many) == {"file", "service", "engine", "results"}
+    assert [r["concurrent_users"] for r in one["results"]] == [2]
+    assert [r["concurrent_users"] for r in many["results"]] == [1, 3]
+    assert set(one["results"][0]) == set(many["results"][1])
+
+
+def _result(users: int, tps: float, rss: int | None):
+    r = summarize([], wall_s=1.0, service="chat", engine="llama.cpp", users=users, prompt_tokens=64, max_tokens=32,
+                  peak_rss=rss, predicted_tps=40.0, predicted_host_bytes=900 * 2**20)
+    return dataclasses.replace(r, output_tokens_per_s=tps, per_stream_decode_tokens_per_s=tps / users,
+                               ttft_p50_s=0.05 * users, ttft_p95_s=0.08 * users)
+
+
+def test_plot_axes_integer_users_from_zero_with_the_plan_beside(tmp_path, monkeypatch):
+    """The PNG's axes, read back from the figure matplotlib drew (Agg): whole-number user ticks, y from 0, units,
+    and the plan's per-stream speed and host memory drawn as lines beside the measurements."""
+    import matplotlib.pyplot as plt  # the test extra installs matplotlib
+
+    figs = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    out = bench.plot([_result(4, 96.0, 700 * 2**20), _result(1, 35.0, 650 * 2**20), _result(2, 60.0, 680 * 2**20)],
+                     tmp_path / "bench.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = figs[0]
+    tput, ttft, mem = fig.axes
+    for ax in fig.axes:
+        assert [t for t in ax.get_xticks()] == [1, 2, 4] and ax.get_xlabel() == "concurrent users"
+        assert ax.get_ylim()[0] == 0
+    assert tput.get_ylabel() == "output tokens/s" and ttft.get_ylabel() == "seconds" and mem.get_ylabel() == "MiB"
+    labels = {ln.get_label(): ln for ln in tput.get_lines()}
+    assert list(labels["measured: all streams"].get_ydata()) == [35.0, 60.0, 96.0]
+    assert set(labels["plan: 40 tok/s per stream"].get_ydata()) == {40.0}
+    mem_lines = {ln.get_label(): ln for ln in mem.get_lines()}
+    assert set(mem_lines["plan: 900 MiB host"].get_ydata()) == {900.0}
+    assert [p.get_height() for p in mem.patches] == [650.0, 680.0, 700.0]
+    real_close(fig)
 
 
 def test_cli_bench_unreachable_is_one_line(write_stack, cli):

@@ -47,9 +47,6 @@ def test_the_codes_are_distinct_and_documented_in_one_readme_table():
     ["--frobnicate"],  # unknown option of the root command
     [],  # no command at all (help is printed)
     ["frobnicate"],  # unknown command
-    ["plan"],  # missing FILE
-    ["render"],
-    ["render", "--check"],  # missing FILE with --check must not look like drift
     ["plan", "stack.yaml", "--bogus"],  # unknown option of a subcommand
     ["bench", "stack.yaml", "--requests", "many"],  # bad option value
 ])
@@ -61,9 +58,54 @@ def test_usage_errors_exit_64_never_2(args, tmp_path):
     assert "Usage:" in res.stdout + res.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["plan"], ["render"], ["render", "--check"],  # with --check it must not look like drift
+    ["up"], ["down", "chat"], ["status"], ["logs", "-f"], ["validate"], ["bench"], ["doctor"],
+])
+def test_no_stack_file_here_exits_64_naming_what_to_do(args, tmp_path):
+    """Like compose with compose.yaml, FILE defaults to ./stack.yaml; without one the command line is incomplete."""
+    res = stackgen(*args, cwd=tmp_path)
+    assert res.returncode == EX_USAGE, (args, res.returncode, res.stdout, res.stderr)
+    assert f"no stack.yaml in {tmp_path}" in res.stderr and "-f FILE" in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+
+
+def test_default_stack_file_is_used_and_named(tmp_path):
+    (tmp_path / "stack.yaml").write_text(STACK)
+    res = stackgen("validate", cwd=tmp_path)
+    assert res.returncode == EX_OK and res.stderr == "using ./stack.yaml\n" and "stack.yaml: ok" in res.stdout
+    (tmp_path / "other.yaml").write_text(STACK.replace("name: t", "name: other"))
+    for args in (["plan", "-f", "other.yaml"], ["plan", "other.yaml"], ["plan", "--file", "other.yaml"]):
+        res = stackgen(*args, cwd=tmp_path)
+        assert res.returncode == EX_OK and "stack other (other.yaml)" in res.stdout and not res.stderr, res
+    res = stackgen("plan", "stack.yaml", "-f", "other.yaml", cwd=tmp_path)
+    assert res.returncode == EX_USAGE and "give the stack file once" in res.stderr
+
+
+def test_version_long_and_short():
+    from stackgen import __version__
+
+    for flag in ("--version", "-V"):
+        res = stackgen(flag)
+        assert res.returncode == EX_OK and res.stdout == f"stackgen {__version__}\n"
+
+
+def test_shell_completion_script_completes_commands(tmp_path):
+    exe = Path(sys.executable).parent / "stackgen"  # the console script `pip install` writes (completion is by name)
+    assert exe.exists(), "install stackgen into this venv (pip install -e .)"
+    res = subprocess.run([str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SHELL": "/bin/bash"})
+    assert res.returncode == EX_OK and "_STACKGEN_COMPLETE=complete_bash" in res.stdout, res
+    assert "complete -o default -F _stackgen_completion stackgen" in res.stdout, res.stdout
+    # what the installed script asks the program at a TAB: the commands starting with "re"
+    env = {**os.environ, "_STACKGEN_COMPLETE": "complete_bash", "COMP_WORDS": "stackgen re", "COMP_CWORD": "1"}
+    res = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=60)
+    assert set(res.stdout.split()) == {"render", "restart"}, res
+
+
 def test_usage_error_in_process_runner_too(cli):
     assert cli("--frobnicate").exit_code == EX_USAGE
-    assert cli("plan").exit_code == EX_USAGE
+    assert cli("plan", "--bogus").exit_code == EX_USAGE
 
 
 def test_ok_error_and_drift_codes(tmp_path):

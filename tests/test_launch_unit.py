@@ -3,6 +3,7 @@ tests/integration/test_launch_*.py; this file never replaces those, it covers fa
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from stackgen.launch import UpOptions, budget_for, down, likely_cause, logs, sta
 from stackgen.resolve import resolve
 from stackgen.spec import load_stack
 from stackgen.state import StateDir, config_hash
+from stackgen.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +60,9 @@ if mode in ("fork", "setsid"):
         os._exit(0)
 if mode == "ignore_term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
+    threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), lambda: (print("fatal: simulated crash", flush=True),
+                                                                        os._exit(3))).start()
 t0 = time.monotonic()
 
 class H(BaseHTTPRequestHandler):
@@ -311,20 +316,116 @@ def test_cli_up_status_down(fake_stack, cli):
     assert r.exit_code == 0 and "nothing running" in r.output
 
 
-def test_status_notices_dead_service(fake_stack):
+def test_status_notices_a_crashed_service(fake_stack):
+    """Without a restart policy a killed engine shows as crashed: the signal, when, the likely cause, its last
+    log lines; the next `up` says it crashed (not "stopped")."""
     path, _, _ = fake_stack
-    up(plan_of(path), UpOptions(timeout_s=20))
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
     pid = StateDir(path).load().services["chat"].pid
     os.killpg(pid, signal.SIGKILL)
     for _ in range(50):
         if not _alive(pid):
             break
         time.sleep(0.1)
-    rows = status(path)
-    assert rows[0].state == "dead"
-    # up again restarts the dead service
+    row = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)[0]
+    assert row.state == "crashed" and row.restart == "no"
+    assert "killed by signal SIGKILL at " in row.last_exit and "out of memory" in row.last_exit
+    assert any("listening on" in ln for ln in row.log_tail)
     res = up(plan_of(path), UpOptions(timeout_s=20))
+    assert res.services[0].action == "restarted" and res.stopped == []
+    assert res.services[0].reason.startswith("it had crashed: killed by signal SIGKILL at "), res.services[0].reason
+
+
+def _wait_for(fn, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def _supervisor_pid(path) -> int:
+    return StateDir(path).load().services["chat"].sup_pid
+
+
+def test_killed_engine_is_restarted_by_its_supervisor(fake_stack):
+    path, port, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.2)))
+    first = StateDir(path).load().services["chat"]
+    assert first.sup_pid and _alive(first.sup_pid) and first.restart == "on-failure"
+    os.kill(first.pid, signal.SIGKILL)
+    row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+    assert row, status(path)
+    second = StateDir(path).load().services["chat"]
+    assert second.pid != first.pid and second.sup_pid == first.sup_pid and second.service_id != first.service_id
+    assert row[0].restart == "on-failure 1/5" and "killed by signal SIGKILL" in row[0].last_exit
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert "chat (pid %d) killed by signal SIGKILL" % first.pid in text and "restarting in 0.2 s" in text
+    stopped = down(path, grace_s=2)
+    assert stopped and not _alive(second.pid) and not _alive(first.sup_pid)
+
+
+def test_crash_loop_stops_after_the_bounded_restarts(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "die_after")
+    monkeypatch.setenv("FAKE_DIE_S", "1.5")
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(max_restarts=2, backoff_s=0.1)))
+    sup = _supervisor_pid(path)
+    rows = _wait_for(lambda: [r for r in status(path) if "gave up" in r.last_exit], 40)
+    assert rows, status(path)
+    row = rows[0]
+    assert row.state == "crashed" and row.restarts == 2 and row.restart == "on-failure 2/2"
+    assert "exited with status 3" in row.last_exit and "gave up after 2 restarts" in row.last_exit
+    assert any("simulated crash" in ln for ln in row.log_tail)
+    assert _wait_for(lambda: not _alive(sup), 5)  # the supervisor has given up and exited
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert text.count("restarted chat: pid") == 2 and "gave up: 2 restarts within 300 s" in text
+
+
+def test_a_changed_restart_policy_restarts_the_service(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    assert up(plan_of(path), UpOptions(timeout_s=20)).services[0].action == "unchanged"
+    res = up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
     assert res.services[0].action == "restarted"
+    assert res.services[0].reason == "its restart policy changed (on-failure -> no)"
+    assert StateDir(path).load().services["chat"].restart == "no"
+
+
+def test_the_engine_gets_ups_environment_not_the_supervisors(fake_stack, monkeypatch):
+    """The supervisor finds stackgen through PYTHONPATH; a Python engine (vLLM, MLX) must not inherit that."""
+    path, _, _ = fake_stack
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("SG_PROBE", "from-up")
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    engine_env, sup_env = psutil.Process(st.pid).environ(), psutil.Process(st.sup_pid).environ()
+    assert "PYTHONPATH" in sup_env and "PYTHONPATH" not in engine_env
+    assert engine_env["SG_PROBE"] == "from-up" and engine_env["STACKGEN_SERVICE_ID"] == st.service_id
+    assert sup_env["STACKGEN_SERVICE_ID"] == st.sup_id != st.service_id
+
+
+def test_clean_exit_is_not_restarted(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.pid, signal.SIGTERM)  # the fake engine exits 0 on SIGTERM: clean, like systemd's on-failure
+    rows = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)
+    assert rows[0].state == "exited" and rows[0].restarts == 0 and "exited with status 0" in rows[0].last_exit
+    assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+
+
+def test_down_stops_the_supervisor_before_the_engine(fake_stack):
+    """down must not leave a supervisor that would restart the engine it is stopping."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.05)))
+    st = StateDir(path).load().services["chat"]
+    down(path, grace_s=2)
+    time.sleep(0.5)
+    assert not _alive(st.sup_pid) and not _alive(st.pid)
+    assert not any(p.info["environ"] and p.info["environ"].get("STACKGEN_SERVICE_ID") in (st.service_id, st.sup_id)
+                   for p in psutil.process_iter(["environ"]))
 
 
 def test_missing_binary_says_how_to_install(fake_stack):
@@ -393,3 +494,105 @@ def test_down_after_up_itself_was_killed(fake_stack):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _two_services(path: Path, tmp: Path) -> int:
+    port2 = free_port()
+    path.write_text(path.read_text() + f"  other:\n    model: gemma-3-270m\n    engine: llama.cpp\n"
+                    f"    binary: {tmp / 'fake-llama-server'}\n    port: {port2}\n")
+    return port2
+
+
+def test_cli_per_service_up_restart_logs_down_from_the_default_file(fake_stack, cli, monkeypatch):
+    """compose-style: ./stack.yaml by default, and `up/restart/logs/down SERVICE` touch that service only."""
+    path, port, tmp = fake_stack
+    _two_services(path, tmp)
+    monkeypatch.chdir(tmp)
+    r = cli("up", "chat", "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert "using ./stack.yaml" in r.output and "chat: started" in r.output and "other" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"]
+    r = cli("up", "--timeout", "20")
+    assert "chat: unchanged" in r.output and "other: started" in r.output, r.output
+    before = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    r = cli("restart", "other", "--timeout", "20")
+    assert r.exit_code == 0 and "other: restarted" in r.output and "a restart was asked for" in r.output, r.output
+    assert "chat" not in r.output.replace("stackgen down", "")
+    after = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    assert after["chat"] == before["chat"] and after["other"] != before["other"] and not _alive(before["other"])
+    r = cli("logs", "other")
+    assert "listening on" in r.output and "other |" not in r.output
+    r = cli("logs", "-f", "--file", str(path), "other", "--max-seconds", "1")
+    assert r.exit_code == 0 and "listening on" in r.output, r.output
+    r = cli("status", "chat")
+    assert r.exit_code == 0 and "chat" in r.output and "other" not in r.output.split("\n", 1)[1], r.output
+    r = cli("down", "other")
+    assert r.exit_code == 0 and "stopped other" in r.output and "chat" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"] and _alive(after["chat"])
+    r = cli("down", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output and "chat" in r.output
+    r = cli("up", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output
+
+
+def test_ps_lists_every_stack_of_this_user(fake_stack, cli, tmp_path_factory):
+    path, port, tmp = fake_stack
+    other_dir = tmp_path_factory.mktemp("second-stack")
+    second = other_dir / "team.yaml"
+    second.write_text(path.read_text().replace("name: fake", "name: team").replace(f"port: {port}",
+                                                                                    f"port: {free_port()}"))
+    up(plan_of(path), UpOptions(timeout_s=20))
+    up(plan_of(second), UpOptions(timeout_s=20))
+    try:
+        r = cli("ps", "--json")
+        rows = json.loads(r.output)
+        assert sorted(row["stack_file"] for row in rows) == sorted([str(path.resolve()), str(second.resolve())])
+        for row in rows:
+            assert row["name"] == "chat" and row["state"] == "running" and row["engine"] == "llama.cpp"
+            assert row["model"] == "gemma-3-270m" and row["context_tokens"] and row["slots"] == 2
+            assert row["rss_bytes"] > 0 and row["uptime_s"] >= 0
+        r = cli("ps")
+        assert r.exit_code == 0 and "CTX x SLOTS" in r.output and "team.yaml" in r.output, r.output
+        assert f"{rows[0]['context_tokens']}x2" in r.output
+    finally:
+        down(second, grace_s=1)
+    rows = json.loads(cli("ps", "--json").output)
+    assert [row["stack_file"] for row in rows] == [str(path.resolve())]  # a stopped stack leaves the registry
+    down(path, grace_s=1)
+    assert cli("ps").output.strip() == "no stackgen services are running"
+
+
+def test_cli_status_of_a_crashed_service_shows_how_it_ended(fake_stack, cli):
+    path, _, _ = fake_stack
+    r = cli("up", path, "--timeout", "20", "--restart", "no")
+    assert r.exit_code == 0 and "restart policy: no" in r.output, r.output
+    pid = StateDir(path).load().services["chat"].pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: status(path)[0].last_exit, 10)
+    r = cli("status", path)
+    assert r.exit_code == 1 and "crashed" in r.output, r.output
+    assert "chat: crashed: killed by signal SIGKILL at" in r.output and "likely cause" in r.output
+    assert "  | listening on" in r.output  # the last log lines
+    r = cli("up", path, "--timeout", "20")
+    assert "chat: restarted" in r.output and "restarted because it had crashed: killed by signal SIGKILL" in r.output
+    assert "stopped (" not in r.output, r.output
+    r = cli("up", path, "--restart", "sometimes")
+    assert r.exit_code == 64 and "--restart 'sometimes'" in r.output
+
+
+def test_logs_follow_keeps_following_an_engine_its_supervisor_restarts(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    pid = StateDir(path).load().services["chat"].pid
+    it = logs(path, "chat", follow=True, lines=1, max_seconds=20)
+    next(it)
+    os.kill(pid, signal.SIGKILL)
+    seen: list[str] = []
+    for _, ln in it:
+        seen.append(ln)
+        if "listening on" in ln and any("restarted chat: pid" in s for s in seen):
+            break
+    text = "\n".join(seen)
+    assert f"chat (pid {pid}) killed by signal SIGKILL" in text and "restarted chat: pid" in text, text
+    assert not any(s.startswith("[stackgen] chat ended") for s in seen), text
+    it.close()

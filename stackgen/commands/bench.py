@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
 
 
 def _parse_sweep(text: str) -> list[int]:
@@ -55,7 +54,8 @@ def result_text(r) -> str:
 
 @app.command()
 def bench(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     service: Optional[str] = typer.Option(None, "--service", "-s", help="Service to drive (default: the only one)."),
     requests: Optional[int] = typer.Option(None, "--requests", "-n", help="Total requests (default: 4 per user)."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds to keep starting requests instead of a count."),
@@ -78,31 +78,39 @@ def bench(
         if plot_out is not None:
             require_matplotlib()  # fail before the run, not after it
         schema = load_schema(json_schema) if json_schema is not None else None
-        _, p = load_and_plan(file, host_facts)
+        path = stack_path(file, file_opt)
+        _, p = load_and_plan(path, host_facts)
         sp = pick_service(p, service)
         user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
-        tty = sys.stderr.isatty()
+        from stackgen.commands._console import console, live_ok
+
+        err = console(stderr=True)
+        live = err.status("bench") if live_ok(err) else None
 
         def progress(done: int, total: int, errors: int) -> None:
             of = f"/{total}" if total > 0 else ""
             line = f"bench {sp.name}: {done}{of} requests, {errors} errors"
-            if tty:
-                sys.stderr.write("\r" + line)
+            if live is not None:
+                live.update(line)
             elif total > 0 and done == total:
-                sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+                typer.echo(line, err=True)
 
         results = []
-        for u in user_counts:
-            n = requests if requests is not None else (None if duration is not None else u * 4)
-            results.append(bench_plan(p, file, sp.name, users=u, requests=n, duration_s=duration,
-                                      progress=progress, timeout=timeout, json_schema=schema))
-            if tty:
-                sys.stderr.write("\n")
+        if live is not None:
+            live.start()
+        try:
+            for u in user_counts:
+                n = requests if requests is not None else (None if duration is not None else u * 4)
+                results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
+                                          progress=progress, timeout=timeout, json_schema=schema))
+        finally:
+            if live is not None:
+                live.stop()
         if plot_out is not None:
             plot(results, plot_out)
-        if as_json:
-            doc = [r.to_json() for r in results] if sweep else results[0].to_json()
+        if as_json:  # one shape with or without --sweep: a result per user count
+            doc = {"file": str(path), "service": sp.name, "engine": sp.engine,
+                   "results": [r.to_json() for r in results]}
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         else:
             typer.echo("\n\n".join(result_text(r) for r in results))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, _host, app, load_and_plan, run
+from stackgen.cli import FileArg, FileOpt, HostOpt, _host, app, load_and_plan, run, stack_path
 
 
 def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = False, memory: bool = True,
@@ -29,7 +29,8 @@ def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = Fa
 
 @app.command()
 def doctor(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     containers: bool = typer.Option(False, "--containers", help="Check for `up --containers` (no native binary)."),
     host_facts: Optional[Path] = HostOpt,
 ) -> None:
@@ -38,7 +39,7 @@ def doctor(
     def body() -> int:
         from stackgen.hostcheck import HostMismatch
 
-        plan, report = host_report(file, host_facts, containers=containers)
+        plan, report = host_report(stack_path(file, file_opt), host_facts, containers=containers)
         typer.echo(f"stack {plan.stack_name} on {plan.hardware_label}:")
         typer.echo(report.text())
         if report.errors:

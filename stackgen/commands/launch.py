@@ -1,16 +1,20 @@
-"""`stackgen up / down / status / logs`: run a stack on this machine (native processes or containers)."""
+"""`stackgen up / down / restart / status / logs / ps`: run a stack on this machine (native processes or
+containers), like `docker compose`: the stack file is ./stack.yaml unless given (FILE or -f FILE), and each
+command takes service names."""
 
 from __future__ import annotations
 
 import json
-import sys
+import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, run
+from stackgen.cli import FileOpt, HostOpt, StackArgs, app, run, stack_and_services
+from stackgen.commands._console import console, live_ok, print_table, table
 
 
 def _fmt_s(s: float | None) -> str:
@@ -29,96 +33,150 @@ def _fmt_bytes(n: int | None) -> str:
     return "-" if not n else f"{n / 2**20:.0f} MiB"
 
 
-class _ProgressLine:
-    """One live line on stderr for a terminal; a line every 5 s otherwise (CI logs)."""
+class _Progress:
+    """A live status line (rich) on a terminal; a plain line every 5 s otherwise (CI logs, NO_COLOR, TERM=dumb)."""
 
     def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
+        self.err = console(stderr=True)
+        self.live = live_ok(self.err)
+        self.status = None
         self.last_plain = 0.0
-        self.dirty = False
 
     def __call__(self, p) -> None:
         last = p.last_log.strip()
         if len(last) > 70:
             last = last[:67] + "..."
         text = f"{p.service}: waiting for {p.waiting_for} {p.elapsed_s:.0f}s/{p.budget_s:.0f}s" + (f" | {last}" if last else "")
-        if self.tty:
-            sys.stderr.write("\r\033[K" + text[: 200])
-            sys.stderr.flush()
-            self.dirty = True
+        if self.live:
+            if self.status is None:
+                self.status = self.err.status(text)
+                self.status.start()
+            else:
+                self.status.update(text)
         elif time.monotonic() - self.last_plain >= 5.0:
             self.last_plain = time.monotonic()
             typer.echo(text, err=True)
 
     def clear(self) -> None:
-        if self.tty and self.dirty:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-            self.dirty = False
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+_RESTART_MODES = ("on-failure", "no")
+
+
+def _policy(restart: str):
+    from stackgen.cli import UsageError
+    from stackgen.supervise import RestartPolicy
+
+    if restart not in _RESTART_MODES:
+        raise UsageError(f"--restart {restart!r}: expected one of {', '.join(_RESTART_MODES)}")
+    return RestartPolicy(mode=restart)
+
+
+def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, force, as_json, host_facts, restart,
+        restart_services: bool) -> int:
+    from stackgen.commands.doctor import host_report
+    from stackgen.hostcheck import mismatch_error
+    from stackgen.launch import UpOptions
+    from stackgen.launch import up as do_up
+    from stackgen.state import StateDir
+
+    file, services = stack_and_services(words, file_opt)
+    policy = _policy(restart)
+    StateDir(file).load()  # a damaged state file is reported before anything else (it decides what up may stop)
+    # Ports and free memory are checked by `up` itself (it knows which services it will restart).
+    plan, report = host_report(file, host_facts, containers=containers, memory=False, ports=False)
+    if report.errors and not force:
+        raise mismatch_error(report)
+    for finding in report.errors:
+        typer.echo(f"warning (--force): {finding.line()}", err=True)
+    if restart_services and not services:
+        services = [sp.name for sp in plan.services]
+    line = _Progress()
+    opts = UpOptions(containers=containers, verify=verify, timeout_s=timeout, grace_s=grace,
+                     memory_check=not (no_memory_check or force), policy=policy,
+                     services=() if restart_services else tuple(services),
+                     restart=tuple(services) if restart_services else ())
+    try:
+        res = do_up(plan, opts, progress=line)
+    finally:
+        line.clear()
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "services": [asdict(o) for o in res.services],
+                               "stopped": res.stopped, "verify": [asdict(v) for v in res.verify],
+                               "notes": res.notes}, indent=2))
+        return 0 if all(v.failed == 0 for v in res.verify) else 1
+    for note in res.notes:
+        typer.echo(f"warning: {note}", err=True)
+    for name in res.stopped:
+        typer.echo(f"{name}: stopped (no longer in {file})")
+    for o in res.services:
+        sp = plan.service(o.name)
+        ready = f", ready in {o.ready_s:.1f} s" if o.ready_s is not None else ""
+        why = f"; restarted because {o.reason}" if o.reason else ""
+        scheme = "https" if sp.tls is not None else "http"
+        typer.echo(f"{o.name}: {o.action} ({sp.engine}, {o.where}) on {scheme}://{sp.host}:{o.port}/v1{ready}{why}")
+    if not containers:
+        typer.echo(f"restart policy: {policy.text()}")
+    for v in res.verify:
+        typer.echo(_verify_text(v))
+    typer.echo(f"stop with: stackgen down {file}")
+    return 0 if all(v.failed == 0 for v in res.verify) else 1
+
+
+_CONTAINERS = typer.Option(False, "--containers", help="Run each service as a container through the Docker "
+                           "Engine API (DOCKER_HOST honoured; podman's API works) instead of a native process.")
+_VERIFY = typer.Option(False, "--verify", help="After ready, send short streaming requests at the declared "
+                       "concurrency and report time to first token and tokens/s beside the plan.")
+_TIMEOUT = typer.Option(None, "--timeout", min=1, help="Seconds each service may take to become ready (default: "
+                        "30 s + weights at 100 MB/s; vLLM +120 s).")
+_GRACE = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping.")
+_NO_MEM = typer.Option(False, "--no-memory-check", help="Start even if free RAM is below the plan.")
+_FORCE = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, the "
+                      "binary's flags, free memory; see `stackgen doctor`): mismatches become warnings.")
+_RESTART = typer.Option("on-failure", "--restart", help="Native services: `on-failure` restarts an engine that "
+                        "crashes (backoff from 1 s, at most 5 restarts in 300 s, as the systemd unit) or `no`.")
+_JSON = typer.Option(False, "--json", help="Machine-readable result on stdout.")
 
 
 @app.command()
 def up(
-    file: Path = FileArg,
-    containers: bool = typer.Option(False, "--containers", help="Run each service as a container through the Docker "
-                                    "Engine API (DOCKER_HOST honoured; podman's API works) instead of a native process."),
-    verify: bool = typer.Option(False, "--verify", help="After ready, send short streaming requests at the declared "
-                                "concurrency and report time to first token and tokens/s beside the plan."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds each service may take to become "
-                                            "ready (default: 30 s + weights at 100 MB/s; vLLM +120 s)."),
-    grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping."),
-    no_memory_check: bool = typer.Option(False, "--no-memory-check", help="Start even if free RAM is below the plan."),
-    force: bool = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, "
-                               "the binary's flags, free memory; see `stackgen doctor`): mismatches become warnings."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+    words: Optional[list[str]] = StackArgs,
+    file_opt: Optional[Path] = FileOpt,
+    containers: bool = _CONTAINERS,
+    verify: bool = _VERIFY,
+    timeout: Optional[float] = _TIMEOUT,
+    grace: float = _GRACE,
+    no_memory_check: bool = _NO_MEM,
+    force: bool = _FORCE,
+    restart: str = _RESTART,
+    as_json: bool = _JSON,
     host_facts: Optional[Path] = HostOpt,
 ) -> None:
-    """Start every service and wait until each model really answers (unchanged services are left running)."""
+    """Start the stack's services (or the ones named) and wait until each model really answers; unchanged
+    services are left running. Native engines are watched by a supervisor that applies --restart."""
+    run(lambda: _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, force, as_json,
+                    host_facts, restart, restart_services=False))
 
-    def body() -> int:
-        from stackgen.launch import UpOptions
-        from stackgen.launch import up as do_up
 
-        from stackgen.commands.doctor import host_report
-        from stackgen.hostcheck import mismatch_error
-
-        from stackgen.state import StateDir
-
-        StateDir(file).load()  # a damaged state file is reported before anything else (it decides what up may stop)
-        # Ports and free memory are checked by `up` itself (it knows which services it will restart).
-        plan, report = host_report(file, host_facts, containers=containers, memory=False, ports=False)
-        if report.errors and not force:
-            raise mismatch_error(report)
-        for finding in report.errors:
-            typer.echo(f"warning (--force): {finding.line()}", err=True)
-        line = _ProgressLine()
-        opts = UpOptions(containers=containers, verify=verify, timeout_s=timeout, grace_s=grace,
-                         memory_check=not (no_memory_check or force))
-        try:
-            res = do_up(plan, opts, progress=line)
-        finally:
-            line.clear()
-        if as_json:
-            from dataclasses import asdict
-
-            typer.echo(json.dumps({"services": [asdict(o) for o in res.services], "stopped": res.stopped,
-                                   "verify": [asdict(v) for v in res.verify], "notes": res.notes}, indent=2))
-            return 0 if all(v.failed == 0 for v in res.verify) else 1
-        for note in res.notes:
-            typer.echo(f"warning: {note}", err=True)
-        for name in res.stopped:
-            typer.echo(f"{name}: stopped (removed or changed)")
-        for o in res.services:
-            sp = plan.service(o.name)
-            ready = f", ready in {o.ready_s:.1f} s" if o.ready_s is not None else ""
-            why = f"; restarted because {o.reason}" if o.reason else ""
-            typer.echo(f"{o.name}: {o.action} ({sp.engine}, {o.where}) on http://{sp.host}:{o.port}/v1{ready}{why}")
-        for v in res.verify:
-            typer.echo(_verify_text(v))
-        typer.echo(f"stop with: stackgen down {file}")
-        return 0 if all(v.failed == 0 for v in res.verify) else 1
-
-    run(body)
+@app.command("restart")
+def restart_cmd(
+    words: Optional[list[str]] = StackArgs,
+    file_opt: Optional[Path] = FileOpt,
+    containers: bool = _CONTAINERS,
+    timeout: Optional[float] = _TIMEOUT,
+    grace: float = _GRACE,
+    no_memory_check: bool = _NO_MEM,
+    force: bool = _FORCE,
+    restart: str = _RESTART,
+    as_json: bool = _JSON,
+    host_facts: Optional[Path] = HostOpt,
+) -> None:
+    """Stop and start the named services (default: all) even if they run unchanged; wait until they answer."""
+    run(lambda: _up(words, file_opt, containers, False, timeout, grace, no_memory_check, force, as_json,
+                    host_facts, restart, restart_services=True))
 
 
 def _verify_text(v) -> str:
@@ -136,16 +194,19 @@ def _verify_text(v) -> str:
 
 @app.command()
 def down(
-    file: Path = FileArg,
+    words: Optional[list[str]] = StackArgs,
+    file_opt: Optional[Path] = FileOpt,
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL."),
 ) -> None:
-    """Stop everything `up` started for this stack (process groups, containers)."""
+    """Stop what `up` started for this stack (or only the named services): supervisors, process groups,
+    containers."""
 
     def body() -> int:
         from stackgen.launch import down as do_down
 
+        file, services = stack_and_services(words, file_opt)
         notes: list[str] = []
-        stopped = do_down(file, grace, notes)
+        stopped = do_down(file, grace, notes, services=services)
         for note in notes:
             typer.echo(f"warning: {note}", err=True)
         if not stopped:
@@ -157,49 +218,120 @@ def down(
     run(body)
 
 
+_HEALTHY = ("running", "loading")
+
+
+def _ctx(r) -> str:
+    return f"{r.context_tokens}x{r.slots}" if r.context_tokens and r.slots else "-"
+
+
+def _state_cell(state: str) -> str:
+    colour = {"running": "green", "loading": "yellow", "restarting": "yellow"}.get(state, "red")
+    return f"[{colour}]{state}[/{colour}]"
+
+
+def _print_ended(out, rows) -> None:
+    """Below the table: how each engine that is not running ended, and its last log lines."""
+    for r in rows:
+        if r.state in _HEALTHY and r.restarts and r.last_exit:
+            out.print(f"\n{r.name}: restarted {r.restarts} time{'s' if r.restarts > 1 else ''} by its supervisor; "
+                      f"last end: {r.last_exit}", markup=False, highlight=False)
+        if r.state in _HEALTHY or not (r.last_exit or r.log_tail):
+            continue
+        out.print(f"\n{r.name}: {r.state}" + (f": {r.last_exit}" if r.last_exit else ""), markup=False,
+                  highlight=False)
+        for ln in r.log_tail[-8:]:
+            out.print(f"  | {ln[:200]}", markup=False, highlight=False)
+
+
 @app.command()
 def status(
-    file: Path = FileArg,
+    words: Optional[list[str]] = StackArgs,
+    file_opt: Optional[Path] = FileOpt,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Each service: running / loading / dead / unhealthy, pid or container, port, uptime, RSS (health is probed)."""
+    """Each service: running / loading / unhealthy / restarting / crashed, where, port, uptime, RSS, restart
+    policy; how a crashed engine ended (exit status or signal, when, likely cause, last log lines)."""
 
     def body() -> int:
-        from dataclasses import asdict
-
         from stackgen.launch import status as do_status
 
-        rows = do_status(file)
+        file, services = stack_and_services(words, file_opt)
+        rows = do_status(file, services=services)
         if as_json:
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
         elif not rows:
             typer.echo(f"{file}: nothing running (start it with `stackgen up {file}`)")
         else:
-            header = f"{'SERVICE':<16}{'ENGINE':<11}{'STATE':<11}{'WHERE':<22}{'PORT':<7}{'UPTIME':<9}{'RSS':<10}DETAIL"
-            typer.echo(header)
+            out = console()
+            t = table("SERVICE", "ENGINE", "STATE", "WHERE", "PORT", "UPTIME", "RSS", "RESTART", "DETAIL")
             for r in rows:
-                typer.echo(f"{r.name:<16}{r.engine:<11}{r.state:<11}{r.where:<22}{r.port:<7}{_fmt_s(r.uptime_s):<9}"
-                           f"{_fmt_bytes(r.rss_bytes):<10}{r.detail[:80]}")
-        return 0 if all(r.state in ("running", "loading") for r in rows) else 1
+                t.add_row(r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
+                          _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
+            print_table(out, t)
+            _print_ended(out, rows)
+        return 0 if all(r.state in _HEALTHY for r in rows) else 1
+
+    run(body)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _short(path: Path) -> str:
+    """A stack file as the user would type it: relative to the current folder when inside it, ~ for home."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path).replace(str(Path.home()), "~", 1)
+    except ValueError:
+        return str(path)
+
+
+@app.command()
+def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every stackgen service running for this user, from every stack file (like `docker ps` / `ollama ps`):
+    name, stack file, engine, model, port, uptime, RSS, health, context x slots."""
+
+    def body() -> int:
+        from stackgen.launch import ps as do_ps
+
+        rows = do_ps()
+        if as_json:
+            typer.echo(json.dumps([{"stack_file": str(f), **asdict(r)} for f, r in rows], indent=2))
+            return 0
+        if not rows:
+            typer.echo("no stackgen services are running")
+            return 0
+        t = table("NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS", "RESTART")
+        for f, r in rows:
+            t.add_row(r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
+                      _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-")
+        print_table(console(), t)
+        return 0
 
     run(body)
 
 
 @app.command()
 def logs(
-    file: Path = FileArg,
-    service: Optional[str] = typer.Argument(None, help="One service (default: all)."),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines (Ctrl-C to stop)."),
+    words: Optional[list[str]] = StackArgs,
+    file_opt: Optional[Path] = typer.Option(None, "--file", help="The stack file (instead of the FILE argument; "
+                                            "-f is --follow here, as in `docker compose logs -f`)."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines (Ctrl-C to stop); follows an "
+                                "engine its supervisor restarts."),
     lines: int = typer.Option(200, "-n", "--lines", min=0, help="How many past lines to show first."),
     max_seconds: float = typer.Option(86400.0, "--max-seconds", hidden=True, help="Stop following after this long."),
 ) -> None:
-    """Print a service's log (engine stdout and stderr)."""
+    """Print the services' logs (engine stdout and stderr, and the supervisor's lines about crashes and restarts)."""
 
     def body() -> int:
         from stackgen.launch import logs as do_logs
 
-        many = service is None
-        for name, line in do_logs(file, service, follow, lines, max_seconds):
+        file, services = stack_and_services(words, file_opt)
+        many = len(services) != 1
+        for name, line in do_logs(file, services or None, follow, lines, max_seconds):
             typer.echo(f"{name} | {line}" if many else line)
         return 0
 

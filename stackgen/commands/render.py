@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
 
 
 def default_out_dir(stack_file: Path) -> Path:
@@ -33,7 +33,8 @@ def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]
 
 @app.command()
 def render(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: deploy/ next to the stack file)."),
     check: bool = typer.Option(False, "--check", help="Compare instead of writing: exit 0 clean, 2 drifted, 1 invalid."),
     host_facts: Optional[Path] = HostOpt,
@@ -43,8 +44,9 @@ def render(
     def body() -> int:
         from stackgen.render import check_tree, write_tree
 
-        out_dir = out if out is not None else default_out_dir(file)
-        artifacts = render_artifacts(file, out_dir, host_facts, write_lock=not check)
+        path = stack_path(file, file_opt)
+        out_dir = out if out is not None else default_out_dir(path)
+        artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check)
         if check:
             check_tree(out_dir, artifacts)
             typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")

@@ -98,13 +98,66 @@ def test_status_notices_a_killed_engine(tmp_path, llama_server, gguf_path, free_
     port = free_port()
     path = write_stack(tmp_path, llama_server, gguf_path, port)
     stack_cleanup.append(path)
-    r = stackgen("up", path)
+    r = stackgen("up", path, "--restart", "no")
     assert r.returncode == 0, r.stderr
     pid = StateDir(path).load().services["gemma"].pid
     os.kill(pid, 9)
     assert wait_gone(pid, 5)
-    r = stackgen("status", path)
-    assert r.returncode == 1 and "dead" in r.stdout, r.stdout
+    for _ in range(50):  # the supervisor records how it ended a moment after reaping it
+        r = stackgen("status", path)
+        if "SIGKILL" in r.stdout:
+            break
+        time.sleep(0.1)
+    assert r.returncode == 1 and "crashed" in r.stdout, r.stdout
+    assert "gemma: crashed: killed by signal SIGKILL at" in r.stdout and "  | " in r.stdout, r.stdout
+    r = stackgen("up", path)
+    assert r.returncode == 0 and "gemma: restarted" in r.stdout, r.stdout + r.stderr
+    assert "restarted because it had crashed: killed by signal SIGKILL" in r.stdout and "stopped (" not in r.stdout
+
+
+def _wait(fn, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_sigkilled_llama_server_comes_back_and_a_crash_loop_stops(tmp_path, llama_server, gguf_path, free_port,
+                                                                  stack_cleanup, wait_gone):
+    """The restart policy on the real engine: SIGKILL -> its supervisor starts it again after the backoff and it
+    answers completions; killed again and again, it is given up after the bounded restarts and shows crashed."""
+    from stackgen.hardware import detect
+    from stackgen.launch import UpOptions, status, up
+    from stackgen.resolve import resolve
+    from stackgen.spec import load_stack
+    from stackgen.supervise import RestartPolicy
+
+    port = free_port()
+    path = write_stack(tmp_path, llama_server, gguf_path, port)
+    stack_cleanup.append(path)
+    up(resolve(load_stack(path), detect()), UpOptions(timeout_s=120, policy=RestartPolicy(max_restarts=2, backoff_s=0.5)))
+    pids = [StateDir(path).load().services["gemma"].pid]
+    sup = StateDir(path).load().services["gemma"].sup_pid
+    t0 = time.monotonic()
+    for n in (1, 2):
+        os.kill(pids[-1], 9)
+        assert wait_gone(pids[-1], 5)
+        row = _wait(lambda: [r for r in status(path) if r.state == "running" and r.restarts == n], 120)
+        assert row, status(path)
+        assert "killed by signal SIGKILL" in row[0].last_exit and row[0].restart == f"on-failure {n}/2"
+        pids.append(StateDir(path).load().services["gemma"].pid)
+        assert pids[-1] != pids[-2]
+        if n == 1:
+            print(f"\nSIGKILL -> answering again in {time.monotonic() - t0:.1f} s")
+            c = complete(Endpoint("127.0.0.1", port, "llama.cpp", "gemma"), "The capital of France is", max_tokens=4)
+            assert c.completion_tokens == 4, c
+    os.kill(pids[-1], 9)  # the third crash within the window: the policy's bound
+    row = _wait(lambda: [r for r in status(path) if "gave up" in r.last_exit], 30)
+    assert row and row[0].state == "crashed" and row[0].restarts == 2, status(path)
+    assert wait_gone(sup, 5), "the supervisor kept running after giving up"
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
 
 
 def test_port_held_by_another_process(tmp_path, llama_server, gguf_path, free_port, stack_cleanup, pid_cleanup, run_stackgen):

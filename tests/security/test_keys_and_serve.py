@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import re
 import textwrap
 from pathlib import Path
@@ -262,6 +263,22 @@ def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf
     assert _status(port, "llama.cpp", "/v1/completions", KEY, "gemma") == 200
     _assert_key_never_written(path, st.pid)
     assert not any("/dev/fd/" in a and a != engines.KEY_FD for a in st.argv)  # state records run.sh's argv
+    # the key reached the engine through the memfd alone: neither its environment nor its supervisor's holds it
+    for pid in (st.pid, st.sup_pid):
+        assert KEY not in Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace"), pid
+    # the supervisor restarts a killed engine with the same key, delivered the same way
+    os.kill(st.pid, 9)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = StateDir(path).load().services["gemma"]
+        if new.pid != st.pid and _status(port, "llama.cpp", "/v1/completions", KEY, "gemma") == 200:
+            break
+        time.sleep(0.5)
+    assert new.pid != st.pid, "the killed engine was not restarted"
+    assert _status(port, "llama.cpp", "/v1/completions", None, "gemma") == 401
+    _assert_key_never_written(path, new.pid)
+    assert KEY not in Path(f"/proc/{new.pid}/environ").read_bytes().decode("utf-8", "replace")
+    st = new
 
     r = run_stackgen("down", path, env=env)
     assert r.returncode == 0, r.stderr
