@@ -106,6 +106,32 @@ def test_llama_prompt_cache_pinned_is_the_plan_line_and_can_refuse(tmp_path):
         plan1(tmp_path / "c", "rtx-4090", "llama.cpp", {"--cache-ram": 10_000_000})
 
 
+def test_llama_batch_is_planned_without_changing_memory(tmp_path):
+    """-b is the logical batch; llama.cpp sizes its compute buffers by the micro-batch (-ub), so a pinned -b shows
+    in the reasons and the command but leaves the memory plan as it was."""
+    base = plan1(tmp_path / "a", "rtx-4090", "llama.cpp", {})
+    sp = plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {"-b": 512})
+    assert pinned_reason(sp, "-b 512") == "pinned by overrides: -b 512"
+    assert sp.memory.compute_bytes == base.memory.compute_bytes and sp.memory.host_bytes == base.memory.host_bytes
+    assert sp.command[sp.command.index("-b") + 1] == "512"
+
+
+def test_llama_ctx_checkpoints_pinned_sizes_the_cache_line(tmp_path):
+    """Gemma-style sliding-window models keep context checkpoints per slot; a pinned count is what the line counts."""
+    import os
+
+    gguf = os.environ.get("STACKGEN_GGUF")
+    if not gguf:
+        if os.environ.get("CI"):
+            pytest.fail("STACKGEN_GGUF is not provisioned (.ci/provision.sh)")
+        pytest.skip("STACKGEN_GGUF (a sliding-window GGUF) is provisioned by .ci/provision.sh")
+    m0 = plan1(tmp_path / "a", "cpu-server-64gb", "llama.cpp", {"--ctx-checkpoints": 0}, model=gguf)
+    m2 = plan1(tmp_path / "b", "cpu-server-64gb", "llama.cpp", {"--ctx-checkpoints": 2}, model=gguf)
+    assert (m0.memory.prompt_cache.checkpoints, m2.memory.prompt_cache.checkpoints) == (0, 2)
+    assert m2.memory.host_bytes > m0.memory.host_bytes
+    assert pinned_reason(m2, "--ctx-checkpoints 2")
+
+
 # ---------------------------------------------------------------------------------------------- vLLM
 
 
@@ -186,6 +212,22 @@ def test_ollama_knobs(tmp_path, key, value, field, expect):
     sp = plan1(tmp_path, "rtx-4090", "ollama", {key: value})
     assert getattr(sp.memory, field) == expect
     assert pinned_reason(sp, key)
+
+
+def test_ollama_num_batch_and_flash_attention_size_compute(tmp_path):
+    base = plan1(tmp_path / "a", "rtx-4090", "ollama", {})
+    big = plan1(tmp_path / "b", "rtx-4090", "ollama", {"num_batch": 2048})
+    act = lambda ub: ub * 4 * (4 * big.model.hidden + 2 * big.model.ffn)  # noqa: E731
+    assert big.memory.compute_bytes - base.memory.compute_bytes == act(2048) - act(512)
+    off = plan1(tmp_path / "c", "rtx-4090", "ollama", {"OLLAMA_FLASH_ATTENTION": "0"})
+    m = off.memory
+    assert m.compute_bytes - base.memory.compute_bytes == m.context_per_request * m.parallel * 512 * off.model.heads * 4
+    assert m.kv_cache_type == "f16"
+
+
+def test_ollama_runner_cache_ram(tmp_path):
+    sp = plan1(tmp_path, "rtx-4090", "ollama", {"LLAMA_ARG_CACHE_RAM": 128})
+    assert sp.memory.prompt_cache.limit_bytes == 128 * 2**20 and sp.env["LLAMA_ARG_CACHE_RAM"] == "128"
 
 
 def test_ollama_num_thread(tmp_path):
