@@ -26,8 +26,6 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
 TARGETS = ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama-swap")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-# Engines with no API-key and no TLS option (engines/*.py `api_key = None`; tests/security checks the two agree).
-KEYLESS_ENGINES = {"ollama": "Ollama", "mlx": "mlx_lm.server"}
 
 
 class _Model(BaseModel):
@@ -815,16 +813,18 @@ def _check_serve(spec: StackSpec, problem) -> None:
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:
         problem(("serve", "host"), f"binding {host} without an API key exposes the model to the network",
                 "set serve.api_key_env to the name of an environment variable holding a key, or bind 127.0.0.1")
-    if spec.serve.tls is not None:
-        for name, svc in spec.services.items():
-            if svc.engine in KEYLESS_ENGINES:
-                problem(("services", name, "engine"), f"{KEYLESS_ENGINES[svc.engine]} cannot serve TLS itself",
-                        "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
-    if host not in LOOPBACK_HOSTS:
-        for name, svc in spec.services.items():
-            if svc.engine in KEYLESS_ENGINES:
-                problem(("services", name, "engine"), f"{KEYLESS_ENGINES[svc.engine]} has no API key: it must bind "
-                        "loopback", "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
+    from stackgen import engines  # the engine owns whether it takes a key or serves TLS (imported late: no cycle)
+
+    for name, svc in spec.services.items():
+        engine = engines.get(svc.engine) if svc.engine != "auto" else None
+        if engine is None:
+            continue
+        if spec.serve.tls is not None and engine.tls_flags is None:
+            problem(("services", name, "engine"), f"{engine.display} cannot serve TLS itself",
+                    "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
+        if host not in LOOPBACK_HOSTS and engine.api_key is None:
+            problem(("services", name, "engine"), f"{engine.display} has no API key: it must bind loopback",
+                    "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
 
 
 def _default_name(path: Path) -> str:

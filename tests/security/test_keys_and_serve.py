@@ -21,11 +21,12 @@ from stackgen.errors import SpecError
 from stackgen.health import Endpoint, request
 from stackgen.launch import NativeRunner, check_keys
 from stackgen.render import RenderContext, render_plan
-from stackgen.spec import KEYLESS_ENGINES, SERVE_OWNED, load_stack
+from stackgen.spec import SERVE_OWNED, load_stack
 from stackgen.state import StateDir
 from tools.stacks import plan_for
 
-KEY = "sk-stackgen-test-7c1e"  # the API key value: it must never show in an argv, a state file or a log
+KEY = "sk-stackgen-test-7c1e"
+KEYLESS_ENGINES = sorted(n for n, e in engines.ENGINES.items() if e.api_key is None)  # the API key value: it must never show in an argv, a state file or a log
 
 
 def stack(tmp_path: Path, body: str) -> Path:
@@ -136,12 +137,12 @@ def test_a_binary_with_a_systemd_exec_prefix_is_refused(tmp_path, prefix):
 # ---------------------------------------------------------------------------------------------- keyless engines
 
 
-def test_keyless_engines_agree_with_the_engine_modules():
-    assert set(KEYLESS_ENGINES) == {n for n, e in engines.ENGINES.items() if e.api_key is None}
-    assert set(KEYLESS_ENGINES) == {n for n, e in engines.ENGINES.items() if e.tls_flags is None}
+def test_the_keyless_engines_are_mlx_and_ollama_and_serve_no_tls():
+    assert KEYLESS_ENGINES == ["mlx", "ollama"]  # mlx_lm.server and Ollama have no API-key option
+    assert KEYLESS_ENGINES == sorted(n for n, e in engines.ENGINES.items() if e.tls_flags is None)
 
 
-@pytest.mark.parametrize("engine", sorted(KEYLESS_ENGINES))
+@pytest.mark.parametrize("engine", KEYLESS_ENGINES)
 def test_a_keyless_engine_named_on_a_public_bind_is_refused(tmp_path, engine):
     path = stack(tmp_path, f"""\
         version: 1
