@@ -393,19 +393,15 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         plan = build(model.layers if has_gpu else 0, kv_types[0], ctx)
         return replace(plan, fits=False, shortfall=f"llama.cpp needs flash attention for a quantized V cache "
                                                    f"(pinned by overrides: {pins.text('flash_attn', 'kv_cache_type')})")
-    if pins.gpu_layers is not None:  # the split is the user's: no partial-offload search
-        ngl = pins.gpu_layers if has_gpu else 0
-        for kv_type in kv_types:
-            plan = build(ngl, kv_type, ctx)
-            if plan.fits:
-                return _with_lever(plan, "f16" if pins.kv_cache_type else kv_type, levers, has_gpu)
-        worst = build(ngl, kv_types[-1], ctx)
-        return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
-    full = model.layers if has_gpu else 0
+    pinned_split = pins.gpu_layers is not None
+    full = (pins.gpu_layers if pinned_split else model.layers) if has_gpu else 0
     for kv_type in kv_types:
         plan = build(full, kv_type, ctx)
         if plan.fits:
             return _with_lever(plan, "f16" if pins.kv_cache_type else kv_type, levers, has_gpu)
+    if pinned_split:  # the split is the user's: no partial-offload search, no smaller context
+        worst = build(full, kv_types[-1], ctx)
+        return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
     if has_gpu:
         best = _best_partial(build, model.layers, kv_types, ctx)
         if best is not None:
@@ -569,8 +565,8 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     pp, dp = pins.pipeline_parallel or 1, pins.data_parallel or 1
     default_batched, _ = vllm_default_batching(per_gpu, gpu.name if gpu else "")
     batched = pins.max_batched_tokens or default_batched
-    if ctx > batched and not _vllm_chunked_prefill(ctx):
-        batched = ctx
+    # vLLM V1 always chunks prefill, so the profiling run is max_num_batched_tokens long whatever max_model_len is
+    # (V0 without chunked prefill profiled a whole max_model_len prompt: vllm issue 10517). stackgen renders for V1.
     tier = gpu.tier if gpu else "consumer"
     levers: list[str] = [capped] if capped else []
     if pins.tensor_parallel is not None:
@@ -608,13 +604,6 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
                f"{gb(best.overhead_bytes)} runtime overhead ({gb(need)} in all); {hw.label()} has "
                f"{gb(max(0, budget.gpu_bytes))} of GPU memory")
     return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
-
-
-def _vllm_chunked_prefill(ctx: int) -> bool:
-    """vLLM V1 always chunks prefill, so the profiling run is max_num_batched_tokens long whatever max_model_len is.
-    (V0 without chunked prefill profiled a whole max_model_len prompt: vllm issue 10517, where activations grow from
-    2.07 to 2.99 GiB between 20k and 29k tokens. stackgen renders for V1.)"""
-    return True
 
 
 def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp=1, dp=1,
