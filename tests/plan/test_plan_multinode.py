@@ -1,0 +1,139 @@
+"""Worked examples: plans over several machines (docs/multinode.md), every figure derived by hand.
+
+- vLLM: tensor parallel over the GPUs of a node, pipeline parallel across nodes (vLLM
+  docs/serving/parallelism_scaling.md); PP is the smallest stage count whose per-rank share of the weights, the
+  non-KV overhead (datacenter 1.79 GiB + 1.79 GiB NCCL at TP > 1 + 0.5 GiB graphs + activations) and one request's
+  KV cache (its stage's layers) fits utilization 0.90 x the runtime total of a GPU.
+- llama.cpp RPC: every layer on some device; llama.cpp spreads layers by free memory, so the plan splits them in
+  proportion to each node's capacity (GPU memory less the 1024 MiB --fit margin per GPU; RAM x 0.85 less 80 MiB on
+  a CPU-only node), largest remainder first.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stackgen import memory, resolve
+from stackgen.hardware import HostFacts
+from stackgen.profiles import load_profiles
+from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec, load_stack
+
+GIB, MIB = 1024**3, 1024**2
+M8 = load_profiles().models["llama-3.1-8b-instruct"]
+
+
+def node(gpus: int = 2, gib: float = 80, runtime: float | None = 79.22, ram: float = 512) -> HardwareSpec:
+    g = (GPUSpec(vendor="nvidia", name="H100 80GB HBM3", memory_gib=gib, runtime_memory_gib=runtime,
+                 bandwidth_gbs=3350, count=gpus, tier="datacenter"),) if gpus else ()
+    return HardwareSpec(gpus=g, memory_gib=ram, memory_bandwidth_gbs=200, cpu=CPUSpec(cores=32))
+
+
+RESERVE = int(int(79.22 * GIB) * 0.9)
+OVERHEAD = int((1.79 + 1.79 + 0.5) * GIB + int(8192 * 5.95 * (4096 + 14336) + 1 * 128256 * 4 * 1.42))
+KV_TP2 = 32 * 8192 * 4 * 256 * 2  # one 8192-token request per rank at TP 2 (4 of the 8 KV heads): 512 MiB
+
+
+def mn(weights: int, n_nodes: int, users: int = 1):
+    return memory.plan_vllm_multinode(M8, WorkloadSpec(concurrent_users=users, context_tokens=8192), node(),
+                                      n_nodes, weights, "bf16", "test")
+
+
+def test_vllm_three_stages_when_two_cannot_hold_the_weights():
+    """Nodes of 2 x H100 (TP 2), 300 GiB of weights, 1 user: at PP 2 a rank holds 75 GiB, more than the
+    71.3 GiB reserve; at PP 3, 50 GiB + 4.9 GiB overhead + 512/3 MiB of KV fits. Layers 32 over 3 stages: 11+11+10."""
+    w = 300 * GIB
+    assert RESERVE - w // 4 - OVERHEAD < KV_TP2 // 2 // 2  # not even fp8 at PP 2
+    p = mn(w, 3)
+    ranks = 2 * 3
+    assert p.fits and (p.tensor_parallel, p.pipeline_parallel, p.nodes, p.node_layers) == (2, 3, 3, (11, 11, 10))
+    assert (p.weights_bytes, p.kv_cache_bytes, p.overhead_bytes, p.gpu_bytes) == (
+        w, KV_TP2 // 3 * ranks, OVERHEAD * ranks, RESERVE * ranks)
+    assert p.host_bytes == int((2.5 + 2 * 2) * GIB)
+    assert (p.kv_cache_type, p.gpu_memory_utilization, p.context_per_request, p.parallel) == ("auto", 0.9, 8192, 1)
+    assert (p.gpu_budget_bytes, p.host_budget_bytes) == (2 * 80 * GIB * 3, int(512 * GIB * 0.85))
+    assert p.levers[0] == ("tensor parallel over the 2 GPUs of each node and pipeline parallel over 3 nodes "
+                           "(11 + 11 + 10 layers) to hold the weights")
+
+
+def test_vllm_more_stages_than_nodes_is_refused():
+    """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes."""
+    p = mn(300 * GIB, 2)
+    assert not p.fits and p.pipeline_parallel == 2
+    assert "2 nodes of" in p.shortfall and gb_words(RESERVE * 2 * 2) in p.shortfall
+
+
+def gb_words(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+@pytest.mark.parametrize("extra,kv", [(0, "auto"), (4, "fp8")])
+def test_vllm_stage_limit_one_rank_byte_either_side(extra, kv):
+    """Weights set so that a rank at PP 2 has exactly one bf16 request of KV room (512 MiB / 2 stages): bf16;
+    4 bytes more of weights (1 per rank) and only fp8 (half the KV) fits at PP 2."""
+    w = (RESERVE - OVERHEAD - KV_TP2 // 2) * 4 + extra
+    p = mn(w, 2)
+    assert p.fits and p.pipeline_parallel == 2 and p.kv_cache_type == kv
+    assert p.kv_cache_bytes == (KV_TP2 // 2 if kv == "auto" else KV_TP2 // 2 // 2) * 4
+
+
+def test_llamacpp_rpc_splits_layers_in_proportion_to_memory():
+    """Three nodes: one 24 GiB GPU (23 GiB after the 1024 MiB margin), one 12 GiB GPU (11 GiB), a CPU-only node with
+    64 GiB RAM (int(64 GiB x 0.85) - 80 MiB = 54.32 GiB). 32 layers x capacity / 88.32 GiB = 8.33, 3.99, 19.68:
+    floors 8 + 3 + 19 = 30, the two largest remainders (3.99, 19.68) get one more: 8 + 4 + 20.
+    Need: 40 GiB weights + 1 GiB KV (1 slot x 8192, f16) + one compute buffer per node; the GPUs hold 34 GiB of it,
+    the rest goes to RAM beside the 80 MiB host overhead."""
+    def gpu_node(gib):
+        return HardwareSpec(gpus=(GPUSpec(vendor="nvidia", name="G", memory_gib=gib, bandwidth_gbs=900),),
+                            memory_gib=64, memory_bandwidth_gbs=80, cpu=CPUSpec(cores=8))
+    nodes = (gpu_node(24), gpu_node(12), node(gpus=0, ram=64))
+    w = 40 * GIB
+    p = memory.plan_llamacpp_rpc(M8, WorkloadSpec(concurrent_users=1, context_tokens=8192), nodes, w, "Q4_K_M", "t")
+    caps = [23 * GIB, 11 * GIB, int(64 * GIB * 0.85) - 80 * MIB]
+    compute = 512 * 4 * (4 * 4096 + 2 * 14336) + 128256 * 4
+    need = w + GIB + 3 * compute
+    assert p.fits and p.node_layers == (8, 4, 20) and p.nodes == 3
+    assert (p.weights_bytes, p.kv_cache_bytes, p.compute_bytes) == (w, GIB, 3 * compute)
+    assert p.overhead_bytes == 2 * 1024 * MIB + 80 * MIB
+    assert p.gpu_bytes == 34 * GIB and p.gpu_budget_bytes == 34 * GIB
+    assert p.host_budget_bytes == sum(caps) - 34 * GIB
+    host = 80 * MIB + need - 34 * GIB
+    head_room = int((int(64 * GIB * 0.85) - host) * 0.5)
+    limit = min(8192 * MIB, 2 * GIB, head_room) // MIB * MIB
+    assert p.host_bytes == host + limit
+    assert (p.gpu_layers, p.context_per_request, p.kv_cache_type) == (32, 8192, "f16")
+
+
+@pytest.mark.parametrize("extra,kv", [(0, "f16"), (1, "q8_0")])
+def test_llamacpp_rpc_capacity_one_byte_either_side(extra, kv):
+    """Two CPU-only nodes: the f16 plan needs exactly their capacity (set through the weights): f16; one byte more
+    and the KV cache is quantized to q8_0."""
+    nodes = (node(gpus=0, ram=64), node(gpus=0, ram=64))
+    cap = 2 * (int(64 * GIB * 0.85) - 80 * MIB)
+    compute = 512 * 4 * (4 * 4096 + 2 * 14336) + 128256 * 4
+    w = cap - GIB - 2 * compute + extra
+    p = memory.plan_llamacpp_rpc(M8, WorkloadSpec(concurrent_users=1, context_tokens=8192), nodes, w, "Q4_K_M", "t")
+    assert p.fits and p.kv_cache_type == kv and p.node_layers == (16, 16)
+
+
+TWO_DGX = ("version: 1\nname: mn\nhardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\n"
+           "      addresses: [10.0.0.1, 10.0.0.2]\nworkload: team-api\nservices:\n  chat:\n"
+           "    model: llama-3.1-405b-instruct\n    quant: bf16\n")
+
+
+def plan_stack(write_stack, extra=""):
+    host = HostFacts(hardware=None)  # type: ignore[arg-type]
+    return resolve.resolve(load_stack(write_stack(TWO_DGX + extra)), host).services[0]
+
+
+def test_multinode_unpinned_is_vllm_over_ray(write_stack):
+    sp = plan_stack(write_stack)
+    assert sp.engine == "vllm" and sp.topology.kind == "vllm-ray"
+    assert (sp.memory.tensor_parallel, sp.memory.pipeline_parallel) == (8, 2)
+
+
+def test_a_pinned_llamacpp_stays_llamacpp_rpc_on_a_cluster_vllm_could_serve(write_stack):
+    """engine: llama.cpp on two DGX nodes: 405B bf16 (810 GB) spills on one node, so it is split, and with the
+    engine pinned the split is llama.cpp RPC even though vLLM + Ray would fit."""
+    sp = plan_stack(write_stack, "    engine: llama.cpp\n")
+    assert sp.engine == "llama.cpp" and sp.topology.kind == "llama-rpc"
+    assert sp.rejected["vllm"] == "not chosen: the stack pins the engine"
