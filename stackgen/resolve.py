@@ -609,6 +609,10 @@ def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str,
     why_not_one = "; ".join(f"{engines.get(e).display}: {c.block or 'only by spilling layers to system RAM'}"
                             for e, c in single.items() if e in ("vllm", "llama.cpp"))
     tried: dict[str, str] = {}
+    if pinned and pinned not in ("vllm", "llama.cpp"):  # the refusal below must say why, not list nothing
+        block = single[pinned].block
+        tried[pinned] = ("cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+                         + (f"; on one node: {block}" if block else ""))
     for name in ("vllm", "llama.cpp"):
         if pinned and name != pinned:
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from stackgen import memory, resolve
+from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.profiles import load_profiles
 from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec, load_stack
@@ -137,3 +138,12 @@ def test_a_pinned_llamacpp_stays_llamacpp_rpc_on_a_cluster_vllm_could_serve(writ
     sp = plan_stack(write_stack, "    engine: llama.cpp\n")
     assert sp.engine == "llama.cpp" and sp.topology.kind == "llama-rpc"
     assert sp.rejected["vllm"] == "not chosen: the stack pins the engine"
+
+
+@pytest.mark.parametrize("engine", ["ollama", "mlx"])
+def test_a_pinned_engine_that_cannot_split_is_refused_with_the_reason(write_stack, engine):
+    with pytest.raises(PlanError) as exc:
+        plan_stack(write_stack, f"    engine: {engine}\n")
+    text = str(exc.value)
+    assert "nor split over the 2 nodes" in text
+    assert "cannot split one model over several machines (only vLLM and llama.cpp RPC can)" in text
