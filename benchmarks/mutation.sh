@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Mutation testing of the planner (issue 19): mutmut (pinned in benchmarks/requirements-mutation.txt) mutates each
+# planner module and runs only the planner's unit tests against every mutant; the score per module (killed / total,
+# message-only mutants apart) and every survivor with its reason go to benchmarks/results/mutation.md.
+# Not in CI: a full run takes tens of minutes on 2 cores. Run it before resolving planner work.
+#
+#   bash benchmarks/mutation.sh                         # both modules, one after the other
+#   MUTATION_MODULES=stackgen/plan/memory.py bash benchmarks/mutation.sh   # after a move: the paths are settings
+#
+# Settings (environment):
+#   MUTATION_MODULES       files to mutate, space-separated (default: stackgen/memory.py stackgen/resolve.py)
+#   MUTATION_TESTS         pytest selection run against each mutant (default: the planner's unit tests below)
+#   MUTATION_MAX_CHILDREN  mutmut --max-children (default 2: the CI host has 2 cores)
+#   MUTATION_VENV          venv that has stackgen and its test extras (default .venv); mutmut is installed into it
+#   MUTATION_OUT           report path (default benchmarks/results/mutation.md)
+#   MUTATION_WORK          scratch folder for the copies mutmut works in (default: a new temporary folder)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODULES=${MUTATION_MODULES:-"stackgen/memory.py stackgen/resolve.py"}
+TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
+CHILDREN=${MUTATION_MAX_CHILDREN:-2}
+VENV=${MUTATION_VENV:-.venv}
+OUT=${MUTATION_OUT:-benchmarks/results/mutation.md}
+WORK=${MUTATION_WORK:-$(mktemp -d -t stackgen-mutation.XXXXXX)}
+PY="$ROOT/$VENV/bin/python"
+[ -x "$PY" ] || { echo "no venv at $VENV: python3 -m venv .venv && .venv/bin/pip install -e '.[test]'" >&2; exit 1; }
+"$PY" -m pip install -q -r benchmarks/requirements-mutation.txt
+
+results=()
+for module in $MODULES; do
+  [ -f "$module" ] || { echo "$module: no such file (set MUTATION_MODULES)" >&2; exit 1; }
+  name=$(basename "$module" .py)
+  dir="$WORK/$name"
+  rm -rf "$dir" && mkdir -p "$dir"
+  # A copy of the tree as git sees it (tracked and new files, nothing ignored): mutmut writes mutants/ beside it.
+  git ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir" 2>/dev/null || true)
+  pkg=${module%%/*}
+  {
+    echo "[mutmut]"
+    echo "source_paths=$pkg"
+    echo "only_mutate=$module"
+    printf 'also_copy=\n    profiles\n    templates\n    schema\n    examples\n'
+    printf 'pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -q\n'
+    echo "pytest_add_cli_args_test_selection="
+    for t in $TESTS; do echo "    $t"; done
+  } > "$dir/setup.cfg"
+  echo "== $module: mutmut in $dir (tests: $TESTS; --max-children $CHILDREN)"
+  start=$(date +%s)
+  (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" > "$dir/run.log" 2>&1) || {
+    echo "mutmut failed on $module; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
+  end=$(date +%s)
+  (cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" collect "$module" $((end - start)) \
+     > "$dir/summary.json")
+  results+=("$dir/summary.json")
+done
+"$PY" benchmarks/mutation_report.py write "$OUT" benchmarks/mutation-survivors.tsv "${results[@]}"
+echo "wrote $OUT"

@@ -1,0 +1,113 @@
+"""Summarize a mutmut run for benchmarks/results/mutation.md (used by benchmarks/mutation.sh).
+
+`collect MODULE SECONDS` (run inside the folder mutmut ran in): JSON with every mutant's status and, for each one
+that was not killed, its diff and whether it only changes message text. `write OUT REASONS SUMMARY...`: the report.
+
+A mutant is message-only when every token it changes is a string literal holding prose (a space in it): the text
+of a reason, a lever or an error. A changed identifier-like string ("fp8", "f16", "apple") is logic: code compares
+it or looks it up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tokenize
+from pathlib import Path
+
+
+def _tokens(line: str) -> list[tuple[int, str]] | None:
+    try:
+        return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
+                if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
+                                  tokenize.DEDENT, tokenize.COMMENT)]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+
+
+def message_only(diff: str) -> bool:
+    old = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    new = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    if not old or len(old) != len(new):
+        return False
+    for a, b in zip(old, new):
+        ta, tb = _tokens(a), _tokens(b)
+        if ta is None or tb is None or len(ta) != len(tb):
+            return False
+        for (ka, sa), (kb, sb) in zip(ta, tb):
+            if sa == sb:
+                continue
+            if ka != tokenize.STRING or kb != tokenize.STRING or " " not in sa:
+                return False
+    return True
+
+
+def collect(module: str, seconds: int) -> dict:
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    data = SourceFileMutationData(path=Path(module))
+    data.load()
+    mutants = []
+    for key, code in sorted(data.exit_code_by_key.items()):
+        status = status_by_exit_code[code]
+        diff = get_diff_for_mutant(key, path=Path(module))
+        entry = {"name": key, "status": status, "message": message_only(diff)}
+        if status != "killed":
+            entry["diff"] = diff
+        mutants.append(entry)
+    return {"module": module, "seconds": seconds, "mutants": mutants}
+
+
+def _first_change(diff: str) -> str:
+    old = next((ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")), "")
+    new = next((ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")), "")
+    cut = lambda s: s if len(s) <= 110 else s[:107] + "..."  # noqa: E731
+    return f"`{cut(old)}` -> `{cut(new)}`"
+
+
+def write(out: str, reasons_path: str, summaries: list[str]) -> None:
+    reasons: dict[str, str] = {}
+    if Path(reasons_path).exists():
+        for line in Path(reasons_path).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, why = line.partition("\t")
+                reasons[name.strip()] = why.strip()
+    lines = ["# Mutation score of the planner (issue 19)", "",
+             "Written by `bash benchmarks/mutation.sh` (mutmut, pinned in benchmarks/requirements-mutation.txt); "
+             "every mutant of each module is run against the planner's unit tests only. Message-only mutants change "
+             "nothing but the prose of a reason, lever or error (see benchmarks/mutation_report.py); the goal is "
+             ">= 90% of the other mutants killed in each module. A survivor's reason comes from "
+             "benchmarks/mutation-survivors.tsv (`UNEXPLAINED` when it has none).", "",
+             "| module | mutants | killed | non-message: killed / total | score | message-only: killed / total "
+             "| not killed (survived, no tests, timeout...) | run time |",
+             "|---|---|---|---|---|---|---|---|"]
+    body: list[str] = []
+    for path in summaries:
+        s = json.loads(Path(path).read_text())
+        ms = s["mutants"]
+        logic = [m for m in ms if not m["message"]]
+        msg = [m for m in ms if m["message"]]
+        k = lambda xs: sum(m["status"] == "killed" for m in xs)  # noqa: E731
+        score = 100 * k(logic) / len(logic) if logic else 100.0
+        lines.append(f"| {s['module']} | {len(ms)} | {k(ms)} | {k(logic)} / {len(logic)} | {score:.1f}% | "
+                     f"{k(msg)} / {len(msg)} | {len(ms) - k(ms)} | {s['seconds'] // 60} min {s['seconds'] % 60} s |")
+        left = [m for m in logic if m["status"] != "killed"]
+        body += ["", f"## {s['module']}: {len(left)} non-message mutants not killed", ""]
+        for m in left:
+            body.append(f"- `{m['name']}` ({m['status']}): {_first_change(m['diff'])}: "
+                        f"{reasons.get(m['name'], 'UNEXPLAINED')}")
+        msg_left = [m for m in msg if m["status"] != "killed"]
+        body += ["", f"{len(msg_left)} message-only mutants not killed in {s['module']} (prose of reasons; not "
+                 "listed one by one)."]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines + body) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "collect":
+        print(json.dumps(collect(sys.argv[2], int(sys.argv[3])), indent=1))
+    else:
+        write(sys.argv[2], sys.argv[3], sys.argv[4:])
