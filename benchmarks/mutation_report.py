@@ -10,20 +10,27 @@ it or looks it up.
 
 from __future__ import annotations
 
-import io
 import json
+import re
 import sys
-import tokenize
 from pathlib import Path
 
 
-def _tokens(line: str) -> list[tuple[int, str]] | None:
-    try:
-        return [(t.type, t.string) for t in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
-                if t.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
-                                  tokenize.DEDENT, tokenize.COMMENT)]
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        return None
+LITERAL = re.compile(r"""([rRbBuUfF]{0,2})("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+FIELD = re.compile(r"\{[^{}]*\}")
+
+
+def _split(line: str) -> tuple[str, list[tuple[str, tuple[str, ...]]]]:
+    """The line with its string literals replaced by a marker, and each literal as (its text, the {fields} of an
+    f-string): a changed field is a changed figure, not prose."""
+    parts = []
+    for m in LITERAL.finditer(line.strip()):
+        body = m.group(2)
+        if "f" in m.group(1).lower():
+            parts.append((FIELD.sub("{}", body), tuple(FIELD.findall(body))))
+        else:
+            parts.append((body, ()))
+    return LITERAL.sub("S", line.strip()), parts
 
 
 def message_only(diff: str) -> bool:
@@ -32,14 +39,12 @@ def message_only(diff: str) -> bool:
     if not old or len(old) != len(new):
         return False
     for a, b in zip(old, new):
-        ta, tb = _tokens(a), _tokens(b)
-        if ta is None or tb is None or len(ta) != len(tb):
+        (sa, la), (sb, lb) = _split(a), _split(b)
+        if sa != sb or len(la) != len(lb):
             return False
-        for (ka, sa), (kb, sb) in zip(ta, tb):
-            if sa == sb:
-                continue
-            if ka != tokenize.STRING or kb != tokenize.STRING or " " not in sa:
-                return False
+        changed = [(x, y) for x, y in zip(la, lb) if x != y]
+        if not changed or any(x[1] != y[1] or " " not in x[0] for x, y in changed):
+            return False
     return True
 
 
