@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-
 from stackgen import memory
 from stackgen.profiles import load_profiles
 from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec
