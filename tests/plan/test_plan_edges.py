@@ -167,3 +167,53 @@ def test_mlx_cache_off_and_on_notes_and_levers():
     assert one.prompt_cache.entries == 1 and "bounded to 1 finished requests" in one.prompt_cache.note
     empty = memory.bound_mlx_cache(replace(plan, kv_cache_bytes=0), memory.Budget(0, 100 * GIB))
     assert empty.prompt_cache.entries == 0
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_smaller_contexts_from_an_odd_size():
+    assert memory._smaller_contexts(2049) == [2048]
+    assert memory._smaller_contexts(2304) == [2048]
+
+
+def unfit(gpu: int, host: int, layers: int = 20) -> memory.MemoryPlan:
+    return memory.MemoryPlan(weights_bytes=30 * GIB, kv_cache_bytes=2 * GIB, compute_bytes=0, overhead_bytes=0,
+                             gpu_bytes=gpu, host_bytes=host, gpu_layers=layers, total_layers=32,
+                             context_per_request=8192, parallel=1, kv_cache_type="q8_0", fits=False,
+                             gpu_budget_bytes=0, host_budget_bytes=0)
+
+
+def gbw(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def test_shortfall_when_the_pool_is_short():
+    """need = GPU + host part; have = GPU + host budget (discrete) -> 'needs X (..) but has Y usable: Z short'."""
+    hw = box(gpus=(nv(24),))
+    p, b = unfit(24 * GIB, 20 * GIB), memory.Budget(20 * GIB, 10 * GIB)
+    assert memory._shortfall(p, b, hw) == (
+        f"needs {gbw(44 * GIB)} ({gbw(30 * GIB)} weights + {gbw(2 * GIB)} KV cache) but {hw.label()} has "
+        f"{gbw(30 * GIB)} usable: {gbw(14 * GIB)} short")
+
+
+def test_shortfall_when_only_the_gpu_share_is_short():
+    """The pool holds it (need <= have, equal here) but the GPU part is one byte over its budget."""
+    hw = box(gpus=(nv(24),))
+    p, b = unfit(20 * GIB + 1, 10 * GIB - 1), memory.Budget(20 * GIB, 10 * GIB)
+    assert memory._shortfall(p, b, hw) == (f"needs {gbw(20 * GIB + 1)} of GPU memory for 20 layers but "
+                                           f"{hw.label()} has {gbw(20 * GIB)}")
+    at = unfit(20 * GIB, 10 * GIB)  # exactly the GPU budget: not the GPU's fault
+    assert memory._shortfall(at, b, hw).startswith("needs ") and "usable" in memory._shortfall(at, b, hw)
+
+
+def test_shortfall_on_unified_memory_counts_only_the_pool():
+    """Unified: have = the pool (host budget) alone; 30 GiB of plan in a 40 GiB pool with a 20 GiB GPU share is
+    the GPU-share case; in a 25 GiB pool it is short by 5 GiB."""
+    hw = box(gpus=(nv(24),))
+    p = unfit(30 * GIB, 0, layers=32)
+    assert "of GPU memory for 32 layers" in memory._shortfall(p, memory.Budget(20 * GIB, 40 * GIB, True), hw)
+    assert memory._shortfall(p, memory.Budget(20 * GIB, 25 * GIB, True), hw).endswith(f"{gbw(5 * GIB)} short")
+    pins = memory.Pins(parallel=2, said=(("parallel", "-np 2"),))
+    assert memory._shortfall(p, memory.Budget(20 * GIB, 25 * GIB, True), hw, pins).endswith(
+        "short (pinned by overrides: -np 2)")
