@@ -1,0 +1,99 @@
+"""What resolve() adds around the memory plan: serve-block rules, warnings, held memory in a refusal, and the
+predicted speed over several nodes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from stackgen import memory, resolve
+from stackgen.errors import PlanError
+from stackgen.hardware import HostFacts
+from stackgen.profiles import load_profiles
+from stackgen.spec import load_stack
+
+HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
+HW = load_profiles().hardware.__getitem__
+
+
+def plan(write_stack, body: str):
+    return resolve.resolve(load_stack(write_stack("version: 1\n" + body)), HOST)
+
+
+def test_a_public_bind_rules_out_the_engines_without_a_key(write_stack):
+    p = plan(write_stack, "hardware: rtx-4090\nworkload: {concurrent_users: 1, optimize: setup}\n"
+             "serve: {host: 0.0.0.0, api_key_env: MY_KEY}\nservices:\n  s: {model: llama-3.1-8b-instruct}\n")
+    sp = p.services[0]
+    assert sp.engine == "llama.cpp"  # the setup row prefers Ollama, which has no API key
+    assert sp.rejected["ollama"] == ("has no API key option, and serve.host 0.0.0.0 is not loopback (keep "
+                                     "serve.host 127.0.0.1 and put an authenticating proxy in front)")
+
+
+def test_tls_rules_out_the_engines_that_cannot_serve_it(write_stack):
+    p = plan(write_stack, "hardware: rtx-4090\nworkload: {concurrent_users: 1, optimize: setup}\n"
+             "serve: {tls: {cert_file: /etc/c.pem, key_file: /etc/k.pem}}\nservices:\n"
+             "  s: {model: llama-3.1-8b-instruct}\n")
+    sp = p.services[0]
+    assert sp.engine == "llama.cpp"
+    assert sp.rejected["ollama"] == "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
+
+
+def test_a_keyless_engine_on_loopback_warns_that_the_key_is_not_enforced(write_stack):
+    sp = plan(write_stack, "hardware: rtx-4090\nworkload: dev-loop\nserve: {api_key_env: MY_KEY}\nservices:\n"
+              "  s: {model: llama-3.1-8b-instruct, engine: ollama}\n").services[0]
+    assert any(w.startswith("Ollama has no API key option: serve.api_key_env is not enforced") for w in sp.warnings)
+    keyed = plan(write_stack, "hardware: rtx-4090\nworkload: dev-loop\nserve: {api_key_env: MY_KEY}\nservices:\n"
+                 "  s: {model: llama-3.1-8b-instruct, engine: llama.cpp}\n").services[0]
+    assert not any("API key" in w for w in keyed.warnings)
+
+
+@pytest.mark.parametrize("engine,warned", [("vllm", True), ("mlx", True), ("llama.cpp", False)])
+def test_python_engines_on_a_cpu_only_machine_are_flagged(write_stack, engine, warned):
+    sp = plan(write_stack, "hardware: cpu-server-64gb\nworkload: dev-loop\nservices:\n"
+              f"  s: {{model: qwen2.5-0.5b-instruct, engine: {engine}}}\n").services[0]
+    assert any("on a CPU-only machine: a test/development path" in w for w in sp.warnings) is warned
+
+
+def test_a_reduced_context_is_a_warning(write_stack):
+    sp = plan(write_stack, "hardware: cpu-laptop-16gb\nworkload: {concurrent_users: 4, context_tokens: 131072}\n"
+              "services:\n  s: {model: llama-3.1-8b-instruct, engine: llama.cpp}\n").services[0]
+    assert sp.memory.context_per_request < 131072
+    assert "the plan serves a shorter context than the workload asked for" in sp.warnings
+
+
+def test_speed_uses_the_average_context_of_a_request(write_stack):
+    """The decode speed reads the KV cache of an average request: min(context, prompt + output / 2)."""
+    sp = plan(write_stack, "hardware: rtx-4090\nworkload: {concurrent_users: 1, context_tokens: 8192, "
+              "prompt_tokens: 3000, output_tokens: 1000}\nservices:\n"
+              "  s: {model: llama-3.1-8b-instruct, engine: llama.cpp}\n").services[0]
+    want = memory.predict_decode_tokens_per_s(sp.model, sp.memory, HW("rtx-4090"), 3500)
+    assert (sp.predicted_decode_tokens_per_s, sp.bottleneck) == want
+
+
+def test_a_refusal_after_earlier_services_names_what_they_hold(write_stack):
+    with pytest.raises(PlanError) as exc:
+        plan(write_stack, "hardware: rtx-4060\nworkload: dev-loop\nservices:\n"
+             "  a: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M}\n"
+             "  b: {model: llama-3.1-70b-instruct, engine: vllm}\n")
+    assert "(the services planned before it on this machine, a, hold " in str(exc.value)
+    assert "of GPU memory and " in str(exc.value)
+
+
+def test_multinode_speed_runs_the_stages_in_turn(write_stack):
+    """vLLM over 2 DGX nodes: the head's bandwidth speed of the whole model, said per stage; llama.cpp RPC:
+    the per-node seconds of each node's layer share add up."""
+    body = ("hardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\nworkload: team-api\nservices:\n"
+            "  chat: {model: llama-3.1-405b-instruct, quant: bf16}\n")
+    sp = plan(write_stack, body).services[0]
+    assert sp.bottleneck.endswith("of each pipeline stage in turn (plus a network hop per node boundary)")
+    assert sp.predicted_decode_tokens_per_s > 0
+    rpc = plan(write_stack, body.replace("quant: bf16}", "quant: bf16, engine: llama.cpp}")).services[0]
+    assert rpc.bottleneck == "memory bandwidth of each node in turn (plus a network round trip per node boundary)"
+    # Both nodes are DGX H100s: the split is even, so the sum of halves is the one-node speed.
+    m = rpc.memory
+    avg = min(m.context_per_request, rpc.workload.prompt_tokens + rpc.workload.output_tokens // 2)
+    hw = HW("dgx-h100")
+    one, _ = memory.predict_decode_tokens_per_s(rpc.model, replace(m, gpu_layers=m.total_layers),
+                                                hw, avg, efficiency=1.0)
+    assert rpc.predicted_decode_tokens_per_s == round(0.7 / (sum(n / m.total_layers for n in m.node_layers) / one), 1)
