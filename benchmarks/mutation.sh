@@ -14,6 +14,8 @@
 #   MUTATION_VENV          venv that has stackgen and its test extras (default .venv); mutmut is installed into it
 #   MUTATION_OUT           report path (default benchmarks/results/mutation.md)
 #   MUTATION_WORK          scratch folder for the copies mutmut works in (default: a new temporary folder)
+#   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
+#                          only the mutants that were not killed (after adding tests for them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,6 +34,26 @@ for module in $MODULES; do
   [ -f "$module" ] || { echo "$module: no such file (set MUTATION_MODULES)" >&2; exit 1; }
   name=$(basename "$module" .py)
   dir="$WORK/$name"
+  if [ -n "${MUTATION_RERUN:-}" ]; then
+    [ -d "$dir/mutants" ] || { echo "MUTATION_RERUN: no earlier run in $dir" >&2; exit 1; }
+    for t in $TESTS; do  # the tests as they are now, where mutmut runs them
+      rm -rf "$dir/$t" "$dir/mutants/$t"
+      mkdir -p "$(dirname "$dir/$t")" "$(dirname "$dir/mutants/$t")"
+      cp -r "$t" "$dir/$t" && cp -r "$t" "$dir/mutants/$t"
+    done
+    mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module")
+    echo "== $module: rerunning ${#again[@]} mutants that were not killed"
+    start=$(date +%s)
+    if [ ${#again[@]} -gt 0 ]; then
+      (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" "${again[@]}" > "$dir/rerun.log" 2>&1) || {
+        echo "mutmut failed on $module; see $dir/rerun.log" >&2; tail -20 "$dir/rerun.log" >&2; exit 1; }
+    fi
+    end=$(date +%s)
+    (cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" collect "$module" \
+       $(( $(cat "$dir/seconds" 2>/dev/null || echo 0) + end - start )) > "$dir/summary.json")
+    results+=("$dir/summary.json")
+    continue
+  fi
   rm -rf "$dir" && mkdir -p "$dir"
   # A copy of the tree as git sees it (tracked and new files, nothing ignored): mutmut writes mutants/ beside it.
   git ls-files -co --exclude-standard -z | (cd "$ROOT" && xargs -0 cp --parents -t "$dir" 2>/dev/null || true)
@@ -50,6 +72,7 @@ for module in $MODULES; do
   (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" > "$dir/run.log" 2>&1) || {
     echo "mutmut failed on $module; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   end=$(date +%s)
+  echo $((end - start)) > "$dir/seconds"
   (cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" collect "$module" $((end - start)) \
      > "$dir/summary.json")
   results+=("$dir/summary.json")

@@ -111,8 +111,20 @@ def write(out: str, reasons_path: str, summaries: list[str]) -> None:
     Path(out).write_text("\n".join(lines + body) + "\n")
 
 
+def left(module: str) -> list[str]:
+    """Names of the mutants of `module` that were not killed (for a rerun after adding tests)."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+
+    data = SourceFileMutationData(path=Path(module))
+    data.load()
+    return [k for k, code in sorted(data.exit_code_by_key.items()) if status_by_exit_code[code] != "killed"]
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "collect":
+    if sys.argv[1] == "left":
+        print("\n".join(left(sys.argv[2])))
+    elif sys.argv[1] == "collect":
         print(json.dumps(collect(sys.argv[2], int(sys.argv[3])), indent=1))
     else:
         write(sys.argv[2], sys.argv[3], sys.argv[4:])
