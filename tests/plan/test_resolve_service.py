@@ -97,3 +97,24 @@ def test_multinode_speed_runs_the_stages_in_turn(write_stack):
     one, _ = memory.predict_decode_tokens_per_s(rpc.model, replace(m, gpu_layers=m.total_layers),
                                                 hw, avg, efficiency=1.0)
     assert rpc.predicted_decode_tokens_per_s == round(0.7 / (sum(n / m.total_layers for n in m.node_layers) / one), 1)
+
+
+def hint(write_stack, body: str) -> str:
+    with pytest.raises(PlanError) as exc:
+        plan(write_stack, body)
+    return str(exc.value).splitlines()[-1]
+
+
+def test_hint_lines(write_stack):
+    """Qwen2.5 32B at Q4_K_M on a 16 GB laptop (13.6 GB usable): Q3_K_M does not fit, Q2_K does; llama.cpp and
+    Ollama load the same file, the first of them in engine order (llama.cpp) is named, with the catalog's sizes."""
+    m = load_profiles().models["qwen2.5-32b-instruct"]
+    q2, q4 = m.gguf_bytes("Q2_K")[0], m.gguf_bytes("Q4_K_M")[0]
+    line = hint(write_stack, "hardware: cpu-laptop-16gb\nservices:\n  big: {model: qwen2.5-32b-instruct, quant: Q4_K_M}\n")
+    assert line == (f"Each of these fits: `quant: Q2_K` (llama.cpp (llama-server) fits it: {q2 / 1e9:.1f} GB of weights "
+                    f"instead of {q4 / 1e9:.1f} GB). Or a smaller model, or more memory.")
+    # At 2048 tokens there is no shorter context to try and one user has no fewer users: only the quants are named.
+    line = hint(write_stack, "hardware: cpu-laptop-16gb\nworkload: {concurrent_users: 1, context_tokens: 2048, "
+                "prompt_tokens: 1000, output_tokens: 200}\nservices:\n  big: {model: llama-3.1-70b-instruct}\n")
+    assert line == ("None of these makes it fit: a smaller quant (tried Q3_K_M, Q2_K). Pick a smaller model or a "
+                    "machine with more memory.")
