@@ -239,3 +239,16 @@ def test_host_limit_in_partial_offload_refuses_at_one_byte_short():
     short = plan(hw, wl(1), w, budget=memory.Budget(gpu_need(w, 18, kv, 1), host_18 - 1))
     assert not (short.fits and short.gpu_layers == 18 and short.context_per_request == 8192
                 and short.kv_cache_type == "f16")
+
+
+def test_no_layer_fits_says_so_with_the_size_of_one_layer():
+    """A GPU with less room than its margin: zero layers is the best 'partial' plan, and the lever says every layer
+    runs on the CPU, naming one layer's size (weights / 33) and the GPU memory there is."""
+    hw = machine(nvidia(24))
+    w = 40 * GIB
+    p = plan(hw, wl(1), w, budget=memory.Budget(GIB // 2, 60 * GIB))
+    assert p.fits and p.gpu_layers == 0 and p.gpu_bytes == 0
+    assert p.host_bytes - p.prompt_cache.bytes == w + KV_F16_PER_SLOT_8K + compute(1) + 80 * MIB
+    assert p.levers[0] == (f"no layer fits in the {GIB / 2 / 1e9:.1f} GB of GPU memory available (one layer needs "
+                           f"{w / 33 / 1e9:.1f} GB plus the engine's GPU runtime margin): all 32 layers run on the "
+                           "CPU from system RAM")

@@ -84,6 +84,7 @@ def test_single_gpu():
     assert (p.tensor_parallel, p.pipeline_parallel, p.data_parallel, p.gpu_memory_utilization) == (1, 1, 1, 0.90)
     assert (p.gpu_budget_bytes, p.host_budget_bytes) == (80 * GIB, int(256 * GIB * 0.85))
     assert p.prompt_cache.bytes == 0 and len(p.levers) == 1 and p.levers[0].startswith("prompt cache: vLLM")
+    assert "inside the KV pool it allocates once at start (--gpu-memory-utilization), so" in p.levers[0]
 
 
 def test_tensor_parallel_over_two_consumer_gpus():
@@ -224,3 +225,38 @@ def test_default_batching_tiers(gib, name, expect):
 def test_runtime_total(vendor, runtime, expect):
     g = GPUSpec(vendor=vendor, name="x", memory_gib=24, runtime_memory_gib=runtime, bandwidth_gbs=900)
     assert memory.gpu_runtime_bytes(g) == expect
+
+
+@pytest.mark.parametrize("extra,kv_type", [(0, "auto"), (1, "fp8")])
+def test_every_user_fits_at_the_byte(extra, kv_type):
+    """Weights set so the room is exactly 4 bf16 requests: bf16 holds every user; one byte more and fp8 does."""
+    hw = machine(gpu(80, 79.22, "datacenter"))
+    p = plan(M8, hw, wl(4), kv_room(0, 4) - 4 * GIB + extra)
+    assert p.fits and p.kv_cache_type == kv_type
+
+
+@pytest.mark.parametrize("extra,kv_type", [(0, "auto"), (1, "fp8")])
+def test_every_user_fits_at_the_byte_with_odd_weights_over_two_ranks(extra, kv_type):
+    """TP 2 pinned on two GPUs, odd weights: a rank holds weights // 2 (vLLM loads whole tensors; the byte is
+    rounded down per rank); the room of each rank is exactly 4 requests of 512 MiB at the boundary."""
+    hw = machine(gpu(80, 79.22, "datacenter", count=2))
+    pins = memory.Pins(tensor_parallel=2, said=(("tensor_parallel", "-tp 2"),))
+    reserve = int(int(79.22 * GIB) * 0.9)
+    oh = overhead(8192, 4, 1.79 + 1.79)
+    per_rank_w = reserve - oh - 4 * 512 * MIB  # exactly the room for 4 requests
+    w = 2 * per_rank_w + 1 + 2 * extra  # odd: weights // 2 == per_rank_w (+ extra)
+    p = plan(M8, hw, wl(4), w, pins=pins)
+    assert p.fits and p.tensor_parallel == 2 and p.kv_cache_type == kv_type
+
+
+def test_data_parallel_counts_its_instances_in_the_user_check():
+    """-dp 2 on two GPUs: two instances of one rank each; every figure is per instance times 2, and the all-users
+    check divides by the 2 ranks again: room for 4 requests per instance holds the 4 users in bf16."""
+    hw = machine(gpu(80, 79.22, "datacenter", count=2))
+    pins = memory.Pins(data_parallel=2, said=(("data_parallel", "-dp 2"),))
+    w = kv_room(0, 4) - 4 * GIB
+    p = plan(M8, hw, wl(4), w, pins=pins)
+    assert p.fits and p.data_parallel == 2 and p.kv_cache_type == "auto"
+    assert (p.weights_bytes, p.gpu_bytes, p.kv_cache_bytes) == (2 * w, 2 * int(int(79.22 * GIB) * 0.9), 2 * 4 * GIB)
+    over = plan(M8, hw, wl(4), w + 1, pins=pins)
+    assert over.fits and over.kv_cache_type == "fp8"
