@@ -137,3 +137,25 @@ def test_services_fill_the_gpu_in_file_order_and_threads_follow(write_stack):
     assert (a.threads, b.threads) == (1, p.hardware.cpu.cores - 1)
     assert any("list b first under services:" in w for w in b.warnings)
     assert not a.warnings or not any("list a first" in w for w in a.warnings)
+
+
+def test_smaller_quants_for_quants_off_the_ladder():
+    """IQ4_XS (4.46 bits) is no rung of the GGUF ladder but is a GGUF quant: the rungs below it are offered;
+    gptq is an HF format off the HF ladder: nothing is offered."""
+    assert resolve.smaller_quants("IQ4_XS") == ["Q3_K_M", "Q2_K"]
+    assert resolve.smaller_quants("gptq") == []
+
+
+def test_plan_json_of_an_unfit_service_plans_the_pinned_engine_as_pinned(write_stack):
+    """engine: vllm on a CPU-only laptop is allowed (vLLM's CPU backend, asked for by name) and planned, so its
+    entry in `plan --json` carries memory figures; unpinned, vLLM is blocked there with no figures."""
+    from stackgen.errors import PlanError
+
+    body = ("hardware: cpu-laptop-16gb\nworkload: dev-loop\nservices:\n"
+            "  s: {model: llama-3.1-70b-instruct, quant: bf16, engine: vllm}\n")
+    with pytest.raises(PlanError) as exc:
+        plan(write_stack, body)
+    cands = exc.value.plan_json["services"][-1]["candidates"]
+    assert "memory" in cands["vllm"] and cands["vllm"]["memory"]["gpu_bytes"] == 0
+    assert "memory" not in cands["mlx"]
+    assert cands["vllm"]["block"].startswith("needs ")
