@@ -179,6 +179,8 @@ def test_full_offload_gpu_limit_one_byte_either_side(delta, kv_type):
     assert p.fits and p.gpu_layers == 32 and p.kv_cache_type == kv_type
     kv = KV_F16_PER_SLOT_8K if kv_type == "f16" else KV_Q8_PER_SLOT_8K
     assert p.gpu_bytes == full_need(kv)
+    if kv_type == "q8_0":
+        assert "KV cache quantized to q8_0 (with flash attention) to keep every layer on the GPU" in p.levers
 
 
 @pytest.mark.parametrize("delta,quant,layers,kv_type", [

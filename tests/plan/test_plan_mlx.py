@@ -154,5 +154,7 @@ def test_consume_on_unified_memory_takes_the_gpu_part_from_both():
     p = plan(mac(64), 1, 4 * GIB)
     after = memory.consume(b, p)
     assert (after.gpu_bytes, after.host_bytes, after.unified) == (48 * GIB - p.gpu_bytes, 54 * GIB - p.gpu_bytes, True)
+    both = memory.consume(b, replace(p, host_bytes=GIB))  # a process's own RAM beside its GPU arrays
+    assert (both.gpu_bytes, both.host_bytes) == (48 * GIB - p.gpu_bytes, 53 * GIB - p.gpu_bytes)
     split = memory.consume(memory.Budget(48 * GIB, 54 * GIB), replace(p, host_bytes=GIB))
     assert (split.gpu_bytes, split.host_bytes) == (48 * GIB - p.gpu_bytes, 53 * GIB)

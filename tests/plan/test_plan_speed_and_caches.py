@@ -201,3 +201,9 @@ def test_node_capacity():
     mac = HardwareSpec(gpus=(GPUSpec(vendor="apple", name="M", memory_gib=64, bandwidth_gbs=400, unified=True),),
                        memory_gib=64, memory_bandwidth_gbs=400, cpu=CPUSpec(cores=12), os="macos")
     assert memory.node_capacity(mac) == 48 * GIB - 80 * MIB
+
+
+def test_gb_is_decimal_with_one_digit():
+    """Vendors' and file listings' GB (10^9 bytes); 12.75 rounds half to even, to 12.8."""
+    assert memory.gb(12_750_000_000) == "12.8 GB"
+    assert memory.gb(2**30) == "1.1 GB"

@@ -85,6 +85,7 @@ def test_single_gpu():
     assert (p.gpu_budget_bytes, p.host_budget_bytes) == (80 * GIB, int(256 * GIB * 0.85))
     assert p.prompt_cache.bytes == 0 and len(p.levers) == 1 and p.levers[0].startswith("prompt cache: vLLM")
     assert "inside the KV pool it allocates once at start (--gpu-memory-utilization), so" in p.levers[0]
+    assert p.levers[0].endswith("stay off, so RAM does not grow with traffic")
 
 
 def test_tensor_parallel_over_two_consumer_gpus():
