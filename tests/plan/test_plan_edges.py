@@ -51,8 +51,8 @@ def test_vllm_cpu_refusal_names_the_pinned_overrides():
 
 def test_vllm_multinode_sizes_ranks_by_the_largest_gpu_of_a_node():
     """A node with 2 x 80 GiB and a 24 GiB card: the plan is sized on the 80 GiB GPUs (TP = 3 GPUs)."""
-    node = box(gpus=(GPUSpec(vendor="nvidia", name="H100", memory_gib=80, runtime_memory_gib=79.22,
-                             bandwidth_gbs=3000, count=2, tier="datacenter"), nv(24)), ram=512)
+    node = box(gpus=(nv(24), GPUSpec(vendor="nvidia", name="H100", memory_gib=80, runtime_memory_gib=79.22,
+                                     bandwidth_gbs=3000, count=2, tier="datacenter")), ram=512)
     p = memory.plan_vllm_multinode(replace(M8, heads=48), wl(), node, 2, 100 * GIB, "bf16", "c")
     assert p.gpu_bytes == int(int(79.22 * GIB) * 0.9) * 3 * p.pipeline_parallel
 

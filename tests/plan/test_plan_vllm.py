@@ -261,3 +261,16 @@ def test_data_parallel_counts_its_instances_in_the_user_check():
     assert (p.weights_bytes, p.gpu_bytes, p.kv_cache_bytes) == (2 * w, 2 * int(int(79.22 * GIB) * 0.9), 2 * 4 * GIB)
     over = plan(M8, hw, wl(4), w + 1, pins=pins)
     assert over.fits and over.kv_cache_type == "fp8"
+
+
+@pytest.mark.parametrize("extra,kv_type", [(0, "auto"), (2, "fp8")])
+def test_pipeline_parallel_on_one_machine_at_the_byte(extra, kv_type):
+    """-pp 2 on two GPUs: each stage holds half the weights and half of each request's KV (its 16 layers): room for
+    4 half-requests (4 x 512 MiB) per rank exactly holds every user in bf16; 2 more bytes of weights (1 per rank)
+    and only fp8 does."""
+    hw = machine(gpu(80, 79.22, "datacenter", count=2))
+    pins = memory.Pins(pipeline_parallel=2, said=(("pipeline_parallel", "-pp 2"),))
+    reserve = int(int(79.22 * GIB) * 0.9)
+    w = 2 * (reserve - overhead(8192, 4, 1.79) - 4 * 512 * MIB) + extra
+    p = plan(M8, hw, wl(4), w, pins=pins)
+    assert p.fits and p.pipeline_parallel == 2 and p.kv_cache_type == kv_type
