@@ -274,3 +274,10 @@ def test_pipeline_parallel_on_one_machine_at_the_byte(extra, kv_type):
     w = 2 * (reserve - overhead(8192, 4, 1.79) - 4 * 512 * MIB) + extra
     p = plan(M8, hw, wl(4), w, pins=pins)
     assert p.fits and p.pipeline_parallel == 2 and p.kv_cache_type == kv_type
+
+
+def test_shared_share_over_two_gpus_is_of_both():
+    """Two A100 80GB with 96 GiB of the 160 GiB free: share 0.6 of the pair, utilization 0.58 on each."""
+    hw = machine(gpu(80, None, "datacenter", "A100-SXM4-80GB", count=2))
+    p = plan(M8, hw, wl(1), 8 * GIB, budget=memory.Budget(int(160 * GIB * 0.6), int(200 * GIB)))
+    assert p.gpu_memory_utilization == 0.58
