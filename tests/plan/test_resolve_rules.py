@@ -159,3 +159,73 @@ def test_plan_json_of_an_unfit_service_plans_the_pinned_engine_as_pinned(write_s
     assert "memory" in cands["vllm"] and cands["vllm"]["memory"]["gpu_bytes"] == 0
     assert "memory" not in cands["mlx"]
     assert cands["vllm"]["block"].startswith("needs ")
+
+
+def mplan(**kw) -> memory.MemoryPlan:
+    base = dict(weights_bytes=0, kv_cache_bytes=0, compute_bytes=0, overhead_bytes=0, gpu_bytes=0, host_bytes=0,
+                gpu_layers=20, total_layers=32, context_per_request=4096, parallel=3, kv_cache_type="q8_0",
+                fits=True, gpu_budget_bytes=0, host_budget_bytes=0, tensor_parallel=2, gpu_memory_utilization=0.85,
+                prompt_cache=memory.PromptCache(limit_bytes=512 * 2**20, checkpoints=2))
+    base.update(kw)
+    return memory.MemoryPlan(**base)
+
+
+@pytest.mark.parametrize("knob,text", [
+    ("context_total", "12288 tokens of context (3 x 4096)"),
+    ("context_per_request", "4096 tokens per request"),
+    ("parallel", "3 parallel requests"),
+    ("gpu_layers", "20 of 32 layers on GPU"),
+    ("kv_cache_type", "a q8_0 KV cache"),
+    ("gpu_memory_utilization", "--gpu-memory-utilization 0.85"),
+    ("tensor_parallel", "tensor parallel 2"),
+    ("threads", "6 threads"),
+    ("cache_ram_mib", "--cache-ram 512"),
+    ("ctx_checkpoints", "--ctx-checkpoints 2"),
+    ("batch", None),
+])
+def test_knob_text(knob, text):
+    """The words a pinned knob's reason uses for what stackgen would have chosen."""
+    assert resolve._knob_text(mplan(), knob, 6) == text
+
+
+def test_knob_text_of_what_is_not_planned():
+    assert resolve._knob_text(None, "parallel", 1) is None
+    none = mplan(gpu_memory_utilization=None, prompt_cache=memory.PromptCache())
+    assert resolve._knob_text(none, "gpu_memory_utilization", 1) is None
+    assert resolve._knob_text(none, "ctx_checkpoints", 1) is None
+
+
+def ranked(name, chosen, users, optimize, gpus=True):
+    hw = machine(g(count=1, tier="consumer", name="RTX")) if gpus else machine()
+    svc = SimpleNamespace(workload=SimpleNamespace(concurrent_users=users, optimize=optimize))
+    row = resolve.pick_row(resolve.hardware_class(hw), users, optimize)
+    return resolve._ranked_below(name, chosen, row, svc, hw), row.text(hw, users)
+
+
+def test_ranked_below_texts():
+    """Why an engine that could serve lost, from the users and the goal."""
+    t, _ = ranked("ollama", "vllm", 4, "setup")
+    assert t == ("ranked below vLLM for this workload: 4 concurrent users: Ollama's daemon picks GPU layers and "
+                 "context itself and serves few parallel requests per model; a team API outgrows it; its easier "
+                 "setup does not outweigh that")
+    t, _ = ranked("ollama", "llama.cpp", 1, "latency", gpus=False)
+    assert t == ("ranked below llama.cpp (llama-server) for this workload: Ollama adds a daemon that picks threads "
+                 "and context itself; its strength is setup time, and this workload optimizes latency")
+    t, row_text = ranked("ollama", "llama.cpp", 1, "setup")
+    assert t == f"ranked below llama.cpp (llama-server) for this workload: {row_text}"
+    assert ranked("llama.cpp", "mlx", 1, "latency")[0].endswith(
+        "llama.cpp runs on Metal too, but MLX is the native path through unified memory for a dev loop")
+    assert ranked("llama.cpp", "ollama", 1, "setup")[0].endswith(
+        "llama.cpp needs every flag set by hand; this workload optimizes setup")
+    t, row_text = ranked("llama.cpp", "ollama", 1, "latency")
+    assert t.endswith(row_text)
+    assert ranked("vllm", "ollama", 1, "setup")[0].endswith(
+        "vLLM is a large Python install with the slowest start-up; this workload optimizes setup")
+    assert ranked("vllm", "llama.cpp", 1, "latency")[0].endswith("that one user does not win back")
+    t, row_text = ranked("vllm", "llama.cpp", 3, "latency")
+    assert t.endswith(row_text)
+    assert ranked("mlx", "llama.cpp", 1, "latency")[0].endswith(
+        "mlx_lm.server is a development server without slots, metrics or API keys")
+    assert ranked("llama.cpp", "vllm", 5, "throughput")[0].endswith(
+        "5 concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache and scheduler scale "
+        "further")
