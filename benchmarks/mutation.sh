@@ -15,7 +15,8 @@
 #   MUTATION_OUT           report path (default benchmarks/results/mutation.md)
 #   MUTATION_WORK          scratch folder for the copies mutmut works in (default: a new temporary folder)
 #   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
-#                          only the mutants that were not killed (after adding tests for them)
+#                          only the mutants it ran that survived and change more than message text (after adding
+#                          tests for them; mutants it never ran are left for a full run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -112,13 +112,17 @@ def write(out: str, reasons_path: str, summaries: list[str]) -> None:
 
 
 def left(module: str) -> list[str]:
-    """Names of the mutants of `module` that were not killed (for a rerun after adding tests)."""
+    """Names of the mutants of `module` that were run and not killed and change more than message text (for a
+    rerun after adding tests; mutants never run stay for a full run)."""
     from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
     data = SourceFileMutationData(path=Path(module))
     data.load()
-    return [k for k, code in sorted(data.exit_code_by_key.items()) if status_by_exit_code[code] != "killed"]
+    return [k for k, code in sorted(data.exit_code_by_key.items())
+            if status_by_exit_code[code] not in ("killed", "not checked", "timeout")
+            and not message_only(get_diff_for_mutant(k, path=Path(module)))]
 
 
 if __name__ == "__main__":
