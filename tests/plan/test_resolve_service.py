@@ -118,3 +118,20 @@ def test_hint_lines(write_stack):
                 "prompt_tokens: 1000, output_tokens: 200}\nservices:\n  big: {model: llama-3.1-70b-instruct}\n")
     assert line == ("None of these makes it fit: a smaller quant (tried Q3_K_M, Q2_K). Pick a smaller model or a "
                     "machine with more memory.")
+
+
+def test_hint_offers_the_longest_context_that_fits(write_stack):
+    """vLLM pinned on a 24 GB GPU with 16 GB of bf16 weights and 131072-token requests (16 GiB of KV each): the hint
+    halves the context until the plan fits, and the offered context really is the first that fits (checked by
+    planning the stack at it and at twice it)."""
+    stack = ("hardware: rtx-4090\nworkload: {{concurrent_users: 4, context_tokens: {ctx}}}\nservices:\n"
+             "  big: {{model: llama-3.1-8b-instruct, quant: bf16, engine: vllm}}\n")
+    line = hint(write_stack, stack.format(ctx=131072))
+    offered = [int(o.split("`context_tokens: ")[1].split("`")[0]) for o in line.split("; ") if "context_tokens" in o]
+    assert len(offered) == 1 and "(vLLM fits it)" in line and "concurrent_users" not in line
+    ctx = offered[0]
+    assert plan(write_stack, stack.format(ctx=ctx)).services[0].memory.context_per_request == ctx
+    if ctx * 2 < 131072:
+        with pytest.raises(PlanError):
+            plan(write_stack, stack.format(ctx=ctx * 2))
+    assert line.startswith("Each of these fits: `quant: fp8` (vLLM fits it: ")
