@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODULES=${MUTATION_MODULES:-"stackgen/memory.py stackgen/resolve.py"}
-TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
+TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_plan_json_nofit.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
 CHILDREN=${MUTATION_MAX_CHILDREN:-2}
 VENV=${MUTATION_VENV:-.venv}
 OUT=${MUTATION_OUT:-benchmarks/results/mutation.md}
