@@ -272,7 +272,7 @@ def hardening(sp: ServicePlan) -> dict:
 
 def devices(sp: ServicePlan, accel: str) -> dict:
     if accel == "cuda":
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel) if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
         reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):

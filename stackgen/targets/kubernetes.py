@@ -148,7 +148,7 @@ def gpu_request(sp: ServicePlan) -> tuple[str, int] | None:
         return None
     vendor = next(g.vendor for g in sp.gpus if not g.unified)
     if sp.engine == "vllm":
-        count = sp.memory.tensor_parallel
+        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel)  # data parallel: TP GPUs per core
     else:
         count = sum(g.count for g in sp.gpus if not g.unified)
     return GPU_RESOURCE[vendor], count
