@@ -48,6 +48,7 @@ def rope_overrides(r: LongContext) -> dict:
 class Vllm:
     name = "vllm"
     display = "vLLM"
+    queue_metric = "vllm:num_requests_waiting"  # /metrics (always on): requests waiting for the scheduler
     default_port = 8000
     binary = "vllm"
     api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
