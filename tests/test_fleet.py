@@ -257,3 +257,12 @@ def test_cli_render_names_the_field_and_exits_1(tmp_path):
     (tmp_path / "stack.yaml").write_text(CPU_FLEET.format(targets="script, quadlet"))
     res = CliRunner().invoke(app, ["render", str(tmp_path / "stack.yaml")])
     assert res.exit_code == 1 and "services.chat.replicas" in res.output and "Traceback" not in res.output
+
+
+def test_up_refuses_a_fleet_before_starting_anything(tmp_path):
+    from stackgen.errors import LaunchError
+    from stackgen.launch import UpOptions, up
+
+    plan = plan_for(tmp_path, CPU_FLEET.format(targets="script"))
+    with pytest.raises(LaunchError, match=r"services\.chat\.replicas: 2 separate .*deploy/chat/run\.sh"):
+        up(plan, UpOptions())
