@@ -78,6 +78,22 @@ def test_batching_shares_the_weight_read():
     assert r4.throughput_tokens_per_s > 3 * r1.throughput_tokens_per_s
 
 
+def test_cpu_decode_pays_the_dot_products_per_stream_and_gpu_decode_shares_the_read(tmp_path):
+    from stackgen.capacity import fleet_curves
+
+    cpu = plan_for(tmp_path / "c", CPU_REPLICAS.format(replicas=2))
+    c = fleet_curves(cpu.services[0], cpu.hardware)[0]
+    assert c.decode_s_per_seq > 0
+    assert c.step_s(2, 0) >= 1.5 * c.step_s(1, 0)  # 8 threads' dot products for the second stream
+    gpu = plan_for(tmp_path / "g", TEAM_8X_H100.format(users=8))
+    g = fleet_curves(gpu.services[0], gpu.hardware)[0]
+    assert g.decode_s_per_seq == 0 and g.step_s(2, 0) < 1.1 * g.step_s(1, 0)
+    # In the simulator: 2 streams on one CPU instance each decode well below the single-stream rate.
+    one = simulate([c], users=1, prompt_tokens=16, output_tokens=64)
+    two = simulate([c], users=2, prompt_tokens=16, output_tokens=64)
+    assert two.tokens_per_s_per_user < 0.7 * one.tokens_per_s_per_user
+
+
 # ---------------------------------------------------------------------------------------------- capacity plan
 
 
