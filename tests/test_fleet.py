@@ -266,3 +266,11 @@ def test_up_refuses_a_fleet_before_starting_anything(tmp_path):
     plan = plan_for(tmp_path, CPU_FLEET.format(targets="script"))
     with pytest.raises(LaunchError, match=r"services\.chat\.replicas: 2 separate .*deploy/chat/run\.sh"):
         up(plan, UpOptions())
+
+
+def test_compose_refuses_an_instance_name_another_service_has(tmp_path):
+    text = CPU_FLEET.format(targets="compose").replace(
+        "services:\n", "services:\n  chat-2: {model: qwen2.5-0.5b-instruct, engine: llama.cpp, port: 9000}\n")
+    plan = plan_for(tmp_path, text)
+    with pytest.raises(RenderError, match=r"services\.chat\.replicas: .*already has a service 'chat-2'"):
+        render_plan(plan, RenderContext("stack.yaml"), ["compose"])

@@ -234,6 +234,11 @@ def compose(plan: Plan, sp: ServicePlan, ctx: RenderContext, compose_dir) -> tup
 
     services, files, volumes = {}, [], set()
     insts = instances(sp)
+    taken = {o.name for o in plan.services if o is not sp} & {f"{sp.name}-{i.index}" for i in insts}
+    if taken:
+        raise RenderError(f"services.{sp.name}.replicas: the compose target names its instances {sp.name}-1 .. "
+                          f"{sp.name}-{len(insts)}, and the stack already has a service {sorted(taken)[0]!r}; rename "
+                          "one of them")
     for inst in insts:
         # Inside its container an instance sees only its own GPUs (device_ids): no CUDA_VISIBLE_DEVICES there.
         parts = service_parts(replace(inst.plan, env=dict(sp.env)), plan, ctx, compose_dir)
