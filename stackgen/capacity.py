@@ -112,7 +112,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         flop_s = flops_per_token * frac_gpu / flops + flops_per_token * (1 - frac_gpu) / cpu_flops
     else:
         # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
-        # this project's CI host: 2 streams on one llama-server decode at 0.5-0.65x the speed of 1 each,
+        # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
         # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute.
         read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
         decode_seq = weights / dot_bw
