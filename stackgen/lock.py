@@ -22,7 +22,7 @@ __all__ = ["LOCK_VERSION", "LockError", "LockEntry", "RemoteModels", "lock_path_
            "diff_entries", "facts_from_resolved"]
 
 LOCK_VERSION = 1
-_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes")
+_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes", "hf_variants")
 
 
 class LockError(ModelError):
@@ -62,6 +62,8 @@ def facts_to_json(facts) -> dict[str, Any]:
     out = asdict(facts)
     for k in _MAPPINGS:
         out[k] = dict(sorted(dict(out[k]).items()))
+    if not out["hf_variants"]:  # catalog-only (a remote reference is its own checkpoint): locks stay as written
+        del out["hf_variants"]
     return out
 
 
