@@ -45,6 +45,14 @@ def rope_overrides(r: LongContext) -> dict:
                                 r.original_context, "rope_theta": r.rope_theta}}
 
 
+def _revision_args(model: ModelFacts, model_ref: str) -> list[str]:
+    """The commit stack.lock pinned, for a Hub repo vLLM downloads itself (not a local folder): weights, config and
+    tokenizer all from that commit (`--revision`, `--tokenizer-revision`; vllm/engine/arg_utils.py)."""
+    if not model.revision or model.path or model.source != "hf" or model_ref != model.hf_repo:
+        return []
+    return ["--revision", model.revision, "--tokenizer-revision", model.revision]
+
+
 class Vllm:
     name = "vllm"
     display = "vLLM"
@@ -113,6 +121,7 @@ class Vllm:
         m = plan.memory
         args = [ctx.binary, "serve", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),
                 "--served-model-name", plan.name,
+                *_revision_args(plan.model, ctx.model_ref),
                 "--max-model-len", str(m.context_per_request), "--max-num-seqs", str(m.parallel)]
         if m.gpu_memory_utilization is not None:
             args += ["--gpu-memory-utilization", f"{m.gpu_memory_utilization:.2f}"]
