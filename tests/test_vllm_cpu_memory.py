@@ -20,7 +20,7 @@ CATALOG = load_profiles().models
 # Measured with `benchmarks/bench_soak.py --engines vllm` and /proc/PID/status per process (results file above):
 # Gemma 3 270M bf16, VLLM_CPU_KVCACHE_SPACE=1, --max-model-len 4096 --max-num-seqs 4 --enforce-eager.
 GEMMA_READY_RSS_MIB = 5333
-GEMMA_PEAK_RSS_MIB = 5468  # 150 s of 4 streams with ~600-token prompts (earlier soak run; the new run is in soak.md)
+GEMMA_PEAK_RSS_MIB = 5487  # soak.md: 150 s of 4 streams, ~600-token prompts (stackgen config 5485, vLLM defaults 5487)
 
 
 def plan_for(write_stack, model, users=4, ctx=4096):
