@@ -47,6 +47,7 @@ USERS = 4
 CONTEXT = 4096
 PROMPT_TOKENS = 600
 OUTPUT_TOKENS = 32
+REQUEST_TIMEOUT = 180.0  # seconds per request; a request that takes longer counts as an error
 PREFIX_TOKENS = 400
 PREFIX_SHARE = 0.3  # requests that start with a shared prefix
 PREFIXES = 4
@@ -68,10 +69,11 @@ def words(rng: random.Random, n: int) -> str:
 
 def prompt(i: int) -> str:
     rng = random.Random(i)
+    prefix = min(PREFIX_TOKENS, PROMPT_TOKENS * 2 // 3)
     if rng.random() < PREFIX_SHARE:
         k = i % PREFIXES
-        head = f"System prompt {k}: " + words(random.Random(10_000 + k), PREFIX_TOKENS)
-        return f"{head}\nUser {i}: " + words(rng, PROMPT_TOKENS - PREFIX_TOKENS)
+        head = f"System prompt {k}: " + words(random.Random(10_000 + k), prefix)
+        return f"{head}\nUser {i}: " + words(rng, PROMPT_TOKENS - prefix)
     return f"Request {i}: " + words(rng, PROMPT_TOKENS)
 
 
@@ -121,7 +123,7 @@ def drive(port: int, model: str, duration: float) -> dict:
             with lock:
                 i = counter[0]
                 counter[0] += 1
-            r = bench.one_request("127.0.0.1", port, model, prompt(i), OUTPUT_TOKENS, timeout=180)
+            r = bench.one_request("127.0.0.1", port, model, prompt(i), OUTPUT_TOKENS, timeout=REQUEST_TIMEOUT)
             with lock:
                 results.append(r)
 
@@ -224,6 +226,8 @@ def soak_engine(engine: str, env_: dict[str, str], duration: float, work: Path,
               f"{r['errors']} errors", file=sys.stderr, flush=True)
         runs.append(r)
     return {"engine": engine, "binary": binary, "model": model, "plan": sp["memory"], "plan_reasons": sp["reasons"],
+            "workload": {"users": USERS, "prompt_tokens": PROMPT_TOKENS, "output_tokens": OUTPUT_TOKENS,
+                         "request_timeout_s": REQUEST_TIMEOUT},
             "duration_s": duration, "load_before": load_before, "load_after": os.getloadavg(), "runs": runs}
 
 
@@ -246,7 +250,7 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
            f"{' '.join(f'{x:.2f}' for x in load1)} at end; total wall time {wall:.0f} s" if wall >= 1 else ""),
         f"- stackgen {__version__}, Python {platform.python_version()}; argv and env from `stackgen plan --json` "
         "(hardware: detect, CPU only) of a quickstart-shaped stack",
-        f"- workload: {USERS} concurrent streaming users (= the stack's concurrent_users and the engine's slots), "
+        f"- workload (unless an engine's line below says otherwise): {USERS} concurrent streaming users (= the stack's concurrent_users and the engine's slots), "
         f"context {CONTEXT} tokens per user, ~{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens; every "
         f"prompt distinct, {PREFIX_SHARE:.0%} starting with one of {PREFIXES} shared ~{PREFIX_TOKENS}-token prefixes; "
         "load per config after 2 warm-up requests: "
@@ -268,6 +272,10 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
             lines.append(f"- {res['engine']}: load average (1/5/15 min) "
                          f"{' '.join(f'{x:.2f}' for x in res['load_before'])} before its runs, "
                          f"{' '.join(f'{x:.2f}' for x in res['load_after'])} after")
+        w = res.get("workload")
+        if w:
+            lines.append(f"- {res['engine']}: workload {w['users']} users, ~{w['prompt_tokens']}-token prompts, "
+                         f"{w['output_tokens']} output tokens, {w['request_timeout_s']:g} s request timeout")
         for r in res["runs"]:
             over = (r["peak_rss"] - plan) / plan
             ok = r["peak_rss"] <= plan * 1.05 and r["peak_rss"] <= res["plan"]["host_budget_bytes"]
@@ -306,14 +314,21 @@ def report(results: list[dict], args, load0, load1, wall: float) -> str:
 
 
 def main() -> int:
+    global USERS, PROMPT_TOKENS, OUTPUT_TOKENS, REQUEST_TIMEOUT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=90.0, help="seconds of load per engine and config (default 90)")
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.md")
     ap.add_argument("--configs", default="stackgen,defaults", help="which of stackgen,defaults to run")
+    ap.add_argument("--users", type=int, default=USERS, help=f"concurrent users = slots (default {USERS})")
+    ap.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help=f"default {PROMPT_TOKENS}")
+    ap.add_argument("--output-tokens", type=int, default=OUTPUT_TOKENS, help=f"default {OUTPUT_TOKENS}")
+    ap.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT, help=f"default {REQUEST_TIMEOUT:g} s")
     ap.add_argument("--json", type=Path, help="also write the raw results here (to merge runs)")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="raw results of earlier runs to report with")
     args = ap.parse_args()
+    USERS, PROMPT_TOKENS, OUTPUT_TOKENS = args.users, args.prompt_tokens, args.output_tokens
+    REQUEST_TIMEOUT = args.request_timeout
     engines = [e for e in args.engines.split(",") if e]
     bad = [e for e in engines if e not in ENGINES]
     if bad or args.duration <= 0:

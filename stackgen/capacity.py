@@ -52,10 +52,13 @@ class ServiceCurve:
     max_batch: int  # requests an instance serves at once (llama.cpp -np; vLLM --max-num-seqs within its KV room)
     step_tokens: int  # tokens one step may carry (llama.cpp -b, vLLM --max-num-batched-tokens)
     overhead_s: float = REQUEST_OVERHEAD_S
+    # Compute per decoding request per step when it exceeds flop_s_per_token: CPU kernels run the quantized dot
+    # products once per sequence at decode batch sizes, so a second stream costs (almost) a second step.
+    decode_s_per_seq: float = 0.0
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
-        compute = (decoding + prompt_tokens) * self.flop_s_per_token
+        compute = decoding * max(self.flop_s_per_token, self.decode_s_per_seq) + prompt_tokens * self.flop_s_per_token
         return max(memory, compute)
 
     def to_json(self) -> dict[str, Any]:
@@ -88,7 +91,10 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     gpus = [g for g in hw.gpus if not g.unified]
     frac_gpu = (m.gpu_layers / m.total_layers) if m.total_layers and (gpus or hw.is_apple) else 0.0
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
-    cpu_bw = min(hw.memory_bandwidth_gbs * 1e9 / max(1, instances), n_threads * CPU_BYTES_PER_THREAD_S)
+    mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
+    dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
+    cpu_bw = min(mem_bw, dot_bw)
+    decode_seq = 0.0
     cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
     if hw.is_apple:
         g = next(g for g in hw.gpus if g.vendor == "apple")
@@ -105,8 +111,13 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         kv_s = kv * frac_gpu / bw + kv * (1 - frac_gpu) / cpu_bw
         flop_s = flops_per_token * frac_gpu / flops + flops_per_token * (1 - frac_gpu) / cpu_flops
     else:
-        read, kv_s, flop_s = weights / cpu_bw, kv / cpu_bw, flops_per_token / cpu_flops
-    return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp))
+        # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
+        # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
+        # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute.
+        read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
+        decode_seq = weights / dot_bw
+    return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
+                        decode_s_per_seq=decode_seq)
 
 
 def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:

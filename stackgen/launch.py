@@ -934,6 +934,11 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
     problems: list[str] = check_keys(services)
+    # Fleet hook (issue 20): separate instances behind a balancer are rendered, not yet run by `up`.
+    problems += [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are planned "
+                 f"and `stackgen up` starts one process per service; run the rendered fleet instead (`stackgen render`, "
+                 f"then deploy/{sp.name}/run.sh from the script target, or the systemd, compose or kubernetes "
+                 "target), or remove `replicas:`" for sp in services if sp.capacity is not None and sp.capacity.separate]
     wanted: dict[str, str] = {}
     for sp in services:
         try:

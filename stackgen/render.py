@@ -77,11 +77,6 @@ def targets() -> dict[str, TargetFn]:
 def render_plan(plan: Plan, ctx: RenderContext, only: Iterable[str]) -> list[Artifact]:
     """All artifacts for the requested targets, sorted by path; duplicate paths are a bug."""
     table = targets()
-    for sp in plan.services:
-        if sp.capacity is not None and sp.capacity.separate:
-            raise RenderError(f"services.{sp.name}.replicas: {sp.replicas} separate {sp.engine} instances behind a "
-                              "balancer are planned (plan --json, stackgen simulate) but no target renders them "
-                              "yet; remove replicas: to render one instance")
     out: dict[str, Artifact] = {}
     for name in only:
         if name not in table:

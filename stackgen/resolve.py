@@ -743,7 +743,7 @@ def default_model_ref(sp: ServicePlan) -> str:
         if m.mlx_repo and m.mlx_repo.endswith("-4bit") and fmt != "4bit":
             return m.mlx_repo[: -len("4bit")] + fmt  # mlx-community names each quantization by suffix
         return m.mlx_repo or m.hf_repo or m.name
-    return m.hf_repo or m.name
+    return m.hf_repo_for(sp.memory.weights_format) or m.name  # the checkpoint whose bytes the plan counted
 
 
 def _free_port(start: int, used: set[int]) -> int:

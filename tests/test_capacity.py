@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from stackgen.balancer import haproxy_config
 from stackgen.capacity import ServiceCurve
 from stackgen.cli import app
-from stackgen.errors import PlanError, RenderError
+from stackgen.errors import PlanError
 from stackgen.render import RenderContext, render_plan
 from stackgen.simulate import simulate
 from tools.stacks import plan_for
@@ -78,6 +78,22 @@ def test_batching_shares_the_weight_read():
     assert r4.throughput_tokens_per_s > 3 * r1.throughput_tokens_per_s
 
 
+def test_cpu_decode_pays_the_dot_products_per_stream_and_gpu_decode_shares_the_read(tmp_path):
+    from stackgen.capacity import fleet_curves
+
+    cpu = plan_for(tmp_path / "c", CPU_REPLICAS.format(replicas=2))
+    c = fleet_curves(cpu.services[0], cpu.hardware)[0]
+    assert c.decode_s_per_seq > 0
+    assert c.step_s(2, 0) >= 1.5 * c.step_s(1, 0)  # 8 threads' dot products for the second stream
+    gpu = plan_for(tmp_path / "g", TEAM_8X_H100.format(users=8))
+    g = fleet_curves(gpu.services[0], gpu.hardware)[0]
+    assert g.decode_s_per_seq == 0 and g.step_s(2, 0) < 1.1 * g.step_s(1, 0)
+    # In the simulator: 2 streams on one CPU instance each decode well below the single-stream rate.
+    one = simulate([c], users=1, prompt_tokens=16, output_tokens=64)
+    two = simulate([c], users=2, prompt_tokens=16, output_tokens=64)
+    assert two.tokens_per_s_per_user < 0.7 * one.tokens_per_s_per_user
+
+
 # ---------------------------------------------------------------------------------------------- capacity plan
 
 
@@ -123,8 +139,9 @@ def test_pinned_replicas_are_separate_instances_on_their_own_ports(tmp_path):
     assert cap.separate and cap.replicas == 2 and cap.pinned
     assert len(set(cap.ports)) == 2 and sp.port not in cap.ports
     assert sp.command[sp.command.index("-np") + 1] == "2"  # 4 users over 2 instances
-    with pytest.raises(RenderError, match="no target renders them yet"):
-        render_plan(plan_for(tmp_path / "r", CPU_REPLICAS.format(replicas=2)), RenderContext("stack.yaml"), ["script"])
+    paths = {a.path for a in render_plan(plan_for(tmp_path / "r", CPU_REPLICAS.format(replicas=2)),
+                                         RenderContext("stack.yaml"), ["script"])}
+    assert {"chat/run-1.sh", "chat/run-2.sh", "chat/balancer.sh", "chat/haproxy.cfg"} <= paths
 
 
 def test_replicas_that_do_not_fit_are_a_plan_error(tmp_path):

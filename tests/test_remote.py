@@ -293,7 +293,10 @@ def test_render_without_lock_resolves_writes_the_lock_and_then_needs_no_network(
     assert len(hub.log) == requests  # the lock answered; no request
     assert (out1 / "chat" / "run.sh").read_bytes() == (out2 / "chat" / "run.sh").read_bytes()
     run_sh = (out2 / "chat" / "run.sh").read_text()
-    assert "-hf org/tiny-GGUF:Q4_K_M" in run_sh
+    # -hf takes no revision; the Hub's resolve URL at the locked commit does (issue 12)
+    sha = read_lock(lock)[("hf:org/tiny-GGUF:Q4_K_M", "")].resolved["revision"]
+    assert f"-mu https://huggingface.co/org/tiny-GGUF/resolve/{sha}/tiny-Q4_K_M.gguf" in run_sh
+    assert "-hf " not in run_sh
     assert dump_lock(read_lock(lock)) == text  # read -> write is byte-identical
     res = cli("lock", f, "--check")
     assert res.exit_code == 0 and "up to date" in res.output
@@ -345,6 +348,13 @@ def test_remote_safetensors_plan_serves_the_checkpoint_it_sized(env_hub, write_s
     assert cli("lock", f).exit_code == 0
     sp = resolve(load_stack(f), None).services[0]
     assert sp.engine == "vllm" and sp.model_ref == "someone/gemma-3-270m-bf16"
+    sha = read_lock(lock_path_for(f))[("hf:someone/gemma-3-270m-bf16", "")].resolved["revision"]
+    argv = list(sp.command)
+    assert argv[argv.index("--revision") + 1] == sha == sp.model.revision  # the commit whose headers were sized
+    assert argv[argv.index("--tokenizer-revision") + 1] == sha
+    res = cli("render", f, "-o", tmp_path / "out")  # the flag check passes and run.sh carries the pin
+    assert res.exit_code == 0, res.output
+    assert f"--revision {sha}" in (tmp_path / "out" / "chat" / "run.sh").read_text().replace(" \\\n    ", " ")
     assert sp.memory.weights_bytes == sp.model.hf_sizes["bf16"] and sp.memory.weights_source == "header"
     f.write_text(stack_text("hf:someone/gemma-3-270m-bf16", "    quant: awq\n", hardware="a100-80gb"))
     res = cli("lock", f)
@@ -361,3 +371,19 @@ def test_ollama_reference_plans_with_ollama(env_hub, write_stack, cli, tmp_path)
     sp = resolve(load_stack(f), None).services[0]
     assert sp.engine == "ollama" and sp.model_ref == "tiny:1b"
     assert sp.memory.weights_bytes == sg_gguf.read_gguf_header(p).tensor_data_bytes
+
+
+def test_a_split_gguf_is_pinned_by_its_first_part_and_a_url_or_catalog_model_is_left_alone():
+    from dataclasses import replace
+
+    from stackgen.lock import pin_gguf_url
+    from stackgen.profiles import load_profiles
+
+    base = replace(load_profiles().models["gemma-3-270m"], source="gguf")
+    parts = [{"name": f"Q8_0/m-Q8_0-0000{i}-of-00002.gguf", "size": 1} for i in (1, 2)]
+    resolved = {"kind": "gguf", "repo": "org/m-GGUF", "revision": SHA2, "files": parts}
+    want = f"https://huggingface.co/org/m-GGUF/resolve/{SHA2}/Q8_0/m-Q8_0-00001-of-00002.gguf"
+    assert pin_gguf_url(base, resolved).url == want
+    assert pin_gguf_url(replace(base, url="https://x/y.gguf"), resolved).url == "https://x/y.gguf"
+    assert pin_gguf_url(base, {**resolved, "revision": None}).url is None
+    assert pin_gguf_url(replace(base, source="ollama"), resolved).url is None

@@ -58,7 +58,11 @@ def units_for(stack: Path, host: Path | None, binary: Path, tmp: Path) -> list[P
     for art in render_units(plan, RenderContext("stack.yaml"), binary=str(binary)):
         path = tmp / Path(art.path).name
         path.write_text(art.content, encoding="utf-8")
-        out.append(path)
+        if path.name.endswith("@.service"):  # a template unit is verified as one of its instances
+            path = path.with_name(path.name.replace("@.service", "@1.service"))
+            path.write_text(art.content, encoding="utf-8")
+        if path.suffix == ".service":  # not the instances' env files or the balancer's config
+            out.append(path)
     return out
 
 

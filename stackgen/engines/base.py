@@ -191,6 +191,7 @@ class Engine(Protocol):
     api_key: ApiKey | None  # None: the engine has no API key (it must stay on loopback)
     tls_flags: tuple[str, str] | None  # (certificate flag, key flag); None: the engine cannot serve TLS
     knobs: tuple[Knob, ...]  # the flags the planner sizes (overrides of them are planned with the user's value)
+    queue_metric: str | None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""

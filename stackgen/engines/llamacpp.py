@@ -51,6 +51,7 @@ LLAMA_STRUCTURED = ("llama-server constrains each request that carries a grammar
 class LlamaCpp:
     name = "llama.cpp"
     display = "llama.cpp (llama-server)"
+    queue_metric = "llamacpp:requests_deferred"  # /metrics (--metrics): requests waiting for a free slot
     default_port = 8080
     binary = "llama-server"
     api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file")

@@ -12,6 +12,7 @@ from stackgen.spec import HardwareSpec, WorkloadSpec
 class Mlx:
     name = "mlx"
     display = "MLX (mlx_lm.server)"
+    queue_metric = None  # no /metrics
     default_port = 8080
     binary = "mlx_lm.server"
     api_key = None  # mlx_lm.server has no API key option: loopback only

@@ -35,6 +35,7 @@ RUNNER_CACHE = CacheSettings(cache_ram="LLAMA_ARG_CACHE_RAM", checkpoints="LLAMA
 class Ollama:
     name = "ollama"
     display = "Ollama"
+    queue_metric = None  # no Prometheus endpoint
     default_port = 11434
     binary = "ollama"
     api_key = None  # Ollama has no API key for its own HTTP API: loopback only

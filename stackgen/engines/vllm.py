@@ -45,9 +45,18 @@ def rope_overrides(r: LongContext) -> dict:
                                 r.original_context, "rope_theta": r.rope_theta}}
 
 
+def _revision_args(model: ModelFacts, model_ref: str) -> list[str]:
+    """The commit stack.lock pinned, for a Hub repo vLLM downloads itself (not a local folder): weights, config and
+    tokenizer all from that commit (`--revision`, `--tokenizer-revision`; vllm/engine/arg_utils.py)."""
+    if not model.revision or model.path or model.source != "hf" or model_ref != model.hf_repo:
+        return []
+    return ["--revision", model.revision, "--tokenizer-revision", model.revision]
+
+
 class Vllm:
     name = "vllm"
     display = "vLLM"
+    queue_metric = "vllm:num_requests_waiting"  # /metrics (always on): requests waiting for the scheduler
     default_port = 8000
     binary = "vllm"
     api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
@@ -80,6 +89,17 @@ class Vllm:
             raise Unsupported("the model comes from Ollama's registry; vLLM needs an HF checkpoint")
         fmt, note = hf_for(model.quant)
         size, source = model.hf_bytes(fmt)
+        if model.source == "catalog" and fmt not in model.hf_variants:
+            if fmt in ("awq", "gptq"):
+                raise Unsupported(f"no {fmt} checkpoint of {model.name} is known (catalog hf_variants), and vLLM would "
+                                  f"load {model.hf_repo}'s bf16 weights, not the {fmt} size the plan counts: name the "
+                                  f"checkpoint (`model: hf:ORG/REPO`) or use quant bf16 or fp8")
+            if fmt == "fp8":  # no FP8 checkpoint: the bf16 repo, quantized on load (--quantization fp8)
+                bf16, _ = model.hf_bytes("bf16")
+                dyn = (f"fp8: no FP8 checkpoint of {model.name} is known, so vLLM downloads {model.hf_repo} in bf16 "
+                       f"({bf16 / 1e9:.1f} GB on disk) and quantizes it to fp8 as it loads (--quantization fp8); the "
+                       f"plan counts the fp8 size in memory ({size / 1e9:.1f} GB)")
+                note = f"{note}; {dyn}" if note else dyn
         return Weights(fmt, size, source, note)
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
@@ -102,6 +122,7 @@ class Vllm:
         m = plan.memory
         args = [ctx.binary, "serve", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),
                 "--served-model-name", plan.name,
+                *_revision_args(plan.model, ctx.model_ref),
                 "--max-model-len", str(m.context_per_request), "--max-num-seqs", str(m.parallel)]
         if m.gpu_memory_utilization is not None:
             args += ["--gpu-memory-utilization", f"{m.gpu_memory_utilization:.2f}"]
@@ -120,7 +141,7 @@ class Vllm:
         so = getattr(plan.spec, "structured_output", None)
         if so is not None and so.backend != "auto":
             args += ["--structured-outputs-config", json.dumps({"backend": so.backend})]
-        if m.weights_format == "fp8" and plan.model.source != "hf":
+        if m.weights_format == "fp8" and plan.model.source != "hf" and "fp8" not in plan.model.hf_variants:
             args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
         # Shared system prompts across users: prefix caching turns them into cache hits.
         args += ["--enable-prefix-caching"]

@@ -27,7 +27,7 @@ from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
-from stackgen.targets import refuse_tls, register
+from stackgen.targets import fleet, refuse_tls, register
 
 COMPOSE_DIR = "compose"
 LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
@@ -56,6 +56,12 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         if sp.engine == "mlx":
             notes.append(f"service {sp.name!r} (MLX) is not in this file: MLX needs Metal, which no container "
                          "can reach; run it with the script target on the Mac itself")
+            continue
+        if fleet.separate(sp):  # fleet hook: N engine services + an HAProxy service (targets/fleet.py)
+            more, fleet_files, fleet_volumes = fleet.compose(plan, sp, ctx, compose_dir)
+            services.update(more)
+            files += fleet_files
+            volumes |= fleet_volumes
             continue
         parts = service_parts(sp, plan, ctx, compose_dir)
         services[sp.name] = parts.entry
@@ -272,7 +278,7 @@ def hardening(sp: ServicePlan) -> dict:
 
 def devices(sp: ServicePlan, accel: str) -> dict:
     if accel == "cuda":
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel) if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
         reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):

@@ -38,7 +38,7 @@ from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.spec import LOOPBACK_HOSTS
-from stackgen.targets import refuse_tls, register
+from stackgen.targets import fleet, refuse_tls, register
 from stackgen.targets.compose import accelerator, image_for
 
 K8S_DIR = "kubernetes"
@@ -78,6 +78,8 @@ def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
     if sp.topology is not None:
         return _multinode_manifests(plan, sp, name, labels)
     docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
+    if sp.replicas > 1:  # fleet hook: pods per instance, shared weights, an autoscaler (targets/fleet.py)
+        _fleet(sp, docs, name, labels)
     if sp.engine == "ollama":
         docs.insert(0, _modelfile_config_map(plan, sp, ctx, name, labels))
     if sp.host in LOOPBACK_HOSTS:
@@ -148,7 +150,7 @@ def gpu_request(sp: ServicePlan) -> tuple[str, int] | None:
         return None
     vendor = next(g.vendor for g in sp.gpus if not g.unified)
     if sp.engine == "vllm":
-        count = sp.memory.tensor_parallel
+        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel)  # data parallel: TP GPUs per core
     else:
         count = sum(g.count for g in sp.gpus if not g.unified)
     return GPU_RESOURCE[vendor], count
@@ -311,6 +313,24 @@ def _volumes(sp: ServicePlan, name: str) -> list[dict]:
     return vols
 
 
+def _fleet(sp: ServicePlan, docs: list[dict], name: str, labels: dict) -> None:
+    """Replicas (stackgen/targets/fleet.py): one pod per separate instance, the weights PVC shared by them
+    (ReadWriteMany), rolling updates one pod at a time, scrape annotations and a HorizontalPodAutoscaler."""
+    pvc, _, deploy = docs[:3]
+    pods = fleet.pods(sp)
+    spec = deploy["spec"]
+    spec["replicas"] = pods
+    hpa = fleet.autoscaler(sp, name, labels)
+    if pods > 1 or hpa is not None:  # pods on several nodes: shared weights, one pod replaced at a time
+        pvc["spec"]["accessModes"] = ["ReadWriteMany"]
+        spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    notes = fleet.scrape_annotations(sp, CONTAINER_PORTS[sp.engine])
+    if notes:
+        spec["template"]["metadata"]["annotations"] = notes
+    if hpa is not None:
+        docs.insert(3, hpa)
+
+
 # ---------------------------------------------------------------------------------------------- multi-node
 
 LWS_API = "leaderworkerset.x-k8s.io/v1"
@@ -402,4 +422,6 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
                      f"ollama create {tag} -f /stackgen/Modelfile")
     if any(g.vendor == "apple" for g in sp.gpus):
         lines.append("# Containers cannot use Metal: this service runs on the CPU in the cluster.")
+    if sp.replicas > 1:
+        lines += fleet.kubernetes_header(sp)
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from stackgen.errors import RenderError
 from stackgen.memory import MIB, initial_budget
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
-from stackgen.targets import register
+from stackgen.targets import fleet, register
 
 ENGINES = ("llama.cpp", "mlx")
 HOMEBREW_BIN = "/opt/homebrew/bin"  # Homebrew's prefix on Apple silicon (`brew install llama.cpp` puts llama-server here)
@@ -39,6 +39,7 @@ UMASK_077 = 0o077  # plists have no octal: plistlib writes the integer 63
 
 @register("launchd")
 def launchd_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    fleet.refuse(plan, "launchd")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     if plan.hardware.os != "macos":
         raise RenderError(f"the launchd target needs a Mac; this stack's hardware runs {plan.hardware.os} "
                           "(use the systemd or quadlet target on Linux)")

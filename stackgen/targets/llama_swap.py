@@ -29,7 +29,7 @@ from stackgen.errors import RenderError
 from stackgen.memory import initial_budget
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
-from stackgen.targets import refuse_tls, register
+from stackgen.targets import fleet, refuse_tls, register
 from stackgen.targets.systemd import start_timeout_s
 
 ENGINES = ("llama.cpp", "vllm", "mlx")
@@ -40,6 +40,7 @@ DEFAULT_LISTEN_PORT = 8080
 
 @register("llama-swap")
 def llama_swap_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    fleet.refuse(plan, "llama-swap")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     refuse_tls(plan, "llama-swap", "llama-swap's own --tls-cert-file/--tls-key-file")
     for sp in plan.services:
         if sp.engine not in ENGINES:

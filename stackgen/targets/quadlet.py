@@ -29,7 +29,7 @@ from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.systemd_quote import check_value, escape_text, quote_arg, systemd_quote
-from stackgen.targets import refuse_tls, register
+from stackgen.targets import fleet, refuse_tls, register
 from stackgen.targets.compose import (CACHE_VOLUMES, KEY_ENV, accelerator, container_command, engine_env, healthcheck,
                                       image_for, publish)
 from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL, start_timeout_s
@@ -40,6 +40,7 @@ PULL_S = 900  # an engine image is several GB: the first start pulls it inside T
 
 @register("quadlet")
 def quadlet_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    fleet.refuse(plan, "quadlet")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     refuse_tls(plan, "quadlet", "a TLS-terminating proxy in front (Caddy, Traefik, nginx)")
     if plan.hardware.os != "linux":
         raise RenderError(f"the quadlet target needs Linux (Podman with systemd); this stack's hardware runs "

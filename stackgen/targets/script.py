@@ -17,7 +17,7 @@ from stackgen.binaries import shell_lookup
 from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.systemd_quote import check_value
-from stackgen.targets import register
+from stackgen.targets import fleet, register
 from stackgen.artifact_paths import local_weights, output_folder
 
 RAY_UNAUTHENTICATED = ("Ray runs without authentication here: whoever reaches its ports can run code on this machine; "
@@ -29,6 +29,9 @@ KEY_FD = engines.KEY_FD  # llama-server reads the key from an unlinked private f
 def script_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     out: list[Artifact] = []
     for sp in plan.services:
+        if fleet.separate(sp):  # fleet hook: N instances + HAProxy (stackgen/targets/fleet.py)
+            out += fleet.script(plan, sp, ctx) + _engine_files(plan, sp, ctx)
+            continue
         out.append(Artifact(f"{sp.name}/run.sh", launcher(plan, sp, ctx), mode=0o755))
         out.append(Artifact(f"{sp.name}/{sp.name}.env", env_file(sp, ctx)))
         out += _engine_files(plan, sp, ctx)
@@ -88,7 +91,7 @@ def _node_script(ctx: RenderContext, what: str, env: dict[str, str], argv: list[
     return "".join(lines)
 
 
-def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
+def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext, env_name: str | None = None) -> str:
     engine = engines.get(sp.engine)
     cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=script_model_ref(sp),
                           host=sp.host, port=sp.port, key_file=KEY_FD)
@@ -97,7 +100,7 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     lookup = None if sp.spec.binary else shell_lookup(sp.engine)
     return render_template(
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
-        stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(f"{sp.name}.env"),
+        stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(env_name or f"{sp.name}.env"),
         key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", lookup=lookup,
         command=_command_lines(argv, first='"$engine"' if lookup else None),
         ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",

@@ -24,7 +24,7 @@ from stackgen.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext, render_template
 from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.systemd_quote import Expand, escape_text, quote_value, systemd_quote
-from stackgen.targets import register
+from stackgen.targets import fleet, register
 from stackgen.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
@@ -47,6 +47,9 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
         raise RenderError(f"the systemd target needs a Linux machine; this stack's hardware runs {plan.hardware.os}")
     out: list[Artifact] = []
     for sp in plan.services:
+        if fleet.separate(sp):  # fleet hook: a template unit per instance + the balancer (targets/fleet.py)
+            out += fleet.systemd(plan, sp, ctx, binary)
+            continue
         out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
         if sp.engine == "ollama":
             out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))

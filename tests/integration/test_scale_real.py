@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import threading
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 from stackgen.bench import one_request
+from stackgen.render import RenderContext, render_plan, write_tree
 from tools.fleet import Fleet, plan_for
 
 from conftest import missing
@@ -65,3 +70,67 @@ def test_two_instances_behind_the_balancer(tmp_path, llama_server, gguf_path, ha
         for i in range(3):
             r = one_request("127.0.0.1", port, "chat", f"Again {i}.", 4, timeout=120)
             assert r.ok, r.error
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics of port {port}")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_rendered_script_fleet_runs(tmp_path, llama_server, gguf_path, haproxy, free_port):
+    """The script target's own files, run as a user would: deploy/chat/run.sh starts run-1.sh, run-2.sh and
+    balancer.sh (HAProxy found on PATH); requests through the balancer reach both instances (their own /metrics);
+    SIGTERM to run.sh stops all three."""
+    port = free_port()
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(STACK.format(gguf=gguf_path, binary=llama_server, port=port) + "targets: [script]\n")
+    plan = plan_for(stack)
+    sp = plan.services[0]
+    write_tree(tmp_path / "deploy", render_plan(plan, RenderContext("stack.yaml"), ["script"]))
+    env = {**os.environ, "PATH": f"{Path(haproxy).parent}:{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(["sh", str(tmp_path / "deploy" / "chat" / "run.sh")], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        for p in list(sp.capacity.ports) + [port]:
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=2).status == 200:
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, f"port {p} not ready: {(tmp_path / 'run.log').read_text()[-3000:]}"
+                time.sleep(0.5)
+        time.sleep(4)  # HAProxy marks servers up after `rise 2` checks at `inter 2s`
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            one_request("127.0.0.1", port, "chat", f"Tell me about the number {i}.", 8, timeout=120)))
+            for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.error for r in results if not r.ok] == [] and len(results) == 4
+        served = [_metric(p, "llamacpp:prompt_tokens_total") for p in sp.capacity.ports]
+        assert all(n > 0 for n in served), f"least connections should use both instances: {served}"
+        proc.send_signal(15)
+        proc.wait(30)
+        deadline = time.monotonic() + 20
+        while any(_listening(p) for p in list(sp.capacity.ports) + [port]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_listening(p) for p in list(sp.capacity.ports) + [port]), "run.sh left a process listening"
+    finally:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass

@@ -31,7 +31,7 @@ fi
 # `run.sh --which` prints the binary it would run, and exits.
 if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
 
-exec "$engine" serve Qwen/Qwen2.5-7B-Instruct \
+exec "$engine" serve Qwen/Qwen2.5-7B-Instruct-AWQ \
     --host 127.0.0.1 \
     --port 8000 \
     --served-model-name api \
