@@ -51,6 +51,8 @@ def test_vllm_three_stages_when_two_cannot_hold_the_weights():
         w, KV_TP2 // 3 * ranks, OVERHEAD * ranks, RESERVE * ranks)
     assert p.host_bytes == int((2.5 + 2 * 2) * GIB)
     assert (p.kv_cache_type, p.gpu_memory_utilization, p.context_per_request, p.parallel) == ("auto", 0.9, 8192, 1)
+    assert (p.compute_bytes, p.total_layers, p.gpu_layers, p.weights_format, p.weights_source) == (
+        0, 32, 32, "bf16", "test")
     assert (p.gpu_budget_bytes, p.host_budget_bytes) == (2 * 80 * GIB * 3, int(512 * GIB * 0.85))
     assert p.levers[0] == ("tensor parallel over the 2 GPUs of each node and pipeline parallel over 3 nodes "
                            "(11 + 11 + 10 layers) to hold the weights")
@@ -59,7 +61,7 @@ def test_vllm_three_stages_when_two_cannot_hold_the_weights():
 def test_vllm_more_stages_than_nodes_is_refused():
     """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes."""
     p = mn(300 * GIB, 2)
-    assert not p.fits and p.pipeline_parallel == 2
+    assert p.fits is False and p.pipeline_parallel == 2
     assert "2 nodes of" in p.shortfall and gb_words(RESERVE * 2 * 2) in p.shortfall
 
 
@@ -147,3 +149,22 @@ def test_a_pinned_engine_that_cannot_split_is_refused_with_the_reason(write_stac
     text = str(exc.value)
     assert "nor split over the 2 nodes" in text
     assert "cannot split one model over several machines (only vLLM and llama.cpp RPC can)" in text
+
+
+def test_vllm_stages_with_several_users_take_fp8_to_hold_them_all():
+    """4 users at PP 2: the weights leave room for 2 bf16 requests per rank (512 MiB / 2 stages = 256 MiB each):
+    bf16 fits some, not all; fp8 (128 MiB each) holds all 4: the plan takes fp8 and says so. With room for 1.5 fp8
+    requests only, fp8 is kept and the plan says vLLM queues the rest; with room for 4 bf16 requests, bf16."""
+    half = KV_TP2 // 2
+    oh4 = int((1.79 + 1.79 + 0.5) * GIB + int(8192 * 5.95 * (4096 + 14336) + 4 * 128256 * 4 * 1.42))
+    w = (RESERVE - oh4 - 2 * half) * 4
+    p = mn(w, 2, users=4)
+    assert p.fits and p.kv_cache_type == "fp8" and p.kv_cache_bytes == (half // 2) * 4 * 4
+    assert p.levers[1] == "KV cache in fp8 to hold every user's context"
+    assert not any("queue" in lever for lever in p.levers)
+    tight = mn((RESERVE - oh4 - half // 2 - half // 4) * 4, 2, users=4)
+    assert tight.fits and tight.kv_cache_type == "fp8"
+    assert tight.levers[1:3] == ("KV cache in fp8 to hold every user's context",
+                                 "not every user fits at full context at once: vLLM will queue or preempt the rest")
+    roomy = mn((RESERVE - oh4 - 4 * half) * 4, 2, users=4)
+    assert roomy.kv_cache_type == "auto" and not any("fp8" in lever or "queue" in lever for lever in roomy.levers)

@@ -281,3 +281,12 @@ def test_shared_share_over_two_gpus_is_of_both():
     hw = machine(gpu(80, None, "datacenter", "A100-SXM4-80GB", count=2))
     p = plan(M8, hw, wl(1), 8 * GIB, budget=memory.Budget(int(160 * GIB * 0.6), int(200 * GIB)))
     assert p.gpu_memory_utilization == 0.58
+
+
+@pytest.mark.parametrize("gpus,weights_gib,tp", [(8, 60, 4), (8, 120, 8), (16, 200, 16)])
+def test_tensor_parallel_is_the_smallest_power_of_two_that_holds_the_weights(gpus, weights_gib, tp):
+    """RTX 3090s (21.2 GiB reserve each): 60 GiB needs 4 ranks (15 GiB each), 120 GiB 8, 200 GiB 16."""
+    hw = machine(gpu(24, 23.58, "consumer", "GeForce RTX 3090", count=gpus))
+    p = plan(M8, hw, wl(1, 4096), weights_gib * GIB)
+    assert p.fits and p.tensor_parallel == tp
+    assert (p.weights_format, p.weights_source) == ("bf16", "test")
