@@ -87,3 +87,10 @@ def gpu(vendor: str, tier: str = "consumer", name: str = "G") -> GPUSpec:
 def test_hardware_class(gpus, cls):
     hw = HardwareSpec(gpus=gpus, memory_gib=32, memory_bandwidth_gbs=80, cpu=CPUSpec(cores=8))
     assert resolve.hardware_class(hw) == cls
+
+
+def test_row_text_fills_the_facts():
+    hw = HardwareSpec(gpus=(gpu("nvidia", name="RTX"),), memory_gib=32, memory_bandwidth_gbs=80, cpu=CPUSpec(cores=8))
+    row = next(r for r in resolve.DECISION_TABLE if r.id == "portable")
+    assert row.text(hw, 3) == ("3 concurrent users on a consumer NVIDIA GPU (RTX): llama.cpp's GGUF quantization and "
+                               "its CUDA backends cover hardware Python engines ignore")

@@ -155,10 +155,20 @@ def test_plan_json_of_an_unfit_service_plans_the_pinned_engine_as_pinned(write_s
             "  s: {model: llama-3.1-70b-instruct, quant: bf16, engine: vllm}\n")
     with pytest.raises(PlanError) as exc:
         plan(write_stack, body)
-    cands = exc.value.plan_json["services"][-1]["candidates"]
-    assert "memory" in cands["vllm"] and cands["vllm"]["memory"]["gpu_bytes"] == 0
-    assert "memory" not in cands["mlx"]
-    assert cands["vllm"]["block"].startswith("needs ")
+    svc = exc.value.plan_json["services"][-1]
+    assert (svc["name"], svc["engine"], svc["fits"]) == ("s", "vllm", False)
+    assert svc["model"] == {"name": "llama-3.1-70b-instruct", "source": "catalog"}
+    cands = svc["candidates"]
+    assert set(cands) == {"llama.cpp", "ollama", "vllm", "mlx"}
+    v = cands["vllm"]
+    assert set(v) == {"fits", "block", "shortfall", "memory"} and v["fits"] is False
+    assert set(v["memory"]) == {"weights_bytes", "kv_cache_bytes", "compute_bytes", "overhead_bytes", "total_bytes",
+                                "gpu_bytes", "host_bytes", "gpu_budget_bytes", "host_budget_bytes", "kv_cache_type"}
+    m = v["memory"]
+    assert m["gpu_bytes"] == 0 and m["kv_cache_type"] == "auto"
+    assert m["total_bytes"] == m["weights_bytes"] + m["kv_cache_bytes"] + m["compute_bytes"] + m["overhead_bytes"]
+    assert v["shortfall"] and v["block"].startswith(v["shortfall"])
+    assert set(cands["mlx"]) == {"fits", "block"} and cands["mlx"]["fits"] is False
 
 
 def mplan(**kw) -> memory.MemoryPlan:
