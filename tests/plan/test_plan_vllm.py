@@ -281,6 +281,7 @@ def test_shared_share_over_two_gpus_is_of_both():
     hw = machine(gpu(80, None, "datacenter", "A100-SXM4-80GB", count=2))
     p = plan(M8, hw, wl(1), 8 * GIB, budget=memory.Budget(int(160 * GIB * 0.6), int(200 * GIB)))
     assert p.gpu_memory_utilization == 0.58
+    assert p.tensor_parallel == 1  # one GPU holds the model: no tensor parallel
 
 
 @pytest.mark.parametrize("gpus,weights_gib,tp", [(8, 60, 4), (8, 120, 8), (16, 200, 16)])
