@@ -330,6 +330,14 @@ def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_
     return int(activations + logits)
 
 
+def llamacpp_kq_scratch_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, ubatch: int = DEFAULT_UBATCH) -> int:
+    """Without flash attention llama.cpp materializes the KQ scores of one micro-batch over the whole cache, in f32:
+    pad256(ctx_per_slot) x slots (cells) x ubatch (rows) x heads x 4 B (e.g. 81,920 x 512 x 32 x 4 = 5,120 MiB for
+    10 slots of 8k, issue 13). Checked on Mixtral at n_ctx 512 (llama.cpp issue 5137: the CPU compute buffer is
+    114.53 MiB, this term plus llamacpp_compute_bytes predicts 120 MiB)."""
+    return pad(ctx_per_slot) * slots * ubatch * model.heads * 4
+
+
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
                   gpu_overhead: int = LLAMA_FIT_MARGIN, pins: Pins = NO_PINS,
@@ -367,7 +375,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
         compute = llamacpp_compute_bytes(model, slots, ubatch)
         if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
-            compute += pad(ctx_slot) * slots * ubatch * model.heads * 4
+            compute += llamacpp_kq_scratch_bytes(model, ctx_slot, slots, ubatch)
         layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
         on_gpu = ngl > 0 and has_gpu
         w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)
