@@ -112,3 +112,39 @@ def test_aggregate_shares_bandwidth_and_hits_the_compute_knee():
     capped = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 512, active_params=8e9, peak_tflops=100)
     assert capped == pytest.approx(0.35 * 100e12 / (2 * 8e9), rel=1e-6)
     assert speed.ttft_seconds(1000, 2000.0) == pytest.approx(0.5)
+
+
+def _ollama_plan(tmp_path, hardware, users):
+    from tools.stacks import plan_for
+    return plan_for(tmp_path, f"""
+version: 1
+hardware: {hardware}
+workload: {{concurrent_users: {users}, context_tokens: 8192}}
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: ollama, quant: Q4_K_M}}
+""")
+
+
+def test_ollama_plan_offloads_what_ollamas_estimate_places(tmp_path):
+    """8 x 8k slots with an f16 cache (flash attention off) on an 8 GB card: Ollama's estimate reserves a 4.4 GiB
+    graph (the KQ scores of 512 rows over 65,536 cells) and places 10 layers; the plan, and so num_gpu, follow it."""
+    from dataclasses import replace
+
+    from stackgen.engines import ollama_estimate
+    from stackgen.engines.ollama import ollama_gpus, ollama_model
+    from stackgen.memory import initial_budget
+    plan = _ollama_plan(tmp_path, "rtx-4060", 8)
+    sp, hw = plan.services[0], plan.hardware
+    m = sp.memory
+    assert any("Ollama's own estimate" in lever for lever in m.levers)
+    assert 0 < m.gpu_layers < m.total_layers
+    budget = replace(initial_budget(hw), gpu_bytes=m.gpu_budget_bytes)  # what the planner had for this service
+    est = ollama_estimate.estimate(ollama_model(sp.model, m.weights_bytes), ollama_gpus(hw, budget),
+                                   num_ctx=m.context_per_request, parallel=m.parallel, kv_type=m.kv_cache_type)
+    assert est.graph > 4 * 2**30 and m.gpu_layers == min(est.layers, m.total_layers)
+
+
+def test_ollama_plan_is_left_alone_when_ollama_places_every_layer(tmp_path):
+    m = _ollama_plan(tmp_path / "b", "rtx-4090", 10).services[0].memory
+    assert m.gpu_layers == m.total_layers
+    assert not any("Ollama's own estimate" in lever for lever in m.levers)
