@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen import speed  # noqa: E402
 from stackgen.memory import GIB  # noqa: E402
-from public_logs import predict_vllm_case  # noqa: E402
+from public_logs import predict_llamacpp_case, predict_ollama_case, predict_vllm_case  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -35,20 +35,51 @@ def memory_rows() -> list[str]:
     return out
 
 
+def ollama_rows() -> list[str]:
+    cases = yaml.safe_load((FIX / "ollama_memory.yaml").read_text())["cases"]
+    out = ["| case | term | predicted | logged | ratio |", "|---|---|---:|---:|---:|"]
+    for c in cases:
+        p = predict_ollama_case(c)
+        for term in ("layers", "kv_gib", "graph_full_gib", "graph_partial_gib", "vram_gib"):
+            got, logged = p[term], c["logged"][term]
+            out.append(f"| {c['id']} | {term} | {got:.3f} | {logged} | {got / logged:.3f} |")
+    return out
+
+
+def llamacpp_rows() -> list[str]:
+    cases = yaml.safe_load((FIX / "llamacpp_memory.yaml").read_text())["cases"]
+    out = ["| case | term | predicted MiB | logged MiB | ratio |", "|---|---|---:|---:|---:|"]
+    for c in cases:
+        p = predict_llamacpp_case(c)
+        for term in ("kv_mib", "compute_mib"):
+            logged = c["logged"].get(term)
+            if logged:
+                out.append(f"| {c['id']} | {term} | {p[term]:.2f} | {logged:.2f} | {p[term] / logged:.3f} |")
+    return out
+
+
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-    out = ["| point | backend | predicted tok/s | measured | ratio |", "|---|---|---:|---:|---:|"]
+    out = ["| point | backend | set | predicted tok/s | measured | ratio |", "|---|---|---|---:|---:|---:|"]
     within = 0
+    errors: dict[str, list[float]] = {"fitted": [], "held out": []}
     for p in pts:
         pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
         r = pred / p["tokens_per_s"]
         within += abs(r - 1) <= 0.15
-        out.append(f"| {p['id']} | {p['backend']} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
+        kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
+        if kind in errors:
+            errors[kind].append(abs(r - 1))
+        out.append(f"| {p['id']} | {p['backend']} | {kind} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
+    for kind, errs in errors.items():
+        if errs:
+            out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
+                       f"max {100 * max(errs):.1f}%")
     out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0):")
     for backend in sorted({p["backend"] for p in pts}):
         sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in pts
-               if p["backend"] == backend and not p.get("outlier")]
+               if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         e, t0 = speed.fit_backend(sel)
         out.append(f"- {backend}: e = {e:.3f}, t0 = {t0:.2f} ms over {len(sel)} points")
     return out
@@ -59,6 +90,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     text = "\n".join(["# Public-log corpus vs the planner", "", "## vLLM memory profiles", *memory_rows(), "",
+                      "## Ollama's estimate (port of v0.12.10) vs Ollama's logged estimate", *ollama_rows(), "",
+                      "## llama.cpp KV cache and compute buffer", *llamacpp_rows(), "",
                       "## Single-stream decode speed", *speed_rows(), ""])
     print(text)
     if args.record:
