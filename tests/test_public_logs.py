@@ -78,7 +78,7 @@ def test_memory_corpus_size():
     """Issue 13 asks for 25 memory cases; this corpus holds what was found with sources (recorded in
     benchmarks/results/public_logs.md). The floor keeps it from shrinking."""
     vllm = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
-    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 15
+    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 16
 
 
 def _predicted(p):

@@ -117,6 +117,12 @@ def graph_size(m: OllamaModel, num_ctx: int, batch: int, parallel: int, kv_total
         full = max(4 * batch * (emb + vocab), 4 * batch * (1 + 4 * emb + ctx + ctx * heads))
         partial = max(4 * batch * (2 * emb + vocab) + emb * vocab * 105 // 128,
                       4 * batch * (2 + 3 * emb + ctx + ctx * heads))
+    elif arch == "deepseek2":
+        hk = m.head_k
+        full = max(4 * batch * (3 * emb + vocab), 4 * batch * (3 * emb + 2 + ctx * (1 + hkv) + 2 * hk * hkv))
+        partial = max(4 * batch * (3 * emb + vocab) + emb * vocab * 105 // 128,
+                      4 * batch * (2 * emb + 1 + 2 * hk * hkv + ctx + ctx * hkv) + 4 * hk * ctx * hkv
+                      + emb * hk * hkv * 9 // 16)
     if partial == 0:  # memory.go: an architecture without a formula
         partial = (heads // max(1, hkv)) * kv_total // 6
     if full == 0:
