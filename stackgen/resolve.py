@@ -19,6 +19,7 @@ from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, ini
                              predict_decode_tokens_per_s)
 from stackgen.capacity import fleet_memory, with_replicas
 from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
+from stackgen.speed import service_forecast
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
@@ -477,6 +478,9 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
         tls=stack.serve.tls,
+        speed=None if topology is not None else service_forecast(
+            chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
+            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads),
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
 

@@ -18,3 +18,38 @@ def predict_vllm_case(c: dict) -> dict:
     per_token = m["layers"] * max(1, m["kv_heads"] // c["tp"]) * m["head_dim"] * 2 * 2
     verdict = "started" if kv / per_token >= c["max_model_len"] else "refused"
     return {"non_torch": non_torch, "activation": act, "kv": kv, "verdict": verdict}
+
+
+def ollama_case_inputs(c: dict):
+    """The estimate's inputs from a case of ollama_memory.yaml: the model, the GPUs as the log lists them, options."""
+    from stackgen.engines.ollama_estimate import GPU, OllamaModel
+    model = OllamaModel(**c["model"], layer_bytes=int(c["layer_gib"] * GIB), output_bytes=int(c["output_gib"] * GIB))
+    g = c["gpus"]
+    gpus = [GPU(int(g["free_gib"] * GIB), g["library"])] * g["count"]
+    return model, gpus, {"num_ctx": c["num_ctx"], "parallel": c["parallel"], "kv_type": c.get("kv_type", "f16")}
+
+
+def predict_ollama_case(c: dict) -> dict:
+    """Ollama's estimate (stackgen/engines/ollama_estimate.py) for a logged configuration, in the log's units."""
+    from stackgen.engines.ollama_estimate import estimate
+    model, gpus, opts = ollama_case_inputs(c)
+    e = estimate(model, gpus, **opts)
+    return {"layers": e.layers, "kv_gib": e.kv_bytes / GIB, "graph_full_gib": e.graph_full / GIB,
+            "graph_partial_gib": e.graph_partial / GIB, "vram_gib": e.vram_bytes / GIB}
+
+
+def predict_llamacpp_case(c: dict) -> dict:
+    """llama.cpp's KV cache and compute buffer by stackgen's rules (MiB), for a logged context."""
+    from stackgen.memory import MIB, llamacpp_compute_bytes, llamacpp_kv_bytes, llamacpp_kq_scratch_bytes
+    m = c["model"]
+    model = SimpleNamespace(layers=m["layers"], hidden=m["hidden"], ffn=m["ffn"], heads=m["heads"],
+                            kv_heads=m["kv_heads"], head_dim_k=m["head_dim"], head_dim_v=m.get("head_dim_v", m["head_dim"]),
+                            vocab=m["vocab"], swa_layers=0, sliding_window=None, full_attention_layers=m["layers"],
+                            kv_bytes_per_token_per_layer=lambda bpe: m["kv_heads"] * (
+                                m["head_dim"] + m.get("head_dim_v", m["head_dim"])) * bpe)
+    slots, ctx = c["slots"], c["n_ctx"] // c["slots"]
+    kv = llamacpp_kv_bytes(model, ctx, slots, c["kv_type"], c["ubatch"])
+    compute = llamacpp_compute_bytes(model, slots, c["ubatch"])
+    if not c["flash_attn"]:
+        compute += llamacpp_kq_scratch_bytes(model, ctx, slots, c["ubatch"])
+    return {"kv_mib": kv / MIB, "compute_mib": compute / MIB}

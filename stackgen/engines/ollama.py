@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from stackgen.engines import ollama_estimate
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int, _layers
 from stackgen.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
                              with_rope)
-from stackgen.models import LongContext, ModelFacts
+from stackgen.models import GIB, LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 # Keys a Modelfile PARAMETER accepts (api/types.go Options + Runner).
@@ -75,11 +76,40 @@ class Ollama:
                          model)
         if not plan.fits:
             return plan
+        plan = self._as_ollama_places_it(plan, model, wl, hw, budget, w, pins)
+        if not plan.fits:
+            return plan
         note = (f"loaded models: OLLAMA_MAX_LOADED_MODELS=1 and OLLAMA_KEEP_ALIVE=-1 keep exactly the planned model "
                 f"resident with OLLAMA_NUM_PARALLEL={plan.parallel} slots; the daemon's defaults (3 models per GPU, "
                 "unloaded after 5 minutes) would let a second model's weights and KV cache in beside it, which the "
                 "plan does not count, and make the first request after idle wait for a reload")
         return replace(plan, levers=plan.levers + (note,))
+
+    def _as_ollama_places_it(self, plan: MemoryPlan, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec,
+                             budget: Budget, w: Weights, pins: Pins) -> MemoryPlan:
+        """Check the layer split against Ollama's own estimate (engines/ollama_estimate.py, v0.12.10): its graph
+        reserve and per-GPU minimum are larger than llama.cpp's, and a num_gpu past what it would place is loaded
+        anyway and fails to allocate. When Ollama would place fewer layers, plan that many (num_gpu follows)."""
+        gpus = ollama_gpus(hw, budget)
+        if not gpus or plan.gpu_layers == 0 or pins.gpu_layers is not None:
+            return plan
+        est = ollama_estimate.estimate(ollama_model(model, w.bytes), gpus, num_ctx=plan.context_per_request,
+                                       parallel=plan.parallel, num_batch=pins.ubatch or 512,
+                                       kv_type=plan.kv_cache_type)
+        planned = plan.gpu_layers + (1 if plan.gpu_layers >= model.layers else 0)  # + the output layer
+        if est.layers >= planned:
+            return plan
+        layers = min(est.layers, model.layers)
+        fewer = with_rope(plan_llamacpp(model, wl, hw, budget, w.bytes, w.format, w.source,
+                                        gpu_overhead=OLLAMA_MIN_MEMORY + 512 * 1024**2,
+                                        pins=replace(pins, gpu_layers=layers, kv_cache_type=plan.kv_cache_type),
+                                        cache=RUNNER_CACHE), model)
+        why = (f"Ollama's own estimate (llm/memory.go estimateGPULayers, v0.12.10) places {est.layers} of "
+               f"{est.model_layers} layers: it reserves a {est.graph / GIB:.2f} GiB compute graph and "
+               f"{ollama_estimate.MINIMUM_MEMORY[gpus[0].library] // MIB} MiB per GPU, so the plan offloads "
+               f"{fewer.gpu_layers} (num_gpu) instead of {plan.gpu_layers}")
+        kept = tuple(lever for lever in plan.levers if lever.startswith("KV cache quantized"))
+        return replace(fewer, levers=fewer.levers + kept + (why,))
 
     def rope_block(self, rope: LongContext) -> str | None:
         if rope.in_file:
@@ -133,6 +163,26 @@ class Ollama:
 
     def model_tag(self, plan) -> str:
         return f"stackgen-{plan.name}"
+
+
+def ollama_gpus(hw: HardwareSpec, budget: Budget) -> list[ollama_estimate.GPU]:
+    """The GPUs as Ollama's estimate sees them: the budget left for this service, split evenly."""
+    n = sum(g.count for g in hw.gpus)
+    if not n or budget.gpu_bytes <= 0:
+        return []
+    library = {"nvidia": "cuda", "amd": "rocm", "apple": "metal"}.get(hw.gpus[0].vendor)
+    if library is None:
+        return []
+    return [ollama_estimate.GPU(budget.gpu_bytes // n, library)] * n
+
+
+def ollama_model(model: ModelFacts, weights: int) -> ollama_estimate.OllamaModel:
+    """The estimate's view of a model; weights spread over layers + 1 (the output layer), as the plan does."""
+    per_layer = weights // (model.layers + 1)
+    return ollama_estimate.OllamaModel(
+        architecture=model.architecture, block_count=model.layers, embedding=model.hidden, heads=model.heads,
+        kv_heads=model.kv_heads, head_k=model.head_dim_k, head_v=model.head_dim_v, vocab=model.vocab,
+        layer_bytes=per_layer, output_bytes=per_layer, sliding_window=model.sliding_window or 0)
 
 
 def runner_cache_env(m: MemoryPlan) -> dict[str, str]:
