@@ -26,10 +26,11 @@ from stackgen.errors import RenderError
 from stackgen.ollama_modelfile import check_parameter
 from stackgen.plan import Plan, ServicePlan
 
-PROFILE_FILES = {"llama.cpp": "llama.cpp.yaml", "vllm": "vllm.yaml", "mlx": "mlx.yaml"}
-# How many tokens after the binary are not flags: `vllm serve MODEL`.
-LEADING_POSITIONALS = {"llama.cpp": 0, "vllm": 2, "mlx": 0}
-HELP_ARGS = {"llama.cpp": ("--help",), "vllm": ("serve", "--help=all"), "mlx": ("--help",)}
+PROFILE_FILES = {"llama.cpp": "llama.cpp.yaml", "vllm": "vllm.yaml", "mlx": "mlx.yaml", "sglang": "sglang.yaml"}
+# How many tokens after the binary are not flags: `vllm serve MODEL`, `python3 -c LAUNCHER` (SGLang).
+LEADING_POSITIONALS = {"llama.cpp": 0, "vllm": 2, "mlx": 0, "sglang": 2}
+HELP_ARGS = {"llama.cpp": ("--help",), "vllm": ("serve", "--help=all"), "mlx": ("--help",),
+             "sglang": ("-m", "sglang.launch_server", "--help")}
 OLLAMA_REMOVED_ENV = {"OLLAMA_INTEL_GPU", "OLLAMA_MULTIUSER_CACHE", "OLLAMA_NEW_ENGINE", "OLLAMA_TMPDIR",
                       "OLLAMA_RUNNERS_DIR"}  # engines.md 2.2: gone from envconfig; old configs still set them
 

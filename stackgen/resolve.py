@@ -32,6 +32,7 @@ class Row:
     optimize: frozenset[str]  # latency | throughput | setup
     engines: tuple[str, ...]  # preference order
     reason: str  # a template: {gpu} {users} {backend} are filled from the facts (Row.text)
+    min_prompt_ratio: float = 0.0  # the row needs prompt-heavy traffic: prompt_tokens >= this x output_tokens
 
     def text(self, hw: HardwareSpec, users: int) -> str:
         """The reason for this machine and workload: every fact in it comes from the hardware and the workload."""
@@ -53,6 +54,15 @@ DECISION_TABLE: tuple[Row, ...] = (
     Row("mac-multi-user", frozenset({HW_APPLE}), "multi", ALL_OPT, ("llama.cpp", "mlx", "ollama"),
         "{users} on {gpu}: llama-server's parallel slots batch decoding on Metal; mlx_lm.server is a dev "
         "server its authors do not recommend for production"),
+    # Long shared prompts (agents, RAG, multi-turn chat: prompt >= 8 x output) for many users on CUDA GPUs: SGLang's
+    # RadixAttention keeps every request's prefix in a radix tree over the KV pool and its longest-prefix-match
+    # scheduler runs the requests that reuse the most cache first (Zheng et al., "SGLang: Efficient Execution of
+    # Structured Language Model Programs", NeurIPS 2024, sec. 3: up to 6.4x throughput on prefix-sharing workloads).
+    # vLLM's automatic prefix caching reuses prefixes too, but schedules first-come-first-served, so it is next.
+    Row("gpu-prefix-heavy", frozenset({HW_CUDA}), "multi", frozenset({"latency", "throughput"}),
+        ("sglang", "vllm", "llama.cpp", "ollama"),
+        "{users} sending long shared prompts on {gpu}: SGLang's RadixAttention reuses every cached prefix and its "
+        "scheduler runs the requests that share the most cache first", min_prompt_ratio=8.0),
     Row("gpu-multi-user", frozenset({HW_CUDA}), "multi", ALL_OPT, ("vllm", "llama.cpp", "ollama"),
         "{users} on {gpu}: vLLM's continuous batching and PagedAttention scale throughput with concurrency"),
     Row("setup", frozenset({HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU}), "single", frozenset({"setup"}),
@@ -111,10 +121,12 @@ def hardware_class(hw: HardwareSpec) -> str:
     return HW_INTEL
 
 
-def pick_row(hw_class: str, users: int, optimize: str) -> Row:
+def pick_row(hw_class: str, users: int, optimize: str, prompt_ratio: float = 0.0) -> Row:
+    """The first row for this machine class and workload; `prompt_ratio`: prompt_tokens / output_tokens."""
     shape = "single" if users == 1 else "multi"
     for row in DECISION_TABLE:
-        if hw_class in row.hardware and row.users in (shape, "any") and optimize in row.optimize:
+        if (hw_class in row.hardware and row.users in (shape, "any") and optimize in row.optimize
+                and prompt_ratio >= row.min_prompt_ratio):
             return row
     return DECISION_TABLE[-1]
 
@@ -183,7 +195,8 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
                   for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
-    row = pick_row(hardware_class(hw), svc.workload.concurrent_users, svc.workload.optimize)
+    wl = svc.workload
+    row = pick_row(hardware_class(hw), wl.concurrent_users, wl.optimize, wl.prompt_tokens / wl.output_tokens)
     if len(stack.nodes) > 1:
         if explicit:
             one_node = not candidates[svc.spec.engine].block and not _spills(candidates[svc.spec.engine])
@@ -221,6 +234,9 @@ def _serve_block(stack: Stack, name: str) -> str:
                 "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
     if stack.serve.tls is not None and engine.tls_flags is None:
         return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
+    need_key = getattr(engine, "key_required", None)
+    if need_key and not stack.serve.api_key_env:
+        return need_key
     return ""
 
 
@@ -238,7 +254,12 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     so_block = engine.structured_output(so.backend)[0] if so is not None else None
     if so_block:
         return Candidate(name, None, so_block)
-    pins = pins_from_overrides(engine, dict(svc.spec.overrides), f"services.{svc.name}.overrides")
+    # A service that names its engine writes that engine's flags under overrides: the other engines, planned only
+    # to say why they were not chosen, are planned without them (two engines may spell a flag alike with other
+    # values: vLLM and SGLang --kv-cache-dtype).
+    pinned_elsewhere = svc.spec.engine not in ("auto", name)
+    pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
+                                                                f"services.{svc.name}.overrides")
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
@@ -333,9 +354,9 @@ def _ranked_below(name: str, chosen: str, row: Row, svc: Service, hw: HardwareSp
         else:
             why = row.text(hw, users)
     elif name == "llama.cpp":
-        if chosen == "vllm":
-            why = (f"{users} concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache and "
-                   "scheduler scale further")
+        if chosen in ("vllm", "sglang"):
+            why = (f"{users} concurrent users: llama-server's slots share one batch, but {engines.get(chosen).display}'s "
+                   "paged KV cache and scheduler scale further")
         elif chosen == "mlx":
             why = "llama.cpp runs on Metal too, but MLX is the native path through unified memory for a dev loop"
         elif setup:
@@ -348,8 +369,22 @@ def _ranked_below(name: str, chosen: str, row: Row, svc: Service, hw: HardwareSp
         elif users == 1:
             why = ("vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user "
                    "does not win back")
+        elif chosen == "sglang":
+            why = (f"vLLM's prefix caching reuses shared prompts too, but it schedules first-come-first-served; with "
+                   f"{users} concurrent users sending prompts {svc.workload.prompt_tokens // svc.workload.output_tokens}"
+                   "x longer than the answers, SGLang's cache-aware scheduling keeps more of them in cache")
         else:
             why = row.text(hw, users)
+    elif name == "sglang":
+        if setup:
+            why = "SGLang is a large Python install (CUDA kernels, FlashInfer) that compiles CUDA graphs at start; " \
+                  "this workload optimizes setup"
+        elif users == 1:
+            why = ("SGLang's batching scheduler and Python runtime cost one user start-up time and latency that a "
+                   "single stream does not win back")
+        else:
+            why = (f"SGLang pays off when many users share long prompts (prompt at least 8x the answer); this workload "
+                   f"sends {svc.workload.prompt_tokens} prompt tokens for {svc.workload.output_tokens} output tokens")
     else:
         why = "mlx_lm.server is a development server without slots, metrics or API keys"
     return f"ranked below {engines.get(chosen).display} for this workload: {why}"

@@ -23,7 +23,7 @@ NAME_RE = r"^[a-z0-9][a-z0-9-]*$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE, max_length=63)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
-ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
+ENGINES = ("llama.cpp", "ollama", "vllm", "mlx", "sglang")
 TARGETS = ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama-swap")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -129,7 +129,7 @@ class ServiceSpec(_Model):
         description="Catalog name | path to a .gguf | path to an HF folder | hf:org/repo | ollama:name:tag."
     )
     quant: str | None = Field(None, description="GGUF type (Q4_K_M, Q8_0, F16, ...) or bf16/fp16/fp8/awq/gptq/4bit/8bit.")
-    engine: Literal["auto", "llama.cpp", "ollama", "vllm", "mlx"] = "auto"
+    engine: Literal["auto", "llama.cpp", "ollama", "vllm", "mlx", "sglang"] = "auto"
     engine_version: str | None = Field(None, description="Engine version whose flag set the artifacts target.")
     binary: str | None = Field(None, description="Path to the engine binary; default: found on PATH.")
     image: str | None = Field(None, description="Container image for the compose/kubernetes targets.")
@@ -822,6 +822,11 @@ def _check_serve(spec: StackSpec, problem) -> None:
         if spec.serve.tls is not None and engine.tls_flags is None:
             problem(("services", name, "engine"), f"{engine.display} cannot serve TLS itself",
                     "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
+        need_key = getattr(engine, "key_required", None)
+        if need_key and not spec.serve.api_key_env:
+            problem(("services", name, "engine"), f"{engine.display} {need_key}",
+                    "set serve.api_key_env to the name of an environment variable holding a key, or pick another "
+                    "engine")
         if host not in LOOPBACK_HOSTS and engine.api_key is None:
             problem(("services", name, "engine"), f"{engine.display} has no API key: it must bind loopback",
                     "keep serve.host 127.0.0.1 and put an authenticating proxy in front")

@@ -6,9 +6,10 @@ from stackgen.engines.base import KEY_FD, ApiKey, Command, Engine, LaunchContext
 from stackgen.engines.llamacpp import LlamaCpp
 from stackgen.engines.mlx import Mlx
 from stackgen.engines.ollama import Ollama
+from stackgen.engines.sglang import SGLang
 from stackgen.engines.vllm import Vllm
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (LlamaCpp(), Ollama(), Vllm(), Mlx())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (LlamaCpp(), Ollama(), Vllm(), Mlx(), SGLang())}
 
 
 # What each engine reads its API key from, for targets that pass it through the environment (containers, pods).

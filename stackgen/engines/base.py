@@ -191,6 +191,9 @@ class Engine(Protocol):
     api_key: ApiKey | None  # None: the engine has no API key (it must stay on loopback)
     tls_flags: tuple[str, str] | None  # (certificate flag, key flag); None: the engine cannot serve TLS
     knobs: tuple[Knob, ...]  # the flags the planner sizes (overrides of them are planned with the user's value)
+    # Optional (read with getattr, default None): why the engine may only run behind its API key, even on loopback
+    # (SGLang: CORS * is hard-coded, so without a key any web page could drive it). None: a keyless loopback is fine.
+    key_required: str | None
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""
