@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL
 KILL_WAIT_S = 5.0
-BASE_BUDGET_S = 30.0
-LOAD_BYTES_PER_S = 100e6
-MAX_BUDGET_S = 3600.0
 POLL_S = 0.25
 
 
@@ -159,9 +156,8 @@ class Runner(Protocol):
 
 
 def budget_for(sp: ServicePlan, containers: bool = False) -> float:
-    """Startup budget: 30 s plus the weights at 100 MB/s, plus engine start-up (vLLM's compile and profiling)."""
-    b = BASE_BUDGET_S + sp.memory.weights_bytes / LOAD_BYTES_PER_S + engines.get(sp.engine).startup_extra_s
-    return min(MAX_BUDGET_S, b + (30.0 if containers else 0.0))
+    """The plan's one start-up budget (ServicePlan.startup_budget_s), the same natively and in a container."""
+    return float(sp.startup_budget_s)
 
 
 def request_model_name(sp: ServicePlan) -> str:

@@ -14,7 +14,6 @@ Design choices (each one is a reliability property, see reference/reliability.md
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -30,8 +29,6 @@ from stackgen.render import Artifact, RenderContext
 from stackgen.targets import refuse_tls, register
 
 COMPOSE_DIR = "compose"
-LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
-LOAD_SLACK_S = 60
 # Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
 ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
 
@@ -278,7 +275,7 @@ def devices(sp: ServicePlan, accel: str) -> dict:
 def healthcheck(sp: ServicePlan) -> dict:
     url = f"http://localhost:{sp.port}{engines.get(sp.engine).readiness.path or '/health'}"
     test = ["CMD"] + [w.format(url=url) for w in _container(sp).healthcheck]  # the image's own check command
-    start = math.ceil(sp.memory.weights_bytes / LOAD_BYTES_PER_S) + LOAD_SLACK_S
+    start = sp.startup_budget_s  # the plan's one start-up budget
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": f"{start}s"}
 
 

@@ -7,8 +7,8 @@ Design choices (docs/kubernetes.md has the full list and the mapping to vLLM pro
   update would leave the new pod Pending behind the old one.
 - Inside the pod the engine listens on its own default port (vLLM 8000 as in production-stack, llama.cpp 8080,
   Ollama 11434) on 0.0.0.0; the ClusterIP Service publishes the stack's port.
-- startupProbe budget (failureThreshold x periodSeconds) = 60 s + weights / 100 MB/s (25 MB/s when the engine
-  downloads the weights at start), so a slow load is never killed by the liveness probe.
+- startupProbe budget (failureThreshold x periodSeconds) covers the plan's one start-up budget
+  (ServicePlan.startup_budget_s), so a slow load is never killed by the liveness probe.
 - Pods run as uid/gid 1000 (runAsNonRoot) with no capabilities, no privilege escalation and RuntimeDefault seccomp.
   The official images default to root, but the engines run as any user when HOME and caches are writable: HOME and
   /tmp are emptyDirs, weights and download caches live on the PVC (fsGroup 1000 makes it writable).
@@ -46,7 +46,6 @@ KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated aga
 GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
 UID = 1000
 MODELS_MOUNT, HOME_MOUNT = "/models", "/home/stackgen"
-LOAD_BYTES_PER_S, DOWNLOAD_BYTES_PER_S, LOAD_SLACK_S = 100_000_000, 25_000_000, 60
 STARTUP_PERIOD_S = 10
 PVC_HEADROOM = 1.2
 MEMORY_LIMIT_FACTOR = 1.25
@@ -114,18 +113,9 @@ def pvc_gib(weights_bytes: int) -> int:
     return max(1, math.ceil(weights_bytes * PVC_HEADROOM / GI))
 
 
-def fetched(sp: ServicePlan) -> bool:
-    """True when the engine downloads the weights at start (a registry reference), False for local files."""
-    return _local_name(sp) is None
-
-
-def startup_budget_s(weights_bytes: int, downloads: bool) -> int:
-    rate = DOWNLOAD_BYTES_PER_S if downloads else LOAD_BYTES_PER_S
-    return LOAD_SLACK_S + math.ceil(weights_bytes / rate)
-
-
 def startup_failure_threshold(sp: ServicePlan) -> int:
-    return math.ceil(startup_budget_s(sp.memory.weights_bytes, fetched(sp)) / STARTUP_PERIOD_S)
+    """failureThreshold x periodSeconds covers the plan's one start-up budget."""
+    return math.ceil(sp.startup_budget_s / STARTUP_PERIOD_S)
 
 
 def shm_mib(sp: ServicePlan) -> int:
@@ -263,7 +253,7 @@ def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
 def _probes(sp: ServicePlan) -> dict:
     get = {"path": engines.get(sp.engine).readiness.path or "/health", "port": "http"}
     return {
-        # failureThreshold x periodSeconds = 60 s + weights / rate: the load time, then liveness takes over.
+        # failureThreshold x periodSeconds = the plan's start-up budget: the load time, then liveness takes over.
         "startupProbe": {"httpGet": dict(get), "periodSeconds": STARTUP_PERIOD_S, "timeoutSeconds": 5,
                          "failureThreshold": startup_failure_threshold(sp)},
         "readinessProbe": {"httpGet": dict(get), "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},

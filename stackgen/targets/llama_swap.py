@@ -30,7 +30,7 @@ from stackgen.memory import initial_budget
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import refuse_tls, register
-from stackgen.targets.systemd import start_timeout_s
+from stackgen.plan import startup_budget_s
 
 MIN_TTL_S, TTL_LOADS = 300, 10
 HEALTH_TIMEOUT_MIN_S = 15  # llama-swap's schema minimum for healthCheckTimeout
@@ -108,14 +108,15 @@ def _no_macro(sp: ServicePlan, value: str) -> str:
 
 
 def _load_s(sp: ServicePlan) -> int:
-    return start_timeout_s(sp.memory.weights_bytes, local_weights(sp) is None)
+    return sp.startup_budget_s
 
 
 def ttl_s(sp: ServicePlan) -> int:
     """A reload reads the weights from disk (a fetched model is in the engine's cache after its first start)."""
     if sp.workload.concurrent_users > 1:
         return 0
-    return max(MIN_TTL_S, TTL_LOADS * start_timeout_s(sp.memory.weights_bytes, fetched=False))
+    reload_s = startup_budget_s(sp.memory.weights_bytes, engines.get(sp.engine).startup_extra_s, fetched=False)
+    return max(MIN_TTL_S, TTL_LOADS * reload_s)
 
 
 def fit_groups(plan: Plan) -> list[list[str]]:

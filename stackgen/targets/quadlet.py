@@ -32,7 +32,7 @@ from stackgen.systemd_quote import check_value, escape_text, quote_arg, systemd_
 from stackgen.targets import refuse_tls, register
 from stackgen.targets.compose import (accelerator, container_command, engine_env, engine_key_env, healthcheck,
                                       image_for, publish)
-from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL, start_timeout_s
+from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 QUADLET_DIR = "quadlet"
 PULL_S = 900  # an engine image is several GB: the first start pulls it inside TimeoutStartSec
@@ -75,13 +75,12 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     container += [("AddDevice", d) for d in devices(sp, accel)]
     container += _health(sp)
     container += _hardening(sp)
-    fetched = local_weights(sp) is None
     unit = [("Description", escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engines.get(sp.engine).display} "
                                         f"serving {sp.model.name} (Podman)")),
             ("Wants", "network-online.target"), ("After", "network-online.target"),
             ("StartLimitIntervalSec", f"{START_LIMIT_INTERVAL}s"), ("StartLimitBurst", str(START_LIMIT_BURST))]
     service = [("Restart", "on-failure"), ("RestartSec", f"{RESTART_SEC}s"),
-               ("TimeoutStartSec", f"{PULL_S + start_timeout_s(sp.memory.weights_bytes, fetched)}s")]
+               ("TimeoutStartSec", f"{PULL_S + sp.startup_budget_s}s")]
     sections = [("Unit", unit), ("Container", container), ("Service", service),
                 ("Install", [("WantedBy", "multi-user.target default.target")])]
     return _header(plan, sp, ctx, name) + "\n".join(_section(t, kv) for t, kv in sections)

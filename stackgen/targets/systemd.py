@@ -6,13 +6,12 @@ and is quoted by systemd's own rules (stackgen.systemd_quote); the unit file for
 templates/systemd/service.j2. Checked in tests with `systemd-analyze verify` (empty stderr) and
 `systemd-analyze security --offline=yes` (exposure at most 2.0).
 
-Start timeout: TimeoutStartSec = 60 s + weights_bytes / 200 MB/s for local weights (a cold read from disk), and
-60 s + weights_bytes / 25 MB/s when the engine downloads them at start; rounded up to 10 s.
+Start timeout: TimeoutStartSec = the plan's one start-up budget (`ServicePlan.startup_budget_s`: 60 s + weights / 100 MB/s, + weights / 25 MB/s
+when the engine downloads them at start, + the engine's own start-up such as vLLM's 120 s compile; rounded up to 10 s).
 """
 
 from __future__ import annotations
 
-import math
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from stackgen.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
-DISK_BYTES_PER_S, DOWNLOAD_BYTES_PER_S = 200_000_000, 25_000_000
 NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
 AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
 INTEL_DEVICES = ("char-drm rw",)
@@ -160,7 +158,7 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         requires=[], user=None, joins_namespace_of=None,
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
         start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
-        timeout_start=f"{start_timeout_s(sp.memory.weights_bytes, fetched)}s",
+        timeout_start=f"{sp.startup_budget_s}s",
         state_dir=where.name if engine.writes_home else None,
         cache_dir=where.name if engine.writes_home or fetched else None,
         protect_home="tmpfs" if in_home else "yes",
@@ -171,11 +169,6 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         ip_reason=("the weights are downloaded at start; fetch them first and point `model:` at the local copy "
                    "to allow localhost only") if fetched else f"the service binds {sp.host}",
     )
-
-
-def start_timeout_s(weights_bytes: int, fetched: bool) -> int:
-    rate = DOWNLOAD_BYTES_PER_S if fetched else DISK_BYTES_PER_S
-    return int(math.ceil((60 + weights_bytes / rate) / 10) * 10)
 
 
 def _environment(sp: ServicePlan, where: _Where) -> list[str]:
