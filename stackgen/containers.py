@@ -74,24 +74,25 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
     from stackgen.errors import RenderError
     from stackgen.targets import compose
 
-    if sp.engine == "mlx":
-        raise LaunchError(f"service {sp.name}: MLX cannot run in a container (it needs Metal); run `up` without "
-                          f"--containers")
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise LaunchError(f"service {sp.name}: {engine.short} cannot run in a container ({engine.no_container}); "
+                          "run `up` without --containers")
     try:
         accel = compose.accelerator(sp)
         image = compose.image_for(sp, accel)
     except RenderError as exc:
         raise LaunchError(str(exc)) from None
-    plan_like = type("P", (), {"stack_path": str(stack_file)})()
-    mount = compose.model_mount(sp, plan_like, None)  # type: ignore[arg-type]
+    mount = compose.model_mount(sp, str(stack_file), None)
     command = compose.container_command(sp, mount.container_ref)
-    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
+    env = dict(engine.env(replace(sp, host="0.0.0.0")))
     env.update(mount.env)
-    if sp.api_key_env and sp.engine in compose.KEY_ENV:
-        key = os.environ.get(sp.api_key_env)
+    key_env = compose.engine_key_env(sp)
+    if key_env:
+        key = os.environ.get(sp.api_key_env or "")
         if not key:
             raise LaunchError(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is not set")
-        env[compose.KEY_ENV[sp.engine]] = key
+        env[key_env] = key
     volumes: dict[str, dict[str, str]] = {}
     for v in mount.volumes:
         src, _, rest = v.partition(":")
@@ -121,7 +122,9 @@ def _devices(sp: ServicePlan, accel: str) -> dict[str, Any]:
     if accel == "cuda":
         import docker
 
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        from stackgen import engines
+
+        count = engines.get(sp.engine).gpu_count(sp)
         return {"device_requests": [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]}
     if accel in ("rocm", "vulkan"):
         devs = ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"]

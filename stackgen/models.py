@@ -16,6 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+# The Ollama registry as a model source (`ollama:` references, the catalog's registry-tag key) and the catalog's key
+# for MLX weight sizes: names of data, not of the engines (tests/test_architecture.py allows these two).
+OLLAMA_REGISTRY = "ollama"
+MLX_SIZES_KEY = "mlx"
+
 GIB = 1024**3
 GB = 1000**3
 
@@ -162,10 +167,10 @@ class ModelFacts:
             hf_repo=entry.get("hf_repo"),
             gguf_repo=entry.get("gguf_repo"),
             mlx_repo=entry.get("mlx_repo"),
-            ollama=entry.get("ollama"),
+            ollama=entry.get(OLLAMA_REGISTRY),
             gguf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("gguf") or {}).items()},
             hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
-            mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("mlx") or {}).items()},
+            mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get(MLX_SIZES_KEY) or {}).items()},
             description=str(entry.get("description") or ""),
             long_context=_catalog_long_context(entry.get("long_context")),
         )
@@ -301,7 +306,7 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
         hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
         raise ModelRefError(f"unknown quant {quant!r}", hint, field="quant") from None
     if ref.startswith(("hf:", "ollama:")):
-        key, source, name = ("hf_repo", "hf", ref[3:]) if ref.startswith("hf:") else ("ollama", "ollama", ref[7:])
+        key, source, name = ("hf_repo", "hf", ref[3:]) if ref.startswith("hf:") else (OLLAMA_REGISTRY, OLLAMA_REGISTRY, ref[7:])
         found = _from_registry(name, key, catalog, q, source)
         return found if found is not None else _from_remote(ref, q, remote)
     if ref.startswith(("https://", "http://")):
@@ -327,7 +332,7 @@ def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: st
     for facts in catalog.values():
         if (getattr(facts, key) or "").lower() == name.lower():
             out = facts.with_quant(q)
-            return replace(out, source=source, name=f"{source}:{name}") if source == "ollama" else out
+            return replace(out, source=source, name=f"{source}:{name}") if source == OLLAMA_REGISTRY else out
     return None
 
 

@@ -234,7 +234,7 @@ def _serve_block(stack: Stack, name: str) -> str:
                 "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
     if stack.serve.tls is not None and engine.tls_flags is None:
         return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
-    need_key = getattr(engine, "key_required", None)
+    need_key = engine.key_required
     if need_key and not stack.serve.api_key_env:
         return need_key
     return ""
@@ -325,7 +325,7 @@ def _why(row: Row, chosen: Candidate, order: list[str], candidates: dict[str, Ca
         return f"{engines.get(chosen.engine).display}: {text}"
     skipped = [e for e in order[: order.index(chosen.engine)]]
     why_not = "; ".join(f"{engines.get(e).display}: {candidates[e].block}" for e in skipped)
-    if chosen.engine == "llama.cpp" and _spills(chosen):
+    if engines.get(chosen.engine).partial_offload and _spills(chosen):
         m = chosen.memory
         tail = (f"the model must spill to system RAM: llama.cpp keeps {m.gpu_layers} of {m.total_layers} layers on "
                 f"the GPU and runs the other {m.total_layers - m.gpu_layers} on the CPU")
@@ -504,7 +504,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     if stack.serve.api_key_env and engine.api_key is None:
         warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
                         "which is why it stays on loopback")
-    if svc.spec.engine in ("vllm", "mlx") and not hw.gpus:
+    if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(
         name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
@@ -521,7 +521,7 @@ def _knob_reasons(svc: Service, engine, mem: MemoryPlan) -> list[str]:
     out = []
     r = mem.rope_scaling
     if r is not None:
-        how = ("applied by the engine from the model file" if r.in_file and engine.name in ("mlx", "ollama")
+        how = ("applied by the engine from the model file" if r.in_file and not engine.rope_flag
                else "set on the command line")
         out.append(f"context: {mem.context_per_request} tokens per request is past {svc.model.name}'s trained "
                    f"{svc.model.context_length}: YaRN RoPE scaling, factor {r.factor:g} over {r.original_context} "
@@ -760,21 +760,9 @@ def _multinode_speed(svc: Service, mem: MemoryPlan, nodes: tuple[Node, ...], hea
 
 def default_model_ref(sp: ServicePlan) -> str:
     """Where the engine finds the weights when run natively: the local path, else a registry reference."""
-    m = sp.model
-    if m.path:
-        return m.path
-    if sp.engine in ("llama.cpp",):
-        if m.url:
-            return m.url  # a remote .gguf named by URL: llama-server -mu
-        return f"hf:{m.gguf_repo}" if m.gguf_repo else f"models/{m.name}-{sp.memory.weights_format}.gguf"
-    if sp.engine == "ollama":
-        return m.ollama or f"models/{m.name}-{sp.memory.weights_format}.gguf"
-    if sp.engine == "mlx":
-        fmt = sp.memory.weights_format
-        if m.mlx_repo and m.mlx_repo.endswith("-4bit") and fmt != "4bit":
-            return m.mlx_repo[: -len("4bit")] + fmt  # mlx-community names each quantization by suffix
-        return m.mlx_repo or m.hf_repo or m.name
-    return m.hf_repo or m.name
+    if sp.model.path:
+        return sp.model.path
+    return engines.get(sp.engine).model_ref(sp)
 
 
 def _free_port(start: int, used: set[int]) -> int:

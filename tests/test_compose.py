@@ -92,8 +92,10 @@ def test_amd_gets_rocm_image_devices_and_groups(tmp_path):
 def test_healthcheck_start_period_scales_with_weights(tmp_path):
     plan, arts = render(tmp_path, EXTRA_STACKS["llama-kvq-offload"])
     hc = compose_doc(arts)["services"]["chat"]["healthcheck"]
-    expected = -(-plan.services[0].memory.weights_bytes // 200_000_000) + 60
-    assert hc["start_period"] == f"{expected}s"
+    sp = plan.services[0]
+    assert hc["start_period"] == f"{sp.startup_budget_s}s"  # the plan's one budget: weights read, then downloaded
+    assert sp.startup_budget_s >= 60 + sp.memory.weights_bytes / 100e6 + (sp.memory.weights_bytes / 25e6
+                                                                          if sp.fetches_weights else 0)
     assert hc["test"] == ["CMD", "curl", "-f", "http://localhost:8080/health"]
 
 

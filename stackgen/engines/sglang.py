@@ -32,15 +32,15 @@ import math
 from dataclasses import replace
 
 from stackgen.engines._formats import hf_for
-from stackgen.engines.base import (ApiKey, Knob, LaunchContext, Unsupported, Weights, _choice, _fraction, _int,
-                                   apply_overrides, tls_args)
+from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
+                                   Unsupported, Weights, _choice, _fraction, _int, apply_overrides, tls_args)
+from stackgen.errors import RenderError
 from stackgen.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
                              context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request)
 from stackgen.models import GIB, LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 VERSION = "0.5.23"  # the release the flag table (profiles/engines/sglang.yaml) and the rules here are read from
-IMAGE = f"lmsysorg/sglang:v{VERSION}-cu129"  # the project's image, tag pinned to the release
 
 # `--kv-cache-dtype` choices stackgen can size (srt/arg_groups/fields/model.py line 197; bytes per element).
 KV_DTYPES = ("auto", "bf16", "bfloat16", "fp8_e4m3", "fp8_e5m2")
@@ -230,22 +230,40 @@ def _with_levers(p: MemoryPlan, model: ModelFacts, ctx: int, users: int, levers:
     return replace(p, levers=tuple(out) + (note,), prompt_cache=PromptCache(note=note))
 
 
-class SGLang:
+class SGLang(Engine):
     name = "sglang"
     display = "SGLang"
+    short = "SGLang"
     default_port = 30000  # fields/serving.py line 66
-    binary = "python3"  # the interpreter of the environment sglang is installed in (`binary:` names a venv's)
-    image = IMAGE
+    # The interpreter of the environment sglang is installed in: `python3 -c LAUNCHER` runs sglang.launch_server
+    # (set `binary:` to that environment's python, e.g. .venv/bin/python, when python3 on PATH is another one).
+    binary = "python3"
+    install_hint = ("pip install sglang (CUDA 12.9+/13 wheels; see docs.sglang.ai), then set `binary:` to the python "
+                    "of that environment")
     api_key = ApiKey(env=KEY_ENV)  # read by LAUNCHER, never in argv
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")  # fields/serving.py: uvicorn's TLS
     knobs = KNOBS
     aliases = ALIASES
-    health_path = "/health"
+    flags = FlagSource("sglang.yaml", leading_positionals=2, help_args=("-m", "sglang.launch_server", "--help"))
+    # /health answers 503 while the server starts (ServerStatus.Starting) and 200 once it serves (http_server.py
+    # 721-760); the served model is then listed in /v1/models (line 1993)
+    readiness = Readiness("/health", "/health 200 and the model in /v1/models", loading=(503, 404), listed_model=True)
+    startup_extra_s = 120.0  # CUDA graph capture (decode up to max_bs, breakable prefill graphs) and warm-up
+    parallel_setting = "--max-running-requests"
+    container = ContainerImage(
+        entrypoint_args=0,  # lmsysorg/sglang has no entrypoint for the server: the command is the whole argv
+        cache_volume="hf-cache", cache_mount="/root/.cache/huggingface",  # sglang's docker/compose.yaml mounts it
+        shared_memory=True, default_version=VERSION,
+        healthcheck=("python3", "-c", "import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"),
+        pod_env=(("HF_HOME", "{models}/huggingface"),))
+    jit = True  # Triton kernels and torch.compile
+    multi_instance = True
+    tensor_parallel = True
     # SGLang answers every origin (CORS * with credentials, hard-coded): without a key any web page the user opens
     # could drive the model on loopback. The key is what keeps them out.
     key_required = ("answers cross-origin requests from any web page (CORS * with credentials is hard-coded in "
-                  "sglang/srt/entrypoints/http_server.py, no flag turns it off), so stackgen serves it only behind "
-                  "its API key")
+                    "sglang/srt/entrypoints/http_server.py, no flag turns it off), so stackgen serves it only behind "
+                    "its API key")
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -312,3 +330,27 @@ class SGLang:
 
     def env(self, plan) -> dict[str, str]:
         return {"HF_HUB_OFFLINE": "1"} if plan.model.path else {}
+
+    def schema_fields(self, schema: dict) -> dict | None:
+        # OpenAI's response_format (srt/entrypoints/openai/protocol.py ResponseFormat: type json_schema)
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}}
+
+    def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
+        # HF downloads, Triton and torch compile caches, FlashInfer JIT kernels under HOME
+        return {"HOME": state, "HF_HOME": f"{cache}/huggingface", "TRITON_CACHE_DIR": f"{cache}/triton"}
+
+    def image(self, plan, accel: str, version: str | None) -> str:
+        # The project's images (docs.sglang.ai, docker/compose.yaml): lmsysorg/sglang:v<release>-cu129 for CUDA,
+        # -rocm700-mi30x for AMD Instinct.
+        if accel == "cuda":
+            return f"lmsysorg/sglang:v{version}-cu129"
+        if accel == "rocm":
+            return f"lmsysorg/sglang:v{version}-rocm700-mi30x"
+        raise RenderError(f"services.{plan.name}: SGLang has no official {accel} image; set `image:` or use the "
+                          "script target")
+
+    def uses_gpu(self, plan) -> bool:
+        return True
+
+    def gpu_count(self, plan) -> int:
+        return plan.memory.tensor_parallel * plan.memory.data_parallel

@@ -14,7 +14,6 @@ Design choices (each one is a reliability property, see reference/reliability.md
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -23,19 +22,15 @@ import yaml
 from stackgen import engines
 from stackgen.artifact_paths import local_weights, output_folder, relative_to_folder
 from stackgen.engine_files import render_modelfile
-from stackgen.engines.base import LaunchContext
+from stackgen.engines.base import ContainerImage, LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import refuse_tls, register
 
 COMPOSE_DIR = "compose"
-LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
-LOAD_SLACK_S = 60
-DEFAULT_VERSIONS = {"vllm": "0.33.0"}  # engines.md pins; llama.cpp and Ollama float on their named tags
 # Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
 ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
-KEY_ENV = engines.KEY_ENV  # what each server reads its key from
 
 
 @dataclass
@@ -53,17 +48,19 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     compose_dir = _compose_dir(plan, ctx)
     services, notes, files, volumes = {}, [], [], set()
     for sp in plan.services:
-        if sp.engine == "mlx":
-            notes.append(f"service {sp.name!r} (MLX) is not in this file: MLX needs Metal, which no container "
-                         "can reach; run it with the script target on the Mac itself")
+        engine = engines.get(sp.engine)
+        if engine.container is None:
+            notes.append(f"service {sp.name!r} ({engine.short}) is not in this file: {engine.no_container}; run it "
+                         "with the script target on the Mac itself")
             continue
         parts = service_parts(sp, plan, ctx, compose_dir)
         services[sp.name] = parts.entry
         files += parts.files
         volumes |= parts.volumes
     if not services:
-        raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: MLX services cannot run in "
-                          "containers (no Metal); remove `compose` from targets or use the script target")
+        shorts = sorted({engines.get(sp.engine).short for sp in plan.services})
+        raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: {', '.join(shorts)} services "
+                          "cannot run in containers (no Metal); remove `compose` from targets or use the script target")
     doc = {"services": services}
     if volumes:
         doc["volumes"] = {name: {} for name in sorted(volumes)}
@@ -73,7 +70,7 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
 
 def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: Path | None) -> ServiceParts:
     accel = accelerator(sp)
-    model = model_mount(sp, plan, compose_dir)
+    model = model_mount(sp, plan.stack_path, compose_dir)
     entry: dict = {"image": image_for(sp, accel), "init": True, "restart": "unless-stopped"}
     entry["command"] = container_command(sp, model.container_ref)
     env = engine_env(sp, model.env)
@@ -82,8 +79,9 @@ def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: 
         entry["env_file"] = [PurePosixPath(a.path).name for a in env_files]
     # A value with `$` goes here, escaped: env files are interpolated differently by compose v1 and v2.
     environment = {k: v for k, v in sorted(env.items()) if "$" in v}
-    if sp.api_key_env and sp.engine in KEY_ENV:
-        environment[KEY_ENV[sp.engine]] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
+    key_env = engine_key_env(sp)
+    if key_env:
+        environment[key_env] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
     if environment:
         entry["environment"] = environment
     entry["ports"] = [publish(sp.host, sp.port)]
@@ -92,10 +90,16 @@ def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: 
     entry.update(devices(sp, accel))
     entry["healthcheck"] = healthcheck(sp)
     parts = ServiceParts(entry, env_files, set(model.named))
-    if sp.engine == "ollama":
+    if engines.get(sp.engine).model_tag(sp) is not None:
         _add_modelfile(parts, sp, plan, ctx, model.container_ref)
     parts.entry = escape_dollars(parts.entry)
     return parts
+
+
+def engine_key_env(sp: ServicePlan) -> str | None:
+    """The variable a keyed service's engine reads its key from in a container (None: no key, or no key option)."""
+    how = engines.get(sp.engine).api_key
+    return how.env if sp.api_key_env and how is not None else None
 
 
 class Interpolated(str):
@@ -129,7 +133,7 @@ def _add_modelfile(parts: ServiceParts, sp: ServicePlan, plan: Plan, ctx: Render
 def accelerator(sp: ServicePlan) -> str:
     """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
     gpus = [g for g in sp.gpus if not g.unified]
-    uses_gpu = sp.memory.gpu_memory_utilization is not None if sp.engine == "vllm" else sp.memory.gpu_layers > 0
+    uses_gpu = engines.get(sp.engine).uses_gpu(sp)
     if not gpus or not uses_gpu:
         return "cpu"
     g = gpus[0]
@@ -143,24 +147,10 @@ def accelerator(sp: ServicePlan) -> str:
 def image_for(sp: ServicePlan, accel: str) -> str:
     if sp.spec.image:
         return sp.spec.image
-    version = sp.spec.engine_version or DEFAULT_VERSIONS.get(sp.engine)
-    if sp.engine == "llama.cpp":
-        tag = "server" if accel == "cpu" else f"server-{accel}"
-        build = version if version and version.startswith("b") and version[1:].isdigit() else None
-        return f"ghcr.io/ggml-org/llama.cpp:{tag}-{build}" if build else f"ghcr.io/ggml-org/llama.cpp:{tag}"
-    if sp.engine == "ollama":
-        suffix = "rocm" if accel == "rocm" else ""
-        tag = "-".join(p for p in (version, suffix) if p) or "latest"
-        return f"ollama/ollama:{tag}"
-    return _vllm_image(sp, accel, version)
-
-
-def _vllm_image(sp: ServicePlan, accel: str, version: str | None) -> str:
-    if accel == "cpu":
-        raise RenderError(f"services.{sp.name}: vLLM's CPU backend has no official image; set `image:` to a "
-                          "vLLM CPU build, or use the script target")
-    repo = "vllm/vllm-openai-rocm" if accel == "rocm" else "vllm/vllm-openai"
-    return f"{repo}:v{version}"
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise RenderError(f"services.{sp.name}: {engine.no_container}")
+    return engine.image(sp, accel, sp.spec.engine_version or engine.container.default_version)
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -172,9 +162,7 @@ def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
     inside = replace(sp, host="0.0.0.0")
     ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
     argv = engine.argv(inside, ctx)
-    # llama.cpp's entrypoint is /app/llama-server, Ollama's /bin/ollama, vLLM's `vllm serve`.
-    drop = 2 if sp.engine == "vllm" else 1
-    return argv[drop:]
+    return argv[_container(sp).entrypoint_args:]  # what the image's entrypoint already runs
 
 
 def publish(host: str, port: int) -> str:
@@ -193,37 +181,38 @@ class ModelMount:
     env: dict[str, str]
 
 
-CACHE_VOLUMES = {  # named volume, mount point, env that points the engine at it
-    "llama.cpp": ("llama-cache", "/cache", {"LLAMA_CACHE": "/cache"}),
-    "vllm": ("hf-cache", "/root/.cache/huggingface", {}),
-    "ollama": ("ollama", "/root/.ollama", {}),
-}
+def _container(sp: ServicePlan) -> ContainerImage:
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise RenderError(f"services.{sp.name}: {engine.no_container}")
+    return engine.container
 
 
-def model_mount(sp: ServicePlan, plan: Plan, compose_dir: Path | None) -> ModelMount:
+def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> ModelMount:
     """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume.
     `compose_dir` None (the Docker API of `up --containers`) names the host file absolutely."""
-    volume, mount, env = CACHE_VOLUMES[sp.engine]
+    image = _container(sp)
+    env = dict(image.cache_env)
     local = local_weights(sp)
     volumes, named = [], []
     ref = sp.model_ref
     if local is not None:
         ref = f"/models/{PurePosixPath(local).name}"
-        volumes.append(f"{_host_path(sp, plan, local, compose_dir)}:{ref}:ro")
-    if local is None or sp.engine == "ollama":  # Ollama copies even local weights into its store
-        volumes.append(f"{volume}:{mount}")
-        named.append(volume)
+        volumes.append(f"{_host_path(sp, stack_path, local, compose_dir)}:{ref}:ro")
+    if local is None or image.store_copies_local:  # an engine with its own store copies even local weights in
+        volumes.append(f"{image.cache_volume}:{image.cache_mount}")
+        named.append(image.cache_volume)
     else:
         env = {}
-    if sp.engine == "vllm":
-        volumes.append("vllm-cache:/root/.cache/vllm")  # torch.compile artifacts: a warm restart skips ~30 s
-        named.append("vllm-cache")
-    return ModelMount(ref, volumes, named, dict(env))
+    if image.compile_cache is not None:  # compile artifacts: a warm restart skips the compile
+        volumes.append(f"{image.compile_cache[0]}:{image.compile_cache[1]}")
+        named.append(image.compile_cache[0])
+    return ModelMount(ref, volumes, named, env)
 
 
-def _host_path(sp: ServicePlan, plan: Plan, local: str, compose_dir: Path | None) -> str:
+def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path | None) -> str:
     """Relative to the compose file's folder (the same bytes in every clone), or absolute for the Docker API."""
-    stack_folder = Path(plan.stack_path).parent
+    stack_folder = Path(stack_path).parent
     if compose_dir is not None:
         return relative_to_folder(stack_folder, local, compose_dir)
     return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
@@ -260,7 +249,7 @@ def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str])
 
 def hardening(sp: ServicePlan) -> dict:
     out: dict = {"security_opt": ["no-new-privileges:true"], "cap_drop": ["ALL"]}
-    if sp.engine == "vllm":
+    if _container(sp).shared_memory:
         # PyTorch needs shared memory; shm_size keeps the host's IPC namespace out of reach (unlike ipc: host).
         # The root filesystem stays writable: Triton and torch.compile write caches outside the volumes.
         out["shm_size"] = "16gb" if sp.memory.tensor_parallel > 1 else "2gb"
@@ -272,7 +261,7 @@ def hardening(sp: ServicePlan) -> dict:
 
 def devices(sp: ServicePlan, accel: str) -> dict:
     if accel == "cuda":
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        count = engines.get(sp.engine).gpu_count(sp)
         reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):
@@ -284,14 +273,9 @@ def devices(sp: ServicePlan, accel: str) -> dict:
 
 
 def healthcheck(sp: ServicePlan) -> dict:
-    url = f"http://localhost:{sp.port}/health"
-    if sp.engine == "llama.cpp":
-        test = ["CMD", "curl", "-f", url]  # the llama.cpp images ship curl and use it for their own HEALTHCHECK
-    elif sp.engine == "vllm":
-        test = ["CMD", "python3", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
-    else:
-        test = ["CMD", "ollama", "list"]  # the Ollama image has no curl; its client talks to the daemon
-    start = math.ceil(sp.memory.weights_bytes / LOAD_BYTES_PER_S) + LOAD_SLACK_S
+    url = f"http://localhost:{sp.port}{engines.get(sp.engine).readiness.path or '/health'}"
+    test = ["CMD"] + [w.format(url=url) for w in _container(sp).healthcheck]  # the image's own check command
+    start = sp.startup_budget_s  # the plan's one start-up budget
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": f"{start}s"}
 
 
@@ -300,16 +284,17 @@ def healthcheck(sp: ServicePlan) -> dict:
 
 def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
     lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`."]
-    keyed = sorted({sp.api_key_env for sp in plan.services if sp.api_key_env and sp.engine in KEY_ENV})
+    keyed = sorted({sp.api_key_env for sp in plan.services if engine_key_env(sp)})
     for var in keyed:
         lines.append(f"# {var}: the API key is read from your shell (or a .env file you keep next to this file) "
                      "at `up` time; its value is never written here.")
     for sp in plan.services:
-        if sp.engine == "ollama":
-            tag = engines.get("ollama").model_tag(sp)
+        engine = engines.get(sp.engine)
+        tag = engine.model_tag(sp)
+        if tag is not None:
             lines.append(f"# {sp.name}: after `up`, create the tuned model once: docker compose -f compose/compose.yaml "
                          f"exec {sp.name} ollama create {tag} -f /stackgen/Modelfile")
-        if any(g.vendor == "apple" for g in sp.gpus) and sp.engine != "mlx":
+        if any(g.vendor == "apple" for g in sp.gpus) and engine.container is not None:
             lines.append(f"# {sp.name}: containers on macOS cannot use Metal; this service runs on the CPU here.")
     lines += [f"# {n}" for n in notes]
     return "\n".join(lines) + "\n"
