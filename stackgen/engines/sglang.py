@@ -238,8 +238,7 @@ class SGLang(Engine):
     # The interpreter of the environment sglang is installed in: `python3 -c LAUNCHER` runs sglang.launch_server
     # (set `binary:` to that environment's python, e.g. .venv/bin/python, when python3 on PATH is another one).
     binary = "python3"
-    install_hint = ("pip install sglang (CUDA 12.9+/13 wheels; see docs.sglang.ai), then set `binary:` to the python "
-                    "of that environment")
+    install_hint = "pip install sglang into a Python environment (docs.sglang.ai) and point binary: at its python"
     api_key = ApiKey(env=KEY_ENV)  # read by LAUNCHER, never in argv
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")  # fields/serving.py: uvicorn's TLS
     knobs = KNOBS
