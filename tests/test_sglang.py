@@ -210,3 +210,15 @@ def test_launcher_without_a_key_passes_argv_through(tmp_path):
     r = _run_launcher(tmp_path, None)
     assert r.returncode == 0, r.stderr
     assert "ARGV ['--model-path', 'm', '--port', '1']" in r.stdout
+
+
+def test_replicas_on_one_machine_become_data_parallel(write_stack):
+    """capacity.py's layouts: SGLang is multi-instance and tensor-parallel, so four replicas on four GPUs run as one
+    server with --dp-size 4 (SGLang's data-parallel controller), each rank a full copy of the weights."""
+    sp = plan(write_stack, "4x h100-80gb", "{concurrent_users: 256, context_tokens: 8192, prompt_tokens: 6000, "
+              "output_tokens: 300, optimize: throughput}", extra="    replicas: 4\n")
+    argv = list(sp.command)
+    assert sp.engine == "sglang" and flag(argv, "--dp-size") == "4" and "--tp-size" not in argv
+    assert sp.memory.data_parallel == 4 and sp.memory.weights_bytes == 4 * sp.model.hf_bytes("bf16")[0]
+    assert engines.get("sglang").gpu_count(sp) == 4
+    flagcheck.check_service(sp)
