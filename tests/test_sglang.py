@@ -37,7 +37,7 @@ def flag(argv, name):
 
 
 def test_sglang_defaults_by_gpu_memory_are_the_sources_table():
-    # memory_hook.py 87-164: (chunked_prefill_size, decode CUDA-graph max_bs) per GPU memory band and TP
+    # memory_hook.py 89-179: (chunked_prefill_size, decode CUDA-graph max_bs) per GPU memory band and TP
     assert default_batching(16 * 1024, 1) == (2048, 8)
     assert default_batching(24 * 1024, 1) == (4096, 48) and default_batching(24 * 1024, 4) == (4096, 160)
     assert default_batching(40 * 1024, 2) == (4096, 32)

@@ -4,14 +4,14 @@ Everything here is read from the source of the pinned release, sglang 0.5.23 (th
 inside its `sglang/` package, lines as in that wheel). The real argument parser of that release runs in CI
 (`.ci/provision.sh` step `sglang`, tests/tools/sglang_parse.py, tests/integration/test_sglang_real.py).
 
-Memory (srt/arg_groups/memory_hook.py, `handle_gpu_memory_settings`, lines 47-349):
+Memory (srt/arg_groups/memory_hook.py, `handle_gpu_memory_settings`, from line 47):
 - `--mem-fraction-static` is (weights + KV pool) / GPU memory; the rest, (1 - f), is the reserve for activations
   and CUDA graphs. SGLang's own default: reserved_mem (MB) = 512 + max(chunked_prefill_size, 2048) x 1.5
   + tp x pp / 8 x 1024 + decode graph max_bs x 2 + 8 x (number of prefill graph sizes), at least 10 GiB on a
-  GPU over 60 GiB (lines 297-316); f = (gpu_mem - reserved) / gpu_mem (line 324).
-- chunked_prefill_size and the decode CUDA-graph max_bs by GPU memory (lines 87-164): < 20 GiB 2048/8, < 35 GiB
+  GPU over 60 GiB (lines 294-319); f = (gpu_mem - reserved) / gpu_mem (line 324).
+- chunked_prefill_size and the decode CUDA-graph max_bs by GPU memory (lines 89-179): < 20 GiB 2048/8, < 35 GiB
   4096/48 (160 at TP >= 4), < 60 GiB 4096/32 (160), < 160 GiB 8192/256 (512), else 16384/512; max_bs is capped at
-  --max-running-requests (lines 166-172).
+  --max-running-requests (lines 181-187).
 - The KV pool (srt/mem_cache/kv_cache_configurator.py `_profile_available_bytes`, lines 2990-3060) is the GPU
   memory free after the weights load minus (1 - f) x the memory that was free before they loaded; per token it
   costs kv_heads / tp x (head_dim + v_head_dim) x layers x dtype bytes
@@ -88,7 +88,7 @@ HOST_BASE_GIB, HOST_PER_RANK_GIB = 3.0, 2.0
 
 def default_batching(gpu_mem_mib: float, tp: int) -> tuple[int, int]:
     """(chunked_prefill_size, decode CUDA-graph max_bs) SGLang picks for a GPU of `gpu_mem_mib` MiB at `tp`
-    (memory_hook.py lines 87-164)."""
+    (memory_hook.py lines 89-179)."""
     big_tp = tp >= 4
     if gpu_mem_mib < 20 * 1024:
         return 2048, 8
@@ -110,7 +110,7 @@ def prefill_graph_sizes(max_bs: int) -> int:
 
 
 def reserved_mib(gpu_mem_mib: float, chunked: int, max_running: int, tp: int) -> float:
-    """The activation + CUDA-graph reserve SGLang keeps outside --mem-fraction-static (memory_hook.py 297-316)."""
+    """The activation + CUDA-graph reserve SGLang keeps outside --mem-fraction-static (memory_hook.py 294-319)."""
     _, max_bs = default_batching(gpu_mem_mib, tp)
     max_bs = min(max_bs, max_running)
     reserve = 512 + max(chunked, 2048) * 1.5 + tp / 8 * 1024 + max_bs * 2 + prefill_graph_sizes(chunked) * 8
