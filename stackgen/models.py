@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+
+from stackgen.errors import ModelRefError
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -290,11 +292,10 @@ def _default_swa_layers(arch: str, layers: int, pattern: Any) -> int:
 
 def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[str, ModelFacts],
                   remote: Any = None) -> ModelFacts:
-    """Turn a stack's model reference into facts; raise spec.ModelRefError with a hint on failure.
+    """Turn a stack's model reference into facts; raise errors.ModelRefError with a hint on failure.
 
     `remote` (a stackgen.lock.RemoteModels) answers references the catalog does not know (hf:, ollama:, https://)
     from stack.lock, or over the network when there is no lock."""
-    from stackgen.spec import ModelRefError
 
     try:
         q = normalize_quant(quant)
@@ -324,7 +325,6 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
 
 def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None,
                    source: str) -> ModelFacts | None:
-    from stackgen.spec import ModelRefError
 
     if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", name) or not name:
         raise ModelRefError(f"invalid {source} reference {name!r}", "letters, digits, '.', '_', '-', '/', '@' and ':' "
@@ -339,7 +339,6 @@ def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: st
 def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
     """A reference the catalog does not know: its real metadata, pinned in stack.lock (stackgen/lock.py)."""
     from stackgen.errors import ModelError
-    from stackgen.spec import ModelRefError
 
     if remote is None:
         raise ModelRefError(f"{ref} is not in the model catalog and no lock file or network resolver was given",
@@ -351,7 +350,6 @@ def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
 
 
 def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
-    from stackgen.spec import ModelRefError
 
     path = (base_dir / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
     if not path.exists():
@@ -364,7 +362,6 @@ def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
 
 def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     from stackgen import gguf
-    from stackgen.spec import ModelRefError
 
     try:
         st = path.stat()
@@ -398,7 +395,6 @@ def _gguf_summary(resolved: str, identity: tuple[int, ...]) -> Mapping[str, Any]
 
 def _from_hf(path: Path, q: str | None) -> ModelFacts:
     from stackgen import hfmodel
-    from stackgen.spec import ModelRefError
 
     try:
         info = hfmodel.read_hf_folder(path)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import PydanticCustomError
 
 from stackgen import _yaml
-from stackgen.errors import Problem, SpecError
+from stackgen.errors import ModelRefError, Problem, SpecError
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]*$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE, max_length=63)]
@@ -592,7 +592,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
             ports[svc.port] = name
         try:
             facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models, remote=remote)
-        except _ModelRefError as exc:
+        except ModelRefError as exc:
             problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
                     exc.message, exc.hint)
             continue
@@ -610,15 +610,6 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
     name = spec.name or _default_name(path)
     return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
                  services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes, remote=remote)
-
-
-class _ModelRefError(Exception):
-    def __init__(self, message: str, hint: str = "", field: str = "model"):
-        super().__init__(message)
-        self.message, self.hint, self.field = message, hint, field
-
-
-ModelRefError = _ModelRefError
 
 
 def _bind_nodes(cluster: ClusterSpec, profiles: Any, problem) -> tuple[Node, ...]:

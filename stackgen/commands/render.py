@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, run, stack_path
 
 
 def default_out_dir(stack_file: Path) -> Path:
@@ -17,21 +16,11 @@ def default_out_dir(stack_file: Path) -> Path:
 
 def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path], write_lock: bool = True,
                      probe: bool = False):
-    """Everything `render` would write, without touching the disk (invalid input raises before any write).
-    `probe`: also ask the installed engine binary's --help (a host probe, so off by default: what render writes must
-    not depend on PATH; `up` and `doctor` check the binary)."""
-    from stackgen.flagcheck import check_plan
-    from stackgen.render import RenderContext, render_plan
+    """pipeline.render_stack, saying on stderr when it wrote the stack's lock file."""
+    from stackgen.cli import _said_lock
+    from stackgen.pipeline import render_stack
 
-    stack, plan = load_and_plan(stack_file, host_facts, write_lock=write_lock)
-    # A renamed or removed flag must fail here, not as a service that will not start.
-    check_plan(plan, probe=probe)
-    # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
-    display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
-    # The output folder as seen from the stack's folder: targets place paths from it, whatever the cwd was.
-    out_rel = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(stack_file.parent))).as_posix()
-    ctx = RenderContext(stack_display=display, out_dir=out_rel, model_dir=stack.spec.serve.model_dir)
-    return render_plan(plan, ctx, stack.targets)
+    return render_stack(stack_file, out_dir, host_facts, write_lock=write_lock, probe=probe, on_lock=_said_lock)
 
 
 @app.command()

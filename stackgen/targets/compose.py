@@ -14,23 +14,23 @@ Design choices (each one is a reliability property, see reference/reliability.md
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from stackgen import engines
-from stackgen.artifact_paths import local_weights, output_folder, relative_to_folder
+from stackgen.artifact_paths import output_folder
+from stackgen.container_spec import (CAP_DROP, SECURITY_OPT, Container, ModelMount, _container,  # noqa: F401
+                                     accelerator, container_command, container_for, engine_env, engine_key_env,
+                                     image_for, model_mount)
 from stackgen.engine_files import render_modelfile
-from stackgen.engines.base import ContainerImage, LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import refuse_tls, register
 
 COMPOSE_DIR = "compose"
-# Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
-ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
 
 
 @dataclass
@@ -69,37 +69,30 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
 
 
 def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: Path | None) -> ServiceParts:
-    accel = accelerator(sp)
-    model = model_mount(sp, plan.stack_path, compose_dir)
-    entry: dict = {"image": image_for(sp, accel), "init": True, "restart": "unless-stopped"}
-    entry["command"] = container_command(sp, model.container_ref)
-    env = engine_env(sp, model.env)
+    c = container_for(sp, plan.stack_path, compose_dir)
+    model = c.mount
+    entry: dict = {"image": c.image, "init": True, "restart": "unless-stopped"}
+    entry["command"] = list(c.command)
+    env = dict(c.env)
     env_files = env_file_artifacts(sp, ctx, {k: v for k, v in env.items() if "$" not in v})
     if env_files:
         entry["env_file"] = [PurePosixPath(a.path).name for a in env_files]
     # A value with `$` goes here, escaped: env files are interpolated differently by compose v1 and v2.
     environment = {k: v for k, v in sorted(env.items()) if "$" in v}
-    key_env = engine_key_env(sp)
-    if key_env:
-        environment[key_env] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
+    if c.key_env:
+        environment[c.key_env] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
     if environment:
         entry["environment"] = environment
     entry["ports"] = [publish(sp.host, sp.port)]
     entry["volumes"] = model.volumes
-    entry.update(hardening(sp))
-    entry.update(devices(sp, accel))
+    entry.update(hardening(c))
+    entry.update(devices(c))
     entry["healthcheck"] = healthcheck(sp)
     parts = ServiceParts(entry, env_files, set(model.named))
     if engines.get(sp.engine).model_tag(sp) is not None:
         _add_modelfile(parts, sp, plan, ctx, model.container_ref)
     parts.entry = escape_dollars(parts.entry)
     return parts
-
-
-def engine_key_env(sp: ServicePlan) -> str | None:
-    """The variable a keyed service's engine reads its key from in a container (None: no key, or no key option)."""
-    how = engines.get(sp.engine).api_key
-    return how.env if sp.api_key_env and how is not None else None
 
 
 class Interpolated(str):
@@ -130,41 +123,6 @@ def _add_modelfile(parts: ServiceParts, sp: ServicePlan, plan: Plan, ctx: Render
 # ---------------------------------------------------------------------------------------------- images
 
 
-def accelerator(sp: ServicePlan) -> str:
-    """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
-    gpus = [g for g in sp.gpus if not g.unified]
-    uses_gpu = engines.get(sp.engine).uses_gpu(sp)
-    if not gpus or not uses_gpu:
-        return "cpu"
-    g = gpus[0]
-    if g.vendor == "nvidia":
-        return "cuda"
-    if g.vendor == "amd":
-        return "rocm" if g.tier == "datacenter" or (g.arch or "") in ROCM_CONSUMER_ARCHS else "vulkan"
-    return "intel"
-
-
-def image_for(sp: ServicePlan, accel: str) -> str:
-    if sp.spec.image:
-        return sp.spec.image
-    engine = engines.get(sp.engine)
-    if engine.container is None:
-        raise RenderError(f"services.{sp.name}: {engine.no_container}")
-    return engine.image(sp, accel, sp.spec.engine_version or engine.container.default_version)
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
-    """The engine's argv inside the container, minus what the image's entrypoint already runs."""
-    engine = engines.get(sp.engine)
-    inside = replace(sp, host="0.0.0.0")
-    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
-    argv = engine.argv(inside, ctx)
-    return argv[_container(sp).entrypoint_args:]  # what the image's entrypoint already runs
-
-
 def publish(host: str, port: int) -> str:
     bind = {"localhost": "127.0.0.1", "::1": "[::1]", "::": "[::]"}.get(host, host)
     return f"{bind}:{port}:{port}"
@@ -173,62 +131,11 @@ def publish(host: str, port: int) -> str:
 # ---------------------------------------------------------------------------------------------- model and volumes
 
 
-@dataclass
-class ModelMount:
-    container_ref: str
-    volumes: list[str]
-    named: list[str]
-    env: dict[str, str]
-
-
-def _container(sp: ServicePlan) -> ContainerImage:
-    engine = engines.get(sp.engine)
-    if engine.container is None:
-        raise RenderError(f"services.{sp.name}: {engine.no_container}")
-    return engine.container
-
-
-def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> ModelMount:
-    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume.
-    `compose_dir` None (the Docker API of `up --containers`) names the host file absolutely."""
-    image = _container(sp)
-    env = dict(image.cache_env)
-    local = local_weights(sp)
-    volumes, named = [], []
-    ref = sp.model_ref
-    if local is not None:
-        ref = f"/models/{PurePosixPath(local).name}"
-        volumes.append(f"{_host_path(sp, stack_path, local, compose_dir)}:{ref}:ro")
-    if local is None or image.store_copies_local:  # an engine with its own store copies even local weights in
-        volumes.append(f"{image.cache_volume}:{image.cache_mount}")
-        named.append(image.cache_volume)
-    else:
-        env = {}
-    if image.compile_cache is not None:  # compile artifacts: a warm restart skips the compile
-        volumes.append(f"{image.compile_cache[0]}:{image.compile_cache[1]}")
-        named.append(image.compile_cache[0])
-    return ModelMount(ref, volumes, named, env)
-
-
-def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path | None) -> str:
-    """Relative to the compose file's folder (the same bytes in every clone), or absolute for the Docker API."""
-    stack_folder = Path(stack_path).parent
-    if compose_dir is not None:
-        return relative_to_folder(stack_folder, local, compose_dir)
-    return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
-
-
 def _compose_dir(plan: Plan, ctx: RenderContext) -> Path:
     return Path(output_folder(plan.stack_path, ctx.out_dir, COMPOSE_DIR))
 
 
 # ---------------------------------------------------------------------------------------------- env files
-
-
-def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
-    env.update(extra)
-    return env
 
 
 def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str]) -> list[Artifact]:
@@ -247,22 +154,22 @@ def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str])
 # ---------------------------------------------------------------------------------------------- hardening, GPUs
 
 
-def hardening(sp: ServicePlan) -> dict:
-    out: dict = {"security_opt": ["no-new-privileges:true"], "cap_drop": ["ALL"]}
-    if _container(sp).shared_memory:
+def hardening(c: Container) -> dict:
+    out: dict = {"security_opt": list(SECURITY_OPT), "cap_drop": list(CAP_DROP)}
+    if c.shm_size:
         # PyTorch needs shared memory; shm_size keeps the host's IPC namespace out of reach (unlike ipc: host).
         # The root filesystem stays writable: Triton and torch.compile write caches outside the volumes.
-        out["shm_size"] = "16gb" if sp.memory.tensor_parallel > 1 else "2gb"
-    else:
+        out["shm_size"] = c.shm_size
+    if c.read_only:
         out["read_only"] = True
         out["tmpfs"] = ["/tmp"]
     return out
 
 
-def devices(sp: ServicePlan, accel: str) -> dict:
+def devices(c: Container) -> dict:
+    accel = c.accel
     if accel == "cuda":
-        count = engines.get(sp.engine).gpu_count(sp)
-        reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
+        reservation = {"driver": "nvidia", "count": c.gpus, "capabilities": ["gpu"]}
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):
         return {"devices": ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"],

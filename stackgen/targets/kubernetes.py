@@ -39,7 +39,7 @@ from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.targets import refuse_tls, register
-from stackgen.targets.compose import accelerator, engine_key_env, image_for
+from stackgen.container_spec import accelerator, engine_key_env, image_for
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)

@@ -30,8 +30,8 @@ from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.systemd_quote import check_value, escape_text, quote_arg, systemd_quote
 from stackgen.targets import refuse_tls, register
-from stackgen.targets.compose import (accelerator, container_command, engine_env, engine_key_env, healthcheck,
-                                      image_for, publish)
+from stackgen.container_spec import accelerator, container_command, engine_env, engine_key_env, image_for
+from stackgen.targets.compose import healthcheck, publish
 from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 QUADLET_DIR = "quadlet"
