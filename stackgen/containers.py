@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan import ServicePlan
 from stackgen.state import ServiceState, StateDir, config_hash
@@ -67,62 +68,51 @@ def container_name(stack: str, service: str) -> str:
 
 
 def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> ContainerSpec:
-    """The container for one service, built with the compose target's own pieces (one definition of each)."""
-    from dataclasses import replace
-
-    from stackgen import engines
+    """The Docker API call for one service, from the neutral container spec the compose target writes too."""
+    from stackgen.container_spec import CAP_DROP, SECURITY_OPT, container_for
     from stackgen.errors import RenderError
-    from stackgen.targets import compose
 
-    if sp.engine == "mlx":
-        raise LaunchError(f"service {sp.name}: MLX cannot run in a container (it needs Metal); run `up` without "
-                          f"--containers")
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise LaunchError(f"service {sp.name}: {engine.short} cannot run in a container ({engine.no_container}); "
+                          "run `up` without --containers")
     try:
-        accel = compose.accelerator(sp)
-        image = compose.image_for(sp, accel)
+        c = container_for(sp, str(stack_file), None)
     except RenderError as exc:
         raise LaunchError(str(exc)) from None
-    plan_like = type("P", (), {"stack_path": str(stack_file)})()
-    mount = compose.model_mount(sp, plan_like, None)  # type: ignore[arg-type]
-    command = compose.container_command(sp, mount.container_ref)
-    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
-    env.update(mount.env)
-    if sp.api_key_env and sp.engine in compose.KEY_ENV:
-        key = os.environ.get(sp.api_key_env)
+    env = dict(c.env)
+    if c.key_env:
+        key = os.environ.get(sp.api_key_env or "")
         if not key:
             raise LaunchError(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is not set")
-        env[compose.KEY_ENV[sp.engine]] = key
+        env[c.key_env] = key
     volumes: dict[str, dict[str, str]] = {}
-    for v in mount.volumes:
+    for v in c.mount.volumes:
         src, _, rest = v.partition(":")
         bind, _, mode = rest.partition(":")
         if not src.startswith("/"):  # a named volume: one per stack
             src = f"stackgen-{stack_name}-{src}"
         volumes[src] = {"bind": bind, "mode": mode or "rw"}
     bind_host = {"localhost": "127.0.0.1", "0.0.0.0": "0.0.0.0"}.get(sp.host, sp.host)
-    options: dict[str, Any] = {}
-    hard = compose.hardening(sp)
-    options["security_opt"] = hard.get("security_opt", [])
-    options["cap_drop"] = hard.get("cap_drop", [])
-    if hard.get("read_only"):
+    options: dict[str, Any] = {"security_opt": list(SECURITY_OPT), "cap_drop": list(CAP_DROP)}
+    if c.read_only:
         options["read_only"] = True
-        options["tmpfs"] = {t: "" for t in hard.get("tmpfs", [])}
-    if hard.get("shm_size"):
-        options["shm_size"] = hard["shm_size"]
-    options.update(_devices(sp, accel))
+        options["tmpfs"] = {"/tmp": ""}
+    if c.shm_size:
+        options["shm_size"] = c.shm_size
+    options.update(_devices(c.accel, c.gpus))
     labels = {f"{LABEL}.stack-file": str(stack_file), f"{LABEL}.stack": stack_name, f"{LABEL}.service": sp.name}
-    spec = ContainerSpec(container_name(stack_name, sp.name), image, command, env,
+    spec = ContainerSpec(container_name(stack_name, sp.name), c.image, list(c.command), env,
                          {f"{sp.port}/tcp": (bind_host, sp.port)}, volumes, labels, options)
     spec.labels[f"{LABEL}.config-hash"] = spec.hash()
     return spec
 
 
-def _devices(sp: ServicePlan, accel: str) -> dict[str, Any]:
+def _devices(accel: str, gpus: int) -> dict[str, Any]:
     if accel == "cuda":
         import docker
 
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
-        return {"device_requests": [docker.types.DeviceRequest(count=count, capabilities=[["gpu"]])]}
+        return {"device_requests": [docker.types.DeviceRequest(count=gpus, capabilities=[["gpu"]])]}
     if accel in ("rocm", "vulkan"):
         devs = ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"]
         return {"devices": [f"{d}:{d}" for d in devs], "group_add": ["video", "render"]}
@@ -190,11 +180,9 @@ class ContainerRunner:
             self._remove_named(spec.name)
             raise LaunchError(f"service {sp.name}: the container engine refused to start {spec.image}: "
                               f"{_short(exc)}") from None
-        from stackgen.launch import request_model_name
-
         st = ServiceState(name=sp.name, engine=sp.engine, kind=self.kind, host=sp.host, port=sp.port,
                           config_hash=spec.labels[f"{LABEL}.config-hash"], started_at=time.time(),
-                          model_name=request_model_name(sp), container_id=c.id, container_name=spec.name,
+                          model_name=engines.get(sp.engine).served_model(sp), container_id=c.id, container_name=spec.name,
                           argv=[spec.image, *spec.command], budget_s=budget_s)
         return st, c
 

@@ -26,11 +26,7 @@ WIRED_WARN_FRACTION = 0.9  # mlx-lm warns when weights exceed 0.9 x the recommen
 def files_for(sp: ServicePlan, ctx: RenderContext, stack_dir: Path | None = None) -> list[Artifact]:
     """Extra files for one service; `stack_dir` resolves the chat_template path (default: the stack's folder)."""
     base = stack_dir if stack_dir is not None else Path(ctx.stack_display).parent
-    if sp.engine == "ollama":
-        return ollama_files(sp, ctx, base)
-    if sp.engine == "mlx":
-        return mlx_files(sp, ctx)
-    return []
+    return engines.get(sp.engine).extra_files(sp, ctx, base)
 
 
 # ---------------------------------------------------------------------------------------------- Ollama
@@ -51,7 +47,7 @@ def ollama_files(sp: ServicePlan, ctx: RenderContext, stack_dir: Path) -> list[A
 
 def render_modelfile(sp: ServicePlan, ctx: RenderContext, model_ref: str, stack_dir: Path) -> str:
     """The Modelfile for `model_ref` as the daemon sees it (a host path, a container path or a registry tag)."""
-    params = engines.get("ollama").modelfile_parameters(sp)
+    params = engines.get(sp.engine).modelfile_parameters(sp)
     for key, value in params:
         _check(sp, lambda: check_parameter(key, value), f"overrides.{key}")
     text = render_template(
@@ -101,7 +97,7 @@ def _check(sp: ServicePlan, fn, field: str):
 
 
 def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
-    env = engines.get("ollama").env(sp)
+    env = engines.get(sp.engine).env(sp)
     for key, value in env.items():
         if any(c in value for c in "\r\n\x00"):
             raise RenderError(f"services.{sp.name}: environment value of {key} contains a line break or NUL")
@@ -109,7 +105,7 @@ def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
 
 
 def create_script(sp: ServicePlan, ctx: RenderContext) -> str:
-    tag = engines.get("ollama").model_tag(sp)
+    tag = engines.get(sp.engine).model_tag(sp)
     host = f"{sp.host}:{sp.port}"
     return render_template("ollama/create.sh.j2", header=ctx.header(), tag=tag, tag_q=shlex.quote(tag),
                            ollama_host=host, ollama_host_q=shlex.quote(host))

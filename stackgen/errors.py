@@ -44,6 +44,15 @@ class SpecError(StackgenError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class ModelRefError(Exception):
+    """A service's `model:` (or `quant:`) cannot be turned into model facts: load_stack reports it as a Problem at
+    the field named by `field`, with `hint`."""
+
+    def __init__(self, message: str, hint: str = "", field: str = "model"):
+        super().__init__(message)
+        self.message, self.hint, self.field = message, hint, field
+
+
 class ProfileError(StackgenError):
     """A built-in or user profile file is unreadable or malformed."""
 

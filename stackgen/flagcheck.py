@@ -5,7 +5,7 @@ Engines rename and remove flags often (llama.cpp dropped --mlock for --load-mode
 and a rejected flag only shows up when the service fails to start. The known flag sets per version live in
 profiles/engines/<engine>.yaml (each says where it was read from); `engine_version` in the stack picks one, the
 version engines.md documents is the default. `probe=True` also asks the installed binary's `--help`.
-Ollama has no flags: its daemon environment variables and Modelfile PARAMETERs are checked instead.
+An engine without flags (`Engine.flags` None: Ollama) checks its own settings (`Engine.check_settings`).
 """
 
 from __future__ import annotations
@@ -17,21 +17,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from stackgen import _yaml
-from stackgen.binaries import find_or_none
+from stackgen import _yaml, engines
 from stackgen._resources import data_dir
-from stackgen.engines.ollama import ENV_VARS as OLLAMA_ENV_VARS
-from stackgen.engines.ollama import PARAMETERS as OLLAMA_PARAMETERS
+from stackgen.binaries import find_or_none
+from stackgen.engines.base import FlagSource
 from stackgen.errors import RenderError
-from stackgen.ollama_modelfile import check_parameter
 from stackgen.plan import Plan, ServicePlan
 
-PROFILE_FILES = {"llama.cpp": "llama.cpp.yaml", "vllm": "vllm.yaml", "mlx": "mlx.yaml"}
-# How many tokens after the binary are not flags: `vllm serve MODEL`.
-LEADING_POSITIONALS = {"llama.cpp": 0, "vllm": 2, "mlx": 0}
-HELP_ARGS = {"llama.cpp": ("--help",), "vllm": ("serve", "--help=all"), "mlx": ("--help",)}
-OLLAMA_REMOVED_ENV = {"OLLAMA_INTEL_GPU", "OLLAMA_MULTIUSER_CACHE", "OLLAMA_NEW_ENGINE", "OLLAMA_TMPDIR",
-                      "OLLAMA_RUNNERS_DIR"}  # engines.md 2.2: gone from envconfig; old configs still set them
+
+def _source(engine: str) -> FlagSource:
+    src = engines.get(engine).flags
+    if src is None:
+        raise RenderError(f"{engines.get(engine).display} has no flag table (it takes no flags)")
+    return src
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class FlagTable:
 
 @lru_cache(maxsize=None)
 def _profile(engine: str) -> dict:
-    path = data_dir("profiles") / "engines" / PROFILE_FILES[engine]
+    path = data_dir("profiles") / "engines" / _source(engine).profile
     try:
         data = _yaml.load_document(path.read_text(encoding="utf-8")).data
     except (OSError, _yaml.YamlError) as exc:
@@ -89,8 +87,9 @@ def check_plan(plan: Plan, probe: bool = False) -> None:
 
 
 def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path(".")) -> None:
-    if sp.engine == "ollama":
-        _check_ollama(sp)
+    engine = engines.get(sp.engine)
+    if engine.flags is None:
+        engine.check_settings(sp)
         return
     try:
         flags = table(sp.engine, sp.spec.engine_version)
@@ -122,7 +121,7 @@ def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
 
 def argv_flags(engine: str, argv: list[str], flags: FlagTable) -> list[str]:
     """The flags in an argv, skipping each flag's values as the engine's parser would."""
-    out, i = [], 1 + LEADING_POSITIONALS[engine]
+    out, i = [], 1 + _source(engine).leading_positionals
     while i < len(argv):
         tok = argv[i]
         name, eq, _ = tok.partition("=") if tok.startswith("--") else (tok, "", "")
@@ -146,25 +145,6 @@ def _is_flag(tok: str) -> bool:
     return tok.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", tok)
 
 
-def _check_ollama(sp: ServicePlan) -> None:
-    for key in sorted(sp.env):
-        if key in OLLAMA_REMOVED_ENV or key not in OLLAMA_ENV_VARS:
-            raise RenderError(f"services.{sp.name}: Ollama has no environment variable {key}")
-    for key, value in sorted(sp.spec.overrides.items()):
-        where = f"services.{sp.name}.overrides"
-        if key in OLLAMA_REMOVED_ENV:
-            raise RenderError(f"{where}: Ollama removed {key}; current releases ignore it")
-        if key not in OLLAMA_ENV_VARS and key not in OLLAMA_PARAMETERS:
-            raise RenderError(f"{where}: Ollama has no setting {key} (overrides take the daemon's OLLAMA_* "
-                              "variables stackgen passes or Modelfile PARAMETERs)")
-        if key in OLLAMA_PARAMETERS:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            try:
-                check_parameter(key, text)
-            except RenderError as exc:
-                raise RenderError(f"{where}: {exc}") from None
-
-
 # ---------------------------------------------------------------------------------------------- probing
 
 
@@ -172,7 +152,7 @@ def _check_probe(sp: ServicePlan, stack_dir: Path) -> None:
     binary = find_or_none(sp.engine, sp.spec.binary, stack_dir)
     if binary is None:
         return
-    listed = probe_help(binary, HELP_ARGS[sp.engine])
+    listed = probe_help(binary, _source(sp.engine).help_args)
     if "--port" not in listed:
         return  # not an engine's --help (a wrapper script or stub): nothing to compare against
     flags = table(sp.engine, sp.spec.engine_version)

@@ -1,9 +1,8 @@
 """Talking to a running engine over HTTP: readiness probes per engine, a completion, and a streaming completion.
 
-Ready means the model answers, not that a port is open (reliability property 13):
-- llama-server: listens before the model loads; /health is 503 while loading, then 200.
-- vLLM: refuses connections until the engine is up; then /health 200 and the served model in /v1/models.
-- Ollama, mlx_lm.server: answer HTTP before any model is loaded, so a 1-token completion is the probe.
+Ready means the model answers, not that a port is open (reliability property 13): each engine says what that takes
+in its one readiness definition (`stackgen.engines.base.Readiness`: a health path, the model in /v1/models, or a
+1-token completion for servers that answer HTTP before any model is loaded).
 
 Standard library only (http.client); every call has a timeout.
 """
@@ -18,6 +17,9 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+from stackgen import engines
+from stackgen.engines.base import Readiness
 
 DOWN, LOADING, READY, ERROR = "down", "loading", "ready", "error"
 
@@ -96,15 +98,10 @@ def request(ep: Endpoint, method: str, path: str, body: dict | None = None, time
 
 
 def probe(ep: Endpoint, timeout: float = 5.0) -> Probe:
-    """Where an engine is on its way to answering requests. Never raises for network problems."""
+    """Where an engine is on its way to answering requests, by the engine's one readiness definition
+    (`Engine.readiness`). Never raises for network problems."""
     try:
-        if ep.engine == "llama.cpp":
-            return _probe_llamacpp(ep, timeout)
-        if ep.engine == "vllm":
-            return _probe_vllm(ep, timeout)
-        if ep.engine == "ollama":
-            return _probe_ollama(ep, timeout)
-        return _probe_one_token(ep, timeout)  # mlx and anything else OpenAI-compatible
+        return _probe(ep, engines.get(ep.engine).readiness, timeout)
     except ConnectionRefusedError:
         return Probe(DOWN, "connection refused")
     except (socket.timeout, TimeoutError):
@@ -113,32 +110,24 @@ def probe(ep: Endpoint, timeout: float = 5.0) -> Probe:
         return Probe(DOWN, f"{exc.__class__.__name__}: {exc}")
 
 
-def _probe_llamacpp(ep: Endpoint, timeout: float) -> Probe:
-    status, body = request(ep, "GET", "/health", timeout=timeout)
-    if status == 200:
-        return Probe(READY, "/health 200")
-    if status == 503:
-        return Probe(LOADING, "/health 503 (loading model)")
-    return Probe(ERROR, f"/health {status}: {body[:120]}")
-
-
-def _probe_vllm(ep: Endpoint, timeout: float) -> Probe:
-    status, body = request(ep, "GET", "/health", timeout=timeout)
-    if status != 200:
-        return Probe(LOADING if status in (503, 404) else ERROR, f"/health {status}")
-    status, body = request(ep, "GET", "/v1/models", timeout=timeout)
-    if status != 200:
-        return Probe(LOADING, f"/health 200, /v1/models {status}")
-    ids = _model_ids(body)
-    if ep.model and ep.model not in ids:
-        return Probe(LOADING, f"/v1/models lists {ids}, not {ep.model!r} yet")
-    return Probe(READY, f"/health 200, serving {ep.model or ids}")
-
-
-def _probe_ollama(ep: Endpoint, timeout: float) -> Probe:
-    status, _ = request(ep, "GET", "/", timeout=timeout)
-    if status != 200:
-        return Probe(LOADING, f"/ {status}")
+def _probe(ep: Endpoint, r: Readiness, timeout: float) -> Probe:
+    if r.path is not None:
+        status, body = request(ep, "GET", r.path, timeout=timeout)
+        if status != 200:
+            if r.loading is None or status in r.loading:
+                return Probe(LOADING, f"{r.path} {status}" + (" (loading model)" if r.path_is_ready else ""))
+            return Probe(ERROR, f"{r.path} {status}" + (f": {body[:120]}" if r.path_is_ready else ""))
+        if r.path_is_ready:
+            return Probe(READY, f"{r.path} 200")
+    if r.listed_model:
+        status, body = request(ep, "GET", "/v1/models", timeout=timeout)
+        if status != 200:
+            return Probe(LOADING, f"{r.path} 200, /v1/models {status}")
+        ids = _model_ids(body)
+        if ep.model and ep.model not in ids:
+            return Probe(LOADING, f"/v1/models lists {ids}, not {ep.model!r} yet")
+        if not r.completion:
+            return Probe(READY, f"{r.path} 200, serving {ep.model or ids}")
     return _probe_one_token(ep, timeout)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from stackgen import engines
 from stackgen.errors import LaunchError, StackgenError
 from stackgen.hardware import HostFacts
 from stackgen.plan import Plan, ServicePlan
@@ -72,11 +73,11 @@ class Probes:
 
 def default_probes() -> Probes:
     from stackgen.binaries import find
-    from stackgen.flagcheck import HELP_ARGS, probe_help
+    from stackgen.flagcheck import probe_help
     from stackgen.launch import port_in_use
 
     return Probes(lambda sp, d: find(sp.engine, sp.spec.binary, d),
-                  lambda binary, engine: probe_help(binary, HELP_ARGS[engine]), port_in_use)
+                  lambda binary, engine: probe_help(binary, engines.get(engine).flags.help_args), port_in_use)
 
 
 def check_host(plan: Plan, host: HostFacts, stack_dir: Path, stated: HardwareSpec | None, *,
@@ -175,9 +176,10 @@ def check_binary(sp: ServicePlan, stack_dir: Path, probes: Probes) -> list[Findi
     except StackgenError as exc:
         return [Finding(subject, "binary", False, str(exc))]
     out = [Finding(subject, "binary", True, binary)]
-    if sp.engine == "ollama":
-        return out + [Finding(subject, "flags", True, "Ollama takes no flags (its environment and Modelfile "
-                                                      "are checked by `render`)")]
+    engine = engines.get(sp.engine)
+    if engine.flags is None:
+        return out + [Finding(subject, "flags", True, f"{engine.short} takes no flags (its settings are checked by "
+                                                      "`render`)")]
     return out + [_check_flags(sp, binary, probes, subject)]
 
 

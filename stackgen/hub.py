@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from stackgen import gguf, hfmodel
+from stackgen.models import OLLAMA_REGISTRY
 from stackgen.remote import HttpClient, RangeReader, RemoteError
 
 __all__ = ["Resolved", "RemoteFile", "resolve_remote", "is_remote_ref", "GGUF_QUANT_PREFERENCE"]
@@ -305,7 +306,7 @@ def _resolve_ollama(name: str, client: HttpClient) -> Resolved:
     files = tuple(RemoteFile(str(x.get("mediaType")).rsplit(".", 1)[-1], int(x.get("size") or 0),
                              str(x.get("digest")).removeprefix("sha256:")) for x in layers)
     short = f"{model}:{tag}" if ns == "library" else f"{ns}/{model}:{tag}"
-    return Resolved("gguf", "ollama", f"{ns}/{model}", digest, files, summary, size, summary.get("quant"),
+    return Resolved("gguf", OLLAMA_REGISTRY, f"{ns}/{model}", digest, files, summary, size, summary.get("quant"),
                     ollama=short, notes=tuple(notes))
 
 

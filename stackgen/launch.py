@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from stackgen import engines
-from stackgen.binaries import INSTALL_HINTS
 from stackgen.errors import LaunchError
 from stackgen.health import DOWN, LOADING, READY, Endpoint, Probe, api_key_from_env, probe, stream_completion
 from stackgen.plan import Plan, ServicePlan
@@ -36,10 +35,6 @@ if TYPE_CHECKING:
 
 GRACE_S = 10.0  # SIGTERM -> SIGKILL
 KILL_WAIT_S = 5.0
-BASE_BUDGET_S = 30.0
-LOAD_BYTES_PER_S = 100e6
-ENGINE_EXTRA_S = {"vllm": 120.0, "ollama": 30.0}
-MAX_BUDGET_S = 3600.0
 POLL_S = 0.25
 
 
@@ -161,18 +156,13 @@ class Runner(Protocol):
 
 
 def budget_for(sp: ServicePlan, containers: bool = False) -> float:
-    """Startup budget: 30 s plus the weights at 100 MB/s, plus engine start-up (vLLM's compile and profiling)."""
-    b = BASE_BUDGET_S + sp.memory.weights_bytes / LOAD_BYTES_PER_S + ENGINE_EXTRA_S.get(sp.engine, 0.0)
-    return min(MAX_BUDGET_S, b + (30.0 if containers else 0.0))
+    """The plan's one start-up budget (ServicePlan.startup_budget_s), the same natively and in a container."""
+    return float(sp.startup_budget_s)
 
 
 def request_model_name(sp: ServicePlan) -> str:
-    """The model name requests carry: llama-server --alias / vLLM --served-model-name are the service name."""
-    if sp.engine == "ollama":
-        return engines.get("ollama").model_tag(sp)  # type: ignore[attr-defined]
-    if sp.engine == "mlx":
-        return ""  # mlx_lm.server serves the --model it was started with when a request names none
-    return sp.name
+    """The model name requests carry (`Engine.served_model`)."""
+    return engines.get(sp.engine).served_model(sp)
 
 
 def endpoint_for(sp: ServicePlan) -> Endpoint:
@@ -412,7 +402,7 @@ def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: boo
                                         close_fds=True, pass_fds=pass_fds)
             except FileNotFoundError:
                 raise LaunchError(f"service {spec.name}: {argv[0]} not found "
-                                  f"(to install it: {INSTALL_HINTS.get(spec.engine, '')})") from None
+                                  f"(to install it: {engines.get(spec.engine).install_hint})") from None
             except PermissionError:
                 raise LaunchError(f"service {spec.name}: {argv[0]} is not executable") from None
             except OSError as exc:
@@ -1056,7 +1046,7 @@ def _trouble(runner: Runner, st: ServiceState, sp: ServicePlan) -> str:
     why = trouble(st) if trouble is not None else ("" if runner.is_alive(st) else "it was not running")
     if why:
         return why
-    slow = st.engine in ("mlx", "ollama")  # their probe is a 1-token completion
+    slow = engines.get(st.engine).readiness.slow  # the probe is a 1-token completion
     res = probe(endpoint_for(sp), 30.0 if slow else 3.0)
     if res.state != READY:
         return f"it did not answer its health check ({res.detail or res.state})"
@@ -1092,7 +1082,7 @@ class _Prober:
             self._thread = None
         now = time.monotonic()
         if self._thread is None and now >= self._next:
-            slow = self.ep.engine in ("mlx", "ollama")  # the probe itself loads the model
+            slow = engines.get(self.ep.engine).readiness.slow  # the probe itself loads the model
             timeout = max(2.0, min(60.0 if slow else 3.0, remaining_s))
             self._thread = threading.Thread(target=self._run, args=(timeout,), daemon=True)
             self._next = now + 0.5
@@ -1129,9 +1119,9 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
                 ready[name] = round(elapsed, 2)
                 del pending[name]
                 continue
-            if sp.engine == "ollama" and name not in prepared and result is not None and result.state != DOWN:
+            if name not in prepared and result is not None and result.state != DOWN:
                 prepared.add(name)
-                _ollama_prepare(sp, st, sd, st.budget_s - elapsed)
+                _prepare_model(plan, sp, st, sd, st.budget_s - elapsed)
             if elapsed > st.budget_s:
                 what = result.detail if result else "no answer yet"
                 raise _failure(name, f"not ready after {st.budget_s:.0f} s (last probe: {what}); raise the budget "
@@ -1152,27 +1142,23 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
 
 
 def _waiting_for(engine: str, res: Probe | None) -> str:
-    what = {"llama.cpp": "/health 200", "vllm": "/health 200 and the model in /v1/models",
-            "ollama": "a 1-token completion", "mlx": "a 1-token completion"}.get(engine, "a 1-token completion")
+    what = engines.get(engine).readiness.describe
     return f"{what} ({res.detail})" if res and res.detail else what
 
 
-def _ollama_prepare(sp: ServicePlan, st: ServiceState, sd: StateDir, budget_s: float) -> None:
-    """Ollama's daemon is up: create the tuned model `stackgen-<service>` (FROM the file or registry tag)."""
-    ollama = engines.get("ollama")
-    binary = st.argv[0] if st.argv else "ollama"
-    ref = sp.model_ref[len("ollama:"):] if sp.model_ref.startswith("ollama:") else sp.model_ref
+def _prepare_model(plan: Plan, sp: ServicePlan, st: ServiceState, sd: StateDir, budget_s: float) -> None:
+    """The daemon is up: run the engine's model set-up steps (Ollama: pull, then create the tuned model
+    `stackgen-<service>` from the Modelfile `render` writes too)."""
+    engine = engines.get(sp.engine)
+    binary = st.argv[0] if st.argv else engine.binary
+    steps = engine.setup_steps(sp, binary, sd.root, Path(plan.stack_path))
+    if not steps:
+        return
     env = {**os.environ, **sp.env}
     deadline = max(5.0, budget_s)
     with open(st.log or os.devnull, "ab") as log:
-        if not Path(ref).exists():
-            _run_tool([binary, "pull", ref], env, log, deadline, sp.name)
-        modelfile = sd.root / f"{sp.name}.Modelfile"
-        lines = [f"FROM {ref}"] + [f"PARAMETER {k} {v}" for k, v in ollama.modelfile_parameters(sp)]  # type: ignore
-        if sp.spec.system:
-            lines.append(f'SYSTEM """{sp.spec.system}"""')
-        modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        _run_tool([binary, "create", ollama.model_tag(sp), "-f", str(modelfile)], env, log, deadline, sp.name)  # type: ignore
+        for argv in steps:
+            _run_tool(argv, env, log, deadline, sp.name)
 
 
 def _run_tool(argv: list[str], env: dict[str, str], log, timeout: float, name: str) -> None:
@@ -1329,7 +1315,7 @@ def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> Serv
     if stuck:  # e.g. stopped with SIGSTOP: a probe would only time out
         row.state, row.detail = "unhealthy", stuck
         return row
-    slow = st.engine in ("mlx", "ollama")
+    slow = engines.get(st.engine).readiness.slow
     res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
     if res.state == READY:
         row.state = "running"

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import math
 import re
+
+from stackgen.errors import ModelRefError
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+# The Ollama registry as a model source (`ollama:` references, the catalog's registry-tag key) and the catalog's key
+# for MLX weight sizes: names of data, not of the engines (tests/test_architecture.py allows these two).
+OLLAMA_REGISTRY = "ollama"
+MLX_SIZES_KEY = "mlx"
 
 GIB = 1024**3
 GB = 1000**3
@@ -165,10 +172,10 @@ class ModelFacts:
             hf_repo=entry.get("hf_repo"),
             gguf_repo=entry.get("gguf_repo"),
             mlx_repo=entry.get("mlx_repo"),
-            ollama=entry.get("ollama"),
+            ollama=entry.get(OLLAMA_REGISTRY),
             gguf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("gguf") or {}).items()},
             hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
-            mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("mlx") or {}).items()},
+            mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get(MLX_SIZES_KEY) or {}).items()},
             hf_variants={normalize_quant(str(k)): str(v) for k, v in (entry.get("hf_variants") or {}).items()},
             description=str(entry.get("description") or ""),
             long_context=_catalog_long_context(entry.get("long_context")),
@@ -294,11 +301,10 @@ def _default_swa_layers(arch: str, layers: int, pattern: Any) -> int:
 
 def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[str, ModelFacts],
                   remote: Any = None) -> ModelFacts:
-    """Turn a stack's model reference into facts; raise spec.ModelRefError with a hint on failure.
+    """Turn a stack's model reference into facts; raise errors.ModelRefError with a hint on failure.
 
     `remote` (a stackgen.lock.RemoteModels) answers references the catalog does not know (hf:, ollama:, https://)
     from stack.lock, or over the network when there is no lock."""
-    from stackgen.spec import ModelRefError
 
     try:
         q = normalize_quant(quant)
@@ -310,7 +316,7 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
         hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else "e.g. Q4_K_M, Q8_0, F16, bf16, fp8, awq, 4bit"
         raise ModelRefError(f"unknown quant {quant!r}", hint, field="quant") from None
     if ref.startswith(("hf:", "ollama:")):
-        key, source, name = ("hf_repo", "hf", ref[3:]) if ref.startswith("hf:") else ("ollama", "ollama", ref[7:])
+        key, source, name = ("hf_repo", "hf", ref[3:]) if ref.startswith("hf:") else (OLLAMA_REGISTRY, OLLAMA_REGISTRY, ref[7:])
         found = _from_registry(name, key, catalog, q, source)
         return found if found is not None else _from_remote(ref, q, remote)
     if ref.startswith(("https://", "http://")):
@@ -328,7 +334,6 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
 
 def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None,
                    source: str) -> ModelFacts | None:
-    from stackgen.spec import ModelRefError
 
     if not re.fullmatch(r"[A-Za-z0-9._/:@-]+", name) or not name:
         raise ModelRefError(f"invalid {source} reference {name!r}", "letters, digits, '.', '_', '-', '/', '@' and ':' "
@@ -336,14 +341,13 @@ def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: st
     for facts in catalog.values():
         if (getattr(facts, key) or "").lower() == name.lower():
             out = facts.with_quant(q)
-            return replace(out, source=source, name=f"{source}:{name}") if source == "ollama" else out
+            return replace(out, source=source, name=f"{source}:{name}") if source == OLLAMA_REGISTRY else out
     return None
 
 
 def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
     """A reference the catalog does not know: its real metadata, pinned in stack.lock (stackgen/lock.py)."""
     from stackgen.errors import ModelError
-    from stackgen.spec import ModelRefError
 
     if remote is None:
         raise ModelRefError(f"{ref} is not in the model catalog and no lock file or network resolver was given",
@@ -355,7 +359,6 @@ def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
 
 
 def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
-    from stackgen.spec import ModelRefError
 
     path = (base_dir / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
     if not path.exists():
@@ -368,7 +371,6 @@ def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
 
 def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     from stackgen import gguf
-    from stackgen.spec import ModelRefError
 
     try:
         st = path.stat()
@@ -402,7 +404,6 @@ def _gguf_summary(resolved: str, identity: tuple[int, ...]) -> Mapping[str, Any]
 
 def _from_hf(path: Path, q: str | None) -> ModelFacts:
     from stackgen import hfmodel
-    from stackgen.spec import ModelRefError
 
     try:
         info = hfmodel.read_hf_folder(path)

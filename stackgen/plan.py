@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from stackgen import engines
 from stackgen.memory import MemoryPlan
 from stackgen.models import ModelFacts
 from stackgen.spec import GPUSpec, HardwareSpec, ServiceSpec, TLSSpec, WorkloadSpec
@@ -16,6 +18,24 @@ if TYPE_CHECKING:
 
 RAY_PORT = 6379  # ray start --head default GCS port
 RPC_PORT = 50052  # ggml-rpc-server default port
+
+
+# The one start-up budget (issue 14.2): how long a service may take from start to answering, read by `up` (the wait
+# for ready; `status` calls a service still loading within it "loading"), the systemd and quadlet TimeoutStartSec,
+# the compose healthcheck start_period, the kubernetes startupProbe and llama-swap's healthCheckTimeout.
+STARTUP_BASE_S = 60  # process start, driver/runtime init, the first probes
+LOAD_BYTES_PER_S = 100_000_000  # reading the weights: below a network volume's baseline (AWS EBS gp3: 125 MiB/s)
+DOWNLOAD_BYTES_PER_S = 25_000_000  # weights fetched at start (-hf, the HF hub, ollama pull): a 200 Mbit/s link
+STARTUP_STEP_S = 10  # budgets are whole multiples of 10 s (the same bytes for a few bytes' change of size)
+
+
+def startup_budget_s(weights_bytes: int, extra_s: float = 0.0, fetched: bool = False) -> int:
+    """Base + the weights read at LOAD_BYTES_PER_S (+ downloaded first when `fetched`) + the engine's own start-up
+    (Engine.startup_extra_s: vLLM's compile and profiling), rounded up to 10 s."""
+    s = STARTUP_BASE_S + weights_bytes / LOAD_BYTES_PER_S + extra_s
+    if fetched:
+        s += weights_bytes / DOWNLOAD_BYTES_PER_S
+    return int(math.ceil(s / STARTUP_STEP_S) * STARTUP_STEP_S)
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,17 @@ class ServicePlan:
     # Decode per user and TTFT at the workload's concurrency from the per-backend model (stackgen/speed.py), with
     # its stated error; predicted_decode_tokens_per_s above stays the single-stream bandwidth roofline.
     speed: Forecast | None = None
+
+    @property
+    def fetches_weights(self) -> bool:
+        """The engine downloads the weights at start (a registry reference), not a local file."""
+        return not self.model.path and not self.model_ref.startswith("models/")
+
+    @property
+    def startup_budget_s(self) -> int:
+        """The one start-up budget every way of running the service uses (see startup_budget_s())."""
+        return startup_budget_s(self.memory.weights_bytes, engines.get(self.engine).startup_extra_s,
+                                self.fetches_weights)
 
     @property
     def replicas(self) -> int:

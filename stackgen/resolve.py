@@ -33,6 +33,7 @@ class Row:
     optimize: frozenset[str]  # latency | throughput | setup
     engines: tuple[str, ...]  # preference order
     reason: str  # a template: {gpu} {users} {backend} are filled from the facts (Row.text)
+    min_prompt_ratio: float = 0.0  # the row needs prompt-heavy traffic: prompt_tokens >= this x output_tokens
 
     def text(self, hw: HardwareSpec, users: int) -> str:
         """The reason for this machine and workload: every fact in it comes from the hardware and the workload."""
@@ -54,6 +55,15 @@ DECISION_TABLE: tuple[Row, ...] = (
     Row("mac-multi-user", frozenset({HW_APPLE}), "multi", ALL_OPT, ("llama.cpp", "mlx", "ollama"),
         "{users} on {gpu}: llama-server's parallel slots batch decoding on Metal; mlx_lm.server is a dev "
         "server its authors do not recommend for production"),
+    # Long shared prompts (agents, RAG, multi-turn chat: prompt >= 8 x output) for many users on CUDA GPUs: SGLang's
+    # RadixAttention keeps every request's prefix in a radix tree over the KV pool and its longest-prefix-match
+    # scheduler runs the requests that reuse the most cache first (Zheng et al., "SGLang: Efficient Execution of
+    # Structured Language Model Programs", NeurIPS 2024, sec. 3: up to 6.4x throughput on prefix-sharing workloads).
+    # vLLM's automatic prefix caching reuses prefixes too, but schedules first-come-first-served, so it is next.
+    Row("gpu-prefix-heavy", frozenset({HW_CUDA}), "multi", frozenset({"latency", "throughput"}),
+        ("sglang", "vllm", "llama.cpp", "ollama"),
+        "{users} sending long shared prompts on {gpu}: SGLang's RadixAttention reuses every cached prefix and its "
+        "scheduler runs the requests that share the most cache first", min_prompt_ratio=8.0),
     Row("gpu-multi-user", frozenset({HW_CUDA}), "multi", ALL_OPT, ("vllm", "llama.cpp", "ollama"),
         "{users} on {gpu}: vLLM's continuous batching and PagedAttention scale throughput with concurrency"),
     Row("setup", frozenset({HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU}), "single", frozenset({"setup"}),
@@ -112,10 +122,12 @@ def hardware_class(hw: HardwareSpec) -> str:
     return HW_INTEL
 
 
-def pick_row(hw_class: str, users: int, optimize: str) -> Row:
+def pick_row(hw_class: str, users: int, optimize: str, prompt_ratio: float = 0.0) -> Row:
+    """The first row for this machine class and workload; `prompt_ratio`: prompt_tokens / output_tokens."""
     shape = "single" if users == 1 else "multi"
     for row in DECISION_TABLE:
-        if hw_class in row.hardware and row.users in (shape, "any") and optimize in row.optimize:
+        if (hw_class in row.hardware and row.users in (shape, "any") and optimize in row.optimize
+                and prompt_ratio >= row.min_prompt_ratio):
             return row
     return DECISION_TABLE[-1]
 
@@ -184,7 +196,8 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
                   for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
-    row = pick_row(hardware_class(hw), svc.workload.concurrent_users, svc.workload.optimize)
+    wl = svc.workload
+    row = pick_row(hardware_class(hw), wl.concurrent_users, wl.optimize, wl.prompt_tokens / wl.output_tokens)
     if len(stack.nodes) > 1:
         if explicit:
             one_node = not candidates[svc.spec.engine].block and not _spills(candidates[svc.spec.engine])
@@ -222,6 +235,9 @@ def _serve_block(stack: Stack, name: str) -> str:
                 "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
     if stack.serve.tls is not None and engine.tls_flags is None:
         return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
+    need_key = engine.key_required
+    if need_key and not stack.serve.api_key_env:
+        return need_key
     return ""
 
 
@@ -239,7 +255,12 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     so_block = engine.structured_output(so.backend)[0] if so is not None else None
     if so_block:
         return Candidate(name, None, so_block)
-    pins = pins_from_overrides(engine, dict(svc.spec.overrides), f"services.{svc.name}.overrides")
+    # A service that names its engine writes that engine's flags under overrides: the other engines, planned only
+    # to say why they were not chosen, are planned without them (two engines may spell a flag alike with other
+    # values: vLLM and SGLang --kv-cache-dtype).
+    pinned_elsewhere = svc.spec.engine not in ("auto", name)
+    pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
+                                                                f"services.{svc.name}.overrides")
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
@@ -305,7 +326,7 @@ def _why(row: Row, chosen: Candidate, order: list[str], candidates: dict[str, Ca
         return f"{engines.get(chosen.engine).display}: {text}"
     skipped = [e for e in order[: order.index(chosen.engine)]]
     why_not = "; ".join(f"{engines.get(e).display}: {candidates[e].block}" for e in skipped)
-    if chosen.engine == "llama.cpp" and _spills(chosen):
+    if engines.get(chosen.engine).partial_offload and _spills(chosen):
         m = chosen.memory
         tail = (f"the model must spill to system RAM: llama.cpp keeps {m.gpu_layers} of {m.total_layers} layers on "
                 f"the GPU and runs the other {m.total_layers - m.gpu_layers} on the CPU")
@@ -334,9 +355,9 @@ def _ranked_below(name: str, chosen: str, row: Row, svc: Service, hw: HardwareSp
         else:
             why = row.text(hw, users)
     elif name == "llama.cpp":
-        if chosen == "vllm":
-            why = (f"{users} concurrent users: llama-server's slots share one batch, but vLLM's paged KV cache and "
-                   "scheduler scale further")
+        if chosen in ("vllm", "sglang"):
+            why = (f"{users} concurrent users: llama-server's slots share one batch, but {engines.get(chosen).display}'s "
+                   "paged KV cache and scheduler scale further")
         elif chosen == "mlx":
             why = "llama.cpp runs on Metal too, but MLX is the native path through unified memory for a dev loop"
         elif setup:
@@ -349,8 +370,22 @@ def _ranked_below(name: str, chosen: str, row: Row, svc: Service, hw: HardwareSp
         elif users == 1:
             why = ("vLLM's scheduler and Python runtime cost single-request latency and start-up time that one user "
                    "does not win back")
+        elif chosen == "sglang":
+            why = (f"vLLM's prefix caching reuses shared prompts too, but it schedules first-come-first-served; with "
+                   f"{users} concurrent users sending prompts {svc.workload.prompt_tokens // svc.workload.output_tokens}"
+                   "x longer than the answers, SGLang's cache-aware scheduling keeps more of them in cache")
         else:
             why = row.text(hw, users)
+    elif name == "sglang":
+        if setup:
+            why = "SGLang is a large Python install (CUDA kernels, FlashInfer) that compiles CUDA graphs at start; " \
+                  "this workload optimizes setup"
+        elif users == 1:
+            why = ("SGLang's batching scheduler and Python runtime cost one user start-up time and latency that a "
+                   "single stream does not win back")
+        else:
+            why = (f"SGLang pays off when many users share long prompts (prompt at least 8x the answer); this workload "
+                   f"sends {svc.workload.prompt_tokens} prompt tokens for {svc.workload.output_tokens} output tokens")
     else:
         why = "mlx_lm.server is a development server without slots, metrics or API keys"
     return f"ranked below {engines.get(chosen).display} for this workload: {why}"
@@ -470,7 +505,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     if stack.serve.api_key_env and engine.api_key is None:
         warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
                         "which is why it stays on loopback")
-    if svc.spec.engine in ("vllm", "mlx") and not hw.gpus:
+    if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(
         name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
@@ -490,7 +525,7 @@ def _knob_reasons(svc: Service, engine, mem: MemoryPlan) -> list[str]:
     out = []
     r = mem.rope_scaling
     if r is not None:
-        how = ("applied by the engine from the model file" if r.in_file and engine.name in ("mlx", "ollama")
+        how = ("applied by the engine from the model file" if r.in_file and not engine.rope_flag
                else "set on the command line")
         out.append(f"context: {mem.context_per_request} tokens per request is past {svc.model.name}'s trained "
                    f"{svc.model.context_length}: YaRN RoPE scaling, factor {r.factor:g} over {r.original_context} "
@@ -733,21 +768,9 @@ def _multinode_speed(svc: Service, mem: MemoryPlan, nodes: tuple[Node, ...], hea
 
 def default_model_ref(sp: ServicePlan) -> str:
     """Where the engine finds the weights when run natively: the local path, else a registry reference."""
-    m = sp.model
-    if m.path:
-        return m.path
-    if sp.engine in ("llama.cpp",):
-        if m.url:
-            return m.url  # a remote .gguf named by URL: llama-server -mu
-        return f"hf:{m.gguf_repo}" if m.gguf_repo else f"models/{m.name}-{sp.memory.weights_format}.gguf"
-    if sp.engine == "ollama":
-        return m.ollama or f"models/{m.name}-{sp.memory.weights_format}.gguf"
-    if sp.engine == "mlx":
-        fmt = sp.memory.weights_format
-        if m.mlx_repo and m.mlx_repo.endswith("-4bit") and fmt != "4bit":
-            return m.mlx_repo[: -len("4bit")] + fmt  # mlx-community names each quantization by suffix
-        return m.mlx_repo or m.hf_repo or m.name
-    return m.hf_repo_for(sp.memory.weights_format) or m.name  # the checkpoint whose bytes the plan counted
+    if sp.model.path:
+        return sp.model.path
+    return engines.get(sp.engine).model_ref(sp)
 
 
 def _free_port(start: int, used: set[int]) -> int:

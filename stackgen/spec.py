@@ -15,15 +15,27 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from stackgen import _yaml
-from stackgen.errors import Problem, SpecError
+from stackgen.errors import ModelRefError, Problem, SpecError
 
 NAME_RE = r"^[a-z0-9][a-z0-9-]*$"
 Name = Annotated[str, StringConstraints(pattern=NAME_RE, max_length=63)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
-ENGINES = ("llama.cpp", "ollama", "vllm", "mlx")
+
+
+def engine_names() -> tuple[str, ...]:
+    """The engines `engine:` may name: the registry's (stackgen.engines imports this module, so it is asked late)."""
+    from stackgen import engines
+
+    return tuple(engines.ENGINES)
+
+
+def _engine_enum(schema: dict) -> None:
+    schema["enum"] = ["auto", *engine_names()]
+    schema["type"] = "string"
 TARGETS = ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama-swap")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -129,7 +141,7 @@ class ServiceSpec(_Model):
         description="Catalog name | path to a .gguf | path to an HF folder | hf:org/repo | ollama:name:tag."
     )
     quant: str | None = Field(None, description="GGUF type (Q4_K_M, Q8_0, F16, ...) or bf16/fp16/fp8/awq/gptq/4bit/8bit.")
-    engine: Literal["auto", "llama.cpp", "ollama", "vllm", "mlx"] = "auto"
+    engine: str = Field("auto", json_schema_extra=_engine_enum)
     engine_version: str | None = Field(None, description="Engine version whose flag set the artifacts target.")
     binary: str | None = Field(None, description="Path to the engine binary; default: found on PATH.")
     image: str | None = Field(None, description="Container image for the compose/kubernetes targets.")
@@ -145,6 +157,15 @@ class ServiceSpec(_Model):
     structured_output: StructuredOutputSpec | None = Field(
         None, description="Requests use JSON-schema or grammar-constrained output: picks an engine that supports it, "
                           "renders vLLM's backend, and says what it costs.")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        allowed = ("auto", *engine_names())
+        if v not in allowed:
+            expected = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return v
 
     @field_validator("binary")
     @classmethod
@@ -571,7 +592,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
             ports[svc.port] = name
         try:
             facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models, remote=remote)
-        except _ModelRefError as exc:
+        except ModelRefError as exc:
             problem(("services", name, "model") if exc.field == "model" else ("services", name, exc.field),
                     exc.message, exc.hint)
             continue
@@ -589,15 +610,6 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
     name = spec.name or _default_name(path)
     return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
                  services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes, remote=remote)
-
-
-class _ModelRefError(Exception):
-    def __init__(self, message: str, hint: str = "", field: str = "model"):
-        super().__init__(message)
-        self.message, self.hint, self.field = message, hint, field
-
-
-ModelRefError = _ModelRefError
 
 
 def _bind_nodes(cluster: ClusterSpec, profiles: Any, problem) -> tuple[Node, ...]:
@@ -822,6 +834,11 @@ def _check_serve(spec: StackSpec, problem) -> None:
         if spec.serve.tls is not None and engine.tls_flags is None:
             problem(("services", name, "engine"), f"{engine.display} cannot serve TLS itself",
                     "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
+        need_key = engine.key_required
+        if need_key and not spec.serve.api_key_env:
+            problem(("services", name, "engine"), f"{engine.display} {need_key}",
+                    "set serve.api_key_env to the name of an environment variable holding a key, or pick another "
+                    "engine")
         if host not in LOOPBACK_HOSTS and engine.api_key is None:
             problem(("services", name, "engine"), f"{engine.display} has no API key: it must bind loopback",
                     "keep serve.host 127.0.0.1 and put an authenticating proxy in front")

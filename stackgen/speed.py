@@ -40,10 +40,11 @@ def backend_params(backend: str) -> Backend:
     return BACKENDS.get(backend, DEFAULT_BACKEND)
 
 
-def backend_for(engine: str, vendor: str | None) -> str:
-    """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as."""
-    if engine in ("vllm", "mlx"):
-        return engine if vendor else "cpu"
+def backend_for(own_kernels: str | None, vendor: str | None) -> str:
+    """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as: its own kernels' fit
+    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor."""
+    if own_kernels:
+        return own_kernels if vendor else "cpu"
     return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
 
 
@@ -187,12 +188,14 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
     engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth."""
     from stackgen.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
+    from stackgen import engines
     from stackgen.memory import _kv_bytes_read
 
+    eng = engines.get(engine)
     vendor = hw.gpus[0].vendor if hw.gpus else None
-    backend = backend_for(engine, vendor)
+    backend = backend_for(eng.speed_backend, vendor)
     active = mem.weights_bytes * (model.active_params / model.params) if model.params else mem.weights_bytes
-    if hw.gpus and not hw.is_apple and engine in ("llama.cpp", "ollama"):
+    if hw.gpus and not hw.is_apple and eng.layers_in_ram:
         gpu_fraction = mem.gpu_layers / mem.total_layers if mem.total_layers else 0.0
     else:
         gpu_fraction = 1.0 if hw.gpus else 0.0

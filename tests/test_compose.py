@@ -92,8 +92,10 @@ def test_amd_gets_rocm_image_devices_and_groups(tmp_path):
 def test_healthcheck_start_period_scales_with_weights(tmp_path):
     plan, arts = render(tmp_path, EXTRA_STACKS["llama-kvq-offload"])
     hc = compose_doc(arts)["services"]["chat"]["healthcheck"]
-    expected = -(-plan.services[0].memory.weights_bytes // 200_000_000) + 60
-    assert hc["start_period"] == f"{expected}s"
+    sp = plan.services[0]
+    assert hc["start_period"] == f"{sp.startup_budget_s}s"  # the plan's one budget: weights read, then downloaded
+    assert sp.startup_budget_s >= 60 + sp.memory.weights_bytes / 100e6 + (sp.memory.weights_bytes / 25e6
+                                                                          if sp.fetches_weights else 0)
     assert hc["test"] == ["CMD", "curl", "-f", "http://localhost:8080/health"]
 
 
@@ -194,3 +196,27 @@ def _written(tmp_path: Path, case: str) -> Path:
     plan = plan_for(tmp_path, EXTRA_STACKS[case])
     write_tree(tmp_path / "deploy", render_plan(plan, RenderContext("stack.yaml"), ["compose"]))
     return tmp_path / "deploy" / "compose" / "compose.yaml"
+
+
+@pytest.mark.parametrize("case", ["llama-multi-gpu-key-overrides", "vllm-tp-key-overrides", "ollama-tuned"])
+def test_up_containers_runs_the_container_compose_describes(tmp_path, monkeypatch, case):
+    """One neutral container spec (stackgen.container_spec): the Docker API call of `up --containers` and the compose
+    entry agree on image, command, environment, key variable, volumes and hardening."""
+    from stackgen.containers import container_spec
+
+    monkeypatch.setenv("STACKGEN_TEST_KEY", "k")
+    plan, arts = render(tmp_path, EXTRA_STACKS[case])
+    sp = plan.services[0]
+    entry = compose_doc(arts)["services"][sp.name]
+    api = container_spec(sp, "st", Path(plan.stack_path))
+    assert api.image == entry["image"]
+    assert api.command == [c.replace("$$", "$") for c in entry["command"]]
+    env_file = arts[f"compose/{sp.name}.env"].content if f"compose/{sp.name}.env" in arts else ""
+    listed = dict(line.split("=", 1) for line in env_file.splitlines() if line and not line.startswith("#"))
+    key = [k for k, v in entry.get("environment", {}).items() if "STACKGEN_TEST_KEY" in v]
+    assert {k: v for k, v in api.environment.items() if k not in key} == listed
+    assert [api.environment[k] for k in key] == (["k"] if sp.api_key_env else [])
+    binds = sorted(v["bind"] for v in api.volumes.values())
+    assert binds == sorted(v.split(":")[1] for v in entry["volumes"] if not v.startswith(f"./{sp.name}:"))
+    assert api.options.get("read_only", False) == entry.get("read_only", False)
+    assert api.options.get("shm_size") == entry.get("shm_size")

@@ -135,3 +135,19 @@ def test_quote_round_trips_through_the_parser(value):
 def test_quote_refuses_what_cannot_round_trip(value):
     with pytest.raises(ModelfileError):
         quote(value, "system")
+
+
+def test_up_writes_the_modelfile_render_writes(tmp_path):
+    """One Modelfile builder: `up` (Engine.setup_steps) and `render` produce the same bytes, chat template and a
+    multi-line SYSTEM included, and `up` then pulls the registry model and creates the tuned one from that file."""
+    (tmp_path / "tmpl.gotmpl").write_text("{{ .System }}\n<|user|>{{ .Prompt }}\n")
+    text = EXTRA_STACKS["ollama-tuned"].replace("engine: ollama\n", "engine: ollama\n    chat_template: tmpl.gotmpl\n")
+    sp, files = ollama_files(tmp_path, text)
+    state = tmp_path / "state"
+    state.mkdir()
+    steps = Ollama().setup_steps(sp, "/opt/ollama", state, tmp_path / "stack.yaml")
+    written = (state / "chat.Modelfile").read_text(encoding="utf-8")
+    assert written == files["chat/Modelfile"].content
+    assert "TEMPLATE" in written and "SYSTEM" in written
+    assert steps == [["/opt/ollama", "pull", "llama3.1:8b"],
+                     ["/opt/ollama", "create", "stackgen-chat", "-f", str(state / "chat.Modelfile")]]

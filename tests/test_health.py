@@ -40,8 +40,8 @@ def server():
                 return self._json(script.health, {"status": "ok" if script.health == 200 else "loading"})
             if self.path == "/v1/models":
                 return self._json(200, {"data": [{"id": m} for m in script.models]})
-            if self.path == "/":
-                return self._json(200, {})
+            if self.path == "/api/version":  # Ollama's daemon is up
+                return self._json(200, {"version": "0.12.0"})
             self._json(404, {})
 
         def do_POST(self):

@@ -14,10 +14,10 @@ import yaml
 
 from stackgen.cli import load_and_plan
 from stackgen.errors import RenderError
+from stackgen.plan import startup_budget_s
 from stackgen.render import RenderContext, render_plan
 from stackgen.targets.kubernetes import (
-    KUBERNETES_VERSION, LOAD_BYTES_PER_S, DOWNLOAD_BYTES_PER_S, memory_mib, pvc_gib, render_kubernetes,
-    startup_budget_s,
+    KUBERNETES_VERSION, memory_mib, pvc_gib, render_kubernetes,
 )
 from tools.which import tool
 
@@ -171,7 +171,7 @@ def test_vllm_manifest_follows_the_plan():
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
     s = c["startupProbe"]
-    assert s["failureThreshold"] * s["periodSeconds"] >= startup_budget_s(sp.memory.weights_bytes, True)
+    assert s["failureThreshold"] * s["periodSeconds"] >= sp.startup_budget_s >= startup_budget_s(sp.memory.weights_bytes, 0, True)
 
 
 def test_api_key_comes_from_a_secret_reference_never_the_value(monkeypatch):
@@ -291,9 +291,6 @@ def test_output_is_deterministic_and_has_no_yaml_aliases():
 def test_sizes():
     assert pvc_gib(10 * GI) == 12
     assert pvc_gib(1) == 1
-    assert startup_budget_s(0, False) == 60
-    assert startup_budget_s(int(LOAD_BYTES_PER_S * 100), False) == 160
-    assert startup_budget_s(int(DOWNLOAD_BYTES_PER_S * 100), True) == 160
     sp = plan_for("seed-70b-rtx4090").service("chat")
     req, limit = memory_mib(sp)
     assert req == math.ceil(sp.memory.host_bytes / 2**20) and limit == math.ceil(req * 1.25)

@@ -447,7 +447,7 @@ def test_likely_cause():
 def test_budget_scales_with_model():
     plan = plan_of_text("llama.cpp")
     sp = plan.services[0]
-    assert budget_for(sp) == pytest.approx(30 + sp.memory.weights_bytes / 100e6)
+    assert budget_for(sp) == sp.startup_budget_s >= 60 + sp.memory.weights_bytes / 100e6
 
 
 def plan_of_text(engine: str):

@@ -19,7 +19,7 @@ from stackgen.cli import load_and_plan
 from stackgen.errors import RenderError
 from stackgen.render import RenderContext
 from stackgen.targets.llama_swap import fit_groups, llama_swap_target, ttl_s
-from stackgen.targets.systemd import start_timeout_s
+from stackgen.plan import startup_budget_s
 
 HERE = Path(__file__).parent
 SCHEMA = HERE / "tools" / "vendor" / "llama-swap" / "config-schema.json"
@@ -110,7 +110,7 @@ def test_services_that_do_not_fit_together_are_left_to_swap():
 def test_ttl_from_the_workload():
     plan, _ = render(GOLDEN / "llama-swap-3090" / "stack.yaml")
     one = plan.services[0]
-    assert ttl_s(one) == max(300, 10 * start_timeout_s(one.memory.weights_bytes, fetched=False))
+    assert ttl_s(one) == max(300, 10 * startup_budget_s(one.memory.weights_bytes, fetched=False))
     shared = dataclasses.replace(one, workload=one.workload.model_copy(update={"concurrent_users": 2}))
     assert ttl_s(shared) == 0
 

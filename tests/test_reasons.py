@@ -38,10 +38,12 @@ def _cases():
                     continue
                 for opt in sorted(row.optimize):
                     for users in {"single": (1,), "multi": (8,), "any": (1, 8)}[row.users]:
-                        if pick_row(hardware_class(PROFILES.hardware[machine]), users, opt) is not row:
+                        ratio = row.min_prompt_ratio  # a prompt-heavy row is walked with prompt-heavy traffic
+                        if pick_row(hardware_class(PROFILES.hardware[machine]), users, opt, ratio) is not row:
                             continue  # an earlier row claims this combination
                         reached.add(row.id)
-                        cases.append(pytest.param(row.id, machine, opt, users, id=f"{row.id}-{cls}-{machine}-{opt}-{users}u"))
+                        cases.append(pytest.param(row.id, machine, opt, users, ratio,
+                                                  id=f"{row.id}-{cls}-{machine}-{opt}-{users}u"))
     return cases, reached
 
 
@@ -56,10 +58,14 @@ def test_every_row_but_the_fallback_is_reached_and_every_class_and_goal_is_walke
             assert any((m, opt) in walked for m in machines)
 
 
-def plan(write_stack, machine: str, opt: str, users: int, model: str = "qwen2.5-7b-instruct", extra: str = ""):
+def plan(write_stack, machine: str, opt: str, users: int, model: str = "qwen2.5-7b-instruct", extra: str = "",
+         ratio: float = 0.0):
     ctx = 4096 if users > 1 else 8192
+    out = 300 if not ratio else 256
+    prompt = 1000 if not ratio else int(out * ratio)
+    serve = "serve: {api_key_env: STACK_KEY}\n" if ratio else ""  # SGLang, the prefix-heavy pick, needs a key
     f = write_stack(f"version: 1\nhardware: {machine}\nworkload: {{concurrent_users: {users}, context_tokens: {ctx}, "
-                    f"prompt_tokens: 1000, output_tokens: 300, optimize: {opt}}}\nservices:\n  svc:\n"
+                    f"prompt_tokens: {prompt}, output_tokens: {out}, optimize: {opt}}}\n{serve}services:\n  svc:\n"
                     f"    model: {model}\n{extra}")
     return resolve(load_stack(f), HOST).services[0]
 
@@ -111,10 +117,10 @@ def check_reasons_against_plan(sp, hw) -> None:
         assert wl.optimize == "setup"
 
 
-@pytest.mark.parametrize("row_id,machine,opt,users", CASES)
-def test_reasons_match_the_plan(write_stack, row_id, machine, opt, users):
+@pytest.mark.parametrize("row_id,machine,opt,users,ratio", CASES)
+def test_reasons_match_the_plan(write_stack, row_id, machine, opt, users, ratio):
     hw = PROFILES.hardware[machine]
-    sp = plan(write_stack, machine, opt, users)
+    sp = plan(write_stack, machine, opt, users, ratio=ratio)
     row = next(r for r in DECISION_TABLE if r.id == row_id)
     if sp.engine == row.engines[0]:
         assert row.text(hw, users) in sp.reasons[0]

@@ -37,13 +37,19 @@ def test_unknown_engine_version_is_an_error(write_stack, cli, tmp_path):
     assert "b1" in res.output
 
 
-def test_installed_binary_without_a_generated_flag_is_an_error(write_stack, cli, tmp_path):
-    """An older or forked llama-server whose --help lacks a flag stackgen generates fails at render time."""
+def test_installed_binary_without_a_generated_flag_is_an_error_with_probe(write_stack, cli, tmp_path):
+    """An older or forked llama-server whose --help lacks a flag stackgen generates fails `render --probe`; a plain
+    `render` never runs the binary (what it writes must not depend on PATH; `up` and `doctor` check it)."""
     fake = tmp_path / "old-llama-server"
-    fake.write_text("#!/bin/sh\necho 'usage: llama-server [options]'\necho '  --port N   port'\necho '  -m FNAME'\n")
+    fake.write_text("#!/bin/sh\necho 'usage: llama-server [options]'\necho '  --port N   port'\necho '  -m FNAME'\n"
+                    f"touch {tmp_path / 'ran'}\n")
     fake.chmod(0o755)
     f = write_stack(STACK.format(extra=f"    binary: {fake}\n"))
-    res = cli("render", f, "-o", tmp_path / "deploy")
+    res = cli("render", f, "-o", tmp_path / "plain")
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "ran").exists(), "render ran the engine binary"
+    res = cli("render", f, "-o", tmp_path / "deploy", "--probe")
     assert res.exit_code == 1
+    assert (tmp_path / "ran").exists()
     assert str(fake) in res.output and "does not list" in res.output
     assert not (tmp_path / "deploy").exists()

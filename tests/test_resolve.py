@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from stackgen import engines
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
 from stackgen.resolve import DECISION_TABLE, resolve
@@ -15,8 +16,9 @@ from stackgen.spec import load_stack
 HOST = HostFacts(hardware=None)  # type: ignore[arg-type]  # profiles below never need the host
 
 
-def plan_for(write_stack, hardware, workload, model="llama-3.1-8b-instruct", extra=""):
-    f = write_stack(f"version: 1\nhardware: {hardware}\nworkload: {workload}\nservices:\n  svc:\n    model: {model}\n{extra}")
+def plan_for(write_stack, hardware, workload, model="llama-3.1-8b-instruct", extra="", top=""):
+    f = write_stack(f"version: 1\nhardware: {hardware}\nworkload: {workload}\n{top}services:\n  svc:\n    model: {model}\n"
+                    f"{extra}")
     return resolve(load_stack(f), HOST).services[0]
 
 
@@ -25,6 +27,7 @@ ROWS = [
     ("mac-setup", "m3-max-64gb", "{concurrent_users: 1, optimize: setup}", "ollama"),
     ("mac-dev-loop", "m3-max-64gb", "dev-loop", "mlx"),
     ("mac-multi-user", "m4-max-128gb", "team-api", "llama.cpp"),
+    ("gpu-prefix-heavy", "h100-80gb", "{concurrent_users: 32, prompt_tokens: 8000, output_tokens: 400}", "sglang"),
     ("gpu-multi-user", "a100-80gb", "team-api", "vllm"),
     ("setup", "rtx-4090", "{concurrent_users: 1, optimize: setup}", "ollama"),
     ("setup", "cpu-laptop-16gb", "quickstart", "ollama"),  # setup friction is Ollama's bottleneck on a CPU too
@@ -37,12 +40,13 @@ ROWS = [
 
 @pytest.mark.parametrize("row_id,hardware,workload,engine", ROWS)
 def test_each_row_of_the_decision_table(write_stack, row_id, hardware, workload, engine):
-    sp = plan_for(write_stack, hardware, workload)
+    top = "serve: {api_key_env: STACK_KEY}\n" if engine == "sglang" else ""  # SGLang runs only behind its key
+    sp = plan_for(write_stack, hardware, workload, top=top)
     assert sp.engine == engine
     row = next(r for r in DECISION_TABLE if r.id == row_id)
     hw = load_profiles().hardware[hardware]
     assert row.text(hw, sp.workload.concurrent_users) in sp.reasons[0]
-    assert set(sp.rejected) == {"llama.cpp", "ollama", "vllm", "mlx"} - {engine}
+    assert set(sp.rejected) == set(engines.ENGINES) - {engine}
     assert all(sp.rejected.values()), "every rejected engine carries a reason"
 
 

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from stackgen.cli import load_and_plan
 from stackgen.errors import RenderError
+from stackgen.plan import startup_budget_s
 from stackgen.render import RenderContext
 from stackgen.systemd_quote import Expand, quote_value, systemd_quote
 from stackgen.targets.systemd import (
-    RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL, render_units, start_timeout_s,
+    RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL, render_units,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -264,9 +265,10 @@ def test_restart_cannot_loop_forever():
 
 
 def test_start_timeout_grows_with_weights():
-    assert start_timeout_s(0, fetched=False) == 60
-    assert start_timeout_s(42_500_000_000, fetched=False) == 280  # 60 + 212.5 -> 280 (10 s steps)
-    assert start_timeout_s(42_500_000_000, fetched=True) > start_timeout_s(42_500_000_000, fetched=False)
+    assert startup_budget_s(0) == 60
+    assert startup_budget_s(42_500_000_000) == 490  # 60 + 425 -> 490 (10 s steps)
+    assert startup_budget_s(42_500_000_000, fetched=True) == 2190  # + 1700 s of download at 25 MB/s
+    assert startup_budget_s(0, extra_s=120) == 180  # vLLM's compile and profiling
 
 
 def test_llamacpp_key_is_a_credential_and_vllm_key_an_env_file(tmp_path, stub):

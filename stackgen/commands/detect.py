@@ -11,16 +11,10 @@ import typer
 import yaml
 
 from stackgen.cli import _host, app, run
-from stackgen.errors import PlanError, StackgenError
-
-SCHEMA_ID = "https://stackgen.dev/schema/stack-v1.json"
-HEADROOM = 0.10  # the suggested model must leave >= 10 % of each memory pool free
-# The slowest planned decode speed per stream (tokens/s) a suggested model may have, by what the workload optimizes.
-# latency/setup: one person reads the answer as it streams; ~10 tokens/s is about reading speed (~7 words/s), and a
-# 500-token dev-loop answer then takes under a minute. throughput: many streams at once; each still gets >= 5
-# tokens/s so a 400-token team-api answer arrives within ~80 s.
-USABLE_DECODE_TOKENS_PER_S = {"latency": 10.0, "setup": 10.0, "throughput": 5.0}
-
+from stackgen.errors import StackgenError
+from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
+                               suggest_model, usable_speed)
+from stackgen.pipeline import plan_text as _plan_in_memory  # noqa: F401
 
 def hardware_yaml(host: Any) -> str:
     """The detected hardware as a YAML `hardware:` block (notes as comments), ready to paste into stack.yaml."""
@@ -65,86 +59,11 @@ def schema_ref(target_dir: Path) -> str:
     return SCHEMA_ID
 
 
-def stack_text(*, name: str, hardware: Any, workload: str, model: str, schema: str, notes: tuple[str, ...] = ()) -> str:
-    """A starter stack.yaml. `hardware` is a profile name or a HardwareSpec (written inline)."""
-    lines = [f"# yaml-language-server: $schema={schema}", "# Written by `stackgen init`; check it with "
-             "`stackgen validate stack.yaml` and `stackgen plan stack.yaml`."]
-    lines += [f"# detect: {n}" for n in notes]
-    doc: dict[str, Any] = {"version": 1, "name": name}
-    if isinstance(hardware, str):
-        doc["hardware"] = hardware
-    else:
-        doc["hardware"] = hardware.model_dump(mode="json", exclude_none=True)
-    doc["workload"] = workload
-    doc["services"] = {"chat": {"model": model}}
-    doc["targets"] = ["script"]
-    return "\n".join(lines) + "\n" + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
-
-
 def _slug(folder: Path) -> str:
     import re
 
     slug = re.sub(r"[^a-z0-9-]+", "-", folder.resolve().name.lower()).strip("-")[:63].strip("-")
     return slug if slug and slug[0].isalnum() else "stack"
-
-
-def _plan_in_memory(text: str, path: Path, profiles: Any, host: Any):
-    from stackgen.resolve import resolve
-    from stackgen.spec import bind, parse_document, validate_document
-
-    doc = parse_document(text, str(path))
-    spec = validate_document(doc, str(path))
-    stack = bind(spec, doc, str(path), path, profiles)
-    return resolve(stack, host)
-
-
-def has_headroom(plan: Any, headroom: float = HEADROOM) -> bool:
-    """All on the GPU when there is one, no context cut, and >= headroom of each budget left."""
-    sp = plan.services[0]
-    m = sp.memory
-    if not m.fits or any("context reduced" in lever for lever in m.levers):
-        return False
-    if m.gpu_budget_bytes > 0 and (m.gpu_layers < m.total_layers or m.gpu_bytes > (1 - headroom) * m.gpu_budget_bytes):
-        return False
-    return m.host_bytes <= (1 - headroom) * m.host_budget_bytes
-
-
-def usable_speed(plan: Any) -> float:
-    return USABLE_DECODE_TOKENS_PER_S[plan.services[0].workload.optimize]
-
-
-def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: Path, profiles: Any,
-                  schema: str = SCHEMA_ID) -> tuple[str, Any, list[str]]:
-    """Walk the catalog from the largest model to the smallest; the first that plans with headroom and at a usable
-    speed for the workload wins. Without one: the fastest that has headroom, else the first that fits."""
-    catalog = sorted(profiles.models.items(), key=lambda kv: (kv[1].params, kv[0]), reverse=True)
-    tried: list[str] = []
-    roomy, fallback = [], None
-    for model_name, _facts in catalog:
-        text = stack_text(name=name, hardware=hardware, workload=workload, model=model_name, schema=schema)
-        try:
-            plan = _plan_in_memory(text, path, profiles, host)
-        except PlanError:
-            tried.append(f"{model_name}: does not fit")
-            continue
-        fallback = fallback or (model_name, plan)
-        if not has_headroom(plan):
-            tried.append(f"{model_name}: fits with less than {HEADROOM:.0%} headroom")
-            continue
-        speed, need = plan.services[0].predicted_decode_tokens_per_s, usable_speed(plan)
-        if speed >= need:
-            return model_name, plan, tried
-        tried.append(f"{model_name}: planned {speed:g} tokens/s per stream, below the {need:g} a {workload} "
-                     "workload needs")
-        roomy.append((speed, model_name, plan))
-    if roomy:
-        speed, model_name, plan = max(roomy, key=lambda r: r[0])
-        return model_name, plan, tried + [f"no model reaches a usable speed here; picked the fastest, {model_name} "
-                                          f"({speed:g} tokens/s)"]
-    if fallback is not None:
-        return fallback[0], fallback[1], tried + [f"no model leaves {HEADROOM:.0%} headroom; picked {fallback[0]}"]
-    raise StackgenError("no model in the catalog fits this machine with the chosen workload; "
-                        "try `--workload quickstart` or describe a bigger machine with `--hardware`")
 
 
 def _choose_workload(workload: Optional[str], names: list[str]) -> tuple[str, str | None]:

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, run, stack_path
 
 
 def default_out_dir(stack_file: Path) -> Path:
     return stack_file.parent / "deploy"
 
 
-def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path], write_lock: bool = True):
-    """Everything `render` would write, without touching the disk (invalid input raises before any write)."""
-    from stackgen.flagcheck import check_plan
-    from stackgen.render import RenderContext, render_plan
+def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path], write_lock: bool = True,
+                     probe: bool = False):
+    """pipeline.render_stack, saying on stderr when it wrote the stack's lock file."""
+    from stackgen.cli import _said_lock
+    from stackgen.pipeline import render_stack
 
-    stack, plan = load_and_plan(stack_file, host_facts, write_lock=write_lock)
-    # A renamed or removed flag must fail here, not as a service that will not start.
-    check_plan(plan, probe=True)
-    # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
-    display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
-    # The output folder as seen from the stack's folder: targets place paths from it, whatever the cwd was.
-    out_rel = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(stack_file.parent))).as_posix()
-    ctx = RenderContext(stack_display=display, out_dir=out_rel, model_dir=stack.spec.serve.model_dir)
-    return render_plan(plan, ctx, stack.targets)
+    return render_stack(stack_file, out_dir, host_facts, write_lock=write_lock, probe=probe, on_lock=_said_lock)
 
 
 @app.command()
@@ -38,6 +30,8 @@ def render(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: deploy/ next to the stack file)."),
     check: bool = typer.Option(False, "--check", help="Compare instead of writing: exit 0 clean, 2 drifted, 1 invalid."),
     host_facts: Optional[Path] = HostOpt,
+    probe: bool = typer.Option(False, "--probe", help="Also check that the installed engine binary's --help lists "
+                               "every planned flag (as `up` and `doctor` do)."),
 ) -> None:
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
 
@@ -46,7 +40,7 @@ def render(
 
         path = stack_path(file, file_opt)
         out_dir = out if out is not None else default_out_dir(path)
-        artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check)
+        artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check, probe=probe)
         if check:
             check_tree(out_dir, artifacts)
             typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")

@@ -1,4 +1,7 @@
-"""Engine registry: one module per engine behind the Engine protocol (stackgen.engines.base)."""
+"""Engine registry: one module per engine, each a subclass of stackgen.engines.base.Engine that owns its facts.
+
+To add an engine: write its module here (the Engine attributes and methods), add it to ENGINES, add its flag
+table under profiles/engines/ and its row(s) in resolve.DECISION_TABLE. Nothing outside this package names it."""
 
 from __future__ import annotations
 
@@ -6,18 +9,15 @@ from stackgen.engines.base import KEY_FD, ApiKey, Command, Engine, LaunchContext
 from stackgen.engines.llamacpp import LlamaCpp
 from stackgen.engines.mlx import Mlx
 from stackgen.engines.ollama import Ollama
+from stackgen.engines.sglang import SGLang
 from stackgen.engines.vllm import Vllm
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (LlamaCpp(), Ollama(), Vllm(), Mlx())}
-
-
-# What each engine reads its API key from, for targets that pass it through the environment (containers, pods).
-KEY_ENV: dict[str, str] = {n: e.api_key.env for n, e in ENGINES.items() if e.api_key is not None}
+ENGINES: dict[str, Engine] = {e.name: e for e in (LlamaCpp(), Ollama(), Vllm(), Mlx(), SGLang())}
 
 
 def get(name: str) -> Engine:
     return ENGINES[name]
 
 
-__all__ = ["ENGINES", "KEY_ENV", "KEY_FD", "ApiKey", "Command", "Engine", "LaunchContext", "Unsupported", "Weights",
+__all__ = ["ENGINES", "KEY_FD", "ApiKey", "Command", "Engine", "LaunchContext", "Unsupported", "Weights",
            "command", "get"]

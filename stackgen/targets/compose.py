@@ -14,28 +14,23 @@ Design choices (each one is a reliability property, see reference/reliability.md
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
 
 from stackgen import engines
-from stackgen.artifact_paths import local_weights, output_folder, relative_to_folder
+from stackgen.artifact_paths import output_folder
+from stackgen.container_spec import (CAP_DROP, SECURITY_OPT, Container, ModelMount, _container,  # noqa: F401
+                                     accelerator, container_command, container_for, engine_env, engine_key_env,
+                                     image_for, model_mount)
 from stackgen.engine_files import render_modelfile
-from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import fleet, refuse_tls, register
 
 COMPOSE_DIR = "compose"
-LOAD_BYTES_PER_S = 200e6  # a conservative disk read rate for weights; start_period = size / rate + 60 s
-LOAD_SLACK_S = 60
-DEFAULT_VERSIONS = {"vllm": "0.33.0"}  # engines.md pins; llama.cpp and Ollama float on their named tags
-# Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
-ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
-KEY_ENV = engines.KEY_ENV  # what each server reads its key from
 
 
 @dataclass
@@ -53,9 +48,10 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     compose_dir = _compose_dir(plan, ctx)
     services, notes, files, volumes = {}, [], [], set()
     for sp in plan.services:
-        if sp.engine == "mlx":
-            notes.append(f"service {sp.name!r} (MLX) is not in this file: MLX needs Metal, which no container "
-                         "can reach; run it with the script target on the Mac itself")
+        engine = engines.get(sp.engine)
+        if engine.container is None:
+            notes.append(f"service {sp.name!r} ({engine.short}) is not in this file: {engine.no_container}; run it "
+                         "with the script target on the Mac itself")
             continue
         if fleet.separate(sp):  # fleet hook: N engine services + an HAProxy service (targets/fleet.py)
             more, fleet_files, fleet_volumes = fleet.compose(plan, sp, ctx, compose_dir)
@@ -68,8 +64,9 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         files += parts.files
         volumes |= parts.volumes
     if not services:
-        raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: MLX services cannot run in "
-                          "containers (no Metal); remove `compose` from targets or use the script target")
+        shorts = sorted({engines.get(sp.engine).short for sp in plan.services})
+        raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: {', '.join(shorts)} services "
+                          "cannot run in containers (no Metal); remove `compose` from targets or use the script target")
     doc = {"services": services}
     if volumes:
         doc["volumes"] = {name: {} for name in sorted(volumes)}
@@ -78,27 +75,27 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
 
 
 def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: Path | None) -> ServiceParts:
-    accel = accelerator(sp)
-    model = model_mount(sp, plan, compose_dir)
-    entry: dict = {"image": image_for(sp, accel), "init": True, "restart": "unless-stopped"}
-    entry["command"] = container_command(sp, model.container_ref)
-    env = engine_env(sp, model.env)
+    c = container_for(sp, plan.stack_path, compose_dir)
+    model = c.mount
+    entry: dict = {"image": c.image, "init": True, "restart": "unless-stopped"}
+    entry["command"] = list(c.command)
+    env = dict(c.env)
     env_files = env_file_artifacts(sp, ctx, {k: v for k, v in env.items() if "$" not in v})
     if env_files:
         entry["env_file"] = [PurePosixPath(a.path).name for a in env_files]
     # A value with `$` goes here, escaped: env files are interpolated differently by compose v1 and v2.
     environment = {k: v for k, v in sorted(env.items()) if "$" in v}
-    if sp.api_key_env and sp.engine in KEY_ENV:
-        environment[KEY_ENV[sp.engine]] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
+    if c.key_env:
+        environment[c.key_env] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
     if environment:
         entry["environment"] = environment
     entry["ports"] = [publish(sp.host, sp.port)]
     entry["volumes"] = model.volumes
-    entry.update(hardening(sp))
-    entry.update(devices(sp, accel))
+    entry.update(hardening(c))
+    entry.update(devices(c))
     entry["healthcheck"] = healthcheck(sp)
     parts = ServiceParts(entry, env_files, set(model.named))
-    if sp.engine == "ollama":
+    if engines.get(sp.engine).model_tag(sp) is not None:
         _add_modelfile(parts, sp, plan, ctx, model.container_ref)
     parts.entry = escape_dollars(parts.entry)
     return parts
@@ -132,57 +129,6 @@ def _add_modelfile(parts: ServiceParts, sp: ServicePlan, plan: Plan, ctx: Render
 # ---------------------------------------------------------------------------------------------- images
 
 
-def accelerator(sp: ServicePlan) -> str:
-    """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
-    gpus = [g for g in sp.gpus if not g.unified]
-    uses_gpu = sp.memory.gpu_memory_utilization is not None if sp.engine == "vllm" else sp.memory.gpu_layers > 0
-    if not gpus or not uses_gpu:
-        return "cpu"
-    g = gpus[0]
-    if g.vendor == "nvidia":
-        return "cuda"
-    if g.vendor == "amd":
-        return "rocm" if g.tier == "datacenter" or (g.arch or "") in ROCM_CONSUMER_ARCHS else "vulkan"
-    return "intel"
-
-
-def image_for(sp: ServicePlan, accel: str) -> str:
-    if sp.spec.image:
-        return sp.spec.image
-    version = sp.spec.engine_version or DEFAULT_VERSIONS.get(sp.engine)
-    if sp.engine == "llama.cpp":
-        tag = "server" if accel == "cpu" else f"server-{accel}"
-        build = version if version and version.startswith("b") and version[1:].isdigit() else None
-        return f"ghcr.io/ggml-org/llama.cpp:{tag}-{build}" if build else f"ghcr.io/ggml-org/llama.cpp:{tag}"
-    if sp.engine == "ollama":
-        suffix = "rocm" if accel == "rocm" else ""
-        tag = "-".join(p for p in (version, suffix) if p) or "latest"
-        return f"ollama/ollama:{tag}"
-    return _vllm_image(sp, accel, version)
-
-
-def _vllm_image(sp: ServicePlan, accel: str, version: str | None) -> str:
-    if accel == "cpu":
-        raise RenderError(f"services.{sp.name}: vLLM's CPU backend has no official image; set `image:` to a "
-                          "vLLM CPU build, or use the script target")
-    repo = "vllm/vllm-openai-rocm" if accel == "rocm" else "vllm/vllm-openai"
-    return f"{repo}:v{version}"
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
-    """The engine's argv inside the container, minus what the image's entrypoint already runs."""
-    engine = engines.get(sp.engine)
-    inside = replace(sp, host="0.0.0.0")
-    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
-    argv = engine.argv(inside, ctx)
-    # llama.cpp's entrypoint is /app/llama-server, Ollama's /bin/ollama, vLLM's `vllm serve`.
-    drop = 2 if sp.engine == "vllm" else 1
-    return argv[drop:]
-
-
 def publish(host: str, port: int) -> str:
     bind = {"localhost": "127.0.0.1", "::1": "[::1]", "::": "[::]"}.get(host, host)
     return f"{bind}:{port}:{port}"
@@ -191,61 +137,11 @@ def publish(host: str, port: int) -> str:
 # ---------------------------------------------------------------------------------------------- model and volumes
 
 
-@dataclass
-class ModelMount:
-    container_ref: str
-    volumes: list[str]
-    named: list[str]
-    env: dict[str, str]
-
-
-CACHE_VOLUMES = {  # named volume, mount point, env that points the engine at it
-    "llama.cpp": ("llama-cache", "/cache", {"LLAMA_CACHE": "/cache"}),
-    "vllm": ("hf-cache", "/root/.cache/huggingface", {}),
-    "ollama": ("ollama", "/root/.ollama", {}),
-}
-
-
-def model_mount(sp: ServicePlan, plan: Plan, compose_dir: Path | None) -> ModelMount:
-    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume.
-    `compose_dir` None (the Docker API of `up --containers`) names the host file absolutely."""
-    volume, mount, env = CACHE_VOLUMES[sp.engine]
-    local = local_weights(sp)
-    volumes, named = [], []
-    ref = sp.model_ref
-    if local is not None:
-        ref = f"/models/{PurePosixPath(local).name}"
-        volumes.append(f"{_host_path(sp, plan, local, compose_dir)}:{ref}:ro")
-    if local is None or sp.engine == "ollama":  # Ollama copies even local weights into its store
-        volumes.append(f"{volume}:{mount}")
-        named.append(volume)
-    else:
-        env = {}
-    if sp.engine == "vllm":
-        volumes.append("vllm-cache:/root/.cache/vllm")  # torch.compile artifacts: a warm restart skips ~30 s
-        named.append("vllm-cache")
-    return ModelMount(ref, volumes, named, dict(env))
-
-
-def _host_path(sp: ServicePlan, plan: Plan, local: str, compose_dir: Path | None) -> str:
-    """Relative to the compose file's folder (the same bytes in every clone), or absolute for the Docker API."""
-    stack_folder = Path(plan.stack_path).parent
-    if compose_dir is not None:
-        return relative_to_folder(stack_folder, local, compose_dir)
-    return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
-
-
 def _compose_dir(plan: Plan, ctx: RenderContext) -> Path:
     return Path(output_folder(plan.stack_path, ctx.out_dir, COMPOSE_DIR))
 
 
 # ---------------------------------------------------------------------------------------------- env files
-
-
-def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
-    env.update(extra)
-    return env
 
 
 def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str]) -> list[Artifact]:
@@ -264,22 +160,22 @@ def env_file_artifacts(sp: ServicePlan, ctx: RenderContext, env: dict[str, str])
 # ---------------------------------------------------------------------------------------------- hardening, GPUs
 
 
-def hardening(sp: ServicePlan) -> dict:
-    out: dict = {"security_opt": ["no-new-privileges:true"], "cap_drop": ["ALL"]}
-    if sp.engine == "vllm":
+def hardening(c: Container) -> dict:
+    out: dict = {"security_opt": list(SECURITY_OPT), "cap_drop": list(CAP_DROP)}
+    if c.shm_size:
         # PyTorch needs shared memory; shm_size keeps the host's IPC namespace out of reach (unlike ipc: host).
         # The root filesystem stays writable: Triton and torch.compile write caches outside the volumes.
-        out["shm_size"] = "16gb" if sp.memory.tensor_parallel > 1 else "2gb"
-    else:
+        out["shm_size"] = c.shm_size
+    if c.read_only:
         out["read_only"] = True
         out["tmpfs"] = ["/tmp"]
     return out
 
 
-def devices(sp: ServicePlan, accel: str) -> dict:
+def devices(c: Container) -> dict:
+    accel = c.accel
     if accel == "cuda":
-        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel) if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
-        reservation = {"driver": "nvidia", "count": count, "capabilities": ["gpu"]}
+        reservation = {"driver": "nvidia", "count": c.gpus, "capabilities": ["gpu"]}
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):
         return {"devices": ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"],
@@ -290,14 +186,9 @@ def devices(sp: ServicePlan, accel: str) -> dict:
 
 
 def healthcheck(sp: ServicePlan) -> dict:
-    url = f"http://localhost:{sp.port}/health"
-    if sp.engine == "llama.cpp":
-        test = ["CMD", "curl", "-f", url]  # the llama.cpp images ship curl and use it for their own HEALTHCHECK
-    elif sp.engine == "vllm":
-        test = ["CMD", "python3", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"]
-    else:
-        test = ["CMD", "ollama", "list"]  # the Ollama image has no curl; its client talks to the daemon
-    start = math.ceil(sp.memory.weights_bytes / LOAD_BYTES_PER_S) + LOAD_SLACK_S
+    url = f"http://localhost:{sp.port}{engines.get(sp.engine).readiness.path or '/health'}"
+    test = ["CMD"] + [w.format(url=url) for w in _container(sp).healthcheck]  # the image's own check command
+    start = sp.startup_budget_s  # the plan's one start-up budget
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 3, "start_period": f"{start}s"}
 
 
@@ -306,16 +197,17 @@ def healthcheck(sp: ServicePlan) -> dict:
 
 def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
     lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`."]
-    keyed = sorted({sp.api_key_env for sp in plan.services if sp.api_key_env and sp.engine in KEY_ENV})
+    keyed = sorted({sp.api_key_env for sp in plan.services if engine_key_env(sp)})
     for var in keyed:
         lines.append(f"# {var}: the API key is read from your shell (or a .env file you keep next to this file) "
                      "at `up` time; its value is never written here.")
     for sp in plan.services:
-        if sp.engine == "ollama":
-            tag = engines.get("ollama").model_tag(sp)
+        engine = engines.get(sp.engine)
+        tag = engine.model_tag(sp)
+        if tag is not None:
             lines.append(f"# {sp.name}: after `up`, create the tuned model once: docker compose -f compose/compose.yaml "
                          f"exec {sp.name} ollama create {tag} -f /stackgen/Modelfile")
-        if any(g.vendor == "apple" for g in sp.gpus) and sp.engine != "mlx":
+        if any(g.vendor == "apple" for g in sp.gpus) and engine.container is not None:
             lines.append(f"# {sp.name}: containers on macOS cannot use Metal; this service runs on the CPU here.")
     lines += [f"# {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,8 @@ Design choices (docs/kubernetes.md has the full list and the mapping to vLLM pro
   update would leave the new pod Pending behind the old one.
 - Inside the pod the engine listens on its own default port (vLLM 8000 as in production-stack, llama.cpp 8080,
   Ollama 11434) on 0.0.0.0; the ClusterIP Service publishes the stack's port.
-- startupProbe budget (failureThreshold x periodSeconds) = 60 s + weights / 100 MB/s (25 MB/s when the engine
-  downloads the weights at start), so a slow load is never killed by the liveness probe.
+- startupProbe budget (failureThreshold x periodSeconds) covers the plan's one start-up budget
+  (ServicePlan.startup_budget_s), so a slow load is never killed by the liveness probe.
 - Pods run as uid/gid 1000 (runAsNonRoot) with no capabilities, no privilege escalation and RuntimeDefault seccomp.
   The official images default to root, but the engines run as any user when HOME and caches are writable: HOME and
   /tmp are emptyDirs, weights and download caches live on the PVC (fsGroup 1000 makes it writable).
@@ -39,16 +39,13 @@ from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.spec import LOOPBACK_HOSTS
 from stackgen.targets import fleet, refuse_tls, register
-from stackgen.targets.compose import accelerator, image_for
+from stackgen.container_spec import accelerator, engine_key_env, image_for
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
-CONTAINER_PORTS = {"vllm": 8000, "llama.cpp": 8080, "ollama": 11434}
-KEY_ENV = engines.KEY_ENV  # what each server reads its key from
 GPU_RESOURCE = {"nvidia": "nvidia.com/gpu", "amd": "amd.com/gpu", "intel": "gpu.intel.com/i915"}
 UID = 1000
 MODELS_MOUNT, HOME_MOUNT = "/models", "/home/stackgen"
-LOAD_BYTES_PER_S, DOWNLOAD_BYTES_PER_S, LOAD_SLACK_S = 100_000_000, 25_000_000, 60
 STARTUP_PERIOD_S = 10
 PVC_HEADROOM = 1.2
 MEMORY_LIMIT_FACTOR = 1.25
@@ -70,9 +67,10 @@ def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
 
 def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
     """(Ollama's Modelfile ConfigMap,) PersistentVolumeClaim, Service, Deployment (and NetworkPolicy), in apply order."""
-    if sp.engine == "mlx":
-        raise RenderError(f"services.{sp.name}: the kubernetes target cannot run MLX: it needs Apple's Metal, and "
-                          "there is no Linux image (MLX serves on the Mac itself; use the script target)")
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise RenderError(f"services.{sp.name}: the kubernetes target cannot run {engine.short}: {engine.no_container}"
+                          f" (it serves on the Mac itself; use the script target)")
     name = resource_name(plan, sp)
     labels = _labels(plan, sp)
     if sp.topology is not None:
@@ -80,7 +78,7 @@ def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
     docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
     if sp.replicas > 1:  # fleet hook: pods per instance, shared weights, an autoscaler (targets/fleet.py)
         _fleet(sp, docs, name, labels)
-    if sp.engine == "ollama":
+    if engine.model_tag(sp) is not None:
         docs.insert(0, _modelfile_config_map(plan, sp, ctx, name, labels))
     if sp.host in LOOPBACK_HOSTS:
         docs.append(_network_policy(plan, name, labels))
@@ -117,18 +115,9 @@ def pvc_gib(weights_bytes: int) -> int:
     return max(1, math.ceil(weights_bytes * PVC_HEADROOM / GI))
 
 
-def fetched(sp: ServicePlan) -> bool:
-    """True when the engine downloads the weights at start (a registry reference), False for local files."""
-    return _local_name(sp) is None
-
-
-def startup_budget_s(weights_bytes: int, downloads: bool) -> int:
-    rate = DOWNLOAD_BYTES_PER_S if downloads else LOAD_BYTES_PER_S
-    return LOAD_SLACK_S + math.ceil(weights_bytes / rate)
-
-
 def startup_failure_threshold(sp: ServicePlan) -> int:
-    return math.ceil(startup_budget_s(sp.memory.weights_bytes, fetched(sp)) / STARTUP_PERIOD_S)
+    """failureThreshold x periodSeconds covers the plan's one start-up budget."""
+    return math.ceil(sp.startup_budget_s / STARTUP_PERIOD_S)
 
 
 def shm_mib(sp: ServicePlan) -> int:
@@ -139,7 +128,7 @@ def memory_mib(sp: ServicePlan) -> tuple[int, int]:
     """(request, limit) in MiB: request = host bytes, limit = request x 1.25 plus the memory-backed /dev/shm,
     which Kubernetes charges to the container's memory."""
     request = max(1, math.ceil(sp.memory.host_bytes / MI))
-    limit = math.ceil(request * MEMORY_LIMIT_FACTOR) + (shm_mib(sp) if sp.engine == "vllm" else 0)
+    limit = math.ceil(request * MEMORY_LIMIT_FACTOR) + (shm_mib(sp) if _image(sp).shared_memory else 0)
     return request, limit
 
 
@@ -149,14 +138,16 @@ def gpu_request(sp: ServicePlan) -> tuple[str, int] | None:
     if accel == "cpu":
         return None
     vendor = next(g.vendor for g in sp.gpus if not g.unified)
-    if sp.engine == "vllm":
-        count = sp.memory.tensor_parallel * max(1, sp.memory.data_parallel)  # data parallel: TP GPUs per core
-    else:
-        count = sum(g.count for g in sp.gpus if not g.unified)
-    return GPU_RESOURCE[vendor], count
+    return GPU_RESOURCE[vendor], engines.get(sp.engine).gpu_count(sp)
 
 
 # ---------------------------------------------------------------------------------------------- documents
+
+
+def _image(sp: ServicePlan):
+    image = engines.get(sp.engine).container
+    assert image is not None  # manifests() refused the engines without an image
+    return image
 
 
 def _pvc(sp: ServicePlan, name: str, labels: dict) -> dict:
@@ -207,7 +198,7 @@ def _deployment(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:
 
 
 def _container(plan: Plan, sp: ServicePlan) -> dict:
-    port = CONTAINER_PORTS[sp.engine]
+    port = engines.get(sp.engine).default_port
     inside = replace(sp, host="0.0.0.0", port=port)
     c: dict = {"name": "engine", "image": image_for(sp, accelerator(sp)), "imagePullPolicy": "IfNotPresent"}
     c["args"] = [escape_k8s(a) for a in _args(inside)]
@@ -216,7 +207,7 @@ def _container(plan: Plan, sp: ServicePlan) -> dict:
     c.update(_probes(sp))
     c["resources"] = _resources(sp)
     c["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "readOnlyRootFilesystem": sp.engine != "vllm", "runAsNonRoot": True}
+                            "readOnlyRootFilesystem": not _image(sp).shared_memory, "runAsNonRoot": True}
     c["volumeMounts"] = _mounts(sp)
     return c
 
@@ -243,37 +234,28 @@ def _args(inside: ServicePlan) -> list[str]:
     local = _local_name(inside)
     ref = f"{MODELS_MOUNT}/{local}" if local else inside.model_ref
     argv = engine.argv(inside, LaunchContext(binary=engine.binary, model_ref=ref, host="0.0.0.0", port=inside.port))
-    if inside.engine == "vllm":
-        # The vllm-openai entrypoint is `vllm serve`: the args start with the model.
-        return argv[2:]
-    return argv[1:]
+    return argv[_image(inside).entrypoint_args:]  # what the image's entrypoint already runs
 
 
 def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
     env = dict(engines.get(inside.engine).env(inside))
     env["HOME"] = HOME_MOUNT
-    if inside.engine == "vllm":
-        env["HF_HOME"] = f"{MODELS_MOUNT}/huggingface"  # downloads survive restarts on the PVC
-        env["VLLM_CACHE_ROOT"] = f"{MODELS_MOUNT}/vllm-cache"  # torch.compile artifacts: a warm restart skips ~30 s
-    elif inside.engine == "llama.cpp":
-        env["LLAMA_CACHE"] = f"{MODELS_MOUNT}/llama-cache"
-    elif inside.engine == "ollama":
-        env["OLLAMA_MODELS"] = f"{MODELS_MOUNT}/ollama"
+    env.update({k: v.format(models=MODELS_MOUNT) for k, v in _image(inside).pod_env})  # caches on the PVC
     for key, value in env.items():
         if any(ch in value for ch in "\r\n\x00"):
             raise RenderError(f"services.{inside.name}: environment value of {key} contains a line break or NUL")
     out = [{"name": k, "value": escape_k8s(env[k])} for k in sorted(env)]
-    if inside.api_key_env and inside.engine in KEY_ENV:
-        out.append({"name": KEY_ENV[inside.engine], "valueFrom": {"secretKeyRef": {
+    key_env = engine_key_env(inside)
+    if key_env:
+        out.append({"name": key_env, "valueFrom": {"secretKeyRef": {
             "name": secret_name(plan, inside), "key": "api-key", "optional": False}}})
     return out
 
 
 def _probes(sp: ServicePlan) -> dict:
-    path = "/api/version" if sp.engine == "ollama" else "/health"
-    get = {"path": path, "port": "http"}
+    get = {"path": engines.get(sp.engine).readiness.path or "/health", "port": "http"}
     return {
-        # failureThreshold x periodSeconds = 60 s + weights / rate: the load time, then liveness takes over.
+        # failureThreshold x periodSeconds = the plan's start-up budget: the load time, then liveness takes over.
         "startupProbe": {"httpGet": dict(get), "periodSeconds": STARTUP_PERIOD_S, "timeoutSeconds": 5,
                          "failureThreshold": startup_failure_threshold(sp)},
         "readinessProbe": {"httpGet": dict(get), "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
@@ -295,9 +277,9 @@ def _resources(sp: ServicePlan) -> dict:
 def _mounts(sp: ServicePlan) -> list[dict]:
     mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "home", "mountPath": HOME_MOUNT},
               {"name": "tmp", "mountPath": "/tmp"}]
-    if sp.engine == "vllm":
+    if _image(sp).shared_memory:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-    if sp.engine == "ollama":
+    if engines.get(sp.engine).model_tag(sp) is not None:
         mounts.append({"name": "modelfile", "mountPath": "/stackgen", "readOnly": True})
     return mounts
 
@@ -305,10 +287,10 @@ def _mounts(sp: ServicePlan) -> list[dict]:
 def _volumes(sp: ServicePlan, name: str) -> list[dict]:
     vols: list[dict] = [{"name": "models", "persistentVolumeClaim": {"claimName": f"{name}-models"}},
             {"name": "home", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
-    if sp.engine == "vllm":
+    if _image(sp).shared_memory:
         # PyTorch needs shared memory (docs/deployment/k8s.md; production-stack `shmSize`).
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib(sp)}Mi"}})
-    if sp.engine == "ollama":
+    if engines.get(sp.engine).model_tag(sp) is not None:
         vols.append({"name": "modelfile", "configMap": {"name": f"{name}-modelfile"}})
     return vols
 
@@ -324,7 +306,7 @@ def _fleet(sp: ServicePlan, docs: list[dict], name: str, labels: dict) -> None:
     if pods > 1 or hpa is not None:  # pods on several nodes: shared weights, one pod replaced at a time
         pvc["spec"]["accessModes"] = ["ReadWriteMany"]
         spec["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-    notes = fleet.scrape_annotations(sp, CONTAINER_PORTS[sp.engine])
+    notes = fleet.scrape_annotations(sp, engines.get(sp.engine).default_port)
     if notes:
         spec["template"]["metadata"]["annotations"] = notes
     if hpa is not None:
@@ -369,13 +351,13 @@ def _multinode_manifests(plan: Plan, sp: ServicePlan, name: str, labels: dict) -
 
 def _lws_pod(plan: Plan, sp: ServicePlan, name: str, role: str, script: str) -> dict:
     c = _container(plan, sp)
-    c["command"] = ["/bin/sh", "-c", script] + (["vllm"] if role == "leader" else [])
+    c["command"] = ["/bin/sh", "-c", script] + ([engines.get(sp.engine).binary] if role == "leader" else [])
     if role == "worker":
         del c["args"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             del c[probe]
         del c["ports"]
-        c["env"] = [e for e in c["env"] if e["name"] != KEY_ENV["vllm"]]
+        c["env"] = [e for e in c["env"] if e["name"] != engine_key_env(sp)]
     c["env"] = c["env"] + [{"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     vols = [v for v in _volumes(sp, name) if v["name"] != "models"]
     vols.insert(0, {"name": "models", "emptyDir": {"sizeLimit": f"{pvc_gib(sp.memory.weights_bytes)}Gi"}})
@@ -410,14 +392,15 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     elif local:
         lines.append(f"# Copy the weights into the PVC {name}-models as {MODELS_MOUNT}/{local} before the pod "
                      "can become ready.")
-    if sp.api_key_env and sp.engine in KEY_ENV:
+    engine = engines.get(sp.engine)
+    if engine_key_env(sp):
         lines.append(f"# API key: kubectl create secret generic {secret_name(plan, sp)} "
                      f"--from-literal=api-key=\"${sp.api_key_env}\" (the value is never written here).")
     elif sp.api_key_env:
-        lines.append(f"# {sp.name}: Ollama has no API key setting; keep the Service internal or put an "
+        lines.append(f"# {sp.name}: {engine.short} has no API key setting; keep the Service internal or put an "
                      "authenticating proxy in front.")
-    if sp.engine == "ollama":
-        tag = engines.get("ollama").model_tag(sp)
+    tag = engine.model_tag(sp)
+    if tag is not None:
         lines.append(f"# After the pod is ready, create the tuned model once: kubectl exec deploy/{name} -- "
                      f"ollama create {tag} -f /stackgen/Modelfile")
     if any(g.vendor == "apple" for g in sp.gpus):

@@ -29,7 +29,6 @@ from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import fleet, register
 
-ENGINES = ("llama.cpp", "mlx")
 HOMEBREW_BIN = "/opt/homebrew/bin"  # Homebrew's prefix on Apple silicon (`brew install llama.cpp` puts llama-server here)
 LOG_DIR = "/Library/Logs/stackgen"  # root:admin 0775 on macOS: an admin user creates the folder without sudo
 THROTTLE_S = 10  # launchd's default respawn interval, written out (the systemd target's RestartSec=10s)
@@ -56,10 +55,11 @@ def label(plan: Plan, sp: ServicePlan | None = None, suffix: str = "") -> str:
 
 
 def _agent(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> Artifact:
-    if sp.engine not in ENGINES:
-        raise RenderError(f"services.{sp.name}: the launchd target runs MLX and llama.cpp; {sp.engine} on a Mac is "
-                          "better served by its own app or `brew services` (use the script target for it)")
     engine = engines.get(sp.engine)
+    if not engine.launchd:
+        runs = " and ".join(sorted(e.short for e in engines.ENGINES.values() if e.launchd))
+        raise RenderError(f"services.{sp.name}: the launchd target runs {runs}; {sp.engine} on a Mac is "
+                          "better served by its own app or `brew services` (use the script target for it)")
     weights = local_weights(sp)
     model_ref = installed_path(weights, ctx.model_dir) if weights else sp.model_ref
     key_file = f"/etc/stackgen/{plan.stack_name}/api-key"

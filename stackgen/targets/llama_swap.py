@@ -30,9 +30,8 @@ from stackgen.memory import initial_budget
 from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.targets import fleet, refuse_tls, register
-from stackgen.targets.systemd import start_timeout_s
+from stackgen.plan import startup_budget_s
 
-ENGINES = ("llama.cpp", "vllm", "mlx")
 MIN_TTL_S, TTL_LOADS = 300, 10
 HEALTH_TIMEOUT_MIN_S = 15  # llama-swap's schema minimum for healthCheckTimeout
 DEFAULT_LISTEN_PORT = 8080
@@ -43,9 +42,10 @@ def llama_swap_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     fleet.refuse(plan, "llama-swap")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     refuse_tls(plan, "llama-swap", "llama-swap's own --tls-cert-file/--tls-key-file")
     for sp in plan.services:
-        if sp.engine not in ENGINES:
-            raise RenderError(f"services.{sp.name}: llama-swap starts servers that load one model each; Ollama "
-                              "swaps models itself (OLLAMA_MAX_LOADED_MODELS): use the script or systemd target")
+        engine = engines.get(sp.engine)
+        if engine.swaps_models:
+            raise RenderError(f"services.{sp.name}: llama-swap starts servers that load one model each; "
+                              f"{engine.short} {engine.swaps_models}: use the script or systemd target")
         if sp.topology is not None:
             raise RenderError(f"services.{sp.name}: a multi-node service cannot be started by llama-swap on one host")
     doc: dict = {"healthCheckTimeout": max(HEALTH_TIMEOUT_MIN_S, max(_load_s(sp) for sp in plan.services))}
@@ -109,14 +109,15 @@ def _no_macro(sp: ServicePlan, value: str) -> str:
 
 
 def _load_s(sp: ServicePlan) -> int:
-    return start_timeout_s(sp.memory.weights_bytes, local_weights(sp) is None)
+    return sp.startup_budget_s
 
 
 def ttl_s(sp: ServicePlan) -> int:
     """A reload reads the weights from disk (a fetched model is in the engine's cache after its first start)."""
     if sp.workload.concurrent_users > 1:
         return 0
-    return max(MIN_TTL_S, TTL_LOADS * start_timeout_s(sp.memory.weights_bytes, fetched=False))
+    reload_s = startup_budget_s(sp.memory.weights_bytes, engines.get(sp.engine).startup_extra_s, fetched=False)
+    return max(MIN_TTL_S, TTL_LOADS * reload_s)
 
 
 def fit_groups(plan: Plan) -> list[list[str]]:

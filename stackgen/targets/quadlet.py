@@ -30,9 +30,9 @@ from stackgen.plan import Plan, ServicePlan
 from stackgen.render import Artifact, RenderContext
 from stackgen.systemd_quote import check_value, escape_text, quote_arg, systemd_quote
 from stackgen.targets import fleet, refuse_tls, register
-from stackgen.targets.compose import (CACHE_VOLUMES, KEY_ENV, accelerator, container_command, engine_env, healthcheck,
-                                      image_for, publish)
-from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL, start_timeout_s
+from stackgen.container_spec import accelerator, container_command, engine_env, engine_key_env, image_for
+from stackgen.targets.compose import healthcheck, publish
+from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 QUADLET_DIR = "quadlet"
 PULL_S = 900  # an engine image is several GB: the first start pulls it inside TimeoutStartSec
@@ -54,30 +54,34 @@ def unit_name(plan: Plan, sp: ServicePlan) -> str:
 
 
 def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
-    if sp.engine in ("mlx", "ollama"):
-        raise RenderError(f"services.{sp.name}: the quadlet target runs llama.cpp and vLLM; "
-                          + ("MLX needs Metal, which no container reaches" if sp.engine == "mlx" else
-                             "Ollama needs its `ollama create` step (use the systemd or compose target)"))
+    engine = engines.get(sp.engine)
+    if engine.container is None or engine.model_tag(sp) is not None:
+        runs = " and ".join(e.short for e in engines.ENGINES.values()
+                            if e.container is not None and e.model_tag(sp) is None)
+        raise RenderError(f"services.{sp.name}: the quadlet target runs {runs}; "
+                          + (engine.no_container if engine.container is None else
+                             f"{engine.short} needs its `{engine.binary} create` step (use the systemd or compose "
+                             "target)"))
     name = unit_name(plan, sp)
     accel = accelerator(sp)
     ref, volumes, env = _weights(plan, sp, ctx)
     container = [("ContainerName", name), ("Image", image_for(sp, accel)),
                  ("Exec", systemd_quote(container_command(sp, ref)))]
     container += [("Environment", quote_arg(f"{k}={v}")) for k, v in sorted(engine_env(sp, env).items())]
-    if sp.api_key_env and sp.engine in KEY_ENV:
-        container.append(("Secret", f"{_secret(plan)},type=env,target={KEY_ENV[sp.engine]}"))
+    key_env = engine_key_env(sp)
+    if key_env:
+        container.append(("Secret", f"{_secret(plan)},type=env,target={key_env}"))
     container.append(("PublishPort", publish(sp.host, sp.port)))
     container += [("Volume", v) for v in volumes]
     container += [("AddDevice", d) for d in devices(sp, accel)]
     container += _health(sp)
     container += _hardening(sp)
-    fetched = local_weights(sp) is None
     unit = [("Description", escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engines.get(sp.engine).display} "
                                         f"serving {sp.model.name} (Podman)")),
             ("Wants", "network-online.target"), ("After", "network-online.target"),
             ("StartLimitIntervalSec", f"{START_LIMIT_INTERVAL}s"), ("StartLimitBurst", str(START_LIMIT_BURST))]
     service = [("Restart", "on-failure"), ("RestartSec", f"{RESTART_SEC}s"),
-               ("TimeoutStartSec", f"{PULL_S + start_timeout_s(sp.memory.weights_bytes, fetched)}s")]
+               ("TimeoutStartSec", f"{PULL_S + sp.startup_budget_s}s")]
     sections = [("Unit", unit), ("Container", container), ("Service", service),
                 ("Install", [("WantedBy", "multi-user.target default.target")])]
     return _header(plan, sp, ctx, name) + "\n".join(_section(t, kv) for t, kv in sections)
@@ -90,7 +94,9 @@ def _secret(plan: Plan) -> str:
 def _weights(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> tuple[str, list[str], dict[str, str]]:
     """Local weights bind-mounted read-only from serve.model_dir (`z`: a shared SELinux label, so the container may
     read them); registry models in a named cache volume per service."""
-    volume, mount, env = CACHE_VOLUMES[sp.engine]
+    image = engines.get(sp.engine).container
+    assert image is not None  # container_unit refused the engines without an image
+    env = dict(image.cache_env)
     local = local_weights(sp)
     volumes = []
     ref = sp.model_ref
@@ -100,10 +106,10 @@ def _weights(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> tuple[str, list
         volumes.append(f"{_path(host)}:{ref}:ro,z")
         env = {}
     else:
-        volumes.append(f"{unit_name(plan, sp)}-{volume}:{mount}")
-    if sp.engine == "vllm":
-        volumes.append(f"{unit_name(plan, sp)}-vllm-cache:/root/.cache/vllm")
-    return ref, volumes, dict(env)
+        volumes.append(f"{unit_name(plan, sp)}-{image.cache_volume}:{image.cache_mount}")
+    if image.compile_cache is not None:
+        volumes.append(f"{unit_name(plan, sp)}-{image.compile_cache[0]}:{image.compile_cache[1]}")
+    return ref, volumes, env
 
 
 def _path(path: str) -> str:
@@ -117,7 +123,7 @@ def _path(path: str) -> str:
 def devices(sp: ServicePlan, accel: str) -> list[str]:
     """CDI names for NVIDIA (one per planned GPU), device nodes for AMD (ROCm: kfd + dri; Vulkan: dri) and Intel."""
     if accel == "cuda":
-        count = sp.memory.tensor_parallel if sp.engine == "vllm" else sum(g.count for g in sp.gpus if not g.unified)
+        count = engines.get(sp.engine).gpu_count(sp)
         return [f"nvidia.com/gpu={i}" for i in range(count)]
     if accel == "rocm":
         return ["/dev/kfd", "/dev/dri"]
@@ -137,7 +143,7 @@ def _health(sp: ServicePlan) -> list[tuple[str, str]]:
 
 def _hardening(sp: ServicePlan) -> list[tuple[str, str]]:
     out = [("RunInit", "true"), ("NoNewPrivileges", "true"), ("DropCapability", "all")]
-    if sp.engine == "vllm":
+    if engines.get(sp.engine).container.shared_memory:
         # PyTorch needs shared memory; Triton and torch.compile write caches outside the volumes.
         out.append(("ShmSize", "16g" if sp.memory.tensor_parallel > 1 else "2g"))
     else:
@@ -161,8 +167,9 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, name: str) -> str:
     if local is not None:
         lines.append(f"# Weights: install {local} (relative to the stack's folder) at "
                      f"{installed_path(local, ctx.model_dir)} (serve.model_dir), world-readable.")
-    if sp.api_key_env and sp.engine in KEY_ENV:
+    key_env = engine_key_env(sp)
+    if key_env:
         lines.append(f"# API key: create the Podman secret once: printf '%s' \"${sp.api_key_env}\" | "
                      f"sudo podman secret create {_secret(plan)} -")
-        lines.append(f"# Podman hands it to the engine as {KEY_ENV[sp.engine]}; its value never appears in this file.")
+        lines.append(f"# Podman hands it to the engine as {key_env}; its value never appears in this file.")
     return "\n".join(lines) + "\n"

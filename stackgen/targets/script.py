@@ -103,7 +103,7 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext, env_name: str | No
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(env_name or f"{sp.name}.env"),
         key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", lookup=lookup,
         command=_command_lines(argv, first='"$engine"' if lookup else None),
-        ollama_tag=engine.model_tag(sp) if sp.engine == "ollama" else "",
+        ollama_tag=engine.model_tag(sp) or "",
     )
 
 

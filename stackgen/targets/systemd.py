@@ -6,13 +6,12 @@ and is quoted by systemd's own rules (stackgen.systemd_quote); the unit file for
 templates/systemd/service.j2. Checked in tests with `systemd-analyze verify` (empty stderr) and
 `systemd-analyze security --offline=yes` (exposure at most 2.0).
 
-Start timeout: TimeoutStartSec = 60 s + weights_bytes / 200 MB/s for local weights (a cold read from disk), and
-60 s + weights_bytes / 25 MB/s when the engine downloads them at start; rounded up to 10 s.
+Start timeout: TimeoutStartSec = the plan's one start-up budget (`ServicePlan.startup_budget_s`: 60 s + weights / 100 MB/s, + weights / 25 MB/s
+when the engine downloads them at start, + the engine's own start-up such as vLLM's 120 s compile; rounded up to 10 s).
 """
 
 from __future__ import annotations
 
-import math
 import posixpath
 import shlex
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from stackgen.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
-DISK_BYTES_PER_S, DOWNLOAD_BYTES_PER_S = 200_000_000, 25_000_000
-PYTHON_ENGINES = ("vllm", "mlx")  # they JIT (torch/triton, mlx kernels): W^X would kill them
 NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
 AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
 INTEL_DEVICES = ("char-drm rw",)
@@ -51,7 +48,7 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
             out += fleet.systemd(plan, sp, ctx, binary)
             continue
         out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
-        if sp.engine == "ollama":
+        if engines.get(sp.engine).model_tag(sp) is not None:
             out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
         out += _node_units(plan, sp, ctx, binary)
     for art in out:
@@ -154,7 +151,8 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     # ProtectHome=yes hides /home; weights kept there are bound in read-only on an otherwise empty tmpfs.
     in_home = where.local_model is not None and where.local_model.startswith(("/home/", "/root/", "/run/user/"))
     paths = [quote_value(where.local_model, "model path")] if where.local_model else []
-    mdwe_reason = ("the engine is Python and JIT-compiles kernels" if sp.engine in PYTHON_ENGINES
+    engine = engines.get(sp.engine)  # a JIT engine (torch/triton, mlx kernels): W^X would kill it
+    mdwe_reason = ("the engine is Python and JIT-compiles kernels" if engine.jit
                    else "GPU drivers map writable executable memory for their kernels")
     return dict(
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
@@ -163,12 +161,12 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         requires=[], user=None, joins_namespace_of=None,
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
         start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
-        timeout_start=f"{start_timeout_s(sp.memory.weights_bytes, fetched)}s",
-        state_dir=where.name if sp.engine != "llama.cpp" else None,
-        cache_dir=where.name if sp.engine != "llama.cpp" or fetched else None,
+        timeout_start=f"{sp.startup_budget_s}s",
+        state_dir=where.name if engine.writes_home else None,
+        cache_dir=where.name if engine.writes_home or fetched else None,
         protect_home="tmpfs" if in_home else "yes",
         read_only_paths=[] if in_home else paths, bind_read_only_paths=paths if in_home else [],
-        memory_deny_write_execute=not gpu and sp.engine not in PYTHON_ENGINES, mdwe_reason=mdwe_reason,
+        memory_deny_write_execute=not gpu and not engine.jit, mdwe_reason=mdwe_reason,
         gpu_devices=gpu,
         ip_localhost_only=sp.host in LOOPBACK_HOSTS and not fetched,
         ip_reason=("the weights are downloaded at start; fetch them first and point `model:` at the local copy "
@@ -176,25 +174,13 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     )
 
 
-def start_timeout_s(weights_bytes: int, fetched: bool) -> int:
-    rate = DOWNLOAD_BYTES_PER_S if fetched else DISK_BYTES_PER_S
-    return int(math.ceil((60 + weights_bytes / rate) / 10) * 10)
-
-
 def _environment(sp: ServicePlan, where: _Where) -> list[str]:
     env = dict(sp.env)
     fetched = where.local_model is None
-    if sp.engine == "llama.cpp" and fetched:
-        env["LLAMA_CACHE"] = where.cache
-    if sp.engine == "vllm":
-        env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface", VLLM_CACHE_ROOT=f"{where.cache}/vllm")
-        if sp.topology is not None and sp.topology.kind == "vllm-ray":
-            # Each unit has its own PrivateTmp, so vLLM cannot find the head's session in /tmp/ray: name the GCS.
-            env["RAY_ADDRESS"] = f"{sp.topology.head.address}:{RAY_PORT}"
-    if sp.engine == "mlx":
-        env.update(HOME=where.state, HF_HOME=f"{where.cache}/huggingface")
-    if sp.engine == "ollama":
-        env.update(HOME=where.state, OLLAMA_MODELS=f"{where.state}/models")
+    env.update(engines.get(sp.engine).host_env(sp, where.state, where.cache, fetched))
+    if sp.topology is not None and sp.topology.kind == "vllm-ray":
+        # Each unit has its own PrivateTmp, so vLLM cannot find the head's session in /tmp/ray: name the GCS.
+        env["RAY_ADDRESS"] = f"{sp.topology.head.address}:{RAY_PORT}"
     return [quote_value(f"{k}={v}", "environment value") for k, v in sorted(env.items())]
 
 
@@ -324,14 +310,14 @@ def _weights_comments(where: _Where, fetched: bool, folder: bool) -> list[str]:
 
 def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
     """`ollama create` from the Modelfile once the daemon runs: it pins num_ctx/num_gpu the daemon would guess."""
-    engine = engines.get("ollama")
+    engine = engines.get(sp.engine)
     where = _where(plan, sp, ctx.model_dir)
     modelfile = f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
     argv = [binary or sp.spec.binary or engine.binary, "create", engine.model_tag(sp), "-f", modelfile]
     values = _common(plan, sp, ctx, where)
     main = unit_name(plan, sp)
     values.update(
-        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: create the Ollama model {engine.model_tag(sp)}"),
+        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: create the {engine.short} model {engine.model_tag(sp)}"),
         comments=[f"Install the Modelfile at {modelfile} (e.g. from the script target's {sp.name}/ folder).",
                   "Retries until the daemon listens; the daemon itself fetches and stores the weights."],
         after=[main], requires=[main], type="oneshot", remain_after_exit=True,
