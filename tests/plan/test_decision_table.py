@@ -15,11 +15,14 @@ from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec
 HW = ("apple", "cuda-rocm", "amd-consumer", "intel", "cpu")
 OPT = ("latency", "throughput", "setup")
 
-# row id -> (hardware classes, users, optimize goals, engines in preference order)
+# row id -> (hardware classes, users, optimize goals, engines in preference order, least prompt/output ratio)
 ROWS = {
     "mac-setup": ({"apple"}, "single", {"setup"}, ("ollama", "mlx", "llama.cpp")),
     "mac-dev-loop": ({"apple"}, "single", {"latency", "throughput"}, ("mlx", "llama.cpp", "ollama")),
     "mac-multi-user": ({"apple"}, "multi", set(OPT), ("llama.cpp", "mlx", "ollama")),
+    # long shared prompts (prompt >= 8 x output) for many users on CUDA: SGLang's RadixAttention (merged from sglang)
+    "gpu-prefix-heavy": ({"cuda-rocm"}, "multi", {"latency", "throughput"}, ("sglang", "vllm", "llama.cpp", "ollama"),
+                         8.0),
     "gpu-multi-user": ({"cuda-rocm"}, "multi", set(OPT), ("vllm", "llama.cpp", "ollama")),
     "setup": ({"cuda-rocm", "amd-consumer", "intel", "cpu"}, "single", {"setup"}, ("ollama", "llama.cpp", "vllm")),
     "gpu-single-user": ({"cuda-rocm"}, "single", {"latency", "throughput"}, ("llama.cpp", "ollama", "vllm")),
@@ -28,7 +31,7 @@ ROWS = {
 }
 
 
-def expected_row(hw: str, users: str, optimize: str) -> str:
+def expected_row(hw: str, users: str, optimize: str, ratio: float = 0.0) -> str:
     if hw == "apple":
         if users == "multi":
             return "mac-multi-user"
@@ -36,26 +39,31 @@ def expected_row(hw: str, users: str, optimize: str) -> str:
     if optimize == "setup" and users == "single":
         return "setup"
     if hw == "cuda-rocm":
+        if users == "multi" and optimize != "setup" and ratio >= 8:
+            return "gpu-prefix-heavy"
         return "gpu-multi-user" if users == "multi" else "gpu-single-user"
     return "portable"
 
 
-CELLS = list(itertools.product(HW, ("single", "multi"), OPT))
+CELLS = list(itertools.product(HW, ("single", "multi"), OPT, (0.0, 7.99, 8.0, 20.0)))
 
 
-@pytest.mark.parametrize("hw,users,optimize", CELLS)
-def test_every_cell_picks_the_expected_row(hw, users, optimize):
-    want = expected_row(hw, users, optimize)
+@pytest.mark.parametrize("hw,users,optimize,ratio", CELLS)
+def test_every_cell_picks_the_expected_row(hw, users, optimize, ratio):
+    want = expected_row(hw, users, optimize, ratio)
     for n in ((1,) if users == "single" else (2, 64)):
-        row = resolve.pick_row(hw, n, optimize)
+        row = resolve.pick_row(hw, n, optimize, ratio)
         assert row.id == want
         assert row.engines == ROWS[want][3]
+    if ratio == 0.0:
+        assert resolve.pick_row(hw, 1 if users == "single" else 2, optimize).id == want  # the default ratio is 0
 
 
 @pytest.mark.parametrize("row", resolve.DECISION_TABLE, ids=lambda r: r.id)
 def test_each_row_is_as_written(row):
-    hardware, users, optimize, engines = ROWS[row.id]
-    assert (set(row.hardware), row.users, set(row.optimize), row.engines) == (hardware, users, optimize, engines)
+    hardware, users, optimize, engines, *ratio = ROWS[row.id]
+    assert (set(row.hardware), row.users, set(row.optimize), row.engines, row.min_prompt_ratio) == (
+        hardware, users, optimize, engines, (ratio or [0.0])[0])
 
 
 def test_the_table_has_exactly_these_rows_in_this_order():

@@ -159,7 +159,7 @@ def test_plan_json_of_an_unfit_service_plans_the_pinned_engine_as_pinned(write_s
     assert (svc["name"], svc["engine"], svc["fits"]) == ("s", "vllm", False)
     assert svc["model"] == {"name": "llama-3.1-70b-instruct", "source": "catalog"}
     cands = svc["candidates"]
-    assert set(cands) == {"llama.cpp", "ollama", "vllm", "mlx"}
+    assert set(cands) == {"llama.cpp", "ollama", "vllm", "mlx", "sglang"}
     v = cands["vllm"]
     assert set(v) == {"fits", "block", "shortfall", "memory"} and v["fits"] is False
     assert set(v["memory"]) == {"weights_bytes", "kv_cache_bytes", "compute_bytes", "overhead_bytes", "total_bytes",
