@@ -14,11 +14,10 @@ from stackgen import engines
 from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.hardware import HostFacts
-from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, plan_llamacpp_rpc,
-                             plan_vllm_multinode, with_rope,
+from stackgen.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.capacity import fleet_memory, with_replicas
-from stackgen.plan import RAY_PORT, NodeRole, Plan, ServicePlan, Topology
+from stackgen.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.speed import service_forecast
 from stackgen.spec import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -638,24 +637,48 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
 # ---------------------------------------------------------------------------------------------- multi-node
 
 
+@dataclass(frozen=True)
+class MultinodeRow:
+    """The multi-node decision (docs/multinode.md), a second decision table: which engines split one model over
+    machines, in order of preference, and what every node must be for each."""
+
+    engine: str
+    hardware: str | None = None  # the hardware class every node must be (None: any)
+    hardware_why: str = ""  # the refusal when a node is not of that class
+    identical_nodes: bool = False  # every node must carry the same GPUs
+    identical_why: str = ""
+    below_first: str = ""  # why it ranks below the first row's engine when both could split the model
+
+
+MULTINODE_TABLE = (
+    MultinodeRow("vllm", HW_CUDA, "needs CUDA/ROCm datacenter GPUs on every node", True,
+                 "pipeline parallel with TP = GPUs per node needs identical GPUs on every node"),
+    MultinodeRow("llama.cpp", below_first="llama.cpp RPC could split it too, but vLLM batches concurrent users and "
+                 "keeps tensor parallel on NVLink inside each node"),
+)
+MULTINODE_ENGINES = tuple(r.engine for r in MULTINODE_TABLE)
+
+
 def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str, Candidate],
                used_ports: set[int]) -> ServicePlan:
-    """The model does not fit one node: vLLM TP-in-node x PP-across-nodes with Ray when every node has the same CUDA
-    GPUs, else llama.cpp with ggml-rpc-server workers (layers in proportion to memory). docs/multinode.md."""
+    """The model does not fit one node: the first engine of MULTINODE_TABLE whose every node qualifies and whose
+    split fits (vLLM TP-in-node x PP-across-nodes with Ray on identical CUDA nodes, else llama.cpp with
+    ggml-rpc-server workers, layers in proportion to memory). docs/multinode.md."""
     nodes = stack.nodes
     pinned = svc.spec.engine if svc.spec.engine != "auto" else None
     one = f"one node ({head.label()})"
     why_not_one = "; ".join(f"{engines.get(e).display}: {c.block or 'only by spilling layers to system RAM'}"
-                            for e, c in single.items() if e in ("vllm", "llama.cpp"))
+                            for e, c in single.items() if e in MULTINODE_ENGINES)
     tried: dict[str, str] = {}
-    if pinned and pinned not in ("vllm", "llama.cpp"):  # the refusal below must say why, not list nothing
+    if pinned and pinned not in MULTINODE_ENGINES:  # the refusal below must say why, not list nothing
         block = single[pinned].block
-        tried[pinned] = ("cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+        tried[pinned] = (f"cannot split one model over several machines (only {_only()} can)"
                          + (f"; on one node: {block}" if block else ""))
-    for name in ("vllm", "llama.cpp"):
+    for row in MULTINODE_TABLE:
+        name = row.engine
         if pinned and name != pinned:
             continue
-        block = _multinode_block(name, nodes)
+        block = _multinode_block(row, nodes)
         engine = engines.get(name)
         if not block:
             try:
@@ -665,30 +688,19 @@ def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str,
         if block:
             tried[name] = block
             continue
-        if name == "vllm":
-            mem = plan_vllm_multinode(svc.model, svc.workload, head, len(nodes), w.bytes, w.format, w.source)
-        else:
-            mem = plan_llamacpp_rpc(svc.model, svc.workload, tuple(n.hardware for n in nodes), w.bytes, w.format,
-                                    w.source)
+        mem = engine.plan_multinode(svc.model, svc.workload, head, tuple(n.hardware for n in nodes), w)
         mem = with_rope(mem, svc.model)
         rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
         if rope_block or not mem.fits:
             tried[name] = rope_block or mem.shortfall
             continue
         used = nodes[: mem.nodes]
-        topo = _topology(name, svc, used, mem)
-        if name == "vllm":
-            why = (f"multi-node: {svc.model.name} does not fit {one} ({why_not_one}); vLLM splits it with tensor "
-                   f"parallel {mem.tensor_parallel} inside each node (GPUs on NVLink) and pipeline parallel "
-                   f"{mem.pipeline_parallel} across nodes, Ray as the distributed executor; every node has the "
-                   f"same {mem.tensor_parallel} CUDA GPUs")
-        else:
-            vllm_no = f" (vLLM across nodes: {tried['vllm']})" if "vllm" in tried else ""
-            why = (f"multi-node: {svc.model.name} does not fit {one} ({why_not_one}); llama.cpp RPC: llama-server on "
-                   f"the head uses its own devices plus a ggml-rpc-server on each of the {len(used) - 1} other "
-                   f"node(s), layers in proportion to memory{vllm_no}")
+        topo = _topology(engine, svc, used, mem)
+        before = "".join(f" ({engines.get(n).display} across nodes: {b})" for n, b in tried.items())
+        why = (f"multi-node: {svc.model.name} does not fit {one} ({why_not_one}); "
+               + engine.multinode_reason(mem, len(used)) + before)
         reasons = [why] + [f"network: {n}" for n in topo.network]
-        rejected = {n: tried.get(n) or _multinode_rejected(n, name, pinned) for n in engines.ENGINES if n != name}
+        rejected = {n: tried.get(n) or _multinode_rejected(n, pinned) for n in engines.ENGINES if n != name}
         cand = Candidate(name, mem, "", w.note)
         sp = _service_plan(stack, svc, head, cand, reasons, rejected, used_ports, topo)
         return sp
@@ -697,58 +709,37 @@ def _multinode(stack: Stack, svc: Service, head: HardwareSpec, single: dict[str,
     raise PlanError("\n".join(lines))
 
 
-def _multinode_rejected(name: str, chosen: str, pinned: str | None) -> str:
+def _multinode_rejected(name: str, pinned: str | None) -> str:
     if pinned:
         return "not chosen: the stack pins the engine"
-    if name == "llama.cpp":
-        return ("llama.cpp RPC could split it too, but vLLM batches concurrent users and keeps tensor parallel on "
-                "NVLink inside each node")
-    return "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+    row = next((r for r in MULTINODE_TABLE if r.engine == name), None)
+    if row is not None and row.below_first:
+        return row.below_first
+    return f"cannot split one model over several machines (only {_only()} can)"
 
 
-def _multinode_block(name: str, nodes: tuple[Node, ...]) -> str:
-    if name == "llama.cpp":
-        return ""
+def _only() -> str:
+    names = [engines.get(r.engine).multinode_name for r in MULTINODE_TABLE]
+    return " and ".join(names)
+
+
+def _multinode_block(row: MultinodeRow, nodes: tuple[Node, ...]) -> str:
     first = nodes[0].hardware
-    if hardware_class(first) != HW_CUDA or not first.gpus:
-        return "needs CUDA/ROCm datacenter GPUs on every node"
+    if row.hardware is not None and (hardware_class(first) != row.hardware or not first.gpus):
+        return row.hardware_why
     shape = lambda h: tuple((g.vendor, g.name, g.memory_gib, g.count) for g in h.gpus)  # noqa: E731
-    if any(shape(n.hardware) != shape(first) for n in nodes):
-        return "pipeline parallel with TP = GPUs per node needs identical GPUs on every node"
-    return engines.get("vllm").hardware_block(first, False) or ""
+    if row.identical_nodes and any(shape(n.hardware) != shape(first) for n in nodes):
+        return row.identical_why
+    if row.hardware is None:
+        return ""
+    return engines.get(row.engine).hardware_block(first, False) or ""
 
 
-def _topology(name: str, svc: Service, nodes: tuple[Node, ...], mem: MemoryPlan) -> Topology:
+def _topology(engine, svc: Service, nodes: tuple[Node, ...], mem: MemoryPlan) -> Topology:
     roles = tuple(NodeRole(n.index, n.address, "head" if i == 0 else "worker", mem.node_layers[i], n.label,
                            n.hardware.gpu_count, tuple(sorted({g.vendor for g in n.hardware.gpus if not g.unified})))
                   for i, n in enumerate(nodes))
-    h, users, prompt = svc.model.hidden, svc.workload.concurrent_users, svc.workload.prompt_tokens
-    hops = len(nodes) - 1
-    if name == "vllm":
-        step = h * 2 * users
-        net = (
-            f"pipeline parallel sends activations between {hops + 1} stages: hidden_size {h} x 2 bytes (bf16) = "
-            f"{h * 2 // 1024} KiB per sequence per decode step across each of {hops} node boundar"
-            f"{'y' if hops == 1 else 'ies'} ({step / 1024:.0f} KiB per step at {users} users); a {prompt}-token "
-            f"prompt sends {prompt * h * 2 / 1e6:.0f} MB per boundary during prefill",
-            "tensor parallel stays inside each node: its all-reduce after every layer needs NVLink-class bandwidth, "
-            "never run it across Ethernet",
-            "recommended between nodes: 25 GbE or faster, InfiniBand/RoCE for NCCL (NCCL_IB_HCA) when prefill "
-            f"traffic matters; nodes reach the Ray head at {nodes[0].address}:{RAY_PORT}",
-        )
-    else:
-        shares = [int(mem.weights_bytes * l / max(1, mem.total_layers)) for l in mem.node_layers]
-        net = (
-            "at start the head sends each worker its share of the weights over the network ("
-            + ", ".join(f"{r.address}: {gb(s)}" for r, s in zip(roles[1:], shares[1:]))
-            + "); ggml-rpc-server -c caches them on the worker for the next start",
-            f"every token ships activations across each of {hops} node boundar{'y' if hops == 1 else 'ies'}: "
-            f"hidden_size {h} x 4 bytes (f32) = {h * 4 // 1024} KiB per sequence, one network round trip per boundary "
-            "per token, so latency costs more than bandwidth",
-            "recommended: 10 GbE at least, 25 GbE or RDMA (negotiated automatically) for prompt-heavy loads; RPC is "
-            "unauthenticated: keep ports 50052 on a private network",
-        )
-    return Topology("vllm-ray" if name == "vllm" else "llama-rpc", roles, net)
+    return Topology(engine.multinode, roles, engine.multinode_network(svc.model, svc.workload, roles, mem))
 
 
 def _multinode_speed(svc: Service, mem: MemoryPlan, nodes: tuple[Node, ...], head: HardwareSpec,

@@ -23,11 +23,8 @@ ALLOWED = {
     # The decision table's reasons: why an engine that could serve the model ranked below the chosen one.
     ("stackgen/resolve.py", "_ranked_below"),
     # The multi-node decision (docs/multinode.md): which engines split one model over machines, in which order,
-    # and the network each topology needs. A second decision table, still written as code (see ARCHITECTURE.md).
-    ("stackgen/resolve.py", "_multinode"),
-    ("stackgen/resolve.py", "_multinode_rejected"),
-    ("stackgen/resolve.py", "_multinode_block"),
-    ("stackgen/resolve.py", "_topology"),
+    # and what every node must be for each: a second decision table, data like the first.
+    ("stackgen/resolve.py", "MULTINODE_TABLE"),
     # The decode model's fitted constants per backend (cited public figures), keyed as the fits name them.
     ("stackgen/speed.py", "BACKENDS"),
     # Names of data that happen to equal an engine's: the Ollama registry as a model source, the catalog's MLX key.

@@ -292,6 +292,24 @@ class Engine:
         """The memory plan; `with_rope` adds the YaRN scaling its context needs past the trained context."""
         raise NotImplementedError
 
+    # ---- one model over several machines (resolve.MULTINODE_TABLE says which engines, in which order)
+    multinode: str = ""  # the topology's name when it can split one model over machines ("": it cannot)
+    multinode_name: str = ""  # how reasons name that split ("llama.cpp RPC")
+
+    def plan_multinode(self, model: ModelFacts, workload: WorkloadSpec, head: HardwareSpec,
+                       nodes: tuple[HardwareSpec, ...], w: Weights) -> MemoryPlan:
+        """The memory plan of one model split over `nodes` (the head first)."""
+        raise Unsupported(f"{self.display} cannot split one model over several machines")
+
+    def multinode_reason(self, mem: MemoryPlan, nodes: int) -> str:
+        """How the split works, for the plan's reasons."""
+        raise NotImplementedError
+
+    def multinode_network(self, model: ModelFacts, workload: WorkloadSpec, roles: tuple, mem: MemoryPlan
+                          ) -> tuple[str, ...]:
+        """What the split sends between nodes, and the network it needs (the plan's `network:` reasons)."""
+        raise NotImplementedError
+
     def rope_block(self, rope: LongContext) -> str | None:
         """Why this engine cannot apply `rope` (the YaRN scaling a plan needs), None when it can."""
         raise NotImplementedError

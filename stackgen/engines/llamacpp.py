@@ -7,7 +7,7 @@ from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, Fla
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
                                    tls_args)
 from stackgen.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
-                             plan_llamacpp, with_rope)
+                             gb, plan_llamacpp, plan_llamacpp_rpc, with_rope)
 from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -148,6 +148,31 @@ class LlamaCpp(Engine):
 
     def env(self, plan) -> dict[str, str]:
         return {}
+
+    multinode = "llama-rpc"
+    multinode_name = "llama.cpp RPC"
+
+    def plan_multinode(self, model, workload, head, nodes, w) -> MemoryPlan:
+        return plan_llamacpp_rpc(model, workload, nodes, w.bytes, w.format, w.source)
+
+    def multinode_reason(self, mem: MemoryPlan, nodes: int) -> str:
+        return (f"llama.cpp RPC: llama-server on the head uses its own devices plus a ggml-rpc-server on each of the "
+                f"{nodes - 1} other node(s), layers in proportion to memory")
+
+    def multinode_network(self, model, workload, roles, mem) -> tuple[str, ...]:
+        h = model.hidden
+        hops = len(roles) - 1
+        shares = [int(mem.weights_bytes * n / max(1, mem.total_layers)) for n in mem.node_layers]
+        return (
+            "at start the head sends each worker its share of the weights over the network ("
+            + ", ".join(f"{r.address}: {gb(s)}" for r, s in zip(roles[1:], shares[1:]))
+            + "); ggml-rpc-server -c caches them on the worker for the next start",
+            f"every token ships activations across each of {hops} node boundar{'y' if hops == 1 else 'ies'}: "
+            f"hidden_size {h} x 4 bytes (f32) = {h * 4 // 1024} KiB per sequence, one network round trip per boundary "
+            "per token, so latency costs more than bandwidth",
+            "recommended: 10 GbE at least, 25 GbE or RDMA (negotiated automatically) for prompt-heavy loads; RPC is "
+            "unauthenticated: keep ports 50052 on a private network",
+        )
 
     def model_ref(self, plan) -> str:
         m = plan.model

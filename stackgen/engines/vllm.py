@@ -8,7 +8,7 @@ from stackgen.engines._formats import hf_for
 from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
                                    Unsupported, Weights, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
-from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, with_rope
+from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, plan_vllm_multinode, with_rope
 from stackgen.models import LongContext, ModelFacts
 from stackgen.spec import HardwareSpec, WorkloadSpec
 
@@ -84,6 +84,34 @@ class Vllm(Engine):
     multi_instance = True
     paged_batching = True
     tensor_parallel = True
+
+    multinode = "vllm-ray"
+    multinode_name = "vLLM"
+
+    def plan_multinode(self, model, workload, head, nodes, w) -> MemoryPlan:
+        return plan_vllm_multinode(model, workload, head, len(nodes), w.bytes, w.format, w.source)
+
+    def multinode_reason(self, mem: MemoryPlan, nodes: int) -> str:
+        return (f"vLLM splits it with tensor parallel {mem.tensor_parallel} inside each node (GPUs on NVLink) and "
+                f"pipeline parallel {mem.pipeline_parallel} across nodes, Ray as the distributed executor; every node "
+                f"has the same {mem.tensor_parallel} CUDA GPUs")
+
+    def multinode_network(self, model, workload, roles, mem) -> tuple[str, ...]:
+        from stackgen.plan import RAY_PORT  # stackgen.plan imports the engines
+
+        h, users, prompt = model.hidden, workload.concurrent_users, workload.prompt_tokens
+        hops = len(roles) - 1
+        step = h * 2 * users
+        return (
+            f"pipeline parallel sends activations between {hops + 1} stages: hidden_size {h} x 2 bytes (bf16) = "
+            f"{h * 2 // 1024} KiB per sequence per decode step across each of {hops} node boundar"
+            f"{'y' if hops == 1 else 'ies'} ({step / 1024:.0f} KiB per step at {users} users); a {prompt}-token "
+            f"prompt sends {prompt * h * 2 / 1e6:.0f} MB per boundary during prefill",
+            "tensor parallel stays inside each node: its all-reduce after every layer needs NVLink-class bandwidth, "
+            "never run it across Ethernet",
+            "recommended between nodes: 25 GbE or faster, InfiniBand/RoCE for NCCL (NCCL_IB_HCA) when prefill "
+            f"traffic matters; nodes reach the Ray head at {roles[0].address}:{RAY_PORT}",
+        )
 
     def model_ref(self, plan) -> str:
         """The checkpoint whose bytes the plan counted: the AWQ/GPTQ/FP8 variant repo for a pre-quantized format."""

@@ -68,15 +68,17 @@ def nodes(*hws):
 
 
 def test_multinode_block():
+    row = {r.engine: r for r in resolve.MULTINODE_TABLE}
+    assert list(row) == ["vllm", "llama.cpp"]  # vLLM first, llama.cpp RPC the fallback
     same = machine(g())
-    assert resolve._multinode_block("llama.cpp", nodes(machine(), same)) == ""
-    assert resolve._multinode_block("vllm", nodes(same, machine(g()))) == ""
-    assert resolve._multinode_block("vllm", nodes(machine(), machine())) == (
+    assert resolve._multinode_block(row["llama.cpp"], nodes(machine(), same)) == ""
+    assert resolve._multinode_block(row["vllm"], nodes(same, machine(g()))) == ""
+    assert resolve._multinode_block(row["vllm"], nodes(machine(), machine())) == (
         "needs CUDA/ROCm datacenter GPUs on every node")
-    assert resolve._multinode_block("vllm", nodes(machine(g("amd", tier="consumer")), same)) == (
+    assert resolve._multinode_block(row["vllm"], nodes(machine(g("amd", tier="consumer")), same)) == (
         "needs CUDA/ROCm datacenter GPUs on every node")
     for other in (machine(g(count=4)), machine(g(gib=40)), machine(g(name="A100")), machine(g("amd"))):
-        assert resolve._multinode_block("vllm", nodes(same, other)) == (
+        assert resolve._multinode_block(row["vllm"], nodes(same, other)) == (
             "pipeline parallel with TP = GPUs per node needs identical GPUs on every node")
 
 
