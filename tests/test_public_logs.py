@@ -28,8 +28,9 @@ def test_vllm_log_case(case):
     for term in ("activation", "non_torch"):  # compute -20..+50%; a recorded miss must still miss
         within = 0.8 <= p[term] / GIB / case[f"{term}_gib"] <= 1.5
         assert within != (term in misses), (term, p[term] / GIB)
-    if case["kv_gib"]:
-        assert 0.95 <= p["kv"] / GIB / case["kv_gib"] <= 1.15  # KV -5..+15%
+    if case["kv_gib"]:  # KV -5..+15%; a recorded miss must still miss
+        within = 0.95 <= p["kv"] / GIB / case["kv_gib"] <= 1.15
+        assert within != ("kv" in misses), p["kv"] / GIB
 
 
 def test_activation_grows_with_batched_tokens_as_the_3090_logs_do():
@@ -78,7 +79,7 @@ def test_memory_corpus_size():
     """Issue 13 asks for 25 memory cases; this corpus holds what was found with sources (recorded in
     benchmarks/results/public_logs.md). The floor keeps it from shrinking."""
     vllm = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
-    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 16
+    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) >= 21
 
 
 def _predicted(p):
