@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen import speed  # noqa: E402
 from stackgen.memory import GIB  # noqa: E402
-from public_logs import predict_llamacpp_case, predict_ollama_case, predict_vllm_case  # noqa: E402
+from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_vllm_case,  # noqa: E402
+                         predict_vllm_kv_case)
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -33,6 +34,26 @@ def memory_rows() -> list[str]:
                 out.append(f"| {c['id']} | {term} | {p[term] / GIB:.2f} | {logged:.2f} | {p[term] / GIB / logged:.3f} |")
         out.append(f"| {c['id']} | verdict | {p['verdict']} | {c['verdict']} | {'=' if p['verdict'] == c['verdict'] else 'DIFFERS'} |")
     return out
+
+
+def vllm_kv_rows() -> list[str]:
+    cases = yaml.safe_load((FIX / "vllm_kv_capacity.yaml").read_text())["cases"]
+    out = ["| case | term | predicted | logged | ratio |", "|---|---|---:|---:|---:|"]
+    for c in cases:
+        p, logged = predict_vllm_kv_case(c), c["logged"]
+        for term in ("kv_gib", "needed_gib"):
+            if term in logged:
+                out.append(f"| {c['id']} | {term} | {p[term]:.2f} | {logged[term]:.2f} | {p[term] / logged[term]:.3f} |")
+        if "verdict" in logged:
+            same = "=" if p["verdict"] == logged["verdict"] else "DIFFERS"
+            out.append(f"| {c['id']} | verdict | {p['verdict']} | {logged['verdict']} | {same} |")
+    return out
+
+
+def corpus_count() -> list[str]:
+    n = {f: len(yaml.safe_load((FIX / f).read_text())["cases"])
+         for f in ("vllm_memory.yaml", "vllm_kv_capacity.yaml", "ollama_memory.yaml", "llamacpp_memory.yaml")}
+    return [f"Memory cases: {sum(n.values())} (" + ", ".join(f"{k}: {v}" for k, v in n.items()) + ")", ""]
 
 
 def ollama_rows() -> list[str]:
@@ -97,9 +118,10 @@ def main() -> None:
                       "Speed: single-stream decode per backend; `fitted` points made the fit in stackgen/speed.py, "
                       "`held out` points did not and check it. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",
+                      "## vLLM V1 KV capacity (per-token KV term, GiB)", *vllm_kv_rows(), "",
                       "## Ollama's estimate (port of v0.12.10) vs Ollama's logged estimate", *ollama_rows(), "",
                       "## llama.cpp KV cache and compute buffer", *llamacpp_rows(), "",
-                      "## Single-stream decode speed", *speed_rows(), ""])
+                      "## Single-stream decode speed", *speed_rows(), "", *corpus_count()])
     print(text)
     if args.record:
         (ROOT / "benchmarks" / "results" / "public_logs.md").write_text(text, encoding="utf-8")

@@ -145,11 +145,11 @@ def _host(host_facts: Optional[Path]):
     return load_host(host_facts)
 
 
-def load_and_plan(file: Path, host_facts: Optional[Path], write_lock: bool = True):
+def load_and_plan(file: Path, host_facts: Optional[Path], write_lock: bool = True, calibration: bool = True):
     """pipeline.plan_stack, saying on stderr when it wrote the stack's lock file."""
     from stackgen.pipeline import plan_stack
 
-    return plan_stack(file, host_facts, write_lock=write_lock, on_lock=_said_lock)
+    return plan_stack(file, host_facts, write_lock=write_lock, on_lock=_said_lock, calibration=calibration)
 
 
 def _said_lock(path: Path) -> None:
@@ -180,6 +180,8 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     host_facts: Optional[Path] = HostOpt,
     file_opt: Optional[Path] = FileOpt,
+    no_calibration: bool = typer.Option(False, "--no-calibration",
+                                        help="Ignore this host's `stackgen calibrate` measurement."),
 ) -> None:
     """Resolve each service to an engine with a memory plan, and say why."""
 
@@ -187,7 +189,7 @@ def plan(
         from stackgen.errors import PlanError
 
         try:
-            _, p = load_and_plan(stack_path(file, file_opt), host_facts)
+            _, p = load_and_plan(stack_path(file, file_opt), host_facts, calibration=not no_calibration)
         except PlanError as exc:  # nothing fits: tools still get the numbers (with "fits": false); exit 1 stays
             if as_json and exc.plan_json is not None:
                 typer.echo(json.dumps(exc.plan_json, indent=2))

@@ -40,10 +40,11 @@ def _recorded_or_none(host_facts: Optional[Path]):
 
 
 def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool = True,
-               on_lock: Callable[[Path], None] | None = None):
+               on_lock: Callable[[Path], None] | None = None, calibration: bool = True):
     """(Stack, Plan) for a stack file. `write_lock`: a stack whose remote models were just resolved over the network
     (no lock file yet) gets its stack.lock, so the next plan needs no network (`render --check` passes False: it
-    writes nothing); `on_lock` is told the lock file's path when one is written."""
+    writes nothing); `on_lock` is told the lock file's path when one is written. `calibration`: a detected host
+    (`hardware: detect`, no --host-facts) uses the stored `stackgen calibrate` measurement of this machine."""
     from stackgen.resolve import resolve
     from stackgen.spec import load_stack
 
@@ -53,7 +54,17 @@ def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool =
         if on_lock is not None:
             on_lock(stack.remote.lock_path)
     host = load_host(host_facts) if stack.hardware is None else _recorded_or_none(host_facts)
-    return stack, resolve(stack, host)
+    reason = None
+    if calibration and stack.hardware is None and host_facts is None:
+        from stackgen import calibration as cal
+
+        host, reason = cal.apply(host, cal.load())
+    plan = resolve(stack, host)
+    if reason:
+        from dataclasses import replace
+
+        plan = replace(plan, services=tuple(replace(s, reasons=s.reasons + (reason,)) for s in plan.services))
+    return stack, plan
 
 
 def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = None, write_lock: bool = True,

@@ -19,6 +19,8 @@ def _private_user_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("STACKGEN_USER_CACHE", str(tmp_path_factory.mktemp("user-cache")))
     # nor the user's registry of running stacks (`stackgen ps`)
     monkeypatch.setenv("STACKGEN_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
+    # nor the user's `stackgen calibrate` measurement (plans of detected hosts would change with it)
+    monkeypatch.setenv("STACKGEN_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
 
 
 @pytest.fixture

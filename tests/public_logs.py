@@ -53,3 +53,20 @@ def predict_llamacpp_case(c: dict) -> dict:
     if not c["flash_attn"]:
         compute += llamacpp_kq_scratch_bytes(model, ctx, slots, c["ubatch"])
     return {"kv_mib": kv / MIB, "compute_mib": compute / MIB}
+
+
+def predict_vllm_kv_case(c: dict) -> dict:
+    """The plan's vLLM KV term (stackgen.memory.vllm_kv_bytes_per_request) for a V1 capacity line: the bytes the
+    logged token count needs on one rank, or the bytes max_model_len needs and whether the available memory holds it."""
+    from stackgen.memory import vllm_kv_bytes_per_request
+    m = c["model"]
+    model = SimpleNamespace(kv_heads=m["kv_heads"], head_dim_k=m["head_dim"], head_dim_v=m["head_dim"],
+                            full_attention_layers=m["layers"], swa_layers=0, sliding_window=None)
+    out = {}
+    if "tokens" in c["logged"]:
+        out["kv_gib"] = vllm_kv_bytes_per_request(model, c["logged"]["tokens"], c["kv_dtype"], c["tp"]) / GIB
+    if "max_model_len" in c:
+        need = vllm_kv_bytes_per_request(model, c["max_model_len"], c["kv_dtype"], c["tp"]) / GIB
+        out["needed_gib"] = need
+        out["verdict"] = "started" if need <= c["available_gib"] else "refused"
+    return out
