@@ -65,6 +65,8 @@ def facts_to_json(facts) -> dict[str, Any]:
         out[k] = dict(sorted(dict(out[k]).items()))
     if not out["hf_variants"]:  # catalog-only (a remote reference is its own checkpoint): locks stay as written
         del out["hf_variants"]
+    if out.get("ref") is None:  # a catalog name's reference; remote facts have none, so locks stay as written
+        out.pop("ref", None)
     return out
 
 

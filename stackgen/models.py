@@ -134,6 +134,9 @@ class ModelFacts:
     revision: str | None = None  # the commit sha or manifest digest stack.lock pins
     sizes_from: str = "catalog"  # where gguf/hf sizes came from: catalog | header (a remote file's own header)
     long_context: LongContext | None = None  # documented RoPE scaling past context_length (the trained context)
+    # A catalog name is a short name for this reference (hf:org/repo, ollama:name:tag or https://.../x.gguf): the
+    # catalog's figures are the offline defaults; `stackgen lock` resolves the reference and pins its real facts.
+    ref: str | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -179,6 +182,7 @@ class ModelFacts:
             hf_variants={normalize_quant(str(k)): str(v) for k, v in (entry.get("hf_variants") or {}).items()},
             description=str(entry.get("description") or ""),
             long_context=_catalog_long_context(entry.get("long_context")),
+            ref=_catalog_ref(entry.get("ref")),
         )
 
     @classmethod
@@ -250,6 +254,20 @@ class ModelFacts:
 
     def with_quant(self, quant: str | None) -> "ModelFacts":
         return replace(self, quant=quant) if quant else self
+
+
+# The forms a catalog `ref:` may take: the remote references stackgen/hub.py resolves.
+CATALOG_REF = re.compile(r"(hf:[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?(:[A-Za-z0-9_.-]+)?"
+                         r"|ollama:[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?|https://[^\s]+\.gguf)")
+
+
+def _catalog_ref(ref: Any) -> str | None:
+    """A catalog entry's `ref:`, checked for form (hf:org/repo[@rev][:QUANT], ollama:name[:tag], https://.../x.gguf)."""
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or not CATALOG_REF.fullmatch(ref):
+        raise ValueError(f"ref {ref!r} is not hf:org/repo[@rev][:QUANT], ollama:name[:tag] or https://.../x.gguf")
+    return ref
 
 
 def _catalog_long_context(entry: Any) -> LongContext | None:

@@ -143,7 +143,8 @@ class ServicePlan:
             "engine": self.engine,
             "fits": m.fits,
             "model": {"name": self.model.name, "source": self.model.source, "architecture": self.model.architecture,
-                      "format": m.weights_format, "path": self.model.path},
+                      "format": m.weights_format, "path": self.model.path,
+                      **({"ref": self.model.ref} if self.model.ref else {})},
             "memory": {
                 "weights_bytes": m.weights_bytes, "kv_cache_bytes": m.kv_cache_bytes,
                 "compute_bytes": m.compute_bytes, "overhead_bytes": m.overhead_bytes, "total_bytes": m.total_bytes,

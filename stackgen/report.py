@@ -22,8 +22,11 @@ def service_text(sp: ServicePlan) -> list[str]:
     lines = [
         f"service {sp.name}: {sp.engine}  ({sp.model.name}, {m.weights_format}, {gpu}, "
         f"{m.parallel} x {m.context_per_request} tokens, {sp.host}:{sp.port})",
-        "  why:",
     ]
+    if sp.model.ref:
+        lines.append(f"  model: {sp.model.name} = {sp.model.ref} (catalog figures; `stackgen lock --catalog` pins the "
+                     "reference's real metadata)")
+    lines.append("  why:")
     lines += [f"    - {r}" for r in sp.reasons]
     lines.append("  rejected:")
     lines += [f"    - {name}: {why}" for name, why in sorted(sp.rejected.items())]
