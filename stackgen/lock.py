@@ -193,6 +193,10 @@ class RemoteModels:
     locked: dict[tuple[str, str], LockEntry] | None = None
     used: dict[tuple[str, str], LockEntry] = field(default_factory=dict)
     resolved_now: list[tuple[str, str]] = field(default_factory=list)
+    # Catalog names whose `ref:` to resolve and pin (`stackgen lock --catalog`): True for all, or the set of references
+    # to re-pin (`lock --upgrade` keeps pinning what the old lock pinned). Otherwise a catalog name uses its pinned
+    # entry when the lock has one, else the catalog's offline figures.
+    pin_catalog: bool | frozenset[str] = False
     _client: Any = None
 
     def __post_init__(self) -> None:
@@ -215,6 +219,15 @@ class RemoteModels:
             entry = self._resolve(reference, quant)
         self.used[key] = entry
         return entry.model_facts()
+
+    def pinned(self, reference: str, quant: str | None):
+        """The facts of a catalog name's reference when the lock pins it (or `lock --catalog` asks to), else None:
+        the catalog's offline figures stay the default and a plan never reaches the network for a catalog name."""
+        key = (reference, quant or "")
+        wanted = self.pin_catalog is True or (bool(self.pin_catalog) and reference in self.pin_catalog)
+        if wanted or (self.locked is not None and key in self.locked):
+            return self.facts(reference, quant)
+        return None
 
     def _resolve(self, reference: str, quant: str | None) -> LockEntry:
         from stackgen.hub import resolve_remote

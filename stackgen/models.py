@@ -340,7 +340,7 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
     if ref.startswith(("https://", "http://")):
         return _from_remote(ref, q, remote)
     if ref in catalog:
-        return catalog[ref].with_quant(q)
+        return _catalog_or_pinned(ref, catalog[ref], q, remote)
     if ref.lower().endswith(".gguf") or "/" in ref or ref.startswith("."):
         return _from_path(ref, q, base_dir)
     import difflib
@@ -348,6 +348,42 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
     close = difflib.get_close_matches(ref, list(catalog), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else "use a catalog name (stackgen models), a .gguf path, an HF folder, hf:org/repo or ollama:name:tag"
     raise ModelRefError(f"unknown model {ref!r}", hint)
+
+
+def catalog_pin_ref(facts: ModelFacts, q: str | None) -> str | None:
+    """The reference `stackgen lock --catalog` pins for a catalog name with the stack's quant: the GGUF repo's file for a
+    GGUF quant (hf:ORG/REPO-GGUF:QUANT), the pre-quantized checkpoint for awq/gptq/fp8, else the entry's `ref:`. None
+    for an MLX format (the resolver reads GGUF and safetensors headers of HF repos, not MLX conversions)."""
+    if not facts.ref:
+        return None
+    if is_gguf_quant(q):
+        return f"hf:{facts.gguf_repo}:{q}" if facts.gguf_repo else None
+    if q in facts.hf_variants:
+        return f"hf:{facts.hf_variants[q]}"
+    if q is not None and q not in ("bf16", "fp16", "fp32"):
+        return None  # MLX, or awq/gptq/fp8 with no pre-quantized checkpoint: the catalog's own rule decides
+    return facts.ref
+
+
+def _catalog_or_pinned(name: str, facts: ModelFacts, q: str | None, remote: Any) -> ModelFacts:
+    """A catalog name: its offline figures, or, when stack.lock pins its reference (`stackgen lock --catalog`), the
+    facts the resolver read from the real files, under the catalog name."""
+    from stackgen.errors import ModelError
+
+    pin = catalog_pin_ref(facts, q) if remote is not None and hasattr(remote, "pinned") else None
+    if pin is None:
+        return facts.with_quant(q)
+    try:
+        got = remote.pinned(pin, q)
+    except ModelError as exc:
+        raise ModelRefError(f"{name} (= {pin}): {exc}", "") from None
+    if got is None:
+        return facts.with_quant(q)
+    # Exact architecture and bytes from the headers; the catalog keeps the names engines fetch by where the pinned
+    # reference has none (sizes of other formats are then estimates from the exact parameter count).
+    return replace(got, name=name, ref=pin, description=facts.description, ollama=got.ollama or facts.ollama,
+                   gguf_repo=got.gguf_repo or facts.gguf_repo, mlx_repo=facts.mlx_repo,
+                   hf_repo=got.hf_repo or facts.hf_repo, long_context=got.long_context or facts.long_context)
 
 
 def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: str | None,
