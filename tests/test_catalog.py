@@ -185,3 +185,23 @@ def test_lock_catalog_pins_nothing_for_a_format_without_a_checkpoint(gemma_hub, 
     assert res.exit_code == 0 and not lock_path_for(f).exists() and gemma_hub.log == []
     res = cli("plan", f)
     assert res.exit_code == 1 and "no awq checkpoint of gemma-3-270m is known" in res.output
+
+
+def test_lock_catalog_refuses_gpt_oss_mxfp4_with_the_reason(write_stack, cli, monkeypatch):
+    """openai/gpt-oss-20b is an mxfp4 checkpoint (stand-in: the recorded tiny Llama with gpt-oss's quantization_config):
+    the planner has no mxfp4 HF format, so pinning it is refused with the reason, not sized wrongly."""
+    from tools.hub_server import HubServer
+
+    repo = recorded_repo("tiny-llama")
+    config = json.loads(repo.files["config.json"])
+    config["quantization_config"] = {"quant_method": "mxfp4"}
+    repo.files["config.json"] = json.dumps(config).encode()
+    with HubServer(Hub(repos={"openai/gpt-oss-20b": repo})) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        for name in ("HF_HUB_OFFLINE", "STACKGEN_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        f = write_stack(stack("gpt-oss-20b", "a100-80gb", "    engine: vllm\n"))
+        res = cli("lock", f, "--catalog")
+    assert res.exit_code == 1, res.output
+    assert "gpt-oss-20b (= hf:openai/gpt-oss-20b)" in res.output and "(mxfp4) is not one stackgen plans" in res.output
+    assert not lock_path_for(f).exists()
