@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tools.hub_server import Hub, recorded_repo
+from tools.hub_server import Hub, Repo, recorded_repo
 
 from stackgen.hub import parse_hf, parse_ollama
 from stackgen.lock import lock_path_for, read_lock
@@ -205,3 +205,25 @@ def test_lock_catalog_refuses_gpt_oss_mxfp4_with_the_reason(write_stack, cli, mo
     assert res.exit_code == 1, res.output
     assert "gpt-oss-20b (= hf:openai/gpt-oss-20b)" in res.output and "(mxfp4) is not one stackgen plans" in res.output
     assert not lock_path_for(f).exists()
+
+
+def test_lock_catalog_with_a_gguf_quant_pins_that_file_of_the_names_gguf_repo(write_stack, cli, tmp_path, monkeypatch):
+    from test_remote import write_llama_gguf
+    from tools.hub_server import HubServer, OnDisk
+
+    from stackgen import gguf as sg_gguf
+
+    [p] = write_llama_gguf(tmp_path, "gemma-3-270m-Q4_K_M.gguf", big=64)  # a stand-in file under the catalog's repo
+    hub = Hub(repos={"unsloth/gemma-3-270m-GGUF": Repo({p.name: OnDisk(p)}, sha256={p.name: "cd" * 32})})
+    with HubServer(hub) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        for name in ("HF_HUB_OFFLINE", "STACKGEN_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        f = write_stack(stack("gemma-3-270m", "cpu-server-64gb", "    quant: Q4_K_M\n    engine: llama.cpp\n"))
+        res = cli("lock", f, "--catalog")
+        assert res.exit_code == 0, res.output
+    entry = read_lock(lock_path_for(f))[("hf:unsloth/gemma-3-270m-GGUF:Q4_K_M", "Q4_K_M")]
+    sp = resolve(load_stack(f), None).services[0]
+    assert sp.model.name == "gemma-3-270m" and sp.memory.weights_source == "header"
+    assert sp.memory.weights_bytes == sg_gguf.read_gguf_header(p).tensor_data_bytes == entry.resolved["weights_bytes"]
+    assert f"unsloth/gemma-3-270m-GGUF/resolve/{entry.resolved['revision']}/{p.name}" in " ".join(sp.command)
