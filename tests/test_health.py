@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stackgen.health import DOWN, ERROR, LOADING, READY, Endpoint, complete, connect_host, probe, stream_completion
+from stackgen.run.readiness import DOWN, ERROR, LOADING, READY, Endpoint, complete, connect_host, probe, stream_completion
 
 
 class Script:

@@ -12,7 +12,7 @@ from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, sta
 
 
 def _parse_sweep(text: str) -> list[int]:
-    from stackgen.bench import BenchError
+    from stackgen.run.bench import BenchError
 
     try:
         users = [int(x) for x in text.split(",") if x.strip()]
@@ -76,7 +76,7 @@ def bench(
     beside the plan's prediction, and say where they disagree."""
 
     def body() -> int:
-        from stackgen.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
+        from stackgen.run.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
 
         if requests is not None and duration is not None:
             raise BenchError("give --requests or --duration, not both")

@@ -68,7 +68,7 @@ _RESTART_MODES = ("on-failure", "no")
 
 def _policy(restart: str):
     from stackgen.cli import UsageError
-    from stackgen.supervise import RestartPolicy
+    from stackgen.run.supervise import RestartPolicy
 
     if restart not in _RESTART_MODES:
         raise UsageError(f"--restart {restart!r}: expected one of {', '.join(_RESTART_MODES)}")
@@ -79,9 +79,9 @@ def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, fo
         restart_services: bool) -> int:
     from stackgen.commands.doctor import host_report
     from stackgen.hostcheck import mismatch_error
-    from stackgen.launch import UpOptions
-    from stackgen.launch import up as do_up
-    from stackgen.state import StateDir
+    from stackgen.run.results import UpOptions
+    from stackgen.run.up import up as do_up
+    from stackgen.run.state import StateDir
 
     file, services = stack_and_services(words, file_opt)
     policy = _policy(restart)
@@ -202,7 +202,7 @@ def down(
     containers."""
 
     def body() -> int:
-        from stackgen.launch import down as do_down
+        from stackgen.run.lifecycle import down as do_down
 
         file, services = stack_and_services(words, file_opt)
         notes: list[str] = []
@@ -254,7 +254,7 @@ def status(
     policy; how a crashed engine ended (exit status or signal, when, likely cause, last log lines)."""
 
     def body() -> int:
-        from stackgen.launch import status as do_status
+        from stackgen.run.lifecycle import status as do_status
 
         file, services = stack_and_services(words, file_opt)
         rows = do_status(file, services=services)
@@ -295,7 +295,7 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     name, stack file, engine, model, port, uptime, RSS, health, context x slots."""
 
     def body() -> int:
-        from stackgen.launch import ps as do_ps
+        from stackgen.run.lifecycle import ps as do_ps
 
         rows = do_ps()
         if as_json:
@@ -327,7 +327,7 @@ def logs(
     """Print the services' logs (engine stdout and stderr, and the supervisor's lines about crashes and restarts)."""
 
     def body() -> int:
-        from stackgen.launch import logs as do_logs
+        from stackgen.run.lifecycle import logs as do_logs
 
         file, services = stack_and_services(words, file_opt)
         many = len(services) != 1

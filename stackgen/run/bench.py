@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from stackgen import engines
 from stackgen.errors import LaunchError, StackgenError
-from stackgen.health import connection
+from stackgen.run.readiness import connection
 
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers mountains "
@@ -472,11 +472,11 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
 
 
 def service_state(stack_file: str | Path, service: str) -> dict[str, Any]:
-    """What `stackgen up` recorded for a service in the stack's state (stackgen.state; {} if nothing)."""
+    """What `stackgen up` recorded for a service in the stack's state (stackgen.run.state; {} if nothing)."""
     from dataclasses import asdict
 
     from stackgen.errors import StackgenError
-    from stackgen.state import StateDir
+    from stackgen.run.state import StateDir
 
     try:
         st = StateDir(stack_file).load().services.get(service)
