@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from stackgen import engines
 from stackgen.errors import LaunchError, StackgenError
+from stackgen.run.process import rss_tree
 from stackgen.run.readiness import connection
-
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers mountains "
           "and old cities under a pale morning sky").split()
@@ -613,17 +613,3 @@ def plot(results: list[BenchResult], out: str | Path) -> Path:
     finally:
         plt.close(fig)
     return out
-
-
-def rss_tree(pid: int) -> int:
-    """Resident memory of a process and all its children (an engine may fork workers); psutil.Error if gone."""
-    import psutil
-
-    p = psutil.Process(pid)
-    total = p.memory_info().rss
-    for c in p.children(recursive=True):
-        try:
-            total += c.memory_info().rss
-        except psutil.Error:
-            pass  # a child that exited between listing and reading
-    return total

@@ -23,6 +23,7 @@ from stackgen.run.process import (
     _leader,
     _members,
     crash_text,
+    rss_sum,
     stop_process_group,
     stop_supervisor,
 )
@@ -215,13 +216,7 @@ class NativeRunner:
         return {p.pid for p in _members(st)}
 
     def rss(self, st: ServiceState) -> int | None:
-        total = 0
-        for p in _members(st):
-            try:
-                total += p.memory_info().rss
-            except Exception:  # noqa: BLE001 - psutil.Error and races
-                continue
-        return total or None
+        return rss_sum(_members(st)) or None
 
     def where(self, st: ServiceState) -> str:
         return f"pid {st.pid}"

@@ -131,6 +131,32 @@ def _leader(st: ServiceState):
     return _identify(st)[0]
 
 
+def process_tree(root) -> list:
+    """A process (a pid or a psutil.Process) and all its descendants, root first: the one reader of a process tree
+    (the service's members, bench's RSS). psutil.Error if `root` is gone."""
+    import psutil
+
+    p = root if isinstance(root, psutil.Process) else psutil.Process(root)
+    return [p, *p.children(recursive=True)]
+
+
+def rss_sum(procs: list) -> int:
+    """Resident memory of `procs`, skipping one that exited between listing and reading."""
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except Exception:  # noqa: BLE001 - psutil.Error and races
+            continue
+    return total
+
+
+def rss_tree(pid: int) -> int:
+    """Resident memory of a process and all its children (an engine may fork workers); psutil.Error if gone."""
+    root, *children = process_tree(pid)
+    return root.memory_info().rss + rss_sum(children)
+
+
 def _members(st: ServiceState, leader=None) -> list:
     """Every live process of the service: the verified leader and its descendants, plus processes that carry the
     service's marker (members of its process group, or strays that left it with setsid after the leader died).
@@ -142,7 +168,7 @@ def _members(st: ServiceState, leader=None) -> list:
     if leader is not None:
         found[leader.pid] = leader
         try:
-            for c in leader.children(recursive=True):
+            for c in process_tree(leader)[1:]:
                 found[c.pid] = c
         except psutil.Error:
             pass
