@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan import ServicePlan
+from stackgen.run.client import Endpoint, api_key_from_env
 from stackgen.run.process import (
     MARKER_ENV,
     _exe,
@@ -27,7 +28,6 @@ from stackgen.run.process import (
     stop_process_group,
     stop_supervisor,
 )
-from stackgen.run.readiness import Endpoint, api_key_from_env
 from stackgen.run.results import Runner
 from stackgen.run.state import ServiceState, StateDir, config_hash, open_log, rotate_log, tail
 

@@ -11,7 +11,7 @@ from stackgen.plan import ServicePlan
 
 def port_in_use(host: str, port: int) -> bool:
     """True when nothing could bind host:port now (a listener holds it). SO_REUSEADDR ignores TIME_WAIT leftovers."""
-    from stackgen.run.readiness import connect_host
+    from stackgen.run.client import connect_host
 
     addr = connect_host(host) if host not in ("0.0.0.0", "::") else host
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET

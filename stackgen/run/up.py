@@ -19,11 +19,12 @@ from pathlib import Path
 from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan import Plan, ServicePlan
+from stackgen.run.bench import drive, summarize
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
 from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports
 from stackgen.run.process import KILL_WAIT_S, POLL_S
-from stackgen.run.readiness import DOWN, READY, Endpoint, Probe, probe, stream_completion
+from stackgen.run.readiness import DOWN, READY, Endpoint, Probe, probe
 from stackgen.run.results import (
     Interrupted,
     Progress,
@@ -321,45 +322,21 @@ VERIFY_PROMPT = "The capital of France is"
 
 
 def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | None = None) -> VerifyResult:
-    """Short streaming requests at the declared concurrency: time to first token and decode speed vs the plan."""
+    """A small bench run (run/bench.py: the same client and measurement as `stackgen bench`): one streaming request
+    per declared user, all at once; time to first token and decode speed vs the plan."""
     ep = endpoint_for(sp)
     n = max(1, min(concurrency or sp.workload.concurrent_users, 64))
-    results = [None] * n
-    barrier = threading.Barrier(n)
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
-        results[i] = stream_completion(ep, VERIFY_PROMPT, max_tokens, timeout=120.0)
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=130)
-    wall = time.monotonic() - t0
-    done = [r for r in results if r is not None and not r.error and r.tokens > 0]
-    errors = [r.error or "no tokens" for r in results if r is None or r.error or r.tokens == 0]
-    ttfts = sorted(r.ttft_s for r in done if r.ttft_s is not None)
-    rates = sorted(x for x in (r.decode_tokens_per_s for r in done) if x)
-    total_tokens = sum(r.tokens for r in done)
+    results, wall, _ = drive(ep.connect_host, ep.port, ep.model, users=n, requests=n, max_tokens=max_tokens,
+                             prompt=VERIFY_PROMPT, api_key=ep.api_key, tls=ep.tls, timeout=120.0)
+    r = summarize(results, wall_s=wall, service=sp.name, engine=sp.engine, users=n, max_tokens=max_tokens)
+    done = [x for x in results if x.ok]
     return VerifyResult(
         service=sp.name, concurrency=n, ok=len(done), failed=n - len(done),
-        ttft_p50_s=_median(ttfts), ttft_max_s=ttfts[-1] if ttfts else None,
-        decode_tokens_per_s_p50=_median(rates), aggregate_tokens_per_s=total_tokens / wall if wall > 0 else 0.0,
-        predicted_tokens_per_s=sp.predicted_decode_tokens_per_s,
-        sample=(done[0].text if done else "")[:200], errors=[e[:200] for e in errors[:3]],
+        ttft_p50_s=r.ttft_p50_s if done else None, ttft_max_s=r.ttft_max_s if done else None,
+        decode_tokens_per_s_p50=r.per_stream_decode_tokens_per_s or None,
+        aggregate_tokens_per_s=r.output_tokens_per_s, predicted_tokens_per_s=sp.predicted_decode_tokens_per_s,
+        sample=(done[0].text if done else "")[:200], errors=[e[:200] for e in r.error_samples[:3]],
     )
-
-
-def _median(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    m = len(xs) // 2
-    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
 
 
 # ---------------------------------------------------------------------------------------------- down / status / logs
