@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_tuning import Server, engines_env, free_port, set_flag, stack_text, stackgen_plan  # noqa: E402
 
-from stackgen import bench  # noqa: E402
+from stackgen.run import bench  # noqa: E402
 
 MIB = 2**20
 CONTEXTS = (1024, 4096)

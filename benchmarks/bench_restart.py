@@ -26,12 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stackgen.hardware import detect  # noqa: E402
-from stackgen.health import Endpoint, complete  # noqa: E402
-from stackgen.launch import UpOptions, down, status, up  # noqa: E402
+from stackgen.run.readiness import Endpoint, complete  # noqa: E402
+from stackgen.run.lifecycle import down, status  # noqa: E402
+from stackgen.run.results import UpOptions  # noqa: E402
+from stackgen.run.up import up  # noqa: E402
 from stackgen.resolve import resolve  # noqa: E402
 from stackgen.spec import load_stack  # noqa: E402
-from stackgen.state import StateDir  # noqa: E402
-from stackgen.supervise import RestartPolicy  # noqa: E402
+from stackgen.run.state import StateDir  # noqa: E402
+from stackgen.run.supervise import RestartPolicy  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "restart.md"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stackgen.bench import _WORDS, one_request, percentile  # noqa: E402
+from stackgen.run.bench import _WORDS, one_request, percentile  # noqa: E402
 from tests.tools.fleet import Fleet, plan_for  # noqa: E402
 from dataclasses import replace  # noqa: E402
 

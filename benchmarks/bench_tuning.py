@@ -4,7 +4,7 @@
 
 Needs STACKGEN_LLAMA_SERVER and STACKGEN_GGUF (environment, or `$STACKGEN_CACHE/engines.env` written by
 .ci/provision.sh). Starts llama-server on 127.0.0.1 once per (configuration, round), alternating the configurations
-within each round (rotating the order per round), drives it with stackgen.bench's driver, and kills it.
+within each round (rotating the order per round), drives it with stackgen.run.bench's driver, and kills it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from stackgen import bench  # noqa: E402
+from stackgen.run import bench  # noqa: E402
 
 USERS = 8
 PROMPT_TOKENS = 64

@@ -5,7 +5,7 @@
 Needs STACKGEN_VLLM and STACKGEN_TINY_LLAMA (environment, or `$STACKGEN_CACHE/engines.env` written by
 .ci/provision.sh). Starts `vllm serve` on 127.0.0.1 (own process group, `--enforce-eager` on both sides to bound the
 ~30-75 s start-up) once per (configuration, round), alternating stackgen's config and the defaults within each round
-(order swapped every round), drives it with stackgen.bench's driver, and kills the process group. Stops starting new
+(order swapped every round), drives it with stackgen.run.bench's driver, and kills the process group. Stops starting new
 rounds once the next one would overrun --budget-s (at least one round always runs).
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_tuning import Server, engines_env, free_port, mem_gib, set_flag, stack_text, stackgen_plan  # noqa: E402
 
-from stackgen import bench  # noqa: E402
+from stackgen.run import bench  # noqa: E402
 
 USERS = 8
 PROMPT_TOKENS = 32

@@ -3,10 +3,11 @@ picks exit codes (EXIT_CODES; README "Exit codes"); tracebacks only with --debug
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -132,6 +133,17 @@ def run(fn: Callable[[], int | None]) -> None:
     raise typer.Exit(code)
 
 
+def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """A command whose function returns its exit code, run through `run` (errors to messages and exit codes).
+    functools.wraps keeps the signature typer reads the options from."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> None:
+        run(lambda: fn(*args, **kwargs))
+
+    return command
+
+
 def _error_text(exc: StackgenError) -> str:
     text = exc.render()
     if "\n" in text or text.startswith(("/", ".")) or ":" in text.split(" ")[0]:
@@ -160,21 +172,19 @@ def _said_lock(path: Path) -> None:
 
 
 @app.command()
-def validate(file: Optional[Path] = FileArg, file_opt: Optional[Path] = FileOpt) -> None:
+@guarded
+def validate(file: Optional[Path] = FileArg, file_opt: Optional[Path] = FileOpt) -> int:
     """Check a stack file; print FILE:LINE:COL: field: message for every problem."""
+    from stackgen.spec import load_stack
 
-    def body() -> int:
-        from stackgen.spec import load_stack
-
-        path = stack_path(file, file_opt)
-        stack = load_stack(path)
-        typer.echo(f"{path}: ok ({len(stack.services)} service{'s' if len(stack.services) != 1 else ''})")
-        return 0
-
-    run(body)
+    path = stack_path(file, file_opt)
+    stack = load_stack(path)
+    typer.echo(f"{path}: ok ({len(stack.services)} service{'s' if len(stack.services) != 1 else ''})")
+    return 0
 
 
 @app.command()
+@guarded
 def plan(
     file: Optional[Path] = FileArg,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -182,40 +192,33 @@ def plan(
     file_opt: Optional[Path] = FileOpt,
     no_calibration: bool = typer.Option(False, "--no-calibration",
                                         help="Ignore this host's `stackgen calibrate` measurement."),
-) -> None:
+) -> int:
     """Resolve each service to an engine with a memory plan, and say why."""
+    from stackgen.errors import PlanError
 
-    def body() -> int:
-        from stackgen.errors import PlanError
+    try:
+        _, p = load_and_plan(stack_path(file, file_opt), host_facts, calibration=not no_calibration)
+    except PlanError as exc:  # nothing fits: tools still get the numbers (with "fits": false); exit 1 stays
+        if as_json and exc.plan_json is not None:
+            typer.echo(json.dumps(exc.plan_json, indent=2))
+        raise
+    if as_json:
+        typer.echo(json.dumps(p.to_json(), indent=2))
+    else:
+        from stackgen.report import plan_text
 
-        try:
-            _, p = load_and_plan(stack_path(file, file_opt), host_facts, calibration=not no_calibration)
-        except PlanError as exc:  # nothing fits: tools still get the numbers (with "fits": false); exit 1 stays
-            if as_json and exc.plan_json is not None:
-                typer.echo(json.dumps(exc.plan_json, indent=2))
-            raise
-        if as_json:
-            typer.echo(json.dumps(p.to_json(), indent=2))
-        else:
-            from stackgen.report import plan_text
-
-            typer.echo(plan_text(p))
-        return 0
-
-    run(body)
+        typer.echo(plan_text(p))
+    return 0
 
 
 @app.command()
-def schema() -> None:
+@guarded
+def schema() -> int:
     """Print the JSON Schema of stack.yaml (for editors: `# yaml-language-server: $schema=...`)."""
+    from stackgen.spec import json_schema
 
-    def body() -> int:
-        from stackgen.spec import json_schema
-
-        typer.echo(json.dumps(json_schema(), indent=2))
-        return 0
-
-    run(body)
+    typer.echo(json.dumps(json_schema(), indent=2))
+    return 0
 
 
 def _register_commands() -> None:

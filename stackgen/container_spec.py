@@ -1,4 +1,4 @@
-"""What a service's container is, whoever runs it: `up --containers` (stackgen.containers, the Docker Engine API)
+"""What a service's container is, whoever runs it: `up --containers` (stackgen.run.containers, the Docker Engine API)
 and the compose, quadlet and kubernetes targets. Built from the plan and the engine's facts (Engine.container), so
 the running code does not depend on a render target.
 

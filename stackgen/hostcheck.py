@@ -74,7 +74,7 @@ class Probes:
 def default_probes() -> Probes:
     from stackgen.binaries import find
     from stackgen.flagcheck import probe_help
-    from stackgen.launch import port_in_use
+    from stackgen.run.preflight import port_in_use
 
     return Probes(lambda sp, d: find(sp.engine, sp.spec.binary, d),
                   lambda binary, engine: probe_help(binary, engines.get(engine).flags.help_args), port_in_use)

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from stackgen.bench import percentile
+from stackgen.run.bench import percentile
 
 
 class Curve(Protocol):

@@ -1,4 +1,4 @@
-"""stackgen.bench against a tiny fake OpenAI server on 127.0.0.1 (no engine needed)."""
+"""stackgen.run.bench against a tiny fake OpenAI server on 127.0.0.1 (no engine needed)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stackgen import bench
-from stackgen.bench import BenchResult, RequestResult, iter_sse_data, max_overlap, percentile, summarize
 from stackgen.errors import LaunchError, StackgenError
+from stackgen.run import bench
+from stackgen.run.bench import BenchResult, RequestResult, max_overlap, percentile, summarize
+from stackgen.run.client import iter_sse_data
 
 
 class FakeServer:

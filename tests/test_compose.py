@@ -202,7 +202,7 @@ def _written(tmp_path: Path, case: str) -> Path:
 def test_up_containers_runs_the_container_compose_describes(tmp_path, monkeypatch, case):
     """One neutral container spec (stackgen.container_spec): the Docker API call of `up --containers` and the compose
     entry agree on image, command, environment, key variable, volumes and hardening."""
-    from stackgen.containers import container_spec
+    from stackgen.run.containers import container_spec
 
     monkeypatch.setenv("STACKGEN_TEST_KEY", "k")
     plan, arts = render(tmp_path, EXTRA_STACKS[case])

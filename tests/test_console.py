@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stackgen.state import StateDir
+from stackgen.run.state import StateDir
 
 REPO = Path(__file__).resolve().parent.parent
 RED = "\x1b[31m"

@@ -261,7 +261,8 @@ def test_cli_render_names_the_field_and_exits_1(tmp_path):
 
 def test_up_refuses_a_fleet_before_starting_anything(tmp_path):
     from stackgen.errors import LaunchError
-    from stackgen.launch import UpOptions, up
+    from stackgen.run.results import UpOptions
+    from stackgen.run.up import up
 
     plan = plan_for(tmp_path, CPU_FLEET.format(targets="script"))
     with pytest.raises(LaunchError, match=r"services\.chat\.replicas: 2 separate .*deploy/chat/run\.sh"):

@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stackgen.health import DOWN, ERROR, LOADING, READY, Endpoint, complete, connect_host, probe, stream_completion
+from stackgen.run.client import connect_host, stream_completion
+from stackgen.run.readiness import DOWN, ERROR, LOADING, READY, Endpoint, complete, probe
 
 
 class Script:
@@ -108,13 +109,13 @@ def test_complete_and_stream(server):
     ep = Endpoint("127.0.0.1", port, "llama.cpp", "m")
     c = complete(ep, "hi", max_tokens=3)
     assert c.completion_tokens == 3 and c.text == " x x x"
-    r = stream_completion(ep, "hi", 5)
-    assert not r.error and r.tokens == 5 and r.text == " t" * 5 and r.ttft_s is not None
+    r = stream_completion("127.0.0.1", port, {"model": "m", "prompt": "hi", "max_tokens": 5, "stream": True})
+    assert r.ok and not r.error and r.tokens == 5 and r.text == " t" * 5 and r.ttft_s is not None
 
 
 def test_stream_error_is_reported_not_raised():
-    r = stream_completion(Endpoint("127.0.0.1", closed_port(), "llama.cpp"), "hi", 4, timeout=2)
-    assert r.error and r.tokens == 0
+    r = stream_completion("127.0.0.1", closed_port(), {"prompt": "hi", "max_tokens": 4, "stream": True}, timeout=2)
+    assert not r.ok and r.error and r.tokens == 0
 
 
 def test_connect_host():

@@ -14,7 +14,7 @@ import pytest
 
 from stackgen import flagcheck
 from stackgen.errors import LaunchError
-from stackgen.state import StateDir
+from stackgen.run.state import StateDir
 from stackgen.hardware import HostFacts
 from stackgen.hostcheck import Probes, check_gpus, check_host, check_memory
 from stackgen.profiles import load_profiles
@@ -169,7 +169,7 @@ def stack_4090(tmp_path):
           chat: {{model: gemma-3-270m, engine: llama.cpp, binary: {binary}, port: {port}}}
         """))
     yield path, port
-    from stackgen.launch import down
+    from stackgen.run.lifecycle import down
 
     try:
         down(path, grace_s=1)

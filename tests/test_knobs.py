@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from stackgen.bench import RequestResult, schema_fields, summarize
+from stackgen.run.bench import RequestResult, schema_fields, summarize
 from stackgen.errors import PlanError
 from stackgen.memory import llamacpp_kv_bytes
 from stackgen.models import ModelFacts
@@ -155,7 +155,7 @@ def test_bench_schema_fields_and_validity():
     schema = {"type": "object"}
     assert schema_fields("llama.cpp", schema) == {"json_schema": schema}
     assert schema_fields("vllm", schema)["response_format"]["json_schema"]["schema"] == schema
-    from stackgen.bench import BenchError
+    from stackgen.run.bench import BenchError
     with pytest.raises(BenchError):
         schema_fields("ollama", schema)
     ok = RequestResult(ok=True, start=0.0, ttft_s=0.1, token_times=[0.1, 0.2], tokens=2, json_ok=True)

@@ -17,11 +17,15 @@ import psutil
 import pytest
 
 from stackgen.errors import LaunchError
-from stackgen.launch import UpOptions, budget_for, down, likely_cause, logs, status, up
+from stackgen.run.diagnose import likely_cause
+from stackgen.run.lifecycle import down, logs, status
+from stackgen.run.native import budget_for
+from stackgen.run.results import UpOptions
+from stackgen.run.up import up
 from stackgen.resolve import resolve
 from stackgen.spec import load_stack
-from stackgen.state import StateDir, config_hash
-from stackgen.supervise import RestartPolicy
+from stackgen.run.state import StateDir, config_hash
+from stackgen.run.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from stackgen.bench import RequestResult, summarize
+from stackgen.run.bench import RequestResult, summarize
 from stackgen.hardware import HostFacts
 from stackgen.memory import (CACHE_HEADROOM_SHARE, MIB, Budget, bound_llamacpp_cache, llamacpp_checkpoint_bytes,
                              llamacpp_kv_bytes)

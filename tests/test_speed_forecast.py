@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from stackgen import speed
-from stackgen.bench import RequestResult, summarize
+from stackgen.run.bench import RequestResult, summarize
 
 POINTS = yaml.safe_load((Path(__file__).parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())["points"]
 GIB = 1024**3

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from stackgen.launch import budget_for
+from stackgen.run.native import budget_for
 from stackgen.plan import startup_budget_s
 from stackgen.render import RenderContext
 from stackgen.targets.compose import render_compose

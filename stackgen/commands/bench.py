@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, app, load_and_plan, run, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, guarded, load_and_plan, stack_path
 
 
 def _parse_sweep(text: str) -> list[int]:
-    from stackgen.bench import BenchError
+    from stackgen.run.bench import BenchError
 
     try:
         users = [int(x) for x in text.split(",") if x.strip()]
@@ -58,6 +58,7 @@ def result_text(r) -> str:
 
 
 @app.command()
+@guarded
 def bench(
     file: Optional[Path] = FileArg,
     file_opt: Optional[Path] = FileOpt,
@@ -71,56 +72,52 @@ def bench(
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="Constrain every request to this JSON "
                                                "schema (llama.cpp, vLLM) to measure what structured output costs."),
     host_facts: Optional[Path] = HostOpt,
-) -> None:
+) -> int:
     """Drive a running service with the workload's users and lengths; report throughput, TTFT, ITL, peak RSS
     beside the plan's prediction, and say where they disagree."""
+    from stackgen.run.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
 
-    def body() -> int:
-        from stackgen.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
+    if requests is not None and duration is not None:
+        raise BenchError("give --requests or --duration, not both")
+    if plot_out is not None:
+        require_matplotlib()  # fail before the run, not after it
+    schema = load_schema(json_schema) if json_schema is not None else None
+    path = stack_path(file, file_opt)
+    _, p = load_and_plan(path, host_facts)
+    sp = pick_service(p, service)
+    user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
+    from stackgen.commands._console import console, live_ok
 
-        if requests is not None and duration is not None:
-            raise BenchError("give --requests or --duration, not both")
-        if plot_out is not None:
-            require_matplotlib()  # fail before the run, not after it
-        schema = load_schema(json_schema) if json_schema is not None else None
-        path = stack_path(file, file_opt)
-        _, p = load_and_plan(path, host_facts)
-        sp = pick_service(p, service)
-        user_counts = _parse_sweep(sweep) if sweep else [sp.workload.concurrent_users]
-        from stackgen.commands._console import console, live_ok
+    err = console(stderr=True)
+    live = err.status("bench") if live_ok(err) else None
 
-        err = console(stderr=True)
-        live = err.status("bench") if live_ok(err) else None
-
-        def progress(done: int, total: int, errors: int) -> None:
-            of = f"/{total}" if total > 0 else ""
-            line = f"bench {sp.name}: {done}{of} requests, {errors} errors"
-            if live is not None:
-                live.update(line)
-            elif total > 0 and done == total:
-                typer.echo(line, err=True)
-
-        results = []
+    def progress(done: int, total: int, errors: int) -> None:
+        of = f"/{total}" if total > 0 else ""
+        line = f"bench {sp.name}: {done}{of} requests, {errors} errors"
         if live is not None:
-            live.start()
-        try:
-            for u in user_counts:
-                n = requests if requests is not None else (None if duration is not None else u * 4)
-                results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
-                                          progress=progress, timeout=timeout, json_schema=schema))
-        finally:
-            if live is not None:
-                live.stop()
-        if plot_out is not None:
-            plot(results, plot_out)
-        if as_json:  # one shape with or without --sweep: a result per user count
-            doc = {"file": str(path), "service": sp.name, "engine": sp.engine,
-                   "results": [r.to_json() for r in results]}
-            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
-        else:
-            typer.echo("\n\n".join(result_text(r) for r in results))
-            if plot_out is not None:
-                typer.echo(f"wrote {plot_out}")
-        return 1 if any(r.errors for r in results) else 0
+            live.update(line)
+        elif total > 0 and done == total:
+            typer.echo(line, err=True)
 
-    run(body)
+    results = []
+    if live is not None:
+        live.start()
+    try:
+        for u in user_counts:
+            n = requests if requests is not None else (None if duration is not None else u * 4)
+            results.append(bench_plan(p, path, sp.name, users=u, requests=n, duration_s=duration,
+                                      progress=progress, timeout=timeout, json_schema=schema))
+    finally:
+        if live is not None:
+            live.stop()
+    if plot_out is not None:
+        plot(results, plot_out)
+    if as_json:  # one shape with or without --sweep: a result per user count
+        doc = {"file": str(path), "service": sp.name, "engine": sp.engine,
+               "results": [r.to_json() for r in results]}
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        typer.echo("\n\n".join(result_text(r) for r in results))
+        if plot_out is not None:
+            typer.echo(f"wrote {plot_out}")
+    return 1 if any(r.errors for r in results) else 0

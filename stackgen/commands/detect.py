@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from stackgen.cli import _host, app, run
+from stackgen.cli import _host, app, guarded
 from stackgen.errors import StackgenError
 from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
                                suggest_model, usable_speed)
@@ -26,20 +26,17 @@ def hardware_yaml(host: Any) -> str:
 
 
 @app.command()
+@guarded
 def detect(
     as_json: bool = typer.Option(False, "--json", help="HostFacts JSON (for `stackgen plan --host-facts FILE`)."),
     measure: bool = typer.Option(False, "--measure", help="Measure system RAM bandwidth (a few hundred ms)."),
-) -> None:
+) -> int:
     """Print this machine as an inline hardware profile (YAML), or as HostFacts JSON with --json."""
+    from stackgen.detect import detect_host
 
-    def body() -> int:
-        from stackgen.detect import detect_host
-
-        host = detect_host(measure=measure)
-        typer.echo(host.to_json() if as_json else hardware_yaml(host).rstrip("\n"))
-        return 0
-
-    run(body)
+    host = detect_host(measure=measure)
+    typer.echo(host.to_json() if as_json else hardware_yaml(host).rstrip("\n"))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- init
@@ -81,6 +78,7 @@ def _choose_workload(workload: Optional[str], names: list[str]) -> tuple[str, st
 
 
 @app.command()
+@guarded
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder for stack.yaml (created if missing).", show_default=True),
     hardware: Optional[str] = typer.Option(None, "--hardware", help="A built-in hardware profile instead of this machine."),
@@ -88,55 +86,51 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing stack.yaml."),
     host_facts: Optional[Path] = typer.Option(None, "--host-facts", help="Use a recorded host (JSON from `stackgen detect --json`)."),
     measure: bool = typer.Option(False, "--measure", help="Measure system RAM bandwidth while detecting."),
-) -> None:
+) -> int:
     """Write a starter stack.yaml for this machine: detected hardware, a workload and a model that fits."""
+    from stackgen.hardware import HostFacts
+    from stackgen.profiles import load_profiles
+    from stackgen.report import plan_text
 
-    def body() -> int:
-        from stackgen.hardware import HostFacts
-        from stackgen.profiles import load_profiles
-        from stackgen.report import plan_text
-
-        target = directory / "stack.yaml"
-        if target.exists() and not force:
-            raise StackgenError(f"{target} already exists; pass --force to overwrite it")
-        profiles = load_profiles(directory if directory.is_dir() else None)
-        wl, said = _choose_workload(workload, sorted(profiles.workloads))
-        if wl not in profiles.workloads:
-            raise StackgenError(f"unknown workload {wl!r} (known: {', '.join(sorted(profiles.workloads))})")
-        if said:
-            typer.echo(said, err=True)
-        notes: tuple[str, ...] = ()
-        if hardware is not None:
-            if hardware not in profiles.hardware:
-                raise StackgenError(f"unknown hardware profile {hardware!r} "
-                                    f"(known: {', '.join(sorted(profiles.hardware))})")
-            hw_ref: Any = hardware
-            host = HostFacts(profiles.hardware[hardware])
+    target = directory / "stack.yaml"
+    if target.exists() and not force:
+        raise StackgenError(f"{target} already exists; pass --force to overwrite it")
+    profiles = load_profiles(directory if directory.is_dir() else None)
+    wl, said = _choose_workload(workload, sorted(profiles.workloads))
+    if wl not in profiles.workloads:
+        raise StackgenError(f"unknown workload {wl!r} (known: {', '.join(sorted(profiles.workloads))})")
+    if said:
+        typer.echo(said, err=True)
+    notes: tuple[str, ...] = ()
+    if hardware is not None:
+        if hardware not in profiles.hardware:
+            raise StackgenError(f"unknown hardware profile {hardware!r} "
+                                f"(known: {', '.join(sorted(profiles.hardware))})")
+        hw_ref: Any = hardware
+        host = HostFacts(profiles.hardware[hardware])
+    else:
+        if host_facts is not None:
+            host = _host(host_facts)
         else:
-            if host_facts is not None:
-                host = _host(host_facts)
-            else:
-                from stackgen.detect import detect_host
+            from stackgen.detect import detect_host
 
-                host = detect_host(measure=measure)
-            hw_ref, notes = host.hardware, host.notes
-        name = _slug(directory)
-        schema = schema_ref(directory)
-        model, plan, tried = suggest_model(name=name, hardware=hw_ref, workload=wl, host=host, path=target,
-                                           profiles=profiles, schema=schema)
-        text = stack_text(name=name, hardware=hw_ref, workload=wl, model=model, schema=schema, notes=notes)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(".stack.yaml.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-        typer.echo(f"wrote {target} (workload {wl}, model {model})")
-        for t in tried:
-            typer.echo(f"  skipped {t}")
-        typer.echo("")
-        typer.echo(plan_text(plan).rstrip("\n"))
-        return 0
-
-    run(body)
+            host = detect_host(measure=measure)
+        hw_ref, notes = host.hardware, host.notes
+    name = _slug(directory)
+    schema = schema_ref(directory)
+    model, plan, tried = suggest_model(name=name, hardware=hw_ref, workload=wl, host=host, path=target,
+                                       profiles=profiles, schema=schema)
+    text = stack_text(name=name, hardware=hw_ref, workload=wl, model=model, schema=schema, notes=notes)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(".stack.yaml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    typer.echo(f"wrote {target} (workload {wl}, model {model})")
+    for t in tried:
+        typer.echo(f"  skipped {t}")
+    typer.echo("")
+    typer.echo(plan_text(plan).rstrip("\n"))
+    return 0
 
 
 __all__ = ["detect", "init", "hardware_yaml", "stack_text", "suggest_model", "has_headroom", "schema_ref"]

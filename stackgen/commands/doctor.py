@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, _host, app, load_and_plan, run, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, _host, app, guarded, load_and_plan, stack_path
 
 
 def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = False, memory: bool = True,
@@ -28,23 +28,20 @@ def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = Fa
 
 
 @app.command()
+@guarded
 def doctor(
     file: Optional[Path] = FileArg,
     file_opt: Optional[Path] = FileOpt,
     containers: bool = typer.Option(False, "--containers", help="Check for `up --containers` (no native binary)."),
     host_facts: Optional[Path] = HostOpt,
-) -> None:
+) -> int:
     """Check this host against the stack: engine binary and its flags, GPUs, CPU, free memory, free ports."""
+    from stackgen.hostcheck import HostMismatch
 
-    def body() -> int:
-        from stackgen.hostcheck import HostMismatch
-
-        plan, report = host_report(stack_path(file, file_opt), host_facts, containers=containers)
-        typer.echo(f"stack {plan.stack_name} on {plan.hardware_label}:")
-        typer.echo(report.text())
-        if report.errors:
-            raise HostMismatch(f"{len(report.errors)} problem(s) (the ERROR lines above); `stackgen up` refuses to "
-                               "start until they are fixed, unless --force")
-        return 0
-
-    run(body)
+    plan, report = host_report(stack_path(file, file_opt), host_facts, containers=containers)
+    typer.echo(f"stack {plan.stack_name} on {plan.hardware_label}:")
+    typer.echo(report.text())
+    if report.errors:
+        raise HostMismatch(f"{len(report.errors)} problem(s) (the ERROR lines above); `stackgen up` refuses to "
+                           "start until they are fixed, unless --force")
+    return 0

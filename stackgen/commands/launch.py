@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileOpt, HostOpt, StackArgs, app, run, stack_and_services
+from stackgen.cli import FileOpt, HostOpt, StackArgs, app, guarded, run, stack_and_services
 from stackgen.commands._console import console, live_ok, print_table, table
 
 
@@ -68,7 +68,7 @@ _RESTART_MODES = ("on-failure", "no")
 
 def _policy(restart: str):
     from stackgen.cli import UsageError
-    from stackgen.supervise import RestartPolicy
+    from stackgen.run.supervise import RestartPolicy
 
     if restart not in _RESTART_MODES:
         raise UsageError(f"--restart {restart!r}: expected one of {', '.join(_RESTART_MODES)}")
@@ -79,9 +79,9 @@ def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, fo
         restart_services: bool) -> int:
     from stackgen.commands.doctor import host_report
     from stackgen.hostcheck import mismatch_error
-    from stackgen.launch import UpOptions
-    from stackgen.launch import up as do_up
-    from stackgen.state import StateDir
+    from stackgen.run.results import UpOptions
+    from stackgen.run.up import up as do_up
+    from stackgen.run.state import StateDir
 
     file, services = stack_and_services(words, file_opt)
     policy = _policy(restart)
@@ -193,29 +193,26 @@ def _verify_text(v) -> str:
 
 
 @app.command()
+@guarded
 def down(
     words: Optional[list[str]] = StackArgs,
     file_opt: Optional[Path] = FileOpt,
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL."),
-) -> None:
+) -> int:
     """Stop what `up` started for this stack (or only the named services): supervisors, process groups,
     containers."""
+    from stackgen.run.lifecycle import down as do_down
 
-    def body() -> int:
-        from stackgen.launch import down as do_down
-
-        file, services = stack_and_services(words, file_opt)
-        notes: list[str] = []
-        stopped = do_down(file, grace, notes, services=services)
-        for note in notes:
-            typer.echo(f"warning: {note}", err=True)
-        if not stopped:
-            typer.echo(f"{file}: nothing running")
-        for s in stopped:
-            typer.echo(f"stopped {s}")
-        return 0
-
-    run(body)
+    file, services = stack_and_services(words, file_opt)
+    notes: list[str] = []
+    stopped = do_down(file, grace, notes, services=services)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
+    if not stopped:
+        typer.echo(f"{file}: nothing running")
+    for s in stopped:
+        typer.echo(f"stopped {s}")
+    return 0
 
 
 _HEALTHY = ("running", "loading")
@@ -245,34 +242,31 @@ def _print_ended(out, rows) -> None:
 
 
 @app.command()
+@guarded
 def status(
     words: Optional[list[str]] = StackArgs,
     file_opt: Optional[Path] = FileOpt,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-) -> None:
+) -> int:
     """Each service: running / loading / unhealthy / restarting / crashed, where, port, uptime, RSS, restart
     policy; how a crashed engine ended (exit status or signal, when, likely cause, last log lines)."""
+    from stackgen.run.lifecycle import status as do_status
 
-    def body() -> int:
-        from stackgen.launch import status as do_status
-
-        file, services = stack_and_services(words, file_opt)
-        rows = do_status(file, services=services)
-        if as_json:
-            typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
-        elif not rows:
-            typer.echo(f"{file}: nothing running (start it with `stackgen up {file}`)")
-        else:
-            out = console()
-            t = table("SERVICE", "ENGINE", "STATE", "WHERE", "PORT", "UPTIME", "RSS", "RESTART", "DETAIL")
-            for r in rows:
-                t.add_row(r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
-                          _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
-            print_table(out, t)
-            _print_ended(out, rows)
-        return 0 if all(r.state in _HEALTHY for r in rows) else 1
-
-    run(body)
+    file, services = stack_and_services(words, file_opt)
+    rows = do_status(file, services=services)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+    elif not rows:
+        typer.echo(f"{file}: nothing running (start it with `stackgen up {file}`)")
+    else:
+        out = console()
+        t = table("SERVICE", "ENGINE", "STATE", "WHERE", "PORT", "UPTIME", "RSS", "RESTART", "DETAIL")
+        for r in rows:
+            t.add_row(r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
+                      _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
+        print_table(out, t)
+        _print_ended(out, rows)
+    return 0 if all(r.state in _HEALTHY for r in rows) else 1
 
 
 def _escape(text: str) -> str:
@@ -290,31 +284,29 @@ def _short(path: Path) -> str:
 
 
 @app.command()
-def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+@guarded
+def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> int:
     """Every stackgen service running for this user, from every stack file (like `docker ps` / `ollama ps`):
     name, stack file, engine, model, port, uptime, RSS, health, context x slots."""
+    from stackgen.run.lifecycle import ps as do_ps
 
-    def body() -> int:
-        from stackgen.launch import ps as do_ps
-
-        rows = do_ps()
-        if as_json:
-            typer.echo(json.dumps([{"stack_file": str(f), **asdict(r)} for f, r in rows], indent=2))
-            return 0
-        if not rows:
-            typer.echo("no stackgen services are running")
-            return 0
-        t = table("NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS", "RESTART")
-        for f, r in rows:
-            t.add_row(r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
-                      _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-")
-        print_table(console(), t)
+    rows = do_ps()
+    if as_json:
+        typer.echo(json.dumps([{"stack_file": str(f), **asdict(r)} for f, r in rows], indent=2))
         return 0
-
-    run(body)
+    if not rows:
+        typer.echo("no stackgen services are running")
+        return 0
+    t = table("NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS", "RESTART")
+    for f, r in rows:
+        t.add_row(r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
+                  _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-")
+    print_table(console(), t)
+    return 0
 
 
 @app.command()
+@guarded
 def logs(
     words: Optional[list[str]] = StackArgs,
     file_opt: Optional[Path] = typer.Option(None, "--file", help="The stack file (instead of the FILE argument; "
@@ -323,16 +315,12 @@ def logs(
                                 "engine its supervisor restarts."),
     lines: int = typer.Option(200, "-n", "--lines", min=0, help="How many past lines to show first."),
     max_seconds: float = typer.Option(86400.0, "--max-seconds", hidden=True, help="Stop following after this long."),
-) -> None:
+) -> int:
     """Print the services' logs (engine stdout and stderr, and the supervisor's lines about crashes and restarts)."""
+    from stackgen.run.lifecycle import logs as do_logs
 
-    def body() -> int:
-        from stackgen.launch import logs as do_logs
-
-        file, services = stack_and_services(words, file_opt)
-        many = len(services) != 1
-        for name, line in do_logs(file, services or None, follow, lines, max_seconds):
-            typer.echo(f"{name} | {line}" if many else line)
-        return 0
-
-    run(body)
+    file, services = stack_and_services(words, file_opt)
+    many = len(services) != 1
+    for name, line in do_logs(file, services or None, follow, lines, max_seconds):
+        typer.echo(f"{name} | {line}" if many else line)
+    return 0

@@ -6,51 +6,48 @@ from pathlib import Path
 
 import typer
 
-from stackgen.cli import EX_DRIFT, FileArg, app, run
+from stackgen.cli import EX_DRIFT, FileArg, app, guarded
 
 
 @app.command()
+@guarded
 def lock(
     file: Path = FileArg,
     upgrade: bool = typer.Option(False, "--upgrade", help="Re-resolve every remote model and show what changed."),
     check: bool = typer.Option(False, "--check", help="Write nothing: exit 0 when the lock is up to date, 2 if not."),
     catalog: bool = typer.Option(False, "--catalog", help="Also resolve the reference each catalog name stands for "
                                  "(its `ref:`) and pin its real facts instead of the catalog's offline figures."),
-) -> None:
+) -> int:
     """Pin the stack's remote models (hf:, ollama:, https://...gguf) in stack.lock beside it: revision, files,
     sizes and the facts the planner uses. `plan` and `render` then read the lock and never touch the network.
     With --catalog, catalog names are pinned too (through the same resolver); `--upgrade` re-pins the ones the lock
     already pins."""
+    from stackgen.lock import RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock, write_lock
+    from stackgen.spec import load_stack
 
-    def body() -> int:
-        from stackgen.lock import RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock, write_lock
-        from stackgen.spec import load_stack
-
-        path = lock_path_for(file)
-        old = read_lock(path) if path.is_file() else {}
-        pin: bool | frozenset[str] = True if catalog else frozenset(ref for ref, _ in old)
-        remote = RemoteModels(path, stack_display=str(file), mode="upgrade" if upgrade else "lock", pin_catalog=pin)
-        load_stack(file, remote=remote)
-        new = dict(remote.used)
-        if not new:
-            typer.echo(f"{file}: no remote models (catalog names and local files need no lock; "
-                       "`--catalog` pins the references catalog names stand for)")
-            return 0
-        changes = diff_entries(old, new)
-        current = path.read_text(encoding="utf-8") if path.is_file() else None
-        if check:
-            if current == dump_lock(new):
-                typer.echo(f"{path}: up to date ({len(new)} model{'s' if len(new) != 1 else ''})")
-                return 0
-            typer.echo("\n".join(changes or [f"{path}: would be rewritten"]))
-            return EX_DRIFT
-        for line in changes:
-            typer.echo(line)
-        if current == dump_lock(new):
-            typer.echo(f"{path}: unchanged")
-            return 0
-        write_lock(path, new)
-        typer.echo(f"wrote {path} ({len(new)} model{'s' if len(new) != 1 else ''})")
+    path = lock_path_for(file)
+    old = read_lock(path) if path.is_file() else {}
+    pin: bool | frozenset[str] = True if catalog else frozenset(ref for ref, _ in old)
+    remote = RemoteModels(path, stack_display=str(file), mode="upgrade" if upgrade else "lock", pin_catalog=pin)
+    load_stack(file, remote=remote)
+    new = dict(remote.used)
+    if not new:
+        typer.echo(f"{file}: no remote models (catalog names and local files need no lock; "
+                   "`--catalog` pins the references catalog names stand for)")
         return 0
-
-    run(body)
+    changes = diff_entries(old, new)
+    current = path.read_text(encoding="utf-8") if path.is_file() else None
+    if check:
+        if current == dump_lock(new):
+            typer.echo(f"{path}: up to date ({len(new)} model{'s' if len(new) != 1 else ''})")
+            return 0
+        typer.echo("\n".join(changes or [f"{path}: would be rewritten"]))
+        return EX_DRIFT
+    for line in changes:
+        typer.echo(line)
+    if current == dump_lock(new):
+        typer.echo(f"{path}: unchanged")
+        return 0
+    write_lock(path, new)
+    typer.echo(f"wrote {path} ({len(new)} model{'s' if len(new) != 1 else ''})")
+    return 0

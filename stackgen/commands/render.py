@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, app, run, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, guarded, stack_path
 
 
 def default_out_dir(stack_file: Path) -> Path:
@@ -24,6 +24,7 @@ def render_artifacts(stack_file: Path, out_dir: Path, host_facts: Optional[Path]
 
 
 @app.command()
+@guarded
 def render(
     file: Optional[Path] = FileArg,
     file_opt: Optional[Path] = FileOpt,
@@ -32,21 +33,17 @@ def render(
     host_facts: Optional[Path] = HostOpt,
     probe: bool = typer.Option(False, "--probe", help="Also check that the installed engine binary's --help lists "
                                "every planned flag (as `up` and `doctor` do)."),
-) -> None:
+) -> int:
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
+    from stackgen.render import check_tree, write_tree
 
-    def body() -> int:
-        from stackgen.render import check_tree, write_tree
-
-        path = stack_path(file, file_opt)
-        out_dir = out if out is not None else default_out_dir(path)
-        artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check, probe=probe)
-        if check:
-            check_tree(out_dir, artifacts)
-            typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")
-            return 0
-        for path in write_tree(out_dir, artifacts):
-            typer.echo(f"wrote {out_dir / path}")
+    path = stack_path(file, file_opt)
+    out_dir = out if out is not None else default_out_dir(path)
+    artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check, probe=probe)
+    if check:
+        check_tree(out_dir, artifacts)
+        typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")
         return 0
-
-    run(body)
+    for path in write_tree(out_dir, artifacts):
+        typer.echo(f"wrote {out_dir / path}")
+    return 0

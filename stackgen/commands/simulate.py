@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, load_and_plan, run
+from stackgen.cli import FileArg, HostOpt, app, guarded, load_and_plan
 
 
 def parse_users(text: str) -> list[int]:
@@ -22,6 +22,7 @@ def parse_users(text: str) -> list[int]:
 
 
 @app.command()
+@guarded
 def simulate(
     file: Path = FileArg,
     users: Optional[str] = typer.Option(None, "--users", help="Load levels, e.g. 10,100,1000 (default: 1/4, 1/2, 1, "
@@ -29,40 +30,36 @@ def simulate(
     service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     host_facts: Optional[Path] = HostOpt,
-) -> None:
+) -> int:
     """Simulate the workload's users against the planned fleet: p50/p95 TTFT, tokens/s per user, utilization."""
+    from stackgen.capacity import simulate_service
 
-    def body() -> int:
-        from stackgen.capacity import simulate_service
-
-        _, plan = load_and_plan(file, host_facts)
-        rows = []
-        for sp in plan.services:
-            if service and sp.name != service:
-                continue
-            n = sp.workload.concurrent_users
-            levels = parse_users(users) if users else sorted({max(1, n // 4), max(1, n // 2), n, n * 2, n * 4})
-            results = simulate_service(sp, plan.hardware, levels)
-            rows.append((sp, results))
-        if service and not rows:
-            raise typer.BadParameter(f"--service: no service named {service!r}")
-        if as_json:
-            typer.echo(json.dumps([{"service": sp.name, "replicas": sp.replicas, "levels": [r.to_json() for r in rs]}
-                                   for sp, rs in rows], indent=2))
-            return 0
-        for sp, rs in rows:
-            wl = sp.workload
-            lay = sp.capacity.layout.label() if sp.capacity else "1 instance"
-            typer.echo(f"{sp.name}: {sp.engine}, {lay}; targets p95 TTFT <= {wl.ttft_p95_ms / 1000:g} s, >= "
-                       f"{wl.tokens_per_s_per_user:g} tokens/s per user; {wl.prompt_tokens} prompt + "
-                       f"{wl.output_tokens} output tokens")
-            typer.echo(f"  {'users':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'tok/s/user':>10} {'tok/s all':>10} "
-                       f"{'util':>5} {'queued':>6}  meets")
-            for r in rs:
-                ok = r.ttft_p95_s * 1000 <= wl.ttft_p95_ms and r.tokens_per_s_per_user >= wl.tokens_per_s_per_user
-                typer.echo(f"  {r.users:>7} {r.ttft_p50_s:>8.2f}s {r.ttft_p95_s:>8.2f}s "
-                           f"{r.tokens_per_s_per_user:>10.1f} {r.throughput_tokens_per_s:>10.1f} "
-                           f"{r.utilization:>5.0%} {r.queued_share:>6.0%}  {'yes' if ok else 'no'}")
+    _, plan = load_and_plan(file, host_facts)
+    rows = []
+    for sp in plan.services:
+        if service and sp.name != service:
+            continue
+        n = sp.workload.concurrent_users
+        levels = parse_users(users) if users else sorted({max(1, n // 4), max(1, n // 2), n, n * 2, n * 4})
+        results = simulate_service(sp, plan.hardware, levels)
+        rows.append((sp, results))
+    if service and not rows:
+        raise typer.BadParameter(f"--service: no service named {service!r}")
+    if as_json:
+        typer.echo(json.dumps([{"service": sp.name, "replicas": sp.replicas, "levels": [r.to_json() for r in rs]}
+                               for sp, rs in rows], indent=2))
         return 0
-
-    run(body)
+    for sp, rs in rows:
+        wl = sp.workload
+        lay = sp.capacity.layout.label() if sp.capacity else "1 instance"
+        typer.echo(f"{sp.name}: {sp.engine}, {lay}; targets p95 TTFT <= {wl.ttft_p95_ms / 1000:g} s, >= "
+                   f"{wl.tokens_per_s_per_user:g} tokens/s per user; {wl.prompt_tokens} prompt + "
+                   f"{wl.output_tokens} output tokens")
+        typer.echo(f"  {'users':>7} {'TTFT p50':>9} {'TTFT p95':>9} {'tok/s/user':>10} {'tok/s all':>10} "
+                   f"{'util':>5} {'queued':>6}  meets")
+        for r in rs:
+            ok = r.ttft_p95_s * 1000 <= wl.ttft_p95_ms and r.tokens_per_s_per_user >= wl.tokens_per_s_per_user
+            typer.echo(f"  {r.users:>7} {r.ttft_p50_s:>8.2f}s {r.ttft_p95_s:>8.2f}s "
+                       f"{r.tokens_per_s_per_user:>10.1f} {r.throughput_tokens_per_s:>10.1f} "
+                       f"{r.utilization:>5.0%} {r.queued_share:>6.0%}  {'yes' if ok else 'no'}")
+    return 0

@@ -272,8 +272,8 @@ def stack_cleanup():
     stacks: list[Path] = []
     yield stacks
     from stackgen.errors import StackgenError
-    from stackgen.launch import down
-    from stackgen.state import StateDir
+    from stackgen.run.lifecycle import down
+    from stackgen.run.state import StateDir
 
     for path in stacks:
         pids = []

@@ -1,4 +1,4 @@
-"""stackgen.bench against a real llama-server (-np 4) with the Gemma 3 270M GGUF on 127.0.0.1.
+"""stackgen.run.bench against a real llama-server (-np 4) with the Gemma 3 270M GGUF on 127.0.0.1.
 
 Uses the shared engine fixtures of tests/integration/conftest.py (skip with the reason when an engine is missing,
 FAIL when the `CI` variable is set).
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackgen import bench
+from stackgen.run import bench
 
 @pytest.fixture
 def llama_np4(llama_server, gguf_path, free_port, serve_process):

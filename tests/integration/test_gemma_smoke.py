@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from stackgen.health import Endpoint, complete
+from stackgen.run.readiness import Endpoint, complete
 
 EXPECTED = "the capital of the country of France"  # transformers, vLLM, MLX and llama.cpp all agree (greedy)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stackgen.health import Endpoint, complete
-from stackgen.state import StateDir
+from stackgen.run.readiness import Endpoint, complete
+from stackgen.run.state import StateDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,10 +129,12 @@ def test_sigkilled_llama_server_comes_back_and_a_crash_loop_stops(tmp_path, llam
     """The restart policy on the real engine: SIGKILL -> its supervisor starts it again after the backoff and it
     answers completions; killed again and again, it is given up after the bounded restarts and shows crashed."""
     from stackgen.hardware import detect
-    from stackgen.launch import UpOptions, status, up
+    from stackgen.run.lifecycle import status
+    from stackgen.run.results import UpOptions
+    from stackgen.run.up import up
     from stackgen.resolve import resolve
     from stackgen.spec import load_stack
-    from stackgen.supervise import RestartPolicy
+    from stackgen.run.supervise import RestartPolicy
 
     port = free_port()
     path = write_stack(tmp_path, llama_server, gguf_path, port)

@@ -6,8 +6,8 @@ import json
 import textwrap
 import time
 
-from stackgen.health import Endpoint, complete
-from stackgen.state import StateDir
+from stackgen.run.readiness import Endpoint, complete
+from stackgen.run.state import StateDir
 
 
 

@@ -18,11 +18,11 @@ import pytest
 
 from stackgen import engines
 from stackgen.errors import SpecError
-from stackgen.health import Endpoint, request
-from stackgen.launch import NativeRunner, check_keys
+from stackgen.run.readiness import Endpoint, request
+from stackgen.run.native import NativeRunner, check_keys
 from stackgen.render import RenderContext, render_plan
 from stackgen.spec import SERVE_OWNED, load_stack
-from stackgen.state import StateDir
+from stackgen.run.state import StateDir
 from tools.stacks import plan_for
 
 KEY = "sk-stackgen-test-7c1e"

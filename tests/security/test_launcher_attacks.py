@@ -18,10 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stackgen.launch import UpOptions, down, logs, status, up
+from stackgen.run.lifecycle import down, logs, status
+
+from stackgen.run.results import UpOptions
+
+from stackgen.run.up import up
 from stackgen.resolve import resolve
 from stackgen.spec import load_stack
-from stackgen.state import StateDir
+from stackgen.run.state import StateDir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -430,7 +434,7 @@ def test_logs_follow_ends_when_llama_server_is_killed(tmp_path, llama_server, gg
 
 def test_logs_follow_reports_the_exit_status_it_can_see(tmp_path, fake):
     """The exact signal is reported (the engine's supervisor is its parent and records it)."""
-    from stackgen.supervise import RestartPolicy
+    from stackgen.run.supervise import RestartPolicy
 
     path = fake()
     up(_plan(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
@@ -463,7 +467,7 @@ def test_down_spares_a_container_that_is_not_the_services(tmp_path, monkeypatch)
     """A hand-edited container_id naming someone else's container: `down` must neither stop nor remove it."""
     from types import SimpleNamespace
 
-    from stackgen import launch
+    from stackgen.run import lifecycle, native
 
     path = _fake_stack(tmp_path)
     other = _FakeContainer("their-db", {"com.example": "theirs"})
@@ -475,16 +479,16 @@ def test_down_spares_a_container_that_is_not_the_services(tmp_path, monkeypatch)
     entry = {"name": "chat", "engine": "llama.cpp", "kind": "container", "host": "127.0.0.1", "port": 18080,
              "config_hash": "x", "started_at": time.time(), "container_id": "their-db-id"}
     _write_state(path, {"chat": entry})
-    real = launch._runner_for
+    real = native._runner_for
 
     def runner_for(kind, stack_file, stack_name=""):
         r = real(kind, stack_file, stack_name)
         r._client = fake_client
         return r
 
-    import stackgen.containers as containers
+    import stackgen.run.containers as containers
 
-    monkeypatch.setattr(launch, "_runner_for", runner_for)
+    monkeypatch.setattr(lifecycle, "_runner_for", runner_for)  # where down() looks it up
     monkeypatch.setattr(containers, "remove_labelled", lambda *a, **k: [])
     notes: list[str] = []
     assert down(path, grace_s=1, notes=notes) == []

@@ -1,8 +1,8 @@
 """The supervisor of one native service: the engine's parent after `up` has returned.
 
-`up` starts `python -m stackgen.supervise` (own session, its own STACKGEN_SERVICE_ID marker) and hands it the
+`up` starts `python -m stackgen.run.supervise` (own session, its own STACKGEN_SERVICE_ID marker) and hands it the
 engine's command as JSON on a pipe, with the API key when the service has one (the key never reaches a file, a
-command line or the supervisor's environment). The supervisor starts the engine (launch.launch_engine, the same code
+command line or the supervisor's environment). The supervisor starts the engine (run.native.launch_engine, the same code
 and key delivery `up` used before), answers with the engine's identity, and then waits on it. Being the parent, it
 knows how the engine ended (exit status or signal), which no other process can learn afterwards; it records that,
 the likely cause and the last log lines in `.stackgen/stacks/<file>/run/<service>.json` (StateDir.save_run), which
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stackgen.errors import LaunchError
-from stackgen.state import ServiceState, StateDir, open_log, tail
+from stackgen.run.state import ServiceState, StateDir, open_log, tail
 from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 HANDSHAKE_S = 60.0
@@ -87,9 +87,9 @@ def exit_code_of(record: dict) -> int | None:
 
 
 def spawn(spec, sd: StateDir, key: str | None, policy: RestartPolicy | None) -> tuple[ServiceState, subprocess.Popen]:
-    """Start the supervisor of `spec` (launch.EngineLaunch); returns the engine's state (with the supervisor's
+    """Start the supervisor of `spec` (run.native.EngineLaunch); returns the engine's state (with the supervisor's
     identity) once the engine runs, and the supervisor's Popen."""
-    from stackgen.launch import MARKER_ENV, _identity_now
+    from stackgen.run.process import MARKER_ENV, _identity_now
 
     policy = policy or RestartPolicy()
     sd.ensure()
@@ -97,10 +97,10 @@ def spawn(spec, sd: StateDir, key: str | None, policy: RestartPolicy | None) -> 
     env = {k: v for k, v in os.environ.items() if k != spec.key_var}  # the key travels on the pipe only
     env[MARKER_ENV] = sup_id
     # the same stackgen as this process, installed or not (a checkout run with `python -m stackgen`)
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])  # stackgen/run/supervise.py -> the folder above stackgen/
     env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     # -P and a cwd inside .stackgen/: a `stackgen/` folder next to the stack cannot shadow the package.
-    argv = [sys.executable] + (["-P"] if sys.version_info >= (3, 11) else []) + ["-m", "stackgen.supervise"]
+    argv = [sys.executable] + (["-P"] if sys.version_info >= (3, 11) else []) + ["-m", "stackgen.run.supervise"]
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=env, cwd=str(sd.dir), start_new_session=True, close_fds=True)
@@ -187,7 +187,7 @@ class Supervisor:
         print(f"[stackgen {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     def run(self) -> int:
-        from stackgen.launch import launch_engine
+        from stackgen.run.native import launch_engine
 
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, self._stop)
@@ -242,14 +242,14 @@ class Supervisor:
         return entry is not None and entry.sup_id == self.sup_id and entry.pid == st.pid and entry.ready_at is not None
 
     def answers(self, st: ServiceState) -> bool:
-        from stackgen.health import READY, Endpoint, probe
+        from stackgen.run.readiness import READY, Endpoint, probe
 
         ep = Endpoint(st.host, st.port, st.engine, st.model_name, self.key, tls=st.tls)
         return probe(ep, 5.0).state == READY
 
     def after_exit(self, st: ServiceState, code: int, was_ready: bool):
         """Record how the engine ended; restart it when the policy says so. Returns the new (state, Popen)."""
-        from stackgen.launch import likely_cause
+        from stackgen.run.diagnose import likely_cause
 
         text, sig = exit_text(code)
         lines = tail(self.sd.log_path(self.spec.name), 40)
@@ -290,7 +290,7 @@ class Supervisor:
 
     def restart(self):
         """Start the engine again under the stack's lock and record its identity in the state file."""
-        from stackgen.launch import launch_engine
+        from stackgen.run.native import launch_engine
 
         while True:
             if self.stopping:
@@ -324,9 +324,9 @@ class Supervisor:
 
     def mark_ready(self, st: ServiceState) -> None:
         """After a restart: record when the engine answered, and its executable (a wrapper may have exec'd)."""
-        from stackgen.launch import _exe
-
         import psutil
+
+        from stackgen.run.process import _exe
 
         try:
             self.sd.acquire(f"supervisor of {self.spec.name}: ready")
@@ -361,7 +361,7 @@ def _to_log(path: Path) -> None:
 
 
 def main() -> int:
-    from stackgen.launch import EngineLaunch
+    from stackgen.run.native import EngineLaunch
 
     line = sys.stdin.readline()
     sys.stdin.close()

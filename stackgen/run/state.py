@@ -67,7 +67,7 @@ class ServiceState:
     budget_s: float = 60.0
     ready_at: float | None = None
     tls: bool = False  # the engine serves HTTPS (serve.tls)
-    # Identity of a native leader beyond its pid (stackgen.launch checks all three before signalling anything):
+    # Identity of a native leader beyond its pid (stackgen.run.process checks all three before signalling anything):
     service_id: str | None = None  # the random STACKGEN_SERVICE_ID put in the engine's environment at start
     exe: str | None = None  # the leader's executable (/proc/PID/exe) once it is up
     start_ticks: int | None = None  # Linux: start time in clock ticks since boot (/proc/PID/stat field 22)
@@ -75,7 +75,7 @@ class ServiceState:
     model: str = ""
     context_tokens: int | None = None
     slots: int | None = None
-    # The native service's supervisor (stackgen.supervise): its identity, checked like the engine's before any
+    # The native service's supervisor (stackgen.run.supervise): its identity, checked like the engine's before any
     # signal, and the restart policy it applies ("on-failure" or "no").
     sup_pid: int | None = None
     sup_create_time: float | None = None

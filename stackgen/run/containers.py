@@ -17,7 +17,7 @@ from typing import Any
 from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan import ServicePlan
-from stackgen.state import ServiceState, StateDir, config_hash
+from stackgen.run.state import ServiceState, StateDir, config_hash
 
 LABEL = "dev.stackgen"
 API_TIMEOUT_S = 60

@@ -16,12 +16,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from stackgen import engines
 from stackgen.errors import LaunchError, StackgenError
-from stackgen.health import connection
-
+from stackgen.run.client import RequestResult, connection, stream_completion
+from stackgen.run.process import rss_tree
 
 _WORDS = ("the quick brown fox jumps over a lazy dog while seven small birds sing about rivers mountains "
           "and old cities under a pale morning sky").split()
@@ -61,71 +61,7 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     return best
 
 
-# ---------------------------------------------------------------------------------------------- SSE
-
-
-def iter_sse_data(lines: Iterable[bytes]) -> Iterator[str]:
-    """The `data:` payloads of a server-sent-events stream (multi-line data joined by newlines), stops at [DONE]."""
-    buf: list[str] = []
-    for raw in lines:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if line == "":
-            if buf:
-                payload = "\n".join(buf)
-                buf = []
-                if payload.strip() == "[DONE]":
-                    return
-                yield payload
-            continue
-        if line.startswith(":"):
-            continue  # comment / keep-alive
-        if line.startswith("data:"):
-            value = line[5:]
-            buf.append(value[1:] if value.startswith(" ") else value)
-    if buf:
-        payload = "\n".join(buf)
-        if payload.strip() != "[DONE]":
-            yield payload
-
-
-def chunk_text(obj: dict[str, Any]) -> str:
-    """The text a /v1/completions (or chat) stream chunk carries."""
-    choices = obj.get("choices") or []
-    if not choices:
-        return ""
-    c = choices[0] or {}
-    if "text" in c and c["text"]:
-        return str(c["text"])
-    delta = c.get("delta") or {}
-    return str(delta.get("content") or "")
-
-
 # ---------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class RequestResult:
-    ok: bool
-    error: str = ""
-    start: float = 0.0
-    ttft_s: float | None = None
-    token_times: list[float] = field(default_factory=list)  # arrival time of each token chunk
-    tokens: int = 0  # output tokens: the server's usage count when given, else token chunks
-    json_ok: bool | None = None  # schema-constrained requests: whether the output parsed as JSON
-
-    @property
-    def end(self) -> float:
-        return self.token_times[-1] if self.token_times else self.start
-
-    def itls(self) -> list[float]:
-        t = self.token_times
-        return [b - a for a, b in zip(t, t[1:])]
-
-    def decode_tokens_per_s(self) -> float | None:
-        t = self.token_times
-        if len(t) < 2 or t[-1] <= t[0]:
-            return None
-        return (len(t) - 1) / (t[-1] - t[0])
 
 
 @dataclass
@@ -300,68 +236,23 @@ def _all_engines():
     return list(engines.ENGINES.values())
 
 
-def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,
-                timeout: float = 120.0, tls: bool = False, constrain: dict[str, Any] | None = None) -> RequestResult:
+def request_fields(model: str, prompt: str, max_tokens: int,
+                   constrain: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body of bench's streaming /v1/completions request (no `model` when it is "": the server's one model)."""
     fields: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                               "temperature": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    if not model:
+        fields.pop("model")
     if constrain:  # a grammar ends the output when the object closes: ignoring EOS would leave no legal token
         fields.update(constrain)
         fields.pop("ignore_eos")
-    body = json.dumps(fields)
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    res = RequestResult(ok=False, start=time.perf_counter())
-    conn = connection(host, port, timeout, tls)
-    try:
-        conn.request("POST", "/v1/completions", body=body, headers=headers)
-        resp = conn.getresponse()
-        if resp.status != 200:
-            text = resp.read(300).decode("utf-8", errors="replace").strip().replace("\n", " ")
-            res.error = f"HTTP {resp.status}: {text[:200]}"
-            return res
-        chunks = 0
-        usage_tokens = None
-        text: list[str] = []
-        for payload in iter_sse_data(iter(resp.readline, b"")):
-            now = time.perf_counter()
-            try:
-                obj = json.loads(payload)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and obj.get("error"):
-                res.error = f"stream error: {str(obj['error'])[:200]}"
-                return res
-            usage = obj.get("usage") if isinstance(obj, dict) else None
-            if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-                usage_tokens = int(usage["completion_tokens"])
-            if isinstance(obj, dict) and chunk_text(obj):
-                text.append(chunk_text(obj))
-                chunks += 1
-                if res.ttft_s is None:
-                    res.ttft_s = now - res.start
-                res.token_times.append(now)
-        res.tokens = usage_tokens if usage_tokens is not None else chunks
-        if res.ttft_s is None:
-            res.error = "no tokens in the response"
-            return res
-        res.ok = True
-        if constrain:
-            res.json_ok = _parses("".join(text))
-        return res
-    except (OSError, http.client.HTTPException) as exc:
-        res.error = f"{type(exc).__name__}: {exc}"[:200]
-        return res
-    finally:
-        conn.close()
+    return fields
 
 
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
+def one_request(host: str, port: int, model: str, prompt: str, max_tokens: int, *, api_key: str | None = None,
+                timeout: float = 120.0, tls: bool = False, constrain: dict[str, Any] | None = None) -> RequestResult:
+    return stream_completion(host, port, request_fields(model, prompt, max_tokens, constrain), api_key=api_key,
+                             timeout=timeout, tls=tls, check_json=bool(constrain))
 
 
 class RssSampler:
@@ -413,6 +304,51 @@ def check_reachable(host: str, port: int, timeout: float = 5.0, tls: bool = Fals
                          f"start the service first (`stackgen up FILE`)") from None
 
 
+def drive(host: str, port: int, model: str, *, users: int, max_tokens: int, prompt_tokens: int = 0,
+          prompt: str | None = None, requests: int | None = None, duration_s: float | None = None,
+          api_key: str | None = None, pid: int | None = None, timeout: float = 120.0,
+          progress: Progress | None = None, tls: bool = False, constrain: dict[str, Any] | None = None
+          ) -> tuple[list[RequestResult], float, int | None]:
+    """The load itself: `users` threads, each with one streaming request in flight, until `requests` are done (or
+    `duration_s` has passed). `prompt` (the same for every request) or about `prompt_tokens` of varied text.
+    Returns the requests, the wall time and the peak RSS of `pid`'s tree. `bench` and `up --verify` both run it."""
+    if requests is None and duration_s is None:
+        requests = users * 4
+    lock = threading.Lock()
+    results: list[RequestResult] = []
+    issued = [0]
+    planned = requests if requests is not None else -1
+    deadline = time.perf_counter() + duration_s if duration_s is not None else None
+    # Bound every loop: even in duration mode, at most this many requests.
+    cap = requests if requests is not None else max(users, 1) * 100_000
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if issued[0] >= cap or (deadline is not None and time.perf_counter() >= deadline):
+                    return
+                index = issued[0]
+                issued[0] += 1
+            text = make_prompt(prompt_tokens, index) if prompt is None else prompt
+            r = one_request(host, port, model, text, max_tokens, api_key=api_key,
+                            timeout=timeout, tls=tls, constrain=constrain)
+            with lock:
+                results.append(r)
+                done, errs = len(results), sum(1 for x in results if not x.ok)
+            if progress:
+                progress(done, planned, errs)
+
+    with RssSampler(pid) as rss:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, daemon=True, name=f"bench-user-{i}") for i in range(users)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+    return results, wall, rss.peak
+
+
 def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int, max_tokens: int,
              requests: int | None = None, duration_s: float | None = None, api_key: str | None = None,
              pid: int | None = None, timeout: float = 120.0, progress: Progress | None = None,
@@ -431,40 +367,12 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
         raise BenchError("--duration must be positive")
     constrain = schema_fields(engine, json_schema) if json_schema is not None else None
     check_reachable(host, port, tls=tls)
-    lock = threading.Lock()
-    results: list[RequestResult] = []
-    issued = [0]
-    planned = requests if requests is not None else -1
-    deadline = time.perf_counter() + duration_s if duration_s is not None else None
-    # Bound every loop: even in duration mode, at most this many requests.
-    cap = requests if requests is not None else max(users, 1) * 100_000
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if issued[0] >= cap or (deadline is not None and time.perf_counter() >= deadline):
-                    return
-                index = issued[0]
-                issued[0] += 1
-            r = one_request(host, port, model, make_prompt(prompt_tokens, index), max_tokens, api_key=api_key,
-                            timeout=timeout, tls=tls, constrain=constrain)
-            with lock:
-                results.append(r)
-                done, errs = len(results), sum(1 for x in results if not x.ok)
-            if progress:
-                progress(done, planned, errs)
-
-    with RssSampler(pid) as rss:
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker, daemon=True, name=f"bench-user-{i}") for i in range(users)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+    results, wall, peak = drive(host, port, model, users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
+                                requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
+                                progress=progress, tls=tls, constrain=constrain)
     return summarize(results, wall_s=wall, service=service, engine=engine, url=f"http://{host}:{port}/v1/completions",
                      model=model, users=users, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
-                     peak_rss=rss.peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes,
+                     peak_rss=peak, predicted_tps=predicted_tps, predicted_host_bytes=predicted_host_bytes,
                      json_schema=constrain is not None, forecast=forecast)
 
 
@@ -472,11 +380,11 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
 
 
 def service_state(stack_file: str | Path, service: str) -> dict[str, Any]:
-    """What `stackgen up` recorded for a service in the stack's state (stackgen.state; {} if nothing)."""
+    """What `stackgen up` recorded for a service in the stack's state (stackgen.run.state; {} if nothing)."""
     from dataclasses import asdict
 
     from stackgen.errors import StackgenError
-    from stackgen.state import StateDir
+    from stackgen.run.state import StateDir
 
     try:
         st = StateDir(stack_file).load().services.get(service)
@@ -613,17 +521,3 @@ def plot(results: list[BenchResult], out: str | Path) -> Path:
     finally:
         plt.close(fig)
     return out
-
-
-def rss_tree(pid: int) -> int:
-    """Resident memory of a process and all its children (an engine may fork workers); psutil.Error if gone."""
-    import psutil
-
-    p = psutil.Process(pid)
-    total = p.memory_info().rss
-    for c in p.children(recursive=True):
-        try:
-            total += c.memory_info().rss
-        except psutil.Error:
-            pass  # a child that exited between listing and reading
-    return total

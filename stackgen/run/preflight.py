@@ -1,0 +1,93 @@
+"""Checks before `up` starts anything: ports free (or held by the stack itself), model files present, memory."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from stackgen.plan import ServicePlan
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when nothing could bind host:port now (a listener holds it). SO_REUSEADDR ignores TIME_WAIT leftovers."""
+    from stackgen.run.client import connect_host
+
+    addr = connect_host(host) if host not in ("0.0.0.0", "::") else host
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_holder(port: int) -> tuple[int | None, str]:
+    """(pid, process name) of whoever listens on `port`; (None, '') when unknown."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        conns = []
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+            if c.pid:
+                try:
+                    return c.pid, psutil.Process(c.pid).name()
+                except psutil.Error:
+                    return c.pid, "?"
+    return None, ""
+
+
+def check_ports(sps: list[ServicePlan], exempt_pids: set[int]) -> list[str]:
+    problems = []
+    for sp in sps:
+        if not port_in_use(sp.host, sp.port):
+            continue
+        pid, name = port_holder(sp.port)
+        if pid is not None and pid in exempt_pids:
+            continue
+        who = f"pid {pid} ({name})" if pid else "another process (its pid is not visible to this user)"
+        problems.append(f"service {sp.name}: port {sp.port} is already in use by {who}; stop it or set "
+                        f"services.{sp.name}.port to a free port")
+    return problems
+
+
+def _wait_ports_free(sps: list[ServicePlan], timeout_s: float) -> None:
+    """A multi-threaded engine whose main thread has exited looks like a zombie while its other threads still
+    close their sockets: give its ports a moment to be released before calling them taken."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(port_in_use(sp.host, sp.port) for sp in sps):
+        time.sleep(0.1)
+
+
+def check_models(sps: list[ServicePlan]) -> list[str]:
+    problems = []
+    for sp in sps:
+        path = sp.model.path
+        if path and not Path(path).exists():
+            problems.append(f"service {sp.name}: model {path} does not exist")
+    return problems
+
+
+def check_memory(sps: list[ServicePlan], freed_bytes: int = 0) -> list[str]:
+    import psutil
+
+    need = sum(sp.memory.host_bytes for sp in sps)
+    if not need:
+        return []
+    avail = psutil.virtual_memory().available + freed_bytes
+    if need <= avail:
+        return []
+    names = ", ".join(sp.name for sp in sps)
+    return [f"not enough free memory: {names} need {need / 2**30:.2f} GiB of RAM by the plan, this machine has "
+            f"{avail / 2**30:.2f} GiB available now; stop other programs, lower concurrent_users or "
+            f"context_tokens, or pass --no-memory-check"]
+
+
+# ---------------------------------------------------------------------------------------------- diagnosis
+
+
