@@ -1,4 +1,4 @@
-"""Time stackgen.gguf.read_gguf_header against gguf.GGUFReader on Gemma 3 270M.
+"""Time stackgen.models.gguf.read_gguf_header against gguf.GGUFReader on Gemma 3 270M.
 
 Usage: python benchmarks/bench_gguf_header.py [--path FILE] [--runs 7] [--ref-runs 3] [--write]
 
@@ -26,7 +26,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stackgen.gguf import read_gguf_header  # noqa: E402
+from stackgen.models.gguf import read_gguf_header  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "gguf_header.md"
 
@@ -85,7 +85,7 @@ def main() -> int:
     h = read_gguf_header(path)
     ours_med, ref_med = statistics.median(ours), statistics.median(ref)
     rows = [
-        ("stackgen.gguf.read_gguf_header", args.runs, ours_med, min(ours), max(ours)),
+        ("stackgen.models.gguf.read_gguf_header", args.runs, ours_med, min(ours), max(ours)),
         ("gguf.GGUFReader", args.ref_runs, ref_med, min(ref), max(ref)),
     ]
     table = ["| reader | runs | median s | min s | max s |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -109,7 +109,7 @@ def write_results(
     except (OSError, subprocess.CalledProcessError):
         uname = " ".join(platform.uname())
     lines = [
-        "# GGUF header read: stackgen.gguf vs gguf.GGUFReader",
+        "# GGUF header read: stackgen.models.gguf vs gguf.GGUFReader",
         "",
         "Produced by `python benchmarks/bench_gguf_header.py --write`.",
         "",

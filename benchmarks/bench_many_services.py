@@ -1,5 +1,5 @@
 """Validate (load_stack) and plan a stack of N services that all use one local GGUF, with and without the header
-cache in stackgen.models (issue 10.7: 10,000 services re-read the same header 10,000 times, 287 s to validate).
+cache in stackgen.models.facts (issue 10.7: 10,000 services re-read the same header 10,000 times, 287 s to validate).
 
 Usage: python benchmarks/bench_many_services.py [--services 10000] [--uncached 1000] [--path FILE] [--write]
 
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stackgen import gguf, models  # noqa: E402
-from stackgen.spec import load_stack  # noqa: E402
+from stackgen.models import facts as models, gguf  # noqa: E402
+from stackgen.spec.stack import load_stack  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "many_services.md"
 

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from stackgen import speed  # noqa: E402
-from stackgen.memory import GIB  # noqa: E402
+from stackgen.plan import speed  # noqa: E402
+from stackgen.plan.memory import GIB  # noqa: E402
 from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_vllm_case,  # noqa: E402
                          predict_vllm_kv_case)
 
@@ -115,7 +115,7 @@ def main() -> None:
                       "(every case cites its public thread and quotes its log lines). Memory: vLLM startup profiles "
                       "against stackgen's terms; Ollama's logged estimate against the port of its estimator "
                       "(stackgen/engines/ollama_estimate.py, v0.12.10); llama.cpp KV/compute against memory.py. "
-                      "Speed: single-stream decode per backend; `fitted` points made the fit in stackgen/speed.py, "
+                      "Speed: single-stream decode per backend; `fitted` points made the fit in stackgen/plan/speed.py, "
                       "`held out` points did not and check it. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",
                       "## vLLM V1 KV capacity (per-token KV term, GiB)", *vllm_kv_rows(), "",

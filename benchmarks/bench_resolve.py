@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from stackgen.hub import resolve_remote  # noqa: E402
-from stackgen.remote import HttpClient  # noqa: E402
+from stackgen.models.hub import resolve_remote  # noqa: E402
+from stackgen.models.remote import HttpClient  # noqa: E402
 from tools.hub_server import Hub, HubServer, OnDisk, Repo  # noqa: E402
 
 

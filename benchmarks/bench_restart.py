@@ -25,13 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stackgen.hardware import detect  # noqa: E402
+from stackgen.host.facts import detect  # noqa: E402
 from stackgen.run.readiness import Endpoint, complete  # noqa: E402
 from stackgen.run.lifecycle import down, status  # noqa: E402
 from stackgen.run.results import UpOptions  # noqa: E402
 from stackgen.run.up import up  # noqa: E402
-from stackgen.resolve import resolve  # noqa: E402
-from stackgen.spec import load_stack  # noqa: E402
+from stackgen.plan.resolve import resolve  # noqa: E402
+from stackgen.spec.stack import load_stack  # noqa: E402
 from stackgen.run.state import StateDir  # noqa: E402
 from stackgen.run.supervise import RestartPolicy  # noqa: E402
 

@@ -26,8 +26,8 @@ from stackgen.run.bench import _WORDS, one_request, percentile  # noqa: E402
 from tests.tools.fleet import Fleet, plan_for  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
-from stackgen.capacity import fleet_curves, simulate_service  # noqa: E402
-from stackgen.simulate import simulate  # noqa: E402
+from stackgen.plan.capacity import fleet_curves, simulate_service  # noqa: E402
+from stackgen.plan.simulate import simulate  # noqa: E402
 
 STACK = """version: 1
 name: scale-bench

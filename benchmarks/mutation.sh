@@ -5,10 +5,10 @@
 # Not in CI: a full run takes tens of minutes on 2 cores. Run it before resolving planner work.
 #
 #   bash benchmarks/mutation.sh                         # both modules, one after the other
-#   MUTATION_MODULES=stackgen/plan/memory.py bash benchmarks/mutation.sh   # after a move: the paths are settings
+#   MUTATION_MODULES=stackgen/plan/plan/memory.py bash benchmarks/mutation.sh   # after a move: the paths are settings
 #
 # Settings (environment):
-#   MUTATION_MODULES       files to mutate, space-separated (default: stackgen/memory.py stackgen/resolve.py)
+#   MUTATION_MODULES       files to mutate, space-separated (default: stackgen/plan/memory.py stackgen/plan/resolve.py)
 #   MUTATION_TESTS         pytest selection run against each mutant (default: the planner's unit tests below)
 #   MUTATION_MAX_CHILDREN  mutmut --max-children (default 2: the CI host has 2 cores)
 #   MUTATION_VENV          venv that has stackgen and its test extras (default .venv); mutmut is installed into it
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-MODULES=${MUTATION_MODULES:-"stackgen/memory.py stackgen/resolve.py"}
+MODULES=${MUTATION_MODULES:-"stackgen/plan/memory.py stackgen/plan/resolve.py"}
 TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_plan_json_nofit.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
 CHILDREN=${MUTATION_MAX_CHILDREN:-2}
 VENV=${MUTATION_VENV:-.venv}

@@ -175,7 +175,7 @@ def _said_lock(path: Path) -> None:
 @guarded
 def validate(file: Optional[Path] = FileArg, file_opt: Optional[Path] = FileOpt) -> int:
     """Check a stack file; print FILE:LINE:COL: field: message for every problem."""
-    from stackgen.spec import load_stack
+    from stackgen.spec.stack import load_stack
 
     path = stack_path(file, file_opt)
     stack = load_stack(path)
@@ -205,7 +205,7 @@ def plan(
     if as_json:
         typer.echo(json.dumps(p.to_json(), indent=2))
     else:
-        from stackgen.report import plan_text
+        from stackgen.plan.report import plan_text
 
         typer.echo(plan_text(p))
     return 0
@@ -215,7 +215,7 @@ def plan(
 @guarded
 def schema() -> int:
     """Print the JSON Schema of stack.yaml (for editors: `# yaml-language-server: $schema=...`)."""
-    from stackgen.spec import json_schema
+    from stackgen.spec.stack import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
     return 0

@@ -20,7 +20,7 @@ from stackgen.errors import PlanError, StackgenError
 
 def load_host(host_facts: Optional[Path]):
     """A recorded host (`--host-facts FILE`), or this machine detected."""
-    from stackgen.hardware import HostFacts, detect
+    from stackgen.host.facts import HostFacts, detect
 
     if host_facts is not None:
         try:
@@ -32,7 +32,7 @@ def load_host(host_facts: Optional[Path]):
 
 def _recorded_or_none(host_facts: Optional[Path]):
     """A host is only needed for `hardware: detect`; skip probing otherwise."""
-    from stackgen.hardware import HostFacts
+    from stackgen.host.facts import HostFacts
 
     if host_facts is not None:
         return load_host(host_facts)
@@ -45,8 +45,8 @@ def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool =
     (no lock file yet) gets its stack.lock, so the next plan needs no network (`render --check` passes False: it
     writes nothing); `on_lock` is told the lock file's path when one is written. `calibration`: a detected host
     (`hardware: detect`, no --host-facts) uses the stored `stackgen calibrate` measurement of this machine."""
-    from stackgen.resolve import resolve
-    from stackgen.spec import load_stack
+    from stackgen.plan.resolve import resolve
+    from stackgen.spec.stack import load_stack
 
     stack = load_stack(file)
     if write_lock and stack.remote is not None and stack.remote.should_write():
@@ -56,7 +56,7 @@ def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool =
     host = load_host(host_facts) if stack.hardware is None else _recorded_or_none(host_facts)
     reason = None
     if calibration and stack.hardware is None and host_facts is None:
-        from stackgen import calibration as cal
+        from stackgen.host import calibration as cal
 
         host, reason = cal.apply(host, cal.load())
     plan = resolve(stack, host)
@@ -72,8 +72,8 @@ def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = N
     """Everything `render` would write, without touching the disk (invalid input raises before any write).
     `probe`: also ask the installed engine binary's --help (a host probe, so off by default: what render writes must
     not depend on PATH; `up` and `doctor` check the binary)."""
-    from stackgen.flagcheck import check_plan
-    from stackgen.render import RenderContext, render_plan
+    from stackgen.engines.flagcheck import check_plan
+    from stackgen.render.artifact import RenderContext, render_plan
 
     stack, plan = plan_stack(stack_file, host_facts, write_lock=write_lock, on_lock=on_lock)
     # A renamed or removed flag must fail here, not as a service that will not start.
@@ -115,8 +115,8 @@ def stack_text(*, name: str, hardware: Any, workload: str, model: str, schema: s
 
 def plan_text(text: str, path: Path, profiles: Any, host: Any):
     """The plan of a stack given as text (not on disk), with `path` naming it in messages."""
-    from stackgen.resolve import resolve
-    from stackgen.spec import bind, parse_document, validate_document
+    from stackgen.plan.resolve import resolve
+    from stackgen.spec.stack import bind, parse_document, validate_document
 
     doc = parse_document(text, str(path))
     spec = validate_document(doc, str(path))

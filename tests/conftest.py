@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stackgen.hardware import HostFacts
-from stackgen.spec import CPUSpec, HardwareSpec
+from stackgen.host.facts import HostFacts
+from stackgen.spec.stack import CPUSpec, HardwareSpec
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from stackgen.memory import GIB, VLLM_NON_TORCH_GIB, VLLM_NON_TORCH_TP_GIB, vllm_activation_bytes
+from stackgen.plan.memory import GIB, VLLM_NON_TORCH_GIB, VLLM_NON_TORCH_TP_GIB, vllm_activation_bytes
 
 
 def predict_vllm_case(c: dict) -> dict:
@@ -40,7 +40,7 @@ def predict_ollama_case(c: dict) -> dict:
 
 def predict_llamacpp_case(c: dict) -> dict:
     """llama.cpp's KV cache and compute buffer by stackgen's rules (MiB), for a logged context."""
-    from stackgen.memory import MIB, llamacpp_compute_bytes, llamacpp_kv_bytes, llamacpp_kq_scratch_bytes
+    from stackgen.plan.memory import MIB, llamacpp_compute_bytes, llamacpp_kv_bytes, llamacpp_kq_scratch_bytes
     m = c["model"]
     model = SimpleNamespace(layers=m["layers"], hidden=m["hidden"], ffn=m["ffn"], heads=m["heads"],
                             kv_heads=m["kv_heads"], head_dim_k=m["head_dim"], head_dim_v=m.get("head_dim_v", m["head_dim"]),
@@ -56,9 +56,9 @@ def predict_llamacpp_case(c: dict) -> dict:
 
 
 def predict_vllm_kv_case(c: dict) -> dict:
-    """The plan's vLLM KV term (stackgen.memory.vllm_kv_bytes_per_request) for a V1 capacity line: the bytes the
+    """The plan's vLLM KV term (stackgen.plan.memory.vllm_kv_bytes_per_request) for a V1 capacity line: the bytes the
     logged token count needs on one rank, or the bytes max_model_len needs and whether the available memory holds it."""
-    from stackgen.memory import vllm_kv_bytes_per_request
+    from stackgen.plan.memory import vllm_kv_bytes_per_request
     m = c["model"]
     model = SimpleNamespace(kv_heads=m["kv_heads"], head_dim_k=m["head_dim"], head_dim_v=m["head_dim"],
                             full_attention_layers=m["layers"], swa_layers=0, sliding_window=None)

@@ -19,17 +19,17 @@ PKG = Path(__file__).resolve().parent.parent / "stackgen"
 # (module, top-level symbol): data that names engines by design.
 ALLOWED = {
     # The decision table: which engines each hardware x workload row prefers, in order, with reasons.
-    ("stackgen/resolve.py", "DECISION_TABLE"),
+    ("stackgen/plan/resolve.py", "DECISION_TABLE"),
     # The decision table's reasons: why an engine that could serve the model ranked below the chosen one.
-    ("stackgen/resolve.py", "_ranked_below"),
+    ("stackgen/plan/resolve.py", "_ranked_below"),
     # The multi-node decision (docs/multinode.md): which engines split one model over machines, in which order,
     # and what every node must be for each: a second decision table, data like the first.
-    ("stackgen/resolve.py", "MULTINODE_TABLE"),
+    ("stackgen/plan/resolve.py", "MULTINODE_TABLE"),
     # The decode model's fitted constants per backend (cited public figures), keyed as the fits name them.
-    ("stackgen/speed.py", "BACKENDS"),
+    ("stackgen/plan/speed.py", "BACKENDS"),
     # Names of data that happen to equal an engine's: the Ollama registry as a model source, the catalog's MLX key.
-    ("stackgen/models.py", "OLLAMA_REGISTRY"),
-    ("stackgen/models.py", "MLX_SIZES_KEY"),
+    ("stackgen/models/facts.py", "OLLAMA_REGISTRY"),
+    ("stackgen/models/facts.py", "MLX_SIZES_KEY"),
 }
 
 

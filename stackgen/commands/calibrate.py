@@ -13,7 +13,7 @@ def calibrate(
     show: bool = typer.Option(False, "--show", help="Print the stored calibration and its file; measure nothing."),
 ) -> int:
     """Measure this machine's system RAM bandwidth and store it (per user) for `plan` with `hardware: detect`."""
-    from stackgen import calibration as cal
+    from stackgen.host import calibration as cal
 
     if show:
         stored = cal.load()

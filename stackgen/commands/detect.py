@@ -32,7 +32,7 @@ def detect(
     measure: bool = typer.Option(False, "--measure", help="Measure system RAM bandwidth (a few hundred ms)."),
 ) -> int:
     """Print this machine as an inline hardware profile (YAML), or as HostFacts JSON with --json."""
-    from stackgen.detect import detect_host
+    from stackgen.host.detect import detect_host
 
     host = detect_host(measure=measure)
     typer.echo(host.to_json() if as_json else hardware_yaml(host).rstrip("\n"))
@@ -88,9 +88,9 @@ def init(
     measure: bool = typer.Option(False, "--measure", help="Measure system RAM bandwidth while detecting."),
 ) -> int:
     """Write a starter stack.yaml for this machine: detected hardware, a workload and a model that fits."""
-    from stackgen.hardware import HostFacts
-    from stackgen.profiles import load_profiles
-    from stackgen.report import plan_text
+    from stackgen.host.facts import HostFacts
+    from stackgen.spec.profiles import load_profiles
+    from stackgen.plan.report import plan_text
 
     target = directory / "stack.yaml"
     if target.exists() and not force:
@@ -112,7 +112,7 @@ def init(
         if host_facts is not None:
             host = _host(host_facts)
         else:
-            from stackgen.detect import detect_host
+            from stackgen.host.detect import detect_host
 
             host = detect_host(measure=measure)
         hw_ref, notes = host.hardware, host.notes

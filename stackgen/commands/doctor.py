@@ -13,13 +13,13 @@ from stackgen.cli import FileArg, FileOpt, HostOpt, _host, app, guarded, load_an
 def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = False, memory: bool = True,
                 ports: bool = True):
     """(plan, report) for the stack on this host (or a recorded one): binary, flags, GPUs, CPU, memory, ports."""
-    from stackgen.hostcheck import check_host
+    from stackgen.host.check import check_host
 
     stack, plan = load_and_plan(file, host_facts)
     stated = plan.hardware if stack.hardware is not None else None
     host = _host(host_facts) if (stated is not None or memory) else None
     if host is None:
-        from stackgen.hardware import HostFacts
+        from stackgen.host.facts import HostFacts
 
         host = HostFacts(plan.hardware)  # `hardware: detect` and nothing needing free memory: the plan's own host
     report = check_host(plan, host, Path(file).resolve().parent, stated, containers=containers, memory=memory,
@@ -36,7 +36,7 @@ def doctor(
     host_facts: Optional[Path] = HostOpt,
 ) -> int:
     """Check this host against the stack: engine binary and its flags, GPUs, CPU, free memory, free ports."""
-    from stackgen.hostcheck import HostMismatch
+    from stackgen.host.check import HostMismatch
 
     plan, report = host_report(stack_path(file, file_opt), host_facts, containers=containers)
     typer.echo(f"stack {plan.stack_name} on {plan.hardware_label}:")

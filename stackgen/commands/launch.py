@@ -78,7 +78,7 @@ def _policy(restart: str):
 def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, force, as_json, host_facts, restart,
         restart_services: bool) -> int:
     from stackgen.commands.doctor import host_report
-    from stackgen.hostcheck import mismatch_error
+    from stackgen.host.check import mismatch_error
     from stackgen.run.results import UpOptions
     from stackgen.run.up import up as do_up
     from stackgen.run.state import StateDir

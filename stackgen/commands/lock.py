@@ -22,8 +22,8 @@ def lock(
     sizes and the facts the planner uses. `plan` and `render` then read the lock and never touch the network.
     With --catalog, catalog names are pinned too (through the same resolver); `--upgrade` re-pins the ones the lock
     already pins."""
-    from stackgen.lock import RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock, write_lock
-    from stackgen.spec import load_stack
+    from stackgen.models.lock import RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock, write_lock
+    from stackgen.spec.stack import load_stack
 
     path = lock_path_for(file)
     old = read_lock(path) if path.is_file() else {}

@@ -35,7 +35,7 @@ def render(
                                "every planned flag (as `up` and `doctor` do)."),
 ) -> int:
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
-    from stackgen.render import check_tree, write_tree
+    from stackgen.render.artifact import check_tree, write_tree
 
     path = stack_path(file, file_opt)
     out_dir = out if out is not None else default_out_dir(path)

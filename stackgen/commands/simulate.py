@@ -32,7 +32,7 @@ def simulate(
     host_facts: Optional[Path] = HostOpt,
 ) -> int:
     """Simulate the workload's users against the planned fleet: p50/p95 TTFT, tokens/s per user, utilization."""
-    from stackgen.capacity import simulate_service
+    from stackgen.plan.capacity import simulate_service
 
     _, plan = load_and_plan(file, host_facts)
     rows = []

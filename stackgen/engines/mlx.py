@@ -5,9 +5,9 @@ from __future__ import annotations
 from stackgen.engines._formats import mlx_for
 from stackgen.engines.base import (Engine, FlagSource, Knob, LaunchContext, Readiness, Unsupported, Weights, _int,
                                    apply_overrides)
-from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx, with_rope
-from stackgen.models import LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.plan.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_mlx, with_rope
+from stackgen.models.facts import LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 
 class Mlx(Engine):
@@ -92,6 +92,6 @@ class Mlx(Engine):
         return {"HOME": state, "HF_HOME": f"{cache}/huggingface"}
 
     def extra_files(self, plan, ctx, stack_dir) -> list:
-        from stackgen.engine_files import mlx_files
+        from stackgen.render.engine_files import mlx_files
 
         return mlx_files(plan, ctx)

@@ -9,10 +9,10 @@ from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ContainerImage, Engine, Knob, LaunchContext, Readiness, Unsupported, Weights,
                                    _count, _flash, _int, _layers)
 from stackgen.errors import RenderError
-from stackgen.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
+from stackgen.plan.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
                              with_rope)
-from stackgen.models import GIB, LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.models.facts import GIB, LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 # Keys a Modelfile PARAMETER accepts (api/types.go Options + Runner).
 PARAMETERS = {
@@ -190,9 +190,9 @@ class Ollama(Engine):
         (engine_files.render_modelfile: one builder), with FROM naming the weights as this host sees them."""
         from pathlib import Path
 
-        from stackgen.artifact_paths import local_weights
-        from stackgen.engine_files import render_modelfile
-        from stackgen.render import RenderContext
+        from stackgen.render.paths import local_weights
+        from stackgen.render.engine_files import render_modelfile
+        from stackgen.render.artifact import RenderContext
 
         stack_dir = Path(stack_file).parent
         local = local_weights(plan)
@@ -216,7 +216,7 @@ class Ollama(Engine):
         return {"HOME": state, "OLLAMA_MODELS": f"{state}/models"}
 
     def extra_files(self, plan, ctx, stack_dir) -> list:
-        from stackgen.engine_files import ollama_files
+        from stackgen.render.engine_files import ollama_files
 
         return ollama_files(plan, ctx, stack_dir)
 
@@ -228,7 +228,7 @@ class Ollama(Engine):
     def check_settings(self, plan) -> None:
         """Ollama has no flags: the daemon variables stackgen passes and every override (a variable or a Modelfile
         PARAMETER) must be one current releases read."""
-        from stackgen.ollama_modelfile import check_parameter
+        from stackgen.engines.ollama_modelfile import check_parameter
 
         for key in sorted(plan.env):
             if key in REMOVED_ENV or key not in ENV_VARS:

@@ -35,10 +35,10 @@ from stackgen.engines._formats import hf_for
 from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
                                    Unsupported, Weights, _choice, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
-from stackgen.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
+from stackgen.plan.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
                              context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request)
-from stackgen.models import GIB, LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.models.facts import GIB, LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 VERSION = "0.5.23"  # the release the flag table (profiles/engines/sglang.yaml) and the rules here are read from
 

@@ -8,9 +8,9 @@ from stackgen.engines._formats import hf_for
 from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
                                    Unsupported, Weights, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
-from stackgen.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, plan_vllm_multinode, with_rope
-from stackgen.models import LongContext, ModelFacts
-from stackgen.spec import HardwareSpec, WorkloadSpec
+from stackgen.plan.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, plan_vllm_multinode, with_rope
+from stackgen.models.facts import LongContext, ModelFacts
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
            "-q": "--quantization"}
@@ -97,7 +97,7 @@ class Vllm(Engine):
                 f"has the same {mem.tensor_parallel} CUDA GPUs")
 
     def multinode_network(self, model, workload, roles, mem) -> tuple[str, ...]:
-        from stackgen.plan import RAY_PORT  # stackgen.plan imports the engines
+        from stackgen.plan.plan import RAY_PORT  # stackgen.plan.plan imports the engines
 
         h, users, prompt = model.hidden, workload.concurrent_users, workload.prompt_tokens
         hops = len(roles) - 1

@@ -94,7 +94,7 @@ class BenchResult:
     findings: list[str] = field(default_factory=list)
     json_schema: bool = False  # every request carried the --json-schema schema
     invalid_json: int = 0  # constrained outputs that did not parse as JSON
-    # The per-backend speed model (stackgen/speed.py) at this run's concurrency, and its stated error.
+    # The per-backend speed model (stackgen/plan/speed.py) at this run's concurrency, and its stated error.
     predicted_per_user_tokens_per_s: float | None = None
     predicted_aggregate_tokens_per_s: float | None = None
     predicted_ttft_s: float | None = None
@@ -425,7 +425,7 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
     n_users = users or wl.concurrent_users
     forecast = None
     if sp.topology is None:
-        from stackgen.speed import service_forecast
+        from stackgen.plan.speed import service_forecast
         forecast = service_forecast(sp.engine, sp.model, sp.memory, plan.hardware, users=n_users,
                                     prompt_tokens=wl.prompt_tokens, threads=sp.threads,
                                     avg_context=min(sp.memory.context_per_request,

@@ -16,7 +16,7 @@ from typing import Any
 
 from stackgen import engines
 from stackgen.errors import LaunchError
-from stackgen.plan import ServicePlan
+from stackgen.plan.plan import ServicePlan
 from stackgen.run.state import ServiceState, StateDir, config_hash
 
 LABEL = "dev.stackgen"
@@ -69,7 +69,7 @@ def container_name(stack: str, service: str) -> str:
 
 def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> ContainerSpec:
     """The Docker API call for one service, from the neutral container spec the compose target writes too."""
-    from stackgen.container_spec import CAP_DROP, SECURITY_OPT, container_for
+    from stackgen.render.container_spec import CAP_DROP, SECURITY_OPT, container_for
     from stackgen.errors import RenderError
 
     engine = engines.get(sp.engine)

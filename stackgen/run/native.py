@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from stackgen import engines
 from stackgen.errors import LaunchError
-from stackgen.plan import ServicePlan
+from stackgen.plan.plan import ServicePlan
 from stackgen.run.client import Endpoint, api_key_from_env
 from stackgen.run.process import (
     MARKER_ENV,
@@ -58,8 +58,8 @@ def endpoint_from_state(st: ServiceState) -> Endpoint:
 
 
 def resolve_binary(sp: ServicePlan, stack_dir: Path) -> str:
-    """The engine binary by the one rule run.sh also follows (stackgen.binaries)."""
-    from stackgen.binaries import find
+    """The engine binary by the one rule run.sh also follows (stackgen.host.binaries)."""
+    from stackgen.host.binaries import find
 
     try:
         return find(sp.engine, sp.spec.binary, stack_dir)

@@ -6,7 +6,7 @@ import socket
 import time
 from pathlib import Path
 
-from stackgen.plan import ServicePlan
+from stackgen.plan.plan import ServicePlan
 
 
 def port_in_use(host: str, port: int) -> bool:

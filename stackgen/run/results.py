@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from stackgen.errors import LaunchError
-from stackgen.plan import ServicePlan
+from stackgen.plan.plan import ServicePlan
 from stackgen.run.process import GRACE_S
 from stackgen.run.state import ServiceState, StateDir
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from stackgen.errors import LaunchError
 from stackgen.run.state import ServiceState, StateDir, open_log, tail
-from stackgen.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
+from stackgen.render.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 HANDSHAKE_S = 60.0
 CLEAN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE)

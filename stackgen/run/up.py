@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stackgen import engines
 from stackgen.errors import LaunchError
-from stackgen.plan import Plan, ServicePlan
+from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.run.bench import drive, summarize
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services

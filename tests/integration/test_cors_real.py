@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import urllib.request
 
-from stackgen.hardware import HostFacts
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 
 
 def _plan_argv(tmp_path, model: str, engine: str, binary: str, port: int, cors: str = "") -> list[str]:

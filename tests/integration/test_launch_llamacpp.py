@@ -128,12 +128,12 @@ def test_sigkilled_llama_server_comes_back_and_a_crash_loop_stops(tmp_path, llam
                                                                   stack_cleanup, wait_gone):
     """The restart policy on the real engine: SIGKILL -> its supervisor starts it again after the backoff and it
     answers completions; killed again and again, it is given up after the bounded restarts and shows crashed."""
-    from stackgen.hardware import detect
+    from stackgen.host.facts import detect
     from stackgen.run.lifecycle import status
     from stackgen.run.results import UpOptions
     from stackgen.run.up import up
-    from stackgen.resolve import resolve
-    from stackgen.spec import load_stack
+    from stackgen.plan.resolve import resolve
+    from stackgen.spec.stack import load_stack
     from stackgen.run.supervise import RestartPolicy
 
     port = free_port()

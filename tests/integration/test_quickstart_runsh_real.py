@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stackgen.binaries import find
+from stackgen.host.binaries import find
 from stackgen.commands.render import render_artifacts
-from stackgen.render import write_tree
+from stackgen.render.artifact import write_tree
 
 from conftest import REPO, missing
 

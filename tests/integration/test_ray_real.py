@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from stackgen.cli import load_and_plan
-from stackgen.render import RenderContext, render_plan, write_tree
+from stackgen.render.artifact import RenderContext, render_plan, write_tree
 
 CPU_NO_RAY = "current platform cpu does not support ray."
 NODE_LINE = re.compile(r"^\s*\d+\s+node_[0-9a-f]+\s*$", re.M)
@@ -255,7 +255,7 @@ def render_two_cpu_nodes(tmp_path: Path, h: Hosts, vllm_bin: Path, tiny: Path, p
     every node") and a tiny model fits one node anyway, so the test applies the split the planner would write for
     two identical GPU nodes (PP = 2, one layer per stage, Ray executor) through the planner's own `_topology`, then
     renders the script, systemd and kubernetes targets from that plan."""
-    from stackgen.resolve import _topology
+    from stackgen.plan.resolve import _topology
 
     stack_path = tmp_path / "stack.yaml"
     a, b = h.addrs

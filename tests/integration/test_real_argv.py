@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from stackgen import engines, flagcheck
+from stackgen import engines
+from stackgen.engines import flagcheck
 from stackgen.engines.base import LaunchContext
-from stackgen.hardware import HostFacts
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))

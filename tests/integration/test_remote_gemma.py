@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from tools.hub_server import Hub, HubServer, OnDisk, Repo
 
-from stackgen.hub import resolve_remote
-from stackgen.lock import facts_from_resolved
-from stackgen.models import resolve_model
-from stackgen.remote import HttpClient
+from stackgen.models.hub import resolve_remote
+from stackgen.models.lock import facts_from_resolved
+from stackgen.models.facts import resolve_model
+from stackgen.models.remote import HttpClient
 
 
 def test_gemma_gguf_over_range_matches_the_local_file(gguf_path, tmp_path):

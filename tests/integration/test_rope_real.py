@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stackgen.hardware import HostFacts
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 from tools.yarn_fixture import yarn_gguf
 from tools.stacks import CPU_HOST
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stackgen.run.bench import one_request
-from stackgen.render import RenderContext, render_plan, write_tree
+from stackgen.render.artifact import RenderContext, render_plan, write_tree
 from tools.fleet import Fleet, plan_for
 
 from conftest import missing

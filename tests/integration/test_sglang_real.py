@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from conftest import missing, read_engines_env
-from stackgen import engines, flagcheck
+from stackgen import engines
+from stackgen.engines import flagcheck
 from stackgen.engines.base import LaunchContext
 from stackgen.engines.sglang import LAUNCHER
 from stackgen.errors import PlanError
-from stackgen.hardware import HostFacts
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 
 REPO = Path(__file__).resolve().parents[2]
 PARSE = REPO / "tests" / "tools" / "sglang_parse.py"

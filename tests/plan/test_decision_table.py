@@ -1,5 +1,5 @@
 """The decision table, cell by cell: every hardware class x single/multi user x optimize goal, against an
-expectation written out here independently of stackgen/resolve.py (the seed article's matrix: Ollama solves setup
+expectation written out here independently of stackgen/plan/resolve.py (the seed article's matrix: Ollama solves setup
 friction, vLLM concurrent users on CUDA, llama.cpp portability and single-stream control, MLX unified memory).
 Editing a row of the table, or the order of its engines, fails a test here."""
 
@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from stackgen import resolve
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec
+from stackgen.plan import resolve
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec
 
 HW = ("apple", "cuda-rocm", "amd-consumer", "intel", "cpu")
 OPT = ("latency", "throughput", "setup")

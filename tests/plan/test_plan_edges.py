@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from stackgen import memory
-from stackgen.profiles import load_profiles
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec
+from stackgen.plan import memory
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec
 
 GIB, MIB = 1024**3, 1024**2
 CATALOG = load_profiles().models

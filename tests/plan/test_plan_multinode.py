@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import pytest
 
-from stackgen import memory, resolve
+from stackgen.plan import memory, resolve
 from stackgen.errors import PlanError
-from stackgen.hardware import HostFacts
-from stackgen.profiles import load_profiles
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec, load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec, load_stack
 
 GIB, MIB = 1024**3, 1024**2
 M8 = load_profiles().models["llama-3.1-8b-instruct"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stackgen import resolve
-from stackgen.hardware import HostFacts
-from stackgen.spec import load_stack
+from stackgen.plan import resolve
+from stackgen.host.facts import HostFacts
+from stackgen.spec.stack import load_stack
 
 HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
 

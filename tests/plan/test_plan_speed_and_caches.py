@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from stackgen import memory
-from stackgen.profiles import load_profiles
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec
+from stackgen.plan import memory
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec
 
 GIB, MIB = 1024**3, 1024**2
 CATALOG = load_profiles().models

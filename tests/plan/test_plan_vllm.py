@@ -1,6 +1,6 @@
 """Worked examples: vLLM's whole memory plan on GPUs, every figure derived by hand from vLLM's sizing rules.
 
-Sources (see /work/shared/reference/engines.md, "Memory", and the comments in stackgen/memory.py):
+Sources (see /work/shared/reference/engines.md, "Memory", and the comments in stackgen/plan/memory.py):
 - vLLM sizes its KV pool as utilization x the device total CUDA reports (torch mem_get_info; nominal - ~0.43 GiB,
   or the profile's runtime_memory_gib) less the weights per rank and the non-KV peak of its profiling run
   (vllm/v1/worker/gpu_worker.py determine_available_memory).
@@ -22,9 +22,9 @@ from dataclasses import replace
 
 import pytest
 
-from stackgen import memory
-from stackgen.profiles import load_profiles
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec
+from stackgen.plan import memory
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec, WorkloadSpec
 
 GIB, MIB = 1024**3, 1024**2
 M8 = load_profiles().models["llama-3.1-8b-instruct"]

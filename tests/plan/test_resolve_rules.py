@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from stackgen import memory, resolve
-from stackgen.hardware import HostFacts
-from stackgen.spec import CPUSpec, GPUSpec, HardwareSpec, load_stack
+from stackgen.plan import memory, resolve
+from stackgen.host.facts import HostFacts
+from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec, load_stack
 
 
 def sp(gpu_layers: int, total: int = 32, gpu_budget: int = 1):

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from stackgen import memory, resolve
+from stackgen.plan import memory, resolve
 from stackgen.errors import PlanError
-from stackgen.hardware import HostFacts
-from stackgen.profiles import load_profiles
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import load_stack
 
 HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
 HW = load_profiles().hardware.__getitem__

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stackgen import gguf, models
+from stackgen.models import facts as models, gguf
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
@@ -99,8 +99,8 @@ def test_many_long_arguments_that_overflow_a_unit_line_are_refused(cli, tmp_path
 
 def test_the_longest_accepted_argument_renders_a_unit_systemd_reads(cli, tmp_path):
     """Just under the limits, the unit's longest line stays under systemd's LONG_LINE_MAX."""
-    from stackgen.spec import MAX_ARG_BYTES
-    from stackgen.targets.systemd import LONG_LINE_MAX
+    from stackgen.spec.stack import MAX_ARG_BYTES
+    from stackgen.render.targets.systemd import LONG_LINE_MAX
 
     gguf_file(tmp_path / "m.gguf")
     stack = stack_on(tmp_path, overrides="{alias: '" + "\u00e9" * (MAX_ARG_BYTES // 2) + "'}")
@@ -115,7 +115,7 @@ def test_the_longest_accepted_argument_renders_a_unit_systemd_reads(cli, tmp_pat
 
 def test_one_gguf_header_read_for_many_services(tmp_path, monkeypatch):
     """Was: 10,000 services on one GGUF read its header 10,000 times (287 s to validate)."""
-    from stackgen.spec import load_stack
+    from stackgen.spec.stack import load_stack
 
     gguf_file(tmp_path / "m.gguf")
     stack = stack_on(tmp_path, services=200)

@@ -20,8 +20,8 @@ from stackgen import engines
 from stackgen.errors import SpecError
 from stackgen.run.readiness import Endpoint, request
 from stackgen.run.native import NativeRunner, check_keys
-from stackgen.render import RenderContext, render_plan
-from stackgen.spec import SERVE_OWNED, load_stack
+from stackgen.render.artifact import RenderContext, render_plan
+from stackgen.spec.stack import SERVE_OWNED, load_stack
 from stackgen.run.state import StateDir
 from tools.stacks import plan_for
 

@@ -23,8 +23,8 @@ from stackgen.run.lifecycle import down, logs, status
 from stackgen.run.results import UpOptions
 
 from stackgen.run.up import up
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 from stackgen.run.state import StateDir
 
 REPO = Path(__file__).resolve().parents[2]

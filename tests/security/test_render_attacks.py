@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stackgen.render import MANIFEST, recover_tree
+from stackgen.render.artifact import MANIFEST, recover_tree
 
 REPO = Path(__file__).resolve().parents[2]
 

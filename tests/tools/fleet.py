@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 from stackgen import engines
-from stackgen.balancer import haproxy_config
-from stackgen.hardware import detect
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.render.balancer import haproxy_config
+from stackgen.host.facts import detect
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 
 
 def plan_for(stack_file: Path):

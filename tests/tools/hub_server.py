@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face Hub and the Ollama registry, on 127.0.0.1, honouring Range requests.
 
-It speaks the same URLs stackgen.remote/hub read (and huggingface_hub uses with HF_ENDPOINT):
+It speaks the same URLs stackgen.models.remote/hub read (and huggingface_hub uses with HF_ENDPOINT):
   GET /api/models/{org}/{repo}/revision/{rev}?blobs=true   -> {"id", "sha", "siblings": [{rfilename, size, lfs}]}
   GET /{org}/{repo}/resolve/{rev}/{file}                    -> the file (206 + Content-Range for Range requests)
   GET /v2/{ns}/{model}/manifests/{tag}                      -> a Docker v2 manifest (Docker-Content-Digest header)

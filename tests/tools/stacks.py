@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stackgen.hardware import HostFacts
-from stackgen.plan import Plan
-from stackgen.resolve import resolve
-from stackgen.spec import load_stack
+from stackgen.host.facts import HostFacts
+from stackgen.plan.plan import Plan
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
 
 CPU_HOST = {"hardware": {"gpus": [], "memory_gib": 24, "memory_bandwidth_gbs": 50,
                          "cpu": {"cores": 2, "threads": 2, "arch": "x86_64"}, "os": "linux"},

@@ -1,0 +1,184 @@
+"""Flag checking: every flag stackgen emits, and every override a stack names, must exist in the engine version the
+artifacts target.
+
+Engines rename and remove flags often (llama.cpp dropped --mlock for --load-mode; vLLM 0.33 dropped --swap-space),
+and a rejected flag only shows up when the service fails to start. The known flag sets per version live in
+profiles/engines/<engine>.yaml (each says where it was read from); `engine_version` in the stack picks one, the
+version engines.md documents is the default. `probe=True` also asks the installed binary's `--help`.
+An engine without flags (`Engine.flags` None: Ollama) checks its own settings (`Engine.check_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from stackgen import engines
+from stackgen.spec import yaml_nodes as _yaml
+from stackgen._resources import data_dir
+from stackgen.host.binaries import find_or_none
+from stackgen.engines.base import FlagSource
+from stackgen.errors import RenderError
+from stackgen.plan.plan import Plan, ServicePlan
+
+
+def _source(engine: str) -> FlagSource:
+    src = engines.get(engine).flags
+    if src is None:
+        raise RenderError(f"{engines.get(engine).display} has no flag table (it takes no flags)")
+    return src
+
+
+@dataclass(frozen=True)
+class FlagTable:
+    engine: str
+    version: str  # as the stack named it (an alias stays an alias in messages)
+    flags: dict  # flag -> number of values, or "?", "*", "+" (argparse nargs)
+    removed: dict  # flag -> "removed; use ..." for flags older builds had
+
+    def problem(self, flag: str) -> str | None:
+        """Why `flag` is not accepted, or None."""
+        if flag in self.flags:
+            return None
+        why = f" ({self.removed[flag]})" if flag in self.removed else ""
+        return f"{self.engine} {self.version} has no flag {flag}{why}"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+@lru_cache(maxsize=None)
+def _profile(engine: str) -> dict:
+    path = data_dir("profiles") / "engines" / _source(engine).profile
+    try:
+        data = _yaml.load_document(path.read_text(encoding="utf-8")).data
+    except (OSError, _yaml.YamlError) as exc:
+        raise RenderError(f"{path}: cannot read the {engine} flag table: {exc}") from None
+    return data
+
+
+def known_versions(engine: str) -> list[str]:
+    prof = _profile(engine)
+    return sorted(set(prof["versions"]) | set(prof.get("aliases") or {}))
+
+
+def table(engine: str, version: str | None = None) -> FlagTable:
+    """The flag table for `engine` at `version` (default: the documented one); RenderError for unknown versions."""
+    prof = _profile(engine)
+    asked = version or str(prof["default"])
+    real = (prof.get("aliases") or {}).get(asked, asked)
+    if real not in prof["versions"]:
+        raise RenderError(f"stackgen has no {engine} flag table for version {asked!r}; known: "
+                          f"{', '.join(known_versions(engine))} (leave engine_version out for {prof['default']})")
+    entry = prof["versions"][real]
+    return FlagTable(engine, asked, dict(entry.get("flags") or {}), dict(entry.get("removed") or {}))
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def check_plan(plan: Plan, probe: bool = False) -> None:
+    """Raise RenderError naming the field whose flag the targeted engine version would reject."""
+    for sp in plan.services:
+        check_service(sp, probe, Path(plan.stack_path).parent)
+
+
+def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path(".")) -> None:
+    engine = engines.get(sp.engine)
+    if engine.flags is None:
+        engine.check_settings(sp)
+        return
+    try:
+        flags = table(sp.engine, sp.spec.engine_version)
+    except RenderError as exc:
+        raise RenderError(f"services.{sp.name}.engine_version: {exc}") from None
+    _check_overrides(sp, flags)
+    for flag in argv_flags(sp.engine, list(sp.command), flags):
+        why = flags.problem(flag)
+        if why:
+            raise RenderError(f"services.{sp.name}: {why}; stackgen emits it for this plan "
+                              "(set engine_version to a build that has it, or override the flag)")
+    if probe:
+        _check_probe(sp, stack_dir)
+
+
+def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
+    where = f"services.{sp.name}.overrides"
+    for key, value in sorted(sp.spec.overrides.items()):
+        flag = key if key.startswith("-") else f"--{key}"
+        why = flags.problem(flag)
+        if why:
+            raise RenderError(f"{where}: {why}")
+        arity = flags.flags[flag]
+        if value is True and arity not in (0, "?", "*"):
+            raise RenderError(f"{where}: {flag} needs a value (write `{key}: VALUE`)")
+        if not isinstance(value, bool) and value is not None and arity == 0:  # 1 == True, so no `in (True, ...)`
+            raise RenderError(f"{where}: {flag} takes no value (write `{key}: true`)")
+
+
+def argv_flags(engine: str, argv: list[str], flags: FlagTable) -> list[str]:
+    """The flags in an argv, skipping each flag's values as the engine's parser would."""
+    out, i = [], 1 + _source(engine).leading_positionals
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, _ = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        out.append(name)
+        i += 1 + _values_after(argv, i + 1, flags.flags.get(name, 0), bool(eq))
+    return out
+
+
+def _values_after(argv: list[str], start: int, arity, inline: bool) -> int:
+    if isinstance(arity, int):
+        return max(0, arity - inline)
+    if inline:
+        return 0
+    n = 0
+    while start + n < len(argv) and not _is_flag(argv[start + n]) and (arity != "?" or n == 0):
+        n += 1
+    return n
+
+
+def _is_flag(tok: str) -> bool:
+    return tok.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", tok)
+
+
+# ---------------------------------------------------------------------------------------------- probing
+
+
+def _check_probe(sp: ServicePlan, stack_dir: Path) -> None:
+    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir)
+    if binary is None:
+        return
+    listed = probe_help(binary, _source(sp.engine).help_args)
+    if "--port" not in listed:
+        return  # not an engine's --help (a wrapper script or stub): nothing to compare against
+    flags = table(sp.engine, sp.spec.engine_version)
+    for flag in argv_flags(sp.engine, list(sp.command), flags):
+        if flag not in listed:
+            raise RenderError(f"services.{sp.name}: the installed {binary} does not list {flag} in its --help "
+                              "(an older or forked build?); set `binary:` to another build or override the flag")
+
+
+def probe_help(binary: str, help_args: tuple[str, ...] = ("--help",)) -> set[str]:
+    """Every flag-like word in `binary --help` (cached per binary path and mtime, so an upgrade is noticed)."""
+    st = os.stat(binary)
+    return set(_probe_cached(os.path.realpath(binary), st.st_mtime_ns, tuple(help_args)))
+
+
+@lru_cache(maxsize=32)
+def _probe_cached(binary: str, mtime_ns: int, help_args: tuple[str, ...]) -> frozenset[str]:
+    try:
+        proc = subprocess.run([binary, *help_args], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RenderError(f"cannot run {binary} {' '.join(help_args)}: {exc}") from None
+    return frozenset(parse_help(proc.stdout + proc.stderr))
+
+
+def parse_help(text: str) -> set[str]:
+    words = re.findall(r"(?<![\w-])(--?[A-Za-z][A-Za-z0-9_.-]*)", text)
+    return {w.rstrip(".") for w in words}

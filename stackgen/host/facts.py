@@ -1,0 +1,70 @@
+"""Facts about the machine stackgen runs on. This is the only module that probes the host; everything downstream
+takes a :class:`HostFacts` as an argument, so plans and renders are reproducible from a recorded host."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stackgen.spec.stack import CPUSpec, HardwareSpec
+
+# Typical dual-channel DDR4/DDR5 desktop figure, used when nothing better is known (say so in output).
+DEFAULT_MEMORY_BANDWIDTH_GBS = 50.0
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """A machine as detected (or recorded): the hardware plus what is free right now."""
+
+    hardware: HardwareSpec
+    available_memory_bytes: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"hardware": self.hardware.model_dump(mode="json", exclude_none=True),
+             "available_memory_bytes": self.available_memory_bytes, "notes": list(self.notes)},
+            indent=2, sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "HostFacts":
+        data = json.loads(text)
+        return cls(HardwareSpec.model_validate(data["hardware"], strict=False),
+                   data.get("available_memory_bytes"), tuple(data.get("notes", ())))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HostFacts":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def detect() -> HostFacts:
+    """Probe this machine. Kept cheap: psutil for CPU and RAM; GPU probes live in stackgen.host.detect."""
+    try:
+        from stackgen.host.detect import detect_host  # the full probe set, when present
+    except ImportError:
+        return _detect_cpu_ram()
+    return detect_host()
+
+
+def _detect_cpu_ram() -> HostFacts:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    threads = psutil.cpu_count(logical=True) or cores
+    machine = platform.machine().lower()
+    arch = "arm64" if machine in ("arm64", "aarch64") else "x86_64"
+    os_name = {"Darwin": "macos", "Windows": "windows"}.get(platform.system(), "linux")
+    hw = HardwareSpec(
+        description=f"this machine ({platform.node() or 'host'})",
+        gpus=(),
+        memory_gib=round(vm.total / 2**30, 2),
+        memory_bandwidth_gbs=DEFAULT_MEMORY_BANDWIDTH_GBS,
+        cpu=CPUSpec(cores=cores, threads=threads, arch=arch),
+        os=os_name,
+    )
+    note = f"memory bandwidth {DEFAULT_MEMORY_BANDWIDTH_GBS:g} GB/s is a table value, not measured"
+    return HostFacts(hw, int(vm.available), (note,))

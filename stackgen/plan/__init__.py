@@ -1,0 +1,1 @@
+"""Stack + HostFacts -> Plan: the decision table, the memory planner, speed, capacity and reports (pure)."""

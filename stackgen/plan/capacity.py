@@ -1,0 +1,466 @@
+"""Capacity: how many engine instances (replicas) a service needs for its users, and in which layout.
+
+Inputs are the service's plan (engine, memory plan, workload with its targets) and the hardware. Every layout
+`instances x GPUs per instance` the machine allows is planned (memory per instance by the engine's own planner) and
+predicted (stackgen.plan.simulate: one instance with its share of the users, routed by least connections); the
+smallest fleet that meets the workload's targets (p95 time to first token, decode tokens/s per user) wins, and
+every other layout gets its reason. When nothing meets the targets, the plan says by how much and what would.
+
+The per-instance speed is one function, `service_curve(sp, hw, ...)`: a roofline (memory bandwidth vs compute per
+batching step) with constants calibrated on a measurement (benchmarks/results/scale.md). It is the swap point for
+a finer per-backend speed model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from stackgen import engines
+from stackgen.engines.base import Unsupported
+from stackgen.errors import PlanError
+from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
+from stackgen.plan.simulate import LoadResult, simulate
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec
+
+DECODE_BANDWIDTH_EFFICIENCY = 0.7  # share of peak memory bandwidth engines reach in decode (memory.py uses the same)
+PREFILL_COMPUTE_EFFICIENCY = 0.5  # share of peak tensor FLOP/s reached on large prefill batches (MFU)
+GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
+# Dense BF16 tensor peak, TFLOP/s, from the vendors' datasheets (no sparsity).
+GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40": 181.0, "l4": 121.0, "a10": 125.0,
+              "rtx 4090": 165.0, "rtx 3090": 71.0, "mi300x": 1307.0, "mi250": 362.0}
+# CPU: calibrated on this project's CI machine (AMD EPYC, llama-server, Gemma 3 270M Q4_K_M, 1 thread per instance;
+# benchmarks/bench_scale.py): quantized-weight bytes one thread streams through the dot products per second, and
+# FLOP/s one thread reaches in prompt processing.
+CPU_BYTES_PER_THREAD_S = 6.5e9
+CPU_FLOPS_PER_THREAD = 60e9
+REQUEST_OVERHEAD_S = 0.01  # HTTP, tokenizer and the balancer hop per request
+VLLM_STEP_TOKENS = 8192  # --max-num-batched-tokens default for online serving
+MAX_LAYOUTS_INSTANCES = 64
+SIM_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class ServiceCurve:
+    """What one engine instance does per batching step. `step_s(decoding, prompt_tokens)`: one step that decodes one
+    token for each of `decoding` requests and processes `prompt_tokens` prompt tokens."""
+
+    weights_read_s: float  # stream the active weights once (the floor of every step)
+    kv_read_s_per_seq: float  # KV cache read per decoding request per step, at the workload's average context
+    flop_s_per_token: float  # compute per token in a step
+    max_batch: int  # requests an instance serves at once (llama.cpp -np; vLLM --max-num-seqs within its KV room)
+    step_tokens: int  # tokens one step may carry (llama.cpp -b, vLLM --max-num-batched-tokens)
+    overhead_s: float = REQUEST_OVERHEAD_S
+    # Compute per decoding request per step when it exceeds flop_s_per_token: CPU kernels run the quantized dot
+    # products once per sequence at decode batch sizes, so a second stream costs (almost) a second step.
+    decode_s_per_seq: float = 0.0
+
+    def step_s(self, decoding: int, prompt_tokens: int) -> float:
+        memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
+        compute = decoding * max(self.flop_s_per_token, self.decode_s_per_seq) + prompt_tokens * self.flop_s_per_token
+        return max(memory, compute)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"single_stream_tokens_per_s": round(1 / self.step_s(1, 0), 1),
+                "prefill_tokens_per_s": round(1 / self.flop_s_per_token, 1), "max_batch": self.max_batch}
+
+
+def gpu_peak_flops(name: str, bandwidth_gbs: float) -> float:
+    low = name.lower()
+    for key, tflops in sorted(GPU_TFLOPS.items(), key=lambda kv: -len(kv[0])):
+        if key in low:
+            return tflops * 1e12
+    return bandwidth_gbs * 1e9 * GPU_FLOP_PER_BYTE
+
+
+def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, threads: int | None = None,
+                  instances: int = 1) -> ServiceCurve:
+    """One instance of the service `sp` (a ServicePlan) on `hw`. `memory`: that instance's memory plan (default
+    sp.memory); `threads`: its CPU threads (default sp.threads); `instances`: how many share the machine's RAM
+    bandwidth. The roofline: a step reads the active weights once plus each request's KV cache, and computes
+    2 x active parameters FLOPs per token; whichever takes longer sets the step."""
+    m = memory or sp.memory
+    model, wl = sp.model, sp.workload
+    dp = max(1, m.data_parallel)
+    active_frac = model.active_params / model.params if model.params else 1.0
+    weights = m.weights_bytes / dp * active_frac
+    avg_ctx = min(m.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
+    kv = _kv_bytes_read(model, m, avg_ctx)
+    flops_per_token = 2.0 * (model.active_params or model.params or 1e9)
+    gpus = [g for g in hw.gpus if not g.unified]
+    frac_gpu = (m.gpu_layers / m.total_layers) if m.total_layers and (gpus or hw.is_apple) else 0.0
+    n_threads = max(1, threads or sp.threads or hw.cpu.cores)
+    mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
+    dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
+    cpu_bw = min(mem_bw, dot_bw)
+    decode_seq = 0.0
+    cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
+    if hw.is_apple:
+        g = next(g for g in hw.gpus if g.vendor == "apple")
+        bw, flops = g.bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY, gpu_peak_flops(g.name, g.bandwidth_gbs)
+        read = (weights + 0) / bw
+        kv_s = kv / bw
+        flop_s = flops_per_token / (flops * PREFILL_COMPUTE_EFFICIENCY)
+    elif frac_gpu > 0:
+        g = min(gpus, key=lambda x: x.bandwidth_gbs)
+        tp = max(1, m.tensor_parallel)
+        bw = g.bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY * tp
+        flops = gpu_peak_flops(g.name, g.bandwidth_gbs) * PREFILL_COMPUTE_EFFICIENCY * tp
+        read = weights * frac_gpu / bw + weights * (1 - frac_gpu) / cpu_bw
+        kv_s = kv * frac_gpu / bw + kv * (1 - frac_gpu) / cpu_bw
+        flop_s = flops_per_token * frac_gpu / flops + flops_per_token * (1 - frac_gpu) / cpu_flops
+    else:
+        # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
+        # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
+        # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute.
+        read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
+        decode_seq = weights / dot_bw
+    return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
+                        decode_s_per_seq=decode_seq)
+
+
+def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
+    if not engines.get(sp.engine).paged_batching or m.gpu_bytes <= 0:
+        return max(1, m.parallel)
+    ranks = max(1, m.tensor_parallel * m.pipeline_parallel * m.data_parallel)
+    room = (m.gpu_bytes - m.weights_bytes - m.overhead_bytes) / ranks
+    per_req = vllm_kv_bytes_per_request(sp.model, avg_ctx, m.kv_cache_type, m.tensor_parallel)
+    return max(1, min(m.parallel, int(room // max(1, per_req))))
+
+
+def _step_tokens(sp) -> int:
+    return VLLM_STEP_TOKENS if engines.get(sp.engine).paged_batching else DEFAULT_BATCH
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+
+@dataclass(frozen=True)
+class Layout:
+    instances: int
+    gpus_per_instance: int  # tensor parallel for vLLM; llama.cpp splits layers over them
+    threads: int  # CPU threads per instance
+
+    def label(self) -> str:
+        if self.gpus_per_instance:
+            return f"{self.instances} x TP{self.gpus_per_instance}"
+        return f"{self.instances} x {self.threads} thread{'s' if self.threads != 1 else ''}"
+
+    @property
+    def gpus(self) -> int:
+        return self.instances * self.gpus_per_instance
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The replica layout of one service and what it predicts at the workload's concurrency."""
+
+    layout: Layout
+    memory: MemoryPlan  # one instance's memory plan
+    prediction: LoadResult
+    meets: bool
+    pinned: bool  # services.<name>.replicas set it
+    rejected: dict[str, str]
+    advice: tuple[str, ...]
+    curve: ServiceCurve
+    ports: tuple[int, ...] = ()  # one per instance when separate instances sit behind a balancer
+    recommended: str = ""  # a separate-instance layout that would meet the targets (not applied unless pinned)
+
+    @property
+    def separate(self) -> bool:
+        """Separate engine processes behind a load balancer (llama.cpp; vLLM runs data parallel in one server)."""
+        return self.replicas > 1 and bool(self.ports)
+
+    @property
+    def replicas(self) -> int:
+        return self.layout.instances
+
+    def gpu_sets(self) -> list[list[int]]:
+        """GPU indices per instance (CUDA_VISIBLE_DEVICES / device requests)."""
+        n = self.layout.gpus_per_instance
+        return [list(range(i * n, (i + 1) * n)) for i in range(self.layout.instances)] if n else []
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.prediction
+        return {"layout": self.layout.label(), "replicas": self.replicas, "meets_targets": self.meets,
+                "pinned": self.pinned, "users_per_replica": math.ceil(p.users / self.replicas),
+                "ports": list(self.ports),
+                "predicted": {"ttft_p50_s": round(p.ttft_p50_s, 3), "ttft_p95_s": round(p.ttft_p95_s, 3),
+                              "tokens_per_s_per_user": round(p.tokens_per_s_per_user, 1),
+                              "throughput_tokens_per_s": round(p.throughput_tokens_per_s * self.replicas, 1),
+                              "utilization": round(p.utilization, 2)},
+                "service_curve": self.curve.to_json(),
+                "rejected_layouts": dict(sorted(self.rejected.items())), "advice": list(self.advice),
+                "recommended": self.recommended}
+
+
+@dataclass(frozen=True)
+class _Option:
+    layout: Layout
+    memory: MemoryPlan | None
+    block: str
+    prediction: LoadResult | None = None
+    curve: ServiceCurve | None = None
+
+
+def layouts(sp, hw: HardwareSpec, pinned: int | None = None) -> list[Layout]:
+    """Every instances x GPUs-per-instance split the machine allows for this engine (pinned: that many instances)."""
+    gpus = sum(g.count for g in hw.gpus if not g.unified)
+    engine = engines.get(sp.engine)
+    if not engine.multi_instance or hw.is_apple or sp.topology is not None:
+        return [Layout(1, max(1, sp.memory.tensor_parallel) if gpus else 0, sp.threads)]
+    if not gpus or sp.memory.gpu_layers == 0:
+        counts = [pinned] if pinned else [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= max(1, hw.cpu.cores)]
+        return [Layout(n, 0, max(1, sp.threads // n)) for n in counts]
+    out = []
+    for per in (1, 2, 4, 8, 16, 32, 64):
+        if per > gpus or (engine.tensor_parallel and sp.model.heads % per):
+            continue
+        for n in range(1, min(gpus // per, MAX_LAYOUTS_INSTANCES) + 1):
+            if pinned is None or n == pinned:
+                out.append(Layout(n, per, max(1, sp.threads // n)))
+    return out
+
+
+def plan_capacity(sp, hw: HardwareSpec, budget: Budget, pinned: int | None = None) -> Capacity:
+    """The replica layout for service `sp` (a ServicePlan as resolve made it, one instance) on `hw` with `budget`."""
+    wl: WorkloadSpec = sp.workload
+    base_layout = Layout(1, max(1, sp.memory.tensor_parallel) if _uses_gpus(sp, hw) else 0, sp.threads)
+    base = _predict(sp, hw, _Option(base_layout, sp.memory, ""))
+    options = [base] if pinned in (None, 1) else []
+    for lay in layouts(sp, hw, pinned):
+        if lay == base_layout and options:
+            continue
+        options.append(_predict(sp, hw, _plan_instance(sp, hw, budget, lay)))
+    if pinned is not None and pinned > 1 and not any(not o.block for o in options):
+        pinned_opts = options or [_Option(Layout(pinned, 0, 1), None, "no layout of the engine allows it")]
+        raise_for = "; ".join(f"{o.layout.label()}: {o.block}" for o in pinned_opts)
+        raise PlanError(f"services.{sp.name}.replicas: {pinned} instances of {sp.engine} do not fit {hw.label()} "
+                        f"({raise_for})")
+    viable = [o for o in options if not o.block]
+    meeting = [o for o in viable if _meets(o.prediction, wl)]
+    if pinned is not None:
+        chosen = min(viable, key=lambda o: (not _meets(o.prediction, wl), o.layout.gpus, o.prediction.ttft_p95_s))
+    elif base in meeting or not viable:
+        chosen = base
+    elif meeting:
+        chosen = min(meeting, key=lambda o: (o.layout.gpus, o.prediction.ttft_p95_s, -o.layout.instances))
+    else:
+        chosen = min(viable, key=lambda o: (o.prediction.ttft_p95_s, -o.prediction.tokens_per_s_per_user))
+    recommended = ""
+    if pinned is None and chosen is not base and not _data_parallel(sp, chosen.layout):
+        # Separate servers behind a balancer change what the targets render: only when the stack asks for them.
+        recommended = (f"{chosen.layout.label()} would meet the targets ({_said(chosen.prediction)}) where one "
+                       f"instance does not ({_shortfall(base.prediction, wl)}): set services.{sp.name}.replicas: "
+                       f"{chosen.layout.instances} to run separate instances behind a least-connections balancer")
+        chosen = base
+    rejected = {o.layout.label(): _why_not(o, chosen, wl, pinned) for o in options if o is not chosen}
+    meets = _meets(chosen.prediction, wl)
+    advice = () if meets else _advice(sp, hw, chosen, wl)
+    return Capacity(chosen.layout, chosen.memory, chosen.prediction, meets, pinned is not None, rejected, advice,
+                    chosen.curve, recommended=recommended)
+
+
+def _data_parallel(sp, lay: Layout) -> bool:
+    """vLLM on GPUs runs several instances as one server (--data-parallel-size); others run separate servers."""
+    return engines.get(sp.engine).tensor_parallel and lay.gpus_per_instance > 0
+
+
+def _said(p: LoadResult) -> str:
+    return f"p95 TTFT {p.ttft_p95_s:.2f} s, {p.tokens_per_s_per_user:.1f} tokens/s per user"
+
+
+def _uses_gpus(sp, hw: HardwareSpec) -> bool:
+    return bool([g for g in hw.gpus if not g.unified]) and sp.memory.gpu_layers > 0 and not hw.is_apple
+
+
+def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option:
+    """One instance's memory plan for this layout: its share of the users on its share of the machine."""
+    engine = engines.get(sp.engine)
+    users = math.ceil(sp.workload.concurrent_users / lay.instances)
+    wl = sp.workload.model_copy(update={"concurrent_users": users})
+    if lay.gpus_per_instance:
+        g = next(g for g in hw.gpus if not g.unified)
+        sub = hw.model_copy(update={"gpus": (g.model_copy(update={"count": lay.gpus_per_instance}),)})
+        share = Budget(int(min(budget.gpu_bytes / max(1, hw.gpu_count) * lay.gpus_per_instance,
+                               g.memory_gib * 2**30 * lay.gpus_per_instance)),
+                       budget.host_bytes // lay.instances)
+        if lay.gpus > hw.gpu_count:
+            return _Option(lay, None, f"needs {lay.gpus} GPUs and {hw.label()} has {hw.gpu_count}")
+    else:
+        sub, share = hw, Budget(0, budget.host_bytes // lay.instances)
+    pins = Pins(tensor_parallel=lay.gpus_per_instance, said=(("tensor_parallel", "layout"),)) \
+        if engine.tensor_parallel and lay.gpus_per_instance else Pins()
+    try:
+        w = engine.weights(sp.model)
+    except Unsupported as exc:
+        return _Option(lay, None, str(exc))
+    mem = engine.plan_memory(sp.model, wl, sub, share, w, pins)
+    if not mem.fits:
+        return _Option(lay, mem, f"one instance does not fit its share ({mem.shortfall or 'out of memory'})")
+    if engine.partial_offload and mem.gpu_layers < mem.total_layers and lay.gpus_per_instance:
+        return _Option(lay, mem, f"each instance would keep only {mem.gpu_layers} of {mem.total_layers} layers on "
+                                 f"its {lay.gpus_per_instance} GPU(s)")
+    return _Option(lay, mem, "")
+
+
+def _predict(sp, hw: HardwareSpec, o: _Option) -> _Option:
+    if o.block or o.memory is None:
+        return o
+    curve = service_curve(sp, hw, memory=o.memory, threads=o.layout.threads, instances=o.layout.instances
+                          if not o.layout.gpus_per_instance else 1)
+    wl = sp.workload
+    users = math.ceil(wl.concurrent_users / o.layout.instances)
+    r = simulate([curve], users=users, prompt_tokens=wl.prompt_tokens, output_tokens=wl.output_tokens,
+                 think_time_s=wl.think_time_s, rounds=SIM_ROUNDS)
+    return replace(o, prediction=replace(r, users=wl.concurrent_users, instances=o.layout.instances), curve=curve)
+
+
+def _meets(p: LoadResult | None, wl: WorkloadSpec) -> bool:
+    return p is not None and p.ttft_p95_s * 1000 <= wl.ttft_p95_ms and p.tokens_per_s_per_user >= \
+        wl.tokens_per_s_per_user
+
+
+def _shortfall(p: LoadResult, wl: WorkloadSpec) -> str:
+    out = []
+    if p.ttft_p95_s * 1000 > wl.ttft_p95_ms:
+        out.append(f"p95 TTFT {p.ttft_p95_s:.2f} s > target {wl.ttft_p95_ms / 1000:g} s "
+                   f"({p.ttft_p95_s * 1000 / wl.ttft_p95_ms:.1f}x)")
+    if p.tokens_per_s_per_user < wl.tokens_per_s_per_user:
+        out.append(f"{p.tokens_per_s_per_user:.1f} tokens/s per user < target {wl.tokens_per_s_per_user:g}")
+    return "; ".join(out)
+
+
+def _why_not(o: _Option, chosen: _Option, wl: WorkloadSpec, pinned: int | None) -> str:
+    if o.block:
+        return o.block
+    p = o.prediction
+    said = f"p95 TTFT {p.ttft_p95_s:.2f} s, {p.tokens_per_s_per_user:.1f} tokens/s per user"
+    if pinned is not None:
+        return f"not the pinned replica count ({said})"
+    if not _meets(p, wl):
+        return f"misses the targets: {_shortfall(p, wl)}"
+    if o.layout.gpus > chosen.layout.gpus:
+        return f"meets the targets ({said}) but uses {o.layout.gpus} GPUs; {chosen.layout.label()} needs fewer"
+    return f"meets the targets ({said}); {chosen.layout.label()} predicts a lower p95 TTFT"
+
+
+def _advice(sp, hw: HardwareSpec, chosen: _Option, wl: WorkloadSpec) -> tuple[str, ...]:
+    """How far the best layout misses, and what would meet the targets: more instances of the same hardware (found
+    by simulating them), a shorter context or fewer users per instance."""
+    p = chosen.prediction
+    out = [f"the best layout on {hw.label()} ({chosen.layout.label()}) misses the targets: {_shortfall(p, wl)}"]
+    curve = chosen.curve
+    per_instance_gpus = chosen.layout.gpus_per_instance
+    need = None
+    for n in (2, 4, 8, 16, 32, 64, 128, 256):
+        total = chosen.layout.instances * n
+        users = math.ceil(wl.concurrent_users / total)
+        r = simulate([curve], users=users, prompt_tokens=wl.prompt_tokens, output_tokens=wl.output_tokens,
+                     think_time_s=wl.think_time_s, rounds=2)
+        if _meets(r, wl):
+            need = total
+            break
+    if need is not None and per_instance_gpus:
+        g = next(g for g in hw.gpus if not g.unified)
+        out.append(f"{need} instances of {chosen.layout.label().split(' x ')[1]} would meet them: "
+                   f"{need * per_instance_gpus} x {g.name} ({need * per_instance_gpus - hw.gpu_count} more GPUs, "
+                   "across nodes behind a load balancer)")
+    elif need is not None:
+        out.append(f"{need} instances would meet them ({need - chosen.layout.instances} more machines like this "
+                   "one behind a load balancer)")
+    else:
+        out.append("no number of instances like these meets them (a single request is already too slow): use "
+                   "faster GPUs or a smaller model")
+    if wl.prompt_tokens > 512 and p.ttft_p95_s * 1000 > wl.ttft_p95_ms:
+        out.append(f"shorter prompts cut prefill: TTFT grows with prompt_tokens ({wl.prompt_tokens} now)")
+    if sp.memory.weights_format.lower() in ("bf16", "fp16", "f16", "f32") and p.tokens_per_s_per_user < \
+            wl.tokens_per_s_per_user:
+        out.append(f"a smaller quant than {sp.memory.weights_format} reads fewer bytes per token "
+                   f"({gb(sp.memory.weights_bytes)} of weights now)")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------- the resolve hook
+
+
+def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
+    """The ServicePlan with its capacity attached; when the layout has several instances, the plan becomes one
+    instance's (llama.cpp: separate servers on their own ports and GPUs behind a balancer) or vLLM data parallel
+    (--data-parallel-size: one server, its own load balancing across engine cores). `used_ports` gains the
+    instances' ports."""
+    cap = plan_capacity(sp, hw, budget, sp.spec.replicas)
+    if cap.replicas == 1 and cap.memory is sp.memory:
+        warnings = sp.warnings + ((f"replicas: {cap.recommended}",) if cap.recommended else ())
+        return replace(sp, capacity=cap, warnings=warnings)
+    engine = engines.get(sp.engine)
+    lay = cap.layout
+    gpus = sp.gpus
+    if cap.replicas > 1 and _data_parallel(sp, lay):
+        pins = Pins(tensor_parallel=lay.gpus_per_instance, data_parallel=lay.instances,
+                    said=(("tensor_parallel", "layout"),))
+        mem = engine.plan_memory(sp.model, sp.workload, hw, budget, engine.weights(sp.model), pins)
+        mem = replace(mem, levers=mem.levers + (f"data parallel: {lay.label()} ({lay.instances} engine cores in one "
+                                                "vLLM server, which balances requests across them)",))
+        sp = replace(sp, memory=mem, capacity=cap)
+    else:
+        if lay.gpus_per_instance:
+            g = next(g for g in hw.gpus if not g.unified)
+            gpus = (g.model_copy(update={"count": lay.gpus_per_instance}),)
+        ports = []
+        port = sp.port + 1
+        for _ in range(cap.replicas if cap.replicas > 1 else 0):
+            while port in used_ports:
+                port += 1
+            ports.append(port)
+            used_ports.add(port)
+            port += 1
+        cap = replace(cap, ports=tuple(ports))
+        levers = (f"{lay.label()}: {cap.replicas} {engine.display} instances behind a least-connections load "
+                  "balancer, each with its share of the users",) if cap.replicas > 1 else ()
+        sp = replace(sp, memory=replace(cap.memory, levers=cap.memory.levers + levers), capacity=cap,
+                     threads=lay.threads if not lay.gpus_per_instance else sp.threads, gpus=gpus)
+    reason = f"replicas: {lay.label()}: " + _reason_text(cap, sp.workload)
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
+                          port=sp.port)
+    return replace(sp, command=cmd.argv, env=cmd.env, reasons=sp.reasons + (reason,))
+
+
+def _reason_text(cap: Capacity, wl: WorkloadSpec) -> str:
+    p = cap.prediction
+    said = (f"predicted at {wl.concurrent_users} users: p95 TTFT {p.ttft_p95_s:.2f} s, "
+            f"{p.tokens_per_s_per_user:.1f} tokens/s per user")
+    if cap.pinned:
+        return f"pinned by services.replicas; {said}"
+    if cap.meets:
+        return f"the fewest GPUs that meet the targets (p95 TTFT <= {wl.ttft_p95_ms / 1000:g} s, >= " \
+               f"{wl.tokens_per_s_per_user:g} tokens/s per user); {said}"
+    return f"no layout meets the targets; the best one: {said}"
+
+
+def fleet_memory(sp) -> MemoryPlan:
+    """What all of a service's instances hold together (for the budget the next services get)."""
+    cap = sp.capacity
+    if cap is None or not cap.separate:
+        return sp.memory
+    n = cap.replicas
+    return replace(sp.memory, gpu_bytes=sp.memory.gpu_bytes * n, host_bytes=sp.memory.host_bytes * n)
+
+
+def fleet_curves(sp, hw: HardwareSpec) -> list[ServiceCurve]:
+    """One curve per planned engine instance of the service (its capacity layout; one instance without one)."""
+    cap = sp.capacity
+    if cap is None:
+        return [service_curve(sp, hw)]
+    lay = cap.layout
+    shared = lay.instances if not lay.gpus_per_instance else 1
+    return [service_curve(sp, hw, memory=cap.memory, threads=lay.threads, instances=shared)] * lay.instances
+
+
+def simulate_service(sp, hw: HardwareSpec, users: list[int], seed: int = 0) -> list[LoadResult]:
+    """`stackgen simulate`: the planned fleet of `sp` at each number of concurrent users."""
+    curves = fleet_curves(sp, hw)
+    wl = sp.workload
+    return [simulate(curves, users=n, prompt_tokens=wl.prompt_tokens, output_tokens=wl.output_tokens,
+                     think_time_s=wl.think_time_s, rounds=SIM_ROUNDS, seed=seed) for n in users]

@@ -1,0 +1,65 @@
+"""Plans for people: the engine, why, what was rejected and why, the memory table and the predicted speed."""
+
+from __future__ import annotations
+
+from stackgen.plan.plan import Plan, ServicePlan
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:8.2f} GB"
+
+
+def plan_text(plan: Plan) -> str:
+    lines = [f"stack {plan.stack_name} ({plan.stack_path}) on {plan.hardware_label}: {plan.hardware.label()}", ""]
+    for sp in plan.services:
+        lines += service_text(sp) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def service_text(sp: ServicePlan) -> list[str]:
+    m = sp.memory
+    gpu = f"{m.gpu_layers}/{m.total_layers} layers on GPU" if m.gpu_budget_bytes > 0 else "CPU only"
+    lines = [
+        f"service {sp.name}: {sp.engine}  ({sp.model.name}, {m.weights_format}, {gpu}, "
+        f"{m.parallel} x {m.context_per_request} tokens, {sp.host}:{sp.port})",
+    ]
+    if sp.model.ref:
+        lines.append(f"  model: {sp.model.name} = {sp.model.ref} (catalog figures; `stackgen lock --catalog` pins the "
+                     "reference's real metadata)")
+    lines.append("  why:")
+    lines += [f"    - {r}" for r in sp.reasons]
+    lines.append("  rejected:")
+    lines += [f"    - {name}: {why}" for name, why in sorted(sp.rejected.items())]
+    lines.append("  memory:")
+    rows = [("weights", m.weights_bytes, m.weights_source), (f"KV cache ({m.kv_cache_type})", m.kv_cache_bytes, ""),
+            ("compute buffers", m.compute_bytes, ""), ("runtime overhead", m.overhead_bytes, "")]
+    if m.prompt_cache.note:
+        rows.append(("prompt cache", m.prompt_cache_bytes, _cache_note(m)))
+    rows += [("total", m.total_bytes, ""), ("on GPU", m.gpu_bytes, f"budget {m.gpu_budget_bytes / 1e9:.2f} GB"),
+             ("in system RAM", m.host_bytes, f"budget {m.host_budget_bytes / 1e9:.2f} GB")]
+    if m.tensor_parallel > 1:
+        rows.append(("tensor parallel", 0, f"{m.tensor_parallel} GPUs"))
+    for label, value, note in rows:
+        lines.append(f"    {label:<20}{_gb(value) if value or label != 'tensor parallel' else '':>12}  {note}".rstrip())
+    lines.append(f"  predicted decode: {sp.predicted_decode_tokens_per_s:g} tokens/s per stream (bound by {sp.bottleneck})")
+    if sp.speed is not None:
+        lines.append(f"  predicted for users: {sp.speed.text()}")
+    for w in sp.warnings:
+        lines.append(f"  warning: {w}")
+    lines.append("  command: " + " ".join(_q(a) for a in sp.command))
+    return lines
+
+
+def _cache_note(m) -> str:
+    c = m.prompt_cache
+    if c.bytes:
+        return "bound on what grows with distinct prompts"
+    if c.note.startswith("prompt cache off"):
+        return "off: no memory to spare"
+    return "prefix cache inside the KV cache"
+
+
+def _q(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)

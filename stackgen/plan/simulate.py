@@ -1,0 +1,219 @@
+"""A discrete-event simulation of users against a fleet of engine instances: `stackgen simulate`.
+
+Model (docs in each class):
+- Users are a closed loop: each of `users` sends a request, reads the stream to its end, pauses `think_time_s`
+  (exponential, mean from the workload; 0 = always one request in flight) and sends the next one.
+- A router sends each request to the instance with the fewest requests in flight (HAProxy `balance leastconn`;
+  vLLM's internal data-parallel balancer also routes by load); ties go to the lowest index.
+- Each instance is an iteration-level batching engine (llama-server slots, vLLM continuous batching): up to
+  `max_batch` requests are admitted, others wait FIFO; every step decodes one token for each admitted request past
+  its prompt and packs waiting prompt tokens up to the step's token budget (llama.cpp -b, vLLM
+  max_num_batched_tokens). A request's first token comes at the end of the step that finishes its prompt.
+  The step's duration comes from the instance's ServiceCurve (stackgen.plan.capacity.service_curve).
+- Steps with no prompt work are fast-forwarded to the next completion or arrival, so the cost is a few events per
+  request, not one per token.
+Pure: no clock, no threads; a seeded random generator for think times.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stackgen.run.bench import percentile
+
+
+class Curve(Protocol):
+    max_batch: int
+    step_tokens: int
+    overhead_s: float
+
+    def step_s(self, decoding: int, prompt_tokens: int) -> float: ...
+
+
+@dataclass
+class _Request:
+    user: int
+    sent: float
+    prompt_left: int
+    output: int
+    first: float | None = None
+    done_at: float | None = None
+    finish_d: int = 0  # the instance's decode counter at which this request has all its tokens
+
+
+@dataclass
+class _Instance:
+    """One engine instance: the admitted requests (prompt phase FIFO, decode phase by finish counter), a queue."""
+
+    curve: Curve
+    queue: deque = field(default_factory=deque)  # not yet admitted
+    prompting: deque = field(default_factory=deque)  # admitted, prompt tokens left
+    decoding: list = field(default_factory=list)  # heap of (finish_d, seq, request)
+    decoded: int = 0  # steps that decoded (one token for every request in `decoding`)
+    busy_until: float = 0.0
+    step_started: float = 0.0
+    fast: tuple[float, float, int] | None = None  # fast-forward: (start, step seconds, steps planned)
+    version: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.queue) + len(self.prompting) + len(self.decoding)
+
+    def admit(self) -> None:
+        while self.queue and len(self.prompting) + len(self.decoding) < self.curve.max_batch:
+            self.prompting.append(self.queue.popleft())
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    users: int
+    instances: int
+    requests: int
+    ttft_p50_s: float
+    ttft_p95_s: float
+    tokens_per_s_per_user: float  # median over requests of decode tokens/s after the first token
+    throughput_tokens_per_s: float  # output tokens/s of the fleet
+    utilization: float  # share of time instances were computing (mean over instances)
+    queued_share: float  # share of requests that waited for a free slot
+
+    def to_json(self) -> dict:
+        return {"users": self.users, "instances": self.instances, "requests": self.requests,
+                "ttft_p50_s": round(self.ttft_p50_s, 4), "ttft_p95_s": round(self.ttft_p95_s, 4),
+                "tokens_per_s_per_user": round(self.tokens_per_s_per_user, 2),
+                "throughput_tokens_per_s": round(self.throughput_tokens_per_s, 2),
+                "utilization": round(self.utilization, 3), "queued_share": round(self.queued_share, 3)}
+
+
+def simulate(curves: list[Curve], *, users: int, prompt_tokens: int, output_tokens: int, think_time_s: float = 0.0,
+             rounds: int = 4, seed: int = 0) -> LoadResult:
+    """Run `users` closed-loop users for about `rounds` requests each (the first round is a warm-up and is not
+    counted when there are more) against instances with these curves."""
+    if users < 1 or not curves:
+        raise ValueError("simulate needs at least one user and one instance")
+    rng = random.Random(seed)
+    fleet = [_Instance(c) for c in curves]
+    events: list[tuple[float, int, int, str, int, int]] = []  # (time, order, seq, kind, target, version)
+    order = [0]
+
+    def push(t: float, kind: str, target: int, version: int = 0) -> None:
+        order[0] += 1
+        heapq.heappush(events, (t, order[0], order[0], kind, target, version))
+
+    for u in range(users):
+        push(0.0, "send", u)
+    total = users * rounds
+    sent, done = [0], []
+    queued = [0]
+    seq = [0]
+
+    def schedule(i: int, now: float) -> None:
+        inst = fleet[i]
+        if inst.busy_until > now + 1e-12:
+            return  # a step is in progress; it reschedules when it ends
+        inst.admit()
+        inst.version += 1
+        inst.fast = None
+        if not inst.prompting and not inst.decoding:
+            return
+        if inst.prompting:
+            budget = max(1, inst.curve.step_tokens - len(inst.decoding))
+            pt = min(budget, sum(r.prompt_left for r in inst.prompting))
+            dt = inst.curve.step_s(len(inst.decoding), pt)
+            inst.step_started, inst.busy_until = now, now + dt
+            push(now + dt, "step", i, inst.version)
+            return
+        steps = max(1, inst.decoding[0][0] - inst.decoded)
+        dt = inst.curve.step_s(len(inst.decoding), 0)
+        inst.fast = (now, dt, steps)
+        inst.step_started, inst.busy_until = now, now + dt * steps
+        push(now + dt * steps, "step", i, inst.version)
+
+    def interrupt(i: int, now: float) -> None:
+        """An arrival during a fast-forward: stop at the next step boundary so the new prompt joins."""
+        inst = fleet[i]
+        if inst.fast is None or inst.busy_until <= now:
+            return
+        start, dt, steps = inst.fast
+        k = min(steps, int((now - start) / dt) + 1)
+        if k >= steps:
+            return
+        inst.version += 1
+        inst.fast = (start, dt, k)
+        inst.busy_until = start + dt * k
+        push(inst.busy_until, "step", i, inst.version)
+
+    def finish_step(i: int, now: float) -> None:
+        inst = fleet[i]
+        inst.busy_s += now - inst.step_started
+        if inst.fast is not None:
+            inst.decoded += inst.fast[2]
+        else:
+            if inst.decoding:
+                inst.decoded += 1
+            budget = max(1, inst.curve.step_tokens - len(inst.decoding))
+            while inst.prompting and budget > 0:
+                r = inst.prompting[0]
+                take = min(budget, r.prompt_left)
+                r.prompt_left -= take
+                budget -= take
+                if r.prompt_left:
+                    break
+                inst.prompting.popleft()
+                r.first = now
+                seq[0] += 1
+                heapq.heappush(inst.decoding, (inst.decoded + r.output - 1, seq[0], r))
+        inst.fast = None
+        inst.busy_until = now
+        while inst.decoding and inst.decoding[0][0] <= inst.decoded:
+            _, _, r = heapq.heappop(inst.decoding)
+            r.done_at = now
+            done.append(r)
+            pause = rng.expovariate(1 / think_time_s) if think_time_s > 0 else 0.0
+            push(now + inst.curve.overhead_s / 2 + pause, "send", r.user)
+
+    while events and len(done) < total:
+        now, _, _, kind, target, version = heapq.heappop(events)
+        if kind == "send":
+            if sent[0] >= total:
+                continue
+            sent[0] += 1
+            i = min(range(len(fleet)), key=lambda k: (fleet[k].in_flight, k))
+            inst = fleet[i]
+            arrive = now + inst.curve.overhead_s / 2
+            r = _Request(target, now, max(1, prompt_tokens), max(1, output_tokens))
+            if len(inst.prompting) + len(inst.decoding) >= inst.curve.max_batch:
+                queued[0] += 1
+            inst.queue.append(r)
+            push(arrive, "arrive", i)
+        elif kind == "arrive":
+            interrupt(target, now)
+            schedule(target, now)
+        elif version == fleet[target].version:
+            finish_step(target, now)
+            schedule(target, now)
+    return _summarize(done, fleet, users, rounds, queued[0] / max(1, sent[0]))
+
+
+def _summarize(done: list[_Request], fleet: list[_Instance], users: int, rounds: int, queued: float) -> LoadResult:
+    measured = done[users:] if rounds > 1 and len(done) > users else done
+    ttfts = [r.first - r.sent for r in measured if r.first is not None]
+    rates = [(r.output - 1) / (r.done_at - r.first) for r in measured
+             if r.first is not None and r.done_at is not None and r.output > 1 and r.done_at > r.first]
+    t0 = min(r.sent for r in measured)
+    t1 = max(r.done_at for r in measured if r.done_at is not None)
+    span = max(t1 - t0, 1e-9)
+    end = max(r.done_at for r in done if r.done_at is not None)
+    return LoadResult(
+        users=users, instances=len(fleet), requests=len(measured),
+        ttft_p50_s=percentile(ttfts, 50), ttft_p95_s=percentile(ttfts, 95),
+        tokens_per_s_per_user=percentile(rates, 50) if rates else math.inf,
+        throughput_tokens_per_s=sum(r.output for r in measured) / span,
+        utilization=sum(i.busy_s for i in fleet) / (len(fleet) * max(end, 1e-9)),
+        queued_share=queued,
+    )

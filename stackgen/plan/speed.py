@@ -1,0 +1,212 @@
+"""Decode and prefill speed per backend, for one stream and for N streams (plain functions, no I/O).
+
+Model: one decode step reads every active weight byte once plus each stream's KV cache, at a backend-specific share
+`efficiency` of the peak memory bandwidth, plus a fixed per-step overhead `t0_ms` (kernel launches, sampling, host
+sync): t_step = bytes / (efficiency x bandwidth) + t0. Parameters are fitted on the public figures in
+tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in
+benchmarks/results/public_logs.md) from the points not marked held_out (those check the fit); backends without public
+points there keep the old single 0.70 and no overhead.
+Used by the planner and by issue 20's replica sizing (service curve: aggregate tokens/s vs concurrency)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    efficiency: float  # share of peak bandwidth a decode step reaches on big models
+    t0_ms: float  # per-step overhead that does not scale with bytes read
+    prefill_mfu: float = 0.35  # share of peak FLOPs a prefill reaches (compute-bound)
+    fitted_on: int = 0  # public points behind the two figures (0: a default, not fitted)
+    # The model's stated error for this backend: the largest |predicted/measured - 1| over its public points, fitted
+    # and held out (outliers aside), rounded up to 5%; 0.5 for a backend with no public point (a default, not a fit).
+    error: float = 0.5
+
+
+BACKENDS = {
+    "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25),
+    "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30),
+    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15),  # one point: 0% on it; the floor of the fitted ones
+    "cuda": Backend(0.645, 0.0, fitted_on=3, error=0.15),  # a through-origin fit (the line's t0 came out negative)
+    "rocm": Backend(0.70, 0.0),
+    "mlx": Backend(0.829, 0.0, fitted_on=1, error=0.15),  # one point (70B bf16); the 70B 4-bit is held out
+    "vllm": Backend(0.70, 0.0),
+}
+DEFAULT_BACKEND = Backend(0.70, 0.0)
+
+
+def backend_params(backend: str) -> Backend:
+    return BACKENDS.get(backend, DEFAULT_BACKEND)
+
+
+def backend_for(own_kernels: str | None, vendor: str | None) -> str:
+    """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as: its own kernels' fit
+    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor."""
+    if own_kernels:
+        return own_kernels if vendor else "cpu"
+    return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
+
+
+def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str) -> float:
+    """Seconds for one decode step that reads `bytes_read` bytes on a device of `bandwidth_gbs` peak GB/s."""
+    b = backend_params(backend)
+    return bytes_read / (b.efficiency * bandwidth_gbs * 1e9) + b.t0_ms / 1000
+
+
+def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str) -> float:
+    """Decode tokens/s of one stream: active weights plus that stream's KV cache per token."""
+    t = step_seconds(weights_bytes + kv_bytes, bandwidth_gbs, backend)
+    return 1 / t if t > 0 else 0.0
+
+
+def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, bandwidth_gbs: float, backend: str,
+                           streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0) -> float:
+    """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
+    each stream's KV cache once; past the batch knee the step is compute-bound (2 x active_params FLOPs per token at
+    the backend's prefill MFU), when `peak_tflops` is given."""
+    n = max(1, streams)
+    t = step_seconds(weights_bytes + n * kv_bytes_per_stream, bandwidth_gbs, backend)
+    if peak_tflops and active_params:
+        t = max(t, 2 * active_params * n / (backend_params(backend).prefill_mfu * peak_tflops * 1e12))
+    return n / t if t > 0 else 0.0
+
+
+def per_stream_tokens_per_s(*args, streams: int, **kw) -> float:
+    """What each user sees at `streams` concurrent streams: the aggregate divided by the streams."""
+    return aggregate_tokens_per_s(*args, streams=streams, **kw) / max(1, streams)
+
+
+def prefill_tokens_per_s(active_params: float, peak_tflops: float, backend: str) -> float:
+    """Prompt tokens/s when prefill is compute-bound: peak FLOPs x MFU / (2 x active parameters)."""
+    if not active_params or not peak_tflops:
+        return 0.0
+    return backend_params(backend).prefill_mfu * peak_tflops * 1e12 / (2 * active_params)
+
+
+def ttft_seconds(prompt_tokens: int, prefill_rate: float, first_step_s: float = 0.0, queued_prompts: int = 0) -> float:
+    """Time to first token: the prompts ahead in the queue and this one at `prefill_rate`, then one decode step."""
+    if prefill_rate <= 0:
+        return float("inf")
+    return prompt_tokens * (1 + queued_prompts) / prefill_rate + first_step_s
+
+
+def queueing_point(max_streams: int, output_tokens: int, aggregate_at_max: float) -> float:
+    """Requests per second past which requests queue: the engine's slots (or KV room) full at aggregate speed."""
+    if output_tokens <= 0 or max_streams <= 0:
+        return 0.0
+    return aggregate_at_max / output_tokens
+
+
+def fit_backend(points: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """Least squares of t = x / e + t0 over (bytes, bandwidth_gbs, tokens_per_s) points: returns (e, t0_ms)."""
+    xs = [b / (bw * 1e9) for b, bw, _ in points]
+    ts = [1 / tps for _, _, tps in points]
+    n = len(points)
+    if n == 1:
+        return xs[0] / ts[0], 0.0
+    mx, mt = sum(xs) / n, sum(ts) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (t - mt) for x, t in zip(xs, ts)) / sxx if sxx else mt / mx
+    t0 = mt - slope * mx
+    if t0 < 0 or slope <= 0:  # a negative overhead is not physical: the constrained optimum is t0 = 0, t = x / e
+        slope, t0 = sum(x * t for x, t in zip(xs, ts)) / sum(x * x for x in xs), 0.0
+    return 1 / slope, t0 * 1000
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """What users should see at the workload's concurrency (plan) or a bench's (bench), and how sure it is."""
+
+    backend: str
+    streams: int  # requests decoding together: min(users, the engine's slots)
+    per_user_tokens_per_s: float
+    aggregate_tokens_per_s: float
+    single_stream_tokens_per_s: float
+    ttft_s: float  # one request alone: its prompt at the prefill rate, then one decode step
+    ttft_all_s: float  # every stream's prompt arriving together: the last one waits for the others' prefill
+    bound: str  # "memory bandwidth" or "compute" (past the batch knee)
+    error: float  # the backend's stated error (Backend.error)
+    fitted_on: int
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "streams": self.streams,
+                "per_user_tokens_per_s": self.per_user_tokens_per_s,
+                "aggregate_tokens_per_s": self.aggregate_tokens_per_s,
+                "single_stream_tokens_per_s": self.single_stream_tokens_per_s, "ttft_s": self.ttft_s,
+                "ttft_all_s": self.ttft_all_s, "bound": self.bound, "error": self.error,
+                "fitted_on": self.fitted_on}
+
+    def text(self) -> str:
+        fit = f"fitted on {self.fitted_on} public points" if self.fitted_on else "not fitted: a default"
+        return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {self.streams} streams "
+                f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone, "
+                f"{self.ttft_all_s:.2f} s when all {self.streams} arrive together (decode +-{self.error * 100:.0f}%, "
+                f"{self.backend} backend {fit}; TTFT not yet checked against public figures)")
+
+
+def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
+             gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
+             prompt_tokens: int) -> Forecast:
+    """Decode per user and TTFT at `streams` concurrent streams.
+
+    One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
+    efficiency of the GPU bandwidth, the rest (layers left in system RAM) at the CPU backend's efficiency of the host
+    bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
+    parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
+    prefill rate, then one step."""
+    b, cpu = backend_params(backend), backend_params("cpu")
+    n = max(1, streams)
+    read = weights_bytes + n * kv_bytes_per_stream
+
+    def memory_s(bytes_read: float) -> float:
+        t = b.t0_ms / 1000
+        if gpu_fraction > 0 and gpu_bandwidth_gbs > 0:
+            t += bytes_read * gpu_fraction / (b.efficiency * gpu_bandwidth_gbs * 1e9)
+        if gpu_fraction < 1:
+            t += bytes_read * (1 - gpu_fraction) / (cpu.efficiency * host_bandwidth_gbs * 1e9)
+        return t
+
+    mfu = b.prefill_mfu if gpu_fraction > 0 else cpu.prefill_mfu
+    # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
+    error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
+    compute = 2 * active_params * n / (mfu * peak_flops) if peak_flops and active_params else 0.0
+    step = max(memory_s(read), compute)
+    single = memory_s(weights_bytes + kv_bytes_per_stream)
+    prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
+    ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
+    ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
+    return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
+                    aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
+                    ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
+                    bound="compute" if compute > memory_s(read) else "memory bandwidth", error=error,
+                    fitted_on=b.fitted_on)
+
+
+def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
+                     threads: int) -> Forecast:
+    """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
+    engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth."""
+    from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
+    from stackgen import engines
+    from stackgen.plan.memory import _kv_bytes_read
+
+    eng = engines.get(engine)
+    vendor = hw.gpus[0].vendor if hw.gpus else None
+    backend = backend_for(eng.speed_backend, vendor)
+    active = mem.weights_bytes * (model.active_params / model.params) if model.params else mem.weights_bytes
+    if hw.gpus and not hw.is_apple and eng.layers_in_ram:
+        gpu_fraction = mem.gpu_layers / mem.total_layers if mem.total_layers else 0.0
+    else:
+        gpu_fraction = 1.0 if hw.gpus else 0.0
+    tp = max(1, mem.tensor_parallel)
+    gpu_bw = min(g.bandwidth_gbs for g in hw.gpus) * tp if hw.gpus else 0.0
+    if hw.gpus and gpu_fraction > 0:
+        g = hw.gpus[0]
+        peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
+    else:
+        peak = CPU_FLOPS_PER_THREAD * max(1, threads)
+    return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
+                    streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
+                    gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
+                    active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens)

@@ -1,0 +1,148 @@
+"""What a service's container is, whoever runs it: `up --containers` (stackgen.run.containers, the Docker Engine API)
+and the compose, quadlet and kubernetes targets. Built from the plan and the engine's facts (Engine.container), so
+the running code does not depend on a render target.
+
+`Container` is the neutral spec: image, command, environment, where the key goes, model mount, hardening and GPUs.
+Each consumer writes it in its own format (a compose entry, a Docker API call, a quadlet unit, a pod).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from stackgen import engines
+from stackgen.render.paths import local_weights, relative_to_folder
+from stackgen.engines.base import ContainerImage, LaunchContext
+from stackgen.errors import RenderError
+from stackgen.plan.plan import ServicePlan
+
+# Radeon architectures ROCm supports (ROCm 6.x compatibility matrix); other consumer AMD cards use Vulkan.
+ROCM_CONSUMER_ARCHS = {"gfx1030", "gfx1100", "gfx1101", "gfx1200", "gfx1201"}
+
+
+SECURITY_OPT = ("no-new-privileges:true",)  # every container: no privilege escalation, no capabilities
+CAP_DROP = ("ALL",)
+
+
+@dataclass(frozen=True)
+class Container:
+    """One service as a container, in no tool's format."""
+
+    image: str
+    accel: str  # cpu | cuda | rocm | vulkan | intel
+    command: tuple[str, ...]  # the engine's argv minus what the image's entrypoint runs
+    env: dict[str, str]  # the engine's environment and its cache variables (never a secret)
+    key_env: str | None  # the variable the engine reads the API key from (its value: serve.api_key_env at start)
+    host: str
+    port: int
+    mount: "ModelMount"
+    read_only: bool  # a read-only root filesystem with a tmpfs /tmp
+    shm_size: str | None  # shared memory for PyTorch engines (their root stays writable for compile caches)
+    gpus: int  # GPUs reserved (cuda)
+
+
+def container_for(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> Container:
+    """The container of one service. `compose_dir` None names local weights absolutely (the Docker API)."""
+    accel = accelerator(sp)
+    image = image_for(sp, accel)
+    mount = model_mount(sp, stack_path, compose_dir)
+    facts = _container(sp)
+    return Container(
+        image=image, accel=accel, command=tuple(container_command(sp, mount.container_ref)),
+        env=engine_env(sp, mount.env), key_env=engine_key_env(sp), host=sp.host, port=sp.port, mount=mount,
+        read_only=not facts.shared_memory,
+        shm_size=("16gb" if sp.memory.tensor_parallel > 1 else "2gb") if facts.shared_memory else None,
+        gpus=engines.get(sp.engine).gpu_count(sp))
+
+
+def engine_key_env(sp: ServicePlan) -> str | None:
+    """The variable a keyed service's engine reads its key from in a container (None: no key, or no key option)."""
+    how = engines.get(sp.engine).api_key
+    return how.env if sp.api_key_env and how is not None else None
+
+
+def accelerator(sp: ServicePlan) -> str:
+    """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
+    gpus = [g for g in sp.gpus if not g.unified]
+    uses_gpu = engines.get(sp.engine).uses_gpu(sp)
+    if not gpus or not uses_gpu:
+        return "cpu"
+    g = gpus[0]
+    if g.vendor == "nvidia":
+        return "cuda"
+    if g.vendor == "amd":
+        return "rocm" if g.tier == "datacenter" or (g.arch or "") in ROCM_CONSUMER_ARCHS else "vulkan"
+    return "intel"
+
+
+def image_for(sp: ServicePlan, accel: str) -> str:
+    if sp.spec.image:
+        return sp.spec.image
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise RenderError(f"services.{sp.name}: {engine.no_container}")
+    return engine.image(sp, accel, sp.spec.engine_version or engine.container.default_version)
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
+    """The engine's argv inside the container, minus what the image's entrypoint already runs."""
+    engine = engines.get(sp.engine)
+    inside = replace(sp, host="0.0.0.0")
+    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
+    argv = engine.argv(inside, ctx)
+    return argv[_container(sp).entrypoint_args:]  # what the image's entrypoint already runs
+
+
+@dataclass
+class ModelMount:
+    container_ref: str
+    volumes: list[str]
+    named: list[str]
+    env: dict[str, str]
+
+
+def _container(sp: ServicePlan) -> ContainerImage:
+    engine = engines.get(sp.engine)
+    if engine.container is None:
+        raise RenderError(f"services.{sp.name}: {engine.no_container}")
+    return engine.container
+
+
+def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> ModelMount:
+    """Local weights are bind-mounted read-only under /models; registry models live in a named cache volume.
+    `compose_dir` None (the Docker API of `up --containers`) names the host file absolutely."""
+    image = _container(sp)
+    env = dict(image.cache_env)
+    local = local_weights(sp)
+    volumes, named = [], []
+    ref = sp.model_ref
+    if local is not None:
+        ref = f"/models/{PurePosixPath(local).name}"
+        volumes.append(f"{_host_path(sp, stack_path, local, compose_dir)}:{ref}:ro")
+    if local is None or image.store_copies_local:  # an engine with its own store copies even local weights in
+        volumes.append(f"{image.cache_volume}:{image.cache_mount}")
+        named.append(image.cache_volume)
+    else:
+        env = {}
+    if image.compile_cache is not None:  # compile artifacts: a warm restart skips the compile
+        volumes.append(f"{image.compile_cache[0]}:{image.compile_cache[1]}")
+        named.append(image.compile_cache[0])
+    return ModelMount(ref, volumes, named, env)
+
+
+def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path | None) -> str:
+    """Relative to the compose file's folder (the same bytes in every clone), or absolute for the Docker API."""
+    stack_folder = Path(stack_path).parent
+    if compose_dir is not None:
+        return relative_to_folder(stack_folder, local, compose_dir)
+    return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
+
+
+def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
+    env.update(extra)
+    return env

@@ -1,0 +1,38 @@
+"""Render targets: each is a function (Plan, RenderContext) -> list[Artifact]."""
+
+from __future__ import annotations
+
+from stackgen.errors import RenderError
+from stackgen.render.artifact import TargetFn
+
+TARGETS: dict[str, TargetFn] = {}
+
+
+def refuse_tls(plan, target: str, instead: str) -> None:
+    """serve.tls names certificate paths on one host; containers and pods would need them mounted (not generated)."""
+    if plan.services and plan.services[0].tls is not None:
+        raise RenderError(f"serve.tls: the {target} target does not serve TLS from the engine (the certificate is a "
+                          f"host path); drop {target} from targets for this stack, or drop serve.tls and use {instead}")
+
+
+def register(name: str):
+    def deco(fn: TargetFn) -> TargetFn:
+        TARGETS[name] = fn
+        return fn
+
+    return deco
+
+
+def _load() -> None:
+    # Explicit composition (no plugin discovery): each target module registers itself on import.
+    import importlib
+
+    for mod in ("script", "systemd", "compose", "kubernetes", "launchd", "quadlet", "llama_swap"):
+        try:
+            importlib.import_module(f"stackgen.render.targets.{mod}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"stackgen.render.targets.{mod}":
+                raise
+
+
+_load()

@@ -1,0 +1,329 @@
+"""The `systemd` target: one hardened system unit per service under systemd/.
+
+Each unit runs the engine as a DynamicUser with the file system read-only, no capabilities and a system-call
+allow-list; GPU units keep exactly their device classes. The command line comes from the engine module (Python)
+and is quoted by systemd's own rules (stackgen.render.quoting); the unit file format lives in
+templates/systemd/service.j2. Checked in tests with `systemd-analyze verify` (empty stderr) and
+`systemd-analyze security --offline=yes` (exposure at most 2.0).
+
+Start timeout: TimeoutStartSec = the plan's one start-up budget (`ServicePlan.startup_budget_s`: 60 s + weights / 100 MB/s, + weights / 25 MB/s
+when the engine downloads them at start, + the engine's own start-up such as vLLM's 120 s compile; rounded up to 10 s).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+
+from stackgen import engines
+from stackgen.render.paths import installed_path, local_weights
+from stackgen.errors import RenderError
+from stackgen.plan.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
+from stackgen.render.artifact import Artifact, RenderContext, render_template
+from stackgen.spec.stack import LOOPBACK_HOSTS
+from stackgen.render.quoting import Expand, escape_text, quote_value, systemd_quote
+from stackgen.render.targets import fleet, register
+from stackgen.render.targets.script import RAY_UNAUTHENTICATED, ray_binary
+
+CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
+RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
+NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
+AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
+INTEL_DEVICES = ("char-drm rw",)
+
+
+@register("systemd")
+def systemd_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
+    return render_units(plan, ctx)
+
+
+def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> list[Artifact]:
+    """`binary` replaces every engine binary (tests point it at a stub so `systemd-analyze verify` finds it)."""
+    if plan.hardware.os != "linux":
+        raise RenderError(f"the systemd target needs a Linux machine; this stack's hardware runs {plan.hardware.os}")
+    out: list[Artifact] = []
+    for sp in plan.services:
+        if fleet.separate(sp):  # fleet hook: a template unit per instance + the balancer (targets/fleet.py)
+            out += fleet.systemd(plan, sp, ctx, binary)
+            continue
+        out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
+        if engines.get(sp.engine).model_tag(sp) is not None:
+            out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
+        out += _node_units(plan, sp, ctx, binary)
+    for art in out:
+        _check_line_lengths(art)
+    return out
+
+
+LONG_LINE_MAX = 1024 * 1024  # systemd src/basic/fileio.h: longer unit lines are refused ("Line too long")
+
+
+def _check_line_lengths(art: Artifact) -> None:
+    """load_stack limits argument lengths; this is the last guard before systemd would refuse the unit."""
+    for number, line in enumerate(art.content.split("\n"), 1):
+        if len(line.encode("utf-8")) >= LONG_LINE_MAX:
+            raise RenderError(f"{art.path}:{number}: a {len(line)}-character line is longer than systemd reads "
+                              f"({LONG_LINE_MAX} bytes); shorten the service's overrides or paths")
+
+
+def unit_name(plan: Plan, sp: ServicePlan, suffix: str = "") -> str:
+    return f"stackgen-{plan.stack_name}-{sp.name}{suffix}.service"
+
+
+# ---------------------------------------------------------------------------------------------- the main unit
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Paths of one unit as the service sees them."""
+
+    name: str  # the unit name without .service: also its state/cache directory name
+    model_ref: str
+    local_model: str | None  # an absolute path to weights on the target host, or None when fetched
+    copy_from: str | None = None  # the stack-relative weights to install at local_model
+
+    @property
+    def state(self) -> str:
+        return f"/var/lib/{self.name}"
+
+    @property
+    def cache(self) -> str:
+        return f"/var/cache/{self.name}"
+
+
+def _where(plan: Plan, sp: ServicePlan, model_dir: str) -> _Where:
+    """A unit has no checkout: weights the stack names relative to its folder are installed under model_dir."""
+    name = unit_name(plan, sp).removesuffix(".service")
+    local = local_weights(sp)
+    if local is None:
+        return _Where(name, sp.model_ref, None)
+    path = installed_path(local, model_dir)
+    return _Where(name, path, path, None if path == local else local)
+
+
+def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
+    engine = engines.get(sp.engine)
+    where = _where(plan, sp, ctx.model_dir)
+    cmd = engines.command(engine, sp, binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
+                          host=sp.host, port=sp.port, key_file=CREDENTIAL)
+    key = _key_mode(sp, cmd)
+    argv = [CREDENTIAL if a == CREDENTIAL else a for a in cmd.argv]
+    values = _common(plan, sp, ctx, where)
+    values.update(
+        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engine.display} serving {sp.model.name}"),
+        exec_start=systemd_quote(argv),
+        environment=_environment(sp, where),
+        credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
+        env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
+        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env),
+    )
+    if sp.topology is not None and sp.topology.kind == "vllm-ray":
+        values.update(_ray_head_sharing(plan, sp))
+    return render_template("systemd/service.j2", **values)
+
+
+# `ray start --block` drains for up to 30 s after SIGTERM before it stops gcs_server, raylet and the workers (seen
+# with Ray 2.60): give it room before systemd's SIGKILL.
+RAY_STOP_S = "45"
+
+
+def _ray_head_sharing(plan: Plan, sp: ServicePlan) -> dict:
+    """vLLM on the head attaches to the Ray head's node through the unix sockets in the head's session dir
+    (/tmp/ray/session_*/sockets: raylet, plasma_store; their paths come from the GCS). Separate PrivateTmp= would
+    hide them, and two DynamicUser= units get two UIDs while UMask=0077 keeps the session dir private. So the vLLM
+    unit joins the head unit's namespaces (one private /tmp for both) and both run as one dynamic user; it also
+    starts after the head and stops with it (its Ray cluster is gone then)."""
+    head = unit_name(plan, sp, "-ray-head")
+    return dict(after=[head], requires=[head], joins_namespace_of=head, user=_ray_user(plan, sp))
+
+
+def _ray_user(plan: Plan, sp: ServicePlan) -> str:
+    """The one dynamic user of the vLLM unit and the Ray head unit on the head machine (units naming the same
+    User= with DynamicUser=yes share its UID)."""
+    return unit_name(plan, sp).removesuffix(".service")
+
+
+def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> dict:
+    """What every unit of a service shares: identity, timeouts, sandbox, devices and network."""
+    gpu = _gpu_devices(sp)
+    fetched = where.local_model is None
+    # ProtectHome=yes hides /home; weights kept there are bound in read-only on an otherwise empty tmpfs.
+    in_home = where.local_model is not None and where.local_model.startswith(("/home/", "/root/", "/run/user/"))
+    paths = [quote_value(where.local_model, "model path")] if where.local_model else []
+    engine = engines.get(sp.engine)  # a JIT engine (torch/triton, mlx kernels): W^X would kill it
+    mdwe_reason = ("the engine is Python and JIT-compiles kernels" if engine.jit
+                   else "GPU drivers map writable executable memory for their kernels")
+    return dict(
+        # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
+        # writes only when it downloads with -hf.
+        header=ctx.header(), comments=_weights_comments(where, fetched, folder=sp.model.source == "hf"), after=[],
+        requires=[], user=None, joins_namespace_of=None,
+        type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
+        start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
+        timeout_start=f"{sp.startup_budget_s}s",
+        state_dir=where.name if engine.writes_home else None,
+        cache_dir=where.name if engine.writes_home or fetched else None,
+        protect_home="tmpfs" if in_home else "yes",
+        read_only_paths=[] if in_home else paths, bind_read_only_paths=paths if in_home else [],
+        memory_deny_write_execute=not gpu and not engine.jit, mdwe_reason=mdwe_reason,
+        gpu_devices=gpu,
+        ip_localhost_only=sp.host in LOOPBACK_HOSTS and not fetched,
+        ip_reason=("the weights are downloaded at start; fetch them first and point `model:` at the local copy "
+                   "to allow localhost only") if fetched else f"the service binds {sp.host}",
+    )
+
+
+def _environment(sp: ServicePlan, where: _Where) -> list[str]:
+    env = dict(sp.env)
+    fetched = where.local_model is None
+    env.update(engines.get(sp.engine).host_env(sp, where.state, where.cache, fetched))
+    if sp.topology is not None and sp.topology.kind == "vllm-ray":
+        # Each unit has its own PrivateTmp, so vLLM cannot find the head's session in /tmp/ray: name the GCS.
+        env["RAY_ADDRESS"] = f"{sp.topology.head.address}:{RAY_PORT}"
+    return [quote_value(f"{k}={v}", "environment value") for k, v in sorted(env.items())]
+
+
+def _gpu_devices(sp: ServicePlan) -> tuple[str, ...]:
+    if sp.memory.gpu_bytes <= 0:
+        return ()
+    vendors = {g.vendor for g in sp.gpus if not g.unified}
+    devices: list[str] = []
+    for vendor, classes in (("nvidia", NVIDIA_DEVICES), ("amd", AMD_DEVICES), ("intel", INTEL_DEVICES)):
+        if vendor in vendors:
+            devices += [d for d in classes if d not in devices]
+    return tuple(devices)
+
+
+# ---------------------------------------------------------------------------------------------- multi-node
+
+
+def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> list[Artifact]:
+    """Multi-node pieces: `-ray-head` (on the head, before the main unit) and `-ray-worker-<i>` units for vLLM, or
+    `-rpc-<i>` units running ggml-rpc-server for llama.cpp; each is installed on the machine it names."""
+    topo = sp.topology
+    if topo is None:
+        return []
+    out = []
+    main = unit_name(plan, sp)
+    if topo.kind == "vllm-ray":
+        head = topo.head.address
+        ray = ray_binary(sp)
+        roles = [(topo.head, "-ray-head", [ray, "start", "--head", f"--port={RAY_PORT}",
+                                           f"--node-ip-address={head}", "--block"])]
+        roles += [(w, f"-ray-worker-{w.index}", [ray, "start", f"--address={head}:{RAY_PORT}",
+                                                 f"--node-ip-address={w.address}", "--block"]) for w in topo.workers]
+    else:
+        from stackgen.engines.llamacpp import rpc_server_argv
+        roles = [(w, f"-rpc-{w.index}", rpc_server_argv("ggml-rpc-server", w.address, RPC_PORT)) for w in topo.workers]
+    for node, suffix, argv in roles:
+        name = unit_name(plan, sp, suffix)
+        where = _Where(name.removesuffix(".service"), "", None)
+        values = _common(plan, sp, ctx, where)
+        if binary:
+            argv = [binary] + argv[1:]
+        if topo.kind == "vllm-ray":
+            what = "the Ray head" if node.role == "head" else f"Ray worker {node.index}"
+            env = {"HOME": where.state, "HF_HOME": f"{where.cache}/huggingface", "VLLM_HOST_IP": node.address,
+                   "VLLM_CACHE_ROOT": f"{where.cache}/vllm"}
+            comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, pipeline stage {node.index} "
+                        f"({node.layers} layers over {node.gpus} GPUs)."]
+            if node.role == "head":
+                comments.append(f"Start it before {main}; the workers join it at {head}:{RAY_PORT}. {main} joins this "
+                                "unit's /tmp and user: vLLM attaches to this node through the sockets in Ray's "
+                                "session dir there.")
+            comments.append(RAY_UNAUTHENTICATED)
+            gpu = _node_gpu_devices(node)
+            mdwe = False
+        else:
+            what = f"llama.cpp RPC worker {node.index}"
+            env = {"LLAMA_CACHE": where.cache}
+            comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, planned {node.layers} layers.",
+                        f"Start every worker before {main} on the head; the head ships the weights at start and "
+                        "-c caches them here.",
+                        "ggml-rpc-server is unauthenticated: allow its port only from the head (firewall)."]
+            gpu = _node_gpu_devices(node)
+            mdwe = not gpu
+        values.update(
+            description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {what} on {node.address}"),
+            exec_start=systemd_quote(argv), comments=comments, gpu_devices=gpu, memory_deny_write_execute=mdwe,
+            environment=[quote_value(f"{k}={v}", "environment value") for k, v in sorted(env.items())],
+            state_dir=where.name, cache_dir=where.name, read_only_paths=[], bind_read_only_paths=[],
+            protect_home="yes", timeout_start="90s", env_file=None, credential=None, ip_localhost_only=False,
+            ip_reason=f"the node talks to the other nodes of {sp.name}",
+            user=_ray_user(plan, sp) if topo.kind == "vllm-ray" and node.role == "head" else None,
+            timeout_stop=RAY_STOP_S if topo.kind == "vllm-ray" else "30",
+        )
+        out.append(Artifact(f"systemd/{name}", render_template("systemd/service.j2", **values)))
+    return out
+
+
+def _node_gpu_devices(node) -> tuple[str, ...]:
+    devices: list[str] = []
+    for vendor, classes in (("nvidia", NVIDIA_DEVICES), ("amd", AMD_DEVICES), ("intel", INTEL_DEVICES)):
+        if vendor in node.vendors:
+            devices += [d for d in classes if d not in devices]
+    return tuple(devices)
+
+
+# ---------------------------------------------------------------------------------------------- API key
+
+
+def _key_mode(sp: ServicePlan, cmd: engines.Command) -> str:
+    """How the key reaches the engine: a credential file (the engine reads a file), an env file (the engine reads
+    its own variable), not at all, or unsupported (a key is set but the engine has no key option)."""
+    if not sp.api_key_env:
+        return "none"
+    return {"file": "credential", "env": "env_file"}.get(cmd.key_mode or "", "unsupported")
+
+
+def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -> list[str]:
+    folder = f"/etc/stackgen/{plan.stack_name}"
+    if mode == "credential":
+        return [f"API key: put it in {folder}/api-key (mode 0600, root); systemd hands it to the service as a",
+                "credential, so the key never appears in the unit, the environment or the process list."]
+    if mode == "env_file":
+        return [f"API key: put `{key_env}=<key>` in {folder}/{sp.name}.env (mode 0600, root). "
+                f"{engines.get(sp.engine).display} reads the",
+                f"key only from its command line or {key_env}; the unit fails to start without the file."]
+    if mode == "unsupported":
+        return [f"{engines.get(sp.engine).display} has no API key option: keep it on loopback behind a proxy."]
+    return []
+
+
+def _weights_comments(where: _Where, fetched: bool, folder: bool) -> list[str]:
+    if fetched:
+        return [f"Weights: {where.model_ref} is fetched at start into {where.cache}."]
+    if where.copy_from is None:
+        return [f"Weights: read-only from {where.local_model}."]
+    src, dest = shlex.quote(where.copy_from), shlex.quote(where.local_model or "")
+    lines = [f"Weights: install {where.copy_from} (relative to the stack file's folder) at {where.local_model}",
+             "(serve.model_dir; world-readable: the service runs as a dynamic user). From the stack's folder:"]
+    if folder:  # an HF model folder
+        parent = shlex.quote(posixpath.dirname(where.local_model or ""))
+        return lines + [f"  sudo mkdir -p {parent} && sudo cp -r {src} {dest} && sudo chmod -R a+rX {dest}"]
+    return lines + [f"  sudo install -D -m 0644 {src} {dest}"]
+
+
+# ---------------------------------------------------------------------------------------------- Ollama
+
+
+def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
+    """`ollama create` from the Modelfile once the daemon runs: it pins num_ctx/num_gpu the daemon would guess."""
+    engine = engines.get(sp.engine)
+    where = _where(plan, sp, ctx.model_dir)
+    modelfile = f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
+    argv = [binary or sp.spec.binary or engine.binary, "create", engine.model_tag(sp), "-f", modelfile]
+    values = _common(plan, sp, ctx, where)
+    main = unit_name(plan, sp)
+    values.update(
+        description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: create the {engine.short} model {engine.model_tag(sp)}"),
+        comments=[f"Install the Modelfile at {modelfile} (e.g. from the script target's {sp.name}/ folder).",
+                  "Retries until the daemon listens; the daemon itself fetches and stores the weights."],
+        after=[main], requires=[main], type="oneshot", remain_after_exit=True,
+        exec_start=systemd_quote(argv), state_dir=None, cache_dir=None, gpu_devices=(),
+        memory_deny_write_execute=True, environment=[quote_value(f"OLLAMA_HOST={sp.host}:{sp.port}"),
+                                                     quote_value("HOME=/tmp")],
+        env_file=None, credential=None, ip_localhost_only=True,
+    )
+    return render_template("systemd/service.j2", **values)

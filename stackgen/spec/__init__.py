@@ -1,0 +1,1 @@
+"""stack.yaml: the typed spec, its YAML loader with line:col, and the built-in profiles."""

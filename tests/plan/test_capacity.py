@@ -1,0 +1,180 @@
+"""The capacity plan (stackgen/plan/capacity.py), the simulator (stackgen/plan/simulate.py), the HAProxy config and
+`stackgen simulate`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from stackgen.render.balancer import haproxy_config
+from stackgen.plan.capacity import ServiceCurve
+from stackgen.cli import app
+from stackgen.errors import PlanError
+from stackgen.render.artifact import RenderContext, render_plan
+from stackgen.plan.simulate import simulate
+from tools.stacks import plan_for
+
+TEAM_8X_H100 = """
+version: 1
+hardware: 8x h100-80gb
+workload: {{concurrent_users: {users}, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}}
+services:
+  chat: {{model: llama-3.1-8b-instruct}}
+"""
+
+CPU_REPLICAS = """
+version: 1
+hardware: cpu-server-64gb
+workload: {{concurrent_users: 4, context_tokens: 1024, prompt_tokens: 128, output_tokens: 64}}
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M, replicas: {replicas}}}
+"""
+
+
+def curve(step=0.04, kv=0.0, flop=0.002, batch=4, tokens=2048, overhead=0.0) -> ServiceCurve:
+    return ServiceCurve(step, kv, flop, max_batch=batch, step_tokens=tokens, overhead_s=overhead)
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+def test_one_user_matches_the_curve_by_hand():
+    # 100 prompt tokens at 2 ms each = 0.2 s to the first token; then 0.04 s per token.
+    r = simulate([curve()], users=1, prompt_tokens=100, output_tokens=11, rounds=3)
+    assert r.ttft_p50_s == pytest.approx(0.2)
+    assert r.tokens_per_s_per_user == pytest.approx(25.0)
+    assert r.requests == 2  # the first round is a warm-up
+
+
+def test_users_beyond_the_batch_queue_and_ttft_grows():
+    one = simulate([curve(batch=2)], users=2, prompt_tokens=100, output_tokens=50)
+    four = simulate([curve(batch=2)], users=4, prompt_tokens=100, output_tokens=50)
+    assert one.queued_share == 0
+    assert four.queued_share > 0
+    assert four.ttft_p95_s > 2 * one.ttft_p95_s
+
+
+def test_a_second_instance_halves_the_queue():
+    one = simulate([curve(batch=2)], users=4, prompt_tokens=100, output_tokens=50)
+    two = simulate([curve(batch=2)] * 2, users=4, prompt_tokens=100, output_tokens=50)
+    assert two.ttft_p95_s < one.ttft_p95_s / 1.5
+    assert two.throughput_tokens_per_s > 1.5 * one.throughput_tokens_per_s
+
+
+def test_think_time_lowers_utilization():
+    busy = simulate([curve()], users=4, prompt_tokens=100, output_tokens=20)
+    idle = simulate([curve()], users=4, prompt_tokens=100, output_tokens=20, think_time_s=20.0, rounds=6)
+    assert idle.utilization < busy.utilization / 2
+
+
+def test_batching_shares_the_weight_read():
+    # Memory-bound steps: 4 streams decode at nearly the single-stream rate each.
+    r1 = simulate([curve()], users=1, prompt_tokens=10, output_tokens=200)
+    r4 = simulate([curve()], users=4, prompt_tokens=10, output_tokens=200)
+    assert r4.throughput_tokens_per_s > 3 * r1.throughput_tokens_per_s
+
+
+def test_cpu_decode_pays_the_dot_products_per_stream_and_gpu_decode_shares_the_read(tmp_path):
+    from stackgen.plan.capacity import fleet_curves
+
+    cpu = plan_for(tmp_path / "c", CPU_REPLICAS.format(replicas=2))
+    c = fleet_curves(cpu.services[0], cpu.hardware)[0]
+    assert c.decode_s_per_seq > 0
+    assert c.step_s(2, 0) >= 1.5 * c.step_s(1, 0)  # 8 threads' dot products for the second stream
+    gpu = plan_for(tmp_path / "g", TEAM_8X_H100.format(users=8))
+    g = fleet_curves(gpu.services[0], gpu.hardware)[0]
+    assert g.decode_s_per_seq == 0 and g.step_s(2, 0) < 1.1 * g.step_s(1, 0)
+    # In the simulator: 2 streams on one CPU instance each decode well below the single-stream rate.
+    one = simulate([c], users=1, prompt_tokens=16, output_tokens=64)
+    two = simulate([c], users=2, prompt_tokens=16, output_tokens=64)
+    assert two.tokens_per_s_per_user < 0.7 * one.tokens_per_s_per_user
+
+
+# ---------------------------------------------------------------------------------------------- capacity plan
+
+
+def test_team_scale_gets_data_parallel_with_predictions(tmp_path):
+    sp = plan_for(tmp_path, TEAM_8X_H100.format(users=2000)).services[0]
+    out = sp.to_json()
+    cap = out["capacity"]
+    assert out["replicas"] > 1 and cap["meets_targets"]
+    assert "--data-parallel-size" in sp.command
+    assert sp.command[sp.command.index("--data-parallel-size") + 1] == str(out["replicas"])
+    assert cap["predicted"]["ttft_p95_s"] <= 2.0 and cap["predicted"]["tokens_per_s_per_user"] >= 10
+    # One instance cannot: it is rejected with its numbers.
+    assert cap["rejected_layouts"]["1 x TP1"].startswith("misses the targets: p95 TTFT")
+    assert any(r.startswith("replicas: ") for r in out["reasons"])
+
+
+def test_small_team_keeps_one_instance(tmp_path):
+    sp = plan_for(tmp_path, TEAM_8X_H100.format(users=8)).services[0]
+    assert sp.replicas == 1 and "--data-parallel-size" not in sp.command
+    assert "uses" in sp.capacity.rejected["2 x TP1"]  # meets too, but with more GPUs
+
+
+def test_stricter_target_needs_more_gpus(tmp_path):
+    loose = plan_for(tmp_path / "a", TEAM_8X_H100.format(users=2000)).services[0]
+    strict = plan_for(tmp_path / "b", TEAM_8X_H100.format(users=2000).replace(
+        "output_tokens: 300}", "output_tokens: 300, ttft_p95_ms: 700}")).services[0]
+    assert strict.capacity.meets and loose.capacity.meets
+    assert strict.capacity.layout.gpus > loose.capacity.layout.gpus
+
+
+def test_unmeetable_target_says_by_how_much_and_what_would(tmp_path):
+    sp = plan_for(tmp_path, TEAM_8X_H100.format(users=4000).replace(
+        "output_tokens: 300}", "output_tokens: 300, tokens_per_s_per_user: 40}")).services[0]
+    cap = sp.capacity
+    assert not cap.meets
+    assert "misses the targets" in cap.advice[0] and "tokens/s per user < target 40" in cap.advice[0]
+    assert any("H100" in a and "more GPUs" in a for a in cap.advice) or any("no number" in a for a in cap.advice)
+
+
+def test_pinned_replicas_are_separate_instances_on_their_own_ports(tmp_path):
+    sp = plan_for(tmp_path, CPU_REPLICAS.format(replicas=2)).services[0]
+    cap = sp.capacity
+    assert cap.separate and cap.replicas == 2 and cap.pinned
+    assert len(set(cap.ports)) == 2 and sp.port not in cap.ports
+    assert sp.command[sp.command.index("-np") + 1] == "2"  # 4 users over 2 instances
+    paths = {a.path for a in render_plan(plan_for(tmp_path / "r", CPU_REPLICAS.format(replicas=2)),
+                                         RenderContext("stack.yaml"), ["script"])}
+    assert {"chat/run-1.sh", "chat/run-2.sh", "chat/balancer.sh", "chat/haproxy.cfg"} <= paths
+
+
+def test_replicas_that_do_not_fit_are_a_plan_error(tmp_path):
+    text = CPU_REPLICAS.format(replicas=2).replace("cpu-server-64gb", "cpu-laptop-16gb").replace(
+        "llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M", "qwen2.5-32b-instruct, engine: llama.cpp, "
+        "quant: Q4_K_M")
+    with pytest.raises(PlanError, match="replicas"):
+        plan_for(tmp_path, text)
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None and not __import__("os").environ.get("CI"),
+                    reason="haproxy not installed (.ci/run installs it)")
+def test_haproxy_config_is_valid_and_balances_by_least_connections(tmp_path):
+    sp = plan_for(tmp_path, CPU_REPLICAS.format(replicas=3)).services[0]
+    text = haproxy_config(sp)
+    assert "balance leastconn" in text and "option httpchk GET /health" in text
+    for port in sp.capacity.ports:
+        assert f"127.0.0.1:{port} check" in text
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    res = subprocess.run([shutil.which("haproxy") or "haproxy", "-c", "-f", str(cfg)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cfg.write_text(text.replace("balance leastconn", "balance nonsense"))
+    assert subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True).returncode != 0
+
+
+def test_simulate_command_prints_levels(tmp_path):
+    plan_for(tmp_path, TEAM_8X_H100.format(users=2000))
+    res = CliRunner().invoke(app, ["simulate", str(tmp_path / "stack.yaml"), "--users", "100,2000,8000", "--json"])
+    assert res.exit_code == 0, res.output
+    levels = json.loads(res.output)[0]["levels"]
+    assert [lv["users"] for lv in levels] == [100, 2000, 8000]
+    assert levels[0]["ttft_p95_s"] < levels[2]["ttft_p95_s"]
+    bad = CliRunner().invoke(app, ["simulate", str(tmp_path / "stack.yaml"), "--users", "ten"])
+    assert bad.exit_code != 0 and "comma-separated" in bad.output

@@ -1,0 +1,208 @@
+"""The public-log corpus (tests/fixtures/public-logs/) against the planner's terms, with the issue's tolerances:
+vLLM non-KV terms and KV size from startup logs, started/refused verdicts, and decode speed per backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from public_logs import predict_llamacpp_case, predict_ollama_case, predict_vllm_case, predict_vllm_kv_case
+from stackgen.plan import speed
+from stackgen.plan.memory import GIB
+
+FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
+CASES = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
+POINTS = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
+OLLAMA = yaml.safe_load((FIX / "ollama_memory.yaml").read_text())["cases"]
+LLAMACPP = yaml.safe_load((FIX / "llamacpp_memory.yaml").read_text())["cases"]
+VLLM_KV = yaml.safe_load((FIX / "vllm_kv_capacity.yaml").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_vllm_log_case(case):
+    assert case["source"].startswith("https://github.com/") and case["log"].strip()
+    p = predict_vllm_case(case)
+    assert p["verdict"] == case["verdict"]
+    misses = case.get("known_miss", {})
+    for term in ("activation", "non_torch"):  # compute -20..+50%; a recorded miss must still miss
+        within = 0.8 <= p[term] / GIB / case[f"{term}_gib"] <= 1.5
+        assert within != (term in misses), (term, p[term] / GIB)
+    if case["kv_gib"]:  # KV -5..+15%; a recorded miss must still miss
+        within = 0.95 <= p["kv"] / GIB / case["kv_gib"] <= 1.15
+        assert within != ("kv" in misses), p["kv"] / GIB
+
+
+def test_activation_grows_with_batched_tokens_as_the_3090_logs_do():
+    """Between 20k and 29k profiled tokens vLLM's activation peak grew 0.92 GiB (issue 10517): the term must too."""
+    a, b = CASES[0], CASES[1]
+    grow = (predict_vllm_case(b)["activation"] - predict_vllm_case(a)["activation"]) / GIB
+    assert grow == pytest.approx(b["activation_gib"] - a["activation_gib"], rel=0.05)
+
+
+@pytest.mark.parametrize("case", OLLAMA, ids=[c["id"] for c in OLLAMA])
+def test_ollama_estimate_matches_the_logged_estimate(case):
+    """The port of Ollama's estimator against the estimate Ollama itself logged for the same model, GPUs and
+    options: layers offloaded within 2 of 81-layer models, KV -5..+15%, graph -20..+50%, GPU total +-15%
+    (releases before v0.6.2 log 0.1-0.4 GiB more on single-GPU full offloads than v0.12.10's arithmetic gives)."""
+    assert case["source"].startswith("https://github.com/") and case["log"].strip()
+    p, logged = predict_ollama_case(case), case["logged"]
+    assert abs(p["layers"] - logged["layers"]) <= 2
+    assert 0.95 <= p["kv_gib"] / logged["kv_gib"] <= 1.15
+    assert 0.8 <= p["graph_full_gib"] / logged["graph_full_gib"] <= 1.5
+    assert 0.8 <= p["graph_partial_gib"] / logged["graph_partial_gib"] <= 1.5
+    assert 0.85 <= p["vram_gib"] / logged["vram_gib"] <= 1.15
+
+
+def test_ollama_partial_offload_follows_the_logged_split():
+    """ollama 9181: four 22 GiB GPUs, 64k context: Ollama placed 11 layers on each; so must the port."""
+    from public_logs import ollama_case_inputs
+    from stackgen.engines.ollama_estimate import estimate
+    case = next(c for c in OLLAMA if c["id"].startswith("ollama-9181"))
+    model, gpus, opts = ollama_case_inputs(case)
+    e = estimate(model, gpus, **opts)
+    assert e.tensor_split == (11, 11, 11, 11) and not e.fully_loaded
+    fewer = estimate(model, gpus, **{**opts, "num_ctx": 8192})  # a smaller context frees room for more layers
+    assert fewer.layers > e.layers
+
+
+@pytest.mark.parametrize("case", LLAMACPP, ids=[c["id"] for c in LLAMACPP])
+def test_llamacpp_log_case(case):
+    assert case["source"].startswith("https://github.com/") and case["log"].strip()
+    p, logged = predict_llamacpp_case(case), case["logged"]
+    assert 0.95 <= p["kv_mib"] / logged["kv_mib"] <= 1.15  # KV -5..+15%
+    if logged.get("compute_mib"):
+        assert 0.8 <= p["compute_mib"] / logged["compute_mib"] <= 1.5  # compute -20..+50%
+
+
+@pytest.mark.parametrize("case", VLLM_KV, ids=[c["id"] for c in VLLM_KV])
+def test_vllm_kv_capacity_case(case):
+    """vLLM V1's KV capacity lines against the plan's per-token KV term: the logged token count must need what vLLM
+    had available (KV -5..+15%), and a logged need for max_model_len must match, with the same verdict."""
+    assert case["source"].startswith("https://github.com/") and case["log"].strip()
+    p, logged = predict_vllm_kv_case(case), case["logged"]
+    assert "tokens" in logged or "needed_gib" in logged
+    if "tokens" in logged:
+        assert 0.95 <= p["kv_gib"] / logged["kv_gib"] <= 1.15, p["kv_gib"]
+    if "needed_gib" in logged:
+        assert 0.95 <= p["needed_gib"] / logged["needed_gib"] <= 1.15, p["needed_gib"]
+        assert p["verdict"] == logged["verdict"]
+
+
+def test_memory_corpus_size():
+    """Issue 13 asks for 25 memory cases with sources (recorded in benchmarks/results/public_logs.md); the floor
+    keeps the corpus from shrinking below it."""
+    vllm = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
+    assert len(vllm) + len(OLLAMA) + len(LLAMACPP) + len(VLLM_KV) >= 25
+
+
+def _predicted(p):
+    return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
+
+
+@pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
+def test_speed_point_is_sourced_and_within_25_percent(point):
+    assert point["source"].startswith("https://github.com/")
+    ratio = _predicted(point) / point["tokens_per_s"]
+    if point.get("outlier") or point.get("known_miss"):
+        pytest.xfail(point.get("outlier") or point["known_miss"])
+    assert 0.75 <= ratio <= 1.25, ratio
+
+
+def test_known_misses_are_still_misses():
+    """A point recorded as missed must really miss (else its note is stale and it belongs back in the check)."""
+    for p in POINTS:
+        if p.get("known_miss"):
+            assert not 0.75 <= _predicted(p) / p["tokens_per_s"] <= 1.25, p["id"]
+
+
+@pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
+def test_backend_parameters_are_the_fit_of_the_points_not_held_out(backend):
+    """speed.BACKENDS must be what fit_backend gives on the corpus minus held-out points and outliers."""
+    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in POINTS
+           if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+    e, t0 = speed.fit_backend(sel)
+    b = speed.BACKENDS[backend]
+    assert len(sel) == b.fitted_on
+    assert b.efficiency == pytest.approx(e, abs=0.001) and b.t0_ms == pytest.approx(t0, abs=0.01)
+
+
+def test_fit_never_returns_a_negative_overhead():
+    """Two points whose straight line crosses below zero: the fit is the through-origin one (t0 = 0)."""
+    pts = [(3.82e9, 347.0, 56.29), (4.92e9, 760.0, 111.95)]
+    e, t0 = speed.fit_backend(pts)
+    assert t0 == 0.0 and 0.6 < e < 0.7
+
+
+def test_speed_within_15_percent_share():
+    """The issue's goal is 90% of points within 15%; this corpus reaches 17 of 20 (recorded in
+    benchmarks/results/public_logs.md). The floor here keeps it from getting worse."""
+    close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
+    assert len(POINTS) >= 20 and len(close) >= 17
+
+
+def test_fit_recovers_known_parameters():
+    pts = [(b, 100.0, 1 / (b / (0.6 * 100e9) + 0.002)) for b in (1e9, 4e9, 8e9)]
+    e, t0 = speed.fit_backend(pts)
+    assert e == pytest.approx(0.6, rel=1e-6) and t0 == pytest.approx(2.0, rel=1e-6)
+
+
+def test_aggregate_shares_bandwidth_and_hits_the_compute_knee():
+    one = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 1)
+    eight = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 8)
+    assert 7 * one < eight < 8 * one  # weights read once per step, each stream adds its KV
+    capped = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 512, active_params=8e9, peak_tflops=100)
+    assert capped == pytest.approx(0.35 * 100e12 / (2 * 8e9), rel=1e-6)
+    assert speed.ttft_seconds(1000, 2000.0) == pytest.approx(0.5)
+
+
+def _ollama_plan(tmp_path, hardware, users):
+    from tools.stacks import plan_for
+    return plan_for(tmp_path, f"""
+version: 1
+hardware: {hardware}
+workload: {{concurrent_users: {users}, context_tokens: 8192}}
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: ollama, quant: Q4_K_M}}
+""")
+
+
+def test_ollama_plan_offloads_what_ollamas_estimate_places(tmp_path):
+    """8 x 8k slots with an f16 cache (flash attention off) on an 8 GB card: Ollama's estimate reserves a 4.4 GiB
+    graph (the KQ scores of 512 rows over 65,536 cells) and places 10 layers; the plan, and so num_gpu, follow it."""
+    from dataclasses import replace
+
+    from stackgen.engines import ollama_estimate
+    from stackgen.engines.ollama import ollama_gpus, ollama_model
+    from stackgen.plan.memory import initial_budget
+    plan = _ollama_plan(tmp_path, "rtx-4060", 8)
+    sp, hw = plan.services[0], plan.hardware
+    m = sp.memory
+    assert any("Ollama's own estimate" in lever for lever in m.levers)
+    assert 0 < m.gpu_layers < m.total_layers
+    budget = replace(initial_budget(hw), gpu_bytes=m.gpu_budget_bytes)  # what the planner had for this service
+    est = ollama_estimate.estimate(ollama_model(sp.model, m.weights_bytes), ollama_gpus(hw, budget),
+                                   num_ctx=m.context_per_request, parallel=m.parallel, kv_type=m.kv_cache_type)
+    assert est.graph > 4 * 2**30 and m.gpu_layers == min(est.layers, m.total_layers)
+
+
+def test_ollama_plan_is_left_alone_when_ollama_places_every_layer(tmp_path):
+    m = _ollama_plan(tmp_path / "b", "rtx-4090", 10).services[0].memory
+    assert m.gpu_layers == m.total_layers
+    assert not any("Ollama's own estimate" in lever for lever in m.levers)
+
+
+def test_logit_rows_follow_the_llama_cpp_build():
+    """Up to build 9272 (llama.cpp issue 23527) the worst-case graph reserves logits for the whole micro-batch;
+    with PR 23861 llama-server reserves one row per slot. 8 slots of Llama 3 (vocab 128256) at -ub 512: 512 x
+    128256 x 4 B = 250.5 MiB on build 9272, 8 x 128256 x 4 B = 3.9 MiB after (the issue's ~250 MiB)."""
+    from types import SimpleNamespace
+
+    from stackgen.plan.memory import MIB, llamacpp_compute_bytes, llamacpp_logit_rows
+    assert llamacpp_logit_rows(8, 512, build=9272) == 512
+    assert llamacpp_logit_rows(8, 512, build=9273) == 8 == llamacpp_logit_rows(8, 512)
+    assert llamacpp_logit_rows(1024, 512) == 512  # never more rows than a micro-batch holds
+    llama3 = SimpleNamespace(hidden=4096, ffn=14336, vocab=128256)
+    grow = llamacpp_compute_bytes(llama3, 8, 512, build=9272) - llamacpp_compute_bytes(llama3, 8, 512)
+    assert grow / MIB == pytest.approx((512 - 8) * 128256 * 4 / MIB)

@@ -1,0 +1,89 @@
+"""The per-backend speed model wired into plans and bench (issue 13): decode per user and TTFT at the workload's
+concurrency, its stated error, and bench's finding when a measurement falls outside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stackgen.plan import speed
+from stackgen.run.bench import RequestResult, summarize
+
+POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())["points"]
+GIB = 1024**3
+
+
+def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
+    return speed.forecast(backend, weights_bytes=4.6 * GIB, kv_bytes_per_stream=64 * 2**20, streams=streams,
+                          gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=1008, host_bandwidth_gbs=60,
+                          active_params=8e9, peak_flops=peak, prompt_tokens=1000)
+
+
+@pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
+def test_stated_error_covers_every_public_point_of_the_backend(backend):
+    """Backend.error is what the model claims: every point of that backend (fitted and held out, outliers aside)
+    lies within it, and it is not padded past the worst point by more than 5 points."""
+    errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend)
+                / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier")]
+    b = speed.BACKENDS[backend]
+    assert max(errs) <= b.error <= max(max(errs), 0.10) + 0.05
+
+
+def test_per_user_speed_falls_and_aggregate_rises_with_streams():
+    one, four = _fc(1), _fc(4)
+    assert four.per_user_tokens_per_s < one.per_user_tokens_per_s
+    assert one.aggregate_tokens_per_s < four.aggregate_tokens_per_s < 4 * one.aggregate_tokens_per_s
+    # one step = weights / (e x BW) + t0 (+ KV): the CUDA fit (e 0.644, t0 0) on 4.6 GiB + 64 MiB at 1008 GB/s
+    t = (4.6 * GIB + 64 * 2**20) / (0.644 * 1008e9)
+    assert one.single_stream_tokens_per_s == pytest.approx(1 / t, rel=0.01)
+
+
+def test_layers_in_system_ram_slow_decode_and_widen_the_error():
+    full, half = _fc(1, 1.0), _fc(1, 0.5)
+    assert half.per_user_tokens_per_s < full.per_user_tokens_per_s / 4  # 60 GB/s RAM vs 1008 GB/s VRAM
+    assert half.error == max(speed.BACKENDS["cuda"].error, speed.BACKENDS["cpu"].error)
+
+
+def test_compute_knee_and_ttft():
+    many = _fc(512, peak=10e12)
+    assert many.bound == "compute"
+    assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
+    one = _fc(4)
+    prefill = 0.35 * 165e12 / (2 * 8e9)
+    assert one.ttft_s == pytest.approx(1000 / prefill + 1 / one.single_stream_tokens_per_s, rel=0.02)
+    assert one.ttft_all_s > 3.9 * (1000 / prefill)  # the last of 4 prompts waits for the other three
+
+
+def test_plan_carries_the_forecast_at_the_workload_concurrency(tmp_path):
+    from tools.stacks import plan_for
+    sp = plan_for(tmp_path, """
+version: 1
+hardware: rtx-4090
+workload: {concurrent_users: 4, context_tokens: 8192}
+services:
+  chat: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M}
+""").services[0]
+    f = sp.speed
+    assert f.backend == "cuda" and f.streams == 4 and f.error == speed.BACKENDS["cuda"].error
+    assert f.per_user_tokens_per_s < f.single_stream_tokens_per_s and f.ttft_all_s > f.ttft_s
+    doc = sp.to_json()["speed"]
+    assert doc["per_user_tokens_per_s"] == f.per_user_tokens_per_s and doc["backend"] == "cuda"
+
+
+def _bench(decode_tps, forecast):
+    rs = []
+    for i in range(4):
+        rs.append(RequestResult(ok=True, start=0.0, ttft_s=0.1, tokens=33,
+                                token_times=[0.1 + k / decode_tps for k in range(33)]))
+    return summarize(rs, wall_s=1.0, users=4, engine="llama.cpp", forecast=forecast)
+
+
+def test_bench_finds_decode_outside_the_stated_error_only():
+    f = _fc(4)
+    inside = _bench(f.per_user_tokens_per_s * (1 - f.error / 2), f)
+    outside = _bench(f.per_user_tokens_per_s * (1 - 2 * f.error), f)
+    assert inside.predicted_per_user_tokens_per_s == f.per_user_tokens_per_s
+    assert not any("speed model predicts" in x for x in inside.findings)
+    assert any("slower than the speed model predicts" in x for x in outside.findings)

@@ -1,0 +1,296 @@
+"""The kubernetes target: every manifest we can generate passes kubernetes-validate in strict mode (no unknown
+fields) against the pinned Kubernetes version, and the manifests carry the sizes, probes, GPU resources, secrets
+and hardening the plan implies."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stackgen.cli import load_and_plan
+from stackgen.errors import RenderError
+from stackgen.plan.plan import startup_budget_s
+from stackgen.render.artifact import RenderContext, render_plan
+from stackgen.render.targets.kubernetes import (
+    KUBERNETES_VERSION, memory_mib, pvc_gib, render_kubernetes,
+)
+from tools.which import tool
+
+kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[test]' installs kubernetes-validate")
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+CASES = ["cpu-llamacpp", "ollama-dev-loop", "seed-70b-rtx4090", "vllm-team-api", "k8s-vllm-team-api"]
+GI = 2**30
+
+STACK = """version: 1
+name: {name}
+hardware: {hardware}
+workload: team-api
+services:
+  chat:
+    model: {model}
+{extra}targets: [kubernetes]
+{serve}"""
+SERVE_LAN = "serve:\n  host: 0.0.0.0\n  api_key_env: DEMO_API_KEY\n"
+
+
+def plan_for(case: str):
+    folder = GOLDEN / case
+    host = folder / "host.json"
+    return load_and_plan(folder / "stack.yaml", host if host.exists() else None)[1]
+
+
+def docs_of(plan) -> dict[str, list[dict]]:
+    return {a.path: list(yaml.safe_load_all(a.content)) for a in render_kubernetes(plan, RenderContext("stack.yaml"))}
+
+
+def kinds(docs: list[dict]) -> dict[str, dict]:
+    return {d["kind"]: d for d in docs}
+
+
+def container(docs: list[dict]) -> dict:
+    (c,) = kinds(docs)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def validate_strict(doc: dict) -> None:
+    kv.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.fixture
+def stack_plan(write_stack):
+    def make(hardware: str, model: str = "llama-3.1-8b-instruct", extra: str = "", name: str = "demo",
+             serve: str = SERVE_LAN):
+        path = write_stack(STACK.format(hardware=hardware, model=model, extra=extra, name=name, serve=serve))
+        return load_and_plan(path, None)[1]
+
+    return make
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_golden_stack_renders_strictly_valid_manifests(case):
+    rendered = docs_of(plan_for(case))
+    assert rendered, case
+    for path, docs in rendered.items():
+        names = [d["kind"] for d in docs]
+        if names[0] == "ConfigMap":  # Ollama's Modelfile
+            names = names[1:]
+        assert names[:3] == ["PersistentVolumeClaim", "Service", "Deployment"], path
+        assert names[3:] in ([], ["NetworkPolicy"]), path
+        for doc in docs:
+            validate_strict(doc)
+
+
+@pytest.mark.parametrize("hardware,model,engine", [
+    ("rx-7900-xtx", "llama-3.1-8b-instruct", "llama.cpp"),
+    ("mi300x", "llama-3.1-8b-instruct", "vllm"),
+    ("arc-a770", "llama-3.1-8b-instruct", "llama.cpp"),
+    ("cpu-server-64gb", "llama-3.1-8b-instruct", "llama.cpp"),
+    ("rtx-4090", "qwen2.5-7b-instruct", "ollama"),
+    ("2x a100-80gb", "llama-3.1-70b-instruct", "vllm"),
+])
+def test_other_hardware_renders_strictly_valid_manifests(stack_plan, hardware, model, engine):
+    plan = stack_plan(hardware, model, extra=f"    engine: {engine}\n", serve="" if engine == "ollama" else SERVE_LAN)
+    for docs in docs_of(plan).values():
+        for doc in docs:
+            validate_strict(doc)
+
+
+def test_strict_mode_rejects_an_unknown_field():
+    """Guards the guard: strict validation really fails on a field Kubernetes does not know."""
+    docs = docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"]
+    bad = kinds(docs)["Deployment"]
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kv.ValidationError):
+        validate_strict(bad)
+
+
+def test_the_cli_validates_the_rendered_files(tmp_path):
+    exe = tool("kubernetes-validate")
+    cmd = [exe] if exe else [sys.executable, "-m", "kubernetes_validate"]
+    arts = render_plan(plan_for("k8s-vllm-team-api"), RenderContext("stack.yaml"), ["kubernetes"])
+    files = []
+    for art in arts:
+        dest = tmp_path / art.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(art.content, encoding="utf-8")
+        files.append(str(dest))
+    r = subprocess.run(cmd + ["-k", KUBERNETES_VERSION, "--strict", *files], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("passed") == 3, r.stdout
+
+
+def test_golden_expected_matches_and_validates():
+    expected = GOLDEN / "k8s-vllm-team-api" / "expected" / "kubernetes" / "chat.yaml"
+    (art,) = render_plan(plan_for("k8s-vllm-team-api"), RenderContext("stack.yaml"), ["kubernetes"])
+    assert art.content == expected.read_text(encoding="utf-8")
+    for doc in yaml.safe_load_all(expected.read_text(encoding="utf-8")):
+        validate_strict(doc)
+
+
+# ---------------------------------------------------------------------------------------------- contents
+
+
+def test_vllm_manifest_follows_the_plan():
+    plan = plan_for("k8s-vllm-team-api")
+    sp = plan.service("chat")
+    docs = docs_of(plan)["kubernetes/chat.yaml"]
+    k = kinds(docs)
+    c = container(docs)
+    assert k["Deployment"]["spec"]["replicas"] == 1
+    assert k["Deployment"]["spec"]["strategy"] == {"type": "Recreate"}
+    assert k["Service"]["spec"]["type"] == "ClusterIP"
+    assert k["Service"]["spec"]["ports"][0]["port"] == sp.port
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["args"][c["args"].index("--host") + 1] == "0.0.0.0"
+    assert c["args"][c["args"].index("--tensor-parallel-size") + 1] == "4"
+    assert c["args"][0] == sp.model_ref and c["args"][0] != "serve"  # the image's entrypoint is `vllm serve`
+    # GPUs: tensor parallel size, on NVIDIA's device plugin
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == sp.memory.tensor_parallel == 4
+    # PVC: weights x 1.2 rounded up to Gi
+    storage = k["PersistentVolumeClaim"]["spec"]["resources"]["requests"]["storage"]
+    assert storage == f"{math.ceil(sp.memory.weights_bytes * 1.2 / GI)}Gi"
+    # memory: request = host bytes in Mi, limit = 1.25 x request + the memory-backed /dev/shm
+    req = math.ceil(sp.memory.host_bytes / 2**20)
+    assert c["resources"]["requests"]["memory"] == f"{req}Mi"
+    assert c["resources"]["limits"]["memory"] == f"{math.ceil(req * 1.25) + 16384}Mi"
+    assert c["resources"]["requests"]["cpu"] == str(sp.threads)
+    # /dev/shm as a memory emptyDir
+    vols = {v["name"]: v for v in k["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    # probes: /health on the named port; the startup budget covers a download of the weights
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    s = c["startupProbe"]
+    assert s["failureThreshold"] * s["periodSeconds"] >= sp.startup_budget_s >= startup_budget_s(sp.memory.weights_bytes, 0, True)
+
+
+def test_api_key_comes_from_a_secret_reference_never_the_value(monkeypatch):
+    monkeypatch.setenv("TEAM_API_KEY", "sk-very-secret-value")
+    plan = plan_for("k8s-vllm-team-api")
+    text = render_kubernetes(plan, RenderContext("stack.yaml"))[0].content
+    assert "sk-very-secret-value" not in text
+    env = {e["name"]: e for e in container(list(yaml.safe_load_all(text)))["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "team-api-chat-api-key", "key": "api-key", "optional": False}
+    assert "value" not in env["VLLM_API_KEY"]
+
+
+def test_labels_and_selector():
+    docs = docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "chat"
+        assert labels["app.kubernetes.io/part-of"] == "team-api"
+        assert labels["app.kubernetes.io/managed-by"] == "stackgen"
+    dep = kinds(docs)["Deployment"]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert kinds(docs)["Service"]["spec"]["selector"] == selector
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_hardening(case):
+    for docs in docs_of(plan_for(case)).values():
+        pod = kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+        c = container(docs)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False  # a Service named vllm would inject VLLM_PORT
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        engine = plan_for(case).services[0].engine
+        assert c["securityContext"]["readOnlyRootFilesystem"] is (engine != "vllm")
+        mounts = {m["mountPath"] for m in c["volumeMounts"]}
+        assert {"/tmp", "/models", "/home/stackgen"} <= mounts
+
+
+def test_llamacpp_gpu_count_and_probes():
+    plan = plan_for("seed-70b-rtx4090")
+    sp = plan.service("chat")
+    c = container(docs_of(plan)["kubernetes/chat.yaml"])
+    assert sp.memory.gpu_layers > 0
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["ports"][0]["containerPort"] == 8080
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["args"][0] != "/app/llama-server" and "--host" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["LLAMA_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "seed-70b-chat-api-key"
+
+
+def test_loopback_services_get_a_network_policy_lan_services_do_not():
+    local = kinds(docs_of(plan_for("ollama-dev-loop"))["kubernetes/coder.yaml"])
+    policy = local["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == local["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/part-of": "ollama-dev"}}}]}]
+    lan = kinds(docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"])
+    assert "NetworkPolicy" not in lan
+
+
+def test_cpu_service_requests_no_gpu():
+    c = container(docs_of(plan_for("cpu-llamacpp"))["kubernetes/assistant.yaml"])
+    assert not any(k.endswith("/gpu") for k in c["resources"]["limits"])
+
+
+def test_amd_gpu_uses_the_amd_device_plugin(stack_plan):
+    plan = stack_plan("mi300x", extra="    engine: vllm\n")
+    c = container(docs_of(plan)["kubernetes/chat.yaml"])
+    assert c["resources"]["limits"]["amd.com/gpu"] == 1
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["image"].startswith("vllm/vllm-openai-rocm:")
+
+
+def test_ollama_probes_api_version():
+    c = container(docs_of(plan_for("ollama-dev-loop"))["kubernetes/coder.yaml"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/api/version", "port": "http"}
+    assert c["args"] == ["serve"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["OLLAMA_HOST"] == "0.0.0.0:11434"
+    docs = kinds(docs_of(plan_for("ollama-dev-loop"))["kubernetes/coder.yaml"])
+    modelfile = docs["ConfigMap"]["data"]["Modelfile"]
+    assert "FROM qwen2.5:7b" in modelfile and "num_ctx" in modelfile
+    assert {"name": "modelfile", "mountPath": "/stackgen", "readOnly": True} in c["volumeMounts"]
+    assert env["OLLAMA_MODELS"].startswith("/models/")
+
+
+def test_mlx_is_refused_with_a_clear_error():
+    plan = plan_for("mac-mlx-dev-loop")
+    assert plan.services[0].engine == "mlx"
+    with pytest.raises(RenderError, match="MLX.*Metal"):
+        render_kubernetes(plan, RenderContext("stack.yaml"))
+
+
+def test_too_long_names_are_refused(stack_plan):
+    plan = stack_plan("rtx-4090", name="a" * 60)
+    with pytest.raises(RenderError, match="63 characters"):
+        render_kubernetes(plan, RenderContext("stack.yaml"))
+
+
+def test_output_is_deterministic_and_has_no_yaml_aliases():
+    plan = plan_for("k8s-vllm-team-api")
+    a = render_kubernetes(plan, RenderContext("stack.yaml"))
+    b = render_kubernetes(plan, RenderContext("stack.yaml"))
+    assert a == b
+    assert "&id" not in a[0].content and "*id" not in a[0].content
+
+
+def test_sizes():
+    assert pvc_gib(10 * GI) == 12
+    assert pvc_gib(1) == 1
+    sp = plan_for("seed-70b-rtx4090").service("chat")
+    req, limit = memory_mib(sp)
+    assert req == math.ceil(sp.memory.host_bytes / 2**20) and limit == math.ceil(req * 1.25)

