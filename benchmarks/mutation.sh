@@ -14,6 +14,8 @@
 #   MUTATION_VENV          venv that has stackgen and its test extras (default .venv); mutmut is installed into it
 #   MUTATION_OUT           report path (default benchmarks/results/mutation.md)
 #   MUTATION_WORK          scratch folder for the copies mutmut works in (default: a new temporary folder)
+#   MUTATION_ONLY          mutant name globs passed to `mutmut run` (e.g. 'stackgen.resolve.x__share_machine__mutmut_*'):
+#                          run only those mutants (the others stay "not checked" and are counted as not run)
 #   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
 #                          only the mutants it ran that survived and change more than message text (after adding
 #                          tests for them; mutants it never ran are left for a full run)
@@ -70,7 +72,8 @@ for module in $MODULES; do
   } > "$dir/setup.cfg"
   echo "== $module: mutmut in $dir (tests: $TESTS; --max-children $CHILDREN)"
   start=$(date +%s)
-  (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" > "$dir/run.log" 2>&1) || {
+  read -r -a only <<< "${MUTATION_ONLY:-}"
+  (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" ${only[@]+"${only[@]}"} > "$dir/run.log" 2>&1) || {
     echo "mutmut failed on $module; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   end=$(date +%s)
   echo $((end - start)) > "$dir/seconds"
