@@ -168,3 +168,14 @@ def test_vllm_stages_with_several_users_take_fp8_to_hold_them_all():
                                  "not every user fits at full context at once: vLLM will queue or preempt the rest")
     roomy = mn((RESERVE - oh4 - 4 * half) * 4, 2, users=4)
     assert roomy.kv_cache_type == "auto" and not any("fp8" in lever or "queue" in lever for lever in roomy.levers)
+
+
+def test_vllm_ray_topology_names_each_node_whole(write_stack):
+    """Llama 3.1 405B (126 layers, config.json num_hidden_layers) in bf16 over two DGX H100 at PP 2: each stage holds
+    126 / 2 = 63 layers; the first listed node is the Ray head, the second a worker; each names its address, its
+    hardware profile, its 8 GPUs and their vendor (device access of its units)."""
+    sp = plan_stack(write_stack)
+    assert sp.memory.total_layers == 126 and sp.memory.pipeline_parallel == 2
+    assert sp.topology.nodes == (
+        resolve.NodeRole(index=0, address="10.0.0.1", role="head", layers=63, label="dgx-h100", gpus=8, vendors=("nvidia",)),
+        resolve.NodeRole(index=1, address="10.0.0.2", role="worker", layers=63, label="dgx-h100", gpus=8, vendors=("nvidia",)))
