@@ -44,6 +44,13 @@ for module in $MODULES; do
       mkdir -p "$(dirname "$dir/$t")" "$(dirname "$dir/mutants/$t")"
       cp -r "$t" "$dir/$t" && cp -r "$t" "$dir/mutants/$t"
     done
+    # the package's other modules as they are now too: tests added since may need a fix made beside them (only
+    # the mutated module stays as mutmut wrote it)
+    while IFS= read -r -d '' f; do
+      [ "$f" = "$module" ] && continue
+      mkdir -p "$(dirname "$dir/$f")" "$(dirname "$dir/mutants/$f")"
+      cp "$f" "$dir/$f" && cp "$f" "$dir/mutants/$f"
+    done < <(git ls-files -co --exclude-standard -z -- "${module%%/*}")
     mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module")
     echo "== $module: rerunning ${#again[@]} mutants that were not killed"
     start=$(date +%s)
