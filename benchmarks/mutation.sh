@@ -5,7 +5,7 @@
 # Not in CI: a full run takes tens of minutes on 2 cores. Run it before resolving planner work.
 #
 #   bash benchmarks/mutation.sh                         # both modules, one after the other
-#   MUTATION_MODULES=stackgen/plan/plan/memory.py bash benchmarks/mutation.sh   # after a move: the paths are settings
+#   MUTATION_MODULES="stackgen/plan/memory.py stackgen/plan/resolve.py" bash benchmarks/mutation.sh   # after a move: the paths are settings
 #
 # Settings (environment):
 #   MUTATION_MODULES       files to mutate, space-separated (default: stackgen/plan/memory.py stackgen/plan/resolve.py)
@@ -14,6 +14,8 @@
 #   MUTATION_VENV          venv that has stackgen and its test extras (default .venv); mutmut is installed into it
 #   MUTATION_OUT           report path (default benchmarks/results/mutation.md)
 #   MUTATION_WORK          scratch folder for the copies mutmut works in (default: a new temporary folder)
+#   MUTATION_ONLY          mutant name globs passed to `mutmut run` (e.g. 'stackgen.plan.resolve.x__share_machine__mutmut_*'):
+#                          run only those mutants (the others stay "not checked" and are counted as not run)
 #   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
 #                          only the mutants it ran that survived and change more than message text (after adding
 #                          tests for them; mutants it never ran are left for a full run)
@@ -42,6 +44,13 @@ for module in $MODULES; do
       mkdir -p "$(dirname "$dir/$t")" "$(dirname "$dir/mutants/$t")"
       cp -r "$t" "$dir/$t" && cp -r "$t" "$dir/mutants/$t"
     done
+    # the package's other modules as they are now too: tests added since may need a fix made beside them (only
+    # the mutated module stays as mutmut wrote it)
+    while IFS= read -r -d '' f; do
+      [ "$f" = "$module" ] && continue
+      mkdir -p "$(dirname "$dir/$f")" "$(dirname "$dir/mutants/$f")"
+      cp "$f" "$dir/$f" && cp "$f" "$dir/mutants/$f"
+    done < <(git ls-files -co --exclude-standard -z -- "${module%%/*}")
     mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module")
     echo "== $module: rerunning ${#again[@]} mutants that were not killed"
     start=$(date +%s)
@@ -70,7 +79,8 @@ for module in $MODULES; do
   } > "$dir/setup.cfg"
   echo "== $module: mutmut in $dir (tests: $TESTS; --max-children $CHILDREN)"
   start=$(date +%s)
-  (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" > "$dir/run.log" 2>&1) || {
+  read -r -a only <<< "${MUTATION_ONLY:-}"
+  (cd "$dir" && "$ROOT/$VENV/bin/mutmut" run --max-children "$CHILDREN" ${only[@]+"${only[@]}"} > "$dir/run.log" 2>&1) || {
     echo "mutmut failed on $module; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; exit 1; }
   end=$(date +%s)
   echo $((end - start)) > "$dir/seconds"

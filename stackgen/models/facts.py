@@ -229,8 +229,8 @@ class ModelFacts:
 
     def gguf_bytes(self, quant: str) -> tuple[int, str]:
         """Weights of the GGUF in `quant`, and where the figure came from."""
-        if self.source == "gguf" and self.path and quant == self.quant:
-            return self.gguf_sizes.get(quant, 0), "file"
+        if self.source == "gguf" and self.path and quant == self.quant and quant in self.gguf_sizes:
+            return self.gguf_sizes[quant], "file"  # the file's own quant: its measured size
         if quant in self.gguf_sizes:
             return self.gguf_sizes[quant], self.sizes_from
         return int(self.params * GGUF_BPW[quant] / 8), "estimate"

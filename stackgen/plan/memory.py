@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from stackgen.errors import PlanError
 from stackgen.models.facts import GIB, LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
@@ -85,7 +86,13 @@ def kv_bytes_per_element(kv_type: str) -> float:
     if "/" in kv_type:
         k, v = kv_type.split("/", 1)
         return (kv_bytes_per_element(k) + kv_bytes_per_element(v)) / 2
-    return KV_BYTES_PER_ELEMENT.get(kv_type, VLLM_KV_BYTES.get(kv_type, 2.0))
+    if kv_type in KV_BYTES_PER_ELEMENT:
+        return KV_BYTES_PER_ELEMENT[kv_type]
+    if kv_type in VLLM_KV_BYTES:
+        return VLLM_KV_BYTES[kv_type]
+    # never a silent 2 bytes: a typo ("FP8") would plan a bf16-sized cache and render a flag the engine rejects
+    raise PlanError(f"unknown KV cache type {kv_type!r}: expected one of "
+                    f"{', '.join(sorted({*KV_BYTES_PER_ELEMENT, *VLLM_KV_BYTES}))} (case matters)")
 
 
 def pad(n: int, to: int = 256) -> int:
@@ -569,12 +576,14 @@ def vllm_activation_bytes(model: ModelFacts, batched_tokens: int, max_seqs: int 
     return int(forward + sampler)
 
 
-def vllm_overhead_bytes(model: ModelFacts, weights_per_rank: int, batched_tokens: int = 2048, *, max_seqs: int = 256,
+def vllm_overhead_bytes(model: ModelFacts, batched_tokens: int = 2048, *, max_seqs: int = 256,
                         tier: str = "consumer", tp: int = 1, cudagraphs: bool = True) -> int:
     """Non-KV memory per rank that vLLM's profiler subtracts from utilization x total before sizing the KV cache:
     non-torch memory (CUDA context, cuBLAS; NCCL with TP), the activation peak of the profiling run (grows with
     max_num_batched_tokens; without chunked prefill that is max_model_len) and the CUDA-graph estimate. The weights
-    are counted apart (vLLM's "model weights take" is the loaded size, with nothing added)."""
+    are counted apart (vLLM's "model weights take" is the loaded size, with nothing added), so nothing here depends
+    on them: vLLM's profiler (Worker.determine_num_available_blocks / determine_available_memory) measures the peak
+    of a dummy forward pass and the non-torch memory, and subtracts the weights' bytes on their own."""
     non_torch = VLLM_NON_TORCH_GIB.get(tier, 0.35) + (VLLM_NON_TORCH_TP_GIB if tp > 1 else 0.0)
     graphs = VLLM_CUDAGRAPH_GIB if cudagraphs else 0.0
     return int((non_torch + graphs) * GIB + vllm_activation_bytes(model, batched_tokens, max_seqs, tp))
@@ -641,7 +650,7 @@ def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, bud
                     batched=2048, tier="consumer") -> MemoryPlan:
     ranks = tp * pp  # one engine instance; --data-parallel-size runs dp of them
     per_rank_weights = weights // ranks
-    overhead = vllm_overhead_bytes(model, per_rank_weights, batched, max_seqs=users, tier=tier, tp=tp)
+    overhead = vllm_overhead_bytes(model, batched, max_seqs=users, tier=tier, tp=tp)
     kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # pipeline stages split the layers
     reserve = int(per_gpu * util)
     kv_room = reserve - per_rank_weights - overhead
@@ -779,7 +788,7 @@ def plan_vllm_multinode(model: ModelFacts, wl: WorkloadSpec, node: HardwareSpec,
     for pp in range(2, n_nodes + 1):
         for kv_dtype in ("auto", "fp8"):
             per_rank_weights = weights // (tp * pp)
-            overhead = vllm_overhead_bytes(model, per_rank_weights, batched, max_seqs=users, tier=gpu.tier, tp=tp)
+            overhead = vllm_overhead_bytes(model, batched, max_seqs=users, tier=gpu.tier, tp=tp)
             kv_req = vllm_kv_bytes_per_request(model, ctx, kv_dtype, tp) // pp  # each stage holds its layers' KV
             reserve = int(per_gpu * util)
             kv_room = reserve - per_rank_weights - overhead

@@ -168,3 +168,35 @@ def test_vllm_stages_with_several_users_take_fp8_to_hold_them_all():
                                  "not every user fits at full context at once: vLLM will queue or preempt the rest")
     roomy = mn((RESERVE - oh4 - 4 * half) * 4, 2, users=4)
     assert roomy.kv_cache_type == "auto" and not any("fp8" in lever or "queue" in lever for lever in roomy.levers)
+
+
+def test_vllm_ray_topology_names_each_node_whole(write_stack):
+    """Llama 3.1 405B (126 layers, config.json num_hidden_layers) in bf16 over two DGX H100 at PP 2: each stage holds
+    126 / 2 = 63 layers; the first listed node is the Ray head, the second a worker; each names its address, its
+    hardware profile, its 8 GPUs and their vendor (device access of its units)."""
+    sp = plan_stack(write_stack)
+    assert sp.memory.total_layers == 126 and sp.memory.pipeline_parallel == 2
+    assert sp.topology.nodes == (
+        resolve.NodeRole(index=0, address="10.0.0.1", role="head", layers=63, label="dgx-h100", gpus=8, vendors=("nvidia",)),
+        resolve.NodeRole(index=1, address="10.0.0.2", role="worker", layers=63, label="dgx-h100", gpus=8, vendors=("nvidia",)))
+
+
+def test_vllm_ray_reason_and_rejections_whole(write_stack):
+    """Why the service is split, and why each other engine is not the one: the one-node blocks of the engines that
+    can split (llama.cpp would only spill to RAM; vLLM's own one-node shortfall, 405B bf16 = the catalog's bytes),
+    then vLLM's split (TP 8 in a node, PP 2 over the nodes); llama.cpp's row says why RPC ranks below; the engines
+    without a multi-node mode name the two that have one."""
+    sp = plan_stack(write_stack)
+    w = load_profiles().models["llama-3.1-405b-instruct"].hf_bytes("bf16")[0]
+    assert sp.reasons[0].startswith(
+        "multi-node: llama-3.1-405b-instruct does not fit one node (8x H100 80GB HBM3) (llama.cpp (llama-server): "
+        f"only by spilling layers to system RAM; vLLM: needs the {w / 1e9:.1f} GB of weights (bf16) in GPU memory")
+    assert sp.reasons[0].endswith(
+        "8x H100 80GB HBM3 has 684.2 GB of GPU memory); vLLM splits it with tensor parallel 8 inside each node "
+        "(GPUs on NVLink) and pipeline parallel 2 across nodes, Ray as the distributed executor; every node has the "
+        "same 8 CUDA GPUs")
+    only = "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+    assert sp.rejected == {
+        "llama.cpp": "llama.cpp RPC could split it too, but vLLM batches concurrent users and keeps tensor parallel "
+                     "on NVLink inside each node",
+        "ollama": only, "mlx": only, "sglang": only}

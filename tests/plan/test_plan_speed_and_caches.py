@@ -85,6 +85,20 @@ def test_mixed_k_and_v_cache_types_take_the_mean():
     assert memory.kv_bytes_per_element("fp8_e5m2") == 1.0
 
 
+@pytest.mark.parametrize("kv_type", ["FP8", "Q8_0", "fp16", "", "q8_0/FP8"])
+def test_an_unknown_cache_type_is_refused_not_planned_as_two_bytes(kv_type):
+    """Cache-type names are case-sensitive flags of the engines (llama.cpp -ctk q8_0, vLLM --kv-cache-dtype fp8):
+    "FP8" is not a type either engine accepts, so planning it as 2 bytes (bf16) would both over-size the cache and
+    render a flag that fails at start-up. The planner refuses it, naming what it got and what it knows."""
+    with pytest.raises(memory.PlanError) as err:
+        memory.kv_bytes_per_element(kv_type)
+    bad = kv_type.split("/")[-1]
+    assert f"unknown KV cache type {bad!r}" in str(err.value)
+    assert "fp8, fp8_e4m3" in str(err.value) and "q8_0" in str(err.value)
+    with pytest.raises(memory.PlanError):
+        memory.kv_bytes_per_element("fp8/" + kv_type) if kv_type else memory.kv_bytes_per_element("/")
+
+
 def test_offload_fraction():
     assert mem(gpu_layers=8).offload_fraction == 0.75
     assert mem(total_layers=0).offload_fraction == 0.0

@@ -204,12 +204,12 @@ def test_overhead_terms():
     without CUDA graphs the 0.5 GiB goes; an unknown tier counts like a consumer card (0.35)."""
     act = int(2048 * 5.95 * 18432 + 256 * 128256 * 4 * 1.42)
     assert memory.vllm_activation_bytes(M8, 2048, 256) == act
-    assert memory.vllm_overhead_bytes(M8, 0, 2048, max_seqs=256, tier="datacenter") == int(2.29 * GIB + act)
-    assert memory.vllm_overhead_bytes(M8, 0, 2048, max_seqs=256, tier="datacenter", tp=2) == int(
+    assert memory.vllm_overhead_bytes(M8, 2048, max_seqs=256, tier="datacenter") == int(2.29 * GIB + act)
+    assert memory.vllm_overhead_bytes(M8, 2048, max_seqs=256, tier="datacenter", tp=2) == int(
         (1.79 + 1.79 + 0.5) * GIB + act)
-    assert memory.vllm_overhead_bytes(M8, 0, 2048, max_seqs=256, tier="consumer", cudagraphs=False) == int(
+    assert memory.vllm_overhead_bytes(M8, 2048, max_seqs=256, tier="consumer", cudagraphs=False) == int(
         0.35 * GIB + act)
-    assert memory.vllm_overhead_bytes(M8, 0, 2048, max_seqs=256, tier="other") == int(0.85 * GIB + act)
+    assert memory.vllm_overhead_bytes(M8, 2048, max_seqs=256, tier="other") == int(0.85 * GIB + act)
 
 
 @pytest.mark.parametrize("gib,name,expect", [

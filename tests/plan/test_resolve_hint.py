@@ -1,0 +1,142 @@
+"""The "what to change" line of a refusal (resolve._try_hint), each offer and figure derived by hand: the fewer-users
+offer, the local-file wording, which engine and quant it names when several engines fit a smaller quant, and the
+"tried down to 1" lever. Every offer is checked by planning the stack with the change (it fits) and without it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stackgen.plan import resolve
+from stackgen.errors import PlanError
+from stackgen.host.facts import HostFacts
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import load_stack
+
+HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
+CATALOG = load_profiles().models
+GB = 1e9
+
+
+def load(write_stack, body: str):
+    return load_stack(write_stack("version: 1\n" + body))
+
+
+def hint_of(stack) -> str:
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(stack, HOST)
+    return str(exc.value).splitlines()[-1]
+
+
+MLX_USERS = ("hardware: m4-16gb\nworkload: {{concurrent_users: {users}, context_tokens: 4096, prompt_tokens: 1000, "
+             "output_tokens: 200}}\nservices:\n  chat: {{model: llama-3.1-8b-instruct, quant: 4bit, engine: mlx}}\n")
+
+
+def test_hint_offers_fewer_users_when_only_fewer_users_fit(write_stack):
+    """MLX pinned on a 16 GB M4, Llama 3.1 8B at 4bit (catalog: 4,516,698,112 bytes), 4096-token requests, 64 users.
+    KV per user: 32 layers x 8 KV heads x (128 + 128) dims x 2 bytes (bf16) x 4096 tokens = 536,870,912 (512 MiB);
+    the M4 gives the GPU at most 14.6 GB (the plan's host budget). 64 users need 4.52 + 64 x 0.537 GB > 14.6; the
+    hint halves: 32 users 4.52 + 17.2 + overhead > 14.6 (refused), 16 users 4.52 + 8.59 + 0.54 = 13.64 GB fit. The
+    context cannot help: at 2048 tokens (the floor; 1000 + 200 tokens still fit a request) 64 users hold 64 x 256 MiB
+    = 17.2 GB of KV. The 3bit quant saves 27% of 4.5 GB, far from the 30 GB over. So the one offer is 16 users."""
+    m = CATALOG["llama-3.1-8b-instruct"]
+    per_user = m.layers * m.kv_heads * (m.head_dim_k + m.head_dim_v) * 2 * 4096
+    assert per_user == 536_870_912
+    line = hint_of(load(write_stack, MLX_USERS.format(users=64)))
+    assert line == ("Each of these fits: `concurrent_users: 16` (MLX (mlx_lm.server) fits it). "
+                    "Or a smaller model, or more memory.")
+    fit = resolve.resolve(load(write_stack, MLX_USERS.format(users=16)), HOST).services[0].memory
+    assert fit.parallel == 16 and fit.kv_cache_bytes == 16 * per_user and fit.weights_bytes == 4_516_698_112
+    assert fit.total_bytes <= fit.host_budget_bytes
+    with pytest.raises(PlanError) as exc:
+        # 4,516,698,112 + 32 x 536,870,912 + the 512 MiB overhead = 22,233,438,208 bytes
+        resolve.resolve(load(write_stack, MLX_USERS.format(users=32)), HOST)
+    assert str(exc.value).splitlines()[0].endswith(  # a lone service: nothing held by earlier ones is added
+        ": services.chat: engine mlx cannot serve llama-3.1-8b-instruct: needs 22.2 GB of unified memory; "
+        "Apple M4 can give the GPU at most 14.6 GB")
+    assert fit.total_bytes + 16 * per_user == 4_516_698_112 + 32 * per_user + 536_870_912 == 22_233_438_208
+
+
+def test_hint_offers_one_user_and_a_shorter_context_together(write_stack):
+    """Llama 3.1 8B at 8bit on MLX with 16 users of 32768 tokens: at 2048 tokens (halved four times; 1200 tokens
+    of request still fit) 16 users hold 16 x 256 MiB = 4.3 GB of KV beside 8.5 GB of weights: fits; and one user at
+    the full 32768 tokens (4 GiB of KV) fits too, while two (8 GiB) do not: the users loop halves 16 -> 8 -> 4 -> 2
+    -> 1 and offers 1, after the context offer."""
+    body = ("hardware: m4-16gb\nworkload: {concurrent_users: 16, context_tokens: 32768, prompt_tokens: 1000, "
+            "output_tokens: 200}\nservices:\n  chat: {model: llama-3.1-8b-instruct, quant: 8bit, engine: mlx}\n")
+    assert hint_of(load(write_stack, body)) == (
+        "Each of these fits: `context_tokens: 2048` (MLX (mlx_lm.server) fits it); `concurrent_users: 1` "
+        "(MLX (mlx_lm.server) fits it). Or a smaller model, or more memory.")
+    resolve.resolve(load(write_stack, body.replace("concurrent_users: 16", "concurrent_users: 1")), HOST)
+    with pytest.raises(PlanError):
+        resolve.resolve(load(write_stack, body.replace("concurrent_users: 16", "concurrent_users: 2")), HOST)
+
+
+def test_two_users_that_never_fit_name_the_users_lever(write_stack):
+    """Llama 3.1 70B on a 16 GB CPU laptop, 2 users of 2048 tokens: even Q2_K (70.6e9 x 3.35 / 8 = 29.6 GB) is twice
+    the 14.6 GB usable, and one user does not help; 2048 tokens is the floor, so no context is tried. The levers
+    tried are the two quants below Q4_K_M and one user."""
+    body = ("hardware: cpu-laptop-16gb\nworkload: {concurrent_users: 2, context_tokens: 2048, prompt_tokens: 1000, "
+            "output_tokens: 200}\nservices:\n  big: {model: llama-3.1-70b-instruct}\n")
+    assert hint_of(load(write_stack, body)) == (
+        "None of these makes it fit: a smaller quant (tried Q3_K_M, Q2_K); fewer concurrent users (tried down to 1). "
+        "Pick a smaller model or a machine with more memory.")
+
+
+def test_hint_names_the_engine_whose_smaller_quant_is_largest(write_stack):
+    """Gemma 3 27B (27.43e9 parameters) on a 16 GB M4, any engine: llama.cpp and Ollama fit Q2_K (27.43e9 x 3.35 / 8
+    = 11,486,312,500 bytes) but not Q3_K_M (13.4 GB); vLLM and SGLang need CUDA (no plan, skipped, not the end of
+    the search); MLX fits 3bit (27.43e9 x 0.4375 = 12,000,625,000 bytes) below its 4bit (15.2 GB). The hint offers
+    the largest quant that fits, MLX's 12.0 GB 3bit, over llama.cpp's 11.5 GB Q2_K (first in engine order)."""
+    m = CATALOG["gemma-3-27b-it"]
+    assert int(m.params * 0.4375) == 12_000_625_000 and int(m.params * 3.35 / 8) == 11_486_312_500
+    body = ("hardware: m4-16gb\nworkload: {{concurrent_users: 1, context_tokens: 2048, prompt_tokens: 1000, "
+            "output_tokens: 200}}\nservices:\n  big: {{model: gemma-3-27b-it{engine}}}\n")
+    assert hint_of(load(write_stack, body.format(engine=""))) == (
+        "Each of these fits: `quant: 3bit` (MLX (mlx_lm.server) fits it: 12.0 GB of weights instead of "
+        f"{m.mlx_bytes('4bit')[0] / GB:.1f} GB). Or a smaller model, or more memory.")
+    assert hint_of(load(write_stack, body.format(engine=", engine: llama.cpp"))) == (
+        "Each of these fits: `quant: Q2_K` (llama.cpp (llama-server) fits it: 11.5 GB of weights instead of "
+        f"{m.gguf_bytes('Q4_K_M')[0] / GB:.1f} GB). Or a smaller model, or more memory.")
+
+
+def _as_local_file(stack, source: str, path: str):
+    svc = stack.services[0]
+    svc = dataclasses.replace(svc, model=dataclasses.replace(svc.model, source=source, path=path))
+    return dataclasses.replace(stack, services=(svc,))
+
+
+def test_hint_for_a_local_file_asks_for_another_file(write_stack):
+    """`quant:` cannot change the quant of a local file, so for a local HF folder the hint asks for a file in the
+    smaller quant. vLLM pinned on a 24 GB RTX 4090 with bf16 Llama 3.1 8B (16.1 GB) and four 131072-token users:
+    fp8 (8.03e9 x 1.03 = 8.3 GB) fits, as does 65536 tokens (test_resolve_service pins the context search).
+    A catalog model with the same facts gets `quant: fp8` instead."""
+    body = ("hardware: rtx-4090\nworkload: {concurrent_users: 4, context_tokens: 131072}\nservices:\n"
+            "  big: {model: llama-3.1-8b-instruct, quant: bf16, engine: vllm}\n")
+    m = CATALOG["llama-3.1-8b-instruct"]
+    fp8, bf16 = m.hf_bytes("fp8")[0] / GB, m.hf_bytes("bf16")[0] / GB
+    assert f"{fp8:.1f}" == f"{m.params * 1.03 / GB:.1f}" == "8.3"
+    tail = "; `context_tokens: 65536` (vLLM fits it). Or a smaller model, or more memory."
+    assert hint_of(_as_local_file(load(write_stack, body), "hf", "/models/llama-8b")) == (
+        f"Each of these fits: a fp8 file of this model (vLLM fits it: {fp8:.1f} GB of weights instead of {bf16:.1f} GB; "
+        "`quant:` cannot change a file's own quant)" + tail)
+    assert hint_of(load(write_stack, body)) == (
+        f"Each of these fits: `quant: fp8` (vLLM fits it: {fp8:.1f} GB of weights instead of {bf16:.1f} GB)" + tail)
+    # only a gguf/hf model with a path is a local file; a catalog model with a path keeps `quant:`
+    assert "`quant: fp8`" in hint_of(_as_local_file(load(write_stack, body), "catalog", "/models/blob"))
+
+
+def test_hint_for_a_local_gguf_offers_a_smaller_file_with_its_estimated_size(write_stack):
+    """A local GGUF holds one quant: the hint plans a smaller quant of the same model at its size (catalog figure,
+    or parameters x bits per weight), never at the 0 bytes a file has for a quant it does not hold (before the fix
+    the hint offered "a Q3_K_M file ... 0.0 GB of weights"). Qwen2.5 32B Q4_K_M on the 16 GB laptop: Q3_K_M does
+    not fit, Q2_K does (as for the catalog model, test_resolve_service.test_hint_lines)."""
+    m = CATALOG["qwen2.5-32b-instruct"]
+    q2, q4 = m.gguf_bytes("Q2_K")[0], m.gguf_bytes("Q4_K_M")[0]
+    stack = _as_local_file(load(write_stack, "hardware: cpu-laptop-16gb\nservices:\n  big: {model: qwen2.5-32b-instruct, "
+                                "quant: Q4_K_M}\n"), "gguf", "/models/qwen2.5-32b-Q4_K_M.gguf")
+    assert hint_of(stack) == (
+        f"Each of these fits: a Q2_K file of this model (llama.cpp (llama-server) fits it: {q2 / GB:.1f} GB of "
+        f"weights instead of {q4 / GB:.1f} GB; `quant:` cannot change a file's own quant). "
+        "Or a smaller model, or more memory.")
