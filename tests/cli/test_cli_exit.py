@@ -93,8 +93,10 @@ def test_version_long_and_short():
 def test_shell_completion_script_completes_commands(tmp_path):
     exe = Path(sys.executable).parent / "stackgen"  # the console script `pip install` writes (completion is by name)
     assert exe.exists(), "install stackgen into this venv (pip install -e .)"
+    # typer's own switch for tests: --show-completion takes the shell as its value instead of detecting it from the
+    # process tree (shellingham finds no shell when pytest runs detached, e.g. under setsid: "Shell  not supported.")
     res = subprocess.run([str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "SHELL": "/bin/bash"})
+                         env={**os.environ, "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert res.returncode == EX_OK and "_STACKGEN_COMPLETE=complete_bash" in res.stdout, res
     assert "complete -o default -F _stackgen_completion stackgen" in res.stdout, res.stdout
     # what the installed script asks the program at a TAB: the commands starting with "re"
