@@ -251,10 +251,11 @@ def probe(h: Hosts, vllm_py: Path, tmp_path: Path, tmpdir_i: int = 0, timeout: f
 def render_two_cpu_nodes(tmp_path: Path, h: Hosts, vllm_bin: Path, tiny: Path, port: int):
     """The two-node stack (two CPU nodes at the hosts' addresses), planned, with the vLLM-over-Ray split applied.
 
-    The planner never picks vLLM across CPU nodes (resolve._multinode_block: "needs CUDA/ROCm datacenter GPUs on
+    The planner never picks vLLM across CPU nodes (resolve.MULTINODE_TABLE: "needs CUDA/ROCm datacenter GPUs on
     every node") and a tiny model fits one node anyway, so the test applies the split the planner would write for
     two identical GPU nodes (PP = 2, one layer per stage, Ray executor) through the planner's own `_topology`, then
     renders the script, systemd and kubernetes targets from that plan."""
+    from stackgen import engines
     from stackgen.plan.resolve import _topology
 
     stack_path = tmp_path / "stack.yaml"
@@ -282,7 +283,7 @@ def render_two_cpu_nodes(tmp_path: Path, h: Hosts, vllm_bin: Path, tiny: Path, p
     sp = plan.service("tiny")
     assert sp.topology is None, "the planner now splits a model that fits one node: revisit this test"
     mem = replace(sp.memory, pipeline_parallel=2, nodes=2, node_layers=(1, 1))
-    sp = replace(sp, memory=mem, topology=_topology("vllm", sp, stack.nodes, mem))
+    sp = replace(sp, memory=mem, topology=_topology(engines.get("vllm"), sp, stack.nodes, mem))
     plan = replace(plan, services=(sp,))
     out = tmp_path / "deploy"
     write_tree(out, render_plan(plan, RenderContext("stack.yaml", str(out)), ["script", "systemd", "kubernetes"]))
