@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,14 @@ from stackgen.host.facts import HostFacts
 from stackgen.spec.stack import CPUSpec, HardwareSpec
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests share a few writers across stage folders (test_gguf's synthetic GGUF writer, test_launch_unit's fake engine):
+# every stage folder is importable up front, so any subset (`pytest tests/render`) finds them, not only a full run
+# that happened to collect tests/models first.
+for _stage in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name not in
+                     ("golden", "fixtures", "tools", "integration", "security", "__pycache__")):
+    if str(_stage) not in sys.path:
+        sys.path.append(str(_stage))
 
 
 @pytest.fixture(autouse=True)
