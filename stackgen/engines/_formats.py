@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stackgen.engines.base import Unsupported
 from stackgen.models.facts import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
 
 # Nearest GGUF type for a non-GGUF request.
@@ -30,6 +31,34 @@ def hf_for(quant: str | None, default: str = "bf16") -> tuple[str, str]:
     bits = GGUF_BPW.get(quant) or MLX_BYTES_PER_PARAM.get(quant, 2.0) * 8
     mapped = "bf16" if bits >= 12 else TO_HF_8BIT if bits >= 6 else TO_HF_4BIT
     return mapped, f"{quant} is a GGUF/MLX format; vLLM would serve the nearest HF checkpoint, {mapped}"
+
+
+def hf_checkpoint(model, who: str) -> tuple[str, int, str, str]:
+    """(format, bytes, source, note) of the HF checkpoint an engine that loads safetensors (`who`: "vLLM", "SGLang")
+    serves for `model.quant`, and the rule that keeps the launched checkpoint the one the plan sized (issue 12): a
+    catalog model in awq/gptq needs a known pre-quantized repo (`hf_variants`), else it is refused; fp8 without one
+    is the bf16 repo quantized on load (`quantize_on_load`), both sizes said."""
+    fmt, note = hf_for(model.quant)
+    if note and who != "vLLM":
+        note = note.replace("vLLM", who)
+    size, source = model.hf_bytes(fmt)
+    if model.source == "catalog" and fmt not in model.hf_variants:
+        if fmt in ("awq", "gptq"):
+            raise Unsupported(f"no {fmt} checkpoint of {model.name} is known (catalog hf_variants), and {who} would "
+                              f"load {model.hf_repo}'s bf16 weights, not the {fmt} size the plan counts: name the "
+                              f"checkpoint (`model: hf:ORG/REPO`) or use quant bf16 or fp8")
+        if fmt == "fp8":  # no FP8 checkpoint: the bf16 repo, quantized on load (--quantization fp8)
+            bf16, _ = model.hf_bytes("bf16")
+            dyn = (f"fp8: no FP8 checkpoint of {model.name} is known, so {who} downloads {model.hf_repo} in bf16 "
+                   f"({bf16 / 1e9:.1f} GB on disk) and quantizes it to fp8 as it loads (--quantization fp8); the "
+                   f"plan counts the fp8 size in memory ({size / 1e9:.1f} GB)")
+            note = f"{note}; {dyn}" if note else dyn
+    return fmt, size, source, note
+
+
+def quantize_on_load(model, fmt: str) -> bool:
+    """fp8 planned for a checkpoint that is not FP8 (no `hf:` FP8 repo, no known variant): `--quantization fp8`."""
+    return fmt == "fp8" and model.source != "hf" and "fp8" not in model.hf_variants
 
 
 def mlx_for(quant: str | None, default: str = "4bit") -> tuple[str, str]:

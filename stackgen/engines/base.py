@@ -330,8 +330,9 @@ class Engine:
         return {}
 
     def model_ref(self, plan: "ServicePlanLike") -> str:
-        """Where the engine finds weights that are not a local path: a registry reference (default: the HF repo)."""
-        return plan.model.hf_repo or plan.model.name
+        """Where the engine finds weights that are not a local path: a registry reference (default: the HF checkpoint
+        whose bytes the plan counted, the AWQ/GPTQ/FP8 variant repo for a pre-quantized format, else the HF repo)."""
+        return plan.model.hf_repo_for(plan.memory.weights_format) or plan.model.name
 
     def served_model(self, plan: "ServicePlanLike") -> str:
         """The model name requests carry ("" lets the server pick its one model). Default: the service name, which

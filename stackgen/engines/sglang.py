@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from stackgen.engines._formats import hf_for
+from stackgen.engines._formats import hf_checkpoint, quantize_on_load
 from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
                                    Unsupported, Weights, _choice, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
@@ -287,9 +287,8 @@ class SGLang(Engine):
             raise Unsupported("serves HF safetensors checkpoints; its GGUF loading is limited to a few architectures")
         if model.source == "ollama":
             raise Unsupported("the model comes from Ollama's registry; SGLang needs an HF checkpoint")
-        fmt, note = hf_for(model.quant)
-        size, source = model.hf_bytes(fmt)
-        return Weights(fmt, size, source, note.replace("vLLM", "SGLang"))
+        fmt, size, source, note = hf_checkpoint(model, "SGLang")
+        return Weights(fmt, size, source, note)
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
@@ -317,7 +316,7 @@ class SGLang(Engine):
             args += ["--dp-size", str(m.data_parallel)]
         if m.kv_cache_type != "auto":
             args += ["--kv-cache-dtype", m.kv_cache_type]
-        if m.weights_format == "fp8" and plan.model.source != "hf":
+        if quantize_on_load(plan.model, m.weights_format):
             args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
         so = getattr(plan.spec, "structured_output", None)
         if so is not None and GRAMMAR.get(so.backend):

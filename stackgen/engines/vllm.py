@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stackgen.engines._formats import hf_for
+from stackgen.engines._formats import hf_checkpoint, quantize_on_load
 from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
                                    Unsupported, Weights, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
@@ -113,10 +113,6 @@ class Vllm(Engine):
             f"traffic matters; nodes reach the Ray head at {roles[0].address}:{RAY_PORT}",
         )
 
-    def model_ref(self, plan) -> str:
-        """The checkpoint whose bytes the plan counted: the AWQ/GPTQ/FP8 variant repo for a pre-quantized format."""
-        return plan.model.hf_repo_for(plan.memory.weights_format) or plan.model.name
-
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         if hw.is_apple:
             return "has no Metal backend (CUDA/ROCm GPUs only; its CPU backend is for x86/ARM Linux servers)"
@@ -140,19 +136,7 @@ class Vllm(Engine):
             raise Unsupported("serves HF safetensors checkpoints; its GGUF loader is experimental and slow")
         if model.source == "ollama":
             raise Unsupported("the model comes from Ollama's registry; vLLM needs an HF checkpoint")
-        fmt, note = hf_for(model.quant)
-        size, source = model.hf_bytes(fmt)
-        if model.source == "catalog" and fmt not in model.hf_variants:
-            if fmt in ("awq", "gptq"):
-                raise Unsupported(f"no {fmt} checkpoint of {model.name} is known (catalog hf_variants), and vLLM would "
-                                  f"load {model.hf_repo}'s bf16 weights, not the {fmt} size the plan counts: name the "
-                                  f"checkpoint (`model: hf:ORG/REPO`) or use quant bf16 or fp8")
-            if fmt == "fp8":  # no FP8 checkpoint: the bf16 repo, quantized on load (--quantization fp8)
-                bf16, _ = model.hf_bytes("bf16")
-                dyn = (f"fp8: no FP8 checkpoint of {model.name} is known, so vLLM downloads {model.hf_repo} in bf16 "
-                       f"({bf16 / 1e9:.1f} GB on disk) and quantizes it to fp8 as it loads (--quantization fp8); the "
-                       f"plan counts the fp8 size in memory ({size / 1e9:.1f} GB)")
-                note = f"{note}; {dyn}" if note else dyn
+        fmt, size, source, note = hf_checkpoint(model, "vLLM")
         return Weights(fmt, size, source, note)
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
@@ -194,7 +178,7 @@ class Vllm(Engine):
         so = getattr(plan.spec, "structured_output", None)
         if so is not None and so.backend != "auto":
             args += ["--structured-outputs-config", json.dumps({"backend": so.backend})]
-        if m.weights_format == "fp8" and plan.model.source != "hf" and "fp8" not in plan.model.hf_variants:
+        if quantize_on_load(plan.model, m.weights_format):
             args += ["--quantization", "fp8"]  # dynamic fp8 from a bf16 checkpoint
         # Shared system prompts across users: prefix caching turns them into cache hits.
         args += ["--enable-prefix-caching"]

@@ -160,9 +160,11 @@ def test_old_nvidia_gpus_are_blocked(write_stack):
 
 
 def test_gguf_models_are_not_sglangs(write_stack):
+    """Q4_K_M maps to the nearest HF format, awq; the catalog knows no AWQ checkpoint of this model, so SGLang (like
+    vLLM) is refused instead of planning AWQ bytes while launching the bf16 repo (issue 12), and says why."""
     sp = plan(write_stack, extra="    quant: Q4_K_M\n")
-    assert sp.engine == "sglang" and sp.memory.weights_format == "awq"  # nearest HF checkpoint, with the note
-    assert any("SGLang would serve the nearest HF checkpoint" in w for w in sp.warnings)
+    assert sp.engine != "sglang"
+    assert "no awq checkpoint" in sp.rejected["sglang"] and "SGLang would load" in sp.rejected["sglang"]
 
 
 def test_registered_with_its_facts():
@@ -223,3 +225,14 @@ def test_replicas_on_one_machine_become_data_parallel(write_stack):
     assert sp.memory.data_parallel == 4 and sp.memory.weights_bytes == 4 * sp.model.hf_bytes("bf16")[0]
     assert engines.get("sglang").gpu_count(sp) == 4
     flagcheck.check_service(sp)
+
+
+def test_a_known_pre_quantized_checkpoint_is_what_sglang_launches(write_stack):
+    """awq for a catalog model with a known AWQ repo (hf_variants): the plan counts that repo's bytes and the argv
+    serves that repo, with no --quantization on top (the shared HF-checkpoint rule of vLLM and SGLang, issue 12)."""
+    sp = plan(write_stack, model="qwen2.5-7b-instruct", extra="    quant: awq\n    engine: sglang\n")
+    variant = sp.model.hf_variants["awq"]
+    assert sp.engine == "sglang" and sp.memory.weights_format == "awq" and variant != sp.model.hf_repo
+    assert sp.memory.weights_bytes == sp.model.hf_bytes("awq")[0]
+    argv = list(sp.command)
+    assert flag(argv, "--model-path") == variant and "--quantization" not in argv
