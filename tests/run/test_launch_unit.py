@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fakes.openai_server import write_engine
 from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
 from stackgen.run.lifecycle import down, logs, status
@@ -29,85 +30,6 @@ from stackgen.run.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAKE_ENGINE = r'''
-import json, os, signal, sys, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-args = sys.argv[1:]
-def arg(name, default=None):
-    return args[args.index(name) + 1] if name in args else default
-
-mode = os.environ.get("FAKE_MODE", "ok")
-load_s = float(os.environ.get("FAKE_LOAD_S", "0.5"))
-port = int(arg("--port", "8080"))
-host = arg("--host", "127.0.0.1")
-if "--help" in args:  # like a real engine: print usage and exit (no --port listed: not compared flag by flag)
-    print("usage: fake engine, a test double")
-    sys.exit(0)
-print("fake engine starting", args, flush=True)
-if mode == "exit":
-    print("error: invalid argument: --bogus-flag", flush=True)
-    sys.exit(1)
-if mode == "nomodel":
-    print("gguf_init_from_file: failed to open GGUF file '/nope.gguf' (No such file or directory)", flush=True)
-    sys.exit(1)
-if mode in ("fork", "setsid"):
-    pid = os.fork()
-    if pid == 0:
-        if mode == "setsid":
-            os.setsid()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn worker: needs SIGKILL
-        with open(os.environ["FAKE_CHILD_PID"], "w") as f:
-            f.write(str(os.getpid()))
-        for _ in range(6000):
-            time.sleep(0.1)
-        os._exit(0)
-if mode == "ignore_term":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
-    threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), lambda: (print("fatal: simulated crash", flush=True),
-                                                                        os._exit(3))).start()
-t0 = time.monotonic()
-
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        print("request", self.path, flush=True)
-    def _json(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        loaded = mode != "hang" and time.monotonic() - t0 >= load_s
-        if self.path == "/health":
-            return self._json(200 if loaded else 503, {"status": "ok" if loaded else "loading model"})
-        if self.path == "/v1/models":
-            return self._json(200, {"data": [{"id": arg("--alias", "m")}]})
-        self._json(404, {})
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        req = json.loads(self.rfile.read(n) or b"{}")
-        toks = int(req.get("max_tokens", 4))
-        if not req.get("stream"):
-            return self._json(200, {"choices": [{"text": " Paris" * toks}], "usage": {"completion_tokens": toks}})
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for i in range(toks):
-            time.sleep(0.01)
-            self.wfile.write(b"data: " + json.dumps({"choices": [{"text": " tok"}]}).encode() + b"\n\n")
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-
-srv = ThreadingHTTPServer((host, port), H)
-print("listening on", port, flush=True)
-signal.signal(signal.SIGTERM, signal.SIG_IGN) if mode == "ignore_term" else signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-srv.serve_forever()
-'''
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,9 +39,7 @@ def free_port() -> int:
 @pytest.fixture
 def fake_stack(tmp_path, monkeypatch):
     """A stack whose llama.cpp service runs the fake engine (`binary:`); returns (path, port, plan_fn)."""
-    script = tmp_path / "fake-llama-server"
-    script.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
-    script.chmod(0o755)
+    script = write_engine(tmp_path / "fake-llama-server")  # tests/fakes/openai_server.py: FAKE_MODE and friends
     port = free_port()
     path = tmp_path / "stack.yaml"
     path.write_text(textwrap.dedent(f"""\
