@@ -17,9 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 # every stage folder is importable up front, so any subset (`pytest tests/render`) finds them, not only a full run
 # that happened to collect tests/models first.
 for _stage in sorted(p for p in Path(__file__).resolve().parent.iterdir() if p.is_dir() and p.name not in
-                     ("golden", "fixtures", "tools", "integration", "security", "__pycache__")):
+                     ("golden", "fixtures", "tools", "integration", "security", "fakes", "__pycache__")):
     if str(_stage) not in sys.path:
         sys.path.append(str(_stage))
+# Test doubles shared by every folder, one import name each: `from fakes.openai_server import FakeOpenAIServer`.
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
 
 
 @pytest.fixture(autouse=True)

@@ -180,11 +180,22 @@ def restart_cmd(
 
 
 def _verify_text(v) -> str:
-    head = (f"verify {v.service}: {v.ok}/{v.concurrency} streams ok; time to first token p50 {_fmt_s(v.ttft_p50_s)}, "
-            f"max {_fmt_s(v.ttft_max_s)}; decode ")
+    """One service's verify: what it measured at `concurrency` streams beside the plan's speed forecast at that many
+    users (the figures `stackgen plan` prints as "predicted for users"), not the single-stream roofline."""
+    text = (f"verify {v.service}: {v.ok}/{v.concurrency} streams ok; time to first token p50 {_fmt_s(v.ttft_p50_s)}, "
+            f"max {_fmt_s(v.ttft_max_s)}")
     per = f"{v.decode_tokens_per_s_p50:.1f}" if v.decode_tokens_per_s_p50 else "-"
-    text = (head + f"{per} tokens/s per stream (plan predicted {v.predicted_tokens_per_s:g}), "
-            f"{v.aggregate_tokens_per_s:.1f} tokens/s over all {v.concurrency} streams")
+    users = f"{v.concurrency} user{'s' if v.concurrency != 1 else ''}"
+    text += (f"\n  measured at {users}: {per} tokens/s per stream (decode), "
+             f"{v.aggregate_tokens_per_s:.1f} tokens/s aggregate over all {v.concurrency} streams")
+    if v.predicted_per_user_tokens_per_s is not None:
+        slots = (f", {v.predicted_streams} decoding at once" if v.predicted_streams is not None
+                 and v.predicted_streams < v.concurrency else "")
+        err = f" (+-{v.predicted_error * 100:.0f}%)" if v.predicted_error is not None else ""
+        text += (f"\n  plan forecast at {users}: {v.predicted_per_user_tokens_per_s:g} tokens/s per user, "
+                 f"{v.predicted_aggregate_tokens_per_s:g} aggregate{slots}{err}")
+    else:  # a multi-node service: the planner has only the single-stream figure
+        text += f"\n  plan: {v.predicted_tokens_per_s:g} tokens/s for one stream alone (no forecast at {users})"
     if v.sample:
         text += f"\n  sample: {v.sample.strip()[:120]!r}"
     for e in v.errors:

@@ -210,3 +210,20 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens)
+
+
+def forecast_at(sp, hw, users: int) -> Forecast | None:
+    """The forecast for a resolved ServicePlan at `users` users: the plan's own (`sp.speed`, what `stackgen plan`
+    prints) when `users` is the workload's concurrency, else the same model at `users` with the workload's lengths
+    (bench --sweep, a verify capped below the declared users). None for a multi-node service (no per-user model) or
+    when the plan has none and no hardware is given to compute one."""
+    if sp.topology is not None:
+        return None
+    if users == sp.workload.concurrent_users and sp.speed is not None:
+        return sp.speed
+    if hw is None:
+        return None
+    wl = sp.workload
+    return service_forecast(sp.engine, sp.model, sp.memory, hw, users=users, prompt_tokens=wl.prompt_tokens,
+                            threads=sp.threads,
+                            avg_context=min(sp.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))

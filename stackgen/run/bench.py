@@ -423,13 +423,8 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
     api_key = os.environ.get(sp.api_key_env) if sp.api_key_env else None
     wl = sp.workload
     n_users = users or wl.concurrent_users
-    forecast = None
-    if sp.topology is None:
-        from stackgen.plan.speed import service_forecast
-        forecast = service_forecast(sp.engine, sp.model, sp.memory, plan.hardware, users=n_users,
-                                    prompt_tokens=wl.prompt_tokens, threads=sp.threads,
-                                    avg_context=min(sp.memory.context_per_request,
-                                                    wl.prompt_tokens + wl.output_tokens // 2))
+    from stackgen.plan.speed import forecast_at
+    forecast = forecast_at(sp, plan.hardware, n_users)
     return run_load(host, port, model, users=n_users, prompt_tokens=wl.prompt_tokens, max_tokens=wl.output_tokens,
                     requests=requests, duration_s=duration_s, api_key=api_key, pid=pid, timeout=timeout,
                     progress=progress, service=sp.name, engine=sp.engine,

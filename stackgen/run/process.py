@@ -245,10 +245,15 @@ def stop_supervisor(st: ServiceState, grace_s: float = GRACE_S) -> str:
     if proc is None:
         _reap(sst.pid or 0)
         return foreign.replace(f"service {st.name}", f"the supervisor of service {st.name}") if foreign else ""
-    try:
-        proc.send_signal(signal.SIGTERM)  # psutil refuses if the pid was reused since it was identified
+    try:  # psutil refuses if the pid was reused since it was identified; SIGCONT: a stopped supervisor acts at once
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
     except Exception:  # noqa: BLE001 - gone meanwhile
         return ""
+    try:
+        proc.send_signal(signal.SIGCONT)
+    except Exception:  # noqa: BLE001 - gone already
+        pass
     if _wait_gone([proc], max(2.0, min(grace_s, 5.0))):
         try:
             proc.send_signal(signal.SIGKILL)
@@ -275,21 +280,24 @@ def crash_text(rec: dict | None) -> str:
 def _signal_all(st: ServiceState, leader, procs: list, sig: int) -> None:
     """killpg only for the group of a verified leader that leads it (its own session: only its descendants can
     be in it); every identified process individually (psutil refuses a pid reused since it was listed).
-    SIGTERM is followed by SIGCONT, so a stopped (SIGSTOP) engine handles it at once."""
+    Each signal goes between two SIGCONTs: a stopped (SIGSTOP, SIGTSTP: suspended) engine is running again when
+    SIGTERM arrives, so it acts on it at once instead of after the grace period, and one stopped again meanwhile is
+    woken to handle what is pending. The SIGKILL escalation is preceded by SIGCONT too (the kernel kills a stopped
+    process anyway; the wake-up costs nothing and keeps one rule)."""
+    order = (signal.SIGCONT, sig, signal.SIGCONT) if sig != signal.SIGKILL else (signal.SIGCONT, sig)
     if leader is not None and st.pgid and st.pgid == leader.pid:
         try:
             if os.getpgid(leader.pid) == st.pgid:
-                os.killpg(st.pgid, sig)
-                if sig == signal.SIGTERM:
-                    os.killpg(st.pgid, signal.SIGCONT)
+                for s in order:
+                    os.killpg(st.pgid, s)
         except (ProcessLookupError, PermissionError):
             pass
     for p in procs:
-        for s in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+        for s in order:
             try:
                 p.send_signal(s)
             except Exception:  # noqa: BLE001 - already gone
-                pass
+                break
 
 
 def _wait_gone(procs: list, timeout_s: float) -> list:

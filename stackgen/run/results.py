@@ -69,9 +69,15 @@ class VerifyResult:
     ttft_max_s: float | None
     decode_tokens_per_s_p50: float | None  # per stream
     aggregate_tokens_per_s: float
-    predicted_tokens_per_s: float
+    predicted_tokens_per_s: float  # the plan's single-stream roofline (one user alone), not a figure at `concurrency`
     sample: str = ""
     errors: list[str] = field(default_factory=list)
+    # The plan's speed forecast at the concurrency verify ran (plan/speed.py: what `stackgen plan` prints as
+    # "predicted for users" when that is the workload's concurrency); None for a multi-node service.
+    predicted_per_user_tokens_per_s: float | None = None
+    predicted_aggregate_tokens_per_s: float | None = None
+    predicted_streams: int | None = None  # streams decoding together in the forecast: min(users, the engine's slots)
+    predicted_error: float | None = None  # the speed model's stated error for the backend (+-share)
 
 
 @dataclass

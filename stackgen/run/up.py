@@ -173,7 +173,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped,
                       notes=notes)
     if opts.verify:
-        result.verify = [verify_service(sp, opts.verify_max_tokens) for sp in services]
+        result.verify = [verify_service(sp, opts.verify_max_tokens, hardware=plan.hardware) for sp in services]
     return result
 
 
@@ -321,11 +321,17 @@ def _run_tool(argv: list[str], env: dict[str, str], log, timeout: float, name: s
 VERIFY_PROMPT = "The capital of France is"
 
 
-def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | None = None) -> VerifyResult:
+def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | None = None,
+                   hardware=None) -> VerifyResult:
     """A small bench run (run/bench.py: the same client and measurement as `stackgen bench`): one streaming request
-    per declared user, all at once; time to first token and decode speed vs the plan."""
+    per declared user, all at once; time to first token and decode speed vs the plan's speed forecast at that many
+    users (plan/speed.forecast_at: the plan's own figure at the declared concurrency; `hardware`, the plan's, is
+    needed only when verify runs another number of users)."""
+    from stackgen.plan.speed import forecast_at
+
     ep = endpoint_for(sp)
     n = max(1, min(concurrency or sp.workload.concurrent_users, 64))
+    fc = forecast_at(sp, hardware, n)
     results, wall, _ = drive(ep.connect_host, ep.port, ep.model, users=n, requests=n, max_tokens=max_tokens,
                              prompt=VERIFY_PROMPT, api_key=ep.api_key, tls=ep.tls, timeout=120.0)
     r = summarize(results, wall_s=wall, service=sp.name, engine=sp.engine, users=n, max_tokens=max_tokens)
@@ -336,6 +342,9 @@ def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | Non
         decode_tokens_per_s_p50=r.per_stream_decode_tokens_per_s or None,
         aggregate_tokens_per_s=r.output_tokens_per_s, predicted_tokens_per_s=sp.predicted_decode_tokens_per_s,
         sample=(done[0].text if done else "")[:200], errors=[e[:200] for e in r.error_samples[:3]],
+        predicted_per_user_tokens_per_s=fc.per_user_tokens_per_s if fc else None,
+        predicted_aggregate_tokens_per_s=fc.aggregate_tokens_per_s if fc else None,
+        predicted_streams=fc.streams if fc else None, predicted_error=fc.error if fc else None,
     )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import textwrap
 from pathlib import Path
 
@@ -136,15 +135,10 @@ def _free_port() -> int:
 
 def fake_llama(tmp_path: Path, flags: set[str]) -> Path:
     """A llama-server stand-in whose --help lists `flags` (and which serves like the fake engine of
-    test_launch_unit otherwise)."""
-    from test_launch_unit import FAKE_ENGINE
+    test_launch_unit otherwise: tests/fakes/openai_server.py)."""
+    from fakes.openai_server import write_engine
 
-    help_text = "\n".join(sorted(flags))
-    script = tmp_path / "llama-server"
-    script.write_text(f"#!{sys.executable}\nimport sys\nif '--help' in sys.argv:\n    print({help_text!r})\n"
-                      "    sys.exit(0)\n" + FAKE_ENGINE)
-    script.chmod(0o755)
-    return script
+    return write_engine(tmp_path / "llama-server", help_text="\n".join(sorted(flags)))
 
 
 def recorded(tmp_path: Path, profile: str) -> Path:

@@ -59,6 +59,12 @@ def test_up_complete_status_logs_down(tmp_path, llama_server, gguf_path, free_po
     assert "gemma: started (llama.cpp" in r.stdout and "ready in" in r.stdout
     assert "verify gemma: 2/2 streams ok" in r.stdout, r.stdout
     print(f"\nup --verify took {took:.1f}s\n{r.stdout}")
+    # measured beside the plan's own forecast at the 2 users verify ran: the figures `plan` prints
+    speed = json.loads(stackgen("plan", path, "--json").stdout)["services"][0]["speed"]
+    assert speed["streams"] == 2
+    assert "measured at 2 users: " in r.stdout and "tokens/s aggregate over all 2 streams" in r.stdout, r.stdout
+    assert (f"plan forecast at 2 users: {speed['per_user_tokens_per_s']:g} tokens/s per user, "
+            f"{speed['aggregate_tokens_per_s']:g} aggregate") in r.stdout, r.stdout
     st = StateDir(path).load().services["gemma"]
     assert st.pid and psutil.pid_exists(st.pid)
     assert (path.parent / ".stackgen" / ".gitignore").read_text() == "*\n"

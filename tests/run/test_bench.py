@@ -4,103 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fakes.openai_server import FakeOpenAIServer
 from stackgen.errors import LaunchError, StackgenError
 from stackgen.run import bench
 from stackgen.run.bench import BenchResult, RequestResult, max_overlap, percentile, summarize
 from stackgen.run.client import iter_sse_data
 
 
-class FakeServer:
-    """Streams `tokens` completion chunks per request, `delay` seconds apart. serialize=True: one request at a time
-    (a server with one slot); fail_every=k: every k-th request answers HTTP 500."""
-
-    def __init__(self, tokens: int = 5, delay: float = 0.01, serialize: bool = False, fail_every: int = 0,
-                 usage: bool = True, api_key: str | None = None):
-        self.tokens, self.delay, self.serialize, self.fail_every = tokens, delay, serialize, fail_every
-        self.usage, self.api_key = usage, api_key
-        self.lock = threading.Lock()
-        self.count = 0
-        self.bodies: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.count += 1
-                    n = fake.count
-                    fake.bodies.append(body)
-                if fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
-                    return self._plain(401, b'{"error":"bad key"}')
-                if fake.fail_every and n % fake.fail_every == 0:
-                    return self._plain(500, b'{"error":"boom"}')
-                if fake.serialize:
-                    with fake.serial:
-                        self._stream(body)
-                else:
-                    self._stream(body)
-
-            def _plain(self, code, data):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _chunk(self, data: bytes):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-                self.wfile.flush()
-
-            def _stream(self, body):
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                n = min(fake.tokens, body["max_tokens"])
-                self._chunk(b": keep-alive\n\n")
-                for i in range(n):
-                    time.sleep(fake.delay)
-                    obj = {"choices": [{"text": f" t{i}", "index": 0, "finish_reason": None}]}
-                    self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
-                last = {"choices": [{"text": "", "index": 0, "finish_reason": "length"}]}
-                if fake.usage:
-                    last["usage"] = {"completion_tokens": n, "prompt_tokens": 10}
-                self._chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
-                self._chunk(b"data: [DONE]\n\n")
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-
-        self.serial = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda *a: None  # clients closing early are not test failures
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+def FakeServer(tokens: int = 5, delay: float = 0.01, serialize: bool = False, fail_every: int = 0,
+               usage: bool = True, api_key: str | None = None) -> FakeOpenAIServer:
+    """The shared fake (tests/fakes/openai_server.py) as bench meets it: streams `tokens` completion chunks per
+    request, `delay` seconds apart, HTTP/1.1 chunked with a keep-alive comment first and the usage in the finish
+    chunk. serialize=True: one request at a time (a server with one slot); fail_every=k: every k-th request answers
+    HTTP 500."""
+    return FakeOpenAIServer(tokens=tokens, delay=delay, serialize=serialize, fail_every=fail_every,
+                            usage="last" if usage else None, api_key=api_key, chunked=True, keepalive=True)
 
 
 def load(port, **kw):

@@ -2,70 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fakes.openai_server import FakeOpenAIServer
 from stackgen.run.client import connect_host, stream_completion
 from stackgen.run.readiness import DOWN, ERROR, LOADING, READY, Endpoint, complete, probe
 
 
-class Script:
-    health = 503
-    models: list[str] = []
-    completion = 200
-    tokens = 5
-
-
 @pytest.fixture
 def server():
-    script = Script()
-
-    class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def _json(self, code, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            if self.path == "/health":
-                return self._json(script.health, {"status": "ok" if script.health == 200 else "loading"})
-            if self.path == "/v1/models":
-                return self._json(200, {"data": [{"id": m} for m in script.models]})
-            if self.path == "/api/version":  # Ollama's daemon is up
-                return self._json(200, {"version": "0.12.0"})
-            self._json(404, {})
-
-        def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if script.completion != 200:
-                return self._json(script.completion, {"error": "model is loading" if script.completion == 503 else "boom"})
-            if not req.get("stream"):
-                n = req["max_tokens"]
-                return self._json(200, {"choices": [{"text": " x" * n}], "usage": {"completion_tokens": n}})
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.end_headers()
-            for _ in range(script.tokens):
-                self.wfile.write(b'data: {"choices":[{"text":" t"}]}\n\n')
-            self.wfile.write(b'data: {"choices":[],"usage":{"completion_tokens":%d}}\n\n' % script.tokens)
-            self.wfile.write(b"data: [DONE]\n\n")
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv.server_address[1], script
-    srv.shutdown()
-    srv.server_close()
+    """The shared fake (tests/fakes/openai_server.py): loading (503) until a test says otherwise, no model listed,
+    Ollama's /api/version, five tokens per stream with the usage in a chunk of its own."""
+    with FakeOpenAIServer(health=503, models=[], api_version="0.12.0", tokens=5, token_text=" t", word=" x",
+                          usage="separate") as srv:
+        yield srv.port, srv
 
 
 def closed_port() -> int:
@@ -96,11 +48,11 @@ def test_vllm_refused_then_health_then_model(server):
 def test_engines_that_answer_early_need_a_token(server, engine):
     port, script = server
     ep = Endpoint("127.0.0.1", port, engine, "")
-    script.completion = 503
+    script.completion_status = 503
     assert probe(ep).state == LOADING
-    script.completion = 500
+    script.completion_status = 500
     assert probe(ep).state == ERROR
-    script.completion = 200
+    script.completion_status = 200
     assert probe(ep).state == READY
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fakes.openai_server import write_engine
 from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
 from stackgen.run.lifecycle import down, logs, status
@@ -29,85 +30,6 @@ from stackgen.run.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAKE_ENGINE = r'''
-import json, os, signal, sys, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-args = sys.argv[1:]
-def arg(name, default=None):
-    return args[args.index(name) + 1] if name in args else default
-
-mode = os.environ.get("FAKE_MODE", "ok")
-load_s = float(os.environ.get("FAKE_LOAD_S", "0.5"))
-port = int(arg("--port", "8080"))
-host = arg("--host", "127.0.0.1")
-if "--help" in args:  # like a real engine: print usage and exit (no --port listed: not compared flag by flag)
-    print("usage: fake engine, a test double")
-    sys.exit(0)
-print("fake engine starting", args, flush=True)
-if mode == "exit":
-    print("error: invalid argument: --bogus-flag", flush=True)
-    sys.exit(1)
-if mode == "nomodel":
-    print("gguf_init_from_file: failed to open GGUF file '/nope.gguf' (No such file or directory)", flush=True)
-    sys.exit(1)
-if mode in ("fork", "setsid"):
-    pid = os.fork()
-    if pid == 0:
-        if mode == "setsid":
-            os.setsid()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn worker: needs SIGKILL
-        with open(os.environ["FAKE_CHILD_PID"], "w") as f:
-            f.write(str(os.getpid()))
-        for _ in range(6000):
-            time.sleep(0.1)
-        os._exit(0)
-if mode == "ignore_term":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
-    threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), lambda: (print("fatal: simulated crash", flush=True),
-                                                                        os._exit(3))).start()
-t0 = time.monotonic()
-
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        print("request", self.path, flush=True)
-    def _json(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        loaded = mode != "hang" and time.monotonic() - t0 >= load_s
-        if self.path == "/health":
-            return self._json(200 if loaded else 503, {"status": "ok" if loaded else "loading model"})
-        if self.path == "/v1/models":
-            return self._json(200, {"data": [{"id": arg("--alias", "m")}]})
-        self._json(404, {})
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        req = json.loads(self.rfile.read(n) or b"{}")
-        toks = int(req.get("max_tokens", 4))
-        if not req.get("stream"):
-            return self._json(200, {"choices": [{"text": " Paris" * toks}], "usage": {"completion_tokens": toks}})
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for i in range(toks):
-            time.sleep(0.01)
-            self.wfile.write(b"data: " + json.dumps({"choices": [{"text": " tok"}]}).encode() + b"\n\n")
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-
-srv = ThreadingHTTPServer((host, port), H)
-print("listening on", port, flush=True)
-signal.signal(signal.SIGTERM, signal.SIG_IGN) if mode == "ignore_term" else signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-srv.serve_forever()
-'''
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,9 +39,7 @@ def free_port() -> int:
 @pytest.fixture
 def fake_stack(tmp_path, monkeypatch):
     """A stack whose llama.cpp service runs the fake engine (`binary:`); returns (path, port, plan_fn)."""
-    script = tmp_path / "fake-llama-server"
-    script.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
-    script.chmod(0o755)
+    script = write_engine(tmp_path / "fake-llama-server")  # tests/fakes/openai_server.py: FAKE_MODE and friends
     port = free_port()
     path = tmp_path / "stack.yaml"
     path.write_text(textwrap.dedent(f"""\
@@ -167,6 +87,12 @@ def test_up_status_logs_down(fake_stack):
     assert (path.parent / ".stackgen" / ".gitignore").read_text() == "*\n"
     assert res.verify[0].ok == 2 and res.verify[0].decode_tokens_per_s_p50 and res.verify[0].ttft_p50_s is not None
     assert res.verify[0].predicted_tokens_per_s == plan.services[0].predicted_decode_tokens_per_s
+    # verify compares with the plan's forecast at the users it ran (the figures `plan` prints), not the roofline
+    speed = plan.services[0].speed
+    assert res.verify[0].concurrency == speed.streams == plan.services[0].workload.concurrent_users
+    assert res.verify[0].predicted_per_user_tokens_per_s == speed.per_user_tokens_per_s
+    assert res.verify[0].predicted_aggregate_tokens_per_s == speed.aggregate_tokens_per_s
+    assert res.verify[0].predicted_error == speed.error
     rows = status(path)
     assert rows[0].state == "running" and rows[0].port == port and rows[0].rss_bytes
     lines = [ln for _, ln in logs(path, "chat")]
@@ -318,6 +244,61 @@ def test_cli_up_status_down(fake_stack, cli):
     assert r.exit_code == 0 and "stopped chat" in r.output
     r = cli("down", path)
     assert r.exit_code == 0 and "nothing running" in r.output
+
+
+def test_cli_up_verify_compares_with_the_forecast_at_its_users(fake_stack, cli):
+    """`up --verify` prints what it measured at the declared users beside the plan's forecast at those users (the
+    figures `plan` prints as "predicted for users"), never the single-stream roofline as a per-stream prediction."""
+    path, _, _ = fake_stack
+    sp = plan_of(path).services[0]
+    r = cli("up", path, "--timeout", "20", "--verify")
+    try:
+        assert r.exit_code == 0, r.output
+        assert "verify chat: 2/2 streams ok" in r.output
+        assert "measured at 2 users: " in r.output and "tokens/s aggregate over all 2 streams" in r.output
+        assert (f"plan forecast at 2 users: {sp.speed.per_user_tokens_per_s:g} tokens/s per user, "
+                f"{sp.speed.aggregate_tokens_per_s:g} aggregate (+-{sp.speed.error * 100:.0f}%)") in r.output
+        assert f"{sp.predicted_decode_tokens_per_s:g}" not in r.output.split("verify chat")[1]
+        assert "plan predicted" not in r.output
+    finally:
+        cli("down", path)
+
+
+def test_verify_text_names_slots_and_the_multinode_fallback():
+    from stackgen.commands.launch import _verify_text
+    from stackgen.run.results import VerifyResult
+
+    v = VerifyResult(service="s", concurrency=4, ok=4, failed=0, ttft_p50_s=0.1, ttft_max_s=0.2,
+                     decode_tokens_per_s_p50=18.0, aggregate_tokens_per_s=70.0, predicted_tokens_per_s=74.3,
+                     predicted_per_user_tokens_per_s=19.6, predicted_aggregate_tokens_per_s=39.2, predicted_streams=2,
+                     predicted_error=0.15)
+    text = _verify_text(v)
+    assert "measured at 4 users: 18.0 tokens/s per stream (decode), 70.0 tokens/s aggregate over all 4 streams" in text
+    assert "plan forecast at 4 users: 19.6 tokens/s per user, 39.2 aggregate, 2 decoding at once (+-15%)" in text
+    assert "74.3" not in text
+    multi = VerifyResult(service="s", concurrency=1, ok=1, failed=0, ttft_p50_s=0.1, ttft_max_s=0.1,
+                         decode_tokens_per_s_p50=9.0, aggregate_tokens_per_s=8.0, predicted_tokens_per_s=12.5)
+    assert "plan: 12.5 tokens/s for one stream alone (no forecast at 1 user)" in _verify_text(multi)
+
+
+def test_verify_below_the_declared_users_recomputes_the_forecast(fake_stack):
+    """verify capped below the workload's users (or asked for another count) compares with the forecast at the users
+    it ran, from the same speed model as the plan's."""
+    from stackgen.plan.speed import forecast_at
+    from stackgen.run.up import verify_service
+
+    path, _, _ = fake_stack
+    plan = plan_of(path)
+    sp = plan.services[0]
+    up(plan, UpOptions(timeout_s=20))
+    try:
+        v = verify_service(sp, max_tokens=4, concurrency=1, hardware=plan.hardware)
+        one = forecast_at(sp, plan.hardware, 1)
+        assert v.ok == 1 and v.predicted_streams == 1 == one.streams
+        assert v.predicted_per_user_tokens_per_s == one.per_user_tokens_per_s != sp.speed.per_user_tokens_per_s
+        assert forecast_at(sp, plan.hardware, 2) is sp.speed
+    finally:
+        down(path, grace_s=2)
 
 
 def test_status_notices_a_crashed_service(fake_stack):

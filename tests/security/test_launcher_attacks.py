@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from fakes.openai_server import write_engine
 from stackgen.run.lifecycle import down, logs, status
 
 from stackgen.run.results import UpOptions
@@ -37,27 +38,6 @@ _spec.loader.exec_module(_fx)
 engines_env, llama_server, gguf_path, free_port = _fx.engines_env, _fx.llama_server, _fx.gguf_path, _fx.free_port
 stack_cleanup, pid_cleanup, wait_gone, run_stackgen = _fx.stack_cleanup, _fx.pid_cleanup, _fx.wait_gone, _fx.run_stackgen
 
-FAKE_ENGINE = r'''
-import json, os, signal, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-args = sys.argv[1:]
-port = int(args[args.index("--port") + 1])
-print("fake engine listening on", port, flush=True)
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-    def do_GET(self):
-        sick = os.path.exists(os.environ.get("FAKE_SICK_FILE", "/nonexistent"))
-        body = json.dumps({"status": "error" if sick else "ok"}).encode()
-        self.send_response(500 if sick else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
-
-
 def _free_port() -> int:
     import socket
 
@@ -68,9 +48,8 @@ def _free_port() -> int:
 
 def _fake_stack(folder: Path, name: str = "stack.yaml", port: int | None = None) -> Path:
     engine = folder / "fake-llama-server"
-    if not engine.exists():
-        engine.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
-        engine.chmod(0o755)
+    if not engine.exists():  # ready at once; every GET path is the health page (500 while FAKE_SICK_FILE exists)
+        write_engine(engine, load_s=0.0, health_any_path=True)
     path = folder / name
     path.write_text(textwrap.dedent(f"""\
         version: 1
