@@ -368,6 +368,62 @@ def llamacpp_kq_scratch_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, 
     return pad(ctx_per_slot) * slots * ubatch * model.heads * 4
 
 
+@dataclass(frozen=True)
+class LayerSplit:
+    """A GGUF's weights the way llama.cpp places them by layer (src/llama-model.cpp, load_tensors):
+    `-ngl N` puts layers il >= n_layer + 1 - N on the GPU, where il = n_layer is the output layer, so the output
+    layer goes first and N - 1 repeating layers follow it; the input layer (the token embedding) always stays in
+    host memory (dev_input is the CPU). `output` is what the output layer puts on the GPU (for a tied output, a copy
+    of the embedding); `output_in_file` the share of that the file holds apart from the embedding (0 when tied)."""
+
+    input: int
+    output: int
+    output_in_file: int
+    per_layer: float
+    source: str  # "file" (the GGUF's tensor list) or "estimate"
+
+    def gpu_weights(self, ngl: int, layers: int) -> int:
+        """Weight bytes on the GPU at `-ngl ngl` with fewer than all layers (ngl < layers)."""
+        if ngl <= 0:
+            return 0
+        return int(self.output + (min(ngl, layers) - 1) * self.per_layer)
+
+    def host_weights(self, ngl: int, layers: int, weights: int) -> int:
+        """Weight bytes left in host memory at that -ngl."""
+        if ngl <= 0:
+            return weights
+        return int(weights - self.output_in_file - (min(ngl, layers) - 1) * self.per_layer)
+
+
+def _dense_layer_params(model: ModelFacts) -> float:
+    attn = model.hidden * (model.heads * (model.head_dim_k + model.head_dim_v)
+                           + model.kv_heads * (model.head_dim_k + model.head_dim_v))
+    return attn + 3 * model.hidden * model.ffn
+
+
+def llamacpp_layer_split(model: ModelFacts, weights: int, weights_format: str = "") -> LayerSplit:
+    """Input, output and per-layer bytes of the GGUF a plan loads. From the file's tensor list when the model is that
+    file (its quant); otherwise estimated: the embedding and output matrices are vocab x hidden each at the file's
+    mean bytes per parameter, and the output is tied to the embedding (one matrix in the file) when the parameters
+    outside the dense layers count one such matrix rather than two. The rest is spread evenly over the layers."""
+    if model.gguf_input_bytes and (not weights_format or weights_format == model.quant):
+        out_file = 0 if model.gguf_output_tied else model.gguf_output_bytes
+        rest = weights - model.gguf_input_bytes - out_file
+        return LayerSplit(model.gguf_input_bytes, model.gguf_output_bytes, out_file, rest / max(1, model.layers),
+                          "file")
+    matrix = model.vocab * model.hidden
+    if not (matrix and model.params and model.layers):
+        return LayerSplit(0, int(weights / (model.layers + 1)), int(weights / (model.layers + 1)),
+                          weights / (model.layers + 1), "estimate")
+    per_param = weights / model.params
+    outside = model.params - model.layers * _dense_layer_params(model)
+    tied = not model.is_moe and outside < 1.5 * matrix
+    embd = int(matrix * per_param)
+    out_file = 0 if tied else embd
+    per_layer = max(0.0, (weights - embd - out_file) / model.layers)
+    return LayerSplit(embd, embd, out_file, per_layer, "estimate")
+
+
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
                   weights_format: str, weights_source: str, *, allow_kv_quant: bool = True,
                   gpu_overhead: int = LLAMA_FIT_MARGIN, pins: Pins = NO_PINS,
@@ -400,20 +456,30 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     else:  # a quantized V cache needs flash attention (llama.cpp refuses it otherwise)
         kv_types = ("f16", "q8_0") if allow_kv_quant and not fa_off else ("f16",)
     ubatch = pins.ubatch or DEFAULT_UBATCH
+    split = llamacpp_layer_split(model, weights, weights_format)
 
     def build(ngl: int, kv_type: str, ctx_slot: int) -> MemoryPlan:
         kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
         compute = llamacpp_compute_bytes(model, slots, ubatch)
         if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
             compute += llamacpp_kq_scratch_bytes(model, ctx_slot, slots, ubatch)
-        layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
         on_gpu = ngl > 0 and has_gpu
-        w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)
-        kv_gpu = int(kv * min(ngl, model.layers) / model.layers) if on_gpu else 0
+        full = on_gpu and ngl >= model.layers  # rendered as -ngl all
+        # Partial offload: -ngl N holds the output layer and N - 1 repeating layers (with their KV cache) on the GPU.
+        # A full offload keeps the whole file on the GPU side of the plan (llama.cpp leaves the input embedding in
+        # host memory; counting it on the GPU too is the conservative side of the fit).
+        if full:
+            w_gpu, w_host, kv_layers = weights, 0, model.layers
+        elif on_gpu:
+            w_gpu, w_host = split.gpu_weights(ngl, model.layers), split.host_weights(ngl, model.layers, weights)
+            kv_layers = ngl - 1
+        else:
+            w_gpu, w_host, kv_layers = 0, weights, 0
+        kv_gpu = int(kv * kv_layers / model.layers) if on_gpu else 0
         n_gpus = max(1, hw.gpu_count)
         overhead_gpu = gpu_overhead * n_gpus if on_gpu else 0
         gpu = w_gpu + kv_gpu + (compute if on_gpu else 0) + overhead_gpu
-        host = (weights - w_gpu) + (kv - kv_gpu) + (0 if on_gpu else compute) + LLAMA_HOST_OVERHEAD
+        host = w_host + (kv - kv_gpu) + (0 if on_gpu else compute) + LLAMA_HOST_OVERHEAD
         if budget.unified:
             fits = gpu <= budget.gpu_bytes and gpu + host <= budget.host_bytes
         else:
@@ -445,7 +511,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         if best is not None:
             kv_note = [] if best.kv_cache_type == "f16" or pins.kv_cache_type else [
                 f"KV cache quantized to {best.kv_cache_type}"]
-            return replace(best, levers=tuple(levers + [_offload_lever(best, budget)] + kv_note))
+            return replace(best, levers=tuple(levers + [_offload_lever(best, budget, split.output)] + kv_note))
     # Last lever: a smaller context per request (the workload will not get what it asked for).
     for smaller in ([] if ctx_pinned else _smaller_contexts(ctx)):
         for kv_type in kv_types:
@@ -454,7 +520,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
                 lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
                 extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
                 if has_gpu and plan.gpu_layers < model.layers:
-                    extra.append(_offload_lever(plan, budget))
+                    extra.append(_offload_lever(plan, budget, split.output))
                 return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
     return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
@@ -467,14 +533,14 @@ def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str], has_gpu: bool
     return replace(plan, levers=tuple(levers))
 
 
-def _offload_lever(plan: MemoryPlan, budget: Budget) -> str:
+def _offload_lever(plan: MemoryPlan, budget: Budget, first_layer: int) -> str:
     """What a partial plan does with the layers, from its numbers (0 layers is not 'partial offload')."""
     if plan.gpu_layers == 0:
-        return (f"no layer fits in the {gb(max(0, budget.gpu_bytes))} of GPU memory available (one layer needs "
-                f"{gb(plan.weights_bytes / (plan.total_layers + 1))} plus the engine's GPU runtime margin): all "
+        return (f"no layer fits in the {gb(max(0, budget.gpu_bytes))} of GPU memory available (the output layer, "
+                f"the first one -ngl offloads, needs {gb(first_layer)} plus the engine's GPU runtime margin): all "
                 f"{plan.total_layers} layers run on the CPU from system RAM")
-    return (f"partial offload: {plan.gpu_layers} of {plan.total_layers} layers on GPU, the rest in system RAM "
-            "(run on the CPU)")
+    return (f"partial offload: {plan.gpu_layers} of {plan.total_layers} layers on GPU (-ngl {plan.gpu_layers}: the "
+            f"output layer and {plan.gpu_layers - 1} repeating layers), the rest in system RAM (run on the CPU)")
 
 
 def _best_partial(build, layers: int, kv_types: tuple[str, ...], ctx: int) -> MemoryPlan | None:
