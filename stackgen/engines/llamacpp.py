@@ -6,7 +6,7 @@ from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
                                    tls_args)
-from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
+from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, LLAMA_TARGET_BUILD, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
                              gb, plan_llamacpp, plan_llamacpp_rpc, with_rope)
 from stackgen.models.facts import LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
@@ -83,6 +83,8 @@ class LlamaCpp(Engine):
     launchd = True
     multi_instance = True
     partial_offload = True
+    plans_by_build = True  # the compute buffer's logits rows changed with PR 23861 (memory.llamacpp_logit_rows)
+    default_build = LLAMA_TARGET_BUILD
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere

@@ -14,7 +14,7 @@ from stackgen import engines
 from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
-from stackgen.plan.memory import (LLAMA_TARGET_BUILD, NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
+from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, with_replicas
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
@@ -144,34 +144,19 @@ class Candidate:
     unpinned: MemoryPlan | None = None  # the plan stackgen would have made without them (for the reasons)
 
 
-def llamacpp_build(stack: Stack, svc: Service, host: HostFacts) -> int | None:
-    """The llama.cpp build a service's plan is for (the logits rule depends on it, memory.llamacpp_logit_rows):
-    on a detected host (`hardware: detect`) the build of the llama-server found there (HostFacts.engine_builds;
-    0 there: found, build unknown); else the stack's engine_version (bNNNN, or the default flag table's tree); else
-    the default flag table's build. None: unknown (an engine_version stackgen has no build number for)."""
-    if stack.hardware is None and "llama.cpp" in host.engine_builds:
-        return host.engine_builds["llama.cpp"] or None
-    return build_of_version(svc.spec.engine_version, LLAMA_TARGET_BUILD)
+def engine_build(stack: Stack, svc: Service, host: HostFacts, name: str) -> int | None:
+    """The build of engine `name` a service's plan is for (Engine.plans_by_build: llama.cpp's logits rule,
+    memory.llamacpp_logit_rows): on a detected host (`hardware: detect`) the build of the binary found there
+    (HostFacts.engine_builds; 0 there: found, build unknown); else the stack's engine_version; else the default flag
+    table's build. None: unknown."""
+    engine = engines.get(name)
+    if stack.hardware is None and name in host.engine_builds:
+        return host.engine_builds[name] or None
+    return engine.build_of_version(svc.spec.engine_version)
 
 
-def build_of_version(version: str | None, default: int) -> int | None:
-    """A llama.cpp engine_version as a build number: none given -> `default`; "b4696" or "4696" -> 4696; the
-    default flag table's tree (or an alias of it) -> `default`; anything else -> None (unknown)."""
-    import re
-
-    if not version:
-        return default
-    m = re.fullmatch(r"b?(\d+)", version.strip())
-    if m:
-        return int(m.group(1))
-    try:
-        from stackgen.engines.flagcheck import _profile
-
-        prof = _profile("llama.cpp")
-    except Exception:  # noqa: BLE001 - no profile: the version says nothing about the build
-        return None
-    real = (prof.get("aliases") or {}).get(version, version)
-    return default if real == str(prof.get("default")) else None
+def _builds(stack: Stack, svc: Service, host: HostFacts) -> dict[str, int | None]:
+    return {n: engine_build(stack, svc, host, n) for n, e in engines.ENGINES.items() if e.plans_by_build}
 
 
 def resolve(stack: Stack, host: HostFacts) -> Plan:
@@ -183,13 +168,12 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     for svc in stack.services:
         before = [p for p in out if p.topology is None]
         try:
-            sp = _resolve_service(stack, svc, hw, budget, used_ports, before, llamacpp_build(stack, svc, host))
+            sp = _resolve_service(stack, svc, hw, budget, used_ports, before, _builds(stack, svc, host))
         except PlanError as exc:
             if exc.plan_json is None:
                 label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
                 exc.plan_json = Plan(stack.name, str(stack.path), hw, label, tuple(out)).to_json()
-                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget,
-                                                             llamacpp_build(stack, svc, host)))
+                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget, _builds(stack, svc, host)))
             raise
         if sp.topology is None:
             sp = with_replicas(sp, hw, budget, used_ports)
@@ -202,9 +186,9 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
 
 
 def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget,
-                build: int | None = LLAMA_TARGET_BUILD) -> dict:
+                builds: dict[str, int | None] | None = None) -> dict:
     """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
-    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, [], build) for name in engines.ENGINES}
+    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, [], builds) for name in engines.ENGINES}
     out: dict = {}
     for name, c in sorted(cands.items()):
         entry: dict = {"fits": False, "block": c.block}
@@ -222,9 +206,9 @@ def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget,
 
 def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int],
                      before: list[ServicePlan] = (),
-                     build: int | None = LLAMA_TARGET_BUILD) -> ServicePlan:
+                     builds: dict[str, int | None] | None = None) -> ServicePlan:
     explicit = svc.spec.engine != "auto"
-    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before, build)
+    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before, builds)
                   for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
@@ -275,7 +259,7 @@ def _serve_block(stack: Stack, name: str) -> str:
 
 def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool,
                before: list[ServicePlan] = (),
-               build: int | None = LLAMA_TARGET_BUILD) -> Candidate:
+               builds: dict[str, int | None] | None = None) -> Candidate:
     engine = engines.get(name)
     block = engine.hardware_block(hw, explicit)
     if block:
@@ -294,8 +278,8 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     pinned_elsewhere = svc.spec.engine not in ("auto", name)
     pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
                                                                 f"services.{svc.name}.overrides")
-    if name == "llama.cpp":  # the logits rule follows the build the host has (memory.llamacpp_logit_rows)
-        pins = replace(pins, engine_build=build)
+    if engine.plans_by_build:  # e.g. llama.cpp's logits rule follows the build the host has
+        pins = replace(pins, engine_build=(builds or {}).get(name, engine.default_build))
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
     bare = replace(NO_PINS, engine_build=pins.engine_build)
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w, bare) if pins else None

