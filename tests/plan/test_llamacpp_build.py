@@ -115,6 +115,7 @@ def test_plan_stack_probes_the_installed_build(tmp_path, monkeypatch):
     from stackgen import pipeline
     from stackgen.host.binaries import _engine_build_cached
 
+    monkeypatch.setenv("STACKGEN_ENGINE_PROBE", "1")
     bindir = tmp_path / "bin"
     bindir.mkdir()
     _fake_server(bindir, "version: 9000 (abc)")
@@ -129,3 +130,5 @@ def test_plan_stack_probes_the_installed_build(tmp_path, monkeypatch):
                                                               cpu=CPUSpec(cores=8))), load_stack(f))
     assert host.engine_builds == {"llama.cpp": 9000}
     assert HostFacts.from_json(host.to_json()).engine_builds == {"llama.cpp": 9000}
+    monkeypatch.setenv("STACKGEN_ENGINE_PROBE", "0")  # the suite's default: plans do not depend on what is installed
+    assert pipeline.with_engine_builds(host.__class__(host.hardware), load_stack(f)).engine_builds == {}
