@@ -300,6 +300,22 @@ class Engine:
         real = (prof.get("aliases") or {}).get(version, version)
         return self.default_build if real == str(prof.get("default")) else None
 
+    # -- calibration (`stackgen calibrate`: one real decode and prefill on a small model, stackgen.host.calibration)
+    calibrates: bool = False  # it can measure this host's decode point, prefill rate and RSS overhead
+
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
+        """A server on 127.0.0.1:port, CPU only, one slot of `ctx` tokens, no growing caches: the configuration the
+        calibration plans the same model at (so its RSS compares with the plan)."""
+        raise NotImplementedError
+
+    def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:
+        """(path, JSON body) of a completion that decodes exactly n_predict tokens and reports its timings."""
+        raise NotImplementedError
+
+    def calibration_timings(self, response: dict) -> dict[str, float]:
+        """prompt_n, prompt_ms, predicted_n, predicted_ms from the server's answer to calibration_request."""
+        raise NotImplementedError
+
     # -- planning
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""

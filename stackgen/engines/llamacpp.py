@@ -89,6 +89,23 @@ class LlamaCpp(Engine):
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
 
+    calibrates = True
+
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
+        # -ngl 0 and --fit off: the CPU path the calibration measures; --cache-ram 0: no prompt cache in the RSS
+        return [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
+                "-t", str(threads), "-ngl", "0", "--fit", "off", "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH),
+                "--cache-ram", "0"]
+
+    def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:
+        # tools/server/README.md: /completion answers with "timings" (prompt_n, prompt_ms, predicted_n, predicted_ms)
+        return "/completion", {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False, "ignore_eos": True,
+                               "temperature": 0}
+
+    def calibration_timings(self, response: dict) -> dict[str, float]:
+        t = response["timings"]
+        return {k: float(t[k]) for k in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms")}
+
     def weights(self, model: ModelFacts) -> Weights:
         if model.source == "ollama":
             raise Unsupported("the model comes from Ollama's registry; llama.cpp needs the .gguf file itself")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 from pathlib import Path
 
 from stackgen.spec.stack import CPUSpec, HardwareSpec
@@ -25,6 +25,9 @@ class HostFacts:
     # Engine builds found on this host (stackgen.host.binaries.engine_build): engine -> build number, 0 when a binary
     # was found but says no build. Probed for `hardware: detect` plans only; a recorded host may carry them.
     engine_builds: Mapping[str, int] = field(default_factory=dict)
+    # A real engine's decode/prefill point on this machine (stackgen.host.calibration.EnginePoint), when
+    # `stackgen calibrate --model FILE` measured one: CPU plans of this host decode and prefill by it. In memory only.
+    calibration: Any = None
 
     def to_json(self) -> str:
         return json.dumps(

@@ -168,7 +168,8 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     for svc in stack.services:
         before = [p for p in out if p.topology is None]
         try:
-            sp = _resolve_service(stack, svc, hw, budget, used_ports, before, _builds(stack, svc, host))
+            sp = _resolve_service(stack, svc, hw, budget, used_ports, before, _builds(stack, svc, host),
+                                  host.calibration if stack.hardware is None else None)
         except PlanError as exc:
             if exc.plan_json is None:
                 label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
@@ -206,7 +207,7 @@ def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget,
 
 def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int],
                      before: list[ServicePlan] = (),
-                     builds: dict[str, int | None] | None = None) -> ServicePlan:
+                     builds: dict[str, int | None] | None = None, calibration=None) -> ServicePlan:
     explicit = svc.spec.engine != "auto"
     candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before, builds)
                   for name in engines.ENGINES}
@@ -240,7 +241,7 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
         reasons = [_why(row, chosen, order, candidates, hw, svc)]
         rejected = {n: c.block or _ranked_below(n, chosen.engine, row, svc, hw)
                     for n, c in candidates.items() if n != chosen.engine}
-    return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports)
+    return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports, calibration=calibration)
 
 
 def _serve_block(stack: Stack, name: str) -> str:
@@ -506,7 +507,9 @@ def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict
 
 
 def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidate, reasons: list[str],
-                  rejected: dict[str, str], used_ports: set[int], topology: Topology | None = None) -> ServicePlan:
+                  rejected: dict[str, str], used_ports: set[int], topology: Topology | None = None,
+                  calibration=None) -> ServicePlan:
+    """`calibration`: the detected host's measured engine point (host.calibration.EnginePoint), for CPU plans."""
     engine = engines.get(chosen.engine)
     mem = chosen.memory
     assert mem is not None
@@ -535,7 +538,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         tls=stack.serve.tls,
         speed=None if topology is not None else service_forecast(
             chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
-            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads),
+            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads,
+            calibration=calibration),
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
 
