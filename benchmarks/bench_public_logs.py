@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
 from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_vllm_case,  # noqa: E402
-                         predict_vllm_kv_case)
+                         predict_vllm_concurrency_point, predict_vllm_kv_case)
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -106,6 +106,23 @@ def speed_rows() -> list[str]:
     return out
 
 
+def concurrency_rows() -> list[str]:
+    pts = yaml.safe_load((FIX / "vllm_concurrency.yaml").read_text())["points"]
+    out = ["| point | GPUs | streams | predicted 1 stream | predicted aggregate | measured aggregate | ratio | check |",
+           "|---|---|---:|---:|---:|---:|---:|---|"]
+    within = 0
+    for p in pts:
+        r = predict_vllm_concurrency_point(p)
+        ok = 0.75 <= r["ratio"] <= 1.25
+        within += ok
+        check = "within 25%" if ok else "known miss (xfail)" if p.get("known_miss") else "MISS"
+        out.append(f"| {p['id']} | {p['gpus']} x {p['gpu']} | {p['streams']} | {r['single']:.1f} | "
+                   f"{r['aggregate']:.1f} | {p['measured_tokens_per_s']} | {r['ratio']:.2f} | {check} |")
+    out.append(f"\nwithin 25%: {within} of {len(pts)}; the misses and why:")
+    out += [f"- {p['id']}: {p['known_miss']}" for p in pts if p.get("known_miss")]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", action="store_true")
@@ -121,7 +138,9 @@ def main() -> None:
                       "## vLLM V1 KV capacity (per-token KV term, GiB)", *vllm_kv_rows(), "",
                       "## Ollama's estimate (port of v0.12.10) vs Ollama's logged estimate", *ollama_rows(), "",
                       "## llama.cpp KV cache and compute buffer", *llamacpp_rows(), "",
-                      "## Single-stream decode speed", *speed_rows(), "", *corpus_count()])
+                      "## Single-stream decode speed", *speed_rows(), "",
+                      "## vLLM aggregate decode at concurrency > 1 (vllm_concurrency.yaml; tolerance 0.75..1.25)",
+                      *concurrency_rows(), "", *corpus_count()])
     print(text)
     if args.record:
         (ROOT / "benchmarks" / "results" / "public_logs.md").write_text(text, encoding="utf-8")

@@ -59,12 +59,29 @@ def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool =
         from stackgen.host import calibration as cal
 
         host, reason = cal.apply(host, cal.load())
+    if stack.hardware is None and host_facts is None and not host.engine_builds:
+        host = with_engine_builds(host, stack)
     plan = resolve(stack, host)
     if reason:
         from dataclasses import replace
 
         plan = replace(plan, services=tuple(replace(s, reasons=s.reasons + (reason,)) for s in plan.services))
     return stack, plan
+
+
+def with_engine_builds(host, stack):
+    """A detected host with the builds of the engine binaries its services would run (host.binaries.engine_build),
+    found by stackgen's binary rule from the stack's folder: the llama.cpp logits rule follows the installed build.
+    STACKGEN_ENGINE_PROBE=0 skips the probe (the test suite sets it, so plans do not depend on what is installed)."""
+    from dataclasses import replace as _replace
+
+    if os.environ.get("STACKGEN_ENGINE_PROBE") == "0":
+        return host
+    from stackgen.host.binaries import probe_engine_builds
+
+    used = {s.spec.engine for s in stack.services}
+    builds = probe_engine_builds(used, Path(stack.path).parent)
+    return _replace(host, engine_builds=builds) if builds else host
 
 
 def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = None, write_lock: bool = True,

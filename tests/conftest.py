@@ -33,6 +33,8 @@ def _private_user_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("STACKGEN_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))
     # nor the user's `stackgen calibrate` measurement (plans of detected hosts would change with it)
     monkeypatch.setenv("STACKGEN_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+    # nor the engine binaries installed here (a detected plan follows the llama-server build it finds)
+    monkeypatch.setenv("STACKGEN_ENGINE_PROBE", "0")
 
 
 @pytest.fixture

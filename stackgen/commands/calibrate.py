@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 from stackgen.cli import _host, app, guarded
@@ -11,8 +14,18 @@ from stackgen.cli import _host, app, guarded
 @guarded
 def calibrate(
     show: bool = typer.Option(False, "--show", help="Print the stored calibration and its file; measure nothing."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", help="A small GGUF (e.g. Gemma 3 270M) to run the engine on for a few seconds: a decode "
+        "point, the prefill rate and the RSS above the plan. Without it only the RAM bandwidth is measured."),
+    binary: Optional[str] = typer.Option(None, "--binary", help="The engine binary to run (default: stackgen's "
+                                         "binary rule from the current folder, as `up` finds it)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the run (default: cores)."),
 ) -> int:
-    """Measure this machine's system RAM bandwidth and store it (per user) for `plan` with `hardware: detect`."""
+    """Measure this machine (RAM bandwidth; with --model also a real engine's decode, prefill and RSS) and store it
+    (per user) for `plan` with `hardware: detect`."""
+    from stackgen import engines
+    from stackgen.errors import StackgenError
+    from stackgen.host import binaries
     from stackgen.host import calibration as cal
 
     if show:
@@ -22,12 +35,27 @@ def calibrate(
             return 1
         typer.echo(f"{cal.calibration_path()}: {stored.machine}, {stored.memory_bandwidth_gbs:g} GB/s "
                    f"system RAM bandwidth, measured {stored.date} ({stored.probe})")
+        if stored.engine:
+            typer.echo(f"  {stored.engine.text()}")
         return 0
     host = _host(None)
-    result = cal.measure(cal.machine_key(host.hardware))
+    run = None
+    if model is not None:
+        if not model.is_file():
+            raise StackgenError(f"--model {model}: no such file (give a small .gguf, e.g. Gemma 3 270M Q4_K_M)")
+        eng = next(e for e in engines.ENGINES.values() if e.calibrates)
+        found = binaries.find(eng.name, binary, Path.cwd())
+        build = binaries.engine_build(found, eng.binary_package) if eng.plans_by_build else 0
+        n = threads or host.hardware.cpu.cores
+
+        def run(bandwidth_gbs: float) -> cal.EnginePoint:
+            return cal.measure_engine(eng.name, found, str(model.resolve()), bandwidth_gbs=bandwidth_gbs,
+                                      threads=n, build=build)
+    result = cal.measure(cal.machine_key(host.hardware), engine=run)
     path = cal.save(result)
     typer.echo(f"wrote {path}: {result.memory_bandwidth_gbs:g} GB/s system RAM bandwidth on {result.machine} "
                f"(detected profile said {host.hardware.memory_bandwidth_gbs:g} GB/s); `plan` uses it for "
                "`hardware: detect` stacks, `plan --no-calibration` ignores it")
+    if result.engine:
+        typer.echo(f"  {result.engine.text()}")
     return 0
-

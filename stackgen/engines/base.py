@@ -7,6 +7,8 @@ here in Python; templates are only for file formats (units, compose files, Model
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
@@ -277,6 +279,42 @@ class Engine:
     layers_in_ram: bool = False  # ggml layer split: some layers may decode from system RAM (-ngl, Ollama num_gpu)
     speed_backend: str | None = None  # its own kernels' decode fit in speed.BACKENDS (None: ggml's per GPU vendor)
     queue_metric: str | None = None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
+    # Its memory plan depends on the engine's build (llama.cpp's logits rule): plans are told the build the host has
+    # (Pins.engine_build), probed from the binary (host.binaries.engine_build) or read from engine_version.
+    plans_by_build: bool = False
+    default_build: int | None = None  # the build the default flag table is planned as
+
+    def build_of_version(self, version: str | None) -> int | None:
+        """The build number an engine_version names: none given -> default_build; "b4696" or "4696" -> 4696; the
+        default flag table's tree (or an alias of it) -> default_build; else None (unknown)."""
+        if not version:
+            return self.default_build
+        m = re.fullmatch(r"b?(\d+)", version.strip())
+        if m:
+            return int(m.group(1))
+        if self.flags is None:
+            return None
+        from stackgen.engines.flagcheck import _profile
+
+        prof = _profile(self.name)
+        real = (prof.get("aliases") or {}).get(version, version)
+        return self.default_build if real == str(prof.get("default")) else None
+
+    # -- calibration (`stackgen calibrate`: one real decode and prefill on a small model, stackgen.host.calibration)
+    calibrates: bool = False  # it can measure this host's decode point, prefill rate and RSS overhead
+
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
+        """A server on 127.0.0.1:port, CPU only, one slot of `ctx` tokens, no growing caches: the configuration the
+        calibration plans the same model at (so its RSS compares with the plan)."""
+        raise NotImplementedError
+
+    def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:
+        """(path, JSON body) of a completion that decodes exactly n_predict tokens and reports its timings."""
+        raise NotImplementedError
+
+    def calibration_timings(self, response: dict) -> dict[str, float]:
+        """prompt_n, prompt_ms, predicted_n, predicted_ms from the server's answer to calibration_request."""
+        raise NotImplementedError
 
     # -- planning
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:

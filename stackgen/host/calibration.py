@@ -6,6 +6,13 @@ DATE"); `--no-calibration` ignores the file. The bandwidth is what decode speed 
 layers a partial offload leaves in system RAM. Plans of a recorded host (`--host-facts`) or of a named hardware
 profile never read it, so goldens do not depend on it.
 
+With a small GGUF (`stackgen calibrate --model FILE`) it also runs the engine that can calibrate (llama-server, CPU
+only, one slot) for a few seconds and keeps: a decode point (tokens/s on that model, and the per-token overhead t0 or
+the efficiency it implies against the measured bandwidth), the prefill rate (as FLOP/s per thread, so it transfers to
+other models) and the RSS the server reached above what the planner planned for that same configuration. CPU plans
+of the same machine then decode at t = bytes / (efficiency x bandwidth) + t0 and prefill at the measured FLOP/s; the
+RSS figure is said in their reasons.
+
 The file: $STACKGEN_CONFIG_HOME/calibration.json, else $XDG_CONFIG_HOME/stackgen/calibration.json, else
 ~/.config/stackgen/calibration.json. Nothing here prints; errors are StackgenError naming the file and the fix.
 """
@@ -35,14 +42,62 @@ def calibration_path() -> Path:
 
 
 @dataclass(frozen=True)
+class EnginePoint:
+    """What one short run of a real engine on a small model measured (measure_engine), and what it implies."""
+
+    engine: str  # the engine that ran
+    build: int  # its build number (0: unknown)
+    model: str  # the GGUF's file name
+    model_bytes: int  # its tensor bytes: what a decode step reads
+    model_params: int  # its parameters: 2 x params FLOPs per prefill token
+    threads: int
+    decode_tokens_per_s: float  # one stream, timings of the server itself
+    prefill_tokens_per_s: float  # one prompt, no cache
+    rss_bytes: int  # the server's VmRSS after the runs
+    planned_bytes: int  # what the planner plans in RAM for the same configuration (weights, KV, compute, overhead)
+    efficiency: float  # share of the measured bandwidth a decode step reached (after t0)
+    t0_ms: float  # per-token overhead beyond streaming the model at that efficiency
+
+    @property
+    def rss_above_plan_bytes(self) -> int:
+        return self.rss_bytes - self.planned_bytes
+
+    @property
+    def prefill_flops_per_thread(self) -> float:
+        return self.prefill_tokens_per_s * 2 * self.model_params / max(1, self.threads)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "rss_above_plan_bytes": self.rss_above_plan_bytes,
+                "prefill_flops_per_thread": round(self.prefill_flops_per_thread, 1)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "EnginePoint":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        p = cls(**{k: d[k] for k in fields})
+        if not (p.decode_tokens_per_s > 0 and p.prefill_tokens_per_s > 0 and p.efficiency > 0 and p.t0_ms >= 0):
+            raise ValueError("engine figures must be positive")
+        return p
+
+    def text(self) -> str:
+        return (f"{self.engine} build {self.build or 'unknown'} on {self.model} ({self.threads} threads): decode "
+                f"{self.decode_tokens_per_s:.1f} tokens/s (efficiency {self.efficiency:.2f}, t0 {self.t0_ms:.1f} ms), "
+                f"prefill {self.prefill_tokens_per_s:.1f} tokens/s ({self.prefill_flops_per_thread / 1e9:.1f} GFLOP/s "
+                f"per thread), RSS {self.rss_bytes / 2**20:.0f} MiB = plan {self.planned_bytes / 2**20:.0f} MiB "
+                f"{self.rss_above_plan_bytes / 2**20:+.0f} MiB")
+
+
+@dataclass(frozen=True)
 class Calibration:
     machine: str  # machine_key() of the detected host the measurement belongs to
     date: str  # ISO date of the measurement (UTC)
     memory_bandwidth_gbs: float  # system RAM bandwidth measured by the probe
     probe: str  # how it was measured, in words
+    engine: EnginePoint | None = None  # a real engine's decode/prefill/RSS point (`calibrate --model FILE`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, **dataclasses.asdict(self)}
+        out = {"format": FORMAT, **dataclasses.asdict(self)}
+        out["engine"] = self.engine.to_json() if self.engine else None
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Calibration":
@@ -51,12 +106,127 @@ class Calibration:
         bw = float(data["memory_bandwidth_gbs"])
         if not 0 < bw <= 100000:
             raise ValueError(f"memory_bandwidth_gbs {bw} is not a bandwidth in GB/s")
+        engine = EnginePoint.from_json(data["engine"]) if data.get("engine") else None
         return cls(machine=str(data["machine"]), date=str(data["date"]), memory_bandwidth_gbs=bw,
-                   probe=str(data.get("probe", "")))
+                   probe=str(data.get("probe", "")), engine=engine)
 
     def reason(self) -> str:
-        return (f"speed: calibrated on this host on {self.date} (system RAM bandwidth {self.memory_bandwidth_gbs:g} "
+        text = (f"speed: calibrated on this host on {self.date} (system RAM bandwidth {self.memory_bandwidth_gbs:g} "
                 f"GB/s measured by `stackgen calibrate`; `plan --no-calibration` ignores it)")
+        if self.engine:
+            text += f"; CPU decode and prefill from a real run: {self.engine.text()}"
+        return text
+
+
+def derive_decode(model_bytes: float, tokens_per_s: float, bandwidth_gbs: float,
+                  efficiency: float) -> tuple[float, float]:
+    """(efficiency, t0 ms) of one measured decode point: with the fitted CPU efficiency, t0 is what the step takes
+    beyond streaming the model (t = bytes / (e x BW) + t0); a step faster than that fit allows has no t0 and a
+    higher efficiency, bytes / (BW x t)."""
+    t = 1 / tokens_per_s
+    stream = model_bytes / (efficiency * bandwidth_gbs * 1e9)
+    if t >= stream:
+        return efficiency, (t - stream) * 1000
+    return model_bytes / (bandwidth_gbs * 1e9 * t), 0.0
+
+
+def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_gbs: float, threads: int,
+                   build: int = 0, ctx: int = 2048, prompt_tokens: int = 64, decode_tokens: int = 16,
+                   timeout: float = 120.0) -> EnginePoint:
+    """Run `engine_name` (an engine with `calibrates`) on `model_path` for a few seconds: one warm-up, one prefill of
+    ~prompt_tokens, one decode of decode_tokens; its own timings give the rates, /proc its RSS. The planned bytes are
+    the planner's for the same configuration (CPU, one slot of ctx tokens, no prompt cache)."""
+    import json as _json
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from stackgen import engines
+    from stackgen.models.facts import resolve_model
+    from stackgen.plan import speed
+
+    eng = engines.get(engine_name)
+    model = resolve_model(model_path, None, Path("."), {})
+    weights = eng.weights(model)
+    planned = _planned_bytes(eng, model, weights, ctx, build)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = eng.calibration_argv(binary, model_path, port, threads, ctx)
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+
+    def post(prompt: str, n: int) -> dict[str, float]:
+        path, body = eng.calibration_request(prompt, n)
+        req = urllib.request.Request(base + path, data=_json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return eng.calibration_timings(_json.load(r))
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                err = (proc.stderr.read() if proc.stderr else "")[-2000:]
+                raise StackgenError(f"calibrate: {binary} exited with {proc.returncode} before it was ready: {err}")
+            try:
+                with urllib.request.urlopen(base + (eng.readiness.path or "/"), timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackgenError(f"calibrate: {binary} was not ready within {timeout:.0f} s")
+            time.sleep(0.2)
+        post("Hello", 4)  # warm-up: first-touch of the weights, graph allocation
+        words = " ".join(["the quick brown fox jumps over the lazy dog"] * max(1, prompt_tokens // 9))
+        pre = post(words, 1)
+        dec = post("Once upon a time", decode_tokens)
+        rss = _rss_bytes(proc.pid)
+    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        raise StackgenError(f"calibrate: the engine run failed ({exc}); nothing was written") from None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if not (pre["prompt_ms"] > 0 and dec["predicted_ms"] > 0 and dec["predicted_n"] > 0):
+        raise StackgenError(f"calibrate: the engine reported no timings ({pre}, {dec}); nothing was written")
+    prefill = pre["prompt_n"] / (pre["prompt_ms"] / 1000)
+    decode = dec["predicted_n"] / (dec["predicted_ms"] / 1000)
+    eff, t0 = derive_decode(weights.bytes, decode, bandwidth_gbs, speed.backend_params("cpu").efficiency)
+    return EnginePoint(engine=engine_name, build=build, model=Path(model_path).name, model_bytes=weights.bytes,
+                       model_params=model.params, threads=threads, decode_tokens_per_s=round(decode, 2),
+                       prefill_tokens_per_s=round(prefill, 2), rss_bytes=rss, planned_bytes=planned,
+                       efficiency=round(eff, 4), t0_ms=round(t0, 3))
+
+
+def _planned_bytes(eng, model, weights, ctx: int, build: int) -> int:
+    """The planner's RAM for the calibration run: the engine's plan of the model, CPU only, one user of ctx tokens,
+    less the prompt cache the run turns off."""
+    from stackgen.plan.memory import NO_PINS, Budget
+    from stackgen.spec.stack import CPUSpec, HardwareSpec, WorkloadSpec
+
+    hw = HardwareSpec(gpus=(), memory_gib=1024, memory_bandwidth_gbs=50, cpu=CPUSpec(cores=1))
+    pins = dataclasses.replace(NO_PINS, engine_build=build or None) if eng.plans_by_build else NO_PINS
+    plan = eng.plan_memory(model, WorkloadSpec(concurrent_users=1, context_tokens=ctx), hw,
+                           Budget(0, 1024 * 2**30), weights, pins)
+    return plan.host_bytes - plan.prompt_cache.bytes
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def machine_key(hw) -> str:
@@ -64,7 +234,8 @@ def machine_key(hw) -> str:
     return f"{hw.label()} | {hw.cpu.cores} cores | {hw.memory_gib:g} GiB RAM"
 
 
-def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.date | None = None) -> Calibration:
+def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.date | None = None,
+            engine: Callable[[float], EnginePoint] | None = None) -> Calibration:
     """Measure this host: `probe` returns the system-RAM bandwidth in GB/s (default: detect's numpy copy probe)."""
     if probe is None:
         from stackgen.host.detect import measure_memory_bandwidth
@@ -77,7 +248,9 @@ def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.d
         raise StackgenError(f"calibrate: the bandwidth probe returned {gbs!r} GB/s; nothing was written "
                             "(run `stackgen detect --measure` to see the probe's notes)")
     day = (today or _dt.datetime.now(_dt.timezone.utc).date()).isoformat()
-    return Calibration(machine=machine, date=day, memory_bandwidth_gbs=round(gbs, 1), probe=how.strip())
+    point = engine(round(gbs, 1)) if engine else None  # given the measured bandwidth, it derives e and t0
+    return Calibration(machine=machine, date=day, memory_bandwidth_gbs=round(gbs, 1), probe=how.strip(),
+                       engine=point)
 
 
 def save(cal: Calibration, path: Path | None = None) -> Path:
@@ -121,4 +294,4 @@ def apply(host, cal: Calibration | None):
                 "run `stackgen calibrate` here")
         return dataclasses.replace(host, notes=host.notes + (note,)), None
     hw = host.hardware.model_copy(update={"memory_bandwidth_gbs": cal.memory_bandwidth_gbs})
-    return dataclasses.replace(host, hardware=hw), cal.reason()
+    return dataclasses.replace(host, hardware=hw, calibration=cal.engine), cal.reason()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 from pathlib import Path
 
 from stackgen.spec.stack import CPUSpec, HardwareSpec
@@ -21,11 +22,18 @@ class HostFacts:
     hardware: HardwareSpec
     available_memory_bytes: int | None = None
     notes: tuple[str, ...] = field(default=())
+    # Engine builds found on this host (stackgen.host.binaries.engine_build): engine -> build number, 0 when a binary
+    # was found but says no build. Probed for `hardware: detect` plans only; a recorded host may carry them.
+    engine_builds: Mapping[str, int] = field(default_factory=dict)
+    # A real engine's decode/prefill point on this machine (stackgen.host.calibration.EnginePoint), when
+    # `stackgen calibrate --model FILE` measured one: CPU plans of this host decode and prefill by it. In memory only.
+    calibration: Any = None
 
     def to_json(self) -> str:
         return json.dumps(
             {"hardware": self.hardware.model_dump(mode="json", exclude_none=True),
-             "available_memory_bytes": self.available_memory_bytes, "notes": list(self.notes)},
+             "available_memory_bytes": self.available_memory_bytes, "notes": list(self.notes),
+             **({"engine_builds": dict(self.engine_builds)} if self.engine_builds else {})},
             indent=2, sort_keys=True,
         )
 
@@ -33,7 +41,8 @@ class HostFacts:
     def from_json(cls, text: str) -> "HostFacts":
         data = json.loads(text)
         return cls(HardwareSpec.model_validate(data["hardware"], strict=False),
-                   data.get("available_memory_bytes"), tuple(data.get("notes", ())))
+                   data.get("available_memory_bytes"), tuple(data.get("notes", ())),
+                   {str(k): int(v) for k, v in (data.get("engine_builds") or {}).items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "HostFacts":

@@ -137,6 +137,12 @@ class ModelFacts:
     # A catalog name is a short name for this reference (hf:org/repo, ollama:name:tag or https://.../x.gguf): the
     # catalog's figures are the offline defaults; `stackgen lock` resolves the reference and pins its real facts.
     ref: str | None = None
+    # Bytes outside the repeating layers, read from a GGUF's tensor list (0: not known, memory.llamacpp_layer_split
+    # estimates them): the input layer (token embedding) and the output layer as llama.cpp offloads it (a tied output
+    # is a GPU copy of the embedding, which the file holds once: output_tied).
+    gguf_input_bytes: int = 0
+    gguf_output_bytes: int = 0
+    gguf_output_tied: bool = False
 
     # ------------------------------------------------------------------ construction
 
@@ -212,6 +218,8 @@ class ModelFacts:
             context_length=ctx, sliding_window=int(sw) if sw else None,
             swa_layers=swa_layers if sw else 0, experts_total=int(total_e) if total_e else None,
             experts_active=int(used_e) if used_e else None, path=path, quant=s.get("quant") or s.get("dtype"),
+            gguf_input_bytes=int(s.get("input_bytes") or 0), gguf_output_bytes=int(s.get("output_bytes") or 0),
+            gguf_output_tied=bool(s.get("output_tied")),
         )
 
     # ------------------------------------------------------------------ derived facts

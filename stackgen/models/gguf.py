@@ -618,7 +618,23 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "tensor_data_bytes": header.tensor_data_bytes,
         "file_size": header.file_size,
         "rope_scaling": _rope_scaling(av),
+        **_edge_tensor_bytes(header.tensors),
     }
+
+
+def _edge_tensor_bytes(tensors: tuple[TensorInfo, ...]) -> dict[str, Any]:
+    """Bytes of the tensors outside the repeating blocks, as llama.cpp places them (src/llama-model.cpp
+    load_tensors): the input layer (token_embd.*) always stays in host memory; the output layer (output.weight,
+    output_norm.*) is the first one -ngl offloads. A file without output.weight ties the output to the embedding:
+    llama.cpp loads a second copy of token_embd as the output (TENSOR_DUPLICATED), so the output layer costs the
+    embedding's bytes on the GPU while the file holds them once. Empty when the file lists no tensors."""
+    if not tensors:
+        return {}
+    inputs = sum(t.nbytes for t in tensors if t.name.startswith("token_embd."))
+    outputs = sum(t.nbytes for t in tensors if not t.name.startswith(("blk.", "token_embd.")))
+    tied = not any(t.name == "output.weight" for t in tensors)
+    embd = next((t.nbytes for t in tensors if t.name == "token_embd.weight"), 0)
+    return {"input_bytes": inputs, "output_bytes": outputs + (embd if tied else 0), "output_tied": tied}
 
 
 def _rope_scaling(av) -> dict[str, Any] | None:

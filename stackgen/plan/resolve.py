@@ -144,6 +144,21 @@ class Candidate:
     unpinned: MemoryPlan | None = None  # the plan stackgen would have made without them (for the reasons)
 
 
+def engine_build(stack: Stack, svc: Service, host: HostFacts, name: str) -> int | None:
+    """The build of engine `name` a service's plan is for (Engine.plans_by_build: llama.cpp's logits rule,
+    memory.llamacpp_logit_rows): on a detected host (`hardware: detect`) the build of the binary found there
+    (HostFacts.engine_builds; 0 there: found, build unknown); else the stack's engine_version; else the default flag
+    table's build. None: unknown."""
+    engine = engines.get(name)
+    if stack.hardware is None and name in host.engine_builds:
+        return host.engine_builds[name] or None
+    return engine.build_of_version(svc.spec.engine_version)
+
+
+def _builds(stack: Stack, svc: Service, host: HostFacts) -> dict[str, int | None]:
+    return {n: engine_build(stack, svc, host, n) for n, e in engines.ENGINES.items() if e.plans_by_build}
+
+
 def resolve(stack: Stack, host: HostFacts) -> Plan:
     """Pure: the same stack and host always give the same plan."""
     hw = stack.hardware or host.hardware
@@ -153,12 +168,13 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     for svc in stack.services:
         before = [p for p in out if p.topology is None]
         try:
-            sp = _resolve_service(stack, svc, hw, budget, used_ports, before)
+            sp = _resolve_service(stack, svc, hw, budget, used_ports, before, _builds(stack, svc, host),
+                                  host.calibration if stack.hardware is None else None)
         except PlanError as exc:
             if exc.plan_json is None:
                 label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
                 exc.plan_json = Plan(stack.name, str(stack.path), hw, label, tuple(out)).to_json()
-                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget))
+                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget, _builds(stack, svc, host)))
             raise
         if sp.topology is None:
             sp = with_replicas(sp, hw, budget, used_ports)
@@ -170,9 +186,10 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
 
 
-def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget) -> dict:
+def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget,
+                builds: dict[str, int | None] | None = None) -> dict:
     """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
-    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, []) for name in engines.ENGINES}
+    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, [], builds) for name in engines.ENGINES}
     out: dict = {}
     for name, c in sorted(cands.items()):
         entry: dict = {"fits": False, "block": c.block}
@@ -189,9 +206,10 @@ def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget) ->
 
 
 def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget, used_ports: set[int],
-                     before: list[ServicePlan] = ()) -> ServicePlan:
+                     before: list[ServicePlan] = (),
+                     builds: dict[str, int | None] | None = None, calibration=None) -> ServicePlan:
     explicit = svc.spec.engine != "auto"
-    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before)
+    candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before, builds)
                   for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
@@ -223,7 +241,7 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
         reasons = [_why(row, chosen, order, candidates, hw, svc)]
         rejected = {n: c.block or _ranked_below(n, chosen.engine, row, svc, hw)
                     for n, c in candidates.items() if n != chosen.engine}
-    return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports)
+    return _service_plan(stack, svc, hw, chosen, reasons, rejected, used_ports, calibration=calibration)
 
 
 def _serve_block(stack: Stack, name: str) -> str:
@@ -241,7 +259,8 @@ def _serve_block(stack: Stack, name: str) -> str:
 
 
 def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool,
-               before: list[ServicePlan] = ()) -> Candidate:
+               before: list[ServicePlan] = (),
+               builds: dict[str, int | None] | None = None) -> Candidate:
     engine = engines.get(name)
     block = engine.hardware_block(hw, explicit)
     if block:
@@ -260,8 +279,11 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     pinned_elsewhere = svc.spec.engine not in ("auto", name)
     pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
                                                                 f"services.{svc.name}.overrides")
+    if engine.plans_by_build:  # e.g. llama.cpp's logits rule follows the build the host has
+        pins = replace(pins, engine_build=(builds or {}).get(name, engine.default_build))
     mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
-    unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
+    bare = replace(NO_PINS, engine_build=pins.engine_build)
+    unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w, bare) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
     if rope_block:
         return Candidate(name, mem, f"{rope_block} ({mem.context_per_request} tokens per request are past "
@@ -485,7 +507,9 @@ def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict
 
 
 def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidate, reasons: list[str],
-                  rejected: dict[str, str], used_ports: set[int], topology: Topology | None = None) -> ServicePlan:
+                  rejected: dict[str, str], used_ports: set[int], topology: Topology | None = None,
+                  calibration=None) -> ServicePlan:
+    """`calibration`: the detected host's measured engine point (host.calibration.EnginePoint), for CPU plans."""
     engine = engines.get(chosen.engine)
     mem = chosen.memory
     assert mem is not None
@@ -514,7 +538,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         tls=stack.serve.tls,
         speed=None if topology is not None else service_forecast(
             chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
-            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads),
+            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads,
+            calibration=calibration),
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
 

@@ -147,15 +147,16 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
     efficiency of the GPU bandwidth, the rest (layers left in system RAM) at the CPU backend's efficiency of the host
     bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
     parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
-    prefill rate, then one step."""
-    b, cpu = backend_params(backend), backend_params("cpu")
+    prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
+    on a host `stackgen calibrate` measured)."""
+    b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
     read = weights_bytes + n * kv_bytes_per_stream
 
@@ -184,9 +185,11 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
-                     threads: int) -> Forecast:
+                     threads: int, calibration=None) -> Forecast:
     """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
-    engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth."""
+    engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth.
+    `calibration`: this host's measured engine point (stackgen.host.calibration.EnginePoint); a CPU plan of the
+    engine it measured decodes with its efficiency and t0 and prefills at its FLOP/s per thread."""
     from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
     from stackgen import engines
     from stackgen.plan.memory import _kv_bytes_read
@@ -206,10 +209,17 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
         peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
     else:
         peak = CPU_FLOPS_PER_THREAD * max(1, threads)
+    params = None
+    if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
+        fit = backend_params(backend)
+        params = Backend(calibration.efficiency, calibration.t0_ms, fit.prefill_mfu, fitted_on=fit.fitted_on,
+                         error=fit.error)
+        peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
     return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
-                    active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens)
+                    active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
+                    params=params)
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:

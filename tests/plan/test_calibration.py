@@ -119,3 +119,72 @@ def test_cli_calibrate_then_plan_and_no_calibration(cli, write_stack, detected, 
 def test_cli_show_without_a_calibration_says_what_to_run(cli):
     res = cli("calibrate", "--show")
     assert res.exit_code == 1 and "run `stackgen calibrate`" in res.output
+
+
+# ---------------------------------------------------------------------------------------------- engine point
+
+
+def test_derive_decode_splits_a_point_into_efficiency_and_t0():
+    """246.6 MB at 10 GB/s and the CPU fit's 0.606: streaming takes 40.7 ms; a 50 ms token leaves t0 = 9.3 ms; a
+    25 ms token is faster than the fit allows, so t0 = 0 and the efficiency is 246.6e6 / (10e9 x 0.025) = 0.986."""
+    e, t0 = cal.derive_decode(246.6e6, 20.0, 10.0, 0.606)
+    assert e == 0.606 and t0 == pytest.approx(50 - 246.6e6 / (0.606 * 10e9) * 1000, abs=1e-9)
+    assert t0 == pytest.approx(9.307, abs=0.001)
+    e, t0 = cal.derive_decode(246.6e6, 40.0, 10.0, 0.606)
+    assert t0 == 0.0 and e == pytest.approx(0.9864)
+
+
+def _point(**kw):
+    base = dict(engine="llama.cpp", build=11434, model="g.gguf", model_bytes=246_587_904, model_params=268_098_176,
+                threads=2, decode_tokens_per_s=20.0, prefill_tokens_per_s=400.0, rss_bytes=367_000_000,
+                planned_bytes=360_000_000, efficiency=0.606, t0_ms=9.3)
+    base.update(kw)
+    return cal.EnginePoint(**base)
+
+
+def test_engine_point_round_trips_and_old_files_still_load(cpu_host):
+    m = cal.measure(cal.machine_key(cpu_host.hardware), _probe(10.0), today=dt.date(2026, 11, 29),
+                    engine=lambda bw: _point())
+    cal.save(m)
+    data = json.loads(cal.calibration_path().read_text())
+    assert data["engine"]["rss_above_plan_bytes"] == 7_000_000
+    assert data["engine"]["prefill_flops_per_thread"] == pytest.approx(400 * 2 * 268_098_176 / 2, abs=0.1)
+    assert cal.load() == m
+    old = {"format": 1, "machine": "x", "date": "d", "memory_bandwidth_gbs": 5.0, "probe": "p"}
+    assert cal.Calibration.from_json(old).engine is None  # a bandwidth-only file of an earlier stackgen
+
+
+def test_measure_gives_the_engine_run_the_measured_bandwidth(cpu_host):
+    seen = []
+    cal.measure(cal.machine_key(cpu_host.hardware), _probe(12.34), engine=lambda bw: seen.append(bw) or _point())
+    assert seen == [12.3]
+
+
+def test_detected_cpu_plan_decodes_and_prefills_by_the_engine_point(write_stack, detected):
+    """A CPU plan of the calibrated engine: a step is active bytes (+ KV) / (e x BW) + t0, and prefill is the
+    measured FLOP/s per thread x threads / (2 x active params); the reason quotes the run."""
+    from stackgen.plan import speed
+    before = _plan(write_stack)
+    point = _point(t0_ms=30.0, efficiency=0.5)
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(40.0), today=dt.date(2026, 11, 29),
+                         engine=lambda bw: point))
+    sp = _plan(write_stack)
+    m = sp.memory
+    from stackgen.plan.memory import _kv_bytes_read
+    assert any("CPU decode and prefill from a real run: llama.cpp build 11434" in r for r in sp.reasons)
+    avg = min(m.context_per_request, sp.workload.prompt_tokens + sp.workload.output_tokens // 2)
+    stream = (m.weights_bytes + _kv_bytes_read(sp.model, m, avg)) / 40e9  # seconds at the full 40 GB/s
+    expected = 1 / (stream / 0.5 + 0.030)
+    assert sp.speed.single_stream_tokens_per_s == pytest.approx(expected, abs=0.06)  # the forecast rounds to 0.1
+    fit = speed.backend_params("cpu")
+    assert before.speed.single_stream_tokens_per_s == pytest.approx(1 / (stream / fit.efficiency + fit.t0_ms / 1000),
+                                                                    abs=0.06)
+    prefill = point.prefill_flops_per_thread * sp.threads / (2 * sp.model.active_params)
+    assert sp.speed.ttft_s == pytest.approx(sp.workload.prompt_tokens / prefill + 1 / expected, rel=0.01, abs=0.002)
+    assert m.weights_bytes == before.memory.weights_bytes
+
+
+def test_an_engine_point_of_another_engine_is_not_applied(write_stack, detected):
+    before = _plan(write_stack)
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(40.0), engine=lambda bw: _point(engine="other")))
+    assert _plan(write_stack).speed == before.speed

@@ -4,8 +4,11 @@ Sources (see /work/shared/reference/engines.md, "Memory"):
 - KV cache: src/llama-kv-cache.cpp, one stream per slot without --kv-unified: pad256(n_ctx / n_seq) cells per slot,
   each cell holds n_head_kv x (head_k + head_v) elements per layer at the cache type's ggml size (f16: 2 bytes,
   q8_0: 34 bytes per block of 32, ggml-common.h).
-- Layers: -ngl N puts N repeating layers on the GPU; the output layer is the (layers + 1)-th and is offloaded last,
-  so a layer is weights / (layers + 1) (llama-model.cpp n_gpu_layers handling).
+- Layers (src/llama-model.cpp load_tensors: i_gpu_start = n_layer + 1 - N, the output layer is il = n_layer):
+  -ngl N with N < layers puts the output layer and N - 1 repeating layers (with their KV cache) on the GPU; the
+  input embedding stays in host memory. Without the file's tensor list the embedding and output are each
+  vocab x hidden at the file's mean bytes per parameter (untied when the parameters outside the dense layers count
+  two such matrices) and the rest is spread over the layers (memory.llamacpp_layer_split).
 - GPU margin: --fit-target default of 1024 MiB left free on each device (common/arg.cpp); host overhead 80 MiB
   measured (RSS minus llama-server's printed memory breakdown).
 - Prompt cache: --cache-ram default 8192 MiB (common.h), bounded to 2 finished conversations per slot and at most
@@ -96,11 +99,28 @@ def test_full_offload_on_one_gpu():
     assert p.offload_fraction == 0.0
 
 
+def edges(weights: int) -> tuple[int, float]:
+    """(embedding = output bytes, one repeating layer's bytes) of Llama 3.1 8B's shape at `weights`: 8.03e9
+    params, of which 2 x 128256 x 4096 outside the layers (untied), at weights / params bytes each."""
+    embd = int(128256 * 4096 * (weights / 8_029_999_999))
+    return embd, (weights - 2 * embd) / 32
+
+
+def gpu_weights(weights: int, ngl: int, layers: int = 32) -> int:
+    embd, layer = edges(weights)
+    return weights if ngl >= layers else 0 if ngl == 0 else int(embd + (ngl - 1) * layer)
+
+
+def host_weights(weights: int, ngl: int) -> int:
+    embd, layer = edges(weights)
+    return int(weights - embd - (ngl - 1) * layer)
+
+
 def gpu_need(weights: int, ngl: int, kv: int, slots: int, n_gpus: int = 1, layers: int = 32) -> int:
-    """GPU bytes of -ngl ngl: ngl/(layers+1) of the weights (all of them at ngl = layers), ngl/layers of the KV cache,
-    the compute buffer and the 1024 MiB margin per GPU."""
-    w = weights if ngl >= layers else int(weights / (layers + 1) * ngl)
-    return w + int(kv * ngl / layers) + compute(slots) + 1024 * MIB * n_gpus
+    """GPU bytes of -ngl ngl: the output layer and ngl - 1 repeating layers with their KV cache (everything at
+    ngl = layers), the compute buffer and the 1024 MiB margin per GPU."""
+    kv_layers = layers if ngl >= layers else max(0, ngl - 1)
+    return gpu_weights(weights, ngl, layers) + int(kv * kv_layers / layers) + compute(slots) + 1024 * MIB * n_gpus
 
 
 def most_layers(weights: int, kv: int, slots: int, gpu_budget: int, n_gpus: int = 1) -> int:
@@ -111,27 +131,31 @@ def most_layers(weights: int, kv: int, slots: int, gpu_budget: int, n_gpus: int 
 def test_partial_offload_on_one_gpu():
     """40 GiB of weights (a 70B at Q4 in size, 8B in shape) on one 24 GiB GPU, 1 user x 8192.
 
-    A layer is 40 GiB / 33 = 1,301,505,241 bytes plus 1 GiB / 32 = 32 MiB of f16 KV; the GPU holds 24 GiB less the
-    1024 MiB margin and the 92,787,712-byte compute buffer, so 18 layers fit (18 x 1,335,059,673 = 24.03e9 of
-    24.60e9 left); q8_0 (17 MiB a layer) also gives 18, so the f16 cache stays (it must buy more layers).
-    Host: the 14 other layers' weights and KV + 80 MiB, plus a 2 GiB prompt cache (2 x the 1 GiB KV)."""
+    The output layer is 128256 x 4096 x 5.35 B = 2,809,842,358 bytes, a repeating layer (40 GiB - 2 x that) / 32 =
+    1,166,562,132 bytes plus 1 GiB / 32 = 32 MiB of f16 KV; the GPU holds 24 GiB less the 1024 MiB margin and the
+    92,787,712-byte compute buffer, 24.60e9 left, so -ngl 19 fits (the output + 18 layers: 2.81e9 + 18 x 1.20e9 =
+    24.41e9; -ngl 20 would need 25.61e9); q8_0 (17 MiB a layer) also gives 19, so the f16 cache stays (it must buy
+    more layers). Host: the embedding, the 14 other layers' weights and KV + 80 MiB, plus a 2 GiB prompt cache."""
     hw = machine(nvidia(24))
     w = 40 * GIB
     p = plan(hw, wl(1), w)
     kv = KV_F16_PER_SLOT_8K
     n = most_layers(w, kv, 1, 24 * GIB)
-    assert n == 18
-    assert most_layers(w, KV_Q8_PER_SLOT_8K, 1, 24 * GIB) == 18
+    assert n == 19
+    assert most_layers(w, KV_Q8_PER_SLOT_8K, 1, 24 * GIB) == 19
     assert p.fits and (p.gpu_layers, p.kv_cache_type) == (n, "f16")
-    assert p.gpu_bytes == gpu_need(w, n, kv, 1) == int(w / 33 * 18) + int(kv * 18 / 32) + compute(1) + GIB
-    w_gpu, kv_gpu = int(w / 33 * 18), int(kv * 18 / 32)
-    host = (w - w_gpu) + (kv - kv_gpu) + 80 * MIB
+    assert p.gpu_bytes == gpu_need(w, n, kv, 1) == int(2_809_842_358 + 18 * 1_166_562_132.625) + int(kv * 18 / 32) \
+        + compute(1) + GIB
+    w_gpu, kv_gpu = gpu_weights(w, n), int(kv * 18 / 32)
+    host = host_weights(w, n) + (kv - kv_gpu) + 80 * MIB
+    assert w_gpu + host_weights(w, n) == pytest.approx(w, abs=1)  # untied: the file's bytes are on one side or the other
     limit = cache_limit(kv, int(64 * GIB * 0.85), host)
     assert limit == 2 * GIB
     assert p.host_bytes == host + limit
     assert (p.compute_bytes, p.overhead_bytes, p.kv_cache_bytes) == (compute(1), GIB + 80 * MIB, kv)
-    assert p.offload_fraction == pytest.approx(14 / 32)
-    assert p.levers[0] == "partial offload: 18 of 32 layers on GPU, the rest in system RAM (run on the CPU)"
+    assert p.offload_fraction == pytest.approx(13 / 32)
+    assert p.levers[0] == ("partial offload: 19 of 32 layers on GPU (-ngl 19: the output layer and 18 repeating "
+                           "layers), the rest in system RAM (run on the CPU)")
 
 
 def test_two_mismatched_gpus_full_offload_counts_a_margin_on_each():
@@ -148,17 +172,18 @@ def test_two_mismatched_gpus_full_offload_counts_a_margin_on_each():
 
 
 def test_two_mismatched_gpus_partial_offload():
-    """60 GiB of weights over 24 + 12 GiB: 36 GiB less 2 x 1024 MiB margins and the compute buffer, at
-    60 GiB / 33 + 32 MiB a layer: 18 layers (18 x 1,985,844,069 = 35.7e9 of 36.4e9)."""
+    """60 GiB of weights over 24 + 12 GiB: 36 GiB less 2 x 1024 MiB margins and the compute buffer, at a
+    4.21e9-byte output layer and 1.75e9 + 32 MiB a repeating layer: -ngl 19 (4.21e9 + 18 x 1.78e9 = 36.3e9 of
+    36.4e9)."""
     hw = machine(nvidia(24, "big"), nvidia(12, "small"))
     w = 60 * GIB
     p = plan(hw, wl(1), w)
     kv = KV_F16_PER_SLOT_8K
     n = most_layers(w, kv, 1, 36 * GIB, n_gpus=2)
-    assert n == 18
+    assert n == 19
     assert p.fits and p.gpu_layers == n
     assert p.gpu_bytes == gpu_need(w, n, kv, 1, n_gpus=2)
-    host = (w - int(w / 33 * n)) + (kv - int(kv * n / 32)) + 80 * MIB
+    host = host_weights(w, n) + (kv - int(kv * (n - 1) / 32)) + 80 * MIB
     assert p.host_bytes == host + cache_limit(kv, int(64 * GIB * 0.85), host)
 
 
@@ -234,7 +259,7 @@ def test_host_limit_in_partial_offload_refuses_at_one_byte_short():
     host need, and a GPU budget of exactly 18 layers, the 18-layer plan is out."""
     hw = machine(nvidia(24))
     w, kv = 40 * GIB, KV_F16_PER_SLOT_8K
-    host_18 = (w - int(w / 33 * 18)) + (kv - int(kv * 18 / 32)) + 80 * MIB
+    host_18 = host_weights(w, 18) + (kv - int(kv * 17 / 32)) + 80 * MIB
     ok = plan(hw, wl(1), w, budget=memory.Budget(gpu_need(w, 18, kv, 1), host_18))
     assert ok.fits and ok.gpu_layers == 18 and ok.host_bytes == host_18  # no RAM left: prompt cache 0
     assert ok.prompt_cache.limit_bytes == 0
@@ -245,12 +270,12 @@ def test_host_limit_in_partial_offload_refuses_at_one_byte_short():
 
 def test_no_layer_fits_says_so_with_the_size_of_one_layer():
     """A GPU with less room than its margin: zero layers is the best 'partial' plan, and the lever says every layer
-    runs on the CPU, naming one layer's size (weights / 33) and the GPU memory there is."""
+    runs on the CPU, naming the size of the first layer -ngl offloads (the output layer) and the GPU memory there is."""
     hw = machine(nvidia(24))
     w = 40 * GIB
     p = plan(hw, wl(1), w, budget=memory.Budget(GIB // 2, 60 * GIB))
     assert p.fits and p.gpu_layers == 0 and p.gpu_bytes == 0
     assert p.host_bytes - p.prompt_cache.bytes == w + KV_F16_PER_SLOT_8K + compute(1) + 80 * MIB
-    assert p.levers[0] == (f"no layer fits in the {GIB / 2 / 1e9:.1f} GB of GPU memory available (one layer needs "
-                           f"{w / 33 / 1e9:.1f} GB plus the engine's GPU runtime margin): all 32 layers run on the "
-                           "CPU from system RAM")
+    assert p.levers[0] == (f"no layer fits in the {GIB / 2 / 1e9:.1f} GB of GPU memory available (the output layer, "
+                           f"the first one -ngl offloads, needs {edges(w)[0] / 1e9:.1f} GB plus the engine's GPU "
+                           "runtime margin): all 32 layers run on the CPU from system RAM")
