@@ -70,3 +70,13 @@ def predict_vllm_kv_case(c: dict) -> dict:
         out["needed_gib"] = need
         out["verdict"] = "started" if need <= c["available_gib"] else "refused"
     return out
+
+
+def predict_service_curve_point(curve: dict, batch: int) -> float:
+    """Aggregate decode tokens/s at `batch` tokens per step for a curve of service_curve.yaml: speed's model with the
+    planner's compute peak for that GPU (capacity.gpu_peak_flops)."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import gpu_peak_flops
+    peak = gpu_peak_flops(curve["gpu"], curve["bandwidth_gbs"]) / 1e12
+    return speed.aggregate_tokens_per_s(curve["bytes_mib"] * 2**20, 0, curve["bandwidth_gbs"], curve["backend"],
+                                        batch, active_params=curve["active_params"], peak_tflops=peak)
