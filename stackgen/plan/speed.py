@@ -46,8 +46,8 @@ def backend_params(backend: str) -> Backend:
 def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = None) -> str:
     """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as: its own kernels' fit
     (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor; on NVIDIA the GPU's tier (the hardware
-    profile's gpus[].tier) picks the CUDA line: datacenter GPUs (their public points show a ~3 ms per-token overhead) their
-    own, consumer and workstation GPUs the consumer one."""
+    profile's gpus[].tier) picks the CUDA line: datacenter GPUs their own (their public points show a ~3 ms
+    per-token overhead), consumer and workstation GPUs the consumer one."""
     if own_kernels:
         return own_kernels if vendor else "cpu"
     if vendor == "nvidia" and tier == "datacenter":
