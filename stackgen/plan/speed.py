@@ -29,9 +29,9 @@ BACKENDS = {
     "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30),
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
-    # H100 by 57% (the per-token overhead dominates at high bandwidth), so each tier has its own line.
-    # Consumer: builds of 2024-2026 on one line; 16-bit weights on 2026 builds run faster than it (-28..-33%), the
-    # held-out January-2024 RTX 3090 Ti build slower (+30%).
+    # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
+    # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
+    # (-28..-33%), the held-out January-2024 RTX 3090 Ti build slower (+30%).
     "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35),
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15),  # 2 points, 2 parameters: exact, none held out
     "rocm": Backend(0.70, 0.0),
