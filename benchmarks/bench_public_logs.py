@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_vllm_case,  # noqa: E402
-                         predict_vllm_concurrency_point, predict_vllm_kv_case)
+from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_service_curve_point,  # noqa: E402
+                         predict_vllm_case, predict_vllm_concurrency_point, predict_vllm_kv_case)
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -123,6 +123,25 @@ def concurrency_rows() -> list[str]:
     return out
 
 
+def service_curve_rows() -> list[str]:
+    fix = yaml.safe_load((FIX / "service_curve.yaml").read_text())
+    tol = fix["tolerance"]
+    out = [f"Aggregate tokens/s at b tokens per step (llama.cpp microbatch tables) against "
+           f"speed.aggregate_tokens_per_s; stated tolerance +-{tol * 100:.0f}%.", "",
+           "| curve | b | predicted tok/s | measured | ratio | |", "|---|---:|---:|---:|---:|---|"]
+    within = total = 0
+    for c in fix["curves"]:
+        for p in c["points"]:
+            pred = predict_service_curve_point(c, p["batch"])
+            r = pred / p["tokens_per_s"]
+            ok = abs(r - 1) <= tol
+            within, total = within + ok, total + 1
+            note = "" if ok else "miss" + (" (known)" if p.get("known_miss") else "")
+            out.append(f"| {c['id']} | {p['batch']} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} | {note} |")
+    out.append(f"\nwithin {tol * 100:.0f}%: {within} of {total}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", action="store_true")
@@ -132,15 +151,18 @@ def main() -> None:
                       "(every case cites its public thread and quotes its log lines). Memory: vLLM startup profiles "
                       "against stackgen's terms; Ollama's logged estimate against the port of its estimator "
                       "(stackgen/engines/ollama_estimate.py, v0.12.10); llama.cpp KV/compute against memory.py. "
-                      "Speed: single-stream decode per backend; `fitted` points made the fit in stackgen/plan/speed.py, "
-                      "`held out` points did not and check it. Tests: tests/test_public_logs.py (issue 13's "
+                      "Speed: single-stream decode per backend (llama.cpp CUDA split by the GPU's tier: `cuda` for consumer "
+                      "and workstation GPUs, `cuda-datacenter`); `fitted` points made the fit in "
+                      "stackgen/plan/speed.py, `held out` points did not and check it; the service curve checks "
+                      "aggregate decode at b tokens per step. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",
                       "## vLLM V1 KV capacity (per-token KV term, GiB)", *vllm_kv_rows(), "",
                       "## Ollama's estimate (port of v0.12.10) vs Ollama's logged estimate", *ollama_rows(), "",
                       "## llama.cpp KV cache and compute buffer", *llamacpp_rows(), "",
                       "## Single-stream decode speed", *speed_rows(), "",
                       "## vLLM aggregate decode at concurrency > 1 (vllm_concurrency.yaml; tolerance 0.75..1.25)",
-                      *concurrency_rows(), "", *corpus_count()])
+                      *concurrency_rows(), "",
+                      "## Service curve (aggregate decode at b streams)", *service_curve_rows(), "", *corpus_count()])
     print(text)
     if args.record:
         (ROOT / "benchmarks" / "results" / "public_logs.md").write_text(text, encoding="utf-8")

@@ -87,3 +87,13 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
                                        active_params=float(p["active_params"]), peak_tflops=peak / 1e12)
     single = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", 1)
     return {"aggregate": agg, "single": single, "ratio": agg / p["measured_tokens_per_s"]}
+
+
+def predict_service_curve_point(curve: dict, batch: int) -> float:
+    """Aggregate decode tokens/s at `batch` tokens per step for a curve of service_curve.yaml: speed's model with the
+    planner's compute peak for that GPU (capacity.gpu_peak_flops)."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import gpu_peak_flops
+    peak = gpu_peak_flops(curve["gpu"], curve["bandwidth_gbs"]) / 1e12
+    return speed.aggregate_tokens_per_s(curve["bytes_mib"] * 2**20, 0, curve["bandwidth_gbs"], curve["backend"],
+                                        batch, active_params=curve["active_params"], peak_tflops=peak)

@@ -28,7 +28,12 @@ BACKENDS = {
     "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25),
     "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30),
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15),  # one point: 0% on it; the floor of the fitted ones
-    "cuda": Backend(0.645, 0.0, fitted_on=3, error=0.15),  # a through-origin fit (the line's t0 came out negative)
+    # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
+    # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
+    # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
+    # (-28..-33%), the held-out January-2024 RTX 3090 Ti build slower (+30%).
+    "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35),
+    "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15),  # 2 points, 2 parameters: exact, none held out
     "rocm": Backend(0.70, 0.0),
     "mlx": Backend(0.829, 0.0, fitted_on=1, error=0.15),  # one point (70B bf16); the 70B 4-bit is held out
     "vllm": Backend(0.70, 0.0),
@@ -40,11 +45,15 @@ def backend_params(backend: str) -> Backend:
     return BACKENDS.get(backend, DEFAULT_BACKEND)
 
 
-def backend_for(own_kernels: str | None, vendor: str | None) -> str:
+def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = None) -> str:
     """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as: its own kernels' fit
-    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor."""
+    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor; on NVIDIA the GPU's tier (the hardware
+    profile's gpus[].tier) picks the CUDA line: datacenter GPUs their own (their public points show a ~3 ms
+    per-token overhead), consumer and workstation GPUs the consumer one."""
     if own_kernels:
         return own_kernels if vendor else "cpu"
+    if vendor == "nvidia" and tier == "datacenter":
+        return "cuda-datacenter"
     return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
 
 
@@ -196,7 +205,7 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
 
     eng = engines.get(engine)
     vendor = hw.gpus[0].vendor if hw.gpus else None
-    backend = backend_for(eng.speed_backend, vendor)
+    backend = backend_for(eng.speed_backend, vendor, hw.gpus[0].tier if hw.gpus else None)
     active = mem.weights_bytes * (model.active_params / model.params) if model.params else mem.weights_bytes
     if hw.gpus and not hw.is_apple and eng.layers_in_ram:
         gpu_fraction = mem.gpu_layers / mem.total_layers if mem.total_layers else 0.0

@@ -35,8 +35,9 @@ def test_per_user_speed_falls_and_aggregate_rises_with_streams():
     one, four = _fc(1), _fc(4)
     assert four.per_user_tokens_per_s < one.per_user_tokens_per_s
     assert one.aggregate_tokens_per_s < four.aggregate_tokens_per_s < 4 * one.aggregate_tokens_per_s
-    # one step = weights / (e x BW) + t0 (+ KV): the CUDA fit (e 0.644, t0 0) on 4.6 GiB + 64 MiB at 1008 GB/s
-    t = (4.6 * GIB + 64 * 2**20) / (0.644 * 1008e9)
+    # one step = weights / (e x BW) + t0 (+ KV): the consumer CUDA fit on 4.6 GiB + 64 MiB at 1008 GB/s
+    b = speed.BACKENDS["cuda"]
+    t = (4.6 * GIB + 64 * 2**20) / (b.efficiency * 1008e9) + b.t0_ms / 1000
     assert one.single_stream_tokens_per_s == pytest.approx(1 / t, rel=0.01)
 
 
@@ -87,3 +88,28 @@ def test_bench_finds_decode_outside_the_stated_error_only():
     assert inside.predicted_per_user_tokens_per_s == f.per_user_tokens_per_s
     assert not any("speed model predicts" in x for x in inside.findings)
     assert any("slower than the speed model predicts" in x for x in outside.findings)
+
+
+def test_datacenter_nvidia_gpus_use_the_datacenter_cuda_line():
+    """The hardware profile's gpus[].tier picks the CUDA line (issue 13): consumer and datacenter GPUs were not one
+    line, the per-token overhead dominates on HBM GPUs."""
+    assert speed.backend_for(None, "nvidia", "datacenter") == "cuda-datacenter"
+    assert speed.backend_for(None, "nvidia", "consumer") == speed.backend_for(None, "nvidia") == "cuda"
+    assert speed.backend_for(None, "nvidia", "workstation") == "cuda"
+    assert speed.backend_for("vllm", "nvidia", "datacenter") == "vllm"  # an engine's own kernels keep their fit
+    assert speed.backend_for(None, "amd", "datacenter") == "rocm"
+
+
+def test_h200_plan_is_overhead_bound_not_bandwidth_bound(tmp_path):
+    """Llama 3.1 8B Q4_K_M on one H200 (4.8 TB/s): the old through-origin line said ~700 tokens/s, public llama.cpp
+    figures for 8B Q4 on Hopper are ~150-200; the datacenter line (t0 ~3 ms) keeps the forecast there."""
+    from tools.stacks import plan_for
+    sp = plan_for(tmp_path, """
+version: 1
+hardware: h200
+workload: {concurrent_users: 1, context_tokens: 8192}
+services:
+  chat: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M}
+""").services[0]
+    assert sp.speed.backend == "cuda-datacenter"
+    assert 150 <= sp.speed.single_stream_tokens_per_s <= 260
