@@ -41,7 +41,13 @@ def service_text(sp: ServicePlan) -> list[str]:
         rows.append(("tensor parallel", 0, f"{m.tensor_parallel} GPUs"))
     for label, value, note in rows:
         lines.append(f"    {label:<20}{_gb(value) if value or label != 'tensor parallel' else '':>12}  {note}".rstrip())
-    lines.append(f"  predicted decode: {sp.predicted_decode_tokens_per_s:g} tokens/s per stream (bound by {sp.bottleneck})")
+    if sp.speed is not None:
+        # the fitted per-backend model (what users see); the 0.7-of-bandwidth roofline stays in plan --json
+        lines.append(f"  predicted decode: {sp.speed.single_stream_tokens_per_s:g} tokens/s for one stream alone "
+                     f"(bound by {sp.bottleneck}; {sp.predicted_decode_tokens_per_s:g} at 70% of peak bandwidth with no per-token cost)")
+    else:
+        lines.append(f"  predicted decode: {sp.predicted_decode_tokens_per_s:g} tokens/s per stream "
+                     f"(bound by {sp.bottleneck})")
     if sp.speed is not None:
         lines.append(f"  predicted for users: {sp.speed.text()}")
     for w in sp.warnings:
