@@ -17,8 +17,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_service_curve_point,  # noqa: E402
-                         predict_vllm_case, predict_vllm_concurrency_point, predict_vllm_kv_case)
+from public_logs import (predict_llamacpp_case, predict_ollama_case, predict_prefill,  # noqa: E402
+                         predict_service_curve_point, predict_vllm_case, predict_vllm_concurrency_point,
+                         predict_vllm_kv_case, prefill_inputs)
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -142,6 +143,41 @@ def service_curve_rows() -> list[str]:
     return out
 
 
+def prefill_rows() -> list[str]:
+    """Prefill tokens/s per point (stackgen's prefill_mfu x peak / (2 x active params)) and the per-backend fit."""
+    pts = yaml.safe_load((FIX / "prefill_speed.yaml").read_text())["points"]
+    out = ["| point | backend | set | params B | peak TFLOP/s | predicted tok/s | measured | ratio | measured MFU | "
+           "ratio at the old 0.35 |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    checked = within = 0
+    errors: dict[str, list[float]] = {"fitted": [], "held out": []}
+    for p in pts:
+        params, peak, tps = prefill_inputs(p)
+        pred = predict_prefill(p)
+        r = pred / tps
+        kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
+        if kind != "outlier":
+            checked += 1
+            within += abs(r - 1) <= 0.30
+            errors[kind].append(abs(r - 1))
+        miss = " (known miss)" if p.get("known_miss") else ""
+        out.append(f"| {p['id']} | {p['backend']} | {kind}{miss} | {p['params_b']} | {peak / 1e12:.3g} | {pred:.1f} | "
+                   f"{tps} | {r:.3f} | {2 * params * tps / peak:.3f} | {0.35 * peak / (2 * params) / tps:.3f} |")
+    out.append(f"\nwithin 30%: {within} of {checked} (outliers aside; {len(pts)} points in all)")
+    for kind, errs in errors.items():
+        if errs:
+            out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
+                       f"max {100 * max(errs):.1f}%")
+    out.append("\nprefill_mfu per backend (log least squares over the points neither held out nor outliers), and the "
+               "TTFT check the plan prints (speed.PREFILL_CHECK):")
+    for backend in sorted({p["backend"] for p in pts}):
+        sel = [prefill_inputs(p) for p in pts if p["backend"] == backend and not p.get("outlier")
+               and not p.get("held_out")]
+        n, err = speed.PREFILL_CHECK.get(backend, (0, 0.0))
+        out.append(f"- {backend}: prefill_mfu = {speed.fit_prefill_mfu(sel):.3f} over {len(sel)} points; "
+                   f"checked on {n}, largest error {err * 100:.0f}%")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--record", action="store_true")
@@ -162,7 +198,12 @@ def main() -> None:
                       "## Single-stream decode speed", *speed_rows(), "",
                       "## vLLM aggregate decode at concurrency > 1 (vllm_concurrency.yaml; tolerance 0.75..1.25)",
                       *concurrency_rows(), "",
-                      "## Service curve (aggregate decode at b streams)", *service_curve_rows(), "", *corpus_count()])
+                      "## Service curve (aggregate decode at b streams)", *service_curve_rows(), "", *corpus_count(),
+                      "## Prefill speed (TTFT)", "",
+                      "tests/fixtures/public-logs/prefill_speed.yaml: llama-bench ppN rows and mlx-lm prompt rates at "
+                      "batch 1. Predicted = prefill_mfu x peak / (2 x active parameters); the peak is "
+                      "capacity.GPU_TFLOPS' convention (GeForce: FP16 tensor with FP32 accumulate; CPU: 60 GFLOP/s "
+                      "per thread), so the measured MFU of quantized CUDA kernels can pass 1.", "", *prefill_rows(), ""])
     print(text)
     if args.record:
         (ROOT / "benchmarks" / "results" / "public_logs.md").write_text(text, encoding="utf-8")

@@ -97,3 +97,18 @@ def predict_service_curve_point(curve: dict, batch: int) -> float:
     peak = gpu_peak_flops(curve["gpu"], curve["bandwidth_gbs"]) / 1e12
     return speed.aggregate_tokens_per_s(curve["bytes_mib"] * 2**20, 0, curve["bandwidth_gbs"], curve["backend"],
                                         batch, active_params=curve["active_params"], peak_tflops=peak)
+
+
+def prefill_inputs(p: dict) -> tuple[float, float, float]:
+    """(active parameters, the peak FLOP/s stackgen uses, measured prompt tokens/s) of a prefill_speed.yaml point:
+    the GPU's peak_tflops, or on CPU stackgen's CPU_FLOPS_PER_THREAD x threads."""
+    from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD
+    peak = CPU_FLOPS_PER_THREAD * p["threads"] if p["backend"] == "cpu" else p["peak_tflops"] * 1e12
+    return p["params_b"] * 1e9, peak, p["tokens_per_s"]
+
+
+def predict_prefill(p: dict) -> float:
+    """stackgen's prefill tokens/s for the point's model, device and backend."""
+    from stackgen.plan.speed import prefill_tokens_per_s
+    params, peak, _ = prefill_inputs(p)
+    return prefill_tokens_per_s(params, peak / 1e12, p["backend"])

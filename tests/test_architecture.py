@@ -27,6 +27,8 @@ ALLOWED = {
     ("stackgen/plan/resolve.py", "MULTINODE_TABLE"),
     # The decode model's fitted constants per backend (cited public figures), keyed as the fits name them.
     ("stackgen/plan/speed.py", "BACKENDS"),
+    # The TTFT check per backend (public prefill points and their largest error), keyed like BACKENDS.
+    ("stackgen/plan/speed.py", "PREFILL_CHECK"),
     # Names of data that happen to equal an engine's: the Ollama registry as a model source, the catalog's MLX key.
     ("stackgen/models/facts.py", "OLLAMA_REGISTRY"),
     ("stackgen/models/facts.py", "MLX_SIZES_KEY"),

@@ -29,7 +29,21 @@ PREFILL_COMPUTE_EFFICIENCY = 0.5  # share of peak tensor FLOP/s reached on large
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
 # Dense BF16 tensor peak, TFLOP/s, from the vendors' datasheets (no sparsity).
 GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40": 181.0, "l4": 121.0, "a10": 125.0,
-              "rtx 4090": 165.0, "rtx 3090": 71.0, "mi300x": 1307.0, "mi250": 362.0}
+              "rtx 4090": 165.0, "rtx 3090": 71.0, "mi300x": 1307.0, "mi250": 362.0,
+              # The GPUs of profiles/hardware.yaml the table lacked (issue 13's prefill check,
+              # tests/fixtures/public-logs/prefill_speed.yaml). GeForce: FP16 tensor with FP32 accumulate, dense, as
+              # the 4090/3090 entries above (the Ada whitepaper's 4090 figure is 512 FLOP/clk per SM x boost clock).
+              "rtx 4060 ti": 44.1,  # 34 SMs x 512 x 2.535 GHz boost (nvidia.com 4060 Ti specs: 34 SMs, 2.54 GHz)
+              "rtx 4060": 30.2,  # 24 SMs x 512 x 2.46 GHz boost (nvidia.com 4060 specs)
+              "rtx 5090": 209.5,  # RTX Blackwell whitepaper: 209.5 FP16 tensor TFLOPS, FP32 accumulate (419 sparse)
+              "7900 xtx": 122.8,  # amd.com RX 7900 XTX specs: Peak Half Precision (FP16) 122.8 TFLOPs (WMMA)
+              "arc a770": 137.6,  # Xe-HPG: 32 Xe-cores x 2048 FP16 XMX FLOP/clk x 2.1 GHz (Intel: 275 INT8 TOPS)
+              # Apple GPUs run FP16 at the FP32 rate: GPU cores x 128 ALUs x 2 FLOP x clock; Apple publishes no
+              # figure for these chips; clocks from hmc-tech.com's spec pages (M4 1470 MHz, M3 Max 1398 MHz, M4 Max
+              # 1678 MHz; M2 Ultra 1398 MHz). The M4 Pro (20-core) is assumed at the M4 Max clock so that it does not
+              # fall back to the plain M4's figure by substring.
+              "apple m4": 3.76, "apple m4 pro": 8.59, "apple m4 max": 17.18, "apple m3 max": 14.32,
+              "apple m2 ultra": 27.2}
 # CPU: calibrated on this project's CI machine (AMD EPYC, llama-server, Gemma 3 270M Q4_K_M, 1 thread per instance;
 # benchmarks/bench_scale.py): quantized-weight bytes one thread streams through the dot products per second, and
 # FLOP/s one thread reaches in prompt processing.

@@ -6,6 +6,9 @@ sync): t_step = bytes / (efficiency x bandwidth) + t0. Parameters are fitted on 
 tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in
 benchmarks/results/public_logs.md) from the points not marked held_out (those check the fit); backends without public
 points there keep the old single 0.70 and no overhead.
+Prefill: a compute-bound rate, prefill_mfu x peak FLOP/s / (2 x active parameters), with prefill_mfu fitted per backend
+(fit_prefill_mfu) on tests/fixtures/public-logs/prefill_speed.yaml's points not held out; PREFILL_CHECK holds how
+many public points check each backend's TTFT and the error they show.
 Used by the planner and by issue 20's replica sizing (service curve: aggregate tokens/s vs concurrency)."""
 
 from __future__ import annotations
@@ -25,20 +28,29 @@ class Backend:
 
 
 BACKENDS = {
-    "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25),
-    "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30),
-    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15),  # one point: 0% on it; the floor of the fitted ones
+    "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25, prefill_mfu=0.421),
+    "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30, prefill_mfu=0.706),
+    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
     # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
     # (-28..-33%), the held-out January-2024 RTX 3090 Ti build slower (+30%).
-    "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35),
-    "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15),  # 2 points, 2 parameters: exact, none held out
-    "rocm": Backend(0.70, 0.0),
-    "mlx": Backend(0.829, 0.0, fitted_on=1, error=0.15),  # one point (70B bf16); the 70B 4-bit is held out
+    "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35, prefill_mfu=0.926),
+    # datacenter: 2 points, 2 parameters (exact, none held out); prefill: the consumer fit (no datacenter prefill point)
+    "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15, prefill_mfu=0.926),
+    "rocm": Backend(0.70, 0.0, prefill_mfu=0.426),
+    "mlx": Backend(0.829, 0.0, fitted_on=1, error=0.15, prefill_mfu=0.667),  # one point (70B bf16); the 70B 4-bit is held out
     "vllm": Backend(0.70, 0.0),
 }
 DEFAULT_BACKEND = Backend(0.70, 0.0)
+# TTFT against public prefill figures (tests/fixtures/public-logs/prefill_speed.yaml): backend -> (points that check
+# it, fitted and held out, outliers aside; the largest |predicted/measured - 1| over them, rounded up to 5%). The MFU is
+# relative to capacity.GPU_TFLOPS (GeForce: FP16 tensor with FP32 accumulate, so quantized llama.cpp CUDA kernels on
+# int8 tensor cores can pass 1.0) and, on CPU, to CPU_FLOPS_PER_THREAD x threads. The big misses: RTX 4090 CUDA 1.7-2x
+# over-predicted, Vulkan spread from NVIDIA with cooperative matrices to RDNA2 without matrix units, CPUs other than
+# the calibration EPYC; benchmarks/results/public_logs.md lists every point.
+PREFILL_CHECK = {"cuda": (6, 1.05), "metal": (6, 0.30), "vulkan": (5, 0.80), "rocm": (3, 0.10), "cpu": (5, 0.40),
+                 "mlx": (3, 0.10)}
 
 
 def backend_params(backend: str) -> Backend:
@@ -107,6 +119,14 @@ def queueing_point(max_streams: int, output_tokens: int, aggregate_at_max: float
     return aggregate_at_max / output_tokens
 
 
+def fit_prefill_mfu(points: list[tuple[float, float, float]]) -> float:
+    """Least squares of log(predicted / measured) over (active_params, peak_flops, tokens_per_s) points: the one
+    prefill_mfu that over- and under-predicts by the same factors, i.e. the geometric mean of the measured MFUs."""
+    import math
+    logs = [math.log(2 * params * tps / peak) for params, peak, tps in points]
+    return math.exp(sum(logs) / len(logs))
+
+
 def fit_backend(points: list[tuple[float, float, float]]) -> tuple[float, float]:
     """Least squares of t = x / e + t0 over (bytes, bandwidth_gbs, tokens_per_s) points: returns (e, t0_ms)."""
     xs = [b / (bw * 1e9) for b, bw, _ in points]
@@ -137,6 +157,8 @@ class Forecast:
     bound: str  # "memory bandwidth" or "compute" (past the batch knee)
     error: float  # the backend's stated error (Backend.error)
     fitted_on: int
+    ttft_checked_on: int = 0  # public prefill points behind the TTFT (PREFILL_CHECK; 0: not checked)
+    ttft_error: float = 0.0  # their largest |predicted/measured - 1| (0 when not checked)
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "streams": self.streams,
@@ -144,14 +166,16 @@ class Forecast:
                 "aggregate_tokens_per_s": self.aggregate_tokens_per_s,
                 "single_stream_tokens_per_s": self.single_stream_tokens_per_s, "ttft_s": self.ttft_s,
                 "ttft_all_s": self.ttft_all_s, "bound": self.bound, "error": self.error,
-                "fitted_on": self.fitted_on}
+                "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error}
 
     def text(self) -> str:
         fit = f"fitted on {self.fitted_on} public points" if self.fitted_on else "not fitted: a default"
+        ttft = (f"TTFT +-{self.ttft_error * 100:.0f}%, checked on {self.ttft_checked_on} public prefill points"
+                if self.ttft_checked_on else f"TTFT not checked: no public prefill point for the {self.backend} backend")
         return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {self.streams} streams "
                 f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone, "
                 f"{self.ttft_all_s:.2f} s when all {self.streams} arrive together (decode +-{self.error * 100:.0f}%, "
-                f"{self.backend} backend {fit}; TTFT not yet checked against public figures)")
+                f"{self.backend} backend {fit}; {ttft})")
 
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
@@ -186,11 +210,13 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
+    # The prefill runs where the layers are: the CPU's check when none are on the GPU.
+    checked, ttft_error = PREFILL_CHECK.get(backend if gpu_fraction > 0 else "cpu", (0, 0.0))
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
                     bound="compute" if compute > memory_s(read) else "memory bandwidth", error=error,
-                    fitted_on=b.fitted_on)
+                    fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error)
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,

@@ -50,9 +50,9 @@ def test_layers_in_system_ram_slow_decode_and_widen_the_error():
 def test_compute_knee_and_ttft():
     many = _fc(512, peak=10e12)
     assert many.bound == "compute"
-    assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
+    assert many.aggregate_tokens_per_s == pytest.approx(speed.BACKENDS["cuda"].prefill_mfu * 10e12 / (2 * 8e9), rel=0.01)
     one = _fc(4)
-    prefill = 0.35 * 165e12 / (2 * 8e9)
+    prefill = speed.BACKENDS["cuda"].prefill_mfu * 165e12 / (2 * 8e9)
     assert one.ttft_s == pytest.approx(1000 / prefill + 1 / one.single_stream_tokens_per_s, rel=0.02)
     assert one.ttft_all_s > 3.9 * (1000 / prefill)  # the last of 4 prompts waits for the other three
 
@@ -113,3 +113,15 @@ services:
 """).services[0]
     assert sp.speed.backend == "cuda-datacenter"
     assert 150 <= sp.speed.single_stream_tokens_per_s <= 260
+
+
+def test_ttft_states_its_public_check():
+    """The plan's TTFT carries how many public prefill points check it and their error (speed.PREFILL_CHECK); a backend
+    without public prefill points says so; a CPU-only forecast carries the CPU's check."""
+    gpu, cpu_only, vllm = _fc(1), _fc(1, gpu_fraction=0.0), _fc(1, backend="vllm")
+    n, err = speed.PREFILL_CHECK["cuda"]
+    assert (gpu.ttft_checked_on, gpu.ttft_error) == (n, err)
+    assert f"TTFT +-{err * 100:.0f}%, checked on {n} public prefill points" in gpu.text()
+    assert (cpu_only.ttft_checked_on, cpu_only.ttft_error) == speed.PREFILL_CHECK["cpu"]
+    assert vllm.ttft_checked_on == 0 and "TTFT not checked: no public prefill point for the vllm backend" in vllm.text()
+    assert "not yet checked" not in gpu.text()
