@@ -101,9 +101,14 @@ def drive_each(ports: list[int], users: int, requests: int, prompt: int, output:
         t.start()
     for t in threads:
         t.join()
+    return pooled(out)
+
+
+def pooled(out: list[dict]) -> dict:
+    """The requests of several drives as one sample: mean time to first token and decode step, and their spread."""
     ttfts = [x for d in out for x in d["ttfts"]]
     decode = [x for d in out for x in d["step_s"]]
-    return {"ttfts": ttfts, "decode_s": decode, "errors": sum(d["errors"] for d in out),
+    return {"ttfts": ttfts, "step_s": decode, "errors": sum(d["errors"] for d in out),
             "ttft_mean_s": statistics.fmean(ttfts), "step_mean_s": statistics.fmean(decode),
             "ttft_cv": statistics.pstdev(ttfts) / statistics.fmean(ttfts),
             "decode_cv": statistics.pstdev(decode) / statistics.fmean(decode)}
@@ -163,7 +168,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", default="2,4,8")
     ap.add_argument("--min-requests", type=int, default=16, help="measured requests per level, after the warm-up")
-    ap.add_argument("--calibration", type=int, default=6, help="1-stream requests per instance (the first is a warm-up)")
+    ap.add_argument("--calibration", type=int, default=4,
+                    help="1-stream requests per instance before and again after the fleet run (the first is a warm-up)")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--output", type=int, default=64)
     ap.add_argument("--port", type=int, default=18500)
@@ -184,11 +190,15 @@ def main() -> int:
                 fleet.wait_ready(180)
                 tokens_mean, prompt_cv = prompt_token_cv(sp.capacity.ports[0], a.prompt, 40, seed=3000 + users)
                 # In-run calibration (this machine's CPUs are shared, so its speed drifts): 1 stream on every
-                # instance at once, as the fleet runs (instances on one host share its cores).
-                one = drive_each(list(sp.capacity.ports), 1, a.calibration, a.prompt, a.output, seed=1000 + users)
+                # instance at once, as the fleet runs (instances on one host share its cores), just before and
+                # just after the fleet run, pooled, so a drift during the run is in the calibration too.
+                ports = list(sp.capacity.ports)
+                before = drive_each(ports, 1, a.calibration, a.prompt, a.output, seed=1000 + users)
                 during = load()
                 requests = users + max(a.min_requests, 2 * users)
                 got = drive(a.port, users, requests, a.prompt, a.output, seed=users)
+                after = drive_each(ports, 1, a.calibration, a.prompt, a.output, seed=2000 + users)
+                one = pooled([before, after]) | {"before": 1 / before["step_mean_s"], "after": 1 / after["step_mean_s"]}
             base = fleet_curves(sp, plan.hardware)[0]
             curve = calibrated(one, a.prompt, base)
             var = variability(one, prompt_cv)
@@ -203,11 +213,11 @@ def main() -> int:
     print("Calibrated in the same run, with variability (the plan's curve scaled to the mean 1-stream speed "
           "measured just before; prompt-length and step jitter from the same 1-stream requests):")
     print()
-    print(HEAD + " measured requests | 1-stream tok/s, TTFT mean | prompt tokens mean, cv | prefill / decode jitter cv |"
-          " load during |")
+    print(HEAD + " measured requests | 1-stream tok/s before / after, TTFT mean | prompt tokens mean, cv | "
+          "prefill / decode jitter cv | load during |")
     print(RULE + "---|---|---|---|---|")
     for users, (_, noisy, _, got, one, var, tokens_mean, during) in rows.items():
-        print(row(users, noisy, got, f" {got['requests']} | {1 / one['step_mean_s']:.1f}, "
+        print(row(users, noisy, got, f" {got['requests']} | {one['before']:.1f} / {one['after']:.1f}, "
                                      f"{one['ttft_mean_s']:.2f} s | {tokens_mean:.0f}, {var.prompt_cv:.2f} | "
                                      f"{var.prefill_cv:.2f} / {var.decode_cv:.2f} | {during} |"))
     print()

@@ -2,7 +2,10 @@
 
 Model (docs in each class):
 - Users are a closed loop: each of `users` sends a request, reads the stream to its end, pauses `think_time_s`
-  (exponential, mean from the workload; 0 = always one request in flight) and sends the next one.
+  (exponential, mean from the workload; 0 = always one request in flight) and sends the next one. A request reaches
+  its instance half the curve's overhead later and joins the engine then: an engine that has started a step on the
+  first of two simultaneous arrivals takes the second at its next step (as llama-server's loop does), so users whose
+  requests end together do not stay in lockstep forever.
 - A router sends each request to the instance with the fewest requests in flight (HAProxy `balance leastconn`;
   vLLM's internal data-parallel balancer also routes by load); ties go to the lowest index.
 - Each instance is an iteration-level batching engine (llama-server slots, vLLM continuous batching): up to
@@ -103,7 +106,8 @@ class _Instance:
     """One engine instance: the admitted requests (prompt phase FIFO, decode phase by finish counter), a queue."""
 
     curve: Curve
-    queue: deque = field(default_factory=deque)  # not yet admitted
+    transit: deque = field(default_factory=deque)  # sent, not arrived yet (the balancer hop, HTTP)
+    queue: deque = field(default_factory=deque)  # arrived, not yet admitted
     prompting: deque = field(default_factory=deque)  # admitted, prompt tokens left
     decoding: list = field(default_factory=list)  # heap of (finish_d, seq, request)
     decoded: int = 0  # steps that decoded (one token for every request in `decoding`)
@@ -115,7 +119,7 @@ class _Instance:
 
     @property
     def in_flight(self) -> int:
-        return len(self.queue) + len(self.prompting) + len(self.decoding)
+        return len(self.transit) + len(self.queue) + len(self.prompting) + len(self.decoding)
 
     def admit(self) -> None:
         while self.queue and len(self.prompting) + len(self.decoding) < self.curve.max_batch:
@@ -244,9 +248,12 @@ def simulate(curves: list[Curve], *, users: int, prompt_tokens: int, output_toke
                          draw.length(output_tokens, variability.output_cv))
             if len(inst.prompting) + len(inst.decoding) >= inst.curve.max_batch:
                 queued[0] += 1
-            inst.queue.append(r)
+            inst.transit.append(r)
             push(arrive, "arrive", i)
         elif kind == "arrive":
+            # A request joins the engine when it arrives, one at a time: two sent at the same instant do not share
+            # a prompt step that has already started (the engine begins a step as soon as the first one is in).
+            fleet[target].queue.append(fleet[target].transit.popleft())
             interrupt(target, now)
             schedule(target, now)
         elif version == fleet[target].version:

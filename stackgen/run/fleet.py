@@ -80,8 +80,9 @@ def haproxy_binary() -> str:
                       "with replicas; install it (apt-get install haproxy, dnf install haproxy, brew install haproxy)")
 
 
-def config_path(root: Path, sp: ServicePlan) -> Path:
-    return root / "fleet" / f"{sp.name}-haproxy.cfg"
+def config_path(folder: Path, sp: ServicePlan) -> Path:
+    """In the stack file's own state folder (StateDir.dir): two stack files of one folder may both have `chat`."""
+    return folder / "fleet" / f"{sp.name}-haproxy.cfg"
 
 
 def config_text(sp: ServicePlan) -> str:

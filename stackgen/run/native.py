@@ -131,7 +131,7 @@ class NativeRunner:
     def _state_root(self) -> Path:
         if self.stack_file is None:
             raise LaunchError("a balancer needs the stack's state folder")
-        return StateDir(self.stack_file).root
+        return StateDir(self.stack_file).dir  # this stack file's own folder
 
     def argv(self, sp: ServicePlan) -> list[str]:
         return list(self.command(sp).argv)

@@ -83,7 +83,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         try:
             wanted[sp.name] = runner.desired_hash(sp)
             if sp.unit_role == fleet.BALANCER and not opts.containers:  # `haproxy -c` before anything starts
-                fleet.write_config(sp, sd.root, runner.command(sp).argv[0])
+                fleet.write_config(sp, sd.dir, runner.command(sp).argv[0])
         except LaunchError as exc:
             problems.append(str(exc))
     if problems:

@@ -148,7 +148,7 @@ def test_up_runs_every_instance_and_the_balancer(fleet_stack):
         argv = state[f"chat-{i}"].argv
         assert argv[argv.index("--port") + 1] == str(p) and argv[argv.index("--host") + 1] == "127.0.0.1"
         assert argv[argv.index("--alias") + 1] == "chat"
-    cfg = StateDir(path).root / "fleet" / "chat-haproxy.cfg"
+    cfg = StateDir(path).dir / "fleet" / "chat-haproxy.cfg"
     assert state["chat"].argv[1:] == ["-db", "-f", str(cfg)]
     assert f"127.0.0.1:{sp.capacity.ports[0]}" in cfg.read_text() and "balance leastconn" in cfg.read_text()
     assert _complete(port)["choices"]
