@@ -211,7 +211,8 @@ def main() -> int:
         print(f"users {users} done: load {during}", file=sys.stderr, flush=True)
     print()
     print("Calibrated in the same run, with variability (the plan's curve scaled to the mean 1-stream speed "
-          "measured just before; prompt-length and step jitter from the same 1-stream requests):")
+          "measured just before and just after the fleet run; prompt-length and step jitter from the same 1-stream "
+          "requests):")
     print()
     print(HEAD + " measured requests | 1-stream tok/s before / after, TTFT mean | prompt tokens mean, cv | "
           "prefill / decode jitter cv | load during |")

@@ -69,11 +69,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
     problems: list[str] = check_keys(services)
-    if opts.containers:
-        problems += [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are "
-                     "planned; `stackgen up --containers` runs one container per service: run them natively (`stackgen "
-                     "up` without --containers) or render the compose or kubernetes target, or remove `replicas:`"
-                     for sp in services if fleet.separate(sp)]
+    fleets = [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are planned; "
+              "`stackgen up --containers` runs one container per service: run them natively (`stackgen up` without "
+              "--containers) or render the compose or kubernetes target, or remove `replicas:`"
+              for sp in services if opts.containers and fleet.separate(sp)]
+    if fleets:
+        raise LaunchError("\n".join(problems + fleets))
     # A fleet (capacity.separate) runs as its instances and its balancer, each a service of the state (run/fleet.py).
     order = [u.name for u in fleet.expand(plan.services)]
     services_ = services

@@ -34,6 +34,26 @@ services:
 """
 
 
+def _fleet_port(free_port) -> int:
+    """A free port whose next two are free too: the plan gives the instances the service's port + 1 and + 2 (on
+    this shared machine a port next to a free one may be any process's)."""
+    for _ in range(50):
+        port = free_port()
+        if not any(_listening(p) or _bound(p) for p in (port + 1, port + 2)):
+            return port
+    raise RuntimeError("no three free ports in a row")
+
+
+def _bound(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 @pytest.fixture()
 def haproxy() -> str:
     path = shutil.which("haproxy")
@@ -43,7 +63,7 @@ def haproxy() -> str:
 
 
 def test_two_instances_behind_the_balancer(tmp_path, llama_server, gguf_path, haproxy, free_port):
-    port = free_port()
+    port = _fleet_port(free_port)
     stack = tmp_path / "stack.yaml"
     stack.write_text(STACK.format(gguf=gguf_path, binary=llama_server, port=port))
     sp = plan_for(stack).services[0]
@@ -89,7 +109,7 @@ def test_the_rendered_script_fleet_runs(tmp_path, llama_server, gguf_path, hapro
     """The script target's own files, run as a user would: deploy/chat/run.sh starts run-1.sh, run-2.sh and
     balancer.sh (HAProxy found on PATH); requests through the balancer reach both instances (their own /metrics);
     SIGTERM to run.sh stops all three."""
-    port = free_port()
+    port = _fleet_port(free_port)
     stack = tmp_path / "stack.yaml"
     stack.write_text(STACK.format(gguf=gguf_path, binary=llama_server, port=port) + "targets: [script]\n")
     plan = plan_for(stack)
@@ -136,6 +156,16 @@ def test_the_rendered_script_fleet_runs(tmp_path, llama_server, gguf_path, hapro
             pass
 
 
+def _quiet(ports: list[int], timeout_s: float = 20.0) -> list[int]:
+    """The ports still listening after up to `timeout_s` (a stopped process's socket may take a moment to close)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        busy = [p for p in ports if _listening(p)]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.5)
+
+
 def _down_quietly(stack: Path) -> None:
     from stackgen.errors import LaunchError
     from stackgen.run.lifecycle import down
@@ -156,7 +186,7 @@ def test_up_runs_the_fleet(tmp_path, llama_server, gguf_path, haproxy, free_port
     from stackgen.run.up import up
 
     monkeypatch.setenv("PATH", f"{Path(haproxy).parent}:{os.environ.get('PATH', '')}")
-    port = free_port()
+    port = _fleet_port(free_port)
     stack = tmp_path / "stack.yaml"
     stack.write_text(STACK.format(gguf=gguf_path, binary=llama_server, port=port))
     plan = plan_for(stack)
@@ -179,7 +209,7 @@ def test_up_runs_the_fleet(tmp_path, llama_server, gguf_path, haproxy, free_port
         assert any(ln.startswith("# stackgen up: ") and " -db -f " in ln for n, ln in lines if n == "chat")
         stopped = down(stack, grace_s=10)
         assert sorted(s.split(" ")[0] for s in stopped) == ["chat", "chat-1", "chat-2"]
-        assert not any(_listening(p) for p in list(sp.capacity.ports) + [port])
+        assert _quiet(list(sp.capacity.ports) + [port]) == []
     finally:
         _down_quietly(stack)
 
@@ -194,7 +224,7 @@ def test_up_stops_the_fleet_when_an_instance_fails(tmp_path, llama_server, gguf_
     from stackgen.run.up import up
 
     monkeypatch.setenv("PATH", f"{Path(haproxy).parent}:{os.environ.get('PATH', '')}")
-    port = free_port()
+    port = _fleet_port(free_port)
     stack = tmp_path / "stack.yaml"
     wrapper = tmp_path / "llama-server-but-not-on-the-second-port"
     stack.write_text(STACK.format(gguf=gguf_path, binary=wrapper, port=port))
@@ -211,6 +241,6 @@ def test_up_stops_the_fleet_when_an_instance_fails(tmp_path, llama_server, gguf_
         assert "refusing this port" in text and "stopped what this `up` had started:" in text
         assert "chat-1 (pid" in text and "chat (pid" in text
         assert StateDir(stack).load().services == {}
-        assert not any(_listening(p) for p in list(plan.services[0].capacity.ports) + [port])
+        assert _quiet(list(plan.services[0].capacity.ports) + [port]) == []
     finally:
         _down_quietly(stack)
