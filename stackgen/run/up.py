@@ -112,6 +112,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     planned = set(order)
     if not opts.services and not opts.restart:  # like compose, `up SERVICE` leaves the other services alone
         to_stop += [st for n, st in state.services.items() if n not in planned]
+    else:  # but a named fleet's processes the plan no longer has (fewer replicas, or none) go
+        to_stop += [st for n, st in state.services.items() if n not in planned and st.unit_of in chosen]
 
     # Preflight: everything that can be known before spawning.
     exempt_pids: set[int] = set()

@@ -285,3 +285,16 @@ def test_cli_up_status_logs_restart_down(fleet_stack):
     res = r.invoke(app, ["down", str(path)])
     assert res.exit_code == 0, res.output
     assert StateDir(path).load().services == {}
+
+
+def test_fewer_replicas_stop_the_instances_no_longer_planned(fleet_stack):
+    path, port, _ = fleet_stack
+    up(plan_of(path), UpOptions(timeout_s=30))
+    old = StateDir(path).load().services
+    path.write_text(path.read_text().replace("    replicas: 2\n", ""))  # one instance: the engine on the port
+    res = up(plan_of(path), UpOptions(timeout_s=30, services=("chat",)))
+    assert sorted(res.stopped) == ["chat-1", "chat-2"]
+    assert [(o.name, o.action) for o in res.services] == [("chat", "restarted")]
+    now = StateDir(path).load().services
+    assert list(now) == ["chat"] and now["chat"].unit_role == "" and now["chat"].port == port
+    assert not any(_alive(old[n].pid) for n in ("chat", "chat-1", "chat-2"))
