@@ -2,7 +2,7 @@
 127.0.0.1, driven by closed-loop streaming users at 2, 4 and 8; the same plan through `stackgen simulate`.
 
     set -a; . ~/.cache/stackgen-ci/engines.env; set +a
-    .venv/bin/python benchmarks/bench_scale.py [--users 2,4,8] [--rounds 3] > benchmarks/results/scale.md
+    .venv/bin/python benchmarks/bench_scale.py [--users 2,4,8] [--min-requests 16] [--calibration 6]
 
 Everything binds 127.0.0.1 and is stopped at the end. Prompts are random words (seeded) so llama-server cannot
 reuse a cached prefix between requests: every request pays its full prefill, as the simulation assumes.
@@ -11,13 +11,17 @@ reuse a cached prefix between requests: every request pays its full prefill, as 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,7 +31,7 @@ from tests.tools.fleet import Fleet, plan_for  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from stackgen.plan.capacity import fleet_curves, simulate_service  # noqa: E402
-from stackgen.plan.simulate import simulate  # noqa: E402
+from stackgen.plan.simulate import Variability, simulate  # noqa: E402
 
 STACK = """version: 1
 name: scale-bench
@@ -83,11 +87,13 @@ def drive(port: int, users: int, requests: int, prompt: int, output: int, seed: 
     return {"errors": len(results) - len(ok), "ttft_p50_s": percentile([r.ttft_s for r in measured], 50),
             "ttft_p95_s": percentile([r.ttft_s for r in measured], 95),
             "tokens_per_s_per_user": percentile(rates, 50),
-            "throughput_tokens_per_s": sum(r.tokens for r in measured) / span, "wall_s": wall}
+            "throughput_tokens_per_s": sum(r.tokens for r in measured) / span, "wall_s": wall,
+            "requests": len(measured), "ttfts": [r.ttft_s for r in measured],
+            "step_s": [1 / x for x in rates]}  # each request's mean decode step
 
 
 def drive_each(ports: list[int], users: int, requests: int, prompt: int, output: int, seed: int) -> dict:
-    """`drive` on every instance's own port at the same time; the mean of their figures."""
+    """`drive` on every instance's own port at the same time: the pooled requests' figures."""
     out: list[dict] = []
     threads = [threading.Thread(target=lambda i=i, p=p: out.append(drive(p, users, requests, prompt, output,
                                                                          seed + 100 * i))) for i, p in enumerate(ports)]
@@ -95,8 +101,28 @@ def drive_each(ports: list[int], users: int, requests: int, prompt: int, output:
         t.start()
     for t in threads:
         t.join()
-    keys = ("ttft_p50_s", "ttft_p95_s", "tokens_per_s_per_user", "throughput_tokens_per_s")
-    return {k: sum(d[k] for d in out) / len(out) for k in keys} | {"errors": sum(d["errors"] for d in out)}
+    return pooled(out)
+
+
+def pooled(out: list[dict]) -> dict:
+    """The requests of several drives as one sample: mean time to first token and decode step, and their spread."""
+    ttfts = [x for d in out for x in d["ttfts"]]
+    decode = [x for d in out for x in d["step_s"]]
+    return {"ttfts": ttfts, "step_s": decode, "errors": sum(d["errors"] for d in out),
+            "ttft_mean_s": statistics.fmean(ttfts), "step_mean_s": statistics.fmean(decode),
+            "ttft_cv": statistics.pstdev(ttfts) / statistics.fmean(ttfts),
+            "decode_cv": statistics.pstdev(decode) / statistics.fmean(decode)}
+
+
+def prompt_token_cv(port: int, prompt: int, n: int, seed: int) -> tuple[float, float]:
+    """(mean, cv) of the token counts of `n` prompts as the bench makes them, by the server's own /tokenize."""
+    rng = random.Random(seed)
+    counts = []
+    for _ in range(n):
+        body = json.dumps({"content": random_prompt(prompt, rng)}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/tokenize", body, {"Content-Type": "application/json"})
+        counts.append(len(json.loads(urllib.request.urlopen(req, timeout=30).read())["tokens"]))
+    return statistics.fmean(counts), statistics.pstdev(counts) / statistics.fmean(counts)
 
 
 def load() -> str:
@@ -104,44 +130,46 @@ def load() -> str:
     return f"{one:.1f} / {five:.1f} / {fifteen:.1f}"
 
 
-def fit(one: dict, two: dict | None, prompt: int, base):
-    """A per-instance curve from two points measured now on one instance: 1 stream and 2 streams. The decode step
-    is `shared + d x per_seq` (ServiceCurve's weights_read_s and kv_read_s_per_seq); with one point only, the
-    whole step is shared (the roofline's assumption that batching is free)."""
-    step1 = 1 / one["tokens_per_s_per_user"]
-    per_seq = 0.0
-    if two is not None:
-        step2 = 1 / two["tokens_per_s_per_user"]
-        per_seq = min(step1, max(0.0, step2 - step1))
-    return replace(base, weights_read_s=step1 - per_seq, kv_read_s_per_seq=per_seq, decode_s_per_seq=0.0,
-                   flop_s_per_token=one["ttft_p50_s"] / prompt)
-
-
-def scaled(one: dict, prompt: int, base):
+def calibrated(one: dict, prompt: int, base):
     """The plan's own curve (capacity.service_curve: its shape, e.g. what a second stream costs) with its decode
-    times scaled to the 1-stream speed measured now, and prefill from the measured time to first token."""
-    k = (1 / one["tokens_per_s_per_user"]) / base.step_s(1, 0)
+    times scaled to the mean 1-stream decode step measured now, and prefill from the mean measured time to first
+    token (the step's jitter has mean 1, so the means set the curve)."""
+    k = one["step_mean_s"] / base.step_s(1, 0)
     return replace(base, weights_read_s=base.weights_read_s * k, kv_read_s_per_seq=base.kv_read_s_per_seq * k,
-                   decode_s_per_seq=base.decode_s_per_seq * k, flop_s_per_token=one["ttft_p50_s"] / prompt)
+                   decode_s_per_seq=base.decode_s_per_seq * k,
+                   flop_s_per_token=max(1e-6, one["ttft_mean_s"] - base.overhead_s) / prompt)
+
+
+def variability(one: dict, prompt_cv: float) -> Variability:
+    """From the 1-stream requests: the spread of their times to first token is the prompts' length spread
+    (/tokenize) and the host's jitter (CVs of independent factors add in squares); decode: the host's jitter
+    alone (every request decodes exactly `output` tokens, ignore_eos)."""
+    host = math.sqrt(max(0.0, one["ttft_cv"] ** 2 - prompt_cv ** 2))
+    return Variability(prompt_cv=prompt_cv, prefill_cv=host, decode_cv=one["decode_cv"])
 
 
 def row(users: int, sim, got: dict, extra: str = "") -> str:
+    d0 = got["ttft_p50_s"] / sim.ttft_p50_s - 1
     d1 = got["ttft_p95_s"] / sim.ttft_p95_s - 1
     d2 = got["throughput_tokens_per_s"] / sim.throughput_tokens_per_s - 1
-    return (f"| {users} | {sim.ttft_p50_s:.2f} / {got['ttft_p50_s']:.2f} s | {sim.ttft_p95_s:.2f} s | "
-            f"{got['ttft_p95_s']:.2f} s | {d1:+.0%} | "
-            f"{sim.throughput_tokens_per_s:.1f} | {got['throughput_tokens_per_s']:.1f} | {d2:+.0%} | "
-            f"{sim.tokens_per_s_per_user:.1f} | {got['tokens_per_s_per_user']:.1f} |{extra}")
+    return (f"| {users} | {sim.ttft_p50_s:.2f} / {got['ttft_p50_s']:.2f} s | {d0:+.0%} | {sim.ttft_p95_s:.2f} / "
+            f"{got['ttft_p95_s']:.2f} s | **{d1:+.0%}** | "
+            f"{sim.throughput_tokens_per_s:.1f} / {got['throughput_tokens_per_s']:.1f} | **{d2:+.0%}** | "
+            f"{sim.tokens_per_s_per_user:.1f} / {got['tokens_per_s_per_user']:.1f} |{extra}")
 
 
-HEAD = ("| users | TTFT p50 sim / measured | sim TTFT p95 | measured TTFT p95 | diff | sim tok/s (all) | measured tok/s (all) | diff | "
-        "sim tok/s/user | measured tok/s/user |")
+HEAD = ("| users | TTFT p50 sim / measured | diff | TTFT p95 sim / measured | diff | tok/s (all) sim / measured | "
+        "diff | tok/s/user sim / measured |")
+RULE = "|---|---|---|---|---|---|---|---|"
+SIM_REQUESTS = 400  # simulated requests per level with variability: enough for a steady p95
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", default="2,4,8")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-requests", type=int, default=16, help="measured requests per level, after the warm-up")
+    ap.add_argument("--calibration", type=int, default=4,
+                    help="1-stream requests per instance before and again after the fleet run (the first is a warm-up)")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--output", type=int, default=64)
     ap.add_argument("--port", type=int, default=18500)
@@ -160,54 +188,53 @@ def main() -> int:
             sim = simulate_service(sp, plan.hardware, [users])[0]
             with Fleet(sp, Path(tmp), haproxy=shutil.which("haproxy") or "haproxy") as fleet:
                 fleet.wait_ready(180)
-                # In-run calibration (this machine's CPUs are shared, so its speed drifts), on instance 1 directly:
-                # 1 stream (prefill s/token, decode s/step), then 2 streams when its slots allow (the decode
-                # step's cost per extra sequence).
-                # Every instance at once, as the fleet runs: instances on one host share its cores.
-                one = drive_each(sp.capacity.ports, 1, 3, a.prompt, a.output, seed=1000 + users)
-                two = drive_each(sp.capacity.ports, 2, 4, a.prompt, a.output, seed=2000 + users) \
-                    if sp.memory.parallel >= 2 else None
+                tokens_mean, prompt_cv = prompt_token_cv(sp.capacity.ports[0], a.prompt, 40, seed=3000 + users)
+                # In-run calibration (this machine's CPUs are shared, so its speed drifts): 1 stream on every
+                # instance at once, as the fleet runs (instances on one host share its cores), just before and
+                # just after the fleet run, pooled, so a drift during the run is in the calibration too.
+                ports = list(sp.capacity.ports)
+                before = drive_each(ports, 1, a.calibration, a.prompt, a.output, seed=1000 + users)
                 during = load()
-                got = drive(a.port, users, users * a.rounds, a.prompt, a.output, seed=users)
+                requests = users + max(a.min_requests, 2 * users)
+                got = drive(a.port, users, requests, a.prompt, a.output, seed=users)
+                after = drive_each(ports, 1, a.calibration, a.prompt, a.output, seed=2000 + users)
+                one = pooled([before, after]) | {"before": 1 / before["step_mean_s"], "after": 1 / after["step_mean_s"]}
             base = fleet_curves(sp, plan.hardware)[0]
-            model = simulate([scaled(one, a.prompt, base)] * sp.replicas, users=users, prompt_tokens=a.prompt,
-                             output_tokens=a.output, rounds=3)
-            roof = simulate([fit(one, None, a.prompt, base)] * sp.replicas, users=users, prompt_tokens=a.prompt,
-                            output_tokens=a.output, rounds=3)
-            lin = simulate([fit(one, two, a.prompt, base)] * sp.replicas, users=users, prompt_tokens=a.prompt,
-                           output_tokens=a.output, rounds=3) if two else None
-            rows[users] = (sim, roof, lin, got, one, two, during, model)
+            curve = calibrated(one, a.prompt, base)
+            var = variability(one, prompt_cv)
+            rounds = max(3, math.ceil(SIM_REQUESTS / users))
+            noisy = simulate([curve] * sp.replicas, users=users, prompt_tokens=a.prompt, output_tokens=a.output,
+                             rounds=rounds, variability=var)
+            flat = simulate([curve] * sp.replicas, users=users, prompt_tokens=a.prompt, output_tokens=a.output,
+                            rounds=3)
+            rows[users] = (sim, noisy, flat, got, one, var, tokens_mean, during)
         print(f"users {users} done: load {during}", file=sys.stderr, flush=True)
+    print()
+    print("Calibrated in the same run, with variability (the plan's curve scaled to the mean 1-stream speed "
+          "measured just before and just after the fleet run; prompt-length and step jitter from the same 1-stream "
+          "requests):")
+    print()
+    print(HEAD + " measured requests | 1-stream tok/s before / after, TTFT mean | prompt tokens mean, cv | "
+          "prefill / decode jitter cv | load during |")
+    print(RULE + "---|---|---|---|---|")
+    for users, (_, noisy, _, got, one, var, tokens_mean, during) in rows.items():
+        print(row(users, noisy, got, f" {got['requests']} | {one['before']:.1f} / {one['after']:.1f}, "
+                                     f"{one['ttft_mean_s']:.2f} s | {tokens_mean:.0f}, {var.prompt_cv:.2f} | "
+                                     f"{var.prefill_cv:.2f} / {var.decode_cv:.2f} | {during} |"))
+    print()
+    print("The same calibration without variability (every request alike, as before):")
+    print()
+    print(HEAD)
+    print(RULE)
+    for users, (_, _, flat, got, _, _, _, _) in rows.items():
+        print(row(users, flat, got))
     print()
     print("Plan constants (stackgen simulate, nothing measured):")
     print()
-    print(HEAD + " errors | load during |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for users, (sim, _, _, got, _, _, during, _) in rows.items():
-        print(row(users, sim, got, f" {got['errors']} | {during} |"))
-    print()
-    print("The plan's model (its curve's shape) scaled to the 1-stream speed measured now on every instance at once:")
-    print()
-    print(HEAD + " 1-stream tok/s, TTFT p50 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for users, (_, _, _, got, one, _, _, model) in rows.items():
-        print(row(users, model, got, f" {one['tokens_per_s_per_user']:.1f}, {one['ttft_p50_s']:.2f} s |"))
-    print()
-    print("Calibrated in the same run, batching free (1 stream on every instance at once sets prefill s/token and decode "
-          "s/step; the step does not grow with the batch):")
-    print()
-    print(HEAD)
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for users, (_, roof, _, got, _, _, _, _) in rows.items():
-        print(row(users, roof, got))
-    print()
-    print("Calibrated in the same run, step = shared + per-sequence (1, then 2 streams on every instance at once):")
-    print()
-    print(HEAD + " 1-stream / 2-stream tok/s per stream |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for users, (_, _, lin, got, one, two, _, _) in rows.items():
-        if lin is not None:
-            print(row(users, lin, got, f" {one['tokens_per_s_per_user']:.1f} / {two['tokens_per_s_per_user']:.1f} |"))
+    print(HEAD + " errors |")
+    print(RULE + "---|")
+    for users, (sim, _, _, got, _, _, _, _) in rows.items():
+        print(row(users, sim, got, f" {got['errors']} |"))
     print()
     print(f"load average at end: {load()}")
     return 0

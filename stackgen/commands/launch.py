@@ -112,12 +112,17 @@ def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, fo
         typer.echo(f"warning: {note}", err=True)
     for name in res.stopped:
         typer.echo(f"{name}: stopped (no longer in {file})")
+    from stackgen.run.fleet import BALANCER, expand
+
+    units = {u.name: u for u in expand(plan.services)}  # a fleet: its instances and its balancer
     for o in res.services:
-        sp = plan.service(o.name)
+        sp = units[o.name]
         ready = f", ready in {o.ready_s:.1f} s" if o.ready_s is not None else ""
         why = f"; restarted because {o.reason}" if o.reason else ""
         scheme = "https" if sp.tls is not None else "http"
-        typer.echo(f"{o.name}: {o.action} ({sp.engine}, {o.where}) on {scheme}://{sp.host}:{o.port}/v1{ready}{why}")
+        what = (f"haproxy, least connections over {sp.name}-1 .. {sp.name}-{sp.replicas}"
+                if sp.unit_role == BALANCER else sp.engine)
+        typer.echo(f"{o.name}: {o.action} ({what}, {o.where}) on {scheme}://{sp.host}:{o.port}/v1{ready}{why}")
     if not containers:
         typer.echo(f"restart policy: {policy.text()}")
     for v in res.verify:
@@ -329,9 +334,10 @@ def logs(
 ) -> int:
     """Print the services' logs (engine stdout and stderr, and the supervisor's lines about crashes and restarts)."""
     from stackgen.run.lifecycle import logs as do_logs
+    from stackgen.run.lifecycle import processes_of
 
     file, services = stack_and_services(words, file_opt)
-    many = len(services) != 1
+    many = len(services) != 1 or len(processes_of(file, services[0])) > 1  # a fleet: its instances and balancer
     for name, line in do_logs(file, services or None, follow, lines, max_seconds):
         typer.echo(f"{name} | {line}" if many else line)
     return 0

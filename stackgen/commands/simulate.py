@@ -28,12 +28,20 @@ def simulate(
     users: Optional[str] = typer.Option(None, "--users", help="Load levels, e.g. 10,100,1000 (default: 1/4, 1/2, 1, "
                                         "2 and 4 times the workload's concurrent_users)."),
     service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
+    jitter: float = typer.Option(0.0, "--jitter", min=0.0, max=10.0, help="Coefficient of variation of each step's "
+                                 "time (a shared or throttled host; benchmarks/results/scale.md measured 0.05-0.3 on "
+                                 "a busy 2-core VM). 0: every step as the plan predicts."),
+    length_spread: float = typer.Option(0.0, "--length-spread", min=0.0, max=10.0, help="Coefficient of variation "
+                                        "of prompt and output lengths around the workload's prompt_tokens and "
+                                        "output_tokens (0: every request has exactly those)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     host_facts: Optional[Path] = HostOpt,
 ) -> int:
     """Simulate the workload's users against the planned fleet: p50/p95 TTFT, tokens/s per user, utilization."""
     from stackgen.plan.capacity import simulate_service
+    from stackgen.plan.simulate import Variability
 
+    var = Variability(prompt_cv=length_spread, output_cv=length_spread, prefill_cv=jitter, decode_cv=jitter)
     _, plan = load_and_plan(file, host_facts)
     rows = []
     for sp in plan.services:
@@ -41,7 +49,7 @@ def simulate(
             continue
         n = sp.workload.concurrent_users
         levels = parse_users(users) if users else sorted({max(1, n // 4), max(1, n // 2), n, n * 2, n * 4})
-        results = simulate_service(sp, plan.hardware, levels)
+        results = simulate_service(sp, plan.hardware, levels, variability=var)
         rows.append((sp, results))
     if service and not rows:
         raise typer.BadParameter(f"--service: no service named {service!r}")

@@ -21,7 +21,7 @@ from stackgen import engines
 from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
-from stackgen.plan.simulate import LoadResult, simulate
+from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 DECODE_BANDWIDTH_EFFICIENCY = 0.7  # share of peak memory bandwidth engines reach in decode (memory.py uses the same)
@@ -472,9 +472,19 @@ def fleet_curves(sp, hw: HardwareSpec) -> list[ServiceCurve]:
     return [service_curve(sp, hw, memory=cap.memory, threads=lay.threads, instances=shared)] * lay.instances
 
 
-def simulate_service(sp, hw: HardwareSpec, users: list[int], seed: int = 0) -> list[LoadResult]:
-    """`stackgen simulate`: the planned fleet of `sp` at each number of concurrent users."""
+SIM_VARIED_REQUESTS = 400  # simulated requests per level when requests vary: enough for a steady p95
+
+
+def simulate_service(sp, hw: HardwareSpec, users: list[int], seed: int = 0,
+                     variability: Variability = NONE) -> list[LoadResult]:
+    """`stackgen simulate`: the planned fleet of `sp` at each number of concurrent users (with `variability`,
+    enough rounds for a p95 over a few hundred requests)."""
     curves = fleet_curves(sp, hw)
     wl = sp.workload
+
+    def rounds(n: int) -> int:
+        return max(SIM_ROUNDS, math.ceil(SIM_VARIED_REQUESTS / n)) if variability.any else SIM_ROUNDS
+
     return [simulate(curves, users=n, prompt_tokens=wl.prompt_tokens, output_tokens=wl.output_tokens,
-                     think_time_s=wl.think_time_s, rounds=SIM_ROUNDS, seed=seed) for n in users]
+                     think_time_s=wl.think_time_s, rounds=rounds(n), seed=seed, variability=variability)
+            for n in users]

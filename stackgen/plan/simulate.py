@@ -2,7 +2,10 @@
 
 Model (docs in each class):
 - Users are a closed loop: each of `users` sends a request, reads the stream to its end, pauses `think_time_s`
-  (exponential, mean from the workload; 0 = always one request in flight) and sends the next one.
+  (exponential, mean from the workload; 0 = always one request in flight) and sends the next one. A request reaches
+  its instance half the curve's overhead later and joins the engine then: an engine that has started a step on the
+  first of two simultaneous arrivals takes the second at its next step (as llama-server's loop does), so users whose
+  requests end together do not stay in lockstep forever.
 - A router sends each request to the instance with the fewest requests in flight (HAProxy `balance leastconn`;
   vLLM's internal data-parallel balancer also routes by load); ties go to the lowest index.
 - Each instance is an iteration-level batching engine (llama-server slots, vLLM continuous batching): up to
@@ -12,7 +15,13 @@ Model (docs in each class):
   The step's duration comes from the instance's ServiceCurve (stackgen.plan.capacity.service_curve).
 - Steps with no prompt work are fast-forwarded to the next completion or arrival, so the cost is a few events per
   request, not one per token.
-Pure: no clock, no threads; a seeded random generator for think times.
+- Variability (`Variability`, all off by default, so the plan's prediction is deterministic): request lengths drawn
+  around the workload's prompt_tokens / output_tokens, and service-time jitter: every step that processes prompt
+  tokens, and every run of decode steps between two events, takes the curve's time times a factor of mean 1 (a
+  lognormal). On a shared host that factor is the other processes' load, which changes over seconds, so one draw
+  holds for a whole run of decode steps. Without it every request of a closed loop that does not queue sees the
+  same time to first token, and p95 = p50.
+Pure: no clock, no threads; seeded random generators for think times and for variability.
 """
 
 from __future__ import annotations
@@ -35,6 +44,52 @@ class Curve(Protocol):
     def step_s(self, decoding: int, prompt_tokens: int) -> float: ...
 
 
+@dataclass(frozen=True)
+class Variability:
+    """Coefficients of variation (standard deviation / mean) of what makes one request differ from the next.
+    `prompt_cv`, `output_cv`: request lengths around the workload's means (a gamma distribution, at least 1 token);
+    `prefill_cv`: the duration of a step that processes prompt tokens; `decode_cv`: the duration of a run of decode
+    steps. Measured, e.g. by benchmarks/bench_scale.py from single-stream requests on the real instances."""
+
+    prompt_cv: float = 0.0
+    output_cv: float = 0.0
+    prefill_cv: float = 0.0
+    decode_cv: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_cv", "output_cv", "prefill_cv", "decode_cv"):
+            if not 0.0 <= getattr(self, name) <= 10.0:
+                raise ValueError(f"Variability.{name} must be between 0 and 10")
+
+    @property
+    def any(self) -> bool:
+        return any((self.prompt_cv, self.output_cv, self.prefill_cv, self.decode_cv))
+
+
+NONE = Variability()
+
+
+class _Draw:
+    """Seeded draws of lengths and jitter factors (none at all when a coefficient is 0, so a run without
+    variability is the deterministic one)."""
+
+    def __init__(self, v: Variability, seed: int):
+        self.v = v
+        self.rng = random.Random(f"variability-{seed}")
+
+    def length(self, mean: int, cv: float) -> int:
+        if cv <= 0:
+            return max(1, mean)
+        k = 1 / (cv * cv)  # gamma with shape k and scale mean/k: mean `mean`, cv `cv`
+        return max(1, round(self.rng.gammavariate(k, mean / k)))
+
+    def factor(self, cv: float) -> float:
+        if cv <= 0:
+            return 1.0
+        sigma2 = math.log1p(cv * cv)  # lognormal with mean 1 and this cv
+        return self.rng.lognormvariate(-sigma2 / 2, math.sqrt(sigma2))
+
+
 @dataclass
 class _Request:
     user: int
@@ -51,7 +106,8 @@ class _Instance:
     """One engine instance: the admitted requests (prompt phase FIFO, decode phase by finish counter), a queue."""
 
     curve: Curve
-    queue: deque = field(default_factory=deque)  # not yet admitted
+    transit: deque = field(default_factory=deque)  # sent, not arrived yet (the balancer hop, HTTP)
+    queue: deque = field(default_factory=deque)  # arrived, not yet admitted
     prompting: deque = field(default_factory=deque)  # admitted, prompt tokens left
     decoding: list = field(default_factory=list)  # heap of (finish_d, seq, request)
     decoded: int = 0  # steps that decoded (one token for every request in `decoding`)
@@ -63,7 +119,7 @@ class _Instance:
 
     @property
     def in_flight(self) -> int:
-        return len(self.queue) + len(self.prompting) + len(self.decoding)
+        return len(self.transit) + len(self.queue) + len(self.prompting) + len(self.decoding)
 
     def admit(self) -> None:
         while self.queue and len(self.prompting) + len(self.decoding) < self.curve.max_batch:
@@ -91,12 +147,14 @@ class LoadResult:
 
 
 def simulate(curves: list[Curve], *, users: int, prompt_tokens: int, output_tokens: int, think_time_s: float = 0.0,
-             rounds: int = 4, seed: int = 0) -> LoadResult:
+             rounds: int = 4, seed: int = 0, variability: Variability = NONE) -> LoadResult:
     """Run `users` closed-loop users for about `rounds` requests each (the first round is a warm-up and is not
-    counted when there are more) against instances with these curves."""
+    counted when there are more) against instances with these curves. With `variability`, lengths and step times
+    vary (see Variability); use more rounds then, so the p95 rests on enough requests."""
     if users < 1 or not curves:
         raise ValueError("simulate needs at least one user and one instance")
     rng = random.Random(seed)
+    draw = _Draw(variability, seed)
     fleet = [_Instance(c) for c in curves]
     events: list[tuple[float, int, int, str, int, int]] = []  # (time, order, seq, kind, target, version)
     order = [0]
@@ -124,12 +182,12 @@ def simulate(curves: list[Curve], *, users: int, prompt_tokens: int, output_toke
         if inst.prompting:
             budget = max(1, inst.curve.step_tokens - len(inst.decoding))
             pt = min(budget, sum(r.prompt_left for r in inst.prompting))
-            dt = inst.curve.step_s(len(inst.decoding), pt)
+            dt = inst.curve.step_s(len(inst.decoding), pt) * draw.factor(variability.prefill_cv)
             inst.step_started, inst.busy_until = now, now + dt
             push(now + dt, "step", i, inst.version)
             return
         steps = max(1, inst.decoding[0][0] - inst.decoded)
-        dt = inst.curve.step_s(len(inst.decoding), 0)
+        dt = inst.curve.step_s(len(inst.decoding), 0) * draw.factor(variability.decode_cv)
         inst.fast = (now, dt, steps)
         inst.step_started, inst.busy_until = now, now + dt * steps
         push(now + dt * steps, "step", i, inst.version)
@@ -186,12 +244,16 @@ def simulate(curves: list[Curve], *, users: int, prompt_tokens: int, output_toke
             i = min(range(len(fleet)), key=lambda k: (fleet[k].in_flight, k))
             inst = fleet[i]
             arrive = now + inst.curve.overhead_s / 2
-            r = _Request(target, now, max(1, prompt_tokens), max(1, output_tokens))
+            r = _Request(target, now, draw.length(prompt_tokens, variability.prompt_cv),
+                         draw.length(output_tokens, variability.output_cv))
             if len(inst.prompting) + len(inst.decoding) >= inst.curve.max_batch:
                 queued[0] += 1
-            inst.queue.append(r)
+            inst.transit.append(r)
             push(arrive, "arrive", i)
         elif kind == "arrive":
+            # A request joins the engine when it arrives, one at a time: two sent at the same instant do not share
+            # a prompt step that has already started (the engine begins a step as soon as the first one is in).
+            fleet[target].queue.append(fleet[target].transit.popleft())
             interrupt(target, now)
             schedule(target, now)
         elif version == fleet[target].version:

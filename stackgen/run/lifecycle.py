@@ -29,7 +29,7 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
     sd.acquire("down")
     try:
         state = sd.load()
-        names = select_services(sorted(state.services), services, f"what runs for {sd.stack_file}") if services else None
+        names = _named(state, services, f"what runs for {sd.stack_file}") if services else None
         had_containers = not services and any(st.kind == "container" for st in state.services.values())
         runners: dict[str, Runner] = {}
         stopped, failures = [], []
@@ -62,6 +62,29 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
         sd.release()
 
 
+def _groups(state) -> dict[str, list[str]]:
+    """Stack service -> its entries in the state: itself, or a fleet's balancer and instances (run/fleet.py)."""
+    groups: dict[str, list[str]] = {}
+    for n, st in sorted(state.services.items()):
+        groups.setdefault(st.unit_of or n, []).append(n)
+    return groups
+
+
+def processes_of(stack_file: str | Path, service: str) -> list[str]:
+    """The state's entries for one name: a fleet's balancer and instances, else the name itself."""
+    sd = StateDir(stack_file)
+    if not sd.has_state():
+        return [service]
+    return _groups(sd.load()).get(service, [service])
+
+
+def _named(state, wanted, where: str) -> list[str]:
+    """The state entries `wanted` names: a service's own, or every process of a fleet (its name), or one of them."""
+    groups = _groups(state)
+    chosen = select_services(sorted(set(state.services) | set(groups)), wanted, where)
+    return sorted({m for c in chosen for m in groups.get(c, [c])})
+
+
 def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
     """Containers labelled for this stack file but missing from the state (e.g. `up` was killed mid-create)."""
     try:
@@ -82,8 +105,7 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[
     if not sd.has_state():
         return []
     state = sd.load()
-    names = (select_services(sorted(state.services), services, f"what runs for {sd.stack_file}") if services
-             else sorted(state.services))
+    names = _named(state, services, f"what runs for {sd.stack_file}") if services else sorted(state.services)
     runners: dict[str, Runner] = {}
     out = []
     for name in names:
@@ -96,7 +118,8 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[
 
 def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> ServiceStatus:
     rec = runner.record(st) if isinstance(runner, NativeRunner) else None
-    row = ServiceStatus(st.name, st.engine, "", runner.where(st), st.host, st.port, None, None,
+    engine = f"haproxy ({st.engine})" if st.unit_role == "balancer" else st.engine
+    row = ServiceStatus(st.name, engine, "", runner.where(st), st.host, st.port, None, None,
                         model=st.model, context_tokens=st.context_tokens, slots=st.slots)
     if rec is not None:
         row.restarts = rec.get("restarts", 0)
@@ -169,6 +192,8 @@ def logs(stack_file: str | Path, service: str | list[str] | None = None, follow:
     sd = StateDir(stack_file)
     state = sd.load()
     wanted = [service] if isinstance(service, str) else list(service or [])
+    groups = _groups(state)
+    wanted = [m for w in wanted for m in (groups.get(w) or [w])]  # a fleet's name: all of its processes
     names = sorted(state.services) if not wanted else wanted
     for w in wanted:
         if w not in state.services and not sd.log_path(w).exists():

@@ -41,8 +41,10 @@ def budget_for(sp: ServicePlan, containers: bool = False) -> float:
 
 
 def request_model_name(sp: ServicePlan) -> str:
-    """The model name requests carry (`Engine.served_model`)."""
-    return engines.get(sp.engine).served_model(sp)
+    """The model name requests carry (`Engine.served_model`; a fleet's instance serves as its service)."""
+    from stackgen.run.fleet import served
+
+    return engines.get(sp.engine).served_model(served(sp))
 
 
 def endpoint_for(sp: ServicePlan) -> Endpoint:
@@ -69,11 +71,13 @@ def resolve_binary(sp: ServicePlan, stack_dir: Path) -> str:
 
 def native_command(sp: ServicePlan, stack_dir: Path) -> engines.Command:
     """The service's command exactly as run.sh builds it (engines.command), with the binary found on this host."""
+    from stackgen.run.fleet import served
+
     if not sp.command:
         raise LaunchError(f"service {sp.name}: the plan has no command line")
     engine = engines.get(sp.engine)
-    return engines.command(engine, sp, binary=resolve_binary(sp, stack_dir), model_ref=sp.model_ref, host=sp.host,
-                           port=sp.port, key_file=engines.KEY_FD)
+    return engines.command(engine, served(sp), binary=resolve_binary(sp, stack_dir), model_ref=sp.model_ref,
+                           host=sp.host, port=sp.port, key_file=engines.KEY_FD)
 
 
 def check_keys(sps: list[ServicePlan]) -> list[str]:
@@ -116,8 +120,18 @@ class NativeRunner:
 
     def command(self, sp: ServicePlan) -> engines.Command:
         if sp.name not in self._cmd:
-            self._cmd[sp.name] = native_command(sp, self.stack_dir)
+            from stackgen.run import fleet
+
+            if sp.unit_role == fleet.BALANCER:
+                self._cmd[sp.name] = fleet.balancer_command(sp, self._state_root())
+            else:
+                self._cmd[sp.name] = native_command(sp, self.stack_dir)
         return self._cmd[sp.name]
+
+    def _state_root(self) -> Path:
+        if self.stack_file is None:
+            raise LaunchError("a balancer needs the stack's state folder")
+        return StateDir(self.stack_file).dir  # this stack file's own folder
 
     def argv(self, sp: ServicePlan) -> list[str]:
         return list(self.command(sp).argv)
@@ -137,7 +151,7 @@ class NativeRunner:
             tls=sp.tls is not None, argv=list(cmd.argv), env=dict(cmd.env), key_mode=cmd.key_mode,
             key_var=cmd.key_var, key_env=cmd.key_env, config_hash=self.desired_hash(sp), budget_s=budget_s,
             stack_dir=str(self.stack_dir), model=sp.model.name, context_tokens=sp.memory.context_per_request,
-            slots=sp.memory.parallel)
+            slots=sp.memory.parallel, unit_of=sp.unit_of, unit_role=sp.unit_role)
 
     def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
         """Start the service's supervisor (stackgen.run.supervise), which starts the engine as its child: the
@@ -148,7 +162,11 @@ class NativeRunner:
             key = os.environ.get(cmd.key_var or "", "")
             if not key:  # up's preflight checked this; never start a keyed service without its key
                 raise LaunchError(check_keys([sp])[0])
+        from stackgen.run import fleet
         from stackgen.run.supervise import spawn
+
+        if sp.unit_role == fleet.BALANCER:
+            fleet.write_config(sp, self._state_root(), cmd.argv[0])
 
         return spawn(self.launch_spec(sp, budget_s), sd, key, self.policy)
 
@@ -243,6 +261,8 @@ class EngineLaunch:
     model: str = ""
     context_tokens: int | None = None
     slots: int | None = None
+    unit_of: str = ""
+    unit_role: str = ""
 
 
 def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: bool = True
@@ -289,7 +309,8 @@ def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: boo
                       config_hash=spec.config_hash, started_at=time.time(), model_name=spec.model_name,
                       pid=proc.pid, pgid=proc.pid, create_time=create_time, log=str(log_path), argv=list(spec.argv),
                       budget_s=spec.budget_s, service_id=service_id, exe=exe, start_ticks=start_ticks, tls=spec.tls,
-                      model=spec.model, context_tokens=spec.context_tokens, slots=spec.slots)
+                      model=spec.model, context_tokens=spec.context_tokens, slots=spec.slots,
+                      unit_of=spec.unit_of, unit_role=spec.unit_role)
     return st, proc
 
 

@@ -51,8 +51,10 @@ def check_ports(sps: list[ServicePlan], exempt_pids: set[int]) -> list[str]:
         if pid is not None and pid in exempt_pids:
             continue
         who = f"pid {pid} ({name})" if pid else "another process (its pid is not visible to this user)"
+        field = (f"services.{sp.unit_of}.port (its instances take the next ports)" if getattr(sp, "unit_of", "")
+                 else f"services.{sp.name}.port")
         problems.append(f"service {sp.name}: port {sp.port} is already in use by {who}; stop it or set "
-                        f"services.{sp.name}.port to a free port")
+                        f"{field} to a free port")
     return problems
 
 

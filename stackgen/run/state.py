@@ -83,6 +83,9 @@ class ServiceState:
     sup_exe: str | None = None
     sup_id: str | None = None
     restart: str = ""
+    # One process of a fleet (stackgen.run.fleet): the stack service it belongs to, and "instance" or "balancer".
+    unit_of: str = ""
+    unit_role: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ServiceState":
@@ -101,7 +104,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "start_ticks": ((int,), True), "model": ((str,), False), "context_tokens": ((int,), True),
     "slots": ((int,), True), "sup_pid": ((int,), True), "sup_create_time": ((int, float), True),
     "sup_start_ticks": ((int,), True), "sup_exe": ((str,), True), "sup_id": ((str,), True),
-    "restart": ((str,), False),
+    "restart": ((str,), False), "unit_of": ((str,), False), "unit_role": ((str,), False),
 }
 
 

@@ -20,6 +20,7 @@ from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.run.bench import drive, summarize
+from stackgen.run import fleet
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
 from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports
@@ -68,15 +69,22 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
     problems: list[str] = check_keys(services)
-    # Fleet hook (issue 20): separate instances behind a balancer are rendered, not yet run by `up`.
-    problems += [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are planned "
-                 f"and `stackgen up` starts one process per service; run the rendered fleet instead (`stackgen render`, "
-                 f"then deploy/{sp.name}/run.sh from the script target, or the systemd, compose or kubernetes "
-                 "target), or remove `replicas:`" for sp in services if sp.capacity is not None and sp.capacity.separate]
+    fleets = [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are planned; "
+              "`stackgen up --containers` runs one container per service: run them natively (`stackgen up` without "
+              "--containers) or render the compose or kubernetes target, or remove `replicas:`"
+              for sp in services if opts.containers and fleet.separate(sp)]
+    if fleets:
+        raise LaunchError("\n".join(problems + fleets))
+    # A fleet (capacity.separate) runs as its instances and its balancer, each a service of the state (run/fleet.py).
+    order = [u.name for u in fleet.expand(plan.services)]
+    services_ = services
+    services = fleet.expand(services)
     wanted: dict[str, str] = {}
     for sp in services:
         try:
             wanted[sp.name] = runner.desired_hash(sp)
+            if sp.unit_role == fleet.BALANCER and not opts.containers:  # `haproxy -c` before anything starts
+                fleet.write_config(sp, sd.dir, runner.command(sp).argv[0])
         except LaunchError as exc:
             problems.append(str(exc))
     if problems:
@@ -87,7 +95,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     for sp in services:
         cur = state.services.get(sp.name)
         if cur is not None:
-            if sp.name in opts.restart:
+            if fleet.service_of(sp) in opts.restart:
                 reasons[sp.name] = "a restart was asked for"
             elif cur.kind != kind or cur.config_hash != wanted[sp.name]:
                 reasons[sp.name] = "its configuration changed"
@@ -101,9 +109,11 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         start.append(sp)
         if cur is not None:
             to_stop.append(cur)
-    planned = {sp.name for sp in plan.services}
+    planned = set(order)
     if not opts.services and not opts.restart:  # like compose, `up SERVICE` leaves the other services alone
         to_stop += [st for n, st in state.services.items() if n not in planned]
+    else:  # but a named fleet's processes the plan no longer has (fewer replicas, or none) go
+        to_stop += [st for n, st in state.services.items() if n not in planned and st.unit_of in chosen]
 
     # Preflight: everything that can be known before spawning.
     exempt_pids: set[int] = set()
@@ -115,8 +125,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             exempt_ports.add(st.port)
         freed += runner_of(st).rss(st) or 0
     problems = check_models(start) + check_ports([sp for sp in start if sp.port not in exempt_ports], exempt_pids)
-    if opts.memory_check:
-        problems += check_memory(start, freed)
+    if opts.memory_check:  # a balancer holds no model
+        problems += check_memory([sp for sp in start if sp.unit_role != fleet.BALANCER], freed)
     if problems:
         raise LaunchError("\n".join(problems))
 
@@ -143,6 +153,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     try:
         for sp in start:
             budget = opts.timeout_s if opts.timeout_s is not None else budget_for(sp, kind == "container")
+            if sp.unit_role == fleet.BALANCER:  # it is waited for once its instances answer
+                budget += fleet.BALANCER_EXTRA_S
             with _deferred_interrupts():  # a Ctrl-C between spawn and record would leak the process
                 st, handle = runner.start(sp, sd, budget)
                 started.append(st)
@@ -166,14 +178,18 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         names = _cleanup(started, runner, state, sd, opts.grace_s)
         raise Interrupted(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped "
                           f"{', '.join(names) if names else 'nothing (nothing had started)'}") from None
+    except LaunchError as exc:
+        if not any(sp.unit_role for sp in start):
+            raise
+        names = _cleanup(started, runner, state, sd, opts.grace_s)  # a fleet: say what else was stopped
+        raise LaunchError(f"{exc}\nstopped what this `up` had started: {', '.join(names) or 'nothing'}") from None
     finally:
         if not ok:  # a failure (or an interrupt, already cleaned): stop what this run started
             _cleanup(started, runner, state, sd, opts.grace_s)
 
-    result = UpResult(sorted(outcomes, key=lambda o: [s.name for s in plan.services].index(o.name)), stopped,
-                      notes=notes)
-    if opts.verify:
-        result.verify = [verify_service(sp, opts.verify_max_tokens, hardware=plan.hardware) for sp in services]
+    result = UpResult(sorted(outcomes, key=lambda o: order.index(o.name)), stopped, notes=notes)
+    if opts.verify:  # a fleet is verified through its balancer, as its users reach it
+        result.verify = [verify_service(sp, opts.verify_max_tokens, hardware=plan.hardware) for sp in services_]
     return result
 
 
@@ -241,6 +257,8 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
                 progress: ProgressFn | None, sd: StateDir) -> dict[str, float]:
     t0 = time.monotonic()
     pending = {sp.name: sp for sp in start}
+    # A balancer is probed once its instances answer (a completion through it reaches one of them).
+    after = {sp.name: fleet.members(start, sp) for sp in start if sp.unit_role == fleet.BALANCER}
     probers = {sp.name: _Prober(endpoint_for(sp)) for sp in start}
     prepared: set[str] = set()
     ready: dict[str, float] = {}
@@ -256,8 +274,10 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
             code = runner.exited(st, handles.get(name))
             if code is not None:
                 time.sleep(0.2)  # let the last log lines land
-                raise _failure(name, f"{sp.engine} exited during start-up (exit status {code})",
+                raise _failure(_unit_label(sp), f"{_program(sp)} exited during start-up (exit status {code})",
                                runner.log_tail(st, 40), code, st.log)
+            if any(m in pending for m in after.get(name, ())):
+                continue
             result = probers[name].poll(st.budget_s - elapsed)
             if result is not None and result.state == READY:
                 ready[name] = round(elapsed, 2)
@@ -268,7 +288,7 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
                 _prepare_model(plan, sp, st, sd, st.budget_s - elapsed)
             if elapsed > st.budget_s:
                 what = result.detail if result else "no answer yet"
-                raise _failure(name, f"not ready after {st.budget_s:.0f} s (last probe: {what}); raise the budget "
+                raise _failure(_unit_label(sp), f"not ready after {st.budget_s:.0f} s (last probe: {what}); raise the budget "
                                f"with --timeout if the machine is just slow", runner.log_tail(st, 40), None, st.log)
         if progress and pending and now - last_report >= 0.5:
             last_report = now
@@ -285,6 +305,19 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
     return ready
 
 
+def _unit_label(sp: ServicePlan) -> str:
+    """How an error names a process: the service, or which process of a fleet it is."""
+    if sp.unit_role == fleet.INSTANCE:
+        return f"{sp.name} (instance {sp.name.rsplit('-', 1)[1]} of {sp.unit_of})"
+    if sp.unit_role == fleet.BALANCER:
+        return f"{sp.name} (the balancer of its {sp.replicas} instances)"
+    return sp.name
+
+
+def _program(sp: ServicePlan) -> str:
+    return "haproxy" if sp.unit_role == fleet.BALANCER else sp.engine
+
+
 def _waiting_for(engine: str, res: Probe | None) -> str:
     what = engines.get(engine).readiness.describe
     return f"{what} ({res.detail})" if res and res.detail else what
@@ -293,9 +326,11 @@ def _waiting_for(engine: str, res: Probe | None) -> str:
 def _prepare_model(plan: Plan, sp: ServicePlan, st: ServiceState, sd: StateDir, budget_s: float) -> None:
     """The daemon is up: run the engine's model set-up steps (Ollama: pull, then create the tuned model
     `stackgen-<service>` from the Modelfile `render` writes too)."""
+    if sp.unit_role == fleet.BALANCER:
+        return
     engine = engines.get(sp.engine)
     binary = st.argv[0] if st.argv else engine.binary
-    steps = engine.setup_steps(sp, binary, sd.root, Path(plan.stack_path))
+    steps = engine.setup_steps(fleet.served(sp), binary, sd.root, Path(plan.stack_path))
     if not steps:
         return
     env = {**os.environ, **sp.env}

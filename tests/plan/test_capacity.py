@@ -15,7 +15,7 @@ from stackgen.plan.capacity import ServiceCurve
 from stackgen.cli import app
 from stackgen.errors import PlanError
 from stackgen.render.artifact import RenderContext, render_plan
-from stackgen.plan.simulate import simulate
+from stackgen.plan.simulate import Variability, simulate
 from tools.stacks import plan_for
 
 TEAM_8X_H100 = """
@@ -94,6 +94,47 @@ def test_cpu_decode_pays_the_dot_products_per_stream_and_gpu_decode_shares_the_r
     assert two.tokens_per_s_per_user < 0.7 * one.tokens_per_s_per_user
 
 
+def test_requests_sent_together_do_not_stay_in_lockstep():
+    # Two users on one 2-slot instance, equal lengths: the engine starts a prompt step on the first arrival and
+    # takes the second at its next step, so the two drift apart and most prompts run beside the other's decode
+    # (about one prefill, 0.2 s, plus the wait for a step boundary) instead of both prompts together in every
+    # round (0.4 s each, what the simulator predicted before).
+    r = simulate([curve(batch=2)], users=2, prompt_tokens=100, output_tokens=50, rounds=10)
+    assert r.ttft_p50_s < 0.35 and r.ttft_p50_s < r.ttft_p95_s
+
+
+def test_without_variability_every_request_alike_p95_is_p50():
+    r = simulate([curve()] * 2, users=2, prompt_tokens=100, output_tokens=20, rounds=20)
+    assert r.ttft_p95_s == pytest.approx(r.ttft_p50_s)
+
+
+def test_prefill_jitter_spreads_ttft_by_its_cv_and_keeps_the_mean():
+    # One user per instance, no queueing: TTFT is one prefill step (0.2 s) times the jitter factor (mean 1).
+    v = Variability(prefill_cv=0.2)
+    r = simulate([curve()] * 2, users=2, prompt_tokens=100, output_tokens=20, rounds=300, variability=v)
+    assert r.ttft_p95_s > 1.2 * r.ttft_p50_s  # lognormal, cv 0.2: p95 ~ 1.37 x p50
+    assert r.ttft_p95_s < 1.6 * r.ttft_p50_s
+    assert r.ttft_p50_s == pytest.approx(0.2, rel=0.05)
+    assert r.tokens_per_s_per_user == pytest.approx(25.0)  # decode untouched
+
+
+def test_decode_jitter_and_length_spread_keep_mean_throughput():
+    flat = simulate([curve()], users=2, prompt_tokens=100, output_tokens=50, rounds=200)
+    v = Variability(prompt_cv=0.3, output_cv=0.3, decode_cv=0.2)
+    noisy = simulate([curve()], users=2, prompt_tokens=100, output_tokens=50, rounds=200, variability=v)
+    assert noisy.throughput_tokens_per_s == pytest.approx(flat.throughput_tokens_per_s, rel=0.1)
+    assert noisy.ttft_p95_s > 1.2 * noisy.ttft_p50_s  # the prompts' lengths differ
+
+
+def test_variability_is_seeded_and_checked():
+    v = Variability(prefill_cv=0.3, decode_cv=0.3)
+    a = simulate([curve()], users=3, prompt_tokens=100, output_tokens=20, rounds=30, variability=v, seed=7)
+    b = simulate([curve()], users=3, prompt_tokens=100, output_tokens=20, rounds=30, variability=v, seed=7)
+    assert a == b
+    with pytest.raises(ValueError, match="prefill_cv"):
+        Variability(prefill_cv=-0.1)
+
+
 # ---------------------------------------------------------------------------------------------- capacity plan
 
 
@@ -119,7 +160,7 @@ def test_small_team_keeps_one_instance(tmp_path):
 def test_stricter_target_needs_more_gpus(tmp_path):
     loose = plan_for(tmp_path / "a", TEAM_8X_H100.format(users=2000)).services[0]
     strict = plan_for(tmp_path / "b", TEAM_8X_H100.format(users=2000).replace(
-        "output_tokens: 300}", "output_tokens: 300, ttft_p95_ms: 700}")).services[0]
+        "output_tokens: 300}", "output_tokens: 300, ttft_p95_ms: 600}")).services[0]
     assert strict.capacity.meets and loose.capacity.meets
     assert strict.capacity.layout.gpus > loose.capacity.layout.gpus
 
@@ -178,3 +219,18 @@ def test_simulate_command_prints_levels(tmp_path):
     assert levels[0]["ttft_p95_s"] < levels[2]["ttft_p95_s"]
     bad = CliRunner().invoke(app, ["simulate", str(tmp_path / "stack.yaml"), "--users", "ten"])
     assert bad.exit_code != 0 and "comma-separated" in bad.output
+
+
+def test_simulate_command_jitter_separates_p95_from_p50(tmp_path):
+    plan_for(tmp_path, CPU_REPLICAS.format(replicas=2))
+    stack = str(tmp_path / "stack.yaml")
+    flat = json.loads(CliRunner().invoke(app, ["simulate", stack, "--users", "2", "--json"]).output)[0]["levels"][0]
+    assert flat["ttft_p95_s"] == pytest.approx(flat["ttft_p50_s"])
+    res = CliRunner().invoke(app, ["simulate", stack, "--users", "2", "--jitter", "0.2", "--length-spread", "0.1",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    lv = json.loads(res.output)[0]["levels"][0]
+    assert lv["ttft_p95_s"] > 1.15 * lv["ttft_p50_s"]
+    assert lv["requests"] >= 300
+    bad = CliRunner().invoke(app, ["simulate", stack, "--jitter", "-1"])
+    assert bad.exit_code != 0

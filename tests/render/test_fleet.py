@@ -259,14 +259,15 @@ def test_cli_render_names_the_field_and_exits_1(tmp_path):
     assert res.exit_code == 1 and "services.chat.replicas" in res.output and "Traceback" not in res.output
 
 
-def test_up_refuses_a_fleet_before_starting_anything(tmp_path):
+def test_up_in_containers_refuses_a_fleet_before_starting_anything(tmp_path):
+    # Natively `up` runs the fleet (tests/run/test_up_fleet.py); one container per service cannot.
     from stackgen.errors import LaunchError
     from stackgen.run.results import UpOptions
     from stackgen.run.up import up
 
     plan = plan_for(tmp_path, CPU_FLEET.format(targets="script"))
-    with pytest.raises(LaunchError, match=r"services\.chat\.replicas: 2 separate .*deploy/chat/run\.sh"):
-        up(plan, UpOptions())
+    with pytest.raises(LaunchError, match=r"services\.chat\.replicas: 2 separate .*--containers.*compose"):
+        up(plan, UpOptions(containers=True))
 
 
 def test_compose_refuses_an_instance_name_another_service_has(tmp_path):
