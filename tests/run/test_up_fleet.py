@@ -19,7 +19,8 @@ from stackgen.run.lifecycle import down, logs, status
 from stackgen.run.results import UpOptions
 from stackgen.run.state import StateDir
 from stackgen.run.up import up
-from test_launch_unit import FAKE_ENGINE, free_port, plan_of
+from fakes.openai_server import write_engine
+from test_launch_unit import free_port, plan_of
 
 FAKE_HAPROXY = r'''
 import itertools, os, re, signal, socket, sys, threading
@@ -82,9 +83,7 @@ while True:
 @pytest.fixture
 def fleet_stack(tmp_path, monkeypatch):
     """A stack whose llama.cpp service has replicas: 2, run by the fake engine, with the fake haproxy on PATH."""
-    engine = tmp_path / "fake-llama-server"
-    engine.write_text(f"#!{sys.executable}\n" + FAKE_ENGINE, encoding="utf-8")
-    engine.chmod(0o755)
+    engine = write_engine(tmp_path / "fake-llama-server")  # tests/fakes/openai_server.py: FAKE_MODE and friends
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     haproxy = bin_dir / "haproxy"
