@@ -25,6 +25,11 @@ class Backend:
     # The model's stated error for this backend: the largest |predicted/measured - 1| over its public points, fitted
     # and held out (outliers aside), rounded up to 5%; 0.5 for a backend with no public point (a default, not a fit).
     error: float = 0.5
+    # Share of peak FLOPs a batched decode step reaches past the batch knee. Not the prefill's: a decode step of b
+    # single-token sequences runs smaller, less efficient kernels than a 512-token prompt. 0.35 keeps llama 1B F16 on
+    # an RTX 3090 within 20% from b = 4 to 64 (service_curve.yaml) and the quickstart's 4-stream CPU aggregate within
+    # 12% of what it measures; the fitted prefill MFU (0.93 on CUDA, 1.0 on CPU) over-predicts both (b = 64 by 42%).
+    batch_mfu: float = 0.35
 
 
 BACKENDS = {
@@ -85,11 +90,11 @@ def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, ban
                            streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0) -> float:
     """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
     each stream's KV cache once; past the batch knee the step is compute-bound (2 x active_params FLOPs per token at
-    the backend's prefill MFU), when `peak_tflops` is given."""
+    the backend's batch MFU), when `peak_tflops` is given."""
     n = max(1, streams)
     t = step_seconds(weights_bytes + n * kv_bytes_per_stream, bandwidth_gbs, backend)
     if peak_tflops and active_params:
-        t = max(t, 2 * active_params * n / (backend_params(backend).prefill_mfu * peak_tflops * 1e12))
+        t = max(t, 2 * active_params * n / (backend_params(backend).batch_mfu * peak_tflops * 1e12))
     return n / t if t > 0 else 0.0
 
 
@@ -202,9 +207,10 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
         return t
 
     mfu = b.prefill_mfu if gpu_fraction > 0 else cpu.prefill_mfu
+    batch_mfu = b.batch_mfu if gpu_fraction > 0 else cpu.batch_mfu
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
-    compute = 2 * active_params * n / (mfu * peak_flops) if peak_flops and active_params else 0.0
+    compute = 2 * active_params * n / (batch_mfu * peak_flops) if peak_flops and active_params else 0.0
     step = max(memory_s(read), compute)
     single = memory_s(weights_bytes + kv_bytes_per_stream)
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
@@ -247,8 +253,9 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     params = None
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend)
+        # the measured prefill FLOP/s is also where this host's batched decode turns compute-bound
         params = Backend(calibration.efficiency, calibration.t0_ms, fit.prefill_mfu, fitted_on=fit.fitted_on,
-                         error=fit.error)
+                         error=fit.error, batch_mfu=fit.prefill_mfu)
         peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
     return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,

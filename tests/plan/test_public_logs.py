@@ -156,7 +156,7 @@ def test_aggregate_shares_bandwidth_and_hits_the_compute_knee():
     eight = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 8)
     assert 7 * one < eight < 8 * one  # weights read once per step, each stream adds its KV
     capped = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 512, active_params=8e9, peak_tflops=100)
-    assert capped == pytest.approx(speed.BACKENDS["cuda"].prefill_mfu * 100e12 / (2 * 8e9), rel=1e-6)
+    assert capped == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 100e12 / (2 * 8e9), rel=1e-6)
     assert speed.ttft_seconds(1000, 2000.0) == pytest.approx(0.5)
 
 

@@ -50,7 +50,7 @@ def test_layers_in_system_ram_slow_decode_and_widen_the_error():
 def test_compute_knee_and_ttft():
     many = _fc(512, peak=10e12)
     assert many.bound == "compute"
-    assert many.aggregate_tokens_per_s == pytest.approx(speed.BACKENDS["cuda"].prefill_mfu * 10e12 / (2 * 8e9), rel=0.01)
+    assert many.aggregate_tokens_per_s == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 10e12 / (2 * 8e9), rel=0.01)
     one = _fc(4)
     prefill = speed.BACKENDS["cuda"].prefill_mfu * 165e12 / (2 * 8e9)
     assert one.ttft_s == pytest.approx(1000 / prefill + 1 / one.single_stream_tokens_per_s, rel=0.02)
@@ -125,3 +125,14 @@ def test_ttft_states_its_public_check():
     assert (cpu_only.ttft_checked_on, cpu_only.ttft_error) == speed.PREFILL_CHECK["cpu"]
     assert vllm.ttft_checked_on == 0 and "TTFT not checked: no public prefill point for the vllm backend" in vllm.text()
     assert "not yet checked" not in gpu.text()
+
+
+def test_batched_decode_knee_is_not_the_prefill_rate():
+    """A decode step of many single-token sequences turns compute-bound at batch_mfu (0.35), not at the fitted prefill
+    MFU (0.93 on CUDA): with the prefill's, llama 1B F16 on an RTX 3090 at b = 64 was over-predicted by 42%
+    (service_curve.yaml); the prefill rate itself still uses prefill_mfu."""
+    b = speed.BACKENDS["cuda"]
+    assert b.batch_mfu == 0.35 and b.prefill_mfu > 2 * b.batch_mfu
+    many = _fc(512, peak=10e12)
+    assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
+    assert speed.prefill_tokens_per_s(8e9, 10, "cuda") == pytest.approx(b.prefill_mfu * 10e12 / (2 * 8e9))
