@@ -23,7 +23,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODULES=${MUTATION_MODULES:-"stackgen/plan/memory.py stackgen/plan/resolve.py"}
-TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_plan_json_nofit.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
+# tests/plan holds what were tests/test_memory.py, test_resolve.py, ... before the package move (deb63de);
+# tests/render/test_multinode.py plans multi-node stacks
+TESTS=${MUTATION_TESTS:-"tests/plan tests/render/test_multinode.py"}
+for t in $TESTS; do [ -e "$t" ] || { echo "MUTATION_TESTS: $t: no such file or folder" >&2; exit 1; }; done
 CHILDREN=${MUTATION_MAX_CHILDREN:-2}
 VENV=${MUTATION_VENV:-.venv}
 OUT=${MUTATION_OUT:-benchmarks/results/mutation.md}
