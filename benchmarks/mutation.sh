@@ -24,8 +24,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODULES=${MUTATION_MODULES:-"stackgen/plan/memory.py stackgen/plan/resolve.py"}
 # tests/plan holds what were tests/test_memory.py, test_resolve.py, ... before the package move (deb63de);
-# tests/render/test_multinode.py plans multi-node stacks
-TESTS=${MUTATION_TESTS:-"tests/plan tests/render/test_multinode.py"}
+# tests/render/test_multinode.py plans multi-node stacks; tests/engines/test_knobs.py plans YaRN and structured output
+TESTS=${MUTATION_TESTS:-"tests/plan tests/render/test_multinode.py tests/engines/test_knobs.py"}
 for t in $TESTS; do [ -e "$t" ] || { echo "MUTATION_TESTS: $t: no such file or folder" >&2; exit 1; }; done
 CHILDREN=${MUTATION_MAX_CHILDREN:-2}
 VENV=${MUTATION_VENV:-.venv}
