@@ -408,7 +408,8 @@ def smaller_quants(fmt: str) -> list[str]:
 
 def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate], *,
                     model=None, workload=None, quant: str | None = None) -> tuple[str, int] | None:
-    """(engine, weights bytes) of the first engine the hardware allows that fits with the change, else None."""
+    """(engine, weights bytes) of the first engine the hardware allows that fits with the change and can apply the
+    RoPE scaling it needs, else None."""
     for name, c in candidates.items():
         if c.memory is None:
             continue  # the hardware or the model's format rules the engine out, not its size
@@ -420,7 +421,9 @@ def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: 
             continue
         if quant is not None and w.format != quant:
             continue
-        if engine.plan_memory(m, workload or svc.workload, hw, budget, w).fits:
+        mem = engine.plan_memory(m, workload or svc.workload, hw, budget, w)
+        # fitting is not enough: an engine that cannot apply the YaRN the plan needs still cannot serve it
+        if mem.fits and not (mem.rope_scaling is not None and engine.rope_block(mem.rope_scaling)):
             return name, w.bytes
     return None
 
