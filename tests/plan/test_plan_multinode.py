@@ -200,3 +200,25 @@ def test_vllm_ray_reason_and_rejections_whole(write_stack):
         "llama.cpp": "llama.cpp RPC could split it too, but vLLM batches concurrent users and keeps tensor parallel "
                      "on NVLink inside each node",
         "ollama": only, "mlx": only, "sglang": only}
+
+
+def test_a_pinned_engine_that_fits_one_node_of_a_cluster_is_planned_on_that_node(write_stack):
+    """engine: vllm with Llama 3.1 8B on two DGX nodes: it fits the first node (no spill), so no split: the plan is
+    the one-machine plan (no topology, TP over that node's GPUs only), and the other engines lose to the pin."""
+    sp = resolve.resolve(load_stack(write_stack(TWO_DGX.replace("llama-3.1-405b-instruct", "llama-3.1-8b-instruct")
+                                                + "    engine: vllm\n")), HostFacts(hardware=None)).services[0]
+    assert sp.model.name == "llama-3.1-8b-instruct"
+    assert sp.engine == "vllm" and sp.topology is None and sp.memory.pipeline_parallel == 1
+    assert sp.reasons[0] == "engine: vllm is set in the stack file"
+
+
+def test_a_single_node_list_is_planned_as_one_machine(write_stack):
+    """`nodes:` with one node is not a cluster: a pinned engine that does not fit it is refused like on one machine
+    (its shortfall), not as a failed split over "1 nodes"."""
+    body = ("version: 1\nhardware:\n  nodes:\n    - hardware: rtx-4090\nworkload: dev-loop\nservices:\n"
+            "  chat:\n    model: llama-3.1-70b-instruct\n    engine: vllm\n")
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(body)), HostFacts(hardware=None))
+    text = str(exc.value)
+    assert ": services.chat: engine vllm cannot serve llama-3.1-70b-instruct: needs the " in text
+    assert "split over" not in text
