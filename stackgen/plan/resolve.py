@@ -158,7 +158,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
             if exc.plan_json is None:
                 label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
                 exc.plan_json = Plan(stack.name, str(stack.path), hw, label, tuple(out)).to_json()
-                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget))
+                exc.plan_json["services"].append(_unfit_json(svc, hw, budget))
             raise
         if sp.topology is None:
             sp = with_replicas(sp, hw, budget, used_ports)
@@ -170,7 +170,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
 
 
-def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget) -> dict:
+def _unfit_json(svc: Service, hw: HardwareSpec, budget: Budget) -> dict:
     """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
     cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, []) for name in engines.ENGINES}
     out: dict = {}
@@ -264,11 +264,12 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
     if rope_block:
+        # a blocked candidate keeps its memory plan (the hint and plan --json read it), not what only a chosen one
+        # needs (the weights note, the pins and the unpinned plan)
         return Candidate(name, mem, f"{rope_block} ({mem.context_per_request} tokens per request are past "
-                         f"{svc.model.name}'s trained {svc.model.context_length})", w.note, pins, unpinned)
+                         f"{svc.model.name}'s trained {svc.model.context_length})")
     if not mem.fits:
-        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw), w.note,
-                         pins, unpinned)
+        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw))
     return Candidate(name, mem, "", w.note, pins, unpinned)
 
 
@@ -277,7 +278,7 @@ def _pin_reasons(c: Candidate, threads: int, default_threads: int) -> list[str]:
     out = []
     for knob, said in c.pins.said:
         mine = _knob_text(c.memory, knob, threads)
-        chose = _knob_text(c.unpinned, knob, default_threads) if c.unpinned is not None else None
+        chose = _knob_text(c.unpinned, knob, default_threads)  # None without an unpinned plan
         tail = f" (stackgen would have chosen {chose})" if chose is not None and chose != mine else ""
         out.append(f"pinned by overrides: {said}{tail}")
     return out
@@ -606,7 +607,7 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
         for sp in local:
             first = sp is local[0]
             mine = (f"{line}; {sp.name} came first" if first else
-                    f"{line}; {sp.name} got the {gb(max(0, budget.gpu_bytes - used) if hw.gpus else 0)} left"
+                    f"{line}; {sp.name} got the {gb(max(0, budget.gpu_bytes - used))} left"
                     if hw.gpus else f"{line}")
             warnings = list(sp.warnings)
             m = sp.memory
