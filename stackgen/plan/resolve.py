@@ -89,7 +89,7 @@ def gpu_words(hw: HardwareSpec) -> str:
         return f"a CPU-only machine ({hw.cpu.cores} cores)"
     parts = []
     for g in hw.gpus:
-        kind = f"{g.tier} {VENDOR.get(g.vendor, g.vendor)} GPU"
+        kind = f"{g.tier} {VENDOR[g.vendor]} GPU"  # GPUSpec.vendor is one of VENDOR's keys
         parts.append(f"{g.count} {kind}s ({g.name})" if g.count > 1 else f"a {kind} ({g.name})")
     return " + ".join(parts)
 
@@ -105,7 +105,7 @@ def backend_words(hw: HardwareSpec) -> str:
     if not vendors:
         return "CPU backend"
     names = {"nvidia": "CUDA", "amd": "ROCm/Vulkan", "intel": "SYCL/Vulkan"}
-    return "/".join(names.get(v, "Vulkan") for v in sorted(vendors)) + " backends"
+    return "/".join(names[v] for v in sorted(vendors)) + " backends"  # apple returned above
 
 
 def hardware_class(hw: HardwareSpec) -> str:
@@ -172,7 +172,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
 
 def _unfit_json(svc: Service, hw: HardwareSpec, budget: Budget) -> dict:
     """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
-    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, []) for name in engines.ENGINES}
+    cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name) for name in engines.ENGINES}
     out: dict = {}
     for name, c in sorted(cands.items()):
         entry: dict = {"fits": False, "block": c.block}

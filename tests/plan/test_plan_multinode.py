@@ -222,3 +222,45 @@ def test_a_single_node_list_is_planned_as_one_machine(write_stack):
     text = str(exc.value)
     assert ": services.chat: engine vllm cannot serve llama-3.1-70b-instruct: needs the " in text
     assert "split over" not in text
+
+
+def refusal_lines(write_stack, extra: str) -> list[str]:
+    with pytest.raises(PlanError) as exc:
+        plan_stack(write_stack, extra)
+    return str(exc.value).split("\n")
+
+
+def test_a_pinned_engine_that_cannot_split_says_what_rules_it_out_on_one_node(write_stack):
+    """The refusal, line by line: the head, then one line per engine tried. MLX's line adds its one-node block
+    (Apple silicon); Ollama has none (it would run the 405B on one node only by spilling), so its line ends there."""
+    head = ("services.chat: llama-3.1-405b-instruct does not fit one node (8x H100 80GB HBM3), nor split over the 2 "
+            "nodes:")
+    cannot = "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+    mlx = refusal_lines(write_stack, "    engine: mlx\n")
+    assert mlx[0].endswith(": " + head) and mlx[1:] == [
+        f"  - MLX (mlx_lm.server): {cannot}; on one node: needs Apple silicon (this machine has 8x H100 80GB HBM3)"]
+    ollama = refusal_lines(write_stack, "    engine: ollama\n")
+    assert ollama[0].endswith(": " + head) and ollama[1:] == [f"  - Ollama: {cannot}"]
+
+
+def test_too_big_for_both_splits_names_each_shortfall(write_stack):
+    """405B in fp32 (HF: 4 bytes x 405.9e9 params = 1623.4 GB; GGUF F32 1641.4 GB with the KV cache) on two DGX
+    H100 nodes: vLLM's stages hold 16 x 79.22 GiB x 0.9 = 1224.9 GB, the llama.cpp RPC split 1351.2 GB. Both are
+    tried, vLLM first (MULTINODE_TABLE), each with its own shortfall."""
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(TWO_DGX.replace("quant: bf16", "quant: fp32"))),
+                        HostFacts(hardware=None))
+    lines = str(exc.value).split("\n")
+    assert lines[1:] == [
+        "  - vLLM: needs 1623.4 GB of weights (fp32) plus KV cache; 2 nodes of 8x H100 80GB HBM3 hold 1224.9 GB at "
+        "--gpu-memory-utilization 0.9",
+        "  - llama.cpp (llama-server): needs 1641.4 GB (weights + KV cache) but the 2 nodes hold 1351.2 GB: 290.2 GB "
+        "short"]
+
+
+def test_a_split_keeps_the_weights_note(write_stack):
+    """llama.cpp pinned with quant: bf16 (an HF name): the nearest GGUF, BF16, is loaded, and the warning says so,
+    on a multi-node plan as on one machine."""
+    sp = plan_stack(write_stack, "    engine: llama.cpp\n")
+    assert sp.topology.kind == "llama-rpc"
+    assert sp.warnings == ("bf16 is not a GGUF type; llama.cpp would load the nearest GGUF, BF16",)
