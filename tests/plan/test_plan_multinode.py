@@ -264,3 +264,57 @@ def test_a_split_keeps_the_weights_note(write_stack):
     sp = plan_stack(write_stack, "    engine: llama.cpp\n")
     assert sp.topology.kind == "llama-rpc"
     assert sp.warnings == ("bf16 is not a GGUF type; llama.cpp would load the nearest GGUF, BF16",)
+
+
+def test_a_split_service_and_a_local_one_do_not_share_a_memory_line(write_stack):
+    """405B split over the two DGX nodes and Llama 3.1 8B after it, which fits the head node: only one service is
+    local, so there is no "N services share the ... GPU memory" line (that needs two local services); the CPU threads
+    are still divided between the two."""
+    text = TWO_DGX + "  small:\n    model: llama-3.1-8b-instruct\n"
+    big, small = resolve.resolve(load_stack(write_stack(text)), HostFacts(hardware=None)).services
+    assert big.topology is not None and small.topology is None
+    assert not any(" services share the " in r for r in big.reasons + small.reasons)
+    assert any(r.startswith("CPU threads: 2 services share 112 cores: ") for r in small.reasons)
+
+
+def cluster_hf(write_stack, folder, context: int = 8192) -> list[str]:
+    body = (f"version: 1\nhardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\nworkload: {{concurrent_users: 1, "
+            f"context_tokens: {context}, prompt_tokens: 1000, output_tokens: 200}}\nservices:\n  chat:\n"
+            f"    model: {folder}\n")
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(body)), HostFacts(hardware=None))
+    return str(exc.value).split("\n")[1:]
+
+
+def test_an_hf_folder_too_big_for_vllm_across_nodes_is_not_llamacpps_either(write_stack, tmp_path):
+    """A 700e9-parameter bf16 HF folder (1400 GB) on two DGX H100 nodes: more than vLLM's 1224.9 GB across both;
+    llama.cpp RPC, next, cannot load an HF folder at all: each line says its own reason."""
+    from test_resolve_hint import big_hf_folder
+
+    lines = cluster_hf(write_stack, big_hf_folder(tmp_path / "hf", 700 * 10**9))
+    assert lines[0].startswith("  - vLLM: needs 1400.0 GB of weights (bf16) plus KV cache; 2 nodes of 8x H100 80GB "
+                               "HBM3 hold 1224.9 GB")
+    assert lines[1:] == ["  - llama.cpp (llama-server): loads GGUF files and this is an HF safetensors folder (convert "
+                         "it with llama.cpp's convert_hf_to_gguf.py)"]
+
+
+def test_vllm_across_nodes_needs_the_rope_theta_for_yarn(write_stack, tmp_path):
+    """A 405e9-parameter bf16 HF folder (810 GB: more than one DGX node, within two) trained to 8192 tokens with YaRN
+    factor 4 in its config.json but no rope_theta: 16384 tokens need the YaRN, and vLLM's RoPE override must restate
+    rope_theta, so vLLM cannot split it; llama.cpp cannot load it."""
+    from test_resolve_hint import big_hf_folder
+
+    folder = big_hf_folder(tmp_path / "hf", 405 * 10**9, max_position_embeddings=8192, rope_theta=None,
+                           rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192})
+    assert cluster_hf(write_stack, folder, context=16384) == [
+        "  - vLLM: its RoPE override (--hf-overrides rope_parameters) replaces the model's whole rope settings and the "
+        "model's rope_theta is unknown",
+        "  - llama.cpp (llama-server): loads GGUF files and this is an HF safetensors folder (convert it with "
+        "llama.cpp's convert_hf_to_gguf.py)"]
+    # with rope_theta in the file, vLLM splits it, YaRN and all
+    ok = big_hf_folder(tmp_path / "ok", 405 * 10**9, max_position_embeddings=8192,
+                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192})
+    body = ("version: 1\nhardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\nworkload: {concurrent_users: 1, "
+            f"context_tokens: 16384, prompt_tokens: 1000, output_tokens: 200}}\nservices:\n  chat:\n    model: {ok}\n")
+    sp = resolve.resolve(load_stack(write_stack(body, name="ok.yaml")), HostFacts(hardware=None)).services[0]
+    assert sp.engine == "vllm" and sp.topology.kind == "vllm-ray" and sp.memory.rope_scaling.factor == 2.0

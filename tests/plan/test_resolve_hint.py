@@ -171,17 +171,19 @@ def test_the_shortest_context_tried_is_said(write_stack, context, prompt, output
                               f"to {down_to} tokens). Pick a smaller model or a machine with more memory.")
 
 
-def big_hf_folder(root, params: int):
-    """A Llama-70B-shaped HF folder (80 layers, 8 KV heads of 128) whose one bf16 tensor holds `params` weights: the
-    safetensors file is sparse (its header says the size; the data is a hole), so the test writes a few bytes."""
+def big_hf_folder(root, params: int, **config):
+    """A Llama-70B-shaped HF folder (80 layers, 8 KV heads of 128; `config` changes config.json, a None value drops
+    the key) whose one bf16 tensor holds `params` weights: the safetensors file is sparse (its header says the size;
+    the data is a hole), so the test writes a few bytes."""
     import json
     import struct
 
     root.mkdir()
-    (root / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672,
-        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128,
-        "vocab_size": 128256, "max_position_embeddings": 131072, "torch_dtype": "bfloat16", "rope_theta": 500000.0}))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+           "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+           "rope_theta": 500000.0, **config}
+    (root / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
     header = json.dumps({"w": {"dtype": "BF16", "shape": [params], "data_offsets": [0, 2 * params]}}).encode()
     with open(root / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header)
