@@ -19,6 +19,8 @@
 #   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
 #                          only the mutants it ran that survived and change more than message text (after adding
 #                          tests for them; mutants it never ran are left for a full run)
+#   MUTATION_RERUN=all     the same, and also every mutant the earlier run did not reach (a run stopped part-way,
+#                          finished with the tests as they are now)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,7 +56,8 @@ for module in $MODULES; do
       mkdir -p "$(dirname "$dir/$f")" "$(dirname "$dir/mutants/$f")"
       cp "$f" "$dir/$f" && cp "$f" "$dir/mutants/$f"
     done < <(git ls-files -co --exclude-standard -z -- "${module%%/*}")
-    mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module")
+    mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module" \
+                         $([ "$MUTATION_RERUN" = all ] && echo --unchecked))
     echo "== $module: rerunning ${#again[@]} mutants that were not killed"
     start=$(date +%s)
     if [ ${#again[@]} -gt 0 ]; then
