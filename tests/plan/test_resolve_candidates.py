@@ -226,3 +226,37 @@ def test_the_spilling_engine_says_how_many_layers_run_where(write_stack):
                              f"layers on the GPU and runs the other {80 - g} on the CPU. Preferred engines could not "
                              f"serve it (vLLM: {sp.rejected['vllm']})")
     assert sp.rejected["vllm"].startswith("needs the 141.1 GB of weights (bf16) in GPU memory")
+
+
+def test_overrides_of_an_auto_service_are_planned_for_the_engine_chosen(write_stack):
+    """engine: auto with -np 2: the overrides are validated for every engine and planned for each candidate (only a
+    service that names another engine plans the rest without them), so llama.cpp, chosen, runs 2 slots and says
+    what it would have chosen."""
+    sp, = plan(write_stack, "hardware: rtx-4090\nworkload: dev-loop\nservices:\n"
+               "  s: {model: qwen2.5-7b-instruct, overrides: {-np: 2}}\n")
+    assert sp.engine == "llama.cpp" and sp.memory.parallel == 2
+    assert "pinned by overrides: -np 2 (stackgen would have chosen 1 parallel requests)" in sp.reasons
+
+
+def test_a_pinned_engine_does_not_lift_the_others_hardware_blocks(write_stack):
+    """llama.cpp pinned on a CPU-only server: "explicit" (which lets vLLM's and MLX's CPU builds run when named)
+    applies to the named engine only: the others still say why the machine rules them out."""
+    sp, = plan(write_stack, "hardware: cpu-server-64gb\nworkload: dev-loop\nservices:\n"
+               "  s: {model: qwen2.5-0.5b-instruct, engine: llama.cpp}\n")
+    assert sp.rejected == {
+        "ollama": PINNED,
+        "vllm": f"{PINNED} (and: needs a CUDA or ROCm GPU for PagedAttention and continuous batching; this machine "
+                "has none)",
+        "mlx": f"{PINNED} (and: needs Apple silicon (this machine has CPU-only (16 cores, 64 GiB RAM)))",
+        "sglang": f"{PINNED} (and: needs a CUDA GPU (its CPU backend targets Xeon servers with AMX and is not a "
+                  "supported serving setup); this machine has none)"}
+
+
+def test_a_serve_block_does_not_replace_an_engines_own_block(write_stack):
+    """serve.host 0.0.0.0 rules out the engines without an API key (Ollama, MLX); MLX is already ruled out by the
+    RTX 4090 and keeps that, first, reason."""
+    sp, = plan(write_stack, "hardware: rtx-4090\nworkload: {concurrent_users: 1, optimize: setup}\n"
+               "serve: {host: 0.0.0.0, api_key_env: MY_KEY}\nservices:\n  s: {model: llama-3.1-8b-instruct}\n")
+    assert sp.engine == "llama.cpp"
+    assert sp.rejected["mlx"] == "needs Apple silicon (this machine has GeForce RTX 4090)"
+    assert sp.rejected["ollama"].startswith("has no API key option, and serve.host 0.0.0.0 is not loopback")
