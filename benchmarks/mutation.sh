@@ -19,11 +19,16 @@
 #   MUTATION_RERUN=1       reuse MUTATION_WORK from an earlier run: copy the current tests into it and run again
 #                          only the mutants it ran that survived and change more than message text (after adding
 #                          tests for them; mutants it never ran are left for a full run)
+#   MUTATION_RERUN=all     the same, and also every mutant the earlier run did not reach (a run stopped part-way,
+#                          finished with the tests as they are now)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODULES=${MUTATION_MODULES:-"stackgen/plan/memory.py stackgen/plan/resolve.py"}
-TESTS=${MUTATION_TESTS:-"tests/plan tests/test_memory.py tests/test_resolve.py tests/test_reasons.py tests/test_plan_json_nofit.py tests/test_overrides_plan.py tests/test_prompt_cache.py tests/test_multinode.py"}
+# tests/plan holds what were tests/test_memory.py, test_resolve.py, ... before the package move (deb63de);
+# tests/render/test_multinode.py plans multi-node stacks; tests/engines/test_knobs.py plans YaRN and structured output
+TESTS=${MUTATION_TESTS:-"tests/plan tests/render/test_multinode.py tests/engines/test_knobs.py"}
+for t in $TESTS; do [ -e "$t" ] || { echo "MUTATION_TESTS: $t: no such file or folder" >&2; exit 1; }; done
 CHILDREN=${MUTATION_MAX_CHILDREN:-2}
 VENV=${MUTATION_VENV:-.venv}
 OUT=${MUTATION_OUT:-benchmarks/results/mutation.md}
@@ -51,7 +56,8 @@ for module in $MODULES; do
       mkdir -p "$(dirname "$dir/$f")" "$(dirname "$dir/mutants/$f")"
       cp "$f" "$dir/$f" && cp "$f" "$dir/mutants/$f"
     done < <(git ls-files -co --exclude-standard -z -- "${module%%/*}")
-    mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module")
+    mapfile -t again < <(cd "$dir" && "$PY" "$ROOT/benchmarks/mutation_report.py" left "$module" \
+                         $([ "$MUTATION_RERUN" = all ] && echo --unchecked))
     echo "== $module: rerunning ${#again[@]} mutants that were not killed"
     start=$(date +%s)
     if [ ${#again[@]} -gt 0 ]; then

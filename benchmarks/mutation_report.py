@@ -117,9 +117,10 @@ def write(out: str, reasons_path: str, summaries: list[str]) -> None:
     Path(out).write_text("\n".join(lines + body) + "\n")
 
 
-def left(module: str) -> list[str]:
+def left(module: str, unchecked: bool = False) -> list[str]:
     """Names of the mutants of `module` that were run and not killed and change more than message text (for a
-    rerun after adding tests; mutants never run stay for a full run)."""
+    rerun after adding tests; mutants never run stay for a full run, unless `unchecked`: then they are named too,
+    so a run stopped part-way finishes with the new tests)."""
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
@@ -127,13 +128,14 @@ def left(module: str) -> list[str]:
     data = SourceFileMutationData(path=Path(module))
     data.load()
     return [k for k, code in sorted(data.exit_code_by_key.items())
-            if status_by_exit_code[code] not in ("killed", "not checked", "timeout")
-            and not message_only(get_diff_for_mutant(k, path=Path(module)))]
+            if (unchecked and status_by_exit_code[code] == "not checked")
+            or (status_by_exit_code[code] not in ("killed", "not checked", "timeout")
+                and not message_only(get_diff_for_mutant(k, path=Path(module))))]
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "left":
-        print("\n".join(left(sys.argv[2])))
+        print("\n".join(left(sys.argv[2], unchecked="--unchecked" in sys.argv[3:])))
     elif sys.argv[1] == "collect":
         print(json.dumps(collect(sys.argv[2], int(sys.argv[3])), indent=1))
     else:

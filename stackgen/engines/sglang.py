@@ -36,7 +36,7 @@ from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, K
                                    Unsupported, Weights, _choice, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
-                             context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request)
+                             context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request, with_rope)
 from stackgen.models.facts import GIB, LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
@@ -292,7 +292,9 @@ class SGLang(Engine):
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:
-        return plan_sglang(model, wl, hw, budget, w.bytes, w.format, w.source, pins)
+        # with_rope like every engine: a context past the trained one needs YaRN, which rope_block refuses for SGLang
+        # (before, SGLang was planned and launched past the trained context with no RoPE scaling at all)
+        return with_rope(plan_sglang(model, wl, hw, budget, w.bytes, w.format, w.source, pins), model)
 
     def rope_block(self, rope: LongContext) -> str | None:
         return ("stackgen does not render SGLang's RoPE override (--json-model-override-args) yet: it is not checked "

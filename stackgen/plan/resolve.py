@@ -89,7 +89,7 @@ def gpu_words(hw: HardwareSpec) -> str:
         return f"a CPU-only machine ({hw.cpu.cores} cores)"
     parts = []
     for g in hw.gpus:
-        kind = f"{g.tier} {VENDOR.get(g.vendor, g.vendor)} GPU"
+        kind = f"{g.tier} {VENDOR[g.vendor]} GPU"  # GPUSpec.vendor is one of VENDOR's keys
         parts.append(f"{g.count} {kind}s ({g.name})" if g.count > 1 else f"a {kind} ({g.name})")
     return " + ".join(parts)
 
@@ -105,7 +105,7 @@ def backend_words(hw: HardwareSpec) -> str:
     if not vendors:
         return "CPU backend"
     names = {"nvidia": "CUDA", "amd": "ROCm/Vulkan", "intel": "SYCL/Vulkan"}
-    return "/".join(names.get(v, "Vulkan") for v in sorted(vendors)) + " backends"
+    return "/".join(names[v] for v in sorted(vendors)) + " backends"  # apple returned above
 
 
 def hardware_class(hw: HardwareSpec) -> str:
@@ -174,7 +174,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
             if exc.plan_json is None:
                 label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
                 exc.plan_json = Plan(stack.name, str(stack.path), hw, label, tuple(out)).to_json()
-                exc.plan_json["services"].append(_unfit_json(stack, svc, hw, budget, _builds(stack, svc, host)))
+                exc.plan_json["services"].append(_unfit_json(svc, hw, budget, _builds(stack, svc, host)))
             raise
         if sp.topology is None:
             sp = with_replicas(sp, hw, budget, used_ports)
@@ -186,8 +186,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
 
 
-def _unfit_json(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budget,
-                builds: dict[str, int | None] | None = None) -> dict:
+def _unfit_json(svc: Service, hw: HardwareSpec, budget: Budget, builds: dict[str, int | None] | None = None) -> dict:
     """A service no engine fits, for `plan --json`: each engine's memory numbers and why it is out."""
     cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, [], builds) for name in engines.ENGINES}
     out: dict = {}
@@ -286,11 +285,12 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w, bare) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
     if rope_block:
+        # a blocked candidate keeps its memory plan (the hint and plan --json read it), not what only a chosen one
+        # needs (the weights note, the pins and the unpinned plan)
         return Candidate(name, mem, f"{rope_block} ({mem.context_per_request} tokens per request are past "
-                         f"{svc.model.name}'s trained {svc.model.context_length})", w.note, pins, unpinned)
+                         f"{svc.model.name}'s trained {svc.model.context_length})")
     if not mem.fits:
-        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw), w.note,
-                         pins, unpinned)
+        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw))
     return Candidate(name, mem, "", w.note, pins, unpinned)
 
 
@@ -299,7 +299,7 @@ def _pin_reasons(c: Candidate, threads: int, default_threads: int) -> list[str]:
     out = []
     for knob, said in c.pins.said:
         mine = _knob_text(c.memory, knob, threads)
-        chose = _knob_text(c.unpinned, knob, default_threads) if c.unpinned is not None else None
+        chose = _knob_text(c.unpinned, knob, default_threads)  # None without an unpinned plan
         tail = f" (stackgen would have chosen {chose})" if chose is not None and chose != mine else ""
         out.append(f"pinned by overrides: {said}{tail}")
     return out
@@ -430,7 +430,8 @@ def smaller_quants(fmt: str) -> list[str]:
 
 def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate], *,
                     model=None, workload=None, quant: str | None = None) -> tuple[str, int] | None:
-    """(engine, weights bytes) of the first engine the hardware allows that fits with the change, else None."""
+    """(engine, weights bytes) of the first engine the hardware allows that fits with the change and can apply the
+    RoPE scaling it needs, else None."""
     for name, c in candidates.items():
         if c.memory is None:
             continue  # the hardware or the model's format rules the engine out, not its size
@@ -442,7 +443,9 @@ def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: 
             continue
         if quant is not None and w.format != quant:
             continue
-        if engine.plan_memory(m, workload or svc.workload, hw, budget, w).fits:
+        mem = engine.plan_memory(m, workload or svc.workload, hw, budget, w)
+        # fitting is not enough: an engine that cannot apply the YaRN the plan needs still cannot serve it
+        if mem.fits and not (mem.rope_scaling is not None and engine.rope_block(mem.rope_scaling)):
             return name, w.bytes
     return None
 
@@ -628,7 +631,7 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
         for sp in local:
             first = sp is local[0]
             mine = (f"{line}; {sp.name} came first" if first else
-                    f"{line}; {sp.name} got the {gb(max(0, budget.gpu_bytes - used) if hw.gpus else 0)} left"
+                    f"{line}; {sp.name} got the {gb(max(0, budget.gpu_bytes - used))} left"
                     if hw.gpus else f"{line}")
             warnings = list(sp.warnings)
             m = sp.memory

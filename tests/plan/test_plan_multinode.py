@@ -131,6 +131,7 @@ def plan_stack(write_stack, extra=""):
 def test_multinode_unpinned_is_vllm_over_ray(write_stack):
     sp = plan_stack(write_stack)
     assert sp.engine == "vllm" and sp.topology.kind == "vllm-ray"
+    assert sp.speed is None  # the one-machine speed forecast does not model pipeline stages over the network
     assert (sp.memory.tensor_parallel, sp.memory.pipeline_parallel) == (8, 2)
 
 
@@ -200,3 +201,121 @@ def test_vllm_ray_reason_and_rejections_whole(write_stack):
         "llama.cpp": "llama.cpp RPC could split it too, but vLLM batches concurrent users and keeps tensor parallel "
                      "on NVLink inside each node",
         "ollama": only, "mlx": only, "sglang": only}
+
+
+def test_a_pinned_engine_that_fits_one_node_of_a_cluster_is_planned_on_that_node(write_stack):
+    """engine: vllm with Llama 3.1 8B on two DGX nodes: it fits the first node (no spill), so no split: the plan is
+    the one-machine plan (no topology, TP over that node's GPUs only), and the other engines lose to the pin."""
+    sp = resolve.resolve(load_stack(write_stack(TWO_DGX.replace("llama-3.1-405b-instruct", "llama-3.1-8b-instruct")
+                                                + "    engine: vllm\n")), HostFacts(hardware=None)).services[0]
+    assert sp.model.name == "llama-3.1-8b-instruct"
+    assert sp.engine == "vllm" and sp.topology is None and sp.memory.pipeline_parallel == 1
+    assert sp.reasons[0] == "engine: vllm is set in the stack file"
+
+
+def test_a_single_node_list_is_planned_as_one_machine(write_stack):
+    """`nodes:` with one node is not a cluster: a pinned engine that does not fit it is refused like on one machine
+    (its shortfall), not as a failed split over "1 nodes"."""
+    body = ("version: 1\nhardware:\n  nodes:\n    - hardware: rtx-4090\nworkload: dev-loop\nservices:\n"
+            "  chat:\n    model: llama-3.1-70b-instruct\n    engine: vllm\n")
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(body)), HostFacts(hardware=None))
+    text = str(exc.value)
+    assert ": services.chat: engine vllm cannot serve llama-3.1-70b-instruct: needs the " in text
+    assert "split over" not in text
+
+
+def refusal_lines(write_stack, extra: str) -> list[str]:
+    with pytest.raises(PlanError) as exc:
+        plan_stack(write_stack, extra)
+    return str(exc.value).split("\n")
+
+
+def test_a_pinned_engine_that_cannot_split_says_what_rules_it_out_on_one_node(write_stack):
+    """The refusal, line by line: the head, then one line per engine tried. MLX's line adds its one-node block
+    (Apple silicon); Ollama has none (it would run the 405B on one node only by spilling), so its line ends there."""
+    head = ("services.chat: llama-3.1-405b-instruct does not fit one node (8x H100 80GB HBM3), nor split over the 2 "
+            "nodes:")
+    cannot = "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
+    mlx = refusal_lines(write_stack, "    engine: mlx\n")
+    assert mlx[0].endswith(": " + head) and mlx[1:] == [
+        f"  - MLX (mlx_lm.server): {cannot}; on one node: needs Apple silicon (this machine has 8x H100 80GB HBM3)"]
+    ollama = refusal_lines(write_stack, "    engine: ollama\n")
+    assert ollama[0].endswith(": " + head) and ollama[1:] == [f"  - Ollama: {cannot}"]
+
+
+def test_too_big_for_both_splits_names_each_shortfall(write_stack):
+    """405B in fp32 (HF: 4 bytes x 405.9e9 params = 1623.4 GB; GGUF F32 1641.4 GB with the KV cache) on two DGX
+    H100 nodes: vLLM's stages hold 16 x 79.22 GiB x 0.9 = 1224.9 GB, the llama.cpp RPC split 1351.2 GB. Both are
+    tried, vLLM first (MULTINODE_TABLE), each with its own shortfall."""
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(TWO_DGX.replace("quant: bf16", "quant: fp32"))),
+                        HostFacts(hardware=None))
+    lines = str(exc.value).split("\n")
+    assert lines[1:] == [
+        "  - vLLM: needs 1623.4 GB of weights (fp32) plus KV cache; 2 nodes of 8x H100 80GB HBM3 hold 1224.9 GB at "
+        "--gpu-memory-utilization 0.9",
+        "  - llama.cpp (llama-server): needs 1641.4 GB (weights + KV cache) but the 2 nodes hold 1351.2 GB: 290.2 GB "
+        "short"]
+
+
+def test_a_split_keeps_the_weights_note(write_stack):
+    """llama.cpp pinned with quant: bf16 (an HF name): the nearest GGUF, BF16, is loaded, and the warning says so,
+    on a multi-node plan as on one machine."""
+    sp = plan_stack(write_stack, "    engine: llama.cpp\n")
+    assert sp.topology.kind == "llama-rpc"
+    assert sp.warnings == ("bf16 is not a GGUF type; llama.cpp would load the nearest GGUF, BF16",)
+
+
+def test_a_split_service_and_a_local_one_do_not_share_a_memory_line(write_stack):
+    """405B split over the two DGX nodes and Llama 3.1 8B after it, which fits the head node: only one service is
+    local, so there is no "N services share the ... GPU memory" line (that needs two local services); the CPU threads
+    are still divided between the two."""
+    text = TWO_DGX + "  small:\n    model: llama-3.1-8b-instruct\n"
+    big, small = resolve.resolve(load_stack(write_stack(text)), HostFacts(hardware=None)).services
+    assert big.topology is not None and small.topology is None
+    assert not any(" services share the " in r for r in big.reasons + small.reasons)
+    assert any(r.startswith("CPU threads: 2 services share 112 cores: ") for r in small.reasons)
+
+
+def cluster_hf(write_stack, folder, context: int = 8192) -> list[str]:
+    body = (f"version: 1\nhardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\nworkload: {{concurrent_users: 1, "
+            f"context_tokens: {context}, prompt_tokens: 1000, output_tokens: 200}}\nservices:\n  chat:\n"
+            f"    model: {folder}\n")
+    with pytest.raises(PlanError) as exc:
+        resolve.resolve(load_stack(write_stack(body)), HostFacts(hardware=None))
+    return str(exc.value).split("\n")[1:]
+
+
+def test_an_hf_folder_too_big_for_vllm_across_nodes_is_not_llamacpps_either(write_stack, tmp_path):
+    """A 700e9-parameter bf16 HF folder (1400 GB) on two DGX H100 nodes: more than vLLM's 1224.9 GB across both;
+    llama.cpp RPC, next, cannot load an HF folder at all: each line says its own reason."""
+    from test_resolve_hint import big_hf_folder
+
+    lines = cluster_hf(write_stack, big_hf_folder(tmp_path / "hf", 700 * 10**9))
+    assert lines[0].startswith("  - vLLM: needs 1400.0 GB of weights (bf16) plus KV cache; 2 nodes of 8x H100 80GB "
+                               "HBM3 hold 1224.9 GB")
+    assert lines[1:] == ["  - llama.cpp (llama-server): loads GGUF files and this is an HF safetensors folder (convert "
+                         "it with llama.cpp's convert_hf_to_gguf.py)"]
+
+
+def test_vllm_across_nodes_needs_the_rope_theta_for_yarn(write_stack, tmp_path):
+    """A 405e9-parameter bf16 HF folder (810 GB: more than one DGX node, within two) trained to 8192 tokens with YaRN
+    factor 4 in its config.json but no rope_theta: 16384 tokens need the YaRN, and vLLM's RoPE override must restate
+    rope_theta, so vLLM cannot split it; llama.cpp cannot load it."""
+    from test_resolve_hint import big_hf_folder
+
+    folder = big_hf_folder(tmp_path / "hf", 405 * 10**9, max_position_embeddings=8192, rope_theta=None,
+                           rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192})
+    assert cluster_hf(write_stack, folder, context=16384) == [
+        "  - vLLM: its RoPE override (--hf-overrides rope_parameters) replaces the model's whole rope settings and the "
+        "model's rope_theta is unknown",
+        "  - llama.cpp (llama-server): loads GGUF files and this is an HF safetensors folder (convert it with "
+        "llama.cpp's convert_hf_to_gguf.py)"]
+    # with rope_theta in the file, vLLM splits it, YaRN and all
+    ok = big_hf_folder(tmp_path / "ok", 405 * 10**9, max_position_embeddings=8192,
+                       rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192})
+    body = ("version: 1\nhardware:\n  nodes:\n    - hardware: dgx-h100\n      count: 2\nworkload: {concurrent_users: 1, "
+            f"context_tokens: 16384, prompt_tokens: 1000, output_tokens: 200}}\nservices:\n  chat:\n    model: {ok}\n")
+    sp = resolve.resolve(load_stack(write_stack(body, name="ok.yaml")), HostFacts(hardware=None)).services[0]
+    assert sp.engine == "vllm" and sp.topology.kind == "vllm-ray" and sp.memory.rope_scaling.factor == 2.0

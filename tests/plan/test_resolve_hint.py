@@ -140,3 +140,65 @@ def test_hint_for_a_local_gguf_offers_a_smaller_file_with_its_estimated_size(wri
         f"Each of these fits: a Q2_K file of this model (llama.cpp (llama-server) fits it: {q2 / GB:.1f} GB of "
         f"weights instead of {q4 / GB:.1f} GB; `quant:` cannot change a file's own quant). "
         "Or a smaller model, or more memory.")
+
+
+def test_hint_stops_at_one_user(write_stack):
+    """Llama 3.1 8B 4bit on MLX, a 16 GB M4, 2 users of 131072 tokens: KV 131072 B per token (32 layers x 8 heads x
+    256 dims x 2 bytes), 17.2 GB for one user alone, more than the 14.6 GB the GPU may use: not 2 users, not 1. At
+    32768 tokens 2 users need 8.6 GB of KV + 4.5 GB of weights: that is the offer. Fewer users is no lever here; the
+    search stops at one user (zero users would "fit", weights only, and be offered as `concurrent_users: 0`)."""
+    stack = load(write_stack, "hardware: m4-16gb\nworkload: {concurrent_users: 2, context_tokens: 131072, "
+                 "prompt_tokens: 1000, output_tokens: 200}\nservices:\n"
+                 "  s: {model: llama-3.1-8b-instruct, quant: 4bit, engine: mlx}\n")
+    assert hint_of(stack) == ("Each of these fits: `context_tokens: 32768` (MLX (mlx_lm.server) fits it). Or a "
+                              "smaller model, or more memory.")
+
+
+@pytest.mark.parametrize("context, prompt, output, down_to", [
+    # prompt + output = 4096: a 4096-token context still holds a request, 2048 does not
+    (16384, 3000, 1096, 4096),
+    # 4098 halves to 2049, then to the 2048 floor (2049 is still above it)
+    (4098, 1000, 48, 2048),
+])
+def test_the_shortest_context_tried_is_said(write_stack, context, prompt, output, down_to):
+    """Llama 3.1 70B 4bit (about 40 GB) never fits the 14.6 GB an M4 gives its GPU: the refusal names each lever
+    tried: 3bit, the only smaller MLX quant, and the shortest context tried, which stops where a request (prompt +
+    output) no longer fits the context or at the 2048-token floor."""
+    stack = load(write_stack, f"hardware: m4-16gb\nworkload: {{concurrent_users: 1, context_tokens: {context}, "
+                 f"prompt_tokens: {prompt}, output_tokens: {output}}}\nservices:\n"
+                 "  s: {model: llama-3.1-70b-instruct, quant: 4bit, engine: mlx}\n")
+    assert hint_of(stack) == (f"None of these makes it fit: a smaller quant (tried 3bit); a shorter context (tried down "
+                              f"to {down_to} tokens). Pick a smaller model or a machine with more memory.")
+
+
+def big_hf_folder(root, params: int, **config):
+    """A Llama-70B-shaped HF folder (80 layers, 8 KV heads of 128; `config` changes config.json, a None value drops
+    the key) whose one bf16 tensor holds `params` weights: the safetensors file is sparse (its header says the size;
+    the data is a hole), so the test writes a few bytes."""
+    import json
+    import struct
+
+    root.mkdir()
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+           "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "head_dim": 128, "vocab_size": 128256, "max_position_embeddings": 131072, "torch_dtype": "bfloat16",
+           "rope_theta": 500000.0, **config}
+    (root / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [params], "data_offsets": [0, 2 * params]}}).encode()
+    with open(root / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + 2 * params)
+    return root
+
+
+def test_hint_looks_past_engines_that_cannot_load_the_model(write_stack, tmp_path):
+    """A 33e9-parameter bf16 HF folder (66.0 GB) for one user of 131072 tokens on an 80 GB A100: no engine fits.
+    llama.cpp and Ollama cannot load an HF folder (no memory plan) and come first in the engine order; the hint
+    looks past them to vLLM: an fp8 file of the model, or 32768 tokens, fit vLLM."""
+    folder = big_hf_folder(tmp_path / "hf", 33 * 10**9)
+    stack = load(write_stack, f"hardware: a100-80gb\nserve: {{api_key_env: K}}\nworkload: {{concurrent_users: 1, "
+                 f"context_tokens: 131072}}\nservices:\n  s: {{model: {folder}}}\n")
+    assert hint_of(stack) == (
+        "Each of these fits: a fp8 file of this model (vLLM fits it: 34.0 GB of weights instead of 66.0 GB; `quant:` "
+        "cannot change a file's own quant); `context_tokens: 32768` (vLLM fits it). Or a smaller model, or more "
+        "memory.")

@@ -47,3 +47,46 @@ def test_the_first_engine_of_the_row_is_named_with_the_row_text(write_stack):
                              "batching and PagedAttention scale throughput with concurrency")
     assert sp.rejected["llama.cpp"] == ("ranked below vLLM for this workload: 2 concurrent users: llama-server's "
                                         "slots share one batch, but vLLM's paged KV cache and scheduler scale further")
+
+
+# ---------------------------------------------------------------------------------------------- SGLang in the rankings
+
+SG_KEY = "serve: {api_key_env: K}\n"  # SGLang is served only behind its key (SGLang.key_required)
+
+
+def prefix_heavy(write_stack, users: int, prompt: int, output: int, optimize: str = "throughput"):
+    body = (f"version: 1\nhardware: h100-80gb\n{SG_KEY}workload: {{concurrent_users: {users}, optimize: {optimize}, "
+            f"context_tokens: 16384, prompt_tokens: {prompt}, output_tokens: {output}}}\nservices:\n"
+            "  chat: {model: llama-3.1-8b-instruct}\n")
+    return resolve.resolve(load_stack(write_stack(body)), HOST).services[0]
+
+
+def test_sglang_first_for_long_shared_prompts_and_why_the_others_lost(write_stack):
+    """32 users sending 8000-token prompts for 300-token answers (8000 / 300 = 26.7 >= 8: the gpu-prefix-heavy row):
+    SGLang serves it; vLLM is next in that row and loses with the prompt ratio in whole times (8000 // 300 = 26x);
+    llama.cpp loses to SGLang's paged KV cache like it does to vLLM's."""
+    sp = prefix_heavy(write_stack, 32, 8000, 300)
+    assert sp.engine == "sglang"
+    assert sp.rejected["vllm"] == (
+        "ranked below SGLang for this workload: vLLM's prefix caching reuses shared prompts too, but it schedules "
+        "first-come-first-served; with 32 concurrent users sending prompts 26x longer than the answers, SGLang's "
+        "cache-aware scheduling keeps more of them in cache")
+    assert sp.rejected["llama.cpp"] == (
+        "ranked below SGLang for this workload: 32 concurrent users: llama-server's slots share one batch, but "
+        "SGLang's paged KV cache and scheduler scale further")
+
+
+@pytest.mark.parametrize("users, optimize, chosen, why", [
+    # one user, setup: the setup row (Ollama first); SGLang's install and graph compile are the reason
+    (1, "setup", "Ollama", "SGLang is a large Python install (CUDA kernels, FlashInfer) that compiles CUDA graphs at "
+                           "start; this workload optimizes setup"),
+    # one user, latency: gpu-single-user (llama.cpp first)
+    (1, "latency", "llama.cpp (llama-server)", "SGLang's batching scheduler and Python runtime cost one user start-up "
+                                               "time and latency that a single stream does not win back"),
+    # two users, short prompts (1000 / 200 = 5 < 8): gpu-multi-user (vLLM first)
+    (2, "latency", "vLLM", "SGLang pays off when many users share long prompts (prompt at least 8x the answer); this "
+                           "workload sends 1000 prompt tokens for 200 output tokens"),
+])
+def test_sglang_ranked_below_when_the_workload_is_not_its_own(write_stack, users, optimize, chosen, why):
+    sp = prefix_heavy(write_stack, users, 1000, 200, optimize)
+    assert sp.rejected["sglang"] == f"ranked below {chosen} for this workload: {why}"

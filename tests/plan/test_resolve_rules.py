@@ -80,6 +80,12 @@ def test_multinode_block():
     for other in (machine(g(count=4)), machine(g(gib=40)), machine(g(name="A100")), machine(g("amd"))):
         assert resolve._multinode_block(row["vllm"], nodes(same, other)) == (
             "pipeline parallel with TP = GPUs per node needs identical GPUs on every node")
+    # identical datacenter NVIDIA nodes vLLM itself cannot run on (Pascal, compute capability 6.1): its own hardware
+    # block; llama.cpp RPC has no hardware row and takes them
+    p40 = machine(GPUSpec(vendor="nvidia", name="Tesla P40", memory_gib=24, bandwidth_gbs=346, count=4,
+                          tier="datacenter", compute_capability="6.1"))
+    assert resolve._multinode_block(row["vllm"], nodes(p40, p40)) == "needs NVIDIA compute capability 7.0 or newer"
+    assert resolve._multinode_block(row["llama.cpp"], nodes(p40, p40)) == ""
 
 
 def test_words():
@@ -88,6 +94,8 @@ def test_words():
     assert resolve.gpu_words(machine(g(), g("amd", "MI300X", count=1))) == (
         "8 datacenter NVIDIA GPUs (H100) + a datacenter AMD GPU (MI300X)")
     assert resolve.gpu_words(machine()) == "a CPU-only machine (8 cores)"
+    assert resolve.gpu_words(machine(g(count=2, tier="consumer", name="RTX 3090"))) == (
+        "2 consumer NVIDIA GPUs (RTX 3090)")  # two is already plural
     assert resolve.users_words(1) == "one user" and resolve.users_words(3) == "3 concurrent users"
     assert resolve.backend_words(machine()) == "CPU backend"
     assert resolve.backend_words(machine(g(), g("amd"), g("intel"))) == "ROCm/Vulkan/SYCL/Vulkan/CUDA backends"
