@@ -31,6 +31,10 @@ from stackgen.render.targets.fleet import HAPROXY, instances, separate
 INSTANCE = "instance"
 BALANCER = "balancer"
 BALANCER_EXTRA_S = 30.0  # after its instances answer: HAProxy marks them up after `rise 2` checks `inter 2s`
+# HAProxy starts with the instances and marks a still-loading one down (fall 3 x inter 2s); once it answers, HAProxy
+# needs rise 2 checks 2 s apart to send it traffic again. The balancer counts as ready only that long after its last
+# instance answered, so `up --verify` and the first users reach every instance, not only the one that loaded first.
+BALANCER_SETTLE_S = 2 * 2.0 + 2.0  # rise x inter, plus one interval for the check already in flight
 CHECK_TIMEOUT_S = 30.0
 
 

@@ -261,6 +261,7 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
     after = {sp.name: fleet.members(start, sp) for sp in start if sp.unit_role == fleet.BALANCER}
     probers = {sp.name: _Prober(endpoint_for(sp)) for sp in start}
     prepared: set[str] = set()
+    members_at: dict[str, float] = {}  # balancer -> when its last instance answered
     ready: dict[str, float] = {}
     longest = max((state.services[n].budget_s for n in pending), default=0.0)
     last_report = 0.0
@@ -278,6 +279,10 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
                                runner.log_tail(st, 40), code, st.log)
             if any(m in pending for m in after.get(name, ())):
                 continue
+            if name in after:  # its instances answer: give HAProxy's checks time to mark them all up
+                members_at.setdefault(name, now)
+                if now - members_at[name] < fleet.BALANCER_SETTLE_S:
+                    continue
             result = probers[name].poll(st.budget_s - elapsed)
             if result is not None and result.state == READY:
                 ready[name] = round(elapsed, 2)
