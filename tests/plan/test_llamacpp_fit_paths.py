@@ -175,3 +175,11 @@ def test_smaller_context_keeps_the_partial_offload_and_reports_the_kv_lever(pinn
     want.append(f"partial offload: {n} of 32 layers on GPU (-ngl {n}: the output layer and {n - 1} repeating "
                 "layers), the rest in system RAM (run on the CPU)")
     assert p.levers == tuple(want)
+
+
+def test_plan_llamacpp_keeps_the_weights_source():
+    """plan_llamacpp (the fit, then the cache bound) passes the weights' source through to the plan."""
+    h = hw()
+    p = memory.plan_llamacpp(M8, WorkloadSpec(concurrent_users=1, context_tokens=8192), h, memory.initial_budget(h), W,
+                             "Q4_K_M", "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF")
+    assert p.fits and p.weights_source == "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"

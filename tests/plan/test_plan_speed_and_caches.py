@@ -187,6 +187,7 @@ def test_context_cap_and_yarn_factor():
     no_yarn = replace(QWEN, long_context=None)
     assert memory.context_for(no_yarn, 40000) == (32768, "context capped at the model's trained 32768 tokens "
                                                          "(asked 40000)")
+    assert memory.context_for(no_yarn, 32768) == (32768, None)  # exactly the trained context: no cap, no lever
     assert memory.context_for(replace(QWEN, context_length=0), 40000) == (40000, None)
     p = mem(context_per_request=40000)
     assert memory.with_rope(p, QWEN).rope_scaling.factor == 1.5
@@ -283,3 +284,10 @@ def test_partial_offload_speed_tie_goes_to_the_gpu_and_the_share_is_rounded():
     s = READ / 4 / 1000e9 + READ * 3 / 4 / 80e9
     assert memory.predict_decode_tokens_per_s(M8, mem(gpu_layers=8), hw(1000), 1024) == (
         round(0.7 / s, 1), "system RAM bandwidth (75% of layers run from RAM)")
+
+
+def test_pad_rounds_up_to_the_step():
+    """llama.cpp pads a slot's cells to 256 (and vLLM its blocks to 16): a multiple stays, one more token takes a
+    whole step."""
+    assert [memory.pad(n) for n in (1, 255, 256, 257, 512, 513)] == [256, 256, 256, 512, 512, 768]
+    assert [memory.pad(n, 16) for n in (16, 17, 8193)] == [16, 32, 8208]
