@@ -46,6 +46,15 @@ def test_vllm_cpu_refusal_names_the_pinned_overrides():
     assert not plain.fits and plain.shortfall.endswith("usable")
 
 
+def test_vllm_cpu_overhead_note_adds_scratch_and_activations():
+    """Llama 3.1 8B, 1 user: worker scratch 256 MiB (268,435,456 B) plus activations at 2048 batched tokens and one
+    sequence, int(2048 x 5.95 x (4096 + 14336) + 1 x 128256 x 4 x 1.42) = 225,333,473 B: 493,768,929 B, "0.5 GB"."""
+    hw = box()
+    p = memory.plan_vllm_cpu(M8, wl(), hw, memory.initial_budget(hw), 16 * GIB, "bf16", "catalog")
+    assert int(2048 * 5.95 * (4096 + 14336) + 128256 * 4 * 1.42) == 225_333_473
+    assert any(lever.endswith("worker scratch and activations 0.5 GB") for lever in p.levers)
+
+
 # ---------------------------------------------------------------------------------------------- multi-node
 
 
