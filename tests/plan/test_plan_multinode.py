@@ -59,9 +59,10 @@ def test_vllm_three_stages_when_two_cannot_hold_the_weights():
 
 
 def test_vllm_more_stages_than_nodes_is_refused():
-    """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes."""
+    """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes. The refused plan is the first
+    candidate tried (PP 2, the bf16 cache): a later one that does not fit either does not replace it."""
     p = mn(300 * GIB, 2)
-    assert p.fits is False and p.pipeline_parallel == 2
+    assert p.fits is False and p.pipeline_parallel == 2 and p.kv_cache_type == "auto"
     assert "2 nodes of" in p.shortfall and gb_words(RESERVE * 2 * 2) in p.shortfall
 
 
