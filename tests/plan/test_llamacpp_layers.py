@@ -52,6 +52,7 @@ def test_layer_split_from_the_file_worked_example():
     assert s.host_weights(20, 32, FILE) == 1_999_432_962
     assert s.gpu_weights(20, 32) + s.host_weights(20, 32, FILE) == FILE
     assert s.gpu_weights(1, 32) == Q6K_OUT  # -ngl 1 offloads the output layer alone
+    assert s.host_weights(1, 32, FILE) == FILE - Q6K_OUT  # ... and RAM keeps the rest, embedding and all 32 layers
     assert s.gpu_weights(0, 32) == 0 and s.host_weights(0, 32, FILE) == FILE
 
 
