@@ -171,6 +171,12 @@ def test_mlx_cache_off_and_on_notes_and_levers():
     assert three.prompt_cache.entries == 3 and three.host_bytes == plan.host_bytes + 3 * GIB
     assert three.levers == (three.prompt_cache.note,)
     assert "3 finished requests of at most 1024 MiB each" in three.prompt_cache.note
+    assert "it costs up to 3072 MiB, counted in the plan" in three.prompt_cache.note
+    # 2 GiB free leaves 1 GiB of room, less than one 2 GiB request: off, and the note gives the free memory, 2 GiB.
+    off = memory.bound_mlx_cache(replace(plan, kv_cache_bytes=2 * GIB, parallel=1),
+                                 memory.Budget(0, plan.host_bytes + 2 * GIB))
+    assert off.prompt_cache.entries == 0 and off.prompt_cache.note.startswith(
+        "prompt cache off (--prompt-cache-size 0): the plan leaves 2.1 GB of memory free")
     one = memory.bound_mlx_cache(replace(plan, kv_cache_bytes=2 * GIB, parallel=2),
                                  memory.Budget(0, plan.host_bytes + 2 * GIB))
     assert one.prompt_cache.entries == 1 and "bounded to 1 finished requests" in one.prompt_cache.note

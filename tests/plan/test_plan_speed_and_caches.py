@@ -291,3 +291,11 @@ def test_pad_rounds_up_to_the_step():
     whole step."""
     assert [memory.pad(n) for n in (1, 255, 256, 257, 512, 513)] == [256, 256, 256, 512, 512, 768]
     assert [memory.pad(n, 16) for n in (16, 17, 8193)] == [16, 32, 8208]
+
+
+def test_checkpoint_note_gives_each_copy_and_their_total():
+    """Gemma 3 270M, 2 slots, 4 checkpoints each of 15 MiB: "up to 15.0 MiB each (120 MiB for 2 slots)"."""
+    plan = mem(context_per_request=4096, parallel=2, kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, 100 * GIB))
+    assert out.prompt_cache.checkpoints == 4
+    assert "copies of the sliding-window cache of up to 15.0 MiB each (120 MiB for 2 slots)" in out.prompt_cache.note
