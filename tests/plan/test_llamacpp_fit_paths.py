@@ -13,6 +13,8 @@ tokens, no documented YaRN). Rules (see test_plan_llamacpp.py's header for their
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from stackgen.plan import memory
@@ -183,3 +185,47 @@ def test_plan_llamacpp_keeps_the_weights_source():
     p = memory.plan_llamacpp(M8, WorkloadSpec(concurrent_users=1, context_tokens=8192), h, memory.initial_budget(h), W,
                              "Q4_K_M", "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF")
     assert p.fits and p.weights_source == "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF"
+
+
+def test_room_for_the_output_layer_alone_is_ngl_1():
+    """A GPU budget of exactly the output layer (its estimate, vocab x hidden at the file's mean bytes a parameter)
+    + compute(1) + the 1024 MiB margin: -ngl 1, the output layer and 0 repeating layers (none of the KV)."""
+    s = _split()
+    budget = s.output + compute(1) + 1024 * MIB
+    p = fit(memory.Budget(budget, 50 * GIB))
+    assert p.fits and p.gpu_layers == 1 and p.gpu_bytes == budget
+    assert p.host_bytes == s.host_weights(1, 32, W) + kv(8192) + 80 * MIB
+    assert p.levers == ("partial offload: 1 of 32 layers on GPU (-ngl 1: the output layer and 0 repeating layers), "
+                        "the rest in system RAM (run on the CPU)",)
+
+
+def test_a_pinned_ubatch_sizes_the_sliding_window_cache_and_the_kq_scratch():
+    """-ub 1024 pinned. Gemma 3 270M (18 layers, 15 of them sliding-window over 512 tokens, 1 KV head of 256 + 256),
+    1 slot of 4096: the SWA layers keep pad256(min(4096, 512 + 1024)) = 1536 cells, so KV = 3 x 4096 x 1024 B +
+    15 x 1536 x 1024 B = 36,175,872 B (15 x 1024 cells at the default -ub 512). Llama 3.1 8B with -fa off: compute
+    = 1024 x 4 x (4 x 4096 + 2 x 14336) + 1 x 128256 x 4 = 185,062,400 B, plus the KQ scratch pad256(8192) x 1 slot x
+    1024 rows x 32 heads x 4 B = 1 GiB."""
+    gemma = load_profiles().models["gemma-3-270m"]
+    pins = memory.Pins(ubatch=1024, said=(("ubatch", "-ub 1024"),))
+    g = memory._fit_llamacpp(gemma, WorkloadSpec(concurrent_users=1, context_tokens=4096), hw(), memory.Budget(
+        20 * GIB, 50 * GIB), 253_113_024, "Q4_K_M", "test", allow_kv_quant=True, gpu_overhead=1024 * MIB, pins=pins)
+    assert g.fits and g.kv_cache_bytes == 3 * 4096 * 1024 + 15 * 1536 * 1024 == 36_175_872
+    pins = memory.Pins(ubatch=1024, flash_attn="off", said=(("ubatch", "-ub 1024"), ("flash_attn", "-fa off")))
+    p = fit(memory.Budget(20 * GIB, 50 * GIB), pins=pins)
+    assert 1024 * 4 * (4 * 4096 + 2 * 14336) + 128256 * 4 == 185_062_400
+    assert p.fits and p.compute_bytes == 185_062_400 + 8192 * 1024 * 32 * 4
+
+
+def test_a_plan_for_another_quant_than_the_file_estimates_its_layers():
+    """A model read from a Q4_K_M file knows that file's embedding and output bytes; a plan for Q8_0 weights (another
+    file) cannot use them and estimates the split from vocab x hidden, exactly as for a catalog model."""
+    from_file = replace(M8, quant="Q4_K_M", gguf_input_bytes=295_501_824, gguf_output_bytes=430_940_160,
+                               gguf_output_tied=False)
+    q8 = 8_540_770_848
+    args = (WorkloadSpec(concurrent_users=1, context_tokens=8192), hw(), memory.Budget(6 * GIB, 50 * GIB), q8, "Q8_0",
+            "test")
+    a = memory._fit_llamacpp(from_file, *args, allow_kv_quant=True, gpu_overhead=1024 * MIB)
+    b = memory._fit_llamacpp(M8, *args, allow_kv_quant=True, gpu_overhead=1024 * MIB)
+    assert 0 < a.gpu_layers < 32 and (a.gpu_layers, a.gpu_bytes, a.host_bytes) == (b.gpu_layers, b.gpu_bytes,
+                                                                                   b.host_bytes)
+    assert memory.llamacpp_layer_split(from_file, q8, "Q8_0").source == "estimate"
