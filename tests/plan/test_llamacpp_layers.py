@@ -110,3 +110,17 @@ def test_partial_plan_places_layers_the_llama_cpp_way():
     expected = (Q6K_OUT + int((n - 1) * 131_071_626.0)) + int(kv * (n - 1) / 32) + p.compute_bytes + 1024 * MIB
     assert p.gpu_bytes == pytest.approx(expected, abs=2)
     assert p.gpu_bytes <= 4 * GIB
+
+
+def test_estimate_finds_a_tied_output_from_the_parameter_count():
+    """Gemma 2 9B (catalog: 9.24e9 parameters, 42 layers, hidden 3584, ffn 14336, 16 heads and 8 KV heads of
+    256 + 256, vocab 256000) ties its output to the embedding. A dense layer holds 3584 x (16 x 512 + 8 x 512)
+    + 3 x 3584 x 14336 = 198,180,864 parameters; 42 of them 8,323,596,288, leaving 916,403,712 outside the layers:
+    one vocab x hidden matrix (917,504,000), under the 1.5 matrices that would mean two. So the file holds the
+    embedding once (output_in_file 0) and the GPU copy of the output is embedding-sized:
+    int(917,504,000 x 5.76e9 / 9.24e9) = 571,950,545 B; each layer (5.76e9 - 571,950,545) / 42."""
+    g = load_profiles().models["gemma-2-9b-it"]
+    assert 42 * (3584 * (16 * 512 + 8 * 512) + 3 * 3584 * 14336) == 8_323_596_288
+    s = memory.llamacpp_layer_split(g, 5_760_000_000, "Q4_K_M")
+    assert (s.source, s.input, s.output, s.output_in_file) == ("estimate", 571_950_545, 571_950_545, 0)
+    assert s.per_layer == pytest.approx((5_760_000_000 - 571_950_545) / 42)
