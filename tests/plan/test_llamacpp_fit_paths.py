@@ -229,3 +229,19 @@ def test_a_plan_for_another_quant_than_the_file_estimates_its_layers():
     assert 0 < a.gpu_layers < 32 and (a.gpu_layers, a.gpu_bytes, a.host_bytes) == (b.gpu_layers, b.gpu_bytes,
                                                                                    b.host_bytes)
     assert memory.llamacpp_layer_split(from_file, q8, "Q8_0").source == "estimate"
+
+
+@pytest.mark.parametrize("ram", [GIB // 2, 2 * GIB])
+def test_a_smaller_context_tries_every_layer_on_the_gpu_first(ram):
+    """Bug found by mutation testing (the smaller-context path only searched partial offloads, at most 31 layers).
+    12 GiB of GPU budget, 131072 tokens asked. At 131072 the whole model needs 5 GiB + q8_0 KV (32 x 131072 x 8 x 256
+    x 34/32 = 8.5 GiB) + compute(1) + 1 GiB margin = 14.6 GiB > 12 GiB, and no partial offload fits the RAM. At
+    65536 every layer fits the GPU with a q8_0 cache: 5 GiB + 4.25 GiB + 92,787,712 B + 1 GiB = 11,098,641,408 B
+    (f16, 8 GiB of KV, would need 14.1 GiB), with 80 MiB of RAM. Before the fix: 0.5 GiB of RAM was refused outright
+    (every partial offload keeps the 0.3 GB embedding and more in RAM) and 2 GiB got -ngl 31."""
+    p = fit(memory.Budget(12 * GIB, ram), ctx=131072)
+    gpu = W + kv(65536, bpe=Q8) + compute(1) + 1024 * MIB
+    assert gpu == 11_098_641_408
+    assert p.fits and p.gpu_layers == 32 and p.context_per_request == 65536 and p.kv_cache_type == "q8_0"
+    assert (p.gpu_bytes, p.host_bytes) == (gpu, 80 * MIB)
+    assert p.levers == ("context reduced from 131072 to 65536 tokens per request to fit", "KV cache quantized to q8_0")
