@@ -245,3 +245,21 @@ def test_a_smaller_context_tries_every_layer_on_the_gpu_first(ram):
     assert p.fits and p.gpu_layers == 32 and p.context_per_request == 65536 and p.kv_cache_type == "q8_0"
     assert (p.gpu_bytes, p.host_bytes) == (gpu, 80 * MIB)
     assert p.levers == ("context reduced from 131072 to 65536 tokens per request to fit", "KV cache quantized to q8_0")
+
+
+def test_cpu_only_smaller_context_has_no_offload_lever():
+    """No GPU, 13.5 GiB of RAM, 131072 tokens asked: at 131072 even a q8_0 cache needs 5 + 8.5 GiB + compute(1)
+    + 80 MiB > 13.5 GiB; at 65536 an f16 cache fits (5 + 8 GiB + 92,787,712 B + 80 MiB = 13.16 GiB). The only lever
+    is the context: a CPU-only plan says nothing about layers on a GPU."""
+    cpu = HardwareSpec(gpus=(), memory_gib=64, memory_bandwidth_gbs=80, cpu=CPUSpec(cores=8))
+    p = fit(memory.Budget(0, int(13.5 * GIB)), ctx=131072, machine=cpu)
+    assert p.fits and p.gpu_layers == 0 and p.context_per_request == 65536 and p.kv_cache_type == "f16"
+    assert p.host_bytes == W + kv(65536) + compute(1) + 80 * MIB
+    assert p.levers == ("context reduced from 131072 to 65536 tokens per request to fit",)
+
+
+def test_nothing_fits_is_a_refusal_with_fits_false():
+    """1 GiB of GPU and 1 GiB of RAM cannot hold 5 GiB of weights at any context: fits is False (not merely falsy)
+    and the shortfall says what is needed."""
+    p = fit(memory.Budget(GIB, GIB))
+    assert p.fits is False and p.shortfall.startswith("needs ")
