@@ -124,3 +124,28 @@ def test_estimate_finds_a_tied_output_from_the_parameter_count():
     s = memory.llamacpp_layer_split(g, 5_760_000_000, "Q4_K_M")
     assert (s.source, s.input, s.output, s.output_in_file) == ("estimate", 571_950_545, 571_950_545, 0)
     assert s.per_layer == pytest.approx((5_760_000_000 - 571_950_545) / 42)
+
+
+def test_which_split_a_model_gets():
+    """The file's tensor list is used when the model has one and the plan is for that file (no format named, or the
+    file's own quant): Q4_K_M's embedding 295,501,824 B is the input. A catalog model (no tensor list) is estimated
+    even when no format is named. A tied file (no output.weight) holds the embedding once: the output's GPU copy is
+    not in the file, so the 32 layers share file - embedding: (4,920,734,016 - 295,501,824) / 32 = 144,538,506 B."""
+    f = _file_model()
+    assert memory.llamacpp_layer_split(f, FILE).source == "file"
+    assert memory.llamacpp_layer_split(f, FILE, "Q4_K_M").input == Q4K_EMBD
+    assert memory.llamacpp_layer_split(M8, FILE).source == "estimate"
+    tied = memory.llamacpp_layer_split(replace(f, gguf_output_tied=True, gguf_output_bytes=Q4K_EMBD), FILE)
+    assert (tied.input, tied.output, tied.output_in_file) == (Q4K_EMBD, Q4K_EMBD, 0)
+    assert tied.per_layer == (FILE - Q4K_EMBD) / 32 == 144_538_506.0
+
+
+@pytest.mark.parametrize("missing", ["vocab", "params"])
+def test_a_model_without_vocab_or_parameter_count_splits_evenly(missing):
+    """Without vocab x hidden or the parameter count there is nothing to size the embedding by: the file is spread
+    over the 32 layers and the output layer alike, 4,920,734,016 / 33 = 149,113,152 B each (no input in the split)."""
+    m = replace(M8, **{missing: 0})
+    s = memory.llamacpp_layer_split(m, FILE, "Q4_K_M")
+    assert (s.input, s.output, s.output_in_file, s.per_layer, s.source) == (
+        0, 149_113_152, 149_113_152, FILE / 33, "estimate")
+    assert FILE / 33 == 149_113_152.0
