@@ -299,3 +299,16 @@ def test_checkpoint_note_gives_each_copy_and_their_total():
     out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, 100 * GIB))
     assert out.prompt_cache.checkpoints == 4
     assert "copies of the sliding-window cache of up to 15.0 MiB each (120 MiB for 2 slots)" in out.prompt_cache.note
+
+
+def test_llamacpp_cache_notes_give_whole_mib_and_the_free_ram():
+    """1 slot with a 64 MiB cache and 100 GiB free: --cache-ram is 2 x 64 = 128 MiB, written as whole MiB in the note
+    and its flag. With 100 MiB free the room is half of it, so the bound is min(128 MiB, 50 MiB) = 50 MiB; with
+    1.5 MiB - 2 B free the room (786,431 B) rounds down to 0 MiB: off, and the note gives the free RAM ("0.0 GB")."""
+    plan = mem(kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    on = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, 100 * GIB)).prompt_cache.note
+    assert on.startswith("prompt cache bounded to 128 MiB of system RAM (--cache-ram 128; ")
+    half = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, GIB + 100 * MIB)).prompt_cache.note
+    assert half.startswith("prompt cache bounded to 50 MiB of system RAM (--cache-ram 50; ")
+    off = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, GIB + 3 * GIB // 2 // 1024 - 2)).prompt_cache
+    assert off.limit_bytes == 0 and off.note.startswith("prompt cache off (--cache-ram 0): the plan leaves 0.0 GB")
