@@ -520,15 +520,20 @@ def _fit_llamacpp(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
                 f"KV cache quantized to {best.kv_cache_type}"]
             return replace(best, levers=tuple(levers + [_offload_lever(best, budget, split.output)] + kv_note))
     # Last lever: a smaller context per request (the workload will not get what it asked for).
+    # At each smaller context the same order as at the asked one: every layer on the GPU (f16, then the quantized
+    # cache), then the most layers that fit, then none.
     for smaller in ([] if ctx_pinned else _smaller_contexts(ctx)):
-        for kv_type in kv_types:
-            plan = build(full, kv_type, smaller) if not has_gpu else (_best_partial(build, model.layers, (kv_type,), smaller) or build(0, kv_type, smaller))
-            if plan.fits:
-                lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
-                extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
-                if has_gpu and plan.gpu_layers < model.layers:
-                    extra.append(_offload_lever(plan, budget, split.output))
-                return replace(plan, levers=tuple(levers + [lever] + extra))
+        plan = next((p for p in (build(full, k, smaller) for k in kv_types) if p.fits), None)
+        if plan is None and has_gpu:
+            plan = _best_partial(build, model.layers, kv_types, smaller) or next(
+                (p for p in (build(0, k, smaller) for k in kv_types) if p.fits), None)
+        if plan is not None:
+            kv_type = plan.kv_cache_type
+            lever = f"context reduced from {ctx} to {smaller} tokens per request to fit"
+            extra = [] if kv_type == "f16" or pins.kv_cache_type else [f"KV cache quantized to {kv_type}"]
+            if has_gpu and plan.gpu_layers < model.layers:
+                extra.append(_offload_lever(plan, budget, split.output))
+            return replace(plan, levers=tuple(levers + [lever] + extra))
     worst = build(full, kv_types[-1], ctx)
     return replace(worst, fits=False, shortfall=_shortfall(worst, budget, hw, pins))
 

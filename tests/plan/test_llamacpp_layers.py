@@ -52,6 +52,7 @@ def test_layer_split_from_the_file_worked_example():
     assert s.host_weights(20, 32, FILE) == 1_999_432_962
     assert s.gpu_weights(20, 32) + s.host_weights(20, 32, FILE) == FILE
     assert s.gpu_weights(1, 32) == Q6K_OUT  # -ngl 1 offloads the output layer alone
+    assert s.host_weights(1, 32, FILE) == FILE - Q6K_OUT  # ... and RAM keeps the rest, embedding and all 32 layers
     assert s.gpu_weights(0, 32) == 0 and s.host_weights(0, 32, FILE) == FILE
 
 
@@ -109,3 +110,42 @@ def test_partial_plan_places_layers_the_llama_cpp_way():
     expected = (Q6K_OUT + int((n - 1) * 131_071_626.0)) + int(kv * (n - 1) / 32) + p.compute_bytes + 1024 * MIB
     assert p.gpu_bytes == pytest.approx(expected, abs=2)
     assert p.gpu_bytes <= 4 * GIB
+
+
+def test_estimate_finds_a_tied_output_from_the_parameter_count():
+    """Gemma 2 9B (catalog: 9.24e9 parameters, 42 layers, hidden 3584, ffn 14336, 16 heads and 8 KV heads of
+    256 + 256, vocab 256000) ties its output to the embedding. A dense layer holds 3584 x (16 x 512 + 8 x 512)
+    + 3 x 3584 x 14336 = 198,180,864 parameters; 42 of them 8,323,596,288, leaving 916,403,712 outside the layers:
+    one vocab x hidden matrix (917,504,000), under the 1.5 matrices that would mean two. So the file holds the
+    embedding once (output_in_file 0) and the GPU copy of the output is embedding-sized:
+    int(917,504,000 x 5.76e9 / 9.24e9) = 571,950,545 B; each layer (5.76e9 - 571,950,545) / 42."""
+    g = load_profiles().models["gemma-2-9b-it"]
+    assert 42 * (3584 * (16 * 512 + 8 * 512) + 3 * 3584 * 14336) == 8_323_596_288
+    s = memory.llamacpp_layer_split(g, 5_760_000_000, "Q4_K_M")
+    assert (s.source, s.input, s.output, s.output_in_file) == ("estimate", 571_950_545, 571_950_545, 0)
+    assert s.per_layer == pytest.approx((5_760_000_000 - 571_950_545) / 42)
+
+
+def test_which_split_a_model_gets():
+    """The file's tensor list is used when the model has one and the plan is for that file (no format named, or the
+    file's own quant): Q4_K_M's embedding 295,501,824 B is the input. A catalog model (no tensor list) is estimated
+    even when no format is named. A tied file (no output.weight) holds the embedding once: the output's GPU copy is
+    not in the file, so the 32 layers share file - embedding: (4,920,734,016 - 295,501,824) / 32 = 144,538,506 B."""
+    f = _file_model()
+    assert memory.llamacpp_layer_split(f, FILE).source == "file"
+    assert memory.llamacpp_layer_split(f, FILE, "Q4_K_M").input == Q4K_EMBD
+    assert memory.llamacpp_layer_split(M8, FILE).source == "estimate"
+    tied = memory.llamacpp_layer_split(replace(f, gguf_output_tied=True, gguf_output_bytes=Q4K_EMBD), FILE)
+    assert (tied.input, tied.output, tied.output_in_file) == (Q4K_EMBD, Q4K_EMBD, 0)
+    assert tied.per_layer == (FILE - Q4K_EMBD) / 32 == 144_538_506.0
+
+
+@pytest.mark.parametrize("missing", ["vocab", "params"])
+def test_a_model_without_vocab_or_parameter_count_splits_evenly(missing):
+    """Without vocab x hidden or the parameter count there is nothing to size the embedding by: the file is spread
+    over the 32 layers and the output layer alike, 4,920,734,016 / 33 = 149,113,152 B each (no input in the split)."""
+    m = replace(M8, **{missing: 0})
+    s = memory.llamacpp_layer_split(m, FILE, "Q4_K_M")
+    assert (s.input, s.output, s.output_in_file, s.per_layer, s.source) == (
+        0, 149_113_152, 149_113_152, FILE / 33, "estimate")
+    assert FILE / 33 == 149_113_152.0

@@ -46,6 +46,15 @@ def test_vllm_cpu_refusal_names_the_pinned_overrides():
     assert not plain.fits and plain.shortfall.endswith("usable")
 
 
+def test_vllm_cpu_overhead_note_adds_scratch_and_activations():
+    """Llama 3.1 8B, 1 user: worker scratch 256 MiB (268,435,456 B) plus activations at 2048 batched tokens and one
+    sequence, int(2048 x 5.95 x (4096 + 14336) + 1 x 128256 x 4 x 1.42) = 225,333,473 B: 493,768,929 B, "0.5 GB"."""
+    hw = box()
+    p = memory.plan_vllm_cpu(M8, wl(), hw, memory.initial_budget(hw), 16 * GIB, "bf16", "catalog")
+    assert int(2048 * 5.95 * (4096 + 14336) + 128256 * 4 * 1.42) == 225_333_473
+    assert any(lever.endswith("worker scratch and activations 0.5 GB") for lever in p.levers)
+
+
 # ---------------------------------------------------------------------------------------------- multi-node
 
 
@@ -162,6 +171,12 @@ def test_mlx_cache_off_and_on_notes_and_levers():
     assert three.prompt_cache.entries == 3 and three.host_bytes == plan.host_bytes + 3 * GIB
     assert three.levers == (three.prompt_cache.note,)
     assert "3 finished requests of at most 1024 MiB each" in three.prompt_cache.note
+    assert "it costs up to 3072 MiB, counted in the plan" in three.prompt_cache.note
+    # 2 GiB free leaves 1 GiB of room, less than one 2 GiB request: off, and the note gives the free memory, 2 GiB.
+    off = memory.bound_mlx_cache(replace(plan, kv_cache_bytes=2 * GIB, parallel=1),
+                                 memory.Budget(0, plan.host_bytes + 2 * GIB))
+    assert off.prompt_cache.entries == 0 and off.prompt_cache.note.startswith(
+        "prompt cache off (--prompt-cache-size 0): the plan leaves 2.1 GB of memory free")
     one = memory.bound_mlx_cache(replace(plan, kv_cache_bytes=2 * GIB, parallel=2),
                                  memory.Budget(0, plan.host_bytes + 2 * GIB))
     assert one.prompt_cache.entries == 1 and "bounded to 1 finished requests" in one.prompt_cache.note

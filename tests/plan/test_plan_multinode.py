@@ -59,9 +59,10 @@ def test_vllm_three_stages_when_two_cannot_hold_the_weights():
 
 
 def test_vllm_more_stages_than_nodes_is_refused():
-    """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes."""
+    """The same 300 GiB on 2 nodes: PP would have to be 3, and there are 2 nodes. The refused plan is the first
+    candidate tried (PP 2, the bf16 cache): a later one that does not fit either does not replace it."""
     p = mn(300 * GIB, 2)
-    assert p.fits is False and p.pipeline_parallel == 2
+    assert p.fits is False and p.pipeline_parallel == 2 and p.kv_cache_type == "auto"
     assert "2 nodes of" in p.shortfall and gb_words(RESERVE * 2 * 2) in p.shortfall
 
 
@@ -69,10 +70,11 @@ def gb_words(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-@pytest.mark.parametrize("extra,kv", [(0, "auto"), (4, "fp8")])
+@pytest.mark.parametrize("extra,kv", [(0, "auto"), (1, "auto"), (4, "fp8")])
 def test_vllm_stage_limit_one_rank_byte_either_side(extra, kv):
     """Weights set so that a rank at PP 2 has exactly one bf16 request of KV room (512 MiB / 2 stages): bf16;
-    4 bytes more of weights (1 per rank) and only fp8 (half the KV) fits at PP 2."""
+    1 byte more leaves a rank's whole-byte share (weights // 4) the same: still bf16; 4 bytes more of weights
+    (1 per rank) and only fp8 (half the KV) fits at PP 2."""
     w = (RESERVE - OVERHEAD - KV_TP2 // 2) * 4 + extra
     p = mn(w, 2)
     assert p.fits and p.pipeline_parallel == 2 and p.kv_cache_type == kv
@@ -319,3 +321,17 @@ def test_vllm_across_nodes_needs_the_rope_theta_for_yarn(write_stack, tmp_path):
             f"context_tokens: 16384, prompt_tokens: 1000, output_tokens: 200}}\nservices:\n  chat:\n    model: {ok}\n")
     sp = resolve.resolve(load_stack(write_stack(body, name="ok.yaml")), HostFacts(hardware=None)).services[0]
     assert sp.engine == "vllm" and sp.topology.kind == "vllm-ray" and sp.memory.rope_scaling.factor == 2.0
+
+
+def test_vllm_multinode_names_its_kv_pool_and_keeps_the_a100_batch():
+    """A100 80GB nodes keep vLLM's 2048 batched tokens (arg_utils excludes the A100 from the >= 70 GiB tier of
+    8192), so the per-rank overhead is (1.79 + 1.79 + 0.5) GiB + 2048 x 5.95 x 18432 + 128256 x 4 x 1.42; the
+    prefix-cache note names the pool it lives in, --gpu-memory-utilization."""
+    a100 = HardwareSpec(gpus=(GPUSpec(vendor="nvidia", name="A100-SXM4-80GB", memory_gib=80, bandwidth_gbs=2039,
+                                      count=2, tier="datacenter"),),
+                        memory_gib=512, memory_bandwidth_gbs=200, cpu=CPUSpec(cores=32))
+    p = memory.plan_vllm_multinode(M8, WorkloadSpec(concurrent_users=1, context_tokens=8192), a100, 2, 200 * GIB,
+                                   "bf16", "test")
+    per_rank = int((1.79 + 1.79 + 0.5) * GIB + int(2048 * 5.95 * (4096 + 14336) + 128256 * 4 * 1.42))
+    assert p.fits and p.overhead_bytes == per_rank * 2 * p.pipeline_parallel
+    assert "(--gpu-memory-utilization)" in p.levers[-1]

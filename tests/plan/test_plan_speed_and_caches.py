@@ -187,6 +187,7 @@ def test_context_cap_and_yarn_factor():
     no_yarn = replace(QWEN, long_context=None)
     assert memory.context_for(no_yarn, 40000) == (32768, "context capped at the model's trained 32768 tokens "
                                                          "(asked 40000)")
+    assert memory.context_for(no_yarn, 32768) == (32768, None)  # exactly the trained context: no cap, no lever
     assert memory.context_for(replace(QWEN, context_length=0), 40000) == (40000, None)
     p = mem(context_per_request=40000)
     assert memory.with_rope(p, QWEN).rope_scaling.factor == 1.5
@@ -221,3 +222,93 @@ def test_gb_is_decimal_with_one_digit():
     """Vendors' and file listings' GB (10^9 bytes); 12.75 rounds half to even, to 12.8."""
     assert memory.gb(12_750_000_000) == "12.8 GB"
     assert memory.gb(2**30) == "1.1 GB"
+
+
+def test_pinned_ctx_checkpoints_are_counted_as_pinned():
+    """--ctx-checkpoints 8 pinned on Gemma 3 270M (2 slots x 4096): the count is the user's 8, not the 4 the room
+    would give, and the plan counts 2 slots x 8 x 15 MiB = 240 MiB of copies beside the prompt cache."""
+    pins = memory.Pins(ctx_checkpoints=8, said=(("ctx_checkpoints", "--ctx-checkpoints 8"),))
+    plan = mem(context_per_request=4096, parallel=2, kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, 100 * GIB), pins=pins)
+    assert out.prompt_cache.checkpoints == 8
+    assert out.prompt_cache.bytes == out.prompt_cache.limit_bytes + 2 * 8 * CKPT == 128 * MIB + 240 * MIB
+
+
+def test_checkpoints_of_a_q8_cache_are_q8_sized():
+    """A checkpoint copies the slot's cache as it is stored: with a q8_0 cache each is 15 layers x 1024 cells x 512
+    elements x 34/32 bytes = 8,355,840 B (not the f16 15 MiB); 1 slot x 4 of them."""
+    plan = mem(context_per_request=4096, parallel=1, kv_cache_bytes=64 * MIB, host_bytes=GIB, kv_cache_type="q8_0")
+    out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, 100 * GIB))
+    each = 15 * 1024 * 512 * 34 // 32
+    assert each == 8_355_840
+    assert out.prompt_cache.checkpoints == 4 and out.prompt_cache.bytes == 128 * MIB + 4 * each
+
+
+def test_pinned_cache_on_a_discrete_gpu_counts_only_the_ram_part():
+    """On a discrete GPU the RAM budget holds host_bytes alone: 1 GiB + --cache-ram 1024 = 2 GiB fits a 2 GiB RAM
+    budget although the plan also has 3 GiB on the GPU."""
+    pins = memory.Pins(cache_ram_mib=1024, said=(("cache_ram_mib", "--cache-ram 1024"),))
+    out = memory.bound_llamacpp_cache(mem(host_bytes=GIB, gpu_bytes=3 * GIB), M8, memory.Budget(10 * GIB, 2 * GIB),
+                                      pins=pins)
+    assert out.fits is True and out.host_bytes == 2 * GIB
+
+
+def test_pinned_cache_refusal_names_its_overrides_and_the_ram_left():
+    """--cache-ram 1024 and --ctx-checkpoints 2 pinned (and -np 2, not a cache knob) on Gemma 3 270M, 2 slots x 4096:
+    the cache needs 1024 MiB + 2 x 2 x 15 MiB = 1084 MiB = 1,136,656,384 B ("1.1 GB"); the plan holds 1 GiB of a
+    1.5 GiB RAM budget, so 0.5 GiB = 536,870,912 B ("0.5 GB") is left. The reason names the two cache overrides."""
+    said = (("cache_ram_mib", "--cache-ram 1024"), ("ctx_checkpoints", "--ctx-checkpoints 2"), ("parallel", "-np 2"))
+    pins = memory.Pins(cache_ram_mib=1024, ctx_checkpoints=2, parallel=2, said=said)
+    plan = mem(context_per_request=4096, parallel=2, kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, GIB + GIB // 2), pins=pins)
+    assert out.fits is False and out.prompt_cache.bytes == 1084 * MIB
+    assert out.shortfall == ("the prompt cache needs 1.1 GB of RAM beside the rest of the plan, 0.5 GB is left "
+                             "(pinned by overrides: --cache-ram 1024, --ctx-checkpoints 2)")
+
+
+def test_speed_edges_unknown_layers_params_and_nothing_to_read():
+    """Degenerate inputs: a plan with no layer count reads everything from RAM (never divides by 0 layers); a model
+    with no parameter count reads all its weights per token; a plan that reads 0 bytes has no speed (0.0)."""
+    assert memory.predict_decode_tokens_per_s(M8, mem(gpu_layers=0, total_layers=0), hw(1000), 1024) == (
+        round(0.7 / (READ / 80e9), 1), "system RAM bandwidth")
+    no_params = replace(M8, params=0, active_params=0)
+    assert memory.predict_decode_tokens_per_s(no_params, mem(), hw(), 1024)[0] == round(0.7 / (READ / 80e9), 1)
+    assert memory.predict_decode_tokens_per_s(M8, mem(weights_bytes=0), hw(), 0) == (0.0, "system RAM bandwidth")
+
+
+def test_partial_offload_speed_tie_goes_to_the_gpu_and_the_share_is_rounded():
+    """A GPU as slow as RAM (80 GB/s each) with half the layers on it: both parts take the same time and the GPU is
+    named (RAM binds only when its part is strictly larger). 8 of 32 layers on a 1000 GB/s GPU: 24/32 = 75% of the
+    layers run from RAM."""
+    assert memory.predict_decode_tokens_per_s(M8, mem(gpu_layers=16), hw(80), 1024)[1] == "GPU memory bandwidth"
+    s = READ / 4 / 1000e9 + READ * 3 / 4 / 80e9
+    assert memory.predict_decode_tokens_per_s(M8, mem(gpu_layers=8), hw(1000), 1024) == (
+        round(0.7 / s, 1), "system RAM bandwidth (75% of layers run from RAM)")
+
+
+def test_pad_rounds_up_to_the_step():
+    """llama.cpp pads a slot's cells to 256 (and vLLM its blocks to 16): a multiple stays, one more token takes a
+    whole step."""
+    assert [memory.pad(n) for n in (1, 255, 256, 257, 512, 513)] == [256, 256, 256, 512, 512, 768]
+    assert [memory.pad(n, 16) for n in (16, 17, 8193)] == [16, 32, 8208]
+
+
+def test_checkpoint_note_gives_each_copy_and_their_total():
+    """Gemma 3 270M, 2 slots, 4 checkpoints each of 15 MiB: "up to 15.0 MiB each (120 MiB for 2 slots)"."""
+    plan = mem(context_per_request=4096, parallel=2, kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    out = memory.bound_llamacpp_cache(plan, GEMMA, memory.Budget(0, 100 * GIB))
+    assert out.prompt_cache.checkpoints == 4
+    assert "copies of the sliding-window cache of up to 15.0 MiB each (120 MiB for 2 slots)" in out.prompt_cache.note
+
+
+def test_llamacpp_cache_notes_give_whole_mib_and_the_free_ram():
+    """1 slot with a 64 MiB cache and 100 GiB free: --cache-ram is 2 x 64 = 128 MiB, written as whole MiB in the note
+    and its flag. With 100 MiB free the room is half of it, so the bound is min(128 MiB, 50 MiB) = 50 MiB; with
+    1.5 MiB - 2 B free the room (786,431 B) rounds down to 0 MiB: off, and the note gives the free RAM ("0.0 GB")."""
+    plan = mem(kv_cache_bytes=64 * MIB, host_bytes=GIB)
+    on = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, 100 * GIB)).prompt_cache.note
+    assert on.startswith("prompt cache bounded to 128 MiB of system RAM (--cache-ram 128; ")
+    half = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, GIB + 100 * MIB)).prompt_cache.note
+    assert half.startswith("prompt cache bounded to 50 MiB of system RAM (--cache-ram 50; ")
+    off = memory.bound_llamacpp_cache(plan, M8, memory.Budget(0, GIB + 3 * GIB // 2 // 1024 - 2)).prompt_cache
+    assert off.limit_bytes == 0 and off.note.startswith("prompt cache off (--cache-ram 0): the plan leaves 0.0 GB")
