@@ -15,20 +15,13 @@ import pytest
 import yaml
 
 from stackgen.render.targets.kubernetes import KUBERNETES_VERSION
-from tools.which import tool
+from tools.which import need
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = {"sglang-agents-h100": ("agents", "AGENTS_API_KEY", 1), "sglang-tp4-70b": ("rag", "RAG_API_KEY", 4)}
 ANALYZE = shutil.which("systemd-analyze")
 
 
-def need(name: str) -> str:
-    path = tool(name) or shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def expected(case: str) -> Path:

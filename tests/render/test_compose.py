@@ -15,7 +15,7 @@ from stackgen.errors import RenderError
 from stackgen.render.artifact import RenderContext, render_plan, write_tree
 from stackgen.render.targets.compose import container_command
 from tools.stacks import EXTRA_STACKS, plan_for
-from tools.which import tool
+from tools.which import need
 
 CANARY = "canary-secret-5f1d"  # the API key value; it must never appear in any rendered file
 
@@ -30,13 +30,9 @@ def compose_doc(arts) -> dict:
     return yaml.safe_load(arts["compose/compose.yaml"].content)
 
 
+
 def need_tool(name: str) -> str:
-    path = tool(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (see the apt/pip packages in the compose tests' docstring)")
-        pytest.skip(f"{name} is not installed")
-    return path
+    return need(name, "see the apt/pip packages in the compose tests' docstring")
 
 
 @pytest.mark.parametrize("case", ["llama-kvq-offload", "llama-multi-gpu-key-overrides", "vllm-tp-key-overrides",

@@ -19,7 +19,7 @@ from stackgen.errors import RenderError
 from stackgen.render.artifact import RenderContext, render_plan, write_tree
 from stackgen.render.targets.systemd import render_units
 from tools.stacks import plan_for
-from tools.which import tool
+from tools.which import need
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 LLAMA = GOLDEN / "fleet-llamacpp-4090"
@@ -45,13 +45,6 @@ def render(plan, target: str) -> dict:
     return {a.path: a for a in render_plan(plan, RenderContext("stack.yaml"), [target])}
 
 
-def need(name: str) -> str:
-    path = tool(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def env_lines(text: str) -> dict[str, str]:

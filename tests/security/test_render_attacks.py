@@ -248,7 +248,7 @@ def test_unwritable_output_folder_is_a_message(cli, write_stack):
 
 sys.path.insert(0, str(REPO / "tests"))
 from test_gguf import ARR, STR, U32, make_gguf  # noqa: E402
-from tools.which import tool  # noqa: E402
+from tools.which import need  # noqa: E402
 
 
 def tiny_gguf(path: Path) -> Path:
@@ -262,13 +262,6 @@ def tiny_gguf(path: Path) -> Path:
     return path
 
 
-def need(name: str) -> str:
-    path = tool(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 OLLAMA_STACK = """version: 1

@@ -14,3 +14,16 @@ def tool(name: str) -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which(name)
+
+
+def need(name: str, hint: str = "") -> str:
+    """`tool(name)`, or fail in CI (which installs every tool the tests use) and skip elsewhere. `hint`: where the
+    CI failure message says the tool comes from."""
+    import pytest
+
+    path = tool(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI{f' ({hint})' if hint else ''}")
+        pytest.skip(f"{name} is not installed")
+    return path
