@@ -138,11 +138,12 @@ def test_fit_never_returns_a_negative_overhead():
 
 
 def test_speed_within_15_percent_share():
-    """The issue's goal is 90% of points within 15%; this corpus reaches 23 of 30 (recorded in
+    """The issue's goal is 90% of points within 15%; this corpus reaches 31 of 40 (recorded in
     benchmarks/results/public_logs.md; the CUDA refit's misses are llama.cpp builds of different years on the same
-    GPUs). The floor here keeps it from getting worse."""
+    GPUs; vLLM's and mlx-lm's misses are a held-out RTX 4090 bf16 point at -21% and an M1 Ultra 8-bit one at +24%).
+    The floor here keeps it from getting worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 30 and len(close) >= 23
+    assert len(POINTS) >= 40 and len(close) >= 31
 
 
 def test_fit_recovers_known_parameters():
