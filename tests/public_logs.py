@@ -74,7 +74,8 @@ def predict_vllm_kv_case(c: dict) -> dict:
 
 def predict_vllm_concurrency_point(p: dict) -> dict:
     """stackgen's aggregate decode prediction for a vllm_concurrency.yaml point: the active share of the planned weights
-    read once per step and each stream's KV cache at its average context, at the "vllm" backend's efficiency of
+    (an MoE model's: the union of the experts its streams route to, from the point's `experts`) read once per step and
+    each stream's KV cache at its average context, at the "vllm" backend's efficiency of
     TP x the GPU's bandwidth, capped by 2 x active params FLOPs per token at TP x the GPU's peak (speed.py)."""
     from stackgen.plan import speed
     from stackgen.plan.capacity import gpu_peak_flops
@@ -83,8 +84,11 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
     active = p["weights_bytes"] * (float(p["active_params"]) / float(p["params"]))
     kv = p["kv_bytes_per_token"] * p["avg_context"]
     peak = gpu_peak_flops(p["gpu"], p["bandwidth_gbs"]) * tp
+    e = p.get("experts") or {}
+    experts = speed.ExpertRouting.of(float(p["params"]), float(p["active_params"]), e.get("total"), e.get("active"))
     agg = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", p["streams"],
-                                       active_params=float(p["active_params"]), peak_tflops=peak / 1e12)
+                                       active_params=float(p["active_params"]), peak_tflops=peak / 1e12,
+                                       experts=experts)
     single = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", 1)
     return {"aggregate": agg, "single": single, "ratio": agg / p["measured_tokens_per_s"]}
 

@@ -1,6 +1,7 @@
 """Decode and prefill speed per backend, for one stream and for N streams (plain functions, no I/O).
 
-Model: one decode step reads every active weight byte once plus each stream's KV cache, at a backend-specific share
+Model: one decode step reads every active weight byte once (an MoE model's step of b tokens: the union of the experts
+they route to, ExpertRouting) plus each stream's KV cache, at a backend-specific share
 `efficiency` of the peak memory bandwidth, plus a fixed per-step overhead `t0_ms` (kernel launches, sampling, host
 sync): t_step = bytes / (efficiency x bandwidth) + t0. Parameters are fitted on the public figures in
 tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in
@@ -84,6 +85,56 @@ def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str) -> float
     return bytes_read / (b.efficiency * bandwidth_gbs * 1e9) + b.t0_ms / 1000
 
 
+# Share of an MoE model's parameters in its routed experts when ModelFacts cannot solve it from a stated active count:
+# stackgen.models.facts' one assumption ("experts hold ~90% of MoE weights"), not a second one.
+MOE_EXPERT_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class ExpertRouting:
+    """The routed experts of an MoE model, for the weights a batched decode step reads.
+
+    One token reads the shared part (attention, embeddings, dense layers, shared experts) and `active` of each MoE
+    layer's `total` routed experts; b tokens in one step read the union of the experts they route to. Assuming each
+    token picks its `active` experts uniformly and independently of the others (real routers are skewed, which
+    touches fewer), one expert is missed by all b tokens with probability (1 - active/total)^b, so the step reads a
+    share 1 - (1 - active/total)^b of the expert weights. With `share` the routed experts' part of all parameters,
+    the step reads (1 - share + share x touched) / (1 - share + share x active/total) times one token's active
+    weights: 1 at b = 1, params / active_params as b grows."""
+
+    total: int
+    active: int
+    share: float  # the routed experts' share of all parameters
+
+    @classmethod
+    def of(cls, params: float, active_params: float, experts_total: int | None,
+           experts_active: int | None) -> ExpertRouting | None:
+        """The routing of a model with `experts_total` routed experts of which `experts_active` per token, None for
+        a dense model. The experts' share solves active = params x (1 - share + share x active/total) from the stated
+        active count (exact for a catalog model; ModelFacts' GGUF path derived its active count from the 90%
+        assumption, which this gives back); without a usable active count, MOE_EXPERT_SHARE."""
+        if not experts_total or not experts_active or experts_active >= experts_total or not params:
+            return None
+        k = experts_active / experts_total
+        share = (1 - active_params / params) / (1 - k) if 0 < active_params < params else MOE_EXPERT_SHARE
+        return cls(int(experts_total), int(experts_active), min(1.0, share))
+
+    def touched(self, streams: int) -> float:
+        """Expected share of one MoE layer's routed experts that `streams` tokens route to (uniform routing)."""
+        return 1 - (1 - self.active / self.total) ** max(1, streams)
+
+    def read_factor(self, streams: int) -> float:
+        """Weights a step of `streams` tokens reads, over one token's active weights."""
+        one = 1 - self.share + self.share * self.active / self.total
+        return (1 - self.share + self.share * self.touched(streams)) / one
+
+
+def step_weights_bytes(active_weights_bytes: float, streams: int, experts: ExpertRouting | None = None) -> float:
+    """Weight bytes one decode step of `streams` tokens reads: the active weights (dense: all of them, whatever the
+    batch), an MoE model's the union of the experts its tokens route to (ExpertRouting)."""
+    return active_weights_bytes * (experts.read_factor(streams) if experts else 1.0)
+
+
 def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str) -> float:
     """Decode tokens/s of one stream: active weights plus that stream's KV cache per token."""
     t = step_seconds(weights_bytes + kv_bytes, bandwidth_gbs, backend)
@@ -91,12 +142,14 @@ def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_
 
 
 def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, bandwidth_gbs: float, backend: str,
-                           streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0) -> float:
+                           streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0,
+                           experts: ExpertRouting | None = None) -> float:
     """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
     each stream's KV cache once; past the batch knee the step is compute-bound (2 x active_params FLOPs per token at
-    the backend's batch MFU), when `peak_tflops` is given."""
+    the backend's batch MFU), when `peak_tflops` is given. `weights_bytes`: one token's active weights; `experts`: an
+    MoE model's routing, whose step reads the union of its tokens' experts (step_weights_bytes); None: dense."""
     n = max(1, streams)
-    t = step_seconds(weights_bytes + n * kv_bytes_per_stream, bandwidth_gbs, backend)
+    t = step_seconds(step_weights_bytes(weights_bytes, n, experts) + n * kv_bytes_per_stream, bandwidth_gbs, backend)
     if peak_tflops and active_params:
         t = max(t, 2 * active_params * n / (backend_params(backend).batch_mfu * peak_tflops * 1e12))
     return n / t if t > 0 else 0.0
@@ -189,7 +242,7 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int, params: Backend | None = None) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None, experts: ExpertRouting | None = None) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -197,10 +250,11 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
     parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
     prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
-    on a host `stackgen calibrate` measured)."""
+    on a host `stackgen calibrate` measured). `weights_bytes`: one token's active weights; `experts`: an MoE model's
+    routing, whose step at `streams` tokens reads the union of their experts (ExpertRouting); None: dense."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
-    read = weights_bytes + n * kv_bytes_per_stream
+    read = step_weights_bytes(weights_bytes, n, experts) + n * kv_bytes_per_stream
 
     def memory_s(bytes_read: float) -> float:
         t = b.t0_ms / 1000
@@ -265,7 +319,8 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params)
+                    params=params, experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
+                                                            model.experts_active))
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:

@@ -136,3 +136,96 @@ def test_batched_decode_knee_is_not_the_prefill_rate():
     many = _fc(512, peak=10e12)
     assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
     assert speed.prefill_tokens_per_s(8e9, 10, "cuda") == pytest.approx(b.prefill_mfu * 10e12 / (2 * 8e9))
+
+
+# ---- MoE at concurrency: a step of b tokens reads the union of the experts they route to (speed.ExpertRouting) ----
+
+def _moe_fc(streams, experts):
+    return speed.forecast("vllm", weights_bytes=3.35e9 * 2, kv_bytes_per_stream=48 * 2**20, streams=streams,
+                          gpu_fraction=1.0, gpu_bandwidth_gbs=1008, host_bandwidth_gbs=60, active_params=3.35e9,
+                          peak_flops=165e12, prompt_tokens=1000, experts=experts)
+
+
+QWEN3_30B = speed.ExpertRouting.of(30.53e9, 3.35e9, 128, 8)  # profiles/models.yaml's qwen3-30b-a3b
+
+
+def test_dense_models_have_no_routing_and_keep_their_forecast():
+    assert speed.ExpertRouting.of(8.03e9, 8.03e9, None, None) is None
+    assert speed.ExpertRouting.of(8.03e9, 8.03e9, 8, 8) is None  # every expert active: nothing to route
+    for n in (1, 4, 64):
+        assert _moe_fc(n, None) == speed.forecast(
+            "vllm", weights_bytes=3.35e9 * 2, kv_bytes_per_stream=48 * 2**20, streams=n, gpu_fraction=1.0,
+            gpu_bandwidth_gbs=1008, host_bandwidth_gbs=60, active_params=3.35e9, peak_flops=165e12, prompt_tokens=1000)
+        assert speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", n, experts=None) == \
+            speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", n)
+    assert speed.step_weights_bytes(4e9, 64) == 4e9
+
+
+def test_one_stream_reads_one_tokens_active_weights():
+    assert QWEN3_30B.touched(1) == pytest.approx(8 / 128) and QWEN3_30B.read_factor(1) == pytest.approx(1.0)
+    moe, dense = _moe_fc(1, QWEN3_30B), _moe_fc(1, None)
+    assert moe.single_stream_tokens_per_s == dense.single_stream_tokens_per_s
+    assert moe.aggregate_tokens_per_s == dense.aggregate_tokens_per_s
+    assert speed.aggregate_tokens_per_s(6.7e9, 0, 1008, "vllm", 1, experts=QWEN3_30B) == \
+        speed.aggregate_tokens_per_s(6.7e9, 0, 1008, "vllm", 1)
+
+
+def test_many_streams_read_every_expert():
+    """As b grows every expert is touched: a step reads all the weights, params / active_params times one token's."""
+    assert QWEN3_30B.touched(10_000) == pytest.approx(1.0)
+    assert QWEN3_30B.read_factor(10_000) == pytest.approx(30.53 / 3.35)
+    factors = [QWEN3_30B.read_factor(b) for b in (1, 2, 4, 8, 16, 64, 256)]
+    assert factors == sorted(factors) and factors[-1] < 30.53 / 3.35  # grows with b, never past the whole model
+    # memory-bound below the knee, the MoE step is slower than the dense one that reads only active weights
+    assert _moe_fc(16, QWEN3_30B).aggregate_tokens_per_s < _moe_fc(16, None).aggregate_tokens_per_s
+
+
+def test_deepseek_r1_at_16_streams_touches_40_percent_of_the_experts():
+    """vllm_concurrency.yaml's DeepSeek-R1 point: 16 tokens route to 1 - (1 - 8/256)^16 = 39.8% of each layer's
+    256 routed experts; with the experts' share solved from 671e9 / 37e9 parameters a step reads 7.49x one token's
+    active weights."""
+    r1 = speed.ExpertRouting.of(671e9, 37e9, 256, 8)
+    assert r1.touched(16) == pytest.approx(1 - (1 - 8 / 256) ** 16) == pytest.approx(0.398, abs=0.001)
+    assert r1.share == pytest.approx((1 - 37 / 671) / (1 - 8 / 256))
+    assert r1.read_factor(16) == pytest.approx(7.49, abs=0.01)
+
+
+def test_expert_share_comes_from_the_stated_active_count_or_facts_90_percent():
+    """A catalog model's share solves active = params x (1 - s + s x k/E) (Mixtral 8x7B: 45.1 of 46.7 B in
+    experts); a GGUF model's active count came from facts.py's 90% assumption, which it gives back; without an
+    active count, the same 90%."""
+    mixtral = speed.ExpertRouting.of(46.70e9, 12.88e9, 8, 2)
+    assert mixtral.share * 46.70 == pytest.approx((46.70 - 12.88) / (1 - 2 / 8) , rel=1e-9)
+    params = 30e9
+    gguf_active = int(params * (8 / 128) * 0.9 + params * 0.1)  # facts.ModelFacts from GGUF metadata
+    assert speed.ExpertRouting.of(params, gguf_active, 128, 8).share == pytest.approx(speed.MOE_EXPERT_SHARE, rel=1e-6)
+    assert speed.ExpertRouting.of(params, params, 128, 8).share == speed.MOE_EXPERT_SHARE
+
+
+def test_moe_plan_forecast_reads_the_union_of_experts(tmp_path, monkeypatch):
+    """A planned MoE service at 8 users (qwen3-30b-a3b: 8 of 128 experts per token): 8 tokens touch 40% of each
+    layer's experts, a step reads 3.95x one token's active weights, so the plan's aggregate falls below the dense
+    reading of active weights only, while one stream's figure stays the same."""
+    from tools.stacks import plan_for
+    plan = plan_for(tmp_path, """
+version: 1
+hardware: rtx-4090
+workload: {concurrent_users: 8, context_tokens: 8192}
+services:
+  chat: {model: qwen3-30b-a3b, engine: llama.cpp, quant: Q4_K_M}
+""")
+    sp, hw = plan.services[0], plan.hardware
+    m, wl = sp.model, sp.workload
+    assert m.is_moe and (m.experts_total, m.experts_active) == (128, 8) and sp.speed.streams == 8
+    assert speed.ExpertRouting.of(m.params, m.active_params, 128, 8).read_factor(8) == pytest.approx(3.95, abs=0.01)
+
+    def again():
+        return speed.service_forecast(sp.engine, m, sp.memory, hw, users=8, prompt_tokens=wl.prompt_tokens,
+                                      threads=sp.threads, avg_context=min(sp.memory.context_per_request,
+                                                                          wl.prompt_tokens + wl.output_tokens // 2))
+    moe = again()
+    assert moe == sp.speed  # what the plan prints
+    monkeypatch.setattr(speed.ExpertRouting, "of", classmethod(lambda cls, *a: None))  # the dense reading
+    dense = again()
+    assert moe.single_stream_tokens_per_s == dense.single_stream_tokens_per_s
+    assert moe.aggregate_tokens_per_s < 0.6 * dense.aggregate_tokens_per_s
