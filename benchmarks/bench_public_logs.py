@@ -86,7 +86,8 @@ def speed_rows() -> list[str]:
     within = 0
     errors: dict[str, list[float]] = {"fitted": [], "held out": []}
     for p in pts:
-        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
+        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"],
+                                                p.get("weights", "quantized"))
         r = pred / p["tokens_per_s"]
         within += abs(r - 1) <= 0.15
         kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
@@ -98,13 +99,31 @@ def speed_rows() -> list[str]:
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
-    out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0):")
+    out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
+               "backend has 2+ points of each kind), and leave-one-out: each fitted point predicted by the fit of the "
+               "backend's other fitted points (backends with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts}):
-        sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in pts
-               if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
-        e, t0 = speed.fit_backend(sel)
-        out.append(f"- {backend}: e = {e:.3f}, t0 = {t0:.2f} ms over {len(sel)} points")
+        fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+        sel = [_fit_point(p) for p in fitted]
+        e, t0, e16 = speed.fit_backend(sel)
+        kinds = f", e_16bit = {e16:.3f}" if e16 else ""
+        loo = ""
+        if len(sel) >= 3:
+            errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p) / p["tokens_per_s"] - 1) for i, p in enumerate(fitted)]
+            loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
+                   f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
+        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms over {len(sel)} points{loo}")
     return out
+
+
+def _fit_point(p: dict) -> tuple:
+    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized")
+
+
+def _loo_predicted(others: list[tuple], p: dict) -> float:
+    e, t0, e16 = speed.fit_backend(others)
+    eff = e16 if p.get("weights") == "16bit" and e16 else e
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + t0 / 1000)
 
 
 def concurrency_rows() -> list[str]:

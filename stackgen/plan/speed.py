@@ -30,6 +30,22 @@ class Backend:
     # an RTX 3090 within 20% from b = 4 to 64 (service_curve.yaml) and the quickstart's 4-stream CPU aggregate within
     # 12% of what it measures; the fitted prefill MFU (0.93 on CUDA, 1.0 on CPU) over-predicts both (b = 64 by 42%).
     batch_mfu: float = 0.35
+    # Share of peak bandwidth a decode step reaches on 16-bit (F16/BF16, and F32) weights, where the backend reads them
+    # through other kernels than its block-quantized ones (llama.cpp CUDA: cuBLAS/GEMV instead of MMVQ; Metal: its
+    # f16 mat-vec). 0: no separate figure, the one `efficiency` for every weight type. Fitted with the other two
+    # (fit_backend) where a backend's public points include 16-bit runs.
+    efficiency_16bit: float = 0.0
+
+    def efficiency_for(self, weights: str = "quantized") -> float:
+        """The efficiency for weights of kind `weights` ("16bit" or "quantized", weight_kind's answer)."""
+        return self.efficiency_16bit if weights == "16bit" and self.efficiency_16bit else self.efficiency
+
+
+def weight_kind(fmt: str | None) -> str:
+    """"16bit" for unquantized float weights (GGUF F16/BF16/F32, HF/MLX bf16/fp16/fp32), else "quantized" (block-
+    quantized GGUF types, MLX n-bit, AWQ/GPTQ/FP8, or unknown)."""
+    return "16bit" if (fmt or "").lower() in ("f16", "bf16", "f32", "fp16", "fp32", "float16", "bfloat16",
+                                               "float32") else "quantized"
 
 
 BACKENDS = {
@@ -38,12 +54,16 @@ BACKENDS = {
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
-    # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
-    # (-28..-33%), the held-out January-2024 RTX 3090 Ti build slower (+30%).
-    "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35, prefill_mfu=0.926),
+    # Consumer: block-quantized weights (MMVQ kernels) at 0.655 of peak, F16/BF16 (cuBLAS/GEMV) at 0.829, one 0.24 ms
+    # overhead: fitted on 9 points from January 2024 to PR 24216's build, 2 of them 16-bit (one e for both kinds left
+    # the 16-bit rows of PR 24216 at -28..-33%; now -4%/-1%). The largest miss is the held-out January-2024 RTX 3090
+    # Ti build (+30%, before CUDA graphs); the held-out 2026 llama-server figure on an RTX 2080 measures 18% faster.
+    "cuda": Backend(0.655, 0.24, fitted_on=9, error=0.35, prefill_mfu=0.926, efficiency_16bit=0.829),
     # datacenter: 2 points, 2 parameters (exact, none held out); prefill: the consumer fit (no datacenter prefill point)
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15, prefill_mfu=0.926),
-    "rocm": Backend(0.70, 0.0, prefill_mfu=0.426),
+    # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; the held-out RX 7900
+    # XTX Q5_K_M row of the same table is predicted 7% low.
+    "rocm": Backend(0.700, 2.14, fitted_on=2, error=0.10, prefill_mfu=0.426),
     "mlx": Backend(0.829, 0.0, fitted_on=1, error=0.15, prefill_mfu=0.667),  # one point (70B bf16); the 70B 4-bit is held out
     "vllm": Backend(0.70, 0.0),
 }
@@ -74,25 +94,31 @@ def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = 
     return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
 
 
-def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str) -> float:
-    """Seconds for one decode step that reads `bytes_read` bytes on a device of `bandwidth_gbs` peak GB/s."""
+def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str, weights: str = "quantized",
+                 kv_bytes: float = 0.0) -> float:
+    """Seconds for one decode step that reads `bytes_read` weight bytes of kind `weights` (weight_kind) and
+    `kv_bytes` of KV cache on a device of `bandwidth_gbs` peak GB/s: the weights at their kind's efficiency, the
+    cache at the backend's (block-quantized) one."""
     b = backend_params(backend)
-    return bytes_read / (b.efficiency * bandwidth_gbs * 1e9) + b.t0_ms / 1000
+    bw = bandwidth_gbs * 1e9
+    return bytes_read / (b.efficiency_for(weights) * bw) + kv_bytes / (b.efficiency * bw) + b.t0_ms / 1000
 
 
-def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str) -> float:
-    """Decode tokens/s of one stream: active weights plus that stream's KV cache per token."""
-    t = step_seconds(weights_bytes + kv_bytes, bandwidth_gbs, backend)
+def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str,
+                               weights: str = "quantized") -> float:
+    """Decode tokens/s of one stream: active weights (of kind `weights`) plus that stream's KV cache per token."""
+    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes)
     return 1 / t if t > 0 else 0.0
 
 
 def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, bandwidth_gbs: float, backend: str,
-                           streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0) -> float:
+                           streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0,
+                           weights: str = "quantized") -> float:
     """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
     each stream's KV cache once; past the batch knee the step is compute-bound (2 x active_params FLOPs per token at
     the backend's batch MFU), when `peak_tflops` is given."""
     n = max(1, streams)
-    t = step_seconds(weights_bytes + n * kv_bytes_per_stream, bandwidth_gbs, backend)
+    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, n * kv_bytes_per_stream)
     if peak_tflops and active_params:
         t = max(t, 2 * active_params * n / (backend_params(backend).batch_mfu * peak_tflops * 1e12))
     return n / t if t > 0 else 0.0
@@ -132,20 +158,52 @@ def fit_prefill_mfu(points: list[tuple[float, float, float]]) -> float:
     return math.exp(sum(logs) / len(logs))
 
 
-def fit_backend(points: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """Least squares of t = x / e + t0 over (bytes, bandwidth_gbs, tokens_per_s) points: returns (e, t0_ms)."""
-    xs = [b / (bw * 1e9) for b, bw, _ in points]
-    ts = [1 / tps for _, _, tps in points]
+def _solve(a: list[list[float]], y: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None when singular."""
+    n = len(y)
+    m = [row[:] + [v] for row, v in zip(a, y)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[piv][c]) < 1e-30:
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * z for x, z in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def fit_backend(points: list[tuple]) -> tuple[float, float, float]:
+    """Least squares of the step time t = x / e + t0 (x = bytes / bandwidth) over (bytes, bandwidth_gbs,
+    tokens_per_s[, kind]) points, kind "16bit" or "quantized" (the default). Returns (e, t0_ms, e_16bit): with at
+    least 2 points of each kind, 16-bit steps get their own slope (t = x / e_16bit + t0, the same t0), so neither
+    slope is one point's exact fit; otherwise e_16bit is 0 (the one e for every kind). A negative overhead is
+    not physical: then the constrained optimum, t0 = 0 and each slope through the origin."""
+    xs = [p[0] / (p[1] * 1e9) for p in points]
+    ts = [1 / p[2] for p in points]
+    is16 = [len(p) > 3 and p[3] == "16bit" for p in points]
     n = len(points)
     if n == 1:
-        return xs[0] / ts[0], 0.0
-    mx, mt = sum(xs) / n, sum(ts) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (t - mt) for x, t in zip(xs, ts)) / sxx if sxx else mt / mx
-    t0 = mt - slope * mx
-    if t0 < 0 or slope <= 0:  # a negative overhead is not physical: the constrained optimum is t0 = 0, t = x / e
-        slope, t0 = sum(x * t for x, t in zip(xs, ts)) / sum(x * x for x in xs), 0.0
-    return 1 / slope, t0 * 1000
+        return xs[0] / ts[0], 0.0, 0.0
+    split = sum(is16) >= 2 and n - sum(is16) >= 2
+    # columns: quantized slope, 16-bit slope (when split), intercept
+    rows = [[0.0 if k else x, x if k else 0.0, 1.0] if split else [x, 1.0] for x, k in zip(xs, is16)]
+    cols = len(rows[0])
+    ata = [[sum(r[i] * r[j] for r in rows) for j in range(cols)] for i in range(cols)]
+    aty = [sum(r[i] * t for r, t in zip(rows, ts)) for i in range(cols)]
+    sol = _solve(ata, aty)
+    if sol is None or sol[-1] < 0 or any(v <= 0 for v in sol[:-1]):
+        # t0 = 0: each slope through the origin over its own points
+        def through_origin(sel):
+            return sum(x * t for x, t, k in zip(xs, ts, is16) if sel(k)) / sum(x * x for x, k in zip(xs, is16) if sel(k))
+        if split:
+            sol = [through_origin(lambda k: not k), through_origin(lambda k: k), 0.0]
+        else:
+            sol = [through_origin(lambda k: True), 0.0]
+    if split:
+        return 1 / sol[0], sol[2] * 1000, 1 / sol[1]
+    return 1 / sol[0], sol[1] * 1000, 0.0
 
 
 @dataclass(frozen=True)
@@ -185,7 +243,7 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int, params: Backend | None = None) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None, weights: str = "quantized") -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -193,17 +251,20 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
     parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
     prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
-    on a host `stackgen calibrate` measured)."""
+    on a host `stackgen calibrate` measured). `weights`: the weights' kind (weight_kind of the planned format):
+    16-bit weights read at the backend's efficiency_16bit where it has one, the KV cache at its efficiency."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
-    read = weights_bytes + n * kv_bytes_per_stream
 
-    def memory_s(bytes_read: float) -> float:
+    def memory_s(weight_bytes: float, kv_bytes: float) -> float:
         t = b.t0_ms / 1000
         if gpu_fraction > 0 and gpu_bandwidth_gbs > 0:
-            t += bytes_read * gpu_fraction / (b.efficiency * gpu_bandwidth_gbs * 1e9)
+            bw = gpu_bandwidth_gbs * 1e9
+            t += gpu_fraction * (weight_bytes / (b.efficiency_for(weights) * bw) + kv_bytes / (b.efficiency * bw))
         if gpu_fraction < 1:
-            t += bytes_read * (1 - gpu_fraction) / (cpu.efficiency * host_bandwidth_gbs * 1e9)
+            bw = host_bandwidth_gbs * 1e9
+            t += (1 - gpu_fraction) * (weight_bytes / (cpu.efficiency_for(weights) * bw)
+                                       + kv_bytes / (cpu.efficiency * bw))
         return t
 
     mfu = b.prefill_mfu if gpu_fraction > 0 else cpu.prefill_mfu
@@ -211,8 +272,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
     compute = 2 * active_params * n / (batch_mfu * peak_flops) if peak_flops and active_params else 0.0
-    step = max(memory_s(read), compute)
-    single = memory_s(weights_bytes + kv_bytes_per_stream)
+    step = max(memory_s(weights_bytes, n * kv_bytes_per_stream), compute)
+    single = memory_s(weights_bytes, kv_bytes_per_stream)
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
@@ -221,7 +282,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
-                    bound="compute" if compute > memory_s(read) else "memory bandwidth", error=error,
+                    bound="compute" if compute > memory_s(weights_bytes, n * kv_bytes_per_stream) else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error)
 
 
@@ -261,7 +322,7 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params)
+                    params=params, weights=weight_kind(mem.weights_format or model.quant))
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:
