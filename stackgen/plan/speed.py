@@ -49,8 +49,13 @@ def weight_kind(fmt: str | None) -> str:
 
 
 BACKENDS = {
-    "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25, prefill_mfu=0.421),
-    "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30, prefill_mfu=0.706),
+    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-9..-14%) and an RTX 2080 Ti slower (+10..+18%)
+    # than the one line, on the same desktop host and build range.
+    "vulkan": Backend(0.742, 0.54, fitted_on=7, error=0.20, prefill_mfu=0.421),
+    # Metal: 8 points. One M1 Ultra (two dies) reads at about half its 800 GB/s on 3B and 14B (a line through its 3
+    # points alone: e 0.53, t0 2.8 ms; the other chips' 5 points: e 0.79, t0 3.8 ms), which pulls this line's t0
+    # to 5.1 ms: its tinyllama at -33% and its 14B at +27% are the misses. An Ultra line needs a second machine.
+    "metal": Backend(0.808, 5.10, fitted_on=8, error=0.35, prefill_mfu=0.706),
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
