@@ -99,7 +99,7 @@ def speed_rows() -> list[str]:
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
-    out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
+    out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
                "backend has 2+ points of each kind), and leave-one-out: each fitted point predicted by the fit of the "
                "backend's other fitted points (backends with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts}):

@@ -49,21 +49,21 @@ def weight_kind(fmt: str | None) -> str:
 
 
 BACKENDS = {
-    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-9..-14%) and an RTX 2080 Ti slower (+10..+18%)
+    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-14%) and an RTX 2080 Ti slower (+10..+17%)
     # than the one line, on the same desktop host and build range.
-    "vulkan": Backend(0.742, 0.54, fitted_on=7, error=0.20, prefill_mfu=0.421),
-    # Metal: 8 points. One M1 Ultra (two dies) reads at about half its 800 GB/s on 3B and 14B (a line through its 3
-    # points alone: e 0.53, t0 2.8 ms; the other chips' 5 points: e 0.79, t0 3.8 ms), which pulls this line's t0
-    # to 5.1 ms: its tinyllama at -33% and its 14B at +27% are the misses. An Ultra line needs a second machine.
-    "metal": Backend(0.808, 5.10, fitted_on=8, error=0.35, prefill_mfu=0.706),
+    "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.20, prefill_mfu=0.421),
+    # Metal by weight kind: block-quantized 0.734 of peak, F16 0.809, t0 3.46 ms over 16 points (May-2024 to 2026
+    # builds, M1 to M4, 4 of them F16). Its misses are chip- and build-specific: the May-2024 M1 Max 32-core reads
+    # Q4_K_M at 44-46% of its 400 GB/s (its F16 at 75%), the 2026 M1 Ultra 14B at 47% of 800 GB/s, the M4 at 86%.
+    "metal": Backend(0.734, 3.46, fitted_on=16, error=0.60, prefill_mfu=0.706, efficiency_16bit=0.809),
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
-    # Consumer: block-quantized weights (MMVQ kernels) at 0.655 of peak, F16/BF16 (cuBLAS/GEMV) at 0.829, one 0.24 ms
-    # overhead: fitted on 9 points from January 2024 to PR 24216's build, 2 of them 16-bit (one e for both kinds left
-    # the 16-bit rows of PR 24216 at -28..-33%; now -4%/-1%). The largest miss is the held-out January-2024 RTX 3090
-    # Ti build (+30%, before CUDA graphs); the held-out 2026 llama-server figure on an RTX 2080 measures 18% faster.
-    "cuda": Backend(0.655, 0.24, fitted_on=9, error=0.35, prefill_mfu=0.926, efficiency_16bit=0.829),
+    # Consumer: block-quantized weights (MMVQ kernels) at 0.708 of peak, F16/BF16 (cuBLAS/GEMV) at 0.911, one 0.53 ms
+    # overhead, over 17 points from January 2024 to 2026 builds (5 of them 16-bit; one e for both kinds left the
+    # 16-bit rows of PR 24216 at -28..-33%). The largest misses are 2024 builds: the held-out January-2024 RTX 3090 Ti
+    # (+33%, before CUDA graphs) and ./main on CUDA graphs' PR branch (+16..+24%).
+    "cuda": Backend(0.708, 0.53, fitted_on=17, error=0.35, prefill_mfu=0.926, efficiency_16bit=0.911),
     # datacenter: 2 points, 2 parameters (exact, none held out); prefill: the consumer fit (no datacenter prefill point)
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15, prefill_mfu=0.926),
     # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; the held-out RX 7900
@@ -180,7 +180,9 @@ def _solve(a: list[list[float]], y: list[float]) -> list[float] | None:
 
 
 def fit_backend(points: list[tuple]) -> tuple[float, float, float]:
-    """Least squares of the step time t = x / e + t0 (x = bytes / bandwidth) over (bytes, bandwidth_gbs,
+    """Least squares of the relative error of the step time t = x / e + t0 (x = bytes / bandwidth; each point's
+    residual divided by its measured step, as the checks are relative: a 70B step must not outweigh a 1B one) over
+    (bytes, bandwidth_gbs,
     tokens_per_s[, kind]) points, kind "16bit" or "quantized" (the default). Returns (e, t0_ms, e_16bit): with at
     least 2 points of each kind, 16-bit steps get their own slope (t = x / e_16bit + t0, the same t0), so neither
     slope is one point's exact fit; otherwise e_16bit is 0 (the one e for every kind). A negative overhead is
@@ -195,13 +197,16 @@ def fit_backend(points: list[tuple]) -> tuple[float, float, float]:
     # columns: quantized slope, 16-bit slope (when split), intercept
     rows = [[0.0 if k else x, x if k else 0.0, 1.0] if split else [x, 1.0] for x, k in zip(xs, is16)]
     cols = len(rows[0])
-    ata = [[sum(r[i] * r[j] for r in rows) for j in range(cols)] for i in range(cols)]
-    aty = [sum(r[i] * t for r, t in zip(rows, ts)) for i in range(cols)]
+    # relative residuals: each row divided by its measured step time, so a 70B step does not outweigh a 1B one
+    ws = [1 / (t * t) for t in ts]
+    ata = [[sum(w * r[i] * r[j] for r, w in zip(rows, ws)) for j in range(cols)] for i in range(cols)]
+    aty = [sum(w * r[i] * t for r, t, w in zip(rows, ts, ws)) for i in range(cols)]
     sol = _solve(ata, aty)
     if sol is None or sol[-1] < 0 or any(v <= 0 for v in sol[:-1]):
         # t0 = 0: each slope through the origin over its own points
         def through_origin(sel):
-            return sum(x * t for x, t, k in zip(xs, ts, is16) if sel(k)) / sum(x * x for x, k in zip(xs, is16) if sel(k))
+            num = sum(x / t for x, t, k in zip(xs, ts, is16) if sel(k))
+            return num / sum(x * x / (t * t) for x, t, k in zip(xs, ts, is16) if sel(k))
         if split:
             sol = [through_origin(lambda k: not k), through_origin(lambda k: k), 0.0]
         else:

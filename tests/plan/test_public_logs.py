@@ -140,14 +140,14 @@ def test_fit_never_returns_a_negative_overhead():
 
 
 def test_speed_within_15_percent_share():
-    """The issue's goal is 90% of points within 15%; this corpus reaches 31 of 40 (78%; recorded in
-    benchmarks/results/public_logs.md). The nine outside: two 2024 CUDA builds on Ampere (./main on CUDA graphs'
-    PR branch +20%, the held-out January-2024 RTX 3090 Ti +30%), the held-out 2026 llama-server RTX 2080 figure
-    (-18%), the Metal M1 Ultra's tinyllama (-33%) and 14B (+27%) (two dies at about half their bandwidth), the
-    held-out Metal IQ4_NL 27B (+26%), Vulkan's RTX 2080 Ti and RTX 3060 tinyllama (+18% each) and the RX 580 outlier.
-    The floor here keeps it from getting worse."""
+    """The issue's goal is 90% of points within 15%; this corpus reaches 49 of 61 (80%; recorded in
+    benchmarks/results/public_logs.md, with each miss). They are chip-, GPU- and build-specific: 2024 CUDA builds on
+    Ampere (the held-out January-2024 RTX 3090 Ti, ./main on CUDA graphs' PR branch), the held-out RTX 4070 Ti (Ada,
+    82% of its 504 GB/s), Metal on the May-2024 M1 Max 32-core's K-quants, the two-die M1 Ultra's 14B, the M4,
+    the held-out IQ4_NL 27B, Vulkan's RTX 2080 Ti and Pi-hosted RTX 3060 tinyllama, and the RX 580 outlier. The
+    floor here keeps it from getting worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 40 and len(close) >= 31
+    assert len(POINTS) >= 61 and len(close) >= 49
 
 
 def test_fit_recovers_known_parameters():
@@ -176,8 +176,9 @@ def test_16bit_weights_plan_at_their_own_efficiency():
     assert b.efficiency_16bit > b.efficiency
     t16 = 1 / speed.single_stream_tokens_per_s(2e9, 1e8, 936, "cuda", "16bit")
     assert t16 == pytest.approx(2e9 / (b.efficiency_16bit * 936e9) + 1e8 / (b.efficiency * 936e9) + b.t0_ms / 1000)
-    assert (speed.single_stream_tokens_per_s(2e9, 0, 400, "metal", "16bit")
-            == speed.single_stream_tokens_per_s(2e9, 0, 400, "metal"))
+    assert not speed.BACKENDS["vulkan"].efficiency_16bit
+    assert (speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan", "16bit")
+            == speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan"))
     kw = dict(weights_bytes=2e9, kv_bytes_per_stream=1e8, streams=1, gpu_fraction=1.0, gpu_bandwidth_gbs=936,
               host_bandwidth_gbs=60, active_params=1e9, peak_flops=71e12, prompt_tokens=100)
     assert speed.forecast("cuda", weights="16bit", **kw).single_stream_tokens_per_s == pytest.approx(1 / t16, abs=0.06)
