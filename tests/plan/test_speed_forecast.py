@@ -136,3 +136,31 @@ def test_batched_decode_knee_is_not_the_prefill_rate():
     many = _fc(512, peak=10e12)
     assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
     assert speed.prefill_tokens_per_s(8e9, 10, "cuda") == pytest.approx(b.prefill_mfu * 10e12 / (2 * 8e9))
+
+
+def test_a_16bit_plan_decodes_at_the_backends_16bit_efficiency(write_stack):
+    """The weights format of the memory plan picks the weight kind (speed.weight_kind): the same llama.cpp service on
+    an RTX 4090 planned at F16 decodes at the consumer CUDA line's efficiency_16bit, at Q4_K_M at its efficiency;
+    service_forecast with the kind swapped moves the single-stream figure by the ratio of the two efficiencies."""
+    from dataclasses import replace
+
+    from stackgen.host.facts import HostFacts
+    from stackgen.plan import resolve
+    from stackgen.spec.profiles import load_profiles
+    from stackgen.spec.stack import load_stack
+
+    hw = load_profiles().hardware["rtx-4090"]
+    b = speed.BACKENDS["cuda"]
+    for quant, eff in (("F16", b.efficiency_16bit), ("Q4_K_M", b.efficiency)):
+        path = write_stack("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 1, context_tokens: 4096}\n"
+                           f"services:\n  s: {{model: llama-3.2-3b-instruct, engine: llama.cpp, quant: {quant}}}\n")
+        sp = resolve.resolve(load_stack(path), HostFacts(hardware=None)).services[0]  # type: ignore[arg-type]
+        assert speed.weight_kind(sp.memory.weights_format) == ("16bit" if quant == "F16" else "quantized")
+        other = replace(sp.memory, weights_format="Q4_K_M" if quant == "F16" else "F16")
+        kw = dict(users=1, prompt_tokens=sp.workload.prompt_tokens, threads=sp.threads,
+                  avg_context=min(sp.memory.context_per_request,
+                                  sp.workload.prompt_tokens + sp.workload.output_tokens // 2))
+        mine = speed.service_forecast("llama.cpp", sp.model, sp.memory, hw, **kw)
+        swapped = speed.service_forecast("llama.cpp", sp.model, other, hw, **kw)
+        assert mine == sp.speed
+        assert (mine.single_stream_tokens_per_s > swapped.single_stream_tokens_per_s) == (quant == "F16"), eff
