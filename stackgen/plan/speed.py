@@ -49,7 +49,7 @@ def weight_kind(fmt: str | None) -> str:
 
 
 BACKENDS = {
-    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-14%) and an RTX 2080 Ti slower (+10..+17%)
+    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
     # than the one line, on the same desktop host and build range.
     "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.20, prefill_mfu=0.421),
     # Metal by weight kind: block-quantized 0.734 of peak, F16 0.809, t0 3.46 ms over 16 points (May-2024 to 2026
