@@ -82,7 +82,7 @@ def llamacpp_rows() -> list[str]:
 
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-    out = ["| point | backend | set | predicted tok/s | measured | ratio |", "|---|---|---|---:|---:|---:|"]
+    out = ["| point | backend | weights | set | predicted tok/s | measured | ratio |", "|---|---|---|---|---:|---:|---:|"]
     within = 0
     errors: dict[str, list[float]] = {"fitted": [], "held out": []}
     for p in pts:
@@ -93,7 +93,8 @@ def speed_rows() -> list[str]:
         kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
         if kind in errors:
             errors[kind].append(abs(r - 1))
-        out.append(f"| {p['id']} | {p['backend']} | {kind} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
+        out.append(f"| {p['id']} | {p['backend']} | {p.get('weights', 'quantized')} | {kind} | {pred:.1f} | "
+                   f"{p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
     for kind, errs in errors.items():
         if errs:
