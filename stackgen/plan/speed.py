@@ -2,10 +2,12 @@
 
 Model: one decode step reads every active weight byte once plus each stream's KV cache, at a backend-specific share
 `efficiency` of the peak memory bandwidth, plus a fixed per-step overhead `t0_ms` (kernel launches, sampling, host
-sync): t_step = bytes / (efficiency x bandwidth) + t0. Parameters are fitted on the public figures in
-tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in
-benchmarks/results/public_logs.md) from the points not marked held_out (those check the fit); backends without public
-points there keep the old single 0.70 and no overhead.
+sync): t_step = bytes / (efficiency x bandwidth) + t0. Unquantized 16-bit weights (F16/BF16) read at their own
+`efficiency_16bit` where a backend's points show it (llama.cpp CUDA and Metal run them through other kernels than the
+block-quantized types); the plan's weights format picks the kind (weight_kind). Parameters are fitted (fit_backend,
+least squares of the relative error) on the public figures in tests/fixtures/public-logs/decode_speed.yaml by
+benchmarks/bench_public_logs.py (results in benchmarks/results/public_logs.md) from the points not marked held_out
+(those check the fit); backends without public points there keep the old single 0.70 and no overhead.
 Prefill: a compute-bound rate, prefill_mfu x peak FLOP/s / (2 x active parameters), with prefill_mfu fitted per backend
 (fit_prefill_mfu) on tests/fixtures/public-logs/prefill_speed.yaml's points not held out; PREFILL_CHECK holds how
 many public points check each backend's TTFT and the error they show.
