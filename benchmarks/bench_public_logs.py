@@ -82,29 +82,49 @@ def llamacpp_rows() -> list[str]:
 
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-    out = ["| point | backend | set | predicted tok/s | measured | ratio |", "|---|---|---|---:|---:|---:|"]
+    out = ["| point | backend | weights | set | predicted tok/s | measured | ratio |", "|---|---|---|---|---:|---:|---:|"]
     within = 0
     errors: dict[str, list[float]] = {"fitted": [], "held out": []}
     for p in pts:
-        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
+        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"],
+                                                p.get("weights", "quantized"))
         r = pred / p["tokens_per_s"]
         within += abs(r - 1) <= 0.15
         kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
         if kind in errors:
             errors[kind].append(abs(r - 1))
-        out.append(f"| {p['id']} | {p['backend']} | {kind} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
+        out.append(f"| {p['id']} | {p['backend']} | {p.get('weights', 'quantized')} | {kind} | {pred:.1f} | "
+                   f"{p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
     for kind, errs in errors.items():
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
-    out.append("\nLeast-squares fit per backend (t = bytes/(e x BW) + t0):")
+    out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
+               "backend has 2+ points of each kind), and leave-one-out: each fitted point predicted by the fit of the "
+               "backend's other fitted points (backends with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts}):
-        sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in pts
-               if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
-        e, t0 = speed.fit_backend(sel)
-        out.append(f"- {backend}: e = {e:.3f}, t0 = {t0:.2f} ms over {len(sel)} points")
+        fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+        sel = [_fit_point(p) for p in fitted]
+        e, t0, e16 = speed.fit_backend(sel)
+        kinds = f", e_16bit = {e16:.3f}" if e16 else ""
+        loo = ""
+        if len(sel) >= 3:
+            errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p) / p["tokens_per_s"] - 1) for i, p in enumerate(fitted)]
+            loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
+                   f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
+        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms over {len(sel)} points{loo}")
     return out
+
+
+def _fit_point(p: dict) -> tuple:
+    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized")
+
+
+def _loo_predicted(others: list[tuple], p: dict) -> float:
+    e, t0, e16 = speed.fit_backend(others)
+    eff = e16 if p.get("weights") == "16bit" and e16 else e
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + t0 / 1000)
 
 
 def concurrency_rows() -> list[str]:
@@ -128,18 +148,28 @@ def service_curve_rows() -> list[str]:
     fix = yaml.safe_load((FIX / "service_curve.yaml").read_text())
     tol = fix["tolerance"]
     out = [f"Aggregate tokens/s at b tokens per step (llama.cpp microbatch tables) against "
-           f"speed.aggregate_tokens_per_s; stated tolerance +-{tol * 100:.0f}%.", "",
-           "| curve | b | predicted tok/s | measured | ratio | |", "|---|---:|---:|---:|---:|---|"]
+           f"speed.aggregate_tokens_per_s (a step: the memory time plus, per token past the first, 2 x active params "
+           f"FLOPs at the batch MFU, fitted per weight kind on the curves not held out); stated tolerance "
+           f"+-{tol * 100:.0f}%.", "",
+           "| curve | set | b | predicted tok/s | measured | ratio | |", "|---|---|---:|---:|---:|---:|---|"]
     within = total = 0
+    counts: dict[str, list[int]] = {"fitted": [0, 0], "held out": [0, 0]}
     for c in fix["curves"]:
+        kind = "held out" if c.get("held_out") else "fitted"
         for p in c["points"]:
             pred = predict_service_curve_point(c, p["batch"])
             r = pred / p["tokens_per_s"]
             ok = abs(r - 1) <= tol
             within, total = within + ok, total + 1
+            counts[kind][0] += ok
+            counts[kind][1] += 1
             note = "" if ok else "miss" + (" (known)" if p.get("known_miss") else "")
-            out.append(f"| {c['id']} | {p['batch']} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} | {note} |")
-    out.append(f"\nwithin {tol * 100:.0f}%: {within} of {total}")
+            out.append(f"| {c['id']} | {kind} | {p['batch']} | {pred:.1f} | {p['tokens_per_s']} | {r:.3f} | {note} |")
+    out.append(f"\nwithin {tol * 100:.0f}%: {within} of {total} (fitted curves {counts['fitted'][0]} of "
+               f"{counts['fitted'][1]}, held out {counts['held out'][0]} of {counts['held out'][1]})")
+    cuda = speed.BACKENDS["cuda"]
+    out.append(f"- cuda batch MFU: block-quantized {cuda.batch_mfu:.3f}, 16-bit {cuda.batch_mfu_16bit:.3f} "
+               f"(speed.fit_batch_mfu: per curve the slope of the step time over b)")
     return out
 
 

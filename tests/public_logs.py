@@ -100,7 +100,8 @@ def predict_service_curve_point(curve: dict, batch: int) -> float:
     from stackgen.plan.capacity import gpu_peak_flops
     peak = gpu_peak_flops(curve["gpu"], curve["bandwidth_gbs"]) / 1e12
     return speed.aggregate_tokens_per_s(curve["bytes_mib"] * 2**20, 0, curve["bandwidth_gbs"], curve["backend"],
-                                        batch, active_params=curve["active_params"], peak_tflops=peak)
+                                        batch, active_params=curve["active_params"], peak_tflops=peak,
+                                        weights=curve.get("weights", "quantized"))
 
 
 def prefill_inputs(p: dict) -> tuple[float, float, float]:

@@ -3,10 +3,12 @@
 Model: one decode step reads every active weight byte once (an MoE model's step of b tokens: the union of the experts
 they route to, ExpertRouting) plus each stream's KV cache, at a backend-specific share
 `efficiency` of the peak memory bandwidth, plus a fixed per-step overhead `t0_ms` (kernel launches, sampling, host
-sync): t_step = bytes / (efficiency x bandwidth) + t0. Parameters are fitted on the public figures in
-tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in
-benchmarks/results/public_logs.md) from the points not marked held_out (those check the fit); backends without public
-points there keep the old single 0.70 and no overhead.
+sync): t_step = bytes / (efficiency x bandwidth) + t0. Unquantized 16-bit weights (F16/BF16) read at their own
+`efficiency_16bit` where a backend's points show it (llama.cpp CUDA and Metal run them through other kernels than the
+block-quantized types); the plan's weights format picks the kind (weight_kind). Parameters are fitted (fit_backend,
+least squares of the relative error) on the public figures in tests/fixtures/public-logs/decode_speed.yaml by
+benchmarks/bench_public_logs.py (results in benchmarks/results/public_logs.md) from the points not marked held_out
+(those check the fit); backends without public points there keep the old single 0.70 and no overhead.
 Prefill: a compute-bound rate, prefill_mfu x peak FLOP/s / (2 x active parameters), with prefill_mfu fitted per backend
 (fit_prefill_mfu) on tests/fixtures/public-logs/prefill_speed.yaml's points not held out; PREFILL_CHECK holds how
 many public points check each backend's TTFT and the error they show.
@@ -26,31 +28,66 @@ class Backend:
     # The model's stated error for this backend: the largest |predicted/measured - 1| over its public points, fitted
     # and held out (outliers aside), rounded up to 5%; 0.5 for a backend with no public point (a default, not a fit).
     error: float = 0.5
-    # Share of peak FLOPs a batched decode step reaches past the batch knee. Not the prefill's: a decode step of b
-    # single-token sequences runs smaller, less efficient kernels than a 512-token prompt. 0.35 keeps llama 1B F16 on
-    # an RTX 3090 within 20% from b = 4 to 64 (service_curve.yaml) and the quickstart's 4-stream CPU aggregate within
-    # 12% of what it measures; the fitted prefill MFU (0.93 on CUDA, 1.0 on CPU) over-predicts both (b = 64 by 42%).
+    # Batched decode: a step of b tokens costs the memory time plus, for each token past the first, its 2 x active
+    # params FLOPs at `batch_mfu` of peak (batch_step_seconds): the small-batch kernels do not hide that compute under
+    # the weight read (llama.cpp's quantized mat-vec kernels for b <= 8 use no tensor cores). Not the prefill's MFU: a
+    # decode step of b single-token sequences runs smaller, less efficient kernels than a 512-token prompt. Fitted
+    # (fit_batch_mfu) on tests/fixtures/public-logs/service_curve.yaml's curves not held out, per weight kind where
+    # a backend has curves of both; 0.35 where none (a default from the earlier max(memory, compute) form).
     batch_mfu: float = 0.35
+    batch_mfu_16bit: float = 0.0  # the same for 16-bit weights (0: batch_mfu for every kind)
+    # Share of peak bandwidth a decode step reaches on 16-bit (F16/BF16, and F32) weights, where the backend reads them
+    # through other kernels than its block-quantized ones (llama.cpp CUDA: cuBLAS/GEMV instead of MMVQ; Metal: its
+    # f16 mat-vec). 0: no separate figure, the one `efficiency` for every weight type. Fitted with the other two
+    # (fit_backend) where a backend's public points include 16-bit runs.
+    efficiency_16bit: float = 0.0
+
+    def efficiency_for(self, weights: str = "quantized") -> float:
+        """The efficiency for weights of kind `weights` ("16bit" or "quantized", weight_kind's answer)."""
+        return self.efficiency_16bit if weights == "16bit" and self.efficiency_16bit else self.efficiency
+
+    def batch_mfu_for(self, weights: str = "quantized") -> float:
+        """The batched-decode MFU for weights of kind `weights`."""
+        return self.batch_mfu_16bit if weights == "16bit" and self.batch_mfu_16bit else self.batch_mfu
+
+
+def weight_kind(fmt: str | None) -> str:
+    """"16bit" for unquantized float weights (GGUF F16/BF16/F32, HF/MLX bf16/fp16/fp32), else "quantized" (block-
+    quantized GGUF types, MLX n-bit, AWQ/GPTQ/FP8, or unknown)."""
+    return "16bit" if (fmt or "").lower() in ("f16", "bf16", "f32", "fp16", "fp32", "float16", "bfloat16",
+                                               "float32") else "quantized"
 
 
 BACKENDS = {
-    "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25, prefill_mfu=0.421),
-    "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30, prefill_mfu=0.706),
+    # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
+    # than the one line, on the same desktop host and build range.
+    "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.20, prefill_mfu=0.421),
+    # Metal by weight kind: block-quantized 0.734 of peak, F16 0.809, t0 3.46 ms over 16 points (May-2024 to 2026
+    # builds, M1 to M4, 4 of them F16). Its misses are chip- and build-specific: the May-2024 M1 Max 32-core reads
+    # Q4_K_M at 44-46% of its 400 GB/s (its F16 at 75%), the 2026 M1 Ultra 14B at 47% of 800 GB/s, the M4 at 86%.
+    "metal": Backend(0.734, 3.46, fitted_on=16, error=0.60, prefill_mfu=0.706, efficiency_16bit=0.809),
     "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
-    # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
-    # (-28..-33%), the held-out January-2024 RTX 3090 Ti build slower (+30%).
-    "cuda": Backend(0.728, 0.81, fitted_on=9, error=0.35, prefill_mfu=0.926),
+    # Consumer: block-quantized weights (MMVQ kernels) at 0.708 of peak, F16/BF16 (cuBLAS/GEMV) at 0.911, one 0.53 ms
+    # overhead, over 17 points from January 2024 to 2026 builds (5 of them 16-bit; one e for both kinds left the
+    # 16-bit rows of PR 24216 at -28..-33%). The largest misses are 2024 builds: the held-out January-2024 RTX 3090 Ti
+    # (+33%, before CUDA graphs) and ./main on CUDA graphs' PR branch (+16..+24%).
+    "cuda": Backend(0.708, 0.53, fitted_on=17, error=0.35, prefill_mfu=0.926, efficiency_16bit=0.911,
+                    batch_mfu=0.212, batch_mfu_16bit=0.900),
     # datacenter: 2 points, 2 parameters (exact, none held out); prefill: the consumer fit (no datacenter prefill point)
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.15, prefill_mfu=0.926),
-    "rocm": Backend(0.70, 0.0, prefill_mfu=0.426),
+    # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; the held-out RX 7900
+    # XTX Q5_K_M row of the same table is predicted 7% low.
+    "rocm": Backend(0.700, 2.14, fitted_on=2, error=0.10, prefill_mfu=0.426),
     # mlx-lm: 5 points (4B 4-bit to 70B bf16, M2 Ultra, M3 Pro x 2, M4 Pro at 32k context, M4 Max 6-bit), within 8%;
-    # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-8%) and M1 Ultra 32B 8-bit (+24%).
-    "mlx": Backend(0.845, 1.90, fitted_on=5, error=0.25, prefill_mfu=0.667),
-    # vLLM (SGLang plans reuse it): 3 points at one stream (RTX 4090 4B fp8 +11%, RTX 3090 7B AWQ -11%, 2 x H100 TP 2
-    # 72B bf16 0%); held out: the RTX 4090 7B bf16 (-21%). The single stream only: vllm_concurrency.yaml checks N streams.
-    "vllm": Backend(0.720, 0.73, fitted_on=3, error=0.25),
+    # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
+    # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
+    "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.25, prefill_mfu=0.667),
+    # vLLM (SGLang plans reuse it): 3 points at one stream (RTX 4090 4B fp8 +14%, RTX 3090 7B AWQ -9%, 2 x H100 TP 2
+    # 72B bf16 0%); held out: the RTX 4090 7B bf16 (-21%); one bf16 point fitted, so no 16-bit line. The single stream
+    # only: vllm_concurrency.yaml checks N streams.
+    "vllm": Backend(0.714, 0.51, fitted_on=3, error=0.25),
 }
 DEFAULT_BACKEND = Backend(0.70, 0.0)
 # TTFT against public prefill figures (tests/fixtures/public-logs/prefill_speed.yaml): backend -> (points that check
@@ -79,10 +116,14 @@ def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = 
     return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
 
 
-def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str) -> float:
-    """Seconds for one decode step that reads `bytes_read` bytes on a device of `bandwidth_gbs` peak GB/s."""
+def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str, weights: str = "quantized",
+                 kv_bytes: float = 0.0) -> float:
+    """Seconds for one decode step that reads `bytes_read` weight bytes of kind `weights` (weight_kind) and
+    `kv_bytes` of KV cache on a device of `bandwidth_gbs` peak GB/s: the weights at their kind's efficiency, the
+    cache at the backend's (block-quantized) one."""
     b = backend_params(backend)
-    return bytes_read / (b.efficiency * bandwidth_gbs * 1e9) + b.t0_ms / 1000
+    bw = bandwidth_gbs * 1e9
+    return bytes_read / (b.efficiency_for(weights) * bw) + kv_bytes / (b.efficiency * bw) + b.t0_ms / 1000
 
 
 # Share of an MoE model's parameters in its routed experts when ModelFacts cannot solve it from a stated active count:
@@ -135,24 +176,50 @@ def step_weights_bytes(active_weights_bytes: float, streams: int, experts: Exper
     return active_weights_bytes * (experts.read_factor(streams) if experts else 1.0)
 
 
-def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str) -> float:
-    """Decode tokens/s of one stream: active weights plus that stream's KV cache per token."""
-    t = step_seconds(weights_bytes + kv_bytes, bandwidth_gbs, backend)
+def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str,
+                               weights: str = "quantized") -> float:
+    """Decode tokens/s of one stream: active weights (of kind `weights`) plus that stream's KV cache per token."""
+    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes)
     return 1 / t if t > 0 else 0.0
 
 
 def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, bandwidth_gbs: float, backend: str,
                            streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0,
-                           experts: ExpertRouting | None = None) -> float:
+                           weights: str = "quantized", experts: ExpertRouting | None = None) -> float:
     """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
-    each stream's KV cache once; past the batch knee the step is compute-bound (2 x active_params FLOPs per token at
-    the backend's batch MFU), when `peak_tflops` is given. `weights_bytes`: one token's active weights; `experts`: an
-    MoE model's routing, whose step reads the union of its tokens' experts (step_weights_bytes); None: dense."""
+    each stream's KV cache once, and each token past the first adds its compute (batch_compute_seconds: 2 x
+    active_params FLOPs at the backend's batch MFU of `peak_tflops`, when given). `weights_bytes`: one token's active
+    weights; `experts`: an MoE model's routing, whose step reads the union of its tokens' experts
+    (step_weights_bytes); None: dense."""
     n = max(1, streams)
-    t = step_seconds(step_weights_bytes(weights_bytes, n, experts) + n * kv_bytes_per_stream, bandwidth_gbs, backend)
-    if peak_tflops and active_params:
-        t = max(t, 2 * active_params * n / (backend_params(backend).batch_mfu * peak_tflops * 1e12))
+    t = step_seconds(step_weights_bytes(weights_bytes, n, experts), bandwidth_gbs, backend, weights,
+                     n * kv_bytes_per_stream)
+    t += batch_compute_seconds(active_params, n, peak_tflops * 1e12, backend_params(backend).batch_mfu_for(weights))
     return n / t if t > 0 else 0.0
+
+
+def batch_compute_seconds(active_params: float, streams: int, peak_flops: float, mfu: float) -> float:
+    """What a decode step of `streams` tokens costs beyond its memory time: each token past the first, 2 x
+    active_params FLOPs at `mfu` of `peak_flops` (0 when the peak or the parameters are unknown). Measured on
+    llama.cpp CUDA microbatch tables (service_curve.yaml): the step time grows linearly with b from b = 1 (RTX 3090,
+    8B Q4_0: 6.4 ms at b = 1, 13.7 ms at b = 8), not flat up to a knee."""
+    if not (active_params and peak_flops and mfu):
+        return 0.0
+    return (max(1, streams) - 1) * 2 * active_params / (mfu * peak_flops)
+
+
+def fit_batch_mfu(curves: list[tuple[float, float, list[tuple[int, float]]]]) -> float:
+    """The batched-decode MFU of (active_params, peak_flops, [(b, aggregate tokens/s), ...]) curves: per curve, the
+    least-squares slope of the step time b / tokens_per_s over b is one token's compute, 2 x active_params / (mfu x
+    peak); over several curves the geometric mean of their MFUs (as fit_prefill_mfu)."""
+    import math
+    logs = []
+    for params, peak, pts in curves:
+        bs, ts = [b for b, _ in pts], [b / tps for b, tps in pts]
+        mb, mt = sum(bs) / len(bs), sum(ts) / len(ts)
+        slope = sum((b - mb) * (t - mt) for b, t in zip(bs, ts)) / sum((b - mb) ** 2 for b in bs)
+        logs.append(math.log(2 * params / (slope * peak)))
+    return math.exp(sum(logs) / len(logs))
 
 
 def per_stream_tokens_per_s(*args, streams: int, **kw) -> float:
@@ -189,20 +256,57 @@ def fit_prefill_mfu(points: list[tuple[float, float, float]]) -> float:
     return math.exp(sum(logs) / len(logs))
 
 
-def fit_backend(points: list[tuple[float, float, float]]) -> tuple[float, float]:
-    """Least squares of t = x / e + t0 over (bytes, bandwidth_gbs, tokens_per_s) points: returns (e, t0_ms)."""
-    xs = [b / (bw * 1e9) for b, bw, _ in points]
-    ts = [1 / tps for _, _, tps in points]
+def _solve(a: list[list[float]], y: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None when singular."""
+    n = len(y)
+    m = [row[:] + [v] for row, v in zip(a, y)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[piv][c]) < 1e-30:
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * z for x, z in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def fit_backend(points: list[tuple]) -> tuple[float, float, float]:
+    """Least squares of the relative error of the step time t = x / e + t0 (x = bytes / bandwidth; each point's
+    residual divided by its measured step, as the checks are relative: a 70B step must not outweigh a 1B one) over
+    (bytes, bandwidth_gbs,
+    tokens_per_s[, kind]) points, kind "16bit" or "quantized" (the default). Returns (e, t0_ms, e_16bit): with at
+    least 2 points of each kind, 16-bit steps get their own slope (t = x / e_16bit + t0, the same t0), so neither
+    slope is one point's exact fit; otherwise e_16bit is 0 (the one e for every kind). A negative overhead is
+    not physical: then the constrained optimum, t0 = 0 and each slope through the origin."""
+    xs = [p[0] / (p[1] * 1e9) for p in points]
+    ts = [1 / p[2] for p in points]
+    is16 = [len(p) > 3 and p[3] == "16bit" for p in points]
     n = len(points)
     if n == 1:
-        return xs[0] / ts[0], 0.0
-    mx, mt = sum(xs) / n, sum(ts) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (t - mt) for x, t in zip(xs, ts)) / sxx if sxx else mt / mx
-    t0 = mt - slope * mx
-    if t0 < 0 or slope <= 0:  # a negative overhead is not physical: the constrained optimum is t0 = 0, t = x / e
-        slope, t0 = sum(x * t for x, t in zip(xs, ts)) / sum(x * x for x in xs), 0.0
-    return 1 / slope, t0 * 1000
+        return xs[0] / ts[0], 0.0, 0.0
+    split = sum(is16) >= 2 and n - sum(is16) >= 2
+    # columns: quantized slope, 16-bit slope (when split), intercept
+    rows = [[0.0 if k else x, x if k else 0.0, 1.0] if split else [x, 1.0] for x, k in zip(xs, is16)]
+    cols = len(rows[0])
+    # relative residuals: each row divided by its measured step time, so a 70B step does not outweigh a 1B one
+    ws = [1 / (t * t) for t in ts]
+    ata = [[sum(w * r[i] * r[j] for r, w in zip(rows, ws)) for j in range(cols)] for i in range(cols)]
+    aty = [sum(w * r[i] * t for r, t, w in zip(rows, ts, ws)) for i in range(cols)]
+    sol = _solve(ata, aty)
+    if sol is None or sol[-1] < 0 or any(v <= 0 for v in sol[:-1]):
+        # t0 = 0: each slope through the origin over its own points
+        def through_origin(sel):
+            num = sum(x / t for x, t, k in zip(xs, ts, is16) if sel(k))
+            return num / sum(x * x / (t * t) for x, t, k in zip(xs, ts, is16) if sel(k))
+        if split:
+            sol = [through_origin(lambda k: not k), through_origin(lambda k: k), 0.0]
+        else:
+            sol = [through_origin(lambda k: True), 0.0]
+    if split:
+        return 1 / sol[0], sol[2] * 1000, 1 / sol[1]
+    return 1 / sol[0], sol[1] * 1000, 0.0
 
 
 @dataclass(frozen=True)
@@ -216,7 +320,7 @@ class Forecast:
     single_stream_tokens_per_s: float
     ttft_s: float  # one request alone: its prompt at the prefill rate, then one decode step
     ttft_all_s: float  # every stream's prompt arriving together: the last one waits for the others' prefill
-    bound: str  # "memory bandwidth" or "compute" (past the batch knee)
+    bound: str  # "compute" when the batch's compute time exceeds the step's memory time, else "memory bandwidth"
     error: float  # the backend's stated error (Backend.error)
     fitted_on: int
     ttft_checked_on: int = 0  # public prefill points behind the TTFT (PREFILL_CHECK; 0: not checked)
@@ -242,35 +346,41 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int, params: Backend | None = None, experts: ExpertRouting | None = None) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
+             experts: ExpertRouting | None = None) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
     efficiency of the GPU bandwidth, the rest (layers left in system RAM) at the CPU backend's efficiency of the host
-    bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
-    parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
+    bandwidth, plus the backend's per-step overhead; each token past the first adds 2 x active parameters FLOPs at
+    the backend's batch MFU of `peak_flops` (batch_compute_seconds). TTFT: the prompt at the compute-bound
     prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
-    on a host `stackgen calibrate` measured). `weights_bytes`: one token's active weights; `experts`: an MoE model's
-    routing, whose step at `streams` tokens reads the union of their experts (ExpertRouting); None: dense."""
+    on a host `stackgen calibrate` measured). `weights_bytes`: one token's active weights; `weights`: their kind
+    (weight_kind of the planned format): 16-bit weights read at the backend's efficiency_16bit where it has one,
+    the KV cache at its efficiency; `experts`: an MoE model's routing, whose step at `streams` tokens reads the
+    union of their experts (ExpertRouting); None: dense."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
-    read = step_weights_bytes(weights_bytes, n, experts) + n * kv_bytes_per_stream
 
-    def memory_s(bytes_read: float) -> float:
+    def memory_s(weight_bytes: float, kv_bytes: float) -> float:
         t = b.t0_ms / 1000
         if gpu_fraction > 0 and gpu_bandwidth_gbs > 0:
-            t += bytes_read * gpu_fraction / (b.efficiency * gpu_bandwidth_gbs * 1e9)
+            bw = gpu_bandwidth_gbs * 1e9
+            t += gpu_fraction * (weight_bytes / (b.efficiency_for(weights) * bw) + kv_bytes / (b.efficiency * bw))
         if gpu_fraction < 1:
-            t += bytes_read * (1 - gpu_fraction) / (cpu.efficiency * host_bandwidth_gbs * 1e9)
+            bw = host_bandwidth_gbs * 1e9
+            t += (1 - gpu_fraction) * (weight_bytes / (cpu.efficiency_for(weights) * bw)
+                                       + kv_bytes / (cpu.efficiency * bw))
         return t
 
     mfu = b.prefill_mfu if gpu_fraction > 0 else cpu.prefill_mfu
-    batch_mfu = b.batch_mfu if gpu_fraction > 0 else cpu.batch_mfu
+    batch_mfu = b.batch_mfu_for(weights) if gpu_fraction > 0 else cpu.batch_mfu_for(weights)
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
-    compute = 2 * active_params * n / (batch_mfu * peak_flops) if peak_flops and active_params else 0.0
-    step = max(memory_s(read), compute)
-    single = memory_s(weights_bytes + kv_bytes_per_stream)
+    compute = batch_compute_seconds(active_params, n, peak_flops, batch_mfu)
+    memory = memory_s(step_weights_bytes(weights_bytes, n, experts), n * kv_bytes_per_stream)
+    step = memory + compute
+    single = memory_s(weights_bytes, kv_bytes_per_stream)
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
@@ -279,7 +389,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
-                    bound="compute" if compute > memory_s(read) else "memory bandwidth", error=error,
+                    bound="compute" if compute > memory else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error)
 
 
@@ -319,8 +429,9 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params, experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
-                                                            model.experts_active))
+                    params=params, weights=weight_kind(mem.weights_format or model.quant),
+                    experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
+                                             model.experts_active))
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:

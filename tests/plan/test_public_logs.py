@@ -100,7 +100,8 @@ def test_memory_corpus_size():
 
 
 def _predicted(p):
-    return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"])
+    return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"],
+                                           p.get("weights", "quantized"))
 
 
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
@@ -122,34 +123,66 @@ def test_known_misses_are_still_misses():
 @pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
 def test_backend_parameters_are_the_fit_of_the_points_not_held_out(backend):
     """speed.BACKENDS must be what fit_backend gives on the corpus minus held-out points and outliers."""
-    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"]) for p in POINTS
+    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized")) for p in POINTS
            if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
-    e, t0 = speed.fit_backend(sel)
+    e, t0, e16 = speed.fit_backend(sel)
     b = speed.BACKENDS[backend]
     assert len(sel) == b.fitted_on
     assert b.efficiency == pytest.approx(e, abs=0.001) and b.t0_ms == pytest.approx(t0, abs=0.01)
+    assert b.efficiency_16bit == pytest.approx(e16, abs=0.001)
 
 
 def test_fit_never_returns_a_negative_overhead():
     """Two points whose straight line crosses below zero: the fit is the through-origin one (t0 = 0)."""
     pts = [(3.82e9, 347.0, 56.29), (4.92e9, 760.0, 111.95)]
-    e, t0 = speed.fit_backend(pts)
-    assert t0 == 0.0 and 0.6 < e < 0.7
+    e, t0, e16 = speed.fit_backend(pts)
+    assert t0 == 0.0 and 0.6 < e < 0.7 and e16 == 0.0
 
 
 def test_speed_within_15_percent_share():
-    """The issue's goal is 90% of points within 15%; this corpus reaches 31 of 40 (recorded in
-    benchmarks/results/public_logs.md; the CUDA refit's misses are llama.cpp builds of different years on the same
-    GPUs; vLLM's and mlx-lm's misses are a held-out RTX 4090 bf16 point at -21% and an M1 Ultra 8-bit one at +24%).
-    The floor here keeps it from getting worse."""
+    """The issue's goal is 90% of points within 15%; this corpus reaches 57 of 71 (80%; recorded in
+    benchmarks/results/public_logs.md, with each miss). They are chip-, GPU- and build-specific: 2024 CUDA builds on
+    Ampere (the held-out January-2024 RTX 3090 Ti, ./main on CUDA graphs' PR branch), the held-out RTX 4070 Ti (Ada,
+    82% of its 504 GB/s), Metal on the May-2024 M1 Max 32-core's K-quants, the two-die M1 Ultra's 14B, the M4,
+    the held-out IQ4_NL 27B, Vulkan's RTX 2080 Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, and vLLM's
+    held-out RTX 4090 bf16 (-21%) and mlx-lm's held-out M1 Ultra 8-bit (+24%). The floor here keeps it from getting
+    worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 40 and len(close) >= 31
+    assert len(POINTS) >= 71 and len(close) >= 57
 
 
 def test_fit_recovers_known_parameters():
     pts = [(b, 100.0, 1 / (b / (0.6 * 100e9) + 0.002)) for b in (1e9, 4e9, 8e9)]
-    e, t0 = speed.fit_backend(pts)
-    assert e == pytest.approx(0.6, rel=1e-6) and t0 == pytest.approx(2.0, rel=1e-6)
+    e, t0, e16 = speed.fit_backend(pts)
+    assert e == pytest.approx(0.6, rel=1e-6) and t0 == pytest.approx(2.0, rel=1e-6) and e16 == 0.0
+
+
+def test_fit_recovers_a_separate_16bit_efficiency():
+    """Two quantized and two 16-bit points on one overhead: each kind's slope and the shared t0 come back; with a
+    single 16-bit point the fit keeps one efficiency (no slope is one point's exact fit)."""
+    def pt(b, e, kind):
+        return (b, 100.0, 1 / (b / (e * 100e9) + 0.0005), kind)
+    pts = [pt(1e9, 0.6, "quantized"), pt(5e9, 0.6, "quantized"), pt(2e9, 0.85, "16bit"), pt(9e9, 0.85, "16bit")]
+    e, t0, e16 = speed.fit_backend(pts)
+    assert (e, t0, e16) == (pytest.approx(0.6, rel=1e-6), pytest.approx(0.5, rel=1e-6), pytest.approx(0.85, rel=1e-6))
+    assert speed.fit_backend(pts[:3])[2] == 0.0
+
+
+def test_16bit_weights_plan_at_their_own_efficiency():
+    """weight_kind sorts formats; a backend with efficiency_16bit reads 16-bit weights at it (the KV cache at the
+    quantized efficiency), one without reads every kind at its one efficiency."""
+    assert speed.weight_kind("F16") == speed.weight_kind("bf16") == "16bit"
+    assert speed.weight_kind("Q4_K_M") == speed.weight_kind(None) == speed.weight_kind("awq") == "quantized"
+    b = speed.BACKENDS["cuda"]
+    assert b.efficiency_16bit > b.efficiency
+    t16 = 1 / speed.single_stream_tokens_per_s(2e9, 1e8, 936, "cuda", "16bit")
+    assert t16 == pytest.approx(2e9 / (b.efficiency_16bit * 936e9) + 1e8 / (b.efficiency * 936e9) + b.t0_ms / 1000)
+    assert not speed.BACKENDS["vulkan"].efficiency_16bit
+    assert (speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan", "16bit")
+            == speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan"))
+    kw = dict(weights_bytes=2e9, kv_bytes_per_stream=1e8, streams=1, gpu_fraction=1.0, gpu_bandwidth_gbs=936,
+              host_bandwidth_gbs=60, active_params=1e9, peak_flops=71e12, prompt_tokens=100)
+    assert speed.forecast("cuda", weights="16bit", **kw).single_stream_tokens_per_s == pytest.approx(1 / t16, abs=0.06)
 
 
 def test_aggregate_shares_bandwidth_and_hits_the_compute_knee():
@@ -157,7 +190,8 @@ def test_aggregate_shares_bandwidth_and_hits_the_compute_knee():
     eight = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 8)
     assert 7 * one < eight < 8 * one  # weights read once per step, each stream adds its KV
     capped = speed.aggregate_tokens_per_s(4e9, 1e7, 1000, "cuda", 512, active_params=8e9, peak_tflops=100)
-    assert capped == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 100e12 / (2 * 8e9), rel=1e-6)
+    assert capped == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 100e12 / (2 * 8e9), rel=0.05)
+    assert capped < speed.BACKENDS["cuda"].batch_mfu * 100e12 / (2 * 8e9)  # plus the weights' read, once per step
     assert speed.ttft_seconds(1000, 2000.0) == pytest.approx(0.5)
 
 

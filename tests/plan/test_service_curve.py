@@ -35,4 +35,33 @@ def test_known_misses_are_still_misses_and_their_ratio_is_the_stated_one():
 
 def test_the_curves_start_at_one_stream():
     for curve in FIX["curves"]:
-        assert curve["points"][0]["batch"] == 1 and len(curve["points"]) >= 5
+        assert curve["points"][0]["batch"] == 1 and len(curve["points"]) >= (4 if curve.get("held_out") else 5)
+
+
+@pytest.mark.parametrize("kind", ["quantized", "16bit"])
+def test_cuda_batch_mfu_is_the_fit_of_the_curves_not_held_out(kind):
+    """speed.BACKENDS["cuda"]'s batched-decode MFU per weight kind is what fit_batch_mfu gives on the fixture's curves
+    of that kind that are not held out."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import gpu_peak_flops
+    curves = [(c["active_params"], gpu_peak_flops(c["gpu"], c["bandwidth_gbs"]),
+               [(p["batch"], p["tokens_per_s"]) for p in c["points"]])
+              for c in FIX["curves"] if c.get("weights", "quantized") == kind and not c.get("held_out")]
+    assert curves
+    assert speed.BACKENDS["cuda"].batch_mfu_for(kind) == pytest.approx(speed.fit_batch_mfu(curves), abs=0.001)
+
+
+def test_held_out_curves_exist_and_are_checked():
+    held = [c for c in FIX["curves"] if c.get("held_out")]
+    assert held and all(len(c["points"]) >= 4 for c in held)
+
+
+def test_fit_batch_mfu_recovers_a_known_mfu():
+    """A curve made by the model itself (t(b) = t1 + (b - 1) x 2P / (mfu x peak)) gives its mfu back."""
+    from stackgen.plan import speed
+    params, peak, t1, mfu = 8e9, 71e12, 0.0064, 0.25
+    pts = [(b, b / (t1 + (b - 1) * 2 * params / (mfu * peak))) for b in (1, 2, 4, 8)]
+    assert speed.fit_batch_mfu([(params, peak, pts)]) == pytest.approx(mfu, rel=1e-9)
+    assert speed.batch_compute_seconds(params, 1, peak, mfu) == 0.0
+    assert speed.batch_compute_seconds(params, 3, peak, mfu) == pytest.approx(2 * 2 * params / (mfu * peak))
+    assert speed.batch_compute_seconds(0, 3, peak, mfu) == 0.0

@@ -25,8 +25,8 @@ def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
 def test_stated_error_covers_every_public_point_of_the_backend(backend):
     """Backend.error is what the model claims: every point of that backend (fitted and held out, outliers aside)
     lies within it, and it is not padded past the worst point by more than 5 points."""
-    errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend)
-                / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier")]
+    errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
+                                                 p.get("weights", "quantized")) / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier")]
     b = speed.BACKENDS[backend]
     assert max(errs) <= b.error <= max(max(errs), 0.10) + 0.05
 
@@ -50,7 +50,9 @@ def test_layers_in_system_ram_slow_decode_and_widen_the_error():
 def test_compute_knee_and_ttft():
     many = _fc(512, peak=10e12)
     assert many.bound == "compute"
-    assert many.aggregate_tokens_per_s == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 10e12 / (2 * 8e9), rel=0.01)
+    # far past the knee each token costs its compute: the aggregate approaches batch_mfu x peak / (2 x params)
+    assert many.aggregate_tokens_per_s == pytest.approx(speed.BACKENDS["cuda"].batch_mfu * 10e12 / (2 * 8e9), rel=0.05)
+    assert many.aggregate_tokens_per_s < speed.BACKENDS["cuda"].batch_mfu * 10e12 / (2 * 8e9)
     one = _fc(4)
     prefill = speed.BACKENDS["cuda"].prefill_mfu * 165e12 / (2 * 8e9)
     assert one.ttft_s == pytest.approx(1000 / prefill + 1 / one.single_stream_tokens_per_s, rel=0.02)
@@ -128,13 +130,15 @@ def test_ttft_states_its_public_check():
 
 
 def test_batched_decode_knee_is_not_the_prefill_rate():
-    """A decode step of many single-token sequences turns compute-bound at batch_mfu (0.35), not at the fitted prefill
-    MFU (0.93 on CUDA): with the prefill's, llama 1B F16 on an RTX 3090 at b = 64 was over-predicted by 42%
-    (service_curve.yaml); the prefill rate itself still uses prefill_mfu."""
+    """A decode step of b single-token sequences costs each token past the first its compute at the batch MFU (CUDA
+    block-quantized 0.21, 16-bit 0.90, fitted on service_curve.yaml), not at the fitted prefill MFU (0.93): with the
+    prefill's, llama 8B Q4_0 on an RTX 3090 at b = 8 was over-predicted 2x; the prefill rate still uses prefill_mfu."""
     b = speed.BACKENDS["cuda"]
-    assert b.batch_mfu == 0.35 and b.prefill_mfu > 2 * b.batch_mfu
-    many = _fc(512, peak=10e12)
-    assert many.aggregate_tokens_per_s == pytest.approx(0.35 * 10e12 / (2 * 8e9), rel=0.01)
+    assert b.prefill_mfu > 4 * b.batch_mfu and b.batch_mfu_for("16bit") > 4 * b.batch_mfu_for("quantized")
+    one, two = _fc(1, peak=10e12), _fc(2, peak=10e12)
+    # the second stream adds its KV read and one token's compute to the step
+    extra = 1 / two.per_user_tokens_per_s - 1 / one.per_user_tokens_per_s
+    assert extra == pytest.approx(2 * 8e9 / (b.batch_mfu * 10e12), rel=0.05)
     assert speed.prefill_tokens_per_s(8e9, 10, "cuda") == pytest.approx(b.prefill_mfu * 10e12 / (2 * 8e9))
 
 
@@ -229,3 +233,31 @@ services:
     dense = again()
     assert moe.single_stream_tokens_per_s == dense.single_stream_tokens_per_s
     assert moe.aggregate_tokens_per_s < 0.6 * dense.aggregate_tokens_per_s
+
+
+def test_a_16bit_plan_decodes_at_the_backends_16bit_efficiency(write_stack):
+    """The weights format of the memory plan picks the weight kind (speed.weight_kind): the same llama.cpp service on
+    an RTX 4090 planned at F16 decodes at the consumer CUDA line's efficiency_16bit, at Q4_K_M at its efficiency;
+    service_forecast with the kind swapped moves the single-stream figure by the ratio of the two efficiencies."""
+    from dataclasses import replace
+
+    from stackgen.host.facts import HostFacts
+    from stackgen.plan import resolve
+    from stackgen.spec.profiles import load_profiles
+    from stackgen.spec.stack import load_stack
+
+    hw = load_profiles().hardware["rtx-4090"]
+    b = speed.BACKENDS["cuda"]
+    for quant, eff in (("F16", b.efficiency_16bit), ("Q4_K_M", b.efficiency)):
+        path = write_stack("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 1, context_tokens: 4096}\n"
+                           f"services:\n  s: {{model: llama-3.2-3b-instruct, engine: llama.cpp, quant: {quant}}}\n")
+        sp = resolve.resolve(load_stack(path), HostFacts(hardware=None)).services[0]  # type: ignore[arg-type]
+        assert speed.weight_kind(sp.memory.weights_format) == ("16bit" if quant == "F16" else "quantized")
+        other = replace(sp.memory, weights_format="Q4_K_M" if quant == "F16" else "F16")
+        kw = dict(users=1, prompt_tokens=sp.workload.prompt_tokens, threads=sp.threads,
+                  avg_context=min(sp.memory.context_per_request,
+                                  sp.workload.prompt_tokens + sp.workload.output_tokens // 2))
+        mine = speed.service_forecast("llama.cpp", sp.model, sp.memory, hw, **kw)
+        swapped = speed.service_forecast("llama.cpp", sp.model, other, hw, **kw)
+        assert mine == sp.speed
+        assert (mine.single_stream_tokens_per_s > swapped.single_stream_tokens_per_s) == (quant == "F16"), eff
