@@ -27,15 +27,26 @@ class Backend:
     error: float = 0.5
     # Share of peak FLOPs a batched decode step reaches past the batch knee. Not the prefill's: a decode step of b
     # single-token sequences runs smaller, less efficient kernels than a 512-token prompt. 0.35 keeps llama 1B F16 on
-    # an RTX 3090 within 20% from b = 4 to 64 (service_curve.yaml) and the quickstart's 4-stream CPU aggregate within
-    # 12% of what it measures; the fitted prefill MFU (0.93 on CUDA, 1.0 on CPU) over-predicts both (b = 64 by 42%).
+    # an RTX 3090 within 20% from b = 4 to 64 (service_curve.yaml); the fitted prefill MFU (0.93 on CUDA) over-predicts
+    # it (b = 64 by 42%). The CPU backend has its own (CPU_BATCH_MFU).
     batch_mfu: float = 0.35
+
+
+# The CPU's batched-decode share of capacity.CPU_FLOPS_PER_THREAD: the quickstart's llama-server (Gemma 3 270M Q4_K_M,
+# build 11434, -np 4, 2 threads, this project's 2-core AMD EPYC CI host) decoding 4 streams reached 103-106 tokens/s
+# aggregate (median 105.2 over 3 rounds, load average ~0.7; benchmarks/bench_cpu_aggregate.py, results in
+# benchmarks/results/cpu_aggregate.md): 105.2 x 2 x 268.1M params / (2 x 60 GFLOP/s) = 0.47. The prefill's 1.0 puts the
+# knee at the prompt rate (~490 tokens/s there: +148% at 4 streams); the GPU's 0.35 under-predicts it by 26%. Below
+# 4 streams ggml's CPU kernels decode each sequence on its own (2 streams: 70 aggregate, 3: 65, against 60 alone), so
+# the roofline over-predicts 2 and 3 streams (benchmarks/results/cpu_aggregate.md).
+CPU_BATCH_MFU = 0.47
 
 
 BACKENDS = {
     "vulkan": Backend(0.731, 0.77, fitted_on=4, error=0.25, prefill_mfu=0.421),
     "metal": Backend(0.790, 3.45, fitted_on=6, error=0.30, prefill_mfu=0.706),
-    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
+    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004,  # one point: 0% on it; the floor of the fitted ones
+                   batch_mfu=CPU_BATCH_MFU),
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
     # Consumer: builds from January 2024 to PR 24216 on one line; 16-bit weights on PR 24216's build run faster than it
@@ -185,7 +196,7 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int, params: Backend | None = None) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None, batch_flops: float = 0.0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -193,7 +204,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     bandwidth, plus the backend's per-step overhead. Past the batch knee the step is compute-bound: 2 x active
     parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
     prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
-    on a host `stackgen calibrate` measured)."""
+    on a host `stackgen calibrate` measured); `batch_flops`: the FLOP/s a batched decode reaches there (the knee), in
+    place of batch_mfu x peak_flops."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
     read = weights_bytes + n * kv_bytes_per_stream
@@ -210,7 +222,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     batch_mfu = b.batch_mfu if gpu_fraction > 0 else cpu.batch_mfu
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
-    compute = 2 * active_params * n / (batch_mfu * peak_flops) if peak_flops and active_params else 0.0
+    batch_peak = batch_flops or batch_mfu * peak_flops
+    compute = 2 * active_params * n / batch_peak if batch_peak and active_params else 0.0
     step = max(memory_s(read), compute)
     single = memory_s(weights_bytes + kv_bytes_per_stream)
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
@@ -230,7 +243,9 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
     engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth.
     `calibration`: this host's measured engine point (stackgen.host.calibration.EnginePoint); a CPU plan of the
-    engine it measured decodes with its efficiency and t0 and prefills at its FLOP/s per thread."""
+    engine it measured decodes with its efficiency and t0, prefills at its FLOP/s per thread and turns compute-bound
+    at its batched-decode FLOP/s per thread (a calibration without that point: the CPU backend's batch_mfu of the
+    nominal CPU_FLOPS_PER_THREAD, as uncalibrated; not the prefill rate, which is ~4x past the knee)."""
     from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
     from stackgen import engines
     from stackgen.plan.memory import _kv_bytes_read
@@ -250,24 +265,26 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
         peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
     else:
         peak = CPU_FLOPS_PER_THREAD * max(1, threads)
-    params = None
+    params, batch_flops = None, 0.0
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend)
-        # the measured prefill FLOP/s is also where this host's batched decode turns compute-bound
         params = Backend(calibration.efficiency, calibration.t0_ms, fit.prefill_mfu, fitted_on=fit.fitted_on,
-                         error=fit.error, batch_mfu=fit.prefill_mfu)
+                         error=fit.error, batch_mfu=fit.batch_mfu)
+        batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * max(1, threads) or \
+            fit.batch_mfu * peak
         peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
     return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params)
+                    params=params, batch_flops=batch_flops)
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:
     """The forecast for a resolved ServicePlan at `users` users: the plan's own (`sp.speed`, what `stackgen plan`
     prints) when `users` is the workload's concurrency, else the same model at `users` with the workload's lengths
-    (bench --sweep, a verify capped below the declared users). None for a multi-node service (no per-user model) or
+    (bench --sweep, a verify capped below the declared users), with the host calibration the plan used
+    (`sp.calibration`). None for a multi-node service (no per-user model) or
     when the plan has none and no hardware is given to compute one."""
     if sp.topology is not None:
         return None
@@ -277,5 +294,5 @@ def forecast_at(sp, hw, users: int) -> Forecast | None:
         return None
     wl = sp.workload
     return service_forecast(sp.engine, sp.model, sp.memory, hw, users=users, prompt_tokens=wl.prompt_tokens,
-                            threads=sp.threads,
+                            threads=sp.threads, calibration=sp.calibration,
                             avg_context=min(sp.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
