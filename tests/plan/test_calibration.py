@@ -259,3 +259,21 @@ def test_detected_cpu_plan_turns_compute_bound_at_the_batched_point(write_stack,
     old = plan_stack(stack)[1].services[0]
     nominal = speed.CPU_BATCH_MFU * CPU_FLOPS_PER_THREAD * old.threads / (2 * params)
     assert old.speed.aggregate_tokens_per_s == pytest.approx(nominal, abs=0.06)
+
+
+def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detected, monkeypatch, tmp_path):
+    """--if-missing (the quickstart's call): a calibration of this machine with the batched point is kept; one
+    without it, or of another machine, is measured again."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(10.0), today=dt.date(2026, 11, 29),
+                         engine=lambda bw: _point(batch_streams=4, batch_decode_tokens_per_s=100.0)))
+    res = cli("calibrate", "--model", model, "--if-missing")
+    assert res.exit_code == 0 and "calibrated on 2026-11-29; kept" in res.output, res.output
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(10.0), engine=lambda bw: _point()))
+    measured = []
+    monkeypatch.setattr(cal, "measure", lambda *a, **k: measured.append(1) or (_ for _ in ()).throw(
+        StackgenError("measuring")))
+    monkeypatch.setattr("stackgen.host.binaries.find", lambda *a: "/bin/true")
+    res = cli("calibrate", "--model", model, "--if-missing")
+    assert measured and "measuring" in res.output  # no batched point: measured again
