@@ -37,9 +37,16 @@ class Backend:
 # aggregate (median 105.2 over 3 rounds, load average ~0.7; benchmarks/bench_cpu_aggregate.py, results in
 # benchmarks/results/cpu_aggregate.md): 105.2 x 2 x 268.1M params / (2 x 60 GFLOP/s) = 0.47. The prefill's 1.0 puts the
 # knee at the prompt rate (~490 tokens/s there: +148% at 4 streams); the GPU's 0.35 under-predicts it by 26%. Below
-# 4 streams ggml's CPU kernels decode each sequence on its own (2 streams: 70 aggregate, 3: 65, against 60 alone), so
-# the roofline over-predicts 2 and 3 streams (benchmarks/results/cpu_aggregate.md).
+# 4 streams ggml's CPU kernels decode each sequence on its own (2 streams: 70 aggregate, 3: 65, against 60 alone):
+# GGML_CPU_DECODE_TILE.
 CPU_BATCH_MFU = 0.47
+# ggml's CPU matrix multiplication with repacked weights (ggml-cpu/repack.cpp: Q4_0, Q4_K, IQ4_NL, ... on AVX2 and
+# NEON) runs the batch's activations 4 columns at a time through one pass over a weight matrix (gemm) and the
+# columns left over one by one (gemv, a whole pass each). So a CPU decode step of n sequences on a ggml engine is
+# n // 4 batched passes (bandwidth- or compute-bound: the roofline) plus n % 4 single-sequence passes, each as long
+# as a step of one stream alone. Measured on the quickstart (2 EPYC threads, server timings, 2 rounds): 1 stream
+# 49-62 tokens/s, 2: 73 aggregate, 3: 65-66, 4: 107-111; the roofline alone said 2 streams 105 (+45%).
+GGML_CPU_DECODE_TILE = 4
 
 
 BACKENDS = {
@@ -196,7 +203,8 @@ class Forecast:
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
-             prompt_tokens: int, params: Backend | None = None, batch_flops: float = 0.0) -> Forecast:
+             prompt_tokens: int, params: Backend | None = None, batch_flops: float = 0.0,
+             decode_tile: int = 0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -205,10 +213,10 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     parameters FLOPs per token at the backend's prefill MFU of `peak_flops`. TTFT: the prompt at the compute-bound
     prefill rate, then one step. `params`: this host's calibrated figures in place of the backend's fit (a CPU plan
     on a host `stackgen calibrate` measured); `batch_flops`: the FLOP/s a batched decode reaches there (the knee), in
-    place of batch_mfu x peak_flops."""
+    place of batch_mfu x peak_flops. `decode_tile` (a ggml engine on the CPU: GGML_CPU_DECODE_TILE): the streams
+    past a whole number of tiles decode one pass each, as long as a stream alone."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
-    read = weights_bytes + n * kv_bytes_per_stream
 
     def memory_s(bytes_read: float) -> float:
         t = b.t0_ms / 1000
@@ -223,9 +231,22 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
     batch_peak = batch_flops or batch_mfu * peak_flops
-    compute = 2 * active_params * n / batch_peak if batch_peak and active_params else 0.0
-    step = max(memory_s(read), compute)
     single = memory_s(weights_bytes + kv_bytes_per_stream)
+
+    def roofline(streams: int) -> tuple[float, bool]:
+        """(seconds, compute-bound) of one batched pass for `streams` streams."""
+        mem = memory_s(weights_bytes + streams * kv_bytes_per_stream)
+        compute = 2 * active_params * streams / batch_peak if batch_peak and active_params else 0.0
+        return max(mem, compute), compute > mem
+
+    if decode_tile > 1 and n >= decode_tile:
+        tiles, rest = divmod(n, decode_tile)
+        tile_s, compute_bound = roofline(decode_tile)
+        step = tiles * tile_s + rest * single
+    elif decode_tile > 1:
+        step, compute_bound = n * single, False
+    else:
+        step, compute_bound = roofline(n)
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
@@ -234,7 +255,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
-                    bound="compute" if compute > memory_s(read) else "memory bandwidth", error=error,
+                    bound="compute" if compute_bound else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error)
 
 
@@ -277,7 +298,8 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
                     gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params, batch_flops=batch_flops)
+                    params=params, batch_flops=batch_flops,
+                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 else 0)
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:
