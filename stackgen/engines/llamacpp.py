@@ -91,9 +91,11 @@ class LlamaCpp(Engine):
 
     calibrates = True
 
-    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int) -> list[str]:
+    def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int,
+                         parallel: int = 1) -> list[str]:
         # -ngl 0 and --fit off: the CPU path the calibration measures; --cache-ram 0: no prompt cache in the RSS
-        return [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx), "-np", "1",
+        return [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
+                "-np", str(parallel),
                 "-t", str(threads), "-ngl", "0", "--fit", "off", "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH),
                 "--cache-ram", "0"]
 

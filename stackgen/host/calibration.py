@@ -9,9 +9,13 @@ profile never read it, so goldens do not depend on it.
 With a small GGUF (`stackgen calibrate --model FILE`) it also runs the engine that can calibrate (llama-server, CPU
 only, one slot) for a few seconds and keeps: a decode point (tokens/s on that model, and the per-token overhead t0 or
 the efficiency it implies against the measured bandwidth), the prefill rate (as FLOP/s per thread, so it transfers to
-other models) and the RSS the server reached above what the planner planned for that same configuration. CPU plans
-of the same machine then decode at t = bytes / (efficiency x bandwidth) + t0 and prefill at the measured FLOP/s; the
-RSS figure is said in their reasons.
+other models) and the RSS the server reached above what the planner planned for that same configuration; then a
+second short server with BATCH_STREAMS slots decodes that many requests at once and keeps their aggregate tokens/s
+(the server's own timings) as the batched-decode FLOP/s per thread (2 x params per token, like the prefill: the form
+the plan already moves to other models by their active parameters and this host's threads). CPU plans of the same
+machine then decode at t = bytes / (efficiency x bandwidth) + t0, turn compute-bound past the measured batched rate
+(speed.service_forecast) and prefill at the measured FLOP/s; the RSS figure is said in their reasons. Files written
+before the batched point load as before (the field is optional): their plans take the uncalibrated CPU knee.
 
 The file: $STACKGEN_CONFIG_HOME/calibration.json, else $XDG_CONFIG_HOME/stackgen/calibration.json, else
 ~/.config/stackgen/calibration.json. Nothing here prints; errors are StackgenError naming the file and the fix.
@@ -30,6 +34,7 @@ from typing import Any, Callable
 from stackgen.errors import StackgenError
 
 FORMAT = 1
+BATCH_STREAMS = 4  # concurrent decodes of the batched point: the quickstart's users, one 4-column ggml CPU tile
 
 
 def calibration_path() -> Path:
@@ -57,6 +62,10 @@ class EnginePoint:
     planned_bytes: int  # what the planner plans in RAM for the same configuration (weights, KV, compute, overhead)
     efficiency: float  # share of the measured bandwidth a decode step reached (after t0)
     t0_ms: float  # per-token overhead beyond streaming the model at that efficiency
+    # `batch_streams` requests decoding at once on a server with that many slots: their summed tokens/s (server
+    # timings). 0 / 0.0: not measured (a file of an earlier stackgen).
+    batch_streams: int = 0
+    batch_decode_tokens_per_s: float = 0.0
 
     @property
     def rss_above_plan_bytes(self) -> int:
@@ -66,24 +75,36 @@ class EnginePoint:
     def prefill_flops_per_thread(self) -> float:
         return self.prefill_tokens_per_s * 2 * self.model_params / max(1, self.threads)
 
+    @property
+    def batch_flops_per_thread(self) -> float:
+        """FLOP/s per thread the batched decode reached (0.0: not measured): where a CPU plan turns compute-bound."""
+        return self.batch_decode_tokens_per_s * 2 * self.model_params / max(1, self.threads)
+
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "rss_above_plan_bytes": self.rss_above_plan_bytes,
-                "prefill_flops_per_thread": round(self.prefill_flops_per_thread, 1)}
+                "prefill_flops_per_thread": round(self.prefill_flops_per_thread, 1),
+                "batch_flops_per_thread": round(self.batch_flops_per_thread, 1)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "EnginePoint":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        p = cls(**{k: d[k] for k in fields})
+        # the fields with a default came later: an earlier file without them loads with the default
+        p = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)
+                   if f.name in d or f.default is dataclasses.MISSING})
         if not (p.decode_tokens_per_s > 0 and p.prefill_tokens_per_s > 0 and p.efficiency > 0 and p.t0_ms >= 0):
             raise ValueError("engine figures must be positive")
+        if p.batch_streams < 0 or p.batch_decode_tokens_per_s < 0 or (p.batch_streams > 0) != (
+                p.batch_decode_tokens_per_s > 0):
+            raise ValueError("batch_streams and batch_decode_tokens_per_s must be both positive or both 0")
         return p
 
     def text(self) -> str:
+        batch = (f"batched decode {self.batch_decode_tokens_per_s:.1f} tokens/s at {self.batch_streams} streams "
+                 f"({self.batch_flops_per_thread / 1e9:.1f} GFLOP/s per thread), " if self.batch_streams else "")
         return (f"{self.engine} build {self.build or 'unknown'} on {self.model} ({self.threads} threads): decode "
                 f"{self.decode_tokens_per_s:.1f} tokens/s (efficiency {self.efficiency:.2f}, t0 {self.t0_ms:.1f} ms), "
                 f"prefill {self.prefill_tokens_per_s:.1f} tokens/s ({self.prefill_flops_per_thread / 1e9:.1f} GFLOP/s "
-                f"per thread), RSS {self.rss_bytes / 2**20:.0f} MiB = plan {self.planned_bytes / 2**20:.0f} MiB "
-                f"{self.rss_above_plan_bytes / 2**20:+.0f} MiB")
+                f"per thread), {batch}RSS {self.rss_bytes / 2**20:.0f} MiB = plan {self.planned_bytes / 2**20:.0f} "
+                f"MiB {self.rss_above_plan_bytes / 2**20:+.0f} MiB")
 
 
 @dataclass(frozen=True)
@@ -132,16 +153,16 @@ def derive_decode(model_bytes: float, tokens_per_s: float, bandwidth_gbs: float,
 
 def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_gbs: float, threads: int,
                    build: int = 0, ctx: int = 2048, prompt_tokens: int = 64, decode_tokens: int = 16,
+                   batch_streams: int = BATCH_STREAMS, batch_tokens: int = 64, batch_rounds: int = 2,
                    timeout: float = 120.0) -> EnginePoint:
     """Run `engine_name` (an engine with `calibrates`) on `model_path` for a few seconds: one warm-up, one prefill of
     ~prompt_tokens, one decode of decode_tokens; its own timings give the rates, /proc its RSS. The planned bytes are
-    the planner's for the same configuration (CPU, one slot of ctx tokens, no prompt cache)."""
-    import json as _json
-    import socket
-    import subprocess
-    import time
-    import urllib.error
-    import urllib.request
+    the planner's for the same configuration (CPU, one slot of ctx tokens, no prompt cache). Then (batch_streams > 1)
+    a second server with batch_streams slots: one warm-up, then batch_rounds times batch_streams decodes of
+    batch_tokens at once, their tokens/s summed (the server's timings of each), the best round kept (a shared
+    machine's load only slows a round). 64 tokens: the requests' staggered start weighs less than at 32 (Gemma 3 270M
+    on 2 EPYC threads: 101-106 tokens/s at 32, 111-114 at 64, 116-117 at 128)."""
+    import threading
 
     from stackgen import engines
     from stackgen.models.facts import resolve_model
@@ -151,17 +172,80 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
     model = resolve_model(model_path, None, Path("."), {})
     weights = eng.weights(model)
     planned = _planned_bytes(eng, model, weights, ctx, build)
+
+    def single(post, pid: int):
+        post("Hello", 4)  # warm-up: first-touch of the weights, graph allocation
+        words = " ".join(["the quick brown fox jumps over the lazy dog"] * max(1, prompt_tokens // 9))
+        return post(words, 1), post("Once upon a time", decode_tokens), _rss_bytes(pid)
+
+    def batched(post, pid: int) -> list[list[dict[str, float]]]:
+        post("Hello", 4)
+        return [one_round(post) for _ in range(max(1, batch_rounds))]
+
+    def one_round(post) -> list[dict[str, float]]:
+        out: list = [None] * batch_streams
+
+        def one(i: int) -> None:
+            try:
+                out[i] = post(f"Once upon a time, story {i}:", batch_tokens)
+            except Exception as exc:  # noqa: BLE001 - reported below as a failed run
+                out[i] = exc
+        workers = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(batch_streams)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout)
+        bad = [o for o in out if not isinstance(o, dict)]
+        if bad:
+            raise ValueError(f"a batched decode failed: {bad[0]!r}")
+        return out
+
+    pre, dec, rss = _with_server(eng, eng.calibration_argv(binary, model_path, _port(), threads, ctx), binary,
+                                 timeout, single)
+    if not (pre["prompt_ms"] > 0 and dec["predicted_ms"] > 0 and dec["predicted_n"] > 0):
+        raise StackgenError(f"calibrate: the engine reported no timings ({pre}, {dec}); nothing was written")
+    batch = 0.0
+    if batch_streams > 1:
+        rounds = _with_server(eng, eng.calibration_argv(binary, model_path, _port(), threads, ctx,
+                                                        parallel=batch_streams), binary, timeout, batched)
+        if not all(r["predicted_ms"] > 0 and r["predicted_n"] > 0 for runs in rounds for r in runs):
+            raise StackgenError(f"calibrate: the engine reported no batched timings ({rounds}); nothing was written")
+        batch = max(sum(r["predicted_n"] / (r["predicted_ms"] / 1000) for r in runs) for runs in rounds)
+    prefill = pre["prompt_n"] / (pre["prompt_ms"] / 1000)
+    decode = dec["predicted_n"] / (dec["predicted_ms"] / 1000)
+    eff, t0 = derive_decode(weights.bytes, decode, bandwidth_gbs, speed.backend_params("cpu").efficiency)
+    return EnginePoint(engine=engine_name, build=build, model=Path(model_path).name, model_bytes=weights.bytes,
+                       model_params=model.params, threads=threads, decode_tokens_per_s=round(decode, 2),
+                       prefill_tokens_per_s=round(prefill, 2), rss_bytes=rss, planned_bytes=planned,
+                       efficiency=round(eff, 4), t0_ms=round(t0, 3),
+                       batch_streams=batch_streams if batch else 0, batch_decode_tokens_per_s=round(batch, 2))
+
+
+def _port() -> int:
+    import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = eng.calibration_argv(binary, model_path, port, threads, ctx)
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True)
+        return sock.getsockname()[1]
+
+
+def _with_server(eng, argv: list[str], binary: str, timeout: float, body):
+    """Start `argv` (a server on 127.0.0.1 at argv's --port), wait until ready, return body(post, pid), stop it.
+    post(prompt, n) answers the engine's calibration_timings of one calibration_request."""
+    import json as _json
+    import subprocess
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a server that logs more than a pipe holds would block on it
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, text=True)
 
     def post(prompt: str, n: int) -> dict[str, float]:
-        path, body = eng.calibration_request(prompt, n)
-        req = urllib.request.Request(base + path, data=_json.dumps(body).encode(),
+        path, req_body = eng.calibration_request(prompt, n)
+        req = urllib.request.Request(base + path, data=_json.dumps(req_body).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return eng.calibration_timings(_json.load(r))
@@ -170,7 +254,8 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                err = (proc.stderr.read() if proc.stderr else "")[-2000:]
+                log.seek(0)
+                err = log.read()[-2000:]
                 raise StackgenError(f"calibrate: {binary} exited with {proc.returncode} before it was ready: {err}")
             try:
                 with urllib.request.urlopen(base + (eng.readiness.path or "/"), timeout=5) as r:
@@ -181,11 +266,7 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
             if time.monotonic() > deadline:
                 raise StackgenError(f"calibrate: {binary} was not ready within {timeout:.0f} s")
             time.sleep(0.2)
-        post("Hello", 4)  # warm-up: first-touch of the weights, graph allocation
-        words = " ".join(["the quick brown fox jumps over the lazy dog"] * max(1, prompt_tokens // 9))
-        pre = post(words, 1)
-        dec = post("Once upon a time", decode_tokens)
-        rss = _rss_bytes(proc.pid)
+        return body(post, proc.pid)
     except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
         raise StackgenError(f"calibrate: the engine run failed ({exc}); nothing was written") from None
     finally:
@@ -195,15 +276,7 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if not (pre["prompt_ms"] > 0 and dec["predicted_ms"] > 0 and dec["predicted_n"] > 0):
-        raise StackgenError(f"calibrate: the engine reported no timings ({pre}, {dec}); nothing was written")
-    prefill = pre["prompt_n"] / (pre["prompt_ms"] / 1000)
-    decode = dec["predicted_n"] / (dec["predicted_ms"] / 1000)
-    eff, t0 = derive_decode(weights.bytes, decode, bandwidth_gbs, speed.backend_params("cpu").efficiency)
-    return EnginePoint(engine=engine_name, build=build, model=Path(model_path).name, model_bytes=weights.bytes,
-                       model_params=model.params, threads=threads, decode_tokens_per_s=round(decode, 2),
-                       prefill_tokens_per_s=round(prefill, 2), rss_bytes=rss, planned_bytes=planned,
-                       efficiency=round(eff, 4), t0_ms=round(t0, 3))
+        log.close()
 
 
 def _planned_bytes(eng, model, weights, ctx: int, build: int) -> int:

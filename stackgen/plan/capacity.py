@@ -69,11 +69,21 @@ class ServiceCurve:
     # Compute per decoding request per step when it exceeds flop_s_per_token: CPU kernels run the quantized dot
     # products once per sequence at decode batch sizes, so a second stream costs (almost) a second step.
     decode_s_per_seq: float = 0.0
+    # A ggml engine on the CPU decodes `decode_tile` sequences in one pass of `tile_s` compute (speed.py's
+    # GGML_CPU_DECODE_TILE at its CPU_BATCH_MFU, the same model `plan` forecasts with); the sequences past whole tiles
+    # cost decode_s_per_seq each. 0: every decoding sequence costs decode_s_per_seq.
+    decode_tile: int = 0
+    tile_s: float = 0.0
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
-        compute = decoding * max(self.flop_s_per_token, self.decode_s_per_seq) + prompt_tokens * self.flop_s_per_token
-        return max(memory, compute)
+        per_seq = max(self.flop_s_per_token, self.decode_s_per_seq)
+        if self.decode_tile > 1:
+            tiles, rest = divmod(decoding, self.decode_tile)
+            decode = tiles * max(self.tile_s, self.decode_tile * self.flop_s_per_token) + rest * per_seq
+        else:
+            decode = decoding * per_seq
+        return max(memory, decode + prompt_tokens * self.flop_s_per_token)
 
     def to_json(self) -> dict[str, Any]:
         return {"single_stream_tokens_per_s": round(1 / self.step_s(1, 0), 1),
@@ -108,7 +118,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
     dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
     cpu_bw = min(mem_bw, dot_bw)
-    decode_seq = 0.0
+    decode_seq, tile, tile_s = 0.0, 0, 0.0
     cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
     if hw.is_apple:
         g = next(g for g in hw.gpus if g.vendor == "apple")
@@ -127,11 +137,19 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     else:
         # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
         # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
-        # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute.
+        # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that
+        # ggml runs whole tiles of 4 in one pass (speed.GGML_CPU_DECODE_TILE at speed.CPU_BATCH_MFU: the step
+        # `plan`'s forecast takes at 4 streams; benchmarks/results/cpu_aggregate.md). The single stream still
+        # differs: dot_bw here (CPU_BYTES_PER_THREAD_S, what bench_scale's 1-thread instances need), the fitted
+        # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
         read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
         decode_seq = weights / dot_bw
+        if engines.get(sp.engine).layers_in_ram:  # ggml: whole tiles of sequences share a pass (speed.py)
+            from stackgen.plan.speed import CPU_BATCH_MFU, GGML_CPU_DECODE_TILE
+
+            tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
     return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
-                        decode_s_per_seq=decode_seq)
+                        decode_s_per_seq=decode_seq, decode_tile=tile, tile_s=tile_s)
 
 
 def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:

@@ -105,6 +105,9 @@ class ServicePlan:
     # Decode per user and TTFT at the workload's concurrency from the per-backend model (stackgen/plan/speed.py), with
     # its stated error; predicted_decode_tokens_per_s above stays the single-stream bandwidth roofline.
     speed: Forecast | None = None
+    # The host's `stackgen calibrate` engine point the plan's speed used (host.calibration.EnginePoint; None: none),
+    # so that forecast_at at other user counts uses it too.
+    calibration: Any = None
     # `stackgen up` runs a fleet (capacity.separate) as several processes, each under its own name
     # (stackgen.run.fleet): `unit_of` is the stack service a process belongs to and serves as ('' when the service
     # runs as one process), `unit_role` "instance" (`<svc>-N`) or "balancer" (`<svc>`, HAProxy at its host:port).

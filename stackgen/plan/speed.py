@@ -29,11 +29,12 @@ class Backend:
     # and held out (outliers aside), rounded up to 5%; 0.5 for a backend with no public point (a default, not a fit).
     error: float = 0.5
     # Batched decode: a step of b tokens costs the memory time plus, for each token past the first, its 2 x active
-    # params FLOPs at `batch_mfu` of peak (batch_step_seconds): the small-batch kernels do not hide that compute under
-    # the weight read (llama.cpp's quantized mat-vec kernels for b <= 8 use no tensor cores). Not the prefill's MFU: a
-    # decode step of b single-token sequences runs smaller, less efficient kernels than a 512-token prompt. Fitted
-    # (fit_batch_mfu) on tests/fixtures/public-logs/service_curve.yaml's curves not held out, per weight kind where
-    # a backend has curves of both; 0.35 where none (a default from the earlier max(memory, compute) form).
+    # params FLOPs at `batch_mfu` of peak (batch_compute_seconds): the small-batch kernels do not hide that compute
+    # under the weight read (llama.cpp's quantized mat-vec kernels for b <= 8 use no tensor cores). Not the prefill's
+    # MFU: a decode step of b single-token sequences runs smaller, less efficient kernels than a 512-token prompt.
+    # Fitted (fit_batch_mfu) on tests/fixtures/public-logs/service_curve.yaml's curves not held out, per weight kind
+    # where a backend has curves of both; 0.35 where none (a default from the earlier max(memory, compute) form). The
+    # CPU backend has its own (CPU_BATCH_MFU) for its tiled passes (GGML_CPU_DECODE_TILE).
     batch_mfu: float = 0.35
     batch_mfu_16bit: float = 0.0  # the same for 16-bit weights (0: batch_mfu for every kind)
     # Share of peak bandwidth a decode step reaches on 16-bit (F16/BF16, and F32) weights, where the backend reads them
@@ -58,6 +59,23 @@ def weight_kind(fmt: str | None) -> str:
                                                "float32") else "quantized"
 
 
+# The CPU's batched-decode share of capacity.CPU_FLOPS_PER_THREAD: the quickstart's llama-server (Gemma 3 270M Q4_K_M,
+# build 11434, -np 4, 2 threads, this project's 2-core AMD EPYC CI host) decoding 4 streams reached 103-106 tokens/s
+# aggregate (median 105.2 over 3 rounds, load average ~0.7; benchmarks/bench_cpu_aggregate.py, results in
+# benchmarks/results/cpu_aggregate.md): 105.2 x 2 x 268.1M params / (2 x 60 GFLOP/s) = 0.47. The prefill's 1.0 puts the
+# knee at the prompt rate (~490 tokens/s there: +148% at 4 streams); the GPU's 0.35 under-predicts it by 26%. Below
+# 4 streams ggml's CPU kernels decode each sequence on its own (2 streams: 70 aggregate, 3: 65, against 60 alone):
+# GGML_CPU_DECODE_TILE.
+CPU_BATCH_MFU = 0.47
+# ggml's CPU matrix multiplication with repacked weights (ggml-cpu/repack.cpp: Q4_0, Q4_K, IQ4_NL, ... on AVX2 and
+# NEON) runs the batch's activations 4 columns at a time through one pass over a weight matrix (gemm) and the
+# columns left over one by one (gemv, a whole pass each). So a CPU decode step of n sequences on a ggml engine is
+# n // 4 batched passes (bandwidth- or compute-bound: the roofline) plus n % 4 single-sequence passes, each as long
+# as a step of one stream alone. Measured on the quickstart (2 EPYC threads, server timings, 2 rounds): 1 stream
+# 49-62 tokens/s, 2: 73 aggregate, 3: 65-66, 4: 107-111; the roofline alone said 2 streams 105 (+45%).
+GGML_CPU_DECODE_TILE = 4
+
+
 BACKENDS = {
     # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
     # than the one line, on the same desktop host and build range.
@@ -66,7 +84,8 @@ BACKENDS = {
     # builds, M1 to M4, 4 of them F16). Its misses are chip- and build-specific: the May-2024 M1 Max 32-core reads
     # Q4_K_M at 44-46% of its 400 GB/s (its F16 at 75%), the 2026 M1 Ultra 14B at 47% of 800 GB/s, the M4 at 86%.
     "metal": Backend(0.734, 3.46, fitted_on=16, error=0.60, prefill_mfu=0.706, efficiency_16bit=0.809),
-    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004),  # one point: 0% on it; the floor of the fitted ones
+    "cpu": Backend(0.606, 0.0, fitted_on=1, error=0.15, prefill_mfu=1.004,  # one point: 0% on it; the floor of the fitted ones
+                   batch_mfu=CPU_BATCH_MFU),
     # llama.cpp CUDA, split by the GPU's tier (issue 13): one line through consumer and datacenter points misses the
     # H100 PCIe by 38% and the A100 by 23% (the per-token overhead dominates at high bandwidth): a line per tier.
     # Consumer: block-quantized weights (MMVQ kernels) at 0.708 of peak, F16/BF16 (cuBLAS/GEMV) at 0.911, one 0.53 ms
@@ -347,7 +366,7 @@ class Forecast:
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
-             experts: ExpertRouting | None = None) -> Forecast:
+             experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -358,7 +377,10 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     on a host `stackgen calibrate` measured). `weights_bytes`: one token's active weights; `weights`: their kind
     (weight_kind of the planned format): 16-bit weights read at the backend's efficiency_16bit where it has one,
     the KV cache at its efficiency; `experts`: an MoE model's routing, whose step at `streams` tokens reads the
-    union of their experts (ExpertRouting); None: dense."""
+    union of their experts (ExpertRouting); None: dense. `batch_flops`: the FLOP/s a batched decode reaches on this
+    host (calibrated), in place of batch_mfu x peak_flops. `decode_tile` (a ggml engine on the CPU:
+    GGML_CPU_DECODE_TILE): the streams decode in passes of that many (each the roofline max(memory, compute)), the
+    streams past a whole number of tiles one pass each, as long as a stream alone."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
 
@@ -377,10 +399,25 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     batch_mfu = b.batch_mfu_for(weights) if gpu_fraction > 0 else cpu.batch_mfu_for(weights)
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error) if 0 < gpu_fraction < 1 else b.error
-    compute = batch_compute_seconds(active_params, n, peak_flops, batch_mfu)
-    memory = memory_s(step_weights_bytes(weights_bytes, n, experts), n * kv_bytes_per_stream)
-    step = memory + compute
+    batch_peak = batch_flops or batch_mfu * peak_flops
     single = memory_s(weights_bytes, kv_bytes_per_stream)
+
+    def roofline(streams: int) -> tuple[float, bool]:
+        """(seconds, compute-bound) of one tiled CPU pass for `streams` streams."""
+        mem = memory_s(step_weights_bytes(weights_bytes, streams, experts), streams * kv_bytes_per_stream)
+        compute = 2 * active_params * streams / batch_peak if batch_peak and active_params else 0.0
+        return max(mem, compute), compute > mem
+
+    if decode_tile > 1 and n >= decode_tile:
+        tiles, rest = divmod(n, decode_tile)
+        tile_s, compute_bound = roofline(decode_tile)
+        step = tiles * tile_s + rest * single
+    elif decode_tile > 1:
+        step, compute_bound = n * single, False
+    else:
+        memory = memory_s(step_weights_bytes(weights_bytes, n, experts), n * kv_bytes_per_stream)
+        compute = batch_compute_seconds(active_params, n, batch_peak, 1.0)
+        step, compute_bound = memory + compute, compute > memory
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
@@ -389,7 +426,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
-                    bound="compute" if compute > memory else "memory bandwidth", error=error,
+                    bound="compute" if compute_bound else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error)
 
 
@@ -398,7 +435,9 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
     engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth.
     `calibration`: this host's measured engine point (stackgen.host.calibration.EnginePoint); a CPU plan of the
-    engine it measured decodes with its efficiency and t0 and prefills at its FLOP/s per thread."""
+    engine it measured decodes with its efficiency and t0, prefills at its FLOP/s per thread and turns compute-bound
+    at its batched-decode FLOP/s per thread (a calibration without that point: the CPU backend's batch_mfu of the
+    nominal CPU_FLOPS_PER_THREAD, as uncalibrated; not the prefill rate, which is ~4x past the knee)."""
     from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
     from stackgen import engines
     from stackgen.plan.memory import _kv_bytes_read
@@ -418,12 +457,13 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
         peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
     else:
         peak = CPU_FLOPS_PER_THREAD * max(1, threads)
-    params = None
+    params, batch_flops = None, 0.0
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend)
-        # the measured prefill FLOP/s is also where this host's batched decode turns compute-bound
         params = Backend(calibration.efficiency, calibration.t0_ms, fit.prefill_mfu, fitted_on=fit.fitted_on,
-                         error=fit.error, batch_mfu=fit.prefill_mfu)
+                         error=fit.error, batch_mfu=fit.batch_mfu)
+        batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * max(1, threads) or \
+            fit.batch_mfu * peak
         peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
     return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
                     streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
@@ -431,13 +471,15 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
                     params=params, weights=weight_kind(mem.weights_format or model.quant),
                     experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
-                                             model.experts_active))
+                                             model.experts_active), batch_flops=batch_flops,
+                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 else 0)
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:
     """The forecast for a resolved ServicePlan at `users` users: the plan's own (`sp.speed`, what `stackgen plan`
     prints) when `users` is the workload's concurrency, else the same model at `users` with the workload's lengths
-    (bench --sweep, a verify capped below the declared users). None for a multi-node service (no per-user model) or
+    (bench --sweep, a verify capped below the declared users), with the host calibration the plan used
+    (`sp.calibration`). None for a multi-node service (no per-user model) or
     when the plan has none and no hardware is given to compute one."""
     if sp.topology is not None:
         return None
@@ -447,5 +489,5 @@ def forecast_at(sp, hw, users: int) -> Forecast | None:
         return None
     wl = sp.workload
     return service_forecast(sp.engine, sp.model, sp.memory, hw, users=users, prompt_tokens=wl.prompt_tokens,
-                            threads=sp.threads,
+                            threads=sp.threads, calibration=sp.calibration,
                             avg_context=min(sp.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))

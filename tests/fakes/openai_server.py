@@ -22,6 +22,8 @@ What it serves:
   chunk as llama.cpp does, "separate" in a chunk of its own with no choices as OpenAI's include_usage does, None for
   none), then [DONE]; sent close-delimited (HTTP/1.0) or with `chunked` transfer encoding (HTTP/1.1). n is
   min(tokens, max_tokens), max_tokens when `tokens` is None.
+- POST /completion (llama-server's own, what `stackgen calibrate` asks): `n_predict` tokens after n x `delay`
+  seconds, with llama-server's "timings": prompt_n (the prompt's words) at `delay` / 10 each, predicted_n at `delay`.
 Every request body is kept in `bodies` (and counted in `count`); `log` gets "request PATH" per request.
 """
 
@@ -153,6 +155,13 @@ def _handler(fake: FakeOpenAIServer):
                 self._answer(body)
 
         def _answer(self, body: dict) -> None:
+            if self.path == "/completion":  # llama-server's own endpoint: the calibration's timings
+                n = int(body.get("n_predict", 4))
+                time.sleep(n * fake.delay)
+                words = max(1, len(str(body.get("prompt", "")).split()))
+                return self._json(200, {"content": fake.word * n, "timings": {
+                    "prompt_n": words, "prompt_ms": words * fake.delay * 100, "predicted_n": n,
+                    "predicted_ms": n * fake.delay * 1000}})
             want = int(body.get("max_tokens", 4))
             n = want if fake.tokens is None else min(fake.tokens, want)
             if not body.get("stream"):

@@ -188,3 +188,98 @@ def test_an_engine_point_of_another_engine_is_not_applied(write_stack, detected)
     before = _plan(write_stack)
     cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(40.0), engine=lambda bw: _point(engine="other")))
     assert _plan(write_stack).speed == before.speed
+
+
+# ---------------------------------------------------------------------------------------------- batched decode
+
+
+def test_old_engine_points_load_without_the_batched_figure(cpu_host):
+    """A file written before the batched point (no batch_* keys) loads, with the figure 0 (not measured)."""
+    cal.save(cal.measure(cal.machine_key(cpu_host.hardware), _probe(10.0), engine=lambda bw: _point()))
+    data = json.loads(cal.calibration_path().read_text())
+    for key in ("batch_streams", "batch_decode_tokens_per_s", "batch_flops_per_thread"):
+        del data["engine"][key]
+    e = cal.Calibration.from_json(data).engine
+    assert e.batch_streams == 0 and e.batch_decode_tokens_per_s == 0.0 and e.batch_flops_per_thread == 0.0
+    assert "batched" not in e.text()
+    data["engine"]["batch_streams"] = 4  # a count without its rate is not a calibration
+    with pytest.raises(ValueError, match="batch_streams"):
+        cal.Calibration.from_json(data)
+
+
+def test_batched_point_round_trips_as_flops_per_thread(cpu_host):
+    p = _point(batch_streams=4, batch_decode_tokens_per_s=110.0)
+    assert p.batch_flops_per_thread == pytest.approx(110 * 2 * 268_098_176 / 2)
+    cal.save(cal.measure(cal.machine_key(cpu_host.hardware), _probe(10.0), engine=lambda bw: p))
+    data = json.loads(cal.calibration_path().read_text())
+    assert data["engine"]["batch_flops_per_thread"] == pytest.approx(p.batch_flops_per_thread, abs=0.1)
+    assert cal.load().engine == p
+    assert "batched decode 110.0 tokens/s at 4 streams (29.5 GFLOP/s per thread)" in p.text()
+
+
+def test_measure_engine_runs_a_batched_server_on_the_fake_engine(tmp_path):
+    """The calibration's two servers on the fake engine (tests/fakes: /completion with llama-server's timings, one
+    token per `delay`): one slot for the single-stream point, then 4 slots and 4 decodes at once, summed."""
+    from fakes.openai_server import write_engine
+    from test_gguf import BASIC_KVS, BASIC_TENSORS, make_gguf
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(make_gguf([kv for kv in BASIC_KVS if "expert" not in kv[0]], BASIC_TENSORS)[0])
+    binary = write_engine(tmp_path / "llama-server", load_s=0.0, delay=0.01)
+    p = cal.measure_engine("llama.cpp", str(binary), str(gguf), bandwidth_gbs=10.0, threads=2, batch_tokens=8)
+    assert p.decode_tokens_per_s == pytest.approx(100.0)  # 16 tokens at 10 ms each
+    assert p.batch_streams == 4 and p.batch_decode_tokens_per_s == pytest.approx(400.0)  # 4 x 8 tokens at 10 ms
+    assert p.batch_flops_per_thread == pytest.approx(400 * 2 * p.model_params / 2) and p.batch_flops_per_thread > 0
+    assert cal.measure_engine("llama.cpp", str(binary), str(gguf), bandwidth_gbs=10.0, threads=2,
+                              batch_streams=1).batch_streams == 0  # no batched run asked: not measured
+
+
+def test_detected_cpu_plan_turns_compute_bound_at_the_batched_point(write_stack, detected):
+    """With the batched point, a CPU plan's knee is its FLOP/s x threads (not the prefill rate); at any user count
+    (forecast_at, as bench --sweep and a capped verify ask); an older calibration without it keeps the uncalibrated
+    CPU knee (batch_mfu x nominal FLOP/s), never the prefill rate."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD
+    from stackgen.plan.speed import forecast_at
+
+    fast = dict(efficiency=0.9, t0_ms=0.0, decode_tokens_per_s=200.0)  # memory never binds below 4 users here
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(400.0), engine=lambda bw: _point(
+        batch_streams=4, batch_decode_tokens_per_s=30.0, **fast)))
+    from stackgen.pipeline import plan_stack
+    stack = write_stack(STACK.format(hardware="detect").replace("concurrent_users: 1", "concurrent_users: 4"))
+    plan = plan_stack(stack)[1]
+    sp = plan.services[0]
+    params = sp.model.active_params or sp.model.params
+    knee = 30.0 * 268_098_176 / params  # the 270M point's FLOP/s, in this model's tokens/s
+    assert sp.speed.bound == "compute" and sp.speed.aggregate_tokens_per_s == pytest.approx(knee, abs=0.06)
+    assert sp.calibration is not None and sp.calibration.batch_decode_tokens_per_s == 30.0
+    # 2 users (bench --sweep, a capped verify): the calibration's single-stream step, once per stream (below ggml's
+    # 4-column tile each sequence is a pass of its own)
+    at2 = forecast_at(sp, plan.hardware, 2)
+    assert at2.single_stream_tokens_per_s == sp.speed.single_stream_tokens_per_s
+    assert at2.aggregate_tokens_per_s == pytest.approx(sp.speed.single_stream_tokens_per_s, abs=0.1)
+    uncal = plan_stack(stack, calibration=False)[1]
+    assert forecast_at(uncal.services[0], uncal.hardware, 2).single_stream_tokens_per_s != \
+        at2.single_stream_tokens_per_s
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(400.0), engine=lambda bw: _point(**fast)))
+    old = plan_stack(stack)[1].services[0]
+    nominal = speed.CPU_BATCH_MFU * CPU_FLOPS_PER_THREAD * old.threads / (2 * params)
+    assert old.speed.aggregate_tokens_per_s == pytest.approx(nominal, abs=0.06)
+
+
+def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detected, monkeypatch, tmp_path):
+    """--if-missing (the quickstart's call): a calibration of this machine with the batched point is kept; one
+    without it, or of another machine, is measured again."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"x")
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(10.0), today=dt.date(2026, 11, 29),
+                         engine=lambda bw: _point(batch_streams=4, batch_decode_tokens_per_s=100.0)))
+    res = cli("calibrate", "--model", model, "--if-missing")
+    assert res.exit_code == 0 and "calibrated on 2026-11-29; kept" in res.output, res.output
+    cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(10.0), engine=lambda bw: _point()))
+    measured = []
+    monkeypatch.setattr(cal, "measure", lambda *a, **k: measured.append(1) or (_ for _ in ()).throw(
+        StackgenError("measuring")))
+    monkeypatch.setattr("stackgen.host.binaries.find", lambda *a: "/bin/true")
+    res = cli("calibrate", "--model", model, "--if-missing")
+    assert measured and "measuring" in res.output  # no batched point: measured again

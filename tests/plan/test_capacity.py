@@ -234,3 +234,20 @@ def test_simulate_command_jitter_separates_p95_from_p50(tmp_path):
     assert lv["requests"] >= 300
     bad = CliRunner().invoke(app, ["simulate", stack, "--jitter", "-1"])
     assert bad.exit_code != 0
+
+
+def test_cpu_curve_decodes_whole_tiles_as_speed_forecasts(tmp_path):
+    """One CPU decode model: a llama.cpp instance's curve runs 4 decoding sequences in one pass at speed.py's CPU
+    batch MFU (the step plan's forecast takes at 4 streams), the sequences past whole tiles a pass each."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import fleet_curves
+
+    cpu = plan_for(tmp_path / "c", CPU_REPLICAS.format(replicas=2))
+    c = fleet_curves(cpu.services[0], cpu.hardware)[0]
+    assert c.decode_tile == speed.GGML_CPU_DECODE_TILE == 4
+    # flop_s_per_token is 2 x params at the threads' nominal FLOP/s: a tile is 4 of them at the batch MFU
+    assert c.tile_s == pytest.approx(4 * c.flop_s_per_token / speed.CPU_BATCH_MFU)
+    assert c.step_s(4, 0) == pytest.approx(max(c.weights_read_s + 4 * c.kv_read_s_per_seq, c.tile_s))
+    assert c.step_s(5, 0) == pytest.approx(max(c.weights_read_s + 5 * c.kv_read_s_per_seq,
+                                               c.tile_s + c.decode_s_per_seq))
+    assert c.step_s(4, 0) < 4 * c.step_s(1, 0)

@@ -261,3 +261,28 @@ def test_a_16bit_plan_decodes_at_the_backends_16bit_efficiency(write_stack):
         swapped = speed.service_forecast("llama.cpp", sp.model, other, hw, **kw)
         assert mine == sp.speed
         assert (mine.single_stream_tokens_per_s > swapped.single_stream_tokens_per_s) == (quant == "F16"), eff
+
+
+def test_cpu_knee_has_its_own_mfu_and_ggml_decodes_in_tiles_of_four():
+    """The CPU backend's batch_mfu is its own (0.47, the quickstart's 4-stream aggregate here), GPUs keep 0.35. On a
+    ggml engine (decode_tile 4) the streams past whole tiles of 4 decode one pass each, as long as a stream alone:
+    1-3 streams keep the single-stream aggregate, 4 share one pass (the roofline), 5 = a tile plus a lone pass."""
+    assert speed.backend_params("cpu").batch_mfu == speed.CPU_BATCH_MFU == 0.47
+    assert all(b.batch_mfu == 0.35 for name, b in speed.BACKENDS.items() if name != "cpu")
+
+    def cpu(n, tile=4):
+        return speed.forecast("cpu", weights_bytes=246.6e6, kv_bytes_per_stream=0, streams=n, gpu_fraction=0,
+                              gpu_bandwidth_gbs=0, host_bandwidth_gbs=27.3, active_params=268.1e6,
+                              peak_flops=2 * 60e9, prompt_tokens=256, decode_tile=tile)
+    one = cpu(1)
+    step1 = 246.6e6 / (0.606 * 27.3e9)  # the fitted CPU efficiency, no t0
+    assert one.aggregate_tokens_per_s == pytest.approx(1 / step1, abs=0.06)
+    for n in (2, 3):
+        assert cpu(n).aggregate_tokens_per_s == pytest.approx(one.aggregate_tokens_per_s, abs=0.1)
+        assert cpu(n).bound == "memory bandwidth"
+    tile = 2 * 268.1e6 * 4 / (0.47 * 120e9)  # compute-bound: 4 x 2 x params at 0.47 of 2 x 60 GFLOP/s
+    assert cpu(4).aggregate_tokens_per_s == pytest.approx(4 / tile, abs=0.1) and cpu(4).bound == "compute"
+    assert cpu(4).aggregate_tokens_per_s == cpu(4, tile=0).aggregate_tokens_per_s  # a whole tile: the roofline
+    assert cpu(5).aggregate_tokens_per_s == pytest.approx(5 / (tile + step1), abs=0.1)
+    assert cpu(8).aggregate_tokens_per_s == pytest.approx(cpu(4).aggregate_tokens_per_s, abs=0.1)
+    assert cpu(2, tile=0).aggregate_tokens_per_s > 1.5 * cpu(2).aggregate_tokens_per_s  # the roofline alone
