@@ -282,7 +282,9 @@ def test_cpu_knee_has_its_own_mfu_and_ggml_decodes_in_tiles_of_four():
         assert cpu(n).bound == "memory bandwidth"
     tile = 2 * 268.1e6 * 4 / (0.47 * 120e9)  # compute-bound: 4 x 2 x params at 0.47 of 2 x 60 GFLOP/s
     assert cpu(4).aggregate_tokens_per_s == pytest.approx(4 / tile, abs=0.1) and cpu(4).bound == "compute"
-    assert cpu(4).aggregate_tokens_per_s == cpu(4, tile=0).aggregate_tokens_per_s  # a whole tile: the roofline
+    # without tiles (a non-ggml engine on the CPU) the step is the memory time plus each extra token's compute
+    untiled = step1 + 3 * 2 * 268.1e6 / (0.47 * 120e9)
+    assert cpu(4, tile=0).aggregate_tokens_per_s == pytest.approx(4 / untiled, abs=0.1)
     assert cpu(5).aggregate_tokens_per_s == pytest.approx(5 / (tile + step1), abs=0.1)
     assert cpu(8).aggregate_tokens_per_s == pytest.approx(cpu(4).aggregate_tokens_per_s, abs=0.1)
-    assert cpu(2, tile=0).aggregate_tokens_per_s > 1.5 * cpu(2).aggregate_tokens_per_s  # the roofline alone
+    assert cpu(2, tile=0).aggregate_tokens_per_s > 1.2 * cpu(2).aggregate_tokens_per_s  # untiled: no lone passes
