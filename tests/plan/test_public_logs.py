@@ -282,7 +282,8 @@ def test_vllm_concurrency_scales_with_streams_below_the_knee():
 
 
 # ---- prefill (TTFT): tests/fixtures/public-logs/prefill_speed.yaml ----
-PREFILL_TOLERANCE = 0.30  # what the corpus supports: 21 of the 28 points (outliers aside) within 30%
+# What the corpus supports: 21 of the 28 llama.cpp/MLX points (outliers aside) within 30%, 3 of vLLM's 6.
+PREFILL_TOLERANCE = 0.30
 
 
 def _prefill_ratio(p):
@@ -327,13 +328,15 @@ def test_prefill_check_states_the_points_and_their_largest_error(backend):
 
 
 def test_prefill_corpus_and_share_within_tolerance():
-    """>= 12 points, >= 3 held out, every backend issue 13 names; 21 of 28 (outliers aside) within 30% -- the floor
-    keeps it from getting worse."""
-    checked = [p for p in PREFILL if not p.get("outlier")]
-    close = [p for p in checked if abs(_prefill_ratio(p) - 1) <= PREFILL_TOLERANCE]
+    """>= 12 points, >= 3 held out, every backend issue 13 names; the llama.cpp and MLX backends: 21 of 28 (outliers
+    aside) within 30%; vLLM's TTFT points (added later, their own floor): 3 of 6 -- the floors keep either from
+    getting worse."""
     assert len(PREFILL) >= 12 and sum(1 for p in PREFILL if p.get("held_out")) >= 3
-    assert {"cuda", "metal", "vulkan", "cpu", "mlx", "rocm"} <= {p["backend"] for p in PREFILL}
-    assert len(close) >= 21 and len(close) / len(checked) >= 0.75
+    assert {"cuda", "metal", "vulkan", "cpu", "mlx", "rocm", "vllm"} <= {p["backend"] for p in PREFILL}
+    for backends, floor, share in ((lambda b: b != "vllm", 21, 0.75), (lambda b: b == "vllm", 3, 0.5)):
+        checked = [p for p in PREFILL if not p.get("outlier") and backends(p["backend"])]
+        close = [p for p in checked if abs(_prefill_ratio(p) - 1) <= PREFILL_TOLERANCE]
+        assert len(close) >= floor and len(close) / len(checked) >= share, (len(close), len(checked))
 
 
 def test_prefill_fit_recovers_a_known_mfu():
