@@ -231,7 +231,8 @@ def main() -> None:
                       "## Service curve (aggregate decode at b streams)", *service_curve_rows(), "", *corpus_count(),
                       "## Prefill speed (TTFT)", "",
                       "tests/fixtures/public-logs/prefill_speed.yaml: llama-bench ppN rows and mlx-lm prompt rates at "
-                      "batch 1. Predicted = prefill_mfu x peak / (2 x active parameters); the peak is "
+                      "batch 1, and vLLM's time to first token at one request as the rate prompt / (TTFT - one decode "
+                      "step). Predicted = prefill_mfu x peak / (2 x active parameters); the peak is "
                       "capacity.GPU_TFLOPS' convention (GeForce: FP16 tensor with FP32 accumulate; CPU: 60 GFLOP/s "
                       "per thread), so the measured MFU of quantized CUDA kernels can pass 1.", "", *prefill_rows(), ""])
     print(text)
