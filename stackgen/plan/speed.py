@@ -358,13 +358,16 @@ class Forecast:
                 "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error}
 
     def text(self) -> str:
-        fit = f"fitted on {self.fitted_on} public points" if self.fitted_on else "not fitted: a default"
-        ttft = (f"TTFT +-{self.ttft_error * 100:.0f}%, checked on {self.ttft_checked_on} public prefill points"
+        def n(count: int, word: str) -> str:
+            return f"{count} {word}" + ("" if count == 1 else "s")
+
+        fit = f"fitted on {n(self.fitted_on, 'public point')}" if self.fitted_on else "not fitted: a default"
+        ttft = (f"TTFT +-{self.ttft_error * 100:.0f}%, checked on {n(self.ttft_checked_on, 'public prefill point')}"
                 if self.ttft_checked_on else f"TTFT not checked: no public prefill point for the {self.backend} backend")
-        return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {self.streams} streams "
-                f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone, "
-                f"{self.ttft_all_s:.2f} s when all {self.streams} arrive together (decode +-{self.error * 100:.0f}%, "
-                f"{self.backend} backend {fit}; {ttft})")
+        together = (f", {self.ttft_all_s:.2f} s when all {self.streams} arrive together" if self.streams > 1 else "")
+        return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')} "
+                f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone"
+                f"{together} (decode +-{self.error * 100:.0f}%, {self.backend} backend {fit}; {ttft})")
 
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
