@@ -90,3 +90,24 @@ def test_an_moe_step_reads_more_experts_as_tokens_join(tmp_path):
     full = c.weights_read_s * c.experts.read_factor(10**6)
     assert c.step_s(0, 512) - 512 * c.flop_s_per_token - c.t0_s == pytest.approx(full, rel=0.01)
     assert full > 5 * c.weights_read_s
+
+
+def test_one_user_in_the_simulator_sees_the_forecast(planned):
+    """One user alone on one instance: the simulator's decode rate is the forecast's single stream, and its TTFT
+    (the prompt's step, plus half the request overhead on the way in) the forecast's prompt at the prefill rate plus
+    one step; except that an MoE's prompt step reads the union of its tokens' experts where the forecast's TTFT
+    charges one token's."""
+    from stackgen.plan.simulate import simulate
+    from stackgen.plan.speed import forecast_at
+
+    name, sp, hw = planned
+    c = service_curve(sp, hw)
+    fc = forecast_at(sp, hw, 1)
+    r = simulate([c], users=1, prompt_tokens=1000, output_tokens=300)
+    assert r.tokens_per_s_per_user == pytest.approx(fc.per_user_tokens_per_s, rel=0.01)
+    ttft = r.ttft_p50_s - c.overhead_s / 2
+    if c.experts is None:
+        assert ttft == pytest.approx(fc.ttft_s, rel=0.02)
+    else:
+        union = speed.step_weights_bytes(c.weights_read_s, 1000, c.experts) - c.weights_read_s
+        assert ttft == pytest.approx(fc.ttft_s + union, rel=0.02)
