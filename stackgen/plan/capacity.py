@@ -6,9 +6,11 @@ predicted (stackgen.plan.simulate: one instance with its share of the users, rou
 smallest fleet that meets the workload's targets (p95 time to first token, decode tokens/s per user) wins, and
 every other layout gets its reason. When nothing meets the targets, the plan says by how much and what would.
 
-The per-instance speed is one function, `service_curve(sp, hw, ...)`: a roofline (memory bandwidth vs compute per
-batching step) with constants calibrated on a measurement (benchmarks/results/scale.md). It is the swap point for
-a finer per-backend speed model.
+The per-instance speed is one function, `service_curve(sp, hw, ...)`: on a GPU or Apple silicon, the step of
+stackgen.plan.speed's per-backend model (the one `plan`'s forecast uses: fitted bandwidth shares per weight kind, a
+per-step overhead, the prefill and batched-decode MFUs, an MoE step's union of experts), so one instance's curve and
+the forecast agree at the same stream count; on a CPU, a roofline with constants calibrated on a measurement
+(benchmarks/results/scale.md).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
+from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, backend_for, backend_params,
+                                 step_weights_bytes, weight_kind)
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
-DECODE_BANDWIDTH_EFFICIENCY = 0.7  # share of peak memory bandwidth engines reach in decode (memory.py uses the same)
-PREFILL_COMPUTE_EFFICIENCY = 0.5  # share of peak tensor FLOP/s reached on large prefill batches (MFU)
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
 # Dense BF16 tensor peak, TFLOP/s, from the vendors' datasheets (no sparsity).
 GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40": 181.0, "l4": 121.0, "a10": 125.0,
@@ -58,11 +60,18 @@ SIM_ROUNDS = 3
 @dataclass(frozen=True)
 class ServiceCurve:
     """What one engine instance does per batching step. `step_s(decoding, prompt_tokens)`: one step that decodes one
-    token for each of `decoding` requests and processes `prompt_tokens` prompt tokens."""
+    token for each of `decoding` requests and processes `prompt_tokens` prompt tokens.
 
-    weights_read_s: float  # stream the active weights once (the floor of every step)
+    Two forms. With `backend` set (GPU and Apple instances): speed.py's step for that backend, the one the plan's
+    forecast takes (speed.forecast): t0 + the weights one step of decoding + prompt_tokens tokens reads (an MoE
+    model's union of their experts, speed.step_weights_bytes) + each decoding request's KV cache + the prompt tokens'
+    compute + for each decoding token past the first its compute at the batched-decode MFU (speed's
+    batch_compute_seconds), all additive. Without (CPU instances, and curves built by hand): the roofline
+    max(memory, compute) below, calibrated on this project's CI host (benchmarks/results/scale.md)."""
+
+    weights_read_s: float  # stream one token's active weights once (the floor of every step)
     kv_read_s_per_seq: float  # KV cache read per decoding request per step, at the workload's average context
-    flop_s_per_token: float  # compute per token in a step
+    flop_s_per_token: float  # compute per prompt token in a step (CPU roofline: per token)
     max_batch: int  # requests an instance serves at once (llama.cpp -np; vLLM --max-num-seqs within its KV room)
     step_tokens: int  # tokens one step may carry (llama.cpp -b, vLLM --max-num-batched-tokens)
     overhead_s: float = REQUEST_OVERHEAD_S
@@ -74,8 +83,19 @@ class ServiceCurve:
     # cost decode_s_per_seq each. 0: every decoding sequence costs decode_s_per_seq.
     decode_tile: int = 0
     tile_s: float = 0.0
+    # speed.py's model (GPU and Apple): the backend it runs as ("": the CPU roofline), its per-step overhead, each
+    # decoding token's compute past the first (2 x active params at batch_mfu_for(kind) of peak), an MoE model's
+    # routing (None: dense).
+    backend: str = ""
+    t0_s: float = 0.0
+    batch_token_s: float = 0.0
+    experts: ExpertRouting | None = None
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
+        if self.backend:
+            read = step_weights_bytes(self.weights_read_s, decoding + prompt_tokens, self.experts)
+            return (self.t0_s + read + decoding * self.kv_read_s_per_seq + prompt_tokens * self.flop_s_per_token
+                    + max(0, decoding - 1) * self.batch_token_s)
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
         per_seq = max(self.flop_s_per_token, self.decode_s_per_seq)
         if self.decode_tile > 1:
@@ -102,8 +122,13 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                   instances: int = 1) -> ServiceCurve:
     """One instance of the service `sp` (a ServicePlan) on `hw`. `memory`: that instance's memory plan (default
     sp.memory); `threads`: its CPU threads (default sp.threads); `instances`: how many share the machine's RAM
-    bandwidth. The roofline: a step reads the active weights once plus each request's KV cache, and computes
-    2 x active parameters FLOPs per token; whichever takes longer sets the step."""
+    bandwidth. A step reads the active weights once plus each request's KV cache, and computes 2 x active parameters
+    FLOPs per token. On a GPU or Apple silicon with speed.py's fit for the backend the engine runs as (backend_for:
+    its own kernels' fit, else ggml's for the GPU's vendor and tier), as service_forecast: weights at
+    efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step, prompt tokens
+    at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up (ServiceCurve). The
+    layers a partial offload leaves in RAM read at the CPU's bandwidth and compute at its FLOP/s, as before. On a
+    CPU: the roofline, whichever of memory and compute takes longer sets the step."""
     m = memory or sp.memory
     model, wl = sp.model, sp.workload
     dp = max(1, m.data_parallel)
@@ -118,36 +143,36 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
     dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
     cpu_bw = min(mem_bw, dot_bw)
-    decode_seq, tile, tile_s = 0.0, 0, 0.0
     cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
-    if hw.is_apple:
-        g = next(g for g in hw.gpus if g.vendor == "apple")
-        bw, flops = g.bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY, gpu_peak_flops(g.name, g.bandwidth_gbs)
-        read = (weights + 0) / bw
-        kv_s = kv / bw
-        flop_s = flops_per_token / (flops * PREFILL_COMPUTE_EFFICIENCY)
-    elif frac_gpu > 0:
-        g = min(gpus, key=lambda x: x.bandwidth_gbs)
-        tp = max(1, m.tensor_parallel)
-        bw = g.bandwidth_gbs * 1e9 * DECODE_BANDWIDTH_EFFICIENCY * tp
-        flops = gpu_peak_flops(g.name, g.bandwidth_gbs) * PREFILL_COMPUTE_EFFICIENCY * tp
-        read = weights * frac_gpu / bw + weights * (1 - frac_gpu) / cpu_bw
-        kv_s = kv * frac_gpu / bw + kv * (1 - frac_gpu) / cpu_bw
-        flop_s = flops_per_token * frac_gpu / flops + flops_per_token * (1 - frac_gpu) / cpu_flops
-    else:
-        # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
-        # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
-        # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that
-        # ggml runs whole tiles of 4 in one pass (speed.GGML_CPU_DECODE_TILE at speed.CPU_BATCH_MFU: the step
-        # `plan`'s forecast takes at 4 streams; benchmarks/results/cpu_aggregate.md). The single stream still
-        # differs: dot_bw here (CPU_BYTES_PER_THREAD_S, what bench_scale's 1-thread instances need), the fitted
-        # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
-        read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
-        decode_seq = weights / dot_bw
-        if engines.get(sp.engine).layers_in_ram:  # ggml: whole tiles of sequences share a pass (speed.py)
-            from stackgen.plan.speed import CPU_BATCH_MFU, GGML_CPU_DECODE_TILE
-
-            tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
+    if hw.is_apple or frac_gpu > 0:
+        if hw.is_apple:
+            g, tp, frac = next(g for g in hw.gpus if g.vendor == "apple"), 1, 1.0
+        else:
+            g, tp, frac = min(gpus, key=lambda x: x.bandwidth_gbs), max(1, m.tensor_parallel), frac_gpu
+        backend = backend_for(engines.get(sp.engine).speed_backend, g.vendor, g.tier)
+        b = backend_params(backend)
+        kind = weight_kind(m.weights_format or model.quant)
+        bw = g.bandwidth_gbs * 1e9 * tp
+        peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
+        read = weights * frac / (b.efficiency_for(kind) * bw) + weights * (1 - frac) / cpu_bw
+        kv_s = kv * frac / (b.efficiency * bw) + kv * (1 - frac) / cpu_bw
+        cpu_part = flops_per_token * (1 - frac) / cpu_flops
+        flop_s = flops_per_token * frac / (b.prefill_mfu * peak) + cpu_part
+        batch_s = flops_per_token * frac / (b.batch_mfu_for(kind) * peak) + cpu_part
+        experts = ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active)
+        return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
+                            backend=backend, t0_s=b.t0_ms / 1000, batch_token_s=batch_s, experts=experts)
+    # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
+    # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
+    # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that
+    # ggml runs whole tiles of 4 in one pass (speed.GGML_CPU_DECODE_TILE at speed.CPU_BATCH_MFU: the step
+    # `plan`'s forecast takes at 4 streams; benchmarks/results/cpu_aggregate.md). The single stream still
+    # differs: dot_bw here (CPU_BYTES_PER_THREAD_S, what bench_scale's 1-thread instances need), the fitted
+    # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
+    read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
+    decode_seq, tile, tile_s = weights / dot_bw, 0, 0.0
+    if engines.get(sp.engine).layers_in_ram:  # ggml: whole tiles of sequences share a pass (speed.py)
+        tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
     return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
                         decode_s_per_seq=decode_seq, decode_tile=tile, tile_s=tile_s)
 

@@ -1,0 +1,113 @@
+"""One decode model for the plan's forecast and the fleet simulator (issues 13 and 20): on a GPU, one instance's
+service curve (capacity.service_curve, what replica sizing and `stackgen simulate` step with) takes speed.py's step
+for the backend the engine runs as, so at the same stream count and no prompt tokens in the step it gives the
+aggregate `plan` forecasts (speed.service_forecast)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stackgen.plan import speed
+from stackgen.plan.capacity import gpu_peak_flops, service_curve
+from tools.stacks import plan_for
+
+STACK = """
+version: 1
+hardware: {hw}
+workload: {{concurrent_users: {users}, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}}
+services:
+  chat: {{{service}}}
+"""
+
+PLANS = {
+    # dense, block-quantized weights on llama.cpp CUDA (consumer line: MMVQ's efficiency, batch MFU 0.212)
+    "llama.cpp-cuda-q4km": ("rtx-4090", 8, "model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M",
+                            "cuda", "quantized"),
+    # dense, 16-bit weights on llama.cpp CUDA: efficiency_16bit and batch_mfu_16bit
+    "llama.cpp-cuda-f16": ("rtx-4090", 4, "model: llama-3.2-3b-instruct, engine: llama.cpp, quant: F16", "cuda",
+                           "16bit"),
+    # vLLM's own kernels on a datacenter GPU
+    "vllm-h100": ("h100-80gb", 16, "model: llama-3.1-8b-instruct, engine: vllm", "vllm", "16bit"),
+    # MoE: a step of b tokens reads the union of the experts they route to
+    "moe-llama.cpp-cuda": ("rtx-4090", 8, "model: qwen3-30b-a3b, engine: llama.cpp, quant: Q4_K_M", "cuda",
+                           "quantized"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def planned(request, tmp_path_factory):
+    hw, users, service, backend, kind = PLANS[request.param]
+    plan = plan_for(tmp_path_factory.mktemp(request.param), STACK.format(hw=hw, users=users, service=service))
+    sp = plan.services[0]
+    assert sp.memory.gpu_layers == sp.memory.total_layers  # every layer on the GPU: one backend's step
+    assert sp.speed.backend == backend
+    assert speed.weight_kind(sp.memory.weights_format or sp.model.quant) == kind
+    return request.param, sp, plan.hardware
+
+
+def test_one_instance_curve_gives_the_forecast_aggregate(planned):
+    from stackgen.plan.speed import forecast_at
+
+    name, sp, hw = planned
+    curve = service_curve(sp, hw)
+    assert curve.backend == sp.speed.backend
+    for users in sorted({1, 2, sp.speed.streams}):
+        fc = forecast_at(sp, hw, users)
+        n = fc.streams
+        assert n / curve.step_s(n, 0) == pytest.approx(fc.aggregate_tokens_per_s, rel=0.01), (name, n)
+        assert 1 / curve.step_s(1, 0) == pytest.approx(fc.single_stream_tokens_per_s, rel=0.01), name
+
+
+def test_the_curve_is_speed_py_step_by_hand(planned):
+    """The curve's parts, re-derived from the backend's fitted parameters (not the old 0.7 / 0.5 constants)."""
+    name, sp, hw = planned
+    c = service_curve(sp, hw)
+    b = speed.backend_params(c.backend)
+    kind = speed.weight_kind(sp.memory.weights_format or sp.model.quant)
+    g = hw.gpus[0]
+    tp = max(1, sp.memory.tensor_parallel)
+    bw, peak = g.bandwidth_gbs * 1e9 * tp, gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
+    m = sp.model
+    active = sp.memory.weights_bytes * m.active_params / m.params
+    two_p = 2 * m.active_params
+    assert c.weights_read_s == pytest.approx(active / (b.efficiency_for(kind) * bw))
+    assert c.t0_s == pytest.approx(b.t0_ms / 1000)
+    assert c.flop_s_per_token == pytest.approx(two_p / (b.prefill_mfu * peak))
+    assert c.batch_token_s == pytest.approx(two_p / (b.batch_mfu_for(kind) * peak))
+    assert (c.experts is not None) == bool(m.experts_total)
+    # additive: a step of 4 decoding and 100 prompt tokens
+    read = speed.step_weights_bytes(c.weights_read_s, 104, c.experts)
+    assert c.step_s(4, 100) == pytest.approx(c.t0_s + read + 4 * c.kv_read_s_per_seq + 100 * c.flop_s_per_token
+                                             + 3 * c.batch_token_s)
+
+
+def test_an_moe_step_reads_more_experts_as_tokens_join(tmp_path):
+    hw, users, service, *_ = PLANS["moe-llama.cpp-cuda"]
+    plan = plan_for(tmp_path, STACK.format(hw=hw, users=users, service=service))
+    c = service_curve(plan.services[0], plan.hardware)
+    # one token reads its active experts; a 512-token prompt step nearly all of them (128 experts, 8 per token)
+    assert c.step_s(0, 1) == pytest.approx(c.t0_s + c.weights_read_s + c.flop_s_per_token)
+    full = c.weights_read_s * c.experts.read_factor(10**6)
+    assert c.step_s(0, 512) - 512 * c.flop_s_per_token - c.t0_s == pytest.approx(full, rel=0.01)
+    assert full > 5 * c.weights_read_s
+
+
+def test_one_user_in_the_simulator_sees_the_forecast(planned):
+    """One user alone on one instance: the simulator's decode rate is the forecast's single stream, and its TTFT
+    (the prompt's step, plus half the request overhead on the way in) the forecast's prompt at the prefill rate plus
+    one step; except that an MoE's prompt step reads the union of its tokens' experts where the forecast's TTFT
+    charges one token's."""
+    from stackgen.plan.simulate import simulate
+    from stackgen.plan.speed import forecast_at
+
+    name, sp, hw = planned
+    c = service_curve(sp, hw)
+    fc = forecast_at(sp, hw, 1)
+    r = simulate([c], users=1, prompt_tokens=1000, output_tokens=300)
+    assert r.tokens_per_s_per_user == pytest.approx(fc.per_user_tokens_per_s, rel=0.01)
+    ttft = r.ttft_p50_s - c.overhead_s / 2
+    if c.experts is None:
+        assert ttft == pytest.approx(fc.ttft_s, rel=0.02)
+    else:
+        union = speed.step_weights_bytes(c.weights_read_s, 1000, c.experts) - c.weights_read_s
+        assert ttft == pytest.approx(fc.ttft_s + union, rel=0.02)
