@@ -103,12 +103,14 @@ BACKENDS = {
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
     "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.25, prefill_mfu=0.667),
-    # vLLM (SGLang plans reuse it): 3 points at one stream (RTX 4090 4B fp8 +14%, RTX 3090 7B AWQ -9%, 2 x H100 TP 2
-    # 72B bf16 0%); held out: the RTX 4090 7B bf16 (-21%); one bf16 point fitted, so no 16-bit line. The single stream
+    # vLLM (SGLang plans reuse it): 6 points at one stream, quantized (RTX 4090 4B fp8 +5%, RTX 3090 7B AWQ -16%,
+    # 4 x RTX 3090 TP 4 27B fp8 +32%: tensor parallel over PCIe, a known miss) and bf16 (2 x H100 TP 2 72B +6%, RTX 5090
+    # 4B -2%, GH200 Gemma 4 31B -2%), so a 16-bit line of its own (0.742 vs 0.604); the overhead fits below zero, so
+    # t0 = 0; held out: the RTX 4090 7B bf16 (-16%) and the GH200 31B at a 10.6K prompt (-3%). The single stream
     # only: vllm_concurrency.yaml checks N streams. Prefill: 0.528 of peak, the geometric mean of 4 one-request TTFTs
     # (RTX 5090 Qwen3-4B 0.82, GH200 Gemma 4 31B at 10k 0.49, 4 x 3090 TP 4 27B 0.28, 2 x 5090 TP 2 27B 0.69); held
     # out: the GH200 1k cell (-16%) and the 2 x 5090 NVFP4 run (-35%).
-    "vllm": Backend(0.714, 0.51, fitted_on=3, error=0.25, prefill_mfu=0.528),
+    "vllm": Backend(0.604, 0.0, fitted_on=6, error=0.35, prefill_mfu=0.528, efficiency_16bit=0.742),
 }
 DEFAULT_BACKEND = Backend(0.70, 0.0)
 # TTFT against public prefill figures (tests/fixtures/public-logs/prefill_speed.yaml): backend -> (points that check
