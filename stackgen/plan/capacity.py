@@ -127,7 +127,9 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     its own kernels' fit, else ggml's for the GPU's vendor and tier), as service_forecast: weights at
     efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step, prompt tokens
     at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up (ServiceCurve). The
-    layers a partial offload leaves in RAM read at the CPU's bandwidth and compute at its FLOP/s, as before. On a
+    layers a partial offload leaves in RAM read at the CPU backend's efficiency of the RAM bandwidth and compute
+    their extra decoding tokens at its batch MFU of the threads' FLOP/s, as the forecast; their prompt tokens at the
+    threads' FLOP/s. On a
     CPU: the roofline, whichever of memory and compute takes longer sets the step."""
     m = memory or sp.memory
     model, wl = sp.model, sp.workload
@@ -142,7 +144,6 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
     mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
     dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
-    cpu_bw = min(mem_bw, dot_bw)
     cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
     if hw.is_apple or frac_gpu > 0:
         if hw.is_apple:
@@ -154,11 +155,16 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         kind = weight_kind(m.weights_format or model.quant)
         bw = g.bandwidth_gbs * 1e9 * tp
         peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
-        read = weights * frac / (b.efficiency_for(kind) * bw) + weights * (1 - frac) / cpu_bw
-        kv_s = kv * frac / (b.efficiency * bw) + kv * (1 - frac) / cpu_bw
+        # the layers a partial offload leaves in RAM: read at the CPU backend's efficiency of the RAM bandwidth and
+        # their extra decoding tokens computed at its batch MFU, as service_forecast; prompts at the CPU's FLOP/s
+        ram = backend_params("cpu")
+        ram_bw = ram.efficiency * mem_bw
+        read = weights * frac / (b.efficiency_for(kind) * bw) + weights * (1 - frac) / ram_bw
+        kv_s = kv * frac / (b.efficiency * bw) + kv * (1 - frac) / ram_bw
         cpu_part = flops_per_token * (1 - frac) / cpu_flops
         flop_s = flops_per_token * frac / (b.prefill_mfu * peak) + cpu_part
-        batch_s = flops_per_token * frac / (b.batch_mfu_for(kind) * peak) + cpu_part
+        batch_s = (flops_per_token * frac / (b.batch_mfu_for(kind) * peak)
+                   + flops_per_token * (1 - frac) / (ram.batch_mfu * cpu_flops))
         experts = ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active)
         return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
                             backend=backend, t0_s=b.t0_ms / 1000, batch_token_s=batch_s, experts=experts)

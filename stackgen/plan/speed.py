@@ -375,7 +375,8 @@ class Forecast:
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
-             experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0) -> Forecast:
+             experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
+             host_flops: float = 0.0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams.
 
     One step reads the active weights once and each stream's KV cache: the share `gpu_fraction` at the backend's
@@ -389,7 +390,9 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     union of their experts (ExpertRouting); None: dense. `batch_flops`: the FLOP/s a batched decode reaches on this
     host (calibrated), in place of batch_mfu x peak_flops. `decode_tile` (a ggml engine on the CPU:
     GGML_CPU_DECODE_TILE): the streams decode in passes of that many (each the roofline max(memory, compute)), the
-    streams past a whole number of tiles one pass each, as long as a stream alone."""
+    streams past a whole number of tiles one pass each, as long as a stream alone. `host_flops`: the CPU's peak
+    (capacity.CPU_FLOPS_PER_THREAD x threads) for a partial offload: the layers left in RAM compute their extra
+    tokens there, at the CPU backend's batch MFU (as capacity.service_curve does)."""
     b, cpu = params or backend_params(backend), params or backend_params("cpu")
     n = max(1, streams)
 
@@ -425,7 +428,11 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
         step, compute_bound = n * single, False
     else:
         memory = memory_s(step_weights_bytes(weights_bytes, n, experts), n * kv_bytes_per_stream)
-        compute = batch_compute_seconds(active_params, n, batch_peak, 1.0)
+        if 0 < gpu_fraction < 1 and host_flops:
+            compute = (gpu_fraction * batch_compute_seconds(active_params, n, batch_peak, 1.0)
+                       + (1 - gpu_fraction) * batch_compute_seconds(active_params, n, host_flops, cpu.batch_mfu))
+        else:
+            compute = batch_compute_seconds(active_params, n, batch_peak, 1.0)
         step, compute_bound = memory + compute, compute > memory
     prefill = mfu * peak_flops / (2 * active_params) if peak_flops and active_params else 0.0
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
@@ -481,7 +488,8 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     params=params, weights=weight_kind(mem.weights_format or model.quant),
                     experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
                                              model.experts_active), batch_flops=batch_flops,
-                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 else 0)
+                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 else 0,
+                    host_flops=CPU_FLOPS_PER_THREAD * max(1, threads))
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:

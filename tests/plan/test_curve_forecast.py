@@ -111,3 +111,26 @@ def test_one_user_in_the_simulator_sees_the_forecast(planned):
     else:
         union = speed.step_weights_bytes(c.weights_read_s, 1000, c.experts) - c.weights_read_s
         assert ttft == pytest.approx(fc.ttft_s + union, rel=0.02)
+
+
+def test_partial_offload_curve_gives_the_forecast_aggregate(tmp_path):
+    """The seed article's case (Llama 3.1 70B Q4_K_M on one RTX 4090, layers left in RAM): the curve and the forecast
+    read the RAM layers at the CPU backend's efficiency of the RAM bandwidth and compute their extra decoding tokens
+    at its batch MFU of the threads' FLOP/s, the GPU layers at the CUDA line; so they agree at 1 and 3 streams."""
+    from stackgen.plan.speed import forecast_at
+
+    plan = plan_for(tmp_path, STACK.format(hw="rtx-4090", users=3,
+                                           service="model: llama-3.1-70b-instruct, engine: llama.cpp, quant: Q4_K_M"))
+    sp, hw = plan.services[0], plan.hardware
+    assert 0 < sp.memory.gpu_layers < sp.memory.total_layers
+    curve = service_curve(sp, hw)
+    for users in (1, 2, 3):
+        fc = forecast_at(sp, hw, users)
+        assert fc.streams == users
+        # the forecast rounds to 0.1 tokens/s: at ~2.5 tokens/s that is up to 2%
+        assert users / curve.step_s(users, 0) == pytest.approx(fc.aggregate_tokens_per_s, rel=0.01, abs=0.05), users
+    # the RAM layers' extra tokens cost CPU compute: a second stream adds more than the GPU's share alone would
+    one, two = forecast_at(sp, hw, 1), forecast_at(sp, hw, 2)
+    frac = sp.memory.gpu_layers / sp.memory.total_layers
+    gpu_only = frac * 2 * sp.model.active_params / (speed.BACKENDS["cuda"].batch_mfu * gpu_peak_flops("RTX 4090", 1008))
+    assert 2 / two.aggregate_tokens_per_s - 1 / one.aggregate_tokens_per_s > gpu_only
