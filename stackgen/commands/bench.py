@@ -38,8 +38,8 @@ def result_text(r) -> str:
         *([f"  speed model    {r.predicted_per_user_tokens_per_s:.1f} tok/s per user, "
            f"{r.predicted_aggregate_tokens_per_s:.1f} aggregate, TTFT {r.predicted_ttft_s:.2f} s at "
            f"{r.concurrent_users} users (+-{r.predicted_error * 100:.0f}%); measured "
-           f"{r.per_stream_decode_tokens_per_s:.1f} per user, {r.output_tokens_per_s:.1f} aggregate, "
-           f"TTFT p95 {r.ttft_p95_s:.2f} s"] if r.predicted_per_user_tokens_per_s else []),
+           f"{r.per_stream_decode_tokens_per_s:.1f} per user, {r.decode_aggregate_tokens_per_s:.1f} decode aggregate "
+           f"({r.output_tokens_per_s:.1f} over the run, prefill included), TTFT p95 {r.ttft_p95_s:.2f} s"] if r.predicted_per_user_tokens_per_s else []),
         f"  TTFT           p50 {r.ttft_p50_s:.3f} s  p95 {r.ttft_p95_s:.3f} s  max {r.ttft_max_s:.3f} s",
         f"  inter-token    p50 {r.itl_p50_s * 1000:.1f} ms  p95 {r.itl_p95_s * 1000:.1f} ms",
         f"  streams        at most {r.max_concurrent_streams} at once",

@@ -191,8 +191,11 @@ def _verify_text(v) -> str:
             f"max {_fmt_s(v.ttft_max_s)}")
     per = f"{v.decode_tokens_per_s_p50:.1f}" if v.decode_tokens_per_s_p50 else "-"
     users = f"{v.concurrency} user{'s' if v.concurrency != 1 else ''}"
-    text += (f"\n  measured at {users}: {per} tokens/s per stream (decode), "
-             f"{v.aggregate_tokens_per_s:.1f} tokens/s aggregate over all {v.concurrency} streams")
+    decode = (f"{v.decode_aggregate_tokens_per_s:.1f} decode aggregate; " if v.decode_aggregate_tokens_per_s
+              else "")
+    text += (f"\n  measured at {users}: {per} tokens/s per stream (decode), {decode}"
+             f"{v.aggregate_tokens_per_s:.1f} tokens/s aggregate over all {v.concurrency} streams"
+             + (" (prefill and HTTP included)" if decode else ""))
     if v.predicted_per_user_tokens_per_s is not None:
         slots = (f", {v.predicted_streams} decoding at once" if v.predicted_streams is not None
                  and v.predicted_streams < v.concurrency else "")

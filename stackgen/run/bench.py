@@ -98,6 +98,9 @@ class BenchResult:
     predicted_per_user_tokens_per_s: float | None = None
     predicted_aggregate_tokens_per_s: float | None = None
     predicted_ttft_s: float | None = None
+    # The streams' decode rates added up (each after its first token): the aggregate decode rate the forecast's
+    # aggregate predicts, while output_tokens_per_s also spends the wall time on prefill, queueing and HTTP.
+    decode_aggregate_tokens_per_s: float = 0.0
     predicted_error: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +125,7 @@ def summarize(results: list[RequestResult], *, wall_s: float, service: str = "",
         ttft_max_s=round(max(ttfts), 4) if ttfts else 0.0,
         itl_p50_s=round(percentile(itls, 50), 4), itl_p95_s=round(percentile(itls, 95), 4),
         per_stream_decode_tokens_per_s=round(percentile(decode, 50), 2),
+        decode_aggregate_tokens_per_s=round(sum(decode), 2),
         max_concurrent_streams=max_overlap((r.ttft_s + r.start, r.end) for r in ok if r.ttft_s is not None),
         peak_rss_bytes=peak_rss, predicted_decode_tokens_per_s=predicted_tps,
         predicted_host_bytes=predicted_host_bytes,

@@ -78,6 +78,9 @@ class VerifyResult:
     predicted_aggregate_tokens_per_s: float | None = None
     predicted_streams: int | None = None  # streams decoding together in the forecast: min(users, the engine's slots)
     predicted_error: float | None = None  # the speed model's stated error for the backend (+-share)
+    # The streams' decode rates added up: what the forecast's aggregate predicts (aggregate_tokens_per_s also spends
+    # the run's wall time on prefill, queueing and HTTP). None when no stream decoded.
+    decode_aggregate_tokens_per_s: float | None = None
 
 
 @dataclass

@@ -385,6 +385,7 @@ def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | Non
         predicted_per_user_tokens_per_s=fc.per_user_tokens_per_s if fc else None,
         predicted_aggregate_tokens_per_s=fc.aggregate_tokens_per_s if fc else None,
         predicted_streams=fc.streams if fc else None, predicted_error=fc.error if fc else None,
+        decode_aggregate_tokens_per_s=r.decode_aggregate_tokens_per_s or None,
     )
 
 

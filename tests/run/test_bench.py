@@ -70,6 +70,8 @@ def test_summarize_and_diagnosis_text():
     assert r.ttft_p50_s == pytest.approx(0.1) and r.ttft_max_s == pytest.approx(3.0)
     assert r.itl_p50_s == pytest.approx(0.1)
     assert r.per_stream_decode_tokens_per_s == pytest.approx(10.0)
+    # the three streams' decode rates added up (10 tokens/s each after their first token), not tokens / wall
+    assert r.decode_aggregate_tokens_per_s == pytest.approx(30.0)
     text = " ".join(r.findings)
     assert "1 of 4 requests failed (first: HTTP 500: x)" in text
     assert "requests queue" in text and "-np" in text

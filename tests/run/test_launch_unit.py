@@ -276,6 +276,12 @@ def test_verify_text_names_slots_and_the_multinode_fallback():
     assert "measured at 4 users: 18.0 tokens/s per stream (decode), 70.0 tokens/s aggregate over all 4 streams" in text
     assert "plan forecast at 4 users: 19.6 tokens/s per user, 39.2 aggregate, 2 decoding at once (+-15%)" in text
     assert "74.3" not in text
+    both = VerifyResult(service="s", concurrency=4, ok=4, failed=0, ttft_p50_s=0.1, ttft_max_s=0.2,
+                        decode_tokens_per_s_p50=26.7, aggregate_tokens_per_s=97.9, predicted_tokens_per_s=74.3,
+                        predicted_per_user_tokens_per_s=29.0, predicted_aggregate_tokens_per_s=115.9,
+                        predicted_streams=4, predicted_error=0.15, decode_aggregate_tokens_per_s=106.6)
+    assert ("measured at 4 users: 26.7 tokens/s per stream (decode), 106.6 decode aggregate; 97.9 tokens/s aggregate "
+            "over all 4 streams (prefill and HTTP included)") in _verify_text(both)
     multi = VerifyResult(service="s", concurrency=1, ok=1, failed=0, ttft_p50_s=0.1, ttft_max_s=0.1,
                          decode_tokens_per_s_p50=9.0, aggregate_tokens_per_s=8.0, predicted_tokens_per_s=12.5)
     assert "plan: 12.5 tokens/s for one stream alone (no forecast at 1 user)" in _verify_text(multi)
