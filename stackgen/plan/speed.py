@@ -74,6 +74,10 @@ CPU_BATCH_MFU = 0.47
 # as a step of one stream alone. Measured on the quickstart (2 EPYC threads, server timings, 2 rounds): 1 stream
 # 49-62 tokens/s, 2: 73 aggregate, 3: 65-66, 4: 107-111; the roofline alone said 2 streams 105 (+45%).
 GGML_CPU_DECODE_TILE = 4
+# Block-quantized weights only: ggml repacks no F16/BF16 weights into those tiles, and the quickstart's model
+# requantized to F16 decodes 4 streams at 83-87 tokens/s aggregate where the tile model said 116 (+34..+40%;
+# benchmarks/results/cpu_aggregate.md, held-out check): a 16-bit CPU step is the memory time plus each extra
+# token's compute, as on other backends.
 
 
 BACKENDS = {
@@ -488,7 +492,8 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
                     params=params, weights=weight_kind(mem.weights_format or model.quant),
                     experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
                                              model.experts_active), batch_flops=batch_flops,
-                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 else 0,
+                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0
+                    and weight_kind(mem.weights_format or model.quant) == "quantized" else 0,
                     host_flops=CPU_FLOPS_PER_THREAD * max(1, threads))
 
 
