@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,9 @@ def test_up_complete_status_logs_down(tmp_path, llama_server, gguf_path, free_po
     speed = json.loads(stackgen("plan", path, "--json").stdout)["services"][0]["speed"]
     assert speed["streams"] == 2
     assert "measured at 2 users: " in r.stdout and "tokens/s aggregate over all 2 streams" in r.stdout, r.stdout
+    # the streams' decode rates added up, what the forecast's aggregate predicts, beside tokens / wall time
+    assert re.search(r"tokens/s per stream \(decode\), [0-9.]+ decode aggregate; [0-9.]+ tokens/s aggregate over all 2 "
+                     r"streams \(prefill and HTTP included\)", r.stdout), r.stdout
     assert (f"plan forecast at 2 users: {speed['per_user_tokens_per_s']:g} tokens/s per user, "
             f"{speed['aggregate_tokens_per_s']:g} aggregate") in r.stdout, r.stdout
     st = StateDir(path).load().services["gemma"]
