@@ -288,3 +288,84 @@ def test_text_states_the_figures_and_their_checks():
     none = dataclasses.replace(FC, fitted_on=0, ttft_checked_on=0, backend="x")
     assert none.text().endswith("(decode +-35%, x backend not fitted: a default; TTFT not checked: no public prefill "
                                 "point for the x backend)")
+
+
+# --- forecast's edges, second round ------------------------------------------------------------------------------
+
+def test_forecast_rounds_each_figure_and_carries_the_fit():
+    """vLLM (t0 = 0) on 4e9 bytes at 1000 GB/s, 3 streams, 8B params at 100 TFLOP/s: one step is
+    4e9 / (0.604 x 1e12) s plus 2 x 2 x 8e9 / (0.35 x 1e14) s for the two extra tokens; tokens/s are rounded to 0.1,
+    TTFT to the millisecond; the prompts of the other 2 streams wait before the last one's (3 x 1000 prompt tokens
+    at 0.528 x 1e14 / 1.6e10 tokens/s, then one step); the fit's point count and prefill check come along."""
+    b = speed.BACKENDS["vllm"]
+    f = _fc(backend="vllm", streams=3)
+    single = 4e9 / (b.efficiency * 1000e9)
+    step = single + 2 * 2 * 8e9 / (b.batch_mfu * 100e12)
+    prefill = b.prefill_mfu * 100e12 / 16e9
+    assert f.per_user_tokens_per_s == round(1 / step, 1) and f.per_user_tokens_per_s != round(1 / step)
+    assert f.aggregate_tokens_per_s == round(3 / step, 1) and f.single_stream_tokens_per_s == round(1 / single, 1)
+    assert f.ttft_s == round(1000 / prefill + single, 3)
+    assert f.ttft_all_s == round(3 * 1000 / prefill + step, 3)
+    assert f.ttft_all_s != round(f.ttft_all_s, 2) or f.ttft_s != round(f.ttft_s, 2)
+    assert (f.fitted_on, f.ttft_checked_on, f.ttft_error) == (b.fitted_on, *speed.PREFILL_CHECK["vllm"])
+    dc = _fc(backend="cuda-datacenter")
+    assert (dc.ttft_checked_on, dc.ttft_error) == (0, 0.0)  # no public prefill point for the datacenter line
+
+
+def test_no_prefill_rate_means_an_unbounded_ttft():
+    """Without parameters (or a peak) there is no prefill rate: TTFT alone and together are infinite, not a
+    division by zero; the decode needs no compute term then either (no FLOPs to do)."""
+    f = _fc(active_params=0, streams=2)
+    assert f.ttft_s == f.ttft_all_s == float("inf")
+    g = _fc(peak_flops=0, streams=4, decode_tile=4, backend="cpu", gpu_fraction=0.0)
+    assert g.ttft_s == float("inf") and g.bound == "memory bandwidth"
+    assert g.aggregate_tokens_per_s == pytest.approx(4 / (4e9 / (speed.BACKENDS["cpu"].efficiency * 50e9)), abs=0.05)
+    assert speed.ttft_seconds(100, 0) == float("inf")
+    assert speed.ttft_seconds(100, 0.5) == 200.0 and speed.ttft_seconds(100, 0.5, 1.0, queued_prompts=1) == 401.0
+
+
+def test_decode_tiles_of_one_are_no_tiles_and_tiles_of_two_and_three_count():
+    """decode_tile 1 is the untiled step; tile 2 at 2 streams is one roofline pass (max(memory, compute)), not
+    memory + compute; tile 3 at 2 streams is two lone passes (each a single stream's step)."""
+    kw = dict(backend="cpu", gpu_fraction=0.0, peak_flops=10e12)
+    for n in (1, 2, 5):
+        assert _fc(decode_tile=1, streams=n, **kw) == _fc(decode_tile=0, streams=n, **kw)
+    cpu = speed.BACKENDS["cpu"]
+    single = 4e9 / (cpu.efficiency * 50e9)
+    pass2 = max(single, 2 * 2 * 8e9 / (cpu.batch_mfu * 10e12))
+    assert _fc(decode_tile=2, streams=2, **kw).aggregate_tokens_per_s == pytest.approx(2 / pass2, abs=0.05)
+    assert _fc(decode_tile=3, streams=2, **kw).aggregate_tokens_per_s == pytest.approx(1 / single, abs=0.05)
+
+
+def test_host_flops_apply_only_to_a_split():
+    """All layers in RAM (gpu_fraction 0): the extra token's compute is at the forecast's own batch peak (the CPU's
+    batch MFU of peak_flops), host_flops does not enter; nor with every layer on the GPU."""
+    kw = dict(backend="cpu", gpu_fraction=0.0, peak_flops=1e12, streams=2)
+    assert _fc(host_flops=7e12, **kw) == _fc(**kw)
+    assert _fc(host_flops=7e12, streams=2) == _fc(streams=2)
+
+
+def test_a_gpu_of_unknown_bandwidth_adds_no_gpu_read():
+    """gpu_bandwidth_gbs 0 (unknown) with layers on the GPU: no GPU term (not a division by zero); the RAM half
+    still reads at the CPU's efficiency."""
+    cpu, cuda = speed.BACKENDS["cpu"], speed.BACKENDS["cuda"]
+    f = _fc(gpu_fraction=0.5, gpu_bandwidth_gbs=0)
+    assert f.single_stream_tokens_per_s == pytest.approx(1 / (0.5 * 4e9 / (cpu.efficiency * 50e9)
+                                                              + cuda.t0_ms / 1000), abs=0.05)
+
+
+def test_unknown_backends_get_the_default_line():
+    assert speed.backend_params("no-such-backend") == speed.DEFAULT_BACKEND == speed.Backend(0.70, 0.0)
+
+
+def test_expert_share_edges():
+    """ExpertRouting.of: no routing without a positive active expert count; the share depends only on
+    active / params (1 / 4 of the parameters active with 2 of 8 experts: (1 - 0.25) / (1 - 0.25) = 1, all the
+    parameters in experts); an active count of 0 is unusable (MOE_EXPERT_SHARE); a share past 1 (active / params
+    below active / total experts) is capped at 1."""
+    assert speed.ExpertRouting.of(1e9, 1e8, 8, 0) is None
+    assert speed.ExpertRouting.of(1e9, 1e8, 8, None) is None
+    assert speed.ExpertRouting.of(1.0, 0.25, 8, 2).share == pytest.approx(1.0)
+    assert speed.ExpertRouting.of(4e9, 1e9, 8, 2).share == pytest.approx(1.0)
+    assert speed.ExpertRouting.of(1e9, 0, 8, 2).share == speed.MOE_EXPERT_SHARE
+    assert speed.ExpertRouting.of(100e9, 10e9, 8, 2).share == 1.0  # (1 - 0.1) / 0.75 = 1.2, capped
