@@ -369,3 +369,33 @@ def test_expert_share_edges():
     assert speed.ExpertRouting.of(4e9, 1e9, 8, 2).share == pytest.approx(1.0)
     assert speed.ExpertRouting.of(1e9, 0, 8, 2).share == speed.MOE_EXPERT_SHARE
     assert speed.ExpertRouting.of(100e9, 10e9, 8, 2).share == 1.0  # (1 - 0.1) / 0.75 = 1.2, capped
+
+
+def test_step_times_that_do_not_grow_with_the_bytes_fall_back_through_the_origin():
+    """Two points at the same step time (x = 1 s and 2 s at 1 GB/s, t = 2 s each) fit a slope of exactly 0 (an
+    infinite efficiency) and t0 = 2 s; a zero slope is no efficiency, so the fit falls back through the origin:
+    slope = sum(x / t) / sum(x^2 / t^2) = (0.5 + 1) / (0.25 + 1) = 1.2, e = 1 / 1.2, t0 = 0."""
+    e, t0, e16 = speed.fit_backend([(1e9, 1, 0.5), (2e9, 1, 0.5)])
+    assert (e, t0, e16) == (pytest.approx(1 / 1.2), 0.0, 0.0)
+
+
+def test_every_layer_on_the_gpu_reads_nothing_from_ram():
+    """gpu_fraction 1: no RAM term at all, so a host bandwidth of 0 (unknown) does not matter."""
+    cuda = speed.BACKENDS["cuda"]
+    f = _fc(gpu_fraction=1.0, host_bandwidth_gbs=0)
+    assert f.single_stream_tokens_per_s == pytest.approx(1 / (4e9 / (cuda.efficiency * 1000e9) + cuda.t0_ms / 1000),
+                                                         abs=0.05)
+
+
+def test_the_planned_weights_format_decides_the_cpu_tiles(write_stack):
+    """The memory plan's weights format (the file it loads) decides the kind, before the model's quant: a CPU
+    llama.cpp plan whose weights are F16 decodes 2 streams untiled (memory time plus the second token's compute:
+    more than one stream's aggregate), even if the model's quant says Q4_K_M."""
+    sp = _plan(write_stack, "cpu-server-64gb", "llama.cpp", model="llama-3.2-3b-instruct", users=2,
+               extra=", quant: Q4_K_M")
+    mem = dataclasses.replace(sp.memory, weights_format="F16")
+    kw = dict(prompt_tokens=1000, avg_context=1100, threads=8)
+    hw = HW["cpu-server-64gb"]
+    one = speed.service_forecast("llama.cpp", sp.model, mem, hw, users=1, **kw)
+    two = speed.service_forecast("llama.cpp", sp.model, mem, hw, users=2, **kw)
+    assert two.streams == 2 and two.aggregate_tokens_per_s > 1.1 * one.aggregate_tokens_per_s  # tiled: equal
