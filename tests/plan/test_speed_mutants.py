@@ -399,3 +399,25 @@ def test_the_planned_weights_format_decides_the_cpu_tiles(write_stack):
     one = speed.service_forecast("llama.cpp", sp.model, mem, hw, users=1, **kw)
     two = speed.service_forecast("llama.cpp", sp.model, mem, hw, users=2, **kw)
     assert two.streams == 2 and two.aggregate_tokens_per_s > 1.1 * one.aggregate_tokens_per_s  # tiled: equal
+
+
+def test_a_cpu_tile_of_an_moe_model_reads_the_union_of_its_experts():
+    """A ggml CPU tile of 4 streams on an MoE model (8 experts, 2 active, 90% in experts), memory-bound at a high
+    peak: the pass reads read_factor(4) = 2.20 times one token's active weights, so 4 streams decode at
+    4 / (2.20 x one stream's step) in aggregate, not 4 / one stream's step."""
+    moe = speed.ExpertRouting(8, 2, 0.9)
+    cpu = speed.BACKENDS["cpu"]
+    f = _fc(backend="cpu", gpu_fraction=0.0, streams=4, decode_tile=4, peak_flops=1e15, experts=moe)
+    assert f.bound == "memory bandwidth"
+    assert f.aggregate_tokens_per_s == pytest.approx(4 / (moe.read_factor(4) * 4e9 / (cpu.efficiency * 50e9)),
+                                                     abs=0.05)
+
+
+def test_a_split_computes_each_extra_token_on_both_sides():
+    """Half the layers on cuda, half in RAM with host_flops 1 TFLOP/s: the second token's 2 x 8e9 FLOPs run half at
+    cuda's batch MFU of the GPU peak (0.212 x 100 TFLOP/s) and half at the CPU's batch MFU (0.47) of the host's."""
+    cpu, cuda = speed.BACKENDS["cpu"], speed.BACKENDS["cuda"]
+    f = _fc(gpu_fraction=0.5, streams=2, host_flops=1e12)
+    mem = 0.5 * 4e9 / (cuda.efficiency * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
+    compute = 0.5 * 2 * 8e9 / (cuda.batch_mfu * 100e12) + 0.5 * 2 * 8e9 / (cpu.batch_mfu * 1e12)
+    assert f.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
