@@ -421,3 +421,57 @@ def test_a_split_computes_each_extra_token_on_both_sides():
     mem = 0.5 * 4e9 / (cuda.efficiency * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
     compute = 0.5 * 2 * 8e9 / (cuda.batch_mfu * 100e12) + 0.5 * 2 * 8e9 / (cpu.batch_mfu * 1e12)
     assert f.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
+
+
+def test_a_split_states_the_larger_error_of_its_two_sides():
+    """ROCm's stated error (0.10) is below the CPU's (0.15): half the layers in RAM states 0.15, all on the GPU
+    0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the error of the backend named, no split)."""
+    rocm, cpu = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"]
+    assert rocm.error < cpu.error
+    assert _fc(backend="rocm", gpu_fraction=0.5).error == cpu.error
+    assert _fc(backend="rocm", gpu_fraction=1.0).error == rocm.error
+    assert _fc(backend="rocm", gpu_fraction=0.0).error == rocm.error
+
+
+def test_the_single_stream_figure_is_rounded_to_a_tenth():
+    """3e9 bytes at 1000 GB/s on vLLM (t0 = 0): 0.604e12 / 3e9 = 201.33 tokens/s, shown as 201.3."""
+    f = _fc(backend="vllm", weights_bytes=3e9)
+    assert f.single_stream_tokens_per_s == round(0.604e12 / 3e9, 1) == 201.3
+
+
+def test_the_fit_works_in_seconds_as_in_milliseconds():
+    """Slow steps (t = x / 0.5 + 1 s, x = 1 and 2 s: a big model on a slow host) give back e = 0.5, t0 = 1000 ms:
+    the normal equations' small entries (1/t^2 < 1) are no singular matrix."""
+    e, t0, _ = speed.fit_backend(_pts(0.5, 1000.0, [1.0, 2.0]))
+    assert (e, t0) == (pytest.approx(0.5), pytest.approx(1000.0))
+
+
+def test_a_calibrated_knee_and_a_splits_host_compute_scale_with_threads(write_stack):
+    """A calibration whose 4-stream batch reached 10 tokens/s on 2 threads (10 x 2 x 268.1M / 2 = 2.68 GFLOP/s per
+    thread) makes a 3B CPU plan at 4 users compute-bound: its aggregate is that FLOP/s x threads / (2 x active
+    params), for 1 thread half of 2 threads'. A llama.cpp split on an RTX 4090 computes its RAM half of the second
+    token at CPU_FLOPS_PER_THREAD x threads: 1 thread is slower than 2."""
+    from stackgen.host.calibration import EnginePoint
+    cal = EnginePoint(engine="llama.cpp", build=11434, model="g.gguf", model_bytes=246_587_904,
+                      model_params=268_098_176, threads=2, decode_tokens_per_s=50.0, prefill_tokens_per_s=400.0,
+                      rss_bytes=0, planned_bytes=0, efficiency=0.5, t0_ms=2.0, batch_streams=4,
+                      batch_decode_tokens_per_s=10.0)
+    sp = _plan(write_stack, "cpu-server-64gb", "llama.cpp", model="llama-3.2-3b-instruct", users=4)
+    assert sp.memory.parallel >= 4
+    per_thread = 10.0 * 2 * 268_098_176 / 2
+    for threads in (1, 2):
+        f = speed.service_forecast("llama.cpp", sp.model, sp.memory, HW["cpu-server-64gb"], users=4,
+                                   prompt_tokens=1000, avg_context=1100, threads=threads, calibration=cal)
+        assert f.bound == "compute"
+        assert f.aggregate_tokens_per_s == pytest.approx(per_thread * threads / (2 * sp.model.active_params),
+                                                         abs=0.05)
+    gpu = _plan(write_stack, "rtx-4090", "llama.cpp", users=2)
+    mem = dataclasses.replace(gpu.memory, gpu_layers=gpu.memory.total_layers // 2, parallel=2)
+    one, two = (speed.service_forecast("llama.cpp", gpu.model, mem, HW["rtx-4090"], users=2, prompt_tokens=1000,
+                                       avg_context=1100, threads=t) for t in (1, 2))
+    assert one.aggregate_tokens_per_s < two.aggregate_tokens_per_s
+
+
+def test_text_of_two_streams_and_a_wide_error():
+    two = dataclasses.replace(FC, streams=2, error=1.05)
+    assert ", 1.00 s when all 2 arrive together (decode +-105%," in two.text()
