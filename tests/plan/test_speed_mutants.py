@@ -421,6 +421,10 @@ def test_a_split_computes_each_extra_token_on_both_sides():
     mem = 0.5 * 4e9 / (cuda.efficiency * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
     compute = 0.5 * 2 * 8e9 / (cuda.batch_mfu * 100e12) + 0.5 * 2 * 8e9 / (cpu.batch_mfu * 1e12)
     assert f.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
+    # a GPU of 1 TFLOP/s: the GPU half's compute (0.5 x 16e9 / 0.212e12 = 38 ms) shows as much as the host's
+    slow = _fc(gpu_fraction=0.5, streams=2, host_flops=1e12, peak_flops=1e12)
+    compute = 0.5 * 2 * 8e9 / (cuda.batch_mfu * 1e12) + 0.5 * 2 * 8e9 / (cpu.batch_mfu * 1e12)
+    assert slow.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
 
 
 def test_a_split_states_the_larger_error_of_its_two_sides():
