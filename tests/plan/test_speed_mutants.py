@@ -479,3 +479,16 @@ def test_a_calibrated_knee_and_a_splits_host_compute_scale_with_threads(write_st
 def test_text_of_two_streams_and_a_wide_error():
     two = dataclasses.replace(FC, streams=2, error=1.05)
     assert ", 1.00 s when all 2 arrive together (decode +-105%," in two.text()
+
+
+def test_apple_reads_every_layer_at_the_unified_memory_bandwidth(write_stack):
+    """On Apple silicon the layers llama.cpp keeps off Metal (-ngl below the layer count, e.g. past the GPU wired
+    limit) still sit in the one unified memory: the forecast counts them at the GPU's bandwidth (gpu_fraction 1),
+    not as layers in system RAM at the host bandwidth, so half the layers off Metal forecast as all on it."""
+    sp = _plan(write_stack, "m4-16gb", "llama.cpp")
+    hw = HW["m4-16gb"]
+    kw = dict(users=1, prompt_tokens=1000, avg_context=1100, threads=4)
+    half = dataclasses.replace(sp.memory, gpu_layers=sp.memory.total_layers // 2)
+    full = dataclasses.replace(sp.memory, gpu_layers=sp.memory.total_layers)
+    assert speed.service_forecast("llama.cpp", sp.model, half, hw, **kw) == \
+        speed.service_forecast("llama.cpp", sp.model, full, hw, **kw)
