@@ -251,11 +251,6 @@ def fit_batch_mfu(curves: list[tuple[float, float, list[tuple[int, float]]]]) ->
     return math.exp(sum(logs) / len(logs))
 
 
-def per_stream_tokens_per_s(*args, streams: int, **kw) -> float:
-    """What each user sees at `streams` concurrent streams: the aggregate divided by the streams."""
-    return aggregate_tokens_per_s(*args, streams=streams, **kw) / max(1, streams)
-
-
 def prefill_tokens_per_s(active_params: float, peak_tflops: float, backend: str) -> float:
     """Prompt tokens/s when prefill is compute-bound: peak FLOPs x MFU / (2 x active parameters)."""
     if not active_params or not peak_tflops:
@@ -268,13 +263,6 @@ def ttft_seconds(prompt_tokens: int, prefill_rate: float, first_step_s: float = 
     if prefill_rate <= 0:
         return float("inf")
     return prompt_tokens * (1 + queued_prompts) / prefill_rate + first_step_s
-
-
-def queueing_point(max_streams: int, output_tokens: int, aggregate_at_max: float) -> float:
-    """Requests per second past which requests queue: the engine's slots (or KV room) full at aggregate speed."""
-    if output_tokens <= 0 or max_streams <= 0:
-        return 0.0
-    return aggregate_at_max / output_tokens
 
 
 def fit_prefill_mfu(points: list[tuple[float, float, float]]) -> float:
