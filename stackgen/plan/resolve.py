@@ -542,7 +542,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         speed=None if topology is not None else service_forecast(
             chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
             prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads,
-            calibration=calibration),
+            calibration=calibration, output_tokens=svc.workload.output_tokens),
         calibration=calibration,
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))

@@ -16,7 +16,7 @@ Used by the planner and by issue 20's replica sizing (service curve: aggregate t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,11 @@ class Forecast:
     fitted_on: int
     ttft_checked_on: int = 0  # public prefill points behind the TTFT (PREFILL_CHECK; 0: not checked)
     ttft_error: float = 0.0  # their largest |predicted/measured - 1| (0 when not checked)
+    # Where queueing starts: with all `slots` decoding, the engine finishes at most `queue_requests_per_s` requests per second
+    # (each costs its prompt's prefill plus its share of the decode steps, output tokens / the aggregate at the
+    # slots); arrivals past that rate wait. 0 when the workload's output length or the prefill rate is unknown.
+    slots: int = 0
+    queue_requests_per_s: float = 0.0
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "streams": self.streams,
@@ -349,7 +354,8 @@ class Forecast:
                 "aggregate_tokens_per_s": self.aggregate_tokens_per_s,
                 "single_stream_tokens_per_s": self.single_stream_tokens_per_s, "ttft_s": self.ttft_s,
                 "ttft_all_s": self.ttft_all_s, "bound": self.bound, "error": self.error,
-                "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error}
+                "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error,
+                "slots": self.slots, "queue_requests_per_s": self.queue_requests_per_s}
 
     def text(self) -> str:
         def n(count: int, word: str) -> str:
@@ -359,9 +365,12 @@ class Forecast:
         ttft = (f"TTFT +-{self.ttft_error * 100:.0f}%, checked on {n(self.ttft_checked_on, 'public prefill point')}"
                 if self.ttft_checked_on else f"TTFT not checked: no public prefill point for the {self.backend} backend")
         together = (f", {self.ttft_all_s:.2f} s when all {self.streams} arrive together" if self.streams > 1 else "")
+        rate = (f"{self.queue_requests_per_s:.3g} requests/s" if self.queue_requests_per_s >= 1
+                else f"{self.queue_requests_per_s * 60:.3g} requests/min")
+        queue = f"; requests queue past {rate} (all {n(self.slots, 'slot')} busy)" if self.queue_requests_per_s else ""
         return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')} "
                 f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone"
-                f"{together} (decode +-{self.error * 100:.0f}%, {self.backend} backend {fit}; {ttft})")
+                f"{together}{queue} (decode +-{self.error * 100:.0f}%, {self.backend} backend {fit}; {ttft})")
 
 
 def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, streams: int, gpu_fraction: float,
@@ -439,13 +448,15 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
-                     threads: int, calibration=None) -> Forecast:
+                     threads: int, calibration=None, output_tokens: int = 0) -> Forecast:
     """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
     engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth.
     `calibration`: this host's measured engine point (stackgen.host.calibration.EnginePoint); a CPU plan of the
     engine it measured decodes with its efficiency and t0, prefills at its FLOP/s per thread and turns compute-bound
     at its batched-decode FLOP/s per thread (a calibration without that point: the CPU backend's batch_mfu of the
-    nominal CPU_FLOPS_PER_THREAD, as uncalibrated; not the prefill rate, which is ~4x past the knee)."""
+    nominal CPU_FLOPS_PER_THREAD, as uncalibrated; not the prefill rate, which is ~4x past the knee).
+    `output_tokens` (the workload's): also where queueing starts (Forecast.queue_requests_per_s), from the same model at all
+    of the engine's slots."""
     from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
     from stackgen import engines
     from stackgen.plan.memory import _kv_bytes_read
@@ -473,16 +484,24 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
         batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * max(1, threads) or \
             fit.batch_mfu * peak
         peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
-    return forecast(backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
-                    streams=min(max(1, users), max(1, mem.parallel)), gpu_fraction=gpu_fraction,
-                    gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
-                    active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-                    params=params, weights=weight_kind(mem.weights_format or model.quant),
-                    experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
-                                             model.experts_active), batch_flops=batch_flops,
-                    decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0
-                    and weight_kind(mem.weights_format or model.quant) == "quantized" else 0,
-                    host_flops=CPU_FLOPS_PER_THREAD * max(1, threads))
+    slots = max(1, mem.parallel)
+    kind = weight_kind(mem.weights_format or model.quant)
+    kw = dict(weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
+              gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
+              active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
+              params=params, weights=kind,
+              experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
+              batch_flops=batch_flops,
+              decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized"
+              else 0,
+              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads))
+    fc = forecast(backend, streams=min(max(1, users), slots), **kw)
+    if output_tokens <= 0 or not fc.single_stream_tokens_per_s or fc.ttft_s == float("inf"):
+        return fc
+    full = fc if fc.streams == slots else forecast(backend, streams=slots, **kw)
+    prefill_s = max(0.0, fc.ttft_s - 1 / fc.single_stream_tokens_per_s)  # the prompt alone, without its first step
+    per_request = prefill_s + output_tokens / full.aggregate_tokens_per_s if full.aggregate_tokens_per_s else 0.0
+    return replace(fc, slots=slots, queue_requests_per_s=round(1 / per_request, 4) if per_request > 0 else 0.0)
 
 
 def forecast_at(sp, hw, users: int) -> Forecast | None:
@@ -499,5 +518,5 @@ def forecast_at(sp, hw, users: int) -> Forecast | None:
         return None
     wl = sp.workload
     return service_forecast(sp.engine, sp.model, sp.memory, hw, users=users, prompt_tokens=wl.prompt_tokens,
-                            threads=sp.threads, calibration=sp.calibration,
+                            threads=sp.threads, calibration=sp.calibration, output_tokens=wl.output_tokens,
                             avg_context=min(sp.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))

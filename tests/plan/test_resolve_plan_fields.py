@@ -72,7 +72,12 @@ def test_serve_settings_speed_and_port_reach_the_service_plan(write_stack):
     assert (sp.tls.cert_file, sp.tls.key_file) == ("/etc/c.pem", "/etc/k.pem")
     hw = HW["rtx-4090"]
     assert sp.speed == service_forecast("llama.cpp", sp.model, sp.memory, hw, users=1, prompt_tokens=3000,
-                                        avg_context=3500, threads=16)
+                                        avg_context=3500, threads=16, output_tokens=1000)
+    # where queueing starts: one slot, each request its prompt's prefill plus 1000 tokens at the one-stream rate
+    fc = sp.speed
+    assert fc.slots == 1
+    assert 1 / fc.queue_requests_per_s == pytest.approx((fc.ttft_s - 1 / fc.single_stream_tokens_per_s)
+                                             + 1000 / fc.aggregate_tokens_per_s, rel=0.01)
     assert sp.speed is not None and sp.speed.per_user_tokens_per_s > 0
     assert (sp.predicted_decode_tokens_per_s, sp.bottleneck) == predict_decode_tokens_per_s(sp.model, sp.memory, hw,
                                                                                             3500)

@@ -230,7 +230,8 @@ services:
     def again():
         return speed.service_forecast(sp.engine, m, sp.memory, hw, users=8, prompt_tokens=wl.prompt_tokens,
                                       threads=sp.threads, avg_context=min(sp.memory.context_per_request,
-                                                                          wl.prompt_tokens + wl.output_tokens // 2))
+                                                                          wl.prompt_tokens + wl.output_tokens // 2),
+                                      output_tokens=wl.output_tokens)
     moe = again()
     assert moe == sp.speed  # what the plan prints
     monkeypatch.setattr(speed.ExpertRouting, "of", classmethod(lambda cls, *a: None))  # the dense reading
@@ -260,7 +261,8 @@ def test_a_16bit_plan_decodes_at_the_backends_16bit_efficiency(write_stack):
         other = replace(sp.memory, weights_format="Q4_K_M" if quant == "F16" else "F16")
         kw = dict(users=1, prompt_tokens=sp.workload.prompt_tokens, threads=sp.threads,
                   avg_context=min(sp.memory.context_per_request,
-                                  sp.workload.prompt_tokens + sp.workload.output_tokens // 2))
+                                  sp.workload.prompt_tokens + sp.workload.output_tokens // 2),
+                  output_tokens=sp.workload.output_tokens)
         mine = speed.service_forecast("llama.cpp", sp.model, sp.memory, hw, **kw)
         swapped = speed.service_forecast("llama.cpp", sp.model, other, hw, **kw)
         assert mine == sp.speed
@@ -319,3 +321,29 @@ services:
     else:
         assert two.aggregate_tokens_per_s > 1.2 * one.aggregate_tokens_per_s
     assert (service_curve(sp, hw).decode_tile == speed.GGML_CPU_DECODE_TILE) == tiled
+
+
+def test_the_plan_says_where_queueing_starts(tmp_path):
+    """Issue 13's "the point where queueing starts": with every slot decoding, each request costs the engine its
+    prompt's prefill plus output tokens / the aggregate at all the slots; past 1 / that many requests per second
+    arrivals wait. The plan's forecast carries it (JSON and text) from the same model at all the slots."""
+    from tools.stacks import plan_for
+    plan = plan_for(tmp_path, """
+version: 1
+hardware: rtx-4090
+workload: {concurrent_users: 2, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}
+services:
+  chat: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M}
+""")
+    sp, hw = plan.services[0], plan.hardware
+    fc = sp.speed
+    assert fc.slots == sp.memory.parallel >= 2
+    full = speed.forecast_at(sp, hw, fc.slots)
+    prefill = fc.ttft_s - 1 / fc.single_stream_tokens_per_s
+    assert 1 / fc.queue_requests_per_s == pytest.approx(prefill + 300 / full.aggregate_tokens_per_s, rel=0.01)
+    assert fc.to_json()["queue_requests_per_s"] == fc.queue_requests_per_s
+    assert "requests queue past" in fc.text() and f"all {fc.slots} slots busy" in fc.text()
+    # a longer answer holds a slot longer: queueing starts at a lower request rate
+    longer = speed.service_forecast(sp.engine, sp.model, sp.memory, hw, users=2, prompt_tokens=1000,
+                                    avg_context=1150, threads=sp.threads, output_tokens=600)
+    assert longer.queue_requests_per_s < fc.queue_requests_per_s
