@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stackgen.run.bench import drive, summarize  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 from stackgen.run.up import VERIFY_PROMPT  # noqa: E402
 
 STACK = ROOT / "examples" / "quickstart" / "stack.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load() -> str:
