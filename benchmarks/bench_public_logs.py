@@ -15,12 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from stackgen import engines  # noqa: E402
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
 from public_logs import (partial_offload_inputs, partial_offload_stated_error,  # noqa: E402
-                         predict_llamacpp_case, predict_ollama_case, predict_partial_offload, predict_prefill,
+                         predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
+                         predict_prefill,
                          predict_service_curve_point, predict_vllm_case, predict_vllm_concurrency_point,
-                         predict_vllm_kv_case, prefill_inputs)
+                         predict_vllm_kv_case, prefill_inputs, speed_line)
 
 FIX = ROOT / "tests" / "fixtures" / "public-logs"
 
@@ -86,25 +88,38 @@ def speed_rows() -> list[str]:
     out = ["| point | backend | weights | set | predicted tok/s | measured | ratio |", "|---|---|---|---|---:|---:|---:|"]
     within = 0
     errors: dict[str, list[float]] = {"fitted": [], "held out": []}
+    dated: dict[str, list[float]] = {}  # held-out points carrying `date:` (corpus2's 2025-2026 check), by backend
     for p in pts:
-        pred = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], p["backend"],
-                                                p.get("weights", "quantized"))
+        pred = predict_decode(p)
         r = pred / p["tokens_per_s"]
         within += abs(r - 1) <= 0.15
         kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
         if kind in errors:
             errors[kind].append(abs(r - 1))
-        out.append(f"| {p['id']} | {p['backend']} | {p.get('weights', 'quantized')} | {kind} | {pred:.1f} | "
+        if kind == "held out" and p.get("date"):
+            dated.setdefault(p["backend"], []).append(abs(r - 1))
+        line = p["backend"] if speed_line(p["backend"]) == p["backend"] else f"{p['backend']} (on {speed_line(p['backend'])})"
+        out.append(f"| {p['id']} | {line} | {p.get('weights', 'quantized')} | {kind} | {pred:.1f} | "
                    f"{p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
     for kind, errs in errors.items():
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
+    if dated:
+        n = sum(len(e) for e in dated.values())
+        close = sum(x <= 0.15 for e in dated.values() for x in e)
+        out.append(f"\nHeld-out points with a `date:` (2025-2026 builds and runs, benchmarks/results/corpus2-candidates.md; "
+                   f"outliers aside): {close} of {n} within 15%, by backend:")
+        for backend in sorted(dated):
+            e = dated[backend]
+            out.append(f"- {backend}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
+                       f"{sum(x <= 0.25 for x in e)} within 25%, mean |error| {100 * sum(e) / len(e):.1f}%, "
+                       f"max {100 * max(e):.1f}%")
     out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
                "backend has 2+ points of each kind), and leave-one-out: each fitted point predicted by the fit of the "
                "backend's other fitted points (backends with 3+ fitted points):")
-    for backend in sorted({p["backend"] for p in pts}):
+    for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [_fit_point(p) for p in fitted]
         e, t0, e16 = speed.fit_backend(sel)
@@ -115,6 +130,10 @@ def speed_rows() -> list[str]:
             loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
                    f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
         out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms over {len(sel)} points{loo}")
+    for backend in sorted({p["backend"] for p in pts} - set(speed.BACKENDS)):
+        n, err, _, _ = engines.get(backend).speed_check
+        out.append(f"- {backend}: no line of its own, its {n} points check the {speed_line(backend)} line its plans use "
+                   f"(largest error {err * 100:.0f}%, the decode error its plans state: Engine.speed_check)")
     return out
 
 
@@ -200,12 +219,16 @@ def prefill_rows() -> list[str]:
                        f"max {100 * max(errs):.1f}%")
     out.append("\nprefill_mfu per backend (log least squares over the points neither held out nor outliers), and the "
                "TTFT check the plan prints (speed.PREFILL_CHECK):")
-    for backend in sorted({p["backend"] for p in pts}):
+    for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):
         sel = [prefill_inputs(p) for p in pts if p["backend"] == backend and not p.get("outlier")
                and not p.get("held_out")]
         n, err = speed.PREFILL_CHECK.get(backend, (0, 0.0))
         out.append(f"- {backend}: prefill_mfu = {speed.fit_prefill_mfu(sel):.3f} over {len(sel)} points; "
                    f"checked on {n}, largest error {err * 100:.0f}%")
+    for backend in sorted({p["backend"] for p in pts} - set(speed.BACKENDS)):
+        _, _, n, err = engines.get(backend).speed_check
+        out.append(f"- {backend}: no line of its own, its points check the {speed_line(backend)} line its plans use; "
+                   f"checked on {n}, largest error {err * 100:.0f}% (what its plans print)")
     return out
 
 

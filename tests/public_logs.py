@@ -112,11 +112,29 @@ def prefill_inputs(p: dict) -> tuple[float, float, float]:
     return p["params_b"] * 1e9, peak, p["tokens_per_s"]
 
 
+def speed_line(backend: str) -> str:
+    """The fitted line (a speed.BACKENDS key) a fixture point's `backend` is checked against: its own, or for an
+    engine that has no line of its own the one its plans decode and prefill on -- `sglang` points check the line
+    stackgen.engines.sglang.SGLang.speed_backend names (vLLM's), so they test what an SGLang plan prints."""
+    from stackgen import engines
+    from stackgen.plan import speed
+    if backend in speed.BACKENDS:
+        return backend
+    return engines.get(backend).speed_backend
+
+
+def predict_decode(p: dict) -> float:
+    """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line."""
+    from stackgen.plan import speed
+    return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
+                                            p.get("weights", "quantized"))
+
+
 def predict_prefill(p: dict) -> float:
-    """stackgen's prefill tokens/s for the point's model, device and backend."""
+    """stackgen's prefill tokens/s for the point's model, device and backend (its line: speed_line)."""
     from stackgen.plan.speed import prefill_tokens_per_s
     params, peak, _ = prefill_inputs(p)
-    return prefill_tokens_per_s(params, peak / 1e12, p["backend"])
+    return prefill_tokens_per_s(params, peak / 1e12, speed_line(p["backend"]))
 
 
 def partial_offload_inputs(fix: dict, p: dict) -> dict:

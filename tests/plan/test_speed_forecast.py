@@ -347,3 +347,28 @@ services:
     longer = speed.service_forecast(sp.engine, sp.model, sp.memory, hw, users=2, prompt_tokens=1000,
                                     avg_context=1150, threads=sp.threads, output_tokens=600)
     assert longer.queue_requests_per_s < fc.queue_requests_per_s
+
+
+def test_an_sglang_plan_states_what_sglangs_own_points_show(tmp_path):
+    """SGLang plans decode and prefill on vLLM's line (engines/sglang.py speed_backend); the error and the TTFT check
+    they print are those SGLang's own public points show on that line (Engine.speed_check), not the ones vLLM's
+    points show -- the same speed figures, another stated check."""
+    from stackgen import engines
+    from tools.stacks import plan_for
+    stack = """
+version: 1
+hardware: h100-80gb
+workload: {concurrent_users: 1, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 200}
+serve: {api_key_env: CHAT_API_KEY}
+services:
+  chat: {model: llama-3.1-8b-instruct, engine: %s}
+"""
+    sg = plan_for(tmp_path / "sg", stack % "sglang").services[0].speed
+    vl = plan_for(tmp_path / "vl", stack % "vllm").services[0].speed
+    assert sg.backend == vl.backend == "vllm"
+    assert sg.single_stream_tokens_per_s == vl.single_stream_tokens_per_s and sg.ttft_s == vl.ttft_s
+    assert (vl.error, vl.ttft_checked_on, vl.ttft_error) == (speed.BACKENDS["vllm"].error, *speed.PREFILL_CHECK["vllm"])
+    _, decode_error, n, err = engines.get("sglang").speed_check
+    assert sg.error == decode_error and (sg.ttft_checked_on, sg.ttft_error) == (n, err)
+    assert f"decode +-{decode_error * 100:.0f}%" in sg.text()
+    assert f"TTFT +-{err * 100:.0f}%, checked on {n} public prefill points" in sg.text()

@@ -427,9 +427,12 @@ def test_a_split_computes_each_extra_token_on_both_sides():
     assert slow.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
 
 
-def test_a_split_states_the_larger_error_of_its_two_sides():
-    """ROCm's stated error (0.10) is below the CPU's (0.15): half the layers in RAM states 0.15, all on the GPU
-    0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the error of the backend named, no split)."""
+def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
+    """A GPU backend stating a smaller error (0.10 here) than the CPU's (0.15): half the layers in RAM states 0.15,
+    all on the GPU 0.10, and none on the GPU (gpu_fraction 0) the named backend's own 0.10 (no split). ROCm's own
+    figure grew past the CPU's with corpus2's held-out points, so the test sets the 0.10 it needs."""
+    from dataclasses import replace
+    monkeypatch.setitem(speed.BACKENDS, "rocm", replace(speed.BACKENDS["rocm"], error=0.10))
     rocm, cpu = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"]
     assert rocm.error < cpu.error
     assert _fc(backend="rocm", gpu_fraction=0.5).error == cpu.error
