@@ -151,7 +151,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         else:
             g, tp, frac = min(gpus, key=lambda x: x.bandwidth_gbs), max(1, m.tensor_parallel), frac_gpu
         backend = backend_for(engines.get(sp.engine).speed_backend, g.vendor, g.tier)
-        b = backend_params(backend)
+        b = backend_params(backend, getattr(sp, "engine_build", None))
         kind = weight_kind(m.weights_format or model.quant)
         bw = g.bandwidth_gbs * 1e9 * tp
         peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp

@@ -492,3 +492,83 @@ def test_apple_reads_every_layer_at_the_unified_memory_bandwidth(write_stack):
     full = dataclasses.replace(sp.memory, gpu_layers=sp.memory.total_layers)
     assert speed.service_forecast("llama.cpp", sp.model, half, hw, **kw) == \
         speed.service_forecast("llama.cpp", sp.model, full, hw, **kw)
+
+
+# --- the llama.cpp build term (Backend.build_before, t0_before_ms) ------------------------------------------------
+
+def _old(pts):
+    """The same points marked as builds before the backend's build_before (fit_backend_build's fifth element)."""
+    return [(*p, True) for p in pts]
+
+
+def test_fit_backend_build_recovers_an_older_builds_overhead():
+    """Current builds exactly on t = x / 0.7 + 0.5 ms and older ones on t = x / 0.7 + 0.5 + 1.5 ms (two of each
+    kind, 16-bit at 0.9): the fit gives back e = 0.7, t0 = 0.5 ms, e_16bit = 0.9 and t0_before = 1.5 ms."""
+    new = _pts(0.7, 0.5, [0.002, 0.01]) + _pts(0.9, 0.5, [0.004, 0.012], "16bit")
+    old = _old(_pts(0.7, 2.0, [0.003, 0.02]) + _pts(0.9, 2.0, [0.005], "16bit"))
+    e, t0, e16, t0b = speed.fit_backend_build(new + old)
+    assert (e, t0, e16, t0b) == (pytest.approx(0.7), pytest.approx(0.5), pytest.approx(0.9), pytest.approx(1.5))
+    # without the era marks the plain fit cannot put both eras on one line: not the same figures
+    assert speed.fit_backend([p[:4] for p in new + old])[1] != pytest.approx(0.5)
+
+
+def test_fit_backend_build_needs_two_points_of_each_era_and_a_positive_term():
+    """One older point is not enough for a term of its own (it would be that point's exact fit): t0_before = 0 and
+    the rest is fit_backend's over every point; so for one current point. Older builds that were faster (a
+    negative term) are not the physical story (a per-step overhead later builds removed): no term either."""
+    new = _pts(0.7, 0.5, [0.002, 0.01, 0.03])
+    one_old = _old(_pts(0.7, 2.0, [0.005]))
+    assert speed.fit_backend_build(new + one_old) == (*speed.fit_backend([p[:4] for p in new + one_old]), 0.0)
+    one_new = new[:1] + _old(_pts(0.7, 2.0, [0.005, 0.02]))
+    assert speed.fit_backend_build(one_new) == (*speed.fit_backend([p[:4] for p in one_new]), 0.0)
+    faster = new + _old(_pts(0.7, 0.1, [0.005, 0.02]))
+    assert speed.fit_backend_build(faster) == (*speed.fit_backend([p[:4] for p in faster]), 0.0)
+    # unmarked points (no fifth element) are current builds: the plain fit with no term
+    assert speed.fit_backend_build(new) == (*speed.fit_backend(new), 0.0)
+
+
+def test_backend_params_adds_the_older_builds_overhead_below_the_cut():
+    """CUDA builds before LLAMA_CUDA_GRAPHS_BUILD plan t0 + t0_before; the cut itself, newer builds and an unknown
+    build (None) the current era's t0; a backend without a build term (Metal) the same at any build."""
+    cuda = speed.BACKENDS["cuda"]
+    cut = speed.LLAMA_CUDA_GRAPHS_BUILD
+    assert cuda.build_before == cut and cuda.t0_before_ms > 0
+    assert speed.backend_params("cuda", cut - 1).t0_ms == pytest.approx(cuda.t0_ms + cuda.t0_before_ms)
+    assert speed.backend_params("cuda", cut - 1).efficiency == cuda.efficiency
+    for build in (cut, cut + 1, None, 10488):
+        assert speed.backend_params("cuda", build) == cuda
+    assert speed.backend_params("metal", 1) == speed.BACKENDS["metal"]
+
+
+def test_step_seconds_of_an_older_build_is_longer_by_its_overhead():
+    """1e9 bytes at 1000 GB/s on CUDA: x / (e x BW) + t0 for the current build, + t0_before for b1786 (PR 4812's
+    January-2024 build)."""
+    cuda = speed.BACKENDS["cuda"]
+    now = speed.step_seconds(1e9, 1000, "cuda")
+    assert now == pytest.approx(1e9 / (cuda.efficiency * 1000e9) + cuda.t0_ms / 1000, rel=1e-12)
+    assert speed.step_seconds(1e9, 1000, "cuda", build=1786) - now == pytest.approx(cuda.t0_before_ms / 1000)
+    assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", build=1786) == pytest.approx(
+        1 / (now + cuda.t0_before_ms / 1000))
+    assert speed.aggregate_tokens_per_s(1e9, 0, 1000, "cuda", 1, build=1786) == pytest.approx(
+        1 / (now + cuda.t0_before_ms / 1000))
+
+
+def test_a_plan_for_an_older_llamacpp_build_forecasts_its_overhead(write_stack):
+    """The stack's engine_version reaches the speed model: a llama.cpp plan on an RTX 4090 for b1786 carries that
+    build (ServicePlan.engine_build) and decodes one stream in t0_before more per token than the plan for the
+    default build; forecast_at at another user count and the capacity service curve use the same build."""
+    from stackgen.plan.capacity import service_curve
+    from stackgen.plan.memory import LLAMA_TARGET_BUILD
+    cuda = speed.BACKENDS["cuda"]
+    new = _plan(write_stack, "rtx-4090", "llama.cpp")
+    old = _plan(write_stack, "rtx-4090", "llama.cpp", extra=", engine_version: b1786")
+    assert (new.engine_build, old.engine_build) == (LLAMA_TARGET_BUILD, 1786)
+    gap = 1 / old.speed.single_stream_tokens_per_s - 1 / new.speed.single_stream_tokens_per_s
+    assert gap == pytest.approx(cuda.t0_before_ms / 1000, abs=0.01e-3)  # the forecast rounds to 0.1 tokens/s
+    hw = HW["rtx-4090"]
+    two_new, two_old = speed.forecast_at(new, hw, 2), speed.forecast_at(old, hw, 2)
+    assert two_old.single_stream_tokens_per_s == old.speed.single_stream_tokens_per_s
+    assert two_old.per_user_tokens_per_s < two_new.per_user_tokens_per_s
+    assert service_curve(old, hw).t0_s - service_curve(new, hw).t0_s == pytest.approx(cuda.t0_before_ms / 1000)
+    # a vLLM plan has no llama.cpp build
+    assert _plan(write_stack, "rtx-4090", "vllm").engine_build is None
