@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tuning import Server, engines_env, free_port, set_flag, stack_text, stackgen_plan  # noqa: E402
+from bench_tuning import Server, engines_env, set_flag, stack_text, stackgen_plan  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 
 from stackgen.run import bench  # noqa: E402
 

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from stackgen.host.facts import detect  # noqa: E402
 from stackgen.run.readiness import Endpoint, complete  # noqa: E402
 from stackgen.run.lifecycle import down, status  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 from stackgen.run.results import UpOptions  # noqa: E402
 from stackgen.run.up import up  # noqa: E402
 from stackgen.plan.resolve import resolve  # noqa: E402
@@ -36,12 +36,6 @@ from stackgen.run.state import StateDir  # noqa: E402
 from stackgen.run.supervise import RestartPolicy  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "restart.md"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_stack(folder: Path, port: int) -> Path:

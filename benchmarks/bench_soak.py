@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_tuning import Server, engines_env, free_port, set_flag, stack_text, stackgen_plan  # noqa: E402
+from bench_tuning import Server, engines_env, set_flag, stack_text, stackgen_plan  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 
 from stackgen.run import bench  # noqa: E402
 
@@ -143,17 +144,8 @@ def drive(port: int, model: str, duration: float) -> dict:
 
 def run_config(name: str, argv: list[str], env: dict[str, str], port: int, model: str, duration: float,
                log: Path) -> dict:
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # Server inherits os.environ; restored right after the start
     t = time.monotonic()
-    try:
-        srv = Server(argv, port, log, budget_s=300.0).__enter__()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    srv = Server(argv, port, log, budget_s=300.0, env=env).__enter__()
     startup = time.monotonic() - t
     try:
         for i in range(2):  # warm-up: the first requests load (MLX) or allocate

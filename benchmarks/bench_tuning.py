@@ -17,7 +17,6 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from stackgen.run import bench  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 
 USERS = 8
 PROMPT_TOKENS = 64
@@ -52,25 +52,20 @@ def engines_env() -> dict[str, str]:
     return out
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Server:
-    """llama-server in its own process group; killed (TERM, then KILL) on exit."""
+    """llama-server in its own process group; killed (TERM, then KILL) on exit. `env`: variables set for the
+    server on top of this process's environment."""
 
-    def __init__(self, argv: list[str], port: int, log: Path, budget_s: float = 180.0):
+    def __init__(self, argv: list[str], port: int, log: Path, budget_s: float = 180.0,
+                 env: dict[str, str] | None = None):
         self.argv, self.port, self.log, self.budget_s = argv, port, log, budget_s
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Server":
         self.fh = open(self.log, "wb")
         self.proc = subprocess.Popen(self.argv, stdout=self.fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env)
         deadline = time.monotonic() + self.budget_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

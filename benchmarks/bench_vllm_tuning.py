@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_tuning import Server, engines_env, free_port, mem_gib, set_flag, stack_text, stackgen_plan  # noqa: E402
+from bench_tuning import Server, engines_env, mem_gib, set_flag, stack_text, stackgen_plan  # noqa: E402
+from stackgen.run.preflight import free_port  # noqa: E402
 
 from stackgen.run import bench  # noqa: E402
 
@@ -85,16 +86,7 @@ def engine_config(log: Path) -> str:
 def measure(argv: list[str], env: dict[str, str], model: str, port: int, log: Path, requests: int,
             budget_s: float) -> tuple[bench.BenchResult, float]:
     t = time.monotonic()
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # Server inherits os.environ; restored right after the start
-    try:
-        srv = Server(argv, port, log, budget_s=budget_s).__enter__()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    srv = Server(argv, port, log, budget_s=budget_s, env=env).__enter__()
     startup = time.monotonic() - t
     try:
         for i in range(2):  # warm-up (first requests compile/allocate)

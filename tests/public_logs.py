@@ -117,3 +117,59 @@ def predict_prefill(p: dict) -> float:
     from stackgen.plan.speed import prefill_tokens_per_s
     params, peak, _ = prefill_inputs(p)
     return prefill_tokens_per_s(params, peak / 1e12, p["backend"])
+
+
+def partial_offload_inputs(fix: dict, p: dict) -> dict:
+    """The forecast's inputs for a point of partial_offload.yaml: the model (ModelFacts from the fixture's catalog
+    entry), the host, memory.py's layer split of the file and the GPU share of the bytes three ways:
+    `gpu_fraction` (memory.LayerSplit: the output layer and ngl - 1 repeating layers of the whole file, the token
+    embedding in host memory; the one the check uses), `gpu_fraction_layers` (service_forecast's today:
+    mem.gpu_layers / mem.total_layers) and `gpu_fraction_read` (of the bytes a decode step reads: the file less the
+    token embedding, of which a step gathers one row; a diagnostic, not stackgen's model)."""
+    from stackgen.models.facts import ModelFacts
+    from stackgen.plan.memory import llamacpp_layer_split
+    host, m = fix["hosts"][p["host"]], fix["models"][p["model"]]
+    model = ModelFacts.from_catalog(p["model"], m["catalog"])
+    weights = int(float(m["file_bytes"]))
+    split = llamacpp_layer_split(model, weights, m["quant"])
+    ngl = min(int(p["ngl"]), model.layers)
+    on_gpu = split.gpu_weights(ngl, model.layers) if ngl < model.layers else weights
+    return {"model": model, "host": host, "weights": weights, "split": split, "ngl": ngl,
+            "gpu_fraction": on_gpu / weights,
+            "gpu_fraction_layers": ngl / model.layers,
+            "gpu_fraction_read": min(1.0, on_gpu / (weights - split.input)),
+            "gpu_bandwidth_gbs": min(g["bandwidth_gbs"] for g in host["gpus"])}
+
+
+def predict_partial_offload(fix: dict, p: dict, rule: str = "memory") -> float:
+    """stackgen's single-stream decode tokens/s (speed.forecast, as `stackgen plan` prints it: one decimal) for a
+    partial_offload.yaml point: one token's active weights and the stream's KV cache, the GPU share at the GPU
+    backend's fit of the slowest GPU's bandwidth, the rest at the CPU backend's fit of the host's peak RAM bandwidth.
+    `rule` picks the GPU share (partial_offload_inputs): "memory" (memory.py's byte share of the file, the check),
+    "layers" (service_forecast's layer count) or "read" (the bytes a decode step reads, the token embedding left
+    out of the weights too)."""
+    from stackgen.plan import speed
+    i = partial_offload_inputs(fix, p)
+    model, host = i["model"], i["host"]
+    backend = speed.backend_for(None, "nvidia", host["gpus"][0].get("tier"))
+    weights = i["weights"] - (i["split"].input if rule == "read" and i["ngl"] < model.layers else 0)
+    share = {"memory": i["gpu_fraction"], "layers": i["gpu_fraction_layers"], "read": i["gpu_fraction_read"]}[rule]
+    fc = speed.forecast(backend, weights_bytes=weights * model.active_params / model.params,
+                        kv_bytes_per_stream=float(p["kv_bytes"]), streams=1, gpu_fraction=share,
+                        gpu_bandwidth_gbs=i["gpu_bandwidth_gbs"], host_bandwidth_gbs=host["ram_bandwidth_gbs"],
+                        active_params=model.active_params, peak_flops=0.0, prompt_tokens=0,
+                        experts=speed.ExpertRouting.of(model.params, model.active_params, model.experts_total,
+                                                       model.experts_active))
+    return fc.single_stream_tokens_per_s
+
+
+def partial_offload_stated_error(fix: dict, p: dict) -> float:
+    """The error the plan states for the point's forecast (Forecast.error: a partial offload takes the larger of the
+    GPU and CPU backends' stated errors)."""
+    from stackgen.plan import speed
+    i = partial_offload_inputs(fix, p)
+    backend = speed.backend_for(None, "nvidia", i["host"]["gpus"][0].get("tier"))
+    fc = speed.forecast(backend, weights_bytes=1e9, kv_bytes_per_stream=0.0, streams=1, gpu_fraction=i["gpu_fraction"],
+                        gpu_bandwidth_gbs=i["gpu_bandwidth_gbs"], host_bandwidth_gbs=i["host"]["ram_bandwidth_gbs"],
+                        active_params=1e9, peak_flops=0.0, prompt_tokens=0)
+    return fc.error

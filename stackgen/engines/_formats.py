@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stackgen.engines.base import Unsupported
+from stackgen.engines.base import Unsupported, Weights
 from stackgen.models.facts import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
 
 # Nearest GGUF type for a non-GGUF request.
@@ -54,6 +54,16 @@ def hf_checkpoint(model, who: str) -> tuple[str, int, str, str]:
                    f"plan counts the fp8 size in memory ({size / 1e9:.1f} GB)")
             note = f"{note}; {dyn}" if note else dyn
     return fmt, size, source, note
+
+
+def safetensors_weights(model, who: str, gguf_why: str) -> Weights:
+    """The weights of an engine that serves HF safetensors checkpoints only (`who`: "vLLM", "SGLang"): a GGUF or an
+    Ollama-registry model is refused (`gguf_why`: why its GGUF loader will not do), else hf_checkpoint's."""
+    if model.source == "gguf":
+        raise Unsupported(f"serves HF safetensors checkpoints; {gguf_why}")
+    if model.source == "ollama":
+        raise Unsupported(f"the model comes from Ollama's registry; {who} needs an HF checkpoint")
+    return Weights(*hf_checkpoint(model, who))
 
 
 def quantize_on_load(model, fmt: str) -> bool:

@@ -22,6 +22,21 @@ class Unsupported(Exception):
     """This engine cannot serve this model/hardware; the message is the reason a user would accept."""
 
 
+def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float, cc: str) -> str | None:
+    """Why an engine built for CUDA and ROCm server GPUs (vLLM, SGLang) cannot serve on `hw`'s GPUs, None when it
+    can: Intel GPUs only (`intel`), AMD without an Instinct datacenter GPU (`amd`), an NVIDIA GPU below compute
+    capability `min_cc` (`cc`)."""
+    vendors = {g.vendor for g in hw.gpus}
+    if vendors <= {"intel"}:
+        return intel
+    if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
+        return amd
+    ccs = [float(g.compute_capability) for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability]
+    if ccs and min(ccs) < min_cc:
+        return cc
+    return None
+
+
 @dataclass(frozen=True)
 class Weights:
     format: str  # GGUF quant (Q4_K_M), HF dtype (bf16/awq/fp8) or MLX bits (4bit)

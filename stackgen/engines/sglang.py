@@ -31,9 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from stackgen.engines._formats import hf_checkpoint, quantize_on_load
+from stackgen.engines._formats import quantize_on_load, safetensors_weights
 from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
-                                   Unsupported, Weights, _choice, _fraction, _int, apply_overrides, tls_args)
+                                   Weights, server_gpu_refusal, _choice, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
                              context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request, with_rope)
@@ -271,24 +271,13 @@ class SGLang(Engine):
         if not hw.gpus:
             return ("needs a CUDA GPU (its CPU backend targets Xeon servers with AMX and is not a supported serving "
                     "setup); this machine has none")
-        vendors = {g.vendor for g in hw.gpus}
-        if vendors <= {"intel"}:
-            return "has no backend for Intel Arc GPUs (llama.cpp's SYCL/Vulkan serve them)"
-        if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
-            return "its ROCm builds target AMD Instinct (MI300-class) GPUs; consumer Radeon cards are llama.cpp's"
-        if "nvidia" in vendors:
-            ccs = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability]
-            if ccs and min(float(c) for c in ccs) < 7.5:
-                return "needs NVIDIA compute capability 7.5 (Turing) or newer for its FlashInfer/Triton kernels"
-        return None
+        return server_gpu_refusal(
+            hw, intel="has no backend for Intel Arc GPUs (llama.cpp's SYCL/Vulkan serve them)",
+            amd="its ROCm builds target AMD Instinct (MI300-class) GPUs; consumer Radeon cards are llama.cpp's",
+            min_cc=7.5, cc="needs NVIDIA compute capability 7.5 (Turing) or newer for its FlashInfer/Triton kernels")
 
     def weights(self, model: ModelFacts) -> Weights:
-        if model.source == "gguf":
-            raise Unsupported("serves HF safetensors checkpoints; its GGUF loading is limited to a few architectures")
-        if model.source == "ollama":
-            raise Unsupported("the model comes from Ollama's registry; SGLang needs an HF checkpoint")
-        fmt, size, source, note = hf_checkpoint(model, "SGLang")
-        return Weights(fmt, size, source, note)
+        return safetensors_weights(model, "SGLang", "its GGUF loading is limited to a few architectures")
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:

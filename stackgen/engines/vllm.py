@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from stackgen.engines._formats import hf_checkpoint, quantize_on_load
+from stackgen.engines._formats import quantize_on_load, safetensors_weights
 from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
-                                   Unsupported, Weights, _fraction, _int, apply_overrides, tls_args)
+                                   Weights, server_gpu_refusal, _fraction, _int, apply_overrides, tls_args)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, plan_vllm_multinode, with_rope
 from stackgen.models.facts import LongContext, ModelFacts
@@ -120,24 +120,14 @@ class Vllm(Engine):
             if explicit:
                 return None  # vLLM's CPU backend: allowed when asked for by name (tests, development)
             return "needs a CUDA or ROCm GPU for PagedAttention and continuous batching; this machine has none"
-        vendors = {g.vendor for g in hw.gpus}
-        if vendors <= {"intel"}:
-            return "its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)"
-        if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
-            return "its ROCm builds target AMD Instinct datacenter GPUs; consumer Radeon cards are llama.cpp's (ROCm/Vulkan)"
-        if "nvidia" in vendors:
-            ccs = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability]
-            if ccs and min(float(c) for c in ccs) < 7.0:
-                return "needs NVIDIA compute capability 7.0 or newer"
-        return None
+        return server_gpu_refusal(
+            hw, intel="its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)",
+            amd="its ROCm builds target AMD Instinct datacenter GPUs; consumer Radeon cards are llama.cpp's "
+                "(ROCm/Vulkan)",
+            min_cc=7.0, cc="needs NVIDIA compute capability 7.0 or newer")
 
     def weights(self, model: ModelFacts) -> Weights:
-        if model.source == "gguf":
-            raise Unsupported("serves HF safetensors checkpoints; its GGUF loader is experimental and slow")
-        if model.source == "ollama":
-            raise Unsupported("the model comes from Ollama's registry; vLLM needs an HF checkpoint")
-        fmt, size, source, note = hf_checkpoint(model, "vLLM")
-        return Weights(fmt, size, source, note)
+        return safetensors_weights(model, "vLLM", "its GGUF loader is experimental and slow")
 
     def plan_memory(self, model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Budget, w: Weights,
                     pins: Pins = NO_PINS) -> MemoryPlan:

@@ -167,6 +167,7 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
     from stackgen import engines
     from stackgen.models.facts import resolve_model
     from stackgen.plan import speed
+    from stackgen.run.preflight import free_port
 
     eng = engines.get(engine_name)
     model = resolve_model(model_path, None, Path("."), {})
@@ -200,13 +201,13 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
             raise ValueError(f"a batched decode failed: {bad[0]!r}")
         return out
 
-    pre, dec, rss = _with_server(eng, eng.calibration_argv(binary, model_path, _port(), threads, ctx), binary,
+    pre, dec, rss = _with_server(eng, eng.calibration_argv(binary, model_path, free_port(), threads, ctx), binary,
                                  timeout, single)
     if not (pre["prompt_ms"] > 0 and dec["predicted_ms"] > 0 and dec["predicted_n"] > 0):
         raise StackgenError(f"calibrate: the engine reported no timings ({pre}, {dec}); nothing was written")
     batch = 0.0
     if batch_streams > 1:
-        rounds = _with_server(eng, eng.calibration_argv(binary, model_path, _port(), threads, ctx,
+        rounds = _with_server(eng, eng.calibration_argv(binary, model_path, free_port(), threads, ctx,
                                                         parallel=batch_streams), binary, timeout, batched)
         if not all(r["predicted_ms"] > 0 and r["predicted_n"] > 0 for runs in rounds for r in runs):
             raise StackgenError(f"calibrate: the engine reported no batched timings ({rounds}); nothing was written")
@@ -219,14 +220,6 @@ def measure_engine(engine_name: str, binary: str, model_path: str, *, bandwidth_
                        prefill_tokens_per_s=round(prefill, 2), rss_bytes=rss, planned_bytes=planned,
                        efficiency=round(eff, 4), t0_ms=round(t0, 3),
                        batch_streams=batch_streams if batch else 0, batch_decode_tokens_per_s=round(batch, 2))
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _with_server(eng, argv: list[str], binary: str, timeout: float, body):

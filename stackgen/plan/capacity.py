@@ -7,16 +7,17 @@ smallest fleet that meets the workload's targets (p95 time to first token, decod
 every other layout gets its reason. When nothing meets the targets, the plan says by how much and what would.
 
 The per-instance speed is one function, `service_curve(sp, hw, ...)`: on a GPU or Apple silicon, the step of
-stackgen.plan.speed's per-backend model (the one `plan`'s forecast uses: fitted bandwidth shares per weight kind, a
-per-step overhead, the prefill and batched-decode MFUs, an MoE step's union of experts), so one instance's curve and
-the forecast agree at the same stream count; on a CPU, a roofline with constants calibrated on a measurement
-(benchmarks/results/scale.md).
+stackgen.plan.speed's per-backend model, built by the function `plan`'s forecast is built from (speed.step_parts:
+fitted bandwidth shares per weight kind, a per-step overhead, the prefill and batched-decode MFUs, an MoE step's
+union of experts), so one instance's curve and the forecast agree at the same stream count; on a CPU, a roofline
+with constants calibrated on a measurement (benchmarks/results/scale.md).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from stackgen import engines
@@ -24,8 +25,8 @@ from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
-from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, backend_for, backend_params,
-                                 step_weights_bytes, weight_kind)
+from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, StepParts, backend_for,
+                                 backend_params, step_parts, weight_kind)
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -62,11 +63,11 @@ class ServiceCurve:
     """What one engine instance does per batching step. `step_s(decoding, prompt_tokens)`: one step that decodes one
     token for each of `decoding` requests and processes `prompt_tokens` prompt tokens.
 
-    Two forms. With `backend` set (GPU and Apple instances): speed.py's step for that backend, the one the plan's
-    forecast takes (speed.forecast): t0 + the weights one step of decoding + prompt_tokens tokens reads (an MoE
-    model's union of their experts, speed.step_weights_bytes) + each decoding request's KV cache + the prompt tokens'
-    compute + for each decoding token past the first its compute at the batched-decode MFU (speed's
-    batch_compute_seconds), all additive. Without (CPU instances, and curves built by hand): the roofline
+    Two forms. With `backend` set (GPU and Apple instances): speed.py's step (speed.StepParts, built by
+    speed.step_parts, which the plan's forecast is built from too): the fields are its parts and `step_s` its step:
+    t0 + the weights one step of decoding + prompt_tokens tokens reads (an MoE model's union of their experts) + each
+    decoding request's KV cache + the prompt tokens' compute + for each decoding token past the first its compute at
+    the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
     max(memory, compute) below, calibrated on this project's CI host (benchmarks/results/scale.md)."""
 
     weights_read_s: float  # stream one token's active weights once (the floor of every step)
@@ -91,11 +92,17 @@ class ServiceCurve:
     batch_token_s: float = 0.0
     experts: ExpertRouting | None = None
 
+    @cached_property
+    def parts(self) -> StepParts | None:
+        """speed.py's step (StepParts) this curve's fields describe; None for the CPU roofline."""
+        if not self.backend:
+            return None
+        return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
+                         self.batch_token_s, self.experts)
+
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
-        if self.backend:
-            read = step_weights_bytes(self.weights_read_s, decoding + prompt_tokens, self.experts)
-            return (self.t0_s + read + decoding * self.kv_read_s_per_seq + prompt_tokens * self.flop_s_per_token
-                    + max(0, decoding - 1) * self.batch_token_s)
+        if self.parts is not None:
+            return self.parts.step_s(decoding, prompt_tokens)
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
         per_seq = max(self.flop_s_per_token, self.decode_s_per_seq)
         if self.decode_tile > 1:
@@ -123,14 +130,14 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     """One instance of the service `sp` (a ServicePlan) on `hw`. `memory`: that instance's memory plan (default
     sp.memory); `threads`: its CPU threads (default sp.threads); `instances`: how many share the machine's RAM
     bandwidth. A step reads the active weights once plus each request's KV cache, and computes 2 x active parameters
-    FLOPs per token. On a GPU or Apple silicon with speed.py's fit for the backend the engine runs as (backend_for:
-    its own kernels' fit, else ggml's for the GPU's vendor and tier), as service_forecast: weights at
-    efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step, prompt tokens
-    at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up (ServiceCurve). The
-    layers a partial offload leaves in RAM read at the CPU backend's efficiency of the RAM bandwidth and compute
-    their extra decoding tokens at its batch MFU of the threads' FLOP/s, as the forecast; their prompt tokens at the
-    threads' FLOP/s. On a
-    CPU: the roofline, whichever of memory and compute takes longer sets the step."""
+    FLOPs per token. On a GPU or Apple silicon: speed.step_parts for the backend the engine runs as (backend_for:
+    its own kernels' fit, else ggml's for the GPU's vendor and tier), the function service_forecast's figures come
+    from: weights at efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step,
+    prompt tokens at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up
+    (ServiceCurve); the layers a partial offload leaves in RAM read at the CPU backend's efficiency of this
+    instance's share of the RAM bandwidth and compute their extra decoding tokens at its batch MFU of the threads'
+    FLOP/s (their prompt tokens on the GPU, as ggml runs them: step_parts). On a CPU: the roofline, whichever of
+    memory and compute takes longer sets the step."""
     m = memory or sp.memory
     model, wl = sp.model, sp.workload
     dp = max(1, m.data_parallel)
@@ -151,23 +158,21 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         else:
             g, tp, frac = min(gpus, key=lambda x: x.bandwidth_gbs), max(1, m.tensor_parallel), frac_gpu
         backend = backend_for(engines.get(sp.engine).speed_backend, g.vendor, g.tier)
+        # speed.py's one step model (step_parts), with the inputs service_forecast gives it: the layers a partial
+        # offload leaves in RAM at the CPU backend's figures of this instance's share of the RAM bandwidth
+        # the llama.cpp build the plan is for picks the backend's build era (speed.backend_params), as the forecast
         b = backend_params(backend, getattr(sp, "engine_build", None))
-        kind = weight_kind(m.weights_format or model.quant)
-        bw = g.bandwidth_gbs * 1e9 * tp
-        peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
-        # the layers a partial offload leaves in RAM: read at the CPU backend's efficiency of the RAM bandwidth and
-        # their extra decoding tokens computed at its batch MFU, as service_forecast; prompts at the CPU's FLOP/s
-        ram = backend_params("cpu")
-        ram_bw = ram.efficiency * mem_bw
-        read = weights * frac / (b.efficiency_for(kind) * bw) + weights * (1 - frac) / ram_bw
-        kv_s = kv * frac / (b.efficiency * bw) + kv * (1 - frac) / ram_bw
-        cpu_part = flops_per_token * (1 - frac) / cpu_flops
-        flop_s = flops_per_token * frac / (b.prefill_mfu * peak) + cpu_part
-        batch_s = (flops_per_token * frac / (b.batch_mfu_for(kind) * peak)
-                   + flops_per_token * (1 - frac) / (ram.batch_mfu * cpu_flops))
-        experts = ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active)
-        return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
-                            backend=backend, t0_s=b.t0_ms / 1000, batch_token_s=batch_s, experts=experts)
+        parts = step_parts(b, backend_params("cpu"), weights_bytes=weights, kv_bytes_per_stream=kv,
+                           gpu_fraction=frac, gpu_bandwidth_gbs=g.bandwidth_gbs * tp,
+                           host_bandwidth_gbs=mem_bw / 1e9, active_params=flops_per_token / 2,
+                           peak_flops=gpu_peak_flops(g.name, g.bandwidth_gbs) * tp,
+                           weights=weight_kind(m.weights_format or model.quant),
+                           experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
+                                                    model.experts_active),
+                           host_flops=cpu_flops)
+        return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
+                            step_tokens=_step_tokens(sp), backend=backend, t0_s=parts.t0_s,
+                            batch_token_s=parts.batch_token_s, experts=parts.experts)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that

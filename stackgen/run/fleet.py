@@ -86,7 +86,12 @@ def haproxy_binary() -> str:
 
 def config_path(folder: Path, sp: ServicePlan) -> Path:
     """In the stack file's own state folder (StateDir.dir): two stack files of one folder may both have `chat`."""
-    return folder / "fleet" / f"{sp.name}-haproxy.cfg"
+    return config_file(folder, sp.name)
+
+
+def config_file(folder: Path, service: str) -> Path:
+    """The balancer config of `service` in the state folder `folder` (what `down` removes with the balancer)."""
+    return folder / "fleet" / f"{service}-haproxy.cfg"
 
 
 def config_text(sp: ServicePlan) -> str:

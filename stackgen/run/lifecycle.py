@@ -47,6 +47,8 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
             state.services.pop(name, None)
             sd.save(state)
             sd.drop_run(name)
+            if st.unit_role == "balancer":  # its config, written by `up` (run/fleet.py), goes with it
+                _drop_balancer_config(sd, name)
             if note:
                 if notes is not None:
                     notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
@@ -60,6 +62,17 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
         return stopped
     finally:
         sd.release()
+
+
+def _drop_balancer_config(sd: StateDir, service: str) -> None:
+    from stackgen.run.fleet import config_file
+
+    cfg = config_file(sd.dir, service)
+    cfg.unlink(missing_ok=True)
+    try:
+        cfg.parent.rmdir()  # the folder only when no other fleet's config is left in it
+    except OSError:
+        pass
 
 
 def _groups(state) -> dict[str, list[str]]:

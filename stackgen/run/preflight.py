@@ -24,6 +24,15 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the kernel's pick of an ephemeral one), for a server started
+    right after: `stackgen calibrate`'s engine runs and the benchmarks' llama-servers. Another process may still take
+    it before the server binds; good enough for a short-lived local run."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_holder(port: int) -> tuple[int | None, str]:
     """(pid, process name) of whoever listens on `port`; (None, '') when unknown."""
     import psutil

@@ -65,7 +65,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             runners[st.kind] = _runner_for(st.kind, sd.stack_file, plan.stack_name)
         return runners[st.kind]
 
-    chosen = select_services([sp.name for sp in plan.services], opts.services + opts.restart, str(sd.stack_file))
+    # `restart` also takes one process of a fleet (`chat-2`, an instance; the balancer is the service's own name):
+    # that process restarts, the fleet's others are kept unless they changed.
+    units = {u.name: fleet.service_of(u) for u in fleet.expand(plan.services)}
+    select_services(sorted(units), opts.restart, str(sd.stack_file))
+    chosen = select_services([sp.name for sp in plan.services], opts.services + tuple(units[r] for r in opts.restart),
+                             str(sd.stack_file))
     services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
     problems: list[str] = check_keys(services)
@@ -95,7 +100,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     for sp in services:
         cur = state.services.get(sp.name)
         if cur is not None:
-            if fleet.service_of(sp) in opts.restart:
+            if sp.name in opts.restart or fleet.service_of(sp) in opts.restart:  # the process, or its whole fleet
                 reasons[sp.name] = "a restart was asked for"
             elif cur.kind != kind or cur.config_hash != wanted[sp.name]:
                 reasons[sp.name] = "its configuration changed"
@@ -131,6 +136,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         raise LaunchError("\n".join(problems))
 
     stopped, notes = [], []
+    balancers = {sp.name for sp in services if sp.unit_role == fleet.BALANCER}
     for st in to_stop:
         note = runner_of(st).stop(st, opts.grace_s)
         if note:
@@ -139,6 +145,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         sd.save(state)
         if st.name not in reasons:  # removed from the stack (a restarted one is reported with its reason)
             stopped.append(st.name)
+        if st.unit_role == fleet.BALANCER and st.name not in balancers:  # no longer a fleet: its config goes
+            fleet.config_file(sd.dir, st.name).unlink(missing_ok=True)
     if to_stop:  # what the old services held must be free now
         _wait_ports_free(start, KILL_WAIT_S)
         problems = check_ports(start, set())

@@ -5,7 +5,6 @@ and ports are faked through Probes, or real files for the CLI tests."""
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from stackgen.engines import flagcheck
 from stackgen.errors import LaunchError
+from stackgen.run.preflight import free_port
 from stackgen.run.state import StateDir
 from stackgen.host.facts import HostFacts
 from stackgen.host.check import Probes, check_gpus, check_host, check_memory
@@ -127,12 +127,6 @@ def test_the_issue_case_a_4090_stack_on_a_cpu_only_host(tmp_path):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fake_llama(tmp_path: Path, flags: set[str]) -> Path:
     """A llama-server stand-in whose --help lists `flags` (and which serves like the fake engine of
     test_launch_unit otherwise: tests/fakes/openai_server.py)."""
@@ -152,7 +146,7 @@ def recorded(tmp_path: Path, profile: str) -> Path:
 def stack_4090(tmp_path):
     flags = set(flagcheck.table("llama.cpp").flags) | {"--port"}
     binary = fake_llama(tmp_path, flags)
-    port = _free_port()
+    port = free_port()
     path = tmp_path / "stack.yaml"
     path.write_text(textwrap.dedent(f"""\
         version: 1

@@ -45,7 +45,7 @@ def test_per_user_speed_falls_and_aggregate_rises_with_streams():
 def test_layers_in_system_ram_slow_decode_and_widen_the_error():
     full, half = _fc(1, 1.0), _fc(1, 0.5)
     assert half.per_user_tokens_per_s < full.per_user_tokens_per_s / 4  # 60 GB/s RAM vs 1008 GB/s VRAM
-    assert half.error == max(speed.BACKENDS["cuda"].error, speed.BACKENDS["cpu"].error)
+    assert half.error == max(speed.BACKENDS["cuda"].error, speed.BACKENDS["cpu"].error, speed.PARTIAL_OFFLOAD_ERROR)
 
 
 def test_compute_knee_and_ttft():

@@ -171,14 +171,15 @@ def test_a_gpu_backend_with_no_layers_on_the_gpu_uses_the_cpu_figures():
 
 def test_a_16bit_partial_offload_reads_its_ram_part_at_the_cpu_efficiency_and_its_16bit_batch_mfu():
     """Half the layers in RAM with F16 weights on cuda: the GPU half at cuda's efficiency_16bit, the RAM half at
-    the CPU's (one efficiency for every kind); the extra token at cuda's batch_mfu_16bit; error max(cuda, cpu)."""
+    the CPU's (one efficiency for every kind); the extra token at cuda's batch_mfu_16bit; error max(cuda, cpu, the
+    partial offload's own)."""
     cpu, cuda = speed.BACKENDS["cpu"], speed.BACKENDS["cuda"]
     f = _fc(gpu_fraction=0.5, weights="16bit", streams=2)
     step1 = 0.5 * 4e9 / (cuda.efficiency_16bit * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
     assert f.single_stream_tokens_per_s == pytest.approx(1 / step1, abs=0.05)
     step2 = step1 + 2 * 8e9 / (cuda.batch_mfu_16bit * 100e12)
     assert f.aggregate_tokens_per_s == pytest.approx(2 / step2, abs=0.05)
-    assert f.error == max(cuda.error, cpu.error)
+    assert f.error == max(cuda.error, cpu.error, speed.PARTIAL_OFFLOAD_ERROR)
     # all on the GPU: nothing read from RAM, cuda's own error
     full = _fc(gpu_fraction=1.0, gpu_bandwidth_gbs=1)
     assert full.single_stream_tokens_per_s == pytest.approx(1 / (4e9 / (cuda.efficiency * 1e9) + cuda.t0_ms / 1000),
@@ -428,11 +429,14 @@ def test_a_split_computes_each_extra_token_on_both_sides():
 
 
 def test_a_split_states_the_larger_error_of_its_two_sides():
-    """ROCm's stated error (0.10) is below the CPU's (0.15): half the layers in RAM states 0.15, all on the GPU
-    0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the error of the backend named, no split)."""
-    rocm, cpu = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"]
-    assert rocm.error < cpu.error
-    assert _fc(backend="rocm", gpu_fraction=0.5).error == cpu.error
+    """ROCm's stated error (0.10) is below the CPU's (0.15) and both below the partial offload's own
+    (PARTIAL_OFFLOAD_ERROR, 0.35): half the layers in RAM states 0.35; Metal's (0.60) is above all three: its split
+    states 0.60; all on the GPU 0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the error of the backend
+    named, no split)."""
+    rocm, cpu, metal = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"], speed.BACKENDS["metal"]
+    assert rocm.error < cpu.error < speed.PARTIAL_OFFLOAD_ERROR < metal.error
+    assert _fc(backend="rocm", gpu_fraction=0.5).error == speed.PARTIAL_OFFLOAD_ERROR
+    assert _fc(backend="metal", gpu_fraction=0.5).error == metal.error
     assert _fc(backend="rocm", gpu_fraction=1.0).error == rocm.error
     assert _fc(backend="rocm", gpu_fraction=0.0).error == rocm.error
 

@@ -171,6 +171,7 @@ def test_up_runs_every_instance_and_the_balancer(fleet_stack):
     assert sorted(s.split(" ")[0] for s in stopped) == ["chat", "chat-1", "chat-2"]
     assert not any(_alive(p) for p in pids)
     assert status(path) == []
+    assert not cfg.exists() and not cfg.parent.exists()  # the balancer's config goes with it
 
 
 def test_an_instance_that_fails_stops_the_rest_and_is_named(fleet_stack, monkeypatch):
@@ -298,4 +299,33 @@ def test_fewer_replicas_stop_the_instances_no_longer_planned(fleet_stack):
     assert [(o.name, o.action) for o in res.services] == [("chat", "restarted")]
     now = StateDir(path).load().services
     assert list(now) == ["chat"] and now["chat"].unit_role == "" and now["chat"].port == port
+    assert not (StateDir(path).dir / "fleet" / "chat-haproxy.cfg").exists()  # no balancer, no config
     assert not any(_alive(old[n].pid) for n in ("chat", "chat-1", "chat-2"))
+
+
+def test_restart_one_instance_keeps_the_rest(fleet_stack):
+    """`stackgen restart chat-2`: that instance gets a new process; its sibling and the balancer keep theirs. An
+    unknown process name is refused naming the fleet's processes, and nothing is restarted."""
+    from typer.testing import CliRunner
+
+    from stackgen.cli import app
+
+    path, port, _ = fleet_stack
+    r = CliRunner()
+    res = r.invoke(app, ["up", str(path), "--timeout", "30"])
+    assert res.exit_code == 0, res.output
+    before = {n: st.pid for n, st in StateDir(path).load().services.items()}
+    res = r.invoke(app, ["restart", str(path), "chat-2", "--timeout", "30"])
+    assert res.exit_code == 0, res.output
+    assert "chat-2: restarted" in res.output and "a restart was asked for" in res.output, res.output
+    assert "chat-1: unchanged" in res.output and "chat: unchanged" in res.output, res.output
+    after = {n: st.pid for n, st in StateDir(path).load().services.items()}
+    assert after["chat-2"] != before["chat-2"]
+    assert after["chat-1"] == before["chat-1"] and after["chat"] == before["chat"]
+    assert _complete(port)["choices"]  # the balancer still answers through the fleet
+    res = r.invoke(app, ["restart", str(path), "chat-3", "--timeout", "30"])
+    assert res.exit_code != 0
+    assert "no service 'chat-3'" in res.output and "chat-1, chat-2" in res.output, res.output
+    assert {n: st.pid for n, st in StateDir(path).load().services.items()} == after
+    res = r.invoke(app, ["down", str(path)])
+    assert res.exit_code == 0, res.output
