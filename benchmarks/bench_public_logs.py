@@ -83,12 +83,27 @@ def llamacpp_rows() -> list[str]:
     return out
 
 
+def _era(p: dict) -> str:
+    """The point's llama.cpp build era for its backend's build term (speed.Backend.build_before): "before bN",
+    "current" (at or past it, or no build known), or "" where the backend has no build term."""
+    cut = speed.backend_params(p["backend"]).build_before
+    if not cut:
+        return ""
+    return f"before b{cut}" if _before(p) else "current"
+
+
+def _before(p: dict) -> bool:
+    cut = speed.backend_params(p["backend"]).build_before
+    return bool(cut) and p.get("build") is not None and p["build"] < cut
+
+
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-    out = ["| point | backend | weights | set | predicted tok/s | measured | ratio |", "|---|---|---|---|---:|---:|---:|"]
+    out = ["| point | backend | weights | build | era | set | predicted tok/s | measured | ratio |",
+           "|---|---|---|---:|---|---|---:|---:|---:|"]
     within = 0
     errors: dict[str, list[float]] = {"fitted": [], "held out": []}
-    dated: dict[str, list[float]] = {}  # held-out points carrying `date:` (corpus2's 2025-2026 check), by backend
+    dated: dict[str, list[float]] = {}  # held-out points dated 2025 or later (corpus2's check), by backend
     for p in pts:
         pred = predict_decode(p)
         r = pred / p["tokens_per_s"]
@@ -96,11 +111,13 @@ def speed_rows() -> list[str]:
         kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
         if kind in errors:
             errors[kind].append(abs(r - 1))
-        if kind == "held out" and p.get("date"):
+        if kind == "held out" and str(p.get("date", "")) >= "2025":
             dated.setdefault(p["backend"], []).append(abs(r - 1))
         line = p["backend"] if speed_line(p["backend"]) == p["backend"] else f"{p['backend']} (on {speed_line(p['backend'])})"
-        out.append(f"| {p['id']} | {line} | {p.get('weights', 'quantized')} | {kind} | {pred:.1f} | "
-                   f"{p['tokens_per_s']} | {r:.3f} |")
+        build = p.get("build", "")
+        build = f"{build}" + (" (date)" if p.get("date") and build else "") if build else (p.get("date") or "")
+        out.append(f"| {p['id']} | {line} | {p.get('weights', 'quantized')} | {build} | {_era(p)} | {kind} | "
+                   f"{pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
     for kind, errs in errors.items():
         if errs:
@@ -109,27 +126,45 @@ def speed_rows() -> list[str]:
     if dated:
         n = sum(len(e) for e in dated.values())
         close = sum(x <= 0.15 for e in dated.values() for x in e)
-        out.append(f"\nHeld-out points with a `date:` (2025-2026 builds and runs, benchmarks/results/corpus2-candidates.md; "
+        out.append(f"\nHeld-out points dated 2025-2026 (corpus2's, benchmarks/results/corpus2-candidates.md, and one earlier; "
                    f"outliers aside): {close} of {n} within 15%, by backend:")
         for backend in sorted(dated):
             e = dated[backend]
             out.append(f"- {backend}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
                        f"{sum(x <= 0.25 for x in e)} within 25%, mean |error| {100 * sum(e) / len(e):.1f}%, "
                        f"max {100 * max(e):.1f}%")
-    out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0; 16-bit weights at their own e_16bit where a "
-               "backend has 2+ points of each kind), and leave-one-out: each fitted point predicted by the fit of the "
-               "backend's other fitted points (backends with 3+ fitted points):")
+    out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
+               "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
+               "(planned as the current era). era: the backend's build term (speed.Backend.build_before, "
+               "t0_before_ms), blank where it has none.")
+    out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0 [+ t0_before for builds "
+               "before the backend's build_before]; 16-bit weights at their own e_16bit where a backend has 2+ points "
+               "of each kind; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
+               "leave-one-out: each fitted point predicted by the fit of the backend's other fitted points (backends "
+               "with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [_fit_point(p) for p in fitted]
-        e, t0, e16 = speed.fit_backend(sel)
+        e, t0, e16, t0b = speed.fit_backend_build(sel)
         kinds = f", e_16bit = {e16:.3f}" if e16 else ""
+        cut = speed.backend_params(backend).build_before
+        era = f", t0_before = {t0b:.2f} ms for builds before b{cut}" if t0b else ""
         loo = ""
         if len(sel) >= 3:
             errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p) / p["tokens_per_s"] - 1) for i, p in enumerate(fitted)]
             loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
                    f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
-        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms over {len(sel)} points{loo}")
+        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms{era} over {len(sel)} points{loo}")
+        if cut:
+            for name, sel_era in (("before", True), ("current", False)):
+                ps = [p for p in pts if p["backend"] == backend and not p.get("outlier") and _before(p) == sel_era]
+                errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
+                                                             p.get("weights", "quantized"), p.get("build"))
+                            / p["tokens_per_s"] - 1) for p in ps]
+                held = sum(1 for p in ps if p.get("held_out"))
+                label = f"builds before b{cut}" if sel_era else f"builds b{cut} on or unknown"
+                out.append(f"  - {label}: {len(ps)} points ({held} held out), {sum(x <= 0.15 for x in errs)} within "
+                           f"15%, mean |error| {100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
     for backend in sorted({p["backend"] for p in pts} - set(speed.BACKENDS)):
         n, err, _, _ = engines.get(backend).speed_check
         out.append(f"- {backend}: no line of its own, its {n} points check the {speed_line(backend)} line its plans use "
@@ -138,13 +173,13 @@ def speed_rows() -> list[str]:
 
 
 def _fit_point(p: dict) -> tuple:
-    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized")
+    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), _before(p)
 
 
 def _loo_predicted(others: list[tuple], p: dict) -> float:
-    e, t0, e16 = speed.fit_backend(others)
+    e, t0, e16, t0b = speed.fit_backend_build(others)
     eff = e16 if p.get("weights") == "16bit" and e16 else e
-    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + t0 / 1000)
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if _before(p) else 0)) / 1000)
 
 
 def concurrency_rows() -> list[str]:

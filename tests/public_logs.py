@@ -127,7 +127,7 @@ def predict_decode(p: dict) -> float:
     """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line."""
     from stackgen.plan import speed
     return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
-                                            p.get("weights", "quantized"))
+                                            p.get("weights", "quantized"), p.get("build"))
 
 
 def predict_prefill(p: dict) -> float:

@@ -241,7 +241,7 @@ class SGLang(Engine):
     # 4.0 TB/s, where the vllm line reads 0.60-0.74), and 2 one-request TTFTs on 2 x RTX 5090 (-20%, NVFP4 -51%);
     # benchmarks/results/public_logs.md.
     speed_backend = "vllm"
-    speed_check = (16, 6.25, 2, 0.55)
+    speed_check = (16, 4.50, 2, 0.55)
     default_port = 30000  # fields/serving.py line 66
     # The interpreter of the environment sglang is installed in: `python3 -c LAUNCHER` runs sglang.launch_server
     # (set `binary:` to that environment's python, e.g. .venv/bin/python, when python3 on PATH is another one).

@@ -160,8 +160,10 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         backend = backend_for(engines.get(sp.engine).speed_backend, g.vendor, g.tier)
         # speed.py's one step model (step_parts), with the inputs service_forecast gives it: the layers a partial
         # offload leaves in RAM at the CPU backend's figures of this instance's share of the RAM bandwidth
-        parts = step_parts(backend_params(backend), backend_params("cpu"), weights_bytes=weights,
-                           kv_bytes_per_stream=kv, gpu_fraction=frac, gpu_bandwidth_gbs=g.bandwidth_gbs * tp,
+        # the llama.cpp build the plan is for picks the backend's build era (speed.backend_params), as the forecast
+        b = backend_params(backend, getattr(sp, "engine_build", None))
+        parts = step_parts(b, backend_params("cpu"), weights_bytes=weights, kv_bytes_per_stream=kv,
+                           gpu_fraction=frac, gpu_bandwidth_gbs=g.bandwidth_gbs * tp,
                            host_bandwidth_gbs=mem_bw / 1e9, active_params=flops_per_token / 2,
                            peak_flops=gpu_peak_flops(g.name, g.bandwidth_gbs) * tp,
                            weights=weight_kind(m.weights_format or model.quant),

@@ -523,6 +523,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     else:
         speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
     threads = chosen.pins.threads or hw.cpu.cores
+    build = chosen.pins.engine_build if engine.plans_by_build else None
     reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     reasons += _knob_reasons(svc, engine, mem)
     warnings = [chosen.note] if chosen.note else []
@@ -542,8 +543,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         speed=None if topology is not None else service_forecast(
             chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
             prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads,
-            calibration=calibration, output_tokens=svc.workload.output_tokens),
-        calibration=calibration,
+            calibration=calibration, output_tokens=svc.workload.output_tokens, build=build),
+        calibration=calibration, engine_build=build,
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
 

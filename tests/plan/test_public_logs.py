@@ -3,6 +3,7 @@ vLLM non-KV terms and KV size from startup logs, started/refused verdicts, and d
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,12 @@ def _predicted(p):
     return predict_decode(p)
 
 
+def _before(p):
+    """The point's llama.cpp build is older than its backend's build term's cut (speed.Backend.build_before)."""
+    cut = speed.BACKENDS.get(p["backend"], speed.DEFAULT_BACKEND).build_before
+    return bool(cut) and p.get("build") is not None and p["build"] < cut
+
+
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
 def test_speed_point_is_sourced_and_within_25_percent(point):
     assert point["source"].startswith("https://github.com/")
@@ -121,14 +128,36 @@ def test_known_misses_are_still_misses():
 
 @pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
 def test_backend_parameters_are_the_fit_of_the_points_not_held_out(backend):
-    """speed.BACKENDS must be what fit_backend gives on the corpus minus held-out points and outliers."""
-    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized")) for p in POINTS
-           if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
-    e, t0, e16 = speed.fit_backend(sel)
+    """speed.BACKENDS must be what fit_backend_build gives on the corpus minus held-out points and outliers, each
+    point's era from its llama.cpp build (decode_speed.yaml's build:) and the backend's build_before."""
+    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), _before(p))
+           for p in POINTS if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+    e, t0, e16, t0_before = speed.fit_backend_build(sel)
     b = speed.BACKENDS[backend]
     assert len(sel) == b.fitted_on
     assert b.efficiency == pytest.approx(e, abs=0.001) and b.t0_ms == pytest.approx(t0, abs=0.01)
     assert b.efficiency_16bit == pytest.approx(e16, abs=0.001)
+    assert b.t0_before_ms == pytest.approx(t0_before, abs=0.01)
+    assert bool(b.build_before) == bool(t0_before)  # a cut without a fitted term (or the reverse) is not a fit
+
+
+def test_llamacpp_points_carry_their_build():
+    """Every llama.cpp point (ggml backends) whose source dates it carries build: (estimated from date: where the
+    source gives only that), except a month that straddles an era boundary of speed.py and 2025-2026 runs past every
+    boundary; the builds are ones
+    llama.cpp has had (b1 ... past the plan's default target) and the era split is the one the fit used."""
+    from stackgen.plan.memory import LLAMA_TARGET_BUILD
+    ggml = [p for p in POINTS if p["backend"] in ("cuda", "cuda-datacenter", "metal", "vulkan", "rocm", "cpu")]
+    for p in ggml:
+        if "build" in p:
+            assert isinstance(p["build"], int) and 0 < p["build"] < LLAMA_TARGET_BUILD + 1000, p["id"]
+        else:
+            # nothing, a month alone, or a 2025-2026 run whose source names a commit only (corpus2's: the current
+            # era either way, b2800 being May 2024)
+            assert p.get("date") is None or len(str(p["date"])) == 7 or str(p["date"]) >= "2025", p["id"]
+    assert sum("build" in p for p in ggml) >= 33
+    cuda = [p for p in POINTS if p["backend"] == "cuda" and not p.get("held_out")]
+    assert sum(_before(p) for p in cuda) >= 2 and sum(not _before(p) for p in cuda) >= 2
 
 
 def test_fit_never_returns_a_negative_overhead():
@@ -141,8 +170,8 @@ def test_fit_never_returns_a_negative_overhead():
 def test_engine_points_check_the_line_their_plans_use():
     """A fixture backend with no fitted line (SGLang) is checked on the line its engine's plans decode and prefill
     on (engines/sglang.py speed_backend: vLLM's), its points are all held out (they check, never fit), and its plans
-    state what those points show (Engine.speed_check: decode and prefill points and their largest error on that
-    line, rounded up to 5%)."""
+    state what those points show (Engine.speed_check: decode points and the error 9 in 10 of them are within, prefill
+    points and their largest error, on that line, rounded up to 5%)."""
     from stackgen import engines
     own = {p["backend"] for p in POINTS + PREFILL} - set(speed.BACKENDS)
     assert own == {"sglang"}
@@ -151,28 +180,29 @@ def test_engine_points_check_the_line_their_plans_use():
         assert speed_line(backend) == eng.speed_backend == "vllm"
         assert all(p.get("held_out") for p in POINTS + PREFILL if p["backend"] == backend)
         n_decode, decode_err, n_prefill, prefill_err = eng.speed_check
-        for pts, ratio, n, err in (
+        for pts, ratio, n, err, share in (
                 ([p for p in POINTS if p["backend"] == backend and not p.get("outlier")],
-                 lambda p: _predicted(p) / p["tokens_per_s"], n_decode, decode_err),
+                 lambda p: _predicted(p) / p["tokens_per_s"], n_decode, decode_err, speed.ERROR_SHARE),
                 ([p for p in PREFILL if p["backend"] == backend and not p.get("outlier")], _prefill_ratio, n_prefill,
-                 prefill_err)):
-            worst = max(abs(ratio(p) - 1) for p in pts)
-            assert n == len(pts) and err - 0.05 < worst <= err + 1e-9, (backend, worst, err)
+                 prefill_err, 1.0)):
+            # decode: the error 9 in 10 points are within (speed.ERROR_SHARE, as Backend.error); prefill: the largest
+            errs = sorted(abs(ratio(p) - 1) for p in pts)
+            stated = errs[math.ceil(share * len(errs)) - 1]
+            assert n == len(pts) and err - 0.05 < stated <= err + 1e-9, (backend, stated, err)
 
 
 def test_speed_within_15_percent_share():
-    """The issue's goal is 90% of points within 15%; this corpus reaches 59 of 75 (79%; recorded in
-    benchmarks/results/public_logs.md, with each miss). They are chip-, GPU- and build-specific: 2024 CUDA builds on
-    Ampere (the held-out January-2024 RTX 3090 Ti, ./main on CUDA graphs' PR branch), the held-out RTX 4070 Ti (Ada,
-    82% of its 504 GB/s), Metal on the May-2024 M1 Max 32-core's K-quants, the two-die M1 Ultra's 14B, the M4,
-    the held-out IQ4_NL 27B, Vulkan's RTX 2080 Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's
-    held-out RTX 4090 bf16 (-16%), its RTX 3090 AWQ 7B (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and
-    mlx-lm's held-out M1 Ultra 8-bit (+24%). corpus2 added 40 held-out 2025-2026 points (benchmarks/results/
-    corpus2-candidates.md): 75 of 115 within 15% -- 16 of the 23 llama.cpp ones (the RTX 3080 IQ2_XXS, the M4 Pro
-    1.5B, the two AMD cards on RADV, the RTX 5060 Ti pair and the RX 9070 XT HIP 8B miss) and none of the 16 SGLang
-    rows (H20, x1.5-x7.2 on the vllm line). The floor here keeps it from getting worse."""
+    """The issue's goal is 90% of points within 15%. The 75 points before corpus2: 62 within 15% (83%; 59 before the
+    CUDA build term). corpus2 added 40 held-out 2025-2026 points (benchmarks/results/corpus2-candidates.md): 76 of 115
+    within 15% (66%), recorded in benchmarks/results/public_logs.md with each miss. The misses of the first 75 are
+    chip- and GPU-specific: the consumer CUDA line's May-2024 RTX 3080 Ti (+16%), Metal on the May-2024 M1 Max
+    32-core's K-quants (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%),
+    Vulkan's RTX 2080 Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%),
+    its RTX 3090 AWQ 7B (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit
+    (+24%); of corpus2's, all 16 SGLang rows (one H20 run, x1.5-x7.2 on the vllm line its plans use) and 9 of its 23
+    llama.cpp ones (14 within; one more an outlier). The floor here keeps it from getting worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 115 and len(close) >= 75
+    assert len(POINTS) >= 115 and len(close) >= 76
 
 
 def test_fit_recovers_known_parameters():
@@ -437,6 +467,13 @@ def test_partial_offload_within_the_error_the_plan_states():
     from public_logs import partial_offload_stated_error
     for p in PARTIAL["points"]:
         assert abs(_partial_ratio(p) - 1) <= partial_offload_stated_error(PARTIAL, p), p["id"]
+
+
+def test_partial_offload_error_is_the_largest_of_its_points():
+    """speed.PARTIAL_OFFLOAD_ERROR is what the split's public points show: each within it, and not padded past the
+    worst by more than 5 points (as Backend.error for whole-GPU runs)."""
+    worst = max(abs(_partial_ratio(p) - 1) for p in PARTIAL["points"])
+    assert worst <= speed.PARTIAL_OFFLOAD_ERROR <= worst + 0.05
 
 
 def test_partial_offload_corpus_and_share_within_tolerance():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import pytest
 import yaml
 
@@ -22,13 +24,16 @@ def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
 
 
 @pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
-def test_stated_error_covers_every_public_point_of_the_backend(backend):
-    """Backend.error is what the model claims: every point of that backend (fitted and held out, outliers aside)
-    lies within it, and it is not padded past the worst point by more than 5 points."""
-    errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
-                                                 p.get("weights", "quantized")) / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier")]
+def test_stated_error_covers_nine_in_ten_public_points_of_the_backend(backend):
+    """Backend.error is what the model claims: 9 in 10 of that backend's points (fitted and held out, outliers
+    aside; speed.ERROR_SHARE) lie within it, and it is not padded past that share's error by more than 5 points."""
+    errs = sorted(abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
+                                                       p.get("weights", "quantized"), p.get("build"))
+                      / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier"))
     b = speed.BACKENDS[backend]
-    assert max(errs) <= b.error <= max(max(errs), 0.10) + 0.05
+    share = errs[math.ceil(speed.ERROR_SHARE * len(errs)) - 1]  # the error 9 in 10 points are within
+    assert sum(e <= b.error for e in errs) >= speed.ERROR_SHARE * len(errs)
+    assert share <= b.error <= max(share, 0.10) + 0.05
 
 
 def test_per_user_speed_falls_and_aggregate_rises_with_streams():
@@ -44,7 +49,7 @@ def test_per_user_speed_falls_and_aggregate_rises_with_streams():
 def test_layers_in_system_ram_slow_decode_and_widen_the_error():
     full, half = _fc(1, 1.0), _fc(1, 0.5)
     assert half.per_user_tokens_per_s < full.per_user_tokens_per_s / 4  # 60 GB/s RAM vs 1008 GB/s VRAM
-    assert half.error == max(speed.BACKENDS["cuda"].error, speed.BACKENDS["cpu"].error)
+    assert half.error == max(speed.BACKENDS["cuda"].error, speed.BACKENDS["cpu"].error, speed.PARTIAL_OFFLOAD_ERROR)
 
 
 def test_compute_knee_and_ttft():

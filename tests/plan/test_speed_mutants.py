@@ -171,14 +171,15 @@ def test_a_gpu_backend_with_no_layers_on_the_gpu_uses_the_cpu_figures():
 
 def test_a_16bit_partial_offload_reads_its_ram_part_at_the_cpu_efficiency_and_its_16bit_batch_mfu():
     """Half the layers in RAM with F16 weights on cuda: the GPU half at cuda's efficiency_16bit, the RAM half at
-    the CPU's (one efficiency for every kind); the extra token at cuda's batch_mfu_16bit; error max(cuda, cpu)."""
+    the CPU's (one efficiency for every kind); the extra token at cuda's batch_mfu_16bit; error max(cuda, cpu, the
+    partial offload's own)."""
     cpu, cuda = speed.BACKENDS["cpu"], speed.BACKENDS["cuda"]
     f = _fc(gpu_fraction=0.5, weights="16bit", streams=2)
     step1 = 0.5 * 4e9 / (cuda.efficiency_16bit * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
     assert f.single_stream_tokens_per_s == pytest.approx(1 / step1, abs=0.05)
     step2 = step1 + 2 * 8e9 / (cuda.batch_mfu_16bit * 100e12)
     assert f.aggregate_tokens_per_s == pytest.approx(2 / step2, abs=0.05)
-    assert f.error == max(cuda.error, cpu.error)
+    assert f.error == max(cuda.error, cpu.error, speed.PARTIAL_OFFLOAD_ERROR)
     # all on the GPU: nothing read from RAM, cuda's own error
     full = _fc(gpu_fraction=1.0, gpu_bandwidth_gbs=1)
     assert full.single_stream_tokens_per_s == pytest.approx(1 / (4e9 / (cuda.efficiency * 1e9) + cuda.t0_ms / 1000),
@@ -279,15 +280,15 @@ def test_to_json_holds_every_field_under_its_own_name():
 
 def test_text_states_the_figures_and_their_checks():
     assert FC.text() == ("50.5 tokens/s per user at 4 streams (202 aggregate, memory bandwidth-bound), TTFT 0.25 s "
-                         "alone, 1.00 s when all 4 arrive together (decode +-35%, cuda backend fitted on 17 public "
-                         "points; TTFT +-105%, checked on 6 public prefill points)")
+                         "alone, 1.00 s when all 4 arrive together (decode +-35% for 9 in 10 public points, cuda "
+                         "backend fitted on 17 public points; TTFT +-105%, checked on 6 public prefill points)")
     one = dataclasses.replace(FC, streams=1, fitted_on=1, ttft_checked_on=1, backend="cpu")
     assert one.text() == ("50.5 tokens/s per user at 1 stream (202 aggregate, memory bandwidth-bound), TTFT 0.25 s "
-                          "alone (decode +-35%, cpu backend fitted on 1 public point; TTFT +-105%, checked on 1 "
-                          "public prefill point)")
+                          "alone (decode +-35% for 9 in 10 public points, cpu backend fitted on 1 public point; "
+                          "TTFT +-105%, checked on 1 public prefill point)")
     none = dataclasses.replace(FC, fitted_on=0, ttft_checked_on=0, backend="x")
-    assert none.text().endswith("(decode +-35%, x backend not fitted: a default; TTFT not checked: no public prefill "
-                                "point for the x backend)")
+    assert none.text().endswith("(decode +-35% for 9 in 10 public points, x backend not fitted: a default; TTFT not "
+                                "checked: no public prefill point for the x backend)")
 
 
 # --- forecast's edges, second round ------------------------------------------------------------------------------
@@ -428,14 +429,17 @@ def test_a_split_computes_each_extra_token_on_both_sides():
 
 
 def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
-    """A GPU backend stating a smaller error (0.10 here) than the CPU's (0.15): half the layers in RAM states 0.15,
-    all on the GPU 0.10, and none on the GPU (gpu_fraction 0) the named backend's own 0.10 (no split). ROCm's own
-    figure grew past the CPU's with corpus2's held-out points, so the test sets the 0.10 it needs."""
+    """A GPU backend stating a smaller error (ROCm at 0.10 here) than the CPU's (0.15) and both below the partial
+    offload's own (PARTIAL_OFFLOAD_ERROR, 0.35): half the layers in RAM states 0.35; Vulkan's (0.45) is above all
+    three: its split states 0.45; all on the GPU 0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the
+    error of the backend named, no split). ROCm's own figure grew with corpus2's held-out points, so the test sets
+    the 0.10 it needs."""
     from dataclasses import replace
     monkeypatch.setitem(speed.BACKENDS, "rocm", replace(speed.BACKENDS["rocm"], error=0.10))
-    rocm, cpu = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"]
-    assert rocm.error < cpu.error
-    assert _fc(backend="rocm", gpu_fraction=0.5).error == cpu.error
+    rocm, cpu, vulkan = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"], speed.BACKENDS["vulkan"]
+    assert rocm.error < cpu.error < speed.PARTIAL_OFFLOAD_ERROR < vulkan.error
+    assert _fc(backend="rocm", gpu_fraction=0.5).error == speed.PARTIAL_OFFLOAD_ERROR
+    assert _fc(backend="vulkan", gpu_fraction=0.5).error == vulkan.error
     assert _fc(backend="rocm", gpu_fraction=1.0).error == rocm.error
     assert _fc(backend="rocm", gpu_fraction=0.0).error == rocm.error
 
@@ -481,7 +485,7 @@ def test_a_calibrated_knee_and_a_splits_host_compute_scale_with_threads(write_st
 
 def test_text_of_two_streams_and_a_wide_error():
     two = dataclasses.replace(FC, streams=2, error=1.05)
-    assert ", 1.00 s when all 2 arrive together (decode +-105%," in two.text()
+    assert ", 1.00 s when all 2 arrive together (decode +-105% for 9 in 10 public points," in two.text()
 
 
 def test_apple_reads_every_layer_at_the_unified_memory_bandwidth(write_stack):
@@ -495,3 +499,83 @@ def test_apple_reads_every_layer_at_the_unified_memory_bandwidth(write_stack):
     full = dataclasses.replace(sp.memory, gpu_layers=sp.memory.total_layers)
     assert speed.service_forecast("llama.cpp", sp.model, half, hw, **kw) == \
         speed.service_forecast("llama.cpp", sp.model, full, hw, **kw)
+
+
+# --- the llama.cpp build term (Backend.build_before, t0_before_ms) ------------------------------------------------
+
+def _old(pts):
+    """The same points marked as builds before the backend's build_before (fit_backend_build's fifth element)."""
+    return [(*p, True) for p in pts]
+
+
+def test_fit_backend_build_recovers_an_older_builds_overhead():
+    """Current builds exactly on t = x / 0.7 + 0.5 ms and older ones on t = x / 0.7 + 0.5 + 1.5 ms (two of each
+    kind, 16-bit at 0.9): the fit gives back e = 0.7, t0 = 0.5 ms, e_16bit = 0.9 and t0_before = 1.5 ms."""
+    new = _pts(0.7, 0.5, [0.002, 0.01]) + _pts(0.9, 0.5, [0.004, 0.012], "16bit")
+    old = _old(_pts(0.7, 2.0, [0.003, 0.02]) + _pts(0.9, 2.0, [0.005], "16bit"))
+    e, t0, e16, t0b = speed.fit_backend_build(new + old)
+    assert (e, t0, e16, t0b) == (pytest.approx(0.7), pytest.approx(0.5), pytest.approx(0.9), pytest.approx(1.5))
+    # without the era marks the plain fit cannot put both eras on one line: not the same figures
+    assert speed.fit_backend([p[:4] for p in new + old])[1] != pytest.approx(0.5)
+
+
+def test_fit_backend_build_needs_two_points_of_each_era_and_a_positive_term():
+    """One older point is not enough for a term of its own (it would be that point's exact fit): t0_before = 0 and
+    the rest is fit_backend's over every point; so for one current point. Older builds that were faster (a
+    negative term) are not the physical story (a per-step overhead later builds removed): no term either."""
+    new = _pts(0.7, 0.5, [0.002, 0.01, 0.03])
+    one_old = _old(_pts(0.7, 2.0, [0.005]))
+    assert speed.fit_backend_build(new + one_old) == (*speed.fit_backend([p[:4] for p in new + one_old]), 0.0)
+    one_new = new[:1] + _old(_pts(0.7, 2.0, [0.005, 0.02]))
+    assert speed.fit_backend_build(one_new) == (*speed.fit_backend([p[:4] for p in one_new]), 0.0)
+    faster = new + _old(_pts(0.7, 0.1, [0.005, 0.02]))
+    assert speed.fit_backend_build(faster) == (*speed.fit_backend([p[:4] for p in faster]), 0.0)
+    # unmarked points (no fifth element) are current builds: the plain fit with no term
+    assert speed.fit_backend_build(new) == (*speed.fit_backend(new), 0.0)
+
+
+def test_backend_params_adds_the_older_builds_overhead_below_the_cut():
+    """CUDA builds before LLAMA_CUDA_GRAPHS_BUILD plan t0 + t0_before; the cut itself, newer builds and an unknown
+    build (None) the current era's t0; a backend without a build term (Metal) the same at any build."""
+    cuda = speed.BACKENDS["cuda"]
+    cut = speed.LLAMA_CUDA_GRAPHS_BUILD
+    assert cuda.build_before == cut and cuda.t0_before_ms > 0
+    assert speed.backend_params("cuda", cut - 1).t0_ms == pytest.approx(cuda.t0_ms + cuda.t0_before_ms)
+    assert speed.backend_params("cuda", cut - 1).efficiency == cuda.efficiency
+    for build in (cut, cut + 1, None, 10488):
+        assert speed.backend_params("cuda", build) == cuda
+    assert speed.backend_params("metal", 1) == speed.BACKENDS["metal"]
+
+
+def test_step_seconds_of_an_older_build_is_longer_by_its_overhead():
+    """1e9 bytes at 1000 GB/s on CUDA: x / (e x BW) + t0 for the current build, + t0_before for b1786 (PR 4812's
+    January-2024 build)."""
+    cuda = speed.BACKENDS["cuda"]
+    now = speed.step_seconds(1e9, 1000, "cuda")
+    assert now == pytest.approx(1e9 / (cuda.efficiency * 1000e9) + cuda.t0_ms / 1000, rel=1e-12)
+    assert speed.step_seconds(1e9, 1000, "cuda", build=1786) - now == pytest.approx(cuda.t0_before_ms / 1000)
+    assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", build=1786) == pytest.approx(
+        1 / (now + cuda.t0_before_ms / 1000))
+    assert speed.aggregate_tokens_per_s(1e9, 0, 1000, "cuda", 1, build=1786) == pytest.approx(
+        1 / (now + cuda.t0_before_ms / 1000))
+
+
+def test_a_plan_for_an_older_llamacpp_build_forecasts_its_overhead(write_stack):
+    """The stack's engine_version reaches the speed model: a llama.cpp plan on an RTX 4090 for b1786 carries that
+    build (ServicePlan.engine_build) and decodes one stream in t0_before more per token than the plan for the
+    default build; forecast_at at another user count and the capacity service curve use the same build."""
+    from stackgen.plan.capacity import service_curve
+    from stackgen.plan.memory import LLAMA_TARGET_BUILD
+    cuda = speed.BACKENDS["cuda"]
+    new = _plan(write_stack, "rtx-4090", "llama.cpp")
+    old = _plan(write_stack, "rtx-4090", "llama.cpp", extra=", engine_version: b1786")
+    assert (new.engine_build, old.engine_build) == (LLAMA_TARGET_BUILD, 1786)
+    gap = 1 / old.speed.single_stream_tokens_per_s - 1 / new.speed.single_stream_tokens_per_s
+    assert gap == pytest.approx(cuda.t0_before_ms / 1000, abs=0.01e-3)  # the forecast rounds to 0.1 tokens/s
+    hw = HW["rtx-4090"]
+    two_new, two_old = speed.forecast_at(new, hw, 2), speed.forecast_at(old, hw, 2)
+    assert two_old.single_stream_tokens_per_s == old.speed.single_stream_tokens_per_s
+    assert two_old.per_user_tokens_per_s < two_new.per_user_tokens_per_s
+    assert service_curve(old, hw).t0_s - service_curve(new, hw).t0_s == pytest.approx(cuda.t0_before_ms / 1000)
+    # a vLLM plan has no llama.cpp build
+    assert _plan(write_stack, "rtx-4090", "vllm").engine_build is None
