@@ -170,3 +170,20 @@ services:
     whole = speed.service_forecast(sp.engine, sp.model, inst.memory, hw, users=1, prompt_tokens=128,
                                    threads=inst.threads, avg_context=192)
     assert sp.speed.single_stream_tokens_per_s < whole.single_stream_tokens_per_s
+
+
+def test_verify_counts_the_streams_of_every_instance(fleet, monkeypatch):
+    # `up --verify` says "N decoding at once" when the plan's slots hold fewer streams than it sent users: over the
+    # whole service, not one instance's (Forecast.streams)
+    from types import SimpleNamespace
+
+    from stackgen.run import up
+
+    name, sp, hw = fleet
+    monkeypatch.setattr(up, "endpoint_for", lambda sp: SimpleNamespace(connect_host="127.0.0.1", port=1, model="m",
+                                                                         api_key=None, tls=False))
+    monkeypatch.setattr(up, "drive", lambda *a, **k: ([], 1.0, None))
+    n = sp.capacity.replicas
+    v = up.verify_service(sp, concurrency=n, hardware=hw)
+    assert v.predicted_streams == n and speed.forecast_at(sp, hw, n).streams == 1
+    assert v.predicted_aggregate_tokens_per_s == speed.forecast_at(sp, hw, n).aggregate_tokens_per_s
