@@ -138,11 +138,10 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     instance's share of the RAM bandwidth and compute their extra decoding tokens at its batch MFU of the threads'
     FLOP/s (their prompt tokens on the GPU, as ggml runs them: step_parts). On a CPU: the roofline, whichever of
     memory and compute takes longer sets the step."""
-    m = memory or sp.memory
+    m = engine_core(memory or sp.memory)  # a data-parallel plan: one engine core's share (one copy of the weights)
     model, wl = sp.model, sp.workload
-    dp = max(1, m.data_parallel)
     active_frac = model.active_params / model.params if model.params else 1.0
-    weights = m.weights_bytes / dp * active_frac
+    weights = m.weights_bytes * active_frac
     avg_ctx = min(m.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
     kv = _kv_bytes_read(model, m, avg_ctx)
     flops_per_token = 2.0 * (model.active_params or model.params or 1e9)
@@ -187,6 +186,56 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
         tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
     return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
                         decode_s_per_seq=decode_seq, decode_tile=tile, tile_s=tile_s)
+
+
+def engine_core(m: MemoryPlan) -> MemoryPlan:
+    """One engine core's share of a data-parallel memory plan (vLLM --data-parallel-size D, SGLang --dp-size D): each
+    core holds a full copy of the weights and its own KV cache on its own tensor-parallel GPUs, so the plan's bytes
+    (D copies) divided by D, and data_parallel 1. One decode step of a core reads one copy at its T GPUs' bandwidth
+    (vLLM docs, Data Parallel Deployment, https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/: "each
+    DP rank is deployed as a separate 'core engine' process", which "owns a number of per-GPU worker processes equal
+    to the configured TP size"; the weights are "replicated across separate instances/GPUs to process independent
+    batches of requests"). A plan without data parallel is its own core."""
+    dp = max(1, m.data_parallel)
+    if dp == 1:
+        return m
+    return replace(m, weights_bytes=m.weights_bytes // dp, kv_cache_bytes=m.kv_cache_bytes // dp,
+                   compute_bytes=m.compute_bytes // dp, overhead_bytes=m.overhead_bytes // dp,
+                   gpu_bytes=m.gpu_bytes // dp, host_bytes=m.host_bytes // dp,
+                   gpu_budget_bytes=m.gpu_budget_bytes // dp, host_budget_bytes=m.host_budget_bytes // dp,
+                   data_parallel=1)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What one engine instance of a planned service runs with, and how many run: the per-instance inputs that the
+    plan's forecast (speed.fleet_forecast: sp.speed, forecast_at) and the fleet simulator's curves (fleet_curves,
+    service_curve) both take, so that they cannot disagree on what one instance is.
+
+    `memory`: one instance's memory plan (separate llama.cpp instances behind HAProxy: the plan's own, which
+    with_replicas made per instance; vLLM data parallel: one engine core's share, engine_core); `hardware`: the
+    machine as one instance sees it (its own GPUs; CPU instances split the RAM bandwidth, as service_curve's
+    `instances`); `threads`: its CPU threads; `count`: how many instances (or engine cores) share the users."""
+
+    memory: MemoryPlan
+    hardware: HardwareSpec
+    threads: int
+    count: int
+
+
+def instance_of(sp, hw: HardwareSpec) -> Instance:
+    """The per-instance inputs of service `sp` (a resolved ServicePlan) on `hw` (Instance)."""
+    cap = sp.capacity
+    mem = engine_core(sp.memory)
+    count = max(1, sp.memory.data_parallel)
+    sub = hw
+    if cap is not None and cap.separate:
+        count *= cap.replicas
+        if cap.layout.gpus_per_instance:
+            sub = hw.model_copy(update={"gpus": sp.gpus})
+        else:  # CPU instances on one host share its RAM bandwidth (service_curve's `instances`)
+            sub = hw.model_copy(update={"memory_bandwidth_gbs": hw.memory_bandwidth_gbs / cap.replicas})
+    return Instance(mem, sub, sp.threads, count)
 
 
 def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
@@ -519,12 +568,8 @@ def fleet_memory(sp) -> MemoryPlan:
 
 def fleet_curves(sp, hw: HardwareSpec) -> list[ServiceCurve]:
     """One curve per planned engine instance of the service (its capacity layout; one instance without one)."""
-    cap = sp.capacity
-    if cap is None:
-        return [service_curve(sp, hw)]
-    lay = cap.layout
-    shared = lay.instances if not lay.gpus_per_instance else 1
-    return [service_curve(sp, hw, memory=cap.memory, threads=lay.threads, instances=shared)] * lay.instances
+    inst = instance_of(sp, hw)
+    return [service_curve(sp, inst.hardware, memory=inst.memory, threads=inst.threads)] * inst.count
 
 
 SIM_VARIED_REQUESTS = 400  # simulated requests per level when requests vary: enough for a steady p95

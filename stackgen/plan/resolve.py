@@ -18,7 +18,6 @@ from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, with_replicas
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
-from stackgen.plan.speed import service_forecast
 from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
@@ -177,13 +176,34 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
                 exc.plan_json["services"].append(_unfit_json(svc, hw, budget, _builds(stack, svc, host)))
             raise
         if sp.topology is None:
-            sp = with_replicas(sp, hw, budget, used_ports)
+            sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
             budget = consume(budget, fleet_memory(sp))
         used_ports.add(sp.port)
         out.append(sp)
-    out = _share_machine(out, hw)
+    # services sharing the machine get their share of its CPU threads: their speed again with those
+    out = [_layout_speed(s, hw) if s.threads != o.threads else s for s, o in zip(_share_machine(out, hw), out)]
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
+
+
+def _layout_speed(sp: ServicePlan, hw: HardwareSpec) -> ServicePlan:
+    """The service's speed for the layout it runs (capacity.with_replicas: separate instances or vLLM data parallel)
+    with its threads: the forecast (speed.fleet_forecast, what forecast_at gives at other user counts) and the
+    single-stream bandwidth roofline, both from one instance's inputs (capacity.instance_of, what the fleet
+    simulator's curves take). The one place sp.speed is set: a forecast made before the layout (as _service_plan's
+    was) read one server of the unsplit plan (tests/golden/fleet-vllm-dp-h100: 153 tokens/s for one stream on one
+    GPU, where each of the 3 engine cores runs at 306 on its 2), and forecast_at then read the data-parallel plan's
+    3 copies of the weights per token (102.8)."""
+    if sp.topology is not None:
+        return sp
+    from stackgen.plan.capacity import instance_of
+    from stackgen.plan.speed import fleet_forecast
+
+    inst, wl = instance_of(sp, hw), sp.workload
+    avg_ctx = min(inst.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
+    roofline, bottleneck = predict_decode_tokens_per_s(sp.model, inst.memory, inst.hardware, avg_ctx)
+    return replace(sp, speed=fleet_forecast(sp, hw, wl.concurrent_users), predicted_decode_tokens_per_s=roofline,
+                   bottleneck=bottleneck)
 
 
 def _unfit_json(svc: Service, hw: HardwareSpec, budget: Budget, builds: dict[str, int | None] | None = None) -> dict:
@@ -540,10 +560,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
         tls=stack.serve.tls,
-        speed=None if topology is not None else service_forecast(
-            chosen.engine, svc.model, mem, hw, users=svc.workload.concurrent_users,
-            prompt_tokens=svc.workload.prompt_tokens, avg_context=avg_ctx, threads=threads,
-            calibration=calibration, output_tokens=svc.workload.output_tokens, build=build),
+        # speed: set by _layout_speed once the replica layout is chosen (None for a multi-node service)
         calibration=calibration, engine_build=build,
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))

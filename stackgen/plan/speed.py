@@ -547,6 +547,13 @@ class Forecast:
     # The prompt tokens/s of one prefill (StepParts.prefill_tokens_per_s to 6 significant figures; 0: unknown): what
     # the TTFT charges a prompt and the queueing point each request's prompt.
     prefill_tokens_per_s: float = 0.0
+    # Several engine instances sharing the users (separate llama.cpp instances behind HAProxy, vLLM data-parallel
+    # engine cores; fleet_forecast): every figure above is one instance's (the busiest one's streams, per-user rate,
+    # single stream, TTFT, slots) except aggregate_tokens_per_s and queue_requests_per_s, which are the whole
+    # service's (all instances together). `instances_busy`: how many of them have a user (fewer users than instances
+    # leave some idle).
+    instances: int = 1
+    instances_busy: int = 1
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "streams": self.streams,
@@ -556,7 +563,8 @@ class Forecast:
                 "ttft_all_s": self.ttft_all_s, "bound": self.bound, "error": self.error,
                 "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error,
                 "slots": self.slots, "queue_requests_per_s": self.queue_requests_per_s,
-                "prefill_tokens_per_s": self.prefill_tokens_per_s}
+                "prefill_tokens_per_s": self.prefill_tokens_per_s, "instances": self.instances,
+                "instances_busy": self.instances_busy}
 
     def text(self) -> str:
         def n(count: int, word: str) -> str:
@@ -565,12 +573,20 @@ class Forecast:
         fit = f"fitted on {n(self.fitted_on, 'public point')}" if self.fitted_on else "not fitted: a default"
         ttft = (f"TTFT +-{self.ttft_error * 100:.0f}%, checked on {n(self.ttft_checked_on, 'public prefill point')}"
                 if self.ttft_checked_on else f"TTFT not checked: no public prefill point for the {self.backend} backend")
-        together = (f", {self.ttft_all_s:.2f} s when all {self.streams} arrive together" if self.streams > 1 else "")
+        fleet = self.instances > 1
+        where = ""
+        if fleet:
+            where = (f" per instance on each of {self.instances} instances" if self.instances_busy >= self.instances
+                     else f" per instance on {self.instances_busy} of {self.instances} instances")
+        together = (f", {self.ttft_all_s:.2f} s when all {self.streams}{' of an instance' if fleet else ''} arrive "
+                    "together" if self.streams > 1 else "")
         rate = (f"{self.queue_requests_per_s:.3g} requests/s" if self.queue_requests_per_s >= 1
                 else f"{self.queue_requests_per_s * 60:.3g} requests/min")
-        queue = f"; requests queue past {rate} (all {n(self.slots, 'slot')} busy)" if self.queue_requests_per_s else ""
-        return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')} "
-                f"({self.aggregate_tokens_per_s:g} aggregate, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone"
+        slots = f"{self.instances} x {n(self.slots, 'slot')}" if fleet else n(self.slots, 'slot')
+        queue = f"; requests queue past {rate} (all {slots} busy)" if self.queue_requests_per_s else ""
+        aggregate = f"{self.aggregate_tokens_per_s:g} aggregate{' over all instances' if fleet else ''}"
+        return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')}{where} "
+                f"({aggregate}, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone"
                 f"{together}{queue} (decode +-{self.error * 100:.0f}% for 9 in 10 public points, {self.backend} backend "
                 f"{fit}; {ttft})")
 
@@ -687,9 +703,43 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     return replace(fc, slots=slots, queue_requests_per_s=round(1 / per_request, 4) if per_request > 0 else 0.0)
 
 
+def fleet_forecast(sp, hw, users: int) -> Forecast:
+    """The forecast for a resolved (single-machine) ServicePlan at `users` users, for the layout it runs:
+    capacity.instance_of's per-instance inputs (one instance's memory plan, its share of the machine, its threads)
+    through service_forecast, with the users spread over the instances as the balancer spreads them (HAProxy least
+    connections for separate llama.cpp instances; vLLM's DP coordinator over its engine cores): `users` // count
+    each, the remainder one more on as many instances. The per-user rate, streams, TTFT and slots are the busiest
+    instance's; the aggregate adds up every instance's, the queueing point every instance's (Forecast.instances).
+    What `plan` prints (sp.speed, set by resolve) and forecast_at at other user counts; the fleet simulator's curves
+    (capacity.fleet_curves) take the same instance."""
+    from stackgen.plan.capacity import instance_of
+
+    inst = instance_of(sp, hw)
+    wl, mem = sp.workload, inst.memory
+
+    def one(u: int) -> Forecast:
+        return service_forecast(sp.engine, sp.model, mem, inst.hardware, users=u, prompt_tokens=wl.prompt_tokens,
+                                threads=inst.threads, calibration=sp.calibration, output_tokens=wl.output_tokens,
+                                build=getattr(sp, "engine_build", None),
+                                avg_context=min(mem.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
+
+    count = inst.count
+    base, extra = divmod(max(1, users), count)
+    busiest = one(base + 1 if extra else base)
+    if count == 1:
+        return busiest
+    rest = one(base) if extra and base else busiest if not extra else None  # None: the others are idle
+    aggregate = extra * busiest.aggregate_tokens_per_s + (count - extra) * (rest.aggregate_tokens_per_s if rest
+                                                                            else 0.0)
+    return replace(busiest, aggregate_tokens_per_s=round(aggregate, 1), instances=count,
+                   instances_busy=count if base else extra,
+                   queue_requests_per_s=round(busiest.queue_requests_per_s * count, 4))
+
+
 def forecast_at(sp, hw, users: int) -> Forecast | None:
     """The forecast for a resolved ServicePlan at `users` users: the plan's own (`sp.speed`, what `stackgen plan`
-    prints) when `users` is the workload's concurrency, else the same model at `users` with the workload's lengths
+    prints) when `users` is the workload's concurrency, else the same model (fleet_forecast: per instance of the
+    planned layout, the users spread over the instances) at `users` with the workload's lengths
     (bench --sweep, a verify capped below the declared users), with the host calibration the plan used
     (`sp.calibration`). None for a multi-node service (no per-user model) or
     when the plan has none and no hardware is given to compute one."""
@@ -699,8 +749,4 @@ def forecast_at(sp, hw, users: int) -> Forecast | None:
         return sp.speed
     if hw is None:
         return None
-    wl = sp.workload
-    return service_forecast(sp.engine, sp.model, sp.memory, hw, users=users, prompt_tokens=wl.prompt_tokens,
-                            threads=sp.threads, calibration=sp.calibration, output_tokens=wl.output_tokens,
-                            build=getattr(sp, "engine_build", None),
-                            avg_context=min(sp.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
+    return fleet_forecast(sp, hw, users)

@@ -392,7 +392,9 @@ def verify_service(sp: ServicePlan, max_tokens: int = 32, concurrency: int | Non
         sample=(done[0].text if done else "")[:200], errors=[e[:200] for e in r.error_samples[:3]],
         predicted_per_user_tokens_per_s=fc.per_user_tokens_per_s if fc else None,
         predicted_aggregate_tokens_per_s=fc.aggregate_tokens_per_s if fc else None,
-        predicted_streams=fc.streams if fc else None, predicted_error=fc.error if fc else None,
+        # streams decoding at once over the whole service: a fleet's Forecast.streams is one instance's
+        predicted_streams=min(n, fc.streams * fc.instances_busy) if fc else None,
+        predicted_error=fc.error if fc else None,
         decode_aggregate_tokens_per_s=r.decode_aggregate_tokens_per_s or None,
     )
 
