@@ -18,9 +18,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from stackgen import engines  # noqa: E402
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (partial_offload_inputs, partial_offload_stated_error,  # noqa: E402
+from public_logs import (partial_offload_inputs, partial_offload_stated_error, partial_prefill_inputs,  # noqa: E402
                          predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
-                         predict_prefill,
+                         predict_partial_prefill, predict_prefill,
                          predict_service_curve_point, predict_vllm_case, predict_vllm_concurrency_point,
                          predict_vllm_kv_case, prefill_inputs, speed_line)
 
@@ -272,16 +272,18 @@ PARTIAL_TOLERANCE = 0.25  # the single-stream decode check's (issue 13); tests/p
 
 def partial_offload_rows() -> list[str]:
     """Single-stream decode with layers split between a GPU and system RAM (partial_offload.yaml) against
-    speed.forecast, with the GPU share three ways (tests/public_logs.partial_offload_inputs)."""
+    speed.forecast, with the bytes and GPU share three ways (tests/public_logs.partial_offload_inputs)."""
     fix = yaml.safe_load((FIX / "partial_offload.yaml").read_text())
-    out = ["Every point is held out (none fitted). `memory.py share`: the byte share memory.py's layer rule puts on "
-           "the GPU (the output layer and ngl - 1 repeating layers; the embedding in host memory), the check. "
-           "`layers share`: service_forecast's gpu_layers / total_layers today. `read share`: of the bytes a decode "
-           "step reads (the file less the token embedding, of which a step gathers one row), a diagnostic. "
-           "Predicted at the GPU backend's fit of the slowest GPU's datasheet bandwidth and the CPU backend's fit of "
-           "the host's peak RAM bandwidth (channels x MT/s x 8 B).", "",
-           "| point | GPU GB/s | RAM GB/s | ngl / layers | memory.py share | predicted | measured | ratio | check | "
-           "layers share | predicted | ratio | read share | predicted | ratio |",
+    out = ["Every point is held out (none fitted). `read share`: stackgen's (speed.partial_offload_read, what "
+           "service_forecast and the simulator take): the bytes a decode step reads, the file less the token "
+           "embedding (in host memory; a step gathers one row of it), of which memory.py's layer rule puts the output "
+           "layer and ngl - 1 repeating layers on the GPU; the check. `file share`: the same GPU bytes over the whole "
+           "file, the embedding read from RAM every token (stackgen before this change). `layers share`: the whole "
+           "file at gpu_layers / total_layers (service_forecast before this change). Predicted at the GPU backend's "
+           "fit of the slowest GPU's datasheet bandwidth and the CPU backend's fit of the host's peak RAM bandwidth "
+           "(channels x MT/s x 8 B).", "",
+           "| point | GPU GB/s | RAM GB/s | ngl / layers | read share | predicted | measured | ratio | check | "
+           "file share | predicted | ratio | layers share | predicted | ratio |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     pts = fix["points"]
     ratios, stated = [], []
@@ -294,26 +296,47 @@ def partial_offload_rows() -> list[str]:
         stated.append(abs(r - 1) <= err)
         ok = abs(r - 1) <= PARTIAL_TOLERANCE
         check = "within 25%" if ok else "known miss (xfail)" if p.get("known_miss") else "MISS"
-        lay, rd = predict_partial_offload(fix, p, "layers"), predict_partial_offload(fix, p, "read")
+        fil, lay = predict_partial_offload(fix, p, "file"), predict_partial_offload(fix, p, "layers")
         out.append(f"| {p['id']} | {i['gpu_bandwidth_gbs']} | {i['host']['ram_bandwidth_gbs']} | "
                    f"{p['ngl']} / {i['model'].layers} | {i['gpu_fraction']:.3f} | {pred:.1f} | {meas} | {r:.3f} | "
-                   f"{check} | {i['gpu_fraction_layers']:.3f} | {lay:.1f} | {lay / meas:.3f} | "
-                   f"{i['gpu_fraction_read']:.3f} | {rd:.1f} | {rd / meas:.3f} |")
+                   f"{check} | {i['gpu_fraction_file']:.3f} | {fil:.1f} | {fil / meas:.3f} | "
+                   f"{i['gpu_fraction_layers']:.3f} | {lay:.1f} | {lay / meas:.3f} |")
     n = len(pts)
     out.append(f"\nwithin 15%: {sum(abs(r - 1) <= 0.15 for r in ratios)} of {n}; within 25%: "
                f"{sum(abs(r - 1) <= 0.25 for r in ratios)} of {n}; within the error the plan states (Forecast.error, "
                f"{partial_offload_stated_error(fix, pts[0]) * 100:.0f}% for these backends): {sum(stated)} of {n}; "
                f"sources: {len({fix['hosts'][p['host']]['source'] for p in pts})}. The misses and why:")
     out += [f"- {p['id']}: {p['known_miss']}" for p in pts if p.get("known_miss")]
-    for rule, label in (("layers", "service_forecast's layer share"), ("read", "the read share")):
+    for rule, label in (("file", "the file share (before)"), ("layers", "the layers share")):
         rs = [predict_partial_offload(fix, p, rule) / p["tokens_per_s"] for p in pts]
         out.append(f"- with {label}: within 15% {sum(abs(r - 1) <= 0.15 for r in rs)} of {n}, within 25% "
                    f"{sum(abs(r - 1) <= 0.25 for r in rs)} of {n}")
-    out += ["", "Anchors (same host and model, no layer or every layer on the GPU; not partial offload, not checked):",
+    out += ["", "Anchors (same host and model, no layer or every layer on the GPU; not partial offload, not checked; "
+            "these read the whole file, as the decode fits were made):",
             "", "| anchor | ngl | predicted | measured | ratio |", "|---|---:|---:|---:|---:|"]
     for a in fix["anchors"]:
         pred = predict_partial_offload(fix, a)
         out.append(f"| {a['id']} | {a['ngl']} | {pred:.1f} | {a['tokens_per_s']} | {pred / a['tokens_per_s']:.3f} |")
+    out += ["", "### Partial offload: prompt processing", "",
+            "partial_offload.yaml prefill_points, held out. Predicted: speed.forecast's prefill rate for the row's "
+            "prompt (StepParts.prefill_s): its compute on the GPU at the CUDA prefill fit (ggml runs every layer's "
+            "matmuls there from 32 tokens up), plus the RAM side's bytes copied over the host link once per "
+            f"micro-batch at {speed.HOST_LINK_EFFICIENCY} of its peak (the host's link, else "
+            f"{speed.DEFAULT_HOST_LINK_GBS:g} GB/s). `compute only`: stackgen before this change.", "",
+            "| point | ngl / layers | prompt / ubatch | RAM GB copied per ubatch | link GB/s | predicted | "
+            "compute only | measured | ratio | ratio before |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pps = fix.get("prefill_points", [])
+    for p in pps:
+        i = partial_prefill_inputs(fix, p)
+        pred, before, meas = predict_partial_prefill(fix, p), predict_partial_prefill(fix, p, False), p["tokens_per_s"]
+        out.append(f"| {p['id']} | {p['ngl']} / {i['model'].layers} | {p['prompt']} / {p['ubatch']} | "
+                   f"{i['ram_bytes'] / 1e9:.3f} | {i['link_gbs']:g} | {pred:.1f} | {before:.1f} | {meas} | "
+                   f"{pred / meas:.2f} | {before / meas:.2f} |")
+    if pps:
+        rs = [predict_partial_prefill(fix, p) / p["tokens_per_s"] for p in pps]
+        out.append(f"\nwithin 25%: {sum(abs(r - 1) <= 0.25 for r in rs)} of {len(pps)} (all known misses, "
+                   f"over-predicted {min(rs):.1f}-{max(rs):.1f}x).")
+        out += [f"- {h}: {v['why']}" for h, v in fix["prefill_hosts"].items() if v.get("why")]
     return out
 
 

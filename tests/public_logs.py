@@ -140,22 +140,30 @@ def predict_prefill(p: dict) -> float:
 def partial_offload_inputs(fix: dict, p: dict) -> dict:
     """The forecast's inputs for a point of partial_offload.yaml: the model (ModelFacts from the fixture's catalog
     entry), the host, memory.py's layer split of the file and the GPU share of the bytes three ways:
-    `gpu_fraction` (memory.LayerSplit: the output layer and ngl - 1 repeating layers of the whole file, the token
-    embedding in host memory; the one the check uses), `gpu_fraction_layers` (service_forecast's today:
-    mem.gpu_layers / mem.total_layers) and `gpu_fraction_read` (of the bytes a decode step reads: the file less the
-    token embedding, of which a step gathers one row; a diagnostic, not stackgen's model)."""
+    `gpu_fraction` (stackgen's: speed.partial_offload_read of the plan memory.py makes at that -ngl, i.e. of the bytes
+    a decode step reads, the file less the token embedding, the share memory.llamacpp_step_read puts on the GPU: the
+    output layer and ngl - 1 repeating layers; the check), `gpu_fraction_file` (the same GPU bytes over the whole
+    file, the token embedding charged as a RAM read: stackgen before this change) and `gpu_fraction_layers`
+    (mem.gpu_layers / mem.total_layers, service_forecast's share before this change). `read_bytes`: the bytes
+    of the file a step reads under `gpu_fraction` (the whole file at ngl 0 or every layer)."""
+    from types import SimpleNamespace
     from stackgen.models.facts import ModelFacts
     from stackgen.plan.memory import llamacpp_layer_split
+    from stackgen.plan.speed import partial_offload_read
     host, m = fix["hosts"][p["host"]], fix["models"][p["model"]]
     model = ModelFacts.from_catalog(p["model"], m["catalog"])
     weights = int(float(m["file_bytes"]))
     split = llamacpp_layer_split(model, weights, m["quant"])
     ngl = min(int(p["ngl"]), model.layers)
     on_gpu = split.gpu_weights(ngl, model.layers) if ngl < model.layers else weights
+    # the MemoryPlan fields partial_offload_read takes, as plan_llamacpp fills them at -ngl ngl
+    mem = SimpleNamespace(gpu_layers=ngl, total_layers=model.layers, weights_bytes=weights, weights_format=m["quant"])
+    read = partial_offload_read(model, mem)
     return {"model": model, "host": host, "weights": weights, "split": split, "ngl": ngl,
-            "gpu_fraction": on_gpu / weights,
+            "read_bytes": read[0] if read else weights,
+            "gpu_fraction": read[1] if read else on_gpu / weights,
+            "gpu_fraction_file": on_gpu / weights,
             "gpu_fraction_layers": ngl / model.layers,
-            "gpu_fraction_read": min(1.0, on_gpu / (weights - split.input)),
             "gpu_bandwidth_gbs": min(g["bandwidth_gbs"] for g in host["gpus"])}
 
 
@@ -163,15 +171,15 @@ def predict_partial_offload(fix: dict, p: dict, rule: str = "memory") -> float:
     """stackgen's single-stream decode tokens/s (speed.forecast, as `stackgen plan` prints it: one decimal) for a
     partial_offload.yaml point: one token's active weights and the stream's KV cache, the GPU share at the GPU
     backend's fit of the slowest GPU's bandwidth, the rest at the CPU backend's fit of the host's peak RAM bandwidth.
-    `rule` picks the GPU share (partial_offload_inputs): "memory" (memory.py's byte share of the file, the check),
-    "layers" (service_forecast's layer count) or "read" (the bytes a decode step reads, the token embedding left
-    out of the weights too)."""
+    `rule` picks the bytes and the GPU share (partial_offload_inputs): "memory" (stackgen's: the bytes a step
+    reads, memory.py's split of them; the check), "file" (the whole file at memory.py's GPU bytes: before this
+    change) or "layers" (the whole file at the layer count's share: service_forecast before this change)."""
     from stackgen.plan import speed
     i = partial_offload_inputs(fix, p)
     model, host = i["model"], i["host"]
     backend = speed.backend_for(None, "nvidia", host["gpus"][0].get("tier"))
-    weights = i["weights"] - (i["split"].input if rule == "read" and i["ngl"] < model.layers else 0)
-    share = {"memory": i["gpu_fraction"], "layers": i["gpu_fraction_layers"], "read": i["gpu_fraction_read"]}[rule]
+    weights = i["read_bytes"] if rule == "memory" else i["weights"]
+    share = {"memory": i["gpu_fraction"], "file": i["gpu_fraction_file"], "layers": i["gpu_fraction_layers"]}[rule]
     fc = speed.forecast(backend, weights_bytes=weights * model.active_params / model.params,
                         kv_bytes_per_stream=float(p["kv_bytes"]), streams=1, gpu_fraction=share,
                         gpu_bandwidth_gbs=i["gpu_bandwidth_gbs"], host_bandwidth_gbs=host["ram_bandwidth_gbs"],
@@ -191,3 +199,37 @@ def partial_offload_stated_error(fix: dict, p: dict) -> float:
                         gpu_bandwidth_gbs=i["gpu_bandwidth_gbs"], host_bandwidth_gbs=i["host"]["ram_bandwidth_gbs"],
                         active_params=1e9, peak_flops=0.0, prompt_tokens=0)
     return fc.error
+
+
+def partial_prefill_inputs(fix: dict, p: dict) -> dict:
+    """A prefill_points row of partial_offload.yaml: the model, the host, the bytes service_forecast splits at that
+    -ngl (speed.partial_offload_read: the GPU's share of the bytes a step reads), the RAM side's bytes, the link."""
+    from types import SimpleNamespace
+    from stackgen.models.facts import ModelFacts
+    from stackgen.plan.speed import DEFAULT_HOST_LINK_GBS, partial_offload_read
+    host, m = fix["prefill_hosts"][p["host"]], fix["prefill_models"][p["model"]]
+    model = ModelFacts.from_catalog(p["model"], m["catalog"])
+    weights = int(float(m["file_bytes"]))
+    mem = SimpleNamespace(gpu_layers=int(p["ngl"]), total_layers=model.layers, weights_bytes=weights,
+                          weights_format=m["quant"])
+    read, share, _ = partial_offload_read(model, mem)
+    return {"model": model, "host": host, "read_bytes": read, "gpu_fraction": share,
+            "ram_bytes": read * (1 - share), "link_gbs": host.get("host_link_gbs") or DEFAULT_HOST_LINK_GBS}
+
+
+def predict_partial_prefill(fix: dict, p: dict, copies: bool = True) -> float:
+    """stackgen's prompt tokens/s (speed.forecast's prefill_tokens_per_s for the point's prompt) at a partial -ngl:
+    the prompt's compute on the GPU at the CUDA prefill fit, plus (copies) the RAM layers copied over the host link
+    once per micro-batch; copies=False: the compute alone (stackgen before this change)."""
+    from stackgen.plan import speed
+    from stackgen.plan.capacity import gpu_peak_flops
+    i = partial_prefill_inputs(fix, p)
+    model, g = i["model"], i["host"]["gpus"][0]
+    backend = speed.backend_for(None, "nvidia", g.get("tier"))
+    fc = speed.forecast(backend, weights_bytes=i["read_bytes"], kv_bytes_per_stream=0.0, streams=1,
+                        gpu_fraction=i["gpu_fraction"], gpu_bandwidth_gbs=g["bandwidth_gbs"],
+                        host_bandwidth_gbs=50.0,  # the decode's RAM read: not part of a prompt's rate
+                        active_params=model.active_params, peak_flops=gpu_peak_flops(g["name"], g["bandwidth_gbs"]),
+                        prompt_tokens=int(p["prompt"]), host_link_gbs=i["link_gbs"] if copies else 0.0,
+                        ubatch=int(p["ubatch"]))
+    return fc.prefill_tokens_per_s

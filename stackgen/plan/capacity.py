@@ -26,7 +26,8 @@ from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
 from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, StepParts, backend_for,
-                                 backend_params, step_parts, weight_kind)
+                                 backend_params, host_link_gbs, partial_offload_read, step_parts,
+                                 weight_kind)
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -91,6 +92,11 @@ class ServiceCurve:
     t0_s: float = 0.0
     batch_token_s: float = 0.0
     experts: ExpertRouting | None = None
+    # A partial offload's RAM layers (speed.StepParts): their read at the CPU's rate, their copy over the host link
+    # per token's share, and the micro-batch that copies them once (0: no copies)
+    ram_weights_s: float = 0.0
+    ubatch_copy_s: float = 0.0
+    ubatch: int = 0
 
     @cached_property
     def parts(self) -> StepParts | None:
@@ -98,7 +104,8 @@ class ServiceCurve:
         if not self.backend:
             return None
         return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
-                         self.batch_token_s, self.experts)
+                         self.batch_token_s, self.experts, ram_weights_s=self.ram_weights_s,
+                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch)
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         if self.parts is not None:
@@ -147,6 +154,12 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     flops_per_token = 2.0 * (model.active_params or model.params or 1e9)
     gpus = [g for g in hw.gpus if not g.unified]
     frac_gpu = (m.gpu_layers / m.total_layers) if m.total_layers and (gpus or hw.is_apple) else 0.0
+    # A partial offload reads what memory.py puts on each side, less the token embedding (speed.partial_offload_read,
+    # the same split service_forecast takes), and copies its RAM layers over the host link for big batches.
+    partial = partial_offload_read(model, m) if gpus and not hw.is_apple and frac_gpu > 0 else None
+    link, ubatch = 0.0, 0
+    if partial is not None:
+        weights, frac_gpu, link, ubatch = partial[0] * active_frac, partial[1], host_link_gbs(hw), partial[2]
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
     mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
     dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
@@ -168,10 +181,12 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                            weights=weight_kind(m.weights_format or model.quant),
                            experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
                                                     model.experts_active),
-                           host_flops=cpu_flops)
+                           host_flops=cpu_flops, host_link_gbs=link, ubatch=ubatch)
         return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
                             step_tokens=_step_tokens(sp), backend=backend, t0_s=parts.t0_s,
-                            batch_token_s=parts.batch_token_s, experts=parts.experts)
+                            batch_token_s=parts.batch_token_s, experts=parts.experts,
+                            ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
+                            ubatch=parts.ubatch)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that

@@ -402,6 +402,24 @@ class LayerSplit:
         return int(weights - self.output_in_file - (min(ngl, layers) - 1) * self.per_layer)
 
 
+def llamacpp_step_read(model: ModelFacts, plan: MemoryPlan) -> tuple[int, int] | None:
+    """(GPU bytes, RAM bytes) of the GGUF's weights one decode step reads under a partial offload planned by
+    plan_llamacpp (0 < gpu_layers < total_layers), None otherwise. The GPU side is what the plan puts there
+    (LayerSplit.gpu_weights: the output layer, for a tied output the embedding's copy, and gpu_layers - 1 repeating
+    layers); the RAM side is what the plan leaves in host memory less the token embedding: llama.cpp keeps it there
+    (src/llama-model.cpp load_tensors: dev_input is the CPU, "very little benefit to offloading the input layer")
+    and a step gathers one row of it per token (LLM_TENSOR_TOKEN_EMBD is GGML_OP_GET_ROWS, src/llama-arch.cpp),
+    not the table. A tied output is still read every step, as the output layer's copy (create_tensor loads the
+    TENSOR_DUPLICATED embedding as LLM_TENSOR_OUTPUT, on the output layer's device). Full and CPU-only plans: None
+    (their decode fits count the whole file, speed.service_forecast)."""
+    if not (0 < plan.gpu_layers < plan.total_layers):
+        return None
+    split = llamacpp_layer_split(model, plan.weights_bytes, plan.weights_format)
+    gpu = split.gpu_weights(plan.gpu_layers, plan.total_layers)
+    ram = split.host_weights(plan.gpu_layers, plan.total_layers, plan.weights_bytes) - split.input
+    return gpu, max(0, ram)
+
+
 def _dense_layer_params(model: ModelFacts) -> float:
     attn = model.hidden * (model.heads * (model.head_dim_k + model.head_dim_v)
                            + model.kv_heads * (model.head_dim_k + model.head_dim_v))

@@ -103,6 +103,25 @@ LLAMA_CUDA_GRAPHS_BUILD = 2800
 # The share of a backend's public points its stated error (Backend.error) covers.
 ERROR_SHARE = 0.9
 
+# Partial offload, prompts: ggml's GPU backends run an op whose weights sit in host memory on the GPU when its batch
+# has at least 32 tokens (ggml/src/ggml-cuda/ggml-cuda.cu, ggml_backend_cuda_device_offload_op:
+# get_op_batch_size(op) >= min_batch_size, 32; ggml-org/llama.cpp PR 6083 "backend : offload large batches to GPU"),
+# and the scheduler copies those weights to the GPU for every micro-batch (n_ubatch tokens) it runs there
+# (ggml-backend.cpp ggml_backend_sched_compute_splits: a split's inputs are copied, then the split computes, on the
+# GPU's stream). So a step of >= 32 tokens reads the RAM layers over the host link once per micro-batch, not from RAM
+# at the CPU's rate; an MoE model copies only the experts the micro-batch routes to (llama.cpp PR 15346).
+OP_OFFLOAD_MIN_BATCH = 32
+# The host link when the hardware profile gives none: PCIe 4.0 x16, 32 GB/s per direction (PCI-SIG: 16 GT/s x 16
+# lanes, 128b/130b). A profile's gpus[].interconnect_gbs above PCIe 5.0 x16's 64 GB/s is an NVLink figure
+# (profiles/hardware.yaml's convention for multi-GPU NVLink machines), not the host link: the default then too.
+DEFAULT_HOST_LINK_GBS = 32.0
+MAX_HOST_LINK_GBS = 64.0
+# Share of the link's peak a host-to-device copy of pinned memory reaches (llama.cpp registers the model's host
+# memory as pinned, even mmapped: PR 6083). Public CUDA bandwidthTest outputs (pinned H2D, 32 MB transfers):
+# A100-SXM4-40GB on its PCIe 4.0 x16 host link 26.1 GB/s (0.82 of 32), GTX 1650 SUPER on PCIe 3.0 x16 12.4 GB/s
+# (0.78 of 16), Princeton's Tiger P100 nodes (PCIe 3.0 x16) 12.4 GB/s (0.78): 0.8.
+HOST_LINK_EFFICIENCY = 0.8
+
 
 BACKENDS = {
     # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
@@ -328,6 +347,12 @@ class StepParts:
     batch_token_s: float  # compute per decoding token past the first (tiled: per token of a pass)
     experts: ExpertRouting | None = None  # an MoE model's routing; None: dense
     decode_tile: int = 0  # GGML_CPU_DECODE_TILE for the tiled form; 0: additive
+    # Partial offload on a ggml GPU backend (OP_OFFLOAD_MIN_BATCH): the part of weights_s that reads the RAM layers
+    # at the CPU's rate, and the seconds to copy one token's share of them over the host link; a step of at least
+    # OP_OFFLOAD_MIN_BATCH tokens copies them once per micro-batch of `ubatch` tokens in place of that read.
+    ram_weights_s: float = 0.0
+    ubatch_copy_s: float = 0.0
+    ubatch: int = 0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -339,8 +364,31 @@ class StepParts:
         return self.t0_s + self.weights_s + self.kv_s
 
     def memory_s(self, tokens: int, decoding: int) -> float:
-        """t0 + the weights `tokens` tokens read + `decoding` streams' KV caches."""
-        return self.t0_s + step_weights_bytes(self.weights_s, tokens, self.experts) + decoding * self.kv_s
+        """t0 + the weights `tokens` tokens read + `decoding` streams' KV caches. With a partial offload and a batch
+        of at least OP_OFFLOAD_MIN_BATCH tokens, the RAM layers' weights are copied to the GPU for each micro-batch
+        (copy_s) instead of read from RAM by the CPU."""
+        weights = step_weights_bytes(self.weights_s, tokens, self.experts)
+        if self.offloads(tokens):
+            weights += self.copy_s(tokens) - step_weights_bytes(self.ram_weights_s, tokens, self.experts)
+        return self.t0_s + weights + decoding * self.kv_s
+
+    def offloads(self, tokens: int) -> bool:
+        """Whether a batch of `tokens` tokens runs its RAM layers on the GPU (OP_OFFLOAD_MIN_BATCH)."""
+        return self.ubatch_copy_s > 0 and self.ubatch > 0 and tokens >= OP_OFFLOAD_MIN_BATCH
+
+    def copy_s(self, tokens: int) -> float:
+        """Host-link seconds of a batch of `tokens` tokens run on the GPU: ceil(tokens / ubatch) copies of the RAM
+        layers' weights (an MoE model's: the experts each micro-batch routes to)."""
+        if not self.offloads(tokens):
+            return 0.0
+        full, rest = divmod(tokens, self.ubatch)
+        copy = full * step_weights_bytes(self.ubatch_copy_s, self.ubatch, self.experts)
+        return copy + (step_weights_bytes(self.ubatch_copy_s, rest, self.experts) if rest else 0.0)
+
+    def prefill_s(self, prompt_tokens: int) -> float:
+        """Seconds to process a prompt of `prompt_tokens` tokens alone: its compute, plus with a partial offload the
+        micro-batches' copies of the RAM layers (copy_s; a prompt under OP_OFFLOAD_MIN_BATCH tokens: none)."""
+        return prompt_tokens * self.prompt_token_s + self.copy_s(prompt_tokens)
 
     def step(self, decoding: int, prompt_tokens: int = 0) -> tuple[float, bool]:
         """(seconds, compute-bound) of one step that decodes one token for each of `decoding` streams and processes
@@ -367,7 +415,8 @@ class StepParts:
 def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_stream: float, gpu_fraction: float,
                gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
                weights: str = "quantized", experts: ExpertRouting | None = None, batch_flops: float = 0.0,
-               host_flops: float = 0.0, decode_tile: int = 0) -> StepParts:
+               host_flops: float = 0.0, decode_tile: int = 0, host_link_gbs: float = 0.0,
+               ubatch: int = 0) -> StepParts:
     """The parts of a step (StepParts) on a device whose backend's figures are `b` (backend_params, or a host's
     calibrated ones) with `gpu_fraction` of the layers on the GPU and the rest in system RAM (`cpu`: the CPU
     backend's figures, for those layers).
@@ -378,21 +427,26 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
     `peak_flops` when any layer is on the GPU (also the RAM layers': ggml's CUDA backend runs a matrix multiplication
     of weights in host memory on the GPU for batches of 32 tokens or more, ggml-cuda.cu
     ggml_backend_cuda_device_offload_op, min_batch_size = 32; ikawrakow/ik_llama.cpp PR 520 describes the same
-    heuristic in mainline; the PCIe copy of those weights per ubatch is not modelled), else at `cpu`'s of the
-    CPU's peak (`peak_flops`). Decoding tokens past the first: at `batch_flops` when given (a calibrated host), else
+    heuristic in mainline), else at `cpu`'s of the CPU's peak (`peak_flops`). With a partial offload, a host link
+    of `host_link_gbs` (the GPU's PCIe, peak per direction) and micro-batches of `ubatch` tokens, a batch of at least
+    OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers' weights over that link once per micro-batch, at
+    HOST_LINK_EFFICIENCY of its peak, in place of their read from RAM (StepParts.copy_s). Decoding tokens past the first: at `batch_flops` when given (a calibrated host), else
     at the batch MFU for the kind of the device doing the work x `peak_flops`; with a partial offload and
     `host_flops` (the CPU's nominal peak), the RAM layers' share at the CPU backend's batch MFU of `host_flops`.
     `decode_tile`: the tiled CPU form (StepParts)."""
     on_gpu = gpu_fraction > 0
-    weights_s = kv_s = 0.0
+    weights_s = kv_s = ram_weights_s = ubatch_copy_s = 0.0
     if on_gpu and gpu_bandwidth_gbs > 0:
         bw = gpu_bandwidth_gbs * 1e9
         weights_s += gpu_fraction * weights_bytes / (b.efficiency_for(weights) * bw)
         kv_s += gpu_fraction * kv_bytes_per_stream / (b.efficiency * bw)
     if gpu_fraction < 1:
         bw = host_bandwidth_gbs * 1e9
-        weights_s += (1 - gpu_fraction) * weights_bytes / (cpu.efficiency_for(weights) * bw)
+        ram_weights_s = (1 - gpu_fraction) * weights_bytes / (cpu.efficiency_for(weights) * bw)
+        weights_s += ram_weights_s
         kv_s += (1 - gpu_fraction) * kv_bytes_per_stream / (cpu.efficiency * bw)
+        if on_gpu and host_link_gbs > 0 and ubatch > 0:
+            ubatch_copy_s = (1 - gpu_fraction) * weights_bytes / (HOST_LINK_EFFICIENCY * host_link_gbs * 1e9)
     mfu = b.prefill_mfu if on_gpu else cpu.prefill_mfu
     prompt_s = 2 * active_params / (mfu * peak_flops) if peak_flops and active_params else 0.0
     batch_peak = batch_flops or (b.batch_mfu_for(weights) if on_gpu else cpu.batch_mfu_for(weights)) * peak_flops
@@ -401,7 +455,8 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
                    + (1 - gpu_fraction) * batch_compute_seconds(active_params, 2, host_flops, cpu.batch_mfu))
     else:
         batch_s = batch_compute_seconds(active_params, 2, batch_peak, 1.0)
-    return StepParts(weights_s, kv_s, b.t0_ms / 1000, prompt_s, batch_s, experts, decode_tile)
+    return StepParts(weights_s, kv_s, b.t0_ms / 1000, prompt_s, batch_s, experts, decode_tile,
+                     ram_weights_s if ubatch_copy_s else 0.0, ubatch_copy_s, ubatch if ubatch_copy_s else 0)
 
 
 def fit_batch_mfu(curves: list[tuple[float, float, list[tuple[int, float]]]]) -> float:
@@ -595,7 +650,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
              gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
              experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
-             host_flops: float = 0.0, build: int | None = None) -> Forecast:
+             host_flops: float = 0.0, build: int | None = None, host_link_gbs: float = 0.0,
+             ubatch: int = 0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams, from the step step_parts builds (the one the
     fleet simulator's curve steps, capacity.service_curve).
 
@@ -613,19 +669,23 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     streams past a whole number of tiles one pass each, as long as a stream alone. `host_flops`: the CPU's peak
     (capacity.CPU_FLOPS_PER_THREAD x threads) for a partial offload: the layers left in RAM compute their extra
     tokens there, at the CPU backend's batch MFU. `build`: the llama.cpp build the plan is for (backend_params;
-    None: the current era)."""
+    None: the current era). `host_link_gbs` and `ubatch` (a partial offload on a ggml GPU backend): a prompt of at
+    least OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers to the GPU once per micro-batch
+    (StepParts.prefill_s), so the prefill rate depends on the prompt's length."""
     b, cpu = params or backend_params(backend, build), params or backend_params("cpu")
     n = max(1, streams)
     parts = step_parts(b, cpu, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
                        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
                        host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
                        weights=weights, experts=experts, batch_flops=batch_flops, host_flops=host_flops,
-                       decode_tile=decode_tile)
+                       decode_tile=decode_tile, host_link_gbs=host_link_gbs, ubatch=ubatch)
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error, PARTIAL_OFFLOAD_ERROR) if 0 < gpu_fraction < 1 else b.error
     single = parts.single_s()
     step, compute_bound = parts.step(n)
     prefill = parts.prefill_tokens_per_s
+    if prefill and prompt_tokens > 0 and parts.offloads(prompt_tokens):
+        prefill = prompt_tokens / parts.prefill_s(prompt_tokens)  # this prompt's rate, its copies included
     ttft = ttft_seconds(prompt_tokens, prefill, single) if prefill else float("inf")
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
     # The prefill runs where the layers are: the CPU's check when none are on the GPU.
@@ -636,6 +696,30 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
                     bound="compute" if compute_bound else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error,
                     prefill_tokens_per_s=float(f"{prefill:.6g}"))
+
+
+def host_link_gbs(hw) -> float:
+    """The host<->GPU link's peak GB/s per direction that a partial offload copies its RAM layers over: the first
+    GPU's (ggml's scheduler offloads to the first backend that takes the op) interconnect_gbs from the hardware
+    profile, else DEFAULT_HOST_LINK_GBS; a figure above MAX_HOST_LINK_GBS is NVLink's, not the host link."""
+    g = hw.gpus[0] if hw.gpus else None
+    link = getattr(g, "interconnect_gbs", None) if g is not None else None
+    return float(link) if link and link <= MAX_HOST_LINK_GBS else DEFAULT_HOST_LINK_GBS
+
+
+def partial_offload_read(model, mem) -> tuple[float, float, int] | None:
+    """(weight bytes a decode step reads, the GPU's share of them, micro-batch tokens) of a llama.cpp/Ollama plan
+    with some layers on the GPU and the rest in RAM (memory.llamacpp_step_read: the plan's own byte split, the token
+    embedding left out of the read), None for a full or CPU-only plan (those keep the whole file: the public decode
+    fits, benchmarks/bench_public_logs.py, were made with bytes = file size, so their efficiencies absorb it). The
+    micro-batch is memory.DEFAULT_UBATCH (llama-server's -ub default; a -ub pinned in overrides is not carried
+    into the forecast)."""
+    from stackgen.plan.memory import DEFAULT_UBATCH, llamacpp_step_read
+    split = llamacpp_step_read(model, mem)
+    if split is None or sum(split) <= 0:
+        return None
+    gpu, ram = split
+    return float(gpu + ram), gpu / (gpu + ram), DEFAULT_UBATCH
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
@@ -656,11 +740,16 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     eng = engines.get(engine)
     vendor = hw.gpus[0].vendor if hw.gpus else None
     backend = backend_for(eng.speed_backend, vendor, hw.gpus[0].tier if hw.gpus else None)
-    active = mem.weights_bytes * (model.active_params / model.params) if model.params else mem.weights_bytes
+    read = mem.weights_bytes
+    link = ubatch = 0
     if hw.gpus and not hw.is_apple and eng.layers_in_ram:
         gpu_fraction = mem.gpu_layers / mem.total_layers if mem.total_layers else 0.0
+        partial = partial_offload_read(model, mem)
+        if partial is not None:  # the bytes memory.py puts on each side, less the embedding a step does not read
+            read, gpu_fraction, link, ubatch = partial[0], partial[1], host_link_gbs(hw), partial[2]
     else:
         gpu_fraction = 1.0 if hw.gpus else 0.0
+    active = read * (model.active_params / model.params) if model.params else read
     tp = max(1, mem.tensor_parallel)
     gpu_bw = min(g.bandwidth_gbs for g in hw.gpus) * tp if hw.gpus else 0.0
     if hw.gpus and gpu_fraction > 0:
@@ -686,7 +775,7 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
               batch_flops=batch_flops,
               decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized"
               else 0,
-              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads), build=build)
+              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads), build=build, host_link_gbs=link, ubatch=ubatch)
     fc = forecast(backend, streams=min(max(1, users), slots), **kw)
     if eng.speed_check and gpu_fraction > 0:
         # An engine on another engine's line states what its own public points show on that line (SGLang: its decode

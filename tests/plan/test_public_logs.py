@@ -424,8 +424,9 @@ def test_profiled_gpus_all_have_a_peak_flop_figure():
 
 # ---- partial offload (layers split between a GPU and system RAM): tests/fixtures/public-logs/partial_offload.yaml --
 # Every point is held out. Tolerance: the single-stream decode check's 25% (issue 13), the same speed model and the
-# same backends' fits; what the points show (benchmarks/results/public_logs.md): 3 of 6 within 15%, 4 of 6 within 25%,
-# all 6 within the 35% the plan states for them (Forecast.error).
+# same backends' fits; what the points show (benchmarks/results/public_logs.md): 5 of 6 within 15% and 25% (the step
+# reads memory.py's bytes less the token embedding: speed.partial_offload_read), all 6 within the 35% the plan states
+# for them (Forecast.error).
 PARTIAL = yaml.safe_load((FIX / "partial_offload.yaml").read_text())
 PARTIAL_TOLERANCE = 0.25
 
@@ -478,11 +479,11 @@ def test_partial_offload_error_is_the_largest_of_its_points():
 
 def test_partial_offload_corpus_and_share_within_tolerance():
     """The corpus: 6+ held-out points from 2+ sources, none fitted; the share within 25% may not fall below what it
-    is (4 of 6; benchmarks/results/public_logs.md)."""
+    is (5 of 6; benchmarks/results/public_logs.md)."""
     pts = PARTIAL["points"]
     assert len(pts) >= 6 and len({PARTIAL["hosts"][p["host"]]["source"] for p in pts}) >= 2
     assert not any(p.get("held_out") is False for p in pts)
-    assert sum(abs(_partial_ratio(p) - 1) <= PARTIAL_TOLERANCE for p in pts) >= 4
+    assert sum(abs(_partial_ratio(p) - 1) <= PARTIAL_TOLERANCE for p in pts) >= 5
 
 
 def test_partial_offload_layer_bytes_match_the_measured_vram_per_layer():
@@ -499,3 +500,46 @@ def test_partial_offload_layer_bytes_match_the_measured_vram_per_layer():
     kv_per_layer = llamacpp_kv_bytes(model, 4096, 1, "f16") / model.layers
     slope = (pts[-1]["vram_mib"] - pts[0]["vram_mib"]) * MIB / (pts[-1]["ngl"] - pts[0]["ngl"])
     assert (slope - kv_per_layer) / i["split"].per_layer == pytest.approx(1.0, abs=0.10)
+
+
+# ---- partial offload, prompt processing (partial_offload.yaml prefill_points): speed.forecast's prefill rate for the
+# prompt, its compute on the GPU plus the RAM layers copied over the host link once per micro-batch. Held out; the
+# one public source (a WSL host) is over-predicted 3.9-7.3x by the copies (prefill_hosts' why).
+def _pp_ratio(p):
+    from public_logs import predict_partial_prefill
+    return predict_partial_prefill(PARTIAL, p) / p["tokens_per_s"]
+
+
+@pytest.mark.parametrize("point", PARTIAL["prefill_points"], ids=[p["id"] for p in PARTIAL["prefill_points"]])
+def test_partial_prefill_point_is_sourced_and_within_25_percent(point):
+    from public_logs import partial_prefill_inputs
+    assert point["source"].startswith("https://github.com/")
+    i = partial_prefill_inputs(PARTIAL, point)
+    assert 0 < point["ngl"] < i["model"].layers and point["prompt"] >= 32  # a partial offload the GPU runs
+    ratio = _pp_ratio(point)
+    if point.get("known_miss"):
+        pytest.xfail(point["known_miss"])
+    assert abs(ratio - 1) <= PARTIAL_TOLERANCE, ratio
+
+
+def test_partial_prefill_known_misses_still_miss_with_their_stated_ratio():
+    misses = [p for p in PARTIAL["prefill_points"] if p.get("known_miss")]
+    for p in misses:
+        r = _pp_ratio(p)
+        assert abs(r - 1) > PARTIAL_TOLERANCE and f"{r:.2f}" in p["known_miss"], (p["id"], r)
+
+
+def test_partial_prefill_compute_side_matches_the_rows_intercept():
+    """The rows' seconds per token are linear in the RAM side's bytes (the copies); at no RAM bytes the line gives the
+    compute alone, which must be stackgen's CUDA prefill rate (predict_partial_prefill without copies) within 25%,
+    and the slope gives the link rate the prefill_hosts note states (1.54 GB/s)."""
+    from public_logs import partial_prefill_inputs, predict_partial_prefill
+    pts = PARTIAL["prefill_points"]
+    xs = [partial_prefill_inputs(PARTIAL, p)["ram_bytes"] for p in pts]
+    ys = [1 / p["tokens_per_s"] for p in pts]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    compute_rate = 1 / (my - slope * mx)
+    assert predict_partial_prefill(PARTIAL, pts[0], copies=False) / compute_rate == pytest.approx(1.0, abs=0.25)
+    link = 1 / (slope * pts[0]["ubatch"]) / 1e9
+    assert f"{link:.2f} GB/s" in PARTIAL["prefill_hosts"][pts[0]["host"]]["why"], link
