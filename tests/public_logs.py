@@ -114,8 +114,9 @@ def prefill_inputs(p: dict) -> tuple[float, float, float]:
 
 def speed_line(backend: str) -> str:
     """The fitted line (a speed.BACKENDS key) a fixture point's `backend` is checked against: its own, or for an
-    engine that has no line of its own the one its plans decode and prefill on -- `sglang` points check the line
-    stackgen.engines.sglang.SGLang.speed_backend names (vLLM's), so they test what an SGLang plan prints."""
+    engine that has no line of its own the one its plans decode and prefill on (its Engine.speed_backend), so the
+    point tests what that engine's plan prints. Every engine in the corpus has its own line now (SGLang's since it
+    was fitted on half of its H20 rows; before, its points checked vLLM's)."""
     from stackgen import engines
     from stackgen.plan import speed
     if backend in speed.BACKENDS:

@@ -293,12 +293,6 @@ class Engine:
     key_required: str | None = None
     layers_in_ram: bool = False  # ggml layer split: some layers may decode from system RAM (-ngl, Ollama num_gpu)
     speed_backend: str | None = None  # its own kernels' decode fit in speed.BACKENDS (None: ggml's per GPU vendor)
-    # An engine planning on another engine's line (speed_backend) with public points of its own: what they show on
-    # that line, stated by its plans in place of the line's own check -- (decode points, the |predicted/measured - 1|
-    # 9 in 10 of them lie within (speed.ERROR_SHARE) rounded up to 5%, one-request prefill points, their largest);
-    # tests/plan/test_public_logs.py
-    # holds it to tests/fixtures/public-logs/. None: the line's own check.
-    speed_check: tuple[int, float, int, float] | None = None
     queue_metric: str | None = None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
     # Its memory plan depends on the engine's build (llama.cpp's logits rule): plans are told the build the host has
     # (Pins.engine_build), probed from the binary (host.binaries.engine_build) or read from engine_version.

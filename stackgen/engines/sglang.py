@@ -234,14 +234,11 @@ class SGLang(Engine):
     name = "sglang"
     display = "SGLang"
     short = "SGLang"
-    # FlashInfer/Triton kernels on the same GPUs: vLLM's fit. SGLang's own public points (decode_speed.yaml and
-    # prefill_speed.yaml, backend "sglang", all held out) check that line, and its plans state what they show:
-    # 16 single-stream rows of the Qwen3 docs' SGLang 0.4.6.post1 run on one H20 (0.6B-32B, BF16/FP8/AWQ), all
-    # over-predicted (x1.5 for the 32B FP8 to x7.2 for the 0.6B FP8: that run reads at most 0.39 of the H20's
-    # 4.0 TB/s, where the vllm line reads 0.60-0.74), and 2 one-request TTFTs on 2 x RTX 5090 (-20%, NVFP4 -51%);
-    # benchmarks/results/public_logs.md.
-    speed_backend = "vllm"
-    speed_check = (16, 4.50, 2, 0.55)
+    # Its own decode line (speed.BACKENDS["sglang"]): fitted on half of SGLang's 16 public single-stream rows (the
+    # Qwen3 docs' SGLang 0.4.6.post1 run on one H20, 0.6B-32B, BF16/FP8/AWQ; decode_speed.yaml), checked on the other
+    # half; before, SGLang plans decoded on vLLM's line, which those rows showed x1.5-x7.2 too fast. Prefill and
+    # batched decode are vLLM's figures (no SGLang point fits them); PREFILL_CHECK["sglang"] states its 2 TTFTs.
+    speed_backend = "sglang"
     default_port = 30000  # fields/serving.py line 66
     # The interpreter of the environment sglang is installed in: `python3 -c LAUNCHER` runs sglang.launch_server
     # (set `binary:` to that environment's python, e.g. .venv/bin/python, when python3 on PATH is another one).

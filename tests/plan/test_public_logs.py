@@ -3,7 +3,6 @@ vLLM non-KV terms and KV size from startup logs, started/refused verdicts, and d
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -167,42 +166,47 @@ def test_fit_never_returns_a_negative_overhead():
     assert t0 == 0.0 and 0.6 < e < 0.7 and e16 == 0.0
 
 
+# Lines with no public point of their own for a figure take another line's (speed.py says which and why): SGLang's
+# prefill and batched-decode figures are vLLM's (its 2 TTFT points are held out, it has no service curve).
+BORROWED = {"sglang": "vllm"}
+
+
 def test_engine_points_check_the_line_their_plans_use():
-    """A fixture backend with no fitted line (SGLang) is checked on the line its engine's plans decode and prefill
-    on (engines/sglang.py speed_backend: vLLM's), its points are all held out (they check, never fit), and its plans
-    state what those points show (Engine.speed_check: decode points and the error 9 in 10 of them are within, prefill
-    points and their largest error, on that line, rounded up to 5%)."""
+    """Every fixture backend is a fitted line of its own (speed_line is the identity on the corpus), and an engine
+    with its own kernels plans on the line its points fit: SGLang's plans decode on "sglang" (engines/sglang.py
+    speed_backend), fitted on the odd-numbered of its 16 rows in fixture order and checked on the even-numbered
+    ones (decode_speed.yaml's rule, fixed before the fit); its prefill and batched-decode figures are vLLM's
+    (BORROWED), its one-request TTFTs all held out."""
     from stackgen import engines
-    own = {p["backend"] for p in POINTS + PREFILL} - set(speed.BACKENDS)
-    assert own == {"sglang"}
-    for backend in own:
-        eng = engines.get(backend)
-        assert speed_line(backend) == eng.speed_backend == "vllm"
-        assert all(p.get("held_out") for p in POINTS + PREFILL if p["backend"] == backend)
-        n_decode, decode_err, n_prefill, prefill_err = eng.speed_check
-        for pts, ratio, n, err, share in (
-                ([p for p in POINTS if p["backend"] == backend and not p.get("outlier")],
-                 lambda p: _predicted(p) / p["tokens_per_s"], n_decode, decode_err, speed.ERROR_SHARE),
-                ([p for p in PREFILL if p["backend"] == backend and not p.get("outlier")], _prefill_ratio, n_prefill,
-                 prefill_err, 1.0)):
-            # decode: the error 9 in 10 points are within (speed.ERROR_SHARE, as Backend.error); prefill: the largest
-            errs = sorted(abs(ratio(p) - 1) for p in pts)
-            stated = errs[math.ceil(share * len(errs)) - 1]
-            assert n == len(pts) and err - 0.05 < stated <= err + 1e-9, (backend, stated, err)
+    assert {p["backend"] for p in POINTS + PREFILL} <= set(speed.BACKENDS)
+    assert all(speed_line(p["backend"]) == p["backend"] for p in POINTS + PREFILL)
+    eng = engines.get("sglang")
+    assert eng.speed_backend == "sglang" and speed.backend_for(eng.speed_backend, "nvidia", "datacenter") == "sglang"
+    rows = [p for p in POINTS if p["backend"] == "sglang"]
+    assert len(rows) == 16
+    assert [not p.get("held_out") for p in rows] == [i % 2 == 0 for i in range(16)]
+    assert speed.BACKENDS["sglang"].fitted_on == 8
+    assert all(p.get("held_out") for p in PREFILL if p["backend"] == "sglang")
+    for backend, lender in BORROWED.items():
+        b, other = speed.BACKENDS[backend], speed.BACKENDS[lender]
+        assert (b.prefill_mfu, b.batch_mfu, b.batch_mfu_16bit) == (other.prefill_mfu, other.batch_mfu,
+                                                                 other.batch_mfu_16bit)
 
 
 def test_speed_within_15_percent_share():
     """The issue's goal is 90% of points within 15%. The 75 points before corpus2: 62 within 15% (83%; 59 before the
     CUDA build term). corpus2 added 40 held-out 2025-2026 points (benchmarks/results/corpus2-candidates.md): 76 of 115
-    within 15% (66%), recorded in benchmarks/results/public_logs.md with each miss. The misses of the first 75 are
-    chip- and GPU-specific: the consumer CUDA line's May-2024 RTX 3080 Ti (+16%), Metal on the May-2024 M1 Max
-    32-core's K-quants (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%),
-    Vulkan's RTX 2080 Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%),
-    its RTX 3090 AWQ 7B (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit
-    (+24%); of corpus2's, all 16 SGLang rows (one H20 run, x1.5-x7.2 on the vllm line its plans use) and 9 of its 23
-    llama.cpp ones (14 within; one more an outlier). The floor here keeps it from getting worse."""
+    within 15% (66%), with all 16 SGLang rows missed (one H20 run, x1.5-x7.2 on the vllm line its plans used then).
+    SGLang's own line (speed.BACKENDS["sglang"], fitted on the odd-numbered 8 of those rows, the even-numbered 8 held
+    out): 12 of its 16 within 15% (6 fitted, 6 held out; the 4 misses are its AWQ rows, +37..+49%), 88 of 115 (77%),
+    recorded in benchmarks/results/public_logs.md with each miss. The misses of the first 75 are chip- and
+    GPU-specific: the consumer CUDA line's May-2024 RTX 3080 Ti (+16%), Metal on the May-2024 M1 Max 32-core's K-quants
+    (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%), Vulkan's RTX 2080
+    Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%), its RTX 3090 AWQ 7B
+    (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit (+24%); of corpus2's
+    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 115 and len(close) >= 76
+    assert len(POINTS) >= 115 and len(close) >= 88
 
 
 def test_fit_recovers_known_parameters():
@@ -367,6 +371,9 @@ def test_prefill_known_misses_are_still_misses():
 def test_prefill_mfu_is_the_fit_of_the_points_not_held_out(backend):
     sel = [prefill_inputs(p) for p in PREFILL
            if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+    if backend in BORROWED:  # no fitted point: the lender's MFU, its own points only check it
+        assert not sel and speed.BACKENDS[backend].prefill_mfu == speed.BACKENDS[BORROWED[backend]].prefill_mfu
+        return
     assert sel
     assert speed.BACKENDS[backend].prefill_mfu == pytest.approx(speed.fit_prefill_mfu(sel), abs=0.001)
 
@@ -383,8 +390,8 @@ def test_prefill_check_states_the_points_and_their_largest_error(backend):
 
 def test_prefill_corpus_and_share_within_tolerance():
     """>= 12 points, >= 3 held out, every backend issue 13 names; the llama.cpp and MLX backends: 21 of 28 (outliers
-    aside) within 30%; vLLM's TTFT points (added later, their own floor): 3 of 6; SGLang's on the vllm line (corpus2,
-    held out): 1 of 2 -- the floors keep each from getting worse."""
+    aside) within 30%; vLLM's TTFT points (added later, their own floor): 3 of 6; SGLang's at vLLM's MFU (corpus2, held
+    out): 1 of 2 -- the floors keep each from getting worse."""
     assert len(PREFILL) >= 12 and sum(1 for p in PREFILL if p.get("held_out")) >= 3
     assert {"cuda", "metal", "vulkan", "cpu", "mlx", "rocm", "vllm"} <= {p["backend"] for p in PREFILL}
     for backends, floor, share in ((lambda b: b not in ("vllm", "sglang"), 21, 0.75), (lambda b: b == "vllm", 3, 0.5),

@@ -354,11 +354,12 @@ services:
     assert longer.queue_requests_per_s < fc.queue_requests_per_s
 
 
-def test_an_sglang_plan_states_what_sglangs_own_points_show(tmp_path):
-    """SGLang plans decode and prefill on vLLM's line (engines/sglang.py speed_backend); the error and the TTFT check
-    they print are those SGLang's own public points show on that line (Engine.speed_check), not the ones vLLM's
-    points show -- the same speed figures, another stated check."""
-    from stackgen import engines
+def test_an_sglang_plan_decodes_on_sglangs_own_line(tmp_path):
+    """SGLang plans decode on SGLang's own line (engines/sglang.py speed_backend "sglang", fitted on its public H20
+    rows): one step is t0 + the weights at the line's efficiency for their kind + the KV cache at its efficiency,
+    and the plan states that line's error and SGLang's own TTFT check (speed.PREFILL_CHECK["sglang"]); the prefill
+    rate is vLLM's (the same MFU: no SGLang prefill point is fitted), so the two engines' prompts take as long."""
+    from stackgen.plan.memory import _kv_bytes_read
     from tools.stacks import plan_for
     stack = """
 version: 1
@@ -368,12 +369,20 @@ serve: {api_key_env: CHAT_API_KEY}
 services:
   chat: {model: llama-3.1-8b-instruct, engine: %s}
 """
-    sg = plan_for(tmp_path / "sg", stack % "sglang").services[0].speed
+    plan = plan_for(tmp_path / "sg", stack % "sglang")
+    sp = plan.services[0]
     vl = plan_for(tmp_path / "vl", stack % "vllm").services[0].speed
-    assert sg.backend == vl.backend == "vllm"
-    assert sg.single_stream_tokens_per_s == vl.single_stream_tokens_per_s and sg.ttft_s == vl.ttft_s
+    sg, b = sp.speed, speed.BACKENDS["sglang"]
+    assert (sg.backend, vl.backend) == ("sglang", "vllm")
+    m = sp.memory
+    bw = min(g.bandwidth_gbs for g in plan.hardware.gpus) * 1e9 * max(1, m.tensor_parallel)
+    kind = speed.weight_kind(m.weights_format or sp.model.quant)
+    kv = _kv_bytes_read(sp.model, m, min(m.context_per_request, 1000 + 200 // 2))
+    t = m.weights_bytes / (b.efficiency_for(kind) * bw) + kv / (b.efficiency * bw) + b.t0_ms / 1000
+    assert sg.single_stream_tokens_per_s == pytest.approx(1 / t, abs=0.06)
+    assert (sg.error, sg.fitted_on, sg.ttft_checked_on, sg.ttft_error) == (b.error, 8, *speed.PREFILL_CHECK["sglang"])
     assert (vl.error, vl.ttft_checked_on, vl.ttft_error) == (speed.BACKENDS["vllm"].error, *speed.PREFILL_CHECK["vllm"])
-    _, decode_error, n, err = engines.get("sglang").speed_check
-    assert sg.error == decode_error and (sg.ttft_checked_on, sg.ttft_error) == (n, err)
-    assert f"decode +-{decode_error * 100:.0f}%" in sg.text()
+    assert sg.prefill_tokens_per_s == vl.prefill_tokens_per_s
+    n, err = speed.PREFILL_CHECK["sglang"]
+    assert f"decode +-{b.error * 100:.0f}% for 9 in 10 public points, sglang backend fitted on 8 public points" in sg.text()
     assert f"TTFT +-{err * 100:.0f}%, checked on {n} public prefill points" in sg.text()

@@ -41,6 +41,8 @@ def test_backend_for_every_vendor_and_the_cpu():
     assert speed.backend_for(None, None) == "cpu"
     assert speed.backend_for("vllm", "nvidia") == "vllm"
     assert speed.backend_for("vllm", None) == "cpu"
+    assert speed.backend_for("sglang", "nvidia", "datacenter") == "sglang"  # its own line, not CUDA's nor vLLM's
+    assert speed.backend_for("sglang", None) == "cpu"
     assert speed.backend_for("mlx", None) == "cpu"
 
 
@@ -66,6 +68,19 @@ def test_a_step_of_nothing_is_no_speed_not_an_error():
 def test_step_seconds_adds_no_cache_unless_given():
     """step_seconds without kv_bytes reads only the weights: 1000 bytes at 0.604 x 1 GB/s on vLLM (t0 = 0)."""
     assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (0.604 * 1e9), rel=1e-12)
+
+
+def test_sglang_steps_pay_its_overhead_and_read_each_kind_at_its_slope():
+    """SGLang's line (speed.BACKENDS["sglang"]: a 2 ms per-step overhead, a slope per weight kind): 1e9 bytes of
+    16-bit weights and 1e8 of KV cache at 4000 GB/s are 1e9 / (e_16bit x 4e12) + 1e8 / (e x 4e12) + t0; quantized
+    weights read at e; no bytes at all still cost t0 (the step's fixed part)."""
+    b = speed.BACKENDS["sglang"]
+    assert b.t0_ms > 0 and b.efficiency_16bit and b.efficiency_16bit != b.efficiency
+    t16 = 1e9 / (b.efficiency_16bit * 4e12) + 1e8 / (b.efficiency * 4e12) + b.t0_ms / 1000
+    tq = 1e9 / (b.efficiency * 4e12) + 1e8 / (b.efficiency * 4e12) + b.t0_ms / 1000
+    assert speed.step_seconds(1e9, 4000, "sglang", "16bit", 1e8) == pytest.approx(t16, rel=1e-12)
+    assert speed.step_seconds(1e9, 4000, "sglang", "quantized", 1e8) == pytest.approx(tq, rel=1e-12)
+    assert speed.single_stream_tokens_per_s(0, 0, 4000, "sglang") == pytest.approx(1000 / b.t0_ms)
 
 
 def test_no_compute_term_without_a_peak_or_parameters():
