@@ -414,9 +414,9 @@ class StepParts:
     def sustained_step_s(self, streams: int, prompt_tokens: int, output_tokens: int) -> float:
         """Seconds per token of one of `streams` streams under sustained closed-loop load: every user sends its next
         request (`prompt_tokens` in, `output_tokens` out) as soon as the last one is answered, so the steps a stream
-        decodes in also carry the other users' new prompts (what capacity.simulate steps, and what a client's
-        inter-token time shows; step() alone is all streams decoding with no prompt arriving, what `up --verify`
-        measures).
+        decodes in also carry the other users' new prompts (what the fleet simulator steps,
+        capacity.simulate_service, and what a client's inter-token time shows; step() alone is all streams
+        decoding with no prompt arriving, what `up --verify` measures).
 
         Derivation, in steps of the engine (every admitted stream takes part in every step). One request of a
         stream is its own prefill step (the prompt, packed into one step, gives the first token) and then
@@ -424,7 +424,7 @@ class StepParts:
         comes. So at steady state each of the other streams - 1 streams is in its prefill step in 1 of every
         output_tokens steps, not decoding but adding prompt_tokens; in a step this stream decodes in, the others
         bring on average k = (streams - 1) / output_tokens prompts (about streams x prompt_tokens / output_tokens
-        prompt tokens when streams >> output_tokens), and a step with j of them decodes streams - j streams and
+        prompt tokens with many streams), and a step with j of them decodes streams - j streams and
         processes j x prompt_tokens prompt tokens: step(streams - j, j x prompt_tokens). The steps carry a whole
         number of prompts: floor(k) in a share 1 - (k - floor(k)) of them, floor(k) + 1 in the rest, so the mean
         step is that mix of the two. For an additive step (a dense model, every layer on one device) the mix is
@@ -433,11 +433,12 @@ class StepParts:
         tiles) a few streams' prompts land whole in a step, as in the simulator, not spread thin. One stream
         (k = 0) is step(1): its own prefill comes before its first token (the TTFT), not between its tokens.
 
-        Left out (both small at the workloads' hundreds of output tokens): the wait between one request's last
-        token and the next one's prefill step (the request overhead, capacity.REQUEST_OVERHEAD_S, and the rest of
-        the step in progress), in which a stream neither decodes nor brings a prompt; and a step-token budget
-        (llama.cpp -b, vLLM --max-num-batched-tokens) too small for the prompts of a step, which spreads a prompt
-        over several steps."""
+        Left out: the wait between one request's last token and the next one's prefill step (the request overhead,
+        capacity.REQUEST_OVERHEAD_S, and the rest of the step in progress), in which a stream neither decodes nor
+        brings a prompt (a step or two in a cycle of hundreds of output tokens); and a step-token budget (llama.cpp
+        -b, vLLM --max-num-batched-tokens) too small for a step's prompts, which spreads them over more steps (the
+        same prompt tokens, a prefilling stream out of a few more steps). benchmarks/results/sustained.md: within 4%
+        of the simulator's median request with lengths spread, on every golden service of 2 or more streams."""
         n = max(1, streams)
         if n == 1 or output_tokens <= 0 or prompt_tokens <= 0:
             return self.step_s(n)
