@@ -439,6 +439,45 @@ class StepParts:
     def step_s(self, decoding: int, prompt_tokens: int = 0) -> float:
         return self.step(decoding, prompt_tokens)[0]
 
+    def sustained_step_s(self, streams: int, prompt_tokens: int, output_tokens: int) -> float:
+        """Seconds per token of one of `streams` streams under sustained closed-loop load: every user sends its next
+        request (`prompt_tokens` in, `output_tokens` out) as soon as the last one is answered, so the steps a stream
+        decodes in also carry the other users' new prompts (what the fleet simulator steps,
+        capacity.simulate_service, and what a client's inter-token time shows; step() alone is all streams
+        decoding with no prompt arriving, what `up --verify` measures).
+
+        Derivation, in steps of the engine (every admitted stream takes part in every step). One request of a
+        stream is its own prefill step (the prompt, packed into one step, gives the first token) and then
+        output_tokens - 1 decode steps: a cycle of output_tokens steps, after which the same user's next prompt
+        comes. So at steady state each of the other streams - 1 streams is in its prefill step in 1 of every
+        output_tokens steps, not decoding but adding prompt_tokens; in a step this stream decodes in, the others
+        bring on average k = (streams - 1) / output_tokens prompts (about streams x prompt_tokens / output_tokens
+        prompt tokens with many streams), and a step with j of them decodes streams - j streams and
+        processes j x prompt_tokens prompt tokens: step(streams - j, j x prompt_tokens). The steps carry a whole
+        number of prompts: floor(k) in a share 1 - (k - floor(k)) of them, floor(k) + 1 in the rest, so the mean
+        step is that mix of the two. For an additive step (a dense model, every layer on one device) the mix is
+        exactly step(streams - k, k x prompt_tokens); with a non-linear one (an MoE model's union of experts, a
+        partial offload's per-micro-batch copies for a batch of OP_OFFLOAD_MIN_BATCH or more tokens, the CPU's
+        tiles) a few streams' prompts land whole in a step, as in the simulator, not spread thin. One stream
+        (k = 0) is step(1): its own prefill comes before its first token (the TTFT), not between its tokens.
+
+        Left out: the wait between one request's last token and the next one's prefill step (the request overhead,
+        capacity.REQUEST_OVERHEAD_S, and the rest of the step in progress), in which a stream neither decodes nor
+        brings a prompt (a step or two in a cycle of hundreds of output tokens); and a step-token budget (llama.cpp
+        -b, vLLM --max-num-batched-tokens) too small for a step's prompts, which spreads them over more steps (the
+        same prompt tokens, a prefilling stream out of a few more steps). benchmarks/results/sustained.md: within 4%
+        of the simulator's median request with lengths spread, on every golden service of 2 or more streams."""
+        n = max(1, streams)
+        if n == 1 or output_tokens <= 0 or prompt_tokens <= 0:
+            return self.step_s(n)
+        k = (n - 1) / output_tokens
+        j = int(k)
+        share = k - j
+        t = self.step_s(n - j, j * prompt_tokens)
+        if share > 0:
+            t = (1 - share) * t + share * self.step_s(n - j - 1, (j + 1) * prompt_tokens)
+        return t
+
 
 def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_stream: float, gpu_fraction: float,
                gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
@@ -637,6 +676,13 @@ class Forecast:
     # leave some idle).
     instances: int = 1
     instances_busy: int = 1
+    # Decode tokens/s per user under sustained closed-loop load (StepParts.sustained_step_s): each user sends its next
+    # request as soon as the last is answered, so the steps also carry the other users' prompts (the workload's
+    # prompt and output lengths); what the fleet simulator's per-user rate (capacity.simulate_service) measures.
+    # per_user_tokens_per_s is the streams decoding together with no prompt arriving (what `up --verify`
+    # measures). A fleet's: one instance's, as the other per-user figures. 0: unknown (no output length or no
+    # prefill rate).
+    sustained_per_user_tokens_per_s: float = 0.0
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "streams": self.streams,
@@ -647,7 +693,8 @@ class Forecast:
                 "fitted_on": self.fitted_on, "ttft_checked_on": self.ttft_checked_on, "ttft_error": self.ttft_error,
                 "slots": self.slots, "queue_requests_per_s": self.queue_requests_per_s,
                 "prefill_tokens_per_s": self.prefill_tokens_per_s, "instances": self.instances,
-                "instances_busy": self.instances_busy}
+                "instances_busy": self.instances_busy,
+                "sustained_per_user_tokens_per_s": self.sustained_per_user_tokens_per_s}
 
     def text(self) -> str:
         def n(count: int, word: str) -> str:
@@ -668,8 +715,12 @@ class Forecast:
         slots = f"{self.instances} x {n(self.slots, 'slot')}" if fleet else n(self.slots, 'slot')
         queue = f"; requests queue past {rate} (all {slots} busy)" if self.queue_requests_per_s else ""
         aggregate = f"{self.aggregate_tokens_per_s:g} aggregate{' over all instances' if fleet else ''}"
+        # Only where it differs: one stream (or prompts that cost next to nothing) decodes as fast either way.
+        sustained = (f", {self.sustained_per_user_tokens_per_s:g} per user under sustained load (other users' prompts "
+                     "sharing the steps)" if self.sustained_per_user_tokens_per_s
+                     and self.sustained_per_user_tokens_per_s != self.per_user_tokens_per_s else "")
         return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')}{where} "
-                f"({aggregate}, {self.bound}-bound), TTFT {self.ttft_s:.2f} s alone"
+                f"({aggregate}, {self.bound}-bound){sustained}, TTFT {self.ttft_s:.2f} s alone"
                 f"{together}{queue} (decode +-{self.error * 100:.0f}% for 9 in 10 public points, {self.backend} backend "
                 f"{fit}; {ttft})")
 
@@ -679,7 +730,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
              experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
              host_flops: float = 0.0, build: int | None = None, host_link_gbs: float = 0.0,
-             ubatch: int = 0) -> Forecast:
+             ubatch: int = 0, output_tokens: int = 0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams, from the step step_parts builds (the one the
     fleet simulator's curve steps, capacity.service_curve).
 
@@ -699,7 +750,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     tokens there, at the CPU backend's batch MFU. `build`: the llama.cpp build the plan is for (backend_params;
     None: the current era). `host_link_gbs` and `ubatch` (a partial offload on a ggml GPU backend): a prompt of at
     least OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers to the GPU once per micro-batch
-    (StepParts.prefill_s), so the prefill rate depends on the prompt's length."""
+    (StepParts.prefill_s), so the prefill rate depends on the prompt's length. `output_tokens` (the workload's; 0:
+    unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s)."""
     b, cpu = params or backend_params(backend, build), params or backend_params("cpu")
     n = max(1, streams)
     parts = step_parts(b, cpu, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
@@ -718,12 +770,14 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     ttft_all = ttft_seconds(prompt_tokens, prefill, step, queued_prompts=n - 1) if prefill else float("inf")
     # The prefill runs where the layers are: the CPU's check when none are on the GPU.
     checked, ttft_error = PREFILL_CHECK.get(backend if gpu_fraction > 0 else "cpu", (0, 0.0))
+    sustained = (round(1 / parts.sustained_step_s(n, prompt_tokens, output_tokens), 1)
+                 if output_tokens > 0 and parts.prompt_token_s > 0 else 0.0)
     return Forecast(backend=backend, streams=n, per_user_tokens_per_s=round(1 / step, 1),
                     aggregate_tokens_per_s=round(n / step, 1), single_stream_tokens_per_s=round(1 / single, 1),
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
                     bound="compute" if compute_bound else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error,
-                    prefill_tokens_per_s=float(f"{prefill:.6g}"))
+                    prefill_tokens_per_s=float(f"{prefill:.6g}"), sustained_per_user_tokens_per_s=sustained)
 
 
 def host_link_gbs(hw) -> float:
@@ -803,7 +857,8 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
               batch_flops=batch_flops,
               decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized"
               else 0,
-              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads), build=build, host_link_gbs=link, ubatch=ubatch)
+              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads), build=build, host_link_gbs=link, ubatch=ubatch,
+              output_tokens=max(0, output_tokens))
     fc = forecast(backend, streams=min(max(1, users), slots), **kw)
     if output_tokens <= 0 or not fc.single_stream_tokens_per_s or fc.ttft_s == float("inf"):
         return fc

@@ -301,6 +301,16 @@ def test_text_states_the_figures_and_their_checks():
     assert one.text() == ("50.5 tokens/s per user at 1 stream (202 aggregate, memory bandwidth-bound), TTFT 0.25 s "
                           "alone (decode +-35% for 9 in 10 public points, cpu backend fitted on 1 public point; "
                           "TTFT +-105%, checked on 1 public prefill point)")
+    # under sustained load (other users' prompts in the steps; StepParts.sustained_step_s), said where it differs
+    fleet = dataclasses.replace(FC, sustained_per_user_tokens_per_s=31.2, instances=3, instances_busy=3, slots=4,
+                                queue_requests_per_s=2.5)
+    assert fleet.text() == ("50.5 tokens/s per user at 4 streams per instance on each of 3 instances (202 aggregate "
+                            "over all instances, memory bandwidth-bound), 31.2 per user under sustained load (other "
+                            "users' prompts sharing the steps), TTFT 0.25 s alone, 1.00 s when all 4 of an instance "
+                            "arrive together; requests queue past 2.5 requests/s (all 3 x 4 slots busy) (decode +-35% "
+                            "for 9 in 10 public points, cuda backend fitted on 17 public points; TTFT +-105%, checked "
+                            "on 6 public prefill points)")
+    assert dataclasses.replace(FC, sustained_per_user_tokens_per_s=50.5).text() == FC.text()
     none = dataclasses.replace(FC, fitted_on=0, ttft_checked_on=0, backend="x")
     assert none.text().endswith("(decode +-35% for 9 in 10 public points, x backend not fitted: a default; TTFT not "
                                 "checked: no public prefill point for the x backend)")
