@@ -125,7 +125,7 @@ def speed_rows() -> list[str]:
     if dated:
         n = sum(len(e) for e in dated.values())
         close = sum(x <= 0.15 for e in dated.values() for x in e)
-        out.append(f"\nHeld-out points dated 2025-2026 (corpus2's, benchmarks/results/corpus2-candidates.md, and one earlier; "
+        out.append(f"\nHeld-out points dated 2025-2026 (corpus2's, benchmarks/results/corpus2-candidates.md, and the 2026 M1 Max IQ4_NL point held out before them; "
                    f"outliers aside): {close} of {n} within 15%, by backend:")
         for backend in sorted(dated):
             e = dated[backend]
