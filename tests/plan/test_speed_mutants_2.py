@@ -493,3 +493,26 @@ def test_a_model_of_unknown_parameter_count_reads_all_its_bytes(write_stack):
     a = speed.service_forecast("llama.cpp", dense, sp.memory, HW["rtx-4090"], **kw)
     b = speed.service_forecast("llama.cpp", unknown, sp.memory, HW["rtx-4090"], **kw)
     assert b.single_stream_tokens_per_s == a.single_stream_tokens_per_s > 0
+
+
+def test_a_memory_plan_without_layers_counts_none_on_the_gpu(write_stack):
+    """A llama.cpp memory plan on a GPU host with no layer count (total_layers 0): its GPU share is 0 (the CPU's
+    figures), as a plan with every layer in RAM (gpu_layers 0 of L), not 1 nor a division by zero."""
+    sp = _plan(write_stack, "rtx-4090", "llama.cpp")
+    assert sp.memory.total_layers > 0
+    kw = dict(users=1, prompt_tokens=1000, avg_context=1100, threads=8, output_tokens=200)
+    none = speed.service_forecast("llama.cpp", sp.model, replace(sp.memory, total_layers=0, gpu_layers=0),
+                                  HW["rtx-4090"], **kw)
+    ram = speed.service_forecast("llama.cpp", sp.model, replace(sp.memory, gpu_layers=0), HW["rtx-4090"], **kw)
+    full = speed.service_forecast("llama.cpp", sp.model, sp.memory, HW["rtx-4090"], **kw)
+    assert none == ram and none.single_stream_tokens_per_s < full.single_stream_tokens_per_s
+
+
+def test_a_split_of_no_bytes_is_no_partial_read(monkeypatch):
+    """partial_offload_read: a split that reads 0 bytes on both sides gives no partial read (None), not a GPU share
+    of 0 / 0; a real split gives (gpu + ram bytes, gpu / (gpu + ram), DEFAULT_UBATCH)."""
+    from stackgen.plan import memory
+    monkeypatch.setattr(memory, "llamacpp_step_read", lambda model, mem: (0, 0))
+    assert speed.partial_offload_read(None, None) is None
+    monkeypatch.setattr(memory, "llamacpp_step_read", lambda model, mem: (3_000, 1_000))
+    assert speed.partial_offload_read(None, None) == (4000.0, 0.75, memory.DEFAULT_UBATCH)
