@@ -430,9 +430,10 @@ def gpu4(write_stack):
 
 
 def test_no_output_length_no_queueing_point(gpu4):
-    """Without the workload's output length (the default, or 0) there is no queueing point: 0, and no slots."""
-    for fc in (gpu4(1), gpu4(1, output_tokens=0)):
-        assert (fc.queue_requests_per_s, fc.slots) == (0.0, 0)
+    """Without the workload's output length (the default, 0 or below) there is no queueing point (0, no slots) and no
+    sustained-load rate (0: unknown)."""
+    for fc in (gpu4(1), gpu4(1, output_tokens=0), gpu4(1, output_tokens=-5)):
+        assert (fc.queue_requests_per_s, fc.slots, fc.sustained_per_user_tokens_per_s) == (0.0, 0, 0.0)
 
 
 @pytest.mark.parametrize("out", [1, 300])
@@ -516,3 +517,36 @@ def test_a_split_of_no_bytes_is_no_partial_read(monkeypatch):
     assert speed.partial_offload_read(None, None) is None
     monkeypatch.setattr(memory, "llamacpp_step_read", lambda model, mem: (3_000, 1_000))
     assert speed.partial_offload_read(None, None) == (4000.0, 0.75, memory.DEFAULT_UBATCH)
+
+
+# --- StepParts.sustained_step_s and the forecast's sustained rate -----------------------------------------------
+
+DENSE = speed.StepParts(0.01, 0.001, 0.002, 1e-4, 2e-3)
+
+
+def test_sustained_step_mixes_the_steps_with_the_other_users_prompts():
+    """k = (streams - 1) / output_tokens prompts in a step on average, j = floor(k): a share 1 - (k - j) of the
+    steps is step(streams - j, j x prompt), the rest step(streams - j - 1, (j + 1) x prompt). 2 streams, 200 out:
+    k = 1/200; 4 streams, 2 out: k = 1.5; 3 streams, 1 out: k = 2 (every other stream prefilling); 3 streams with
+    1-token prompts: k = 1/100."""
+    p = DENSE
+    assert p.sustained_step_s(2, 1000, 200) == pytest.approx(
+        (1 - 1 / 200) * p.step_s(2) + 1 / 200 * p.step_s(1, 1000), rel=1e-12)
+    assert p.sustained_step_s(4, 1000, 2) == pytest.approx(0.5 * p.step_s(3, 1000) + 0.5 * p.step_s(2, 2000),
+                                                           rel=1e-12)
+    assert p.sustained_step_s(3, 1000, 1) == pytest.approx(p.step_s(1, 2000), rel=1e-12)
+    assert p.sustained_step_s(3, 1, 200) == pytest.approx(
+        (1 - 2 / 200) * p.step_s(3) + 2 / 200 * p.step_s(2, 1), rel=1e-12)
+    assert p.sustained_step_s(3, 1, 200) != pytest.approx(p.step_s(3), rel=1e-12)
+    assert p.sustained_step_s(1, 1000, 200) == p.step_s(1)  # one stream: its own prefill is its TTFT
+
+
+def test_the_forecasts_sustained_rate_needs_an_output_length_and_a_prefill_rate():
+    """forecast's sustained per-user rate: 1 / sustained_step_s(streams, prompt, output), to 0.1 token/s, for any
+    output of 1 token or more; 0 (unknown) without a prefill rate (no peak FLOP/s: prompts of unknown cost)."""
+    kw = dict(**{**SP, "gpu_fraction": 1.0}, streams=3, prompt_tokens=1000)
+    p = speed.step_parts(CUDA, CPU, **{**SP, "gpu_fraction": 1.0})
+    fc = speed.forecast("cuda", **kw, output_tokens=1)
+    assert fc.sustained_per_user_tokens_per_s == round(1 / p.sustained_step_s(3, 1000, 1), 1) > 0
+    assert speed.forecast("cuda", **{**kw, "peak_flops": 0.0}, output_tokens=200).sustained_per_user_tokens_per_s \
+        == 0.0
