@@ -17,8 +17,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (partial_offload_inputs, partial_offload_stated_error, partial_prefill_inputs,  # noqa: E402
-                         predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
+from public_logs import (fit_point, older_build, partial_offload_inputs, partial_offload_stated_error,  # noqa: E402
+                         partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
                          predict_service_curve_point, predict_vllm_case, predict_vllm_concurrency_point,
                          predict_vllm_kv_case, prefill_inputs, speed_line)
@@ -88,12 +88,7 @@ def _era(p: dict) -> str:
     cut = speed.backend_params(p["backend"]).build_before
     if not cut:
         return ""
-    return f"before b{cut}" if _before(p) else "current"
-
-
-def _before(p: dict) -> bool:
-    cut = speed.backend_params(p["backend"]).build_before
-    return bool(cut) and p.get("build") is not None and p["build"] < cut
+    return f"before b{cut}" if older_build(p) else "current"
 
 
 def speed_rows() -> list[str]:
@@ -143,7 +138,7 @@ def speed_rows() -> list[str]:
                "with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
-        sel = [_fit_point(p) for p in fitted]
+        sel = [fit_point(p) for p in fitted]
         e, t0, e16, t0b = speed.fit_backend_build(sel)
         kinds = f", e_16bit = {e16:.3f}" if e16 else ""
         cut = speed.backend_params(backend).build_before
@@ -156,10 +151,8 @@ def speed_rows() -> list[str]:
         out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms{era} over {len(sel)} points{loo}")
         if cut:
             for name, sel_era in (("before", True), ("current", False)):
-                ps = [p for p in pts if p["backend"] == backend and not p.get("outlier") and _before(p) == sel_era]
-                errs = [abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
-                                                             p.get("weights", "quantized"), p.get("build"))
-                            / p["tokens_per_s"] - 1) for p in ps]
+                ps = [p for p in pts if p["backend"] == backend and not p.get("outlier") and older_build(p) == sel_era]
+                errs = [abs(predict_decode(p) / p["tokens_per_s"] - 1) for p in ps]
                 held = sum(1 for p in ps if p.get("held_out"))
                 label = f"builds before b{cut}" if sel_era else f"builds b{cut} on or unknown"
                 out.append(f"  - {label}: {len(ps)} points ({held} held out), {sum(x <= 0.15 for x in errs)} within "
@@ -169,14 +162,10 @@ def speed_rows() -> list[str]:
     return out
 
 
-def _fit_point(p: dict) -> tuple:
-    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), _before(p)
-
-
 def _loo_predicted(others: list[tuple], p: dict) -> float:
     e, t0, e16, t0b = speed.fit_backend_build(others)
     eff = e16 if p.get("weights") == "16bit" and e16 else e
-    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if _before(p) else 0)) / 1000)
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000)
 
 
 def concurrency_rows() -> list[str]:

@@ -124,6 +124,20 @@ def speed_line(backend: str) -> str:
     return engines.get(backend).speed_backend
 
 
+def older_build(p: dict) -> bool:
+    """A decode_speed.yaml point's llama.cpp build is older than its backend's build term's cut
+    (speed.Backend.build_before): its era in fit_backend_build."""
+    from stackgen.plan import speed
+    cut = speed.backend_params(p["backend"]).build_before
+    return bool(cut) and p.get("build") is not None and p["build"] < cut
+
+
+def fit_point(p: dict) -> tuple:
+    """A decode_speed.yaml point as speed.fit_backend_build takes it: (bytes, bandwidth GB/s, tokens/s, weight kind,
+    older build)."""
+    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), older_build(p)
+
+
 def predict_decode(p: dict) -> float:
     """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line."""
     from stackgen.plan import speed

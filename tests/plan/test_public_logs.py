@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import (predict_decode, predict_llamacpp_case, predict_ollama_case, predict_prefill, predict_vllm_case,
-                         predict_vllm_kv_case, prefill_inputs, speed_line)
+from public_logs import (fit_point, older_build, predict_decode, predict_llamacpp_case, predict_ollama_case,
+                         predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB
 
@@ -103,12 +103,6 @@ def _predicted(p):
     return predict_decode(p)
 
 
-def _before(p):
-    """The point's llama.cpp build is older than its backend's build term's cut (speed.Backend.build_before)."""
-    cut = speed.BACKENDS.get(p["backend"], speed.DEFAULT_BACKEND).build_before
-    return bool(cut) and p.get("build") is not None and p["build"] < cut
-
-
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
 def test_speed_point_is_sourced_and_within_25_percent(point):
     assert point["source"].startswith("https://github.com/")
@@ -129,8 +123,7 @@ def test_known_misses_are_still_misses():
 def test_backend_parameters_are_the_fit_of_the_points_not_held_out(backend):
     """speed.BACKENDS must be what fit_backend_build gives on the corpus minus held-out points and outliers, each
     point's era from its llama.cpp build (decode_speed.yaml's build:) and the backend's build_before."""
-    sel = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), _before(p))
-           for p in POINTS if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
+    sel = [fit_point(p) for p in POINTS if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
     e, t0, e16, t0_before = speed.fit_backend_build(sel)
     b = speed.BACKENDS[backend]
     assert len(sel) == b.fitted_on
@@ -156,7 +149,7 @@ def test_llamacpp_points_carry_their_build():
             assert p.get("date") is None or len(str(p["date"])) == 7 or str(p["date"]) >= "2025", p["id"]
     assert sum("build" in p for p in ggml) >= 33
     cuda = [p for p in POINTS if p["backend"] == "cuda" and not p.get("held_out")]
-    assert sum(_before(p) for p in cuda) >= 2 and sum(not _before(p) for p in cuda) >= 2
+    assert sum(older_build(p) for p in cuda) >= 2 and sum(not older_build(p) for p in cuda) >= 2
 
 
 def test_fit_never_returns_a_negative_overhead():

@@ -10,6 +10,7 @@ import math
 import pytest
 import yaml
 
+from public_logs import predict_decode
 from stackgen.plan import speed
 from stackgen.run.bench import RequestResult, summarize
 
@@ -27,9 +28,8 @@ def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
 def test_stated_error_covers_nine_in_ten_public_points_of_the_backend(backend):
     """Backend.error is what the model claims: 9 in 10 of that backend's points (fitted and held out, outliers
     aside; speed.ERROR_SHARE) lie within it, and it is not padded past that share's error by more than 5 points."""
-    errs = sorted(abs(speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], backend,
-                                                       p.get("weights", "quantized"), p.get("build"))
-                      / p["tokens_per_s"] - 1) for p in POINTS if p["backend"] == backend and not p.get("outlier"))
+    errs = sorted(abs(predict_decode(p) / p["tokens_per_s"] - 1)
+                  for p in POINTS if p["backend"] == backend and not p.get("outlier"))
     b = speed.BACKENDS[backend]
     share = errs[math.ceil(speed.ERROR_SHARE * len(errs)) - 1]  # the error 9 in 10 points are within
     assert sum(e <= b.error for e in errs) >= speed.ERROR_SHARE * len(errs)
