@@ -11,6 +11,7 @@ from typing import Iterator
 from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
+from stackgen.run.fleet import BALANCER, drop_config
 from stackgen.run.native import NativeRunner, _runner_for, endpoint_from_state, select_services
 from stackgen.run.process import GRACE_S, _exit_status, _zombie_status, crash_text, supervisor_alive
 from stackgen.run.readiness import DOWN, LOADING, READY, probe
@@ -47,8 +48,8 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
             state.services.pop(name, None)
             sd.save(state)
             sd.drop_run(name)
-            if st.unit_role == "balancer":  # its config, written by `up` (run/fleet.py), goes with it
-                _drop_balancer_config(sd, name)
+            if st.unit_role == BALANCER:  # its config, written by `up` (run/fleet.py), goes with it
+                drop_config(sd.dir, name)
             if note:
                 if notes is not None:
                     notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
@@ -62,17 +63,6 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
         return stopped
     finally:
         sd.release()
-
-
-def _drop_balancer_config(sd: StateDir, service: str) -> None:
-    from stackgen.run.fleet import config_file
-
-    cfg = config_file(sd.dir, service)
-    cfg.unlink(missing_ok=True)
-    try:
-        cfg.parent.rmdir()  # the folder only when no other fleet's config is left in it
-    except OSError:
-        pass
 
 
 def _groups(state) -> dict[str, list[str]]:
@@ -131,7 +121,7 @@ def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[
 
 def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> ServiceStatus:
     rec = runner.record(st) if isinstance(runner, NativeRunner) else None
-    engine = f"haproxy ({st.engine})" if st.unit_role == "balancer" else st.engine
+    engine = f"haproxy ({st.engine})" if st.unit_role == BALANCER else st.engine
     row = ServiceStatus(st.name, engine, "", runner.where(st), st.host, st.port, None, None,
                         model=st.model, context_tokens=st.context_tokens, slots=st.slots)
     if rec is not None:

@@ -146,7 +146,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         if st.name not in reasons:  # removed from the stack (a restarted one is reported with its reason)
             stopped.append(st.name)
         if st.unit_role == fleet.BALANCER and st.name not in balancers:  # no longer a fleet: its config goes
-            fleet.config_file(sd.dir, st.name).unlink(missing_ok=True)
+            fleet.drop_config(sd.dir, st.name)
     if to_stop:  # what the old services held must be free now
         _wait_ports_free(start, KILL_WAIT_S)
         problems = check_ports(start, set())
