@@ -23,11 +23,9 @@ from typing import Any
 from stackgen import engines
 from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
-from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
+from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
-from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, StepParts, backend_for,
-                                 backend_params, host_link_gbs, partial_offload_read, step_parts,
-                                 weight_kind)
+from stackgen.plan.speed import CPU_BATCH_MFU, ExpertRouting, StepParts, step_inputs
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -136,54 +134,24 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                   instances: int = 1) -> ServiceCurve:
     """One instance of the service `sp` (a ServicePlan) on `hw`. `memory`: that instance's memory plan (default
     sp.memory); `threads`: its CPU threads (default sp.threads); `instances`: how many share the machine's RAM
-    bandwidth. A step reads the active weights once plus each request's KV cache, and computes 2 x active parameters
-    FLOPs per token. On a GPU or Apple silicon: speed.step_parts for the backend the engine runs as (backend_for:
-    its own kernels' fit, else ggml's for the GPU's vendor and tier), the function service_forecast's figures come
-    from: weights at efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step,
-    prompt tokens at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up
-    (ServiceCurve); the layers a partial offload leaves in RAM read at the CPU backend's efficiency of this
-    instance's share of the RAM bandwidth and compute their extra decoding tokens at its batch MFU of the threads'
-    FLOP/s (their prompt tokens on the GPU, as ggml runs them: step_parts). On a CPU: the roofline, whichever of
-    memory and compute takes longer sets the step."""
+    bandwidth. The step's inputs are speed.step_inputs' (the ones the plan's forecast takes: backend, bytes, GPU
+    share, bandwidths, peaks, a partial offload's host link, the llama.cpp build's era). On a GPU or Apple silicon
+    the curve is their speed.StepParts (ServiceCurve). On a CPU: the roofline below, whichever of memory and
+    compute takes longer sets the step."""
     m = engine_core(memory or sp.memory)  # a data-parallel plan: one engine core's share (one copy of the weights)
     model, wl = sp.model, sp.workload
-    active_frac = model.active_params / model.params if model.params else 1.0
-    weights = m.weights_bytes * active_frac
     avg_ctx = min(m.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
-    kv = _kv_bytes_read(model, m, avg_ctx)
-    flops_per_token = 2.0 * (model.active_params or model.params or 1e9)
-    gpus = [g for g in hw.gpus if not g.unified]
-    frac_gpu = (m.gpu_layers / m.total_layers) if m.total_layers and (gpus or hw.is_apple) else 0.0
-    # A partial offload reads what memory.py puts on each side, less the token embedding (speed.partial_offload_read,
-    # the same split service_forecast takes), and copies its RAM layers over the host link for big batches.
-    partial = partial_offload_read(model, m) if gpus and not hw.is_apple and frac_gpu > 0 else None
-    link, ubatch = 0.0, 0
-    if partial is not None:
-        weights, frac_gpu, link, ubatch = partial[0] * active_frac, partial[1], host_link_gbs(hw), partial[2]
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
-    mem_bw = hw.memory_bandwidth_gbs * 1e9 / max(1, instances)  # RAM bandwidth, shared by the instances
-    dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
-    cpu_flops = n_threads * CPU_FLOPS_PER_THREAD
-    if hw.is_apple or frac_gpu > 0:
-        if hw.is_apple:
-            g, tp, frac = next(g for g in hw.gpus if g.vendor == "apple"), 1, 1.0
-        else:
-            g, tp, frac = min(gpus, key=lambda x: x.bandwidth_gbs), max(1, m.tensor_parallel), frac_gpu
-        backend = backend_for(engines.get(sp.engine).speed_backend, g.vendor, g.tier)
-        # speed.py's one step model (step_parts), with the inputs service_forecast gives it: the layers a partial
-        # offload leaves in RAM at the CPU backend's figures of this instance's share of the RAM bandwidth
-        # the llama.cpp build the plan is for picks the backend's build era (speed.backend_params), as the forecast
-        b = backend_params(backend, getattr(sp, "engine_build", None))
-        parts = step_parts(b, backend_params("cpu"), weights_bytes=weights, kv_bytes_per_stream=kv,
-                           gpu_fraction=frac, gpu_bandwidth_gbs=g.bandwidth_gbs * tp,
-                           host_bandwidth_gbs=mem_bw / 1e9, active_params=flops_per_token / 2,
-                           peak_flops=gpu_peak_flops(g.name, g.bandwidth_gbs) * tp,
-                           weights=weight_kind(m.weights_format or model.quant),
-                           experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
-                                                    model.experts_active),
-                           host_flops=cpu_flops, host_link_gbs=link, ubatch=ubatch)
+    si = step_inputs(sp.engine, model, m, hw, avg_context=avg_ctx, threads=n_threads,
+                     build=getattr(sp, "engine_build", None), instances=instances)
+    if not si.active_params:
+        # A model of unknown parameter count: the forecast states no prefill rate; the simulator needs a prompt's
+        # cost, and takes a 1B-parameter model's.
+        si = replace(si, active_params=1e9)
+    if si.gpu_fraction > 0:
+        parts = si.parts()
         return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
-                            step_tokens=_step_tokens(sp), backend=backend, t0_s=parts.t0_s,
+                            step_tokens=_step_tokens(sp), backend=si.backend, t0_s=parts.t0_s,
                             batch_token_s=parts.batch_token_s, experts=parts.experts,
                             ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
                             ubatch=parts.ubatch)
@@ -194,13 +162,14 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     # `plan`'s forecast takes at 4 streams; benchmarks/results/cpu_aggregate.md). The single stream still
     # differs: dot_bw here (CPU_BYTES_PER_THREAD_S, what bench_scale's 1-thread instances need), the fitted
     # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
-    read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
-    decode_seq, tile, tile_s = weights / dot_bw, 0, 0.0
-    if engines.get(sp.engine).layers_in_ram and weight_kind(m.weights_format or model.quant) == "quantized":
-        # ggml: whole tiles of sequences share a pass over block-quantized weights (speed.GGML_CPU_DECODE_TILE)
-        tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
+    mem_bw = si.host_bandwidth_gbs * 1e9
+    dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
+    flops_per_token = 2.0 * si.active_params
+    read, kv_s, flop_s = si.weights_bytes / mem_bw, si.kv_bytes_per_stream / mem_bw, flops_per_token / si.host_flops
+    tile = si.decode_tile  # ggml: whole tiles of sequences share a pass over block-quantized weights
+    tile_s = tile * flops_per_token / (CPU_BATCH_MFU * si.host_flops) if tile else 0.0
     return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
-                        decode_s_per_seq=decode_seq, decode_tile=tile, tile_s=tile_s)
+                        decode_s_per_seq=si.weights_bytes / dot_bw, decode_tile=tile, tile_s=tile_s)
 
 
 def engine_core(m: MemoryPlan) -> MemoryPlan:

@@ -20,7 +20,7 @@ concurrency) both take it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -752,13 +752,14 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     least OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers to the GPU once per micro-batch
     (StepParts.prefill_s), so the prefill rate depends on the prompt's length. `output_tokens` (the workload's; 0:
     unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s)."""
-    b, cpu = params or backend_params(backend, build), params or backend_params("cpu")
+    si = StepInputs(backend, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
+                    gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
+                    host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
+                    weights=weights, experts=experts, batch_flops=batch_flops, decode_tile=decode_tile,
+                    host_flops=host_flops, build=build, host_link_gbs=host_link_gbs, ubatch=ubatch, params=params)
+    b, cpu = si.figures()
+    parts = si.parts()
     n = max(1, streams)
-    parts = step_parts(b, cpu, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
-                       gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
-                       host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
-                       weights=weights, experts=experts, batch_flops=batch_flops, host_flops=host_flops,
-                       decode_tile=decode_tile, host_link_gbs=host_link_gbs, ubatch=ubatch)
     # Layers split between GPU and RAM: the error of either part (the fits were made on whole-GPU or CPU runs).
     error = max(b.error, cpu.error, PARTIAL_OFFLOAD_ERROR) if 0 < gpu_fraction < 1 else b.error
     single = parts.single_s()
@@ -804,65 +805,142 @@ def partial_offload_read(model, mem) -> tuple[float, float, int] | None:
     return float(gpu + ram), gpu / (gpu + ram), DEFAULT_UBATCH
 
 
-def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
-                     threads: int, calibration=None, output_tokens: int = 0, build: int | None = None) -> Forecast:
-    """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users: the
-    engine's slots cap the streams that decode together; layers left in system RAM read at host bandwidth.
-    `calibration`: this host's measured engine point (stackgen.host.calibration.EnginePoint); a CPU plan of the
-    engine it measured decodes with its efficiency and t0, prefills at its FLOP/s per thread and turns compute-bound
-    at its batched-decode FLOP/s per thread (a calibration without that point: the CPU backend's batch_mfu of the
-    nominal CPU_FLOPS_PER_THREAD, as uncalibrated; not the prefill rate, which is ~4x past the knee).
-    `output_tokens` (the workload's): also where queueing starts (Forecast.queue_requests_per_s), from the same model at all
-    of the engine's slots. `build`: the llama.cpp build the plan is for (Pins.engine_build, ServicePlan.engine_build),
-    whose era picks the backend's per-step overhead (backend_params)."""
-    from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
+@dataclass(frozen=True)
+class StepInputs:
+    """What one engine instance's step is computed from (step_parts' inputs, and the backend they are for): the one
+    answer, from step_inputs, that the plan's forecast (service_forecast -> forecast) and the fleet simulator's
+    per-instance curve (capacity.service_curve) both take. Fields: forecast's keyword arguments of the same names
+    (its docstring says what each is); `params`: a calibrated host's figures in place of the backend's fit."""
+
+    backend: str
+    weights_bytes: float  # one token's active weights
+    kv_bytes_per_stream: float
+    gpu_fraction: float
+    gpu_bandwidth_gbs: float  # already x tensor parallel
+    host_bandwidth_gbs: float  # this instance's share of the RAM bandwidth
+    active_params: float
+    peak_flops: float  # the GPU's (x tensor parallel) when any layer is on it, else the CPU's
+    weights: str = "quantized"
+    experts: ExpertRouting | None = None
+    batch_flops: float = 0.0
+    decode_tile: int = 0
+    host_flops: float = 0.0
+    build: int | None = None
+    host_link_gbs: float = 0.0
+    ubatch: int = 0
+    params: Backend | None = None
+
+    def figures(self) -> tuple[Backend, Backend]:
+        """(the step's backend figures, the CPU's for layers in RAM): a calibration's for both where there is one,
+        else the fits (backend_params; the backend's for the plan's llama.cpp build)."""
+        return self.params or backend_params(self.backend, self.build), self.params or backend_params("cpu")
+
+    def parts(self) -> StepParts:
+        b, cpu = self.figures()
+        return step_parts(b, cpu, weights_bytes=self.weights_bytes, kv_bytes_per_stream=self.kv_bytes_per_stream,
+                          gpu_fraction=self.gpu_fraction, gpu_bandwidth_gbs=self.gpu_bandwidth_gbs,
+                          host_bandwidth_gbs=self.host_bandwidth_gbs, active_params=self.active_params,
+                          peak_flops=self.peak_flops, weights=self.weights, experts=self.experts,
+                          batch_flops=self.batch_flops, host_flops=self.host_flops, decode_tile=self.decode_tile,
+                          host_link_gbs=self.host_link_gbs, ubatch=self.ubatch)
+
+    def forecast_kwargs(self) -> dict:
+        """forecast's keyword arguments for this step (all but the backend, its first argument)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "backend"}
+
+
+def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, calibration=None,
+                build: int | None = None, instances: int = 1) -> StepInputs:
+    """The step inputs of one instance of `engine` serving `model` with memory plan `mem` (one instance's, one engine
+    core's for data parallel) on `hw` (the machine as that instance sees it), at `avg_context` tokens of KV cache
+    per stream, with `threads` CPU threads; `instances`: how many share the machine's RAM bandwidth (the fleet
+    simulator's CPU layouts; capacity.instance_of already gives a separate CPU instance its share in `hw`).
+
+    - The GPUs: Apple silicon's one unified GPU (every layer on it: the layers llama.cpp keeps off Metal sit in the
+      same memory), else the GPUs that are not unified. On a machine of mixed GPUs the slowest (least bandwidth; the
+      first of equals) sets the step for all: its vendor and tier pick the backend (backend_for, with the engine's
+      own kernels' fit, Engine.speed_backend), its bandwidth and peak FLOP/s (capacity.gpu_peak_flops) x tensor
+      parallel are the step's. Exact for tensor parallel, whose ranks step in lock-step (each reads its share; the
+      slowest finishes last). A layer split (llama.cpp -sm layer -ts by GPU memory, engines.llamacpp._split_args)
+      reads each GPU's layers in turn, sum of bytes_i / bw_i: the slowest GPU's bandwidth for all bounds that from
+      below (an RTX 4090 + RTX 3090 at equal shares: 2 / (1/1008 + 1/936) = 971 GB/s, the rule's 936 is 3.6% under);
+      kept conservative because Ollama's own layer placement and a one-GPU vLLM plan's device are not modelled per
+      GPU. Before, the forecast took the first GPU's vendor, tier and peak with the slowest one's bandwidth while
+      the curve took the slowest GPU for all; homogeneous machines (every golden) are the same either way.
+    - The GPU's share: a layers-in-RAM engine (llama.cpp, Ollama) off Apple: its layers on the GPU, a partial
+      offload the bytes memory.py puts on each side (partial_offload_read), with its host link (host_link_gbs) and
+      micro-batch; other engines hold every layer on the GPUs (1), a machine without GPUs none (0).
+    - The bytes: one token's active weights (the plan's weights x active / total parameters; all of them when the
+      count is unknown) and one stream's KV cache at `avg_context` (memory._kv_bytes_read); their kind
+      (weight_kind) and an MoE model's routing (ExpertRouting.of).
+    - The CPU: `threads` x capacity.CPU_FLOPS_PER_THREAD, the peak when no layer is on a GPU and a partial
+      offload's RAM layers' compute; ggml's tiles (GGML_CPU_DECODE_TILE) for a layers-in-RAM engine with every layer
+      in RAM and block-quantized weights. `calibration` (stackgen.host.calibration.EnginePoint, of this host): a CPU
+      plan of the engine it measured decodes with its efficiency and t0 (the fit's error and point count kept),
+      prefills at its FLOP/s per thread and turns compute-bound at its batched-decode FLOP/s per thread (without
+      that point: the CPU backend's batch_mfu of the nominal peak).
+    - `build`: the llama.cpp build the plan is for (backend_params' era)."""
     from stackgen import engines
+    from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD, gpu_peak_flops
     from stackgen.plan.memory import _kv_bytes_read
 
     eng = engines.get(engine)
-    vendor = hw.gpus[0].vendor if hw.gpus else None
-    backend = backend_for(eng.speed_backend, vendor, hw.gpus[0].tier if hw.gpus else None)
-    read = mem.weights_bytes
-    link = ubatch = 0
-    if hw.gpus and not hw.is_apple and eng.layers_in_ram:
+    threads = max(1, threads)
+    gpus = [g for g in hw.gpus if g.vendor == "apple"] if hw.is_apple else [g for g in hw.gpus if not g.unified]
+    gpu = min(gpus, key=lambda g: g.bandwidth_gbs) if gpus else None
+    read, link, ubatch = float(mem.weights_bytes), 0.0, 0
+    if hw.is_apple:
+        gpu_fraction = 1.0
+    elif not gpus:
+        gpu_fraction = 0.0
+    elif eng.layers_in_ram:
         gpu_fraction = mem.gpu_layers / mem.total_layers if mem.total_layers else 0.0
         partial = partial_offload_read(model, mem)
         if partial is not None:  # the bytes memory.py puts on each side, less the embedding a step does not read
-            read, gpu_fraction, link, ubatch = partial[0], partial[1], host_link_gbs(hw), partial[2]
+            read, gpu_fraction, ubatch = partial
+            link = host_link_gbs(hw)
     else:
-        gpu_fraction = 1.0 if hw.gpus else 0.0
+        gpu_fraction = 1.0
     active = read * (model.active_params / model.params) if model.params else read
-    tp = max(1, mem.tensor_parallel)
-    gpu_bw = min(g.bandwidth_gbs for g in hw.gpus) * tp if hw.gpus else 0.0
-    if hw.gpus and gpu_fraction > 0:
-        g = hw.gpus[0]
-        peak = gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
-    else:
-        peak = CPU_FLOPS_PER_THREAD * max(1, threads)
+    tp = 1 if hw.is_apple else max(1, mem.tensor_parallel)
+    host_flops = CPU_FLOPS_PER_THREAD * threads
+    peak = gpu_peak_flops(gpu.name, gpu.bandwidth_gbs) * tp if gpu and gpu_fraction > 0 else host_flops
+    backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None)
     params, batch_flops = None, 0.0
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend, build)
         params = Backend(calibration.efficiency, calibration.t0_ms, fit.prefill_mfu, fitted_on=fit.fitted_on,
                          error=fit.error, batch_mfu=fit.batch_mfu)
-        batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * max(1, threads) or \
-            fit.batch_mfu * peak
-        peak = calibration.prefill_flops_per_thread * max(1, threads) / fit.prefill_mfu
-    slots = max(1, mem.parallel)
+        batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * threads or fit.batch_mfu * peak
+        peak = calibration.prefill_flops_per_thread * threads / fit.prefill_mfu
     kind = weight_kind(mem.weights_format or model.quant)
-    kw = dict(weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
-              gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw, host_bandwidth_gbs=hw.memory_bandwidth_gbs,
-              active_params=model.active_params or model.params, peak_flops=peak, prompt_tokens=prompt_tokens,
-              params=params, weights=kind,
-              experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
-              batch_flops=batch_flops,
-              decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized"
-              else 0,
-              host_flops=CPU_FLOPS_PER_THREAD * max(1, threads), build=build, host_link_gbs=link, ubatch=ubatch,
-              output_tokens=max(0, output_tokens))
-    fc = forecast(backend, streams=min(max(1, users), slots), **kw)
+    return StepInputs(
+        backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
+        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu.bandwidth_gbs * tp if gpu else 0.0,
+        host_bandwidth_gbs=hw.memory_bandwidth_gbs / max(1, instances),
+        active_params=model.active_params or model.params, peak_flops=peak, weights=kind,
+        experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
+        batch_flops=batch_flops,
+        decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized" else 0,
+        host_flops=host_flops, build=build, host_link_gbs=link, ubatch=ubatch, params=params)
+
+
+def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,
+                     threads: int, calibration=None, output_tokens: int = 0, build: int | None = None) -> Forecast:
+    """The forecast for a planned service (its ModelFacts, MemoryPlan and HardwareSpec) at `users` users, from the
+    step step_inputs gives (the one the fleet simulator's curve steps): the engine's slots cap the streams that
+    decode together. `calibration`: this host's measured engine point (step_inputs). `output_tokens` (the
+    workload's): also where queueing starts (Forecast.queue_requests_per_s), from the same model at all of the
+    engine's slots. `build`: the llama.cpp build the plan is for (Pins.engine_build, ServicePlan.engine_build),
+    whose era picks the backend's per-step overhead (backend_params)."""
+    si = step_inputs(engine, model, mem, hw, avg_context=avg_context, threads=threads, calibration=calibration,
+                     build=build)
+    slots = max(1, mem.parallel)
+    kw = dict(si.forecast_kwargs(), prompt_tokens=prompt_tokens, output_tokens=max(0, output_tokens))
+    fc = forecast(si.backend, streams=min(max(1, users), slots), **kw)
     if output_tokens <= 0 or not fc.single_stream_tokens_per_s or fc.ttft_s == float("inf"):
         return fc
-    full = fc if fc.streams == slots else forecast(backend, streams=slots, **kw)
+    full = fc if fc.streams == slots else forecast(si.backend, streams=slots, **kw)
     # The prompt alone at the prefill rate the forecast computes, not backed out of the TTFT and the single-stream
     # rate (each rounded: a fast prefill's 1 ms rounding is a share of its time).
     prefill_s = prompt_tokens / fc.prefill_tokens_per_s if fc.prefill_tokens_per_s else 0.0

@@ -134,3 +134,77 @@ def test_partial_offload_curve_gives_the_forecast_aggregate(tmp_path):
     frac = sp.memory.gpu_layers / sp.memory.total_layers
     gpu_only = frac * 2 * sp.model.active_params / (speed.BACKENDS["cuda"].batch_mfu * gpu_peak_flops("RTX 4090", 1008))
     assert 2 / two.aggregate_tokens_per_s - 1 / one.aggregate_tokens_per_s > gpu_only
+
+
+# Mixed GPUs (inline profiles: figures as profiles/hardware.yaml's rtx-4090 and rtx-3090, an A100 80GB's datasheet
+# 2039 GB/s): speed.step_inputs takes the slowest GPU for the whole step (its vendor and tier, bandwidth and peak).
+# Before, the forecast took the first GPU's tier and peak with the slowest one's bandwidth and the curve the slowest
+# GPU for all: A100 + RTX 4090 forecast 15.2 tokens/s single stream (the datacenter line's t0) where the simulator's
+# one user saw 17.2 (+13%), and RTX 4090 + RTX 3090 a TTFT of 0.113 s (the 4090's peak) against the simulator's
+# 0.252 s (the 3090's).
+RTX4090 = ("{vendor: nvidia, name: GeForce RTX 4090, memory_gib: 24, bandwidth_gbs: 1008, tier: consumer, "
+           "interconnect_gbs: 32}")
+RTX3090 = ("{vendor: nvidia, name: GeForce RTX 3090, memory_gib: 24, bandwidth_gbs: 936, tier: consumer, "
+           "interconnect_gbs: 32}")
+A100 = ("{vendor: nvidia, name: A100 80GB, memory_gib: 80, bandwidth_gbs: 2039, tier: datacenter, "
+        "interconnect_gbs: 32}")
+MIXED = {
+    "4090+3090": ((RTX4090, RTX3090), "model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M", 4),
+    "3090+4090": ((RTX3090, RTX4090), "model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M", 4),
+    "a100+4090": ((A100, RTX4090), "model: llama-3.1-70b-instruct, engine: llama.cpp, quant: Q4_K_M", 1),
+    "4090+3090-vllm": ((RTX4090, RTX3090), "model: llama-3.1-8b-instruct, engine: vllm", 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MIXED))
+def test_mixed_gpus_the_forecast_and_the_simulator_agree(name, tmp_path):
+    from stackgen.plan.simulate import simulate
+    from stackgen.plan.speed import forecast_at
+
+    gpus, service, users = MIXED[name]
+    hw_text = ("{gpus: [" + ", ".join(gpus) + "], memory_gib: 128, memory_bandwidth_gbs: 51.2, "
+               "cpu: {cores: 16, threads: 32, arch: x86_64}}")
+    plan = plan_for(tmp_path, STACK.format(hw=hw_text, users=users, service=service))
+    sp, hw = plan.services[0], plan.hardware
+    assert len({g.name for g in hw.gpus}) == 2 and sp.memory.gpu_layers == sp.memory.total_layers
+    slow = min(hw.gpus, key=lambda g: g.bandwidth_gbs)
+    curve = service_curve(sp, hw)
+    # the rule: the slowest GPU's backend line, bandwidth and peak (x tensor parallel) for the whole step
+    b = speed.backend_params(speed.backend_for(None if sp.engine == "llama.cpp" else "vllm", slow.vendor, slow.tier))
+    assert sp.speed.backend == curve.backend == ("cuda" if sp.engine == "llama.cpp" else "vllm")
+    tp = max(1, sp.memory.tensor_parallel)
+    m = sp.model
+    assert curve.t0_s == pytest.approx(b.t0_ms / 1000)
+    assert curve.flop_s_per_token == pytest.approx(
+        2 * m.active_params / (b.prefill_mfu * gpu_peak_flops(slow.name, slow.bandwidth_gbs) * tp))
+    kind = speed.weight_kind(sp.memory.weights_format or m.quant)
+    assert curve.weights_read_s == pytest.approx(
+        sp.memory.weights_bytes * m.active_params / m.params / (b.efficiency_for(kind) * slow.bandwidth_gbs * 1e9 * tp))
+    # the forecast's single stream and TTFT are the simulator's one user's, its aggregate the curve's
+    fc = forecast_at(sp, hw, 1)
+    r = simulate([curve], users=1, prompt_tokens=1000, output_tokens=300)
+    assert r.tokens_per_s_per_user == pytest.approx(fc.single_stream_tokens_per_s, rel=0.02), name
+    assert r.ttft_p50_s - curve.overhead_s / 2 == pytest.approx(fc.ttft_s, rel=0.02), name
+    n = sp.speed.streams
+    assert n / curve.step_s(n, 0) == pytest.approx(forecast_at(sp, hw, n).aggregate_tokens_per_s, rel=0.01), name
+
+
+def test_the_curve_steps_the_forecasts_inputs(planned):
+    """service_curve's GPU step is speed.step_inputs' StepParts for the instance the forecast takes (one function
+    decides every input for both)."""
+    from stackgen.plan.capacity import instance_of
+
+    name, sp, hw = planned
+    inst = instance_of(sp, hw)
+    wl = sp.workload
+    si = speed.step_inputs(sp.engine, sp.model, inst.memory, inst.hardware, threads=inst.threads,
+                           avg_context=min(inst.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2),
+                           build=sp.engine_build)
+    c = service_curve(sp, hw)
+    assert (si.backend, si.gpu_fraction) == (c.backend, 1.0)
+    p = si.parts()
+    assert (c.weights_read_s, c.kv_read_s_per_seq, c.t0_s, c.flop_s_per_token, c.batch_token_s) == \
+        (p.weights_s, p.kv_s, p.t0_s, p.prompt_token_s, p.batch_token_s), name
+    fc = speed.forecast(si.backend, streams=1, prompt_tokens=wl.prompt_tokens, **si.forecast_kwargs())
+    assert fc.single_stream_tokens_per_s == round(1 / p.single_s(), 1) == \
+        speed.forecast_at(sp, hw, 1).single_stream_tokens_per_s, name
