@@ -147,6 +147,16 @@ services:
     assert len(fleet_curves(sdp, dp.hardware)) == 2
     assert 1 / service_curve(sdp, dp.hardware).step_s(1, 0) == pytest.approx(
         sdp.speed.single_stream_tokens_per_s, rel=0.002)
+    # the capacity plan's prediction steps the same 2 cores with 8 users each, as `stackgen simulate` does (before:
+    # one core with all 16 users, 221 tokens/s per user and p95 TTFT 0.25 s against the simulator's 271 and 0.13 s)
+    from stackgen.plan.capacity import simulate_service
+    p, sim = sdp.capacity.prediction, simulate_service(sdp, dp.hardware, [16])[0]
+    assert sim.instances == 2 and p.users == sim.users == 16
+    assert (p.tokens_per_s_per_user, p.ttft_p95_s, p.throughput_tokens_per_s) == \
+        (sim.tokens_per_s_per_user, sim.ttft_p95_s, sim.throughput_tokens_per_s)
+    # and each core is the tensor-parallel plan's single core at its share of the users
+    assert p.tokens_per_s_per_user == pytest.approx(simulate_service(stp, tp.hardware, [8])[0].tokens_per_s_per_user,
+                                                    rel=0.01)
 
 
 def test_cpu_instances_share_the_ram_bandwidth_in_the_forecast_as_in_the_curves(tmp_path):
