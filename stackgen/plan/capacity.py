@@ -6,11 +6,12 @@ predicted (stackgen.plan.simulate: one instance with its share of the users, rou
 smallest fleet that meets the workload's targets (p95 time to first token, decode tokens/s per user) wins, and
 every other layout gets its reason. When nothing meets the targets, the plan says by how much and what would.
 
-The per-instance speed is one function, `service_curve(sp, hw, ...)`: on a GPU or Apple silicon, the step of
-stackgen.plan.speed's per-backend model, built by the function `plan`'s forecast is built from (speed.step_parts:
-fitted bandwidth shares per weight kind, a per-step overhead, the prefill and batched-decode MFUs, an MoE step's
-union of experts), so one instance's curve and the forecast agree at the same stream count; on a CPU, a roofline
-with constants calibrated on a measurement (benchmarks/results/scale.md).
+The per-instance speed is one function, `service_curve(sp, hw, ...)`, from the inputs `plan`'s forecast takes
+(speed.step_inputs: the backend, bytes, GPU share, bandwidths and peaks, the slowest GPU's on a machine of mixed
+GPUs): on a GPU or Apple silicon, the step of stackgen.plan.speed's per-backend model the forecast is built from
+(speed.step_parts: fitted bandwidth shares per weight kind, a per-step overhead, the prefill and batched-decode MFUs,
+an MoE step's union of experts), so one instance's curve and the forecast agree at the same stream count; on a CPU,
+a roofline with constants calibrated on a measurement (benchmarks/results/scale.md).
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Prefill: a compute-bound rate, prefill_mfu x peak FLOP/s / (2 x active parameter
 (fit_prefill_mfu) on tests/fixtures/public-logs/prefill_speed.yaml's points not held out; PREFILL_CHECK holds how
 many public points check each backend's TTFT and the error they show.
 One function builds a step from these figures (step_parts, StepParts: additive on GPUs, ggml's 4-column tiles on a
-CPU); the planner's forecast and issue 20's replica sizing (capacity.service_curve: aggregate tokens/s vs
-concurrency) both take it."""
+CPU), and one decides its inputs for a planned instance (step_inputs, StepInputs: backend, bytes, GPU share,
+bandwidths, peaks; the slowest GPU's on a machine of mixed GPUs); the planner's forecast (service_forecast) and
+issue 20's replica sizing (capacity.service_curve: aggregate tokens/s vs concurrency) both take them."""
 
 from __future__ import annotations
 
@@ -856,17 +857,18 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     per stream, with `threads` CPU threads; `instances`: how many share the machine's RAM bandwidth (the fleet
     simulator's CPU layouts; capacity.instance_of already gives a separate CPU instance its share in `hw`).
 
-    - The GPUs: Apple silicon's one unified GPU (every layer on it: the layers llama.cpp keeps off Metal sit in the
-      same memory), else the GPUs that are not unified. On a machine of mixed GPUs the slowest (least bandwidth; the
-      first of equals) sets the step for all: its vendor and tier pick the backend (backend_for, with the engine's
-      own kernels' fit, Engine.speed_backend), its bandwidth and peak FLOP/s (capacity.gpu_peak_flops) x tensor
-      parallel are the step's. Exact for tensor parallel, whose ranks step in lock-step (each reads its share; the
-      slowest finishes last). A layer split (llama.cpp -sm layer -ts by GPU memory, engines.llamacpp._split_args)
-      reads each GPU's layers in turn, sum of bytes_i / bw_i: the slowest GPU's bandwidth for all bounds that from
-      below (an RTX 4090 + RTX 3090 at equal shares: 2 / (1/1008 + 1/936) = 971 GB/s, the rule's 936 is 3.6% under);
-      kept conservative because Ollama's own layer placement and a one-GPU vLLM plan's device are not modelled per
-      GPU. Before, the forecast took the first GPU's vendor, tier and peak with the slowest one's bandwidth while
-      the curve took the slowest GPU for all; homogeneous machines (every golden) are the same either way.
+    - The GPUs: Apple silicon's one unified GPU (every layer on it: the layers llama.cpp keeps off Metal sit in the same
+      memory), else the GPUs that are not unified (those HardwareSpec.gpu_memory_gib, the memory plan's GPU budget,
+      counts). On a machine of mixed GPUs the slowest (least bandwidth; the first of equals) sets the step for all: its
+      vendor and tier pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its
+      bandwidth and peak FLOP/s (capacity.gpu_peak_flops) x tensor parallel are the step's. Exact for tensor parallel,
+      whose ranks step in lock-step (each reads its share; the slowest finishes last). A layer split (llama.cpp -sm
+      layer -ts by GPU memory, engines.llamacpp._split_args) reads each GPU's layers in turn, sum of bytes_i / bw_i,
+      which the slowest GPU's bandwidth for all over-counts (an RTX 4090 + RTX 3090 at equal shares read at 2 / (1/1008
+      + 1/936) = 971 GB/s, the rule's 936 is 3.6% under): conservative, and kept so because Ollama's own layer placement
+      and which GPU a one-GPU vLLM plan gets are not modelled per GPU. Before, the forecast took the first GPU's vendor,
+      tier and peak with the slowest one's bandwidth while the curve took the slowest GPU for all; homogeneous machines
+      (every golden) are the same either way.
     - The GPU's share: a layers-in-RAM engine (llama.cpp, Ollama) off Apple: its layers on the GPU, a partial
       offload the bytes memory.py puts on each side (partial_offload_read), with its host link (host_link_gbs) and
       micro-batch; other engines hold every layer on the GPUs (1), a machine without GPUs none (0).
