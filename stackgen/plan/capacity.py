@@ -196,7 +196,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
     read, kv_s, flop_s = weights / mem_bw, kv / mem_bw, flops_per_token / cpu_flops
     decode_seq, tile, tile_s = weights / dot_bw, 0, 0.0
-    if engines.get(sp.engine).layers_in_ram and weight_kind(m.weights_format or model.quant) == "quantized":
+    if engines.get(sp.engine).layers_in_ram and weight_kind(m.weights_format or model.quant) != "16bit":
         # ggml: whole tiles of sequences share a pass over block-quantized weights (speed.GGML_CPU_DECODE_TILE)
         tile, tile_s = GGML_CPU_DECODE_TILE, GGML_CPU_DECODE_TILE * flops_per_token / (CPU_BATCH_MFU * cpu_flops)
     return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
