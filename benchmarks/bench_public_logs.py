@@ -132,15 +132,16 @@ def speed_rows() -> list[str]:
                "(planned as the current era). era: the backend's build term (speed.Backend.build_before, "
                "t0_before_ms), blank where it has none.")
     out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0 [+ t0_before for builds "
-               "before the backend's build_before]; 16-bit weights at their own e_16bit where a backend has 2+ points "
-               "of each kind; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
+               "before the backend's build_before]; 16-bit and AWQ-INT4 weights at their own e_16bit, e_int4_awq where a "
+               "backend has 2+ fitted points of that kind and 2+ of the rest; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
                "leave-one-out: each fitted point predicted by the fit of the backend's other fitted points (backends "
                "with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [fit_point(p) for p in fitted]
-        e, t0, e16, t0b = speed.fit_backend_build(sel)
-        kinds = f", e_16bit = {e16:.3f}" if e16 else ""
+        f = speed.fit_kinds(sel)
+        e, t0, t0b = f["quantized"], f["t0_ms"], f["t0_before_ms"]
+        kinds = "".join(f", e_{k.replace('-', '_')} = {f[k]:.3f}" for k in speed.SPLIT_KINDS if f[k])
         cut = speed.backend_params(backend).build_before
         era = f", t0_before = {t0b:.2f} ms for builds before b{cut}" if t0b else ""
         loo = ""
@@ -163,8 +164,9 @@ def speed_rows() -> list[str]:
 
 
 def _loo_predicted(others: list[tuple], p: dict) -> float:
-    e, t0, e16, t0b = speed.fit_backend_build(others)
-    eff = e16 if p.get("weights") == "16bit" and e16 else e
+    f = speed.fit_kinds(others)
+    t0, t0b = f["t0_ms"], f["t0_before_ms"]
+    eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
     return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000)
 
 

@@ -5,9 +5,10 @@ they route to, ExpertRouting) plus each stream's KV cache, at a backend-specific
 `efficiency` of the peak memory bandwidth, plus a fixed per-step overhead `t0_ms` (kernel launches, sampling, host
 sync): t_step = bytes / (efficiency x bandwidth) + t0. Unquantized 16-bit weights (F16/BF16) read at their own
 `efficiency_16bit` where a backend's points show it (llama.cpp CUDA and Metal run them through other kernels than the
-block-quantized types); the plan's weights format picks the kind (weight_kind). Parameters are fitted (fit_backend,
-least squares of the relative error) on the public figures in tests/fixtures/public-logs/decode_speed.yaml by
-benchmarks/bench_public_logs.py (results in benchmarks/results/public_logs.md) from the points not marked held_out
+block-quantized types), and AWQ-INT4 checkpoints at their own `efficiency_int4_awq` where a backend's AWQ kernel
+shows one (SGLang's Marlin on its H20 run); the plan's weights format picks the kind (weight_kind). Parameters are
+fitted (fit_backend, least squares of the relative error) on the public figures in
+tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py (results in benchmarks/results/public_logs.md) from the points not marked held_out
 (those check the fit); backends without public points there keep the old single 0.70 and no overhead. The llama.cpp
 build a plan is for (Pins.engine_build) picks a build era where a backend's points show one (backend_params(backend,
 build); fit_backend_build): llama.cpp CUDA builds before CUDA graphs (LLAMA_CUDA_GRAPHS_BUILD) pay a larger t0.
@@ -50,6 +51,12 @@ class Backend:
     # f16 mat-vec). 0: no separate figure, the one `efficiency` for every weight type. Fitted with the other two
     # (fit_backend) where a backend's public points include 16-bit runs.
     efficiency_16bit: float = 0.0
+    # Share of peak bandwidth, as the bytes of an AWQ-INT4 checkpoint count it (facts.HF_BYTES_PER_PARAM "awq" 0.56 B a
+    # parameter), a decode step reaches on AWQ weights (weight_kind "int4-awq"), where the engine's AWQ kernel does
+    # work the bytes do not show (SGLang's awq_marlin on a Hopper H20: BACKENDS["sglang"]'s comment). 0: no separate
+    # figure, the block-quantized `efficiency`. Fitted with the rest (fit_backend) where a backend has 2+ fitted AWQ
+    # points.
+    efficiency_int4_awq: float = 0.0
     # llama.cpp builds older than `build_before` (a build number; 0: no build term) decode with `t0_before_ms` more
     # per-step overhead (backend_params(backend, build)); fitted with the rest (fit_backend_build) from the points'
     # `build:` in decode_speed.yaml. An unknown build (None) plans as the current era.
@@ -57,8 +64,13 @@ class Backend:
     t0_before_ms: float = 0.0
 
     def efficiency_for(self, weights: str = "quantized") -> float:
-        """The efficiency for weights of kind `weights` ("16bit" or "quantized", weight_kind's answer)."""
-        return self.efficiency_16bit if weights == "16bit" and self.efficiency_16bit else self.efficiency
+        """The efficiency for weights of kind `weights` ("16bit", "int4-awq" or "quantized", weight_kind's answer): a
+        kind's own figure where the backend has one, else the block-quantized `efficiency`."""
+        if weights == "16bit" and self.efficiency_16bit:
+            return self.efficiency_16bit
+        if weights == "int4-awq" and self.efficiency_int4_awq:
+            return self.efficiency_int4_awq
+        return self.efficiency
 
     def batch_mfu_for(self, weights: str = "quantized") -> float:
         """The batched-decode MFU for weights of kind `weights`."""
@@ -66,10 +78,15 @@ class Backend:
 
 
 def weight_kind(fmt: str | None) -> str:
-    """"16bit" for unquantized float weights (GGUF F16/BF16/F32, HF/MLX bf16/fp16/fp32), else "quantized" (block-
-    quantized GGUF types, MLX n-bit, AWQ/GPTQ/FP8, or unknown)."""
-    return "16bit" if (fmt or "").lower() in ("f16", "bf16", "f32", "fp16", "fp32", "float16", "bfloat16",
-                                               "float32") else "quantized"
+    """"16bit" for unquantized float weights (GGUF F16/BF16/F32, HF/MLX bf16/fp16/fp32), "int4-awq" for an AWQ
+    checkpoint (facts.normalize_quant spells int4/w4a16 "awq"; what vLLM and SGLang load and run through their AWQ
+    kernels: BACKENDS["sglang"]'s comment), else "quantized" (block-quantized GGUF types, MLX n-bit, GPTQ, FP8, or
+    unknown). A backend without a figure for a kind reads it at its block-quantized efficiency (Backend.efficiency_for),
+    so "int4-awq" plans as "quantized" everywhere but where a fit gave it a slope of its own."""
+    low = (fmt or "").lower()
+    if low in ("f16", "bf16", "f32", "fp16", "fp32", "float16", "bfloat16", "float32"):
+        return "16bit"
+    return "int4-awq" if low == "awq" else "quantized"
 
 
 # The CPU's batched-decode share of capacity.CPU_FLOPS_PER_THREAD: the quickstart's llama-server (Gemma 3 270M Q4_K_M,
@@ -180,36 +197,70 @@ BACKENDS = {
     # t0 = 0; held out: the RTX 4090 7B bf16 (-16%) and the GH200 31B at a 10.6K prompt (-3%). The single stream
     # only: vllm_concurrency.yaml checks N streams. Prefill: 0.528 of peak, the geometric mean of 4 one-request TTFTs
     # (RTX 5090 Qwen3-4B 0.82, GH200 Gemma 4 31B at 10k 0.49, 4 x 3090 TP 4 27B 0.28, 2 x 5090 TP 2 27B 0.69); held
-    # out: the GH200 1k cell (-16%) and the 2 x 5090 NVFP4 run (-35%).
+    # out: the GH200 1k cell (-16%) and the 2 x 5090 NVFP4 run (-35%). AWQ keeps the block-quantized 0.604 (weight
+    # kind "int4-awq" has one fitted vLLM point, too few for a slope: fit_backend), and no source says it should read
+    # slower: that point (mlc-ai/llm-perf-bench PR 35, RTX 3090, vLLM of November 2023) ran vLLM's own AWQ GEMM --
+    # the v0.2.x AWQ linear method calls ops.awq_gemm at every batch size, csrc/quantization/awq/gemm_kernels.cu's
+    # gemm_forward_4bit_cuda_m16n128k32 from mit-han-lab/llm-awq: 16-row activation tiles (A_shared[16 * (32 + 8)])
+    # on mma m16n8k16 with fp32 accumulators, the 4-bit weights dequantized in registers (dequantize.cuh), so the same
+    # 64 FLOP per weight byte at batch 1 as Marlin's. The RTX 3090 has room for it: 71 TFLOPS FP16 tensor with fp32
+    # accumulate (capacity.GPU_TFLOPS) for 936 GB/s is 76 FLOP per byte, over 64, where SGLang's H20 has 37 (its
+    # comment); the point reads 0.72 of peak (-16% at 0.604), not less.
     "vllm": Backend(0.604, 0.0, fitted_on=6, error=0.35, prefill_mfu=0.528, efficiency_16bit=0.742),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to
     # 32B in BF16, FP8 and AWQ-INT4 (decode_speed.yaml). On vLLM's line (before) they were over-predicted x1.5 to x7.2.
     # The split was fixed before the fit by position in the fixture (1st, 3rd, ... 15th fit; 2nd, ... 16th held out).
-    # Fit: a 2.00 ms per-step overhead and 0.384 of the datasheet bandwidth for FP8/AWQ, 0.393 for BF16 (fit_backend
-    # gives each kind its own slope with 2+ fitted points of each: 4 and 4; the two differ by 2.6%, so on these points
-    # the weight kind hardly matters, and leave-one-out is worse with the split, 3 of 8 within 15%, than without it, 5
-    # of 8). Fitted 8: 6 within 15%, mean 15.6%; held-out 8: 6 within 15% (0.6B FP8 -12%, 1.7B FP8 -7%, 4B FP8 +4%, 8B
-    # BF16 -2%, 14B FP8 -14%, 32B BF16 +10%) and the same 6 within 25%: both misses are AWQ (8B +37%, 32B +49%), as are
-    # both fitted misses (4B +40%, 14B +38%): that run's AWQ-INT4 (awq_marlin) rows decode about as fast as its FP8
-    # rows of the same model (4B 199.7 vs 200.6 tokens/s, 8B 144.1 vs 150.3, 14B 96.5 vs 97.1, 32B 47.7 vs 46.2) with
-    # 0.54x their bytes, and weight_kind files AWQ with FP8 ("quantized"): AWQ on SGLang is over-predicted by ~40%,
-    # not modelled (no third weight kind). Stated error: 9 in 10 of the 16 within 45% (the AWQ rows). What t0 and e mean: an
+    # Fit: a 1.72 ms per-step overhead and, of the datasheet bandwidth, 0.430 for FP8, 0.369 for BF16 and 0.225 for
+    # AWQ-INT4 (fit_backend gives each kind of SPLIT_KINDS its own slope with 2+ fitted points of it: 4 BF16, 2 AWQ (4B,
+    # 14B), 2 FP8 left on the shared one). Fitted 8: 8 within 15%, mean 5.3%; held-out 8: 7 within 15% (0.6B FP8 +2%,
+    # 1.7B FP8 +6%, 8B BF16 -5%, 8B AWQ -1%, 14B FP8 -3%, 32B BF16 +4%, 32B AWQ -6%), the 8th the 4B FP8 +18% (+4% with
+    # AWQ on the FP8 slope, 0.384 then), all 8 within 25%. Before the AWQ slope all 4 AWQ rows missed (+37..+49%): that
+    # run's AWQ-INT4 rows decode about as fast as its FP8 rows of the same model (4B 199.7 vs 200.6 tokens/s, 8B 144.1
+    # vs 150.3, 14B 96.5 vs 97.1, 32B 47.7 vs 46.2) with 0.54x their bytes. Leave-one-out cannot check the AWQ slope: one
+    # AWQ point left out leaves one, too few for a slope of its own, so the left-out row plans on the FP8 slope (4B
+    # +54%, 14B +47%; 3 of the 8 within 15%, as before the split); with the slope pinned by the other AWQ row alone
+    # (outside the 2-point rule, a diagnostic only) 4B is +22% and 14B -24%: the AWQ slope is set, and checked, by
+    # these 4 rows of one GPU only.
+    # Why AWQ reads slower than its bytes here (the kernel): the docs' SGLang setup lists "vLLM 0.7.2 (Required by
+    # SGLang for AWQ quantization)" and "For AWQ quantization, we use the awq_marlin backend" (QwenLM/Qwen2.5
+    # docs/source/getting_started/speed_benchmark.md at ac72724). SGLang of that period takes awq_marlin from vLLM
+    # (python/sglang/srt/layers/quantization/__init__.py: AWQMarlinConfig imported from
+    # vllm.model_executor.layers.quantization.awq_marlin, listed in VLLM_QUANTIZATION_METHODS; sgl-project/sglang PR
+    # 826 "Add awq_marlin"; read in the stored tree whose error text pins vllm==0.7.2, its commit not pinned here),
+    # whose AWQMarlinLinearMethod.apply runs apply_awq_marlin_linear -> ops.gptq_marlin_gemm: the Marlin kernel (vLLM
+    # csrc/quantization/gptq_marlin/), not a dequantize-then-matmul path (nothing is written back as fp16: the 4-bit
+    # weights are unpacked in registers). Marlin runs Ampere-style mma.sync m16n8k16 tensor-core tiles of 16 activation
+    # rows, so at batch 1 it does 16 rows' work: 32 FLOP per weight, 64 FLOP per byte of 4-bit weight. Its README says
+    # "Marlin is not yet optimized for Hopper" (IST-DASLab/marlin), and mma (not wgmma) reaches at best ~75% of a
+    # Hopper's peak (vLLM PR 7174, Machete). The H20 is a Hopper with its tensor rate cut: ~148 TFLOPS dense FP16
+    # (a 10240^3 FP16 matmul measured 142 TFLOPS: zzc0721/torch-performance-test-data issue 77) for 4.0 TB/s, 37 FLOP
+    # per byte (~28 at 75%), under the kernel's 64: the padded MMAs alone take ~2x the weight read at full bandwidth,
+    # 32 / (0.75 x 148e12) = 0.29 ps per weight. The fit's AWQ slope is 0.56 B / (0.225 x 4.0e12) = 0.62 ps per
+    # parameter: the padding explains about half; the rest (the dequantization on CUDA cores, scales, the split-k
+    # reduction) these rows do not separate, so a fitted slope, not a FLOP term. Why the FP8 rows keep to their bytes
+    # was not traced here (their kernel is another one: Hopper has no FP8 mma.sync). The slope is the H20's: a Hopper
+    # with the full tensor rate (H100: 989 TFLOPS for 3.35 TB/s, 295 FLOP per byte) has room for the padded work, and
+    # there this slope likely under-predicts SGLang's AWQ -- unchecked, as is the whole line off the H20. vLLM's one AWQ
+    # point (RTX 3090, late 2023) is the other side of the same arithmetic: BACKENDS["vllm"]'s comment. GPTQ-INT4 runs
+    # the same Marlin kernel (gptq_marlin) but stays "quantized": no public SGLang GPTQ-INT4 row to fit or check it.
+    # Stated error: 9 in 10 of the 16 within 15% (the 4B FP8 +18% the one outside). What t0 and e mean: an
     # overhead is expected at batch 1, where a step's fixed costs do not shrink with the model -- SGLang's Python
     # scheduler and sampling per step ("an unoptimized inference engine can spend as much as half of its time on CPU
     # overhead": the SGLang v0.4 post, lmsys.org/blog/2024-12-04-sglang-v0-4/, whose overlap scheduler runs one batch
     # ahead to hide it behind GPU work) and the launches of a step's many small kernels (CUDA graphs, on by default,
     # made a plain decode 3x faster in one user's run: sgl-project/sglang issue 6172). A mocked forward put a 2026
-    # SGLang's own per-token cost at ~0.31 ms (tenstorrent/tt-inference-server issue 3560), so most of the 2.0 ms is
+    # SGLang's own per-token cost at ~0.31 ms (tenstorrent/tt-inference-server issue 3560), so most of the 1.7 ms is
     # probably per-step time on that H20 setup that does not scale with the bytes; the public rows cannot split it. The
-    # 0.38-0.39 is the H20 run's, far below what vLLM's points read on RTX, H100 and GH200 cards (0.60-0.74): all 16
+    # 0.37-0.43 is the H20 run's, far below what vLLM's points read on RTX, H100 and GH200 cards (0.60-0.74): all 16
     # points are ONE GPU (H20) and ONE SGLang version (0.4.6.post1), so this line is unchecked on any other GPU or
     # release. Its e may well be the H20's (or that setup's) alone, not SGLang's: on a card where SGLang reads nearer
     # vLLM's share it under-predicts, and no public point says which. No SGLang point for the rest, so vLLM's figures:
     # prefill_mfu 0.528 (SGLang's 2 one-request TTFTs, 2 x RTX 5090, are held out and check it: PREFILL_CHECK),
     # batch_mfu (the default; no SGLang service curve, and vllm_concurrency.yaml's points are vLLM's: an SGLang plan's
     # N-stream steps are this line's single step plus vLLM's compute per extra token, unchecked).
-    "sglang": Backend(0.384, 2.00, fitted_on=8, error=0.45, prefill_mfu=0.528, efficiency_16bit=0.393),
+    "sglang": Backend(0.430, 1.72, fitted_on=8, error=0.15, prefill_mfu=0.528, efficiency_16bit=0.369,
+                      efficiency_int4_awq=0.225),
 }
 DEFAULT_BACKEND = Backend(0.70, 0.0)
 # The decode error a plan states for a partial offload (layers split between GPU and system RAM), at least: the largest
@@ -579,36 +630,80 @@ def _solve(a: list[list[float]], y: list[float]) -> list[float] | None:
     return [m[i][n] / m[i][i] for i in range(n)]
 
 
+# The weight kinds (weight_kind) a fit gives a slope of their own when its points show them; every other kind shares
+# the block-quantized ("quantized") one.
+SPLIT_KINDS = ("16bit", "int4-awq")
+
+
+def _kind(p: tuple) -> str:
+    return p[3] if len(p) > 3 and p[3] else "quantized"
+
+
+def _own_slopes(kinds: list[str]) -> list[str]:
+    """The kinds of SPLIT_KINDS that get a slope of their own over points of these `kinds`: each with at least 2
+    points (no slope is one point's exact fit), taken in SPLIT_KINDS' order while at least 2 points stay on the shared
+    "quantized" slope; a kind with fewer plans at the shared one."""
+    own, shared = [], len(kinds)
+    for k in SPLIT_KINDS:
+        c = kinds.count(k)
+        if c >= 2 and shared - c >= 2:
+            own.append(k)
+            shared -= c
+    return own
+
+
+def fit_kinds(points: list[tuple]) -> dict[str, float]:
+    """fit_backend_build's whole answer: {"quantized": e, "16bit": e_16bit, "int4-awq": e_int4_awq, "t0_ms": t0,
+    "t0_before_ms": t0_before}, a kind without a slope of its own at 0 (it plans at e: Backend.efficiency_for)."""
+    before = [len(p) > 4 and bool(p[4]) for p in points]
+    n, m = len(points), sum(before)
+    base = [p[:4] for p in points]
+    if m >= 2 and n - m >= 2:
+        xs = [p[0] / (p[1] * 1e9) for p in points]
+        kinds = [_kind(p) for p in points]
+        cols = ["quantized"] + _own_slopes(kinds)
+        # columns: the slopes (quantized, then each own kind), intercept, the older builds' extra intercept
+        rows = [[x if (k if k in cols else "quantized") == c else 0.0 for c in cols] + [1.0, 1.0 if o else 0.0]
+                for x, k, o in zip(xs, kinds, before)]
+        sol = _relative_lsq(rows, [1 / p[2] for p in points])
+        if sol is not None and sol[-1] > 0 and sol[-2] >= 0 and all(v > 0 for v in sol[:-2]):
+            out = {k: 0.0 for k in SPLIT_KINDS} | {c: 1 / v for c, v in zip(cols, sol)}
+            return out | {"t0_ms": sol[-2] * 1000, "t0_before_ms": sol[-1] * 1000}
+    slopes, t0 = _fit_slopes(base)
+    return {k: 0.0 for k in SPLIT_KINDS} | slopes | {"t0_ms": t0, "t0_before_ms": 0.0}
+
+
+def _fit_slopes(points: list[tuple]) -> tuple[dict[str, float], float]:
+    """fit_backend's slopes ({kind: efficiency}, "quantized" and each own kind) and t0 in ms."""
+    xs = [p[0] / (p[1] * 1e9) for p in points]
+    ts = [1 / p[2] for p in points]
+    if len(points) == 1:
+        return {"quantized": xs[0] / ts[0]}, 0.0
+    kinds = [_kind(p) for p in points]
+    cols = ["quantized"] + _own_slopes(kinds)
+    group = [k if k in cols else "quantized" for k in kinds]
+    rows = [[x if g == c else 0.0 for c in cols] + [1.0] for x, g in zip(xs, group)]
+    sol = _relative_lsq(rows, ts)
+    if sol is None or sol[-1] < 0 or any(v <= 0 for v in sol[:-1]):
+        # t0 = 0: each slope through the origin over its own points
+        def through_origin(c):
+            num = sum(x / t for x, t, g in zip(xs, ts, group) if g == c)
+            return num / sum(x * x / (t * t) for x, t, g in zip(xs, ts, group) if g == c)
+        sol = [through_origin(c) for c in cols] + [0.0]
+    return {c: 1 / v for c, v in zip(cols, sol)}, sol[-1] * 1000
+
+
 def fit_backend(points: list[tuple]) -> tuple[float, float, float]:
     """Least squares of the relative error of the step time t = x / e + t0 (x = bytes / bandwidth; each point's
     residual divided by its measured step, as the checks are relative: a 70B step must not outweigh a 1B one) over
     (bytes, bandwidth_gbs,
-    tokens_per_s[, kind]) points, kind "16bit" or "quantized" (the default). Returns (e, t0_ms, e_16bit): with at
-    least 2 points of each kind, 16-bit steps get their own slope (t = x / e_16bit + t0, the same t0), so neither
-    slope is one point's exact fit; otherwise e_16bit is 0 (the one e for every kind). A negative overhead is
+    tokens_per_s[, kind]) points, kind "16bit", "int4-awq" or "quantized" (the default). Returns (e, t0_ms, e_16bit):
+    a kind of SPLIT_KINDS with at least 2 points (and 2 left on the shared slope: _own_slopes) gets its own slope
+    (t = x / e_kind + t0, the same t0), so no slope is one point's exact fit; otherwise e_16bit is 0 (the one e for
+    every kind). The AWQ slope, where there is one, is fit_kinds'. A negative overhead is
     not physical: then the constrained optimum, t0 = 0 and each slope through the origin."""
-    xs = [p[0] / (p[1] * 1e9) for p in points]
-    ts = [1 / p[2] for p in points]
-    is16 = [len(p) > 3 and p[3] == "16bit" for p in points]
-    n = len(points)
-    if n == 1:
-        return xs[0] / ts[0], 0.0, 0.0
-    split = sum(is16) >= 2 and n - sum(is16) >= 2
-    # columns: quantized slope, 16-bit slope (when split), intercept
-    rows = [[0.0 if k else x, x if k else 0.0, 1.0] if split else [x, 1.0] for x, k in zip(xs, is16)]
-    sol = _relative_lsq(rows, ts)
-    if sol is None or sol[-1] < 0 or any(v <= 0 for v in sol[:-1]):
-        # t0 = 0: each slope through the origin over its own points
-        def through_origin(sel):
-            num = sum(x / t for x, t, k in zip(xs, ts, is16) if sel(k))
-            return num / sum(x * x / (t * t) for x, t, k in zip(xs, ts, is16) if sel(k))
-        if split:
-            sol = [through_origin(lambda k: not k), through_origin(lambda k: k), 0.0]
-        else:
-            sol = [through_origin(lambda k: True), 0.0]
-    if split:
-        return 1 / sol[0], sol[2] * 1000, 1 / sol[1]
-    return 1 / sol[0], sol[1] * 1000, 0.0
+    slopes, t0 = _fit_slopes(points)
+    return slopes["quantized"], t0, slopes.get("16bit", 0.0)
 
 
 def _relative_lsq(rows: list[list[float]], ts: list[float]) -> list[float] | None:
@@ -624,26 +719,13 @@ def _relative_lsq(rows: list[list[float]], ts: list[float]) -> list[float] | Non
 def fit_backend_build(points: list[tuple]) -> tuple[float, float, float, float]:
     """fit_backend with a build-era term: points (bytes, bandwidth_gbs, tokens_per_s, kind, before) where `before`
     is True for a llama.cpp build older than the backend's build_before, whose step is t = x / e_kind + t0 +
-    t0_before (the same slopes and t0 as the current builds'). Returns (e, t0_ms, e_16bit, t0_before_ms). The term
+    t0_before (the same slopes and t0 as the current builds'). Returns (e, t0_ms, e_16bit, t0_before_ms); the AWQ
+    slope of the same fit: fit_kinds. The term
     is fitted only with at least 2 points of each era (no term that is one point's exact fit) and only when it comes
     out positive with the rest physical (positive slopes, t0 >= 0); otherwise t0_before is 0 and the rest is
     fit_backend's over all the points."""
-    before = [len(p) > 4 and bool(p[4]) for p in points]
-    base = [p[:4] for p in points]
-    n, m = len(points), sum(before)
-    if m < 2 or n - m < 2:
-        return (*fit_backend(base), 0.0)
-    xs = [p[0] / (p[1] * 1e9) for p in points]
-    is16 = [len(p) > 3 and p[3] == "16bit" for p in points]
-    split = sum(is16) >= 2 and n - sum(is16) >= 2
-    # columns: quantized slope, 16-bit slope (when split), intercept, the older builds' extra intercept
-    rows = [([0.0 if k else x, x if k else 0.0] if split else [x]) + [1.0, 1.0 if o else 0.0]
-            for x, k, o in zip(xs, is16, before)]
-    sol = _relative_lsq(rows, [1 / p[2] for p in points])
-    if sol is None or sol[-1] <= 0 or sol[-2] < 0 or any(v <= 0 for v in sol[:-2]):
-        return (*fit_backend(base), 0.0)
-    e16 = 1 / sol[1] if split else 0.0
-    return 1 / sol[0], sol[-2] * 1000, e16, sol[-1] * 1000
+    f = fit_kinds(points)
+    return f["quantized"], f["t0_ms"], f["16bit"], f["t0_before_ms"]
 
 
 @dataclass(frozen=True)
@@ -923,7 +1005,7 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         active_params=model.active_params or model.params, peak_flops=peak, weights=kind,
         experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
         batch_flops=batch_flops,
-        decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind == "quantized" else 0,
+        decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind != "16bit" else 0,
         host_flops=host_flops, build=build, host_link_gbs=link, ubatch=ubatch, params=params)
 
 

@@ -15,6 +15,7 @@ STACK = """
 version: 1
 hardware: {hw}
 workload: {{concurrent_users: {users}, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}}
+serve: {{api_key_env: STACK_KEY}}
 services:
   chat: {{{service}}}
 """
@@ -28,6 +29,8 @@ PLANS = {
                            "16bit"),
     # vLLM's own kernels on a datacenter GPU
     "vllm-h100": ("h100-80gb", 16, "model: llama-3.1-8b-instruct, engine: vllm", "vllm", "16bit"),
+    # an AWQ checkpoint on SGLang: its own AWQ slope (efficiency_int4_awq, awq_marlin on the H20 fit)
+    "sglang-awq": ("h100-80gb", 8, "model: qwen2.5-7b-instruct, engine: sglang, quant: awq", "sglang", "int4-awq"),
     # MoE: a step of b tokens reads the union of the experts they route to
     "moe-llama.cpp-cuda": ("rtx-4090", 8, "model: qwen3-30b-a3b, engine: llama.cpp, quant: Q4_K_M", "cuda",
                            "quantized"),

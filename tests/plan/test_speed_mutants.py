@@ -51,9 +51,15 @@ def test_every_unquantized_float_format_is_16bit(fmt):
     assert speed.weight_kind(fmt) == "16bit"
 
 
-@pytest.mark.parametrize("fmt", [None, "", "Q4_K_M", "q8_0", "4bit", "awq", "fp8"])
+@pytest.mark.parametrize("fmt", [None, "", "Q4_K_M", "q8_0", "4bit", "gptq", "fp8"])
 def test_quantized_and_unknown_formats_are_quantized(fmt):
     assert speed.weight_kind(fmt) == "quantized"
+
+
+@pytest.mark.parametrize("fmt", ["awq", "AWQ", "Awq"])
+def test_an_awq_checkpoint_is_its_own_kind(fmt):
+    """AWQ checkpoints (facts.normalize_quant's "awq") run through the engine's AWQ kernels: kind "int4-awq"."""
+    assert speed.weight_kind(fmt) == "int4-awq"
 
 
 # --- the empty step and the unknown peak --------------------------------------------------------------------------
