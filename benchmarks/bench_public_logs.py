@@ -127,6 +127,26 @@ def speed_rows() -> list[str]:
             out.append(f"- {backend}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
                        f"{sum(x <= 0.25 for x in e)} within 25%, mean |error| {100 * sum(e) / len(e):.1f}%, "
                        f"max {100 * max(e):.1f}%")
+    m1 = [p for p in pts if p.get("corpus") == "metal-m1"]
+    if m1:
+        old = [p for p in pts if p.get("corpus") != "metal-m1"]
+        old_close = sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in old)
+        out.append(f"\nmetal-m1 (benchmarks/results/metal-candidates.md): {len(m1)} held-out Apple-GPU points taken before "
+                   f"their predictions; the {len(old)} points before them: {old_close} within 15%. The metal-m1 points "
+                   f"by chip generation (the first word of gpu:) and by weight type (the id's last part):")
+        groups: dict[str, list[float]] = {}
+        for p in m1:
+            r = predict_decode(p) / p["tokens_per_s"]
+            groups.setdefault(p["gpu"].split()[0], []).append(r)
+            groups.setdefault(p["id"].rsplit("-", 1)[1], []).append(r)
+            if "Ultra" in p["gpu"]:
+                groups.setdefault("Ultra chips", []).append(r)
+        groups["all"] = [predict_decode(p) / p["tokens_per_s"] for p in m1]
+        for g in ["all"] + sorted(k for k in groups if k != "all"):
+            rs = groups[g]
+            e = [abs(x - 1) for x in rs]
+            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
+                       f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
     out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
                "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
                "(planned as the current era). era: the backend's build term (speed.Backend.build_before, "

@@ -154,6 +154,51 @@ def test_llamacpp_points_carry_their_build():
     assert sum(older_build(p) for p in cuda) >= 2 and sum(not older_build(p) for p in cuda) >= 2
 
 
+def _metal_fit_with_apple7(points: list[dict], apple7_term: bool) -> list[float]:
+    """The Metal line's relative least squares (speed._relative_lsq, as fit_backend) with, when apple7_term, a
+    quantized slope of its own for Apple7 GPUs (the M1 family): [1/e, 1/e_16bit(, 1/e_apple7), t0 s]."""
+    rows, ts = [], []
+    for p in points:
+        x = p["bytes_mib"] * 2**20 / (p["bandwidth_gbs"] * 1e9)
+        col = 1 if p.get("weights") == "16bit" else 2 if apple7_term and p["gpu"].startswith("M1") else 0
+        row = [0.0] * (3 if apple7_term else 2)
+        row[col] = x
+        rows.append(row + [1.0])
+        ts.append(1 / p["tokens_per_s"])
+    return speed._relative_lsq(rows, ts)
+
+
+def _metal_predict(sol: list[float], p: dict, apple7_term: bool) -> float:
+    x = p["bytes_mib"] * 2**20 / (p["bandwidth_gbs"] * 1e9)
+    col = 1 if p.get("weights") == "16bit" else 2 if apple7_term and p["gpu"].startswith("M1") else 0
+    return 1 / (x * sol[col] + sol[-1])
+
+
+def test_no_apple7_efficiency_term_for_metal():
+    """metal-m1's pre-registered term A (benchmarks/results/metal-candidates.md): a quantized-weight efficiency of
+    its own for Apple7 GPUs (M1 family), fitted with e, e_16bit and t0 on the fitted Metal points. It was to be
+    adopted only if it is a penalty, improves leave-one-out within 15%, and puts more of the held-out M1-family
+    metal-m1 points within 15%. It is a penalty (e_apple7 0.63 against 0.78) but leave-one-out falls (11 -> 10 of
+    16) and the held-out M1 points fall (21 -> 13 of 26: at the 2023 build the M1 Pro / Max / Ultra read Q4_0 and
+    Q8_0 like the M2 and M3 chips), so speed.py has no such term. This recomputes the comparison; if the corpus
+    changes so that the term passes, this fails and the term should be revisited."""
+    metal = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier")]
+    fitted = [p for p in metal if not p.get("held_out")]
+    held_m1 = [p for p in metal if p.get("corpus") == "metal-m1" and p["gpu"].startswith("M1")]
+    assert len(fitted) == speed.BACKENDS["metal"].fitted_on and len(held_m1) >= 26
+    result = {}
+    for term in (False, True):
+        sol = _metal_fit_with_apple7(fitted, term)
+        loo = sum(abs(_metal_predict(_metal_fit_with_apple7(fitted[:i] + fitted[i + 1:], term), p, term)
+                      / p["tokens_per_s"] - 1) <= 0.15 for i, p in enumerate(fitted))
+        held = sum(abs(_metal_predict(sol, p, term) / p["tokens_per_s"] - 1) <= 0.15 for p in held_m1)
+        result[term] = (sol, loo, held)
+    base, with_a7 = result[False], result[True]
+    assert base[0][0] == pytest.approx(1 / speed.BACKENDS["metal"].efficiency, rel=0.002)  # the line speed.py has
+    assert 1 / with_a7[0][2] < 1 / with_a7[0][0]  # criterion 1 holds: a penalty
+    assert with_a7[1] <= base[1] or with_a7[2] <= base[2]  # criteria 2 or 4 fail: not adopted
+
+
 def test_fit_never_returns_a_negative_overhead():
     """Two points whose straight line crosses below zero: the fit is the through-origin one (t0 = 0)."""
     pts = [(3.82e9, 347.0, 56.29), (4.92e9, 760.0, 111.95)]
@@ -201,9 +246,24 @@ def test_speed_within_15_percent_share():
     (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%), Vulkan's RTX 2080
     Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%), its RTX 3090 AWQ 7B
     (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit (+24%); of corpus2's
-    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse."""
-    close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 115 and len(close) >= 91
+    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse.
+
+    metal-m1 (benchmarks/results/metal-candidates.md) added 83 held-out Apple-GPU points (`corpus: metal-m1`:
+    discussion 4167's summary table at its 2023 reference build and later rows, issue 27525's and PR 3648's M1 Max
+    rows), taken before their predictions; they miss more often than the corpus's goal, so the floor is split: the
+    115 earlier points keep their own floor (91 since the AWQ kind; not lowered), and the metal-m1 points have their own floor, 62 of
+    83 within 15% (75%) as recorded, and the share below which they may not fall. Their 21 misses: the line
+    under-predicts 16 Q8_0 / Q4_0 rows of the M2-M4 non-Ultra chips by 15-19% (those chips read Q8_0 at 77-87% of
+    Apple's bandwidth; the line's quantized e, 0.734, is fitted mostly on Q4_K_M rows), the M1 Ultra's 48-core F16
+    and Q4_0 and 64-core Q4_0 rows run over (+20..+34%), and issue 27525's M1 Max Q4_1 and Q3_K_M rows +17% / +57%
+    (benchmarks/results/public_logs.md lists each)."""
+    old = [p for p in POINTS if p.get("corpus") != "metal-m1"]
+    new = [p for p in POINTS if p.get("corpus") == "metal-m1"]
+    assert all(p.get("held_out") for p in new)
+    close_old = [p for p in old if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
+    close_new = [p for p in new if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
+    assert len(old) >= 115 and len(close_old) >= 91
+    assert len(new) >= 83 and len(close_new) >= 62 and len(close_new) / len(new) >= 0.74
 
 
 def test_fit_recovers_known_parameters():
