@@ -107,16 +107,21 @@ def _predicted(p):
 def test_speed_point_is_sourced_and_within_25_percent(point):
     assert point["source"].startswith("https://github.com/")
     ratio = _predicted(point) / point["tokens_per_s"]
-    if point.get("outlier") or point.get("known_miss"):
+    if point.get("outlier") or (point.get("known_miss") and not 0.75 <= ratio <= 1.25):
         pytest.xfail(point.get("outlier") or point["known_miss"])
     assert 0.75 <= ratio <= 1.25, ratio
 
 
 def test_known_misses_are_still_misses():
-    """A point recorded as missed must really miss (else its note is stale and it belongs back in the check)."""
+    """A point recorded as missed must really miss the issue's 15% (else its note is stale and it belongs back in
+    the check), and its note states the ratio it misses by. A known miss within 25% (the RTX 3080 UD-IQ2_XXS row,
+    0.84 with the codebook floor) still has to pass the 25% check above."""
     for p in POINTS:
         if p.get("known_miss"):
-            assert not 0.75 <= _predicted(p) / p["tokens_per_s"] <= 1.25, p["id"]
+            r = _predicted(p) / p["tokens_per_s"]
+            assert not 0.85 <= r <= 1.15, p["id"]
+            if 0.75 <= r <= 1.25:
+                assert f"{r:.2f}" in p["known_miss"], (p["id"], r)
 
 
 @pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
@@ -197,9 +202,21 @@ def test_speed_within_15_percent_share():
     (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%), Vulkan's RTX 2080
     Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%), its RTX 3090 AWQ 7B
     (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit (+24%); of corpus2's
-    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse."""
+    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse.
+
+    iquant (benchmarks/results/iquant-candidates.md) appended 11 held-out llama.cpp CUDA points (codebook i-quants on
+    RTX 3090/4090/4080 with Q4_0 and IQ4_XS controls) and speed.py's codebook floor: the 115 before them stay at 88
+    within 15% (the RTX 3080 UD-IQ2_XXS row moves from +31% to -16%, still a known miss), the 11 new ones go from 7
+    to 11 (the 3 RTX 3090 rows the floor was fitted on among them, from +45..+81%; of the 8 that check it, 7 -> 8:
+    the RTX 4080 IQ2_XXS row +29% -> +14%, the RTX 4090 rows unmoved). 99 of 126 in all. Separate floors: neither
+    the old points' count nor the new points' may fall.
+    """
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 115 and len(close) >= 88
+    assert len(POINTS) >= 126 and len(close) >= 99
+    old, new = POINTS[:115], POINTS[115:]
+    assert new[0]["id"] == "llama-8215-3090-cuda-8b-iq3xxs-ub1" and all(p.get("held_out") for p in new)
+    assert sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in old) >= 88
+    assert sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in new) >= 11
 
 
 def test_fit_recovers_known_parameters():
