@@ -79,13 +79,16 @@ def weight_kind(fmt: str | None) -> str:
 # llama.cpp's codebook i-quants: types whose weights are indices into a lattice/grid codebook, which ggml-cuda's
 # mat-vec (mmvq.cu, vec_dot_iq2_xxs_q8_1 ... vec_dot_iq1_m_q8_1 in vecdotq.cuh; ggml-org/llama.cpp at 027ef876)
 # decodes per 8 weights with a table load (iq2xxs_grid, iq3xxs_grid, iq3s_grid, iq2s_grid, iq1s_grid_gpu), a sign
-# unpack (unpack_ksigns) and per 4 bytes an AND, __vcmpne4, XOR and __vsub4 before each dp4a -- byte-SIMD intrinsics
-# that NVIDIA GPUs since Maxwell run as several integer instructions (llama.cpp PR 27962 rewrites the same two for HIP
-# as SWAR: RX 6800 IQ3_XXS at b = 1 49.4 -> 67.2 tokens/s). A K-quant's dot product (vec_dot_q4_K_q8_1) masks and
-# shifts 8 weights for 2 dp4a. So these types can be bound by the GPU's integer throughput instead of its bandwidth:
+# unpack (unpack_ksigns) and per 4 bytes an AND, __vcmpne4, XOR and __vsub4 before each dp4a -- byte-SIMD intrinsics,
+# more than one integer instruction each (llama.cpp PR 27962, 2026, rewrites HIP's fallbacks of the same two as SWAR
+# for "~10%" each and "+~20%" tg on a Qwen3.8-27B IQ3_S; on NVIDIA they are CUDA's own, not measured here). A
+# K-quant's (vec_dot_q4_K_q8_1_impl_vmmq) shifts and masks 8 weights for 4 dp4a (2 of them against its mins); Q3_K and
+# Q6_K add one __vsubss4 per 4 weights. The codebook types add the grid loads, the sign unpack, a __vcmpne4 and an XOR
+# on top. So they can be bound by the GPU's integer throughput instead of its bandwidth:
 # llama.cpp PR 8215's table (same build and Llama 3 8B files on two GPUs, microbatch 1) has IQ3_XXS at 143.5 tokens/s
 # on an RTX 3090 and 235.6 on an RTX 4090 (1.64x for 1.08x the bandwidth; IQ3_S 1.55x, IQ2_S 1.83x), where K-quant
-# rows differ by about the bandwidth. IQ4_NL/IQ4_XS (a 16-value table, one lookup per weight) are not among them:
+# rows differ by little more than the bandwidth (PR 6766's ./main tg, 7B Q4_0: 128.3 and 146.8 tokens/s, 1.14x).
+# IQ4_NL/IQ4_XS (a 16-value table, one lookup per weight) are not among them:
 # their rows decode as K-quants do (PR 5747: IQ4_XS 133.7 vs Q4_0 128.8 tokens/s on an RTX 4080).
 CODEBOOK_QUANTS = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S",
                              "IQ3_M"})
