@@ -213,3 +213,16 @@ def test_the_simulators_curve_steps_the_same_floor(plans):
     c = capacity.service_curve(sp, hw)
     assert c.codebook_s > 0
     assert round(1 / c.step_s(1, 0), 1) == sp.speed.single_stream_tokens_per_s
+
+
+def test_an_moe_aggregate_floors_the_union_of_experts():
+    """An MoE step of b tokens dequantizes the experts they route to: the floor is one token's codebook weights x
+    the routing's read factor (as its bytes), b / (max(bytes x r, params x r x f / peak) + t0 + (b - 1) x compute)."""
+    ex = speed.ExpertRouting(64, 8, 0.9)
+    r = ex.read_factor(4)
+    floor = 3e9 * r * F / 71e12
+    assert floor > 1e9 * r / (CUDA.efficiency * 936e9)
+    batch = 2 * 3e9 / (CUDA.batch_mfu * 71e12)
+    got = speed.aggregate_tokens_per_s(1e9, 0, 936, "cuda", 4, active_params=3e9, peak_tflops=71,
+                                       experts=ex, codebook_params=3e9)
+    assert got == pytest.approx(4 / (floor + CUDA.t0_ms / 1000 + 3 * batch), rel=1e-12)
