@@ -96,13 +96,15 @@ def speed_rows() -> list[str]:
     out = ["| point | backend | weights | build | era | set | predicted tok/s | measured | ratio |",
            "|---|---|---|---:|---|---|---:|---:|---:|"]
     within = 0
-    errors: dict[str, list[float]] = {"fitted": [], "held out": []}
+    errors: dict[str, list[float]] = {"fitted": [], "held out": [], "codebook fit": []}
     dated: dict[str, list[float]] = {}  # held-out points dated 2025 or later (corpus2's check), by backend
     for p in pts:
         pred = predict_decode(p)
         r = pred / p["tokens_per_s"]
         within += abs(r - 1) <= 0.15
-        kind = "outlier" if p.get("outlier") else "held out" if p.get("held_out") else "fitted"
+        # codebook fit: held out of its backend's e and t0, but what speed.fit_codebook fits the codebook floor on
+        kind = ("outlier" if p.get("outlier") else "codebook fit" if p.get("codebook_fit")
+                else "held out" if p.get("held_out") else "fitted")
         if kind in errors:
             errors[kind].append(abs(r - 1))
         if kind == "held out" and str(p.get("date", "")) >= "2025":
@@ -117,10 +119,12 @@ def speed_rows() -> list[str]:
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
+    out.append("\ncodebook fit: held out of the line's e and t0, the points speed.fit_codebook fits the codebook "
+               "i-quant floor on (speed.Backend.codebook_flop_per_weight; benchmarks/results/iquant-candidates.md).")
     if dated:
         n = sum(len(e) for e in dated.values())
         close = sum(x <= 0.15 for e in dated.values() for x in e)
-        out.append(f"\nHeld-out points dated 2025-2026 (corpus2's, benchmarks/results/corpus2-candidates.md, and the 2026 M1 Max IQ4_NL point held out before them; "
+        out.append(f"\nHeld-out points dated 2025-2026 (corpus2's, benchmarks/results/corpus2-candidates.md; chosen by `date:`, so not the 2026 M1 Max IQ4_NL point, which has a build and no date; "
                    f"outliers aside): {close} of {n} within 15%, by backend:")
         for backend in sorted(dated):
             e = dated[backend]
@@ -129,10 +133,10 @@ def speed_rows() -> list[str]:
                        f"max {100 * max(e):.1f}%")
     m1 = [p for p in pts if p.get("corpus") == "metal-m1"]
     if m1:
-        old = [p for p in pts if p.get("corpus") != "metal-m1"]
+        old = [p for p in pts if not p.get("corpus")]
         old_close = sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in old)
         out.append(f"\nmetal-m1 (benchmarks/results/metal-candidates.md): {len(m1)} held-out Apple-GPU points taken before "
-                   f"their predictions; the {len(old)} points before them: {old_close} within 15%. The metal-m1 points "
+                   f"their predictions; the {len(old)} points before them (and before iquant's): {old_close} within 15%. The metal-m1 points "
                    f"by chip generation (the first word of gpu:) and by weight type (the id's last part):")
         groups: dict[str, list[float]] = {}
         for p in m1:

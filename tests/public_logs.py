@@ -95,13 +95,16 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
 
 def predict_service_curve_point(curve: dict, batch: int) -> float:
     """Aggregate decode tokens/s at `batch` tokens per step for a curve of service_curve.yaml: speed's model with the
-    planner's compute peak for that GPU (capacity.gpu_peak_flops)."""
+    planner's compute peak for that GPU (capacity.gpu_peak_flops); a codebook i-quant curve (`quant`) with its
+    floor (speed.codebook_quant)."""
     from stackgen.plan import speed
     from stackgen.plan.capacity import gpu_peak_flops
     peak = gpu_peak_flops(curve["gpu"], curve["bandwidth_gbs"]) / 1e12
     return speed.aggregate_tokens_per_s(curve["bytes_mib"] * 2**20, 0, curve["bandwidth_gbs"], curve["backend"],
                                         batch, active_params=curve["active_params"], peak_tflops=peak,
-                                        weights=curve.get("weights", "quantized"))
+                                        weights=curve.get("weights", "quantized"),
+                                        codebook_params=curve["active_params"]
+                                        if speed.codebook_quant(curve.get("quant")) else 0.0)
 
 
 def prefill_inputs(p: dict) -> tuple[float, float, float]:
@@ -139,10 +142,12 @@ def fit_point(p: dict) -> tuple:
 
 
 def predict_decode(p: dict) -> float:
-    """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line."""
+    """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line (a codebook
+    i-quant's with the codebook floor at the planner's peak for its GPU)."""
     from stackgen.plan import speed
     return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
-                                            p.get("weights", "quantized"), p.get("build"))
+                                            p.get("weights", "quantized"), p.get("build"), codebook_params(p),
+                                            peak_flops(p))
 
 
 def predict_prefill(p: dict) -> float:
@@ -248,3 +253,32 @@ def predict_partial_prefill(fix: dict, p: dict, copies: bool = True) -> float:
                         prompt_tokens=int(p["prompt"]), host_link_gbs=i["link_gbs"] if copies else 0.0,
                         ubatch=int(p["ubatch"]))
     return fc.prefill_tokens_per_s
+
+
+def codebook_params(p: dict) -> float:
+    """The weights a decode_speed.yaml point's plan counts through the codebook floor: the model's parameters
+    (params_b, as llama-bench prints them) when its quant is a codebook i-quant (speed.codebook_quant), else 0."""
+    from stackgen.plan import speed
+    return float(p.get("params_b", 0.0)) * 1e9 if speed.codebook_quant(p.get("quant")) else 0.0
+
+
+def peak_flops(p: dict) -> float:
+    """The planner's peak for the point's GPU (capacity.gpu_peak_flops), what the codebook floor scales by."""
+    from stackgen.plan.capacity import gpu_peak_flops
+    return gpu_peak_flops(p["gpu"], p["bandwidth_gbs"])
+
+
+def codebook_fit_points() -> list[tuple]:
+    """decode_speed.yaml's `codebook_fit` points as speed.fit_codebook takes them (bytes, bandwidth GB/s, tokens/s,
+    codebook params, peak FLOP/s, the older build's extra t0 ms)."""
+    from pathlib import Path
+    import yaml
+    from stackgen.plan import speed
+    pts = yaml.safe_load((Path(__file__).parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())["points"]
+    out = []
+    for p in pts:
+        if p.get("codebook_fit"):
+            extra = speed.BACKENDS[p["backend"]].t0_before_ms if older_build(p) else 0.0
+            out.append((p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p),
+                        peak_flops(p), extra))
+    return out

@@ -32,7 +32,13 @@ from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
 # Dense BF16 tensor peak, TFLOP/s, from the vendors' datasheets (no sparsity).
 GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40": 181.0, "l4": 121.0, "a10": 125.0,
-              "rtx 4090": 165.0, "rtx 3090": 71.0, "mi300x": 1307.0, "mi250": 362.0,
+              "rtx 4090": 165.0, "rtx 3090": 71.0,
+              # GeForce at 512 FP16-tensor FLOP/clk per SM with FP32 accumulate (the 3090's 71 = 82 SMs x 512 x 1.695
+              # GHz): the RTX 3080 59.5 (GA102 whitepaper; prefill_speed.yaml's 3080 points), the 3080 Ti 80 SMs x
+              # 512 x 1.665 GHz = 68.2 (nvidia.com specs: 10240 CUDA cores, 1.665 GHz boost), the RTX 4080 97.5 (Ada
+              # whitepaper, dense). Without them these GPUs fell back to 150 FLOP/B x bandwidth (3080: 114, 4080:
+              # 108), which speed.py's codebook i-quant floor (Backend.codebook_flop_per_weight) scales by.
+              "rtx 3080": 59.5, "rtx 3080 ti": 68.2, "rtx 4080": 97.5, "mi300x": 1307.0, "mi250": 362.0,
               # The GPUs of profiles/hardware.yaml the table lacked (issue 13's prefill check,
               # tests/fixtures/public-logs/prefill_speed.yaml). GeForce: FP16 tensor with FP32 accumulate, dense, as
               # the 4090/3090 entries above (the Ada whitepaper's 4090 figure is 512 FLOP/clk per SM x boost clock).
@@ -96,6 +102,7 @@ class ServiceCurve:
     ram_weights_s: float = 0.0
     ubatch_copy_s: float = 0.0
     ubatch: int = 0
+    codebook_s: float = 0.0  # a codebook i-quant's floor beyond the GPU's weight read (speed.StepParts.codebook_s)
 
     @cached_property
     def parts(self) -> StepParts | None:
@@ -104,7 +111,7 @@ class ServiceCurve:
             return None
         return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
                          self.batch_token_s, self.experts, ram_weights_s=self.ram_weights_s,
-                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch)
+                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch, codebook_s=self.codebook_s)
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         if self.parts is not None:
@@ -155,7 +162,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                             step_tokens=_step_tokens(sp), backend=si.backend, t0_s=parts.t0_s,
                             batch_token_s=parts.batch_token_s, experts=parts.experts,
                             ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
-                            ubatch=parts.ubatch)
+                            ubatch=parts.ubatch, codebook_s=parts.codebook_s)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that

@@ -62,6 +62,11 @@ class Backend:
     # `build:` in decode_speed.yaml. An unknown build (None) plans as the current era.
     build_before: int = 0
     t0_before_ms: float = 0.0
+    # Codebook i-quants (codebook_quant: IQ1_S/M, IQ2_XXS/XS/S/M, IQ3_XXS/XS/S/M): the integer work of their mat-vec
+    # per weight, in FLOP of the GPU's planner peak (capacity.gpu_peak_flops), a floor under the weight read:
+    # a step's weights take max(bytes / (efficiency x bandwidth), params x codebook_flop_per_weight / peak)
+    # (codebook_floor_s). 0: no floor (the backend's points show none, or it has no codebook point). See CODEBOOK_QUANTS.
+    codebook_flop_per_weight: float = 0.0
 
     def efficiency_for(self, weights: str = "quantized") -> float:
         """The efficiency for weights of kind `weights` ("16bit", "int4-awq" or "quantized", weight_kind's answer): a
@@ -87,6 +92,39 @@ def weight_kind(fmt: str | None) -> str:
     if low in ("f16", "bf16", "f32", "fp16", "fp32", "float16", "bfloat16", "float32"):
         return "16bit"
     return "int4-awq" if low == "awq" else "quantized"
+
+
+# llama.cpp's codebook i-quants: types whose weights are indices into a lattice/grid codebook, which ggml-cuda's
+# mat-vec (mmvq.cu, vec_dot_iq2_xxs_q8_1 ... vec_dot_iq1_m_q8_1 in vecdotq.cuh; ggml-org/llama.cpp at 027ef876)
+# decodes per 8 weights with a table load (iq2xxs_grid, iq3xxs_grid, iq3s_grid, iq2s_grid, iq1s_grid_gpu), a sign
+# unpack (unpack_ksigns) and per 4 bytes an AND, __vcmpne4, XOR and __vsub4 before each dp4a -- byte-SIMD intrinsics,
+# more than one integer instruction each (llama.cpp PR 27962, 2026, rewrites HIP's fallbacks of the same two as SWAR
+# for "~10%" each and "+~20%" tg on a Qwen3.8-27B IQ3_S; on NVIDIA they are CUDA's own, not measured here). A
+# K-quant's (vec_dot_q4_K_q8_1_impl_vmmq) shifts and masks 8 weights for 4 dp4a (2 of them against its mins); Q3_K and
+# Q6_K add one __vsubss4 per 4 weights. The codebook types add the grid loads, the sign unpack, a __vcmpne4 and an XOR
+# on top. So they can be bound by the GPU's integer throughput instead of its bandwidth:
+# llama.cpp PR 8215's table (same build and Llama 3 8B files on two GPUs, microbatch 1) has IQ3_XXS at 143.5 tokens/s
+# on an RTX 3090 and 235.6 on an RTX 4090 (1.64x for 1.08x the bandwidth; IQ3_S 1.55x, IQ2_S 1.83x), where K-quant
+# rows differ by little more than the bandwidth (PR 6766's ./main tg, 7B Q4_0: 128.3 and 146.8 tokens/s, 1.14x).
+# IQ4_NL/IQ4_XS (a 16-value table, one lookup per weight) are not among them:
+# their rows decode as K-quants do (PR 5747: IQ4_XS 133.7 vs Q4_0 128.8 tokens/s on an RTX 4080).
+CODEBOOK_QUANTS = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S",
+                             "IQ3_M"})
+
+
+def codebook_quant(fmt: str | None) -> bool:
+    """Whether a GGUF of quant `fmt` (a llama.cpp ftype name; unsloth's "UD-" prefix ignored) stores its weights in
+    codebook i-quants (CODEBOOK_QUANTS): the plan then counts its active parameters through the codebook floor."""
+    q = (fmt or "").strip().upper()
+    return (q[3:] if q.startswith("UD-") else q) in CODEBOOK_QUANTS
+
+
+def codebook_floor_s(params: float, flop_per_weight: float, peak_flops: float) -> float:
+    """Seconds the codebook mat-vec's integer work takes for `params` weights on a GPU of `peak_flops` (the planner's
+    peak, capacity.gpu_peak_flops) at `flop_per_weight` (Backend.codebook_flop_per_weight); 0 when any is unknown."""
+    if not (params and flop_per_weight and peak_flops):
+        return 0.0
+    return params * flop_per_weight / peak_flops
 
 
 # The CPU's batched-decode share of capacity.CPU_FLOPS_PER_THREAD: the quickstart's llama-server (Gemma 3 270M Q4_K_M,
@@ -188,8 +226,18 @@ BACKENDS = {
     # May-2024 llama-server RTX 4090 Q6_K (+15%, its date's build ~b2950 an upper bound); the May-2024 snapshot's
     # RTX 3070 and RTX 4070 Ti read Q4_K_M 11-13% faster than the line, its RTX 3090 and 3080 Ti 14-16% slower: per
     # GPU, not per build.
+    # Codebook i-quants (CODEBOOK_QUANTS; benchmarks/results/iquant-candidates.md): a floor of 56.3 FLOP of the
+    # planner's peak per weight under the weight read (fit_codebook on the 3 RTX 3090 rows of PR 8215 at microbatch
+    # 1, IQ2_S/IQ3_XXS/IQ3_S, which all take ~6.5 ms for Llama 3 8B whatever their bytes: bound by integer work, not
+    # bandwidth). On GeForce Ampere/Ada, 512 tensor FLOP/clk per SM against 64 INT32 ops/clk, that is ~7 integer
+    # instructions per weight, what vecdotq.cuh's table load, sign unpack, __vcmpne4/__vsub4 and dp4a per 4 weights
+    # come to. The floor is the GPU's: an RTX 4090 has 2.3x the 3090's peak, so its IQ rows of the same table stay
+    # bandwidth-bound (held out: 4 -> 6 of the 6 rows within 15%); it cannot be told from a per-type efficiency, which
+    # would slow the 4090 rows by the 3090's 1.4-1.8x. Blackwell (RTX 50) runs INT32 on all 128 lanes per SM, twice
+    # Ampere/Ada's per tensor FLOP: the floor there is likely half what this gives; no public row checks it.
     "cuda": Backend(0.736, 0.48, fitted_on=17, error=0.20, prefill_mfu=0.926, efficiency_16bit=0.923,
-                    batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD, t0_before_ms=1.28),
+                    batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD, t0_before_ms=1.28,
+                    codebook_flop_per_weight=56.3),
     # datacenter: 2 points, 2 parameters (exact, none held out); prefill: the consumer fit (no datacenter prefill point).
     # No build term: both points are builds before b2800 (A100 March 2024, H100 on PR 6766's branch), so its 3.09 ms
     # is an older-era overhead, for every build, until a current-build datacenter point checks it.
@@ -316,13 +364,18 @@ def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = 
 
 
 def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str, weights: str = "quantized",
-                 kv_bytes: float = 0.0, build: int | None = None) -> float:
+                 kv_bytes: float = 0.0, build: int | None = None, codebook_params: float = 0.0,
+                 peak_flops: float = 0.0) -> float:
     """Seconds for one decode step that reads `bytes_read` weight bytes of kind `weights` (weight_kind) and
     `kv_bytes` of KV cache on a device of `bandwidth_gbs` peak GB/s: the weights at their kind's efficiency, the
-    cache at the backend's (block-quantized) one; `build`: the llama.cpp build (backend_params)."""
+    cache at the backend's (block-quantized) one; `build`: the llama.cpp build (backend_params). `codebook_params`:
+    the weights stored in codebook i-quants (codebook_quant), whose integer work on a GPU of `peak_flops` is a floor
+    under the weight read (codebook_floor_s at the backend's codebook_flop_per_weight)."""
     b = backend_params(backend, build)
     bw = bandwidth_gbs * 1e9
-    return bytes_read / (b.efficiency_for(weights) * bw) + kv_bytes / (b.efficiency * bw) + b.t0_ms / 1000
+    read = bytes_read / (b.efficiency_for(weights) * bw)
+    read = max(read, codebook_floor_s(codebook_params, b.codebook_flop_per_weight, peak_flops))
+    return read + kv_bytes / (b.efficiency * bw) + b.t0_ms / 1000
 
 
 # Share of an MoE model's parameters in its routed experts when ModelFacts cannot solve it from a stated active count:
@@ -376,25 +429,28 @@ def step_weights_bytes(active_weights_bytes: float, streams: int, experts: Exper
 
 
 def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str,
-                               weights: str = "quantized", build: int | None = None) -> float:
+                               weights: str = "quantized", build: int | None = None, codebook_params: float = 0.0,
+                               peak_flops: float = 0.0) -> float:
     """Decode tokens/s of one stream: active weights (of kind `weights`) plus that stream's KV cache per token, on
-    llama.cpp build `build` (None: the current era)."""
-    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes, build)
+    llama.cpp build `build` (None: the current era); `codebook_params`, `peak_flops`: step_seconds'."""
+    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes, build, codebook_params, peak_flops)
     return 1 / t if t > 0 else 0.0
 
 
 def aggregate_tokens_per_s(weights_bytes: float, kv_bytes_per_stream: float, bandwidth_gbs: float, backend: str,
                            streams: int, *, active_params: float = 0.0, peak_tflops: float = 0.0,
                            weights: str = "quantized", experts: ExpertRouting | None = None,
-                           build: int | None = None) -> float:
+                           build: int | None = None, codebook_params: float = 0.0) -> float:
     """Total decode tokens/s of `streams` concurrent streams batched in one step: the weights are read once per step,
     each stream's KV cache once, and each token past the first adds its compute (batch_compute_seconds: 2 x
     active_params FLOPs at the backend's batch MFU of `peak_tflops`, when given). `weights_bytes`: one token's active
     weights; `experts`: an MoE model's routing, whose step reads the union of its tokens' experts
-    (step_weights_bytes); None: dense."""
+    (step_weights_bytes); None: dense. `codebook_params`: one token's active weights in codebook i-quants, a floor
+    under the step's weight read at `peak_tflops` (step_seconds; the union of experts scales it as the bytes)."""
     n = max(1, streams)
     t = step_seconds(step_weights_bytes(weights_bytes, n, experts), bandwidth_gbs, backend, weights,
-                     n * kv_bytes_per_stream, build)
+                     n * kv_bytes_per_stream, build, step_weights_bytes(codebook_params, n, experts),
+                     peak_tflops * 1e12)
     t += batch_compute_seconds(active_params, n, peak_tflops * 1e12, backend_params(backend).batch_mfu_for(weights))
     return n / t if t > 0 else 0.0
 
@@ -444,6 +500,10 @@ class StepParts:
     ram_weights_s: float = 0.0
     ubatch_copy_s: float = 0.0
     ubatch: int = 0
+    # Codebook i-quants on a GPU (Backend.codebook_flop_per_weight): what one token's codebook dequantization takes
+    # beyond the GPU's share of weights_s, the read it overlaps with (0 when the read is the longer). A step's weights
+    # take weights_s + codebook_s: max(read, integer work) on the GPU share; an MoE step scales both alike.
+    codebook_s: float = 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -451,14 +511,14 @@ class StepParts:
         return 1 / self.prompt_token_s if self.prompt_token_s > 0 else 0.0
 
     def single_s(self) -> float:
-        """One stream decoding alone: t0 + one token's weights + its KV cache."""
-        return self.t0_s + self.weights_s + self.kv_s
+        """One stream decoding alone: t0 + one token's weights (codebook floor included) + its KV cache."""
+        return self.t0_s + self.weights_s + self.codebook_s + self.kv_s
 
     def memory_s(self, tokens: int, decoding: int) -> float:
         """t0 + the weights `tokens` tokens read + `decoding` streams' KV caches. With a partial offload and a batch
         of at least OP_OFFLOAD_MIN_BATCH tokens, the RAM layers' weights are copied to the GPU for each micro-batch
         (copy_s) instead of read from RAM by the CPU."""
-        weights = step_weights_bytes(self.weights_s, tokens, self.experts)
+        weights = step_weights_bytes(self.weights_s + self.codebook_s, tokens, self.experts)
         if self.offloads(tokens):
             weights += self.copy_s(tokens) - step_weights_bytes(self.ram_weights_s, tokens, self.experts)
         return self.t0_s + weights + decoding * self.kv_s
@@ -546,7 +606,7 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
                gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
                weights: str = "quantized", experts: ExpertRouting | None = None, batch_flops: float = 0.0,
                host_flops: float = 0.0, decode_tile: int = 0, host_link_gbs: float = 0.0,
-               ubatch: int = 0) -> StepParts:
+               ubatch: int = 0, codebook_params: float = 0.0) -> StepParts:
     """The parts of a step (StepParts) on a device whose backend's figures are `b` (backend_params, or a host's
     calibrated ones) with `gpu_fraction` of the layers on the GPU and the rest in system RAM (`cpu`: the CPU
     backend's figures, for those layers).
@@ -563,13 +623,18 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
     HOST_LINK_EFFICIENCY of its peak, in place of their read from RAM (StepParts.copy_s). Decoding tokens past the first: at `batch_flops` when given (a calibrated host), else
     at the batch MFU for the kind of the device doing the work x `peak_flops`; with a partial offload and
     `host_flops` (the CPU's nominal peak), the RAM layers' share at the CPU backend's batch MFU of `host_flops`.
-    `decode_tile`: the tiled CPU form (StepParts)."""
+    `decode_tile`: the tiled CPU form (StepParts). `codebook_params`: one token's active weights stored in codebook
+    i-quants (codebook_quant); the GPU's share of them costs codebook_floor_s at `b`'s codebook_flop_per_weight of
+    `peak_flops`, a floor under the GPU's weight read (StepParts.codebook_s holds what it adds)."""
     on_gpu = gpu_fraction > 0
-    weights_s = kv_s = ram_weights_s = ubatch_copy_s = 0.0
+    weights_s = kv_s = ram_weights_s = ubatch_copy_s = codebook_s = 0.0
     if on_gpu and gpu_bandwidth_gbs > 0:
         bw = gpu_bandwidth_gbs * 1e9
-        weights_s += gpu_fraction * weights_bytes / (b.efficiency_for(weights) * bw)
+        gpu_read = gpu_fraction * weights_bytes / (b.efficiency_for(weights) * bw)
+        weights_s += gpu_read
         kv_s += gpu_fraction * kv_bytes_per_stream / (b.efficiency * bw)
+        floor = codebook_floor_s(gpu_fraction * codebook_params, b.codebook_flop_per_weight, peak_flops)
+        codebook_s = max(0.0, floor - gpu_read)
     if gpu_fraction < 1:
         bw = host_bandwidth_gbs * 1e9
         ram_weights_s = (1 - gpu_fraction) * weights_bytes / (cpu.efficiency_for(weights) * bw)
@@ -586,7 +651,8 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
     else:
         batch_s = batch_compute_seconds(active_params, 2, batch_peak, 1.0)
     return StepParts(weights_s, kv_s, b.t0_ms / 1000, prompt_s, batch_s, experts, decode_tile,
-                     ram_weights_s if ubatch_copy_s else 0.0, ubatch_copy_s, ubatch if ubatch_copy_s else 0)
+                     ram_weights_s if ubatch_copy_s else 0.0, ubatch_copy_s, ubatch if ubatch_copy_s else 0,
+                     codebook_s)
 
 
 def fit_batch_mfu(curves: list[tuple[float, float, list[tuple[int, float]]]]) -> float:
@@ -739,6 +805,33 @@ def fit_backend_build(points: list[tuple]) -> tuple[float, float, float, float]:
     return f["quantized"], f["t0_ms"], f["16bit"], f["t0_before_ms"]
 
 
+def fit_codebook(points: list[tuple], efficiency: float, t0_ms: float) -> float:
+    """Backend.codebook_flop_per_weight from (bytes, bandwidth_gbs, tokens_per_s, codebook_params, peak_flops[,
+    extra_t0_ms]) points on a backend whose line is (`efficiency`, `t0_ms`): the step is t0 (+ the point's older-build
+    extra) + max(bytes / (e x bandwidth), params x f / peak). Least squares of the relative error over the points the
+    floor binds at the fitted f (the others do not depend on it), iterated from all of them; 0.0 when no point's
+    measured step exceeds its read (nothing to fit)."""
+    rows = []
+    for p in points:
+        t0 = (t0_ms + (p[5] if len(p) > 5 else 0.0)) / 1000
+        t = 1 / p[2]
+        rows.append((t, t0, p[0] / (efficiency * p[1] * 1e9), p[3] / p[4]))  # step, t0, read, params / peak
+    sel = [r for r in rows if r[0] - r[1] > r[2]]
+    f = 0.0
+    for _ in range(20):
+        if not sel:
+            return 0.0
+        # minimise sum ((f a + t0) / t - 1)^2 over the binding points: a = params / peak
+        num = sum((r[3] / r[0]) * (1 - r[1] / r[0]) for r in sel)
+        den = sum((r[3] / r[0]) ** 2 for r in sel)
+        f = num / den
+        nxt = [r for r in rows if f * r[3] > r[2]]
+        if nxt == sel:
+            break
+        sel = nxt
+    return f
+
+
 @dataclass(frozen=True)
 class Forecast:
     """What users should see at the workload's concurrency (plan) or a bench's (bench), and how sure it is."""
@@ -824,7 +917,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
              experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
              host_flops: float = 0.0, build: int | None = None, host_link_gbs: float = 0.0,
-             ubatch: int = 0, output_tokens: int = 0) -> Forecast:
+             ubatch: int = 0, output_tokens: int = 0, codebook_params: float = 0.0) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams, from the step step_parts builds (the one the
     fleet simulator's curve steps, capacity.service_curve).
 
@@ -845,12 +938,14 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     None: the current era). `host_link_gbs` and `ubatch` (a partial offload on a ggml GPU backend): a prompt of at
     least OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers to the GPU once per micro-batch
     (StepParts.prefill_s), so the prefill rate depends on the prompt's length. `output_tokens` (the workload's; 0:
-    unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s)."""
+    unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s). `codebook_params`:
+    one token's active weights in codebook i-quants (codebook_quant of the plan's format; step_parts)."""
     si = StepInputs(backend, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
                     gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
                     host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
                     weights=weights, experts=experts, batch_flops=batch_flops, decode_tile=decode_tile,
-                    host_flops=host_flops, build=build, host_link_gbs=host_link_gbs, ubatch=ubatch, params=params)
+                    host_flops=host_flops, build=build, host_link_gbs=host_link_gbs, ubatch=ubatch, params=params,
+                    codebook_params=codebook_params)
     b, cpu = si.figures()
     parts = si.parts()
     n = max(1, streams)
@@ -923,6 +1018,7 @@ class StepInputs:
     host_link_gbs: float = 0.0
     ubatch: int = 0
     params: Backend | None = None
+    codebook_params: float = 0.0
 
     def figures(self) -> tuple[Backend, Backend]:
         """(the step's backend figures, the CPU's for layers in RAM): a calibration's for both where there is one,
@@ -936,7 +1032,8 @@ class StepInputs:
                           host_bandwidth_gbs=self.host_bandwidth_gbs, active_params=self.active_params,
                           peak_flops=self.peak_flops, weights=self.weights, experts=self.experts,
                           batch_flops=self.batch_flops, host_flops=self.host_flops, decode_tile=self.decode_tile,
-                          host_link_gbs=self.host_link_gbs, ubatch=self.ubatch)
+                          host_link_gbs=self.host_link_gbs, ubatch=self.ubatch,
+                          codebook_params=self.codebook_params)
 
     def forecast_kwargs(self) -> dict:
         """forecast's keyword arguments for this step (all but the backend, its first argument)."""
@@ -1008,7 +1105,8 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
                          error=fit.error, batch_mfu=fit.batch_mfu)
         batch_flops = getattr(calibration, "batch_flops_per_thread", 0.0) * threads or fit.batch_mfu * peak
         peak = calibration.prefill_flops_per_thread * threads / fit.prefill_mfu
-    kind = weight_kind(mem.weights_format or model.quant)
+    fmt = mem.weights_format or model.quant
+    kind = weight_kind(fmt)
     return StepInputs(
         backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
         gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu.bandwidth_gbs * tp if gpu else 0.0,
@@ -1017,7 +1115,10 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
         batch_flops=batch_flops,
         decode_tile=GGML_CPU_DECODE_TILE if eng.layers_in_ram and gpu_fraction == 0 and kind != "16bit" else 0,
-        host_flops=host_flops, build=build, host_link_gbs=link, ubatch=ubatch, params=params)
+        host_flops=host_flops, build=build, host_link_gbs=link, ubatch=ubatch, params=params,
+        # a codebook i-quant GGUF: every active weight through the codebook kernels (the ftype's own type holds
+        # nearly all of them; llama.cpp's mixes raise attn_v/ffn_down/output to K-quants, a few %)
+        codebook_params=(model.active_params or model.params or 0.0) if codebook_quant(fmt) else 0.0)
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,

@@ -107,16 +107,21 @@ def _predicted(p):
 def test_speed_point_is_sourced_and_within_25_percent(point):
     assert point["source"].startswith("https://github.com/")
     ratio = _predicted(point) / point["tokens_per_s"]
-    if point.get("outlier") or point.get("known_miss"):
+    if point.get("outlier") or (point.get("known_miss") and not 0.75 <= ratio <= 1.25):
         pytest.xfail(point.get("outlier") or point["known_miss"])
     assert 0.75 <= ratio <= 1.25, ratio
 
 
 def test_known_misses_are_still_misses():
-    """A point recorded as missed must really miss (else its note is stale and it belongs back in the check)."""
+    """A point recorded as missed must really miss the issue's 15% (else its note is stale and it belongs back in
+    the check), and its note states the ratio it misses by. A known miss within 25% (the RTX 3080 UD-IQ2_XXS row,
+    0.84 with the codebook floor) still has to pass the 25% check above."""
     for p in POINTS:
         if p.get("known_miss"):
-            assert not 0.75 <= _predicted(p) / p["tokens_per_s"] <= 1.25, p["id"]
+            r = _predicted(p) / p["tokens_per_s"]
+            assert not 0.85 <= r <= 1.15, p["id"]
+            if 0.75 <= r <= 1.25:
+                assert f"{r:.2f}" in p["known_miss"], (p["id"], r)
 
 
 @pytest.mark.parametrize("backend", sorted(b for b, v in speed.BACKENDS.items() if v.fitted_on))
@@ -256,14 +261,25 @@ def test_speed_within_15_percent_share():
     under-predicts 16 Q8_0 / Q4_0 rows of the M2-M4 non-Ultra chips by 15-19% (those chips read Q8_0 at 77-87% of
     Apple's bandwidth; the line's quantized e, 0.734, is fitted mostly on Q4_K_M rows), the M1 Ultra's 48-core F16
     and Q4_0 and 64-core Q4_0 rows run over (+20..+34%), and issue 27525's M1 Max Q4_1 and Q3_K_M rows +17% / +57%
-    (benchmarks/results/public_logs.md lists each)."""
-    old = [p for p in POINTS if p.get("corpus") != "metal-m1"]
-    new = [p for p in POINTS if p.get("corpus") == "metal-m1"]
-    assert all(p.get("held_out") for p in new)
-    close_old = [p for p in old if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    close_new = [p for p in new if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(old) >= 115 and len(close_old) >= 91
-    assert len(new) >= 83 and len(close_new) >= 62 and len(close_new) / len(new) >= 0.74
+    (benchmarks/results/public_logs.md lists each).
+
+    iquant (benchmarks/results/iquant-candidates.md) appended 11 held-out llama.cpp CUDA points (codebook i-quants on
+    RTX 3090/4090/4080 with Q4_0 and IQ4_XS controls) and speed.py's codebook floor: the 115 before them keep their count (88 then, 91 with the AWQ kind)
+    within 15% (the RTX 3080 UD-IQ2_XXS row moves from +31% to -16%, still a known miss), the 11 new ones go from 7
+    to 11 (the 3 RTX 3090 rows the floor was fitted on among them, from +45..+81%; of the 8 that check it, 7 -> 8:
+    the RTX 4080 IQ2_XXS row +29% -> +14%, the RTX 4090 rows unmoved). Separate floors: neither the old points' count nor the new points' may fall
+    (`corpus: iquant`).
+    """
+    def close(ps):
+        return sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
+    old = [p for p in POINTS if not p.get("corpus")]
+    metal = [p for p in POINTS if p.get("corpus") == "metal-m1"]
+    iq = [p for p in POINTS if p.get("corpus") == "iquant"]
+    assert len(old) + len(metal) + len(iq) == len(POINTS)
+    assert all(p.get("held_out") for p in metal + iq)
+    assert len(old) >= 115 and close(old) >= 91
+    assert len(metal) >= 83 and close(metal) >= 62 and close(metal) / len(metal) >= 0.74
+    assert len(iq) >= 11 and close(iq) >= 11
 
 
 def test_fit_recovers_known_parameters():
