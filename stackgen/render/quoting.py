@@ -6,7 +6,10 @@ wrong twice over (specifiers expand, backslashes are eaten). Here every argument
 escaped, control characters written as `\\xNN`, `%` doubled to `%%` and `$` doubled to `$$`.
 
 NUL, newline and carriage return are refused: systemd cannot carry NUL in an argument, and a line break is how a
-value would smuggle in a second directive.
+value would smuggle in a second directive. So are Unicode noncharacters (U+FDD0..U+FDEF and every U+xxFFFE/U+xxFFFF):
+systemd's unit parser takes them for invalid UTF-8 (src/basic/utf8.c unichar_is_valid) and drops the whole
+ExecStart= line, quoted or escaped (`systemd-analyze verify` shows no command line for it; found by
+tests/render/test_systemd.py's round trip).
 """
 
 from __future__ import annotations
@@ -22,10 +25,19 @@ class Expand(str):
     """An argument systemd must expand at exec time, e.g. ``${CREDENTIALS_DIRECTORY}/api-key``: `$` is kept."""
 
 
+def _noncharacter(ch: str) -> bool:
+    c = ord(ch)
+    return 0xFDD0 <= c <= 0xFDEF or (c & 0xFFFE) == 0xFFFE
+
+
 def check_value(value: str, what: str = "value") -> str:
     for ch, name in _FORBIDDEN.items():
         if ch in value:
             raise RenderError(f"{what} {value!r} contains {name}, which cannot go into a systemd unit")
+    bad = next((ch for ch in value if _noncharacter(ch)), None)
+    if bad is not None:
+        raise RenderError(f"{what} {value!r} contains U+{ord(bad):04X}, a Unicode noncharacter systemd refuses (it "
+                          "drops the whole line): remove it from the value")
     return value
 
 

@@ -133,7 +133,27 @@ def exec_time(word: str) -> str:
     return word.replace("$$", "$")
 
 
-ARG = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r"), max_size=12)
+# Noncharacters are refused before they reach a unit (test_noncharacters_are_refused): systemd drops their line.
+NONCHARACTERS = [chr(c) for c in range(0xFDD0, 0xFDF0)] + [chr(p * 0x10000 + 0xFFFE + i) for p in range(17) for i in (0, 1)]
+ARG = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\n\r" + "".join(NONCHARACTERS)),
+              max_size=12)
+
+
+@pytest.mark.parametrize("ch", ["\ufdd0", "\ufdef", "\ufffe", "\uffff", "\U0001fffe", "\U0010ffff"])
+def test_noncharacters_are_refused(ch):
+    with pytest.raises(RenderError, match=f"U\\+{ord(ch):04X}.*noncharacter"):
+        systemd_quote(["/usr/bin/engine", f"a{ch}b"])
+
+
+@needs_analyze
+@pytest.mark.parametrize("ch", ["\ufdd0", "\ufffe", "\U0010ffff"])
+def test_systemd_really_drops_a_line_with_a_noncharacter(ch, stub, tmp_path):
+    """Why they are refused: the line written raw parses to no command; its neighbours U+FDCF / U+FDF0 parse."""
+    bad, good = tmp_path / "nonchar.service", tmp_path / "neighbours.service"
+    bad.write_text(f'[Service]\nType=oneshot\nExecStart="{stub}" "a{ch}"\n', encoding="utf-8")
+    good.write_text(f'[Service]\nType=oneshot\nExecStart="{stub}" "\ufdf0\ufdcf"\n', encoding="utf-8")
+    assert parsed_command_lines(bad) == []
+    assert parsed_command_lines(good) == [[str(stub), "\ufdf0\ufdcf"]]
 
 
 @needs_analyze
