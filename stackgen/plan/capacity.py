@@ -26,7 +26,7 @@ from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, _kv_bytes_read, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
 from stackgen.plan.speed import (CPU_BATCH_MFU, GGML_CPU_DECODE_TILE, ExpertRouting, StepParts, backend_for,
-                                 backend_params, host_link_gbs, partial_offload_read, step_parts,
+                                 backend_params, gpu_link, host_link_gbs, partial_offload_read, step_parts,
                                  weight_kind)
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
@@ -66,9 +66,9 @@ class ServiceCurve:
 
     Two forms. With `backend` set (GPU and Apple instances): speed.py's step (speed.StepParts, built by
     speed.step_parts, which the plan's forecast is built from too): the fields are its parts and `step_s` its step:
-    t0 + the weights one step of decoding + prompt_tokens tokens reads (an MoE model's union of their experts) + each
-    decoding request's KV cache + the prompt tokens' compute + for each decoding token past the first its compute at
-    the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
+    t0 (and tensor parallel's all-reduces, comm_s) + the weights one step of decoding + prompt_tokens tokens reads
+    (an MoE model's union of their experts) + each decoding request's KV cache + the prompt tokens' compute + for each
+    decoding token past the first its compute at the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
     max(memory, compute) below, calibrated on this project's CI host (benchmarks/results/scale.md)."""
 
     weights_read_s: float  # stream one token's active weights once (the floor of every step)
@@ -97,6 +97,8 @@ class ServiceCurve:
     ram_weights_s: float = 0.0
     ubatch_copy_s: float = 0.0
     ubatch: int = 0
+    # Tensor parallel's all-reduces per step (speed.StepParts.comm_s; 0 without tensor parallel)
+    comm_s: float = 0.0
 
     @cached_property
     def parts(self) -> StepParts | None:
@@ -105,7 +107,7 @@ class ServiceCurve:
             return None
         return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
                          self.batch_token_s, self.experts, ram_weights_s=self.ram_weights_s,
-                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch)
+                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch, comm_s=self.comm_s)
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         if self.parts is not None:
@@ -139,7 +141,8 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     bandwidth. A step reads the active weights once plus each request's KV cache, and computes 2 x active parameters
     FLOPs per token. On a GPU or Apple silicon: speed.step_parts for the backend the engine runs as (backend_for:
     its own kernels' fit, else ggml's for the GPU's vendor and tier), the function service_forecast's figures come
-    from: weights at efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 per step,
+    from: weights at efficiency_for(weight kind) of the bandwidth (x tensor parallel), KV at efficiency, t0 and
+    tensor parallel's all-reduces (speed.tp_comm_seconds over speed.gpu_link's link) per step,
     prompt tokens at prefill_mfu and extra decoding tokens at batch_mfu_for(kind) of gpu_peak_flops, added up
     (ServiceCurve); the layers a partial offload leaves in RAM read at the CPU backend's efficiency of this
     instance's share of the RAM bandwidth and compute their extra decoding tokens at its batch MFU of the threads'
@@ -181,12 +184,13 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                            weights=weight_kind(m.weights_format or model.quant),
                            experts=ExpertRouting.of(model.params, model.active_params, model.experts_total,
                                                     model.experts_active),
-                           host_flops=cpu_flops, host_link_gbs=link, ubatch=ubatch)
+                           host_flops=cpu_flops, host_link_gbs=link, ubatch=ubatch, tensor_parallel=tp,
+                           layers=model.layers, tp_link=gpu_link(hw))
         return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
                             step_tokens=_step_tokens(sp), backend=backend, t0_s=parts.t0_s,
                             batch_token_s=parts.batch_token_s, experts=parts.experts,
                             ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
-                            ubatch=parts.ubatch)
+                            ubatch=parts.ubatch, comm_s=parts.comm_s)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that

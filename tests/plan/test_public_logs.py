@@ -197,9 +197,12 @@ def test_speed_within_15_percent_share():
     (+38%, +55%), the two-die M1 Ultra's 14B (+28%), the M4 (-19%), the held-out IQ4_NL 27B (+18%), Vulkan's RTX 2080
     Ti and Pi-hosted RTX 3060 tinyllama, the RX 580 outlier, vLLM's held-out RTX 4090 bf16 (-16%), its RTX 3090 AWQ 7B
     (-16%) and 4 x RTX 3090 tensor-parallel 27B (+32%), and mlx-lm's held-out M1 Ultra 8-bit (+24%); of corpus2's
-    llama.cpp ones, 9 of 23 (14 within; one more an outlier). The floor here keeps it from getting worse."""
+    llama.cpp ones, 9 of 23 (14 within; one more an outlier). Tensor parallel's all-reduces on every step
+    (speed.tp_comm_seconds, from public all-reduce latencies) and the vLLM fit on the steps net of them: 90 of 115
+    (the 4 x RTX 3090 TP 4 point +5%, the RTX 3090 AWQ -12%; the held-out RTX 4090 bf16 at -15.01% stays out), 64 of
+    the first 75. The floor here keeps it from getting worse."""
     close = [p for p in POINTS if abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15]
-    assert len(POINTS) >= 115 and len(close) >= 88
+    assert len(POINTS) >= 115 and len(close) >= 90
 
 
 def test_fit_recovers_known_parameters():
