@@ -124,17 +124,19 @@ HOST_LINK_EFFICIENCY = 0.8
 
 # Tensor parallel's communication. vLLM and SGLang split each transformer layer Megatron-style: the attention's output
 # projection and the MLP's down projection are row-parallel, each rank holds a partial sum of the layer's output, and
-# an all-reduce after each (vLLM RowParallelLinear.forward -> tensor_model_parallel_all_reduce; SGLang's
-# layers/linear.py does the same) makes it whole: 2 all-reduces per layer, each on the critical path of every step.
+# an all-reduce after each (vLLM RowParallelLinear.forward -> tensor_model_parallel_all_reduce when reduce_results;
+# SGLang's layers/linear.py, adapted from vLLM's, the same) makes it whole: 2 all-reduces per layer, each on the
+# critical path of every step (plus one for the vocabulary-parallel embedding per step, left out).
 # At decode the message is one token's hidden state per stream (bf16: 8 KB at hidden 4096, 16 KB at 8192), where an
 # all-reduce costs a fixed latency, not bandwidth. Which all-reduce runs depends on the link
 # (vllm/distributed/device_communicators/custom_all_reduce.py): vLLM's custom all-reduce kernel (one shot through
 # peer-mapped buffers, PR 2192) for 2 GPUs with P2P or any fully NVLink-connected group of 2/4/6/8; "Custom allreduce
 # is disabled because it's not supported on more than two PCIe-only GPUs", and without P2P ("your platform lacks GPU
 # P2P capability") it is off: NCCL's ring, through host memory when P2P is refused. SGLang runs a port of the same
-# kernel with the same rules (sglang.srt.distributed.device_communicators.custom_all_reduce, "Adapted from" vLLM's).
-# llama.cpp plans split layers (-sm layer: no all-reduce) and never set tensor_parallel. The latencies below are public
-# measurements, not fitted to any decode point.
+# kernel (sglang.srt.distributed.device_communicators.custom_all_reduce, "Adapted from" vLLM's v0.6.4.post1 file).
+# llama.cpp plans split layers (-sm layer, the default: activations copied between GPUs, no all-reduce) and never set
+# tensor_parallel; its -sm row (deprecated, ggml-org/llama.cpp docs/multi-gpu.md, PR 22729) and the newer -sm tensor
+# (PR 19378) are not planned. The latencies below are public measurements, not fitted to any decode point.
 TP_ALLREDUCES_PER_LAYER = 2
 # NCCL's ring all-reduce at small messages, by the GPUs in the ring: 2 (N - 1) hops (github.com/NVIDIA/nccl-tests
 # issue 123: DGX-A100, NCCL_ALGO=Ring, 1 channel, 8-128 B: 10.0 us at 2 GPUs, 13.76 at 3, 16.88 at 4, 20.8 at 5,
@@ -142,7 +144,9 @@ TP_ALLREDUCES_PER_LAYER = 2
 # last step.
 NCCL_RING_LATENCY_US = {2: 10.0, 3: 13.76, 4: 16.88, 5: 20.8, 6: 25.2, 7: 29.5, 8: 33.7}
 # One decode all-reduce per link: (GPU count -> microseconds) measured at a 16 KB message (one token's hidden state
-# up to hidden 8192 in bf16; the row each log has). NCCL links scale their one figure by NCCL_RING_LATENCY_US.
+# up to hidden 8192 in bf16), or the next size up where a table has no 16 KB row. The row was chosen by that rule, not
+# by a decode point (the 8 KB / 4 KB rows put the 4 x RTX 3090 point at +10% instead of +5%, the 2 x H100 at +2%
+# either way). NCCL links scale their one figure by NCCL_RING_LATENCY_US.
 # - nvlink: vLLM's custom all-reduce on H100 SXM (sgl-project/sglang PR 2904's unit table of vLLM's kernel, without CUDA
 #   graphs, 32 KB: 8.7 us at TP 2, 9.2 at 4, 11.8 at 8; 4 KB: 8.8 / 8.5 / 9.3). NCCL's NVLS on H100 with CUDA graphs:
 #   ~6 us at 2 GPUs (NVIDIA/nccl issue 1259), so these may be a few us high.
