@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (fit_point, older_build, partial_offload_inputs, partial_offload_stated_error,  # noqa: E402
+from public_logs import (comm_seconds, fit_point, older_build, partial_offload_inputs,  # noqa: E402
+                         partial_offload_stated_error,
                          partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
                          predict_service_curve_point, predict_vllm_case, predict_vllm_concurrency_point,
@@ -191,7 +192,38 @@ def _loo_predicted(others: list[tuple], p: dict) -> float:
     f = speed.fit_kinds(others)
     t0, t0b = f["t0_ms"], f["t0_before_ms"]
     eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
-    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000)
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000
+                + comm_seconds(p))
+
+
+def tp_rows() -> list[str]:
+    """Tensor parallel's all-reduces (speed.tp_comm_seconds) on every tensor-parallel point of the decode corpus."""
+    out = ["Every step of a tensor-parallel point also waits for 2 all-reduces per layer (speed.tp_comm_seconds), each "
+           "the public small-message latency of its GPUs' link (speed.ALLREDUCE_US: vLLM's custom all-reduce on "
+           "NVLink H100, NCCL on PCIe with and without P2P, scaled to the GPU count as NCCL's ring); no latency was "
+           "fitted to these points (the 4 x RTX 3090 point is held out from the term). The decode fit takes these "
+           "points' measured steps less the term (tests/public_logs.fit_point). prefill_speed.yaml's TP points have "
+           "no such term (a prefill's compute-bound rate; its all-reduces are large messages inside the fitted MFU).",
+           "", "| point | TP | link | layers | us per all-reduce | ms per step | predicted without | predicted | "
+           "measured | ratio |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]:
+        if int(p.get("tensor_parallel", 1)) > 1:
+            tp, link, comm = int(p["tensor_parallel"]), p.get("gpu_link", "pcie"), comm_seconds(p)
+            pred = predict_decode(p)
+            out.append(f"| {p['id']} | {tp} | {link} | {p['layers']} | "
+                       f"{speed.allreduce_seconds(link, tp) * 1e6:.1f} | {comm * 1e3:.2f} | "
+                       f"{1 / (1 / pred - comm):.1f} | {pred:.1f} | {p['tokens_per_s']} | "
+                       f"{pred / p['tokens_per_s']:.3f} |")
+    for p in yaml.safe_load((FIX / "vllm_concurrency.yaml").read_text())["points"]:
+        if int(p.get("tensor_parallel", 1)) > 1:
+            tp, link, comm = int(p["tensor_parallel"]), p.get("gpu_link", "pcie"), comm_seconds(p)
+            r = predict_vllm_concurrency_point(p)
+            n = p["streams"]
+            out.append(f"| {p['id']} (aggregate, {n} streams) | {tp} | {link} | {p['layers']} | "
+                       f"{speed.allreduce_seconds(link, tp) * 1e6:.1f} | {comm * 1e3:.2f} | "
+                       f"{n / (n / r['aggregate'] - comm):.1f} | {r['aggregate']:.1f} | "
+                       f"{p['measured_tokens_per_s']} | {r['ratio']:.3f} |")
+    return out
 
 
 def concurrency_rows() -> list[str]:
@@ -370,6 +402,7 @@ def main() -> None:
                       "## Ollama's estimate (port of v0.12.10) vs Ollama's logged estimate", *ollama_rows(), "",
                       "## llama.cpp KV cache and compute buffer", *llamacpp_rows(), "",
                       "## Single-stream decode speed", *speed_rows(), "",
+                      "## Tensor parallel's all-reduces", "", *tp_rows(), "",
                       "## vLLM aggregate decode at concurrency > 1 (vllm_concurrency.yaml; tolerance 0.75..1.25)",
                       *concurrency_rows(), "",
                       "## Service curve (aggregate decode at b streams)", *service_curve_rows(), "",

@@ -90,6 +90,8 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
                                        active_params=float(p["active_params"]), peak_tflops=peak / 1e12,
                                        experts=experts)
     single = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", 1)
+    comm = comm_seconds(p)  # tensor parallel's all-reduces: one more fixed time on every step
+    agg, single = p["streams"] / (p["streams"] / agg + comm), 1 / (1 / single + comm)
     return {"aggregate": agg, "single": single, "ratio": agg / p["measured_tokens_per_s"]}
 
 
@@ -135,19 +137,33 @@ def older_build(p: dict) -> bool:
     return bool(cut) and p.get("build") is not None and p["build"] < cut
 
 
+def comm_seconds(p: dict) -> float:
+    """Tensor parallel's all-reduces per step for a fixture point (speed.tp_comm_seconds): its `tensor_parallel`, the
+    model's `layers` and the GPUs' `gpu_link` (0 for a point without tensor parallel)."""
+    from stackgen.plan import speed
+    return speed.tp_comm_seconds(int(p.get("layers", 0)), int(p.get("tensor_parallel", 1)), p.get("gpu_link", "pcie"))
+
+
 def fit_point(p: dict) -> tuple:
     """A decode_speed.yaml point as speed.fit_backend_build takes it: (bytes, bandwidth GB/s, tokens/s, weight kind,
-    older build)."""
-    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], p.get("weights", "quantized"), older_build(p)
+    older build). A tensor-parallel point's rate is net of its all-reduces (comm_seconds: the measured step less
+    them), which come from public all-reduce latencies (speed.ALLREDUCE_US), not from the fit."""
+    tps = p["tokens_per_s"]
+    comm = comm_seconds(p)
+    if comm:
+        tps = 1 / (1 / tps - comm)
+    return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], tps, p.get("weights", "quantized"), older_build(p)
 
 
 def predict_decode(p: dict) -> float:
     """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line (a codebook
-    i-quant's with the codebook floor at the planner's peak for its GPU)."""
+    i-quant's with the codebook floor at the planner's peak for its GPU), with a tensor-parallel point's all-reduces
+    on its step (comm_seconds)."""
     from stackgen.plan import speed
-    return speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
-                                            p.get("weights", "quantized"), p.get("build"), codebook_params(p),
-                                            peak_flops(p))
+    tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
+                                           p.get("weights", "quantized"), p.get("build"), codebook_params(p),
+                                           peak_flops(p))
+    return 1 / (1 / tps + comm_seconds(p))
 
 
 def predict_prefill(p: dict) -> float:

@@ -154,6 +154,7 @@ class Facts:
     memory_bandwidth_gbs: float | None = None
     wired_limit_fraction: float | None = None
     hostname: str = ""
+    gpu_link: str | None = None  # nvlink | pcie-p2p | pcie between the GPUs (nvidia-smi topo), None: not read
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -425,6 +426,64 @@ def probe_nvidia(env: ProbeEnv, facts: Facts) -> None:
         return
     _flag_unreachable_nvidia(env, facts, gpus)
     facts.gpus.extend(gpus)
+    if sum(g.usable for g in gpus) >= 2:
+        _nvidia_gpu_link(env, facts)
+
+
+NVIDIA_TOPO_CMD = ("nvidia-smi", "topo", "-m")
+NVIDIA_TOPO_P2P_CMD = ("nvidia-smi", "topo", "-p2p", "r")
+
+
+def _topo_matrix(text: str) -> dict[str, dict[str, str]]:
+    """The GPU x GPU cells of an `nvidia-smi topo` matrix (`topo -m`, `topo -p2p r`): {row GPU: {column GPU: cell}};
+    the header row names the columns (GPU0 GPU1 ... then CPU/NUMA affinity columns, left out), the legend is
+    skipped."""
+    header: list[str] | None = None
+    cells: dict[str, dict[str, str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if header is None:
+            if parts[0].startswith("GPU"):
+                header = [p for p in parts if re.fullmatch(r"GPU\d+", p)]
+            continue
+        if re.fullmatch(r"GPU\d+", parts[0]) and len(parts) > len(header):
+            cells[parts[0]] = {col: parts[1 + i] for i, col in enumerate(header)}
+    return cells
+
+
+def gpu_link_from_topo(topo_m: str | None, p2p_read: str | None) -> str | None:
+    """The GPUs' link for tensor parallel (HardwareSpec.gpu_link) from `nvidia-smi topo -m` and `nvidia-smi topo
+    -p2p r`: "nvlink" when every GPU pair is NV# in topo -m (bonded NVLinks; "NV12" on NVSwitch boards), else from
+    the peer-read matrix "pcie-p2p" when every pair is OK and "pcie" when any is not (NS not supported, CNS chipset,
+    GNS GPU, TNS topology, DR disabled by regkey, U unknown: GeForce drivers answer NS or CNS); None when neither
+    matrix could be read."""
+    m = _topo_matrix(topo_m or "")
+    pairs = [m[a][b] for a in m for b in m[a] if a != b and b in m]
+    if pairs and all(re.fullmatch(r"NV\d+", c) for c in pairs):
+        return "nvlink"
+    r = _topo_matrix(p2p_read or "")
+    pairs = [r[a][b] for a in r for b in r[a] if a != b and b in r]
+    if not pairs:
+        return None
+    return "pcie-p2p" if all(c == "OK" for c in pairs) else "pcie"
+
+
+def _nvidia_gpu_link(env: ProbeEnv, facts: Facts) -> None:
+    """How several NVIDIA GPUs reach each other (gpu_link_from_topo); a topo that fails leaves it to the planner's
+    inference (speed.gpu_link), with a note."""
+    outs: list[str | None] = []
+    for cmd in (NVIDIA_TOPO_CMD, NVIDIA_TOPO_P2P_CMD):
+        try:
+            outs.append(env.output(cmd))
+        except Exception as exc:  # ProbeMissing, ProbeFailed, or an odd answer: never fatal
+            outs.append(None)
+            facts.note(f"NVIDIA: `{' '.join(cmd)}` gave nothing ({str(exc)[:120]})")
+    facts.gpu_link = gpu_link_from_topo(*outs)
+    if facts.gpu_link:
+        facts.note(f"GPU link {facts.gpu_link} (nvidia-smi topo): tensor parallel's all-reduces are planned at its "
+                   "latency")
 
 
 def _nvml(env: ProbeEnv) -> list[DetectedGPU]:
@@ -777,6 +836,7 @@ def build_host(facts: Facts) -> HostFacts:
         cpu=CPUSpec(cores=facts.cores, threads=facts.threads, arch=facts.arch),  # type: ignore[arg-type]
         os=facts.os,  # type: ignore[arg-type]
         wired_limit_fraction=facts.wired_limit_fraction,
+        gpu_link=facts.gpu_link,  # type: ignore[arg-type]
     )
     return HostFacts(hw, facts.available_bytes, tuple(notes))
 

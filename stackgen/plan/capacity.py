@@ -71,9 +71,9 @@ class ServiceCurve:
 
     Two forms. With `backend` set (GPU and Apple instances): speed.py's step (speed.StepParts, built by
     speed.step_parts, which the plan's forecast is built from too): the fields are its parts and `step_s` its step:
-    t0 + the weights one step of decoding + prompt_tokens tokens reads (an MoE model's union of their experts) + each
-    decoding request's KV cache + the prompt tokens' compute + for each decoding token past the first its compute at
-    the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
+    t0 (and tensor parallel's all-reduces, comm_s) + the weights one step of decoding + prompt_tokens tokens reads
+    (an MoE model's union of their experts) + each decoding request's KV cache + the prompt tokens' compute + for each
+    decoding token past the first its compute at the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
     max(memory, compute) below, calibrated on this project's CI host (benchmarks/results/scale.md)."""
 
     weights_read_s: float  # stream one token's active weights once (the floor of every step)
@@ -103,6 +103,8 @@ class ServiceCurve:
     ubatch_copy_s: float = 0.0
     ubatch: int = 0
     codebook_s: float = 0.0  # a codebook i-quant's floor beyond the GPU's weight read (speed.StepParts.codebook_s)
+    # Tensor parallel's all-reduces per step (speed.StepParts.comm_s; 0 without tensor parallel)
+    comm_s: float = 0.0
 
     @cached_property
     def parts(self) -> StepParts | None:
@@ -111,7 +113,8 @@ class ServiceCurve:
             return None
         return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
                          self.batch_token_s, self.experts, ram_weights_s=self.ram_weights_s,
-                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch, codebook_s=self.codebook_s)
+                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch, codebook_s=self.codebook_s,
+                         comm_s=self.comm_s)
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         if self.parts is not None:
@@ -143,7 +146,8 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     """One instance of the service `sp` (a ServicePlan) on `hw`. `memory`: that instance's memory plan (default
     sp.memory); `threads`: its CPU threads (default sp.threads); `instances`: how many share the machine's RAM
     bandwidth. The step's inputs are speed.step_inputs' (the ones the plan's forecast takes: backend, bytes, GPU
-    share, bandwidths, peaks, a partial offload's host link, the llama.cpp build's era). On a GPU or Apple silicon
+    share, bandwidths, peaks, a partial offload's host link, the llama.cpp build's era, tensor parallel's
+    link for its all-reduces). On a GPU or Apple silicon
     the curve is their speed.StepParts (ServiceCurve). On a CPU: the roofline below, whichever of memory and
     compute takes longer sets the step."""
     m = engine_core(memory or sp.memory)  # a data-parallel plan: one engine core's share (one copy of the weights)
@@ -162,7 +166,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
                             step_tokens=_step_tokens(sp), backend=si.backend, t0_s=parts.t0_s,
                             batch_token_s=parts.batch_token_s, experts=parts.experts,
                             ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
-                            ubatch=parts.ubatch, codebook_s=parts.codebook_s)
+                            ubatch=parts.ubatch, codebook_s=parts.codebook_s, comm_s=parts.comm_s)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that

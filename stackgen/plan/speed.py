@@ -178,6 +178,98 @@ MAX_HOST_LINK_GBS = 64.0
 # (0.78 of 16), Princeton's Tiger P100 nodes (PCIe 3.0 x16) 12.4 GB/s (0.78): 0.8.
 HOST_LINK_EFFICIENCY = 0.8
 
+# Tensor parallel's communication. vLLM and SGLang split each transformer layer Megatron-style: the attention's output
+# projection and the MLP's down projection are row-parallel, each rank holds a partial sum of the layer's output, and
+# an all-reduce after each (vLLM RowParallelLinear.forward -> tensor_model_parallel_all_reduce when reduce_results;
+# SGLang's layers/linear.py, adapted from vLLM's, the same) makes it whole: 2 all-reduces per layer, each on the
+# critical path of every step (plus one for the vocabulary-parallel embedding per step, left out).
+# At decode the message is one token's hidden state per stream (bf16: 8 KB at hidden 4096, 16 KB at 8192), where an
+# all-reduce costs a fixed latency, not bandwidth. Which all-reduce runs depends on the link
+# (vllm/distributed/device_communicators/custom_all_reduce.py): vLLM's custom all-reduce kernel (one shot through
+# peer-mapped buffers, PR 2192) for 2 GPUs with P2P or any fully NVLink-connected group of 2/4/6/8; "Custom allreduce
+# is disabled because it's not supported on more than two PCIe-only GPUs", and without P2P ("your platform lacks GPU
+# P2P capability") it is off: NCCL's ring, through host memory when P2P is refused. SGLang runs a port of the same
+# kernel (sglang.srt.distributed.device_communicators.custom_all_reduce, "Adapted from" vLLM's v0.6.4.post1 file).
+# llama.cpp plans split layers (-sm layer, the default: activations copied between GPUs, no all-reduce) and never set
+# tensor_parallel; its -sm row (deprecated, ggml-org/llama.cpp docs/multi-gpu.md, PR 22729) and the newer -sm tensor
+# (PR 19378) are not planned. The latencies below are public measurements, not fitted to any decode point.
+TP_ALLREDUCES_PER_LAYER = 2
+# NCCL's ring all-reduce at small messages, by the GPUs in the ring: 2 (N - 1) hops (github.com/NVIDIA/nccl-tests
+# issue 123: DGX-A100, NCCL_ALGO=Ring, 1 channel, 8-128 B: 10.0 us at 2 GPUs, 13.76 at 3, 16.88 at 4, 20.8 at 5,
+# 25.2 at 6, 29.5 at 7, 33.7 at 8). Scales one link's measured figure to another GPU count; past 8, extended by the
+# last step.
+NCCL_RING_LATENCY_US = {2: 10.0, 3: 13.76, 4: 16.88, 5: 20.8, 6: 25.2, 7: 29.5, 8: 33.7}
+# One decode all-reduce per link: (GPU count -> microseconds) measured at a 16 KB message (one token's hidden state
+# up to hidden 8192 in bf16), or the next size up where a table has no 16 KB row. The row was chosen by that rule, not
+# by a decode point (the 8 KB / 4 KB rows put the 4 x RTX 3090 point at +10% instead of +5%, the 2 x H100 at +2%
+# either way). NCCL links scale their one figure by NCCL_RING_LATENCY_US.
+# - nvlink: vLLM's custom all-reduce on H100 SXM (sgl-project/sglang PR 2904's unit table of vLLM's kernel, without CUDA
+#   graphs, 32 KB: 8.7 us at TP 2, 9.2 at 4, 11.8 at 8; 4 KB: 8.8 / 8.5 / 9.3). NCCL's NVLS on H100 with CUDA graphs:
+#   ~6 us at 2 GPUs (NVIDIA/nccl issue 1259), so these may be a few us high.
+# - pcie-p2p: NCCL over PCIe with peer access, 4 x V100-PCIE-32GB, no NVLink (all_reduce_perf -g 4, NCCL 2.8.3:
+#   16 KB 19.15 us, 8 KB 15.92; University of Sheffield HPC docs, github.com/willfurnass/sheffield_hpc
+#   bessemer/software/libs/cuda.rst). At 2 GPUs vLLM's custom kernel runs instead and is likely faster than this.
+# - pcie: NCCL without P2P (through host memory), 2 x RTX 2080 Ti on PCIe 3.0, `nvidia-smi topo -p2p` NS
+#   (all_reduce_perf -g 2: 16 KB 17.11 us, 8 KB 13.07, 8 B 12.25; github.com/Anthony-Hoo/Anthony-Hoo.github.io
+#   posts/AutoDL_Multi-GPU_Interconnection_Test.md). Scaled to 8 GPUs at 8 B it says 41 us, where 8 x RTX 4090 on one
+#   host measured 37-42 us at 8 B (NVIDIA/nccl issue 1530) and 8 x RTX 3090 over two sockets 54 us (NVIDIA/nccl issue
+#   1439).
+# nccl-tests times each call without CUDA graphs (graph: 0); vLLM captures decode in CUDA graphs, which saves the
+# launch (a few us a call). Batched decode sends streams x hidden x 2 B, past the small-message regime at tens of
+# streams (1 MB: ~27 us on NVLink H100, the same table): left out, so the term is a floor for big batches.
+ALLREDUCE_US = {"nvlink": {2: 8.7, 4: 9.2, 8: 11.8}, "pcie-p2p": {4: 19.15}, "pcie": {2: 17.11}}
+
+
+def ring_latency_us(gpus: int) -> float:
+    """NCCL's small-message ring all-reduce latency at `gpus` GPUs, NCCL_RING_LATENCY_US (extended past 8 by its
+    last step)."""
+    if gpus in NCCL_RING_LATENCY_US:
+        return NCCL_RING_LATENCY_US[gpus]
+    top = max(NCCL_RING_LATENCY_US)
+    return NCCL_RING_LATENCY_US[top] + (gpus - top) * (NCCL_RING_LATENCY_US[top] - NCCL_RING_LATENCY_US[top - 1])
+
+
+def allreduce_seconds(link: str, gpus: int) -> float:
+    """Seconds of one decode all-reduce over `gpus` GPUs on `link` (ALLREDUCE_US): the measured figure at that GPU
+    count, else on NVLink the next larger count measured (vLLM's kernel is one shot, its cost hardly grows), past the
+    largest that figure scaled as NCCL's ring; on PCIe the one measured figure scaled by NCCL_RING_LATENCY_US. An
+    unknown link is plain PCIe (the slowest)."""
+    table = ALLREDUCE_US.get(link) or ALLREDUCE_US["pcie"]
+    if gpus in table:
+        return table[gpus] / 1e6
+    if link == "nvlink":
+        larger = [n for n in table if n >= gpus]
+        if larger:
+            return table[min(larger)] / 1e6
+    ref = max(table) if link == "nvlink" else next(iter(table))
+    return table[ref] * ring_latency_us(gpus) / ring_latency_us(ref) / 1e6
+
+
+def tp_comm_seconds(layers: int, tensor_parallel: int, link: str) -> float:
+    """What tensor parallel adds to every decode step: TP_ALLREDUCES_PER_LAYER all-reduces per layer, each
+    allreduce_seconds(link, tensor_parallel); 0 without tensor parallel or without a layer count."""
+    if tensor_parallel <= 1 or layers <= 0:
+        return 0.0
+    return TP_ALLREDUCES_PER_LAYER * layers * allreduce_seconds(link, tensor_parallel)
+
+
+def gpu_link(hw) -> str:
+    """The GPUs' link for tensor parallel's all-reduces (ALLREDUCE_US): the hardware's gpu_link when it states one
+    (HardwareSpec.gpu_link; `stackgen detect` reads nvidia-smi topo), else NVLink when a GPU's interconnect_gbs is
+    above MAX_HOST_LINK_GBS (profiles/hardware.yaml gives the NVLink figure there), else PCIe with P2P for workstation
+    and datacenter cards and PCIe without it for consumer cards (GeForce drivers refuse P2P: club-3090 issue 1028's
+    4 x RTX 3090 "P2P refused", the RTX 2080 Ti pair's topo -p2p "NS" above; tinygrad's open-gpu-kernel-modules fork
+    exists to patch it in for the RTX 4090)."""
+    link = getattr(hw, "gpu_link", None)
+    if link:
+        return link
+    gpus = [g for g in getattr(hw, "gpus", ()) if not g.unified]
+    if any((g.interconnect_gbs or 0) > MAX_HOST_LINK_GBS for g in gpus):
+        return "nvlink"
+    if gpus and all(g.tier != "consumer" for g in gpus):
+        return "pcie-p2p"
+    return "pcie"
+
 
 BACKENDS = {
     # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
@@ -250,13 +342,16 @@ BACKENDS = {
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
     "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.25, prefill_mfu=0.667),
-    # vLLM: 6 points at one stream, quantized (RTX 4090 4B fp8 +5%, RTX 3090 7B AWQ -16%, 4 x RTX 3090 TP 4 27B fp8 +32%:
-    # tensor parallel over PCIe, a known miss) and bf16 (2 x H100 TP 2 72B +6%, RTX 5090 4B -2%, GH200 Gemma 4 31B
-    # -2%), so a 16-bit line of its own (0.742 vs 0.604); the overhead fits below zero, so
-    # t0 = 0; held out: the RTX 4090 7B bf16 (-16%) and the GH200 31B at a 10.6K prompt (-3%). The single stream
+    # vLLM: 6 points at one stream, quantized (RTX 4090 4B fp8 +11%, RTX 3090 7B AWQ -12%, 4 x RTX 3090 TP 4 27B fp8
+    # +5%) and bf16 (2 x H100 TP 2 72B +2%, RTX 5090 4B -1%, GH200 Gemma 4 31B -1%), so a 16-bit line of its own
+    # (0.752 vs 0.636); the overhead fits below zero, so t0 = 0; held out: the RTX 4090 7B bf16 (-15%) and the GH200
+    # 31B at a 10.6K prompt (-1%). The two tensor-parallel points' steps carry their all-reduces (tp_comm_seconds from
+    # public all-reduce latencies, ALLREDUCE_US, not fitted: 3.7 ms a step on the 4 x 3090 over PCIe without P2P, 1.4
+    # ms on the 2 x H100 over NVLink), and the fit takes their measured steps less those (tests/public_logs.fit_point);
+    # without that term the fit was 0.604 / 0.742 and the 4 x 3090 point +32%, the 2 x H100 +6%. The single stream
     # only: vllm_concurrency.yaml checks N streams. Prefill: 0.528 of peak, the geometric mean of 4 one-request TTFTs
     # (RTX 5090 Qwen3-4B 0.82, GH200 Gemma 4 31B at 10k 0.49, 4 x 3090 TP 4 27B 0.28, 2 x 5090 TP 2 27B 0.69); held
-    # out: the GH200 1k cell (-16%) and the 2 x 5090 NVFP4 run (-35%). AWQ keeps the block-quantized 0.604 (weight
+    # out: the GH200 1k cell (-16%) and the 2 x 5090 NVFP4 run (-35%). AWQ keeps the block-quantized 0.636 (weight
     # kind "int4-awq" has one fitted vLLM point, too few for a slope: fit_backend), and no source says it should read
     # slower: that point (mlc-ai/llm-perf-bench PR 35, RTX 3090, vLLM of November 2023) ran vLLM's own AWQ GEMM --
     # the v0.2.x AWQ linear method calls ops.awq_gemm at every batch size, csrc/quantization/awq/gemm_kernels.cu's
@@ -264,8 +359,10 @@ BACKENDS = {
     # on mma m16n8k16 with fp32 accumulators, the 4-bit weights dequantized in registers (dequantize.cuh), so the same
     # 64 FLOP per weight byte at batch 1 as Marlin's. The RTX 3090 has room for it: 71 TFLOPS FP16 tensor with fp32
     # accumulate (capacity.GPU_TFLOPS) for 936 GB/s is 76 FLOP per byte, over 64, where SGLang's H20 has 37 (its
-    # comment); the point reads 0.72 of peak (-16% at 0.604), not less.
-    "vllm": Backend(0.604, 0.0, fitted_on=6, error=0.35, prefill_mfu=0.528, efficiency_16bit=0.742),
+    # comment); the point reads 0.72 of peak (-12% at 0.636), not less.
+    # Stated error: 9 in 10 of the 8 points within
+    # 15.0% (the held-out RTX 4090 bf16), rounded up to 20%.
+    "vllm": Backend(0.636, 0.0, fitted_on=6, error=0.20, prefill_mfu=0.528, efficiency_16bit=0.752),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to
     # 32B in BF16, FP8 and AWQ-INT4 (decode_speed.yaml). On vLLM's line (before) they were over-predicted x1.5 to x7.2.
@@ -504,6 +601,8 @@ class StepParts:
     # beyond the GPU's share of weights_s, the read it overlaps with (0 when the read is the longer). A step's weights
     # take weights_s + codebook_s: max(read, integer work) on the GPU share; an MoE step scales both alike.
     codebook_s: float = 0.0
+    # Tensor parallel's all-reduces (tp_comm_seconds): a fixed time on every step, as t0 is; 0 without tensor parallel.
+    comm_s: float = 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -511,17 +610,19 @@ class StepParts:
         return 1 / self.prompt_token_s if self.prompt_token_s > 0 else 0.0
 
     def single_s(self) -> float:
-        """One stream decoding alone: t0 + one token's weights (codebook floor included) + its KV cache."""
-        return self.t0_s + self.weights_s + self.codebook_s + self.kv_s
+        """One stream decoding alone: t0 + tensor parallel's all-reduces + one token's weights (codebook floor
+        included) + its KV cache."""
+        return self.t0_s + self.comm_s + self.weights_s + self.codebook_s + self.kv_s
 
     def memory_s(self, tokens: int, decoding: int) -> float:
-        """t0 + the weights `tokens` tokens read + `decoding` streams' KV caches. With a partial offload and a batch
+        """t0 + tensor parallel's all-reduces (comm_s) + the weights `tokens` tokens read + `decoding` streams' KV
+        caches. With a partial offload and a batch
         of at least OP_OFFLOAD_MIN_BATCH tokens, the RAM layers' weights are copied to the GPU for each micro-batch
         (copy_s) instead of read from RAM by the CPU."""
         weights = step_weights_bytes(self.weights_s + self.codebook_s, tokens, self.experts)
         if self.offloads(tokens):
             weights += self.copy_s(tokens) - step_weights_bytes(self.ram_weights_s, tokens, self.experts)
-        return self.t0_s + weights + decoding * self.kv_s
+        return self.t0_s + self.comm_s + weights + decoding * self.kv_s
 
     def offloads(self, tokens: int) -> bool:
         """Whether a batch of `tokens` tokens runs its RAM layers on the GPU (OP_OFFLOAD_MIN_BATCH)."""
@@ -606,7 +707,8 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
                gpu_bandwidth_gbs: float, host_bandwidth_gbs: float, active_params: float, peak_flops: float,
                weights: str = "quantized", experts: ExpertRouting | None = None, batch_flops: float = 0.0,
                host_flops: float = 0.0, decode_tile: int = 0, host_link_gbs: float = 0.0,
-               ubatch: int = 0, codebook_params: float = 0.0) -> StepParts:
+               ubatch: int = 0, codebook_params: float = 0.0, tensor_parallel: int = 1, layers: int = 0,
+               tp_link: str = "pcie") -> StepParts:
     """The parts of a step (StepParts) on a device whose backend's figures are `b` (backend_params, or a host's
     calibrated ones) with `gpu_fraction` of the layers on the GPU and the rest in system RAM (`cpu`: the CPU
     backend's figures, for those layers).
@@ -625,7 +727,9 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
     `host_flops` (the CPU's nominal peak), the RAM layers' share at the CPU backend's batch MFU of `host_flops`.
     `decode_tile`: the tiled CPU form (StepParts). `codebook_params`: one token's active weights stored in codebook
     i-quants (codebook_quant); the GPU's share of them costs codebook_floor_s at `b`'s codebook_flop_per_weight of
-    `peak_flops`, a floor under the GPU's weight read (StepParts.codebook_s holds what it adds)."""
+    `peak_flops`, a floor under the GPU's weight read (StepParts.codebook_s holds what it adds).
+    `tensor_parallel` GPUs over `tp_link` (gpu_link) on a model of `layers` layers: every step also waits for
+    tensor parallel's all-reduces (tp_comm_seconds), a fixed time like t0."""
     on_gpu = gpu_fraction > 0
     weights_s = kv_s = ram_weights_s = ubatch_copy_s = codebook_s = 0.0
     if on_gpu and gpu_bandwidth_gbs > 0:
@@ -650,9 +754,10 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
                    + (1 - gpu_fraction) * batch_compute_seconds(active_params, 2, host_flops, cpu.batch_mfu))
     else:
         batch_s = batch_compute_seconds(active_params, 2, batch_peak, 1.0)
+    comm_s = tp_comm_seconds(layers, tensor_parallel, tp_link) if on_gpu else 0.0
     return StepParts(weights_s, kv_s, b.t0_ms / 1000, prompt_s, batch_s, experts, decode_tile,
                      ram_weights_s if ubatch_copy_s else 0.0, ubatch_copy_s, ubatch if ubatch_copy_s else 0,
-                     codebook_s)
+                     codebook_s, comm_s)
 
 
 def fit_batch_mfu(curves: list[tuple[float, float, list[tuple[int, float]]]]) -> float:
@@ -917,7 +1022,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
              prompt_tokens: int, params: Backend | None = None, weights: str = "quantized",
              experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
              host_flops: float = 0.0, build: int | None = None, host_link_gbs: float = 0.0,
-             ubatch: int = 0, output_tokens: int = 0, codebook_params: float = 0.0) -> Forecast:
+             ubatch: int = 0, output_tokens: int = 0, codebook_params: float = 0.0, tensor_parallel: int = 1,
+             layers: int = 0, tp_link: str = "pcie") -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams, from the step step_parts builds (the one the
     fleet simulator's curve steps, capacity.service_curve).
 
@@ -939,13 +1045,16 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     least OP_OFFLOAD_MIN_BATCH tokens also copies the RAM layers to the GPU once per micro-batch
     (StepParts.prefill_s), so the prefill rate depends on the prompt's length. `output_tokens` (the workload's; 0:
     unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s). `codebook_params`:
-    one token's active weights in codebook i-quants (codebook_quant of the plan's format; step_parts)."""
+    one token's active weights in codebook i-quants (codebook_quant of the plan's format; step_parts).
+    `tensor_parallel`, `layers`, `tp_link`: tensor parallel's all-reduces on every step (step_parts,
+    tp_comm_seconds)."""
     si = StepInputs(backend, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
                     gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
                     host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
                     weights=weights, experts=experts, batch_flops=batch_flops, decode_tile=decode_tile,
                     host_flops=host_flops, build=build, host_link_gbs=host_link_gbs, ubatch=ubatch, params=params,
-                    codebook_params=codebook_params)
+                    codebook_params=codebook_params, tensor_parallel=tensor_parallel, layers=layers,
+                    tp_link=tp_link)
     b, cpu = si.figures()
     parts = si.parts()
     n = max(1, streams)
@@ -1019,6 +1128,9 @@ class StepInputs:
     ubatch: int = 0
     params: Backend | None = None
     codebook_params: float = 0.0
+    tensor_parallel: int = 1
+    layers: int = 0
+    tp_link: str = "pcie"
 
     def figures(self) -> tuple[Backend, Backend]:
         """(the step's backend figures, the CPU's for layers in RAM): a calibration's for both where there is one,
@@ -1033,7 +1145,8 @@ class StepInputs:
                           peak_flops=self.peak_flops, weights=self.weights, experts=self.experts,
                           batch_flops=self.batch_flops, host_flops=self.host_flops, decode_tile=self.decode_tile,
                           host_link_gbs=self.host_link_gbs, ubatch=self.ubatch,
-                          codebook_params=self.codebook_params)
+                          codebook_params=self.codebook_params, tensor_parallel=self.tensor_parallel,
+                          layers=self.layers, tp_link=self.tp_link)
 
     def forecast_kwargs(self) -> dict:
         """forecast's keyword arguments for this step (all but the backend, its first argument)."""
@@ -1118,7 +1231,9 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         host_flops=host_flops, build=build, host_link_gbs=link, ubatch=ubatch, params=params,
         # a codebook i-quant GGUF: every active weight through the codebook kernels (the ftype's own type holds
         # nearly all of them; llama.cpp's mixes raise attn_v/ffn_down/output to K-quants, a few %)
-        codebook_params=(model.active_params or model.params or 0.0) if codebook_quant(fmt) else 0.0)
+        codebook_params=(model.active_params or model.params or 0.0) if codebook_quant(fmt) else 0.0,
+        # tensor parallel's all-reduces on every step, at the link between the GPUs (gpu_link)
+        tensor_parallel=tp, layers=model.layers or 0, tp_link=gpu_link(hw))
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,

@@ -77,6 +77,12 @@ class HardwareSpec(_Model):
     wired_limit_fraction: float | None = Field(
         None, gt=0, le=1, description="Apple: share of unified memory macOS lets the GPU wire by default."
     )
+    gpu_link: Literal["nvlink", "pcie-p2p", "pcie"] | None = Field(
+        None, description="How the GPUs reach each other for tensor parallel's all-reduces: NVLink (or NVSwitch), "
+        "PCIe with peer-to-peer access, or PCIe without it (through host memory; GeForce drivers refuse P2P). "
+        "None: inferred (stackgen.plan.speed.gpu_link: an interconnect_gbs above PCIe 5.0 x16's is NVLink, else "
+        "consumer cards plain PCIe, workstation and datacenter cards PCIe with P2P). `stackgen detect` reads it from "
+        "nvidia-smi topo.")
 
     @property
     def gpu_count(self) -> int:

@@ -50,7 +50,7 @@ def test_the_plan_forecast_and_the_curves_give_one_single_stream_speed(fleet):
 def test_one_stream_reads_one_copy_of_the_weights_at_one_instances_bandwidth(fleet):
     # From first principles, not through service_forecast: one copy of the weights (vLLM data parallel: the plan's
     # bytes over the data-parallel count) and one stream's KV cache at the backend's fitted shares of the instance's
-    # T GPUs' bandwidth, plus t0.
+    # T GPUs' bandwidth, plus t0 and, at T > 1, tensor parallel's 2 all-reduces per layer at the link's latency.
     name, sp, hw = fleet
     m = sp.memory
     one_copy = m.weights_bytes / max(1, m.data_parallel)
@@ -60,6 +60,9 @@ def test_one_stream_reads_one_copy_of_the_weights_at_one_instances_bandwidth(fle
     avg_ctx = min(m.context_per_request, sp.workload.prompt_tokens + sp.workload.output_tokens // 2)
     step = one_copy / (b.efficiency_for(kind) * bw) + _kv_bytes_read(sp.model, m, avg_ctx) / (b.efficiency * bw) \
         + b.t0_ms / 1000
+    tp = max(1, m.tensor_parallel)
+    if tp > 1:
+        step += speed.TP_ALLREDUCES_PER_LAYER * sp.model.layers * speed.allreduce_seconds(speed.gpu_link(hw), tp)
     assert sp.speed.single_stream_tokens_per_s == pytest.approx(1 / step, rel=0.002), name
 
 

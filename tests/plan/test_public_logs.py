@@ -269,6 +269,10 @@ def test_speed_within_15_percent_share():
     to 11 (the 3 RTX 3090 rows the floor was fitted on among them, from +45..+81%; of the 8 that check it, 7 -> 8:
     the RTX 4080 IQ2_XXS row +29% -> +14%, the RTX 4090 rows unmoved). Separate floors: neither the old points' count nor the new points' may fall
     (`corpus: iquant`).
+
+    Tensor parallel's all-reduces on every step (speed.tp_comm_seconds, from public all-reduce latencies) and the
+    vLLM fit on the steps net of them: the 4 x RTX 3090 TP 4 point +32% -> +5%, the RTX 3090 AWQ -16% -> -12%; the
+    held-out RTX 4090 bf16 at -15.01% stays out. 93 of the first 115.
     """
     def close(ps):
         return sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
@@ -277,7 +281,7 @@ def test_speed_within_15_percent_share():
     iq = [p for p in POINTS if p.get("corpus") == "iquant"]
     assert len(old) + len(metal) + len(iq) == len(POINTS)
     assert all(p.get("held_out") for p in metal + iq)
-    assert len(old) >= 115 and close(old) >= 91
+    assert len(old) >= 115 and close(old) >= 93
     assert len(metal) >= 83 and close(metal) >= 62 and close(metal) / len(metal) >= 0.74
     assert len(iq) >= 11 and close(iq) >= 11
 

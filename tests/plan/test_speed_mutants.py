@@ -72,8 +72,8 @@ def test_a_step_of_nothing_is_no_speed_not_an_error():
 
 
 def test_step_seconds_adds_no_cache_unless_given():
-    """step_seconds without kv_bytes reads only the weights: 1000 bytes at 0.604 x 1 GB/s on vLLM (t0 = 0)."""
-    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (0.604 * 1e9), rel=1e-12)
+    """step_seconds without kv_bytes reads only the weights: 1000 bytes at 0.636 x 1 GB/s on vLLM (t0 = 0)."""
+    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (0.636 * 1e9), rel=1e-12)
 
 
 def test_sglang_steps_pay_its_overhead_and_read_each_kind_at_its_slope():
@@ -107,7 +107,7 @@ def test_the_aggregate_reads_the_union_of_experts():
     factor = (0.1 + 0.9 * (1 - 0.75**4)) / (0.1 + 0.9 * 0.25)
     assert moe.read_factor(4) == pytest.approx(factor) and factor == pytest.approx(2.2, abs=0.01)
     agg = speed.aggregate_tokens_per_s(4e9, 0, 100, "vllm", 4, experts=moe)
-    assert agg == pytest.approx(4 / (factor * 4e9 / (0.604 * 100e9)))
+    assert agg == pytest.approx(4 / (factor * 4e9 / (0.636 * 100e9)))
 
 
 # --- the fits ----------------------------------------------------------------------------------------------------
@@ -226,14 +226,19 @@ def test_no_decode_tile_and_no_host_flops_unless_given():
 
 def test_tensor_parallel_reads_and_prefills_on_every_gpu(write_stack):
     """vLLM (t0 = 0) at tensor parallel 2 on two RTX 3090s reads each rank's share at once (2 x the bandwidth) and
-    prefills on both (2 x the peak): the same memory plan at tp 1 on one GPU decodes and prefills half as fast."""
+    prefills on both (2 x the peak): the same memory plan at tp 1 on one GPU decodes and prefills half as fast, but
+    for the TP step's all-reduces (2 per layer over PCIe without P2P, the consumer cards' link: speed.tp_comm_seconds):
+    the TP 2 step is half the TP 1 step plus those."""
     sp = _plan(write_stack, "rtx-3090", "vllm", model="qwen2.5-7b-instruct")
     hw = HW["rtx-3090"]
     two_hw = hw.model_copy(update={"gpus": tuple(hw.gpus) * 2})
     kw = dict(users=1, prompt_tokens=1000, avg_context=1100, threads=8)
     one = speed.service_forecast("vllm", sp.model, dataclasses.replace(sp.memory, tensor_parallel=1), hw, **kw)
     two = speed.service_forecast("vllm", sp.model, dataclasses.replace(sp.memory, tensor_parallel=2), two_hw, **kw)
-    assert two.single_stream_tokens_per_s == pytest.approx(2 * one.single_stream_tokens_per_s, abs=0.2)
+    comm = speed.tp_comm_seconds(sp.model.layers, 2, "pcie")
+    assert comm > 0 and speed.gpu_link(two_hw) == "pcie"
+    assert two.single_stream_tokens_per_s == pytest.approx(1 / (0.5 / one.single_stream_tokens_per_s + comm), abs=0.2)
+    assert two.single_stream_tokens_per_s < 2 * one.single_stream_tokens_per_s - 1
     prefill_one = one.ttft_s - 1 / one.single_stream_tokens_per_s
     prefill_two = two.ttft_s - 1 / two.single_stream_tokens_per_s
     assert prefill_two == pytest.approx(prefill_one / 2, abs=0.002)
@@ -326,7 +331,7 @@ def test_text_states_the_figures_and_their_checks():
 
 def test_forecast_rounds_each_figure_and_carries_the_fit():
     """vLLM (t0 = 0) on 4e9 bytes at 1000 GB/s, 3 streams, 8B params at 100 TFLOP/s: one step is
-    4e9 / (0.604 x 1e12) s plus 2 x 2 x 8e9 / (0.35 x 1e14) s for the two extra tokens; tokens/s are rounded to 0.1,
+    4e9 / (0.636 x 1e12) s plus 2 x 2 x 8e9 / (0.35 x 1e14) s for the two extra tokens; tokens/s are rounded to 0.1,
     TTFT to the millisecond; the prompts of the other 2 streams wait before the last one's (3 x 1000 prompt tokens
     at 0.528 x 1e14 / 1.6e10 tokens/s, then one step); the fit's point count and prefill check come along."""
     b = speed.BACKENDS["vllm"]
@@ -476,9 +481,9 @@ def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
 
 
 def test_the_single_stream_figure_is_rounded_to_a_tenth():
-    """3e9 bytes at 1000 GB/s on vLLM (t0 = 0): 0.604e12 / 3e9 = 201.33 tokens/s, shown as 201.3."""
-    f = _fc(backend="vllm", weights_bytes=3e9)
-    assert f.single_stream_tokens_per_s == round(0.604e12 / 3e9, 1) == 201.3
+    """7e9 bytes at 1000 GB/s on vLLM (t0 = 0): 0.636e12 / 7e9 = 90.857 tokens/s, shown as 90.9."""
+    f = _fc(backend="vllm", weights_bytes=7e9)
+    assert f.single_stream_tokens_per_s == round(0.636e12 / 7e9, 1) == 90.9
 
 
 def test_the_fit_works_in_seconds_as_in_milliseconds():
