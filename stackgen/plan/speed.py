@@ -975,6 +975,10 @@ class Forecast:
     # measures). A fleet's: one instance's, as the other per-user figures. 0: unknown (no output length or no
     # prefill rate).
     sustained_per_user_tokens_per_s: float = 0.0
+    # Tensor parallel's all-reduces on every step (StepParts.comm_s, ms) and the link they cross (gpu_link): in the
+    # figures above, printed so a plan says what TP over PCIe costs; 0 / "" without tensor parallel.
+    tp_comm_ms: float = 0.0
+    tp_link: str = ""
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "streams": self.streams,
@@ -986,7 +990,8 @@ class Forecast:
                 "slots": self.slots, "queue_requests_per_s": self.queue_requests_per_s,
                 "prefill_tokens_per_s": self.prefill_tokens_per_s, "instances": self.instances,
                 "instances_busy": self.instances_busy,
-                "sustained_per_user_tokens_per_s": self.sustained_per_user_tokens_per_s}
+                "sustained_per_user_tokens_per_s": self.sustained_per_user_tokens_per_s,
+                "tp_comm_ms": self.tp_comm_ms, "tp_link": self.tp_link}
 
     def text(self) -> str:
         def n(count: int, word: str) -> str:
@@ -1011,8 +1016,11 @@ class Forecast:
         sustained = (f", {self.sustained_per_user_tokens_per_s:g} per user under sustained load (other users' prompts "
                      "sharing the steps)" if self.sustained_per_user_tokens_per_s
                      and self.sustained_per_user_tokens_per_s != self.per_user_tokens_per_s else "")
+        links = {"nvlink": "NVLink", "pcie-p2p": "PCIe with P2P", "pcie": "PCIe without P2P"}
+        comm = (f"; each step waits {self.tp_comm_ms:g} ms for tensor parallel's all-reduces over "
+                f"{links.get(self.tp_link, self.tp_link)}" if self.tp_comm_ms else "")
         return (f"{self.per_user_tokens_per_s:g} tokens/s per user at {n(self.streams, 'stream')}{where} "
-                f"({aggregate}, {self.bound}-bound){sustained}, TTFT {self.ttft_s:.2f} s alone"
+                f"({aggregate}, {self.bound}-bound{comm}){sustained}, TTFT {self.ttft_s:.2f} s alone"
                 f"{together}{queue} (decode +-{self.error * 100:.0f}% for 9 in 10 public points, {self.backend} backend "
                 f"{fit}; {ttft})")
 
@@ -1076,7 +1084,8 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
                     ttft_s=round(ttft, 3), ttft_all_s=round(ttft_all, 3),
                     bound="compute" if compute_bound else "memory bandwidth", error=error,
                     fitted_on=b.fitted_on, ttft_checked_on=checked, ttft_error=ttft_error,
-                    prefill_tokens_per_s=float(f"{prefill:.6g}"), sustained_per_user_tokens_per_s=sustained)
+                    prefill_tokens_per_s=float(f"{prefill:.6g}"), sustained_per_user_tokens_per_s=sustained,
+                    tp_comm_ms=round(parts.comm_s * 1000, 2), tp_link=tp_link if parts.comm_s else "")
 
 
 def host_link_gbs(hw) -> float:

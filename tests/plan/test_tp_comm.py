@@ -211,6 +211,19 @@ def test_the_stated_link_changes_the_plans_speed(write_stack):
     assert pcie.step_s(4, 0) - nv.step_s(4, 0) == pytest.approx(want, rel=1e-9)
 
 
+def test_the_plan_says_what_each_step_waits_for_the_all_reduces(write_stack):
+    """The forecast carries the curve's comm_s in ms with its link, and its text names both; JSON too."""
+    sp = _plan(write_stack, "4x a100-80gb")
+    hw = load_stack_hw(write_stack, "4x a100-80gb")
+    curve = capacity.service_curve(sp, hw)
+    fc = speed.fleet_forecast(sp, hw, sp.workload.concurrent_users)
+    assert fc.tp_comm_ms == round(curve.comm_s * 1000, 2) and fc.tp_comm_ms > 0 and fc.tp_link == "nvlink"
+    assert f"each step waits {fc.tp_comm_ms:g} ms for tensor parallel's all-reduces over NVLink" in fc.text()
+    assert fc.to_json()["tp_comm_ms"] == fc.tp_comm_ms and fc.to_json()["tp_link"] == "nvlink"
+    slow = speed.fleet_forecast(sp, hw.model_copy(update={"gpu_link": "pcie"}), sp.workload.concurrent_users)
+    assert "over PCIe without P2P" in slow.text() and slow.tp_comm_ms > fc.tp_comm_ms
+
+
 def test_one_gpu_plans_have_no_comm(write_stack):
     path = write_stack("version: 1\nhardware: h100-80gb\nworkload: {concurrent_users: 1}\n"
                        "services:\n  s: {model: llama-3.1-8b-instruct, engine: vllm}\n")
@@ -218,6 +231,7 @@ def test_one_gpu_plans_have_no_comm(write_stack):
     sp = resolve.resolve(stack, HostFacts(hardware=None)).services[0]  # type: ignore[arg-type]
     assert sp.memory.tensor_parallel == 1
     assert capacity.service_curve(sp, stack.hardware).comm_s == 0.0
+    assert sp.speed.tp_comm_ms == 0.0 and sp.speed.tp_link == "" and "all-reduces" not in sp.speed.text()
 
 
 def load_stack_hw(write_stack, hardware):
