@@ -59,10 +59,9 @@ class Backend:
     efficiency_int4_awq: float = 0.0
     # Share of peak bandwidth a decode step reaches on llama.cpp's "legacy" block types (weight_kind "legacy": GGUF
     # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, LEGACY_QUANTS), where a backend's fitted points show them apart from the K-quants
-    # (ggml-metal's mat-vec kernels process N_R0_Q4_0 = N_R0_Q8_0 = 4 rows per simdgroup with one fp16 scale per 32
-    # weights, the K-quants 2 rows with 6-bit packed sub-block scales: ggml-metal-impl.h, ggml-metal.metal
-    # kernel_mul_mv_*). 0: no separate figure, the block-quantized `efficiency`. Fitted with the rest (fit_kinds) where
-    # a backend has 2+ fitted legacy points and 2+ others, unless LEGACY_SLOPE_EXCLUDED names it.
+    # (other mat-vec kernels: LEGACY_QUANTS' comment). 0: no separate figure, the block-quantized `efficiency`. Fitted
+    # with the rest (fit_kinds) where a backend has 2+ fitted legacy points and 2+ others, unless
+    # LEGACY_SLOPE_EXCLUDED names it.
     efficiency_legacy: float = 0.0
     # llama.cpp builds older than `build_before` (a build number; 0: no build term) decode with `t0_before_ms` more
     # per-step overhead (backend_params(backend, build)); fitted with the rest (fit_backend_build) from the points'
@@ -91,11 +90,13 @@ class Backend:
         return self.batch_mfu_16bit if weights == "16bit" and self.batch_mfu_16bit else self.batch_mfu
 
 
-# llama.cpp's "legacy" block types (weight_kind "legacy"): one scale (and for Q4_1/Q5_1 one min) per 32 weights,
-# where the K-quants pack 6-bit sub-block scales into 256-weight super-blocks. ggml-metal runs their mat-vec with
-# other threadgroup shapes (ggml-metal-impl.h: N_R0_Q4_0 4 rows per simdgroup, N_R0_Q8_0 4; N_R0_Q4_K 2, N_R0_Q6_K 2)
-# and simpler dequantization (ggml-metal.metal kernel_mul_mv_q4_0_f32 / kernel_mul_mv_q8_0_f32 against
-# kernel_mul_mv_q4_K_f32). Pre-registered as a kind by the metalkinds task (benchmarks/results/metal-candidates.md).
+# llama.cpp's "legacy" block types (weight_kind "legacy"): one fp16 scale (and for Q4_1/Q5_1 one min) per 32
+# weights, where the K-quants pack 6-bit sub-block scales into 256-weight super-blocks. ggml-metal runs their
+# mat-vec through other kernels (ggml-metal.metal: Q4_0/Q4_1/Q5_0/Q5_1 share mul_vec_q_n_f32_impl, Q8_0 has its own,
+# each K-quant its own) with other threadgroup shapes (ggml-metal-impl.h N_R0_*/N_SG_*; they differ by version: one
+# stored copy has N_R0_Q4_0 = N_R0_Q8_0 = N_R0_Q4_K = 4, a later one N_R0_Q4_0 4, N_R0_Q8_0 2 with N_SG_Q8_0 4,
+# N_R0_Q4_K 2, N_R0_Q6_K 2); ggml-cuda runs every type through one MMVQ template (mmvq.cu). Pre-registered as a kind
+# by the metalkinds task (benchmarks/results/metal-candidates.md, "legacy kind").
 LEGACY_QUANTS = frozenset({"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"})
 
 
@@ -165,7 +166,9 @@ GGML_CPU_DECODE_TILE = 4
 # Block-quantized weights only: ggml repacks no F16/BF16 weights into those tiles, and the quickstart's model
 # requantized to F16 decodes 4 streams at 83-87 tokens/s aggregate where the tile model said 116 (+34..+40%;
 # benchmarks/results/cpu_aggregate.md, held-out check): a 16-bit CPU step is the memory time plus each extra
-# token's compute, as on other backends.
+# token's compute, as on other backends. The legacy block types (weight_kind "legacy": Q4_0 ... Q8_0) are
+# block-quantized weights here too (Q4_0 among repack.cpp's types), so step_inputs' rule (kind != "16bit") tiles them
+# as it tiles the K-quants.
 
 # The first llama.cpp build with CUDA graphs (ggml-org/llama.cpp PR 6766, "Introduction of CUDA Graphs to
 # LLama.cpp", merged 2024-05-08 as commit bc4bba36): a decode step launches its kernels as one graph instead of one
@@ -318,7 +321,7 @@ BACKENDS = {
     # before the fit and failed them: leave-one-out 11 -> 10 of 16, the held-out M1 points 21 -> 13 of 26
     # (tests/plan/test_public_logs.py::test_no_apple7_efficiency_term_for_metal). Not modelled either: the line predicts
     # 15-19% under the M2-M4 chips' Q8_0 rows (e is fitted mostly on Q4_K_M) and over the Ultras' 7B rows. A "legacy"
-    # kind (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, whose Metal mat-vec kernels take 4 rows per simdgroup against the K-quants' 2:
+    # kind (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, which Metal runs through other mat-vec kernels than the K-quants:
     # LEGACY_QUANTS) was pre-registered for that with its rules (metal-candidates.md, "legacy kind"): with metal-m1's
     # odd-numbered rows fitted it failed them on Metal (LEGACY_SLOPE_EXCLUDED), and that refit, though it kept Metal's
     # held-out count (35 -> 39 of 47), took the 115 earlier points under their floor (94 -> 92): not kept, the 16

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import (arm_backends, arm_figures, fit_point, today_fitted, older_build, predict_decode, predict_llamacpp_case, predict_ollama_case,
+from public_logs import (arm_backends, arm_figures, fit_point, older_build, predict_decode, predict_llamacpp_case,
+                         predict_ollama_case, today_fitted,
                          predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB

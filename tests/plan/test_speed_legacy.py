@@ -124,8 +124,8 @@ def test_a_q8_0_plan_takes_the_legacy_kind(hardware, backend, tmp_path):
 
 
 def test_a_cpu_plan_of_a_legacy_file_keeps_ggmls_tiles(tmp_path):
-    """ggml's CPU tiles (GGML_CPU_DECODE_TILE) are for block-quantized weights, which the legacy types are (ggml
-    repacks Q4_0 and Q8_0 too): a llama.cpp plan on a CPU-only host tiles a Q4_0 or Q8_0 file as a Q4_K_M one, and
+    """ggml's CPU tiles (GGML_CPU_DECODE_TILE) are for block-quantized weights, which the legacy types are (Q4_0 is
+    among ggml-cpu/repack.cpp's types): a llama.cpp plan on a CPU-only host tiles a Q4_0 or Q8_0 file as a Q4_K_M one, and
     not an F16 one (step_inputs' kind != "16bit")."""
     tiles = {}
     for fmt in ("Q4_0", "Q8_0", "Q4_K_M", "F16"):
