@@ -363,9 +363,9 @@ BACKENDS = {
     # benchmarks/results/metal-candidates.md "legacy kind"): 6 of the 17 fitted points are legacy (P40 Q4_0/Q5_0, RTX
     # 3090 Q4_0 x 2, RTX 4090 Q4_0/Q8_0), so the fit gives them their own slope, 0.748 against the rest's 0.733 (F16
     # 0.925, the older builds' extra t0 1.39 ms); adopted by the task's rules: held out 22 -> 23 of 27 within 15% (the
-    # 2026 RTX 3090 UD-Q3_K_XL +15.2% -> +14.7%), leave-one-out 14 -> 14 of 17. ggml-cuda's MMVQ runs every block
-    # type through one kernel template (mmvq.cu mul_mat_vec_q, the type's vec_dot_*_q8_1), so the difference is the
-    # types' dequantization work per byte, not a different launch shape: a 2% slope, not a mechanism shown here.
+    # 2026 RTX 3090 UD-Q3_K_XL +15.2% -> +14.7%), leave-one-out 14 -> 14 of 17. A 2% difference not traced to a
+    # mechanism here: ggml-cuda's MMVQ runs every block type through one kernel template (mmvq.cu mul_mat_vec_q, with
+    # the type's vec_dot_*_q8_1), so it is not a different launch shape, as Metal's is.
     "cuda": Backend(0.733, 0.48, fitted_on=17, error=0.20, prefill_mfu=0.926, efficiency_16bit=0.925,
                     batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD, t0_before_ms=1.39,
                     codebook_flop_per_weight=56.3, efficiency_legacy=0.748),
