@@ -158,20 +158,23 @@ def speed_rows() -> list[str]:
                "t0_before_ms), blank where it has none.")
     out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0 [+ t0_before for builds "
                "before the backend's build_before]; 16-bit and AWQ-INT4 weights at their own e_16bit, e_int4_awq where a "
-               "backend has 2+ fitted points of that kind and 2+ of the rest; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
+               "backend has 2+ fitted points of that kind and 2+ of the rest, legacy block types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) "
+               "likewise at e_legacy unless speed.LEGACY_SLOPE_EXCLUDED names the backend; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
                "leave-one-out: each fitted point predicted by the fit of the backend's other fitted points (backends "
                "with 3+ fitted points):")
     for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [fit_point(p) for p in fitted]
-        f = speed.fit_kinds(sel)
+        split = speed.split_kinds(backend)
+        f = speed.fit_kinds(sel, split)
         e, t0, t0b = f["quantized"], f["t0_ms"], f["t0_before_ms"]
         kinds = "".join(f", e_{k.replace('-', '_')} = {f[k]:.3f}" for k in speed.SPLIT_KINDS if f[k])
         cut = speed.backend_params(backend).build_before
         era = f", t0_before = {t0b:.2f} ms for builds before b{cut}" if t0b else ""
         loo = ""
         if len(sel) >= 3:
-            errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p) / p["tokens_per_s"] - 1) for i, p in enumerate(fitted)]
+            errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1)
+                    for i, p in enumerate(fitted)]
             loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
                    f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
         out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms{era} over {len(sel)} points{loo}")
@@ -188,8 +191,8 @@ def speed_rows() -> list[str]:
     return out
 
 
-def _loo_predicted(others: list[tuple], p: dict) -> float:
-    f = speed.fit_kinds(others)
+def _loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] = speed.SPLIT_KINDS) -> float:
+    f = speed.fit_kinds(others, split)
     t0, t0b = f["t0_ms"], f["t0_before_ms"]
     eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
     return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000

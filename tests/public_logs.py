@@ -298,3 +298,70 @@ def codebook_fit_points() -> list[tuple]:
             out.append((p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p),
                         peak_flops(p), extra))
     return out
+
+
+# --- the "legacy" weight kind's pre-registered comparison (benchmarks/results/metal-candidates.md, "legacy kind") ---
+
+def today_fitted(p: dict) -> bool:
+    """The fitted set before the legacy-kind task: every point not held out, less the metal-m1 rows (all held out
+    then; their odd-numbered ones are fitted since, decode_speed.yaml's metal-m1 comment)."""
+    return not p.get("outlier") and not p.get("held_out") and p.get("corpus") != "metal-m1"
+
+
+def arm_backends(points: list[dict], fitted, legacy: bool) -> dict:
+    """speed.Backend per fitted backend refitted (fit_kinds) on the points `fitted(p)` selects, with the "legacy"
+    kind given its own slope where the points allow (legacy=True) or kept on the shared slope (False); the CUDA
+    codebook floor refitted at that line (fit_codebook). Everything else as speed.BACKENDS has it."""
+    from dataclasses import replace
+    from stackgen.plan import speed
+    split = speed.SPLIT_KINDS if legacy else tuple(k for k in speed.SPLIT_KINDS if k != "legacy")
+    out = {}
+    for backend, b in speed.BACKENDS.items():
+        sel = [fit_point(p) for p in points if p["backend"] == backend and not p.get("outlier") and fitted(p)]
+        if not b.fitted_on or not sel:
+            continue
+        f = speed.fit_kinds(sel, split)
+        nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
+                     efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"], t0_before_ms=f["t0_before_ms"],
+                     fitted_on=len(sel))
+        if b.codebook_flop_per_weight:
+            cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
+                   nb.t0_before_ms if older_build(p) else 0.0) for p in points
+                  if p["backend"] == backend and p.get("codebook_fit")]
+            nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
+        out[backend] = (nb, split)
+    return out
+
+
+def arm_figures(points: list[dict], fitted, legacy: bool) -> dict:
+    """One arm of the comparison: per backend, its figures (speed.Backend), the held-out points (not `fitted`,
+    outliers aside) within 15% and their count, leave-one-out within 15% over its fitted points (each predicted by
+    the fit of the others, fit_kinds with the arm's kinds; backends with 3+ fitted points), and the whole corpus's
+    count within 15% under the arm's lines."""
+    from stackgen.plan import speed
+    arms = arm_backends(points, fitted, legacy)
+    saved = dict(speed.BACKENDS)
+    try:
+        speed.BACKENDS.update({k: v[0] for k, v in arms.items()})
+        within = {id(p): abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in points}
+    finally:
+        speed.BACKENDS.clear()
+        speed.BACKENDS.update(saved)
+    out = {"all": (sum(within.values()), len(points)), "backends": {}}
+    for backend, (b, split) in arms.items():
+        mine = [p for p in points if p["backend"] == backend and not p.get("outlier")]
+        fit_pts = [p for p in mine if fitted(p)]
+        held = [p for p in mine if not fitted(p)]
+        sel = [fit_point(p) for p in fit_pts]
+        loo = None
+        if len(sel) >= 3:
+            loo = 0
+            for i, p in enumerate(fit_pts):
+                f = speed.fit_kinds(sel[:i] + sel[i + 1:], split)
+                eff = f.get(p.get("weights", "quantized")) or f["quantized"]
+                t = (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
+                     + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
+                loo += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
+        out["backends"][backend] = {"params": b, "held": sum(within[id(p)] for p in held), "held_n": len(held),
+                                    "loo": loo, "fitted_n": len(fit_pts)}
+    return out

@@ -51,8 +51,9 @@ def test_every_unquantized_float_format_is_16bit(fmt):
     assert speed.weight_kind(fmt) == "16bit"
 
 
-@pytest.mark.parametrize("fmt", [None, "", "Q4_K_M", "q8_0", "4bit", "gptq", "fp8"])
+@pytest.mark.parametrize("fmt", [None, "", "Q4_K_M", "q6_k", "4bit", "gptq", "fp8"])
 def test_quantized_and_unknown_formats_are_quantized(fmt):
+    """(Q8_0 and the other legacy block types are a kind of their own: test_speed_legacy.py.)"""
     assert speed.weight_kind(fmt) == "quantized"
 
 
