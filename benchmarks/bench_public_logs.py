@@ -152,6 +152,22 @@ def speed_rows() -> list[str]:
             e = [abs(x - 1) for x in rs]
             out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
                        f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+    v2 = [p for p in pts if p.get("corpus") == "vllm2"]
+    if v2:
+        # what each vllm2 point's measured step has beyond the line's (a diagnostic of a fixed per-step cost, not a fit)
+        out.append(f"\nvllm2 (benchmarks/results/vllm-candidates.md): {len(v2)} held-out vLLM single-stream points taken "
+                   f"before their predictions, by weight kind (quantized: its GPTQ-Int4 rows) and by GPU; extra: the measured step less the line's, ms:")
+        groups: dict[str, list[dict]] = {"all": v2}
+        for p in v2:
+            groups.setdefault(p.get("weights", "quantized"), []).append(p)
+            groups.setdefault(p["gpu"], []).append(p)
+        for g, ps in groups.items():
+            rs = [predict_decode(p) / p["tokens_per_s"] for p in ps]
+            e = [abs(x - 1) for x in rs]
+            extra = sorted(1000 / p["tokens_per_s"] - 1000 / predict_decode(p) for p in ps)
+            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
+                       f"25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}, extra {extra[0]:+.1f}..{extra[-1]:+.1f} ms "
+                       f"(median {extra[len(extra) // 2]:+.1f})")
     out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
                "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
                "(planned as the current era). era: the backend's build term (speed.Backend.build_before, "

@@ -273,17 +273,26 @@ def test_speed_within_15_percent_share():
     Tensor parallel's all-reduces on every step (speed.tp_comm_seconds, from public all-reduce latencies) and the
     vLLM fit on the steps net of them: the 4 x RTX 3090 TP 4 point +32% -> +5%, the RTX 3090 AWQ -16% -> -12%; the
     held-out RTX 4090 bf16 at -15.01% stays out. 93 of the first 115.
+
+    vllm2 (benchmarks/results/vllm-candidates.md) appended 19 held-out vLLM single-stream points (`corpus: vllm2`),
+    kept by a rule written before their predictions: 18 rows of the Qwen2.5 speed table (vLLM 0.6.3, one A100 80GB,
+    batch 1, 0.5B-72B in BF16, GPTQ-Int4 and AWQ) and an RTX 5060 Ti Qwen2.5-7B-AWQ run on vLLM 0.11.0. 2 of 19
+    within 15% (the A100 14B BF16 +11%, the RTX 5060 Ti -15%), 4 within 25%: the A100 run adds 2-5 ms to every step
+    that the t0 = 0 line lacks, so its ratios fall with the model's bytes (0.5B x4.9-x17, 14B +11..+65%). Their own
+    floor, count and share; the 115 earlier points keep theirs.
     """
     def close(ps):
         return sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
     old = [p for p in POINTS if not p.get("corpus")]
     metal = [p for p in POINTS if p.get("corpus") == "metal-m1"]
     iq = [p for p in POINTS if p.get("corpus") == "iquant"]
-    assert len(old) + len(metal) + len(iq) == len(POINTS)
-    assert all(p.get("held_out") for p in metal + iq)
+    v2 = [p for p in POINTS if p.get("corpus") == "vllm2"]
+    assert len(old) + len(metal) + len(iq) + len(v2) == len(POINTS)
+    assert all(p.get("held_out") for p in metal + iq + v2)
     assert len(old) >= 115 and close(old) >= 93
     assert len(metal) >= 83 and close(metal) >= 62 and close(metal) / len(metal) >= 0.74
     assert len(iq) >= 11 and close(iq) >= 11
+    assert len(v2) >= 19 and close(v2) >= 2 and close(v2) / len(v2) >= 0.10
 
 
 def test_fit_recovers_known_parameters():
