@@ -83,13 +83,21 @@ def llamacpp_rows() -> list[str]:
     return out
 
 
+def _cut(backend: str, cut: int) -> str:
+    """A backend's build cut as its engine numbers it: vLLM's version (speed.vllm_build's encoding), llama.cpp's bN."""
+    if speed_line(backend) == "vllm":
+        return f"vLLM {cut // 10000}.{cut // 100 % 100}.{cut % 100}"
+    return f"b{cut}"
+
+
 def _era(p: dict) -> str:
-    """The point's llama.cpp build era for its backend's build term (speed.Backend.build_before): "before bN",
-    "current" (at or past it, or no build known), or "" where the backend has no build term."""
+    """The point's build era for its backend's build term (speed.Backend.build_before; a vLLM point's version on the
+    same axis): "before bN" / "before vLLM x.y.z", "current" (at or past it, or none known), or "" where the backend
+    has no build term."""
     cut = speed.backend_params(p["backend"]).build_before
     if not cut:
         return ""
-    return f"before b{cut}" if older_build(p) else "current"
+    return f"before {_cut(p['backend'], cut)}" if older_build(p) else "current"
 
 
 def speed_rows() -> list[str]:
@@ -113,6 +121,8 @@ def speed_rows() -> list[str]:
         line = p["backend"] if speed_line(p["backend"]) == p["backend"] else f"{p['backend']} (on {speed_line(p['backend'])})"
         build = p.get("build", "")
         build = f"{build}" + (" (date)" if p.get("date") and build else "") if build else (p.get("date") or "")
+        if not build and p.get("version"):  # a vLLM point: its version as the fixture quotes it
+            build = f"vLLM {p['version']}"
         out.append(f"| {p['id']} | {line} | {p.get('weights', 'quantized')} | {build} | {_era(p)} | {kind} | "
                    f"{pred:.1f} | {p['tokens_per_s']} | {r:.3f} |")
     out.append(f"\nwithin 15%: {within} of {len(pts)}")
@@ -152,10 +162,32 @@ def speed_rows() -> list[str]:
             e = [abs(x - 1) for x in rs]
             out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
                        f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+    v2 = [p for p in pts if p.get("corpus") == "vllm2"]
+    if v2:
+        # what each vllm2 point's measured step has beyond the line's (a diagnostic of a fixed per-step cost, not a fit)
+        out.append(f"\nvllm2 (benchmarks/results/vllm-candidates.md): {len(v2)} vLLM single-stream points taken "
+                   f"before their predictions ({sum(not p.get('held_out') for p in v2)} of the Qwen2.5 rows fitted since the "
+                   f"engine-era split, the rest held out), by set, era (speed.BACKENDS['vllm'].build_before: V0 before vLLM "
+                   f"0.8.0, t0_before_ms on its steps), weight kind (quantized: its GPTQ-Int4 rows) and GPU; extra: the "
+                   f"measured step less the line's (with its era's t0), ms:")
+        groups: dict[str, list[dict]] = {"all": v2}
+        for p in v2:
+            groups.setdefault("held out" if p.get("held_out") else "fitted", []).append(p)
+            groups.setdefault(f"era {_era(p)}", []).append(p)
+            groups.setdefault(p.get("weights", "quantized"), []).append(p)
+            groups.setdefault(p["gpu"], []).append(p)
+        for g, ps in groups.items():
+            rs = [predict_decode(p) / p["tokens_per_s"] for p in ps]
+            e = [abs(x - 1) for x in rs]
+            extra = sorted(1000 / p["tokens_per_s"] - 1000 / predict_decode(p) for p in ps)
+            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
+                       f"25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}, extra {extra[0]:+.1f}..{extra[-1]:+.1f} ms "
+                       f"(median {extra[len(extra) // 2]:+.1f})")
     out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
                "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
-               "(planned as the current era). era: the backend's build term (speed.Backend.build_before, "
-               "t0_before_ms), blank where it has none.")
+               "(planned as the current era); a vLLM point's version (`(date)`: the newest release by the source's "
+               "date; unknown: the current era), on the same axis by speed.vllm_build. era: the backend's build term "
+               "(speed.Backend.build_before, t0_before_ms), blank where it has none.")
     out.append("\nLeast-squares fit (of the relative error) per backend (t = bytes/(e x BW) + t0 [+ t0_before for builds "
                "before the backend's build_before]; 16-bit and AWQ-INT4 weights at their own e_16bit, e_int4_awq where a "
                "backend has 2+ fitted points of that kind and 2+ of the rest, legacy block types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) "
@@ -170,7 +202,7 @@ def speed_rows() -> list[str]:
         e, t0, t0b = f["quantized"], f["t0_ms"], f["t0_before_ms"]
         kinds = "".join(f", e_{k.replace('-', '_')} = {f[k]:.3f}" for k in speed.SPLIT_KINDS if f[k])
         cut = speed.backend_params(backend).build_before
-        era = f", t0_before = {t0b:.2f} ms for builds before b{cut}" if t0b else ""
+        era = f", t0_before = {t0b:.2f} ms for builds before {_cut(backend, cut)}" if t0b else ""
         loo = ""
         if len(sel) >= 3:
             errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1)
@@ -183,7 +215,8 @@ def speed_rows() -> list[str]:
                 ps = [p for p in pts if p["backend"] == backend and not p.get("outlier") and older_build(p) == sel_era]
                 errs = [abs(predict_decode(p) / p["tokens_per_s"] - 1) for p in ps]
                 held = sum(1 for p in ps if p.get("held_out"))
-                label = f"builds before b{cut}" if sel_era else f"builds b{cut} on or unknown"
+                label = (f"builds before {_cut(backend, cut)}" if sel_era
+                         else f"builds {_cut(backend, cut)} on or unknown")
                 out.append(f"  - {label}: {len(ps)} points ({held} held out), {sum(x <= 0.15 for x in errs)} within "
                            f"15%, mean |error| {100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
     for backend in sorted({p["backend"] for p in pts} - set(speed.BACKENDS)):
@@ -231,15 +264,15 @@ def tp_rows() -> list[str]:
 
 def concurrency_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "vllm_concurrency.yaml").read_text())["points"]
-    out = ["| point | GPUs | streams | predicted 1 stream | predicted aggregate | measured aggregate | ratio | check |",
-           "|---|---|---:|---:|---:|---:|---:|---|"]
+    out = ["| point | GPUs | vLLM | streams | predicted 1 stream | predicted aggregate | measured aggregate | ratio | check |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|"]
     within = 0
     for p in pts:
         r = predict_vllm_concurrency_point(p)
         ok = 0.75 <= r["ratio"] <= 1.25
         within += ok
         check = "within 25%" if ok else "known miss (xfail)" if p.get("known_miss") else "MISS"
-        out.append(f"| {p['id']} | {p['gpus']} x {p['gpu']} | {p['streams']} | {r['single']:.1f} | "
+        out.append(f"| {p['id']} | {p['gpus']} x {p['gpu']} | {p.get('version', '')} | {p['streams']} | {r['single']:.1f} | "
                    f"{r['aggregate']:.1f} | {p['measured_tokens_per_s']} | {r['ratio']:.2f} | {check} |")
     out.append(f"\nwithin 25%: {within} of {len(pts)}; the misses and why:")
     out += [f"- {p['id']}: {p['known_miss']}" for p in pts if p.get("known_miss")]

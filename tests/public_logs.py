@@ -76,7 +76,8 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
     """stackgen's aggregate decode prediction for a vllm_concurrency.yaml point: the active share of the planned weights
     (an MoE model's: the union of the experts its streams route to, from the point's `experts`) read once per step and
     each stream's KV cache at its average context, at the "vllm" backend's efficiency of
-    TP x the GPU's bandwidth, capped by 2 x active params FLOPs per token at TP x the GPU's peak (speed.py)."""
+    TP x the GPU's bandwidth, capped by 2 x active params FLOPs per token at TP x the GPU's peak (speed.py), on the
+    line's era for the run's vLLM `version:` (speed.vllm_build)."""
     from stackgen.plan import speed
     from stackgen.plan.capacity import gpu_peak_flops
 
@@ -86,10 +87,11 @@ def predict_vllm_concurrency_point(p: dict) -> dict:
     peak = gpu_peak_flops(p["gpu"], p["bandwidth_gbs"]) * tp
     e = p.get("experts") or {}
     experts = speed.ExpertRouting.of(float(p["params"]), float(p["active_params"]), e.get("total"), e.get("active"))
+    build = speed.vllm_build(p.get("version"))  # the vLLM engine era of the run (speed.VLLM_V1_DEFAULT_BUILD)
     agg = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", p["streams"],
                                        active_params=float(p["active_params"]), peak_tflops=peak / 1e12,
-                                       experts=experts)
-    single = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", 1)
+                                       experts=experts, build=build)
+    single = speed.aggregate_tokens_per_s(active, kv, p["bandwidth_gbs"] * tp, "vllm", 1, build=build)
     comm = comm_seconds(p)  # tensor parallel's all-reduces: one more fixed time on every step
     agg, single = p["streams"] / (p["streams"] / agg + comm), 1 / (1 / single + comm)
     return {"aggregate": agg, "single": single, "ratio": agg / p["measured_tokens_per_s"]}
@@ -129,12 +131,25 @@ def speed_line(backend: str) -> str:
     return engines.get(backend).speed_backend
 
 
+def point_build(p: dict) -> int | None:
+    """A fixture point's position on speed's build axis: a llama.cpp point's `build:`, a vLLM point's `version:`
+    encoded by speed.vllm_build (major x 10000 + minor x 100 + patch; a version the source does not give, None: the
+    current era)."""
+    from stackgen.plan import speed
+    if p.get("build") is not None:
+        return p["build"]
+    if speed_line(p["backend"]) == "vllm":
+        return speed.vllm_build(p.get("version"))
+    return None
+
+
 def older_build(p: dict) -> bool:
-    """A decode_speed.yaml point's llama.cpp build is older than its backend's build term's cut
-    (speed.Backend.build_before): its era in fit_backend_build."""
+    """A decode_speed.yaml point's build (point_build: llama.cpp's build, vLLM's encoded version) is older than its
+    backend's build term's cut (speed.Backend.build_before): its era in fit_backend_build."""
     from stackgen.plan import speed
     cut = speed.backend_params(p["backend"]).build_before
-    return bool(cut) and p.get("build") is not None and p["build"] < cut
+    b = point_build(p)
+    return bool(cut) and b is not None and b < cut
 
 
 def comm_seconds(p: dict) -> float:
@@ -161,7 +176,7 @@ def predict_decode(p: dict) -> float:
     on its step (comm_seconds)."""
     from stackgen.plan import speed
     tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
-                                           p.get("weights", "quantized"), p.get("build"), codebook_params(p),
+                                           p.get("weights", "quantized"), point_build(p), codebook_params(p),
                                            peak_flops(p))
     return 1 / (1 / tps + comm_seconds(p))
 

@@ -315,6 +315,13 @@ class Engine:
         real = (prof.get("aliases") or {}).get(version, version)
         return self.default_build if real == str(prof.get("default")) else None
 
+    def speed_build(self, version: str | None) -> int | None:
+        """Where the engine version a plan is for (the stack's engine_version; none given: the default flag table's)
+        sits on the speed fit's build axis (speed.backend_params: an era term, Backend.build_before), for an engine
+        whose memory plan does not follow its build (not plans_by_build) but whose speed line has an era: vLLM
+        (speed.VLLM_V1_DEFAULT_BUILD). None: no era of its own (the current one)."""
+        return None
+
     # -- calibration (`stackgen calibrate`: one real decode and prefill on a small model, stackgen.host.calibration)
     calibrates: bool = False  # it can measure this host's decode point, prefill rate and RSS overhead
 

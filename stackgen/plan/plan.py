@@ -108,9 +108,10 @@ class ServicePlan:
     # The host's `stackgen calibrate` engine point the plan's speed used (host.calibration.EnginePoint; None: none),
     # so that forecast_at at other user counts uses it too.
     calibration: Any = None
-    # The llama.cpp build the plan is for (Pins.engine_build, for engines that plan by build; None: unknown or another
-    # engine), so that forecast_at and capacity.service_curve pick the same build era of the speed fit as the plan's
-    # speed (speed.backend_params).
+    # The build the plan is for on the speed fit's build axis: llama.cpp's build (Pins.engine_build, for engines that
+    # plan by build), vLLM's version encoded by speed.vllm_build (Engine.speed_build: 0.33.0 -> 3300); None: unknown
+    # or an engine without an era. forecast_at and capacity.service_curve pick the same build era of the speed fit as
+    # the plan's speed (speed.backend_params).
     engine_build: int | None = None
     # `stackgen up` runs a fleet (capacity.separate) as several processes, each under its own name
     # (stackgen.run.fleet): `unit_of` is the stack service a process belongs to and serves as ('' when the service

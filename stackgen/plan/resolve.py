@@ -543,7 +543,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     else:
         speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
     threads = chosen.pins.threads or hw.cpu.cores
-    build = chosen.pins.engine_build if engine.plans_by_build else None
+    # llama.cpp's build (Pins.engine_build), or another engine's version on the speed fit's build axis (vLLM's era)
+    build = chosen.pins.engine_build if engine.plans_by_build else engine.speed_build(svc.spec.engine_version)
     reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     reasons += _knob_reasons(svc, engine, mem)
     warnings = [chosen.note] if chosen.note else []

@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from stackgen.engines import flagcheck
 from stackgen.host.facts import HostFacts
 from stackgen.plan import resolve, speed
 from stackgen.plan.capacity import CPU_FLOPS_PER_THREAD
@@ -66,15 +67,18 @@ def test_an_awq_checkpoint_is_its_own_kind(fmt):
 # --- the empty step and the unknown peak --------------------------------------------------------------------------
 
 def test_a_step_of_nothing_is_no_speed_not_an_error():
-    """Zero bytes on a backend without overhead (vLLM, CPU: t0 = 0) is a zero-second step: no speed (0), not a
+    """Zero bytes on a backend without overhead (CPU: t0 = 0) is a zero-second step: no speed (0), not a
     division by zero nor a made-up 1 token/s."""
-    assert speed.single_stream_tokens_per_s(0, 0, 100, "vllm") == 0.0
+    assert speed.BACKENDS["cpu"].t0_ms == 0
+    assert speed.single_stream_tokens_per_s(0, 0, 100, "cpu") == 0.0
     assert speed.aggregate_tokens_per_s(0, 0, 100, "cpu", 4) == 0.0
 
 
 def test_step_seconds_adds_no_cache_unless_given():
-    """step_seconds without kv_bytes reads only the weights: 1000 bytes at 0.636 x 1 GB/s on vLLM (t0 = 0)."""
-    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (0.636 * 1e9), rel=1e-12)
+    """step_seconds without kv_bytes reads only the weights: 1000 bytes at e x 1 GB/s on vLLM, plus its t0."""
+    b = speed.BACKENDS["vllm"]
+    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (b.efficiency * 1e9) + b.t0_ms / 1000,
+                                                                rel=1e-12)
 
 
 def test_sglang_steps_pay_its_overhead_and_read_each_kind_at_its_slope():
@@ -108,7 +112,8 @@ def test_the_aggregate_reads_the_union_of_experts():
     factor = (0.1 + 0.9 * (1 - 0.75**4)) / (0.1 + 0.9 * 0.25)
     assert moe.read_factor(4) == pytest.approx(factor) and factor == pytest.approx(2.2, abs=0.01)
     agg = speed.aggregate_tokens_per_s(4e9, 0, 100, "vllm", 4, experts=moe)
-    assert agg == pytest.approx(4 / (factor * 4e9 / (0.636 * 100e9)))
+    b = speed.BACKENDS["vllm"]
+    assert agg == pytest.approx(4 / (factor * 4e9 / (b.efficiency * 100e9) + b.t0_ms / 1000))
 
 
 # --- the fits ----------------------------------------------------------------------------------------------------
@@ -226,10 +231,10 @@ def test_no_decode_tile_and_no_host_flops_unless_given():
 # --- service_forecast --------------------------------------------------------------------------------------------
 
 def test_tensor_parallel_reads_and_prefills_on_every_gpu(write_stack):
-    """vLLM (t0 = 0) at tensor parallel 2 on two RTX 3090s reads each rank's share at once (2 x the bandwidth) and
+    """vLLM at tensor parallel 2 on two RTX 3090s reads each rank's share at once (2 x the bandwidth) and
     prefills on both (2 x the peak): the same memory plan at tp 1 on one GPU decodes and prefills half as fast, but
-    for the TP step's all-reduces (2 per layer over PCIe without P2P, the consumer cards' link: speed.tp_comm_seconds):
-    the TP 2 step is half the TP 1 step plus those."""
+    for the TP step's all-reduces (2 per layer over PCIe without P2P, the consumer cards' link: speed.tp_comm_seconds)
+    and its per-step t0 (not halved): the TP 2 step is half the TP 1 step's read plus t0 plus those."""
     sp = _plan(write_stack, "rtx-3090", "vllm", model="qwen2.5-7b-instruct")
     hw = HW["rtx-3090"]
     two_hw = hw.model_copy(update={"gpus": tuple(hw.gpus) * 2})
@@ -238,7 +243,9 @@ def test_tensor_parallel_reads_and_prefills_on_every_gpu(write_stack):
     two = speed.service_forecast("vllm", sp.model, dataclasses.replace(sp.memory, tensor_parallel=2), two_hw, **kw)
     comm = speed.tp_comm_seconds(sp.model.layers, 2, "pcie")
     assert comm > 0 and speed.gpu_link(two_hw) == "pcie"
-    assert two.single_stream_tokens_per_s == pytest.approx(1 / (0.5 / one.single_stream_tokens_per_s + comm), abs=0.2)
+    t0 = speed.BACKENDS["vllm"].t0_ms / 1000
+    assert two.single_stream_tokens_per_s == pytest.approx(
+        1 / ((1 / one.single_stream_tokens_per_s - t0) / 2 + t0 + comm), abs=0.2)
     assert two.single_stream_tokens_per_s < 2 * one.single_stream_tokens_per_s - 1
     prefill_one = one.ttft_s - 1 / one.single_stream_tokens_per_s
     prefill_two = two.ttft_s - 1 / two.single_stream_tokens_per_s
@@ -331,13 +338,13 @@ def test_text_states_the_figures_and_their_checks():
 # --- forecast's edges, second round ------------------------------------------------------------------------------
 
 def test_forecast_rounds_each_figure_and_carries_the_fit():
-    """vLLM (t0 = 0) on 4e9 bytes at 1000 GB/s, 3 streams, 8B params at 100 TFLOP/s: one step is
-    4e9 / (0.636 x 1e12) s plus 2 x 2 x 8e9 / (0.35 x 1e14) s for the two extra tokens; tokens/s are rounded to 0.1,
+    """vLLM on 4e9 bytes at 1000 GB/s, 3 streams, 8B params at 100 TFLOP/s: one step is
+    4e9 / (e x 1e12) s + t0 plus 2 x 2 x 8e9 / (0.35 x 1e14) s for the two extra tokens; tokens/s are rounded to 0.1,
     TTFT to the millisecond; the prompts of the other 2 streams wait before the last one's (3 x 1000 prompt tokens
     at 0.528 x 1e14 / 1.6e10 tokens/s, then one step); the fit's point count and prefill check come along."""
     b = speed.BACKENDS["vllm"]
     f = _fc(backend="vllm", streams=3)
-    single = 4e9 / (b.efficiency * 1000e9)
+    single = 4e9 / (b.efficiency * 1000e9) + b.t0_ms / 1000
     step = single + 2 * 2 * 8e9 / (b.batch_mfu * 100e12)
     prefill = b.prefill_mfu * 100e12 / 16e9
     assert f.per_user_tokens_per_s == round(1 / step, 1) and f.per_user_tokens_per_s != round(1 / step)
@@ -482,9 +489,12 @@ def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
 
 
 def test_the_single_stream_figure_is_rounded_to_a_tenth():
-    """7e9 bytes at 1000 GB/s on vLLM (t0 = 0): 0.636e12 / 7e9 = 90.857 tokens/s, shown as 90.9."""
+    """7e9 bytes at 1000 GB/s on vLLM: 1 / (7e9 / (e x 1e12) + t0) tokens/s (0.604, 0.26 ms: 84.39), shown to a
+    tenth (84.4), not to the integer."""
+    b = speed.BACKENDS["vllm"]
+    exact = 1 / (7e9 / (b.efficiency * 1e12) + b.t0_ms / 1000)
     f = _fc(backend="vllm", weights_bytes=7e9)
-    assert f.single_stream_tokens_per_s == round(0.636e12 / 7e9, 1) == 90.9
+    assert f.single_stream_tokens_per_s == round(exact, 1) != round(exact)
 
 
 def test_the_fit_works_in_seconds_as_in_milliseconds():
@@ -614,5 +624,6 @@ def test_a_plan_for_an_older_llamacpp_build_forecasts_its_overhead(write_stack):
     assert two_old.single_stream_tokens_per_s == old.speed.single_stream_tokens_per_s
     assert two_old.per_user_tokens_per_s < two_new.per_user_tokens_per_s
     assert service_curve(old, hw).t0_s - service_curve(new, hw).t0_s == pytest.approx(cuda.t0_before_ms / 1000)
-    # a vLLM plan has no llama.cpp build
-    assert _plan(write_stack, "rtx-4090", "vllm").engine_build is None
+    # a vLLM plan carries its version on the same axis (speed.vllm_build of the default flag table's: current era)
+    assert _plan(write_stack, "rtx-4090", "vllm").engine_build == speed.vllm_build(
+        flagcheck._profile("vllm")["default"]) >= speed.VLLM_V1_DEFAULT_BUILD
