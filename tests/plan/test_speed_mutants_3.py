@@ -189,12 +189,14 @@ def test_no_codebook_weights_no_floor_whatever_the_peak():
 
 
 def test_codebook_weights_without_a_peak_no_floor():
-    """codebook_floor_s is 0 when the peak is unknown: step_seconds and single_stream_tokens_per_s with codebook
-    weights and no peak_flops are the read alone."""
+    """codebook_floor_s is 0 when the peak is unknown: step_seconds, single_stream_tokens_per_s and
+    aggregate_tokens_per_s with codebook weights and no peak (peak_flops, peak_tflops) are the read alone."""
     step = 1e9 / (CUDA.efficiency * 1000e9) + CUDA.t0_ms / 1000
     assert speed.step_seconds(1e9, 1000, "cuda", codebook_params=8e9) == pytest.approx(step, rel=1e-12)
     assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", codebook_params=8e9) == pytest.approx(
         1 / step, rel=1e-12)
+    assert speed.aggregate_tokens_per_s(1e9, 0, 1000, "cuda", 1, codebook_params=8e9) == pytest.approx(1 / step,
+                                                                                                       rel=1e-12)
 
 
 def test_forecast_and_step_parts_defaults_add_no_floor():
