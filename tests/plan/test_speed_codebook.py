@@ -226,3 +226,26 @@ def test_an_moe_aggregate_floors_the_union_of_experts():
     got = speed.aggregate_tokens_per_s(1e9, 0, 936, "cuda", 4, active_params=3e9, peak_tflops=71,
                                        experts=ex, codebook_params=3e9)
     assert got == pytest.approx(4 / (floor + CUDA.t0_ms / 1000 + 3 * batch), rel=1e-12)
+
+
+def test_fit_codebook_settles_a_cycling_binding_set_on_the_smaller_error():
+    """mut4's example (e 1, t0 1 ms): A reads 30.5 ms, params/peak 6.27 ms, measured 55.0 ms; B reads 12.7 ms,
+    1.98 ms, measured 9.9 ms. From {A}: f_A = (a/t)(1 - t0/t) / (a/t)^2 over A = 8.62, which binds B too; over {A, B}
+    f_AB = 5.50, which binds A alone: a cycle. The fit returns whichever of the two has the smaller whole-fit error
+    sum(((t0 + max(read, f a)) / t - 1)^2): f_AB (0.27 against 0.68), whatever the number of rounds."""
+    rows = [(30.5e-3, 6.27e-3, 55.0e-3), (12.7e-3, 1.98e-3, 9.9e-3)]  # read, a, t
+    pts = [(read * 1e9, 1.0, 1 / t, a, 1.0) for read, a, t in rows]
+    t0 = 1e-3
+
+    def f_over(sel):
+        return (sum((a / t) * (1 - t0 / t) for _, a, t in sel) / sum((a / t) ** 2 for _, a, t in sel))
+
+    def err(f):
+        return sum(((t0 + max(read, f * a)) / t - 1) ** 2 for read, a, t in rows)
+
+    f_a, f_ab = f_over(rows[:1]), f_over(rows)
+    assert f_a * rows[1][1] > rows[1][0] and f_ab * rows[1][1] < rows[1][0]  # the cycle
+    want = min((f_a, f_ab), key=err)
+    assert want == f_ab
+    assert speed.fit_codebook(pts, 1.0, 1.0) == pytest.approx(want, rel=1e-12)
+    assert speed.fit_codebook(list(reversed(pts)), 1.0, 1.0) == pytest.approx(want, rel=1e-12)
