@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Any
 
 from stackgen import engines
@@ -26,7 +25,7 @@ from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
-from stackgen.plan.speed import CPU_BATCH_MFU, ExpertRouting, StepParts, step_inputs
+from stackgen.plan.speed import CPU_BATCH_MFU, StepParts, step_inputs
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -70,7 +69,8 @@ class ServiceCurve:
     token for each of `decoding` requests and processes `prompt_tokens` prompt tokens.
 
     Two forms. With `backend` set (GPU and Apple instances): speed.py's step (speed.StepParts, built by
-    speed.step_parts, which the plan's forecast is built from too): the fields are its parts and `step_s` its step:
+    speed.step_parts, which the plan's forecast is built from too), held whole in `step` (its parts read
+    through the curve: `curve.t0_s`, `curve.comm_s`, ...), and `step_s` is its step:
     t0 (and tensor parallel's all-reduces, comm_s) + the weights one step of decoding + prompt_tokens tokens reads
     (an MoE model's union of their experts) + each decoding request's KV cache + the prompt tokens' compute + for each
     decoding token past the first its compute at the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
@@ -90,31 +90,24 @@ class ServiceCurve:
     # cost decode_s_per_seq each. 0: every decoding sequence costs decode_s_per_seq.
     decode_tile: int = 0
     tile_s: float = 0.0
-    # speed.py's model (GPU and Apple): the backend it runs as ("": the CPU roofline), its per-step overhead, each
-    # decoding token's compute past the first (2 x active params at batch_mfu_for(kind) of peak), an MoE model's
-    # routing (None: dense).
+    # speed.py's model (GPU and Apple): the backend it runs as ("": the CPU roofline) and its step (speed.StepParts,
+    # the one the plan's forecast is built from); None for the CPU roofline.
     backend: str = ""
-    t0_s: float = 0.0
-    batch_token_s: float = 0.0
-    experts: ExpertRouting | None = None
-    # A partial offload's RAM layers (speed.StepParts): their read at the CPU's rate, their copy over the host link
-    # per token's share, and the micro-batch that copies them once (0: no copies)
-    ram_weights_s: float = 0.0
-    ubatch_copy_s: float = 0.0
-    ubatch: int = 0
-    codebook_s: float = 0.0  # a codebook i-quant's floor beyond the GPU's weight read (speed.StepParts.codebook_s)
-    # Tensor parallel's all-reduces per step (speed.StepParts.comm_s; 0 without tensor parallel)
-    comm_s: float = 0.0
+    step: StepParts | None = None
 
-    @cached_property
+    @property
     def parts(self) -> StepParts | None:
-        """speed.py's step (StepParts) this curve's fields describe; None for the CPU roofline."""
-        if not self.backend:
-            return None
-        return StepParts(self.weights_read_s, self.kv_read_s_per_seq, self.t0_s, self.flop_s_per_token,
-                         self.batch_token_s, self.experts, ram_weights_s=self.ram_weights_s,
-                         ubatch_copy_s=self.ubatch_copy_s, ubatch=self.ubatch, codebook_s=self.codebook_s,
-                         comm_s=self.comm_s)
+        """speed.py's step (StepParts) this curve steps; None for the CPU roofline."""
+        return self.step
+
+    def __getattr__(self, name: str) -> Any:
+        """A part of speed.py's step read through the curve (t0_s, batch_token_s, comm_s, codebook_s, ...): the
+        step's own field, so a new part of StepParts needs nothing here; a CPU roofline's is StepParts' default."""
+        fields = StepParts.__dataclass_fields__
+        if name.startswith("__") or name not in fields:
+            raise AttributeError(name)
+        step = self.__dict__.get("step")
+        return getattr(step, name) if step is not None else fields[name].default
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
         if self.parts is not None:
@@ -163,10 +156,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     if si.gpu_fraction > 0:
         parts = si.parts()
         return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
-                            step_tokens=_step_tokens(sp), backend=si.backend, t0_s=parts.t0_s,
-                            batch_token_s=parts.batch_token_s, experts=parts.experts,
-                            ram_weights_s=parts.ram_weights_s, ubatch_copy_s=parts.ubatch_copy_s,
-                            ubatch=parts.ubatch, codebook_s=parts.codebook_s, comm_s=parts.comm_s)
+                            step_tokens=_step_tokens(sp), backend=si.backend, step=parts)
     # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
     # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
     # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that
