@@ -249,3 +249,40 @@ def test_fit_codebook_settles_a_cycling_binding_set_on_the_smaller_error():
     assert want == f_ab
     assert speed.fit_codebook(pts, 1.0, 1.0) == pytest.approx(want, rel=1e-12)
     assert speed.fit_codebook(list(reversed(pts)), 1.0, 1.0) == pytest.approx(want, rel=1e-12)
+
+
+def _trace_codebook(rows, t0):
+    """fit_codebook's iteration written out: (the binding sets with their f, in order; where the cycle starts)."""
+    sel = [r for r in rows if r[2] - t0 > r[0]]  # measured step past t0 + read
+    seen = []
+    while sel:
+        f = sum((a / t) * (1 - t0 / t) for _, a, t in sel) / sum((a / t) ** 2 for _, a, t in sel)
+        nxt = [r for r in rows if f * r[1] > r[0]]
+        if nxt == sel:
+            return seen + [(sel, f)], None
+        for i, (s, _) in enumerate(seen):
+            if s == sel:
+                return seen, i
+        seen.append((sel, f))
+        sel = nxt
+    return seen, None
+
+
+def test_fit_codebook_takes_the_cycles_best_f_not_its_first_or_smallest():
+    """Four points (read, a = params / peak, measured step; ms; e 1, t0 1 ms) whose binding sets run into a cycle
+    that starts at the third set, and whose smaller-error f is the larger one: the fit returns
+    argmin over the cycle's f of sum(((t0 + max(read, f a)) / t - 1)^2) over every point."""
+    ms = [(13.919, 2.737, 23.099), (14.361, 6.114, 31.56), (21.993, 1.616, 55.122), (14.372, 2.957, 6.924)]
+    rows = [(r * 1e-3, a * 1e-3, t * 1e-3) for r, a, t in ms]
+    t0 = 1e-3
+    seen, start = _trace_codebook(rows, t0)
+    assert start is not None and start > 0  # a cycle, not through the first set
+    cycle = [f for _, f in seen[start:]]
+
+    def err(f):
+        return sum(((t0 + max(read, f * a)) / t - 1) ** 2 for read, a, t in rows)
+
+    want = min(cycle, key=err)
+    assert want == max(cycle) and len(cycle) >= 2
+    pts = [(read * 1e9, 1.0, 1 / t, a, 1.0) for read, a, t in rows]
+    assert speed.fit_codebook(pts, 1.0, 1.0) == pytest.approx(want, rel=1e-12)

@@ -135,3 +135,15 @@ def test_a_cpu_plan_of_a_legacy_file_keeps_ggmls_tiles(tmp_path):
         tiles[fmt] = speed.step_inputs(sp.engine, sp.model, sp.memory, plan.hardware, avg_context=1000,
                                        threads=8).decode_tile
     assert tiles["Q4_0"] == tiles["Q8_0"] == tiles["Q4_K_M"] == speed.GGML_CPU_DECODE_TILE > 0 and tiles["F16"] == 0
+
+
+def test_fit_kinds_gives_legacy_no_slope_where_the_backend_excludes_it():
+    """Two legacy and two block-quantized points at different shares: with "legacy" in the split its own slope comes
+    back; with a split that leaves it out (a backend in LEGACY_SLOPE_EXCLUDED) every point shares one slope."""
+    def pt(b, e, kind):
+        return (b, 100.0, 1 / (b / (e * 100e9) + 0.0005), kind, False)
+    pts = [pt(1e9, 0.6, "quantized"), pt(5e9, 0.6, "quantized"), pt(2e9, 0.8, "legacy"), pt(7e9, 0.8, "legacy")]
+    own = speed.fit_kinds(pts)
+    assert own["legacy"] == pytest.approx(0.8, rel=1e-6) and own["quantized"] == pytest.approx(0.6, rel=1e-6)
+    shared = speed.fit_kinds(pts, ("16bit", "int4-awq"))
+    assert shared["legacy"] == 0.0 and 0.6 < shared["quantized"] < 0.8

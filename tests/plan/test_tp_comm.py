@@ -239,3 +239,16 @@ def load_stack_hw(write_stack, hardware):
     path = write_stack(f"version: 1\nhardware: {hardware}\nservices:\n  s: {{model: llama-3.1-8b-instruct}}\n",
                        name="hw.yaml")
     return load_stack(path).hardware
+
+
+@pytest.mark.parametrize("link, words", [("nvlink", "NVLink"), ("pcie-p2p", "PCIe with P2P"),
+                                         ("pcie", "PCIe without P2P"), ("xgmi", "xgmi")])
+def test_the_plan_names_each_link_in_words(link, words):
+    """Forecast.text: the link's name in words, an unknown one as stated; tp_comm_ms is comm_s in ms to 2 places."""
+    kw = dict(weights_bytes=40e9, kv_bytes_per_stream=0.0, gpu_fraction=1.0, gpu_bandwidth_gbs=8000.0,
+              host_bandwidth_gbs=100.0, active_params=20e9, peak_flops=1e15, prompt_tokens=100)
+    fc = speed.forecast("vllm", streams=1, tensor_parallel=8, layers=126, tp_link=link, **kw)
+    comm = speed.tp_comm_seconds(126, 8, link)
+    assert fc.tp_comm_ms == round(comm * 1000, 2) and fc.tp_link == link
+    assert round(comm * 1001, 2) != fc.tp_comm_ms  # the figure is ms, not a near multiple
+    assert f"each step waits {fc.tp_comm_ms:g} ms for tensor parallel's all-reduces over {words})" in fc.text()
