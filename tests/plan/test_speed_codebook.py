@@ -268,21 +268,44 @@ def _trace_codebook(rows, t0):
     return seen, None
 
 
-def test_fit_codebook_takes_the_cycles_best_f_not_its_first_or_smallest():
+def test_fit_codebook_takes_the_best_visited_f_not_the_first_or_smallest():
     """Four points (read, a = params / peak, measured step; ms; e 1, t0 1 ms) whose binding sets run into a cycle
-    that starts at the third set, and whose smaller-error f is the larger one: the fit returns
-    argmin over the cycle's f of sum(((t0 + max(read, f a)) / t - 1)^2) over every point."""
+    that starts at the third set, and whose smallest-error f is neither the first nor the smallest: the fit returns
+    argmin over every visited set's f of sum(((t0 + max(read, f a)) / t - 1)^2) over every point."""
     ms = [(13.919, 2.737, 23.099), (14.361, 6.114, 31.56), (21.993, 1.616, 55.122), (14.372, 2.957, 6.924)]
     rows = [(r * 1e-3, a * 1e-3, t * 1e-3) for r, a, t in ms]
     t0 = 1e-3
     seen, start = _trace_codebook(rows, t0)
     assert start is not None and start > 0  # a cycle, not through the first set
-    cycle = [f for _, f in seen[start:]]
+    visited = [f for _, f in seen]
 
     def err(f):
         return sum(((t0 + max(read, f * a)) / t - 1) ** 2 for read, a, t in rows)
 
-    want = min(cycle, key=err)
-    assert want == max(cycle) and len(cycle) >= 2
+    want = min(visited, key=err)
+    assert want != visited[0] and want != min(visited)  # neither the first f nor the smallest
+    pts = [(read * 1e9, 1.0, 1 / t, a, 1.0) for read, a, t in rows]
+    assert speed.fit_codebook(pts, 1.0, 1.0) == pytest.approx(want, rel=1e-12)
+
+
+def test_fit_codebook_may_return_a_set_before_the_cycle():
+    """A pre-cycle set's f can fit every point better than any f of the cycle (937 of 12,636 cycles in a random
+    search): the fit takes it. Five points (read, a, step in ms; e 1, t0 1 ms) found so."""
+    rows = None
+    import random
+    rnd = random.Random(7)
+    t0 = 1e-3
+    for _ in range(100000):
+        n = rnd.randint(2, 5)
+        cand = [(rnd.uniform(2e-3, 40e-3), rnd.uniform(0.5e-3, 8e-3), rnd.uniform(3e-3, 60e-3)) for _ in range(n)]
+        seen, start = _trace_codebook(cand, t0)
+        if start:
+            def err(f, cand=cand):
+                return sum(((t0 + max(read, f * a)) / t - 1) ** 2 for read, a, t in cand)
+            best = min((f for _, f in seen), key=err)
+            if best not in [f for _, f in seen[start:]]:
+                rows, want = cand, best
+                break
+    assert rows is not None
     pts = [(read * 1e9, 1.0, 1 / t, a, 1.0) for read, a, t in rows]
     assert speed.fit_codebook(pts, 1.0, 1.0) == pytest.approx(want, rel=1e-12)

@@ -147,3 +147,18 @@ def test_fit_kinds_gives_legacy_no_slope_where_the_backend_excludes_it():
     assert own["legacy"] == pytest.approx(0.8, rel=1e-6) and own["quantized"] == pytest.approx(0.6, rel=1e-6)
     shared = speed.fit_kinds(pts, ("16bit", "int4-awq"))
     assert shared["legacy"] == 0.0 and 0.6 < shared["quantized"] < 0.8
+
+
+def test_fit_kinds_with_a_build_era_keeps_the_backends_split():
+    """The build-era branch of fit_kinds (2+ points of each era) honours `split` too: points made exactly from
+    t = x / e_kind + t0 (+ t0_before for the older builds) give back e_legacy 0.8 with "legacy" in the split, and no
+    legacy slope (0.0) without it."""
+    def pt(b, e, kind, old):
+        return (b, 100.0, 1 / (b / (e * 100e9) + 0.0005 + (0.001 if old else 0.0)), kind, old)
+    pts = [pt(1e9, 0.6, "quantized", False), pt(5e9, 0.6, "quantized", True), pt(3e9, 0.6, "quantized", True),
+           pt(2e9, 0.8, "legacy", False), pt(7e9, 0.8, "legacy", True), pt(4e9, 0.6, "quantized", False)]
+    own = speed.fit_kinds(pts)
+    assert own["legacy"] == pytest.approx(0.8, rel=1e-6) and own["quantized"] == pytest.approx(0.6, rel=1e-6)
+    assert own["t0_ms"] == pytest.approx(0.5, rel=1e-6) and own["t0_before_ms"] == pytest.approx(1.0, rel=1e-6)
+    shared = speed.fit_kinds(pts, ("16bit", "int4-awq"))
+    assert shared["legacy"] == 0.0
