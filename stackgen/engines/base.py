@@ -309,11 +309,9 @@ class Engine:
             return int(m.group(1))
         if self.flags is None:
             return None
-        from stackgen.engines.flagcheck import _profile
+        from stackgen.engines.flagcheck import table_version
 
-        prof = _profile(self.name)
-        real = (prof.get("aliases") or {}).get(version, version)
-        return self.default_build if real == str(prof.get("default")) else None
+        return self.default_build if table_version(self.name, version) == table_version(self.name) else None
 
     def speed_build(self, version: str | None) -> int | None:
         """Where the engine version a plan is for (the stack's engine_version; none given: the default flag table's)

@@ -66,11 +66,19 @@ def known_versions(engine: str) -> list[str]:
     return sorted(set(prof["versions"]) | set(prof.get("aliases") or {}))
 
 
+def table_version(engine: str, version: str | None = None, prof: dict | None = None) -> str:
+    """The version a stack's engine_version names in `engine`'s flag-table profile: none given -> the documented
+    default; an alias -> the version it stands for; anything else as given (it may name no table)."""
+    prof = prof if prof is not None else _profile(engine)
+    asked = version or str(prof["default"])
+    return (prof.get("aliases") or {}).get(asked, asked)
+
+
 def table(engine: str, version: str | None = None) -> FlagTable:
     """The flag table for `engine` at `version` (default: the documented one); RenderError for unknown versions."""
     prof = _profile(engine)
     asked = version or str(prof["default"])
-    real = (prof.get("aliases") or {}).get(asked, asked)
+    real = table_version(engine, version, prof)
     if real not in prof["versions"]:
         raise RenderError(f"stackgen has no {engine} flag table for version {asked!r}; known: "
                           f"{', '.join(known_versions(engine))} (leave engine_version out for {prof['default']})")

@@ -93,11 +93,9 @@ class Vllm(Engine):
         default flag table's, profiles/engines/vllm.yaml) encoded by speed.vllm_build, whose era (V0 before 0.8.0)
         picks the vLLM line's per-step overhead. A detected host's vLLM is not probed: its plan is for engine_version
         or the default, both current-era today."""
-        from stackgen.engines.flagcheck import _profile
+        from stackgen.engines.flagcheck import table_version
         from stackgen.plan.speed import vllm_build
-        prof = _profile(self.name)
-        asked = version or str(prof["default"])
-        return vllm_build((prof.get("aliases") or {}).get(asked, asked))
+        return vllm_build(table_version(self.name, version))
 
     def plan_multinode(self, model, workload, head, nodes, w) -> MemoryPlan:
         return plan_vllm_multinode(model, workload, head, len(nodes), w.bytes, w.format, w.source)
