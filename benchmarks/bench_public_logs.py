@@ -130,6 +130,16 @@ def speed_rows() -> list[str]:
         if errs:
             out.append(f"- {kind}: {len(errs)} points, mean |error| {100 * sum(errs) / len(errs):.1f}%, "
                        f"max {100 * max(errs):.1f}%")
+    out.append("\nBy corpus (decode_speed.yaml's `corpus:` tag; none: the first 115 points; each corpus's candidates file in "
+               "benchmarks/results/ says how its points were chosen; tests/plan/test_public_logs.py::SPEED_FLOORS keeps "
+               "each count from falling):")
+    by_corpus: dict[str, list[float]] = {}
+    for p in pts:
+        by_corpus.setdefault(p.get("corpus") or "none", []).append(abs(predict_decode(p) / p["tokens_per_s"] - 1))
+    for tag in sorted(by_corpus, key=lambda t: (t != "none", t)):
+        e = by_corpus[tag]
+        out.append(f"- {tag}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15% ({100 * sum(x <= 0.15 for x in e) / len(e):.0f}%), "
+                   f"{sum(x <= 0.25 for x in e)} within 25%, mean |error| {100 * sum(e) / len(e):.1f}%")
     out.append("\ncodebook fit: held out of the line's e and t0, the points speed.fit_codebook fits the codebook "
                "i-quant floor on (speed.Backend.codebook_flop_per_weight; benchmarks/results/iquant-candidates.md).")
     if dated:
