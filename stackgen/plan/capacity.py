@@ -25,7 +25,7 @@ from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
-from stackgen.plan.speed import CPU_BATCH_MFU, StepParts, step_inputs
+from stackgen.plan.speed import CPU_BATCH_MFU, StepParts, mean_context, step_inputs
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -145,7 +145,7 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     compute takes longer sets the step."""
     m = engine_core(memory or sp.memory)  # a data-parallel plan: one engine core's share (one copy of the weights)
     model, wl = sp.model, sp.workload
-    avg_ctx = min(m.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
+    avg_ctx = mean_context(m, wl)
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
     si = step_inputs(sp.engine, model, m, hw, avg_context=avg_ctx, threads=n_threads,
                      build=getattr(sp, "engine_build", None), instances=instances)

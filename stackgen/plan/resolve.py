@@ -17,6 +17,7 @@ from stackgen.host.facts import HostFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, with_replicas
+from stackgen.plan.speed import mean_context
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -200,7 +201,7 @@ def _layout_speed(sp: ServicePlan, hw: HardwareSpec) -> ServicePlan:
     from stackgen.plan.speed import fleet_forecast
 
     inst, wl = instance_of(sp, hw), sp.workload
-    avg_ctx = min(inst.memory.context_per_request, wl.prompt_tokens + wl.output_tokens // 2)
+    avg_ctx = mean_context(inst.memory, wl)
     roofline, bottleneck = predict_decode_tokens_per_s(sp.model, inst.memory, inst.hardware, avg_ctx)
     return replace(sp, speed=fleet_forecast(sp, hw, wl.concurrent_users), predicted_decode_tokens_per_s=roofline,
                    bottleneck=bottleneck)
@@ -537,7 +538,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     mem = chosen.memory
     assert mem is not None
     port = svc.spec.port or _free_port(engine.default_port, used_ports)
-    avg_ctx = min(mem.context_per_request, svc.workload.prompt_tokens + svc.workload.output_tokens // 2)
+    avg_ctx = mean_context(mem, svc.workload)
     if topology is not None:
         speed, bottleneck = _multinode_speed(svc, mem, stack.nodes[: len(topology.nodes)], hw, avg_ctx)
     else:

@@ -1273,6 +1273,13 @@ class StepInputs:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "backend"}
 
 
+def mean_context(memory, workload) -> int:
+    """The context a stream's decode step reads on average: its prompt and half its output, at most the context a
+    request is planned for (memory.context_per_request). One figure for the plan's roofline and forecast and the
+    fleet simulator's curves, so they read the same KV cache."""
+    return min(memory.context_per_request, workload.prompt_tokens + workload.output_tokens // 2)
+
+
 def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, calibration=None,
                 build: int | None = None, instances: int = 1) -> StepInputs:
     """The step inputs of one instance of `engine` serving `model` with memory plan `mem` (one instance's, one engine
@@ -1397,7 +1404,7 @@ def fleet_forecast(sp, hw, users: int) -> Forecast:
         return service_forecast(sp.engine, sp.model, mem, inst.hardware, users=u, prompt_tokens=wl.prompt_tokens,
                                 threads=inst.threads, calibration=sp.calibration, output_tokens=wl.output_tokens,
                                 build=getattr(sp, "engine_build", None),
-                                avg_context=min(mem.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
+                                avg_context=mean_context(mem, wl))
 
     count = inst.count
     base, extra = divmod(max(1, users), count)

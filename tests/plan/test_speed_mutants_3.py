@@ -223,3 +223,11 @@ def test_forecast_and_step_parts_defaults_are_no_tensor_parallel(tp, layers):
     assert parts.comm_s == 0.0 and parts.single_s() == pytest.approx(step, rel=1e-12)
     fc = speed.forecast("vllm", **kw, **extra, streams=1, prompt_tokens=0)
     assert fc.single_stream_tokens_per_s == round(1 / step, 1)
+
+
+def test_mean_context_is_prompt_and_half_the_output_capped_at_the_request_context():
+    """speed.mean_context: what a decode step reads on average (the plan's roofline, forecast and the simulator)."""
+    from types import SimpleNamespace as NS
+    wl = NS(prompt_tokens=800, output_tokens=601)
+    assert speed.mean_context(NS(context_per_request=4096), wl) == 800 + 300
+    assert speed.mean_context(NS(context_per_request=1000), wl) == 1000
