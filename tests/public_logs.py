@@ -380,3 +380,57 @@ def arm_figures(points: list[dict], fitted, legacy: bool) -> dict:
         out["backends"][backend] = {"params": b, "held": sum(within[id(p)] for p in held), "held_n": len(held),
                                     "loo": loo, "fitted_n": len(fit_pts)}
     return out
+
+
+# --- the cuda-board refit arm (benchmarks/results/cuda-board-candidates.md, rule 4; pre-registered) ---
+
+def refit_arm(points: list[dict], fitted, backends: tuple[str, ...]) -> dict:
+    """Rule 4 of the cuda-board task, one arm per backend in `backends`: that backend's line refitted (fit_kinds with
+    its adopted kinds, speed.split_kinds; the CUDA codebook floor refitted at that line, as arm_backends does) on the
+    points `fitted(p)` selects, every other line as speed.BACKENDS has it. Per backend: today's and the refit's
+    figures -- its held-out points (not `fitted`, outliers aside) within 15%, leave-one-out within 15% over its fitted
+    points (today's fitted set today, the refit's for the refit) as (count, n) -- and, per corpus tag (None: the
+    first 115 points), the count within 15% under the refit."""
+    from dataclasses import replace
+    from stackgen.plan import speed
+
+    def close(ps):
+        return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
+
+    def loo(ps, split):
+        sel, n = [fit_point(p) for p in ps], 0
+        for i, p in enumerate(ps):
+            f = speed.fit_kinds(sel[:i] + sel[i + 1:], split)
+            eff = f.get(p.get("weights", "quantized")) or f["quantized"]
+            t = (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
+                 + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
+            n += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
+        return n, len(ps)
+
+    tags = sorted({p.get("corpus") for p in points}, key=str)
+    out = {}
+    for backend in backends:
+        b, split = speed.BACKENDS[backend], speed.split_kinds(backend)
+        mine = [p for p in points if p["backend"] == backend and not p.get("outlier")]
+        today_fit = [p for p in mine if not p.get("held_out")]
+        new_fit = [p for p in mine if fitted(p)]
+        held = [p for p in mine if not fitted(p)]
+        f = speed.fit_kinds([fit_point(p) for p in new_fit], split)
+        nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
+                     efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"],
+                     t0_before_ms=f["t0_before_ms"], fitted_on=len(new_fit))
+        if b.codebook_flop_per_weight:
+            cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
+                   nb.t0_before_ms if older_build(p) else 0.0) for p in mine if p.get("codebook_fit")]
+            nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
+        today = {"held": close(held), "loo": loo(today_fit, split),
+                 "corpora": {t: close([p for p in points if p.get("corpus") == t]) for t in tags}}
+        saved = speed.BACKENDS[backend]
+        try:
+            speed.BACKENDS[backend] = nb
+            refit = {"held": close(held), "loo": loo(new_fit, split),
+                     "corpora": {t: close([p for p in points if p.get("corpus") == t]) for t in tags}}
+        finally:
+            speed.BACKENDS[backend] = saved
+        out[backend] = {"params": nb, "held_n": len(held), "today": today, "refit": refit}
+    return out

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from public_logs import (arm_backends, arm_figures, fit_point, older_build, predict_decode, predict_llamacpp_case,
-                         predict_ollama_case, today_fitted,
+                         predict_ollama_case, refit_arm, today_fitted,
                          predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB
@@ -269,6 +269,38 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     assert all(p.get("held_out") for p in POINTS if p.get("corpus") == "metal-m1")
 
 
+def test_cuda_board_refit_follows_its_preregistered_rules():
+    """Rule 4 of cuda-board (benchmarks/results/cuda-board-candidates.md, fixed before any prediction): the 1st, 3rd,
+    5th ... of the board's rows in fixture order join their backend's fit, the 2nd, 4th ... stay held out; per backend
+    the refit is adopted only if (a) the first 115 points keep at least 94 within 15%, (b) the backend's held-out
+    points (its earlier ones plus the even rows) within 15% rise against today's line, (c) every other corpus keeps
+    its SPEED_FLOORS count and (d) the backend's leave-one-out within-15% share over its fitted points does not fall.
+    As recorded: cuda (17 -> 31 fitted) keeps 35 of 41 held out within 15% (no rise) and moves the first 115 from 94
+    to 93; cuda-datacenter (2 -> 5 fitted, the K80 among them) 2 -> 1 of 4 held out, the first 115 to 92. Neither is
+    adopted: both lines stand and every row stays held out. This recomputes both arms; if the corpus changes so that
+    a backend's verdict flips, this fails and the refit should be revisited."""
+    board = [p for p in POINTS if p.get("corpus") == "cuda-board"]
+    odd = {id(p) for p in board[::2]}
+
+    def fitted(p):
+        return (not p.get("outlier") and not p.get("held_out")) or id(p) in odd
+    arms = refit_arm(POINTS, fitted, ("cuda", "cuda-datacenter"))
+    floors = {c: w for c, _, w, _ in SPEED_FLOORS if c not in (None, "cuda-board")}
+    verdict = {}
+    for backend, a in arms.items():
+        t, r = a["today"], a["refit"]
+        rules = (r["corpora"][None] >= 94, r["held"] > t["held"],
+                 all(r["corpora"][c] >= w for c, w in floors.items()),
+                 r["loo"][0] * t["loo"][1] >= t["loo"][0] * r["loo"][1])
+        verdict[backend] = rules
+        assert t["corpora"][None] >= 94  # today's line keeps the first 115's floor
+    assert not all(verdict["cuda"]) and not all(verdict["cuda-datacenter"])
+    assert not verdict["cuda"][0] and not verdict["cuda"][1]  # the reasons recorded: (a) and (b) fail
+    assert not verdict["cuda-datacenter"][0] and not verdict["cuda-datacenter"][1]
+    assert all(p.get("held_out") for p in board)
+    assert speed.BACKENDS["cuda"].fitted_on == 17 and speed.BACKENDS["cuda-datacenter"].fitted_on == 2
+
+
 def test_fit_never_returns_a_negative_overhead():
     """Two points whose straight line crosses below zero: the fit is the through-origin one (t0 = 0)."""
     pts = [(3.82e9, 347.0, 56.29), (4.92e9, 760.0, 111.95)]
@@ -315,11 +347,15 @@ def test_engine_points_check_the_line_their_plans_use():
 # - iquant (iquant-candidates.md): 11 held-out CUDA i-quant points and their controls, 7 -> 11 with the codebook floor.
 # - vllm2 (vllm-candidates.md): 19 vLLM points, 2 -> 10 with the V0-era term; its split into 9 fitted and 10 held out
 #   was fixed before the fit and is checked below (each half keeps 5 within 15%).
+# - cuda-board (cuda-board-candidates.md): 34 held-out rows of llama.cpp's CUDA scoreboard (discussion 15013, llama
+#   7B Q4_0 tg128, Kepler to Blackwell), 24 within 15% (Ampere 5/5, Ada 7/7, Blackwell 10/11; Turing 1/4, the
+#   datacenter line's current-build L40/A40/A30/V100 under, the K80 and M40 without dp4a over).
 SPEED_FLOORS = [
     (None, 115, 94, 0.0),
     ("metal-m1", 83, 62, 0.74),
     ("iquant", 11, 11, 0.0),
     ("vllm2", 19, 10, 0.52),
+    ("cuda-board", 34, 24, 0.70),
 ]
 
 
@@ -339,11 +375,11 @@ def test_every_speed_point_has_a_floor():
 
 
 def test_held_out_corpora_stay_held_out():
-    """metal-m1 and iquant were taken as held-out points (their candidates files); vllm2's fitted/held-out split was
-    fixed before the fit (vllm-candidates.md), each half keeping 5 within 15%."""
+    """metal-m1, iquant and cuda-board were taken as held-out points (their candidates files); vllm2's fitted/held-out
+    split was fixed before the fit (vllm-candidates.md), each half keeping 5 within 15%."""
     def close(ps):
         return sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
-    assert all(p.get("held_out") for p in POINTS if p.get("corpus") in ("metal-m1", "iquant"))
+    assert all(p.get("held_out") for p in POINTS if p.get("corpus") in ("metal-m1", "iquant", "cuda-board"))
     v2 = [p for p in POINTS if p.get("corpus") == "vllm2"]
     v2_fit, v2_held = [p for p in v2 if not p.get("held_out")], [p for p in v2 if p.get("held_out")]
     assert (len(v2_fit), len(v2_held)) == (9, 10)
