@@ -100,6 +100,17 @@ def _era(p: dict) -> str:
     return f"before {_cut(p['backend'], cut)}" if older_build(p) else "current"
 
 
+def _amd_family(gpu: str) -> str:
+    """An AMD GPU's family from a decode_speed.yaml gpu: (AMD's product lines: Instinct = CDNA; RX 6000 / PRO V620 =
+    RDNA2; RX 7000 / PRO W7000 = RDNA3; RX 9000 / AI PRO R9700 = RDNA4; Radeon 8060S / 780M iGPUs = APU)."""
+    import re
+    for family, pat in (("CDNA", r"Instinct|\bMI\d"), ("APU", r"8060S|780M|890M"), ("RDNA4", r"RX 9\d{3}|R9700"),
+                        ("RDNA2", r"RX 6\d{3}|V620"), ("RDNA3", r"RX 7\d{3}|W7\d{3}")):
+        if re.search(pat, gpu):
+            return family
+    return "other"
+
+
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
     out = ["| point | backend | weights | build | era | set | predicted tok/s | measured | ratio |",
@@ -193,6 +204,23 @@ def speed_rows() -> list[str]:
             out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
                        f"25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}, extra {extra[0]:+.1f}..{extra[-1]:+.1f} ms "
                        f"(median {extra[len(extra) // 2]:+.1f})")
+    rb = [p for p in pts if p.get("corpus") == "rocm-board"]
+    if rb:
+        # by AMD GPU family, which the by-corpus summary cannot show: the board's Instinct (CDNA) rows miss one way
+        # while its RDNA3 / APU rows sit on the line (benchmarks/results/rocm-board-candidates.md)
+        rocm = [p for p in pts if p["backend"] == "rocm" and not p.get("outlier")]
+        out.append(f"\nrocm-board (benchmarks/results/rocm-board-candidates.md): {len(rb)} held-out ROCm points (llama.cpp "
+                   f"discussion 15021's scoreboard as quoted, issue 13565) by GPU family (from gpu:), then all "
+                   f"{len(rocm)} ROCm points (fitted and held out) by family:")
+        for label, ps in (("rocm-board", rb), ("all rocm", rocm)):
+            groups: dict[str, list[float]] = {}
+            for p in ps:
+                groups.setdefault(_amd_family(p["gpu"]), []).append(predict_decode(p) / p["tokens_per_s"])
+            for g in sorted(groups):
+                rs = groups[g]
+                e = [abs(x - 1) for x in rs]
+                out.append(f"- {label}, {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
+                           f"{sum(x <= 0.25 for x in e)} within 25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
     out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
                "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
                "(planned as the current era); a vLLM point's version (`(date)`: the newest release by the source's "

@@ -407,8 +407,13 @@ BACKENDS = {
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=1.73, prefill_mfu=0.926),
     # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; held out: the RX 7900
     # XTX Q5_K_M row of the same table (-7%) and corpus2's 2026 RX 9070 XT (Qwen3 4B +0%, 8B -18%), RX 7900 XT and
-    # XTX (Qwen3.8-27B, +3%).
-    "rocm": Backend(0.700, 2.14, fitted_on=2, error=0.20, prefill_mfu=0.426),
+    # XTX (Qwen3.8-27B, +3%). Also held out: the rocm-board corpus (benchmarks/results/rocm-board-candidates.md),
+    # llama 7B Q4_0 tg128 rows of the ROCm scoreboard (ggml-org/llama.cpp discussion 15021) and issue 13565: RDNA3
+    # -24..-2%, Strix Halo -13%, but the Instinct (CDNA) rows +36..+47% (MI300X, MI210, MI100 read far less of their
+    # HBM than this line assumes). error 0.20 -> 0.40: 9 in 10 of the backend's 14 points are within 38% (the 13th
+    # largest, MI100's +38%); the pre-registered refit with the corpus's odd rows fitted was not adopted (its rule 4b:
+    # the held-out points within 15% stay 4 of 8), so the line is still the 2 points'.
+    "rocm": Backend(0.700, 2.14, fitted_on=2, error=0.40, prefill_mfu=0.426),
     # mlx-lm: 5 points (4B 4-bit to 70B bf16, M2 Ultra, M3 Pro x 2, M4 Pro at 32k context, M4 Max 6-bit), within 8%;
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
