@@ -21,6 +21,14 @@ from stackgen.plan.speed import mean_context
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
+# NVIDIA GPUs below compute capability 5.0 (Kepler: K80, K40) are below CUDA 12's and llama.cpp's default build's
+# lowest architecture (ggml/src/ggml-cuda/CMakeLists.txt: "50 == Maxwell, lowest CUDA 12 standard"): the decode lines
+# in speed.py are not fitted on them, and the one public point (discussion 15013's K80) decodes at 0.37 of the line.
+OLD_CUDA_CC = 5.0
+OLD_CUDA_WARNING = ("compute capability {cc} is below 5.0, the lowest CUDA 12 and llama.cpp's default build target: "
+                    "it needs a CUDA 11 build for its architecture, and the decode forecast is not checked on such GPUs "
+                    "(a Tesla K80 decoded at 0.37 of what it would predict)")
+
 HW_APPLE, HW_CUDA, HW_AMD_CONSUMER, HW_INTEL, HW_CPU = "apple", "cuda-rocm", "amd-consumer", "intel", "cpu"
 
 
@@ -554,6 +562,10 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     if stack.serve.api_key_env and engine.api_key is None:
         warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
                         "which is why it stays on loopback")
+    old_cc = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability
+              and float(g.compute_capability) < OLD_CUDA_CC]
+    if old_cc and chosen.engine in ("llama.cpp", "ollama"):
+        warnings.append(OLD_CUDA_WARNING.format(cc=old_cc[0]))
     if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(

@@ -135,3 +135,18 @@ def test_hint_offers_the_longest_context_that_fits(write_stack):
         with pytest.raises(PlanError):
             plan(write_stack, stack.format(ctx=ctx * 2))
     assert line.startswith("Each of these fits: `quant: fp8` (vLLM fits it: ")
+
+
+@pytest.mark.parametrize("cc, engine, warned", [("3.7", "llama.cpp", True), ("3.7", "ollama", True),
+                                                ("5.2", "llama.cpp", False), (None, "llama.cpp", False)])
+def test_a_gpu_below_compute_capability_5_is_outside_the_forecast(write_stack, cc, engine, warned):
+    """A Kepler GPU (the K80) is below CUDA 12's and llama.cpp's default build's lowest architecture, and the decode
+    lines are not fitted on it (its public point decodes at 0.37 of the line): the plan says so; Maxwell (5.2) and
+    a GPU whose compute capability is not known plan without the warning."""
+    cc_line = f", compute_capability: '{cc}'" if cc else ""
+    sp = plan(write_stack, "hardware: {gpus: [{vendor: nvidia, name: Tesla K80, memory_gib: 12, bandwidth_gbs: 240, "
+              f"count: 1, tier: datacenter{cc_line}}}], memory_gib: 64, memory_bandwidth_gbs: 50, "
+              "cpu: {cores: 8, threads: 16}}\nworkload: dev-loop\nservices:\n"
+              f"  s: {{model: qwen2.5-0.5b-instruct, engine: {engine}}}\n").services[0]
+    got = [w for w in sp.warnings if "below 5.0" in w]
+    assert got == ([resolve.OLD_CUDA_WARNING.format(cc=cc)] if warned else [])
