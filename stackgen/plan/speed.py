@@ -424,7 +424,15 @@ BACKENDS = {
     # mlx-lm: 5 points (4B 4-bit to 70B bf16, M2 Ultra, M3 Pro x 2, M4 Pro at 32k context, M4 Max 6-bit), within 8%;
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
-    "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.25, prefill_mfu=0.667),
+    # The mlx-lm corpus (benchmarks/results/mlx-lm-candidates.md: 33 more public points, all held out) checks it: 24
+    # within 15%, among them all 19 rows of mlx-examples issue 1029's M3 Max 70B table (0.7k-30k prompt tokens,
+    # -11%..0%). Its misses set the stated error, 0.35 (the 90th percentile of the 41 points, 32%, rounded up): the
+    # M1 Ultra 64 GB LM Studio rows (lmstudio-ai/mlx-engine issue 113, +25..+32%: 0.63-0.65 of 800 GB/s read) and,
+    # past it, the March 2024 rows of mlx-examples PR 515 (2.4-3.5x over: that build read 18-30% of the bandwidth).
+    # Refitting on half of the corpus (its odd rows) was tried under rules fixed before the fit and failed them
+    # (t0 2.29 -> 11.1 ms; held-out within 15% 14 -> 12 of 19, leave-one-out 5 of 5 -> 13 of 22, the first 115
+    # 94 -> 91): the line stays the fit of its 5 points.
+    "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.35, prefill_mfu=0.667),
     # vLLM: 15 fitted single-stream points -- 6 of V1-era and other runs (RTX 4090 4B fp8, 2 x H100 TP 2 72B bf16,
     # RTX 5090 4B bf16, GH200 Gemma 4 31B bf16, 4 x RTX 3090 TP 4 27B fp8; the 2023 RTX 3090 Llama 2 7B AWQ run) and
     # 9 rows of the Qwen2.5 speed table (vLLM 0.6.3, one A100 80GB, batch 1, 0.5B-32B BF16 / GPTQ-Int4 / AWQ: the 1st,

@@ -406,6 +406,10 @@ def test_engine_points_check_the_line_their_plans_use():
 # - metal-k (metal-k-candidates.md): 15 held-out Apple-GPU points across quant families, 7 within 15% (ggml CI's M4
 #   pythia 1.4B in 11 types: F16, Q2_K, Q3_K within; Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 and Q4_K/Q5_K/Q6_K 16-22% under; PR
 #   2917's M2 Ultra Q8_0/Q4_0/Q4_1 and the M3 Ultra 70B Q4_K_M within).
+# - mlx-lm (mlx-lm-candidates.md): 33 held-out mlx-lm points (M1 Max/Pro/Ultra, M2 Ultra, M3 Max; 29 4-bit, 4 8-bit),
+#   24 within 15% on today's MLX line: the 19 M3 Max 70B rows at 0.3k-30k context all in, the March 2024 PR 515 rows
+#   (2.4-3.5x over) and the M1 Ultra 64 GB LM Studio rows (+25..+32%) out. Its optional refit arm failed its rules
+#   (test_mlx_lm_refit_arm_failed_its_rules).
 SPEED_FLOORS = [
     (None, 115, 94, 0.0),
     ("metal-m1", 83, 62, 0.74),
@@ -414,6 +418,7 @@ SPEED_FLOORS = [
     ("cuda-board", 34, 24, 0.70),
     ("rocm-board", 7, 3, 0.42),
     ("metal-k", 15, 7, 0.46),
+    ("mlx-lm", 33, 24, 0.72),
 ]
 
 
@@ -510,6 +515,54 @@ def test_held_out_corpora_stay_held_out():
     v2_fit, v2_held = [p for p in v2 if not p.get("held_out")], [p for p in v2 if p.get("held_out")]
     assert (len(v2_fit), len(v2_held)) == (9, 10)
     assert close(v2_fit) >= 5 and close(v2_held) >= 5
+
+
+def _arm_counts(fitted):
+    """An arm's MLX figures (arm_figures) and, with the arm's MLX line (every other backend keeping its own), each
+    corpus's count within 15%."""
+    figs = arm_figures(POINTS, fitted, True)
+    arms = arm_backends(POINTS, fitted, True)
+    saved = dict(speed.BACKENDS)
+    try:
+        speed.BACKENDS["mlx"] = arms["mlx"][0]  # only MLX's line moves in this arm (the others keep theirs)
+        counts = {}
+        for p in POINTS:
+            counts[p.get("corpus")] = counts.get(p.get("corpus"), 0) + (abs(predict_decode(p) / p["tokens_per_s"] - 1)
+                                                                         <= 0.15)
+    finally:
+        speed.BACKENDS.clear()
+        speed.BACKENDS.update(saved)
+    return figs["backends"]["mlx"], counts
+
+
+def test_mlx_lm_refit_arm_failed_its_rules():
+    """benchmarks/results/mlx-lm-candidates.md, rule 2: the mlx-lm rows in fixture order, the odd ones (1st, 3rd, ...)
+    added to MLX's fitted points, the even ones held out; adopted only if (a) MLX's held-out count within 15% rises
+    against today's line on the same points, (b) MLX's leave-one-out share does not fall, (c) the first 115 keep >= 94
+    within 15%, (d) every other SPEED_FLOORS row holds. Recomputed here: it fails (a), (b) and (c), so BACKENDS["mlx"]
+    stays the fit of its 5 points (test_backend_parameters_are_the_fit_of_the_points_not_held_out)."""
+    ml = [p for p in POINTS if p.get("corpus") == "mlx-lm"]
+    assert len(ml) == 33 and all(p.get("held_out") for p in ml)
+    odd = {p["id"] for p in ml[0::2]}
+    def today(p):
+        return not p.get("held_out")
+    def refit(p):
+        return today(p) or p["id"] in odd
+    t_mlx, t_counts = _arm_counts(today)
+    r_mlx, r_counts = _arm_counts(refit)
+    held = [p for p in POINTS if p["backend"] == "mlx" and not p.get("outlier") and not refit(p)]
+    today_held = sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in held)
+    rules = {"a": r_mlx["held"] > today_held,
+             "b": r_mlx["loo"] / r_mlx["fitted_n"] >= t_mlx["loo"] / t_mlx["fitted_n"],
+             "c": r_counts[None] >= 94,
+             "d": all(r_counts.get(c, 0) >= within for c, _, within, _ in SPEED_FLOORS if c not in (None, "mlx-lm"))}
+    assert rules == {"a": False, "b": False, "c": False, "d": True}
+    assert not all(rules.values()) and speed.BACKENDS["mlx"].fitted_on == t_mlx["fitted_n"] == 5
+    # the figures recorded in mlx-lm-candidates.md and speed.py's comment
+    assert (len(held), today_held, r_mlx["held"]) == (19, 14, 12)
+    assert (t_mlx["loo"], r_mlx["loo"], r_mlx["fitted_n"]) == (5, 13, 22)
+    assert (t_counts[None], r_counts[None], t_counts["mlx-lm"], r_counts["mlx-lm"]) == (94, 91, 24, 21)
+    assert r_mlx["params"].t0_ms == pytest.approx(11.13, abs=0.01)
 
 
 def test_fit_recovers_known_parameters():
