@@ -221,6 +221,39 @@ def speed_rows() -> list[str]:
                 e = [abs(x - 1) for x in rs]
                 out.append(f"- {label}, {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
                            f"{sum(x <= 0.25 for x in e)} within 25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+    vk = [p for p in pts if p.get("corpus") == "vulkan-board"]
+    if vk:
+        # the board runs one model on every card: its rows split by vendor and by the driver the source names show
+        # whether the one Vulkan line fits some of them and not others (a question for the data: no term is fitted)
+        def vendor(p):
+            return "NVIDIA" if p["gpu"].startswith("RTX") else "Intel" if p["gpu"].startswith("Arc") else "AMD"
+
+        def driver(p):
+            src = p["source"]
+            return ("RADV" if "driver RADV" in src else "NVIDIA proprietary" if "driver NVIDIA proprietary" in src
+                    else "not stated")
+        out.append(f"\nvulkan-board (benchmarks/results/vulkan-board-candidates.md): {len(vk)} held-out rows of llama.cpp "
+                   f"discussion 10879's summary (llama 2 7B Q4_0 tg128, FA off), by vendor and by the driver the source "
+                   f"names:")
+        groups: dict[str, list[float]] = {"all": []}
+        for p in vk:
+            r = predict_decode(p) / p["tokens_per_s"]
+            for g in ("all", f"vendor {vendor(p)}", f"driver {driver(p)}"):
+                groups.setdefault(g, []).append(r)
+        for g, rs in groups.items():
+            e = [abs(x - 1) for x in rs]
+            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
+                       f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+        # repeats: the same card in the fixture's other Vulkan points (other models, hosts, builds, drivers); the
+        # spread of their ratios is the noise one line cannot remove
+        out.append("Repeats of a board GPU among the fixture's Vulkan points, outliers aside (predicted/measured; spread: "
+                   "max / min):")
+        for p in vk:
+            same = [q for q in pts if q["backend"] == "vulkan" and q["gpu"] == p["gpu"] and not q.get("outlier")]
+            if len(same) > 1:
+                rs = {q["id"]: predict_decode(q) / q["tokens_per_s"] for q in same}
+                out.append(f"- {p['gpu']}: " + ", ".join(f"{k} {v:.2f}" for k, v in rs.items())
+                           + f"; spread {max(rs.values()) / min(rs.values()):.2f}")
     out.append("\nbuild: the llama.cpp build, as the source prints it or `(date)`: estimated from the source's date "
                "(decode_speed.yaml's header); a month alone where that straddles an era boundary; blank: unknown "
                "(planned as the current era); a vLLM point's version (`(date)`: the newest release by the source's "

@@ -323,8 +323,13 @@ BACKENDS = {
     # than the one line, on the same desktop host and build range. The 2025-2026 held-out
     # points (corpus2): 5 of 7 within 15% (RX 9070 XT b10298, RX 7900 XTX on AMD's Windows driver, R9700, 8060S),
     # and two AMD cards on RADV read far slower than the line: the RX 9070 XT on a Raspberry Pi 5 (+175%, a 3B) and
-    # the RX 7900 XTX under Mesa 26.1 (+43%, a 27B). Stated error: 9 in 10 of the 15 points within 45%.
-    "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.45, prefill_mfu=0.421),
+    # the RX 7900 XTX under Mesa 26.1 (+43%, a 27B). vulkan-board (benchmarks/results/vulkan-board-candidates.md): 13
+    # held-out rows of llama.cpp discussion 10879's Vulkan summary (llama 2 7B Q4_0 tg128, one per GPU, FA off), 8
+    # within 15% (NVIDIA 3 of 3, AMD 5 of 9, Intel 0 of 1); the two Vega 20 cards (MI50, Radeon Pro VII, 1024 GB/s
+    # HBM2) read at 0.40 of it, +66% and +70%, two rows agreeing within 2.3%. Their refit arm (the odd rows fitted,
+    # pre-registered) was not adopted: Vulkan's held-out count fell, 9 -> 8 of 14 (test_public_logs). Stated error:
+    # 9 in 10 of the 28 points within 67% (45% over the 15 before the Vega 20 rows came in).
+    "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.67, prefill_mfu=0.421),
     # Metal by weight kind: block-quantized 0.734 of peak, F16 0.809, t0 3.46 ms over 16 points (August-2023 and
     # May-2024 to 2026 builds, M1 to M4, 4 of them F16). Its misses are chip-specific, not build-specific: the May-2024
     # M1 Max 32-core reads Q4_K_M at 44-46% of its 400 GB/s (+38% held out, +55%) where the same snapshot's M1, M2
