@@ -439,11 +439,11 @@ BACKENDS = {
     # 64 FLOP per weight byte at batch 1 as Marlin's. The RTX 3090 has room for it: 71 TFLOPS FP16 tensor with fp32
     # accumulate (capacity.GPU_TFLOPS) for 936 GB/s is 76 FLOP per byte, over 64, where SGLang's H20 has 37 (its
     # comment); that point reads 0.72 of peak, not less.
-    # Stated error: 9 in 10 of the 27 points (15 fitted, 12 held out, each on its era) within 41.2%, so 0.45
-    # (test_speed_forecast's rule; 5.79 before the era term, 0.20 on the first 8); past it: the 72B row (+66%) and
-    # the A100 32B and 3B AWQ rows (+41%). A plan is for the vLLM version it names (engine_version; none: the default
+    # Stated error: 9 in 10 of the 41 points (15 fitted, 26 held out, each on its era) within 28.2%, so 0.29
+    # (test_speed_forecast's rule; 0.45 on the 27 before corpus vllm-now's 14 held-out V1-era rows, 5.79 before the
+    # era term, 0.20 on the first 8); past it: the 72B row (+66%), the A100 32B, 3B and 14B AWQ rows (+35..+41%). A plan is for the vLLM version it names (engine_version; none: the default
     # flag table's, current-era): Engine.speed_build, ServicePlan.engine_build.
-    "vllm": Backend(0.604, 0.26, fitted_on=15, error=0.45, prefill_mfu=0.528, efficiency_16bit=0.775,
+    "vllm": Backend(0.604, 0.26, fitted_on=15, error=0.29, prefill_mfu=0.528, efficiency_16bit=0.775,
                     efficiency_int4_awq=0.885, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=3.04),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to
