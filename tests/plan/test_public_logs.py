@@ -317,13 +317,14 @@ def test_engine_points_check_the_line_their_plans_use():
 #   was fixed before the fit and is checked below (each half keeps 5 within 15%).
 # - vllm-now (vllm-now-candidates.md): 14 held-out rows of current vLLM (>= 0.8, V1 the default): 6 of 2 x H100
 #   72B bf16 (+4%), 4 of RTX 4090 7B bf16 (-13..-14%), 4 of a Jetson AGX Thor (8B bf16 -20%, GPTQ-Int4 -23%, AWQ +14%,
-#   32B AWQ -2%): 12 within 15% on the line as it was.
+#   32B AWQ -2%): 12 within 15% on the line as it was; 13 after rule 2's refit (its odd rows fitted: H100 +10%, RTX
+#   4090 -9%, Thor 8B bf16 -14%, AWQ +7%, 32B AWQ -7%; the Thor GPTQ-Int4 row -21% the one outside).
 SPEED_FLOORS = [
     (None, 115, 94, 0.0),
     ("metal-m1", 83, 62, 0.74),
     ("iquant", 11, 11, 0.0),
     ("vllm2", 19, 10, 0.52),
-    ("vllm-now", 14, 12, 0.85),
+    ("vllm-now", 14, 13, 0.92),
 ]
 
 
