@@ -438,14 +438,19 @@ BACKENDS = {
     # (t0 2.29 -> 11.1 ms; held-out within 15% 14 -> 12 of 19, leave-one-out 5 of 5 -> 13 of 22, the first 115
     # 94 -> 91): the line stays the fit of its 5 points.
     "mlx": Backend(0.851, 2.29, fitted_on=5, error=0.35, prefill_mfu=0.667),
-    # vLLM: 15 fitted single-stream points -- 6 of V1-era and other runs (RTX 4090 4B fp8, 2 x H100 TP 2 72B bf16,
-    # RTX 5090 4B bf16, GH200 Gemma 4 31B bf16, 4 x RTX 3090 TP 4 27B fp8; the 2023 RTX 3090 Llama 2 7B AWQ run) and
+    # vLLM: 22 fitted single-stream points -- 6 of V1-era and other runs (RTX 4090 4B fp8, 2 x H100 TP 2 72B bf16,
+    # RTX 5090 4B bf16, GH200 Gemma 4 31B bf16, 4 x RTX 3090 TP 4 27B fp8; the 2023 RTX 3090 Llama 2 7B AWQ run),
     # 9 rows of the Qwen2.5 speed table (vLLM 0.6.3, one A100 80GB, batch 1, 0.5B-32B BF16 / GPTQ-Int4 / AWQ: the 1st,
-    # 3rd, ... 17th of its 18 by fixture position, a split fixed before the fit; the other 9 held out) -- and an
-    # engine-era term: a vLLM version before 0.8.0 (VLLM_V1_DEFAULT_BUILD; the V0 engine was the default until then)
-    # pays t0_before_ms = 3.04 ms more per step (fit_backend_build; each point's `version:` in decode_speed.yaml,
-    # speed.vllm_build). The rest: block-quantized e 0.604, 16-bit 0.775, AWQ-INT4 0.885, t0 0.26 ms. The term is
-    # the V0 engine's per-step CPU work that vLLM's own posts describe: the v0.6.0 performance post
+    # 3rd, ... 17th of its 18 by fixture position, a split fixed before the fit; the other 9 held out) and 7 rows of
+    # corpus vllm-now (vLLM >= 0.8: 3 of 2 x H100 72B bf16, 2 of RTX 4090 7B bf16, Jetson AGX Thor Qwen3-8B bf16 and
+    # AWQ; its 1st, 3rd, ... 13th by fixture position, the lead's rule 2 fixed before the fit, the other 7 held out)
+    # -- and an engine-era term: a vLLM version before 0.8.0 (VLLM_V1_DEFAULT_BUILD; the V0 engine was the default
+    # until then) pays t0_before_ms = 2.63 ms more per step (fit_backend_build; each point's `version:` in
+    # decode_speed.yaml, speed.vllm_build). The rest: block-quantized e 0.630, 16-bit 0.834, AWQ-INT4 0.848, t0
+    # 0.69 ms (before vllm-now: 0.604, 0.775, 0.885, 0.26 ms, V0 3.04 ms; adopted by rule 2's four criteria,
+    # benchmarks/results/vllm-now-candidates.md "Both arms", tests/plan/test_vllm_now.py: vLLM's held-out 13 -> 14
+    # of 19 within 15%, leave-one-out 9 of 15 -> 15 of 22, the first 115 at 94, every other corpus floor kept).
+    # The term is the V0 engine's per-step CPU work that vLLM's own posts describe: the v0.6.0 performance post
     # (blog.vllm.ai/2024/09/05/perf-update.html: for Llama 3 8B on one H100 "The HTTP API server takes 33% of the
     # total execution time" and 29% goes to scheduling) and the V1 post (blog.vllm.ai/2025/01/27/v1-alpha-release.html:
     # the CPU work between forward passes "is particularly noticeable with smaller models like Llama-8B running on
@@ -453,11 +458,13 @@ BACKENDS = {
     # Adopted by rules written before the fit (benchmarks/results/vllm-candidates.md, "The V0 engine-era term";
     # tests/plan/test_speed_vllm_era.py recomputes both arms): against the same 15 fitted points without it (one t0
     # 3.33 ms for every era, e 0.857 / 0.953 / 0.889) the 12 held-out vLLM points within 15% go 6 -> 7 and
-    # leave-one-out over the fitted 4 -> 9 of 15. What it does not fix: the 2023 RTX 3090 AWQ run (vLLM 0.2.x, V0 by
-    # version) decodes without the V0 cost (-28%; -12% without the term), so "V0" alone is not the whole rule; the
-    # A100 run's AWQ rows decode slower than its GPTQ-Int4 rows of the same bytes (+19..+41%, the AWQ slope being set
-    # mostly by the 3090 run, whose read dominates); the one-GPU 72B GPTQ-Int4 row (+66%); and the one V1-era AWQ
-    # point (RTX 5060 Ti, vLLM 0.11.0, held out) at +16%, where it was -15% at the block-quantized e. A V0 run on
+    # leave-one-out over the fitted 4 -> 9 of 15 (that decision on its 15 fitted and 12 held-out points; on
+    # vllm-now's 14 rows the same arms score 14 without the term and 12 with it: vllm-now-candidates.md). What it
+    # does not fix: the 2023 RTX 3090 AWQ run (vLLM 0.2.x, V0 by version) decodes without the V0 cost (-30%; -12%
+    # without the term), so "V0" alone is not the whole rule; the A100 run's AWQ rows decode slower than its
+    # GPTQ-Int4 rows of the same bytes (+10..+39%); the one-GPU 72B GPTQ-Int4 row (+72%). The V1-era AWQ rows
+    # (RTX 5060 Ti held out +7%, Jetson Thor 8B fitted +7% and 32B held out -7%) now share the AWQ slope with the
+    # V0-era ones; the Jetson Thor GPTQ-Int4 row (held out, -21%) decodes faster than the block-quantized slope. A V0 run on
     # another GPU, and a V0 vs V1 run of one host, would check the term; none is public in the corpus.
     # The two tensor-parallel points' steps carry their all-reduces (tp_comm_seconds from public all-reduce
     # latencies, ALLREDUCE_US, not fitted: 3.7 ms a step on the 4 x 3090 over PCIe without P2P, 1.4 ms on the 2 x H100
@@ -472,12 +479,13 @@ BACKENDS = {
     # 64 FLOP per weight byte at batch 1 as Marlin's. The RTX 3090 has room for it: 71 TFLOPS FP16 tensor with fp32
     # accumulate (capacity.GPU_TFLOPS) for 936 GB/s is 76 FLOP per byte, over 64, where SGLang's H20 has 37 (its
     # comment); that point reads 0.72 of peak, not less.
-    # Stated error: 9 in 10 of the 27 points (15 fitted, 12 held out, each on its era) within 41.2%, so 0.45
-    # (test_speed_forecast's rule; 5.79 before the era term, 0.20 on the first 8); past it: the 72B row (+66%) and
-    # the A100 32B and 3B AWQ rows (+41%). A plan is for the vLLM version it names (engine_version; none: the default
+    # Stated error: 9 in 10 of the 41 points (22 fitted, 19 held out, each on its era) within 30.2%, so 0.31
+    # (test_speed_forecast's rule; 0.29 on today's line with vllm-now's 14 rows held out, 0.45 on the 27 before them,
+    # 5.79 before the era term, 0.20 on the first 8); past it: the one-GPU 72B row (+72%), the A100 3B and 32B AWQ
+    # rows (+39%, +37%), the 14B AWQ row (+31%). A plan is for the vLLM version it names (engine_version; none: the default
     # flag table's, current-era): Engine.speed_build, ServicePlan.engine_build.
-    "vllm": Backend(0.604, 0.26, fitted_on=15, error=0.45, prefill_mfu=0.528, efficiency_16bit=0.775,
-                    efficiency_int4_awq=0.885, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=3.04),
+    "vllm": Backend(0.630, 0.69, fitted_on=22, error=0.31, prefill_mfu=0.528, efficiency_16bit=0.834,
+                    efficiency_int4_awq=0.848, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=2.63),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to
     # 32B in BF16, FP8 and AWQ-INT4 (decode_speed.yaml). On vLLM's line (before) they were over-predicted x1.5 to x7.2.

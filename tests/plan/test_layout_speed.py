@@ -113,10 +113,11 @@ def test_the_forecast_says_it_is_per_instance(fleet):
     # the plan's "predicted decode" line: the forecast's single stream, and the roofline for one instance too
     line = next(x for x in service_text(sp) if x.startswith("  predicted decode:"))
     assert f"{sp.speed.single_stream_tokens_per_s:g} tokens/s for one stream alone" in line
-    # within 20%, not a factor of the instance count: the roofline is a flat 0.7 of the bandwidth with no per-step
-    # cost, the forecast the fitted line with its t0 and all-reduces (vLLM TP 2 on H100s since the engine-era fit's
-    # t0 of 0.26 ms: 253.4 against the roofline's 289.3, -12%; the bug this guards was 3x, 102.8 against 306)
-    assert sp.predicted_decode_tokens_per_s == pytest.approx(sp.speed.single_stream_tokens_per_s, rel=0.2)
+    # within 25%, not a factor of the instance count: the roofline is a flat 0.7 of the bandwidth with no per-step
+    # cost, the forecast the fitted line with its t0 and all-reduces (vLLM TP 2 on H100s: 253.4 against the
+    # roofline's 289.3, -12%, with the engine-era fit's t0 of 0.26 ms; 240.6, -17%, with vllm-now's refit, t0 0.69 ms
+    # and 16-bit 0.834, which puts the gap just past 20% of the forecast; the bug this guards was 3x, 102.8 against 306)
+    assert sp.predicted_decode_tokens_per_s == pytest.approx(sp.speed.single_stream_tokens_per_s, rel=0.25)
 
 
 def test_a_single_instance_forecast_keeps_its_form(tmp_path):

@@ -489,8 +489,8 @@ def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
 
 
 def test_the_single_stream_figure_is_rounded_to_a_tenth():
-    """7e9 bytes at 1000 GB/s on vLLM: 1 / (7e9 / (e x 1e12) + t0) tokens/s (0.604, 0.26 ms: 84.39), shown to a
-    tenth (84.4), not to the integer."""
+    """7e9 bytes at 1000 GB/s on vLLM: 1 / (7e9 / (e x 1e12) + t0) tokens/s (0.630, 0.69 ms: 84.74), shown to a
+    tenth (84.7), not to the integer."""
     b = speed.BACKENDS["vllm"]
     exact = 1 / (7e9 / (b.efficiency * 1e12) + b.t0_ms / 1000)
     f = _fc(backend="vllm", weights_bytes=7e9)

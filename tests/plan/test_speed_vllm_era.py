@@ -188,10 +188,13 @@ def test_the_era_term_passes_its_preregistered_rules():
     """vllmera's rule 3 (benchmarks/results/vllm-candidates.md, written before the fit): adopt the term only if, against
     the same fitted points without it, the held-out vLLM points within 15% rise and leave-one-out over the fitted
     points does not fall. Recomputed here: without the term (one t0 3.33 ms for every era) held out 6 of 12 and
-    leave-one-out 4 of 15; with it held out 7 of 12, leave-one-out 9 of 15. The with-term arm is speed.py's line."""
-    fitted = [p for p in VLLM if not p.get("held_out") and not p.get("outlier")]
-    held = [p for p in VLLM if p.get("held_out") and not p.get("outlier")]
-    assert len(fitted) == speed.BACKENDS["vllm"].fitted_on
+    leave-one-out 4 of 15; with it held out 7 of 12, leave-one-out 9 of 15. The decision was taken on the 15 points
+    fitted and the 12 held out then: corpus vllm-now's rows (later; vllm-now-candidates.md) are not part of it (on
+    them the arm without the term does better, 14 vs 12 of 14: that file's results), and speed.py's line is now the
+    refit with vllm-now's 7 fitted rows, era term kept (tests/plan/test_vllm_now.py)."""
+    fitted = [p for p in VLLM if not p.get("held_out") and not p.get("outlier") and p.get("corpus") != "vllm-now"]
+    held = [p for p in VLLM if p.get("held_out") and not p.get("outlier") and p.get("corpus") != "vllm-now"]
+    assert (len(fitted), len(held)) == (15, 12)
     score = {}
     for era in (False, True):
         f = _arm(fitted, era)
@@ -201,5 +204,5 @@ def test_the_era_term_passes_its_preregistered_rules():
         score[era] = (f, within_held, loo)
     (base, held0, loo0), (term, held1, loo1) = score[False], score[True]
     assert base["t0_before_ms"] == 0 and term["t0_before_ms"] > 0
-    assert term["t0_before_ms"] == pytest.approx(speed.BACKENDS["vllm"].t0_before_ms, abs=0.01)
+    assert speed.BACKENDS["vllm"].t0_before_ms > 0  # the adopted arm's term, kept by the refit
     assert held1 > held0 and loo1 >= loo0  # both criteria: adopted

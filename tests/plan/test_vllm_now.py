@@ -1,0 +1,103 @@
+"""Corpus vllm-now (benchmarks/results/vllm-now-candidates.md): 14 public single-stream rows of current vLLM (>= 0.8,
+V1 the default engine), taken held out; then the lead's rule 2, fixed before any fit: the rows in fixture order, the
+1st, 3rd, ... fitted and the 2nd, 4th, ... held out, the refit adopted only if ALL of (a) vLLM's held-out points
+within 15% rise against today's line, (b) vLLM's leave-one-out share within 15% does not fall, (c) the first 115
+points keep >= 94 within 15%, (d) every other SPEED_FLOORS row holds (and vllm2's split test). Both arms are
+recomputed here from the fixture (no figure pasted from an output); the adopted arm must be speed.py's line."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stackgen.plan import speed
+
+from public_logs import comm_seconds, fit_point, older_build, predict_decode
+from test_public_logs import SPEED_FLOORS
+
+POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                        .read_text())["points"]
+NOW = [p for p in POINTS if p.get("corpus") == "vllm-now"]
+VLLM = [p for p in POINTS if p["backend"] == "vllm" and not p.get("outlier")]
+
+
+def _line(fitted: list[dict]) -> speed.Backend:
+    """BACKENDS["vllm"] refitted (fit_kinds, vLLM's kinds) on `fitted`; the rest of the Backend as speed.py has it."""
+    f = speed.fit_kinds([fit_point(p) for p in fitted], speed.split_kinds("vllm"))
+    return replace(speed.BACKENDS["vllm"], efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
+                   efficiency_int4_awq=f["int4-awq"], t0_before_ms=f["t0_before_ms"], fitted_on=len(fitted))
+
+
+def _within(points: list[dict], line: speed.Backend) -> int:
+    saved = speed.BACKENDS["vllm"]
+    speed.BACKENDS["vllm"] = line
+    try:
+        return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in points)
+    finally:
+        speed.BACKENDS["vllm"] = saved
+
+
+def _loo(fitted: list[dict]) -> int:
+    """Leave-one-out within 15% over `fitted`: each point predicted by the fit of the others (its era, its kind)."""
+    sel = [fit_point(p) for p in fitted]
+    n = 0
+    for i, p in enumerate(fitted):
+        f = speed.fit_kinds(sel[:i] + sel[i + 1:], speed.split_kinds("vllm"))
+        e = f.get(p.get("weights", "quantized")) or f["quantized"]
+        t = (p["bytes_mib"] * 2**20 / (e * p["bandwidth_gbs"] * 1e9)
+             + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0.0)) / 1000 + comm_seconds(p))
+        n += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
+    return n
+
+
+def test_the_split_is_by_fixture_position():
+    """14 rows; the 1st, 3rd, ... 13th fitted (no held_out), the 2nd, 4th, ... 14th held out."""
+    assert len(NOW) == 14
+    assert [not p.get("held_out") for p in NOW] == [i % 2 == 0 for i in range(14)]
+    assert all(p["backend"] == "vllm" and speed.vllm_build(p["version"]) >= speed.VLLM_V1_DEFAULT_BUILD for p in NOW)
+
+
+def test_the_refit_passes_rule_2_and_is_speed_pys_line():
+    """Today's line: the fit without vllm-now's rows (15 points). The refit: those plus vllm-now's 7 odd rows (22).
+    Held out for both (the refit's split): 19 vLLM points. Recomputed: (a) 13 -> 14 of 19, (b) 9 of 15 (0.60) ->
+    15 of 22 (0.68), (c) 94 of the first 115 under both, (d) metal-m1 62, iquant 11, vllm2 10 -> 11 (its halves 5
+    and 5 -> 6), vllm-now 12 -> 13. All hold: adopted, so speed.BACKENDS["vllm"] is the refit."""
+    today_fit = [p for p in VLLM if not p.get("held_out") and p.get("corpus") != "vllm-now"]
+    refit_fit = [p for p in VLLM if not p.get("held_out")]
+    held = [p for p in VLLM if p.get("held_out")]
+    assert (len(today_fit), len(refit_fit), len(held)) == (15, 22, 19)
+    today, refit = _line(today_fit), _line(refit_fit)
+    # (a) and (b)
+    assert _within(held, refit) > _within(held, today)
+    assert _loo(refit_fit) / len(refit_fit) >= _loo(today_fit) / len(today_fit)
+    # (c) the first 115 (no corpus tag)
+    first = [p for p in POINTS if not p.get("corpus")]
+    assert len(first) == 115 and _within(first, refit) >= 94
+    # (d) every other corpus floor, and vllm2's two halves
+    for corpus, n, within, share in SPEED_FLOORS:
+        ps = [p for p in POINTS if p.get("corpus") == corpus]
+        if corpus in (None, "vllm-now"):
+            continue
+        close = _within(ps, refit)
+        assert len(ps) >= n and close >= within and close / len(ps) >= share, corpus
+    v2 = [p for p in POINTS if p.get("corpus") == "vllm2"]
+    assert _within([p for p in v2 if not p.get("held_out")], refit) >= 5
+    assert _within([p for p in v2 if p.get("held_out")], refit) >= 5
+    # adopted: speed.py's line is the refit
+    b = speed.BACKENDS["vllm"]
+    assert b.fitted_on == refit.fitted_on == 22
+    for name in ("efficiency", "efficiency_16bit", "efficiency_int4_awq"):
+        assert getattr(b, name) == pytest.approx(getattr(refit, name), abs=0.001), name
+    assert (b.t0_ms, b.t0_before_ms) == (pytest.approx(refit.t0_ms, abs=0.01),
+                                         pytest.approx(refit.t0_before_ms, abs=0.01))
+
+
+def test_the_arm_not_adopted_was_the_line_before():
+    """Today's arm (the fit without vllm-now) is the line speed.py had: e 0.604, 16-bit 0.775, AWQ 0.885, t0
+    0.26 ms, V0 3.04 ms -- so the comparison above is against the line as it was, not a refit of it."""
+    today = _line([p for p in VLLM if not p.get("held_out") and p.get("corpus") != "vllm-now"])
+    assert (round(today.efficiency, 3), round(today.efficiency_16bit, 3), round(today.efficiency_int4_awq, 3),
+            round(today.t0_ms, 2), round(today.t0_before_ms, 2)) == (0.604, 0.775, 0.885, 0.26, 3.04)
