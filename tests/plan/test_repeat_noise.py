@@ -42,9 +42,25 @@ def test_norm_gpu_drops_capacity_and_brackets_only():
     assert rn.norm_gpu("RTX 3090 Ti") != rn.norm_gpu("RTX 3090")
 
 
-def test_post_of_source_url_or_post_field():
+def test_post_of_source_url_handle_or_post_field():
     assert rn.post_of({"id": "a", "source": "https://x.org/issues/1 (user, 2024)"}) == "https://x.org/issues/1"
     assert rn.post_of({"id": "a", "source": "https://x.org/issues/1 (user)", "post": "c2"}) == "c2"
+    # a community table's row credited to a contributor: the URL and the first @handle of the quote
+    row = "https://x.org/README.md ('| RTX 3090 | 31.0 | [@ann-1](https://x.com/ann-1) |'; per @bob's note)"
+    assert rn.post_of({"id": "a", "source": row}) == "https://x.org/README.md @ann-1"
+    # not a handle: an e-mail address, a llama-bench depth ('tg128 @ d8192')
+    assert rn.post_of({"id": "a", "source": "https://x.org/1 (me@host.org, 'tg128 @ d8192')"}) == "https://x.org/1"
+
+
+def test_two_contributors_of_one_readme_are_two_members_and_a_quoted_copy_is_one():
+    pts = [_p("a", 31.0, "readme ('| 3090 | 31.0 | @ann |')"), _p("b", 41.3, "readme ('| 3090 | 41.3 | @bob |')"),
+           _p("c", 40.0, "readme ('| 3090 | 40.0 |')")]
+    (g,) = rn.repeat_groups(pts, _no_era)
+    assert sorted(m[0]["id"] for m in g) == ["a", "b", "c"]
+    # the same rate in two posts (a README quoting its issue): one member, so no group is left
+    copy = [_p("r", 56.29, "readme"), _p("i", 56.29, "issue-1")]
+    assert rn.repeat_groups(copy, _no_era) == []
+    assert len(rn.repeat_groups(copy + [_p("o", 50.0, "other")], _no_era)[0]) == 2
 
 
 def test_grouping_keys_bytes_posts_and_outliers():
