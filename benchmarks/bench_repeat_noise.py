@@ -39,6 +39,7 @@ import math
 import re
 import sys
 from pathlib import Path
+from statistics import NormalDist
 from typing import Callable, Iterable
 
 import yaml
@@ -167,6 +168,20 @@ def expected_loo_share(groups: list[list[list[dict]]], sigma: float, tol: float 
     return sum(shares) / len(shares) if shares else float("nan")
 
 
+def chi2_quantile(p: float, df: int) -> float:
+    """The chi-square quantile by the Wilson-Hilferty cube approximation (within ~1% for df >= 3; no scipy here)."""
+    z = NormalDist().inv_cdf(p)
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def sigma_interval(sigma: float, df: int) -> tuple[float, float]:
+    """The 95% interval of a pooled sigma on df = N - G degrees of freedom: sigma x sqrt(df / chi2(0.975 / 0.025));
+    none below 3 degrees of freedom (the approximation's range)."""
+    if df < 3:
+        return float("nan"), float("nan")
+    return sigma * math.sqrt(df / chi2_quantile(0.975, df)), sigma * math.sqrt(df / chi2_quantile(0.025, df))
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson 95% interval of a share k / n."""
     if n == 0:
@@ -187,7 +202,8 @@ def stats(groups: list[list[list[dict]]], predict: Callable[[dict], float] | Non
     ratios = [r for g in groups for r in loo_ratios(g)]
     n = len(ratios)
     s = pooled_sigma(groups) if groups else float("nan")
-    out = {"groups": len(groups), "members": n, "rows": sum(len(m) for g in groups for m in g), "sigma": s}
+    out = {"groups": len(groups), "members": n, "rows": sum(len(m) for g in groups for m in g), "sigma": s,
+           "sigma_interval": sigma_interval(s, n - len(groups)) if n else (float("nan"), float("nan"))}
     for tol in TOLS:
         k = sum(abs(r - 1) <= tol for r in ratios)
         out[f"oracle_{tol}"] = k
@@ -230,6 +246,9 @@ def report(points: list[dict] | None = None) -> str:
         f"log-rate sigma (pooled, n-1): {total['sigma']:.4f}; a perfect model under log-normal noise of that sigma: "
         f"{100 * total['perfect_0.15']:.1f}% within 15%, {100 * total['perfect_0.25']:.1f}% within 25%; the oracle "
         f"should show {100 * total['expected_loo_0.15']:.1f}% within 15% at that sigma (its own mean is noisy too)",
+        f"sigma's 95% interval (chi-square, {n - total['groups']} degrees of freedom): "
+        f"{total['sigma_interval'][0]:.4f}-{total['sigma_interval'][1]:.4f}: a perfect model within 15% "
+        f"{100 * lognormal_share(total['sigma_interval'][1]):.0f}-{100 * lognormal_share(total['sigma_interval'][0]):.0f}%",
         f"stackgen on the same members: within 15% {_pct(total['model_0.15'], n)}, within 25% "
         f"{_pct(total['model_0.25'], n)}; mean |log ratio| model {total['model_abs_log']:.3f} vs oracle "
         f"{total['oracle_abs_log']:.3f}",

@@ -131,6 +131,18 @@ def test_lognormal_share_limits_and_wilson():
     assert rn.wilson(k, n) == pytest.approx((c - h, c + h))
 
 
+def test_sigma_interval_from_chi_square_quantiles():
+    # chi-square table values (df 10: 3.247 and 20.483 at 0.025 / 0.975; df 30: 16.791 and 46.979)
+    for df, lo, hi in ((10, 3.247, 20.483), (30, 16.791, 46.979)):
+        assert rn.chi2_quantile(0.025, df) == pytest.approx(lo, rel=0.01)
+        assert rn.chi2_quantile(0.975, df) == pytest.approx(hi, rel=0.01)
+    a, b = rn.sigma_interval(0.1, 10)
+    assert (a, b) == pytest.approx((0.1 * math.sqrt(10 / rn.chi2_quantile(0.975, 10)),
+                                    0.1 * math.sqrt(10 / rn.chi2_quantile(0.025, 10))))
+    assert a < 0.1 < b
+    assert all(math.isnan(x) for x in rn.sigma_interval(0.1, 2))
+
+
 def test_recorded_ceiling_matches_the_fixtures():
     """benchmarks/results/repeat_noise.md's ceiling line is what the script computes now (re-record after a
     fixture changes: python benchmarks/bench_repeat_noise.py --record)."""
