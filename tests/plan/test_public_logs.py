@@ -959,3 +959,10 @@ def test_partial_prefill_compute_side_matches_the_rows_intercept():
     assert predict_partial_prefill(PARTIAL, pts[0], copies=False) / compute_rate == pytest.approx(1.0, abs=0.25)
     link = 1 / (slope * pts[0]["ubatch"]) / 1e9
     assert f"{link:.2f} GB/s" in PARTIAL["prefill_hosts"][pts[0]["host"]]["why"], link
+
+
+def test_no_point_has_a_stray_key():
+    """A flow-mapping value with a comma and no quotes (`gpu: M1 Max (32-core GPU, 64 GB)`) splits into a cut value
+    and a key '64 GB)' with no value: every key of a point has a value."""
+    stray = [(p["id"], k) for p in POINTS for k, v in p.items() if v is None]
+    assert stray == []
