@@ -564,7 +564,7 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
                         "which is why it stays on loopback")
     old_cc = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability
               and float(g.compute_capability) < OLD_CUDA_CC]
-    if old_cc and chosen.engine in ("llama.cpp", "ollama"):
+    if old_cc and engine.speed_backend is None:  # ggml's CUDA kernels (llama.cpp, Ollama)
         warnings.append(OLD_CUDA_WARNING.format(cc=old_cc[0]))
     if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
