@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (comm_seconds, fit_point, older_build, partial_offload_inputs,  # noqa: E402
+from public_logs import (comm_seconds, fit_point, loo_predicted, older_build, partial_offload_inputs,  # noqa: E402
                          partial_offload_stated_error,
                          partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
@@ -276,7 +276,7 @@ def speed_rows() -> list[str]:
         era = f", t0_before = {t0b:.2f} ms for builds before {_cut(backend, cut)}" if t0b else ""
         loo = ""
         if len(sel) >= 3:
-            errs = [abs(_loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1)
+            errs = [abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1)
                     for i, p in enumerate(fitted)]
             loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
                    f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
@@ -293,14 +293,6 @@ def speed_rows() -> list[str]:
     for backend in sorted({p["backend"] for p in pts} - set(speed.BACKENDS)):
         out.append(f"- {backend}: no line of its own, its points check the {speed_line(backend)} line its plans use")
     return out
-
-
-def _loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] = speed.SPLIT_KINDS) -> float:
-    f = speed.fit_kinds(others, split)
-    t0, t0b = f["t0_ms"], f["t0_before_ms"]
-    eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
-    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9) + (t0 + (t0b if older_build(p) else 0)) / 1000
-                + comm_seconds(p))
 
 
 def tp_rows() -> list[str]:

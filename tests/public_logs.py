@@ -170,6 +170,18 @@ def fit_point(p: dict) -> tuple:
     return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], tps, p.get("weights", "quantized"), older_build(p)
 
 
+def loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] | None = None) -> float:
+    """A point's decode rate by the line fitted on `others` (fit_point tuples; speed.fit_kinds with the kinds in
+    `split`, all of speed.SPLIT_KINDS by default): its kind's slope (the shared one where the kind has none), t0 and
+    its era's t0_before, tensor parallel's all-reduces. The leave-one-out prediction of the bench and the refit arms."""
+    from stackgen.plan import speed
+
+    f = speed.fit_kinds(others, speed.SPLIT_KINDS if split is None else split)
+    eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
+                + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
+
+
 def predict_decode(p: dict) -> float:
     """stackgen's single-stream decode tokens/s for a decode_speed.yaml point, on its backend's line (a codebook
     i-quant's with the codebook floor at the planner's peak for its GPU), with a tensor-parallel point's all-reduces
@@ -372,11 +384,7 @@ def arm_figures(points: list[dict], fitted, legacy: bool) -> dict:
         if len(sel) >= 3:
             loo = 0
             for i, p in enumerate(fit_pts):
-                f = speed.fit_kinds(sel[:i] + sel[i + 1:], split)
-                eff = f.get(p.get("weights", "quantized")) or f["quantized"]
-                t = (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
-                     + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
-                loo += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
+                loo += abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
         out["backends"][backend] = {"params": b, "held": sum(within[id(p)] for p in held), "held_n": len(held),
                                     "loo": loo, "fitted_n": len(fit_pts)}
     return out
@@ -400,11 +408,7 @@ def refit_arm(points: list[dict], fitted, backends: tuple[str, ...]) -> dict:
     def loo(ps, split):
         sel, n = [fit_point(p) for p in ps], 0
         for i, p in enumerate(ps):
-            f = speed.fit_kinds(sel[:i] + sel[i + 1:], split)
-            eff = f.get(p.get("weights", "quantized")) or f["quantized"]
-            t = (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
-                 + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
-            n += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
+            n += abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
         return n, len(ps)
 
     tags = sorted({p.get("corpus") for p in points}, key=str)
