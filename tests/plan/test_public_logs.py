@@ -3,7 +3,6 @@ vLLM non-KV terms and KV size from startup logs, started/refused verdicts, and d
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from stackgen.plan import speed
 from stackgen.plan.memory import GIB
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
-RESULTS = Path(__file__).parent.parent.parent / "benchmarks" / "results"
 CASES = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
 POINTS = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
 OLLAMA = yaml.safe_load((FIX / "ollama_memory.yaml").read_text())["cases"]
@@ -106,21 +104,9 @@ def _predicted(p):
     return predict_decode(p)
 
 
-def _sourced(point) -> bool:
-    """A point's source is a GitHub URL; or, for a public copy whose repository this project's search index does not
-    name (confirm-cuda's llama-bench logs and notes), the index's stored-file id, quoted in the source and listed with
-    what was read from it in that corpus's candidates file (benchmarks/results/<corpus>-candidates.md)."""
-    src = point["source"]
-    if src.startswith("https://github.com/"):
-        return True
-    m = re.search(r"file id (\d{8,})", src)
-    cand = RESULTS / f"{point.get('corpus')}-candidates.md"
-    return bool(m and point.get("corpus") and cand.exists() and m.group(1) in cand.read_text())
-
-
 @pytest.mark.parametrize("point", POINTS, ids=[p["id"] for p in POINTS])
 def test_speed_point_is_sourced_and_within_25_percent(point):
-    assert _sourced(point), point["source"]
+    assert point["source"].startswith("https://github.com/"), point["source"]
     ratio = _predicted(point) / point["tokens_per_s"]
     if point.get("outlier") or (point.get("known_miss") and not 0.75 <= ratio <= 1.25):
         pytest.xfail(point.get("outlier") or point["known_miss"])
@@ -436,10 +422,12 @@ def test_engine_points_check_the_line_their_plans_use():
 #   72B bf16 (+4%), 4 of RTX 4090 7B bf16 (-13..-14%), 4 of a Jetson AGX Thor (8B bf16 -20%, GPTQ-Int4 -23%, AWQ +14%,
 #   32B AWQ -2%): 12 within 15% on the line as it was; 13 after rule 2's refit (its odd rows fitted: H100 +10%, RTX
 #   4090 -9%, Thor 8B bf16 -14%, AWQ +7%, 32B AWQ -7%; the Thor GPTQ-Int4 row -21% the one outside).
-# - confirm-cuda (confirm-cuda-candidates.md): 15 new held-out NVIDIA points taken by the lead's confirmatory rule to
-#   decide cuda-board's refit arms: 6 within 15% on today's lines (consumer 6 of 8: the GTX 1080 1.2B +49% and RTX
-#   3090 9B +17% out; datacenter 0 of 7: the current-build V100 / A100 / H100 / L40S 27-47% under the 3.09 ms line,
-#   the P100 +33%). No arm was adopted (tests/plan/test_confirm_cuda.py).
+# - confirm-cuda (confirm-cuda-candidates.md): new held-out NVIDIA points taken by the lead's confirmatory rule to
+#   decide cuda-board's refit arms; 15 taken, 5 of them removed by the lead because their sources are not citable (a
+#   search index's stored-file ids, no public repository or URL; their ratios are in the candidates file): 10 left,
+#   4 within 15% (consumer 4 of 5: the GTX 1080 1.2B +49% out; datacenter 0 of 5: the current-build V100 / A100
+#   1.2B 40-47% under the 3.09 ms line, the L40S 8B -27%, the P100 +33%). Under 6 new points per backend: no decision
+#   (rule 4), the lines stand (tests/plan/test_confirm_cuda.py).
 SPEED_FLOORS = [
     (None, 115, 94, 0.0),
     ("metal-m1", 83, 62, 0.74),
@@ -451,7 +439,7 @@ SPEED_FLOORS = [
     ("mlx-lm", 33, 24, 0.72),
     ("vulkan-board", 13, 8, 0.61),
     ("vllm-now", 14, 13, 0.92),
-    ("confirm-cuda", 15, 6, 0.40),
+    ("confirm-cuda", 10, 4, 0.40),
 ]
 
 
