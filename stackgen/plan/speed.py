@@ -327,9 +327,14 @@ BACKENDS = {
     # held-out rows of llama.cpp discussion 10879's Vulkan summary (llama 2 7B Q4_0 tg128, one per GPU, FA off), 8
     # within 15% (NVIDIA 3 of 3, AMD 5 of 9, Intel 0 of 1); the two Vega 20 cards (MI50, Radeon Pro VII, 1024 GB/s
     # HBM2) read at 0.40 of it, +66% and +70%, two rows agreeing within 2.3%. Their refit arm (the odd rows fitted,
-    # pre-registered) was not adopted: Vulkan's held-out count fell, 9 -> 8 of 14 (test_public_logs). Stated error:
-    # 9 in 10 of the 28 points within 67% (45% over the 15 before the Vega 20 rows came in).
-    "vulkan": Backend(0.751, 0.575, fitted_on=7, error=0.67, prefill_mfu=0.421),
+    # pre-registered) failed its own rule (Vulkan's held-out count fell, 9 -> 8 of 14), and was then ADOPTED by the
+    # lead's confirmatory rule on 8 new Vulkan points (confirm-amd, benchmarks/results/confirm-amd-candidates.md,
+    # tests/plan/test_confirm_confirm_amd.py): 7 of 8 within 15% against the 7-point line's 6, mean |ln| 0.085 against
+    # 0.086, the whole corpus 269 against 268. So the line is the fit of 14 points (the 7 and vulkan-board's 1st, 3rd,
+    # ... 13th rows), with the Q4_0/Q8_0 kind on a slope of its own (0.808 of peak; block-quantized 0.761, t0 0.615
+    # ms; was 0.751 / 0.575 ms). Stated error: 9 in 10 of the 36 points within 45% (67% on the line before; the Vega
+    # 20 pair now +76% / +80% and the Pi-hosted RX 9070 XT +176% lie past it).
+    "vulkan": Backend(0.761, 0.615, fitted_on=14, error=0.45, prefill_mfu=0.421, efficiency_legacy=0.808),
     # Metal by weight kind: block-quantized 0.734 of peak, F16 0.809, t0 3.46 ms over 16 points (August-2023 and
     # May-2024 to 2026 builds, M1 to M4, 4 of them F16). Its misses are chip-specific, not build-specific: the May-2024
     # M1 Max 32-core reads Q4_K_M at 44-46% of its 400 GB/s (+38% held out, +55%) where the same snapshot's M1, M2
@@ -430,9 +435,14 @@ BACKENDS = {
     # llama 7B Q4_0 tg128 rows of the ROCm scoreboard (ggml-org/llama.cpp discussion 15021) and issue 13565: RDNA3
     # -24..-2%, Strix Halo -13%, but the Instinct (CDNA) rows +36..+47% (MI300X, MI210, MI100 read far less of their
     # HBM than this line assumes). error 0.20 -> 0.40: 9 in 10 of the backend's 14 points are within 38% (the 13th
-    # largest, MI100's +38%); the pre-registered refit with the corpus's odd rows fitted was not adopted (its rule 4b:
-    # the held-out points within 15% stay 4 of 8), so the line is still the 2 points'.
-    "rocm": Backend(0.700, 2.14, fitted_on=2, error=0.40, prefill_mfu=0.426),
+    # largest, MI100's +38%). The pre-registered refit with the corpus's odd rows fitted failed its own rule 4b (the
+    # held-out points within 15% stay 4 of 8), and was then ADOPTED by the lead's confirmatory rule on 9 new ROCm
+    # points (confirm-amd, benchmarks/results/confirm-amd-candidates.md, tests/plan/test_confirm_confirm_amd.py): 9 of
+    # 9 within 15% against the 2-point line's 5, mean |ln| 0.054 against 0.162, the whole corpus 273 against 268. So
+    # the line is the fit of 6 points (the 2, and rocm-board's MI300X, RX 7900 XT, W7900 and Strix Halo Q4_0 rows),
+    # the Q4_0/Q8_0 kind on its own slope (0.894 of peak; block-quantized 0.816, t0 3.42 ms; was 0.700 / 2.14 ms).
+    # Stated error 0.40 -> 0.25: 9 in 10 of the 23 points within 24% (the MI210 +33%, MI100 +31% lie past it).
+    "rocm": Backend(0.816, 3.42, fitted_on=6, error=0.25, prefill_mfu=0.426, efficiency_legacy=0.894),
     # mlx-lm: 5 points (4B 4-bit to 70B bf16, M2 Ultra, M3 Pro x 2, M4 Pro at 32k context, M4 Max 6-bit), within 8%;
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).

@@ -225,7 +225,9 @@ def test_legacy_kind_follows_its_preregistered_rules():
     legacy points: the kind changes nothing there. This recomputes both arms; if the corpus changes so that a
     backend's verdict flips, this fails and the exclusion list should be revisited."""
     fitted = _new_fitted_set()
-    pts = [p for p in POINTS if p.get("corpus") != "metal-k"]  # the data it was decided on (metal-k came after)
+    # the data it was decided on: metal-k came after, and so did confirm-amd, whose adopted arms fitted vulkan-board's
+    # and rocm-board's odd rows (their arms gave Vulkan and ROCm a legacy slope as those files pre-registered them)
+    pts = [p for p in POINTS if p.get("corpus") not in ("metal-k", "vulkan-board", "rocm-board", "confirm-amd")]
     without, with_legacy = arm_figures(pts, fitted, False), arm_figures(pts, fitted, True)
     passed = set()
     for backend, w in with_legacy["backends"].items():
@@ -405,9 +407,10 @@ def test_engine_points_check_the_line_their_plans_use():
 # - cuda-board (cuda-board-candidates.md): 34 held-out rows of llama.cpp's CUDA scoreboard (discussion 15013, llama
 #   7B Q4_0 tg128, Kepler to Blackwell), 24 within 15% (Ampere 5/5, Ada 7/7, Blackwell 10/11; Turing 1/4, the
 #   datacenter line's current-build L40/A40/A30/V100 under, the K80 and M40 without dp4a over).
-# - rocm-board (rocm-board-candidates.md): 7 held-out ROCm llama 7B Q4_0 tg128 rows (discussion 15021's scoreboard as
-#   quoted, issue 13565), 3 within 15%: the RDNA3 W7900 / 7900 XT and the Strix Halo in, the 7900 XTX -24% and the
-#   three Instinct (CDNA) rows +35..+47% out; its pre-registered refit was not adopted (test below).
+# - rocm-board (rocm-board-candidates.md): 7 ROCm llama 7B Q4_0 tg128 rows (discussion 15021's scoreboard as
+#   quoted, issue 13565), 3 within 15% on the 2-point line; its pre-registered refit failed its own rule 4b, then was
+#   adopted by confirm-amd's confirmatory rule (its 1st, 3rd, 5th, 7th rows fitted): 4 within 15% (the MI300X +35% ->
+#   +2% comes in; the 7900 XTX -24%, MI210 +33%, MI100 +31% stay out). The floor rises 3 -> 4.
 # - metal-k (metal-k-candidates.md): 15 held-out Apple-GPU points across quant families, 7 within 15% (ggml CI's M4
 #   pythia 1.4B in 11 types: F16, Q2_K, Q3_K within; Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 and Q4_K/Q5_K/Q6_K 16-22% under; PR
 #   2917's M2 Ultra Q8_0/Q4_0/Q4_1 and the M3 Ultra 70B Q4_K_M within).
@@ -415,9 +418,10 @@ def test_engine_points_check_the_line_their_plans_use():
 #   24 within 15% on today's MLX line: the 19 M3 Max 70B rows at 0.3k-30k context all in, the March 2024 PR 515 rows
 #   (2.4-3.5x over) and the M1 Ultra 64 GB LM Studio rows (+25..+32%) out. Its optional refit arm failed its rules
 #   (test_mlx_lm_refit_arm_failed_its_rules).
-# - vulkan-board (vulkan-board-candidates.md): 13 held-out rows of llama.cpp discussion 10879's Vulkan summary
-#   (llama 2 7B Q4_0 tg128, FA off), 8 within 15% (the Vega 20 MI50 / Radeon Pro VII +66% / +70%, Arc B580 +21%,
-#   RX 7900 XT +17%, R9700 -19% outside); its pre-registered refit arm was not adopted (checked below).
+# - vulkan-board (vulkan-board-candidates.md): 13 rows of llama.cpp discussion 10879's Vulkan summary (llama 2 7B Q4_0
+#   tg128, FA off), 8 within 15% (the Vega 20 MI50 / Radeon Pro VII +66% / +70%, Arc B580 +21%, RX 7900 XT +17%,
+#   R9700 -19% outside); its pre-registered refit arm failed its own rule 4b, then was adopted by confirm-amd's
+#   confirmatory rule (its odd rows fitted): still 8 within 15% (the Vega 20 pair +76% / +80%, B580 +30% out).
 # - vllm-now (vllm-now-candidates.md): 14 held-out rows of current vLLM (>= 0.8, V1 the default): 6 of 2 x H100
 #   72B bf16 (+4%), 4 of RTX 4090 7B bf16 (-13..-14%), 4 of a Jetson AGX Thor (8B bf16 -20%, GPTQ-Int4 -23%, AWQ +14%,
 #   32B AWQ -2%): 12 within 15% on the line as it was; 13 after rule 2's refit (its odd rows fitted: H100 +10%, RTX
@@ -428,18 +432,24 @@ def test_engine_points_check_the_line_their_plans_use():
 #   4 within 15% (consumer 4 of 5: the GTX 1080 1.2B +49% out; datacenter 0 of 5: the current-build V100 / A100
 #   1.2B 40-47% under the 3.09 ms line, the L40S 8B -27%, the P100 +33%). Under 6 new points per backend: no decision
 #   (rule 4), the lines stand (tests/plan/test_confirm_cuda.py).
+# - confirm-amd (confirm-amd-candidates.md): 17 new held-out rows (Vulkan 8, ROCm 9: RX 7900 XTX, RX 7900 GRE, Radeon
+#   8060S; ROCm/ROCm issues 4868, 5104, 4748 and visorcraft/strix-halo-llm-perf), taken and committed before any
+#   prediction, that decided the two refit arms above by the lead's confirmatory rule (tests/plan/
+#   test_confirm_confirm_amd.py): 16 within 15% with both arms adopted (11 on the lines before); the AMDVLK 7900 XTX
+#   8B row +31% the one outside.
 SPEED_FLOORS = [
     (None, 115, 94, 0.0),
     ("metal-m1", 83, 62, 0.74),
     ("iquant", 11, 11, 0.0),
     ("vllm2", 19, 11, 0.57),
     ("cuda-board", 34, 24, 0.70),
-    ("rocm-board", 7, 3, 0.42),
+    ("rocm-board", 7, 4, 0.57),
     ("metal-k", 15, 7, 0.46),
     ("mlx-lm", 33, 24, 0.72),
     ("vulkan-board", 13, 8, 0.61),
     ("vllm-now", 14, 13, 0.92),
     ("confirm-cuda", 10, 4, 0.40),
+    ("confirm-amd", 17, 16, 0.94),
 ]
 
 
@@ -480,22 +490,28 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
     """rocm-board's rule 4 (benchmarks/results/rocm-board-candidates.md, fixed before any prediction): the corpus's
     1st, 3rd, 5th, 7th rows in fixture order join the ROCm fit, the 2nd, 4th, 6th stay held out; adopted only if (a)
     the points without a corpus tag keep 94 within 15%, (b) ROCm's held-out points (its earlier held-out ones plus the
-    even rows) within 15% rise against today's line, (c) every other corpus keeps its SPEED_FLOORS count, (d) the
+    even rows) within 15% rise against the line before, (c) every other corpus keeps its SPEED_FLOORS count, (d) the
     leave-one-out within 15% over ROCm's fitted points does not fall. (a) and (c) hold; (b) fails, 4 -> 4 of 8 (the
     refit line, e 0.82, e_legacy 0.89, t0 3.42 ms, brings MI300X in but neither the 7900 XTX, MI210 and MI100 rows
-    nor the RX 9070 XT 8B), so the fixture keeps every row held out and speed.py the 2-point line. This recomputes
-    both arms; if (b) starts to hold, this fails and the refit should be revisited."""
+    nor the RX 9070 XT 8B), so by its own rule it was not adopted. The lead's confirmatory rule then decided this
+    fixed arm against the 2-point line on new points (confirm-amd, benchmarks/results/confirm-amd-candidates.md;
+    tests/plan/test_confirm_confirm_amd.py): 9 of 9 against 5 of 9 within 15%, so it WAS adopted there: the odd rows
+    are fitted and speed.BACKENDS["rocm"] is this arm. This recomputes the board's own rule on the data it was decided
+    on (the confirm-amd rows aside), and checks the adopted line is the arm."""
     board = [p for p in POINTS if p.get("corpus") == "rocm-board"]
     assert len(board) == 7 and all(p["backend"] == "rocm" for p in board)
     odd = {id(p) for p in board[::2]}
 
-    def today(p):
-        return not p.get("held_out")
+    def before(p):  # the fitted set before the adoption: today's less the arm's rows
+        return not p.get("held_out") and id(p) not in odd
 
     def refit(p):
-        return today(p) or id(p) in odd
-    held = [p for p in POINTS if p["backend"] == "rocm" and not p.get("outlier") and not refit(p)]
+        return before(p) or id(p) in odd
+    held = [p for p in POINTS if p["backend"] == "rocm" and not p.get("outlier") and not refit(p)
+            and p.get("corpus") != "confirm-amd"]
     assert len(held) == 8
+    floors = {c: w for c, _, w, _ in SPEED_FLOORS}
+    floors["rocm-board"] = 3  # the board's count on the line before, the floor its rule 4c was checked against
 
     def counts(line):
         saved = speed.BACKENDS["rocm"]
@@ -506,17 +522,26 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
             speed.BACKENDS["rocm"] = saved
         by_corpus = {c: sum(close[id(p)] for p in POINTS if p.get("corpus") == c) for c, *_ in SPEED_FLOORS}
         return by_corpus, sum(close[id(p)] for p in held)
-    (now, held_now), (new, held_new) = counts(speed.BACKENDS["rocm"]), counts(_rocm_line(refit))
-    assert (now[None], now["rocm-board"]) == (94, 3)  # today's line: the counts SPEED_FLOORS records
+    old_line, arm_line = _rocm_line(before), _rocm_line(refit)
+    assert (old_line.efficiency, old_line.t0_ms, old_line.fitted_on) == (pytest.approx(0.700, abs=0.001),
+                                                                         pytest.approx(2.14, abs=0.01), 2)
+    (now, held_now), (new, held_new) = counts(old_line), counts(arm_line)
+    assert (now[None], now["rocm-board"]) == (94, 3)  # the line before: the counts rule 4 was checked against
     a = new[None] >= 94
     b = held_new > held_now
-    c = all(new[corpus] >= floor for corpus, _, floor, _ in SPEED_FLOORS if corpus != "rocm-board")
-    loo_now, loo_new = _rocm_loo(today), _rocm_loo(refit)
-    n_new = _rocm_line(refit).fitted_on
-    d = loo_now is None or loo_new / n_new >= loo_now / speed.BACKENDS["rocm"].fitted_on  # today: 2 points, no LOO
+    c = all(new[corpus] >= floors[corpus] for corpus, *_ in SPEED_FLOORS if corpus not in ("rocm-board", "confirm-amd"))
+    loo_now, loo_new = _rocm_loo(before), _rocm_loo(refit)
+    n_new = arm_line.fitted_on
+    d = loo_now is None or loo_new / n_new >= loo_now / old_line.fitted_on  # before: 2 points, no LOO
     assert (a, b, c) == (True, False, True) and (held_now, held_new) == (4, 4) and (loo_new, n_new) == (6, 6) and d
-    assert not (a and b and c and d)  # not adopted: every row held out, the line the fit of today's 2 points
-    assert all(p.get("held_out") for p in board) and speed.BACKENDS["rocm"].fitted_on == 2
+    assert not (a and b and c and d)  # its own rule: not adopted
+    # adopted by the confirmatory rule: the odd rows fitted, the line the arm's
+    assert [not p.get("held_out") for p in board] == [i % 2 == 0 for i in range(7)]
+    cur = speed.BACKENDS["rocm"]
+    assert cur.fitted_on == arm_line.fitted_on == 6
+    assert (cur.efficiency, cur.t0_ms, cur.efficiency_legacy) == (pytest.approx(arm_line.efficiency, abs=0.001),
+                                                                  pytest.approx(arm_line.t0_ms, abs=0.01),
+                                                                  pytest.approx(arm_line.efficiency_legacy, abs=0.001))
 
 
 def test_every_speed_point_has_a_floor():
@@ -527,11 +552,17 @@ def test_every_speed_point_has_a_floor():
 
 def test_held_out_corpora_stay_held_out():
     """Every corpus after the first 115 but vllm2 and vllm-now was taken as held-out points (its candidates file); a refit that
-    passed its pre-registered rules would fit some of them, and this would say so. vllm2's fitted/held-out split was
+    passed its pre-registered rules (or the confirmatory rule, confirm-amd) would fit some of them, and this says so. vllm2's fitted/held-out split was
     fixed before the fit (vllm-candidates.md), each half keeping 5 within 15%."""
     def close(ps):
         return sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
-    assert all(p.get("held_out") for p in POINTS if p.get("corpus") not in (None, "vllm2", "vllm-now"))
+    assert all(p.get("held_out") for p in POINTS
+               if p.get("corpus") not in (None, "vllm2", "vllm-now", "vulkan-board", "rocm-board"))
+    # vulkan-board's and rocm-board's refit arms were adopted by confirm-amd's confirmatory rule
+    # (tests/plan/test_confirm_confirm_amd.py): their 1st, 3rd, ... rows fitted, the rest held out
+    for tag in ("vulkan-board", "rocm-board"):
+        rows = [p for p in POINTS if p.get("corpus") == tag]
+        assert [not p.get("held_out") for p in rows] == [i % 2 == 0 for i in range(len(rows))], tag
     # vllm-now's refit passed its rules (tests/plan/test_vllm_now.py): its 1st, 3rd, ... rows fitted, the rest held out
     vn = [p for p in POINTS if p.get("corpus") == "vllm-now"]
     assert [not p.get("held_out") for p in vn] == [i % 2 == 0 for i in range(len(vn))]
@@ -593,41 +624,54 @@ def test_vulkan_board_refit_follows_its_preregistered_rule():
     """Rule 4 of vulkan-board-candidates.md, fixed before any prediction: refit Vulkan's line with the 1st, 3rd, ...
     vulkan-board rows (fixture order) fitted, the 2nd, 4th, ... held out; adopt it only if (a) the 115 points without
     a corpus tag keep >= 94 within 15%, (b) Vulkan's held-out points within 15% (earlier held-out + even rows) rise
-    against today's line, (c) no SPEED_FLOORS count falls and (d) Vulkan's leave-one-out within-15% share over its
+    against the line before, (c) no corpus count falls and (d) Vulkan's leave-one-out within-15% share over its
     fitted points does not fall. (a), (c) and (d) hold (leave-one-out 2 of 7 -> 7 of 14), (b) does not (9 -> 8 of 14:
     the refit gives the Q4_0 rows a legacy slope of their own, 0.81 of peak, and the held-out RTX 5090 row goes from
-    +11% to +17%), so today's line stays and every row stays held out. This recomputes both arms; if the verdict
-    flips, this fails."""
+    +11% to +17%), so by its own rule it was not adopted. The lead's confirmatory rule then decided this fixed arm
+    against the 7-point line on new points (confirm-amd, benchmarks/results/confirm-amd-candidates.md;
+    tests/plan/test_confirm_confirm_amd.py): 7 of 8 against 6 of 8 within 15%, so it WAS adopted there: the odd rows
+    are fitted and speed.BACKENDS["vulkan"] is this arm. This recomputes the board's own rule on the data it was
+    decided on (the confirm-amd rows aside), and checks the adopted line is the arm."""
     board = [p for p in POINTS if p.get("corpus") == "vulkan-board"]
     odd = {id(p) for p in board[::2]}
-    arm = lambda p: today_fitted(p) or id(p) in odd  # noqa: E731
+    before = lambda p: today_fitted(p) and id(p) not in odd  # noqa: E731  (the fitted set before the adoption)
+    arm = lambda p: before(p) or id(p) in odd  # noqa: E731
     vk = [p for p in POINTS if p["backend"] == "vulkan" and not p.get("outlier")]
-    held = [p for p in vk if not arm(p)]
+    held = [p for p in vk if not arm(p) and p.get("corpus") != "confirm-amd"]
     old = [p for p in POINTS if not p.get("corpus")]
+    corpora = [c for c, *_ in SPEED_FLOORS if c not in ("vulkan-board", "confirm-amd")]
 
     def close(ps):
         return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
 
-    def counts():
-        return close(old), close(held), {c: close([p for p in POINTS if p.get("corpus") == c])
-                                         for c, *_ in SPEED_FLOORS}
-    today = counts()
-    loo_today = arm_figures(POINTS, today_fitted, True)["backends"]["vulkan"]
+    def counts(line):
+        saved = speed.BACKENDS["vulkan"]
+        speed.BACKENDS["vulkan"] = line
+        try:
+            return close(old), close(held), {c: close([p for p in POINTS if p.get("corpus") == c]) for c in corpora}
+        finally:
+            speed.BACKENDS["vulkan"] = saved
+    old_line = arm_backends(POINTS, before, True)["vulkan"][0]
     refit = arm_backends(POINTS, arm, True)["vulkan"][0]
-    saved = speed.BACKENDS["vulkan"]
-    try:
-        speed.BACKENDS["vulkan"] = refit
-        after = counts()
-    finally:
-        speed.BACKENDS["vulkan"] = saved
+    assert (old_line.efficiency, old_line.t0_ms, old_line.fitted_on) == (pytest.approx(0.751, abs=0.001),
+                                                                         pytest.approx(0.575, abs=0.01), 7)
+    today, after = counts(old_line), counts(refit)
+    loo_today = arm_figures(POINTS, before, True)["backends"]["vulkan"]
     loo_arm = arm_figures(POINTS, arm, True)["backends"]["vulkan"]
     assert (len(board), len(held), refit.fitted_on) == (13, 14, 14)
     a = after[0] >= 94
     b = after[1] > today[1]
-    c = all(after[2][k] >= n for k, _, n, _ in SPEED_FLOORS if k != "vulkan-board")
+    c = all(after[2][k] >= today[2][k] for k in corpora)
     d = loo_arm["loo"] / loo_arm["fitted_n"] >= loo_today["loo"] / loo_today["fitted_n"]
     assert (a, b, c, d) == (True, False, True, True), (today, after, loo_today, loo_arm)
-    assert all(p.get("held_out") for p in board) and speed.BACKENDS["vulkan"].fitted_on == 7
+    assert (today[1], after[1], loo_today["loo"], loo_arm["loo"]) == (9, 8, 2, 7)
+    # adopted by the confirmatory rule: the odd rows fitted, the line the arm's
+    assert [not p.get("held_out") for p in board] == [i % 2 == 0 for i in range(13)]
+    cur = speed.BACKENDS["vulkan"]
+    assert cur.fitted_on == refit.fitted_on == 14
+    assert (cur.efficiency, cur.t0_ms, cur.efficiency_legacy) == (pytest.approx(refit.efficiency, abs=0.001),
+                                                                  pytest.approx(refit.t0_ms, abs=0.01),
+                                                                  pytest.approx(refit.efficiency_legacy, abs=0.001))
 
 
 def test_fit_recovers_known_parameters():
