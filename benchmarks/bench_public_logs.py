@@ -167,8 +167,9 @@ def speed_rows() -> list[str]:
     if m1:
         old = [p for p in pts if not p.get("corpus")]
         old_close = sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in old)
-        out.append(f"\nmetal-m1 (benchmarks/results/metal-candidates.md): {len(m1)} held-out Apple-GPU points taken before "
-                   f"their predictions; the {len(old)} points before them (and before iquant's): {old_close} within 15%. The metal-m1 points "
+        out.append(f"\nmetal-m1 (benchmarks/results/metal-candidates.md): {len(m1)} Apple-GPU points taken held out before "
+                   f"their predictions (their 1st, 3rd, ... rows fitted since confirm-metal adopted metal-k's arm, "
+                   f"confirm-metal-candidates.md); the {len(old)} points before them (and before iquant's): {old_close} within 15%. The metal-m1 points "
                    f"by chip generation (the first word of gpu:) and by weight type (the id's last part):")
         groups: dict[str, list[float]] = {}
         for p in m1:

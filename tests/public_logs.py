@@ -330,9 +330,10 @@ def codebook_fit_points() -> list[tuple]:
 # --- the "legacy" weight kind's pre-registered comparison (benchmarks/results/metal-candidates.md, "legacy kind") ---
 
 def today_fitted(p: dict) -> bool:
-    """The fitted set before the legacy-kind task: every point not held out, less the metal-m1 rows (all held out
-    then; their odd-numbered ones are fitted since, decode_speed.yaml's metal-m1 comment)."""
-    return not p.get("outlier") and not p.get("held_out") and p.get("corpus") != "metal-m1"
+    """The fitted set before the legacy-kind task (Metal's 16-point line, the "today's line" of the metal-m1, metal-k
+    and confirm-metal tasks): every point not held out, less the metal-m1 and metal-k rows (all held out then; their
+    odd-numbered ones are fitted since confirm-metal adopted metal-k's arm, decode_speed.yaml's comments)."""
+    return not p.get("outlier") and not p.get("held_out") and p.get("corpus") not in ("metal-m1", "metal-k")
 
 
 def arm_backends(points: list[dict], fitted, legacy: bool) -> dict:

@@ -38,13 +38,17 @@ def test_legacy_reads_at_its_own_efficiency_where_the_backend_has_one():
     assert speed.Backend(0.5, 1.0, efficiency_legacy=0.6).batch_mfu_for("legacy") == 0.35  # batch MFU: the shared one
 
 
-def test_cuda_reads_legacy_at_its_legacy_slope_and_metal_at_its_shared_one():
-    """CUDA's fit gave the kind a slope of its own; Metal's was excluded (LEGACY_SLOPE_EXCLUDED): a single stream
-    is weights / (e_kind x BW) + KV / (e x BW) + t0."""
-    cuda, metal = speed.BACKENDS["cuda"], speed.BACKENDS["metal"]
-    assert cuda.efficiency_legacy > 0 and cuda.efficiency_legacy != cuda.efficiency
-    assert metal.efficiency_legacy == 0 and "metal" in speed.LEGACY_SLOPE_EXCLUDED
-    for name, b, eff in (("cuda", cuda, cuda.efficiency_legacy), ("metal", metal, metal.efficiency)):
+def test_lines_with_a_legacy_slope_read_legacy_at_it_and_the_others_at_their_shared_one():
+    """CUDA's fit gave the kind a slope of its own; Metal's, Vulkan's and ROCm's too since the lead's confirmatory rule
+    adopted their arms (benchmarks/results/confirm-metal-candidates.md, confirm-amd-candidates.md); the datacenter CUDA
+    line has none (no fitted legacy point): a single stream is weights / (e_kind x BW) + KV / (e x BW) + t0, e_kind
+    the shared e where a line has no legacy slope."""
+    own = {name: speed.BACKENDS[name] for name in ("cuda", "metal", "vulkan", "rocm")}
+    assert all(b.efficiency_legacy > 0 and b.efficiency_legacy != b.efficiency for b in own.values())
+    assert not {"metal", "vulkan", "rocm"} & set(speed.LEGACY_SLOPE_EXCLUDED)
+    dc = speed.BACKENDS["cuda-datacenter"]
+    assert dc.efficiency_legacy == 0
+    for name, b, eff in [(n, b, b.efficiency_legacy) for n, b in own.items()] + [("cuda-datacenter", dc, dc.efficiency)]:
         t = 1 / speed.single_stream_tokens_per_s(5e9, 1e8, 900, name, "legacy")
         assert t == pytest.approx(5e9 / (eff * 900e9) + 1e8 / (b.efficiency * 900e9) + b.t0_ms / 1000)
 
@@ -80,7 +84,16 @@ def test_an_excluded_backend_fits_its_legacy_points_on_the_shared_slope():
     assert f["legacy"] == 0.0 and f == pytest.approx(as_quantized, rel=1e-12)
     assert speed.fit_backend(pts, split) == pytest.approx(speed.fit_backend(pts[:2] + [p[:3] for p in pts[2:4]]
                                                                             + pts[4:]), rel=1e-12)
-    assert speed.split_kinds("metal") == split and speed.split_kinds("cuda") == speed.SPLIT_KINDS
+    assert speed.split_kinds("cuda") == speed.SPLIT_KINDS
+    # no backend is excluded since confirm-metal adopted Metal's legacy slope; the exclusion still applies by name
+    saved = dict(speed.LEGACY_SLOPE_EXCLUDED)
+    try:
+        speed.LEGACY_SLOPE_EXCLUDED["metal"] = "a test's"
+        assert speed.split_kinds("metal") == split
+    finally:
+        speed.LEGACY_SLOPE_EXCLUDED.clear()
+        speed.LEGACY_SLOPE_EXCLUDED.update(saved)
+    assert speed.split_kinds("metal") == speed.SPLIT_KINDS
 
 
 def test_one_legacy_point_or_too_few_others_share_the_slope():

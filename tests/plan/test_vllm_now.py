@@ -16,7 +16,7 @@ import yaml
 from stackgen.plan import speed
 
 from public_logs import comm_seconds, fit_point, older_build, predict_decode
-from test_public_logs import SPEED_FLOORS
+from test_public_logs import FLOORS_BEFORE_CONFIRM, metal_line_before_confirm
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
                         .read_text())["points"]
@@ -64,7 +64,9 @@ def test_the_refit_passes_rule_2_and_is_speed_pys_line():
     """Today's line: the fit without vllm-now's rows (15 points). The refit: those plus vllm-now's 7 odd rows (22).
     Held out for both (the refit's split): 19 vLLM points. Recomputed: (a) 13 -> 14 of 19, (b) 9 of 15 (0.60) ->
     15 of 22 (0.68), (c) 94 of the first 115 under both, (d) metal-m1 62, iquant 11, vllm2 10 -> 11 (its halves 5
-    and 5 -> 6), vllm-now 12 -> 13. All hold: adopted, so speed.BACKENDS["vllm"] is the refit."""
+    and 5 -> 6), vllm-now 12 -> 13. All hold: adopted, so speed.BACKENDS["vllm"] is the refit. (c) and (d) are
+    recomputed as decided: under the Metal line and against the floors of the time (confirm-metal moved both since:
+    test_public_logs.metal_line_before_confirm, FLOORS_BEFORE_CONFIRM)."""
     today_fit = [p for p in VLLM if not p.get("held_out") and p.get("corpus") != "vllm-now"]
     refit_fit = [p for p in VLLM if not p.get("held_out")]
     held = [p for p in VLLM if p.get("held_out")]
@@ -75,14 +77,15 @@ def test_the_refit_passes_rule_2_and_is_speed_pys_line():
     assert _loo(refit_fit) / len(refit_fit) >= _loo(today_fit) / len(today_fit)
     # (c) the first 115 (no corpus tag)
     first = [p for p in POINTS if not p.get("corpus")]
-    assert len(first) == 115 and _within(first, refit) >= 94
-    # (d) every other corpus floor, and vllm2's two halves
-    for corpus, n, within, share in SPEED_FLOORS:
-        ps = [p for p in POINTS if p.get("corpus") == corpus]
-        if corpus in (None, "vllm-now"):
-            continue
-        close = _within(ps, refit)
-        assert len(ps) >= n and close >= within and close / len(ps) >= share, corpus
+    with metal_line_before_confirm():
+        assert len(first) == 115 and _within(first, refit) >= 94
+        # (d) every other corpus floor, and vllm2's two halves
+        for corpus, n, within, share in FLOORS_BEFORE_CONFIRM:
+            ps = [p for p in POINTS if p.get("corpus") == corpus]
+            if corpus in (None, "vllm-now"):
+                continue
+            close = _within(ps, refit)
+            assert len(ps) >= n and close >= within and close / len(ps) >= share, corpus
     v2 = [p for p in POINTS if p.get("corpus") == "vllm2"]
     assert _within([p for p in v2 if not p.get("held_out")], refit) >= 5
     assert _within([p for p in v2 if p.get("held_out")], refit) >= 5
