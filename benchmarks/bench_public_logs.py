@@ -111,6 +111,14 @@ def _amd_family(gpu: str) -> str:
     return "other"
 
 
+def _group_line(label: str, ratios: list[float]) -> str:
+    """One summary line of a group of points by their predicted/measured ratios: within 15% and 25%, the mean
+    error and the ratios' range (the sections below print a group each way)."""
+    e = [abs(x - 1) for x in ratios]
+    return (f"- {label}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within 25%, "
+            f"mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(ratios):.2f}..{max(ratios):.2f}")
+
+
 def speed_rows() -> list[str]:
     pts = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
     out = ["| point | backend | weights | build | era | set | predicted tok/s | measured | ratio |",
@@ -180,10 +188,7 @@ def speed_rows() -> list[str]:
                 groups.setdefault("Ultra chips", []).append(r)
         groups["all"] = [predict_decode(p) / p["tokens_per_s"] for p in m1]
         for g in ["all"] + sorted(k for k in groups if k != "all"):
-            rs = groups[g]
-            e = [abs(x - 1) for x in rs]
-            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
-                       f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+            out.append(_group_line(g, groups[g]))
     v2 = [p for p in pts if p.get("corpus") == "vllm2"]
     if v2:
         # what each vllm2 point's measured step has beyond the line's (a diagnostic of a fixed per-step cost, not a fit)
@@ -210,7 +215,7 @@ def speed_rows() -> list[str]:
         # by AMD GPU family, which the by-corpus summary cannot show: the board's Instinct (CDNA) rows miss one way
         # while its RDNA3 / APU rows sit on the line (benchmarks/results/rocm-board-candidates.md)
         rocm = [p for p in pts if p["backend"] == "rocm" and not p.get("outlier")]
-        out.append(f"\nrocm-board (benchmarks/results/rocm-board-candidates.md): {len(rb)} held-out ROCm points (llama.cpp "
+        out.append(f"\nrocm-board (benchmarks/results/rocm-board-candidates.md): {len(rb)} ROCm points, taken held out, the odd rows fitted since confirm-amd (llama.cpp "
                    f"discussion 15021's scoreboard as quoted, issue 13565) by GPU family (from gpu:), then all "
                    f"{len(rocm)} ROCm points (fitted and held out) by family:")
         for label, ps in (("rocm-board", rb), ("all rocm", rocm)):
@@ -218,10 +223,7 @@ def speed_rows() -> list[str]:
             for p in ps:
                 groups.setdefault(_amd_family(p["gpu"]), []).append(predict_decode(p) / p["tokens_per_s"])
             for g in sorted(groups):
-                rs = groups[g]
-                e = [abs(x - 1) for x in rs]
-                out.append(f"- {label}, {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, "
-                           f"{sum(x <= 0.25 for x in e)} within 25%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+                out.append(_group_line(f"{label}, {g}", groups[g]))
     vk = [p for p in pts if p.get("corpus") == "vulkan-board"]
     if vk:
         # the board runs one model on every card: its rows split by vendor and by the driver the source names show
@@ -233,7 +235,7 @@ def speed_rows() -> list[str]:
             src = p["source"]
             return ("RADV" if "driver RADV" in src else "NVIDIA proprietary" if "driver NVIDIA proprietary" in src
                     else "not stated")
-        out.append(f"\nvulkan-board (benchmarks/results/vulkan-board-candidates.md): {len(vk)} held-out rows of llama.cpp "
+        out.append(f"\nvulkan-board (benchmarks/results/vulkan-board-candidates.md): {len(vk)} rows, taken held out, the odd rows fitted since confirm-amd, of llama.cpp "
                    f"discussion 10879's summary (llama 2 7B Q4_0 tg128, FA off), by vendor and by the driver the source "
                    f"names:")
         groups: dict[str, list[float]] = {"all": []}
@@ -242,9 +244,7 @@ def speed_rows() -> list[str]:
             for g in ("all", f"vendor {vendor(p)}", f"driver {driver(p)}"):
                 groups.setdefault(g, []).append(r)
         for g, rs in groups.items():
-            e = [abs(x - 1) for x in rs]
-            out.append(f"- {g}: {sum(x <= 0.15 for x in e)} of {len(e)} within 15%, {sum(x <= 0.25 for x in e)} within "
-                       f"25%, mean |error| {100 * sum(e) / len(e):.1f}%, predicted/measured {min(rs):.2f}..{max(rs):.2f}")
+            out.append(_group_line(g, rs))
         # repeats: the same card in the fixture's other Vulkan points (other models, hosts, builds, drivers); the
         # spread of their ratios is the noise one line cannot remove
         out.append("Repeats of a board GPU among the fixture's Vulkan points, outliers aside (predicted/measured; spread: "

@@ -530,6 +530,17 @@ def _rocm_loo(fitted) -> int | None:
     return out
 
 
+def _assert_adopted(board: list[dict], backend: str, arm_line, fitted_on: int) -> None:
+    """An arm adopted by the confirmatory rule (confirm-amd): the board's 1st, 3rd, ... rows fitted, the rest held
+    out, and speed.BACKENDS[backend] that arm's line."""
+    assert [not p.get("held_out") for p in board] == [i % 2 == 0 for i in range(len(board))]
+    cur = speed.BACKENDS[backend]
+    assert cur.fitted_on == arm_line.fitted_on == fitted_on
+    assert (cur.efficiency, cur.t0_ms, cur.efficiency_legacy) == (pytest.approx(arm_line.efficiency, abs=0.001),
+                                                                  pytest.approx(arm_line.t0_ms, abs=0.01),
+                                                                  pytest.approx(arm_line.efficiency_legacy, abs=0.001))
+
+
 def test_rocm_board_refit_follows_its_preregistered_rule():
     """rocm-board's rule 4 (benchmarks/results/rocm-board-candidates.md, fixed before any prediction): the corpus's
     1st, 3rd, 5th, 7th rows in fixture order join the ROCm fit, the 2nd, 4th, 6th stay held out; adopted only if (a)
@@ -579,13 +590,7 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
     d = loo_now is None or loo_new / n_new >= loo_now / old_line.fitted_on  # before: 2 points, no LOO
     assert (a, b, c) == (True, False, True) and (held_now, held_new) == (4, 4) and (loo_new, n_new) == (6, 6) and d
     assert not (a and b and c and d)  # its own rule: not adopted
-    # adopted by the confirmatory rule: the odd rows fitted, the line the arm's
-    assert [not p.get("held_out") for p in board] == [i % 2 == 0 for i in range(7)]
-    cur = speed.BACKENDS["rocm"]
-    assert cur.fitted_on == arm_line.fitted_on == 6
-    assert (cur.efficiency, cur.t0_ms, cur.efficiency_legacy) == (pytest.approx(arm_line.efficiency, abs=0.001),
-                                                                  pytest.approx(arm_line.t0_ms, abs=0.01),
-                                                                  pytest.approx(arm_line.efficiency_legacy, abs=0.001))
+    _assert_adopted(board, "rocm", arm_line, 6)
 
 
 def test_every_speed_point_has_a_floor():
@@ -710,13 +715,7 @@ def test_vulkan_board_refit_follows_its_preregistered_rule():
     d = loo_arm["loo"] / loo_arm["fitted_n"] >= loo_today["loo"] / loo_today["fitted_n"]
     assert (a, b, c, d) == (True, False, True, True), (today, after, loo_today, loo_arm)
     assert (today[1], after[1], loo_today["loo"], loo_arm["loo"]) == (9, 8, 2, 7)
-    # adopted by the confirmatory rule: the odd rows fitted, the line the arm's
-    assert [not p.get("held_out") for p in board] == [i % 2 == 0 for i in range(13)]
-    cur = speed.BACKENDS["vulkan"]
-    assert cur.fitted_on == refit.fitted_on == 14
-    assert (cur.efficiency, cur.t0_ms, cur.efficiency_legacy) == (pytest.approx(refit.efficiency, abs=0.001),
-                                                                  pytest.approx(refit.t0_ms, abs=0.01),
-                                                                  pytest.approx(refit.efficiency_legacy, abs=0.001))
+    _assert_adopted(board, "vulkan", refit, 14)
 
 
 def test_fit_recovers_known_parameters():
