@@ -414,6 +414,10 @@ BACKENDS = {
     # 2026 RTX 3090 UD-Q3_K_XL +15.2% -> +14.7%), leave-one-out 14 -> 14 of 17. A 2% difference not traced to a
     # mechanism here: ggml-cuda's MMVQ runs every block type through one kernel template (mmvq.cu mul_mat_vec_q, with
     # the type's vec_dot_*_q8_1), so it is not a different launch shape, as Metal's is.
+    # confirm-cuda (benchmarks/results/confirm-cuda-candidates.md, tests/plan/test_confirm_cuda.py): the lead's
+    # confirmatory rule put cuda-board's refit (C1, 31 fitted) to 8 new current-build GeForce points (RTX 2080 x 2,
+    # RTX 5090, GTX 1080, RTX 4080, RTX 3060 x 3): this line 7 within 15% (mean |ln| 0.143), C1 7 (0.142): C1 does not
+    # beat the count, so this line stands.
     "cuda": Backend(0.733, 0.48, fitted_on=17, error=0.20, prefill_mfu=0.926, efficiency_16bit=0.925,
                     batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD, t0_before_ms=1.39,
                     codebook_flop_per_weight=56.3, efficiency_legacy=0.748),
@@ -437,6 +441,10 @@ BACKENDS = {
     # consumer line's 0.48 ms), so by the rule this line stands. Its 3.09 ms is still an older-era figure: the new
     # V100 / A100 / H100 / L40S rows take 1.6-1.9 ms beyond the weight read on a 1.2B and read 8-9B files at
     # 0.60-0.81 of peak. Stated error: 9 in 10 of its now 15 non-outlier points are within 45.1% (the A100 PCIe row; 0.32 before).
+    # After the lead's review (5 uncitable points removed) and a second collection under the same rule (confcuda2:
+    # ggml CI's V100 PCIe at b4343, pythia 2.8B F16 / Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1, -16% and +1..+11%), 11 new
+    # datacenter points decided it: this line 5 within 15% (mean |ln| 0.258), D1 0 (0.373), D2 1 (0.621): it stands.
+    # Its 19 non-outlier points' 9-in-10 error is still the A100 PCIe row's 45.1%.
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.46, prefill_mfu=0.926),
     # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; held out: the RX 7900
     # XTX Q5_K_M row of the same table (-7%) and corpus2's 2026 RX 9070 XT (Qwen3 4B +0%, 8B -18%), RX 7900 XT and

@@ -1,7 +1,8 @@
 """The lead's confirmatory rule for the CUDA lines (benchmarks/results/confirm-cuda-candidates.md, fixed before any of
 the new points existed): cuda-board's refit arms and today's lines, scored on the confirm-cuda corpus's new points
 only, consumer first, then datacenter. This recomputes steps 2-3 of the rule from the fixture and checks the verdict
-recorded there (no arm adopted) and what it leaves in stackgen.plan.speed."""
+recorded there (no arm adopted: first no decision on 5 + 5 points, then A0 kept for both
+backends on 8 + 11) and what it leaves in stackgen.plan.speed."""
 from __future__ import annotations
 
 import math
@@ -62,28 +63,54 @@ def _decide(a0: dict, arms: dict) -> str | None:
 
 def test_confirm_cuda_points_are_new_and_held_out():
     """15 points were taken; the lead removed 5 whose sources are not citable (stored-file ids of a search index, no
-    public repository or URL: confirm-cuda-candidates.md, "Lead's review"), leaving 5 consumer and 5 datacenter."""
+    public repository or URL: confirm-cuda-candidates.md, "Lead's review"), leaving 5 consumer and 5 datacenter; the
+    second collection (confcuda2, the same rule) added 3 consumer (one RTX 3060 table) and 6 datacenter (ggml CI's
+    V100 PCIe run of b4343): 8 and 11, every one held out, at most 6 from one source, every source a GitHub URL."""
     new = [p for p in POINTS if p.get("corpus") == TAG]
     assert all(p.get("held_out") for p in new)
-    assert (sum(p["backend"] == "cuda" for p in new), sum(p["backend"] == "cuda-datacenter" for p in new)) == (5, 5)
+    assert (sum(p["backend"] == "cuda" for p in new), sum(p["backend"] == "cuda-datacenter" for p in new)) == (8, 11)
+    by_source: dict[str, int] = {}
+    for p in new:
+        assert p["source"].startswith("https://github.com/"), p["id"]
+        src = p["source"].split(" ")[0].rsplit("/", 1)[0]  # a file's folder: one CI run, one table, one thread
+        by_source[src] = by_source.get(src, 0) + 1
+    assert max(by_source.values()) <= 6
 
 
-def test_no_decision_with_five_new_points_a_backend():
-    """Rule 4: fewer than 6 new points for a backend, no decision; the lines stand. The figures, recorded in the
-    candidates file: consumer A0 4 of 5 within 15%, C1 the same; datacenter A0 0 of 5, D1 and D2 as computed here."""
+def test_the_rule_keeps_both_lines():
+    """Steps 2-3 on all 19 new points, consumer first: C1 ties A0's count (7 of 8 within 15%), so (i) fails and A0 is
+    kept; then datacenter, D2 on the consumer line kept (A0's): A0 5 of 11 within 15%, D1 0, D2 1; the best-scoring
+    arm, D2, does not beat A0's count ((i) fails). Both lines stand; no point loses held_out. The figures are in
+    confirm-cuda-candidates.md ("Second collection (confcuda2)")."""
     arms = _cuda_board_arms()
     a0 = _score({}, "cuda")
     c1 = _score({"cuda": arms["C1"]}, "cuda")
-    assert (a0["n"], a0["within"]) == (5, 4), a0
-    assert _decide(a0, {"C1": c1}) is None
+    assert (a0["n"], a0["within"], round(a0["ln"], 3)) == (8, 7, 0.143), a0
+    assert (c1["within"], round(c1["ln"], 3)) == (7, 0.142), c1
+    consumer = _decide(a0, {"C1": c1})
+    assert consumer == "A0"
+    line = speed.BACKENDS["cuda"] if consumer == "A0" else arms["C1"]  # D2 plans on the consumer line adopted
     d0 = _score({}, "cuda-datacenter")
     d1 = _score({"cuda-datacenter": arms["D1"]}, "cuda-datacenter")
-    d2 = _score({"cuda-datacenter": speed.BACKENDS["cuda"]}, "cuda-datacenter")  # datacenter tier -> the consumer line
-    assert (d0["n"], d0["within"]) == (5, 0), d0
-    assert _decide(d0, {"D1": d1, "D2": d2}) is None
+    d2 = _score({"cuda-datacenter": line}, "cuda-datacenter")  # datacenter tier -> the consumer line
+    assert (d0["n"], d0["within"], round(d0["ln"], 3)) == (11, 5, 0.258), d0
+    assert (d1["within"], round(d1["ln"], 3), d2["within"], round(d2["ln"], 3)) == (0, 0.373, 1, 0.621)
+    assert (d0["all"], d1["all"], d2["all"], d0["first115"]) == (301, 297, 296, 92)
+    assert _decide(d0, {"D1": d1, "D2": d2}) == "A0"
     assert speed.BACKENDS["cuda"].fitted_on == 17
     assert "cuda-datacenter" in speed.BACKENDS and speed.BACKENDS["cuda-datacenter"].fitted_on == 2
     assert speed.backend_for(None, "nvidia", "datacenter") == "cuda-datacenter"
+
+
+def test_no_decision_below_six_new_points_a_backend():
+    """Rule 4, as it stood before the second collection: the first collection's 5 + 5 points (those not from
+    confcuda2's two sources) gave no decision for either backend."""
+    second = ("https://github.com/ggml-org/ci/", "https://github.com/yeswearecoding/")
+    first = [p for p in POINTS if p.get("corpus") == TAG and not p["source"].startswith(second)]
+    assert len(first) == 10
+    for backend in ("cuda", "cuda-datacenter"):
+        n = sum(p["backend"] == backend for p in first)
+        assert n == 5 and _decide({"n": n, "within": 0, "ln": 1.0, "all": 0}, {}) is None
 
 
 def test_the_rule_would_adopt_an_arm_that_met_all_three_conditions():
