@@ -278,6 +278,12 @@ def _num(text: str | None) -> float | None:
         return None
 
 
+def _cc(text: str | None) -> str | None:
+    """A compute capability as GPUSpec takes it (major.minor); anything else a driver prints is left unknown rather
+    than failing the whole detection."""
+    return text if text and re.fullmatch(r"[0-9]{1,2}\.[0-9]", text) else None
+
+
 def _blank(text: str | None) -> str | None:
     if text is None:
         return None
@@ -796,7 +802,7 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
     name = re.sub(r"^NVIDIA\s+(?=GeForce|RTX|Tesla|Quadro)", "", g.name).strip()
     return GPUSpec(
         vendor=g.vendor, name=name[:4096], memory_gib=round(g.memory_bytes / GIB, 2), bandwidth_gbs=float(bandwidth),
-        tier=tier, compute_capability=g.compute_capability, arch=g.arch, unified=g.unified,
+        tier=tier, compute_capability=_cc(g.compute_capability), arch=g.arch, unified=g.unified,
         interconnect_gbs=float(bandwidth) if g.unified else None,
     )
 

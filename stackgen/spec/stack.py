@@ -55,7 +55,8 @@ class GPUSpec(_Model):
     bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
     count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
     tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")
-    compute_capability: str | None = Field(None, description="NVIDIA compute capability, e.g. '8.9'.")
+    compute_capability: str | None = Field(None, pattern=r"^[0-9]{1,2}\.[0-9]$",
+                                           description="NVIDIA compute capability, major.minor, e.g. '8.9'.")
     arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")
     interconnect_gbs: float | None = Field(None, gt=0, description="Host<->GPU link, GB/s per direction.")
     unified: bool = Field(False, description="GPU shares system memory (Apple silicon).")
@@ -476,6 +477,10 @@ def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Pr
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return Problem(display, mark.line, mark.col, path, f"invalid name {err.get('input')!r}",
                        "use lowercase letters, digits and '-', starting with a letter or digit")
+    if kind == "string_pattern_mismatch" and loc[-1] == "compute_capability":
+        return Problem(display, mark.line, mark.col, path, f"invalid compute capability {err.get('input')!r}",
+                       "write major.minor as `nvidia-smi --query-gpu=compute_cap --format=csv` prints it, quoted: "
+                       "`compute_capability: \"8.9\"`")
     typed = _type_problem(kind, loc, err.get("input"))
     if typed is not None:
         return Problem(display, mark.line, mark.col, path, *typed)

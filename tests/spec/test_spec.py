@@ -66,6 +66,10 @@ BAD = [
     ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: hf:../../etc\n", 5, 12, "services.chat.model", "'..'"),
     ("version: 1\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\nserve: {cors_origins: ['*']}\n",
      4, 23, "serve.cors_origins", "list the origins"),
+    # a compute capability the planner compares as a number (sm_89 was an internal error before: float('sm_89'))
+    ("version: 1\nhardware: {gpus: [{vendor: nvidia, name: X, memory_gib: 24, bandwidth_gbs: 900, compute_capability: sm_89}],"
+     " memory_gib: 64, memory_bandwidth_gbs: 50, cpu: {cores: 8}}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
+     2, 101, "hardware.gpus.0.compute_capability", 'invalid compute capability \'sm_89\' (write major.minor'),
 ]
 
 
@@ -155,3 +159,11 @@ def test_schema_command_emits_json_schema(cli):
     assert schema["title"].startswith("stackgen")
     assert {"version", "hardware", "services"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+def test_detect_leaves_an_unreadable_compute_capability_unknown():
+    """detect builds GPUSpec from nvidia-smi's compute_cap: a value GPUSpec would refuse is left unknown (None), not a
+    failed detection."""
+    from stackgen.host import detect
+    assert detect._cc("8.9") == "8.9" and detect._cc("12.0") == "12.0"
+    assert detect._cc("sm_89") is None and detect._cc("8") is None and detect._cc(None) is None
