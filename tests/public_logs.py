@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from stackgen.plan.memory import GIB, VLLM_NON_TORCH_GIB, VLLM_NON_TORCH_TP_GIB, vllm_activation_bytes
@@ -327,6 +328,48 @@ def codebook_fit_points() -> list[tuple]:
     return out
 
 
+@contextmanager
+def lines(overrides: dict):
+    """speed.BACKENDS with `overrides` ({backend: speed.Backend}) in place for the block, restored after: how an arm's
+    lines are scored against the corpus."""
+    from stackgen.plan import speed
+    saved = dict(speed.BACKENDS)
+    speed.BACKENDS.update(overrides)
+    try:
+        yield
+    finally:
+        speed.BACKENDS.clear()
+        speed.BACKENDS.update(saved)
+
+
+def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...]):
+    """speed.BACKENDS[backend] refitted (fit_kinds with the kinds in `split`) on its points that `fitted(p)` selects,
+    outliers aside, and its CUDA codebook floor refitted at that line (fit_codebook); None when it has none there."""
+    from dataclasses import replace
+    from stackgen.plan import speed
+    b = speed.BACKENDS[backend]
+    sel = [fit_point(p) for p in points if p["backend"] == backend and not p.get("outlier") and fitted(p)]
+    if not sel:
+        return None
+    f = speed.fit_kinds(sel, split)
+    nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
+                 efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"], t0_before_ms=f["t0_before_ms"],
+                 fitted_on=len(sel))
+    if b.codebook_flop_per_weight:
+        cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
+               nb.t0_before_ms if older_build(p) else 0.0) for p in points
+              if p["backend"] == backend and p.get("codebook_fit")]
+        nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
+    return nb
+
+
+def loo_within(fit_pts: list[dict], split: tuple[str, ...]) -> int:
+    """Leave-one-out over `fit_pts`: how many are within 15% of the line fitted on the others (loo_predicted)."""
+    sel = [fit_point(p) for p in fit_pts]
+    return sum(abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
+               for i, p in enumerate(fit_pts))
+
+
 # --- the "legacy" weight kind's pre-registered comparison (benchmarks/results/metal-candidates.md, "legacy kind") ---
 
 def today_fitted(p: dict) -> bool:
@@ -337,27 +380,16 @@ def today_fitted(p: dict) -> bool:
 
 
 def arm_backends(points: list[dict], fitted, legacy: bool) -> dict:
-    """speed.Backend per fitted backend refitted (fit_kinds) on the points `fitted(p)` selects, with the "legacy"
+    """speed.Backend per fitted backend refitted (refit_line) on the points `fitted(p)` selects, with the "legacy"
     kind given its own slope where the points allow (legacy=True) or kept on the shared slope (False); the CUDA
-    codebook floor refitted at that line (fit_codebook). Everything else as speed.BACKENDS has it."""
-    from dataclasses import replace
+    codebook floor refitted at that line. Everything else as speed.BACKENDS has it."""
     from stackgen.plan import speed
     split = speed.SPLIT_KINDS if legacy else tuple(k for k in speed.SPLIT_KINDS if k != "legacy")
     out = {}
     for backend, b in speed.BACKENDS.items():
-        sel = [fit_point(p) for p in points if p["backend"] == backend and not p.get("outlier") and fitted(p)]
-        if not b.fitted_on or not sel:
-            continue
-        f = speed.fit_kinds(sel, split)
-        nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
-                     efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"], t0_before_ms=f["t0_before_ms"],
-                     fitted_on=len(sel))
-        if b.codebook_flop_per_weight:
-            cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
-                   nb.t0_before_ms if older_build(p) else 0.0) for p in points
-                  if p["backend"] == backend and p.get("codebook_fit")]
-            nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
-        out[backend] = (nb, split)
+        nb = refit_line(points, backend, fitted, split) if b.fitted_on else None
+        if nb is not None:
+            out[backend] = (nb, split)
     return out
 
 
@@ -366,26 +398,15 @@ def arm_figures(points: list[dict], fitted, legacy: bool) -> dict:
     outliers aside) within 15% and their count, leave-one-out within 15% over its fitted points (each predicted by
     the fit of the others, fit_kinds with the arm's kinds; backends with 3+ fitted points), and the whole corpus's
     count within 15% under the arm's lines."""
-    from stackgen.plan import speed
     arms = arm_backends(points, fitted, legacy)
-    saved = dict(speed.BACKENDS)
-    try:
-        speed.BACKENDS.update({k: v[0] for k, v in arms.items()})
+    with lines({k: v[0] for k, v in arms.items()}):
         within = {id(p): abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in points}
-    finally:
-        speed.BACKENDS.clear()
-        speed.BACKENDS.update(saved)
     out = {"all": (sum(within.values()), len(points)), "backends": {}}
     for backend, (b, split) in arms.items():
         mine = [p for p in points if p["backend"] == backend and not p.get("outlier")]
         fit_pts = [p for p in mine if fitted(p)]
         held = [p for p in mine if not fitted(p)]
-        sel = [fit_point(p) for p in fit_pts]
-        loo = None
-        if len(sel) >= 3:
-            loo = 0
-            for i, p in enumerate(fit_pts):
-                loo += abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
+        loo = loo_within(fit_pts, split) if len(fit_pts) >= 3 else None
         out["backends"][backend] = {"params": b, "held": sum(within[id(p)] for p in held), "held_n": len(held),
                                     "loo": loo, "fitted_n": len(fit_pts)}
     return out
@@ -400,42 +421,27 @@ def refit_arm(points: list[dict], fitted, backends: tuple[str, ...]) -> dict:
     figures -- its held-out points (not `fitted`, outliers aside) within 15%, leave-one-out within 15% over its fitted
     points (today's fitted set today, the refit's for the refit) as (count, n) -- and, per corpus tag (None: the
     first 115 points), the count within 15% under the refit."""
-    from dataclasses import replace
     from stackgen.plan import speed
 
     def close(ps):
         return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
 
     def loo(ps, split):
-        sel, n = [fit_point(p) for p in ps], 0
-        for i, p in enumerate(ps):
-            n += abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
-        return n, len(ps)
+        return loo_within(ps, split), len(ps)
 
     tags = sorted({p.get("corpus") for p in points}, key=str)
     out = {}
     for backend in backends:
-        b, split = speed.BACKENDS[backend], speed.split_kinds(backend)
+        split = speed.split_kinds(backend)
         mine = [p for p in points if p["backend"] == backend and not p.get("outlier")]
         today_fit = [p for p in mine if not p.get("held_out")]
         new_fit = [p for p in mine if fitted(p)]
         held = [p for p in mine if not fitted(p)]
-        f = speed.fit_kinds([fit_point(p) for p in new_fit], split)
-        nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
-                     efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"],
-                     t0_before_ms=f["t0_before_ms"], fitted_on=len(new_fit))
-        if b.codebook_flop_per_weight:
-            cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
-                   nb.t0_before_ms if older_build(p) else 0.0) for p in mine if p.get("codebook_fit")]
-            nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
+        nb = refit_line(points, backend, fitted, split)
         today = {"held": close(held), "loo": loo(today_fit, split),
                  "corpora": {t: close([p for p in points if p.get("corpus") == t]) for t in tags}}
-        saved = speed.BACKENDS[backend]
-        try:
-            speed.BACKENDS[backend] = nb
+        with lines({backend: nb}):
             refit = {"held": close(held), "loo": loo(new_fit, split),
                      "corpora": {t: close([p for p in points if p.get("corpus") == t]) for t in tags}}
-        finally:
-            speed.BACKENDS[backend] = saved
         out[backend] = {"params": nb, "held_n": len(held), "today": today, "refit": refit}
     return out
