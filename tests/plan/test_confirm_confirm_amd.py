@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import arm_backends, predict_decode, today_fitted
+from public_logs import arm_backends, lines as with_lines, predict_decode, today_fitted
 from stackgen.plan import speed
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
@@ -42,12 +42,8 @@ def _lines(backend: str):
 
 
 def _score(backend: str, line) -> dict:
-    saved = speed.BACKENDS[backend]
-    speed.BACKENDS[backend] = line
-    try:
+    with with_lines({backend: line}):
         r = {id(p): predict_decode(p) / p["tokens_per_s"] for p in POINTS}
-    finally:
-        speed.BACKENDS[backend] = saved
     new = [p for p in NEW if p["backend"] == backend]
 
     def within(ps):
@@ -85,14 +81,8 @@ def test_confirmatory_rule_adopts_the_arm(backend, figures):
     """Steps 2-3 per backend, the other backend at its line before the adoption (the corpus counts are each arm's
     alone, as the rule reads them); both arms pass (i)-(iii) and are adopted: speed.BACKENDS is the arm."""
     lines = {b: _lines(b) for b in BOARD}
-    saved = dict(speed.BACKENDS)
-    try:
-        for b in BOARD:
-            speed.BACKENDS[b] = lines[b][0]
+    with with_lines({b: lines[b][0] for b in BOARD}):
         a0, arm = _score(backend, lines[backend][0]), _score(backend, lines[backend][1])
-    finally:
-        speed.BACKENDS.clear()
-        speed.BACKENDS.update(saved)
     got = (a0["within"], round(a0["mean_ln"], 4), arm["within"], round(arm["mean_ln"], 4), a0["corpus"], arm["corpus"])
     assert got == figures
     assert a0["first115"] == arm["first115"] == 92  # 94 as recorded, under the Metal line before confirm-metal

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from public_logs import predict_decode, refit_arm
+from public_logs import lines as with_lines, predict_decode, refit_arm
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())[
@@ -34,13 +34,8 @@ def _cuda_board_arms() -> dict:
 def _score(lines: dict, backend: str) -> dict:
     """Step 2 under `lines` (speed.BACKENDS entries replaced for the call): on the new points of `backend`, the count
     within 15% and the mean |ln(predicted / measured)|; the whole corpus's and the first 115's counts within 15%."""
-    saved = dict(speed.BACKENDS)
-    try:
-        speed.BACKENDS.update(lines)
+    with with_lines(lines):
         ratio = {id(p): predict_decode(p) / p["tokens_per_s"] for p in POINTS}
-    finally:
-        speed.BACKENDS.clear()
-        speed.BACKENDS.update(saved)
     new = [p for p in POINTS if p.get("corpus") == TAG and p["backend"] == backend]
 
     def within(ps):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import arm_backends, arm_figures, predict_decode, today_fitted
+from public_logs import arm_backends, arm_figures, lines, predict_decode, today_fitted
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
@@ -37,12 +37,8 @@ def _arm_fitted(p: dict) -> bool:
 def _score(line: speed.Backend) -> dict:
     """Under `line` as Metal's (every other backend as speed.BACKENDS has it): the new points' within-15% count and
     mean |ln(pred/measured)|, the whole corpus's and the first 115's within-15% counts."""
-    saved = speed.BACKENDS["metal"]
-    speed.BACKENDS["metal"] = line
-    try:
+    with lines({"metal": line}):
         ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in POINTS}
-    finally:
-        speed.BACKENDS["metal"] = saved
     within = {k: abs(r - 1) <= 0.15 for k, r in ratio.items()}
     return {"new": sum(within[p["id"]] for p in NEW),
             "ln": sum(abs(math.log(ratio[p["id"]])) for p in NEW) / len(NEW),

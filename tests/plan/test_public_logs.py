@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from public_logs import (arm_backends, arm_figures, fit_point, older_build, predict_decode, predict_llamacpp_case,
-                         predict_ollama_case, refit_arm, today_fitted,
+                         lines, predict_ollama_case, refit_arm, today_fitted,
                          predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB
@@ -29,12 +29,8 @@ def metal_line_before_confirm():
     """Metal's line as it was until confirm-metal adopted metal-k's arm (benchmarks/results/confirm-metal-candidates.md):
     the fit of its 16 points (today_fitted), the legacy kind on the shared slope. The earlier corpora's refit
     decisions were made under it, with FLOORS_BEFORE_CONFIRM; their tests recompute those decisions as made."""
-    saved = speed.BACKENDS["metal"]
-    speed.BACKENDS["metal"] = arm_backends(POINTS, today_fitted, False)["metal"][0]
-    try:
+    with lines({"metal": arm_backends(POINTS, today_fitted, False)["metal"][0]}):
         yield
-    finally:
-        speed.BACKENDS["metal"] = saved
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
@@ -283,13 +279,9 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
         today = close(held)
         old_today = close(old)
     refit = arm_backends(POINTS, fitted, False)["metal"][0]  # Metal as adopted then: no legacy slope
-    saved = speed.BACKENDS["metal"]
-    try:
-        speed.BACKENDS["metal"] = refit
+    with lines({"metal": refit}):
         assert close(held) >= today  # rule 4 alone would keep the refit
         assert close(old) < 93 <= old_today  # but the earlier points' floor would fall
-    finally:
-        speed.BACKENDS["metal"] = saved
     # confirm-metal fitted the odd rows since (metal-k's arm, adopted by its confirmatory rule)
     m1 = [p for p in POINTS if p.get("corpus") == "metal-m1"]
     assert [not p.get("held_out") for p in m1] == [i % 2 == 0 for i in range(len(m1))]
@@ -368,14 +360,10 @@ def test_metal_legacy_kind_retest_with_metal_k():
     arm = arm_figures([p for p in POINTS if p.get("corpus") != "confirm-metal"], fitted, True)  # the points then
     m = arm["backends"]["metal"]
     assert m["params"].efficiency_legacy > 0  # the arm gives Metal its legacy slope
-    saved = speed.BACKENDS["metal"]
-    try:
-        speed.BACKENDS["metal"] = m["params"]
+    with lines({"metal": m["params"]}):
         held_arm = close(held)
         first = close([p for p in POINTS if not p.get("corpus")])
         floors = {c: close([p for p in POINTS if p.get("corpus") == c]) for c, *_ in FLOORS_BEFORE_CONFIRM if c}
-    finally:
-        speed.BACKENDS["metal"] = saved
     assert held_arm == m["held"]
     a = held_arm > today["held"]
     b = m["loo"] / m["fitted_n"] >= today["loo"]["loo"] / today["loo"]["fitted_n"]
@@ -572,12 +560,8 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
     floors = {c: w for c, _, w, _ in FLOORS_BEFORE_CONFIRM}  # rocm-board's 3: the floor its rule 4c was checked against
 
     def counts(line):
-        saved = speed.BACKENDS["rocm"]
-        speed.BACKENDS["rocm"] = line
-        try:
+        with lines({"rocm": line}):
             close = {id(p): abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in POINTS}
-        finally:
-            speed.BACKENDS["rocm"] = saved
         by_corpus = {c: sum(close[id(p)] for p in POINTS if p.get("corpus") == c) for c, *_ in FLOORS_BEFORE_CONFIRM}
         return by_corpus, sum(close[id(p)] for p in held)
     old_line, arm_line = _rocm_line(before), _rocm_line(refit)
@@ -628,16 +612,11 @@ def _arm_counts(fitted):
     corpus's count within 15%."""
     figs = arm_figures(POINTS, fitted, True)
     arms = arm_backends(POINTS, fitted, True)
-    saved = dict(speed.BACKENDS)
-    try:
-        speed.BACKENDS["mlx"] = arms["mlx"][0]  # only MLX's line moves in this arm (the others keep theirs)
+    with lines({"mlx": arms["mlx"][0]}):  # only MLX's line moves in this arm (the others keep theirs)
         counts = {}
         for p in POINTS:
             counts[p.get("corpus")] = counts.get(p.get("corpus"), 0) + (abs(predict_decode(p) / p["tokens_per_s"] - 1)
                                                                          <= 0.15)
-    finally:
-        speed.BACKENDS.clear()
-        speed.BACKENDS.update(saved)
     return figs["backends"]["mlx"], counts
 
 
@@ -698,12 +677,8 @@ def test_vulkan_board_refit_follows_its_preregistered_rule():
         return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
 
     def counts(line):
-        saved = speed.BACKENDS["vulkan"]
-        speed.BACKENDS["vulkan"] = line
-        try:
+        with lines({"vulkan": line}):
             return close(old), close(held), {c: close([p for p in POINTS if p.get("corpus") == c]) for c in corpora}
-        finally:
-            speed.BACKENDS["vulkan"] = saved
     old_line = arm_backends(POINTS, before, True)["vulkan"][0]
     refit = arm_backends(POINTS, arm, True)["vulkan"][0]
     assert (old_line.efficiency, old_line.t0_ms, old_line.fitted_on) == (pytest.approx(0.751, abs=0.001),

@@ -7,7 +7,6 @@ recomputed here from the fixture (no figure pasted from an output); the adopted 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import yaml
 
 from stackgen.plan import speed
 
-from public_logs import comm_seconds, fit_point, older_build, predict_decode
+from public_logs import lines, loo_within, predict_decode, refit_line
 from test_public_logs import FLOORS_BEFORE_CONFIRM, metal_line_before_confirm
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
@@ -25,32 +24,19 @@ VLLM = [p for p in POINTS if p["backend"] == "vllm" and not p.get("outlier")]
 
 
 def _line(fitted: list[dict]) -> speed.Backend:
-    """BACKENDS["vllm"] refitted (fit_kinds, vLLM's kinds) on `fitted`; the rest of the Backend as speed.py has it."""
-    f = speed.fit_kinds([fit_point(p) for p in fitted], speed.split_kinds("vllm"))
-    return replace(speed.BACKENDS["vllm"], efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
-                   efficiency_int4_awq=f["int4-awq"], t0_before_ms=f["t0_before_ms"], fitted_on=len(fitted))
+    """BACKENDS["vllm"] refitted (refit_line: fit_kinds, vLLM's kinds) on `fitted`; the rest of the Backend as
+    speed.py has it."""
+    return refit_line(fitted, "vllm", lambda p: True, speed.split_kinds("vllm"))
 
 
 def _within(points: list[dict], line: speed.Backend) -> int:
-    saved = speed.BACKENDS["vllm"]
-    speed.BACKENDS["vllm"] = line
-    try:
+    with lines({"vllm": line}):
         return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in points)
-    finally:
-        speed.BACKENDS["vllm"] = saved
 
 
 def _loo(fitted: list[dict]) -> int:
     """Leave-one-out within 15% over `fitted`: each point predicted by the fit of the others (its era, its kind)."""
-    sel = [fit_point(p) for p in fitted]
-    n = 0
-    for i, p in enumerate(fitted):
-        f = speed.fit_kinds(sel[:i] + sel[i + 1:], speed.split_kinds("vllm"))
-        e = f.get(p.get("weights", "quantized")) or f["quantized"]
-        t = (p["bytes_mib"] * 2**20 / (e * p["bandwidth_gbs"] * 1e9)
-             + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0.0)) / 1000 + comm_seconds(p))
-        n += abs(1 / t / p["tokens_per_s"] - 1) <= 0.15
-    return n
+    return loo_within(fitted, speed.split_kinds("vllm"))
 
 
 def test_the_split_is_by_fixture_position():
