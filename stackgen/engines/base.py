@@ -31,7 +31,7 @@ def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float,
         return intel
     if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
         return amd
-    ccs = [float(g.compute_capability) for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability]
+    ccs = hw.nvidia_compute_capabilities
     if ccs and min(ccs) < min_cc:
         return cc
     return None

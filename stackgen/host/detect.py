@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from stackgen.errors import StackgenError
 from stackgen.host.facts import DEFAULT_MEMORY_BANDWIDTH_GBS, HostFacts
-from stackgen.spec.stack import CPUSpec, GPUSpec, HardwareSpec
+from stackgen.spec.stack import COMPUTE_CAPABILITY, CPUSpec, GPUSpec, HardwareSpec
 
 GIB = 2**30
 MIB = 2**20
@@ -281,7 +281,7 @@ def _num(text: str | None) -> float | None:
 def _cc(text: str | None) -> str | None:
     """A compute capability as GPUSpec takes it (major.minor); anything else a driver prints is left unknown rather
     than failing the whole detection."""
-    return text if text and re.fullmatch(r"[0-9]{1,2}\.[0-9]", text) else None
+    return text if text and re.match(COMPUTE_CAPABILITY, text) else None
 
 
 def _blank(text: str | None) -> str | None:

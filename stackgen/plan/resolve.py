@@ -562,10 +562,9 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     if stack.serve.api_key_env and engine.api_key is None:
         warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
                         "which is why it stays on loopback")
-    old_cc = [g.compute_capability for g in hw.gpus if g.vendor == "nvidia" and g.compute_capability
-              and float(g.compute_capability) < OLD_CUDA_CC]
+    old_cc = [cc for cc in hw.nvidia_compute_capabilities if cc < OLD_CUDA_CC]
     if old_cc and engine.speed_backend is None:  # ggml's CUDA kernels (llama.cpp, Ollama)
-        warnings.append(OLD_CUDA_WARNING.format(cc=old_cc[0]))
+        warnings.append(OLD_CUDA_WARNING.format(cc=f"{old_cc[0]:.1f}"))  # major.minor, as written
     if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(

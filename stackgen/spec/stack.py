@@ -45,6 +45,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# NVIDIA's compute capability as nvidia-smi's compute_cap prints it (major.minor); the planner compares it as a number.
+COMPUTE_CAPABILITY = r"^[0-9]{1,2}\.[0-9]$"
+
+
 class GPUSpec(_Model):
     vendor: Literal["nvidia", "amd", "intel", "apple"] = Field(description="GPU vendor.")
     name: Text = Field(description="Marketing name, e.g. 'GeForce RTX 4090'.")
@@ -55,7 +59,7 @@ class GPUSpec(_Model):
     bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
     count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
     tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")
-    compute_capability: str | None = Field(None, pattern=r"^[0-9]{1,2}\.[0-9]$",
+    compute_capability: str | None = Field(None, pattern=COMPUTE_CAPABILITY,
                                            description="NVIDIA compute capability, major.minor, e.g. '8.9'.")
     arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")
     interconnect_gbs: float | None = Field(None, gt=0, description="Host<->GPU link, GB/s per direction.")
@@ -92,6 +96,11 @@ class HardwareSpec(_Model):
     @property
     def gpu_memory_gib(self) -> float:
         return sum(g.memory_gib * g.count for g in self.gpus if not g.unified)
+
+    @property
+    def nvidia_compute_capabilities(self) -> tuple[float, ...]:
+        """The compute capabilities of the machine's NVIDIA GPUs that state one, as numbers (8.9)."""
+        return tuple(float(g.compute_capability) for g in self.gpus if g.vendor == "nvidia" and g.compute_capability)
 
     @property
     def is_apple(self) -> bool:
