@@ -171,15 +171,17 @@ def fit_point(p: dict) -> tuple:
     return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], tps, p.get("weights", "quantized"), older_build(p)
 
 
-def loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] | None = None) -> float:
+def loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] | None = None, exponent: bool = False) -> float:
     """A point's decode rate by the line fitted on `others` (fit_point tuples; speed.fit_kinds with the kinds in
-    `split`, all of speed.SPLIT_KINDS by default): its kind's slope (the shared one where the kind has none), t0 and
-    its era's t0_before, tensor parallel's all-reduces. The leave-one-out prediction of the bench and the refit arms."""
+    `split`, all of speed.SPLIT_KINDS by default; `exponent`: with a bandwidth exponent, speed.fit_exponent): its
+    kind's slope (the shared one where the kind has none), t0 and its era's t0_before, tensor parallel's all-reduces.
+    The leave-one-out prediction of the bench and the refit arms."""
     from stackgen.plan import speed
 
-    f = speed.fit_kinds(others, speed.SPLIT_KINDS if split is None else split)
+    split = speed.SPLIT_KINDS if split is None else split
+    a, f = speed.fit_exponent(others, split) if exponent else (1.0, speed.fit_kinds(others, split))
     eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
-    return 1 / (p["bytes_mib"] * 2**20 / (eff * p["bandwidth_gbs"] * 1e9)
+    return 1 / (p["bytes_mib"] * 2**20 / (eff * speed.scaled_gbs(p["bandwidth_gbs"], a) * 1e9)
                 + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
 
 
@@ -323,8 +325,8 @@ def codebook_fit_points() -> list[tuple]:
     for p in pts:
         if p.get("codebook_fit"):
             extra = speed.BACKENDS[p["backend"]].t0_before_ms if older_build(p) else 0.0
-            out.append((p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p),
-                        peak_flops(p), extra))
+            out.append((p["bytes_mib"] * 2**20, speed.BACKENDS[p["backend"]].read_gbs(p["bandwidth_gbs"]),
+                        p["tokens_per_s"], codebook_params(p), peak_flops(p), extra))
     return out
 
 
@@ -342,31 +344,34 @@ def lines(overrides: dict):
         speed.BACKENDS.update(saved)
 
 
-def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...]):
+def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...], exponent: bool = False):
     """speed.BACKENDS[backend] refitted (fit_kinds with the kinds in `split`) on its points that `fitted(p)` selects,
-    outliers aside, and its CUDA codebook floor refitted at that line (fit_codebook); None when it has none there."""
+    outliers aside, and its CUDA codebook floor refitted at that line (fit_codebook); None when it has none there.
+    `exponent`: the bandwidth exponent fitted with it (speed.fit_exponent: confirm-bw's arm X1); else a linear line
+    (bandwidth_exponent 1, every line before confirm-bw)."""
     from dataclasses import replace
     from stackgen.plan import speed
     b = speed.BACKENDS[backend]
     sel = [fit_point(p) for p in points if p["backend"] == backend and not p.get("outlier") and fitted(p)]
     if not sel:
         return None
-    f = speed.fit_kinds(sel, split)
+    a, f = speed.fit_exponent(sel, split) if exponent else (1.0, speed.fit_kinds(sel, split))
     nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
                  efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"], t0_before_ms=f["t0_before_ms"],
-                 fitted_on=len(sel))
+                 fitted_on=len(sel), bandwidth_exponent=a)
     if b.codebook_flop_per_weight:
-        cb = [(p["bytes_mib"] * 2**20, p["bandwidth_gbs"], p["tokens_per_s"], codebook_params(p), peak_flops(p),
-               nb.t0_before_ms if older_build(p) else 0.0) for p in points
+        cb = [(p["bytes_mib"] * 2**20, nb.read_gbs(p["bandwidth_gbs"]), p["tokens_per_s"], codebook_params(p),
+               peak_flops(p), nb.t0_before_ms if older_build(p) else 0.0) for p in points
               if p["backend"] == backend and p.get("codebook_fit")]
         nb = replace(nb, codebook_flop_per_weight=speed.fit_codebook(cb, nb.efficiency, nb.t0_ms))
     return nb
 
 
-def loo_within(fit_pts: list[dict], split: tuple[str, ...]) -> int:
-    """Leave-one-out over `fit_pts`: how many are within 15% of the line fitted on the others (loo_predicted)."""
+def loo_within(fit_pts: list[dict], split: tuple[str, ...], exponent: bool = False) -> int:
+    """Leave-one-out over `fit_pts`: how many are within 15% of the line fitted on the others (loo_predicted; with a
+    bandwidth exponent fitted each time where `exponent`)."""
     sel = [fit_point(p) for p in fit_pts]
-    return sum(abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1) <= 0.15
+    return sum(abs(loo_predicted(sel[:i] + sel[i + 1:], p, split, exponent) / p["tokens_per_s"] - 1) <= 0.15
                for i, p in enumerate(fit_pts))
 
 

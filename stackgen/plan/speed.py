@@ -28,6 +28,20 @@ import re
 from dataclasses import dataclass, fields, replace
 
 
+# The bandwidth a sub-linear line (Backend.bandwidth_exponent below 1) quotes its efficiencies at: a device of
+# exactly this many GB/s reads at them whatever the exponent. Only where e is quoted: e absorbs pivot ^ (1 - a), so
+# no prediction depends on it. 400 GB/s: the M1/M2/M3 Max, mid-range among the public points.
+BANDWIDTH_PIVOT_GBS = 400.0
+
+
+def scaled_gbs(bandwidth_gbs: float, exponent: float) -> float:
+    """BANDWIDTH_PIVOT_GBS x (bandwidth_gbs / BANDWIDTH_PIVOT_GBS) ^ exponent (Backend.read_gbs); `bandwidth_gbs`
+    itself at exponent 1 or for a device without bandwidth (<= 0)."""
+    if exponent == 1.0 or bandwidth_gbs <= 0:
+        return bandwidth_gbs
+    return BANDWIDTH_PIVOT_GBS * (bandwidth_gbs / BANDWIDTH_PIVOT_GBS) ** exponent
+
+
 @dataclass(frozen=True)
 class Backend:
     efficiency: float  # share of peak bandwidth a decode step reaches on big models
@@ -77,6 +91,17 @@ class Backend:
     # a step's weights take max(bytes / (efficiency x bandwidth), params x codebook_flop_per_weight / peak)
     # (codebook_floor_s). 0: no floor (the backend's points show none, or it has no codebook point). See CODEBOOK_QUANTS.
     codebook_flop_per_weight: float = 0.0
+    # How a decode step's reads scale with the datasheet bandwidth: they reach the line's efficiencies of
+    # read_gbs(BW) = BANDWIDTH_PIVOT_GBS x (BW / BANDWIDTH_PIVOT_GBS) ^ bandwidth_exponent, per device. 1.0: linear
+    # (every line until confirm-bw); below 1 a wide memory system is read at a smaller share of its peak at batch 1
+    # than a narrow one (fit_exponent; benchmarks/results/confirm-bw-candidates.md).
+    bandwidth_exponent: float = 1.0
+
+    def read_gbs(self, bandwidth_gbs: float) -> float:
+        """The bandwidth (GB/s) one device of `bandwidth_gbs` datasheet GB/s reads a decode step at, before the
+        efficiencies: the datasheet figure itself on a linear line (bandwidth_exponent 1), else
+        BANDWIDTH_PIVOT_GBS x (bandwidth_gbs / BANDWIDTH_PIVOT_GBS) ^ bandwidth_exponent."""
+        return scaled_gbs(bandwidth_gbs, self.bandwidth_exponent)
 
     def efficiency_for(self, weights: str = "quantized") -> float:
         """The efficiency for weights of kind `weights` ("16bit", "int4-awq", "legacy" or "quantized", weight_kind's
@@ -627,7 +652,7 @@ def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str, weights:
     the weights stored in codebook i-quants (codebook_quant), whose integer work on a GPU of `peak_flops` is a floor
     under the weight read (codebook_floor_s at the backend's codebook_flop_per_weight)."""
     b = backend_params(backend, build)
-    bw = bandwidth_gbs * 1e9
+    bw = b.read_gbs(bandwidth_gbs) * 1e9
     read = bytes_read / (b.efficiency_for(weights) * bw)
     read = max(read, codebook_floor_s(codebook_params, b.codebook_flop_per_weight, peak_flops))
     return read + kv_bytes / (b.efficiency * bw) + b.t0_ms / 1000
@@ -891,7 +916,8 @@ def step_parts(b: Backend, cpu: Backend, *, weights_bytes: float, kv_bytes_per_s
     on_gpu = gpu_fraction > 0
     weights_s = kv_s = ram_weights_s = ubatch_copy_s = codebook_s = 0.0
     if on_gpu and gpu_bandwidth_gbs > 0:
-        bw = gpu_bandwidth_gbs * 1e9
+        tp = max(1, tensor_parallel)
+        bw = tp * b.read_gbs(gpu_bandwidth_gbs / tp) * 1e9  # each device's read scales with its own bandwidth
         gpu_read = gpu_fraction * weights_bytes / (b.efficiency_for(weights) * bw)
         weights_s += gpu_read
         kv_s += gpu_fraction * kv_bytes_per_stream / (b.efficiency * bw)
@@ -1089,6 +1115,31 @@ def fit_backend_build(points: list[tuple], split: tuple[str, ...] = SPLIT_KINDS)
     fit_backend's over all the points."""
     f = fit_kinds(points, split)
     return f["quantized"], f["t0_ms"], f["16bit"], f["t0_before_ms"]
+
+
+# The exponents fit_exponent tries: 0.50 to 1.00 by 0.01 (confirm-bw's pre-registered grid).
+EXPONENT_GRID = tuple(i / 100 for i in range(50, 101))
+
+
+def fit_exponent(points: list[tuple], split: tuple[str, ...] = SPLIT_KINDS,
+                 grid: tuple[float, ...] = EXPONENT_GRID) -> tuple[float, dict[str, float]]:
+    """Backend.bandwidth_exponent with the rest of the line: for each exponent `a` of `grid`, fit_kinds over the
+    points (fit_backend_build's tuples) with each bandwidth read as scaled_gbs(bandwidth, a); the `a` whose fit has
+    the least sum of (predicted step / measured step - 1)^2 -- the relative residual fit_kinds itself minimises --
+    and that fit (fit_kinds' dict). Ties: the smaller exponent (the first in `grid`)."""
+    best: tuple[float, float, dict[str, float]] | None = None
+    for a in grid:
+        pts = [(p[0], scaled_gbs(p[1], a), *p[2:]) for p in points]
+        f = fit_kinds(pts, split)
+        err = 0.0
+        for p in pts:
+            e = f.get(_kind(p)) or f["quantized"]
+            t0 = f["t0_ms"] + (f["t0_before_ms"] if len(p) > 4 and p[4] else 0.0)
+            err += ((p[0] / (e * p[1] * 1e9) + t0 / 1000) * p[2] - 1) ** 2
+        if best is None or err < best[0]:
+            best = (err, a, f)
+    assert best is not None, "fit_exponent needs an exponent to try"
+    return best[1], best[2]
 
 
 def fit_codebook(points: list[tuple], efficiency: float, t0_ms: float) -> float:
