@@ -270,18 +270,21 @@ def speed_rows() -> list[str]:
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [fit_point(p) for p in fitted]
         split = speed.split_kinds(backend)
-        f = speed.fit_kinds(sel, split)
+        sub = speed.BACKENDS[backend].bandwidth_exponent != 1.0  # a line fitted with a bandwidth exponent (confirm-bw)
+        a, f = speed.fit_exponent(sel, split) if sub else (1.0, speed.fit_kinds(sel, split))
         e, t0, t0b = f["quantized"], f["t0_ms"], f["t0_before_ms"]
         kinds = "".join(f", e_{k.replace('-', '_')} = {f[k]:.3f}" for k in speed.SPLIT_KINDS if f[k])
         cut = speed.backend_params(backend).build_before
         era = f", t0_before = {t0b:.2f} ms for builds before {_cut(backend, cut)}" if t0b else ""
         loo = ""
         if len(sel) >= 3:
-            errs = [abs(loo_predicted(sel[:i] + sel[i + 1:], p, split) / p["tokens_per_s"] - 1)
+            errs = [abs(loo_predicted(sel[:i] + sel[i + 1:], p, split, sub) / p["tokens_per_s"] - 1)
                     for i, p in enumerate(fitted)]
             loo = (f"; leave-one-out: {sum(x <= 0.15 for x in errs)} of {len(errs)} within 15%, mean |error| "
                    f"{100 * sum(errs) / len(errs):.1f}%, max {100 * max(errs):.1f}%")
-        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms{era} over {len(sel)} points{loo}")
+        exp = (f", bandwidth exponent a = {a:.2f} (reads at {speed.BANDWIDTH_PIVOT_GBS:.0f} x (BW / "
+               f"{speed.BANDWIDTH_PIVOT_GBS:.0f})^a GB/s; e quoted there)" if sub else "")
+        out.append(f"- {backend}: e = {e:.3f}{kinds}, t0 = {t0:.2f} ms{era}{exp} over {len(sel)} points{loo}")
         if cut:
             for name, sel_era in (("before", True), ("current", False)):
                 ps = [p for p in pts if p["backend"] == backend and not p.get("outlier") and older_build(p) == sel_era]

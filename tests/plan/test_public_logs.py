@@ -143,13 +143,19 @@ def test_backend_parameters_are_the_fit_of_the_points_not_held_out(backend):
     (0 there too, and where speed.LEGACY_SLOPE_EXCLUDED names the backend: speed.split_kinds)."""
     sel = [fit_point(p) for p in POINTS if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
     split = speed.split_kinds(backend)
-    e, t0, e16, t0_before = speed.fit_backend_build(sel, split)
     b = speed.BACKENDS[backend]
+    if b.bandwidth_exponent != 1.0:  # a line with a bandwidth exponent (confirm-bw): fitted with it
+        a, f = speed.fit_exponent(sel, split)
+        assert b.bandwidth_exponent == a
+    else:
+        f = speed.fit_kinds(sel, split)
+        assert (f["quantized"], f["t0_ms"], f["16bit"], f["t0_before_ms"]) == speed.fit_backend_build(sel, split)
     assert len(sel) == b.fitted_on
-    assert b.efficiency == pytest.approx(e, abs=0.001) and b.t0_ms == pytest.approx(t0, abs=0.01)
-    assert b.efficiency_16bit == pytest.approx(e16, abs=0.001)
-    assert b.efficiency_int4_awq == pytest.approx(speed.fit_kinds(sel, split)["int4-awq"], abs=0.001)
-    assert b.efficiency_legacy == pytest.approx(speed.fit_kinds(sel, split)["legacy"], abs=0.001)
+    assert b.efficiency == pytest.approx(f["quantized"], abs=0.001) and b.t0_ms == pytest.approx(f["t0_ms"], abs=0.01)
+    assert b.efficiency_16bit == pytest.approx(f["16bit"], abs=0.001)
+    assert b.efficiency_int4_awq == pytest.approx(f["int4-awq"], abs=0.001)
+    assert b.efficiency_legacy == pytest.approx(f["legacy"], abs=0.001)
+    t0_before = f["t0_before_ms"]
     assert b.t0_before_ms == pytest.approx(t0_before, abs=0.01)
     assert bool(b.build_before) == bool(t0_before)  # a cut without a fitted term (or the reverse) is not a fit
 

@@ -1,0 +1,84 @@
+"""confirm-bw (benchmarks/results/confirm-bw-candidates.md): the confirmatory rule, fixed by the lead before any of
+its new points existed, that decides per backend (Metal; consumer CUDA) between today's linear line (X0) and the
+same fitted points with a bandwidth exponent fitted with the line (X1: speed.fit_exponent, the weight read at
+400 x (BW / 400)^a GB/s). Steps 2-4 of the rule, recomputed from the fixture:
+
+2. Score X0 and X1 on the backend's new points only: within-15% count, then mean |ln(pred/measured)|.
+3. Adopt X1 only if (i) its count on the new points is higher than X0's, (ii) its mean |ln| there is lower and (iii)
+   the whole corpus (every point, the new ones included) within 15% with it is at least X0's.
+4. Fewer than 6 new points, new points from one source only, or all at one bandwidth: no decision (keep X0).
+
+Both arms are fitted on the same set, the backend's points not held out (outliers aside), so the verdict does not
+depend on which line speed.BACKENDS holds: the test checks that the line there is the verdict's."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from public_logs import lines, predict_decode, refit_line
+from stackgen.plan import speed
+
+POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                        .read_text())["points"]
+TAGS = {"metal": ("confirm-bw-metal-a", "confirm-bw-metal-b"), "cuda": ("confirm-bw-cuda",)}
+
+
+def new_points(backend: str) -> list[dict]:
+    return [p for p in POINTS if p.get("corpus") in TAGS[backend] and p["backend"] == backend]
+
+
+def arms(backend: str) -> dict[str, speed.Backend]:
+    """X0 and X1 for `backend`, each fitted on its points not held out (outliers aside)."""
+    def fitted(p):
+        return not p.get("held_out")
+    split = speed.split_kinds(backend)
+    return {"X0": refit_line(POINTS, backend, fitted, split),
+            "X1": refit_line(POINTS, backend, fitted, split, exponent=True)}
+
+
+def score(backend: str, line: speed.Backend) -> dict:
+    """Under `line` as `backend`'s (every other line as speed.BACKENDS has it): the new points' within-15% count
+    and mean |ln(pred/measured)|, and the whole corpus's within-15% count."""
+    new = new_points(backend)
+    with lines({backend: line}):
+        ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in POINTS}
+    return {"new": sum(abs(ratio[p["id"]] - 1) <= 0.15 for p in new),
+            "ln": sum(abs(math.log(ratio[p["id"]])) for p in new) / len(new) if new else 0.0,
+            "all": sum(abs(r - 1) <= 0.15 for r in ratio.values())}
+
+
+def decision(backend: str) -> tuple[str, dict]:
+    """("no decision" | "adopt X1" | "keep X0", the scores) by steps 2-4."""
+    new = new_points(backend)
+    a = arms(backend)
+    s = {k: score(backend, b) for k, b in a.items()}
+    sources = {p["source"].split()[0] for p in new}
+    if len(new) < 6 or len(sources) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
+        return "no decision", s
+    adopt = (s["X1"]["new"] > s["X0"]["new"] and s["X1"]["ln"] < s["X0"]["ln"] and s["X1"]["all"] >= s["X0"]["all"])
+    return ("adopt X1" if adopt else "keep X0"), s
+
+
+def test_x1_is_the_pre_registered_fit():
+    """The exponents the rule's file states for the fitted sets at 5ea2645 (new points are held out: unchanged)."""
+    assert arms("metal")["X1"].bandwidth_exponent == 0.90 and arms("metal")["X1"].fitted_on == 66
+    assert arms("cuda")["X1"].bandwidth_exponent == 0.97 and arms("cuda")["X1"].fitted_on == 17
+    assert arms("metal")["X0"].bandwidth_exponent == arms("cuda")["X0"].bandwidth_exponent == 1.0
+
+
+def test_new_points_are_held_out():
+    for backend in TAGS:
+        assert all(p.get("held_out") for p in new_points(backend)), backend
+    assert not [p for p in POINTS if str(p.get("corpus", "")).startswith("confirm-bw")
+                and p["backend"] not in TAGS]
+
+
+@pytest.mark.parametrize("backend", sorted(TAGS))
+def test_line_is_the_rules_verdict(backend):
+    """speed.BACKENDS holds the arm the rule picks: X1's exponent where it adopts X1, a linear line otherwise."""
+    verdict, _ = decision(backend)
+    assert (speed.BACKENDS[backend].bandwidth_exponent != 1.0) == (verdict == "adopt X1"), verdict

@@ -1,0 +1,74 @@
+"""speed's bandwidth exponent (Backend.bandwidth_exponent, read_gbs, fit_exponent): confirm-bw's arm X1
+(benchmarks/results/confirm-bw-candidates.md) as code."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from stackgen.plan import speed
+
+
+def _points(a: float, e: float, t0_ms: float, bws=(120, 273, 400, 546, 800), sizes=(1e9, 4e9, 16e9)) -> list[tuple]:
+    """Exact points of a line with exponent `a`: (bytes, bandwidth, tokens/s)."""
+    return [(b, bw, 1 / (b / (e * speed.scaled_gbs(bw, a) * 1e9) + t0_ms / 1000)) for bw in bws for b in sizes]
+
+
+def test_scaled_gbs_is_the_pivot_power_law():
+    assert speed.scaled_gbs(800, 1.0) == 800 and speed.scaled_gbs(0, 0.5) == 0
+    assert speed.scaled_gbs(speed.BANDWIDTH_PIVOT_GBS, 0.7) == pytest.approx(speed.BANDWIDTH_PIVOT_GBS)
+    assert speed.scaled_gbs(1600, 0.5) == pytest.approx(800)  # 400 x 4^0.5
+    assert speed.scaled_gbs(100, 0.5) == pytest.approx(200)  # 400 x (1/4)^0.5
+    assert speed.Backend(0.7, 1.0, bandwidth_exponent=0.5).read_gbs(1600) == pytest.approx(800)
+    assert speed.Backend(0.7, 1.0).read_gbs(1600) == 1600
+
+
+@pytest.mark.parametrize("a", [0.62, 0.85, 0.9, 1.0])
+def test_fit_exponent_recovers_the_line_of_exact_points(a):
+    got, f = speed.fit_exponent(_points(a, 0.75, 2.0))
+    assert got == pytest.approx(a)
+    assert f["quantized"] == pytest.approx(0.75, rel=1e-6) and f["t0_ms"] == pytest.approx(2.0, rel=1e-6)
+
+
+def test_fit_exponent_keeps_the_kinds_and_the_era_term():
+    pts = [p + ("16bit" if i % 3 == 0 else "quantized", i % 2 == 0) for i, p in enumerate(_points(0.8, 0.7, 1.0))]
+    pts = [(b, bw, 1 / (b / ((0.9 if k == "16bit" else 0.7) * speed.scaled_gbs(bw, 0.8) * 1e9) + (1.0 + 0.5 * o) / 1000),
+            k, o) for b, bw, _, k, o in pts]
+    a, f = speed.fit_exponent(pts)
+    assert a == pytest.approx(0.8)
+    assert f["16bit"] == pytest.approx(0.9, rel=1e-6) and f["t0_before_ms"] == pytest.approx(0.5, rel=1e-5)
+
+
+def test_fit_exponent_takes_the_first_of_equal_fits():
+    # every point at the pivot: each exponent fits exactly; the first of the grid wins
+    pts = [(b, speed.BANDWIDTH_PIVOT_GBS, 1 / (b / (0.7 * 400e9) + 0.001)) for b in (1e9, 2e9, 8e9)]
+    assert speed.fit_exponent(pts)[0] == speed.EXPONENT_GRID[0]
+    assert speed.fit_exponent(pts, grid=(0.9, 0.7))[0] == 0.9
+    assert speed.EXPONENT_GRID[0] == 0.5 and speed.EXPONENT_GRID[-1] == 1.0 and len(speed.EXPONENT_GRID) == 51
+
+
+def test_step_reads_at_the_scaled_bandwidth():
+    b = speed.Backend(0.7, 1.0, bandwidth_exponent=0.8)
+    with_line = dict(speed.BACKENDS)
+    try:
+        speed.BACKENDS["test-line"] = b
+        t = speed.step_seconds(8e9, 800, "test-line")
+    finally:
+        speed.BACKENDS.clear()
+        speed.BACKENDS.update(with_line)
+    assert t == pytest.approx(8e9 / (0.7 * speed.scaled_gbs(800, 0.8) * 1e9) + 0.001)
+
+
+def test_tensor_parallel_scales_each_devices_bandwidth():
+    """gpu_bandwidth_gbs is already x tensor parallel: each of the TP GPUs reads at read_gbs of its own bandwidth."""
+    b = speed.Backend(0.7, 0.0, bandwidth_exponent=0.8)
+    cpu = speed.BACKENDS["cpu"]
+    kw = dict(weights_bytes=8e9, kv_bytes_per_stream=0.0, gpu_fraction=1.0, host_bandwidth_gbs=50.0,
+              active_params=8e9, peak_flops=1e14)
+    one = speed.step_parts(b, cpu, gpu_bandwidth_gbs=800, **kw)
+    two = speed.step_parts(b, cpu, gpu_bandwidth_gbs=1600, tensor_parallel=2, layers=32, **kw)
+    assert one.weights_s == pytest.approx(8e9 / (0.7 * speed.scaled_gbs(800, 0.8) * 1e9))
+    assert two.weights_s == pytest.approx(one.weights_s / 2)
+    linear = speed.step_parts(replace(b, bandwidth_exponent=1.0), cpu, gpu_bandwidth_gbs=800, **kw)
+    assert linear.weights_s == pytest.approx(8e9 / (0.7 * 800e9))
