@@ -344,6 +344,21 @@ def lines(overrides: dict):
         speed.BACKENDS.update(saved)
 
 
+@contextmanager
+def linear_lines():
+    """speed.BACKENDS as before confirm-bw (benchmarks/results/confirm-bw-candidates.md) for the block: every line
+    fitted with a bandwidth exponent replaced by the linear fit of the same points (refit_line). The decisions made
+    before it (the confirm-* and corpus refit tests) are recomputed under the lines of their time."""
+    from pathlib import Path
+    import yaml
+    from stackgen.plan import speed
+    pts = yaml.safe_load((Path(__file__).parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())["points"]
+    over = {name: refit_line(pts, name, lambda p: not p.get("held_out"), speed.split_kinds(name))
+            for name, b in speed.BACKENDS.items() if b.bandwidth_exponent != 1.0}
+    with lines(over):
+        yield
+
+
 def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...], exponent: bool = False):
     """speed.BACKENDS[backend] refitted (fit_kinds with the kinds in `split`) on its points that `fitted(p)` selects,
     outliers aside, and its CUDA codebook floor refitted at that line (fit_codebook); None when it has none there.

@@ -18,13 +18,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import arm_backends, lines as with_lines, predict_decode, today_fitted
+from public_logs import linear_lines, arm_backends, lines as with_lines, predict_decode, today_fitted
 from stackgen.plan import speed
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
 POINTS = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
 NEW = [p for p in POINTS if p.get("corpus") == "confirm-amd"]
 BOARD = {"vulkan": "vulkan-board", "rocm": "rocm-board"}
+
+
+@pytest.fixture(autouse=True)
+def _lines_of_the_time():
+    """This rule decided before confirm-bw: its arms are scored under the linear lines of their time (linear_lines)."""
+    with linear_lines():
+        yield
 
 
 def _lines(backend: str):

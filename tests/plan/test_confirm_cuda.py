@@ -8,14 +8,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 
-from public_logs import lines as with_lines, predict_decode, refit_arm
+from public_logs import linear_lines, lines as with_lines, predict_decode, refit_arm
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())[
     "points"]
 TAG = "confirm-cuda"
+
+
+@pytest.fixture(autouse=True)
+def _lines_of_the_time():
+    """This rule decided before confirm-bw: its arms are scored under the linear lines of their time (linear_lines)."""
+    with linear_lines():
+        yield
 
 
 def _cuda_board_arms() -> dict:

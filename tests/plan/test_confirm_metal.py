@@ -20,12 +20,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import arm_backends, arm_figures, lines, predict_decode, today_fitted
+from public_logs import linear_lines, arm_backends, arm_figures, lines, predict_decode, today_fitted
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
                         .read_text())["points"]
 NEW = [p for p in POINTS if p.get("corpus") == "confirm-metal"]
+
+
+@pytest.fixture(autouse=True)
+def _lines_of_the_time():
+    """This rule decided before confirm-bw: its arms are scored under the linear lines of their time (linear_lines)."""
+    with linear_lines():
+        yield
 
 
 def _arm_fitted(p: dict) -> bool:

@@ -50,7 +50,8 @@ def test_lines_with_a_legacy_slope_read_legacy_at_it_and_the_others_at_their_sha
     assert dc.efficiency_legacy == 0
     for name, b, eff in [(n, b, b.efficiency_legacy) for n, b in own.items()] + [("cuda-datacenter", dc, dc.efficiency)]:
         t = 1 / speed.single_stream_tokens_per_s(5e9, 1e8, 900, name, "legacy")
-        assert t == pytest.approx(5e9 / (eff * 900e9) + 1e8 / (b.efficiency * 900e9) + b.t0_ms / 1000)
+        bw = b.read_gbs(900) * 1e9  # 900 GB/s as the line reads it (its bandwidth exponent: confirm-bw)
+        assert t == pytest.approx(5e9 / (eff * bw) + 1e8 / (b.efficiency * bw) + b.t0_ms / 1000)
 
 
 # --- the fit ------------------------------------------------------------------------------------------------------
