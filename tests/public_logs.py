@@ -346,17 +346,23 @@ def lines(overrides: dict):
 
 @contextmanager
 def linear_lines():
-    """speed.BACKENDS as before confirm-bw (benchmarks/results/confirm-bw-candidates.md) for the block: every line
-    fitted with a bandwidth exponent replaced by the linear fit of the same points (refit_line). The decisions made
-    before it (the confirm-* and corpus refit tests) are recomputed under the lines of their time."""
-    from pathlib import Path
-    import yaml
-    from stackgen.plan import speed
-    pts = yaml.safe_load((Path(__file__).parent / "fixtures" / "public-logs" / "decode_speed.yaml").read_text())["points"]
-    over = {name: refit_line(pts, name, lambda p: not p.get("held_out"), speed.split_kinds(name))
-            for name, b in speed.BACKENDS.items() if b.bandwidth_exponent != 1.0}
-    with lines(over):
+    """speed.BACKENDS as before confirm-bw (benchmarks/results/confirm-bw-candidates.md) for the block: the lines it
+    could change (Metal, consumer CUDA) as they stood, linear, at main 5ea2645 (LINES_BEFORE_CONFIRM_BW). The
+    decisions made before it (the confirm-* tests) are recomputed under the lines of their time."""
+    with lines(LINES_BEFORE_CONFIRM_BW):
         yield
+
+
+def _lines_before_confirm_bw() -> dict:
+    from stackgen.plan.speed import LLAMA_CUDA_GRAPHS_BUILD, Backend
+    return {"metal": Backend(0.774, 3.92, fitted_on=66, error=0.21, prefill_mfu=0.706, efficiency_16bit=0.874,
+                             efficiency_legacy=0.850),
+            "cuda": Backend(0.733, 0.48, fitted_on=17, error=0.20, prefill_mfu=0.926, efficiency_16bit=0.925,
+                            batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD,
+                            t0_before_ms=1.39, codebook_flop_per_weight=56.3, efficiency_legacy=0.748)}
+
+
+LINES_BEFORE_CONFIRM_BW = _lines_before_confirm_bw()
 
 
 def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...], exponent: bool = False):

@@ -82,3 +82,16 @@ def test_line_is_the_rules_verdict(backend):
     """speed.BACKENDS holds the arm the rule picks: X1's exponent where it adopts X1, a linear line otherwise."""
     verdict, _ = decision(backend)
     assert (speed.BACKENDS[backend].bandwidth_exponent != 1.0) == (verdict == "adopt X1"), verdict
+
+
+def test_the_lines_of_the_time_are_x0():
+    """public_logs.LINES_BEFORE_CONFIRM_BW, the lines the earlier decisions are recomputed under, are X0 (the
+    linear fit of the same points) as speed.py rounded it."""
+    from public_logs import LINES_BEFORE_CONFIRM_BW
+    for backend, then in LINES_BEFORE_CONFIRM_BW.items():
+        x0 = arms(backend)["X0"]
+        assert then.bandwidth_exponent == 1.0 and then.fitted_on == x0.fitted_on
+        for f in ("efficiency", "efficiency_16bit", "efficiency_legacy"):
+            assert getattr(then, f) == pytest.approx(getattr(x0, f), abs=0.001), (backend, f)
+        assert then.t0_ms == pytest.approx(x0.t0_ms, abs=0.01) and then.t0_before_ms == pytest.approx(x0.t0_before_ms,
+                                                                                                       abs=0.01)

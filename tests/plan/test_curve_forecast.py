@@ -69,7 +69,7 @@ def test_the_curve_is_speed_py_step_by_hand(planned):
     kind = speed.weight_kind(sp.memory.weights_format or sp.model.quant)
     g = hw.gpus[0]
     tp = max(1, sp.memory.tensor_parallel)
-    bw, peak = g.bandwidth_gbs * 1e9 * tp, gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
+    bw, peak = b.read_gbs(g.bandwidth_gbs) * 1e9 * tp, gpu_peak_flops(g.name, g.bandwidth_gbs) * tp
     m = sp.model
     active = sp.memory.weights_bytes * m.active_params / m.params
     two_p = 2 * m.active_params
@@ -182,7 +182,8 @@ def test_mixed_gpus_the_forecast_and_the_simulator_agree(name, tmp_path):
         2 * m.active_params / (b.prefill_mfu * gpu_peak_flops(slow.name, slow.bandwidth_gbs) * tp))
     kind = speed.weight_kind(sp.memory.weights_format or m.quant)
     assert curve.weights_read_s == pytest.approx(
-        sp.memory.weights_bytes * m.active_params / m.params / (b.efficiency_for(kind) * slow.bandwidth_gbs * 1e9 * tp))
+        sp.memory.weights_bytes * m.active_params / m.params / (b.efficiency_for(kind) * b.read_gbs(slow.bandwidth_gbs)
+                                                                 * 1e9 * tp))
     # the forecast's single stream and TTFT are the simulator's one user's, its aggregate the curve's
     fc = forecast_at(sp, hw, 1)
     r = simulate([curve], users=1, prompt_tokens=1000, output_tokens=300)

@@ -55,7 +55,7 @@ def test_one_stream_reads_one_copy_of_the_weights_at_one_instances_bandwidth(fle
     m = sp.memory
     one_copy = m.weights_bytes / max(1, m.data_parallel)
     b = speed.backend_params(sp.speed.backend)
-    bw = hw.gpus[0].bandwidth_gbs * 1e9 * sp.capacity.layout.gpus_per_instance
+    bw = b.read_gbs(hw.gpus[0].bandwidth_gbs) * 1e9 * sp.capacity.layout.gpus_per_instance
     kind = speed.weight_kind(m.weights_format or sp.model.quant)
     avg_ctx = min(m.context_per_request, sp.workload.prompt_tokens + sp.workload.output_tokens // 2)
     step = one_copy / (b.efficiency_for(kind) * bw) + _kv_bytes_read(sp.model, m, avg_ctx) / (b.efficiency * bw) \

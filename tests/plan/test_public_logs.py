@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from public_logs import (arm_backends, arm_figures, fit_point, older_build, predict_decode, predict_llamacpp_case,
-                         lines, predict_ollama_case, refit_arm, today_fitted,
+                         linear_lines, lines, predict_ollama_case, refit_arm, today_fitted,
                          predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB
@@ -29,8 +29,8 @@ def metal_line_before_confirm():
     """Metal's line as it was until confirm-metal adopted metal-k's arm (benchmarks/results/confirm-metal-candidates.md):
     the fit of its 16 points (today_fitted), the legacy kind on the shared slope. The earlier corpora's refit
     decisions were made under it, with FLOORS_BEFORE_CONFIRM; their tests recompute those decisions as made."""
-    with lines({"metal": arm_backends(POINTS, today_fitted, False)["metal"][0]}):
-        yield
+    with linear_lines(), lines({"metal": arm_backends(POINTS, today_fitted, False)["metal"][0]}):
+        yield  # and the consumer CUDA line of the time (linear_lines: before confirm-bw)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
@@ -285,7 +285,7 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
         today = close(held)
         old_today = close(old)
     refit = arm_backends(POINTS, fitted, False)["metal"][0]  # Metal as adopted then: no legacy slope
-    with lines({"metal": refit}):
+    with linear_lines(), lines({"metal": refit}):
         assert close(held) >= today  # rule 4 alone would keep the refit
         assert close(old) < 93 <= old_today  # but the earlier points' floor would fall
     # confirm-metal fitted the odd rows since (metal-k's arm, adopted by its confirmatory rule)
@@ -366,7 +366,7 @@ def test_metal_legacy_kind_retest_with_metal_k():
     arm = arm_figures([p for p in POINTS if p.get("corpus") != "confirm-metal"], fitted, True)  # the points then
     m = arm["backends"]["metal"]
     assert m["params"].efficiency_legacy > 0  # the arm gives Metal its legacy slope
-    with lines({"metal": m["params"]}):
+    with linear_lines(), lines({"metal": m["params"]}):
         held_arm = close(held)
         first = close([p for p in POINTS if not p.get("corpus")])
         floors = {c: close([p for p in POINTS if p.get("corpus") == c]) for c, *_ in FLOORS_BEFORE_CONFIRM if c}
@@ -728,7 +728,8 @@ def test_16bit_weights_plan_at_their_own_efficiency():
     b = speed.BACKENDS["cuda"]
     assert b.efficiency_16bit > b.efficiency
     t16 = 1 / speed.single_stream_tokens_per_s(2e9, 1e8, 936, "cuda", "16bit")
-    assert t16 == pytest.approx(2e9 / (b.efficiency_16bit * 936e9) + 1e8 / (b.efficiency * 936e9) + b.t0_ms / 1000)
+    bw = b.read_gbs(936) * 1e9
+    assert t16 == pytest.approx(2e9 / (b.efficiency_16bit * bw) + 1e8 / (b.efficiency * bw) + b.t0_ms / 1000)
     assert not speed.BACKENDS["vulkan"].efficiency_16bit
     assert (speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan", "16bit")
             == speed.single_stream_tokens_per_s(2e9, 0, 400, "vulkan"))

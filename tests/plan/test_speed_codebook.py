@@ -48,8 +48,8 @@ def test_a_step_bound_by_the_codebook_work_costs_the_floor_not_the_read():
     """2 GB at 936 GB/s reads in 2e9 / (e x 936e9) = 2.9 ms; 8e9 codebook weights at f of a 71 TFLOP/s peak take
     8e9 x f / 71e12 = 6.3 ms: the step is t0 + that + the KV read, the bytes no longer matter."""
     floor = 8e9 * F / 71e12
-    kv = 1e8 / (CUDA.efficiency * 936e9)
-    assert floor > 2e9 / (CUDA.efficiency * 936e9)
+    kv = 1e8 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
+    assert floor > 2e9 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
     t = speed.step_seconds(2e9, 936, "cuda", kv_bytes=1e8, codebook_params=8e9, peak_flops=71e12)
     assert t == pytest.approx(floor + kv + CUDA.t0_ms / 1000, rel=1e-12)
     same = speed.step_seconds(1e9, 936, "cuda", kv_bytes=1e8, codebook_params=8e9, peak_flops=71e12)
@@ -59,7 +59,7 @@ def test_a_step_bound_by_the_codebook_work_costs_the_floor_not_the_read():
 def test_a_step_whose_read_is_longer_is_the_read():
     """The same weights on a 165 TFLOP/s GPU (RTX 4090): 8e9 x f / 165e12 = 2.7 ms under a 3 GB read at 1008 GB/s
     (4.0 ms): the floor does not bind and the step is the K-quant line's."""
-    assert 8e9 * F / 165e12 < 3e9 / (CUDA.efficiency * 1008e9)
+    assert 8e9 * F / 165e12 < 3e9 / (CUDA.efficiency * CUDA.read_gbs(1008) * 1e9)
     assert speed.step_seconds(3e9, 1008, "cuda", codebook_params=8e9, peak_flops=165e12) == \
         speed.step_seconds(3e9, 1008, "cuda")
 
@@ -92,12 +92,13 @@ def _parts(**kw):
 def test_step_parts_hold_what_the_floor_adds_beyond_the_gpu_read():
     """codebook_s = max(0, params x f / peak - the GPU read); the single step t0 + weights_s + codebook_s + kv_s is
     t0 + floor + KV; without codebook params codebook_s is 0 and the rest is unchanged."""
-    read = 2e9 / (CUDA.efficiency * 936e9)
+    read = 2e9 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
     floor = 8e9 * F / 71e12
     p = _parts(codebook_params=8e9)
     assert p.weights_s == pytest.approx(read, rel=1e-12)
     assert p.codebook_s == pytest.approx(floor - read, rel=1e-12)
-    assert p.single_s() == pytest.approx(CUDA.t0_ms / 1000 + floor + 1e8 / (CUDA.efficiency * 936e9), rel=1e-12)
+    kv = 1e8 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
+    assert p.single_s() == pytest.approx(CUDA.t0_ms / 1000 + floor + kv, rel=1e-12)
     plain = _parts()
     assert plain.codebook_s == 0.0 and plain.weights_s == p.weights_s
     assert _parts(codebook_params=8e9, peak_flops=165e12, gpu_bandwidth_gbs=300).codebook_s == 0.0  # read longer
@@ -107,7 +108,7 @@ def test_a_partial_offload_floors_only_the_gpu_share():
     """Half the layers on the GPU: the GPU reads half the bytes and dequantizes half the codebook weights, so
     codebook_s = max(0, 0.5 x 8e9 x f / peak - 0.5 x 2e9 / (e x bw)); the RAM half is the CPU's read."""
     p = _parts(codebook_params=8e9, gpu_fraction=0.5)
-    want = max(0.0, 0.5 * 8e9 * F / 71e12 - 0.5 * 2e9 / (CUDA.efficiency * 936e9))
+    want = max(0.0, 0.5 * 8e9 * F / 71e12 - 0.5 * 2e9 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9))
     assert want > 0 and p.codebook_s == pytest.approx(want, rel=1e-12)
     assert _parts(codebook_params=8e9, gpu_fraction=0.0).codebook_s == 0.0  # all in RAM: the CPU, no floor
 
@@ -162,7 +163,7 @@ def test_cuda_figure_is_the_fit_of_the_codebook_fit_points():
     line's own e and t0; every other backend has none."""
     from public_logs import codebook_fit_points
     pts = codebook_fit_points()
-    assert len(pts) == 3 and all(p[1] == 936 for p in pts)
+    assert len(pts) == 3 and all(p[1] == CUDA.read_gbs(936) for p in pts)  # 936 GB/s as the line reads it
     assert F == pytest.approx(speed.fit_codebook(pts, CUDA.efficiency, CUDA.t0_ms), abs=0.05)
     assert [b for b, v in speed.BACKENDS.items() if v.codebook_flop_per_weight] == ["cuda"]
 
@@ -196,14 +197,16 @@ def test_the_plan_of_a_codebook_quant_decodes_at_the_floor(plans):
     m, model, wl = sp.memory, sp.model, sp.workload
     kv = _kv_bytes_read(model, m, min(m.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
     floor = model.active_params * F / capacity.gpu_peak_flops(hw.gpus[0].name, hw.gpus[0].bandwidth_gbs)
-    read = m.weights_bytes / (CUDA.efficiency * hw.gpus[0].bandwidth_gbs * 1e9)
+    bw = CUDA.read_gbs(hw.gpus[0].bandwidth_gbs) * 1e9
+    read = m.weights_bytes / (CUDA.efficiency * bw)
     assert floor > read
-    step = CUDA.t0_ms / 1000 + floor + kv / (CUDA.efficiency * hw.gpus[0].bandwidth_gbs * 1e9)
+    step = CUDA.t0_ms / 1000 + floor + kv / (CUDA.efficiency * bw)
     assert sp.speed.single_stream_tokens_per_s == pytest.approx(1 / step, abs=0.05)
     q4, hw4 = plans["Q4_K_M"]
     m4 = q4.memory
     kv4 = _kv_bytes_read(q4.model, m4, min(m4.context_per_request, wl.prompt_tokens + wl.output_tokens // 2))
-    step4 = CUDA.t0_ms / 1000 + (m4.weights_bytes + kv4) / (CUDA.efficiency * hw4.gpus[0].bandwidth_gbs * 1e9)
+    bw4 = CUDA.read_gbs(hw4.gpus[0].bandwidth_gbs) * 1e9
+    step4 = CUDA.t0_ms / 1000 + (m4.weights_bytes + kv4) / (CUDA.efficiency * bw4)
     assert q4.speed.single_stream_tokens_per_s == pytest.approx(1 / step4, abs=0.05)
 
 
@@ -221,7 +224,7 @@ def test_an_moe_aggregate_floors_the_union_of_experts():
     ex = speed.ExpertRouting(64, 8, 0.9)
     r = ex.read_factor(4)
     floor = 3e9 * r * F / 71e12
-    assert floor > 1e9 * r / (CUDA.efficiency * 936e9)
+    assert floor > 1e9 * r / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
     batch = 2 * 3e9 / (CUDA.batch_mfu * 71e12)
     got = speed.aggregate_tokens_per_s(1e9, 0, 936, "cuda", 4, active_params=3e9, peak_tflops=71,
                                        experts=ex, codebook_params=3e9)

@@ -42,7 +42,7 @@ def test_per_user_speed_falls_and_aggregate_rises_with_streams():
     assert one.aggregate_tokens_per_s < four.aggregate_tokens_per_s < 4 * one.aggregate_tokens_per_s
     # one step = weights / (e x BW) + t0 (+ KV): the consumer CUDA fit on 4.6 GiB + 64 MiB at 1008 GB/s
     b = speed.BACKENDS["cuda"]
-    t = (4.6 * GIB + 64 * 2**20) / (b.efficiency * 1008e9) + b.t0_ms / 1000
+    t = (4.6 * GIB + 64 * 2**20) / (b.efficiency * b.read_gbs(1008) * 1e9) + b.t0_ms / 1000
     assert one.single_stream_tokens_per_s == pytest.approx(1 / t, rel=0.01)
 
 

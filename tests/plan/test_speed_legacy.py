@@ -134,7 +134,7 @@ def test_a_q8_0_plan_takes_the_legacy_kind(hardware, backend, tmp_path):
     curve = service_curve(sp, plan.hardware)
     gpu = plan.hardware.gpus[0]
     active = sp.memory.weights_bytes * sp.model.active_params / sp.model.params
-    assert curve.weights_read_s == pytest.approx(active / (want * gpu.bandwidth_gbs * 1e9))
+    assert curve.weights_read_s == pytest.approx(active / (want * b.read_gbs(gpu.bandwidth_gbs) * 1e9))
 
 
 def test_a_cpu_plan_of_a_legacy_file_keeps_ggmls_tiles(tmp_path):

@@ -77,8 +77,8 @@ def test_a_step_of_nothing_is_no_speed_not_an_error():
 def test_step_seconds_adds_no_cache_unless_given():
     """step_seconds without kv_bytes reads only the weights: 1000 bytes at e x 1 GB/s on vLLM, plus its t0."""
     b = speed.BACKENDS["vllm"]
-    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (b.efficiency * 1e9) + b.t0_ms / 1000,
-                                                                rel=1e-12)
+    bw = b.read_gbs(1) * 1e9  # 1 GB/s as the line reads it
+    assert speed.step_seconds(1000, 1, "vllm") == pytest.approx(1000 / (b.efficiency * bw) + b.t0_ms / 1000, rel=1e-12)
 
 
 def test_sglang_steps_pay_its_overhead_and_read_each_kind_at_its_slope():
@@ -113,7 +113,7 @@ def test_the_aggregate_reads_the_union_of_experts():
     assert moe.read_factor(4) == pytest.approx(factor) and factor == pytest.approx(2.2, abs=0.01)
     agg = speed.aggregate_tokens_per_s(4e9, 0, 100, "vllm", 4, experts=moe)
     b = speed.BACKENDS["vllm"]
-    assert agg == pytest.approx(4 / (factor * 4e9 / (b.efficiency * 100e9) + b.t0_ms / 1000))
+    assert agg == pytest.approx(4 / (factor * 4e9 / (b.efficiency * b.read_gbs(100) * 1e9) + b.t0_ms / 1000))
 
 
 # --- the fits ----------------------------------------------------------------------------------------------------
@@ -209,8 +209,8 @@ def test_a_16bit_partial_offload_reads_its_ram_part_at_the_cpu_efficiency_and_it
     assert f.error == max(cuda.error, cpu.error, speed.PARTIAL_OFFLOAD_ERROR)
     # all on the GPU: nothing read from RAM, cuda's own error
     full = _fc(gpu_fraction=1.0, gpu_bandwidth_gbs=1)
-    assert full.single_stream_tokens_per_s == pytest.approx(1 / (4e9 / (cuda.efficiency * 1e9) + cuda.t0_ms / 1000),
-                                                            abs=0.05)
+    one = 4e9 / (cuda.efficiency * cuda.read_gbs(1) * 1e9) + cuda.t0_ms / 1000
+    assert full.single_stream_tokens_per_s == pytest.approx(1 / one, abs=0.05)
     assert full.error == cuda.error
 
 
@@ -224,7 +224,8 @@ def test_no_decode_tile_and_no_host_flops_unless_given():
     assert two.aggregate_tokens_per_s == pytest.approx(2 / step, abs=0.05)
     cuda = speed.BACKENDS["cuda"]
     half = _fc(gpu_fraction=0.5, streams=2)
-    mem = 0.5 * 4e9 / (cuda.efficiency * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
+    mem = (0.5 * 4e9 / (cuda.efficiency * cuda.read_gbs(1000) * 1e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9)
+           + cuda.t0_ms / 1000)
     assert half.aggregate_tokens_per_s == pytest.approx(2 / (mem + 2 * 8e9 / (cuda.batch_mfu * 100e12)), abs=0.05)
 
 
@@ -344,7 +345,7 @@ def test_forecast_rounds_each_figure_and_carries_the_fit():
     at 0.528 x 1e14 / 1.6e10 tokens/s, then one step); the fit's point count and prefill check come along."""
     b = speed.BACKENDS["vllm"]
     f = _fc(backend="vllm", streams=3)
-    single = 4e9 / (b.efficiency * 1000e9) + b.t0_ms / 1000
+    single = 4e9 / (b.efficiency * b.read_gbs(1000) * 1e9) + b.t0_ms / 1000
     step = single + 2 * 2 * 8e9 / (b.batch_mfu * 100e12)
     prefill = b.prefill_mfu * 100e12 / 16e9
     assert f.per_user_tokens_per_s == round(1 / step, 1) and f.per_user_tokens_per_s != round(1 / step)
@@ -428,8 +429,8 @@ def test_every_layer_on_the_gpu_reads_nothing_from_ram():
     """gpu_fraction 1: no RAM term at all, so a host bandwidth of 0 (unknown) does not matter."""
     cuda = speed.BACKENDS["cuda"]
     f = _fc(gpu_fraction=1.0, host_bandwidth_gbs=0)
-    assert f.single_stream_tokens_per_s == pytest.approx(1 / (4e9 / (cuda.efficiency * 1000e9) + cuda.t0_ms / 1000),
-                                                         abs=0.05)
+    one = 4e9 / (cuda.efficiency * cuda.read_gbs(1000) * 1e9) + cuda.t0_ms / 1000
+    assert f.single_stream_tokens_per_s == pytest.approx(1 / one, abs=0.05)
 
 
 def test_the_planned_weights_format_decides_the_cpu_tiles(write_stack):
@@ -463,7 +464,8 @@ def test_a_split_computes_each_extra_token_on_both_sides():
     cuda's batch MFU of the GPU peak (0.212 x 100 TFLOP/s) and half at the CPU's batch MFU (0.47) of the host's."""
     cpu, cuda = speed.BACKENDS["cpu"], speed.BACKENDS["cuda"]
     f = _fc(gpu_fraction=0.5, streams=2, host_flops=1e12)
-    mem = 0.5 * 4e9 / (cuda.efficiency * 1000e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9) + cuda.t0_ms / 1000
+    mem = (0.5 * 4e9 / (cuda.efficiency * cuda.read_gbs(1000) * 1e9) + 0.5 * 4e9 / (cpu.efficiency * 50e9)
+           + cuda.t0_ms / 1000)
     compute = 0.5 * 2 * 8e9 / (cuda.batch_mfu * 100e12) + 0.5 * 2 * 8e9 / (cpu.batch_mfu * 1e12)
     assert f.aggregate_tokens_per_s == pytest.approx(2 / (mem + compute), abs=0.05)
     # a GPU of 1 TFLOP/s: the GPU half's compute (0.5 x 16e9 / 0.212e12 = 38 ms) shows as much as the host's
@@ -599,7 +601,7 @@ def test_step_seconds_of_an_older_build_is_longer_by_its_overhead():
     January-2024 build)."""
     cuda = speed.BACKENDS["cuda"]
     now = speed.step_seconds(1e9, 1000, "cuda")
-    assert now == pytest.approx(1e9 / (cuda.efficiency * 1000e9) + cuda.t0_ms / 1000, rel=1e-12)
+    assert now == pytest.approx(1e9 / (cuda.efficiency * cuda.read_gbs(1000) * 1e9) + cuda.t0_ms / 1000, rel=1e-12)
     assert speed.step_seconds(1e9, 1000, "cuda", build=1786) - now == pytest.approx(cuda.t0_before_ms / 1000)
     assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", build=1786) == pytest.approx(
         1 / (now + cuda.t0_before_ms / 1000))

@@ -278,7 +278,7 @@ def test_no_copy_without_both_a_link_and_a_micro_batch(kw):
     parts carry no RAM read apart nor a micro-batch (0, 0, 0); the RAM layers stay in weights_s."""
     p = speed.step_parts(CUDA, CPU, **SP, **kw)
     assert (p.ram_weights_s, p.ubatch_copy_s, p.ubatch) == (0.0, 0.0, 0)
-    gpu = 0.5 * 4e9 / (CUDA.efficiency * 1000e9)
+    gpu = 0.5 * 4e9 / (CUDA.efficiency * CUDA.read_gbs(1000) * 1e9)
     assert p.weights_s == pytest.approx(gpu + _ram_read())
     fc = speed.forecast("cuda", **SP, streams=1, prompt_tokens=1000, **kw)
     assert fc.prefill_tokens_per_s == float(f"{1 / p.prompt_token_s:.6g}")  # no copy in the prompt's rate

@@ -55,7 +55,7 @@ def test_apple_silicon_is_one_gpu_holding_every_layer_without_tensor_parallel():
     assert si.gpu_bandwidth_gbs == 800.0
     assert si.peak_flops == capacity.gpu_peak_flops("Apple M2 Ultra", 800.0)
     mlx = speed.backend_params("mlx")
-    assert si.parts().weights_s == pytest.approx(5e9 / (mlx.efficiency * 800e9), rel=1e-12)
+    assert si.parts().weights_s == pytest.approx(5e9 / (mlx.efficiency * mlx.read_gbs(800) * 1e9), rel=1e-12)
     assert si.parts().comm_s == 0.0
 
 
@@ -112,7 +112,7 @@ def test_a_codebook_plans_floor_is_its_active_params_at_the_gpus_peak():
     p = speed.step_inputs("llama.cpp", model, _mem(weights_bytes=2_900_000_000, fmt="IQ2_M"), hw, avg_context=1000,
                           threads=8).parts()
     floor = model.active_params * F / capacity.gpu_peak_flops("GeForce RTX 3090", 936.0)
-    assert floor > 2.9e9 / (CUDA.efficiency * 936e9)
+    assert floor > 2.9e9 / (CUDA.efficiency * CUDA.read_gbs(936) * 1e9)
     assert p.weights_s + p.codebook_s == pytest.approx(floor, rel=1e-12)
 
 
@@ -180,7 +180,7 @@ def test_no_codebook_weights_no_floor_whatever_the_peak():
     """step_seconds, single_stream_tokens_per_s and aggregate_tokens_per_s without codebook_params: the read alone
     even at a peak of 1 kFLOP/s (where one codebook weight's 56.3 FLOP would take 56 ms): 1 GB at 0.736 x 1 TB/s +
     t0."""
-    step = 1e9 / (CUDA.efficiency * 1000e9) + CUDA.t0_ms / 1000
+    step = 1e9 / (CUDA.efficiency * CUDA.read_gbs(1000) * 1e9) + CUDA.t0_ms / 1000
     assert speed.step_seconds(1e9, 1000, "cuda", peak_flops=1e3) == pytest.approx(step, rel=1e-12)
     assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", peak_flops=1e3) == pytest.approx(1 / step,
                                                                                                   rel=1e-12)
@@ -191,7 +191,7 @@ def test_no_codebook_weights_no_floor_whatever_the_peak():
 def test_codebook_weights_without_a_peak_no_floor():
     """codebook_floor_s is 0 when the peak is unknown: step_seconds, single_stream_tokens_per_s and
     aggregate_tokens_per_s with codebook weights and no peak (peak_flops, peak_tflops) are the read alone."""
-    step = 1e9 / (CUDA.efficiency * 1000e9) + CUDA.t0_ms / 1000
+    step = 1e9 / (CUDA.efficiency * CUDA.read_gbs(1000) * 1e9) + CUDA.t0_ms / 1000
     assert speed.step_seconds(1e9, 1000, "cuda", codebook_params=8e9) == pytest.approx(step, rel=1e-12)
     assert speed.single_stream_tokens_per_s(1e9, 0, 1000, "cuda", codebook_params=8e9) == pytest.approx(
         1 / step, rel=1e-12)
@@ -204,7 +204,7 @@ def test_forecast_and_step_parts_defaults_add_no_floor():
     one weight's 56.3 FLOP would be 56 ms): one stream is t0 + 1 GB / (0.736 x 1 TB/s), 544 tokens/s."""
     kw = dict(weights_bytes=1e9, kv_bytes_per_stream=0.0, gpu_fraction=1.0, gpu_bandwidth_gbs=1000.0,
               host_bandwidth_gbs=100.0, active_params=1e9, peak_flops=1e3)
-    step = 1e9 / (CUDA.efficiency * 1000e9) + CUDA.t0_ms / 1000
+    step = 1e9 / (CUDA.efficiency * CUDA.read_gbs(1000) * 1e9) + CUDA.t0_ms / 1000
     assert speed.step_parts(CUDA, speed.backend_params("cpu"), **kw).single_s() == pytest.approx(step, rel=1e-12)
     fc = speed.forecast("cuda", **kw, streams=1, prompt_tokens=0)
     assert fc.single_stream_tokens_per_s == round(1 / step, 1)
@@ -218,7 +218,7 @@ def test_forecast_and_step_parts_defaults_are_no_tensor_parallel(tp, layers):
               host_bandwidth_gbs=100.0, active_params=1e9, peak_flops=1e15)
     extra = {k: v for k, v in (("tensor_parallel", tp), ("layers", layers)) if v is not None}
     vllm = speed.backend_params("vllm")
-    step = 1e9 / (vllm.efficiency * 1000e9) + vllm.t0_ms / 1000
+    step = 1e9 / (vllm.efficiency * vllm.read_gbs(1000) * 1e9) + vllm.t0_ms / 1000
     parts = speed.step_parts(vllm, speed.backend_params("cpu"), **kw, **extra)
     assert parts.comm_s == 0.0 and parts.single_s() == pytest.approx(step, rel=1e-12)
     fc = speed.forecast("vllm", **kw, **extra, streams=1, prompt_tokens=0)

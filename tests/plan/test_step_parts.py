@@ -52,8 +52,9 @@ def test_step_parts_splits_reads_and_compute_between_gpu_and_ram():
     w, kv, f = 40e9, 1e8, 0.4
     p = speed.step_parts(b, cpu, weights_bytes=w, kv_bytes_per_stream=kv, gpu_fraction=f, gpu_bandwidth_gbs=1000,
                          host_bandwidth_gbs=80, active_params=70e9, peak_flops=165e12, host_flops=960e9)
-    assert p.weights_s == pytest.approx(f * w / (b.efficiency * 1000e9) + (1 - f) * w / (cpu.efficiency * 80e9))
-    assert p.kv_s == pytest.approx(f * kv / (b.efficiency * 1000e9) + (1 - f) * kv / (cpu.efficiency * 80e9))
+    bw = b.read_gbs(1000) * 1e9  # 1000 GB/s as the line reads it
+    assert p.weights_s == pytest.approx(f * w / (b.efficiency * bw) + (1 - f) * w / (cpu.efficiency * 80e9))
+    assert p.kv_s == pytest.approx(f * kv / (b.efficiency * bw) + (1 - f) * kv / (cpu.efficiency * 80e9))
     assert p.t0_s == pytest.approx(b.t0_ms / 1000)
     # the whole prompt on the GPU (ggml offloads matrix multiplications of >= 32 tokens), the RAM layers' extra
     # decoding tokens on the CPU at its batch MFU
@@ -63,7 +64,7 @@ def test_step_parts_splits_reads_and_compute_between_gpu_and_ram():
     # 16-bit weights: their own efficiency and batch MFU; a calibrated batch FLOP/s replaces the MFU x peak
     p16 = speed.step_parts(b, cpu, weights_bytes=w, kv_bytes_per_stream=kv, gpu_fraction=1.0, gpu_bandwidth_gbs=1000,
                            host_bandwidth_gbs=80, active_params=70e9, peak_flops=165e12, weights="16bit")
-    assert p16.weights_s == pytest.approx(w / (b.efficiency_16bit * 1000e9))
+    assert p16.weights_s == pytest.approx(w / (b.efficiency_16bit * b.read_gbs(1000) * 1e9))
     assert p16.batch_token_s == pytest.approx(2 * 70e9 / (b.batch_mfu_16bit * 165e12))
     cal = speed.step_parts(cpu, cpu, weights_bytes=w, kv_bytes_per_stream=kv, gpu_fraction=0.0, gpu_bandwidth_gbs=0,
                            host_bandwidth_gbs=80, active_params=70e9, peak_flops=960e9, batch_flops=500e9)
