@@ -269,7 +269,8 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     count, this fails and the refit should be revisited."""
     fitted = _new_fitted_set()
     held = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and not fitted(p)
-            and p.get("corpus") not in ("metal-k", "confirm-metal")]  # that task's held-out set (these came after)
+            and p.get("corpus") not in ("metal-k", "confirm-metal")  # that task's held-out set (these came after)
+            and not str(p.get("corpus")).startswith("confirm-bw-")]
     assert len(held) == 47
 
     def close(ps):
@@ -349,7 +350,8 @@ def test_metal_legacy_kind_retest_with_metal_k():
     and speed.py has Metal's legacy slope since. This recomputes every condition of metal-k's own rule, as decided
     then (the 16-point line, the floors of the time, the points of the time); if they all hold, this fails."""
     fitted = _metal_k_arm()
-    metal = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and p.get("corpus") != "confirm-metal"]
+    metal = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and p.get("corpus") != "confirm-metal"
+             and not str(p.get("corpus")).startswith("confirm-bw-")]  # the confirm-bw-* corpora came after
     held = [p for p in metal if not fitted(p)]
     assert (len(held), sum(map(fitted, metal))) == (54, 66)
 
@@ -357,7 +359,8 @@ def test_metal_legacy_kind_retest_with_metal_k():
         return sum(abs(predict_decode(p) / p["tokens_per_s"] - 1) <= 0.15 for p in ps)
     with metal_line_before_confirm():
         today = {"held": close(held), "loo": arm_figures(POINTS, today_fitted, False)["backends"]["metal"]}
-    arm = arm_figures([p for p in POINTS if p.get("corpus") != "confirm-metal"], fitted, True)  # the points then
+    arm = arm_figures([p for p in POINTS if p.get("corpus") != "confirm-metal"
+                       and not str(p.get("corpus")).startswith("confirm-bw-")], fitted, True)  # the points then
     m = arm["backends"]["metal"]
     assert m["params"].efficiency_legacy > 0  # the arm gives Metal its legacy slope
     with lines({"metal": m["params"]}):
@@ -466,6 +469,12 @@ def test_engine_points_check_the_line_their_plans_use():
 #   Q4_1 -16%). The adopted line moves other rows, so three floors move with it: metal-m1 62 -> 72 and metal-k 7 -> 10
 #   (up), and the first 115 94 -> 92 (down, by the adopted arm alone: the fitted M1 Ultra 1B row -10% -> -18%, the
 #   held-out M4 27B UD-Q3_K_XL +11% -> +16%, as metal-k recorded; the rule's whole-corpus condition held, 258 -> 272).
+# - confirm-bw-metal-b (confirm-bw-metal-b-candidates.md): 23 new held-out llama.cpp Metal rows from outside ggml-org,
+#   taken blind for the lead's confirm-bw rule (confirm-bw-candidates.md): geerlingguy's M3 Ultra 512GB README rows
+#   (3), qwen38-mtp's M3 Ultra 96GB row, XiongjieDai's 2023 Llama 2 notebooks (M3 Max 4, M3 2, M2 Ultra 6, M1 Max
+#   24-core 3) and May-2024 Llama 3 ./main cells (M1, M1 Max, M2 Ultra, M3 Max). 16 within 15% on today's lines
+#   (mean |ln| 0.128); outside: the four M1 Max rows (+35..+70%), the M2 Ultra 13B Q4_0 (+22%) and 8B Q4_K_M (+16%),
+#   the M3 Ultra 96GB Q6_K (+16%).
 SPEED_FLOORS = [
     (None, 115, 92, 0.0),
     ("metal-m1", 83, 72, 0.86),
@@ -480,6 +489,7 @@ SPEED_FLOORS = [
     ("confirm-cuda", 19, 12, 0.63),
     ("confirm-amd", 17, 16, 0.94),
     ("confirm-metal", 6, 4, 0.66),
+    ("confirm-bw-metal-b", 23, 16, 0.69),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
