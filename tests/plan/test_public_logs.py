@@ -277,6 +277,7 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     held = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and not fitted(p)
             and p.get("corpus") not in ("metal-k", "confirm-metal")  # that task's held-out set (these came after)
             and not str(p.get("corpus", "")).startswith("confirm-bw")]
+            and not str(p.get("corpus")).startswith("confirm-bw-")]
     assert len(held) == 47
 
     def close(ps):
@@ -358,6 +359,8 @@ def test_metal_legacy_kind_retest_with_metal_k():
     fitted = _metal_k_arm()
     then = [p for p in POINTS if p.get("corpus") != "confirm-metal" and not str(p.get("corpus", "")).startswith("confirm-bw")]
     metal = [p for p in then if p["backend"] == "metal" and not p.get("outlier")]
+    metal = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and p.get("corpus") != "confirm-metal"
+             and not str(p.get("corpus")).startswith("confirm-bw-")]  # the confirm-bw-* corpora came after
     held = [p for p in metal if not fitted(p)]
     assert (len(held), sum(map(fitted, metal))) == (54, 66)
 
@@ -480,6 +483,12 @@ def test_engine_points_check_the_line_their_plans_use():
 #   column (llama2 7B F16/Q8_0 tg 64). 7 within 15% on today's line: the M4 F16/Q8_0/Q5_0/Q5_1 (0.86-0.92), the M3
 #   Pro fa 0 rows (0.87) and the M2 Ultra Q8_0 (1.13) in; the M4 Q4_0/Q4_1 (0.83) and the M3 Pro fa 1 row (0.84)
 #   under, the M2 Ultra F16 over (1.46, a known miss).
+# - confirm-bw-metal-b (confirm-bw-metal-b-candidates.md): 23 new held-out llama.cpp Metal rows from outside ggml-org,
+#   taken blind for the lead's confirm-bw rule (confirm-bw-candidates.md): geerlingguy's M3 Ultra 512GB README rows
+#   (3), qwen38-mtp's M3 Ultra 96GB row, XiongjieDai's 2023 Llama 2 notebooks (M3 Max 4, M3 2, M2 Ultra 6, M1 Max
+#   24-core 3) and May-2024 Llama 3 ./main cells (M1, M1 Max, M2 Ultra, M3 Max). 16 within 15% on today's lines
+#   (mean |ln| 0.128); outside: the four M1 Max rows (+35..+70%), the M2 Ultra 13B Q4_0 (+22%) and 8B Q4_K_M (+16%),
+#   the M3 Ultra 96GB Q6_K (+16%).
 SPEED_FLOORS = [
     (None, 115, 92, 0.0),
     ("metal-m1", 83, 72, 0.86),
@@ -495,6 +504,7 @@ SPEED_FLOORS = [
     ("confirm-amd", 17, 16, 0.94),
     ("confirm-metal", 6, 4, 0.66),
     ("confirm-bw-metal-a", 11, 7, 0.63),
+    ("confirm-bw-metal-b", 23, 16, 0.69),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
