@@ -466,6 +466,11 @@ def test_engine_points_check_the_line_their_plans_use():
 #   Q4_1 -16%). The adopted line moves other rows, so three floors move with it: metal-m1 62 -> 72 and metal-k 7 -> 10
 #   (up), and the first 115 94 -> 92 (down, by the adopted arm alone: the fitted M1 Ultra 1B row -10% -> -18%, the
 #   held-out M4 27B UD-Q3_K_XL +11% -> +16%, as metal-k recorded; the rule's whole-corpus condition held, 258 -> 272).
+# - confirm-bw-cuda (confirm-bw-cuda-candidates.md): 9 new held-out consumer-CUDA rows (GTX 1060 to RTX 5090, 192-1792
+#   GB/s; 6 sources) taken blind for step 1 of the confirm-bw rule (confirm-bw-candidates.md), 4 within 15% on
+#   today's lines (the RTX 3090 / 3080 / 5090 / 4090 27B rows); out: the RTX 5060 Ti 7B and both RTX 4060 Ti 27B rows
+#   under (predicted/measured 0.773, 0.791, 0.775), the GTX 1060 7B (1.235) and PR 12183's RTX 4090 3B Q4_0 (1.354,
+#   the one past 25%, a known miss) over.
 SPEED_FLOORS = [
     (None, 115, 92, 0.0),
     ("metal-m1", 83, 72, 0.86),
@@ -480,6 +485,7 @@ SPEED_FLOORS = [
     ("confirm-cuda", 19, 12, 0.63),
     ("confirm-amd", 17, 16, 0.94),
     ("confirm-metal", 6, 4, 0.66),
+    ("confirm-bw-cuda", 9, 4, 0.44),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
