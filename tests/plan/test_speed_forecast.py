@@ -28,12 +28,8 @@ def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
 def test_stated_error_covers_nine_in_ten_public_points_of_the_backend(backend):
     """Backend.error is what the model claims: 9 in 10 of that backend's points (fitted and held out, outliers
     aside; speed.ERROR_SHARE) lie within it, and it is not padded past that share's error by more than 5 points."""
-    # The confirm-bw-* corpora (benchmarks/results/confirm-bw-candidates.md) wait for the lead's decision: its step 5
-    # recomputes Metal's stated error. With confirm-bw-metal-b's 23 points under today's Metal line the 9-in-10 error
-    # is 0.234 (132 of 149 within the stated 0.21), without them 0.208 (114 of 126).
     errs = sorted(abs(predict_decode(p) / p["tokens_per_s"] - 1)
-                  for p in POINTS if p["backend"] == backend and not p.get("outlier")
-                  and not str(p.get("corpus")).startswith("confirm-bw-"))
+                  for p in POINTS if p["backend"] == backend and not p.get("outlier"))
     b = speed.BACKENDS[backend]
     share = errs[math.ceil(speed.ERROR_SHARE * len(errs)) - 1]  # the error 9 in 10 points are within
     assert sum(e <= b.error for e in errs) >= speed.ERROR_SHARE * len(errs)
