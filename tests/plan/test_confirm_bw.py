@@ -28,7 +28,26 @@ TAGS = {"metal": ("confirm-bw-metal-a", "confirm-bw-metal-b"), "cuda": ("confirm
 
 
 def new_points(backend: str) -> list[dict]:
+    """Every new point of the backend's confirm-bw corpora (held out, in the whole corpus's count)."""
     return [p for p in POINTS if p.get("corpus") in TAGS[backend] and p["backend"] == backend]
+
+
+def source(p: dict) -> str:
+    """A point's source as confirm-amd's test reads it: a file URL cut at "/blob/" (its repository), an issue or PR
+    thread as itself."""
+    return p["source"].split()[0].split("/blob/")[0]
+
+
+def decision_points(backend: str) -> list[dict]:
+    """The new points steps 2-3 score: at most 6 per source, the first in fixture order (the rule's step 1 cap; the
+    lead's note in confirm-bw-candidates.md, fixed before X1 was scored)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in new_points(backend):
+        seen[source(p)] = seen.get(source(p), 0) + 1
+        if seen[source(p)] <= 6:
+            out.append(p)
+    return out
 
 
 def arms(backend: str) -> dict[str, speed.Backend]:
@@ -40,10 +59,10 @@ def arms(backend: str) -> dict[str, speed.Backend]:
             "X1": refit_line(POINTS, backend, fitted, split, exponent=True)}
 
 
-def score(backend: str, line: speed.Backend) -> dict:
-    """Under `line` as `backend`'s (every other line as speed.BACKENDS has it): the new points' within-15% count
-    and mean |ln(pred/measured)|, and the whole corpus's within-15% count."""
-    new = new_points(backend)
+def score(backend: str, line: speed.Backend, new: list[dict] | None = None) -> dict:
+    """Under `line` as `backend`'s (every other line as speed.BACKENDS has it): the new points' (`new`, by default
+    decision_points) within-15% count and mean |ln(pred/measured)|, and the whole corpus's within-15% count."""
+    new = decision_points(backend) if new is None else new
     with lines({backend: line}):
         ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in POINTS}
     return {"new": sum(abs(ratio[p["id"]] - 1) <= 0.15 for p in new),
@@ -53,10 +72,10 @@ def score(backend: str, line: speed.Backend) -> dict:
 
 def decision(backend: str) -> tuple[str, dict]:
     """("no decision" | "adopt X1" | "keep X0", the scores) by steps 2-4."""
-    new = new_points(backend)
+    new = decision_points(backend)
     a = arms(backend)
     s = {k: score(backend, b) for k, b in a.items()}
-    sources = {p["source"].split()[0] for p in new}
+    sources = {source(p) for p in new}
     if len(new) < 6 or len(sources) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
         return "no decision", s
     adopt = (s["X1"]["new"] > s["X0"]["new"] and s["X1"]["ln"] < s["X0"]["ln"] and s["X1"]["all"] >= s["X0"]["all"])
@@ -95,3 +114,28 @@ def test_the_lines_of_the_time_are_x0():
             assert getattr(then, f) == pytest.approx(getattr(x0, f), abs=0.001), (backend, f)
         assert then.t0_ms == pytest.approx(x0.t0_ms, abs=0.01) and then.t0_before_ms == pytest.approx(x0.t0_before_ms,
                                                                                                        abs=0.01)
+
+
+def test_recorded_decisions():
+    """The figures confirm-bw-candidates.md records: Metal's X1 adopted on 21 of its 34 new points (at most 6 per
+    source), CUDA's not (a tie on the count, X1's mean |ln| higher); the whole corpus at 429 points."""
+    assert len(POINTS) == 429 and [len(new_points(b)) for b in ("metal", "cuda")] == [34, 9]
+    assert [len(decision_points(b)) for b in ("metal", "cuda")] == [21, 9]
+    v, s = decision("metal")
+    assert v == "adopt X1"
+    assert (s["X0"]["new"], round(s["X0"]["ln"], 3), s["X1"]["new"], round(s["X1"]["ln"], 3)) == (16, 0.112, 20, 0.081)
+    assert (s["X0"]["all"], s["X1"]["all"]) == (328, 345)
+    every = {k: score("metal", b, new_points("metal"))["new"] for k, b in arms("metal").items()}
+    assert every == {"X0": 23, "X1": 28}  # all 34 (the sensitivity check): the same way
+    v, s = decision("cuda")
+    assert v == "keep X0"
+    assert (s["X0"]["new"], round(s["X0"]["ln"], 3), s["X1"]["new"], round(s["X1"]["ln"], 3)) == (4, 0.160, 4, 0.161)
+
+
+def test_the_rule_can_decline_on_too_few_points_or_one_source(monkeypatch):
+    """Step 4: fewer than 6 new points, one source, or one bandwidth: no decision, whatever the scores."""
+    pts = decision_points("metal")
+    for cut in (pts[:5], [p for p in pts if source(p) == source(pts[0])],
+                [p for p in pts if p["bandwidth_gbs"] == 800]):
+        monkeypatch.setattr(__import__(__name__), "decision_points", lambda backend, cut=cut: cut)
+        assert decision("metal")[0] == "no decision"
