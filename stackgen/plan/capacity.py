@@ -95,11 +95,6 @@ class ServiceCurve:
     backend: str = ""
     step: StepParts | None = None
 
-    @property
-    def parts(self) -> StepParts | None:
-        """speed.py's step (StepParts) this curve steps; None for the CPU roofline."""
-        return self.step
-
     def __getattr__(self, name: str) -> Any:
         """A part of speed.py's step read through the curve (t0_s, batch_token_s, comm_s, codebook_s, ...): the
         step's own field, so a new part of StepParts needs nothing here; a CPU roofline's is StepParts' default."""
@@ -110,8 +105,8 @@ class ServiceCurve:
         return getattr(step, name) if step is not None else fields[name].default
 
     def step_s(self, decoding: int, prompt_tokens: int) -> float:
-        if self.parts is not None:
-            return self.parts.step_s(decoding, prompt_tokens)
+        if self.step is not None:
+            return self.step.step_s(decoding, prompt_tokens)
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
         per_seq = max(self.flop_s_per_token, self.decode_s_per_seq)
         if self.decode_tile > 1:

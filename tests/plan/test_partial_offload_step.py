@@ -140,7 +140,7 @@ def test_simulator_steps_the_same_copies_as_the_plan(seed):
     _, _, ram = _split(sp)
     active = sp.model.active_params / sp.model.params
     copy = ram * active / (0.8 * 32e9)
-    p = c.parts
+    p = c.step
     no_prompt = p.memory_s(1, 1)
     with_prompt = c.step_s(1, 1500)
     expected = (no_prompt - p.ram_weights_s + math.ceil(1501 / DEFAULT_UBATCH) * copy + 1500 * c.flop_s_per_token)

@@ -108,14 +108,14 @@ def test_a_partial_offload_curve_prefills_at_the_forecast_rate(tmp_path):
     # the forecast's prefill rate is the curve's compute plus its copies of the RAM layers per micro-batch
     # (StepParts.copy_s: ggml copies host weights to the GPU for each ubatch it runs there)
     prompt = sp.workload.prompt_tokens
-    assert c.parts.copy_s(prompt) > 0
-    assert prompt / (prompt * c.flop_s_per_token + c.parts.copy_s(prompt)) == pytest.approx(
+    assert c.step.copy_s(prompt) > 0
+    assert prompt / (prompt * c.flop_s_per_token + c.step.copy_s(prompt)) == pytest.approx(
         sp.speed.prefill_tokens_per_s, rel=1e-3)
     frac = sp.memory.gpu_layers / sp.memory.total_layers
     cpu_share = (1 - frac) * 2 * sp.model.active_params / (sp.threads * CPU_FLOPS_PER_THREAD)
     assert c.flop_s_per_token < cpu_share / 10
     # the curve's parts are the StepParts its fields describe, and its step theirs
-    assert c.parts.step_s(3, 0) == c.step_s(3, 0)
+    assert c.step.step_s(3, 0) == c.step_s(3, 0)
 
 
 def test_the_queueing_point_charges_the_prompt_at_the_forecast_prefill_rate(tmp_path):

@@ -193,9 +193,9 @@ def test_a_tensor_parallel_plan_carries_its_links_comm_in_forecast_and_curve(wri
     hw = load_stack_hw(write_stack, "4x a100-80gb")
     curve = capacity.service_curve(sp, hw)
     assert curve.comm_s == pytest.approx(speed.tp_comm_seconds(80, tp, "nvlink"), rel=1e-12)
-    assert curve.parts.comm_s == curve.comm_s
+    assert curve.step.comm_s == curve.comm_s
     fc = speed.fleet_forecast(sp, hw, 1)
-    assert fc.single_stream_tokens_per_s == round(1 / curve.parts.single_s(), 1)
+    assert fc.single_stream_tokens_per_s == round(1 / curve.step.single_s(), 1)
 
 
 def test_the_stated_link_changes_the_plans_speed(write_stack):
