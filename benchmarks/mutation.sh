@@ -78,7 +78,8 @@ for module in $MODULES; do
     echo "[mutmut]"
     echo "source_paths=$pkg"
     echo "only_mutate=$module"
-    printf 'also_copy=\n    profiles\n    templates\n    schema\n    examples\n'
+    # benchmarks: tests/plan/test_repeat_noise.py loads bench_repeat_noise.py to check its recorded figures
+    printf 'also_copy=\n    profiles\n    templates\n    schema\n    examples\n    benchmarks\n'
     printf 'pytest_add_cli_args=\n    -p\n    no:cacheprovider\n    -q\n'
     echo "pytest_add_cli_args_test_selection="
     for t in $TESTS; do echo "    $t"; done
