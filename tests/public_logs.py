@@ -144,13 +144,37 @@ def point_build(p: dict) -> int | None:
     return None
 
 
+# NVIDIA GPU name -> compute capability (NVIDIA's CUDA GPUs list, developer.nvidia.com/cuda-gpus), for the CUDA
+# points' GPUs (decode_speed.yaml's gpu:); the first pattern that matches. test_every_cuda_point_has_a_compute_capability
+# keeps every CUDA point matched.
+CUDA_CC = (
+    (r"K80", 3.7), (r"M40|M60|GTX 9\d\d", 5.2),
+    (r"P100", 6.0), (r"P40|P4\b|GTX 10\d\d|TITAN XP?\b|Quadro P", 6.1),
+    (r"V100|TITAN V\b", 7.0), (r"T4\b|RTX 20\d\d|GTX 16\d\d|Quadro RTX|TITAN RTX", 7.5),
+    (r"A100|A30\b", 8.0), (r"RTX 30\d\d|A40\b|A10\b|RTX A\d{4}", 8.6),
+    (r"RTX 40\d\d|L40S?\b|L4\b|Ada\b", 8.9), (r"GH200|H100|H200", 9.0),
+    (r"GB10\b", 12.1), (r"RTX 50\d\d|RTX PRO \d{4} Blackwell", 12.0), (r"B200|B100", 10.0),
+)
+
+
+def point_cc(p: dict) -> float | None:
+    """A CUDA point's compute capability from its gpu: (CUDA_CC); None for other backends or an unmatched name."""
+    import re
+    if speed_line(p["backend"]) not in ("cuda", "cuda-datacenter"):
+        return None
+    return next((cc for pat, cc in CUDA_CC if re.search(pat, p["gpu"], re.I)), None)
+
+
 def older_build(p: dict) -> bool:
-    """A decode_speed.yaml point's build (point_build: llama.cpp's build, vLLM's encoded version) is older than its
-    backend's build term's cut (speed.Backend.build_before): its era in fit_backend_build."""
+    """A decode_speed.yaml point's era in fit_backend_build: its build (point_build: llama.cpp's build, vLLM's encoded
+    version) older than its backend's build term's cut (speed.Backend.build_before), or on a line whose era is CUDA
+    graphs' (Backend.graphs_by_arch) graphs off for its build and GPU (speed.cuda_graphs_off, point_cc)."""
     from stackgen.plan import speed
-    cut = speed.backend_params(p["backend"]).build_before
+    line = speed.backend_params(p["backend"])
     b = point_build(p)
-    return bool(cut) and b is not None and b < cut
+    if line.graphs_by_arch:
+        return speed.cuda_graphs_off(b, point_cc(p))
+    return bool(line.build_before) and b is not None and b < line.build_before
 
 
 def comm_seconds(p: dict) -> float:
@@ -192,7 +216,7 @@ def predict_decode(p: dict) -> float:
     from stackgen.plan import speed
     tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
                                            p.get("weights", "quantized"), point_build(p), codebook_params(p),
-                                           peak_flops(p))
+                                           peak_flops(p), point_cc(p))
     return 1 / (1 / tps + comm_seconds(p))
 
 
@@ -363,6 +387,27 @@ def _lines_before_confirm_bw() -> dict:
 
 
 LINES_BEFORE_CONFIRM_BW = _lines_before_confirm_bw()
+
+
+def graphs_lines(points: list[dict]) -> dict:
+    """confirm-graphs' arm G1 (benchmarks/results/confirm-graphs-candidates.md): both llama.cpp CUDA lines with their
+    era by CUDA graphs (Backend.graphs_by_arch: speed.cuda_graphs_off of a point's build and compute capability).
+    The consumer line is refitted on its points not held out with those era flags (refit_line); the datacenter
+    line's fitted points are all older builds, so its older-era extra is the consumer line's, and its e and t0 the
+    fit of its points with that extra taken off their steps."""
+    from dataclasses import replace
+    from stackgen.plan import speed
+    fitted = [p for p in points if p["backend"] == "cuda-datacenter" and not p.get("outlier") and not p.get("held_out")]
+    flagged = {k: replace(speed.BACKENDS[k], graphs_by_arch=True) for k in ("cuda", "cuda-datacenter")}
+    with lines(flagged):
+        cuda = refit_line(points, "cuda", lambda p: not p.get("held_out"), speed.split_kinds("cuda"))
+        extra = cuda.t0_before_ms / 1000
+        sel = [(b, bw, 1 / (1 / tps - (extra if o else 0.0)), k) for b, bw, tps, k, o in map(fit_point, fitted)]
+    f = speed.fit_kinds(sel, speed.split_kinds("cuda-datacenter"))
+    dc = replace(flagged["cuda-datacenter"], efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
+                 efficiency_legacy=f["legacy"], build_before=speed.LLAMA_CUDA_GRAPHS_BUILD,
+                 t0_before_ms=cuda.t0_before_ms, fitted_on=len(sel))
+    return {"cuda": cuda, "cuda-datacenter": dc}
 
 
 def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...], exponent: bool = False):

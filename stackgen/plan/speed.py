@@ -86,6 +86,10 @@ class Backend:
     # An unknown build (None) plans as the current era.
     build_before: int = 0
     t0_before_ms: float = 0.0
+    # llama.cpp CUDA: the older era's overhead is the cost of running without CUDA graphs, which ggml-cuda also turns
+    # off by GPU architecture whatever the build (cuda_graphs_off). True: a step on a GPU of a stated compute
+    # capability pays t0_before where graphs are off for it and the build (confirm-graphs-candidates.md).
+    graphs_by_arch: bool = False
     # Codebook i-quants (codebook_quant: IQ1_S/M, IQ2_XXS/XS/S/M, IQ3_XXS/XS/S/M): the integer work of their mat-vec
     # per weight, in FLOP of the GPU's planner peak (capacity.gpu_peak_flops), a floor under the weight read:
     # a step's weights take max(bytes / (efficiency x bandwidth), params x codebook_flop_per_weight / peak)
@@ -207,6 +211,28 @@ GGML_CPU_DECODE_TILE = 4
 # public tags around that date (b2793 out by 2024-05-06, ~5 builds a day that spring; decode_speed.yaml's header),
 # not counted with git: the llama.cpp mirror is over this project's fetch limit.
 LLAMA_CUDA_GRAPHS_BUILD = 2800
+
+# ggml-cuda turns CUDA graphs off by GPU architecture too: ggml_cuda_graph_set_enabled (ggml-cuda.cu) sets
+# disable_due_to_gpu_arch for a device below GGML_CUDA_CC_AMPERE (compute capability 8.0); llama.cpp PR 25749 ("Enable
+# CUDA graphs on Volta+Turing", merged 2026-07-16) lowered that to Volta (7.0). Its build is estimated from the
+# public anchor b9986 by 2026-07-14 (decode_speed.yaml's header), not counted.
+CUDA_GRAPHS_MIN_CC = 8.0
+CUDA_GRAPHS_MIN_CC_VOLTA = 7.0
+VOLTA_TURING_GRAPHS_BUILD = 10000
+
+
+def cuda_graphs_off(build: int | None, compute_capability: float | None) -> bool:
+    """Whether llama.cpp's CUDA backend decodes without CUDA graphs: a known build before LLAMA_CUDA_GRAPHS_BUILD,
+    or a GPU of a stated compute capability below Volta (any build) or below Ampere on a known build before
+    VOLTA_TURING_GRAPHS_BUILD. An unknown build plans as the current era and an unknown compute capability as
+    Ampere or newer (graphs on)."""
+    if build is not None and build < LLAMA_CUDA_GRAPHS_BUILD:
+        return True
+    if compute_capability is None:
+        return False
+    if compute_capability < CUDA_GRAPHS_MIN_CC_VOLTA:
+        return True
+    return compute_capability < CUDA_GRAPHS_MIN_CC and build is not None and build < VOLTA_TURING_GRAPHS_BUILD
 
 # vLLM's engine era, on the same `build` axis (Backend.build_before, backend_params): a vLLM version encoded as
 # major x 10000 + minor x 100 + patch (vllm_build: "0.6.3" -> 603, "0.8.0" -> 800, "0.19.1" -> 1901, "1.2.3" -> 10203;
@@ -638,15 +664,18 @@ PREFILL_CHECK = {"cuda": (6, 1.05), "metal": (6, 0.30), "vulkan": (5, 0.80), "ro
                  "mlx": (3, 0.10), "vllm": (6, 0.90), "sglang": (2, 0.55)}
 
 
-def backend_params(backend: str, build: int | None = None) -> Backend:
+def backend_params(backend: str, build: int | None = None, compute_capability: float | None = None) -> Backend:
     """The fitted parameters of `backend` for build `build` (llama.cpp's: Pins.engine_build, the probed binary's, the
     stack's engine_version, else memory.LLAMA_TARGET_BUILD; vLLM's: its version encoded by vllm_build): a build older
     than the backend's build_before adds its t0_before_ms to the per-step overhead; None (unknown) and newer builds
-    get the current era's figures."""
+    get the current era's figures. On a line whose era is CUDA graphs' (Backend.graphs_by_arch), the older era is
+    wherever cuda_graphs_off says so for the build and the GPU's `compute_capability` (None: not stated)."""
     b = BACKENDS.get(backend, DEFAULT_BACKEND)
-    if build is not None and b.build_before and build < b.build_before:
-        return replace(b, t0_ms=b.t0_ms + b.t0_before_ms)
-    return b
+    if b.graphs_by_arch:
+        older = cuda_graphs_off(build, compute_capability)
+    else:
+        older = build is not None and bool(b.build_before) and build < b.build_before
+    return replace(b, t0_ms=b.t0_ms + b.t0_before_ms) if older and b.t0_before_ms else b
 
 
 def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = None) -> str:
@@ -663,13 +692,14 @@ def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = 
 
 def step_seconds(bytes_read: float, bandwidth_gbs: float, backend: str, weights: str = "quantized",
                  kv_bytes: float = 0.0, build: int | None = None, codebook_params: float = 0.0,
-                 peak_flops: float = 0.0) -> float:
+                 peak_flops: float = 0.0, compute_capability: float | None = None) -> float:
     """Seconds for one decode step that reads `bytes_read` weight bytes of kind `weights` (weight_kind) and
     `kv_bytes` of KV cache on a device of `bandwidth_gbs` peak GB/s: the weights at their kind's efficiency, the
     cache at the backend's (block-quantized) one; `build`: the llama.cpp build (backend_params). `codebook_params`:
     the weights stored in codebook i-quants (codebook_quant), whose integer work on a GPU of `peak_flops` is a floor
-    under the weight read (codebook_floor_s at the backend's codebook_flop_per_weight)."""
-    b = backend_params(backend, build)
+    under the weight read (codebook_floor_s at the backend's codebook_flop_per_weight). `compute_capability`: the
+    NVIDIA GPU's (backend_params' era on a line with graphs_by_arch; None: not stated)."""
+    b = backend_params(backend, build, compute_capability)
     bw = b.read_gbs(bandwidth_gbs) * 1e9
     read = bytes_read / (b.efficiency_for(weights) * bw)
     read = max(read, codebook_floor_s(codebook_params, b.codebook_flop_per_weight, peak_flops))
@@ -728,10 +758,12 @@ def step_weights_bytes(active_weights_bytes: float, streams: int, experts: Exper
 
 def single_stream_tokens_per_s(weights_bytes: float, kv_bytes: float, bandwidth_gbs: float, backend: str,
                                weights: str = "quantized", build: int | None = None, codebook_params: float = 0.0,
-                               peak_flops: float = 0.0) -> float:
+                               peak_flops: float = 0.0, compute_capability: float | None = None) -> float:
     """Decode tokens/s of one stream: active weights (of kind `weights`) plus that stream's KV cache per token, on
-    llama.cpp build `build` (None: the current era); `codebook_params`, `peak_flops`: step_seconds'."""
-    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes, build, codebook_params, peak_flops)
+    llama.cpp build `build` (None: the current era); `codebook_params`, `peak_flops`, `compute_capability`:
+    step_seconds'."""
+    t = step_seconds(weights_bytes, bandwidth_gbs, backend, weights, kv_bytes, build, codebook_params, peak_flops,
+                     compute_capability)
     return 1 / t if t > 0 else 0.0
 
 
@@ -1292,7 +1324,7 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
              experts: ExpertRouting | None = None, batch_flops: float = 0.0, decode_tile: int = 0,
              host_flops: float = 0.0, build: int | None = None, host_link_gbs: float = 0.0,
              ubatch: int = 0, output_tokens: int = 0, codebook_params: float = 0.0, tensor_parallel: int = 1,
-             layers: int = 0, tp_link: str = "pcie") -> Forecast:
+             layers: int = 0, tp_link: str = "pcie", compute_capability: float | None = None) -> Forecast:
     """Decode per user and TTFT at `streams` concurrent streams, from the step step_parts builds (the one the
     fleet simulator's curve steps, capacity.service_curve).
 
@@ -1316,14 +1348,14 @@ def forecast(backend: str, *, weights_bytes: float, kv_bytes_per_stream: float, 
     unknown): with it, the per-user rate under sustained load too (StepParts.sustained_step_s). `codebook_params`:
     one token's active weights in codebook i-quants (codebook_quant of the plan's format; step_parts).
     `tensor_parallel`, `layers`, `tp_link`: tensor parallel's all-reduces on every step (step_parts,
-    tp_comm_seconds)."""
+    tp_comm_seconds). `compute_capability`: the NVIDIA GPU's, where stated (backend_params)."""
     si = StepInputs(backend, weights_bytes=weights_bytes, kv_bytes_per_stream=kv_bytes_per_stream,
                     gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bandwidth_gbs,
                     host_bandwidth_gbs=host_bandwidth_gbs, active_params=active_params, peak_flops=peak_flops,
                     weights=weights, experts=experts, batch_flops=batch_flops, decode_tile=decode_tile,
                     host_flops=host_flops, build=build, host_link_gbs=host_link_gbs, ubatch=ubatch, params=params,
                     codebook_params=codebook_params, tensor_parallel=tensor_parallel, layers=layers,
-                    tp_link=tp_link)
+                    tp_link=tp_link, compute_capability=compute_capability)
     b, cpu = si.figures()
     parts = si.parts()
     n = max(1, streams)
@@ -1401,11 +1433,13 @@ class StepInputs:
     tensor_parallel: int = 1
     layers: int = 0
     tp_link: str = "pcie"
+    compute_capability: float | None = None  # the NVIDIA GPU's, where stated (backend_params' CUDA graphs era)
 
     def figures(self) -> tuple[Backend, Backend]:
         """(the step's backend figures, the CPU's for layers in RAM): a calibration's for both where there is one,
-        else the fits (backend_params; the backend's for the plan's llama.cpp build)."""
-        return self.params or backend_params(self.backend, self.build), self.params or backend_params("cpu")
+        else the fits (backend_params; the backend's for the plan's llama.cpp build and GPU)."""
+        return (self.params or backend_params(self.backend, self.build, self.compute_capability),
+                self.params or backend_params("cpu"))
 
     def parts(self) -> StepParts:
         b, cpu = self.figures()
@@ -1510,7 +1544,11 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         # nearly all of them; llama.cpp's mixes raise attn_v/ffn_down/output to K-quants, a few %)
         codebook_params=(model.active_params or model.params or 0.0) if codebook_quant(fmt) else 0.0,
         # tensor parallel's all-reduces on every step, at the link between the GPUs (gpu_link)
-        tensor_parallel=tp, layers=model.layers or 0, tp_link=gpu_link(hw))
+        tensor_parallel=tp, layers=model.layers or 0, tp_link=gpu_link(hw),
+        # CUDA graphs' era by architecture (backend_params): the oldest stated NVIDIA GPU's, a device without graphs
+        # launching its layers' kernels one by one
+        compute_capability=min(hw.nvidia_compute_capabilities) if gpu_fraction > 0 and hw.nvidia_compute_capabilities
+        else None)
 
 
 def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: int, avg_context: int,

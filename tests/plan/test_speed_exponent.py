@@ -72,3 +72,31 @@ def test_tensor_parallel_scales_each_devices_bandwidth():
     assert two.weights_s == pytest.approx(one.weights_s / 2)
     linear = speed.step_parts(replace(b, bandwidth_exponent=1.0), cpu, gpu_bandwidth_gbs=800, **kw)
     assert linear.weights_s == pytest.approx(8e9 / (0.7 * 800e9))
+
+
+# --- CUDA graphs by architecture (speed.cuda_graphs_off; confirm-graphs) -----------------------------------------
+
+@pytest.mark.parametrize("build, cc, off", [
+    (2799, None, True), (2799, 9.0, True), (2800, None, False), (None, None, False),  # the build alone
+    (None, 6.1, True), (20000, 6.1, True), (20000, 5.2, True),  # Pascal and older: never graphs
+    (None, 7.5, False), (9999, 7.5, True), (9999, 7.0, True), (10000, 7.0, False), (10000, 6.9, True),  # PR 25749
+    (9999, 8.0, False), (2800, 8.6, False), (2799, 8.6, True)])
+def test_cuda_graphs_off(build, cc, off):
+    assert speed.cuda_graphs_off(build, cc) is off
+
+
+def test_a_graphs_line_takes_its_era_from_build_and_gpu():
+    with_line = dict(speed.BACKENDS)
+    try:
+        speed.BACKENDS["g"] = speed.Backend(0.7, 1.0, build_before=2800, t0_before_ms=2.0, graphs_by_arch=True)
+        speed.BACKENDS["b"] = speed.Backend(0.7, 1.0, build_before=2800, t0_before_ms=2.0)
+        assert speed.backend_params("g", None, 6.1).t0_ms == 3.0  # Pascal: older era whatever the build
+        assert speed.backend_params("g", 9000, 7.5).t0_ms == 3.0 and speed.backend_params("g", 10488, 7.5).t0_ms == 1.0
+        assert speed.backend_params("g", 2000, None).t0_ms == 3.0 and speed.backend_params("g", None, None).t0_ms == 1.0
+        assert speed.backend_params("b", None, 6.1).t0_ms == 1.0  # a line without graphs_by_arch: the build alone
+        assert speed.backend_params("b", 2000, 9.0).t0_ms == 3.0
+        t = speed.step_seconds(7e9, 700, "g", compute_capability=6.1)
+        assert t == pytest.approx(7e9 / (0.7 * 700e9) + 0.003)
+    finally:
+        speed.BACKENDS.clear()
+        speed.BACKENDS.update(with_line)

@@ -40,7 +40,7 @@ def _gpu(name: str, vendor: str, bw: float, tier: str = "consumer", unified: boo
 
 def _hw(gpus=(), ram_bw: float = 100.0, gpu_link: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(gpus=list(gpus), is_apple=any(g.vendor == "apple" for g in gpus),
-                           memory_bandwidth_gbs=ram_bw, gpu_link=gpu_link)
+                           memory_bandwidth_gbs=ram_bw, gpu_link=gpu_link, nvidia_compute_capabilities=())
 
 
 def test_apple_silicon_is_one_gpu_holding_every_layer_without_tensor_parallel():
