@@ -14,9 +14,11 @@ import yaml
 from public_logs import linear_lines, lines as with_lines, predict_decode, refit_arm
 from stackgen.plan import speed
 
-# the points these decisions were made on: the confirm-bw corpora (confirm-bw-candidates.md) came after, all held out
+# the points these decisions were made on: the confirm-bw corpora (confirm-bw-candidates.md) and confirm-graphs
+# (confirm-graphs-candidates.md) came after, all held out
 POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"] if not str(p.get("corpus", "")).startswith("confirm-bw")]
+                                    .read_text())["points"]
+          if not str(p.get("corpus", "")).startswith(("confirm-bw", "confirm-graphs"))]
 TAG = "confirm-cuda"
 
 

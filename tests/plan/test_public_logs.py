@@ -495,6 +495,11 @@ def test_engine_points_check_the_line_their_plans_use():
 #   new points its rule scores, 16 -> 20 within 15%; the whole corpus 328 -> 345 of 429), and the floors it moves
 #   were set to the recorded counts: the first 115 92 -> 93, metal-m1 72 -> 77, metal-k 10 -> 14, confirm-metal 4 -> 6,
 #   confirm-bw-metal-a 7 -> 10, confirm-bw-metal-b 16 -> 18 (none fell). CUDA's exponent was not adopted.
+# - confirm-graphs (confirm-graphs-candidates.md, its "Step 1" section): 10 new held-out NVIDIA rows taken blind for
+#   step 1 of the lead's confirm-graphs rule (CUDA graphs by GPU architecture): ggml CI's V100 PCIe (b4834, pythia
+#   2.8B F16 and 5 legacy types), willettAMT's L40S and A30 single-GPU files (b7199, qwen3 8B Q5_K_M) and PR 4766's P40
+#   Q3_K_S / Q4_K_S rows. 7 within 15% on today's lines: the V100 legacy rows (0.99-1.07), the A30 (1.07), the P40
+#   Q4_K_S (1.09); out: the V100 F16 (0.82), the L40S (0.73) and the P40 Q3_K_S (2.41), the last two known misses.
 SPEED_FLOORS = [
     (None, 115, 93, 0.0),
     ("metal-m1", 83, 77, 0.92),
@@ -512,6 +517,7 @@ SPEED_FLOORS = [
     ("confirm-bw-metal-a", 11, 10, 0.90),
     ("confirm-bw-metal-b", 23, 18, 0.78),
     ("confirm-bw-cuda", 9, 4, 0.44),
+    ("confirm-graphs", 10, 7, 0.70),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
