@@ -28,13 +28,8 @@ def _fc(streams=1, gpu_fraction=1.0, backend="cuda", peak=165e12):
 def test_stated_error_covers_nine_in_ten_public_points_of_the_backend(backend):
     """Backend.error is what the model claims: 9 in 10 of that backend's points (fitted and held out, outliers
     aside; speed.ERROR_SHARE) lie within it, and it is not padded past that share's error by more than 5 points."""
-    # The confirm-graphs corpus (benchmarks/results/confirm-graphs-candidates.md) waits for the lead's decision: its
-    # step 5 recomputes the CUDA lines' stated errors. With its 10 points under today's lines cuda-datacenter's 9-in-10
-    # error is 0.392 (26 of 27 within the stated 0.46: no longer within 5 points of it), without them 0.451 (18 of
-    # 19); cuda's is 0.204 either way (84 of 91 / 83 of 89 within 0.21).
     errs = sorted(abs(predict_decode(p) / p["tokens_per_s"] - 1)
-                  for p in POINTS if p["backend"] == backend and not p.get("outlier")
-                  and p.get("corpus") != "confirm-graphs")
+                  for p in POINTS if p["backend"] == backend and not p.get("outlier"))
     b = speed.BACKENDS[backend]
     share = errs[math.ceil(speed.ERROR_SHARE * len(errs)) - 1]  # the error 9 in 10 points are within
     assert sum(e <= b.error for e in errs) >= speed.ERROR_SHARE * len(errs)
