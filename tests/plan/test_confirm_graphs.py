@@ -130,3 +130,26 @@ def test_a_plan_on_a_pascal_gpu_pays_the_graphs_overhead_on_a_graphs_line(write_
     slow, fast = one_stream(g1, True), one_stream(g1, False)
     assert 1 / slow - 1 / fast == pytest.approx(line.t0_before_ms / 1000, rel=0.02)
     assert one_stream(_g0(), True) == one_stream(_g0(), False)
+
+
+def test_recorded_decision():
+    """The figures confirm-graphs-candidates.md records: 10 new points from 3 sources; G0 7 within 15% (mean |ln|
+    0.173), G1 6 (0.173, higher by 0.001): G1 not adopted, though the whole corpus would rise 352 -> 357 of 439 (the
+    gain is on points seen before the rule). 8 of the 10 are in the same era under both arms (builds before b2800 or
+    a Volta GPU before b10000); the two that differ, an L40S and an A30 at b7199, were built with
+    GGML_CUDA_GRAPHS=OFF (their sources' CMake caches), so neither arm's premise held for them."""
+    assert len(POINTS) == 439 and len(new_points()) == 10
+    verdict, s = decision()
+    assert verdict == "keep G0"
+    assert (s["G0"]["new"], s["G1"]["new"], s["G0"]["all"], s["G1"]["all"]) == (7, 6, 352, 357)
+    assert (round(s["G0"]["ln"], 4), round(s["G1"]["ln"], 4)) == (0.1726, 0.1733)
+    g0, g1 = _g0(), graphs_lines(POINTS)
+    differ = []
+    for p in new_points():
+        with lines(g0):
+            a = predict_decode(p)
+        with lines(g1):
+            b = predict_decode(p)
+        if abs(a / b - 1) > 0.01:  # another era (G1 refits unrounded figures: the rest differ by <0.2%)
+            differ.append(p["gpu"])
+    assert sorted(differ) == ["A30 24GB", "L40S 48GB"]
