@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -100,3 +101,64 @@ def test_a_graphs_line_takes_its_era_from_build_and_gpu():
     finally:
         speed.BACKENDS.clear()
         speed.BACKENDS.update(with_line)
+
+
+# --- fit_exponent's details (mutation testing: benchmarks/results/mutation-speed.md) -----------------------------
+
+def _noisy(a: float = 0.8) -> list[tuple]:
+    """Points of a line with exponent `a`, each off it by a fixed pseudo-noise of up to +-12%: the objective is not 0
+    at any exponent, so its exact form decides the answer."""
+    pts = _points(a, 0.75, 1.5)
+    return [(b, bw, tps * (1 + 0.12 * math.sin(7.3 * i + 1)), "16bit" if i % 4 == 0 else "legacy" if i % 4 == 1
+             else "quantized", i % 5 == 0) for i, (b, bw, tps) in enumerate(pts)]
+
+
+def _objective(points: list[tuple], a: float, split=speed.SPLIT_KINDS) -> float:
+    """The relative least squares fit_exponent minimises, written out here: sum of (predicted / measured step - 1)^2
+    over the points with fit_kinds' line at exponent a."""
+    pts = [(p[0], speed.scaled_gbs(p[1], a), *p[2:]) for p in points]
+    f = speed.fit_kinds(pts, split)
+    out = 0.0
+    for b, bw, tps, kind, older in pts:
+        e = f[kind] or f["quantized"]
+        step = b / (e * bw * 1e9) + (f["t0_ms"] + (f["t0_before_ms"] if older else 0.0)) / 1000
+        out += (step * tps - 1) ** 2
+    return out
+
+
+def test_fit_exponent_is_the_argmin_of_the_relative_least_squares_on_noisy_points():
+    pts = _noisy()
+    a, f = speed.fit_exponent(pts)
+    assert a == min(speed.EXPONENT_GRID, key=lambda x: _objective(pts, x))
+    assert 0.6 <= a <= 0.95 and f == speed.fit_kinds([(p[0], speed.scaled_gbs(p[1], a), *p[2:]) for p in pts])
+
+
+def test_fit_exponent_and_fit_backend_build_honour_the_split():
+    """A split without "legacy" puts the legacy points on the shared slope: a different line (and exponent search)."""
+    pts = _noisy()
+    no_legacy = tuple(k for k in speed.SPLIT_KINDS if k != "legacy")
+    a, f = speed.fit_exponent(pts, no_legacy)
+    assert f["legacy"] == 0.0 and speed.fit_exponent(pts)[1]["legacy"] > 0
+    assert a == min(speed.EXPONENT_GRID, key=lambda x: _objective(pts, x, no_legacy))
+    assert speed.fit_backend_build(pts, no_legacy) != speed.fit_backend_build(pts)
+
+
+def test_fit_exponent_reads_a_kind_without_a_slope_at_the_shared_one_and_short_points():
+    """One 16-bit point gets no slope of its own (fit_kinds' 0): it is read at the shared e. Points without the era
+    flag (4-tuples) are current-era."""
+    pts = [p + ("quantized",) for p in _points(0.7, 0.75, 2.0)]
+    pts[0] = pts[0][:3] + ("16bit",)
+    a, f = speed.fit_exponent(pts)
+    assert f["16bit"] == 0.0 and a == pytest.approx(0.7)
+
+
+def test_fit_exponent_counts_the_overhead_of_current_builds():
+    """Small steps where t0 is most of the step: a wrong t0 in the objective would move the exponent."""
+    pts = _points(0.7, 0.75, 1.0, sizes=(2e7, 5e7, 2e8))
+    assert speed.fit_exponent(pts)[0] == pytest.approx(0.7)
+
+
+def test_scaled_gbs_guards():
+    assert speed.scaled_gbs(800, 2.0) == pytest.approx(1600)  # 400 x 2^2: any exponent but 1 scales
+    assert speed.scaled_gbs(1, 0.5) == pytest.approx(20)  # 400 x (1/400)^0.5: a small bandwidth is scaled too
+    assert speed.scaled_gbs(-1, 0.9) == -1  # no bandwidth (<= 0): itself, not a power of a negative number

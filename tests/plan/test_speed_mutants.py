@@ -353,6 +353,11 @@ def test_forecast_rounds_each_figure_and_carries_the_fit():
     assert f.ttft_s == round(1000 / prefill + single, 3)
     assert f.ttft_all_s == round(3 * 1000 / prefill + step, 3)
     assert f.ttft_all_s != round(f.ttft_all_s, 2) or f.ttft_s != round(f.ttft_s, 2)
+    # to the millisecond, not finer: with 2 streams too, so one of the two unrounded TTFTs has a 4th decimal
+    two = _fc(backend="vllm", streams=2)
+    step2 = single + 2 * 8e9 / (b.batch_mfu * 100e12)
+    assert two.ttft_all_s == round(2 * 1000 / prefill + step2, 3)
+    assert {round(x, 3) != round(x, 4) for x in (3 * 1000 / prefill + step, 2 * 1000 / prefill + step2)} & {True}
     assert (f.fitted_on, f.ttft_checked_on, f.ttft_error) == (b.fitted_on, *speed.PREFILL_CHECK["vllm"])
     dc = _fc(backend="cuda-datacenter")
     assert (dc.ttft_checked_on, dc.ttft_error) == (0, 0.0)  # no public prefill point for the datacenter line
