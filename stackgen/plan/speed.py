@@ -13,7 +13,10 @@ tests/fixtures/public-logs/decode_speed.yaml by benchmarks/bench_public_logs.py 
 build a plan is for (Pins.engine_build), or the vLLM version (vllm_build: Engine.speed_build), picks a build era where
 a backend's points show one (backend_params(backend, build); fit_backend_build): llama.cpp CUDA builds before CUDA
 graphs (LLAMA_CUDA_GRAPHS_BUILD) and vLLM versions before the V1 engine's default (VLLM_V1_DEFAULT_BUILD) pay a
-larger t0.
+larger t0 (cuda_graphs_off also knows the GPU architectures without graphs; it is off on every line: graphs_by_arch,
+benchmarks/results/confirm-graphs-candidates.md). A line may read the datasheet bandwidth sub-linearly
+(Backend.bandwidth_exponent, read_gbs; fitted with the rest by fit_exponent): Metal's, adopted by a pre-registered
+rule (benchmarks/results/confirm-bw-candidates.md).
 Prefill: a compute-bound rate, prefill_mfu x peak FLOP/s / (2 x active parameters), with prefill_mfu fitted per backend
 (fit_prefill_mfu) on tests/fixtures/public-logs/prefill_speed.yaml's points not held out; PREFILL_CHECK holds how
 many public points check each backend's TTFT and the error they show.
