@@ -40,6 +40,8 @@ def calibrate(
                    f"system RAM bandwidth, measured {stored.date} ({stored.probe})")
         if stored.engine:
             typer.echo(f"  {stored.engine.text()}")
+        if stored.busy():
+            typer.echo(f"warning: {stored.busy()}", err=True)
         return 0
     host = _host(None)
     if if_missing:
@@ -64,11 +66,13 @@ def calibrate(
         def run(bandwidth_gbs: float) -> cal.EnginePoint:
             return cal.measure_engine(eng.name, found, str(model.resolve()), bandwidth_gbs=bandwidth_gbs,
                                       threads=n, build=build)
-    result = cal.measure(cal.machine_key(host.hardware), engine=run)
+    result = cal.measure(cal.machine_key(host.hardware), engine=run, cores=host.hardware.cpu.cores)
     path = cal.save(result)
     typer.echo(f"wrote {path}: {result.memory_bandwidth_gbs:g} GB/s system RAM bandwidth on {result.machine} "
                f"(detected profile said {host.hardware.memory_bandwidth_gbs:g} GB/s); `plan` uses it for "
                "`hardware: detect` stacks, `plan --no-calibration` ignores it")
     if result.engine:
         typer.echo(f"  {result.engine.text()}")
+    if result.busy():
+        typer.echo(f"warning: {result.busy()}", err=True)
     return 0

@@ -283,3 +283,64 @@ def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detec
     monkeypatch.setattr("stackgen.host.binaries.find", lambda *a: "/bin/true")
     res = cli("calibrate", "--model", model, "--if-missing")
     assert measured and "measuring" in res.output  # no batched point: measured again
+
+
+# --- a calibration measured on a busy machine says so ---------------------------------------------------------
+
+@pytest.mark.parametrize("load, cores, busy", [(0.3, 2, False), (1.0, 2, False), (1.01, 2, True), (3.5, 2, True),
+                                               (7.9, 16, False), (8.5, 16, True), (None, 2, False), (5.0, 0, False)])
+def test_busy_note_above_half_the_cores(load, cores, busy):
+    note = cal.busy_note(load, cores)
+    assert (note is not None) == busy
+    if busy:
+        assert f"load average {load:.1f} on {cores} cores" in note and "when the machine is quiet" in note
+
+
+def test_the_load_is_measured_kept_and_read_back(cpu_host):
+    """measure() records the load average it started under with the cores; the file keeps it; a busy calibration
+    warns through Calibration.busy() and the plan's reason; a file without it (older) loads as unknown."""
+    m = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, load=lambda: 3.2)
+    assert (m.load_1min, m.cores) == (3.2, 2) and "load average 3.2 on 2 cores" in m.busy()
+    assert "load average 3.2" in m.reason()
+    cal.save(m)
+    assert cal.load() == m
+    quiet = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, load=lambda: 0.2)
+    assert quiet.busy() is None and "busy" not in quiet.reason()
+    data = m.to_json()
+    del data["load_1min"], data["cores"]
+    old = cal.Calibration.from_json(data)
+    assert (old.load_1min, old.cores, old.busy()) == (None, 0, None)
+    assert cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), load=lambda: None).load_1min is None
+
+
+def test_load_average_is_the_os_figure_or_none(monkeypatch):
+    import os
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.234, 0.5, 0.25))
+    assert cal.load_average() == 1.23
+
+    def no_loadavg():
+        raise OSError("not available")
+    monkeypatch.setattr(os, "getloadavg", no_loadavg)
+    assert cal.load_average() is None
+
+
+def test_cli_calibrate_on_a_busy_machine_warns_and_still_writes(cli, detected, monkeypatch):
+    import stackgen.commands.calibrate as command
+    import stackgen.host.detect as detect
+    monkeypatch.setattr(command, "_host", lambda host_facts: detected)
+    monkeypatch.setattr(detect, "measure_memory_bandwidth", lambda: 120.0)
+    monkeypatch.setattr(cal, "load_average", lambda: 99.0)
+    res = cli("calibrate")
+    cores = detected.hardware.cpu.cores
+    assert res.exit_code == 0 and f"warning: the machine was busy when it was measured (load average 99.0 on {cores}" \
+        in res.output
+    assert cal.load().load_1min == 99.0
+    assert "warning: the machine was busy" in cli("calibrate", "--show").output
+    monkeypatch.setattr(cal, "load_average", lambda: 0.0)
+    assert "warning" not in cli("calibrate").output
+
+
+def test_rate_reads_the_engines_timings():
+    assert cal._rate({"predicted_n": 16, "predicted_ms": 160.0}, "predicted") == pytest.approx(100.0)
+    assert cal._rate({"prompt_n": 64, "prompt_ms": 0.0}, "prompt") == 0.0
+    assert cal._rate({}, "prompt") == 0.0
