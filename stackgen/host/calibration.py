@@ -114,10 +114,10 @@ class Calibration:
     memory_bandwidth_gbs: float  # system RAM bandwidth measured by the probe
     probe: str  # how it was measured, in words
     engine: EnginePoint | None = None  # a real engine's decode/prefill/RSS point (`calibrate --model FILE`)
-    # The host's 1-minute load average when the measurement started (os.getloadavg; None: not available), so a
-    # calibration taken on a busy machine says so (busy_note) wherever it is shown.
-    load_1min: float | None = None
-    cores: int = 0  # the CPU cores the load is out of (0: unknown)
+    # The share of the host's CPU time other work used in the second before the measurement (busy_share; None: not
+    # measured), so a calibration taken on a busy machine says so (busy_note) wherever it is shown.
+    cpu_busy: float | None = None
+    cores: int = 0  # the host's CPU cores (0: unknown)
 
     def to_json(self) -> dict[str, Any]:
         out = {"format": FORMAT, **dataclasses.asdict(self)}
@@ -132,15 +132,15 @@ class Calibration:
         if not 0 < bw <= 100000:
             raise ValueError(f"memory_bandwidth_gbs {bw} is not a bandwidth in GB/s")
         engine = EnginePoint.from_json(data["engine"]) if data.get("engine") else None
-        load = data.get("load_1min")
+        busy = data.get("cpu_busy")
         return cls(machine=str(data["machine"]), date=str(data["date"]), memory_bandwidth_gbs=bw,
                    probe=str(data.get("probe", "")), engine=engine,
-                   load_1min=float(load) if load is not None else None, cores=int(data.get("cores") or 0))
+                   cpu_busy=float(busy) if busy is not None else None, cores=int(data.get("cores") or 0))
 
     def busy(self) -> str | None:
-        """busy_note for the load this calibration was measured under; None when the machine was quiet or the load
-        is unknown."""
-        return busy_note(self.load_1min, self.cores)
+        """busy_note for the CPU use this calibration was measured beside; None when the machine was quiet or it is
+        unknown."""
+        return busy_note(self.cpu_busy, self.cores)
 
     def reason(self) -> str:
         text = (f"speed: calibrated on this host on {self.date} (system RAM bandwidth {self.memory_bandwidth_gbs:g} "
@@ -154,26 +154,30 @@ class Calibration:
 
 # A calibration measures what the engine gets while it runs: other work on the machine slows it and every later
 # `hardware: detect` plan with it (a 2-core host calibrated beside a test suite and a mutation run measured decode
-# at 29.0 tokens/s and batched decode at 37.3, against 64.5 and 110.0 quiet, and the quickstart's forecast came out
-# 2x under what it then measured). A load of more than half the cores at the start is "busy".
-BUSY_LOAD_SHARE = 0.5
+# 2x under what it then measured; with two busy loops on its 2 cores, decode 15.6 against 78.5). More than half the
+# CPU time in use by other work just before the measurement is "busy". Not the load average: it trails by a minute
+# (1.2 on 2 cores a minute after the loops stopped, while the run then measured the quiet figures).
+BUSY_SHARE = 0.5
 
 
-def busy_note(load_1min: float | None, cores: int) -> str | None:
-    """A warning when the host's 1-minute load average was above BUSY_LOAD_SHARE of its cores; None otherwise (or
-    when either is unknown)."""
-    if load_1min is None or cores <= 0 or load_1min <= BUSY_LOAD_SHARE * cores:
+def busy_note(cpu_busy: float | None, cores: int) -> str | None:
+    """A warning when other work used more than BUSY_SHARE of the host's CPU time just before the measurement;
+    None otherwise (or when it was not measured)."""
+    if cpu_busy is None or cpu_busy <= BUSY_SHARE:
         return None
-    return (f"the machine was busy when it was measured (load average {load_1min:.1f} on {cores} cores): other work "
-            "slows what the engine gets, and plans that use this calibration forecast that slowdown; run "
-            "`stackgen calibrate` again when the machine is quiet")
+    on = f" of {cores} cores" if cores > 0 else ""
+    return (f"the machine was busy when it was measured ({cpu_busy:.0%}{on} in use by other work): that slows what "
+            "the engine gets, and plans that use this calibration forecast the slowdown; run `stackgen calibrate` "
+            "again when the machine is quiet")
 
 
-def load_average() -> float | None:
-    """The host's 1-minute load average (os.getloadavg); None where the platform has none."""
+def busy_share(seconds: float = 1.0) -> float | None:
+    """The share of the host's CPU time in use over the next `seconds` (psutil.cpu_percent, every core), before
+    anything of the calibration runs; None where psutil cannot tell."""
+    import psutil
     try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
+        return round(psutil.cpu_percent(interval=seconds) / 100, 3)
+    except (OSError, RuntimeError):
         return None
 
 
@@ -351,10 +355,10 @@ def machine_key(hw) -> str:
 
 def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.date | None = None,
             engine: Callable[[float], EnginePoint] | None = None, cores: int = 0,
-            load: Callable[[], float | None] | None = None) -> Calibration:
+            busy: Callable[[], float | None] | None = None) -> Calibration:
     """Measure this host: `probe` returns the system-RAM bandwidth in GB/s (default: detect's numpy copy probe);
-    `load` the 1-minute load average before it starts (default: load_average), kept with the `cores` it is out of."""
-    load_1min = (load or load_average)()
+    `busy` the share of CPU time other work uses just before (default: busy_share), kept with the host's `cores`."""
+    cpu_busy = (busy or busy_share)()
     if probe is None:
         from stackgen.host.detect import measure_memory_bandwidth
 
@@ -368,7 +372,7 @@ def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.d
     day = (today or _dt.datetime.now(_dt.timezone.utc).date()).isoformat()
     point = engine(round(gbs, 1)) if engine else None  # given the measured bandwidth, it derives e and t0
     return Calibration(machine=machine, date=day, memory_bandwidth_gbs=round(gbs, 1), probe=how.strip(),
-                       engine=point, load_1min=load_1min, cores=cores)
+                       engine=point, cpu_busy=cpu_busy, cores=cores)
 
 
 def save(cal: Calibration, path: Path | None = None) -> Path:

@@ -287,41 +287,58 @@ def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detec
 
 # --- a calibration measured on a busy machine says so ---------------------------------------------------------
 
-@pytest.mark.parametrize("load, cores, busy", [(0.3, 2, False), (1.0, 2, False), (1.01, 2, True), (3.5, 2, True),
-                                               (7.9, 16, False), (8.5, 16, True), (None, 2, False), (5.0, 0, False)])
-def test_busy_note_above_half_the_cores(load, cores, busy):
-    note = cal.busy_note(load, cores)
-    assert (note is not None) == busy
-    if busy:
-        assert f"load average {load:.1f} on {cores} cores" in note and "when the machine is quiet" in note
+REAL_BUSY_SHARE = cal.busy_share
 
 
-def test_the_load_is_measured_kept_and_read_back(cpu_host):
-    """measure() records the load average it started under with the cores; the file keeps it; a busy calibration
+@pytest.fixture(autouse=True)
+def _quiet_cpu(monkeypatch):
+    """calibrate's CPU-busy probe (one second of psutil.cpu_percent) reads the machine the tests run on: here it
+    is a quiet machine unless a test says otherwise (test_busy_share_reads_psutil checks the probe itself)."""
+    monkeypatch.setattr(cal, "busy_share", lambda seconds=1.0: 0.0)
+
+
+@pytest.mark.parametrize("busy, cores, warns", [(0.1, 2, False), (0.5, 2, False), (0.51, 2, True), (0.97, 2, True),
+                                                (0.9, 0, True), (None, 2, False)])
+def test_busy_note_above_half_the_cpu(busy, cores, warns):
+    note = cal.busy_note(busy, cores)
+    assert (note is not None) == warns
+    if warns:
+        assert f"({busy:.0%}" in note and "when the machine is quiet" in note
+        assert (f"of {cores} cores" in note) == (cores > 0)
+
+
+def test_the_cpu_use_is_measured_kept_and_read_back(cpu_host):
+    """measure() records how busy the CPU was just before it, with the cores; the file keeps it; a busy calibration
     warns through Calibration.busy() and the plan's reason; a file without it (older) loads as unknown."""
-    m = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, load=lambda: 3.2)
-    assert (m.load_1min, m.cores) == (3.2, 2) and "load average 3.2 on 2 cores" in m.busy()
-    assert "load average 3.2" in m.reason()
+    m = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, busy=lambda: 0.93)
+    assert (m.cpu_busy, m.cores) == (0.93, 2) and "(93% of 2 cores in use by other work)" in m.busy()
+    assert "93% of 2 cores" in m.reason()
     cal.save(m)
     assert cal.load() == m
-    quiet = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, load=lambda: 0.2)
+    quiet = cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), cores=2, busy=lambda: 0.2)
     assert quiet.busy() is None and "busy" not in quiet.reason()
     data = m.to_json()
-    del data["load_1min"], data["cores"]
+    del data["cpu_busy"], data["cores"]
     old = cal.Calibration.from_json(data)
-    assert (old.load_1min, old.cores, old.busy()) == (None, 0, None)
-    assert cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0), load=lambda: None).load_1min is None
+    assert (old.cpu_busy, old.cores, old.busy()) == (None, 0, None)
+    assert cal.measure(cal.machine_key(cpu_host.hardware), _probe(40.0)).cpu_busy == 0.0  # the default probe
 
 
-def test_load_average_is_the_os_figure_or_none(monkeypatch):
-    import os
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.234, 0.5, 0.25))
-    assert cal.load_average() == 1.23
+def test_busy_share_reads_psutil(monkeypatch):
+    import psutil
+    real = REAL_BUSY_SHARE  # the module's own, not the fixture's stand-in
+    seen = {}
 
-    def no_loadavg():
-        raise OSError("not available")
-    monkeypatch.setattr(os, "getloadavg", no_loadavg)
-    assert cal.load_average() is None
+    def cpu_percent(interval):
+        seen["interval"] = interval
+        return 87.5
+    monkeypatch.setattr(psutil, "cpu_percent", cpu_percent)
+    assert real(0.25) == 0.875 and seen["interval"] == 0.25
+
+    def broken(interval):
+        raise OSError("no /proc/stat")
+    monkeypatch.setattr(psutil, "cpu_percent", broken)
+    assert real() is None
 
 
 def test_cli_calibrate_on_a_busy_machine_warns_and_still_writes(cli, detected, monkeypatch):
@@ -329,14 +346,14 @@ def test_cli_calibrate_on_a_busy_machine_warns_and_still_writes(cli, detected, m
     import stackgen.host.detect as detect
     monkeypatch.setattr(command, "_host", lambda host_facts: detected)
     monkeypatch.setattr(detect, "measure_memory_bandwidth", lambda: 120.0)
-    monkeypatch.setattr(cal, "load_average", lambda: 99.0)
+    monkeypatch.setattr(cal, "busy_share", lambda seconds=1.0: 0.99)
     res = cli("calibrate")
     cores = detected.hardware.cpu.cores
-    assert res.exit_code == 0 and f"warning: the machine was busy when it was measured (load average 99.0 on {cores}" \
-        in res.output
-    assert cal.load().load_1min == 99.0
+    assert res.exit_code == 0
+    assert f"warning: the machine was busy when it was measured (99% of {cores} cores in use" in res.output
+    assert cal.load().cpu_busy == 0.99
     assert "warning: the machine was busy" in cli("calibrate", "--show").output
-    monkeypatch.setattr(cal, "load_average", lambda: 0.0)
+    monkeypatch.setattr(cal, "busy_share", lambda seconds=1.0: 0.0)
     assert "warning" not in cli("calibrate").output
 
 
