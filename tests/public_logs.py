@@ -389,6 +389,45 @@ def _lines_before_confirm_bw() -> dict:
 LINES_BEFORE_CONFIRM_BW = _lines_before_confirm_bw()
 
 
+def _lines_before_confirm_graphs() -> dict:
+    """The llama.cpp CUDA lines when confirm-graphs' rule was fixed (main b5d1f58): the consumer line as before
+    confirm-bw (its stated error 0.21 by then), the datacenter line as it stood (stated 0.46)."""
+    from dataclasses import replace
+    from stackgen.plan.speed import Backend
+    return {"cuda": replace(LINES_BEFORE_CONFIRM_BW["cuda"], error=0.21),
+            "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.46, prefill_mfu=0.926)}
+
+
+LINES_BEFORE_CONFIRM_GRAPHS = _lines_before_confirm_graphs()
+
+
+def point_source(p: dict) -> str:
+    """A decode point's source as the confirmatory rules count them (at most 6 points each): a file URL cut at
+    "/blob/" (its repository), an issue or PR thread as itself."""
+    return p["source"].split()[0].split("/blob/")[0]
+
+
+def confirm_score(points: list[dict], overrides: dict, new: list[dict]) -> dict:
+    """Step 2 of confirm-bw's and confirm-graphs' rule, under `overrides` ({backend: speed.Backend}, the other lines as
+    speed.BACKENDS has them): the `new` points within 15% ("new") and their mean |ln(pred/measured)| ("ln"), and the
+    whole of `points` within 15% ("all")."""
+    import math
+    with lines(overrides):
+        ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in points}
+    return {"new": sum(abs(ratio[p["id"]] - 1) <= 0.15 for p in new),
+            "ln": sum(abs(math.log(ratio[p["id"]])) for p in new) / len(new) if new else 0.0,
+            "all": sum(abs(r - 1) <= 0.15 for r in ratio.values())}
+
+
+def confirm_verdict(new: list[dict], base: dict, arm: dict) -> bool | None:
+    """Steps 3-4 of confirm-bw's and confirm-graphs' rule on confirm_score's figures: None (no decision) for fewer
+    than 6 new points, one source or one bandwidth; else whether the arm is adopted: more new points within 15%, a
+    lower mean |ln| on them, and the whole corpus at least the base's."""
+    if len(new) < 6 or len({point_source(p) for p in new}) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
+        return None
+    return arm["new"] > base["new"] and arm["ln"] < base["ln"] and arm["all"] >= base["all"]
+
+
 def graphs_lines(points: list[dict]) -> dict:
     """confirm-graphs' arm G1 (benchmarks/results/confirm-graphs-candidates.md): both llama.cpp CUDA lines with their
     era by CUDA graphs (Backend.graphs_by_arch: speed.cuda_graphs_off of a point's build and compute capability).

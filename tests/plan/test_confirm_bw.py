@@ -13,13 +13,12 @@ depend on which line speed.BACKENDS holds: the test checks that the line there i
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from public_logs import lines, predict_decode, refit_line
+from public_logs import confirm_score, confirm_verdict, point_source, refit_line
 from stackgen.plan import speed
 
 # the points this rule decided on: confirm-graphs (confirm-graphs-candidates.md) came after, all held out
@@ -33,20 +32,14 @@ def new_points(backend: str) -> list[dict]:
     return [p for p in POINTS if p.get("corpus") in TAGS[backend] and p["backend"] == backend]
 
 
-def source(p: dict) -> str:
-    """A point's source as confirm-amd's test reads it: a file URL cut at "/blob/" (its repository), an issue or PR
-    thread as itself."""
-    return p["source"].split()[0].split("/blob/")[0]
-
-
 def decision_points(backend: str) -> list[dict]:
     """The new points steps 2-3 score: at most 6 per source, the first in fixture order (the rule's step 1 cap; the
     lead's note in confirm-bw-candidates.md, fixed before X1 was scored)."""
     seen: dict[str, int] = {}
     out = []
     for p in new_points(backend):
-        seen[source(p)] = seen.get(source(p), 0) + 1
-        if seen[source(p)] <= 6:
+        seen[point_source(p)] = seen.get(point_source(p), 0) + 1
+        if seen[point_source(p)] <= 6:
             out.append(p)
     return out
 
@@ -63,24 +56,14 @@ def arms(backend: str) -> dict[str, speed.Backend]:
 def score(backend: str, line: speed.Backend, new: list[dict] | None = None) -> dict:
     """Under `line` as `backend`'s (every other line as speed.BACKENDS has it): the new points' (`new`, by default
     decision_points) within-15% count and mean |ln(pred/measured)|, and the whole corpus's within-15% count."""
-    new = decision_points(backend) if new is None else new
-    with lines({backend: line}):
-        ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in POINTS}
-    return {"new": sum(abs(ratio[p["id"]] - 1) <= 0.15 for p in new),
-            "ln": sum(abs(math.log(ratio[p["id"]])) for p in new) / len(new) if new else 0.0,
-            "all": sum(abs(r - 1) <= 0.15 for r in ratio.values())}
+    return confirm_score(POINTS, {backend: line}, decision_points(backend) if new is None else new)
 
 
 def decision(backend: str) -> tuple[str, dict]:
     """("no decision" | "adopt X1" | "keep X0", the scores) by steps 2-4."""
-    new = decision_points(backend)
-    a = arms(backend)
-    s = {k: score(backend, b) for k, b in a.items()}
-    sources = {source(p) for p in new}
-    if len(new) < 6 or len(sources) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
-        return "no decision", s
-    adopt = (s["X1"]["new"] > s["X0"]["new"] and s["X1"]["ln"] < s["X0"]["ln"] and s["X1"]["all"] >= s["X0"]["all"])
-    return ("adopt X1" if adopt else "keep X0"), s
+    s = {k: score(backend, b) for k, b in arms(backend).items()}
+    adopt = confirm_verdict(decision_points(backend), s["X0"], s["X1"])
+    return {None: "no decision", True: "adopt X1", False: "keep X0"}[adopt], s
 
 
 def test_x1_is_the_pre_registered_fit():
@@ -136,7 +119,7 @@ def test_recorded_decisions():
 def test_the_rule_can_decline_on_too_few_points_or_one_source(monkeypatch):
     """Step 4: fewer than 6 new points, one source, or one bandwidth: no decision, whatever the scores."""
     pts = decision_points("metal")
-    for cut in (pts[:5], [p for p in pts if source(p) == source(pts[0])],
+    for cut in (pts[:5], [p for p in pts if point_source(p) == point_source(pts[0])],
                 [p for p in pts if p["bandwidth_gbs"] == 800]):
         monkeypatch.setattr(__import__(__name__), "decision_points", lambda backend, cut=cut: cut)
         assert decision("metal")[0] == "no decision"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import linear_lines, arm_backends, lines as with_lines, predict_decode, today_fitted
+from public_logs import linear_lines, arm_backends, lines as with_lines, point_source, predict_decode, today_fitted
 from stackgen.plan import speed
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
@@ -74,8 +74,7 @@ def test_new_points_were_taken_as_the_rule_says():
     assert {p["backend"] for p in NEW} == {"vulkan", "rocm"}
     by_source: dict[str, int] = {}
     for p in NEW:
-        src = p["source"].split(" ")[0].split("/blob/")[0]
-        by_source[src] = by_source.get(src, 0) + 1
+        by_source[point_source(p)] = by_source.get(point_source(p), 0) + 1
     assert max(by_source.values()) <= 6 and len(by_source) == 4
 
 

@@ -11,54 +11,31 @@ graphs saving). Steps 2-4 of the rule, recomputed from the fixture:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from public_logs import graphs_lines, lines, point_cc, predict_decode
+from public_logs import (LINES_BEFORE_CONFIRM_GRAPHS, confirm_score, confirm_verdict, graphs_lines, lines, point_cc,
+                         point_source, predict_decode)
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
                         .read_text())["points"]
 TAG = "confirm-graphs"
 CUDA = ("cuda", "cuda-datacenter")
-
-
-def _g0() -> dict:
-    """Today's lines as main had them when the rule was fixed (b5d1f58): the older era by build alone."""
-    return {"cuda": speed.Backend(0.733, 0.48, fitted_on=17, error=0.21, prefill_mfu=0.926, efficiency_16bit=0.925,
-                                  batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=speed.LLAMA_CUDA_GRAPHS_BUILD,
-                                  t0_before_ms=1.39, codebook_flop_per_weight=56.3, efficiency_legacy=0.748),
-            "cuda-datacenter": speed.Backend(0.677, 3.09, fitted_on=2, error=0.46, prefill_mfu=0.926)}
+G0 = LINES_BEFORE_CONFIRM_GRAPHS  # the lines when the rule was fixed (b5d1f58): the older era by build alone
 
 
 def new_points() -> list[dict]:
     return [p for p in POINTS if p.get("corpus") == TAG]
 
 
-def source(p: dict) -> str:
-    """A file URL cut at "/blob/" (its repository), an issue or PR thread as itself (confirm-amd's reading)."""
-    return p["source"].split()[0].split("/blob/")[0]
-
-
-def score(arm: dict) -> dict:
-    new = new_points()
-    with lines(arm):
-        ratio = {p["id"]: predict_decode(p) / p["tokens_per_s"] for p in POINTS}
-    return {"new": sum(abs(ratio[p["id"]] - 1) <= 0.15 for p in new),
-            "ln": sum(abs(math.log(ratio[p["id"]])) for p in new) / len(new) if new else 0.0,
-            "all": sum(abs(r - 1) <= 0.15 for r in ratio.values())}
-
-
 def decision() -> tuple[str, dict]:
+    """("no decision" | "adopt G1" | "keep G0", the scores) by steps 2-4."""
     new = new_points()
-    s = {"G0": score(_g0()), "G1": score(graphs_lines(POINTS))}
-    if len(new) < 6 or len({source(p) for p in new}) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
-        return "no decision", s
-    adopt = s["G1"]["new"] > s["G0"]["new"] and s["G1"]["ln"] < s["G0"]["ln"] and s["G1"]["all"] >= s["G0"]["all"]
-    return ("adopt G1" if adopt else "keep G0"), s
+    s = {"G0": confirm_score(POINTS, G0, new), "G1": confirm_score(POINTS, graphs_lines(POINTS), new)}
+    return {None: "no decision", True: "adopt G1", False: "keep G0"}[confirm_verdict(new, s["G0"], s["G1"])], s
 
 
 def test_new_points_are_cuda_held_out_and_at_most_six_a_source():
@@ -66,14 +43,14 @@ def test_new_points_are_cuda_held_out_and_at_most_six_a_source():
     assert all(p.get("held_out") and p["backend"] in CUDA for p in new)
     per: dict[str, int] = {}
     for p in new:
-        per[source(p)] = per.get(source(p), 0) + 1
+        per[point_source(p)] = per.get(point_source(p), 0) + 1
     assert all(n <= 6 for n in per.values()), per
 
 
 def test_g0_is_the_lines_of_the_time_and_g1_the_rules_arm():
     """G0 is the linear-era fit of today's fitted points as speed.py rounded it; G1 keeps the consumer line's figures
     (none of its fitted points changes era) and moves the datacenter line's current-era t0 to 3.09 - 1.39 ms."""
-    g0, g1 = _g0(), graphs_lines(POINTS)
+    g0, g1 = G0, graphs_lines(POINTS)
     assert g1["cuda"].efficiency == pytest.approx(g0["cuda"].efficiency, abs=0.001)
     assert g1["cuda"].t0_before_ms == pytest.approx(g0["cuda"].t0_before_ms, abs=0.01)
     assert g1["cuda-datacenter"].efficiency == pytest.approx(g0["cuda-datacenter"].efficiency, abs=0.001)
@@ -129,7 +106,7 @@ def test_a_plan_on_a_pascal_gpu_pays_the_graphs_overhead_on_a_graphs_line(write_
     line = g1[speed.backend_for(None, "nvidia", tier)]
     slow, fast = one_stream(g1, True), one_stream(g1, False)
     assert 1 / slow - 1 / fast == pytest.approx(line.t0_before_ms / 1000, rel=0.02)
-    assert one_stream(_g0(), True) == one_stream(_g0(), False)
+    assert one_stream(G0, True) == one_stream(G0, False)
 
 
 def test_recorded_decision():
@@ -143,7 +120,7 @@ def test_recorded_decision():
     assert verdict == "keep G0"
     assert (s["G0"]["new"], s["G1"]["new"], s["G0"]["all"], s["G1"]["all"]) == (7, 6, 352, 357)
     assert (round(s["G0"]["ln"], 4), round(s["G1"]["ln"], 4)) == (0.1726, 0.1733)
-    g0, g1 = _g0(), graphs_lines(POINTS)
+    g0, g1 = G0, graphs_lines(POINTS)
     differ = []
     for p in new_points():
         with lines(g0):
