@@ -40,8 +40,8 @@ def calibrate(
                    f"system RAM bandwidth, measured {stored.date} ({stored.probe})")
         if stored.engine:
             typer.echo(f"  {stored.engine.text()}")
-        if stored.busy():
-            typer.echo(f"warning: {stored.busy()}", err=True)
+        if busy := stored.busy():
+            typer.echo(f"warning: {busy}", err=True)
         return 0
     host = _host(None)
     if if_missing:
@@ -73,6 +73,6 @@ def calibrate(
                "`hardware: detect` stacks, `plan --no-calibration` ignores it")
     if result.engine:
         typer.echo(f"  {result.engine.text()}")
-    if result.busy():
-        typer.echo(f"warning: {result.busy()}", err=True)
+    if busy := result.busy():
+        typer.echo(f"warning: {busy}", err=True)
     return 0

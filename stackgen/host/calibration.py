@@ -147,8 +147,8 @@ class Calibration:
                 f"GB/s measured by `stackgen calibrate`; `plan --no-calibration` ignores it)")
         if self.engine:
             text += f"; CPU decode and prefill from a real run: {self.engine.text()}"
-        if self.busy():
-            text += f"; {self.busy()}"
+        if busy := self.busy():
+            text += f"; {busy}"
         return text
 
 
