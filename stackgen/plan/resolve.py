@@ -546,11 +546,12 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     mem = chosen.memory
     assert mem is not None
     port = svc.spec.port or _free_port(engine.default_port, used_ports)
-    avg_ctx = mean_context(mem, svc.workload)
+    # a multi-node service's roofline is its nodes'; a single-machine one's is _layout_speed's, of the layout it runs
+    # (one instance's inputs), set once with_replicas has chosen it: not computed here to be replaced there
+    speed, bottleneck = 0.0, ""
     if topology is not None:
-        speed, bottleneck = _multinode_speed(svc, mem, stack.nodes[: len(topology.nodes)], hw, avg_ctx)
-    else:
-        speed, bottleneck = predict_decode_tokens_per_s(svc.model, mem, hw, avg_ctx)
+        nodes = stack.nodes[: len(topology.nodes)]
+        speed, bottleneck = _multinode_speed(svc, mem, nodes, hw, mean_context(mem, svc.workload))
     threads = chosen.pins.threads or hw.cpu.cores
     # llama.cpp's build (Pins.engine_build), or another engine's version on the speed fit's build axis (vLLM's era)
     build = chosen.pins.engine_build if engine.plans_by_build else engine.speed_build(svc.spec.engine_version)
@@ -573,7 +574,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,
         tls=stack.serve.tls,
-        # speed: set by _layout_speed once the replica layout is chosen (None for a multi-node service)
+        # speed (and a single-machine service's roofline and bottleneck): set by _layout_speed once the replica
+        # layout is chosen (speed None for a multi-node service)
         calibration=calibration, engine_build=build,
     )
     return _with_command(replace(sp, model_ref=default_model_ref(sp)))
