@@ -500,6 +500,13 @@ def test_engine_points_check_the_line_their_plans_use():
 #   2.8B F16 and 5 legacy types), willettAMT's L40S and A30 single-GPU files (b7199, qwen3 8B Q5_K_M) and PR 4766's P40
 #   Q3_K_S / Q4_K_S rows. 7 within 15% on today's lines: the V100 legacy rows (0.99-1.07), the A30 (1.07), the P40
 #   Q4_K_S (1.09); out: the V100 F16 (0.82), the L40S (0.73) and the P40 Q3_K_S (2.41), the last two known misses.
+# - confirm-tier-b (confirm-tier-b-candidates.md): 12 new held-out GDDR-datacenter rows from outside ggml-org, taken
+#   blind for step 1 of the lead's confirm-tier rule (confirm-tier-candidates.md): XiongjieDai's May-2024 L40S and A40
+#   notebooks (b2834 / b2833: the ./main cell and llama-bench tg 512 of Llama 3 8B Q4_K_M / F16 and 70B Q4_K_M, 4 each),
+#   willettAMT's orcaga05 L40S (b7199, qwen3 8B Q5_K_M), LLMKube's GKE L4 (Llama 3.2 3B Q8_0) and two L40S handoffs of
+#   deven367/agent-handoffs (Qwen3.8-27B Q4_K_M, qwen35 9B Q8_0). 3 within 15% on today's lines (the A40 70B 0.92 and
+#   ./main 0.88, the L40S 70B 0.85); every other row under (0.70-0.83), three of them past 25%, known misses (the L40S
+#   8B F16 0.749, willett's L40S 0.73, the L40S 9B Q8_0 0.70).
 SPEED_FLOORS = [
     (None, 115, 93, 0.0),
     ("metal-m1", 83, 77, 0.92),
@@ -518,6 +525,7 @@ SPEED_FLOORS = [
     ("confirm-bw-metal-b", 23, 18, 0.78),
     ("confirm-bw-cuda", 9, 4, 0.44),
     ("confirm-graphs", 10, 7, 0.70),
+    ("confirm-tier-b", 12, 3, 0.25),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
