@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (comm_seconds, fit_point, loo_predicted, older_build, partial_offload_inputs,  # noqa: E402
+from public_logs import (comm_seconds, fit_point, loo_predicted, older_build, partial_offload_inputs, point_line,  # noqa: E402
                          partial_offload_stated_error,
                          partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
@@ -91,13 +91,14 @@ def _cut(backend: str, cut: int) -> str:
 
 
 def _era(p: dict) -> str:
-    """The point's build era for its backend's build term (speed.Backend.build_before; a vLLM point's version on the
-    same axis): "before bN" / "before vLLM x.y.z", "current" (at or past it, or none known), or "" where the backend
-    has no build term."""
-    cut = speed.backend_params(p["backend"]).build_before
+    """The point's build era for its line's build term (point_line; speed.Backend.build_before; a vLLM point's version
+    on the same axis): "before bN" / "before vLLM x.y.z", "current" (at or past it, or none known), or "" where the
+    line has no build term."""
+    line = point_line(p)
+    cut = speed.backend_params(line).build_before
     if not cut:
         return ""
-    return f"before {_cut(p['backend'], cut)}" if older_build(p) else "current"
+    return f"before {_cut(line, cut)}" if older_build(p) else "current"
 
 
 def _amd_family(gpu: str) -> str:
@@ -137,7 +138,7 @@ def speed_rows() -> list[str]:
             errors[kind].append(abs(r - 1))
         if kind == "held out" and str(p.get("date", "")) >= "2025":
             dated.setdefault(p["backend"], []).append(abs(r - 1))
-        line = p["backend"] if speed_line(p["backend"]) == p["backend"] else f"{p['backend']} (on {speed_line(p['backend'])})"
+        line = p["backend"] if point_line(p) == p["backend"] else f"{p['backend']} (on {point_line(p)})"
         build = p.get("build", "")
         build = f"{build}" + (" (date)" if p.get("date") and build else "") if build else (p.get("date") or "")
         if not build and p.get("version"):  # a vLLM point: its version as the fixture quotes it
@@ -496,8 +497,10 @@ def main() -> None:
                       "(every case cites its public thread and quotes its log lines). Memory: vLLM startup profiles "
                       "against stackgen's terms; Ollama's logged estimate against the port of its estimator "
                       "(stackgen/engines/ollama_estimate.py, v0.12.10); llama.cpp KV/compute against memory.py. "
-                      "Speed: single-stream decode per backend (llama.cpp CUDA split by the GPU's tier: `cuda` for consumer "
-                      "and workstation GPUs, `cuda-datacenter`); `fitted` points made the fit in "
+                      "Speed: single-stream decode per backend (llama.cpp CUDA split by the GPU's tier and memory: "
+                      "`cuda` for consumer and workstation GPUs and for GDDR datacenter GPUs, `cuda-datacenter` for HBM "
+                      "ones, confirm-tier-candidates.md; a row's backend is its tier, \"(on cuda)\" where its memory "
+                      "moves it); `fitted` points made the fit in "
                       "stackgen/plan/speed.py, `held out` points did not and check it; the service curve checks "
                       "aggregate decode at b tokens per step. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",

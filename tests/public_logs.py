@@ -157,6 +157,49 @@ CUDA_CC = (
 )
 
 
+# NVIDIA datacenter GPU name -> its memory technology (NVIDIA's datasheets), for the `cuda-datacenter` points' GPUs;
+# the first pattern that matches. test_every_datacenter_point_has_a_memory_type keeps every such point matched.
+CUDA_MEMORY = (
+    (r"\bT4\b|\bA2\b|\bA10G?\b|\bA16\b|\bA40\b|\bL4\b|\bL20\b|\bL40S?\b|\bM40\b|\bM60\b|\bK80\b|\bP40\b|\bP4\b",
+     "gddr"),
+    (r"P100|V100|A100|\bA30\b|H100|H200|H20\b|H800|A800|B200|B100", "hbm"),
+)
+
+# confirm-tier (benchmarks/results/confirm-tier-candidates.md): whether a `cuda-datacenter` point is routed by its
+# GPU's memory (T1, adopted) or by its tier alone (T0, every decision before it); routes_by_tier() switches to T0.
+_ROUTE_BY_MEMORY = [True]
+
+
+def point_memory(p: dict) -> str | None:
+    """A datacenter CUDA point's memory type from its gpu: (CUDA_MEMORY); None for other points or an unmatched name."""
+    import re
+    if p["backend"] != "cuda-datacenter":
+        return None
+    return next((m for pat, m in CUDA_MEMORY if re.search(pat, p["gpu"])), None)
+
+
+def point_line(p: dict) -> str:
+    """The fitted line a fixture point is predicted on, as a plan on its hardware picks it: speed_line of its
+    `backend`, and for a `cuda-datacenter` point (the tier) speed.backend_for with its GPU's memory (point_memory):
+    a GDDR datacenter GPU decodes on the consumer CUDA line (confirm-tier's T1); under routes_by_tier(), its tier's."""
+    from stackgen.plan import speed
+    line = speed_line(p["backend"])
+    if line == "cuda-datacenter" and _ROUTE_BY_MEMORY[0]:
+        return speed.backend_for(None, "nvidia", "datacenter", point_memory(p))
+    return line
+
+
+@contextmanager
+def routes_by_tier():
+    """For the block, datacenter CUDA points plan on the datacenter line whatever their memory (confirm-tier's T0):
+    the routing of every decision made before confirm-tier, recomputed as it was."""
+    _ROUTE_BY_MEMORY[0] = False
+    try:
+        yield
+    finally:
+        _ROUTE_BY_MEMORY[0] = True
+
+
 def point_cc(p: dict) -> float | None:
     """A CUDA point's compute capability from its gpu: (CUDA_CC); None for other backends or an unmatched name."""
     import re
@@ -170,7 +213,7 @@ def older_build(p: dict) -> bool:
     version) older than its backend's build term's cut (speed.Backend.build_before), or on a line whose era is CUDA
     graphs' (Backend.graphs_by_arch) graphs off for its build and GPU (speed.cuda_graphs_off, point_cc)."""
     from stackgen.plan import speed
-    line = speed.backend_params(p["backend"])
+    line = speed.backend_params(point_line(p))
     b = point_build(p)
     if line.graphs_by_arch:
         return speed.cuda_graphs_off(b, point_cc(p))
@@ -214,7 +257,7 @@ def predict_decode(p: dict) -> float:
     i-quant's with the codebook floor at the planner's peak for its GPU), with a tensor-parallel point's all-reduces
     on its step (comm_seconds)."""
     from stackgen.plan import speed
-    tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], speed_line(p["backend"]),
+    tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], point_line(p),
                                            p.get("weights", "quantized"), point_build(p), codebook_params(p),
                                            peak_flops(p), point_cc(p))
     return 1 / (1 / tps + comm_seconds(p))
@@ -419,11 +462,12 @@ def confirm_score(points: list[dict], overrides: dict, new: list[dict]) -> dict:
             "all": sum(abs(r - 1) <= 0.15 for r in ratio.values())}
 
 
-def confirm_verdict(new: list[dict], base: dict, arm: dict) -> bool | None:
-    """Steps 3-4 of confirm-bw's and confirm-graphs' rule on confirm_score's figures: None (no decision) for fewer
-    than 6 new points, one source or one bandwidth; else whether the arm is adopted: more new points within 15%, a
-    lower mean |ln| on them, and the whole corpus at least the base's."""
-    if len(new) < 6 or len({point_source(p) for p in new}) < 2 or len({p["bandwidth_gbs"] for p in new}) < 2:
+def confirm_verdict(new: list[dict], base: dict, arm: dict, spread: str = "bandwidth_gbs") -> bool | None:
+    """Steps 3-4 of confirm-bw's, confirm-graphs' and confirm-tier's rule on confirm_score's figures: None (no
+    decision) for fewer than 6 new points, one source, or one value of `spread` (a point's key: one bandwidth for
+    confirm-bw and confirm-graphs, one GPU model, "gpu", for confirm-tier); else whether the arm is adopted: more new
+    points within 15%, a lower mean |ln| on them, and the whole corpus at least the base's."""
+    if len(new) < 6 or len({point_source(p) for p in new}) < 2 or len({p[spread] for p in new}) < 2:
         return None
     return arm["new"] > base["new"] and arm["ln"] < base["ln"] and arm["all"] >= base["all"]
 

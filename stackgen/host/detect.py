@@ -165,47 +165,51 @@ Probe = Callable[[ProbeEnv, Facts], None]
 
 # ---------------------------------------------------------------------------------------------- known parts
 
-# (vendor, regex on the reported name, peak memory bandwidth GB/s, tier, source). First match wins, so the more
+# (vendor, regex on the reported name, peak memory bandwidth GB/s, tier, memory type, source). First match wins, so the more
 # specific names come first. Names are matched case-insensitively against what the driver reports
 # ("NVIDIA GeForce RTX 4090", "Radeon RX 7900 XTX", "AMD Instinct MI300X", "Intel(R) Arc(TM) A770 Graphics").
-KNOWN_GPUS: tuple[tuple[str, str, float, str, str], ...] = (
+KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     # NVIDIA GeForce: bus width x data rate, from nvidia.com/en-us/geforce/graphics-cards/<series>/ spec tables.
-    ("nvidia", r"rtx 5090", 1792, "consumer", "512-bit x 28 Gbps GDDR7; nvidia.com 50-series RTX 5090 specs (= profiles/hardware.yaml)"),
-    ("nvidia", r"rtx 5080", 960, "consumer", "256-bit x 30 Gbps GDDR7; nvidia.com 50-series RTX 5080 specs"),
-    ("nvidia", r"rtx 4090", 1008, "consumer", "384-bit x 21 Gbps GDDR6X; nvidia.com 40-series RTX 4090 specs (= profiles/hardware.yaml)"),
-    ("nvidia", r"rtx 4080 super", 736, "consumer", "256-bit x 23 Gbps GDDR6X; nvidia.com 40-series RTX 4080 family specs"),
-    ("nvidia", r"rtx 4080", 716.8, "consumer", "256-bit x 22.4 Gbps GDDR6X; nvidia.com 40-series RTX 4080 family specs"),
-    ("nvidia", r"rtx 4070", 504, "consumer", "192-bit x 21 Gbps GDDR6X (4070 / Super / Ti); nvidia.com 40-series RTX 4070 family specs"),
-    ("nvidia", r"rtx 4060 ti", 288, "consumer", "128-bit x 18 Gbps GDDR6; nvidia.com RTX 4060 family specs (= profiles/hardware.yaml)"),
-    ("nvidia", r"rtx 4060", 272, "consumer", "128-bit x 17 Gbps GDDR6; nvidia.com RTX 4060 family specs (= profiles/hardware.yaml)"),
-    ("nvidia", r"rtx 3090 ti", 1008, "consumer", "384-bit x 21 Gbps GDDR6X; nvidia.com 30-series RTX 3090 family specs"),
-    ("nvidia", r"rtx 3090", 936, "consumer", "384-bit x 19.5 Gbps GDDR6X; nvidia.com 30-series RTX 3090 family specs (= profiles/hardware.yaml)"),
-    ("nvidia", r"rtx 3080 ti", 912, "consumer", "384-bit x 19 Gbps GDDR6X; nvidia.com 30-series RTX 3080 family specs"),
-    ("nvidia", r"rtx 3080", 760, "consumer", "320-bit x 19 Gbps GDDR6X (10 GB card; the 12 GB card is 912); nvidia.com RTX 3080 family specs"),
-    ("nvidia", r"rtx 3070", 448, "consumer", "256-bit x 14 Gbps GDDR6; nvidia.com 30-series RTX 3070 family specs"),
-    ("nvidia", r"rtx 3060", 360, "consumer", "192-bit x 15 Gbps GDDR6 (12 GB card; the 8 GB card is 240); nvidia.com RTX 3060 family specs"),
+    ("nvidia", r"rtx 5090", 1792, "consumer", "gddr", "512-bit x 28 Gbps GDDR7; nvidia.com 50-series RTX 5090 specs (= profiles/hardware.yaml)"),
+    ("nvidia", r"rtx 5080", 960, "consumer", "gddr", "256-bit x 30 Gbps GDDR7; nvidia.com 50-series RTX 5080 specs"),
+    ("nvidia", r"rtx 4090", 1008, "consumer", "gddr", "384-bit x 21 Gbps GDDR6X; nvidia.com 40-series RTX 4090 specs (= profiles/hardware.yaml)"),
+    ("nvidia", r"rtx 4080 super", 736, "consumer", "gddr", "256-bit x 23 Gbps GDDR6X; nvidia.com 40-series RTX 4080 family specs"),
+    ("nvidia", r"rtx 4080", 716.8, "consumer", "gddr", "256-bit x 22.4 Gbps GDDR6X; nvidia.com 40-series RTX 4080 family specs"),
+    ("nvidia", r"rtx 4070", 504, "consumer", "gddr", "192-bit x 21 Gbps GDDR6X (4070 / Super / Ti); nvidia.com 40-series RTX 4070 family specs"),
+    ("nvidia", r"rtx 4060 ti", 288, "consumer", "gddr", "128-bit x 18 Gbps GDDR6; nvidia.com RTX 4060 family specs (= profiles/hardware.yaml)"),
+    ("nvidia", r"rtx 4060", 272, "consumer", "gddr", "128-bit x 17 Gbps GDDR6; nvidia.com RTX 4060 family specs (= profiles/hardware.yaml)"),
+    ("nvidia", r"rtx 3090 ti", 1008, "consumer", "gddr", "384-bit x 21 Gbps GDDR6X; nvidia.com 30-series RTX 3090 family specs"),
+    ("nvidia", r"rtx 3090", 936, "consumer", "gddr", "384-bit x 19.5 Gbps GDDR6X; nvidia.com 30-series RTX 3090 family specs (= profiles/hardware.yaml)"),
+    ("nvidia", r"rtx 3080 ti", 912, "consumer", "gddr", "384-bit x 19 Gbps GDDR6X; nvidia.com 30-series RTX 3080 family specs"),
+    ("nvidia", r"rtx 3080", 760, "consumer", "gddr", "320-bit x 19 Gbps GDDR6X (10 GB card; the 12 GB card is 912); nvidia.com RTX 3080 family specs"),
+    ("nvidia", r"rtx 3070", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6; nvidia.com 30-series RTX 3070 family specs"),
+    ("nvidia", r"rtx 3060", 360, "consumer", "gddr", "192-bit x 15 Gbps GDDR6 (12 GB card; the 8 GB card is 240); nvidia.com RTX 3060 family specs"),
     # NVIDIA datacenter: nvidia.com/en-us/data-center/<product>/ datasheets.
-    ("nvidia", r"h200", 4800, "datacenter", "H200 datasheet: 141 GB HBM3e at 4.8 TB/s"),
-    ("nvidia", r"h100.*nvl", 3900, "datacenter", "H100 datasheet: H100 NVL 3.9 TB/s"),
-    ("nvidia", r"h100.*pcie", 2000, "datacenter", "H100 datasheet: H100 PCIe 2.0 TB/s"),
-    ("nvidia", r"h100", 3350, "datacenter", "H100 datasheet: SXM 3.35 TB/s (= profiles/hardware.yaml)"),
-    ("nvidia", r"a100.*80gb.*pcie", 1935, "datacenter", "A100 datasheet: 80 GB PCIe 1,935 GB/s"),
-    ("nvidia", r"a100.*80gb", 2039, "datacenter", "A100 datasheet: 80 GB SXM 2,039 GB/s (= profiles/hardware.yaml)"),
-    ("nvidia", r"a100", 1555, "datacenter", "A100 datasheet: 40 GB HBM2 1,555 GB/s (= profiles/hardware.yaml)"),
-    ("nvidia", r"l40s", 864, "datacenter", "L40S datasheet: 48 GB GDDR6 864 GB/s"),
-    ("nvidia", r"\bl4\b", 300, "datacenter", "L4 datasheet: 300 GB/s (= profiles/hardware.yaml)"),
-    ("nvidia", r"\ba10\b", 600, "datacenter", "A10 datasheet: 24 GB GDDR6 600 GB/s"),
-    ("nvidia", r"\bt4\b", 320, "datacenter", "T4 datasheet: 16 GB GDDR6 320+ GB/s"),
+    ("nvidia", r"h200", 4800, "datacenter", "hbm", "H200 datasheet: 141 GB HBM3e at 4.8 TB/s"),
+    ("nvidia", r"h100.*nvl", 3900, "datacenter", "hbm", "H100 datasheet: H100 NVL 3.9 TB/s"),
+    ("nvidia", r"h100.*pcie", 2000, "datacenter", "hbm", "H100 datasheet: H100 PCIe 2.0 TB/s"),
+    ("nvidia", r"h100", 3350, "datacenter", "hbm", "H100 datasheet: SXM 3.35 TB/s (= profiles/hardware.yaml)"),
+    ("nvidia", r"a100.*80gb.*pcie", 1935, "datacenter", "hbm", "A100 datasheet: 80 GB PCIe 1,935 GB/s"),
+    ("nvidia", r"a100.*80gb", 2039, "datacenter", "hbm", "A100 datasheet: 80 GB SXM 2,039 GB/s (= profiles/hardware.yaml)"),
+    ("nvidia", r"a100", 1555, "datacenter", "hbm", "A100 datasheet: 40 GB HBM2 1,555 GB/s (= profiles/hardware.yaml)"),
+    ("nvidia", r"l40s", 864, "datacenter", "gddr", "L40S datasheet: 48 GB GDDR6 864 GB/s"),
+    ("nvidia", r"\bl40\b", 864, "datacenter", "gddr", "L40 datasheet: 48 GB GDDR6 864 GB/s"),
+    ("nvidia", r"\ba40\b", 696, "datacenter", "gddr", "A40 datasheet: 48 GB GDDR6 696 GB/s"),
+    ("nvidia", r"\ba30\b", 933, "datacenter", "hbm", "A30 datasheet: 24 GB HBM2 933 GB/s"),
+    ("nvidia", r"v100", 900, "datacenter", "hbm", "V100 datasheet: 16/32 GB HBM2 900 GB/s (PCIe and SXM2)"),
+    ("nvidia", r"\bl4\b", 300, "datacenter", "gddr", "L4 datasheet: 300 GB/s (= profiles/hardware.yaml)"),
+    ("nvidia", r"\ba10g?\b", 600, "datacenter", "gddr", "A10 datasheet: 24 GB GDDR6 600 GB/s (AWS's A10G: the same 24 GB GDDR6, 600 GB/s)"),
+    ("nvidia", r"\bt4\b", 320, "datacenter", "gddr", "T4 datasheet: 16 GB GDDR6 320+ GB/s"),
     # AMD: amd.com product pages.
-    ("amd", r"mi300x", 5300, "datacenter", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
-    ("amd", r"mi250", 3276.8, "datacenter", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak"),
-    ("amd", r"mi210", 1638.4, "datacenter", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
-    ("amd", r"7900 xtx", 960, "consumer", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
-    ("amd", r"7900 xt\b", 800, "consumer", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),
+    ("amd", r"mi300x", 5300, "datacenter", "hbm", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
+    ("amd", r"mi250", 3276.8, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak"),
+    ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
+    ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
+    ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),
     # Intel: intel.com/ark product specifications.
-    ("intel", r"a770", 560, "consumer", "256-bit x 17.5 Gbps GDDR6, 16 GB card (8 GB card: 512); ark.intel.com Arc A770 (= profiles/hardware.yaml)"),
-    ("intel", r"a750", 512, "consumer", "256-bit x 16 Gbps GDDR6; ark.intel.com Arc A750"),
-    ("intel", r"b580", 456, "consumer", "192-bit x 19 Gbps GDDR6; intel.com Arc B580 specifications"),
+    ("intel", r"a770", 560, "consumer", "gddr", "256-bit x 17.5 Gbps GDDR6, 16 GB card (8 GB card: 512); ark.intel.com Arc A770 (= profiles/hardware.yaml)"),
+    ("intel", r"a750", 512, "consumer", "gddr", "256-bit x 16 Gbps GDDR6; ark.intel.com Arc A750"),
+    ("intel", r"b580", 456, "consumer", "gddr", "192-bit x 19 Gbps GDDR6; intel.com Arc B580 specifications"),
 )
 
 # Apple silicon unified-memory bandwidth (GB/s) per chip, keyed by (chip, GPU cores or None for every bin);
@@ -234,12 +238,12 @@ APPLE_BANDWIDTH: dict[tuple[str, int | None], tuple[float, str]] = {
 UNKNOWN_GPU_BANDWIDTH_GBS = {"nvidia": 300.0, "amd": 300.0, "intel": 200.0, "apple": 100.0}
 
 
-def known_gpu(vendor: str, name: str) -> tuple[float, str, str] | None:
-    """(bandwidth GB/s, tier, source) for a known part, else None."""
+def known_gpu(vendor: str, name: str) -> tuple[float, str, str, str] | None:
+    """(bandwidth GB/s, tier, memory type, source) for a known part, else None."""
     low = name.lower()
-    for v, pattern, bw, tier, source in KNOWN_GPUS:
+    for v, pattern, bw, tier, memory, source in KNOWN_GPUS:
         if v == vendor and re.search(pattern, low):
-            return bw, tier, source
+            return bw, tier, memory, source
     return None
 
 
@@ -788,21 +792,22 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
     if g.vendor == "apple":
         bw = apple_bandwidth(apple_chip(g.name) or "", g.cores)
         bandwidth, tier = (bw[0], "consumer") if bw else (memory_bandwidth or UNKNOWN_GPU_BANDWIDTH_GBS["apple"], "consumer")
+        memory: str | None = "lpddr"
         if not bw:
             notes.append(f"{g.name}: bandwidth unknown for this chip; {bandwidth:g} GB/s is a conservative guess")
     else:
         known = known_gpu(g.vendor, g.name)
         if known:
-            bandwidth, tier, source = known
+            bandwidth, tier, memory, source = known
             notes.append(f"{g.name}: bandwidth {bandwidth:g} GB/s from the known-parts table ({source})")
         else:
-            bandwidth, tier = UNKNOWN_GPU_BANDWIDTH_GBS[g.vendor], "consumer"
+            bandwidth, tier, memory = UNKNOWN_GPU_BANDWIDTH_GBS[g.vendor], "consumer", None
             notes.append(f"{g.name}: not in the known-parts table; bandwidth {bandwidth:g} GB/s is a conservative "
                          "guess (describe it inline for better speed predictions)")
     name = re.sub(r"^NVIDIA\s+(?=GeForce|RTX|Tesla|Quadro)", "", g.name).strip()
     return GPUSpec(
         vendor=g.vendor, name=name[:4096], memory_gib=round(g.memory_bytes / GIB, 2), bandwidth_gbs=float(bandwidth),
-        tier=tier, compute_capability=_cc(g.compute_capability), arch=g.arch, unified=g.unified,
+        tier=tier, memory_type=memory, compute_capability=_cc(g.compute_capability), arch=g.arch, unified=g.unified,
         interconnect_gbs=float(bandwidth) if g.unified else None,
     )
 

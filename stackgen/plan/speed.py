@@ -490,6 +490,11 @@ BACKENDS = {
     # to 9 new held-out GeForce points (GTX 1060 to RTX 5090, 192-1792 GB/s, 4 sources): linear 4 within 15% (mean
     # |ln| 0.160), X1 4 (0.161): not adopted, the line stays linear. Stated error: 9 in 10 of the 89 points within
     # 20.4% (21%; 20% before the 9).
+    # confirm-tier (benchmarks/results/confirm-tier-candidates.md, tests/plan/test_confirm_tier.py) routes the GDDR
+    # datacenter GPUs here (T4, A10, A40, L4, L40, L40S: backend_for, the hardware's gpus[].memory_type): the same
+    # AD10x/GA10x silicon as the RTX 6000 Ada / RTX A6000 this line already fits within 3%. On 10 new blind points
+    # (L40S, A40, L4; 4 sources) the datacenter line had 2 within 15% (mean |ln| 0.242), this line 9 (0.069); the
+    # whole corpus 355 -> 367 of 451. No parameter changed; stated error: 9 in 10 of its now 108 points within 20.4%.
     "cuda": Backend(0.733, 0.48, fitted_on=17, error=0.21, prefill_mfu=0.926, efficiency_16bit=0.925,
                     batch_mfu=0.212, batch_mfu_16bit=0.900, build_before=LLAMA_CUDA_GRAPHS_BUILD, t0_before_ms=1.39,
                     codebook_flop_per_weight=56.3, efficiency_legacy=0.748),
@@ -521,6 +526,9 @@ BACKENDS = {
     # for the build and GPU" (this line's current-era t0 then 3.09 - 1.39 = 1.70 ms) to 10 new held-out points: 6
     # within 15% against this line's 7, so it stays (cuda_graphs_off and graphs_by_arch exist, off). Stated error: 9
     # in 10 of its 27 non-outlier points within 39.2% (40%; the 10 new points, 7 of them within 15%).
+    # confirm-tier (confirm-tier-candidates.md): this line is the HBM datacenter GPUs' (P100, V100, A100, A30, H100,
+    # H200); a GDDR datacenter GPU plans on the consumer line (its L40 / A40 / L40S rows here were 0.68-0.73 of their
+    # measured rate, 0.99-1.03 there). Stated error: 9 in 10 of its 22 non-outlier points within 39.2% (40%).
     "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.40, prefill_mfu=0.926),
     # ROCm: 2 points (RX 7900 XTX Q4_K_M tg64 on a 2026 build, Strix Halo 8060S tg128), exact; held out: the RX 7900
     # XTX Q5_K_M row of the same table (-7%) and corpus2's 2026 RX 9070 XT (Qwen3 4B +0%, 8B -18%), RX 7900 XT and
@@ -685,14 +693,18 @@ def backend_params(backend: str, build: int | None = None, compute_capability: f
     return replace(b, t0_ms=b.t0_ms + b.t0_before_ms) if older and b.t0_before_ms else b
 
 
-def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = None) -> str:
+def backend_for(own_kernels: str | None, vendor: str | None, tier: str | None = None,
+                memory_type: str | None = None) -> str:
     """Which fitted backend an engine on a GPU vendor (None: CPU only) runs as: its own kernels' fit
-    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor; on NVIDIA the GPU's tier (the hardware
-    profile's gpus[].tier) picks the CUDA line: datacenter GPUs their own (their public points show a ~3 ms
-    per-token overhead), consumer and workstation GPUs the consumer one."""
+    (`Engine.speed_backend`) on a GPU, else ggml's backend for the vendor; on NVIDIA the GPU's tier and memory (the
+    hardware profile's gpus[].tier and .memory_type) pick the CUDA line: HBM datacenter GPUs their own (their public
+    points show a ~3 ms per-token overhead), every other NVIDIA GPU the consumer one -- a GDDR datacenter GPU (T4,
+    A10, A40, L4, L40S) is the GeForce/workstation silicon it shares and decodes on that line (confirm-tier,
+    benchmarks/results/confirm-tier-candidates.md). A datacenter GPU whose memory is not stated keeps the
+    datacenter line."""
     if own_kernels:
         return own_kernels if vendor else "cpu"
-    if vendor == "nvidia" and tier == "datacenter":
+    if vendor == "nvidia" and tier == "datacenter" and memory_type != "gddr":
         return "cuda-datacenter"
     return {"nvidia": "cuda", "amd": "rocm", "apple": "metal", "intel": "vulkan"}.get(vendor or "", "cpu")
 
@@ -1481,7 +1493,7 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     - The GPUs: Apple silicon's one unified GPU (every layer on it: the layers llama.cpp keeps off Metal sit in the same
       memory), else the GPUs that are not unified (those HardwareSpec.gpu_memory_gib, the memory plan's GPU budget,
       counts). On a machine of mixed GPUs the slowest (least bandwidth; the first of equals) sets the step for all: its
-      vendor and tier pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its
+      vendor, tier and memory type pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its
       bandwidth and peak FLOP/s (capacity.gpu_peak_flops) x tensor parallel are the step's. Exact for tensor parallel,
       whose ranks step in lock-step (each reads its share; the slowest finishes last). A layer split (llama.cpp -sm
       layer -ts by GPU memory, engines.llamacpp._split_args) reads each GPU's layers in turn, sum of bytes_i / bw_i,
@@ -1528,7 +1540,8 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     tp = 1 if hw.is_apple else max(1, mem.tensor_parallel)
     host_flops = CPU_FLOPS_PER_THREAD * threads
     peak = gpu_peak_flops(gpu.name, gpu.bandwidth_gbs) * tp if gpu and gpu_fraction > 0 else host_flops
-    backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None)
+    backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None,
+                          gpu.memory_type if gpu else None)
     params, batch_flops = None, 0.0
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend, build)

@@ -59,6 +59,10 @@ class GPUSpec(_Model):
     bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
     count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
     tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")
+    memory_type: Literal["hbm", "gddr", "lpddr", "ddr"] | None = Field(
+        None, description="The GPU's memory technology, as its datasheet gives it (HBM, GDDR, LPDDR). On an NVIDIA "
+        "datacenter GPU it picks llama.cpp's decode line: GDDR ones (T4, A10, A40, L4, L40S) decode as the "
+        "GeForce/workstation silicon they share (stackgen.plan.speed.backend_for); left out: the tier's line.")
     compute_capability: str | None = Field(None, pattern=COMPUTE_CAPABILITY,
                                            description="NVIDIA compute capability, major.minor, e.g. '8.9'.")
     arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")

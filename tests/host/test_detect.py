@@ -294,6 +294,7 @@ def test_known_parts_table_agrees_with_builtin_profiles():
             else:
                 known = known_gpu(g.vendor, g.name)
                 assert known is not None and known[0] == g.bandwidth_gbs and known[1] == g.tier, (name, g.name, known)
+                assert known[2] == g.memory_type, (name, g.name, known)  # the memory the CUDA line follows
             checked += 1
     assert checked >= 15
 
@@ -312,11 +313,29 @@ def test_known_parts_first_match_is_the_specific_one(vendor, name, bw):
     assert known_gpu(vendor, name)[0] == bw
 
 
+@pytest.mark.parametrize("name,memory,line", [
+    ("NVIDIA L40S", "gddr", "cuda"), ("NVIDIA L40", "gddr", "cuda"), ("NVIDIA A40", "gddr", "cuda"),
+    ("NVIDIA L4", "gddr", "cuda"), ("NVIDIA A10G", "gddr", "cuda"), ("NVIDIA A10", "gddr", "cuda"),
+    ("Tesla T4", "gddr", "cuda"), ("NVIDIA A30", "hbm", "cuda-datacenter"), ("Tesla V100-PCIE-16GB", "hbm", "cuda-datacenter"),
+    ("NVIDIA A100-SXM4-80GB", "hbm", "cuda-datacenter"), ("NVIDIA H100 PCIe", "hbm", "cuda-datacenter"),
+    ("NVIDIA H200", "hbm", "cuda-datacenter"), ("NVIDIA GeForce RTX 4090", "gddr", "cuda"),
+])
+def test_detected_datacenter_gpus_carry_their_memory_and_pick_its_cuda_line(name, memory, line):
+    """confirm-tier: a detected NVIDIA GPU gets its datasheet memory type, and a GDDR datacenter GPU plans on the
+    consumer CUDA line (speed.backend_for), an HBM one on the datacenter line."""
+    from stackgen.plan import speed
+    host = FakeHost({NVIDIA_SMI_CMD: (0, f"{name}, 24000, 23000, 570.86.15, 8.0\n", "")}, paths=["/dev/nvidia0"])
+    g = gpu_only(host.env(), probe_nvidia).hardware.gpus[0]
+    assert g.memory_type == memory
+    assert speed.backend_for(None, g.vendor, g.tier, g.memory_type) == line
+
+
 def test_unknown_part_gets_a_conservative_guess_and_says_so():
     host = FakeHost({NVIDIA_SMI_CMD: (0, "NVIDIA RTX 5880 Ada Generation, 49140, 49000, 570.86.15, 8.9\n", "")},
                     paths=["/dev/nvidia0"])
     facts = gpu_only(host.env(), probe_nvidia)
     assert facts.hardware.gpus[0].bandwidth_gbs == 300
+    assert facts.hardware.gpus[0].memory_type is None  # not guessed
     assert any("not in the known-parts table" in n for n in facts.notes)
 
 

@@ -18,13 +18,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import confirm_score, confirm_verdict, point_source, refit_line
+from public_logs import confirm_score, confirm_verdict, point_source, refit_line, routes_by_tier
 from stackgen.plan import speed
 
-# the points this rule decided on: confirm-graphs (confirm-graphs-candidates.md) came after, all held out
+# the points this rule decided on: confirm-graphs and confirm-tier (their candidates files) came after, all held out
 POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"] if p.get("corpus") != "confirm-graphs"]
+                                    .read_text())["points"] if not str(p.get("corpus", "")).startswith(("confirm-graphs", "confirm-tier"))]
 TAGS = {"metal": ("confirm-bw-metal-a", "confirm-bw-metal-b"), "cuda": ("confirm-bw-cuda",)}
+
+
+@pytest.fixture(autouse=True)
+def _routing_of_the_time():
+    """This rule decided before confirm-tier: datacenter CUDA points are scored on the datacenter line (routes_by_tier)."""
+    with routes_by_tier():
+        yield
 
 
 def new_points(backend: str) -> list[dict]:

@@ -10,7 +10,7 @@ import math
 import pytest
 import yaml
 
-from public_logs import predict_decode
+from public_logs import point_line, predict_decode
 from stackgen.plan import speed
 from stackgen.run.bench import RequestResult, summarize
 
@@ -29,7 +29,7 @@ def test_stated_error_covers_nine_in_ten_public_points_of_the_backend(backend):
     """Backend.error is what the model claims: 9 in 10 of that backend's points (fitted and held out, outliers
     aside; speed.ERROR_SHARE) lie within it, and it is not padded past that share's error by more than 5 points."""
     errs = sorted(abs(predict_decode(p) / p["tokens_per_s"] - 1)
-                  for p in POINTS if p["backend"] == backend and not p.get("outlier"))
+                  for p in POINTS if point_line(p) == backend and not p.get("outlier"))
     b = speed.BACKENDS[backend]
     share = errs[math.ceil(speed.ERROR_SHARE * len(errs)) - 1]  # the error 9 in 10 points are within
     assert sum(e <= b.error for e in errs) >= speed.ERROR_SHARE * len(errs)
@@ -101,6 +101,11 @@ def test_datacenter_nvidia_gpus_use_the_datacenter_cuda_line():
     """The hardware profile's gpus[].tier picks the CUDA line (issue 13): consumer and datacenter GPUs were not one
     line, the per-token overhead dominates on HBM GPUs."""
     assert speed.backend_for(None, "nvidia", "datacenter") == "cuda-datacenter"
+    # confirm-tier: the memory, not the tier, picks the line; a datacenter GPU whose memory is not stated keeps its tier's
+    assert speed.backend_for(None, "nvidia", "datacenter", "gddr") == "cuda"
+    assert speed.backend_for(None, "nvidia", "datacenter", "hbm") == "cuda-datacenter"
+    assert speed.backend_for(None, "nvidia", "consumer", "hbm") == "cuda"
+    assert speed.backend_for("vllm", "nvidia", "datacenter", "gddr") == "vllm"
     assert speed.backend_for(None, "nvidia", "consumer") == speed.backend_for(None, "nvidia") == "cuda"
     assert speed.backend_for(None, "nvidia", "workstation") == "cuda"
     assert speed.backend_for("vllm", "nvidia", "datacenter") == "vllm"  # an engine's own kernels keep their fit

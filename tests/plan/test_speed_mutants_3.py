@@ -33,9 +33,10 @@ def _mem(weights_bytes: int = 5_000_000_000, layers: int = 32, gpu_layers: int |
                       host_budget_bytes=0, weights_format=fmt, tensor_parallel=tp)
 
 
-def _gpu(name: str, vendor: str, bw: float, tier: str = "consumer", unified: bool = False) -> SimpleNamespace:
+def _gpu(name: str, vendor: str, bw: float, tier: str = "consumer", unified: bool = False,
+         memory_type: str | None = None) -> SimpleNamespace:
     return SimpleNamespace(name=name, vendor=vendor, bandwidth_gbs=bw, tier=tier, unified=unified,
-                           interconnect_gbs=None)
+                           interconnect_gbs=None, memory_type=memory_type)
 
 
 def _hw(gpus=(), ram_bw: float = 100.0, gpu_link: str | None = None) -> SimpleNamespace:
