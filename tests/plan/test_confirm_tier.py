@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from public_logs import confirm_score, confirm_verdict, point_line, point_source, routes_by_tier
+from public_logs import confirm_score, confirm_verdict, point_line, point_memory, point_source, routes_by_tier
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
@@ -57,6 +57,21 @@ def test_new_points_are_held_out_gddr_datacenter_gpus_of_the_rule():
     for p in new_points():
         assert p.get("held_out") and p["backend"] == "cuda-datacenter", p["id"]
         assert p["gpu"].split()[0] in RULE_GPUS, p["id"]
+
+
+def test_every_datacenter_point_has_a_memory_type():
+    """T1 reads each datacenter CUDA point's memory from its GPU's name (public_logs.CUDA_MEMORY): none unmatched,
+    each as NVIDIA's datasheet gives it, and only datacenter points get one."""
+    missing = [p["id"] for p in POINTS if p["backend"] == "cuda-datacenter" and point_memory(p) is None]
+    assert not missing
+    dc = "cuda-datacenter"
+    for gpu, memory in (("L40S 48GB", "gddr"), ("L40 48GB", "gddr"), ("A40 48GB", "gddr"), ("L4 24GB", "gddr"),
+                        ("Tesla T4", "gddr"), ("A10G 24GB", "gddr"), ("Tesla M40 24GB", "gddr"), ("A30 24GB", "hbm"),
+                        ("A100 SXM 80GB", "hbm"), ("Tesla V100 PCIe 16GB", "hbm"), ("H100 PCIe 80GB", "hbm"),
+                        ("Tesla P100 PCIe 16GB", "hbm")):
+        assert point_memory({"backend": dc, "gpu": gpu}) == memory, gpu
+    assert point_memory({"backend": "cuda", "gpu": "RTX 4090"}) is None
+    assert point_memory({"backend": dc, "gpu": "Some Future GPU"}) is None  # unmatched: the tier's line
 
 
 def test_the_arms_differ_only_in_the_line_a_new_point_is_planned_on():
