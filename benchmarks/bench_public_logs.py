@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
-from public_logs import (comm_seconds, fit_point, loo_predicted, older_build, partial_offload_inputs, point_line,  # noqa: E402
+from public_logs import (comm_seconds, fit_line, fit_point, loo_predicted, older_build,  # noqa: E402
+                         partial_offload_inputs, point_line,
                          partial_offload_stated_error,
                          partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
@@ -272,7 +273,7 @@ def speed_rows() -> list[str]:
         sel = [fit_point(p) for p in fitted]
         split = speed.split_kinds(backend)
         sub = speed.BACKENDS[backend].bandwidth_exponent != 1.0  # a line fitted with a bandwidth exponent (confirm-bw)
-        a, f = speed.fit_exponent(sel, split) if sub else (1.0, speed.fit_kinds(sel, split))
+        a, f = fit_line(sel, split, sub)
         e, t0, t0b = f["quantized"], f["t0_ms"], f["t0_before_ms"]
         kinds = "".join(f", e_{k.replace('-', '_')} = {f[k]:.3f}" for k in speed.SPLIT_KINDS if f[k])
         cut = speed.backend_params(backend).build_before

@@ -158,7 +158,8 @@ CUDA_CC = (
 
 
 # NVIDIA datacenter GPU name -> its memory technology (NVIDIA's datasheets), for the `cuda-datacenter` points' GPUs;
-# the first pattern that matches. test_every_datacenter_point_has_a_memory_type keeps every such point matched.
+# the first pattern that matches. tests/plan/test_confirm_tier.py::test_every_datacenter_point_has_a_memory_type keeps
+# every such point matched.
 CUDA_MEMORY = (
     (r"\bT4\b|\bA2\b|\bA10G?\b|\bA16\b|\bA40\b|\bL4\b|\bL20\b|\bL40S?\b|\bM40\b|\bM60\b|\bK80\b|\bP40\b|\bP4\b",
      "gddr"),
@@ -238,6 +239,14 @@ def fit_point(p: dict) -> tuple:
     return p["bytes_mib"] * 2**20, p["bandwidth_gbs"], tps, p.get("weights", "quantized"), older_build(p)
 
 
+def fit_line(points: list[tuple], split: tuple[str, ...], exponent: bool) -> tuple[float, dict]:
+    """(bandwidth exponent, fit_kinds' dict) of a line over fit_point tuples: with the exponent fitted with it
+    (speed.fit_exponent: confirm-bw's X1, a line whose Backend.bandwidth_exponent is not 1) where `exponent`, else
+    linear (1.0 and speed.fit_kinds). The one place the bench, refit_line and loo_predicted choose between them."""
+    from stackgen.plan import speed
+    return speed.fit_exponent(points, split) if exponent else (1.0, speed.fit_kinds(points, split))
+
+
 def loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] | None = None, exponent: bool = False) -> float:
     """A point's decode rate by the line fitted on `others` (fit_point tuples; speed.fit_kinds with the kinds in
     `split`, all of speed.SPLIT_KINDS by default; `exponent`: with a bandwidth exponent, speed.fit_exponent): its
@@ -246,7 +255,7 @@ def loo_predicted(others: list[tuple], p: dict, split: tuple[str, ...] | None = 
     from stackgen.plan import speed
 
     split = speed.SPLIT_KINDS if split is None else split
-    a, f = speed.fit_exponent(others, split) if exponent else (1.0, speed.fit_kinds(others, split))
+    a, f = fit_line(others, split, exponent)
     eff = f.get(p.get("weights", "quantized")) or f["quantized"]  # a kind without its own slope: the shared one
     return 1 / (p["bytes_mib"] * 2**20 / (eff * speed.scaled_gbs(p["bandwidth_gbs"], a) * 1e9)
                 + (f["t0_ms"] + (f["t0_before_ms"] if older_build(p) else 0)) / 1000 + comm_seconds(p))
@@ -504,7 +513,7 @@ def refit_line(points: list[dict], backend: str, fitted, split: tuple[str, ...],
     sel = [fit_point(p) for p in points if p["backend"] == backend and not p.get("outlier") and fitted(p)]
     if not sel:
         return None
-    a, f = speed.fit_exponent(sel, split) if exponent else (1.0, speed.fit_kinds(sel, split))
+    a, f = fit_line(sel, split, exponent)
     nb = replace(b, efficiency=f["quantized"], t0_ms=f["t0_ms"], efficiency_16bit=f["16bit"],
                  efficiency_int4_awq=f["int4-awq"], efficiency_legacy=f["legacy"], t0_before_ms=f["t0_before_ms"],
                  fitted_on=len(sel), bandwidth_exponent=a)
