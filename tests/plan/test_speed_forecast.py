@@ -98,8 +98,9 @@ def test_bench_finds_decode_outside_the_stated_error_only():
 
 
 def test_datacenter_nvidia_gpus_use_the_datacenter_cuda_line():
-    """The hardware profile's gpus[].tier picks the CUDA line (issue 13): consumer and datacenter GPUs were not one
-    line, the per-token overhead dominates on HBM GPUs."""
+    """The hardware profile's gpus[].tier and .memory_type pick the CUDA line (issue 13; confirm-tier): consumer and
+    HBM datacenter GPUs are not one line, the per-token overhead dominates on HBM GPUs; GDDR datacenter GPUs decode
+    as the GeForce/workstation silicon they share."""
     assert speed.backend_for(None, "nvidia", "datacenter") == "cuda-datacenter"
     # confirm-tier: the memory, not the tier, picks the line; a datacenter GPU whose memory is not stated keeps its tier's
     assert speed.backend_for(None, "nvidia", "datacenter", "gddr") == "cuda"
