@@ -131,3 +131,28 @@ def test_step_3_needs_every_condition():
     assert confirm_verdict(pts, t0, dict(t1, new=t0["new"]), spread="gpu") is False  # (i) a tie on the count
     assert confirm_verdict(pts, t0, dict(t1, ln=t0["ln"]), spread="gpu") is False  # (ii) no lower mean |ln|
     assert confirm_verdict(pts, t0, dict(t1, all=t0["all"] - 1), spread="gpu") is False  # (iii) the corpus fell
+
+
+def _l4_plan(write_stack, memory: str | None) -> object:
+    """llama.cpp serving an 8B on one L4 described inline (the built-in profile's figures), with `memory` as its
+    memory_type (None: not stated)."""
+    from stackgen.host.facts import HostFacts
+    from stackgen.plan.resolve import resolve
+    from stackgen.spec.stack import load_stack
+    mem = f", memory_type: {memory}" if memory else ""
+    f = write_stack("version: 1\nhardware:\n  gpus:\n    - {vendor: nvidia, name: L4, memory_gib: 22.49, bandwidth_gbs: 300, "
+                    f"tier: datacenter, compute_capability: '8.9'{mem}}}\n  memory_gib: 64\n  memory_bandwidth_gbs: 100\n"
+                    "  cpu: {cores: 8, threads: 16}\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n"
+                    "    engine: llama.cpp\n")
+    return resolve(load_stack(f), HostFacts(hardware=None)).services[0]  # type: ignore[arg-type]
+
+
+def test_a_planned_gddr_datacenter_gpu_decodes_on_the_consumer_line(write_stack):
+    """The plan itself (step_inputs, not only backend_for): the hardware's memory_type reaches the line its forecast
+    uses; an L4 stated as GDDR plans on `cuda` and faster than the same L4 with its memory not stated or HBM, which
+    keep the datacenter line's larger per-token time."""
+    gddr, unstated, hbm = (_l4_plan(write_stack, m) for m in ("gddr", None, "hbm"))
+    assert (gddr.speed.backend, unstated.speed.backend, hbm.speed.backend) == ("cuda", "cuda-datacenter",
+                                                                                "cuda-datacenter")
+    assert gddr.speed.single_stream_tokens_per_s > unstated.speed.single_stream_tokens_per_s
+    assert unstated.speed.single_stream_tokens_per_s == hbm.speed.single_stream_tokens_per_s
