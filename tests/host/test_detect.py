@@ -248,6 +248,7 @@ def test_system_profiler_m3_pro_and_default_wired_limit():
     hw = facts.hardware
     (gpu,) = hw.gpus
     assert (gpu.vendor, gpu.name, gpu.memory_gib, gpu.bandwidth_gbs, gpu.unified) == ("apple", "Apple M3 Pro", 18.0, 150.0, True)
+    assert gpu.memory_type == "lpddr"  # Apple's unified memory, as the built-in Apple profiles state it
     assert hw.memory_gib == 18.0 and hw.memory_bandwidth_gbs == 150.0 and hw.os == "macos"
     assert hw.wired_limit_fraction == pytest.approx(2 / 3, abs=1e-3)
     assert any("0 (macOS default)" in n for n in facts.notes)
