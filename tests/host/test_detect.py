@@ -292,6 +292,7 @@ def test_known_parts_table_agrees_with_builtin_profiles():
                 cores = re.search(r"(\d+)-core GPU", g.name)
                 bw = apple_bandwidth(apple_chip(g.name), int(cores.group(1)) if cores else None)
                 assert bw is not None and bw[0] == g.bandwidth_gbs, (name, g.name)
+                assert g.memory_type == "lpddr", (name, g.name)  # what detect gives an Apple GPU
             else:
                 known = known_gpu(g.vendor, g.name)
                 assert known is not None and known[0] == g.bandwidth_gbs and known[1] == g.tier, (name, g.name, known)
