@@ -157,26 +157,20 @@ CUDA_CC = (
 )
 
 
-# NVIDIA datacenter GPU name -> its memory technology (NVIDIA's datasheets), for the `cuda-datacenter` points' GPUs;
-# the first pattern that matches. tests/plan/test_confirm_tier.py::test_every_datacenter_point_has_a_memory_type keeps
-# every such point matched.
-CUDA_MEMORY = (
-    (r"\bT4\b|\bA2\b|\bA10G?\b|\bA16\b|\bA40\b|\bL4\b|\bL20\b|\bL40S?\b|\bM40\b|\bM60\b|\bK80\b|\bP40\b|\bP4\b",
-     "gddr"),
-    (r"P100|V100|A100|\bA30\b|H100|H200|H20\b|H800|A800|B200|B100", "hbm"),
-)
-
 # confirm-tier (benchmarks/results/confirm-tier-candidates.md): whether a `cuda-datacenter` point is routed by its
 # GPU's memory (T1, adopted) or by its tier alone (T0, every decision before it); routes_by_tier() switches to T0.
 _ROUTE_BY_MEMORY = [True]
 
 
 def point_memory(p: dict) -> str | None:
-    """A datacenter CUDA point's memory type from its gpu: (CUDA_MEMORY); None for other points or an unmatched name."""
-    import re
+    """A datacenter CUDA point's memory type as `stackgen detect` gives its GPU (detect.known_gpu, the known-parts
+    table a plan's hardware comes from; tests/plan/test_confirm_tier.py::test_every_datacenter_point_has_a_memory_type
+    keeps every such point matched); None for other points or a part the table does not know."""
+    from stackgen.host.detect import known_gpu
     if p["backend"] != "cuda-datacenter":
         return None
-    return next((m for pat, m in CUDA_MEMORY if re.search(pat, p["gpu"])), None)
+    known = known_gpu("nvidia", p["gpu"])
+    return known[2] if known else None
 
 
 def point_line(p: dict) -> str:

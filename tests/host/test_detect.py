@@ -306,7 +306,8 @@ def test_known_parts_table_agrees_with_builtin_profiles():
     ("nvidia", "NVIDIA GeForce RTX 3080", 760), ("nvidia", "NVIDIA GeForce RTX 4070", 504),
     ("nvidia", "NVIDIA GeForce RTX 4080", 716.8), ("nvidia", "NVIDIA GeForce RTX 5080", 960),
     ("nvidia", "NVIDIA A10", 600), ("nvidia", "NVIDIA H200", 4800), ("nvidia", "NVIDIA L40S", 864),
-    ("nvidia", "Tesla T4", 320), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
+    ("nvidia", "Tesla T4", 320), ("nvidia", "Tesla P100-PCIE-16GB", 732), ("nvidia", "Tesla M40 24GB", 288.4),
+    ("nvidia", "Tesla K80", 240.6), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
     ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 3276.8),
     ("amd", "Radeon RX 7900 XTX", 960), ("amd", "Radeon RX 7900 XT", 800),
     ("intel", "Intel(R) Arc(TM) A750 Graphics", 512), ("intel", "Intel(R) Arc(TM) B580 Graphics", 456),
@@ -321,6 +322,7 @@ def test_known_parts_first_match_is_the_specific_one(vendor, name, bw):
     ("Tesla T4", "gddr", "cuda"), ("NVIDIA A30", "hbm", "cuda-datacenter"), ("Tesla V100-PCIE-16GB", "hbm", "cuda-datacenter"),
     ("NVIDIA A100-SXM4-80GB", "hbm", "cuda-datacenter"), ("NVIDIA H100 PCIe", "hbm", "cuda-datacenter"),
     ("NVIDIA H200", "hbm", "cuda-datacenter"), ("NVIDIA GeForce RTX 4090", "gddr", "cuda"),
+    ("Tesla P100-PCIE-16GB", "hbm", "cuda-datacenter"), ("Tesla M40 24GB", "gddr", "cuda"), ("Tesla K80", "gddr", "cuda"),
 ])
 def test_detected_datacenter_gpus_carry_their_memory_and_pick_its_cuda_line(name, memory, line):
     """confirm-tier: a detected NVIDIA GPU gets its datasheet memory type, and a GDDR datacenter GPU plans on the

@@ -60,8 +60,9 @@ def test_new_points_are_held_out_gddr_datacenter_gpus_of_the_rule():
 
 
 def test_every_datacenter_point_has_a_memory_type():
-    """T1 reads each datacenter CUDA point's memory from its GPU's name (public_logs.CUDA_MEMORY): none unmatched,
-    each as NVIDIA's datasheet gives it, and only datacenter points get one."""
+    """T1 reads each datacenter CUDA point's memory from its GPU's name as `stackgen detect` does (public_logs.
+    point_memory, detect's known-parts table): none unmatched, each as NVIDIA's datasheet gives it, and only
+    datacenter points get one."""
     missing = [p["id"] for p in POINTS if p["backend"] == "cuda-datacenter" and point_memory(p) is None]
     assert not missing
     dc = "cuda-datacenter"
