@@ -453,6 +453,18 @@ def point_source(p: dict) -> str:
     return p["source"].split()[0].split("/blob/")[0]
 
 
+def first_per_source(points: list[dict], cap: int = 6) -> list[dict]:
+    """The points a confirmatory rule scores: at most `cap` per source (point_source), the first in fixture order
+    (step 1's cap, read as confirm-bw's note fixed it: a source is a repository or a thread)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in points:
+        seen[point_source(p)] = seen.get(point_source(p), 0) + 1
+        if seen[point_source(p)] <= cap:
+            out.append(p)
+    return out
+
+
 def confirm_score(points: list[dict], overrides: dict, new: list[dict]) -> dict:
     """Step 2 of confirm-bw's and confirm-graphs' rule, under `overrides` ({backend: speed.Backend}, the other lines as
     speed.BACKENDS has them): the `new` points within 15% ("new") and their mean |ln(pred/measured)| ("ln"), and the

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import confirm_score, confirm_verdict, point_source, refit_line, routes_by_tier
+from public_logs import confirm_score, confirm_verdict, first_per_source, point_source, refit_line, routes_by_tier
 from stackgen.plan import speed
 
 # the points this rule decided on: confirm-graphs and confirm-tier (their candidates files) came after, all held out
@@ -42,13 +42,7 @@ def new_points(backend: str) -> list[dict]:
 def decision_points(backend: str) -> list[dict]:
     """The new points steps 2-3 score: at most 6 per source, the first in fixture order (the rule's step 1 cap; the
     lead's note in confirm-bw-candidates.md, fixed before X1 was scored)."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in new_points(backend):
-        seen[point_source(p)] = seen.get(point_source(p), 0) + 1
-        if seen[point_source(p)] <= 6:
-            out.append(p)
-    return out
+    return first_per_source(new_points(backend))
 
 
 def arms(backend: str) -> dict[str, speed.Backend]:

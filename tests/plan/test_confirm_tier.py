@@ -20,7 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from public_logs import confirm_score, confirm_verdict, point_line, point_memory, point_source, routes_by_tier
+from public_logs import (confirm_score, confirm_verdict, first_per_source, point_line, point_memory, point_source,
+                         routes_by_tier)
 from stackgen.plan import speed
 
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
@@ -36,13 +37,7 @@ def new_points() -> list[dict]:
 
 def decision_points() -> list[dict]:
     """The new points steps 2-3 score: at most 6 per source, the first in fixture order."""
-    seen: dict[str, int] = {}
-    out = []
-    for p in new_points():
-        seen[point_source(p)] = seen.get(point_source(p), 0) + 1
-        if seen[point_source(p)] <= 6:
-            out.append(p)
-    return out
+    return first_per_source(new_points())
 
 
 def scores(new: list[dict] | None = None) -> dict:
