@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from stackgen.plan import speed  # noqa: E402
 from stackgen.plan.memory import GIB  # noqa: E402
 from public_logs import (comm_seconds, fit_line, fit_point, loo_predicted, older_build,  # noqa: E402
-                         partial_offload_inputs, point_line,
+                         partial_offload_inputs, point_bandwidth, point_line,
                          partial_offload_stated_error,
                          partial_prefill_inputs, predict_decode, predict_llamacpp_case, predict_ollama_case, predict_partial_offload,
                          predict_partial_prefill, predict_prefill,
@@ -140,6 +140,8 @@ def speed_rows() -> list[str]:
         if kind == "held out" and str(p.get("date", "")) >= "2025":
             dated.setdefault(p["backend"], []).append(abs(r - 1))
         line = p["backend"] if point_line(p) == p["backend"] else f"{p['backend']} (on {point_line(p)})"
+        if point_bandwidth(p) != p["bandwidth_gbs"]:  # an M1 Max / M1 Ultra at its share (confirm-m1)
+            line += f" (at {point_bandwidth(p):g} GB/s)"
         build = p.get("build", "")
         build = f"{build}" + (" (date)" if p.get("date") and build else "") if build else (p.get("date") or "")
         if not build and p.get("version"):  # a vLLM point: its version as the fixture quotes it
@@ -267,7 +269,8 @@ def speed_rows() -> list[str]:
                "backend has 2+ fitted points of that kind and 2+ of the rest, legacy block types (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) "
                "likewise at e_legacy unless speed.LEGACY_SLOPE_EXCLUDED names the backend; the build term where it has 2+ fitted points of each era, speed.fit_backend_build), and "
                "leave-one-out: each fitted point predicted by the fit of the backend's other fitted points (backends "
-               "with 3+ fitted points):")
+               "with 3+ fitted points). Every point at its datasheet bandwidth here, an M1 Max / M1 Ultra too: the "
+               "lines were fitted so, and confirm-m1 kept them as they were:")
     for backend in sorted({p["backend"] for p in pts} & set(speed.BACKENDS)):  # an engine without a line: no fit
         fitted = [p for p in pts if p["backend"] == backend and not p.get("outlier") and not p.get("held_out")]
         sel = [fit_point(p) for p in fitted]
@@ -501,7 +504,8 @@ def main() -> None:
                       "Speed: single-stream decode per backend (llama.cpp CUDA split by the GPU's tier and memory: "
                       "`cuda` for consumer and workstation GPUs and for GDDR datacenter GPUs, `cuda-datacenter` for HBM "
                       "ones, confirm-tier-candidates.md; a row's backend is its tier, \"(on cuda)\" where its memory "
-                      "moves it); `fitted` points made the fit in "
+                      "moves it); an Apple M1 Max or M1 Ultra decodes at 0.86 of its datasheet bandwidth, \"(at 344 GB/s)\", "
+                      "confirm-m1-candidates.md; `fitted` points made the fit in "
                       "stackgen/plan/speed.py, `held out` points did not and check it; the service curve checks "
                       "aggregate decode at b tokens per step. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",

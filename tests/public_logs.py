@@ -195,6 +195,56 @@ def routes_by_tier():
         _ROUTE_BY_MEMORY[0] = True
 
 
+# confirm-m1 (benchmarks/results/confirm-m1-candidates.md): whether an Apple point's GPU decodes at its datasheet
+# bandwidth x its share (detect.apple_bandwidth_share: M1 Max and M1 Ultra 0.86; arm M1) or at the datasheet (M0, every
+# decision before it); datasheet_apple() switches to M0.
+_APPLE_SHARE = [True]
+
+
+def point_bandwidth(p: dict) -> float:
+    """The bandwidth a fixture point decodes at, as a plan on its hardware reads it (GPUSpec.decode_bandwidth_gbs):
+    its datasheet `bandwidth_gbs`, times the chip's share for an Apple point (on the Metal or MLX line) whose chip
+    `stackgen detect` gives one (detect.apple_bandwidth_share); under datasheet_apple(), the datasheet's. The lines'
+    fits read the datasheet (fit_point): confirm-m1 fixed the lines as they were fitted."""
+    from stackgen.host.detect import apple_bandwidth_share
+    share = apple_bandwidth_share(p["gpu"]) if _APPLE_SHARE[0] and point_line(p) in ("metal", "mlx") else None
+    return p["bandwidth_gbs"] * (share or 1.0)
+
+
+@contextmanager
+def datasheet_apple():
+    """For the block, every Apple point decodes at its datasheet bandwidth (confirm-m1's M0): how every decision
+    before confirm-m1 scored its points, recomputed as it was."""
+    _APPLE_SHARE[0] = False
+    try:
+        yield
+    finally:
+        _APPLE_SHARE[0] = True
+
+
+# confirm-m1's grid for the share: 0.70 to 1.00 by 0.01 (its pre-registered arm).
+SHARE_GRID = tuple(i / 100 for i in range(70, 101))
+
+
+def fit_share(points: list[dict], grid: tuple[float, ...] = SHARE_GRID) -> tuple[float, float]:
+    """confirm-m1's share g with the lines fixed: the `grid` value whose bandwidth x g gives `points` (fixture points,
+    on the lines speed.BACKENDS has) the least sum of (predicted step / measured step - 1)^2, fit_kinds' and
+    fit_exponent's relative residual; (g, that sum). Ties: the smaller g (the first in `grid`)."""
+    from stackgen.plan import speed
+    best: tuple[float, float] | None = None
+    for g in grid:
+        err = 0.0
+        for p in points:
+            tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"] * g, point_line(p),
+                                                   p.get("weights", "quantized"), point_build(p), codebook_params(p),
+                                                   peak_flops(p), point_cc(p))
+            err += (p["tokens_per_s"] / tps - 1) ** 2
+        if best is None or err < best[1]:
+            best = (g, err)
+    assert best is not None, "fit_share needs a share to try"
+    return best
+
+
 def point_cc(p: dict) -> float | None:
     """A CUDA point's compute capability from its gpu: (CUDA_CC); None for other backends or an unmatched name."""
     import re
@@ -260,7 +310,7 @@ def predict_decode(p: dict) -> float:
     i-quant's with the codebook floor at the planner's peak for its GPU), with a tensor-parallel point's all-reduces
     on its step (comm_seconds)."""
     from stackgen.plan import speed
-    tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"], point_line(p),
+    tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, point_bandwidth(p), point_line(p),
                                            p.get("weights", "quantized"), point_build(p), codebook_params(p),
                                            peak_flops(p), point_cc(p))
     return 1 / (1 / tps + comm_seconds(p))

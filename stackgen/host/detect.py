@@ -237,6 +237,14 @@ APPLE_BANDWIDTH: dict[tuple[str, int | None], tuple[float, str]] = {
     ("M4 Max", None): (546, "apple.com newsroom (Oct 2024, M4 Pro/Max): M4 Max 546GB/s (= profiles/hardware.yaml)"),
 }
 
+# Apple chips whose GPU reads measurably less than the datasheet bandwidth in decode (GPUSpec.bandwidth_share): the
+# M1 generation's two large dies, on llama.cpp's Metal and MLX alike (pre-registered and confirmed on blind points:
+# benchmarks/results/confirm-m1-candidates.md). Every other chip reads its datasheet figure.
+APPLE_BANDWIDTH_SHARE: dict[str, tuple[float, str]] = {
+    "M1 Max": (0.86, "confirm-m1 (benchmarks/results/confirm-m1-candidates.md): 344 of 400 GB/s in decode"),
+    "M1 Ultra": (0.86, "confirm-m1 (benchmarks/results/confirm-m1-candidates.md): 688 of 800 GB/s in decode"),
+}
+
 # When a part is not in the table: a deliberately low figure so predictions err slow (said in the notes).
 UNKNOWN_GPU_BANDWIDTH_GBS = {"nvidia": 300.0, "amd": 300.0, "intel": 200.0, "apple": 100.0}
 
@@ -262,6 +270,13 @@ def apple_bandwidth(chip: str, cores: int | None) -> tuple[float, str] | None:
     if cores is not None and (chip, cores) in APPLE_BANDWIDTH:
         return APPLE_BANDWIDTH[(chip, cores)]
     return APPLE_BANDWIDTH.get((chip, None))
+
+
+def apple_bandwidth_share(name: str) -> float | None:
+    """GPUSpec.bandwidth_share for an Apple GPU of this name (APPLE_BANDWIDTH_SHARE, by apple_chip); None: the chip
+    reads its datasheet bandwidth."""
+    share = APPLE_BANDWIDTH_SHARE.get(apple_chip(name) or "")
+    return share[0] if share else None
 
 
 def default_wired_fraction(memory_bytes: int) -> float:
@@ -792,12 +807,17 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
     if g.memory_bytes is None:
         notes.append(f"{g.vendor}: {g.name}: the driver reports no memory size; left out (describe it inline)")
         return None
+    share = None
     if g.vendor == "apple":
         bw = apple_bandwidth(apple_chip(g.name) or "", g.cores)
         bandwidth, tier = (bw[0], "consumer") if bw else (memory_bandwidth or UNKNOWN_GPU_BANDWIDTH_GBS["apple"], "consumer")
         memory: str | None = "lpddr"
+        share = apple_bandwidth_share(g.name) if bw else None
         if not bw:
             notes.append(f"{g.name}: bandwidth unknown for this chip; {bandwidth:g} GB/s is a conservative guess")
+        elif share:
+            notes.append(f"{g.name}: decodes at {share:g} of its {bandwidth:g} GB/s "
+                         f"({APPLE_BANDWIDTH_SHARE[apple_chip(g.name) or ''][1]})")
     else:
         known = known_gpu(g.vendor, g.name)
         if known:
@@ -810,7 +830,8 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
     name = re.sub(r"^NVIDIA\s+(?=GeForce|RTX|Tesla|Quadro)", "", g.name).strip()
     return GPUSpec(
         vendor=g.vendor, name=name[:4096], memory_gib=round(g.memory_bytes / GIB, 2), bandwidth_gbs=float(bandwidth),
-        tier=tier, memory_type=memory, compute_capability=_cc(g.compute_capability), arch=g.arch, unified=g.unified,
+        bandwidth_share=share, tier=tier, memory_type=memory, compute_capability=_cc(g.compute_capability), arch=g.arch,
+        unified=g.unified,
         interconnect_gbs=float(bandwidth) if g.unified else None,
     )
 

@@ -1065,7 +1065,7 @@ def predict_decode_tokens_per_s(model: ModelFacts, plan: MemoryPlan, hw: Hardwar
     """
     active = plan.weights_bytes * (model.active_params / model.params) if model.params else plan.weights_bytes
     kv_per_token = _kv_bytes_read(model, plan, avg_context)
-    gpu_bw = (min(g.bandwidth_gbs for g in hw.gpus) * 1e9) if hw.gpus else 0.0
+    gpu_bw = (min(g.decode_bandwidth_gbs for g in hw.gpus) * 1e9) if hw.gpus else 0.0
     host_bw = hw.memory_bandwidth_gbs * 1e9
     frac_gpu = (plan.gpu_layers / plan.total_layers) if plan.total_layers else 0.0
     if hw.is_apple or not hw.gpus or frac_gpu == 0:

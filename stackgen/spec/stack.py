@@ -57,6 +57,11 @@ class GPUSpec(_Model):
         None, gt=0, le=4096, description="Memory the CUDA/ROCm runtime reports as the device total (torch "
         "mem_get_info, what vLLM's --gpu-memory-utilization multiplies), when it is known; less than memory_gib.")
     bandwidth_gbs: float = Field(gt=0, le=100000, description="Memory bandwidth per GPU in GB/s.")
+    bandwidth_share: float | None = Field(
+        None, gt=0, le=1, description="The share of bandwidth_gbs the GPU's kernels read in decode, where public "
+        "measurements put a chip below its datasheet: Apple's M1 Max and M1 Ultra read 0.86 of it (benchmarks/results/"
+        "confirm-m1-candidates.md). Left out: all of it. Decode speed reads bandwidth_gbs x this "
+        "(GPUSpec.decode_bandwidth_gbs); memory plans and the compute peak do not depend on it.")
     count: int = Field(1, ge=1, le=64, description="How many of this GPU the machine has.")
     tier: Literal["consumer", "workstation", "datacenter"] = Field("consumer", description="Product tier.")
     memory_type: Literal["hbm", "gddr", "lpddr", "ddr"] | None = Field(
@@ -68,6 +73,12 @@ class GPUSpec(_Model):
     arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")
     interconnect_gbs: float | None = Field(None, gt=0, description="Host<->GPU link, GB/s per direction.")
     unified: bool = Field(False, description="GPU shares system memory (Apple silicon).")
+
+    @property
+    def decode_bandwidth_gbs(self) -> float:
+        """The bandwidth a decode step reads at: the datasheet's bandwidth_gbs x bandwidth_share (all of it when the
+        share is not stated)."""
+        return self.bandwidth_gbs * (self.bandwidth_share or 1.0)
 
 
 class CPUSpec(_Model):

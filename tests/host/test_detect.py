@@ -24,6 +24,7 @@ from stackgen.host.detect import (
     SYSTEM_PROFILER_CMD,
     ProbeEnv,
     apple_bandwidth,
+    apple_bandwidth_share,
     apple_chip,
     detect_host,
     known_gpu,
@@ -249,6 +250,7 @@ def test_system_profiler_m3_pro_and_default_wired_limit():
     (gpu,) = hw.gpus
     assert (gpu.vendor, gpu.name, gpu.memory_gib, gpu.bandwidth_gbs, gpu.unified) == ("apple", "Apple M3 Pro", 18.0, 150.0, True)
     assert gpu.memory_type == "lpddr"  # Apple's unified memory, as the built-in Apple profiles state it
+    assert gpu.bandwidth_share is None and gpu.decode_bandwidth_gbs == 150.0  # an M3 Pro reads its datasheet figure
     assert hw.memory_gib == 18.0 and hw.memory_bandwidth_gbs == 150.0 and hw.os == "macos"
     assert hw.wired_limit_fraction == pytest.approx(2 / 3, abs=1e-3)
     assert any("0 (macOS default)" in n for n in facts.notes)
@@ -273,6 +275,10 @@ def test_m1_max_wired_limit_from_sysctl_and_no_system_profiler():
     facts = gpu_only(host.env(system="Darwin"), probe_apple)
     (gpu,) = facts.hardware.gpus
     assert gpu.name == "Apple M1 Max" and gpu.bandwidth_gbs == 400
+    # confirm-m1 (benchmarks/results/confirm-m1-candidates.md): an M1 Max decodes at 0.86 of it, and the notes say so
+    assert gpu.bandwidth_share == 0.86 and gpu.decode_bandwidth_gbs == pytest.approx(344.0)
+    assert any("decodes at 0.86 of its 400 GB/s" in n and "confirm-m1" in n for n in facts.notes)
+    assert facts.hardware.memory_bandwidth_gbs == 400  # the unified pool's figure for memory stays the datasheet's
     assert facts.hardware.wired_limit_fraction == pytest.approx(26000 / 32768, abs=1e-4)
     assert any("system_profiler gave nothing" in n for n in facts.notes)
 
@@ -293,6 +299,7 @@ def test_known_parts_table_agrees_with_builtin_profiles():
                 bw = apple_bandwidth(apple_chip(g.name), int(cores.group(1)) if cores else None)
                 assert bw is not None and bw[0] == g.bandwidth_gbs, (name, g.name)
                 assert g.memory_type == "lpddr", (name, g.name)  # what detect gives an Apple GPU
+                assert g.bandwidth_share == apple_bandwidth_share(g.name), (name, g.name)  # and its decode share
             else:
                 known = known_gpu(g.vendor, g.name)
                 assert known is not None and known[0] == g.bandwidth_gbs and known[1] == g.tier, (name, g.name, known)

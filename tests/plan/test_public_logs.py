@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import (arm_backends, arm_figures, fit_point, older_build, predict_decode, predict_llamacpp_case,
+from public_logs import (arm_backends, arm_figures, datasheet_apple, fit_point, older_build, predict_decode, predict_llamacpp_case,
                          linear_lines, lines, predict_ollama_case, refit_arm, today_fitted,
                          predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
 from stackgen.plan import speed
@@ -18,10 +18,20 @@ from stackgen.plan.memory import GIB
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
 CASES = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
 POINTS = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
+# the points of every decision before confirm-m1 (its corpora came after, all held out)
+BEFORE_M1 = [p for p in POINTS if not str(p.get("corpus", "")).startswith("confirm-m1")]
 OLLAMA = yaml.safe_load((FIX / "ollama_memory.yaml").read_text())["cases"]
 LLAMACPP = yaml.safe_load((FIX / "llamacpp_memory.yaml").read_text())["cases"]
 VLLM_KV = yaml.safe_load((FIX / "vllm_kv_capacity.yaml").read_text())["cases"]
 PREFILL = yaml.safe_load((FIX / "prefill_speed.yaml").read_text())["points"]
+
+
+@pytest.fixture
+def bandwidths_before_confirm_m1():
+    """The decisions made before confirm-m1 (benchmarks/results/confirm-m1-candidates.md) scored Apple GPUs at their
+    datasheet bandwidth: their tests recompute them so (datasheet_apple)."""
+    with datasheet_apple():
+        yield
 
 
 @contextmanager
@@ -233,6 +243,7 @@ def _new_fitted_set():
     return lambda p: today_fitted(p) or id(p) in odd
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_legacy_kind_follows_its_preregistered_rules():
     """The "legacy" kind (speed.LEGACY_QUANTS; benchmarks/results/metal-candidates.md, "legacy kind"), pre-registered
     before any fit: per backend, adopted only if, on the new fitted set (_new_fitted_set), the kind's arm against the
@@ -264,6 +275,7 @@ def test_legacy_kind_follows_its_preregistered_rules():
     assert speed.BACKENDS["cuda"].efficiency_legacy and speed.BACKENDS["metal"].efficiency_legacy
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     """Rule 4 of the legacy-kind task: the refit with metal-m1's odd rows fitted stands only if Metal's held-out
     count (its earlier held-out points + the even rows) does not fall against today's line. It does not (35 -> 39 of
@@ -274,7 +286,7 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     odd rows) on new points. This recomputes the refit under the Metal line of the time; if it stops lowering that
     count, this fails and the refit should be revisited."""
     fitted = _new_fitted_set()
-    held = [p for p in POINTS if p["backend"] == "metal" and not p.get("outlier") and not fitted(p)
+    held = [p for p in BEFORE_M1 if p["backend"] == "metal" and not p.get("outlier") and not fitted(p)
             and p.get("corpus") not in ("metal-k", "confirm-metal")  # that task's held-out set (these came after)
             and not str(p.get("corpus", "")).startswith("confirm-bw")]
     assert len(held) == 47
@@ -294,6 +306,7 @@ def test_metal_m1_refit_was_reverted_for_the_earlier_points_floor():
     assert [not p.get("held_out") for p in m1] == [i % 2 == 0 for i in range(len(m1))]
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_cuda_board_refit_follows_its_preregistered_rules():
     """Rule 4 of cuda-board (benchmarks/results/cuda-board-candidates.md, fixed before any prediction): the 1st, 3rd,
     5th ... of the board's rows in fixture order join their backend's fit, the 2nd, 4th ... stay held out; per backend
@@ -343,6 +356,7 @@ def _metal_k_arm():
     return lambda p: today_fitted(p) or id(p) in odd
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_metal_legacy_kind_retest_with_metal_k():
     """metal-k's pre-registered re-test of Metal's legacy kind (metal-k-candidates.md, rule 2): adopted only if, with
     the legacy slope on _metal_k_arm's fitted set, (a) Metal's held-out points within 15% rise against today's line,
@@ -356,7 +370,7 @@ def test_metal_legacy_kind_retest_with_metal_k():
     and speed.py has Metal's legacy slope since. This recomputes every condition of metal-k's own rule, as decided
     then (the 16-point line, the floors of the time, the points of the time); if they all hold, this fails."""
     fitted = _metal_k_arm()
-    then = [p for p in POINTS if p.get("corpus") != "confirm-metal" and not str(p.get("corpus", "")).startswith("confirm-bw")]
+    then = [p for p in BEFORE_M1 if p.get("corpus") != "confirm-metal" and not str(p.get("corpus", "")).startswith("confirm-bw")]
     metal = [p for p in then if p["backend"] == "metal" and not p.get("outlier")]
     held = [p for p in metal if not fitted(p)]
     assert (len(held), sum(map(fitted, metal))) == (54, 66)
@@ -512,15 +526,23 @@ def test_engine_points_check_the_line_their_plans_use():
 #   451), and the floors it moves were set to the recorded counts: cuda-board 24 -> 26 (the L40 and A40), confirm-cuda
 #   12 -> 13 and confirm-graphs 7 -> 8 (their L40S rows), confirm-tier-b 3 -> 11 (none fell; the Tesla M40, GDDR5,
 #   1.16 -> 1.44, was outside 15% on either line).
+# - confirm-m1-metal / confirm-m1-mlx (confirm-m1-metal-candidates.md, confirm-m1-mlx-candidates.md): 15 new held-out
+#   M1 Max / M1 Ultra rows taken blind for step 1 of the lead's confirm-m1 rule (confirm-m1-candidates.md): XiongjieDai's
+#   LLaMA-1 M1 Max notebook (build 1026, 4 rows), AtomGradient's M1 Max llama-bench study (3 Qwen3.5 Q8_0 rows),
+#   trycua/cua's M1 Ultra bare-metal legs (b10167, 2 rows) and lablup/mlxcel's mlx-lm 0.31.3 M1 Ultra sweep (6 rows).
+#   4 within 15% on today's reading (datasheet bandwidth), 6 on the rule's arm.
+# - confirm-m1 ADOPTED its arm (tests/plan/test_confirm_m1.py: an M1 Max / M1 Ultra decodes at 0.86 of its datasheet
+#   bandwidth; 4 -> 6 of its 15 new points, the whole corpus 371 -> 384 of 466), and the floors it moves were set to
+#   the recorded counts: the first 115 93 -> 96, metal-m1 77 -> 80, mlx-lm 24 -> 29 (none fell).
 SPEED_FLOORS = [
-    (None, 115, 93, 0.0),
-    ("metal-m1", 83, 77, 0.92),
+    (None, 115, 96, 0.0),
+    ("metal-m1", 83, 80, 0.96),
     ("iquant", 11, 11, 0.0),
     ("vllm2", 19, 11, 0.57),
     ("cuda-board", 34, 26, 0.76),
     ("rocm-board", 7, 4, 0.57),
     ("metal-k", 15, 14, 0.93),
-    ("mlx-lm", 33, 24, 0.72),
+    ("mlx-lm", 33, 29, 0.87),
     ("vulkan-board", 13, 8, 0.61),
     ("vllm-now", 14, 13, 0.92),
     ("confirm-cuda", 19, 13, 0.68),
@@ -531,11 +553,13 @@ SPEED_FLOORS = [
     ("confirm-bw-cuda", 9, 4, 0.44),
     ("confirm-graphs", 10, 8, 0.80),
     ("confirm-tier-b", 12, 11, 0.91),
+    ("confirm-m1-metal", 9, 3, 0.33),
+    ("confirm-m1-mlx", 6, 3, 0.50),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
 # Metal line, and their tests recompute them in metal_line_before_confirm().
-_THEN = {None: (94, 0.0), "metal-m1": (62, 0.74), "metal-k": (7, 0.46), "rocm-board": (3, 0.42)}
+_THEN = {None: (94, 0.0), "metal-m1": (62, 0.74), "metal-k": (7, 0.46), "rocm-board": (3, 0.42), "mlx-lm": (24, 0.72)}
 FLOORS_BEFORE_CONFIRM = [(c, n, *_THEN.get(c, (w, sh))) for c, n, w, sh in SPEED_FLOORS
                          if not str(c).startswith("confirm-")]
 
@@ -584,6 +608,7 @@ def _assert_adopted(board: list[dict], backend: str, arm_line, fitted_on: int) -
                                                                   pytest.approx(arm_line.efficiency_legacy, abs=0.001))
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_rocm_board_refit_follows_its_preregistered_rule():
     """rocm-board's rule 4 (benchmarks/results/rocm-board-candidates.md, fixed before any prediction): the corpus's
     1st, 3rd, 5th, 7th rows in fixture order join the ROCm fit, the 2nd, 4th, 6th stay held out; adopted only if (a)
@@ -661,16 +686,17 @@ def test_held_out_corpora_stay_held_out():
 def _arm_counts(fitted):
     """An arm's MLX figures (arm_figures) and, with the arm's MLX line (every other backend keeping its own), each
     corpus's count within 15%."""
-    figs = arm_figures(POINTS, fitted, True)
-    arms = arm_backends(POINTS, fitted, True)
+    figs = arm_figures(BEFORE_M1, fitted, True)
+    arms = arm_backends(BEFORE_M1, fitted, True)
     with lines({"mlx": arms["mlx"][0]}):  # only MLX's line moves in this arm (the others keep theirs)
         counts = {}
-        for p in POINTS:
+        for p in BEFORE_M1:
             counts[p.get("corpus")] = counts.get(p.get("corpus"), 0) + (abs(predict_decode(p) / p["tokens_per_s"] - 1)
                                                                          <= 0.15)
     return figs["backends"]["mlx"], counts
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_mlx_lm_refit_arm_failed_its_rules():
     """benchmarks/results/mlx-lm-candidates.md, rule 2: the mlx-lm rows in fixture order, the odd ones (1st, 3rd, ...)
     added to MLX's fitted points, the even ones held out; adopted only if (a) MLX's held-out count within 15% rises
@@ -687,7 +713,7 @@ def test_mlx_lm_refit_arm_failed_its_rules():
     with metal_line_before_confirm():  # decided under the Metal line and against the floors of the time
         t_mlx, t_counts = _arm_counts(today)
         r_mlx, r_counts = _arm_counts(refit)
-    held = [p for p in POINTS if p["backend"] == "mlx" and not p.get("outlier") and not refit(p)]
+    held = [p for p in BEFORE_M1 if p["backend"] == "mlx" and not p.get("outlier") and not refit(p)]
     today_held = sum(abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in held)
     rules = {"a": r_mlx["held"] > today_held,
              "b": r_mlx["loo"] / r_mlx["fitted_n"] >= t_mlx["loo"] / t_mlx["fitted_n"],
@@ -703,6 +729,7 @@ def test_mlx_lm_refit_arm_failed_its_rules():
     assert r_mlx["params"].t0_ms == pytest.approx(11.13, abs=0.01)
 
 
+@pytest.mark.usefixtures("bandwidths_before_confirm_m1")
 def test_vulkan_board_refit_follows_its_preregistered_rule():
     """Rule 4 of vulkan-board-candidates.md, fixed before any prediction: refit Vulkan's line with the 1st, 3rd, ...
     vulkan-board rows (fixture order) fitted, the 2nd, 4th, ... held out; adopt it only if (a) the 115 points without

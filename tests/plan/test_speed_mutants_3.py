@@ -15,6 +15,7 @@ import pytest
 from stackgen.plan import capacity, speed
 from stackgen.plan.memory import MemoryPlan, _kv_bytes_read
 from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import GPUSpec
 
 CATALOG = load_profiles().models
 CUDA = speed.backend_params("cuda")
@@ -34,9 +35,9 @@ def _mem(weights_bytes: int = 5_000_000_000, layers: int = 32, gpu_layers: int |
 
 
 def _gpu(name: str, vendor: str, bw: float, tier: str = "consumer", unified: bool = False,
-         memory_type: str | None = None) -> SimpleNamespace:
-    return SimpleNamespace(name=name, vendor=vendor, bandwidth_gbs=bw, tier=tier, unified=unified,
-                           interconnect_gbs=None, memory_type=memory_type)
+         memory_type: str | None = None, share: float | None = None) -> GPUSpec:
+    return GPUSpec(name=name, vendor=vendor, memory_gib=24.0, bandwidth_gbs=float(bw), tier=tier, unified=unified,
+                   memory_type=memory_type, bandwidth_share=share)
 
 
 def _hw(gpus=(), ram_bw: float = 100.0, gpu_link: str | None = None) -> SimpleNamespace:
