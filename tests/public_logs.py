@@ -185,14 +185,20 @@ def point_line(p: dict) -> str:
 
 
 @contextmanager
-def routes_by_tier():
-    """For the block, datacenter CUDA points plan on the datacenter line whatever their memory (confirm-tier's T0):
-    the routing of every decision made before confirm-tier, recomputed as it was."""
-    _ROUTE_BY_MEMORY[0] = False
+def _switched_off(flag: list[bool]):
+    """A module flag of the fixture's reading (_ROUTE_BY_MEMORY, _APPLE_SHARE) off for the block, on again after: how
+    a decision made before the rule that set it is recomputed as it was."""
+    flag[0] = False
     try:
         yield
     finally:
-        _ROUTE_BY_MEMORY[0] = True
+        flag[0] = True
+
+
+def routes_by_tier():
+    """For the block, datacenter CUDA points plan on the datacenter line whatever their memory (confirm-tier's T0):
+    the routing of every decision made before confirm-tier, recomputed as it was."""
+    return _switched_off(_ROUTE_BY_MEMORY)
 
 
 # confirm-m1 (benchmarks/results/confirm-m1-candidates.md): whether an Apple point's GPU decodes at its datasheet
@@ -211,15 +217,10 @@ def point_bandwidth(p: dict) -> float:
     return p["bandwidth_gbs"] * (share or 1.0)
 
 
-@contextmanager
 def datasheet_apple():
     """For the block, every Apple point decodes at its datasheet bandwidth (confirm-m1's M0): how every decision
     before confirm-m1 scored its points, recomputed as it was."""
-    _APPLE_SHARE[0] = False
-    try:
-        yield
-    finally:
-        _APPLE_SHARE[0] = True
+    return _switched_off(_APPLE_SHARE)
 
 
 # confirm-m1's grid for the share: 0.70 to 1.00 by 0.01 (its pre-registered arm).
@@ -229,18 +230,15 @@ SHARE_GRID = tuple(i / 100 for i in range(70, 101))
 def fit_share(points: list[dict], grid: tuple[float, ...] = SHARE_GRID) -> tuple[float, float]:
     """confirm-m1's share g with the lines fixed: the `grid` value whose bandwidth x g gives `points` (fixture points,
     on the lines speed.BACKENDS has) the least sum of (predicted step / measured step - 1)^2, fit_kinds' and
-    fit_exponent's relative residual; (g, that sum). Ties: the smaller g (the first in `grid`)."""
-    from stackgen.plan import speed
+    fit_exponent's relative residual; (g, that sum), each point predicted as predict_decode does at bandwidth x g.
+    Ties: the smaller g (the first in `grid`)."""
     best: tuple[float, float] | None = None
-    for g in grid:
-        err = 0.0
-        for p in points:
-            tps = speed.single_stream_tokens_per_s(p["bytes_mib"] * 2**20, 0, p["bandwidth_gbs"] * g, point_line(p),
-                                                   p.get("weights", "quantized"), point_build(p), codebook_params(p),
-                                                   peak_flops(p), point_cc(p))
-            err += (p["tokens_per_s"] / tps - 1) ** 2
-        if best is None or err < best[1]:
-            best = (g, err)
+    with datasheet_apple():  # g scales the datasheet figure, not a share already applied
+        for g in grid:
+            err = sum((p["tokens_per_s"] / predict_decode({**p, "bandwidth_gbs": p["bandwidth_gbs"] * g}) - 1) ** 2
+                      for p in points)
+            if best is None or err < best[1]:
+                best = (g, err)
     assert best is not None, "fit_share needs a share to try"
     return best
 
