@@ -142,7 +142,8 @@ _NO_MEM = typer.Option(False, "--no-memory-check", help="Start even if free RAM 
 _FORCE = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, the "
                       "binary's flags, free memory; see `stackgen doctor`): mismatches become warnings.")
 _RESTART = typer.Option("on-failure", "--restart", help="Native services: `on-failure` restarts an engine that "
-                        "crashes (backoff from 1 s, at most 5 restarts in 300 s, as the systemd unit) or `no`.")
+                        "crashes or exits by itself (not one stopped by SIGTERM/SIGINT/SIGHUP; backoff from 1 s, at "
+                        "most 5 restarts in 300 s, as the systemd unit) or `no`.")
 _JSON = typer.Option(False, "--json", help="Machine-readable result on stdout.")
 
 

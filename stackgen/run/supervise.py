@@ -9,8 +9,10 @@ the likely cause and the last log lines in `.stackgen/stacks/<file>/run/<service
 `status`, `ps`, `logs -f` and the next `up` read.
 
 Restart policy (`up --restart on-failure`, the default; `--restart no`), the systemd unit's rules for a native
-process: an exit with status 0 or by SIGTERM/SIGINT/SIGHUP/SIGPIPE is clean and not restarted (systemd.service(5),
-Restart=on-failure); otherwise the engine is started again after a backoff (1 s, doubling, at most the unit's
+process (systemd.service(5): Restart=on-failure with RestartForceExitStatus=0): an end by SIGTERM/SIGINT/SIGHUP/
+SIGPIPE is clean and not restarted; any other end, an exit with status 0 included -- a server that exits by itself
+has stopped serving: vLLM's API server exits 0 after its engine core dies --, starts the engine again after a backoff
+(1 s, doubling, at most the unit's
 RestartSec), at most StartLimitBurst times within StartLimitIntervalSec; then the supervisor gives up and the
 service shows as crashed. An engine that fails before it has ever answered a health probe at the first start is
 not restarted: `up` is still waiting and reports it.
@@ -58,8 +60,15 @@ class RestartPolicy:
 
 
 def is_clean(code: int) -> bool:
-    """systemd's clean exit for Restart=on-failure: status 0 or one of the clean signals."""
-    return code == 0 or (code < 0 and -code in [int(s) for s in CLEAN_SIGNALS])
+    """systemd's clean exit: status 0 or one of the clean signals (the supervisor's own exit status follows it)."""
+    return code == 0 or clean_signal(code)
+
+
+def clean_signal(code: int) -> bool:
+    """The engine ended by one of the clean signals: the only end the on-failure policy does not restart, as the
+    rendered unit's Restart=on-failure with RestartForceExitStatus=0 (status 0 restarts: a server does not exit by
+    itself while it serves)."""
+    return code < 0 and -code in [int(s) for s in CLEAN_SIGNALS]
 
 
 def exit_text(code: int) -> tuple[str, str | None]:
@@ -261,10 +270,10 @@ class Supervisor:
         if not was_ready and self.record["restarts"] == 0:
             self.save(state="crashed")  # failed at the first start: `up` reports it, nothing is restarted
             return None
-        if self.policy.mode == "no" or is_clean(code):
+        if self.policy.mode == "no" or clean_signal(code):
             self.save(state="exited" if code == 0 else "crashed")
             self.say(f"not restarted (restart policy: {self.policy.mode}; "
-                     f"{'a clean exit' if is_clean(code) else 'a failure'})")
+                     f"{'a clean signal' if clean_signal(code) else 'a failure' if code else 'it exited by itself'})")
             return None
         recent = [t for t in self.record["restart_times"] if when - t < self.policy.window_s]
         if len(recent) >= self.policy.max_restarts:

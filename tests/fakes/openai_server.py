@@ -242,10 +242,11 @@ def engine_main(argv: list[str] | None = None, *, load_s: float = 0.5, help_text
             os._exit(0)
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if mode == "die_after":  # answers, then crashes with status 3 (a crash loop once restarted)
+    if mode in ("die_after", "exit0_after"):  # answers, then crashes with status 3 (a crash loop once restarted), or
+        status = 3 if mode == "die_after" else 0  # exits 0 by itself, as vLLM's API server does after its engine dies
         def die():
-            print("fatal: simulated crash", flush=True)
-            os._exit(3)
+            print("fatal: simulated crash" if status else "EngineDeadError: simulated; shutting down", flush=True)
+            os._exit(status)
         threading.Timer(float(os.environ.get("FAKE_DIE_S", "1")), die).start()
     # an engine streams what it is asked for (max_tokens), one token every 10 ms, no usage
     settings = {"tokens": None, "delay": 0.01, "token_text": " tok", "word": " Paris", "usage": None,

@@ -397,14 +397,33 @@ def test_the_engine_gets_ups_environment_not_the_supervisors(fake_stack, monkeyp
     assert sup_env["STACKGEN_SERVICE_ID"] == st.sup_id != st.service_id
 
 
-def test_clean_exit_is_not_restarted(fake_stack):
+def test_an_end_by_a_clean_signal_is_not_restarted(fake_stack):
+    """The on-failure policy leaves an engine ended by SIGTERM/SIGINT/SIGHUP/SIGPIPE down, like systemd's."""
     path, _, _ = fake_stack
     up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
     st = StateDir(path).load().services["chat"]
-    os.kill(st.pid, signal.SIGTERM)  # the fake engine exits 0 on SIGTERM: clean, like systemd's on-failure
+    os.kill(st.pid, signal.SIGHUP)  # the fake engine does not handle SIGHUP: it dies by it
     rows = _wait_for(lambda: [r for r in status(path) if r.last_exit], 10)
-    assert rows[0].state == "exited" and rows[0].restarts == 0 and "exited with status 0" in rows[0].last_exit
+    assert rows[0].state == "crashed" and rows[0].restarts == 0 and "killed by signal SIGHUP" in rows[0].last_exit
+    assert "a clean signal" in "\n".join(ln for _, ln in logs(path, "chat"))
     assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+
+
+def test_an_engine_that_exits_0_by_itself_is_restarted(fake_stack, monkeypatch):
+    """A server that exits with status 0 on its own has stopped serving (vLLM's API server exits 0 after its engine
+    core dies: README's "Engines on this project's CI"); the on-failure policy restarts it, as the rendered unit's
+    RestartForceExitStatus=0 makes systemd do."""
+    path, _, _ = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "exit0_after")
+    monkeypatch.setenv("FAKE_DIE_S", "1.5")
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    first = StateDir(path).load().services["chat"]
+    row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts >= 1], 20)
+    assert row, status(path)
+    assert "exited with status 0" in row[0].last_exit
+    assert StateDir(path).load().services["chat"].pid != first.pid
+    text = "\n".join(ln for _, ln in logs(path, "chat"))
+    assert "chat (pid %d) exited with status 0" % first.pid in text and "restarting in 0.1 s" in text
 
 
 def test_down_stops_the_supervisor_before_the_engine(fake_stack):

@@ -9,7 +9,8 @@ Podman's generator, which turns each file into `<name>.service`. The container i
   capability dropped, a read-only root file system with tmpfs where the engine allows it (vLLM's Triton and
   torch.compile caches write outside the volumes), SELinux labels kept (weights are mounted `ro,z`), ports
   published on loopback unless serve.host says otherwise, and the API key as a Podman secret (`Secret=`), never in
-  the file. Restart=on-failure with the systemd target's limits.
+  the file. Restart=on-failure (and RestartForceExitStatus=0: an engine that exits 0 by itself has stopped serving)
+  with the systemd target's limits.
 - Local weights are read from serve.model_dir on the host, as the systemd units read them.
 Every value goes through systemd's quoting (stackgen.render.quoting): Quadlet unquotes Exec=/Environment= and writes
 the words into ExecStart=, where systemd expands `%` specifiers and `$` variables, so both are doubled.
@@ -80,7 +81,7 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
                                         f"serving {sp.model.name} (Podman)")),
             ("Wants", "network-online.target"), ("After", "network-online.target"),
             ("StartLimitIntervalSec", f"{START_LIMIT_INTERVAL}s"), ("StartLimitBurst", str(START_LIMIT_BURST))]
-    service = [("Restart", "on-failure"), ("RestartSec", f"{RESTART_SEC}s"),
+    service = [("Restart", "on-failure"), ("RestartForceExitStatus", "0"), ("RestartSec", f"{RESTART_SEC}s"),
                ("TimeoutStartSec", f"{PULL_S + sp.startup_budget_s}s")]
     sections = [("Unit", unit), ("Container", container), ("Service", service),
                 ("Install", [("WantedBy", "multi-user.target default.target")])]
