@@ -507,8 +507,9 @@ def first_per_source(points: list[dict], cap: int = 6) -> list[dict]:
     seen: dict[str, int] = {}
     out = []
     for p in points:
-        seen[point_source(p)] = seen.get(point_source(p), 0) + 1
-        if seen[point_source(p)] <= cap:
+        source = point_source(p)
+        seen[source] = seen.get(source, 0) + 1
+        if seen[source] <= cap:
             out.append(p)
     return out
 

@@ -809,15 +809,16 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
         return None
     share = None
     if g.vendor == "apple":
-        bw = apple_bandwidth(apple_chip(g.name) or "", g.cores)
+        chip = apple_chip(g.name) or ""
+        bw = apple_bandwidth(chip, g.cores)
         bandwidth, tier = (bw[0], "consumer") if bw else (memory_bandwidth or UNKNOWN_GPU_BANDWIDTH_GBS["apple"], "consumer")
         memory: str | None = "lpddr"
-        share = apple_bandwidth_share(g.name) if bw else None
+        known_share = APPLE_BANDWIDTH_SHARE.get(chip) if bw else None  # (share, source)
         if not bw:
             notes.append(f"{g.name}: bandwidth unknown for this chip; {bandwidth:g} GB/s is a conservative guess")
-        elif share:
-            notes.append(f"{g.name}: decodes at {share:g} of its {bandwidth:g} GB/s "
-                         f"({APPLE_BANDWIDTH_SHARE[apple_chip(g.name) or ''][1]})")
+        elif known_share:
+            share = known_share[0]
+            notes.append(f"{g.name}: decodes at {share:g} of its {bandwidth:g} GB/s ({known_share[1]})")
     else:
         known = known_gpu(g.vendor, g.name)
         if known:
