@@ -205,7 +205,7 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("nvidia", r"\bt4\b", 320, "datacenter", "gddr", "T4 datasheet: 16 GB GDDR6 320+ GB/s"),
     # AMD: amd.com product pages.
     ("amd", r"mi300x", 5300, "datacenter", "hbm", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
-    ("amd", r"mi250", 3276.8, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak"),
+    ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each"),
     ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
     ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
     ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),

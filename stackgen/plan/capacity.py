@@ -37,7 +37,8 @@ GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40":
               # 512 x 1.665 GHz = 68.2 (nvidia.com specs: 10240 CUDA cores, 1.665 GHz boost), the RTX 4080 97.5 (Ada
               # whitepaper, dense). Without them these GPUs fell back to 150 FLOP/B x bandwidth (3080: 114, 4080:
               # 108), which speed.py's codebook i-quant floor (Backend.codebook_flop_per_weight) scales by.
-              "rtx 3080": 59.5, "rtx 3080 ti": 68.2, "rtx 4080": 97.5, "mi300x": 1307.0, "mi250": 362.0,
+              "rtx 3080": 59.5, "rtx 3080 ti": 68.2, "rtx 4080": 97.5, "mi300x": 1307.0,
+              "mi250": 181.0,  # amd.com MI250: 362.1 FP16 TFLOPs per module of two GCDs; rocm-smi lists each GCD as a GPU
               # The GPUs of profiles/hardware.yaml the table lacked (issue 13's prefill check,
               # tests/fixtures/public-logs/prefill_speed.yaml). GeForce: FP16 tensor with FP32 accumulate, dense, as
               # the 4090/3090 entries above (the Ada whitepaper's 4090 figure is 512 FLOP/clk per SM x boost clock).

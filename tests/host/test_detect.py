@@ -315,7 +315,7 @@ def test_known_parts_table_agrees_with_builtin_profiles():
     ("nvidia", "NVIDIA A10", 600), ("nvidia", "NVIDIA H200", 4800), ("nvidia", "NVIDIA L40S", 864),
     ("nvidia", "Tesla T4", 320), ("nvidia", "Tesla P100-PCIE-16GB", 732), ("nvidia", "Tesla M40 24GB", 288.4),
     ("nvidia", "Tesla K80", 240.6), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
-    ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 3276.8),
+    ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 1638.4),  # one GCD: rocm-smi lists two per module
     ("amd", "Radeon RX 7900 XTX", 960), ("amd", "Radeon RX 7900 XT", 800),
     ("intel", "Intel(R) Arc(TM) A750 Graphics", 512), ("intel", "Intel(R) Arc(TM) B580 Graphics", 456),
 ])
