@@ -495,6 +495,60 @@ def _lines_before_confirm_graphs() -> dict:
 LINES_BEFORE_CONFIRM_GRAPHS = _lines_before_confirm_graphs()
 
 
+# --- the confirmatory decisions' time: the points each was made on and the readings it was made under ---
+
+# The confirmatory decisions in the order they were made; the ones of one tuple were decided together (their arms move
+# disjoint points, or their corpora were collected side by side), each on the others' corpora too.
+DECISION_ERAS = (
+    ("confirm-metal", "confirm-amd", "confirm-cuda"),
+    ("confirm-bw",),
+    ("confirm-graphs",),
+    ("confirm-tier",),
+    ("confirm-m1",),
+    ("confirm-gfx9", "confirm-graphs2"),
+)
+# the held-out corpora (decode_speed.yaml's corpus:) a decision's step 1 collected, where not its own name
+DECISION_CORPORA = {
+    "confirm-bw": ("confirm-bw-metal-a", "confirm-bw-metal-b", "confirm-bw-cuda"),
+    "confirm-tier": ("confirm-tier-a", "confirm-tier-b"),
+    "confirm-m1": ("confirm-m1-metal", "confirm-m1-mlx"),
+}
+# the reading a decision adopted that changes how other points are scored, as the switch that reverts it for a block
+# (a decision that adopted nothing, or nothing a later test must revert, has none)
+DECISION_READINGS = {
+    "confirm-bw": lambda: linear_lines(),
+    "confirm-tier": lambda: routes_by_tier(),
+    "confirm-m1": lambda: datasheet_apple(),
+}
+
+
+def _era(decision: str) -> int:
+    return next(i for i, era in enumerate(DECISION_ERAS) if decision in era)
+
+
+def _later(decision: str) -> list[str]:
+    return [d for era in DECISION_ERAS[_era(decision) + 1:] for d in era]
+
+
+def points_of_its_time(points: list[dict], decision: str) -> list[dict]:
+    """`points` less every corpus collected for a decision made after `decision` (all held out): the points it was
+    decided on."""
+    later = {c for d in _later(decision) for c in DECISION_CORPORA.get(d, (d,))}
+    return [p for p in points if p.get("corpus") not in later]
+
+
+@contextmanager
+def readings_of_its_time(decision: str):
+    """For the block, every reading a decision made after `decision` adopted is reverted (DECISION_READINGS): its
+    arms are scored as they were when it was decided."""
+    from contextlib import ExitStack
+    with ExitStack() as stack:
+        for d in _later(decision):
+            if d in DECISION_READINGS:
+                stack.enter_context(DECISION_READINGS[d]())
+        yield
+
+
 def point_source(p: dict) -> str:
     """A decode point's source as the confirmatory rules count them (at most 6 points each): a file URL cut at
     "/blob/" (its repository), an issue or PR thread as itself."""

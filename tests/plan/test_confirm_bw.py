@@ -18,20 +18,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import confirm_score, confirm_verdict, first_per_source, point_source, refit_line, routes_by_tier, datasheet_apple
+from public_logs import (confirm_score, confirm_verdict, first_per_source, point_source, points_of_its_time,
+                         readings_of_its_time, refit_line)
 from stackgen.plan import speed
 
-# the points this rule decided on: confirm-graphs and confirm-tier (their candidates files) came after, all held out
-POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"] if not str(p.get("corpus", "")).startswith(("confirm-graphs", "confirm-tier", "confirm-m1"))]
+# the points this rule decided on (the later decisions' corpora, all held out, left out)
+POINTS = points_of_its_time(yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                                           .read_text())["points"], "confirm-bw")
 TAGS = {"metal": ("confirm-bw-metal-a", "confirm-bw-metal-b"), "cuda": ("confirm-bw-cuda",)}
 
 
 @pytest.fixture(autouse=True)
 def _routing_of_the_time():
-    """This rule decided before confirm-tier: datacenter CUDA points are scored on the datacenter line
-    (routes_by_tier), Apple GPUs at their datasheet bandwidth (datasheet_apple: confirm-m1 came after)."""
-    with routes_by_tier(), datasheet_apple():
+    """This rule decided before confirm-tier and confirm-m1: datacenter CUDA points are scored on the datacenter line
+    (routes_by_tier), Apple GPUs at their datasheet bandwidth (datasheet_apple): readings_of_its_time."""
+    with readings_of_its_time("confirm-bw"):
         yield
 
 

@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import linear_lines, routes_by_tier, datasheet_apple, arm_backends, lines as with_lines, point_source, predict_decode, today_fitted
+from public_logs import points_of_its_time, readings_of_its_time, arm_backends, lines as with_lines, point_source, predict_decode, today_fitted
 from stackgen.plan import speed
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
 # the points these decisions were made on: the confirm-bw corpora (confirm-bw-candidates.md) came after, all held out
-POINTS = [p for p in yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-          if not str(p.get("corpus", "")).startswith(("confirm-bw", "confirm-graphs", "confirm-tier", "confirm-m1"))]  # later corpora
+POINTS = points_of_its_time(yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"], "confirm-amd")  # later corpora out
 NEW = [p for p in POINTS if p.get("corpus") == "confirm-amd"]
 BOARD = {"vulkan": "vulkan-board", "rocm": "rocm-board"}
 
@@ -33,8 +32,8 @@ BOARD = {"vulkan": "vulkan-board", "rocm": "rocm-board"}
 def _lines_of_the_time():
     """This rule decided before confirm-bw and confirm-tier: its arms are scored under the linear lines of their time
     (linear_lines), datacenter CUDA points on the datacenter line (routes_by_tier), Apple GPUs at their datasheet bandwidth
-    (datasheet_apple: confirm-m1 came after)."""
-    with linear_lines(), routes_by_tier(), datasheet_apple():
+    (datasheet_apple: confirm-m1 came after): readings_of_its_time."""
+    with readings_of_its_time("confirm-amd"):
         yield
 
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import linear_lines, routes_by_tier, datasheet_apple, lines as with_lines, predict_decode, refit_arm
+from public_logs import points_of_its_time, readings_of_its_time, lines as with_lines, predict_decode, refit_arm
 from stackgen.plan import speed
 
 # the points these decisions were made on: the confirm-bw corpora (confirm-bw-candidates.md) and confirm-graphs
 # (confirm-graphs-candidates.md) and confirm-tier (confirm-tier-candidates.md) came after, all held out
-POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"]
-          if not str(p.get("corpus", "")).startswith(("confirm-bw", "confirm-graphs", "confirm-tier", "confirm-m1"))]
+POINTS = points_of_its_time(yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                                    .read_text())["points"], "confirm-cuda")  # later corpora out
 TAG = "confirm-cuda"
 
 
@@ -26,8 +25,8 @@ TAG = "confirm-cuda"
 def _lines_of_the_time():
     """This rule decided before confirm-bw and confirm-tier: its arms are scored under the linear lines of their time
     (linear_lines), datacenter CUDA points on the datacenter line (routes_by_tier), Apple GPUs at their datasheet bandwidth
-    (datasheet_apple: confirm-m1 came after)."""
-    with linear_lines(), routes_by_tier(), datasheet_apple():
+    (datasheet_apple: confirm-m1 came after): readings_of_its_time."""
+    with readings_of_its_time("confirm-cuda"):
         yield
 
 

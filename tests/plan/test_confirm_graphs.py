@@ -17,13 +17,13 @@ import pytest
 import yaml
 
 from public_logs import (LINES_BEFORE_CONFIRM_GRAPHS, confirm_score, confirm_verdict, graphs_lines, lines, point_cc,
-                          routes_by_tier, datasheet_apple,
+                         points_of_its_time, readings_of_its_time,
                          point_source, predict_decode)
 from stackgen.plan import speed
 
 # the points this rule decided on: confirm-tier (confirm-tier-candidates.md) came after, all held out
-POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"] if not str(p.get("corpus", "")).startswith(("confirm-tier", "confirm-m1"))]
+POINTS = points_of_its_time(yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                                           .read_text())["points"], "confirm-graphs")
 TAG = "confirm-graphs"
 CUDA = ("cuda", "cuda-datacenter")
 G0 = LINES_BEFORE_CONFIRM_GRAPHS  # the lines when the rule was fixed (b5d1f58): the older era by build alone
@@ -32,8 +32,8 @@ G0 = LINES_BEFORE_CONFIRM_GRAPHS  # the lines when the rule was fixed (b5d1f58):
 @pytest.fixture(autouse=True)
 def _routing_of_the_time():
     """This rule decided before confirm-tier: datacenter CUDA points are scored on the datacenter line
-    (routes_by_tier), Apple GPUs at their datasheet bandwidth (datasheet_apple: confirm-m1 came after)."""
-    with routes_by_tier(), datasheet_apple():
+    (routes_by_tier), Apple GPUs at their datasheet bandwidth (datasheet_apple: confirm-m1 came after): readings_of_its_time."""
+    with readings_of_its_time("confirm-graphs"):
         yield
 
 

@@ -20,14 +20,21 @@ import pytest
 import yaml
 
 from public_logs import (confirm_score, confirm_verdict, datasheet_apple, first_per_source, fit_share, point_bandwidth,
-                         point_line, point_source)
+                         point_line, point_source, points_of_its_time, readings_of_its_time)
 from stackgen.host.detect import APPLE_BANDWIDTH_SHARE, apple_bandwidth_share, apple_chip
 from stackgen.plan import speed
 
-POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                        .read_text())["points"]
+POINTS = points_of_its_time(yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                                           .read_text())["points"], "confirm-m1")  # later corpora out
 TAGS = ("confirm-m1-metal", "confirm-m1-mlx")
 CHIPS = ("M1 Max", "M1 Ultra")
+
+
+@pytest.fixture(autouse=True)
+def _readings_of_the_time():
+    """Every reading a later decision adopted is reverted (readings_of_its_time): the arms as they were decided."""
+    with readings_of_its_time("confirm-m1"):
+        yield
 
 
 def new_points() -> list[dict]:

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import (confirm_score, confirm_verdict, datasheet_apple, first_per_source, point_line, point_memory,
-                         point_source, routes_by_tier)
+from public_logs import (confirm_score, confirm_verdict, first_per_source, point_line, point_memory, point_source,
+                         points_of_its_time, readings_of_its_time, routes_by_tier)
 from stackgen.plan import speed
 
 # the points this rule decided on: confirm-m1's corpora (confirm-m1-candidates.md) came after, all held out
-POINTS = [p for p in yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
-                                    .read_text())["points"] if not str(p.get("corpus", "")).startswith("confirm-m1")]
+POINTS = points_of_its_time(yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
+                                           .read_text())["points"], "confirm-tier")
 TAGS = ("confirm-tier-a", "confirm-tier-b")
 # step 1's GPUs: NVIDIA datacenter GPUs with GDDR6/GDDR6X memory, Turing or newer (the fixture's gpu: names them so)
 RULE_GPUS = ("T4", "A2", "A10", "A10G", "A16", "A40", "L4", "L20", "L40", "L40S")
@@ -35,8 +35,9 @@ RULE_GPUS = ("T4", "A2", "A10", "A10G", "A16", "A40", "L4", "L20", "L40", "L40S"
 
 @pytest.fixture(autouse=True)
 def _bandwidths_of_the_time():
-    """This rule decided before confirm-m1: Apple GPUs at their datasheet bandwidth (datasheet_apple)."""
-    with datasheet_apple():
+    """This rule decided before confirm-m1: Apple GPUs at their datasheet bandwidth (datasheet_apple):
+    readings_of_its_time."""
+    with readings_of_its_time("confirm-tier"):
         yield
 
 

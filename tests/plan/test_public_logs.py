@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from public_logs import (arm_backends, arm_figures, datasheet_apple, fit_point, older_build, predict_decode, predict_llamacpp_case,
-                         linear_lines, lines, predict_ollama_case, refit_arm, today_fitted,
-                         predict_prefill, predict_vllm_case, predict_vllm_kv_case, prefill_inputs, speed_line)
+from public_logs import (arm_backends, arm_figures, fit_point, linear_lines, lines, older_build, points_of_its_time,
+                         predict_decode, predict_llamacpp_case, predict_ollama_case, predict_prefill, predict_vllm_case,
+                         predict_vllm_kv_case, prefill_inputs, readings_of_its_time, refit_arm, speed_line,
+                         today_fitted)
 from stackgen.plan import speed
 from stackgen.plan.memory import GIB
 
 FIX = Path(__file__).parent.parent / "fixtures" / "public-logs"
 CASES = yaml.safe_load((FIX / "vllm_memory.yaml").read_text())["cases"]
 POINTS = yaml.safe_load((FIX / "decode_speed.yaml").read_text())["points"]
-# the points of every decision before confirm-m1 (its corpora came after, all held out)
-BEFORE_M1 = [p for p in POINTS if not str(p.get("corpus", "")).startswith("confirm-m1")]
+# the points of every decision before confirm-m1 (its corpora and the later decisions' came after, all held out)
+BEFORE_M1 = points_of_its_time(POINTS, "confirm-tier")
 OLLAMA = yaml.safe_load((FIX / "ollama_memory.yaml").read_text())["cases"]
 LLAMACPP = yaml.safe_load((FIX / "llamacpp_memory.yaml").read_text())["cases"]
 VLLM_KV = yaml.safe_load((FIX / "vllm_kv_capacity.yaml").read_text())["cases"]
@@ -29,8 +30,9 @@ PREFILL = yaml.safe_load((FIX / "prefill_speed.yaml").read_text())["points"]
 @pytest.fixture
 def bandwidths_before_confirm_m1():
     """The decisions made before confirm-m1 (benchmarks/results/confirm-m1-candidates.md) scored Apple GPUs at their
-    datasheet bandwidth: their tests recompute them so (datasheet_apple)."""
-    with datasheet_apple():
+    datasheet bandwidth: their tests recompute them so (datasheet_apple, and every later decision's reading reverted:
+    readings_of_its_time)."""
+    with readings_of_its_time("confirm-tier"):
         yield
 
 
@@ -1124,3 +1126,16 @@ def test_no_point_has_a_stray_key():
     and a key '64 GB)' with no value: every key of a point has a value."""
     stray = [(p["id"], k) for p in POINTS for k, v in p.items() if v is None]
     assert stray == []
+
+
+def test_every_confirm_corpus_belongs_to_a_decision_of_its_time():
+    """Every confirmatory corpus in decode_speed.yaml is one a decision in public_logs.DECISION_ERAS collected, so the
+    earlier decisions' tests leave it out (points_of_its_time) and a new one cannot slip into their recorded counts;
+    a decision's points hold its own corpora and not a later one's."""
+    from public_logs import DECISION_CORPORA, DECISION_ERAS
+    known = {c for era in DECISION_ERAS for d in era for c in DECISION_CORPORA.get(d, (d,))}
+    tags = {p["corpus"] for p in POINTS if str(p.get("corpus", "")).startswith("confirm-")}
+    assert tags <= known, sorted(tags - known)
+    tier = {p.get("corpus") for p in points_of_its_time(POINTS, "confirm-tier")}
+    assert {"confirm-tier-b", "confirm-graphs"} <= tier and not tier & {"confirm-m1-metal", "confirm-m1-mlx"}
+    assert {p.get("corpus") for p in points_of_its_time(POINTS, "confirm-graphs")} >= {"confirm-graphs"}
