@@ -140,7 +140,7 @@ def speed_rows() -> list[str]:
         if kind == "held out" and str(p.get("date", "")) >= "2025":
             dated.setdefault(p["backend"], []).append(abs(r - 1))
         line = p["backend"] if point_line(p) == p["backend"] else f"{p['backend']} (on {point_line(p)})"
-        if point_bandwidth(p) != p["bandwidth_gbs"]:  # an M1 Max / M1 Ultra at its share (confirm-m1)
+        if point_bandwidth(p) != p["bandwidth_gbs"]:  # an M1 Max / Ultra (confirm-m1), an AMD gfx9 part (confirm-gfx9)
             line += f" (at {point_bandwidth(p):g} GB/s)"
         build = p.get("build", "")
         build = f"{build}" + (" (date)" if p.get("date") and build else "") if build else (p.get("date") or "")
@@ -505,7 +505,8 @@ def main() -> None:
                       "`cuda` for consumer and workstation GPUs and for GDDR datacenter GPUs, `cuda-datacenter` for HBM "
                       "ones, confirm-tier-candidates.md; a row's backend is its tier, \"(on cuda)\" where its memory "
                       "moves it); an Apple M1 Max or M1 Ultra decodes at 0.86 of its datasheet bandwidth, \"(at 344 GB/s)\", "
-                      "confirm-m1-candidates.md; `fitted` points made the fit in "
+                      "confirm-m1-candidates.md, and an AMD gfx906 / gfx908 / gfx90a part at 0.55 of it on the ROCm and "
+                      "Vulkan lines, confirm-gfx9-candidates.md; `fitted` points made the fit in "
                       "stackgen/plan/speed.py, `held out` points did not and check it; the service curve checks "
                       "aggregate decode at b tokens per step. Tests: tests/test_public_logs.py (issue 13's "
                       "tolerances).", "", "## vLLM memory profiles", *memory_rows(), "",

@@ -208,13 +208,18 @@ _APPLE_SHARE = [True]
 
 
 def point_bandwidth(p: dict) -> float:
-    """The bandwidth a fixture point decodes at, as a plan on its hardware reads it (GPUSpec.decode_bandwidth_gbs):
-    its datasheet `bandwidth_gbs`, times the chip's share for an Apple point (on the Metal or MLX line) whose chip
-    `stackgen detect` gives one (detect.apple_bandwidth_share); under datasheet_apple(), the datasheet's. The lines'
-    fits read the datasheet (fit_point): confirm-m1 fixed the lines as they were fitted."""
-    from stackgen.host.detect import apple_bandwidth_share
-    share = apple_bandwidth_share(p["gpu"]) if _APPLE_SHARE[0] and point_line(p) in ("metal", "mlx") else None
-    return p["bandwidth_gbs"] * (share or 1.0)
+    """The bandwidth a fixture point decodes at, as a plan on its hardware reads it (speed.step_inputs): its datasheet
+    `bandwidth_gbs`, times the chip's share for an Apple point (on the Metal or MLX line) whose chip `stackgen detect`
+    gives one (detect.apple_bandwidth_share, GPUSpec.decode_bandwidth_gbs), times its line's share for an AMD GPU's
+    gfx target (detect.amd_arch, speed.Backend.bandwidth_share_for: confirm-gfx9's arm, a line's figure, so lines()
+    switches it); under datasheet_apple(), the Apple chip's datasheet. The lines' fits read the datasheet (fit_point):
+    confirm-m1 and confirm-gfx9 fixed the lines as they were fitted."""
+    from stackgen.host.detect import amd_arch, apple_bandwidth_share
+    from stackgen.plan import speed
+    line = point_line(p)
+    share = apple_bandwidth_share(p["gpu"]) if _APPLE_SHARE[0] and line in ("metal", "mlx") else None
+    arch = speed.BACKENDS[line].bandwidth_share_for(amd_arch(p["gpu"]))
+    return p["bandwidth_gbs"] * (share or 1.0) * arch
 
 
 def datasheet_apple():
@@ -495,6 +500,18 @@ def _lines_before_confirm_graphs() -> dict:
 LINES_BEFORE_CONFIRM_GRAPHS = _lines_before_confirm_graphs()
 
 
+def _lines_before_confirm_graphs2() -> dict:
+    """The llama.cpp CUDA lines when confirm-graphs2's rule was fixed (main 08fb86f): the older era by build alone, the
+    datacenter line without one (G0; speed.BACKENDS still has them: G1 was not adopted)."""
+    from dataclasses import replace
+    from stackgen.plan.speed import BACKENDS, Backend
+    return {"cuda": replace(BACKENDS["cuda"], graphs_by_arch=False),
+            "cuda-datacenter": Backend(0.677, 3.09, fitted_on=2, error=0.40, prefill_mfu=0.926)}
+
+
+LINES_BEFORE_CONFIRM_GRAPHS2 = _lines_before_confirm_graphs2()
+
+
 # --- the confirmatory decisions' time: the points each was made on and the readings it was made under ---
 
 # The confirmatory decisions in the order they were made; the ones of one tuple were decided together (their arms move
@@ -519,6 +536,7 @@ DECISION_READINGS = {
     "confirm-bw": lambda: linear_lines(),
     "confirm-tier": lambda: routes_by_tier(),
     "confirm-m1": lambda: datasheet_apple(),
+    "confirm-gfx9": lambda: lines(gfx9_lines(share=False)),
 }
 
 
@@ -539,14 +557,25 @@ def points_of_its_time(points: list[dict], decision: str) -> list[dict]:
 
 @contextmanager
 def readings_of_its_time(decision: str):
-    """For the block, every reading a decision made after `decision` adopted is reverted (DECISION_READINGS): its
-    arms are scored as they were when it was decided."""
+    """For the block, every reading a decision made after `decision`, or with it, adopted is reverted
+    (DECISION_READINGS): its arms are scored under the lines of the main its rule was fixed on."""
     from contextlib import ExitStack
+    with_it = [d for d in DECISION_ERAS[_era(decision)] if d != decision]
     with ExitStack() as stack:
-        for d in _later(decision):
+        for d in with_it + _later(decision):
             if d in DECISION_READINGS:
                 stack.enter_context(DECISION_READINGS[d]())
         yield
+
+
+def gfx9_lines(share: bool) -> dict:
+    """confirm-gfx9's arms (confirm-gfx9-candidates.md): llama.cpp's ROCm and Vulkan lines as speed.BACKENDS has them,
+    with AMD's gfx906 / gfx908 / gfx90a parts at speed.GFX9_HBM_SHARE of their bandwidth (A1, `share`) or at their
+    datasheet (A0); no other figure differs."""
+    from dataclasses import replace
+    from stackgen.plan import speed
+    return {k: replace(speed.BACKENDS[k], arch_bandwidth_share=speed.GFX9_HBM_SHARE if share else ())
+            for k in ("rocm", "vulkan")}
 
 
 def point_source(p: dict) -> str:

@@ -207,6 +207,9 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("amd", r"mi300x", 5300, "datacenter", "hbm", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
     ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each"),
     ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
+    ("amd", r"mi100", 1228.8, "datacenter", "hbm", "amd.com Instinct MI100: 1.23 TB/s (1228.8 GB/s) peak HBM2"),
+    ("amd", r"mi50|mi60", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
+    ("amd", r"radeon (pro )?vii", 1024, "consumer", "hbm", "amd.com Radeon VII / Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
     ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
     ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),
     # Intel: intel.com/ark product specifications.
@@ -244,6 +247,20 @@ APPLE_BANDWIDTH_SHARE: dict[str, tuple[float, str]] = {
     "M1 Max": (0.86, "confirm-m1 (benchmarks/results/confirm-m1-candidates.md): 344 of 400 GB/s in decode"),
     "M1 Ultra": (0.86, "confirm-m1 (benchmarks/results/confirm-m1-candidates.md): 688 of 800 GB/s in decode"),
 }
+
+# AMD parts' gfx targets (GPUSpec.arch) where rocm-smi does not print one (ROCm 5's JSON, a Vulkan-only host, an inline
+# name); rocm.docs.amd.com's GPU specification table. speed.Backend.arch_bandwidth_share reads it.
+AMD_ARCH: tuple[tuple[str, str], ...] = (
+    (r"mi300", "gfx942"), (r"mi250|mi210", "gfx90a"), (r"mi100", "gfx908"), (r"mi50|mi60|radeon (pro )?vii", "gfx906"),
+    (r"7900 (xtx|xt|gre)|w7900|w7800", "gfx1100"), (r"9070", "gfx1201"), (r"8060s", "gfx1151"),
+)
+
+
+def amd_arch(name: str) -> str | None:
+    """The gfx target of an AMD GPU named `name` (AMD_ARCH), else None."""
+    low = name.lower()
+    return next((arch for pattern, arch in AMD_ARCH if re.search(pattern, low)), None)
+
 
 # When a part is not in the table: a deliberately low figure so predictions err slow (said in the notes).
 UNKNOWN_GPU_BANDWIDTH_GBS = {"nvidia": 300.0, "amd": 300.0, "intel": 200.0, "apple": 100.0}
@@ -831,7 +848,8 @@ def _gpu_spec(g: DetectedGPU, notes: list[str], memory_bandwidth: float | None) 
     name = re.sub(r"^NVIDIA\s+(?=GeForce|RTX|Tesla|Quadro)", "", g.name).strip()
     return GPUSpec(
         vendor=g.vendor, name=name[:4096], memory_gib=round(g.memory_bytes / GIB, 2), bandwidth_gbs=float(bandwidth),
-        bandwidth_share=share, tier=tier, memory_type=memory, compute_capability=_cc(g.compute_capability), arch=g.arch,
+        bandwidth_share=share, tier=tier, memory_type=memory, compute_capability=_cc(g.compute_capability),
+        arch=g.arch or (amd_arch(g.name) if g.vendor == "amd" else None),
         unified=g.unified,
         interconnect_gbs=float(bandwidth) if g.unified else None,
     )

@@ -103,6 +103,18 @@ class Backend:
     # (every line until confirm-bw); below 1 a wide memory system is read at a smaller share of its peak at batch 1
     # than a narrow one (fit_exponent; benchmarks/results/confirm-bw-candidates.md).
     bandwidth_exponent: float = 1.0
+    # The share of the datasheet bandwidth this line's kernels read on a GPU architecture that public points put far
+    # below the line (an AMD gfx target's prefix -> share; GPUSpec.arch, which `stackgen detect` fills from rocm-smi
+    # or its known-parts table): llama.cpp's HIP and Vulkan kernels on AMD's GCN5 / CDNA1-2 HBM parts (GFX9_HBM_SHARE,
+    # confirm-gfx9). A chip-wide share that every engine sees is the hardware's (GPUSpec.bandwidth_share).
+    arch_bandwidth_share: tuple[tuple[str, float], ...] = ()
+
+    def bandwidth_share_for(self, arch: str | None) -> float:
+        """The share of its datasheet bandwidth a GPU of architecture `arch` (an AMD gfx target, e.g. 'gfx906' or
+        'gfx90a:sramecc+:xnack-'; None: not stated) decodes at on this line: arch_bandwidth_share's entry whose
+        prefix it starts with, else 1."""
+        low = (arch or "").lower()
+        return next((share for prefix, share in self.arch_bandwidth_share if low.startswith(prefix)), 1.0)
 
     def read_gbs(self, bandwidth_gbs: float) -> float:
         """The bandwidth (GB/s) one device of `bandwidth_gbs` datasheet GB/s reads a decode step at, before the
@@ -372,6 +384,14 @@ def gpu_link(hw) -> str:
     return "pcie"
 
 
+# confirm-gfx9 (benchmarks/results/confirm-gfx9-candidates.md, pre-registered): AMD's gfx906 (Radeon Instinct MI50 /
+# MI60, Radeon VII, Radeon Pro VII), gfx908 (Instinct MI100) and gfx90a (Instinct MI210 / MI250 / MI250X, per GCD) read
+# 0.55 of their HBM's datasheet bandwidth under llama.cpp's HIP and Vulkan kernels: the least squares of the relative
+# step error over the corpus's four such points (the Vulkan board's MI50 and Radeon Pro VII, +76% / +80%; the ROCm
+# board's MI100 and MI210, +31% / +33%) with both lines fixed, put to new blind points by the rule. CDNA3 (gfx942,
+# MI300X: +2%) and RDNA read their datasheet figure.
+GFX9_HBM_SHARE = (("gfx906", 0.55), ("gfx908", 0.55), ("gfx90a", 0.55))
+
 BACKENDS = {
     # Vulkan: 7 points, 2024-2025 builds; an RTX 4090 reads faster (-7..-13%) and an RTX 2080 Ti slower (+11..+17%)
     # than the one line, on the same desktop host and build range. The 2025-2026 held-out
@@ -388,7 +408,11 @@ BACKENDS = {
     # ... 13th rows), with the Q4_0/Q8_0 kind on a slope of its own (0.808 of peak; block-quantized 0.761, t0 0.615
     # ms; was 0.751 / 0.575 ms). Stated error: 9 in 10 of the 36 points within 45% (67% on the line before; the Vega
     # 20 pair now +76% / +80% and the Pi-hosted RX 9070 XT +176% lie past it).
-    "vulkan": Backend(0.761, 0.615, fitted_on=14, error=0.45, prefill_mfu=0.421, efficiency_legacy=0.808),
+    # confirm-gfx9 (GFX9_HBM_SHARE): the Vega 20 pair read at 0.55 of their bandwidth (+2% / +5%); stated error 0.45 ->
+    # 0.35: 9 in 10 of the now 40 points within 31.5% (the Windows Radeon Pro VII rows of PR 21024, +86% / +200%, and
+    # the Pi-hosted RX 9070 XT lie past it).
+    "vulkan": Backend(0.761, 0.615, fitted_on=14, error=0.35, prefill_mfu=0.421, efficiency_legacy=0.808,
+                      arch_bandwidth_share=GFX9_HBM_SHARE),
     # Metal by weight kind, since confirm-metal (below): block-quantized 0.774 of peak, the legacy types (Q4_0/Q4_1/
     # Q5_0/Q5_1/Q8_0) 0.850, F16 0.874, t0 3.92 ms over 66 points: the 16 of the line before (0.734, F16 0.809, 3.46
     # ms; August-2023 and May-2024 to 2026 builds, M1 to M4, 4 of them F16) + metal-m1's and metal-k's 1st, 3rd, ...
@@ -550,7 +574,10 @@ BACKENDS = {
     # the line is the fit of 6 points (the 2, and rocm-board's MI300X, RX 7900 XT, W7900 and Strix Halo Q4_0 rows),
     # the Q4_0/Q8_0 kind on its own slope (0.894 of peak; block-quantized 0.816, t0 3.42 ms; was 0.700 / 2.14 ms).
     # Stated error 0.40 -> 0.25: 9 in 10 of the 23 points within 24% (the MI210 +33%, MI100 +31% lie past it).
-    "rocm": Backend(0.816, 3.42, fitted_on=6, error=0.25, prefill_mfu=0.426, efficiency_legacy=0.894),
+    # confirm-gfx9 (GFX9_HBM_SHARE): the MI100 and MI210 read at 0.55 of their HBM (-7% / -2%); the new MI50 BF16 rows
+    # at -15..-22%. Stated error unchanged: 9 in 10 of the now 29 points within 21.0%.
+    "rocm": Backend(0.816, 3.42, fitted_on=6, error=0.25, prefill_mfu=0.426, efficiency_legacy=0.894,
+                    arch_bandwidth_share=GFX9_HBM_SHARE),
     # mlx-lm: 5 points (4B 4-bit to 70B bf16, M2 Ultra, M3 Pro x 2, M4 Pro at 32k context, M4 Max 6-bit), within 8%;
     # held out: the 70B 4-bit M3 Max (-10%), LM Studio's M1 Pro 8B 4-bit (-9%) and M1 Ultra 32B 8-bit (+24%). One
     # efficiency for every weight kind: the one bf16 point is too few for a 16-bit line (fit_backend wants 2).
@@ -1505,7 +1532,7 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
       counts). On a machine of mixed GPUs the slowest (least decode bandwidth, GPUSpec.decode_bandwidth_gbs: the
       datasheet's x its bandwidth_share; the first of equals) sets the step for all: its vendor, tier and memory type
       pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its decode bandwidth
-      and peak FLOP/s (capacity.gpu_peak_flops, of the datasheet bandwidth) x tensor parallel are the step's. Exact for tensor parallel,
+      (x the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch): confirm-gfx9) and peak FLOP/s (capacity.gpu_peak_flops, of the datasheet bandwidth) x tensor parallel are the step's. Exact for tensor parallel,
       whose ranks step in lock-step (each reads its share; the slowest finishes last). A layer split (llama.cpp -sm
       layer -ts by GPU memory, engines.llamacpp._split_args) reads each GPU's layers in turn, sum of bytes_i / bw_i,
       which the slowest GPU's bandwidth for all over-counts (an RTX 4090 + RTX 3090 at equal shares read at 2 / (1/1008
@@ -1562,9 +1589,11 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         peak = calibration.prefill_flops_per_thread * threads / fit.prefill_mfu
     fmt = mem.weights_format or model.quant
     kind = weight_kind(fmt)
+    # the line's share on the GPU's architecture (Backend.arch_bandwidth_share: confirm-gfx9's AMD parts on ROCm/Vulkan)
+    gpu_bw = gpu.decode_bandwidth_gbs * BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch) if gpu else 0.0
     return StepInputs(
         backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
-        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu.decode_bandwidth_gbs * tp if gpu else 0.0,
+        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw * tp,
         host_bandwidth_gbs=hw.memory_bandwidth_gbs / max(1, instances),
         active_params=model.active_params or model.params, peak_flops=peak, weights=kind,
         experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),

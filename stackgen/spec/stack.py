@@ -70,7 +70,10 @@ class GPUSpec(_Model):
         "GeForce/workstation silicon they share (stackgen.plan.speed.backend_for); left out: the tier's line.")
     compute_capability: str | None = Field(None, pattern=COMPUTE_CAPABILITY,
                                            description="NVIDIA compute capability, major.minor, e.g. '8.9'.")
-    arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'.")
+    arch: str | None = Field(None, description="AMD/Intel architecture, e.g. 'gfx1100'. On AMD it picks a line's share "
+                             "of the bandwidth in decode where public points put the chip below it: gfx906 / gfx908 / "
+                             "gfx90a (MI50, Radeon VII, MI100, MI210, MI250) read 0.55 of it on llama.cpp's ROCm and Vulkan "
+                             "lines (benchmarks/results/confirm-gfx9-candidates.md); `stackgen detect` fills it.")
     interconnect_gbs: float | None = Field(None, gt=0, description="Host<->GPU link, GB/s per direction.")
     unified: bool = Field(False, description="GPU shares system memory (Apple silicon).")
 

@@ -536,16 +536,27 @@ def test_engine_points_check_the_line_their_plans_use():
 # - confirm-m1 ADOPTED its arm (tests/plan/test_confirm_m1.py: an M1 Max / M1 Ultra decodes at 0.86 of its datasheet
 #   bandwidth; 4 -> 6 of its 15 new points, the whole corpus 371 -> 384 of 466), and the floors it moves were set to
 #   the recorded counts: the first 115 93 -> 96, metal-m1 77 -> 80, mlx-lm 24 -> 29 (none fell).
+# - confirm-gfx9 (confirm-gfx9-candidates.md): 10 new held-out gfx906 rows taken blind for step 1 of the lead's
+#   confirm-gfx9 rule: kyuz0/mi50-gfx906-toolboxes' MI50 ROCm BF16 rows (6), llama.cpp PR 22933's Radeon Pro VII
+#   Vulkan rows (2) and PR 21024's Windows Radeon Pro VII rows (2); none within 15% at the datasheet bandwidth.
+# - confirm-gfx9 ADOPTED its arm (tests/plan/test_confirm_gfx9.py: AMD gfx906 / gfx908 / gfx90a parts decode at 0.55 of
+#   their datasheet bandwidth on llama.cpp's ROCm and Vulkan lines; 0 -> 2 of its 10 new points), and the floors it
+#   moves were set to the recorded counts: rocm-board 4 -> 6 (the MI100, MI210), vulkan-board 8 -> 10 (the MI50, Radeon
+#   Pro VII), confirm-gfx9 2 of 10 (none fell).
+# - confirm-graphs2 (confirm-graphs2-candidates.md): 9 new held-out HBM datacenter rows taken blind for step 1 of the
+#   lead's confirm-graphs2 rule (XiongjieDai's A100 PCIe / SXM notebooks at b2836-2837, 6; deven367/agent-handoffs'
+#   H100 SXM5 / NVL rows, 3; two microbatch-1 pp128 V100 rows the lead removed as not tg rows); 3 within 15%. No
+#   decision (all in one group): the lines unchanged.
 SPEED_FLOORS = [
     (None, 115, 96, 0.0),
     ("metal-m1", 83, 80, 0.96),
     ("iquant", 11, 11, 0.0),
     ("vllm2", 19, 11, 0.57),
     ("cuda-board", 34, 26, 0.76),
-    ("rocm-board", 7, 4, 0.57),
+    ("rocm-board", 7, 6, 0.85),
     ("metal-k", 15, 14, 0.93),
     ("mlx-lm", 33, 29, 0.87),
-    ("vulkan-board", 13, 8, 0.61),
+    ("vulkan-board", 13, 10, 0.76),
     ("vllm-now", 14, 13, 0.92),
     ("confirm-cuda", 19, 13, 0.68),
     ("confirm-amd", 17, 16, 0.94),
@@ -557,11 +568,14 @@ SPEED_FLOORS = [
     ("confirm-tier-b", 12, 11, 0.91),
     ("confirm-m1-metal", 9, 3, 0.33),
     ("confirm-m1-mlx", 6, 3, 0.50),
+    ("confirm-gfx9", 10, 2, 0.20),
+    ("confirm-graphs2", 9, 3, 0.33),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point
 # Metal line, and their tests recompute them in metal_line_before_confirm().
-_THEN = {None: (94, 0.0), "metal-m1": (62, 0.74), "metal-k": (7, 0.46), "rocm-board": (3, 0.42), "mlx-lm": (24, 0.72)}
+_THEN = {None: (94, 0.0), "metal-m1": (62, 0.74), "metal-k": (7, 0.46), "rocm-board": (3, 0.42), "mlx-lm": (24, 0.72),
+         "vulkan-board": (8, 0.61)}
 FLOORS_BEFORE_CONFIRM = [(c, n, *_THEN.get(c, (w, sh))) for c, n, w, sh in SPEED_FLOORS
                          if not str(c).startswith("confirm-")]
 
@@ -623,7 +637,7 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
     tests/plan/test_confirm_confirm_amd.py): 9 of 9 against 5 of 9 within 15%, so it WAS adopted there: the odd rows
     are fitted and speed.BACKENDS["rocm"] is this arm. This recomputes the board's own rule on the data it was decided
     on (the confirm-amd rows aside), and checks the adopted line is the arm."""
-    board = [p for p in POINTS if p.get("corpus") == "rocm-board"]
+    board = [p for p in BEFORE_M1 if p.get("corpus") == "rocm-board"]
     assert len(board) == 7 and all(p["backend"] == "rocm" for p in board)
     odd = {id(p) for p in board[::2]}
 
@@ -632,15 +646,15 @@ def test_rocm_board_refit_follows_its_preregistered_rule():
 
     def refit(p):
         return before(p) or id(p) in odd
-    held = [p for p in POINTS if p["backend"] == "rocm" and not p.get("outlier") and not refit(p)
+    held = [p for p in BEFORE_M1 if p["backend"] == "rocm" and not p.get("outlier") and not refit(p)
             and p.get("corpus") != "confirm-amd"]
     assert len(held) == 8
     floors = {c: w for c, _, w, _ in FLOORS_BEFORE_CONFIRM}  # rocm-board's 3: the floor its rule 4c was checked against
 
     def counts(line):
         with lines({"rocm": line}):
-            close = {id(p): abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in POINTS}
-        by_corpus = {c: sum(close[id(p)] for p in POINTS if p.get("corpus") == c) for c, *_ in FLOORS_BEFORE_CONFIRM}
+            close = {id(p): abs(_predicted(p) / p["tokens_per_s"] - 1) <= 0.15 for p in BEFORE_M1}
+        by_corpus = {c: sum(close[id(p)] for p in BEFORE_M1 if p.get("corpus") == c) for c, *_ in FLOORS_BEFORE_CONFIRM}
         return by_corpus, sum(close[id(p)] for p in held)
     old_line, arm_line = _rocm_line(before), _rocm_line(refit)
     assert (old_line.efficiency, old_line.t0_ms, old_line.fitted_on) == (pytest.approx(0.700, abs=0.001),
@@ -744,13 +758,13 @@ def test_vulkan_board_refit_follows_its_preregistered_rule():
     tests/plan/test_confirm_confirm_amd.py): 7 of 8 against 6 of 8 within 15%, so it WAS adopted there: the odd rows
     are fitted and speed.BACKENDS["vulkan"] is this arm. This recomputes the board's own rule on the data it was
     decided on (the confirm-amd rows aside), and checks the adopted line is the arm."""
-    board = [p for p in POINTS if p.get("corpus") == "vulkan-board"]
+    board = [p for p in BEFORE_M1 if p.get("corpus") == "vulkan-board"]
     odd = {id(p) for p in board[::2]}
     before = lambda p: today_fitted(p) and id(p) not in odd  # noqa: E731  (the fitted set before the adoption)
     arm = lambda p: before(p) or id(p) in odd  # noqa: E731
-    vk = [p for p in POINTS if p["backend"] == "vulkan" and not p.get("outlier")]
+    vk = [p for p in BEFORE_M1 if p["backend"] == "vulkan" and not p.get("outlier")]
     held = [p for p in vk if not arm(p) and p.get("corpus") != "confirm-amd"]
-    old = [p for p in POINTS if not p.get("corpus")]
+    old = [p for p in BEFORE_M1 if not p.get("corpus")]
     corpora = [c for c, *_ in FLOORS_BEFORE_CONFIRM if c != "vulkan-board"]
 
     def close(ps):
@@ -758,15 +772,15 @@ def test_vulkan_board_refit_follows_its_preregistered_rule():
 
     def counts(line):
         with lines({"vulkan": line}):
-            return close(old), close(held), {c: close([p for p in POINTS if p.get("corpus") == c]) for c in corpora}
-    old_line = arm_backends(POINTS, before, True)["vulkan"][0]
-    refit = arm_backends(POINTS, arm, True)["vulkan"][0]
+            return close(old), close(held), {c: close([p for p in BEFORE_M1 if p.get("corpus") == c]) for c in corpora}
+    old_line = arm_backends(BEFORE_M1, before, True)["vulkan"][0]
+    refit = arm_backends(BEFORE_M1, arm, True)["vulkan"][0]
     assert (old_line.efficiency, old_line.t0_ms, old_line.fitted_on) == (pytest.approx(0.751, abs=0.001),
                                                                          pytest.approx(0.575, abs=0.01), 7)
     with metal_line_before_confirm():  # decided under the Metal line of the time
         today, after = counts(old_line), counts(refit)
-    loo_today = arm_figures(POINTS, before, True)["backends"]["vulkan"]
-    loo_arm = arm_figures(POINTS, arm, True)["backends"]["vulkan"]
+    loo_today = arm_figures(BEFORE_M1, before, True)["backends"]["vulkan"]
+    loo_arm = arm_figures(BEFORE_M1, arm, True)["backends"]["vulkan"]
     assert (len(board), len(held), refit.fitted_on) == (13, 14, 14)
     a = after[0] >= 94
     b = after[1] > today[1]

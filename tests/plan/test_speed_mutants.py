@@ -481,12 +481,13 @@ def test_a_split_computes_each_extra_token_on_both_sides():
 
 def test_a_split_states_the_larger_error_of_its_two_sides(monkeypatch):
     """A GPU backend stating a smaller error (ROCm at 0.10 here) than the CPU's (0.15) and both below the partial
-    offload's own (PARTIAL_OFFLOAD_ERROR, 0.35): half the layers in RAM states 0.35; Vulkan's (0.45) is above all
+    offload's own (PARTIAL_OFFLOAD_ERROR, 0.35): half the layers in RAM states 0.35; Vulkan's (0.45 here) is above all
     three: its split states 0.45; all on the GPU 0.10, and none on the GPU (gpu_fraction 0) ROCm's own 0.10 (the
-    error of the backend named, no split). ROCm's own figure grew with corpus2's held-out points, so the test sets
-    the 0.10 it needs."""
+    error of the backend named, no split). ROCm's own figure grew with corpus2's held-out points and Vulkan's fell to
+    0.35 with confirm-gfx9, so the test sets the figures it needs."""
     from dataclasses import replace
     monkeypatch.setitem(speed.BACKENDS, "rocm", replace(speed.BACKENDS["rocm"], error=0.10))
+    monkeypatch.setitem(speed.BACKENDS, "vulkan", replace(speed.BACKENDS["vulkan"], error=0.45))
     rocm, cpu, vulkan = speed.BACKENDS["rocm"], speed.BACKENDS["cpu"], speed.BACKENDS["vulkan"]
     assert rocm.error < cpu.error < speed.PARTIAL_OFFLOAD_ERROR < vulkan.error
     assert _fc(backend="rocm", gpu_fraction=0.5).error == speed.PARTIAL_OFFLOAD_ERROR
