@@ -209,7 +209,8 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
     ("amd", r"mi100", 1228.8, "datacenter", "hbm", "amd.com Instinct MI100: 1.23 TB/s (1228.8 GB/s) peak HBM2"),
     ("amd", r"mi50|mi60", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
-    ("amd", r"radeon (pro )?vii", 1024, "consumer", "hbm", "amd.com Radeon VII / Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
+    ("amd", r"radeon pro vii", 1024, "workstation", "hbm", "amd.com Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
+    ("amd", r"radeon vii", 1024, "consumer", "hbm", "amd.com Radeon VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
     ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
     ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),
     # Intel: intel.com/ark product specifications.
