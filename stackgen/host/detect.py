@@ -208,7 +208,7 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each"),
     ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
     ("amd", r"mi100", 1228.8, "datacenter", "hbm", "amd.com Instinct MI100: 1.23 TB/s (1228.8 GB/s) peak HBM2"),
-    ("amd", r"mi50|mi60", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
+    ("amd", r"mi50\b|mi60\b", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
     ("amd", r"radeon pro vii", 1024, "workstation", "hbm", "amd.com Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
     ("amd", r"radeon vii", 1024, "consumer", "hbm", "amd.com Radeon VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
     ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
@@ -252,7 +252,7 @@ APPLE_BANDWIDTH_SHARE: dict[str, tuple[float, str]] = {
 # AMD parts' gfx targets (GPUSpec.arch) where rocm-smi does not print one (ROCm 5's JSON, a Vulkan-only host, an inline
 # name); rocm.docs.amd.com's GPU specification table. speed.Backend.arch_bandwidth_share reads it.
 AMD_ARCH: tuple[tuple[str, str], ...] = (
-    (r"mi300", "gfx942"), (r"mi250|mi210", "gfx90a"), (r"mi100", "gfx908"), (r"mi50|mi60|radeon (pro )?vii", "gfx906"),
+    (r"mi300", "gfx942"), (r"mi250|mi210", "gfx90a"), (r"mi100", "gfx908"), (r"mi50\b|mi60\b|radeon (pro )?vii", "gfx906"),
     (r"7900 (xtx|xt|gre)|w7900|w7800", "gfx1100"), (r"9070", "gfx1201"), (r"8060s", "gfx1151"),
 )
 

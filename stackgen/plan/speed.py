@@ -1532,7 +1532,8 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
       counts). On a machine of mixed GPUs the slowest (least decode bandwidth, GPUSpec.decode_bandwidth_gbs: the
       datasheet's x its bandwidth_share; the first of equals) sets the step for all: its vendor, tier and memory type
       pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its decode bandwidth
-      (x the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch): confirm-gfx9) and peak FLOP/s (capacity.gpu_peak_flops, of the datasheet bandwidth) x tensor parallel are the step's. Exact for tensor parallel,
+      (x the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch): confirm-gfx9) and peak
+      FLOP/s (capacity.gpu_peak_flops, of the datasheet bandwidth) x tensor parallel are the step's. Exact for tensor parallel,
       whose ranks step in lock-step (each reads its share; the slowest finishes last). A layer split (llama.cpp -sm
       layer -ts by GPU memory, engines.llamacpp._split_args) reads each GPU's layers in turn, sum of bytes_i / bw_i,
       which the slowest GPU's bandwidth for all over-counts (an RTX 4090 + RTX 3090 at equal shares read at 2 / (1/1008
@@ -1590,7 +1591,8 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     fmt = mem.weights_format or model.quant
     kind = weight_kind(fmt)
     # the line's share on the GPU's architecture (Backend.arch_bandwidth_share: confirm-gfx9's AMD parts on ROCm/Vulkan)
-    gpu_bw = gpu.decode_bandwidth_gbs * BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch) if gpu else 0.0
+    line_share = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch if gpu else None)
+    gpu_bw = gpu.decode_bandwidth_gbs * line_share if gpu else 0.0
     return StepInputs(
         backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
         gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw * tp,

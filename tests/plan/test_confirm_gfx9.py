@@ -92,8 +92,9 @@ def test_only_gfx9_points_read_the_share():
             seen.add((amd_arch(p["gpu"]), point_line(p)))
     assert {a for a, _ in seen} >= {"gfx906", "gfx908", "gfx90a"} and {line for _, line in seen} == {"rocm", "vulkan"}
     assert [amd_arch(n) for n in ("AMD Instinct MI50", "Radeon VII", "AMD Radeon Pro VII", "Instinct MI100",
-                                  "AMD Instinct MI250X", "AMD Instinct MI300X", "Radeon RX 7900 XTX", "RTX 4090")] == [
-        "gfx906", "gfx906", "gfx906", "gfx908", "gfx90a", "gfx942", "gfx1100", None]
+                                  "AMD Instinct MI250X", "AMD Instinct MI300X", "Radeon RX 7900 XTX", "RTX 4090",
+                                  "AMD Instinct MI500")] == [
+        "gfx906", "gfx906", "gfx906", "gfx908", "gfx90a", "gfx942", "gfx1100", None, None]
 
 
 def test_new_points_are_held_out_gfx9_llamacpp_rows_and_sourced():
