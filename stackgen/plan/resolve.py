@@ -17,7 +17,7 @@ from stackgen.host.facts import HostFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, with_replicas
-from stackgen.plan.speed import mean_context
+from stackgen.plan.speed import decode_share_note, mean_context
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -557,6 +557,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     build = chosen.pins.engine_build if engine.plans_by_build else engine.speed_build(svc.spec.engine_version)
     reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     reasons += _knob_reasons(svc, engine, mem)
+    share = decode_share_note(chosen.engine, hw)  # a GPU that public points put below its datasheet bandwidth
+    reasons += [share] if share else []
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
         warnings.append("the plan serves a shorter context than the workload asked for")

@@ -29,6 +29,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stackgen.spec.stack import GPUSpec, HardwareSpec
 
 
 # The bandwidth a sub-linear line (Backend.bandwidth_exponent below 1) quotes its efficiencies at: a device of
@@ -1520,6 +1524,41 @@ def mean_context(memory, workload) -> int:
     return min(memory.context_per_request, workload.prompt_tokens + workload.output_tokens // 2)
 
 
+def decode_gpu(engine: str, hw: HardwareSpec) -> tuple[list[GPUSpec], GPUSpec | None, str, float]:
+    """Which GPU sets `engine`'s decode step on `hw` and how fast it reads (step_inputs' first two rules): (the GPUs
+    that hold layers, the slowest of them by GPUSpec.decode_bandwidth_gbs or None without one, the backend its
+    vendor, tier and memory type pick for the engine, the GB/s one such GPU reads a step at: its decode bandwidth x
+    the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch); 0 without a GPU)."""
+    from stackgen import engines
+    eng = engines.get(engine)
+    gpus = [g for g in hw.gpus if g.vendor == "apple"] if hw.is_apple else [g for g in hw.gpus if not g.unified]
+    gpu = min(gpus, key=lambda g: g.decode_bandwidth_gbs) if gpus else None
+    backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None,
+                          gpu.memory_type if gpu else None)
+    if gpu is None:
+        return gpus, None, backend, 0.0
+    line = BACKENDS.get(backend, DEFAULT_BACKEND)
+    return gpus, gpu, backend, gpu.decode_bandwidth_gbs * line.bandwidth_share_for(gpu.arch)
+
+
+def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
+    """A plan's reason when the GPU that sets the decode step reads less than its datasheet bandwidth (decode_gpu):
+    the chip's share (GPUSpec.bandwidth_share: confirm-m1) or the engine's kernels' share on its architecture
+    (Backend.arch_bandwidth_share: confirm-gfx9); None when it reads all of it."""
+    _, gpu, backend, read = decode_gpu(engine, hw)
+    if gpu is None or read >= gpu.bandwidth_gbs:
+        return None
+    why = []
+    if gpu.bandwidth_share:
+        why.append(f"{gpu.bandwidth_share:g} of it for the chip, benchmarks/results/confirm-m1-candidates.md")
+    line = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch)
+    if line < 1:
+        why.append(f"{line:g} of it under the {backend} kernels on {gpu.arch}, "
+                   "benchmarks/results/confirm-gfx9-candidates.md")
+    return (f"decode: the {gpu.name} reads {read:g} of its {gpu.bandwidth_gbs:g} GB/s, as public measurements put it "
+            f"({'; '.join(why)}); the forecast uses that")
+
+
 def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, calibration=None,
                 build: int | None = None, instances: int = 1) -> StepInputs:
     """The step inputs of one instance of `engine` serving `model` with memory plan `mem` (one instance's, one engine
@@ -1560,8 +1599,7 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
 
     eng = engines.get(engine)
     threads = max(1, threads)
-    gpus = [g for g in hw.gpus if g.vendor == "apple"] if hw.is_apple else [g for g in hw.gpus if not g.unified]
-    gpu = min(gpus, key=lambda g: g.decode_bandwidth_gbs) if gpus else None
+    gpus, gpu, backend, gpu_bw = decode_gpu(engine, hw)
     read, link, ubatch = float(mem.weights_bytes), 0.0, 0
     if hw.is_apple:
         gpu_fraction = 1.0
@@ -1579,8 +1617,6 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     tp = 1 if hw.is_apple else max(1, mem.tensor_parallel)
     host_flops = CPU_FLOPS_PER_THREAD * threads
     peak = gpu_peak_flops(gpu.name, gpu.bandwidth_gbs) * tp if gpu and gpu_fraction > 0 else host_flops
-    backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None,
-                          gpu.memory_type if gpu else None)
     params, batch_flops = None, 0.0
     if calibration is not None and calibration.engine == engine and gpu_fraction == 0:
         fit = backend_params(backend, build)
@@ -1590,9 +1626,6 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
         peak = calibration.prefill_flops_per_thread * threads / fit.prefill_mfu
     fmt = mem.weights_format or model.quant
     kind = weight_kind(fmt)
-    # the line's share on the GPU's architecture (Backend.arch_bandwidth_share: confirm-gfx9's AMD parts on ROCm/Vulkan)
-    line_share = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch if gpu else None)
-    gpu_bw = gpu.decode_bandwidth_gbs * line_share if gpu else 0.0
     return StepInputs(
         backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
         gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw * tp,

@@ -165,7 +165,12 @@ def test_a_planned_mi50_decodes_at_the_lines_share(write_stack):
     assert known.memory == unstated.memory
     with lines(gfx9_lines(share=True)):
         a1 = speed.step_inputs("llama.cpp", known.model, known.memory, hw0, avg_context=2048, threads=8)
+        note = speed.decode_share_note("llama.cpp", hw0)
     assert a1.gpu_bandwidth_gbs == pytest.approx(563.2)
+    assert note is not None and "reads 563.2 of its 1024 GB/s" in note and "0.55 of it under the rocm kernels on gfx906" in note
+    if share < 1:  # the plan says so among its reasons; the card without a stated target reads all of it, no reason
+        assert note in known.reasons
+    assert speed.decode_share_note("llama.cpp", hw1) is None and not any("as public measurements put it" in r for r in unstated.reasons)
 
 
 def test_recorded_decision():

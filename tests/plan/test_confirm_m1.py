@@ -143,6 +143,9 @@ def test_a_planned_m1_max_decodes_at_its_share_of_the_bandwidth(write_stack, eng
     assert (si[0].backend, si[1].backend) == (line, line)
     assert (si[0].gpu_bandwidth_gbs, si[1].gpu_bandwidth_gbs) == (pytest.approx(344.0), 400.0)
     assert shared.memory == datasheet.memory
+    note = speed.decode_share_note(engine, hw0)  # the plan's reason: the chip's share, named
+    assert note is not None and "reads 344 of its 400 GB/s" in note and "0.86 of it for the chip" in note
+    assert note in shared.reasons and speed.decode_share_note(engine, hw1) is None
     fast, slow = datasheet.speed.single_stream_tokens_per_s, shared.speed.single_stream_tokens_per_s
     assert slow < fast
     b = speed.BACKENDS[line]
