@@ -185,6 +185,10 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("nvidia", r"rtx 3070", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6; nvidia.com 30-series RTX 3070 family specs"),
     ("nvidia", r"rtx 3060", 360, "consumer", "gddr", "192-bit x 15 Gbps GDDR6 (12 GB card; the 8 GB card is 240); nvidia.com RTX 3060 family specs"),
     # NVIDIA datacenter: nvidia.com/en-us/data-center/<product>/ datasheets.
+    # GH200 before H200 (its name contains it): nvidia-smi says 'NVIDIA GH200 480GB' for the 96 GB HBM3 module,
+    # 'NVIDIA GH200 144G HBM3e' for the later one.
+    ("nvidia", r"gh200.*(144|hbm3e)", 4900, "datacenter", "hbm", "GH200 datasheet: 144 GB HBM3e at 4.9 TB/s"),
+    ("nvidia", r"gh200", 4000, "datacenter", "hbm", "GH200 datasheet: 96 GB HBM3 at 4 TB/s"),
     ("nvidia", r"h200", 4800, "datacenter", "hbm", "H200 datasheet: 141 GB HBM3e at 4.8 TB/s"),
     ("nvidia", r"h100.*nvl", 3900, "datacenter", "hbm", "H100 datasheet: H100 NVL 3.9 TB/s"),
     ("nvidia", r"h100.*pcie", 2000, "datacenter", "hbm", "H100 datasheet: H100 PCIe 2.0 TB/s"),
