@@ -314,6 +314,10 @@ def test_known_parts_table_agrees_with_builtin_profiles():
     ("nvidia", "NVIDIA GeForce RTX 4080", 716.8), ("nvidia", "NVIDIA GeForce RTX 5080", 960),
     ("nvidia", "NVIDIA A10", 600), ("nvidia", "NVIDIA H200", 4800), ("nvidia", "NVIDIA L40S", 864),
     ("nvidia", "NVIDIA GH200 480GB", 4000), ("nvidia", "NVIDIA GH200 144G HBM3e", 4900),
+    ("nvidia", "NVIDIA GeForce RTX 4070 Ti SUPER", 672), ("nvidia", "NVIDIA GeForce RTX 4070 Ti", 504),
+    ("nvidia", "NVIDIA GeForce RTX 3070 Ti", 608), ("nvidia", "NVIDIA GeForce RTX 3060 Ti", 448),
+    ("nvidia", "NVIDIA GeForce RTX 5070 Ti", 896), ("nvidia", "NVIDIA GeForce RTX 5070", 672),
+    ("nvidia", "NVIDIA GeForce RTX 5060 Ti", 448), ("nvidia", "NVIDIA GeForce RTX 5060", 448),
     ("nvidia", "Tesla T4", 320), ("nvidia", "Tesla P100-PCIE-16GB", 732), ("nvidia", "Tesla M40 24GB", 288.4),
     ("nvidia", "Tesla K80", 240.6), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
     ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 1638.4),  # one GCD: rocm-smi lists two per module
