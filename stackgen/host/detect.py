@@ -190,6 +190,22 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("nvidia", r"rtx 3070", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6; nvidia.com 30-series RTX 3070 family specs"),
     ("nvidia", r"rtx 3060 ti", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6 (the GDDR6X card: 608); nvidia.com 30-series RTX 3060 family specs"),
     ("nvidia", r"rtx 3060", 360, "consumer", "gddr", "192-bit x 15 Gbps GDDR6 (12 GB card; the 8 GB card is 240); nvidia.com RTX 3060 family specs"),
+    # Older GeForce, TITAN and the workstation cards common on local-LLM hosts: bus width x data rate from the same
+    # spec tables (nvidia.com/en-us/geforce/graphics-cards/, nvidia.com/en-us/design-visualization/).
+    ("nvidia", r"rtx 2080 ti", 616, "consumer", "gddr", "352-bit x 14 Gbps GDDR6; nvidia.com RTX 2080 Ti specs"),
+    ("nvidia", r"rtx 2080 super", 496, "consumer", "gddr", "256-bit x 15.5 Gbps GDDR6; nvidia.com RTX 2080 Super specs"),
+    ("nvidia", r"rtx 20[78]0", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6 (2070, 2070 Super, 2080); nvidia.com 20-series specs"),
+    ("nvidia", r"rtx 2060 super", 448, "consumer", "gddr", "256-bit x 14 Gbps GDDR6; nvidia.com RTX 2060 Super specs"),
+    ("nvidia", r"rtx 2060", 336, "consumer", "gddr", "192-bit x 14 Gbps GDDR6 (6 GB card); nvidia.com RTX 2060 specs"),
+    ("nvidia", r"gtx 1080 ti", 484, "consumer", "gddr", "352-bit x 11 Gbps GDDR5X; nvidia.com GTX 1080 Ti specs"),
+    ("nvidia", r"gtx 1080", 320, "consumer", "gddr", "256-bit x 10 Gbps GDDR5X; nvidia.com GTX 1080 specs"),
+    ("nvidia", r"gtx 1070", 256, "consumer", "gddr", "256-bit x 8 Gbps GDDR5 (1070; the Ti too); nvidia.com GTX 1070 specs"),
+    ("nvidia", r"titan rtx|quadro rtx [68]000", 672, "workstation", "gddr", "384-bit x 14 Gbps GDDR6; nvidia.com TITAN RTX / Quadro RTX 6000 / 8000 specs"),
+    ("nvidia", r"rtx pro 6000", 1792, "workstation", "gddr", "512-bit x 28 Gbps GDDR7; nvidia.com RTX PRO 6000 Blackwell specs (Workstation, Max-Q and Server alike)"),
+    ("nvidia", r"rtx 6000 ada", 960, "workstation", "gddr", "384-bit x 20 Gbps GDDR6; nvidia.com RTX 6000 Ada Generation datasheet"),
+    ("nvidia", r"rtx 5000 ada", 576, "workstation", "gddr", "256-bit x 18 Gbps GDDR6; nvidia.com RTX 5000 Ada Generation datasheet"),
+    ("nvidia", r"rtx a[56]000", 768, "workstation", "gddr", "384-bit x 16 Gbps GDDR6; nvidia.com RTX A6000 / A5000 datasheets"),
+    ("nvidia", r"rtx a4000", 448, "workstation", "gddr", "256-bit x 14 Gbps GDDR6; nvidia.com RTX A4000 datasheet"),
     # NVIDIA datacenter: nvidia.com/en-us/data-center/<product>/ datasheets.
     # GH200 before H200 (its name contains it): nvidia-smi says 'NVIDIA GH200 480GB' for the 96 GB HBM3 module,
     # 'NVIDIA GH200 144G HBM3e' for the later one.
@@ -213,6 +229,8 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("nvidia", r"\bl4\b", 300, "datacenter", "gddr", "L4 datasheet: 300 GB/s (= profiles/hardware.yaml)"),
     ("nvidia", r"\ba10g?\b", 600, "datacenter", "gddr", "A10 datasheet: 24 GB GDDR6 600 GB/s (AWS's A10G: the same 24 GB GDDR6, 600 GB/s)"),
     ("nvidia", r"\bt4\b", 320, "datacenter", "gddr", "T4 datasheet: 16 GB GDDR6 320+ GB/s"),
+    ("nvidia", r"\bp40\b", 346, "datacenter", "gddr", "Tesla P40 datasheet: 24 GB GDDR5 346 GB/s"),
+    ("nvidia", r"\bp4\b", 192, "datacenter", "gddr", "Tesla P4 datasheet: 8 GB GDDR5 192 GB/s"),
     # AMD: amd.com product pages.
     ("amd", r"mi300x", 5300, "datacenter", "hbm", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
     ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each"),

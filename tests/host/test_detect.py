@@ -318,6 +318,12 @@ def test_known_parts_table_agrees_with_builtin_profiles():
     ("nvidia", "NVIDIA GeForce RTX 3070 Ti", 608), ("nvidia", "NVIDIA GeForce RTX 3060 Ti", 448),
     ("nvidia", "NVIDIA GeForce RTX 5070 Ti", 896), ("nvidia", "NVIDIA GeForce RTX 5070", 672),
     ("nvidia", "NVIDIA GeForce RTX 5060 Ti", 448), ("nvidia", "NVIDIA GeForce RTX 5060", 448),
+    ("nvidia", "NVIDIA GeForce RTX 2080 Ti", 616), ("nvidia", "NVIDIA GeForce RTX 2080 SUPER", 496),
+    ("nvidia", "NVIDIA GeForce RTX 2080", 448), ("nvidia", "NVIDIA GeForce RTX 2060", 336),
+    ("nvidia", "NVIDIA GeForce GTX 1080 Ti", 484), ("nvidia", "NVIDIA GeForce GTX 1080", 320),
+    ("nvidia", "Tesla P40", 346), ("nvidia", "Tesla P4", 192), ("nvidia", "Quadro RTX 8000", 672),
+    ("nvidia", "NVIDIA RTX A6000", 768), ("nvidia", "NVIDIA RTX 6000 Ada Generation", 960),
+    ("nvidia", "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", 1792), ("nvidia", "NVIDIA RTX A4000", 448),
     ("nvidia", "Tesla T4", 320), ("nvidia", "Tesla P100-PCIE-16GB", 732), ("nvidia", "Tesla M40 24GB", 288.4),
     ("nvidia", "Tesla K80", 240.6), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
     ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 1638.4),  # one GCD: rocm-smi lists two per module
