@@ -22,15 +22,23 @@ class Unsupported(Exception):
     """This engine cannot serve this model/hardware; the message is the reason a user would accept."""
 
 
-def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float, cc: str) -> str | None:
+def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float, cc: str,
+                       amd_archs: tuple[str, ...] = ()) -> str | None:
     """Why an engine built for CUDA and ROCm server GPUs (vLLM, SGLang) cannot serve on `hw`'s GPUs, None when it
-    can: Intel GPUs only (`intel`), AMD without an Instinct datacenter GPU (`amd`), an NVIDIA GPU below compute
-    capability `min_cc` (`cc`)."""
+    can: Intel GPUs only (`intel`), AMD without an Instinct datacenter GPU (`amd`) or whose Instinct GPUs are all of
+    a gfx target its ROCm builds leave out (`amd_archs`: the targets they ship for, by prefix; a GPU whose target is
+    not stated is given the benefit of the doubt), an NVIDIA GPU below compute capability `min_cc` (`cc`)."""
     vendors = {g.vendor for g in hw.gpus}
     if vendors <= {"intel"}:
         return intel
-    if "amd" in vendors and not any(g.tier == "datacenter" for g in hw.gpus if g.vendor == "amd"):
+    instinct = [g for g in hw.gpus if g.vendor == "amd" and g.tier == "datacenter"]
+    if "amd" in vendors and not instinct:
         return amd
+    left_out = [g for g in instinct if amd_archs and g.arch and not g.arch.lower().startswith(amd_archs)]
+    if instinct and len(left_out) == len(instinct):
+        g = left_out[0]
+        return (f"its ROCm builds target {', '.join(amd_archs)}, not the {g.name}'s {g.arch.split(':')[0]} "
+                "(llama.cpp's ROCm/Vulkan serve it)")
     ccs = hw.nvidia_compute_capabilities
     if ccs and min(ccs) < min_cc:
         return cc

@@ -278,7 +278,8 @@ class SGLang(Engine):
         return server_gpu_refusal(
             hw, intel="has no backend for Intel Arc GPUs (llama.cpp's SYCL/Vulkan serve them)",
             amd="its ROCm builds target AMD Instinct (MI300-class) GPUs; consumer Radeon cards are llama.cpp's",
-            min_cc=7.5, cc="needs NVIDIA compute capability 7.5 (Turing) or newer for its FlashInfer/Triton kernels")
+            min_cc=7.5, cc="needs NVIDIA compute capability 7.5 (Turing) or newer for its FlashInfer/Triton kernels",
+            amd_archs=("gfx942", "gfx950"))  # its ROCm images: MI300X / MI325X (gfx942), MI355X (gfx950)
 
     def weights(self, model: ModelFacts) -> Weights:
         return safetensors_weights(model, "SGLang", "its GGUF loading is limited to a few architectures")

@@ -133,7 +133,9 @@ class Vllm(Engine):
             hw, intel="its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)",
             amd="its ROCm builds target AMD Instinct datacenter GPUs; consumer Radeon cards are llama.cpp's "
                 "(ROCm/Vulkan)",
-            min_cc=7.0, cc="needs NVIDIA compute capability 7.0 or newer")
+            min_cc=7.0, cc="needs NVIDIA compute capability 7.0 or newer",
+            # docs/getting_started/installation/gpu.rocm.inc.md: MI200s (gfx90a), MI300 (gfx942), MI350 (gfx950)
+            amd_archs=("gfx90a", "gfx942", "gfx950"))
 
     def weights(self, model: ModelFacts) -> Weights:
         return safetensors_weights(model, "vLLM", "its GGUF loader is experimental and slow")

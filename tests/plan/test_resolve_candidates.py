@@ -260,3 +260,26 @@ def test_a_serve_block_does_not_replace_an_engines_own_block(write_stack):
     assert sp.engine == "llama.cpp"
     assert sp.rejected["mlx"] == "needs Apple silicon (this machine has GeForce RTX 4090)"
     assert sp.rejected["ollama"].startswith("has no API key option, and serve.host 0.0.0.0 is not loopback")
+
+
+AMD_STACK = ("hardware:\n  gpus:\n    - {{vendor: amd, name: {name}, memory_gib: {mem}, bandwidth_gbs: {bw}, tier: datacenter, "
+             "memory_type: hbm{arch}}}\n  memory_gib: 128\n  memory_bandwidth_gbs: 100\n  os: linux\n  cpu: {{cores: 32}}\n"
+             "workload: {{concurrent_users: 16, optimize: throughput}}\nservices:\n  s: {{model: qwen2.5-7b-instruct}}\n")
+
+
+def test_vllm_and_sglang_refuse_an_instinct_gpu_of_a_target_their_rocm_builds_leave_out(write_stack):
+    """vLLM's ROCm builds ship for gfx90a / gfx942 / gfx950 (its installation docs), SGLang's for gfx942 / gfx950: an
+    Instinct MI50 (gfx906) at 16 users goes to llama.cpp with both refused by name and target; an MI210 (gfx90a, as
+    rocm-smi prints it, feature flags included) keeps vLLM and is refused by SGLang only; without a stated target the
+    MI50 is given the benefit of the doubt (the datacenter tier decides, as before)."""
+    mi50 = dict(name="Radeon Instinct MI50", mem=32, bw=1024)
+    sp, = plan(write_stack, AMD_STACK.format(arch=", arch: gfx906", **mi50))
+    assert sp.engine == "llama.cpp"
+    assert "its ROCm builds target gfx90a, gfx942, gfx950, not the Radeon Instinct MI50's gfx906" in sp.rejected["vllm"]
+    assert "its ROCm builds target gfx942, gfx950, not the Radeon Instinct MI50's gfx906" in sp.rejected["sglang"]
+    mi210, = plan(write_stack, AMD_STACK.format(arch=', arch: "gfx90a:sramecc+:xnack-"', name="Instinct MI210", mem=64,
+                                                bw=1638.4))
+    assert "ROCm builds" not in mi210.rejected.get("vllm", "")
+    assert "not the Instinct MI210's gfx90a" in mi210.rejected["sglang"]
+    unstated, = plan(write_stack, AMD_STACK.format(arch="", **mi50))
+    assert "ROCm builds target" not in unstated.rejected.get("vllm", "")
