@@ -308,28 +308,33 @@ def test_known_parts_table_agrees_with_builtin_profiles():
     assert checked >= 15
 
 
-@pytest.mark.parametrize("vendor,name,bw", [
-    ("nvidia", "NVIDIA GeForce RTX 3060", 360), ("nvidia", "NVIDIA GeForce RTX 3070", 448),
-    ("nvidia", "NVIDIA GeForce RTX 3080", 760), ("nvidia", "NVIDIA GeForce RTX 4070", 504),
-    ("nvidia", "NVIDIA GeForce RTX 4080", 716.8), ("nvidia", "NVIDIA GeForce RTX 5080", 960),
-    ("nvidia", "NVIDIA A10", 600), ("nvidia", "NVIDIA H200", 4800), ("nvidia", "NVIDIA L40S", 864),
-    ("nvidia", "NVIDIA GH200 480GB", 4000), ("nvidia", "NVIDIA GH200 144G HBM3e", 4900),
-    ("nvidia", "NVIDIA GeForce RTX 4070 Ti SUPER", 672), ("nvidia", "NVIDIA GeForce RTX 4070 Ti", 504),
-    ("nvidia", "NVIDIA GeForce RTX 3070 Ti", 608), ("nvidia", "NVIDIA GeForce RTX 3060 Ti", 448),
-    ("nvidia", "NVIDIA GeForce RTX 5070 Ti", 896), ("nvidia", "NVIDIA GeForce RTX 5070", 672),
-    ("nvidia", "NVIDIA GeForce RTX 5060 Ti", 448), ("nvidia", "NVIDIA GeForce RTX 5060", 448),
-    ("nvidia", "NVIDIA GeForce RTX 2080 Ti", 616), ("nvidia", "NVIDIA GeForce RTX 2080 SUPER", 496),
-    ("nvidia", "NVIDIA GeForce RTX 2080", 448), ("nvidia", "NVIDIA GeForce RTX 2060", 336),
-    ("nvidia", "NVIDIA GeForce GTX 1080 Ti", 484), ("nvidia", "NVIDIA GeForce GTX 1080", 320),
-    ("nvidia", "Tesla P40", 346), ("nvidia", "Tesla P4", 192), ("nvidia", "Quadro RTX 8000", 672),
-    ("nvidia", "NVIDIA RTX A6000", 768), ("nvidia", "NVIDIA RTX 6000 Ada Generation", 960),
-    ("nvidia", "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", 1792), ("nvidia", "NVIDIA RTX A4000", 448),
-    ("nvidia", "Tesla T4", 320), ("nvidia", "Tesla P100-PCIE-16GB", 732), ("nvidia", "Tesla M40 24GB", 288.4),
-    ("nvidia", "Tesla K80", 240.6), ("nvidia", "NVIDIA H100 PCIe", 2000), ("nvidia", "NVIDIA A100 80GB PCIe", 1935),
-    ("amd", "AMD Instinct MI210", 1638.4), ("amd", "AMD Instinct MI250X", 1638.4),  # one GCD: rocm-smi lists two per module
-    ("amd", "Radeon RX 7900 XTX", 960), ("amd", "Radeon RX 7900 XT", 800),
-    ("intel", "Intel(R) Arc(TM) A750 Graphics", 512), ("intel", "Intel(R) Arc(TM) B580 Graphics", 456),
-])
+# name as the driver prints it -> the bandwidth detect plans it at (an MI250X: one GCD, rocm-smi lists two per module)
+KNOWN_PARTS = {
+    "nvidia": {
+        "NVIDIA GeForce RTX 3060": 360, "NVIDIA GeForce RTX 3070": 448, "NVIDIA GeForce RTX 3080": 760,
+        "NVIDIA GeForce RTX 4070": 504, "NVIDIA GeForce RTX 4080": 716.8, "NVIDIA GeForce RTX 5080": 960,
+        "NVIDIA A10": 600, "NVIDIA H200": 4800, "NVIDIA L40S": 864, "NVIDIA GH200 480GB": 4000,
+        "NVIDIA GH200 144G HBM3e": 4900, "NVIDIA GeForce RTX 4070 Ti SUPER": 672, "NVIDIA GeForce RTX 4070 Ti": 504,
+        "NVIDIA GeForce RTX 3070 Ti": 608, "NVIDIA GeForce RTX 3060 Ti": 448, "NVIDIA GeForce RTX 5070 Ti": 896,
+        "NVIDIA GeForce RTX 5070": 672, "NVIDIA GeForce RTX 5060 Ti": 448, "NVIDIA GeForce RTX 5060": 448,
+        "NVIDIA GeForce RTX 2080 Ti": 616, "NVIDIA GeForce RTX 2080 SUPER": 496, "NVIDIA GeForce RTX 2080": 448,
+        "NVIDIA GeForce RTX 2060": 336, "NVIDIA GeForce GTX 1080 Ti": 484, "NVIDIA GeForce GTX 1080": 320,
+        "Tesla P40": 346, "Tesla P4": 192, "Quadro RTX 8000": 672, "NVIDIA RTX A6000": 768,
+        "NVIDIA RTX 6000 Ada Generation": 960, "NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition": 1792,
+        "NVIDIA RTX A4000": 448, "Tesla T4": 320, "Tesla P100-PCIE-16GB": 732, "Tesla M40 24GB": 288.4,
+        "Tesla K80": 240.6, "NVIDIA H100 PCIe": 2000, "NVIDIA A100 80GB PCIe": 1935,
+    },
+    "amd": {
+        "AMD Instinct MI210": 1638.4, "AMD Instinct MI250X": 1638.4, "Radeon RX 7900 XTX": 960,
+        "Radeon RX 7900 XT": 800,
+    },
+    "intel": {
+        "Intel(R) Arc(TM) A750 Graphics": 512, "Intel(R) Arc(TM) B580 Graphics": 456,
+    },
+}
+
+
+@pytest.mark.parametrize("vendor,name,bw", [(v, n, bw) for v, parts in KNOWN_PARTS.items() for n, bw in parts.items()])
 def test_known_parts_first_match_is_the_specific_one(vendor, name, bw):
     assert known_gpu(vendor, name)[0] == bw
 
