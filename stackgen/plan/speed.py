@@ -1524,36 +1524,49 @@ def mean_context(memory, workload) -> int:
     return min(memory.context_per_request, workload.prompt_tokens + workload.output_tokens // 2)
 
 
-def decode_gpu(engine: str, hw: HardwareSpec) -> tuple[list[GPUSpec], GPUSpec | None, str, float]:
-    """Which GPU sets `engine`'s decode step on `hw` and how fast it reads (step_inputs' first two rules): (the GPUs
-    that hold layers, the slowest of them by GPUSpec.decode_bandwidth_gbs or None without one, the backend its
-    vendor, tier and memory type pick for the engine, the GB/s one such GPU reads a step at: its decode bandwidth x
-    the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch); 0 without a GPU)."""
+@dataclass(frozen=True)
+class DecodeGPU:
+    """Which GPU sets an engine's decode step and on which line (decode_gpu): `gpus`, the GPUs that hold layers;
+    `gpu`, the slowest of them by GPUSpec.decode_bandwidth_gbs (None without one); `backend`, the line its vendor, tier
+    and memory type pick for the engine; `line_share`, that line's share for its architecture
+    (Backend.bandwidth_share_for(GPUSpec.arch))."""
+    gpus: list[GPUSpec]
+    gpu: GPUSpec | None
+    backend: str
+    line_share: float
+
+    @property
+    def read_gbs(self) -> float:
+        """The GB/s one such GPU reads a step at: its decode bandwidth x the line's share; 0 without a GPU."""
+        return self.gpu.decode_bandwidth_gbs * self.line_share if self.gpu else 0.0
+
+
+def decode_gpu(engine: str, hw: HardwareSpec) -> DecodeGPU:
+    """Which GPU sets `engine`'s decode step on `hw`, on which line and how fast it reads (step_inputs' first two
+    rules: DecodeGPU)."""
     from stackgen import engines
     eng = engines.get(engine)
     gpus = [g for g in hw.gpus if g.vendor == "apple"] if hw.is_apple else [g for g in hw.gpus if not g.unified]
     gpu = min(gpus, key=lambda g: g.decode_bandwidth_gbs) if gpus else None
     backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None,
                           gpu.memory_type if gpu else None)
-    if gpu is None:
-        return gpus, None, backend, 0.0
-    line = BACKENDS.get(backend, DEFAULT_BACKEND)
-    return gpus, gpu, backend, gpu.decode_bandwidth_gbs * line.bandwidth_share_for(gpu.arch)
+    share = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch) if gpu else 1.0
+    return DecodeGPU(gpus, gpu, backend, share)
 
 
 def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
     """A plan's reason when the GPU that sets the decode step reads less than its datasheet bandwidth (decode_gpu):
     the chip's share (GPUSpec.bandwidth_share: confirm-m1) or the engine's kernels' share on its architecture
     (Backend.arch_bandwidth_share: confirm-gfx9); None when it reads all of it."""
-    _, gpu, backend, read = decode_gpu(engine, hw)
+    d = decode_gpu(engine, hw)
+    gpu, read = d.gpu, d.read_gbs
     if gpu is None or read >= gpu.bandwidth_gbs:
         return None
     why = []
     if gpu.bandwidth_share:
         why.append(f"{gpu.bandwidth_share:g} of it for the chip, benchmarks/results/confirm-m1-candidates.md")
-    line = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch)
-    if line < 1:
-        why.append(f"{line:g} of it under the {backend} kernels on {gpu.arch}, "
+    if d.line_share < 1:
+        why.append(f"{d.line_share:g} of it under the {d.backend} kernels on {gpu.arch}, "
                    "benchmarks/results/confirm-gfx9-candidates.md")
     return (f"decode: the {gpu.name} reads {read:g} of its {gpu.bandwidth_gbs:g} GB/s, as public measurements put it "
             f"({'; '.join(why)}); the forecast uses that")
@@ -1599,7 +1612,8 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
 
     eng = engines.get(engine)
     threads = max(1, threads)
-    gpus, gpu, backend, gpu_bw = decode_gpu(engine, hw)
+    d = decode_gpu(engine, hw)
+    gpus, gpu, backend = d.gpus, d.gpu, d.backend
     read, link, ubatch = float(mem.weights_bytes), 0.0, 0
     if hw.is_apple:
         gpu_fraction = 1.0
@@ -1628,7 +1642,7 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
     kind = weight_kind(fmt)
     return StepInputs(
         backend, weights_bytes=active, kv_bytes_per_stream=_kv_bytes_read(model, mem, avg_context),
-        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=gpu_bw * tp,
+        gpu_fraction=gpu_fraction, gpu_bandwidth_gbs=d.read_gbs * tp,
         host_bandwidth_gbs=hw.memory_bandwidth_gbs / max(1, instances),
         active_params=model.active_params or model.params, peak_flops=peak, weights=kind,
         experts=ExpertRouting.of(model.params, model.active_params, model.experts_total, model.experts_active),
