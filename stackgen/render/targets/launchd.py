@@ -1,7 +1,8 @@
 """The `launchd` target: one LaunchAgent plist per service under launchd/, for MLX and llama.cpp on a Mac.
 
-Each agent runs the engine's argv (stackgen.engines.command) with the engine's environment, restarts it when it
-exits unsuccessfully (KeepAlive/SuccessfulExit=false, at most once per ThrottleInterval), writes stdout and stderr to
+Each agent runs the engine's argv (stackgen.engines.command) with the engine's environment, restarts it whenever it
+exits (KeepAlive=true, at most once per ThrottleInterval: a server that exits, even with status 0, has stopped serving,
+as the systemd units' RestartForceExitStatus=0 and the native supervisor say too), writes stdout and stderr to
 /Library/Logs/stackgen/<stack>-<service>.log (admin-writable, shown by Console.app) and creates files with umask 077.
 ProcessType=Interactive: launchd.plist(5) says jobs without a ProcessType get "light resource limits ... throttling
 its CPU usage and I/O bandwidth", which an inference server someone is waiting on should not get.
@@ -71,7 +72,7 @@ def _agent(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> Artifact:
         "ProgramArguments": list(cmd.argv),
         "EnvironmentVariables": dict(sorted(cmd.env.items())),
         "RunAtLoad": True,
-        "KeepAlive": {"SuccessfulExit": False},
+        "KeepAlive": True,  # launchd.plist(5): "set to true to unconditionally keep the job alive"; bootout stops it
         "ThrottleInterval": THROTTLE_S,
         "ExitTimeOut": EXIT_TIMEOUT_S,
         "ProcessType": "Interactive",
@@ -87,7 +88,7 @@ def _agent(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> Artifact:
              f"  cp {PurePosixPath(path).name} ~/Library/LaunchAgents/ && launchctl bootstrap gui/$(id -u) "
              f"~/Library/LaunchAgents/{PurePosixPath(path).name}",
              f"Stop: launchctl bootout gui/$(id -u)/{label(plan, sp)}   Logs: tail -f {log}",
-             "Restarted when it exits with an error or a signal, at most once every "
+             "Restarted whenever it exits (with an error, a signal or status 0), at most once every "
              f"{THROTTLE_S} s (launchd has no restart limit: a crash loop goes on until bootout)."]
     notes += _weights_notes(sp, weights, model_ref)
     notes += _key_notes(plan, sp, cmd, key_file)
