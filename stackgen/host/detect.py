@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from stackgen.errors import StackgenError
 from stackgen.host.facts import DEFAULT_MEMORY_BANDWIDTH_GBS, HostFacts
@@ -165,10 +165,21 @@ Probe = Callable[[ProbeEnv, Facts], None]
 
 # ---------------------------------------------------------------------------------------------- known parts
 
-# (vendor, regex on the reported name, peak memory bandwidth GB/s, tier, memory type, source). First match wins, so the more
-# specific names come first. Names are matched case-insensitively against what the driver reports
+class KnownGPU(NamedTuple):
+    """A row of KNOWN_GPUS: a part `stackgen detect` knows by name."""
+    vendor: str
+    pattern: str  # regex on the lower-cased name the driver reports
+    bandwidth_gbs: float  # datasheet peak
+    tier: str
+    memory: str  # GPUSpec.memory_type
+    source: str
+    arch: str | None = None  # an AMD part's gfx target (GPUSpec.arch) where rocm-smi prints none (amd_arch)
+
+
+# (vendor, regex on the reported name, peak memory bandwidth GB/s, tier, memory type, source[, gfx target]). First match
+# wins, so the more specific names come first. Names are matched case-insensitively against what the driver reports
 # ("NVIDIA GeForce RTX 4090", "Radeon RX 7900 XTX", "AMD Instinct MI300X", "Intel(R) Arc(TM) A770 Graphics").
-KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
+KNOWN_GPUS: tuple[KnownGPU, ...] = tuple(KnownGPU(*row) for row in (
     # NVIDIA GeForce: bus width x data rate, from nvidia.com/en-us/geforce/graphics-cards/<series>/ spec tables.
     ("nvidia", r"rtx 5090", 1792, "consumer", "gddr", "512-bit x 28 Gbps GDDR7; nvidia.com 50-series RTX 5090 specs (= profiles/hardware.yaml)"),
     ("nvidia", r"rtx 5080", 960, "consumer", "gddr", "256-bit x 30 Gbps GDDR7; nvidia.com 50-series RTX 5080 specs"),
@@ -231,21 +242,32 @@ KNOWN_GPUS: tuple[tuple[str, str, float, str, str, str], ...] = (
     ("nvidia", r"\bt4\b", 320, "datacenter", "gddr", "T4 datasheet: 16 GB GDDR6 320+ GB/s"),
     ("nvidia", r"\bp40\b", 346, "datacenter", "gddr", "Tesla P40 datasheet: 24 GB GDDR5 346 GB/s"),
     ("nvidia", r"\bp4\b", 192, "datacenter", "gddr", "Tesla P4 datasheet: 8 GB GDDR5 192 GB/s"),
-    # AMD: amd.com product pages.
-    ("amd", r"mi300x", 5300, "datacenter", "hbm", "amd.com Instinct MI300X: 5.3 TB/s peak (= profiles/hardware.yaml)"),
-    ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each"),
-    ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak"),
-    ("amd", r"mi100", 1228.8, "datacenter", "hbm", "amd.com Instinct MI100: 1.23 TB/s (1228.8 GB/s) peak HBM2"),
-    ("amd", r"mi50\b|mi60\b", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
-    ("amd", r"radeon pro vii", 1024, "workstation", "hbm", "amd.com Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
-    ("amd", r"radeon vii", 1024, "consumer", "hbm", "amd.com Radeon VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)"),
-    ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)"),
-    ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT"),
+    # AMD: amd.com product pages; the gfx target of each (the last column) from rocm.docs.amd.com's GPU specification
+    # table, for speed.Backend.arch_bandwidth_share where rocm-smi prints none (ROCm 5's JSON, a Vulkan-only host).
+    ("amd", r"mi35[05]", 8000, "datacenter", "hbm", "amd.com Instinct MI350X / MI355X: 288 GB HBM3E at 8 TB/s", "gfx950"),
+    ("amd", r"mi325", 6000, "datacenter", "hbm", "amd.com Instinct MI325X: 256 GB HBM3E at 6 TB/s", "gfx942"),
+    ("amd", r"mi300", 5300, "datacenter", "hbm", "amd.com Instinct MI300X / MI300A: 5.3 TB/s peak (= profiles/hardware.yaml)", "gfx942"),
+    ("amd", r"mi250", 1638.4, "datacenter", "hbm", "amd.com Instinct MI250/MI250X: 3.2 TB/s (3276.8 GB/s) peak per module of two GCDs, which rocm-smi lists as two GPUs of 64 GB: 1638.4 each", "gfx90a"),
+    ("amd", r"mi210", 1638.4, "datacenter", "hbm", "amd.com Instinct MI210: 1.6 TB/s (1638.4 GB/s) peak", "gfx90a"),
+    ("amd", r"mi100", 1228.8, "datacenter", "hbm", "amd.com Instinct MI100: 1.23 TB/s (1228.8 GB/s) peak HBM2", "gfx908"),
+    ("amd", r"mi50\b|mi60\b", 1024, "datacenter", "hbm", "amd.com Radeon Instinct MI50 / MI60: 4096-bit HBM2, 1 TB/s (1024 GB/s)", "gfx906"),
+    ("amd", r"radeon pro vii", 1024, "workstation", "hbm", "amd.com Radeon Pro VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)", "gfx906"),
+    ("amd", r"radeon vii", 1024, "consumer", "hbm", "amd.com Radeon VII: 4096-bit HBM2, 1 TB/s (1024 GB/s)", "gfx906"),
+    ("amd", r"w7900", 864, "workstation", "gddr", "384-bit x 18 Gbps GDDR6; amd.com Radeon PRO W7900", "gfx1100"),
+    ("amd", r"w7800", 576, "workstation", "gddr", "256-bit x 18 Gbps GDDR6; amd.com Radeon PRO W7800", "gfx1100"),
+    ("amd", r"7900 xtx", 960, "consumer", "gddr", "384-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XTX (= profiles/hardware.yaml)", "gfx1100"),
+    ("amd", r"7900 xt\b", 800, "consumer", "gddr", "320-bit x 20 Gbps GDDR6; amd.com Radeon RX 7900 XT", "gfx1100"),
+    ("amd", r"7900 gre", 576, "consumer", "gddr", "256-bit x 18 Gbps GDDR6; amd.com Radeon RX 7900 GRE", "gfx1100"),
+    ("amd", r"r9700", 640, "workstation", "gddr", "256-bit x 20 Gbps GDDR6; amd.com Radeon AI PRO R9700", "gfx1201"),
+    ("amd", r"9070", 640, "consumer", "gddr", "256-bit x 20 Gbps GDDR6 (9070 XT and 9070); amd.com Radeon RX 9070 series", "gfx1201"),
+    ("amd", r"6950 xt", 576, "consumer", "gddr", "256-bit x 18 Gbps GDDR6; amd.com Radeon RX 6950 XT", "gfx1030"),
+    ("amd", r"6[89]00 xt|6800\b", 512, "consumer", "gddr", "256-bit x 16 Gbps GDDR6 (6800, 6800 XT, 6900 XT); amd.com Radeon RX 6000 series", "gfx1030"),
+    ("amd", r"8060s", 256, "consumer", "lpddr", "256-bit LPDDR5X-8000 shared with the CPU; amd.com Ryzen AI Max+ 395 (Radeon 8060S)", "gfx1151"),
     # Intel: intel.com/ark product specifications.
     ("intel", r"a770", 560, "consumer", "gddr", "256-bit x 17.5 Gbps GDDR6, 16 GB card (8 GB card: 512); ark.intel.com Arc A770 (= profiles/hardware.yaml)"),
     ("intel", r"a750", 512, "consumer", "gddr", "256-bit x 16 Gbps GDDR6; ark.intel.com Arc A750"),
     ("intel", r"b580", 456, "consumer", "gddr", "192-bit x 19 Gbps GDDR6; intel.com Arc B580 specifications"),
-)
+))
 
 # Apple silicon unified-memory bandwidth (GB/s) per chip, keyed by (chip, GPU cores or None for every bin);
 # apple.com/newsroom launch notes for each chip. The Max bins with fewer GPU cores have a narrower bus.
@@ -277,18 +299,10 @@ APPLE_BANDWIDTH_SHARE: dict[str, tuple[float, str]] = {
     "M1 Ultra": (0.86, "confirm-m1 (benchmarks/results/confirm-m1-candidates.md): 688 of 800 GB/s in decode"),
 }
 
-# AMD parts' gfx targets (GPUSpec.arch) where rocm-smi does not print one (ROCm 5's JSON, a Vulkan-only host, an inline
-# name); rocm.docs.amd.com's GPU specification table. speed.Backend.arch_bandwidth_share reads it.
-AMD_ARCH: tuple[tuple[str, str], ...] = (
-    (r"mi300", "gfx942"), (r"mi250|mi210", "gfx90a"), (r"mi100", "gfx908"), (r"mi50\b|mi60\b|radeon (pro )?vii", "gfx906"),
-    (r"7900 (xtx|xt|gre)|w7900|w7800", "gfx1100"), (r"9070", "gfx1201"), (r"8060s", "gfx1151"),
-)
-
-
 def amd_arch(name: str) -> str | None:
-    """The gfx target of an AMD GPU named `name` (AMD_ARCH), else None."""
+    """The gfx target of an AMD GPU named `name` (KNOWN_GPUS' last column), else None."""
     low = name.lower()
-    return next((arch for pattern, arch in AMD_ARCH if re.search(pattern, low)), None)
+    return next((row.arch for row in KNOWN_GPUS if row.vendor == "amd" and re.search(row.pattern, low)), None)
 
 
 # When a part is not in the table: a deliberately low figure so predictions err slow (said in the notes).
@@ -298,9 +312,9 @@ UNKNOWN_GPU_BANDWIDTH_GBS = {"nvidia": 300.0, "amd": 300.0, "intel": 200.0, "app
 def known_gpu(vendor: str, name: str) -> tuple[float, str, str, str] | None:
     """(bandwidth GB/s, tier, memory type, source) for a known part, else None."""
     low = name.lower()
-    for v, pattern, bw, tier, memory, source in KNOWN_GPUS:
-        if v == vendor and re.search(pattern, low):
-            return bw, tier, memory, source
+    for row in KNOWN_GPUS:
+        if row.vendor == vendor and re.search(row.pattern, low):
+            return row.bandwidth_gbs, row.tier, row.memory, row.source
     return None
 
 

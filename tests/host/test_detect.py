@@ -326,7 +326,12 @@ KNOWN_PARTS = {
     },
     "amd": {
         "AMD Instinct MI210": 1638.4, "AMD Instinct MI250X": 1638.4, "Radeon RX 7900 XTX": 960,
-        "Radeon RX 7900 XT": 800,
+        "Radeon RX 7900 XT": 800, "AMD Radeon RX 7900 GRE": 576, "AMD Radeon PRO W7900": 864,
+        "AMD Radeon PRO W7800": 576, "AMD Radeon RX 9070 XT": 640, "AMD Radeon RX 9070": 640,
+        "AMD Radeon AI PRO R9700": 640, "AMD Radeon RX 6950 XT": 576, "AMD Radeon RX 6800 XT": 512,
+        "AMD Radeon RX 6800": 512, "AMD Radeon RX 6900 XT": 512, "AMD Radeon 8060S Graphics": 256,
+        "AMD Instinct MI300X": 5300, "AMD Instinct MI300A": 5300, "AMD Instinct MI325X": 6000,
+        "AMD Instinct MI355X": 8000,
     },
     "intel": {
         "Intel(R) Arc(TM) A750 Graphics": 512, "Intel(R) Arc(TM) B580 Graphics": 456,
@@ -337,6 +342,49 @@ KNOWN_PARTS = {
 @pytest.mark.parametrize("vendor,name,bw", [(v, n, bw) for v, parts in KNOWN_PARTS.items() for n, bw in parts.items()])
 def test_known_parts_first_match_is_the_specific_one(vendor, name, bw):
     assert known_gpu(vendor, name)[0] == bw
+
+
+# an AMD part's name -> the gfx target detect gives it where rocm-smi prints none (rocm.docs.amd.com's GPU table)
+AMD_TARGETS = {
+    "AMD Instinct MI355X": "gfx950", "AMD Instinct MI325X": "gfx942", "AMD Instinct MI300X": "gfx942",
+    "AMD Instinct MI300A": "gfx942", "AMD Instinct MI250X": "gfx90a", "AMD Instinct MI210": "gfx90a",
+    "AMD Instinct MI100": "gfx908", "AMD Radeon Instinct MI50": "gfx906", "AMD Radeon Pro VII": "gfx906",
+    "AMD Radeon PRO W7900": "gfx1100", "AMD Radeon RX 7900 GRE": "gfx1100", "AMD Radeon RX 9070 XT": "gfx1201",
+    "AMD Radeon AI PRO R9700": "gfx1201", "AMD Radeon RX 6800 XT": "gfx1030", "AMD Radeon 8060S Graphics": "gfx1151",
+    "AMD Radeon RX 580": None,
+}
+
+
+@pytest.mark.parametrize("name,arch", sorted(AMD_TARGETS.items()))
+def test_an_amd_part_has_its_gfx_target_from_the_same_row_as_its_bandwidth(name, arch):
+    from stackgen.host.detect import KNOWN_GPUS, amd_arch
+    assert amd_arch(name) == arch
+    if arch is not None:  # every AMD part with a target is a known part, and the other way round
+        assert known_gpu("amd", name) is not None
+    assert all(row.arch for row in KNOWN_GPUS if row.vendor == "amd")
+    assert not any(row.arch for row in KNOWN_GPUS if row.vendor != "amd")
+
+
+def test_detect_plans_a_public_corpus_gpu_at_the_bandwidth_the_corpus_scored_it_at():
+    """Each GPU of the public decode corpus (tests/fixtures/public-logs/decode_speed.yaml) that detect knows by name is
+    planned at the datasheet figure the point was scored against, so the corpus checks the figures plans use. The one
+    exception: the corpus's Tesla P40 rows read 347 GB/s (384-bit x 7.23 Gbps), NVIDIA's datasheet 346."""
+    import yaml
+    from pathlib import Path
+    points = yaml.safe_load(Path(__file__).parents[1].joinpath("fixtures/public-logs/decode_speed.yaml").read_text())
+    vendors = {"cuda": ("nvidia",), "cuda-datacenter": ("nvidia",), "rocm": ("amd",),
+               "vulkan": ("amd", "nvidia", "intel"), "sycl": ("intel",)}
+    checked, off = 0, {}
+    for p in points["points"] if isinstance(points, dict) else points:
+        for vendor in vendors.get(p.get("backend"), ()):
+            known = known_gpu(vendor, p["gpu"])
+            if known:
+                checked += 1
+                if known[0] != p["bandwidth_gbs"]:
+                    off[p["gpu"]] = (p["bandwidth_gbs"], known[0])
+                break
+    assert checked >= 200
+    assert off == {"Tesla P40": (347, 346)}
 
 
 @pytest.mark.parametrize("name,memory,line", [

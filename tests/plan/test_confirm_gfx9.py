@@ -195,7 +195,7 @@ def test_step_3_needs_every_condition():
 
 
 def test_detect_gives_a_part_its_target_where_rocm_smi_prints_none():
-    """A detected MI50 whose rocm-smi printed no gfx version plans as gfx906 (AMD_ARCH by name), at 1024 GB/s; a
+    """A detected MI50 whose rocm-smi printed no gfx version plans as gfx906 (detect.amd_arch by name), at 1024 GB/s; a
     printed target is kept; an unknown AMD part gets no target (and the unknown part's guess)."""
     from stackgen.host.detect import DetectedGPU, _gpu_spec
     gib = 2**30
