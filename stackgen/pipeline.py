@@ -156,6 +156,18 @@ def usable_speed(plan: Any) -> float:
     return USABLE_DECODE_TOKENS_PER_S[plan.services[0].workload.optimize]
 
 
+def planned_speed(plan: Any) -> tuple[float, str]:
+    """The decode rate each user of the plan's first service should see, and how to say it: the speed model's
+    forecast at the workload's concurrent users (speed.Forecast.per_user_tokens_per_s: the fitted per-backend line
+    with its per-token overhead, the streams sharing the steps), else the single-stream bandwidth roofline."""
+    sp = plan.services[0]
+    if sp.speed is not None:
+        users = sp.workload.concurrent_users
+        return sp.speed.per_user_tokens_per_s, (f"tokens/s per user at {users} users" if users > 1
+                                                else "tokens/s for its one user")
+    return sp.predicted_decode_tokens_per_s, "tokens/s per stream"
+
+
 def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: Path, profiles: Any,
                   schema: str = SCHEMA_ID) -> tuple[str, Any, list[str]]:
     """Walk the catalog from the largest model to the smallest; the first that plans with headroom and at a usable
@@ -174,11 +186,10 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
         if not has_headroom(plan):
             tried.append(f"{model_name}: fits with less than {HEADROOM:.0%} headroom")
             continue
-        speed, need = plan.services[0].predicted_decode_tokens_per_s, usable_speed(plan)
+        (speed, unit), need = planned_speed(plan), usable_speed(plan)
         if speed >= need:
             return model_name, plan, tried
-        tried.append(f"{model_name}: planned {speed:g} tokens/s per stream, below the {need:g} a {workload} "
-                     "workload needs")
+        tried.append(f"{model_name}: planned {speed:g} {unit}, below the {need:g} a {workload} workload needs")
         roomy.append((speed, model_name, plan))
     if roomy:
         speed, model_name, plan = max(roomy, key=lambda r: r[0])
@@ -191,4 +202,4 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
 
 
 __all__ = ["load_host", "plan_stack", "render_stack", "suggest_model", "stack_text", "plan_text", "has_headroom",
-           "usable_speed", "HEADROOM", "SCHEMA_ID", "USABLE_DECODE_TOKENS_PER_S"]
+           "usable_speed", "planned_speed", "HEADROOM", "SCHEMA_ID", "USABLE_DECODE_TOKENS_PER_S"]

@@ -13,7 +13,7 @@ import yaml
 from stackgen.cli import _host, app, guarded
 from stackgen.errors import StackgenError
 from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
-                               suggest_model, usable_speed)
+                               planned_speed, suggest_model, usable_speed)
 from stackgen.pipeline import plan_text as _plan_in_memory  # noqa: F401
 
 def hardware_yaml(host: Any) -> str:
