@@ -189,7 +189,7 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
         (speed, unit), need = planned_speed(plan), usable_speed(plan)
         if speed >= need:
             return model_name, plan, tried
-        tried.append(f"{model_name}: planned {speed:g} {unit}, below the {need:g} a {workload} workload needs")
+        tried.append(f"{model_name}: planned {speed:.1f} {unit}, below the {need:g} a {workload} workload needs")
         roomy.append((speed, model_name, plan))
     if roomy:
         speed, model_name, plan = max(roomy, key=lambda r: r[0])
