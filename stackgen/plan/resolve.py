@@ -206,11 +206,12 @@ def _layout_speed(sp: ServicePlan, hw: HardwareSpec) -> ServicePlan:
     if sp.topology is not None:
         return sp
     from stackgen.plan.capacity import instance_of
-    from stackgen.plan.speed import fleet_forecast
+    from stackgen.plan.speed import decode_gpu, fleet_forecast
 
     inst, wl = instance_of(sp, hw), sp.workload
     avg_ctx = mean_context(inst.memory, wl)
-    roofline, bottleneck = predict_decode_tokens_per_s(sp.model, inst.memory, inst.hardware, avg_ctx)
+    roofline, bottleneck = predict_decode_tokens_per_s(sp.model, inst.memory, inst.hardware, avg_ctx,
+                                                       gpu_share=decode_gpu(sp.engine, inst.hardware).line_share)
     return replace(sp, speed=fleet_forecast(sp, hw, wl.concurrent_users), predicted_decode_tokens_per_s=roofline,
                    bottleneck=bottleneck)
 

@@ -171,6 +171,9 @@ def test_a_planned_mi50_decodes_at_the_lines_share(write_stack):
     if share < 1:  # the plan says so among its reasons; the card without a stated target reads all of it, no reason
         assert note in known.reasons
     assert speed.decode_share_note("llama.cpp", hw1) is None and not any("as public measurements put it" in r for r in unstated.reasons)
+    # the plan's bandwidth roofline (predicted_decode_tokens_per_s) reads the same share: both cards' memory plans are
+    # alike and GPU-bound, so the rooflines stand in the share's ratio (an 8B on one GPU: no RAM term)
+    assert known.predicted_decode_tokens_per_s == pytest.approx(unstated.predicted_decode_tokens_per_s * share, rel=0.01)
 
 
 def test_recorded_decision():
