@@ -24,21 +24,24 @@ class Unsupported(Exception):
 
 def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float, cc: str,
                        amd_archs: tuple[str, ...] = ()) -> str | None:
-    """Why an engine built for CUDA and ROCm server GPUs (vLLM, SGLang) cannot serve on `hw`'s GPUs, None when it
-    can: Intel GPUs only (`intel`), AMD without an Instinct datacenter GPU (`amd`) or whose Instinct GPUs are all of
-    a gfx target its ROCm builds leave out (`amd_archs`: the targets they ship for, by prefix; a GPU whose target is
-    not stated is given the benefit of the doubt), an NVIDIA GPU below compute capability `min_cc` (`cc`)."""
+    """Why an engine built for CUDA and ROCm GPUs (vLLM, SGLang) cannot serve on `hw`'s GPUs, None when it can: Intel
+    GPUs only (`intel`); AMD GPUs none of which its ROCm builds ship for -- `amd_archs`, the gfx targets they do (by
+    prefix; rocm-smi prints 'gfx90a:sramecc+:xnack-'): a GPU of a stated target is in or out by that list, one whose
+    target is not stated is given the benefit of the doubt when it is an Instinct (datacenter) part and `amd` when it
+    is not (a Radeon of an unknown target); an NVIDIA GPU below compute capability `min_cc` (`cc`)."""
     vendors = {g.vendor for g in hw.gpus}
     if vendors <= {"intel"}:
         return intel
-    instinct = [g for g in hw.gpus if g.vendor == "amd" and g.tier == "datacenter"]
-    if "amd" in vendors and not instinct:
+    radeon = [g for g in hw.gpus if g.vendor == "amd"]
+    stated = [g for g in radeon if g.arch]
+    usable = [g for g in radeon if (g.arch.lower().startswith(amd_archs) if g.arch and amd_archs
+                                    else g.tier == "datacenter")]
+    if radeon and not usable:
+        if stated and amd_archs:
+            g = stated[0]
+            return (f"its ROCm builds target {', '.join(amd_archs)}, not the {g.name}'s {g.arch.split(':')[0]} "
+                    "(llama.cpp's ROCm/Vulkan serve it)")
         return amd
-    left_out = [g for g in instinct if amd_archs and g.arch and not g.arch.lower().startswith(amd_archs)]
-    if instinct and len(left_out) == len(instinct):
-        g = left_out[0]
-        return (f"its ROCm builds target {', '.join(amd_archs)}, not the {g.name}'s {g.arch.split(':')[0]} "
-                "(llama.cpp's ROCm/Vulkan serve it)")
     ccs = hw.nvidia_compute_capabilities
     if ccs and min(ccs) < min_cc:
         return cc
@@ -346,8 +349,9 @@ class Engine:
         raise NotImplementedError
 
     # -- planning
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
-        """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine."""
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
+        """Why this engine cannot run on `hw` at all (None when it can). `explicit`: the stack named the engine;
+        `version`: the stack's engine_version (None: the engine's default_version), where support changed by release."""
         raise NotImplementedError
 
     def weights(self, model: ModelFacts) -> Weights:

@@ -86,7 +86,7 @@ class LlamaCpp(Engine):
     plans_by_build = True  # the compute buffer's logits rows changed with PR 23861 (memory.llamacpp_logit_rows)
     default_build = LLAMA_TARGET_BUILD
 
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
 
     calibrates = True

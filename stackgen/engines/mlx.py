@@ -31,7 +31,7 @@ class Mlx(Engine):
     launchd = True
     rope_flag = False  # mlx_lm builds YaRN from config.json rope_scaling only
 
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         if hw.is_apple:
             return None
         if explicit and not hw.gpus:

@@ -75,7 +75,7 @@ class Ollama(Engine):
         Knob("ctx_checkpoints", ("LLAMA_ARG_CTX_CHECKPOINTS",), _count),
     )
 
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         return None
 
     def weights(self, model: ModelFacts) -> Weights:

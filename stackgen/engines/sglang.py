@@ -269,7 +269,7 @@ class SGLang(Engine):
                     "sglang/srt/entrypoints/http_server.py, no flag turns it off), so stackgen serves it only behind "
                     "its API key")
 
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         if hw.is_apple:
             return "its Apple (MLX) backend is experimental; on Apple silicon MLX and llama.cpp serve natively"
         if not hw.gpus:

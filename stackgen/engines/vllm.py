@@ -12,6 +12,15 @@ from stackgen.plan.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, p
 from stackgen.models.facts import LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
+# The GPUs vLLM's builds ship for. ROCm: docs/getting_started/installation/gpu.rocm.inc.md (v0.14.0 and main alike):
+# "MI200s (gfx90a), MI300 (gfx942), MI350 (gfx950), Radeon RX 7900 series (gfx1100/1101), Radeon RX 9000 series
+# (gfx1200/1201), Ryzen AI MAX / AI 300 Series (gfx1151/1150)". CUDA: gpu.cuda.inc.md says "compute capability 7.5 or
+# higher (e.g., T4, RTX20xx, A100, ...)" at tag v0.21.0 and on main, "7.0 or higher (e.g., V100, ...)" at v0.14.0
+# (PyTorch 2.11 dropped Volta from its CUDA 12.8+ builds, pytorch/pytorch issue 172352); a stack that names an
+# engine_version before 0.21.0 keeps the V100, the first release read with 7.5 being the boundary.
+ROCM_TARGETS = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1200", "gfx1201", "gfx1150", "gfx1151")
+VOLTA_DROPPED_BUILD = 2100  # vLLM 0.21.0 on speed.vllm_build's axis
+
 ALIASES = {"-tp": "--tensor-parallel-size", "-pp": "--pipeline-parallel-size", "-dp": "--data-parallel-size",
            "-q": "--quantization"}
 
@@ -122,20 +131,25 @@ class Vllm(Engine):
             f"traffic matters; nodes reach the Ray head at {roles[0].address}:{RAY_PORT}",
         )
 
-    def hardware_block(self, hw: HardwareSpec, explicit: bool) -> str | None:
+    def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         if hw.is_apple:
             return "has no Metal backend (CUDA/ROCm GPUs only; its CPU backend is for x86/ARM Linux servers)"
         if not hw.gpus:
             if explicit:
                 return None  # vLLM's CPU backend: allowed when asked for by name (tests, development)
             return "needs a CUDA or ROCm GPU for PagedAttention and continuous batching; this machine has none"
+        from stackgen.plan.speed import vllm_build
+        volta = version is not None and (vllm_build(version) or VOLTA_DROPPED_BUILD) < VOLTA_DROPPED_BUILD
         return server_gpu_refusal(
             hw, intel="its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)",
-            amd="its ROCm builds target AMD Instinct datacenter GPUs; consumer Radeon cards are llama.cpp's "
-                "(ROCm/Vulkan)",
-            min_cc=7.0, cc="needs NVIDIA compute capability 7.0 or newer",
-            # docs/getting_started/installation/gpu.rocm.inc.md: MI200s (gfx90a), MI300 (gfx942), MI350 (gfx950)
-            amd_archs=("gfx90a", "gfx942", "gfx950"))
+            amd="its ROCm builds target AMD Instinct MI200 / MI300 / MI350, Radeon RX 7900 / RX 9000 and Ryzen AI "
+                "Max / AI 300 GPUs; state this Radeon's gfx target (gpus[].arch) if it is one of them, else "
+                "llama.cpp's ROCm/Vulkan serve it",
+            min_cc=7.0 if volta else 7.5,
+            cc="needs NVIDIA compute capability 7.0 or newer" if volta else
+               "needs NVIDIA compute capability 7.5 (Turing) or newer from vLLM 0.21 (its installation docs; a V100 "
+               "needs an older release: engine_version)",
+            amd_archs=ROCM_TARGETS)
 
     def weights(self, model: ModelFacts) -> Weights:
         return safetensors_weights(model, "vLLM", "its GGUF loader is experimental and slow")

@@ -291,7 +291,7 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
                before: list[ServicePlan] = (),
                builds: dict[str, int | None] | None = None) -> Candidate:
     engine = engines.get(name)
-    block = engine.hardware_block(hw, explicit)
+    block = engine.hardware_block(hw, explicit, svc.spec.engine_version if explicit else None)
     if block:
         return Candidate(name, None, block)
     try:

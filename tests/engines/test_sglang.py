@@ -143,7 +143,7 @@ def test_short_prompts_stay_with_vllm_and_say_why_not_sglang(write_stack):
     ("m3-max-64gb", "Apple (MLX) backend is experimental"),
     ("cpu-server-64gb", "needs a CUDA GPU"),
     ("arc-a770", "no backend for Intel Arc"),
-    ("rx-7900-xtx", "target AMD Instinct"),
+    ("rx-7900-xtx", "its ROCm builds target gfx942, gfx950, not the Radeon RX 7900 XTX's gfx1100"),
 ])
 def test_hardware_sglang_does_not_serve(write_stack, hardware, why):
     sp = plan(write_stack, hardware=hardware, model="qwen2.5-0.5b-instruct")

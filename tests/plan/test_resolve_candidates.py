@@ -268,14 +268,15 @@ AMD_STACK = ("hardware:\n  gpus:\n    - {{vendor: amd, name: {name}, memory_gib:
 
 
 def test_vllm_and_sglang_refuse_an_instinct_gpu_of_a_target_their_rocm_builds_leave_out(write_stack):
-    """vLLM's ROCm builds ship for gfx90a / gfx942 / gfx950 (its installation docs), SGLang's for gfx942 / gfx950: an
+    """vLLM's Instinct targets are gfx90a / gfx942 / gfx950 (its installation docs), SGLang's gfx942 / gfx950: an
     Instinct MI50 (gfx906) at 16 users goes to llama.cpp with both refused by name and target; an MI210 (gfx90a, as
     rocm-smi prints it, feature flags included) keeps vLLM and is refused by SGLang only; without a stated target the
     MI50 is given the benefit of the doubt (the datacenter tier decides, as before)."""
     mi50 = dict(name="Radeon Instinct MI50", mem=32, bw=1024)
     sp, = plan(write_stack, AMD_STACK.format(arch=", arch: gfx906", **mi50))
     assert sp.engine == "llama.cpp"
-    assert "its ROCm builds target gfx90a, gfx942, gfx950, not the Radeon Instinct MI50's gfx906" in sp.rejected["vllm"]
+    assert "its ROCm builds target gfx90a, gfx942, gfx950, gfx1100, gfx1101, gfx1200, gfx1201, gfx1150, gfx1151, not the " \
+        "Radeon Instinct MI50's gfx906" in sp.rejected["vllm"]
     assert "its ROCm builds target gfx942, gfx950, not the Radeon Instinct MI50's gfx906" in sp.rejected["sglang"]
     mi210, = plan(write_stack, AMD_STACK.format(arch=', arch: "gfx90a:sramecc+:xnack-"', name="Instinct MI210", mem=64,
                                                 bw=1638.4))
@@ -283,3 +284,42 @@ def test_vllm_and_sglang_refuse_an_instinct_gpu_of_a_target_their_rocm_builds_le
     assert "not the Instinct MI210's gfx90a" in mi210.rejected["sglang"]
     unstated, = plan(write_stack, AMD_STACK.format(arch="", **mi50))
     assert "ROCm builds target" not in unstated.rejected.get("vllm", "")
+
+
+RADEON_STACK = ("hardware:\n  gpus:\n    - {{vendor: amd, name: {name}, memory_gib: 24, bandwidth_gbs: 960{arch}}}\n"
+                "  memory_gib: 64\n  memory_bandwidth_gbs: 80\n  os: linux\n  cpu: {{cores: 16}}\n"
+                "workload: {{concurrent_users: 8, optimize: throughput}}\nservices:\n  s: {{model: qwen2.5-7b-instruct, "
+                "engine: vllm}}\n")
+
+
+def test_vllm_serves_the_radeons_its_rocm_builds_ship_for(write_stack):
+    """vLLM's installation docs list Radeon RX 7900 (gfx1100/1101), RX 9000 (gfx1200/1201) and Ryzen AI Max / AI 300
+    (gfx1151/1150) among its ROCm GPUs: a stack that names vLLM on a Radeon of one of those targets plans it (it was
+    refused as "consumer Radeon cards are llama.cpp's"); a Radeon of another target (an RX 6800 XT, gfx1030) is
+    refused by name and target, and one whose target is not stated with what to write."""
+    sp, = plan(write_stack, RADEON_STACK.format(name="Radeon RX 7900 XTX", arch=", arch: gfx1100"))
+    assert sp.engine == "vllm" and not sp.memory.host_bytes > sp.memory.host_budget_bytes
+    with pytest.raises(PlanError, match=r"not the Radeon RX 6800 XT's gfx1030 \(llama.cpp's ROCm/Vulkan serve it\)"):
+        plan(write_stack, RADEON_STACK.format(name="Radeon RX 6800 XT", arch=", arch: gfx1030"))
+    with pytest.raises(PlanError, match=r"state this Radeon's gfx target \(gpus\[\].arch\)"):
+        plan(write_stack, RADEON_STACK.format(name="Radeon Mystery", arch=""))
+
+
+V100_STACK = ("hardware:\n  gpus: [{{vendor: nvidia, name: Tesla V100, memory_gib: 32, bandwidth_gbs: 900, "
+              "compute_capability: '7.0', tier: datacenter, memory_type: hbm}}]\n  memory_gib: 128\n"
+              "  memory_bandwidth_gbs: 100\n  os: linux\n  cpu: {{cores: 16}}\n"
+              "workload: {{concurrent_users: 8, optimize: throughput}}\nservices:\n  s: {{model: qwen2.5-7b-instruct, "
+              "engine: vllm{version}}}\n")
+
+
+def test_vllm_needs_turing_from_0_21_and_plans_a_v100_on_an_older_release(write_stack):
+    """vLLM's installation docs say compute capability 7.5 or higher at v0.21.0 and on main (7.0 at v0.14.0): at the
+    default version (0.33.0) or a stated 0.21+ a V100 is refused with the way out; a stack that names an older
+    release plans it."""
+    for version in ("", ", engine_version: 0.21.0"):
+        with pytest.raises(PlanError, match=r"compute capability 7.5 \(Turing\) or newer from vLLM 0.21"):
+            plan(write_stack, V100_STACK.format(version=version))
+    sp, = plan(write_stack, V100_STACK.format(version=", engine_version: 0.10.2"))
+    assert sp.engine == "vllm"
+    auto, = plan(write_stack, V100_STACK.format(version="").replace(", engine: vllm", ""))
+    assert auto.engine != "vllm" and "compute capability 7.5" in auto.rejected["vllm"]
