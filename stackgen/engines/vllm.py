@@ -141,7 +141,10 @@ class Vllm(Engine):
         from stackgen.plan.speed import vllm_build
         volta = version is not None and (vllm_build(version) or VOLTA_DROPPED_BUILD) < VOLTA_DROPPED_BUILD
         return server_gpu_refusal(
-            hw, intel="its Intel backend targets Data Center GPU Max; Arc cards are llama.cpp's (SYCL/Vulkan)",
+            # gpu.xpu.inc.md: "initially supports basic model inference and serving on Intel GPU platform" (Data
+            # Center and Arc GPUs), its images (vllm/vllm-openai-xpu, from v0.26.0) run --privileged
+            hw, intel="its Intel (XPU) backend is basic by its own docs and its images run privileged, so stackgen "
+                      "does not plan it; llama.cpp's SYCL/Vulkan serve Intel GPUs",
             amd="its ROCm builds target AMD Instinct MI200 / MI300 / MI350, Radeon RX 7900 / RX 9000 and Ryzen AI "
                 "Max / AI 300 GPUs; state this Radeon's gfx target (gpus[].arch) if it is one of them, else "
                 "llama.cpp's ROCm/Vulkan serve it",
