@@ -17,7 +17,7 @@ from stackgen.host.facts import HostFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, with_replicas
-from stackgen.plan.speed import decode_share_note, mean_context
+from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
 
@@ -559,7 +559,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     reasons += _knob_reasons(svc, engine, mem)
     share = decode_share_note(chosen.engine, hw)  # a GPU that public points put below its datasheet bandwidth
-    reasons += [share] if share else []
+    unchecked = vendor_unchecked_note(chosen.engine, hw)  # a GPU vendor the engine's line has no public point on
+    reasons += [note for note in (share, unchecked) if note]
     warnings = [chosen.note] if chosen.note else []
     if any("context reduced" in lever for lever in mem.levers):
         warnings.append("the plan serves a shorter context than the workload asked for")

@@ -1572,6 +1572,26 @@ def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
             f"({'; '.join(why)}); the forecast uses that")
 
 
+# The GPU vendors each engine's own fitted line has public points on (Backend.fitted_on counts them): a plan on
+# another vendor's GPU extrapolates the line (vendor_unchecked_note). llama.cpp's lines are per vendor already.
+LINE_VENDORS: dict[str, frozenset[str]] = {"vllm": frozenset({"nvidia"}), "sglang": frozenset({"nvidia"})}
+VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
+
+
+def vendor_unchecked_note(engine: str, hw: HardwareSpec) -> str | None:
+    """A plan's reason when the engine's decode line has no public point on the vendor of the GPU that sets its step
+    (LINE_VENDORS: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only), so its stated error is not this GPU's;
+    None otherwise."""
+    d = decode_gpu(engine, hw)
+    vendors = LINE_VENDORS.get(d.backend)
+    if d.gpu is None or vendors is None or d.gpu.vendor in vendors:
+        return None
+    names = " / ".join(VENDOR_NAMES[v] for v in sorted(vendors))
+    return (f"decode: the {d.backend} line is fitted on {names} GPUs' public points only; none checks it on the "
+            f"{d.gpu.name}, so the forecast is an extrapolation and its stated +-{BACKENDS[d.backend].error:.0%} is "
+            "not this GPU's (measure it: stackgen bench)")
+
+
 def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, calibration=None,
                 build: int | None = None, instances: int = 1) -> StepInputs:
     """The step inputs of one instance of `engine` serving `model` with memory plan `mem` (one instance's, one engine
