@@ -32,11 +32,11 @@ def server_gpu_refusal(hw: HardwareSpec, *, intel: str, amd: str, min_cc: float,
     vendors = {g.vendor for g in hw.gpus}
     if vendors <= {"intel"}:
         return intel
-    radeon = [g for g in hw.gpus if g.vendor == "amd"]
-    stated = [g for g in radeon if g.arch]
-    usable = [g for g in radeon if (g.arch.lower().startswith(amd_archs) if g.arch and amd_archs
-                                    else g.tier == "datacenter")]
-    if radeon and not usable:
+    amd_gpus = [g for g in hw.gpus if g.vendor == "amd"]
+    stated = [g for g in amd_gpus if g.arch]
+    usable = [g for g in amd_gpus if (g.arch.lower().startswith(amd_archs) if g.arch and amd_archs
+                                      else g.tier == "datacenter")]
+    if amd_gpus and not usable:
         if stated and amd_archs:
             g = stated[0]
             return (f"its ROCm builds target {', '.join(amd_archs)}, not the {g.name}'s {g.arch.split(':')[0]} "
