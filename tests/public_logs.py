@@ -523,6 +523,7 @@ DECISION_ERAS = (
     ("confirm-tier",),
     ("confirm-m1",),
     ("confirm-gfx9", "confirm-graphs2"),
+    ("confirm-vllm-rocm",),
 )
 # the held-out corpora (decode_speed.yaml's corpus:) a decision's step 1 collected, where not its own name
 DECISION_CORPORA = {

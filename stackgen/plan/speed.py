@@ -638,12 +638,15 @@ BACKENDS = {
     # 64 FLOP per weight byte at batch 1 as Marlin's. The RTX 3090 has room for it: 71 TFLOPS FP16 tensor with fp32
     # accumulate (capacity.GPU_TFLOPS) for 936 GB/s is 76 FLOP per byte, over 64, where SGLang's H20 has 37 (its
     # comment); that point reads 0.72 of peak, not less.
-    # Stated error: 9 in 10 of the 41 points (22 fitted, 19 held out, each on its era) within 30.2%, so 0.31
-    # (test_speed_forecast's rule; 0.29 on today's line with vllm-now's 14 rows held out, 0.45 on the 27 before them,
-    # 5.79 before the era term, 0.20 on the first 8); past it: the one-GPU 72B row (+72%), the A100 3B and 32B AWQ
-    # rows (+39%, +37%), the 14B AWQ row (+31%). A plan is for the vLLM version it names (engine_version; none: the default
-    # flag table's, current-era): Engine.speed_build, ServicePlan.engine_build.
-    "vllm": Backend(0.630, 0.69, fitted_on=22, error=0.31, prefill_mfu=0.528, efficiency_16bit=0.834,
+    # Stated error: 9 in 10 of the 45 points (22 fitted, 23 held out, each on its era) within 31.3%, so 0.32
+    # (test_speed_forecast's rule; 0.31 on the 41 before confirm-vllm-rocm's 4 AMD rows, 0.29 on today's line with
+    # vllm-now's 14 rows held out, 0.45 on the 27 before them, 5.79 before the era term, 0.20 on the first 8); past it:
+    # the Radeon 8060S's source-built vLLM 0.10 row (+79%), the one-GPU 72B row (+72%), the A100 3B and 32B AWQ rows
+    # (+39%, +37%). Every fitted point is an NVIDIA GPU's: the 4 AMD rows (one Radeon 8060S, +12..+79%) are held out and
+    # decided nothing (confirm-vllm-rocm-candidates.md), so a plan on an AMD GPU says it extrapolates (LINE_VENDORS).
+    # A plan is for the vLLM version it names (engine_version; none: the default flag table's, current-era):
+    # Engine.speed_build, ServicePlan.engine_build.
+    "vllm": Backend(0.630, 0.69, fitted_on=22, error=0.32, prefill_mfu=0.528, efficiency_16bit=0.834,
                     efficiency_int4_awq=0.848, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=2.63),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to

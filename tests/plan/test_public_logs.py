@@ -547,6 +547,11 @@ def test_engine_points_check_the_line_their_plans_use():
 #   lead's confirm-graphs2 rule (XiongjieDai's A100 PCIe / SXM notebooks at b2836-2837, 6; deven367/agent-handoffs'
 #   H100 SXM5 / NVL rows, 3; two microbatch-1 pp128 V100 rows the lead removed as not tg rows); 3 within 15%. No
 #   decision (all in one group): the lines unchanged.
+# - confirm-vllm-rocm (confirm-vllm-rocm-candidates.md): 4 new held-out vLLM rows on AMD GPUs taken blind for step 1 of
+#   the lead's confirm-vllm-rocm rule (lhl/strix-halo-testing's vLLM c=1 TPOT, unergybot/BestBox's 3 one-request
+#   rows), all on one Radeon 8060S: 2 within 15%, 3 within the vllm line's stated 31%, over-predicted (mean ln +0.24).
+#   No decision (fewer than 6 points, one GPU model): the plan's extrapolation reason stays; nothing is scored
+#   differently.
 SPEED_FLOORS = [
     (None, 115, 96, 0.0),
     ("metal-m1", 83, 80, 0.96),
@@ -570,6 +575,7 @@ SPEED_FLOORS = [
     ("confirm-m1-mlx", 6, 3, 0.50),
     ("confirm-gfx9", 10, 2, 0.20),
     ("confirm-graphs2", 9, 3, 0.33),
+    ("confirm-vllm-rocm", 4, 2, 0.50),
 ]
 # The rows as they stood before the confirmatory corpora (confirm-cuda, confirm-amd, confirm-metal) came in and
 # confirm-metal moved Metal's line: the earlier corpora's refit decisions were made against them under the 16-point

@@ -20,7 +20,10 @@ from test_public_logs import FLOORS_BEFORE_CONFIRM, metal_line_before_confirm
 POINTS = yaml.safe_load((Path(__file__).parent.parent / "fixtures" / "public-logs" / "decode_speed.yaml")
                         .read_text())["points"]
 NOW = [p for p in POINTS if p.get("corpus") == "vllm-now"]
-VLLM = [p for p in POINTS if p["backend"] == "vllm" and not p.get("outlier")]
+# the vLLM points of this decision's time: every confirmatory corpus (confirm-*, confirm-vllm-rocm's AMD rows among
+# them) was collected after it
+VLLM = [p for p in POINTS if p["backend"] == "vllm" and not p.get("outlier")
+        and not str(p.get("corpus")).startswith("confirm-")]
 
 
 def _line(fitted: list[dict]) -> speed.Backend:
