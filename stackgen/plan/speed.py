@@ -1582,17 +1582,18 @@ VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Ap
 
 
 def vendor_unchecked_note(engine: str, hw: HardwareSpec) -> str | None:
-    """A plan's reason when the engine's decode line has no public point on the vendor of the GPU that sets its step
-    (LINE_VENDORS: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only), so its stated error is not this GPU's;
-    None otherwise."""
+    """A plan's reason when the engine's decode line was fitted on no public point of the vendor of the GPU that sets
+    its step (LINE_VENDORS: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only; confirm-vllm-rocm's held-out AMD
+    rows decided nothing), so its stated error is not this GPU's; None otherwise."""
     d = decode_gpu(engine, hw)
     vendors = LINE_VENDORS.get(d.backend)
     if d.gpu is None or vendors is None or d.gpu.vendor in vendors:
         return None
     names = " / ".join(VENDOR_NAMES[v] for v in sorted(vendors))
-    return (f"decode: the {d.backend} line is fitted on {names} GPUs' public points only; none checks it on the "
-            f"{d.gpu.name}, so the forecast is an extrapolation and its stated +-{BACKENDS[d.backend].error:.0%} is "
-            "not this GPU's (measure it: stackgen bench)")
+    return (f"decode: the {d.backend} line is fitted on {names} GPUs' public points only and not confirmed on "
+            f"{VENDOR_NAMES[d.gpu.vendor]} ones (benchmarks/results/confirm-vllm-rocm-candidates.md), so the forecast "
+            f"for the {d.gpu.name} is an extrapolation and its stated +-{BACKENDS[d.backend].error:.0%} is not this "
+            "GPU's (measure it: stackgen bench)")
 
 
 def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, calibration=None,

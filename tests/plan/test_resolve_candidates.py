@@ -343,9 +343,9 @@ def test_a_plan_says_when_its_engines_speed_line_has_no_point_on_its_gpus_vendor
     radeon, = plan(write_stack, RADEON_STACK.format(name="Radeon RX 7900 XTX", arch=", arch: gfx1100"))
     note = [r for r in radeon.reasons if "public points only" in r]
     err = f"{speed.BACKENDS['vllm'].error:.0%}"
-    assert note == ["decode: the vllm line is fitted on NVIDIA GPUs' public points only; none checks it on the Radeon "
-                    f"RX 7900 XTX, so the forecast is an extrapolation and its stated +-{err} is not this GPU's (measure "
-                    "it: stackgen bench)"]
+    assert note == ["decode: the vllm line is fitted on NVIDIA GPUs' public points only and not confirmed on AMD ones "
+                    "(benchmarks/results/confirm-vllm-rocm-candidates.md), so the forecast for the Radeon RX 7900 XTX is "
+                    f"an extrapolation and its stated +-{err} is not this GPU's (measure it: stackgen bench)"]
     nvidia, = plan(write_stack, V100_STACK.format(version=", engine_version: 0.10.2"))
     assert nvidia.engine == "vllm" and not any("public points only" in r for r in nvidia.reasons)
     llama, = plan(write_stack, RADEON_STACK.format(name="Radeon RX 7900 XTX", arch=", arch: gfx1100")
