@@ -112,6 +112,10 @@ class Backend:
     # or its known-parts table): llama.cpp's HIP and Vulkan kernels on AMD's GCN5 / CDNA1-2 HBM parts (GFX9_HBM_SHARE,
     # confirm-gfx9). A chip-wide share that every engine sees is the hardware's (GPUSpec.bandwidth_share).
     arch_bandwidth_share: tuple[tuple[str, float], ...] = ()
+    # The GPU vendors this line's fitted points are on, for an engine's own line that serves several (vLLM, SGLang:
+    # NVIDIA only): a plan on another vendor's GPU extrapolates it (vendor_unchecked_note). Empty: not stated (ggml's
+    # lines are one vendor's by construction).
+    fitted_vendors: frozenset[str] = frozenset()
 
     def bandwidth_share_for(self, arch: str | None) -> float:
         """The share of its datasheet bandwidth a GPU of architecture `arch` (an AMD gfx target, e.g. 'gfx906' or
@@ -643,11 +647,12 @@ BACKENDS = {
     # vllm-now's 14 rows held out, 0.45 on the 27 before them, 5.79 before the era term, 0.20 on the first 8); past it:
     # the Radeon 8060S's source-built vLLM 0.10 row (+79%), the one-GPU 72B row (+72%), the A100 3B and 32B AWQ rows
     # (+39%, +37%). Every fitted point is an NVIDIA GPU's: the 4 AMD rows (one Radeon 8060S, +12..+79%) are held out and
-    # decided nothing (confirm-vllm-rocm-candidates.md), so a plan on an AMD GPU says it extrapolates (LINE_VENDORS).
+    # decided nothing (confirm-vllm-rocm-candidates.md), so a plan on an AMD GPU says it extrapolates (fitted_vendors).
     # A plan is for the vLLM version it names (engine_version; none: the default flag table's, current-era):
     # Engine.speed_build, ServicePlan.engine_build.
     "vllm": Backend(0.630, 0.69, fitted_on=22, error=0.32, prefill_mfu=0.528, efficiency_16bit=0.834,
-                    efficiency_int4_awq=0.848, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=2.63),
+                    efficiency_int4_awq=0.848, build_before=VLLM_V1_DEFAULT_BUILD, t0_before_ms=2.63,
+                    fitted_vendors=frozenset({"nvidia"})),
     # SGLang (engines/sglang.py speed_backend): its own line, fitted on half of its 16 public single-stream rows, all of
     # ONE run -- the Qwen3 docs' speed benchmark, SGLang 0.4.6.post1 on one H20 96GB (4.0 TB/s), batch 1, Qwen3 0.6B to
     # 32B in BF16, FP8 and AWQ-INT4 (decode_speed.yaml). On vLLM's line (before) they were over-predicted x1.5 to x7.2.
@@ -701,7 +706,7 @@ BACKENDS = {
     # batch_mfu (the default; no SGLang service curve, and vllm_concurrency.yaml's points are vLLM's: an SGLang plan's
     # N-stream steps are this line's single step plus vLLM's compute per extra token, unchecked).
     "sglang": Backend(0.430, 1.72, fitted_on=8, error=0.15, prefill_mfu=0.528, efficiency_16bit=0.369,
-                      efficiency_int4_awq=0.225),
+                      efficiency_int4_awq=0.225, fitted_vendors=frozenset({"nvidia"})),
 }
 DEFAULT_BACKEND = Backend(0.70, 0.0)
 # The decode error a plan states for a partial offload (layers split between GPU and system RAM), at least: the largest
@@ -1575,19 +1580,16 @@ def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
             f"({'; '.join(why)}); the forecast uses that")
 
 
-# The GPU vendors each engine's own fitted line has public points on (Backend.fitted_on counts them): a plan on
-# another vendor's GPU extrapolates the line (vendor_unchecked_note). llama.cpp's lines are per vendor already.
-LINE_VENDORS: dict[str, frozenset[str]] = {"vllm": frozenset({"nvidia"}), "sglang": frozenset({"nvidia"})}
 VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
 
 
 def vendor_unchecked_note(engine: str, hw: HardwareSpec) -> str | None:
     """A plan's reason when the engine's decode line was fitted on no public point of the vendor of the GPU that sets
-    its step (LINE_VENDORS: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only; confirm-vllm-rocm's held-out AMD
-    rows decided nothing), so its stated error is not this GPU's; None otherwise."""
+    its step (Backend.fitted_vendors: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only; confirm-vllm-rocm's
+    held-out AMD rows decided nothing), so its stated error is not this GPU's; None otherwise."""
     d = decode_gpu(engine, hw)
-    vendors = LINE_VENDORS.get(d.backend)
-    if d.gpu is None or vendors is None or d.gpu.vendor in vendors:
+    vendors = BACKENDS.get(d.backend, DEFAULT_BACKEND).fitted_vendors
+    if d.gpu is None or not vendors or d.gpu.vendor in vendors:
         return None
     names = " / ".join(VENDOR_NAMES[v] for v in sorted(vendors))
     return (f"decode: the {d.backend} line is fitted on {names} GPUs' public points only and not confirmed on "

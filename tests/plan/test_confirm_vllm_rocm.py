@@ -49,7 +49,7 @@ def test_the_new_points_are_held_out_amd_vllm_rows_with_their_sources():
 
 def test_step_4_gives_no_decision_and_the_plans_keep_their_reason():
     assert not step_4_decides(NEW)  # 4 points, one GPU model
-    assert speed.LINE_VENDORS["vllm"] == frozenset({"nvidia"})  # V0 stays
+    assert speed.BACKENDS["vllm"].fitted_vendors == frozenset({"nvidia"})  # V0 stays
 
 
 def test_step_2_as_recorded_and_step_3_would_not_have_adopted():

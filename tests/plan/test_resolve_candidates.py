@@ -326,7 +326,7 @@ def test_vllm_needs_turing_from_0_21_and_plans_a_v100_on_an_older_release(write_
 
 
 def test_a_plan_says_when_its_engines_speed_line_has_no_point_on_its_gpus_vendor(write_stack):
-    """vLLM's decode line is fitted on NVIDIA GPUs' public points only (speed.LINE_VENDORS; the fixture's AMD vLLM
+    """vLLM's decode line is fitted on NVIDIA GPUs' public points only (speed.Backend.fitted_vendors; the fixture's AMD vLLM
     rows, confirm-vllm-rocm's, are held out and decided nothing): a vLLM plan on a Radeon says its forecast is an
     extrapolation; the same workload's vLLM plan on an NVIDIA GPU and llama.cpp's (a ROCm line of its own) on the
     Radeon do not."""
@@ -336,8 +336,8 @@ def test_a_plan_says_when_its_engines_speed_line_has_no_point_on_its_gpus_vendor
     points = yaml.safe_load(Path(__file__).parents[1].joinpath("fixtures/public-logs/decode_speed.yaml").read_text())
     points = points["points"] if isinstance(points, dict) else points
     amd_words = ("radeon", "instinct", " mi3", " mi2", "rx ")
-    for line, vendors in speed.LINE_VENDORS.items():  # the table says what the lines were fitted on
-        assert vendors == {"nvidia"}
+    for line in ("vllm", "sglang"):  # the lines say what they were fitted on
+        assert speed.BACKENDS[line].fitted_vendors == {"nvidia"}
         amd = [p for p in points if p["backend"] == line and any(w in f" {p['gpu'].lower()}" for w in amd_words)]
         assert all(p.get("held_out") and p.get("corpus") == "confirm-vllm-rocm" for p in amd), [p["id"] for p in amd]
     radeon, = plan(write_stack, RADEON_STACK.format(name="Radeon RX 7900 XTX", arch=", arch: gfx1100"))
