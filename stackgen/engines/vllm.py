@@ -138,8 +138,8 @@ class Vllm(Engine):
             if explicit:
                 return None  # vLLM's CPU backend: allowed when asked for by name (tests, development)
             return "needs a CUDA or ROCm GPU for PagedAttention and continuous batching; this machine has none"
-        from stackgen.plan.speed import vllm_build
-        volta = version is not None and (vllm_build(version) or VOLTA_DROPPED_BUILD) < VOLTA_DROPPED_BUILD
+        build = self.speed_build(version)  # the version a plan is for (its alias resolved; none: the default's)
+        volta = build is not None and build < VOLTA_DROPPED_BUILD
         return server_gpu_refusal(
             # gpu.xpu.inc.md: "initially supports basic model inference and serving on Intel GPU platform" (Data
             # Center and Arc GPUs), its images (vllm/vllm-openai-xpu, from v0.26.0) run --privileged
