@@ -19,7 +19,7 @@ from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb
 from stackgen.plan.capacity import fleet_memory, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
-from stackgen.spec.stack import LOOPBACK_HOSTS, HardwareSpec, Node, Service, Stack
+from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
 
 # NVIDIA GPUs below compute capability 5.0 (Kepler: K80, K40) are below CUDA 12's and llama.cpp's default build's
 # lowest architecture (ggml/src/ggml-cuda/CMakeLists.txt: "50 == Maxwell, lowest CUDA 12 standard"): the decode lines
@@ -85,9 +85,6 @@ DECISION_TABLE: tuple[Row, ...] = (
         "{users} on {gpu}: llama.cpp runs on any hardware ({backend})"),
 )
 
-VENDOR = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
-
-
 def gpu_words(hw: HardwareSpec) -> str:
     """The machine's accelerators in words, from the facts: tier, vendor, name and count of each GPU."""
     if hw.is_apple:
@@ -97,7 +94,7 @@ def gpu_words(hw: HardwareSpec) -> str:
         return f"a CPU-only machine ({hw.cpu.cores} cores)"
     parts = []
     for g in hw.gpus:
-        kind = f"{g.tier} {VENDOR[g.vendor]} GPU"  # GPUSpec.vendor is one of VENDOR's keys
+        kind = f"{g.tier} {VENDOR_NAMES[g.vendor]} GPU"  # GPUSpec.vendor is one of VENDOR_NAMES' keys
         parts.append(f"{g.count} {kind}s ({g.name})" if g.count > 1 else f"a {kind} ({g.name})")
     return " + ".join(parts)
 

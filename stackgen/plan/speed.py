@@ -1580,13 +1580,11 @@ def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
             f"({'; '.join(why)}); the forecast uses that")
 
 
-VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
-
-
 def vendor_unchecked_note(engine: str, hw: HardwareSpec) -> str | None:
     """A plan's reason when the engine's decode line was fitted on no public point of the vendor of the GPU that sets
     its step (Backend.fitted_vendors: vLLM's and SGLang's lines are fitted on NVIDIA GPUs only; confirm-vllm-rocm's
     held-out AMD rows decided nothing), so its stated error is not this GPU's; None otherwise."""
+    from stackgen.spec.stack import VENDOR_NAMES
     d = decode_gpu(engine, hw)
     vendors = BACKENDS.get(d.backend, DEFAULT_BACKEND).fitted_vendors
     if d.gpu is None or not vendors or d.gpu.vendor in vendors:

@@ -45,6 +45,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# GPUSpec.vendor's values as plans and reasons write them.
+VENDOR_NAMES = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel", "apple": "Apple"}
+
 # NVIDIA's compute capability as nvidia-smi's compute_cap prints it (major.minor); the planner compares it as a number.
 COMPUTE_CAPABILITY = r"^[0-9]{1,2}\.[0-9]$"
 
