@@ -222,6 +222,66 @@ def stats(groups: list[list[list[dict]]], predict: Callable[[dict], float] | Non
     return out
 
 
+def bias_keys(p: dict) -> dict[str, tuple]:
+    """What each bias oracle (bias_oracles) pools a point's residual by: its GPU (the repeat key's GPU part: backend,
+    norm_gpu, bandwidth_gbs), its post, and the pair."""
+    gpu = (p["backend"], norm_gpu(p["gpu"]), float(p["bandwidth_gbs"]))
+    return {"gpu": gpu, "post": (post_of(p),), "post and gpu": (post_of(p),) + gpu}
+
+
+def bias_oracles(points: list[dict], predict: Callable[[dict], float] = predict_decode,
+                 tol: float = 0.15) -> dict[str, tuple[int, int]]:
+    """Which remaining error a plan's inputs could still learn. For every non-outlier point: stackgen's log residual
+    r = ln(predicted / measured); then r less a bias learned from OTHER points only:
+    - "gpu": the mean residual of the same GPU's points in OTHER posts (what a per-GPU factor, e.g. a measured
+      bandwidth table, could learn from public data; nothing to learn: no correction);
+    - "post": the mean residual of the same post's other points (the source's host, driver, build flags: what no
+      stack.yaml says; an upper bound on a per-source term);
+    - "post and gpu": the same post's other points on the same GPU.
+    Returns {name: (points within tol, points)}, "model" the residual as is."""
+    pts = [p for p in points if not p.get("outlier")]
+    res = [math.log(predict(p) / p["tokens_per_s"]) for p in pts]
+    keys = [bias_keys(p) for p in pts]
+    post = [post_of(p) for p in pts]
+    def close(r: float) -> bool:  # predicted / measured within tol, as the corpus counts it
+        return abs(math.exp(r) - 1) <= tol
+
+    hits = {"model": sum(close(r) for r in res)}
+    for name in ("gpu", "post", "post and gpu"):
+        k = 0
+        for i, r in enumerate(res):
+            if name == "gpu":
+                others = [res[j] for j in range(len(pts)) if keys[j]["gpu"] == keys[i]["gpu"] and post[j] != post[i]]
+            else:
+                others = [res[j] for j in range(len(pts)) if j != i and keys[j][name] == keys[i][name]]
+            k += close(r - (sum(others) / len(others) if others else 0.0))
+        hits[name] = k
+    return {name: (k, len(pts)) for name, k in hits.items()}
+
+
+def within_post_size_slopes(points: list[dict], predict: Callable[[dict], float] = predict_decode
+                            ) -> dict[str, tuple[float, int]]:
+    """Per backend, the pooled least-squares slope of the residual ln(predicted / measured) on ln(bytes_mib) WITHIN
+    each (post, GPU) set of 2+ non-outlier points (each set centred on its own means, so a post's host and GPU drop
+    out): a model-size term the lines lack would show here. Returns {backend: (slope, points in such sets)}."""
+    sets: dict[tuple, list[tuple[float, float]]] = {}
+    for p in points:
+        if not p.get("outlier"):
+            key = (p["backend"], post_of(p), norm_gpu(p["gpu"]))
+            sets.setdefault(key, []).append((math.log(p["bytes_mib"]), math.log(predict(p) / p["tokens_per_s"])))
+    acc: dict[str, list[float]] = {}
+    for (backend, *_), xs in sets.items():
+        if len(xs) < 2:
+            continue
+        mx, my = sum(x for x, _ in xs) / len(xs), sum(y for _, y in xs) / len(xs)
+        a = acc.setdefault(backend, [0.0, 0.0, 0])
+        for x, y in xs:
+            a[0] += (x - mx) * (y - my)
+            a[1] += (x - mx) ** 2
+            a[2] += 1
+    return {b: (a[0] / a[1], int(a[2])) for b, a in sorted(acc.items()) if a[1] > 0}
+
+
 def _pct(k: int, n: int) -> str:
     return f"{k} of {n} ({100 * k / n:.0f}%)" if n else "0 of 0"
 
@@ -259,6 +319,19 @@ def report(points: list[dict] | None = None) -> str:
         lines.append(f"{FILES[0]} alone: {c['groups']} groups, {c['members']} members; oracle within 15% "
                      f"{_pct(c['oracle_0.15'], c['members'])}, within 25% {_pct(c['oracle_0.25'], c['members'])}; "
                      f"sigma {c['sigma']:.4f}")
+    only_out = [p for p in only if not p.get("outlier")]
+    bo = bias_oracles(only)
+    lines += [
+        "", "## What is left to learn (bias_oracles)", "",
+        f"Over {FILES[0]}'s {len(only_out)} non-outlier points, within 15%: stackgen {_pct(*bo['model'])}; "
+        f"corrected by the mean residual of the same GPU in other posts (what a per-GPU factor learnt from public "
+        f"data could do) {_pct(*bo['gpu'])}; by the mean residual of the same post's other points (the source's own "
+        f"host, driver and flags, which no stack.yaml says) {_pct(*bo['post'])}; by the same post's other points on "
+        f"the same GPU {_pct(*bo['post and gpu'])}. A per-GPU correction that does not raise the count has nothing "
+        "to learn across sources; what a per-post one adds is bounded by what the post itself knows.", "",
+        "Model size within a post (within_post_size_slopes: the residual's slope on ln(bytes) inside each post's "
+        "points on one GPU; 0: no size term missing): " + "; ".join(
+            f"{b} {sl:+.3f} ({n} points)" for b, (sl, n) in within_post_size_slopes(only).items()) + "."]
     lines += [
         "",
         "## By backend", "",

@@ -155,3 +155,44 @@ def test_recorded_ceiling_matches_the_fixtures():
     assert tuple(int(x) for x in m.groups()) == (st["groups"], st["members"], st["rows"], st["oracle_0.15"],
                                                  st["oracle_0.25"])
     assert float(sig.group(1)) == pytest.approx(st["sigma"], abs=1e-4)
+
+
+def test_bias_oracles_learn_only_what_other_points_say():
+    # post s1 runs 20% slow on both of its GPUs; s2 and s3 agree with the model: the post's own other rows learn it
+    pts = [_p("a", 100, "s1"), _p("b", 100, "s1", gpu="RTX 4090", bw=1008), _p("c", 120, "s2"),
+           _p("d", 120, "s3", gpu="RTX 4090", bw=1008), _p("x", 1, "s9", outlier=True)]
+    got = rn.bias_oracles(pts, predict=lambda p: 120.0)
+    assert got["model"] == (2, 4)  # 1.2 misses on s1's two rows; the outlier is not counted
+    assert got["post"] == (4, 4)  # s1's rows each corrected by the other's +0.18
+    assert got["post and gpu"] == (2, 4)  # s1 has one row per GPU: nothing to learn
+    # the same GPU in another post: a stays at 1.2 (c's residual is 0), c moves to 0.83 (a's +0.18): all four miss
+    assert got["gpu"] == (0, 4)
+
+
+def test_bias_oracles_gpu_correction_from_other_posts_only():
+    # one GPU reads 25% over the model in every post: the cross-post GPU mean learns it, a lone post does not
+    pts = [_p("a", 125, "s1"), _p("b", 125, "s2"), _p("c", 125, "s3")]
+    got = rn.bias_oracles(pts, predict=lambda p: 100.0)
+    assert got["model"] == (0, 3) and got["gpu"] == (3, 3) and got["post"] == (0, 3)
+
+
+def test_within_post_size_slopes_recover_a_size_term():
+    # residual ln(pred/meas) = 0.2 x ln(bytes) + a per-post offset: the within-post slope is 0.2, offsets drop out
+    pts = []
+    for post, off in (("s1", 0.3), ("s2", -0.4)):
+        for mib in (1000.0, 4000.0, 16000.0):
+            pts.append(_p(f"{post}-{mib}", 100 * math.exp(-(0.2 * math.log(mib) + off)), post, mib=mib))
+    pts.append(_p("lone", 50, "s3", gpu="RTX 4090", bw=1008))  # a set of one: no slope from it
+    slopes = rn.within_post_size_slopes(pts, predict=lambda p: 100.0)
+    assert list(slopes) == ["cuda"]
+    assert slopes["cuda"][0] == pytest.approx(0.2) and slopes["cuda"][1] == 6
+
+
+def test_recorded_bias_oracles_match_the_fixtures():
+    text = (ROOT / "benchmarks" / "results" / "repeat_noise.md").read_text(encoding="utf-8")
+    m = re.search(r"within 15%: stackgen (\d+) of (\d+) .*?other posts .*? (\d+) of \d+ .*?other points .*? (\d+) of "
+                  r"\d+ .*?same GPU (\d+) of", text)
+    assert m, "no bias-oracle line in repeat_noise.md"
+    got = rn.bias_oracles([p for p in rn.load_points() if p["_file"] == rn.FILES[0]])
+    assert tuple(int(x) for x in m.groups()) == (got["model"][0], got["model"][1], got["gpu"][0], got["post"][0],
+                                                 got["post and gpu"][0])
