@@ -220,13 +220,19 @@ def instance_of(sp, hw: HardwareSpec) -> Instance:
     return Instance(mem, sub, sp.threads, count)
 
 
-def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
-    if not engines.get(sp.engine).paged_batching or m.gpu_bytes <= 0:
+def requests_held(engine: str, model, m: MemoryPlan, ctx: int) -> int:
+    """Requests of `ctx` tokens one instance holds at once: its slots (llama.cpp -np), or for an engine that pages its
+    KV cache (vLLM) the slots its KV pool -- the reserve less weights and overhead, per rank -- has room for."""
+    if not engines.get(engine).paged_batching or m.gpu_bytes <= 0:
         return max(1, m.parallel)
     ranks = max(1, m.tensor_parallel * m.pipeline_parallel * m.data_parallel)
     room = (m.gpu_bytes - m.weights_bytes - m.overhead_bytes) / ranks
-    per_req = vllm_kv_bytes_per_request(sp.model, avg_ctx, m.kv_cache_type, m.tensor_parallel)
+    per_req = vllm_kv_bytes_per_request(model, ctx, m.kv_cache_type, m.tensor_parallel)
     return max(1, min(m.parallel, int(room // max(1, per_req))))
+
+
+def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:
+    return requests_held(sp.engine, sp.model, m, avg_ctx)
 
 
 def _step_tokens(sp) -> int:

@@ -14,9 +14,10 @@ from stackgen import engines
 from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
+from stackgen.models.facts import ModelFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
                              predict_decode_tokens_per_s)
-from stackgen.plan.capacity import fleet_memory, with_replicas
+from stackgen.plan.capacity import fleet_memory, requests_held, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
@@ -147,6 +148,8 @@ class Candidate:
     note: str = ""
     pins: Pins = NO_PINS  # planned knobs the service's overrides pin for this engine
     unpinned: MemoryPlan | None = None  # the plan stackgen would have made without them (for the reasons)
+    model: ModelFacts | None = None  # the model facts planned when not the service's own (like_precision's quant)
+    reason: str = ""  # why those facts (a plan reason)
 
 
 def engine_build(stack: Stack, svc: Service, host: HostFacts, name: str) -> int | None:
@@ -307,9 +310,26 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
                                                                 f"services.{svc.name}.overrides")
     if engine.plans_by_build:  # e.g. llama.cpp's logits rule follows the build the host has
         pins = replace(pins, engine_build=(builds or {}).get(name, engine.default_build))
-    mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
+    model, precision = svc.model, ""
+    mem = engine.plan_memory(model, svc.workload, hw, budget, w, pins)
+    held = held16 = requests_held(name, model, mem, mem.context_per_request) if mem.fits else 0
+    w16, mem16 = w, mem
+    for q in like_precision(model, w.format) if held < mem.parallel else ():
+        m4 = model.with_quant(q)
+        try:
+            w4 = engine.weights(m4)
+        except Unsupported:
+            continue
+        mem4 = engine.plan_memory(m4, svc.workload, hw, budget, w4, pins)
+        held4 = requests_held(name, m4, mem4, mem4.context_per_request) if mem4.fits else 0
+        if held4 > held:
+            precision = (f"no quant named: {engine.display} serves the 4-bit {q} checkpoint {m4.hf_repo_for(q)} "
+                         f"({gb(w4.bytes)}), the precision of llama.cpp's default Q4_K_M, as its {w16.format} weights "
+                         + (f"({gb(w16.bytes)}) leave room for {held16} of {mem16.parallel} requests at full context"
+                            if mem16.fits else f"({gb(w16.bytes)}) do not fit") + f" (`quant: {w16.format}` keeps them)")
+            model, w, mem, held = m4, w4, mem4, held4
     bare = replace(NO_PINS, engine_build=pins.engine_build)
-    unpinned = engine.plan_memory(svc.model, svc.workload, hw, budget, w, bare) if pins else None
+    unpinned = engine.plan_memory(model, svc.workload, hw, budget, w, bare) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
     if rope_block:
         # a blocked candidate keeps its memory plan (the hint and plan --json read it), not what only a chosen one
@@ -318,7 +338,20 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
                          f"{svc.model.name}'s trained {svc.model.context_length})")
     if not mem.fits:
         return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw))
-    return Candidate(name, mem, "", w.note, pins, unpinned)
+    return Candidate(name, mem, "", w.note, pins, unpinned, model if model is not svc.model else None, precision)
+
+
+def like_precision(model: ModelFacts, fmt: str) -> list[str]:
+    """With no quant named, llama.cpp and Ollama plan a 4-bit GGUF (Q4_K_M, gguf_for's default) while vLLM and SGLang
+    plan the 16-bit checkpoint (hf_for's): a 70B on one H100 then looked like llama.cpp's at 4-bit against vLLM's at
+    bf16, which cannot load. The catalog's pre-quantized 4-bit checkpoints (hf_variants awq, gptq) a 16-bit plan may
+    take instead, so that engines are compared at like precision; _candidate takes one only when it holds more
+    requests at full context than the 16-bit weights."""
+    from stackgen.models.facts import HF_BYTES_PER_PARAM
+
+    if model.source != "catalog" or model.quant is not None or HF_BYTES_PER_PARAM.get(fmt, 0) < 2:
+        return []
+    return [q for q in ("awq", "gptq") if q in model.hf_variants]
 
 
 def _pin_reasons(c: Candidate, threads: int, default_threads: int) -> list[str]:
@@ -553,7 +586,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     threads = chosen.pins.threads or hw.cpu.cores
     # llama.cpp's build (Pins.engine_build), or another engine's version on the speed fit's build axis (vLLM's era)
     build = chosen.pins.engine_build if engine.plans_by_build else engine.speed_build(svc.spec.engine_version)
-    reasons = list(reasons) + _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
+    reasons = list(reasons) + ([f"weights: {chosen.reason}"] if chosen.reason else [])
+    reasons += _pin_reasons(chosen, threads, hw.cpu.cores) + [f"memory: {lever}" for lever in mem.levers]
     reasons += _knob_reasons(svc, engine, mem)
     share = decode_share_note(chosen.engine, hw)  # a GPU that public points put below its datasheet bandwidth
     unchecked = vendor_unchecked_note(chosen.engine, hw)  # a GPU vendor the engine's line has no public point on
@@ -570,7 +604,8 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     if svc.spec.engine != "auto" and not hw.gpus and engine.hardware_block(hw, False) is not None:
         warnings.append(f"{engine.display} on a CPU-only machine: a test/development path, not a serving setup")
     sp = ServicePlan(
-        name=svc.name, engine=chosen.engine, spec=svc.spec, model=svc.model, workload=svc.workload, memory=mem,
+        name=svc.name, engine=chosen.engine, spec=svc.spec, model=chosen.model or svc.model, workload=svc.workload,
+        memory=mem,
         host=stack.serve.host, port=port, threads=threads, predicted_decode_tokens_per_s=speed,
         bottleneck=bottleneck, reasons=tuple(reasons), rejected=rejected, warnings=tuple(warnings),
         api_key_env=stack.serve.api_key_env, cors_origins=stack.serve.cors_origins, gpus=hw.gpus, topology=topology,

@@ -1,0 +1,53 @@
+"""With no quant named, engines are compared at like precision: llama.cpp plans Q4_K_M, so vLLM may plan the
+catalog's 4-bit checkpoint (resolve.like_precision) where its bf16 weights hold fewer requests at full context."""
+
+from __future__ import annotations
+
+from stackgen.host.facts import HostFacts
+from stackgen.plan.resolve import like_precision, resolve
+from stackgen.spec.profiles import load_profiles
+from stackgen.spec.stack import load_stack
+
+HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
+CATALOG = load_profiles().models
+
+
+def _plan(write_stack, hardware, workload, model, extra=""):
+    f = write_stack(f"version: 1\nhardware: {hardware}\nworkload: {workload}\nservices:\n  svc:\n    model: {model}\n"
+                    f"{extra}")
+    return resolve(load_stack(f), HOST).services[0]
+
+
+def test_70b_on_one_h100_goes_to_vllm_at_4_bit_not_llamacpp_spilling(write_stack):
+    sp = _plan(write_stack, "h100-80gb", "{concurrent_users: 32, context_tokens: 8192, optimize: throughput}",
+               "llama-3.1-70b-instruct")
+    assert sp.engine == "vllm"
+    assert sp.memory.weights_format == "awq" and sp.model.quant == "awq"
+    assert "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4" in sp.command
+    why = [r for r in sp.reasons if r.startswith("weights: no quant named")]
+    assert len(why) == 1 and "bf16 weights (141.1 GB) do not fit" in why[0] and "`quant: bf16`" in why[0]
+    assert sp.memory.gpu_layers == sp.memory.total_layers  # all on the GPU, where llama.cpp spilled 2 layers
+
+
+def test_a_named_quant_is_kept(write_stack):
+    sp = _plan(write_stack, "h100-80gb", "{concurrent_users: 32, context_tokens: 8192, optimize: throughput}",
+               "llama-3.1-70b-instruct", "    quant: bf16\n")
+    assert sp.engine == "llama.cpp"  # bf16 as named: vLLM cannot load 141 GB; llama.cpp plans BF16 spilling to RAM
+    assert sp.memory.weights_format == "BF16" and sp.model.quant == "bf16"
+    assert "141.1 GB of weights (bf16)" in sp.rejected["vllm"]
+    assert not any(r.startswith("weights: no quant named") for r in sp.reasons)
+
+
+def test_bf16_stays_where_it_holds_every_request(write_stack):
+    sp = _plan(write_stack, "h100-80gb", "{concurrent_users: 8, context_tokens: 4096, optimize: throughput}",
+               "qwen2.5-7b-instruct")
+    assert sp.engine == "vllm" and sp.memory.weights_format == "bf16"
+    assert not any("no quant named" in r for r in sp.reasons)
+
+
+def test_like_precision_only_for_catalog_16_bit_without_a_quant():
+    m = CATALOG["llama-3.1-70b-instruct"]
+    assert like_precision(m, "bf16") == ["awq"]
+    assert like_precision(m.with_quant("bf16"), "bf16") == []  # named
+    assert like_precision(m, "fp8") == []  # not a 16-bit plan
+    assert like_precision(CATALOG["llama-3.1-8b-instruct"], "bf16") == []  # no 4-bit checkpoint known
