@@ -50,9 +50,25 @@ def service_text(sp: ServicePlan) -> list[str]:
                      f"(bound by {sp.bottleneck})")
     if sp.speed is not None:
         lines.append(f"  predicted for users: {sp.speed.text()}")
+    lines += capacity_lines(sp)
     for w in sp.warnings:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))
+    return lines
+
+
+def capacity_lines(sp: ServicePlan) -> list[str]:
+    """The capacity plan's verdict (plan --json's `capacity`): the layout, whether it meets the workload's targets
+    under the simulated load, and the advice when it does not. A plan that misses them must say so here too."""
+    c = sp.capacity
+    if c is None:
+        return []
+    p, wl = c.prediction, sp.workload
+    verdict = "meets" if c.meets else "MISSES"
+    lines = [f"  capacity: {c.layout.label()} {verdict} the workload's targets (p95 TTFT {wl.ttft_p95_ms / 1000:g} s, "
+             f"{wl.tokens_per_s_per_user:g} tokens/s per user) under {p.users} users' simulated load: p95 TTFT "
+             f"{p.ttft_p95_s:.2f} s, {p.tokens_per_s_per_user:.1f} tokens/s per user"]
+    lines += [f"    - {a}" for a in c.advice]
     return lines
 
 

@@ -51,3 +51,18 @@ def test_like_precision_only_for_catalog_16_bit_without_a_quant():
     assert like_precision(m.with_quant("bf16"), "bf16") == []  # named
     assert like_precision(m, "fp8") == []  # not a 16-bit plan
     assert like_precision(CATALOG["llama-3.1-8b-instruct"], "bf16") == []  # no 4-bit checkpoint known
+
+
+def test_plan_text_says_when_the_capacity_plan_misses_the_targets(write_stack):
+    from stackgen.plan.report import service_text
+
+    sp = _plan(write_stack, "rtx-4090", "{concurrent_users: 3, context_tokens: 8192, prompt_tokens: 1500}",
+               "llama-3.1-70b-instruct", "    quant: Q4_K_M\n")
+    assert sp.capacity is not None and not sp.capacity.meets
+    text = "\n".join(service_text(sp))
+    line = next(x for x in text.splitlines() if x.startswith("  capacity:"))
+    assert "MISSES the workload's targets (p95 TTFT 2 s, 10 tokens/s per user)" in line
+    assert f"p95 TTFT {sp.capacity.prediction.ttft_p95_s:.2f} s" in line
+    assert all(f"    - {a}" in text for a in sp.capacity.advice) and sp.capacity.advice
+    ok = _plan(write_stack, "h100-80gb", "{concurrent_users: 1, context_tokens: 4096}", "qwen2.5-7b-instruct")
+    assert ok.capacity.meets and "capacity: 1 x TP1 meets the workload's targets" in "\n".join(service_text(ok))
