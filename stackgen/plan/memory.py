@@ -189,11 +189,27 @@ def initial_budget(hw: HardwareSpec) -> Budget:
     return Budget(gpu, int(hw.memory_gib * GIB * (1 - HOST_RESERVE_FRACTION)))
 
 
-def consume(budget: Budget, plan: MemoryPlan) -> Budget:
+def consume(budget: Budget, plan: MemoryPlan, unexposed: int = 0) -> Budget:
+    """What the next service gets once `plan` holds its memory; `unexposed`: GPU memory the plan leaves that nobody
+    can use (unexposed_bytes)."""
     if budget.unified:
         return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes,
                        host_bytes=budget.host_bytes - plan.gpu_bytes - plan.host_bytes)
-    return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes, host_bytes=budget.host_bytes - plan.host_bytes)
+    return replace(budget, gpu_bytes=budget.gpu_bytes - plan.gpu_bytes - unexposed,
+                   host_bytes=budget.host_bytes - plan.host_bytes)
+
+
+def unexposed_bytes(plan: MemoryPlan, hw: HardwareSpec) -> int:
+    """The GPU budget starts from the nominal memory (nvidia-smi's total), while an engine that reserves a share of the
+    device (vLLM, SGLang: --gpu-memory-utilization / --mem-fraction-static) takes it of the smaller total CUDA reports
+    (gpu_runtime_bytes). The difference, on each GPU the plan spans, is left to nobody: without it the next service
+    on the same GPU was planned into 0.43 GiB that does not exist (an RTX 4090: vLLM's 0.90 x 23.56 GiB, then a
+    llama.cpp service given 23.99 - 21.20 GiB)."""
+    if plan.gpu_memory_utilization is None or not hw.gpus:
+        return 0
+    gpu = max(hw.gpus, key=lambda g: g.memory_gib)
+    per_gpu = int(gpu.memory_gib * GIB) - gpu_runtime_bytes(gpu)
+    return max(0, per_gpu) * max(1, plan.tensor_parallel * plan.pipeline_parallel * plan.data_parallel)
 
 
 def context_for(model: ModelFacts, asked: int) -> tuple[int, str | None]:

@@ -15,7 +15,8 @@ from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
-from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, with_rope,
+from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, unexposed_bytes,
+                             with_rope,
                              predict_decode_tokens_per_s)
 from stackgen.plan.capacity import fleet_memory, requests_held, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
@@ -186,7 +187,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
             raise
         if sp.topology is None:
             sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
-            budget = consume(budget, fleet_memory(sp))
+            budget = consume(budget, fleet_memory(sp), unexposed_bytes(sp.memory, hw))
         used_ports.add(sp.port)
         out.append(sp)
     # services sharing the machine get their share of its CPU threads: their speed again with those

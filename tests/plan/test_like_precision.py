@@ -66,3 +66,20 @@ def test_plan_text_says_when_the_capacity_plan_misses_the_targets(write_stack):
     assert all(f"    - {a}" in text for a in sp.capacity.advice) and sp.capacity.advice
     ok = _plan(write_stack, "h100-80gb", "{concurrent_users: 1, context_tokens: 4096}", "qwen2.5-7b-instruct")
     assert ok.capacity.meets and "capacity: 1 x TP1 meets the workload's targets" in "\n".join(service_text(ok))
+
+
+def test_a_second_service_on_the_gpu_gets_what_cuda_exposes_after_vllm(write_stack):
+    from stackgen.plan.memory import GIB, gpu_runtime_bytes
+
+    f = write_stack("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 8, context_tokens: 8192}\n"
+                    "services:\n  chat:\n    model: llama-3.1-8b-instruct\n    quant: bf16\n    engine: vllm\n"
+                    "  local:\n    model: qwen2.5-7b-instruct\n    quant: Q4_K_M\n    engine: llama.cpp\n")
+    plan = resolve(load_stack(f), HOST)
+    chat, local = plan.services
+    gpu = plan.hardware.gpus[0]
+    runtime = gpu_runtime_bytes(gpu)
+    # vLLM reserves 0.90 of what CUDA reports; llama.cpp gets the rest of THAT total, not of nvidia-smi's
+    assert chat.memory.gpu_bytes == int(runtime * chat.memory.gpu_memory_utilization)
+    assert local.memory.gpu_budget_bytes == int(gpu.memory_gib * GIB) - chat.memory.gpu_bytes - (
+        int(gpu.memory_gib * GIB) - runtime)
+    assert chat.memory.gpu_bytes + local.memory.gpu_bytes <= runtime

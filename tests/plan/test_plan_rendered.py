@@ -42,13 +42,14 @@ def test_vllm_flags_carry_the_plan(write_stack):
 
 
 def test_vllm_second_service_on_a_shared_gpu_renders_its_share(write_stack):
-    """Two vLLM services on one A100 80GB: the first reserves 0.90 x the runtime total; the second is planned in
-    what is left and starts at that share less 2 points, so vLLM's own free-memory check passes."""
+    """Two vLLM services on one A100 80GB: the first reserves its share of the runtime total; the second is planned in
+    what is left of that total (the nominal less the runtime total is nobody's: memory.unexposed_bytes) and starts at
+    that share less 2 points, so vLLM's own free-memory check passes."""
     f = write_stack("version: 1\nhardware: a100-80gb\nworkload: {concurrent_users: 2, context_tokens: 4096}\n"
                     "services:\n  a: {model: qwen2.5-0.5b-instruct, engine: vllm, overrides: "
                     "{--gpu-memory-utilization: 0.4}}\n  b: {model: qwen2.5-0.5b-instruct, engine: vllm}\n")
     a, b = resolve.resolve(load_stack(f), HOST).services
-    left = a.memory.gpu_budget_bytes - a.memory.gpu_bytes
+    left = a.memory.gpu_budget_bytes - a.memory.gpu_bytes - (80 * 1024**3 - int((80 - 0.43) * 1024**3))
     assert b.memory.gpu_budget_bytes == left
     share = left / (80 * 1024**3)
     assert b.memory.gpu_memory_utilization == round(min(0.90, share - 0.02), 2)
