@@ -66,7 +66,9 @@ class Mlx(Engine):
 
     def argv(self, plan, ctx: LaunchContext) -> list[str]:
         args = [ctx.binary, "--model", ctx.model_ref, "--host", ctx.host, "--port", str(ctx.port),
-                "--max-tokens", str(plan.workload.output_tokens)]
+                # the cap of a request that names no max_tokens: its planned context (mlx_lm's default is 512; the
+                # workload's typical output_tokens would cut half the answers short)
+                "--max-tokens", str(plan.memory.context_per_request)]
         if plan.memory.parallel > 1:
             args += ["--decode-concurrency", str(plan.memory.parallel)]
         cache = plan.memory.prompt_cache

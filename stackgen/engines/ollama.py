@@ -175,7 +175,9 @@ class Ollama(Engine):
             "num_ctx": str(m.context_per_request),
             "num_gpu": str(m.gpu_layers if m.gpu_layers < m.total_layers else m.total_layers + 1),
             "num_thread": str(plan.threads),
-            "num_predict": str(plan.workload.output_tokens),
+            # a request that names no max_tokens may answer up to its context (Ollama's default -1 never stops, the
+            # workload's typical output_tokens would cut half the answers short)
+            "num_predict": str(m.context_per_request),
         }
         for k, v in plan.spec.overrides.items():
             if k in PARAMETERS:

@@ -62,3 +62,16 @@ def test_mlx_flags_carry_the_prompt_cache_bound(write_stack):
     assert c.entries > 0
     assert flag(sp.command, "--prompt-cache-size") == str(c.entries)
     assert flag(sp.command, "--prompt-cache-bytes") == str(c.limit_bytes)
+
+
+def test_answers_are_capped_at_the_context_not_the_typical_output(write_stack):
+    """workload.output_tokens is a typical length (the forecast's): a request that names no max_tokens may answer up to
+    its planned context on MLX (--max-tokens) and Ollama (num_predict), as on llama.cpp and vLLM."""
+    from stackgen import engines
+
+    wl = "{concurrent_users: 1, context_tokens: 8192, output_tokens: 300}"
+    mlx = service(write_stack, "m3-max-64gb", "    model: llama-3.1-8b-instruct\n    engine: mlx\n", wl)
+    assert flag(mlx.command, "--max-tokens") == str(mlx.memory.context_per_request) == "8192"
+    oll = service(write_stack, "rtx-4090", "    model: llama-3.1-8b-instruct\n    engine: ollama\n", wl)
+    params = dict(engines.get("ollama").modelfile_parameters(oll))
+    assert params["num_predict"] == str(oll.memory.context_per_request) == params["num_ctx"]
