@@ -199,7 +199,8 @@ class LlamaCpp(Engine):
         m = plan.model
         if m.url:
             return m.url  # a remote .gguf named by URL: llama-server -mu
-        return f"hf:{m.gguf_repo}" if m.gguf_repo else f"models/{m.name}-{plan.memory.weights_format}.gguf"
+        repo = m.gguf_repo_for(plan.memory.weights_format)
+        return f"hf:{repo}" if repo else f"models/{m.name}-{plan.memory.weights_format}.gguf"
 
     def schema_fields(self, schema: dict) -> dict | None:
         return {"json_schema": schema}  # converted to a GBNF grammar per request
@@ -225,6 +226,8 @@ def cache_args(cache: PromptCache) -> list[str]:
 
 def _model_args(model: ModelFacts, quant: str, model_ref: str) -> list[str]:
     if model_ref.startswith("hf:"):
+        if model.gguf_variants.get(quant) == model_ref[3:]:
+            return ["-hf", model_ref[3:]]  # a repository of that one file: llama-server takes its file, no tag
         return ["-hf", f"{model_ref[3:]}:{quant}"]
     if model_ref.startswith(("https://", "http://")):
         return ["-mu", model_ref]

@@ -129,6 +129,9 @@ class ModelFacts:
     # Pre-quantized HF checkpoints of this model by format (awq, gptq, fp8 -> org/repo): the repository vLLM must load
     # for the bytes hf_sizes[format] to be what it loads (catalog `hf_variants`).
     hf_variants: Mapping[str, str] = field(default_factory=dict)
+    # GGUF quants held in another repository than gguf_repo (catalog `gguf_variants`: gpt-oss's MXFP4 file is
+    # ggml-org's, unsloth's repo has the other names): the repository llama-server -hf fetches that quant from.
+    gguf_variants: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
     url: str | None = None  # a remote .gguf named by URL (llama-server -mu)
     revision: str | None = None  # the commit sha or manifest digest stack.lock pins
@@ -186,6 +189,7 @@ class ModelFacts:
             hf_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get("hf") or {}).items()},
             mlx_sizes={normalize_quant(str(k)): int(v) for k, v in (entry.get(MLX_SIZES_KEY) or {}).items()},
             hf_variants={normalize_quant(str(k)): str(v) for k, v in (entry.get("hf_variants") or {}).items()},
+            gguf_variants={normalize_quant(str(k)): str(v) for k, v in (entry.get("gguf_variants") or {}).items()},
             description=str(entry.get("description") or ""),
             long_context=_catalog_long_context(entry.get("long_context")),
             ref=_catalog_ref(entry.get("ref")),
@@ -252,6 +256,10 @@ class ModelFacts:
         """The HF repository whose checkpoint holds the weights in `fmt`: a pre-quantized variant (awq, gptq, fp8),
         else the model's own repo (its bf16/fp16 weights; fp8 without a variant is quantized on load from them)."""
         return self.hf_variants.get(fmt) or self.hf_repo
+
+    def gguf_repo_for(self, quant: str) -> str | None:
+        """The HF repository llama-server -hf fetches the GGUF of `quant` from: a gguf_variants repo, else gguf_repo."""
+        return self.gguf_variants.get(quant) or self.gguf_repo
 
     def mlx_bytes(self, fmt: str) -> tuple[int, str]:
         if fmt in self.mlx_sizes:
@@ -365,6 +373,8 @@ def catalog_pin_ref(facts: ModelFacts, q: str | None) -> str | None:
     if not facts.ref:
         return None
     if is_gguf_quant(q):
+        if q in facts.gguf_variants:
+            return f"hf:{facts.gguf_variants[q]}"  # the repository of that one file (catalog gguf_variants)
         return f"hf:{facts.gguf_repo}:{q}" if facts.gguf_repo else None
     if q in facts.hf_variants:
         return f"hf:{facts.hf_variants[q]}"
@@ -390,7 +400,8 @@ def _catalog_or_pinned(name: str, facts: ModelFacts, q: str | None, remote: Any)
     # Exact architecture and bytes from the headers; the catalog keeps the names engines fetch by where the pinned
     # reference has none (sizes of other formats are then estimates from the exact parameter count).
     return replace(got, name=name, ref=pin, description=facts.description, ollama=got.ollama or facts.ollama,
-                   gguf_repo=got.gguf_repo or facts.gguf_repo, mlx_repo=facts.mlx_repo,
+                   gguf_repo=got.gguf_repo or facts.gguf_repo, gguf_variants=facts.gguf_variants,
+                   mlx_repo=facts.mlx_repo,
                    hf_repo=got.hf_repo or facts.hf_repo, long_context=got.long_context or facts.long_context)
 
 

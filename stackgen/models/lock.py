@@ -23,7 +23,7 @@ __all__ = ["LOCK_VERSION", "LockError", "LockEntry", "RemoteModels", "lock_path_
            "diff_entries", "facts_from_resolved"]
 
 LOCK_VERSION = 1
-_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes", "hf_variants")
+_MAPPINGS = ("gguf_sizes", "hf_sizes", "mlx_sizes", "hf_variants", "gguf_variants")
 
 
 class LockError(ModelError):
@@ -63,8 +63,9 @@ def facts_to_json(facts) -> dict[str, Any]:
     out = asdict(facts)
     for k in _MAPPINGS:
         out[k] = dict(sorted(dict(out[k]).items()))
-    if not out["hf_variants"]:  # catalog-only (a remote reference is its own checkpoint): locks stay as written
-        del out["hf_variants"]
+    for k in ("hf_variants", "gguf_variants"):
+        if not out[k]:  # catalog-only (a remote reference is its own checkpoint): locks stay as written
+            del out[k]
     if out.get("ref") is None:  # a catalog name's reference; remote facts have none, so locks stay as written
         out.pop("ref", None)
     return out

@@ -75,3 +75,18 @@ def test_answers_are_capped_at_the_context_not_the_typical_output(write_stack):
     oll = service(write_stack, "rtx-4090", "    model: llama-3.1-8b-instruct\n    engine: ollama\n", wl)
     params = dict(engines.get("ollama").modelfile_parameters(oll))
     assert params["num_predict"] == str(oll.memory.context_per_request) == params["num_ctx"]
+
+
+def test_a_gguf_quant_held_in_another_repo_is_fetched_from_it(write_stack):
+    """gpt-oss-20b's MXFP4 file is ggml-org's (catalog gguf_variants), unsloth's repo has the other quants: -hf names
+    the repository of the quant planned, without a tag for a one-file variant repo."""
+    from stackgen.models.facts import catalog_pin_ref
+    from stackgen.spec.profiles import load_profiles
+
+    mx = service(write_stack, "rtx-4090", "    model: gpt-oss-20b\n    quant: MXFP4\n    engine: llama.cpp\n")
+    assert flag(mx.command, "-hf") == "ggml-org/gpt-oss-20b-GGUF"
+    q4 = service(write_stack, "rtx-4090", "    model: gpt-oss-20b\n    quant: Q4_K_M\n    engine: llama.cpp\n")
+    assert flag(q4.command, "-hf") == "unsloth/gpt-oss-20b-GGUF:Q4_K_M"
+    facts = load_profiles().models["gpt-oss-20b"]
+    assert catalog_pin_ref(facts, "MXFP4") == "hf:ggml-org/gpt-oss-20b-GGUF"
+    assert catalog_pin_ref(facts, "Q8_0") == "hf:unsloth/gpt-oss-20b-GGUF:Q8_0"
