@@ -35,7 +35,7 @@ exec "$engine" \
     --model mlx-community/Qwen2.5-32B-Instruct-4bit \
     --host 127.0.0.1 \
     --port 8080 \
-    --max-tokens 500 \
+    --max-tokens 16384 \
     --prompt-cache-size 2 \
     --prompt-cache-bytes 8589934592 \
     --allowed-origins http://localhost,http://127.0.0.1
