@@ -422,6 +422,14 @@ class Engine:
     def check_settings(self, plan: "ServicePlanLike") -> None:
         """An engine without a flag table checks its own settings (raise RenderError)."""
 
+    def setting_problem(self, key: str, value: Any) -> str | None:
+        """For an engine without a flag table: why it cannot take override `key: value`, or None."""
+        return None
+
+    def knows_setting(self, key: str) -> bool:
+        """For an engine without a flag table: whether `key` is one of its settings (whatever the value)."""
+        return False
+
     def host_env(self, plan: "ServicePlanLike", state: str, cache: str, fetched: bool) -> dict[str, str]:
         """Env pointing the engine's writes at a service manager's state and cache folders (systemd)."""
         return {}

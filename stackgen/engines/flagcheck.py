@@ -117,15 +117,64 @@ def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path("
 def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
     where = f"services.{sp.name}.overrides"
     for key, value in sorted(sp.spec.overrides.items()):
-        flag = key if key.startswith("-") else f"--{key}"
-        why = flags.problem(flag)
+        why = flag_problem(flags, key, value)
         if why:
             raise RenderError(f"{where}: {why}")
-        arity = flags.flags[flag]
-        if value is True and arity not in (0, "?", "*"):
-            raise RenderError(f"{where}: {flag} needs a value (write `{key}: VALUE`)")
-        if not isinstance(value, bool) and value is not None and arity == 0:  # 1 == True, so no `in (True, ...)`
-            raise RenderError(f"{where}: {flag} takes no value (write `{key}: true`)")
+
+
+def flag_problem(flags: FlagTable, key: str, value) -> str | None:
+    """Why the flag table refuses override `key: value` (an unknown or removed flag, a value where it takes none or
+    none where it needs one), or None."""
+    flag = key if key.startswith("-") else f"--{key}"
+    why = flags.problem(flag)
+    if why:
+        return why
+    arity = flags.flags[flag]
+    if value is True and arity not in (0, "?", "*"):
+        return f"{flag} needs a value (write `{key}: VALUE`)"
+    if not isinstance(value, bool) and value is not None and arity == 0:  # 1 == True, so no `in (True, ...)`
+        return f"{flag} takes no value (write `{key}: true`)"
+    return None
+
+
+def override_problem(engine: str, version: str | None, key: str, value) -> str | None:
+    """Why `engine` (at `version`; None: its default) cannot take override `key: value`, or None: its flag table's
+    verdict, or for an engine without one (Ollama) its own settings check. A version stackgen has no table for is
+    not judged here (check_service names it)."""
+    e = engines.get(engine)
+    if e.flags is None:
+        return e.setting_problem(key, value)
+    try:
+        flags = table(engine, version)
+    except RenderError:
+        return None
+    return flag_problem(flags, key, value)
+
+
+def knows(engine: str, version: str | None, key: str) -> bool:
+    """Whether `key` is one of `engine`'s flags (at `version`) or settings, whatever its value."""
+    e = engines.get(engine)
+    if e.flags is None:
+        return e.knows_setting(key)
+    try:
+        return (key if key.startswith("-") else f"--{key}") in table(engine, version).flags
+    except RenderError:
+        return True  # no table for that version: not judged here
+
+
+def close_flags(engine: str, version: str | None, key: str) -> list[str]:
+    """The engine's flags spelled like `key` (a typo's likely meaning)."""
+    import difflib
+
+    e = engines.get(engine)
+    if e.flags is None:
+        return []
+    try:
+        names = list(table(engine, version).flags)
+    except RenderError:
+        return []
+    flag = key if key.startswith("-") else f"--{key}"
+    return difflib.get_close_matches(flag, names, n=1, cutoff=0.75)
 
 
 def argv_flags(engine: str, argv: list[str], flags: FlagTable) -> list[str]:

@@ -230,24 +230,32 @@ class Ollama(Engine):
     def check_settings(self, plan) -> None:
         """Ollama has no flags: the daemon variables stackgen passes and every override (a variable or a Modelfile
         PARAMETER) must be one current releases read."""
-        from stackgen.engines.ollama_modelfile import check_parameter
-
         for key in sorted(plan.env):
             if key in REMOVED_ENV or key not in ENV_VARS:
                 raise RenderError(f"services.{plan.name}: Ollama has no environment variable {key}")
         for key, value in sorted(plan.spec.overrides.items()):
-            where = f"services.{plan.name}.overrides"
-            if key in REMOVED_ENV:
-                raise RenderError(f"{where}: Ollama removed {key}; current releases ignore it")
-            if key not in ENV_VARS and key not in PARAMETERS:
-                raise RenderError(f"{where}: Ollama has no setting {key} (overrides take the daemon's OLLAMA_* "
-                                  "variables stackgen passes or Modelfile PARAMETERs)")
-            if key in PARAMETERS:
-                text = str(value).lower() if isinstance(value, bool) else str(value)
-                try:
-                    check_parameter(key, text)
-                except RenderError as exc:
-                    raise RenderError(f"{where}: {exc}") from None
+            why = self.setting_problem(key, value)
+            if why:
+                raise RenderError(f"services.{plan.name}.overrides: {why}")
+
+    def knows_setting(self, key: str) -> bool:
+        return key in ENV_VARS or key in PARAMETERS
+
+    def setting_problem(self, key: str, value) -> str | None:
+        from stackgen.engines.ollama_modelfile import check_parameter
+
+        if key in REMOVED_ENV:
+            return f"Ollama removed {key}; current releases ignore it"
+        if key not in ENV_VARS and key not in PARAMETERS:
+            return (f"Ollama has no setting {key} (overrides take the daemon's OLLAMA_* variables stackgen passes "
+                    "or Modelfile PARAMETERs)")
+        if key in PARAMETERS:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            try:
+                check_parameter(key, text)
+            except RenderError as exc:
+                return str(exc)
+        return None
 
 
 def ollama_gpus(hw: HardwareSpec, budget: Budget) -> list[ollama_estimate.GPU]:

@@ -306,6 +306,13 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     # A service that names its engine writes that engine's flags under overrides: the other engines, planned only
     # to say why they were not chosen, are planned without them (two engines may spell a flag alike with other
     # values: vLLM and SGLang --kv-cache-dtype).
+    if svc.spec.engine == "auto":  # overrides are engine flags: an engine that cannot take one cannot serve it so
+        from stackgen.engines.flagcheck import override_problem
+
+        for key, value in sorted(svc.spec.overrides.items()):
+            why = override_problem(name, None, key, value)
+            if why:
+                return Candidate(name, None, f"cannot take services.{svc.name}.overrides {key} ({why})")
     pinned_elsewhere = svc.spec.engine not in ("auto", name)
     pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
                                                                 f"services.{svc.name}.overrides")

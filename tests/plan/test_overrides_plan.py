@@ -259,9 +259,9 @@ def test_conflicting_or_unplannable_overrides_are_refused_at_validate(tmp_path, 
 
 
 def test_overrides_that_are_not_knobs_pass_through_unplanned(tmp_path):
-    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"temp": 0.3, "mlock": True})
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"temp": 0.3, "jinja": True})
     assert not any(r.startswith("pinned by overrides") for r in sp.reasons)
-    assert "--temp" in sp.command and "--mlock" in sp.command
+    assert "--temp" in sp.command and "--jinja" in sp.command
 
 
 # ---------------------------------------------------------------------------------------------- the measured cases
@@ -288,3 +288,35 @@ def test_regression_f16_kv_for_a_million_tokens_on_128_gib(tmp_path):
               {"-c": 1048576, "-ctk": "f16", "-ctv": "f16", "-fa": "off"},
               workload="{concurrent_users: 1, context_tokens: 1048576}")
     assert "pinned by overrides: -c 1048576, -ctk f16, -ctv f16, -fa off" in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------- which engine takes them
+
+
+def _auto(tmp_path, overrides: str, model: str = "qwen2.5-7b-instruct", hardware: str = "rtx-4090"):
+    return plan_for(tmp_path, f"version: 1\nhardware: {hardware}\nworkload: {{concurrent_users: 1}}\nservices:\n"
+                              f"  chat: {{model: {model}, overrides: {overrides}}}\n").services[0]
+
+
+def test_an_auto_service_goes_to_an_engine_that_takes_its_overrides(tmp_path):
+    """`--max-num-seqs` is vLLM's (SGLang spells it otherwise): llama.cpp, which the table ranks first on a 4090 for
+    one user, would have been launched with a flag it does not have (render refused it after plan printed it)."""
+    sp = _auto(tmp_path, "{--max-num-seqs: 8}")
+    assert sp.engine == "vllm" and sp.command.count("--max-num-seqs") == 1
+    assert sp.rejected["llama.cpp"] == ("cannot take services.chat.overrides --max-num-seqs (llama.cpp 0c1e57098 has "
+                                        "no flag --max-num-seqs)")
+    assert sp.rejected["ollama"].startswith("cannot take services.chat.overrides --max-num-seqs (Ollama has no setting")
+    # without the override the table's first pick stands
+    assert _auto(tmp_path / "b", "{}").engine == "llama.cpp"
+
+
+def test_an_override_no_engine_takes_is_refused_at_its_line(tmp_path):
+    with pytest.raises(SpecError) as err:
+        _auto(tmp_path, "{--frobnicate: true}")
+    assert str(err.value).endswith(
+        "stack.yaml:5:64: services.chat.overrides.--frobnicate: no engine stackgen runs takes --frobnicate "
+        "(llama.cpp (llama-server), Ollama, vLLM, MLX (mlx_lm.server), SGLang) (remove it, or write the flag as the "
+        "engine's --help spells it)")
+    with pytest.raises(SpecError, match=r"gpu_memory_utilization: no engine .* \(did you mean "
+                                        r"'--gpu-memory-utilization'\?\)"):
+        _auto(tmp_path / "b", "{gpu_memory_utilization: 0.8}")

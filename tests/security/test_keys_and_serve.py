@@ -112,7 +112,7 @@ def test_ordinary_overrides_still_work(tmp_path):
         services:
           chat:
             model: llama-3.1-8b-instruct
-            overrides: {temp: 0.2, -ngl: 40, n-predict: -1, mlock: true}
+            overrides: {temp: 0.2, -ngl: 40, n-predict: -1, jinja: true}
         """)
     assert load_stack(path).services[0].spec.overrides["temp"] == 0.2
 
