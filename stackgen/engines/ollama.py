@@ -158,7 +158,10 @@ class Ollama(Engine):
             "OLLAMA_MAX_LOADED_MODELS": "1",
             "OLLAMA_CONTEXT_LENGTH": str(m.context_per_request),
             "OLLAMA_KEEP_ALIVE": "-1",  # a served model stays loaded; unloading is what makes the first user wait
-            "OLLAMA_FLASH_ATTENTION": "1" if m.kv_cache_type != "f16" else "0",
+            # on, as the memory plan counts it (plan_llamacpp: flash attention unless an override pins it off): off,
+            # llama.cpp materializes the attention scores, n_ctx x n_batch x n_head x 4 B (5 GiB for 10 x 8k slots),
+            # which the plan did not count for f16 KV caches. Ollama turns it off itself where a GPU cannot run it.
+            "OLLAMA_FLASH_ATTENTION": "1",
             "OLLAMA_KV_CACHE_TYPE": m.kv_cache_type,
             "OLLAMA_NO_CLOUD": "1",
             **runner_cache_env(m),

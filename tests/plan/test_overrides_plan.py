@@ -222,7 +222,10 @@ def test_ollama_num_batch_and_flash_attention_size_compute(tmp_path):
     off = plan1(tmp_path / "c", "rtx-4090", "ollama", {"OLLAMA_FLASH_ATTENTION": "0"})
     m = off.memory
     assert m.compute_bytes - base.memory.compute_bytes == m.context_per_request * m.parallel * 512 * off.model.heads * 4
-    assert m.kv_cache_type == "f16"
+    assert m.kv_cache_type == "f16" and off.env["OLLAMA_FLASH_ATTENTION"] == "0"
+    # unpinned, the daemon runs with flash attention, as the plan (without the scores' scratch) counts it -- also
+    # for an f16 KV cache, which had OLLAMA_FLASH_ATTENTION=0 and 1-5 GiB of scratch the plan did not count
+    assert base.memory.kv_cache_type == "f16" and base.env["OLLAMA_FLASH_ATTENTION"] == "1"
 
 
 def test_ollama_runner_cache_ram(tmp_path):
