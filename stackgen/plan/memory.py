@@ -728,6 +728,7 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
                       if tp * pp * dp <= max(1, n_gpus) and model.heads % tp == 0] or [1]
     kv_dtypes = (pins.kv_cache_type,) if pins.kv_cache_type else ("auto", "fp8")
     best = None
+    short = None  # the candidate that misses by the least, per GPU (what the refusal reports)
     for tp in candidates:
         for kv_dtype in kv_dtypes:
             p = _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp, dp, batched,
@@ -739,7 +740,9 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
                 return _vllm_levers(p, tp, kv_dtype, levers, all_fit=True, pins=pins)
             if p.fits and (not best.fits):
                 best = p
-    assert best is not None
+            if short is None or _vllm_per_gpu_short(p, model, ctx) < _vllm_per_gpu_short(short, model, ctx):
+                short = p
+    assert best is not None and short is not None
     if best.fits:  # weights and one full request fit, but not every user at full context at once
         return _vllm_levers(best, best.tensor_parallel, best.kv_cache_type, levers, all_fit=False, pins=pins)
     ranks = best.tensor_parallel * pp * dp
@@ -751,11 +754,27 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
         why = (f"--gpu-memory-utilization {util:g} reserves {gb(best.gpu_bytes)} but only "
                f"{gb(max(0, budget.gpu_bytes))} of GPU memory is free for it")
     else:
-        need = best.weights_bytes + best.kv_cache_bytes + best.overhead_bytes
-        why = (f"needs the {gb(best.weights_bytes)} of weights ({weights_format}) in GPU memory plus KV cache and "
-               f"{gb(best.overhead_bytes)} runtime overhead ({gb(need)} in all); {hw.label()} has "
-               f"{gb(max(0, budget.gpu_bytes))} of GPU memory")
+        best = short
+        ranks = best.tensor_parallel * pp
+        kv_req = vllm_kv_bytes_per_request(model, ctx, best.kv_cache_type, best.tensor_parallel) // pp
+        over = best.overhead_bytes // (ranks * dp)
+        reserve = best.gpu_bytes // (ranks * dp)
+        split = f" on each of {ranks} GPUs" if ranks > 1 else ""
+        why = (f"needs {gb(best.weights_bytes // dp // ranks + over + kv_req)} of GPU memory{split}: "
+               f"{gb(best.weights_bytes // dp // ranks)} of weights ({weights_format}), {gb(over)} runtime overhead and "
+               f"{gb(kv_req)} of KV cache ({best.kv_cache_type}) for one {ctx}-token request; "
+               f"--gpu-memory-utilization {util:g} of the {gb(per_gpu)} CUDA reports reserves {gb(reserve)} per GPU")
+        if budget.gpu_bytes < best.gpu_bytes:
+            why += f" and {hw.label()} has {gb(max(0, budget.gpu_bytes))} of GPU memory free for it"
     return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
+
+
+def _vllm_per_gpu_short(p: MemoryPlan, model, ctx: int) -> int:
+    """How far a vLLM candidate misses, per GPU: weights, overhead and one request's KV past its reserve."""
+    ranks = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
+    kv_req = vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, p.tensor_parallel) // p.pipeline_parallel
+    return (p.weights_bytes // p.data_parallel // (p.tensor_parallel * p.pipeline_parallel) + kv_req
+            + (p.overhead_bytes - p.gpu_bytes) // ranks)
 
 
 def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp=1, dp=1,

@@ -164,6 +164,7 @@ class ServicePlan:
                 "gpu_bytes": m.gpu_bytes, "host_bytes": m.host_bytes, "gpu_budget_bytes": m.gpu_budget_bytes,
                 "host_budget_bytes": m.host_budget_bytes, "kv_cache_type": m.kv_cache_type,
                 "weights_source": m.weights_source, "prompt_cache_bytes": m.prompt_cache_bytes,
+                **_kv_pool(self),
             },
             "gpu_layers": m.gpu_layers,
             "total_layers": m.total_layers,
@@ -204,3 +205,12 @@ class Plan:
             "hardware": {"label": self.hardware_label, **self.hardware.model_dump(mode="json", exclude_none=True)},
             "services": [s.to_json() for s in self.services],
         }
+
+
+def _kv_pool(sp) -> dict[str, int]:
+    """vLLM's allocated KV pool (plan.report.kv_pool_bytes; kv_cache_bytes stays what every request at full context
+    needs), for an engine that pages its KV cache."""
+    from stackgen.plan.report import kv_pool_bytes
+
+    pool = kv_pool_bytes(sp)
+    return {} if pool is None else {"kv_pool_bytes": pool}

@@ -31,11 +31,23 @@ def service_text(sp: ServicePlan) -> list[str]:
     lines.append("  rejected:")
     lines += [f"    - {name}: {why}" for name, why in sorted(sp.rejected.items())]
     lines.append("  memory:")
-    rows = [("weights", m.weights_bytes, m.weights_source), (f"KV cache ({m.kv_cache_type})", m.kv_cache_bytes, ""),
+    pool = kv_pool_bytes(sp)
+    if pool is None:
+        kv = (f"KV cache ({m.kv_cache_type})", m.kv_cache_bytes, "")
+        total = m.total_bytes
+    else:  # vLLM allocates its KV pool once, out of its reserve: the pool, and what it holds at full context
+        from stackgen.plan.capacity import requests_held
+
+        held = requests_held(sp.engine, sp.model, m, m.context_per_request) if pool else 0
+        kv = (f"KV cache ({m.kv_cache_type})", pool, f"pool: {held} of {m.parallel} requests at "
+              f"{m.context_per_request} tokens at once (all {m.parallel}: {m.kv_cache_bytes / 1e9:.2f} GB)")
+        total = m.weights_bytes + pool + m.compute_bytes + m.overhead_bytes + m.prompt_cache_bytes
+    rows = [("weights", m.weights_bytes, m.weights_source), kv,
             ("compute buffers", m.compute_bytes, ""), ("runtime overhead", m.overhead_bytes, "")]
     if m.prompt_cache.note:
         rows.append(("prompt cache", m.prompt_cache_bytes, _cache_note(m)))
-    rows += [("total", m.total_bytes, ""), ("on GPU", m.gpu_bytes, f"budget {m.gpu_budget_bytes / 1e9:.2f} GB"),
+    rows += [("total", total, "on GPU" if pool is not None else ""),
+             ("on GPU", m.gpu_bytes, f"budget {m.gpu_budget_bytes / 1e9:.2f} GB"),
              ("in system RAM", m.host_bytes, f"budget {m.host_budget_bytes / 1e9:.2f} GB")]
     if m.tensor_parallel > 1:
         rows.append(("tensor parallel", 0, f"{m.tensor_parallel} GPUs"))
@@ -55,6 +67,17 @@ def service_text(sp: ServicePlan) -> list[str]:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))
     return lines
+
+
+def kv_pool_bytes(sp: ServicePlan) -> int | None:
+    """The KV pool an engine that pages its KV cache (vLLM) allocates at start -- its GPU reserve less weights and
+    runtime overhead -- or None for the others (their KV cache row is what every slot holds)."""
+    from stackgen import engines
+
+    m = sp.memory
+    if not engines.get(sp.engine).paged_batching or m.gpu_bytes <= 0:
+        return None
+    return max(0, m.gpu_bytes - m.weights_bytes - m.overhead_bytes - m.compute_bytes)
 
 
 def capacity_lines(sp: ServicePlan) -> list[str]:

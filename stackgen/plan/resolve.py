@@ -222,7 +222,7 @@ def _unfit_json(svc: Service, hw: HardwareSpec, budget: Budget, builds: dict[str
     cands = {name: _candidate(name, svc, hw, budget, svc.spec.engine == name, [], builds) for name in engines.ENGINES}
     out: dict = {}
     for name, c in sorted(cands.items()):
-        entry: dict = {"fits": False, "block": c.block}
+        entry: dict = {"fits": c.memory is not None and c.memory.fits and not c.block, "block": c.block}
         if c.memory is not None:
             m = c.memory
             entry.update(shortfall=m.shortfall, memory={
@@ -344,8 +344,9 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
         # needs (the weights note, the pins and the unpinned plan)
         return Candidate(name, mem, f"{rope_block} ({mem.context_per_request} tokens per request are past "
                          f"{svc.model.name}'s trained {svc.model.context_length})")
-    if not mem.fits:
-        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw))
+    if not mem.fits:  # its pins stay: the hint's levers are planned with them (_fitting_engine)
+        return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw),
+                         pins=pins)
     return Candidate(name, mem, "", w.note, pins, unpinned, model if model is not svc.model else None, precision)
 
 
@@ -511,7 +512,8 @@ def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: 
             continue
         if quant is not None and w.format != quant:
             continue
-        mem = engine.plan_memory(m, workload or svc.workload, hw, budget, w)
+        # with the service's pinned knobs (an override of --gpu-memory-utilization 0.5 holds for every lever)
+        mem = engine.plan_memory(m, workload or svc.workload, hw, budget, w, c.pins)
         # fitting is not enough: an engine that cannot apply the YaRN the plan needs still cannot serve it
         if mem.fits and not (mem.rope_scaling is not None and engine.rope_block(mem.rope_scaling)):
             return name, w.bytes

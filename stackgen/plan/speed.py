@@ -1692,9 +1692,13 @@ def service_forecast(engine: str, model, mem, hw, *, users: int, prompt_tokens: 
     workload's): also where queueing starts (Forecast.queue_requests_per_s), from the same model at all of the
     engine's slots. `build`: the llama.cpp build the plan is for (Pins.engine_build, ServicePlan.engine_build),
     whose era picks the backend's per-step overhead (backend_params)."""
+    from stackgen.plan.capacity import requests_held
+
     si = step_inputs(engine, model, mem, hw, avg_context=avg_context, threads=threads, calibration=calibration,
                      build=build)
-    slots = max(1, mem.parallel)
+    # the engine's slots; vLLM's, what its KV pool holds at the mean context (the fleet simulator's max_batch): a
+    # 70B FP8 on one H100 at 32 users has -max-num-seqs 32 and room for 10
+    slots = requests_held(engine, model, mem, avg_context)
     kw = dict(si.forecast_kwargs(), prompt_tokens=prompt_tokens, output_tokens=max(0, output_tokens))
     fc = forecast(si.backend, streams=min(max(1, users), slots), **kw)
     if output_tokens <= 0 or not fc.single_stream_tokens_per_s or fc.ttft_s == float("inf"):

@@ -191,11 +191,15 @@ def test_vllm_ray_reason_and_rejections_whole(write_stack):
     without a multi-node mode name the two that have one."""
     sp = plan_stack(write_stack)
     w = load_profiles().models["llama-3.1-405b-instruct"].hf_bytes("bf16")[0]
+    # vLLM's one-node shortfall per GPU, at the tensor-parallel size that misses by the least (TP 8: an eighth of
+    # the catalog's 405B bf16 bytes on each GPU)
     assert sp.reasons[0].startswith(
         "multi-node: llama-3.1-405b-instruct does not fit one node (8x H100 80GB HBM3) (llama.cpp (llama-server): "
-        f"only by spilling layers to system RAM; vLLM: needs the {w / 1e9:.1f} GB of weights (bf16) in GPU memory")
+        f"only by spilling layers to system RAM; vLLM: needs 109.5 GB of GPU memory on each of 8 GPUs: {w / 8 / 1e9:.1f} GB of "
+        "weights (bf16), 7.8 GB runtime overhead and 0.3 GB of KV cache (fp8) for one 8192-token request; "
+        "--gpu-memory-utilization 0.9 of the 85.1 GB CUDA reports reserves 76.6 GB per GPU); ")
     assert sp.reasons[0].endswith(
-        "8x H100 80GB HBM3 has 684.2 GB of GPU memory); vLLM splits it with tensor parallel 8 inside each node "
+        "per GPU); vLLM splits it with tensor parallel 8 inside each node "
         "(GPUs on NVLink) and pipeline parallel 2 across nodes, Ray as the distributed executor; every node has the "
         "same 8 CUDA GPUs")
     only = "cannot split one model over several machines (only vLLM and llama.cpp RPC can)"
@@ -223,7 +227,8 @@ def test_a_single_node_list_is_planned_as_one_machine(write_stack):
     with pytest.raises(PlanError) as exc:
         resolve.resolve(load_stack(write_stack(body)), HostFacts(hardware=None))
     text = str(exc.value)
-    assert ": services.chat: engine vllm cannot serve llama-3.1-70b-instruct: needs the " in text
+    assert ": services.chat: engine vllm cannot serve llama-3.1-70b-instruct: needs " in text
+    assert "of GPU memory: 141.1 GB of weights (bf16)" in text
     assert "split over" not in text
 
 

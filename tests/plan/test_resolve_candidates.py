@@ -225,7 +225,7 @@ def test_the_spilling_engine_says_how_many_layers_run_where(write_stack):
     assert sp.reasons[0] == (f"llama.cpp (llama-server): the model must spill to system RAM: llama.cpp keeps {g} of 80 "
                              f"layers on the GPU and runs the other {80 - g} on the CPU. Preferred engines could not "
                              f"serve it (vLLM: {sp.rejected['vllm']})")
-    assert sp.rejected["vllm"].startswith("needs the 141.1 GB of weights (bf16) in GPU memory")
+    assert sp.rejected["vllm"].startswith("needs 143.8 GB of GPU memory: 141.1 GB of weights (bf16), ")
 
 
 def test_overrides_of_an_auto_service_are_planned_for_the_engine_chosen(write_stack):

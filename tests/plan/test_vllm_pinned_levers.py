@@ -80,9 +80,12 @@ def test_refusal_reasons_name_the_cause():
     p = plan(machine(1), 1, 200 * GIB)
     need = 200 * GIB + GIB + overhead(1)
     assert need == 219_180_123_810
-    assert p.fits is False and p.shortfall.startswith("needs the 214.7 GB of weights (bf16) in GPU memory plus KV cache "
-                                                      "and ")
-    assert "runtime overhead (219.2 GB in all); " in p.shortfall and p.shortfall.endswith("85.9 GB of GPU memory")
+    # per GPU: weights, overhead and ONE request's KV (at the KV type that misses by the least) against the reserve
+    one = memory.vllm_kv_bytes_per_request(M8, 8192, "fp8")
+    assert p.fits is False and p.shortfall == (
+        f"needs {memory.gb(200 * GIB + overhead(1) + one)} of GPU memory: 214.7 GB of weights (bf16), "
+        f"{memory.gb(overhead(1))} runtime overhead and {memory.gb(one)} of KV cache (fp8) for one 8192-token request; "
+        "--gpu-memory-utilization 0.9 of the 85.1 GB CUDA reports reserves 76.6 GB per GPU")
 
 
 def test_pinned_utilization_refusal_only_when_the_reserve_exceeds_the_free_memory():
@@ -93,4 +96,5 @@ def test_pinned_utilization_refusal_only_when_the_reserve_exceeds_the_free_memor
     pins = memory.Pins(gpu_memory_utilization=0.5, said=(("gpu_memory_utilization", "--gpu-memory-utilization 0.5"),))
     p = plan(hw, 1, 60 * GIB, pins, budget=memory.Budget(reserve, 200 * GIB))
     assert p.fits is False and p.gpu_bytes == reserve
-    assert p.shortfall.startswith("needs the 64.4 GB of weights (bf16) in GPU memory")
+    assert p.shortfall.startswith("needs 68.3 GB of GPU memory: 64.4 GB of weights (bf16), ")
+    assert "--gpu-memory-utilization 0.5 of the 85.1 GB CUDA reports reserves 42.5 GB per GPU (pinned" in p.shortfall
