@@ -87,7 +87,12 @@ def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, fo
     policy = _policy(restart)
     StateDir(file).load()  # a damaged state file is reported before anything else (it decides what up may stop)
     # Ports and free memory are checked by `up` itself (it knows which services it will restart).
-    plan, report = host_report(file, host_facts, containers=containers, memory=False, ports=False)
+    try:
+        plan, report = host_report(file, host_facts, containers=containers, memory=False, ports=False)
+    except KeyboardInterrupt:  # planning and the host check: nothing has started yet, and `up` says so
+        from stackgen.run.results import Interrupted
+
+        raise Interrupted("interrupted (SIGINT): stopped nothing (nothing had started)") from None
     if report.errors and not force:
         raise mismatch_error(report)
     for finding in report.errors:

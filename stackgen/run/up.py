@@ -48,9 +48,18 @@ def up(plan: Plan, opts: UpOptions = UpOptions(), progress: ProgressFn | None = 
     sd.acquire("up")
     try:
         with _interrupts():
-            return _up_locked(plan, opts, progress, sd, stack_dir)
+            try:
+                return _up_locked(plan, opts, progress, sd, stack_dir)
+            except KeyboardInterrupt as exc:  # before anything started (later phases stop what they started)
+                raise Interrupted(_interrupted_text(exc, [])) from None
     finally:
         sd.release()
+
+
+def _interrupted_text(exc: KeyboardInterrupt, names: list[str]) -> str:
+    """What `up` says when SIGINT/SIGTERM ends it: the signal and what this run had started and now stopped."""
+    return (f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped "
+            f"{', '.join(names) if names else 'nothing (nothing had started)'}")
 
 
 def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: StateDir, stack_dir: Path) -> UpResult:
@@ -184,8 +193,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         ok = True
     except KeyboardInterrupt as exc:
         names = _cleanup(started, runner, state, sd, opts.grace_s)
-        raise Interrupted(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}): stopped "
-                          f"{', '.join(names) if names else 'nothing (nothing had started)'}") from None
+        raise Interrupted(_interrupted_text(exc, names)) from None
     except LaunchError as exc:
         if not any(sp.unit_role for sp in start):
             raise
@@ -197,7 +205,11 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
 
     result = UpResult(sorted(outcomes, key=lambda o: order.index(o.name)), stopped, notes=notes)
     if opts.verify:  # a fleet is verified through its balancer, as its users reach it
-        result.verify = [verify_service(sp, opts.verify_max_tokens, hardware=plan.hardware) for sp in services_]
+        try:
+            result.verify = [verify_service(sp, opts.verify_max_tokens, hardware=plan.hardware) for sp in services_]
+        except KeyboardInterrupt as exc:  # Ctrl-C during the health check: stop what this run started, as before
+            names = _cleanup(started, runner, state, sd, opts.grace_s)
+            raise Interrupted(_interrupted_text(exc, names)) from None
     return result
 
 

@@ -606,3 +606,25 @@ def test_logs_follow_keeps_following_an_engine_its_supervisor_restarts(fake_stac
     assert f"chat (pid {pid}) killed by signal SIGKILL" in text and "restarted chat: pid" in text, text
     assert not any(s.startswith("[stackgen] chat ended") for s in seen), text
     it.close()
+
+
+def test_sigint_during_verify_stops_what_up_started(fake_stack, monkeypatch):
+    """Ctrl-C during `up --verify`'s health check stops the engine this `up` started and says so (it used to
+    escape up's cleanup: the engine kept running and the CLI printed only "interrupted")."""
+    from stackgen.run.results import Interrupted
+
+    path, _, _ = fake_stack
+
+    pids = []
+
+    def interrupted(*a, **k):
+        pids.append(StateDir(path).load().services["chat"].pid)
+        assert _alive(pids[0])
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr("stackgen.run.up.verify_service", interrupted)
+    with pytest.raises(Interrupted) as e:
+        up(plan_of(path), UpOptions(timeout_s=20, verify=True))
+    assert str(e.value).startswith("interrupted (SIGINT): stopped chat (pid ")
+    assert e.value.exit_code == 130
+    assert not _alive(pids[0]) and StateDir(path).load().services == {}
