@@ -228,7 +228,7 @@ def down(
     containers."""
     from stackgen.run.lifecycle import down as do_down
 
-    file, services = stack_and_services(words, file_opt)
+    file, services = _known_stack(words, file_opt)
     notes: list[str] = []
     stopped = do_down(file, grace, notes, services=services)
     for note in notes:
@@ -238,6 +238,20 @@ def down(
     for s in stopped:
         typer.echo(f"stopped {s}")
     return 0
+
+
+def _known_stack(words, file_opt) -> tuple[Path, list[str]]:
+    """stack_and_services for down/status/logs: a FILE that does not exist, and has no state that `up` left
+    (a stack file deleted while its services run can still be stopped), is an error (exit 1), not "nothing
+    running": a mistyped name must not look like a stopped stack."""
+    from stackgen.errors import LaunchError
+    from stackgen.run.state import StateDir
+
+    file, services = stack_and_services(words, file_opt)
+    if not file.is_file() and not StateDir(file).has_state():
+        raise LaunchError(f"{file}: no such stack file (check the path, or give it with -f FILE; `stackgen ps` "
+                          f"lists every stack that runs)")
+    return file, services
 
 
 _HEALTHY = ("running", "loading")
@@ -277,7 +291,7 @@ def status(
     policy; how a crashed engine ended (exit status or signal, when, likely cause, last log lines)."""
     from stackgen.run.lifecycle import status as do_status
 
-    file, services = stack_and_services(words, file_opt)
+    file, services = _known_stack(words, file_opt)
     rows = do_status(file, services=services)
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
@@ -345,7 +359,7 @@ def logs(
     from stackgen.run.lifecycle import logs as do_logs
     from stackgen.run.lifecycle import processes_of
 
-    file, services = stack_and_services(words, file_opt)
+    file, services = _known_stack(words, file_opt)
     many = len(services) != 1 or len(processes_of(file, services[0])) > 1  # a fleet: its instances and balancer
     for name, line in do_logs(file, services or None, follow, lines, max_seconds):
         typer.echo(f"{name} | {line}" if many else line)

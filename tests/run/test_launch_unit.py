@@ -628,3 +628,24 @@ def test_sigint_during_verify_stops_what_up_started(fake_stack, monkeypatch):
     assert str(e.value).startswith("interrupted (SIGINT): stopped chat (pid ")
     assert e.value.exit_code == 130
     assert not _alive(pids[0]) and StateDir(path).load().services == {}
+
+
+@pytest.mark.parametrize("command", ["down", "status", "logs"])
+def test_a_stack_file_that_does_not_exist_is_an_error(tmp_path, cli, command):
+    """A mistyped FILE is an error naming the file and the fix (exit 1, README "Exit codes": a missing FILE path),
+    not "nothing running" with exit 0."""
+    missing = tmp_path / "nope.yaml"
+    r = cli(command, missing)
+    assert r.exit_code == 1, r.output
+    assert f"{missing}: no such stack file (check the path" in r.output
+    assert "nothing running" not in r.output
+
+
+def test_down_of_a_deleted_stack_file_still_stops_its_services(fake_stack, cli):
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    pid = StateDir(path).load().services["chat"].pid
+    path.unlink()
+    r = cli("down", path)
+    assert r.exit_code == 0 and "stopped chat" in r.output, r.output
+    assert not _alive(pid)
