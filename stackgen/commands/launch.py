@@ -305,7 +305,8 @@ def status(
                       _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
         print_table(out, t)
         _print_ended(out, rows)
-    return 0 if all(r.state in _HEALTHY for r in rows) else 1
+    # README: exit 1 unless every service is running or loading; nothing running is not "every service running"
+    return 0 if rows and all(r.state in _HEALTHY for r in rows) else 1
 
 
 def _escape(text: str) -> str:

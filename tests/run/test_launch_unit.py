@@ -649,3 +649,13 @@ def test_down_of_a_deleted_stack_file_still_stops_its_services(fake_stack, cli):
     r = cli("down", path)
     assert r.exit_code == 0 and "stopped chat" in r.output, r.output
     assert not _alive(pid)
+
+
+def test_status_of_a_stack_that_is_not_running_exits_1(fake_stack, cli):
+    """README: `status` exits 1 unless every service is running or loading; with none running it used to exit 0
+    (all() of no rows)."""
+    path, _, _ = fake_stack
+    r = cli("status", path)
+    assert r.exit_code == 1 and "nothing running" in r.output, r.output
+    r = cli("status", path, "--json")
+    assert r.exit_code == 1 and json.loads(r.output) == []
