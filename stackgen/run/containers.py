@@ -234,6 +234,8 @@ class ContainerRunner:
         return c is not None and c.status == "running"
 
     def log_tail(self, st: ServiceState, lines: int) -> list[str]:
+        if lines <= 0:  # [-0:] below would be every line
+            return []
         try:
             c = self._get(st)
             if c is None:

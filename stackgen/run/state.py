@@ -427,7 +427,10 @@ def rotate_log(path: Path) -> None:
 
 
 def tail(path: str | Path, lines: int = 20, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last `lines` lines of a file (reads at most `max_bytes` from its end)."""
+    """The last `lines` lines of a file (reads at most `max_bytes` from its end); none for `lines` <= 0 (a slice
+    [-0:] would be the whole file)."""
+    if lines <= 0:
+        return []
     try:
         with open_read(path) as f:
             f.seek(0, os.SEEK_END)

@@ -659,3 +659,17 @@ def test_status_of_a_stack_that_is_not_running_exits_1(fake_stack, cli):
     assert r.exit_code == 1 and "nothing running" in r.output, r.output
     r = cli("status", path, "--json")
     assert r.exit_code == 1 and json.loads(r.output) == []
+
+
+def test_logs_n_0_prints_no_past_lines(tmp_path):
+    """`logs -n 0` means no past lines (it printed the whole log: a slice [-0:]); `logs -f -n 0` only follows."""
+    from stackgen.run.state import tail
+
+    path = tmp_path / "stack.yaml"
+    path.write_text("version: 1\n", encoding="utf-8")
+    sd = StateDir(path)
+    sd.logs_dir.mkdir(parents=True)
+    (sd.logs_dir / "chat.log").write_text("one\ntwo\nthree\n", encoding="utf-8")
+    assert tail(sd.logs_dir / "chat.log", 0) == []
+    assert [ln for _, ln in logs(path, "chat", lines=0)] == []
+    assert [ln for _, ln in logs(path, "chat", lines=2)] == ["two", "three"]
