@@ -194,10 +194,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
     except KeyboardInterrupt as exc:
         names = _cleanup(started, runner, state, sd, opts.grace_s)
         raise Interrupted(_interrupted_text(exc, names)) from None
-    except LaunchError as exc:
-        if not any(sp.unit_role for sp in start):
-            raise
-        names = _cleanup(started, runner, state, sd, opts.grace_s)  # a fleet: say what else was stopped
+    except LaunchError as exc:  # every up (not only a fleet's) says what it stopped: the services that did start too
+        names = _cleanup(started, runner, state, sd, opts.grace_s)
         raise LaunchError(f"{exc}\nstopped what this `up` had started: {', '.join(names) or 'nothing'}") from None
     finally:
         if not ok:  # a failure (or an interrupt, already cleaned): stop what this run started

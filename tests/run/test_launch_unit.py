@@ -673,3 +673,20 @@ def test_logs_n_0_prints_no_past_lines(tmp_path):
     assert tail(sd.logs_dir / "chat.log", 0) == []
     assert [ln for _, ln in logs(path, "chat", lines=0)] == []
     assert [ln for _, ln in logs(path, "chat", lines=2)] == ["two", "three"]
+
+
+def test_a_failed_up_of_several_services_says_what_it_stopped(fake_stack):
+    """Service `chat` starts, `other` dies during start-up: `up` stops `chat` too and says so (the note was printed
+    only for fleets, so a user saw `chat` vanish without a word)."""
+    path, _, tmp = fake_stack
+    bad = tmp / "dies-at-once"
+    bad.write_text("#!/bin/sh\necho 'error: simulated failure'\nexit 4\n")
+    bad.chmod(0o755)
+    path.write_text(path.read_text() + f"  other:\n    model: gemma-3-270m\n    engine: llama.cpp\n    binary: {bad}\n"
+                    f"    port: {free_port()}\n")
+    with pytest.raises(LaunchError) as err:
+        up(plan_of(path), UpOptions(timeout_s=20))
+    text = str(err.value)
+    assert "service other: llama.cpp exited during start-up (exit status 4)" in text, text
+    assert "stopped what this `up` had started: " in text and "chat (pid" in text, text
+    assert StateDir(path).load().services == {}
