@@ -283,21 +283,34 @@ def _signal_all(st: ServiceState, leader, procs: list, sig: int) -> None:
     Each signal goes between two SIGCONTs: a stopped (SIGSTOP, SIGTSTP: suspended) engine is running again when
     SIGTERM arrives, so it acts on it at once instead of after the grace period, and one stopped again meanwhile is
     woken to handle what is pending. The SIGKILL escalation is preceded by SIGCONT too (the kernel kills a stopped
-    process anyway; the wake-up costs nothing and keeps one rule)."""
+    process anyway; the wake-up costs nothing and keeps one rule).
+    A process the group's signal reached is not signalled again: a second SIGTERM means "terminate immediately" to
+    llama-server (and Ctrl-C-twice to most servers), which would skip its clean shutdown and the grace period."""
     order = (signal.SIGCONT, sig, signal.SIGCONT) if sig != signal.SIGKILL else (signal.SIGCONT, sig)
+    grouped = False
     if leader is not None and st.pgid and st.pgid == leader.pid:
         try:
             if os.getpgid(leader.pid) == st.pgid:
                 for s in order:
                     os.killpg(st.pgid, s)
+                grouped = True
         except (ProcessLookupError, PermissionError):
             pass
     for p in procs:
+        if grouped and _pgid(p.pid) == st.pgid:
+            continue  # it had the group's signal
         for s in order:
             try:
                 p.send_signal(s)
             except Exception:  # noqa: BLE001 - already gone
                 break
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def _wait_gone(procs: list, timeout_s: float) -> list:

@@ -140,7 +140,39 @@ def test_sigcont_goes_before_sigterm_and_before_sigkill(tmp_path, cleanup, monke
     group = [s for who, s in sent if who == "group"]
     single = [s for who, s in sent if who == "pid"]
     assert group == [cont, term, cont, cont, kill]
-    assert single[:3] == [cont, term, cont] and single[3:5] == [cont, kill]
+    assert single == []  # the group's signals reached it: nothing is sent twice
+
+
+# An engine whose clean shutdown takes a moment (llama-server: a second SIGTERM meanwhile means "terminate
+# immediately"): it exits with the number of SIGTERMs it got.
+COUNTER = r"""
+import os, signal, time
+got = []
+signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+print("ready", flush=True)
+for _ in range(6000):
+    if got:
+        time.sleep(0.5)
+        os._exit(len(got))
+    time.sleep(0.05)
+"""
+
+
+def test_down_sends_sigterm_once(tmp_path, cleanup):
+    """`down` (and `restart`) signalled the group and then every process again, so llama-server got two SIGTERMs
+    ("Received second interrupt, terminating immediately.") and the grace period never applied."""
+    service_id = secrets.token_hex(8)
+    proc = subprocess.Popen([sys.executable, "-c", COUNTER], start_new_session=True, stdout=subprocess.PIPE,
+                            env={**os.environ, MARKER_ENV: service_id})
+    cleanup.append(proc.pid)
+    assert proc.stdout.readline().strip() == b"ready"
+    create_time, ticks, exe = _identity_now(proc.pid)
+    st = ServiceState(name="chat", engine="llama.cpp", kind="process", host="127.0.0.1", port=1, config_hash="",
+                      started_at=time.time(), pid=proc.pid, pgid=proc.pid, create_time=create_time, start_ticks=ticks,
+                      exe=exe, service_id=service_id)
+    stop_process_group(st, grace_s=10)
+    status = process._exit_status[proc.pid]
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1  # one SIGTERM, a clean exit within the grace
 
 
 def test_a_stopped_supervisor_stops_at_once(tmp_path, cleanup):
