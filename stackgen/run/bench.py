@@ -165,12 +165,16 @@ def diagnose(r: BenchResult) -> list[str]:
         out.append(f"{r.invalid_json} of {ok_requests} schema-constrained outputs are not valid JSON: cut off at "
                    f"max_tokens ({r.max_tokens}) before the object closed, or the engine ignored the schema")
     out += speed_findings(r)
-    pred = r.predicted_decode_tokens_per_s
+    # The same forecast the speed-model line prints: per user at the measured concurrency (the single-stream
+    # roofline only for a service the planner has no forecast for, e.g. multi-node)
+    users = f"{r.concurrent_users} user{'s' if r.concurrent_users != 1 else ''}"
+    pred, what = ((r.predicted_per_user_tokens_per_s, f"predicted per user at {users}")
+                  if r.predicted_per_user_tokens_per_s else (r.predicted_decode_tokens_per_s, "predicted"))
     if pred and r.per_stream_decode_tokens_per_s and r.per_stream_decode_tokens_per_s < 0.5 * pred:
         agg = f"; aggregate {r.output_tokens_per_s:.1f} tok/s over {r.concurrent_users} streams" \
             if r.concurrent_users > 1 else ""
         out.append(f"decode is slower than planned: {r.per_stream_decode_tokens_per_s:.1f} tok/s per stream vs "
-                   f"{pred:.1f} predicted (< 50%){agg}. The plan assumes memory-bandwidth-bound decode: the engine "
+                   f"{pred:.1f} {what} (< 50%){agg}. The plan assumes memory-bandwidth-bound decode: the engine "
                    f"is compute-bound (check CPU threads, -t, and other load on the machine) or "
                    f"hardware.memory_bandwidth_gbs is higher than this machine reaches")
     return out

@@ -284,3 +284,30 @@ def test_plot_without_matplotlib_names_pip(monkeypatch, tmp_path):
     r = summarize([], wall_s=1.0)
     with pytest.raises(StackgenError, match="pip install matplotlib"):
         bench.plot([r], tmp_path / "x.png")
+
+
+def test_slower_than_planned_compares_with_the_forecast_at_the_measured_users():
+    """`bench` at several users printed the speed model's per-user forecast (measured within its error) AND a
+    "< 50%" warning against the single-stream roofline; the warning now uses the same forecast as that line."""
+    from types import SimpleNamespace
+
+    def req(start):
+        return RequestResult(ok=True, start=start, ttft_s=0.1, tokens=5,
+                             token_times=[start + 0.1 + i * 0.1 for i in range(5)])  # 10 tok/s per stream
+
+    rs = [req(0), req(0)]
+
+    def forecast(per_user):
+        return SimpleNamespace(per_user_tokens_per_s=per_user, aggregate_tokens_per_s=2 * per_user, ttft_all_s=0.1,
+                               error=0.15)
+
+    r = summarize(rs, wall_s=1.0, engine="llama.cpp", users=2, predicted_tps=138.6, forecast=forecast(11.0))
+    assert r.per_stream_decode_tokens_per_s == pytest.approx(10.0)
+    assert not any("slower" in f for f in r.findings), r.findings  # within the forecast's error: no warning
+    r = summarize(rs, wall_s=1.0, engine="llama.cpp", users=2, predicted_tps=138.6, forecast=forecast(30.0))
+    slow = [f for f in r.findings if f.startswith("decode is slower than planned")]
+    assert slow and "10.0 tok/s per stream vs 30.0 predicted per user at 2 users (< 50%)" in slow[0], slow
+    assert "138.6" not in " ".join(r.findings)
+    # no forecast (a multi-node service): the single-stream figure, as before
+    r = summarize(rs, wall_s=1.0, engine="llama.cpp", users=2, predicted_tps=138.6)
+    assert any("vs 138.6 predicted (< 50%)" in f for f in r.findings), r.findings
