@@ -8,6 +8,7 @@ import os
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 _PIPE_WIDTH = 250  # no terminal: one row per line in CI logs and `| grep`
 
@@ -38,3 +39,47 @@ def print_table(c: Console, t: Table) -> None:
         c.print(t)
     c.file.write("\n".join(line.rstrip() for line in cap.get().splitlines()) + "\n")
     c.file.flush()
+
+
+_GAP = 2  # the padding right of each column (table's padding)
+_MIN_LAST = 30  # a wrapping last column stays in the table while it gets at least this many columns
+
+
+def print_rows(c: Console, headers: list[str], rows: list[list[str]], movable: list[str],
+               labels: dict[str, str] | None = None) -> None:
+    """A table that stays readable on a narrow terminal: no column is cut (the last, free text, wraps); when the
+    columns do not fit, those in `movable` (in that order) leave the table and are printed below it, one line per
+    row: `NAME: label value; label value` (wrapped by the console). Cells may hold rich markup."""
+    labels = labels or {}
+
+    def width(cell: str) -> int:
+        return max((Text.from_markup(line).cell_len for line in cell.split("\n")), default=0)
+
+    natural = {h: max([len(h)] + [width(r[i]) for r in rows]) for i, h in enumerate(headers)}
+    shown = list(headers)
+
+    def needed() -> int:
+        widths = [natural[h] for h in shown]
+        widths[-1] = min(widths[-1], max(_MIN_LAST, len(shown[-1])))  # the last column wraps
+        return sum(widths) + _GAP * (len(shown) - 1)
+
+    moved: list[str] = []
+    for h in movable:
+        if needed() <= c.width:
+            break
+        if h in shown and len(shown) > 1:
+            shown.remove(h)
+            moved.append(h)
+    t = table(*shown)
+    for r in rows:
+        t.add_row(*(r[headers.index(h)] for h in shown))
+    print_table(c, t)
+    if not moved:
+        return
+    for r in rows:
+        parts = []
+        for h in moved:
+            value = Text.from_markup(r[headers.index(h)]).plain
+            label = labels.get(h, h.lower())
+            parts.append(f"{label} {value}" if label else value)
+        c.print(f"{Text.from_markup(r[0]).plain}: " + "; ".join(parts), markup=False, highlight=False)

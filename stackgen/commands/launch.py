@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from stackgen.cli import FileOpt, HostOpt, StackArgs, app, guarded, run, stack_and_services
-from stackgen.commands._console import console, live_ok, print_table, table
+from stackgen.commands._console import console, live_ok, print_rows
 
 
 def _fmt_s(s: float | None) -> str:
@@ -299,11 +299,11 @@ def status(
         typer.echo(f"{file}: nothing running (start it with `stackgen up {file}`)")
     else:
         out = console()
-        t = table("SERVICE", "ENGINE", "STATE", "WHERE", "PORT", "UPTIME", "RSS", "RESTART", "DETAIL")
-        for r in rows:
-            t.add_row(r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
-                      _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail[:100]))
-        print_table(out, t)
+        # nothing is cut: DETAIL wraps, and on a narrow terminal it (then RESTART, UPTIME) goes below the table
+        print_rows(out, ["SERVICE", "ENGINE", "STATE", "WHERE", "PORT", "UPTIME", "RSS", "RESTART", "DETAIL"],
+                   [[r.name, r.engine, _state_cell(r.state), r.where, str(r.port), _fmt_s(r.uptime_s),
+                     _fmt_bytes(r.rss_bytes), r.restart or "-", _escape(r.detail)] for r in rows],
+                   movable=["DETAIL", "RESTART", "UPTIME"], labels={"DETAIL": ""})
         _print_ended(out, rows)
     # README: exit 1 unless every service is running or loading; nothing running is not "every service running"
     return 0 if rows and all(r.state in _HEALTHY for r in rows) else 1
@@ -337,11 +337,13 @@ def ps(as_json: bool = typer.Option(False, "--json", help="Machine-readable outp
     if not rows:
         typer.echo("no stackgen services are running")
         return 0
-    t = table("NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS", "RESTART")
-    for f, r in rows:
-        t.add_row(r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
-                  _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-")
-    print_table(console(), t)
+    # nothing is cut: on a narrow terminal STACK, MODEL, ... go below the table, one line per service
+    print_rows(console(), ["NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS",
+                           "RESTART"],
+               [[r.name, _escape(_short(f)), r.engine, _escape(r.model or "-"), str(r.port), _fmt_s(r.uptime_s),
+                 _fmt_bytes(r.rss_bytes), _state_cell(r.state), _ctx(r), r.restart or "-"] for f, r in rows],
+               movable=["STACK", "MODEL", "CTX x SLOTS", "RESTART", "UPTIME", "ENGINE"],
+               labels={"CTX x SLOTS": "context x slots"})
     return 0
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 RED = "\x1b[31m"
 
 
-def _stack_with_a_crashed_service(tmp_path: Path) -> Path:
+def _stack_with_a_crashed_service(tmp_path: Path, **extra) -> Path:
     path = tmp_path / "stack.yaml"
     path.write_text("version: 1\nhardware: cpu-laptop-16gb\nservices:\n  chat: {model: gemma-3-270m, engine: llama.cpp}\n")
     gone = subprocess.Popen(["true"])
@@ -29,7 +29,7 @@ def _stack_with_a_crashed_service(tmp_path: Path) -> Path:
     entry = {"name": "chat", "engine": "llama.cpp", "kind": "process", "host": "127.0.0.1", "port": 18080,
              "config_hash": "x", "started_at": 1.0, "pid": gone.pid, "pgid": gone.pid, "create_time": 1.0,
              "argv": ["/usr/bin/llama-server"], "service_id": "0" * 32, "log": str(sd.log_path("chat")), "model": "gemma-3-270m-a-long-model-name"
-             + "-x" * 40}
+             + "-x" * 40, **extra}
     sd.state_file.write_text(json.dumps({"version": 2, "stack": "t", "file": str(sd.stack_file),
                                          "services": {"chat": entry}}))
     sd.log_path("chat").write_text("main: the last thing the engine said, " + "x" * 40 + " END\n")
@@ -80,3 +80,38 @@ def test_status_in_a_pipe_has_no_escapes_and_is_not_folded(tmp_path):
     assert row.split()[:3] == ["chat", "llama.cpp", "crashed"]
     # one row per service, wider than 80 columns, nothing cut: rich would fold or ellipsize at its default width
     assert row.endswith("x END") and len(row) > 80 and "\u2026" not in r.stdout, r.stdout
+
+
+def test_status_is_readable_at_80_columns(tmp_path):
+    """At 80 columns DETAIL printed one character per line (the other columns took the width): now nothing is cut,
+    and what does not fit goes below the table, one line per service, wrapped."""
+    # a fleet's balancer: its ENGINE cell is "haproxy (llama.cpp)", so the fixed columns take 79 of the 80
+    path = _stack_with_a_crashed_service(tmp_path, unit_role="balancer", unit_of="chat")
+    out = _on_terminal(["status", str(path)], {"TERM": "dumb", "COLUMNS": "80"}).replace("\r", "")
+    lines = out.splitlines()
+    assert all(len(ln) <= 80 for ln in lines), out
+    assert not [ln for ln in lines if len(ln.strip()) == 1], out  # no column folded one character per line
+    header = next(ln for ln in lines if ln.startswith("SERVICE"))
+    row = lines[lines.index(header) + 1]
+    assert row.split()[:4] == ["chat", "haproxy", "(llama.cpp)", "crashed"] and "18080" in row.split(), out
+    assert "\u2026" not in out and "chat: " in out and "x END" in " ".join(lines), out
+
+
+def test_print_rows_moves_columns_below_instead_of_cutting():
+    import io
+
+    from rich.console import Console
+
+    from stackgen.commands._console import print_rows
+
+    buf = io.StringIO()
+    c = Console(file=buf, width=80, highlight=False, soft_wrap=False, color_system=None)
+    headers = ["NAME", "STACK", "ENGINE", "MODEL", "PORT", "UPTIME", "RSS", "HEALTH", "CTX x SLOTS", "RESTART"]
+    print_rows(c, headers, [["gemma", "examples/quickstart/stack.yaml", "llama.cpp", "gemma-3-270m-Q4_K_M", "18181",
+                             "2.6s", "423 MiB", "[green]running[/green]", "4096x4", "on-failure 0/5"]],
+               movable=["STACK", "MODEL", "CTX x SLOTS"])
+    lines = buf.getvalue().splitlines()
+    assert lines[0].split() == ["NAME", "ENGINE", "PORT", "UPTIME", "RSS", "HEALTH", "CTX", "x", "SLOTS", "RESTART"]
+    assert lines[1].split()[:3] == ["gemma", "llama.cpp", "18181"] and lines[1].endswith("on-failure 0/5")
+    assert lines[2] == "gemma: stack examples/quickstart/stack.yaml; model gemma-3-270m-Q4_K_M"
+    assert all(len(ln) <= 80 for ln in lines) and "\u2026" not in buf.getvalue()
