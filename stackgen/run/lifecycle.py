@@ -13,7 +13,8 @@ from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
 from stackgen.run.fleet import BALANCER, drop_config
 from stackgen.run.native import NativeRunner, _runner_for, endpoint_from_state, select_services
-from stackgen.run.process import GRACE_S, _exit_status, _zombie_status, crash_text, supervisor_alive
+from stackgen.run.process import (GRACE_S, _exit_status, _zombie_status, crash_text, recorded_end, supervisor_alive,
+                                  unrecorded_end)
 from stackgen.run.readiness import DOWN, LOADING, READY, probe
 from stackgen.run.results import Runner, ServiceStatus
 from stackgen.run.state import ServiceState, StateDir, open_read, tail
@@ -134,8 +135,12 @@ def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> Serv
     row.uptime_s, row.rss_bytes = uptime, runner.rss(st)
     trouble = getattr(runner, "trouble", None)
     stuck = trouble(st) if trouble is not None else ""
+    orphan = rec is not None and not supervisor_alive(st)  # the engine runs, but nothing would restart it
+    if orphan:
+        row.restart = f"{row.restart} (no supervisor)" if st.restart != "no" else row.restart
+    gone = "its supervisor is gone: nothing will restart it; " if orphan else ""  # the important part first
     if stuck:  # e.g. stopped with SIGSTOP: a probe would only time out
-        row.state, row.detail = "unhealthy", stuck
+        row.state, row.detail = "unhealthy", gone + stuck
         return row
     slow = engines.get(st.engine).readiness.slow
     res = probe(endpoint_from_state(st), 30.0 if slow else probe_timeout_s)
@@ -145,7 +150,7 @@ def _status_of(runner: Runner, st: ServiceState, probe_timeout_s: float) -> Serv
         row.state = "loading"
     else:
         row.state = "unhealthy"
-    row.detail = res.detail
+    row.detail = gone + res.detail
     return row
 
 
@@ -161,6 +166,20 @@ def _ended(runner: Runner, st: ServiceState, rec: dict | None, row: ServiceStatu
         row.state = "restarting"
         row.detail = f"{row.last_exit}; restart {row.restarts + 1} in {left:.0f} s"
         return row
+    if rec is not None and not recorded_end(rec, st) and supervisor_alive(st):
+        row.last_exit = ""  # its supervisor is writing down this end now: not an earlier engine's
+    elif rec is not None and not recorded_end(rec, st):
+        # its supervisor was killed before this engine ended: the record's exit is an earlier engine's (before a
+        # restart), not this one's, which nobody saw end
+        row.state = "crashed"
+        row.last_exit = foreign or unrecorded_end(st, str(runner.log_file(st) or "") or None)
+        lines = runner.log_tail(st, 30)
+        row.log_tail = lines[-10:]
+        # the cause from this engine's own lines: those after the supervisor's last line (an earlier end, a restart)
+        own = [i for i, ln in enumerate(lines) if ln.startswith("[stackgen ")]
+        cause = likely_cause(lines[own[-1] + 1:] if own else lines, None)
+        row.detail = row.last_exit + (f"; likely cause: {cause}" if cause else "")
+        return row
     row.state = "exited" if rec is not None and rec.get("exit_code") == 0 and not rec.get("exit_signal") else "crashed"
     if row.last_exit:
         row.detail = foreign or row.last_exit
@@ -168,7 +187,7 @@ def _ended(runner: Runner, st: ServiceState, rec: dict | None, row: ServiceStatu
         cause = foreign or likely_cause(lines, None)
         row.detail = cause or (lines or [""])[-1][:160]
     if rec is not None and not supervisor_alive(st) and rec.get("state") not in ("gave-up", "crashed", "exited"):
-        row.detail += " (its supervisor is gone: nothing will restart it)"
+        row.detail = "its supervisor is gone: nothing will restart it; " + row.detail  # the important part first
     return row
 
 

@@ -24,9 +24,12 @@ from stackgen.run.process import (
     _leader,
     _members,
     crash_text,
+    recorded_end,
     rss_sum,
     stop_process_group,
     stop_supervisor,
+    supervisor_alive,
+    unrecorded_end,
 )
 from stackgen.run.results import Runner
 from stackgen.run.state import ServiceState, StateDir, config_hash, open_log, rotate_log, tail
@@ -199,7 +202,11 @@ class NativeRunner:
         if leader is None:
             if foreign:
                 return foreign
-            crash = crash_text(self.record(st))
+            rec = self.record(st)
+            if rec is not None and not recorded_end(rec, st) and not supervisor_alive(st):
+                # its supervisor was killed before it: the record's exit is an earlier engine's, not this one's
+                return f"it had crashed: {unrecorded_end(st, str(self.log_file(st) or '') or None)}"
+            crash = crash_text(rec)
             return f"it had crashed: {crash}" if crash else "its process had exited"
         try:
             if leader.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):

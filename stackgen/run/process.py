@@ -277,6 +277,23 @@ def crash_text(rec: dict | None) -> str:
     return text
 
 
+def recorded_end(rec: dict | None, st: ServiceState) -> bool:
+    """Whether the supervisor's record says how *this* engine (st) ended: its exit is at or after the engine's
+    start. A record whose exit is older describes an engine before a restart: when the supervisor itself was
+    killed, the current engine's end was never recorded."""
+    return bool(rec and rec.get("exit_text") and (rec.get("exited_at") or 0) >= (st.started_at or 0))
+
+
+def unrecorded_end(st: ServiceState, log: str | None) -> str:
+    """How an engine that ended with no supervisor to see it ended: unknown, and since when it is silent."""
+    try:
+        last = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(log))) if log else ""
+    except OSError:
+        last = ""
+    return (f"pid {st.pid} ended, how and when unknown: its supervisor was gone and recorded nothing"
+            + (f" (the log's last line is from {last})" if last else ""))
+
+
 def _signal_all(st: ServiceState, leader, procs: list, sig: int) -> None:
     """killpg only for the group of a verified leader that leads it (its own session: only its descendants can
     be in it); every identified process individually (psutil refuses a pid reused since it was listed).

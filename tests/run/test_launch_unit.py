@@ -690,3 +690,29 @@ def test_a_failed_up_of_several_services_says_what_it_stopped(fake_stack):
     assert "service other: llama.cpp exited during start-up (exit status 4)" in text, text
     assert "stopped what this `up` had started: " in text and "chat (pid" in text, text
     assert StateDir(path).load().services == {}
+
+
+def test_an_engine_whose_supervisor_was_killed_reports_its_own_end(fake_stack):
+    """Supervisor killed (kill -9), then its engine: status and up reported the previous crash (its cause and time)
+    as this end; now the end is unknown, said so. While the engine still runs, status says nothing restarts it."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.2)))
+    first = StateDir(path).load().services["chat"]
+    os.kill(first.pid, signal.SIGKILL)  # a crash the supervisor records, then restarts
+    assert _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+    second = StateDir(path).load().services["chat"]
+    os.kill(second.sup_pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(second.sup_pid), 5)
+    row = status(path)[0]
+    assert row.state == "running" and row.restart == "on-failure 1/5 (no supervisor)", row
+    assert row.detail.startswith("its supervisor is gone: nothing will restart it"), row.detail
+    os.kill(second.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(second.pid), 5)
+    row = status(path)[0]
+    assert row.state == "crashed", row
+    assert row.last_exit.startswith(f"pid {second.pid} ended, how and when unknown: its supervisor was gone"), row
+    assert "SIGKILL" not in row.last_exit and "SIGKILL" not in row.detail, row
+    res = up(plan_of(path), UpOptions(timeout_s=20))
+    assert res.services[0].action == "restarted"
+    assert res.services[0].reason.startswith(f"it had crashed: pid {second.pid} ended, how and when unknown"), \
+        res.services[0].reason
