@@ -622,10 +622,14 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
     else:
         hardware, label = _bind_hardware(spec.hardware, profiles, problem)
     workload = _bind_workload(spec.workload, profiles, problem)
+    if workload is not None:
+        _check_workload_fits(("workload",), workload, spec.workload, problem)
     services = []
     ports: dict[int, str] = {}
     for name, svc in spec.services.items():
         merged = _merge_workload(workload, svc.workload) if workload else None
+        if merged is not None and _sets_lengths(svc.workload):  # else: the stack's workload, checked above
+            _check_workload_fits(("services", name, "workload"), merged, svc.workload, problem)
         if svc.port is not None:
             if svc.port in ports:
                 problem(("services", name, "port"), f"port {svc.port} is already used by service {ports[svc.port]!r}",
@@ -760,6 +764,31 @@ def _bind_workload(ref: WorkloadRef, profiles: Any, problem) -> WorkloadSpec | N
         problem(("workload",), f"unknown workload profile {ref!r}",
                 _did_you_mean(ref, list(profiles.workloads)) or "known: " + ", ".join(sorted(profiles.workloads)))
     return wl
+
+
+_LENGTHS = ("prompt_tokens", "output_tokens", "context_tokens")
+
+
+def _sets_lengths(over: WorkloadOverride | None) -> bool:
+    return over is not None and any(getattr(over, f) is not None for f in _LENGTHS)
+
+
+def _check_workload_fits(where: tuple, wl: WorkloadSpec, written: Any, problem) -> None:
+    """A request is its prompt plus its output: both must fit the context (profiles/workloads.yaml's invariant), else
+    the engine refuses every request as too long. Reported at the length the file at `where` sets (`written`: the
+    inline workload or a service's override; a profile name or None: at `where` itself)."""
+    need = wl.prompt_tokens + wl.output_tokens
+    if need <= wl.context_tokens:
+        return
+    fields = [f for f in _LENGTHS if isinstance(written, BaseModel) and f in written.model_fields_set]
+    loc = where + (fields[0],) if fields else where
+    room = wl.context_tokens - wl.output_tokens
+    lower = (f", or lower prompt_tokens to at most {room}" if room >= 1
+             else f", or lower output_tokens to at most {wl.context_tokens - wl.prompt_tokens}"
+             if wl.context_tokens > wl.prompt_tokens else "")
+    problem(loc, f"prompt_tokens {wl.prompt_tokens} + output_tokens {wl.output_tokens} = {need} is more than "
+            f"context_tokens {wl.context_tokens}: the engine would refuse every request as longer than its context",
+            f"raise context_tokens to at least {need}{lower}")
 
 
 def _merge_workload(base: WorkloadSpec, over: WorkloadOverride | None) -> WorkloadSpec:

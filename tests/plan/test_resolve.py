@@ -27,7 +27,7 @@ ROWS = [
     ("mac-setup", "m3-max-64gb", "{concurrent_users: 1, optimize: setup}", "ollama"),
     ("mac-dev-loop", "m3-max-64gb", "dev-loop", "mlx"),
     ("mac-multi-user", "m4-max-128gb", "team-api", "llama.cpp"),
-    ("gpu-prefix-heavy", "h100-80gb", "{concurrent_users: 32, prompt_tokens: 8000, output_tokens: 400}", "sglang"),
+    ("gpu-prefix-heavy", "h100-80gb", "{concurrent_users: 32, context_tokens: 16384, prompt_tokens: 8000, output_tokens: 400}", "sglang"),
     ("gpu-multi-user", "a100-80gb", "team-api", "vllm"),
     ("setup", "rtx-4090", "{concurrent_users: 1, optimize: setup}", "ollama"),
     ("setup", "cpu-laptop-16gb", "quickstart", "ollama"),  # setup friction is Ollama's bottleneck on a CPU too

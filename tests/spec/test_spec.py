@@ -167,3 +167,32 @@ def test_detect_leaves_an_unreadable_compute_capability_unknown():
     from stackgen.host import detect
     assert detect._cc("8.9") == "8.9" and detect._cc("12.0") == "12.0"
     assert detect._cc("sm_89") is None and detect._cc("8") is None and detect._cc(None) is None
+
+
+def test_prompt_and_output_must_fit_the_context(write_stack, cli):
+    """An inline workload whose prompt + output exceed the context validated, then every request failed with HTTP 400
+    (context exceeded): validate refuses it at the length written, with the context it needs."""
+    f = write_stack("version: 1\nhardware: rtx-4090\nworkload:\n  concurrent_users: 4\n  context_tokens: 4096\n"
+                    "  prompt_tokens: 6000\n  output_tokens: 128\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    res = cli("validate", f)
+    assert res.exit_code == 1
+    assert (f"{f}:6:18: workload.prompt_tokens: prompt_tokens 6000 + output_tokens 128 = 6128 is more than "
+            "context_tokens 4096") in res.output
+    assert "(raise context_tokens to at least 6128, or lower prompt_tokens to at most 3968)" in res.output
+    assert "Traceback" not in res.output
+    # A service's override that shrinks a profile's context below its prompt is reported at the override.
+    f = write_stack("version: 1\nhardware: rtx-4090\nworkload: long-context\nservices:\n  chat:\n"
+                    "    model: llama-3.1-8b-instruct\n    workload: {context_tokens: 8192}\n")
+    with pytest.raises(SpecError) as info:
+        load_stack(f)
+    (p,) = info.value.problems
+    assert (p.line, p.col, p.path) == (7, 32, "services.chat.workload.context_tokens")
+    assert "raise context_tokens to at least 122000" in p.hint
+    # Exactly full is fine, and so is every built-in workload profile.
+    f = write_stack("version: 1\nhardware: rtx-4090\nworkload: {context_tokens: 4096, prompt_tokens: 3840, "
+                    "output_tokens: 256}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    load_stack(f)
+    from stackgen.spec.profiles import load_profiles
+
+    for name, wl in load_profiles().workloads.items():
+        assert wl.prompt_tokens + wl.output_tokens <= wl.context_tokens, name
