@@ -207,7 +207,12 @@ def _read_overrides(engine: "Engine", overrides: dict, where: str):
             try:
                 found[k.knob] = (key, k.parse(value))
             except ValueError as exc:
-                errors.append(OverrideError(where, key, f"{value!r} is not a value stackgen can plan for the {what}",
+                if value is None:  # null drops the flag (apply_overrides), and the planner sizes it
+                    errors.append(OverrideError(where, key, f"null would drop {_flag(key)}, a flag stackgen sizes "
+                                                f"itself (the {what})", f"write {exc}, or remove {key} to let stackgen choose"))
+                    continue
+                shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+                errors.append(OverrideError(where, key, f"{shown} is not a value stackgen can plan for the {what}",
                                             f"write {exc}"))
     return found, errors
 

@@ -503,7 +503,23 @@ def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Pr
         return Problem(display, mark.line, mark.col, path, "expected text", hint)
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return Problem(display, mark.line, mark.col, path, f"invalid value {err.get('input')!r}", f"expected {expected}")
+        value, key = err.get("input"), str(loc[-1]) if loc else "value"
+        if isinstance(value, str) and loc == ("version",) and value.strip() == "1":
+            return Problem(display, mark.line, mark.col, path, f"expected the number 1, got text {value!r}",
+                           "write `version: 1`, without quotes")
+        if loc == ("version",):
+            return Problem(display, mark.line, mark.col, path, f"invalid value {value!r}",
+                           "expected 1: write `version: 1` (the only format version)")
+        return Problem(display, mark.line, mark.col, path, f"invalid value {value!r}", f"expected {expected}")
+    if kind in _BOUND_TYPES:
+        return Problem(display, mark.line, mark.col, path, *_bound_problem(kind, loc, err.get("input"), err.get("ctx", {})))
+    if kind == "too_short":
+        least, key = err.get("ctx", {}).get("min_length", 1), str(loc[-1]) if loc else "value"
+        if loc == ("services",):
+            return Problem(display, mark.line, mark.col, path, "no services: a stack serves at least one",
+                           "add one under `services:`, e.g. `chat:` with `model: qwen3-8b` indented under it")
+        return Problem(display, mark.line, mark.col, path, f"needs at least {least} item{'s' if least != 1 else ''}",
+                       f"add {'one' if least == 1 else least} under `{key}:`")
     if kind == "string_pattern_mismatch" and loc == ("name",):
         return Problem(display, mark.line, mark.col, path, f"invalid name {err.get('input')!r}",
                        "use lowercase letters, digits and '-', starting with a letter or digit")
@@ -511,7 +527,7 @@ def _problem_for(err: dict, loc: tuple, doc: _yaml.Document, display: str) -> Pr
         return Problem(display, mark.line, mark.col, path, f"invalid compute capability {err.get('input')!r}",
                        "write major.minor as `nvidia-smi --query-gpu=compute_cap --format=csv` prints it, quoted: "
                        "`compute_capability: \"8.9\"`")
-    typed = _type_problem(kind, loc, err.get("input"))
+    typed = _type_problem(kind, loc, err.get("input"), _field_bounds(loc))
     if typed is not None:
         return Problem(display, mark.line, mark.col, path, *typed)
     msg = err["msg"]
@@ -526,26 +542,88 @@ def _yaml_scalar(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def _type_problem(kind: str, loc: tuple, value: Any) -> tuple[str, str] | None:
+_BOUND_TYPES = {"greater_than_equal": "ge", "greater_than": "gt", "less_than_equal": "le", "less_than": "lt"}
+
+
+def _num(x: Any) -> str:
+    return str(int(x)) if isinstance(x, float) and x.is_integer() and abs(x) < 1e15 else str(x)
+
+
+def _bound_problem(kind: str, loc: tuple, value: Any, ctx: dict) -> tuple[str, str]:
+    """(message, hint) for a number outside its field's range: the bound, and a value to write."""
+    key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+    bound = ctx.get(_BOUND_TYPES[kind])
+    low, high = _field_bounds(loc)
+    most = f", up to {_num(high[1])}" if high and high[0] == "le" else f", below {_num(high[1])}" if high else ""
+    if kind == "greater_than_equal":
+        return f"must be at least {_num(bound)}, got {_num(value)}", f"write `{key}: {_num(bound)}` or more{most}"
+    if kind == "greater_than":
+        return (f"must be more than {_num(bound)}, got {_num(value)}",
+                f"write `{key}:` a number above {_num(bound)}{most}, e.g. `{key}: {_example(loc, low, high, 16)}`")
+    if kind == "less_than_equal":
+        return f"must be at most {_num(bound)}, got {_num(value)}", f"write `{key}: {_num(bound)}` or less"
+    return f"must be less than {_num(bound)}, got {_num(value)}", f"write `{key}:` a number below {_num(bound)}"
+
+
+def _field_bounds(loc: tuple) -> tuple[tuple[str, Any] | None, tuple[str, Any] | None]:
+    """The field's lower and upper bound as ("ge"|"gt", x) and ("le"|"lt", x), from its pydantic constraints."""
+    model = _model_at(tuple(loc[:-1])) if loc else None
+    info = model.model_fields.get(str(loc[-1])) if model is not None else None
+    low = high = None
+    for meta in info.metadata if info is not None else ():
+        for name in ("ge", "gt"):
+            if getattr(meta, name, None) is not None:
+                low = (name, getattr(meta, name))
+        for name in ("le", "lt"):
+            if getattr(meta, name, None) is not None:
+                high = (name, getattr(meta, name))
+    return low, high
+
+
+def _range_words(low: tuple[str, Any] | None, high: tuple[str, Any] | None) -> str:
+    lo = (f"above {_num(low[1])}" if low[0] == "gt" else f"{_num(low[1])}") if low else ""
+    hi = (f"below {_num(high[1])}" if high[0] == "lt" else f"{_num(high[1])}") if high else ""
+    if lo and hi:
+        return f"from {lo} to {hi}" if low[0] == "ge" else f"{lo}, up to {hi}"  # type: ignore[index]
+    return f"{lo} or more" if lo else f"up to {hi}" if hi else "any number"
+
+
+def _in_range(x: float, low: tuple[str, Any] | None, high: tuple[str, Any] | None) -> bool:
+    return ((low is None or (x > low[1] if low[0] == "gt" else x >= low[1]))
+            and (high is None or (x < high[1] if high[0] == "lt" else x <= high[1])))
+
+
+def _type_problem(kind: str, loc: tuple, value: Any, bounds: tuple = (None, None)) -> tuple[str, str] | None:
     """(message, hint) for a value of the wrong type: say what was written, what is expected, and the fix."""
     key = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
     got = (f"text {value!r}" if isinstance(value, str) else "a list" if isinstance(value, (list, tuple))
            else "a mapping" if isinstance(value, dict) else f"{_yaml_scalar(value)}")
+    low, high = bounds
     if kind in {"int_type", "int_parsing", "int_from_float"}:
         number = None
         if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
             number = int(value)
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
+        written = _as_number(value)
+        if (low or high) and written is not None and not _in_range(written, low, high):
+            # 1e30 is no whole number to suggest: say the range the field takes.
+            return (f"expected a whole number {_range_words(low, high)}, got {got}",
+                    f"write a whole number {_range_words(low, high)}, e.g. `{key}: {_example(loc, low, high, 8)}`")
         if number is not None:
             how = "without quotes" if isinstance(value, str) else "without a decimal point"
             return f"expected a whole number, got {got}", f"write `{key}: {number}`, {how}"
-        example = round(value) if isinstance(value, float) and not isinstance(value, bool) else 8
-        return f"expected a whole number, got {got}", f"write a whole number such as `{key}: {example}`"
+        if written is not None and float(round(written)) == written:  # `8e3` as text: the digits
+            return f"expected a whole number, got {got}", f"write `{key}: {round(written)}`, as plain digits"
+        example = (round(value) if isinstance(value, float) and not isinstance(value, bool)
+                   and _in_range(round(value), low, high) else _example(loc, low, high, 8))
+        span = f" {_range_words(low, high)}" if low or high else ""
+        return f"expected a whole number, got {got}", f"write a whole number{span}, e.g. `{key}: {example}`"
     if kind in {"float_type", "float_parsing"}:
         if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*", value):
             return f"expected a number, got {got}", f"write `{key}: {value.strip()}`, without quotes"
-        return f"expected a number, got {got}", f"write a number such as `{key}: 16`"
+        span = f" {_range_words(low, high)}" if low or high else ""
+        return f"expected a number, got {got}", f"write a number{span}, e.g. `{key}: {_example(loc, low, high, 16)}`"
     if kind in {"bool_type", "bool_parsing"}:
         return f"expected true or false, got {got}", f"write `{key}: true` or `{key}: false`"
     if kind in {"tuple_type", "list_type", "set_type", "frozen_set_type"}:
@@ -564,6 +642,33 @@ def _type_problem(kind: str, loc: tuple, value: Any) -> tuple[str, str] | None:
                     + (", e.g. `chat:` with `model:` indented under it" if key == "services" else ""))
         return f"expected a mapping, got {got}", f"indent `name: value` lines under `{key}:`"
     return None
+
+
+def _as_number(value: Any) -> float | None:
+    """A number as written: a float, or text a number reads as (`1e30`); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        number = float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return number if number is not None and number == number and abs(number) != float("inf") else None
+
+
+def _example(loc: tuple, low: tuple | None, high: tuple | None, fallback: float) -> str:
+    """A value the field takes: its default when it has a number for one, else `fallback` or the nearest bound."""
+    model = _model_at(tuple(loc[:-1])) if loc else None
+    info = model.model_fields.get(str(loc[-1])) if model is not None else None
+    default = info.default if info is not None else None
+    if isinstance(default, (int, float)) and not isinstance(default, bool) and _in_range(default, low, high):
+        return _num(default)
+    if _in_range(fallback, low, high):
+        return _num(fallback)
+    if high is not None and (low is None or fallback > high[1]):
+        return _num(high[1] if high[0] == "le" else high[1] / 2)
+    return _num(low[1] if low is not None and low[0] == "ge" else (low[1] + 1 if low else fallback))
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

@@ -58,7 +58,7 @@ def test_a_single_machine_stack_has_no_nodes(tmp_path):
     ("  nodes:\n    - hardware: dgx-h100\n      count: 2\n      addresses: [10.0.0.1]\n",
      "hardware.nodes.0.addresses", 7, "1 addresses for count 2"),
     ("  nodes:\n    - hardware: dgx-h100\n      cont: 2\n", "hardware.nodes.0.cont", 6, "unknown key"),
-    ("  nodes:\n    - hardware: dgx-h100\n      count: 0\n", "hardware.nodes.0.count", 6, "greater than or equal"),
+    ("  nodes:\n    - hardware: dgx-h100\n      count: 0\n", "hardware.nodes.0.count", 6, "must be at least 1"),
     ("  nodes: []\n", "hardware.nodes", 4, "at least 1"),
     ("  nodes:\n    - hardware: detect\n", "hardware.nodes.0.hardware", 5, "cannot be `detect`ed"),
     ("  nodes:\n    - hardware: dgx-h100\n      count: 2\n      addresses: [10.0.0.1, 10.0.0.1]\n",

@@ -70,6 +70,26 @@ BAD = [
     ("version: 1\nhardware: {gpus: [{vendor: nvidia, name: X, memory_gib: 24, bandwidth_gbs: 900, compute_capability: sm_89}],"
      " memory_gib: 64, memory_bandwidth_gbs: 50, cpu: {cores: 8}}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
      2, 101, "hardware.gpus.0.compute_capability", 'invalid compute capability \'sm_89\' (write major.minor'),
+    # Out-of-range and empty values say what to write instead, not pydantic's "input should be greater than or equal".
+    ("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 0}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
+     3, 30, "workload.concurrent_users", "must be at least 1, got 0 (write `concurrent_users: 1` or more, up to 4096)"),
+    ("version: 1\nhardware: rtx-4090\nworkload: {output_tokens: 0}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
+     3, 27, "workload.output_tokens", "write `output_tokens: 1` or more"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    replicas: 0\n", 6, 15,
+     "services.chat.replicas", "must be at least 1, got 0 (write `replicas: 1` or more, up to 256)"),
+    ("version: 1\nhardware: rtx-4090\nservices: {}\n", 3, 11, "services",
+     "no services: a stack serves at least one (add one under `services:`"),
+    ('version: "1"\nhardware: rtx-4090\nservices: {chat: {model: llama-3.1-8b-instruct}}\n', 1, 10, "version",
+     "expected the number 1, got text '1' (write `version: 1`, without quotes)"),
+    ("version: 1\nhardware: rtx-4090\nservices:\n  chat:\n    model: llama-3.1-8b-instruct\n    overrides:\n"
+     "      --cache-ram: null\n", 7, 20, "services.chat.overrides.--cache-ram",
+     "null would drop --cache-ram, a flag stackgen sizes itself (the cache ram mib) (write a whole number, 0 or more "
+     "(0 turns it off), or remove --cache-ram to let stackgen choose)"),
+    ("version: 1\nhardware: rtx-4090\nworkload: {context_tokens: 1e30}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
+     3, 28, "workload.context_tokens", "expected a whole number from 256 to 10000000, got text '1e30' "
+     "(write a whole number from 256 to 10000000, e.g. `context_tokens: 8192`)"),
+    ("version: 1\nhardware: rtx-4090\nworkload: {context_tokens: 1.0e+30}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n",
+     3, 28, "workload.context_tokens", "write a whole number from 256 to 10000000, e.g. `context_tokens: 8192`"),
 ]
 
 
