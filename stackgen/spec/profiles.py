@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from stackgen.spec import yaml_nodes as _yaml
 from stackgen._resources import data_dir
 from stackgen.errors import ProfileError, SpecError
-from stackgen.spec.stack import HardwareSpec, WorkloadSpec
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec, hardware_problems
 
 _FILES = ("hardware.yaml", "workloads.yaml", "models.yaml")
 
@@ -53,13 +53,15 @@ def _load_dir(folder: Path) -> Profiles:
 def _load_dir_uncached(folder: Path) -> Profiles:
     from stackgen.models.facts import ModelFacts
 
-    hardware = _load_file(folder / "hardware.yaml", lambda name, data: HardwareSpec.model_validate(data))
+    hardware = _load_file(folder / "hardware.yaml", lambda name, data: HardwareSpec.model_validate(data),
+                          check=hardware_problems)
     workloads = _load_file(folder / "workloads.yaml", lambda name, data: WorkloadSpec.model_validate(data))
     models = _load_file(folder / "models.yaml", ModelFacts.from_catalog)
     return Profiles(hardware, workloads, models, (folder,))
 
 
-def _load_file(path: Path, build) -> dict[str, Any]:
+def _load_file(path: Path, build, check=None) -> dict[str, Any]:
+    """name -> built entry; `check(entry)` lists what an entry contradicts itself in ((location, message, fix))."""
     if not path.is_file():
         return {}
     display = str(path)
@@ -84,6 +86,10 @@ def _load_file(path: Path, build) -> dict[str, Any]:
         except (ValueError, TypeError, KeyError) as exc:
             m = doc.mark_for((name,))
             raise ProfileError(f"{display}:{m.line}:{m.col}: {name}: {exc}") from None
+        for tail, message, hint in check(out[name]) if check else ():
+            m = doc.mark_for((name,) + tail)
+            field_path = ".".join(str(p) for p in (name,) + tail)
+            raise ProfileError(f"{display}:{m.line}:{m.col}: {field_path}: {message} ({hint})")
     return out
 
 

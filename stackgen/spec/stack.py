@@ -778,7 +778,7 @@ def _bind_nodes(cluster: ClusterSpec, profiles: Any, problem) -> tuple[Node, ...
                "name a profile or describe the machine inline")
             ok = False
             continue
-        hw, label = _bind_hardware(group.hardware, profiles, lambda loc, m, h="": at(("hardware",), m, h))
+        hw, label = _bind_hardware(group.hardware, profiles, lambda loc, m, h="": at(tuple(loc), m, h))
         if hw is None:
             ok = False
             continue
@@ -817,9 +817,40 @@ def _cluster_label(nodes: tuple[Node, ...]) -> str:
     return " + ".join(f"{c} nodes of {lbl}" if c > 1 else f"1 node of {lbl}" for c, lbl in groups)
 
 
+def hardware_problems(hw: HardwareSpec) -> list[tuple[tuple, str, str]]:
+    """What a machine description contradicts itself in, as (location under the hardware mapping, message, what to
+    write instead): an Apple GPU beside another vendor's, an Apple GPU under another OS than macOS, unified GPU
+    memory larger than the RAM it is part of. Stack files, profile files and recorded hosts are all checked."""
+    out: list[tuple[tuple, str, str]] = []
+    apple = [i for i, g in enumerate(hw.gpus) if g.vendor == "apple"]
+    if apple:
+        for i, g in enumerate(hw.gpus):
+            if g.vendor != "apple":
+                out.append((("gpus", i, "vendor"), f"an {VENDOR_NAMES[g.vendor]} GPU ({g.name}) in the same machine as "
+                            f"an Apple GPU ({hw.gpus[apple[0]].name}): a Mac with Apple silicon takes no other GPU",
+                            "describe one machine: drop this GPU or the Apple one; several machines go under "
+                            "`hardware: {nodes: [...]}`"))
+        if hw.os != "macos":
+            written = "os" in hw.model_fields_set
+            out.append((("os",) if written else ("gpus", apple[0], "vendor"),
+                        f"an Apple GPU runs only under macOS, but os is {hw.os}"
+                        + ("" if written else " (the default when `os:` is left out)"),
+                        "write `os: macos`" if written else "add `os: macos` to the hardware"))
+    for i, g in enumerate(hw.gpus):
+        if g.unified and g.memory_gib * g.count > hw.memory_gib:
+            out.append((("gpus", i, "memory_gib"), f"unified GPU memory of {g.memory_gib * g.count:g} GiB is more than "
+                        f"the machine's RAM (memory_gib: {hw.memory_gib:g}): unified memory is part of that RAM",
+                        f"write `memory_gib: {hw.memory_gib:g}` here, the pool both share, or raise the machine's "
+                        f"memory_gib to at least {g.memory_gib * g.count:g}"))
+    return out
+
+
 def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSpec | None, str]:
     if isinstance(ref, HardwareSpec):
-        return ref, ref.description or ref.label()
+        bad = hardware_problems(ref)
+        for tail, message, hint in bad:
+            problem(("hardware",) + tail, message, hint)
+        return (None if bad else ref), ref.description or ref.label()
     text = ref.strip()
     if text == "detect":
         return None, "detected"

@@ -216,3 +216,49 @@ def test_prompt_and_output_must_fit_the_context(write_stack, cli):
 
     for name, wl in load_profiles().workloads.items():
         assert wl.prompt_tokens + wl.output_tokens <= wl.context_tokens, name
+
+
+APPLE = "{vendor: apple, name: M3 Max, memory_gib: 64, bandwidth_gbs: 400, unified: true}"
+
+
+@pytest.mark.parametrize("gpus,extra,line,col,path,words", [
+    ([APPLE, "{vendor: nvidia, name: RTX 4090, memory_gib: 24, bandwidth_gbs: 1008}"], "  os: macos\n", 5, 16,
+     "hardware.gpus.1.vendor", "an NVIDIA GPU (RTX 4090) in the same machine as an Apple GPU (M3 Max): a Mac with "
+     "Apple silicon takes no other GPU (describe one machine: drop this GPU or the Apple one"),
+    ([APPLE], "  os: linux\n", 8, 7, "hardware.os", "an Apple GPU runs only under macOS, but os is linux "
+     "(write `os: macos`)"),
+    ([APPLE], "", 4, 16, "hardware.gpus.0.vendor", "os is linux (the default when `os:` is left out) (add `os: macos`"),
+    ([APPLE.replace("memory_gib: 64", "memory_gib: 128")], "  os: macos\n", 4, 49, "hardware.gpus.0.memory_gib",
+     "unified GPU memory of 128 GiB is more than the machine's RAM (memory_gib: 64): unified memory is part of that "
+     "RAM (write `memory_gib: 64` here, the pool both share, or raise the machine's memory_gib to at least 128)"),
+])
+def test_contradictory_inline_hardware_is_refused(write_stack, cli, gpus, extra, line, col, path, words):
+    """An Apple GPU beside an NVIDIA one, under Linux, or with more unified memory than the machine's RAM validated
+    silently; each is now refused at its field with the fix."""
+    f = write_stack("version: 1\nhardware:\n  gpus:\n" + "".join(f"    - {g}\n" for g in gpus)
+                    + "  memory_gib: 64\n  memory_bandwidth_gbs: 400\n  cpu: {cores: 12, arch: arm64}\n" + extra
+                    + "services: {chat: {model: llama-3.1-8b-instruct}}\n")
+    with pytest.raises(SpecError) as info:
+        load_stack(f)
+    assert any((p.line, p.col, p.path) == (line, col, path) for p in info.value.problems), str(info.value)
+    res = cli("validate", f)
+    assert res.exit_code == 1 and f"{f}:{line}:{col}: {path}: " in res.output and words in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_consistent_mac_and_the_built_in_profiles_load(write_stack, tmp_path, cli):
+    f = write_stack(f"version: 1\nhardware:\n  gpus: [{APPLE}]\n  memory_gib: 64\n  memory_bandwidth_gbs: 400\n"
+                    "  cpu: {cores: 12, arch: arm64}\n  os: macos\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    assert load_stack(f).hardware.is_apple
+    from stackgen.spec.profiles import load_profiles
+    from stackgen.spec.stack import hardware_problems
+
+    assert {n: hardware_problems(h) for n, h in load_profiles().hardware.items() if hardware_problems(h)} == {}
+    # A user profile that contradicts itself is reported at its position.
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "hardware.yaml").write_text(
+        f"my-mac:\n  gpus: [{APPLE}]\n  memory_gib: 64\n  memory_bandwidth_gbs: 400\n  cpu: {{cores: 12}}\n  os: linux\n")
+    res = cli("validate", write_stack(GOOD.replace("rtx-4090", "my-mac")))
+    assert res.exit_code == 1
+    assert "hardware.yaml:6:7: my-mac.os: an Apple GPU runs only under macOS, but os is linux (write `os: macos`)" \
+        in res.output, res.output
