@@ -46,7 +46,26 @@ class HostFacts:
 
     @classmethod
     def load(cls, path: str | Path) -> "HostFacts":
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """A recorded host file; a hardware description that does not validate is a SpecError naming file:line:col,
+        the field and the fix, as in a stack file (the rest of the file is read as from_json reads it)."""
+        from stackgen.errors import Problem, SpecError
+        from stackgen.spec import yaml_nodes
+        from stackgen.spec.stack import validate_hardware
+
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError([Problem(str(path), exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}",
+                                     "write the file with `stackgen detect --json > FILE`")]) from None
+        try:  # JSON is YAML: its parser gives every value's line:col
+            marked = yaml_nodes.load_document(text)
+            doc = yaml_nodes.Document(data, marked.marks, marked.key_marks)
+        except yaml_nodes.YamlError:
+            doc = yaml_nodes.Document(data, {})
+        hardware = validate_hardware(doc, str(path))
+        return cls(hardware, data.get("available_memory_bytes"), tuple(data.get("notes", ())),
+                   {str(k): int(v) for k, v in (data.get("engine_builds") or {}).items()})
 
 
 def detect() -> HostFacts:

@@ -423,10 +423,33 @@ def validate_document(doc: _yaml.Document, display: str) -> StackSpec:
         raise SpecError(_problems_from_validation(exc, doc, display)) from None
 
 
-def _problems_from_validation(exc: ValidationError, doc: _yaml.Document, display: str) -> list[Problem]:
+def validate_hardware(doc: _yaml.Document, display: str) -> HardwareSpec:
+    """The `hardware` mapping of a recorded host (`stackgen detect --json`, read by --host-facts) as a HardwareSpec;
+    SpecError with file:line:col, the field and the fix for every problem, as a stack's inline hardware gets."""
+    data = doc.data if isinstance(doc.data, dict) else None
+    if data is None or "hardware" not in data:
+        raise SpecError([Problem(display, 1, 1, "hardware", "required field is missing: a recorded host is a mapping "
+                                 "with a `hardware` entry", "write the file with `stackgen detect --json > FILE`")])
+    try:
+        hw = HardwareSpec.model_validate(data["hardware"], strict=False)
+    except ValidationError as exc:
+        raise SpecError(_problems_from_validation(exc, doc, display, prefix=("hardware", "HardwareSpec"))) from None
+    problems = []
+    for tail, message, hint in hardware_problems(hw):
+        m = doc.mark_for(("hardware",) + tail)
+        problems.append(Problem(display, m.line, m.col, _dotted(("hardware",) + tail), message, hint))
+    if problems:
+        raise SpecError(problems)
+    return hw
+
+
+def _problems_from_validation(exc: ValidationError, doc: _yaml.Document, display: str,
+                              prefix: tuple = ()) -> list[Problem]:
+    """`prefix`: where in the document the validated value sits (its errors' locations are relative to it)."""
     problems: dict[tuple, Problem] = {}
     data = doc.data if isinstance(doc.data, dict) else {}
-    errors = [e for e in exc.errors() if _from_matching_union_branch(e["loc"], data)]
+    errors = [{**e, "loc": prefix + tuple(e["loc"])} for e in exc.errors()]
+    errors = [e for e in errors if _from_matching_union_branch(e["loc"], data)]
     locs = [_clean_loc(e["loc"]) for e in errors]
     for err in errors:
         loc = _clean_loc(err["loc"])

@@ -262,3 +262,25 @@ def test_a_consistent_mac_and_the_built_in_profiles_load(write_stack, tmp_path, 
     assert res.exit_code == 1
     assert "hardware.yaml:6:7: my-mac.os: an Apple GPU runs only under macOS, but os is linux (write `os: macos`)" \
         in res.output, res.output
+
+
+def test_a_bad_recorded_host_names_file_field_and_fix(write_stack, tmp_path, cli):
+    """`plan --host-facts` of a host file whose hardware does not validate dumped pydantic's text ("3 validation
+    errors for HardwareSpec ... https://errors.pydantic.dev/..."); now each problem is file:line:col: field: fix."""
+    stack = write_stack("version: 1\nhardware: detect\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    host = tmp_path / "badhost.json"
+    host.write_text('{"hardware":{"memory_gib":"lots"}}')
+    res = cli("plan", "--host-facts", host, stack)
+    assert res.exit_code == 1
+    assert "pydantic" not in res.output and "validation error" not in res.output and "Traceback" not in res.output
+    assert (f"{host}:1:27: hardware.memory_gib: expected a number, got text 'lots' (write a number above 0, up to "
+            "65536, e.g. `memory_gib: 16`)") in res.output
+    assert f"{host}:1:2: hardware.cpu: required field is missing (add `cpu:`)" in res.output
+    host.write_text('{\n  "hardware": {\n    "memory_gib": 64,\n    "memory_bandwidth_gbs": 50,\n'
+                    '    "cpu": {"cores": 8, "core": 3}\n  }\n}\n')
+    res = cli("plan", "--host-facts", host, stack)
+    assert res.exit_code == 1 and f"{host}:5:25: hardware.cpu.core: unknown key 'core' (did you mean 'cores'?)" \
+        in res.output, res.output
+    host.write_text('{"hardware": ')
+    res = cli("plan", "--host-facts", host, stack)
+    assert res.exit_code == 1 and f"{host}:1:14: invalid JSON" in res.output, res.output
