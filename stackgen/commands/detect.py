@@ -77,6 +77,17 @@ def _choose_workload(workload: Optional[str], names: list[str]) -> tuple[str, st
         typer.echo(f"unknown workload {chosen!r}; pick one of: {', '.join(names)}", err=True)
 
 
+def _check_folder(directory: Path) -> None:
+    """init's DIR is a folder, or can become one: the nearest part of it that exists must be a folder."""
+    for part in (directory, *directory.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                what = "" if part == directory else f" ({directory} would be inside it)"
+                raise StackgenError(f"{part} is a file, not a folder{what}: `stackgen init DIR` writes DIR/stack.yaml "
+                                    f"(give a folder, new or existing, e.g. `stackgen init {part}-stack`)")
+            return
+
+
 @app.command()
 @guarded
 def init(
@@ -93,6 +104,7 @@ def init(
     from stackgen.plan.report import plan_text
 
     target = directory / "stack.yaml"
+    _check_folder(directory)
     if target.exists() and not force:
         raise StackgenError(f"{target} already exists; pass --force to overwrite it")
     profiles = load_profiles(directory if directory.is_dir() else None)
@@ -121,10 +133,18 @@ def init(
     model, plan, tried = suggest_model(name=name, hardware=hw_ref, workload=wl, host=host, path=target,
                                        profiles=profiles, schema=schema)
     text = stack_text(name=name, hardware=hw_ref, workload=wl, model=model, schema=schema, notes=notes)
-    directory.mkdir(parents=True, exist_ok=True)
+    fix = "give a folder you can write to, e.g. `stackgen init ./my-stack`"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackgenError(f"cannot create the folder {directory}: {exc.strerror or exc} ({fix})") from None
     tmp = target.with_name(".stack.yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StackgenError(f"cannot write {target}: {exc.strerror or exc} ({fix})") from None
     typer.echo(f"wrote {target} (workload {wl}, model {model})")
     for t in tried:
         typer.echo(f"  skipped {t}")

@@ -181,3 +181,22 @@ def test_when_no_model_is_fast_enough_the_fastest_is_picked_and_said(tmp_path):
     out, sp = _suggested_plan(tmp_path, "dev-loop", slow)
     assert "no model reaches a usable speed here; picked the fastest" in out
     assert sp["model"]["name"] in ("gemma-3-270m", "gemma-3-270m-it"), out
+
+
+def test_a_file_or_an_unwritable_folder_is_an_error_naming_the_path(tmp_path):
+    """`init FILE` (an existing regular file) and `init /proc/foo` were internal errors (NotADirectoryError /
+    FileNotFoundError from mkdir); now exit 1 with the path and the fix, and nothing is written."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep me\n")
+    for target in (afile, afile / "sub"):
+        res = init(str(target), "--hardware", "rtx-4090", "--workload", "dev-loop")
+        assert res.exit_code == 1, res.output
+        assert "internal error" not in res.output and "Traceback" not in res.output
+        assert f"{afile} is a file, not a folder" in res.output
+        assert f"(give a folder, new or existing, e.g. `stackgen init {afile}-stack`)" in res.output
+    assert afile.read_text() == "keep me\n"
+    res = init("/proc/stackgen-test-no-such-folder", "--hardware", "rtx-4090", "--workload", "dev-loop")
+    assert res.exit_code == 1, res.output
+    assert "internal error" not in res.output
+    assert ("cannot create the folder /proc/stackgen-test-no-such-folder: No such file or directory (give a folder "
+            "you can write to, e.g. `stackgen init ./my-stack`)") in res.output
