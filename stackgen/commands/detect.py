@@ -12,6 +12,7 @@ import yaml
 
 from stackgen.cli import _host, app, guarded
 from stackgen.errors import StackgenError
+from stackgen.spec.stack import hardware_by_name
 from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
                                planned_speed, suggest_model, usable_speed)
 from stackgen.pipeline import plan_text as _plan_in_memory  # noqa: F401
@@ -114,13 +115,16 @@ def init(
     if said:
         typer.echo(said, err=True)
     notes: tuple[str, ...] = ()
-    if hardware is not None:
-        if hardware not in profiles.hardware:
-            raise StackgenError(f"unknown hardware profile {hardware!r} "
-                                f"(known: {', '.join(sorted(profiles.hardware))})")
-        hw_ref: Any = hardware
-        host = HostFacts(profiles.hardware[hardware])
-    else:
+    named, said = hardware_by_name(hardware, profiles) if hardware is not None else (None, [])
+    for message, hint in said:  # the forms a stack file's `hardware:` takes, its messages
+        if message.startswith("unknown hardware profile") and not hint.startswith("did you mean"):
+            hint = f"known: {', '.join(sorted(profiles.hardware))}; or `<N>x <profile>`, e.g. `--hardware '2x rtx-4090'`"
+        hint = hint.replace("`hardware: ", "`--hardware ")
+        raise StackgenError(f"--hardware: {message} ({hint})")
+    if named is not None:
+        hw_ref: Any = hardware.strip()
+        host = HostFacts(named)
+    else:  # no --hardware, or --hardware detect
         if host_facts is not None:
             host = _host(host_facts)
         else:

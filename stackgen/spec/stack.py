@@ -903,6 +903,14 @@ def _bind_hardware(ref: HardwareRef, profiles: Any, problem) -> tuple[HardwareSp
     return hw, ref
 
 
+def hardware_by_name(text: str, profiles: Any) -> tuple[HardwareSpec | None, list[tuple[str, str]]]:
+    """A `hardware:` text as a stack file reads it (a profile, `<N>x <profile>`; `detect` is None), outside a stack
+    file (`stackgen init --hardware`): (the machine, [(message, what to write instead)] when it names none)."""
+    said: list[tuple[str, str]] = []
+    hw, _ = _bind_hardware(text, profiles, lambda loc, message, hint="": said.append((message, hint)))
+    return (None if said else hw), said
+
+
 def _did_you_mean_profile(text: str, names: list[str]) -> str:
     """Also match spellings without separators: `7900xtx` -> rx-7900-xtx, `RTX4090` -> rtx-4090."""
     close = _did_you_mean(text, names)

@@ -200,3 +200,20 @@ def test_a_file_or_an_unwritable_folder_is_an_error_naming_the_path(tmp_path):
     assert "internal error" not in res.output
     assert ("cannot create the folder /proc/stackgen-test-no-such-folder: No such file or directory (give a folder "
             "you can write to, e.g. `stackgen init ./my-stack`)") in res.output
+
+
+def test_hardware_takes_the_forms_a_stack_file_takes(tmp_path):
+    """`init --hardware "2x rtx-4090"` was refused as an unknown profile though `hardware: 2x rtx-4090` is a valid
+    stack; it now goes through the stack file's parser, and its stack validates."""
+    res = init(str(tmp_path / "two"), "--hardware", "2x rtx-4090", "--workload", "dev-loop")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "two" / "stack.yaml").read_text()
+    assert "hardware: 2x rtx-4090" in text
+    assert runner.invoke(app, ["validate", str(tmp_path / "two" / "stack.yaml")]).exit_code == 0
+    res = init(str(tmp_path / "bad"), "--hardware", "2x rtx-4900", "--workload", "dev-loop")
+    assert res.exit_code == 1 and "--hardware: unknown hardware profile '2x rtx-4900'" in res.output, res.output
+    res = init(str(tmp_path / "bad"), "--hardware", "2x cpu-laptop-16gb", "--workload", "dev-loop")
+    assert res.exit_code == 1
+    assert ("--hardware: 'cpu-laptop-16gb' has no GPUs to multiply (write `--hardware cpu-laptop-16gb`)"
+            in res.output), res.output
+    assert not (tmp_path / "bad").exists()
