@@ -84,6 +84,12 @@ def with_engine_builds(host, stack):
     return _replace(host, engine_builds=builds) if builds else host
 
 
+def stack_display(stack_file: Path, out_dir: Path) -> str:
+    """The stack file as artifact headers and the output folder's manifest name it: relative to the output folder's
+    parent, so it does not depend on the caller's working directory."""
+    return Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
+
+
 def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = None, write_lock: bool = True,
                  probe: bool = False, on_lock: Callable[[Path], None] | None = None):
     """Everything `render` would write, without touching the disk (invalid input raises before any write).
@@ -95,8 +101,7 @@ def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = N
     stack, plan = plan_stack(stack_file, host_facts, write_lock=write_lock, on_lock=on_lock)
     # A renamed or removed flag must fail here, not as a service that will not start.
     check_plan(plan, probe=probe)
-    # Named relative to the output folder's parent so headers do not depend on the caller's working directory.
-    display = Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
+    display = stack_display(stack_file, out_dir)
     # The output folder as seen from the stack's folder: targets place paths from it, whatever the cwd was.
     out_rel = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(stack_file.parent))).as_posix()
     ctx = RenderContext(stack_display=display, out_dir=out_rel, model_dir=stack.spec.serve.model_dir)

@@ -35,15 +35,17 @@ def render(
                                "every planned flag (as `up` and `doctor` do)."),
 ) -> int:
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
+    from stackgen.pipeline import stack_display
     from stackgen.render.artifact import check_tree, write_tree
 
     path = stack_path(file, file_opt)
     out_dir = out if out is not None else default_out_dir(path)
     artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check, probe=probe)
+    stack = stack_display(path, out_dir)  # the manifest records it: another stack's render here is refused
     if check:
-        check_tree(out_dir, artifacts)
+        check_tree(out_dir, artifacts, stack)
         typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")
         return 0
-    for path in write_tree(out_dir, artifacts):
+    for path in write_tree(out_dir, artifacts, stack):
         typer.echo(f"wrote {out_dir / path}")
     return 0

@@ -211,3 +211,34 @@ def test_no_key_flags_without_a_configured_key(cli, write_stack):
     assert cli("render", stack).exit_code == 0
     for name, data in snapshot(stack.parent / "deploy").items():
         assert b"api-key" not in data and b"API_KEY" not in data, name
+
+
+def test_a_second_stack_never_removes_the_first_stacks_artifacts(cli, write_stack):
+    """`render dev.yaml; render prod.yaml` (one folder, the same default deploy/) deleted dev's files as stale
+    without a word. The manifest now records its stack: the second render is refused before anything is written,
+    naming the other stack and the fix; so is a folder whose older manifest has no `stack` (its headers name it)."""
+    dev = write_stack(STACK.format(extra=""), "dev.yaml")
+    prod = write_stack(STACK.format(extra="").replace("  chat:", "  prod:"), "prod.yaml")
+    deploy = dev.parent / "deploy"
+    assert cli("render", dev).exit_code == 0
+    before = snapshot(deploy)
+    assert json.loads(before[MANIFEST])["stack"] == "dev.yaml"
+    for manifest in (before[MANIFEST], json.dumps({k: v for k, v in json.loads(before[MANIFEST]).items()
+                                                   if k != "stack"}).encode()):
+        (deploy / MANIFEST).write_bytes(manifest)
+        kept = snapshot(deploy)
+        r = cli("render", prod)
+        assert r.exit_code == 1, r.output
+        assert (f"{deploy} holds the artifacts of another stack, {dev} (its {MANIFEST} lists them): rendering {prod} "
+                f"here would remove or replace them, so nothing was written (give this stack a folder of its own: "
+                f"add `-o {deploy}-prod`; if {dev} was renamed or is gone, delete {deploy} and render again)") in r.output
+        assert snapshot(deploy) == kept  # nothing lost, nothing half-replaced
+        r = cli("render", "--check", prod)
+        assert r.exit_code == 1 and "holds the artifacts of another stack" in r.output
+        assert snapshot(deploy) == kept
+    (deploy / MANIFEST).write_bytes(before[MANIFEST])
+    # The fix the message gives works, and the first stack still renders and checks clean in its own folder.
+    assert cli("render", prod, "-o", f"{deploy}-prod").exit_code == 0
+    assert snapshot(deploy) == before
+    assert cli("render", "--check", dev).exit_code == 0
+    assert cli("render", dev).exit_code == 0
