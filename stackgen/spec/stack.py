@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from stackgen.spec import yaml_nodes as _yaml
@@ -99,7 +99,8 @@ class HardwareSpec(_Model):
     memory_gib: float = Field(gt=0, le=65536, description="System RAM in GiB (Apple: the unified pool).")
     memory_bandwidth_gbs: float = Field(gt=0, le=100000, description="System RAM bandwidth in GB/s.")
     cpu: CPUSpec
-    os: Literal["linux", "macos", "windows"] = "linux"
+    os: Literal["linux", "macos", "windows"] = Field("linux", description="linux unless said; macos where an Apple "
+                                                      "GPU is listed and os is left out.")
     wired_limit_fraction: float | None = Field(
         None, gt=0, le=1, description="Apple: share of unified memory macOS lets the GPU wire by default."
     )
@@ -109,6 +110,16 @@ class HardwareSpec(_Model):
         "None: inferred (stackgen.plan.speed.gpu_link: an interconnect_gbs above PCIe 5.0 x16's is NVLink, else "
         "consumer cards plain PCIe, workstation and datacenter cards PCIe with P2P). `stackgen detect` reads it from "
         "nvidia-smi topo.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apple_runs_macos(cls, data):
+        """An Apple GPU with `os:` left out is a Mac: os macos (a stated other os is refused by hardware_problems)."""
+        if isinstance(data, dict) and "os" not in data and any(
+                (g.get("vendor") if isinstance(g, dict) else getattr(g, "vendor", None)) == "apple"
+                for g in data.get("gpus") or ()):
+            return {**data, "os": "macos"}
+        return data
 
     @property
     def gpu_count(self) -> int:
@@ -854,11 +865,8 @@ def hardware_problems(hw: HardwareSpec) -> list[tuple[tuple, str, str]]:
                             "describe one machine: drop this GPU or the Apple one; several machines go under "
                             "`hardware: {nodes: [...]}`"))
         if hw.os != "macos":
-            written = "os" in hw.model_fields_set
-            out.append((("os",) if written else ("gpus", apple[0], "vendor"),
-                        f"an Apple GPU runs only under macOS, but os is {hw.os}"
-                        + ("" if written else " (the default when `os:` is left out)"),
-                        "write `os: macos`" if written else "add `os: macos` to the hardware"))
+            # (left out, os is macos: HardwareSpec._apple_runs_macos)
+            out.append((("os",), f"an Apple GPU runs only under macOS, but os is {hw.os}", "write `os: macos`"))
     for i, g in enumerate(hw.gpus):
         if g.unified and g.memory_gib * g.count > hw.memory_gib:
             out.append((("gpus", i, "memory_gib"), f"unified GPU memory of {g.memory_gib * g.count:g} GiB is more than "

@@ -221,13 +221,18 @@ def test_prompt_and_output_must_fit_the_context(write_stack, cli):
 APPLE = "{vendor: apple, name: M3 Max, memory_gib: 64, bandwidth_gbs: 400, unified: true}"
 
 
+def test_an_apple_gpu_with_os_left_out_is_a_mac(write_stack):
+    f = write_stack("version: 1\nhardware:\n  gpus:\n    - " + APPLE + "\n  memory_gib: 64\n  memory_bandwidth_gbs: 400\n"
+                    "  cpu: {cores: 12, arch: arm64}\nservices: {chat: {model: llama-3.1-8b-instruct}}\n")
+    assert load_stack(f).hardware.os == "macos"
+
+
 @pytest.mark.parametrize("gpus,extra,line,col,path,words", [
     ([APPLE, "{vendor: nvidia, name: RTX 4090, memory_gib: 24, bandwidth_gbs: 1008}"], "  os: macos\n", 5, 16,
      "hardware.gpus.1.vendor", "an NVIDIA GPU (RTX 4090) in the same machine as an Apple GPU (M3 Max): a Mac with "
      "Apple silicon takes no other GPU (describe one machine: drop this GPU or the Apple one"),
     ([APPLE], "  os: linux\n", 8, 7, "hardware.os", "an Apple GPU runs only under macOS, but os is linux "
      "(write `os: macos`)"),
-    ([APPLE], "", 4, 16, "hardware.gpus.0.vendor", "os is linux (the default when `os:` is left out) (add `os: macos`"),
     ([APPLE.replace("memory_gib: 64", "memory_gib: 128")], "  os: macos\n", 4, 49, "hardware.gpus.0.memory_gib",
      "unified GPU memory of 128 GiB is more than the machine's RAM (memory_gib: 64): unified memory is part of that "
      "RAM (write `memory_gib: 64` here, the pool both share, or raise the machine's memory_gib to at least 128)"),
