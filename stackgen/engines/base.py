@@ -435,6 +435,10 @@ class Engine:
         """For an engine without a flag table: whether `key` is one of its settings (whatever the value)."""
         return False
 
+    def fetch_dir(self, state: str, cache: str) -> str:
+        """Where the engine puts weights it fetches, under a service manager's state and cache folders (host_env's)."""
+        return cache
+
     def host_env(self, plan: "ServicePlanLike", state: str, cache: str, fetched: bool) -> dict[str, str]:
         """Env pointing the engine's writes at a service manager's state and cache folders (systemd)."""
         return {}

@@ -217,8 +217,11 @@ class Ollama(Engine):
     def served_model(self, plan) -> str:
         return self.model_tag(plan)
 
+    def fetch_dir(self, state: str, cache: str) -> str:
+        return f"{state}/models"
+
     def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
-        return {"HOME": state, "OLLAMA_MODELS": f"{state}/models"}
+        return {"HOME": state, "OLLAMA_MODELS": self.fetch_dir(state, cache)}
 
     def extra_files(self, plan, ctx, stack_dir) -> list:
         from stackgen.render.engine_files import ollama_files

@@ -157,7 +157,10 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     return dict(
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
         # writes only when it downloads with -hf.
-        header=ctx.header(), comments=_weights_comments(where, fetched, folder=sp.model.source == "hf"), after=[],
+        header=ctx.header(),
+        comments=_weights_comments(where, fetched, folder=sp.model.source == "hf",
+                                   into=engines.get(sp.engine).fetch_dir(where.state, where.cache)),
+        after=[],
         requires=[], user=None, joins_namespace_of=None,
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
         start_limit_interval=f"{START_LIMIT_INTERVAL}s", start_limit_burst=START_LIMIT_BURST,
@@ -291,9 +294,9 @@ def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -
     return []
 
 
-def _weights_comments(where: _Where, fetched: bool, folder: bool) -> list[str]:
+def _weights_comments(where: _Where, fetched: bool, folder: bool, into: str = "") -> list[str]:
     if fetched:
-        return [f"Weights: {where.model_ref} is fetched at start into {where.cache}."]
+        return [f"Weights: {where.model_ref} is fetched at start into {into or where.cache}."]
     if where.copy_from is None:
         return [f"Weights: read-only from {where.local_model}."]
     src, dest = shlex.quote(where.copy_from), shlex.quote(where.local_model or "")
