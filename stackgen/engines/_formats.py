@@ -20,6 +20,8 @@ def gguf_for(quant: str | None, default: str = "Q4_K_M") -> tuple[str, str]:
     if quant in GGUF_BPW:
         return quant, ""
     mapped = TO_GGUF.get(quant, default)
+    if quant in ("bf16", "fp16", "fp32"):  # the same type in GGUF's spelling (BF16, F16, F32): nothing to say
+        return mapped, ""
     return mapped, f"{quant} is not a GGUF type; llama.cpp would load the nearest GGUF, {mapped}"
 
 

@@ -266,12 +266,13 @@ def test_too_big_for_both_splits_names_each_shortfall(write_stack):
         "short"]
 
 
-def test_a_split_keeps_the_weights_note(write_stack):
-    """llama.cpp pinned with quant: bf16 (an HF name): the nearest GGUF, BF16, is loaded, and the warning says so,
-    on a multi-node plan as on one machine."""
+def test_a_split_of_bf16_has_no_weights_note(write_stack):
+    """llama.cpp pinned with quant: bf16 over two nodes: GGUF's BF16 is that type, so there is no weights note (it said
+    "bf16 is not a GGUF type; llama.cpp would load the nearest GGUF, BF16"); a real mapping keeps its note
+    (tests/plan/test_resolve_candidates.py, awq -> Q4_K_M)."""
     sp = plan_stack(write_stack, "    engine: llama.cpp\n")
-    assert sp.topology.kind == "llama-rpc"
-    assert sp.warnings == ("bf16 is not a GGUF type; llama.cpp would load the nearest GGUF, BF16",)
+    assert sp.topology.kind == "llama-rpc" and sp.memory.weights_format == "BF16"
+    assert sp.warnings == ()
 
 
 def test_a_split_service_and_a_local_one_do_not_share_a_memory_line(write_stack):
