@@ -603,8 +603,11 @@ def _service_plan(stack: Stack, svc: Service, hw: HardwareSpec, chosen: Candidat
     unchecked = vendor_unchecked_note(chosen.engine, hw)  # a GPU vendor the engine's line has no public point on
     reasons += [note for note in (share, unchecked) if note]
     warnings = [chosen.note] if chosen.note else []
-    if any("context reduced" in lever for lever in mem.levers):
-        warnings.append("the plan serves a shorter context than the workload asked for")
+    if mem.context_per_request < svc.workload.context_tokens:  # reduced to fit, capped, or pinned by overrides
+        pinned = [said for knob, said in chosen.pins.said if knob in ("context_total", "context_per_request", "parallel")]
+        why = f" (pinned by overrides: {', '.join(pinned)})" if pinned else ""
+        warnings.append(f"the plan serves a shorter context than the workload asked for: {mem.context_per_request} "
+                        f"tokens per request{why}, not {svc.workload.context_tokens}; a longer request is refused")
     if stack.serve.api_key_env and engine.api_key is None:
         warnings.append(f"{engine.display} has no API key option: serve.api_key_env is not enforced for this service, "
                         "which is why it stays on loopback")

@@ -323,3 +323,14 @@ def test_an_override_no_engine_takes_is_refused_at_its_line(tmp_path):
     with pytest.raises(SpecError, match=r"gpu_memory_utilization: no engine .* \(did you mean "
                                         r"'--gpu-memory-utilization'\?\)"):
         _auto(tmp_path / "b", "{gpu_memory_utilization: 0.8}")
+
+
+def test_a_pinned_context_shorter_than_the_workload_is_warned(tmp_path):
+    """-c 8192 over -np 4 is 2048 tokens per slot against an 8192-token workload: every longer request is refused, so
+    the plan says so (it said 4 x 2048 in its header only)."""
+    sp = plan1(tmp_path, "rtx-4090", "llama.cpp", {"-c": 8192, "-np": 4},
+               workload="{concurrent_users: 2, context_tokens: 8192}")
+    assert sp.memory.context_per_request == 2048
+    assert ("the plan serves a shorter context than the workload asked for: 2048 tokens per request (pinned by "
+            "overrides: -c 8192, -np 4), not 8192; a longer request is refused") in sp.warnings
+    assert not any("shorter context" in w for w in plan1(tmp_path / "b", "rtx-4090", "llama.cpp", {}).warnings)
