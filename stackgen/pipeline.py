@@ -173,6 +173,30 @@ def planned_speed(plan: Any) -> tuple[float, str]:
     return sp.predicted_decode_tokens_per_s, "tokens/s per stream"
 
 
+def _ttft_note(model_name: str, plan: Any, seen: list[tuple[float, str]], smaller: list, name: str, hardware: Any,
+               workload: str, host: Any, path: Path, profiles: Any, schema: str) -> list[str]:
+    """The pick decodes fast enough; when its first token alone takes longer than the workload's TTFT target (a
+    2,000-token prompt prefilled on 2 CPU cores), say so, and name the model with headroom quickest to first token
+    (the smaller ones are planned for it). A note, not a different pick: the workload's own optimize decides that."""
+    sp = plan.services[0]
+    target = sp.workload.ttft_p95_ms / 1000
+    if sp.speed is None or sp.speed.ttft_s <= target:
+        return []
+    times = list(seen)
+    for other, _facts in smaller:
+        text = stack_text(name=name, hardware=hardware, workload=workload, model=other, schema=schema)
+        try:
+            p = plan_text(text, path, profiles, host)
+        except PlanError:
+            continue
+        if has_headroom(p) and p.services[0].speed is not None:
+            times.append((p.services[0].speed.ttft_s, other))
+    best_s, best = min(times)
+    alt = (f"; the quickest to first token here is {best} ({best_s:.1f} s)" if best != model_name else "")
+    return [f"note: {model_name}'s first token takes {sp.speed.ttft_s:.1f} s alone for a {workload} prompt "
+            f"({sp.workload.prompt_tokens} tokens) here, past the workload's {target:g} s target{alt}"]
+
+
 def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: Path, profiles: Any,
                   schema: str = SCHEMA_ID) -> tuple[str, Any, list[str]]:
     """Walk the catalog from the largest model to the smallest; the first that plans with headroom and at a usable
@@ -180,6 +204,7 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
     catalog = sorted(profiles.models.items(), key=lambda kv: (kv[1].params, kv[0]), reverse=True)
     tried: list[str] = []
     roomy, fallback = [], None
+    first_token: list[tuple[float, str]] = []  # (TTFT alone, model) of each model with headroom
     for model_name, _facts in catalog:
         text = stack_text(name=name, hardware=hardware, workload=workload, model=model_name, schema=schema)
         try:
@@ -192,8 +217,12 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
             tried.append(f"{model_name}: fits with less than {HEADROOM:.0%} headroom")
             continue
         (speed, unit), need = planned_speed(plan), usable_speed(plan)
+        sp = plan.services[0]
+        if sp.speed is not None:
+            first_token.append((sp.speed.ttft_s, model_name))
         if speed >= need:
-            return model_name, plan, tried
+            return model_name, plan, tried + _ttft_note(model_name, plan, first_token, catalog[
+                [n for n, _ in catalog].index(model_name) + 1:], name, hardware, workload, host, path, profiles, schema)
         tried.append(f"{model_name}: planned {speed:.1f} {unit}, below the {need:g} a {workload} workload needs")
         roomy.append((speed, model_name, plan))
     if roomy:

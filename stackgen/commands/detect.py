@@ -151,7 +151,7 @@ def init(
         raise StackgenError(f"cannot write {target}: {exc.strerror or exc} ({fix})") from None
     typer.echo(f"wrote {target} (workload {wl}, model {model})")
     for t in tried:
-        typer.echo(f"  skipped {t}")
+        typer.echo(f"  {t}" if t.startswith("note: ") else f"  skipped {t}")
     typer.echo("")
     typer.echo(plan_text(plan).rstrip("\n"))
     return 0

@@ -217,3 +217,18 @@ def test_hardware_takes_the_forms_a_stack_file_takes(tmp_path):
     assert ("--hardware: 'cpu-laptop-16gb' has no GPUs to multiply (write `--hardware cpu-laptop-16gb`)"
             in res.output), res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_pick_whose_first_token_is_past_the_target_says_so(tmp_path):
+    """On the 2-core VM the dev-loop pick decodes at a usable rate, but a 3,000-token prompt takes minutes to prefill:
+    init says so, with the model quickest to first token, instead of checking decode speed only."""
+    out, sp = _suggested_plan(tmp_path, "dev-loop")
+    ttft = sp["speed"]["ttft_s"]
+    assert ttft > 2
+    note = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith("note: "))
+    assert note.startswith(f"note: {sp['model']['name']}'s first token takes {ttft:.1f} s alone for a dev-loop "
+                           "prompt (3000 tokens) here, past the workload's 2 s target; the quickest to first token "
+                           "here is gemma-3-270m (")
+    # a pick whose first token is within the target gets no note
+    res = init(str(tmp_path / "gpu"), "--workload", "dev-loop", "--hardware", "rtx-4090")
+    assert res.exit_code == 0 and "note: " not in res.output, res.output
