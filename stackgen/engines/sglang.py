@@ -130,7 +130,7 @@ def plan_sglang(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: B
     ctx, capped = (pins.context_per_request, None) if pins.context_per_request else context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
-    gpu = max(hw.gpus, key=lambda g: g.memory_gib)
+    gpu = min(hw.gpus, key=lambda g: g.memory_gib)  # the smallest bounds every rank (memory.plan_vllm)
     per_gpu = gpu_runtime_bytes(gpu)  # what CUDA reports as the device total; SGLang reads the same
     nominal = int(gpu.memory_gib * GIB)
     share = min(1.0, budget.gpu_bytes / (nominal * n_gpus)) if n_gpus else 0.0

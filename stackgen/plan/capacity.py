@@ -381,13 +381,22 @@ def _uses_gpus(sp, hw: HardwareSpec) -> bool:
     return bool([g for g in hw.gpus if not g.unified]) and sp.memory.gpu_layers > 0 and not hw.is_apple
 
 
+def instance_gpu(hw: HardwareSpec):
+    """The GPU an instance is planned on: the smallest of the machine's (its size and bandwidth bound a vLLM rank or
+    a replica pinned to it; on one kind of GPU, that kind)."""
+    return min((g for g in hw.gpus if not g.unified), key=lambda g: (g.memory_gib, g.bandwidth_gbs))
+
+
 def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option:
     """One instance's memory plan for this layout: its share of the users on its share of the machine."""
     engine = engines.get(sp.engine)
     users = math.ceil(sp.workload.concurrent_users / lay.instances)
     wl = sp.workload.model_copy(update={"concurrent_users": users})
     if lay.gpus_per_instance:
-        g = next(g for g in hw.gpus if not g.unified)
+        # GPUs of mixed sizes (an RTX 4090 beside an RTX 3060): every instance is planned as on the smallest, the
+        # one that bounds it (a vLLM rank, a llama.cpp replica pinned to it); the first listed sized them all and the
+        # average budget of the two was given to each, which the 3060's instance could not hold
+        g = instance_gpu(hw)
         sub = hw.model_copy(update={"gpus": (g.model_copy(update={"count": lay.gpus_per_instance}),)})
         share = Budget(int(min(budget.gpu_bytes / max(1, hw.gpu_count) * lay.gpus_per_instance,
                                g.memory_gib * 2**30 * lay.gpus_per_instance)),
@@ -476,7 +485,7 @@ def _advice(sp, hw: HardwareSpec, chosen: _Option, wl: WorkloadSpec) -> tuple[st
             need = total
             break
     if need is not None and per_instance_gpus:
-        g = next(g for g in hw.gpus if not g.unified)
+        g = instance_gpu(hw)
         out.append(f"{need} instances of {chosen.layout.label().split(' x ')[1]} would meet them: "
                    f"{need * per_instance_gpus} x {g.name} ({need * per_instance_gpus - hw.gpu_count} more GPUs, "
                    "across nodes behind a load balancer)")
@@ -518,9 +527,8 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
                                                 "vLLM server, which balances requests across them)",))
         sp = replace(sp, memory=mem, capacity=cap)
     else:
-        if lay.gpus_per_instance:
-            g = next(g for g in hw.gpus if not g.unified)
-            gpus = (g.model_copy(update={"count": lay.gpus_per_instance}),)
+        if lay.gpus_per_instance and not (lay.instances == 1 and lay.gpus_per_instance == hw.gpu_count):
+            gpus = (instance_gpu(hw).model_copy(update={"count": lay.gpus_per_instance}),)
         ports = []
         port = sp.port + 1
         for _ in range(cap.replicas if cap.replicas > 1 else 0):

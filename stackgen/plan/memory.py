@@ -706,9 +706,12 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     ctx, capped = (pins.context_per_request, None) if pins.context_per_request else context_for(model, wl.context_tokens)
     users = pins.parallel or wl.concurrent_users
     n_gpus = hw.gpu_count
-    nominal = int(max(g.memory_gib for g in hw.gpus) * GIB) if hw.gpus else 0
+    # Every rank takes the same share of its own GPU and holds the same slice of weights and KV: on GPUs of mixed
+    # sizes (an RTX 4090 beside an RTX 3060) the smallest bounds them all (vLLM sizes the KV pool by the rank with
+    # the fewest free blocks), so the plan is made for it.
+    gpu = min(hw.gpus, key=lambda g: g.memory_gib) if hw.gpus else None
+    nominal = int(gpu.memory_gib * GIB) if gpu else 0
     share = budget.gpu_bytes / (nominal * n_gpus) if n_gpus and nominal else 0.0
-    gpu = max(hw.gpus, key=lambda g: g.memory_gib) if hw.gpus else None
     per_gpu = gpu_runtime_bytes(gpu) if gpu else 0  # vLLM multiplies the total CUDA reports, not nvidia-smi's
     if pins.gpu_memory_utilization is not None:
         util = pins.gpu_memory_utilization  # the user's: anything up to 1.0 (vLLM runs at 0.98)

@@ -71,3 +71,27 @@ def test_two_gpus_are_reported_per_gpu(write_stack):
             "  chat:\n    model: llama-3.1-70b-instruct\n    quant: Q4_K_M\n")
     sp = _plan(write_stack, text).services[0]
     assert sp.rejected["vllm"].startswith("needs 23.8 GB of GPU memory on each of 2 GPUs: 19.9 GB of weights (awq)")
+
+
+MIXED = ("version: 1\nhardware:\n  gpus:\n"
+         "    - {vendor: nvidia, name: GeForce RTX 4090, memory_gib: 24, bandwidth_gbs: 1008, compute_capability: '8.9'}\n"
+         "    - {vendor: nvidia, name: GeForce RTX 3060, memory_gib: 12, bandwidth_gbs: 360, compute_capability: '8.6'}\n"
+         "  memory_gib: 64\n  memory_bandwidth_gbs: 89.6\n  cpu: {cores: 16}\n")
+
+
+def test_mixed_gpus_are_planned_for_the_smallest(write_stack):
+    """An RTX 4090 beside an RTX 3060: every vLLM rank takes the same share of its own GPU and the same slice of the
+    model, so the 3060 bounds them (it was planned as two 4090s: 18.5 GB per rank at 0.73, which the 3060 cannot
+    hold); a llama.cpp replica pinned to the 3060 gets the 3060's memory, not the two cards' average."""
+    from stackgen.plan.memory import gpu_runtime_bytes
+
+    vl = _plan(write_stack, MIXED + "workload: {concurrent_users: 8, context_tokens: 8192, optimize: throughput}\n"
+                                    "services: {chat: {model: qwen2.5-7b-instruct, engine: vllm}}\n").services[0]
+    small = min(vl.gpus, key=lambda g: g.memory_gib)
+    assert vl.memory.tensor_parallel == 2 and vl.memory.gpu_memory_utilization == 0.9
+    assert vl.memory.gpu_bytes == 2 * int(gpu_runtime_bytes(small) * 0.9)
+    rep = _plan(write_stack, MIXED + "workload: {concurrent_users: 8, context_tokens: 32768, optimize: throughput}\n"
+                                     "services: {chat: {model: qwen2.5-7b-instruct, quant: Q4_K_M, engine: llama.cpp, "
+                                     "replicas: 2}}\n").services[0]
+    assert rep.capacity.replicas == 2
+    assert rep.memory.gpu_bytes <= rep.memory.gpu_budget_bytes <= int(12 * 1024**3)
