@@ -790,7 +790,7 @@ def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, bud
     kv_room = reserve - per_rank_weights - overhead
     heads_ok = model.heads % tp == 0
     fits = heads_ok and kv_room >= kv_req and budget.gpu_bytes >= reserve * ranks * dp
-    kv_total_needed = kv_req * users * ranks * dp
+    kv_total_needed = kv_req * users * ranks  # every user at full context, however data parallel spreads them
     return MemoryPlan(
         weights_bytes=weights * dp, kv_cache_bytes=kv_total_needed, compute_bytes=0,
         overhead_bytes=overhead * ranks * dp, gpu_bytes=reserve * ranks * dp,
@@ -810,7 +810,8 @@ def _vllm_host_bytes(tp: int) -> int:
 def _vllm_all_users_fit(p: MemoryPlan, model, ctx, users, tp) -> bool:
     ranks = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
     per_rank_room = p.gpu_bytes // ranks - p.weights_bytes // ranks - p.overhead_bytes // ranks
-    return per_rank_room >= vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, tp) // p.pipeline_parallel * users
+    per_replica = -(-users // p.data_parallel)  # data parallel: each engine core serves its share of the users
+    return per_rank_room >= vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, tp) // p.pipeline_parallel * per_replica
 
 
 def _vllm_levers(p: MemoryPlan, tp: int, kv_dtype: str, levers: list[str], all_fit: bool,

@@ -38,7 +38,8 @@ def service_text(sp: ServicePlan) -> list[str]:
     else:  # vLLM allocates its KV pool once, out of its reserve: the pool, and what it holds at full context
         from stackgen.plan.capacity import requests_held
 
-        held = requests_held(sp.engine, sp.model, m, m.context_per_request) if pool else 0
+        held = min(m.parallel, requests_held(sp.engine, sp.model, m, m.context_per_request) * m.data_parallel) \
+            if pool else 0  # per engine core, times the data-parallel cores
         kv = (f"KV cache ({m.kv_cache_type})", pool, f"pool: {held} of {m.parallel} requests at "
               f"{m.context_per_request} tokens at once (all {m.parallel}: {m.kv_cache_bytes / 1e9:.2f} GB)")
         total = m.weights_bytes + pool + m.compute_bytes + m.overhead_bytes + m.prompt_cache_bytes

@@ -251,14 +251,16 @@ def test_every_user_fits_at_the_byte_with_odd_weights_over_two_ranks(extra, kv_t
 
 
 def test_data_parallel_counts_its_instances_in_the_user_check():
-    """-dp 2 on two GPUs: two instances of one rank each; every figure is per instance times 2, and the all-users
-    check divides by the 2 ranks again: room for 4 requests per instance holds the 4 users in bf16."""
+    """-dp 2 on two GPUs: two engine cores of one rank each; weights, reserve and overhead are per core times 2, the
+    users are shared: vLLM balances requests over the cores, so each holds its half of the 4 users (room for 2
+    requests per core holds them in bf16), and the KV every user needs at full context is the 4 requests' (it was
+    counted once per core, and each core was asked to hold all 4)."""
     hw = machine(gpu(80, 79.22, "datacenter", count=2))
     pins = memory.Pins(data_parallel=2, said=(("data_parallel", "-dp 2"),))
-    w = kv_room(0, 4) - 4 * GIB
+    w = kv_room(0, 4) - 2 * GIB
     p = plan(M8, hw, wl(4), w, pins=pins)
     assert p.fits and p.data_parallel == 2 and p.kv_cache_type == "auto"
-    assert (p.weights_bytes, p.gpu_bytes, p.kv_cache_bytes) == (2 * w, 2 * int(int(79.22 * GIB) * 0.9), 2 * 4 * GIB)
+    assert (p.weights_bytes, p.gpu_bytes, p.kv_cache_bytes) == (2 * w, 2 * int(int(79.22 * GIB) * 0.9), 4 * GIB)
     over = plan(M8, hw, wl(4), w + 1, pins=pins)
     assert over.fits and over.kv_cache_type == "fp8"
 

@@ -49,7 +49,7 @@ def test_data_parallel_engines_each_need_their_reserve_and_ram():
     under = cand(dp=2, budget=memory.Budget(2 * reserve - 1, 100 * GIB))
     assert at.fits is True and under.fits is False
     assert at.gpu_bytes == 2 * reserve and at.host_bytes == int(6.5 * GIB)
-    assert at.weights_bytes == 32 * GIB and at.kv_cache_bytes == 2 * GIB and at.data_parallel == 2
+    assert at.weights_bytes == 32 * GIB and at.kv_cache_bytes == 1 * GIB and at.data_parallel == 2  # 1 user's KV
 
 
 def test_weights_per_rank_are_whole_bytes_at_the_kv_limit():
