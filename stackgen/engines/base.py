@@ -296,6 +296,7 @@ class Engine:
     container: ContainerImage | None = None  # None: the engine has no container image
     no_container: str = ""  # why, when container is None
     jit: bool = False  # JIT-compiles kernels (torch/triton, mlx): systemd must allow W+X memory
+    proc_subset_pid: bool = False  # runs without /proc/meminfo and /proc/cpuinfo (systemd ProcSubset=pid)
     writes_home: bool = True  # writes under HOME (HF hub, caches, a model store): systemd gives it state/cache dirs
     swaps_models: str = ""  # how a daemon loads and unloads models itself ("": one model per server process)
     launchd: bool = False  # runs as a macOS launchd agent (the Mac-native engines)

@@ -80,6 +80,7 @@ class LlamaCpp(Engine):
         healthcheck=("curl", "-f", "{url}"),  # the llama.cpp images ship curl and use it for their own HEALTHCHECK
         pod_env=(("LLAMA_CACHE", "{models}/llama-cache"),))
     writes_home = False  # it writes only when it downloads with -hf (then into LLAMA_CACHE)
+    proc_subset_pid = True  # llama-server answered /health under a subset=pid /proc mount
     launchd = True
     multi_instance = True
     partial_offload = True

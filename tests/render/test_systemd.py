@@ -312,3 +312,22 @@ def test_newline_in_binary_is_a_render_error(tmp_path):
     _, plan = load_and_plan(stack, None)
     with pytest.raises(RenderError):
         render_units(plan, RenderContext("stack.yaml"), binary="/bin/a\nExecStartPre=/bin/evil")
+
+
+def test_proc_subset_only_for_an_engine_that_runs_without_meminfo(tmp_path):
+    """ProcSubset=pid hides /proc/meminfo: vLLM's API server dies on it at start (psutil.virtual_memory), Ollama and
+    SGLang size memory from it; llama-server answers /health without it. Only llama.cpp's units get the setting."""
+    root = Path(__file__).resolve().parents[2]
+    text = {}
+    for name, stack in (("vllm", root / "examples" / "vllm-team-api" / "stack.yaml"),
+                        ("llama.cpp", root / "examples" / "seed-70b-rtx4090" / "stack.yaml"),
+                        ("ollama", root / "tests" / "golden" / "ollama-dev-loop" / "stack.yaml")):
+        host = stack.parent / "host.json"
+        _, plan = load_and_plan(stack, host if host.exists() else None)
+        assert plan.services[0].engine == name
+        text[name] = "\n".join(a.content for a in render_units(plan, RenderContext("stack.yaml"), binary="/bin/true")
+                               if a.path.endswith(".service"))
+    assert re.search(r"^ProcSubset=pid$", text["llama.cpp"], re.M)
+    for name in ("vllm", "ollama"):
+        assert not re.search(r"^ProcSubset=", text[name], re.M), name
+        assert "# ProcSubset=pid stays off: the engine reads /proc/meminfo" in text[name]

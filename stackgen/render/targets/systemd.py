@@ -155,6 +155,10 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     mdwe_reason = ("the engine is Python and JIT-compiles kernels" if engine.jit
                    else "GPU drivers map writable executable memory for their kernels")
     return dict(
+        # ProcSubset=pid hides /proc/meminfo and /proc/cpuinfo: llama-server runs without them, vLLM's API server
+        # dies at start (psutil.virtual_memory, FileNotFoundError: /proc/meminfo; reproduced under a subset=pid proc
+        # mount) and Ollama and SGLang read them to size memory. Only an engine that does without them gets it.
+        proc_subset_pid=engine.proc_subset_pid,
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
         # writes only when it downloads with -hf.
         header=ctx.header(),
