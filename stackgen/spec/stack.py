@@ -1124,6 +1124,10 @@ def _check_serve(spec: StackSpec, problem) -> None:
         if host not in LOOPBACK_HOSTS and engine.api_key is None:
             problem(("services", name, "engine"), f"{engine.display} has no API key: it must bind loopback",
                     "keep serve.host 127.0.0.1 and put an authenticating proxy in front")
+        elif host not in LOOPBACK_HOSTS and engine.api_key.gaps:
+            problem(("serve", "host"), f"{engine.display}'s API key leaves {engine.api_key.gaps} (services.{name}): "
+                    f"binding {host} would expose it", "keep serve.host 127.0.0.1 and put an authenticating proxy "
+                    "in front")
 
 
 def _default_name(path: Path) -> str:

@@ -37,6 +37,8 @@ services:
 {extra}targets: [kubernetes]
 {serve}"""
 SERVE_LAN = "serve:\n  host: 0.0.0.0\n  api_key_env: DEMO_API_KEY\n"
+# vLLM's key leaves /invocations open, so vLLM stays on loopback (with its key): its pods get a NetworkPolicy
+SERVE_KEYED_LOCAL = "serve:\n  host: 127.0.0.1\n  api_key_env: DEMO_API_KEY\n"
 
 
 def plan_for(case: str):
@@ -98,7 +100,8 @@ def test_every_golden_stack_renders_strictly_valid_manifests(case):
     ("2x a100-80gb", "llama-3.1-70b-instruct", "vllm"),
 ])
 def test_other_hardware_renders_strictly_valid_manifests(stack_plan, hardware, model, engine):
-    plan = stack_plan(hardware, model, extra=f"    engine: {engine}\n", serve="" if engine == "ollama" else SERVE_LAN)
+    serve = "" if engine == "ollama" else SERVE_KEYED_LOCAL if engine == "vllm" else SERVE_LAN
+    plan = stack_plan(hardware, model, extra=f"    engine: {engine}\n", serve=serve)
     for docs in docs_of(plan).values():
         for doc in docs:
             validate_strict(doc)
@@ -125,7 +128,7 @@ def test_the_cli_validates_the_rendered_files(tmp_path):
         files.append(str(dest))
     r = subprocess.run(cmd + ["-k", KUBERNETES_VERSION, "--strict", *files], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("passed") == 3, r.stdout
+    assert r.stdout.count("passed") == 4, r.stdout  # PVC, Service, Deployment, NetworkPolicy
 
 
 def test_golden_expected_matches_and_validates():
@@ -236,8 +239,9 @@ def test_loopback_services_get_a_network_policy_lan_services_do_not():
     assert policy["spec"]["podSelector"]["matchLabels"] == local["Deployment"]["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/part-of": "ollama-dev"}}}]}]
-    lan = kinds(docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"])
+    lan = kinds(docs_of(plan_for("compose-llama-cuda-key"))["kubernetes/chat.yaml"])  # llama.cpp on 0.0.0.0, keyed
     assert "NetworkPolicy" not in lan
+    assert "NetworkPolicy" in kinds(docs_of(plan_for("k8s-vllm-team-api"))["kubernetes/chat.yaml"])  # vLLM: loopback
 
 
 def test_cpu_service_requests_no_gpu():
@@ -246,7 +250,7 @@ def test_cpu_service_requests_no_gpu():
 
 
 def test_amd_gpu_uses_the_amd_device_plugin(stack_plan):
-    plan = stack_plan("mi300x", extra="    engine: vllm\n")
+    plan = stack_plan("mi300x", extra="    engine: vllm\n", serve=SERVE_KEYED_LOCAL)
     c = container(docs_of(plan)["kubernetes/chat.yaml"])
     assert c["resources"]["limits"]["amd.com/gpu"] == 1
     assert "nvidia.com/gpu" not in c["resources"]["limits"]

@@ -324,3 +324,47 @@ def test_vllm_started_by_up_demands_the_key(tmp_path, vllm_bin, tiny_llama, free
     r = run_stackgen("down", path, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert wait_gone(st.pid, 15)
+
+
+def test_vllm_stays_on_loopback_because_its_key_leaves_invocations_open(tmp_path):
+    """vLLM's --api-key guards /v1, /v2 and /inference only; /invocations serves the same inference without it (its
+    own --api-key help says not to rely on the key alone). A pinned vLLM on 0.0.0.0 is refused at serve.host; an auto
+    service on 0.0.0.0 goes to an engine whose key guards every endpoint, vLLM rejected with that reason."""
+    from stackgen.errors import SpecError
+    from stackgen.host.facts import HostFacts
+    from stackgen.plan.resolve import resolve
+
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    pinned = stack(tmp_path / "a", """\
+        version: 1
+        hardware: h100-80gb
+        workload: team-api
+        serve: {host: 0.0.0.0, api_key_env: TEAM_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: vllm}
+        """)
+    with pytest.raises(SpecError) as err:
+        load_stack(pinned)
+    assert ":4:15: serve.host: vLLM's API key leaves /invocations, which serves the same inference as /v1 without " \
+           "the key (services.chat): binding 0.0.0.0 would expose it (keep serve.host 127.0.0.1 and put an " \
+           "authenticating proxy in front)" in str(err.value)
+    auto = stack(tmp_path / "b", """\
+        version: 1
+        hardware: h100-80gb
+        workload: team-api
+        serve: {host: 0.0.0.0, api_key_env: TEAM_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct}
+        """)
+    sp = resolve(load_stack(auto), HostFacts(hardware=None)).services[0]
+    assert sp.engine != "vllm" and sp.rejected["vllm"].startswith("its API key leaves /invocations")
+    local = stack(tmp_path / "c", """\
+        version: 1
+        hardware: h100-80gb
+        workload: team-api
+        serve: {host: 127.0.0.1, api_key_env: TEAM_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct}
+        """)
+    assert resolve(load_stack(local), HostFacts(hardware=None)).services[0].engine == "vllm"

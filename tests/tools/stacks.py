@@ -41,7 +41,7 @@ services:
 version: 1
 hardware: 2x h100-80gb
 workload: team-api
-serve: {host: 0.0.0.0, api_key_env: STACKGEN_TEST_KEY}
+serve: {host: 127.0.0.1, api_key_env: STACKGEN_TEST_KEY}
 services:
   api:
     model: llama-3.1-70b-instruct

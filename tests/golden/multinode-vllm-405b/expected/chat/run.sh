@@ -37,7 +37,7 @@ VLLM_API_KEY=${BIG_API_KEY}
 export VLLM_API_KEY
 
 exec "$engine" serve meta-llama/Llama-3.1-405B-Instruct \
-    --host 0.0.0.0 \
+    --host 127.0.0.1 \
     --port 8000 \
     --served-model-name chat \
     --max-model-len 8192 \
