@@ -151,3 +151,20 @@ def test_loopback_publish_amd_devices_and_local_weights_from_model_dir(tmp_path)
 def test_refusals(tmp_path, body, message):
     with pytest.raises(RenderError, match=message):
         render(_stack(tmp_path, body + "targets: [quadlet]\n"))
+
+
+def test_amd_device_nodes_keep_the_users_groups(write_stack):
+    """/dev/kfd and /dev/dri belong to video/render: a rootless container opens them only with the user's groups kept
+    (compose renders group_add: [video, render]); CDI-named NVIDIA GPUs need nothing of the kind."""
+    amd = write_stack("version: 1\nhardware: rx-7900-xtx\nworkload: dev-loop\nservices:\n"
+                      "  coder: {model: qwen2.5-7b-instruct, engine: llama.cpp}\ntargets: [quadlet]\n")
+    _, files = render(amd)
+    (unit,) = [parse_unit(t) for p, t in files.items() if p.endswith(".container")]
+    keys = unit["Container"]
+    assert ("AddDevice", "/dev/kfd") in keys and ("PodmanArgs", "--group-add keep-groups") in keys
+    assert "PodmanArgs" in KEYS["releases"][MIN_RELEASE]["keys"]
+    nv = write_stack("version: 1\nhardware: rtx-4090\nworkload: dev-loop\nservices:\n"
+                     "  coder: {model: qwen2.5-7b-instruct, engine: llama.cpp}\ntargets: [quadlet]\n")
+    _, files = render(nv)
+    (unit,) = [parse_unit(t) for p, t in files.items() if p.endswith(".container")]
+    assert not any(k == "PodmanArgs" for k, _ in unit["Container"])

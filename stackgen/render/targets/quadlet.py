@@ -75,6 +75,10 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     container.append(("PublishPort", publish(sp.host, sp.port)))
     container += [("Volume", v) for v in volumes]
     container += [("AddDevice", d) for d in devices(sp, accel)]
+    if any(d.startswith("/dev/") for d in devices(sp, accel)):
+        # /dev/kfd and /dev/dri belong to the video/render groups: rootless, the container opens them only with the
+        # user's supplementary groups kept (compose's group_add: [video, render]); quadlet has no GroupAdd= key
+        container.append(("PodmanArgs", "--group-add keep-groups"))
     container += _health(sp)
     container += _hardening(sp)
     unit = [("Description", escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engines.get(sp.engine).display} "
