@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stackgen.cli import load_and_plan
-from stackgen.errors import PlanError, SpecError
+from stackgen.errors import PlanError, RenderError, SpecError
 from stackgen.render.artifact import RenderContext, render_plan
 from stackgen.spec.stack import load_stack
 from stackgen.render.targets.kubernetes import KUBERNETES_VERSION, pod_templates
@@ -147,3 +147,13 @@ def test_llama_rpc_is_refused_by_the_kubernetes_target():
     p = plan(GOLDEN / "multinode-llama-rpc-405b" / "stack.yaml")
     with pytest.raises(RenderError, match="script and systemd"):
         render_plan(p, RenderContext("stack.yaml"), ["kubernetes"])
+
+
+@pytest.mark.parametrize("target", ["compose", "quadlet", "llama-swap"])
+def test_one_host_container_targets_refuse_a_multi_node_service(target):
+    """compose and quadlet rendered the 405B over two DGX as one container on one host (TP 8 x PP 2 with 8 GPUs, no
+    Ray head or worker): it could not start. Like llama-swap, they now refuse and name the targets that can."""
+    _, plan = load_and_plan(GOLDEN / "multinode-vllm-405b" / "stack.yaml", None)
+    with pytest.raises(RenderError, match=rf"services.chat: a multi-node service \(2 machines\) cannot be started by "
+                                          rf"the {target} target on one host; use the script or systemd target"):
+        render_plan(plan, RenderContext("stack.yaml"), [target])

@@ -15,6 +15,16 @@ def refuse_tls(plan, target: str, instead: str) -> None:
                           f"host path); drop {target} from targets for this stack, or drop serve.tls and use {instead}")
 
 
+def refuse_multinode(plan, target: str) -> None:
+    """A service split over several machines (vLLM over Ray, llama.cpp RPC) needs one process per node; a target that
+    writes one host's containers would render one container that cannot start (16 GPUs' ranks on 8)."""
+    for sp in plan.services:
+        if sp.topology is not None:
+            raise RenderError(f"services.{sp.name}: a multi-node service ({len(sp.topology.nodes)} machines) cannot "
+                              f"be started by the {target} target on one host; use the script or systemd target "
+                              "(kubernetes for vLLM over Ray)")
+
+
 def register(name: str):
     def deco(fn: TargetFn) -> TargetFn:
         TARGETS[name] = fn

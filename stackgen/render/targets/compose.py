@@ -28,7 +28,7 @@ from stackgen.render.engine_files import render_modelfile
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.targets import fleet, refuse_tls, register
+from stackgen.render.targets import fleet, refuse_multinode, refuse_tls, register
 
 COMPOSE_DIR = "compose"
 
@@ -45,6 +45,7 @@ class ServiceParts:
 @register("compose")
 def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     refuse_tls(plan, "compose", "a TLS-terminating proxy service in front (Caddy, Traefik, nginx)")
+    refuse_multinode(plan, "compose")
     compose_dir = _compose_dir(plan, ctx)
     services, notes, files, volumes = {}, [], [], set()
     for sp in plan.services:
