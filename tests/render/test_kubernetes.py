@@ -298,3 +298,16 @@ def test_sizes():
     sp = plan_for("seed-70b-rtx4090").service("chat")
     req, limit = memory_mib(sp)
     assert req == math.ceil(sp.memory.host_bytes / 2**20) and limit == math.ceil(req * 1.25)
+
+
+def test_a_gpu_pod_is_not_limited_below_its_runtimes_memory():
+    """A CUDA llama-server of a 32B with every layer on the GPU plans ~80 MiB of its own host buffers: the limit was
+    100Mi, which the CUDA runtime's context and libraries alone pass (OOM-killed at start)."""
+    from stackgen.render.targets.kubernetes import GPU_PROCESS_FLOOR_MIB
+
+    sp = plan_for("compose-llama-cuda-key").services[0]
+    assert sp.memory.host_bytes < 200 * 2**20 and sp.memory.gpu_layers == sp.memory.total_layers
+    req, limit = memory_mib(sp)
+    assert limit == GPU_PROCESS_FLOOR_MIB >= 1024 > req
+    cpu = plan_for("cpu-llamacpp").services[0]
+    assert memory_mib(cpu)[1] == math.ceil(memory_mib(cpu)[0] * 1.25)  # a CPU pod: the plan's figure x 1.25

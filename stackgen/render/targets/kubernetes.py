@@ -124,11 +124,18 @@ def shm_mib(sp: ServicePlan) -> int:
     return 16 * 1024 if sp.memory.tensor_parallel > 1 else 2 * 1024
 
 
+GPU_PROCESS_FLOOR_MIB = 1024  # the smallest memory limit of a GPU pod (memory_mib); not measured here (no GPU)
+
+
 def memory_mib(sp: ServicePlan) -> tuple[int, int]:
     """(request, limit) in MiB: request = host bytes, limit = request x 1.25 plus the memory-backed /dev/shm,
     which Kubernetes charges to the container's memory."""
     request = max(1, math.ceil(sp.memory.host_bytes / MI))
     limit = math.ceil(request * MEMORY_LIMIT_FACTOR) + (shm_mib(sp) if _image(sp).shared_memory else 0)
+    if accelerator(sp) != "cpu":
+        # the plan's host figure is the engine's own buffers; a GPU process also maps its runtime's libraries and
+        # context into its resident memory (a CUDA context is hundreds of MiB), which a 100Mi limit OOM-kills
+        limit = max(limit, GPU_PROCESS_FLOOR_MIB)
     return request, limit
 
 
