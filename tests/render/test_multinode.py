@@ -157,3 +157,16 @@ def test_one_host_container_targets_refuse_a_multi_node_service(target):
     with pytest.raises(RenderError, match=rf"services.chat: a multi-node service \(2 machines\) cannot be started by "
                                           rf"the {target} target on one host; use the script or systemd target"):
         render_plan(plan, RenderContext("stack.yaml"), [target])
+
+
+def test_an_rpc_worker_unit_accepts_only_its_head():
+    """ggml-rpc-server is unauthenticated (engines.md 1.6: never on an open network): each worker's unit denies every
+    address but loopback and the head's, which the stack names; a firewall was only asked for in a comment."""
+    _, plan = load_and_plan(GOLDEN / "multinode-llama-rpc-405b" / "stack.yaml", None)
+    sp = plan.services[0]
+    head = sp.topology.head.address
+    units = {a.path: a.content for a in render_plan(plan, RenderContext("stack.yaml"), ["systemd"])}
+    workers = [t for p, t in units.items() if "-rpc-" in p and p.endswith(".service")]
+    assert len(workers) == len(sp.topology.workers) >= 1
+    for text in workers:
+        assert "\nIPAddressDeny=any\n" in text and f"\nIPAddressAllow=localhost {head}\n" in text

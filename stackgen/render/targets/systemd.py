@@ -159,6 +159,7 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         # dies at start (psutil.virtual_memory, FileNotFoundError: /proc/meminfo; reproduced under a subset=pid proc
         # mount) and Ollama and SGLang read them to size memory. Only an engine that does without them gets it.
         proc_subset_pid=engine.proc_subset_pid,
+        ip_allow=[], ip_allow_reason="",  # addresses a networked unit may talk to (an RPC worker: its head)
         # Python engines and Ollama write under HOME (HF hub, torch/triton caches, the model store); llama.cpp
         # writes only when it downloads with -hf.
         header=ctx.header(),
@@ -205,6 +206,16 @@ def _gpu_devices(sp: ServicePlan) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- multi-node
 
 
+def _ip_literal(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> list[Artifact]:
     """Multi-node pieces: `-ray-head` (on the head, before the main unit) and `-ray-worker-<i>` units for vLLM, or
     `-rpc-<i>` units running ggml-rpc-server for llama.cpp; each is installed on the machine it names."""
@@ -248,9 +259,14 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
             comments = [f"Install on {node.address} ({node.label}): {what} of {sp.name}, planned {node.layers} layers.",
                         f"Start every worker before {main} on the head; the head ships the weights at start and "
                         "-c caches them here.",
-                        "ggml-rpc-server is unauthenticated: allow its port only from the head (firewall)."]
+                        "ggml-rpc-server is unauthenticated: allow its port only from the head (this unit does "
+                        "when the head is named by its IP address; a firewall should too)."]
             gpu = _node_gpu_devices(node)
             mdwe = not gpu
+            if _ip_literal(topo.head.address):  # IPAddressAllow= takes addresses, not host names
+                values.update(ip_allow=[topo.head.address],
+                              ip_allow_reason=f"the head, {topo.head.address}, may reach this unauthenticated RPC "
+                                              "server")
         values.update(
             description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {what} on {node.address}"),
             exec_start=systemd_quote(argv), comments=comments, gpu_devices=gpu, memory_deny_write_execute=mdwe,
