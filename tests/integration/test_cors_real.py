@@ -12,7 +12,7 @@ from stackgen.spec.stack import load_stack
 
 def _plan_argv(tmp_path, model: str, engine: str, binary: str, port: int, cors: str = "") -> list[str]:
     (tmp_path / "stack.yaml").write_text(
-        f"version: 1\nhardware: cpu-server-64gb\nworkload: {{concurrent_users: 1, context_tokens: 512}}\n"
+        f"version: 1\nhardware: cpu-server-64gb\nworkload: {{concurrent_users: 1, context_tokens: 512, prompt_tokens: 64, output_tokens: 32}}\n"
         f"services:\n  svc:\n    model: {model}\n    engine: {engine}\n    binary: {binary}\n    port: {port}\n"
         f"serve: {{host: 127.0.0.1{cors}}}\n")
     plan = resolve(load_stack(tmp_path / "stack.yaml"), HostFacts(hardware=None))  # type: ignore[arg-type]
