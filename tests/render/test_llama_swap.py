@@ -139,3 +139,21 @@ def test_awkward_words_survive_llama_swaps_split(tmp_path):
                                          f"    overrides:\n      alias: {yaml.safe_dump(alias).strip()}\n"))
     argv = sanitize_command(yaml.safe_load(text)["models"]["a"]["cmd"])
     assert argv[argv.index("--alias") + 1] == alias
+
+
+def test_llama_swap_listens_where_the_stack_serves():
+    """serve.host 0.0.0.0 with a key: llama-swap (which enforces apiKeys) is the front door on 0.0.0.0, as the
+    stack's other targets serve; it said --listen 127.0.0.1 whatever serve.host was."""
+    from pathlib import Path
+
+    from stackgen.cli import load_and_plan
+    from stackgen.render.artifact import RenderContext, render_plan
+
+    golden = Path(__file__).resolve().parents[1] / "golden"
+    _, plan = load_and_plan(golden / "compose-llama-cuda-key" / "stack.yaml", None)
+    assert plan.services[0].host == "0.0.0.0" and plan.services[0].api_key_env
+    (art,) = [a for a in render_plan(plan, RenderContext("stack.yaml"), ["llama-swap"]) if a.path.endswith(".yaml")]
+    assert "llama-swap --config config.yaml --listen 0.0.0.0:" in art.content and "apiKeys" in art.content
+    _, local = load_and_plan(golden / "llama-swap-3090" / "stack.yaml", None)
+    (art,) = [a for a in render_plan(local, RenderContext("stack.yaml"), ["llama-swap"]) if a.path.endswith(".yaml")]
+    assert "--listen 127.0.0.1:" in art.content

@@ -3,7 +3,7 @@
 - `cmd` is the service's planned command line (stackgen.engines.command), one flag per line; llama-swap splits it
   with POSIX shell rules (internal/config/commands.go SanitizeCommand), so every word is shlex-quoted. Each engine
   listens on loopback at its planned port (`proxy`); llama-swap is the one front door. Start it with
-  `llama-swap --config config.yaml --listen 127.0.0.1:<port>` (its default, `:8080`, is every interface).
+  `llama-swap --config config.yaml --listen <serve.host>:<port>` (its default, `:8080`, is every interface).
 - `ttl` from the workload: a shared API (more than one concurrent user) keeps its model loaded (0: never unload;
   every user would wait for a reload); one user's model is unloaded after max(300 s, 10 x its load time) idle, so a
   reload costs at most a tenth of the idle time it frees the memory for. Load time as the systemd target estimates it.
@@ -142,12 +142,20 @@ def listen_port(plan: Plan) -> int:
     return port
 
 
+def listen_host(plan: Plan) -> str:
+    """llama-swap listens where the stack serves (serve.host: loopback unless a key guards it, apiKeys above); the
+    engines behind it stay on loopback."""
+    host = plan.services[0].host if plan.services else "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _header(plan: Plan, ctx: RenderContext, groups: list[list[str]]) -> str:
     port = listen_port(plan)
     grouped = {m for g in groups for m in g}
     alone = [sp.name for sp in plan.services if sp.name not in grouped]
     lines = [ctx.header().rstrip("\n"),
-             f"# Stack {plan.stack_name} behind llama-swap: llama-swap --config config.yaml --listen 127.0.0.1:{port}",
+             f"# Stack {plan.stack_name} behind llama-swap: llama-swap --config config.yaml --listen "
+             f"{listen_host(plan)}:{port}",
              "# (llama-swap's default listen address, :8080, is every interface.)"]
     for sp in plan.services:
         weights = local_weights(sp)
