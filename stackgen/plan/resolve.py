@@ -501,9 +501,9 @@ def smaller_quants(fmt: str) -> list[str]:
 
 
 def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate], *,
-                    model=None, workload=None, quant: str | None = None) -> tuple[str, int] | None:
-    """(engine, weights bytes) of the first engine the hardware allows that fits with the change and can apply the
-    RoPE scaling it needs, else None."""
+                    model=None, workload=None, quant: str | None = None) -> tuple[str, int, str] | None:
+    """(engine, weights bytes, what its plan cuts: _cut) of the first engine the hardware allows that fits with the
+    change and can apply the RoPE scaling it needs, else None."""
     for name, c in candidates.items():
         if c.memory is None:
             continue  # the hardware or the model's format rules the engine out, not its size
@@ -519,8 +519,16 @@ def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: 
         mem = engine.plan_memory(m, workload or svc.workload, hw, budget, w, c.pins)
         # fitting is not enough: an engine that cannot apply the YaRN the plan needs still cannot serve it
         if mem.fits and not (mem.rope_scaling is not None and engine.rope_block(mem.rope_scaling)):
-            return name, w.bytes
+            return name, w.bytes, _cut(mem, workload or svc.workload)
     return None
+
+
+def _cut(mem: MemoryPlan, wl) -> str:
+    """What a lever's plan gives up that the lever does not say: a context cut to fit (`concurrent_users: 2` fitted
+    8 users' 32k stack at 2 x 2048 tokens, and the hint did not say so)."""
+    if mem.context_per_request < wl.context_tokens and any("context reduced" in lv for lv in mem.levers):
+        return f" at {mem.context_per_request} tokens per request, not {wl.context_tokens}"
+    return ""
 
 
 def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate]) -> str:
@@ -539,11 +547,11 @@ def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[s
             tried.append(q)
             hit = _fitting_engine(svc, hw, budget, {name: c}, model=svc.model.with_quant(q), quant=q)
             if hit:
-                quant_fits.append((hit[1], q, name, c.memory.weights_bytes))
+                quant_fits.append((hit[1], q, name, c.memory.weights_bytes, hit[2]))
                 break
     if quant_fits:
-        size, q, name, now = max(quant_fits, key=lambda f: f[0])  # the largest that fits keeps the most quality
-        where = f"{engines.get(name).display} fits it: {_gb(size)} of weights instead of {_gb(now)}"
+        size, q, name, now, cut = max(quant_fits, key=lambda f: f[0])  # the largest that fits keeps the most quality
+        where = f"{engines.get(name).display} fits it{cut}: {_gb(size)} of weights instead of {_gb(now)}"
         if svc.model.source in ("gguf", "hf") and svc.model.path:
             offers.append(f"a {q} file of this model ({where}; `quant:` cannot change a file's own quant)")
         else:
@@ -556,13 +564,13 @@ def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[s
         ctx_tried = ctx
         hit = _fitting_engine(svc, hw, budget, candidates, workload=wl.model_copy(update={"context_tokens": ctx}))
         if hit:
-            offers.append(f"`context_tokens: {ctx}` ({engines.get(hit[0]).display} fits it)")
+            offers.append(f"`context_tokens: {ctx}` ({engines.get(hit[0]).display} fits it{hit[2]})")
     users = wl.concurrent_users
     while users > 1 and not any("concurrent_users" in o for o in offers):
         users //= 2
         hit = _fitting_engine(svc, hw, budget, candidates, workload=wl.model_copy(update={"concurrent_users": users}))
         if hit:
-            offers.append(f"`concurrent_users: {users}` ({engines.get(hit[0]).display} fits it)")
+            offers.append(f"`concurrent_users: {users}` ({engines.get(hit[0]).display} fits it{hit[2]})")
     if offers:
         return "Each of these fits: " + "; ".join(offers) + ". Or a smaller model, or more memory."
     levers = ([f"a smaller quant (tried {', '.join(dict.fromkeys(tried))})"] if tried else []) + (

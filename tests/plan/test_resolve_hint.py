@@ -137,7 +137,8 @@ def test_hint_for_a_local_gguf_offers_a_smaller_file_with_its_estimated_size(wri
     stack = _as_local_file(load(write_stack, "hardware: cpu-laptop-16gb\nservices:\n  big: {model: qwen2.5-32b-instruct, "
                                 "quant: Q4_K_M}\n"), "gguf", "/models/qwen2.5-32b-Q4_K_M.gguf")
     assert hint_of(stack) == (
-        f"Each of these fits: a Q2_K file of this model (llama.cpp (llama-server) fits it: {q2 / GB:.1f} GB of "
+        f"Each of these fits: a Q2_K file of this model (llama.cpp (llama-server) fits it at 4096 tokens per "
+        f"request, not 16384: {q2 / GB:.1f} GB of "
         f"weights instead of {q4 / GB:.1f} GB; `quant:` cannot change a file's own quant). "
         "Or a smaller model, or more memory.")
 
@@ -202,3 +203,19 @@ def test_hint_looks_past_engines_that_cannot_load_the_model(write_stack, tmp_pat
         "Each of these fits: a fp8 file of this model (vLLM fits it: 34.0 GB of weights instead of 66.0 GB; `quant:` "
         "cannot change a file's own quant); `context_tokens: 32768` (vLLM fits it). Or a smaller model, or more "
         "memory.")
+
+
+def test_a_lever_that_fits_only_by_cutting_the_context_says_so(write_stack):
+    """8 users of a 32B Q2_K at 32k on a 16 GB laptop: `concurrent_users: 2` was offered as a fit, and applied it
+    planned 2 x 2048 tokens ("context reduced from 32768"), which the hint never said; it now says the context."""
+    f = write_stack("version: 1\nhardware: cpu-laptop-16gb\nworkload: {concurrent_users: 8, context_tokens: 32768, "
+                    "optimize: throughput}\nservices:\n  chat: {model: qwen2.5-32b-instruct, quant: Q2_K}\n")
+    with pytest.raises(PlanError) as err:
+        resolve.resolve(load_stack(f), HostFacts(hardware=None))
+    hint = str(err.value).splitlines()[-1]
+    two = write_stack("version: 1\nhardware: cpu-laptop-16gb\nworkload: {concurrent_users: 2, context_tokens: 32768, "
+                      "optimize: throughput}\nservices:\n  chat: {model: qwen2.5-32b-instruct, quant: Q2_K}\n")
+    sp = resolve.resolve(load_stack(two), HostFacts(hardware=None)).services[0]
+    cut = sp.memory.context_per_request
+    assert cut < 32768 and any("context reduced" in lv for lv in sp.memory.levers)
+    assert f"`concurrent_users: 2` (llama.cpp (llama-server) fits it at {cut} tokens per request, not 32768)" in hint

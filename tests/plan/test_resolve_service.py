@@ -111,7 +111,8 @@ def test_hint_lines(write_stack):
     m = load_profiles().models["qwen2.5-32b-instruct"]
     q2, q4 = m.gguf_bytes("Q2_K")[0], m.gguf_bytes("Q4_K_M")[0]
     line = hint(write_stack, "hardware: cpu-laptop-16gb\nservices:\n  big: {model: qwen2.5-32b-instruct, quant: Q4_K_M}\n")
-    assert line == (f"Each of these fits: `quant: Q2_K` (llama.cpp (llama-server) fits it: {q2 / 1e9:.1f} GB of weights "
+    assert line == (f"Each of these fits: `quant: Q2_K` (llama.cpp (llama-server) fits it at 4096 tokens per request, "
+                    f"not 16384: {q2 / 1e9:.1f} GB of weights "
                     f"instead of {q4 / 1e9:.1f} GB). Or a smaller model, or more memory.")
     # At 2048 tokens there is no shorter context to try and one user has no fewer users: only the quants are named.
     line = hint(write_stack, "hardware: cpu-laptop-16gb\nworkload: {concurrent_users: 1, context_tokens: 2048, "
