@@ -756,6 +756,9 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     elif pins.gpu_memory_utilization is not None and budget.gpu_bytes < best.gpu_bytes:
         why = (f"--gpu-memory-utilization {util:g} reserves {gb(best.gpu_bytes)} but only "
                f"{gb(max(0, budget.gpu_bytes))} of GPU memory is free for it")
+    elif util <= 0:  # the services before it hold (nearly) all of the GPU: no share is left to reserve
+        why = (f"no GPU memory is left for it ({gb(max(0, budget.gpu_bytes))} of {hw.label()} is free, less than the "
+               "2% margin vLLM's free-memory check needs)")
     else:
         best = short
         ranks = best.tensor_parallel * pp

@@ -95,3 +95,13 @@ def test_mixed_gpus_are_planned_for_the_smallest(write_stack):
                                      "replicas: 2}}\n").services[0]
     assert rep.capacity.replicas == 2
     assert rep.memory.gpu_bytes <= rep.memory.gpu_budget_bytes <= int(12 * 1024**3)
+
+
+def test_a_gpu_left_full_by_earlier_services_is_said_so_not_a_negative_utilization(write_stack):
+    text = ("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 8, context_tokens: 16384}\nservices:\n"
+            "  chat: {model: llama-3.1-8b-instruct, engine: vllm}\n"
+            "  code: {model: qwen2.5-7b-instruct, quant: Q4_K_M, engine: llama.cpp}\n"
+            "  small: {model: llama-3.2-3b-instruct}\n")
+    sp = _plan(write_stack, text).services[2]
+    assert sp.rejected["vllm"].startswith("no GPU memory is left for it (")
+    assert "utilization -" not in sp.rejected["vllm"] and "reserves -" not in sp.rejected["vllm"]
