@@ -160,7 +160,10 @@ def test_plan_json_contract(write_stack, cli):
                 "predicted_decode_tokens_per_s", "command", "reasons", "rejected"):
         assert key in svc
     mem = svc["memory"]
-    assert mem["total_bytes"] == mem["weights_bytes"] + mem["kv_cache_bytes"] + mem["overhead_bytes"] + mem["compute_bytes"]
+    # vLLM: the total is what it reserves, weights + the KV pool it allocates + overhead (kv_cache_bytes is what
+    # every user at full context needs, which the pool may hold or not)
+    assert mem["total_bytes"] == mem["weights_bytes"] + mem["kv_pool_bytes"] + mem["overhead_bytes"] + \
+        mem["compute_bytes"] == mem["gpu_bytes"]
     assert svc["engine"] == "vllm" and isinstance(svc["command"], list) and svc["command"][:2] == ["vllm", "serve"]
     assert svc["predicted_decode_tokens_per_s"] > 0
 

@@ -38,6 +38,7 @@ def test_the_table_shows_the_pool_vllm_allocates_and_adds_up(write_stack):
     assert f"{m.gpu_bytes / 1e9:8.2f} GB  on GPU" in rows["total"]  # weights + pool + overhead = the reserve
     mem = json.loads(json.dumps(sp.to_json()))["memory"]
     assert mem["kv_pool_bytes"] == pool and mem["kv_cache_bytes"] == m.kv_cache_bytes
+    assert mem["total_bytes"] == m.gpu_bytes  # what the table's total says
 
 
 def test_the_forecast_streams_are_what_the_pool_holds(write_stack):
