@@ -334,37 +334,22 @@ def test_vllm_stays_on_loopback_because_its_key_leaves_invocations_open(tmp_path
     from stackgen.host.facts import HostFacts
     from stackgen.plan.resolve import resolve
 
-    for sub in "abc":
+    def team(sub: str, host: str, engine: str = ""):
         (tmp_path / sub).mkdir()
-    pinned = stack(tmp_path / "a", """\
-        version: 1
-        hardware: h100-80gb
-        workload: team-api
-        serve: {host: 0.0.0.0, api_key_env: TEAM_KEY}
-        services:
-          chat: {model: llama-3.1-8b-instruct, engine: vllm}
-        """)
+        return stack(tmp_path / sub, f"""\
+            version: 1
+            hardware: h100-80gb
+            workload: team-api
+            serve: {{host: {host}, api_key_env: TEAM_KEY}}
+            services:
+              chat: {{model: llama-3.1-8b-instruct{engine}}}
+            """)
+
     with pytest.raises(SpecError) as err:
-        load_stack(pinned)
+        load_stack(team("a", "0.0.0.0", ", engine: vllm"))
     assert ":4:15: serve.host: vLLM's API key leaves /invocations, which serves the same inference as /v1 without " \
            "the key (services.chat): binding 0.0.0.0 would expose it (keep serve.host 127.0.0.1 and put an " \
            "authenticating proxy in front)" in str(err.value)
-    auto = stack(tmp_path / "b", """\
-        version: 1
-        hardware: h100-80gb
-        workload: team-api
-        serve: {host: 0.0.0.0, api_key_env: TEAM_KEY}
-        services:
-          chat: {model: llama-3.1-8b-instruct}
-        """)
-    sp = resolve(load_stack(auto), HostFacts(hardware=None)).services[0]
+    sp = resolve(load_stack(team("b", "0.0.0.0")), HostFacts(hardware=None)).services[0]
     assert sp.engine != "vllm" and sp.rejected["vllm"].startswith("its API key leaves /invocations")
-    local = stack(tmp_path / "c", """\
-        version: 1
-        hardware: h100-80gb
-        workload: team-api
-        serve: {host: 127.0.0.1, api_key_env: TEAM_KEY}
-        services:
-          chat: {model: llama-3.1-8b-instruct}
-        """)
-    assert resolve(load_stack(local), HostFacts(hardware=None)).services[0].engine == "vllm"
+    assert resolve(load_stack(team("c", "127.0.0.1")), HostFacts(hardware=None)).services[0].engine == "vllm"
