@@ -703,6 +703,12 @@ def split_threads(plans: list[ServicePlan], cores: int) -> list[int]:
     return out
 
 
+def _held_gpu(sp: ServicePlan, hw: HardwareSpec) -> int:
+    """The GPU memory a service takes from the ones after it, as resolve's budget counts it: all its instances
+    (fleet_memory: 2 replicas hold twice one's) and what a utilization share leaves to nobody (unexposed_bytes)."""
+    return fleet_memory(sp).gpu_bytes + unexposed_bytes(sp.memory, hw)
+
+
 def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePlan]:
     """Several services on one machine: say who got which memory (they are planned in file order, each getting what
     the ones before it left), and divide the CPU cores among them instead of giving each all of them."""
@@ -714,7 +720,7 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
     if len(local) > 1:
         if hw.gpus:
             pool = "unified memory the GPU may use" if hw.is_apple else "GPU memory"
-            shares = "; ".join(f"{sp.name} {gb(sp.memory.gpu_bytes)} ({_layers_words(sp)})" for sp in local)
+            shares = "; ".join(f"{sp.name} {gb(_held_gpu(sp, hw))} ({_layers_words(sp)})" for sp in local)
             line = (f"{len(local)} services share the {gb(budget.gpu_bytes)} of {pool}, filled in file order: "
                     f"{shares}")
         else:
@@ -735,7 +741,7 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
                                 f"{gb(used)} of the {gb(budget.gpu_bytes)} GPU memory; list {sp.name} first under "
                                 "services: (or shrink the others) to give it the GPU")
             out[sp.name] = replace(sp, reasons=sp.reasons + (f"memory: {mine}",), warnings=tuple(warnings))
-            used += sp.memory.gpu_bytes
+            used += _held_gpu(sp, hw)
     sharing = [out[sp.name] for sp in plans]
     threads = split_threads(sharing, hw.cpu.cores)
     said = "; ".join(f"{sp.name} {t} thread{'s' if t != 1 else ''} ({_layers_words(sp)})"

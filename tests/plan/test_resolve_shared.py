@@ -115,3 +115,16 @@ def test_a_refusal_after_an_earlier_service_names_what_it_holds(write_stack, hw,
         plan(write_stack, body + f"  b: {{model: {second}}}\n")
     assert f" (the services planned before it on this machine, a, hold {held(a.memory)})" in str(exc.value)
     assert a.memory.host_bytes > 0
+
+
+def test_the_shared_memory_reason_counts_every_replica(write_stack):
+    """chat with replicas: 2 holds two instances' GPU memory: the reason said one's (13.0 GB) and that code got 38.5 GB
+    left, while the budget code was planned in (and the truth) is 25.4 GB."""
+    p = plan(write_stack, "hardware: 2x rtx-4090\nworkload: {concurrent_users: 8, context_tokens: 16384, optimize: "
+                          "throughput}\nservices:\n  chat: {model: qwen2.5-7b-instruct, quant: Q8_0, engine: llama.cpp, "
+                          "replicas: 2}\n  code: {model: qwen2.5-7b-instruct, quant: Q8_0, engine: llama.cpp}\n")
+    chat, code = p
+    both = 2 * chat.memory.gpu_bytes
+    line = next(r for r in code.reasons if "services share the" in r)
+    assert f"chat {memory.gb(both)} (" in line
+    assert line.endswith(f"code got the {memory.gb(code.memory.gpu_budget_bytes)} left")
