@@ -340,7 +340,13 @@ def plan_capacity(sp, hw: HardwareSpec, budget: Budget, pinned: int | None = Non
             continue
         options.append(_predict(sp, hw, _plan_instance(sp, hw, budget, lay)))
     if pinned is not None and pinned > 1 and not any(not o.block for o in options):
-        pinned_opts = options or [_Option(Layout(pinned, 0, 1), None, "no layout of the engine allows it")]
+        gpus = sum(g.count for g in hw.gpus if not g.unified)
+        if not options and gpus and _uses_gpus(sp, hw) and engines.get(sp.engine).multi_instance:
+            why = (f"each instance takes a GPU of its own and {hw.label()} has {gpus} (set replicas: {gpus} or "
+                   "fewer, or add GPUs; concurrent users share one instance's slots)")
+            pinned_opts = [_Option(Layout(pinned, 1, 1), None, why)]
+        else:
+            pinned_opts = options or [_Option(Layout(pinned, 0, 1), None, "no layout of the engine allows it")]
         raise_for = "; ".join(f"{o.layout.label()}: {o.block}" for o in pinned_opts)
         raise PlanError(f"services.{sp.name}.replicas: {pinned} instances of {sp.engine} do not fit {hw.label()} "
                         f"({raise_for})")

@@ -255,3 +255,21 @@ def test_cpu_curve_decodes_whole_tiles_as_speed_forecasts(tmp_path):
     assert c.step_s(5, 0) == pytest.approx(max(c.weights_read_s + 5 * c.kv_read_s_per_seq,
                                                c.tile_s + c.decode_s_per_seq))
     assert c.step_s(4, 0) < 4 * c.step_s(1, 0)
+
+
+def test_more_replicas_than_gpus_says_why_and_what_to_write(write_stack):
+    """replicas: 3 on one RTX 4090 said '3 x 1 thread: no layout of the engine allows it' (threads, on a GPU plan);
+    each GPU instance takes a GPU of its own."""
+    from stackgen.errors import PlanError
+    from stackgen.host.facts import HostFacts
+    from stackgen.plan.resolve import resolve
+    from stackgen.spec.stack import load_stack
+
+    f = write_stack("version: 1\nhardware: rtx-4090\nworkload: {concurrent_users: 8, context_tokens: 8192}\n"
+                    "services:\n  chat: {model: qwen2.5-7b-instruct, quant: Q4_K_M, engine: llama.cpp, replicas: 3}\n")
+    with pytest.raises(PlanError) as err:
+        resolve(load_stack(f), HostFacts(hardware=None))
+    assert str(err.value) == (
+        "services.chat.replicas: 3 instances of llama.cpp do not fit GeForce RTX 4090 (3 x TP1: each instance takes a "
+        "GPU of its own and GeForce RTX 4090 has 1 (set replicas: 1 or fewer, or add GPUs; concurrent users share "
+        "one instance's slots))")
