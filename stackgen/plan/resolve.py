@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stackgen import engines
-from stackgen.engines.base import Unsupported, pins_from_overrides
+from stackgen.engines.base import Unsupported, Weights, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
@@ -306,9 +306,6 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
     so_block = engine.structured_output(so.backend)[0] if so is not None else None
     if so_block:
         return Candidate(name, None, so_block)
-    # A service that names its engine writes that engine's flags under overrides: the other engines, planned only
-    # to say why they were not chosen, are planned without them (two engines may spell a flag alike with other
-    # values: vLLM and SGLang --kv-cache-dtype).
     if svc.spec.engine == "auto":  # overrides are engine flags: an engine that cannot take one cannot serve it so
         from stackgen.engines.flagcheck import override_problem
 
@@ -316,29 +313,15 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
             why = override_problem(name, None, key, value)
             if why:
                 return Candidate(name, None, f"cannot take services.{svc.name}.overrides {key} ({why})")
+    # A service that names its engine writes that engine's flags under overrides: the other engines, planned only
+    # to say why they were not chosen, are planned without them (two engines may spell a flag alike with other
+    # values: vLLM and SGLang --kv-cache-dtype).
     pinned_elsewhere = svc.spec.engine not in ("auto", name)
     pins = NO_PINS if pinned_elsewhere else pins_from_overrides(engine, dict(svc.spec.overrides),
                                                                 f"services.{svc.name}.overrides")
     if engine.plans_by_build:  # e.g. llama.cpp's logits rule follows the build the host has
         pins = replace(pins, engine_build=(builds or {}).get(name, engine.default_build))
-    model, precision = svc.model, ""
-    mem = engine.plan_memory(model, svc.workload, hw, budget, w, pins)
-    held = held16 = requests_held(name, model, mem, mem.context_per_request) if mem.fits else 0
-    w16, mem16 = w, mem
-    for q in like_precision(model, w.format) if held < mem.parallel else ():
-        m4 = model.with_quant(q)
-        try:
-            w4 = engine.weights(m4)
-        except Unsupported:
-            continue
-        mem4 = engine.plan_memory(m4, svc.workload, hw, budget, w4, pins)
-        held4 = requests_held(name, m4, mem4, mem4.context_per_request) if mem4.fits else 0
-        if held4 > held:
-            precision = (f"no quant named: {engine.display} serves the 4-bit {q} checkpoint {m4.hf_repo_for(q)} "
-                         f"({gb(w4.bytes)}), the precision of llama.cpp's default Q4_K_M, as its {w16.format} weights "
-                         + (f"({gb(w16.bytes)}) leave room for {held16} of {mem16.parallel} requests at full context"
-                            if mem16.fits else f"({gb(w16.bytes)}) do not fit") + f" (`quant: {w16.format}` keeps them)")
-            model, w, mem, held = m4, w4, mem4, held4
+    model, w, mem, precision = _at_like_precision(name, svc, hw, budget, w, pins)
     bare = replace(NO_PINS, engine_build=pins.engine_build)
     unpinned = engine.plan_memory(model, svc.workload, hw, budget, w, bare) if pins else None
     rope_block = engine.rope_block(mem.rope_scaling) if mem.rope_scaling is not None else None
@@ -351,6 +334,31 @@ def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explic
         return Candidate(name, mem, (mem.shortfall or f"does not fit in {hw.label()}") + _held_by(before, hw),
                          pins=pins)
     return Candidate(name, mem, "", w.note, pins, unpinned, model if model is not svc.model else None, precision)
+
+
+def _at_like_precision(name: str, svc: Service, hw: HardwareSpec, budget: Budget, w: Weights, pins: Pins
+                       ) -> tuple[ModelFacts, Weights, MemoryPlan, str]:
+    """The engine's plan of the service's model, or of a like_precision checkpoint of it that holds more requests at
+    full context than the engine's default weights: (model facts, weights, memory plan, the reason; "" for none)."""
+    engine = engines.get(name)
+    mem = engine.plan_memory(svc.model, svc.workload, hw, budget, w, pins)
+    held0 = held = requests_held(name, svc.model, mem, mem.context_per_request) if mem.fits else 0
+    best = (svc.model, w, mem, "")
+    for q in like_precision(svc.model, w.format) if held < mem.parallel else ():
+        m4 = svc.model.with_quant(q)
+        try:
+            w4 = engine.weights(m4)
+        except Unsupported:
+            continue
+        mem4 = engine.plan_memory(m4, svc.workload, hw, budget, w4, pins)
+        held4 = requests_held(name, m4, mem4, mem4.context_per_request) if mem4.fits else 0
+        if held4 > held:
+            why = (f"no quant named: {engine.display} serves the 4-bit {q} checkpoint {m4.hf_repo_for(q)} "
+                   f"({gb(w4.bytes)}), the precision of llama.cpp's default Q4_K_M, as its {w.format} weights "
+                   + (f"({gb(w.bytes)}) leave room for {held0} of {mem.parallel} requests at full context"
+                      if mem.fits else f"({gb(w.bytes)}) do not fit") + f" (`quant: {w.format}` keeps them)")
+            best, held = (m4, w4, mem4, why), held4
+    return best
 
 
 def like_precision(model: ModelFacts, fmt: str) -> list[str]:
