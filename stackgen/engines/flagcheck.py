@@ -122,10 +122,23 @@ def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
             raise RenderError(f"{where}: {why}")
 
 
+def _flag(key: str) -> str:
+    """An override key as the flag it names (`temp` and `--temp` are both --temp)."""
+    return key if key.startswith("-") else f"--{key}"
+
+
+def _table_or_none(engine: str, version: str | None) -> FlagTable | None:
+    """The flag table, or None for a version stackgen has none for (check_service names that, not these checks)."""
+    try:
+        return table(engine, version)
+    except RenderError:
+        return None
+
+
 def flag_problem(flags: FlagTable, key: str, value) -> str | None:
     """Why the flag table refuses override `key: value` (an unknown or removed flag, a value where it takes none or
     none where it needs one), or None."""
-    flag = key if key.startswith("-") else f"--{key}"
+    flag = _flag(key)
     why = flags.problem(flag)
     if why:
         return why
@@ -144,11 +157,8 @@ def override_problem(engine: str, version: str | None, key: str, value) -> str |
     e = engines.get(engine)
     if e.flags is None:
         return e.setting_problem(key, value)
-    try:
-        flags = table(engine, version)
-    except RenderError:
-        return None
-    return flag_problem(flags, key, value)
+    flags = _table_or_none(engine, version)
+    return flag_problem(flags, key, value) if flags is not None else None
 
 
 def knows(engine: str, version: str | None, key: str) -> bool:
@@ -156,25 +166,24 @@ def knows(engine: str, version: str | None, key: str) -> bool:
     e = engines.get(engine)
     if e.flags is None:
         return e.knows_setting(key)
-    try:
-        return (key if key.startswith("-") else f"--{key}") in table(engine, version).flags
-    except RenderError:
-        return True  # no table for that version: not judged here
+    flags = _table_or_none(engine, version)
+    return flags is None or _flag(key) in flags.flags  # no table for that version: not judged here
+
+
+def removed(engine: str, version: str | None, key: str) -> bool:
+    """Whether `key` is a flag older builds of `engine` had (its table names the replacement)."""
+    flags = _table_or_none(engine, version) if engines.get(engine).flags is not None else None
+    return flags is not None and _flag(key) in flags.removed
 
 
 def close_flags(engine: str, version: str | None, key: str) -> list[str]:
     """The engine's flags spelled like `key` (a typo's likely meaning)."""
     import difflib
 
-    e = engines.get(engine)
-    if e.flags is None:
+    flags = _table_or_none(engine, version) if engines.get(engine).flags is not None else None
+    if flags is None:
         return []
-    try:
-        names = list(table(engine, version).flags)
-    except RenderError:
-        return []
-    flag = key if key.startswith("-") else f"--{key}"
-    return difflib.get_close_matches(flag, names, n=1, cutoff=0.75)
+    return difflib.get_close_matches(_flag(key), list(flags.flags), n=1, cutoff=0.75)
 
 
 def argv_flags(engine: str, argv: list[str], flags: FlagTable) -> list[str]:

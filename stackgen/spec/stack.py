@@ -1016,7 +1016,7 @@ def _check_override_flags(spec: StackSpec, problem) -> None:
     `plan` printed a command carrying it. Which engine an `auto` service gets is the planner's: it rules out the
     engines that cannot take the service's overrides (resolve._candidate)."""
     from stackgen import engines
-    from stackgen.engines.flagcheck import close_flags, knows, override_problem
+    from stackgen.engines.flagcheck import close_flags, knows, override_problem, removed
 
     for name, svc in spec.services.items():
         names = [svc.engine] if svc.engine != "auto" else list(engines.ENGINES)
@@ -1031,9 +1031,9 @@ def _check_override_flags(spec: StackSpec, problem) -> None:
             if knowers:  # a known flag with a value it cannot take
                 problem(("services", name, "overrides", key), why[knowers[0]], "")
                 continue
-            removed = [e for e in names if "(removed; use " in (why[e] or "")]
-            if removed:  # an older build's flag: the table names what replaced it
-                problem(("services", name, "overrides", key), why[removed[0]], "write the replacement it names")
+            older = [e for e in names if removed(e, version[e], key)]
+            if older:  # an older build's flag: the table names what replaced it
+                problem(("services", name, "overrides", key), why[older[0]], "write the replacement it names")
                 continue
             close = sorted({c for e in names for c in close_flags(e, version[e], key)})
             hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close else
