@@ -220,15 +220,33 @@ def instance_of(sp, hw: HardwareSpec) -> Instance:
     return Instance(mem, sub, sp.threads, count)
 
 
+def kv_pool_bytes(engine: str, m: MemoryPlan) -> int | None:
+    """The KV pool an engine that pages its KV cache (vLLM) allocates at start -- its GPU reserve less weights and
+    runtime overhead, over all its ranks -- or None for the others (their KV cache is what every slot holds:
+    MemoryPlan.kv_cache_bytes, which for vLLM is what every user at full context would need)."""
+    if not engines.get(engine).paged_batching or m.gpu_bytes <= 0:
+        return None
+    return max(0, m.gpu_bytes - m.weights_bytes - m.overhead_bytes - m.compute_bytes)
+
+
+def planned_total_bytes(engine: str, m: MemoryPlan) -> int:
+    """The memory a plan's table totals: a paged engine's reserve (weights + its KV pool + overhead: what it holds on
+    the GPU), else MemoryPlan.total_bytes."""
+    pool = kv_pool_bytes(engine, m)
+    if pool is None:
+        return m.total_bytes
+    return m.weights_bytes + pool + m.compute_bytes + m.overhead_bytes + m.prompt_cache_bytes
+
+
 def requests_held(engine: str, model, m: MemoryPlan, ctx: int) -> int:
     """Requests of `ctx` tokens one instance holds at once: its slots (llama.cpp -np), or for an engine that pages its
-    KV cache (vLLM) the slots its KV pool -- the reserve less weights and overhead, per rank -- has room for."""
-    if not engines.get(engine).paged_batching or m.gpu_bytes <= 0:
+    KV cache (vLLM) the slots its KV pool (kv_pool_bytes), per rank, has room for."""
+    pool = kv_pool_bytes(engine, m)
+    if pool is None:
         return max(1, m.parallel)
     ranks = max(1, m.tensor_parallel * m.pipeline_parallel * m.data_parallel)
-    room = (m.gpu_bytes - m.weights_bytes - m.overhead_bytes) / ranks
     per_req = vllm_kv_bytes_per_request(model, ctx, m.kv_cache_type, m.tensor_parallel)
-    return max(1, min(m.parallel, int(room // max(1, per_req))))
+    return max(1, min(m.parallel, int(pool / ranks // max(1, per_req))))
 
 
 def _max_batch(sp, m: MemoryPlan, avg_ctx: int) -> int:

@@ -208,14 +208,10 @@ class Plan:
 
 
 def _kv_pool(sp) -> dict[str, int]:
-    """vLLM's allocated KV pool (plan.report.kv_pool_bytes; kv_cache_bytes stays what every request at full context
-    needs), for an engine that pages its KV cache, and the total the printed table shows (weights + pool + overhead:
-    what it reserves on the GPU; total_bytes counted the demand instead, smaller or larger than gpu_bytes)."""
-    from stackgen.plan.report import kv_pool_bytes
+    """For an engine that pages its KV cache (vLLM): the pool it allocates (capacity.kv_pool_bytes; kv_cache_bytes
+    stays what every request at full context needs) and the total the printed table shows (what it reserves on the
+    GPU; total_bytes counted the demand instead, smaller or larger than gpu_bytes)."""
+    from stackgen.plan.capacity import kv_pool_bytes, planned_total_bytes
 
-    pool = kv_pool_bytes(sp)
-    if pool is None:
-        return {}
-    m = sp.memory
-    return {"kv_pool_bytes": pool,
-            "total_bytes": m.weights_bytes + pool + m.compute_bytes + m.overhead_bytes + m.prompt_cache_bytes}
+    pool = kv_pool_bytes(sp.engine, sp.memory)
+    return {} if pool is None else {"kv_pool_bytes": pool, "total_bytes": planned_total_bytes(sp.engine, sp.memory)}

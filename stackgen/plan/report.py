@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stackgen.plan.capacity import kv_pool_bytes, planned_total_bytes, requests_held
 from stackgen.plan.plan import Plan, ServicePlan
 
 
@@ -31,18 +32,15 @@ def service_text(sp: ServicePlan) -> list[str]:
     lines.append("  rejected:")
     lines += [f"    - {name}: {why}" for name, why in sorted(sp.rejected.items())]
     lines.append("  memory:")
-    pool = kv_pool_bytes(sp)
+    pool = kv_pool_bytes(sp.engine, m)
     if pool is None:
         kv = (f"KV cache ({m.kv_cache_type})", m.kv_cache_bytes, "")
-        total = m.total_bytes
     else:  # vLLM allocates its KV pool once, out of its reserve: the pool, and what it holds at full context
-        from stackgen.plan.capacity import requests_held
-
         held = min(m.parallel, requests_held(sp.engine, sp.model, m, m.context_per_request) * m.data_parallel) \
             if pool else 0  # per engine core, times the data-parallel cores
         kv = (f"KV cache ({m.kv_cache_type})", pool, f"pool: {held} of {m.parallel} requests at "
               f"{m.context_per_request} tokens at once (all {m.parallel}: {m.kv_cache_bytes / 1e9:.2f} GB)")
-        total = m.weights_bytes + pool + m.compute_bytes + m.overhead_bytes + m.prompt_cache_bytes
+    total = planned_total_bytes(sp.engine, m)
     rows = [("weights", m.weights_bytes, m.weights_source), kv,
             ("compute buffers", m.compute_bytes, ""), ("runtime overhead", m.overhead_bytes, "")]
     if m.prompt_cache.note:
@@ -68,17 +66,6 @@ def service_text(sp: ServicePlan) -> list[str]:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))
     return lines
-
-
-def kv_pool_bytes(sp: ServicePlan) -> int | None:
-    """The KV pool an engine that pages its KV cache (vLLM) allocates at start -- its GPU reserve less weights and
-    runtime overhead -- or None for the others (their KV cache row is what every slot holds)."""
-    from stackgen import engines
-
-    m = sp.memory
-    if not engines.get(sp.engine).paged_batching or m.gpu_bytes <= 0:
-        return None
-    return max(0, m.gpu_bytes - m.weights_bytes - m.overhead_bytes - m.compute_bytes)
 
 
 def capacity_lines(sp: ServicePlan) -> list[str]:

@@ -10,8 +10,8 @@ import pytest
 
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
-from stackgen.plan.capacity import requests_held
-from stackgen.plan.report import kv_pool_bytes, service_text
+from stackgen.plan.capacity import kv_pool_bytes, requests_held
+from stackgen.plan.report import service_text
 from stackgen.plan.resolve import resolve
 from stackgen.spec.stack import load_stack
 
@@ -28,7 +28,7 @@ def _plan(write_stack, text):
 def test_the_table_shows_the_pool_vllm_allocates_and_adds_up(write_stack):
     sp = _plan(write_stack, FP8_70B).services[0]
     m = sp.memory
-    pool = kv_pool_bytes(sp)
+    pool = kv_pool_bytes(sp.engine, sp.memory)
     assert pool == m.gpu_bytes - m.weights_bytes - m.overhead_bytes > 0
     held = requests_held("vllm", sp.model, m, 8192)
     assert 0 < held < 32
@@ -49,7 +49,7 @@ def test_the_forecast_streams_are_what_the_pool_holds(write_stack):
 def test_the_llamacpp_table_is_unchanged(write_stack):
     sp = _plan(write_stack, FP8_70B.replace("engine: vllm", "engine: llama.cpp").replace(
         "quant: fp8", "quant: Q4_K_M").replace("overrides: {--gpu-memory-utilization: 0.95}", "overrides: {}")).services[0]
-    assert kv_pool_bytes(sp) is None
+    assert kv_pool_bytes(sp.engine, sp.memory) is None
     assert "kv_pool_bytes" not in sp.to_json()["memory"]
 
 
