@@ -744,7 +744,7 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
             if p.fits and (not best.fits):
                 best = p
             if short is None or _vllm_per_gpu_short(p, model, ctx) < _vllm_per_gpu_short(short, model, ctx):
-                short = p
+                short = p  # the refusal below names its per-GPU figures (_vllm_per_gpu)
     assert best is not None and short is not None
     if best.fits:  # weights and one full request fit, but not every user at full context at once
         return _vllm_levers(best, best.tensor_parallel, best.kv_cache_type, levers, all_fit=False, pins=pins)
@@ -762,25 +762,29 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
     else:
         best = short
         ranks = best.tensor_parallel * pp
-        kv_req = vllm_kv_bytes_per_request(model, ctx, best.kv_cache_type, best.tensor_parallel) // pp
-        over = best.overhead_bytes // (ranks * dp)
-        reserve = best.gpu_bytes // (ranks * dp)
+        w, over, kv_req, reserve = _vllm_per_gpu(best, model, ctx)
         split = f" on each of {ranks} GPUs" if ranks > 1 else ""
-        why = (f"needs {gb(best.weights_bytes // dp // ranks + over + kv_req)} of GPU memory{split}: "
-               f"{gb(best.weights_bytes // dp // ranks)} of weights ({weights_format}), {gb(over)} runtime overhead and "
-               f"{gb(kv_req)} of KV cache ({best.kv_cache_type}) for one {ctx}-token request; "
-               f"--gpu-memory-utilization {util:g} of the {gb(per_gpu)} CUDA reports reserves {gb(reserve)} per GPU")
+        why = (f"needs {gb(w + over + kv_req)} of GPU memory{split}: {gb(w)} of weights ({weights_format}), "
+               f"{gb(over)} runtime overhead and {gb(kv_req)} of KV cache ({best.kv_cache_type}) for one {ctx}-token "
+               f"request; --gpu-memory-utilization {util:g} of the {gb(per_gpu)} CUDA reports reserves {gb(reserve)} "
+               "per GPU")
         if budget.gpu_bytes < best.gpu_bytes:
             why += f" and {hw.label()} has {gb(max(0, budget.gpu_bytes))} of GPU memory free for it"
     return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
 
 
+def _vllm_per_gpu(p: MemoryPlan, model, ctx: int) -> tuple[int, int, int, int]:
+    """A vLLM candidate's figures on one GPU: (weights, runtime overhead, one `ctx`-token request's KV, reserve)."""
+    ranks = p.tensor_parallel * p.pipeline_parallel
+    kv_req = vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, p.tensor_parallel) // p.pipeline_parallel
+    per = ranks * p.data_parallel
+    return p.weights_bytes // p.data_parallel // ranks, p.overhead_bytes // per, kv_req, p.gpu_bytes // per
+
+
 def _vllm_per_gpu_short(p: MemoryPlan, model, ctx: int) -> int:
     """How far a vLLM candidate misses, per GPU: weights, overhead and one request's KV past its reserve."""
-    ranks = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
-    kv_req = vllm_kv_bytes_per_request(model, ctx, p.kv_cache_type, p.tensor_parallel) // p.pipeline_parallel
-    return (p.weights_bytes // p.data_parallel // (p.tensor_parallel * p.pipeline_parallel) + kv_req
-            + (p.overhead_bytes - p.gpu_bytes) // ranks)
+    w, over, kv_req, reserve = _vllm_per_gpu(p, model, ctx)
+    return w + over + kv_req - reserve
 
 
 def _vllm_candidate(model, ctx, users, tp, kv_dtype, util, per_gpu, weights, budget, pp=1, dp=1,
