@@ -205,7 +205,7 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
     tried: list[str] = []
     roomy, fallback = [], None
     first_token: list[tuple[float, str]] = []  # (TTFT alone, model) of each model with headroom
-    for model_name, _facts in catalog:
+    for i, (model_name, _facts) in enumerate(catalog):
         text = stack_text(name=name, hardware=hardware, workload=workload, model=model_name, schema=schema)
         try:
             plan = plan_text(text, path, profiles, host)
@@ -221,8 +221,8 @@ def suggest_model(*, name: str, hardware: Any, workload: str, host: Any, path: P
         if sp.speed is not None:
             first_token.append((sp.speed.ttft_s, model_name))
         if speed >= need:
-            return model_name, plan, tried + _ttft_note(model_name, plan, first_token, catalog[
-                [n for n, _ in catalog].index(model_name) + 1:], name, hardware, workload, host, path, profiles, schema)
+            return model_name, plan, tried + _ttft_note(model_name, plan, first_token, catalog[i + 1:], name,
+                                                        hardware, workload, host, path, profiles, schema)
         tried.append(f"{model_name}: planned {speed:.1f} {unit}, below the {need:g} a {workload} workload needs")
         roomy.append((speed, model_name, plan))
     if roomy:

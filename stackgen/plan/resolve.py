@@ -15,9 +15,8 @@ from stackgen.engines.base import Unsupported, Weights, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
-from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget, unexposed_bytes,
-                             with_rope,
-                             predict_decode_tokens_per_s)
+from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget,
+                                  predict_decode_tokens_per_s, unexposed_bytes, with_rope)
 from stackgen.plan.capacity import fleet_memory, requests_held, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology

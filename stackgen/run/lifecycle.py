@@ -13,8 +13,8 @@ from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
 from stackgen.run.fleet import BALANCER, drop_config
 from stackgen.run.native import NativeRunner, _runner_for, endpoint_from_state, select_services
-from stackgen.run.process import (GRACE_S, _exit_status, _zombie_status, crash_text, recorded_end, supervisor_alive,
-                                  unrecorded_end)
+from stackgen.run.process import (GRACE_S, _exit_status, _zombie_status, crash_text, end_unseen, recorded_end,
+                                  supervisor_alive, unrecorded_end)
 from stackgen.run.readiness import DOWN, LOADING, READY, probe
 from stackgen.run.results import Runner, ServiceStatus
 from stackgen.run.state import ServiceState, StateDir, open_read, tail
@@ -168,7 +168,7 @@ def _ended(runner: Runner, st: ServiceState, rec: dict | None, row: ServiceStatu
         return row
     if rec is not None and not recorded_end(rec, st) and supervisor_alive(st):
         row.last_exit = ""  # its supervisor is writing down this end now: not an earlier engine's
-    elif rec is not None and not recorded_end(rec, st):
+    elif end_unseen(rec, st):
         # its supervisor was killed before this engine ended: the record's exit is an earlier engine's (before a
         # restart), not this one's, which nobody saw end
         row.state = "crashed"

@@ -24,11 +24,10 @@ from stackgen.run.process import (
     _leader,
     _members,
     crash_text,
-    recorded_end,
+    end_unseen,
     rss_sum,
     stop_process_group,
     stop_supervisor,
-    supervisor_alive,
     unrecorded_end,
 )
 from stackgen.run.results import Runner
@@ -203,7 +202,7 @@ class NativeRunner:
             if foreign:
                 return foreign
             rec = self.record(st)
-            if rec is not None and not recorded_end(rec, st) and not supervisor_alive(st):
+            if end_unseen(rec, st):
                 # its supervisor was killed before it: the record's exit is an earlier engine's, not this one's
                 return f"it had crashed: {unrecorded_end(st, str(self.log_file(st) or '') or None)}"
             crash = crash_text(rec)

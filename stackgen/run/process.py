@@ -284,6 +284,12 @@ def recorded_end(rec: dict | None, st: ServiceState) -> bool:
     return bool(rec and rec.get("exit_text") and (rec.get("exited_at") or 0) >= (st.started_at or 0))
 
 
+def end_unseen(rec: dict | None, st: ServiceState) -> bool:
+    """This engine ended after its supervisor was killed: the record (if any) describes an earlier engine, and
+    nobody saw this one end (unrecorded_end says so)."""
+    return rec is not None and not recorded_end(rec, st) and not supervisor_alive(st)
+
+
 def unrecorded_end(st: ServiceState, log: str | None) -> str:
     """How an engine that ended with no supervisor to see it ended: unknown, and since when it is silent."""
     try:

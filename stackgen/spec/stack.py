@@ -599,10 +599,15 @@ def _bound_problem(kind: str, loc: tuple, value: Any, ctx: dict) -> tuple[str, s
     return f"must be less than {_num(bound)}, got {_num(value)}", f"write `{key}:` a number below {_num(bound)}"
 
 
+def _field_info(loc: tuple):
+    """The pydantic FieldInfo of the field at `loc`, or None."""
+    model = _model_at(tuple(loc[:-1])) if loc else None
+    return model.model_fields.get(str(loc[-1])) if model is not None else None
+
+
 def _field_bounds(loc: tuple) -> tuple[tuple[str, Any] | None, tuple[str, Any] | None]:
     """The field's lower and upper bound as ("ge"|"gt", x) and ("le"|"lt", x), from its pydantic constraints."""
-    model = _model_at(tuple(loc[:-1])) if loc else None
-    info = model.model_fields.get(str(loc[-1])) if model is not None else None
+    info = _field_info(loc)
     low = high = None
     for meta in info.metadata if info is not None else ():
         for name in ("ge", "gt"):
@@ -693,8 +698,7 @@ def _as_number(value: Any) -> float | None:
 
 def _example(loc: tuple, low: tuple | None, high: tuple | None, fallback: float) -> str:
     """A value the field takes: its default when it has a number for one, else `fallback` or the nearest bound."""
-    model = _model_at(tuple(loc[:-1])) if loc else None
-    info = model.model_fields.get(str(loc[-1])) if model is not None else None
+    info = _field_info(loc)
     default = info.default if info is not None else None
     if isinstance(default, (int, float)) and not isinstance(default, bool) and _in_range(default, low, high):
         return _num(default)

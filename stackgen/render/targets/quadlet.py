@@ -75,8 +75,9 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
         container.append(("Secret", f"{_secret(plan)},type=env,target={key_env}"))
     container.append(("PublishPort", publish(sp.host, sp.port)))
     container += [("Volume", v) for v in volumes]
-    container += [("AddDevice", d) for d in devices(sp, accel)]
-    if any(d.startswith("/dev/") for d in devices(sp, accel)):
+    nodes = devices(sp, accel)
+    container += [("AddDevice", d) for d in nodes]
+    if any(d.startswith("/dev/") for d in nodes):
         # /dev/kfd and /dev/dri belong to the video/render groups: rootless, the container opens them only with the
         # user's supplementary groups kept (compose's group_add: [video, render]); quadlet has no GroupAdd= key
         container.append(("PodmanArgs", "--group-add keep-groups"))

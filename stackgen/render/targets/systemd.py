@@ -164,7 +164,7 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
         # writes only when it downloads with -hf.
         header=ctx.header(),
         comments=_weights_comments(where, fetched, folder=sp.model.source == "hf",
-                                   into=engines.get(sp.engine).fetch_dir(where.state, where.cache)),
+                                   into=engine.fetch_dir(where.state, where.cache)),
         after=[],
         requires=[], user=None, joins_namespace_of=None,
         type="exec", remain_after_exit=False, restart_sec=f"{RESTART_SEC}s",
