@@ -312,6 +312,9 @@ class Engine:
     # so without a key any web page the user opens could drive it); None: a keyless loopback service is fine.
     key_required: str | None = None
     layers_in_ram: bool = False  # ggml layer split: some layers may decode from system RAM (-ngl, Ollama num_gpu)
+    # Splits its GPU layers over several GPUs in proportion to their memory, and a decode step reads each GPU's layers
+    # in turn (llama.cpp -sm layer -ts by GPU memory); False: the slowest GPU sets the step (speed.decode_gpu)
+    layer_split_by_memory: bool = False
     speed_backend: str | None = None  # its own kernels' decode fit in speed.BACKENDS (None: ggml's per GPU vendor)
     queue_metric: str | None = None  # Prometheus gauge of requests waiting for a slot (autoscaling); None: none
     # Its memory plan depends on the engine's build (llama.cpp's logits rule): plans are told the build the host has

@@ -60,6 +60,7 @@ class LlamaCpp(Engine):
     display = "llama.cpp (llama-server)"
     short = "llama.cpp"
     layers_in_ram = True
+    layer_split_by_memory = True  # _split_args: -sm layer -ts by GPU memory; the layers run one GPU after another
     queue_metric = "llamacpp:requests_deferred"  # /metrics (--metrics): requests waiting for a free slot
     default_port = 8080
     binary = "llama-server"

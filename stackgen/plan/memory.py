@@ -1103,16 +1103,19 @@ def bound_mlx_cache(plan: MemoryPlan, budget: Budget) -> MemoryPlan:
 
 
 def predict_decode_tokens_per_s(model: ModelFacts, plan: MemoryPlan, hw: HardwareSpec, avg_context: int,
-                                efficiency: float = 0.7, gpu_share: float = 1.0) -> tuple[float, str]:
+                                efficiency: float = 0.7, gpu_read_gbs: float | None = None) -> tuple[float, str]:
     """Single-stream decode speed from memory bandwidth: every token reads the active weights and the KV cache.
 
     Returns (tokens/s, which bandwidth binds). `efficiency` is the share of peak bandwidth engines reach in decode
-    (typically 60-80%); the GPUs' peak is their decode bandwidth (GPUSpec.decode_bandwidth_gbs: the chip's share) x
-    `gpu_share`, the share the engine's kernels read on the GPU's architecture (speed.decode_gpu's line_share).
+    (typically 60-80%); the GPUs' peak is `gpu_read_gbs`, the GB/s the engine's step reads its GPU layers at
+    (speed.decode_gpu's read_gbs: the kernels' share on the GPU's architecture, a layer split's GPUs in turn), else
+    the slowest GPU's decode bandwidth (GPUSpec.decode_bandwidth_gbs: the chip's share).
     """
     active = plan.weights_bytes * (model.active_params / model.params) if model.params else plan.weights_bytes
     kv_per_token = _kv_bytes_read(model, plan, avg_context)
-    gpu_bw = (min(g.decode_bandwidth_gbs for g in hw.gpus) * 1e9 * gpu_share) if hw.gpus else 0.0
+    if gpu_read_gbs is None:
+        gpu_read_gbs = min(g.decode_bandwidth_gbs for g in hw.gpus) if hw.gpus else 0.0
+    gpu_bw = gpu_read_gbs * 1e9 if hw.gpus else 0.0
     host_bw = hw.memory_bandwidth_gbs * 1e9
     frac_gpu = (plan.gpu_layers / plan.total_layers) if plan.total_layers else 0.0
     if hw.is_apple or not hw.gpus or frac_gpu == 0:

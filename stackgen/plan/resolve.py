@@ -211,7 +211,7 @@ def _layout_speed(sp: ServicePlan, hw: HardwareSpec) -> ServicePlan:
     inst, wl = instance_of(sp, hw), sp.workload
     avg_ctx = mean_context(inst.memory, wl)
     roofline, bottleneck = predict_decode_tokens_per_s(sp.model, inst.memory, inst.hardware, avg_ctx,
-                                                       gpu_share=decode_gpu(sp.engine, inst.hardware).line_share)
+                                                       gpu_read_gbs=decode_gpu(sp.engine, inst.hardware).read_gbs)
     return replace(sp, speed=fleet_forecast(sp, hw, wl.concurrent_users), predicted_decode_tokens_per_s=roofline,
                    bottleneck=bottleneck)
 

@@ -1537,16 +1537,31 @@ class DecodeGPU:
     """Which GPU sets an engine's decode step and on which line (decode_gpu): `gpus`, the GPUs that hold layers;
     `gpu`, the slowest of them by GPUSpec.decode_bandwidth_gbs (None without one); `backend`, the line its vendor, tier
     and memory type pick for the engine; `line_share`, that line's share for its architecture
-    (Backend.bandwidth_share_for(GPUSpec.arch))."""
+    (Backend.bandwidth_share_for(GPUSpec.arch)); `layer_split`: the engine splits its layers over the GPUs by their
+    memory and reads them in turn (Engine.layer_split_by_memory), on a machine of more than one GPU."""
     gpus: list[GPUSpec]
     gpu: GPUSpec | None
     backend: str
     line_share: float
+    layer_split: bool = False
 
     @property
     def read_gbs(self) -> float:
-        """The GB/s one such GPU reads a step at: its decode bandwidth x the line's share; 0 without a GPU."""
-        return self.gpu.decode_bandwidth_gbs * self.line_share if self.gpu else 0.0
+        """The GB/s a step reads the GPU-resident weights at; 0 without a GPU. The slowest GPU's decode bandwidth x
+        the line's share, except for a layer split: each GPU holds the share of the layers its memory has of all
+        (llama.cpp -ts, engines.llamacpp._split_args) and reads it at its own bandwidth x the line's share for its
+        architecture, one GPU after another ("layers have to run sequentially", llama.cpp issue 4014), so a step
+        takes sum(share_i / bw_i) and reads at 1 / that. An RTX 4090 (24 GiB, 1008 GB/s) + RTX 3060 (12 GiB,
+        360 GB/s): 2/3 of the bytes at 1008 and 1/3 at 360 read at 630 GB/s, where the slowest rule said 360."""
+        if self.gpu is None:
+            return 0.0
+        if not self.layer_split:
+            return self.gpu.decode_bandwidth_gbs * self.line_share
+        line = BACKENDS.get(self.backend, DEFAULT_BACKEND)
+        memory = sum(g.memory_gib * g.count for g in self.gpus)
+        seconds = sum(g.memory_gib * g.count / memory / (g.decode_bandwidth_gbs * line.bandwidth_share_for(g.arch))
+                      for g in self.gpus)
+        return 1.0 / seconds
 
 
 def decode_gpu(engine: str, hw: HardwareSpec) -> DecodeGPU:
@@ -1559,7 +1574,8 @@ def decode_gpu(engine: str, hw: HardwareSpec) -> DecodeGPU:
     backend = backend_for(eng.speed_backend, gpu.vendor if gpu else None, gpu.tier if gpu else None,
                           gpu.memory_type if gpu else None)
     share = BACKENDS.get(backend, DEFAULT_BACKEND).bandwidth_share_for(gpu.arch) if gpu else 1.0
-    return DecodeGPU(gpus, gpu, backend, share)
+    split = eng.layer_split_by_memory and not hw.is_apple and sum(g.count for g in gpus) > 1
+    return DecodeGPU(gpus, gpu, backend, share, split)
 
 
 def decode_share_note(engine: str, hw: HardwareSpec) -> str | None:
@@ -1610,13 +1626,12 @@ def step_inputs(engine: str, model, mem, hw, *, avg_context: int, threads: int, 
       pick the backend (backend_for, with the engine's own kernels' fit, Engine.speed_backend), its decode bandwidth
       (x the backend's share for its architecture, Backend.bandwidth_share_for(GPUSpec.arch): confirm-gfx9) and peak
       FLOP/s (capacity.gpu_peak_flops, of the datasheet bandwidth) x tensor parallel are the step's. Exact for tensor parallel,
-      whose ranks step in lock-step (each reads its share; the slowest finishes last). A layer split (llama.cpp -sm
-      layer -ts by GPU memory, engines.llamacpp._split_args) reads each GPU's layers in turn, sum of bytes_i / bw_i,
-      which the slowest GPU's bandwidth for all over-counts (an RTX 4090 + RTX 3090 at equal shares read at 2 / (1/1008
-      + 1/936) = 971 GB/s, the rule's 936 is 3.6% under): conservative, and kept so because Ollama's own layer placement
-      and which GPU a one-GPU vLLM plan gets are not modelled per GPU. Before, the forecast took the first GPU's vendor,
-      tier and peak with the slowest one's bandwidth while the curve took the slowest GPU for all; homogeneous machines
-      (every golden) are the same either way.
+      whose ranks step in lock-step (each reads its share; the slowest finishes last). llama.cpp's layer split (-sm
+      layer -ts by GPU memory, engines.llamacpp._split_args; Engine.layer_split_by_memory) reads each GPU's layers in
+      turn at that GPU's bandwidth (DecodeGPU.read_gbs: sum of share_i / bw_i; an RTX 4090 + RTX 3060 read at 630 GB/s,
+      where the slowest GPU's 360 for all under-said it 1.75x); the slowest GPU still picks the line and the peak.
+      Ollama's own layer placement and which GPU a one-GPU vLLM plan gets are not modelled per GPU, so they keep the
+      slowest GPU's bandwidth (conservative). Homogeneous machines (every golden) are the same either way.
     - The GPU's share: a layers-in-RAM engine (llama.cpp, Ollama) off Apple: its layers on the GPU, a partial
       offload the bytes memory.py puts on each side (partial_offload_read), with its host link (host_link_gbs) and
       micro-batch; other engines hold every layer on the GPUs (1), a machine without GPUs none (0).

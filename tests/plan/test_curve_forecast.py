@@ -140,7 +140,8 @@ def test_partial_offload_curve_gives_the_forecast_aggregate(tmp_path):
 
 
 # Mixed GPUs (inline profiles: figures as profiles/hardware.yaml's rtx-4090 and rtx-3090, an A100 80GB's datasheet
-# 2039 GB/s): speed.step_inputs takes the slowest GPU for the whole step (its vendor and tier, bandwidth and peak).
+# 2039 GB/s): speed.step_inputs takes the slowest GPU's vendor and tier (the line) and peak for the whole step, and
+# its bandwidth, except llama.cpp's layer split, which reads each GPU's layers (by its memory) at its own bandwidth.
 # Before, the forecast took the first GPU's tier and peak with the slowest one's bandwidth and the curve the slowest
 # GPU for all: A100 + RTX 4090 forecast 15.2 tokens/s single stream (the datacenter line's t0) where the simulator's
 # one user saw 17.2 (+13%), and RTX 4090 + RTX 3090 a TTFT of 0.113 s (the 4090's peak) against the simulator's
@@ -172,8 +173,14 @@ def test_mixed_gpus_the_forecast_and_the_simulator_agree(name, tmp_path):
     assert len({g.name for g in hw.gpus}) == 2 and sp.memory.gpu_layers == sp.memory.total_layers
     slow = min(hw.gpus, key=lambda g: g.bandwidth_gbs)
     curve = service_curve(sp, hw)
-    # the rule: the slowest GPU's backend line, bandwidth and peak (x tensor parallel) for the whole step
+    # the rule: the slowest GPU's backend line and peak (x tensor parallel) for the whole step, its bandwidth but for
+    # llama.cpp's layer split, whose GPUs read their layers (split by memory) one after another
     b = speed.backend_params(speed.backend_for(None if sp.engine == "llama.cpp" else "vllm", slow.vendor, slow.tier))
+    read = b.read_gbs(slow.bandwidth_gbs)
+    if sp.engine == "llama.cpp":
+        total = sum(g.memory_gib for g in hw.gpus)
+        read = 1 / sum(g.memory_gib / total / b.read_gbs(g.bandwidth_gbs) for g in hw.gpus)
+        assert read > slow.bandwidth_gbs
     assert sp.speed.backend == curve.backend == ("cuda" if sp.engine == "llama.cpp" else "vllm")
     tp = max(1, sp.memory.tensor_parallel)
     m = sp.model
@@ -182,8 +189,7 @@ def test_mixed_gpus_the_forecast_and_the_simulator_agree(name, tmp_path):
         2 * m.active_params / (b.prefill_mfu * gpu_peak_flops(slow.name, slow.bandwidth_gbs) * tp))
     kind = speed.weight_kind(sp.memory.weights_format or m.quant)
     assert curve.weights_read_s == pytest.approx(
-        sp.memory.weights_bytes * m.active_params / m.params / (b.efficiency_for(kind) * b.read_gbs(slow.bandwidth_gbs)
-                                                                 * 1e9 * tp))
+        sp.memory.weights_bytes * m.active_params / m.params / (b.efficiency_for(kind) * read * 1e9 * tp))
     # the forecast's single stream and TTFT are the simulator's one user's, its aggregate the curve's
     fc = forecast_at(sp, hw, 1)
     r = simulate([curve], users=1, prompt_tokens=1000, output_tokens=300)
@@ -191,6 +197,45 @@ def test_mixed_gpus_the_forecast_and_the_simulator_agree(name, tmp_path):
     assert r.ttft_p50_s - curve.overhead_s / 2 == pytest.approx(fc.ttft_s, rel=0.02), name
     n = sp.speed.streams
     assert n / curve.step_s(n, 0) == pytest.approx(forecast_at(sp, hw, n).aggregate_tokens_per_s, rel=0.01), name
+
+
+RTX3060 = ("{vendor: nvidia, name: GeForce RTX 3060, memory_gib: 12, bandwidth_gbs: 360, tier: consumer, "
+           "interconnect_gbs: 32}")
+
+
+@pytest.mark.parametrize("engine", ["llama.cpp", "ollama"])
+def test_a_layer_split_reads_each_gpus_layers_at_its_own_bandwidth(engine, tmp_path):
+    """llama.cpp splits its layers by GPU memory (-ts 24,12) and runs them one GPU after another: a step reads 2/3 of
+    the bytes at the RTX 4090's 1008 GB/s and 1/3 at the RTX 3060's 360, 630 GB/s in all (the slowest GPU for all
+    said 360, 1.75x slow: 13 tokens/s for a Qwen2.5 32B Q4_K_M where this says 22.6). Ollama places layers itself
+    (not modelled per GPU): it keeps the slowest GPU's bandwidth. The forecast and the plan's roofline read the same."""
+    from stackgen.plan.memory import predict_decode_tokens_per_s
+    from stackgen.plan.speed import decode_gpu, forecast_at, mean_context
+
+    hw_text = ("{gpus: [" + RTX4090 + ", " + RTX3060 + "], memory_gib: 128, memory_bandwidth_gbs: 51.2, "
+               "cpu: {cores: 16, threads: 32, arch: x86_64}}")
+    plan = plan_for(tmp_path, STACK.format(hw=hw_text, users=1,
+                                           service=f"model: qwen2.5-32b-instruct, engine: {engine}, quant: Q4_K_M"))
+    sp, hw = plan.services[0], plan.hardware
+    assert sp.memory.gpu_layers == sp.memory.total_layers
+    d = decode_gpu(sp.engine, hw)
+    assert d.gpu.name == "GeForce RTX 3060" and d.backend == "cuda"
+    if engine == "llama.cpp":
+        assert "-ts 24,12" in " ".join(sp.command)
+        assert d.read_gbs == pytest.approx(1 / (2 / 3 / 1008 + 1 / 3 / 360))  # 630
+    else:
+        assert d.read_gbs == pytest.approx(360)
+    slow = hw.model_copy(update={"gpus": tuple(g.model_copy(update={"count": 2}) for g in hw.gpus
+                                               if g.bandwidth_gbs == 360)})
+    # the same plan on two RTX 3060s reads at 360: llama.cpp's step reads 630/360 faster, Ollama's the same
+    si, si_slow = (speed.step_inputs(sp.engine, sp.model, sp.memory, h, avg_context=1000, threads=16)
+                   for h in (hw, slow))
+    ratio = si.gpu_bandwidth_gbs / si_slow.gpu_bandwidth_gbs
+    assert ratio == pytest.approx(1.75 if engine == "llama.cpp" else 1.0)
+    assert forecast_at(sp, hw, 1).single_stream_tokens_per_s == sp.speed.single_stream_tokens_per_s
+    roof, _ = predict_decode_tokens_per_s(sp.model, sp.memory, hw, mean_context(sp.memory, sp.workload),
+                                          gpu_read_gbs=d.read_gbs)
+    assert sp.predicted_decode_tokens_per_s == roof
 
 
 def test_the_curve_steps_the_forecasts_inputs(planned):
