@@ -135,9 +135,11 @@ def calibrated(one: dict, prompt: int, base):
     times scaled to the mean 1-stream decode step measured now, and prefill from the mean measured time to first
     token (the step's jitter has mean 1, so the means set the curve)."""
     k = one["step_mean_s"] / base.step_s(1, 0)
-    return replace(base, weights_read_s=base.weights_read_s * k, kv_read_s_per_seq=base.kv_read_s_per_seq * k,
-                   decode_s_per_seq=base.decode_s_per_seq * k, tile_s=base.tile_s * k,
-                   flop_s_per_token=max(1e-6, one["ttft_mean_s"] - base.overhead_s) / prompt)
+    prompt_s = max(1e-6, one["ttft_mean_s"] - base.overhead_s) / prompt
+    step = replace(base.step, weights_s=base.step.weights_s * k, kv_s=base.step.kv_s * k, t0_s=base.step.t0_s * k,
+                   batch_token_s=base.step.batch_token_s * k, prompt_token_s=prompt_s)
+    return replace(base, weights_read_s=step.weights_s, kv_read_s_per_seq=step.kv_s, flop_s_per_token=prompt_s,
+                   step=step)
 
 
 def variability(one: dict, prompt_cv: float) -> Variability:

@@ -25,7 +25,7 @@ from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
 from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, vllm_kv_bytes_per_request
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
-from stackgen.plan.speed import CPU_BATCH_MFU, StepParts, mean_context, step_inputs
+from stackgen.plan.speed import StepParts, mean_context, step_inputs
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 GPU_FLOP_PER_BYTE = 150.0  # peak FLOP/s per byte/s of bandwidth for GPUs not in the table below (A100: 156)
@@ -54,9 +54,7 @@ GPU_TFLOPS = {"h200": 989.0, "h100": 989.0, "a100": 312.0, "l40s": 362.0, "l40":
               "apple m4": 3.76, "apple m4 pro": 8.59, "apple m4 max": 17.18, "apple m3 max": 14.32,
               "apple m2 ultra": 27.2}
 # CPU: calibrated on this project's CI machine (AMD EPYC, llama-server, Gemma 3 270M Q4_K_M, 1 thread per instance;
-# benchmarks/bench_scale.py): quantized-weight bytes one thread streams through the dot products per second, and
-# FLOP/s one thread reaches in prompt processing.
-CPU_BYTES_PER_THREAD_S = 6.5e9
+# benchmarks/bench_scale.py): FLOP/s one thread reaches in prompt processing.
 CPU_FLOPS_PER_THREAD = 60e9
 REQUEST_OVERHEAD_S = 0.01  # HTTP, tokenizer and the balancer hop per request
 VLLM_STEP_TOKENS = 8192  # --max-num-batched-tokens default for online serving
@@ -69,13 +67,11 @@ class ServiceCurve:
     """What one engine instance does per batching step. `step_s(decoding, prompt_tokens)`: one step that decodes one
     token for each of `decoding` requests and processes `prompt_tokens` prompt tokens.
 
-    Two forms. With `backend` set (GPU and Apple instances): speed.py's step (speed.StepParts, built by
-    speed.step_parts, which the plan's forecast is built from too), held whole in `step` (its parts read
-    through the curve: `curve.t0_s`, `curve.comm_s`, ...), and `step_s` is its step:
-    t0 (and tensor parallel's all-reduces, comm_s) + the weights one step of decoding + prompt_tokens tokens reads
-    (an MoE model's union of their experts) + each decoding request's KV cache + the prompt tokens' compute + for each
-    decoding token past the first its compute at the batched-decode MFU, all additive. Without (CPU instances, and curves built by hand): the roofline
-    max(memory, compute) below, calibrated on this project's CI host (benchmarks/results/scale.md)."""
+    Two forms. With `step` set (every planned instance, service_curve): speed.py's step (speed.StepParts, built by
+    speed.step_parts, which the plan's forecast is built from too), held whole in `step` (its parts read through the
+    curve: `curve.t0_s`, `curve.comm_s`, ...), and `step_s` is its step (StepParts.step: additive on GPUs and Apple
+    silicon, ggml's tiles of streams on a CPU). Without (curves built by hand, the simulator's own tests): the
+    roofline max(weights + each request's KV read, the step's tokens' compute)."""
 
     weights_read_s: float  # stream one token's active weights once (the floor of every step)
     kv_read_s_per_seq: float  # KV cache read per decoding request per step, at the workload's average context
@@ -83,16 +79,8 @@ class ServiceCurve:
     max_batch: int  # requests an instance serves at once (llama.cpp -np; vLLM --max-num-seqs within its KV room)
     step_tokens: int  # tokens one step may carry (llama.cpp -b, vLLM --max-num-batched-tokens)
     overhead_s: float = REQUEST_OVERHEAD_S
-    # Compute per decoding request per step when it exceeds flop_s_per_token: CPU kernels run the quantized dot
-    # products once per sequence at decode batch sizes, so a second stream costs (almost) a second step.
-    decode_s_per_seq: float = 0.0
-    # A ggml engine on the CPU decodes `decode_tile` sequences in one pass of `tile_s` compute (speed.py's
-    # GGML_CPU_DECODE_TILE at its CPU_BATCH_MFU, the same model `plan` forecasts with); the sequences past whole tiles
-    # cost decode_s_per_seq each. 0: every decoding sequence costs decode_s_per_seq.
-    decode_tile: int = 0
-    tile_s: float = 0.0
-    # speed.py's model (GPU and Apple): the backend it runs as ("": the CPU roofline) and its step (speed.StepParts,
-    # the one the plan's forecast is built from); None for the CPU roofline.
+    # speed.py's model: the backend it runs as ("": a hand-built roofline) and its step (speed.StepParts, the one the
+    # plan's forecast is built from); None for a hand-built roofline.
     backend: str = ""
     step: StepParts | None = None
 
@@ -109,13 +97,7 @@ class ServiceCurve:
         if self.step is not None:
             return self.step.step_s(decoding, prompt_tokens)
         memory = self.weights_read_s + decoding * self.kv_read_s_per_seq
-        per_seq = max(self.flop_s_per_token, self.decode_s_per_seq)
-        if self.decode_tile > 1:
-            tiles, rest = divmod(decoding, self.decode_tile)
-            decode = tiles * max(self.tile_s, self.decode_tile * self.flop_s_per_token) + rest * per_seq
-        else:
-            decode = decoding * per_seq
-        return max(memory, decode + prompt_tokens * self.flop_s_per_token)
+        return max(memory, (decoding + prompt_tokens) * self.flop_s_per_token)
 
     def to_json(self) -> dict[str, Any]:
         return {"single_stream_tokens_per_s": round(1 / self.step_s(1, 0), 1),
@@ -137,37 +119,28 @@ def service_curve(sp, hw: HardwareSpec, *, memory: MemoryPlan | None = None, thr
     bandwidth. The step's inputs are speed.step_inputs' (the ones the plan's forecast takes: backend, bytes, GPU
     share, bandwidths, peaks, a partial offload's host link, the llama.cpp build's era, tensor parallel's
     link for its all-reduces). On a GPU or Apple silicon
-    the curve is their speed.StepParts (ServiceCurve). On a CPU: the roofline below, whichever of memory and
-    compute takes longer sets the step."""
+    the curve is their speed.StepParts (ServiceCurve), on a CPU too (below)."""
     m = engine_core(memory or sp.memory)  # a data-parallel plan: one engine core's share (one copy of the weights)
     model, wl = sp.model, sp.workload
     avg_ctx = mean_context(m, wl)
     n_threads = max(1, threads or sp.threads or hw.cpu.cores)
     si = step_inputs(sp.engine, model, m, hw, avg_context=avg_ctx, threads=n_threads,
-                     build=getattr(sp, "engine_build", None), instances=instances)
+                     calibration=getattr(sp, "calibration", None), build=getattr(sp, "engine_build", None),
+                     instances=instances)
     if not si.active_params:
         # A model of unknown parameter count: the forecast states no prefill rate; the simulator needs a prompt's
         # cost, and takes a 1B-parameter model's.
         si = replace(si, active_params=1e9)
-    if si.gpu_fraction > 0:
-        parts = si.parts()
-        return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
-                            step_tokens=_step_tokens(sp), backend=si.backend, step=parts)
-    # The RAM read of the weights is shared by the batch; the dot products over them are not (measured on
-    # this project's CI host: 2 streams per llama-server decode at 0.34-0.65x the speed of 1 each,
-    # benchmarks/results/scale.md), so each decoding sequence costs weights / dot_bw of compute, except that
-    # ggml runs whole tiles of 4 in one pass (speed.GGML_CPU_DECODE_TILE at speed.CPU_BATCH_MFU: the step
-    # `plan`'s forecast takes at 4 streams; benchmarks/results/cpu_aggregate.md). The single stream still
-    # differs: dot_bw here (CPU_BYTES_PER_THREAD_S, what bench_scale's 1-thread instances need), the fitted
-    # bandwidth share in speed.py (19 ms against 16 ms a step for the quickstart's 2 threads).
-    mem_bw = si.host_bandwidth_gbs * 1e9
-    dot_bw = n_threads * CPU_BYTES_PER_THREAD_S  # what this instance's threads compute through, per sequence
-    flops_per_token = 2.0 * si.active_params
-    read, kv_s, flop_s = si.weights_bytes / mem_bw, si.kv_bytes_per_stream / mem_bw, flops_per_token / si.host_flops
-    tile = si.decode_tile  # ggml: whole tiles of sequences share a pass over block-quantized weights
-    tile_s = tile * flops_per_token / (CPU_BATCH_MFU * si.host_flops) if tile else 0.0
-    return ServiceCurve(read, kv_s, flop_s, max_batch=_max_batch(sp, m, avg_ctx), step_tokens=_step_tokens(sp),
-                        decode_s_per_seq=si.weights_bytes / dot_bw, decode_tile=tile, tile_s=tile_s)
+    # One step model for the forecast and the simulator (speed.StepParts), on a CPU too: the CPU line's fitted share
+    # of the RAM bandwidth (or this host's `stackgen calibrate` point) and ggml's tiles of 4 streams, which
+    # benchmarks/results/cpu_aggregate.md measured at 1-4 streams (59 / 69 / 61 / 100 tokens/s aggregate against
+    # 62 / 62 / 62 / 105). Before, the simulator's CPU curve read the weights at the whole RAM bandwidth and charged
+    # each stream its threads' dot products (6.5 GB/s a thread): one user of an 8B Q4_K_M on cpu-server-64gb decoded
+    # at 16.4 tokens/s where the forecast said 9.9, and 2 streams at nearly the speed of one each where the tiles
+    # (and the measurement) give about half.
+    parts = si.parts()
+    return ServiceCurve(parts.weights_s, parts.kv_s, parts.prompt_token_s, max_batch=_max_batch(sp, m, avg_ctx),
+                        step_tokens=_step_tokens(sp), backend=si.backend, step=parts)
 
 
 def engine_core(m: MemoryPlan) -> MemoryPlan:
