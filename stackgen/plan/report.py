@@ -76,8 +76,9 @@ def capacity_lines(sp: ServicePlan) -> list[str]:
         return []
     p, wl = c.prediction, sp.workload
     verdict = "meets" if c.meets else "MISSES"
+    load = "1 user's" if p.users == 1 else f"{p.users} users'"
     lines = [f"  capacity: {c.layout.label()} {verdict} the workload's targets (p95 TTFT {wl.ttft_p95_ms / 1000:g} s, "
-             f"{wl.tokens_per_s_per_user:g} tokens/s per user) under {p.users} users' simulated load: p95 TTFT "
+             f"{wl.tokens_per_s_per_user:g} tokens/s per user) under {load} simulated load: p95 TTFT "
              f"{p.ttft_p95_s:.2f} s, {p.tokens_per_s_per_user:.1f} tokens/s per user"]
     lines += [f"    - {a}" for a in c.advice]
     return lines
