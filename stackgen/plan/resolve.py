@@ -580,12 +580,63 @@ def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[s
             offers.append(f"`concurrent_users: {users}` ({engines.get(hit[0]).display} fits it{hit[2]})")
     if offers:
         return "Each of these fits: " + "; ".join(offers) + ". Or a smaller model, or more memory."
+    together = _combined_lever(svc, hw, budget, candidates)
+    if together:
+        return f"No one change fits; together these do: {together}. Or a smaller model, or more memory."
     levers = ([f"a smaller quant (tried {', '.join(dict.fromkeys(tried))})"] if tried else []) + (
         [f"a shorter context (tried down to {ctx_tried} tokens)"] if ctx_tried else []) + (
         ["fewer concurrent users (tried down to 1)"] if wl.concurrent_users > 1 else [])
     if not levers:
         return "Pick a smaller model or a machine with more memory."
     return f"None of these makes it fit: {'; '.join(levers)}. Pick a smaller model or a machine with more memory."
+
+
+def _halvings(value: int, floor: int) -> list[int]:
+    """`value`, then halved down to `floor` (the hint's steps for users and context)."""
+    out = [value]
+    while out[-1] > floor:
+        out.append(max(floor, out[-1] // 2))
+    return out
+
+
+def _combined_lever(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[str, Candidate]) -> str:
+    """When no lever alone fits (_try_hint), the least the workload must give up with two or three together, each
+    planned: the most users first (the workload's reason to exist), then the largest quant (quality), then the
+    longest context, on the same steps _try_hint takes (quants on the planned one's ladder, users and context
+    halved, a context no shorter than 2048 tokens nor than one request). '' when nothing fits even so."""
+    from stackgen.plan.memory import gb as _gb
+
+    wl = svc.workload
+    floor = max(2048, wl.prompt_tokens + wl.output_tokens)
+    quants: list[tuple[str | None, str, Candidate]] = []  # (quant, engine, candidate); None: as planned
+    for name, c in candidates.items():
+        if c.memory is None:
+            continue
+        quants.append((None, name, c))
+        quants += [(q, name, c) for q in smaller_quants(c.memory.weights_format)]
+    for users in _halvings(wl.concurrent_users, 1):
+        # the largest weights first: a quant's plan keeps the most quality (as _try_hint's quant offer)
+        for q, name, c in sorted(quants, key=lambda t: t[0] is not None):
+            for ctx in _halvings(wl.context_tokens, floor) if wl.context_tokens >= floor else [wl.context_tokens]:
+                changes = (q is not None) + (users != wl.concurrent_users) + (ctx != wl.context_tokens)
+                if changes < 2:
+                    continue
+                new_wl = wl.model_copy(update={"concurrent_users": users, "context_tokens": ctx})
+                hit = _fitting_engine(svc, hw, budget, {name: c}, workload=new_wl,
+                                      model=svc.model.with_quant(q) if q else None, quant=q)
+                if not hit:
+                    continue
+                parts = []
+                if q is not None:
+                    parts.append(f"a {q} file of this model" if svc.model.source in ("gguf", "hf") and svc.model.path
+                                 else f"`quant: {q}`")
+                if ctx != wl.context_tokens:
+                    parts.append(f"`context_tokens: {ctx}`")
+                if users != wl.concurrent_users:
+                    parts.append(f"`concurrent_users: {users}`")
+                return (", ".join(parts[:-1]) + f" and {parts[-1]} ({engines.get(hit[0]).display} fits it{hit[2]}: "
+                        f"{_gb(hit[1])} of weights)")
+    return ""
 
 
 def _nothing_fits(stack: Stack, svc: Service, hw: HardwareSpec, candidates: dict[str, Candidate],

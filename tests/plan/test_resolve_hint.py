@@ -73,6 +73,24 @@ def test_hint_offers_one_user_and_a_shorter_context_together(write_stack):
         resolve.resolve(load(write_stack, body.replace("concurrent_users: 16", "concurrent_users: 2")), HOST)
 
 
+def test_when_no_lever_alone_fits_the_hint_offers_the_least_they_give_up_together(write_stack):
+    """Gemma 3 27B on MLX on a 16 GB M4 (14.6 GB for the GPU), 8 users of 16384 tokens: no lever alone fits (3bit
+    weights are 12.0 GB, leaving 2.6 GB for 8 users' KV; one user at bf16 weights is still 15+ GB; 2048 tokens leave
+    the 4bit weights' 15.2 GB). Together: the most users first (8 and 4 fit with nothing), then the largest quant,
+    then the longest context: 2 users at 3bit with 4096 tokens. The offer plans (it fits), and each step less does
+    not: 2 users at 8192, or 4 users at any context."""
+    body = ("hardware: m4-16gb\nworkload: {{concurrent_users: {users}, context_tokens: {ctx}, prompt_tokens: 1000, "
+            "output_tokens: 200}}\nservices:\n  chat: {{model: gemma-3-27b-it, engine: mlx{quant}}}\n")
+    assert hint_of(load(write_stack, body.format(users=8, ctx=16384, quant=""))) == (
+        "No one change fits; together these do: `quant: 3bit`, `context_tokens: 4096` and `concurrent_users: 2` "
+        "(MLX (mlx_lm.server) fits it: 12.0 GB of weights). Or a smaller model, or more memory.")
+    fit = resolve.resolve(load(write_stack, body.format(users=2, ctx=4096, quant=", quant: 3bit")), HOST)
+    assert fit.services[0].memory.fits and fit.services[0].memory.parallel == 2
+    for users, ctx in ((2, 8192), (4, 2048)):
+        with pytest.raises(PlanError):
+            resolve.resolve(load(write_stack, body.format(users=users, ctx=ctx, quant=", quant: 3bit")), HOST)
+
+
 def test_two_users_that_never_fit_name_the_users_lever(write_stack):
     """Llama 3.1 70B on a 16 GB CPU laptop, 2 users of 2048 tokens: even Q2_K (70.6e9 x 3.35 / 8 = 29.6 GB) is twice
     the 14.6 GB usable, and one user does not help; 2048 tokens is the floor, so no context is tried. The levers
