@@ -311,3 +311,59 @@ def test_a_gpu_pod_is_not_limited_below_its_runtimes_memory():
     assert limit == GPU_PROCESS_FLOOR_MIB >= 1024 > req
     cpu = plan_for("cpu-llamacpp").services[0]
     assert memory_mib(cpu)[1] == math.ceil(memory_mib(cpu)[0] * 1.25)  # a CPU pod: the plan's figure x 1.25
+
+
+# ---------------------------------------------------------------------------------------------- shared GPUs
+
+SHARED = """version: 1
+name: shared
+hardware: {hardware}
+workload: {{concurrent_users: 2, context_tokens: 4096, prompt_tokens: 1000, output_tokens: 200}}
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: llama.cpp}}
+  small: {{model: qwen2.5-7b-instruct, engine: llama.cpp}}
+targets: [kubernetes]
+"""
+
+
+def test_services_that_share_a_gpu_get_the_device_plugins_time_slicing(write_stack):
+    """Two llama.cpp services planned on one RTX 4090 (memory.py budgets the GPU between them) each requested
+    nvidia.com/gpu: 1, so on a one-GPU node the second pod stayed Pending. The target now writes the NVIDIA device
+    plugin's time-slicing ConfigMap (GPU Operator docs' format: 2 replicas of the one GPU), strictly valid, and each
+    service's header says which services it shares with and what to apply."""
+    plan = load_and_plan(write_stack(SHARED.format(hardware="rtx-4090")), None)[1]
+    assert all(sp.memory.gpu_layers == sp.memory.total_layers for sp in plan.services)  # both on the GPU
+    arts = {a.path: a.content for a in render_kubernetes(plan, RenderContext("stack.yaml"))}
+    assert sorted(arts) == ["kubernetes/chat.yaml", "kubernetes/gpu-time-slicing.yaml", "kubernetes/small.yaml"]
+    (doc,) = yaml.safe_load_all(arts["kubernetes/gpu-time-slicing.yaml"])
+    validate_strict(doc)
+    assert doc["metadata"] == {"name": "shared-gpu-time-slicing", "namespace": "gpu-operator"}
+    config = yaml.safe_load(doc["data"]["any"])
+    assert config["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 2}]
+    assert '"name": "shared-gpu-time-slicing", "default": "any"' in arts["kubernetes/gpu-time-slicing.yaml"]
+    for svc, other in (("chat", "small"), ("small", "chat")):
+        text = arts[f"kubernetes/{svc}.yaml"]
+        assert f"on the same GPU(s) as {other}: their pods request 2 nvidia.com/gpu where the node has 1" in text
+        assert "kubernetes/gpu-time-slicing.yaml" in text
+        res = container(list(yaml.safe_load_all(text)))["resources"]
+        assert res["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_no_time_slicing_when_each_service_has_its_gpus(write_stack):
+    """One service per GPU set (a single service; two on a CPU machine): nothing shared, no extra file."""
+    one = load_and_plan(write_stack(SHARED.format(hardware="rtx-4090").replace(
+        "  small: {model: qwen2.5-7b-instruct, engine: llama.cpp}\n", "")), None)[1]
+    cpu = load_and_plan(write_stack(SHARED.format(hardware="cpu-server-64gb")), None)[1]
+    for plan in (one, cpu):
+        arts = render_kubernetes(plan, RenderContext("stack.yaml"))
+        assert "kubernetes/gpu-time-slicing.yaml" not in [a.path for a in arts]
+        assert not any("same GPU(s)" in a.content for a in arts)
+
+
+def test_amd_services_sharing_a_gpu_are_told_the_plugin_grants_whole_gpus(write_stack):
+    """AMD's device plugin has no time-slicing: no config file, and the header says what to do instead."""
+    plan = load_and_plan(write_stack(SHARED.format(hardware="rx-7900-xtx")), None)[1]
+    arts = {a.path: a.content for a in render_kubernetes(plan, RenderContext("stack.yaml"))}
+    assert sorted(arts) == ["kubernetes/chat.yaml", "kubernetes/small.yaml"]
+    assert "their pods request 2 amd.com/gpu where the node has 1" in arts["kubernetes/chat.yaml"]
+    assert "device plugin grants whole GPUs" in arts["kubernetes/small.yaml"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -57,12 +57,87 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     refuse_tls(plan, "kubernetes", "TLS at the Ingress or Gateway in front of the Service")
     out = []
+    shared = shared_gpus(plan)
     for sp in plan.services:
         docs = manifests(plan, sp, ctx)
-        text = _header(plan, sp, ctx) + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False,
-                                                           width=120, explicit_start=True)
+        text = _header(plan, sp, ctx, shared) + yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False,
+                                                                   width=120, explicit_start=True)
         out.append(Artifact(f"{K8S_DIR}/{sp.name}.yaml", text))
+    if "nvidia" in shared:
+        out.append(_time_slicing(plan, ctx, shared["nvidia"]))
     return out
+
+
+@dataclass(frozen=True)
+class SharedGPUs:
+    """A vendor's GPUs that the plan shares between services (shared_gpus): the pods' requests add up to more than
+    the machine has."""
+    requested: int  # GPUs the pods request in all (each service's gpu_request x its pods)
+    available: int  # GPUs of the vendor the planned machine has
+    services: tuple[str, ...]  # the services that request them
+
+    @property
+    def slices(self) -> int:
+        """Time-slicing replicas per GPU so that every pod's request can be granted on one such node."""
+        return math.ceil(self.requested / self.available)
+
+
+def shared_gpus(plan: Plan) -> dict[str, SharedGPUs]:
+    """Vendor -> SharedGPUs where the plan put several services on the same GPUs (memory.py budgets each GPU's memory
+    among them) and their pods ask the device plugin for more GPUs than the machine has: Kubernetes grants whole
+    GPUs, so the pods past the node's count stay Pending. Multi-node services run on nodes of their own."""
+    requests: dict[str, list[tuple[str, int]]] = {}
+    for sp in plan.services:
+        gpu = gpu_request(sp) if sp.topology is None else None
+        if gpu:
+            vendor = next(g.vendor for g in sp.gpus if not g.unified)
+            requests.setdefault(vendor, []).append((sp.name, gpu[1] * fleet.pods(sp)))
+    out = {}
+    for vendor, asks in requests.items():
+        available = sum(g.count for g in plan.hardware.gpus if g.vendor == vendor and not g.unified)
+        total = sum(n for _, n in asks)
+        if len(asks) > 1 and available and total > available:
+            out[vendor] = SharedGPUs(total, available, tuple(name for name, _ in asks))
+    return out
+
+
+TIME_SLICING_NAMESPACE = "gpu-operator"  # where NVIDIA's GPU Operator docs install it and look for the config
+
+
+def _time_slicing(plan: Plan, ctx: RenderContext, shared: SharedGPUs) -> Artifact:
+    """The NVIDIA device plugin's time-slicing config (GPU Operator, "Time-Slicing GPUs in Kubernetes",
+    docs.nvidia.com/datacenter/cloud-native/gpu-operator/latest/gpu-sharing.html): each GPU advertised as `slices`
+    nvidia.com/gpu, so the services the plan put on one GPU can all be scheduled there. Time-slicing isolates no
+    memory: the plan's per-service GPU budgets are what keep them apart (each engine caps its own use)."""
+    name = f"{plan.stack_name}-gpu-time-slicing"
+    if len(name) > 63 or not DNS1035.match(name):
+        raise RenderError(f"the time-slicing ConfigMap's name {name!r} (stack name + '-gpu-time-slicing') must be at "
+                          "most 63 characters, start with a letter and end with a letter or digit; shorten `name:`")
+    config = {"version": "v1", "flags": {"migStrategy": "none"},
+              "sharing": {"timeSlicing": {"resources": [{"name": GPU_RESOURCE["nvidia"], "replicas": shared.slices}]}}}
+    doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": TIME_SLICING_NAMESPACE},
+           "data": {"any": yaml.safe_dump(config, sort_keys=False, default_flow_style=False).rstrip("\n")}}
+    patch = ('{"spec": {"devicePlugin": {"config": {"name": "' + name + '", "default": "any"}}}}')
+    lines = [ctx.header().rstrip("\n"),
+             f"# Stack {plan.stack_name}: services {', '.join(shared.services)} share the node's "
+             f"{shared.available} NVIDIA GPU(s) in the plan, and their pods request {shared.requested}. Kubernetes "
+             "grants whole GPUs, so without this the pods past the first stay Pending.",
+             f"# Time-slicing advertises each GPU as {shared.slices} nvidia.com/gpu (NVIDIA GPU Operator, "
+             "\"Time-Slicing GPUs in Kubernetes\"). It isolates no memory: the plan's GPU budgets keep the services "
+             "apart, so run only these pods on the node's GPUs.",
+             f"# kubectl apply -f {K8S_DIR}/gpu-time-slicing.yaml",
+             f"# kubectl patch clusterpolicies.nvidia.com/cluster-policy -n {TIME_SLICING_NAMESPACE} --type merge "
+             f"-p '{patch}'"]
+    return Artifact(f"{K8S_DIR}/gpu-time-slicing.yaml", "\n".join(lines) + "\n" + yaml.dump(
+        doc, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=120, explicit_start=True))
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """safe_dump with multi-line strings as literal blocks (the device plugin's config reads as the docs show it)."""
+
+
+_BlockDumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v,
+                                                                    style="|" if "\n" in v else None))
 
 
 def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
@@ -385,7 +460,7 @@ def pod_templates(doc: dict) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- header
 
 
-def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
+def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, shared: dict[str, SharedGPUs] | None = None) -> str:
     name = resource_name(plan, sp)
     lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}, service {sp.name}: `kubectl apply -f "
              f"{K8S_DIR}/{sp.name}.yaml`."]
@@ -414,4 +489,16 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
         lines.append("# Containers cannot use Metal: this service runs on the CPU in the cluster.")
     if sp.replicas > 1:
         lines += fleet.kubernetes_header(sp)
+    for vendor, sh in (shared or {}).items():
+        if sp.name not in sh.services:
+            continue
+        others = ", ".join(n for n in sh.services if n != sp.name)
+        lines.append(f"# The plan puts this service on the same GPU(s) as {others}: their pods request "
+                     f"{sh.requested} {GPU_RESOURCE[vendor]} where the node has {sh.available}.")
+        if vendor == "nvidia":
+            lines.append(f"# Enable time-slicing first ({K8S_DIR}/gpu-time-slicing.yaml) or the pods past the "
+                         "node's GPUs stay Pending.")
+        else:
+            lines.append(f"# The {GPU_RESOURCE[vendor]} device plugin grants whole GPUs: the pods past the node's "
+                         "GPUs stay Pending; give each service its own GPU or use the compose or systemd target.")
     return "\n".join(lines) + "\n"
