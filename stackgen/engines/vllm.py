@@ -65,6 +65,10 @@ def _revision_args(model: ModelFacts, model_ref: str) -> list[str]:
 
 class Vllm(Engine):
     name = "vllm"
+    # vLLM's --allowed-local-media-path lets requests read local files under it as media (file:// URLs); its
+    # --tool-server runs gpt-oss's built-in tools (python, browser) for the Responses API's clients.
+    unsafe_flags = {"--allowed-local-media-path": ("the folder's files, as media (file:// URLs)", True),
+                    "--tool-server": ("built-in tools (code execution, browsing)", False)}
     display = "vLLM"
     short = "vLLM"
     speed_backend = "vllm"

@@ -90,6 +90,12 @@ def check_keys(sps: list[ServicePlan]) -> list[str]:
             problems.append(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is "
                             f"{'empty' if sp.api_key_env in os.environ else 'not set'}; export {sp.api_key_env}=<key> "
                             "before `stackgen up` (the key is handed to the engine, never written to a file)")
+            continue
+        key = engines.get(sp.engine).api_key
+        why = key.value_problem(os.environ[sp.api_key_env]) if sp.api_key_env and key is not None else None
+        if why:  # `up` hands llama-server its key in a file (_key_fd), as run.sh and the systemd credential do
+            problems.append(f"service {sp.name}: the key in {sp.api_key_env} {why}; use a key that does not start "
+                            "with it and has no line break")
     return problems
 
 

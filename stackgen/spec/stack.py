@@ -1050,6 +1050,33 @@ def _check_override_flags(spec: StackSpec, problem) -> None:
                         + ", ".join(engines.get(e).display for e in names) + ")", hint)
 
 
+def _check_unsafe_overrides(spec: StackSpec, problem) -> None:
+    """An override that gives the engine's clients more than inference (Engine.unsafe_flags: run commands, read or
+    serve files, proxy requests): refused, or refused without serve.api_key_env where a key makes it acceptable. Any
+    engine the service may run on that knows the flag as unsafe decides (the named one, or every engine for auto)."""
+    from stackgen import engines
+
+    for name, svc in spec.services.items():
+        names = [svc.engine] if svc.engine != "auto" else list(engines.ENGINES)
+        for key in svc.overrides:
+            flag = key.split("=", 1)[0]
+            flag = flag if flag.startswith("-") else f"--{flag}"
+            for e in names:
+                engine = engines.get(e)
+                flag = getattr(engine, "aliases", {}).get(flag, flag)
+                if flag not in engine.unsafe_flags:
+                    continue
+                what, key_ok = engine.unsafe_flags[flag]
+                if key_ok and spec.serve.api_key_env:
+                    break
+                problem(("services", name, "overrides", key),
+                        f"{flag} gives every client of {engine.display} {what}"
+                        + (", and no API key is set" if key_ok else ""),
+                        "set serve.api_key_env so that only key holders reach it, or remove it" if key_ok else
+                        "remove it: stackgen serves only the inference API; run the engine by hand for more")
+                break
+
+
 def _check_override_knobs(spec: StackSpec, problem) -> None:
     """A planned knob given twice (`-c` and `--ctx-size`) or with a value the planner cannot read, per engine the
     service may run on (the named one, or every engine for `auto`)."""
@@ -1106,6 +1133,7 @@ def template_outside(ref: str, stack_dir: Path) -> bool:
 def _check_serve(spec: StackSpec, problem) -> None:
     _check_overrides(spec, problem)
     _check_override_flags(spec, problem)
+    _check_unsafe_overrides(spec, problem)
     _check_override_knobs(spec, problem)
     host = spec.serve.host
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:

@@ -221,6 +221,101 @@ def test_up_refuses_a_keyed_service_whose_key_is_unset_or_empty(tmp_path, monkey
     assert check_keys(list(plan.services)) == []
 
 
+@pytest.mark.parametrize("key,why", [("#Xk9-team-key", "starts with '#'"), ("one\ntwo", "holds a line break")])
+def test_up_refuses_a_key_llama_server_would_read_as_no_key(tmp_path, monkeypatch, key, why):
+    """The key reaches llama-server as one line of an --api-key-file, whose lines "starting with a hash are treated
+    as comments" (llama-server --help): an audit's `#Xk9-team-key` started a llama-server that answered everyone with
+    200. `up` refuses it (and a key with a line break, which would be several keys), without repeating the key; vLLM
+    takes its key from its environment, where the same value is one key."""
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        serve: {host: 0.0.0.0, api_key_env: SG_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp}
+        """)
+    monkeypatch.setenv("SG_KEY", key)
+    (problem,) = check_keys(list(plan.services))
+    assert f"the key in SG_KEY {why}" in problem and key not in problem
+    assert engines.get("vllm").api_key.value_problem(key) is None
+
+
+@pytest.mark.parametrize("key,ok", [("#Xk9-team-key", False), ("one\ntwo", False), ("good-key-1", True)])
+def test_run_sh_refuses_a_key_llama_server_would_read_as_no_key(tmp_path, key, ok):
+    """run.sh hands the key over the same way (a one-line file on fd 3): it refuses the same keys before it starts
+    the engine (a stand-in llama-server on PATH says whether it ran)."""
+    import subprocess
+
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        serve: {host: 0.0.0.0, api_key_env: SG_KEY}
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp}
+        """)
+    (run_sh,) = [a for a in render_plan(plan, RenderContext("stack.yaml"), ["script"]) if a.path.endswith("run.sh")]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-server").write_text("#!/bin/sh\necho engine-ran\n")
+    (bin_dir / "llama-server").chmod(0o755)
+    (tmp_path / "run.sh").write_text(run_sh.content)
+    (tmp_path / "chat.env").write_text("")  # the env file run.sh sources beside it
+    r = subprocess.run(["sh", str(tmp_path / "run.sh")], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                       env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SG_KEY": key})
+    assert ("engine-ran" in r.stdout) == ok, r.stdout + r.stderr
+    assert r.returncode == (0 if ok else 1)
+    assert key not in r.stderr
+
+
+UNSAFE = [  # (engine, override, refused without a key, refused with one)
+    ("llama.cpp", "tools: all", True, True), ("llama.cpp", "tools-runtime: x", True, True),
+    ("llama.cpp", "agent: true", True, True), ("llama.cpp", "mcp-servers-json: '{}'", True, True),
+    ("llama.cpp", "mcp-servers-config: m.json", True, True), ("llama.cpp", "ui-mcp-proxy: true", True, True),
+    ("llama.cpp", "webui-mcp-proxy: true", True, True), ("llama.cpp", "path: /", True, True),
+    ("llama.cpp", "--path: /", True, True), ("llama.cpp", "slot-save-path: /tmp/s", True, False),
+    ("llama.cpp", "props: true", True, False), ("vllm", "allowed-local-media-path: /", True, False),
+    ("vllm", "tool-server: demo", True, True), ("sglang", "enable-custom-logit-processor: true", True, True),
+]
+
+
+@pytest.mark.parametrize("engine,override,bare,keyed", UNSAFE)
+def test_overrides_that_give_clients_commands_files_or_a_proxy_are_refused(tmp_path, engine, override, bare, keyed):
+    """An audit switched on llama-server's built-in tools through `overrides: {tools: all}` (validate said ok) and ran
+    `exec_shell_command` through POST /tools from a keyless loopback port with a foreign Origin, read any file through
+    `path: /` and reached an internal address through /cors-proxy (ui-mcp-proxy). llama-server's --help says of them
+    "do not enable in untrusted environments". Refused at validate, at the line, whatever the key; the ones an API key
+    makes acceptable (clients write slot files, change /props, read media from a folder) only without a key."""
+    for serve, refused in (("", bare), ("serve: {api_key_env: SG_KEY}\n", keyed)):
+        path = tmp_path / "stack.yaml"
+        path.write_text(f"version: 1\nhardware: rtx-4090\n{serve}services:\n  chat:\n"
+                        f"    model: llama-3.1-8b-instruct\n    engine: {engine}\n    overrides: {{{override}}}\n")
+        if not refused:
+            assert not [p for p in _problems_or_none(path) if ".overrides." in p]
+            continue
+        (found,) = [p for p in problems(path) if ".overrides." in p]  # SGLang also needs a key (its CORS *)
+        assert f"overrides.{override.split(':')[0]}: " in found and "gives every client of" in found, found
+        assert ("serve.api_key_env" in found) == (not keyed), found
+
+
+def _problems_or_none(path: Path) -> list[str]:
+    try:
+        load_stack(path)
+    except SpecError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_an_auto_service_is_refused_an_unsafe_flag_of_any_engine(tmp_path):
+    path = stack(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat: {model: llama-3.1-8b-instruct, overrides: {tools: all}}
+        """)
+    (found,) = problems(path)
+    assert "--tools gives every client of llama.cpp" in found
+
+
 # ---------------------------------------------------------------------------------------------- item 1: real engines
 
 

@@ -102,6 +102,7 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext, env_name: str | No
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(env_name or f"{sp.name}.env"),
         key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", lookup=lookup,
+        key_comment=engine.api_key.file_comment if engine.api_key else "",
         command=_command_lines(argv, first='"$engine"' if lookup else None),
         ollama_tag=engine.model_tag(sp) or "",
     )

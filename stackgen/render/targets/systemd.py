@@ -303,8 +303,13 @@ def _key_mode(sp: ServicePlan, cmd: engines.Command) -> str:
 def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -> list[str]:
     folder = f"/etc/stackgen/{plan.stack_name}"
     if mode == "credential":
-        return [f"API key: put it in {folder}/api-key (mode 0600, root); systemd hands it to the service as a",
-                "credential, so the key never appears in the unit, the environment or the process list."]
+        lines = [f"API key: put it in {folder}/api-key (mode 0600, root); systemd hands it to the service as a",
+                 "credential, so the key never appears in the unit, the environment or the process list."]
+        comment = engines.get(sp.engine).api_key.file_comment
+        if comment:
+            lines.append(f"One line; a key starting with '{comment}' is read as a comment, and the engine would run "
+                         "without a key.")
+        return lines
     if mode == "env_file":
         return [f"API key: put `{key_env}=<key>` in {folder}/{sp.name}.env (mode 0600, root). "
                 f"{engines.get(sp.engine).display} reads the",

@@ -52,6 +52,12 @@ if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
 
 # The API key comes from $STACKGEN_API_KEY at run time; it is never written into this file.
 : "${STACKGEN_API_KEY:?set STACKGEN_API_KEY to the API key}"
+# The engine reads its key file one key per line and skips lines starting with '#': such a key would be no key.
+case "${STACKGEN_API_KEY}" in
+  '#'*) echo "STACKGEN_API_KEY starts with '#', which the engine reads as a comment (it would run without a key): use another key" >&2; exit 1 ;;
+  *'
+'*) echo "STACKGEN_API_KEY holds a line break, which the engine reads as several keys: use a one-line key" >&2; exit 1 ;;
+esac
 # llama-server reads it from a private temp file that is unlinked before the server starts and stays open on fd 3.
 umask 077
 key_file=$(mktemp)
