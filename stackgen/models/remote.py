@@ -135,9 +135,14 @@ class HttpClient:
         return resp
 
     def _auth(self, url: str) -> dict[str, str]:
+        """The token's header for a request to HF_ENDPOINT itself: the same scheme, host and port, and over HTTPS
+        unless the endpoint is on this machine (a local mirror). An audit's `model: http://huggingface.co/...` (the
+        same host and port as an endpoint given as http) sent the token in clear text."""
         token = self.env.get("HF_TOKEN") or self.env.get("HUGGING_FACE_HUB_TOKEN")
-        same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(self.hf_endpoint).netloc
-        return {"Authorization": f"Bearer {token}"} if token and same_host else {}
+        to, hub = urllib.parse.urlsplit(url), urllib.parse.urlsplit(self.hf_endpoint)
+        same = (to.scheme, to.netloc) == (hub.scheme, hub.netloc)
+        private = to.scheme == "https" or (to.hostname or "") in ("localhost", "127.0.0.1", "::1")
+        return {"Authorization": f"Bearer {token}"} if token and same and private else {}
 
     def _with_retries(self, url: str, what: str, headers: Mapping[str, str], private: Mapping[str, str],
                       max_bytes: int) -> Response:

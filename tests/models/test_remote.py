@@ -228,6 +228,18 @@ def test_token_goes_only_to_the_hf_endpoint():
     assert c._auth("https://cdn-lfs.example.org/x") == {} and c._auth("http://127.0.0.1:10/x") == {}
 
 
+def test_the_token_never_travels_in_clear_text_to_a_remote_host():
+    """An audit's `model: http://127.0.0.1:18170/...` with HF_ENDPOINT=https://127.0.0.1:18170 (host and port alike)
+    received `Authorization: Bearer <token>`: the scheme was not compared, so a stack naming the hub over http://
+    sent the token in clear. The token goes only to the endpoint's own scheme, and over http only to this machine."""
+    c = HttpClient(env={"HF_ENDPOINT": "https://huggingface.co", "HF_TOKEN": "t"})
+    assert c._auth("https://huggingface.co/org/repo/resolve/main/m.gguf") == {"Authorization": "Bearer t"}
+    assert c._auth("http://huggingface.co/org/repo/resolve/main/m.gguf") == {}
+    assert c._auth("http://huggingface.co:443/x") == {}
+    plain = HttpClient(env={"HF_ENDPOINT": "http://mirror.example.org", "HF_TOKEN": "t"})
+    assert plain._auth("http://mirror.example.org/x") == {}  # a remote endpoint over http gets no token either
+
+
 def test_retries_with_backoff_then_succeeds(tmp_path):
     [p] = write_llama_gguf(tmp_path, "m.gguf", big=8)
     hub = Hub(repos={"org/m": Repo({"m.gguf": OnDisk(p)})}, fail_next=[503, 429])
