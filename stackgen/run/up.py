@@ -14,12 +14,14 @@ import os
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from stackgen import engines
 from stackgen.errors import LaunchError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.run.bench import drive, summarize
+from stackgen.run.client import request
 from stackgen.run import fleet
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
@@ -179,6 +181,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
                 state.services[sp.name] = st
                 sd.save(state)  # before waiting: `down` can stop it even if this process dies now
         ready = _wait_ready(plan, start, state, handles, runner, progress, sd)
+        _check_keys_enforced(start)
         restarted = {st.name for st in to_stop}
         for sp in start:
             st = state.services[sp.name]
@@ -326,6 +329,27 @@ def _wait_ready(plan: Plan, start: list[ServicePlan], state: StackState, handles
         names = ", ".join(pending)
         raise LaunchError(f"services {names}: not ready in time")
     return ready
+
+
+def _check_keys_enforced(start: list[ServicePlan]) -> None:
+    """A keyed service must refuse a request without its key before `up` calls it started: an engine that dropped
+    the key it was handed (llama-server reads a key file's `#` lines as comments: an audit's keyless server answered
+    everyone while `up` said started) is stopped, with the reason. Asked on /v1/models, which every keyed engine
+    guards; a balancer passes it to an instance."""
+    for sp in start:
+        if not sp.api_key_env or engines.get(sp.engine).api_key is None:
+            continue
+        ep = replace(endpoint_for(sp), api_key=None)
+        try:
+            status, _ = request(ep, "GET", "/v1/models", timeout=10)
+        except OSError:
+            continue  # it answered the readiness probe a moment ago; the health check will tell
+        if status == 200:
+            comment = engines.get(sp.engine).api_key.file_comment
+            raise LaunchError(f"service {sp.name}: answered /v1/models without its API key ({sp.api_key_env}), so "
+                              "it was not started; check the key's value"
+                              + (f" (the engine reads a key-file line starting with '{comment}' as a comment)"
+                                 if comment else "") + " and the key options in its overrides")
 
 
 def _unit_label(sp: ServicePlan) -> str:

@@ -390,6 +390,41 @@ def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf
     assert wait_gone(st.pid, 10)
 
 
+def test_up_stops_an_engine_that_answers_without_its_key(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                                        run_stackgen):
+    """Defence in depth behind check_keys: a real llama-server behind a wrapper that drops the --api-key-file it is
+    handed (as a '#' key line once did) answers /v1/models without a key; `up` must not call it started: it stops it
+    and says why, exit 1, nothing left running."""
+    wrapper = tmp_path / "keyless-llama-server"
+    wrapper.write_text("#!/bin/sh\n# drops --api-key-file and its value, keeps every other argument\n"
+                       "n=$#; i=0; skip=0\n"
+                       "for a in \"$@\"; do i=$((i+1))\n"
+                       "  if [ $skip = 1 ]; then skip=0; continue; fi\n"
+                       "  if [ \"$a\" = --api-key-file ]; then skip=1; continue; fi\n"
+                       "  set -- \"$@\" \"$a\"\n"
+                       "done\n"
+                       "shift $n\n"
+                       f"exec {llama_server} \"$@\"\n")
+    wrapper.chmod(0o755)
+    port = free_port()
+    path = stack(tmp_path, f"""\
+        version: 1
+        name: sec-keyless
+        hardware: detect
+        workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 8}}
+        serve: {{api_key_env: SG_KEY}}
+        services:
+          gemma: {{model: {gguf_path}, engine: llama.cpp, binary: {wrapper}, port: {port}}}
+        """)
+    stack_cleanup.append(path)
+    r = run_stackgen("up", path, env={**os.environ, "SG_KEY": KEY}, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "answered /v1/models without its API key (SG_KEY)" in r.stderr and "stopped" in r.stderr, r.stderr
+    assert not StateDir(path).load().services  # nothing left recorded as running
+    with pytest.raises(OSError):
+        _status(port, "llama.cpp", "/v1/models", None, "gemma")  # and nothing listens
+
+
 def test_vllm_started_by_up_demands_the_key(tmp_path, vllm_bin, tiny_llama, free_port, stack_cleanup, run_stackgen,
                                             wait_gone):
     port = free_port()
