@@ -143,6 +143,9 @@ class HFModelInfo:
         if kv_heads is None:
             kv_heads = 1 if tc.get("multi_query") else heads
         head_dim_k, head_dim_v = _head_dims(tc, hidden, heads)
+        mla = _mla_cache_dims(tc)
+        if mla is not None:  # one latent per token per layer, whatever the heads (see _mla_cache_dims)
+            kv_heads, (head_dim_k, head_dim_v) = 1, mla
         window = _sliding_window(tc)
         layer_types = tc.get("layer_types")
         layer_types = tuple(layer_types) if isinstance(layer_types, list) else None
@@ -213,6 +216,35 @@ def _head_dims(tc: Mapping[str, Any], hidden: int | None, heads: int | None) -> 
     if head_dim is None and hidden and heads:
         head_dim = hidden // heads
     return head_dim, head_dim
+
+
+# Model types whose attention vLLM runs as MLA when the config has a kv_lora_rank (vllm/transformers_utils/
+# model_arch_config_convertor.py `is_deepseek_mla`; deepseek_v4 is left out: its cache is sized from head_dim and
+# compress_ratios).
+MLA_MODEL_TYPES = frozenset({
+    "deepseek_v2", "deepseek_v3", "deepseek_v32", "deepseek_mtp", "kimi_k2", "kimi_linear", "glm_moe_dsa",
+    "glm4_moe_lite", "longcat_flash", "pangu_ultra_moe", "bailing_hybrid",
+})
+
+
+def _mla_cache_dims(tc: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(kv_lora_rank, qk_rope_head_dim) of a multi-head latent attention model, else None.
+
+    MLA caches one compressed latent of kv_lora_rank + qk_rope_head_dim values per token per layer, shared by every
+    head, not a K and V per head: vLLM's head size for these models is `kv_lora_rank + qk_rope_head_dim`
+    (model_arch_config_convertor.py `get_head_size`) with one KV head whatever the tensor parallelism
+    (config/model.py `get_num_kv_heads`: "When using MLA during decode it becomes MQA"), and its MLAAttentionSpec
+    page holds block_size x head_size values (v1/kv_cache_interface.py: no separate V); SGLang's MLA pool the same
+    per cell (kv_lora_rank + qk_rope_head_dim); mlx_lm's deepseek_v3 caches the latent as the keys and the RoPE key
+    as the values (models/deepseek_v3.py `cache.update_and_fetch(kv_latent, k_pe)`). So the summary gives one KV
+    head with head_dim_k = kv_lora_rank and head_dim_v = qk_rope_head_dim: K + V per token is the latent."""
+    if tc.get("model_type") not in MLA_MODEL_TYPES:
+        return None
+    rank = _int(tc.get("kv_lora_rank"))
+    rope = _int(tc.get("qk_rope_head_dim"))
+    if not rank or not rope or rank < 0 or rope < 0:
+        return None
+    return rank, rope
 
 
 def _sliding_window(tc: Mapping[str, Any]) -> int | None:

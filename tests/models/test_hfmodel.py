@@ -385,3 +385,49 @@ def test_provisioned_gemma_hf_agrees_with_gguf() -> None:
                 "sliding_window", "swa_layers", "vocab_size"):
         assert hf[key] == gg[key], key
     assert abs(hf["params"] - gg["params"]) / gg["params"] < 0.01
+
+
+# --------------------------------------------------------------------------
+# What the planner gets from a folder (stackgen.models.facts.resolve_model)
+
+
+def _facts(folder: Path, quant: str | None = None):
+    from stackgen.models.facts import resolve_model
+
+    return resolve_model(f"./{folder.name}", quant, folder.parent, {})
+
+
+DSV2_LITE = {  # deepseek-ai/DeepSeek-V2-Lite config.json, the attention part
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+    "intermediate_size": 10944, "num_hidden_layers": 27, "num_attention_heads": 16, "num_key_value_heads": 16,
+    "kv_lora_rank": 512, "q_lora_rank": None, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "n_routed_experts": 64, "num_experts_per_tok": 6, "max_position_embeddings": 163840, "vocab_size": 102400,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v2", "deepseek_v3", "kimi_k2"])
+def test_mla_caches_one_latent_per_token_and_layer(tmp_path: Path, model_type: str) -> None:
+    """vLLM, SGLang and mlx_lm cache kv_lora_rank + qk_rope_head_dim = 576 values per token per layer for an MLA
+    model, not 16 heads x (192 + 128): 18.12 GB for 8 x 8192 tokens of DeepSeek-V2-Lite was 2.04 GB."""
+    from stackgen.plan.memory import vllm_kv_bytes_per_request
+
+    cfg = dict(DSV2_LITE, model_type=model_type)
+    folder = make_folder(tmp_path / "dsv2", cfg, {"model.safetensors": {"model.norm.weight": ("BF16", [2048])}})
+    s = read_hf_folder(folder).summarize()
+    assert s["kv_heads"] == 1 and s["head_dim_k"] + s["head_dim_v"] == 512 + 64
+    facts = _facts(folder)
+    assert facts.kv_bytes_per_token_per_layer(2) == (512 + 64) * 2
+    per_request = vllm_kv_bytes_per_request(facts, 8192, "auto")
+    assert per_request == 27 * 8192 * (512 + 64) * 2
+    assert vllm_kv_bytes_per_request(facts, 8192, "auto", tp=4) == per_request  # the latent is not split by TP
+
+
+def test_mla_fields_without_kv_lora_rank_stay_per_head(tmp_path: Path) -> None:
+    """vLLM runs MLA only for its DeepSeek-family model types with a kv_lora_rank; others keep K and V per head."""
+    cfg = {k: v for k, v in DSV2_LITE.items() if k != "kv_lora_rank"}
+    s = read_hf_folder(make_folder(tmp_path / "a", cfg, {})).summarize()
+    assert (s["kv_heads"], s["head_dim_k"], s["head_dim_v"]) == (16, 192, 128)
+    other = dict(DSV2_LITE, model_type="minicpm3")
+    s = read_hf_folder(make_folder(tmp_path / "b", other, {})).summarize()
+    assert (s["kv_heads"], s["head_dim_k"], s["head_dim_v"]) == (16, 192, 128)
