@@ -487,9 +487,16 @@ def _from_hf(path: Path, q: str | None) -> ModelFacts:
         raise ModelRefError(f"{path.name}: no weights found (config.json but no *.safetensors): it would plan 0 bytes "
                             "of weights", "download the *.safetensors files into the folder, or name the repository "
                             "as hf:org/repo")
+    # The format as a remote repository's (hub.py reads the same HFModelInfo.checkpoint_format): a quantization the
+    # planner has no format for is refused, not sized as bf16 from element counts (a packed int4 tensor counts 8
+    # weights as one element).
+    fmt = info.checkpoint_format
+    if fmt is None:
+        what = f"quantized with {info.quantization}" if info.quantization else f"stored as {info.dtype}"
+        raise ModelRefError(f"{path.name}: its weights are {what}, which stackgen cannot size (it plans "
+                            f"{', '.join(hfmodel.PLANNED_FORMATS)} and mlx_lm checkpoints)",
+                            "point `model:` at a bf16, FP8, AWQ or GPTQ checkpoint of the model (or its GGUF for "
+                            "llama.cpp)")
     s = info.summarize()
     facts = ModelFacts.from_summary(path.name, "hf", str(path), s)
-    fmt = s.get("quantization") or s.get("dtype") or "bf16"
-    fmt = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(str(fmt), str(fmt))
-    sizes = {fmt: int(s.get("weights_bytes") or 0)} if fmt in HF_BYTES_PER_PARAM else {}
-    return replace(facts, quant=q or (fmt if fmt in HF_BYTES_PER_PARAM else None), hf_sizes=sizes)
+    return replace(facts, quant=q or fmt, hf_sizes={fmt: info.weights_bytes})

@@ -34,6 +34,8 @@ __all__ = [
     "read_hf_folder",
     "read_safetensors_header_from",
     "hf_info",
+    "checkpoint_format",
+    "PLANNED_FORMATS",
 ]
 
 MAX_HEADER_BYTES = 100_000_000
@@ -124,6 +126,11 @@ class HFModelInfo:
     safetensors_files: tuple[str, ...]
     defaults_used: tuple[str, ...] = ()
 
+    @property
+    def checkpoint_format(self) -> str | None:
+        """The stackgen format of the weights (see checkpoint_format); None when the planner has none for them."""
+        return checkpoint_format(self.quantization, self.quantization_bits, self.dtype, self.dtype_bytes)
+
     def get(self, name: str) -> Any:
         """First present alias of a hyperparameter (see _ALIASES)."""
         for key in _ALIASES.get(name, (name,)):
@@ -178,6 +185,32 @@ class HFModelInfo:
             "quantization": self.quantization,
             "rope_scaling": _rope_scaling(tc),
         }
+
+
+# Unquantized weights: config.json's torch dtype, or the dominant safetensors dtype where it names none (_dtype).
+_DTYPE_FORMAT: Mapping[str, str] = MappingProxyType({
+    "bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "BF16": "bf16", "F16": "fp16", "F32": "fp32",
+})
+PLANNED_FORMATS = ("bf16", "fp16", "fp32", "fp8", "awq", "gptq")
+MLX_BITS = (3, 4, 6, 8)  # mlx_lm quantizations the planner sizes (facts.MLX_BYTES_PER_PARAM)
+MLX_AFFINE = "mlx-affine"  # mlx_lm's group-wise affine quantization ({"group_size": 64, "bits": 4}, no quant_method)
+
+
+def checkpoint_format(quantization: str | None, bits: int | None, dtype: str | None,
+                      dtype_bytes: Mapping[str, int]) -> str | None:
+    """The stackgen format name of a checkpoint (one of PLANNED_FORMATS, or an mlx_lm quantization: 4bit, ...), the
+    same for a local folder and a remote repository; None for weights the planner has no format for: bitsandbytes,
+    mxfp4, a compressed-tensors scheme other than FP8 (its packed int4 `weight_packed` tensors hold 8 weights per
+    int32 element), an int8 dtype."""
+    if quantization in ("awq", "gptq", "fp8"):
+        return quantization
+    if quantization == MLX_AFFINE:
+        return f"{bits}bit" if bits in MLX_BITS else None
+    if quantization == "compressed-tensors":  # llm-compressor's FP8 checkpoints (e.g. neuralmagic/*-FP8)
+        return "fp8" if "F8_E4M3" in dtype_bytes else None
+    if quantization is not None:
+        return None
+    return _DTYPE_FORMAT.get(str(dtype))
 
 
 def _rope_scaling(tc: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -303,12 +336,13 @@ def _text_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, 
 
 
 def _quantization(config: Mapping[str, Any], tc: Mapping[str, Any]) -> tuple[str | None, int | None]:
-    qc = config.get("quantization_config") or tc.get("quantization_config")
+    qc = config.get("quantization_config") or tc.get("quantization_config") or config.get("quantization")
     if not isinstance(qc, Mapping):
         return None, None
     method = qc.get("quant_method")
     if not isinstance(method, str):
-        return "unknown", _int(qc.get("bits"))
+        # mlx_lm writes {"group_size": 64, "bits": 4} (as "quantization", and as "quantization_config" since 0.20)
+        return (MLX_AFFINE if "group_size" in qc else "unknown"), _int(qc.get("bits"))
     method = method.lower().replace("_", "-")
     bits = _int(qc.get("bits") or qc.get("w_bit"))
     if method == "bitsandbytes":

@@ -225,7 +225,7 @@ def _resolve_hf_safetensors(repo: str, sha: str, siblings: Mapping[str, RemoteFi
     info = hfmodel.hf_info(what, config, infos)
     s = info.summarize()
     files = tuple(siblings[n] for n in names)
-    return Resolved("safetensors", "hf", repo, sha, files, s, info.weights_bytes, _hf_format(s, info.dtype_bytes),
+    return Resolved("safetensors", "hf", repo, sha, files, s, info.weights_bytes, info.checkpoint_format,
                     dtype_bytes=dict(info.dtype_bytes))
 
 
@@ -243,17 +243,6 @@ def _shard_names(client: HttpClient, repo: str, sha: str, siblings: Mapping[str,
             raise RemoteError(f"{what}: the index names {missing[0]}, which the repository does not have")
         return names
     return sorted(n for n in siblings if n.endswith(".safetensors") and "/" not in n)
-
-
-def _hf_format(s: Mapping[str, Any], dtype_bytes: Mapping[str, int]) -> str | None:
-    """The stackgen format name of a checkpoint; None for a quantization the planner has no format for."""
-    q = s.get("quantization")
-    if q in ("awq", "gptq", "fp8"):
-        return str(q)
-    if q == "compressed-tensors":  # llm-compressor's FP8 checkpoints (e.g. neuralmagic/*-FP8)
-        return "fp8" if "F8_E4M3" in dtype_bytes else None
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(str(s.get("dtype")))
-    return dtype if q is None else None
 
 
 # ---------------------------------------------------------------------------------------------- URL and Ollama

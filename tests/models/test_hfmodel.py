@@ -12,7 +12,7 @@ import pytest
 
 from stackgen.models.hf import HFModelError, HFModelInfo, read_hf_folder, read_safetensors_header
 
-_DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "U8": 1, "F8_E4M3": 1}
+_DTYPE_SIZE = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "U32": 4, "U8": 1, "F8_E4M3": 1}
 
 
 def write_safetensors(path: Path, tensors: Mapping[str, tuple[str, Sequence[int]]], metadata: Any = None) -> int:
@@ -431,3 +431,53 @@ def test_mla_fields_without_kv_lora_rank_stay_per_head(tmp_path: Path) -> None:
     other = dict(DSV2_LITE, model_type="minicpm3")
     s = read_hf_folder(make_folder(tmp_path / "b", other, {})).summarize()
     assert (s["kv_heads"], s["head_dim_k"], s["head_dim_v"]) == (16, 192, 128)
+
+
+def _linear(name: str, out: int, inp: int, dtype: str) -> dict:
+    return {f"{name}.weight": (dtype, [out, inp])}
+
+
+@pytest.mark.parametrize("qc, tensors, what", [
+    # llm-compressor W4A16: eight 4-bit weights per int32 element of weight_packed
+    ({"quant_method": "compressed-tensors", "format": "pack-quantized"},
+     {"model.layers.0.mlp.up_proj.weight_packed": ("I32", [256, 128 // 8]),
+      "model.layers.0.mlp.up_proj.weight_scale": ("BF16", [256, 1])}, "compressed-tensors"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True},
+     {"model.layers.0.mlp.up_proj.weight": ("U8", [256 * 128 // 2, 1])}, "bitsandbytes"),
+    ({"quant_method": "mxfp4"}, {"model.layers.0.mlp.experts.gate_up_proj_blocks": ("U8", [256, 64])}, "mxfp4"),
+])
+def test_a_quantization_the_planner_has_no_format_for_is_refused(tmp_path: Path, qc: dict, tensors: dict,
+                                                                   what: str) -> None:
+    """A local W4A16 folder of 37 GB was planned as bf16 from its element counts, 22.39 GB: now refused with the fix,
+    as the remote path refuses it (one function, HFModelInfo.checkpoint_format)."""
+    from stackgen.errors import ModelRefError
+
+    folder = make_folder(tmp_path / "q", dict(TINY_LLAMA, quantization_config=qc), {"model.safetensors": tensors})
+    assert read_hf_folder(folder).checkpoint_format is None
+    with pytest.raises(ModelRefError, match=f"quantized with {what}, which stackgen cannot size") as info:
+        _facts(folder)
+    assert "AWQ or GPTQ checkpoint" in info.value.hint
+
+
+def test_compressed_tensors_fp8_folder_plans_its_fp8_bytes(tmp_path: Path) -> None:
+    """A compressed-tensors FP8 folder was planned as bf16 16.06 GB estimate for 8.03 GB of F8_E4M3; now fp8 at its
+    own bytes, as hf:org/repo gives for the same files."""
+    tensors = {**_linear("model.layers.0.mlp.up_proj", 256, 128, "F8_E4M3"),
+               "model.embed_tokens.weight": ("BF16", [1024, 128])}
+    qc = {"quant_method": "compressed-tensors", "format": "float-quantized"}
+    folder = make_folder(tmp_path / "ct", dict(TINY_LLAMA, quantization_config=qc), {"model.safetensors": tensors})
+    facts = _facts(folder)
+    assert facts.quant == "fp8"
+    assert facts.hf_bytes("fp8") == (256 * 128 + 2 * 1024 * 128, "file")
+
+
+def test_mlx_quantized_folder_plans_its_file_bytes(tmp_path: Path) -> None:
+    """mlx_lm's 4-bit folders carry {"group_size": 64, "bits": 4} and no quant_method: the MLX format, its bytes."""
+    tensors = {"model.layers.0.mlp.up_proj.weight": ("U32", [256, 128 // 8]),
+               "model.layers.0.mlp.up_proj.scales": ("BF16", [256, 2]),
+               "model.layers.0.mlp.up_proj.biases": ("BF16", [256, 2])}
+    cfg = dict(TINY_LLAMA, quantization={"group_size": 64, "bits": 4})
+    folder = make_folder(tmp_path / "mlx", cfg, {"model.safetensors": tensors})
+    facts = _facts(folder)
+    assert facts.quant == "4bit"
+    assert facts.mlx_bytes("4bit") == (256 * 16 * 4 + 2 * 256 * 2 * 2, "file")
