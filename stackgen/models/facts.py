@@ -487,6 +487,11 @@ def _from_hf(path: Path, q: str | None) -> ModelFacts:
         raise ModelRefError(f"{path.name}: no weights found (config.json but no *.safetensors): it would plan 0 bytes "
                             "of weights", "download the *.safetensors files into the folder, or name the repository "
                             "as hf:org/repo")
+    s = info.summarize()
+    try:
+        hfmodel.check_config(info, s)
+    except hfmodel.HFConfigError as exc:
+        raise ModelRefError(f"{path.name}: {exc}", exc.hint) from None
     # The format as a remote repository's (hub.py reads the same HFModelInfo.checkpoint_format): a quantization the
     # planner has no format for is refused, not sized as bf16 from element counts (a packed int4 tensor counts 8
     # weights as one element).
@@ -497,6 +502,5 @@ def _from_hf(path: Path, q: str | None) -> ModelFacts:
                             f"{', '.join(hfmodel.PLANNED_FORMATS)} and mlx_lm checkpoints)",
                             "point `model:` at a bf16, FP8, AWQ or GPTQ checkpoint of the model (or its GGUF for "
                             "llama.cpp)")
-    s = info.summarize()
     facts = ModelFacts.from_summary(path.name, "hf", str(path), s)
     return replace(facts, quant=q or fmt, hf_sizes={fmt: info.weights_bytes})

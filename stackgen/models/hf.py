@@ -26,6 +26,8 @@ from stackgen.models.gguf import experts_summary as _experts
 
 __all__ = [
     "HFModelError",
+    "HFConfigError",
+    "check_config",
     "SafetensorsInfo",
     "HFModelInfo",
     "MAX_HEADER_BYTES",
@@ -90,6 +92,14 @@ _DTYPE_SHORT: Mapping[str, str] = MappingProxyType({
 
 class HFModelError(ValueError):
     """A model folder this module cannot read; the message names the file."""
+
+
+class HFConfigError(HFModelError):
+    """config.json lacks, or garbles, a value the planner needs; `hint` says what to write instead."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -314,11 +324,25 @@ def _load_json(path: Path, what: str) -> Any:
         raise HFModelError(f"{path}: {what} is not valid JSON: {exc}") from None
 
 
+# Where multimodal configs nest the LLM: text_config (Gemma 3, Llava, Mistral 3, Llama 4), llm_config (InternVL's
+# InternVLChatConfig), language_config (DeepSeek-VL2, Janus), and the thinker's text_config (Qwen2.5-Omni).
+_NESTED_LLM = ("text_config", "llm_config", "language_config")
+
+
+def _nested_llm(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for key in _NESTED_LLM:
+        if isinstance(config.get(key), Mapping):
+            return config[key]
+    thinker = config.get("thinker_config")
+    if isinstance(thinker, Mapping) and isinstance(thinker.get("text_config"), Mapping):
+        return thinker["text_config"]
+    return None
+
+
 def _text_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """Multimodal configs (Gemma 3, Llava, Mistral 3, Llama 4) nest the LLM's
-    hyperparameters under text_config; those win over top-level keys."""
+    """Multimodal configs nest the LLM's hyperparameters (_NESTED_LLM); those win over top-level keys."""
     merged = dict(config)
-    nested = config.get("text_config")
+    nested = _nested_llm(config)
     if isinstance(nested, Mapping):
         merged.update({k: v for k, v in nested.items() if v is not None or k not in merged})
     model_type = merged.get("model_type")
@@ -485,6 +509,33 @@ def _params(infos: list[SafetensorsInfo], quantization: str | None, bits: int | 
                 n *= per_int32
             total += n
     return total
+
+
+# The hyperparameters a plan is built from: without them it would invent values (0 layers, 1 head of hidden width)
+# or fail inside the planner.
+_REQUIRED = (("layers", "the number of transformer layers"), ("hidden", "the hidden size"),
+             ("heads", "the number of attention heads"))
+
+
+def check_config(info: HFModelInfo, s: Mapping[str, Any]) -> None:
+    """Refuse a config.json whose layer count, hidden size or heads are missing or not integers; `s` is
+    info.summarize()."""
+    def key(name: str) -> str:
+        aliases = _ALIASES.get(name, (name,))
+        return next((k for k in aliases if info.text_config.get(k) is not None), aliases[0])
+
+    for name, what in _REQUIRED:
+        raw, value = info.get(name), s.get(name)
+        k = key(name)
+        if raw is None:
+            problem = f"config.json has no {k} ({what})"
+        elif value is None:
+            problem = f"config.json's {k} is {raw!r}, not an integer"
+        else:
+            continue
+        raise HFConfigError(problem, f"write {k} as a positive integer, as the model's own config.json has it"
+                            + ("; a model without attention heads (Mamba-style) is not one stackgen plans"
+                               if name == "heads" else ""))
 
 
 def read_hf_folder(path: str | os.PathLike[str]) -> HFModelInfo:

@@ -224,6 +224,10 @@ def _resolve_hf_safetensors(repo: str, sha: str, siblings: Mapping[str, RemoteFi
             raise RemoteError(f"{what}: {exc}") from None
     info = hfmodel.hf_info(what, config, infos)
     s = info.summarize()
+    try:
+        hfmodel.check_config(info, s)
+    except hfmodel.HFConfigError as exc:
+        raise RemoteError(f"{what}: {exc} ({exc.hint})") from None
     files = tuple(siblings[n] for n in names)
     return Resolved("safetensors", "hf", repo, sha, files, s, info.weights_bytes, info.checkpoint_format,
                     dtype_bytes=dict(info.dtype_bytes))

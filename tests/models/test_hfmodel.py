@@ -481,3 +481,31 @@ def test_mlx_quantized_folder_plans_its_file_bytes(tmp_path: Path) -> None:
     facts = _facts(folder)
     assert facts.quant == "4bit"
     assert facts.mlx_bytes("4bit") == (256 * 16 * 4 + 2 * 256 * 2 * 2, "file")
+
+
+@pytest.mark.parametrize("nest", ["llm_config", "language_config", "text_config"])
+def test_the_llm_nested_under_llm_config_is_read(tmp_path: Path, nest: str) -> None:
+    """InternVL nests its LLM under llm_config: `validate` ended in 'internal error' (no num_hidden_layers on top)."""
+    llm = {k: v for k, v in TINY_LLAMA.items() if k not in ("architectures", "torch_dtype")}
+    cfg = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "torch_dtype": "bfloat16",
+           nest: llm, "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24}}
+    weights = {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)}
+    facts = _facts(make_folder(tmp_path / "ivl", cfg, weights))
+    assert (facts.layers, facts.hidden, facts.heads, facts.kv_heads, facts.head_dim_k) == (2, 128, 4, 2, 32)
+    assert facts.architecture == "InternVLChatModel" and facts.vocab == 1024
+
+
+@pytest.mark.parametrize("layers, says", [(None, "config.json has no num_hidden_layers"),
+                                          ("32", "config.json's num_hidden_layers is '32', not an integer"),
+                                          (32.5, "config.json's num_hidden_layers is 32.5, not an integer")])
+def test_a_missing_or_non_integer_layer_count_is_refused_at_the_model_line(write_stack, cli, layers, says) -> None:
+    """`validate` and `plan` said 'internal error' (int(None) in ModelFacts.from_summary); now the model's line."""
+    cfg = {k: v for k, v in TINY_LLAMA.items() if k != "num_hidden_layers"}
+    if layers is not None:
+        cfg["num_hidden_layers"] = layers
+    stack = write_stack("version: 1\nhardware: a100-80gb\nservices:\n  chat:\n    model: ./m\n    engine: vllm\n")
+    make_folder(stack.parent / "m", cfg, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)})
+    res = cli("validate", stack)
+    assert res.exit_code == 1
+    assert f"{stack}:5:12: services.chat.model: m: {says}" in res.output
+    assert "write num_hidden_layers as a positive integer" in res.output and "internal error" not in res.output
