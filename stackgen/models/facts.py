@@ -503,4 +503,4 @@ def _from_hf(path: Path, q: str | None) -> ModelFacts:
                             "point `model:` at a bf16, FP8, AWQ or GPTQ checkpoint of the model (or its GGUF for "
                             "llama.cpp)")
     facts = ModelFacts.from_summary(path.name, "hf", str(path), s)
-    return replace(facts, quant=q or fmt, hf_sizes={fmt: info.weights_bytes})
+    return replace(facts, quant=q or fmt, hf_sizes=hfmodel.checkpoint_sizes(fmt, info.dtype_bytes))

@@ -37,6 +37,7 @@ __all__ = [
     "read_safetensors_header_from",
     "hf_info",
     "checkpoint_format",
+    "checkpoint_sizes",
     "PLANNED_FORMATS",
 ]
 
@@ -221,6 +222,18 @@ def checkpoint_format(quantization: str | None, bits: int | None, dtype: str | N
     if quantization is not None:
         return None
     return _DTYPE_FORMAT.get(str(dtype))
+
+
+def checkpoint_sizes(fmt: str, dtype_bytes: Mapping[str, int]) -> dict[str, int]:
+    """Bytes per format a checkpoint of `fmt` gives the planner (ModelFacts.hf_sizes), for a folder and a remote
+    repository alike: its own bytes, and for a float32 checkpoint also the bytes it is loaded in, 16 bits per F32
+    weight: vLLM's `--dtype auto` loads float32 weights as bf16, or fp16 where the platform has no bf16
+    (config/model.py `_resolve_auto_dtype`: "Downcast for float32 models"), SGLang's as float16
+    (srt/configs/model_config.py `_get_and_verify_dtype`: "we use float16 for float32 models")."""
+    sizes = {fmt: sum(dtype_bytes.values())}
+    if fmt == "fp32":
+        sizes["bf16"] = sum(b // 2 if d == "F32" else b for d, b in dtype_bytes.items())
+    return sizes
 
 
 def _rope_scaling(tc: Mapping[str, Any]) -> dict[str, Any] | None:

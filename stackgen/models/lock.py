@@ -91,8 +91,10 @@ def facts_from_resolved(reference: str, quant: str | None, r) -> Any:
     if quant and quant != r.fmt:
         raise LockError(f"{reference} is a {r.fmt} checkpoint, not {quant}: the plan must size the bytes the engine "
                         f"will load; remove `quant:` or name a {quant} repository (e.g. one ending in -{quant.upper()})")
-    return replace(facts, quant=r.fmt, hf_sizes={r.fmt: r.weights_bytes}, hf_repo=r.repo, revision=r.revision,
-                   sizes_from="header")
+    from stackgen.models.hf import checkpoint_sizes
+
+    sizes = checkpoint_sizes(r.fmt, r.dtype_bytes) if r.dtype_bytes else {r.fmt: r.weights_bytes}
+    return replace(facts, quant=r.fmt, hf_sizes=sizes, hf_repo=r.repo, revision=r.revision, sizes_from="header")
 
 
 def entry_from_resolved(reference: str, quant: str | None, r, facts) -> LockEntry:

@@ -509,3 +509,20 @@ def test_a_missing_or_non_integer_layer_count_is_refused_at_the_model_line(write
     assert res.exit_code == 1
     assert f"{stack}:5:12: services.chat.model: m: {says}" in res.output
     assert "write num_hidden_layers as a positive integer" in res.output and "internal error" not in res.output
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_float32_checkpoint_is_planned_at_the_16_bits_it_loads_in(tmp_path: Path, engine: str) -> None:
+    """vLLM's --dtype auto loads float32 weights as bf16/fp16 (config/model.py _resolve_auto_dtype), SGLang's as fp16:
+    a 32.12 GB fp32 Llama 8B folder was planned at 32.12 GB; now the F32 tensors at 2 bytes, the rest as stored."""
+    from stackgen import engines
+
+    tensors = llama_tensors(128, 256, 2, 1024, 64, "F32")
+    tensors["model.rotary.inv_freq"] = ("BF16", [64])
+    cfg = dict(TINY_LLAMA, torch_dtype="float32")
+    facts = _facts(make_folder(tmp_path / "f32", cfg, {"model.safetensors": tensors}))
+    f32 = 4 * (_params(tensors) - 64)
+    assert facts.quant == "fp32" and facts.hf_sizes == {"fp32": f32 + 128, "bf16": f32 // 2 + 128}
+    w = engines.get(engine).weights(facts)
+    assert (w.format, w.bytes, w.source) == ("bf16", f32 // 2 + 128, "file")
+    assert "float32 weights in 16 bits" in w.note

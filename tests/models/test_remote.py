@@ -186,6 +186,20 @@ def test_sharded_fp8_checkpoint_is_priced_per_dtype_not_at_8_bits():
     assert [f.name for f in r.files] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 
 
+def test_a_float32_repo_is_locked_with_the_16_bit_bytes_vllm_loads():
+    """The same rule as a local folder (hf.checkpoint_sizes): an fp32 repository's F32 tensors load at 2 bytes."""
+    from stackgen.models.lock import facts_from_resolved
+
+    cfg = json.loads(recorded_repo("tiny-llama").files["config.json"])
+    cfg["torch_dtype"] = "float32"
+    st = _safetensors({"model.embed_tokens.weight": ("F32", [1024, 128]), "model.norm.weight": ("BF16", [128])})
+    files = {"config.json": json.dumps(cfg).encode(), "model.safetensors": st}
+    with HubServer(Hub(repos={"org/tiny-f32": Repo(files)})) as url:
+        r = resolve_remote("hf:org/tiny-f32", None, client(url))
+    facts = facts_from_resolved("hf:org/tiny-f32", None, r)
+    assert facts.hf_sizes == {"fp32": 1024 * 128 * 4 + 256, "bf16": 1024 * 128 * 2 + 256}
+
+
 def test_repo_with_only_config_is_refused():
     files = {"config.json": recorded_repo("tiny-llama").files["config.json"], "README.md": b"hi"}
     with HubServer(Hub(repos={"org/empty": Repo(files)})) as url:
