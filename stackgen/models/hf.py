@@ -506,7 +506,19 @@ def _weight_files(folder: Path) -> list[Path]:
             if not f.is_file():
                 raise HFModelError(f"{f}: listed in {index.name} but missing")
         return files
-    return sorted(folder.glob("*.safetensors"))
+    return [folder / n for n in unindexed_weight_files(p.name for p in folder.glob("*.safetensors"))]
+
+
+def unindexed_weight_files(names: Any) -> list[str]:
+    """The safetensors files a folder or repository without model.safetensors.index.json loads: every one, except that
+    Mistral's consolidated*.safetensors (mistral_inference's own copy of the whole model, beside the HF shards that
+    `huggingface-cli download --include "*.safetensors" config.json` also leaves) is left out when HF-format files are
+    there too: vLLM loads one of the two copies, never both (model_loader/default_loader.py `_prepare_weights`: the
+    "mistral" load format reads only consolidated*.safetensors, the HF one the rest; the index, when there is one,
+    drops the files it does not name)."""
+    names = sorted(set(names))
+    hf_format = [n for n in names if not n.startswith("consolidated")]
+    return hf_format or names
 
 
 def _params(infos: list[SafetensorsInfo], quantization: str | None, bits: int | None) -> int:

@@ -246,7 +246,7 @@ def _shard_names(client: HttpClient, repo: str, sha: str, siblings: Mapping[str,
         if missing:
             raise RemoteError(f"{what}: the index names {missing[0]}, which the repository does not have")
         return names
-    return sorted(n for n in siblings if n.endswith(".safetensors") and "/" not in n)
+    return hfmodel.unindexed_weight_files(n for n in siblings if n.endswith(".safetensors") and "/" not in n)
 
 
 # ---------------------------------------------------------------------------------------------- URL and Ollama

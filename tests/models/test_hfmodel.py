@@ -526,3 +526,18 @@ def test_a_float32_checkpoint_is_planned_at_the_16_bits_it_loads_in(tmp_path: Pa
     w = engines.get(engine).weights(facts)
     assert (w.format, w.bytes, w.source) == ("bf16", f32 // 2 + 128, "file")
     assert "float32 weights in 16 bits" in w.note
+
+
+def test_consolidated_copy_beside_shards_without_an_index_counts_once(tmp_path: Path) -> None:
+    """A Mistral download without model.safetensors.index.json (consolidated.safetensors + 4 shards) planned
+    32.12 GB for a 16.06 GB model: the consolidated copy counted beside the shards. A lone one still counts."""
+    shard = {"model.norm.weight": ("BF16", [128])}
+    folder = make_folder(tmp_path / "mi", TINY_LLAMA, {"model-00001-of-00002.safetensors": shard,
+                                                        "model-00002-of-00002.safetensors": shard,
+                                                        "consolidated.safetensors": {"norm.weight": ("BF16", [256])}})
+    info = read_hf_folder(folder)
+    assert info.weights_bytes == 2 * 256
+    assert [Path(f).name for f in info.safetensors_files] == ["model-00001-of-00002.safetensors",
+                                                             "model-00002-of-00002.safetensors"]
+    alone = make_folder(tmp_path / "cons", TINY_LLAMA, {"consolidated.safetensors": {"norm.weight": ("BF16", [256])}})
+    assert read_hf_folder(alone).weights_bytes == 512

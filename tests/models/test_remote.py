@@ -200,6 +200,16 @@ def test_a_float32_repo_is_locked_with_the_16_bit_bytes_vllm_loads():
     assert facts.hf_sizes == {"fp32": 1024 * 128 * 4 + 256, "bf16": 1024 * 128 * 2 + 256}
 
 
+def test_consolidated_copy_without_an_index_is_not_counted_remotely_either():
+    cfg = recorded_repo("tiny-llama").files["config.json"]
+    shard = _safetensors({"model.norm.weight": ("BF16", [128])})
+    files = {"config.json": cfg, "model-00001-of-00001.safetensors": shard,
+             "consolidated.safetensors": _safetensors({"norm.weight": ("BF16", [128])})}
+    with HubServer(Hub(repos={"org/mistral-like": Repo(files)})) as url:
+        r = resolve_remote("hf:org/mistral-like", None, client(url))
+    assert [f.name for f in r.files] == ["model-00001-of-00001.safetensors"] and r.weights_bytes == 256
+
+
 def test_repo_with_only_config_is_refused():
     files = {"config.json": recorded_repo("tiny-llama").files["config.json"], "README.md": b"hi"}
     with HubServer(Hub(repos={"org/empty": Repo(files)})) as url:
