@@ -543,8 +543,9 @@ _REQUIRED = (("layers", "the number of transformer layers"), ("hidden", "the hid
 
 
 def check_config(info: HFModelInfo, s: Mapping[str, Any]) -> None:
-    """Refuse a config.json whose layer count, hidden size or heads are missing or not integers; `s` is
-    info.summarize()."""
+    """Refuse a config.json whose layer count, hidden size or heads are missing, not integers or not positive, whose
+    other sizes are not positive, or whose KV heads do not divide the heads (transformers' repeat_kv, vLLM's split of
+    the heads); `s` is info.summarize()."""
     def key(name: str) -> str:
         aliases = _ALIASES.get(name, (name,))
         return next((k for k in aliases if info.text_config.get(k) is not None), aliases[0])
@@ -556,11 +557,25 @@ def check_config(info: HFModelInfo, s: Mapping[str, Any]) -> None:
             problem = f"config.json has no {k} ({what})"
         elif value is None:
             problem = f"config.json's {k} is {raw!r}, not an integer"
+        elif value <= 0:
+            problem = f"config.json's {k} is {value}; {what} must be positive"
         else:
             continue
         raise HFConfigError(problem, f"write {k} as a positive integer, as the model's own config.json has it"
                             + ("; a model without attention heads (Mamba-style) is not one stackgen plans"
                                if name == "heads" else ""))
+    heads, kv = s["heads"], s.get("kv_heads")
+    for name, value in (("kv_heads", kv), ("ffn", s.get("ffn")), ("head_dim_k", s.get("head_dim_k")),
+                        ("head_dim_v", s.get("head_dim_v")), ("context_length", s.get("context_length")),
+                        ("vocab_size", s.get("vocab_size"))):
+        if value is not None and value <= 0:
+            k = key(name) if name in _ALIASES else "head_dim" if name.startswith("head_dim") else name
+            raise HFConfigError(f"config.json's {k} is {value}; it must be positive",
+                                f"write {k} as a positive integer, or leave it out for the default")
+    if kv is not None and (kv > heads or heads % kv):
+        k = key("kv_heads")
+        raise HFConfigError(f"config.json's {k} is {kv}, which does not divide {key('heads')} ({heads})",
+                            f"write {k} as a divisor of {heads}, as the model's own config.json has it")
 
 
 def read_hf_folder(path: str | os.PathLike[str]) -> HFModelInfo:

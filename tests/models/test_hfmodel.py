@@ -541,3 +541,25 @@ def test_consolidated_copy_beside_shards_without_an_index_counts_once(tmp_path: 
                                                              "model-00002-of-00002.safetensors"]
     alone = make_folder(tmp_path / "cons", TINY_LLAMA, {"consolidated.safetensors": {"norm.weight": ("BF16", [256])}})
     assert read_hf_folder(alone).weights_bytes == 512
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"num_hidden_layers": -4}, "num_hidden_layers is -4; the number of transformer layers must be positive"),
+    ({"num_attention_heads": 0}, "num_attention_heads is 0; the number of attention heads must be positive"),
+    ({"num_attention_heads": None}, "config.json has no num_attention_heads"),
+    ({"hidden_size": 0}, "hidden_size is 0; the hidden size must be positive"),
+    ({"num_key_value_heads": -8}, "num_key_value_heads is -8; it must be positive"),
+    ({"num_key_value_heads": 64}, "num_key_value_heads is 64, which does not divide num_attention_heads (4)"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads is 3, which does not divide num_attention_heads (4)"),
+    ({"head_dim": -32}, "head_dim is -32; it must be positive"),
+    ({"vocab_size": -1}, "vocab_size is -1; it must be positive"),
+])
+def test_impossible_config_values_are_refused_not_planned(write_stack, cli, change, says) -> None:
+    """num_hidden_layers: -4 planned 'KV cache ... (all 8: -1.07 GB)' and fit; no num_attention_heads planned one head
+    of hidden width, 274.88 GB of KV for 8 users. Now refused at the model's line with what to write."""
+    cfg = {k: v for k, v in dict(TINY_LLAMA, **change).items() if v is not None}
+    stack = write_stack("version: 1\nhardware: a100-80gb\nservices:\n  chat:\n    model: ./m\n    engine: vllm\n")
+    make_folder(stack.parent / "m", cfg, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)})
+    res = cli("validate", stack)
+    assert res.exit_code == 1 and f"{stack}:5:12: services.chat.model: m: config.json" in res.output
+    assert says in res.output and "(write " in res.output
