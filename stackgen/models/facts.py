@@ -445,9 +445,13 @@ def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
 def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     from stackgen.models import gguf
 
+    parts = _gguf_parts(path)
     try:
-        st = path.stat()
-        s = _gguf_summary(str(path.resolve()), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        files = []
+        for p in parts:
+            st = p.stat()
+            files.append((str(p.resolve()), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+        s = _gguf_summary(tuple(files))
     except gguf.GGUFError as exc:
         raise ModelRefError(f"{path.name}: not a readable GGUF file: {exc}", "point `model:` at a .gguf file") from None
     except OSError as exc:
@@ -462,17 +466,39 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     return replace(facts, quant=file_quant, gguf_sizes={file_quant: size} if file_quant else {})
 
 
-@lru_cache(maxsize=1024)
-def _gguf_summary(resolved: str, identity: tuple[int, ...]) -> Mapping[str, Any]:
-    """One header read per file: a stack with many services on one GGUF (10,000 in the security review) read the
-    same header once per service. `identity` (device, inode, size, mtime, ctime) makes a changed file a new key;
-    errors are not cached."""
+def _gguf_parts(path: Path) -> list[Path]:
+    """The files llama.cpp loads for `model: path`: the file, or every part of a split GGUF named by its first part
+    (the others beside it, by name: gguf.split_part_names). A later part, or a first part without all the others,
+    is an error here, as it is when llama-server loads it."""
     from stackgen.models import gguf
 
-    header = gguf.read_gguf_header(resolved)
-    s = gguf.summarize(header)
-    gguf.check_summary(header, s)
-    return MappingProxyType(s)
+    m = gguf.SPLIT_NAME.search(path.name)
+    if m is None:
+        return [path]
+    names = gguf.split_part_names(path.name)
+    if names is None:
+        first = path.name[:m.start()] + f"-00001-of-{m.group(2)}.gguf"
+        raise ModelRefError(f"{path.name} is part {int(m.group(1))} of {int(m.group(2))} of a split GGUF: llama.cpp "
+                            "loads a split model from its first part, which names the others",
+                            f"write the first part, {first}")
+    missing = [n for n in names if not (path.parent / n).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelRefError(f"{path.name} is the first of {len(names)} parts of a split GGUF and {missing[0]}{more} is "
+                            "not beside it: llama.cpp loads every part from the first one's folder",
+                            "download every part of the split into the same folder")
+    return [path.parent / n for n in names]
+
+
+@lru_cache(maxsize=1024)
+def _gguf_summary(files: tuple[tuple[str, tuple[int, ...]], ...]) -> Mapping[str, Any]:
+    """One header read per file: a stack with many services on one GGUF (10,000 in the security review) read the
+    same header once per service. `files`: each part's resolved path and identity (device, inode, size, mtime,
+    ctime), so a changed part makes a new key; errors are not cached. All the parts of a split GGUF are summed
+    (gguf.summarize_parts, the rule the remote path uses)."""
+    from stackgen.models import gguf
+
+    return MappingProxyType(gguf.summarize_parts([gguf.read_gguf_header(p) for p, _ in files]))
 
 
 def _from_hf(path: Path, q: str | None) -> ModelFacts:

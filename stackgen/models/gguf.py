@@ -16,6 +16,7 @@ accepts is one llama.cpp would at least get past the header with.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +32,8 @@ __all__ = [
     "read_gguf_header",
     "read_gguf_header_from",
     "summarize",
+    "summarize_parts",
+    "split_part_names",
 ]
 
 GGUF_MAGIC = b"GGUF"
@@ -620,6 +623,42 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "rope_scaling": _rope_scaling(av),
         **_edge_tensor_bytes(header.tensors),
     }
+
+
+# The name llama.cpp gives and expects for the parts of a split GGUF (src/llama.cpp llama_split_path:
+# "%s-%05d-of-%05d.gguf"; llama_split_prefix takes the prefix back off the first part's name).
+SPLIT_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+def split_part_names(name: str) -> list[str] | None:
+    """The file names of every part of the split GGUF whose first part is `name` (`x-00001-of-00003.gguf` ->
+    x-00001..x-00003), or None when `name` is not the first part of a split (llama.cpp's loader accepts only the
+    first part and finds the others beside it by this name, src/llama-model-loader.cpp llama_get_list_splits)."""
+    m = SPLIT_NAME.search(name)
+    if m is None or int(m.group(1)) != 1:
+        return None
+    prefix, count = name[:m.start()], int(m.group(2))
+    return [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def summarize_parts(headers: "list[GGUFHeader] | tuple[GGUFHeader, ...]") -> dict[str, Any]:
+    """The summary of a GGUF given as all its parts, first part first (one header for a whole file): metadata from
+    the first part (gguf-split writes the model's keys there only), tensors, parameters and bytes summed over every
+    part, checked with check_summary. The one rule for split files, local (models/facts.py) and remote
+    (models/hub.py). Raises GGUFError when the first part's split.count disagrees with the parts given."""
+    first = headers[0]
+    count = first.metadata.get("split.count")
+    if isinstance(count, int) and not isinstance(count, bool) and count != len(headers):
+        raise GGUFError(f"{first.path} says split.count={count} but {len(headers)} parts were found")
+    s = summarize(first)
+    check_summary(first, s)
+    if len(headers) > 1:
+        tensors = tuple(t for h in headers for t in h.tensors)
+        s["params"] = sum(h.n_elements for h in headers)
+        s["tensor_data_bytes"] = sum(h.tensor_data_bytes for h in headers)
+        s["file_size"] = sum(h.file_size for h in headers)
+        s.update(_edge_tensor_bytes(tensors))  # output.weight may sit in the last part
+    return s
 
 
 def _edge_tensor_bytes(tensors: tuple[TensorInfo, ...]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from stackgen.models.remote import HttpClient, RangeReader, RemoteError
 
 __all__ = ["Resolved", "RemoteFile", "resolve_remote", "is_remote_ref", "GGUF_QUANT_PREFERENCE"]
 
-_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+_SPLIT = gguf.SPLIT_NAME
 # With no quant named, llama.cpp's `-hf repo` takes Q4_K_M when the repo has it (common/arg.cpp: default tag);
 # the others in this order are the usual fall-backs.
 GGUF_QUANT_PREFERENCE = ("Q4_K_M", "Q4_K_S", "Q4_0", "Q5_K_M", "Q6_K", "Q8_0", "BF16", "F16")
@@ -184,7 +184,7 @@ def _resolve_hf_gguf(repo: str, sha: str, ggufs: Mapping[str, RemoteFile], want:
 
 
 def _gguf_summary(client: HttpClient, urls: list[str], what: str) -> tuple[dict[str, Any], int]:
-    """Metadata from the first part; tensors and bytes summed over all parts (llama.cpp gguf-split layout)."""
+    """Every part's header read by range, summarized as one file (gguf.summarize_parts, as a local split GGUF)."""
     headers = []
     for url in urls:
         r = RangeReader(client, url, what)
@@ -192,18 +192,10 @@ def _gguf_summary(client: HttpClient, urls: list[str], what: str) -> tuple[dict[
             headers.append(gguf.read_gguf_header_from(r, url, r.size))
         except gguf.GGUFError as exc:
             raise RemoteError(f"{what}: not a readable GGUF: {exc}") from None
-    first = headers[0]
-    count = first.metadata.get("split.count")
-    if isinstance(count, int) and count != len(urls):
-        raise RemoteError(f"{what}: {urls[0]} says split.count={count} but {len(urls)} parts were found")
-    s = gguf.summarize(first)
     try:
-        gguf.check_summary(first, s)
+        s = gguf.summarize_parts(headers)
     except gguf.GGUFError as exc:
         raise RemoteError(f"{what}: {exc}") from None
-    s["params"] = sum(h.n_elements for h in headers)
-    s["tensor_data_bytes"] = sum(h.tensor_data_bytes for h in headers)
-    s["file_size"] = sum(h.file_size for h in headers)
     return s, s["tensor_data_bytes"]
 
 
