@@ -458,9 +458,11 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
         raise ModelRefError(f"{path.name}: cannot read the GGUF file: {exc.strerror or exc}",
                             "check the file's permissions") from None
     facts = ModelFacts.from_summary(path.stem, "gguf", str(path), s)
-    file_quant = s.get("quant")
+    file_quant = s.get("quant")  # general.file_type, or llama.cpp's guess from the tensor types when it is absent
     if q and file_quant and q != file_quant:
-        raise ModelRefError(f"quant {q} does not match the file, which is {file_quant}",
+        how = " (it has no general.file_type; llama.cpp names it by its tensors' most common type)" \
+            if s.get("quant_guessed") else ""
+        raise ModelRefError(f"quant {q} does not match the file, which is {file_quant}{how}",
                             f"remove `quant:` or write `quant: {file_quant}`", field="quant")
     size = int(s.get("tensor_data_bytes") or s.get("file_size") or 0)
     return replace(facts, quant=file_quant, gguf_sizes={file_quant: size} if file_quant else {})

@@ -598,6 +598,7 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens)
     else:
         vocab = _as_int(av("vocab_size"))
+    quant, guessed = file_type(header)
     return {
         "architecture": arch,
         "layers": layers,
@@ -617,7 +618,8 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "experts": experts_summary(_as_int(av("expert_count")), _as_int(av("expert_used_count"))),
         "vocab_size": vocab,
         "params": header.n_elements,
-        "quant": header.file_type_name,
+        "quant": quant,
+        "quant_guessed": guessed,
         "tensor_data_bytes": header.tensor_data_bytes,
         "file_size": header.file_size,
         "rope_scaling": _rope_scaling(av),
@@ -658,7 +660,43 @@ def summarize_parts(headers: "list[GGUFHeader] | tuple[GGUFHeader, ...]") -> dic
         s["tensor_data_bytes"] = sum(h.tensor_data_bytes for h in headers)
         s["file_size"] = sum(h.file_size for h in headers)
         s.update(_edge_tensor_bytes(tensors))  # output.weight may sit in the last part
+        s["quant"], s["quant_guessed"] = file_type(first, tensors)
     return s
+
+
+# The file type llama.cpp names a GGUF without general.file_type by: its tensors' most common ggml type
+# (src/llama-model-loader.cpp, llama_model_loader's constructor: "determine file type based on the number of tensors
+# for each quantization", then `ftype | LLAMA_FTYPE_GUESSED`; a general.file_type key overrides the guess). Types it
+# has no case for are "all F32" there too.
+_GUESSED_FTYPE: Mapping[str, str] = MappingProxyType({
+    "F32": "F32", "F16": "F16", "BF16": "BF16", "Q4_0": "Q4_0", "Q4_1": "Q4_1", "Q5_0": "Q5_0", "Q5_1": "Q5_1",
+    "Q8_0": "Q8_0", "Q2_K": "Q2_K", "Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q6_K": "Q6_K",
+    "TQ1_0": "TQ1_0", "TQ2_0": "TQ2_0", "IQ2_XXS": "IQ2_XXS", "IQ2_XS": "IQ2_XS", "IQ2_S": "IQ2_S",
+    "IQ3_XXS": "IQ3_XXS", "IQ1_S": "IQ1_S", "IQ1_M": "IQ1_M", "IQ4_NL": "IQ4_NL", "IQ4_XS": "IQ4_XS",
+    "IQ3_S": "IQ3_S", "MXFP4": "MXFP4_MOE", "NVFP4": "NVFP4", "Q1_0": "Q1_0",
+})
+
+
+def guess_file_type(tensors: "tuple[TensorInfo, ...] | list[TensorInfo]") -> str | None:
+    """llama.cpp's guess of a file type from the tensor table (see _GUESSED_FTYPE): walking the tensors in name
+    order (its weights_map is a std::map), the first type to reach the highest count. None without tensors."""
+    counts: dict[str, int] = {}
+    best, best_n = None, 0
+    for t in sorted(tensors, key=lambda t: t.name.encode()):
+        counts[t.type_name] = counts.get(t.type_name, 0) + 1
+        if counts[t.type_name] > best_n:
+            best, best_n = t.type_name, counts[t.type_name]
+    return None if best is None else _GUESSED_FTYPE.get(best, "F32")
+
+
+def file_type(header: GGUFHeader, tensors: "tuple[TensorInfo, ...] | None" = None) -> tuple[str | None, bool]:
+    """(the quant name of the file, whether it was guessed from the tensors): general.file_type when it names a
+    llama_ftype, else llama.cpp's guess over `tensors` (all parts of a split; the header's own by default)."""
+    name = header.file_type_name
+    if name is not None and name != "GUESSED":
+        return name, False
+    guess = guess_file_type(header.tensors if tensors is None else tensors)
+    return guess, guess is not None
 
 
 def _edge_tensor_bytes(tensors: tuple[TensorInfo, ...]) -> dict[str, Any]:

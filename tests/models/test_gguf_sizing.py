@@ -49,3 +49,53 @@ def test_a_later_part_or_a_missing_part_of_a_split_is_refused_at_the_models_line
     with pytest.raises(SpecError) as err:
         load_stack(write_stack(stack_text(parts[0].name)))
     assert "m-00003-of-00003.gguf" in str(err.value) and "services.chat.model" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- #5 no general.file_type
+
+
+def test_a_gguf_without_file_type_is_sized_from_its_tensors_and_named_by_their_type(tmp_path, write_stack):
+    """Was: quant None, so the plan sized a Q4_K_M estimate from the parameter count (the audit's 16.06 GB F16 8B
+    planned as 4.91 GB 'estimate') and ignored the stack's quant:. llama.cpp names such a file by its tensors'
+    most common type (src/llama-model-loader.cpp) and loads what is there."""
+    [path] = write_llama_gguf(tmp_path, "noft.gguf", file_type=None)
+    header = sg_gguf.read_gguf_header(path)
+    assert "general.file_type" not in header.metadata and set(header.tensor_types) == {"F32"}
+    sp = plan_of(write_stack(stack_text(path.name)))
+    assert sp.memory.weights_format == "F32" and sp.model.quant == "F32"
+    assert sp.memory.weights_bytes == header.tensor_data_bytes and sp.memory.weights_source == "file"
+    with pytest.raises(SpecError) as err:
+        load_stack(write_stack(stack_text(path.name, "    quant: Q8_0\n")))
+    assert "services.chat.quant" in str(err.value) and "which is F32" in str(err.value)
+    assert "no general.file_type" in str(err.value)
+
+
+def test_the_guess_is_llama_cpps_most_common_tensor_type(tmp_path):
+    from test_gguf import ARR, I32, STR, U32, make_gguf
+
+    kvs = [("general.architecture", STR, "llama"), ("llama.block_count", U32, 2), ("llama.embedding_length", U32, 256),
+           ("llama.attention.head_count", U32, 4), ("llama.attention.head_count_kv", ARR, (I32, [4, 4]))]
+    tensors = [("token_embd.weight", [256, 8], "Q6_K"), ("output_norm.weight", [256], "F32")]
+    for i in range(2):
+        tensors += [(f"blk.{i}.attn_norm.weight", [256], "F32"), (f"blk.{i}.attn_q.weight", [256, 256], "Q4_K"),
+                    (f"blk.{i}.attn_k.weight", [256, 256], "Q4_K"), (f"blk.{i}.ffn_down.weight", [256, 256], "Q6_K")]
+    data, _ = make_gguf(kvs, tensors)
+    p = tmp_path / "m.gguf"
+    p.write_bytes(data)
+    s = sg_gguf.summarize_parts([sg_gguf.read_gguf_header(p)])
+    assert (s["quant"], s["quant_guessed"]) == ("Q4_K_M", True)  # 4 Q4_K, 3 Q6_K, 3 F32: Q4_K is llama.cpp's Q4_K_M
+    # A tie goes to the type that reaches the count first in tensor-name order (llama.cpp walks a std::map).
+    tie = [("a.weight", [32], "Q8_0"), ("b.weight", [32], "F16")]
+    assert sg_gguf.guess_file_type([sg_gguf.TensorInfo(n, t, tuple(sh), 0, 0) for n, sh, t in tie]) == "Q8_0"
+
+
+def test_a_remote_gguf_without_file_type_is_named_and_sized_the_same_way(tmp_path):
+    from test_remote import client
+    from tools.hub_server import Hub, HubServer, OnDisk, Repo
+
+    from stackgen.models.hub import resolve_remote
+
+    [path] = write_llama_gguf(tmp_path, "m.gguf", file_type=None)
+    with HubServer(Hub(repos={"org/m": Repo({"m.gguf": OnDisk(path)})})) as url:
+        r = resolve_remote(f"{url}/org/m/resolve/main/m.gguf", None, client(url))
+    assert r.fmt == "F32" and r.weights_bytes == sg_gguf.read_gguf_header(path).tensor_data_bytes

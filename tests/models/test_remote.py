@@ -23,10 +23,11 @@ from stackgen.spec.stack import SpecError, load_stack
 SHA2 = "fedcba9876543210fedcba9876543210fedcba98"
 
 
-def write_llama_gguf(folder: Path, name: str, *, file_type: int = 15, split_max_tensors: int = 0,
+def write_llama_gguf(folder: Path, name: str, *, file_type: int | None = 15, split_max_tensors: int = 0,
                      big: int = 1024) -> list[Path]:
     """A real GGUF written by gguf-py's GGUFWriter (the writer llama.cpp's converter uses): a small header and a
-    `big` x 1024 F32 tensor (4 MiB at the default) behind it; split into parts when split_max_tensors is set."""
+    `big` x 1024 F32 tensor (4 MiB at the default) behind it; split into parts when split_max_tensors is set; no
+    general.file_type key when file_type is None."""
     import gguf
 
     cwd = os.getcwd()
@@ -39,7 +40,8 @@ def write_llama_gguf(folder: Path, name: str, *, file_type: int = 15, split_max_
         w.add_head_count(4)
         w.add_head_count_kv(2)
         w.add_context_length(4096)
-        w.add_file_type(file_type)
+        if file_type is not None:
+            w.add_file_type(file_type)
         w.add_tensor("token_embd.weight", np.zeros((big, 1024), dtype=np.float32))
         for i in range(2):
             w.add_tensor(f"blk.{i}.attn_q.weight", np.zeros((64, 64), dtype=np.float32))
