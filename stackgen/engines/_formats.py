@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from stackgen.engines.base import Unsupported, Weights
 from stackgen.models.facts import GGUF_BPW, HF_BYTES_PER_PARAM, MLX_BYTES_PER_PARAM
 
@@ -13,11 +15,13 @@ TO_HF_8BIT, TO_HF_4BIT = "fp8", "awq"
 TO_MLX = {"bf16": "bf16", "fp16": "fp16", "fp32": "bf16", "fp8": "8bit", "awq": "4bit", "gptq": "4bit"}
 
 
-def gguf_for(quant: str | None, default: str = "Q4_K_M") -> tuple[str, str]:
-    """(GGUF type, note about the mapping or '')."""
+def gguf_for(quant: str | None, default: str = "Q4_K_M", measured: Mapping[str, int] | None = None) -> tuple[str, str]:
+    """(GGUF type, note about the mapping or ''). `measured`: the model's GGUF sizes; a type it has a size for (a
+    local or locked file's own type, read from its header) is the file llama.cpp loads as it is, whatever its name,
+    and is sized from those bytes (ModelFacts.gguf_bytes), not mapped to another type."""
     if quant is None:
         return default, ""
-    if quant in GGUF_BPW:
+    if quant in GGUF_BPW or (measured and quant in measured):
         return quant, ""
     mapped = TO_GGUF.get(quant, default)
     if quant in ("bf16", "fp16", "fp32"):  # the same type in GGUF's spelling (BF16, F16, F32): nothing to say

@@ -133,7 +133,7 @@ class LlamaCpp(Engine):
         if model.source == "hf":
             raise Unsupported("loads GGUF files and this is an HF safetensors folder "
                               "(convert it with llama.cpp's convert_hf_to_gguf.py)")
-        quant, note = gguf_for(model.quant)
+        quant, note = gguf_for(model.quant, measured=model.gguf_sizes)
         size, source = model.gguf_bytes(quant)
         return Weights(quant, size, source, note)
 

@@ -84,7 +84,7 @@ class Ollama(Engine):
                               "served by vLLM or converted to GGUF")
         if model.url and not model.ollama:
             raise Unsupported("pulls from its registry or hf.co only; a .gguf URL must be downloaded and named by path")
-        quant, note = gguf_for(model.quant)
+        quant, note = gguf_for(model.quant, measured=model.gguf_sizes)
         if model.source == "catalog" and not model.ollama and not model.path:
             note = (note + "; " if note else "") + "no Ollama registry tag is known for this model: FROM needs a .gguf path"
         size, source = model.gguf_bytes(quant)

@@ -33,6 +33,19 @@ GGUF_BPW: dict[str, float] = {
     "Q5_0": 5.54, "Q5_1": 6.0, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.55, "Q4_1": 5.0, "IQ4_XS": 4.46,
     "IQ4_NL": 4.68, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.64, "IQ3_M": 3.76, "IQ3_XS": 3.5, "Q2_K": 3.35,
     "IQ2_M": 2.93, "IQ2_XS": 2.59, "IQ1_M": 2.01, "MXFP4": 4.25, "TQ1_0": 1.69, "TQ2_0": 2.06,
+    # Types llama.cpp's quantize tool makes that the size column does not cover (tools/quantize/quantize.cpp
+    # QUANT_OPTIONS gives their main tensors' bits per weight: IQ1_S 1.56, IQ2_XXS 2.06, IQ2_S 2.5, IQ3_XXS 3.06,
+    # IQ3_S 3.44), plus 0.21, the median by which this table's other i-quant rows exceed their QUANT_OPTIONS bpw
+    # (IQ1_M 1.75 -> 2.01, IQ2_XS 2.31 -> 2.59, IQ2_M 2.7 -> 2.93, IQ3_XS 3.3 -> 3.5, IQ3_M 3.66 -> 3.76,
+    # IQ4_XS 4.25 -> 4.46, IQ4_NL 4.5 -> 4.68: the output and embedding tensors llama-quant keeps at larger types).
+    "IQ1_S": 1.77, "IQ2_XXS": 2.27, "IQ2_S": 2.71, "IQ3_XXS": 3.27, "IQ3_S": 3.65,
+    # Q2_K_S: QUANT_OPTIONS gives the same size as Q2_K for Llama 3 8B ("2.96G" both).
+    "Q2_K_S": 3.35,
+    # Whole-file types whose main tensors are one ggml type, at that type's block size (ggml/src/ggml.c type_traits,
+    # models/gguf.py GGML_TYPES: bytes per block x 8 / weights per block): MXFP4_MOE (gpt-oss; llama_ftype 38) is
+    # MXFP4, 17 B / 32 = 4.25 as the MXFP4 row; NVFP4 36 B / 64 = 4.5; Q1_0 18 B / 128 = 1.125 (QUANT_OPTIONS:
+    # "1.125 bpw quantization").
+    "MXFP4_MOE": 4.25, "NVFP4": 4.5, "Q1_0": 1.125,
 }
 # HF/vLLM formats: bytes per parameter (AWQ/GPTQ 4-bit with group-128 scales and zeros ~ 4.25 bits, plus
 # unquantized embeddings; measured on Llama-3.1-70B-Instruct-AWQ-INT4: 39.8 GB for 70.6 B params = 0.56 B/param).
@@ -462,8 +475,11 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
     if q and file_quant and q != file_quant:
         how = " (it has no general.file_type; llama.cpp names it by its tensors' most common type)" \
             if s.get("quant_guessed") else ""
-        raise ModelRefError(f"quant {q} does not match the file, which is {file_quant}{how}",
-                            f"remove `quant:` or write `quant: {file_quant}`", field="quant")
+        try:
+            fix = f"remove `quant:` or write `quant: {normalize_quant(file_quant)}`"
+        except ValueError:  # a type with no quant: spelling (Q4_1_SOME_F16): the file is planned as it is without one
+            fix = "remove `quant:`; the file is planned as the type it is"
+        raise ModelRefError(f"quant {q} does not match the file, which is {file_quant}{how}", fix, field="quant")
     size = int(s.get("tensor_data_bytes") or s.get("file_size") or 0)
     return replace(facts, quant=file_quant, gguf_sizes={file_quant: size} if file_quant else {})
 

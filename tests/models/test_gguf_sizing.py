@@ -99,3 +99,91 @@ def test_a_remote_gguf_without_file_type_is_named_and_sized_the_same_way(tmp_pat
     with HubServer(Hub(repos={"org/m": Repo({"m.gguf": OnDisk(path)})})) as url:
         r = resolve_remote(f"{url}/org/m/resolve/main/m.gguf", None, client(url))
     assert r.fmt == "F32" and r.weights_bytes == sg_gguf.read_gguf_header(path).tensor_data_bytes
+
+
+# ---------------------------------------------------------------------------------------------- #3 every GGUF type
+
+
+def _typed_gguf(tmp_path: Path, file_type: int, tensor_type: str, name: str = "m.gguf") -> Path:
+    """A small llama GGUF whose header says `file_type` and whose layer tensors are `tensor_type`."""
+    from test_gguf import STR, U32, make_gguf
+
+    kvs = [("general.architecture", STR, "llama"), ("general.file_type", U32, file_type),
+           ("llama.block_count", U32, 2), ("llama.embedding_length", U32, 256), ("llama.feed_forward_length", U32, 512),
+           ("llama.attention.head_count", U32, 4), ("llama.attention.head_count_kv", U32, 2),
+           ("llama.context_length", U32, 4096)]
+    tensors = [("token_embd.weight", [256, 64], "Q8_0"), ("output_norm.weight", [256], "F32")]
+    for i in range(2):
+        tensors += [(f"blk.{i}.attn_q.weight", [256, 256], tensor_type), (f"blk.{i}.ffn_up.weight", [256, 512], tensor_type)]
+    data, _ = make_gguf(kvs, tensors)
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+# llama_ftype -> its tensors' ggml type (llama.h; llama-quant.cpp's default type per ftype)
+FTYPES = {19: ("IQ2_XXS", "IQ2_XXS"), 21: ("Q2_K_S", "Q2_K"), 23: ("IQ3_XXS", "IQ3_XXS"), 24: ("IQ1_S", "IQ1_S"),
+          26: ("IQ3_S", "IQ3_S"), 28: ("IQ2_S", "IQ2_S"), 38: ("MXFP4_MOE", "MXFP4"), 39: ("NVFP4", "NVFP4"),
+          40: ("Q1_0", "Q1_0"), 4: ("Q4_1_SOME_F16", "Q4_1")}
+
+
+@pytest.mark.parametrize("ftype", sorted(FTYPES))
+def test_a_local_gguf_of_any_type_is_planned_at_its_measured_size_without_a_substitution(ftype, tmp_path, write_stack):
+    """Was: a type outside GGUF_BPW was planned as a Q4_K_M estimate with the warning '<type> is not a GGUF type;
+    llama.cpp would load the nearest GGUF, Q4_K_M' (the audit's 14.82 GB IQ1_S 70B: '43.13 GB estimate', 44/80
+    layers on a 24 GB GPU). llama.cpp loads the file as it is."""
+    name, tensor_type = FTYPES[ftype]
+    path = _typed_gguf(tmp_path, ftype, tensor_type)
+    sp = plan_of(write_stack(stack_text(path.name, engine="llama.cpp")))
+    assert sp.memory.weights_format == name
+    assert (sp.memory.weights_bytes, sp.memory.weights_source) == (sg_gguf.read_gguf_header(path).tensor_data_bytes,
+                                                                   "file")
+    assert not [w for w in sp.warnings if "not a GGUF type" in w]
+
+
+@pytest.mark.parametrize("ftype", [19, 21, 23, 24, 26, 28, 38, 39, 40])
+def test_the_files_type_is_a_quant_the_stack_may_write(ftype, tmp_path, write_stack):
+    """Was: `quant: IQ1_S` on an IQ1_S file was 'unknown quant' after the mismatch hint had said to write it."""
+    name, tensor_type = FTYPES[ftype]
+    path = _typed_gguf(tmp_path, ftype, tensor_type)
+    with pytest.raises(SpecError) as err:
+        load_stack(write_stack(stack_text(path.name, "    quant: Q8_0\n")))
+    assert f"write `quant: {name}`" in str(err.value)
+    assert plan_of(write_stack(stack_text(path.name, f"    quant: {name}\n"))).memory.weights_format == name
+
+
+def test_a_type_without_a_quant_spelling_is_not_offered_as_one(tmp_path, write_stack):
+    path = _typed_gguf(tmp_path, 4, "Q4_1")  # LLAMA_FTYPE_MOSTLY_Q4_1_SOME_F16: no quant: names it
+    with pytest.raises(SpecError) as err:
+        load_stack(write_stack(stack_text(path.name, "    quant: Q8_0\n")))
+    assert "remove `quant:`" in str(err.value) and "write `quant:" not in str(err.value)
+
+
+def test_new_types_estimate_in_the_order_of_their_sizes():
+    """Catalog and non-file plans estimate from GGUF_BPW: each added type sits between its neighbours."""
+    from stackgen.models.facts import GGUF_BPW
+
+    order = ["Q1_0", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
+    assert [GGUF_BPW[q] for q in order] == sorted(GGUF_BPW[q] for q in order)
+    assert GGUF_BPW["MXFP4_MOE"] == GGUF_BPW["MXFP4"] and GGUF_BPW["Q2_K_S"] == GGUF_BPW["Q2_K"]
+
+
+def test_a_locked_remote_gguf_of_a_new_type_is_planned_from_its_header(tmp_path, write_stack, monkeypatch):
+    """Was: hf:org/big-GGUF locked with gguf_sizes {IQ1_S: 14822227968} still planned '43.13 GB estimate'."""
+    from test_remote import client
+    from tools.hub_server import Hub, HubServer, OnDisk, Repo
+
+    from stackgen.models.hub import resolve_remote
+    from stackgen.models.lock import entry_from_resolved, facts_from_resolved, lock_path_for, write_lock
+
+    [path] = write_llama_gguf(tmp_path, "m-IQ1_S.gguf", file_type=24)
+    ref = "hf:org/m-GGUF"
+    with HubServer(Hub(repos={"org/m-GGUF": Repo({path.name: OnDisk(path)})})) as url:
+        r = resolve_remote(ref, None, client(url))
+    entry = entry_from_resolved(ref, None, r, facts_from_resolved(ref, None, r))
+    stack = write_stack(stack_text(ref, engine="llama.cpp"))
+    write_lock(lock_path_for(stack), {entry.key: entry})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sp = plan_of(stack)
+    assert r.fmt == "IQ1_S" and sp.memory.weights_format == "IQ1_S"
+    assert (sp.memory.weights_bytes, sp.memory.weights_source) == (r.weights_bytes, "header")
