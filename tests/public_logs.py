@@ -46,6 +46,7 @@ def predict_llamacpp_case(c: dict) -> dict:
     model = SimpleNamespace(layers=m["layers"], hidden=m["hidden"], ffn=m["ffn"], heads=m["heads"],
                             kv_heads=m["kv_heads"], head_dim_k=m["head_dim"], head_dim_v=m.get("head_dim_v", m["head_dim"]),
                             vocab=m["vocab"], swa_layers=0, sliding_window=None, full_attention_layers=m["layers"],
+                            recurrent_state_bytes=0,  # the logged models are attention-only
                             kv_bytes_per_token_per_layer=lambda bpe: m["kv_heads"] * (
                                 m["head_dim"] + m.get("head_dim_v", m["head_dim"])) * bpe)
     slots, ctx = c["slots"], c["n_ctx"] // c["slots"]

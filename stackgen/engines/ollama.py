@@ -281,7 +281,8 @@ def ollama_model(model: ModelFacts, weights: int) -> ollama_estimate.OllamaModel
     return ollama_estimate.OllamaModel(
         architecture=model.architecture, block_count=model.layers, embedding=model.hidden, heads=model.heads,
         kv_heads=model.kv_heads, head_k=model.head_dim_k, head_v=model.head_dim_v, vocab=model.vocab,
-        layer_bytes=per_layer, output_bytes=per_layer, sliding_window=model.sliding_window or 0)
+        layer_bytes=per_layer, output_bytes=per_layer, sliding_window=model.sliding_window or 0,
+        kv_heads_per_layer=model.kv_heads_per_layer, recurrent_state_bytes=model.recurrent_state_bytes)
 
 
 def runner_cache_env(m: MemoryPlan) -> dict[str, str]:

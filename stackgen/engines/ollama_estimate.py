@@ -3,12 +3,14 @@
 Pinned to Ollama v0.12.10 (the last release that carries it; f560bd077, 2025-11-05, replaced it with layouts the
 runner measures): llm/memory.go `estimateGPULayers` (lines 154-445), fs/ggml/ggml.go `GraphSize` (lines 550-800),
 ml/device.go `MinimumMemory` (lines 320-325). Only the parts a text-only GGUF reaches are ported: no projector, no
-recurrent layers, no user OLLAMA_GPU_OVERHEAD (0 by default).
+user OLLAMA_GPU_OVERHEAD (0 by default).
 
 Every term, named as Ollama names it (all bytes):
-- kv[i]: per layer, num_ctx x num_parallel x (head_k + head_v) x kv_heads x bytes/element (2 for f16, 1 for q8_0,
-  0.5 for q4_0: `kvCacheBytesPerElement`, not ggml's block sizes); gemma3's five local layers of six hold
-  num_parallel x sliding_window + batch cells instead.
+- kv[i]: per layer, num_ctx x num_parallel x (head_k + head_v) x n_head_kv(i) x bytes/element (2 for f16, 1 for
+  q8_0, 0.5 for q4_0: `kvCacheBytesPerElement`, not ggml's block sizes); gemma3's five local layers of six hold
+  num_parallel x sliding_window + batch cells instead. Recurrent layers add their state,
+  ((d_conv - 1)(d_inner + 2 n_group d_state) + d_state d_inner) x 4 B (engines.md 2.5), spread here evenly over the
+  layers (the model facts carry its total, not which layers hold it).
 - graph_full / graph_partial: the compute graph when every layer / not every layer is on the GPU, per
   architecture (`GraphSize`); batch = min(num_ctx, num_batch), context = num_ctx x num_parallel. An architecture
   without a formula gets partial = (heads / kv_heads) x kv_total / 6 and full = partial. Metal: partial = full;
@@ -49,6 +51,8 @@ class OllamaModel:
     layer_bytes: int  # weights of one repeating block (blk.N); Ollama reads each, a model has them equal here
     output_bytes: int  # output_norm + output (or token_embd when the output is tied)
     sliding_window: int = 0  # gemma3's attention.sliding_window
+    kv_heads_per_layer: tuple[int, ...] = ()  # a per-layer head_count_kv (0: no KV on that layer); empty: kv_heads
+    recurrent_state_bytes: int = 0  # the recurrent layers' state, all of them (engines.md 2.5)
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,13 @@ def kv_per_layer(m: OllamaModel, num_ctx: int, batch: int, parallel: int, kv_typ
     context = num_ctx * parallel
     full = int(context * (m.head_k + m.head_v) * m.kv_heads * bpe)
     kv = [full] * m.block_count
+    if len(m.kv_heads_per_layer) == m.block_count:
+        kv = [int(context * (m.head_k + m.head_v) * h * bpe) for h in m.kv_heads_per_layer]
     if m.architecture == "gemma3" and m.sliding_window:
         local = int((parallel * m.sliding_window + batch) * (m.head_k + m.head_v) * m.kv_heads * bpe)
         kv = [full if (i + 1) % 6 == 0 else local for i in range(m.block_count)]
+    if m.recurrent_state_bytes and m.block_count:
+        kv = [k + m.recurrent_state_bytes // m.block_count for k in kv]
     return kv
 
 

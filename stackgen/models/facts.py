@@ -159,6 +159,12 @@ class ModelFacts:
     gguf_input_bytes: int = 0
     gguf_output_bytes: int = 0
     gguf_output_tied: bool = False
+    # Layers that differ (a GGUF's per-layer head_count_kv, hybrid and recurrent models): the KV heads of each layer,
+    # 0 where a layer holds no attention KV (empty: every layer has kv_heads); the layers that keep a recurrent state
+    # instead, and that state's bytes for one sequence over all of them (f32, fixed, whatever the context).
+    kv_heads_per_layer: tuple[int, ...] = ()
+    recurrent_layers: int = 0
+    recurrent_state_bytes: int = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -214,6 +220,10 @@ class ModelFacts:
         arch = str(s.get("architecture") or "unknown")
         layers = int(s["layers"])
         heads = int(s.get("heads") or 1)
+        # A recurrent-only GGUF (Mamba, RWKV) has no attention heads: 0 KV heads, no KV cache (gguf.check_summary
+        # refuses a missing or zero head count anywhere else). Otherwise a missing kv_heads is multi-head attention.
+        kv_heads = int(s.get("kv_heads") or 0) if s.get("recurrent_layers") else int(s.get("kv_heads") or heads)
+        kv_layers = tuple(int(k) for k in (s.get("attention_kv_heads_per_layer") or ()))
         hidden = int(s.get("hidden") or 0)
         head_k = int(s.get("head_dim_k") or (hidden // heads if heads else 0))
         sw = s.get("sliding_window")
@@ -230,13 +240,16 @@ class ModelFacts:
         return cls(
             long_context=_file_long_context(s.get("rope_scaling"), ctx, source),
             name=name, source=source, architecture=arch, params=params, active_params=active, layers=layers,
-            hidden=hidden, ffn=int(s.get("ffn") or 4 * hidden), heads=heads, kv_heads=int(s.get("kv_heads") or heads),
+            hidden=hidden, ffn=int(s.get("ffn") or 4 * hidden), heads=heads, kv_heads=kv_heads,
             head_dim_k=head_k, head_dim_v=int(s.get("head_dim_v") or head_k), vocab=int(s.get("vocab_size") or 0),
             context_length=ctx, sliding_window=int(sw) if sw else None,
             swa_layers=swa_layers if sw else 0, experts_total=int(total_e) if total_e else None,
             experts_active=int(used_e) if used_e else None, path=path, quant=s.get("quant") or s.get("dtype"),
             gguf_input_bytes=int(s.get("input_bytes") or 0), gguf_output_bytes=int(s.get("output_bytes") or 0),
             gguf_output_tied=bool(s.get("output_tied")),
+            kv_heads_per_layer=kv_layers if len(kv_layers) == layers else (),
+            recurrent_layers=int(s.get("recurrent_layers") or 0),
+            recurrent_state_bytes=int(s.get("recurrent_state_bytes") or 0),
         )
 
     # ------------------------------------------------------------------ derived facts
@@ -250,7 +263,10 @@ class ModelFacts:
         return self.layers - self.swa_layers
 
     def kv_bytes_per_token_per_layer(self, bytes_per_element: float) -> float:
-        return self.kv_heads * (self.head_dim_k + self.head_dim_v) * bytes_per_element
+        """KV bytes of one token in an average layer: x layers is llama.cpp's sum over the layers of n_head_kv(il)
+        (engines.md 1.4), so layers without KV heads (recurrent or MLP-only layers of a hybrid) count nothing."""
+        heads = sum(self.kv_heads_per_layer) / self.layers if self.kv_heads_per_layer and self.layers else self.kv_heads
+        return heads * (self.head_dim_k + self.head_dim_v) * bytes_per_element
 
     def gguf_bytes(self, quant: str) -> tuple[int, str]:
         """Weights of the GGUF in `quant`, and where the figure came from."""

@@ -623,8 +623,74 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "tensor_data_bytes": header.tensor_data_bytes,
         "file_size": header.file_size,
         "rope_scaling": _rope_scaling(av),
+        **_recurrent_layers(arch, av, layers, hidden, heads, kv_heads, kv_per_layer, ffn_per_layer),
         **_edge_tensor_bytes(header.tensors),
     }
+
+
+# Architectures whose hybrid layers are recurrent only where a layer has neither attention heads nor a feed-forward
+# (the others with no attention heads are MLP-only): src/llama-model.cpp load_hparams, LLM_ARCH_NEMOTRON_H*
+# `recurrent_layer_arr[i] = n_head_kv(i) == 0 && n_ff(i) == 0`. Elsewhere (LLM_ARCH_JAMBA, GRANITE_HYBRID, LFM2, ...)
+# a layer without attention heads is recurrent.
+_RECURRENT_NEEDS_NO_FFN = frozenset({"nemotron_h", "nemotron_h_moe"})
+
+
+def _recurrent_layers(arch: str, av, layers: int | None, hidden: int | None, heads: int | None, kv_heads: int | None,
+                      kv_per_layer: tuple[int, ...] | None, ffn_per_layer: tuple[int, ...] | None) -> dict[str, Any]:
+    """Which layers hold attention KV and which a recurrent state, and that state's bytes per sequence.
+
+    llama.cpp's KV cache sums n_head_kv(il) over the layers (engines.md 1.4: KV_bytes = sum over layers), so a
+    per-layer head_count_kv with zeros (LFM2, Granite-H, Jamba, Nemotron-H) has no KV on those layers. Recurrent
+    layers (Mamba/SSM, LFM2's short convolutions, RWKV) keep a fixed f32 state per sequence instead (engines.md
+    1.4; the state sizes are src/llama-hparams.cpp n_embd_r() + n_embd_s(), the per-layer formula of engines.md 2.5:
+    ((d_conv - 1)(d_inner + 2 n_group d_state) + d_state d_inner) x 4 B; RWKV: token_shift_count x n_embd +
+    n_embd x wkv.head_size; LFM2: n_embd x (shortconv.l_cache - 1) + 0). Which layers are recurrent
+    (src/llama-model.cpp load_hparams): every layer of a recurrent-only model (no attention heads); the layers
+    without KV heads of a hybrid (Nemotron-H: without a feed-forward too); all but every full_attention_interval-th
+    of Qwen3-Next style models (whose attention layers are the rest); every layer of a model with state keys and
+    attention everywhere (Falcon-H1 runs both in each layer).
+
+    Gives `attention_kv_heads_per_layer` (KV heads of each layer, 0 where it has none; None when every layer has
+    the same), `recurrent_layers` and `recurrent_state_bytes` (one sequence, all recurrent layers)."""
+    out: dict[str, Any] = {"attention_kv_heads_per_layer": None, "recurrent_layers": 0, "recurrent_state_bytes": 0}
+    if not layers or layers <= 0:
+        return out
+    kv = list(kv_per_layer[:layers]) if kv_per_layer and len(kv_per_layer) >= layers else None
+    d_conv, d_inner = _as_int(av("ssm.conv_kernel")) or 0, _as_int(av("ssm.inner_size")) or 0
+    d_state, n_group = _as_int(av("ssm.state_size")) or 0, _as_int(av("ssm.group_count")) or 0
+    l_cache, wkv = _as_int(av("shortconv.l_cache")) or 0, _as_int(av("wkv.head_size")) or 0
+    n_embd = hidden or 0
+    if wkv:
+        shift = _as_int(av("token_shift_count"))
+        per_layer = ((2 if shift is None else shift) * n_embd + n_embd * wkv) * 4
+    elif l_cache:
+        per_layer = n_embd * (l_cache - 1) * 4
+    elif d_inner and d_state:
+        per_layer = (max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state) + d_state * d_inner) * 4
+    else:
+        per_layer = 0
+    if per_layer <= 0:  # no recurrent state: only zeros in a per-layer head_count_kv change the KV
+        if kv is not None and len(set(kv)) > 1:
+            out["attention_kv_heads_per_layer"] = tuple(kv)
+        return out
+    interval = _as_int(av("full_attention_interval"))
+    if interval and interval > 0:
+        recurrent = [(i + 1) % interval != 0 for i in range(layers)]
+        attn = [0 if r else (kv[i] if kv else (kv_heads or 0)) for i, r in enumerate(recurrent)]
+    elif kv is not None:
+        ff = list(ffn_per_layer[:layers]) if ffn_per_layer and len(ffn_per_layer) >= layers else None
+        no_ffn = arch in _RECURRENT_NEEDS_NO_FFN and ff is not None
+        recurrent = [k == 0 and (not no_ffn or ff[i] == 0) for i, k in enumerate(kv)]  # type: ignore[index]
+        attn = kv
+    elif wkv or not heads or not kv_heads:
+        recurrent, attn = [True] * layers, [0] * layers  # recurrent only (Mamba, RWKV)
+    else:
+        recurrent, attn = [True] * layers, [kv_heads] * layers  # state and attention in every layer (Falcon-H1)
+    n = sum(recurrent)
+    out.update(recurrent_layers=n, recurrent_state_bytes=n * per_layer)
+    if len(set(attn)) > 1 or (attn and attn[0] != kv_heads):
+        out["attention_kv_heads_per_layer"] = tuple(attn)
+    return out
 
 
 # The name llama.cpp gives and expects for the parts of a split GGUF (src/llama.cpp llama_split_path:

@@ -56,6 +56,8 @@ class LockEntry:
         data = {k: v for k, v in self.facts.items() if k in names}
         for k in _MAPPINGS:
             data[k] = dict(data.get(k) or {})
+        if "kv_heads_per_layer" in data:
+            data["kv_heads_per_layer"] = tuple(int(k) for k in data["kv_heads_per_layer"] or ())
         return pin_gguf_url(ModelFacts(**data), self.resolved)
 
 
@@ -68,6 +70,11 @@ def facts_to_json(facts) -> dict[str, Any]:
             del out[k]
     if out.get("ref") is None:  # a catalog name's reference; remote facts have none, so locks stay as written
         out.pop("ref", None)
+    for k in ("kv_heads_per_layer", "recurrent_layers", "recurrent_state_bytes"):
+        if not out.get(k):  # only hybrid and recurrent models have them: other locks stay as written
+            out.pop(k, None)
+        elif k == "kv_heads_per_layer":
+            out[k] = list(out[k])
     return out
 
 

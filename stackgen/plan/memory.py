@@ -337,7 +337,9 @@ def _checkpoint_note(n: int, each: int, slots: int, how: CacheSettings) -> str:
 
 def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type: str = "f16",
                       ubatch: int = DEFAULT_UBATCH) -> int:
-    """KV cache of llama-server with `-c ctx_per_slot*slots -np slots` (non-unified: one stream per slot)."""
+    """KV cache of llama-server with `-c ctx_per_slot*slots -np slots` (non-unified: one stream per slot), plus the
+    recurrent layers' state: llama.cpp keeps it in f32 whatever -ctk/-ctv say, one per sequence (src/llama-model.cpp
+    create_memory: llama_memory_recurrent with GGML_TYPE_F32 and max(1, n_seq_max) cells; engines.md 1.4)."""
     cells = pad(ctx_per_slot)
     bpe = kv_bytes_per_element(kv_type)
     per_cell_layer = model.kv_bytes_per_token_per_layer(bpe)
@@ -346,7 +348,7 @@ def llamacpp_kv_bytes(model: ModelFacts, ctx_per_slot: int, slots: int, kv_type:
     if model.swa_layers and model.sliding_window:
         swa_cells = pad(min(cells, model.sliding_window + ubatch))
         swa = model.swa_layers * swa_cells * per_cell_layer
-    return int((full + swa) * slots)
+    return int((full + swa) * slots) + model.recurrent_state_bytes * max(1, slots)
 
 
 # llama-server's worst-case graph reserves float32 logits for `llamacpp_logit_rows` rows (version-aware, issue 13):

@@ -187,3 +187,109 @@ def test_a_locked_remote_gguf_of_a_new_type_is_planned_from_its_header(tmp_path,
     sp = plan_of(stack)
     assert r.fmt == "IQ1_S" and sp.memory.weights_format == "IQ1_S"
     assert (sp.memory.weights_bytes, sp.memory.weights_source) == (r.weights_bytes, "header")
+
+
+# ---------------------------------------------------------------------------------------------- #9 recurrent and hybrid
+
+
+def _arch_gguf(tmp_path: Path, arch: str, layers: int, keys: list, name: str = "m.gguf") -> Path:
+    from test_gguf import STR, U32, make_gguf
+
+    kvs = [("general.architecture", STR, arch), ("general.file_type", U32, 1), (f"{arch}.block_count", U32, layers),
+           (f"{arch}.embedding_length", U32, 256), (f"{arch}.context_length", U32, 8192)]
+    kvs += [(f"{arch}.{k}", t, v) for k, t, v in keys]
+    tensors = [("token_embd.weight", [256, 64], "F16")]
+    tensors += [(f"blk.{i}.ffn_up.weight", [256, 256], "F16") for i in range(layers)]
+    data, _ = make_gguf(kvs, tensors)
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def _attention_kv(sp, kv_heads: list[int], head_dim: int) -> int:
+    """engines.md 1.4: sum over layers of n_head_kv(il) x (head_k + head_v) x 2 B (f16) x pad256(cells) per slot."""
+    m = sp.memory
+    assert m.kv_cache_type == "f16"
+    cells = -(-m.context_per_request // 256) * 256
+    return sum(kv_heads) * 2 * head_dim * 2 * cells * m.parallel
+
+
+def test_a_mamba_gguf_has_a_fixed_state_per_sequence_not_attention_kv(tmp_path, write_stack):
+    """Was: heads invented as 1 with head_dim = hidden, attention KV on every layer (the audit's 64-layer Mamba:
+    5.37 GB of KV for 2 x 4096 tokens where llama.cpp keeps 50 MB of state)."""
+    from test_gguf import U32
+
+    layers, d_conv, d_inner, d_state = 4, 4, 512, 16
+    path = _arch_gguf(tmp_path, "mamba", layers, [("attention.head_count", U32, 0), ("ssm.conv_kernel", U32, d_conv),
+                                                   ("ssm.inner_size", U32, d_inner), ("ssm.state_size", U32, d_state),
+                                                   ("ssm.time_step_rank", U32, 16)])
+    sp = plan_of(write_stack(stack_text(path.name, engine="llama.cpp")))
+    per_layer = ((d_conv - 1) * d_inner + d_state * d_inner) * 4  # engines.md 2.5, n_group 0
+    assert sp.model.kv_heads == 0 and sp.model.recurrent_layers == layers
+    assert sp.memory.kv_cache_bytes == layers * per_layer * sp.memory.parallel
+    # The state does not grow with the context.
+    longer = plan_of(write_stack(stack_text(path.name, engine="llama.cpp").replace("4096", "8192"), "b.yaml"))
+    assert longer.memory.kv_cache_bytes == sp.memory.kv_cache_bytes
+
+
+def test_a_per_layer_head_count_kv_counts_only_the_layers_with_heads(tmp_path, write_stack):
+    """Was: every layer at the largest count (the audit's [8, 0, 0, 8]: 33,554,432 B, twice llama.cpp's sum)."""
+    from test_gguf import ARR, I32, U32
+
+    heads = [("attention.head_count", U32, 8)]
+    mixed = _arch_gguf(tmp_path, "llama", 4, heads + [("attention.head_count_kv", ARR, (I32, [8, 0, 0, 8]))], "a.gguf")
+    full = _arch_gguf(tmp_path, "llama", 4, heads + [("attention.head_count_kv", U32, 8)], "b.gguf")
+    sp = plan_of(write_stack(stack_text(mixed.name, engine="llama.cpp"), "a.yaml"))
+    sp_full = plan_of(write_stack(stack_text(full.name, engine="llama.cpp"), "b.yaml"))
+    assert sp.memory.kv_cache_bytes == _attention_kv(sp, [8, 0, 0, 8], 256 // 8)
+    assert 2 * sp.memory.kv_cache_bytes == sp_full.memory.kv_cache_bytes == _attention_kv(sp_full, [8] * 4, 256 // 8)
+
+
+def test_a_hybrid_counts_attention_kv_on_its_attention_layers_and_state_on_the_others(tmp_path, write_stack):
+    """LFM2 (short convolutions where head_count_kv is 0) and a Qwen3-Next style model (attention every
+    full_attention_interval-th layer, a scalar head_count_kv)."""
+    from test_gguf import ARR, I32, U32
+
+    lfm = _arch_gguf(tmp_path, "lfm2", 4, [("attention.head_count", U32, 8), ("shortconv.l_cache", U32, 3),
+                                           ("attention.head_count_kv", ARR, (I32, [0, 0, 2, 0]))], "lfm.gguf")
+    sp = plan_of(write_stack(stack_text(lfm.name, engine="llama.cpp"), "lfm.yaml"))
+    state = 3 * 256 * (3 - 1) * 4  # three recurrent layers of n_embd x (l_cache - 1) f32 (llama-hparams n_embd_r)
+    assert sp.memory.kv_cache_bytes == _attention_kv(sp, [0, 0, 2, 0], 32) + state * sp.memory.parallel
+
+    nxt = _arch_gguf(tmp_path, "qwen3next", 8, [("attention.head_count", U32, 8), ("attention.head_count_kv", U32, 2),
+                                                ("full_attention_interval", U32, 4), ("ssm.conv_kernel", U32, 4),
+                                                ("ssm.inner_size", U32, 512), ("ssm.state_size", U32, 16),
+                                                ("ssm.group_count", U32, 2)], "next.gguf")
+    sp = plan_of(write_stack(stack_text(nxt.name, engine="llama.cpp"), "next.yaml"))
+    per_layer = (3 * (512 + 2 * 2 * 16) + 16 * 512) * 4
+    assert sp.model.recurrent_layers == 6 and sp.model.kv_heads_per_layer == (0, 0, 0, 2, 0, 0, 0, 2)
+    assert sp.memory.kv_cache_bytes == _attention_kv(sp, [2, 2], 32) + 6 * per_layer * sp.memory.parallel
+
+
+def test_a_hybrids_layers_survive_the_lock_and_other_locks_stay_as_written(tmp_path):
+    from test_gguf import ARR, I32, U32
+
+    from stackgen.models.facts import ModelFacts
+    from stackgen.models.lock import LockEntry, facts_to_json
+
+    path = _arch_gguf(tmp_path, "lfm2", 4, [("attention.head_count", U32, 8), ("shortconv.l_cache", U32, 3),
+                                            ("attention.head_count_kv", ARR, (I32, [0, 0, 2, 0]))])
+    s = sg_gguf.summarize_parts([sg_gguf.read_gguf_header(path)])
+    facts = ModelFacts.from_summary("m", "gguf", None, s)
+    back = LockEntry("hf:org/m", None, {}, facts_to_json(facts)).model_facts()
+    assert back == facts and back.kv_heads_per_layer == (0, 0, 2, 0) and back.recurrent_state_bytes > 0
+    plain = facts_to_json(ModelFacts.from_summary("m", "gguf", None, {**s, "attention_kv_heads_per_layer": None,
+                                                                    "recurrent_layers": 0, "recurrent_state_bytes": 0}))
+    assert not {"kv_heads_per_layer", "recurrent_layers", "recurrent_state_bytes"} & set(plain)
+
+
+def test_ollamas_estimate_reads_the_per_layer_heads_and_the_recurrent_state():
+    """Ollama's legacy estimate (engines.md 2.5): per-layer KV x n_head_kv(layer), recurrent layers their state."""
+    from stackgen.engines.ollama_estimate import OllamaModel, kv_per_layer
+
+    base = dict(architecture="lfm2", block_count=4, embedding=256, heads=8, kv_heads=2, head_k=32, head_v=32,
+                vocab=1000, layer_bytes=1, output_bytes=1)
+    kv = kv_per_layer(OllamaModel(**base, kv_heads_per_layer=(0, 0, 2, 0), recurrent_state_bytes=4000), 4096, 512, 2,
+                      "f16")
+    one = 4096 * 2 * 64 * 2 * 2  # num_ctx x parallel x (head_k + head_v) x 2 heads x 2 B
+    assert kv == [1000, 1000, one + 1000, 1000]
