@@ -481,6 +481,8 @@ def _from_gguf(path: Path, q: str | None) -> ModelFacts:
             st = p.stat()
             files.append((str(p.resolve()), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
         s = _gguf_summary(tuple(files))
+    except gguf.GGUFModelError as exc:
+        raise ModelRefError(f"{path.name}: {exc}", exc.hint) from None
     except gguf.GGUFError as exc:
         raise ModelRefError(f"{path.name}: not a readable GGUF file: {exc}", "point `model:` at a .gguf file") from None
     except OSError as exc:

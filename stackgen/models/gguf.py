@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, Mapping
 
 __all__ = [
     "GGUFError",
+    "GGUFModelError",
     "ArrayInfo",
     "TensorInfo",
     "GGUFHeader",
@@ -172,6 +173,15 @@ _ARCH_SWA_PERIOD: Mapping[str, int] = MappingProxyType({
 class GGUFError(ValueError):
     """A file that is not a GGUF this reader can trust: truncated, corrupt,
     wrong magic or an unsupported version.  The message names the byte offset."""
+
+
+class GGUFModelError(GGUFError):
+    """A well-formed GGUF that is not a model llama.cpp can load or stackgen can size (no head counts, KV heads that
+    do not divide the heads, no tensors at all). `hint`: what to do instead."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -720,6 +730,9 @@ def summarize_parts(headers: "list[GGUFHeader] | tuple[GGUFHeader, ...]") -> dic
         raise GGUFError(f"{first.path} says split.count={count} but {len(headers)} parts were found")
     s = summarize(first)
     check_summary(first, s)
+    if not any(h.tensor_count for h in headers):
+        raise GGUFModelError("the file has no tensors: a vocabulary-only GGUF (like llama.cpp's ggml-vocab-*.gguf "
+                             "test files) has no weights to serve", "point `model:` at the model's weights GGUF")
     if len(headers) > 1:
         tensors = tuple(t for h in headers for t in h.tensors)
         s["params"] = sum(h.n_elements for h in headers)
@@ -813,3 +826,40 @@ def check_summary(header: GGUFHeader, s: Mapping[str, Any]) -> None:
     if bad:
         raise GGUFError(f"{header.path}: negative values in the header ({', '.join(bad)}); a real model has none: "
                         "re-convert it with llama.cpp's convert_hf_to_gguf.py")
+    _check_heads(header, s)
+
+
+_RECONVERT = "re-convert the model with llama.cpp's convert_hf_to_gguf.py, which writes "
+
+
+def _check_heads(header: GGUFHeader, s: Mapping[str, Any]) -> None:
+    """Attention head counts a planner can size the KV cache from, as llama.cpp needs them; nothing invented.
+
+    A model with attention needs attention.head_count > 0 and KV heads > 0 on some layer (zeros on others are the
+    recurrent or MLP-only layers of a hybrid); a recurrent-only model (Mamba, RWKV: every layer recurrent) has none.
+    On each layer the query heads must be a multiple of the KV heads: each KV head serves n_head / n_head_kv query
+    heads (src/llama-hparams.cpp n_gqa(); ggml's mul_mat broadcasts K over the query heads only when
+    ne[2] % ne[2] == 0, ggml/src/ggml.c ggml_can_mul_mat)."""
+    arch = header.architecture or "?"
+    layers = s["layers"]
+    if s.get("recurrent_layers") == layers and not any(s.get("attention_kv_heads_per_layer") or ()) \
+            and not (s.get("heads") and s.get("kv_heads")):
+        return  # recurrent only: no attention heads to check
+    heads = s.get("heads")
+    if not heads:
+        raise GGUFModelError(
+            f"{arch}.attention.head_count is {'missing' if heads is None else heads} and the model has no recurrent "
+            "layers: its attention, and so its KV cache, cannot be sized (llama.cpp cannot load it either)",
+            _RECONVERT + "attention.head_count from num_attention_heads")
+    if not s.get("kv_heads"):
+        raise GGUFModelError(f"{arch}.attention.head_count_kv is 0 on every layer of an attention model: no layer "
+                             "would have a KV cache", _RECONVERT + "attention.head_count_kv from num_key_value_heads")
+    per_heads = list(s.get("heads_per_layer") or ()) or [heads] * layers
+    per_kv = list(s.get("kv_heads_per_layer") or ()) or [s["kv_heads"]] * layers
+    for il, (h, kv) in enumerate(zip(per_heads, per_kv)):
+        if kv and (not h or h % kv):
+            where = f" on layer {il}" if s.get("kv_heads_per_layer") or s.get("heads_per_layer") else ""
+            raise GGUFModelError(
+                f"{arch}.attention.head_count_kv ({kv}) does not divide attention.head_count ({h}){where}: each KV "
+                "head serves head_count / head_count_kv query heads, so llama.cpp cannot run this attention",
+                _RECONVERT + "attention.head_count_kv from num_key_value_heads, a divisor of num_attention_heads")

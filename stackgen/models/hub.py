@@ -194,6 +194,8 @@ def _gguf_summary(client: HttpClient, urls: list[str], what: str) -> tuple[dict[
             raise RemoteError(f"{what}: not a readable GGUF: {exc}") from None
     try:
         s = gguf.summarize_parts(headers)
+    except gguf.GGUFModelError as exc:
+        raise RemoteError(f"{what}: {exc} ({exc.hint})") from None
     except gguf.GGUFError as exc:
         raise RemoteError(f"{what}: {exc}") from None
     return s, s["tensor_data_bytes"]

@@ -293,3 +293,49 @@ def test_ollamas_estimate_reads_the_per_layer_heads_and_the_recurrent_state():
                       "f16")
     one = 4096 * 2 * 64 * 2 * 2  # num_ctx x parallel x (head_k + head_v) x 2 heads x 2 B
     assert kv == [1000, 1000, one + 1000, 1000]
+
+
+# ---------------------------------------------------------------------------------------------- #14 unplannable headers
+
+
+@pytest.mark.parametrize("keys, words", [
+    ([], "attention.head_count is missing"),
+    ([("attention.head_count", 0), ("attention.head_count_kv", 0)], "attention.head_count is 0"),
+    ([("attention.head_count", 8), ("attention.head_count_kv", 0)], "head_count_kv is 0 on every layer"),
+    ([("attention.head_count", 8), ("attention.head_count_kv", 64)], "head_count_kv (64) does not divide"),
+    ([("attention.head_count", 7), ("attention.head_count_kv", 3)], "head_count_kv (3) does not divide"),
+])
+def test_head_counts_that_cannot_be_planned_are_refused_at_the_models_line(keys, words, tmp_path, write_stack):
+    """Was: planned silently with heads set to 1 and head_dim = hidden, or with 64 KV heads for 8 query heads."""
+    from test_gguf import U32
+
+    path = _arch_gguf(tmp_path, "llama", 4, [(k, U32, v) for k, v in keys])
+    with pytest.raises(SpecError) as err:
+        load_stack(write_stack(stack_text(path.name)))
+    text = str(err.value)
+    assert ":6:12: services.chat.model: m.gguf: llama." in text and words in text
+    assert "(re-convert the model with llama.cpp's convert_hf_to_gguf.py" in text and "Traceback" not in text
+
+
+def test_a_vocabulary_only_gguf_is_refused(tmp_path, write_stack):
+    """Was: planned with 0 bytes of weights and 'TTFT inf s alone' (llama.cpp's ggml-vocab-*.gguf files)."""
+    from test_gguf import STR, U32, make_gguf
+
+    kvs = [("general.architecture", STR, "llama"), ("llama.block_count", U32, 4), ("llama.embedding_length", U32, 256),
+           ("llama.attention.head_count", U32, 8), ("tokenizer.ggml.model", STR, "llama")]
+    data, _ = make_gguf(kvs, [])
+    (tmp_path / "vocab.gguf").write_bytes(data)
+    with pytest.raises(SpecError) as err:
+        load_stack(write_stack(stack_text("vocab.gguf")))
+    assert "services.chat.model: vocab.gguf: the file has no tensors" in str(err.value)
+
+
+def test_a_hybrid_with_zero_kv_layers_and_a_recurrent_model_without_heads_still_plan(tmp_path, write_stack):
+    from test_gguf import ARR, I32, U32
+
+    hybrid = _arch_gguf(tmp_path, "llama", 4, [("attention.head_count", U32, 8),
+                                               ("attention.head_count_kv", ARR, (I32, [8, 0, 0, 2]))], "h.gguf")
+    mamba = _arch_gguf(tmp_path, "mamba", 4, [("ssm.conv_kernel", U32, 4), ("ssm.inner_size", U32, 512),
+                                              ("ssm.state_size", U32, 16)], "r.gguf")
+    assert plan_of(write_stack(stack_text(hybrid.name), "h.yaml")).memory.fits
+    assert plan_of(write_stack(stack_text(mamba.name), "r.yaml")).memory.kv_cache_bytes > 0
