@@ -165,6 +165,10 @@ class ModelFacts:
     kv_heads_per_layer: tuple[int, ...] = ()
     recurrent_layers: int = 0
     recurrent_state_bytes: int = 0
+    # Multi-head latent attention in a GGUF (DeepSeek V2/V3, GLM-DSA, Mistral 4, ...: attention.key_length_mla and
+    # value_length_mla set, llama_hparams::is_mla()): llama.cpp caches K only, key_length wide (kv_lora_rank + the
+    # rope dims, 576 for DeepSeek V3), and reads V as a view of it (src/llama-kv-cache.cpp: has_v = !is_mla).
+    kv_k_only: bool = False
 
     # ------------------------------------------------------------------ construction
 
@@ -248,6 +252,7 @@ class ModelFacts:
             gguf_input_bytes=int(s.get("input_bytes") or 0), gguf_output_bytes=int(s.get("output_bytes") or 0),
             gguf_output_tied=bool(s.get("output_tied")),
             kv_heads_per_layer=kv_layers if len(kv_layers) == layers else (),
+            kv_k_only=bool(s.get("kv_k_only")),
             recurrent_layers=int(s.get("recurrent_layers") or 0),
             recurrent_state_bytes=int(s.get("recurrent_state_bytes") or 0),
         )
@@ -266,7 +271,7 @@ class ModelFacts:
         """KV bytes of one token in an average layer: x layers is llama.cpp's sum over the layers of n_head_kv(il)
         (engines.md 1.4), so layers without KV heads (recurrent or MLP-only layers of a hybrid) count nothing."""
         heads = sum(self.kv_heads_per_layer) / self.layers if self.kv_heads_per_layer and self.layers else self.kv_heads
-        return heads * (self.head_dim_k + self.head_dim_v) * bytes_per_element
+        return heads * (self.head_dim_k + (0 if self.kv_k_only else self.head_dim_v)) * bytes_per_element
 
     def gguf_bytes(self, quant: str) -> tuple[int, str]:
         """Weights of the GGUF in `quant`, and where the figure came from."""

@@ -621,6 +621,8 @@ def summarize(header: GGUFHeader) -> dict[str, Any]:
         "kv_heads_per_layer": kv_per_layer,
         "head_dim_k": head_dim_k,
         "head_dim_v": head_dim_v,
+        # llama_hparams::is_mla(): both MLA head lengths set; the cache then holds K only (facts.ModelFacts.kv_k_only)
+        "kv_k_only": av("attention.key_length_mla") is not None and av("attention.value_length_mla") is not None,
         "context_length": _as_int(av("context_length")),
         "sliding_window": window,
         "sliding_window_pattern": pattern,

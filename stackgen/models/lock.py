@@ -70,8 +70,8 @@ def facts_to_json(facts) -> dict[str, Any]:
             del out[k]
     if out.get("ref") is None:  # a catalog name's reference; remote facts have none, so locks stay as written
         out.pop("ref", None)
-    for k in ("kv_heads_per_layer", "recurrent_layers", "recurrent_state_bytes"):
-        if not out.get(k):  # only hybrid and recurrent models have them: other locks stay as written
+    for k in ("kv_heads_per_layer", "recurrent_layers", "recurrent_state_bytes", "kv_k_only"):
+        if not out.get(k):  # only hybrid, recurrent and MLA models have them: other locks stay as written
             out.pop(k, None)
         elif k == "kv_heads_per_layer":
             out[k] = list(out[k])

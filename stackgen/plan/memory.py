@@ -636,7 +636,7 @@ def vllm_kv_bytes_per_request(model: ModelFacts, ctx: int, kv_dtype: str, tp: in
     """KV bytes one request of `ctx` tokens needs on each rank (block size 16, SWA layers hold the window)."""
     bpe = kv_bytes_per_element(kv_dtype)
     kv_heads = max(1, model.kv_heads // tp)
-    per_token_layer = kv_heads * (model.head_dim_k + model.head_dim_v) * bpe
+    per_token_layer = kv_heads * (model.head_dim_k + (0 if getattr(model, "kv_k_only", False) else model.head_dim_v)) * bpe
     tokens_full = pad(ctx, 16)
     full = model.full_attention_layers * tokens_full * per_token_layer
     swa = 0

@@ -339,3 +339,32 @@ def test_a_hybrid_with_zero_kv_layers_and_a_recurrent_model_without_heads_still_
                                               ("ssm.state_size", U32, 16)], "r.gguf")
     assert plan_of(write_stack(stack_text(hybrid.name), "h.yaml")).memory.fits
     assert plan_of(write_stack(stack_text(mamba.name), "r.yaml")).memory.kv_cache_bytes > 0
+
+
+def test_an_mla_gguf_caches_k_only_as_llama_cpp_does(tmp_path, write_stack):
+    """DeepSeek V2/V3 GGUFs converted with multi-head latent attention (attention.key_length_mla and
+    value_length_mla set: llama_hparams::is_mla()) hold one KV head of key_length = kv_lora_rank + rope dims (576) and
+    llama.cpp allocates K only (src/llama-kv-cache.cpp: has_v = !is_mla; V is a view of K). The plan counted
+    576 + 512 per token per layer, 1.9x. An older conversion without the _mla keys runs the full heads (no change)."""
+    from test_gguf import U32
+
+    layers = 4
+    mla = [("attention.head_count", U32, 16), ("attention.head_count_kv", U32, 1),
+           ("attention.key_length", U32, 576), ("attention.value_length", U32, 512),
+           ("attention.key_length_mla", U32, 192), ("attention.value_length_mla", U32, 128),
+           ("attention.kv_lora_rank", U32, 512)]
+    new = _arch_gguf(tmp_path, "deepseek2", layers, mla, "new.gguf")
+    old = _arch_gguf(tmp_path, "deepseek2", layers, [("attention.head_count", U32, 16),
+                                                     ("attention.head_count_kv", U32, 16),
+                                                     ("attention.key_length", U32, 192),
+                                                     ("attention.value_length", U32, 128)], "old.gguf")
+    sp = plan_of(write_stack(stack_text(new.name, engine="llama.cpp"), "a.yaml"))
+    sp_old = plan_of(write_stack(stack_text(old.name, engine="llama.cpp"), "b.yaml"))
+    m = sp.memory
+    assert m.kv_cache_type == "f16" and sp.model.kv_k_only and not sp_old.model.kv_k_only
+    cells = -(-m.context_per_request // 256) * 256
+    assert m.kv_cache_bytes == layers * 576 * 2 * cells * m.parallel
+    assert sp_old.memory.kv_cache_bytes == layers * 16 * (192 + 128) * 2 * cells * sp_old.memory.parallel
+    # a lock keeps it; other models' locks stay as written (no kv_k_only key)
+    from stackgen.models.lock import facts_to_json
+    assert facts_to_json(sp.model)["kv_k_only"] is True and "kv_k_only" not in facts_to_json(sp_old.model)
