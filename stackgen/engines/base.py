@@ -513,6 +513,22 @@ class Command:
     key_env: str | None = None
 
 
+# How a process is limited to some GPUs, per vendor runtime (a CUDA, ROCm or Level Zero fact, not an engine's).
+VISIBLE_DEVICES = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES", "intel": "ZE_AFFINITY_MASK"}
+
+
+def visible_devices(plan: "ServicePlanLike", ids: tuple[int, ...] | None = None) -> dict[str, str]:
+    """The variable that pins a native process to its GPU set (host indices; default: the plan's `gpu_ids`, the GPUs
+    capacity.place_gpus gave the service). Without it every process started from GPU 0: two services on an 8-GPU
+    machine both ran on GPU 0 (vLLM at 0.90 + 0.87 of it) while 6 GPUs idled."""
+    ids = tuple(getattr(plan, "gpu_ids", ()) or ()) if ids is None else ids
+    if not ids:
+        return {}
+    vendor = next((g.vendor for g in plan.gpus if not g.unified), None)
+    var = VISIBLE_DEVICES.get(vendor or "")
+    return {var: ",".join(str(i) for i in ids)} if var else {}
+
+
 def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str, host: str, port: int,
             key_file: str | None = KEY_FD) -> Command:
     """The one builder of a service's command. `key_file`: where a file-reading engine finds the key (None: give
@@ -522,7 +538,8 @@ def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str
     mode = None if how is None else ("file" if how.file_flag and key_file else "env")
     ctx = LaunchContext(binary=binary, model_ref=model_ref, host=host, port=port,
                         api_key_file=key_file if mode == "file" else None)
-    return Command(tuple(engine.argv(plan, ctx)), engine.env(plan), key_var if mode else None, mode,
+    env = {**engine.env(plan), **visible_devices(plan)}  # a natively started process sees only its planned GPUs
+    return Command(tuple(engine.argv(plan, ctx)), env, key_var if mode else None, mode,
                    how.env if how is not None else None)
 
 

@@ -23,7 +23,9 @@ from typing import Any
 from stackgen import engines
 from stackgen.engines.base import Unsupported
 from stackgen.errors import PlanError
-from stackgen.plan.memory import DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, vllm_kv_bytes_per_request
+from stackgen.models.facts import GIB
+from stackgen.plan.memory import (DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, unexposed_bytes,
+                                  vllm_kv_bytes_per_request)
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
 from stackgen.plan.speed import StepParts, mean_context, step_inputs
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
@@ -272,11 +274,6 @@ class Capacity:
     @property
     def replicas(self) -> int:
         return self.layout.instances
-
-    def gpu_sets(self) -> list[list[int]]:
-        """GPU indices per instance (CUDA_VISIBLE_DEVICES / device requests)."""
-        n = self.layout.gpus_per_instance
-        return [list(range(i * n, (i + 1) * n)) for i in range(self.layout.instances)] if n else []
 
     def to_json(self) -> dict[str, Any]:
         p = self.prediction
@@ -555,6 +552,76 @@ def _reason_text(cap: Capacity, wl: WorkloadSpec) -> str:
         return f"the fewest GPUs that meet the targets (p95 TTFT <= {wl.ttft_p95_ms / 1000:g} s, >= " \
                f"{wl.tokens_per_s_per_user:g} tokens/s per user); {said}"
     return f"no layout meets the targets; the best one: {said}"
+
+
+def gpu_sizes(hw: HardwareSpec) -> list[int]:
+    """Each discrete GPU's memory in bytes, in the order the hardware lists them: the host indices `gpu_ids` name
+    (nvidia-smi's order for a detected machine). Apple's unified memory is one pool: none."""
+    if hw.is_apple:
+        return []
+    return [int(g.memory_gib * GIB) for g in hw.gpus if not g.unified for _ in range(g.count)]
+
+
+def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], list[int]]:
+    """The GPUs service `sp` (resolved, its layout chosen) runs on, given what the services before it left on each
+    GPU (`free`, bytes per GPU index), and what each GPU has left after it: (gpu_ids, free after).
+
+    Every process of the service (each separate instance, or the one server) takes `Engine.gpu_count` GPUs, the ones
+    with the most memory still free that hold its share (its GPU bytes, and what a utilization share leaves to
+    nobody, memory.unexposed_bytes, spread evenly over them: vLLM reserves the same fraction of each GPU, engines.md
+    3.3; a llama.cpp replica is planned on each GPU alike). Before, every service counted from GPU 0 (Capacity's
+    sets were range(i*n, (i+1)*n)) and only the machine's total was budgeted: two services of 4 llama.cpp replicas
+    on 8 RTX 4090s both ran on GPUs 0-3, 14.68 + 14.68 GB on each 24 GiB GPU, GPUs 4-7 idle; two single-GPU vLLM
+    services both on GPU 0 at 0.90 + 0.87 of it. One process over every GPU is not pinned: llama.cpp splits its
+    layers by each GPU's memory (-ts, Engine.layer_split_by_memory) and vLLM reserves the same share of each, so
+    each GPU must hold its share; others (Ollama) place layers by what each GPU has free. Raises PlanError (its
+    message; resolve adds the position) when the GPUs left cannot hold it."""
+    engine = engines.get(sp.engine)
+    total = len(free)
+    if not total or sp.topology is not None or sp.memory.gpu_bytes <= 0 or not engine.uses_gpu(sp):
+        return (), free
+    cap = sp.capacity
+    n = cap.replicas if cap is not None and cap.separate else 1
+    m = sp.memory  # on one node, pipeline parallel stages are GPUs too (TP x PP x DP ranks, one GPU each)
+    k = max(1, engine.gpu_count(sp), m.tensor_parallel * m.pipeline_parallel * m.data_parallel if n == 1 else 1)
+    need = sp.memory.gpu_bytes + unexposed_bytes(sp.memory, hw)
+    free = list(free)
+    if n == 1 and k >= total:
+        fixed = engine.layer_split_by_memory or m.gpu_memory_utilization is not None
+        if engine.layer_split_by_memory and total > 1:
+            sizes = gpu_sizes(hw)
+            shares = [-(-need * size // sum(sizes)) for size in sizes]
+        elif m.gpu_memory_utilization is not None:  # the same share of every GPU (engines.md 3.3)
+            shares = [-(-need // total)] * total
+        else:
+            left = max(1, sum(f for f in free if f > 0))
+            shares = [need * max(0, f) // left for f in free]
+        short = [i for i in range(total) if shares[i] > free[i]]
+        if short and fixed:
+            raise PlanError(_no_room(sp, hw, free, shares[short[0]], 1, total, short))
+        return (), [f - s for f, s in zip(free, shares)]
+    per_gpu = -(-need // k)
+    ids: list[int] = []
+    for _ in range(n):
+        room = sorted((i for i in range(total) if free[i] >= per_gpu), key=lambda i: (-free[i], i))
+        if len(room) < k:
+            raise PlanError(_no_room(sp, hw, free, per_gpu, n, k, []))
+        for i in sorted(room[:k]):
+            free[i] -= per_gpu
+            ids.append(i)
+    return tuple(ids), free
+
+
+def _no_room(sp, hw: HardwareSpec, free: list[int], per_gpu: int, n: int, k: int, short: list[int]) -> str:
+    what = (f"{n} instances of {k} GPU{'s' if k != 1 else ''} each" if n > 1 else
+            f"{k} GPU{'s' if k != 1 else ''}")
+    how = f" (its layers split by GPU size: GPU {short[0]} is short)" if short else ""
+    left = ", ".join(f"GPU {i} {gb(max(0, f))}" for i, f in enumerate(free))
+    fix = "list it first under services:, or give the services before it fewer GPUs or less memory"
+    if n > 1:
+        fix += ", or set fewer replicas"
+    return (f"needs {what} with {gb(per_gpu)} free on each{how}; the services before it left {left} free on "
+            f"{hw.label()} ({fix})")
 
 
 def fleet_memory(sp) -> MemoryPlan:

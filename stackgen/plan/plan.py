@@ -118,6 +118,21 @@ class ServicePlan:
     # runs as one process), `unit_role` "instance" (`<svc>-N`) or "balancer" (`<svc>`, HAProxy at its host:port).
     unit_of: str = ""
     unit_role: str = ""
+    # The host GPUs (indices in the order hardware lists them) this service's processes run on, placed by
+    # capacity.place_gpus after the services before it: separate instances take `gpu_count` each, in instance order.
+    # () = not pinned: every GPU of the machine (or none). Native starts pin them (engines.base.visible_devices),
+    # containers name them (compose device_ids).
+    gpu_ids: tuple[int, ...] = ()
+
+    def gpu_sets(self) -> list[tuple[int, ...]]:
+        """The GPU indices of each engine process: one set per separate instance, else one (empty: not pinned)."""
+        if not self.gpu_ids:
+            return []
+        cap = self.capacity
+        if cap is None or not cap.separate:
+            return [self.gpu_ids]
+        k = len(self.gpu_ids) // cap.replicas
+        return [self.gpu_ids[i * k:(i + 1) * k] for i in range(cap.replicas)]
 
     @property
     def fetches_weights(self) -> bool:
@@ -144,6 +159,8 @@ class ServicePlan:
             out["topology"] = self.topology.to_json()
         if self.speed is not None:
             out["speed"] = self.speed.to_json()
+        if self.gpu_ids:
+            out["gpu_ids"] = list(self.gpu_ids)
         if self.capacity is not None:
             out["replicas"] = self.capacity.replicas
             out["capacity"] = self.capacity.to_json()

@@ -17,7 +17,7 @@ from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget,
                                   predict_decode_tokens_per_s, unexposed_bytes, with_rope)
-from stackgen.plan.capacity import fleet_memory, requests_held, with_replicas
+from stackgen.plan.capacity import fleet_memory, gpu_sizes, place_gpus, requests_held, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
@@ -171,6 +171,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     """Pure: the same stack and host always give the same plan."""
     hw = stack.hardware or host.hardware
     budget = initial_budget(hw)
+    free = gpu_sizes(hw)  # per GPU, what the services placed so far left (capacity.place_gpus)
     used_ports: set[int] = {s.spec.port for s in stack.services if s.spec.port}
     out: list[ServicePlan] = []
     for svc in stack.services:
@@ -186,6 +187,14 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
             raise
         if sp.topology is None:
             sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
+            try:
+                ids, free = place_gpus(sp, hw, free)
+            except PlanError as exc:
+                field = ("services", svc.name, "replicas") if sp.capacity and sp.capacity.separate else \
+                    ("services", svc.name)
+                raise PlanError(f"{stack.where(field)}: {exc}") from None
+            if ids:
+                sp = _with_command(replace(sp, gpu_ids=ids))
             budget = consume(budget, fleet_memory(sp), unexposed_bytes(sp.memory, hw))
         used_ports.add(sp.port)
         out.append(sp)

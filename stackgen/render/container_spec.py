@@ -40,6 +40,7 @@ class Container:
     read_only: bool  # a read-only root filesystem with a tmpfs /tmp
     shm_size: str | None  # shared memory for PyTorch engines (their root stays writable for compile caches)
     gpus: int  # GPUs reserved (cuda)
+    gpu_ids: tuple[int, ...] = ()  # which host GPUs (the plan's gpu_ids, capacity.place_gpus); () = any `gpus`
 
 
 def container_for(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> Container:
@@ -53,7 +54,7 @@ def container_for(sp: ServicePlan, stack_path: str, compose_dir: Path | None) ->
         env=engine_env(sp, mount.env), key_env=engine_key_env(sp), host=sp.host, port=sp.port, mount=mount,
         read_only=not facts.shared_memory,
         shm_size=("16gb" if sp.memory.tensor_parallel > 1 else "2gb") if facts.shared_memory else None,
-        gpus=engines.get(sp.engine).gpu_count(sp))
+        gpus=engines.get(sp.engine).gpu_count(sp), gpu_ids=tuple(sp.gpu_ids))
 
 
 def engine_key_env(sp: ServicePlan) -> str | None:

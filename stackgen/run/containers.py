@@ -100,7 +100,7 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
         options["tmpfs"] = {"/tmp": ""}
     if c.shm_size:
         options["shm_size"] = c.shm_size
-    options.update(_devices(c.accel, c.gpus))
+    options.update(_devices(c.accel, c.gpus, c.gpu_ids))
     labels = {f"{LABEL}.stack-file": str(stack_file), f"{LABEL}.stack": stack_name, f"{LABEL}.service": sp.name}
     spec = ContainerSpec(container_name(stack_name, sp.name), c.image, list(c.command), env,
                          {f"{sp.port}/tcp": (bind_host, sp.port)}, volumes, labels, options)
@@ -108,10 +108,13 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
     return spec
 
 
-def _devices(accel: str, gpus: int) -> dict[str, Any]:
+def _devices(accel: str, gpus: int, gpu_ids: tuple[int, ...] = ()) -> dict[str, Any]:
     if accel == "cuda":
         import docker
 
+        if gpu_ids:  # the GPUs the plan placed the service on (capacity.place_gpus)
+            return {"device_requests": [docker.types.DeviceRequest(device_ids=[str(i) for i in gpu_ids],
+                                                                   capabilities=[["gpu"]])]}
         return {"device_requests": [docker.types.DeviceRequest(count=gpus, capabilities=[["gpu"]])]}
     if accel in ("rocm", "vulkan"):
         devs = ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"]

@@ -355,6 +355,14 @@ class Stack:
     profiles_dirs: tuple[Path, ...] = field(default=())
     nodes: tuple[Node, ...] = field(default=())  # empty: one machine (`hardware`); else the head is nodes[0]
     remote: Any = field(default=None, compare=False, repr=False)  # stackgen.models.lock.RemoteModels: what stack.lock holds
+    doc: Any = field(default=None, compare=False, repr=False)  # the parsed YAML with positions (yaml_nodes.Document)
+
+    def where(self, loc: tuple) -> str:
+        """`file:line:col: field` of the value at `loc` (or its nearest written ancestor), for errors found after
+        loading (the plan's refusals name the field the user wrote, as load_stack's problems do)."""
+        m = self.doc.mark_for(loc) if self.doc is not None else None
+        at = f"{self.path}:{m.line}:{m.col}" if m is not None else f"{self.path}"
+        return f"{at}: {_dotted(loc)}"
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -797,7 +805,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
         raise SpecError(problems)
     name = spec.name or _default_name(path)
     return Stack(path=path, name=name, spec=spec, hardware=hardware, hardware_label=label,
-                 services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes, remote=remote)
+                 services=tuple(services), profiles_dirs=tuple(profiles.dirs), nodes=nodes, remote=remote, doc=doc)
 
 
 def _bind_nodes(cluster: ClusterSpec, profiles: Any, problem) -> tuple[Node, ...]:

@@ -207,7 +207,7 @@ def test_vllm_data_parallel_reserves_gpus_for_every_engine_core():
     assert not sp.capacity.separate and sp.memory.data_parallel == 3 and sp.memory.tensor_parallel == 2
     compose = yaml.safe_load(render(plan, "compose")["compose/compose.yaml"].content)
     (dev,) = compose["services"]["chat"]["deploy"]["resources"]["reservations"]["devices"]
-    assert dev["count"] == 6
+    assert dev["device_ids"] == ["0", "1", "2", "3", "4", "5"]  # 6 GPUs: the 3 cores x TP 2 the plan placed
     docs = list(yaml.safe_load_all(render(plan, "kubernetes")["kubernetes/chat.yaml"].content))
     by_kind = {d["kind"]: d for d in docs}
     (c,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]

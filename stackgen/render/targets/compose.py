@@ -176,7 +176,11 @@ def hardening(c: Container) -> dict:
 def devices(c: Container) -> dict:
     accel = c.accel
     if accel == "cuda":
+        # the GPUs the plan placed the service on (a second service on the same machine does not start on GPU 0)
         reservation = {"driver": "nvidia", "count": c.gpus, "capabilities": ["gpu"]}
+        if c.gpu_ids:  # compose takes count or device_ids
+            del reservation["count"]
+            reservation["device_ids"] = [str(i) for i in c.gpu_ids]
         return {"deploy": {"resources": {"reservations": {"devices": [reservation]}}}}
     if accel in ("rocm", "vulkan"):
         return {"devices": ["/dev/kfd", "/dev/dri"] if accel == "rocm" else ["/dev/dri"],

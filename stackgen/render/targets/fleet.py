@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stackgen import engines
+from stackgen.engines.base import visible_devices as _visible_devices
 from stackgen.render.balancer import haproxy_config
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
@@ -35,8 +36,6 @@ HAPROXY = "/usr/sbin/haproxy"  # Debian/Ubuntu/Fedora package path
 HAPROXY_IMAGE = "haproxy:2.8"  # the LTS branch (supported to 2028), official image
 HAPROXY_CONTAINER_CFG = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads its config
 DOCKER_DNS = "127.0.0.11:53"  # compose networks' embedded DNS server
-# How a process is limited to some GPUs, per vendor runtime (a CUDA, ROCm or Level Zero fact, not an engine's).
-VISIBLE_DEVICES = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES", "intel": "ZE_AFFINITY_MASK"}
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,13 @@ def separate(sp: ServicePlan) -> bool:
 
 def instances(sp: ServicePlan) -> list[Instance]:
     cap = sp.capacity
-    sets = cap.gpu_sets() if _uses_gpus(sp) else []
+    sets = sp.gpu_sets() if _uses_gpus(sp) else []
     out = []
     for i, port in enumerate(cap.ports):
         ids = tuple(sets[i]) if sets else ()
         env = dict(sp.env)
         env.update(visible_devices(sp, ids))
-        out.append(Instance(i + 1, port, ids, replace(sp, host=LOOPBACK, port=port, env=env)))
+        out.append(Instance(i + 1, port, ids, replace(sp, host=LOOPBACK, port=port, env=env, gpu_ids=ids)))
     return out
 
 
@@ -68,12 +67,8 @@ def _uses_gpus(sp: ServicePlan) -> bool:
 
 
 def visible_devices(sp: ServicePlan, ids: tuple[int, ...]) -> dict[str, str]:
-    """The variable that pins a native process to its GPU set (host indices)."""
-    if not ids:
-        return {}
-    vendor = next(g.vendor for g in sp.gpus if not g.unified)
-    var = VISIBLE_DEVICES.get(vendor)
-    return {var: ",".join(str(i) for i in ids)} if var else {}
+    """The variable that pins a native process to its GPU set (host indices): engines.base.visible_devices."""
+    return _visible_devices(sp, ids)
 
 
 def refuse(plan: Plan, target: str) -> None:
@@ -179,7 +174,9 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
         description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engine.display} serving {sp.model.name}, "
                                 "instance ") + "%i",
         exec_start=systemd_quote(argv),
-        environment=sd._environment(sp, where),
+        # each instance's GPUs come from its own env file, not the whole fleet's set
+        environment=sd._environment(replace(sp, env={k: v for k, v in sp.env.items()
+                                                      if k not in visible_devices(sp, sp.gpu_ids)}), where),
         credential=f"api-key:{folder}/api-key" if key == "credential" else None,
         env_file=None, env_files=env_files,
         comments=[f"Instance %i of {sp.name} ({_what(sp)}); start them all with {base}.service.",

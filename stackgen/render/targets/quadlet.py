@@ -131,7 +131,7 @@ def devices(sp: ServicePlan, accel: str) -> list[str]:
     """CDI names for NVIDIA (one per planned GPU), device nodes for AMD (ROCm: kfd + dri; Vulkan: dri) and Intel."""
     if accel == "cuda":
         count = engines.get(sp.engine).gpu_count(sp)
-        return [f"nvidia.com/gpu={i}" for i in range(count)]
+        return [f"nvidia.com/gpu={i}" for i in (sp.gpu_ids or range(count))]  # the GPUs the plan placed it on
     if accel == "rocm":
         return ["/dev/kfd", "/dev/dri"]
     if accel in ("vulkan", "intel"):

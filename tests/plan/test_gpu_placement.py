@@ -1,0 +1,132 @@
+"""Services on a multi-GPU machine are placed on GPUs still free (capacity.place_gpus): each process's GPU set is in
+the plan (ServicePlan.gpu_ids), per-GPU memory is consumed, and every target pins the set (CUDA_VISIBLE_DEVICES for
+native starts, device_ids / CDI names for containers); a service the GPUs left cannot hold is refused with the field
+and the fix. Audit a3 #1: both services started from GPU 0 (GPUs 4-7 idle, GPU 0 over-committed)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from stackgen.errors import PlanError
+from stackgen.render.artifact import RenderContext, render_plan
+from tools.stacks import plan_for
+
+TWO_FLEETS = """
+version: 1
+name: two
+hardware: 8x rtx-4090
+workload: {concurrent_users: 32, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}
+services:
+  a: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M, replicas: 4}
+  b: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M, replicas: 4}
+"""
+
+TWO_VLLM = """
+version: 1
+name: vv
+hardware: 8x h100-80gb
+workload: {concurrent_users: 64, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}
+services:
+  a: {model: llama-3.1-8b-instruct, engine: vllm, quant: bf16}
+  b: {model: qwen2.5-7b-instruct, engine: vllm, quant: bf16}
+"""
+
+THREE_FLEETS_ON_8 = TWO_FLEETS + """\
+  c: {model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M, replicas: 4}
+"""
+
+# vLLM takes 0.90 of GPU 0; then one llama.cpp server over both GPUs splits its layers by GPU size (-ts 24,24):
+# half of its 28 GB on GPU 0, where 2.5 GB are left
+VLLM_THEN_SPLIT = """
+version: 1
+name: mix
+hardware: 2x rtx-4090
+workload: {concurrent_users: 8, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}
+services:
+  a: {model: llama-3.1-8b-instruct, engine: vllm, quant: bf16}
+  b: {model: qwen2.5-32b-instruct, engine: llama.cpp, quant: Q4_K_M}
+"""
+
+
+def render(plan, target: str) -> dict:
+    return {a.path: a.content for a in render_plan(plan, RenderContext("stack.yaml"), [target])}
+
+
+def env_of(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def per_gpu_use(plan) -> dict[int, int]:
+    """GPU index -> bytes the plan's processes hold on it (each set's share of its process's GPU bytes)."""
+    use: dict[int, int] = {}
+    for sp in plan.services:
+        for ids in sp.gpu_sets():
+            for i in ids:
+                use[i] = use.get(i, 0) + sp.memory.gpu_bytes // len(ids)
+    return use
+
+
+def test_two_replicated_services_get_disjoint_gpus_and_no_gpu_is_over_committed(tmp_path):
+    plan = plan_for(tmp_path, TWO_FLEETS)
+    a, b = plan.services
+    assert a.gpu_sets() == [(0,), (1,), (2,), (3,)]
+    assert b.gpu_sets() == [(4,), (5,), (6,), (7,)]  # was (0,) .. (3,) again: 29.4 GB on each 24 GiB GPU
+    size = int(plan.hardware.gpus[0].memory_gib * 2**30)  # one GPU's memory
+    assert all(used <= size for used in per_gpu_use(plan).values())
+    arts = render(plan, "script")
+    assert [env_of(arts[f"b/b-{i}.env"])["CUDA_VISIBLE_DEVICES"] for i in range(1, 5)] == ["4", "5", "6", "7"]
+    compose = yaml.safe_load(render(plan, "compose")["compose/compose.yaml"])
+    ids = [compose["services"][f"b-{i}"]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+           for i in range(1, 5)]
+    assert ids == [["4"], ["5"], ["6"], ["7"]]
+    systemd = render(plan, "systemd")
+    assert env_of(systemd["systemd/b@1.env"])["CUDA_VISIBLE_DEVICES"] == "4"
+    assert "CUDA_VISIBLE_DEVICES" not in systemd["systemd/stackgen-two-b@.service"]  # each instance's file sets it
+
+
+def test_single_gpu_vllm_services_each_get_their_own_gpu_in_every_target(tmp_path):
+    plan = plan_for(tmp_path, TWO_VLLM)
+    a, b = plan.services
+    assert (a.gpu_ids, b.gpu_ids) == ((0,), (1,))  # both ran on GPU 0 at 0.90 + 0.87 of it
+    assert a.env["CUDA_VISIBLE_DEVICES"] == "0" and b.env["CUDA_VISIBLE_DEVICES"] == "1"
+    script = render(plan, "script")
+    assert env_of(script["b/b.env"])["CUDA_VISIBLE_DEVICES"] == "1"
+    assert 'Environment="CUDA_VISIBLE_DEVICES=1"' in render(plan, "systemd")["systemd/stackgen-vv-b.service"]
+    compose = yaml.safe_load(render(plan, "compose")["compose/compose.yaml"])
+    dev = compose["services"]["b"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert dev["device_ids"] == ["1"] and "count" not in dev
+    assert "AddDevice=nvidia.com/gpu=1" in render(plan, "quadlet")["quadlet/stackgen-vv-b.container"]
+    assert plan.to_json()["services"][1]["gpu_ids"] == [1]
+
+
+def test_a_third_fleet_shares_the_gpus_the_first_left_room_on(tmp_path):
+    plan = plan_for(tmp_path, THREE_FLEETS_ON_8)
+    size = int(plan.hardware.gpus[0].memory_gib * 2**30)  # one GPU's memory
+    assert plan.services[2].gpu_sets() == [(0,), (1,), (2,), (3,)]
+    assert all(used <= size for used in per_gpu_use(plan).values())
+
+
+def test_a_service_the_gpus_left_cannot_hold_is_refused_with_its_field_and_the_fix(tmp_path):
+    with pytest.raises(PlanError) as exc:
+        plan_for(tmp_path, VLLM_THEN_SPLIT)
+    text = str(exc.value)
+    assert text.startswith(f"{tmp_path / 'stack.yaml'}:8:6: services.b: needs 2 GPUs with 14.1 GB free on each")
+    assert "GPU 0 2.5 GB, GPU 1 25.8 GB free" in text and "(list it first under services:" in text
+
+
+def test_a_pipeline_parallel_server_is_placed_on_every_rank_gpu(tmp_path):
+    # --tensor-parallel-size 2 --pipeline-parallel-size 2 --data-parallel-size 2 on one node: 8 ranks, 8 GPUs; placed
+    # as 4 (Engine.gpu_count leaves out the stages), each asked 2 GPUs' memory, it was refused
+    plan = plan_for(tmp_path, """
+version: 1
+hardware: 8x h100-80gb
+workload: team-api
+services:
+  chat:
+    model: llama-3.1-8b-instruct
+    engine: vllm
+    overrides: {data-parallel-size: 2, pipeline-parallel-size: 2, -tp: 2}
+""")
+    sp = plan.services[0]
+    assert sp.gpu_ids == ()  # every GPU of the machine: not pinned
