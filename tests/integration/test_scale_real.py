@@ -92,6 +92,31 @@ def test_two_instances_behind_the_balancer(tmp_path, llama_server, gguf_path, ha
             assert r.ok, r.error
 
 
+def test_a_crashed_instance_costs_no_request_while_another_is_up(tmp_path, llama_server, gguf_path, haproxy,
+                                                                  free_port):
+    # Audit a3 #2: with one of 2 replicas killed (-9: a crash or an OOM kill, before health checks notice it), 2 of 4
+    # concurrent requests got HAProxy's 503 after 3 s although the other instance was up; the rendered config now
+    # retries them there (redispatch, retry-on conn-failure) and marks the dead one down at its first refused
+    # connection (observe layer4), so every request is answered, the extra ones after a wait for a slot.
+    port = _fleet_port(free_port)
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(STACK.format(gguf=gguf_path, binary=llama_server, port=port))
+    sp = plan_for(stack).services[0]
+    with Fleet(sp, tmp_path, haproxy=haproxy) as fleet:
+        fleet.wait_ready(180)
+        os.killpg(fleet.procs[1].pid, 9)
+        fleet.procs[1].wait(15)
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            one_request("127.0.0.1", port, "chat", f"Tell me about {i}.", 4, timeout=120))) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.error for r in results if not r.ok] == []
+        assert len(results) == 4
+
+
 def _metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for line in text.splitlines():

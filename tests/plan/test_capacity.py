@@ -205,6 +205,10 @@ def test_haproxy_config_is_valid_and_balances_by_least_connections(tmp_path):
     assert "balance leastconn" in text and "option httpchk GET /health" in text
     for port in sp.capacity.ports:
         assert f"127.0.0.1:{port} check" in text
+    # a crashed instance: its requests are retried on another (tests/integration/test_scale_real.py runs it), and it
+    # is marked down at its first refused connection
+    assert "retry-on conn-failure empty-response" in text and "option redispatch 1" in text
+    assert text.count("observe layer4 error-limit 1 on-error mark-down") == len(sp.capacity.ports)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(text)
     res = subprocess.run([shutil.which("haproxy") or "haproxy", "-c", "-f", str(cfg)], capture_output=True,
