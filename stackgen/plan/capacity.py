@@ -535,7 +535,7 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
         levers = (f"{lay.label()}: {cap.replicas} {engine.display} instances behind a least-connections load "
                   "balancer, each with its share of the users",) if cap.replicas > 1 else ()
         sp = replace(sp, memory=replace(cap.memory, levers=cap.memory.levers + levers), capacity=cap,
-                     threads=lay.threads if not lay.gpus_per_instance else sp.threads, gpus=gpus)
+                     threads=lay.threads, gpus=gpus)
     reason = f"replicas: {lay.label()}: " + _reason_text(cap, sp.workload)
     cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
                           port=sp.port)

@@ -825,6 +825,11 @@ def _share_machine(plans: list[ServicePlan], hw: HardwareSpec) -> list[ServicePl
             mine = f"{line}; {sp.name} keeps its pinned {pinned} threads (overrides)"
             result.append(_with_command(replace(sp, threads=pinned, reasons=sp.reasons + (mine,))))
             continue
+        if sp.capacity is not None and sp.capacity.separate:  # separate instances split the service's share
+            t = max(1, t // sp.capacity.replicas)
+            mine = f"{line}; {sp.name}'s {sp.capacity.replicas} instances {t} each"
+            result.append(_with_command(replace(sp, threads=t, reasons=sp.reasons + (mine,))))
+            continue
         result.append(_with_command(replace(sp, threads=t, reasons=sp.reasons + (line,))))
     return result
 

@@ -74,7 +74,7 @@ exec "$engine" \
     -np 8 \
     -ngl all \
     --fit off \
-    -t 16 \
+    -t 4 \
     -b 2048 \
     -ub 512 \
     --cache-ram 6923 \
