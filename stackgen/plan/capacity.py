@@ -528,6 +528,9 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
         for _ in range(cap.replicas if cap.replicas > 1 else 0):
             while port in used_ports:
                 port += 1
+            if port > 65535:  # load_stack refuses a written port too close to the end; this one was chosen
+                raise PlanError(f"services.{sp.name}.port: instance ports from {sp.port + 1} run past 65535 (set "
+                                f"services.{sp.name}.port: to a port at most {65535 - cap.replicas})")
             ports.append(port)
             used_ports.add(port)
             port += 1

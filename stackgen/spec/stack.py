@@ -786,6 +786,12 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
                 problem(("services", name, "port"), f"port {svc.port} is already used by service {ports[svc.port]!r}",
                         "give each service its own port")
             ports[svc.port] = name
+            if svc.replicas and svc.replicas > 1 and svc.port + svc.replicas > 65535:
+                # separate instances listen on port + 1 .. port + replicas (capacity.with_replicas); past 65535
+                # HAProxy refuses the config and no engine can bind
+                problem(("services", name, "port"), f"{svc.replicas} replicas listen on port {svc.port + 1} to "
+                        f"{svc.port + svc.replicas}, past the last port, 65535",
+                        f"set port: {65535 - svc.replicas} or lower")
         try:
             facts = resolve_model(svc.model, svc.quant, base_dir=path.parent, catalog=profiles.models, remote=remote)
         except ModelRefError as exc:
