@@ -320,6 +320,8 @@ def layouts(sp, hw: HardwareSpec, pinned: int | None = None) -> list[Layout]:
 def plan_capacity(sp, hw: HardwareSpec, budget: Budget, pinned: int | None = None) -> Capacity:
     """The replica layout for service `sp` (a ServicePlan as resolve made it, one instance) on `hw` with `budget`."""
     wl: WorkloadSpec = sp.workload
+    if pinned is not None and pinned > 1:
+        _check_pinned_runs(sp, hw, pinned)
     base_layout = Layout(1, max(1, sp.memory.tensor_parallel) if _uses_gpus(sp, hw) else 0, sp.threads)
     base = _predict(sp, hw, _Option(base_layout, sp.memory, ""))
     options = [base] if pinned in (None, 1) else []
@@ -360,6 +362,22 @@ def plan_capacity(sp, hw: HardwareSpec, budget: Budget, pinned: int | None = Non
     advice = () if meets else _advice(sp, hw, chosen, wl)
     return Capacity(chosen.layout, chosen.memory, chosen.prediction, meets, pinned is not None, rejected, advice,
                     chosen.curve, recommended=recommended)
+
+
+def _check_pinned_runs(sp, hw: HardwareSpec, pinned: int) -> None:
+    """A pinned replica count the engine or machine cannot run is refused: layouts() offers such an engine one
+    instance only, and the plan used to take it with the text "pinned by services.replicas" (Ollama with replicas: 2
+    on 2 RTX 4090s: one server, 22 of 32 layers on the GPUs, one GPU idle, and no balancer)."""
+    engine = engines.get(sp.engine)
+    if engine.multi_instance and not hw.is_apple:
+        return
+    can = ", ".join(e.display for e in engines.ENGINES.values() if e.multi_instance)
+    why = (f"{engine.display} runs one server per service" if not engine.multi_instance else
+           f"separate instances are planned on discrete GPUs or a CPU, and {hw.label()} shares one unified memory")
+    raise PlanError(f"services.{sp.name}.replicas: {pinned} instances are pinned and {why} (remove `replicas:` to "
+                    f"run one instance for all {sp.workload.concurrent_users} users"
+                    + (f", or pick an engine that runs separate instances behind a balancer: {can})"
+                       if not engine.multi_instance else ")"))
 
 
 def _data_parallel(sp, lay: Layout) -> bool:

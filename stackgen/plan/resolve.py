@@ -186,7 +186,10 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
                 exc.plan_json["services"].append(_unfit_json(svc, hw, budget, _builds(stack, svc, host)))
             raise
         if sp.topology is None:
-            sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
+            try:
+                sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
+            except PlanError as exc:  # the capacity plan names the field: add where the stack file writes it
+                raise PlanError(_positioned(stack, str(exc))) from None
             try:
                 ids, free = place_gpus(sp, hw, free)
             except PlanError as exc:
@@ -202,6 +205,14 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     out = [_layout_speed(s, hw) if s.threads != o.threads else s for s, o in zip(_share_machine(out, hw), out)]
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
+
+
+def _positioned(stack: Stack, message: str) -> str:
+    """`services.<name>.<field>: ...` as `file:line:col: services.<name>.<field>: ...` (Stack.where)."""
+    field, sep, rest = message.partition(": ")
+    if not sep or not field.startswith("services.") or " " in field:
+        return message
+    return f"{stack.where(tuple(field.split('.')))}: {rest}"
 
 
 def _layout_speed(sp: ServicePlan, hw: HardwareSpec) -> ServicePlan:

@@ -281,7 +281,7 @@ def test_more_replicas_than_gpus_says_why_and_what_to_write(write_stack):
                     "services:\n  chat: {model: qwen2.5-7b-instruct, quant: Q4_K_M, engine: llama.cpp, replicas: 3}\n")
     with pytest.raises(PlanError) as err:
         resolve(load_stack(f), HostFacts(hardware=None))
-    assert str(err.value) == (
+    assert str(err.value) == f"{f}:5:82: " + (  # where the stack file writes it
         "services.chat.replicas: 3 instances of llama.cpp do not fit GeForce RTX 4090 (3 x TP1: each instance takes a "
         "GPU of its own and GeForce RTX 4090 has 1 (set replicas: 1 or fewer, or add GPUs; concurrent users share "
         "one instance's slots))")

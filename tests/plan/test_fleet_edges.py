@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stackgen.errors import SpecError
+from stackgen.errors import PlanError, SpecError
 from tools.stacks import plan_for
 
 PORTS = """
@@ -26,3 +26,28 @@ def test_instance_ports_past_65535_are_refused_at_the_port_with_the_fix(tmp_path
     assert "65537, past the last port, 65535" in text and "(set port: 65532 or lower)" in text
     sp = plan_for(tmp_path, PORTS.format(port=65532)).services[0]
     assert sp.capacity.ports == (65533, 65534, 65535)
+
+
+OLLAMA_REPLICAS = """
+version: 1
+name: olrep
+hardware: 2x rtx-4090
+workload: {concurrent_users: 16, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}
+services:
+  chat:
+    model: llama-3.1-8b-instruct
+    engine: ollama
+    replicas: 2
+"""
+
+
+def test_a_pinned_replica_count_the_engine_cannot_run_is_refused_not_dropped(tmp_path):
+    # was: exit 0 with one Ollama server, "replicas: 1 x TP1: pinned by services.replicas", one GPU idle
+    with pytest.raises(PlanError) as exc:
+        plan_for(tmp_path, OLLAMA_REPLICAS)
+    text = str(exc.value)
+    assert text.startswith(f"{tmp_path / 'stack.yaml'}:10:15: services.chat.replicas: 2 instances are pinned and "
+                           "Ollama runs one server per service (remove `replicas:`")
+    assert "runs separate instances behind a balancer: llama.cpp" in text
+    sp = plan_for(tmp_path, OLLAMA_REPLICAS.replace("    replicas: 2\n", "")).services[0]
+    assert sp.replicas == 1
