@@ -558,9 +558,23 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
         sp = replace(sp, memory=replace(cap.memory, levers=cap.memory.levers + levers), capacity=cap,
                      threads=lay.threads, gpus=gpus)
     reason = f"replicas: {lay.label()}: " + _reason_text(cap, sp.workload)
-    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
-                          port=sp.port)
+    host, port = command_endpoint(sp)
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=host,
+                          port=port)
     return replace(sp, command=cmd.argv, env=cmd.env, reasons=sp.reasons + (reason,))
+
+
+INSTANCE_HOST = "127.0.0.1"  # separate instances listen on loopback: the balancer at the service's host:port is the endpoint
+
+
+def command_endpoint(sp) -> tuple[str, int]:
+    """The host and port of the command a plan shows (ServicePlan.command): the service's own, or for separate
+    instances behind a balancer the first instance's, as its run-1.sh starts it. A fleet's plan showed the
+    balancer's 0.0.0.0:8080, a command no process runs (its instances run on 127.0.0.1:8081..8084)."""
+    cap = sp.capacity
+    if cap is not None and cap.separate:
+        return INSTANCE_HOST, cap.ports[0]
+    return sp.host, sp.port
 
 
 def _reason_text(cap: Capacity, wl: WorkloadSpec) -> str:

@@ -65,6 +65,10 @@ def service_text(sp: ServicePlan) -> list[str]:
     for w in sp.warnings:
         lines.append(f"  warning: {w}")
     lines.append("  command: " + " ".join(_q(a) for a in sp.command))
+    c = sp.capacity
+    if c is not None and c.separate:  # the command is one instance's (capacity.command_endpoint)
+        lines.append(f"  (instance 1 of {c.replicas}; the instances listen on ports {', '.join(map(str, c.ports))}, "
+                     f"the balancer on {sp.host}:{sp.port})")
     return lines
 
 

@@ -17,7 +17,7 @@ from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget,
                                   predict_decode_tokens_per_s, unexposed_bytes, with_rope)
-from stackgen.plan.capacity import fleet_memory, gpu_sizes, place_gpus, requests_held, with_replicas
+from stackgen.plan.capacity import command_endpoint, fleet_memory, gpu_sizes, place_gpus, requests_held, with_replicas
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
@@ -737,8 +737,9 @@ def _knob_reasons(svc: Service, engine, mem: MemoryPlan) -> list[str]:
 
 def _with_command(sp: ServicePlan) -> ServicePlan:
     engine = engines.get(sp.engine)
-    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=sp.host,
-                          port=sp.port)
+    host, port = command_endpoint(sp)  # a fleet's: its first instance's
+    cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=host,
+                          port=port)
     return replace(sp, command=cmd.argv, env=cmd.env)
 
 

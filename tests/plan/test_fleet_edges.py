@@ -3,10 +3,21 @@ engine cannot run (#4), the plan's command of a fleet (#6), reasons that contrad
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from stackgen.cli import load_and_plan
 from stackgen.errors import PlanError, SpecError
+from stackgen.plan.report import plan_text
+from stackgen.render.artifact import RenderContext, render_plan
 from tools.stacks import plan_for
+
+FLEET = Path(__file__).parent.parent / "golden" / "fleet-llamacpp-4090" / "stack.yaml"
+
+
+def flag(argv, name: str) -> str:
+    return argv[list(argv).index(name) + 1]
 
 PORTS = """
 version: 1
@@ -51,3 +62,17 @@ def test_a_pinned_replica_count_the_engine_cannot_run_is_refused_not_dropped(tmp
     assert "runs separate instances behind a balancer: llama.cpp" in text
     sp = plan_for(tmp_path, OLLAMA_REPLICAS.replace("    replicas: 2\n", "")).services[0]
     assert sp.replicas == 1
+
+
+def test_a_fleets_plan_command_is_its_first_instance_as_run_1_sh_starts_it(tmp_path):
+    # was: --host 0.0.0.0 --port 8080, the balancer's endpoint, in the plan and plan --json; no process runs that
+    plan = load_and_plan(FLEET, None)[1]
+    sp = plan.services[0]
+    argv = list(sp.command)
+    assert (flag(argv, "--host"), flag(argv, "--port")) == ("127.0.0.1", str(sp.capacity.ports[0]))
+    assert plan.to_json()["services"][0]["command"] == argv
+    run1 = next(a.content for a in render_plan(plan, RenderContext("stack.yaml"), ["script"])
+                if a.path == "chat/run-1.sh")
+    assert f"--port {sp.capacity.ports[0]}" in run1 and "--host 127.0.0.1" in run1
+    text = plan_text(plan)
+    assert f"the balancer on {sp.host}:{sp.port})" in text and "instance 1 of 4" in text

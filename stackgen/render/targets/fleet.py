@@ -26,11 +26,12 @@ from stackgen import engines
 from stackgen.engines.base import visible_devices as _visible_devices
 from stackgen.render.balancer import haproxy_config
 from stackgen.errors import RenderError
+from stackgen.plan.capacity import INSTANCE_HOST
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.spec.stack import LOOPBACK_HOSTS
 
-LOOPBACK = "127.0.0.1"  # instances listen here on one machine: the balancer is the service's endpoint
+LOOPBACK = INSTANCE_HOST  # instances listen here on one machine: the balancer is the service's endpoint
 PORT_VAR = "STACKGEN_PORT"  # systemd: the instance's port, from its EnvironmentFile
 HAPROXY = "/usr/sbin/haproxy"  # Debian/Ubuntu/Fedora package path
 HAPROXY_IMAGE = "haproxy:2.8"  # the LTS branch (supported to 2028), official image
