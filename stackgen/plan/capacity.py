@@ -531,10 +531,12 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
     engine = engines.get(sp.engine)
     lay = cap.layout
     gpus = sp.gpus
+    old_levers = sp.memory.levers
     if cap.replicas > 1 and _data_parallel(sp, lay):
         pins = Pins(tensor_parallel=lay.gpus_per_instance, data_parallel=lay.instances,
                     said=(("tensor_parallel", "layout"),))
         mem = engine.plan_memory(sp.model, sp.workload, hw, budget, engine.weights(sp.model), pins)
+        new_levers = mem.levers
         mem = replace(mem, levers=mem.levers + (f"data parallel: {lay.label()} ({lay.instances} engine cores in one "
                                                 "vLLM server, which balances requests across them)",))
         sp = replace(sp, memory=mem, capacity=cap)
@@ -555,13 +557,34 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
         cap = replace(cap, ports=tuple(ports))
         levers = (f"{lay.label()}: {cap.replicas} {engine.display} instances behind a least-connections load "
                   "balancer, each with its share of the users",) if cap.replicas > 1 else ()
+        new_levers = cap.memory.levers
         sp = replace(sp, memory=replace(cap.memory, levers=cap.memory.levers + levers), capacity=cap,
                      threads=lay.threads, gpus=gpus)
+    # the "memory:" reasons resolve wrote were the one-instance plan's levers: the layout's own replace them
+    sp = replace(sp, reasons=_relevered(sp.reasons, old_levers, new_levers))
     reason = f"replicas: {lay.label()}: " + _reason_text(cap, sp.workload)
     host, port = command_endpoint(sp)
     cmd = engines.command(engine, sp, binary=sp.spec.binary or engine.binary, model_ref=sp.model_ref, host=host,
                           port=port)
     return replace(sp, command=cmd.argv, env=cmd.env, reasons=sp.reasons + (reason,))
+
+
+def _relevered(reasons: tuple[str, ...], old: tuple[str, ...], new: tuple[str, ...]) -> tuple[str, ...]:
+    """`reasons` with the "memory: <lever>" lines of the plan before the layout (`old`) replaced, in place, by those of
+    the layout's memory plan (`new`). They stayed: 4 replicas of fleet-llamacpp-4090 said --cache-ram 8192 where
+    every instance runs --cache-ram 6923, and a 1 x TP8 vLLM plan said "tensor parallel over 4 GPUs"."""
+    stale = {f"memory: {lever}" for lever in old}
+    fresh = [f"memory: {lever}" for lever in new]
+    out: list[str] = []
+    placed = False
+    for r in reasons:
+        if r in stale:
+            if not placed:
+                out += fresh
+                placed = True
+            continue
+        out.append(r)
+    return tuple(out if placed else out + fresh)
 
 
 INSTANCE_HOST = "127.0.0.1"  # separate instances listen on loopback: the balancer at the service's host:port is the endpoint

@@ -76,3 +76,26 @@ def test_a_fleets_plan_command_is_its_first_instance_as_run_1_sh_starts_it(tmp_p
     assert f"--port {sp.capacity.ports[0]}" in run1 and "--host 127.0.0.1" in run1
     text = plan_text(plan)
     assert f"the balancer on {sp.host}:{sp.port})" in text and "instance 1 of 4" in text
+
+
+TP_BY_CAPACITY = """
+version: 1
+name: v
+hardware: 8x h100-80gb
+workload: {concurrent_users: 512, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300, optimize: throughput}
+services:
+  chat: {model: llama-3.1-70b-instruct, quant: bf16}
+"""
+
+
+def test_the_reasons_of_a_layout_say_the_flags_it_renders(tmp_path):
+    # 4 replicas: the reason said --cache-ram 8192 where every instance runs --cache-ram 6923
+    sp = load_and_plan(FLEET, None)[1].services[0]
+    cache = flag(sp.command, "--cache-ram")
+    said = [r for r in sp.reasons if "--cache-ram" in r]
+    assert said and all(f"--cache-ram {cache};" in r for r in said)
+    # capacity chose 1 x TP8: the reason said "tensor parallel over 4 GPUs"
+    sp = plan_for(tmp_path, TP_BY_CAPACITY).services[0]
+    tp = flag(sp.command, "--tensor-parallel-size")
+    assert sp.memory.tensor_parallel == int(tp)
+    assert not [r for r in sp.reasons if "tensor parallel over" in r and f"over {tp} GPUs" not in r]
