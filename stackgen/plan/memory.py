@@ -623,6 +623,12 @@ def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, pins: Pins = 
     if need <= have and plan.gpu_bytes > budget.gpu_bytes:  # the pool holds it, the GPU's share of it does not
         text = (f"needs {gb(plan.gpu_bytes)} of GPU memory for {plan.gpu_layers} layers but {hw.label()} has "
                 f"{gb(max(0, budget.gpu_bytes))}")
+    elif need <= have and not budget.unified and plan.host_bytes > budget.host_bytes:
+        # the pool holds it, the RAM's share does not: the total's "short" was negative (Ollama, 512 users of a
+        # 70B on 8x H100: "897.8 GB usable: -26.0 GB short", with all 80 layers left in 213.6 GB of RAM)
+        text = (f"keeps {gb(plan.host_bytes)} in system RAM ({plan.gpu_layers} of {plan.total_layers} layers on the "
+                f"GPU) but {hw.label()} has {gb(max(0, budget.host_bytes))} of RAM usable: "
+                f"{gb(plan.host_bytes - budget.host_bytes)} short")
     else:
         text = (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
                 f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")

@@ -1,5 +1,6 @@
 """Fleet (separate instances) edges found by audit a3: instance ports past 65535 (#7), a pinned replica count an
-engine cannot run (#4), the plan's command of a fleet (#6), reasons that contradict the rendered flags (#8)."""
+engine cannot run (#4), the plan's command of a fleet (#6), reasons that contradict the rendered flags (#8), a negative
+shortfall (#9)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,12 @@ def test_the_reasons_of_a_layout_say_the_flags_it_renders(tmp_path):
     tp = flag(sp.command, "--tensor-parallel-size")
     assert sp.memory.tensor_parallel == int(tp)
     assert not [r for r in sp.reasons if "tensor parallel over" in r and f"over {tp} GPUs" not in r]
+
+
+def test_a_rejection_names_the_side_that_is_short_never_a_negative_shortfall(tmp_path):
+    # Ollama for 512 users of a 70B on 8x H100: the total fits the GPUs + RAM, but its plan keeps every layer in RAM;
+    # the rejection said "897.8 GB usable: -26.0 GB short"
+    sp = plan_for(tmp_path, TP_BY_CAPACITY).services[0]
+    why = sp.rejected["ollama"]
+    assert "-" not in why.split("short")[0].rsplit(":", 1)[-1]
+    assert "in system RAM (0 of 80 layers on the GPU)" in why and "of RAM usable: 658.2 GB short" in why
