@@ -164,7 +164,7 @@ def plan_sglang(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: B
         why = (f"needs the {gb(best.weights_bytes)} of weights ({weights_format}) in GPU memory plus a KV pool for "
                f"one {ctx}-token request and {gb(best.overhead_bytes)} of activation/CUDA-graph reserve; "
                f"{hw.label()} has {gb(max(0, budget.gpu_bytes))} of GPU memory")
-    return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
+    return replace(best, shortfall=why + pins.pinned_by())
 
 
 def _candidate(model: ModelFacts, ctx: int, users: int, tp: int, dp: int, kv: str, per_gpu: int, share: float,

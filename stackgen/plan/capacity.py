@@ -417,7 +417,7 @@ def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option
             return _Option(lay, None, f"needs {lay.gpus} GPUs and {hw.label()} has {hw.gpu_count}")
     else:
         sub, share = hw, Budget(0, budget.host_bytes // lay.instances)
-    pins = Pins(tensor_parallel=lay.gpus_per_instance, said=(("tensor_parallel", "layout"),)) \
+    pins = Pins(tensor_parallel=lay.gpus_per_instance, said=_layout_said(lay), source=LAYOUT_SOURCE) \
         if engine.tensor_parallel and lay.gpus_per_instance else Pins()
     try:
         w = engine.weights(sp.model)
@@ -430,6 +430,13 @@ def _plan_instance(sp, hw: HardwareSpec, budget: Budget, lay: Layout) -> _Option
         return _Option(lay, mem, f"each instance would keep only {mem.gpu_layers} of {mem.total_layers} layers on "
                                  f"its {lay.gpus_per_instance} GPU(s)")
     return _Option(lay, mem, "")
+
+
+LAYOUT_SOURCE = "the replica layout"  # who pins a layout's tensor parallel, as refusals say it (Pins.source)
+
+
+def _layout_said(lay: Layout) -> tuple[tuple[str, str], ...]:
+    return (("tensor_parallel", f"{lay.label()}, tensor parallel {lay.gpus_per_instance} per instance"),)
 
 
 def _predict(sp, hw: HardwareSpec, o: _Option) -> _Option:
@@ -533,8 +540,8 @@ def with_replicas(sp, hw: HardwareSpec, budget: Budget, used_ports: set[int]):
     gpus = sp.gpus
     old_levers = sp.memory.levers
     if cap.replicas > 1 and _data_parallel(sp, lay):
-        pins = Pins(tensor_parallel=lay.gpus_per_instance, data_parallel=lay.instances,
-                    said=(("tensor_parallel", "layout"),))
+        pins = Pins(tensor_parallel=lay.gpus_per_instance, data_parallel=lay.instances, said=_layout_said(lay),
+                    source=LAYOUT_SOURCE)
         mem = engine.plan_memory(sp.model, sp.workload, hw, budget, engine.weights(sp.model), pins)
         new_levers = mem.levers
         mem = replace(mem, levers=mem.levers + (f"data parallel: {lay.label()} ({lay.instances} engine cores in one "

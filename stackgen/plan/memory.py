@@ -74,6 +74,9 @@ class Pins:
     # default flag table's); None: unknown, planned by the larger logits rule (llamacpp_logit_rows).
     engine_build: int | None = LLAMA_TARGET_BUILD
     said: tuple[tuple[str, str], ...] = ()  # (knob, "--flag value" as the override wrote it)
+    # who pinned them, as the refusals say it: the stack's overrides, or capacity's replica layout (which said
+    # "pinned by overrides: layout" for a stack without overrides)
+    source: str = "overrides"
 
     def __bool__(self) -> bool:
         return bool(self.said)
@@ -81,6 +84,10 @@ class Pins:
     def text(self, *knobs: str) -> str:
         """The overrides that pinned `knobs` (all pinned knobs when none named), e.g. "-ngl 99, -c 8192"."""
         return ", ".join(s for k, s in self.said if not knobs or k in knobs)
+
+    def pinned_by(self) -> str:
+        """" (pinned by overrides: -ngl 99)", or "" when nothing is pinned: the tail of a refusal."""
+        return f" (pinned by {self.source}: {self.text()})" if self else ""
 
 
 NO_PINS = Pins()
@@ -630,9 +637,13 @@ def _shortfall(plan: MemoryPlan, budget: Budget, hw: HardwareSpec, pins: Pins = 
                 f"GPU) but {hw.label()} has {gb(max(0, budget.host_bytes))} of RAM usable: "
                 f"{gb(plan.host_bytes - budget.host_bytes)} short")
     else:
+        # GPU memory and RAM together: said as such ("GeForce RTX 4090 has 45.2 GB usable" read as the GPU's own,
+        # where it was its 25.8 GB and a replica's share of the RAM)
+        parts = (f" ({gb(max(0, budget.gpu_bytes))} of GPU memory + {gb(max(0, budget.host_bytes))} of system RAM)"
+                 if not budget.unified and budget.gpu_bytes > 0 and hw.gpus else "")
         text = (f"needs {gb(need)} ({gb(plan.weights_bytes)} weights + {gb(plan.kv_cache_bytes)} KV cache) "
-                f"but {hw.label()} has {gb(max(0, have))} usable: {gb(need - have)} short")
-    return text + (f" (pinned by overrides: {pins.text()})" if pins else "")
+                f"but {hw.label()} has {gb(max(0, have))} usable{parts}: {gb(need - have)} short")
+    return text + pins.pinned_by()
 
 
 # ---------------------------------------------------------------------------------------------- vLLM
@@ -778,7 +789,7 @@ def plan_vllm(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget: Bud
                "per GPU")
         if budget.gpu_bytes < best.gpu_bytes:
             why += f" and {hw.label()} has {gb(max(0, budget.gpu_bytes))} of GPU memory free for it"
-    return replace(best, shortfall=why + (f" (pinned by overrides: {pins.text()})" if pins else ""))
+    return replace(best, shortfall=why + pins.pinned_by())
 
 
 def _vllm_per_gpu(p: MemoryPlan, model, ctx: int) -> tuple[int, int, int, int]:
@@ -909,7 +920,7 @@ def plan_vllm_cpu(model: ModelFacts, wl: WorkloadSpec, hw: HardwareSpec, budget:
     )
     if not fits:
         return replace(plan, shortfall=f"needs {gb(host)} of RAM; {hw.label()} has {gb(budget.host_bytes)} usable"
-                                       + (f" (pinned by overrides: {pins.text()})" if pins else ""))
+                                       + pins.pinned_by())
     note = ("overhead: three processes with torch and vLLM (API server, engine core, worker) "
             f"{gb(terms['runtime'])}, {VLLM_CPU_TOKENIZER_COPIES} tokenizer copies {gb(terms['tokenizers'])}, the "
             f"lm_head's float32 oneDNN copy {gb(terms['packed_lm_head'])}, worker scratch and activations "

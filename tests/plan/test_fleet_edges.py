@@ -1,6 +1,6 @@
 """Fleet (separate instances) edges found by audit a3: instance ports past 65535 (#7), a pinned replica count an
 engine cannot run (#4), the plan's command of a fleet (#6), reasons that contradict the rendered flags (#8), a negative
-shortfall (#9)."""
+shortfall (#9), the wording of the replica-layout refusals (#10)."""
 
 from __future__ import annotations
 
@@ -109,3 +109,27 @@ def test_a_rejection_names_the_side_that_is_short_never_a_negative_shortfall(tmp
     why = sp.rejected["ollama"]
     assert "-" not in why.split("short")[0].rsplit(":", 1)[-1]
     assert "in system RAM (0 of 80 layers on the GPU)" in why and "of RAM usable: 658.2 GB short" in why
+
+
+LAYOUT_REFUSALS = """
+version: 1
+name: s
+hardware: {hw}
+workload: {{concurrent_users: {users}, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300, optimize: throughput}}
+services:
+  chat: {{model: llama-3.1-70b-instruct, engine: {engine}, quant: {quant}, replicas: {n}}}
+"""
+
+
+def test_replica_layout_refusals_say_who_pinned_what_and_what_the_memory_is(tmp_path):
+    # a stack without overrides: "(pinned by overrides: layout)"
+    with pytest.raises(PlanError) as exc:
+        plan_for(tmp_path, LAYOUT_REFUSALS.format(hw="4x h100-80gb", users=64, engine="vllm", quant="bf16", n=2))
+    text = str(exc.value)
+    assert "overrides" not in text
+    assert "(pinned by the replica layout: 2 x TP1, tensor parallel 1 per instance)" in text
+    # "GeForce RTX 4090 has 45.2 GB usable": its 25.8 GB and a third of the RAM, said as the GPU's
+    with pytest.raises(PlanError) as exc:
+        plan_for(tmp_path, LAYOUT_REFUSALS.format(hw="8x rtx-4090", users=30, engine="llama.cpp", quant="Q4_K_M", n=3))
+    assert "GeForce RTX 4090 has 45.2 GB usable (25.8 GB of GPU memory + 19.5 GB of system RAM): 12.9 GB short" \
+        in str(exc.value)

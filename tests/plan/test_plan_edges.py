@@ -209,7 +209,7 @@ def test_shortfall_when_the_pool_is_short():
     p, b = unfit(24 * GIB, 20 * GIB), memory.Budget(20 * GIB, 10 * GIB)
     assert memory._shortfall(p, b, hw) == (
         f"needs {gbw(44 * GIB)} ({gbw(30 * GIB)} weights + {gbw(2 * GIB)} KV cache) but {hw.label()} has "
-        f"{gbw(30 * GIB)} usable: {gbw(14 * GIB)} short")
+        f"{gbw(30 * GIB)} usable ({gbw(20 * GIB)} of GPU memory + {gbw(10 * GIB)} of system RAM): {gbw(14 * GIB)} short")
 
 
 def test_shortfall_when_only_the_gpu_share_is_short():
