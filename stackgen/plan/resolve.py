@@ -189,7 +189,9 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
             try:
                 sp = _layout_speed(with_replicas(sp, hw, budget, used_ports), hw)
             except PlanError as exc:  # the capacity plan names the field: add where the stack file writes it
-                raise PlanError(_positioned(stack, str(exc))) from None
+                raise PlanError(_positioned(stack, str(exc)) + _head_only(stack, svc.spec.replicas)) from None
+            if sp.capacity is not None and sp.capacity.separate and _head_only(stack, sp.replicas):
+                sp = replace(sp, warnings=sp.warnings + (_head_only(stack, sp.replicas).strip(" ;"),))
             try:
                 ids, free = place_gpus(sp, hw, free)
             except PlanError as exc:
@@ -205,6 +207,19 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
     out = [_layout_speed(s, hw) if s.threads != o.threads else s for s, o in zip(_share_machine(out, hw), out)]
     label = stack.hardware_label if stack.hardware else f"detected: {hw.label()}"
     return Plan(stack.name, str(stack.path), hw, label, tuple(out))
+
+
+def _head_only(stack: Stack, replicas: int | None) -> str:
+    """What a multi-node stack's replicas are told: separate instances run on the machine planned as one, the head
+    node; the others stay idle (4 replicas on the first of 2 nodes of 4 RTX 4090s, 16 users each, no word about the
+    second; 8 replicas were refused with "add GPUs" that the stack already listed). "" on one machine."""
+    if len(stack.nodes) < 2 or not replicas or replicas < 2:
+        return ""
+    head, rest = stack.nodes[0], stack.nodes[1:]
+    return (f"; separate instances (replicas) run on one machine, the head node {head.address} ({head.label}): the "
+            f"{len(rest)} other node{'s' if len(rest) != 1 else ''} of hardware.nodes "
+            f"({', '.join(n.address for n in rest)}) serve{'s' if len(rest) == 1 else ''} no replica; to use them, render one stack per node (each "
+            "with its own `hardware:`) behind a balancer of your own")
 
 
 def _positioned(stack: Stack, message: str) -> str:

@@ -1,6 +1,6 @@
 """Fleet (separate instances) edges found by audit a3: instance ports past 65535 (#7), a pinned replica count an
 engine cannot run (#4), the plan's command of a fleet (#6), reasons that contradict the rendered flags (#8), a negative
-shortfall (#9), the wording of the replica-layout refusals (#10)."""
+shortfall (#9), the wording of the replica-layout refusals (#10), replicas of a multi-node stack (#5)."""
 
 from __future__ import annotations
 
@@ -133,3 +133,26 @@ def test_replica_layout_refusals_say_who_pinned_what_and_what_the_memory_is(tmp_
         plan_for(tmp_path, LAYOUT_REFUSALS.format(hw="8x rtx-4090", users=30, engine="llama.cpp", quant="Q4_K_M", n=3))
     assert "GeForce RTX 4090 has 45.2 GB usable (25.8 GB of GPU memory + 19.5 GB of system RAM): 12.9 GB short" \
         in str(exc.value)
+
+
+NODES_REPLICAS = """
+version: 1
+name: mnrep
+hardware:
+  nodes:
+    - {{hardware: 4x rtx-4090, count: 2, addresses: [10.0.0.1, 10.0.0.2]}}
+workload: {{concurrent_users: 64, context_tokens: 8192, prompt_tokens: 1000, output_tokens: 300}}
+services:
+  chat: {{model: llama-3.1-8b-instruct, engine: llama.cpp, quant: Q4_K_M, replicas: {n}}}
+"""
+
+
+def test_replicas_of_a_multi_node_stack_say_the_other_nodes_serve_none(tmp_path):
+    # 4 replicas all went on the head node with no word; 8 were refused with "add GPUs" the stack listed
+    sp = plan_for(tmp_path, NODES_REPLICAS.format(n=4)).services[0]
+    assert sp.replicas == 4
+    (w,) = [w for w in sp.warnings if "head node" in w]
+    assert "the head node 10.0.0.1 (4x rtx-4090)" in w and "(10.0.0.2) serves no replica" in w
+    with pytest.raises(PlanError) as exc:
+        plan_for(tmp_path, NODES_REPLICAS.format(n=8))
+    assert "(10.0.0.2) serves no replica; to use them, render one stack per node" in str(exc.value)
