@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from stackgen import engines
-from stackgen.render.paths import local_weights, relative_to_folder
+from stackgen.render.paths import local_weights, relative_to_folder, weight_files
 from stackgen.engines.base import ContainerImage, LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan.plan import ServicePlan
@@ -121,9 +121,10 @@ def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> M
     local = local_weights(sp)
     volumes, named = [], []
     ref = sp.model_ref
-    if local is not None:
+    if local is not None:  # every file: llama.cpp opens a split GGUF's other parts beside the first (paths.py)
         ref = f"/models/{PurePosixPath(local).name}"
-        volumes.append(f"{_host_path(sp, stack_path, local, compose_dir)}:{ref}:ro")
+        volumes += [f"{_host_path(sp, stack_path, f, compose_dir)}:/models/{PurePosixPath(f).name}:ro"
+                    for f in weight_files(local)]
     if local is None or image.store_copies_local:  # an engine with its own store copies even local weights in
         volumes.append(f"{image.cache_volume}:{image.cache_mount}")
         named.append(image.cache_volume)
@@ -140,7 +141,10 @@ def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path |
     stack_folder = Path(stack_path).parent
     if compose_dir is not None:
         return relative_to_folder(stack_folder, local, compose_dir)
-    return str(Path(sp.model.path) if sp.model.path else (stack_folder / local).absolute())
+    if sp.model.path:  # a split GGUF's other parts lie beside the file the model was read from
+        path, name = Path(sp.model.path), PurePosixPath(local).name
+        return str(path if not name or name == path.name else path.with_name(name))
+    return str((stack_folder / local).absolute())
 
 
 def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:

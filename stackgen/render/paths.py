@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path, PurePosixPath
 
 from stackgen.plan.plan import ServicePlan
+
+# A split GGUF (llama-gguf-split) is named <prefix>-00001-of-0000N.gguf. llama.cpp is given the first part and opens
+# the others beside it by name: llama-model-loader.cpp reads `split.count` from the first part, takes the prefix with
+# llama_split_prefix and opens llama_split_path(prefix, i, n) = "%s-%05d-of-%05d.gguf" for each i (llama.cpp
+# src/llama.cpp). Every artifact that installs, allows, mounts or copies the weights must cover all N parts.
+_FIRST_SPLIT = re.compile(r"-00001-of-(\d{5})\.gguf$")
 
 
 def local_weights(sp: ServicePlan) -> str | None:
@@ -29,6 +36,17 @@ def local_weights(sp: ServicePlan) -> str | None:
     if sp.model_ref.startswith("models/"):
         return sp.model_ref
     return None
+
+
+def weight_files(weights: str) -> list[str]:
+    """Every file of local weights named `weights` (a path as local_weights gives it): all parts of a split GGUF, in
+    order and in the first part's folder, else the one file or folder. The first is the one the engine is given."""
+    m = _FIRST_SPLIT.search(weights)
+    if m is None or int(m.group(1)) < 2:
+        return [weights]
+    prefix = weights[:m.start()]
+    count = int(m.group(1))
+    return [f"{prefix}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
 def output_folder(stack_path: str | Path, out_dir: str, *parts: str) -> str:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from stackgen.plan.plan import ServicePlan
+from stackgen.render.paths import weight_files
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -81,6 +82,11 @@ def check_models(sps: list[ServicePlan]) -> list[str]:
         path = sp.model.path
         if path and not Path(path).exists():
             problems.append(f"service {sp.name}: model {path} does not exist")
+        elif path:  # a split GGUF's other parts, which llama.cpp opens beside the first (render/paths.py)
+            missing = [p for p in weight_files(path)[1:] if not Path(p).exists()]
+            if missing:
+                problems.append(f"service {sp.name}: model {path} is part 1 of {len(weight_files(path))}; "
+                                f"{', '.join(missing)} does not exist (put every part in the same folder)")
     return problems
 
 

@@ -37,6 +37,7 @@ from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
+from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_tls, register
 from stackgen.render.container_spec import accelerator, engine_key_env, image_for
@@ -471,9 +472,9 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, shared: dict[str, S
                      "pod, pipeline parallel across pods over Ray.")
         lines.append("# Each pod downloads the weights into its own emptyDir; the pods' network must carry the "
                      "pipeline activations (25 GbE+ or InfiniBand).")
-    elif local:
-        lines.append(f"# Copy the weights into the PVC {name}-models as {MODELS_MOUNT}/{local} before the pod "
-                     "can become ready.")
+    elif local:  # every part of a split GGUF: llama.cpp opens the others beside the first (paths.py)
+        files = ", ".join(f"{MODELS_MOUNT}/{f}" for f in weight_files(local))
+        lines.append(f"# Copy the weights into the PVC {name}-models as {files} before the pod can become ready.")
     engine = engines.get(sp.engine)
     if engine_key_env(sp):
         lines.append(f"# API key: kubectl create secret generic {secret_name(plan, sp)} "

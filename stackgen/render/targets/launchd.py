@@ -22,7 +22,7 @@ import shlex
 from pathlib import PurePosixPath
 
 from stackgen import engines
-from stackgen.render.paths import installed_path, local_weights
+from stackgen.render.paths import installed_path, local_weights, weight_files
 from stackgen.render.engine_files import WIRED_WARN_FRACTION
 from stackgen.errors import RenderError
 from stackgen.plan.memory import MIB, initial_budget
@@ -110,11 +110,19 @@ def _binary(sp: ServicePlan, default: str) -> str:
 def _weights_notes(sp: ServicePlan, weights: str | None, model_ref: str) -> list[str]:
     if weights is None:
         return [f"Weights: {sp.model_ref} is fetched at start into the engine's cache under your home folder."]
+    files = weight_files(weights)  # a split GGUF's other parts: llama.cpp opens them beside the first (paths.py)
+    split = f" and the {len(files) - 1} other parts of the split file beside it" if len(files) > 1 else ""
     if weights == model_ref:
-        return [f"Weights: read from {model_ref}."]
-    src, dest = shlex.quote(weights), shlex.quote(model_ref)
+        return [f"Weights: read from {model_ref}{split}."]
     parent = shlex.quote(posixpath.dirname(model_ref))
     copy = "cp -R" if sp.model.source == "hf" else "cp"
+    if len(files) > 1:
+        srcs = " ".join(shlex.quote(f) for f in files)
+        return [f"Weights: install {weights} (relative to the stack's folder) at {model_ref} (serve.model_dir),"
+                f"{split}:",
+                f"  sudo mkdir -p {parent} && sudo {copy} {srcs} {parent}/ && sudo chmod a+r "
+                + " ".join(shlex.quote(installed_path(f, posixpath.dirname(model_ref))) for f in files)]
+    src, dest = shlex.quote(weights), shlex.quote(model_ref)
     return [f"Weights: install {weights} (relative to the stack's folder) at {model_ref} (serve.model_dir):",
             f"  sudo mkdir -p {parent} && sudo {copy} {src} {dest} && sudo chmod -R a+rX {dest}"]
 

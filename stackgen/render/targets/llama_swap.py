@@ -24,7 +24,7 @@ from dataclasses import replace
 import yaml
 
 from stackgen import engines
-from stackgen.render.paths import installed_path, local_weights
+from stackgen.render.paths import installed_path, local_weights, weight_files
 from stackgen.errors import RenderError
 from stackgen.plan.memory import initial_budget
 from stackgen.plan.plan import Plan, ServicePlan
@@ -160,8 +160,9 @@ def _header(plan: Plan, ctx: RenderContext, groups: list[list[str]]) -> str:
     for sp in plan.services:
         weights = local_weights(sp)
         if weights and installed_path(weights, ctx.model_dir) != weights:
-            lines.append(f"# {sp.name}: install {weights} (relative to the stack's folder) at "
-                         f"{installed_path(weights, ctx.model_dir)} (serve.model_dir).")
+            for f in weight_files(weights):  # every part of a split GGUF (paths.py)
+                lines.append(f"# {sp.name}: install {f} (relative to the stack's folder) at "
+                             f"{installed_path(f, ctx.model_dir)} (serve.model_dir).")
     for k in sorted({sp.api_key_env for sp in plan.services if sp.api_key_env}):
         lines.append(f"# API key: llama-swap reads it from ${k} when it loads this file; the engines behind it "
                      "listen on loopback without one.")

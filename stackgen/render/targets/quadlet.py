@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import PurePosixPath
 
 from stackgen import engines
-from stackgen.render.paths import installed_path, local_weights
+from stackgen.render.paths import installed_path, local_weights, weight_files
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
@@ -107,10 +107,11 @@ def _weights(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> tuple[str, list
     local = local_weights(sp)
     volumes = []
     ref = sp.model_ref
-    if local is not None:
-        host = installed_path(local, ctx.model_dir)
-        ref = f"/models/{PurePosixPath(host).name}"
-        volumes.append(f"{_path(host)}:{ref}:ro,z")
+    if local is not None:  # every file: llama.cpp opens a split GGUF's other parts beside the first (paths.py)
+        ref = f"/models/{PurePosixPath(installed_path(local, ctx.model_dir)).name}"
+        for f in weight_files(local):
+            host = installed_path(f, ctx.model_dir)
+            volumes.append(f"{_path(host)}:/models/{PurePosixPath(host).name}:ro,z")
         env = {}
     else:
         volumes.append(f"{unit_name(plan, sp)}-{image.cache_volume}:{image.cache_mount}")
@@ -172,8 +173,9 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, name: str) -> str:
                      "/etc/cdi/nvidia.yaml` (NVIDIA Container Toolkit).")
     local = local_weights(sp)
     if local is not None:
-        lines.append(f"# Weights: install {local} (relative to the stack's folder) at "
-                     f"{installed_path(local, ctx.model_dir)} (serve.model_dir), world-readable.")
+        for f in weight_files(local):
+            lines.append(f"# Weights: install {f} (relative to the stack's folder) at "
+                         f"{installed_path(f, ctx.model_dir)} (serve.model_dir), world-readable.")
     key_env = engine_key_env(sp)
     if key_env:
         lines.append(f"# API key: create the Podman secret once: printf '%s' \"${sp.api_key_env}\" | "

@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 from stackgen import engines
-from stackgen.render.paths import installed_path, local_weights
+from stackgen.render.paths import installed_path, local_weights, weight_files
 from stackgen.errors import RenderError
 from stackgen.plan.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext, render_template
@@ -82,6 +82,10 @@ class _Where:
     model_ref: str
     local_model: str | None  # an absolute path to weights on the target host, or None when fetched
     copy_from: str | None = None  # the stack-relative weights to install at local_model
+    # Every file of the weights on the target host (a split GGUF's parts after local_model, which llama.cpp opens
+    # beside it), and what to install at each (empty when copy_from is None)
+    local_files: tuple[str, ...] = ()
+    copy_files: tuple[str, ...] = ()
 
     @property
     def state(self) -> str:
@@ -99,7 +103,10 @@ def _where(plan: Plan, sp: ServicePlan, model_dir: str) -> _Where:
     if local is None:
         return _Where(name, sp.model_ref, None)
     path = installed_path(local, model_dir)
-    return _Where(name, path, path, None if path == local else local)
+    files = weight_files(local)
+    installed = tuple(installed_path(f, model_dir) for f in files)
+    copied = path != local
+    return _Where(name, path, path, local if copied else None, installed, tuple(files) if copied else ())
 
 
 def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
@@ -150,7 +157,7 @@ def _common(plan: Plan, sp: ServicePlan, ctx: RenderContext, where: _Where) -> d
     fetched = where.local_model is None
     # ProtectHome=yes hides /home; weights kept there are bound in read-only on an otherwise empty tmpfs.
     in_home = where.local_model is not None and where.local_model.startswith(("/home/", "/root/", "/run/user/"))
-    paths = [quote_value(where.local_model, "model path")] if where.local_model else []
+    paths = [quote_value(f, "model path") for f in where.local_files or (where.local_model,)] if where.local_model else []
     engine = engines.get(sp.engine)  # a JIT engine (torch/triton, mlx kernels): W^X would kill it
     mdwe_reason = ("the engine is Python and JIT-compiles kernels" if engine.jit
                    else "GPU drivers map writable executable memory for their kernels")
@@ -322,15 +329,19 @@ def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -
 def _weights_comments(where: _Where, fetched: bool, folder: bool, into: str = "") -> list[str]:
     if fetched:
         return [f"Weights: {where.model_ref} is fetched at start into {into or where.cache}."]
+    parts = len(where.local_files)
+    split = f" and the {parts - 1} other parts of the split file beside it" if parts > 1 else ""
     if where.copy_from is None:
-        return [f"Weights: read-only from {where.local_model}."]
+        return [f"Weights: read-only from {where.local_model}{split}."]
     src, dest = shlex.quote(where.copy_from), shlex.quote(where.local_model or "")
-    lines = [f"Weights: install {where.copy_from} (relative to the stack file's folder) at {where.local_model}",
+    lines = [f"Weights: install {where.copy_from} (relative to the stack file's folder) at {where.local_model}"
+             + (f",{split}" if split else ""),
              "(serve.model_dir; world-readable: the service runs as a dynamic user). From the stack's folder:"]
     if folder:  # an HF model folder
         parent = shlex.quote(posixpath.dirname(where.local_model or ""))
         return lines + [f"  sudo mkdir -p {parent} && sudo cp -r {src} {dest} && sudo chmod -R a+rX {dest}"]
-    return lines + [f"  sudo install -D -m 0644 {src} {dest}"]
+    return lines + [f"  sudo install -D -m 0644 {shlex.quote(s)} {shlex.quote(d)}"
+                    for s, d in zip(where.copy_files or (where.copy_from,), where.local_files or (where.local_model,))]
 
 
 # ---------------------------------------------------------------------------------------------- Ollama
