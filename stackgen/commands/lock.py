@@ -22,11 +22,19 @@ def lock(
     sizes and the facts the planner uses. `plan` and `render` then read the lock and never touch the network.
     With --catalog, catalog names are pinned too (through the same resolver); `--upgrade` re-pins the ones the lock
     already pins."""
-    from stackgen.models.lock import RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock, write_lock
+    from stackgen.models.lock import (LockError, RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock,
+                                      write_lock)
     from stackgen.spec.stack import load_stack
 
     path = lock_path_for(file)
-    old = read_lock(path) if path.is_file() else {}
+    try:
+        old = read_lock(path, str(file)) if path.is_file() else {}
+    except LockError as exc:
+        if not upgrade:
+            raise
+        # --upgrade replaces the lock: one it cannot read (a bad merge, another version) is rebuilt from the stack
+        typer.echo(f"{exc}\n--upgrade: {path} is rebuilt from {file} without reading it", err=True)
+        old = {}
     pin: bool | frozenset[str] = True if catalog else frozenset(ref for ref, _ in old)
     remote = RemoteModels(path, stack_display=str(file), mode="upgrade" if upgrade else "lock", pin_catalog=pin)
     load_stack(file, remote=remote)

@@ -10,9 +10,12 @@ bytes, so it can be committed and reviewed (like uv.lock or .terraform.lock.hcl)
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -129,24 +132,150 @@ def pin_gguf_url(facts, resolved: Mapping[str, Any]):
     return replace(facts, url=f"{DEFAULT_HF_ENDPOINT}/{repo}/resolve/{sha}/{name}")
 
 
-def read_lock(path: Path) -> dict[tuple[str, str], LockEntry]:
+def read_lock(path: Path, stack: str | None = None) -> dict[tuple[str, str], LockEntry]:
+    """The entries of a lock file. Every figure is checked (type and range) before a plan uses it: a lock is committed
+    and merged by hand, and a bad value must be an error naming its place, not a crash or a negative KV cache.
+    `stack`: the stack file, for the fix the errors give (`stackgen lock --upgrade STACK` rebuilds it)."""
+    fix = f"run `stackgen lock --upgrade {stack or 'STACK'}` to rebuild it from the stack"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except OSError as exc:
         raise LockError(f"{path}: cannot read the lock file: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LockError(f"{path}: not a stackgen lock file ({exc}); delete it and run `stackgen lock`") from None
-    if not isinstance(data, dict) or data.get("version") != LOCK_VERSION or not isinstance(data.get("models"), list):
-        raise LockError(f"{path}: not a version {LOCK_VERSION} stackgen lock file; run `stackgen lock --upgrade`")
+        raise LockError(f"{path}: not a stackgen lock file ({exc}); {fix}") from None
+    where = _Where(path, text)
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise LockError(f"{where.at(())}: not a stackgen lock file (no `models` list); {fix}")
+    if data.get("version") != LOCK_VERSION:
+        raise LockError(f"{where.at(('version',))}: version: {json.dumps(data.get('version'))} is not a lock version this "
+                        f"stackgen reads, {LOCK_VERSION} ({fix})")
     out = {}
-    for m in data["models"]:
+    for i, m in enumerate(data["models"]):
+        at: tuple[str | int, ...] = ("models", i)
+        if not isinstance(m, dict):
+            raise where.error(at, "not a mapping", fix)
+        for key, kind in (("reference", str), ("resolved", dict), ("facts", dict)):
+            if not isinstance(m.get(key), kind):
+                what = "missing" if key not in m else f"{json.dumps(m[key])} is not a {'text' if kind is str else 'mapping'}"
+                raise where.error(at + (key,), what, fix)
+        if m.get("quant") is not None and not isinstance(m["quant"], str):
+            raise where.error(at + ("quant",), f"{json.dumps(m['quant'])} is not a quant name", fix)
+        _check_resolved(where, at + ("resolved",), m["resolved"], fix)
+        _check_facts(where, at + ("facts",), m["facts"], fix)
+        e = LockEntry(m["reference"], m.get("quant"), dict(m["resolved"]), dict(m["facts"]))
         try:
-            e = LockEntry(str(m["reference"]), m.get("quant"), dict(m["resolved"]), dict(m["facts"]))
             e.model_facts()
         except (KeyError, TypeError, ValueError) as exc:
-            raise LockError(f"{path}: a model entry is malformed ({exc}); run `stackgen lock --upgrade`") from None
+            raise where.error(at + ("facts",), f"malformed ({exc})", fix) from None
         out[e.key] = e
     return out
+
+
+class _Where:
+    """Positions in a lock file (JSON is YAML, whose loader keeps line:col) for errors: file:line:col: field."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.text, self._doc = path, text, None
+
+    def at(self, field_path: tuple[str | int, ...]) -> str:
+        from stackgen.spec.yaml_nodes import YamlError, load_document
+
+        if self._doc is None:
+            try:
+                self._doc = load_document(self.text)
+            except YamlError:
+                return str(self.path)
+        mark = self._doc.mark_for(field_path, key=True)
+        return f"{self.path}:{mark.line}:{mark.col}"
+
+    def error(self, field_path: tuple[str | int, ...], message: str, fix: str) -> LockError:
+        name = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(field_path))
+        return LockError(f"{self.at(field_path)}: {name}: {message} ({fix})")
+
+
+# Figures a model cannot have zero of; every other count or byte size may be 0 (not known, or none).
+_POSITIVE = frozenset({"layers", "hidden", "context_length", "params"})
+
+
+def _check_facts(where: _Where, at: tuple[str | int, ...], facts: Mapping[str, Any], fix: str) -> None:
+    """Each ModelFacts field the entry holds has its declared type, and counts and sizes are not negative."""
+    from stackgen.models.facts import ModelFacts
+
+    problem = _fields_problem(facts, ModelFacts)
+    if problem:
+        raise where.error(at + problem[0], problem[1], fix)
+
+
+def _fields_problem(value: Mapping[str, Any], cls: type) -> tuple[tuple[str, ...], str] | None:
+    """(the field, why) for the first field of dataclass `cls` that `value` (from JSON) lacks or holds wrongly."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name not in value:
+            if f.default is MISSING and f.default_factory is MISSING:
+                return (f.name,), "missing"
+            continue
+        problem = _type_problem(value[f.name], hints[f.name], f.name in _POSITIVE)
+        if problem:
+            return (f.name,), problem
+    return None
+
+
+def _type_problem(value: Any, hint: Any, positive: bool = False) -> str | None:
+    """Why `value` (from JSON) is not a `hint`, or None. Types this does not know are accepted as they are."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _type_problem(value, inner[0], positive) if len(inner) == 1 else None
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{json.dumps(value)} is not true or false"
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{json.dumps(value)} is not a whole number"
+        least = 1 if positive else 0
+        return None if value >= least else f"{value} is less than {least}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        return None if ok else f"{json.dumps(value)} is not a number >= 0"
+    if hint is str:
+        return None if isinstance(value, str) else f"{json.dumps(value)} is not a text"
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return f"{json.dumps(value)} is not a mapping"
+        for k, v in value.items():
+            problem = _type_problem(v, args[1]) if len(args) == 2 else None
+            if problem:
+                return f"{k}: {problem}"
+        return None
+    if isinstance(hint, type) and is_dataclass(hint):
+        if not isinstance(value, dict):
+            return f"{json.dumps(value)} is not a mapping"
+        unknown = sorted(set(value) - {f.name for f in fields(hint)})
+        if unknown:
+            return f"{unknown[0]}: not a field of it"
+        problem = _fields_problem(value, hint)
+        if problem is None:
+            return None
+        return f"{problem[0][0]}: {problem[1]}" if problem[0] else problem[1]
+    return None
+
+
+def _check_resolved(where: _Where, at: tuple[str | int, ...], resolved: Mapping[str, Any], fix: str) -> None:
+    """What `lock --upgrade` and `--check` compare: the weights' size and the file list (name, size, sha256)."""
+    w = resolved.get("weights_bytes")
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+        raise where.error(at + ("weights_bytes",), f"{json.dumps(w)} is not a size in bytes", fix)
+    files = resolved.get("files", [])
+    if not isinstance(files, list):
+        raise where.error(at + ("files",), f"{json.dumps(files)} is not a list", fix)
+    for j, f in enumerate(files):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise where.error(at + ("files", j), "not a mapping with a `name`", fix)
+        size = f.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < -1):
+            raise where.error(at + ("files", j, "size"), f"{json.dumps(size)} is not a size in bytes", fix)
 
 
 def dump_lock(entries: Mapping[tuple[str, str], LockEntry]) -> str:
@@ -211,7 +340,7 @@ class RemoteModels:
 
     def __post_init__(self) -> None:
         if self.locked is None and self.lock_path.is_file() and self.mode != "upgrade":
-            self.locked = read_lock(self.lock_path)
+            self.locked = read_lock(self.lock_path, self.stack_display)
 
     @property
     def lock_hint(self) -> str:
