@@ -53,7 +53,7 @@ class LockEntry:
                 "facts": dict(self.facts)}
 
     def model_facts(self):
-        from stackgen.models.facts import ModelFacts
+        from stackgen.models.facts import LongContext, ModelFacts
 
         names = {f.name for f in fields(ModelFacts)}
         data = {k: v for k, v in self.facts.items() if k in names}
@@ -61,6 +61,8 @@ class LockEntry:
             data[k] = dict(data.get(k) or {})
         if "kv_heads_per_layer" in data:
             data["kv_heads_per_layer"] = tuple(int(k) for k in data["kv_heads_per_layer"] or ())
+        if isinstance(data.get("long_context"), Mapping):  # JSON keeps it as a mapping; the planner reads attributes
+            data["long_context"] = LongContext(**data["long_context"])
         return pin_gguf_url(ModelFacts(**data), self.resolved)
 
 

@@ -91,3 +91,21 @@ def test_lock_upgrade_rebuilds_a_lock_it_cannot_read(locked, cli, damage):
     assert lock.read_text() == good
     assert cli("lock", locked, "--check").exit_code == 0
 
+
+def test_a_locked_long_context_is_read_back_as_one(locked):
+    """facts_to_json writes LongContext as a JSON mapping; the planner reads its attributes (lc.max_context), so a
+    locked model with YaRN asked past its trained context stopped with "internal error" (a dict has no max_context)."""
+    from dataclasses import replace
+
+    from stackgen.models.facts import LongContext
+    from stackgen.models.lock import LockEntry, facts_to_json
+    from stackgen.plan.memory import context_for
+
+    entry = read_lock(lock_path_for(locked))[(REF, "")]
+    facts = entry.model_facts()
+    yarn = LongContext("yarn", 4.0, facts.context_length, "GGUF rope.scaling.*", 10000.0, True)
+    stored = LockEntry(entry.reference, entry.quant, entry.resolved, facts_to_json(replace(facts, long_context=yarn)))
+    assert isinstance(stored.facts["long_context"], dict)
+    back = stored.model_facts()
+    assert back.long_context == yarn
+    assert context_for(back, 2 * facts.context_length) == (2 * facts.context_length, None)
