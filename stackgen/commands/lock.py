@@ -24,7 +24,7 @@ def lock(
     already pins."""
     from stackgen.models.lock import (LockError, RemoteModels, diff_entries, dump_lock, lock_path_for, read_lock,
                                       write_lock)
-    from stackgen.spec.stack import load_stack
+    from stackgen.spec.stack import SpecError, load_stack
 
     path = lock_path_for(file)
     try:
@@ -36,8 +36,19 @@ def lock(
         typer.echo(f"{exc}\n--upgrade: {path} is rebuilt from {file} without reading it", err=True)
         old = {}
     pin: bool | frozenset[str] = True if catalog else frozenset(ref for ref, _ in old)
-    remote = RemoteModels(path, stack_display=str(file), mode="upgrade" if upgrade else "lock", pin_catalog=pin)
-    load_stack(file, remote=remote)
+    # --check alone compares with the lock as it is: an entry it lacks is drift (exit 2), found without the network
+    mode = "upgrade" if upgrade else "check" if check else "lock"
+    remote = RemoteModels(path, stack_display=str(file), mode=mode, pin_catalog=pin)
+    try:
+        load_stack(file, remote=remote)
+    except SpecError:
+        if not remote.missing:
+            raise
+        for ref, quant in remote.missing:
+            typer.echo(f"+ {ref}" + (f" (quant {quant})" if quant else "") + f": {path.name} has no entry for it"
+                       + ("" if path.is_file() else " (there is no lock file)"))
+        typer.echo(f"run `stackgen lock {file}` to pin {'it' if len(remote.missing) == 1 else 'them'}")
+        return EX_DRIFT
     new = dict(remote.used)
     if not new:
         typer.echo(f"{file}: no remote models (catalog names and local files need no lock; "

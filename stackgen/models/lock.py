@@ -325,7 +325,8 @@ def _file_text(f: Mapping[str, Any] | None) -> str:
 @dataclass
 class RemoteModels:
     """The remote references of one stack. mode: `auto` (the lock when it exists, else the network), `lock`
-    (refresh: keep locked entries, resolve only missing ones) or `upgrade` (re-resolve everything)."""
+    (refresh: keep locked entries, resolve only missing ones), `upgrade` (re-resolve everything) or `check` (the lock
+    only, never the network: a reference it lacks is recorded in `missing` and raised as a LockError)."""
 
     lock_path: Path
     stack_display: str = "stack.yaml"
@@ -334,6 +335,7 @@ class RemoteModels:
     locked: dict[tuple[str, str], LockEntry] | None = None
     used: dict[tuple[str, str], LockEntry] = field(default_factory=dict)
     resolved_now: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # `check`: references the lock has no entry for
     # Catalog names whose `ref:` to resolve and pin (`stackgen lock --catalog`): True for all, or the set of references
     # to re-pin (`lock --upgrade` keeps pinning what the old lock pinned). Otherwise a catalog name uses its pinned
     # entry when the lock has one, else the catalog's offline figures.
@@ -356,6 +358,10 @@ class RemoteModels:
             what = reference + (f" with quant {quant}" if quant else "")
             raise LockError(f"{self.lock_path}: no entry for {what}: the stack changed since it was locked; "
                             f"run `stackgen lock {self.stack_display}`")
+        elif self.mode == "check":  # the lock is stale whatever the network would say: ask nothing
+            self.missing.append(key)
+            what = reference + (f" with quant {quant}" if quant else "")
+            raise LockError(f"{self.lock_path}: no entry for {what}")
         else:
             entry = self._resolve(reference, quant)
         self.used[key] = entry
