@@ -57,10 +57,18 @@ def lock(
     changes = diff_entries(old, new)
     current = path.read_text(encoding="utf-8") if path.is_file() else None
     if check:
-        if current == dump_lock(new):
+        from stackgen.models.lock import url_pin_changes
+        from stackgen.models.remote import HttpClient
+
+        replaced, notes = url_pin_changes(new, HttpClient())  # a URL has no commit: ask its server (offline: not)
+        for note in notes:
+            typer.echo(note, err=True)
+        if current == dump_lock(new) and not replaced:
             typer.echo(f"{path}: up to date ({len(new)} model{'s' if len(new) != 1 else ''})")
             return 0
-        typer.echo("\n".join(changes or [f"{path}: would be rewritten"]))
+        typer.echo("\n".join(changes + replaced or [f"{path}: would be rewritten"]))
+        if replaced:
+            typer.echo(f"run `stackgen lock --upgrade {file}` to plan the new file (or restore the old one)")
         return EX_DRIFT
     for line in changes:
         typer.echo(line)

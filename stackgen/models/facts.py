@@ -388,6 +388,7 @@ def resolve_model(ref: str, quant: str | None, base_dir: Path, catalog: Mapping[
         found = _from_registry(name, key, catalog, q, source)
         return found if found is not None else _from_remote(ref, q, remote)
     if ref.startswith(("https://", "http://")):
+        _check_url_scheme(ref)
         return _from_remote(ref, q, remote)
     if ref in catalog:
         return _catalog_or_pinned(ref, catalog[ref], q, remote)
@@ -450,6 +451,23 @@ def _from_registry(name: str, key: str, catalog: Mapping[str, ModelFacts], q: st
             out = facts.with_quant(q)
             return replace(out, source=source, name=f"{source}:{name}") if source == OLLAMA_REGISTRY else out
     return None
+
+
+def _check_url_scheme(ref: str) -> None:
+    """A model URL is https:// (the README's form, as a catalog `ref:`): the plan, the lock and the engine's own
+    download (llama-server -mu) trust what arrives. Plain http:// only to this machine (a local mirror), where no one
+    on the path can read or replace the file."""
+    import urllib.parse
+
+    if not ref.startswith("http://"):
+        return
+    host = (urllib.parse.urlsplit(ref).hostname or "").lower()
+    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+        return
+    raise ModelRefError(f"{ref} is plain http://: anyone on the path can read or replace the weights, and the plan "
+                        "and stack.lock would describe a file the engine may not get",
+                        "write the https:// URL of the file (plain http:// is read only from this machine: "
+                        "localhost or 127.0.0.1)")
 
 
 def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:

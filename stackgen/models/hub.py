@@ -183,11 +183,15 @@ def _resolve_hf_gguf(repo: str, sha: str, ggufs: Mapping[str, RemoteFile], want:
                     ollama=f"hf.co/{repo}:{fmt}" if fmt else None, notes=tuple(notes))
 
 
-def _gguf_summary(client: HttpClient, urls: list[str], what: str) -> tuple[dict[str, Any], int]:
-    """Every part's header read by range, summarized as one file (gguf.summarize_parts, as a local split GGUF)."""
+def _gguf_summary(client: HttpClient, urls: list[str], what: str,
+                  readers: list[RangeReader] | None = None) -> tuple[dict[str, Any], int]:
+    """Every part's header read by range, summarized as one file (gguf.summarize_parts, as a local split GGUF).
+    `readers` receives each part's RangeReader (its size and the server's validators)."""
     headers = []
     for url in urls:
         r = RangeReader(client, url, what)
+        if readers is not None:
+            readers.append(r)
         try:
             headers.append(gguf.read_gguf_header_from(r, url, r.size))
         except gguf.GGUFError as exc:
@@ -250,10 +254,25 @@ def _resolve_url(url: str, client: HttpClient) -> Resolved:
     path = urllib.parse.urlsplit(url).path
     if not path.lower().endswith(".gguf"):
         raise RemoteError(f"{url}: a model URL must name a .gguf file")
-    summary, size = _gguf_summary(client, [url], url)
+    readers: list[RangeReader] = []
+    summary, size = _gguf_summary(client, [url], url, readers)
     name = path.rsplit("/", 1)[-1]
-    return Resolved("gguf", "gguf", None, None, (RemoteFile(name, int(summary["file_size"])),), summary, size,
-                    summary.get("quant"), url=url)
+    revision, note = url_pin(readers[0].validators, int(summary["file_size"]))
+    return Resolved("gguf", "gguf", None, revision, (RemoteFile(name, int(summary["file_size"])),), summary, size,
+                    summary.get("quant"), url=url, notes=(note,))
+
+
+def url_pin(validators: Mapping[str, str], size: int) -> tuple[str | None, str]:
+    """A URL has no commit: its lock entry pins what the server says identifies this version of the file (the ETag,
+    else Last-Modified; RFC 9110 8.8) besides its size, and a note says which. stackgen reads the header only, so
+    it has no sha256 of the weights to pin."""
+    if validators.get("etag"):
+        return f"etag:{validators['etag']}", f"pinned by the server's ETag {validators['etag']} and the size, {size} bytes"
+    if validators.get("last-modified"):
+        return (f"last-modified:{validators['last-modified']}",
+                f"pinned by the server's Last-Modified {validators['last-modified']} and the size, {size} bytes")
+    return None, (f"pinned by the size only, {size} bytes: the server sends no ETag or Last-Modified, so a replaced "
+                  "file of the same size goes unseen")
 
 
 def parse_ollama(name: str) -> tuple[str, str, str]:

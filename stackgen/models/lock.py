@@ -318,6 +318,42 @@ def diff_entries(old: Mapping[tuple[str, str], LockEntry], new: Mapping[tuple[st
     return lines
 
 
+def url_pin_changes(entries: Mapping[tuple[str, str], LockEntry], client) -> tuple[list[str], list[str]]:
+    """`lock --check` for models named by URL, which have no commit: a one-byte range request per URL, its size
+    (Content-Range) and validator (ETag or Last-Modified, as hub.url_pin recorded it) against the lock's. Returns
+    (changes: the file was replaced since it was locked, notes: what could not be checked). Offline: notes only."""
+    from stackgen.models.hub import url_pin
+    from stackgen.models.remote import RemoteError, offline_requested
+
+    changes: list[str] = []
+    notes: list[str] = []
+    for key in sorted(entries):
+        r = entries[key].resolved
+        url = r.get("url")
+        if r.get("kind") != "gguf" or not url:
+            continue
+        offline = offline_requested(client.env)
+        if offline:
+            notes.append(f"{url}: not checked against the server ({offline}=1 is set)")
+            continue
+        try:
+            resp = client.get(url, url, byte_range=(0, 0))
+        except RemoteError as exc:
+            notes.append(f"{url}: could not check it against the server: {exc}")
+            continue
+        total = (resp.headers.get("content-range") or "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else int(resp.headers.get("content-length") or -1)
+        files = r.get("files") or [{}]
+        was_size = files[0].get("size")
+        validators = {k: resp.headers[k] for k in ("etag", "last-modified") if resp.headers.get(k)}
+        revision = url_pin(validators, size)[0]
+        if size != was_size:
+            changes.append(f"~ {key[0]}: the file changed since it was locked: size {was_size} -> {size} bytes")
+        elif r.get("revision") and revision != r.get("revision"):
+            changes.append(f"~ {key[0]}: the file changed since it was locked: {r.get('revision')} -> {revision}")
+    return changes, notes
+
+
 def _file_text(f: Mapping[str, Any] | None) -> str:
     return "absent" if f is None else f"{f.get('size')} bytes" + (f", sha256 {f['sha256'][:12]}" if f.get("sha256") else "")
 

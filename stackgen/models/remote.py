@@ -186,6 +186,8 @@ class RangeReader:
         self.bytes_fetched = 0
         self.buf_start, self.buf = 0, b""
         self.size = -1
+        # What the server says identifies this version of the file (ETag, Last-Modified), from the first response
+        self.validators: dict[str, str] = {}
         self._fetch(0, first_block)
 
     def seek(self, pos: int, whence: int = 0) -> int:
@@ -218,6 +220,8 @@ class RangeReader:
             length = min(length, self.size - start)
         resp = self.client.get(self.url, self.what, byte_range=(start, start + length - 1))
         self.bytes_fetched += len(resp.body)
+        if not self.validators:
+            self.validators = {k: resp.headers[k] for k in ("etag", "last-modified") if resp.headers.get(k)}
         if resp.status == 206:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())
             if not m or int(m.group(1)) != start or m.group(3) == "*":

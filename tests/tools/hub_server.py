@@ -63,6 +63,7 @@ class Repo:
     sha: str = "0123456789abcdef0123456789abcdef01234567"
     gated_token: str | None = None  # when set, every request needs `Authorization: Bearer <token>`
     sha256: dict[str, str] = field(default_factory=dict)  # LFS sha256 per file (as the Hub lists them)
+    etag: dict[str, str] = field(default_factory=dict)  # an ETag header per file, sent with its content when set
 
 
 @dataclass
@@ -126,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(m.group(1))
             if repo is None or m.group(3) not in repo.files:
                 return self._send(404, b"not found", "text/plain")
-            return self._content(repo.files[m.group(3)])
+            etag = repo.etag.get(m.group(3))
+            return self._content(repo.files[m.group(3)], {"ETag": etag} if etag else None)
         m = re.fullmatch(r"/v2/([^/]+/[^/]+)/manifests/([^/]+)", path)
         if m:
             entry = self.hub.manifests.get(f"{m.group(1)}:{m.group(2)}")
@@ -160,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps({"id": name, "sha": repo.sha, "siblings": siblings}).encode()
         self._send(200, body, "application/json")
 
-    def _content(self, c: Content) -> None:
+    def _content(self, c: Content, extra: dict | None = None) -> None:
         size = _size(c)
         rng = self.headers.get("Range")
         m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng or "")
@@ -170,8 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= size:
                 return self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{size}"})
             return self._send(206, _slice(c, start, end + 1), "application/octet-stream",
-                              {"Content-Range": f"bytes {start}-{end}/{size}", "Accept-Ranges": "bytes"})
-        self._send(200, _slice(c, 0, size), "application/octet-stream")
+                              {"Content-Range": f"bytes {start}-{end}/{size}", "Accept-Ranges": "bytes", **(extra or {})})
+        self._send(200, _slice(c, 0, size), "application/octet-stream", extra)
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None) -> None:
         self.send_response(status)
