@@ -57,8 +57,9 @@ class Response:
     url: str
 
 
-# A transport: (method, url, headers, unredirected_headers, timeout_s, max_bytes) -> Response. It raises OSError
-# (urllib.error.URLError is one) for a connection that fails; HTTP error statuses come back as a Response.
+# A transport: (method, url, headers, unredirected_headers, timeout_s, max_bytes) -> Response, within timeout_s in
+# all (connect, headers and body). It raises OSError (urllib.error.URLError and TimeoutError are ones) for a
+# connection that fails or runs out of time; HTTP error statuses come back as a Response.
 Transport = Callable[[str, str, Mapping[str, str], Mapping[str, str], float, int], Response]
 
 
@@ -66,7 +67,9 @@ def urllib_transport(method: str, url: str, headers: Mapping[str, str], private:
                      max_bytes: int) -> Response:
     """`private` headers (the token) are added with add_unredirected_header: urllib drops them on a redirect, so a
     CDN the Hub redirects a download to never sees the token. At most `max_bytes` of the body are read: a server
-    that ignores Range must not make us download the weights."""
+    that ignores Range must not make us download the weights. `timeout` bounds the whole exchange, not only each
+    socket read: a server that trickles a byte every few seconds never trips a per-read timeout."""
+    deadline = time.monotonic() + timeout
     req = urllib.request.Request(url, method=method, headers=dict(headers))
     for k, v in private.items():
         req.add_unredirected_header(k, v)
@@ -77,8 +80,28 @@ def urllib_transport(method: str, url: str, headers: Mapping[str, str], private:
             body = exc.read(65536) if exc.fp is not None else b""
             return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, body, exc.geturl() or url)
     with resp:
-        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read(max_bytes),
+        chunks: list[bytes] = []
+        got = 0
+        while got < max_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the body did not arrive within {timeout:g} s ({got} bytes came)")
+            _read_timeout(resp, left)
+            chunk = resp.read1(min(65536, max_bytes - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, b"".join(chunks),
                         resp.geturl())
+
+
+def _read_timeout(resp, seconds: float) -> None:
+    """The next socket read waits at most `seconds` (what is left of the exchange's time); the socket under
+    http.client's response is fp.raw._sock (socket.SocketIO), left alone where a transport has none."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 def offline_requested(env: Mapping[str, str]) -> str | None:
@@ -95,10 +118,12 @@ class HttpClient:
 
     transport: Transport = urllib_transport
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    timeout_s: float = 20.0
+    timeout_s: float = 20.0  # one try, all of it (connect, headers, body)
+    deadline_s: float = 45.0  # one request, all its tries and waits: a stalled or silent server costs at most this
     retries: int = 3
     backoff_s: float = 0.5
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
     requests: int = 0
     bytes_received: int = 0
 
@@ -147,12 +172,21 @@ class HttpClient:
     def _with_retries(self, url: str, what: str, headers: Mapping[str, str], private: Mapping[str, str],
                       max_bytes: int) -> Response:
         last = ""
+        deadline = self.clock() + self.deadline_s
+        tries = 0
         for attempt in range(self.retries + 1):
             if attempt:
-                self.sleep(self.backoff_s * 2 ** (attempt - 1))
+                wait = self.backoff_s * 2 ** (attempt - 1)
+                if self.clock() + wait >= deadline:
+                    break
+                self.sleep(wait)
+            left = deadline - self.clock()
+            if left <= 0:
+                break
             self.requests += 1
+            tries += 1
             try:
-                resp = self.transport("GET", url, headers, private, self.timeout_s, max_bytes)
+                resp = self.transport("GET", url, headers, private, min(self.timeout_s, left), max_bytes)
             except (OSError, ValueError) as exc:  # URLError, timeouts, resets; ValueError: http.client's bad status
                 last = str(getattr(exc, "reason", None) or exc)
                 continue
@@ -160,8 +194,9 @@ class HttpClient:
             if resp.status not in RETRY_STATUSES:
                 return resp
             last = f"HTTP {resp.status}"
-        raise RemoteError(f"{what}: {url} failed after {self.retries + 1} tries ({last}); check the network, "
-                          "HF_ENDPOINT or the proxy settings")
+        within = f" within {self.deadline_s:g} s" if self.clock() >= deadline or tries < self.retries + 1 else ""
+        raise RemoteError(f"{what}: {url} failed after {tries} {'try' if tries == 1 else 'tries'}{within} ({last}); "
+                          "check the network, HF_ENDPOINT or the proxy settings")
 
     def _raise_for_status(self, resp: Response, url: str, what: str) -> None:
         if resp.status in (200, 206):
