@@ -61,6 +61,34 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
     return best
 
 
+def decode_aggregate(results: Iterable[RequestResult]) -> float:
+    """The aggregate decode rate of the streams decoding at once: at each instant the decode rates (each after its
+    first token) of the requests decoding then, added up, averaged over the time the most streams decode together.
+    One request per stream all at once (`up --verify`) gives every request's rate added up; a bench of many
+    requests per stream gives about streams x per-stream rate, not every request's rate added up (which grows
+    with the number of requests). `bench` and `up --verify` both take it through `summarize`."""
+    events: list[tuple[float, int, float]] = []
+    for r in results:
+        d = r.decode_tokens_per_s() if r.ok else None
+        if d is not None:
+            events.append((r.token_times[0], 1, d))
+            events.append((r.token_times[-1], -1, d))
+    events.sort(key=lambda e: (e[0], e[1]))  # ends before starts at one instant: touching is not at once
+    count, rate, prev = 0, 0.0, None
+    best, time_at_best, area = 0, 0.0, 0.0
+    for t, kind, d in events:
+        if prev is not None and t > prev and count > 0:
+            if count > best:
+                best, time_at_best, area = count, 0.0, 0.0
+            if count == best:
+                time_at_best += t - prev
+                area += (t - prev) * rate
+        count += kind
+        rate += kind * d
+        prev = t
+    return area / time_at_best if time_at_best > 0 else 0.0
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 
@@ -98,8 +126,9 @@ class BenchResult:
     predicted_per_user_tokens_per_s: float | None = None
     predicted_aggregate_tokens_per_s: float | None = None
     predicted_ttft_s: float | None = None
-    # The streams' decode rates added up (each after its first token): the aggregate decode rate the forecast's
-    # aggregate predicts, while output_tokens_per_s also spends the wall time on prefill, queueing and HTTP.
+    # The decode rates (each after its first token) of the streams decoding at once, added up (`decode_aggregate`):
+    # the aggregate decode rate the forecast's aggregate predicts, while output_tokens_per_s also spends the wall
+    # time on prefill, queueing and HTTP.
     decode_aggregate_tokens_per_s: float = 0.0
     predicted_error: float | None = None
 
@@ -125,7 +154,7 @@ def summarize(results: list[RequestResult], *, wall_s: float, service: str = "",
         ttft_max_s=round(max(ttfts), 4) if ttfts else 0.0,
         itl_p50_s=round(percentile(itls, 50), 4), itl_p95_s=round(percentile(itls, 95), 4),
         per_stream_decode_tokens_per_s=round(percentile(decode, 50), 2),
-        decode_aggregate_tokens_per_s=round(sum(decode), 2),
+        decode_aggregate_tokens_per_s=round(decode_aggregate(ok), 2),
         max_concurrent_streams=max_overlap((r.ttft_s + r.start, r.end) for r in ok if r.ttft_s is not None),
         peak_rss_bytes=peak_rss, predicted_decode_tokens_per_s=predicted_tps,
         predicted_host_bytes=predicted_host_bytes,

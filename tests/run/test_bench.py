@@ -70,14 +70,52 @@ def test_summarize_and_diagnosis_text():
     assert r.ttft_p50_s == pytest.approx(0.1) and r.ttft_max_s == pytest.approx(3.0)
     assert r.itl_p50_s == pytest.approx(0.1)
     assert r.per_stream_decode_tokens_per_s == pytest.approx(10.0)
-    # the three streams' decode rates added up (10 tokens/s each after their first token), not tokens / wall
-    assert r.decode_aggregate_tokens_per_s == pytest.approx(30.0)
+    # the decode rates of the streams decoding at once added up (10 tokens/s each after their first token: two
+    # decode together, the third after them), not tokens / wall and not every request's rate added up
+    assert r.decode_aggregate_tokens_per_s == pytest.approx(20.0)
     text = " ".join(r.findings)
     assert "1 of 4 requests failed (first: HTTP 500: x)" in text
     assert "requests queue" in text and "-np" in text
     assert "decode is slower than planned" in text
     doc = json.loads(json.dumps(r.to_json()))
     assert set(doc) == set(BenchResult.__dataclass_fields__)
+
+
+def _stream_requests(stream_starts, n, gap, first=0.5):
+    """One request per start: its first token `first` s after it, then n-1 more `gap` s apart."""
+    return [RequestResult(ok=True, start=s, ttft_s=first, tokens=n,
+                          token_times=[s + first + i * gap for i in range(n)]) for s in stream_starts]
+
+
+def test_decode_aggregate_is_the_streams_at_once_not_every_request_added_up():
+    # 4 streams, 4 requests each one after the other (bench -n 16 at 4 users), each decoding at 4 tokens/s: the
+    # engine decodes 4 x 4 = 16 tokens/s; adding all 16 requests' rates said 64 (the audit's 106 at 4.55 per stream)
+    rs = []
+    for stream in range(4):
+        rs += _stream_requests([stream * 0.2 + k * 10.0 for k in range(4)], n=33, gap=0.25)
+    r = summarize(rs, wall_s=40.0, users=4)
+    assert r.per_stream_decode_tokens_per_s == pytest.approx(4.0)
+    assert r.max_concurrent_streams == 4
+    assert r.decode_aggregate_tokens_per_s == pytest.approx(16.0)
+    # the same 4 streams with one request each (up --verify's load) measure the same aggregate
+    one_round = summarize(_stream_requests([s * 0.2 for s in range(4)], n=33, gap=0.25), wall_s=10.0, users=4)
+    assert one_round.decode_aggregate_tokens_per_s == pytest.approx(16.0)
+    # more requests per stream do not raise it
+    rs32 = []
+    for stream in range(4):
+        rs32 += _stream_requests([stream * 0.2 + k * 10.0 for k in range(8)], n=33, gap=0.25)
+    assert summarize(rs32, wall_s=80.0, users=4).decode_aggregate_tokens_per_s == pytest.approx(16.0)
+
+
+def test_decode_aggregate_adds_the_rates_of_streams_at_once_as_verify_measures_them():
+    # up --verify: one request per user, all at once, at different rates: every rate added up
+    fast = _stream_requests([0.0, 0.0], n=21, gap=0.1)  # 10 tokens/s
+    slow = _stream_requests([0.0, 0.0], n=11, gap=0.2)  # 5 tokens/s
+    assert bench.decode_aggregate(fast + slow) == pytest.approx(30.0)
+    # a server with 2 slots serving 4 requests decodes 2 at once: 2 x 10, not 4 x 10
+    queued = _stream_requests([0.0, 0.0], n=21, gap=0.1) + _stream_requests([2.5, 2.5], n=21, gap=0.1)
+    assert bench.decode_aggregate(queued) == pytest.approx(20.0)
+    assert bench.decode_aggregate([]) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------- fake server
