@@ -86,8 +86,10 @@ def with_engine_builds(host, stack):
 
 def stack_display(stack_file: Path, out_dir: Path) -> str:
     """The stack file as artifact headers and the output folder's manifest name it: relative to the output folder's
-    parent, so it does not depend on the caller's working directory."""
-    return Path(os.path.relpath(os.path.abspath(stack_file), os.path.abspath(out_dir.parent))).as_posix()
+    parent, so it does not depend on the caller's working directory (nor on how the folder is written: `-o .` from
+    inside it names the folder above, which Path('.').parent does not)."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    return Path(os.path.relpath(os.path.abspath(stack_file), parent)).as_posix()
 
 
 def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = None, write_lock: bool = True,

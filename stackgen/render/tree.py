@@ -344,16 +344,24 @@ def manifest_stack(out_dir: Path) -> str | None:
     return sorted(named)[0] if len(named) == 1 else None
 
 
+def beside(out_dir: Path, rel: str) -> str:
+    """`rel` (relative to the output folder's parent, as the manifest names its stack) as the user would write it:
+    from the current folder when `out_dir` is relative. The parent is the absolute folder's: `-o .` or `-o ..`
+    has no name of its own, and Path('.').parent is '.' itself."""
+    full = os.path.join(os.path.dirname(os.path.abspath(out_dir)), rel)
+    return os.path.normpath(full) if out_dir.is_absolute() else os.path.relpath(full)
+
+
 def refuse_other_stack(out_dir: Path, stack: str | None, writing: bool = True) -> None:
     """RenderError when `out_dir` holds another stack's render: rendering here would remove its files as stale (and
     replace the ones both name, compose.yaml), so nothing is touched."""
     other = manifest_stack(out_dir)
     if stack is None or other is None or other == stack:
         return
-    other_path = os.path.normpath(out_dir.parent / other)
-    own = out_dir.with_name(f"{out_dir.name}-{PurePosixPath(stack).stem}")
+    other_path = beside(out_dir, other)
+    own = beside(out_dir, f"{os.path.basename(os.path.abspath(out_dir))}-{PurePosixPath(stack).stem}")
     raise RenderError(f"{out_dir} holds the artifacts of another stack, {other_path} (its {MANIFEST} lists them): "
-                      f"rendering {os.path.normpath(out_dir.parent / stack)} here would remove or replace them"
+                      f"rendering {beside(out_dir, stack)} here would remove or replace them"
                       f"{', so nothing was written' if writing else ''} (give this stack a folder of its own: add `-o {own}`; if {other_path} "
                       f"was renamed or is gone, delete {out_dir} and render again)")
 

@@ -114,3 +114,38 @@ def test_model_dir_must_be_an_absolute_plain_path(cli, write_stack):
         path = write_stack(STACK.replace("/srv/llm/weights", bad))
         res = cli("validate", path)
         assert res.exit_code == 1 and "serve.model_dir" in res.output, (bad, res.output)
+
+
+def test_render_dash_o_dot_from_inside_the_output_folder(cli, monkeypatch, clones):
+    """`cd deploy; stackgen render ../stack.yaml -o .` renders and checks the bytes a render from the stack's folder
+    does (audit a4 #2: it named the stack '../stack.yaml' in the manifest and headers, and re-rendering in a
+    committed folder was an internal error, ValueError from Path('.').with_name)."""
+    stack = clones[0]
+    assert render_from(cli, monkeypatch, stack.parent, stack).exit_code == 0
+    committed = tree(stack.parent / "deploy")
+    monkeypatch.chdir(stack.parent / "deploy")
+    for args in (("--check",), ()):
+        res = cli("render", "../stack.yaml", "-o", ".", *args)
+        assert res.exit_code == 0, res.output
+    assert tree(stack.parent / "deploy") == committed
+    # a new folder rendered from inside it names the same stack as one rendered from above
+    out = stack.parent / "out"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    assert cli("render", "../stack.yaml", "-o", ".").exit_code == 0
+    assert tree(out) == committed
+    res = render_from(cli, monkeypatch, stack.parents[2], stack, "-o", os.path.relpath(out, stack.parents[2]),
+                      "--check")
+    assert res.exit_code == 0, res.output
+
+
+def test_another_stack_in_dash_o_dot_is_refused_with_paths_from_the_cwd(cli, monkeypatch, clones):
+    stack = clones[0]
+    assert render_from(cli, monkeypatch, stack.parent, stack).exit_code == 0
+    other = stack.with_name("other.yaml")
+    other.write_text(stack.read_text(encoding="utf-8").replace("name: port", "name: other"), encoding="utf-8")
+    monkeypatch.chdir(stack.parent / "deploy")
+    res = cli("render", "../other.yaml", "-o", ".", "--check")
+    assert res.exit_code == 1
+    assert ("holds the artifacts of another stack, ../stack.yaml" in res.output
+            and "rendering ../other.yaml here" in res.output and "`-o ../deploy-other`" in res.output), res.output
