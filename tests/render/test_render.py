@@ -242,3 +242,46 @@ def test_a_second_stack_never_removes_the_first_stacks_artifacts(cli, write_stac
     assert snapshot(deploy) == before
     assert cli("render", "--check", dev).exit_code == 0
     assert cli("render", dev).exit_code == 0
+
+
+PINNED = """version: 1
+hardware: cpu-server-64gb
+services:
+  chat:
+    model: llama-3.1-8b-instruct
+    quant: Q4_K_M
+    binary: {binary}
+targets: [script]
+"""
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative", "name"])
+def test_run_sh_which_prints_a_pinned_binary_and_never_starts_it(write_stack, cli, tmp_path, how):
+    """README, Finding the engine: `run.sh --which` prints the binary the launcher would run. With `binary:` set the
+    line was missing and `--which` started the engine in the foreground (audit a4 #3)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    started = tmp_path / "started"
+    engine = bindir / "my-server"
+    engine.write_text(f"#!/bin/sh\ntouch {shlex.quote(str(started))}\n", encoding="utf-8")
+    engine.chmod(0o755)
+    binary = {"absolute": str(engine), "relative": "bin/my-server", "name": "my-server"}[how]
+    stack = write_stack(PINNED.format(binary=binary))
+    assert cli("render", stack).exit_code == 0
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    r = subprocess.run(["sh", str(tmp_path / "deploy" / "chat" / "run.sh"), "--which"], capture_output=True,
+                       text=True, env=env, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{engine}\n", "")
+    assert not started.exists()
+    # without --which it runs that binary
+    r = subprocess.run(["sh", str(tmp_path / "deploy" / "chat" / "run.sh")], capture_output=True, text=True,
+                       env=env, timeout=30)
+    assert r.returncode == 0 and started.exists(), r.stderr
+
+
+def test_run_sh_which_of_a_pinned_name_missing_from_path_exits_127(write_stack, cli, tmp_path):
+    stack = write_stack(PINNED.format(binary="no-such-server-xyz"))
+    assert cli("render", stack).exit_code == 0
+    r = subprocess.run(["sh", str(tmp_path / "deploy" / "chat" / "run.sh"), "--which"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 127 and "no-such-server-xyz is not on PATH" in r.stderr

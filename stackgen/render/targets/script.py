@@ -98,14 +98,27 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext, env_name: str | No
     argv = [_checked(a) for a in cmd.argv]
     # Without `binary:`, run.sh looks for the engine where `up` does (stackgen.host.binaries), at run time.
     lookup = None if sp.spec.binary else shell_lookup(sp.engine)
+    which = pinned_which(argv[0]) if sp.spec.binary else ""
     return render_template(
         "script/run.sh.j2", header=ctx.header(), service=sp.name, engine=engine.display,
         stack_dir=shlex.quote(_stack_dir_from_service(plan, sp, ctx)), env_file=shlex.quote(env_name or f"{sp.name}.env"),
         key_mode=cmd.key_mode, key_var=cmd.key_var or "", key_env=cmd.key_env or "", lookup=lookup,
+        which=which,
         key_comment=engine.api_key.file_comment if engine.api_key else "",
         command=_command_lines(argv, first='"$engine"' if lookup else None),
         ollama_tag=engine.model_tag(sp) or "",
     )
+
+
+def pinned_which(binary: str) -> str:
+    """sh printing the `binary:` run.sh execs, as `up` finds it (stackgen.host.binaries._explicit): an absolute
+    path as is, a relative one from the stack's folder (run.sh's cwd), a bare name on PATH (exit 127 when absent)."""
+    q = shlex.quote(binary)
+    if binary.startswith("/"):
+        return f"printf '%s\\n' {q}"
+    if "/" in binary:
+        return f"printf '%s\\n' \"$(pwd)\"/{q}"
+    return f"command -v {q} || {{ echo {shlex.quote(f'{binary} is not on PATH')} >&2; exit 127; }}"
 
 
 def script_model_ref(sp: ServicePlan) -> str:
