@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from stackgen.cli import EX_DRIFT, FileArg, app, guarded
+from stackgen.cli import EX_DRIFT, FileArg, FileOpt, app, guarded, stack_path
 
 
 @app.command()
 @guarded
 def lock(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     upgrade: bool = typer.Option(False, "--upgrade", help="Re-resolve every remote model and show what changed."),
     check: bool = typer.Option(False, "--check", help="Write nothing: exit 0 when the lock is up to date, 2 if not."),
     catalog: bool = typer.Option(False, "--catalog", help="Also resolve the reference each catalog name stands for "
@@ -26,6 +28,7 @@ def lock(
                                       write_lock)
     from stackgen.spec.stack import SpecError, load_stack
 
+    file = stack_path(file, file_opt)
     path = lock_path_for(file)
     try:
         old = read_lock(path, str(file)) if path.is_file() else {}

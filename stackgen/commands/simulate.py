@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, HostOpt, app, guarded, load_and_plan
+from stackgen.cli import FileArg, FileOpt, HostOpt, app, guarded, load_and_plan, stack_path
 
 
 def parse_users(text: str) -> list[int]:
@@ -24,7 +24,8 @@ def parse_users(text: str) -> list[int]:
 @app.command()
 @guarded
 def simulate(
-    file: Path = FileArg,
+    file: Optional[Path] = FileArg,
+    file_opt: Optional[Path] = FileOpt,
     users: Optional[str] = typer.Option(None, "--users", help="Load levels, e.g. 10,100,1000 (default: 1/4, 1/2, 1, "
                                         "2 and 4 times the workload's concurrent_users)."),
     service: Optional[str] = typer.Option(None, "--service", help="Only this service."),
@@ -42,7 +43,7 @@ def simulate(
     from stackgen.plan.simulate import Variability
 
     var = Variability(prompt_cv=length_spread, output_cv=length_spread, prefill_cv=jitter, decode_cv=jitter)
-    _, plan = load_and_plan(file, host_facts)
+    _, plan = load_and_plan(stack_path(file, file_opt), host_facts)
     rows = []
     for sp in plan.services:
         if service and sp.name != service:

@@ -61,6 +61,7 @@ def test_usage_errors_exit_64_never_2(args, tmp_path):
 @pytest.mark.parametrize("args", [
     ["plan"], ["render"], ["render", "--check"],  # with --check it must not look like drift
     ["up"], ["down", "chat"], ["status"], ["logs", "-f"], ["validate"], ["bench"], ["doctor"],
+    ["lock"], ["lock", "--check"], ["simulate"],  # were internal errors (audit a4 #4)
 ])
 def test_no_stack_file_here_exits_64_naming_what_to_do(args, tmp_path):
     """Like compose with compose.yaml, FILE defaults to ./stack.yaml; without one the command line is incomplete."""
@@ -79,6 +80,20 @@ def test_default_stack_file_is_used_and_named(tmp_path):
         res = stackgen(*args, cwd=tmp_path)
         assert res.returncode == EX_OK and "stack other (other.yaml)" in res.stdout and not res.stderr, res
     res = stackgen("plan", "stack.yaml", "-f", "other.yaml", cwd=tmp_path)
+    assert res.returncode == EX_USAGE and "give the stack file once" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["lock"], ["lock", "--check"], ["simulate", "--users", "1"]])
+def test_lock_and_simulate_default_to_the_stack_file_here(args, tmp_path):
+    """`lock` and `simulate` take FILE, -f FILE or ./stack.yaml like the others (audit a4 #4: `lock` in a folder
+    with a stack.yaml was an internal error, AttributeError on None.with_suffix)."""
+    (tmp_path / "stack.yaml").write_text(STACK)
+    res = stackgen(*args, cwd=tmp_path)
+    assert res.returncode == EX_OK and res.stderr == "using ./stack.yaml\n", (res.stdout, res.stderr)
+    (tmp_path / "other.yaml").write_text(STACK.replace("name: t", "name: other"))
+    res = stackgen(*args, "-f", "other.yaml", cwd=tmp_path)
+    assert res.returncode == EX_OK and not res.stderr, (res.stdout, res.stderr)
+    res = stackgen(*args, "stack.yaml", "-f", "other.yaml", cwd=tmp_path)
     assert res.returncode == EX_USAGE and "give the stack file once" in res.stderr
 
 
