@@ -58,8 +58,18 @@ def calibrate(
     if model is not None:
         if not model.is_file():
             raise StackgenError(f"--model {model}: no such file (give a small .gguf, e.g. Gemma 3 270M Q4_K_M)")
+        # The engine reads the model's GGUF header first: a file that is not one is the user's error, said before
+        # anything is measured (it was an internal error once the bandwidth was measured).
+        from stackgen.errors import ModelRefError
+        from stackgen.models.facts import resolve_model
+        try:
+            resolve_model(str(model.resolve()), None, Path("."), {})
+        except ModelRefError as exc:
+            # its hint names a stack's `model:`; calibrate has none
+            raise StackgenError(f"--model {exc.message} (give --model a small .gguf, e.g. Gemma 3 270M "
+                                "Q4_K_M)") from None
         eng = next(e for e in engines.ENGINES.values() if e.calibrates)
-        found = binaries.find(eng.name, binary, Path.cwd())
+        found = binaries.find(eng.name, binary, Path.cwd(), option="--binary")
         build = binaries.engine_build(found, eng.binary_package) if eng.plans_by_build else 0
         n = threads or host.hardware.cpu.cores
 

@@ -44,17 +44,20 @@ class BinaryNotFound(LaunchError):
     """No binary for an engine where the rule looks; the message lists every place tried."""
 
 
-def find(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None) -> str:
-    """The binary `up` runs for a service (absolute when found through PATH or a venv)."""
+def find(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None, *,
+         option: str = "") -> str:
+    """The binary `up` runs for a service (absolute when found through PATH or a venv). `option`: the command-line
+    option that gave `wanted` (calibrate's --binary) when no stack's `binary:` did, as the messages name it."""
     tried: list[str] = []
     found = _find(engine, wanted, Path(os.path.abspath(stack_dir)), path, tried)
     if found:
         return found
     if wanted:
-        raise BinaryNotFound(f"binary: {wanted} is not an executable file (looked at {tried[0]}); "
+        raise BinaryNotFound(f"{option or 'binary:'} {wanted} is not an executable file (looked at {tried[0]}); "
                              f"to install it: {INSTALL_HINTS.get(engine, '')}")
+    pin = f"give {option} PATH" if option else "set `binary:` in the stack"
     raise BinaryNotFound(f"{RULES[engine].command} is not installed (looked for {'; '.join(tried)}). To install it: "
-                         f"{INSTALL_HINTS.get(engine, '')}; or set `binary:` in the stack")
+                         f"{INSTALL_HINTS.get(engine, '')}; or {pin}")
 
 
 def find_or_none(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None) -> str | None:

@@ -271,7 +271,7 @@ def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detec
     """--if-missing (the quickstart's call): a calibration of this machine with the batched point is kept; one
     without it, or of another machine, is measured again."""
     model = tmp_path / "m.gguf"
-    model.write_bytes(b"x")
+    model.write_bytes(_tiny_gguf())
     cal.save(cal.measure(cal.machine_key(detected.hardware), _probe(10.0), today=dt.date(2026, 11, 29),
                          engine=lambda bw: _point(batch_streams=4, batch_decode_tokens_per_s=100.0)))
     res = cli("calibrate", "--model", model, "--if-missing")
@@ -280,9 +280,46 @@ def test_cli_calibrate_if_missing_keeps_a_calibration_of_this_machine(cli, detec
     measured = []
     monkeypatch.setattr(cal, "measure", lambda *a, **k: measured.append(1) or (_ for _ in ()).throw(
         StackgenError("measuring")))
-    monkeypatch.setattr("stackgen.host.binaries.find", lambda *a: "/bin/true")
+    monkeypatch.setattr("stackgen.host.binaries.find", lambda *a, **k: "/bin/true")
     res = cli("calibrate", "--model", model, "--if-missing")
     assert measured and "measuring" in res.output  # no batched point: measured again
+
+
+def _tiny_gguf() -> bytes:
+    from test_gguf import BASIC_KVS, BASIC_TENSORS, make_gguf
+    return make_gguf([kv for kv in BASIC_KVS if "expert" not in kv[0]], BASIC_TENSORS)[0]
+
+
+@pytest.mark.parametrize("content", [b"# yaml, not a model\nversion: 1\n", bytes(range(100))], ids=["yaml", "junk"])
+def test_cli_calibrate_with_a_model_that_is_not_a_gguf_is_one_line_before_measuring(cli, detected, monkeypatch,
+                                                                                    tmp_path, content):
+    """audit a4 #5: `calibrate --model stack.yaml` (or 100 junk bytes) was an internal error (ModelRefError
+    uncaught) after the bandwidth was measured; it is the user's error, exit 1, and nothing is measured."""
+    import stackgen.commands.calibrate as command
+    monkeypatch.setattr(command, "_host", lambda host_facts: detected)
+    monkeypatch.setattr(cal, "measure", lambda *a, **k: pytest.fail("measured a run that cannot happen"))
+    model = tmp_path / "junk.gguf"
+    model.write_bytes(content)
+    res = cli("calibrate", "--model", model, "--binary", "/bin/false")
+    assert res.exit_code == 1, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --model junk.gguf: not a readable GGUF file"), lines
+    assert "(give --model a small .gguf" in lines[0] and "model:`" not in lines[0]
+
+
+def test_cli_calibrate_without_an_engine_names_its_own_option(cli, detected, monkeypatch, tmp_path):
+    """calibrate has no stack: its hint names --binary, not the stack's `binary:` (audit a4 #5)."""
+    import stackgen.commands.calibrate as command
+    monkeypatch.setattr(command, "_host", lambda host_facts: detected)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(_tiny_gguf())
+    res = cli("calibrate", "--model", model)
+    assert res.exit_code == 1 and "is not installed" in res.output and "or give --binary PATH" in res.output
+    assert "binary:` in the stack" not in res.output
+    res = cli("calibrate", "--model", model, "--binary", str(tmp_path / "nope"))
+    assert res.exit_code == 1 and f"--binary {tmp_path / 'nope'} is not an executable file" in res.output
 
 
 # --- a calibration measured on a busy machine says so ---------------------------------------------------------
