@@ -8,18 +8,17 @@ from typing import Optional
 
 import typer
 
-from stackgen.cli import FileArg, FileOpt, HostOpt, app, guarded, load_and_plan, stack_path
+from stackgen.cli import FileArg, FileOpt, HostOpt, UsageError, app, guarded, load_and_plan, stack_path
 
 
 def _parse_sweep(text: str) -> list[int]:
-    from stackgen.run.bench import BenchError
-
+    """A bad value is a wrong command line: exit 64 (README, Exit codes), as typer's own checks are."""
     try:
         users = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise BenchError(f"--sweep {text!r}: expected comma-separated user counts, e.g. 1,2,4,8") from None
+        raise UsageError(f"--sweep {text!r}: expected comma-separated user counts, e.g. 1,2,4,8") from None
     if not users or any(u < 1 for u in users):
-        raise BenchError(f"--sweep {text!r}: user counts must be positive integers")
+        raise UsageError(f"--sweep {text!r}: user counts must be positive integers")
     return users
 
 
@@ -75,10 +74,16 @@ def bench(
 ) -> int:
     """Drive a running service with the workload's users and lengths; report throughput, TTFT, ITL, peak RSS
     beside the plan's prediction, and say where they disagree."""
-    from stackgen.run.bench import BenchError, bench_plan, load_schema, pick_service, plot, require_matplotlib
+    from stackgen.run.bench import bench_plan, load_schema, pick_service, plot, require_matplotlib
 
     if requests is not None and duration is not None:
-        raise BenchError("give --requests or --duration, not both")
+        raise UsageError("give --requests or --duration, not both")
+    if requests is not None and requests < 1:
+        raise UsageError(f"--requests {requests}: give at least 1")
+    if duration is not None and not duration > 0:
+        raise UsageError(f"--duration {duration:g}: give a positive number of seconds")
+    if sweep is not None:
+        _parse_sweep(sweep)  # before planning, as typer checks its own options
     if plot_out is not None:
         require_matplotlib()  # fail before the run, not after it
     schema = load_schema(json_schema) if json_schema is not None else None

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from stackgen.cli import _host, app, guarded
+from stackgen.cli import UsageError, _host, app, guarded
 from stackgen.errors import StackgenError
 from stackgen.spec.stack import hardware_by_name
 from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
@@ -110,8 +110,9 @@ def init(
         raise StackgenError(f"{target} already exists; pass --force to overwrite it")
     profiles = load_profiles(directory if directory.is_dir() else None)
     wl, said = _choose_workload(workload, sorted(profiles.workloads))
-    if wl not in profiles.workloads:
-        raise StackgenError(f"unknown workload {wl!r} (known: {', '.join(sorted(profiles.workloads))})")
+    if wl not in profiles.workloads:  # a bad --workload is a wrong command line: exit 64 (README, Exit codes)
+        raise (UsageError if workload is not None else StackgenError)(
+            f"--workload: unknown workload {wl!r} (known: {', '.join(sorted(profiles.workloads))})")
     if said:
         typer.echo(said, err=True)
     notes: tuple[str, ...] = ()
@@ -120,7 +121,7 @@ def init(
         if message.startswith("unknown hardware profile") and not hint.startswith("did you mean"):
             hint = f"known: {', '.join(sorted(profiles.hardware))}; or `<N>x <profile>`, e.g. `--hardware '2x rtx-4090'`"
         hint = hint.replace("`hardware: ", "`--hardware ")
-        raise StackgenError(f"--hardware: {message} ({hint})")
+        raise UsageError(f"--hardware: {message} ({hint})")
     if named is not None:
         hw_ref: Any = hardware.strip()
         host = HostFacts(named)

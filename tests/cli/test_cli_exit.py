@@ -58,6 +58,24 @@ def test_usage_errors_exit_64_never_2(args, tmp_path):
     assert "Usage:" in res.stdout + res.stderr
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--sweep", "a,b"], "--sweep 'a,b': expected comma-separated user counts"),
+    (["--sweep", "0"], "--sweep '0': user counts must be positive"),
+    (["-n", "0"], "--requests 0: give at least 1"),
+    (["--duration", "-1"], "--duration -1: give a positive number of seconds"),
+    (["--duration", "0"], "--duration 0: give a positive number of seconds"),
+    (["-n", "2", "--duration", "1"], "give --requests or --duration, not both"),
+])
+def test_bad_bench_option_values_exit_64_before_anything_runs(args, says, tmp_path):
+    """README, Exit codes: 64 is a wrong command line, a bad option value included (audit a4 #8: these exited 1).
+    Nothing answers on the stack's port: the value is refused before bench plans or connects."""
+    (tmp_path / "stack.yaml").write_text(STACK)
+    res = stackgen("bench", "stack.yaml", *args, cwd=tmp_path)
+    assert res.returncode == EX_USAGE, (args, res.returncode, res.stdout, res.stderr)
+    assert res.stderr == f"error: {says}\n" or says in res.stderr, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr and "nothing answers" not in res.stderr
+
+
 @pytest.mark.parametrize("args", [
     ["plan"], ["render"], ["render", "--check"],  # with --check it must not look like drift
     ["up"], ["down", "chat"], ["status"], ["logs", "-f"], ["validate"], ["bench"], ["doctor"],

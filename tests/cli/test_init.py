@@ -72,10 +72,11 @@ def test_without_a_tty_and_without_workload_dev_loop_is_used_and_said(tmp_path):
 
 
 def test_unknown_workload_and_hardware_are_errors_without_traceback(tmp_path):
+    """A bad option value is a wrong command line: exit 64 (README, Exit codes; audit a4 #8: they exited 1)."""
     res = init(str(tmp_path), "--workload", "nope", "--hardware", "rtx-4090")
-    assert res.exit_code == 1 and "unknown workload 'nope'" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 64 and "--workload: unknown workload 'nope'" in res.output and "Traceback" not in res.output
     res = init(str(tmp_path), "--workload", "dev-loop", "--hardware", "nope")
-    assert res.exit_code == 1 and "unknown hardware profile 'nope'" in res.output
+    assert res.exit_code == 64 and "--hardware: unknown hardware profile 'nope'" in res.output
     assert not (tmp_path / "stack.yaml").exists()
 
 
@@ -211,9 +212,9 @@ def test_hardware_takes_the_forms_a_stack_file_takes(tmp_path):
     assert "hardware: 2x rtx-4090" in text
     assert runner.invoke(app, ["validate", str(tmp_path / "two" / "stack.yaml")]).exit_code == 0
     res = init(str(tmp_path / "bad"), "--hardware", "2x rtx-4900", "--workload", "dev-loop")
-    assert res.exit_code == 1 and "--hardware: unknown hardware profile '2x rtx-4900'" in res.output, res.output
+    assert res.exit_code == 64 and "--hardware: unknown hardware profile '2x rtx-4900'" in res.output, res.output
     res = init(str(tmp_path / "bad"), "--hardware", "2x cpu-laptop-16gb", "--workload", "dev-loop")
-    assert res.exit_code == 1
+    assert res.exit_code == 64  # a bad option value: exit 64
     assert ("--hardware: 'cpu-laptop-16gb' has no GPUs to multiply (write `--hardware cpu-laptop-16gb`)"
             in res.output), res.output
     assert not (tmp_path / "bad").exists()
