@@ -140,8 +140,21 @@ _CONTAINERS = typer.Option(False, "--containers", help="Run each service as a co
                            "Engine API (DOCKER_HOST honoured; podman's API works) instead of a native process.")
 _VERIFY = typer.Option(False, "--verify", help="After ready, send short streaming requests at the declared "
                        "concurrency and report time to first token and tokens/s beside the plan.")
-_TIMEOUT = typer.Option(None, "--timeout", min=1, help="Seconds each service may take to become ready (default: "
-                        "30 s + weights at 100 MB/s; vLLM +120 s).")
+
+
+def timeout_help() -> str:
+    """--timeout's default in words, from the constants `up` budgets with (plan.startup_budget_s), so the help
+    cannot drift from them again (it said 30 s + weights at 100 MB/s where the base was 60 s)."""
+    from stackgen import engines
+    from stackgen.plan import plan
+
+    extra = ", ".join(f"{e.display} {e.startup_extra_s:g} s" for e in engines.ENGINES.values() if e.startup_extra_s)
+    return (f"Seconds each service may take to become ready (default: {plan.STARTUP_BASE_S} s + the weights at "
+            f"{plan.LOAD_BYTES_PER_S / 1e6:g} MB/s, + at {plan.DOWNLOAD_BYTES_PER_S / 1e6:g} MB/s when the engine "
+            f"downloads them, + the engine's own start-up ({extra}), rounded up to {plan.STARTUP_STEP_S} s).")
+
+
+_TIMEOUT = typer.Option(None, "--timeout", min=1, help=timeout_help())
 _GRACE = typer.Option(10.0, "--grace", min=0, help="Seconds between SIGTERM and SIGKILL when stopping.")
 _NO_MEM = typer.Option(False, "--no-memory-check", help="Start even if free RAM is below the plan.")
 _FORCE = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, the "

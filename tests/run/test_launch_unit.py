@@ -460,6 +460,30 @@ def test_budget_scales_with_model():
     assert budget_for(sp) == sp.startup_budget_s >= 60 + sp.memory.weights_bytes / 100e6
 
 
+@pytest.mark.parametrize("command", ["up", "restart"])
+def test_timeout_help_states_the_budget_up_waits(cli, command):
+    """`up --timeout` said "default: 30 s + weights at 100 MB/s" where the budget is 60 s + ... (audit a4 #9: the
+    253 MB quickstart waited 70 s): the help's figures are the budget's, for every engine's start-up extra."""
+    import re
+
+    from stackgen import engines
+    from stackgen.plan.plan import startup_budget_s
+
+    text = " ".join(cli(command, "--help").output.replace("│", " ").split())
+    m = re.search(r"default: (\d+) s \+ the weights at (\d+) MB/s, \+ at (\d+) MB/s when the engine downloads "
+                  r"them, \+ the engine's own start-up \((.*?)\), rounded up to (\d+) s", text)
+    assert m, text
+    base, load, fetch, step = (int(m[i]) for i in (1, 2, 3, 5))
+    extras = dict(re.findall(r"([^,]+?) (\d+) s(?:,|$)", m[4]))
+    said = {name.strip(): int(v) for name, v in extras.items()}
+    assert said == {e.display: e.startup_extra_s for e in engines.ENGINES.values() if e.startup_extra_s}
+    for weights in (0, 253_000_000, 5_000_000_000):
+        for extra in (0, *said.values()):
+            for fetched in (False, True):
+                s = base + weights / (load * 1e6) + extra + (weights / (fetch * 1e6) if fetched else 0)
+                assert startup_budget_s(weights, extra, fetched) == -(-s // step) * step
+
+
 def plan_of_text(engine: str):
     import tempfile
 
