@@ -75,6 +75,19 @@ def _policy(restart: str):
     return RestartPolicy(mode=restart)
 
 
+def _check_names(plan, services, restart_services: bool, file: Path) -> None:
+    """up's and restart's names checked as run/up.py checks them, before the host check: an unknown service was
+    reported only once the host check passed (audit a4 #12: `up FILE nosuch` said only that llama-server is not
+    installed)."""
+    from stackgen.run import fleet
+    from stackgen.run.native import select_services
+    from stackgen.run.state import StateDir
+
+    names = (sorted(u.name for u in fleet.expand(plan.services)) if restart_services
+             else [sp.name for sp in plan.services])
+    select_services(names, services, str(StateDir(file).stack_file))
+
+
 def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, force, as_json, host_facts, restart,
         restart_services: bool) -> int:
     from stackgen.commands.doctor import host_report
@@ -93,6 +106,7 @@ def _up(words, file_opt, containers, verify, timeout, grace, no_memory_check, fo
         from stackgen.run.results import Interrupted
 
         raise Interrupted("interrupted (SIGINT): stopped nothing (nothing had started)") from None
+    _check_names(plan, services, restart_services, file)  # a mistyped name first: no host finding hides it
     if report.errors and not force:
         raise mismatch_error(report)
     for finding in report.errors:
@@ -242,6 +256,7 @@ def down(
     from stackgen.run.lifecycle import down as do_down
 
     file, services = _known_stack(words, file_opt)
+    _check_stack_names(file, services)
     notes: list[str] = []
     stopped = do_down(file, grace, notes, services=services)
     for note in notes:
@@ -265,6 +280,35 @@ def _known_stack(words, file_opt) -> tuple[Path, list[str]]:
         raise LaunchError(f"{file}: no such stack file (check the path, or give it with -f FILE; `stackgen ps` "
                           f"lists every stack that runs)")
     return file, services
+
+
+def _check_stack_names(file: Path, services: list[str]) -> None:
+    """`down FILE NAME` with nothing running: a NAME that is neither a service of the stack file (or one of its
+    fleet's `<svc>-N`) nor anything running is an error, as it is while the stack runs (audit a4 #12: it said
+    "nothing running", exit 0). The names come from the file's YAML alone: down never needs a valid stack."""
+    import re
+
+    from stackgen.errors import StackgenError
+    from stackgen.run.lifecycle import running_names
+    from stackgen.run.native import select_services
+    from stackgen.run.state import StateDir
+    from stackgen.spec.stack import parse_document
+
+    if not services or not file.is_file():
+        return
+    running = running_names(file)
+    if running:  # the library checks them against what runs
+        return
+    try:
+        declared = parse_document(file.read_text(encoding="utf-8"), str(file)).data.get("services")
+    except (OSError, UnicodeDecodeError, StackgenError):
+        return
+    if not isinstance(declared, dict):
+        return
+    names = sorted(str(n) for n in declared)
+    unknown = [w for w in services if w not in names
+               and not any(re.fullmatch(re.escape(n) + r"-\d+", w) for n in names)]
+    select_services(names, unknown, str(StateDir(file).stack_file))
 
 
 _HEALTHY = ("running", "loading")

@@ -74,6 +74,15 @@ def _groups(state) -> dict[str, list[str]]:
     return groups
 
 
+def running_names(stack_file: str | Path) -> list[str]:
+    """The state's entries and fleet names for this stack ([] when `up` left nothing)."""
+    sd = StateDir(stack_file)
+    if not sd.has_state():
+        return []
+    state = sd.load()
+    return sorted(set(state.services) | set(_groups(state)))
+
+
 def processes_of(stack_file: str | Path, service: str) -> list[str]:
     """The state's entries for one name: a fleet's balancer and instances, else the name itself."""
     sd = StateDir(stack_file)

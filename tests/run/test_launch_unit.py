@@ -740,3 +740,32 @@ def test_an_engine_whose_supervisor_was_killed_reports_its_own_end(fake_stack):
     assert res.services[0].action == "restarted"
     assert res.services[0].reason.startswith(f"it had crashed: pid {second.pid} ended, how and when unknown"), \
         res.services[0].reason
+
+
+def test_up_names_an_unknown_service_even_when_the_host_check_fails(fake_stack, cli):
+    """audit a4 #12: `up FILE nosuch` with a failing host check said only that the binary is missing; a passing one
+    said "no service 'nosuch'". The name is checked first, for up and restart."""
+    path, _, tmp = fake_stack
+    path.write_text(path.read_text().replace(str(tmp / "fake-llama-server"), str(tmp / "missing-server")))
+    for command in ("up", "restart"):
+        res = cli(command, path, "nosuch")
+        assert res.exit_code == 1 and "no service 'nosuch'" in res.output and "(services: chat)" in res.output, \
+            res.output
+    res = cli("up", path, "chat")
+    assert res.exit_code == 1 and "missing-server" in res.output and "no service" not in res.output
+
+
+def test_down_of_an_unknown_service_is_an_error_whether_or_not_the_stack_runs(fake_stack, cli):
+    """audit a4 #12: `down FILE nosuch` with nothing running said "nothing running", exit 0, while the stack
+    running gave exit 1 "no service 'nosuch'"; a service of the stack (or a fleet's `<svc>-N`) that is not running
+    is still "nothing running"."""
+    path, _, _ = fake_stack
+    res = cli("down", path, "nosuch")
+    assert res.exit_code == 1 and "no service 'nosuch'" in res.output and "(services: chat)" in res.output, res.output
+    for name in ("chat", "chat-2"):
+        res = cli("down", path, name)
+        assert res.exit_code == 0 and "nothing running" in res.output, res.output
+    assert cli("up", path).exit_code == 0
+    res = cli("down", path, "nosuch")
+    assert res.exit_code == 1 and "no service 'nosuch'" in res.output
+    assert cli("down", path).exit_code == 0
