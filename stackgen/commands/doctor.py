@@ -22,8 +22,13 @@ def host_report(file: Path, host_facts: Optional[Path], *, containers: bool = Fa
         from stackgen.host.facts import HostFacts
 
         host = HostFacts(plan.hardware)  # `hardware: detect` and nothing needing free memory: the plan's own host
+    own = None
+    if ports:  # a port this stack's own running service holds is no mismatch (audit a4 #12: doctor said ERROR)
+        from stackgen.run.lifecycle import serving_ports
+
+        own = serving_ports(file)
     report = check_host(plan, host, Path(file).resolve().parent, stated, containers=containers, memory=memory,
-                        ports=ports)
+                        ports=ports, own_ports=own)
     return plan, report
 
 

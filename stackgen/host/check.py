@@ -82,9 +82,10 @@ def default_probes() -> Probes:
 
 def check_host(plan: Plan, host: HostFacts, stack_dir: Path, stated: HardwareSpec | None, *,
                containers: bool = False, memory: bool = True, ports: bool = True,
-               probes: Probes | None = None) -> HostReport:
+               probes: Probes | None = None, own_ports: dict[int, str] | None = None) -> HostReport:
     """Every finding for `plan` on `host`. `stated`: the hardware the stack names (None for `hardware: detect`,
-    whose plan is made for this host already)."""
+    whose plan is made for this host already). `own_ports`: ports this stack's running services hold (port ->
+    service), which are no mismatch."""
     probes = probes or default_probes()
     out: list[Finding] = []
     if stated is not None:
@@ -96,7 +97,7 @@ def check_host(plan: Plan, host: HostFacts, stack_dir: Path, stated: HardwareSpe
         if not containers:
             out += check_binary(sp, stack_dir, probes)
         if ports:
-            out += check_port(sp, probes)
+            out += check_port(sp, probes, own_ports or {})
     return HostReport(tuple(out))
 
 
@@ -204,9 +205,12 @@ def _check_flags(sp: ServicePlan, binary: str, probes: Probes, subject: str) -> 
     return Finding(subject, "flags", True, f"all {len(flags)} planned flags are in --help")
 
 
-def check_port(sp: ServicePlan, probes: Probes) -> list[Finding]:
+def check_port(sp: ServicePlan, probes: Probes, own_ports: dict[int, str] | None = None) -> list[Finding]:
     subject = f"service {sp.name}"
     if probes.port_in_use(sp.host, sp.port):
+        if own := (own_ports or {}).get(sp.port):
+            return [Finding(subject, "port", True, f"{sp.host}:{sp.port} is in use by this stack's {own}, which "
+                            "is up (`stackgen status`)")]
         return [Finding(subject, "port", False, f"{sp.host}:{sp.port} is in use (by this stack if it is up: "
                         "`stackgen status`)")]
     return [Finding(subject, "port", True, f"{sp.host}:{sp.port} is free")]

@@ -83,6 +83,23 @@ def running_names(stack_file: str | Path) -> list[str]:
     return sorted(set(state.services) | set(_groups(state)))
 
 
+def serving_ports(stack_file: str | Path) -> dict[int, str]:
+    """port -> the state entry of this stack whose process is alive on it ({} when nothing runs): the ports that
+    are in use because this stack is up (doctor's port check)."""
+    sd = StateDir(stack_file)
+    if not sd.has_state():
+        return {}
+    state = sd.load()
+    runners: dict[str, Runner] = {}
+    out = {}
+    for name, st in sorted(state.services.items()):
+        if st.kind not in runners:
+            runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
+        if runners[st.kind].is_alive(st):
+            out[st.port] = name
+    return out
+
+
 def processes_of(stack_file: str | Path, service: str) -> list[str]:
     """The state's entries for one name: a fleet's balancer and instances, else the name itself."""
     sd = StateDir(stack_file)

@@ -769,3 +769,27 @@ def test_down_of_an_unknown_service_is_an_error_whether_or_not_the_stack_runs(fa
     res = cli("down", path, "nosuch")
     assert res.exit_code == 1 and "no service 'nosuch'" in res.output
     assert cli("down", path).exit_code == 0
+
+
+def test_doctor_does_not_flag_the_port_of_this_stacks_running_service(fake_stack, cli):
+    """audit a4 #12: `doctor` while the stack is up said `ERROR service gemma: port: 127.0.0.1:18250 is in use`
+    (exit 1): the stack's own service is no host mismatch. Another process on the port still is."""
+    path, port, _ = fake_stack
+
+    def port_line(res):
+        return next(line for line in res.output.splitlines() if ": port: " in line)
+
+    before = cli("doctor", path)
+    assert port_line(before).startswith("ok ") and "is free" in port_line(before), before.output
+    assert cli("up", path).exit_code == 0
+    res = cli("doctor", path)
+    line = port_line(res)
+    assert line.startswith("ok ") and "in use by this stack's chat, which is up" in line, res.output
+    assert res.exit_code == before.exit_code
+    assert cli("down", path).exit_code == 0
+    with socket.socket() as s:  # someone else's process on the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        res = cli("doctor", path)
+        assert port_line(res).startswith("ERROR") and res.exit_code == 1
