@@ -11,7 +11,10 @@ def _gb(n: int) -> str:
 
 
 def plan_text(plan: Plan) -> str:
-    lines = [f"stack {plan.stack_name} ({plan.stack_path}) on {plan.hardware_label}: {plan.hardware.label()}", ""]
+    # a detected host's label already is "detected: <description>": the description once
+    hw = plan.hardware.label()
+    on = plan.hardware_label if plan.hardware_label.endswith(hw) else f"{plan.hardware_label}: {hw}"
+    lines = [f"stack {plan.stack_name} ({plan.stack_path}) on {on}", ""]
     for sp in plan.services:
         lines += service_text(sp) + [""]
     return "\n".join(lines).rstrip() + "\n"

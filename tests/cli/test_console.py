@@ -115,3 +115,17 @@ def test_print_rows_moves_columns_below_instead_of_cutting():
     assert lines[1].split()[:3] == ["gemma", "llama.cpp", "18181"] and lines[1].endswith("on-failure 0/5")
     assert lines[2] == "gemma: stack examples/quickstart/stack.yaml; model gemma-3-270m-Q4_K_M"
     assert all(len(ln) <= 80 for ln in lines) and "\u2026" not in buf.getvalue()
+
+
+def test_plan_header_names_a_detected_host_once(cli, write_stack, cpu_host, tmp_path):
+    """audit a4 #12: "on detected: CPU-only (2 cores, 23.54 GiB RAM): CPU-only (2 cores, 23.54 GiB RAM)"; a named
+    profile keeps its name beside the description."""
+    facts = tmp_path / "host.json"
+    facts.write_text(cpu_host.to_json())
+    stack = write_stack("version: 1\nhardware: detect\nservices:\n  chat: {model: gemma-3-270m}\n")
+    desc = cpu_host.hardware.label()
+    head = cli("plan", stack, "--host-facts", facts).output.splitlines()[0]
+    assert head.endswith(f" on detected: {desc}") and head.count(desc) == 1, head
+    named = write_stack("version: 1\nhardware: rtx-4090\nservices:\n  chat: {model: gemma-3-270m}\n", "named.yaml")
+    head = cli("plan", named).output.splitlines()[0]
+    assert head.startswith("stack ") and " on rtx-4090: " in head, head
