@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 
 class StackgenError(Exception):
-    """Root of every error stackgen reports to a user."""
+    """Root of every error stackgen reports to a user. `problem`: where in the stack file the field it names is,
+    when a stage found it (pipeline.locate); it is then printed as `file:line:col: field: message`."""
 
     exit_code = 1
+    problem: "Problem | None" = None
 
     def render(self) -> str:
-        return str(self)
+        return str(self.problem) if self.problem is not None else str(self)
 
 
 @dataclass(frozen=True)

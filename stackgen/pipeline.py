@@ -10,12 +10,14 @@ or reads CLI arguments; each function raises StackgenError subclasses.
 from __future__ import annotations
 
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
 
-from stackgen.errors import PlanError, StackgenError
+from stackgen.errors import PlanError, Problem, StackgenError
 
 
 def load_host(host_facts: Optional[Path]):
@@ -61,7 +63,8 @@ def plan_stack(file: Path, host_facts: Optional[Path] = None, write_lock: bool =
         host, reason = cal.apply(host, cal.load())
     if stack.hardware is None and host_facts is None and not host.engine_builds:
         host = with_engine_builds(host, stack)
-    plan = resolve(stack, host)
+    with located(file):
+        plan = resolve(stack, host)
     if reason:
         from dataclasses import replace
 
@@ -102,12 +105,51 @@ def render_stack(stack_file: Path, out_dir: Path, host_facts: Optional[Path] = N
 
     stack, plan = plan_stack(stack_file, host_facts, write_lock=write_lock, on_lock=on_lock)
     # A renamed or removed flag must fail here, not as a service that will not start.
-    check_plan(plan, probe=probe)
+    with located(stack_file):
+        check_plan(plan, probe=probe)
     display = stack_display(stack_file, out_dir)
     # The output folder as seen from the stack's folder: targets place paths from it, whatever the cwd was.
     out_rel = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(stack_file.parent))).as_posix()
     ctx = RenderContext(stack_display=display, out_dir=out_rel, model_dir=stack.spec.serve.model_dir)
-    return render_plan(plan, ctx, stack.targets)
+    with located(stack_file):
+        return render_plan(plan, ctx, stack.targets)
+
+
+# A message that starts with the stack field it is about (`services.coder.binary: ...`), after the stack file's
+# name (`m1.yaml: services.coder: ...`), as plan and render stages word them.
+_FIELD = re.compile(r"((?:services|serve|workload|hardware|targets|nodes|cluster)(?:\.[\w-]+)*): (.+)", re.S)
+
+
+@contextmanager
+def located(file: Path):
+    """Errors of the stages after validation (plan, flag check, render) that name a stack field get its position in
+    the file (`StackgenError.problem`), so they print as `file:line:col: field: message` like validate's: they said
+    `services.coder.binary: ...` with no file or line (audit a4 #7)."""
+    try:
+        yield
+    except StackgenError as exc:
+        if exc.problem is None:
+            exc.problem = locate(str(exc), file)
+        raise
+
+
+def locate(message: str, file: Path) -> Problem | None:
+    from stackgen.spec.stack import parse_document
+
+    display = str(file)
+    body = message[len(display) + 2:] if message.startswith(f"{display}: ") else message
+    m = _FIELD.fullmatch(body)
+    if m is None:
+        return None
+    try:
+        doc = parse_document(Path(file).read_text(encoding="utf-8"), display)
+    except (OSError, UnicodeDecodeError, StackgenError):
+        return None
+    path = tuple(int(p) if p.isdigit() else p for p in m[1].split("."))
+    if path[:2] not in doc.marks and path[:1] not in doc.marks:
+        return None  # not a field this file writes (a profile's, a default's): no position to give
+    mark = doc.mark_for(path)
+    return Problem(display, mark.line, mark.col, m[1], m[2])
 
 
 # ---------------------------------------------------------------------------------------------- suggesting a model

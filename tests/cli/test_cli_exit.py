@@ -268,3 +268,36 @@ def test_interactive_init_takes_the_default_on_enter(tmp_path):
             term.proc.kill()
     assert rc == EX_OK, term.seen
     assert "workload: dev-loop" in (tmp_path / "proj" / "stack.yaml").read_text()
+
+
+LOCATED = {
+    # launchd runs without PATH: render refuses a relative binary
+    "launchd.yaml": ("version: 1\nhardware: m3-max-64gb\nworkload: dev-loop\nservices:\n"
+                     "  coder: {model: qwen2.5-7b-instruct, engine: llama.cpp, binary: bin/llama-server}\n"
+                     "targets: [launchd]\n", "render", "services.coder.binary", 5, 66),
+    # mlx_lm.server has no structured output: plan refuses it
+    "mlx.yaml": ("version: 1\nhardware: m3-max-64gb\nworkload: dev-loop\nservices:\n  coder:\n"
+                 "    model: qwen2.5-7b-instruct\n    engine: mlx\n    structured_output: {backend: guidance}\n",
+                 "plan", "services.coder", 6, 5),
+    # two instances on one GPU: the capacity plan refuses them
+    "replicas.yaml": ("version: 1\nhardware: rtx-4090\nworkload: team-api\nservices:\n  chat:\n"
+                      "    model: llama-3.1-8b-instruct\n    quant: Q4_K_M\n    engine: llama.cpp\n    replicas: 2\n",
+                      "plan", "services.chat.replicas", 9, 15),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOCATED))
+def test_plan_and_render_errors_on_a_field_say_file_line_col(name, cli, tmp_path):
+    """audit a4 #7: stacks validate passes but plan/render refuse printed `services.coder.binary: ...` without the
+    file or line; README step 1 promises `file:line:col: field: message` for every error."""
+    text, command, field, line, col = LOCATED[name]
+    path = tmp_path / name
+    path.write_text(text)
+    assert cli("validate", path).exit_code == EX_OK
+    for cmd in dict.fromkeys([command, "render"]):
+        res = cli(cmd, path, *(["-o", tmp_path / "out"] if cmd == "render" else []))
+        assert res.exit_code == EX_ERROR, res.output
+        first = res.output.strip().splitlines()[0]
+        assert first.startswith(f"{path}:{line}:{col}: {field}: "), first
+        assert text.splitlines()[line - 1][col - 1:].startswith(("bin/", "model:", "2"))
+
