@@ -396,13 +396,51 @@ def load_stack(path: str | Path, remote: Any = None) -> Stack:
     except UnicodeDecodeError as exc:
         raise SpecError([Problem(display, 1, 1, "", f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")]) from None
     doc = parse_document(text, display)
-    spec = validate_document(doc, display)
+    try:
+        spec = validate_document(doc, display)
+    except SpecError as exc:  # every problem at once: the names too, as far as they can be read (audit a4 #6)
+        raise SpecError(exc.problems + name_problems(doc, display, path, load_profiles(path.parent),
+                                                     {p.path for p in exc.problems})) from None
     profiles = load_profiles(path.parent)
     if remote is None:
         from stackgen.models.lock import RemoteModels, lock_path_for
 
         remote = RemoteModels(lock_path_for(path), stack_display=display)
     return bind(spec, doc, display, path, profiles, remote)
+
+
+def name_problems(doc: _yaml.Document, display: str, path: Path, profiles: Any, reported: set[str]) -> list[Problem]:
+    """For a stack with structural errors (which stop `bind`): the names bind would check that can be read from the
+    raw document on their own, the hardware and workload profile names and each service's model and quant (not a
+    remote reference: nothing is fetched for a stack that is invalid anyway), each unless a structural problem is
+    already reported at its field. Without it validate said one error, then three more once it was fixed."""
+    from stackgen.models.facts import resolve_model
+
+    problems: list[Problem] = []
+    data = doc.data
+
+    def problem(loc: tuple, message: str, hint: str = "") -> None:
+        dotted = _dotted(loc)
+        if dotted not in reported:
+            m = doc.mark_for(loc)
+            problems.append(Problem(display, m.line, m.col, dotted, message, hint))
+
+    if isinstance(data.get("hardware"), str):
+        _bind_hardware(data["hardware"], profiles, problem)
+    if isinstance(data.get("workload"), str):
+        _bind_workload(data["workload"], profiles, problem)
+    services = data.get("services")
+    for name, svc in (services.items() if isinstance(services, dict) else ()):
+        if not isinstance(svc, dict) or not isinstance(svc.get("model"), str):
+            continue
+        model, quant = svc["model"], svc.get("quant")
+        if model.startswith(("hf:", "ollama:", "https://", "http://")) or not (quant is None or isinstance(quant, str)):
+            continue
+        try:
+            resolve_model(model, quant, base_dir=path.parent, catalog=profiles.models)
+        except ModelRefError as exc:
+            problem(("services", name, exc.field), exc.message, exc.hint)
+    return problems
 
 
 def parse_document(text: str, display: str) -> _yaml.Document:

@@ -301,3 +301,28 @@ def test_plan_and_render_errors_on_a_field_say_file_line_col(name, cli, tmp_path
         assert first.startswith(f"{path}:{line}:{col}: {field}: "), first
         assert text.splitlines()[line - 1][col - 1:].startswith(("bin/", "model:", "2"))
 
+
+@pytest.mark.parametrize("text, structural, names", [
+    ("version: 1\nhardware: rtx4090\nworkload: team_api\nservices:\n  chat: {model: qwen3-8B, engine: llamacpp}\n",
+     ["5:35: services.chat.engine: invalid value 'llamacpp'"],
+     ["2:11: hardware: unknown hardware profile 'rtx4090' (did you mean 'rtx-4090'?)",
+      "3:11: workload: unknown workload profile 'team_api' (did you mean 'team-api'?)",
+      "5:17: services.chat.model: unknown model 'qwen3-8B' (did you mean 'qwen3-8b'?)"]),
+    ("hardware: rtx-4090\nservices:\n  chat: {model: nosuchmodel}\n",
+     ["1:1: version: required field is missing"], ["3:17: services.chat.model: unknown model 'nosuchmodel'"]),
+    ("version: 1\nhardware: rtx-4090\nworkload: {context_tokens: 100}\nservices:\n"
+     "  chat: {model: qwen3-8b, quant: Q9_K}\n",
+     ["3:28: workload.context_tokens: must be at least 256"], ["5:34: services.chat.quant: unknown quant 'Q9_K'"]),
+])
+def test_validate_reports_unknown_names_beside_structural_errors(text, structural, names, cli, tmp_path):
+    """README: validate prints `FILE:LINE:COL: field: message` for every problem. A structural error (a bad enum, a
+    missing version, a too-small context) hid the unknown hardware/workload/model/quant names until it was fixed
+    (audit a4 #6: one error, then three more)."""
+    path = tmp_path / "stack.yaml"
+    path.write_text(text)
+    res = cli("validate", path)
+    assert res.exit_code == EX_ERROR
+    lines = res.output.strip().splitlines()
+    for want in structural + names:
+        assert any(line.startswith(f"{path}:{want}") for line in lines), (want, lines)
+    assert len(lines) == len(structural + names), lines
