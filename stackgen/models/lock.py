@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -134,6 +135,26 @@ def pin_gguf_url(facts, resolved: Mapping[str, Any]):
     return replace(facts, url=f"{DEFAULT_HF_ENDPOINT}/{repo}/resolve/{sha}/{name}")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def control_fields(value: Any, path: tuple = ()) -> list[tuple]:
+    """The paths of every string (keys included) in `value` with a control character (newline, NUL, tab, ...). Lock
+    facts reach unit files, Modelfiles and ConfigMaps as stack.yaml values do, which refuse them at the door: a
+    newline in an `ollama:` name wrote `[Service]` / `ExecStartPre=+...` into a systemd unit (audit a2 #5)."""
+    if isinstance(value, Mapping):
+        return [hit for k, v in value.items()
+                for hit in ([path + (k,)] if isinstance(k, str) and _CONTROL.search(k) else [])
+                + control_fields(v, path + (k,))]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in control_fields(v, path + (i,))]
+    return [path] if isinstance(value, str) and _CONTROL.search(value) else []
+
+
+def _dotted(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(path))
+
+
 def read_lock(path: Path, stack: str | None = None) -> dict[tuple[str, str], LockEntry]:
     """The entries of a lock file. Every figure is checked (type and range) before a plan uses it: a lock is committed
     and merged by hand, and a bad value must be an error naming its place, not a crash or a negative KV cache.
@@ -170,6 +191,9 @@ def read_lock(path: Path, stack: str | None = None) -> dict[tuple[str, str], Loc
             e.model_facts()
         except (KeyError, TypeError, ValueError) as exc:
             raise where.error(at + ("facts",), f"malformed ({exc})", fix) from None
+        bad = control_fields(m)
+        if bad:
+            raise where.error(at + bad[0], "control characters (newline, NUL, ...) are not allowed here", fix)
         out[e.key] = e
     return out
 
@@ -426,6 +450,10 @@ class RemoteModels:
                             f"{self.lock_hint}")
         r = resolve_remote(reference, quant, self._client)
         entry = entry_from_resolved(reference, quant, r, facts_from_resolved(reference, quant, r))
+        bad = control_fields(entry.to_json())
+        if bad:
+            raise LockError(f"{reference}: the metadata it resolves to has control characters (newline, NUL, ...) in "
+                            f"{_dotted(bad[0])}; stackgen will not write them into artifacts (use a local copy)")
         self.resolved_now.append(entry.key)
         return entry
 

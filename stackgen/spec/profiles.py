@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from stackgen.spec import yaml_nodes as _yaml
 from stackgen._resources import data_dir
 from stackgen.errors import ProfileError, SpecError
-from stackgen.spec.stack import HardwareSpec, WorkloadSpec, hardware_problems
+from stackgen.spec.stack import HardwareSpec, WorkloadSpec, _control_chars, hardware_problems
 
 _FILES = ("hardware.yaml", "workloads.yaml", "models.yaml")
 
@@ -73,6 +73,11 @@ def _load_file(path: Path, build, check=None) -> dict[str, Any]:
         return {}
     if not isinstance(doc.data, dict):
         raise ProfileError(f"{display}:1:1: a profile file is a mapping of name -> entry")
+    # The same door as stack.yaml's values: a newline in a catalog `ollama:` name wrote `[Service]` and
+    # `ExecStartPre=+...` into the systemd unit (audit a2 #5).
+    bad = next(_control_chars(doc.data, (), doc, display), None)
+    if bad is not None:
+        raise ProfileError(str(bad))
     out: dict[str, Any] = {}
     for name, entry in doc.data.items():
         try:

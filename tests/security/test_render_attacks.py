@@ -423,3 +423,74 @@ def test_compose_env_values_with_dollars_are_escaped_not_left_to_env_files(cli, 
                           env=dict(os.environ, EVILVAR="pwned"))
     assert proc.returncode == 0, proc.stderr
     assert "pwned" not in proc.stdout and "OLLAMA_MODELS" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #5
+
+INJECTED = "llama3.2:1b\n[Service]\nExecStartPre=+/bin/sh -c 'id > /tmp/pwned'\nEnvironment=X="
+
+
+def test_a_profile_model_with_a_newline_is_refused_at_validate(cli, tmp_path):
+    """A catalog `ollama:` value in profiles/models.yaml with newlines wrote `[Service]` / `ExecStartPre=+...` into the
+    systemd unit (validate said ok); now validate and render name the file, line, column and field."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "models.yaml").write_text(
+        "team-model:\n"
+        f"  ollama: {json.dumps(INJECTED)}\n"
+        "  architecture: llama\n  params_b: 1.2\n  layers: 16\n  hidden_size: 2048\n  heads: 32\n  kv_heads: 8\n"
+        "  vocab_size: 128256\n  context_length: 8192\n  gguf: {Q4_K_M: 807694464}\n")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: prof\nhardware: cpu-server-64gb\n"
+                     "services:\n  chat: {model: team-model, engine: ollama, port: 18178}\ntargets: [systemd]\n")
+    for command in ("validate", "render"):
+        r = cli(command, stack)
+        assert r.exit_code == 1, r.output
+        assert f"{tmp_path / 'profiles' / 'models.yaml'}:2:11: team-model.ollama: control characters" in r.output
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_a_lock_fact_with_a_newline_is_refused(cli, tmp_path):
+    """The same value in stack.lock's facts of a pinned catalog model (read_lock loaded it unchecked)."""
+    from dataclasses import replace
+
+    from stackgen.models.lock import LockEntry, facts_to_json, lock_path_for, write_lock
+    from stackgen.spec.profiles import load_profiles
+
+    facts = load_profiles().models["llama-3.1-8b-instruct"]
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: lock1\nhardware: {memory_gib: 64, memory_bandwidth_gbs: 80, cpu: {cores: 16}}\n"
+                     "services:\n  o: {model: llama-3.1-8b-instruct, engine: ollama, port: 18158}\n"
+                     "targets: [systemd]\n")
+    entry = LockEntry(facts.ref, None, {"kind": "hf"}, facts_to_json(replace(facts, ollama="llama3.1:8b")))
+    write_lock(lock_path_for(stack), {entry.key: entry})
+    assert cli("validate", stack).exit_code == 0  # the lock is read and pinned: a clean one passes
+    entry = LockEntry(facts.ref, None, {"kind": "hf"}, facts_to_json(replace(facts, ollama=INJECTED)))
+    write_lock(lock_path_for(stack), {entry.key: entry})
+    for command in ("validate", "render"):
+        r = cli(command, stack)
+        assert r.exit_code == 1, r.output
+        assert ": models[0].facts.ollama: control characters" in r.output, r.output
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_unit_comment_lines_go_through_the_unit_value_check(tmp_path):
+    """Facts that reach a unit's header comments by any other way (a newline in a model's ollama name here, set on the
+    plan after loading) are refused at render, not written as a directive."""
+    from dataclasses import replace
+
+    from stackgen.errors import RenderError
+    from stackgen.pipeline import plan_stack
+    from stackgen.render.artifact import RenderContext, render_plan
+
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: c\nhardware: cpu-server-64gb\n"
+                     "services:\n  chat: {model: llama-3.2-3b-instruct, engine: ollama, port: 18178}\n")
+    _, plan = plan_stack(stack, None, write_lock=False, calibration=False)
+    ctx = RenderContext("stack.yaml")
+    assert render_plan(plan, ctx, ["systemd"])  # as loaded: fine
+    sp = plan.services[0]
+    bad = replace(plan, services=[replace(sp, model=replace(sp.model, ollama=INJECTED), model_ref=INJECTED)])
+    with pytest.raises(RenderError, match="comment line .* contains a newline"):
+        render_plan(bad, ctx, ["systemd"])

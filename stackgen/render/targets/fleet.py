@@ -144,7 +144,6 @@ def _fleet_sh(sp: ServicePlan, ctx: RenderContext, insts: list[Instance]) -> str
 def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> list[Artifact]:
     from stackgen.render.quoting import Expand, escape_text, systemd_quote
     from stackgen.render.targets import systemd as sd
-    from stackgen.render.artifact import render_template
 
     engine = engines.get(sp.engine)
     base = sd.unit_name(plan, sp).removesuffix(".service")
@@ -185,7 +184,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
                   "0644)."] + values["comments"] + sd._key_comments(plan, sp, key, cmd.key_env),
         requires=[], part_of=[f"{base}.service"],
     )
-    unit = render_template("systemd/service.j2", **values).replace(mark, "%i")
+    unit = sd.unit_text(values).replace(mark, "%i")
     out = [Artifact(f"systemd/{template}", unit)]
     insts = instances(sp)
     for inst in insts:
@@ -201,7 +200,6 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
 
 def _balancer_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None, insts: list[Instance],
                    cfg: str) -> str:
-    from stackgen.render.artifact import render_template
     from stackgen.render.quoting import escape_text, quote_value, systemd_quote
     from stackgen.render.targets import systemd as sd
 
@@ -220,7 +218,7 @@ def _balancer_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str 
         protect_home="yes", memory_deny_write_execute=True, gpu_devices=(), timeout_start="30s",
         ip_localhost_only=sp.host in LOOPBACK_HOSTS, ip_reason=f"the service binds {sp.host}",
     )
-    return render_template("systemd/service.j2", **values)
+    return sd.unit_text(values)
 
 
 # ---------------------------------------------------------------------------------------------- compose

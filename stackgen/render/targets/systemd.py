@@ -22,7 +22,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext, render_template
 from stackgen.spec.stack import LOOPBACK_HOSTS
-from stackgen.render.quoting import Expand, escape_text, quote_value, systemd_quote
+from stackgen.render.quoting import Expand, check_value, escape_text, quote_value, systemd_quote
 from stackgen.render.targets import fleet, register
 from stackgen.render.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
@@ -127,7 +127,7 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
     )
     if sp.topology is not None and sp.topology.kind == "vllm-ray":
         values.update(_ray_head_sharing(plan, sp))
-    return render_template("systemd/service.j2", **values)
+    return unit_text(values)
 
 
 # `ray start --block` drains for up to 30 s after SIGTERM before it stops gcs_server, raylet and the workers (seen
@@ -284,7 +284,7 @@ def _node_units(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | N
             user=_ray_user(plan, sp) if topo.kind == "vllm-ray" and node.role == "head" else None,
             timeout_stop=RAY_STOP_S if topo.kind == "vllm-ray" else "30",
         )
-        out.append(Artifact(f"systemd/{name}", render_template("systemd/service.j2", **values)))
+        out.append(Artifact(f"systemd/{name}", unit_text(values)))
     return out
 
 
@@ -326,6 +326,15 @@ def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -
     return []
 
 
+def unit_text(values: dict) -> str:
+    """The unit from its values. Its header comment lines carry model names and paths, from stack.yaml and also from
+    profiles and stack.lock: a newline in one would start a directive of its own (audit a2 #5), so each line goes
+    through the same check as ExecStart='s values."""
+    for line in [values["header"].rstrip("\n"), *values["comments"]]:
+        check_value(line, "a unit file comment line")
+    return render_template("systemd/service.j2", **values)
+
+
 def _weights_comments(where: _Where, fetched: bool, folder: bool, into: str = "") -> list[str]:
     if fetched:
         return [f"Weights: {where.model_ref} is fetched at start into {into or where.cache}."]
@@ -365,4 +374,4 @@ def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | 
                                                      quote_value("HOME=/tmp")],
         env_file=None, credential=None, ip_localhost_only=True,
     )
-    return render_template("systemd/service.j2", **values)
+    return unit_text(values)
