@@ -12,6 +12,7 @@ import yaml
 
 from stackgen.cli import UsageError, _host, app, guarded
 from stackgen.errors import StackgenError
+from stackgen.run.state import write_new
 from stackgen.spec.stack import hardware_by_name
 from stackgen.pipeline import (HEADROOM, SCHEMA_ID, USABLE_DECODE_TOKENS_PER_S, has_headroom, stack_text,  # noqa: F401
                                planned_speed, suggest_model, usable_speed)
@@ -143,12 +144,9 @@ def init(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StackgenError(f"cannot create the folder {directory}: {exc.strerror or exc} ({fix})") from None
-    tmp = target.with_name(".stack.yaml.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_new(target, text, shared=True)  # a planted `.stack.yaml.tmp` symlink is not followed (audit a2 #8)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StackgenError(f"cannot write {target}: {exc.strerror or exc} ({fix})") from None
     typer.echo(f"wrote {target} (workload {wl}, model {model})")
     for t in tried:

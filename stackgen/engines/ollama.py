@@ -198,6 +198,7 @@ class Ollama(Engine):
         from stackgen.render.paths import local_weights
         from stackgen.render.engine_files import render_modelfile
         from stackgen.render.artifact import RenderContext
+        from stackgen.run.state import write_new
 
         stack_dir = Path(stack_file).parent
         local = local_weights(plan)
@@ -208,7 +209,7 @@ class Ollama(Engine):
         steps = [] if local is not None else [[binary, "pull", ref]]
         modelfile = Path(folder) / f"{plan.name}.Modelfile"
         ctx = RenderContext(stack_display=Path(stack_file).name)
-        modelfile.write_text(render_modelfile(plan, ctx, ref, stack_dir), encoding="utf-8")
+        write_new(modelfile, render_modelfile(plan, ctx, ref, stack_dir))  # not through a planted symlink
         return steps + [[binary, "create", self.model_tag(plan), "-f", str(modelfile)]]
 
     def model_ref(self, plan) -> str:

@@ -379,9 +379,9 @@ def save(cal: Calibration, path: Path | None = None) -> Path:
     path = path or calibration_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(cal.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        from stackgen.run.state import write_new
+
+        write_new(path, json.dumps(cal.to_json(), indent=2, sort_keys=True) + "\n")
     except OSError as exc:
         raise StackgenError(f"{path}: cannot write the calibration ({exc.strerror or exc}); set "
                             "STACKGEN_CONFIG_HOME to a writable directory") from None

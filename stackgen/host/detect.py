@@ -835,10 +835,12 @@ def _store_bandwidth(env: ProbeEnv, facts: Facts, gbs: float) -> None:
         return
     try:
         os.makedirs(os.path.dirname(env.bandwidth_cache), exist_ok=True)
-        tmp = env.bandwidth_cache + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"machine": _machine_key(env, facts), "memory_bandwidth_gbs": gbs}, fh)
-        os.replace(tmp, env.bandwidth_cache)
+        from pathlib import Path
+
+        from stackgen.run.state import write_new
+
+        write_new(Path(env.bandwidth_cache), json.dumps({"machine": _machine_key(env, facts),
+                                                         "memory_bandwidth_gbs": gbs}))
     except OSError as exc:
         facts.note(f"memory bandwidth: could not cache the measurement ({exc.strerror or exc})")
 

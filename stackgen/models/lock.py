@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections.abc
 import json
-import os
 import re
 import types
 import typing
@@ -313,10 +312,10 @@ def dump_lock(entries: Mapping[tuple[str, str], LockEntry]) -> str:
 
 
 def write_lock(path: Path, entries: Mapping[tuple[str, str], LockEntry]) -> None:
-    """Atomic: a reader never sees half a lock."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(dump_lock(entries), encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomic: a reader never sees half a lock; a random temp name, so no planted symlink is written through."""
+    from stackgen.run.state import write_new
+
+    write_new(path, dump_lock(entries), shared=True)
 
 
 def diff_entries(old: Mapping[tuple[str, str], LockEntry], new: Mapping[tuple[str, str], LockEntry]) -> list[str]:

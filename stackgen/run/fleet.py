@@ -27,6 +27,7 @@ from stackgen.errors import LaunchError
 from stackgen.plan.plan import ServicePlan
 from stackgen.render.balancer import haproxy_config
 from stackgen.render.targets.fleet import HAPROXY, instances, separate
+from stackgen.run.state import write_new
 
 INSTANCE = "instance"
 BALANCER = "balancer"
@@ -122,9 +123,7 @@ def write_config(sp: ServicePlan, root: Path, binary: str) -> Path:
     """Write the balancer's config and check it with `haproxy -c` (LaunchError naming the service when refused)."""
     path = config_path(root, sp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(config_text(sp), encoding="utf-8")
-    os.replace(tmp, path)
+    write_new(path, config_text(sp))  # never through a planted `<svc>-haproxy.tmp` symlink (audit a2 #8)
     try:
         r = subprocess.run([binary, "-c", "-q", "-f", str(path)], capture_output=True, text=True,
                            timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)

@@ -387,11 +387,18 @@ def _is_regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-def write_new(path: Path, text: str, durable: bool = False) -> None:
-    """Create `path` with `text`, replacing whatever is there without following a symlink (temp file + rename);
-    `durable`: fsync before the rename (the state file must survive a crash whole)."""
+def write_new(path: Path, text: str, durable: bool = False, shared: bool = False) -> None:
+    """Create `path` with `text`, replacing whatever is there without following a symlink (temp file + rename): the
+    one way stackgen writes a file through a temporary name, since a fixed temp name (`x.tmp`) planted as a symlink
+    makes a plain write truncate its target (audit a2 #8). `durable`: fsync before the rename (the state file must
+    survive a crash whole). `shared`: the mode a plain open() would give (0666 less the umask) instead of mkstemp's
+    0600, for files the user shares or commits (stack.yaml, stack.lock)."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
+        if shared:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             if durable:

@@ -546,3 +546,80 @@ def test_a_venv_owned_by_another_user_is_not_run(tmp_path):
     os.chown(shared / ".venv", 0, 0)
     os.chown(shared, 65534, 65534)  # the folder walked through, not the .venv, belongs to someone else
     assert _which(stack, run_sh) == (None, None)
+
+
+# Fixed-name temp files written through planted symlinks (audit a2 #8): `.stackgen/` comes from a clone (git keeps
+# symlinks) or a shared folder; each write now goes through state.write_new (mkstemp + rename).
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious user data\n")
+    return victim
+
+
+def test_the_fleet_balancer_config_is_not_written_through_a_planted_tmp_symlink(tmp_path):
+    from stackgen.run import fleet
+
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: fl2\nhardware: cpu-laptop-16gb\nworkload: {concurrent_users: 4, "
+                     "context_tokens: 1024, prompt_tokens: 16, output_tokens: 16}\nservices:\n  gemma: {model: gemma-3-270m, engine: llama.cpp, port: 18165, "
+                     "replicas: 2}\n")
+    sp = resolve(load_stack(stack), None).services[0]
+    root = tmp_path / ".stackgen" / "stacks" / "stack.yaml"
+    cfg = fleet.config_path(root, sp)
+    cfg.parent.mkdir(parents=True)
+    victim = _victim(tmp_path)
+    cfg.with_suffix(".tmp").symlink_to(victim)  # the name write_config used to write first
+    assert fleet.write_config(sp, root, "/bin/true") == cfg
+    assert victim.read_text() == "precious user data\n"
+    assert not cfg.is_symlink() and "gemma" in cfg.read_text()
+
+
+def test_ollama_modelfile_is_not_written_through_a_planted_symlink(tmp_path):
+    from stackgen.engines import get
+
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: o\nhardware: cpu-server-64gb\n"
+                     "services:\n  chat: {model: llama-3.2-3b-instruct, engine: ollama, port: 18178}\n")
+    sp = resolve(load_stack(stack), None).services[0]
+    state = tmp_path / "state"
+    state.mkdir()
+    victim = _victim(tmp_path)
+    (state / "chat.Modelfile").symlink_to(victim)
+    steps = get(sp.engine).setup_steps(sp, "/opt/engine", state, stack)
+    assert victim.read_text() == "precious user data\n"
+    assert not (state / "chat.Modelfile").is_symlink() and "FROM" in (state / "chat.Modelfile").read_text()
+    assert steps[-1][-1] == str(state / "chat.Modelfile")
+
+
+def test_init_does_not_write_through_a_planted_tmp_symlink(tmp_path, cli):
+    proj = tmp_path / "init1"
+    proj.mkdir()
+    victim = _victim(tmp_path)
+    (proj / ".stack.yaml.tmp").symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        r = cli("init", proj, "--hardware", "rtx-4090", "--workload", "dev-loop")
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "precious user data\n"
+    made = proj / "stack.yaml"
+    assert not made.is_symlink() and made.read_text().startswith("# yaml-language-server")
+    assert made.stat().st_mode & 0o777 == 0o644  # a plain file's mode, not mkstemp's 0600
+
+
+def test_the_lock_is_not_written_through_a_planted_tmp_symlink(tmp_path):
+    from stackgen.models.lock import LockEntry, lock_path_for, read_lock, write_lock
+
+    lock = lock_path_for(tmp_path / "stack.yaml")
+    victim = _victim(tmp_path)
+    (tmp_path / f".{lock.name}.tmp-{os.getpid()}").symlink_to(victim)  # the name write_lock used to write first
+    from stackgen.models.lock import facts_to_json
+    from stackgen.spec.profiles import load_profiles
+
+    facts = load_profiles().models["gemma-3-270m"]
+    entry = LockEntry(facts.ref, None, {"kind": "hf"}, facts_to_json(facts))
+    write_lock(lock, {entry.key: entry})
+    assert victim.read_text() == "precious user data\n"
+    assert not lock.is_symlink() and read_lock(lock).keys() == {entry.key}
