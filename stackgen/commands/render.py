@@ -37,9 +37,12 @@ def render(
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
     from stackgen.pipeline import stack_display
     from stackgen.render.artifact import check_tree, write_tree
+    from stackgen.render.tree import refuse_link_out_of
 
     path = stack_path(file, file_opt)
     out_dir = out if out is not None else default_out_dir(path)
+    if out is None:
+        refuse_link_out_of(out_dir, path.parent)
     artifacts = render_artifacts(path, out_dir, host_facts, write_lock=not check, probe=probe)
     stack = stack_display(path, out_dir)  # the manifest records it: another stack's render here is refused
     if check:

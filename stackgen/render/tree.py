@@ -137,6 +137,20 @@ def write_tree(out_dir: Path, artifacts: list[Artifact], stack: str | None = Non
     return sorted(a.path for a in artifacts)
 
 
+def refuse_link_out_of(out_dir: Path, root: Path) -> None:
+    """The default output folder (deploy/ beside the stack) is named by the repository, not by the user: when it is a
+    symlink leading out of the stack's folder `root` it is refused, as a symlinked sub-folder is, before anything is
+    read or written (a committed `deploy -> ~/.config/systemd/user` made render install units there: audit a2 #9).
+    A folder named with -o is the user's own choice and is followed."""
+    if not out_dir.is_symlink():
+        return
+    target, base = out_dir.resolve(), root.resolve()
+    if target != base and base not in target.parents:
+        raise RenderError(f"{out_dir}: the output folder is a symlink to {target}, outside the stack's folder; "
+                          "stackgen writes only inside it (remove the link and a real folder is made, or name the "
+                          "folder to write with -o)")
+
+
 def ensure_out_dir(out_dir: Path) -> None:
     if _lexists(out_dir) and not out_dir.is_dir():
         raise RenderError(f"{out_dir}: the output folder is a file; pass a folder with -o (it is created if missing)")

@@ -494,3 +494,26 @@ def test_unit_comment_lines_go_through_the_unit_value_check(tmp_path):
     bad = replace(plan, services=[replace(sp, model=replace(sp.model, ollama=INJECTED), model_ref=INJECTED)])
     with pytest.raises(RenderError, match="comment line .* contains a newline"):
         render_plan(bad, ctx, ["systemd"])
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #9
+
+
+def test_a_default_output_folder_symlinked_out_of_the_stack_folder_is_refused(cli, write_stack, tmp_path):
+    """A committed `deploy -> ../victim_home/.config/systemd/user`: render wrote the units there, no warning."""
+    stack = write_stack(STACK.format(name="chat", port=8080))
+    victim = tmp_path.parent / f"{tmp_path.name}-victim" / ".config" / "systemd" / "user"
+    victim.mkdir(parents=True)
+    (tmp_path / "deploy").symlink_to(victim)
+    for args in ((), ("--check",)):
+        r = cli("render", stack, *args)
+        assert r.exit_code == 1, r.output
+        assert f"{tmp_path / 'deploy'}: the output folder is a symlink to {victim.resolve()}, outside the stack's folder" in r.output
+        assert "Traceback" not in r.output
+    assert list(victim.iterdir()) == []
+    # A link inside the stack's folder, and any folder named with -o, are followed as before.
+    (tmp_path / "deploy").unlink()
+    (tmp_path / "build").mkdir()
+    (tmp_path / "deploy").symlink_to(tmp_path / "build")
+    assert cli("render", stack).exit_code == 0 and (tmp_path / "build" / MANIFEST).is_file()
+    assert cli("render", stack, "-o", victim).exit_code == 0 and (victim / MANIFEST).is_file()
