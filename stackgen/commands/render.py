@@ -49,6 +49,13 @@ def render(
         check_tree(out_dir, artifacts, stack)
         typer.echo(f"{out_dir}: up to date ({len(artifacts)} files)")
         return 0
-    for path in write_tree(out_dir, artifacts, stack):
+    def stale(rel: str, removed: bool) -> None:
+        if removed:
+            typer.echo(f"removed {out_dir / rel} (rendered before, not by this render)")
+        else:
+            typer.echo(f"warning: kept {out_dir / rel}: the manifest lists it, but it changed since stackgen wrote it "
+                       "(it is yours now; delete it if you do not need it)", err=True)
+
+    for path in write_tree(out_dir, artifacts, stack, on_stale=stale):
         typer.echo(f"wrote {out_dir / path}")
     return 0

@@ -37,7 +37,7 @@ import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from stackgen import __version__
 from stackgen.errors import DriftError, RenderError
@@ -113,9 +113,12 @@ def _lexists(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def write_tree(out_dir: Path, artifacts: list[Artifact], stack: str | None = None) -> list[str]:
+def write_tree(out_dir: Path, artifacts: list[Artifact], stack: str | None = None,
+               on_stale: Callable[[str, bool], None] | None = None) -> list[str]:
     """Write `artifacts` under `out_dir` all-or-nothing; remove the files our previous manifest lists and this render
-    does not. `stack`: the stack file as the artifacts' headers name it (relative to the output folder's parent),
+    does not, when they still hold what stackgen wrote (their recorded sha256): a committed manifest is not trusted
+    to name a user's file to delete (audit a2 #7). `on_stale(path, removed)` hears of each such file, removed or
+    kept. `stack`: the stack file as the artifacts' headers name it (relative to the output folder's parent),
     recorded in the manifest; a folder another stack rendered is refused before anything is written (its files
     would be removed as stale or replaced). Returns the written paths."""
     ensure_out_dir(out_dir)
@@ -128,12 +131,17 @@ def write_tree(out_dir: Path, artifacts: list[Artifact], stack: str | None = Non
             raise RenderError(f"{out_dir / path}: a folder on the way is a symlink or a file, or the path is a "
                               "folder; stackgen writes only real files in real folders inside the output folder "
                               "(replace the link with a folder, or render to another -o)")
-    stale = [p for p in sorted(set(read_manifest(out_dir)) - set(files)) if _removable(out_dir, p)]
+    previous = read_manifest(out_dir)
+    stale = [p for p in sorted(set(previous) - set(files)) if _removable(out_dir, p, previous[p])]
+    kept = [p for p in sorted(set(previous) - set(files)) if p not in stale and _is_file(inside(out_dir, p) or out_dir)]
     try:
         stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
     except OSError as exc:
         raise RenderError(f"cannot write in {out_dir}: {exc.strerror or exc}") from None
     _transact(out_dir, stage, files, stale)
+    for p in sorted(stale + kept):
+        if on_stale is not None:
+            on_stale(p, p in stale)
     return sorted(a.path for a in artifacts)
 
 
@@ -267,10 +275,11 @@ def _digest_of(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _removable(out_dir: Path, rel: str) -> bool:
-    """A stale manifest entry is removed only if it is a regular file reached through real folders."""
+def _removable(out_dir: Path, rel: str, digest: object) -> bool:
+    """A stale manifest entry is removed only if it is a regular file reached through real folders whose content is
+    still the sha256 the manifest recorded (what stackgen wrote there); any other file is the user's."""
     path = inside(out_dir, rel)
-    return path is not None and _is_file(path)
+    return path is not None and _is_file(path) and isinstance(digest, str) and _digest_of(path) == digest
 
 
 # ---------------------------------------------------------------------------------------------- recovery
@@ -409,8 +418,9 @@ def check_tree(out_dir: Path, artifacts: list[Artifact], stack: str | None = Non
     for path, art in expected.items():
         problems += _compare(out_dir, path, art.content, art.mode)
     problems += _compare(out_dir, MANIFEST, manifest_text(artifacts, stack), 0o644, diff=False)
-    for stale in sorted(set(read_manifest(out_dir)) - set(expected)):
-        if _removable(out_dir, stale):
+    previous = read_manifest(out_dir)
+    for stale in sorted(set(previous) - set(expected)):
+        if _removable(out_dir, stale, previous[stale]):
             problems.append(f"stale: {stale} (no longer rendered)")
     problems += [f"extra: {p} (written by stackgen, but not by this render and not in its manifest; delete it)"
                  for p in _orphans(out_dir, set(expected) | set(read_manifest(out_dir)))]

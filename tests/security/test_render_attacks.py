@@ -517,3 +517,33 @@ def test_a_default_output_folder_symlinked_out_of_the_stack_folder_is_refused(cl
     (tmp_path / "deploy").symlink_to(tmp_path / "build")
     assert cli("render", stack).exit_code == 0 and (tmp_path / "build" / MANIFEST).is_file()
     assert cli("render", stack, "-o", victim).exit_code == 0 and (victim / MANIFEST).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #7
+
+
+def test_a_manifest_entry_for_a_users_file_does_not_delete_it(cli, rendered):
+    """The compose `.env` holding the key, added to a committed manifest by a PR, was silently deleted by the next
+    render; a listed file is removed only while it holds what stackgen wrote (the manifest's sha256)."""
+    stack, out = rendered
+    env = out / "compose" / ".env"
+    env.write_text("SG_KEY=my-real-key\n")
+    _add_to_manifest(out, "compose/.env")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert env.read_text() == "SG_KEY=my-real-key\n"
+    assert f"warning: kept {env}: the manifest lists it, but it changed since stackgen wrote it" in r.output
+    assert "compose/.env" not in json.loads((out / MANIFEST).read_text())["files"]
+    assert cli("render", stack, "--check").exit_code == 0  # kept, not stale drift
+
+
+def test_stale_files_stackgen_wrote_are_still_removed_and_reported(cli, rendered):
+    stack, out = rendered
+    unit = next((out / "systemd").iterdir())
+    edited = out / "compose" / "compose.yaml"
+    edited.write_text(edited.read_text() + "# my note\n")
+    stack.write_text(stack.read_text().replace("targets: [script, systemd, compose]", "targets: [script]"))
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    assert not unit.exists() and f"removed {unit} (rendered before, not by this render)" in r.output
+    assert edited.is_file() and f"warning: kept {edited}" in r.output
