@@ -416,18 +416,25 @@ def run_load(host: str, port: int, model: str, *, users: int, prompt_tokens: int
 # ---------------------------------------------------------------------------------------------- from a plan
 
 
-def service_state(stack_file: str | Path, service: str) -> dict[str, Any]:
-    """What `stackgen up` recorded for a service in the stack's state (stackgen.run.state; {} if nothing)."""
-    from dataclasses import asdict
-
+def running_service(stack_file: str | Path, service: str):
+    """The ServiceState `up` recorded for `service` when it runs and is the process (or labelled container) `up`
+    started: the identity `down` checks before signalling (start time, executable, STACKGEN_SERVICE_ID; a
+    container's dev.stackgen labels). None otherwise, a damaged state included."""
     from stackgen.errors import StackgenError
+    from stackgen.run.native import _runner_for
     from stackgen.run.state import StateDir
 
     try:
-        st = StateDir(stack_file).load().services.get(service)
+        sd = StateDir(stack_file)
+        if not sd.has_state():
+            return None
+        state = sd.load()
+        st = state.services.get(service)
+        if st is None:
+            return None
+        return st if _runner_for(st.kind, sd.stack_file, state.stack).is_alive(st) else None
     except StackgenError:
-        return {}
-    return asdict(st) if st is not None else {}
+        return None
 
 
 def pick_service(plan, name: str | None):
@@ -448,16 +455,20 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
                timeout: float = 120.0, json_schema: dict[str, Any] | None = None) -> BenchResult:
     """Bench one service of a resolved plan with its workload shape (users overridable for sweeps)."""
     sp = pick_service(plan, service)
-    st = service_state(stack_file, sp.name)
-    host = st.get("host") or sp.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    port = int(st.get("port") or sp.port)
-    model = st.get("model_name") or sp.name
-    pid = st.get("pid") if isinstance(st.get("pid"), int) else None
-    if pid is not None and not _pid_alive(pid):
-        pid = None
+    # Where to send requests is the plan's: the state folder is trusted only to remember what `up` started, not to
+    # name a host and port (a planted state.json sent the key to its own listener: audit a2 #10).
+    host = sp.host if sp.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    port = sp.port
+    st = running_service(stack_file, sp.name)
+    if st is not None and st.port != port:
+        st = None  # a record of an older plan of this service
     api_key = os.environ.get(sp.api_key_env) if sp.api_key_env else None
+    if api_key and st is None:
+        raise BenchError(f"service {sp.name}: bench sends the API key (${sp.api_key_env}) only to the engine "
+                         f"`stackgen up` started, and none it started runs on port {port} (start it with `stackgen "
+                         f"up {stack_file}`; whatever else listens there is not sent the key)")
+    model = (st.model_name if st is not None else "") or sp.name
+    pid = st.pid if st is not None and st.kind == "process" else None
     wl = sp.workload
     n_users = users or wl.concurrent_users
     from stackgen.plan.speed import forecast_at
@@ -480,15 +491,6 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BenchError(f"--json-schema {path}: a JSON schema is an object, e.g. {{\"type\": \"object\"}}")
     return doc
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        import psutil
-
-        return psutil.pid_exists(pid)
-    except ImportError:
-        return False
 
 
 def require_matplotlib():

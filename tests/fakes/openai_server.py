@@ -12,7 +12,7 @@ What it serves:
 - GET /health: the health state, `health_state()`: 503 "loading model" until `load_s` has passed (forever when
   `hang`), 500 "error" while `sick_file` exists, else `health` (200 "ok"; 503 "loading model"; anything else
   "error"); `health_any_path` answers every GET path with it (a server that only has a health page);
-- GET /v1/models: `models`; GET /api/version: Ollama's daemon, when `api_version` is set; GET /metrics: `metrics`
+- GET /v1/models: `models` (401 without `api_key` when one is set); GET /api/version: Ollama's daemon, when `api_version` is set; GET /metrics: `metrics`
   (name -> value) as Prometheus text, 404 when None;
 - POST /v1/completions (and any POST): `completion_status` other than 200 answers that status with an error (503:
   "model is loading"); `api_key` wants `Authorization: Bearer <key>` (401 otherwise); `fail_every=k` answers every
@@ -127,6 +127,8 @@ def _handler(fake: FakeOpenAIServer):
                 code, text = fake.health_state()
                 return self._json(code, {"status": text})
             if self.path == "/v1/models":
+                if fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+                    return self._json(401, {"error": "bad key"})  # as llama-server and vLLM guard it
                 return self._json(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in fake.models]})
             if self.path == "/api/version" and fake.api_version:
                 return self._json(200, {"version": fake.api_version})

@@ -623,3 +623,66 @@ def test_the_lock_is_not_written_through_a_planted_tmp_symlink(tmp_path):
     write_lock(lock, {entry.key: entry})
     assert victim.read_text() == "precious user data\n"
     assert not lock.is_symlink() and read_lock(lock).keys() == {entry.key}
+
+
+# `bench` and the key (audit a2 #10): it took host/port from state.json and sent the key there.
+
+class _HeaderLog:
+    """A listener that records the Authorization header of every request (the attacker's port)."""
+
+    def __init__(self, port: int):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(200)
+                self.end_headers()
+
+            do_GET = do_POST  # noqa: N815
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_bench_sends_the_key_only_to_the_engine_up_started(tmp_path, victim, monkeypatch):
+    from stackgen.run.bench import BenchError, bench_plan
+
+    monkeypatch.setenv("SG_KEY", "victim-key-777")
+    path = _fake_stack(tmp_path)
+    keyed = write_engine(tmp_path / "keyed-engine", load_s=0.0, api_key="victim-key-777")  # up checks it is keyed
+    path.write_text(path.read_text().replace(str(tmp_path / "fake-llama-server"), str(keyed))
+                    + "serve: {api_key_env: SG_KEY}\n")
+    port = _plan(path).services[0].port
+    elsewhere = _HeaderLog(_free_port())
+    on_port = _HeaderLog(port)  # whatever holds the service's port while it is down
+    try:
+        # A planted state.json naming another host:port and a stranger's pid; then one naming the plan's own port.
+        v = victim()
+        for entry in (_entry(v.pid, host="localhost", port=elsewhere.srv.server_port), _entry(v.pid, port=port)):
+            _write_state(path, {"chat": entry})
+            with pytest.raises(BenchError, match=r"sends the API key \(\$SG_KEY\) only to the engine `stackgen up`"):
+                bench_plan(_plan(path), path, requests=2, timeout=5)
+        StateDir(path).state_file.unlink()
+        with pytest.raises(BenchError, match="none it started runs on port"):  # nothing recorded at all
+            bench_plan(_plan(path), path, requests=2, timeout=5)
+        assert elsewhere.seen == [] and on_port.seen == []
+    finally:
+        elsewhere.close()
+        on_port.close()
+    try:  # the service `up` started gets the key, on the plan's port
+        up(_plan(path), UpOptions(timeout_s=30))
+        res = bench_plan(_plan(path), path, requests=2, timeout=10)
+        assert res.requests == 2 and res.errors == 0 and f"127.0.0.1:{port}/" in res.url
+    finally:
+        down(path, grace_s=1)
