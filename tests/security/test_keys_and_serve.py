@@ -483,3 +483,45 @@ def test_vllm_stays_on_loopback_because_its_key_leaves_invocations_open(tmp_path
     sp = resolve(load_stack(team("b", "0.0.0.0")), HostFacts(hardware=None)).services[0]
     assert sp.engine != "vllm" and sp.rejected["vllm"].startswith("its API key leaves /invocations")
     assert resolve(load_stack(team("c", "127.0.0.1")), HostFacts(hardware=None)).services[0].engine == "vllm"
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #11
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_the_systemd_tls_key_is_a_credential_not_a_path_the_dynamic_user_must_read(tmp_path, replicas):
+    """With DynamicUser=yes the unit passed --ssl-key-file <path>: only a world-readable key let it start. The key
+    is now loaded by systemd as root (LoadCredential=tls-key:...) and the engine reads the credential."""
+    import shutil
+    import subprocess
+
+    from stackgen.plan.resolve import resolve
+
+    key = "/etc/ssl/private/k b%i.pem"
+    path = stack(tmp_path, f"""\
+        version: 1
+        name: tls1
+        hardware: cpu-server-64gb
+        workload: {{concurrent_users: 2, context_tokens: 2048}}
+        serve:
+          api_key_env: SG_KEY
+          tls: {{cert_file: /etc/ssl/certs/c.pem, key_file: "{key}"}}
+        services:
+          gemma: {{model: gemma-3-270m, engine: llama.cpp, port: 18172, replicas: {replicas}}}
+        targets: [systemd]
+        """)
+    plan = resolve(load_stack(path), None)
+    units = {a.path: a.content for a in render_plan(plan, RenderContext("stack.yaml"), ["systemd"])
+             if a.path.endswith(".service") and "haproxy" not in a.content.split("ExecStart=", 1)[-1].split()[0]}
+    assert units
+    for name, text in units.items():
+        assert "DynamicUser=yes" in text
+        assert '"--ssl-key-file" "${CREDENTIALS_DIRECTORY}/tls-key"' in text, name
+        assert "LoadCredential=tls-key:/etc/ssl/private/k b%%i.pem" in text, name
+        assert '"--ssl-cert-file" "/etc/ssl/certs/c.pem"' in text
+        analyze = shutil.which("systemd-analyze")
+        if analyze:  # systemd itself parses both credentials (a bad LoadCredential= line is a warning)
+            unit = tmp_path / name.split("/")[-1].replace("@.service", "@1.service")
+            unit.write_text(text.replace('ExecStart="llama-server"', 'ExecStart="/bin/true"'))
+            r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+            assert "redential" not in r.stderr, r.stderr  # e.g. `Credential source "..." not valid, ignoring.`

@@ -166,6 +166,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
     if sum(1 for a in argv if a == "${" + PORT_VAR + "}") != 1:
         raise RenderError(f"services.{sp.name}: the engine's command does not name its port once")
     key = sd._key_mode(sp, cmd)
+    argv, tls = sd.tls_key_credential(sp, argv)
     values = sd._common(plan, replace(sp, host=LOOPBACK), ctx, where)
     env_files = [f"{folder}/{sp.name}@%i.env"]
     if key == "env_file":
@@ -177,11 +178,12 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
         # each instance's GPUs come from its own env file, not the whole fleet's set
         environment=sd._environment(replace(sp, env={k: v for k, v in sp.env.items()
                                                       if k not in visible_devices(sp, sp.gpu_ids)}), where),
-        credential=f"api-key:{folder}/api-key" if key == "credential" else None,
+        credential=f"api-key:{folder}/api-key" if key == "credential" else None, tls_credential=tls,
         env_file=None, env_files=env_files,
         comments=[f"Instance %i of {sp.name} ({_what(sp)}); start them all with {base}.service.",
                   f"Its port and GPUs: {folder}/{sp.name}@%i.env (install systemd/{sp.name}@N.env there, mode "
-                  "0644)."] + values["comments"] + sd._key_comments(plan, sp, key, cmd.key_env),
+                  "0644)."] + values["comments"] + sd._key_comments(plan, sp, key, cmd.key_env)
+                 + sd.tls_comments(sp),
         requires=[], part_of=[f"{base}.service"],
     )
     unit = sd.unit_text(values).replace(mark, "%i")

@@ -27,6 +27,7 @@ from stackgen.render.targets import fleet, register
 from stackgen.render.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
+TLS_KEY = Expand("${CREDENTIALS_DIRECTORY}/tls-key")
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
 NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
 AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
@@ -115,15 +116,16 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
     cmd = engines.command(engine, sp, binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
                           host=sp.host, port=sp.port, key_file=CREDENTIAL)
     key = _key_mode(sp, cmd)
-    argv = [CREDENTIAL if a == CREDENTIAL else a for a in cmd.argv]
+    argv, tls = tls_key_credential(sp, [CREDENTIAL if a == CREDENTIAL else a for a in cmd.argv])
     values = _common(plan, sp, ctx, where)
     values.update(
         description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: {engine.display} serving {sp.model.name}"),
         exec_start=systemd_quote(argv),
         environment=_environment(sp, where),
         credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
+        tls_credential=tls,
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
-        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env),
+        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env) + tls_comments(sp),
     )
     if sp.topology is not None and sp.topology.kind == "vllm-ray":
         values.update(_ray_head_sharing(plan, sp))
@@ -305,6 +307,31 @@ def _key_mode(sp: ServicePlan, cmd: engines.Command) -> str:
     if not sp.api_key_env:
         return "none"
     return {"file": "credential", "env": "env_file"}.get(cmd.key_mode or "", "unsupported")
+
+
+def tls_key_credential(sp: ServicePlan, argv: list) -> tuple[list, str | None]:
+    """The engine's TLS private key as a systemd credential: (argv naming ${CREDENTIALS_DIRECTORY}/tls-key, the
+    LoadCredential= value), or (argv, None) without serve.tls. DynamicUser= runs the service as a UID allocated at
+    start, which no file can be owned by (nor grouped to) ahead of time, so a key with the usual permissions (0600
+    root, 0640 root:ssl-cert) was unreadable and the unit started only with a world-readable key (audit a2 #11).
+    systemd reads a LoadCredential= file as root before the service starts and hands it over in a private,
+    read-only folder only that service can read (systemd.exec(5), "Credentials"), as it does the API key."""
+    engine = engines.get(sp.engine)
+    if sp.tls is None or engine.tls_flags is None:
+        return argv, None
+    key_flag = engine.tls_flags[1]
+    out = [TLS_KEY if i and argv[i - 1] == key_flag and a == sp.tls.key_file else a for i, a in enumerate(argv)]
+    if TLS_KEY not in out:
+        raise RenderError(f"services.{sp.name}: the engine's command does not name serve.tls.key_file after {key_flag}")
+    # systemd expands specifiers in the path (systemd.exec(5): LoadCredential= "supports specifiers"): % doubled
+    return out, "tls-key:" + check_value(sp.tls.key_file, "serve.tls.key_file").replace("%", "%%")
+
+
+def tls_comments(sp: ServicePlan) -> list[str]:
+    if sp.tls is None or engines.get(sp.engine).tls_flags is None:
+        return []
+    return [f"TLS key: systemd reads {sp.tls.key_file} as root at start and hands it to the service as the credential",
+            "tls-key (LoadCredential=): keep the key private (e.g. mode 0600, root); the certificate is read as is."]
 
 
 def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -> list[str]:
