@@ -101,7 +101,9 @@ def env_file(sp: ServicePlan, ctx: RenderContext) -> str:
     for key, value in env.items():
         if any(c in value for c in "\r\n\x00"):
             raise RenderError(f"services.{sp.name}: environment value of {key} contains a line break or NUL")
-    return ctx.header() + "".join(f"{k}={env[k]}\n" for k in sorted(env))
+    # sh syntax, each value shell-quoted as the script target's <svc>.env: the usual way to load it (`set -a;
+    # . ./ollama.env`) ran `$(...)` and `;` in an unquoted override value (audit a2 #13)
+    return ctx.header() + "".join(f"{k}={shlex.quote(env[k])}\n" for k in sorted(env))
 
 
 def create_script(sp: ServicePlan, ctx: RenderContext) -> str:

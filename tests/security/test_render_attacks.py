@@ -547,3 +547,23 @@ def test_stale_files_stackgen_wrote_are_still_removed_and_reported(cli, rendered
     assert r.exit_code == 0, r.output
     assert not unit.exists() and f"removed {unit} (rendered before, not by this render)" in r.output
     assert edited.is_file() and f"warning: kept {edited}" in r.output
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #13
+
+
+def test_ollama_env_is_shell_quoted_so_sourcing_it_runs_nothing(cli, tmp_path):
+    """`OLLAMA_MODELS: "/tmp/m; touch .../PWNED #"` was written bare into ollama.env; `set -a; . ./ollama.env` ran it."""
+    marker = tmp_path / "PWNED"
+    value = f"/tmp/m; touch {marker} #$(touch {marker}) 'q\" $HOME"
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: o1\nhardware: cpu-server-64gb\nservices:\n"
+                     f"  oll:\n    model: llama-3.2-3b-instruct\n    engine: ollama\n    port: 18152\n"
+                     f"    overrides:\n      OLLAMA_MODELS: {json.dumps(value)}\ntargets: [script]\n")
+    r = cli("render", stack)
+    assert r.exit_code == 0, r.output
+    env = tmp_path / "deploy" / "oll" / "ollama.env"
+    out = subprocess.run(["sh", "-c", 'set -a; . "$1"; printf %s "$OLLAMA_MODELS"', "sh", str(env)],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == value and not marker.exists()
