@@ -567,3 +567,22 @@ def test_ollama_env_is_shell_quoted_so_sourcing_it_runs_nothing(cli, tmp_path):
                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert out.returncode == 0, out.stderr
     assert out.stdout == value and not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #14
+
+
+@pytest.mark.parametrize("image", ["evil.example/x:${SG_KEY} %h $HOME", "x:%h", "x:$HOME", "x --privileged"])
+def test_quadlet_refuses_an_image_systemd_would_expand(cli, tmp_path, image):
+    """`Image=evil.example/x:${SG_KEY} %h $HOME` went into the unit as is (compose escaped it to `$${SG_KEY}`)."""
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: img1\nhardware: cpu-server-64gb\nserve: {api_key_env: SG_KEY}\nservices:\n"
+                     f"  gemma: {{model: gemma-3-270m, engine: llama.cpp, port: 18163, image: {json.dumps(image)}}}\n"
+                     "targets: [quadlet]\n")
+    r = cli("render", stack)
+    assert r.exit_code == 1, r.output
+    assert f"services.gemma.image: {image!r} is not an image reference the quadlet target can write" in r.output
+    assert not (tmp_path / "deploy").exists()
+    stack.write_text(stack.read_text().replace(json.dumps(image), "ghcr.io/ggml-org/llama.cpp:server-b6000"))
+    assert cli("render", stack).exit_code == 0
+    assert "Image=ghcr.io/ggml-org/llama.cpp:server-b6000\n" in next((tmp_path / "deploy" / "quadlet").iterdir()).read_text()

@@ -21,6 +21,7 @@ Keys are checked in tests/test_quadlet.py against the keys Podman 4.9's generato
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import PurePosixPath
 
@@ -67,7 +68,7 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     name = unit_name(plan, sp)
     accel = accelerator(sp)
     ref, volumes, env = _weights(plan, sp, ctx)
-    container = [("ContainerName", name), ("Image", image_for(sp, accel)),
+    container = [("ContainerName", name), ("Image", _image(sp, image_for(sp, accel))),
                  ("Exec", systemd_quote(container_command(sp, ref)))]
     container += [("Environment", quote_arg(f"{k}={v}")) for k, v in sorted(engine_env(sp, env).items())]
     key_env = engine_key_env(sp)
@@ -118,6 +119,23 @@ def _weights(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> tuple[str, list
     if image.compile_cache is not None:
         volumes.append(f"{unit_name(plan, sp)}-{image.compile_cache[0]}:{image.compile_cache[1]}")
     return ref, volumes, env
+
+
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")  # an OCI reference: registry/name[:tag][@digest]
+
+
+def _image(sp: ServicePlan, image: str) -> str:
+    """Image= goes into the ExecStart= Podman's generator writes, where systemd expands `%` specifiers and `$`
+    variables: `image: "x:${SG_KEY} %h"` came out as `Image=x:${SG_KEY} %h` (audit a2 #14). A reference has none
+    of those characters, so anything else is refused, as Volume= paths are (compose and kubernetes escape it)."""
+    check_value(image, "image")
+    if not _IMAGE.match(image):
+        bad = sorted({c for c in image if not re.match(r"[A-Za-z0-9._/:@+-]", c)}) or [image[:1]]
+        raise RenderError(f"services.{sp.name}.image: {image!r} is not an image reference the quadlet target can "
+                          f"write ({' '.join(repr(c) for c in bad)}: systemd expands '%' and '$' and splits on "
+                          "spaces in the ExecStart= Podman generates; write a plain reference such as "
+                          "registry.example/name:tag)")
+    return image
 
 
 def _path(path: str) -> str:
