@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -586,3 +587,28 @@ def test_quadlet_refuses_an_image_systemd_would_expand(cli, tmp_path, image):
     stack.write_text(stack.read_text().replace(json.dumps(image), "ghcr.io/ggml-org/llama.cpp:server-b6000"))
     assert cli("render", stack).exit_code == 0
     assert "Image=ghcr.io/ggml-org/llama.cpp:server-b6000\n" in next((tmp_path / "deploy" / "quadlet").iterdir()).read_text()
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #15
+
+
+def test_the_kubernetes_key_command_keeps_the_key_out_of_argv(cli, tmp_path):
+    """The header said `kubectl create secret ... --from-literal=api-key="$SG_KEY"`: the key in kubectl's argv (ps,
+    /proc). Run the command the header gives against a kubectl that records its argv and stdin."""
+    stack = tmp_path / "stack.yaml"
+    stack.write_text("version: 1\nname: t1\nhardware: cpu-server-64gb\nserve: {api_key_env: SG_KEY}\nservices:\n"
+                     "  gemma: {model: gemma-3-270m, engine: llama.cpp, port: 18163}\ntargets: [kubernetes]\n")
+    assert cli("render", stack).exit_code == 0
+    text = (tmp_path / "deploy" / "kubernetes" / "gemma.yaml").read_text()
+    command = re.search(r"^# API key: (.*) \(the value is never written here\)\.$", text, re.M).group(1)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv\ncat "${{5#--from-file=api-key=}}" '
+                                     f"> {tmp_path}/stdin\n")
+    (bin_dir / "kubectl").chmod(0o755)
+    r = subprocess.run(["sh", "-c", command], env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SG_KEY": "k-7c1e secret"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    argv = (tmp_path / "argv").read_text()
+    assert "k-7c1e" not in argv and "--from-file=api-key=/dev/stdin" in argv.splitlines()
+    assert (tmp_path / "stdin").read_text() == "k-7c1e secret"

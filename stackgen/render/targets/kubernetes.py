@@ -477,8 +477,10 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, shared: dict[str, S
         lines.append(f"# Copy the weights into the PVC {name}-models as {files} before the pod can become ready.")
     engine = engines.get(sp.engine)
     if engine_key_env(sp):
-        lines.append(f"# API key: kubectl create secret generic {secret_name(plan, sp)} "
-                     f"--from-literal=api-key=\"${sp.api_key_env}\" (the value is never written here).")
+        # Piped from the shell's own printf, so the key is in no process's argv (`--from-literal=api-key="$KEY"`
+        # put it in kubectl's, readable by every local user in ps and /proc: audit a2 #15).
+        lines.append(f"# API key: printf '%s' \"${sp.api_key_env}\" | kubectl create secret generic "
+                     f"{secret_name(plan, sp)} --from-file=api-key=/dev/stdin (the value is never written here).")
     elif sp.api_key_env:
         lines.append(f"# {sp.name}: {engine.short} has no API key setting; keep the Service internal or put an "
                      "authenticating proxy in front.")
