@@ -1182,11 +1182,33 @@ def template_outside(ref: str, stack_dir: Path) -> bool:
     return target != base and base not in target.parents
 
 
+# Environment variables every shell, login or session sets to a value others can read or guess (POSIX's and the
+# usual shells', locale, XDG, SSH and toolchain ones): as serve.api_key_env, `HOME` made a "keyed" public server
+# whose key was the user's home folder (audit a2 #6).
+NOT_SECRET_ENV = frozenset("""
+    HOME USER LOGNAME USERNAME HOSTNAME HOST HOSTTYPE OSTYPE MACHTYPE SHELL SHLVL PWD OLDPWD PATH CDPATH MANPATH
+    INFOPATH LANG LANGUAGE TERM COLORTERM TERM_PROGRAM TZ TMPDIR TMP TEMP MAIL MAILPATH DISPLAY WAYLAND_DISPLAY
+    EDITOR VISUAL PAGER BROWSER UID EUID PPID GROUPS IFS PS1 PS2 PS4 HISTFILE HISTSIZE _ LS_COLORS
+    DBUS_SESSION_BUS_ADDRESS LD_LIBRARY_PATH LD_PRELOAD PYTHONPATH PYTHONHOME VIRTUAL_ENV CONDA_PREFIX
+    CONDA_DEFAULT_ENV CUDA_VISIBLE_DEVICES HIP_VISIBLE_DEVICES HF_HOME HF_ENDPOINT XDG_RUNTIME_DIR
+    """.split())
+NOT_SECRET_PREFIXES = ("LC_", "XDG_", "SSH_", "SUDO_", "STACKGEN_SERVICE_ID")
+
+
+def not_secret_env(name: str) -> bool:
+    return name in NOT_SECRET_ENV or name.startswith(NOT_SECRET_PREFIXES)
+
+
 def _check_serve(spec: StackSpec, problem) -> None:
     _check_overrides(spec, problem)
     _check_override_flags(spec, problem)
     _check_unsafe_overrides(spec, problem)
     _check_override_knobs(spec, problem)
+    key_env = spec.serve.api_key_env
+    if key_env and not_secret_env(key_env):
+        problem(("serve", "api_key_env"), f"{key_env} is a well-known environment variable that every session sets "
+                "to a value others can read or guess, not a secret: it would be the API key",
+                "name a variable that holds only the key, e.g. api_key_env: STACKGEN_API_KEY")
     host = spec.serve.host
     if host not in LOOPBACK_HOSTS and not spec.serve.api_key_env:
         problem(("serve", "host"), f"binding {host} without an API key exposes the model to the network",

@@ -550,3 +550,25 @@ def test_calibrate_runs_its_server_with_the_cors_restriction_services_get(tmp_pa
         assert argv[j:j + 3] == service[i:i + 3]
         flags = table(name)
         assert [f for f in argv_flags(name, argv, flags) if f not in flags.flags] == []
+
+
+# ---------------------------------------------------------------------------------------------- audit a2 #6
+
+
+@pytest.mark.parametrize("name", ["HOME", "USER", "LOGNAME", "HOSTNAME", "SHELL", "LANG", "PWD", "PATH", "LC_ALL",
+                                  "XDG_SESSION_ID", "SSH_CONNECTION"])
+def test_a_well_known_non_secret_variable_is_refused_as_api_key_env(tmp_path, name):
+    """`serve: {host: 0.0.0.0, api_key_env: HOME}` validated, and `Bearer /root` then opened the public server."""
+    path = stack(tmp_path, f"""\
+        version: 1
+        name: envk
+        hardware: cpu-server-64gb
+        serve: {{host: 0.0.0.0, api_key_env: {name}}}
+        services:
+          gemma: {{model: gemma-3-270m, engine: llama.cpp, port: 18179}}
+        """)
+    found = problems(path)
+    assert any(p.startswith(f"{path}:4:") and f"serve.api_key_env: {name} is a well-known environment variable" in p
+               and "(name a variable that holds only the key" in p for p in found), found
+    path.write_text(path.read_text().replace(f"api_key_env: {name}", "api_key_env: ENVK_API_KEY"))
+    assert load_stack(path).spec.serve.api_key_env == "ENVK_API_KEY"
