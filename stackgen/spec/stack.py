@@ -386,7 +386,8 @@ def load_stack(path: str | Path, remote: Any = None) -> Stack:
     path = Path(path)
     display = str(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_STACK_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([Problem(display, 1, 1, "", "file not found", "check the path")]) from None
     except OSError as exc:
@@ -395,6 +396,7 @@ def load_stack(path: str | Path, remote: Any = None) -> Stack:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError([Problem(display, 1, 1, "", f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")]) from None
+    _check_size(raw, text, display)
     doc = parse_document(text, display)
     try:
         spec = validate_document(doc, display)
@@ -443,6 +445,51 @@ def name_problems(doc: _yaml.Document, display: str, path: Path, profiles: Any, 
     return problems
 
 
+# Limits checked before any per-value work, so a hostile stack cannot make validate burn CPU (audit a2 #12: 8,000
+# override keys took 4.4 s and 32,000 took 18.6 s on a 2-core host, ~0.55 ms a key for the flag suggestions; 200,000
+# keys, 3.3 MB, ran past 2 minutes). Each is far above a real stack: the 10,000-service benchmark stack
+# (benchmarks/bench_many_services.py) is 10,003 lines; the largest flag table (SGLang's) has 561 flags, and a
+# stack names a few; a 5 MB argument is still refused by its own message (MAX_ARG_BYTES).
+MAX_STACK_BYTES = 8 * 2**20
+MAX_STACK_LINES = 100_000  # parsing is per node: 200,000 one-key lines took 5 s in libyaml's composer alone
+MAX_OVERRIDES = 256  # per service
+MAX_STACK_OVERRIDES = 4096  # over all services
+
+
+def _check_size(raw: bytes, text: str, display: str) -> None:
+    if len(raw) > MAX_STACK_BYTES:
+        raise SpecError([Problem(display, 1, 1, "", f"the stack file is larger than {MAX_STACK_BYTES // 2**20} MiB, "
+                                 "far more than any stack needs; stackgen does not read it",
+                                 "split it into several stack files")])
+    lines = text.count("\n") + 1
+    if lines > MAX_STACK_LINES:
+        raise SpecError([Problem(display, 1, 1, "", f"the stack file has {lines:,} lines, more than "
+                                 f"{MAX_STACK_LINES:,}; stackgen does not parse it", "split it into several stack "
+                                 "files")])
+
+
+def _check_override_counts(doc: _yaml.Document, display: str) -> None:
+    """Too many `overrides:` keys, refused before each is checked against the engines' flag tables."""
+    services = doc.data.get("services") if isinstance(doc.data, dict) else None
+    if not isinstance(services, dict):
+        return
+    total = 0
+    for name, svc in services.items():
+        overrides = svc.get("overrides") if isinstance(svc, dict) else None
+        if not isinstance(overrides, dict):
+            continue
+        total += len(overrides)
+        if len(overrides) > MAX_OVERRIDES:
+            m = doc.mark_for(("services", name, "overrides"))
+            raise SpecError([Problem(display, m.line, m.col, _dotted(("services", name, "overrides")),
+                                     f"{len(overrides):,} keys: more than {MAX_OVERRIDES} overrides for one service",
+                                     "keep the flags you mean to change; the planner sets the rest")])
+    if total > MAX_STACK_OVERRIDES:
+        m = doc.mark_for(("services",))
+        raise SpecError([Problem(display, m.line, m.col, "services", f"{total:,} override keys in all: more than "
+                                 f"{MAX_STACK_OVERRIDES:,} in one stack", "split it into several stack files")])
+
+
 def parse_document(text: str, display: str) -> _yaml.Document:
     try:
         doc = _yaml.load_document(text)
@@ -454,6 +501,7 @@ def parse_document(text: str, display: str) -> _yaml.Document:
     problems = list(_control_chars(doc.data, (), doc, display))
     if problems:
         raise SpecError(problems)
+    _check_override_counts(doc, display)
     return doc
 
 
