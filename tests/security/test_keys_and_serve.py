@@ -341,18 +341,23 @@ def _assert_key_never_written(path: Path, pid: int) -> None:
             assert KEY not in f.read_text(errors="replace"), f
 
 
-def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
-                                                     run_stackgen, wait_gone):
-    port = free_port()
-    path = stack(tmp_path, f"""\
+def keyed_gemma(tmp_path: Path, name: str, gguf_path, binary, port: int) -> Path:
+    """A one-service llama.cpp stack of the Gemma GGUF on 127.0.0.1:`port`, keyed by SG_KEY, run by `binary`."""
+    return stack(tmp_path, f"""\
         version: 1
-        name: sec-key
+        name: {name}
         hardware: detect
         workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 8}}
         serve: {{api_key_env: SG_KEY}}
         services:
-          gemma: {{model: {gguf_path}, engine: llama.cpp, binary: {llama_server}, port: {port}}}
+          gemma: {{model: {gguf_path}, engine: llama.cpp, binary: {binary}, port: {port}}}
         """)
+
+
+def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,
+                                                     run_stackgen, wait_gone):
+    port = free_port()
+    path = keyed_gemma(tmp_path, "sec-key", gguf_path, llama_server, port)
     stack_cleanup.append(path)
     env = {k: v for k, v in os.environ.items() if k != "SG_KEY"}
     r = run_stackgen("up", path, env=env)
@@ -407,15 +412,7 @@ def test_up_stops_an_engine_that_answers_without_its_key(tmp_path, llama_server,
                        f"exec {llama_server} \"$@\"\n")
     wrapper.chmod(0o755)
     port = free_port()
-    path = stack(tmp_path, f"""\
-        version: 1
-        name: sec-keyless
-        hardware: detect
-        workload: {{concurrent_users: 1, context_tokens: 1024, prompt_tokens: 16, output_tokens: 8}}
-        serve: {{api_key_env: SG_KEY}}
-        services:
-          gemma: {{model: {gguf_path}, engine: llama.cpp, binary: {wrapper}, port: {port}}}
-        """)
+    path = keyed_gemma(tmp_path, "sec-keyless", gguf_path, wrapper, port)
     stack_cleanup.append(path)
     r = run_stackgen("up", path, env={**os.environ, "SG_KEY": KEY}, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
