@@ -154,15 +154,19 @@ class Calibration:
 
 # A calibration measures what the engine gets while it runs: other work on the machine slows it and every later
 # `hardware: detect` plan with it (a 2-core host calibrated beside a test suite and a mutation run measured decode
-# 2x under what it then measured; with two busy loops on its 2 cores, decode 15.6 against 78.5). More than half the
-# CPU time in use by other work just before the measurement is "busy". Not the load average: it trails by a minute
-# (1.2 on 2 cores a minute after the loops stopped, while the run then measured the quiet figures).
-BUSY_SHARE = 0.5
+# 2x under what it then measured; with two busy loops on its 2 cores, decode 15.6 against 78.5). Other work is
+# measured twice: in the second before (busy_share) and over the whole measurement (other_work_meter: the host's
+# busy CPU time less stackgen's own and its engine's), the larger kept. Not the load average: it trails by a minute
+# (1.2 on 2 cores a minute after the loops stopped, while the run then measured the quiet figures). A quarter of the
+# CPU is "busy": ggml's threads wait for the slowest at every step, so one core's worth of other work on 2 cores
+# costs more than its share (the quickstart calibrated beside a `pip install` saw 49.7% busy in the second before and
+# measured 25 decode tokens/s against 64 quiet; the half-the-CPU rule it had did not warn).
+BUSY_SHARE = 0.25
 
 
 def busy_note(cpu_busy: float | None, cores: int) -> str | None:
-    """A warning when other work used more than BUSY_SHARE of the host's CPU time just before the measurement;
-    None otherwise (or when it was not measured)."""
+    """A warning when other work used more than BUSY_SHARE of the host's CPU time while it was measured; None
+    otherwise (or when it was not measured)."""
     if cpu_busy is None or cpu_busy <= BUSY_SHARE:
         return None
     on = f" of {cores} cores" if cores > 0 else ""
@@ -179,6 +183,39 @@ def busy_share(seconds: float = 1.0) -> float | None:
         return round(psutil.cpu_percent(interval=seconds) / 100, 3)
     except (OSError, RuntimeError):
         return None
+
+
+def _host_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of every core since boot (psutil.cpu_times; guest time is already in user on Linux,
+    so it is not counted twice); None where psutil cannot tell."""
+    import psutil
+    try:
+        t = psutil.cpu_times()
+    except (OSError, RuntimeError):
+        return None
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return total - t.idle - getattr(t, "iowait", 0.0), total
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has waited for (the engine runs it started and stopped)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def other_work_meter(host: Callable[[], tuple[float, float] | None] = _host_cpu_seconds,
+                     own: Callable[[], float] = _own_cpu_seconds) -> Callable[[], float | None]:
+    """Start measuring the share of the host's CPU time that work other than stackgen and its engine uses; the
+    returned function stops it and answers that share (0..1), None where it cannot be told."""
+    h0, o0 = host(), own()
+
+    def stop() -> float | None:
+        h1, o1 = host(), own()
+        if h0 is None or h1 is None or h1[1] <= h0[1]:
+            return None
+        others = (h1[0] - h0[0]) - (o1 - o0)
+        return round(min(1.0, max(0.0, others / (h1[1] - h0[1]))), 3)
+    return stop
 
 
 def derive_decode(model_bytes: float, tokens_per_s: float, bandwidth_gbs: float,
@@ -355,10 +392,13 @@ def machine_key(hw) -> str:
 
 def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.date | None = None,
             engine: Callable[[float], EnginePoint] | None = None, cores: int = 0,
-            busy: Callable[[], float | None] | None = None) -> Calibration:
+            busy: Callable[[], float | None] | None = None,
+            meter: Callable[[], Callable[[], float | None]] | None = None) -> Calibration:
     """Measure this host: `probe` returns the system-RAM bandwidth in GB/s (default: detect's numpy copy probe);
-    `busy` the share of CPU time other work uses just before (default: busy_share), kept with the host's `cores`."""
-    cpu_busy = (busy or busy_share)()
+    `busy` the share of CPU time other work uses just before (default: busy_share), `meter` starts measuring the
+    share other work uses while it runs (default: other_work_meter); the larger is kept, with the host's `cores`."""
+    before = (busy or busy_share)()
+    stop = (meter or other_work_meter)()
     if probe is None:
         from stackgen.host.detect import measure_memory_bandwidth
 
@@ -371,6 +411,8 @@ def measure(machine: str, probe: Callable[[], float] | None = None, today: _dt.d
                             "(run `stackgen detect --measure` to see the probe's notes)")
     day = (today or _dt.datetime.now(_dt.timezone.utc).date()).isoformat()
     point = engine(round(gbs, 1)) if engine else None  # given the measured bandwidth, it derives e and t0
+    shares = [x for x in (before, stop()) if x is not None]
+    cpu_busy = max(shares) if shares else None
     return Calibration(machine=machine, date=day, memory_bandwidth_gbs=round(gbs, 1), probe=how.strip(),
                        engine=point, cpu_busy=cpu_busy, cores=cores)
 
