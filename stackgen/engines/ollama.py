@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import PurePosixPath
 
 from stackgen.engines import ollama_estimate
 from stackgen.engines._formats import gguf_for
@@ -84,6 +85,9 @@ class Ollama(Engine):
                               "served by vLLM or converted to GGUF")
         if model.url and not model.ollama:
             raise Unsupported("pulls from its registry or hf.co only; a .gguf URL must be downloaded and named by path")
+        split = _split_parts(model)
+        if split:
+            raise Unsupported(split)
         quant, note = gguf_for(model.quant, measured=model.gguf_sizes)
         if model.source == "catalog" and not model.ollama and not model.path:
             note = (note + "; " if note else "") + "no Ollama registry tag is known for this model: FROM needs a .gguf path"
@@ -263,6 +267,24 @@ class Ollama(Engine):
             except RenderError as exc:
                 return str(exc)
         return None
+
+
+def _split_parts(model: ModelFacts) -> str:
+    """Why a split GGUF (x-00001-of-0000N.gguf, named by its first part) cannot be imported; "" when it is not one.
+    `ollama create` uploads only the file FROM names (parser/parser.go fileDigestMap: a file path is that one file);
+    since v0.30.0 the server then refuses the part ("split GGUF ... has 1 shards, expected N", server/create.go
+    mergeSplitGGUFLayers), and before (v0.12.10) it stores part 1 alone as a blob named by its digest, which
+    llama.cpp's loader cannot open the other parts from ("invalid split file name", llama-model-loader.cpp)."""
+    from stackgen.models import gguf
+
+    name = PurePosixPath(model.path or "").name
+    parts = gguf.split_part_names(name) if model.source == "gguf" else None
+    if not parts or len(parts) < 2:
+        return ""
+    merged = name[:gguf.SPLIT_NAME.search(name).start()] + ".gguf"
+    return (f"cannot import a split GGUF ({name} is the first of {len(parts)} parts): `ollama create` uploads only "
+            f"the file FROM names, and Ollama refuses it or fails to load it; merge the parts into one file "
+            f"(`llama-gguf-split --merge {name} {merged}`, in their folder) and name {merged}, or use llama.cpp")
 
 
 def ollama_gpus(hw: HardwareSpec, budget: Budget) -> list[ollama_estimate.GPU]:

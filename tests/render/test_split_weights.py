@@ -130,3 +130,46 @@ def test_up_refuses_a_split_file_whose_other_parts_are_missing(tmp_path):
     (tmp_path / "models" / PARTS[2]).unlink()
     [problem] = check_models(list(plan.services))
     assert "part 1 of 3" in problem and PARTS[2] in problem
+
+
+SETUP = """\
+version: 1
+name: sp
+hardware: rtx-4090
+workload: {concurrent_users: 1, optimize: setup}
+services:
+  chat:
+    model: models/m-00001-of-00003.gguf
+    engine: ENGINE
+targets: [script]
+"""
+
+
+def test_the_planner_does_not_pick_ollama_for_a_split_gguf(tmp_path):
+    """`ollama create` uploads only the file FROM names (ollama parser/parser.go fileDigestMap); Ollama >= 0.30
+    refuses a lone first part (server/create.go mergeSplitGGUFLayers: "has 1 shards, expected 3") and v0.12.10
+    stores it as a digest-named blob llama.cpp cannot find the other parts from. Was: Ollama chosen, FROM part 1."""
+    write_split(tmp_path / "models")
+    dense = [kv for kv in BASIC_KVS if "expert" not in kv[0]]
+    (tmp_path / "models" / "whole.gguf").write_bytes(make_gguf(dense, BASIC_TENSORS)[0])
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(SETUP.replace("ENGINE", "auto").replace("m-00001-of-00003.gguf", "whole.gguf"), encoding="utf-8")
+    assert load_and_plan(stack, None)[1].services[0].engine == "ollama"  # one file: Ollama is the setup pick
+    stack.write_text(SETUP.replace("ENGINE", "auto"), encoding="utf-8")
+    sp = load_and_plan(stack, None)[1].services[0]
+    assert sp.engine != "ollama"
+    assert sp.rejected["ollama"].startswith("cannot import a split GGUF (m-00001-of-00003.gguf is the first of 3 "
+                                            "parts)")
+    assert "`llama-gguf-split --merge m-00001-of-00003.gguf m.gguf`" in sp.rejected["ollama"]
+
+
+def test_engine_ollama_with_a_split_gguf_is_refused_at_the_service(tmp_path, cli):
+    write_split(tmp_path / "models")
+    stack = tmp_path / "stack.yaml"
+    stack.write_text(SETUP.replace("ENGINE", "ollama"), encoding="utf-8")
+    for command in ("plan", "render"):
+        res = cli(command, stack)
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert f"{stack}:7:5: services.chat: engine ollama cannot serve" in res.output, res.output
+        assert "split GGUF" in res.output and "llama-gguf-split --merge m-00001-of-00003.gguf m.gguf" in res.output
+    assert not (tmp_path / "deploy").exists()
