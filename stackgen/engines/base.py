@@ -515,18 +515,40 @@ class Command:
 
 # How a process is limited to some GPUs, per vendor runtime (a CUDA, ROCm or Level Zero fact, not an engine's).
 VISIBLE_DEVICES = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES", "intel": "ZE_AFFINITY_MASK"}
+# The order a runtime numbers its GPUs in, where it is not the PCI bus order stackgen's GPU indices follow
+# (nvidia-smi's, the profile's). CUDA numbers them FASTEST_FIRST unless told otherwise (NVIDIA, CUDA environment
+# variables: CUDA_DEVICE_ORDER, default FASTEST_FIRST; PCI_BUS_ID orders them by bus ID), and CUDA_VISIBLE_DEVICES
+# and llama.cpp's -ts count in that order: on an RTX 3060 at bus 01 and an RTX 4090 at bus 02, CUDA_VISIBLE_DEVICES=0
+# was the 4090, not the planned 3060. Level Zero numbers devices in its driver's discovery order unless
+# ZE_ENABLE_PCI_ID_DEVICE_ORDER=1 (Level Zero spec, environment variables; intel/compute-runtime sortNeoDevices sorts
+# by bus ID only then), and ZE_AFFINITY_MASK counts in that order. ROCm has no such variable: ROCR_VISIBLE_DEVICES
+# counts the GPUs in the kernel's (KFD topology) order, which is not sorted by speed.
+DEVICE_ORDER = {"nvidia": {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, "intel": {"ZE_ENABLE_PCI_ID_DEVICE_ORDER": "1"}}
+# The GPU runtime's variables visible_devices writes: the runtime's, not the engine's settings.
+DEVICE_VARS = frozenset(VISIBLE_DEVICES.values()) | frozenset(k for v in DEVICE_ORDER.values() for k in v)
 
 
 def visible_devices(plan: "ServicePlanLike", ids: tuple[int, ...] | None = None) -> dict[str, str]:
     """The variable that pins a native process to its GPU set (host indices; default: the plan's `gpu_ids`, the GPUs
-    capacity.place_gpus gave the service). Without it every process started from GPU 0: two services on an 8-GPU
-    machine both ran on GPU 0 (vLLM at 0.90 + 0.87 of it) while 6 GPUs idled."""
+    capacity.place_gpus gave the service), with the runtime's order that makes those indices the host's. Without it
+    every process started from GPU 0: two services on an 8-GPU machine both ran on GPU 0 (vLLM at 0.90 + 0.87 of
+    it) while 6 GPUs idled. A process over several GPUs that is not pinned still gets the order: llama.cpp's -ts
+    lists each GPU's share in the host's order."""
     ids = tuple(getattr(plan, "gpu_ids", ()) or ()) if ids is None else ids
-    if not ids:
-        return {}
     vendor = next((g.vendor for g in plan.gpus if not g.unified), None)
+    if not ids:
+        return device_order(plan)
     var = VISIBLE_DEVICES.get(vendor or "")
-    return {var: ",".join(str(i) for i in ids)} if var else {}
+    return {**DEVICE_ORDER.get(vendor or "", {}), var: ",".join(str(i) for i in ids)} if var else {}
+
+
+def device_order(plan: "ServicePlanLike") -> dict[str, str]:
+    """The runtime's device order for a process that sees more than one of the machine's GPUs (not pinned)."""
+    gpus = [g for g in plan.gpus if not g.unified]
+    memory = getattr(plan, "memory", None)
+    if sum(g.count for g in gpus) <= 1 or memory is None or memory.gpu_bytes <= 0:
+        return {}
+    return dict(DEVICE_ORDER.get(gpus[0].vendor, {}))
 
 
 def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str, host: str, port: int,

@@ -7,8 +7,8 @@ from pathlib import PurePosixPath
 
 from stackgen.engines import ollama_estimate
 from stackgen.engines._formats import gguf_for
-from stackgen.engines.base import (LLAMA_KV, ContainerImage, Engine, Knob, LaunchContext, Readiness, Unsupported, Weights,
-                                   _count, _flash, _int, _layers)
+from stackgen.engines.base import (DEVICE_VARS, LLAMA_KV, ContainerImage, Engine, Knob, LaunchContext, Readiness,
+                                   Unsupported, Weights, _count, _flash, _int, _layers)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import (MIB, NO_PINS, OLLAMA_MIN_MEMORY, Budget, CacheSettings, MemoryPlan, Pins, plan_llamacpp,
                              with_rope)
@@ -241,7 +241,7 @@ class Ollama(Engine):
     def check_settings(self, plan) -> None:
         """Ollama has no flags: the daemon variables stackgen passes and every override (a variable or a Modelfile
         PARAMETER) must be one current releases read."""
-        for key in sorted(plan.env):
+        for key in sorted(plan.env.keys() - DEVICE_VARS):  # the GPU runtime's pins and order are not Ollama's
             if key in REMOVED_ENV or key not in ENV_VARS:
                 raise RenderError(f"services.{plan.name}: Ollama has no environment variable {key}")
         for key, value in sorted(plan.spec.overrides.items()):

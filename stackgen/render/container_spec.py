@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from stackgen import engines
 from stackgen.render.paths import local_weights, relative_to_folder, weight_files
-from stackgen.engines.base import ContainerImage, LaunchContext
+from stackgen.engines.base import ContainerImage, LaunchContext, device_order
 from stackgen.errors import RenderError
 from stackgen.plan.plan import ServicePlan
 
@@ -148,6 +148,9 @@ def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path |
 
 
 def engine_env(sp: ServicePlan, extra: dict[str, str]) -> dict[str, str]:
+    """The engine's environment in its container, with the GPU runtime's device order where it sees several GPUs
+    (the runtime numbers the GPUs it is given again, by its own order: llama.cpp's -ts follows the host's)."""
     env = dict(engines.get(sp.engine).env(replace(sp, host="0.0.0.0")))
+    env.update(device_order(sp))
     env.update(extra)
     return env

@@ -103,7 +103,8 @@ def test_systemd_template_unit_takes_port_and_gpus_from_the_instance_env_file():
     assert "PartOf=stackgen-fleet-chat.service" in unit and "CacheDirectory=stackgen-fleet-chat-%i" in unit
     for i, port in enumerate(sp.capacity.ports, 1):
         env = env_lines(arts[f"systemd/chat@{i}.env"].content)
-        assert env == {"STACKGEN_PORT": str(port), "CUDA_VISIBLE_DEVICES": str(i - 1)}
+        assert env == {"STACKGEN_PORT": str(port), "CUDA_VISIBLE_DEVICES": str(i - 1),
+                       "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     balancer = arts["systemd/stackgen-fleet-chat.service"].content
     members = " ".join(f"stackgen-fleet-chat@{i}.service" for i in range(1, 5))
     assert f"Wants=network-online.target {members}" in balancer

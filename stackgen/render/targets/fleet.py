@@ -68,8 +68,9 @@ def _uses_gpus(sp: ServicePlan) -> bool:
 
 
 def visible_devices(sp: ServicePlan, ids: tuple[int, ...]) -> dict[str, str]:
-    """The variable that pins a native process to its GPU set (host indices): engines.base.visible_devices."""
-    return _visible_devices(sp, ids)
+    """The variables that pin a native process to its GPU set (host indices): engines.base.visible_devices; none
+    for an instance without GPUs."""
+    return _visible_devices(sp, ids) if ids else {}
 
 
 def refuse(plan: Plan, target: str) -> None:

@@ -40,6 +40,7 @@ from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_tls, register
+from stackgen.engines.base import device_order
 from stackgen.render.container_spec import accelerator, engine_key_env, image_for
 
 K8S_DIR = "kubernetes"
@@ -322,6 +323,7 @@ def _args(inside: ServicePlan) -> list[str]:
 
 def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
     env = dict(engines.get(inside.engine).env(inside))
+    env.update(device_order(inside))  # the GPUs the device plugin gives, numbered in the host's order
     env["HOME"] = HOME_MOUNT
     env.update({k: v.format(models=MODELS_MOUNT) for k, v in _image(inside).pod_env})  # caches on the PVC
     for key, value in env.items():
