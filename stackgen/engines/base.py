@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from stackgen.errors import PlanError
 from stackgen.plan.memory import KV_BYTES_PER_ELEMENT, NO_PINS, VLLM_KV_BYTES, Budget, MemoryPlan, Pins
@@ -468,6 +468,11 @@ class Engine:
     def host_env(self, plan: "ServicePlanLike", state: str, cache: str, fetched: bool) -> dict[str, str]:
         """Env pointing the engine's writes at a service manager's state and cache folders (systemd)."""
         return {}
+
+    def url_download(self, url: str, env: Mapping[str, str]) -> str | None:
+        """Where this engine, started natively with `env`, keeps the file it downloads for a model named by `url` (it
+        loads that copy when the server cannot be reached); None when it keeps none stackgen can name."""
+        return None
 
     def extra_files(self, plan: "ServicePlanLike", ctx: Any, stack_dir: Any) -> list:
         """Files the service needs besides its command line (stackgen.render.engine_files builds them)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
@@ -232,6 +235,21 @@ class LlamaCpp(Engine):
 
     def host_env(self, plan, state: str, cache: str, fetched: bool) -> dict[str, str]:
         return {"LLAMA_CACHE": cache} if fetched else {}
+
+    def url_download(self, url: str, env) -> str | None:
+        """-mu without -m downloads to the cache folder under the URL's last path segment, its query and fragment cut
+        (common/arg.cpp common_params_handle_model: fs_get_cache_file(last segment)); the folder is $LLAMA_CACHE, else
+        $XDG_CACHE_HOME/llama.cpp or ~/.cache/llama.cpp on Linux, ~/Library/Caches/llama.cpp on macOS
+        (common/common.cpp fs_get_cache_directory)."""
+        name = url.split("#")[0].split("?")[0].rstrip("/").rpartition("/")[2]
+        if not name:
+            return None
+        if env.get("LLAMA_CACHE"):
+            return os.path.join(env["LLAMA_CACHE"], name)
+        home = env.get("HOME") or os.path.expanduser("~")
+        base = (os.path.join(home, "Library", "Caches") if sys.platform == "darwin"
+                else env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache"))
+        return os.path.join(base, "llama.cpp", name)
 
     def image(self, plan, accel: str, version: str | None) -> str:
         tag = "server" if accel == "cpu" else f"server-{accel}"

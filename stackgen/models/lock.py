@@ -15,7 +15,7 @@ import json
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -341,39 +341,61 @@ def diff_entries(old: Mapping[tuple[str, str], LockEntry], new: Mapping[tuple[st
     return lines
 
 
-def url_pin_changes(entries: Mapping[tuple[str, str], LockEntry], client) -> tuple[list[str], list[str]]:
-    """`lock --check` for models named by URL, which have no commit: a one-byte range request per URL, its size
-    (Content-Range) and validator (ETag or Last-Modified, as hub.url_pin recorded it) against the lock's. Returns
-    (changes: the file was replaced since it was locked, notes: what could not be checked). Offline: notes only."""
+@dataclass(frozen=True)
+class UrlPinCheck:
+    """One URL model's locked pin against what its server serves now (check_url_pin)."""
+
+    reference: str
+    url: str
+    locked_size: int | None
+    change: str = ""  # what changed since it was locked ("size 64 -> 128 bytes", 'etag:"v1" -> etag:"v2"'); "": same
+    unchecked: str = ""  # why the server was not asked or did not answer ("": it answered)
+
+
+def check_url_pin(entry: LockEntry, client) -> UrlPinCheck | None:
+    """A one-byte range request for a model named by URL, which has no commit: its size (Content-Range) and validator
+    (ETag or Last-Modified, as hub.url_pin recorded it) against the lock's. None for an entry that is not a URL.
+    Offline (STACKGEN_OFFLINE / HF_HUB_OFFLINE), the server is not asked."""
     from stackgen.models.hub import url_pin
     from stackgen.models.remote import RemoteError, offline_requested
 
+    r = entry.resolved
+    url = r.get("url")
+    if r.get("kind") != "gguf" or not url:
+        return None
+    was_size = (r.get("files") or [{}])[0].get("size")
+    check = UrlPinCheck(entry.reference, url, was_size)
+    offline = offline_requested(client.env)
+    if offline:
+        return replace(check, unchecked=f"not checked against the server ({offline}=1 is set)")
+    try:
+        resp = client.get(url, url, byte_range=(0, 0))
+    except RemoteError as exc:
+        return replace(check, unchecked=f"could not check it against the server: {exc}")
+    total = (resp.headers.get("content-range") or "").rpartition("/")[2]
+    size = int(total) if total.isdigit() else int(resp.headers.get("content-length") or -1)
+    validators = {k: resp.headers[k] for k in ("etag", "last-modified") if resp.headers.get(k)}
+    revision = url_pin(validators, size)[0]
+    if size != was_size:
+        return replace(check, change=f"size {was_size} -> {size} bytes")
+    if r.get("revision") and revision != r.get("revision"):
+        return replace(check, change=f"{r.get('revision')} -> {revision}")
+    return check
+
+
+def url_pin_changes(entries: Mapping[tuple[str, str], LockEntry], client) -> tuple[list[str], list[str]]:
+    """`lock --check` for models named by URL (check_url_pin for each). Returns (changes: the file was replaced since
+    it was locked, notes: what could not be checked). Offline: notes only."""
     changes: list[str] = []
     notes: list[str] = []
     for key in sorted(entries):
-        r = entries[key].resolved
-        url = r.get("url")
-        if r.get("kind") != "gguf" or not url:
+        check = check_url_pin(entries[key], client)
+        if check is None:
             continue
-        offline = offline_requested(client.env)
-        if offline:
-            notes.append(f"{url}: not checked against the server ({offline}=1 is set)")
-            continue
-        try:
-            resp = client.get(url, url, byte_range=(0, 0))
-        except RemoteError as exc:
-            notes.append(f"{url}: could not check it against the server: {exc}")
-            continue
-        total = (resp.headers.get("content-range") or "").rpartition("/")[2]
-        size = int(total) if total.isdigit() else int(resp.headers.get("content-length") or -1)
-        files = r.get("files") or [{}]
-        was_size = files[0].get("size")
-        validators = {k: resp.headers[k] for k in ("etag", "last-modified") if resp.headers.get(k)}
-        revision = url_pin(validators, size)[0]
-        if size != was_size:
-            changes.append(f"~ {key[0]}: the file changed since it was locked: size {was_size} -> {size} bytes")
-        elif r.get("revision") and revision != r.get("revision"):
-            changes.append(f"~ {key[0]}: the file changed since it was locked: {r.get('revision')} -> {revision}")
+        if check.unchecked:
+            notes.append(f"{check.url}: {check.unchecked}")
+        elif check.change:
+            changes.append(f"~ {key[0]}: the file changed since it was locked: {check.change}")
     return changes, notes
 
 

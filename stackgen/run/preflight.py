@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Mapping
 
 from stackgen.plan.plan import ServicePlan
 from stackgen.render.paths import weight_files
@@ -88,6 +89,55 @@ def check_models(sps: list[ServicePlan]) -> list[str]:
                 problems.append(f"service {sp.name}: model {path} is part 1 of {len(weight_files(path))}; "
                                 f"{', '.join(missing)} does not exist (put every part in the same folder)")
     return problems
+
+
+def check_url_pins(sps: list[ServicePlan], stack_file: Path, env: Mapping[str, str], native: bool = True,
+                   client=None) -> tuple[list[str], list[str]]:
+    """A model named by URL is pinned in the stack's lock by its size and the server's ETag or Last-Modified
+    (hub.url_pin), but the engine downloads whatever the URL serves when it starts: before it does, one range request
+    per locked URL (lock.check_url_pin, as `lock --check` asks). Returns (problems: the file changed since it was
+    locked, or the engine's cached copy differs from the pin while the server cannot be asked; warnings: the server
+    could not be asked and no cached copy holds the engine to the pin). Without a lock there is no pin: the plan
+    read the file the server serves now."""
+    from stackgen import engines
+    from stackgen.models.lock import check_url_pin, lock_path_for, read_lock
+    from stackgen.models.remote import HttpClient
+
+    urls: dict[str, ServicePlan] = {}
+    for sp in sps:
+        if sp.model.url:
+            urls.setdefault(sp.model.url, sp)
+    lock = lock_path_for(Path(stack_file))
+    if not urls or not lock.is_file():
+        return [], []
+    client = client or HttpClient(env=dict(env), timeout_s=10.0, deadline_s=15.0, retries=1)
+    fix = (f"run `stackgen lock --upgrade {stack_file}` to re-pin it and plan for the new file (or restore the file "
+           "the lock pinned)")
+    problems, warnings = [], []
+    for entry in read_lock(lock, str(stack_file)).values():
+        sp = urls.get(entry.resolved.get("url"))
+        check = check_url_pin(entry, client) if sp is not None else None
+        if check is None:
+            continue
+        engine = engines.get(sp.engine)
+        what = f"service {sp.name}: {check.url}"
+        if check.change:
+            problems.append(f"{what} changed since {lock.name} pinned it ({check.change}): {engine.display} would "
+                            f"download a file the plan did not size; {fix}")
+            continue
+        if not check.unchecked:
+            continue
+        cached = engine.url_download(check.url, env) if native else None
+        size = Path(cached).stat().st_size if cached and Path(cached).is_file() else None
+        if size is None:
+            pin = entry.resolved.get("revision") or "the size only"
+            warnings.append(f"{what}: {check.unchecked}; {engine.display} downloads what the URL serves when it "
+                            f"starts, which may not be the file {lock.name} pinned ({check.locked_size} bytes, {pin})")
+        elif size != check.locked_size:
+            problems.append(f"{what}: {check.unchecked}, and the copy {engine.display} would load, {cached}, is {size} "
+                            f"bytes where {lock.name} pinned {check.locked_size}: the file changed since it was "
+                            f"locked; {fix}")
+    return problems, warnings
 
 
 def check_memory(sps: list[ServicePlan], freed_bytes: int = 0) -> list[str]:

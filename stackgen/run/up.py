@@ -25,7 +25,7 @@ from stackgen.run.client import request
 from stackgen.run import fleet
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
-from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports
+from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports, check_url_pins
 from stackgen.run.process import KILL_WAIT_S, POLL_S
 from stackgen.run.readiness import DOWN, READY, Endpoint, Probe, probe
 from stackgen.run.results import (
@@ -140,13 +140,17 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         if st.kind == "container":
             exempt_ports.add(st.port)
         freed += runner_of(st).rss(st) or 0
-    problems = check_models(start) + check_ports([sp for sp in start if sp.port not in exempt_ports], exempt_pids)
+    # a URL model: the file the engine will download must still be the one the lock pinned (one range request)
+    pin_problems, pin_notes = check_url_pins([sp for sp in start if sp.unit_role != fleet.BALANCER], sd.stack_file,
+                                            os.environ, native=not opts.containers)
+    problems = (check_models(start) + pin_problems
+                + check_ports([sp for sp in start if sp.port not in exempt_ports], exempt_pids))
     if opts.memory_check:  # a balancer holds no model
         problems += check_memory([sp for sp in start if sp.unit_role != fleet.BALANCER], freed)
     if problems:
         raise LaunchError("\n".join(problems))
 
-    stopped, notes = [], []
+    stopped, notes = [], list(pin_notes)
     balancers = {sp.name for sp in services if sp.unit_role == fleet.BALANCER}
     for st in to_stop:
         note = runner_of(st).stop(st, opts.grace_s)
