@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from stackgen import engines
-from stackgen.engines.base import Unsupported
+from stackgen.engines.base import Unsupported, pins_from_overrides
 from stackgen.errors import PlanError
 from stackgen.models.facts import GIB
-from stackgen.plan.memory import (DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, unexposed_bytes,
+from stackgen.plan.memory import (DEFAULT_BATCH, Budget, MemoryPlan, Pins, gb, gpu_runtime_bytes, unexposed_bytes,
                                   vllm_kv_bytes_per_request)
 from stackgen.plan.simulate import NONE, LoadResult, Variability, simulate
 from stackgen.plan.speed import StepParts, mean_context, step_inputs
@@ -675,6 +675,30 @@ def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], 
             free[i] -= per_gpu
             ids.append(i)
     return tuple(ids), free
+
+
+def util_on_pinned(sp, hw: HardwareSpec, ids: tuple[int, ...]):
+    """The memory plan of a service that reserves a share of each GPU (vLLM's --gpu-memory-utilization), once placed
+    on `ids`. It was planned on the smallest GPU of the machine (memory.plan_vllm: every rank takes the same share),
+    but placement may pin it to a larger one, where the same share reserves more: on an RTX 3060 + RTX 4090, two
+    small vLLM services were both pinned to the 4090 at 0.90 each (placed as 10.4 GiB apiece, reserving 21.2 GiB
+    apiece: the second could not start). The share is scaled so the reserve stays what was planned and placed (rounded
+    down to vLLM's 2 decimals). A utilization the user pinned by an override is theirs: kept as given."""
+    m = sp.memory
+    util = m.gpu_memory_utilization
+    if util is None or not ids or not hw.gpus:
+        return m
+    engine = engines.get(sp.engine)
+    if pins_from_overrides(engine, dict(sp.spec.overrides), sp.name).gpu_memory_utilization is not None:
+        return m
+    devices = [g for g in hw.gpus if not g.unified for _ in range(g.count)]
+    planned = gpu_runtime_bytes(min(hw.gpus, key=lambda g: g.memory_gib))
+    pinned = min(gpu_runtime_bytes(devices[i]) for i in set(ids))
+    if pinned <= planned:
+        return m
+    scaled = math.floor(util * planned / pinned * 100) / 100
+    ranks = m.gpu_bytes // max(1, int(planned * util))
+    return replace(m, gpu_memory_utilization=scaled, gpu_bytes=int(pinned * scaled) * max(1, ranks))
 
 
 def _no_room(sp, hw: HardwareSpec, free: list[int], per_gpu: int, n: int, k: int, short: list[int]) -> str:

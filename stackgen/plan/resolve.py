@@ -17,7 +17,8 @@ from stackgen.host.facts import HostFacts
 from stackgen.models.facts import ModelFacts
 from stackgen.plan.memory import (NO_PINS, Budget, MemoryPlan, Pins, consume, gb, initial_budget,
                                   predict_decode_tokens_per_s, unexposed_bytes, with_rope)
-from stackgen.plan.capacity import command_endpoint, fleet_memory, gpu_sizes, place_gpus, requests_held, with_replicas
+from stackgen.plan.capacity import (command_endpoint, fleet_memory, gpu_sizes, place_gpus, requests_held,
+                                    util_on_pinned, with_replicas)
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
 from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
@@ -199,7 +200,7 @@ def resolve(stack: Stack, host: HostFacts) -> Plan:
                     ("services", svc.name)
                 raise PlanError(f"{stack.where(field)}: {exc}") from None
             if ids:
-                sp = _with_command(replace(sp, gpu_ids=ids))
+                sp = _with_command(replace(sp, gpu_ids=ids, memory=util_on_pinned(sp, hw, ids)))
             budget = consume(budget, fleet_memory(sp), unexposed_bytes(sp.memory, hw))
         used_ports.add(sp.port)
         out.append(sp)

@@ -130,3 +130,48 @@ services:
 """)
     sp = plan.services[0]
     assert sp.gpu_ids == ()  # every GPU of the machine: not pinned
+
+
+# An RTX 3060 (bus 01) and an RTX 4090: vLLM plans every rank on the smallest GPU (0.90 of the 3060's 11.6 GiB), and
+# placement pins each service to the GPU with the most memory free: both to the 4090, where 0.90 reserved 21.2 GiB
+# apiece (placed as 10.4 GiB apiece; the second could not start).
+MIXED_VLLM = """
+version: 1
+name: mixed
+hardware: {gpus: [{vendor: nvidia, name: GeForce RTX 3060, memory_gib: 12, bandwidth_gbs: 360, tier: consumer},
+                  {vendor: nvidia, name: GeForce RTX 4090, memory_gib: 24, bandwidth_gbs: 1008, tier: consumer}],
+           memory_gib: 64, memory_bandwidth_gbs: 51.2, cpu: {cores: 16, threads: 32, arch: x86_64}}
+workload: {concurrent_users: 2, context_tokens: 8192}
+services:
+  a: {model: qwen2.5-0.5b-instruct, engine: vllm}
+  b: {model: qwen2.5-0.5b-instruct, engine: vllm}
+"""
+
+
+def _util(sp) -> float:
+    return float(sp.command[sp.command.index("--gpu-memory-utilization") + 1])
+
+
+def test_vllm_pinned_to_a_larger_gpu_reserves_what_was_placed_there(tmp_path):
+    from stackgen.plan.memory import gpu_runtime_bytes
+    plan = plan_for(tmp_path, MIXED_VLLM)
+    g3060, g4090 = plan.hardware.gpus
+    reserved: dict[int, int] = {}
+    for sp in plan.services:
+        (gpu,) = sp.gpu_ids
+        device = (g3060, g4090)[gpu]
+        util = _util(sp)
+        assert util == sp.memory.gpu_memory_utilization
+        real = int(gpu_runtime_bytes(device) * util)  # what vLLM reserves: the share of the total CUDA reports
+        assert real == sp.memory.gpu_bytes  # the plan counts and places what the engine will take
+        assert real <= gpu_runtime_bytes(g3060) * 0.90  # no more than the reserve it was sized for
+        reserved[gpu] = reserved.get(gpu, 0) + real
+    for gpu, used in reserved.items():
+        assert used <= gpu_runtime_bytes((g3060, g4090)[gpu]), (gpu, used)
+
+
+def test_a_utilization_the_user_pinned_is_kept_on_a_larger_gpu(tmp_path):
+    stack = MIXED_VLLM.replace("  b: {model: qwen2.5-0.5b-instruct, engine: vllm}\n", "").replace(
+        "engine: vllm}", "engine: vllm, overrides: {gpu-memory-utilization: 0.3}}")
+    (sp,) = plan_for(tmp_path, stack).services
+    assert _util(sp) == 0.3
