@@ -134,7 +134,7 @@ def located(file: Path):
 
 
 def locate(message: str, file: Path) -> Problem | None:
-    from stackgen.spec.stack import parse_document
+    from stackgen.spec.stack import parse_document, read_stack_text
 
     display = str(file)
     body = message[len(display) + 2:] if message.startswith(f"{display}: ") else message
@@ -142,8 +142,8 @@ def locate(message: str, file: Path) -> Problem | None:
     if m is None:
         return None
     try:
-        doc = parse_document(Path(file).read_text(encoding="utf-8"), display)
-    except (OSError, UnicodeDecodeError, StackgenError):
+        doc = parse_document(read_stack_text(Path(file)), display)
+    except StackgenError:
         return None
     path = tuple(int(p) if p.isdigit() else p for p in m[1].split("."))
     if path[:2] not in doc.marks and path[:1] not in doc.marks:

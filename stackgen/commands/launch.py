@@ -292,7 +292,7 @@ def _check_stack_names(file: Path, services: list[str]) -> None:
     from stackgen.run.lifecycle import running_names
     from stackgen.run.native import select_services
     from stackgen.run.state import StateDir
-    from stackgen.spec.stack import parse_document
+    from stackgen.spec.stack import parse_document, read_stack_text
 
     if not services or not file.is_file():
         return
@@ -300,8 +300,8 @@ def _check_stack_names(file: Path, services: list[str]) -> None:
     if running:  # the library checks them against what runs
         return
     try:
-        declared = parse_document(file.read_text(encoding="utf-8"), str(file)).data.get("services")
-    except (OSError, UnicodeDecodeError, StackgenError):
+        declared = parse_document(read_stack_text(file), str(file)).data.get("services")
+    except StackgenError:
         return
     if not isinstance(declared, dict):
         return

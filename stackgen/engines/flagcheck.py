@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from stackgen import engines
-from stackgen.spec import yaml_nodes as _yaml
+from stackgen import datafile, engines
 from stackgen._resources import data_dir
 from stackgen.host.binaries import find_or_none
 from stackgen.engines.base import FlagSource
@@ -55,8 +54,8 @@ class FlagTable:
 def _profile(engine: str) -> dict:
     path = data_dir("profiles") / "engines" / _source(engine).profile
     try:
-        data = _yaml.load_document(path.read_text(encoding="utf-8")).data
-    except (OSError, _yaml.YamlError) as exc:
+        data = datafile.load_yaml(path, f"the {engine} flag table", "reinstall stackgen").data
+    except (OSError, ValueError) as exc:  # ValueError: YamlError, DataFileError, not UTF-8
         raise RenderError(f"{path}: cannot read the {engine} flag table: {exc}") from None
     return data
 

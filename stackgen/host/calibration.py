@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from stackgen import datafile
 from stackgen.errors import StackgenError
 
 FORMAT = 1
@@ -433,18 +434,22 @@ def save(cal: Calibration, path: Path | None = None) -> Path:
 def load(path: Path | None = None) -> Calibration | None:
     """The stored calibration, or None when there is none. A file that is not one is an error naming the fix."""
     path = path or calibration_path()
+    fix = "run `stackgen calibrate` again to rewrite it, or plan with --no-calibration"
     try:
-        text = path.read_text(encoding="utf-8")
+        data = datafile.load_json(path, "the calibration", fix)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StackgenError(f"{path}: cannot read the calibration ({exc.strerror or exc}); fix its permissions, "
                             "or plan with --no-calibration") from None
+    except datafile.DataFileError as exc:
+        raise StackgenError(str(exc)) from None
+    except ValueError as exc:  # not UTF-8, not JSON
+        raise StackgenError(f"{path}: not a stackgen calibration ({exc}); {fix}") from None
     try:
-        return Calibration.from_json(json.loads(text))
+        return Calibration.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise StackgenError(f"{path}: not a stackgen calibration ({exc}); run `stackgen calibrate` again to "
-                            "rewrite it, or plan with --no-calibration") from None
+        raise StackgenError(f"{path}: not a stackgen calibration ({exc}); {fix}") from None
 
 
 def apply(host, cal: Calibration | None):

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
+from stackgen import datafile
 from stackgen.errors import StackgenError
 from stackgen.host.facts import DEFAULT_MEMORY_BANDWIDTH_GBS, HostFacts
 from stackgen.spec.stack import COMPUTE_CAPABILITY, CPUSpec, GPUSpec, HardwareSpec
@@ -820,8 +821,7 @@ def _cached_bandwidth(env: ProbeEnv, facts: Facts) -> float | None:
     if not env.bandwidth_cache:
         return None
     try:
-        with open(env.bandwidth_cache, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = datafile.load_json(env.bandwidth_cache, "the bandwidth cache", "")
         if data.get("machine") == _machine_key(env, facts):
             value = float(data["memory_bandwidth_gbs"])
             return value if value > 0 else None

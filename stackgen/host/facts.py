@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from pathlib import Path
 
+from stackgen import datafile
 from stackgen.spec.stack import CPUSpec, HardwareSpec
 
 # Typical dual-channel DDR4/DDR5 desktop figure, used when nothing better is known (say so in output).
@@ -52,12 +53,15 @@ class HostFacts:
         from stackgen.spec import yaml_nodes
         from stackgen.spec.stack import validate_hardware
 
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
+        fix = "write the file with `stackgen detect --json > FILE`"
+        try:  # bounded: the file is parsed twice, as JSON and as YAML
+            text = datafile.read_text(path, "a recorded host", fix)
+            datafile.check_lines(path, text, "a recorded host", fix)
+            data = datafile.parse_json(text, path, "a recorded host", fix)
+        except datafile.DataFileError as exc:
+            raise SpecError([Problem(str(path), 1, 1, "", exc.message, exc.fix)]) from None
         except json.JSONDecodeError as exc:
-            raise SpecError([Problem(str(path), exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}",
-                                     "write the file with `stackgen detect --json > FILE`")]) from None
+            raise SpecError([Problem(str(path), exc.lineno, exc.colno, "", f"invalid JSON: {exc.msg}", fix)]) from None
         try:  # JSON is YAML: its parser gives every value's line:col
             marked = yaml_nodes.load_document(text)
             doc = yaml_nodes.Document(data, marked.marks, marked.key_marks)

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from stackgen import datafile
 from stackgen.models.gguf import experts_summary as _experts
 
 __all__ = [
@@ -325,14 +326,15 @@ def _sliding_layers(
 
 
 def _load_json(path: Path, what: str) -> Any:
+    fix = f"check that {path.name} is the model's own"
     try:
-        text = path.read_text(encoding="utf-8")
+        return datafile.load_json(path, what, fix)
     except FileNotFoundError:
         raise HFModelError(f"{path}: missing {what}") from None
+    except datafile.DataFileError as exc:
+        raise HFModelError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HFModelError(f"{path}: cannot read {what}: {exc}") from None
-    try:
-        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise HFModelError(f"{path}: {what} is not valid JSON: {exc}") from None
 

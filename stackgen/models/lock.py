@@ -20,6 +20,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from stackgen import datafile
 from stackgen.errors import ModelError
 
 __all__ = ["LOCK_VERSION", "LockError", "LockEntry", "RemoteModels", "lock_path_for", "read_lock", "dump_lock",
@@ -160,10 +161,12 @@ def read_lock(path: Path, stack: str | None = None) -> dict[tuple[str, str], Loc
     `stack`: the stack file, for the fix the errors give (`stackgen lock --upgrade STACK` rebuilds it)."""
     fix = f"run `stackgen lock --upgrade {stack or 'STACK'}` to rebuild it from the stack"
     try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        text = datafile.read_text(path, "the lock file", fix)
+        data = datafile.parse_json(text, path, "the lock file", fix)
     except OSError as exc:
         raise LockError(f"{path}: cannot read the lock file: {exc.strerror or exc}") from None
+    except datafile.DataFileError as exc:
+        raise LockError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LockError(f"{path}: not a stackgen lock file ({exc}); {fix}") from None
     where = _Where(path, text)

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from stackgen import __version__
+from stackgen import __version__, datafile
 from stackgen.errors import DriftError, RenderError
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def _read_journal(stage: Path) -> tuple[list[Move], list[str]] | None:
     if not _is_file(path):
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = datafile.load_json(path, "a render's journal", f"delete {stage}")
         moves = [Move(str(m["path"]), str(m["digest"]), bool(m["had_old"])) for m in data["moves"]]
         created = [str(c) for c in data["created"]]
     except (OSError, ValueError, KeyError, TypeError):
@@ -348,7 +348,7 @@ def manifest_stack(out_dir: Path) -> str | None:
     if not _is_file(path):
         return None
     try:
-        stack = json.loads(path.read_text(encoding="utf-8")).get("stack")
+        stack = datafile.load_json(path, "the manifest", f"delete {path}").get("stack")
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(stack, str) and stack:
@@ -395,7 +395,7 @@ def read_manifest(out_dir: Path) -> dict[str, str]:
     if not _is_file(path):
         return {}
     try:
-        files = json.loads(path.read_text(encoding="utf-8")).get("files", {})
+        files = datafile.load_json(path, "the manifest", f"delete {path}").get("files", {})
         return {k: v for k, v in files.items() if safe_relpath(k) and k != MANIFEST and not k.startswith(STAGE_PREFIX)}
     except (OSError, ValueError, AttributeError):
         return {}

@@ -9,7 +9,6 @@ its pid is known. No printing here: progress goes to a callback, problems raise 
 from __future__ import annotations
 
 import http.client
-import json
 import math
 import os
 import threading
@@ -18,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from stackgen import engines
+from stackgen import datafile, engines
 from stackgen.errors import LaunchError, StackgenError
 from stackgen.run.client import RequestResult, connection, stream_completion
 from stackgen.run.process import rss_tree
@@ -483,9 +482,11 @@ def bench_plan(plan, stack_file: str | Path, service: str | None = None, *, user
 def load_schema(path: str | Path) -> dict[str, Any]:
     """A JSON schema file for --json-schema (a JSON object)."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = datafile.load_json(path, "a JSON schema", "give a schema of the shape the answers should have")
     except OSError as exc:
         raise BenchError(f"--json-schema {path}: cannot read it ({exc.strerror or exc})") from None
+    except datafile.DataFileError as exc:
+        raise BenchError(f"--json-schema {exc}") from None
     except ValueError as exc:
         raise BenchError(f"--json-schema {path}: not JSON ({exc})") from None
     if not isinstance(doc, dict):

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stackgen import datafile
 from stackgen.errors import LaunchError
 
 STATE_DIR = ".stackgen"
@@ -208,8 +209,9 @@ class StateDir:
         """The supervisor's record, or None when there is none or it is not what a supervisor writes (read
         without following a symlink; only its known fields, type-checked, are returned)."""
         try:
-            with open_read(self.run_path(service)) as f:
-                data = json.loads(f.read(256 * 1024).decode("utf-8"))
+            path = self.run_path(service)
+            with open_read(path) as f:
+                data = datafile.parse_json(f.read(256 * 1024).decode("utf-8"), path, "a run record", "")
         except (OSError, ValueError, LaunchError):
             return None
         if not isinstance(data, dict):
@@ -260,9 +262,11 @@ class StateDir:
     # -- state
     def _read(self, path: Path) -> Any:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return datafile.load_json(path, "the state file", f"delete {path}")
         except FileNotFoundError:
             return None
+        except datafile.DataFileError as exc:
+            raise self._damaged(path, exc.message) from None
         except (OSError, ValueError) as exc:
             raise self._damaged(path, f"unreadable ({exc})") from None
 
@@ -502,7 +506,7 @@ def registered_stacks() -> list[Path]:
     for entry in entries:
         try:
             with open_read(entry) as f:
-                data = json.loads(f.read(8192).decode("utf-8"))
+                data = datafile.parse_json(f.read(8192).decode("utf-8"), entry, "a registry entry", "")
             file = Path(data["file"])
         except (OSError, ValueError, KeyError, TypeError):
             continue

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stackgen import datafile
 from stackgen.spec import yaml_nodes as _yaml
 from stackgen._resources import data_dir
 from stackgen.errors import ProfileError, SpecError
@@ -66,9 +67,11 @@ def _load_file(path: Path, build, check=None) -> dict[str, Any]:
         return {}
     display = str(path)
     try:
-        doc = _yaml.load_document(path.read_text(encoding="utf-8"))
+        doc = datafile.load_yaml(path, "a profile file", "keep in it the entries your stacks name")
     except _yaml.YamlError as exc:
         raise ProfileError(f"{display}:{exc.mark.line}:{exc.mark.col}: {exc.message}") from None
+    except datafile.DataFileError as exc:
+        raise ProfileError(f"{display}:1:1: {exc.message} ({exc.fix})") from None
     if doc.data is None:
         return {}
     if not isinstance(doc.data, dict):

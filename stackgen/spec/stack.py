@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from stackgen import datafile
 from stackgen.spec import yaml_nodes as _yaml
 from stackgen.errors import ModelRefError, Problem, SpecError
 
@@ -385,19 +386,7 @@ def load_stack(path: str | Path, remote: Any = None) -> Stack:
 
     path = Path(path)
     display = str(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_STACK_BYTES + 1)
-    except FileNotFoundError:
-        raise SpecError([Problem(display, 1, 1, "", "file not found", "check the path")]) from None
-    except OSError as exc:
-        raise SpecError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}", "")]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError([Problem(display, 1, 1, "", f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")]) from None
-    _check_size(raw, text, display)
-    doc = parse_document(text, display)
+    doc = parse_document(read_stack_text(path), display)
     try:
         spec = validate_document(doc, display)
     except SpecError as exc:  # every problem at once: the names too, as far as they can be read (audit a4 #6)
@@ -409,6 +398,26 @@ def load_stack(path: str | Path, remote: Any = None) -> Stack:
 
         remote = RemoteModels(lock_path_for(path), stack_display=display)
     return bind(spec, doc, display, path, profiles, remote)
+
+
+def read_stack_text(path: Path) -> str:
+    """A stack file's text, refused (SpecError at 1:1) when it is missing, unreadable, not UTF-8, or larger than
+    MAX_STACK_BYTES or MAX_STACK_LINES (datafile's bounded reader)."""
+    display = str(path)
+    fix = "split it into several stack files"
+    try:
+        raw = datafile.read_bytes(path, "the stack file", fix, MAX_STACK_BYTES)
+        text = raw.decode("utf-8")
+        datafile.check_lines(path, text, "the stack file", fix, MAX_STACK_LINES)
+    except FileNotFoundError:
+        raise SpecError([Problem(display, 1, 1, "", "file not found", "check the path")]) from None
+    except OSError as exc:
+        raise SpecError([Problem(display, 1, 1, "", f"cannot read: {exc.strerror}", "")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([Problem(display, 1, 1, "", f"not UTF-8 text (byte {exc.start})", "save it as UTF-8")]) from None
+    except datafile.DataFileError as exc:
+        raise SpecError([Problem(display, 1, 1, "", exc.message, exc.fix)]) from None
+    return text
 
 
 def name_problems(doc: _yaml.Document, display: str, path: Path, profiles: Any, reported: set[str]) -> list[Problem]:
@@ -450,22 +459,10 @@ def name_problems(doc: _yaml.Document, display: str, path: Path, profiles: Any, 
 # keys, 3.3 MB, ran past 2 minutes). Each is far above a real stack: the 10,000-service benchmark stack
 # (benchmarks/bench_many_services.py) is 10,003 lines; the largest flag table (SGLang's) has 561 flags, and a
 # stack names a few; a 5 MB argument is still refused by its own message (MAX_ARG_BYTES).
-MAX_STACK_BYTES = 8 * 2**20
-MAX_STACK_LINES = 100_000  # parsing is per node: 200,000 one-key lines took 5 s in libyaml's composer alone
+MAX_STACK_BYTES = datafile.MAX_BYTES
+MAX_STACK_LINES = datafile.MAX_LINES  # parsing is per node: 200,000 one-key lines took 5 s in libyaml's composer alone
 MAX_OVERRIDES = 256  # per service
 MAX_STACK_OVERRIDES = 4096  # over all services
-
-
-def _check_size(raw: bytes, text: str, display: str) -> None:
-    if len(raw) > MAX_STACK_BYTES:
-        raise SpecError([Problem(display, 1, 1, "", f"the stack file is larger than {MAX_STACK_BYTES // 2**20} MiB, "
-                                 "far more than any stack needs; stackgen does not read it",
-                                 "split it into several stack files")])
-    lines = text.count("\n") + 1
-    if lines > MAX_STACK_LINES:
-        raise SpecError([Problem(display, 1, 1, "", f"the stack file has {lines:,} lines, more than "
-                                 f"{MAX_STACK_LINES:,}; stackgen does not parse it", "split it into several stack "
-                                 "files")])
 
 
 def _check_override_counts(doc: _yaml.Document, display: str) -> None:
