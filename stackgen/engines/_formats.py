@@ -47,13 +47,13 @@ def hf_checkpoint(model, who: str) -> tuple[str, int, str, str]:
     fmt, note = hf_for(model.quant)
     if note and who != "vLLM":
         note = note.replace("vLLM", who)
-    if fmt == "fp32" and model.source == "hf":  # a float32 checkpoint (a folder or an hf: repository)
+    if fmt == "fp32":  # a float32 checkpoint (a folder or an hf: repository), or `quant: fp32` of a catalog model
         # `--dtype auto` (stackgen passes no --dtype) loads float32 weights in 16 bits: vLLM config/model.py
         # _resolve_auto_dtype ("Downcast for float32 models": bf16, fp16 where the platform lacks bf16), SGLang
         # srt/configs/model_config.py _get_and_verify_dtype (float16). The plan counts the loaded bytes
-        # (hf.checkpoint_sizes gives a float32 checkpoint's), not the file's.
+        # (hf.checkpoint_sizes gives a float32 checkpoint's; a catalog model its bf16 size), not fp32's.
         fmt, note = "bf16", (f"fp32: {who} loads float32 weights in 16 bits (--dtype auto: bf16, or fp16 where the "
-                             f"GPU has no bf16), so the plan counts half the checkpoint's float32 bytes")
+                             f"GPU has no bf16), so the plan counts 2 bytes a weight, half of float32's")
     size, source = model.hf_bytes(fmt)
     if model.source == "catalog" and fmt not in model.hf_variants:
         if fmt in ("awq", "gptq"):

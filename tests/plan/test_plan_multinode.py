@@ -252,18 +252,22 @@ def test_a_pinned_engine_that_cannot_split_says_what_rules_it_out_on_one_node(wr
 
 
 def test_too_big_for_both_splits_names_each_shortfall(write_stack):
-    """405B in fp32 (HF: 4 bytes x 405.9e9 params = 1623.4 GB; GGUF F32 1641.4 GB with the KV cache) on two DGX
-    H100 nodes: vLLM's stages hold 16 x 79.22 GiB x 0.9 = 1224.9 GB, the llama.cpp RPC split 1351.2 GB. Both are
-    tried, vLLM first (MULTINODE_TABLE), each with its own shortfall."""
+    """405B in fp32 on two one-H200 nodes: vLLM loads float32 in 16 bits (811.7 GB of bf16 weights) and its stages
+    hold 2 x 140.40 GiB x 0.9 = 270.5 GB; llama.cpp's GGUF F32 is 1641.4 GB with the KV cache, its RPC split 299.4 GB.
+    Both are tried, vLLM first (MULTINODE_TABLE), each with its own shortfall. (On two DGX H100 nodes the test read
+    vLLM's need as 4 bytes a weight, 1623.4 GB; vLLM now fits there, below.)"""
     with pytest.raises(PlanError) as exc:
-        resolve.resolve(load_stack(write_stack(TWO_DGX.replace("quant: bf16", "quant: fp32"))),
-                        HostFacts(hardware=None))
+        resolve.resolve(load_stack(write_stack(TWO_DGX.replace("quant: bf16", "quant: fp32")
+                                               .replace("dgx-h100", "h200"))), HostFacts(hardware=None))
     lines = str(exc.value).split("\n")
     assert lines[1:] == [
-        "  - vLLM: needs 1623.4 GB of weights (fp32) plus KV cache; 2 nodes of 8x H100 80GB HBM3 hold 1224.9 GB at "
+        "  - vLLM: needs 811.7 GB of weights (bf16) plus KV cache; 2 nodes of NVIDIA H200 hold 270.5 GB at "
         "--gpu-memory-utilization 0.9",
-        "  - llama.cpp (llama-server): needs 1641.4 GB (weights + KV cache) but the 2 nodes hold 1351.2 GB: 290.2 GB "
+        "  - llama.cpp (llama-server): needs 1641.4 GB (weights + KV cache) but the 2 nodes hold 299.4 GB: 1342.0 GB "
         "short"]
+    sp = resolve.resolve(load_stack(write_stack(TWO_DGX.replace("quant: bf16", "quant: fp32"))),
+                         HostFacts(hardware=None)).services[0]
+    assert (sp.engine, sp.memory.weights_format, round(sp.memory.weights_bytes / 1e9, 1)) == ("vllm", "bf16", 811.7)
 
 
 def test_a_split_of_bf16_has_no_weights_note(write_stack):

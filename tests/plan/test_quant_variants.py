@@ -99,3 +99,19 @@ def test_every_golden_and_example_serves_the_checkpoint_it_sized(stack, host):
         checked += 1
     if not checked:
         assert all(sp.engine != "vllm" or sp.model.source != "catalog" for sp in plan.services)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_a_catalog_model_in_fp32_is_planned_at_the_16_bits_its_engine_loads(write_stack, engine):
+    """`quant: fp32` of a catalog model counted 4 bytes a parameter (32.12 GB for Llama 3.1 8B), but vLLM and SGLang
+    load it with --dtype auto (stackgen passes no --dtype) in 16 bits, as they do an fp32 HF folder
+    (test_hfmodel.py::test_a_float32_checkpoint_is_planned_at_the_16_bits_it_loads_in): the plan now counts the
+    catalog's bf16 bytes (16.06 GB), says why, and launches no --dtype."""
+    f = write_stack("version: 1\nhardware: a100-80gb\nworkload: {concurrent_users: 2, context_tokens: 4096}\n"
+                    "serve: {api_key_env: SG_KEY}\n"  # SGLang is served only behind a key
+                    f"services:\n  svc:\n    model: llama-3.1-8b-instruct\n    engine: {engine}\n    quant: fp32\n")
+    sp = resolve(load_stack(f), HOST).services[0]
+    bf16 = CATALOG["llama-3.1-8b-instruct"].hf_sizes["bf16"]
+    assert (sp.memory.weights_format, sp.memory.weights_bytes) == ("bf16", bf16) and bf16 == 16060522496
+    assert any("float32 weights in 16 bits" in w for w in sp.warnings + sp.memory.levers + sp.reasons), sp.warnings
+    assert "--dtype" not in sp.command
