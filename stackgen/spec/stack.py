@@ -1089,9 +1089,16 @@ SERVE_OWNED: dict[str, str] = {
 }
 
 
+def override_flag(key: str) -> str:
+    """The flag an override key sets, as the engine's --help spells it: `host`, `--host` and `--host=x` are `--host`
+    (a key that starts with '-' is kept: `-c`, `--ctx-size`)."""
+    flag = key.split("=", 1)[0]
+    return flag if flag.startswith("-") else f"--{flag}"
+
+
 def owned_override(key: str) -> str | None:
     """The serve: field that owns an override key (`--host`, `host`, `--host=x`, `OLLAMA_HOST`), else None."""
-    name = key.split("=", 1)[0].lstrip("-")
+    name = override_flag(key).lstrip("-")
     return SERVE_OWNED.get(name) or SERVE_OWNED.get(name.lower())
 
 
@@ -1156,8 +1163,7 @@ def _check_unsafe_overrides(spec: StackSpec, problem) -> None:
     for name, svc in spec.services.items():
         names = [svc.engine] if svc.engine != "auto" else list(engines.ENGINES)
         for key in svc.overrides:
-            flag = key.split("=", 1)[0]
-            flag = flag if flag.startswith("-") else f"--{flag}"
+            flag = override_flag(key)
             for e in names:
                 engine = engines.get(e)
                 flag = getattr(engine, "aliases", {}).get(flag, flag)

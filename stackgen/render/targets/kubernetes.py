@@ -92,8 +92,7 @@ def shared_gpus(plan: Plan) -> dict[str, SharedGPUs]:
     for sp in plan.services:
         gpu = gpu_request(sp) if sp.topology is None else None
         if gpu:
-            vendor = next(g.vendor for g in sp.gpus if not g.unified)
-            requests.setdefault(vendor, []).append((sp.name, gpu[1] * fleet.pods(sp)))
+            requests.setdefault(gpu_vendor(sp), []).append((sp.name, gpu[1] * fleet.pods(sp)))
     out = {}
     for vendor, asks in requests.items():
         available = sum(g.count for g in plan.hardware.gpus if g.vendor == vendor and not g.unified)
@@ -221,8 +220,12 @@ def gpu_request(sp: ServicePlan) -> tuple[str, int] | None:
     accel = accelerator(sp)
     if accel == "cpu":
         return None
-    vendor = next(g.vendor for g in sp.gpus if not g.unified)
-    return GPU_RESOURCE[vendor], engines.get(sp.engine).gpu_count(sp)
+    return GPU_RESOURCE[gpu_vendor(sp)], engines.get(sp.engine).gpu_count(sp)
+
+
+def gpu_vendor(sp: ServicePlan) -> str:
+    """The vendor of the discrete GPUs a GPU service runs on (its device plugin's resource, GPU_RESOURCE)."""
+    return next(g.vendor for g in sp.gpus if not g.unified)
 
 
 # ---------------------------------------------------------------------------------------------- documents
