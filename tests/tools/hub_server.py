@@ -7,7 +7,10 @@ It speaks the same URLs stackgen.models.remote/hub read (and huggingface_hub use
   GET /v2/{ns}/{model}/blobs/sha256:{hex}                   -> the blob, with Range
 A file is `bytes` or a `Sparse(prefix, size)`: a real header followed by zeros up to the real file size, so a
 recorded safetensors header of a 536 MB checkpoint serves as that checkpoint without storing its weights.
-Every request is logged (path, Range, whether an Authorization header came, bytes sent).
+Every request is logged (path, Range, whether an Authorization header came, bytes sent). A handler appends its
+entry after it wrote the body, so a client can have its answer before the entry is in: `Hub.log` (and bytes_sent)
+first waits until no request is being answered. Every request the client got an answer to has entered do_GET, and
+counted itself in-flight there, before the answer was written; so once none is in flight, every entry is in.
 """
 
 from __future__ import annotations
@@ -73,8 +76,20 @@ class Hub:
     blobs: dict[str, Content] = field(default_factory=dict)  # "sha256:hex"
     honour_range: bool = True
     fail_next: list[int] = field(default_factory=list)  # statuses to answer before serving normally (retries)
-    log: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    entries: list[dict] = field(default_factory=list, init=False)  # the log, as the handlers append to it
+    in_flight: int = field(default=0, init=False)  # requests in do_GET: answered or being answered, not yet logged
+
+    def __post_init__(self) -> None:
+        self.settled = threading.Condition(self.lock)  # notified when in_flight drops to 0
+
+    @property
+    def log(self) -> list[dict]:
+        """Every request answered so far, once the handlers still answering (or logging) one are done."""
+        with self.settled:
+            if not self.settled.wait_for(lambda: self.in_flight == 0, timeout=30):
+                raise AssertionError(f"hub: {self.in_flight} request(s) still being answered after 30 s")
+            return self.entries
 
     def add_manifest(self, name: str, layers: list[tuple[str, Content]]) -> str:
         """layers: (mediaType, content); returns the manifest digest."""
@@ -114,6 +129,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        with self.hub.lock:
+            self.hub.in_flight += 1
+        try:
+            self._get()
+        finally:  # after _send logged it (or an exception ended the request)
+            with self.hub.settled:
+                self.hub.in_flight -= 1
+                self.hub.settled.notify_all()
+
+    def _get(self) -> None:
         path = self.path.split("?", 1)[0]
         with self.hub.lock:
             fail = self.hub.fail_next.pop(0) if self.hub.fail_next else None
@@ -189,7 +214,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent = 0
             self.close_connection = True
         with self.hub.lock:
-            self.hub.log.append({"path": self.path, "range": self.headers.get("Range"), "status": status,
+            self.hub.entries.append({"path": self.path, "range": self.headers.get("Range"), "status": status,
                                  "auth": self.headers.get("Authorization") is not None, "bytes": sent})
 
     def handle_one_request(self) -> None:
