@@ -368,16 +368,23 @@ def _check_pinned_runs(sp, hw: HardwareSpec, pinned: int) -> None:
     """A pinned replica count the engine or machine cannot run is refused: layouts() offers such an engine one
     instance only, and the plan used to take it with the text "pinned by services.replicas" (Ollama with replicas: 2
     on 2 RTX 4090s: one server, 22 of 32 layers on the GPUs, one GPU idle, and no balancer)."""
-    engine = engines.get(sp.engine)
-    if engine.multi_instance and not hw.is_apple:
-        return
+    why = pinned_runs_refusal(sp.engine, hw, pinned, sp.workload.concurrent_users)
+    if why:
+        raise PlanError(f"services.{sp.name}.replicas: {why}")
+
+
+def pinned_runs_refusal(engine_name: str, hw: HardwareSpec | None, pinned: int, users: int) -> str | None:
+    """Why `pinned` (> 1) separate instances of the engine cannot run on `hw`, or None; `hw` None (a stack that
+    detects its hardware, checked by validate): the engine's half only. Both plan and validate say it."""
+    engine = engines.get(engine_name)
+    if engine.multi_instance and (hw is None or not hw.is_apple):
+        return None
     can = ", ".join(e.display for e in engines.ENGINES.values() if e.multi_instance)
     why = (f"{engine.display} runs one server per service" if not engine.multi_instance else
            f"separate instances are planned on discrete GPUs or a CPU, and {hw.label()} shares one unified memory")
-    raise PlanError(f"services.{sp.name}.replicas: {pinned} instances are pinned and {why} (remove `replicas:` to "
-                    f"run one instance for all {sp.workload.concurrent_users} users"
-                    + (f", or pick an engine that runs separate instances behind a balancer: {can})"
-                       if not engine.multi_instance else ")"))
+    return (f"{pinned} instances are pinned and {why} (remove `replicas:` to run one instance for all {users} users"
+            + (f", or pick an engine that runs separate instances behind a balancer: {can})"
+               if not engine.multi_instance else ")"))
 
 
 def _data_parallel(sp, lay: Layout) -> bool:

@@ -890,6 +890,7 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
         if merged is not None:
             services.append(Service(name, svc, merged, facts))
     _check_serve(spec, problem)
+    _check_pinned_engines(spec, services, None if nodes else hardware, problem)
     if problems:
         raise SpecError(problems)
     name = spec.name or _default_name(path)
@@ -1248,6 +1249,32 @@ NOT_SECRET_PREFIXES = ("LC_", "XDG_", "SSH_", "SUDO_", "STACKGEN_SERVICE_ID")
 
 def not_secret_env(name: str) -> bool:
     return name in NOT_SECRET_ENV or name.startswith(NOT_SECRET_PREFIXES)
+
+
+def _check_pinned_engines(spec: StackSpec, services: list, hardware: "HardwareSpec | None", problem) -> None:
+    """What `plan` refuses in a service that names its engine, read from the stack and the hardware it names alone
+    (no model facts, no probe): structured output the engine cannot constrain, and separate instances (`replicas:`)
+    of an engine that runs one server, or on the unified memory of a named Mac. `hardware` None: detected at plan
+    time, or a cluster (planned per node): then only the engine's half. (An engine the named hardware cannot run at
+    all, Engine.hardware_block, stays plan's: its refusal carries the plan's hint and per-version wording.)"""
+    from stackgen import engines
+    from stackgen.plan.capacity import pinned_runs_refusal
+
+    users = {s.name: s.workload.concurrent_users for s in services}
+    for name, svc in spec.services.items():
+        if svc.engine == "auto":
+            continue
+        engine = engines.get(svc.engine)
+        if hardware is not None and engine.hardware_block(hardware, True, svc.engine_version):
+            continue  # plan says why the engine cannot run there at all
+        if svc.structured_output is not None:
+            why = engine.structured_output(svc.structured_output.backend)[0]
+            if why:
+                problem(("services", name, "structured_output"), f"engine {svc.engine} cannot take it: {why}")
+        if svc.replicas and svc.replicas > 1 and name in users:
+            why = pinned_runs_refusal(svc.engine, hardware, svc.replicas, users[name])
+            if why:
+                problem(("services", name, "replicas"), why)
 
 
 def _check_serve(spec: StackSpec, problem) -> None:

@@ -275,9 +275,9 @@ LOCATED = {
     "launchd.yaml": ("version: 1\nhardware: m3-max-64gb\nworkload: dev-loop\nservices:\n"
                      "  coder: {model: qwen2.5-7b-instruct, engine: llama.cpp, binary: bin/llama-server}\n"
                      "targets: [launchd]\n", "render", "services.coder.binary", 5, 66),
-    # mlx_lm.server has no structured output: plan refuses it
+    # vLLM has no Metal backend: plan refuses it (mlx with structured_output was this case; validate refuses that now)
     "mlx.yaml": ("version: 1\nhardware: m3-max-64gb\nworkload: dev-loop\nservices:\n  coder:\n"
-                 "    model: qwen2.5-7b-instruct\n    engine: mlx\n    structured_output: {backend: guidance}\n",
+                 "    model: qwen2.5-7b-instruct\n    engine: vllm\n",
                  "plan", "services.coder", 6, 5),
     # two instances on one GPU: the capacity plan refuses them
     "replicas.yaml": ("version: 1\nhardware: rtx-4090\nworkload: team-api\nservices:\n  chat:\n"

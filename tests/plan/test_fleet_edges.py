@@ -54,8 +54,9 @@ services:
 
 
 def test_a_pinned_replica_count_the_engine_cannot_run_is_refused_not_dropped(tmp_path):
-    # was: exit 0 with one Ollama server, "replicas: 1 x TP1: pinned by services.replicas", one GPU idle
-    with pytest.raises(PlanError) as exc:
+    # was: exit 0 with one Ollama server, "replicas: 1 x TP1: pinned by services.replicas", one GPU idle; refused by
+    # validate since (it needs only the stack), with the capacity plan's words (capacity.pinned_runs_refusal)
+    with pytest.raises(SpecError) as exc:
         plan_for(tmp_path, OLLAMA_REPLICAS)
     text = str(exc.value)
     assert text.startswith(f"{tmp_path / 'stack.yaml'}:10:15: services.chat.replicas: 2 instances are pinned and "

@@ -17,7 +17,7 @@ from stackgen import engines
 from stackgen.errors import PlanError
 from stackgen.host.facts import HostFacts
 from stackgen.plan import resolve
-from stackgen.spec.stack import load_stack
+from stackgen.spec.stack import SpecError, load_stack
 
 HOST = HostFacts(hardware=None)  # type: ignore[arg-type]
 PINNED = "not chosen: the stack pins the engine"
@@ -92,11 +92,14 @@ def test_backend_auto_is_served_by_the_preferred_engine_and_its_cost_said(write_
 
 def test_mlx_refuses_structured_output_in_its_own_words(write_stack):
     """mlx_lm.server reads no response_format: MLX pinned with structured_output is refused with exactly its
-    reason (no hint: the block is not about memory, so nothing smaller would help)."""
-    text = refusal(write_stack, "hardware: m3-max-64gb\nworkload: dev-loop\nservices:\n"
-                   "  s: {model: qwen2.5-7b-instruct, engine: mlx, structured_output: {}}\n")
-    assert text.endswith("services.s: engine mlx cannot serve qwen2.5-7b-instruct: mlx_lm.server has no JSON-schema or "
-                         "grammar constraint (it ignores response_format); use llama.cpp or vLLM for structured output")
+    reason (no hint: the block is not about memory, so nothing smaller would help); by validate, at the field, since
+    it needs nothing but the stack (tests/spec/test_validate_plan_refusals.py)."""
+    with pytest.raises(SpecError) as exc:
+        plan(write_stack, "hardware: m3-max-64gb\nworkload: dev-loop\nservices:\n"
+                          "  s: {model: qwen2.5-7b-instruct, engine: mlx, structured_output: {}}\n")
+    assert str(exc.value).endswith("services.s.structured_output: engine mlx cannot take it: mlx_lm.server has no "
+                                   "JSON-schema or grammar constraint (it ignores response_format); use llama.cpp or "
+                                   "vLLM for structured output")
 
 
 # ---------------------------------------------------------------------------------------------- a pinned engine
