@@ -427,7 +427,9 @@ def read_safetensors_header_from(f: Any, name: str, size: int) -> SafetensorsInf
         raise HFModelError(f"{name}: truncated safetensors file: header of {n} bytes but file has {size}")
     raw = _read_exact(f, n)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = datafile.parse_json(raw.decode("utf-8"), name, "its safetensors header", "download the file again")
+    except datafile.DataFileError as exc:
+        raise HFModelError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HFModelError(f"{name}: safetensors header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

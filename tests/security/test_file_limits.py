@@ -101,6 +101,19 @@ def test_json_nested_past_the_recursion_limit_is_an_error_naming_the_file(reader
     assert str(path) in message and "nested too deeply" in message, message
 
 
+def test_a_safetensors_header_nested_past_the_recursion_limit_is_an_error_naming_the_file(tmp_path):
+    """The header is size-capped (hf.MAX_HEADER_BYTES) but was parsed with json.loads: 200 KB of '[' was a
+    RecursionError."""
+    import struct
+
+    from stackgen.models.hf import HFModelError, read_safetensors_header
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(DEEP_JSON)) + DEEP_JSON.encode())
+    with pytest.raises(HFModelError, match="its safetensors header is nested too deeply"):
+        read_safetensors_header(path)
+
+
 def test_a_profile_file_with_too_many_lines_is_not_parsed(tmp_path, monkeypatch):
     path, call = _profile(tmp_path)
     path.parent.mkdir()
