@@ -663,8 +663,9 @@ def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], 
         if engine.layer_split_by_memory and total > 1:
             sizes = gpu_sizes(hw)
             shares = [-(-need * size // sum(sizes)) for size in sizes]
-        elif m.gpu_memory_utilization is not None:  # the same share of every GPU (engines.md 3.3)
-            shares = [-(-need // total)] * total
+        elif m.gpu_memory_utilization is not None:  # the same share of every GPU (engines.md 3.3), of its own size
+            unexposed = -(-unexposed_bytes(m, hw) // total)
+            shares = [int(gpu_runtime_bytes(g) * m.gpu_memory_utilization) + unexposed for g in _devices(hw)]
         else:
             left = max(1, sum(f for f in free if f > 0))
             shares = [need * max(0, f) // left for f in free]
@@ -673,39 +674,63 @@ def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], 
             raise PlanError(_no_room(sp, hw, free, shares[short[0]], 1, total, short))
         return (), [f - s for f, s in zip(free, shares)]
     per_gpu = -(-need // k)
+    # A share the user pinned (vLLM's --gpu-memory-utilization override) takes that share of the GPU it lands on,
+    # more on a GPU larger than the smallest it was planned on; a share stackgen chose is scaled to keep its bytes
+    # (util_on_pinned).
+    extra = [0] * total
+    if m.gpu_memory_utilization is not None and _util_pinned(sp):
+        planned = int(_smallest_runtime(hw) * m.gpu_memory_utilization)
+        extra = [max(0, int(gpu_runtime_bytes(g) * m.gpu_memory_utilization) - planned) for g in _devices(hw)]
     ids: list[int] = []
     for _ in range(n):
-        room = sorted((i for i in range(total) if free[i] >= per_gpu), key=lambda i: (-free[i], i))
+        room = sorted((i for i in range(total) if free[i] >= per_gpu + extra[i]),
+                      key=lambda i: (-(free[i] - extra[i]), i))
         if len(room) < k:
-            raise PlanError(_no_room(sp, hw, free, per_gpu, n, k, []))
+            raise PlanError(_no_room(sp, hw, free, per_gpu + min(extra), n, k, []))
         for i in sorted(room[:k]):
-            free[i] -= per_gpu
+            free[i] -= per_gpu + extra[i]
             ids.append(i)
     return tuple(ids), free
 
 
-def util_on_pinned(sp, hw: HardwareSpec, ids: tuple[int, ...]):
+def _devices(hw: HardwareSpec) -> list:
+    """Each discrete GPU, in the order gpu_sizes and gpu_ids count them."""
+    return [g for g in hw.gpus if not g.unified for _ in range(g.count)]
+
+
+def _smallest_runtime(hw: HardwareSpec) -> int:
+    """The GPU memory CUDA reports on the smallest GPU, the one vLLM's share is planned on (memory.plan_vllm)."""
+    return gpu_runtime_bytes(min(hw.gpus, key=lambda g: g.memory_gib))
+
+
+def _util_pinned(sp) -> bool:
+    """Whether the user pinned the GPU share by an override (theirs, never rescaled)."""
+    return pins_from_overrides(engines.get(sp.engine), dict(sp.spec.overrides), sp.name).gpu_memory_utilization \
+        is not None
+
+
+def util_on_pinned(sp, hw: HardwareSpec, ids: tuple[int, ...]) -> MemoryPlan:
     """The memory plan of a service that reserves a share of each GPU (vLLM's --gpu-memory-utilization), once placed
     on `ids`. It was planned on the smallest GPU of the machine (memory.plan_vllm: every rank takes the same share),
     but placement may pin it to a larger one, where the same share reserves more: on an RTX 3060 + RTX 4090, two
     small vLLM services were both pinned to the 4090 at 0.90 each (placed as 10.4 GiB apiece, reserving 21.2 GiB
-    apiece: the second could not start). The share is scaled so the reserve stays what was planned and placed (rounded
-    down to vLLM's 2 decimals). A utilization the user pinned by an override is theirs: kept as given."""
+    apiece: the second could not start). A share stackgen chose is scaled so the reserve stays what was planned and
+    placed (rounded down to vLLM's 2 decimals); a share the user pinned by an override is kept, and the plan counts
+    what it takes there (place_gpus placed it so)."""
     m = sp.memory
     util = m.gpu_memory_utilization
     if util is None or not ids or not hw.gpus:
         return m
-    engine = engines.get(sp.engine)
-    if pins_from_overrides(engine, dict(sp.spec.overrides), sp.name).gpu_memory_utilization is not None:
+    devices, planned = _devices(hw), _smallest_runtime(hw)
+    if all(gpu_runtime_bytes(devices[i]) <= planned for i in ids):
         return m
-    devices = [g for g in hw.gpus if not g.unified for _ in range(g.count)]
-    planned = gpu_runtime_bytes(min(hw.gpus, key=lambda g: g.memory_gib))
-    pinned = min(gpu_runtime_bytes(devices[i]) for i in set(ids))
-    if pinned <= planned:
-        return m
-    scaled = math.floor(util * planned / pinned * 100) / 100
-    ranks = m.gpu_bytes // max(1, int(planned * util))
-    return replace(m, gpu_memory_utilization=scaled, gpu_bytes=int(pinned * scaled) * max(1, ranks))
+    ranks = max(1, m.gpu_bytes // max(1, int(planned * util)))  # per instance: tensor x pipeline x data parallel
+    if not _util_pinned(sp):
+        pinned = min(gpu_runtime_bytes(devices[i]) for i in set(ids))
+        scaled = math.floor(util * planned / pinned * 100) / 100
+        return replace(m, gpu_memory_utilization=scaled, gpu_bytes=int(pinned * scaled) * ranks)
+    real = sum(int(gpu_runtime_bytes(devices[i]) * util) for i in ids)
+    return replace(m, gpu_bytes=real * ranks // len(ids))
 
 
 def _no_room(sp, hw: HardwareSpec, free: list[int], per_gpu: int, n: int, k: int, short: list[int]) -> str:

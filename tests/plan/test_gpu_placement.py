@@ -170,8 +170,40 @@ def test_vllm_pinned_to_a_larger_gpu_reserves_what_was_placed_there(tmp_path):
         assert used <= gpu_runtime_bytes((g3060, g4090)[gpu]), (gpu, used)
 
 
-def test_a_utilization_the_user_pinned_is_kept_on_a_larger_gpu(tmp_path):
-    stack = MIXED_VLLM.replace("  b: {model: qwen2.5-0.5b-instruct, engine: vllm}\n", "").replace(
-        "engine: vllm}", "engine: vllm, overrides: {gpu-memory-utilization: 0.3}}")
-    (sp,) = plan_for(tmp_path, stack).services
-    assert _util(sp) == 0.3
+def test_a_utilization_the_user_pinned_is_kept_and_counted_on_the_larger_gpu(tmp_path):
+    from stackgen.plan.memory import gpu_runtime_bytes
+    stack = MIXED_VLLM.replace("  a: {model: qwen2.5-0.5b-instruct, engine: vllm}",
+                               "  a: {model: qwen2.5-0.5b-instruct, engine: vllm, overrides: {gpu-memory-utilization: 0.3}}")
+    a, b = plan_for(tmp_path, stack).services
+    g4090 = plan_for(tmp_path, stack).hardware.gpus[1]
+    assert a.gpu_ids == (1,) and _util(a) == 0.3
+    assert a.memory.gpu_bytes == int(gpu_runtime_bytes(g4090) * 0.3)  # what vLLM takes on the 4090, not the 3060
+    assert b.gpu_ids == (1,) and a.memory.gpu_bytes + b.memory.gpu_bytes <= gpu_runtime_bytes(g4090)
+
+
+def test_a_pinned_utilization_goes_to_the_gpu_that_holds_it_at_that_gpus_size(tmp_path):
+    """0.45 of the 4090 first (10.6 GiB), then 0.85 pinned: 20 GiB of the 4090 (13 GiB left) or 9.8 GiB of the
+    3060: the 3060, though the 4090 has more free."""
+    from stackgen.plan.memory import gpu_runtime_bytes
+    stack = MIXED_VLLM.replace(
+        "  b: {model: qwen2.5-0.5b-instruct, engine: vllm}",
+        "  b: {model: qwen2.5-0.5b-instruct, engine: vllm, overrides: {gpu-memory-utilization: 0.85}}").replace(
+        "  a: {model: qwen2.5-0.5b-instruct, engine: vllm}",
+        "  a: {model: qwen2.5-0.5b-instruct, engine: vllm, overrides: {gpu-memory-utilization: 0.45}}")
+    plan = plan_for(tmp_path, stack)
+    a, b = plan.services
+    g3060, g4090 = plan.hardware.gpus
+    assert (a.gpu_ids, b.gpu_ids) == ((1,), (0,))
+    assert a.memory.gpu_bytes == int(gpu_runtime_bytes(g4090) * 0.45)
+    assert b.memory.gpu_bytes == int(gpu_runtime_bytes(g3060) * 0.85)
+
+
+def test_one_vllm_over_mixed_gpus_is_placed_at_its_share_of_each(tmp_path):
+    """Tensor parallel over the 3060 and the 4090 at one share (0.90): the 4090 gives that share of its own 24 GiB
+    (21.2 GiB, not the 3060's 10.4), so a second vLLM service of 10.4 GiB fits on neither (it was pinned to the
+    4090, where 2.4 GiB were left)."""
+    stack = MIXED_VLLM.replace("  a: {model: qwen2.5-0.5b-instruct, engine: vllm}",
+                               "  a: {model: qwen2.5-0.5b-instruct, engine: vllm, overrides: {tensor-parallel-size: 2}}")
+    with pytest.raises(PlanError) as info:
+        plan_for(tmp_path, stack)
+    assert "services.b" in str(info.value) and "GPU 1 2." in str(info.value)
