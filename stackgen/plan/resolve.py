@@ -320,6 +320,9 @@ def _serve_block(stack: Stack, name: str) -> str:
                 "(keep serve.host 127.0.0.1 and put an authenticating proxy in front)")
     if stack.serve.tls is not None and engine.tls_flags is None:
         return "cannot serve TLS itself (serve.tls is set; drop it and put a TLS proxy in front)"
+    cors = engine.cors_problem(stack.serve.cors_origins)
+    if cors:
+        return f"{cors} (serve.cors_origins lists {len(stack.serve.cors_origins)})"
     need_key = engine.key_required
     if need_key and not stack.serve.api_key_env:
         return need_key

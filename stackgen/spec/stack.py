@@ -263,7 +263,10 @@ class ServeSpec(_Model):
     cors_origins: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")], ...] = Field(
         (), strict=False,
         description="Web origins allowed to call the API from a browser (e.g. https://chat.example.com). "
-                    "Default: none beyond localhost. '*' is refused.",
+                    "Default: pages on localhost only (llama.cpp, MLX, Ollama; none for vLLM). MLX and Ollama keep "
+                    "localhost beside the list; llama.cpp takes one origin, which replaces localhost; vLLM allows "
+                    "exactly the list; SGLang allows every origin whatever is set (so it needs api_key_env). '*' is "
+                    "refused.",
     )
 
     tls: TLSSpec | None = Field(None, description="Serve HTTPS from the engine (llama.cpp, vLLM): certificate and key "
@@ -1300,6 +1303,10 @@ def _check_serve(spec: StackSpec, problem) -> None:
         if spec.serve.tls is not None and engine.tls_flags is None:
             problem(("services", name, "engine"), f"{engine.display} cannot serve TLS itself",
                     "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
+        cors = engine.cors_problem(spec.serve.cors_origins)
+        if cors:
+            problem(("serve", "cors_origins"), f"{engine.display} {cors} (services.{name})",
+                    "keep one origin in serve.cors_origins, or put a proxy that matches the Origin header in front")
         need_key = engine.key_required
         if need_key and not spec.serve.api_key_env:
             problem(("services", name, "engine"), f"{engine.display} {need_key}",

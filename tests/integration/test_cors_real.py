@@ -56,3 +56,18 @@ def test_mlx_server_grants_no_foreign_origin(tmp_path, mlx_server, tiny_llama, h
     argv = _plan_argv(tmp_path, str(tiny_llama), "mlx", str(mlx_server), port)
     serve_process(argv, f"http://127.0.0.1:{port}/health", env=env)
     assert _origin_grant(f"http://127.0.0.1:{port}/v1/models", "http://evil.example.com") in (None, "")
+
+
+def test_llama_server_with_one_listed_origin_grants_it_and_only_it(tmp_path, llama_server, gguf_path, free_port,
+                                                                  serve_process):
+    """What stackgen keeps of serve.cors_origins for llama.cpp (one origin; a list is refused at validate): the real
+    server grants that origin as a valid single-origin header; it replaces localhost, as the schema says."""
+    port = free_port()
+    argv = _plan_argv(tmp_path, str(gguf_path), "llama.cpp", str(llama_server), port,
+                      ", cors_origins: [https://app.example.com]")
+    serve_process(argv, f"http://127.0.0.1:{port}/health")
+    url = f"http://127.0.0.1:{port}/v1/models"
+    assert _origin_grant(url, "https://app.example.com") == "https://app.example.com"
+    # any other page (localhost included) gets a grant for another origin, which its browser refuses
+    assert _origin_grant(url, "http://localhost:3000") != "http://localhost:3000"
+    assert _origin_grant(url, "http://evil.example.com") != "http://evil.example.com"

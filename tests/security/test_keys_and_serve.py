@@ -569,3 +569,38 @@ def test_a_well_known_non_secret_variable_is_refused_as_api_key_env(tmp_path, na
                and "(name a variable that holds only the key" in p for p in found), found
     path.write_text(path.read_text().replace(f"api_key_env: {name}", "api_key_env: ENVK_API_KEY"))
     assert load_stack(path).spec.serve.api_key_env == "ENVK_API_KEY"
+
+
+# ---------------------------------------------------------------------------------------------- audit auda F5
+
+
+def test_llama_cpp_refuses_several_cors_origins_at_validate_and_plan(tmp_path):
+    """`serve.cors_origins: [a, b]` rendered `--cors-origins a,b`, which llama-server sends back verbatim as one
+    Access-Control-Allow-Origin value (it matches only '*' and 'localhost'): browsers rejected every origin. Refused
+    at the field with the fix; an auto-picked engine is planned around it; one origin is kept."""
+    body = """\
+        version: 1
+        hardware: cpu-server-64gb
+        serve:
+          cors_origins: [https://app.example.com, http://intranet:3000]
+        services:
+          chat: {model: gemma-3-270m, engine: llama.cpp}
+        """
+    found = problems(stack(tmp_path, body))
+    assert len(found) == 1 and ":4:" in found[0] and "serve.cors_origins" in found[0], found
+    assert "takes one web origin" in found[0] and "keep one origin" in found[0]
+    auto = plan_for(tmp_path, textwrap.dedent(body).replace("engine: llama.cpp", "engine: auto")).services[0]
+    assert auto.engine != "llama.cpp"
+    assert "takes one web origin" in auto.rejected["llama.cpp"]
+    one = plan_for(tmp_path, textwrap.dedent(body).replace(", http://intranet:3000", "")).services[0]
+    i = list(one.command).index("--cors-origins")
+    assert list(one.command)[i + 1] == "https://app.example.com"
+
+
+def test_mlx_keeps_localhost_beside_the_listed_origins(tmp_path):
+    """mlx_lm.server allows exactly its --allowed-origins: a list used to drop the localhost origins the schema
+    promises to keep ("none beyond localhost")."""
+    sp = plan_for(tmp_path, "version: 1\nhardware: cpu-server-64gb\nserve: {cors_origins: [https://app.example.com]}\n"
+                            "services:\n  chat: {model: gemma-3-270m, engine: mlx}\n").services[0]
+    argv = list(sp.command)
+    assert argv[argv.index("--allowed-origins") + 1] == "http://localhost,http://127.0.0.1,https://app.example.com"
