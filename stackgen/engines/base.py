@@ -84,10 +84,27 @@ class ApiKey:
     # How a line of the key file starts that the engine reads as a comment ("": none): a key starting so would be no
     # key at all, and the engine would serve everyone (an audit's `#Xk9-team-key` gave a keyless llama-server).
     file_comment: str = ""
+    # What the engine splits its key variable on ("": it reads one key): llama-server reads LLAMA_API_KEY as
+    # --api-key's comma-separated list, so each part of 'LongSecretPart,x' opened it (`x` alone: 200) and the whole
+    # key did not (401). A key file is read a line at a time and takes the comma.
+    env_list: str = ""
 
-    def value_problem(self, value: str) -> str | None:
-        """Why `value` cannot be this engine's key when it is handed over in a file (file_flag), else None: a
-        comment line, or a line break, which splits it into several keys the engine reads one per line."""
+    def env_note(self) -> str:
+        """What a deployment that hands the key over in `env` must tell the user about the value ("": nothing)."""
+        if not self.env_list:
+            return ""
+        return (f"the key must hold no {self.env_list!r}: the engine reads {self.env} as a {self.env_list!r}-separated "
+                "list, so each part would be a key and the whole key none")
+
+    def value_problem(self, value: str, by_env: bool = False) -> str | None:
+        """Why `value` cannot be this engine's key, else None. Handed over in its variable (`by_env`): the separator
+        of a list of keys. In a file (file_flag): a comment line, or a line break, which splits it into several keys
+        the engine reads one per line."""
+        if by_env:
+            if self.env_list and self.env_list in value:
+                return (f"holds {self.env_list!r}, which the engine reads in {self.env} as a list of keys: each part "
+                        "would open it, and the whole key would not")
+            return None
         if not self.file_flag:
             return None
         if self.file_comment and value.startswith(self.file_comment):

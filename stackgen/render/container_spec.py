@@ -63,6 +63,13 @@ def engine_key_env(sp: ServicePlan) -> str | None:
     return how.env if sp.api_key_env and how is not None else None
 
 
+def key_value_note(sp: ServicePlan) -> str:
+    """What the key's value must avoid once the engine reads it from its variable at container start ("": nothing):
+    llama-server splits LLAMA_API_KEY on commas."""
+    how = engines.get(sp.engine).api_key
+    return how.env_note() if sp.api_key_env and how is not None else ""
+
+
 def accelerator(sp: ServicePlan) -> str:
     """cpu | cuda | rocm | vulkan | intel: which image flavour the service needs."""
     gpus = [g for g in sp.gpus if not g.unified]

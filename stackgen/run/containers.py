@@ -85,6 +85,9 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
         key = os.environ.get(sp.api_key_env or "")
         if not key:
             raise LaunchError(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is not set")
+        why = engines.get(sp.engine).api_key.value_problem(key, by_env=True)
+        if why:  # up's preflight (check_keys) said so already; never hand the engine a key it splits
+            raise LaunchError(f"service {sp.name}: the key in {sp.api_key_env} {why}")
         env[c.key_env] = key
     volumes: dict[str, dict[str, str]] = {}
     for v in c.mount.volumes:

@@ -82,8 +82,9 @@ def native_command(sp: ServicePlan, stack_dir: Path) -> engines.Command:
                            host=sp.host, port=sp.port, key_file=engines.KEY_FD)
 
 
-def check_keys(sps: list[ServicePlan]) -> list[str]:
-    """run.sh refuses to start when serve.api_key_env is unset or empty (`${VAR:?}`); so does `up`."""
+def check_keys(sps: list[ServicePlan], containers: bool = False) -> list[str]:
+    """run.sh refuses to start when serve.api_key_env is unset or empty (`${VAR:?}`); so does `up`. A value the
+    engine would misread is refused too: in a key file (native) or in its variable (`containers`)."""
     problems = []
     for sp in sps:
         if sp.api_key_env and not os.environ.get(sp.api_key_env):
@@ -92,10 +93,16 @@ def check_keys(sps: list[ServicePlan]) -> list[str]:
                             "before `stackgen up` (the key is handed to the engine, never written to a file)")
             continue
         key = engines.get(sp.engine).api_key
-        why = key.value_problem(os.environ[sp.api_key_env]) if sp.api_key_env and key is not None else None
-        if why:  # `up` hands llama-server its key in a file (_key_fd), as run.sh and the systemd credential do
-            problems.append(f"service {sp.name}: the key in {sp.api_key_env} {why}; use a key that does not start "
-                            "with it and has no line break")
+        if not sp.api_key_env or key is None:
+            continue
+        # natively `up` hands llama-server its key in a file (_key_fd), as run.sh and the systemd credential do; a
+        # container gets it in the engine's variable, as compose, quadlet and kubernetes do
+        by_env = containers or not key.file_flag
+        why = key.value_problem(os.environ[sp.api_key_env], by_env=by_env)
+        if why:
+            problems.append(f"service {sp.name}: the key in {sp.api_key_env} {why}; " + (
+                f"use a key without {key.env_list!r}" if by_env else
+                "use a key that does not start with it and has no line break"))
     return problems
 
 

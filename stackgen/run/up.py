@@ -84,7 +84,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
                              str(sd.stack_file))
     services = [sp for sp in plan.services if sp.name in chosen]
     # What should run (resolving binaries/images first: a missing engine fails before anything changes).
-    problems: list[str] = check_keys(services)
+    problems: list[str] = check_keys(services, containers=opts.containers)
     fleets = [f"services.{sp.name}.replicas: {sp.replicas} separate instances behind a load balancer are planned; "
               "`stackgen up --containers` runs one container per service: run them natively (`stackgen up` without "
               "--containers) or render the compose or kubernetes target, or remove `replicas:`"

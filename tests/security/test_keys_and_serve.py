@@ -604,3 +604,67 @@ def test_mlx_keeps_localhost_beside_the_listed_origins(tmp_path):
                             "services:\n  chat: {model: gemma-3-270m, engine: mlx}\n").services[0]
     argv = list(sp.command)
     assert argv[argv.index("--allowed-origins") + 1] == "http://localhost,http://127.0.0.1,https://app.example.com"
+
+
+# ---------------------------------------------------------------------------------------------- audit auda F3
+
+
+COMMA_KEY = "LongSecretPart-9f3a,x"
+
+
+def _keyed_llama(tmp_path: Path, targets: str = "[script]"):
+    return plan_for(tmp_path, "version: 1\nname: k\nhardware: cpu-server-64gb\nserve: {api_key_env: SG_KEY}\n"
+                              f"services:\n  chat: {{model: gemma-3-270m, engine: llama.cpp}}\ntargets: {targets}\n")
+
+
+def test_a_comma_in_a_llama_cpp_key_is_refused_where_it_reaches_the_engine_as_a_list(tmp_path, monkeypatch):
+    """Containers hand llama-server its key as LLAMA_API_KEY, which it splits on commas: each part authenticated,
+    the whole key did not. `up --containers` refuses such a key; natively the key goes in a file, read a line at a
+    time, where the comma is part of the key (kept)."""
+    from stackgen.run.native import check_keys
+
+    sp = _keyed_llama(tmp_path).services[0]
+    monkeypatch.setenv("SG_KEY", COMMA_KEY)
+    found = check_keys([sp], containers=True)
+    assert len(found) == 1 and "holds ','" in found[0] and "LLAMA_API_KEY" in found[0], found
+    assert COMMA_KEY not in found[0]
+    assert check_keys([sp]) == []
+    monkeypatch.setenv("SG_KEY", "LongSecretPart-9f3a")
+    assert check_keys([sp], containers=True) == []
+
+
+def test_container_headers_say_the_llama_cpp_key_holds_no_comma(tmp_path):
+    """compose, quadlet and kubernetes read the key at container start, after render: their headers say it."""
+    plan = _keyed_llama(tmp_path, "[compose, quadlet, kubernetes]")
+    arts = render_plan(plan, RenderContext("stack.yaml"), ["compose", "quadlet", "kubernetes"])
+    texts = {a.path: a.content for a in arts}
+    for target in ("compose/", "quadlet/", "kubernetes/"):
+        header = "".join(t for p, t in texts.items() if p.startswith(target))
+        assert "the key must hold no ','" in header.lower(), (target, header[:2000])
+
+
+def test_real_llama_server_splits_its_key_variable_on_commas_but_not_its_key_file(
+        tmp_path, llama_server, gguf_path, free_port, serve_process):
+    """Why the comma is refused for containers only, measured on the real engine: with LLAMA_API_KEY (what the
+    compose/quadlet/kubernetes containers get) the fragment `x` opens the server and the whole key does not; with
+    --api-key-file (run.sh, `up`, systemd) the whole key opens it and a fragment does not."""
+    from stackgen.render.container_spec import container_command
+
+    sp = _keyed_llama(tmp_path).services[0]
+    inside = container_command(sp, str(gguf_path))
+    port = free_port()
+    argv = [llama_server, *inside]
+    argv[argv.index("--host") + 1], argv[argv.index("--port") + 1] = "127.0.0.1", str(port)
+    assert "--api-key-file" not in argv  # the container gets the key by variable only
+    serve_process(argv, f"http://127.0.0.1:{port}/health", "env.log", env={"LLAMA_API_KEY": COMMA_KEY})
+    assert _status(port, "llama.cpp", "/v1/models", "x", "chat") == 200
+    assert _status(port, "llama.cpp", "/v1/models", COMMA_KEY, "chat") == 401
+
+    key_file = tmp_path / "key"
+    key_file.write_text(COMMA_KEY + "\n")
+    port2 = free_port()
+    argv2 = [llama_server, "-m", gguf_path, "--host", "127.0.0.1", "--port", str(port2), "-c", "512",
+             "--api-key-file", str(key_file)]
+    serve_process(argv2, f"http://127.0.0.1:{port2}/health", "file.log")
+    assert _status(port2, "llama.cpp", "/v1/models", COMMA_KEY, "chat") == 200
+    assert _status(port2, "llama.cpp", "/v1/models", "x", "chat") == 401

@@ -22,7 +22,7 @@ import yaml
 from stackgen import engines
 from stackgen.render.paths import output_folder
 from stackgen.render.container_spec import (CAP_DROP, SECURITY_OPT, Container, ModelMount, _container,  # noqa: F401
-                                     accelerator, container_command, container_for, engine_env, engine_key_env,
+                                     accelerator, container_command, container_for, engine_env, engine_key_env, key_value_note,
                                      image_for, model_mount)
 from stackgen.render.engine_files import render_modelfile
 from stackgen.errors import RenderError
@@ -208,6 +208,8 @@ def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
                      "at `up` time; its value is never written here.")
     for sp in plan.services:
         engine = engines.get(sp.engine)
+        if key_value_note(sp):
+            lines.append(f"# {sp.name}: {key_value_note(sp)} ({sp.api_key_env}).")
         tag = engine.model_tag(sp)
         if tag is not None:
             lines.append(f"# {sp.name}: after `up`, create the tuned model once: docker compose -f compose/compose.yaml "

@@ -41,7 +41,7 @@ from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_tls, register
 from stackgen.engines.base import device_order
-from stackgen.render.container_spec import accelerator, engine_key_env, image_for
+from stackgen.render.container_spec import accelerator, engine_key_env, image_for, key_value_note
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
@@ -486,6 +486,8 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, shared: dict[str, S
         # put it in kubectl's, readable by every local user in ps and /proc: audit a2 #15).
         lines.append(f"# API key: printf '%s' \"${sp.api_key_env}\" | kubectl create secret generic "
                      f"{secret_name(plan, sp)} --from-file=api-key=/dev/stdin (the value is never written here).")
+        if key_value_note(sp):
+            lines.append(f"# {key_value_note(sp)[0].upper()}{key_value_note(sp)[1:]}.")
     elif sp.api_key_env:
         lines.append(f"# {sp.name}: {engine.short} has no API key setting; keep the Service internal or put an "
                      "authenticating proxy in front.")

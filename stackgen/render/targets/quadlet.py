@@ -32,7 +32,8 @@ from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.quoting import check_value, escape_text, quote_arg, systemd_quote
 from stackgen.render.targets import fleet, refuse_multinode, refuse_tls, register
-from stackgen.render.container_spec import accelerator, container_command, engine_env, engine_key_env, image_for
+from stackgen.render.container_spec import (accelerator, container_command, engine_env, engine_key_env, image_for,
+                                            key_value_note)
 from stackgen.render.targets.compose import healthcheck, publish
 from stackgen.render.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
@@ -199,4 +200,6 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, name: str) -> str:
         lines.append(f"# API key: create the Podman secret once: printf '%s' \"${sp.api_key_env}\" | "
                      f"sudo podman secret create {_secret(plan)} -")
         lines.append(f"# Podman hands it to the engine as {key_env}; its value never appears in this file.")
+        if key_value_note(sp):
+            lines.append(f"# {key_value_note(sp)[0].upper()}{key_value_note(sp)[1:]}.")
     return "\n".join(lines) + "\n"
