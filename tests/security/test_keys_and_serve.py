@@ -488,7 +488,9 @@ def test_vllm_stays_on_loopback_because_its_key_leaves_invocations_open(tmp_path
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_the_systemd_tls_key_is_a_credential_not_a_path_the_dynamic_user_must_read(tmp_path, replicas):
     """With DynamicUser=yes the unit passed --ssl-key-file <path>: only a world-readable key let it start. The key
-    is now loaded by systemd as root (LoadCredential=tls-key:...) and the engine reads the credential."""
+    is now loaded by systemd as root (LoadCredential=tls-key:...) and the engine reads the credential. The
+    certificate too (audit auda F2): a cert under /home (ProtectHome=yes), /tmp (PrivateTmp=yes) or a root-only
+    folder was read from inside the sandbox and the unit failed at start."""
     import shutil
     import subprocess
 
@@ -502,7 +504,7 @@ def test_the_systemd_tls_key_is_a_credential_not_a_path_the_dynamic_user_must_re
         workload: {{concurrent_users: 2, context_tokens: 2048}}
         serve:
           api_key_env: SG_KEY
-          tls: {{cert_file: /etc/ssl/certs/c.pem, key_file: "{key}"}}
+          tls: {{cert_file: /home/alice/certs/c%n.pem, key_file: "{key}"}}
         services:
           gemma: {{model: gemma-3-270m, engine: llama.cpp, port: 18172, replicas: {replicas}}}
         targets: [systemd]
@@ -515,7 +517,9 @@ def test_the_systemd_tls_key_is_a_credential_not_a_path_the_dynamic_user_must_re
         assert "DynamicUser=yes" in text
         assert '"--ssl-key-file" "${CREDENTIALS_DIRECTORY}/tls-key"' in text, name
         assert "LoadCredential=tls-key:/etc/ssl/private/k b%%i.pem" in text, name
-        assert '"--ssl-cert-file" "/etc/ssl/certs/c.pem"' in text
+        assert '"--ssl-cert-file" "${CREDENTIALS_DIRECTORY}/tls-cert"' in text, name
+        assert "LoadCredential=tls-cert:/home/alice/certs/c%%n.pem" in text, name
+        assert "/home/alice" not in text.split("ExecStart=", 1)[1].split("\n", 1)[0]  # not read in the sandbox
         analyze = shutil.which("systemd-analyze")
         if analyze:  # systemd itself parses both credentials (a bad LoadCredential= line is a warning)
             unit = tmp_path / name.split("/")[-1].replace("@.service", "@1.service")

@@ -179,7 +179,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
         # each instance's GPUs come from its own env file, not the whole fleet's set
         environment=sd._environment(replace(sp, env={k: v for k, v in sp.env.items()
                                                       if k not in visible_devices(sp, sp.gpu_ids)}), where),
-        credential=f"api-key:{folder}/api-key" if key == "credential" else None, tls_credential=tls,
+        credential=f"api-key:{folder}/api-key" if key == "credential" else None, tls_credentials=tls,
         env_file=None, env_files=env_files,
         comments=[f"Instance %i of {sp.name} ({_what(sp)}); start them all with {base}.service.",
                   f"Its port and GPUs: {folder}/{sp.name}@%i.env (install systemd/{sp.name}@N.env there, mode "

@@ -28,6 +28,7 @@ from stackgen.render.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
 TLS_KEY = Expand("${CREDENTIALS_DIRECTORY}/tls-key")
+TLS_CERT = Expand("${CREDENTIALS_DIRECTORY}/tls-cert")
 RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL = 10, 5, 300
 NVIDIA_DEVICES = ("char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "char-nvidia-caps rw")
 AMD_DEVICES = ("/dev/kfd rw", "char-drm rw")
@@ -123,7 +124,7 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
         exec_start=systemd_quote(argv),
         environment=_environment(sp, where),
         credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
-        tls_credential=tls,
+        tls_credentials=tls,
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
         comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env) + tls_comments(sp),
     )
@@ -309,29 +310,38 @@ def _key_mode(sp: ServicePlan, cmd: engines.Command) -> str:
     return {"file": "credential", "env": "env_file"}.get(cmd.key_mode or "", "unsupported")
 
 
-def tls_key_credential(sp: ServicePlan, argv: list) -> tuple[list, str | None]:
-    """The engine's TLS private key as a systemd credential: (argv naming ${CREDENTIALS_DIRECTORY}/tls-key, the
-    LoadCredential= value), or (argv, None) without serve.tls. DynamicUser= runs the service as a UID allocated at
-    start, which no file can be owned by (nor grouped to) ahead of time, so a key with the usual permissions (0600
-    root, 0640 root:ssl-cert) was unreadable and the unit started only with a world-readable key (audit a2 #11).
-    systemd reads a LoadCredential= file as root before the service starts and hands it over in a private,
-    read-only folder only that service can read (systemd.exec(5), "Credentials"), as it does the API key."""
+def tls_key_credential(sp: ServicePlan, argv: list) -> tuple[list, list[str]]:
+    """The engine's TLS certificate and private key as systemd credentials: (argv naming
+    ${CREDENTIALS_DIRECTORY}/tls-cert and /tls-key, the LoadCredential= values), or (argv, []) without serve.tls.
+    DynamicUser= runs the service as a UID allocated at start, which no file can be owned by (nor grouped to) ahead
+    of time, so a key with the usual permissions (0600 root, 0640 root:ssl-cert) was unreadable and the unit started
+    only with a world-readable key (audit a2 #11). The certificate too: read from inside the sandbox, one under
+    /home, /root or /run/user (ProtectHome=yes), /tmp (PrivateTmp=yes) or a root-only folder (certbot's 0700
+    /etc/letsencrypt/live) made the unit fail at start (audit auda F2). systemd reads a LoadCredential= file as root
+    before the service starts, outside its sandbox, and hands it over in a private, read-only folder only that
+    service can read (systemd.exec(5), "Credentials"), as it does the API key."""
     engine = engines.get(sp.engine)
     if sp.tls is None or engine.tls_flags is None:
-        return argv, None
-    key_flag = engine.tls_flags[1]
-    out = [TLS_KEY if i and argv[i - 1] == key_flag and a == sp.tls.key_file else a for i, a in enumerate(argv)]
-    if TLS_KEY not in out:
-        raise RenderError(f"services.{sp.name}: the engine's command does not name serve.tls.key_file after {key_flag}")
-    # systemd expands specifiers in the path (systemd.exec(5): LoadCredential= "supports specifiers"): % doubled
-    return out, "tls-key:" + check_value(sp.tls.key_file, "serve.tls.key_file").replace("%", "%%")
+        return argv, []
+    out = list(argv)
+    loads = []
+    for flag, path, cred, name, field in ((engine.tls_flags[0], sp.tls.cert_file, TLS_CERT, "tls-cert", "cert_file"),
+                                          (engine.tls_flags[1], sp.tls.key_file, TLS_KEY, "tls-key", "key_file")):
+        out = [cred if i and out[i - 1] == flag and a == path else a for i, a in enumerate(out)]
+        if cred not in out:
+            raise RenderError(f"services.{sp.name}: the engine's command does not name serve.tls.{field} after {flag}")
+        # systemd expands specifiers in the path (systemd.exec(5): LoadCredential= "supports specifiers"): % doubled
+        loads.append(f"{name}:" + check_value(path, f"serve.tls.{field}").replace("%", "%%"))
+    return out, loads
 
 
 def tls_comments(sp: ServicePlan) -> list[str]:
     if sp.tls is None or engines.get(sp.engine).tls_flags is None:
         return []
-    return [f"TLS key: systemd reads {sp.tls.key_file} as root at start and hands it to the service as the credential",
-            "tls-key (LoadCredential=): keep the key private (e.g. mode 0600, root); the certificate is read as is."]
+    return [f"TLS: systemd reads {sp.tls.cert_file} and {sp.tls.key_file} as root at start, outside the sandbox,",
+            "and hands them to the service as the credentials tls-cert and tls-key (LoadCredential=): they may stay",
+            "where they are (/home, /root, /etc/letsencrypt/live); keep the key private (e.g. mode 0600, root).",
+            "The copies are taken at each start: restart the unit after renewing them."]
 
 
 def _key_comments(plan: Plan, sp: ServicePlan, mode: str, key_env: str | None) -> list[str]:
