@@ -65,6 +65,7 @@ class LaunchContext:
     host: str
     port: int
     api_key_file: str | None = None
+    chat_template: str | None = None  # the chat template file as the engine sees it (services.<name>.chat_template)
 
 
 KEY_FD = "/dev/fd/3"  # where an engine that reads its key from a file finds it: a private file held open on fd 3
@@ -357,6 +358,13 @@ class Engine:
     # (Pins.engine_build), probed from the binary (host.binaries.engine_build) or read from engine_version.
     plans_by_build: bool = False
     default_build: int | None = None  # the build the default flag table is planned as
+    # The flag naming a chat template file (services.<name>.chat_template) on the command line; None: the engine
+    # takes none (chat_template_refusal says why, or the engine carries the template elsewhere: Ollama's Modelfile).
+    chat_template_flag: str | None = None
+    chat_template_refusal: str = "takes no chat template file on its command line"
+    # A server-side default system message (services.<name>.system): Ollama's Modelfile SYSTEM. No other engine has
+    # one: the field was accepted and silently dropped (audit auda F6).
+    system_prompt: bool = False
 
     def cors_problem(self, origins: tuple[str, ...]) -> str | None:
         """Why the engine cannot grant exactly `origins` (serve.cors_origins) to browsers, None when it can."""
@@ -577,18 +585,30 @@ def device_order(plan: "ServicePlanLike") -> dict[str, str]:
     return dict(DEVICE_ORDER.get(gpus[0].vendor, {}))
 
 
+STACK_TEMPLATE = "stack"  # command(): the chat template as the stack names it (relative to the stack's folder)
+
+
 def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str, host: str, port: int,
-            key_file: str | None = KEY_FD) -> Command:
+            key_file: str | None = KEY_FD, chat_template: str | None = STACK_TEMPLATE) -> Command:
     """The one builder of a service's command. `key_file`: where a file-reading engine finds the key (None: give
-    it the key through its environment instead, as containers do)."""
+    it the key through its environment instead, as containers do). `chat_template`: where the engine finds the
+    service's chat template file; by default the path the stack wrote, for a process started in the stack's folder
+    (run.sh, `up`)."""
     key_var = getattr(plan, "api_key_env", None)
     how = engine.api_key if key_var else None
     mode = None if how is None else ("file" if how.file_flag and key_file else "env")
+    if chat_template == STACK_TEMPLATE:
+        chat_template = getattr(getattr(plan, "spec", None), "chat_template", None)
     ctx = LaunchContext(binary=binary, model_ref=model_ref, host=host, port=port,
-                        api_key_file=key_file if mode == "file" else None)
+                        api_key_file=key_file if mode == "file" else None,
+                        chat_template=chat_template if engine.chat_template_flag else None)
     env = {**engine.env(plan), **visible_devices(plan)}  # a natively started process sees only its planned GPUs
     return Command(tuple(engine.argv(plan, ctx)), env, key_var if mode else None, mode,
                    how.env if how is not None else None)
+
+
+def chat_template_args(engine: Engine, ctx: LaunchContext) -> list[str]:
+    return [engine.chat_template_flag, ctx.chat_template] if ctx.chat_template and engine.chat_template_flag else []
 
 
 def tls_args(engine: Engine, plan: "ServicePlanLike") -> list[str]:

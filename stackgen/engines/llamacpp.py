@@ -8,7 +8,7 @@ import sys
 from stackgen.engines._formats import gguf_for
 from stackgen.engines.base import (LLAMA_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Package,
                                    Readiness, Unsupported, Weights, _count, _flash, _int, _layers, apply_overrides,
-                                   tls_args)
+                                   chat_template_args, tls_args)
 from stackgen.plan.memory import (DEFAULT_BATCH, DEFAULT_UBATCH, LLAMA_TARGET_BUILD, MIB, NO_PINS, Budget, MemoryPlan, Pins, PromptCache,
                              gb, plan_llamacpp, plan_llamacpp_rpc, with_rope)
 from stackgen.models.facts import LongContext, ModelFacts
@@ -87,6 +87,7 @@ class LlamaCpp(Engine):
     # "multiple keys can be provided as a comma-separated list" (llama-server --help)
     api_key = ApiKey(env="LLAMA_API_KEY", file_flag="--api-key-file", file_comment="#", env_list=",")
     tls_flags = ("--ssl-cert-file", "--ssl-key-file")  # a -DLLAMA_OPENSSL=ON build
+    chat_template_flag = "--chat-template-file"  # a Jinja file (llama-server --help: "set custom jinja chat template file")
     knobs = KNOBS
     aliases = ALIASES
     flags = FlagSource("llama.cpp.yaml")
@@ -204,6 +205,7 @@ class LlamaCpp(Engine):
         if ctx.api_key_file:
             args += [self.api_key.file_flag, ctx.api_key_file]
         args += tls_args(self, plan)
+        args += chat_template_args(self, ctx)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def env(self, plan) -> dict[str, str]:

@@ -24,6 +24,9 @@ class Mlx(Engine):
     install_hint = "pip install mlx-lm (Linux CPU build: pip install 'mlx[cpu]' mlx-lm)"
     api_key = None  # mlx_lm.server has no API key option: loopback only
     tls_flags = None
+    # mlx_lm/server.py: `tokenizer_config["chat_template"] = cli_args.chat_template`: the template's text itself, not
+    # a file (a path would be used as the template).
+    chat_template_refusal = ("takes the chat template's text itself on its command line (--chat-template), not a file")
     knobs = (Knob("parallel", ("--decode-concurrency",), _int),)
     flags = FlagSource("mlx.yaml")
     # mlx_lm.server answers HTTP before any model is loaded: a 1-token completion is the probe

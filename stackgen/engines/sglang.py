@@ -33,7 +33,8 @@ from dataclasses import replace
 
 from stackgen.engines._formats import quantize_on_load, safetensors_weights
 from stackgen.engines.base import (ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
-                                   Weights, server_gpu_refusal, _choice, _fraction, _int, apply_overrides, tls_args)
+                                   Weights, server_gpu_refusal, _choice, _fraction, _int, apply_overrides,
+                                   chat_template_args, tls_args)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import (MIB, NO_PINS, VLLM_NON_TORCH_GIB, Budget, MemoryPlan, Pins, PromptCache,
                              context_for, gb, gpu_runtime_bytes, vllm_kv_bytes_per_request, with_rope)
@@ -250,6 +251,7 @@ class SGLang(Engine):
     install_hint = "pip install sglang into a Python environment (docs.sglang.ai) and point binary: at its python"
     api_key = ApiKey(env=KEY_ENV)  # read by LAUNCHER, never in argv
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")  # fields/serving.py: uvicorn's TLS
+    chat_template_flag = "--chat-template"  # "The buliltin chat template name or the path of the chat template file"
     knobs = KNOBS
     aliases = ALIASES
     flags = FlagSource("sglang.yaml", leading_positionals=2, help_args=("-m", "sglang.launch_server", "--help"))
@@ -325,6 +327,7 @@ class SGLang(Engine):
         # what RadixAttention pays off on (managers/schedule_policy.py; it falls back to FCFS past 128 waiting).
         args += ["--schedule-policy", "lpm", "--enable-metrics"]
         args += tls_args(self, plan)
+        args += chat_template_args(self, ctx)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def env(self, plan) -> dict[str, str]:

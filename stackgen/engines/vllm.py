@@ -6,7 +6,8 @@ import json
 
 from stackgen.engines._formats import quantize_on_load, safetensors_weights
 from stackgen.engines.base import (VLLM_KV, ApiKey, ContainerImage, Engine, FlagSource, Knob, LaunchContext, Readiness,
-                                   Weights, server_gpu_refusal, _fraction, _int, apply_overrides, tls_args)
+                                   Weights, server_gpu_refusal, _fraction, _int, apply_overrides, chat_template_args,
+                                   tls_args)
 from stackgen.errors import RenderError
 from stackgen.plan.memory import NO_PINS, Budget, MemoryPlan, Pins, plan_vllm, plan_vllm_cpu, plan_vllm_multinode, with_rope
 from stackgen.models.facts import LongContext, ModelFacts
@@ -83,6 +84,7 @@ class Vllm(Engine):
     # no key): so vLLM binds loopback, behind an authenticating proxy for the network.
     api_key = ApiKey(env="VLLM_API_KEY", gaps="/invocations, which serves the same inference as /v1 without the key")
     tls_flags = ("--ssl-certfile", "--ssl-keyfile")
+    chat_template_flag = "--chat-template"  # "The file path to the chat template, or the template in single-line form"
     knobs = KNOBS
     aliases = ALIASES
     flags = FlagSource("vllm.yaml", leading_positionals=2, help_args=("serve", "--help=all"))
@@ -212,6 +214,7 @@ class Vllm(Engine):
         if plan.cors_origins:  # vLLM allows no cross-origin calls unless told
             args += ["--allowed-origins", json.dumps(list(plan.cors_origins))]
         args += tls_args(self, plan)
+        args += chat_template_args(self, ctx)
         return apply_overrides(args, dict(plan.spec.overrides), ALIASES)
 
     def schema_fields(self, schema: dict) -> dict | None:

@@ -21,7 +21,8 @@ from stackgen.plan.capacity import (command_endpoint, fleet_memory, gpu_sizes, p
                                     util_on_pinned, with_replicas)
 from stackgen.plan.speed import decode_share_note, mean_context, vendor_unchecked_note
 from stackgen.plan.plan import NodeRole, Plan, ServicePlan, Topology
-from stackgen.spec.stack import LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack
+from stackgen.spec.stack import (LOOPBACK_HOSTS, VENDOR_NAMES, HardwareSpec, Node, Service, Stack,
+                                 service_field_problems)
 
 # NVIDIA GPUs below compute capability 5.0 (Kepler: K80, K40) are below CUDA 12's and llama.cpp's default build's
 # lowest architecture (ggml/src/ggml-cuda/CMakeLists.txt: "50 == Maxwell, lowest CUDA 12 standard"): the decode lines
@@ -278,6 +279,8 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
                   for name in engines.ENGINES}
     candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
                   for name, c in candidates.items()}
+    candidates = {name: replace(c, block=_field_block(svc, name)) if not c.block and _field_block(svc, name) else c
+                  for name, c in candidates.items()}
     wl = svc.workload
     row = pick_row(hardware_class(hw), wl.concurrent_users, wl.optimize, wl.prompt_tokens / wl.output_tokens)
     if len(stack.nodes) > 1:
@@ -327,6 +330,13 @@ def _serve_block(stack: Stack, name: str) -> str:
     if need_key and not stack.serve.api_key_env:
         return need_key
     return ""
+
+
+def _field_block(svc: Service, name: str) -> str:
+    """Why the service's own fields rule this engine out: a system message or chat template it would drop (validate
+    refuses them for a named engine: spec.stack.service_field_problems)."""
+    found = service_field_problems(engines.get(name), svc.spec)
+    return "" if not found else f"{found[0][1]} (services.{svc.name}.{found[0][0]}: {found[0][2]})"
 
 
 def _candidate(name: str, svc: Service, hw: HardwareSpec, budget: Budget, explicit: bool,

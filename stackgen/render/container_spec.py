@@ -8,6 +8,7 @@ Each consumer writes it in its own format (a compose entry, a Docker API call, a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -50,7 +51,7 @@ def container_for(sp: ServicePlan, stack_path: str, compose_dir: Path | None) ->
     mount = model_mount(sp, stack_path, compose_dir)
     facts = _container(sp)
     return Container(
-        image=image, accel=accel, command=tuple(container_command(sp, mount.container_ref)),
+        image=image, accel=accel, command=tuple(container_command(sp, mount.container_ref, mount.template_ref)),
         env=engine_env(sp, mount.env), key_env=engine_key_env(sp), host=sp.host, port=sp.port, mount=mount,
         read_only=not facts.shared_memory,
         shm_size=("16gb" if sp.memory.tensor_parallel > 1 else "2gb") if facts.shared_memory else None,
@@ -96,11 +97,13 @@ def image_for(sp: ServicePlan, accel: str) -> str:
 # ---------------------------------------------------------------------------------------------- command
 
 
-def container_command(sp: ServicePlan, model_ref: str) -> list[str]:
-    """The engine's argv inside the container, minus what the image's entrypoint already runs."""
+def container_command(sp: ServicePlan, model_ref: str, chat_template: str | None = None) -> list[str]:
+    """The engine's argv inside the container, minus what the image's entrypoint already runs; `chat_template`: the
+    service's chat template file where it is mounted (model_mount)."""
     engine = engines.get(sp.engine)
     inside = replace(sp, host="0.0.0.0")
-    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port)
+    ctx = LaunchContext(binary=engine.binary, model_ref=model_ref, host="0.0.0.0", port=sp.port,
+                        chat_template=chat_template if engine.chat_template_flag else None)
     argv = engine.argv(inside, ctx)
     return argv[_container(sp).entrypoint_args:]  # what the image's entrypoint already runs
 
@@ -111,6 +114,10 @@ class ModelMount:
     volumes: list[str]
     named: list[str]
     env: dict[str, str]
+    template_ref: str | None = None  # the chat template file inside the container (None: none)
+
+
+TEMPLATE_MOUNT = "/stackgen-template"  # where a service's chat template file is bind-mounted read-only
 
 
 def _container(sp: ServicePlan) -> ContainerImage:
@@ -140,7 +147,15 @@ def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> M
     if image.compile_cache is not None:  # compile artifacts: a warm restart skips the compile
         volumes.append(f"{image.compile_cache[0]}:{image.compile_cache[1]}")
         named.append(image.compile_cache[0])
-    return ModelMount(ref, volumes, named, env)
+    template = sp.spec.chat_template if engines.get(sp.engine).chat_template_flag else None
+    template_ref = None
+    if template:  # the file the stack names, read-only, as the weights are
+        template_ref = f"{TEMPLATE_MOUNT}/{PurePosixPath(template).name}"
+        stack_folder = Path(stack_path).parent
+        host = (relative_to_folder(stack_folder, template, compose_dir) if compose_dir is not None
+                else str(Path(os.path.abspath(stack_folder / template))))
+        volumes.append(f"{host}:{template_ref}:ro")
+    return ModelMount(ref, volumes, named, env, template_ref)
 
 
 def _host_path(sp: ServicePlan, stack_path: str, local: str, compose_dir: Path | None) -> str:

@@ -201,8 +201,13 @@ class ServiceSpec(_Model):
     overrides: dict[str, Union[OverrideValue, list[OverrideValue]]] = Field(
         default_factory=dict, description="Engine-native flags (or Modelfile PARAMETERs) that win over tuned ones."
     )
-    system: str | None = Field(None, max_length=65536, description="Ollama: default system message (SYSTEM).")
-    chat_template: str | None = Field(None, description="Path to a chat template file (never inline).")
+    system: str | None = Field(None, max_length=65536, description=(
+        "Default system message, Ollama only (its Modelfile's SYSTEM); no other engine has one server-side, so it is "
+        "refused there (send it as each request's first message)."))
+    chat_template: str | None = Field(None, description=(
+        "Path to a chat template file inside the stack's folder (never inline). Ollama: the Modelfile's TEMPLATE; "
+        "llama.cpp --chat-template-file, vLLM and SGLang --chat-template, shipped by the script, systemd and "
+        "compose targets and `up` (the other targets refuse it); MLX refuses it (it takes only the text)."))
     structured_output: StructuredOutputSpec | None = Field(
         None, description="Requests use JSON-schema or grammar-constrained output: picks an engine that supports it, "
                           "renders vLLM's backend, and says what it costs.")
@@ -1303,6 +1308,8 @@ def _check_serve(spec: StackSpec, problem) -> None:
         if spec.serve.tls is not None and engine.tls_flags is None:
             problem(("services", name, "engine"), f"{engine.display} cannot serve TLS itself",
                     "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
+        for key, message, hint in service_field_problems(engine, svc, spec.targets):
+            problem(("services", name, key), message, hint)
         cors = engine.cors_problem(spec.serve.cors_origins)
         if cors:
             problem(("serve", "cors_origins"), f"{engine.display} {cors} (services.{name})",
@@ -1319,6 +1326,39 @@ def _check_serve(spec: StackSpec, problem) -> None:
             problem(("serve", "host"), f"{engine.display}'s API key leaves {engine.api_key.gaps} (services.{name}): "
                     f"binding {host} would expose it", "keep serve.host 127.0.0.1 and put an authenticating proxy "
                     "in front")
+
+
+# Targets that ship a service's chat template file to an engine that reads it from a file (Engine.chat_template_flag):
+# run.sh and `up` (the stack's own path), systemd (installed under /etc/stackgen), compose (bind-mounted). The others
+# refuse it (render.targets.refuse_chat_template) rather than drop it (audit auda F6).
+CHAT_TEMPLATE_TARGETS = ("script", "systemd", "compose")
+
+
+def chat_template_target_problem(target: str) -> tuple[str, str]:
+    return (f"the {target} target does not ship a chat template file to the engine (the "
+            f"{', '.join(CHAT_TEMPLATE_TARGETS)} targets and `up` do)",
+            f"drop {target} from targets, or drop chat_template")
+
+
+def service_field_problems(engine, svc: ServiceSpec, targets=()) -> list[tuple[str, str, str]]:
+    """(field, message, hint) for each of `svc`'s fields that `engine` would drop: a system message only Ollama keeps
+    server-side; a chat template the engine takes from no file (MLX), or that a target would not ship (audit auda
+    F6: both were accepted for every engine and silently left out of every artifact)."""
+    out = []
+    if svc.system is not None and not engine.system_prompt:
+        out.append(("system", f"{engine.display} has no server-side system message (only Ollama's Modelfile has "
+                    "SYSTEM): it would be dropped",
+                    "send it as the first message of each request (role: system), or use engine: ollama"))
+    if svc.chat_template is not None:
+        if engine.chat_template_flag is None and engine.chat_template_refusal:
+            out.append(("chat_template", f"{engine.display} {engine.chat_template_refusal}: it would be dropped",
+                        "put the template in the model folder (chat_template.jinja or tokenizer_config.json's "
+                        "chat_template), or use engine: llama.cpp or vllm"))
+        elif engine.chat_template_flag is not None:
+            for target in targets:
+                if target not in CHAT_TEMPLATE_TARGETS:
+                    out.append(("chat_template", *chat_template_target_problem(target)))
+    return out
 
 
 def _default_name(path: Path) -> str:

@@ -15,6 +15,18 @@ def refuse_tls(plan, target: str, instead: str) -> None:
                           f"host path); drop {target} from targets for this stack, or drop serve.tls and use {instead}")
 
 
+def refuse_chat_template(plan, target: str) -> None:
+    """A target that does not ship the chat template file to the engine refuses it rather than drop it (validate
+    says so first for an engine the stack names: spec.stack.CHAT_TEMPLATE_TARGETS)."""
+    from stackgen import engines
+    from stackgen.spec.stack import chat_template_target_problem
+
+    for sp in plan.services:
+        if sp.spec.chat_template and engines.get(sp.engine).chat_template_flag:
+            message, hint = chat_template_target_problem(target)
+            raise RenderError(f"services.{sp.name}.chat_template: {message} ({hint})")
+
+
 def refuse_multinode(plan, target: str) -> None:
     """A service split over several machines (vLLM over Ray, llama.cpp RPC) needs one process per node; a target that
     writes one host's containers would render one container that cannot start (16 GPUs' ranks on 8)."""

@@ -156,7 +156,8 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
     where = replace(where, name=f"{base}-{mark}")
     sentinel = 65431  # the argv's port, replaced by ${STACKGEN_PORT} from the instance's env file
     cmd = engines.command(engine, replace(sp, host=LOOPBACK), binary=binary or sp.spec.binary or engine.binary,
-                          model_ref=where.model_ref, host=LOOPBACK, port=sentinel, key_file=sd.CREDENTIAL)
+                          model_ref=where.model_ref, host=LOOPBACK, port=sentinel, key_file=sd.CREDENTIAL,
+                          chat_template=sd.chat_template_path(plan, sp))
     argv = []
     for a in cmd.argv:
         if a == str(sentinel):
@@ -184,7 +185,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
         comments=[f"Instance %i of {sp.name} ({_what(sp)}); start them all with {base}.service.",
                   f"Its port and GPUs: {folder}/{sp.name}@%i.env (install systemd/{sp.name}@N.env there, mode "
                   "0644)."] + values["comments"] + sd._key_comments(plan, sp, key, cmd.key_env)
-                 + sd.tls_comments(sp),
+                 + sd.tls_comments(sp) + sd.chat_template_comments(plan, sp),
         requires=[], part_of=[f"{base}.service"],
     )
     unit = sd.unit_text(values).replace(mark, "%i")

@@ -39,7 +39,7 @@ from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
-from stackgen.render.targets import fleet, refuse_tls, register
+from stackgen.render.targets import fleet, refuse_chat_template, refuse_tls, register
 from stackgen.engines.base import device_order
 from stackgen.render.container_spec import accelerator, engine_key_env, image_for, key_value_note
 
@@ -58,6 +58,7 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 @register("kubernetes")
 def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     refuse_tls(plan, "kubernetes", "TLS at the Ingress or Gateway in front of the Service")
+    refuse_chat_template(plan, "kubernetes")
     out = []
     shared = shared_gpus(plan)
     for sp in plan.services:

@@ -28,7 +28,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.memory import MIB, initial_budget
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.targets import fleet, register
+from stackgen.render.targets import fleet, refuse_chat_template, register
 
 HOMEBREW_BIN = "/opt/homebrew/bin"  # Homebrew's prefix on Apple silicon (`brew install llama.cpp` puts llama-server here)
 LOG_DIR = "/Library/Logs/stackgen"  # root:admin 0775 on macOS: an admin user creates the folder without sudo
@@ -40,6 +40,7 @@ UMASK_077 = 0o077  # plists have no octal: plistlib writes the integer 63
 @register("launchd")
 def launchd_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     fleet.refuse(plan, "launchd")  # fleet hook: separate instances need a balancer (targets/fleet.py)
+    refuse_chat_template(plan, "launchd")
     if plan.hardware.os != "macos":
         raise RenderError(f"the launchd target needs a Mac; this stack's hardware runs {plan.hardware.os} "
                           "(use the systemd or quadlet target on Linux)")

@@ -29,7 +29,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.memory import initial_budget
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.targets import fleet, refuse_multinode, refuse_tls, register
+from stackgen.render.targets import fleet, refuse_multinode, refuse_chat_template, refuse_tls, register
 from stackgen.plan.plan import startup_budget_s
 
 MIN_TTL_S, TTL_LOADS = 300, 10
@@ -41,6 +41,7 @@ DEFAULT_LISTEN_PORT = 8080
 def llama_swap_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     fleet.refuse(plan, "llama-swap")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     refuse_tls(plan, "llama-swap", "llama-swap's own --tls-cert-file/--tls-key-file")
+    refuse_chat_template(plan, "llama-swap")
     for sp in plan.services:
         engine = engines.get(sp.engine)
         if engine.swaps_models:

@@ -31,7 +31,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.quoting import check_value, escape_text, quote_arg, systemd_quote
-from stackgen.render.targets import fleet, refuse_multinode, refuse_tls, register
+from stackgen.render.targets import fleet, refuse_multinode, refuse_chat_template, refuse_tls, register
 from stackgen.render.container_spec import (accelerator, container_command, engine_env, engine_key_env, image_for,
                                             key_value_note)
 from stackgen.render.targets.compose import healthcheck, publish
@@ -45,6 +45,7 @@ PULL_S = 900  # an engine image is several GB: the first start pulls it inside T
 def quadlet_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     fleet.refuse(plan, "quadlet")  # fleet hook: separate instances need a balancer (targets/fleet.py)
     refuse_tls(plan, "quadlet", "a TLS-terminating proxy in front (Caddy, Traefik, nginx)")
+    refuse_chat_template(plan, "quadlet")
     refuse_multinode(plan, "quadlet")
     if plan.hardware.os != "linux":
         raise RenderError(f"the quadlet target needs Linux (Podman with systemd); this stack's hardware runs "

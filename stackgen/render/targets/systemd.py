@@ -115,7 +115,7 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
     engine = engines.get(sp.engine)
     where = _where(plan, sp, ctx.model_dir)
     cmd = engines.command(engine, sp, binary=binary or sp.spec.binary or engine.binary, model_ref=where.model_ref,
-                          host=sp.host, port=sp.port, key_file=CREDENTIAL)
+                          host=sp.host, port=sp.port, key_file=CREDENTIAL, chat_template=chat_template_path(plan, sp))
     key = _key_mode(sp, cmd)
     argv, tls = tls_key_credential(sp, [CREDENTIAL if a == CREDENTIAL else a for a in cmd.argv])
     values = _common(plan, sp, ctx, where)
@@ -126,7 +126,8 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
         credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
         tls_credentials=tls,
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
-        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env) + tls_comments(sp),
+        comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env) + tls_comments(sp)
+        + chat_template_comments(plan, sp),
     )
     if sp.topology is not None and sp.topology.kind == "vllm-ray":
         values.update(_ray_head_sharing(plan, sp))
@@ -333,6 +334,24 @@ def tls_key_credential(sp: ServicePlan, argv: list) -> tuple[list, list[str]]:
         # systemd expands specifiers in the path (systemd.exec(5): LoadCredential= "supports specifiers"): % doubled
         loads.append(f"{name}:" + check_value(path, f"serve.tls.{field}").replace("%", "%%"))
     return out, loads
+
+
+def chat_template_path(plan: Plan, sp: ServicePlan) -> str | None:
+    """Where a unit's engine reads the service's chat template file on the host it is installed on (a unit has no
+    checkout): /etc/stackgen/<stack>/<service>.<file name>; None without one, or for an engine that takes none."""
+    if not sp.spec.chat_template or not engines.get(sp.engine).chat_template_flag:
+        return None
+    return check_value(f"/etc/stackgen/{plan.stack_name}/{sp.name}.{posixpath.basename(sp.spec.chat_template)}",
+                       "services.<name>.chat_template")
+
+
+def chat_template_comments(plan: Plan, sp: ServicePlan) -> list[str]:
+    dest = chat_template_path(plan, sp)
+    if dest is None:
+        return []
+    return [f"Chat template: install {sp.spec.chat_template} (relative to the stack file's folder) at {dest},",
+            "world-readable (the service runs as a dynamic user). From the stack's folder:",
+            f"  sudo install -D -m 0644 {shlex.quote(sp.spec.chat_template)} {shlex.quote(dest)}"]
 
 
 def tls_comments(sp: ServicePlan) -> list[str]:
