@@ -331,3 +331,29 @@ def test_proc_subset_only_for_an_engine_that_runs_without_meminfo(tmp_path):
     for name in ("vllm", "ollama"):
         assert not re.search(r"^ProcSubset=", text[name], re.M), name
         assert "# ProcSubset=pid stays off: the engine reads /proc/meminfo" in text[name]
+
+
+def test_ollama_local_gguf_gets_a_modelfile_from_the_installed_weights(tmp_path):
+    """Audit auda F7: with `targets: [systemd]` no Modelfile was rendered for the create unit, whose header said to
+    copy the script target's, whose `FROM ../../models/gemma.gguf` (relative to deploy/olla/) resolved to
+    /etc/models/gemma.gguf once installed in /etc/stackgen: `ollama create` failed and the tuned model never existed.
+    Now systemd/<svc>.Modelfile is rendered FROM the path the daemon unit's header installs the weights at."""
+    from tools.stacks import plan_for
+    from stackgen.render.artifact import render_plan
+
+    from test_gguf import BASIC_KVS, BASIC_TENSORS, make_gguf  # the synthetic GGUF writer
+
+    (tmp_path / "models").mkdir()
+    dense = [kv for kv in BASIC_KVS if "expert" not in kv[0]]
+    (tmp_path / "models" / "gemma.gguf").write_bytes(make_gguf(dense, BASIC_TENSORS)[0])
+    plan = plan_for(tmp_path, "version: 1\nname: oll\nhardware: cpu-server-64gb\nworkload: {concurrent_users: 1, "
+                              "context_tokens: 2048}\nservices:\n  olla: {model: models/gemma.gguf, engine: ollama}\n"
+                              "targets: [systemd]\n")
+    arts = {a.path: a.content for a in render_plan(plan, RenderContext("stack.yaml"), ["systemd"])}
+    modelfile = arts["systemd/olla.Modelfile"]
+    daemon, create = arts["systemd/stackgen-oll-olla.service"], arts["systemd/stackgen-oll-olla-create.service"]
+    assert "FROM /var/lib/stackgen/models/gemma.gguf\n" in modelfile
+    assert "at /var/lib/stackgen/models/gemma.gguf" in daemon  # where the daemon unit's header installs them
+    assert '"-f" "/etc/stackgen/oll/olla.Modelfile"' in create
+    assert "sudo install -D -m 0644 systemd/olla.Modelfile /etc/stackgen/oll/olla.Modelfile" in create
+    assert "PARAMETER num_ctx" in modelfile

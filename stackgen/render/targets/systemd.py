@@ -15,6 +15,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from stackgen import engines
 from stackgen.render.paths import installed_path, local_weights, weight_files
@@ -52,6 +53,7 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
         out.append(Artifact(f"systemd/{unit_name(plan, sp)}", _main_unit(plan, sp, ctx, binary)))
         if engines.get(sp.engine).model_tag(sp) is not None:
             out.append(Artifact(f"systemd/{unit_name(plan, sp, '-create')}", _create_unit(plan, sp, ctx, binary)))
+            out.append(Artifact(f"systemd/{sp.name}.Modelfile", _modelfile(plan, sp, ctx)))
         out += _node_units(plan, sp, ctx, binary)
     for art in out:
         _check_line_lengths(art)
@@ -412,18 +414,37 @@ def _weights_comments(where: _Where, fetched: bool, folder: bool, into: str = ""
 # ---------------------------------------------------------------------------------------------- Ollama
 
 
+def _modelfile_path(plan: Plan, sp: ServicePlan) -> str:
+    return f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
+
+
+def _modelfile(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
+    """The Modelfile the create unit reads, FROM the weights where the units read them: the installed path under
+    serve.model_dir (the script target's Modelfile names them relative to its own folder, which pointed elsewhere
+    once installed in /etc/stackgen: audit auda F7), or the registry model."""
+    from stackgen.render.engine_files import render_modelfile
+
+    where = _where(plan, sp, ctx.model_dir)
+    return render_modelfile(sp, ctx, where.model_ref, Path(plan.stack_path).parent)
+
+
 def _create_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None) -> str:
     """`ollama create` from the Modelfile once the daemon runs: it pins num_ctx/num_gpu the daemon would guess."""
     engine = engines.get(sp.engine)
     where = _where(plan, sp, ctx.model_dir)
-    modelfile = f"/etc/stackgen/{plan.stack_name}/{sp.name}.Modelfile"
+    modelfile = _modelfile_path(plan, sp)
     argv = [binary or sp.spec.binary or engine.binary, "create", engine.model_tag(sp), "-f", modelfile]
     values = _common(plan, sp, ctx, where)
     main = unit_name(plan, sp)
     values.update(
         description=escape_text(f"stackgen {plan.stack_name}/{sp.name}: create the {engine.short} model {engine.model_tag(sp)}"),
-        comments=[f"Install the Modelfile at {modelfile} (e.g. from the script target's {sp.name}/ folder).",
-                  "Retries until the daemon listens; the daemon itself fetches and stores the weights."],
+        comments=[f"Install {sp.name}.Modelfile (rendered beside this unit) at {modelfile},",
+                  "world-readable (the unit runs as a dynamic user). From the rendered folder (holding systemd/):",
+                  f"  sudo install -D -m 0644 {shlex.quote(f'systemd/{sp.name}.Modelfile')} {shlex.quote(modelfile)}",
+                  *([f"Its FROM reads the weights at {where.local_model} (install them as the daemon unit says)."]
+                    if where.local_model else []),
+                  "Retries until the daemon listens; the daemon itself "
+                  + ("stores the weights." if where.local_model else "fetches and stores the weights.")],
         after=[main], requires=[main], type="oneshot", remain_after_exit=True,
         exec_start=systemd_quote(argv), state_dir=None, cache_dir=None, gpu_devices=(),
         memory_deny_write_execute=True, environment=[quote_value(f"OLLAMA_HOST={sp.host}:{sp.port}"),
