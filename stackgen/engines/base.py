@@ -365,6 +365,9 @@ class Engine:
     # A server-side default system message (services.<name>.system): Ollama's Modelfile SYSTEM. No other engine has
     # one: the field was accepted and silently dropped (audit auda F6).
     system_prompt: bool = False
+    # A registry model comes from the Hugging Face Hub, where gated repos (meta-llama/...) need HF_TOKEN (llama-server
+    # -hf reads it too: "--hf-token ... default: value from HF_TOKEN"); False: its own registry (Ollama).
+    hub_downloads: bool = True
 
     def cors_problem(self, origins: tuple[str, ...]) -> str | None:
         """Why the engine cannot grant exactly `origins` (serve.cors_origins) to browsers, None when it can."""

@@ -52,6 +52,7 @@ class Ollama(Engine):
     api_key = None  # Ollama has no API key for its own HTTP API: loopback only
     tls_flags = None
     system_prompt = True  # the Modelfile's SYSTEM
+    hub_downloads = False  # models come from Ollama's registry
     chat_template_refusal = ""  # takes it: the Modelfile's TEMPLATE (render.engine_files)
     flags = None  # no flags: its daemon environment and Modelfile PARAMETERs are checked (check_settings)
     # the daemon answers before any model is loaded: /api/version (then a 1-token completion of the tuned model) is the probe

@@ -64,6 +64,21 @@ def engine_key_env(sp: ServicePlan) -> str | None:
     return how.env if sp.api_key_env and how is not None else None
 
 
+HF_TOKEN = "HF_TOKEN"  # the Hub token variable every Hub client reads (huggingface_hub, llama-server -hf)
+
+
+def hub_fetched(sp: ServicePlan) -> bool:
+    """The service's engine downloads its model from the Hugging Face Hub when it starts (a gated repo needs
+    HF_TOKEN there: compose, kubernetes and systemd pass it through, never its value; audit auda F8)."""
+    return (engines.get(sp.engine).hub_downloads and local_weights(sp) is None
+            and not sp.model_ref.startswith(("http://", "https://")))
+
+
+def hub_token_note(sp: ServicePlan) -> str:
+    return (f"{sp.name} fetches {sp.model_ref.removeprefix('hf:')} from the Hugging Face Hub at start: a gated repo "
+            f"needs {HF_TOKEN}")
+
+
 def key_value_note(sp: ServicePlan) -> str:
     """What the key's value must avoid once the engine reads it from its variable at container start ("": nothing):
     llama-server splits LLAMA_API_KEY on commas."""

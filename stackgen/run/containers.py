@@ -89,6 +89,10 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
         if why:  # up's preflight (check_keys) said so already; never hand the engine a key it splits
             raise LaunchError(f"service {sp.name}: the key in {sp.api_key_env} {why}")
         env[c.key_env] = key
+    from stackgen.render.container_spec import HF_TOKEN, hub_fetched
+
+    if hub_fetched(sp) and os.environ.get(HF_TOKEN):  # a gated Hub repo, as run.sh (which inherits it) and compose
+        env[HF_TOKEN] = os.environ[HF_TOKEN]
     volumes: dict[str, dict[str, str]] = {}
     for v in c.mount.volumes:
         src, _, rest = v.partition(":")

@@ -61,7 +61,8 @@ def test_api_key_is_interpolated_from_the_environment_never_written(tmp_path, mo
     monkeypatch.setenv("STACKGEN_TEST_KEY", CANARY)
     _, arts = render(tmp_path, EXTRA_STACKS["llama-multi-gpu-key-overrides"])
     env = compose_doc(arts)["services"]["chat"]["environment"]
-    assert env == {"LLAMA_API_KEY": "${STACKGEN_TEST_KEY:?set STACKGEN_TEST_KEY to the API key}"}
+    assert env == {"LLAMA_API_KEY": "${STACKGEN_TEST_KEY:?set STACKGEN_TEST_KEY to the API key}",
+                   "HF_TOKEN": "${HF_TOKEN:-}"}  # fetched from the Hub: the token passes through too
     assert all(CANARY not in a.content for a in arts.values())
 
 

@@ -22,8 +22,9 @@ import yaml
 from stackgen import engines
 from stackgen.render.paths import output_folder
 from stackgen.render.container_spec import (CAP_DROP, SECURITY_OPT, Container, ModelMount, _container,  # noqa: F401
-                                     accelerator, container_command, container_for, engine_env, engine_key_env, key_value_note,
-                                     image_for, model_mount)
+                                            HF_TOKEN, accelerator, container_command, container_for, engine_env,
+                                            engine_key_env, hub_fetched, hub_token_note, image_for, key_value_note,
+                                            model_mount)
 from stackgen.render.engine_files import render_modelfile
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
@@ -88,6 +89,8 @@ def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: 
     environment = {k: v for k, v in sorted(env.items()) if "$" in v}
     if c.key_env:
         environment[c.key_env] = Interpolated(f"${{{sp.api_key_env}:?set {sp.api_key_env} to the API key}}")
+    if hub_fetched(sp):  # a gated Hub repo needs the token; empty when unset (Hub clients then send none)
+        environment[HF_TOKEN] = Interpolated(f"${{{HF_TOKEN}:-}}")
     if environment:
         entry["environment"] = environment
     entry["ports"] = [publish(sp.host, sp.port)]
@@ -210,6 +213,9 @@ def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
         engine = engines.get(sp.engine)
         if key_value_note(sp):
             lines.append(f"# {sp.name}: {key_value_note(sp)} ({sp.api_key_env}).")
+        if hub_fetched(sp):
+            lines.append(f"# {hub_token_note(sp)}: passed through from your shell (or .env) when set, never "
+                         "written here.")
         tag = engine.model_tag(sp)
         if tag is not None:
             lines.append(f"# {sp.name}: after `up`, create the tuned model once: docker compose -f compose/compose.yaml "

@@ -170,7 +170,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
     key = sd._key_mode(sp, cmd)
     argv, tls = sd.tls_key_credential(sp, argv)
     values = sd._common(plan, replace(sp, host=LOOPBACK), ctx, where)
-    env_files = [f"{folder}/{sp.name}@%i.env"]
+    env_files = [f"{folder}/{sp.name}@%i.env", *sd.hf_token_env_files(plan, sp)]
     if key == "env_file":
         env_files.append(f"{folder}/{sp.name}.env")
     values.update(
@@ -185,7 +185,7 @@ def systemd(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | None)
         comments=[f"Instance %i of {sp.name} ({_what(sp)}); start them all with {base}.service.",
                   f"Its port and GPUs: {folder}/{sp.name}@%i.env (install systemd/{sp.name}@N.env there, mode "
                   "0644)."] + values["comments"] + sd._key_comments(plan, sp, key, cmd.key_env)
-                 + sd.tls_comments(sp) + sd.chat_template_comments(plan, sp),
+                 + sd.tls_comments(sp) + sd.chat_template_comments(plan, sp) + sd.hf_token_comments(plan, sp),
         requires=[], part_of=[f"{base}.service"],
     )
     unit = sd.unit_text(values).replace(mark, "%i")

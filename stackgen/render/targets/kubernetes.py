@@ -41,7 +41,8 @@ from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_chat_template, refuse_tls, register
 from stackgen.engines.base import device_order
-from stackgen.render.container_spec import accelerator, engine_key_env, image_for, key_value_note
+from stackgen.render.container_spec import (HF_TOKEN, accelerator, engine_key_env, hub_fetched, hub_token_note,
+                                            image_for, key_value_note)
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
@@ -173,6 +174,11 @@ def resource_name(plan: Plan, sp: ServicePlan) -> str:
 
 def secret_name(plan: Plan, sp: ServicePlan) -> str:
     return f"{plan.stack_name}-{sp.name}-api-key"
+
+
+def hf_token_secret(plan: Plan) -> str:
+    """The stack's optional Secret holding HF_TOKEN (key `token`) for services that fetch from the Hub."""
+    return f"{plan.stack_name}-hf-token"
 
 
 def _labels(plan: Plan, sp: ServicePlan) -> dict[str, str]:
@@ -338,6 +344,9 @@ def _env(plan: Plan, inside: ServicePlan) -> list[dict]:
     if key_env:
         out.append({"name": key_env, "valueFrom": {"secretKeyRef": {
             "name": secret_name(plan, inside), "key": "api-key", "optional": False}}})
+    if hub_fetched(inside):  # optional: a public repo needs no token, and the pod starts without the Secret
+        out.append({"name": HF_TOKEN, "valueFrom": {"secretKeyRef": {
+            "name": hf_token_secret(plan), "key": "token", "optional": True}}})
     return out
 
 
@@ -492,6 +501,10 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, shared: dict[str, S
     elif sp.api_key_env:
         lines.append(f"# {sp.name}: {engine.short} has no API key setting; keep the Service internal or put an "
                      "authenticating proxy in front.")
+    if hub_fetched(sp):
+        lines.append(f"# {hub_token_note(sp)} (optional Secret, never written here):")
+        lines.append(f"#   printf '%s' \"${HF_TOKEN}\" | kubectl create secret generic {hf_token_secret(plan)} "
+                     "--from-file=token=/dev/stdin")
     tag = engine.model_tag(sp)
     if tag is not None:
         lines.append(f"# After the pod is ready, create the tuned model once: kubectl exec deploy/{name} -- "

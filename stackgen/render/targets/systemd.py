@@ -128,8 +128,9 @@ def _main_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext, binary: str | No
         credential=f"api-key:/etc/stackgen/{plan.stack_name}/api-key" if key == "credential" else None,
         tls_credentials=tls,
         env_file=f"/etc/stackgen/{plan.stack_name}/{sp.name}.env" if key == "env_file" else None,
+        env_files=hf_token_env_files(plan, sp),
         comments=values["comments"] + _key_comments(plan, sp, key, cmd.key_env) + tls_comments(sp)
-        + chat_template_comments(plan, sp),
+        + chat_template_comments(plan, sp) + hf_token_comments(plan, sp),
     )
     if sp.topology is not None and sp.topology.kind == "vllm-ray":
         values.update(_ray_head_sharing(plan, sp))
@@ -336,6 +337,29 @@ def tls_key_credential(sp: ServicePlan, argv: list) -> tuple[list, list[str]]:
         # systemd expands specifiers in the path (systemd.exec(5): LoadCredential= "supports specifiers"): % doubled
         loads.append(f"{name}:" + check_value(path, f"serve.tls.{field}").replace("%", "%%"))
     return out, loads
+
+
+def _hf_token_file(plan: Plan) -> str:
+    return f"/etc/stackgen/{plan.stack_name}/hf-token.env"
+
+
+def hf_token_env_files(plan: Plan, sp: ServicePlan) -> list[str]:
+    """EnvironmentFile= lines for HF_TOKEN: optional ('-': the unit starts without it, a public repo needs none),
+    read by systemd as root (so the file stays 0600), for a service that fetches from the Hub at start. The unit's
+    HOME is its own state folder, so the admin's ~/.cache/huggingface/token is not seen (audit auda F8)."""
+    from stackgen.render.container_spec import hub_fetched
+
+    return [f"-{_hf_token_file(plan)}"] if hub_fetched(sp) else []
+
+
+def hf_token_comments(plan: Plan, sp: ServicePlan) -> list[str]:
+    from stackgen.render.container_spec import hub_fetched, hub_token_note
+
+    if not hub_fetched(sp):
+        return []
+    return [f"{hub_token_note(sp)}:",
+            f"put `HF_TOKEN=<token>` in {_hf_token_file(plan)} (mode 0600, root; optional: the unit starts without",
+            "it). Its value is never written here."]
 
 
 def chat_template_path(plan: Plan, sp: ServicePlan) -> str | None:
