@@ -65,6 +65,12 @@ def _from_ref(model_ref: str) -> str:
 
 
 def _template(sp: ServicePlan, stack_dir: Path) -> str | None:
+    text = read_chat_template(sp, stack_dir)
+    return None if text is None else _quoted(sp, text.rstrip("\n"), "chat_template")
+
+
+def read_chat_template(sp: ServicePlan, stack_dir: Path) -> str | None:
+    """The text of the service's chat template file (None: none), read only from inside the stack's folder."""
     if not sp.spec.chat_template:
         return None
     from stackgen.spec.stack import template_outside
@@ -77,7 +83,7 @@ def _template(sp: ServicePlan, stack_dir: Path) -> str | None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RenderError(f"services.{sp.name}.chat_template: cannot read {path}: {exc}") from None
-    return _quoted(sp, text.rstrip("\n"), "chat_template")
+    return text
 
 
 def _system(sp: ServicePlan) -> str | None:

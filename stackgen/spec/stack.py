@@ -206,8 +206,8 @@ class ServiceSpec(_Model):
         "refused there (send it as each request's first message)."))
     chat_template: str | None = Field(None, description=(
         "Path to a chat template file inside the stack's folder (never inline). Ollama: the Modelfile's TEMPLATE; "
-        "llama.cpp --chat-template-file, vLLM and SGLang --chat-template, shipped by the script, systemd and "
-        "compose targets and `up` (the other targets refuse it); MLX refuses it (it takes only the text)."))
+        "llama.cpp --chat-template-file, vLLM and SGLang --chat-template, shipped by the script, systemd, compose "
+        "and kubernetes targets and `up` (the other targets refuse it); MLX refuses it (it takes only the text)."))
     structured_output: StructuredOutputSpec | None = Field(
         None, description="Requests use JSON-schema or grammar-constrained output: picks an engine that supports it, "
                           "renders vLLM's backend, and says what it costs.")
@@ -1329,9 +1329,10 @@ def _check_serve(spec: StackSpec, problem) -> None:
 
 
 # Targets that ship a service's chat template file to an engine that reads it from a file (Engine.chat_template_flag):
-# run.sh and `up` (the stack's own path), systemd (installed under /etc/stackgen), compose (bind-mounted). The others
+# run.sh and `up` (the stack's own path), systemd (installed under /etc/stackgen), compose (bind-mounted), kubernetes
+# (a ConfigMap; single-node services). The others
 # refuse it (render.targets.refuse_chat_template) rather than drop it (audit auda F6).
-CHAT_TEMPLATE_TARGETS = ("script", "systemd", "compose")
+CHAT_TEMPLATE_TARGETS = ("script", "systemd", "compose", "kubernetes")
 
 
 def chat_template_target_problem(target: str) -> tuple[str, str]:

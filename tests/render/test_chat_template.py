@@ -51,7 +51,7 @@ def test_mlx_refuses_a_chat_template_file(tmp_path):
     assert "text itself" in found[0]
 
 
-@pytest.mark.parametrize("target", ["kubernetes", "quadlet", "llama-swap"])
+@pytest.mark.parametrize("target", ["quadlet", "llama-swap"])
 def test_a_target_that_does_not_ship_the_template_is_refused_at_validate_and_render(tmp_path, target):
     text = _stack(tmp_path, "model: gemma-3-270m\nengine: llama.cpp\nchat_template: tmpl/chat.jinja",
                   f"[script, {target}]")
@@ -133,3 +133,18 @@ def test_real_llama_server_applies_the_rendered_template(tmp_path, monkeypatch):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_kubernetes_ships_the_template_in_a_config_map(tmp_path, replicas):
+    plan = plan_for(tmp_path, _stack(tmp_path, "model: gemma-3-270m\nengine: llama.cpp\nchat_template: tmpl/chat.jinja"
+                                               f"\nreplicas: {replicas}", "[kubernetes]"))
+    (art,) = [a for a in render_plan(plan, RenderContext("stack.yaml"), ["kubernetes"]) if a.path == "kubernetes/chat.yaml"]
+    docs = [d for d in yaml.safe_load_all(art.content) if d]
+    cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tp-chat-chat-template"][0]
+    assert cm["data"] == {"chat-template.jinja": TEMPLATE}
+    pod = [d for d in docs if d["kind"] == "Deployment"][0]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][c["args"].index("--chat-template-file") + 1] == "/stackgen-template/chat-template.jinja"
+    assert {"name": "chat-template", "mountPath": "/stackgen-template", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "chat-template", "configMap": {"name": "tp-chat-chat-template"}} in pod["volumes"]

@@ -32,14 +32,14 @@ from pathlib import Path
 import yaml
 
 from stackgen import engines
-from stackgen.render.engine_files import render_modelfile
+from stackgen.render.engine_files import read_chat_template, render_modelfile
 from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.paths import weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
-from stackgen.render.targets import fleet, refuse_chat_template, refuse_tls, register
+from stackgen.render.targets import fleet, refuse_tls, register
 from stackgen.engines.base import device_order
 from stackgen.render.container_spec import (HF_TOKEN, accelerator, engine_key_env, hub_fetched, hub_token_note,
                                             image_for, key_value_note)
@@ -59,7 +59,6 @@ DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 @register("kubernetes")
 def render_kubernetes(plan: Plan, ctx: RenderContext) -> list[Artifact]:
     refuse_tls(plan, "kubernetes", "TLS at the Ingress or Gateway in front of the Service")
-    refuse_chat_template(plan, "kubernetes")
     out = []
     shared = shared_gpus(plan)
     for sp in plan.services:
@@ -152,10 +151,15 @@ def manifests(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> list[dict]:
     name = resource_name(plan, sp)
     labels = _labels(plan, sp)
     if sp.topology is not None:
+        if _chat_template(sp):
+            raise RenderError(f"services.{sp.name}.chat_template: the kubernetes target ships a chat template to "
+                              "single-node services only (drop chat_template, or use the systemd target)")
         return _multinode_manifests(plan, sp, name, labels)
     docs = [_pvc(sp, name, labels), _service(sp, name, labels), _deployment(plan, sp, name, labels)]
     if sp.replicas > 1:  # fleet hook: pods per instance, shared weights, an autoscaler (targets/fleet.py)
         _fleet(sp, docs, name, labels)
+    if _chat_template(sp):
+        docs.insert(0, _chat_template_config_map(plan, sp, name, labels))
     if engine.model_tag(sp) is not None:
         docs.insert(0, _modelfile_config_map(plan, sp, ctx, name, labels))
     if sp.host in LOOPBACK_HOSTS:
@@ -266,6 +270,23 @@ def _modelfile_config_map(plan: Plan, sp: ServicePlan, ctx: RenderContext, name:
             "data": {"Modelfile": text}}
 
 
+TEMPLATE_MOUNT, TEMPLATE_KEY = "/stackgen-template", "chat-template.jinja"
+
+
+def _chat_template(sp: ServicePlan) -> str | None:
+    """Where the engine reads the service's chat template file in the pod (a ConfigMap), None without one."""
+    if not sp.spec.chat_template or not engines.get(sp.engine).chat_template_flag:
+        return None
+    return f"{TEMPLATE_MOUNT}/{TEMPLATE_KEY}"
+
+
+def _chat_template_config_map(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:
+    """The stack's chat template file (services.<name>.chat_template), mounted read-only at /stackgen-template."""
+    text = read_chat_template(sp, Path(plan.stack_path).parent)
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{name}-chat-template", "labels": dict(labels)}, "data": {TEMPLATE_KEY: text}}
+
+
 def _network_policy(plan: Plan, name: str, labels: dict) -> dict:
     """serve.host on loopback means "nobody else": in a cluster, only the stack's own pods may connect."""
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -327,7 +348,8 @@ def _args(inside: ServicePlan) -> list[str]:
     engine = engines.get(inside.engine)
     local = _local_name(inside)
     ref = f"{MODELS_MOUNT}/{local}" if local else inside.model_ref
-    argv = engine.argv(inside, LaunchContext(binary=engine.binary, model_ref=ref, host="0.0.0.0", port=inside.port))
+    argv = engine.argv(inside, LaunchContext(binary=engine.binary, model_ref=ref, host="0.0.0.0", port=inside.port,
+                                             chat_template=_chat_template(inside)))
     return argv[_image(inside).entrypoint_args:]  # what the image's entrypoint already runs
 
 
@@ -379,6 +401,8 @@ def _mounts(sp: ServicePlan) -> list[dict]:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if engines.get(sp.engine).model_tag(sp) is not None:
         mounts.append({"name": "modelfile", "mountPath": "/stackgen", "readOnly": True})
+    if _chat_template(sp):
+        mounts.append({"name": "chat-template", "mountPath": TEMPLATE_MOUNT, "readOnly": True})
     return mounts
 
 
@@ -390,6 +414,8 @@ def _volumes(sp: ServicePlan, name: str) -> list[dict]:
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_mib(sp)}Mi"}})
     if engines.get(sp.engine).model_tag(sp) is not None:
         vols.append({"name": "modelfile", "configMap": {"name": f"{name}-modelfile"}})
+    if _chat_template(sp):
+        vols.append({"name": "chat-template", "configMap": {"name": f"{name}-chat-template"}})
     return vols
 
 
