@@ -16,6 +16,7 @@ import yaml
 
 from stackgen.render.targets.kubernetes import KUBERNETES_VERSION
 from tools.which import need
+from tools.compose_v1 import compose_v1
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = {"sglang-agents-h100": ("agents", "AGENTS_API_KEY", 1), "sglang-tp4-70b": ("rag", "RAG_API_KEY", 4)}
@@ -55,9 +56,8 @@ def test_compose_file_is_valid_and_reads_the_key_from_the_environment(case, tmp_
     proc = subprocess.run([need("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    dc = need("docker-compose")
     env = {**os.environ, key_var: "canary-c0ffee"}
-    proc = subprocess.run([dc, "-f", str(path), "config"], capture_output=True, text=True, env=env)
+    proc = compose_v1(path, "config", env=env)
     assert proc.returncode == 0, proc.stderr
     svc = yaml.safe_load(proc.stdout)["services"][name]
     assert svc["environment"]["SGLANG_API_KEY"] == "canary-c0ffee"  # interpolated at `up`, never written
@@ -65,7 +65,7 @@ def test_compose_file_is_valid_and_reads_the_key_from_the_environment(case, tmp_
     assert svc["deploy"]["resources"]["reservations"]["devices"][0]["count"] == gpus
     assert svc["command"][:2] == ["python3", "-c"] and svc["image"].startswith("lmsysorg/sglang:v0.5.23-")
     env.pop(key_var)
-    proc = subprocess.run([dc, "-f", str(path), "config", "-q"], capture_output=True, text=True, env=env)
+    proc = compose_v1(path, "config", "-q", env=env)
     assert proc.returncode != 0 and f"set {key_var} to the API key" in proc.stderr
 
 

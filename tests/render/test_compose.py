@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from stackgen.render.artifact import RenderContext, render_plan, write_tree
 from stackgen.render.targets.compose import container_command
 from tools.stacks import EXTRA_STACKS, plan_for
 from tools.which import need
+from tools.compose_v1 import compose_v1
 
 CANARY = "canary-secret-5f1d"  # the API key value; it must never appear in any rendered file
 
@@ -55,6 +57,22 @@ def test_ports_are_loopback_by_default_and_follow_serve_host(tmp_path):
     _, public = render(tmp_path / "b", EXTRA_STACKS["llama-multi-gpu-key-overrides"])
     assert compose_doc(local)["services"]["chat"]["ports"] == ["127.0.0.1:8080:8080"]
     assert compose_doc(public)["services"]["chat"]["ports"] == ["0.0.0.0:8080:8080"]
+
+
+def test_each_stack_is_its_own_compose_project(tmp_path):
+    """Audit F11: no `name:`, so Compose named every stack's project after the file's folder, `compose`: `up` of one
+    stack recreated another's same-named `chat` container and shared its volumes and network. Each file now names
+    `stackgen-<stack name>`, a valid Compose project name for any stack name (a folder's name is slugged to one)."""
+    stacks = {"team-a": "name: team-a\n", "team-b": "name: team-b\n", "My Team_2 (ünï)": "", "___": ""}
+    names = {}
+    for folder, name in stacks.items():
+        _, arts = render(tmp_path / folder, name + EXTRA_STACKS["llama-kvq-offload"].lstrip("\n"))
+        text = arts["compose/compose.yaml"].content
+        names[folder] = compose_doc(arts)["name"]
+        assert f"Compose project {names[folder]} (`name:` below)" in text  # the header says which project
+    assert names == {"team-a": "stackgen-team-a", "team-b": "stackgen-team-b", "My Team_2 (ünï)": "stackgen-my-team-2-n",
+                     "___": "stackgen-stack"}
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n) for n in names.values())  # compose-spec's project pattern
 
 
 def test_api_key_is_interpolated_from_the_environment_never_written(tmp_path, monkeypatch):
@@ -174,18 +192,16 @@ def test_compose_spec_schema_accepts_it(tmp_path, case):
 @pytest.mark.parametrize("case", COMPOSE_CASES)
 def test_docker_compose_config_accepts_it(tmp_path, case):
     """docker-compose v1.29 (Debian package docker-compose) validates and interpolates without a daemon."""
-    tool = need_tool("docker-compose")
     path = _written(tmp_path, case)
     env = {**os.environ, "STACKGEN_TEST_KEY": CANARY}
-    proc = subprocess.run([tool, "-f", str(path), "config", "-q"], capture_output=True, text=True, env=env)
+    proc = compose_v1(path, "config", "-q", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_docker_compose_refuses_to_start_without_the_key(tmp_path):
-    tool = need_tool("docker-compose")
     path = _written(tmp_path, "llama-multi-gpu-key-overrides")
     env = {k: v for k, v in os.environ.items() if k != "STACKGEN_TEST_KEY"}
-    proc = subprocess.run([tool, "-f", str(path), "config", "-q"], capture_output=True, text=True, env=env)
+    proc = compose_v1(path, "config", "-q", env=env)
     assert proc.returncode != 0 and "set STACKGEN_TEST_KEY to the API key" in proc.stderr
 
 

@@ -20,6 +20,7 @@ from stackgen.render.artifact import RenderContext, render_plan, write_tree
 from stackgen.render.targets.systemd import render_units
 from tools.stacks import plan_for
 from tools.which import need
+from tools.compose_v1 import compose_v1
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 LLAMA = GOLDEN / "fleet-llamacpp-4090"
@@ -166,9 +167,7 @@ def test_compose_fleet_passes_the_compose_validators_and_haproxy(tmp_path):
     schema = need("check-jsonschema")
     r = subprocess.run([schema, "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    dc = need("docker-compose")
-    r = subprocess.run([dc, "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                       env={**os.environ, "FLEET_API_KEY": CANARY})
+    r = compose_v1(path, "config", "-q", env={**os.environ, "FLEET_API_KEY": CANARY})
     assert r.returncode == 0, r.stdout + r.stderr
     haproxy = need("haproxy")
     r = subprocess.run([haproxy, "-c", "-f", str(tmp_path / "deploy" / "compose" / "chat" / "haproxy.cfg")],

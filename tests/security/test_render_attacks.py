@@ -250,6 +250,7 @@ def test_unwritable_output_folder_is_a_message(cli, write_stack):
 sys.path.insert(0, str(REPO / "tests"))
 from test_gguf import ARR, STR, U32, make_gguf  # noqa: E402
 from tools.which import need  # noqa: E402
+from tools.compose_v1 import compose_v1
 
 
 def tiny_gguf(path: Path) -> Path:
@@ -331,12 +332,11 @@ def _dollar_stack(tmp_path: Path, alias: str) -> Path:
 
 def test_compose_does_not_substitute_dollars_from_user_values(cli, tmp_path):
     """A model path `${EVILVAR}$HOME` and an alias `${SG_KEY}` were substituted by compose (the key in argv)."""
-    compose = need("docker-compose")
     stack = _dollar_stack(tmp_path, "${SG_KEY}")
     assert cli("render", stack).exit_code == 0
     path = tmp_path / "deploy" / "compose" / "compose.yaml"
     env = dict(os.environ, EVILVAR="pwned", HOME="/home/victim", SG_KEY="sk-canary-4d2f")
-    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True, env=env)
+    proc = compose_v1(path, "config", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "pwned" not in proc.stdout and "/home/victim" not in proc.stdout
     assert proc.stdout.count("sk-canary-4d2f") == 1  # the environment entry stackgen interpolates on purpose
@@ -411,7 +411,6 @@ def test_kubernetes_keeps_text_before_a_backslash(cli, tmp_path):
 
 def test_compose_env_values_with_dollars_are_escaped_not_left_to_env_files(cli, tmp_path):
     """compose v2 interpolates env_file values, v1 does not: a value with `$` goes to `environment:` as `$$`."""
-    compose = need("docker-compose")
     stack = tmp_path / "stack.yaml"
     stack.write_text("version: 1\nhardware: rtx-4090\nservices:\n  chat: {model: llama-3.1-8b-instruct, "
                      "engine: ollama, overrides: {OLLAMA_MODELS: '/srv/${EVILVAR}/models'}}\ntargets: [compose]\n")
@@ -420,8 +419,7 @@ def test_compose_env_values_with_dollars_are_escaped_not_left_to_env_files(cli, 
     env_file = (tmp_path / "deploy" / "compose" / "chat.env").read_text()
     assert "$" not in env_file
     path = tmp_path / "deploy" / "compose" / "compose.yaml"
-    proc = subprocess.run([compose, "-f", str(path), "config"], capture_output=True, text=True,
-                          env=dict(os.environ, EVILVAR="pwned"))
+    proc = compose_v1(path, "config", env=dict(os.environ, EVILVAR="pwned"))
     assert proc.returncode == 0, proc.stderr
     assert "pwned" not in proc.stdout and "OLLAMA_MODELS" in proc.stdout
 

@@ -8,12 +8,18 @@ Design choices (each one is a reliability property, see reference/reliability.md
   (`LLAMA_API_KEY: ${MY_KEY:?...}`), so compose refuses to start when it is missing instead of serving unprotected.
 - Each container gets init, no-new-privileges and no capabilities; read-only root filesystems where the engine
   writes only to its volumes.
+- The file names its Compose project (`name: stackgen-<stack>`): without it Compose names the project after the
+  folder, `compose`, for every stack, so `up` of one stack would recreate another's same-named containers and share
+  its volumes and network. Stack names are already `[a-z0-9][a-z0-9-]*` (spec NAME_RE; the default one is the
+  folder's name slugged to that), a subset of Compose's `[a-z0-9][a-z0-9_-]*`, so the prefix keeps it valid.
+  Compose v1 (docker-compose 1.x, end of life) rejects `name:`; the header says so.
 - MLX has no container image (it needs Metal, which containers on macOS cannot reach): MLX services are left out
   with a comment; a stack with nothing but MLX services is an error.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +38,7 @@ from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.targets import fleet, refuse_multinode, refuse_tls, register
 
 COMPOSE_DIR = "compose"
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # compose-spec's pattern for a project name
 
 
 @dataclass
@@ -69,11 +76,20 @@ def render_compose(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         shorts = sorted({engines.get(sp.engine).short for sp in plan.services})
         raise RenderError(f"{plan.stack_path}: the compose target has nothing to run: {', '.join(shorts)} services "
                           "cannot run in containers (no Metal); remove `compose` from targets or use the script target")
-    doc = {"services": services}
+    doc = {"name": project_name(plan), "services": services}
     if volumes:
         doc["volumes"] = {name: {} for name in sorted(volumes)}
     text = _header(plan, ctx, notes) + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)
     return [Artifact(f"{COMPOSE_DIR}/compose.yaml", text)] + files
+
+
+def project_name(plan: Plan) -> str:
+    """The Compose project: `stackgen-<stack name>`, like the systemd units and `up --containers`' containers."""
+    name = f"stackgen-{plan.stack_name}"
+    if not PROJECT_RE.match(name):  # cannot happen for a loaded stack (spec NAME_RE); never write an invalid project
+        raise RenderError(f"{plan.stack_path}: stack name {plan.stack_name!r} cannot name a Compose project: use "
+                          "lowercase letters, digits and '-' in `name:`")
+    return name
 
 
 def service_parts(sp: ServicePlan, plan: Plan, ctx: RenderContext, compose_dir: Path | None) -> ServiceParts:
@@ -204,7 +220,9 @@ def healthcheck(sp: ServicePlan) -> dict:
 
 
 def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
-    lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`."]
+    lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`.",
+             f"# Compose project {project_name(plan)} (`name:` below): stacks do not replace each other's containers,",
+             "# volumes or network. Needs Compose v2 (`docker compose`); docker-compose 1.x rejects `name:`."]
     keyed = sorted({sp.api_key_env for sp in plan.services if engine_key_env(sp)})
     for var in keyed:
         lines.append(f"# {var}: the API key is read from your shell (or a .env file you keep next to this file) "
