@@ -9,6 +9,7 @@ where the catalog has them and from bits-per-weight otherwise.
 from __future__ import annotations
 
 import math
+import os
 import re
 
 from stackgen.errors import ModelRefError
@@ -485,7 +486,10 @@ def _from_remote(ref: str, q: str | None, remote: Any) -> ModelFacts:
 
 def _from_path(ref: str, q: str | None, base_dir: Path) -> ModelFacts:
 
-    path = (base_dir / ref).resolve() if not Path(ref).is_absolute() else Path(ref)
+    # Not resolved: a symlink (into an HF cache's blobs/<sha256>, a shared model store) keeps the name the stack wrote,
+    # which names the model and the file every artifact installs, copies or mounts; llama.cpp too opens a split
+    # GGUF's other parts beside the path it is given. `..` is folded as written, as render/paths.local_weights does.
+    path = Path(os.path.abspath(base_dir / ref)) if not Path(ref).is_absolute() else Path(ref)
     if not path.exists():
         raise ModelRefError(f"model file {ref!r} does not exist (looked at {path})",
                             "fix the path (relative paths start at the stack file's folder)")

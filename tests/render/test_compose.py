@@ -119,7 +119,7 @@ def test_local_model_is_mounted_read_only_relative_to_the_compose_file(tmp_path)
     if gguf is None:
         pytest.skip("no GGUF file to point a stack at (set STACKGEN_GGUF)")
     (tmp_path / "models").mkdir(parents=True)
-    _link_or_copy(Path(gguf), tmp_path / "models" / "m.gguf")  # not a symlink: the loader resolves those
+    _link_or_copy(Path(gguf), tmp_path / "models" / "m.gguf")
     text = "version: 1\nhardware: cpu-laptop-16gb\nservices:\n  g: {model: models/m.gguf, engine: llama.cpp}\n"
     _, arts = render(tmp_path, text)
     entry = compose_doc(arts)["services"]["g"]

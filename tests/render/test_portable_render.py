@@ -149,3 +149,45 @@ def test_another_stack_in_dash_o_dot_is_refused_with_paths_from_the_cwd(cli, mon
     assert res.exit_code == 1
     assert ("holds the artifacts of another stack, ../stack.yaml" in res.output
             and "rendering ../other.yaml here" in res.output and "`-o ../deploy-other`" in res.output), res.output
+
+
+SYMLINK_STACK = """\
+version: 1
+name: sym
+hardware: cpu-server-64gb
+workload: {concurrent_users: 1, context_tokens: 2048}
+services:
+  chat: {model: models/gemma.gguf, engine: llama.cpp, port: 19503}
+targets: [script, systemd, compose, kubernetes, quadlet, llama-swap]
+"""
+BLOB = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def test_a_symlinked_model_keeps_the_name_the_stack_wrote(cli, monkeypatch, tmp_path):
+    """Audit F1: the loader resolved symlinks, so `models/gemma.gguf` -> an HF cache's blobs/<sha256> named the model
+    after the blob: kubernetes ran `-m /models/<sha256>` (every other target `gemma.gguf`), and llama-swap's name and
+    the systemd/quadlet Description said <sha256>; a teammate whose symlink points at a named file got another tree
+    (`render --check` drift). Now a symlinked model renders the same bytes as a plain file of that name."""
+    dense = [kv for kv in BASIC_KVS if "expert" not in kv[0]]
+    weights = make_gguf(dense, BASIC_TENSORS)[0]
+    plain, linked = tmp_path / "plain", tmp_path / "linked"
+    for stack_dir in (plain, linked):
+        (stack_dir / "models").mkdir(parents=True)
+        (stack_dir / "stack.yaml").write_text(SYMLINK_STACK, encoding="utf-8")
+    (plain / "models" / "gemma.gguf").write_bytes(weights)
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / BLOB).write_bytes(weights)
+    (linked / "models" / "gemma.gguf").symlink_to(Path("..", "..", "blobs", BLOB))
+    trees = []
+    for stack_dir in (plain, linked):
+        res = render_from(cli, monkeypatch, stack_dir, stack_dir / "stack.yaml")
+        assert res.exit_code == 0, res.output
+        trees.append(tree(stack_dir / "deploy"))
+    assert trees[0] == trees[1]
+    assert not [p for p, (data, _) in trees[1].items() if BLOB.encode() in data]
+    chat = trees[1]["kubernetes/chat.yaml"][0].decode()
+    assert "- /models/gemma.gguf\n" in chat and "as /models/gemma.gguf" in chat
+    assert "serving gemma" in trees[1]["systemd/stackgen-sym-chat.service"][0].decode()
+    shutil.rmtree(linked / "deploy")
+    shutil.copytree(plain / "deploy", linked / "deploy")  # a teammate's committed tree checks clean here
+    assert render_from(cli, monkeypatch, linked, linked / "stack.yaml", "--check").exit_code == 0

@@ -173,3 +173,23 @@ def test_engine_ollama_with_a_split_gguf_is_refused_at_the_service(tmp_path, cli
         assert f"{stack}:7:5: services.chat: engine ollama cannot serve" in res.output, res.output
         assert "split GGUF" in res.output and "llama-gguf-split --merge m-00001-of-00003.gguf m.gguf" in res.output
     assert not (tmp_path / "deploy").exists()
+
+
+def test_symlinked_parts_are_found_beside_the_link_and_all_sized(tmp_path):
+    """Each part a symlink into a blob store (the HF cache's snapshots/ -> blobs/<sha256>): the loader resolved the
+    first link and looked for the other parts beside the blob, so it refused the model ("split.count=3 but 1 parts
+    were found"); llama.cpp opens them beside the path it is given (the link), as the Docker API mounts them."""
+    write_split(tmp_path / "plain")
+    write_split(tmp_path / "blobs")
+    (tmp_path / "models").mkdir()
+    for i, name in enumerate(PARTS):
+        (tmp_path / "blobs" / name).rename(tmp_path / "blobs" / f"{i:064x}")
+        (tmp_path / "models" / name).symlink_to(Path("..", "blobs", f"{i:064x}"))
+    (tmp_path / "stack.yaml").write_text(LINUX, encoding="utf-8")
+    _, linked = load_and_plan(tmp_path / "stack.yaml", None)
+    (tmp_path / "plain" / "stack.yaml").write_text(LINUX.replace("models/", "./"), encoding="utf-8")
+    _, plain = load_and_plan(tmp_path / "plain" / "stack.yaml", None)
+    assert linked.services[0].memory.weights_bytes == plain.services[0].memory.weights_bytes > 0
+    mount = model_mount(linked.services[0], str(tmp_path / "stack.yaml"), None)
+    assert [v for v in mount.volumes if v.startswith("/")] == [f"{tmp_path / 'models' / p}:/models/{p}:ro"
+                                                               for p in PARTS]

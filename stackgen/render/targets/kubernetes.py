@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -37,7 +37,7 @@ from stackgen.engines.base import LaunchContext
 from stackgen.errors import RenderError
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.paths import weight_files
+from stackgen.render.paths import local_weights, weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_tls, register
 from stackgen.engines.base import device_order
@@ -336,8 +336,8 @@ def escape_k8s(value: str) -> str:
 def _local_name(sp: ServicePlan) -> str | None:
     """The file or folder name of local weights (copied into the PVC), or None for a registry reference. The path
     is one of this machine's paths: on Linux or macOS a backslash is part of a file name, not a separator."""
-    if sp.model.path:
-        return Path(sp.model.path).name
+    if sp.model.path:  # the name the stack wrote, not a symlink's target (render/paths.local_weights)
+        return PurePosixPath(local_weights(sp) or "").name
     if sp.model_ref.startswith("models/"):  # no registry source: the stack expects the file under models/
         return sp.model_ref.removeprefix("models/")
     return None
