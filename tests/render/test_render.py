@@ -285,3 +285,34 @@ def test_run_sh_which_of_a_pinned_name_missing_from_path_exits_127(write_stack, 
     r = subprocess.run(["sh", str(tmp_path / "deploy" / "chat" / "run.sh"), "--which"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 127 and "no-such-server-xyz is not on PATH" in r.stderr
+
+
+BINARY_STACK = """version: 1
+name: bin1
+hardware: cpu-server-64gb
+workload: {{concurrent_users: 1, context_tokens: 2048}}
+services:
+  chat: {{model: llama-3.2-3b-instruct, engine: llama.cpp, port: 19511, binary: {binary}}}
+targets: [{target}]
+"""
+
+
+@pytest.mark.parametrize("target", ["systemd", "llama-swap"])
+def test_a_binary_relative_to_the_stack_is_refused_where_the_engine_runs_elsewhere(cli, write_stack, target):
+    """Audit F9: `binary: bin/llama-server` (relative to the stack's folder, as run.sh and `up` find it) went into the
+    unit as `ExecStart="bin/llama-server" ...`, which `systemd-analyze verify` rejects ("Neither a valid executable
+    name nor an absolute path"), and into llama-swap's cmd, resolved against llama-swap's own cwd. Now refused with
+    the position, the field and the fix, as launchd refused it; an absolute path and a bare name still render."""
+    res = cli("render", write_stack(BINARY_STACK.format(binary="bin/llama-server", target=target)))
+    assert res.exit_code == 1, res.output
+    assert "stack.yaml:6:" in res.output and "services.chat.binary: 'bin/llama-server' is a path relative to the " \
+        "stack's folder" in res.output and "write the absolute path" in res.output, res.output
+    assert "Traceback" not in res.output
+    for ok in ("/opt/llama/bin/llama-server", "llama-server"):
+        res = cli("render", write_stack(BINARY_STACK.format(binary=ok, target=target)))
+        assert res.exit_code == 0, res.output
+
+
+def test_the_script_target_keeps_a_binary_relative_to_the_stack(cli, write_stack):
+    res = cli("render", write_stack(BINARY_STACK.format(binary="bin/llama-server", target="script")))
+    assert res.exit_code == 0, res.output

@@ -28,7 +28,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.memory import MIB, initial_budget
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.targets import fleet, refuse_chat_template, register
+from stackgen.render.targets import fleet, installed_binary, refuse_chat_template, register
 
 HOMEBREW_BIN = "/opt/homebrew/bin"  # Homebrew's prefix on Apple silicon (`brew install llama.cpp` puts llama-server here)
 LOG_DIR = "/Library/Logs/stackgen"  # root:admin 0775 on macOS: an admin user creates the folder without sudo
@@ -102,9 +102,8 @@ def _binary(sp: ServicePlan, default: str) -> str:
     b = sp.spec.binary
     if b is None:
         return posixpath.join(HOMEBREW_BIN, default)
-    if not PurePosixPath(b).is_absolute():
-        raise RenderError(f"services.{sp.name}.binary: launchd runs the engine without your shell's PATH or the "
-                          f"stack's folder; write the absolute path (e.g. the output of `command -v {default}`)")
+    installed_binary(sp, "launchd", "launchd runs the engine without your shell's PATH or the stack's folder",
+                     default, bare_name_ok=False)
     return b
 
 

@@ -29,7 +29,7 @@ from stackgen.errors import RenderError
 from stackgen.plan.memory import initial_budget
 from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
-from stackgen.render.targets import fleet, refuse_multinode, refuse_chat_template, refuse_tls, register
+from stackgen.render.targets import fleet, installed_binary, refuse_multinode, refuse_chat_template, refuse_tls, register
 from stackgen.plan.plan import startup_budget_s
 
 MIN_TTL_S, TTL_LOADS = 300, 10
@@ -47,6 +47,8 @@ def llama_swap_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         if engine.swaps_models:
             raise RenderError(f"services.{sp.name}: llama-swap starts servers that load one model each; "
                               f"{engine.short} {engine.swaps_models}: use the script or systemd target")
+        installed_binary(sp, "llama-swap", "llama-swap starts it from its own working folder, with its own PATH",
+                         engine.binary)
     refuse_multinode(plan, "llama-swap")
     doc: dict = {"healthCheckTimeout": max(HEALTH_TIMEOUT_MIN_S, max(_load_s(sp) for sp in plan.services))}
     keys = sorted({sp.api_key_env for sp in plan.services if sp.api_key_env})

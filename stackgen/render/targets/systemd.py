@@ -24,7 +24,7 @@ from stackgen.plan.plan import RAY_PORT, RPC_PORT, Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext, render_template
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.quoting import Expand, check_value, escape_text, quote_value, systemd_quote
-from stackgen.render.targets import fleet, register
+from stackgen.render.targets import fleet, installed_binary, register
 from stackgen.render.targets.script import RAY_UNAUTHENTICATED, ray_binary
 
 CREDENTIAL = Expand("${CREDENTIALS_DIRECTORY}/api-key")
@@ -47,6 +47,9 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
         raise RenderError(f"the systemd target needs a Linux machine; this stack's hardware runs {plan.hardware.os}")
     out: list[Artifact] = []
     for sp in plan.services:
+        if binary is None:
+            installed_binary(sp, "systemd", "a unit runs it on its host, not from the stack's folder, with systemd's "
+                             "own PATH (/usr/local/bin:/usr/bin:...)", engines.get(sp.engine).binary)
         if fleet.separate(sp):  # fleet hook: a template unit per instance + the balancer (targets/fleet.py)
             out += fleet.systemd(plan, sp, ctx, binary)
             continue
