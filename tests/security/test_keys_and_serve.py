@@ -267,6 +267,35 @@ def test_run_sh_refuses_a_key_llama_server_would_read_as_no_key(tmp_path, key, o
     assert key not in r.stderr
 
 
+@pytest.mark.parametrize("engine,binary,passed", [("llama.cpp", "llama-server", None),
+                                                   ("vllm", "vllm", "VLLM_API_KEY")])
+def test_run_sh_hands_the_engine_the_key_but_not_its_variable(tmp_path, engine, binary, passed):
+    """As `up` does (supervise.spawn drops serve.api_key_env): a key file on fd 3 leaves no variable behind, and an
+    engine that reads the key from its own variable gets that one only (a stand-in engine prints its environment)."""
+    import subprocess
+
+    plan = plan_for(tmp_path, f"""\
+        version: 1
+        hardware: rtx-4090
+        serve: {{api_key_env: SG_KEY}}
+        services:
+          chat: {{model: llama-3.1-8b-instruct, engine: {engine}}}
+        """)
+    (run_sh,) = [a for a in render_plan(plan, RenderContext("stack.yaml"), ["script"]) if a.path.endswith("run.sh")]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / binary).write_text("#!/bin/sh\nenv\n")
+    (bin_dir / binary).chmod(0o755)
+    (tmp_path / "run.sh").write_text(run_sh.content)
+    (tmp_path / "chat.env").write_text("")
+    r = subprocess.run(["sh", str(tmp_path / "run.sh")], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                       env={"PATH": f"{bin_dir}:/usr/bin:/bin", "SG_KEY": KEY})
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("SG_KEY=")]
+    assert [line for line in lines if KEY in line] == ([f"{passed}={KEY}"] if passed else [])
+
+
 UNSAFE = [  # (engine, override, refused without a key, refused with one)
     ("llama.cpp", "tools: all", True, True), ("llama.cpp", "tools-runtime: x", True, True),
     ("llama.cpp", "agent: true", True, True), ("llama.cpp", "mcp-servers-json: '{}'", True, True),
@@ -393,6 +422,47 @@ def test_llama_server_started_by_up_demands_the_key(tmp_path, llama_server, gguf
     r = run_stackgen("down", path, env=env)
     assert r.returncode == 0, r.stderr
     assert wait_gone(st.pid, 10)
+
+
+def test_run_sh_leaves_the_key_variable_out_of_the_engines_environment(tmp_path, llama_server, gguf_path, free_port,
+                                                                        run_stackgen):
+    """Audit F10: run.sh copied $SG_KEY to the fd-3 key file and exec'd llama-server with SG_KEY still exported, so the
+    key sat in /proc/PID/environ (readable by same-uid processes, inherited by anything the engine spawns); `up`
+    strips it. A real llama-server started by the rendered run.sh: 401 without the key, 200 with it, and neither
+    the key nor the variable in its environment or argv."""
+    import signal
+    import subprocess
+
+    port = free_port()
+    path = keyed_gemma(tmp_path, "sec-runsh", gguf_path, llama_server, port)
+    r = run_stackgen("render", path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = {**{k: v for k, v in os.environ.items() if k != "SG_KEY"}, "SG_KEY": KEY}
+    proc = subprocess.Popen(["sh", str(tmp_path / "deploy" / "gemma" / "run.sh")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if _status(port, "llama.cpp", "/v1/completions", KEY, "gemma") == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, "run.sh exited"
+        assert _status(port, "llama.cpp", "/v1/completions", None, "gemma") == 401
+        assert _status(port, "llama.cpp", "/v1/completions", KEY, "gemma") == 200
+        assert Path(f"/proc/{proc.pid}/exe").resolve() == llama_server.resolve()  # run.sh exec'd the engine
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith(b"SG_KEY=") or KEY.encode() in e]
+        assert KEY not in " ".join(psutil.Process(proc.pid).cmdline())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def test_up_stops_an_engine_that_answers_without_its_key(tmp_path, llama_server, gguf_path, free_port, stack_cleanup,

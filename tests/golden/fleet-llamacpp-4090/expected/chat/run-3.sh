@@ -74,6 +74,8 @@ key_file=$(mktemp)
 printf '%s\n' "${FLEET_API_KEY}" >"$key_file"
 exec 3<"$key_file"
 rm -f "$key_file"
+# The key travels on fd 3 only, as under `stackgen up`: not in the engine's environment (/proc/PID/environ, children).
+unset FLEET_API_KEY
 
 exec "$engine" \
     -hf bartowski/Meta-Llama-3.1-8B-Instruct-GGUF:Q4_K_M \

@@ -45,6 +45,8 @@ if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
 : "${TEAM_API_KEY:?set TEAM_API_KEY to the API key}"
 VLLM_API_KEY=${TEAM_API_KEY}
 export VLLM_API_KEY
+# The engine reads VLLM_API_KEY; TEAM_API_KEY is not left in its environment, as under `stackgen up`.
+unset TEAM_API_KEY
 
 exec "$engine" serve meta-llama/Llama-3.1-8B-Instruct \
     --host 127.0.0.1 \

@@ -45,6 +45,8 @@ if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
 : "${BIG_API_KEY:?set BIG_API_KEY to the API key}"
 VLLM_API_KEY=${BIG_API_KEY}
 export VLLM_API_KEY
+# The engine reads VLLM_API_KEY; BIG_API_KEY is not left in its environment, as under `stackgen up`.
+unset BIG_API_KEY
 
 exec "$engine" serve meta-llama/Llama-3.1-405B-Instruct \
     --host 127.0.0.1 \

@@ -45,6 +45,8 @@ if [ "${1-}" = --which ]; then printf '%s\n' "$engine"; exit 0; fi
 : "${AGENTS_API_KEY:?set AGENTS_API_KEY to the API key}"
 SGLANG_API_KEY=${AGENTS_API_KEY}
 export SGLANG_API_KEY
+# The engine reads SGLANG_API_KEY; AGENTS_API_KEY is not left in its environment, as under `stackgen up`.
+unset AGENTS_API_KEY
 
 exec "$engine" \
     -c 'import os, runpy, sys; k = os.environ.pop("SGLANG_API_KEY", ""); M = type("Masked", (), {"__init__": lambda s, f: setattr(s, "f", f), "write": lambda s, t: s.f.write(t.replace(k, "<api-key>")), "__getattr__": lambda s, n: getattr(s.f, n)}); k and (sys.argv.__setitem__(slice(1, 1), ["--api-key", k]), setattr(sys, "stdout", M(sys.stdout)), setattr(sys, "stderr", M(sys.stderr))); runpy.run_module("sglang.launch_server", run_name="__main__", alter_sys=True)' \
