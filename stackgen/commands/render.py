@@ -32,7 +32,8 @@ def render(
     check: bool = typer.Option(False, "--check", help="Compare instead of writing: exit 0 clean, 2 drifted, 1 invalid."),
     host_facts: Optional[Path] = HostOpt,
     probe: bool = typer.Option(False, "--probe", help="Also check that the installed engine binary's --help lists "
-                               "every planned flag (as `up` and `doctor` do)."),
+                               "every planned flag (as `up` and `doctor` do). Exit 1, writing nothing, when a "
+                               "service's binary is not found or its --help is not an engine's (each is named)."),
 ) -> int:
     """Write each service's artifacts for the stack's targets (launch scripts, systemd units, ...)."""
     from stackgen.pipeline import stack_display

@@ -89,16 +89,28 @@ def table(engine: str, version: str | None = None) -> FlagTable:
 
 
 def check_plan(plan: Plan, probe: bool = False) -> None:
-    """Raise RenderError naming the field whose flag the targeted engine version would reject."""
+    """Raise RenderError naming the field whose flag the targeted engine version would reject. With `probe`, also
+    each service's installed binary; a service whose binary could not be asked fails the probe too (a CI guard that
+    checked nothing must not pass), all of them named in one error, with why."""
+    unprobed = []
     for sp in plan.services:
-        check_service(sp, probe, Path(plan.stack_path).parent)
+        why = check_service(sp, probe, Path(plan.stack_path).parent)
+        if why:
+            unprobed.append(f"  services.{sp.name} ({engines.get(sp.engine).short}): {why}")
+    if unprobed:
+        n = len(unprobed)
+        raise RenderError(f"render --probe: {n} service{'s were' if n > 1 else ' was'} not probed, so "
+                          f"{'their' if n > 1 else 'its'} flags were checked against stackgen's tables only:\n" + "\n".join(unprobed) + "\n  fix: install the "
+                          "engine where render runs (or point `binary:` at it), or render without --probe")
 
 
-def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path(".")) -> None:
+def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path(".")) -> str | None:
+    """Raise RenderError for a flag the engine would reject. With `probe`: None when the installed binary's --help
+    was compared (or the engine takes no flags), else why it could not be."""
     engine = engines.get(sp.engine)
     if engine.flags is None:
         engine.check_settings(sp)
-        return
+        return None
     try:
         flags = table(sp.engine, sp.spec.engine_version)
     except RenderError as exc:
@@ -109,8 +121,7 @@ def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path("
         if why:
             raise RenderError(f"services.{sp.name}: {why}; stackgen emits it for this plan "
                               "(set engine_version to a build that has it, or override the flag)")
-    if probe:
-        _check_probe(sp, stack_dir)
+    return _check_probe(sp, stack_dir) if probe else None
 
 
 def _check_overrides(sp: ServicePlan, flags: FlagTable) -> None:
@@ -214,18 +225,24 @@ def _is_flag(tok: str) -> bool:
 # ---------------------------------------------------------------------------------------------- probing
 
 
-def _check_probe(sp: ServicePlan, stack_dir: Path) -> None:
-    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir)
+def _check_probe(sp: ServicePlan, stack_dir: Path) -> str | None:
+    """None once the binary's --help is compared with the planned argv; else why there was nothing to compare."""
+    tried: list[str] = []
+    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir, tried=tried)
     if binary is None:
-        return
-    listed = probe_help(binary, _source(sp.engine).help_args)
-    if "--port" not in listed:
-        return  # not an engine's --help (a wrapper script or stub): nothing to compare against
+        if sp.spec.binary:
+            return f"binary: {sp.spec.binary} is not an executable file (looked at {tried[0]})"
+        return f"no {engines.get(sp.engine).binary} found (looked for {'; '.join(tried)})"
+    help_args = _source(sp.engine).help_args
+    listed = probe_help(binary, help_args)
+    if "--port" not in listed:  # not an engine's --help (a wrapper script or stub): nothing to compare against
+        return f"`{binary} {' '.join(help_args)}` lists no --port: not the engine's help (a wrapper or a stub?)"
     flags = table(sp.engine, sp.spec.engine_version)
     for flag in argv_flags(sp.engine, list(sp.command), flags):
         if flag not in listed:
             raise RenderError(f"services.{sp.name}: the installed {binary} does not list {flag} in its --help "
                               "(an older or forked build?); set `binary:` to another build or override the flag")
+    return None
 
 
 def probe_help(binary: str, help_args: tuple[str, ...] = ("--help",)) -> set[str]:

@@ -66,8 +66,10 @@ def find(engine: str, wanted: str | None, stack_dir: Path, path: str | None = No
                          f"{INSTALL_HINTS.get(engine, '')}; or {pin}")
 
 
-def find_or_none(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None) -> str | None:
-    return _find(engine, wanted, Path(os.path.abspath(stack_dir)), path, [])
+def find_or_none(engine: str, wanted: str | None, stack_dir: Path, path: str | None = None,
+                 tried: list[str] | None = None) -> str | None:
+    """`find` without the error: None when no binary is found (`tried`, if given, gets every place looked at)."""
+    return _find(engine, wanted, Path(os.path.abspath(stack_dir)), path, [] if tried is None else tried)
 
 
 def _find(engine: str, wanted: str | None, stack_dir: Path, path: str | None, tried: list[str]) -> str | None:

@@ -170,7 +170,13 @@ def test_probe_blames_the_installed_binary(tmp_path):
     flagcheck.check_service(plan, probe=False)  # the table alone has --fit
 
 
-def test_probe_is_skipped_when_no_binary_is_found(tmp_path):
+def test_probe_says_why_when_no_binary_is_found_or_its_help_is_not_an_engines(tmp_path):
     plan = llama_plan(tmp_path).services[0]
     plan = plan.__class__(**{**plan.__dict__, "spec": plan.spec.model_copy(update={"binary": "/nonexistent/x"})})
-    flagcheck.check_service(plan, probe=True)
+    assert flagcheck.check_service(plan, probe=True) == "binary: /nonexistent/x is not an executable file (looked at " \
+        "/nonexistent/x)"
+    assert flagcheck.check_service(plan, probe=False) is None
+    stub = fake_binary(tmp_path / "wrapper", ["--model"])
+    plan = plan.__class__(**{**plan.__dict__, "spec": plan.spec.model_copy(update={"binary": stub})})
+    assert flagcheck.check_service(plan, probe=True) == f"`{stub} --help` lists no --port: not the engine's help (a " \
+        "wrapper or a stub?)"

@@ -53,3 +53,27 @@ def test_installed_binary_without_a_generated_flag_is_an_error_with_probe(write_
     assert (tmp_path / "ran").exists()
     assert str(fake) in res.output and "does not list" in res.output
     assert not (tmp_path / "deploy").exists()
+
+
+def test_probe_that_finds_no_engine_fails_and_names_each_service(write_stack, cli, tmp_path, monkeypatch):
+    """Audit F4: `render --probe` with no engine installed (or a binary whose --help is not an engine's) passed,
+    exit 0 and silent, so a CI guard that checked nothing looked green. Now exit 1, nothing written, and stderr
+    names each service not probed and why."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text("#!/bin/sh\necho 'usage: wrapper --model M'\n")
+    wrapper.chmod(0o755)
+    f = write_stack(STACK.format(extra="") + f"  rag:\n    model: llama-3.1-8b-instruct\n    engine: llama.cpp\n"
+                    f"    port: 19512\n    binary: {wrapper}\n")
+    res = cli("render", f, "-o", tmp_path / "deploy", "--probe")
+    assert res.exit_code == 1, res.output
+    assert "render --probe: 2 services were not probed" in res.output
+    assert "services.chat (llama.cpp): no llama-server found (looked for llama-server on PATH" in res.output
+    assert f"services.rag (llama.cpp): `{wrapper} --help` lists no --port" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "deploy").exists()
+    res = cli("render", f, "-o", tmp_path / "deploy")  # without --probe the binaries are not looked for
+    assert res.exit_code == 0, res.output
+    res = cli("render", f, "-o", tmp_path / "deploy", "--check", "--probe")
+    assert res.exit_code == 1 and "2 services were not probed" in res.output
