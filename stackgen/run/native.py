@@ -228,8 +228,12 @@ class NativeRunner:
         return ""
 
     def on_ready(self, st: ServiceState) -> None:
-        """The engine answers: record its executable now (a wrapper `binary:` may have exec'd the engine)."""
-        leader = _leader(st)
+        """The engine answers: record its executable now (a wrapper `binary:` may have exec'd the engine). The
+        process is identified by its start time and its marker only: its executable is what is being re-recorded
+        (checking it against the wrapper's would reject the engine the wrapper became)."""
+        from dataclasses import replace
+
+        leader = _leader(replace(st, exe=None)) if st.service_id else _leader(st)
         if leader is not None:
             st.exe = _exe(leader) or st.exe
 

@@ -258,3 +258,30 @@ def test_sigint_while_loading_stops_the_engine(tmp_path, llama_server, gguf_path
     assert "interrupted" in err and "stopped gemma" in err, err
     assert wait_gone(pid, 5)
     assert StateDir(path).load().services == {}
+
+
+def test_a_wrapper_that_works_before_exec_stays_the_service(tmp_path, llama_server, gguf_path, free_port,
+                                                            stack_cleanup, wait_gone, run_stackgen):
+    """A `binary:` wrapper that does set-up work before exec'ing the engine (`sleep 2; exec llama-server`): once
+    the engine answers, the process is llama-server, not the shell stackgen started. It is still the service:
+    status says running (rc 0), a second up keeps it unchanged, down stops it without a "not the process" warning."""
+    stackgen = run_stackgen
+    port = free_port()
+    wrapper = tmp_path / "slow-llama-server"
+    wrapper.write_text(f"#!/bin/bash\ncase \"$1\" in --help|--version) exec {llama_server} \"$@\";; esac\n"
+                       f"sleep 2\nexec {llama_server} \"$@\"\n")
+    wrapper.chmod(0o755)
+    path = write_stack(tmp_path, wrapper, gguf_path, port)
+    stack_cleanup.append(path)
+    r = stackgen("up", path)
+    assert r.returncode == 0 and "gemma: started" in r.stdout, r.stdout + r.stderr
+    st = StateDir(path).load().services["gemma"]
+    assert st.exe == os.path.realpath(llama_server), st.exe  # re-recorded once it answered: the wrapper exec'd
+    r = stackgen("status", path)
+    assert r.returncode == 0 and "running" in r.stdout and "not the process" not in r.stdout, r.stdout + r.stderr
+    r = stackgen("up", path)
+    assert r.returncode == 0 and "gemma: unchanged" in r.stdout, r.stdout + r.stderr
+    r = stackgen("down", path)
+    assert r.returncode == 0 and "stopped gemma" in r.stdout, r.stdout + r.stderr
+    assert "not the process" not in r.stdout + r.stderr and "warning" not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert wait_gone(st.pid, 5)
