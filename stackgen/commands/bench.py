@@ -67,7 +67,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="Comma-separated user counts, e.g. 1,2,4,8."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of throughput and TTFT (needs matplotlib)."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Per-request timeout in seconds (at least 1)."),
     json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="Constrain every request to this JSON "
                                                "schema (llama.cpp, vLLM) to measure what structured output costs."),
     host_facts: Optional[Path] = HostOpt,
@@ -82,6 +82,8 @@ def bench(
         raise UsageError(f"--requests {requests}: give at least 1")
     if duration is not None and not duration > 0:
         raise UsageError(f"--duration {duration:g}: give a positive number of seconds")
+    if not timeout >= 1:  # as `up --timeout`; below that every request fails (0: non-blocking; <0: a traceback)
+        raise UsageError(f"--timeout {timeout:g}: give at least 1 second per request")
     if sweep is not None:
         _parse_sweep(sweep)  # before planning, as typer checks its own options
     if plot_out is not None:

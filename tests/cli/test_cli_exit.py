@@ -65,6 +65,9 @@ def test_usage_errors_exit_64_never_2(args, tmp_path):
     (["--duration", "-1"], "--duration -1: give a positive number of seconds"),
     (["--duration", "0"], "--duration 0: give a positive number of seconds"),
     (["-n", "2", "--duration", "1"], "give --requests or --duration, not both"),
+    (["--timeout", "-1"], "--timeout -1: give at least 1 second per request"),  # was a traceback, then rc 0
+    (["--timeout", "0"], "--timeout 0: give at least 1 second per request"),
+    (["--timeout", "0.5"], "--timeout 0.5: give at least 1 second per request"),
 ])
 def test_bad_bench_option_values_exit_64_before_anything_runs(args, says, tmp_path):
     """README, Exit codes: 64 is a wrong command line, a bad option value included (audit a4 #8: these exited 1).
