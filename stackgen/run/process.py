@@ -157,14 +157,50 @@ def rss_tree(pid: int) -> int:
     return root.memory_info().rss + rss_sum(children)
 
 
-def _members(st: ServiceState, leader=None) -> list:
-    """Every live process of the service: the verified leader and its descendants, plus processes that carry the
-    service's marker (members of its process group, or strays that left it with setsid after the leader died).
-    Nothing is taken on the pid or the process group alone."""
+def _session_is_ours(st: ServiceState, leader) -> bool:
+    """Whether the session the engine was started in (its id is the engine's pid: start_new_session) can only hold
+    the engine's own descendants now: its leader is the verified engine, or the engine has died and its pid is not
+    a running process. A session id cannot be taken by a new process while any member of the session (or the
+    leader's zombie) is left, so the members of a live session whose id is a dead pid are the engine's leftovers:
+    children that outlived it, such as vLLM's EngineCore and Worker, whose setproctitle overwrites the environment
+    /proc shows and so the marker. A pid that runs another process now means the id was reused: nothing is taken."""
+    import psutil
+
+    if not (st.service_id and st.pid and st.pgid == st.pid):  # a state from before markers, or not its own session
+        return False
+    if leader is not None:
+        return True
+    try:
+        return _gone(psutil.Process(st.pid))
+    except psutil.Error:
+        return True
+
+
+def _session_member(st: ServiceState, p) -> bool:
+    """`p` is in the engine's session, started no earlier than the engine, and carries no other marker."""
+    try:
+        if os.getsid(p.pid) != st.pgid:
+            return False
+        if st.start_ticks is not None:
+            ticks = _start_ticks(p.pid)
+            if ticks is None or ticks < st.start_ticks:
+                return False
+        elif st.create_time is None or p.create_time() < st.create_time - 0.01:
+            return False
+        return p.environ().get(MARKER_ENV) in (None, st.service_id)
+    except Exception:  # noqa: BLE001 - OSError, psutil.Error: gone, or not readable
+        return False
+
+
+def _members(st: ServiceState, leader=None, identify: bool = True) -> list:
+    """Every live process of the service: the verified leader and its descendants, processes that carry the
+    service's marker (members of its process group, or strays that left it with setsid after the leader died), and
+    the members of the engine's own session while that session can only be the engine's (_session_is_ours: after
+    the leader died, its children that lost the marker). Nothing is taken on the pid or the process group alone."""
     import psutil
 
     found: dict[int, object] = {}
-    leader = leader if leader is not None else _leader(st)
+    leader = leader if leader is not None or not identify else _leader(st)
     if leader is not None:
         found[leader.pid] = leader
         try:
@@ -174,13 +210,14 @@ def _members(st: ServiceState, leader=None) -> list:
             pass
     if st.service_id:
         uid = os.getuid()
+        session = _session_is_ours(st, leader)
         for p in psutil.process_iter():
             if p.pid in found:
                 continue
             try:
                 if p.uids().real != uid:
                     continue
-                if p.environ().get(MARKER_ENV) == st.service_id:
+                if p.environ().get(MARKER_ENV) == st.service_id or (session and _session_member(st, p)):
                     found[p.pid] = p
             except (OSError, psutil.Error):
                 continue
@@ -218,6 +255,21 @@ def stop_process_group(st: ServiceState, grace_s: float = GRACE_S) -> str:
     if st.pid:
         _reap(st.pid)
     return foreign
+
+
+def stop_leftovers(st: ServiceState, grace_s: float = GRACE_S) -> list[int]:
+    """The engine (the caller's child) has exited and is not reaped yet: its zombie keeps its pid, so its session
+    cannot have been taken by another process. SIGTERM what is left in that session (children that outlived it),
+    SIGKILL what survives `grace_s`; the pids it stopped. The zombie is left for the caller to reap."""
+    procs = [p for p in _members(st, identify=False) if p.pid != st.pid]  # identifying would reap the zombie
+    if not procs:
+        return []
+    _signal_all(st, None, procs, signal.SIGTERM)
+    remaining = _wait_gone(procs, grace_s)
+    if remaining:
+        _signal_all(st, None, remaining, signal.SIGKILL)
+        _wait_gone(remaining, KILL_WAIT_S)
+    return [p.pid for p in procs]
 
 
 def supervisor_state(st: ServiceState) -> ServiceState | None:

@@ -222,7 +222,7 @@ class Supervisor:
             if self.stopping:  # `down` (or a restart by `up`) stops the engine itself, after this exits
                 self.save(state="stopped")
                 return 0
-            code = proc.poll()
+            code = self.poll(st, proc)
             if code is None:
                 if not ready and time.monotonic() >= next_probe:
                     ready = self.answers(st)
@@ -241,6 +241,28 @@ class Supervisor:
                 return 0 if is_clean(code) else 1
             st, proc = nxt
             ready = False
+
+    def poll(self, st: ServiceState, proc: subprocess.Popen) -> int | None:
+        """The engine's exit status once it ended, None while it runs. Before it is reaped (its zombie keeps its
+        pid, so its session cannot be anyone else's), what it left in its session is stopped: children that
+        outlive it (vLLM's EngineCore and Worker) would otherwise keep their memory beside a restarted engine, and
+        nothing could identify them once the pid is free (their setproctitle hides the marker)."""
+        import psutil
+
+        from stackgen.run.process import stop_leftovers
+
+        try:
+            ended = psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            ended = True
+        if not ended:
+            return None
+        if not self.stopping:  # `down` stops the whole service itself once this supervisor has exited
+            left = stop_leftovers(st)
+            if left:
+                self.say(f"{self.spec.name} (pid {st.pid}) left {len(left)} processes behind in its session: "
+                         f"stopped pids {', '.join(map(str, left))}")
+        return proc.poll()
 
     def marked_ready(self, st: ServiceState) -> bool:
         """`up` recorded this engine as ready (it may have answered `up` before this supervisor's own probe)."""

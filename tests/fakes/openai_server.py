@@ -211,6 +211,8 @@ def engine_main(argv: list[str] | None = None, *, load_s: float = 0.5, help_text
     what a test changes:
     FAKE_MODE: ok | hang (never ready) | exit (a bad flag: status 1) | nomodel (the model file is missing: status 1) |
       fork / setsid (leaves a child that ignores SIGTERM, its pid in FAKE_CHILD_PID; setsid: in a session of its own)
+      | orphan (leaves a child in its session that no longer carries the STACKGEN_SERVICE_ID marker, as vLLM's
+      EngineCore, whose setproctitle overwrites the environment /proc shows; its pid in FAKE_CHILD_PID)
       | ignore_term (ignores SIGTERM) | die_after (crashes with status 3 FAKE_DIE_S seconds after start);
     FAKE_LOAD_S: seconds until /health says ready; FAKE_SICK_FILE: /health answers 500 while that file exists."""
     args = sys.argv[1:] if argv is None else argv
@@ -242,6 +244,14 @@ def engine_main(argv: list[str] | None = None, *, load_s: float = 0.5, help_text
             for _ in range(6000):
                 time.sleep(0.1)
             os._exit(0)
+    if mode == "orphan":
+        pid = os.fork()
+        if pid == 0:
+            env = {k: v for k, v in os.environ.items() if k != "STACKGEN_SERVICE_ID"}
+            code = ("import os, time\n"
+                    f"open({os.environ['FAKE_CHILD_PID']!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(600)\n")
+            os.execve(sys.executable, [sys.executable, "-c", code], env)
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if mode in ("die_after", "exit0_after"):  # answers, then crashes with status 3 (a crash loop once restarted), or

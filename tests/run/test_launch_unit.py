@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -793,3 +794,77 @@ def test_doctor_does_not_flag_the_port_of_this_stacks_running_service(fake_stack
         s.listen()
         res = cli("doctor", path)
         assert port_line(res).startswith("ERROR") and res.exit_code == 1
+
+
+def _orphan(tmp: Path) -> int:
+    got = _wait_for(lambda: (tmp / "child.pid").exists() and (tmp / "child.pid").read_text(), 10)
+    assert got, "the fake engine's child did not start"
+    return int(got)
+
+
+@pytest.mark.parametrize("mode", ["no", "on-failure"])
+def test_children_left_by_a_killed_engine_are_stopped_by_its_supervisor(fake_stack, monkeypatch, request, mode):
+    """vLLM's EngineCore and Worker stay in the engine's session but lose the marker (setproctitle overwrites the
+    environment /proc shows): when the engine is SIGKILLed they outlive it. The supervisor stops them before it
+    reaps the engine (and before a restart), with the restart policy `no` as with `on-failure`."""
+    path, _, tmp = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "orphan")
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(mode=mode, backoff_s=0.2)))
+    first = StateDir(path).load().services["chat"]
+    child = _orphan(tmp)
+    request.addfinalizer(lambda: _alive(child) and os.kill(child, signal.SIGKILL))  # never left behind
+    assert _alive(child) and os.getsid(child) == first.pid
+    assert "STACKGEN_SERVICE_ID" not in psutil.Process(child).environ()
+    (tmp / "child.pid").unlink()
+    os.kill(first.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(child), 15), "the killed engine's child kept running"
+    said = f"left 1 processes behind in its session: stopped pids {child}"
+    text = _wait_for(lambda: "\n".join(ln for _, ln in logs(path, "chat")) if said in
+                     "\n".join(ln for _, ln in logs(path, "chat")) else "", 5)
+    assert text, "\n".join(ln for _, ln in logs(path, "chat"))
+    if mode == "on-failure":
+        row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+        assert row, status(path)
+        second = StateDir(path).load().services["chat"]
+        new_child = _orphan(tmp)
+        assert new_child != child and _alive(new_child)
+        down(path, grace_s=2)
+        assert not _alive(second.pid) and not _alive(new_child)
+
+
+def test_down_stops_what_an_engine_left_in_its_session_after_its_supervisor_died(fake_stack, monkeypatch, request):
+    """Supervisor and engine both SIGKILLed (nobody left to clean up): `down` finds the engine's children by its
+    session (its id is the dead engine's pid, which no other process can take while they live) and stops them."""
+    path, _, tmp = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "orphan")
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    child = _orphan(tmp)
+    request.addfinalizer(lambda: _alive(child) and os.kill(child, signal.SIGKILL))  # never left behind
+    os.kill(st.sup_pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+    os.kill(st.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not psutil.pid_exists(st.pid), 5)  # init reaped it: its pid is free
+    assert _alive(child)
+    down(path, grace_s=2)
+    assert _wait_for(lambda: not _alive(child), 5), "down left the dead engine's child running"
+
+
+def test_a_session_whose_id_is_another_process_now_is_left_alone(fake_stack, monkeypatch):
+    """The pid-reuse rule for sessions: when the recorded engine pid runs another process, nothing in that pid's
+    session is taken for the service's (here: a process of ours in a session of its own, recorded as the engine)."""
+    from stackgen.run.process import _members
+
+    path, _, tmp = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    other = subprocess.Popen([sys.executable, "-c", "import os, time; os.fork(); time.sleep(30)"],
+                             start_new_session=True)
+    try:
+        time.sleep(0.5)
+        # as if the engine's pid had been reused by `other` (a marker nobody carries: only the session could match)
+        fake = replace(st, pid=other.pid, pgid=other.pid, service_id="0" * 32)
+        assert [p.pid for p in _members(fake)] == [], "members of another process's session were taken"
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait()
