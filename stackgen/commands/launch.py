@@ -349,7 +349,10 @@ def status(
     from stackgen.run.lifecycle import status as do_status
 
     file, services = _known_stack(words, file_opt)
-    rows = do_status(file, services=services)
+    notes: list[str] = []
+    rows = do_status(file, services=services, notes=notes)
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
     if as_json:
         typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
     elif not rows:

@@ -31,6 +31,10 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
     sd.acquire("down")
     try:
         state = sd.load()
+        if sd.copied_from:  # said once: the copy's state is rewritten as this stack file's own (empty) state
+            if notes is not None:
+                notes.append(sd.copy_note())
+            sd.save(state)
         names = _named(state, services, f"what runs for {sd.stack_file}") if services else None
         had_containers = not services and any(st.kind == "container" for st in state.services.values())
         runners: dict[str, Runner] = {}
@@ -127,14 +131,16 @@ def _down_stray_containers(sd: StateDir, grace_s: float) -> list[str]:
         return []
 
 
-def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[str] | tuple[str, ...] = ()
-           ) -> list[ServiceStatus]:
+def status(stack_file: str | Path, probe_timeout_s: float = 3.0, services: list[str] | tuple[str, ...] = (),
+           notes: list[str] | None = None) -> list[ServiceStatus]:
     """Each recorded service: running / loading / unhealthy / restarting / crashed / exited, where, port, uptime,
     RSS (health is probed), its restart policy and how the engine last ended."""
     sd = StateDir(stack_file)
     if not sd.has_state():
         return []
     state = sd.load()
+    if sd.copied_from and notes is not None:
+        notes.append(sd.copy_note())
     names = _named(state, services, f"what runs for {sd.stack_file}") if services else sorted(state.services)
     runners: dict[str, Runner] = {}
     out = []

@@ -175,6 +175,16 @@ class StateDir:
         self.root = self.stack_file.parent / STATE_DIR  # shared by the stack files of one folder
         self.dir = self.root / "stacks" / self.stack_file.name
         self._lock_fd: int | None = None
+        self.copied_from: str = ""  # set by load(): the state here was copied from another stack file's folder
+
+    def copy_note(self) -> str:
+        """What to tell the user when load() found the state of another stack file here ('' when it did not)."""
+        if not self.copied_from:
+            return ""
+        return (f"{self.state_file} records the services of {self.copied_from} (this folder is a copy of that "
+                f"stack's, `.stackgen/` included); they are that stack's and are left alone here: nothing of them "
+                f"is shown, stopped or restarted from {self.stack_file} (`stackgen status {self.copied_from}` "
+                f"shows them)")
 
     # -- paths
     @property
@@ -294,6 +304,9 @@ class StateDir:
             return StackState(stack_name, str(self.stack_file))
         if not isinstance(data, dict):
             raise self._damaged(path, f"it holds a JSON {type(data).__name__}, not the object stackgen writes")
+        if self._copied(data.get("file")):  # a copy of another stack's folder: its services are not this stack's
+            self.copied_from = data["file"]
+            return StackState(stack_name, str(self.stack_file))
         raw = data.get("services")
         if raw is None:
             raw = {}
@@ -307,6 +320,16 @@ class StateDir:
             services[name] = ServiceState.from_json(s)
         stack = data.get("stack") if isinstance(data.get("stack"), str) else ""
         return StackState(stack or stack_name, str(self.stack_file), services)
+
+    def _copied(self, recorded: Any) -> bool:
+        """The state names another stack file that exists: this folder (with its `.stackgen/`) was copied from
+        that one's (`cp -a`). A recorded file that no longer exists is this stack's, moved with its folder."""
+        if not isinstance(recorded, str) or not recorded or recorded == str(self.stack_file):
+            return False
+        try:
+            return os.path.isfile(recorded) and not os.path.samefile(recorded, self.stack_file)
+        except OSError:  # this stack file is gone (`down` of a deleted file): the recorded one exists, it is not it
+            return True
 
     def save(self, state: StackState) -> None:
         self._save(state)

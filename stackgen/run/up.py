@@ -151,6 +151,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
         raise LaunchError("\n".join(problems))
 
     stopped, notes = [], list(pin_notes)
+    if sd.copied_from:  # the copied state is replaced by this stack file's own when it is saved below
+        notes.append(sd.copy_note())
     balancers = {sp.name for sp in services if sp.unit_role == fleet.BALANCER}
     for st in to_stop:
         note = runner_of(st).stop(st, opts.grace_s)

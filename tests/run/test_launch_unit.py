@@ -868,3 +868,27 @@ def test_a_session_whose_id_is_another_process_now_is_left_alone(fake_stack, mon
     finally:
         os.killpg(other.pid, signal.SIGKILL)
         other.wait()
+
+
+def test_a_copy_of_a_running_stacks_folder_does_not_adopt_its_services(fake_stack, tmp_path_factory):
+    """`cp -a` of a stack folder copies `.stackgen/` with it: its state names the original stack file, which still
+    exists. The copy shows none of the original's services, `down` there stops nothing of them (and says why,
+    once: the copy's state is rewritten as its own), and the original keeps running."""
+    import shutil
+
+    path, _, tmp = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    copy = tmp_path_factory.mktemp("copy") / "stack"
+    shutil.copytree(tmp, copy, symlinks=True)
+    copied = copy / "stack.yaml"
+    notes: list[str] = []
+    assert status(copied, notes=notes) == []
+    assert len(notes) == 1 and f"records the services of {path.resolve()}" in notes[0], notes
+    notes = []
+    assert down(copied, grace_s=1, notes=notes) == []
+    assert len(notes) == 1 and "left alone here" in notes[0], notes
+    assert _alive(st.pid) and [r.state for r in status(path)] == ["running"]
+    notes = []
+    assert status(copied, notes=notes) == [] and notes == []  # said once
+    assert StateDir(copied).load().file == str(copied.resolve())
