@@ -181,7 +181,7 @@ class ContainerRunner:
         from docker.errors import DockerException
 
         spec = self.spec(sp)
-        self._remove_named(spec.name)
+        self._remove_named(spec.name, sp)
         try:
             c = self.client.containers.run(spec.image, spec.command, name=spec.name, detach=True,
                                            environment=spec.environment, ports=spec.ports, volumes=spec.volumes,
@@ -196,11 +196,25 @@ class ContainerRunner:
                           argv=[spec.image, *spec.command], budget_s=budget_s)
         return st, c
 
-    def _remove_named(self, name: str) -> None:
+    def _remove_named(self, name: str, sp: ServicePlan | None = None) -> None:
+        """Remove the container named `name` before creating it again: only one this stack file started (its
+        `dev.stackgen.stack-file` label). Another stack's container of the same name (two stack files of one folder
+        without `name:`, or two folders with the same name) is refused, never removed."""
         from docker.errors import DockerException, NotFound
 
         try:
-            self.client.containers.get(name).remove(force=True)
+            c = self.client.containers.get(name)
+            owner = (getattr(c, "labels", None) or {}).get(f"{LABEL}.stack-file")
+            if self.stack_file is not None and owner != str(self.stack_file):
+                whose = (f"stack file {owner}" if owner else "no stackgen stack (it has no dev.stackgen.stack-file "
+                         "label)")
+                fix = (f"`stackgen down {owner}` stops it" if owner and os.path.exists(owner)
+                       else f"`docker rm -f {name}` removes it if it is no longer wanted")
+                raise LaunchError(f"{self.stack_file}: service {sp.name if sp else name}: container {name} belongs to "
+                                  f"{whose}; stackgen does not replace another stack's container. Give this stack a "
+                                  f"name of its own (`name:` at the top of {self.stack_file.name}; containers are "
+                                  f"named stackgen-<name>-<service>), or {fix}")
+            c.remove(force=True)
         except NotFound:
             pass
         except DockerException as exc:

@@ -1,0 +1,75 @@
+"""`up --containers` without a container engine: a fake Docker client stands in for the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from docker.errors import NotFound
+
+from stackgen.errors import LaunchError
+from stackgen.run.containers import LABEL, ContainerRunner, ContainerSpec
+
+
+class _Container:
+    def __init__(self, name: str, labels: dict[str, str]):
+        self.name, self.labels, self.id, self.removed = name, labels, f"id-{name}", False
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
+class _Client:
+    def __init__(self, existing: list[_Container]):
+        self.existing = {c.name: c for c in existing}
+        self.created: list[str] = []
+        self.containers = SimpleNamespace(get=self._get, run=self._run)
+
+    def _get(self, name: str):
+        if name not in self.existing:
+            raise NotFound(name)
+        return self.existing[name]
+
+    def _run(self, image, command, name, **kw):
+        self.created.append(name)
+        self.existing[name] = _Container(name, kw.get("labels", {}))
+        return self.existing[name]
+
+
+def _runner(stack_file: Path, client: _Client) -> ContainerRunner:
+    r = ContainerRunner(stack_file.parent, "c1", stack_file)
+    r._client = client
+    r._specs["gemma"] = ContainerSpec("stackgen-c1-gemma", "img", ["serve"], {}, {}, {},
+                                      {f"{LABEL}.stack-file": str(stack_file), f"{LABEL}.config-hash": "h"})
+    return r
+
+
+def test_a_same_named_container_of_another_stack_file_is_refused_not_removed(tmp_path):
+    """Two stack files of one folder without `name:` (or two folders with the same `name:`) get the same container
+    name; the second `up --containers` force-removed the first stack's running container. It is refused now, naming
+    the owner and the fix, and the other container is left as it is."""
+    mine, other = tmp_path / "stack.yaml", tmp_path / "other.yaml"
+    mine.write_text("x"), other.write_text("x")
+    theirs = _Container("stackgen-c1-gemma", {f"{LABEL}.stack-file": str(other)})
+    client = _Client([theirs])
+    with pytest.raises(LaunchError) as exc:
+        _runner(mine, client).start(SimpleNamespace(name="gemma"), None, 60)
+    text = str(exc.value)
+    assert f"container stackgen-c1-gemma belongs to stack file {other}" in text, text
+    assert "`name:`" in text and f"stackgen down {other}" in text, text
+    assert not theirs.removed and client.created == []
+    unlabelled = _Container("stackgen-c1-gemma", {})  # someone's own container: never removed either
+    with pytest.raises(LaunchError, match="no stackgen stack"):
+        _runner(mine, _Client([unlabelled])).start(SimpleNamespace(name="gemma"), None, 60)
+    assert not unlabelled.removed
+
+
+def test_this_stack_files_own_old_container_is_replaced(tmp_path):
+    mine = tmp_path / "stack.yaml"
+    mine.write_text("x")
+    old = _Container("stackgen-c1-gemma", {f"{LABEL}.stack-file": str(mine)})
+    r = _runner(mine, _Client([old]))
+    r._remove_named("stackgen-c1-gemma")
+    assert old.removed
+    r._remove_named("stackgen-c1-nothing")  # none of that name: nothing to do
