@@ -27,7 +27,7 @@ from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
 from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports, check_url_pins
 from stackgen.run.process import KILL_WAIT_S, POLL_S
-from stackgen.run.readiness import DOWN, READY, Endpoint, Probe, probe
+from stackgen.run.readiness import DOWN, LOADING, READY, Endpoint, Probe, probe
 from stackgen.run.results import (
     Interrupted,
     Progress,
@@ -108,6 +108,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
 
     keep, start, to_stop = [], [], []
     reasons: dict[str, str] = {}
+    loaded: dict[str, float] = {}  # unchanged services that were still loading: seconds this up waited for them
     for sp in services:
         cur = state.services.get(sp.name)
         if cur is not None:
@@ -116,7 +117,12 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             elif cur.kind != kind or cur.config_hash != wanted[sp.name]:
                 reasons[sp.name] = "its configuration changed"
             else:
-                reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
+                if _loading(runner_of(cur), cur, sp):  # as compose: wait for it (up to --timeout), not start over
+                    reasons[sp.name] = _await_load(runner_of(cur), cur, sp, opts, progress, loaded)
+                    if not reasons[sp.name]:
+                        sd.save(state)  # its ready_at (and a wrapper's exec'd executable) are recorded
+                else:
+                    reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
                 if not reasons[sp.name] and kind == "process" and cur.sup_id and cur.restart != _policy_mode(opts):
                     reasons[sp.name] = f"its restart policy changed ({cur.restart} -> {_policy_mode(opts)})"
                 if not reasons[sp.name]:
@@ -171,7 +177,7 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             raise LaunchError("\n".join(problems))
 
     outcomes = [ServiceOutcome(sp.name, "unchanged", runner_of(state.services[sp.name]).where(state.services[sp.name]),
-                               sp.port) for sp in keep]
+                               sp.port, loaded.get(sp.name)) for sp in keep]
     started: list[ServiceState] = []
     handles: dict[str, object] = {}
     ok = False
@@ -238,6 +244,52 @@ def _trouble(runner: Runner, st: ServiceState, sp: ServicePlan) -> str:
     if res.state != READY:
         return f"it did not answer its health check ({res.detail or res.state})"
     return ""
+
+
+def _loading(runner: Runner, st: ServiceState, sp: ServicePlan) -> bool:
+    """The service is still loading, as `status` says `loading`: its process runs (and is the one `up` started),
+    it has never answered, it is within its start-up budget, and its probe says loading or not listening yet.
+    This happens after an `up` that ended while waiting (SIGHUP: a closed terminal) or during a supervisor's
+    restart."""
+    if st.ready_at is not None or time.time() - st.started_at >= st.budget_s:
+        return False
+    trouble = getattr(runner, "trouble", None)
+    if (trouble(st) if trouble is not None else "") or not runner.is_alive(st):
+        return False
+    return probe(endpoint_for(sp), 3.0).state in (LOADING, DOWN)
+
+
+def _await_load(runner: Runner, st: ServiceState, sp: ServicePlan, opts: UpOptions, progress: ProgressFn | None,
+                loaded: dict[str, float]) -> str:
+    """Wait for a loading service until it answers ('', its ready_at recorded) or `--timeout` (default: what is left
+    of its own start-up budget) has passed or it ended: then why it is restarted."""
+    t0 = time.monotonic()
+    budget = opts.timeout_s if opts.timeout_s is not None else max(5.0, st.started_at + st.budget_s - time.time())
+    prober = _Prober(endpoint_for(sp))
+    last_report = 0.0
+    while True:
+        elapsed = time.monotonic() - t0
+        if not runner.is_alive(st):
+            trouble = getattr(runner, "trouble", None)
+            why = trouble(st) if trouble is not None else ""
+            return f"it ended while loading ({why or 'its process exited'})"
+        res = prober.poll(budget - elapsed)
+        if res is not None and res.state == READY:
+            st.ready_at = time.time()
+            on_ready = getattr(runner, "on_ready", None)
+            if on_ready is not None:
+                on_ready(st)
+            loaded[sp.name] = round(elapsed, 2)
+            return ""
+        if elapsed > budget:
+            return (f"it was still loading after this up waited {budget:.0f} s for it (last probe: "
+                    f"{res.detail if res else 'no answer yet'}); raise --timeout to wait longer")
+        if progress and elapsed - last_report >= 0.5:
+            last_report = elapsed
+            progress(Progress(sp.name, f"its load in progress to finish (started {time.time() - st.started_at:.0f} s "
+                              "ago, by an earlier up or its supervisor)", elapsed, budget,
+                              (runner.log_tail(st, 1) or [""])[-1]))
+        time.sleep(POLL_S)
 
 
 def _cleanup(started: list[ServiceState], runner: Runner, state: StackState, sd: StateDir, grace_s: float) -> list[str]:

@@ -892,3 +892,51 @@ def test_a_copy_of_a_running_stacks_folder_does_not_adopt_its_services(fake_stac
     notes = []
     assert status(copied, notes=notes) == [] and notes == []  # said once
     assert StateDir(copied).load().file == str(copied.resolve())
+
+
+def test_up_waits_for_a_service_that_is_still_loading_instead_of_restarting_it(fake_stack, monkeypatch):
+    """An `up` that ends on SIGHUP (a closed terminal) leaves the engine loading; `status` says loading. The next
+    `up` waits for that load, as compose does, and keeps the same process: it used to kill it and start over."""
+    path, port, tmp = fake_stack
+    monkeypatch.setenv("FAKE_LOAD_S", "4")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], env=env, cwd=tmp,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: StateDir(path).has_state() and "chat" in StateDir(path).load().services, 20)
+        time.sleep(0.5)
+        first.send_signal(signal.SIGHUP)
+        assert first.wait(10) in (-signal.SIGHUP, 128 + signal.SIGHUP)  # the default action: `up` dies
+    finally:
+        if first.poll() is None:
+            first.kill()
+    st = StateDir(path).load().services["chat"]
+    assert [r.state for r in status(path)] == ["loading"]
+    res = up(plan_of(path), UpOptions(timeout_s=30))
+    [o] = res.services
+    assert o.action == "unchanged" and o.where == f"pid {st.pid}" and o.ready_s is not None, o
+    after = StateDir(path).load().services["chat"]
+    assert after.pid == st.pid and after.ready_at is not None
+    assert [r.state for r in status(path)] == ["running"]
+
+
+def test_up_restarts_a_loading_service_that_does_not_finish_within_its_timeout(fake_stack, monkeypatch):
+    path, port, tmp = fake_stack
+    monkeypatch.setenv("FAKE_MODE", "hang")  # never ready
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], env=env, cwd=tmp,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: StateDir(path).has_state() and "chat" in StateDir(path).load().services, 20)
+        time.sleep(0.5)
+        first.send_signal(signal.SIGHUP)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    monkeypatch.setenv("FAKE_MODE", "ok")
+    st = StateDir(path).load().services["chat"]
+    res = up(plan_of(path), UpOptions(timeout_s=2))
+    [o] = res.services
+    assert o.action == "restarted" and "still loading after this up waited 2 s" in o.reason, o
+    assert StateDir(path).load().services["chat"].pid != st.pid
