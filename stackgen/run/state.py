@@ -212,7 +212,7 @@ class StateDir:
 
     def save_run(self, service: str, record: dict[str, Any]) -> None:
         path = self.run_path(service)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # never the folders above: a moved stack's old path is not made again
         write_new(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def load_run(self, service: str) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stackgen.errors import LaunchError
-from stackgen.run.state import ServiceState, StateDir, open_log, tail
+from stackgen.run.state import ServiceState, StateDir, open_log, register, tail
 from stackgen.render.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
 HANDSHAKE_S = 60.0
@@ -184,7 +184,38 @@ class Supervisor:
     def _stop(self, signum, frame) -> None:  # noqa: ARG002
         self.stopping = True
 
+    def follow(self) -> None:
+        """The stack's folder was moved or renamed while up: this supervisor's working directory (its state folder,
+        `.stackgen/stacks/<file>`) moved with it. From then on the state, the record, the log and the registry entry
+        are where the folder is now, and the engine is restarted there (its working directory and the arguments that
+        named a path inside the old folder follow). Without this a restart found no state at the old path, took that
+        for `down`, and the service was never restarted (and the old folders were made again)."""
+        if self.sd.dir.exists():
+            return
+        try:
+            here = Path(os.getcwd())
+        except OSError:  # the folder was deleted
+            return
+        if here.name != self.sd.dir.name or here.parent.name != "stacks":
+            return
+        moved = StateDir(here.parent.parent.parent / here.name)
+        if moved.stack_file == self.sd.stack_file or not moved.state_file.exists():
+            return
+        old_dir, new_dir = str(self.sd.stack_file.parent), str(moved.stack_file.parent)
+        self.say(f"the stack moved from {self.sd.stack_file} to {moved.stack_file}: following it")
+
+        def moved_path(a: str) -> str:
+            return new_dir + a[len(old_dir):] if a == old_dir or a.startswith(old_dir + os.sep) else a
+
+        from dataclasses import replace
+
+        self.spec = replace(self.spec, stack_dir=moved_path(self.spec.stack_dir),
+                            argv=[moved_path(a) for a in self.spec.argv])
+        self.sd = moved
+        register(moved.stack_file)
+
     def save(self, **changes) -> None:
+        self.follow()
         self.record.update(changes, updated_at=time.time())
         try:
             self.sd.save_run(self.spec.name, self.record)
@@ -217,7 +248,7 @@ class Supervisor:
 
     def watch(self, st: ServiceState, proc: subprocess.Popen) -> int:
         ready = False
-        next_probe = 0.0
+        next_probe = next_follow = 0.0
         while True:
             if self.stopping:  # `down` (or a restart by `up`) stops the engine itself, after this exits
                 self.save(state="stopped")
@@ -231,6 +262,9 @@ class Supervisor:
                         self.save(state="running", engine_pid=proc.pid)
                         if self.record["restarts"]:
                             self.mark_ready(st)
+                if time.monotonic() >= next_follow:  # a moved folder: `ps` finds the stack where it is now
+                    self.follow()
+                    next_follow = time.monotonic() + 2.0
                 time.sleep(0.2)
                 continue
             if self.stopping:
@@ -327,6 +361,7 @@ class Supervisor:
             if self.stopping:
                 self.save(state="stopped")
                 return None
+            self.follow()
             try:
                 self.sd.acquire(f"supervisor of {self.spec.name}: restart")
                 break

@@ -940,3 +940,37 @@ def test_up_restarts_a_loading_service_that_does_not_finish_within_its_timeout(f
     [o] = res.services
     assert o.action == "restarted" and "still loading after this up waited 2 s" in o.reason, o
     assert StateDir(path).load().services["chat"].pid != st.pid
+
+
+def test_a_stack_folder_moved_while_up_keeps_its_supervisor(fake_stack, tmp_path_factory):
+    """`mv` of a running stack's folder: the supervisor's working directory moves with it, so it follows: `ps`
+    finds the stack at its new path, a killed engine is restarted there (its binary, inside the folder, at its new
+    path), and the old path is not made again. It used to take the missing state for `down` and stop restarting."""
+    import shutil
+
+    from stackgen.run.state import registered_stacks
+
+    path, _, tmp = fake_stack
+    base = tmp_path_factory.mktemp("moved")
+    old = base / "s1"
+    old.mkdir()
+    shutil.copy(tmp / "fake-llama-server", old / "fake-llama-server")
+    (old / "stack.yaml").write_text(path.read_text().replace(str(tmp / "fake-llama-server"), "./fake-llama-server"))
+    up(plan_of(old / "stack.yaml"), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.2)))
+    new = base / "s1m"
+    moved = new / "stack.yaml"
+    try:
+        first = StateDir(old / "stack.yaml").load().services["chat"]
+        old.rename(new)
+        assert _wait_for(lambda: moved.resolve() in registered_stacks(), 10), registered_stacks()
+        os.kill(first.pid, signal.SIGKILL)
+        row = _wait_for(lambda: [r for r in status(moved) if r.state == "running" and r.restarts == 1], 20)
+        assert row, status(moved)
+        second = StateDir(moved).load().services["chat"]
+        assert second.pid != first.pid and psutil.Process(second.pid).cmdline()[1] == str(new / "fake-llama-server")
+        assert not old.exists(), "the supervisor made the old folder again"
+        text = "\n".join(ln for _, ln in logs(moved, "chat"))
+        assert f"the stack moved from {old / 'stack.yaml'} to {moved}: following it" in text, text
+    finally:
+        down(moved, grace_s=1)
+        down(old / "stack.yaml", grace_s=1)
