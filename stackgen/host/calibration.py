@@ -434,14 +434,17 @@ def save(cal: Calibration, path: Path | None = None) -> Path:
 def load(path: Path | None = None) -> Calibration | None:
     """The stored calibration, or None when there is none. A file that is not one is an error naming the fix."""
     path = path or calibration_path()
-    fix = "run `stackgen calibrate` again to rewrite it, or plan with --no-calibration"
+    # the fixes every command that plans a `hardware: detect` stack can use (only `plan` has --no-calibration)
+    fix = (f"run `stackgen calibrate` again to rewrite it, or remove it (`rm {path}`: plans then use the detected "
+           "figures; `plan --no-calibration` ignores it)")
     try:
         data = datafile.load_json(path, "the calibration", fix)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StackgenError(f"{path}: cannot read the calibration ({exc.strerror or exc}); fix its permissions, "
-                            "or plan with --no-calibration") from None
+        raise StackgenError(f"{path}: cannot read the calibration ({exc.strerror or exc}); make it readable, or set "
+                            "STACKGEN_CONFIG_HOME to a directory of your own (`plan --no-calibration` ignores "
+                            "it)") from None
     except datafile.DataFileError as exc:
         raise StackgenError(str(exc)) from None
     except ValueError as exc:  # not UTF-8, not JSON

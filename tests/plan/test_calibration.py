@@ -464,3 +464,18 @@ def test_rate_reads_the_engines_timings():
     assert cal._rate({"predicted_n": 16, "predicted_ms": 160.0}, "predicted") == pytest.approx(100.0)
     assert cal._rate({"prompt_n": 64, "prompt_ms": 0.0}, "prompt") == 0.0
     assert cal._rate({}, "prompt") == 0.0
+
+
+@pytest.mark.parametrize("command", ["up", "bench", "restart"])
+def test_a_damaged_file_names_fixes_that_every_planning_command_accepts(cli, write_stack, detected, command):
+    """up / restart / bench plan a `hardware: detect` stack too: the advice used to be "plan with --no-calibration",
+    a flag they reject (exit 64). It names what works for them: calibrate again, or remove the file."""
+    path = cal.calibration_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    res = cli(command, write_stack(STACK.format(hardware="detect")))
+    assert res.exit_code == 1, res.output
+    assert "not a stackgen calibration" in res.output and f"rm {path}" in res.output, res.output
+    assert "plan with --no-calibration" not in res.output, res.output
+    path.unlink()  # the advice works: without the file nothing is read
+    assert cal.load() is None
