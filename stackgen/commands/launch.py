@@ -174,8 +174,10 @@ _NO_MEM = typer.Option(False, "--no-memory-check", help="Start even if free RAM 
 _FORCE = typer.Option(False, "--force", help="Start even when this host does not match the stack (GPUs, the "
                       "binary's flags, free memory; see `stackgen doctor`): mismatches become warnings.")
 _RESTART = typer.Option("on-failure", "--restart", help="Native services: `on-failure` restarts an engine that "
-                        "crashes or exits by itself (not one stopped by SIGTERM/SIGINT/SIGHUP; backoff from 1 s, at "
-                        "most 5 restarts in 300 s, as the systemd unit) or `no`.")
+                        "crashes or exits, status 0 included, so one that handles a `kill PID` (SIGTERM) and exits 0, "
+                        "as llama-server does, is restarted too (stop services with `stackgen down`); only an engine "
+                        "killed by SIGTERM/SIGINT/SIGHUP itself stays down; backoff from 1 s, at most 5 restarts in "
+                        "300 s, as the systemd unit with RestartForceExitStatus=0. Or `no`.")
 _JSON = typer.Option(False, "--json", help="Machine-readable result on stdout.")
 
 

@@ -974,3 +974,20 @@ def test_a_stack_folder_moved_while_up_keeps_its_supervisor(fake_stack, tmp_path
     finally:
         down(moved, grace_s=1)
         down(old / "stack.yaml", grace_s=1)
+
+
+@pytest.mark.parametrize("command", ["up", "restart"])
+def test_restart_help_says_what_a_handled_sigterm_does(fake_stack, cli, command):
+    """`--restart` said "not one stopped by SIGTERM", but an engine that handles SIGTERM and exits 0 (llama-server;
+    the fake engine too) is restarted, as the unit's RestartForceExitStatus=0 does. The help says so, and it is so."""
+    text = " ".join(cli(command, "--help").output.replace("│", " ").split())
+    assert "not one stopped by SIGTERM" not in text
+    assert "one that handles a `kill PID` (SIGTERM) and exits 0, as llama-server does, is restarted too" in text, text
+    if command == "restart":
+        return
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20, policy=RestartPolicy(backoff_s=0.1)))
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.pid, signal.SIGTERM)  # the fake engine handles it: exits 0
+    row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
+    assert row and "exited with status 0" in row[0].last_exit, status(path)
