@@ -260,13 +260,16 @@ def down(
     file, services = _known_stack(words, file_opt)
     _check_stack_names(file, services)
     notes: list[str] = []
-    stopped = do_down(file, grace, notes, services=services)
+    ended: list[str] = []
+    stopped = do_down(file, grace, notes, services=services, ended=ended)
     for note in notes:
         typer.echo(f"warning: {note}", err=True)
-    if not stopped:
+    if not stopped and not ended:
         typer.echo(f"{file}: nothing running")
     for s in stopped:
         typer.echo(f"stopped {s}")
+    for s in ended:  # as compose's "Removed": nothing of it ran any more
+        typer.echo(f"removed {s}: it had already ended")
     return 0
 
 

@@ -21,10 +21,11 @@ from stackgen.run.state import ServiceState, StateDir, open_read, tail
 
 
 def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | None = None,
-         services: list[str] | tuple[str, ...] = ()) -> list[str]:
+         services: list[str] | tuple[str, ...] = (), ended: list[str] | None = None) -> list[str]:
     """Stop every service `up` started for this stack (by the state file, plus labelled containers), or only
     `services`. A recorded pid that now belongs to another process is left alone: the entry is dropped and a note
-    added to `notes`."""
+    added to `notes`. A service that had already ended (nothing of it ran, no supervisor) is only removed from the
+    state: it goes to `ended` when given (`down` says "removed"), else with the stopped ones."""
     sd = StateDir(stack_file)
     if not sd.root.exists():
         return []
@@ -45,6 +46,7 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
             if st.kind not in runners:
                 runners[st.kind] = _runner_for(st.kind, sd.stack_file, state.stack)
             runner = runners[st.kind]
+            was_running = _running(runner, st)
             try:
                 note = runner.stop(st, grace_s)
             except LaunchError as exc:
@@ -60,7 +62,7 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
                     notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
                                  f"it yourself: kill {st.pid})")
                 continue
-            stopped.append(f"{name} ({runner.where(st)})")
+            (stopped if was_running or ended is None else ended).append(f"{name} ({runner.where(st)})")
         if had_containers:
             stopped += _down_stray_containers(sd, grace_s)
         if failures:
@@ -68,6 +70,18 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
         return stopped
     finally:
         sd.release()
+
+
+def _running(runner: Runner, st: ServiceState) -> bool:
+    """Anything of the service runs: its engine (or a container), a process of its session, or its supervisor."""
+    try:
+        if runner.is_alive(st):
+            return True
+        if isinstance(runner, NativeRunner):
+            return bool(runner.owned_pids(st)) or supervisor_alive(st)
+    except LaunchError:
+        return True  # cannot tell: say what stop does
+    return False
 
 
 def _groups(state) -> dict[str, list[str]]:

@@ -991,3 +991,16 @@ def test_restart_help_says_what_a_handled_sigterm_does(fake_stack, cli, command)
     os.kill(st.pid, signal.SIGTERM)  # the fake engine handles it: exits 0
     row = _wait_for(lambda: [r for r in status(path) if r.state == "running" and r.restarts == 1], 20)
     assert row and "exited with status 0" in row[0].last_exit, status(path)
+
+
+def test_down_of_an_engine_that_had_already_ended_says_removed_not_stopped(fake_stack, cli):
+    """`up --restart no`, the engine SIGKILLed: `down` printed "stopped chat (pid N)" though nothing was stopped.
+    Like compose's "Removed", it now says the entry was removed because the engine had already ended."""
+    path, _, _ = fake_stack
+    assert cli("up", path, "--timeout", "20", "--restart", "no").exit_code == 0
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(st.pid) and not _alive(st.sup_pid), 10)
+    r = cli("down", path)
+    assert r.exit_code == 0 and f"removed chat (pid {st.pid}): it had already ended" in r.output, r.output
+    assert "stopped" not in r.output, r.output
