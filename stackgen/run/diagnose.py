@@ -14,6 +14,9 @@ _CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"unknown argument|unrecognized argument|invalid argument|unrecognized option|invalid option|"
         r"error: argument|no such option|invalid value for|error while handling argument|argument has been removed",
         re.I)),
+    ("damaged model: the model file is corrupted or incomplete (a truncated download or copy?); fetch it again",
+     re.compile(r"model is corrupted or incomplete|not within the file bounds|invalid magic|unexpected end of file|"
+                r"failed to read tensor|tensor data is not|file is truncated|corrupted", re.I)),
     ("missing file: the model (or another file the engine needs) was not found", re.compile(
         r"no such file|failed to open|does not exist|not found|filenotfounderror|cannot open|unable to open|"
         r"failed to load model|repository not found|is not a valid|couldn't find|can't load", re.I)),
@@ -27,6 +30,9 @@ def likely_cause(lines: list[str], returncode: int | str | None) -> str:
     """A best guess at why an engine stopped, from its exit status and log."""
     if isinstance(returncode, int) and returncode in (-signal.SIGKILL, 137):
         return "killed (SIGKILL): most likely out of memory (the kernel's OOM killer) or killed by another process"
+    # the engine's own lines: stackgen's (its command line, the supervisor's "... likely cause: out of memory" about
+    # an earlier end) are not evidence of this end
+    lines = [ln for ln in lines if not ln.startswith(("[stackgen ", "[stackgen]", "# stackgen "))]
     text = "\n".join(lines[-60:])
     for cause, pattern in _CAUSES:
         m = pattern.search(text)

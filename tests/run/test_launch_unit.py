@@ -455,6 +455,22 @@ def test_likely_cause():
     assert "missing file" in likely_cause(["FileNotFoundError: [Errno 2] No such file or directory: 'x'"], 1)
 
 
+def test_likely_cause_of_a_truncated_model_and_not_from_stackgens_own_lines():
+    """Audit L4: a truncated GGUF was called "missing file" ("failed to load model" was that pattern's), and a clean
+    `down` after an earlier SIGKILL was called out of memory from the supervisor's own earlier log line."""
+    truncated = ["llama_model_load: error loading model: tensor 'token_embd.weight' data is not within the file "
+                 "bounds, model is corrupted or incomplete", "llama_model_load_from_file_impl: failed to load model",
+                 "main: exiting due to model loading error"]
+    cause = likely_cause(truncated, 1)
+    assert cause.startswith("damaged model: the model file is corrupted or incomplete") and "missing" not in cause
+    earlier = ["[stackgen 10:10:40] gemma (pid 30692) killed by signal SIGKILL; likely cause: killed (SIGKILL): most "
+               "likely out of memory (the kernel's OOM killer) or killed by another process",
+               "[stackgen 10:10:41] restarting in 1 s (restart 1 of at most 5 within 300 s)",
+               "# stackgen supervisor restart: /x/llama-server -m /x/out-of-memory-test.gguf",
+               "main: server is listening on http://127.0.0.1:19101", "srv  operator(): cleaning up before exit..."]
+    assert likely_cause(earlier, None) == ""
+
+
 def test_budget_scales_with_model():
     plan = plan_of_text("llama.cpp")
     sp = plan.services[0]
