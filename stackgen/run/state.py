@@ -266,6 +266,8 @@ class StateDir:
             gi = self.root / ".gitignore"
             if not os.path.lexists(gi):
                 write_new(gi, "*\n")
+        except NotADirectoryError:
+            raise self._blocked(self.logs_dir) from None
         except OSError as exc:
             raise LaunchError(f"cannot create the state folder {self.dir}: {exc.strerror or exc}") from None
 
@@ -275,10 +277,19 @@ class StateDir:
             return datafile.load_json(path, "the state file", f"delete {path}")
         except FileNotFoundError:
             return None
+        except NotADirectoryError:  # not a damaged state file: a file is in the way of the state folder
+            raise self._blocked(path) from None
         except datafile.DataFileError as exc:
             raise self._damaged(path, exc.message) from None
         except (OSError, ValueError) as exc:
             raise self._damaged(path, f"unreadable ({exc})") from None
+
+    def _blocked(self, path: Path) -> LaunchError:
+        blocker = next((p for p in reversed(path.parents) if os.path.lexists(p) and not p.is_dir()), path.parent)
+        return LaunchError(f"{blocker} is a file, not the folder where stackgen keeps the state of "
+                           f"{self.stack_file.name}, so no state can be read there. If that file is yours, move it "
+                           f"aside (`mv {blocker} {blocker}.file`); `up` makes the folder again. If this stack's "
+                           f"engines still run, stop them yourself (`ps -ef` shows them)")
 
     def _damaged(self, path: Path, why: str) -> LaunchError:
         return LaunchError(f"{path}: {why}. The state file is damaged or was edited by hand; stackgen will not "

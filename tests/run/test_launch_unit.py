@@ -1020,3 +1020,17 @@ def test_down_of_an_engine_that_had_already_ended_says_removed_not_stopped(fake_
     r = cli("down", path)
     assert r.exit_code == 0 and f"removed chat (pid {st.pid}): it had already ended" in r.output, r.output
     assert "stopped" not in r.output, r.output
+
+
+@pytest.mark.parametrize("command", ["status", "down"])
+def test_a_file_in_the_way_of_the_state_folder_is_named_not_a_damaged_state(fake_stack, cli, command):
+    """`.stackgen` replaced by a file: status and down blamed a "damaged or hand-edited" state file and told the user
+    to delete a path that cannot exist. They name the file in the way and how to move it."""
+    path, _, tmp = fake_stack
+    (tmp / ".stackgen").write_text("")
+    r = cli(command, path)
+    assert r.exit_code == 1, r.output
+    text = " ".join(r.output.split())
+    assert f"{tmp / '.stackgen'} is a file, not the folder where stackgen keeps the state" in text, text
+    assert "damaged" not in text and f"mv {tmp / '.stackgen'} {tmp / '.stackgen'}.file" in text, text
+    (tmp / ".stackgen").unlink()
