@@ -29,10 +29,22 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
     sd = StateDir(stack_file)
     if not sd.root.exists():
         return []
-    sd.acquire("down")
+    try:
+        sd.acquire("down")
+        writable = True
+    except LaunchError:
+        if not read_only(sd.root):
+            raise
+        # a read-only stack folder (a remount, a snapshot): stop the services anyway, as `status` still reads them;
+        # nothing can write the state there (not `up` either, so no lock is needed), which is said
+        writable = False
+        if notes is not None:
+            notes.append(f"{sd.root} is on a read-only file system: stopped what runs without the stack's lock, and "
+                         f"its state could not be updated (`status` shows the services as ended until the folder "
+                         f"is writable and `down` runs again)")
     try:
         state = sd.load()
-        if sd.copied_from:  # said once: the copy's state is rewritten as this stack file's own (empty) state
+        if sd.copied_from and writable:  # said once: the copy's state is rewritten as this stack file's own state
             if notes is not None:
                 notes.append(sd.copy_note())
             sd.save(state)
@@ -53,10 +65,11 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
                 failures.append(str(exc))
                 continue
             state.services.pop(name, None)
-            sd.save(state)
-            sd.drop_run(name)
-            if st.unit_role == BALANCER:  # its config, written by `up` (run/fleet.py), goes with it
-                drop_config(sd.dir, name)
+            if writable:
+                sd.save(state)
+                sd.drop_run(name)
+                if st.unit_role == BALANCER:  # its config, written by `up` (run/fleet.py), goes with it
+                    drop_config(sd.dir, name)
             if note:
                 if notes is not None:
                     notes.append(f"{note}; left it running and forgot the entry (if that process is yours, stop "
@@ -70,6 +83,14 @@ def down(stack_file: str | Path, grace_s: float = GRACE_S, notes: list[str] | No
         return stopped
     finally:
         sd.release()
+
+
+def read_only(path: Path) -> bool:
+    """The file system holding `path` is mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def _running(runner: Runner, st: ServiceState) -> bool:

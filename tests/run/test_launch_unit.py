@@ -1034,3 +1034,34 @@ def test_a_file_in_the_way_of_the_state_folder_is_named_not_a_damaged_state(fake
     assert f"{tmp / '.stackgen'} is a file, not the folder where stackgen keeps the state" in text, text
     assert "damaged" not in text and f"mv {tmp / '.stackgen'} {tmp / '.stackgen'}.file" in text, text
     (tmp / ".stackgen").unlink()
+
+
+def test_down_stops_a_stack_whose_folder_became_read_only(fake_stack, monkeypatch):
+    """Audit L9: in a read-only stack folder (bind-remounted ro) `down` failed at the lock ("Read-only file
+    system") and the engine kept running, while status still read it. down now stops it without the lock (no
+    `up` can write there either) and says the state could not be updated. The read-only file system is simulated:
+    the lock cannot be opened, the folder reads as read-only, and nothing may be written."""
+    import stackgen.run.lifecycle as lifecycle
+
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+
+    def no_write(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    def no_lock(self, what="up"):
+        raise LaunchError(f"cannot open {self.lock_file}: Read-only file system")
+
+    monkeypatch.setattr(StateDir, "acquire", no_lock)
+    monkeypatch.setattr(StateDir, "_save", no_write)
+    monkeypatch.setattr(StateDir, "save_run", no_write)
+    monkeypatch.setattr(lifecycle, "read_only", lambda p: True)
+    notes: list[str] = []
+    try:
+        stopped = down(path, grace_s=2, notes=notes)
+    finally:
+        monkeypatch.undo()  # the fixture's own down must work (were this one to fail)
+    assert stopped == [f"chat (pid {st.pid})"] and not _alive(st.pid) and not _alive(st.sup_pid)
+    assert len(notes) == 1 and "read-only file system: stopped what runs without the stack's lock" in notes[0]
+    assert [r.state for r in status(path)] != ["running"]
