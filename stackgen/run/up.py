@@ -26,7 +26,7 @@ from stackgen.run import fleet
 from stackgen.run.diagnose import _failure
 from stackgen.run.native import _runner_for, budget_for, check_keys, endpoint_for, select_services
 from stackgen.run.preflight import _wait_ports_free, check_memory, check_models, check_ports, check_url_pins
-from stackgen.run.process import KILL_WAIT_S, POLL_S
+from stackgen.run.process import KILL_WAIT_S, POLL_S, supervisor_alive
 from stackgen.run.readiness import DOWN, LOADING, READY, Endpoint, Probe, probe
 from stackgen.run.results import (
     Interrupted,
@@ -125,6 +125,10 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
                     reasons[sp.name] = _trouble(runner_of(cur), cur, sp)
                 if not reasons[sp.name] and kind == "process" and cur.sup_id and cur.restart != _policy_mode(opts):
                     reasons[sp.name] = f"its restart policy changed ({cur.restart} -> {_policy_mode(opts)})"
+                if (not reasons[sp.name] and kind == "process" and cur.sup_id and _policy_mode(opts) != "no"
+                        and not supervisor_alive(cur)):  # the engine runs, but nothing would restart it
+                    reasons[sp.name] = ("its supervisor is gone (killed?): nothing would restart it after a crash "
+                                        "(restart policy on-failure)")
                 if not reasons[sp.name]:
                     keep.append(sp)
                     continue

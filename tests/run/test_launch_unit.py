@@ -1065,3 +1065,19 @@ def test_down_stops_a_stack_whose_folder_became_read_only(fake_stack, monkeypatc
     assert stopped == [f"chat (pid {st.pid})"] and not _alive(st.pid) and not _alive(st.sup_pid)
     assert len(notes) == 1 and "read-only file system: stopped what runs without the stack's lock" in notes[0]
     assert [r.state for r in status(path)] != ["running"]
+
+
+def test_up_resupervises_an_engine_whose_supervisor_was_killed(fake_stack):
+    """Audit L1: supervisor SIGKILLed, engine still serving: `up` said "unchanged" and "restart policy: on-failure"
+    though nothing watched the engine any more. It restarts it under a new supervisor, saying why."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    st = StateDir(path).load().services["chat"]
+    os.kill(st.sup_pid, signal.SIGKILL)
+    assert _wait_for(lambda: not _alive(st.sup_pid), 5)
+    [o] = up(plan_of(path), UpOptions(timeout_s=20)).services
+    assert o.action == "restarted" and "its supervisor is gone" in o.reason, o
+    now = StateDir(path).load().services["chat"]
+    assert now.sup_pid != st.sup_pid and _alive(now.sup_pid) and not _alive(st.pid)
+    [o] = up(plan_of(path), UpOptions(timeout_s=20)).services  # and then it is kept
+    assert o.action == "unchanged", o
