@@ -311,6 +311,12 @@ def logs(stack_file: str | Path, service: str | list[str] | None = None, follow:
         if kind == "file":
             if src is None:
                 continue
+            if st is not None and not os.path.lexists(src):  # `logs` printed nothing at all (audit L6)
+                yield n, (f"[stackgen] the log file {src} is missing (deleted?): nothing of {n}'s output can be "
+                          f"shown; a running engine keeps writing to the deleted file (`stackgen restart {n}` "
+                          f"starts a new log)")
+                offsets[n] = 0  # `logs -f` shows a new log from its start
+                continue
             for ln in tail(src, lines, max_bytes=4 * 1024 * 1024):
                 yield n, ln
             try:

@@ -1081,3 +1081,16 @@ def test_up_resupervises_an_engine_whose_supervisor_was_killed(fake_stack):
     assert now.sup_pid != st.sup_pid and _alive(now.sup_pid) and not _alive(st.pid)
     [o] = up(plan_of(path), UpOptions(timeout_s=20)).services  # and then it is kept
     assert o.action == "unchanged", o
+
+
+def test_logs_says_when_the_log_file_was_deleted(fake_stack):
+    """Audit L6: with the log file deleted, `logs` printed nothing and exited 0. It says the file is missing."""
+    path, _, _ = fake_stack
+    up(plan_of(path), UpOptions(timeout_s=20))
+    log = StateDir(path).log_path("chat")
+    log.unlink()
+    got = list(logs(path, "chat"))
+    assert len(got) == 1 and f"the log file {log} is missing (deleted?)" in got[0][1], got
+    followed = logs(path, "chat", follow=True, max_seconds=1.5)  # and `logs -f` says it too, then keeps going
+    assert "is missing (deleted?)" in next(followed)[1]
+    assert all("missing" not in ln for _, ln in followed)
