@@ -250,12 +250,36 @@ def _ended(runner: Runner, st: ServiceState, rec: dict | None, row: ServiceStatu
     row.state = "exited" if rec is not None and rec.get("exit_code") == 0 and not rec.get("exit_signal") else "crashed"
     if row.last_exit:
         row.detail = foreign or row.last_exit
-    else:  # no supervisor saw it end (an older stackgen, a container): what the log says
+    else:  # no supervisor saw it end (an older stackgen, a container): the container's end, what the log says
+        row.last_exit = _container_end(runner, st) if st.kind == "container" else ""
         cause = foreign or likely_cause(lines, None)
-        row.detail = cause or (lines or [""])[-1][:160]
+        said = cause or (lines or [""])[-1][:160]
+        row.detail = "; ".join(x for x in (row.last_exit, said) if x) or (
+            "its process ended; how and when are unknown (no supervisor recorded it: started by an older stackgen?)")
     if rec is not None and not supervisor_alive(st) and rec.get("state") not in ("gave-up", "crashed", "exited"):
         row.detail = "its supervisor is gone: nothing will restart it; " + row.detail  # the important part first
     return row
+
+
+def _container_end(runner: Runner, st: ServiceState) -> str:
+    """How a container ended, from the engine's record of it: 'exited with status 137 (SIGKILL: ...)', or that it
+    was removed (its exit status went with it)."""
+    try:
+        code = runner.exited(st, None)
+    except LaunchError:
+        return ""
+    if code is None:
+        return ""
+    if code == "container removed":
+        return "its container was removed (docker/podman rm?): its exit status went with it"
+    if isinstance(code, int) and code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            return f"exited with status {code}"
+        why = ": killed (docker/podman kill, or out of memory)" if name == "SIGKILL" else ""
+        return f"exited with status {code} ({name}{why})"
+    return f"exited with status {code}" if isinstance(code, int) else str(code)
 
 
 def ps(probe_timeout_s: float = 2.0) -> list[tuple[Path, ServiceStatus]]:

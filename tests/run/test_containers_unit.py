@@ -73,3 +73,42 @@ def test_this_stack_files_own_old_container_is_replaced(tmp_path):
     r._remove_named("stackgen-c1-gemma")
     assert old.removed
     r._remove_named("stackgen-c1-nothing")  # none of that name: nothing to do
+
+
+class _EndedRunner:
+    """A container runner whose container has ended as `code` says (ContainerRunner.exited's values)."""
+
+    kind = "container"
+
+    def __init__(self, code):
+        self.code = code
+
+    def exited(self, st, handle):
+        return self.code
+
+    def is_alive(self, st):
+        return False
+
+    def log_tail(self, st, lines):
+        return []
+
+    def where(self, st):
+        return f"container {st.container_name}"
+
+
+@pytest.mark.parametrize("code, says", [
+    (137, "exited with status 137 (SIGKILL: killed (docker/podman kill, or out of memory))"),
+    ("container removed", "its container was removed (docker/podman rm?): its exit status went with it"),
+    ("OOM-killed (137)", "OOM-killed (137)"),
+    (1, "exited with status 1"),
+])
+def test_status_of_an_ended_container_says_how_it_ended(code, says):
+    """Audit L7: a killed container showed `crashed` with only its last log line (empty once removed); status
+    --help promises the exit status or signal."""
+    from stackgen.run.lifecycle import _status_of
+    from stackgen.run.state import ServiceState
+
+    st = ServiceState(name="gemma", engine="llama.cpp", kind="container", host="127.0.0.1", port=19110,
+                      config_hash="h", started_at=0.0, container_id="abc", container_name="stackgen-c1-gemma")
+    row = _status_of(_EndedRunner(code), st, 1.0)
+    assert row.state == "crashed" and row.last_exit == says and row.detail == says, row
