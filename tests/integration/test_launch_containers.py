@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
+
+import pytest
 
 from stackgen.run.readiness import Endpoint, complete
 from stackgen.run.state import StateDir
 
 
 
+@pytest.mark.parametrize("named", ["absolute", "symlink", "relative-symlink"])
 def test_llama_server_container_up_answer_down(tmp_path, podman_socket, llama_image, gguf_path, free_port,
-                                               stack_cleanup, monkeypatch, run_stackgen):
+                                               stack_cleanup, monkeypatch, run_stackgen, named):
+    """`named`: the stack names the GGUF by its absolute path, or as models/gemma.gguf, a symlink to it (the HF
+    cache's layout; the name the stack wrote is kept, c1139f4, and the container must still read the file)."""
     stackgen = run_stackgen
     import docker
 
     monkeypatch.setenv("DOCKER_HOST", podman_socket)
     port = free_port()
     path = tmp_path / "stack.yaml"
+    if named != "absolute":  # a relative link: resolved from the link's folder on the host, not in the container
+        (tmp_path / "models").mkdir()
+        target = os.path.relpath(gguf_path, tmp_path / "models") if named == "relative-symlink" else gguf_path
+        (tmp_path / "models" / "gemma.gguf").symlink_to(target)
+        gguf_path = "models/gemma.gguf"
     path.write_text(textwrap.dedent(f"""\
         version: 1
         name: it-containers
