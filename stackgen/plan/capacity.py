@@ -678,9 +678,9 @@ def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], 
     # more on a GPU larger than the smallest it was planned on; a share stackgen chose is scaled to keep its bytes
     # (util_on_pinned).
     extra = [0] * total
-    if m.gpu_memory_utilization is not None and _util_pinned(sp):
+    if m.gpu_memory_utilization is not None:
         planned = int(_smallest_runtime(hw) * m.gpu_memory_utilization)
-        extra = [max(0, int(gpu_runtime_bytes(g) * m.gpu_memory_utilization) - planned) for g in _devices(hw)]
+        extra = [max(0, _reserve_on(sp, hw, g) - planned) for g in _devices(hw)]
     ids: list[int] = []
     for _ in range(n):
         room = sorted((i for i in range(total) if free[i] >= per_gpu + extra[i]),
@@ -703,6 +703,23 @@ def _smallest_runtime(hw: HardwareSpec) -> int:
     return gpu_runtime_bytes(min(hw.gpus, key=lambda g: g.memory_gib))
 
 
+def _scaled_util(util: float, planned: int, runtime: int) -> float:
+    """The share of a GPU of `runtime` bytes that reserves at least `planned` bytes (vLLM takes 2 decimals):
+    rounded up, so the KV pool the plan sized on the smallest GPU is all there (rounded down, one 26,800-token request
+    of Llama 3.1 8B fp8 was planned into a pool 45 MB short of it, which vLLM refuses at start)."""
+    return min(util, math.ceil(planned / runtime * 100 - 1e-9) / 100)
+
+
+def _reserve_on(sp, hw: HardwareSpec, gpu) -> int:
+    """What a share-reserving service (vLLM) takes of `gpu` once pinned to it: its pinned share of that GPU, or the
+    planned bytes at the share scaled for it."""
+    util = sp.memory.gpu_memory_utilization
+    runtime = gpu_runtime_bytes(gpu)
+    if _util_pinned(sp):
+        return int(runtime * util)
+    return int(runtime * _scaled_util(util, int(_smallest_runtime(hw) * util), runtime))
+
+
 def _util_pinned(sp) -> bool:
     """Whether the user pinned the GPU share by an override (theirs, never rescaled)."""
     return pins_from_overrides(engines.get(sp.engine), dict(sp.spec.overrides), sp.name).gpu_memory_utilization \
@@ -714,9 +731,10 @@ def util_on_pinned(sp, hw: HardwareSpec, ids: tuple[int, ...]) -> MemoryPlan:
     on `ids`. It was planned on the smallest GPU of the machine (memory.plan_vllm: every rank takes the same share),
     but placement may pin it to a larger one, where the same share reserves more: on an RTX 3060 + RTX 4090, two
     small vLLM services were both pinned to the 4090 at 0.90 each (placed as 10.4 GiB apiece, reserving 21.2 GiB
-    apiece: the second could not start). A share stackgen chose is scaled so the reserve stays what was planned and
-    placed (rounded down to vLLM's 2 decimals); a share the user pinned by an override is kept, and the plan counts
-    what it takes there (place_gpus placed it so)."""
+    apiece: the second could not start). A share stackgen chose is scaled so the reserve holds what was planned
+    (_scaled_util, rounded up; place_gpus placed that); the planned share stays in unpinned_utilization for a target
+    that cannot pin the GPU. A share the user pinned by an override is kept, and the plan counts what it takes there
+    (place_gpus placed it so)."""
     m = sp.memory
     util = m.gpu_memory_utilization
     if util is None or not ids or not hw.gpus:
@@ -727,8 +745,9 @@ def util_on_pinned(sp, hw: HardwareSpec, ids: tuple[int, ...]) -> MemoryPlan:
     ranks = max(1, m.gpu_bytes // max(1, int(planned * util)))  # per instance: tensor x pipeline x data parallel
     if not _util_pinned(sp):
         pinned = min(gpu_runtime_bytes(devices[i]) for i in set(ids))
-        scaled = math.floor(util * planned / pinned * 100) / 100
-        return replace(m, gpu_memory_utilization=scaled, gpu_bytes=int(pinned * scaled) * ranks)
+        scaled = _scaled_util(util, int(planned * util), pinned)
+        return replace(m, gpu_memory_utilization=scaled, unpinned_utilization=util,
+                       gpu_bytes=int(pinned * scaled) * ranks)
     real = sum(int(gpu_runtime_bytes(devices[i]) * util) for i in ids)
     return replace(m, gpu_bytes=real * ranks // len(ids))
 

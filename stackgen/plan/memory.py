@@ -150,6 +150,10 @@ class MemoryPlan:
     weights_source: str = ""
     tensor_parallel: int = 1
     gpu_memory_utilization: float | None = None
+    # The share planned on the machine's smallest GPU, where gpu_memory_utilization was scaled to the larger GPU the
+    # service is pinned to (capacity.util_on_pinned): what a target that cannot pin it (Kubernetes: the device plugin
+    # picks the GPU) renders. None: not scaled.
+    unpinned_utilization: float | None = None
     levers: tuple[str, ...] = field(default=())
     shortfall: str = ""
     # Multi-node (docs/multinode.md): pipeline stages across nodes, and the layers each node holds (head first).

@@ -164,7 +164,9 @@ def test_vllm_pinned_to_a_larger_gpu_reserves_what_was_placed_there(tmp_path):
         assert util == sp.memory.gpu_memory_utilization
         real = int(gpu_runtime_bytes(device) * util)  # what vLLM reserves: the share of the total CUDA reports
         assert real == sp.memory.gpu_bytes  # the plan counts and places what the engine will take
-        assert real <= gpu_runtime_bytes(g3060) * 0.90  # no more than the reserve it was sized for
+        sized = int(gpu_runtime_bytes(g3060) * 0.90)  # the reserve it was sized for: all of it, and 1% more at most
+        assert sized <= real <= sized + gpu_runtime_bytes(device) // 100
+        assert sp.memory.unpinned_utilization == 0.90
         reserved[gpu] = reserved.get(gpu, 0) + real
     for gpu, used in reserved.items():
         assert used <= gpu_runtime_bytes((g3060, g4090)[gpu]), (gpu, used)
@@ -207,3 +209,32 @@ def test_one_vllm_over_mixed_gpus_is_placed_at_its_share_of_each(tmp_path):
     with pytest.raises(PlanError) as info:
         plan_for(tmp_path, stack)
     assert "services.b" in str(info.value) and "GPU 1 2." in str(info.value)
+
+
+TIGHT = MIXED_VLLM.replace("workload: {concurrent_users: 2, context_tokens: 8192}",
+                           "workload: {concurrent_users: 1, context_tokens: 26800}").replace(
+    "  a: {model: qwen2.5-0.5b-instruct, engine: vllm}\n  b: {model: qwen2.5-0.5b-instruct, engine: vllm}\n",
+    "  a: {model: llama-3.1-8b-instruct, engine: vllm, quant: fp8}\n")
+
+
+def test_the_scaled_share_still_holds_the_request_the_context_was_sized_for(tmp_path):
+    """Review H1: the context was sized on the 3060's 0.90 (a pool just over one 26,800-token request); the share
+    scaled to the 4090 was rounded down (0.44), a pool 45 MB short of that request, which vLLM refuses at start."""
+    from stackgen.plan.capacity import kv_pool_bytes
+    (sp,) = plan_for(tmp_path, TIGHT).services
+    assert sp.gpu_ids == (1,) and sp.memory.context_per_request == 26800
+    assert _util(sp) == 0.45
+    assert kv_pool_bytes(sp.engine, sp.memory) >= sp.memory.kv_cache_bytes
+
+
+def test_kubernetes_renders_the_share_planned_for_any_gpu(tmp_path):
+    """Review H2: a pod is not pinned to a GPU (the device plugin picks one): 0.44 of a 3060 holds less than the
+    weights; the pod gets the share planned on the smallest GPU, the pinned targets the scaled one."""
+    plan = plan_for(tmp_path, TIGHT)
+    (sp,) = plan.services
+    arts = render(plan, "kubernetes")
+    text = next(t for p, t in arts.items() if p.endswith("a.yaml"))
+    assert "- --gpu-memory-utilization\n" in text and "- '0.90'\n" in text and "'0.45'" not in text
+    units = render(plan, "systemd")
+    unit = next(t for p, t in units.items() if p.endswith(".service"))
+    assert '"--gpu-memory-utilization" "0.45"' in unit and 'CUDA_VISIBLE_DEVICES=1' in unit

@@ -315,6 +315,8 @@ def _deployment(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:
 def _container(plan: Plan, sp: ServicePlan) -> dict:
     port = engines.get(sp.engine).default_port
     inside = replace(sp, host="0.0.0.0", port=port)
+    if sp.memory.unpinned_utilization is not None:  # the device plugin picks the GPU: the share planned for any of them
+        inside = replace(inside, memory=replace(sp.memory, gpu_memory_utilization=sp.memory.unpinned_utilization))
     c: dict = {"name": "engine", "image": image_for(sp, accelerator(sp)), "imagePullPolicy": "IfNotPresent"}
     c["args"] = [escape_k8s(a) for a in _args(inside)]
     c["env"] = _env(plan, inside)
