@@ -895,6 +895,11 @@ def bind(spec: StackSpec, doc: _yaml.Document, display: str, path: Path, profile
                     f"{svc.chat_template!r} is outside the stack's folder: its text would be copied into the "
                     "committed artifacts", "copy the template next to stack.yaml and name it relatively, e.g. "
                     "chat_template: templates/chat.tmpl")
+        elif svc.chat_template is not None and (unreadable := template_unreadable(svc.chat_template, path.parent)):
+            # the engine is handed the file by path (llama.cpp/vLLM/SGLang): without this check a missing file
+            # passed validate, render and up's preflight and the engine died blaming a flag (review M2)
+            problem(("services", name, "chat_template"), unreadable,
+                    "name a UTF-8 template file relative to the stack's folder, e.g. chat_template: templates/chat.tmpl")
         if merged is not None:
             services.append(Service(name, svc, merged, facts))
     _check_serve(spec, problem)
@@ -1240,6 +1245,22 @@ def template_outside(ref: str, stack_dir: Path) -> bool:
     base = Path(os.path.realpath(stack_dir))
     target = Path(os.path.realpath(stack_dir / ref))
     return target != base and base not in target.parents
+
+
+def template_unreadable(ref: str, stack_dir: Path) -> str | None:
+    """Why a chat_template reference cannot be read as a text file (None: it can)."""
+    path = stack_dir / ref
+    if not path.exists():
+        return f"{ref!r} does not exist (looked in {stack_dir})"
+    if not path.is_file():
+        return f"{ref!r} is not a file"
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{ref!r} is not UTF-8 text: {exc}"
+    except OSError as exc:
+        return f"cannot read {ref!r}: {exc.strerror or exc}"
+    return None
 
 
 # Environment variables every shell, login or session sets to a value others can read or guess (POSIX's and the

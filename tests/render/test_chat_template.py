@@ -148,3 +148,15 @@ def test_kubernetes_ships_the_template_in_a_config_map(tmp_path, replicas):
     assert c["args"][c["args"].index("--chat-template-file") + 1] == "/stackgen-template/chat-template.jinja"
     assert {"name": "chat-template", "mountPath": "/stackgen-template", "readOnly": True} in c["volumeMounts"]
     assert {"name": "chat-template", "configMap": {"name": "tp-chat-chat-template"}} in pod["volumes"]
+
+
+@pytest.mark.parametrize("ref, why", [("missing.jinja", "does not exist"), ("tmpl", "is not a file"),
+                                      ("bad.jinja", "is not UTF-8")])
+def test_a_chat_template_that_cannot_be_read_is_refused_at_validate(tmp_path, ref, why):
+    # review M2: a missing file passed validate, render and up's preflight (all load the stack here); the engine then
+    # died blaming its flags
+    (tmp_path / "bad.jinja").write_bytes(b"\xff\xfe{{ x }}")
+    found = _problems(tmp_path, _stack(tmp_path, f"model: gemma-3-270m\nengine: llama.cpp\nchat_template: {ref}"))
+    assert len(found) == 1, found
+    assert ":9:" in found[0] and "services.chat.chat_template" in found[0] and why in found[0], found
+    assert "relative to the stack's folder" in found[0]
