@@ -340,6 +340,35 @@ def test_render_without_lock_resolves_writes_the_lock_and_then_needs_no_network(
     assert res.exit_code == 0 and "up to date" in res.output
 
 
+def test_a_locked_hub_gguf_fetched_by_its_resolve_url_gets_the_token_by_reference(env_hub, write_stack, cli,
+                                                                                     tmp_path, monkeypatch):
+    # review M3: once locked, an hf: GGUF is rendered as `-mu https://huggingface.co/<repo>/resolve/<sha>/<file>`,
+    # which llama-server downloads from the Hub at start (sending HF_TOKEN), but hub_fetched excluded every URL
+    hub, _ = _gguf_hub(tmp_path)
+    env_hub(hub)
+    monkeypatch.setenv("HF_TOKEN", "hf_canary_m3")
+    f = write_stack(stack_text("hf:org/tiny-GGUF:Q4_K_M", "    engine: llama.cpp\n    port: 19912\n"
+                               "targets: [script, compose, systemd, kubernetes]\n"))
+    out = tmp_path / "d"
+    res = cli("render", f, "-o", out)
+    assert res.exit_code == 0, res.output
+    assert "-mu https://huggingface.co/org/tiny-GGUF/resolve/" in (out / "chat" / "run.sh").read_text()
+    compose = (out / "compose" / "compose.yaml").read_text()
+    assert "HF_TOKEN: ${HF_TOKEN:-}" in compose
+    [unit] = [p for p in (out / "systemd").iterdir() if p.name.endswith("-chat.service")]
+    assert "EnvironmentFile=-/etc/stackgen/" in unit.read_text() and "hf-token.env" in unit.read_text()
+    assert "secretKeyRef" in (out / "kubernetes" / "chat.yaml").read_text()
+    assert not [p for p in out.rglob("*") if p.is_file() and "hf_canary_m3" in p.read_text()]
+    # only the Hub's own host: a token never goes to a third party or in clear text
+    from stackgen.render.container_spec import hub_resolve_url
+
+    assert hub_resolve_url("https://huggingface.co/org/r/resolve/abc/f.gguf")
+    for url in ("https://example.com/org/r/resolve/abc/f.gguf", "http://huggingface.co/org/r/resolve/abc/f.gguf",
+                "https://huggingface.co.evil.net/org/r/resolve/abc/f.gguf", "https://x@evil.net/org/r/resolve/a/f",
+                "https://huggingface.co@evil.net/org/r/resolve/a/f", "https://huggingface.co/org/r/blob/abc/f.gguf"):
+        assert not hub_resolve_url(url), url
+
+
 def test_offline_without_lock_names_the_lock_file(env_hub, write_stack, cli, tmp_path, monkeypatch):
     hub, _ = _gguf_hub(tmp_path)
     env_hub(hub)
