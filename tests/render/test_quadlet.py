@@ -167,4 +167,30 @@ def test_amd_device_nodes_keep_the_users_groups(write_stack):
                      "  coder: {model: qwen2.5-7b-instruct, engine: llama.cpp}\ntargets: [quadlet]\n")
     _, files = render(nv)
     (unit,) = [parse_unit(t) for p, t in files.items() if p.endswith(".container")]
-    assert not any(k == "PodmanArgs" for k, _ in unit["Container"])
+    assert not any(k == "PodmanArgs" and "group-add" in v for k, v in unit["Container"])
+
+
+def test_a_hub_model_gets_hf_token_by_reference_and_a_local_one_none(tmp_path, monkeypatch):
+    """Review M1: compose, kubernetes and systemd passed HF_TOKEN to an engine that fetches a gated Hub repo at start;
+    its Podman twin did not. Quadlet's Environment= takes only NAME=value and its EnvironmentFile= fails a start
+    without the file, so: an optional [Service] EnvironmentFile=- (%E: /etc, or ~/.config rootless) and
+    `podman run --env HF_TOKEN`, which podman skips when unset."""
+    monkeypatch.setenv("HF_TOKEN", "hf_canary_quadlet")
+    _, arts = render(_stack(tmp_path, "hardware: rtx-3090\nservices:\n  a:\n    model: qwen2.5-7b-instruct\n"
+                                      "    engine: llama.cpp\ntargets: [quadlet]\n"))
+    text = arts["quadlet/stackgen-s-a.container"]
+    unit = parse_unit(text)
+    assert ("PodmanArgs", "--env HF_TOKEN") in unit["Container"]
+    assert ("EnvironmentFile", "-%E/stackgen/s/hf-token.env") in unit["Service"]
+    assert "`HF_TOKEN=<token>` in /etc/stackgen/s/hf-token.env (as a user: ~/.config/stackgen/s/hf-token.env)" in text
+    assert "hf_canary_quadlet" not in text
+    assert not [k for k, v in unit["Container"] if k == "Environment" and v.startswith("HF_TOKEN")]
+
+    from test_gguf import BASIC_KVS, BASIC_TENSORS, make_gguf  # the synthetic GGUF writer
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.gguf").write_bytes(
+        make_gguf([kv for kv in BASIC_KVS if "expert" not in kv[0]], BASIC_TENSORS)[0])
+    _, arts = render(_stack(tmp_path, "hardware: rtx-3090\nservices:\n  a:\n    model: models/m.gguf\n"
+                                      "    engine: llama.cpp\ntargets: [quadlet]\n"))
+    assert "HF_TOKEN" not in arts["quadlet/stackgen-s-a.container"]

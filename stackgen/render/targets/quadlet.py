@@ -12,6 +12,9 @@ Podman's generator, which turns each file into `<name>.service`. The container i
   the file. Restart=on-failure (and RestartForceExitStatus=0: an engine that exits 0 by itself has stopped serving)
   with the systemd target's limits.
 - Local weights are read from serve.model_dir on the host, as the systemd units read them.
+- A model fetched from the Hugging Face Hub at start gets HF_TOKEN by reference: an optional
+  `EnvironmentFile=-%E/stackgen/<stack>/hf-token.env` ([Service]) and `PodmanArgs=--env HF_TOKEN`, which copies it
+  into the container only when the file set it; never its value.
 Every value goes through systemd's quoting (stackgen.render.quoting): Quadlet unquotes Exec=/Environment= and writes
 the words into ExecStart=, where systemd expands `%` specifiers and `$` variables, so both are doubled.
 Keys are checked in tests/test_quadlet.py against the keys Podman 4.9's generator accepts
@@ -32,8 +35,8 @@ from stackgen.plan.plan import Plan, ServicePlan
 from stackgen.render.artifact import Artifact, RenderContext
 from stackgen.render.quoting import check_value, escape_text, quote_arg, systemd_quote
 from stackgen.render.targets import fleet, refuse_multinode, refuse_chat_template, refuse_tls, register
-from stackgen.render.container_spec import (accelerator, container_command, engine_env, engine_key_env, image_for,
-                                            key_value_note)
+from stackgen.render.container_spec import (HF_TOKEN, accelerator, container_command, engine_env, engine_key_env,
+                                            hub_fetched, hub_token_note, image_for, key_value_note)
 from stackgen.render.targets.compose import healthcheck, publish
 from stackgen.render.targets.systemd import RESTART_SEC, START_LIMIT_BURST, START_LIMIT_INTERVAL
 
@@ -80,6 +83,12 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
     container += [("Volume", v) for v in volumes]
     nodes = devices(sp, accel)
     container += [("AddDevice", d) for d in nodes]
+    if hub_fetched(sp):
+        # a gated Hub repo needs HF_TOKEN (review M1, the twin of compose/kubernetes/systemd): Quadlet's Environment=
+        # takes only NAME=value and EnvironmentFile= fails the start when the file is missing, so the optional
+        # [Service] EnvironmentFile=- below sets it for podman and `--env HF_TOKEN` (no value) copies it into the
+        # container only when set (podman skips an unset one): a public repo starts without the file
+        container.append(("PodmanArgs", f"--env {HF_TOKEN}"))
     if any(d.startswith("/dev/") for d in nodes):
         # /dev/kfd and /dev/dri belong to the video/render groups: rootless, the container opens them only with the
         # user's supplementary groups kept (compose's group_add: [video, render]); quadlet has no GroupAdd= key
@@ -92,9 +101,16 @@ def container_unit(plan: Plan, sp: ServicePlan, ctx: RenderContext) -> str:
             ("StartLimitIntervalSec", f"{START_LIMIT_INTERVAL}s"), ("StartLimitBurst", str(START_LIMIT_BURST))]
     service = [("Restart", "on-failure"), ("RestartForceExitStatus", "0"), ("RestartSec", f"{RESTART_SEC}s"),
                ("TimeoutStartSec", f"{PULL_S + sp.startup_budget_s}s")]
+    if hub_fetched(sp):
+        service.append(("EnvironmentFile", f"-{HF_TOKEN_FILE.format(stack=plan.stack_name)}"))
     sections = [("Unit", unit), ("Container", container), ("Service", service),
                 ("Install", [("WantedBy", "multi-user.target default.target")])]
     return _header(plan, sp, ctx, name) + "\n".join(_section(t, kv) for t, kv in sections)
+
+
+# %E: /etc for the system manager, ~/.config (XDG_CONFIG_HOME) for a user's (rootless): systemd reads it as the unit's
+# owner, so the file stays 0600 either way
+HF_TOKEN_FILE = "%E/stackgen/{stack}/hf-token.env"
 
 
 def _secret(plan: Plan) -> str:
@@ -203,4 +219,8 @@ def _header(plan: Plan, sp: ServicePlan, ctx: RenderContext, name: str) -> str:
         lines.append(f"# Podman hands it to the engine as {key_env}; its value never appears in this file.")
         if key_value_note(sp):
             lines.append(f"# {key_value_note(sp)[0].upper()}{key_value_note(sp)[1:]}.")
+    if hub_fetched(sp):
+        lines.append(f"# {hub_token_note(sp)}: put `{HF_TOKEN}=<token>` in /etc/stackgen/{plan.stack_name}/"
+                     f"hf-token.env (as a user: ~/.config/stackgen/{plan.stack_name}/hf-token.env), mode 0600;")
+        lines.append("# optional (the unit starts without it). Its value is never written here.")
     return "\n".join(lines) + "\n"
