@@ -85,9 +85,11 @@ def container_spec(sp: ServicePlan, stack_name: str, stack_file: Path) -> Contai
         key = os.environ.get(sp.api_key_env or "")
         if not key:
             raise LaunchError(f"service {sp.name}: serve.api_key_env names {sp.api_key_env}, which is not set")
-        why = engines.get(sp.engine).api_key.value_problem(key, by_env=True)
-        if why:  # up's preflight (check_keys) said so already; never hand the engine a key it splits
-            raise LaunchError(f"service {sp.name}: the key in {sp.api_key_env} {why}")
+        from stackgen.run.native import key_value_problem
+
+        why = key_value_problem(sp, key, by_env=True)
+        if why:  # up's preflight (check_keys) said so already, in these words; never hand the engine a key it splits
+            raise LaunchError(why)
         env[c.key_env] = key
     from stackgen.render.container_spec import HF_TOKEN, hub_fetched
 

@@ -97,13 +97,22 @@ def check_keys(sps: list[ServicePlan], containers: bool = False) -> list[str]:
             continue
         # natively `up` hands llama-server its key in a file (_key_fd), as run.sh and the systemd credential do; a
         # container gets it in the engine's variable, as compose, quadlet and kubernetes do
-        by_env = containers or not key.file_flag
-        why = key.value_problem(os.environ[sp.api_key_env], by_env=by_env)
+        why = key_value_problem(sp, os.environ[sp.api_key_env], by_env=containers or not key.file_flag)
         if why:
-            problems.append(f"service {sp.name}: the key in {sp.api_key_env} {why}; " + (
-                f"use a key without {key.env_list!r}" if by_env else
-                "use a key that does not start with it and has no line break"))
+            problems.append(why)
     return problems
+
+
+def key_value_problem(sp: ServicePlan, value: str, by_env: bool) -> str | None:
+    """The refusal of a key value the engine would misread (None: none), in one wording for check_keys and the
+    container runner (`up --containers` printed it twice, once each way: review L1)."""
+    key = engines.get(sp.engine).api_key
+    why = key.value_problem(value, by_env=by_env) if key is not None else None
+    if not why:
+        return None
+    return f"service {sp.name}: the key in {sp.api_key_env} {why}; " + (
+        f"use a key without {key.env_list!r}" if by_env else
+        "use a key that does not start with it and has no line break")
 
 
 def _key_fd(key: str) -> int:

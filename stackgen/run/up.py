@@ -102,7 +102,8 @@ def _up_locked(plan: Plan, opts: UpOptions, progress: ProgressFn | None, sd: Sta
             if sp.unit_role == fleet.BALANCER and not opts.containers:  # `haproxy -c` before anything starts
                 fleet.write_config(sp, sd.dir, runner.command(sp).argv[0])
         except LaunchError as exc:
-            problems.append(str(exc))
+            if str(exc) not in problems:  # a key check_keys refused already (review L1: it was printed twice)
+                problems.append(str(exc))
     if problems:
         raise LaunchError("\n".join(problems))
 

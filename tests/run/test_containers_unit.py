@@ -112,3 +112,15 @@ def test_status_of_an_ended_container_says_how_it_ended(code, says):
                       config_hash="h", started_at=0.0, container_id="abc", container_name="stackgen-c1-gemma")
     row = _status_of(_EndedRunner(code), st, 1.0)
     assert row.state == "crashed" and row.last_exit == says and row.detail == says, row
+
+
+def test_a_key_the_engine_would_split_is_refused_once(write_stack, cli, monkeypatch):
+    """Review L1: up's preflight (check_keys) refused a key holding ',' for LLAMA_API_KEY, then the container spec
+    refused it again in other words, and both were printed."""
+    monkeypatch.setenv("FIXF_KEY", "abc,def-longsecret")
+    f = write_stack("version: 1\nname: l1\nhardware: cpu-server-64gb\nserve: {api_key_env: FIXF_KEY}\nservices:\n"
+                    "  gemma: {model: gemma-3-270m, engine: llama.cpp, port: 19901}\ntargets: [script]\n")
+    res = cli("up", "--containers", f)
+    assert res.exit_code == 1
+    assert res.output.count("the key in FIXF_KEY holds ','") == 1, res.output
+    assert "use a key without ','" in res.output and "abc,def" not in res.output
