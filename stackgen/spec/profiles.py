@@ -72,6 +72,8 @@ def _load_file(path: Path, build, check=None) -> dict[str, Any]:
         raise ProfileError(f"{display}:{exc.mark.line}:{exc.mark.col}: {exc.message}") from None
     except datafile.DataFileError as exc:
         raise ProfileError(f"{display}:1:1: {exc.message} ({exc.fix})") from None
+    except UnicodeDecodeError as exc:  # was an internal error (review L6); every other datafile reader says so too
+        raise ProfileError(f"{display}:1:1: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8")
     if doc.data is None:
         return {}
     if not isinstance(doc.data, dict):
