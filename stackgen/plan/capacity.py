@@ -382,7 +382,8 @@ def pinned_runs_refusal(engine_name: str, hw: HardwareSpec | None, pinned: int, 
     can = ", ".join(e.display for e in engines.ENGINES.values() if e.multi_instance)
     why = (f"{engine.display} runs one server per service" if not engine.multi_instance else
            f"separate instances are planned on discrete GPUs or a CPU, and {hw.label()} shares one unified memory")
-    return (f"{pinned} instances are pinned and {why} (remove `replicas:` to run one instance for all {users} users"
+    return (f"{pinned} instances are pinned and {why} (remove `replicas:` to run one instance for "
+            + ("its one user" if users == 1 else f"all {users} users")
             + (f", or pick an engine that runs separate instances behind a balancer: {can})"
                if not engine.multi_instance else ")"))
 

@@ -45,3 +45,20 @@ def test_the_same_services_with_engine_auto_or_a_detected_machine_still_validate
         assert r.exit_code == 0, (text, r.output)
     r = cli("validate", write_stack(HEAD.format(hw="detect", engine="ollama") + "    replicas: 2\n"))
     assert r.exit_code == 1 and "services.chat.replicas: 2 instances are pinned and Ollama" in r.output, r.output
+
+
+def test_one_user_is_singular_in_the_replicas_refusal(write_stack, cli):
+    """Review L7: "run one instance for all 1 users"."""
+    r = cli("validate", write_stack(HEAD.format(hw="detect", engine="ollama") + "    replicas: 2\n"
+                                    + "workload: {concurrent_users: 1}\n"))
+    assert r.exit_code == 1 and "to run one instance for its one user" in r.output, r.output
+    assert "all 1 users" not in r.output
+
+
+def test_a_profile_file_that_is_not_utf8_is_a_clear_error(write_stack, cli, tmp_path):
+    """Review L6: a non-UTF-8 profiles/models.yaml beside the stack was an internal error."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "models.yaml").write_bytes(b"x: \xff\xfe\n")
+    r = cli("validate", write_stack(HEAD.format(hw="cpu-server-64gb", engine="llama.cpp")))
+    assert r.exit_code == 1, r.output
+    assert "internal error" not in r.output and "models.yaml:1:1: not UTF-8 text" in r.output, r.output
