@@ -52,8 +52,10 @@ def hf_checkpoint(model, who: str) -> tuple[str, int, str, str]:
         # _resolve_auto_dtype ("Downcast for float32 models": bf16, fp16 where the platform lacks bf16), SGLang
         # srt/configs/model_config.py _get_and_verify_dtype (float16). The plan counts the loaded bytes
         # (hf.checkpoint_sizes gives a float32 checkpoint's; a catalog model its bf16 size), not fp32's.
-        fmt, note = "bf16", (f"fp32: {who} loads float32 weights in 16 bits (--dtype auto: bf16, or fp16 where the "
-                             f"GPU has no bf16), so the plan counts 2 bytes a weight, half of float32's")
+        how = ("--dtype auto: fp16 for every model but Gemma's" if who == "SGLang" else  # review L4: its own rule
+               "--dtype auto: bf16, or fp16 where the GPU has no bf16")
+        fmt, note = "bf16", (f"fp32: {who} loads float32 weights in 16 bits ({how}), so the plan counts 2 bytes a "
+                             "weight, half of float32's")
     size, source = model.hf_bytes(fmt)
     if model.source == "catalog" and fmt not in model.hf_variants:
         if fmt in ("awq", "gptq"):

@@ -526,6 +526,9 @@ def test_a_float32_checkpoint_is_planned_at_the_16_bits_it_loads_in(tmp_path: Pa
     w = engines.get(engine).weights(facts)
     assert (w.format, w.bytes, w.source) == ("bf16", f32 // 2 + 128, "file")
     assert "float32 weights in 16 bits" in w.note
+    # each engine's own rule (review L4: SGLang was said to load bf16, but downcasts float32 to float16)
+    assert ("fp16 for every model but Gemma's" in w.note) == (engine == "sglang")
+    assert ("bf16, or fp16 where the GPU has no bf16" in w.note) == (engine == "vllm")
 
 
 def test_consolidated_copy_beside_shards_without_an_index_counts_once(tmp_path: Path) -> None:
