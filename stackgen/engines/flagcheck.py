@@ -108,9 +108,9 @@ def check_service(sp: ServicePlan, probe: bool = False, stack_dir: Path = Path("
     """Raise RenderError for a flag the engine would reject. With `probe`: None when the installed binary's --help
     was compared (or the engine takes no flags), else why it could not be."""
     engine = engines.get(sp.engine)
-    if engine.flags is None:
+    if engine.flags is None:  # no flag table (Ollama): with --probe, at least its binary must be there (review L3)
         engine.check_settings(sp)
-        return None
+        return _missing_binary(sp, stack_dir)[1] if probe else None
     try:
         flags = table(sp.engine, sp.spec.engine_version)
     except RenderError as exc:
@@ -227,12 +227,9 @@ def _is_flag(tok: str) -> bool:
 
 def _check_probe(sp: ServicePlan, stack_dir: Path) -> str | None:
     """None once the binary's --help is compared with the planned argv; else why there was nothing to compare."""
-    tried: list[str] = []
-    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir, tried=tried)
+    binary, why = _missing_binary(sp, stack_dir)
     if binary is None:
-        if sp.spec.binary:
-            return f"binary: {sp.spec.binary} is not an executable file (looked at {tried[0]})"
-        return f"no {engines.get(sp.engine).binary} found (looked for {'; '.join(tried)})"
+        return why
     help_args = _source(sp.engine).help_args
     listed = probe_help(binary, help_args)
     if "--port" not in listed:  # not an engine's --help (a wrapper script or stub): nothing to compare against
@@ -243,6 +240,17 @@ def _check_probe(sp: ServicePlan, stack_dir: Path) -> str | None:
             raise RenderError(f"services.{sp.name}: the installed {binary} does not list {flag} in its --help "
                               "(an older or forked build?); set `binary:` to another build or override the flag")
     return None
+
+
+def _missing_binary(sp: ServicePlan, stack_dir: Path) -> tuple[str | None, str | None]:
+    """(the installed binary, None), or (None, why it was not found)."""
+    tried: list[str] = []
+    binary = find_or_none(sp.engine, sp.spec.binary, stack_dir, tried=tried)
+    if binary is not None:
+        return binary, None
+    if sp.spec.binary:
+        return None, f"binary: {sp.spec.binary} is not an executable file (looked at {tried[0]})"
+    return None, f"no {engines.get(sp.engine).binary} found (looked for {'; '.join(tried)})"
 
 
 def probe_help(binary: str, help_args: tuple[str, ...] = ("--help",)) -> set[str]:

@@ -77,3 +77,20 @@ def test_probe_that_finds_no_engine_fails_and_names_each_service(write_stack, cl
     assert res.exit_code == 0, res.output
     res = cli("render", f, "-o", tmp_path / "deploy", "--check", "--probe")
     assert res.exit_code == 1 and "2 services were not probed" in res.output
+
+
+def test_probe_fails_when_the_ollama_binary_is_missing(write_stack, cli, tmp_path, monkeypatch):
+    """Review L3: Ollama has no flag table, so --probe returned before looking for its binary and passed (exit 0)
+    with no ollama installed, contrary to --help/README. Its binary is looked for now; found, the probe passes."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    f = write_stack("version: 1\nname: l3\nhardware: cpu-server-64gb\nservices:\n  a:\n    model: llama-3.2-3b-instruct\n"
+                    "    engine: ollama\n    port: 19903\ntargets: [script]\n")
+    res = cli("render", f, "-o", tmp_path / "deploy", "--probe")
+    assert res.exit_code == 1, res.output
+    assert "services.a (Ollama): no ollama found" in res.output and not (tmp_path / "deploy").exists()
+    (empty / "ollama").write_text("#!/bin/sh\nexit 0\n")
+    (empty / "ollama").chmod(0o755)
+    res = cli("render", f, "-o", tmp_path / "deploy", "--probe")
+    assert res.exit_code == 0, res.output
