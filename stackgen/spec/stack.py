@@ -1331,6 +1331,11 @@ def _check_serve(spec: StackSpec, problem) -> None:
                     "drop serve.tls and put a TLS proxy in front, or use engine: llama.cpp or vllm")
         for key, message, hint in service_field_problems(engine, svc, spec.targets):
             problem(("services", name, key), message, hint)
+        for target in spec.targets:  # the first target that cannot run it as written (render says the same)
+            found = binary_problem(svc.binary, target, engine.binary)
+            if found:
+                problem(("services", name, "binary"), *found)
+                break
         cors = engine.cors_problem(spec.serve.cors_origins)
         if cors:
             problem(("serve", "cors_origins"), f"{engine.display} {cors} (services.{name})",
@@ -1360,6 +1365,33 @@ def chat_template_target_problem(target: str) -> tuple[str, str]:
     return (f"the {target} target does not ship a chat template file to the engine (the "
             f"{', '.join(CHAT_TEMPLATE_TARGETS)} targets and `up` do)",
             f"drop {target} from targets, or drop chat_template")
+
+
+# Targets whose artifact starts the engine from elsewhere than the stack's folder: (what starts it and with which
+# PATH, whether a bare name is looked up on a PATH the user can rely on). A relative `binary:` is found only by run.sh
+# and `up`; render refuses it for these (render.targets.installed_binary), validate too (review L2).
+BINARY_TARGETS = {
+    "systemd": ("a unit runs it on its host, not from the stack's folder, with systemd's own PATH "
+                "(/usr/local/bin:/usr/bin:...)", True),
+    "llama-swap": ("llama-swap starts it from its own working folder, with its own PATH", True),
+    "launchd": ("launchd runs the engine without your shell's PATH or the stack's folder", False),
+}
+
+
+def binary_problem(binary: str | None, target: str, default: str) -> tuple[str, str] | None:
+    """(message, fix) when `target` cannot run `binary:` as written (None: it can, or the target runs from the
+    stack's folder): a path relative to the stack's folder, or for launchd a bare name. `default`: the engine's
+    binary name, for the fix."""
+    if binary is None or target not in BINARY_TARGETS:
+        return None
+    runs, bare_name_ok = BINARY_TARGETS[target]
+    if PurePosixPath(binary).is_absolute() or (bare_name_ok and "/" not in binary):
+        return None
+    what = "a bare name" if "/" not in binary else "a path relative to the stack's folder"
+    fix = f"write the absolute path it is installed at there (e.g. the output of `command -v {default}`)"
+    if bare_name_ok:
+        fix += f", or a bare name ({default}) found on that PATH"
+    return f"{binary!r} is {what}, but {runs}", fix
 
 
 def service_field_problems(engine, svc: ServiceSpec, targets=()) -> list[tuple[str, str, str]]:

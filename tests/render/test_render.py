@@ -316,3 +316,18 @@ def test_a_binary_relative_to_the_stack_is_refused_where_the_engine_runs_elsewhe
 def test_the_script_target_keeps_a_binary_relative_to_the_stack(cli, write_stack):
     res = cli("render", write_stack(BINARY_STACK.format(binary="bin/llama-server", target="script")))
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("target", ["systemd", "llama-swap"])
+def test_validate_refuses_the_relative_binary_render_would(cli, write_stack, target):
+    """Review L2: validate said ok to a relative `binary:` that render then refused for systemd/llama-swap; both
+    now share spec.stack.binary_problem and say it at the field's position."""
+    f = write_stack(BINARY_STACK.format(binary="bin/llama-server", target=f"script, {target}"))
+    res = cli("validate", f)
+    assert res.exit_code == 1, res.output
+    assert f"{f}:6:" in res.output and "services.chat.binary: 'bin/llama-server' is a path relative to the " \
+        "stack's folder" in res.output and "write the absolute path" in res.output, res.output
+    for text in (BINARY_STACK.format(binary="bin/llama-server", target="script"),
+                 BINARY_STACK.format(binary="llama-server", target=target)):
+        res = cli("validate", write_stack(text))
+        assert res.exit_code == 0, res.output

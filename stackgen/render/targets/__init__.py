@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from stackgen.errors import RenderError
 from stackgen.render.artifact import TargetFn
 
@@ -39,20 +37,16 @@ def refuse_multinode(plan, target: str) -> None:
                               "(kubernetes for vLLM over Ray)")
 
 
-def installed_binary(sp, target: str, runs: str, default: str, bare_name_ok: bool = True) -> None:
+def installed_binary(sp, target: str, default: str) -> None:
     """Refuse a `binary:` the target cannot run as written. A path relative to the stack's folder is found by run.sh
     and `up`, which run from that folder (README, "Finding the engine"); a systemd unit, a llama-swap cmd or a launchd
     job runs from elsewhere (systemd refuses such an ExecStart= outright), and writing the checkout's absolute path
-    instead would make the artifact differ per clone. `runs`: what starts the engine and with which PATH;
-    `bare_name_ok`: whether a bare name is looked up on a PATH the user can rely on (not launchd's)."""
-    b = sp.spec.binary
-    if b is None or PurePosixPath(b).is_absolute() or (bare_name_ok and "/" not in b):
-        return
-    what = "a bare name" if "/" not in b else "a path relative to the stack's folder"
-    fix = f"write the absolute path it is installed at there (e.g. the output of `command -v {default}`)"
-    if bare_name_ok:
-        fix += f", or a bare name ({default}) found on that PATH"
-    raise RenderError(f"services.{sp.name}.binary: {b!r} is {what}, but {runs}: {fix}")
+    instead would make the artifact differ per clone. validate says the same (spec.stack.binary_problem)."""
+    from stackgen.spec.stack import binary_problem
+
+    found = binary_problem(sp.spec.binary, target, default)
+    if found:
+        raise RenderError(f"services.{sp.name}.binary: {found[0]}: {found[1]}")
 
 
 def register(name: str):

@@ -102,8 +102,7 @@ def _binary(sp: ServicePlan, default: str) -> str:
     b = sp.spec.binary
     if b is None:
         return posixpath.join(HOMEBREW_BIN, default)
-    installed_binary(sp, "launchd", "launchd runs the engine without your shell's PATH or the stack's folder",
-                     default, bare_name_ok=False)
+    installed_binary(sp, "launchd", default)
     return b
 
 

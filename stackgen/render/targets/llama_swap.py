@@ -47,8 +47,7 @@ def llama_swap_target(plan: Plan, ctx: RenderContext) -> list[Artifact]:
         if engine.swaps_models:
             raise RenderError(f"services.{sp.name}: llama-swap starts servers that load one model each; "
                               f"{engine.short} {engine.swaps_models}: use the script or systemd target")
-        installed_binary(sp, "llama-swap", "llama-swap starts it from its own working folder, with its own PATH",
-                         engine.binary)
+        installed_binary(sp, "llama-swap", engine.binary)
     refuse_multinode(plan, "llama-swap")
     doc: dict = {"healthCheckTimeout": max(HEALTH_TIMEOUT_MIN_S, max(_load_s(sp) for sp in plan.services))}
     keys = sorted({sp.api_key_env for sp in plan.services if sp.api_key_env})

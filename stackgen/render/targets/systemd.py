@@ -48,8 +48,7 @@ def render_units(plan: Plan, ctx: RenderContext, binary: str | None = None) -> l
     out: list[Artifact] = []
     for sp in plan.services:
         if binary is None:
-            installed_binary(sp, "systemd", "a unit runs it on its host, not from the stack's folder, with systemd's "
-                             "own PATH (/usr/local/bin:/usr/bin:...)", engines.get(sp.engine).binary)
+            installed_binary(sp, "systemd", engines.get(sp.engine).binary)
         if fleet.separate(sp):  # fleet hook: a template unit per instance + the balancer (targets/fleet.py)
             out += fleet.systemd(plan, sp, ctx, binary)
             continue
