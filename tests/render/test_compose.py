@@ -70,6 +70,8 @@ def test_each_stack_is_its_own_compose_project(tmp_path):
         text = arts["compose/compose.yaml"].content
         names[folder] = compose_doc(arts)["name"]
         assert f"Compose project {names[folder]} (`name:` below)" in text  # the header says which project
+        # review L5: a deployment rendered before `name:` is project `compose`; the header says how to retire it
+        assert "`docker compose -p compose down` first" in text
     assert names == {"team-a": "stackgen-team-a", "team-b": "stackgen-team-b", "My Team_2 (ünï)": "stackgen-my-team-2-n",
                      "___": "stackgen-stack"}
     assert all(re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n) for n in names.values())  # compose-spec's project pattern

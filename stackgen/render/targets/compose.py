@@ -222,7 +222,9 @@ def healthcheck(sp: ServicePlan) -> dict:
 def _header(plan: Plan, ctx: RenderContext, notes: list[str]) -> str:
     lines = [ctx.header().rstrip("\n"), f"# Stack {plan.stack_name}: `docker compose -f compose/compose.yaml up -d`.",
              f"# Compose project {project_name(plan)} (`name:` below): stacks do not replace each other's containers,",
-             "# volumes or network. Needs Compose v2 (`docker compose`); docker-compose 1.x rejects `name:`."]
+             "# volumes or network. Needs Compose v2 (`docker compose`); docker-compose 1.x rejects `name:`.",
+             "# Upgrading a deployment rendered without `name:` (project `compose`): `docker compose -p compose down` "
+             "first."]
     keyed = sorted({sp.api_key_env for sp in plan.services if engine_key_env(sp)})
     for var in keyed:
         lines.append(f"# {var}: the API key is read from your shell (or a .env file you keep next to this file) "
