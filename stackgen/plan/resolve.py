@@ -152,6 +152,13 @@ class Candidate:
     unpinned: MemoryPlan | None = None  # the plan stackgen would have made without them (for the reasons)
     model: ModelFacts | None = None  # the model facts planned when not the service's own (like_precision's quant)
     reason: str = ""  # why those facts (a plan reason)
+    fixed: bool = False  # ruled out by the stack's serve: block or a field it would drop: no memory lever lifts it
+
+
+def _ruled_out(c: Candidate, why: str) -> Candidate:
+    """The candidate ruled out by `why` ("" : not), which no quant, context or user count changes (review L8: such
+    engines were offered in "Each of these fits" hints)."""
+    return replace(c, block=c.block or why, fixed=True) if why else c
 
 
 def engine_build(stack: Stack, svc: Service, host: HostFacts, name: str) -> int | None:
@@ -277,9 +284,7 @@ def _resolve_service(stack: Stack, svc: Service, hw: HardwareSpec, budget: Budge
     explicit = svc.spec.engine != "auto"
     candidates = {name: _candidate(name, svc, hw, budget, explicit and name == svc.spec.engine, before, builds)
                   for name in engines.ENGINES}
-    candidates = {name: replace(c, block=_serve_block(stack, name)) if not c.block and _serve_block(stack, name) else c
-                  for name, c in candidates.items()}
-    candidates = {name: replace(c, block=_field_block(svc, name)) if not c.block and _field_block(svc, name) else c
+    candidates = {name: _ruled_out(c, _serve_block(stack, name) or _field_block(svc, name))
                   for name, c in candidates.items()}
     wl = svc.workload
     row = pick_row(hardware_class(hw), wl.concurrent_users, wl.optimize, wl.prompt_tokens / wl.output_tokens)
@@ -561,8 +566,8 @@ def _fitting_engine(svc: Service, hw: HardwareSpec, budget: Budget, candidates: 
     """(engine, weights bytes, what its plan cuts: _cut) of the first engine the hardware allows that fits with the
     change and can apply the RoPE scaling it needs, else None."""
     for name, c in candidates.items():
-        if c.memory is None:
-            continue  # the hardware or the model's format rules the engine out, not its size
+        if c.memory is None or c.fixed:
+            continue  # the hardware, the model's format or the stack's fields rule the engine out, not its size
         engine = engines.get(name)
         m = model or svc.model
         try:
@@ -597,7 +602,7 @@ def _try_hint(svc: Service, hw: HardwareSpec, budget: Budget, candidates: dict[s
     tried: list[str] = []
     quant_fits: list[tuple[int, str, str, int]] = []
     for name, c in candidates.items():
-        if c.memory is None:
+        if c.memory is None or c.fixed:
             continue
         for q in smaller_quants(c.memory.weights_format):
             tried.append(q)

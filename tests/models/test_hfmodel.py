@@ -566,3 +566,16 @@ def test_impossible_config_values_are_refused_not_planned(write_stack, cli, chan
     res = cli("validate", stack)
     assert res.exit_code == 1 and f"{stack}:5:12: services.chat.model: m: config.json" in res.output
     assert says in res.output and "(write " in res.output
+
+
+def test_engines_ruled_out_by_a_field_get_no_memory_hint(write_stack, cli):
+    """Review L8: a safetensors folder with `system:` (which neither vLLM nor SGLang keeps) on an A100: plan said why
+    each was refused, then "Each of these fits: a fp8 file of this model (vLLM fits it ...)", though vLLM already
+    fit and no quant, context or user count lifts a `system:` refusal."""
+    stack = write_stack("version: 1\nname: sy\nhardware: 1x a100-80gb\nservices:\n"
+                        "  a: {model: ./m, port: 19904, system: be brief}\ntargets: [script]\n")
+    make_folder(stack.parent / "m", TINY_LLAMA, {"model.safetensors": llama_tensors(128, 256, 2, 1024, 64)})
+    res = cli("plan", stack)
+    assert res.exit_code == 1, res.output
+    assert "no server-side system message" in res.output, res.output
+    assert "Each of these fits" not in res.output and "fits it" not in res.output, res.output
