@@ -143,7 +143,15 @@ class ModelMount:
     template_ref: str | None = None  # the chat template file inside the container (None: none)
 
 
-TEMPLATE_MOUNT = "/stackgen-template"  # where a service's chat template file is bind-mounted read-only
+TEMPLATE_MOUNT = "/stackgen-template"  # where a service's chat template file is mounted read-only (compose, quadlet's
+# twin `up --containers`, kubernetes' ConfigMap)
+
+
+def chat_template_file(sp: ServicePlan) -> str | None:
+    """The chat template file the service's artifacts ship to its engine (services.<name>.chat_template, relative to
+    the stack's folder), None when there is none or its engine reads none from a file (Engine.chat_template_flag).
+    The one predicate every target asks (review L9: it was re-derived in six places)."""
+    return sp.spec.chat_template if sp.spec.chat_template and engines.get(sp.engine).chat_template_flag else None
 
 
 def _container(sp: ServicePlan) -> ContainerImage:
@@ -173,7 +181,7 @@ def model_mount(sp: ServicePlan, stack_path: str, compose_dir: Path | None) -> M
     if image.compile_cache is not None:  # compile artifacts: a warm restart skips the compile
         volumes.append(f"{image.compile_cache[0]}:{image.compile_cache[1]}")
         named.append(image.compile_cache[0])
-    template = sp.spec.chat_template if engines.get(sp.engine).chat_template_flag else None
+    template = chat_template_file(sp)
     template_ref = None
     if template:  # the file the stack names, read-only, as the weights are
         template_ref = f"{TEMPLATE_MOUNT}/{PurePosixPath(template).name}"

@@ -160,3 +160,16 @@ def test_a_chat_template_that_cannot_be_read_is_refused_at_validate(tmp_path, re
     assert len(found) == 1, found
     assert ":9:" in found[0] and "services.chat.chat_template" in found[0] and why in found[0], found
     assert "relative to the stack's folder" in found[0]
+
+
+def test_one_predicate_says_which_services_ship_a_template_file(tmp_path):
+    """Review L9: `chat_template and engine.chat_template_flag` was re-derived by each target, and the mount point
+    defined twice; the targets now ask container_spec.chat_template_file and share TEMPLATE_MOUNT."""
+    from stackgen.render import container_spec
+    from stackgen.render.targets import kubernetes
+
+    assert kubernetes.TEMPLATE_MOUNT is container_spec.TEMPLATE_MOUNT
+    llama = plan_for(tmp_path, _stack(tmp_path, "model: gemma-3-270m\nengine: llama.cpp\nchat_template: tmpl/chat.jinja"))
+    assert container_spec.chat_template_file(llama.services[0]) == "tmpl/chat.jinja"
+    olla = plan_for(tmp_path, _stack(tmp_path, "model: gemma-3-270m\nengine: ollama\nchat_template: tmpl/chat.jinja"))
+    assert container_spec.chat_template_file(olla.services[0]) is None  # its Modelfile carries the text instead

@@ -18,11 +18,11 @@ def refuse_tls(plan, target: str, instead: str) -> None:
 def refuse_chat_template(plan, target: str) -> None:
     """A target that does not ship the chat template file to the engine refuses it rather than drop it (validate
     says so first for an engine the stack names: spec.stack.CHAT_TEMPLATE_TARGETS)."""
-    from stackgen import engines
+    from stackgen.render.container_spec import chat_template_file
     from stackgen.spec.stack import chat_template_target_problem
 
     for sp in plan.services:
-        if sp.spec.chat_template and engines.get(sp.engine).chat_template_flag:
+        if chat_template_file(sp):
             message, hint = chat_template_target_problem(target)
             raise RenderError(f"services.{sp.name}.chat_template: {message} ({hint})")
 

@@ -41,8 +41,8 @@ from stackgen.render.paths import local_weights, weight_files
 from stackgen.spec.stack import LOOPBACK_HOSTS
 from stackgen.render.targets import fleet, refuse_tls, register
 from stackgen.engines.base import device_order
-from stackgen.render.container_spec import (HF_TOKEN, accelerator, engine_key_env, hub_fetched, hub_token_note,
-                                            image_for, key_value_note)
+from stackgen.render.container_spec import (HF_TOKEN, TEMPLATE_MOUNT, accelerator, chat_template_file, engine_key_env,
+                                            hub_fetched, hub_token_note, image_for, key_value_note)
 
 K8S_DIR = "kubernetes"
 KUBERNETES_VERSION = "1.30.0"  # the API version the manifests are validated against (tests: kubernetes-validate)
@@ -270,14 +270,12 @@ def _modelfile_config_map(plan: Plan, sp: ServicePlan, ctx: RenderContext, name:
             "data": {"Modelfile": text}}
 
 
-TEMPLATE_MOUNT, TEMPLATE_KEY = "/stackgen-template", "chat-template.jinja"
+TEMPLATE_KEY = "chat-template.jinja"  # the ConfigMap's key, mounted under TEMPLATE_MOUNT
 
 
 def _chat_template(sp: ServicePlan) -> str | None:
     """Where the engine reads the service's chat template file in the pod (a ConfigMap), None without one."""
-    if not sp.spec.chat_template or not engines.get(sp.engine).chat_template_flag:
-        return None
-    return f"{TEMPLATE_MOUNT}/{TEMPLATE_KEY}"
+    return f"{TEMPLATE_MOUNT}/{TEMPLATE_KEY}" if chat_template_file(sp) else None
 
 
 def _chat_template_config_map(plan: Plan, sp: ServicePlan, name: str, labels: dict) -> dict:

@@ -367,7 +367,9 @@ def hf_token_comments(plan: Plan, sp: ServicePlan) -> list[str]:
 def chat_template_path(plan: Plan, sp: ServicePlan) -> str | None:
     """Where a unit's engine reads the service's chat template file on the host it is installed on (a unit has no
     checkout): /etc/stackgen/<stack>/<service>.<file name>; None without one, or for an engine that takes none."""
-    if not sp.spec.chat_template or not engines.get(sp.engine).chat_template_flag:
+    from stackgen.render.container_spec import chat_template_file
+
+    if not chat_template_file(sp):
         return None
     return check_value(f"/etc/stackgen/{plan.stack_name}/{sp.name}.{posixpath.basename(sp.spec.chat_template)}",
                        "services.<name>.chat_template")
