@@ -630,9 +630,7 @@ def _reason_text(cap: Capacity, wl: WorkloadSpec) -> str:
 def gpu_sizes(hw: HardwareSpec) -> list[int]:
     """Each discrete GPU's memory in bytes, in the order the hardware lists them: the host indices `gpu_ids` name
     (nvidia-smi's order for a detected machine). Apple's unified memory is one pool: none."""
-    if hw.is_apple:
-        return []
-    return [int(g.memory_gib * GIB) for g in hw.gpus if not g.unified for _ in range(g.count)]
+    return [int(g.memory_gib * GIB) for g in _devices(hw)]
 
 
 def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], list[int]]:
@@ -695,7 +693,10 @@ def place_gpus(sp, hw: HardwareSpec, free: list[int]) -> tuple[tuple[int, ...], 
 
 
 def _devices(hw: HardwareSpec) -> list:
-    """Each discrete GPU, in the order gpu_sizes and gpu_ids count them."""
+    """Each discrete GPU, in the order the hardware lists them: the host indices `gpu_ids` name. Apple's unified
+    memory is one pool: none."""
+    if hw.is_apple:
+        return []
     return [g for g in hw.gpus if not g.unified for _ in range(g.count)]
 
 
