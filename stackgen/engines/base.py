@@ -548,6 +548,19 @@ class Command:
     key_var: str | None = None  # serve.api_key_env: where the key is read from at start time
     key_mode: str | None = None
     key_env: str | None = None
+    # Variables the engine must not inherit from the shell that starts it (run.sh, `up`): HF_TOKEN where the model is
+    # a URL off the Hub (llama-server sends HF_TOKEN as a bearer token to any -mu URL, common/arg.cpp).
+    drop_env: tuple[str, ...] = ()
+
+
+HF_TOKEN_VAR = "HF_TOKEN"
+
+
+def third_party_url(model_ref: str) -> bool:
+    """A model the engine downloads from a URL that is not the Hugging Face Hub's own (the token must not go there)."""
+    from stackgen.models.remote import hub_resolve_url
+
+    return model_ref.startswith(("http://", "https://")) and not hub_resolve_url(model_ref)
 
 
 # How a process is limited to some GPUs, per vendor runtime (a CUDA, ROCm or Level Zero fact, not an engine's).
@@ -607,7 +620,8 @@ def command(engine: Engine, plan: "ServicePlanLike", binary: str, model_ref: str
                         chat_template=chat_template if engine.chat_template_flag else None)
     env = {**engine.env(plan), **visible_devices(plan)}  # a natively started process sees only its planned GPUs
     return Command(tuple(engine.argv(plan, ctx)), env, key_var if mode else None, mode,
-                   how.env if how is not None else None)
+                   how.env if how is not None else None,
+                   drop_env=(HF_TOKEN_VAR,) if third_party_url(model_ref) else ())
 
 
 def chat_template_args(engine: Engine, ctx: LaunchContext) -> list[str]:

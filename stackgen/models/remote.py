@@ -272,3 +272,12 @@ class RangeReader:
                               "and point `model:` at it")
         self.size = int(total)
         self.buf_start, self.buf = 0, resp.body[:length]
+
+
+def hub_resolve_url(url: str) -> bool:
+    """A file URL on the Hub itself (https://huggingface.co/<repo>/resolve/...): how stack.lock pins an `hf:` GGUF
+    (models.lock, always the public endpoint) and how llama-server -mu then fetches it, sending HF_TOKEN (review M3).
+    Any other host is a third party: the token must never reach it (llama-server sends HF_TOKEN as a bearer token to
+    any -mu URL: engines.base.command drops it from the engine's environment there)."""
+    to, hub = urllib.parse.urlsplit(url), urllib.parse.urlsplit(DEFAULT_HF_ENDPOINT)
+    return (to.scheme, to.netloc.lower()) == (hub.scheme, hub.netloc) and "/resolve/" in to.path

@@ -9,11 +9,11 @@ Each consumer writes it in its own format (a compose entry, a Docker API call, a
 from __future__ import annotations
 
 import os
-import urllib.parse
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from stackgen import engines
+from stackgen.models.remote import hub_resolve_url
 from stackgen.render.paths import local_weights, relative_to_folder, weight_files
 from stackgen.engines.base import ContainerImage, LaunchContext, device_order
 from stackgen.errors import RenderError
@@ -73,16 +73,6 @@ def hub_fetched(sp: ServicePlan) -> bool:
     HF_TOKEN there: compose, kubernetes and systemd pass it through, never its value; audit auda F8)."""
     return (engines.get(sp.engine).hub_downloads and local_weights(sp) is None
             and (not sp.model_ref.startswith(("http://", "https://")) or hub_resolve_url(sp.model_ref)))
-
-
-def hub_resolve_url(url: str) -> bool:
-    """A file URL on the Hub itself (https://huggingface.co/<repo>/resolve/...): how stack.lock pins an `hf:` GGUF
-    (models.lock, always the public endpoint) and how llama-server -mu then fetches it, sending HF_TOKEN (review M3).
-    Any other host is a third party: the token must never reach it."""
-    from stackgen.models.remote import DEFAULT_HF_ENDPOINT
-
-    to, hub = urllib.parse.urlsplit(url), urllib.parse.urlsplit(DEFAULT_HF_ENDPOINT)
-    return (to.scheme, to.netloc.lower()) == (hub.scheme, hub.netloc) and "/resolve/" in to.path
 
 
 def hub_token_note(sp: ServicePlan) -> str:

@@ -8,7 +8,7 @@ import os
 import secrets
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,7 +175,7 @@ class NativeRunner:
             tls=sp.tls is not None, argv=list(cmd.argv), env=dict(cmd.env), key_mode=cmd.key_mode,
             key_var=cmd.key_var, key_env=cmd.key_env, config_hash=self.desired_hash(sp), budget_s=budget_s,
             stack_dir=str(self.stack_dir), model=sp.model.name, context_tokens=sp.memory.context_per_request,
-            slots=sp.memory.parallel, unit_of=sp.unit_of, unit_role=sp.unit_role)
+            slots=sp.memory.parallel, unit_of=sp.unit_of, unit_role=sp.unit_role, drop_env=list(cmd.drop_env))
 
     def start(self, sp: ServicePlan, sd: StateDir, budget_s: float) -> tuple[ServiceState, object]:
         """Start the service's supervisor (stackgen.run.supervise), which starts the engine as its child: the
@@ -295,6 +295,7 @@ class EngineLaunch:
     slots: int | None = None
     unit_of: str = ""
     unit_role: str = ""
+    drop_env: list[str] = field(default_factory=list)  # Command.drop_env: not inherited from `up`'s environment
 
 
 def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: bool = True
@@ -306,7 +307,7 @@ def launch_engine(spec: EngineLaunch, sd: StateDir, key: str | None, rotate: boo
     if rotate:
         rotate_log(log_path)
     service_id = secrets.token_hex(16)  # the marker `down` checks before signalling (children inherit it)
-    env = {**os.environ, **spec.env, MARKER_ENV: service_id}
+    env = {**{k: v for k, v in os.environ.items() if k not in spec.drop_env}, **spec.env, MARKER_ENV: service_id}
     pass_fds: tuple[int, ...] = ()
     if spec.key_mode is not None:
         if not key:

@@ -742,3 +742,67 @@ def test_real_llama_server_splits_its_key_variable_on_commas_but_not_its_key_fil
     serve_process(argv2, f"http://127.0.0.1:{port2}/health", "file.log")
     assert _status(port2, "llama.cpp", "/v1/models", COMMA_KEY, "chat") == 200
     assert _status(port2, "llama.cpp", "/v1/models", "x", "chat") == 401
+
+
+# llama-server sends HF_TOKEN (its --hf-token default) as a bearer token to any -mu URL (common/arg.cpp: the model
+# URL's download gets opts.bearer_token = params.hf_token), so a stack naming a GGUF on a third-party host handed the
+# user's Hugging Face token to that host under run.sh and `up`, which pass the shell's environment on.
+THIRD_PARTY = "https://models.example.net/org/tiny-Q4_K_M.gguf"
+HUB_URL = "https://huggingface.co/org/tiny-GGUF/resolve/0123abc/tiny-Q4_K_M.gguf"
+
+
+@pytest.mark.parametrize("url,kept", [(THIRD_PARTY, False), (HUB_URL, True), ("http://localhost:9/m.gguf", False)])
+def test_run_sh_keeps_hf_token_from_an_engine_downloading_off_the_hub(tmp_path, url, kept):
+    import dataclasses
+    import subprocess
+
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp}
+        """)
+    sp = dataclasses.replace(plan.services[0], model_ref=url)
+    plan = dataclasses.replace(plan, services=(sp,))
+    (run_sh,) = [a for a in render_plan(plan, RenderContext("stack.yaml"), ["script"]) if a.path.endswith("run.sh")]
+    assert ("unset HF_TOKEN" in run_sh.content) == (not kept)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "llama-server").write_text("#!/bin/sh\nenv\n")
+    (bin_dir / "llama-server").chmod(0o755)
+    (tmp_path / "run.sh").write_text(run_sh.content)
+    (tmp_path / "chat.env").write_text("")
+    r = subprocess.run(["sh", str(tmp_path / "run.sh")], capture_output=True, text=True, cwd=tmp_path, timeout=30,
+                       env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HF_TOKEN": "hf_secret_canary"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("HF_TOKEN=hf_secret_canary" in r.stdout.splitlines()) == kept
+    assert url in r.stdout or url in run_sh.content
+
+
+@pytest.mark.parametrize("url,kept", [(THIRD_PARTY, False), (HUB_URL, True)])
+def test_up_keeps_hf_token_from_an_engine_downloading_off_the_hub(tmp_path, monkeypatch, url, kept):
+    import sys
+
+    from stackgen.engines.base import command
+    from stackgen.run.native import EngineLaunch, launch_engine
+
+    plan = plan_for(tmp_path, """\
+        version: 1
+        hardware: rtx-4090
+        services:
+          chat: {model: llama-3.1-8b-instruct, engine: llama.cpp}
+        """)
+    sp = plan.services[0]
+    cmd = command(engines.get("llama.cpp"), sp, binary="llama-server", model_ref=url, host="127.0.0.1", port=9)
+    assert cmd.drop_env == (() if kept else ("HF_TOKEN",))
+    out = tmp_path / "env.json"
+    probe = f"import json, os; json.dump(dict(os.environ), open({str(out)!r}, 'w'))"
+    spec = EngineLaunch(name="chat", engine="llama.cpp", host="127.0.0.1", port=9, model_name="chat", tls=False,
+                        argv=[sys.executable, "-c", probe], env={}, key_mode=None, key_var=None, key_env=None,
+                        config_hash="x", budget_s=5, stack_dir=str(tmp_path), drop_env=list(cmd.drop_env))
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_canary")
+    sd = StateDir(tmp_path / "stack.yaml")
+    sd.ensure()
+    _, proc = launch_engine(spec, sd, None)
+    assert proc.wait(timeout=30) == 0
+    assert (json.loads(out.read_text()).get("HF_TOKEN") == "hf_secret_canary") == kept

@@ -106,7 +106,7 @@ def launcher(plan: Plan, sp: ServicePlan, ctx: RenderContext, env_name: str | No
         which=which,
         key_comment=engine.api_key.file_comment if engine.api_key else "",
         command=_command_lines(argv, first='"$engine"' if lookup else None),
-        ollama_tag=engine.model_tag(sp) or "",
+        ollama_tag=engine.model_tag(sp) or "", drop_env=list(cmd.drop_env),
     )
 
 
