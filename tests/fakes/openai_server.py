@@ -272,6 +272,25 @@ def engine_main(argv: list[str] | None = None, *, load_s: float = 0.5, help_text
     srv.serve_forever()
 
 
+def stop_fake_stacks(stacks, folder: Path) -> None:
+    """A test's teardown: `down` each stack (a fake engine's), then SIGKILL the child a fork/orphan fake left, whose
+    pid it wrote to folder/child.pid (FAKE_CHILD_PID): never leave processes behind."""
+    from stackgen.errors import LaunchError
+    from stackgen.run.lifecycle import down
+
+    for stack in stacks:
+        try:
+            down(stack, grace_s=1)
+        except LaunchError:
+            pass
+    child = Path(folder) / "child.pid"
+    if child.exists():
+        try:
+            os.kill(int(child.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 def write_engine(path: Path, **defaults) -> Path:
     """An executable at `path` that runs engine_main with `defaults` (load_s, help_text, FakeOpenAIServer
     settings), for a stack's `binary:`."""

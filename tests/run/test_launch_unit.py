@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fakes.openai_server import write_engine
+from fakes.openai_server import stop_fake_stacks, write_engine
 from stackgen.errors import LaunchError
 from stackgen.run.diagnose import likely_cause
 from stackgen.run.lifecycle import down, logs, status
@@ -58,17 +58,7 @@ def fake_stack(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_CHILD_PID", str(tmp_path / "child.pid"))
     started: list[Path] = [path]
     yield path, port, tmp_path
-    for p in started:  # never leave processes behind
-        try:
-            down(p, grace_s=1)
-        except LaunchError:
-            pass
-    child = tmp_path / "child.pid"
-    if child.exists():
-        try:
-            os.kill(int(child.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+    stop_fake_stacks(started, tmp_path)
 
 
 def plan_of(path: Path):
@@ -910,22 +900,28 @@ def test_a_copy_of_a_running_stacks_folder_does_not_adopt_its_services(fake_stac
     assert StateDir(copied).load().file == str(copied.resolve())
 
 
-def test_up_waits_for_a_service_that_is_still_loading_instead_of_restarting_it(fake_stack, monkeypatch):
-    """An `up` that ends on SIGHUP (a closed terminal) leaves the engine loading; `status` says loading. The next
-    `up` waits for that load, as compose does, and keeps the same process: it used to kill it and start over."""
-    path, port, tmp = fake_stack
-    monkeypatch.setenv("FAKE_LOAD_S", "4")
+def _up_ended_by_sighup(path: Path, folder: Path) -> int:
+    """`stackgen up` in a process of its own, sent SIGHUP (a closed terminal) once it has recorded the service and
+    the engine is loading; its exit status."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], env=env, cwd=tmp,
+    first = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], env=env, cwd=folder,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: StateDir(path).has_state() and "chat" in StateDir(path).load().services, 20)
         time.sleep(0.5)
         first.send_signal(signal.SIGHUP)
-        assert first.wait(10) in (-signal.SIGHUP, 128 + signal.SIGHUP)  # the default action: `up` dies
+        return first.wait(10)
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_up_waits_for_a_service_that_is_still_loading_instead_of_restarting_it(fake_stack, monkeypatch):
+    """An `up` that ends on SIGHUP (a closed terminal) leaves the engine loading; `status` says loading. The next
+    `up` waits for that load, as compose does, and keeps the same process: it used to kill it and start over."""
+    path, port, tmp = fake_stack
+    monkeypatch.setenv("FAKE_LOAD_S", "4")
+    assert _up_ended_by_sighup(path, tmp) in (-signal.SIGHUP, 128 + signal.SIGHUP)  # the default action: `up` dies
     st = StateDir(path).load().services["chat"]
     assert [r.state for r in status(path)] == ["loading"]
     res = up(plan_of(path), UpOptions(timeout_s=30))
@@ -939,17 +935,7 @@ def test_up_waits_for_a_service_that_is_still_loading_instead_of_restarting_it(f
 def test_up_restarts_a_loading_service_that_does_not_finish_within_its_timeout(fake_stack, monkeypatch):
     path, port, tmp = fake_stack
     monkeypatch.setenv("FAKE_MODE", "hang")  # never ready
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    first = subprocess.Popen([sys.executable, "-m", "stackgen", "up", str(path)], env=env, cwd=tmp,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert _wait_for(lambda: StateDir(path).has_state() and "chat" in StateDir(path).load().services, 20)
-        time.sleep(0.5)
-        first.send_signal(signal.SIGHUP)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
+    _up_ended_by_sighup(path, tmp)
     monkeypatch.setenv("FAKE_MODE", "ok")
     st = StateDir(path).load().services["chat"]
     res = up(plan_of(path), UpOptions(timeout_s=2))

@@ -6,19 +6,15 @@ unreachable it warns, unless the engine's cached copy (what it would load) diffe
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import textwrap
 import time
 
 import pytest
 
-from fakes.openai_server import write_engine
+from fakes.openai_server import stop_fake_stacks, write_engine
 from stackgen.cli import load_and_plan
-from stackgen.errors import LaunchError
 from stackgen.models.lock import lock_path_for
-from stackgen.run.lifecycle import down
 from stackgen.run.preflight import check_url_pins
 from stackgen.run.state import StateDir
 from tools.hub_server import Hub, OnDisk, Repo
@@ -67,16 +63,7 @@ def locked(env_hub, tmp_path, cli, monkeypatch):  # noqa: F811
     res = cli("lock", stack)
     assert res.exit_code == 0 and lock_path_for(stack).is_file(), res.output
     yield hub, url, stack, size
-    try:
-        down(stack, grace_s=1)
-    except LaunchError:
-        pass
-    child = tmp_path / "child.pid"
-    if child.exists():
-        try:
-            os.kill(int(child.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
+    stop_fake_stacks([stack], tmp_path)
 
 
 def ranges(hub: Hub, url: str) -> list[str]:
